@@ -1,0 +1,93 @@
+//! Every reason weir drops a frame, defined once (Cilium's drop_reasons.h).
+//! The same enum indexes per-worker counters and is shown by status, flows
+//! and explain. Add new reasons at the end; never reuse a number.
+#![forbid(unsafe_code)]
+
+use serde::Serialize;
+
+macro_rules! drop_reasons {
+    ($( $(#[doc = $doc:literal])* $name:ident = $num:literal => $slug:literal, )*) => {
+        #[repr(u8)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum DropReason {
+            $( $(#[doc = $doc])* $name = $num, )*
+        }
+
+        impl DropReason {
+            /// All reasons, in numeric order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+
+            /// Short stable name used in status, flows, metrics and docs.
+            pub const fn slug(self) -> &'static str {
+                match self { $(DropReason::$name => $slug,)* }
+            }
+
+            /// One-line human description (the doc comment).
+            pub const fn describe(self) -> &'static str {
+                match self { $(DropReason::$name => concat!($($doc),*),)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// frame shorter than an Ethernet header
+    FrameTooShort = 0 => "frame-too-short",
+    /// EtherType weir does not forward (not IPv4 or IPv6)
+    UnsupportedEtherType = 1 => "unsupported-ethertype",
+    /// IPv4 header truncated or invalid (version, IHL, total length)
+    Ipv4Malformed = 2 => "ipv4-malformed",
+    /// IPv6 header truncated or invalid (version, payload length)
+    Ipv6Malformed = 3 => "ipv6-malformed",
+    /// transport header (TCP/UDP/ICMP) truncated
+    L4Truncated = 4 => "l4-truncated",
+    /// frame arrived on an interface weir does not manage
+    UnknownIngress = 5 => "unknown-ingress",
+    /// source address is not the sending pod's own (anti-spoofing)
+    SourceSpoofed = 6 => "source-spoofed",
+    /// no route to the destination address
+    NoRoute = 7 => "no-route",
+    /// TTL or hop limit expired (an ICMP time-exceeded was sent when allowed)
+    TtlExceeded = 8 => "ttl-exceeded",
+    /// frame larger than the destination's MTU
+    TooBig = 9 => "too-big",
+    /// the transmit ring of the destination was full
+    TxRingFull = 10 => "tx-ring-full",
+    /// no free UMEM frame was available
+    NoFreeFrame = 11 => "no-free-frame",
+    /// multicast or broadcast destination that weir does not forward
+    Multicast = 12 => "multicast",
+    /// IPv6 extension headers or fragments weir does not forward
+    Ipv6Unsupported = 13 => "ipv6-unsupported",
+    /// destination is the node itself (handled by the kernel, not forwarded)
+    ToNode = 14 => "to-node",
+    /// denied by policy
+    PolicyDenied = 15 => "policy-denied",
+}
+
+impl DropReason {
+    /// Number of reasons; the length of per-worker counter arrays.
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub const fn index(self) -> usize {
+        self as u8 as usize
+    }
+
+    pub fn from_slug(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.slug() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_and_ordered() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+            assert!(!r.describe().is_empty());
+            assert_eq!(DropReason::from_slug(r.slug()), Some(*r));
+        }
+    }
+}

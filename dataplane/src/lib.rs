@@ -1,0 +1,38 @@
+//! weir's fast path.
+//!
+//! XDP on each managed pod interface redirects frames into AF_XDP sockets;
+//! pinned workers take batches from those sockets and run every frame through
+//! [`pass::process`], a plain function of (frame bytes, snapshot, worker
+//! state) that returns a [`Verdict`]. The worker then transmits the frame on
+//! the verdict's port (sharing one UMEM, so no copy) or drops it and counts
+//! the [`DropReason`].
+//!
+//! Module map:
+//! - [`drop_reason`]: every reason a frame can be dropped, defined once.
+//! - [`snapshot`]: the immutable tables the control side hands to workers.
+//! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
+//! - [`pass`]: the per-packet pass, readable top to bottom in one place.
+//! - [`stats`]: per-worker counters and latency histograms.
+//! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
+//!   dataplane object that owns them (the only modules with `unsafe`).
+
+pub mod drop_reason;
+pub mod pass;
+pub mod runtime;
+pub mod snapshot;
+pub mod stats;
+pub mod wire;
+pub mod worker;
+pub mod xsk;
+
+pub use drop_reason::DropReason;
+pub use snapshot::{Endpoint, Port, PortId, Snapshot, SnapshotSpec};
+
+/// What should happen to one frame. Stages return verdicts; they never act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the first `len` bytes of the (possibly rewritten) frame on `port`.
+    Tx { port: PortId, len: usize },
+    /// Drop the frame and count it under this reason.
+    Drop(DropReason),
+}

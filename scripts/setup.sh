@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything weir's build and tests need on a new machine.
+# Idempotent: each step checks first, so a second run costs seconds.
+set -euo pipefail
+
+APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev pkg-config make gcc
+          iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The XDP program is Rust built for bpfel-unknown-none with build-std: needs rust-src.
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "setup: rustup component add rust-src"
+  rustup component add rust-src
+fi
+for c in clippy rustfmt; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+# bpf-linker linked against rustc's own LLVM (see shared PLATFORM notes).
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  echo "setup: cargo install bpf-linker (about a minute)"
+  sysroot=$(rustc --print sysroot)
+  llvm=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -1)
+  d=$(mktemp -d)
+  ln -s "$llvm" "$d/libLLVM.so"
+  LIBRARY_PATH=$d cargo install bpf-linker --version 0.13.0 --locked \
+    --no-default-features --features llvm-22
+  rm -rf "$d"
+fi
+echo "setup: ok"
