@@ -17,6 +17,13 @@ pub struct Port {
     /// MAC of the node-side end; the source MAC of frames weir sends to the pod,
     /// and the MAC the pod's gateway (169.254.1.1 / fe80::1) resolves to.
     pub mac: [u8; 6],
+    /// MTU of the pod's link (IP packet size); bigger packets are not forwarded.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
 }
 
 /// A pod on this node.
