@@ -1,0 +1,186 @@
+//! weir's XDP program, attached to the node-side end of each pod veth.
+//!
+//! Per frame, top to bottom:
+//! 1. too short for its headers → `XDP_DROP`, counted `malformed`;
+//! 2. ARP → `XDP_PASS` (the kernel answers for the gateway 169.254.1.1);
+//! 3. IPv6 NDP (ICMPv6 types 133–137 directly after the IPv6 header) and
+//!    link-scope multicast destinations (ff02::/16) → `XDP_PASS`;
+//! 4. IPv4/IPv6 destinations in `LOCAL_V4`/`LOCAL_V6` (the node's own
+//!    addresses) → `XDP_PASS`;
+//! 5. everything else → the AF_XDP socket in `XSKS` at the frame's rx queue.
+//!    A missing socket makes `bpf_redirect_map` return `XDP_DROP` (its flags'
+//!    low bits): weir fails closed, a managed interface never falls back to
+//!    the kernel.
+//!
+//! Every packet read is bounds-checked against `data_end` (the verifier
+//! insists); all header fields are read as byte arrays so no access is
+//! misaligned.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+
+/// Counter slots in `COUNTERS`; the loader reads the same indices.
+const CNT_REDIRECTED: u32 = 0;
+const CNT_PASSED: u32 = 1;
+const CNT_DROPPED_NO_SOCKET: u32 = 2;
+const CNT_MALFORMED: u32 = 3;
+const CNT_SLOTS: u32 = 4;
+
+/// AF_XDP sockets keyed by rx queue index. The loader resizes it to the
+/// interface's queue count before loading.
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+/// The node's own IPv4 addresses (network byte order); value unused.
+#[map]
+static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
+
+/// The node's own IPv6 addresses; value unused.
+#[map]
+static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const IPPROTO_ICMPV6: u8 = 58;
+/// Router Solicitation .. Redirect: NDP.
+const NDP_FIRST: u8 = 133;
+const NDP_LAST: u8 = 137;
+
+#[xdp]
+pub fn weir_xdp(ctx: XdpContext) -> u32 {
+    match classify(&ctx) {
+        Verdict::Pass => {
+            count(CNT_PASSED);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Malformed => {
+            count(CNT_MALFORMED);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Redirect => {
+            // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this invocation,
+            // valid for the whole program run.
+            let queue = unsafe { (*ctx.ctx).rx_queue_index };
+            match XSKS.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
+                Ok(action) => {
+                    count(CNT_REDIRECTED);
+                    action
+                }
+                Err(action) => {
+                    count(CNT_DROPPED_NO_SOCKET);
+                    action
+                }
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Pass,
+    Redirect,
+    Malformed,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let Some(ethertype) = read::<2>(ctx, 12) else {
+        return Verdict::Malformed;
+    };
+    if ethertype == ETH_P_ARP {
+        return Verdict::Pass;
+    }
+    if ethertype == ETH_P_IP {
+        return ipv4(ctx);
+    }
+    if ethertype == ETH_P_IPV6 {
+        return ipv6(ctx);
+    }
+    Verdict::Redirect
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext) -> Verdict {
+    let Some([ver_ihl]) = read::<1>(ctx, ETH_HLEN) else {
+        return Verdict::Malformed;
+    };
+    if ver_ihl >> 4 != 4 || ((ver_ihl & 0x0f) as usize) * 4 < IPV4_MIN_HLEN {
+        return Verdict::Malformed;
+    }
+    let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
+        return Verdict::Malformed;
+    };
+    // SAFETY: a shared lookup in a BPF hash map; the value is not used past
+    // this line, so no reference outlives a concurrent update.
+    if unsafe { LOCAL_V4.get(&dst) }.is_some() {
+        return Verdict::Pass;
+    }
+    Verdict::Redirect
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext) -> Verdict {
+    let Some([next_header]) = read::<1>(ctx, ETH_HLEN + 6) else {
+        return Verdict::Malformed;
+    };
+    let Some(dst) = read::<16>(ctx, ETH_HLEN + 24) else {
+        return Verdict::Malformed;
+    };
+    if next_header == IPPROTO_ICMPV6 {
+        let Some([icmp_type]) = read::<1>(ctx, ETH_HLEN + IPV6_HLEN) else {
+            return Verdict::Malformed;
+        };
+        if (NDP_FIRST..=NDP_LAST).contains(&icmp_type) {
+            return Verdict::Pass;
+        }
+    }
+    if dst[0] == 0xff && dst[1] == 0x02 {
+        return Verdict::Pass;
+    }
+    // SAFETY: as in `ipv4`: the value is not kept.
+    if unsafe { LOCAL_V6.get(&dst) }.is_some() {
+        return Verdict::Pass;
+    }
+    Verdict::Redirect
+}
+
+/// `N` bytes at `offset` into the frame, or `None` if the frame is shorter.
+#[inline(always)]
+fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return None;
+    }
+    // SAFETY: `[start + offset, start + offset + N)` lies inside the packet
+    // (checked against `data_end` just above, which is what the verifier
+    // tracks), and `[u8; N]` has alignment 1.
+    Some(unsafe { *((start + offset) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot: only this CPU writes it, and XDP programs
+        // are not preempted mid-run on one CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
