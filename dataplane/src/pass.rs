@@ -1,1 +1,621 @@
-//! (in progress)
+//! The per-packet pass: parse → source check → route → (policy) → hop limit
+//! → MTU → rewrite, each a plain function returning
+//! `ControlFlow<Verdict, T>`, so [`process`] reads top to bottom and `?` ends
+//! the pass as soon as a stage decides.
+//!
+//! Node topology assumed: every pod sits behind its own veth (a [`Port`]);
+//! its IPv4 is a /32 with default route via 169.254.1.1 and its IPv6 a /128
+//! with default route via fe80::1, both resolving to the port's MAC.
+//!
+//! Decisions worth knowing:
+//! - Trailing bytes after the IP total length (Ethernet padding) are trimmed:
+//!   the verdict's `len` is Ethernet header + IP length.
+//! - Link-scoped traffic is the node's: an IPv6 link-local source (fe80::/10)
+//!   or destination, and an IPv4 169.254/16 destination, drop as
+//!   [`DropReason::ToNode`]. A router never forwards link-local addresses
+//!   (RFC 4291 §2.5.6, RFC 3927 §7); the XDP program already hands NDP to the
+//!   kernel, so anything link-scoped that reaches a worker was not for a pod.
+//! - IPv4 without DF that exceeds the destination MTU is dropped
+//!   ([`DropReason::TooBig`]); weir does not fragment.
+//! - ICMP errors (time exceeded, fragmentation needed, packet too big) are
+//!   built in place in the frame and sent back out of the ingress port;
+//!   never in answer to an ICMP error or to a non-first fragment (RFC 1122
+//!   §3.2.2, RFC 4443 §2.4), and not when the node has no address of that
+//!   family or the UMEM frame is too small. Then the frame is dropped with
+//!   the stage's reason. No rate limiting yet.
+//! - L4 checksums are never touched (pods send complete checksums, weir does
+//!   no NAT); the IPv4 header checksum is updated incrementally (RFC 1624).
+//!
+//! Allocation-free, lock-free, panic-free: every view is built with
+//! `new_checked` and every slice with `get`, so malformed input becomes a
+//! drop, never a panic.
+#![forbid(unsafe_code)]
+
+use core::ops::ControlFlow::{self, Break, Continue};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::snapshot::{Port, PortId, Snapshot};
+use crate::wire::ethernet::{self, ethertype, Frame, Mac};
+use crate::wire::{icmp, ip_proto, ipv4, ipv6, tcp, udp, Error as WireError};
+use crate::{DropReason, Verdict};
+
+/// Per-worker scratch and counters of the pass (later: conntrack handles).
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    icmp_errors_sent: u64,
+}
+
+impl WorkerState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// ICMP/ICMPv6 errors the pass built and returned as `Verdict::Tx` on the
+    /// ingress port (the frame it answered was not forwarded).
+    pub fn icmp_errors_sent(&self) -> u64 {
+        self.icmp_errors_sent
+    }
+}
+
+/// The flow a packet belongs to, as conntrack and policy will key it.
+///
+/// Ports are zero for protocols without them and for non-first fragments.
+/// ICMP/ICMPv6: `sport` is the echo identifier for echo request/reply (zero
+/// for other types), `dport` is `type << 8 | code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Where a packet sits in a fragmented datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented (an IPv6 atomic fragment counts as whole).
+    Whole,
+    /// Offset 0, more to come: L4 header checked, ports known.
+    First,
+    /// Offset > 0: no L4 header here; ports are zero.
+    Later,
+}
+
+/// What [`parse`] learned about a frame. Later stages work from this and the
+/// bytes; nothing here borrows the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    pub key: FlowKey,
+    /// IP header + payload, from the IP total/payload length (padding excluded).
+    pub ip_len: usize,
+    /// TTL or hop limit as received.
+    pub ttl: u8,
+    pub fragment: Fragment,
+    /// IPv4 DF flag; always true for IPv6 (routers never fragment it).
+    pub dont_frag: bool,
+    /// The L4 message is an ICMP/ICMPv6 error (never answered with one).
+    pub icmp_error: bool,
+}
+
+impl Parsed {
+    /// Length of the frame to forward: Ethernet header + IP length.
+    pub fn frame_len(&self) -> usize {
+        ethernet::HEADER_LEN + self.ip_len
+    }
+}
+
+/// Where [`route`] sends a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the destination endpoint in the snapshot.
+    pub endpoint: u32,
+    /// The port the destination pod sits behind.
+    pub port: PortId,
+    /// Destination MAC: the pod's own.
+    pub dst_mac: Mac,
+    /// Source MAC: the node-side end of the destination port.
+    pub src_mac: Mac,
+    /// MTU of the destination link (IP packet size).
+    pub mtu: u16,
+}
+
+/// Runs one received frame through the pass. `buf` is the whole UMEM frame;
+/// the received frame is `buf[..len]` (a `len` beyond `buf.len()` is clamped).
+/// The pass may rewrite in place and may grow the frame up to `buf.len()`
+/// (ICMP errors).
+pub fn process(
+    buf: &mut [u8],
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> Verdict {
+    match pass(buf, len, ingress, snap, st) {
+        Break(v) | Continue(v) => v,
+    }
+}
+
+fn pass(
+    buf: &mut [u8],
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, Verdict> {
+    let len = len.min(buf.len());
+    let pkt = parse(buf.get(..len).unwrap_or_default())?;
+    let _src_endpoint = check_source(&pkt, ingress, snap)?;
+    let route = route(&pkt, snap)?;
+    // The policy stage slots in here:
+    // `policy(&pkt.key, _src_endpoint, route.endpoint, snap, st)?;`
+    check_hop_limit(buf, &pkt, ingress, snap, st)?;
+    check_mtu(buf, &pkt, &route, ingress, snap, st)?;
+    Continue(rewrite(buf, &pkt, &route))
+}
+
+fn drop<T>(reason: DropReason) -> ControlFlow<Verdict, T> {
+    Break(Verdict::Drop(reason))
+}
+
+fn or_drop<T>(r: Result<T, WireError>, reason: DropReason) -> ControlFlow<Verdict, T> {
+    match r {
+        Ok(v) => Continue(v),
+        Err(_) => drop(reason),
+    }
+}
+
+// ---------------------------------------------------------------- parse ----
+
+/// Stage 1: validate Ethernet, IPv4/IPv6 (with IPv6 extension headers) and
+/// the L4 header, and extract the [`FlowKey`].
+pub fn parse(frame: &[u8]) -> ControlFlow<Verdict, Parsed> {
+    let eth = or_drop(Frame::new_checked(frame), DropReason::FrameTooShort)?;
+    match eth.ethertype() {
+        ethertype::IPV4 => parse_ipv4(eth.payload()),
+        ethertype::IPV6 => parse_ipv6(eth.payload()),
+        _ => drop(DropReason::UnsupportedEtherType),
+    }
+}
+
+fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
+    let ip = or_drop(ipv4::Packet::new_checked(bytes), DropReason::Ipv4Malformed)?;
+    if ip.version() != 4 {
+        return drop(DropReason::Ipv4Malformed);
+    }
+    let fragment = if ip.frag_offset() != 0 {
+        Fragment::Later
+    } else if ip.more_frags() {
+        Fragment::First
+    } else {
+        Fragment::Whole
+    };
+    let l4 = parse_l4(ip.protocol(), ip.payload(), fragment, Family::V4)?;
+    Continue(Parsed {
+        key: FlowKey {
+            src: ip.src_addr().into(),
+            dst: ip.dst_addr().into(),
+            proto: ip.protocol(),
+            sport: l4.sport,
+            dport: l4.dport,
+        },
+        ip_len: usize::from(ip.total_len()),
+        ttl: ip.ttl(),
+        fragment,
+        dont_frag: ip.dont_frag(),
+        icmp_error: l4.icmp_error,
+    })
+}
+
+fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
+    let ip = or_drop(ipv6::Packet::new_checked(bytes), DropReason::Ipv6Malformed)?;
+    if ip.version() != 6 {
+        return drop(DropReason::Ipv6Malformed);
+    }
+    let upper = match ipv6::upper_layer(ip.next_header(), ip.payload()) {
+        Ok(u) => u,
+        Err(WireError::Unsupported) => return drop(DropReason::Ipv6Unsupported),
+        Err(_) => return drop(DropReason::Ipv6Malformed),
+    };
+    let fragment = match upper.fragment {
+        Some(f) if f.offset != 0 => Fragment::Later,
+        Some(f) if f.more => Fragment::First,
+        _ => Fragment::Whole,
+    };
+    let Some(l4_bytes) = ip.payload().get(upper.offset..) else {
+        return drop(DropReason::Ipv6Malformed);
+    };
+    let l4 = parse_l4(upper.protocol, l4_bytes, fragment, Family::V6)?;
+    Continue(Parsed {
+        key: FlowKey {
+            src: ip.src_addr().into(),
+            dst: ip.dst_addr().into(),
+            proto: upper.protocol,
+            sport: l4.sport,
+            dport: l4.dport,
+        },
+        ip_len: ip.total_len(),
+        ttl: ip.hop_limit(),
+        fragment,
+        dont_frag: true,
+        icmp_error: l4.icmp_error,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Default)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    icmp_error: bool,
+}
+
+/// Checks the L4 header length and reads ports / ICMP type. A non-first
+/// fragment carries no L4 header. A first fragment's UDP length covers the
+/// whole datagram, so only the 8-byte header is required there.
+fn parse_l4(
+    proto: u8,
+    bytes: &[u8],
+    fragment: Fragment,
+    family: Family,
+) -> ControlFlow<Verdict, L4> {
+    const TRUNC: DropReason = DropReason::L4Truncated;
+    if fragment == Fragment::Later {
+        return Continue(L4::default());
+    }
+    let icmp_proto = match family {
+        Family::V4 => ip_proto::ICMP,
+        Family::V6 => ip_proto::ICMPV6,
+    };
+    match proto {
+        ip_proto::TCP => {
+            let t = or_drop(tcp::Packet::new_checked(bytes), TRUNC)?;
+            Continue(L4 {
+                sport: t.src_port(),
+                dport: t.dst_port(),
+                icmp_error: false,
+            })
+        }
+        ip_proto::UDP => {
+            let u = if fragment == Fragment::First {
+                let u = udp::Packet::new_unchecked(bytes);
+                if bytes.len() < udp::HEADER_LEN || usize::from(u.len()) < udp::HEADER_LEN {
+                    return drop(TRUNC);
+                }
+                u
+            } else {
+                or_drop(udp::Packet::new_checked(bytes), TRUNC)?
+            };
+            Continue(L4 {
+                sport: u.src_port(),
+                dport: u.dst_port(),
+                icmp_error: false,
+            })
+        }
+        p if p == icmp_proto => {
+            let i = or_drop(icmp::Packet::new_checked(bytes), TRUNC)?;
+            let t = i.msg_type();
+            let (is_echo, is_error) = match family {
+                Family::V4 => (
+                    t == icmp::v4::ECHO_REQUEST || t == icmp::v4::ECHO_REPLY,
+                    icmp::v4::is_error(t),
+                ),
+                Family::V6 => (
+                    t == icmp::v6::ECHO_REQUEST || t == icmp::v6::ECHO_REPLY,
+                    icmp::v6::is_error(t),
+                ),
+            };
+            Continue(L4 {
+                sport: if is_echo { i.echo_ident() } else { 0 },
+                dport: u16::from_be_bytes([t, i.code()]),
+                icmp_error: is_error,
+            })
+        }
+        _ => Continue(L4::default()),
+    }
+}
+
+// -------------------------------------------------------- source, route ----
+
+/// Stage 2: the frame came from a managed pod and carries its own address.
+/// Returns the source endpoint's index.
+fn check_source(pkt: &Parsed, ingress: PortId, snap: &Snapshot) -> ControlFlow<Verdict, u32> {
+    let Some((idx, ep)) = snap.endpoint_on_port(ingress) else {
+        return drop(DropReason::UnknownIngress);
+    };
+    let own = match pkt.key.src {
+        IpAddr::V4(a) => ep.ipv4 == Some(a),
+        IpAddr::V6(a) if ipv6::is_link_local(a) => return drop(DropReason::ToNode),
+        IpAddr::V6(a) => ep.ipv6 == Some(a),
+    };
+    if !own {
+        return drop(DropReason::SourceSpoofed);
+    }
+    Continue(idx)
+}
+
+/// Stage 3: multicast and node-bound traffic stop here; a local pod's
+/// address routes to its port.
+fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Route> {
+    let found = match pkt.key.dst {
+        IpAddr::V4(a) => {
+            if a.is_multicast() || a.is_broadcast() {
+                return drop(DropReason::Multicast);
+            }
+            if Some(a) == snap.spec.node_ipv4 || a.is_link_local() {
+                return drop(DropReason::ToNode);
+            }
+            snap.endpoint_by_v4(a)
+        }
+        IpAddr::V6(a) => {
+            if a.is_multicast() {
+                return drop(DropReason::Multicast);
+            }
+            if Some(a) == snap.spec.node_ipv6 || ipv6::is_link_local(a) {
+                return drop(DropReason::ToNode);
+            }
+            snap.endpoint_by_v6(a)
+        }
+    };
+    let Some((endpoint, ep)) = found else {
+        return drop(DropReason::NoRoute);
+    };
+    let Some(port) = snap.port(ep.port) else {
+        return drop(DropReason::NoRoute);
+    };
+    Continue(Route {
+        endpoint,
+        port: ep.port,
+        dst_mac: ep.mac,
+        src_mac: port.mac,
+        mtu: port.mtu,
+    })
+}
+
+// ------------------------------------------------------ hop limit, MTU ----
+
+/// Stage 4: a packet that would leave with TTL/hop limit 0 is answered with
+/// Time Exceeded (when allowed) instead of forwarded.
+fn check_hop_limit(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    if pkt.ttl > 1 {
+        return Continue(());
+    }
+    Break(icmp_error(
+        buf,
+        pkt,
+        ingress,
+        snap,
+        st,
+        IcmpError::TimeExceeded,
+        DropReason::TtlExceeded,
+    ))
+}
+
+/// Stage 5: a packet bigger than the destination link's MTU is answered
+/// with Fragmentation Needed / Packet Too Big (DF or IPv6) or dropped.
+fn check_mtu(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    route: &Route,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    if pkt.ip_len <= usize::from(route.mtu) {
+        return Continue(());
+    }
+    if !pkt.dont_frag {
+        return drop(DropReason::TooBig);
+    }
+    Break(icmp_error(
+        buf,
+        pkt,
+        ingress,
+        snap,
+        st,
+        IcmpError::TooBig { mtu: route.mtu },
+        DropReason::TooBig,
+    ))
+}
+
+// -------------------------------------------------------------- rewrite ----
+
+/// Stage 6: trim padding, TTL/hop limit − 1, MACs for the destination link.
+fn rewrite(buf: &mut [u8], pkt: &Parsed, route: &Route) -> Verdict {
+    let len = pkt.frame_len();
+    let Some(frame) = buf.get_mut(..len) else {
+        return Verdict::Drop(DropReason::FrameTooShort);
+    };
+    let Ok(mut eth) = Frame::new_checked(frame) else {
+        return Verdict::Drop(DropReason::FrameTooShort);
+    };
+    eth.set_dst_addr(route.dst_mac);
+    eth.set_src_addr(route.src_mac);
+    match pkt.key.src {
+        IpAddr::V4(_) => match ipv4::Packet::new_checked(eth.payload_mut()) {
+            Ok(mut ip) => ip.decrement_ttl(),
+            Err(_) => return Verdict::Drop(DropReason::Ipv4Malformed),
+        },
+        IpAddr::V6(_) => match ipv6::Packet::new_checked(eth.payload_mut()) {
+            Ok(mut ip) => ip.set_hop_limit(pkt.ttl.saturating_sub(1)),
+            Err(_) => return Verdict::Drop(DropReason::Ipv6Malformed),
+        },
+    }
+    Verdict::Tx {
+        port: route.port,
+        len,
+    }
+}
+
+// ----------------------------------------------------------- ICMP errors ----
+
+#[derive(Clone, Copy)]
+enum IcmpError {
+    TimeExceeded,
+    TooBig { mtu: u16 },
+}
+
+/// TTL of the IPv4 / hop limit of the IPv6 errors weir sends.
+const ICMP_ERROR_TTL: u8 = 64;
+/// DSCP CS6 (internetwork control), as Linux marks ICMP errors.
+const ICMP_ERROR_TOS: u8 = 0xc0;
+
+/// Replaces the frame in `buf` by an ICMP error addressed back to its sender
+/// and returns the verdict that sends it out of `ingress`, or `Drop(reason)`
+/// when no error may or can be sent.
+fn icmp_error(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+    kind: IcmpError,
+    reason: DropReason,
+) -> Verdict {
+    if pkt.icmp_error || pkt.fragment == Fragment::Later {
+        return Verdict::Drop(reason);
+    }
+    let Some(port) = snap.port(ingress) else {
+        return Verdict::Drop(reason);
+    };
+    let built = match pkt.key.src {
+        IpAddr::V4(sender) => snap
+            .spec
+            .node_ipv4
+            .and_then(|node| build_icmpv4_error(buf, pkt, port, node, sender, kind)),
+        IpAddr::V6(sender) => snap
+            .spec
+            .node_ipv6
+            .and_then(|node| build_icmpv6_error(buf, pkt, port, node, sender, kind)),
+    };
+    match built {
+        Some(len) => {
+            st.icmp_errors_sent += 1;
+            Verdict::Tx { port: ingress, len }
+        }
+        None => Verdict::Drop(reason),
+    }
+}
+
+/// Writes the reply's Ethernet header: back to the sender, from the port.
+fn reply_ethernet(frame: &mut [u8], port: &Port, ethertype: u16) -> Option<()> {
+    let mut eth = Frame::new_checked(frame).ok()?;
+    let sender_mac = eth.src_addr();
+    eth.set_dst_addr(sender_mac);
+    eth.set_src_addr(port.mac);
+    eth.set_ethertype(ethertype);
+    Some(())
+}
+
+/// ICMPv4 error (RFC 792): quotes the original IP header + 8 bytes.
+/// Returns the new frame length, or None if it does not fit in `buf`.
+fn build_icmpv4_error(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    port: &Port,
+    node: Ipv4Addr,
+    sender: Ipv4Addr,
+    kind: IcmpError,
+) -> Option<usize> {
+    const ETH: usize = ethernet::HEADER_LEN;
+    const IP: usize = ipv4::HEADER_LEN;
+    let orig_hl = ipv4::Packet::new_checked(buf.get(ETH..pkt.frame_len())?)
+        .ok()?
+        .header_len();
+    let quote = (orig_hl + 8).min(pkt.ip_len);
+    let icmp_len = icmp::HEADER_LEN + quote;
+    let frame = buf.get_mut(..ETH + IP + icmp_len)?;
+    frame.copy_within(ETH..ETH + quote, ETH + IP + icmp::HEADER_LEN);
+    reply_ethernet(frame, port, ethertype::IPV4)?;
+
+    let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
+    let mut ip = ipv4::Packet::new_unchecked(ip_bytes);
+    ip.set_version_and_header_len(IP);
+    ip.set_dscp_ecn(ICMP_ERROR_TOS);
+    ip.set_total_len((IP + icmp_len) as u16);
+    ip.set_ident(0);
+    ip.set_flags_and_offset(false, false, 0);
+    ip.set_ttl(ICMP_ERROR_TTL);
+    ip.set_protocol(ip_proto::ICMP);
+    ip.set_src_addr(node);
+    ip.set_dst_addr(sender);
+    ip.fill_checksum();
+
+    let mut msg = icmp::Packet::new_checked(icmp_bytes).ok()?;
+    match kind {
+        IcmpError::TimeExceeded => {
+            msg.set_msg_type(icmp::v4::TIME_EXCEEDED);
+            msg.set_code(icmp::v4::CODE_TTL_EXCEEDED);
+            msg.set_rest_of_header(0);
+        }
+        IcmpError::TooBig { mtu } => {
+            msg.set_msg_type(icmp::v4::DEST_UNREACHABLE);
+            msg.set_code(icmp::v4::CODE_FRAG_NEEDED);
+            msg.set_rest_of_header(u32::from(mtu));
+        }
+    }
+    msg.fill_checksum_v4();
+    Some(ETH + IP + icmp_len)
+}
+
+/// ICMPv6 error (RFC 4443): quotes as much of the original as keeps the
+/// error within the IPv6 minimum MTU (1280) and the UMEM frame.
+fn build_icmpv6_error(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    port: &Port,
+    node: Ipv6Addr,
+    sender: Ipv6Addr,
+    kind: IcmpError,
+) -> Option<usize> {
+    const ETH: usize = ethernet::HEADER_LEN;
+    const IP: usize = ipv6::HEADER_LEN;
+    const HDRS: usize = ETH + IP + icmp::HEADER_LEN;
+    let quote = pkt
+        .ip_len
+        .min(ipv6::MIN_MTU - IP - icmp::HEADER_LEN)
+        .min(buf.len().saturating_sub(HDRS));
+    if quote < ipv6::HEADER_LEN {
+        return None;
+    }
+    let icmp_len = icmp::HEADER_LEN + quote;
+    let frame = buf.get_mut(..HDRS + quote)?;
+    frame.copy_within(ETH..ETH + quote, HDRS);
+    reply_ethernet(frame, port, ethertype::IPV6)?;
+
+    let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
+    let mut ip = ipv6::Packet::new_unchecked(ip_bytes);
+    ip.set_version_tc_flow(0, 0);
+    ip.set_payload_len(icmp_len as u16);
+    ip.set_next_header(ip_proto::ICMPV6);
+    ip.set_hop_limit(ICMP_ERROR_TTL);
+    ip.set_src_addr(node);
+    ip.set_dst_addr(sender);
+
+    let mut msg = icmp::Packet::new_checked(icmp_bytes).ok()?;
+    match kind {
+        IcmpError::TimeExceeded => {
+            msg.set_msg_type(icmp::v6::TIME_EXCEEDED);
+            msg.set_code(icmp::v6::CODE_HOP_LIMIT_EXCEEDED);
+            msg.set_rest_of_header(0);
+        }
+        IcmpError::TooBig { mtu } => {
+            msg.set_msg_type(icmp::v6::PACKET_TOO_BIG);
+            msg.set_code(0);
+            msg.set_rest_of_header(u32::from(mtu));
+        }
+    }
+    msg.fill_checksum_v6(node, sender);
+    Some(HDRS + quote)
+}
