@@ -109,7 +109,7 @@ pub enum XdpError {
     Load {
         ifname: String,
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
     },
     /// interface {ifname}: {what}
     #[error("interface {ifname}: {what}: {source}")]
@@ -117,7 +117,7 @@ pub enum XdpError {
         ifname: String,
         what: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// interface {ifname}: the XDP object lacks {what}
     #[error("interface {ifname}: the embedded XDP object lacks {what}")]
@@ -136,7 +136,7 @@ pub enum XdpError {
         ifname: String,
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// interface {ifname}: queue {queue} out of range (XSKMAP has {queues})
     #[error("interface {ifname}: queue {queue} out of range (XSKMAP has {queues} entries)")]
@@ -195,7 +195,7 @@ impl Redirector {
             .load(PROGRAM)
             .map_err(|source| XdpError::Load {
                 ifname: ifname.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         let missing = |what| XdpError::Missing {
             ifname: ifname.to_owned(),
@@ -205,7 +205,7 @@ impl Redirector {
             move |source| XdpError::Program {
                 ifname: ifname.to_owned(),
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let prog: &mut Xdp = ebpf
@@ -224,7 +224,7 @@ impl Redirector {
             move |source| XdpError::Map {
                 ifname: ifname.to_owned(),
                 map,
-                source,
+                source: Box::new(source),
             }
         };
         let xsks = XskMap::try_from(ebpf.take_map(MAP_XSKS).ok_or_else(|| missing(MAP_XSKS))?)
@@ -333,7 +333,7 @@ impl Redirector {
             move |source| XdpError::Map {
                 ifname: ifname.clone(),
                 map,
-                source,
+                source: Box::new(source),
             }
         };
         sync_set(&mut self.local_v4, &want_v4).map_err(map_err(MAP_LOCAL_V4))?;
@@ -383,7 +383,7 @@ impl Redirector {
         XdpError::Map {
             ifname: self.ifname.clone(),
             map,
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -1,0 +1,236 @@
+//! Root-only integration tests: real namespaces, a real veth, real pings.
+//!
+//! Each test builds its own pair of namespaces (`wxt-<id>-n` for the node,
+//! `wxt-<id>-p` for the pod) joined by a veth, attaches the program to the
+//! node-side end from the test thread (after `setns` into the node namespace),
+//! and pings from the pod to the node end's address. Nothing outside those
+//! namespaces is touched; a guard deletes them even when a test fails.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{setns, CloneFlags};
+use weir_xdp::{detach, AttachOptions, Redirector, XdpMode};
+
+const NODE_ADDR: &str = "10.77.0.1";
+const POD_ADDR: &str = "10.77.0.2";
+const CHILD_ENV: &str = "WEIR_XDP_TEST_CHILD_ATTACH";
+
+/// Namespaces and veth of one test; removed on drop.
+struct Topo {
+    node_ns: String,
+    pod_ns: String,
+    /// The node-side veth end, where the program goes.
+    host_if: String,
+}
+
+impl Topo {
+    fn new() -> Topo {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let id = format!(
+            "{:06x}",
+            (std::process::id() ^ nanos ^ (SEQ.fetch_add(1, Ordering::Relaxed) << 20)) & 0xff_ffff
+        );
+        let t = Topo {
+            node_ns: format!("wxt-{id}-n"),
+            pod_ns: format!("wxt-{id}-p"),
+            host_if: format!("wxt-{id}h"),
+        };
+        let pod_if = format!("wxt-{id}p");
+        ip(&["netns", "add", &t.node_ns]);
+        ip(&["netns", "add", &t.pod_ns]);
+        ip(&[
+            "-n", &t.node_ns, "link", "add", &t.host_if, "type", "veth", "peer", "name", &pod_if,
+            "netns", &t.pod_ns,
+        ]);
+        for (ns, dev, addr) in [
+            (&t.node_ns, &t.host_if, NODE_ADDR),
+            (&t.pod_ns, &pod_if, POD_ADDR),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        t
+    }
+
+    /// Moves the calling thread into the node namespace (where `attach` and
+    /// `detach` then act).
+    fn enter_node(&self) {
+        enter_netns(&self.node_ns);
+    }
+
+    /// One ping round from the pod to the node end: did any reply come back?
+    fn ping(&self) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.pod_ns])
+            .args(["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", NODE_ADDR])
+            .output()
+            .expect("run ping")
+            .status
+            .success()
+    }
+
+    /// The pod's neighbour entry for the node end has a MAC (ARP resolved).
+    fn arp_resolved(&self) -> bool {
+        let out = ip_out(&["-n", &self.pod_ns, "neigh", "show", NODE_ADDR]);
+        out.contains("lladdr")
+    }
+
+    /// The XDP program id on the node end, if any (`prog/xdp id N`).
+    fn xdp_prog_id(&self) -> Option<u32> {
+        let out = ip_out(&["-n", &self.node_ns, "-d", "link", "show", &self.host_if]);
+        let rest = &out[out.find("prog/xdp id ")? + "prog/xdp id ".len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    }
+
+    fn flush_neigh(&self) {
+        ip(&["-n", &self.pod_ns, "neigh", "flush", "all"]);
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in [&self.pod_ns, &self.node_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn enter_netns(name: &str) {
+    let f = File::open(format!("/run/netns/{name}")).expect("open netns");
+    setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn opts(mode: XdpMode) -> AttachOptions {
+    AttachOptions {
+        mode,
+        queues: 4,
+        local_v4: vec![],
+        local_v6: vec![],
+    }
+}
+
+#[test]
+fn no_socket_drops_ip_but_passes_arp_and_detach_restores() {
+    let t = Topo::new();
+    t.enter_node();
+    assert!(t.ping(), "baseline: ping must work without XDP");
+
+    let mut r = Redirector::attach(&t.host_if, &opts(XdpMode::Native)).expect("attach");
+    assert_eq!(r.ifname(), t.host_if);
+    assert!(t.xdp_prog_id().is_some(), "ip link shows the program");
+    t.flush_neigh();
+    assert!(!t.ping(), "fail closed: no socket bound, ping must fail");
+    assert!(
+        t.arp_resolved(),
+        "ARP must still resolve through the kernel"
+    );
+    let c = r.counters().expect("counters");
+    assert!(c.dropped_no_socket >= 3, "{c:?}");
+    assert!(c.passed >= 1, "{c:?}");
+    assert_eq!(c.redirected, 0, "{c:?}");
+
+    // The node's own address: frames for it go to the kernel.
+    r.set_local_addrs(&[NODE_ADDR.parse::<Ipv4Addr>().unwrap()], &[])
+        .expect("set_local_addrs");
+    assert!(t.ping(), "local address must pass to the kernel");
+    r.set_local_addrs(&[], &[]).expect("set_local_addrs");
+    assert!(!t.ping(), "removed local address must be ours again");
+
+    // Clearing a queue with no socket is fine; out of range is an error.
+    r.clear_socket(0).expect("clear_socket on empty queue");
+    assert!(r.clear_socket(99).is_err());
+
+    drop(r);
+    assert!(
+        t.xdp_prog_id().is_some(),
+        "dropping the Redirector must not detach"
+    );
+    assert!(!t.ping());
+
+    detach(&t.host_if).expect("detach");
+    assert_eq!(t.xdp_prog_id(), None);
+    assert!(t.ping(), "after detach ping works");
+    detach(&t.host_if).expect("detach with nothing attached is ok");
+}
+
+/// Not a test on its own: with `CHILD_ENV=<netns>:<ifname>` set, attaches and
+/// exits (the parent test checks what outlives the process).
+#[test]
+fn child_attach_helper() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (ns, ifname) = spec.split_once(':').expect("netns:ifname");
+    enter_netns(ns);
+    let r = Redirector::attach(ifname, &opts(XdpMode::Native)).expect("child attach");
+    // Exit without running any destructor: as a crash would.
+    std::mem::forget(r);
+    std::process::exit(0);
+}
+
+#[test]
+fn attachment_outlives_the_process_and_reattach_replaces() {
+    let t = Topo::new();
+    t.enter_node();
+
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_attach_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, format!("{}:{}", t.node_ns, t.host_if))
+        .status()
+        .expect("spawn child");
+    assert!(status.success(), "child attach failed: {status}");
+
+    let first = t
+        .xdp_prog_id()
+        .expect("program still attached after the process exited");
+    assert!(!t.ping(), "fail closed after the attaching process exited");
+
+    // A new process (here: this one) replaces it, atomically in the same mode.
+    let r = Redirector::attach(&t.host_if, &opts(XdpMode::Native)).expect("re-attach");
+    let second = t.xdp_prog_id().expect("attached");
+    assert_ne!(first, second, "re-attach must replace the program");
+    assert!(!t.ping());
+    assert!(r.counters().unwrap().dropped_no_socket >= 3);
+
+    // Switching mode replaces too.
+    let g = Redirector::attach(&t.host_if, &opts(XdpMode::Generic)).expect("attach generic");
+    let third = t.xdp_prog_id().expect("attached");
+    assert_ne!(second, third);
+    let out = ip_out(&["-n", &t.node_ns, "link", "show", &t.host_if]);
+    assert!(out.contains("xdpgeneric"), "{out}");
+    assert!(!t.ping());
+    assert!(g.counters().unwrap().dropped_no_socket >= 3);
+
+    detach(&t.host_if).expect("detach");
+    assert_eq!(t.xdp_prog_id(), None);
+    assert!(t.ping(), "after detach ping works");
+}
