@@ -1,0 +1,680 @@
+//! Building, changing and tearing down a cluster of namespaces (the scheme is
+//! in the crate doc).
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{ClusterSpec, ContainerPort, NamespaceSpec, NodeSpec, PodSpec};
+use crate::netlink::{Netlink, Veth};
+use crate::{ethtool, netns, TopoError};
+
+/// The node's address on `lo` that pods use as their gateway.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The node side's link-local address that pods use as their IPv6 gateway.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const POD_IFNAME: &str = "eth0";
+const CLUSTER_NAME_MAX: usize = 16;
+
+/// How pods' links are made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// RX and TX queue count of each veth (default 2).
+    pub queues: u32,
+    /// Pod MTU, both veth ends (default 1500).
+    pub mtu: u32,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            queues: 2,
+            mtu: 1500,
+        }
+    }
+}
+
+impl BuildOptions {
+    fn check(&self) -> Result<(), TopoError> {
+        if !(1..=64).contains(&self.queues) {
+            return Err(TopoError::Options {
+                field: "queues",
+                msg: format!("{} is out of range 1-64", self.queues),
+            });
+        }
+        if !(1280..=65535).contains(&self.mtu) {
+            return Err(TopoError::Options {
+                field: "mtu",
+                msg: format!("{} is out of range 1280-65535", self.mtu),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A node as built.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RealizedNode {
+    pub name: String,
+    pub netns: String,
+    pub labels: BTreeMap<String, String>,
+    pub pod_cidrs: Vec<IpNet>,
+    /// First host of the IPv4 podCIDR, on the node's `lo`.
+    pub ipv4: Option<Ipv4Addr>,
+    /// First host of the IPv6 podCIDR, on the node's `lo`.
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// A pod as built.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RealizedPod {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<ContainerPort>,
+    pub netns: String,
+    /// Node-side veth name, in the node's netns.
+    pub host_ifname: String,
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u32,
+}
+
+impl RealizedPod {
+    /// `pods/<namespace>/<name>`.
+    pub fn object(&self) -> String {
+        format!("pods/{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The realized state of a cluster; saved as JSON so other processes can load it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub nodes: Vec<RealizedNode>,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub pods: Vec<RealizedPod>,
+}
+
+/// Checks a cluster name: 1-16 of `[a-z0-9]`.
+pub fn check_cluster_name(name: &str) -> Result<(), TopoError> {
+    let err = |reason| {
+        Err(TopoError::ClusterName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > CLUSTER_NAME_MAX {
+        return err("must be 1-16 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return err("must be lower-case letters and digits only");
+    }
+    Ok(())
+}
+
+/// `weir-<cluster>-`: every netns of the cluster starts with it.
+pub fn netns_prefix(cluster: &str) -> String {
+    format!("weir-{cluster}-")
+}
+
+fn node_netns(cluster: &str, node: &str) -> String {
+    format!("weir-{cluster}-{node}")
+}
+
+fn pod_netns(cluster: &str, namespace: &str, pod: &str) -> String {
+    format!("weir-{cluster}-{namespace}-{pod}")
+}
+
+/// FNV-1a, 32 bits: stable across builds and processes.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// `wv` + 8 hex digits of FNV-1a-32(`<namespace>/<pod>`).
+pub(crate) fn host_ifname(namespace: &str, pod: &str) -> String {
+    format!("wv{:08x}", fnv1a32(format!("{namespace}/{pod}").as_bytes()))
+}
+
+fn macs(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> ([u8; 6], [u8; 6]) {
+    let tail: [u8; 5] = match (ipv4, ipv6) {
+        (Some(v4), _) => {
+            let o = v4.octets();
+            [0, o[0], o[1], o[2], o[3]]
+        }
+        (None, Some(v6)) => {
+            let o = v6.octets();
+            [o[11], o[12], o[13], o[14], o[15]]
+        }
+        (None, None) => [0; 5],
+    };
+    let mk = |first: u8| [first, tail[0], tail[1], tail[2], tail[3], tail[4]];
+    (mk(0x06), mk(0x02))
+}
+
+fn host_v4(cidr: &IpNet, slot: u128) -> Option<Ipv4Addr> {
+    match cidr {
+        IpNet::V4(n) => Some(Ipv4Addr::from(
+            u32::from(n.network()).wrapping_add(slot as u32),
+        )),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn host_v6(cidr: &IpNet, slot: u128) -> Option<Ipv6Addr> {
+    match cidr {
+        IpNet::V6(n) => Some(Ipv6Addr::from(u128::from(n.network()).wrapping_add(slot))),
+        IpNet::V4(_) => None,
+    }
+}
+
+fn node_addrs(cidrs: &[IpNet]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    (
+        cidrs.iter().find_map(|c| host_v4(c, 1)),
+        cidrs.iter().find_map(|c| host_v6(c, 1)),
+    )
+}
+
+/// The slot (offset in the podCIDRs) a realized pod uses.
+fn slot_of(node: &RealizedNode, pod: &RealizedPod) -> Option<u128> {
+    for c in &node.pod_cidrs {
+        match (c, pod.ipv4, pod.ipv6) {
+            (IpNet::V4(n), Some(a), _) => {
+                return Some(u128::from(u32::from(a) - u32::from(n.network())))
+            }
+            (IpNet::V6(n), _, Some(a)) => return Some(u128::from(a) - u128::from(n.network())),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn node_spec(node: &RealizedNode) -> NodeSpec {
+    NodeSpec {
+        name: node.name.clone(),
+        labels: node.labels.clone(),
+        pod_cidrs: node.pod_cidrs.clone(),
+    }
+}
+
+/// Builds a pod's realized description for `slot` on `node` (pure).
+fn plan_pod(
+    cluster: &str,
+    node: &RealizedNode,
+    pod: &PodSpec,
+    slot: u128,
+    mtu: u32,
+) -> RealizedPod {
+    let ipv4 = node.pod_cidrs.iter().find_map(|c| host_v4(c, slot));
+    let ipv6 = node.pod_cidrs.iter().find_map(|c| host_v6(c, slot));
+    let (host_mac, pod_mac) = macs(ipv4, ipv6);
+    RealizedPod {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        node: node.name.clone(),
+        labels: pod.labels.clone(),
+        ports: pod.ports.clone(),
+        netns: pod_netns(cluster, &pod.namespace, &pod.name),
+        host_ifname: host_ifname(&pod.namespace, &pod.name),
+        host_mac,
+        pod_mac,
+        ipv4,
+        ipv6,
+        mtu,
+    }
+}
+
+fn check_netns_name(object: &str, netns: &str) -> Result<(), TopoError> {
+    if netns.len() > 255 {
+        return Err(TopoError::Conflict {
+            object: object.to_string(),
+            msg: format!("netns name {netns:?} is longer than 255 characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Removes, in reverse order, the netns made so far unless disarmed.
+struct Undo {
+    netns: Vec<String>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for ns in self.netns.iter().rev() {
+            if let Err(e) = netns::delete(ns) {
+                log::warn!("rollback: {e}");
+            }
+        }
+    }
+}
+
+fn sysctl(netns: &str, path: &str, value: &str) -> Result<(), TopoError> {
+    std::fs::write(path, value).map_err(|error| TopoError::Sysctl {
+        netns: netns.to_string(),
+        path: path.to_string(),
+        error,
+    })
+}
+
+fn realize_node(node: &RealizedNode) -> Result<(), TopoError> {
+    netns::create(&node.netns)?;
+    netns::run_in(&node.netns, || -> Result<(), TopoError> {
+        sysctl(&node.netns, "/proc/sys/net/ipv4/ip_forward", "0")?;
+        if Path::new("/proc/sys/net/ipv6/conf/all/forwarding").exists() {
+            sysctl(&node.netns, "/proc/sys/net/ipv6/conf/all/forwarding", "0")?;
+        }
+        let nl = Netlink::open(&node.netns)?;
+        let lo = nl.link_up("lo")?;
+        nl.addr_add("lo", lo, IpAddr::V4(GATEWAY_V4), 32, false)?;
+        if let Some(v4) = node.ipv4 {
+            nl.addr_add("lo", lo, IpAddr::V4(v4), 32, false)?;
+        }
+        if let Some(v6) = node.ipv6 {
+            nl.addr_add("lo", lo, IpAddr::V6(v6), 128, true)?;
+        }
+        Ok(())
+    })?
+}
+
+fn realize_pod(node: &RealizedNode, pod: &RealizedPod, queues: u32) -> Result<(), TopoError> {
+    netns::create(&pod.netns)?;
+    let pod_ns = netns::open(&pod.netns)?;
+    netns::run_in(&node.netns, || -> Result<(), TopoError> {
+        let nl = Netlink::open(&node.netns)?;
+        nl.add_veth(&Veth {
+            host: &pod.host_ifname,
+            host_mac: pod.host_mac,
+            peer: POD_IFNAME,
+            peer_mac: pod.pod_mac,
+            peer_netns_fd: pod_ns.as_raw_fd(),
+            mtu: pod.mtu,
+            queues,
+        })?;
+        let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", pod.host_ifname);
+        if Path::new(&dad).exists() {
+            sysctl(&node.netns, &dad, "0")?;
+        }
+        let index = nl.link_up(&pod.host_ifname)?;
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            nl.addr_add(&pod.host_ifname, index, IpAddr::V6(GATEWAY_V6), 64, true)?;
+        }
+        Ok(())
+    })??;
+    drop(pod_ns);
+    netns::run_in(&pod.netns, || -> Result<(), TopoError> {
+        let dad = format!("/proc/sys/net/ipv6/conf/{POD_IFNAME}/accept_dad");
+        if Path::new(&dad).exists() {
+            sysctl(&pod.netns, &dad, "0")?;
+        }
+        ethtool::tx_checksum_off(POD_IFNAME).map_err(|error| TopoError::Ethtool {
+            netns: pod.netns.clone(),
+            ifname: POD_IFNAME.to_string(),
+            error,
+        })?;
+        let nl = Netlink::open(&pod.netns)?;
+        nl.link_up("lo")?;
+        let eth0 = nl.link_up(POD_IFNAME)?;
+        if let Some(v4) = pod.ipv4 {
+            nl.addr_add(POD_IFNAME, eth0, IpAddr::V4(v4), 32, false)?;
+            nl.route_v4(POD_IFNAME, eth0, GATEWAY_V4, 32, None)?;
+            nl.route_v4(POD_IFNAME, eth0, Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY_V4))?;
+        }
+        if let Some(v6) = pod.ipv6 {
+            nl.addr_add(POD_IFNAME, eth0, IpAddr::V6(v6), 128, true)?;
+            nl.route_v6(POD_IFNAME, eth0, Ipv6Addr::UNSPECIFIED, 0, GATEWAY_V6)?;
+        }
+        Ok(())
+    })?
+}
+
+impl Cluster {
+    /// Builds the cluster: all-or-nothing (on any failure, every netns it made
+    /// is removed again). The spec gets its defaults applied and is
+    /// validated first; nothing is built for an invalid spec.
+    pub fn build(
+        name: &str,
+        spec: &ClusterSpec,
+        opts: &BuildOptions,
+    ) -> Result<Cluster, TopoError> {
+        check_cluster_name(name)?;
+        opts.check()?;
+        let mut spec = spec.clone();
+        spec.apply_defaults();
+        spec.validate()?;
+
+        let mut cluster = Cluster {
+            name: name.to_string(),
+            nodes: spec
+                .nodes
+                .iter()
+                .map(|n| {
+                    let (ipv4, ipv6) = node_addrs(&n.pod_cidrs);
+                    RealizedNode {
+                        name: n.name.clone(),
+                        netns: node_netns(name, &n.name),
+                        labels: n.labels.clone(),
+                        pod_cidrs: n.pod_cidrs.clone(),
+                        ipv4,
+                        ipv6,
+                    }
+                })
+                .collect(),
+            namespaces: spec.namespaces.clone(),
+            pods: Vec::new(),
+        };
+        let mut next_slot: HashMap<&str, u128> = HashMap::new();
+        for pod in &spec.pods {
+            let slot = next_slot.entry(pod.node.as_str()).or_insert(2);
+            let node = cluster
+                .node(&pod.node)
+                .expect("validated: pod on a declared node");
+            let realized = plan_pod(name, node, pod, *slot, opts.mtu);
+            *slot += 1;
+            cluster.pods.push(realized);
+        }
+        cluster.check_unique_names()?;
+        for ns in cluster.all_netns() {
+            if netns::exists(&ns) {
+                return Err(TopoError::NetnsExists { netns: ns });
+            }
+        }
+
+        let mut undo = Undo { netns: Vec::new() };
+        for node in &cluster.nodes {
+            undo.netns.push(node.netns.clone());
+            realize_node(node).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+        }
+        for (i, pod) in cluster.pods.iter().enumerate() {
+            let node = cluster.node(&pod.node).expect("planned on a known node");
+            if testing::should_fail(i) {
+                return Err(TopoError::Conflict {
+                    object: pod.object(),
+                    msg: "failure injected by weir_topo::testing".into(),
+                });
+            }
+            undo.netns.push(pod.netns.clone());
+            realize_pod(node, pod, opts.queues).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+        }
+        undo.netns.clear();
+        Ok(cluster)
+    }
+
+    /// Adds and wires one pod (its namespace and node must exist in the
+    /// cluster; an empty `node` means the first node). On failure nothing of
+    /// it is left.
+    pub fn add_pod(
+        &mut self,
+        pod: &PodSpec,
+        opts: &BuildOptions,
+    ) -> Result<&RealizedPod, TopoError> {
+        opts.check()?;
+        let mut pod = pod.clone();
+        if pod.node.is_empty() {
+            pod.node = self
+                .nodes
+                .first()
+                .map(|n| n.name.clone())
+                .unwrap_or_default();
+        }
+        // Reuse the manifest checks on a spec made of this cluster and the pod.
+        let mut spec = ClusterSpec {
+            nodes: self.nodes.iter().map(node_spec).collect(),
+            namespaces: self.namespaces.clone(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| PodSpec {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    node: p.node.clone(),
+                    ports: p.ports.clone(),
+                })
+                .collect(),
+        };
+        spec.pods.push(pod.clone());
+        spec.validate()?;
+
+        let node = self
+            .node(&pod.node)
+            .expect("validated: pod on a declared node");
+        let used: HashSet<u128> = self
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .filter_map(|p| slot_of(node, p))
+            .collect();
+        let capacity = node_spec(node).pod_capacity();
+        let slot = (2u128..)
+            .take_while(|s| *s < capacity.saturating_add(2))
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| TopoError::Conflict {
+                object: pod.object(),
+                msg: format!("node {:?} has no free address", node.name),
+            })?;
+        let realized = plan_pod(&self.name, node, &pod, slot, opts.mtu);
+        let node = node.clone();
+        self.pods.push(realized);
+        let checked = self.check_unique_names().and_then(|()| {
+            let last = self.pods.last().expect("just pushed");
+            if netns::exists(&last.netns) {
+                return Err(TopoError::NetnsExists {
+                    netns: last.netns.clone(),
+                });
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            self.pods.pop();
+            return Err(e);
+        }
+        let last = self.pods.last().expect("just pushed").clone();
+        if let Err(e) = realize_pod(&node, &last, opts.queues) {
+            let _ = remove_links(&node, &last);
+            if let Err(e2) = netns::delete(&last.netns) {
+                log::warn!("rollback: {e2}");
+            }
+            self.pods.pop();
+            return Err(e);
+        }
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Removes a pod: its node-side veth (synchronously, so the same pod can
+    /// be added again at once) and its netns.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<(), TopoError> {
+        let Some(i) = self
+            .pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+        else {
+            return Err(TopoError::UnknownPod {
+                cluster: self.name.clone(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        };
+        let pod = self.pods[i].clone();
+        if let Some(node) = self.node(&pod.node) {
+            if netns::exists(&node.netns) {
+                remove_links(node, &pod)?;
+            }
+        }
+        netns::delete(&pod.netns)?;
+        self.pods.remove(i);
+        Ok(())
+    }
+
+    /// Removes every netns of the cluster (its own list, then anything else
+    /// with its prefix). Keeps going after an error and returns the first.
+    pub fn teardown(&self) -> Result<(), TopoError> {
+        let mut first = None;
+        for ns in self.all_netns().iter().rev() {
+            if let Err(e) = netns::delete(ns) {
+                first.get_or_insert(e);
+            }
+        }
+        if let Err(e) = teardown_by_name(&self.name) {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Writes the state as JSON (atomically: a temporary file, then rename).
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads a state written by [`save`](Self::save).
+    pub fn load(path: &Path) -> io::Result<Cluster> {
+        let text = std::fs::read(path)?;
+        serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&RealizedPod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// The node `name`.
+    pub fn node(&self, name: &str) -> Option<&RealizedNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every netns of the cluster: nodes first, then pods.
+    pub fn all_netns(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.netns.clone())
+            .chain(self.pods.iter().map(|p| p.netns.clone()))
+            .collect()
+    }
+
+    /// No two objects share a netns, and no two pods of a node a veth name.
+    fn check_unique_names(&self) -> Result<(), TopoError> {
+        let mut by_netns: HashMap<&str, String> = HashMap::new();
+        let objects = self
+            .nodes
+            .iter()
+            .map(|n| (n.netns.as_str(), format!("nodes/{}", n.name)))
+            .chain(self.pods.iter().map(|p| (p.netns.as_str(), p.object())));
+        for (ns, object) in objects {
+            check_netns_name(&object, ns)?;
+            if let Some(other) = by_netns.insert(ns, object.clone()) {
+                return Err(TopoError::Conflict {
+                    object,
+                    msg: format!("netns name {ns} is also that of {other}; rename one"),
+                });
+            }
+        }
+        let mut ifnames: HashMap<(&str, &str), String> = HashMap::new();
+        for p in &self.pods {
+            if let Some(other) =
+                ifnames.insert((p.node.as_str(), p.host_ifname.as_str()), p.object())
+            {
+                return Err(TopoError::Conflict {
+                    object: p.object(),
+                    msg: format!("veth name {} (a hash) collides with that of {other} on node {}; rename one", p.host_ifname, p.node),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A netns that existed before (EEXIST) is not ours: do not roll it back.
+fn keep_if_preexisting(e: TopoError, undo: &mut Undo) -> TopoError {
+    if let TopoError::NetnsExists { netns } = &e {
+        if undo.netns.last() == Some(netns) {
+            undo.netns.pop();
+        }
+    }
+    e
+}
+
+fn remove_links(node: &RealizedNode, pod: &RealizedPod) -> Result<(), TopoError> {
+    netns::run_in(&node.netns, || {
+        let nl = Netlink::open(&node.netns)?;
+        nl.link_del(&pod.host_ifname)
+    })?
+}
+
+/// Removes every netns named `weir-<cluster>-*`, even without a state file.
+/// Keeps going after an error and returns the first.
+pub fn teardown_by_name(cluster: &str) -> Result<(), TopoError> {
+    check_cluster_name(cluster)?;
+    let mut first = None;
+    for ns in netns::list_with_prefix(&netns_prefix(cluster)) {
+        if let Err(e) = netns::delete(&ns) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Calls [`teardown_by_name`] when dropped (for tests and short-lived tools:
+/// a cluster is removed even when the code that built it panics).
+#[derive(Debug)]
+pub struct TeardownGuard {
+    cluster: String,
+}
+
+impl TeardownGuard {
+    /// Guards the cluster `cluster` (which need not exist yet).
+    pub fn new(cluster: &str) -> TeardownGuard {
+        TeardownGuard {
+            cluster: cluster.to_string(),
+        }
+    }
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        if let Err(e) = teardown_by_name(&self.cluster) {
+            log::warn!("teardown of cluster {}: {e}", self.cluster);
+        }
+    }
+}
+
+/// Fault injection for tests of the all-or-nothing build.
+#[doc(hidden)]
+pub mod testing {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAIL_AT_POD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Makes `Cluster::build` on this thread fail just before wiring the
+    /// pod at index `n` (after the nodes and the pods before it are built).
+    pub fn fail_build_at_pod(n: Option<usize>) {
+        FAIL_AT_POD.with(|c| c.set(n));
+    }
+
+    pub(crate) fn should_fail(i: usize) -> bool {
+        FAIL_AT_POD.with(|c| c.get() == Some(i))
+    }
+}

@@ -1,0 +1,863 @@
+//! Plain Kubernetes manifests (Node, Namespace, Pod; all `apiVersion: v1`)
+//! read into a [`ClusterSpec`].
+//!
+//! Files hold one or more YAML documents (`---`-separated) or JSON (one
+//! object, a stream of objects, or a `kind: List`). Every document must be of a
+//! kind this module knows; anything else is an error naming the kind. Callers
+//! that also read other kinds (NetworkPolicy, ...) split the text themselves
+//! with [`split_documents`], route what [`is_topology_kind`] accepts to
+//! [`ClusterSpec::add_document`] and handle the rest.
+//!
+//! Only the fields weir needs are read (unknown fields are ignored, as the API
+//! server's non-strict decoding does): `metadata.name/namespace/labels`,
+//! Node `spec.podCIDR(s)`, Pod `spec.nodeName` and
+//! `spec.containers[*].ports[*]`.
+//!
+//! Defaults and checks ([`ClusterSpec::finish`], done by [`load_files`] and
+//! [`parse_str`]):
+//! - no Node at all: one node `node-1` with podCIDRs `10.244.0.0/24` and
+//!   `fd00:10:244::/64`;
+//! - a Node without podCIDRs gets the first free pair
+//!   `10.244.<i>.0/24` + `fd00:10:244:<i>::/64`;
+//! - nodes get `kubernetes.io/hostname=<name>` and namespaces
+//!   `kubernetes.io/metadata.name=<name>` (as kubelet and the API server do);
+//! - a Pod without `metadata.namespace` is in `default`; without
+//!   `spec.nodeName` it runs on the first node;
+//! - **namespaces**: only `default` is created implicitly; a pod in any other
+//!   namespace needs a Namespace object (a typo then fails loudly instead of
+//!   silently making a namespace no policy selects);
+//! - names are DNS-1123 (namespaces: labels; nodes and pods: subdomains),
+//!   labels follow the Kubernetes key/value rules, no object is defined twice,
+//!   pods run on declared nodes, podCIDRs parse, are canonical, at most one per
+//!   family, and do not overlap between nodes (or 169.254.0.0/16), ports are
+//!   1-65535 and unique per protocol in a pod, port names are IANA_SVC_NAMEs
+//!   and unique in a pod, and no node has more pods than its CIDRs hold (`.0`,
+//!   `.1` — the node — and the broadcast address are not handed out).
+//!
+//! Errors are one line: `<object>: <field>: <problem>`, where object is
+//! `nodes/<name>`, `namespaces/<name>` or `pods/<namespace>/<name>`.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+
+/// The implicit namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The node made when a manifest set has none.
+pub const DEFAULT_NODE: &str = "node-1";
+/// The label every namespace carries (set by the API server).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The label every node carries (set by kubelet).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// One problem with the manifests, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A file could not be read.
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The text is not YAML/JSON, or a document lacks `kind`/`apiVersion`.
+    #[error("{file}: {msg}")]
+    Syntax { file: String, msg: String },
+    /// A document of a kind this crate does not build.
+    #[error("{file}: document {index}: unsupported kind {kind:?} (apiVersion {api_version:?}); expected Node, Namespace or Pod of apiVersion v1")]
+    UnknownKind {
+        file: String,
+        index: usize,
+        kind: String,
+        api_version: String,
+    },
+    /// A field of an object is wrong.
+    #[error("{object}: {field}: {msg}")]
+    Invalid {
+        object: String,
+        field: String,
+        msg: String,
+    },
+    /// Two objects of the same kind and name.
+    #[error("{object}: defined more than once")]
+    Duplicate { object: String },
+}
+
+fn invalid(object: &str, field: impl Into<String>, msg: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid {
+        object: object.to_string(),
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// L4 protocol of a container port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The Kubernetes spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A declared `containerPort` (of any container of the pod).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A Node object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`): at most one IPv4 and one IPv6.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// A Namespace object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceSpec {
+    pub name: String,
+    /// Always includes `kubernetes.io/metadata.name=<name>` once finished.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A Pod object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PodSpec {
+    /// `metadata.namespace`, `default` when absent.
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.nodeName`; empty until [`ClusterSpec::finish`] picks the first node.
+    pub node: String,
+    /// Ports of all containers, in order.
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodSpec {
+    /// `pods/<namespace>/<name>`, the prefix of this pod's errors.
+    pub fn object(&self) -> String {
+        format!("pods/{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the manifests declare, in manifest order.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub nodes: Vec<NodeSpec>,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub pods: Vec<PodSpec>,
+}
+
+/// One document of a manifest file, before it is interpreted.
+#[derive(Clone, Debug)]
+pub struct Document {
+    /// The file (or other source) name, for errors.
+    pub file: String,
+    /// 1-based position in the file (items of a `List` count separately).
+    pub index: usize,
+    pub api_version: String,
+    pub kind: String,
+    pub value: serde_yaml::Value,
+}
+
+/// Whether this crate builds objects of that kind ([`ClusterSpec::add_document`]).
+pub fn is_topology_kind(api_version: &str, kind: &str) -> bool {
+    api_version == "v1" && matches!(kind, "Node" | "Namespace" | "Pod")
+}
+
+/// Splits YAML (multi-document) or JSON text into documents, flattening
+/// `kind: List`. Empty documents are skipped. Errors on text that does not
+/// parse and on documents without `kind` or `apiVersion`.
+pub fn split_documents(text: &str, file: &str) -> Result<Vec<Document>, ManifestError> {
+    let syntax = |msg: String| ManifestError::Syntax {
+        file: file.to_string(),
+        msg,
+    };
+    let mut values = Vec::new();
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
+            let v = v.map_err(|e| syntax(e.to_string()))?;
+            let v = serde_yaml::to_value(v).map_err(|e| syntax(e.to_string()))?;
+            values.push(v);
+        }
+    } else {
+        for de in serde_yaml::Deserializer::from_str(text) {
+            let v = serde_yaml::Value::deserialize(de).map_err(|e| syntax(e.to_string()))?;
+            values.push(v);
+        }
+    }
+    let mut docs = Vec::new();
+    let mut index = 0;
+    let mut queue: Vec<serde_yaml::Value> = values;
+    queue.reverse();
+    while let Some(value) = queue.pop() {
+        if value.is_null() {
+            continue;
+        }
+        index += 1;
+        let str_field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        if value.as_sequence().is_some() {
+            // A JSON array of objects.
+            let items = value.as_sequence().cloned().unwrap_or_default();
+            index -= 1;
+            queue.extend(items.into_iter().rev());
+            continue;
+        }
+        if !value.is_mapping() {
+            return Err(syntax(format!("document {index}: not an object")));
+        }
+        let kind =
+            str_field("kind").ok_or_else(|| syntax(format!("document {index}: kind: required")))?;
+        let api_version = str_field("apiVersion")
+            .ok_or_else(|| syntax(format!("document {index}: apiVersion: required")))?;
+        if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+            let items = value
+                .get("items")
+                .and_then(|v| v.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            index -= 1;
+            queue.extend(items.into_iter().rev());
+            continue;
+        }
+        docs.push(Document {
+            file: file.to_string(),
+            index,
+            api_version,
+            kind,
+            value,
+        });
+    }
+    Ok(docs)
+}
+
+/// Reads, merges and finishes (defaults + validation) manifest files.
+pub fn load_files(paths: &[PathBuf]) -> Result<ClusterSpec, ManifestError> {
+    let mut spec = ClusterSpec::default();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
+            path: path.clone(),
+            error,
+        })?;
+        spec.merge(parse_objects(&text, &path.display().to_string())?)?;
+    }
+    spec.finish()
+}
+
+/// Parses one text (named `source` in errors) and finishes it: the same as
+/// [`load_files`] with one file.
+pub fn parse_str(text: &str, source: &str) -> Result<ClusterSpec, ManifestError> {
+    parse_objects(text, source)?.finish()
+}
+
+/// Parses one text into objects without defaults or cross-object checks
+/// (for merging several sources before [`ClusterSpec::finish`]).
+pub fn parse_objects(text: &str, source: &str) -> Result<ClusterSpec, ManifestError> {
+    let mut spec = ClusterSpec::default();
+    for doc in split_documents(text, source)? {
+        spec.add_document(&doc)?;
+    }
+    Ok(spec)
+}
+
+// ---- wire shapes (only the fields we read; unknown fields ignored) ----
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNode {
+    metadata: RawMeta,
+    spec: RawNodeSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawNodeSpec {
+    #[serde(rename = "podCIDR")]
+    pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNamespace {
+    metadata: RawMeta,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPod {
+    metadata: RawMeta,
+    spec: RawPodSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPodSpec {
+    node_name: Option<String>,
+    containers: Vec<RawContainer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawContainer {
+    ports: Vec<RawPort>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPort {
+    name: Option<String>,
+    container_port: Option<i64>,
+    protocol: Option<String>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(doc: &Document) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let object = object_of(doc);
+        ManifestError::Invalid {
+            object,
+            field: path,
+            msg: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// A best-effort object name for errors raised before the object is decoded.
+fn object_of(doc: &Document) -> String {
+    let meta = doc.value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str());
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    match (doc.kind.as_str(), name) {
+        ("Pod", Some(n)) => format!("pods/{ns}/{n}"),
+        ("Node", Some(n)) => format!("nodes/{n}"),
+        ("Namespace", Some(n)) => format!("namespaces/{n}"),
+        (kind, _) => format!("{}: document {} ({kind})", doc.file, doc.index),
+    }
+}
+
+fn check_labels(object: &str, labels: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+    for (k, v) in labels {
+        names::label_key(k).map_err(|e| invalid(object, "metadata.labels", e))?;
+        names::label_value(v).map_err(|e| invalid(object, format!("metadata.labels[{k}]"), e))?;
+    }
+    Ok(())
+}
+
+fn required_name(doc: &Document, meta: &RawMeta) -> Result<String, ManifestError> {
+    match &meta.name {
+        Some(n) => Ok(n.clone()),
+        None => Err(invalid(&object_of(doc), "metadata.name", "required")),
+    }
+}
+
+fn parse_cidr(object: &str, field: &str, s: &str) -> Result<IpNet, ManifestError> {
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| invalid(object, field, format!("{s:?} is not a CIDR")))?;
+    if net.trunc() != net {
+        return Err(invalid(
+            object,
+            field,
+            format!("{s} has host bits set (did you mean {}?)", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+impl ClusterSpec {
+    /// Adds one Node, Namespace or Pod document; any other kind is an error.
+    /// Per-object fields are checked here, with their exact manifest paths.
+    pub fn add_document(&mut self, doc: &Document) -> Result<(), ManifestError> {
+        if !is_topology_kind(&doc.api_version, &doc.kind) {
+            return Err(ManifestError::UnknownKind {
+                file: doc.file.clone(),
+                index: doc.index,
+                kind: doc.kind.clone(),
+                api_version: doc.api_version.clone(),
+            });
+        }
+        match doc.kind.as_str() {
+            "Node" => {
+                let raw: RawNode = decode(doc)?;
+                let name = required_name(doc, &raw.metadata)?;
+                let object = format!("nodes/{name}");
+                let mut pod_cidrs = Vec::new();
+                if let Some(list) = &raw.spec.pod_cidrs {
+                    for (i, s) in list.iter().enumerate() {
+                        pod_cidrs.push(parse_cidr(&object, &format!("spec.podCIDRs[{i}]"), s)?);
+                    }
+                }
+                if let Some(s) = &raw.spec.pod_cidr {
+                    let one = parse_cidr(&object, "spec.podCIDR", s)?;
+                    match pod_cidrs.first() {
+                        None => pod_cidrs.push(one),
+                        Some(first) if *first == one => {}
+                        Some(first) => {
+                            return Err(invalid(
+                                &object,
+                                "spec.podCIDR",
+                                format!("{one} differs from spec.podCIDRs[0] {first}"),
+                            ))
+                        }
+                    }
+                }
+                let node = NodeSpec {
+                    name,
+                    labels: raw.metadata.labels.unwrap_or_default(),
+                    pod_cidrs,
+                };
+                node.check()?;
+                self.nodes.push(node);
+            }
+            "Namespace" => {
+                let raw: RawNamespace = decode(doc)?;
+                let ns = NamespaceSpec {
+                    name: required_name(doc, &raw.metadata)?,
+                    labels: raw.metadata.labels.unwrap_or_default(),
+                };
+                ns.check()?;
+                self.namespaces.push(ns);
+            }
+            "Pod" => {
+                let raw: RawPod = decode(doc)?;
+                let name = required_name(doc, &raw.metadata)?;
+                let namespace = raw
+                    .metadata
+                    .namespace
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+                let object = format!("pods/{namespace}/{name}");
+                let mut ports = Vec::new();
+                let mut paths = Vec::new();
+                for (ci, c) in raw.spec.containers.iter().enumerate() {
+                    for (pi, p) in c.ports.iter().enumerate() {
+                        let path = format!("spec.containers[{ci}].ports[{pi}]");
+                        let port = match p.container_port {
+                            None => {
+                                return Err(invalid(
+                                    &object,
+                                    format!("{path}.containerPort"),
+                                    "required",
+                                ))
+                            }
+                            Some(n) if !(1..=65535).contains(&n) => {
+                                return Err(invalid(
+                                    &object,
+                                    format!("{path}.containerPort"),
+                                    format!("{n} is out of range 1-65535"),
+                                ))
+                            }
+                            Some(n) => n as u16,
+                        };
+                        let protocol = match p.protocol.as_deref() {
+                            None | Some("TCP") => Protocol::Tcp,
+                            Some("UDP") => Protocol::Udp,
+                            Some("SCTP") => Protocol::Sctp,
+                            Some(other) => {
+                                return Err(invalid(
+                                    &object,
+                                    format!("{path}.protocol"),
+                                    format!("{other:?} is not one of TCP, UDP, SCTP"),
+                                ))
+                            }
+                        };
+                        ports.push(ContainerPort {
+                            name: p.name.clone(),
+                            port,
+                            protocol,
+                        });
+                        paths.push(path);
+                    }
+                }
+                let pod = PodSpec {
+                    namespace,
+                    name,
+                    labels: raw.metadata.labels.unwrap_or_default(),
+                    node: raw.spec.node_name.unwrap_or_default(),
+                    ports,
+                };
+                pod.check_with_paths(&paths)?;
+                self.pods.push(pod);
+            }
+            _ => unreachable!("is_topology_kind admitted {}", doc.kind),
+        }
+        Ok(())
+    }
+
+    /// Appends another spec's objects (duplicates are reported by
+    /// [`validate`](Self::validate)).
+    pub fn merge(&mut self, other: ClusterSpec) -> Result<(), ManifestError> {
+        self.nodes.extend(other.nodes);
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        Ok(())
+    }
+
+    /// Adds node `node-1` (10.244.0.0/24, fd00:10:244::/64) when there is no node.
+    pub fn default_node_if_missing(&mut self) {
+        if self.nodes.is_empty() {
+            self.nodes.push(NodeSpec {
+                name: DEFAULT_NODE.to_string(),
+                labels: BTreeMap::new(),
+                pod_cidrs: vec![
+                    "10.244.0.0/24".parse().expect("literal CIDR"),
+                    "fd00:10:244::/64".parse().expect("literal CIDR"),
+                ],
+            });
+        }
+    }
+
+    /// Applies every default of the module doc (default node, podCIDRs of
+    /// nodes without, implicit `default` namespace, well-known labels, pod
+    /// node) and validates.
+    pub fn finish(mut self) -> Result<ClusterSpec, ManifestError> {
+        self.apply_defaults();
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The defaulting half of [`finish`](Self::finish); idempotent.
+    pub fn apply_defaults(&mut self) {
+        self.default_node_if_missing();
+        let taken: Vec<IpNet> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.pod_cidrs.clone())
+            .collect();
+        let mut next = 0u16;
+        let mut assigned: Vec<IpNet> = Vec::new();
+        for node in self.nodes.iter_mut().filter(|n| n.pod_cidrs.is_empty()) {
+            while next < 256 {
+                let i = next;
+                next += 1;
+                let v4: IpNet = format!("10.244.{i}.0/24").parse().expect("generated CIDR");
+                let v6: IpNet = format!("fd00:10:244:{i:x}::/64")
+                    .parse()
+                    .expect("generated CIDR");
+                let clash = |c: &IpNet| taken.iter().chain(assigned.iter()).any(|t| overlaps(t, c));
+                if !clash(&v4) && !clash(&v6) {
+                    node.pod_cidrs = vec![v4, v6];
+                    assigned.extend([v4, v6]);
+                    break;
+                }
+            }
+        }
+        for node in &mut self.nodes {
+            node.labels
+                .entry(HOSTNAME_LABEL.to_string())
+                .or_insert_with(|| node.name.clone());
+        }
+        if !self.namespaces.iter().any(|n| n.name == DEFAULT_NAMESPACE) {
+            self.namespaces.insert(
+                0,
+                NamespaceSpec {
+                    name: DEFAULT_NAMESPACE.to_string(),
+                    labels: BTreeMap::new(),
+                },
+            );
+        }
+        for ns in &mut self.namespaces {
+            ns.labels
+                .entry(NAMESPACE_NAME_LABEL.to_string())
+                .or_insert_with(|| ns.name.clone());
+        }
+        if let Some(first) = self.nodes.first().map(|n| n.name.clone()) {
+            for pod in self.pods.iter_mut().filter(|p| p.node.is_empty()) {
+                pod.node = first.clone();
+            }
+        }
+    }
+
+    /// Checks everything listed in the module doc; the first problem wins.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "items",
+                "no node (call default_node_if_missing)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for node in &self.nodes {
+            node.check()?;
+            if !seen.insert(&node.name) {
+                return Err(ManifestError::Duplicate {
+                    object: format!("nodes/{}", node.name),
+                });
+            }
+            if node.pod_cidrs.is_empty() {
+                return Err(invalid(
+                    &format!("nodes/{}", node.name),
+                    "spec.podCIDRs",
+                    "required",
+                ));
+            }
+        }
+        for (i, a) in self.nodes.iter().enumerate() {
+            for b in &self.nodes[..i] {
+                for ca in &a.pod_cidrs {
+                    if let Some(cb) = b.pod_cidrs.iter().find(|cb| overlaps(ca, cb)) {
+                        return Err(invalid(
+                            &format!("nodes/{}", a.name),
+                            "spec.podCIDRs",
+                            format!("{ca} overlaps {cb} of nodes/{}", b.name),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut namespaces = HashSet::new();
+        for ns in &self.namespaces {
+            ns.check()?;
+            if !namespaces.insert(ns.name.as_str()) {
+                return Err(ManifestError::Duplicate {
+                    object: format!("namespaces/{}", ns.name),
+                });
+            }
+        }
+        let nodes: HashMap<&str, &NodeSpec> =
+            self.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut pods = HashSet::new();
+        let mut per_node: HashMap<&str, u128> = HashMap::new();
+        for pod in &self.pods {
+            pod.check()?;
+            let object = pod.object();
+            if !pods.insert((pod.namespace.as_str(), pod.name.as_str())) {
+                return Err(ManifestError::Duplicate { object });
+            }
+            if !namespaces.contains(pod.namespace.as_str()) {
+                return Err(invalid(
+                    &object,
+                    "metadata.namespace",
+                    format!(
+                        "namespace {:?} is not declared (add a Namespace object; only \"default\" is implicit)",
+                        pod.namespace
+                    ),
+                ));
+            }
+            let Some(node) = nodes.get(pod.node.as_str()) else {
+                return Err(invalid(
+                    &object,
+                    "spec.nodeName",
+                    format!("node {:?} is not declared", pod.node),
+                ));
+            };
+            let count = per_node.entry(node.name.as_str()).or_default();
+            *count += 1;
+            let capacity = node.pod_capacity();
+            if *count > capacity {
+                return Err(invalid(
+                    &object,
+                    "spec.nodeName",
+                    format!(
+                        "node {:?} is full: its podCIDRs {} hold {capacity} pods",
+                        node.name,
+                        node.pod_cidrs
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two networks share an address (different families never do).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    match (a, b) {
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)) => {
+            a.contains(&b.network()) || b.contains(&a.network())
+        }
+        _ => false,
+    }
+}
+
+impl NodeSpec {
+    /// `nodes/<name>`.
+    pub fn object(&self) -> String {
+        format!("nodes/{}", self.name)
+    }
+
+    fn check(&self) -> Result<(), ManifestError> {
+        let object = self.object();
+        names::dns1123_subdomain(&self.name).map_err(|e| invalid(&object, "metadata.name", e))?;
+        check_labels(&object, &self.labels)?;
+        let (mut v4, mut v6) = (0, 0);
+        for c in &self.pod_cidrs {
+            match c {
+                IpNet::V4(_) => v4 += 1,
+                IpNet::V6(_) => v6 += 1,
+            }
+            if c.trunc() != *c {
+                return Err(invalid(
+                    &object,
+                    "spec.podCIDRs",
+                    format!("{c} has host bits set"),
+                ));
+            }
+            let link_local: IpNet = "169.254.0.0/16".parse().expect("literal CIDR");
+            let v6_special: [IpNet; 3] = [
+                "fe80::/10".parse().expect("literal CIDR"),
+                "ff00::/8".parse().expect("literal CIDR"),
+                "::/127".parse().expect("literal CIDR"),
+            ];
+            if overlaps(c, &link_local) || v6_special.iter().any(|s| overlaps(c, s)) {
+                return Err(invalid(
+                    &object,
+                    "spec.podCIDRs",
+                    format!("{c} overlaps link-local, multicast or unspecified addresses"),
+                ));
+            }
+        }
+        if v4 > 1 || v6 > 1 {
+            return Err(invalid(
+                &object,
+                "spec.podCIDRs",
+                "at most one IPv4 and one IPv6 CIDR are allowed",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many pods the podCIDRs hold: the smaller of the families present
+    /// (IPv4 hands out `.2` up to the address before broadcast, IPv6 `::2`
+    /// up to the address before the last).
+    pub fn pod_capacity(&self) -> u128 {
+        self.pod_cidrs
+            .iter()
+            .map(|c| match c {
+                IpNet::V4(n) => (1u128 << (32 - n.prefix_len())).saturating_sub(3),
+                IpNet::V6(n) => {
+                    let bits = 128 - n.prefix_len() as u32;
+                    if bits >= 127 {
+                        u128::MAX
+                    } else {
+                        (1u128 << bits).saturating_sub(3)
+                    }
+                }
+            })
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl NamespaceSpec {
+    fn check(&self) -> Result<(), ManifestError> {
+        let object = format!("namespaces/{}", self.name);
+        names::dns1123_label(&self.name).map_err(|e| invalid(&object, "metadata.name", e))?;
+        check_labels(&object, &self.labels)
+    }
+}
+
+impl PodSpec {
+    /// Per-pod checks with flat paths (`spec.ports[i]`) for specs built in code.
+    pub(crate) fn check(&self) -> Result<(), ManifestError> {
+        let paths: Vec<String> = (0..self.ports.len())
+            .map(|i| format!("spec.ports[{i}]"))
+            .collect();
+        self.check_with_paths(&paths)
+    }
+
+    fn check_with_paths(&self, paths: &[String]) -> Result<(), ManifestError> {
+        let object = self.object();
+        names::dns1123_label(&self.namespace)
+            .map_err(|e| invalid(&object, "metadata.namespace", e))?;
+        names::dns1123_subdomain(&self.name).map_err(|e| invalid(&object, "metadata.name", e))?;
+        check_labels(&object, &self.labels)?;
+        if !self.node.is_empty() {
+            names::dns1123_subdomain(&self.node)
+                .map_err(|e| invalid(&object, "spec.nodeName", e))?;
+        }
+        let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
+        let mut names_seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (p, path) in self.ports.iter().zip(paths) {
+            if p.port == 0 {
+                return Err(invalid(
+                    &object,
+                    format!("{path}.containerPort"),
+                    "0 is out of range 1-65535",
+                ));
+            }
+            if let Some(first) = seen.insert((p.port, p.protocol), path) {
+                return Err(invalid(
+                    &object,
+                    format!("{path}.containerPort"),
+                    format!("{}/{} is already declared at {first}", p.port, p.protocol),
+                ));
+            }
+            if let Some(name) = &p.name {
+                names::iana_svc_name(name)
+                    .map_err(|e| invalid(&object, format!("{path}.name"), e))?;
+                if let Some(first) = names_seen.insert(name, path) {
+                    return Err(invalid(
+                        &object,
+                        format!("{path}.name"),
+                        format!("{name:?} is already used at {first}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The protocols/ports in a deterministic order, for display.
+pub fn port_summary(ports: &[ContainerPort]) -> String {
+    let set: BTreeSet<String> = ports
+        .iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol))
+        .collect();
+    set.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// Reads one file as [`parse_objects`] does (no defaults).
+pub fn read_objects(path: &Path) -> Result<ClusterSpec, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    parse_objects(&text, &path.display().to_string())
+}

@@ -1,0 +1,224 @@
+//! The few rtnetlink requests topologies need, made synchronously from a
+//! thread that is already inside the target namespace (see
+//! [`crate::netns::run_in`]): the netlink socket is opened here, so it talks
+//! to that thread's namespace.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressHeaderFlag;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::RouteScope;
+use rtnetlink::Handle;
+
+use crate::TopoError;
+
+pub(crate) struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+    netns: String,
+}
+
+/// A veth pair to create: the host end stays in the current namespace, the
+/// peer is created directly in the namespace `peer_netns_fd` refers to.
+pub(crate) struct Veth<'a> {
+    pub host: &'a str,
+    pub host_mac: [u8; 6],
+    pub peer: &'a str,
+    pub peer_mac: [u8; 6],
+    pub peer_netns_fd: RawFd,
+    pub mtu: u32,
+    pub queues: u32,
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the calling thread's namespace, named
+    /// `netns` in errors.
+    pub(crate) fn open(netns: &str) -> Result<Netlink, TopoError> {
+        let io = |op: &'static str| {
+            let netns = netns.to_string();
+            move |error: std::io::Error| TopoError::Netns { netns, op, error }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(io("netlink runtime"))?;
+        let (conn, handle, _) = {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map_err(io("netlink socket"))?
+        };
+        rt.spawn(conn);
+        Ok(Netlink {
+            rt,
+            handle,
+            netns: netns.to_string(),
+        })
+    }
+
+    fn run<T>(
+        &self,
+        object: &str,
+        op: impl Into<String>,
+        fut: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, TopoError> {
+        self.rt.block_on(fut).map_err(|error| TopoError::Netlink {
+            netns: self.netns.clone(),
+            object: object.to_string(),
+            op: op.into(),
+            error,
+        })
+    }
+
+    /// The index of the interface `name`, or `None` when there is none.
+    pub(crate) fn link_index(&self, name: &str) -> Result<Option<u32>, TopoError> {
+        let handle = self.handle.clone();
+        let res = self.rt.block_on(async move {
+            let handle = handle;
+            handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+        });
+        match res {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(error) => Err(TopoError::Netlink {
+                netns: self.netns.clone(),
+                object: name.to_string(),
+                op: "get link".into(),
+                error,
+            }),
+        }
+    }
+
+    fn need_index(&self, name: &str) -> Result<u32, TopoError> {
+        self.link_index(name)?.ok_or_else(|| TopoError::Conflict {
+            object: format!("netns {} link {name}", self.netns),
+            msg: "interface not found".into(),
+        })
+    }
+
+    /// `ip link add <host> address <mac> mtu <mtu> numtxqueues <q> numrxqueues <q>
+    ///  type veth peer name <peer> address <mac> mtu <mtu> netns <fd> ...`
+    pub(crate) fn add_veth(&self, v: &Veth<'_>) -> Result<(), TopoError> {
+        let mut peer = LinkMessage::default();
+        peer.attributes.extend([
+            LinkAttribute::IfName(v.peer.to_string()),
+            LinkAttribute::Address(v.peer_mac.to_vec()),
+            LinkAttribute::Mtu(v.mtu),
+            LinkAttribute::NumTxQueues(v.queues),
+            LinkAttribute::NumRxQueues(v.queues),
+            LinkAttribute::NetNsFd(v.peer_netns_fd),
+        ]);
+        let mut req = self.handle.link().add();
+        req.message_mut().attributes.extend([
+            LinkAttribute::IfName(v.host.to_string()),
+            LinkAttribute::Address(v.host_mac.to_vec()),
+            LinkAttribute::Mtu(v.mtu),
+            LinkAttribute::NumTxQueues(v.queues),
+            LinkAttribute::NumRxQueues(v.queues),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+            ]),
+        ]);
+        self.run(v.host, "add veth", req.execute())
+    }
+
+    /// `ip link set <name> up`.
+    pub(crate) fn link_up(&self, name: &str) -> Result<u32, TopoError> {
+        let index = self.need_index(name)?;
+        self.run(name, "set up", self.handle.link().set(index).up().execute())?;
+        Ok(index)
+    }
+
+    /// `ip link del <name>`; absent is fine.
+    pub(crate) fn link_del(&self, name: &str) -> Result<(), TopoError> {
+        let Some(index) = self.link_index(name)? else {
+            return Ok(());
+        };
+        let handle = self.handle.clone();
+        self.run(name, "delete link", async move {
+            handle.link().del(index).execute().await
+        })
+    }
+
+    /// `ip addr add <ip>/<prefix> dev <index> [nodad]`.
+    pub(crate) fn addr_add(
+        &self,
+        ifname: &str,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+        nodad: bool,
+    ) -> Result<(), TopoError> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if nodad {
+            req.message_mut()
+                .header
+                .flags
+                .push(AddressHeaderFlag::Nodad);
+        }
+        self.run(ifname, format!("add address {ip}/{prefix}"), req.execute())
+    }
+
+    /// `ip route add <dst>/<len> [via <gw>] dev <index> [scope link]`.
+    pub(crate) fn route_v4(
+        &self,
+        ifname: &str,
+        index: u32,
+        dst: Ipv4Addr,
+        len: u8,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<(), TopoError> {
+        let mut req = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(dst, len)
+            .output_interface(index);
+        req = match gateway {
+            Some(gw) => req.gateway(gw),
+            None => req.scope(RouteScope::Link),
+        };
+        let what = match gateway {
+            Some(gw) => format!("add route {dst}/{len} via {gw}"),
+            None => format!("add route {dst}/{len} scope link"),
+        };
+        self.run(ifname, what, req.execute())
+    }
+
+    /// `ip -6 route add <dst>/<len> via <gw> dev <index>`.
+    pub(crate) fn route_v6(
+        &self,
+        ifname: &str,
+        index: u32,
+        dst: Ipv6Addr,
+        len: u8,
+        gateway: Ipv6Addr,
+    ) -> Result<(), TopoError> {
+        let req = self
+            .handle
+            .route()
+            .add()
+            .v6()
+            .destination_prefix(dst, len)
+            .output_interface(index)
+            .gateway(gateway);
+        self.run(
+            ifname,
+            format!("add route {dst}/{len} via {gateway}"),
+            req.execute(),
+        )
+    }
+}
