@@ -1,1 +1,518 @@
-//! (in progress)
+//! The dataplane object: owns the workers, the XDP attachments and the
+//! published snapshot.
+//!
+//! Layout: worker `w` (of `W`) serves every queue `q` with `q % W == w` on
+//! every port. Each worker has one UMEM; the control thread (the caller of
+//! [`Dataplane::start`] / [`Dataplane::apply`]) creates the worker's sockets
+//! on that UMEM, one per (port, queue) it serves, registers each fd in the
+//! port's XSKMAP and hands the socket to the worker over a channel the worker
+//! drains between rounds (see `worker`). Sockets are created in the calling
+//! thread's network namespace, and workers are spawned from it too, so both
+//! must be called from a thread in the node's namespace.
+//!
+//! Snapshots are published with one `ArcSwap`; workers pick the new one up at
+//! their next round. Replaced snapshots are kept here until no worker holds
+//! them, so that the last reference (and the free) happens on the control
+//! thread, not on a worker.
+//!
+//! Fail closed: `stop` (or drop) deletes the sockets but leaves the XDP
+//! programs attached; with no socket in the XSKMAP the program drops the
+//! pods' traffic instead of handing it to the kernel. A port that vanishes
+//! from the snapshot loses its sockets and its `Redirector` handle, but the
+//! program stays attached until the interface itself is deleted.
+//!
+//! Deployment needs CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK (or
+//! a high enough `RLIMIT_MEMLOCK`; `start` raises it to unlimited when it can).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{self, Sender};
+use serde::Serialize;
+use weir_xdp::{AttachOptions, Redirector, XdpCounters, XdpMode};
+
+use crate::stats::{Totals, WorkerStats, WorkerStatus};
+use crate::worker::{Control, Worker, WorkerConfig};
+use crate::xsk::{self, WorkerUmem, XskError};
+use crate::Snapshot;
+
+/// How a worker waits for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PollMode {
+    /// Spin on the rings forever (lowest latency; owns a whole core).
+    Busy,
+    /// Sleep in `poll` on the sockets whenever a round finds nothing.
+    Wakeup,
+    /// Spin while frames flow; after [`ADAPTIVE_IDLE_ROUNDS`] empty rounds
+    /// and [`ADAPTIVE_IDLE_AFTER`] without traffic, sleep in `poll` until a
+    /// socket has frames.
+    #[default]
+    Adaptive,
+}
+
+/// Adaptive polling: empty rounds before a worker may sleep.
+pub const ADAPTIVE_IDLE_ROUNDS: u32 = 256;
+/// Adaptive polling: time without traffic before a worker sleeps.
+pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(50);
+/// Longest single sleep; bounds how late a worker sees a stop or new socket.
+pub const MAX_SLEEP_MS: i32 = 10;
+
+/// How to run the dataplane.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// One worker per entry, pinned to that core.
+    pub cores: Vec<usize>,
+    /// Queues per interface (veths are created with this many).
+    pub queues: u32,
+    pub poll: PollMode,
+    /// UMEM frame size: 2048 or 4096.
+    pub frame_size: u32,
+    pub frames_per_worker: u32,
+    /// Descriptors taken from each RX ring per round (32–64 is typical).
+    pub batch: usize,
+    pub xdp_mode: XdpMode,
+    /// Try zero-copy sockets first and fall back to copy mode (veth has no
+    /// zero-copy).
+    pub zero_copy: bool,
+    /// Entries of every RX, TX, fill and completion ring (power of two).
+    pub ring_size: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        DataplaneConfig {
+            // The last core: core 0 keeps the system's housekeeping.
+            cores: vec![ncpu - 1],
+            queues: ncpu as u32,
+            poll: PollMode::Adaptive,
+            frame_size: 4096,
+            frames_per_worker: 4096,
+            batch: 64,
+            xdp_mode: XdpMode::Native,
+            zero_copy: false,
+            ring_size: 1024,
+        }
+    }
+}
+
+/// Errors of the dataplane's control side.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// invalid dataplane configuration: {0}
+    #[error("invalid dataplane configuration: {0}")]
+    Config(String),
+    /// AF_XDP setup failed
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    /// attaching XDP to {port} failed: {source}
+    #[error("XDP on {port}: {source}")]
+    Xdp {
+        port: String,
+        #[source]
+        source: weir_xdp::XdpError,
+    },
+    /// spawning worker {worker} failed: {source}
+    #[error("spawning worker {worker} failed: {source}")]
+    Spawn {
+        worker: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// worker {0} has exited
+    #[error("worker {0} has exited")]
+    WorkerGone(usize),
+}
+
+struct WorkerHandle {
+    id: usize,
+    umem: WorkerUmem,
+    ctl: Sender<Control>,
+    join: Option<JoinHandle<()>>,
+    stats: Arc<WorkerStats>,
+}
+
+struct PortRt {
+    redirector: Redirector,
+    zero_copy: bool,
+}
+
+/// The running dataplane. Dropping it stops the workers like [`stop`](Self::stop).
+pub struct Dataplane {
+    cfg: DataplaneConfig,
+    started: Instant,
+    published: Arc<ArcSwap<Snapshot>>,
+    retired: Vec<Arc<Snapshot>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<WorkerHandle>,
+    ports: BTreeMap<String, PortRt>,
+}
+
+impl Dataplane {
+    /// Raises `RLIMIT_MEMLOCK`, builds one UMEM per worker, starts the pinned
+    /// workers, attaches XDP to every port of `snap` and gives the workers
+    /// their sockets. Call from a thread in the node's network namespace.
+    pub fn start(cfg: DataplaneConfig, snap: Snapshot) -> Result<Dataplane, DataplaneError> {
+        validate(&cfg)?;
+        xsk::raise_memlock()?;
+        let snap = Arc::new(snap);
+        let published = Arc::new(ArcSwap::new(Arc::clone(&snap)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dp = Dataplane {
+            cfg: cfg.clone(),
+            started: Instant::now(),
+            published,
+            retired: Vec::new(),
+            stop,
+            workers: Vec::new(),
+            ports: BTreeMap::new(),
+        };
+        let wcfg = WorkerConfig {
+            batch: cfg.batch,
+            poll: cfg.poll,
+            idle_rounds: ADAPTIVE_IDLE_ROUNDS,
+            idle_after: ADAPTIVE_IDLE_AFTER,
+            sleep_ms: MAX_SLEEP_MS,
+            ring_size: cfg.ring_size,
+        };
+        for (id, &core) in cfg.cores.iter().enumerate() {
+            let (umem, frames) =
+                WorkerUmem::new(cfg.frame_size, cfg.frames_per_worker, cfg.ring_size)?;
+            let (tx, rx) = channel::unbounded();
+            let stats = WorkerStats::new(id, Some(core));
+            let worker = Worker::new(
+                id,
+                wcfg.clone(),
+                umem.clone(),
+                frames,
+                rx,
+                Arc::clone(&dp.published),
+                Arc::clone(&dp.stop),
+                Arc::clone(&stats),
+            );
+            let join = std::thread::Builder::new()
+                .name(format!("weir-worker-{id}"))
+                .spawn(move || {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        log::warn!("worker {id}: pinning to core {core} failed");
+                    }
+                    worker.run();
+                })
+                .map_err(|source| DataplaneError::Spawn { worker: id, source })?;
+            dp.workers.push(WorkerHandle {
+                id,
+                umem,
+                ctl: tx,
+                join: Some(join),
+                stats,
+            });
+        }
+        let (v4, v6) = local_addrs(&snap);
+        for port in &snap.spec.ports {
+            dp.add_port(&port.name, &v4, &v6)?;
+        }
+        Ok(dp)
+    }
+
+    /// Reconciles ports with `snap` (XDP and sockets for new ports; sockets
+    /// and redirector handles of vanished ports removed), then publishes it.
+    /// If a new port cannot be set up, the ports added by this call are
+    /// removed again and the previous snapshot stays.
+    pub fn apply(&mut self, snap: Snapshot) -> Result<(), DataplaneError> {
+        self.check_workers()?;
+        let (v4, v6) = local_addrs(&snap);
+        let mut added: Vec<String> = Vec::new();
+        for port in &snap.spec.ports {
+            if self.ports.contains_key(&port.name) {
+                continue;
+            }
+            if let Err(e) = self.add_port(&port.name, &v4, &v6) {
+                for name in added {
+                    self.remove_port(&name);
+                }
+                return Err(e);
+            }
+            added.push(port.name.clone());
+        }
+        let old = self.published.load_full();
+        if local_addrs(&old) != (v4.clone(), v6.clone()) {
+            for (name, p) in &mut self.ports {
+                if let Err(e) = p.redirector.set_local_addrs(&v4, &v6) {
+                    log::warn!("{name}: updating local addresses failed: {e}");
+                }
+            }
+        }
+        let vanished: Vec<String> = self
+            .ports
+            .keys()
+            .filter(|n| !snap.spec.ports.iter().any(|p| &p.name == *n))
+            .cloned()
+            .collect();
+        // Publish first: workers stop transmitting to vanished ports once
+        // they run the new snapshot; then their sockets go.
+        self.published.store(Arc::new(snap));
+        self.retired.push(old);
+        for name in vanished {
+            self.remove_port(&name);
+        }
+        self.free_retired();
+        Ok(())
+    }
+
+    /// Counters, latency and configuration, for `weir status`. Sample twice
+    /// and divide by the `monotonic_ns` difference for rates.
+    pub fn status(&self) -> DataplaneStatus {
+        let workers: Vec<WorkerStatus> = self.workers.iter().map(|w| w.stats.snapshot()).collect();
+        let totals = Totals::of(&workers);
+        let ports = self
+            .ports
+            .iter()
+            .map(|(name, p)| {
+                let (xdp, error) = match p.redirector.counters() {
+                    Ok(c) => (Some(c), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                PortStatus {
+                    name: name.clone(),
+                    zero_copy: p.zero_copy,
+                    xdp,
+                    error,
+                }
+            })
+            .collect();
+        DataplaneStatus {
+            monotonic_ns: monotonic_ns(),
+            uptime_ns: self.started.elapsed().as_nanos() as u64,
+            generation: self.published.load().generation(),
+            poll: self.cfg.poll,
+            config: ConfigStatus {
+                cores: self.cfg.cores.clone(),
+                queues: self.cfg.queues,
+                frame_size: self.cfg.frame_size,
+                frames_per_worker: self.cfg.frames_per_worker,
+                batch: self.cfg.batch,
+                ring_size: self.cfg.ring_size,
+                xdp_mode: format!("{:?}", self.cfg.xdp_mode).to_lowercase(),
+                zero_copy: self.cfg.zero_copy,
+            },
+            workers,
+            totals,
+            ports,
+        }
+    }
+
+    /// Stops and joins the workers (their sockets are deleted); XDP stays
+    /// attached so that the pods' traffic is dropped, not routed around weir.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Relaxed);
+        for w in &mut self.workers {
+            if let Some(j) = w.join.take() {
+                if j.join().is_err() {
+                    log::error!("worker {} panicked", w.id);
+                }
+            }
+        }
+        // Redirector handles go; the programs stay attached (fail closed).
+        self.ports.clear();
+    }
+
+    fn check_workers(&self) -> Result<(), DataplaneError> {
+        for w in &self.workers {
+            if w.join.as_ref().is_none_or(|j| j.is_finished()) {
+                return Err(DataplaneError::WorkerGone(w.id));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_port(
+        &mut self,
+        name: &str,
+        v4: &[Ipv4Addr],
+        v6: &[Ipv6Addr],
+    ) -> Result<(), DataplaneError> {
+        let opts = AttachOptions {
+            mode: self.cfg.xdp_mode,
+            queues: self.cfg.queues,
+            local_v4: v4.to_vec(),
+            local_v6: v6.to_vec(),
+        };
+        let xdp_err = |source| DataplaneError::Xdp {
+            port: name.to_string(),
+            source,
+        };
+        let mut redirector = Redirector::attach(name, &opts).map_err(xdp_err)?;
+        let nw = self.workers.len() as u32;
+        let mut zero_copy = self.cfg.zero_copy;
+        let mut socks = Vec::new();
+        for q in 0..self.cfg.queues {
+            let w = &self.workers[(q % nw) as usize];
+            let sock = match w.umem.open_socket(name, q, self.cfg.zero_copy) {
+                Ok(s) => s,
+                Err(e) => {
+                    for (q, _) in &socks {
+                        let _ = redirector.clear_socket(*q);
+                    }
+                    return Err(e.into());
+                }
+            };
+            zero_copy &= sock.zero_copy();
+            if let Err(e) = redirector.set_socket(q, sock.fd()) {
+                for (q, _) in &socks {
+                    let _ = redirector.clear_socket(*q);
+                }
+                return Err(xdp_err(e));
+            }
+            socks.push((q, sock));
+        }
+        for (q, sock) in socks {
+            let w = &self.workers[(q % nw) as usize];
+            // A worker that exited drops the socket; check_workers reports it.
+            let _ = w.ctl.send(Control::Add(sock));
+        }
+        log::info!(
+            "port {name}: {} queue(s), {} mode",
+            self.cfg.queues,
+            if zero_copy { "zero-copy" } else { "copy" }
+        );
+        self.ports.insert(
+            name.to_string(),
+            PortRt {
+                redirector,
+                zero_copy,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_port(&mut self, name: &str) {
+        if let Some(mut p) = self.ports.remove(name) {
+            for q in 0..self.cfg.queues {
+                // Fails when the interface is already gone; nothing to clear then.
+                let _ = p.redirector.clear_socket(q);
+            }
+        }
+        for w in &self.workers {
+            let _ = w.ctl.send(Control::Remove(name.to_string()));
+        }
+    }
+
+    /// Drops replaced snapshots no worker holds any more.
+    fn free_retired(&mut self) {
+        self.retired.retain(|s| Arc::strong_count(s) > 1);
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+    let bad = |m: String| Err(DataplaneError::Config(m));
+    if cfg.cores.is_empty() {
+        return bad("no cores given: need one per worker".into());
+    }
+    if cfg.queues == 0 {
+        return bad("queues must be at least 1".into());
+    }
+    if cfg.cores.len() > cfg.queues as usize {
+        return bad(format!(
+            "{} workers but only {} queues per interface: a worker would serve nothing",
+            cfg.cores.len(),
+            cfg.queues
+        ));
+    }
+    if !(1..=1024).contains(&cfg.batch) {
+        return bad(format!("batch {} out of range 1..=1024", cfg.batch));
+    }
+    if !cfg.ring_size.is_power_of_two() || cfg.ring_size < 64 {
+        return bad(format!(
+            "ring_size {} must be a power of two >= 64",
+            cfg.ring_size
+        ));
+    }
+    if cfg.frame_size != 2048 && cfg.frame_size != 4096 {
+        return bad(format!(
+            "frame_size {} must be 2048 or 4096",
+            cfg.frame_size
+        ));
+    }
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    for c in &cfg.cores {
+        if !ids.is_empty() && !ids.contains(c) {
+            return bad(format!("core {c} is not available (have {ids:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// Addresses the XDP program hands to the kernel: the node's own, and the
+/// pods' IPv6 gateway fe80::1 (weir-xdp adds the IPv4 gateway itself).
+fn local_addrs(snap: &Snapshot) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    let mut v4 = Vec::new();
+    v4.extend(snap.spec.node_ipv4);
+    let mut v6 = vec![Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)];
+    v6.extend(snap.spec.node_ipv6);
+    (v4, v6)
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// What `weir status` shows of the dataplane.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataplaneStatus {
+    /// CLOCK_MONOTONIC at sampling, for rates between two samples.
+    pub monotonic_ns: u64,
+    pub uptime_ns: u64,
+    /// Generation of the published snapshot (workers report theirs).
+    pub generation: u64,
+    pub poll: PollMode,
+    pub config: ConfigStatus,
+    pub workers: Vec<WorkerStatus>,
+    pub totals: Totals,
+    pub ports: Vec<PortStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    pub cores: Vec<usize>,
+    pub queues: u32,
+    pub frame_size: u32,
+    pub frames_per_worker: u32,
+    pub batch: usize,
+    pub ring_size: u32,
+    pub xdp_mode: String,
+    pub zero_copy: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatus {
+    pub name: String,
+    /// Whether its sockets run zero-copy (false: copy mode).
+    pub zero_copy: bool,
+    /// The XDP program's counters on this port.
+    pub xdp: Option<XdpCounters>,
+    /// Why the counters could not be read, if they could not.
+    pub error: Option<String>,
+}

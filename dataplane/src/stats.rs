@@ -1,1 +1,254 @@
-//! (in progress)
+//! Per-worker counters and latency histograms.
+//!
+//! Each [`WorkerStats`] has exactly one writer, its worker: counters are
+//! plain `AtomicU64`s updated with a relaxed load and a relaxed store (no
+//! read-modify-write, so no bus lock), and readers (`Dataplane::status`) sum
+//! them. Latency is recorded into an `hdrhistogram` the worker owns; every
+//! [`PUBLISH_EVERY`] the worker clones it into an `ArcSwap` readers load, so
+//! the allocation happens off the per-packet path and readers never block
+//! the worker.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::DropReason;
+
+/// How often a worker publishes its latency histogram.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Highest latency the histogram tracks (bigger values are clamped), in ns.
+const LATENCY_MAX_NS: u64 = 10_000_000_000;
+
+/// A counter with one writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A new latency histogram (ns, 3 significant digits, fixed bounds so that
+/// recording never allocates).
+pub fn new_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static histogram bounds are valid")
+}
+
+/// Records `count` frames that each spent `ns` in the dataplane.
+#[inline]
+pub fn record_latency(h: &mut Histogram<u64>, ns: u64, count: u64) {
+    // In bounds by construction (clamped), so this cannot fail or resize.
+    let _ = h.record_n(ns.clamp(1, LATENCY_MAX_NS), count);
+}
+
+/// Counters of one worker.
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub id: usize,
+    pub core: Option<usize>,
+    /// Snapshot generation the worker runs.
+    pub generation: Counter,
+    pub rx_packets: Counter,
+    pub tx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_bytes: Counter,
+    /// Indexed by [`DropReason::index`].
+    pub drops: [Counter; DropReason::COUNT],
+    pub icmp_errors_sent: Counter,
+    /// Batches that moved at least one frame.
+    pub batches: Counter,
+    /// Times the worker went to sleep in `poll` (adaptive / wakeup modes).
+    pub sleeps: Counter,
+    /// Sockets the worker serves.
+    pub sockets: Counter,
+    /// Frames of the worker's UMEM on its free list (sampled per publish).
+    pub free_frames: Counter,
+    latency: ArcSwap<Histogram<u64>>,
+}
+
+impl WorkerStats {
+    pub fn new(id: usize, core: Option<usize>) -> Arc<Self> {
+        Arc::new(WorkerStats {
+            id,
+            core,
+            generation: Counter::default(),
+            rx_packets: Counter::default(),
+            tx_packets: Counter::default(),
+            rx_bytes: Counter::default(),
+            tx_bytes: Counter::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
+            icmp_errors_sent: Counter::default(),
+            batches: Counter::default(),
+            sleeps: Counter::default(),
+            sockets: Counter::default(),
+            free_frames: Counter::default(),
+            latency: ArcSwap::from_pointee(new_latency_histogram()),
+        })
+    }
+
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].add(n);
+    }
+
+    /// Publishes a copy of the worker's histogram (allocates; call at most
+    /// every [`PUBLISH_EVERY`]).
+    pub fn publish_latency(&self, h: &Histogram<u64>) {
+        self.latency.store(Arc::new(h.clone()));
+    }
+
+    /// A consistent-enough view for status output.
+    pub fn snapshot(&self) -> WorkerStatus {
+        let h = self.latency.load();
+        WorkerStatus {
+            id: self.id,
+            core: self.core,
+            generation: self.generation.get(),
+            rx_packets: self.rx_packets.get(),
+            tx_packets: self.tx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_bytes: self.tx_bytes.get(),
+            drops: drops_map(|r| self.drops[r.index()].get()),
+            icmp_errors_sent: self.icmp_errors_sent.get(),
+            batches: self.batches.get(),
+            sleeps: self.sleeps.get(),
+            sockets: self.sockets.get(),
+            free_frames: self.free_frames.get(),
+            latency_ns: LatencySummary::of(&h),
+        }
+    }
+}
+
+fn drops_map(get: impl Fn(DropReason) -> u64) -> BTreeMap<&'static str, u64> {
+    DropReason::ALL
+        .iter()
+        .filter_map(|&r| {
+            let n = get(r);
+            (n != 0).then_some((r.slug(), n))
+        })
+        .collect()
+}
+
+/// Percentiles of time spent in the dataplane per frame (from the batch's RX
+/// to the end of its TX kick), in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub count: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        LatencySummary {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            count: h.len(),
+        }
+    }
+}
+
+/// What one worker reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub id: usize,
+    pub core: Option<usize>,
+    pub generation: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Nonzero drop counters by slug.
+    pub drops: BTreeMap<&'static str, u64>,
+    pub icmp_errors_sent: u64,
+    pub batches: u64,
+    pub sleeps: u64,
+    pub sockets: u64,
+    pub free_frames: u64,
+    pub latency_ns: LatencySummary,
+}
+
+/// Sums over all workers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub dropped: u64,
+    pub icmp_errors_sent: u64,
+}
+
+impl Totals {
+    pub fn of(workers: &[WorkerStatus]) -> Self {
+        let mut t = Totals::default();
+        for w in workers {
+            t.rx_packets += w.rx_packets;
+            t.tx_packets += w.tx_packets;
+            t.rx_bytes += w.rx_bytes;
+            t.tx_bytes += w.tx_bytes;
+            t.icmp_errors_sent += w.icmp_errors_sent;
+            for (k, v) in &w.drops {
+                *t.drops.entry(k).or_insert(0) += v;
+                t.dropped += v;
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_and_drop_map_skips_zero() {
+        let s = WorkerStats::new(0, Some(1));
+        s.rx_packets.add(3);
+        s.rx_packets.add(4);
+        s.count_drop(DropReason::NoRoute, 2);
+        let mut h = new_latency_histogram();
+        record_latency(&mut h, 1_000, 10);
+        record_latency(&mut h, u64::MAX, 1);
+        s.publish_latency(&h);
+        let st = s.snapshot();
+        assert_eq!(st.rx_packets, 7);
+        assert_eq!(st.drops.len(), 1);
+        assert_eq!(st.drops["no-route"], 2);
+        assert_eq!(st.latency_ns.count, 11);
+        assert!(st.latency_ns.p50 >= 999 && st.latency_ns.p50 <= 1001);
+        let t = Totals::of(&[st.clone(), st]);
+        assert_eq!(t.rx_packets, 14);
+        assert_eq!(t.dropped, 4);
+    }
+}

@@ -1,1 +1,410 @@
-//! (in progress)
+//! One pinned worker: its UMEM, the sockets of the queues it serves, and the
+//! batch loop that runs every frame through [`pass::process`].
+//!
+//! Per batch (one "round"): load the snapshot once; reap completions into the
+//! free list; top up fill rings; take up to `batch` descriptors from each
+//! socket; run the pass on each frame; collect TX descriptors per destination
+//! socket and produce them to its TX ring once per source socket; at the end
+//! of the round kick each TX socket that got frames, once (in copy mode the
+//! kick does the transmit). Nothing on this path allocates, locks, or makes a
+//! syscall other than the kicks and, when idle, `poll`.
+//!
+//! Sockets arrive and leave through a channel the worker drains between
+//! rounds ([`Control`]): the control thread creates a socket on the worker's
+//! UMEM (socket creation is serialised on the UMEM by xsk-rs), registers its
+//! fd in the XSKMAP and hands it over; on removal the control thread clears
+//! the XSKMAP entry first, then the worker deletes the socket and reclaims
+//! every frame its ledger shows lent through it.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+use crossbeam::channel::{Receiver, TryRecvError};
+use hdrhistogram::Histogram;
+use xsk_rs::FrameDesc;
+
+use crate::pass::{self, WorkerState};
+use crate::runtime::PollMode;
+use crate::stats::{self, WorkerStats};
+use crate::xsk::{self, Frames, WorkerUmem, XskSocket};
+use crate::{DropReason, PortId, Snapshot, Verdict};
+
+/// What the control thread tells a worker between rounds.
+#[derive(Debug)]
+pub enum Control {
+    /// Serve this socket (already registered in its port's XSKMAP).
+    Add(XskSocket),
+    /// Stop serving every socket on this interface and reclaim its frames
+    /// (the XSKMAP entries were cleared before this is sent).
+    Remove(String),
+}
+
+/// Tuning of a worker's loop.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub batch: usize,
+    pub poll: PollMode,
+    /// Adaptive: empty rounds before the worker may sleep...
+    pub idle_rounds: u32,
+    /// ...and time without traffic before it does.
+    pub idle_after: Duration,
+    /// Longest sleep in `poll`; bounds how late a stop or a new socket is seen.
+    pub sleep_ms: i32,
+    /// Ring size of fill rings (caps the frames lent to one fill ring).
+    pub ring_size: u32,
+}
+
+const NO_SLOT: u16 = u16::MAX;
+
+struct Slot {
+    sock: XskSocket,
+    /// The port this socket's interface is in the worker's snapshot.
+    port: Option<PortId>,
+    /// Frames on the fill ring (lent, not yet received back).
+    in_fill: usize,
+    /// TX descriptors collected for this socket, flushed after each source.
+    tx: Vec<FrameDesc>,
+    kick: bool,
+}
+
+pub struct Worker {
+    id: usize,
+    cfg: WorkerConfig,
+    umem: WorkerUmem,
+    frames: Frames,
+    slots: Vec<Option<Slot>>,
+    ctl: Receiver<Control>,
+    snap: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+    cur: Arc<Snapshot>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<WorkerStats>,
+    state: WorkerState,
+    hist: Histogram<u64>,
+    /// PortId -> slot that transmits on that port.
+    port_slot: Vec<u16>,
+    /// Slots that got TX descriptors from the current source socket.
+    touched: Vec<u16>,
+    rx_buf: Vec<FrameDesc>,
+    scratch: Vec<FrameDesc>,
+    pollfds: Vec<libc::pollfd>,
+    fill_target: usize,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        cfg: WorkerConfig,
+        umem: WorkerUmem,
+        frames: Frames,
+        ctl: Receiver<Control>,
+        snap: Arc<ArcSwap<Snapshot>>,
+        stop: Arc<AtomicBool>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        let cur = snap.load_full();
+        let batch = cfg.batch;
+        Worker {
+            id,
+            umem,
+            frames,
+            slots: Vec::new(),
+            ctl,
+            snap: Cache::new(snap),
+            cur,
+            stop,
+            stats,
+            state: WorkerState::new(),
+            hist: stats::new_latency_histogram(),
+            port_slot: Vec::new(),
+            touched: Vec::new(),
+            rx_buf: vec![FrameDesc::default(); batch],
+            scratch: vec![FrameDesc::default(); batch.max(64)],
+            pollfds: Vec::new(),
+            fill_target: 0,
+            cfg,
+        }
+    }
+
+    /// Runs until the stop flag is set; then deletes its sockets.
+    pub fn run(mut self) {
+        let mut last_publish = Instant::now();
+        let mut last_traffic = last_publish;
+        let mut idle = 0u32;
+        self.remap();
+        while !self.stop.load(Relaxed) {
+            self.drain_control();
+            self.refresh_snapshot();
+            let (moved, now) = self.round();
+            if moved > 0 {
+                idle = 0;
+                last_traffic = now;
+            } else {
+                idle = idle.saturating_add(1);
+                let sleep = match self.cfg.poll {
+                    PollMode::Busy => false,
+                    PollMode::Wakeup => true,
+                    PollMode::Adaptive => {
+                        idle >= self.cfg.idle_rounds
+                            && now.duration_since(last_traffic) >= self.cfg.idle_after
+                    }
+                };
+                if sleep {
+                    self.sleep();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            if now.duration_since(last_publish) >= stats::PUBLISH_EVERY {
+                last_publish = now;
+                self.publish();
+            }
+        }
+        self.publish();
+        log::debug!("worker {} stopping", self.id);
+    }
+
+    fn publish(&mut self) {
+        self.stats.publish_latency(&self.hist);
+        self.stats.free_frames.set(self.frames.free_count() as u64);
+        self.stats
+            .icmp_errors_sent
+            .set(self.state.icmp_errors_sent());
+    }
+
+    fn sleep(&mut self) {
+        self.stats.sleeps.add(1);
+        if let Err(e) = xsk::poll_fds(&mut self.pollfds, self.cfg.sleep_ms) {
+            log::warn!("worker {}: poll failed: {e}", self.id);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn drain_control(&mut self) {
+        loop {
+            match self.ctl.try_recv() {
+                Ok(Control::Add(sock)) => self.add(sock),
+                Ok(Control::Remove(name)) => self.remove(&name),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn add(&mut self, sock: XskSocket) {
+        let slot = Slot {
+            sock,
+            port: None,
+            in_fill: 0,
+            tx: Vec::with_capacity(self.cfg.batch),
+            kick: false,
+        };
+        match self.slots.iter().position(Option::is_none) {
+            Some(i) => self.slots[i] = Some(slot),
+            None if self.slots.len() < xsk::MAX_SLOTS => self.slots.push(Some(slot)),
+            None => {
+                log::error!("worker {}: too many sockets; dropping one", self.id);
+                return;
+            }
+        }
+        self.remap();
+    }
+
+    fn remove(&mut self, ifname: &str) {
+        for s in 0..self.slots.len() {
+            if !matches!(&self.slots[s], Some(sl) if sl.sock.ifname() == ifname) {
+                continue;
+            }
+            if let Some(mut slot) = self.slots[s].take() {
+                slot.sock.reap(&mut self.frames, &mut self.scratch);
+                // Deleting the socket makes the kernel forget its rings, so
+                // whatever the ledger still shows lent through it is ours.
+                drop(slot);
+                let n = self.frames.reclaim(s);
+                log::debug!(
+                    "worker {}: removed {ifname} slot {s}, reclaimed {n} frames",
+                    self.id
+                );
+            }
+        }
+        self.remap();
+    }
+
+    fn refresh_snapshot(&mut self) {
+        let latest = self.snap.load();
+        if !Arc::ptr_eq(latest, &self.cur) {
+            self.cur = Arc::clone(latest);
+            self.remap();
+        }
+    }
+
+    /// Recomputes which port each socket is, which socket transmits on each
+    /// port (the one on the lowest queue), the fill target and the pollfds.
+    /// Runs on snapshot or socket changes only (it may allocate).
+    fn remap(&mut self) {
+        let snap = &self.cur;
+        let ports = &snap.spec.ports;
+        self.port_slot.clear();
+        self.port_slot.resize(ports.len(), NO_SLOT);
+        self.pollfds.clear();
+        let mut live = 0usize;
+        for slot in self.slots.iter_mut().flatten() {
+            live += 1;
+            self.pollfds.push(slot.sock.pollfd());
+            slot.port = ports
+                .iter()
+                .position(|p| p.name == slot.sock.ifname())
+                .map(|p| p as PortId);
+        }
+        for (s, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let Some(p) = slot.port else { continue };
+            let cur = self.port_slot[p as usize];
+            let better = match self.slots.get(cur as usize).and_then(Option::as_ref) {
+                None => true,
+                Some(c) => slot.sock.queue() < c.sock.queue(),
+            };
+            if better {
+                self.port_slot[p as usize] = s as u16;
+            }
+        }
+        self.touched = Vec::with_capacity(live);
+        // Half the frames may sit on fill rings; the rest are in flight.
+        let per = self.frames.total() / (2 * live.max(1));
+        self.fill_target = per.clamp(self.cfg.batch.min(64), self.cfg.ring_size as usize);
+        self.stats.sockets.set(live as u64);
+        self.stats.generation.set(snap.generation());
+    }
+
+    /// One round over all sockets. Returns the frames received and the time
+    /// read at RX.
+    fn round(&mut self) -> (usize, Instant) {
+        // Completions and fill rings first, so RX has somewhere to land.
+        for s in 0..self.slots.len() {
+            let Some(slot) = &mut self.slots[s] else {
+                continue;
+            };
+            slot.sock.reap(&mut self.frames, &mut self.scratch);
+            let want = self.fill_target.saturating_sub(slot.in_fill);
+            if want >= self.cfg.batch.min(self.fill_target) || slot.in_fill == 0 {
+                slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
+            }
+        }
+        let snap = Arc::clone(&self.cur);
+        let t_rx = Instant::now();
+        let mut total = 0usize;
+        let mut any_tx = false;
+        for s in 0..self.slots.len() {
+            let Some(slot) = &mut self.slots[s] else {
+                continue;
+            };
+            let Some(ingress) = slot.port else { continue };
+            let n = slot.sock.rx(&mut self.frames, &mut self.rx_buf);
+            slot.in_fill = slot.in_fill.saturating_sub(n);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            let mut bytes = 0u64;
+            for k in 0..n {
+                let mut d = self.rx_buf[k];
+                bytes += d.lengths().data() as u64;
+                let state = &mut self.state;
+                let verdict = self.umem.with_frame(&mut d, |buf, len| {
+                    let v = pass::process(buf, len, ingress, &snap, state);
+                    let new_len = match v {
+                        Verdict::Tx { len, .. } => len,
+                        Verdict::Drop(_) => len,
+                    };
+                    (v, new_len)
+                });
+                match verdict {
+                    Verdict::Tx { port, .. } => {
+                        let t = self
+                            .port_slot
+                            .get(port as usize)
+                            .copied()
+                            .unwrap_or(NO_SLOT);
+                        match self.slots.get_mut(t as usize).and_then(Option::as_mut) {
+                            Some(dst) if dst.tx.len() < dst.tx.capacity() => {
+                                if dst.tx.is_empty() {
+                                    self.touched.push(t);
+                                }
+                                dst.tx.push(d);
+                            }
+                            _ => {
+                                self.stats.count_drop(DropReason::NoRoute, 1);
+                                self.frames.release(d);
+                            }
+                        }
+                    }
+                    Verdict::Drop(reason) => {
+                        self.stats.count_drop(reason, 1);
+                        self.frames.release(d);
+                    }
+                }
+            }
+            self.stats.rx_packets.add(n as u64);
+            self.stats.rx_bytes.add(bytes);
+            any_tx |= self.flush_tx();
+        }
+        if any_tx {
+            for slot in self.slots.iter_mut().flatten() {
+                if slot.kick {
+                    slot.kick = false;
+                    if let Err(e) = slot.sock.kick() {
+                        log::warn!("worker {}: TX kick failed: {e}", self.id);
+                    }
+                }
+            }
+        }
+        if total > 0 {
+            let ns = t_rx.elapsed().as_nanos() as u64;
+            stats::record_latency(&mut self.hist, ns, total as u64);
+            self.stats.batches.add(1);
+        }
+        (total, t_rx)
+    }
+
+    /// Produces the collected TX descriptors to their sockets' TX rings.
+    fn flush_tx(&mut self) -> bool {
+        let mut any = false;
+        let mut tx_packets = 0u64;
+        let mut tx_bytes = 0u64;
+        for &t in &self.touched {
+            let Some(dst) = self.slots[t as usize].as_mut() else {
+                continue;
+            };
+            let done = dst.sock.tx(t as usize, &mut self.frames, &dst.tx);
+            for d in &dst.tx[..done] {
+                tx_bytes += d.lengths().data() as u64;
+            }
+            let full = dst.tx.len() - done;
+            if full > 0 {
+                self.stats.count_drop(DropReason::TxRingFull, full as u64);
+                for d in &dst.tx[done..] {
+                    self.frames.release(*d);
+                }
+            }
+            dst.tx.clear();
+            if done > 0 {
+                dst.kick = true;
+                any = true;
+            }
+            tx_packets += done as u64;
+        }
+        self.touched.clear();
+        self.stats.tx_packets.add(tx_packets);
+        self.stats.tx_bytes.add(tx_bytes);
+        any
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Sockets go first (they hold the UMEM); the ledger goes with us.
+        self.slots.clear();
+    }
+}

@@ -1,1 +1,465 @@
-//! (in progress)
+//! UMEM, AF_XDP sockets and the frame ledger: the one module of the fast path
+//! with `unsafe` (xsk-rs leaves the frame-ownership rules to its caller).
+//!
+//! Ownership rules xsk-rs asks us to keep, and how they are kept here:
+//! - a frame handed to a fill ring or a TX ring is not touched until it comes
+//!   back through an RX ring or a completion ring;
+//! - a descriptor of one UMEM is never used with another UMEM.
+//!
+//! Every frame of a worker's UMEM is recorded in that worker's [`Frames`]
+//! ledger as either free, held by the worker (between RX and the verdict), or
+//! lent to the kernel through one socket slot (its fill ring or its TX ring).
+//! Moving a frame anywhere goes through the ledger, so a frame can only be
+//! handed out once, and the frames lent to a socket that is being removed are
+//! found again by scanning the ledger for that slot ([`Frames::reclaim`]).
+//! Each worker owns its UMEM's descriptors and rings; only socket creation
+//! (serialised on the UMEM by xsk-rs) happens on the control thread.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+/// Errors of UMEM and socket setup.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// invalid UMEM configuration: {0}
+    #[error("invalid UMEM configuration: {0}")]
+    Config(String),
+    /// creating the UMEM failed: {0}
+    #[error("creating the UMEM ({frames} frames of {frame_size} bytes) failed: {reason}")]
+    Umem {
+        frames: u32,
+        frame_size: u32,
+        reason: String,
+    },
+    /// creating the AF_XDP socket on {ifname} queue {queue} failed: {reason}
+    #[error("creating the AF_XDP socket on {ifname} queue {queue} failed: {reason}")]
+    Socket {
+        ifname: String,
+        queue: u32,
+        reason: String,
+    },
+    /// setrlimit(RLIMIT_MEMLOCK) failed: {0}
+    #[error("setrlimit(RLIMIT_MEMLOCK) failed: {0}")]
+    Memlock(io::Error),
+}
+
+/// Raises `RLIMIT_MEMLOCK` to unlimited (UMEM is locked memory). Falls back to
+/// raising only the soft limit to the hard limit when the hard limit cannot be
+/// raised (no CAP_SYS_RESOURCE).
+pub fn raise_memlock() -> Result<(), XskError> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass by reference; it lives for
+    // the whole call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return Ok(());
+    }
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } != 0 {
+        return Err(XskError::Memlock(io::Error::last_os_error()));
+    }
+    cur.rlim_cur = cur.rlim_max;
+    // SAFETY: as above, the struct outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur) } != 0 {
+        return Err(XskError::Memlock(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `poll(2)` on a set of socket descriptors; returns how many are ready.
+/// `EINTR` counts as a timeout.
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    if fds.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(timeout_ms.max(0) as u64));
+        return Ok(0);
+    }
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()`
+    // pollfd structs for the duration of the call.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(ret as usize)
+}
+
+/// One worker's UMEM. Cloning gives another handle on the same memory; the
+/// control thread keeps one to create sockets for new ports.
+#[derive(Clone, Debug)]
+pub struct WorkerUmem {
+    umem: Umem,
+    frame_size: u32,
+    frames: u32,
+    ring_size: u32,
+}
+
+impl WorkerUmem {
+    /// Creates a UMEM of `frames` frames of `frame_size` bytes (a power of
+    /// two, 2048..=4096 for aligned mode) whose fill and completion rings, and
+    /// the RX/TX rings of its sockets, have `ring_size` entries. Returns the
+    /// ledger holding every frame as free.
+    pub fn new(frame_size: u32, frames: u32, ring_size: u32) -> Result<(Self, Frames), XskError> {
+        let cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(frame_size).map_err(|e| XskError::Config(e.to_string()))?)
+            .fill_queue_size(
+                QueueSize::new(ring_size).map_err(|e| XskError::Config(e.to_string()))?,
+            )
+            .comp_queue_size(
+                QueueSize::new(ring_size).map_err(|e| XskError::Config(e.to_string()))?,
+            )
+            .build()
+            .map_err(|e| XskError::Config(e.to_string()))?;
+        let count = std::num::NonZeroU32::new(frames)
+            .ok_or_else(|| XskError::Config("frames_per_worker must be > 0".into()))?;
+        let (umem, descs) = Umem::new(cfg, count, false).map_err(|e| XskError::Umem {
+            frames,
+            frame_size,
+            reason: error_chain(&e),
+        })?;
+        let ledger = Frames::new(descs, frame_size);
+        Ok((
+            WorkerUmem {
+                umem,
+                frame_size,
+                frames,
+                ring_size,
+            },
+            ledger,
+        ))
+    }
+
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size
+    }
+
+    pub fn frames(&self) -> u32 {
+        self.frames
+    }
+
+    /// Creates an AF_XDP socket on `ifname` queue `queue` sharing this UMEM
+    /// (its own fill and completion rings). libxdp's program load is
+    /// inhibited: weir attaches its own XDP program and fills the XSKMAP.
+    /// With `zero_copy`, zero-copy is tried first and copy mode is the
+    /// fallback (veth has no zero-copy). Only the first socket of a UMEM
+    /// chooses the mode; the kernel gives the later (shared) ones the same.
+    pub fn open_socket(
+        &self,
+        ifname: &str,
+        queue: u32,
+        zero_copy: bool,
+    ) -> Result<XskSocket, XskError> {
+        let err = |reason: String| XskError::Socket {
+            ifname: ifname.to_string(),
+            queue,
+            reason,
+        };
+        let iface = ifname
+            .parse()
+            .map_err(|_| err("interface name contains NUL".into()))?;
+        let ring = QueueSize::new(self.ring_size).map_err(|e| err(e.to_string()))?;
+        let attempts: &[BindFlags] = if zero_copy {
+            &[BindFlags::XDP_ZEROCOPY, BindFlags::XDP_COPY]
+        } else {
+            &[BindFlags::XDP_COPY]
+        };
+        let mut last = String::new();
+        for mode in attempts {
+            let cfg = SocketConfig::builder()
+                .rx_queue_size(ring)
+                .tx_queue_size(ring)
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .xdp_flags(XdpFlags::empty())
+                .bind_flags(*mode | BindFlags::XDP_USE_NEED_WAKEUP)
+                .build();
+            // SAFETY: program load is inhibited, as `Socket::new` requires
+            // for a shared UMEM; and weir binds each (interface, queue) pair
+            // at most once per UMEM (a worker owns its queues exclusively).
+            match unsafe { Socket::new(cfg, &self.umem, &iface, queue) } {
+                Ok((tx, rx, Some((fq, cq)))) => {
+                    let fd = tx.fd().as_raw_fd();
+                    return Ok(XskSocket {
+                        ifname: ifname.to_string(),
+                        queue,
+                        fd,
+                        zero_copy: mode.contains(BindFlags::XDP_ZEROCOPY),
+                        tx,
+                        rx,
+                        fq,
+                        cq,
+                    });
+                }
+                Ok((_, _, None)) => {
+                    return Err(err("queue already bound from this UMEM".into()));
+                }
+                Err(e) => last = error_chain(&e),
+            }
+        }
+        Err(err(last))
+    }
+
+    /// Runs `f` over a received frame: the whole writable area from the
+    /// packet's first byte to the end of its UMEM frame, and the received
+    /// length. `f` returns its result and the frame's new length (clamped to
+    /// the area), which becomes the length transmitted.
+    #[inline]
+    pub fn with_frame<R>(
+        &self,
+        desc: &mut FrameDesc,
+        f: impl FnOnce(&mut [u8], usize) -> (R, usize),
+    ) -> R {
+        let len = desc.lengths().data();
+        // SAFETY: `desc` came from this worker's RX ring for this UMEM (only
+        // the owning worker calls this, on descriptors its ledger marks as
+        // held), so it addresses a frame of this UMEM that neither the
+        // kernel nor any other reference touches until it is handed back
+        // to a ring, which happens after this call returns.
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        let cap = {
+            let mut c = data.cursor();
+            let cap = c.buf_len();
+            c.set_pos(cap);
+            cap
+        };
+        let (r, new_len) = f(data.contents_mut(), len.min(cap));
+        data.cursor().set_pos(new_len.min(cap));
+        r
+    }
+}
+
+/// Where a frame is.
+const FREE: u16 = u16::MAX;
+const HELD: u16 = u16::MAX - 1;
+/// Highest socket slot number a ledger can record.
+pub const MAX_SLOTS: usize = (u16::MAX - 2) as usize;
+
+/// The frame ledger of one worker: the free list, and for every frame who has
+/// it (free, the worker, or the kernel through a socket slot).
+#[derive(Debug)]
+pub struct Frames {
+    free: Vec<FrameDesc>,
+    owner: Vec<u16>,
+    /// The descriptor xsk-rs made for each frame (xsk-rs alone can create
+    /// descriptors); reclaimed frames are handed out as these.
+    template: Vec<FrameDesc>,
+    shift: u32,
+}
+
+impl Frames {
+    fn new(descs: Vec<FrameDesc>, frame_size: u32) -> Self {
+        let owner = vec![FREE; descs.len()];
+        let mut free = Vec::with_capacity(descs.len());
+        // Reverse so that pops hand out low addresses first (easier to read
+        // in a debugger; no other reason).
+        free.extend(descs.iter().rev().copied());
+        Frames {
+            free,
+            owner,
+            template: descs,
+            shift: frame_size.trailing_zeros(),
+        }
+    }
+
+    #[inline]
+    fn index(&self, d: &FrameDesc) -> usize {
+        d.addr() >> self.shift
+    }
+
+    pub fn total(&self) -> usize {
+        self.owner.len()
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Frames lent to the kernel through `slot`.
+    pub fn lent_to(&self, slot: usize) -> usize {
+        self.owner.iter().filter(|&&o| o as usize == slot).count()
+    }
+
+    /// Frames the worker holds (received, verdict pending).
+    pub fn held(&self) -> usize {
+        self.owner.iter().filter(|&&o| o == HELD).count()
+    }
+
+    /// Returns a held frame to the free list.
+    #[inline]
+    pub fn release(&mut self, d: FrameDesc) {
+        let i = self.index(&d);
+        debug_assert_eq!(
+            self.owner[i], HELD,
+            "released a frame the worker does not hold"
+        );
+        self.owner[i] = FREE;
+        self.free.push(d);
+    }
+
+    /// Finds every frame lent through `slot` and frees it. Only valid once
+    /// the socket of that slot has been deleted (the kernel forgot them).
+    pub fn reclaim(&mut self, slot: usize) -> usize {
+        let mut n = 0;
+        for i in 0..self.owner.len() {
+            if self.owner[i] as usize == slot {
+                self.owner[i] = FREE;
+                self.free.push(self.template[i]);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// One AF_XDP socket on one (interface, queue), with its own fill and
+/// completion rings on the worker's shared UMEM.
+#[derive(Debug)]
+pub struct XskSocket {
+    ifname: String,
+    queue: u32,
+    fd: RawFd,
+    zero_copy: bool,
+    tx: TxQueue,
+    rx: RxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+}
+
+impl XskSocket {
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// The socket's descriptor, for the XSKMAP and for `poll`.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// Moves completed TX frames of this socket to the free list; `scratch`
+    /// bounds how many per call. Returns how many.
+    #[inline]
+    pub fn reap(&mut self, frames: &mut Frames, scratch: &mut [FrameDesc]) -> usize {
+        // SAFETY: the completion ring of this socket only returns frames of
+        // this worker's UMEM that were put on this socket's TX ring.
+        let n = unsafe { self.cq.consume(scratch) };
+        for d in &scratch[..n] {
+            let i = frames.index(d);
+            frames.owner[i] = FREE;
+            frames.free.push(*d);
+        }
+        n
+    }
+
+    /// Hands up to `want` free frames to this socket's fill ring, recording
+    /// them as lent through `slot`. Returns how many.
+    #[inline]
+    pub fn refill(&mut self, slot: usize, frames: &mut Frames, want: usize) -> usize {
+        let n = want.min(frames.free.len());
+        if n == 0 {
+            return 0;
+        }
+        let n = n.min(self.fq.nb_free(n as u32) as usize);
+        if n == 0 {
+            return 0;
+        }
+        let start = frames.free.len() - n;
+        // SAFETY: the ledger lists these frames as free: no ring and no
+        // reference holds them; they belong to this socket's UMEM.
+        let done = unsafe { self.fq.produce(&frames.free[start..]) };
+        for k in start..start + done {
+            let i = frames.index(&frames.free[k]);
+            frames.owner[i] = slot as u16;
+        }
+        frames.free.truncate(frames.free.len() - done);
+        if done > 0 && self.fq.needs_wakeup() {
+            // Zero-timeout poll: the documented way to wake the fill side.
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+        done
+    }
+
+    /// Takes up to `out.len()` received frames; they become held by the
+    /// worker. Returns how many.
+    #[inline]
+    pub fn rx(&mut self, frames: &mut Frames, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the RX ring of this socket only returns frames of this
+        // worker's UMEM (the ones its fill ring was given).
+        let n = unsafe { self.rx.consume(out) };
+        for d in &out[..n] {
+            let i = frames.index(d);
+            frames.owner[i] = HELD;
+        }
+        n
+    }
+
+    /// Puts held frames on this socket's TX ring (no kick), recording them as
+    /// lent through `slot`. Returns how many fit; the caller frees the rest.
+    #[inline]
+    pub fn tx(&mut self, slot: usize, frames: &mut Frames, descs: &[FrameDesc]) -> usize {
+        if descs.is_empty() {
+            return 0;
+        }
+        let n = descs
+            .len()
+            .min(self.tx.nb_free(descs.len() as u32) as usize);
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: the ledger says the worker holds these frames (just
+        // received, not on any ring), and they belong to this UMEM.
+        let done = unsafe { self.tx.produce(&descs[..n]) };
+        for d in &descs[..done] {
+            let i = frames.index(d);
+            debug_assert_eq!(frames.owner[i], HELD);
+            frames.owner[i] = slot as u16;
+        }
+        done
+    }
+
+    /// Kicks the kernel to transmit what is on the TX ring. In copy mode the
+    /// transmit work itself happens in this call.
+    #[inline]
+    pub fn kick(&self) -> io::Result<()> {
+        self.tx.wakeup()
+    }
+
+    /// A pollfd asking for readability of this socket's RX ring.
+    pub fn pollfd(&self) -> libc::pollfd {
+        libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
