@@ -65,7 +65,10 @@ fn main() {
         .args(["build", "--release", "--locked", "--target", BPF_TARGET])
         .args(["-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(&target_dir)
+        // Our stdout is parsed by cargo for `cargo:` lines; keep the nested
+        // build's chatter out of it.
+        .stdout(std::io::stderr());
     run(&mut cmd, "cargo build (XDP program, bpfel-unknown-none)");
 
     let built = target_dir.join(BPF_TARGET).join("release").join(BPF_BIN);

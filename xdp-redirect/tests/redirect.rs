@@ -28,6 +28,11 @@ struct Topo {
 
 impl Topo {
     fn new() -> Topo {
+        Topo::with_queues(None)
+    }
+
+    /// `queues`: rx/tx queue count of both veth ends (kernel default: one per CPU).
+    fn with_queues(queues: Option<u32>) -> Topo {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -45,10 +50,17 @@ impl Topo {
         let pod_if = format!("wxt-{id}p");
         ip(&["netns", "add", &t.node_ns]);
         ip(&["netns", "add", &t.pod_ns]);
-        ip(&[
-            "-n", &t.node_ns, "link", "add", &t.host_if, "type", "veth", "peer", "name", &pod_if,
-            "netns", &t.pod_ns,
-        ]);
+        let q = queues.map(|q| q.to_string());
+        let qargs: Vec<&str> = match &q {
+            Some(q) => vec!["numrxqueues", q, "numtxqueues", q],
+            None => vec![],
+        };
+        let mut args = vec!["-n", &t.node_ns, "link", "add", &t.host_if];
+        args.extend(&qargs);
+        args.extend(["type", "veth", "peer", "name", &pod_if]);
+        args.extend(&qargs);
+        args.extend(["netns", &t.pod_ns]);
+        ip(&args);
         for (ns, dev, addr) in [
             (&t.node_ns, &t.host_if, NODE_ADDR),
             (&t.pod_ns, &pod_if, POD_ADDR),
@@ -233,4 +245,74 @@ fn attachment_outlives_the_process_and_reattach_replaces() {
     detach(&t.host_if).expect("detach");
     assert_eq!(t.xdp_prog_id(), None);
     assert!(t.ping(), "after detach ping works");
+}
+
+/// A bound AF_XDP socket receives the pod's frames (`redirected` counts);
+/// closing it makes the kernel drop it from the XSKMAP and frames drop again.
+#[test]
+fn bound_socket_receives_and_closing_it_fails_closed() {
+    use std::num::NonZeroU32;
+    use std::os::fd::AsRawFd;
+    use xsk_rs::config::{BindFlags, LibxdpFlags, SocketConfig, UmemConfig, XdpFlags};
+    use xsk_rs::{Socket, Umem};
+
+    let t = Topo::with_queues(Some(1));
+    t.enter_node();
+    let mut r = Redirector::attach(&t.host_if, &opts(XdpMode::Native)).expect("attach");
+
+    let (umem, mut frames) =
+        Umem::new(UmemConfig::default(), NonZeroU32::new(64).unwrap(), false).expect("umem");
+    let cfg = SocketConfig::builder()
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .xdp_flags(XdpFlags::empty())
+        .bind_flags(BindFlags::XDP_COPY)
+        .build();
+    let iface = t.host_if.parse().expect("interface name");
+    // SAFETY: one socket on this UMEM and (interface, queue), libxdp's own
+    // program load inhibited (weir's program is attached).
+    let (tx, mut rx, rings) = unsafe { Socket::new(cfg, &umem, &iface, 0) }.expect("xsk socket");
+    let (mut fq, cq) = rings.expect("fill/completion rings of the first socket");
+    let (fill, mut rest) = frames.split_at_mut(32);
+    // SAFETY: these descriptors belong to `umem` and are handed to the kernel
+    // once; none is read until the RX ring returns it.
+    assert_eq!(unsafe { fq.produce(fill) }, 32);
+    r.set_socket(0, rx.fd().as_raw_fd()).expect("set_socket");
+
+    assert!(!t.ping(), "nobody answers from userspace");
+    // SAFETY: `rest` holds descriptors of `umem` that are not in any ring;
+    // consume overwrites them with received ones.
+    let n = unsafe { rx.poll_and_consume(&mut rest[..16], 1000) }.expect("poll");
+    assert!(n >= 1, "no frame reached the socket");
+    let echo_requests = rest[..n]
+        .iter()
+        .filter(|d| {
+            // SAFETY: `d` came from this UMEM's RX ring and is not in any ring now.
+            let data = unsafe { umem.data(d) };
+            let f = data.contents();
+            f.len() >= 34
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 1
+                && f[30..34] == NODE_ADDR.parse::<Ipv4Addr>().unwrap().octets()
+        })
+        .count();
+    assert!(
+        echo_requests >= 1,
+        "the ICMP echo requests arrive in the socket"
+    );
+    let c = r.counters().unwrap();
+    assert!(c.redirected >= 3, "{c:?}");
+    assert_eq!(c.dropped_no_socket, 0, "{c:?}");
+
+    // The dataplane dies: its socket closes and leaves the XSKMAP. (With
+    // libxdp the first socket of a UMEM shares the UMEM's fd: the socket is
+    // closed only when the UMEM goes too.)
+    drop((tx, rx, fq, cq));
+    drop(frames);
+    drop(umem);
+    assert!(!t.ping());
+    let after = r.counters().unwrap();
+    assert_eq!(after.redirected, c.redirected, "{after:?}");
+    assert!(after.dropped_no_socket >= 3, "{after:?}");
+    detach(&t.host_if).expect("detach");
+    assert!(t.ping());
 }
