@@ -272,7 +272,7 @@ fn bound_socket_receives_and_closing_it_fails_closed() {
     // program load inhibited (weir's program is attached).
     let (tx, mut rx, rings) = unsafe { Socket::new(cfg, &umem, &iface, 0) }.expect("xsk socket");
     let (mut fq, cq) = rings.expect("fill/completion rings of the first socket");
-    let (fill, mut rest) = frames.split_at_mut(32);
+    let (fill, rest) = frames.split_at_mut(32);
     // SAFETY: these descriptors belong to `umem` and are handed to the kernel
     // once; none is read until the RX ring returns it.
     assert_eq!(unsafe { fq.produce(fill) }, 32);
