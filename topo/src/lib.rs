@@ -102,7 +102,7 @@ pub enum TopoError {
         netns: String,
         object: String,
         op: String,
-        error: rtnetlink::Error,
+        error: Box<rtnetlink::Error>,
     },
     /// Writing a sysctl failed.
     #[error("netns {netns}: sysctl {path}: {error}")]

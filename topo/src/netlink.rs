@@ -13,7 +13,7 @@ use netlink_packet_route::address::AddressHeaderFlag;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::Handle;
 
 use crate::TopoError;
@@ -70,7 +70,7 @@ impl Netlink {
             netns: self.netns.clone(),
             object: object.to_string(),
             op: op.into(),
-            error,
+            error: Box::new(error),
         })
     }
 
@@ -95,7 +95,7 @@ impl Netlink {
                 netns: self.netns.clone(),
                 object: name.to_string(),
                 op: "get link".into(),
-                error,
+                error: Box::new(error),
             }),
         }
     }
@@ -171,7 +171,8 @@ impl Netlink {
         self.run(ifname, format!("add address {ip}/{prefix}"), req.execute())
     }
 
-    /// `ip route add <dst>/<len> [via <gw>] dev <index> [scope link]`.
+    /// `ip route add <dst>/<len> [via <gw>] dev <index> [scope link]` (proto boot,
+    /// as iproute2 does).
     pub(crate) fn route_v4(
         &self,
         ifname: &str,
@@ -184,6 +185,7 @@ impl Netlink {
             .handle
             .route()
             .add()
+            .protocol(RouteProtocol::Boot)
             .v4()
             .destination_prefix(dst, len)
             .output_interface(index);
@@ -211,6 +213,7 @@ impl Netlink {
             .handle
             .route()
             .add()
+            .protocol(RouteProtocol::Boot)
             .v6()
             .destination_prefix(dst, len)
             .output_interface(index)

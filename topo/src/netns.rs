@@ -90,7 +90,7 @@ pub fn create(name: &str) -> Result<(), TopoError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
         .map_err(|error| {
             if error.kind() == std::io::ErrorKind::AlreadyExists {
