@@ -284,7 +284,7 @@ fn parse_l4(
         ip_proto::UDP => {
             let u = if fragment == Fragment::First {
                 let u = udp::Packet::new_unchecked(bytes);
-                if bytes.len() < udp::HEADER_LEN || usize::from(u.len()) < udp::HEADER_LEN {
+                if bytes.len() < udp::HEADER_LEN || usize::from(u.length()) < udp::HEADER_LEN {
                     return drop(TRUNC);
                 }
                 u

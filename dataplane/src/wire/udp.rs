@@ -42,7 +42,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if len < HEADER_LEN {
             return Err(Error::Truncated);
         }
-        let l = usize::from(self.len());
+        let l = usize::from(self.length());
         if l < HEADER_LEN {
             return Err(Error::Malformed);
         }
@@ -70,7 +70,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The length field: header + payload.
-    pub fn len(&self) -> u16 {
+    pub fn length(&self) -> u16 {
         self.u16_at(field::LENGTH)
     }
 
@@ -80,7 +80,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The payload, up to the length field.
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
+        &self.buffer.as_ref()[HEADER_LEN..usize::from(self.length())]
     }
 }
 
@@ -97,7 +97,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_u16_at(field::DST_PORT, v)
     }
 
-    pub fn set_len(&mut self, v: u16) {
+    pub fn set_length(&mut self, v: u16) {
         self.set_u16_at(field::LENGTH, v)
     }
 
@@ -123,7 +123,7 @@ mod tests {
         let p = Packet::new_checked(&DATAGRAM[..]).unwrap();
         assert_eq!(p.src_port(), 53);
         assert_eq!(p.dst_port(), 49152);
-        assert_eq!(p.len(), 10);
+        assert_eq!(p.length(), 10);
         assert_eq!(p.checksum(), 0x1234);
         assert_eq!(p.payload(), &[0xaa, 0xbb]);
     }
@@ -134,7 +134,7 @@ mod tests {
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.set_src_port(53);
         p.set_dst_port(49152);
-        p.set_len(10);
+        p.set_length(10);
         p.set_checksum(0x1234);
         buf[8..].copy_from_slice(&[0xaa, 0xbb, 0, 0]);
         assert_eq!(buf, DATAGRAM);
