@@ -62,7 +62,7 @@ use std::process::Command;
 pub use cluster::testing;
 pub use cluster::{
     check_cluster_name, netns_prefix, teardown_by_name, BuildOptions, Cluster, RealizedNode,
-    RealizedPod, TeardownGuard,
+    RealizedPod, TeardownGuard, GATEWAY_V4, GATEWAY_V6,
 };
 pub use ethtool::tx_checksum_enabled;
 pub use manifest::{
