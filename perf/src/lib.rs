@@ -1,1 +1,22 @@
-//! (in progress)
+//! weir-perf: the benchmark harness. Every scenario runs the same workload
+//! through weir and through its peers in the same run, and reports absolute
+//! numbers together with ratios against the peers (the machine is shared
+//! and noisy: ratios are the headline).
+//!
+//! The load tools are the project's own (this machine has no pktgen and
+//! Debian's xdp-tools do not run on its kernel): `sendmmsg`/`recvmmsg` UDP
+//! ([`udp`]) and a TCP ping-pong timed into an HDR histogram ([`rr`]), run
+//! inside the pods' namespaces and pinned to a core of their own.
+//!
+//! Scenarios: [`fastpath`] (one node, pod to pod: kernel routing vs weir in
+//! each polling mode).
+
+pub mod fastpath;
+pub mod kernel;
+mod mmsg;
+pub mod pin;
+pub mod report;
+pub mod rr;
+pub mod stop;
+pub mod udp;
+pub mod weir;

@@ -1,0 +1,109 @@
+//! The `weir-perf` command.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weir_perf::fastpath::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "weir-perf",
+    version,
+    about = "weir's benchmark harness (needs root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One node, pod a → pod b: 64-byte UDP pps and TCP request/response
+    /// latency, kernel forwarding vs weir in each polling mode.
+    Fastpath {
+        /// 1 s windows and 2k round trips instead of 5 s and 20k.
+        #[arg(long)]
+        short: bool,
+        /// Where fastpath.json and fastpath.md go.
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling modes to measure (comma-separated: busy, adaptive, wakeup).
+        #[arg(long, default_value = "busy,adaptive", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Core for the load (generator, receiver, RR client and server).
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        /// Core for weir's worker.
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        /// The weir binary (default: $WEIR_BIN, next to weir-perf, target/{release,debug}, $PATH).
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Measure only the kernel path (no weir needed).
+        #[arg(long)]
+        kernel_only: bool,
+        /// Override the measurement window (milliseconds).
+        #[arg(long)]
+        window_ms: Option<u64>,
+        /// Override the number of request/response round trips.
+        #[arg(long)]
+        rr_count: Option<u64>,
+        /// Datagrams per sendmmsg.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("weir-perf: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    weir_perf::stop::install()?;
+    match cli.cmd {
+        Cmd::Fastpath {
+            short,
+            out,
+            modes,
+            load_core,
+            worker_core,
+            weir,
+            kernel_only,
+            window_ms,
+            rr_count,
+            batch,
+        } => {
+            let mut o = Options::new(short);
+            o.out = out;
+            o.modes = modes;
+            o.load_core = load_core;
+            o.worker_core = worker_core;
+            o.udp_batch = batch;
+            if let Some(ms) = window_ms {
+                o.window = Duration::from_millis(ms);
+            }
+            if let Some(n) = rr_count {
+                o.rr_count = n;
+                o.rr_warmup = (n / 10).max(1);
+            }
+            o.weir = if kernel_only {
+                None
+            } else {
+                Some(fastpath::weir_binary(weir.as_deref())?)
+            };
+            let report = fastpath::run(&o)?;
+            print!("{}", report.markdown());
+            println!(
+                "\nwritten: {} and {}",
+                o.out.join("fastpath.md").display(),
+                o.out.join("fastpath.json").display()
+            );
+            Ok(())
+        }
+    }
+}

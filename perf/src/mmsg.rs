@@ -1,0 +1,196 @@
+//! Batched UDP I/O with `sendmmsg(2)` / `recvmmsg(2)`: one syscall moves a
+//! whole batch of datagrams, so the load generator spends its time in the
+//! network stack rather than in syscall entry and exit.
+//!
+//! The only `unsafe` of the crate lives here: the message headers hold raw
+//! pointers into buffers that this module owns and never moves (they are
+//! heap allocations made once in `new`, kept alive by the same struct).
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
+
+/// A batch of identical datagrams to one IPv4 destination, sent with one
+/// `sendmmsg` on an unconnected socket (so ICMP errors, e.g. when the node
+/// drops with "host unreachable", never surface as send errors).
+pub struct SendBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    // Referenced by `hdrs`: kept alive and unmoved for the life of `self`.
+    _iov: Box<libc::iovec>,
+    _addr: Box<libc::sockaddr_in>,
+    _payload: Box<[u8]>,
+}
+
+impl SendBatch {
+    /// `batch` datagrams of `payload_len` bytes (filled with 0x5a) to `dst`.
+    pub fn new(dst: SocketAddrV4, payload_len: usize, batch: usize) -> SendBatch {
+        let mut payload = vec![0x5au8; payload_len].into_boxed_slice();
+        let mut addr = Box::new(sockaddr_in(dst));
+        let mut iov = Box::new(libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        });
+        let iov_ptr: *mut libc::iovec = &mut *iov;
+        let addr_ptr: *mut libc::sockaddr_in = &mut *addr;
+        let hdrs = (0..batch.max(1))
+            .map(|_| {
+                // SAFETY: mmsghdr is a plain C struct of integers and raw
+                // pointers, for which all-zero bytes are a valid value.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = addr_ptr.cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = iov_ptr;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        SendBatch {
+            hdrs,
+            _iov: iov,
+            _addr: addr,
+            _payload: payload,
+        }
+    }
+
+    /// Sends the batch once; returns how many datagrams the kernel took.
+    pub fn send(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
+        // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose
+        // pointers (name, iovec, payload) point into boxes owned by `self`,
+        // alive and unmoved for the duration of the call; the kernel only
+        // reads them (and writes `msg_len`, a field of `hdrs`).
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// Receive buffers for up to `batch` datagrams per `recvmmsg`.
+pub struct RecvBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    // Referenced by `hdrs`: kept alive and unmoved for the life of `self`.
+    _iovs: Vec<libc::iovec>,
+    _bufs: Box<[u8]>,
+}
+
+impl RecvBatch {
+    /// Room for `batch` datagrams of at most `size` bytes each (longer ones
+    /// are truncated, which is fine for counting).
+    pub fn new(batch: usize, size: usize) -> RecvBatch {
+        let batch = batch.max(1);
+        let mut bufs = vec![0u8; batch * size].into_boxed_slice();
+        let base = bufs.as_mut_ptr();
+        let mut iovs: Vec<libc::iovec> = (0..batch)
+            .map(|i| libc::iovec {
+                // In bounds: i * size < batch * size.
+                iov_base: base.wrapping_add(i * size).cast(),
+                iov_len: size,
+            })
+            .collect();
+        let iov_base = iovs.as_mut_ptr();
+        let hdrs = (0..batch)
+            .map(|i| {
+                // SAFETY: as in `SendBatch::new`, all-zero is a valid mmsghdr.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov_base.wrapping_add(i);
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch {
+            hdrs,
+            _iovs: iovs,
+            _bufs: bufs,
+        }
+    }
+
+    /// Waits for at least one datagram (or the socket's receive timeout)
+    /// and takes as many as are queued, up to the batch size.
+    pub fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
+        // SAFETY: every header points at its own iovec, and every iovec at
+        // its own disjoint `size`-byte slice of `_bufs`; all are owned by
+        // `self` and unmoved during the call. The kernel writes only into
+        // those buffers and the headers' `msg_len`/`msg_flags`.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sets `SO_RCVBUF` (best effort: the kernel caps it at `rmem_max`; with
+/// root, `SO_RCVBUFFORCE` lifts the cap).
+pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: usize) {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: `v` is a live c_int and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Duration;
+
+    #[test]
+    fn batches_cross_loopback() {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut send = SendBatch::new(dst, 18, 8);
+        assert_eq!(send.send(&tx).unwrap(), 8);
+        let mut recv = RecvBatch::new(16, 64);
+        let mut got = 0;
+        while got < 8 {
+            got += recv.recv(&rx).unwrap();
+        }
+        assert_eq!(got, 8);
+    }
+}
