@@ -1,1 +1,527 @@
-fn main() {}
+//! The `weir` command. Every error is one line on stderr and a non-zero exit.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use weir_control::get::{self, Output};
+use weir_control::ipc::{self, Request};
+use weir_control::probe::{self, Family, ProbeSpec, Protocol};
+use weir_control::state::{StateDir, DEFAULT_CLUSTER};
+use weir_control::{daemon, demo, node_dataplane, status};
+use weir_topo::{BuildOptions, Cluster};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "weir: a container-networking dataplane on AF_XDP"
+)]
+struct Cli {
+    /// Which local cluster (several can run side by side).
+    #[arg(long, global = true, env = "WEIR_CLUSTER", default_value = DEFAULT_CLUSTER)]
+    cluster: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct DataplaneFlags {
+    /// Cores for the dataplane workers, one worker per core (e.g. `1`, `0,1`, `0-3`).
+    /// Default: the last core.
+    #[arg(long)]
+    cores: Option<String>,
+    /// Polling mode: busy (spin), wakeup (sleep on the rings), adaptive (spin while busy, sleep when idle).
+    #[arg(long, default_value = "adaptive")]
+    poll: String,
+}
+
+impl DataplaneFlags {
+    fn args(&self) -> anyhow::Result<Vec<String>> {
+        node_dataplane::parse_poll(&self.poll)?;
+        let mut v = vec!["--poll".to_string(), self.poll.clone()];
+        if let Some(c) = &self.cores {
+            node_dataplane::parse_cores(c)?;
+            v.extend(["--cores".to_string(), c.clone()]);
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a local cluster from manifests (Node, Namespace, Pod), start weir on it.
+    Up {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        dp: DataplaneFlags,
+        /// Pod MTU.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// RX/TX queues per pod interface.
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+    },
+    /// Stop weir and remove the local cluster completely.
+    Down,
+    /// List nodes, namespaces or pods.
+    Get {
+        /// nodes | namespaces | pods
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// json | wide
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Per-worker counters, rates, drops by reason and latency percentiles.
+    Status {
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Connect from pods to pods for real and print the reachability matrix.
+    Probe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: Protocol,
+        /// NS/POD, or NS for all pods of a namespace. Default: every pod.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
+        /// Per-attempt timeout in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Attempts before a pair counts as blocked.
+        #[arg(long, default_value_t = 2)]
+        attempts: u32,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Create pods on the running cluster.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete pods from the running cluster.
+    Delete {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Bring up the built-in sample cluster, probe it, show status, take it down.
+    Demo {
+        /// Leave the cluster up afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        dp: DataplaneFlags,
+    },
+    /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
+    Dataplane {
+        #[command(subcommand)]
+        action: Option<DpAction>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        cores: Option<String>,
+        #[arg(long, default_value = "adaptive")]
+        poll: String,
+    },
+    /// The cluster supervisor (started by `weir up`).
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        cores: Option<String>,
+        #[arg(long, default_value = "adaptive")]
+        poll: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DpAction {
+    /// Stop a node's dataplane: its pod interfaces then drop everything (fail closed).
+    Stop {
+        #[arg(long)]
+        node: String,
+    },
+    /// Start a node's dataplane again.
+    Start {
+        #[arg(long)]
+        node: String,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,netlink_packet_route=error"),
+    )
+    .format_timestamp_millis()
+    .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("weir: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    validate_cluster_name(&cli.cluster)?;
+    let state = StateDir::new(&cli.cluster);
+    match cli.cmd {
+        Cmd::Up {
+            files,
+            dp,
+            mtu,
+            queues,
+        } => {
+            let spec =
+                weir_topo::manifest::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+            up(&state, &spec, &dp, BuildOptions { queues, mtu })
+        }
+        Cmd::Down => down(&state),
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let c = load(&state)?;
+            let ns = if all_namespaces {
+                None
+            } else {
+                namespace.as_deref()
+            };
+            let text = match kind.as_str() {
+                "nodes" | "node" | "no" => get::nodes(&c, name.as_deref(), output)?,
+                "namespaces" | "namespace" | "ns" => get::namespaces(&c, name.as_deref(), output)?,
+                "pods" | "pod" | "po" => get::pods(&c, ns, name.as_deref(), output)?,
+                other => anyhow::bail!("get: unknown kind {other:?} (nodes, namespaces, pods)"),
+            };
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        Cmd::Status { output } => {
+            let v = daemon_call(&state, &Request::Status)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                _ => print!("{}", status::render(&v)),
+            }
+            Ok(())
+        }
+        Cmd::Probe {
+            port,
+            protocol,
+            from,
+            to,
+            family,
+            timeout_ms,
+            attempts,
+            output,
+        } => {
+            anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
+            let c = load(&state)?;
+            let from = probe::select(&c, from.as_deref())?;
+            let to = probe::select(&c, to.as_deref())?;
+            let m = probe::run(
+                &from,
+                &to,
+                &ProbeSpec {
+                    port,
+                    protocol,
+                    family,
+                    timeout: Duration::from_millis(timeout_ms),
+                    attempts,
+                },
+            );
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+                _ => print!("{}", probe::render(&m)),
+            }
+            Ok(())
+        }
+        Cmd::Apply { files } => {
+            let mut text = String::new();
+            for f in &files {
+                let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+                text.push_str("\n---\n");
+                text.push_str(&t);
+            }
+            let source = files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let v = daemon_call(
+                &state,
+                &Request::ApplyPods {
+                    manifests: text,
+                    source,
+                },
+            )?;
+            for ch in v["changed"].as_array().into_iter().flatten() {
+                println!(
+                    "pod/{} {}",
+                    ch["pod"].as_str().unwrap_or("?"),
+                    ch["action"].as_str().unwrap_or("?")
+                );
+            }
+            wait_ready(&state, Duration::from_secs(30))?;
+            Ok(())
+        }
+        Cmd::Delete { files } => {
+            let spec =
+                weir_topo::manifest::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pods = spec
+                .pods
+                .iter()
+                .map(|p| (p.namespace.clone(), p.name.clone()))
+                .collect();
+            let v = daemon_call(&state, &Request::DeletePods { pods })?;
+            for p in v["deleted"].as_array().into_iter().flatten() {
+                println!("pod/{} deleted", p.as_str().unwrap_or("?"));
+            }
+            wait_ready(&state, Duration::from_secs(30))?;
+            Ok(())
+        }
+        Cmd::Demo { keep, dp } => run_demo(&state, &dp, keep),
+        Cmd::Dataplane {
+            action,
+            node,
+            cores,
+            poll,
+        } => {
+            match action {
+                Some(DpAction::Stop { node }) => {
+                    daemon_call(&state, &Request::StopDataplane { node: node.clone() })?;
+                    println!("dataplane of node {node} stopped: its pods' interfaces now drop all traffic");
+                    Ok(())
+                }
+                Some(DpAction::Start { node }) => {
+                    daemon_call(&state, &Request::StartDataplane { node: node.clone() })?;
+                    wait_ready(&state, Duration::from_secs(30))?;
+                    println!("dataplane of node {node} running");
+                    Ok(())
+                }
+                None => {
+                    let node = node.context("dataplane: --node is required")?;
+                    let cores = match cores {
+                        Some(c) => node_dataplane::parse_cores(&c)?,
+                        None => node_dataplane::default_cores(),
+                    };
+                    node_dataplane::run(node_dataplane::Options {
+                        cluster: cli.cluster.clone(),
+                        node,
+                        cores,
+                        poll: node_dataplane::parse_poll(&poll)?,
+                    })
+                }
+            }
+        }
+        Cmd::Daemon { cores, poll } => {
+            let mut args = vec!["--poll".to_string(), poll];
+            if let Some(c) = cores {
+                args.extend(["--cores".to_string(), c]);
+            }
+            daemon::run(daemon::Options {
+                cluster: cli.cluster.clone(),
+                dataplane_args: args,
+            })
+        }
+    }
+}
+
+fn validate_cluster_name(name: &str) -> anyhow::Result<()> {
+    weir_topo::check_cluster_name(name).map_err(|e| anyhow::anyhow!("--cluster: {e}"))
+}
+
+fn load(state: &StateDir) -> anyhow::Result<Cluster> {
+    anyhow::ensure!(
+        state.exists(),
+        "cluster {}: not up (run `weir up -f FILE` first)",
+        state.cluster
+    );
+    Cluster::load(&state.cluster_file())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", state.cluster_file().display()))
+}
+
+fn daemon_call(state: &StateDir, req: &Request) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        state.exists(),
+        "cluster {}: not up (run `weir up -f FILE` first)",
+        state.cluster
+    );
+    Ok(ipc::call(
+        &state.daemon_sock(),
+        req,
+        Duration::from_secs(60),
+    )?)
+}
+
+fn up(
+    state: &StateDir,
+    spec: &weir_topo::manifest::ClusterSpec,
+    dp: &DataplaneFlags,
+    opts: BuildOptions,
+) -> anyhow::Result<()> {
+    let dp_args = dp.args()?;
+    anyhow::ensure!(
+        !state.exists(),
+        "cluster {}: already up (run `weir down` first, or pick another --cluster)",
+        state.cluster
+    );
+    // Leftovers of a cluster of the same name that died without `weir down`.
+    let _ = weir_topo::teardown_by_name(&state.cluster);
+    let _ = std::fs::remove_dir_all(&state.root);
+    let cluster =
+        Cluster::build(&state.cluster, spec, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&state.root)?;
+    if let Err(e) = cluster.save(&state.cluster_file()) {
+        let _ = cluster.teardown();
+        anyhow::bail!("{}: {e}", state.cluster_file().display());
+    }
+    let log = std::fs::File::create(state.daemon_log())?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--cluster")
+        .arg(&state.cluster)
+        .arg("daemon")
+        .args(&dp_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info,netlink_packet_route=error");
+    }
+    cmd.spawn().context("start the cluster supervisor")?;
+    if let Err(e) = wait_ready(state, Duration::from_secs(60)) {
+        let tail = log_tail(state);
+        let _ = down(state);
+        anyhow::bail!("{e}{tail}");
+    }
+    println!(
+        "cluster {} up: {} node(s), {} namespace(s), {} pod(s); weir forwarding",
+        state.cluster,
+        cluster.nodes.len(),
+        cluster.namespaces.len(),
+        cluster.pods.len()
+    );
+    Ok(())
+}
+
+fn log_tail(state: &StateDir) -> String {
+    let mut out = String::new();
+    let mut files = vec![state.daemon_log()];
+    if let Ok(c) = Cluster::load(&state.cluster_file()) {
+        files.extend(c.nodes.iter().map(|n| state.dataplane_log(&n.name)));
+    }
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(&f) {
+            let lines: Vec<&str> = t.lines().rev().take(5).collect();
+            for l in lines.into_iter().rev() {
+                if l.contains("ERROR") || l.contains("weir:") {
+                    out.push_str(&format!(" [{}] {}", f.display(), l.trim()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn wait_ready(state: &StateDir, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("supervisor not answering");
+    while Instant::now() < deadline {
+        match ipc::call(&state.daemon_sock(), &Request::Ping, Duration::from_secs(5)) {
+            Ok(v) if v["ready"].as_bool() == Some(true) => return Ok(()),
+            Ok(v) => last = format!("not ready: {}", v["nodes"]),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!(
+        "cluster {}: not ready after {:?}: {last}",
+        state.cluster,
+        timeout
+    )
+}
+
+fn down(state: &StateDir) -> anyhow::Result<()> {
+    let had_state = state.exists();
+    if state.daemon_sock().exists() {
+        let _ = ipc::call(
+            &state.daemon_sock(),
+            &Request::Shutdown,
+            Duration::from_secs(30),
+        );
+    }
+    if let Ok(c) = Cluster::load(&state.cluster_file()) {
+        c.teardown().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    weir_topo::teardown_by_name(&state.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = std::fs::remove_dir_all(&state.root);
+    if had_state {
+        println!("cluster {} removed", state.cluster);
+    } else {
+        println!("cluster {}: nothing to remove", state.cluster);
+    }
+    Ok(())
+}
+
+fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result<()> {
+    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
+    up(state, &spec, dp, BuildOptions::default())?;
+    let result = (|| -> anyhow::Result<()> {
+        let c = load(state)?;
+        print!("{}", get::pods(&c, None, None, Output::Table)?);
+        let all = probe::select(&c, None)?;
+        for (protocol, family) in [
+            (Protocol::Tcp, Family::Ipv4),
+            (Protocol::Udp, Family::Ipv4),
+            (Protocol::Tcp, Family::Ipv6),
+        ] {
+            println!("\n== weir probe --port 80 --protocol {protocol:?} --family {family:?}");
+            let m = probe::run(
+                &all,
+                &all,
+                &ProbeSpec {
+                    port: 80,
+                    protocol,
+                    family,
+                    timeout: Duration::from_millis(1000),
+                    attempts: 2,
+                },
+            );
+            print!("{}", probe::render(&m));
+            let failed = m.probes.iter().filter(|p| !p.connected).count();
+            anyhow::ensure!(
+                failed == 0,
+                "demo: {failed} probes failed (no policy is loaded, all should connect)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        println!("\n== weir status");
+        print!("{}", status::render(&daemon_call(state, &Request::Status)?));
+        Ok(())
+    })();
+    if !keep {
+        println!("\n== weir down");
+        down(state)?;
+    }
+    result
+}

@@ -1,0 +1,82 @@
+//! The agent: compiles the cluster's desired state into one snapshot per
+//! node and hands it to that node's dataplane (an atomically replaced file
+//! the dataplane watches, so a restart of either side loses nothing: the
+//! dataplane keeps forwarding on the last snapshot it loaded).
+
+use crate::state::{write_atomic, StateDir};
+use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
+use weir_topo::Cluster;
+
+/// Builds the snapshot for `node` at `generation`.
+pub fn compile_node(
+    cluster: &Cluster,
+    node: &str,
+    generation: u64,
+) -> anyhow::Result<SnapshotSpec> {
+    let n = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| anyhow::anyhow!("nodes/{node}: not in the cluster"))?;
+    let mut pods: Vec<_> = cluster.pods.iter().filter(|p| p.node == node).collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut ports = Vec::with_capacity(pods.len());
+    let mut endpoints = Vec::with_capacity(pods.len());
+    for (i, p) in pods.iter().enumerate() {
+        let port = u16::try_from(i).map_err(|_| anyhow::anyhow!("nodes/{node}: too many pods"))?;
+        ports.push(Port {
+            name: p.host_ifname.clone(),
+            mac: p.host_mac,
+            mtu: u16::try_from(p.mtu).unwrap_or(u16::MAX),
+        });
+        endpoints.push(Endpoint {
+            name: format!("{}/{}", p.namespace, p.name),
+            port,
+            mac: p.pod_mac,
+            ipv4: p.ipv4,
+            ipv6: p.ipv6,
+        });
+    }
+    let spec = SnapshotSpec {
+        generation,
+        node: node.to_string(),
+        node_ipv4: n.ipv4,
+        node_ipv6: n.ipv6,
+        ports,
+        endpoints,
+    };
+    // Validate here so a bad snapshot never reaches a dataplane.
+    Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
+    Ok(spec)
+}
+
+/// Compiles and publishes snapshots for every node; returns the generation.
+pub fn publish(state: &StateDir, cluster: &Cluster) -> anyhow::Result<u64> {
+    let generation = next_generation(state, cluster);
+    for n in &cluster.nodes {
+        let spec = compile_node(cluster, &n.name, generation)?;
+        write_atomic(
+            &state.snapshot_file(&n.name),
+            &serde_json::to_vec_pretty(&spec)?,
+        )?;
+    }
+    Ok(generation)
+}
+
+/// One more than the highest generation published to any node so far.
+fn next_generation(state: &StateDir, cluster: &Cluster) -> u64 {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|n| read_snapshot(state, &n.name).ok())
+        .map(|s| s.generation)
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+pub fn read_snapshot(state: &StateDir, node: &str) -> anyhow::Result<SnapshotSpec> {
+    let path = state.snapshot_file(node);
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}

@@ -1,0 +1,199 @@
+//! `weir get nodes|namespaces|pods`: what the local cluster holds, kubectl-like.
+
+use std::fmt::Write;
+use weir_topo::Cluster;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wide" => Ok(Output::Wide),
+            "json" => Ok(Output::Json),
+            "table" | "" => Ok(Output::Table),
+            _ => Err(format!("-o: {s:?} is not one of json, wide")),
+        }
+    }
+}
+
+fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "<none>".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn opt<T: ToString>(o: &Option<T>) -> String {
+    o.as_ref().map_or("<none>".into(), |v| v.to_string())
+}
+
+/// Renders rows as aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                let _ = write!(out, "{c}");
+            } else {
+                let _ = write!(out, "{c:w$}   ", w = w[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+pub fn nodes(c: &Cluster, name: Option<&str>, o: Output) -> anyhow::Result<String> {
+    let items: Vec<_> = c
+        .nodes
+        .iter()
+        .filter(|n| name.is_none_or(|x| x == n.name))
+        .collect();
+    if let Some(n) = name {
+        anyhow::ensure!(!items.is_empty(), "nodes/{n}: not found");
+    }
+    if o == Output::Json {
+        return Ok(serde_json::to_string_pretty(&items)?);
+    }
+    let mut header = vec!["NAME", "PODS", "POD-CIDRS", "INTERNAL-IP"];
+    if o == Output::Wide {
+        header.extend(["IPV6", "NETNS", "LABELS"]);
+    }
+    let rows = items
+        .iter()
+        .map(|n| {
+            let mut r = vec![
+                n.name.clone(),
+                c.pods
+                    .iter()
+                    .filter(|p| p.node == n.name)
+                    .count()
+                    .to_string(),
+                n.pod_cidrs
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                opt(&n.ipv4),
+            ];
+            if o == Output::Wide {
+                r.extend([opt(&n.ipv6), n.netns.clone(), labels(&n.labels)]);
+            }
+            r
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&header, &rows))
+}
+
+pub fn namespaces(c: &Cluster, name: Option<&str>, o: Output) -> anyhow::Result<String> {
+    let items: Vec<_> = c
+        .namespaces
+        .iter()
+        .filter(|n| name.is_none_or(|x| x == n.name))
+        .collect();
+    if let Some(n) = name {
+        anyhow::ensure!(!items.is_empty(), "namespaces/{n}: not found");
+    }
+    if o == Output::Json {
+        return Ok(serde_json::to_string_pretty(&items)?);
+    }
+    let rows = items
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                c.pods
+                    .iter()
+                    .filter(|p| p.namespace == n.name)
+                    .count()
+                    .to_string(),
+                labels(&n.labels),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&["NAME", "PODS", "LABELS"], &rows))
+}
+
+pub fn pods(
+    c: &Cluster,
+    ns: Option<&str>,
+    name: Option<&str>,
+    o: Output,
+) -> anyhow::Result<String> {
+    let mut items: Vec<_> = c
+        .pods
+        .iter()
+        .filter(|p| ns.is_none_or(|x| x == p.namespace) && name.is_none_or(|x| x == p.name))
+        .collect();
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    if let Some(n) = name {
+        anyhow::ensure!(
+            !items.is_empty(),
+            "pods/{}/{n}: not found",
+            ns.unwrap_or("*")
+        );
+    }
+    if o == Output::Json {
+        return Ok(serde_json::to_string_pretty(&items)?);
+    }
+    let mut header = vec!["NAMESPACE", "NAME", "NODE", "IP", "LABELS"];
+    if o == Output::Wide {
+        header.extend(["IPV6", "PORTS", "INTERFACE", "MAC"]);
+    }
+    let rows = items
+        .iter()
+        .map(|p| {
+            let mut r = vec![
+                p.namespace.clone(),
+                p.name.clone(),
+                p.node.clone(),
+                opt(&p.ipv4),
+                labels(&p.labels),
+            ];
+            if o == Output::Wide {
+                let ports = p
+                    .ports
+                    .iter()
+                    .map(|cp| format!("{}/{:?}", cp.port, cp.protocol))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let m = p.pod_mac;
+                r.extend([
+                    opt(&p.ipv6),
+                    if ports.is_empty() {
+                        "<none>".into()
+                    } else {
+                        ports
+                    },
+                    p.host_ifname.clone(),
+                    format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        m[0], m[1], m[2], m[3], m[4], m[5]
+                    ),
+                ]);
+            }
+            r
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&header, &rows))
+}

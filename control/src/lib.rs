@@ -1,0 +1,15 @@
+//! The `weir` command's library: the local cluster's state directory, the
+//! agent that compiles cluster state into dataplane snapshots, the
+//! supervisor daemon, the per-node dataplane process, and the read-side
+//! commands (get, status, probe).
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod daemon;
+pub mod demo;
+pub mod get;
+pub mod ipc;
+pub mod node_dataplane;
+pub mod probe;
+pub mod state;
+pub mod status;

@@ -1,0 +1,258 @@
+//! `weir dataplane`: one node's dataplane process. It enters the node's
+//! network namespace, starts the AF_XDP workers on the node's pod
+//! interfaces, follows the agent's snapshot file, and answers status queries
+//! on `nodes/<node>/dataplane.sock`.
+//!
+//! It runs apart from the agent and the supervisor so that either can
+//! restart without stopping forwarding, and so that stopping it shows weir
+//! failing closed: the XDP programs stay attached, their sockets are gone,
+//! and pod traffic is dropped.
+
+use crate::ipc::{self, Reply, Request};
+use crate::state::StateDir;
+use anyhow::Context;
+use serde_json::json;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use weir_dataplane::runtime::{Dataplane, DataplaneConfig, PollMode};
+use weir_dataplane::{Snapshot, SnapshotSpec};
+
+pub struct Options {
+    pub cluster: String,
+    pub node: String,
+    pub cores: Vec<usize>,
+    pub poll: PollMode,
+}
+
+/// Parses `--poll`.
+pub fn parse_poll(s: &str) -> anyhow::Result<PollMode> {
+    match s {
+        "busy" => Ok(PollMode::Busy),
+        "wakeup" => Ok(PollMode::Wakeup),
+        "adaptive" => Ok(PollMode::Adaptive),
+        _ => anyhow::bail!("--poll: {s:?} is not one of busy, wakeup, adaptive"),
+    }
+}
+
+/// Parses `--cores` like `1`, `0,1` or `0-3`.
+pub fn parse_cores(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: usize = a
+                .parse()
+                .with_context(|| format!("--cores: bad core {a:?}"))?;
+            let b: usize = b
+                .parse()
+                .with_context(|| format!("--cores: bad core {b:?}"))?;
+            anyhow::ensure!(a <= b, "--cores: empty range {part}");
+            out.extend(a..=b);
+        } else {
+            out.push(
+                part.parse()
+                    .with_context(|| format!("--cores: bad core {part:?}"))?,
+            );
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "--cores: no cores given");
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(c) = out.iter().find(|&&c| c >= n) {
+        anyhow::bail!("--cores: core {c} does not exist (this machine has {n})");
+    }
+    Ok(out)
+}
+
+/// The default worker core: the last one, leaving core 0 to the kernel and load.
+pub fn default_cores() -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    vec![n - 1]
+}
+
+struct Shared {
+    dp: Mutex<Option<Dataplane>>,
+    applied: Mutex<u64>,
+    rates: Mutex<Rates>,
+    stop: AtomicBool,
+}
+
+#[derive(Default, Clone)]
+struct Rates {
+    last: Option<(Instant, u64, u64)>,
+    rx_pps: f64,
+    tx_pps: f64,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let state = StateDir::new(&opts.cluster);
+    let cluster = weir_topo::Cluster::load(&state.cluster_file())
+        .with_context(|| format!("cluster {}: not up (no state)", opts.cluster))?;
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name == opts.node)
+        .with_context(|| format!("nodes/{}: not in cluster {}", opts.node, opts.cluster))?;
+    enter_netns(&node.netns)?;
+
+    let spec = wait_for_snapshot(&state, &opts.node)?;
+    let mut applied = spec.generation;
+    let mut mtime = snapshot_mtime(&state, &opts.node);
+    let snap =
+        Snapshot::build(spec).map_err(|e| anyhow::anyhow!("nodes/{}: snapshot: {e}", opts.node))?;
+    let cfg = DataplaneConfig {
+        cores: opts.cores.clone(),
+        poll: opts.poll,
+        ..DataplaneConfig::default()
+    };
+    let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;
+    log::info!(
+        "dataplane for node {} running generation {applied}",
+        opts.node
+    );
+
+    let shared = Arc::new(Shared {
+        dp: Mutex::new(Some(dp)),
+        applied: Mutex::new(applied),
+        rates: Mutex::new(Rates::default()),
+        stop: AtomicBool::new(false),
+    });
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+
+    let sock = state.dataplane_sock(&opts.node);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("dp-status".into())
+            .spawn(move || serve(listener, shared))?;
+    }
+
+    let mut last_rate = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        // Follow the agent's snapshot file.
+        let m = snapshot_mtime(&state, &opts.node);
+        if m != mtime {
+            mtime = m;
+            match crate::agent::read_snapshot(&state, &opts.node) {
+                Ok(spec) if spec.generation != applied => {
+                    let g = spec.generation;
+                    match Snapshot::build(spec) {
+                        Ok(snap) => {
+                            let mut guard = shared.dp.lock().expect("dataplane lock");
+                            if let Some(dp) = guard.as_mut() {
+                                match dp.apply(snap) {
+                                    Ok(()) => {
+                                        applied = g;
+                                        *shared.applied.lock().expect("lock") = g;
+                                        log::info!("applied generation {g}");
+                                    }
+                                    Err(e) => log::error!("generation {g} not applied: {e}"),
+                                }
+                            }
+                        }
+                        Err(e) => log::error!("generation {g} rejected: {e}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("snapshot unreadable, keeping generation {applied}: {e}"),
+            }
+        }
+        if last_rate.elapsed() >= Duration::from_millis(500) {
+            last_rate = Instant::now();
+            sample_rates(&shared);
+        }
+    }
+    log::info!("stopping dataplane for node {}", opts.node);
+    if let Some(dp) = shared.dp.lock().expect("lock").take() {
+        dp.stop();
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+fn totals(v: &serde_json::Value) -> (u64, u64) {
+    let t = &v["totals"];
+    (
+        t["rx_packets"].as_u64().unwrap_or(0),
+        t["tx_packets"].as_u64().unwrap_or(0),
+    )
+}
+
+fn sample_rates(shared: &Shared) {
+    let status = match shared.dp.lock().expect("lock").as_ref() {
+        Some(dp) => serde_json::to_value(dp.status()).unwrap_or_default(),
+        None => return,
+    };
+    let (rx, tx) = totals(&status);
+    let now = Instant::now();
+    let mut r = shared.rates.lock().expect("lock");
+    if let Some((t0, rx0, tx0)) = r.last {
+        let dt = now.duration_since(t0).as_secs_f64().max(1e-3);
+        r.rx_pps = rx.saturating_sub(rx0) as f64 / dt;
+        r.tx_pps = tx.saturating_sub(tx0) as f64 / dt;
+    }
+    r.last = Some((now, rx, tx));
+}
+
+fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let reply = match ipc::read_request::<Request>(&conn) {
+            Ok(Request::Ping) => {
+                Reply::ok(json!({"generation": *shared.applied.lock().expect("lock")}))
+            }
+            Ok(Request::Status) => {
+                let status = shared
+                    .dp
+                    .lock()
+                    .expect("lock")
+                    .as_ref()
+                    .map(|dp| serde_json::to_value(dp.status()).unwrap_or_default());
+                let r = shared.rates.lock().expect("lock").clone();
+                Reply::ok(json!({
+                    "generation": *shared.applied.lock().expect("lock"),
+                    "rx_pps": r.rx_pps,
+                    "tx_pps": r.tx_pps,
+                    "dataplane": status,
+                }))
+            }
+            Ok(Request::Shutdown) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                Reply::ok(json!({}))
+            }
+            Ok(other) => Reply::err(format!("dataplane does not handle {other:?}")),
+            Err(e) => Reply::err(format!("bad request: {e}")),
+        };
+        let _ = ipc::write_reply(&conn, &reply);
+    }
+}
+
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns({path})"))?;
+    Ok(())
+}
+
+fn snapshot_mtime(state: &StateDir, node: &str) -> Option<SystemTime> {
+    std::fs::metadata(state.snapshot_file(node))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+fn wait_for_snapshot(state: &StateDir, node: &str) -> anyhow::Result<SnapshotSpec> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::agent::read_snapshot(state, node) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

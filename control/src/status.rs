@@ -1,0 +1,101 @@
+//! `weir status`: per-node, per-worker counters, rates, drops by reason and
+//! time-in-dataplane percentiles, from each node's dataplane.
+
+use crate::get::table;
+use serde_json::Value;
+use std::fmt::Write;
+
+fn u(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |n| n.to_string())
+}
+
+fn us(v: &Value) -> String {
+    v.as_u64()
+        .map_or("-".into(), |ns| format!("{:.1}", ns as f64 / 1000.0))
+}
+
+/// Renders the daemon's status reply as text.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  generation {}",
+        v["cluster"].as_str().unwrap_or("?"),
+        u(&v["generation"])
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let name = n["node"].as_str().unwrap_or("?");
+        if !n["running"].as_bool().unwrap_or(false) {
+            let _ = writeln!(
+                out,
+                "\nnode {name}: dataplane NOT RUNNING ({}) — its pod interfaces drop all traffic (fail closed)",
+                n["error"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let s = &n["status"];
+        let dp = &s["dataplane"];
+        let _ = writeln!(
+            out,
+            "\nnode {name}: generation {}  poll {}  rx {:.0} pps  tx {:.0} pps",
+            u(&s["generation"]),
+            dp["poll"].as_str().unwrap_or("?"),
+            s["rx_pps"].as_f64().unwrap_or(0.0),
+            s["tx_pps"].as_f64().unwrap_or(0.0),
+        );
+        let rows: Vec<Vec<String>> = dp["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| {
+                let drops: u64 = w["drops"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(Value::as_u64).sum())
+                    .unwrap_or(0);
+                let l = &w["latency_ns"];
+                vec![
+                    u(&w["id"]),
+                    u(&w["core"]),
+                    u(&w["generation"]),
+                    u(&w["rx_packets"]),
+                    u(&w["tx_packets"]),
+                    drops.to_string(),
+                    us(&l["p50"]),
+                    us(&l["p99"]),
+                    us(&l["p999"]),
+                    us(&l["max"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "WORKER",
+                "CORE",
+                "GEN",
+                "RX",
+                "TX",
+                "DROPS",
+                "P50(us)",
+                "P99(us)",
+                "P99.9(us)",
+                "MAX(us)",
+            ],
+            &rows,
+        ));
+        // Drops by reason, summed over workers.
+        let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+        for w in dp["workers"].as_array().into_iter().flatten() {
+            for (k, c) in w["drops"].as_object().into_iter().flatten() {
+                *reasons.entry(k.clone()).or_default() += c.as_u64().unwrap_or(0);
+            }
+        }
+        reasons.retain(|_, c| *c > 0);
+        if reasons.is_empty() {
+            out.push_str("drops: none\n");
+        } else {
+            let list: Vec<String> = reasons.iter().map(|(k, c)| format!("{k}={c}")).collect();
+            let _ = writeln!(out, "drops: {}", list.join(" "));
+        }
+    }
+    out
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# weir's test command (the README's): installs what is missing, builds, and
+# runs every test — unit, golden-byte, property, and the integration tests
+# that build real network namespaces and send real traffic (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --workspace --all-targets
+# Integration tests start the `weir` binary; build it first so they find it.
+cargo build -p weir --bin weir
+# Two test threads: each integration test runs a dataplane of its own and
+# this machine has two cores.
+cargo test --workspace -- --test-threads=2
