@@ -214,24 +214,52 @@ impl Daemon {
     }
 
     fn apply_pods(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let spec =
-            weir_topo::manifest::parse_str(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let opts = BuildOptions::default();
+        let objs =
+            weir_topo::manifest::parse_objects(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(n) = objs.nodes.first() {
+            anyhow::bail!(
+                "nodes/{}: nodes cannot be added to a running cluster (weir down, then up)",
+                n.name
+            );
+        }
+        if let Some(n) = objs.namespaces.first() {
+            anyhow::bail!(
+                "namespaces/{}: namespaces cannot be added to a running cluster yet",
+                n.name
+            );
+        }
+        // Validate the new pods against the whole cluster as it would be.
+        let mut whole = spec_of(&self.cluster);
         let mut changed = Vec::new();
-        for pod in &spec.pods {
-            let key = (pod.namespace.clone(), pod.name.clone());
+        let mut new = Vec::new();
+        for pod in objs.pods {
+            let key = format!("{}/{}", pod.namespace, pod.name);
             if self.cluster.pod(&pod.namespace, &pod.name).is_some() {
-                // A pod's spec is immutable: like kubectl, an identical apply is a no-op.
-                changed.push(json!({"pod": format!("{}/{}", key.0, key.1), "action": "unchanged"}));
-                continue;
+                // A pod's spec is immutable: like kubectl, applying it again changes nothing.
+                changed.push(json!({"pod": key, "action": "unchanged"}));
+            } else {
+                new.push(pod.clone());
+                whole.pods.push(pod);
             }
+        }
+        whole.apply_defaults();
+        whole.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opts = BuildOptions::default();
+        for pod in &new {
+            let pod = whole
+                .pods
+                .iter()
+                .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+                .expect("new pod is in the merged spec");
             let realized = self
                 .cluster
                 .add_pod(pod, &opts)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .clone();
             self.start_servers(&realized)?;
-            changed.push(json!({"pod": format!("{}/{}", key.0, key.1), "action": "created"}));
+            changed.push(
+                json!({"pod": format!("{}/{}", pod.namespace, pod.name), "action": "created"}),
+            );
         }
         self.commit()?;
         Ok(json!({"changed": changed, "generation": self.generation}))
@@ -265,5 +293,33 @@ impl Daemon {
             let _ = self.stop_dataplane(&node);
         }
         self.servers.clear();
+    }
+}
+
+/// The cluster's current objects as a manifest spec (for validating changes).
+fn spec_of(c: &Cluster) -> weir_topo::manifest::ClusterSpec {
+    use weir_topo::manifest::{ClusterSpec, NodeSpec, PodSpec};
+    ClusterSpec {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                pod_cidrs: n.pod_cidrs.clone(),
+            })
+            .collect(),
+        namespaces: c.namespaces.clone(),
+        pods: c
+            .pods
+            .iter()
+            .map(|p| PodSpec {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                node: p.node.clone(),
+                ports: p.ports.clone(),
+            })
+            .collect(),
     }
 }

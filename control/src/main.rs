@@ -282,13 +282,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Delete { files } => {
-            let spec =
-                weir_topo::manifest::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let pods = spec
-                .pods
-                .iter()
-                .map(|p| (p.namespace.clone(), p.name.clone()))
-                .collect();
+            let mut pods = Vec::new();
+            for f in &files {
+                let spec =
+                    weir_topo::manifest::read_objects(f).map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::ensure!(
+                    spec.nodes.is_empty() && spec.namespaces.is_empty(),
+                    "{}: only Pod objects can be deleted from a running cluster",
+                    f.display()
+                );
+                pods.extend(
+                    spec.pods
+                        .iter()
+                        .map(|p| (p.namespace.clone(), p.name.clone())),
+                );
+            }
             let v = daemon_call(&state, &Request::DeletePods { pods })?;
             for p in v["deleted"].as_array().into_iter().flatten() {
                 println!("pod/{} deleted", p.as_str().unwrap_or("?"));
