@@ -11,6 +11,19 @@
 //! the [`Redirector`] is dropped or the process exits or crashes. Only
 //! [`detach`] (or `ip link set dev X xdp off`) removes it; a later `attach`
 //! replaces it.
+//!
+//! For the dataplane:
+//! - `queues` must be ≥ the interface's rx queue count (a veth has one per
+//!   CPU unless created with `numrxqueues`); frames on a queue without a
+//!   socket are dropped.
+//! - Create AF_XDP sockets with libxdp's `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`
+//!   and empty XDP flags (libxdp must not attach its own program), bind them
+//!   to (interface, queue), then [`Redirector::set_socket`] with their fd.
+//! - A socket leaves the XSKMAP when its fd closes. With libxdp the first
+//!   socket of a UMEM shares the UMEM's fd, so it stays until the UMEM goes
+//!   too; for a clean hand-over call [`Redirector::clear_socket`].
+//! - `attach`/`detach` act on the calling thread's network namespace.
+//! - Needs CAP_BPF + CAP_NET_ADMIN (root here).
 #![forbid(unsafe_code)]
 
 mod netlink;
