@@ -10,6 +10,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use nix::sched::{setns, CloneFlags};
 use weir_xdp::{detach, AttachOptions, Redirector, XdpMode};
@@ -17,6 +18,16 @@ use weir_xdp::{detach, AttachOptions, Redirector, XdpMode};
 const NODE_ADDR: &str = "10.77.0.1";
 const POD_ADDR: &str = "10.77.0.2";
 const CHILD_ENV: &str = "WEIR_XDP_TEST_CHILD_ATTACH";
+
+/// libxdp creates AF_XDP sockets without `SOCK_CLOEXEC`: a child forked by
+/// another test thread meanwhile would inherit the socket and keep it (and
+/// its XSKMAP entry) alive. Spawns hold this for reading; socket creation
+/// (until `FD_CLOEXEC` is set) holds it for writing.
+static SPAWN: RwLock<()> = RwLock::new(());
+
+fn spawn_guard() -> RwLockReadGuard<'static, ()> {
+    SPAWN.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Namespaces and veth of one test; removed on drop.
 struct Topo {
@@ -80,6 +91,7 @@ impl Topo {
 
     /// One ping round from the pod to the node end: did any reply come back?
     fn ping(&self) -> bool {
+        let _g = spawn_guard();
         Command::new("ip")
             .args(["netns", "exec", &self.pod_ns])
             .args(["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", NODE_ADDR])
@@ -109,6 +121,7 @@ impl Topo {
 
 impl Drop for Topo {
     fn drop(&mut self) {
+        let _g = spawn_guard();
         for ns in [&self.pod_ns, &self.node_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -121,6 +134,7 @@ fn enter_netns(name: &str) {
 }
 
 fn ip(args: &[&str]) {
+    let _g = spawn_guard();
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),
@@ -130,6 +144,7 @@ fn ip(args: &[&str]) {
 }
 
 fn ip_out(args: &[&str]) -> String {
+    let _g = spawn_guard();
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(out.status.success(), "ip {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -208,6 +223,7 @@ fn attachment_outlives_the_process_and_reattach_replaces() {
     let t = Topo::new();
     t.enter_node();
 
+    let _g = spawn_guard();
     let status = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -220,6 +236,7 @@ fn attachment_outlives_the_process_and_reattach_replaces() {
         .status()
         .expect("spawn child");
     assert!(status.success(), "child attach failed: {status}");
+    drop(_g);
 
     let first = t
         .xdp_prog_id()
@@ -270,7 +287,14 @@ fn bound_socket_receives_and_closing_it_fails_closed() {
     let iface = t.host_if.parse().expect("interface name");
     // SAFETY: one socket on this UMEM and (interface, queue), libxdp's own
     // program load inhibited (weir's program is attached).
+    let no_spawns = SPAWN.write().unwrap_or_else(|e| e.into_inner());
     let (tx, mut rx, rings) = unsafe { Socket::new(cfg, &umem, &iface, 0) }.expect("xsk socket");
+    nix::fcntl::fcntl(
+        rx.fd().as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .expect("FD_CLOEXEC on the xsk socket");
+    drop(no_spawns);
     let (mut fq, cq) = rings.expect("fill/completion rings of the first socket");
     let (fill, rest) = frames.split_at_mut(32);
     // SAFETY: these descriptors belong to `umem` and are handed to the kernel
