@@ -285,9 +285,9 @@ fn bound_socket_receives_and_closing_it_fails_closed() {
         .bind_flags(BindFlags::XDP_COPY)
         .build();
     let iface = t.host_if.parse().expect("interface name");
+    let no_spawns = SPAWN.write().unwrap_or_else(|e| e.into_inner());
     // SAFETY: one socket on this UMEM and (interface, queue), libxdp's own
     // program load inhibited (weir's program is attached).
-    let no_spawns = SPAWN.write().unwrap_or_else(|e| e.into_inner());
     let (tx, mut rx, rings) = unsafe { Socket::new(cfg, &umem, &iface, 0) }.expect("xsk socket");
     nix::fcntl::fcntl(
         rx.fd().as_raw_fd(),
