@@ -165,13 +165,20 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let ceiling = udp::run(&a.netns, &b.netns, udp_dst(b)?, &udp_p)?;
     pb.inc(1);
     k.enable_forwarding()?;
-    step("kernel path: UDP 64B pps".into());
-    let kudp = udp::run(&a.netns, &b.netns, udp_dst(b)?, &udp_p)?;
-    pb.inc(1);
+    // Request/response first, the flood second: a path that breaks under
+    // the flood still yields its latency numbers.
     step("kernel path: TCP request/response".into());
-    let krr = rr::run(&a.netns, &b.netns, tcp_dst(b)?, &rr_p)?;
+    let krr = rr::run(&a.netns, &b.netns, tcp_dst(b)?, &rr_p);
     pb.inc(1);
-    configs.push(ConfigResult::kernel(kudp, krr));
+    stop::check()?;
+    step("kernel path: UDP 64B pps".into());
+    let kudp = udp::run(&a.netns, &b.netns, udp_dst(b)?, &udp_p);
+    pb.inc(1);
+    stop::check()?;
+    let healthy = rr::reachable(&a.netns, &b.netns, tcp_dst(b)?);
+    configs.push(ConfigResult::new(
+        "kernel", None, kudp, krr, None, None, healthy,
+    ));
     drop(k);
 
     // (i) Through weir, once per polling mode.
@@ -192,20 +199,25 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         pb.inc(1);
         let (a, b) = pods(&w.cluster)?;
         let c0 = w.counters()?;
-        step(format!("weir {mode}: UDP 64B pps"));
-        let wudp = udp::run(&a.netns, &b.netns, udp_dst(b)?, &udp_p)?;
-        pb.inc(1);
-        let c1 = w.counters()?;
         step(format!("weir {mode}: TCP request/response"));
-        let wrr = rr::run(&a.netns, &b.netns, tcp_dst(b)?, &rr_p)?;
+        let wrr = rr::run(&a.netns, &b.netns, tcp_dst(b)?, &rr_p);
         pb.inc(1);
+        stop::check()?;
+        let c1 = w.counters()?;
+        step(format!("weir {mode}: UDP 64B pps"));
+        let wudp = udp::run(&a.netns, &b.netns, udp_dst(b)?, &udp_p);
+        pb.inc(1);
+        stop::check()?;
         let c2 = w.counters()?;
-        configs.push(ConfigResult::weir(
-            mode,
+        let healthy = rr::reachable(&a.netns, &b.netns, tcp_dst(b)?);
+        configs.push(ConfigResult::new(
+            &format!("weir-{mode}"),
+            Some(mode),
             wudp,
             wrr,
-            c1.since(&c0),
-            c2.since(&c1),
+            Some(c2.since(&c1)),
+            Some(c1.since(&c0)),
+            healthy,
         ));
         drop(w);
     }

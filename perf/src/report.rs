@@ -76,49 +76,53 @@ pub struct ConfigResult {
     pub name: String,
     /// weir's polling mode (None for the kernel path).
     pub poll: Option<String>,
-    pub udp: UdpResult,
-    pub rr: RrResult,
+    /// None when the run failed (see `errors`).
+    pub udp: Option<UdpResult>,
+    pub rr: Option<RrResult>,
     /// weir's worker counters over the UDP run (warm-up included).
     pub weir_udp: Option<Counters>,
     /// weir's worker counters over the RR run (warm-up included).
     pub weir_rr: Option<Counters>,
+    /// A new TCP connection a → b still completed after the UDP flood.
+    pub forwards_after_udp: bool,
+    pub errors: Vec<String>,
     pub vs_kernel: Ratios,
 }
 
 impl ConfigResult {
-    pub fn kernel(udp: UdpResult, rr: RrResult) -> ConfigResult {
-        ConfigResult {
-            name: "kernel".into(),
-            poll: None,
-            udp,
-            rr,
-            weir_udp: None,
-            weir_rr: None,
-            vs_kernel: Ratios::default(),
-        }
-    }
-
-    pub fn weir(
-        mode: &str,
-        udp: UdpResult,
-        rr: RrResult,
-        cu: Counters,
-        cr: Counters,
+    pub fn new(
+        name: &str,
+        poll: Option<&str>,
+        udp: anyhow::Result<UdpResult>,
+        rr: anyhow::Result<RrResult>,
+        weir_udp: Option<Counters>,
+        weir_rr: Option<Counters>,
+        forwards_after_udp: bool,
     ) -> ConfigResult {
+        let mut errors = Vec::new();
+        let udp = udp.map_err(|e| errors.push(format!("udp: {e:#}"))).ok();
+        let rr = rr.map_err(|e| errors.push(format!("rr: {e:#}"))).ok();
+        if !forwards_after_udp {
+            errors.push("no TCP connection a → b completed after the UDP flood: the path stopped forwarding".into());
+        }
         ConfigResult {
-            name: format!("weir-{mode}"),
-            poll: Some(mode.to_string()),
+            name: name.to_string(),
+            poll: poll.map(str::to_string),
             udp,
             rr,
-            weir_udp: Some(cu),
-            weir_rr: Some(cr),
+            weir_udp,
+            weir_rr,
+            forwards_after_udp,
+            errors,
             vs_kernel: Ratios::default(),
         }
     }
 
     /// What limited the pps number, judged from the counters.
     pub fn udp_limit(&self, ceiling: &UdpResult) -> &'static str {
-        let u = &self.udp;
+        let Some(u) = &self.udp else {
+            return "no number (the run failed)";
+        };
         if u.rcvbuf_errors as f64 > 0.01 * u.sent as f64 {
             "receiver (pod b's socket buffer overflowed)"
         } else if u.delivered_ratio < 0.95 {
@@ -166,12 +170,14 @@ impl Report {
     ) -> Report {
         if let Some(k) = configs.iter().find(|c| c.poll.is_none()).cloned() {
             for c in &mut configs {
+                let pps = |c: &ConfigResult| c.udp.as_ref().map_or(0.0, |u| u.received_pps);
+                let q = |c: &ConfigResult, f: fn(&RrResult) -> f64| c.rr.as_ref().map_or(0.0, f);
                 c.vs_kernel = Ratios {
-                    udp_pps: ratio(c.udp.received_pps, k.udp.received_pps),
-                    rr_p50: ratio(c.rr.p50_us, k.rr.p50_us),
-                    rr_p90: ratio(c.rr.p90_us, k.rr.p90_us),
-                    rr_p99: ratio(c.rr.p99_us, k.rr.p99_us),
-                    rr_p999: ratio(c.rr.p999_us, k.rr.p999_us),
+                    udp_pps: ratio(pps(c), pps(&k)),
+                    rr_p50: ratio(q(c, |r| r.p50_us), q(&k, |r| r.p50_us)),
+                    rr_p90: ratio(q(c, |r| r.p90_us), q(&k, |r| r.p90_us)),
+                    rr_p99: ratio(q(c, |r| r.p99_us), q(&k, |r| r.p99_us)),
+                    rr_p999: ratio(q(c, |r| r.p999_us), q(&k, |r| r.p999_us)),
                 };
             }
         }
@@ -236,28 +242,50 @@ impl Report {
             p.rr_warmup
         );
         s.push_str(
-            "| configuration | offered Mpps | received Mpps | received/offered | pps × kernel | RR p50 µs | p90 µs | p99 µs | p99.9 µs | p50 × kernel | p99 × kernel | weir rx / tx / drops (UDP run) |\n",
+            "| configuration | offered Mpps | received Mpps | received/offered | pps × kernel | RR p50 µs | p90 µs | p99 µs | p99.9 µs | p50 × kernel | p99 × kernel | weir rx / tx / drops (UDP run) | forwards after flood |\n",
         );
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
         for c in &self.configs {
             let w = c.weir_udp.as_ref().map_or("-".to_string(), |w| {
                 format!("{} / {} / {}", w.rx_packets, w.tx_packets, w.drops)
             });
+            let udp = c
+                .udp
+                .as_ref()
+                .map_or("failed | failed | - | -".to_string(), |u| {
+                    format!(
+                        "{:.3} | {:.3} | {:.2} | {:.2}",
+                        u.offered_pps / 1e6,
+                        u.received_pps / 1e6,
+                        u.delivered_ratio,
+                        c.vs_kernel.udp_pps
+                    )
+                });
+            let rr =
+                c.rr.as_ref()
+                    .map_or("failed | - | - | - | - | -".to_string(), |r| {
+                        format!(
+                            "{:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2}",
+                            r.p50_us,
+                            r.p90_us,
+                            r.p99_us,
+                            r.p999_us,
+                            c.vs_kernel.rr_p50,
+                            c.vs_kernel.rr_p99
+                        )
+                    });
             let _ = writeln!(
                 s,
-                "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 c.name,
-                c.udp.offered_pps / 1e6,
-                c.udp.received_pps / 1e6,
-                c.udp.delivered_ratio,
-                c.vs_kernel.udp_pps,
-                c.rr.p50_us,
-                c.rr.p90_us,
-                c.rr.p99_us,
-                c.rr.p999_us,
-                c.vs_kernel.rr_p50,
-                c.vs_kernel.rr_p99,
-                w
+                udp,
+                rr,
+                w,
+                if c.forwards_after_udp {
+                    "yes"
+                } else {
+                    "**no**"
+                }
             );
         }
         let g = &self.generator_ceiling;
@@ -270,16 +298,21 @@ impl Report {
         );
         s.push_str("What limited each pps number:\n\n");
         for c in &self.configs {
-            let _ = writeln!(
-                s,
-                "- {}: {} (sent {}, received {}, pod b rcvbuf errors {}, send errors {})",
-                c.name,
-                c.udp_limit(g),
-                c.udp.sent,
-                c.udp.received,
-                c.udp.rcvbuf_errors,
-                c.udp.send_errors
-            );
+            if let Some(u) = &c.udp {
+                let _ = writeln!(
+                    s,
+                    "- {}: {} (sent {}, received {}, pod b rcvbuf errors {}, send errors {})",
+                    c.name,
+                    c.udp_limit(g),
+                    u.sent,
+                    u.received,
+                    u.rcvbuf_errors,
+                    u.send_errors
+                );
+            }
+            for e in &c.errors {
+                let _ = writeln!(s, "- {}: **error**: {}", c.name, e);
+            }
         }
         for c in &self.configs {
             if let Some(r) = &c.weir_rr {

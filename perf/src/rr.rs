@@ -91,7 +91,9 @@ pub fn run(
                 }
             }
         });
-        let result = (|| -> anyhow::Result<RrResult> {
+        // On a thread of its own: pinning the caller would pin every
+        // process it starts later (weir inherits the affinity mask).
+        let client_thread = s.spawn(|| -> anyhow::Result<RrResult> {
             pin::pin(p.load_core)?;
             let mut c = &client;
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
@@ -124,7 +126,10 @@ pub fn run(
                 mean_us: hist.mean() / 1000.0,
                 rate_per_s: p.count as f64 / secs,
             })
-        })();
+        });
+        let result = client_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))?;
         // Closing the client ends the server's loop.
         let _ = client.shutdown(std::net::Shutdown::Both);
         let served = server_thread
@@ -134,4 +139,21 @@ pub fn run(
         served?;
         Ok(r)
     })
+}
+
+/// Whether a fresh TCP connection from `src_netns` to `dst` (a listener the
+/// call makes in `dst_netns`) completes within 2 s: the path still forwards.
+pub fn reachable(src_netns: &str, dst_netns: &str, dst: SocketAddr) -> bool {
+    let Ok(Ok(listener)) = weir_topo::netns::run_in(dst_netns, || TcpListener::bind(dst)) else {
+        return false;
+    };
+    let ok = matches!(
+        weir_topo::netns::run_in(src_netns, || TcpStream::connect_timeout(
+            &dst,
+            Duration::from_secs(2)
+        )),
+        Ok(Ok(_))
+    );
+    drop(listener);
+    ok
 }
