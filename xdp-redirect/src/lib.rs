@@ -107,7 +107,8 @@ pub struct XdpCounters {
     pub passed: u64,
     /// Frames dropped because no socket is bound at their rx queue.
     pub dropped_no_socket: u64,
-    /// Frames too short for their headers (dropped).
+    /// Frames too short for their headers or with an invalid IPv4 version/IHL
+    /// (still redirected: the dataplane drops them under a precise reason).
     pub malformed: u64,
 }
 

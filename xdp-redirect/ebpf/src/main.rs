@@ -1,7 +1,9 @@
 //! weir's XDP program, attached to the node-side end of each pod veth.
 //!
 //! Per frame, top to bottom:
-//! 1. too short for its headers → `XDP_DROP`, counted `malformed`;
+//! 1. too short for its headers, or an invalid IPv4 version/IHL → counted
+//!    `malformed` and redirected like everything else: the dataplane drops it
+//!    under a precise reason (drop reasons live in one place, the dataplane);
 //! 2. ARP → `XDP_PASS` (the kernel answers for the gateway 169.254.1.1);
 //! 3. IPv6 NDP (ICMPv6 types 133–137 directly after the IPv6 header) and
 //!    link-scope multicast destinations (ff02::/16) → `XDP_PASS`;
@@ -61,16 +63,18 @@ const NDP_LAST: u8 = 137;
 
 #[xdp]
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
-    match classify(&ctx) {
+    let verdict = classify(&ctx);
+    match verdict {
         Verdict::Pass => {
             count(CNT_PASSED);
             xdp_action::XDP_PASS
         }
-        Verdict::Malformed => {
-            count(CNT_MALFORMED);
-            xdp_action::XDP_DROP
-        }
-        Verdict::Redirect => {
+        Verdict::Malformed | Verdict::Redirect => {
+            if matches!(verdict, Verdict::Malformed) {
+                // Still the dataplane's to judge: it drops the frame under a
+                // precise reason (drop reasons are defined once, there).
+                count(CNT_MALFORMED);
+            }
             // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this invocation,
             // valid for the whole program run.
             let queue = unsafe { (*ctx.ctx).rx_queue_index };
