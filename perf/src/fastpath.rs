@@ -223,7 +223,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     pb.finish_and_clear();
 
-    let report = Report::new(
+    let mut report = Report::new(
         opts,
         host_start,
         Host::now(),
@@ -242,6 +242,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         ceiling,
         configs,
     );
+    report.clusters.push(kname);
+    if !modes.is_empty() {
+        report.clusters.push(format!("pf{pid}w"));
+    }
     let json = opts.out.join("fastpath.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("write {}", json.display()))?;

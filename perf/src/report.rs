@@ -138,6 +138,8 @@ impl ConfigResult {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
+    /// The clusters the run built (all removed at its end).
+    pub clusters: Vec<String>,
     pub short: bool,
     pub host_start: Host,
     pub host_end: Host,
@@ -183,6 +185,7 @@ impl Report {
         }
         Report {
             scenario: "fastpath".into(),
+            clusters: Vec::new(),
             short: opts.short,
             host_start,
             host_end,

@@ -1,0 +1,138 @@
+//! End to end, short: `weir-perf fastpath` with tiny windows must produce a
+//! number for every configuration, and weir's worker counters must move.
+//! No timing assertions (the machine is shared): only that it all ran.
+//!
+//! Needs root (namespaces, XDP) and the `weir` binary (built here with
+//! `cargo build -p weir` when it is not next to weir-perf). Skipped, with a
+//! message, when not root.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// weir next to weir-perf (target/<profile>/weir), built if missing.
+fn weir_bin() -> PathBuf {
+    let perf = PathBuf::from(env!("CARGO_BIN_EXE_weir-perf"));
+    let bin = perf.with_file_name("weir");
+    if !bin.is_file() {
+        let release = perf
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "weir"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build -p weir");
+        assert!(st.success(), "cargo build -p weir failed");
+    }
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
+
+#[test]
+fn fastpath_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-smoke-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "fastpath",
+            "--short",
+            "--window-ms",
+            "400",
+            "--rr-count",
+            "300",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .output()
+        .expect("run weir-perf");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "weir-perf failed:\n{stdout}\n{stderr}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("fastpath.json")).expect("fastpath.json"))
+            .expect("JSON");
+    assert!(std::fs::read_to_string(out.join("fastpath.md"))
+        .expect("fastpath.md")
+        .contains("| kernel |"));
+    assert!(
+        json["generator_ceiling"]["sent"].as_u64().unwrap_or(0) > 0,
+        "ceiling sent nothing"
+    );
+    let configs = json["configs"].as_array().expect("configs");
+    let names: Vec<&str> = configs.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["kernel", "weir-busy", "weir-adaptive"]);
+    for c in configs {
+        let name = c["name"].as_str().unwrap_or("?");
+        assert!(
+            c["udp"]["received"].as_u64().unwrap_or(0) > 0,
+            "{name}: no UDP datagram received: {c}"
+        );
+        assert!(
+            c["rr"]["count"].as_u64().unwrap_or(0) == 300,
+            "{name}: RR did not complete: {c}"
+        );
+        assert!(
+            c["rr"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: no RR latency"
+        );
+        if c["poll"].is_string() {
+            for run in ["weir_udp", "weir_rr"] {
+                let w = &c[run];
+                assert!(
+                    w["rx_packets"].as_u64().unwrap_or(0) > 0,
+                    "{name}: weir's rx counter did not move in {run}: {w}"
+                );
+                assert!(
+                    w["tx_packets"].as_u64().unwrap_or(0) > 0,
+                    "{name}: weir's tx counter did not move in {run}: {w}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    // Nothing left behind: no namespace of the run's clusters.
+    let clusters: Vec<String> = json["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    assert!(!clusters.is_empty());
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    clusters
+                        .iter()
+                        .any(|c| n.starts_with(&format!("weir-{c}-")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
