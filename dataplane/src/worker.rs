@@ -59,6 +59,9 @@ pub struct WorkerConfig {
 
 const NO_SLOT: u16 = u16::MAX;
 
+/// Kicks per TX socket per round (each sends up to 32 frames in copy mode).
+const MAX_KICKS: u32 = 8;
+
 struct Slot {
     sock: XskSocket,
     /// The port this socket's interface is in the worker's snapshot.
@@ -85,12 +88,15 @@ pub struct Worker {
     hist: Histogram<u64>,
     /// PortId -> slot that transmits on that port.
     port_slot: Vec<u16>,
-    /// Slots that got TX descriptors from the current source socket.
+    /// Slots that got TX descriptors from the current source socket. A slot's
+    /// `kick` stays set while its TX ring is not empty.
     touched: Vec<u16>,
     rx_buf: Vec<FrameDesc>,
     scratch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
     fill_target: usize,
+    /// Some TX ring still had frames after its kicks: kick again next round.
+    kick_pending: bool,
 }
 
 impl Worker {
@@ -125,6 +131,7 @@ impl Worker {
             scratch: vec![FrameDesc::default(); batch.max(64)],
             pollfds: Vec::new(),
             fill_target: 0,
+            kick_pending: false,
             cfg,
         }
     }
@@ -139,7 +146,7 @@ impl Worker {
             self.drain_control();
             self.refresh_snapshot();
             let (moved, now) = self.round();
-            if moved > 0 {
+            if moved > 0 || self.kick_pending {
                 idle = 0;
                 last_traffic = now;
             } else {
@@ -350,13 +357,15 @@ impl Worker {
             self.stats.rx_bytes.add(bytes);
             any_tx |= self.flush_tx();
         }
-        if any_tx {
+        if any_tx || self.kick_pending {
+            self.kick_pending = false;
             for slot in self.slots.iter_mut().flatten() {
                 if slot.kick {
-                    slot.kick = false;
-                    if let Err(e) = slot.sock.kick() {
-                        log::warn!("worker {}: TX kick failed: {e}", self.id);
+                    match slot.sock.kick(MAX_KICKS) {
+                        Ok(empty) => slot.kick = !empty,
+                        Err(e) => log::warn!("worker {}: TX kick failed: {e}", self.id),
                     }
+                    self.kick_pending |= slot.kick;
                 }
             }
         }

@@ -194,6 +194,7 @@ impl WorkerUmem {
                     return Ok(XskSocket {
                         ifname: ifname.to_string(),
                         queue,
+                        ring_size: self.ring_size,
                         fd,
                         zero_copy: mode.contains(BindFlags::XDP_ZEROCOPY),
                         tx,
@@ -329,6 +330,7 @@ impl Frames {
 pub struct XskSocket {
     ifname: String,
     queue: u32,
+    ring_size: u32,
     fd: RawFd,
     zero_copy: bool,
     tx: TxQueue,
@@ -436,11 +438,29 @@ impl XskSocket {
         done
     }
 
-    /// Kicks the kernel to transmit what is on the TX ring. In copy mode the
-    /// transmit work itself happens in this call.
+    /// Kicks the kernel to transmit what is on the TX ring; returns whether
+    /// the ring is now empty. In copy mode the transmit work happens in the
+    /// kick itself, and one kick sends at most 32 frames (the kernel's TX
+    /// budget; it answers EAGAIN), so this kicks up to `max_kicks` times
+    /// while the ring keeps draining. A ring left non-empty must be kicked
+    /// again later: nothing else will send those frames in busy-poll mode.
     #[inline]
-    pub fn kick(&self) -> io::Result<()> {
-        self.tx.wakeup()
+    pub fn kick(&mut self, max_kicks: u32) -> io::Result<bool> {
+        let size = self.ring_size;
+        let mut left = size - self.tx.nb_free_exact();
+        for _ in 0..max_kicks {
+            if left == 0 {
+                break;
+            }
+            self.tx.wakeup()?;
+            let now = size - self.tx.nb_free_exact();
+            if now >= left {
+                // No progress (device busy, out of memory): retry next round.
+                return Ok(false);
+            }
+            left = now;
+        }
+        Ok(left == 0)
     }
 
     /// A pollfd asking for readability of this socket's RX ring.

@@ -396,6 +396,10 @@ fn udp_roundtrip(t: &Topo, from: usize, to: usize, v6: bool) {
 }
 
 fn tcp_transfer(t: &Topo, from: usize, to: usize, bytes: usize) -> Duration {
+    try_tcp_transfer(t, from, to, bytes).unwrap()
+}
+
+fn try_tcp_transfer(t: &Topo, from: usize, to: usize, bytes: usize) -> Result<Duration, String> {
     let dst: IpAddr = t.pods[to].v4.into();
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = in_ns(&t.pods[to].ns, move || {
@@ -444,10 +448,10 @@ fn tcp_transfer(t: &Topo, from: usize, to: usize, bytes: usize) -> Duration {
         assert_eq!(rsum, sum, "payload checksum differs");
         start.elapsed()
     });
-    let took = client.join().expect("TCP client failed");
-    let (total, _) = server.join().expect("TCP server failed");
+    let took = client.join().map_err(|_| "TCP client failed".to_string())?;
+    let (total, _) = server.join().map_err(|_| "TCP server failed".to_string())?;
     assert_eq!(total, bytes);
-    took
+    Ok(took)
 }
 
 fn is_root() -> bool {
@@ -579,5 +583,151 @@ fn removing_a_port_reclaims_its_frames() {
         !topo.ping(0, topo.pods[1].v4.into(), 2),
         "removed pod still reachable"
     );
+    node.call(|dp| dp.take().unwrap().stop());
+}
+
+#[test]
+fn every_poll_mode_forwards() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut topo = Topo::new();
+    topo.add_pod();
+    topo.add_pod();
+    let node = NodeThread::new(&topo.node);
+    for (g, poll) in [PollMode::Busy, PollMode::Wakeup, PollMode::Adaptive]
+        .into_iter()
+        .enumerate()
+    {
+        let snap = topo.snapshot(g as u64 + 1);
+        let cfg = DataplaneConfig {
+            poll,
+            ..test_config()
+        };
+        node.call(move |dp| *dp = Some(Dataplane::start(cfg, snap).expect("start")));
+        assert!(
+            topo.ping_eventually(0, topo.pods[1].v4.into()),
+            "{poll:?}: ping"
+        );
+        assert!(topo.ping(1, topo.pods[0].v6.into(), 2), "{poll:?}: ping6");
+        eprintln!("{poll:?}: TCP");
+        if let Err(e) = try_tcp_transfer(&topo, 1, 0, 2 << 20) {
+            let st = node.status();
+            panic!(
+                "{poll:?}: {e}\n{}",
+                serde_json::to_string_pretty(&st).unwrap()
+            );
+        }
+        let st = node.status();
+        assert_eq!(st.poll, poll);
+        assert!(st.workers[0].tx_packets > 1000, "{poll:?}");
+        if poll == PollMode::Busy {
+            assert_eq!(st.workers[0].sleeps, 0, "busy polling slept");
+        }
+        node.call(|dp| dp.take().unwrap().stop());
+    }
+}
+
+/// Rough numbers, not a test of behaviour: `cargo test --release -p
+/// weir-dataplane --test dp_traffic -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_iperf3_and_rr() {
+    if !is_root() {
+        return;
+    }
+    let mut topo = Topo::new();
+    topo.add_pod();
+    topo.add_pod();
+    let node = NodeThread::new(&topo.node);
+    let poll = match std::env::var("WEIR_POLL").as_deref() {
+        Ok("busy") => PollMode::Busy,
+        Ok("wakeup") => PollMode::Wakeup,
+        _ => PollMode::Adaptive,
+    };
+    let snap = topo.snapshot(1);
+    let cfg = DataplaneConfig {
+        poll,
+        ..test_config()
+    };
+    node.call(move |dp| *dp = Some(Dataplane::start(cfg, snap).expect("start")));
+    assert!(topo.ping_eventually(0, topo.pods[1].v4.into()));
+    let server = topo.pods[1].ns.clone();
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server, "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = topo.pods[1].v4.to_string();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.pods[0].ns,
+        "taskset",
+        "-c",
+        "0",
+        "iperf3",
+        "-c",
+        &dst,
+        "-t",
+        "3",
+        "-p",
+        "5201",
+    ]);
+    let _ = srv.wait();
+    for l in out
+        .lines()
+        .filter(|l| l.contains("sender") || l.contains("receiver"))
+    {
+        eprintln!("iperf3 TCP: {l}");
+    }
+    let a = node.status();
+    // UDP 64-byte flood for pps.
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server, "iperf3", "-s", "-1", "-p", "5202"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.pods[0].ns,
+        "taskset",
+        "-c",
+        "0",
+        "iperf3",
+        "-c",
+        &dst,
+        "-u",
+        "-b",
+        "0",
+        "-l",
+        "22",
+        "-t",
+        "3",
+        "-p",
+        "5202",
+    ]);
+    let _ = srv.wait();
+    let b = node.status();
+    for l in out
+        .lines()
+        .filter(|l| l.contains("sender") || l.contains("receiver"))
+    {
+        eprintln!("iperf3 UDP 64B: {l}");
+    }
+    let secs = (b.monotonic_ns - a.monotonic_ns) as f64 / 1e9;
+    eprintln!(
+        "dataplane during UDP: {:.0} pps rx, {:.0} pps tx, drops {:?}",
+        (b.totals.rx_packets - a.totals.rx_packets) as f64 / secs,
+        (b.totals.tx_packets - a.totals.tx_packets) as f64 / secs,
+        b.totals.drops
+    );
+    eprintln!("latency (ns): {:?}", b.workers[0].latency_ns);
     node.call(|dp| dp.take().unwrap().stop());
 }
