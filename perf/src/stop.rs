@@ -13,14 +13,22 @@ fn flag() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
 }
 
-/// Installs the SIGINT/SIGTERM handlers (idempotent).
+/// Installs the SIGINT/SIGTERM handling: a thread that waits for them.
 pub fn install() -> std::io::Result<()> {
     let f = flag().clone();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while the flag is set terminates the process.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, f.clone())?;
-        signal_hook::flag::register(sig, f.clone())?;
-    }
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::Builder::new().name("weir-perf-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if f.swap(true, Ordering::SeqCst) {
+                eprintln!("weir-perf: second signal, exiting without cleanup");
+                std::process::exit(128 + sig);
+            }
+            eprintln!("weir-perf: stopping after the current step, then cleaning up (again to exit at once)");
+        }
+    })?;
     Ok(())
 }
 
