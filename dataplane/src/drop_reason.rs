@@ -91,3 +91,18 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use super::DropReason;
+
+    /// docs/datapath.md lists every reason with its description.
+    #[test]
+    fn datapath_doc_lists_every_reason() {
+        let doc = include_str!("../../docs/datapath.md");
+        for r in DropReason::ALL {
+            let row = format!("| `{}` | {} |", r.slug(), r.describe().trim());
+            assert!(doc.contains(&row), "docs/datapath.md lacks the row: {row}");
+        }
+    }
+}
