@@ -83,6 +83,11 @@ pub struct WorkerStats {
     pub sockets: Counter,
     /// Frames of the worker's UMEM on its free list (sampled per publish).
     pub free_frames: Counter,
+    /// Kernel drops on the worker's current sockets (sampled per publish):
+    /// RX ring full, fill ring empty, other.
+    pub kernel_rx_ring_full: Counter,
+    pub kernel_fill_ring_empty: Counter,
+    pub kernel_rx_dropped: Counter,
     latency: ArcSwap<Histogram<u64>>,
 }
 
@@ -102,6 +107,9 @@ impl WorkerStats {
             sleeps: Counter::default(),
             sockets: Counter::default(),
             free_frames: Counter::default(),
+            kernel_rx_ring_full: Counter::default(),
+            kernel_fill_ring_empty: Counter::default(),
+            kernel_rx_dropped: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
         })
     }
@@ -134,6 +142,11 @@ impl WorkerStats {
             sleeps: self.sleeps.get(),
             sockets: self.sockets.get(),
             free_frames: self.free_frames.get(),
+            kernel: KernelDrops {
+                rx_ring_full: self.kernel_rx_ring_full.get(),
+                fill_ring_empty: self.kernel_fill_ring_empty.get(),
+                rx_dropped: self.kernel_rx_dropped.get(),
+            },
             latency_ns: LatencySummary::of(&h),
         }
     }
@@ -194,7 +207,17 @@ pub struct WorkerStatus {
     pub sleeps: u64,
     pub sockets: u64,
     pub free_frames: u64,
+    /// What the kernel dropped before the worker saw it, on current sockets.
+    pub kernel: KernelDrops,
     pub latency_ns: LatencySummary,
+}
+
+/// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KernelDrops {
+    pub rx_ring_full: u64,
+    pub fill_ring_empty: u64,
+    pub rx_dropped: u64,
 }
 
 /// Sums over all workers.

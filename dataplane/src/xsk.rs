@@ -177,13 +177,18 @@ impl WorkerUmem {
             &[BindFlags::XDP_COPY]
         };
         let mut last = String::new();
-        for mode in attempts {
+        // A socket just closed on this queue (a restarted dataplane) releases
+        // the queue from a kernel work item, shortly after close: until then
+        // binding fails with EBUSY. Wait for it, on the control path only.
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        let mut modes = attempts.iter().peekable();
+        while let Some(mode) = modes.peek() {
             let cfg = SocketConfig::builder()
                 .rx_queue_size(ring)
                 .tx_queue_size(ring)
                 .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
                 .xdp_flags(XdpFlags::empty())
-                .bind_flags(*mode | BindFlags::XDP_USE_NEED_WAKEUP)
+                .bind_flags(**mode | BindFlags::XDP_USE_NEED_WAKEUP)
                 .build();
             // SAFETY: program load is inhibited, as `Socket::new` requires
             // for a shared UMEM; and weir binds each (interface, queue) pair
@@ -206,7 +211,18 @@ impl WorkerUmem {
                 Ok((_, _, None)) => {
                     return Err(err("queue already bound from this UMEM".into()));
                 }
-                Err(e) => last = error_chain(&e),
+                Err(e) => {
+                    last = error_chain(&e);
+                    let busy = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .and_then(io::Error::raw_os_error)
+                        == Some(libc::EBUSY);
+                    if busy && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    modes.next();
+                }
             }
         }
         Err(err(last))
@@ -240,6 +256,9 @@ impl WorkerUmem {
         r
     }
 }
+
+/// How long socket creation waits for a queue still being released.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a frame is.
 const FREE: u16 = u16::MAX;
@@ -463,6 +482,19 @@ impl XskSocket {
         Ok(left == 0)
     }
 
+    /// The kernel's counters for this socket (a `getsockopt`; not for the
+    /// per-packet path).
+    pub fn kernel_stats(&self) -> io::Result<KernelStats> {
+        let st = self.rx.fd().xdp_statistics()?;
+        Ok(KernelStats {
+            rx_dropped: st.rx_dropped(),
+            rx_ring_full: st.rx_ring_full(),
+            rx_fill_ring_empty: st.rx_fill_ring_empty_descs(),
+            rx_invalid: st.rx_invalid_descs(),
+            tx_invalid: st.tx_invalid_descs(),
+        })
+    }
+
     /// A pollfd asking for readability of this socket's RX ring.
     pub fn pollfd(&self) -> libc::pollfd {
         libc::pollfd {
@@ -471,6 +503,19 @@ impl XskSocket {
             revents: 0,
         }
     }
+}
+
+/// What the kernel counted on one socket (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelStats {
+    /// Frames dropped for other reasons (e.g. too big for the frame).
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full (the worker is behind).
+    pub rx_ring_full: u64,
+    /// Times a frame found the fill ring empty (dropped).
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid: u64,
+    pub tx_invalid: u64,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
