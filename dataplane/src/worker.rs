@@ -5,8 +5,9 @@
 //! free list; top up fill rings; take up to `batch` descriptors from each
 //! socket; run the pass on each frame; collect TX descriptors per destination
 //! socket and produce them to its TX ring once per source socket; at the end
-//! of the round kick each TX socket that got frames, once (in copy mode the
-//! kick does the transmit). Nothing on this path allocates, locks, or makes a
+//! of the round kick each TX socket that got frames (in copy mode the kick
+//! does the transmit, at most 32 frames per kick: a socket is kicked again,
+//! within the round and in later rounds, until its TX ring is drained). Nothing on this path allocates, locks, or makes a
 //! syscall other than the kicks and, when idle, `poll`.
 //!
 //! Sockets arrive and leave through a channel the worker drains between

@@ -454,6 +454,40 @@ fn try_tcp_transfer(t: &Topo, from: usize, to: usize, bytes: usize) -> Result<Du
     Ok(took)
 }
 
+/// Round trips of one byte over TCP; returns (p50, p99).
+fn tcp_rr(t: &Topo, from: usize, to: usize, n: usize) -> (Duration, Duration) {
+    let dst: IpAddr = t.pods[to].v4.into();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = in_ns(&t.pods[to].ns, move || {
+        let l = TcpListener::bind(SocketAddr::new(dst, 5002)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut b = [0u8; 1];
+        while c.read_exact(&mut b).is_ok() {
+            c.write_all(&b).unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let client = in_ns(&t.pods[from].ns, move || {
+        let mut c = TcpStream::connect(SocketAddr::new(dst, 5002)).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut rtts = Vec::with_capacity(n);
+        let mut b = [7u8; 1];
+        for _ in 0..n {
+            let s = std::time::Instant::now();
+            c.write_all(&b).unwrap();
+            c.read_exact(&mut b).unwrap();
+            rtts.push(s.elapsed());
+        }
+        rtts.sort();
+        (rtts[n / 2], rtts[n * 99 / 100])
+    });
+    let r = client.join().unwrap();
+    let _ = server.join();
+    r
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -736,6 +770,23 @@ fn bench_iperf3_and_rr() {
         b.totals.drops
     );
     eprintln!("latency (ns): {:?}", b.workers[0].latency_ns);
+    let (p50, p99) = tcp_rr(&topo, 0, 1, 5000);
+    eprintln!("TCP RR 1 byte: p50 {p50:?} p99 {p99:?}");
+    for (ns, dev) in [
+        (topo.pods[0].ns.as_str(), "eth0"),
+        (topo.node.as_str(), topo.pods[0].veth.as_str()),
+        (topo.node.as_str(), topo.pods[1].veth.as_str()),
+        (topo.pods[1].ns.as_str(), "eth0"),
+    ] {
+        let out = sh(&["ip", "netns", "exec", ns, "ethtool", "-S", dev]);
+        let drops: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("drop") || l.contains("full"))
+            .filter(|l| !l.trim_end().ends_with(": 0"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        eprintln!("{ns}/{dev} nonzero drop stats: {drops:?}");
+    }
     eprintln!(
         "kernel drops: {:?}; xdp: {:?}",
         b.workers[0].kernel, b.ports[1].xdp
