@@ -94,7 +94,9 @@ impl Default for DataplaneConfig {
             queues: ncpu as u32,
             poll: PollMode::Adaptive,
             frame_size: 4096,
-            frames_per_worker: 4096,
+            // 64 MiB of UMEM: a fill target of 128 frames for up to 64
+            // sockets (32 pods with 2 queues) and as much again in flight.
+            frames_per_worker: 16384,
             batch: 64,
             xdp_mode: XdpMode::Native,
             zero_copy: false,

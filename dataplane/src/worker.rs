@@ -33,6 +33,10 @@ use crate::stats::{self, WorkerStats};
 use crate::xsk::{self, Frames, WorkerUmem, XskSocket};
 use crate::{DropReason, PortId, Snapshot, Verdict};
 
+/// The fill target is computed as if at least this many sockets shared the
+/// UMEM (see `remap`).
+const FILL_SHARE_SOCKETS: usize = 64;
+
 /// What the control thread tells a worker between rounds.
 #[derive(Debug)]
 pub enum Control {
@@ -280,7 +284,12 @@ impl Worker {
         }
         self.touched = Vec::with_capacity(live);
         // Half the frames may sit on fill rings; the rest are in flight.
-        let per = self.frames.total() / (2 * live.max(1));
+        // Frames on an idle socket's fill ring stay there until it receives,
+        // so the target assumes at least FILL_SHARE_SOCKETS sockets from the
+        // start: sockets arrive one by one, and sizing for the first few
+        // would lend them the whole UMEM and starve the later ones (seen:
+        // the kernel then fails redirects with ENOMEM).
+        let per = self.frames.total() / (2 * live.max(FILL_SHARE_SOCKETS));
         self.fill_target = per.clamp(self.cfg.batch.min(64), self.cfg.ring_size as usize);
         self.stats.sockets.set(live as u64);
         self.stats.generation.set(snap.generation());
