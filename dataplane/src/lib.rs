@@ -10,14 +10,17 @@
 //! Module map:
 //! - [`drop_reason`]: every reason a frame can be dropped, defined once.
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
+//! - [`policy`]: compiled policy tables and the new-flow judge.
 //! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
 //! - [`pass`]: the per-packet pass, readable top to bottom in one place.
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
 //!   dataplane object that owns them (the only modules with `unsafe`).
 
+pub mod conntrack;
 pub mod drop_reason;
 pub mod pass;
+pub mod policy;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;

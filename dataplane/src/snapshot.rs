@@ -2,6 +2,7 @@
 //! whole between batches (see `runtime`). Nothing here is written per packet.
 #![forbid(unsafe_code)]
 
+use crate::policy::{CompiledPolicy, PolicyError, PolicySpec};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -51,6 +52,9 @@ pub struct SnapshotSpec {
     pub node_ipv6: Option<Ipv6Addr>,
     pub ports: Vec<Port>,
     pub endpoints: Vec<Endpoint>,
+    /// Compiled network policy (see [`crate::policy`]); empty = allow all.
+    #[serde(default)]
+    pub policy: PolicySpec,
 }
 
 /// Errors in a snapshot spec; a bad spec is rejected whole, the previous one stays.
@@ -65,6 +69,12 @@ pub enum SnapshotError {
     /// too many ports ({0}); at most 65535
     #[error("too many ports ({0}); at most 65535")]
     TooManyPorts(usize),
+    /// the compiled policy is inconsistent
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// policy has tables for {0} endpoints but the snapshot has {1}
+    #[error("policy has tables for {0} endpoints but the snapshot has {1}")]
+    PolicyEndpoints(usize, usize),
 }
 
 /// The lookup form workers use.
@@ -75,6 +85,7 @@ pub struct Snapshot {
     by_v6: HashMap<Ipv6Addr, u32>,
     /// Endpoint index behind each port, if any (a port holds one pod).
     by_port: Vec<Option<u32>>,
+    policy: CompiledPolicy,
 }
 
 impl Snapshot {
@@ -111,16 +122,30 @@ impl Snapshot {
                 }
             }
         }
+        let pol = &spec.policy;
+        if !pol.endpoints.is_empty() && pol.endpoints.len() != spec.endpoints.len() {
+            return Err(SnapshotError::PolicyEndpoints(
+                pol.endpoints.len(),
+                spec.endpoints.len(),
+            ));
+        }
+        let policy = CompiledPolicy::build(pol.clone())?;
         Ok(Snapshot {
             spec,
             by_v4,
             by_v6,
             by_port,
+            policy,
         })
     }
 
     pub fn generation(&self) -> u64 {
         self.spec.generation
+    }
+
+    /// The compiled policy workers judge new flows with.
+    pub fn policy(&self) -> &CompiledPolicy {
+        &self.policy
     }
 
     pub fn endpoint(&self, idx: u32) -> &Endpoint {

@@ -1,0 +1,769 @@
+//! Compiled network policy: the plain-data tables the agent's compiler
+//! (`weir-policy`) writes, their lookup form, and THE evaluation function,
+//! [`CompiledPolicy::judge`], used by the workers for every new flow and by
+//! `weir policy explain` (the same code, so an explanation cannot disagree
+//! with the datapath).
+//!
+//! Shape (Cilium's mapstate, resolved ahead of time):
+//! - every address maps to a *peer class*: pod addresses exactly (a hash
+//!   map), any other address by longest prefix over the CIDRs that policies
+//!   mention (one hash map per prefix length, so at most 33/129 probes
+//!   whatever the rule count), else the "world" class. A class carries an
+//!   [`Identity`] (derived from labels; pods with the same labels share it)
+//!   plus what else policies can see of the peer (its CIDR region, its named
+//!   ports), so a class is judged the same everywhere.
+//! - every local endpoint has, per direction, a table (or none: no policy
+//!   selects it, default allow) giving for each class a *cell*: the verdict
+//!   for each (protocol, port), with precedence (Admin → namespace →
+//!   Baseline → default) already resolved by the compiler. A cell holds an
+//!   exact map of ports (small ranges are expanded) and a short sorted list
+//!   of large ranges.
+//!
+//! A new flow costs: two class lookups, two table indexings, two port
+//! lookups. Nothing depends on the number of rules. [`CompiledPolicy::judge`]
+//! does not allocate.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+
+/// Numeric identity of a set of labels (pod labels + namespace labels +
+/// namespace name). Reserved values below [`IDENTITY_FIRST_POD`].
+pub type Identity = u32;
+/// No identity known (never the result of a lookup; reserved).
+pub const IDENTITY_UNKNOWN: Identity = 0;
+/// Any address outside the cluster's pods and nodes.
+pub const IDENTITY_WORLD: Identity = 1;
+/// A node (host) address. Traffic between a pod and a node is always allowed
+/// (Kubernetes NetworkPolicy: the node can always reach its pods; kubelet
+/// probes depend on it).
+pub const IDENTITY_HOST: Identity = 2;
+/// First identity handed to a label set.
+pub const IDENTITY_FIRST_POD: Identity = 256;
+
+/// Index of a rule in [`PolicySpec::rules`], or one of the reserved values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub u32);
+
+impl RuleId {
+    /// No policy decided: Kubernetes' default, allow.
+    pub const DEFAULT_ALLOW: RuleId = RuleId(u32::MAX);
+    /// The endpoint is isolated in this direction by a NetworkPolicy or
+    /// WeirPolicy and nothing allowed the traffic.
+    pub const IMPLICIT_DENY: RuleId = RuleId(u32::MAX - 1);
+    /// This side is not on this node (or not a pod): not judged here.
+    pub const NOT_APPLICABLE: RuleId = RuleId(u32::MAX - 2);
+    /// The peer is a node: always allowed.
+    pub const HOST: RuleId = RuleId(u32::MAX - 3);
+
+    /// Whether this is one of the reserved values (not a rule index).
+    pub fn is_reserved(self) -> bool {
+        self.0 >= u32::MAX - 3
+    }
+}
+
+/// Final action of one direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// The verdict of one direction (egress of the source or ingress of the
+/// destination) and what decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    /// The deciding rule, or a reserved [`RuleId`].
+    pub rule: RuleId,
+    /// `action` is Deny but the deciding rule (or isolation) comes from an
+    /// audit policy, and nothing enforced denies: the flow would be dropped
+    /// if the policy were enforced; it passes.
+    pub audit: bool,
+    /// A `Log` rule matched on the way to the decision.
+    pub log: bool,
+}
+
+impl Decision {
+    pub const DEFAULT_ALLOW: Decision = Decision::allow(RuleId::DEFAULT_ALLOW);
+    pub const NOT_APPLICABLE: Decision = Decision::allow(RuleId::NOT_APPLICABLE);
+    pub const HOST: Decision = Decision::allow(RuleId::HOST);
+
+    pub const fn allow(rule: RuleId) -> Decision {
+        Decision {
+            action: Action::Allow,
+            rule,
+            audit: false,
+            log: false,
+        }
+    }
+
+    pub const fn deny(rule: RuleId) -> Decision {
+        Decision {
+            action: Action::Deny,
+            rule,
+            audit: false,
+            log: false,
+        }
+    }
+
+    /// Whether traffic passes this direction (allowed, or denied in audit mode).
+    pub fn passes(&self) -> bool {
+        self.action == Action::Allow || self.audit
+    }
+}
+
+/// The verdict for a new flow: both directions must pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub allowed: bool,
+    pub egress: Decision,
+    pub ingress: Decision,
+}
+
+/// One side of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Index in `SnapshotSpec::endpoints`, if the peer is a pod on this node.
+    pub endpoint: Option<u32>,
+    pub addr: IpAddr,
+}
+
+/// Precedence tier of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Tier {
+    /// ClusterNetworkPolicy tier Admin, AdminNetworkPolicy, WeirClusterPolicy.
+    Admin,
+    /// NetworkPolicy and WeirPolicy.
+    Namespace,
+    /// ClusterNetworkPolicy tier Baseline, BaselineAdminNetworkPolicy.
+    Baseline,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// What flows, status and explain say about a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub tier: Tier,
+    /// Resource (plural, lower case): `networkpolicies`, `weirpolicies`, ...
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub direction: Direction,
+    /// Position in the policy's `ingress`/`egress` list.
+    pub index: usize,
+    /// As written: `Allow`, `Accept`, `Deny`, `Pass`, `Log`.
+    pub action: String,
+    pub priority: Option<i32>,
+}
+
+impl fmt::Display for RuleInfo {
+    /// `networkpolicies/prod/allow-80 ingress[0]`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.kind)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, "{ns}/")?;
+        }
+        write!(
+            f,
+            "{} {}[{}]",
+            self.name,
+            self.direction.as_str(),
+            self.index
+        )
+    }
+}
+
+/// Per-endpoint tables: index into [`PolicySpec::tables`] per direction;
+/// `None` = no policy selects the endpoint in that direction (default allow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTables {
+    pub ingress: Option<u32>,
+    pub egress: Option<u32>,
+}
+
+/// The resolved verdicts towards one peer class: per protocol a list of
+/// segments `(first port, decision)`, sorted, the first starting at 0, each
+/// lasting until the next; `other` for protocols without ports (ICMP, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CellSpec {
+    pub other: Decision,
+    pub tcp: Vec<(u16, Decision)>,
+    pub udp: Vec<(u16, Decision)>,
+    pub sctp: Vec<(u16, Decision)>,
+}
+
+impl CellSpec {
+    /// The same decision for everything.
+    pub fn uniform(d: Decision) -> CellSpec {
+        CellSpec {
+            other: d,
+            tcp: vec![(0, d)],
+            udp: vec![(0, d)],
+            sctp: vec![(0, d)],
+        }
+    }
+}
+
+/// Plain-data compiled policy: what the agent writes into the snapshot.
+/// The default (empty) spec allows everything (no policy loaded).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub generation: u64,
+    /// Rule metadata; a [`RuleId`] indexes this list.
+    pub rules: Vec<RuleInfo>,
+    /// Class id → identity.
+    pub classes: Vec<Identity>,
+    /// Exact addresses (every pod of the cluster, every node) → class.
+    pub addresses: Vec<(IpAddr, u32)>,
+    /// CIDR regions (network address, prefix length) → class; longest wins.
+    pub prefixes: Vec<(IpAddr, u8, u32)>,
+    /// Class of any other address.
+    pub world_class: u32,
+    /// Resolved cells, shared between tables.
+    pub cells: Vec<CellSpec>,
+    /// Tables: class id → cell index (one entry per class).
+    pub tables: Vec<Vec<u32>>,
+    /// Per endpoint (same order as `SnapshotSpec::endpoints`); empty = none
+    /// of this node's endpoints has policy.
+    pub endpoints: Vec<EndpointTables>,
+}
+
+/// A compiled policy spec that is inconsistent; rejected whole.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// policy: {0}
+    #[error("policy: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: String) -> PolicyError {
+    PolicyError::Invalid(msg)
+}
+
+/// FxHash-style hasher for small integer keys (not DoS-resistant; keys are
+/// addresses and ports the compiler chose, the lookups are bounded).
+#[derive(Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64)
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64)
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64)
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+/// Segments no longer than this are expanded into exact port entries.
+const EXPAND_MAX: u32 = 64;
+
+#[derive(Debug, Clone, Default)]
+struct PortTable {
+    exact: IntMap<u16, Decision>,
+    /// Long segments `(first, last, decision)`, sorted.
+    ranges: Box<[(u16, u16, Decision)]>,
+}
+
+impl PortTable {
+    fn build(segs: &[(u16, Decision)], what: &str) -> Result<PortTable, PolicyError> {
+        if segs.first().map(|s| s.0) != Some(0) {
+            return Err(invalid(format!("{what}: segments must start at port 0")));
+        }
+        let mut exact = IntMap::default();
+        let mut ranges = Vec::new();
+        for (i, &(start, d)) in segs.iter().enumerate() {
+            let end: u32 = match segs.get(i + 1) {
+                Some(&(next, _)) if next > start => next as u32 - 1,
+                Some(_) => return Err(invalid(format!("{what}: segments not increasing"))),
+                None => 65535,
+            };
+            if end - start as u32 + 1 <= EXPAND_MAX {
+                for p in start as u32..=end {
+                    exact.insert(p as u16, d);
+                }
+            } else {
+                ranges.push((start, end as u16, d));
+            }
+        }
+        Ok(PortTable {
+            exact,
+            ranges: ranges.into_boxed_slice(),
+        })
+    }
+
+    #[inline]
+    fn lookup(&self, port: u16) -> Decision {
+        if let Some(d) = self.exact.get(&port) {
+            return *d;
+        }
+        let i = self.ranges.partition_point(|r| r.0 <= port);
+        // Every port not in `exact` lies in a long segment, which starts at
+        // or before it; the fallback is unreachable for a built table.
+        match i.checked_sub(1).and_then(|i| self.ranges.get(i)) {
+            Some(&(_, last, d)) if port <= last => d,
+            _ => Decision::deny(RuleId::IMPLICIT_DENY),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Cell {
+    other: Decision,
+    /// TCP, UDP, SCTP.
+    protos: [PortTable; 3],
+}
+
+impl Cell {
+    #[inline]
+    fn lookup(&self, proto: u8, port: u16) -> Decision {
+        let t = match proto {
+            PROTO_TCP => &self.protos[0],
+            PROTO_UDP => &self.protos[1],
+            PROTO_SCTP => &self.protos[2],
+            _ => return self.other,
+        };
+        t.lookup(port)
+    }
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// The lookup form of a [`PolicySpec`], built once per snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledPolicy {
+    generation: u64,
+    rules: Vec<RuleInfo>,
+    classes: Vec<Identity>,
+    by_addr: IntMap<IpAddr, u32>,
+    /// (prefix length, network → class), longest first.
+    v4: Vec<(u8, IntMap<u32, u32>)>,
+    v6: Vec<(u8, IntMap<u128, u32>)>,
+    world_class: u32,
+    cells: Vec<Cell>,
+    tables: Vec<Box<[u32]>>,
+    endpoints: Vec<EndpointTables>,
+}
+
+fn mask4(a: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - len as u32))
+    }
+}
+
+fn mask6(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - len as u32))
+    }
+}
+
+impl CompiledPolicy {
+    /// Validates `spec` (every index in range, segments well formed, rule
+    /// ids known) and builds the lookup form.
+    pub fn build(spec: PolicySpec) -> Result<Self, PolicyError> {
+        let nclasses = spec.classes.len();
+        let class_ok = |c: u32, what: &str| -> Result<(), PolicyError> {
+            if (c as usize) < nclasses {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "{what}: class {c} out of range ({nclasses} classes)"
+                )))
+            }
+        };
+        let rule_ok = |d: &Decision, what: &str| -> Result<(), PolicyError> {
+            if d.rule.is_reserved() || (d.rule.0 as usize) < spec.rules.len() {
+                Ok(())
+            } else {
+                Err(invalid(format!("{what}: rule {} out of range", d.rule.0)))
+            }
+        };
+        let mut by_addr = IntMap::default();
+        for &(a, c) in &spec.addresses {
+            class_ok(c, &format!("address {a}"))?;
+            if by_addr.insert(a, c).is_some() {
+                return Err(invalid(format!("address {a} listed twice")));
+            }
+        }
+        let mut v4: Vec<(u8, IntMap<u32, u32>)> = Vec::new();
+        let mut v6: Vec<(u8, IntMap<u128, u32>)> = Vec::new();
+        for &(a, len, c) in &spec.prefixes {
+            class_ok(c, &format!("prefix {a}/{len}"))?;
+            match a {
+                IpAddr::V4(a) if len <= 32 => {
+                    let i = match v4.iter().position(|e| e.0 == len) {
+                        Some(i) => i,
+                        None => {
+                            v4.push((len, IntMap::default()));
+                            v4.len() - 1
+                        }
+                    };
+                    v4[i].1.insert(mask4(a.into(), len), c);
+                }
+                IpAddr::V6(a) if len <= 128 => {
+                    let i = match v6.iter().position(|e| e.0 == len) {
+                        Some(i) => i,
+                        None => {
+                            v6.push((len, IntMap::default()));
+                            v6.len() - 1
+                        }
+                    };
+                    v6[i].1.insert(mask6(a.into(), len), c);
+                }
+                _ => return Err(invalid(format!("prefix {a}/{len}: bad length"))),
+            }
+        }
+        v4.sort_by(|a, b| b.0.cmp(&a.0));
+        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        if !spec.tables.is_empty() || !spec.endpoints.is_empty() {
+            class_ok(spec.world_class, "world_class")?;
+        }
+        let mut cells = Vec::with_capacity(spec.cells.len());
+        for (i, c) in spec.cells.iter().enumerate() {
+            let what = format!("cell {i}");
+            rule_ok(&c.other, &what)?;
+            for segs in [&c.tcp, &c.udp, &c.sctp] {
+                for (_, d) in segs {
+                    rule_ok(d, &what)?;
+                }
+            }
+            cells.push(Cell {
+                other: c.other,
+                protos: [
+                    PortTable::build(&c.tcp, &what)?,
+                    PortTable::build(&c.udp, &what)?,
+                    PortTable::build(&c.sctp, &what)?,
+                ],
+            });
+        }
+        let mut tables = Vec::with_capacity(spec.tables.len());
+        for (i, t) in spec.tables.iter().enumerate() {
+            if t.len() != nclasses {
+                return Err(invalid(format!(
+                    "table {i}: {} entries for {nclasses} classes",
+                    t.len()
+                )));
+            }
+            if let Some(&c) = t.iter().find(|&&c| c as usize >= cells.len()) {
+                return Err(invalid(format!("table {i}: cell {c} out of range")));
+            }
+            tables.push(t.clone().into_boxed_slice());
+        }
+        for (i, e) in spec.endpoints.iter().enumerate() {
+            for t in [e.ingress, e.egress].into_iter().flatten() {
+                if t as usize >= tables.len() {
+                    return Err(invalid(format!("endpoint {i}: table {t} out of range")));
+                }
+            }
+        }
+        Ok(CompiledPolicy {
+            generation: spec.generation,
+            rules: spec.rules,
+            classes: spec.classes,
+            by_addr,
+            v4,
+            v6,
+            world_class: spec.world_class,
+            cells,
+            tables,
+            endpoints: spec.endpoints,
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of endpoints the spec has tables for (0: no policy loaded).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The peer class of an address: exact pod/node address, else longest
+    /// CIDR region, else world.
+    #[inline]
+    fn class_of(&self, addr: IpAddr) -> Option<u32> {
+        if self.classes.is_empty() {
+            return None;
+        }
+        if let Some(&c) = self.by_addr.get(&addr) {
+            return Some(c);
+        }
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                for (len, m) in &self.v4 {
+                    if let Some(&c) = m.get(&mask4(a, *len)) {
+                        return Some(c);
+                    }
+                }
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                for (len, m) in &self.v6 {
+                    if let Some(&c) = m.get(&mask6(a, *len)) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        Some(self.world_class)
+    }
+
+    /// The identity of an address; world if it is no pod or node.
+    pub fn identity_of(&self, addr: IpAddr) -> Identity {
+        match self.class_of(addr) {
+            Some(c) => self.classes[c as usize],
+            None => IDENTITY_WORLD,
+        }
+    }
+
+    /// One direction of a local endpoint towards a peer address.
+    #[inline]
+    fn decide(&self, ep: u32, dir: Direction, peer: IpAddr, proto: u8, port: u16) -> Decision {
+        let Some(tables) = self.endpoints.get(ep as usize) else {
+            return Decision::DEFAULT_ALLOW;
+        };
+        let t = match dir {
+            Direction::Ingress => tables.ingress,
+            Direction::Egress => tables.egress,
+        };
+        let Some(t) = t else {
+            return Decision::DEFAULT_ALLOW;
+        };
+        let Some(class) = self.class_of(peer) else {
+            return Decision::DEFAULT_ALLOW;
+        };
+        if self.classes[class as usize] == IDENTITY_HOST {
+            return Decision::HOST;
+        }
+        let cell = self.tables[t as usize][class as usize];
+        self.cells[cell as usize].lookup(proto, port)
+    }
+
+    /// Judges a NEW flow: egress of `src` (if it is a local endpoint),
+    /// ingress of `dst` (if local). Both must pass. Allocation-free.
+    pub fn judge(&self, src: Peer, dst: Peer, proto: u8, dport: u16) -> Judgement {
+        let egress = match src.endpoint {
+            Some(ep) => self.decide(ep, Direction::Egress, dst.addr, proto, dport),
+            None => Decision::NOT_APPLICABLE,
+        };
+        let ingress = match dst.endpoint {
+            Some(ep) => self.decide(ep, Direction::Ingress, src.addr, proto, dport),
+            None => Decision::NOT_APPLICABLE,
+        };
+        Judgement {
+            allowed: egress.passes() && ingress.passes(),
+            egress,
+            ingress,
+        }
+    }
+
+    /// Metadata of a rule (`None` for reserved ids).
+    pub fn rule(&self, id: RuleId) -> Option<&RuleInfo> {
+        if id.is_reserved() {
+            return None;
+        }
+        self.rules.get(id.0 as usize)
+    }
+
+    /// Human text for a decision: the rule, or what the reserved id means.
+    pub fn describe(&self, d: &Decision) -> String {
+        let what = match d.rule {
+            RuleId::DEFAULT_ALLOW => "default allow (no policy decided)".to_string(),
+            RuleId::IMPLICIT_DENY => "implicit deny (isolated by a namespace policy)".to_string(),
+            RuleId::NOT_APPLICABLE => "not judged on this node".to_string(),
+            RuleId::HOST => "node traffic (always allowed)".to_string(),
+            id => match self.rule(id) {
+                Some(r) => format!("{r} ({})", r.action),
+                None => format!("rule {}", id.0),
+            },
+        };
+        let mut s = format!(
+            "{} by {what}",
+            match d.action {
+                Action::Allow => "allow",
+                Action::Deny => "deny",
+            }
+        );
+        if d.audit {
+            s.push_str(" [audit: would drop, passes]");
+        }
+        if d.log {
+            s.push_str(" [logged]");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn peer(ep: Option<u32>, a: [u8; 4]) -> Peer {
+        Peer {
+            endpoint: ep,
+            addr: IpAddr::V4(Ipv4Addr::from(a)),
+        }
+    }
+
+    #[test]
+    fn empty_spec_allows_everything() {
+        let p = CompiledPolicy::build(PolicySpec::default()).unwrap();
+        let j = p.judge(
+            peer(Some(0), [10, 0, 0, 2]),
+            peer(Some(1), [10, 0, 0, 3]),
+            6,
+            80,
+        );
+        assert!(j.allowed);
+        assert_eq!(j.egress, Decision::DEFAULT_ALLOW);
+        assert_eq!(p.identity_of("1.2.3.4".parse().unwrap()), IDENTITY_WORLD);
+    }
+
+    fn spec() -> PolicySpec {
+        // class 0: world, class 1: 10.0.0.2 (identity 256), class 2: 192.168.0.0/16
+        let deny = Decision::deny(RuleId(0));
+        let allow = Decision::allow(RuleId(1));
+        PolicySpec {
+            generation: 7,
+            rules: vec![
+                RuleInfo {
+                    tier: Tier::Namespace,
+                    kind: "weirpolicies".into(),
+                    namespace: Some("a".into()),
+                    name: "p".into(),
+                    direction: Direction::Ingress,
+                    index: 0,
+                    action: "Deny".into(),
+                    priority: None,
+                },
+                RuleInfo {
+                    tier: Tier::Namespace,
+                    kind: "networkpolicies".into(),
+                    namespace: Some("a".into()),
+                    name: "q".into(),
+                    direction: Direction::Ingress,
+                    index: 0,
+                    action: "Allow".into(),
+                    priority: None,
+                },
+            ],
+            classes: vec![IDENTITY_WORLD, 256, IDENTITY_WORLD],
+            addresses: vec![("10.0.0.2".parse().unwrap(), 1)],
+            prefixes: vec![("192.168.0.0".parse().unwrap(), 16, 2)],
+            world_class: 0,
+            cells: vec![
+                CellSpec::uniform(Decision::deny(RuleId::IMPLICIT_DENY)),
+                CellSpec {
+                    other: deny,
+                    tcp: vec![
+                        (0, deny),
+                        (80, allow),
+                        (81, deny),
+                        (1000, allow),
+                        (2001, deny),
+                    ],
+                    udp: vec![(0, deny)],
+                    sctp: vec![(0, deny)],
+                },
+                CellSpec::uniform(allow),
+            ],
+            tables: vec![vec![0, 1, 2]],
+            endpoints: vec![EndpointTables {
+                ingress: Some(0),
+                egress: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn lookups_by_address_prefix_and_port() {
+        let p = CompiledPolicy::build(spec()).unwrap();
+        assert_eq!(p.generation(), 7);
+        assert_eq!(p.identity_of("10.0.0.2".parse().unwrap()), 256);
+        let me = peer(Some(0), [10, 0, 0, 9]);
+        let j = |src: [u8; 4], proto, port| p.judge(peer(None, src), me, proto, port);
+        assert!(j([10, 0, 0, 2], 6, 80).allowed);
+        assert!(!j([10, 0, 0, 2], 6, 79).allowed);
+        assert!(!j([10, 0, 0, 2], 6, 81).allowed);
+        assert!(j([10, 0, 0, 2], 6, 1000).allowed);
+        assert!(j([10, 0, 0, 2], 6, 2000).allowed);
+        assert!(!j([10, 0, 0, 2], 6, 2001).allowed);
+        assert!(!j([10, 0, 0, 2], 6, 65535).allowed);
+        assert!(!j([10, 0, 0, 2], 1, 0).allowed);
+        assert!(j([192, 168, 3, 4], 17, 53).allowed);
+        let d = j([8, 8, 8, 8], 6, 80);
+        assert!(!d.allowed);
+        assert_eq!(d.ingress.rule, RuleId::IMPLICIT_DENY);
+        assert_eq!(d.egress, Decision::NOT_APPLICABLE);
+        assert_eq!(
+            p.rule(RuleId(1)).unwrap().to_string(),
+            "networkpolicies/a/q ingress[0]"
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_rejected() {
+        let mut s = spec();
+        s.tables[0].pop();
+        assert!(CompiledPolicy::build(s).is_err());
+        let mut s = spec();
+        s.cells[1].tcp[0].0 = 1;
+        assert!(CompiledPolicy::build(s).is_err());
+        let mut s = spec();
+        s.cells[1].tcp[0].1.rule = RuleId(9);
+        assert!(CompiledPolicy::build(s).is_err());
+        let mut s = spec();
+        s.endpoints[0].egress = Some(3);
+        assert!(CompiledPolicy::build(s).is_err());
+    }
+}
