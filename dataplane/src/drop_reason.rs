@@ -63,6 +63,10 @@ drop_reasons! {
     ToNode = 14 => "to-node",
     /// denied by policy
     PolicyDenied = 15 => "policy-denied",
+    /// packet invalid for its connection's state (TCP flags out of state, ICMP error quoting no tracked flow)
+    CtInvalid = 16 => "ct-invalid",
+    /// connection-tracking table full of established flows; new flow refused
+    CtTableFull = 17 => "ct-table-full",
 }
 
 impl DropReason {

@@ -11,6 +11,8 @@
 //! - [`drop_reason`]: every reason a frame can be dropped, defined once.
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
 //! - [`policy`]: compiled policy tables and the new-flow judge.
+//! - [`conntrack`]: the node's shared connection-tracking table.
+//! - [`flows`]: per-worker flow-log queues (new, dropped, revoked flows).
 //! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
 //! - [`pass`]: the per-packet pass, readable top to bottom in one place.
 //! - [`stats`]: per-worker counters and latency histograms.
@@ -19,6 +21,7 @@
 
 pub mod conntrack;
 pub mod drop_reason;
+pub mod flows;
 pub mod pass;
 pub mod policy;
 pub mod runtime;

@@ -26,28 +26,104 @@
 //! - L4 checksums are never touched (pods send complete checksums, weir does
 //!   no NAT); the IPv4 header checksum is updated incrementally (RFC 1624).
 //!
-//! Allocation-free, lock-free, panic-free: every view is built with
+//! - Policy ([`policy`] stage): a packet of a tracked flow admitted under the
+//!   current policy generation passes (replies included: that is what lets
+//!   an ingress-isolated pod get the replies to its own connections); a new
+//!   flow, or one admitted under an older generation, is judged by
+//!   `CompiledPolicy::judge` in its original direction. Denied new flows get
+//!   no entry; a denied stale flow loses its entry (revocation cuts existing
+//!   connections on their next packet). A TCP segment without SYN for an
+//!   unknown flow is judged as new and tracked as a mid-stream pickup, so
+//!   connections survive a dataplane restart when policy allows them. ICMP
+//!   errors pass only when they quote a tracked, still-allowed flow.
+//!
+//! Allocation-free, panic-free, lock-free except conntrack's per-bucket
+//! lock (see `conntrack`): every view is built with
 //! `new_checked` and every slice with `get`, so malformed input becomes a
 //! drop, never a panic.
 #![forbid(unsafe_code)]
 
 use core::ops::ControlFlow::{self, Break, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
+use serde::Serialize;
+
+use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
+use crate::flows::{FlowEvent, FlowKind, FlowLog};
+use crate::policy::{Judgement, Peer};
 use crate::snapshot::{Port, PortId, Snapshot};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};
 use crate::wire::{icmp, ip_proto, ipv4, ipv6, tcp, udp, Error as WireError};
 use crate::{DropReason, Verdict};
 
-/// Per-worker scratch and counters of the pass (later: conntrack handles).
-#[derive(Debug, Default)]
+/// Per-worker scratch, counters and handles of the pass: the node's shared
+/// conntrack table, this worker's flow log and conntrack counters, and the
+/// time of the current batch.
+#[derive(Debug)]
 pub struct WorkerState {
     icmp_errors_sent: u64,
+    now_ns: u64,
+    ct: Arc<Conntrack>,
+    flows: Arc<FlowLog>,
+    ct_stats: Arc<CtStats>,
+}
+
+/// Entries of the private table [`WorkerState::new`] makes (tests, tools).
+pub const STANDALONE_CONNTRACK_SIZE: usize = 4096;
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl WorkerState {
+    /// A worker state with a private conntrack table of
+    /// [`STANDALONE_CONNTRACK_SIZE`] entries and its own flow log.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_shared(
+            Arc::new(Conntrack::new(
+                STANDALONE_CONNTRACK_SIZE,
+                conntrack::Timeouts::default(),
+            )),
+            Arc::new(FlowLog::default()),
+            Arc::default(),
+        )
+    }
+
+    /// A worker state on the node's shared table, with this worker's flow
+    /// log and conntrack counters (also held by the runtime, which reads them).
+    pub fn with_shared(ct: Arc<Conntrack>, flows: Arc<FlowLog>, ct_stats: Arc<CtStats>) -> Self {
+        WorkerState {
+            icmp_errors_sent: 0,
+            now_ns: 0,
+            ct,
+            flows,
+            ct_stats,
+        }
+    }
+
+    /// Sets the time of the packets to come (CLOCK_MONOTONIC ns; the worker
+    /// calls this once per batch, tests whenever they like).
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now_ns
+    }
+
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.ct
+    }
+
+    pub fn flows(&self) -> &Arc<FlowLog> {
+        &self.flows
+    }
+
+    pub fn ct_stats(&self) -> &CtStats {
+        &self.ct_stats
     }
 
     /// ICMP/ICMPv6 errors the pass built and returned as `Verdict::Tx` on the
@@ -62,7 +138,7 @@ impl WorkerState {
 /// Ports are zero for protocols without them and for non-first fragments.
 /// ICMP/ICMPv6: `sport` is the echo identifier for echo request/reply (zero
 /// for other types), `dport` is `type << 8 | code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct FlowKey {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -96,6 +172,10 @@ pub struct Parsed {
     pub dont_frag: bool,
     /// The L4 message is an ICMP/ICMPv6 error (never answered with one).
     pub icmp_error: bool,
+    /// TCP flags (0 for other protocols and non-first fragments).
+    pub tcp_flags: u8,
+    /// Offset of the L4 header in the frame (0 for non-first fragments).
+    pub l4_offset: usize,
 }
 
 impl Parsed {
@@ -145,10 +225,9 @@ fn pass(
 ) -> ControlFlow<Verdict, Verdict> {
     let len = len.min(buf.len());
     let pkt = parse(buf.get(..len).unwrap_or_default())?;
-    let _src_endpoint = check_source(&pkt, ingress, snap)?;
+    let src_endpoint = check_source(&pkt, ingress, snap)?;
     let route = route(&pkt, snap)?;
-    // The policy stage slots in here:
-    // `policy(&pkt.key, _src_endpoint, route.endpoint, snap, st)?;`
+    policy(buf, &pkt, src_endpoint, route.endpoint, snap, st)?;
     check_hop_limit(buf, &pkt, ingress, snap, st)?;
     check_mtu(buf, &pkt, &route, ingress, snap, st)?;
     Continue(rewrite(buf, &pkt, &route))
@@ -204,6 +283,12 @@ fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         fragment,
         dont_frag: ip.dont_frag(),
         icmp_error: l4.icmp_error,
+        tcp_flags: l4.tcp_flags,
+        l4_offset: if fragment == Fragment::Later {
+            0
+        } else {
+            ethernet::HEADER_LEN + ip.header_len()
+        },
     })
 }
 
@@ -239,6 +324,12 @@ fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         fragment,
         dont_frag: true,
         icmp_error: l4.icmp_error,
+        tcp_flags: l4.tcp_flags,
+        l4_offset: if fragment == Fragment::Later {
+            0
+        } else {
+            ethernet::HEADER_LEN + ipv6::HEADER_LEN + upper.offset
+        },
     })
 }
 
@@ -253,6 +344,7 @@ struct L4 {
     sport: u16,
     dport: u16,
     icmp_error: bool,
+    tcp_flags: u8,
 }
 
 /// Checks the L4 header length and reads ports / ICMP type. A non-first
@@ -279,6 +371,7 @@ fn parse_l4(
                 sport: t.src_port(),
                 dport: t.dst_port(),
                 icmp_error: false,
+                tcp_flags: t.flags(),
             })
         }
         ip_proto::UDP => {
@@ -294,7 +387,7 @@ fn parse_l4(
             Continue(L4 {
                 sport: u.src_port(),
                 dport: u.dst_port(),
-                icmp_error: false,
+                ..L4::default()
             })
         }
         p if p == icmp_proto => {
@@ -314,6 +407,7 @@ fn parse_l4(
                 sport: if is_echo { i.echo_ident() } else { 0 },
                 dport: u16::from_be_bytes([t, i.code()]),
                 icmp_error: is_error,
+                tcp_flags: 0,
             })
         }
         _ => Continue(L4::default()),
@@ -375,6 +469,253 @@ fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Route> {
         src_mac: port.mac,
         mtu: port.mtu,
     })
+}
+
+// --------------------------------------------------------------- policy ----
+
+/// Stage 3½: conntrack and policy (see the module doc). `src_ep` and
+/// `dst_ep` are the packet's local endpoints.
+fn policy(
+    buf: &[u8],
+    pkt: &Parsed,
+    src_ep: u32,
+    dst_ep: u32,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    if pkt.icmp_error {
+        return related(buf, pkt, snap, st);
+    }
+    let pol = snap.policy();
+    let generation = pol.generation();
+    let now = st.now_ns;
+    let seg = if pkt.key.proto == ip_proto::TCP && pkt.fragment != Fragment::Later {
+        Seg::Tcp(pkt.tcp_flags)
+    } else {
+        Seg::Other
+    };
+    // At most a few rounds: another worker may insert or re-admit the same
+    // flow between our look-up and our write.
+    for _ in 0..3 {
+        match st.ct.track(&pkt.key, seg, generation, now) {
+            Track::Pass { .. } => return Continue(()),
+            Track::Invalid { .. } => {
+                st.ct_stats.invalid.add(1);
+                return drop(DropReason::CtInvalid);
+            }
+            Track::Stale { orig, .. } => {
+                st.ct_stats.rejudged.add(1);
+                let (j, src, dst) = judge(snap, &orig);
+                if !j.allowed {
+                    st.ct.remove(&pkt.key, now);
+                    st.ct_stats.revoked.add(1);
+                    let why = Some(DropReason::PolicyDenied);
+                    log_flow(
+                        st,
+                        &orig,
+                        FlowKind::Revoked,
+                        why,
+                        &j,
+                        generation,
+                        (src, dst, false),
+                    );
+                    return drop(DropReason::PolicyDenied);
+                }
+                st.ct.readmit(&pkt.key, admission(&j, generation), now);
+            }
+            Track::Miss => {
+                let j = pol.judge(
+                    Peer {
+                        endpoint: Some(src_ep),
+                        addr: pkt.key.src,
+                    },
+                    Peer {
+                        endpoint: Some(dst_ep),
+                        addr: pkt.key.dst,
+                    },
+                    pkt.key.proto,
+                    pkt.key.dport,
+                );
+                let (src, dst) = (Some(src_ep), Some(dst_ep));
+                if !j.allowed {
+                    let why = Some(DropReason::PolicyDenied);
+                    log_flow(
+                        st,
+                        &pkt.key,
+                        FlowKind::Drop,
+                        why,
+                        &j,
+                        generation,
+                        (src, dst, false),
+                    );
+                    return drop(DropReason::PolicyDenied);
+                }
+                // A RST for no known flow is forwarded (if allowed) but
+                // creates nothing.
+                if matches!(seg, Seg::Tcp(f) if f & tcp::flags::RST != 0) {
+                    return Continue(());
+                }
+                let pickup = matches!(seg, Seg::Tcp(f) if f & tcp::flags::SYN == 0);
+                match st.ct.insert(&pkt.key, seg, admission(&j, generation), now) {
+                    Insert::Inserted { evicted } => {
+                        st.ct_stats.inserts.add(1);
+                        st.ct_stats.evictions.add(u64::from(evicted));
+                        st.ct_stats.pickups.add(u64::from(pickup));
+                        let who = (src, dst, pickup);
+                        log_flow(st, &pkt.key, FlowKind::New, None, &j, generation, who);
+                        return Continue(());
+                    }
+                    Insert::Exists => {}
+                    Insert::Full => {
+                        st.ct_stats.table_full.add(1);
+                        let why = Some(DropReason::CtTableFull);
+                        log_flow(
+                            st,
+                            &pkt.key,
+                            FlowKind::Drop,
+                            why,
+                            &j,
+                            generation,
+                            (src, dst, false),
+                        );
+                        return drop(DropReason::CtTableFull);
+                    }
+                }
+            }
+        }
+    }
+    Continue(())
+}
+
+/// An ICMP error passes when it quotes a packet of a tracked flow that its
+/// destination sent, and that flow is (still) allowed.
+fn related(
+    buf: &[u8],
+    pkt: &Parsed,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    let v6 = pkt.key.src.is_ipv6();
+    let quote = buf
+        .get(pkt.l4_offset + icmp::HEADER_LEN..pkt.frame_len())
+        .unwrap_or_default();
+    let inner = match conntrack::quoted_key(quote, v6) {
+        Some(k) if k.src == pkt.key.dst => k,
+        _ => {
+            st.ct_stats.invalid.add(1);
+            return drop(DropReason::CtInvalid);
+        }
+    };
+    let generation = snap.policy().generation();
+    let now = st.now_ns;
+    match st.ct.lookup(&inner, generation, now) {
+        Track::Pass { adm, .. } => {
+            let ev = FlowEvent {
+                time_ns: now,
+                key: pkt.key,
+                kind: FlowKind::Related,
+                allowed: true,
+                reason: None,
+                egress_rule: adm.egress_rule,
+                ingress_rule: adm.ingress_rule,
+                audit: adm.audit,
+                pickup: false,
+                generation,
+                src_endpoint: local_endpoint(snap, inner.src),
+                dst_endpoint: local_endpoint(snap, inner.dst),
+            };
+            st.flows.push(ev);
+            Continue(())
+        }
+        Track::Stale { orig, .. } => {
+            st.ct_stats.rejudged.add(1);
+            let (j, src, dst) = judge(snap, &orig);
+            if j.allowed {
+                st.ct.readmit(&orig, admission(&j, generation), now);
+                return Continue(());
+            }
+            st.ct.remove(&orig, now);
+            st.ct_stats.revoked.add(1);
+            let why = Some(DropReason::PolicyDenied);
+            log_flow(
+                st,
+                &orig,
+                FlowKind::Revoked,
+                why,
+                &j,
+                generation,
+                (src, dst, false),
+            );
+            drop(DropReason::PolicyDenied)
+        }
+        Track::Miss | Track::Invalid { .. } => {
+            st.ct_stats.invalid.add(1);
+            drop(DropReason::CtInvalid)
+        }
+    }
+}
+
+/// Judges `k` (a flow's original direction) with the snapshot's policy.
+fn judge(snap: &Snapshot, k: &FlowKey) -> (Judgement, Option<u32>, Option<u32>) {
+    let src = local_endpoint(snap, k.src);
+    let dst = local_endpoint(snap, k.dst);
+    let j = snap.policy().judge(
+        Peer {
+            endpoint: src,
+            addr: k.src,
+        },
+        Peer {
+            endpoint: dst,
+            addr: k.dst,
+        },
+        k.proto,
+        k.dport,
+    );
+    (j, src, dst)
+}
+
+fn local_endpoint(snap: &Snapshot, a: IpAddr) -> Option<u32> {
+    match a {
+        IpAddr::V4(a) => snap.endpoint_by_v4(a),
+        IpAddr::V6(a) => snap.endpoint_by_v6(a),
+    }
+    .map(|(i, _)| i)
+}
+
+fn admission(j: &Judgement, generation: u64) -> Admission {
+    Admission {
+        generation: generation as u32,
+        egress_rule: j.egress.rule,
+        ingress_rule: j.ingress.rule,
+        audit: j.egress.audit || j.ingress.audit,
+    }
+}
+
+/// Queues a flow event; `reason` is `None` when the packet passed. A
+/// TCP flow admitted without a SYN is flagged as a mid-stream pickup.
+fn log_flow(
+    st: &WorkerState,
+    key: &FlowKey,
+    kind: FlowKind,
+    reason: Option<DropReason>,
+    j: &Judgement,
+    generation: u64,
+    (src_endpoint, dst_endpoint, pickup): (Option<u32>, Option<u32>, bool),
+) {
+    st.flows.push(FlowEvent {
+        time_ns: st.now_ns,
+        key: *key,
+        kind,
+        allowed: reason.is_none(),
+        reason,
+        egress_rule: j.egress.rule,
+        ingress_rule: j.ingress.rule,
+        audit: j.egress.audit || j.ingress.audit,
+        pickup,
+        generation,
+        src_endpoint,
+        dst_endpoint,
+    });
 }
 
 // ------------------------------------------------------ hop limit, MTU ----

@@ -1,0 +1,1102 @@
+//! Connection tracking: the one table written per packet (see
+//! docs/conntrack.md for the design and its measurements).
+//!
+//! One table per node, shared by all workers (`Arc<Conntrack>`), because the
+//! two directions of a flow arrive on different interfaces and so on queues
+//! that may belong to different workers. The table is a fixed array of
+//! buckets allocated once at start (no allocation afterwards); each bucket
+//! holds [`WAYS`] entries and its own small lock. A packet's key is made
+//! direction-free (the lower (address, port) end first), hashed with a
+//! per-table random seed, and mapped to exactly one bucket: both directions
+//! of a flow meet in the same bucket, whichever worker sees them.
+//!
+//! Locking: one `Mutex` per bucket (a futex word; uncontended it is one
+//! compare-and-swap to take and one swap to release, no syscall). A critical
+//! section scans 8 tags, compares at most a few keys and updates one entry:
+//! tens of nanoseconds. Nothing in it allocates, calls out (policy is judged
+//! outside the lock) or can panic. With ≥32k buckets and a handful of
+//! workers, two workers meet on the same bucket only when they handle the
+//! same flow at the same instant.
+//!
+//! Time is a parameter (`now`, nanoseconds of CLOCK_MONOTONIC in the
+//! dataplane, anything monotonic in tests): this module never reads a clock.
+//! Expiry is lazy: an entry past its deadline counts as free and is reused
+//! by the next insert into its bucket; no sweeper thread.
+//!
+//! Eviction under pressure stays inside the bucket: an insert takes a free or
+//! expired way, else evicts the closing entry (FIN/RST/TIME-WAIT) that
+//! expires first, else the new/unreplied one that expires first. Established
+//! TCP and replied UDP/ICMP entries are never evicted: when a bucket holds
+//! only those, the new flow is refused ([`Insert::Full`]) and the pass drops
+//! it (`ct-table-full`).
+#![forbid(unsafe_code)]
+
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::pass::FlowKey;
+use crate::policy::RuleId;
+use crate::stats::Counter;
+use crate::wire::ip_proto;
+use crate::wire::tcp::flags as tcpf;
+
+/// Entries per bucket.
+pub const WAYS: usize = 8;
+
+/// Default number of entries of a node's table.
+pub const DEFAULT_SIZE: usize = 262_144;
+
+const SEC: u64 = 1_000_000_000;
+
+/// How long an idle entry lives in each state, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u64,
+    pub tcp_syn_recv: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_last_ack: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    pub udp_unreplied: u64,
+    pub udp_replied: u64,
+    pub icmp: u64,
+    pub other_unreplied: u64,
+    pub other_replied: u64,
+}
+
+impl Default for Timeouts {
+    /// Linux's nf_conntrack defaults, except established TCP (6 h, as
+    /// Cilium, instead of 5 days).
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120 * SEC,
+            tcp_syn_recv: 60 * SEC,
+            tcp_established: 6 * 3600 * SEC,
+            tcp_fin_wait: 120 * SEC,
+            tcp_last_ack: 30 * SEC,
+            tcp_time_wait: 120 * SEC,
+            tcp_close: 10 * SEC,
+            udp_unreplied: 30 * SEC,
+            udp_replied: 120 * SEC,
+            icmp: 30 * SEC,
+            other_unreplied: 60 * SEC,
+            other_replied: 600 * SEC,
+        }
+    }
+}
+
+/// State of a tracked flow.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// TCP: SYN seen from the originator.
+    #[default]
+    SynSent,
+    /// TCP: SYN-ACK seen from the responder.
+    SynRecv,
+    /// TCP: handshake complete (or picked up mid-stream).
+    Established,
+    /// TCP: one side sent FIN.
+    FinWait,
+    /// TCP: both sides sent FIN; waiting for the last ACK.
+    LastAck,
+    /// TCP: closed after both FINs were acknowledged.
+    TimeWait,
+    /// TCP: reset.
+    Close,
+    /// UDP, ICMP echo, other protocols: packets seen one way only.
+    Unreplied,
+    /// UDP, ICMP echo, other protocols: both ways seen.
+    Replied,
+}
+
+impl State {
+    /// Eviction class: lower goes first; [`PROTECTED`] is never evicted.
+    fn class(self) -> u8 {
+        match self {
+            State::FinWait | State::LastAck | State::TimeWait | State::Close => 1,
+            State::SynSent | State::SynRecv | State::Unreplied => 2,
+            State::Established | State::Replied => PROTECTED,
+        }
+    }
+}
+
+const PROTECTED: u8 = 3;
+
+/// Which way a packet goes relative to the packet that created its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dir {
+    Orig,
+    Reply,
+}
+
+/// What policy said when the flow was admitted; kept in the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Policy generation the flow was judged under (low 32 bits).
+    pub generation: u32,
+    pub egress_rule: RuleId,
+    pub ingress_rule: RuleId,
+    /// A would-drop (audit) rule let it pass.
+    pub audit: bool,
+}
+
+/// A packet's key in the table: direction-free, plus which end sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct CtKey {
+    lo: [u8; 16],
+    hi: [u8; 16],
+    lo_port: u16,
+    hi_port: u16,
+    proto: u8,
+    v6: bool,
+}
+
+impl CtKey {
+    /// The key of `k` and whether its source is the `lo` end. ICMP echo uses
+    /// the identifier on both ends (request and reply share it; their
+    /// types differ); other ICMP has no ports.
+    pub fn of(k: &FlowKey) -> (CtKey, bool) {
+        let (sport, dport) = match k.proto {
+            ip_proto::ICMP | ip_proto::ICMPV6 => (k.sport, k.sport),
+            _ => (k.sport, k.dport),
+        };
+        let (s, v6) = addr_bytes(k.src);
+        let (d, _) = addr_bytes(k.dst);
+        let src_lo = (s, sport) <= (d, dport);
+        let key = if src_lo {
+            CtKey {
+                lo: s,
+                hi: d,
+                lo_port: sport,
+                hi_port: dport,
+                proto: k.proto,
+                v6,
+            }
+        } else {
+            CtKey {
+                lo: d,
+                hi: s,
+                lo_port: dport,
+                hi_port: sport,
+                proto: k.proto,
+                v6,
+            }
+        };
+        (key, src_lo)
+    }
+
+    fn hash(&self, seed: u64) -> u64 {
+        let w = |b: &[u8; 16], i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let last = u64::from(self.lo_port)
+            | u64::from(self.hi_port) << 16
+            | u64::from(self.proto) << 32
+            | u64::from(self.v6) << 40;
+        let mut h = seed;
+        for x in [
+            w(&self.lo, 0),
+            w(&self.lo, 8),
+            w(&self.hi, 0),
+            w(&self.hi, 8),
+            last,
+        ] {
+            h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        // fmix64 (MurmurHash3's finaliser).
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
+    fn ip(&self, lo: bool) -> IpAddr {
+        let b = if lo { self.lo } else { self.hi };
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(b))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+        }
+    }
+}
+
+fn addr_bytes(a: IpAddr) -> ([u8; 16], bool) {
+    match a {
+        IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
+        IpAddr::V6(a) => (a.octets(), true),
+    }
+}
+
+/// Entry flags.
+const ORIG_IS_LO: u8 = 1;
+const PICKUP: u8 = 2;
+const FIN_ORIG: u8 = 4;
+const FIN_REPLY: u8 = 8;
+const AUDIT: u8 = 16;
+
+/// One entry: 64 bytes (see the `entry_is_a_cache_line` test).
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    key: CtKey,
+    /// Deadline (same clock as `now`); at or past it the entry is free.
+    expires: u64,
+    /// The [`Admission`], flattened (its `audit` is the `AUDIT` flag).
+    generation: u32,
+    egress_rule: u32,
+    ingress_rule: u32,
+    /// Destination port of the originating packet (for ICMP: type << 8 |
+    /// code), so a stale flow is judged again exactly as it was admitted.
+    orig_dport: u16,
+    state: State,
+    flags: u8,
+}
+
+impl Entry {
+    fn adm(&self) -> Admission {
+        Admission {
+            generation: self.generation,
+            egress_rule: RuleId(self.egress_rule),
+            ingress_rule: RuleId(self.ingress_rule),
+            audit: self.flags & AUDIT != 0,
+        }
+    }
+
+    fn set_adm(&mut self, a: Admission) {
+        self.generation = a.generation;
+        self.egress_rule = a.egress_rule.0;
+        self.ingress_rule = a.ingress_rule.0;
+        self.flags = (self.flags & !AUDIT) | if a.audit { AUDIT } else { 0 };
+    }
+
+    fn dir(&self, src_lo: bool) -> Dir {
+        if src_lo == (self.flags & ORIG_IS_LO != 0) {
+            Dir::Orig
+        } else {
+            Dir::Reply
+        }
+    }
+
+    fn orig_key(&self) -> FlowKey {
+        let lo = self.flags & ORIG_IS_LO != 0;
+        let (sport, dport) = match self.key.proto {
+            ip_proto::ICMP | ip_proto::ICMPV6 => (self.key.lo_port, self.orig_dport),
+            _ if lo => (self.key.lo_port, self.key.hi_port),
+            _ => (self.key.hi_port, self.key.lo_port),
+        };
+        FlowKey {
+            src: self.key.ip(lo),
+            dst: self.key.ip(!lo),
+            proto: self.key.proto,
+            sport,
+            dport,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Per way: 0 = empty, else 16 bits of the key's hash (never 0).
+    tags: [u16; WAYS],
+    entries: [Entry; WAYS],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Line(Mutex<Bucket>);
+
+/// What a packet tells the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg {
+    /// A TCP segment with these flags.
+    Tcp(u8),
+    /// Anything else (UDP, ICMP echo, other protocols).
+    Other,
+}
+
+/// Outcome of [`Conntrack::track`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// No live entry.
+    Miss,
+    /// Known flow admitted under the current generation; state updated.
+    Pass {
+        dir: Dir,
+        state: State,
+        adm: Admission,
+        pickup: bool,
+    },
+    /// Known flow, but the packet is invalid for its state (nothing changed).
+    Invalid { dir: Dir, state: State },
+    /// Known flow admitted under another generation: judge `orig` again,
+    /// then [`Conntrack::readmit`] or [`Conntrack::remove`].
+    Stale {
+        dir: Dir,
+        orig: FlowKey,
+        adm: Admission,
+    },
+}
+
+/// Outcome of [`Conntrack::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Inserted {
+        evicted: bool,
+    },
+    /// Another worker inserted the flow first; track the packet again.
+    Exists,
+    /// The bucket holds only protected (established) entries.
+    Full,
+}
+
+/// The node's connection-tracking table.
+#[derive(Debug)]
+pub struct Conntrack {
+    buckets: Box<[Line]>,
+    mask: u64,
+    seed: u64,
+    timeouts: Timeouts,
+}
+
+/// Per-worker conntrack counters (single writer: the worker).
+#[derive(Debug, Default)]
+pub struct CtStats {
+    pub inserts: Counter,
+    pub evictions: Counter,
+    pub table_full: Counter,
+    pub invalid: Counter,
+    pub revoked: Counter,
+    pub rejudged: Counter,
+    pub pickups: Counter,
+}
+
+impl Conntrack {
+    /// A table of at least `size` entries (rounded up to a power-of-two
+    /// number of buckets of [`WAYS`] entries), allocated now.
+    pub fn new(size: usize, timeouts: Timeouts) -> Self {
+        let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        Conntrack {
+            buckets: (0..buckets).map(|_| Line::default()).collect(),
+            mask: buckets as u64 - 1,
+            seed,
+            timeouts,
+        }
+    }
+
+    /// Entries the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.buckets.len() * WAYS
+    }
+
+    /// Bytes of table per entry (bucket with its lock and tags / [`WAYS`]).
+    pub const fn bytes_per_entry() -> usize {
+        std::mem::size_of::<Line>() / WAYS
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    fn bucket(&self, key: &CtKey) -> (MutexGuard<'_, Bucket>, u16) {
+        let h = key.hash(self.seed);
+        let tag = (h >> 48) as u16 | 1;
+        let line = &self.buckets[(h & self.mask) as usize];
+        // A worker never panics while holding the lock (nothing in a
+        // critical section can), but if one did, the table stays usable.
+        (line.0.lock().unwrap_or_else(|e| e.into_inner()), tag)
+    }
+
+    /// Finds the live way of `key` in `b`, reclaiming it if expired.
+    fn find(b: &mut Bucket, key: &CtKey, tag: u16, now: u64) -> Option<usize> {
+        for w in 0..WAYS {
+            if b.tags[w] == tag && b.entries[w].key == *key {
+                if b.entries[w].expires <= now {
+                    b.tags[w] = 0;
+                    return None;
+                }
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Looks the packet's flow up and, if it was admitted under
+    /// `generation`, advances its state (one critical section).
+    pub fn track(&self, k: &FlowKey, seg: Seg, generation: u64, now: u64) -> Track {
+        self.visit(k, Some(seg), generation, now)
+    }
+
+    /// Like [`track`](Self::track) but changes nothing (ICMP errors related
+    /// to a flow do not move its state or extend its life).
+    pub fn lookup(&self, k: &FlowKey, generation: u64, now: u64) -> Track {
+        self.visit(k, None, generation, now)
+    }
+
+    fn visit(&self, k: &FlowKey, seg: Option<Seg>, generation: u64, now: u64) -> Track {
+        let (key, src_lo) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        let Some(w) = Self::find(&mut b, &key, tag, now) else {
+            return Track::Miss;
+        };
+        let e = &mut b.entries[w];
+        let dir = e.dir(src_lo);
+        if e.generation != generation as u32 {
+            return Track::Stale {
+                dir,
+                orig: e.orig_key(),
+                adm: e.adm(),
+            };
+        }
+        let Some(seg) = seg else {
+            return Track::Pass {
+                dir,
+                state: e.state,
+                adm: e.adm(),
+                pickup: e.flags & PICKUP != 0,
+            };
+        };
+        let fins = e.flags & (FIN_ORIG | FIN_REPLY);
+        let Some((state, fins)) = next_state(e.state, dir, seg, fins) else {
+            return Track::Invalid {
+                dir,
+                state: e.state,
+            };
+        };
+        e.state = state;
+        e.flags = (e.flags & !(FIN_ORIG | FIN_REPLY)) | fins;
+        if state == State::SynSent && fins == 0 {
+            // A reopened connection is not a pickup any more.
+            e.flags &= !PICKUP;
+        }
+        e.expires = now.saturating_add(self.timeout(state, key.proto));
+        Track::Pass {
+            dir,
+            state,
+            adm: e.adm(),
+            pickup: e.flags & PICKUP != 0,
+        }
+    }
+
+    /// Looks a flow up without changing it (ICMP errors, tests, explain).
+    pub fn peek(&self, k: &FlowKey, now: u64) -> Option<(Dir, State, Admission)> {
+        let (key, src_lo) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        let w = Self::find(&mut b, &key, tag, now)?;
+        let e = &b.entries[w];
+        Some((e.dir(src_lo), e.state, e.adm()))
+    }
+
+    /// Creates the entry of a flow whose first packet (`k`, the originating
+    /// direction) policy allowed. `seg` decides the first state: a TCP SYN
+    /// starts at SYN-SENT; any other TCP segment is a mid-stream pickup
+    /// (ESTABLISHED, or FIN-WAIT if it carries FIN).
+    pub fn insert(&self, k: &FlowKey, seg: Seg, adm: Admission, now: u64) -> Insert {
+        let (key, src_lo) = CtKey::of(k);
+        let (state, mut flags) = match seg {
+            Seg::Tcp(f) if f & tcpf::SYN != 0 && f & tcpf::ACK == 0 => (State::SynSent, 0),
+            Seg::Tcp(f) if f & tcpf::FIN != 0 => (State::FinWait, PICKUP | FIN_ORIG),
+            Seg::Tcp(_) => (State::Established, PICKUP),
+            Seg::Other => (State::Unreplied, 0),
+        };
+        if src_lo {
+            flags |= ORIG_IS_LO;
+        }
+        let (mut b, tag) = self.bucket(&key);
+        if Self::find(&mut b, &key, tag, now).is_some() {
+            return Insert::Exists;
+        }
+        // Free or expired way first, else the cheapest victim by class,
+        // then earliest deadline.
+        let mut pick: Option<(usize, u8, u64)> = None;
+        for w in 0..WAYS {
+            let class = if b.tags[w] == 0 || b.entries[w].expires <= now {
+                0
+            } else {
+                b.entries[w].state.class()
+            };
+            if class >= PROTECTED {
+                continue;
+            }
+            let exp = b.entries[w].expires;
+            if pick.is_none_or(|(_, c, x)| (class, exp) < (c, x)) {
+                pick = Some((w, class, exp));
+            }
+        }
+        let Some((w, class, _)) = pick else {
+            return Insert::Full;
+        };
+        b.tags[w] = tag;
+        let mut e = Entry {
+            key,
+            expires: now.saturating_add(self.timeout(state, key.proto)),
+            orig_dport: k.dport,
+            state,
+            flags,
+            ..Entry::default()
+        };
+        e.set_adm(adm);
+        b.entries[w] = e;
+        Insert::Inserted { evicted: class > 0 }
+    }
+
+    /// Records that the flow was judged again under a new generation and
+    /// is still allowed. Returns false if the entry is gone.
+    pub fn readmit(&self, k: &FlowKey, adm: Admission, now: u64) -> bool {
+        let (key, _) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        match Self::find(&mut b, &key, tag, now) {
+            Some(w) => {
+                b.entries[w].set_adm(adm);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the flow of `k` (either direction). Returns whether it existed.
+    pub fn remove(&self, k: &FlowKey, now: u64) -> bool {
+        let (key, _) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        match Self::find(&mut b, &key, tag, now) {
+            Some(w) => {
+                b.tags[w] = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Live entries at `now` (takes every bucket's lock in turn: for status,
+    /// not for the per-packet path).
+    pub fn count(&self, now: u64) -> usize {
+        self.buckets
+            .iter()
+            .map(|l| {
+                let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+                (0..WAYS)
+                    .filter(|&w| b.tags[w] != 0 && b.entries[w].expires > now)
+                    .count()
+            })
+            .sum()
+    }
+
+    fn timeout(&self, s: State, proto: u8) -> u64 {
+        let t = &self.timeouts;
+        match (s, proto) {
+            (State::SynSent, _) => t.tcp_syn_sent,
+            (State::SynRecv, _) => t.tcp_syn_recv,
+            (State::Established, _) => t.tcp_established,
+            (State::FinWait, _) => t.tcp_fin_wait,
+            (State::LastAck, _) => t.tcp_last_ack,
+            (State::TimeWait, _) => t.tcp_time_wait,
+            (State::Close, _) => t.tcp_close,
+            (_, ip_proto::ICMP | ip_proto::ICMPV6) => t.icmp,
+            (State::Unreplied, ip_proto::UDP) => t.udp_unreplied,
+            (State::Replied, ip_proto::UDP) => t.udp_replied,
+            (State::Unreplied, _) => t.other_unreplied,
+            (State::Replied, _) => t.other_replied,
+        }
+    }
+}
+
+/// The state machine: the state after a packet going `dir` with `seg`, and
+/// the FIN bits seen, or `None` if the packet is invalid in `s`.
+///
+/// Deliberately loose where real stacks differ (no sequence-window check; a
+/// RST is accepted in any state; a bare ACK in SYN-RECV from either side
+/// completes the handshake, which covers simultaneous open); strict where
+/// a packet cannot belong to the connection (a SYN inside an established
+/// connection, SYN with RST or FIN, an ACK before the handshake).
+pub fn next_state(s: State, dir: Dir, seg: Seg, fins: u8) -> Option<(State, u8)> {
+    let f = match seg {
+        Seg::Other => {
+            return Some(match (s, dir) {
+                (State::Unreplied, Dir::Reply) | (State::Replied, _) => (State::Replied, fins),
+                _ => (State::Unreplied, fins),
+            });
+        }
+        Seg::Tcp(f) => f,
+    };
+    let syn = f & tcpf::SYN != 0;
+    let ack = f & tcpf::ACK != 0;
+    let fin = f & tcpf::FIN != 0;
+    let rst = f & tcpf::RST != 0;
+    if syn && (rst || fin) {
+        return None;
+    }
+    if rst {
+        return Some((State::Close, fins));
+    }
+    let fin_bit = match dir {
+        Dir::Orig => FIN_ORIG,
+        Dir::Reply => FIN_REPLY,
+    };
+    match s {
+        State::SynSent => match (dir, syn, ack) {
+            (Dir::Orig, true, false) => Some((State::SynSent, 0)),
+            // SYN-ACK, or a SYN crossing ours (simultaneous open).
+            (Dir::Reply, true, _) => Some((State::SynRecv, 0)),
+            _ => None,
+        },
+        State::SynRecv => match (dir, syn, ack) {
+            (Dir::Orig, true, false) | (Dir::Reply, true, true) => Some((State::SynRecv, 0)),
+            (_, false, true) if fin => Some((State::FinWait, fin_bit)),
+            (_, false, true) => Some((State::Established, 0)),
+            _ => None,
+        },
+        State::Established | State::FinWait | State::LastAck => {
+            if syn {
+                return None;
+            }
+            if fin {
+                let fins = fins | fin_bit;
+                let both = fins == FIN_ORIG | FIN_REPLY;
+                return Some((if both { State::LastAck } else { State::FinWait }, fins));
+            }
+            if s == State::LastAck && ack {
+                return Some((State::TimeWait, fins));
+            }
+            Some((s, fins))
+        }
+        State::TimeWait | State::Close => match (dir, syn, ack) {
+            // The originator reuses the tuple: a new connection.
+            (Dir::Orig, true, false) => Some((State::SynSent, 0)),
+            (_, true, _) => None,
+            _ => Some((s, fins)),
+        },
+        State::Unreplied | State::Replied => None,
+    }
+}
+
+/// An ICMP error's quoted packet: the flow key of the packet that caused
+/// it, as its sender sent it. `quote` is the ICMP payload (after the
+/// 8-byte ICMP header). Only the first 8 bytes of the quoted L4 header are
+/// read (all ICMPv4 guarantees). IPv6 extension headers in the quote are
+/// not walked (the quote is then not matched).
+pub fn quoted_key(quote: &[u8], v6: bool) -> Option<FlowKey> {
+    let (src, dst, proto, l4) = if v6 {
+        if quote.first()? >> 4 != 6 {
+            return None;
+        }
+        let s: [u8; 16] = quote.get(8..24)?.try_into().ok()?;
+        let d: [u8; 16] = quote.get(24..40)?.try_into().ok()?;
+        (
+            IpAddr::V6(s.into()),
+            IpAddr::V6(d.into()),
+            *quote.get(6)?,
+            quote.get(40..)?,
+        )
+    } else {
+        let v = *quote.first()?;
+        let ihl = usize::from(v & 0x0f) * 4;
+        if v >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        // A quoted non-first fragment has no L4 header.
+        let frag = u16::from_be_bytes([*quote.get(6)?, *quote.get(7)?]) & 0x1fff;
+        if frag != 0 {
+            return None;
+        }
+        let s: [u8; 4] = quote.get(12..16)?.try_into().ok()?;
+        let d: [u8; 4] = quote.get(16..20)?.try_into().ok()?;
+        (
+            IpAddr::V4(s.into()),
+            IpAddr::V4(d.into()),
+            *quote.get(9)?,
+            quote.get(ihl..)?,
+        )
+    };
+    let be = |i: usize| Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?]));
+    let (sport, dport) = match proto {
+        ip_proto::TCP | ip_proto::UDP => (be(0)?, be(2)?),
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            // Only echo can be quoted by an error (errors never answer errors).
+            (be(4)?, be(0)?)
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYN: u8 = tcpf::SYN;
+    const SYNACK: u8 = tcpf::SYN | tcpf::ACK;
+    const ACK: u8 = tcpf::ACK;
+    const FINACK: u8 = tcpf::FIN | tcpf::ACK;
+    const RST: u8 = tcpf::RST;
+
+    fn k4(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: IpAddr::from(s),
+            dst: IpAddr::from(d),
+            proto,
+            sport: sp,
+            dport: dp,
+        }
+    }
+    fn rev(k: &FlowKey) -> FlowKey {
+        FlowKey {
+            src: k.dst,
+            dst: k.src,
+            proto: k.proto,
+            sport: k.dport,
+            dport: k.sport,
+        }
+    }
+    fn adm(g: u32) -> Admission {
+        Admission {
+            generation: g,
+            egress_rule: RuleId(1),
+            ingress_rule: RuleId(2),
+            audit: false,
+        }
+    }
+    fn tcp() -> FlowKey {
+        k4([10, 1, 0, 2], 40000, [10, 1, 0, 1], 80, ip_proto::TCP)
+    }
+    fn state(ct: &Conntrack, k: &FlowKey, now: u64) -> Option<State> {
+        ct.peek(k, now).map(|(_, s, _)| s)
+    }
+    fn pass(t: Track) -> (Dir, State) {
+        match t {
+            Track::Pass { dir, state, .. } => (dir, state),
+            other => panic!("expected pass, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entry_is_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert!(Conntrack::bytes_per_entry() <= 72);
+    }
+
+    #[test]
+    fn tcp_handshake_data_and_close() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        let r = rev(&k);
+        assert_eq!(ct.track(&k, Seg::Tcp(SYN), 1, 0), Track::Miss);
+        assert!(matches!(
+            ct.insert(&k, Seg::Tcp(SYN), adm(1), 0),
+            Insert::Inserted { evicted: false }
+        ));
+        assert_eq!(ct.insert(&k, Seg::Tcp(SYN), adm(1), 0), Insert::Exists);
+        assert_eq!(state(&ct, &k, 1), Some(State::SynSent));
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(SYN), 1, 1)),
+            (Dir::Orig, State::SynSent)
+        );
+        assert_eq!(
+            pass(ct.track(&r, Seg::Tcp(SYNACK), 1, 2)),
+            (Dir::Reply, State::SynRecv)
+        );
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(ACK), 1, 3)),
+            (Dir::Orig, State::Established)
+        );
+        assert_eq!(
+            pass(ct.track(&r, Seg::Tcp(ACK), 1, 4)),
+            (Dir::Reply, State::Established)
+        );
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(FINACK), 1, 5)),
+            (Dir::Orig, State::FinWait)
+        );
+        // The same side's FIN retransmitted stays in FIN-WAIT.
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(FINACK), 1, 5)),
+            (Dir::Orig, State::FinWait)
+        );
+        assert_eq!(
+            pass(ct.track(&r, Seg::Tcp(FINACK), 1, 6)),
+            (Dir::Reply, State::LastAck)
+        );
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(ACK), 1, 7)),
+            (Dir::Orig, State::TimeWait)
+        );
+        // Port reuse after TIME-WAIT: a new SYN reopens.
+        assert_eq!(
+            pass(ct.track(&k, Seg::Tcp(SYN), 1, 8)),
+            (Dir::Orig, State::SynSent)
+        );
+    }
+
+    #[test]
+    fn tcp_invalid_segments() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        let r = rev(&k);
+        ct.insert(&k, Seg::Tcp(SYN), adm(1), 0);
+        // ACK from the client before any SYN-ACK; SYN-ACK from the client.
+        assert!(matches!(
+            ct.track(&k, Seg::Tcp(ACK), 1, 1),
+            Track::Invalid { .. }
+        ));
+        assert!(matches!(
+            ct.track(&k, Seg::Tcp(SYNACK), 1, 1),
+            Track::Invalid { .. }
+        ));
+        // Data from the server before its SYN-ACK.
+        assert!(matches!(
+            ct.track(&r, Seg::Tcp(ACK), 1, 1),
+            Track::Invalid { .. }
+        ));
+        // SYN+RST is never valid; nothing changed.
+        assert!(matches!(
+            ct.track(&k, Seg::Tcp(SYN | RST), 1, 1),
+            Track::Invalid { .. }
+        ));
+        assert_eq!(state(&ct, &k, 1), Some(State::SynSent));
+        ct.track(&r, Seg::Tcp(SYNACK), 1, 2);
+        ct.track(&k, Seg::Tcp(ACK), 1, 3);
+        // A SYN inside an established connection.
+        assert!(matches!(
+            ct.track(&k, Seg::Tcp(SYN), 1, 4),
+            Track::Invalid {
+                state: State::Established,
+                ..
+            }
+        ));
+        // RST from either side closes.
+        assert_eq!(
+            pass(ct.track(&r, Seg::Tcp(RST), 1, 5)),
+            (Dir::Reply, State::Close)
+        );
+        assert!(matches!(
+            ct.track(&r, Seg::Tcp(SYNACK), 1, 6),
+            Track::Invalid { .. }
+        ));
+    }
+
+    #[test]
+    fn per_state_timeouts() {
+        let t = Timeouts::default();
+        let ct = Conntrack::new(1024, t);
+        let k = tcp();
+        let r = rev(&k);
+        ct.insert(&k, Seg::Tcp(SYN), adm(1), 0);
+        assert!(ct.peek(&k, t.tcp_syn_sent - 1).is_some());
+        assert!(ct.peek(&k, t.tcp_syn_sent).is_none());
+        // Expired: the next SYN is a miss and a fresh insert.
+        let now = t.tcp_syn_sent + 5;
+        assert_eq!(ct.track(&k, Seg::Tcp(SYN), 1, now), Track::Miss);
+        ct.insert(&k, Seg::Tcp(SYN), adm(1), now);
+        ct.track(&r, Seg::Tcp(SYNACK), 1, now);
+        ct.track(&k, Seg::Tcp(ACK), 1, now);
+        // Established lives 6 h from its last packet.
+        let later = now + t.tcp_established - 1;
+        assert_eq!(state(&ct, &k, later), Some(State::Established));
+        ct.track(&r, Seg::Tcp(ACK), 1, later);
+        assert!(ct.peek(&k, later + t.tcp_established - 1).is_some());
+        assert!(ct.peek(&k, later + t.tcp_established).is_none());
+        // RST: the entry is gone after tcp_close.
+        let k2 = k4([10, 1, 0, 2], 40001, [10, 1, 0, 1], 80, ip_proto::TCP);
+        ct.insert(&k2, Seg::Tcp(SYN), adm(1), 0);
+        ct.track(&rev(&k2), Seg::Tcp(RST), 1, 10);
+        assert!(ct.peek(&k2, 10 + t.tcp_close - 1).is_some());
+        assert!(ct.peek(&k2, 10 + t.tcp_close).is_none());
+        // UDP: unreplied 30 s, replied 120 s.
+        let u = k4([10, 1, 0, 2], 5353, [10, 1, 0, 1], 53, ip_proto::UDP);
+        ct.insert(&u, Seg::Other, adm(1), 0);
+        assert!(ct.peek(&u, t.udp_unreplied).is_none());
+        ct.insert(&u, Seg::Other, adm(1), 100);
+        assert_eq!(
+            pass(ct.track(&rev(&u), Seg::Other, 1, 101)),
+            (Dir::Reply, State::Replied)
+        );
+        assert!(ct.peek(&u, 101 + t.udp_replied - 1).is_some());
+        assert!(ct.peek(&u, 101 + t.udp_replied).is_none());
+    }
+
+    #[test]
+    fn mid_stream_pickup() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        ct.insert(&k, Seg::Tcp(ACK), adm(1), 0);
+        match ct.track(&rev(&k), Seg::Tcp(ACK), 1, 1) {
+            Track::Pass {
+                dir: Dir::Reply,
+                state: State::Established,
+                pickup: true,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_directions_and_ipv6() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let a: IpAddr = "fd00::2".parse().unwrap();
+        let b: IpAddr = "fd00::1".parse().unwrap();
+        let k = FlowKey {
+            src: a,
+            dst: b,
+            proto: ip_proto::UDP,
+            sport: 9,
+            dport: 7,
+        };
+        ct.insert(&k, Seg::Other, adm(3), 0);
+        assert_eq!(ct.peek(&k, 1).unwrap().0, Dir::Orig);
+        assert_eq!(ct.peek(&rev(&k), 1).unwrap().0, Dir::Reply);
+        // Same addresses, other family or other ports: other flows.
+        let mut other = k;
+        other.dport = 8;
+        assert!(ct.peek(&other, 1).is_none());
+        let v4 = k4([0, 0, 0, 2], 9, [0, 0, 0, 1], 7, ip_proto::UDP);
+        assert!(ct.peek(&v4, 1).is_none());
+        // Stale generation: the original direction comes back for judging.
+        match ct.track(&rev(&k), Seg::Other, 4, 2) {
+            Track::Stale { dir, orig, adm } => {
+                assert_eq!(dir, Dir::Reply);
+                assert_eq!(orig, k);
+                assert_eq!(adm.generation, 3);
+            }
+            t => panic!("{t:?}"),
+        }
+        assert!(ct.readmit(&rev(&k), adm(4), 3));
+        assert!(matches!(
+            ct.track(&rev(&k), Seg::Other, 4, 4),
+            Track::Pass { .. }
+        ));
+        assert!(ct.remove(&rev(&k), 5));
+        assert!(ct.peek(&k, 5).is_none());
+    }
+
+    #[test]
+    fn icmp_echo_request_and_reply_share_an_entry() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        let req = k4([10, 1, 0, 1], 77, [10, 1, 0, 2], 8 << 8, ip_proto::ICMP);
+        let reply = k4([10, 1, 0, 2], 77, [10, 1, 0, 1], 0, ip_proto::ICMP);
+        ct.insert(&req, Seg::Other, adm(1), 0);
+        assert_eq!(ct.peek(&reply, 1).unwrap().0, Dir::Reply);
+        match ct.track(&reply, Seg::Other, 2, 1) {
+            Track::Stale { orig, .. } => assert_eq!(orig, req),
+            t => panic!("{t:?}"),
+        }
+        let other_id = k4([10, 1, 0, 2], 78, [10, 1, 0, 1], 0, ip_proto::ICMP);
+        assert!(ct.peek(&other_id, 1).is_none());
+    }
+
+    /// Fills one bucket (a 1-bucket table) and checks the eviction order.
+    #[test]
+    fn eviction_protects_established() {
+        let ct = Conntrack::new(WAYS, Timeouts::default());
+        assert_eq!(ct.capacity(), WAYS);
+        let key = |i: u16| k4([10, 1, 0, 2], 1000 + i, [10, 1, 0, 1], 80, ip_proto::TCP);
+        // 6 established, 1 closing, 1 SYN-SENT.
+        for i in 0..WAYS as u16 {
+            let k = key(i);
+            ct.insert(&k, Seg::Tcp(SYN), adm(1), 0);
+            if i < 7 {
+                ct.track(&rev(&k), Seg::Tcp(SYNACK), 1, 0);
+                ct.track(&k, Seg::Tcp(ACK), 1, 0);
+            }
+            if i == 6 {
+                ct.track(&k, Seg::Tcp(FINACK), 1, 0);
+            }
+        }
+        // The closing one goes first, then the new one, then nothing.
+        let n1 = key(100);
+        assert_eq!(
+            ct.insert(&n1, Seg::Tcp(SYN), adm(1), 1),
+            Insert::Inserted { evicted: true }
+        );
+        assert!(ct.peek(&key(6), 1).is_none());
+        assert!(ct.peek(&key(7), 1).is_some());
+        let n2 = key(101);
+        assert_eq!(
+            ct.insert(&n2, Seg::Tcp(SYN), adm(1), 2),
+            Insert::Inserted { evicted: true }
+        );
+        assert!(ct.peek(&key(7), 2).is_none());
+        // Now a new SYN evicts the oldest SYN-SENT (n1), never established.
+        let n3 = key(102);
+        assert_eq!(
+            ct.insert(&n3, Seg::Tcp(SYN), adm(1), 3),
+            Insert::Inserted { evicted: true }
+        );
+        assert!(ct.peek(&n1, 3).is_none());
+        assert!(ct.peek(&n2, 3).is_some());
+        // Established everywhere: full.
+        for k in [n2, n3] {
+            ct.track(&rev(&k), Seg::Tcp(SYNACK), 1, 4);
+            ct.track(&k, Seg::Tcp(ACK), 1, 4);
+        }
+        assert_eq!(ct.insert(&key(103), Seg::Tcp(SYN), adm(1), 5), Insert::Full);
+        for i in 0..6 {
+            assert_eq!(state(&ct, &key(i), 5), Some(State::Established));
+        }
+        assert_eq!(ct.count(5), WAYS);
+        // Once they expire, the ways are free again.
+        let t = ct.timeouts().tcp_established;
+        assert_eq!(ct.count(5 + t), 0);
+        assert!(matches!(
+            ct.insert(&key(103), Seg::Tcp(SYN), adm(1), 5 + t),
+            Insert::Inserted { evicted: false }
+        ));
+    }
+
+    /// ICMPv4 port unreachable from 10.1.0.1 quoting a UDP datagram
+    /// 10.1.0.2:40000 -> 10.1.0.1:53 (golden bytes: IP header + 8 bytes).
+    #[test]
+    fn icmp_error_quote_matches_its_flow() {
+        #[rustfmt::skip]
+        let icmp: [u8; 36] = [
+            // ICMP: type 3 code 3, checksum, unused
+            0x03, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            // quoted IPv4 header: v4 ihl5, tos, len 40, id, DF, ttl 64, UDP
+            0x45, 0x00, 0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00,
+            10, 1, 0, 2, // src
+            10, 1, 0, 1, // dst
+            // quoted UDP: 40000 -> 53, len 20, checksum
+            0x9c, 0x40, 0x00, 0x35, 0x00, 0x14, 0xab, 0xcd,
+        ];
+        let inner = quoted_key(&icmp[8..], false).unwrap();
+        let flow = k4([10, 1, 0, 2], 40000, [10, 1, 0, 1], 53, ip_proto::UDP);
+        assert_eq!(inner, flow);
+        let ct = Conntrack::new(64, Timeouts::default());
+        ct.insert(&flow, Seg::Other, adm(1), 0);
+        // The error travels like a reply: the quote reversed is its direction.
+        assert_eq!(ct.peek(&inner, 1).unwrap().0, Dir::Orig);
+        assert_eq!(ct.peek(&rev(&inner), 1).unwrap().0, Dir::Reply);
+        // Truncated or non-IP quotes are not matched.
+        assert!(quoted_key(&icmp[8..30], false).is_none());
+        assert!(quoted_key(&icmp[9..], false).is_none());
+        assert!(quoted_key(&icmp[8..], true).is_none());
+    }
+
+    #[test]
+    fn icmpv6_error_quote() {
+        let mut q = vec![0u8; 48];
+        q[0] = 0x60;
+        q[6] = ip_proto::TCP;
+        q[8..24].copy_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        q[24..40].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        q[40..44].copy_from_slice(&[0x9c, 0x40, 0x00, 0x50]);
+        let k = quoted_key(&q, true).unwrap();
+        assert_eq!(k.src, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!((k.proto, k.sport, k.dport), (ip_proto::TCP, 40000, 80));
+    }
+}
