@@ -37,6 +37,9 @@ use crossbeam::channel::{self, Sender};
 use serde::Serialize;
 use weir_xdp::{AttachOptions, Redirector, XdpCounters, XdpMode};
 
+use crate::conntrack::{self, Conntrack, CtStats};
+use crate::flows::{self, FlowEvent, FlowLog};
+use crate::pass::WorkerState;
 use crate::stats::{Totals, WorkerStats, WorkerStatus};
 use crate::worker::{Control, Worker, WorkerConfig};
 use crate::xsk::{self, WorkerUmem, XskError};
@@ -83,6 +86,12 @@ pub struct DataplaneConfig {
     pub zero_copy: bool,
     /// Entries of every RX, TX, fill and completion ring (power of two).
     pub ring_size: u32,
+    /// Entries of the node's conntrack table, shared by all workers and
+    /// allocated at start (rounded up to a power-of-two number of 8-entry
+    /// buckets; see docs/conntrack.md).
+    pub conntrack_size: usize,
+    /// Flow-log events each worker can queue before it counts them lost.
+    pub flow_log_capacity: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -101,6 +110,8 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpMode::Native,
             zero_copy: false,
             ring_size: 1024,
+            conntrack_size: conntrack::DEFAULT_SIZE,
+            flow_log_capacity: flows::DEFAULT_CAPACITY,
         }
     }
 }
@@ -155,6 +166,9 @@ pub struct Dataplane {
     stop: Arc<AtomicBool>,
     workers: Vec<WorkerHandle>,
     ports: BTreeMap<String, PortRt>,
+    conntrack: Arc<Conntrack>,
+    flow_logs: Vec<Arc<FlowLog>>,
+    ct_stats: Vec<Arc<CtStats>>,
 }
 
 impl Dataplane {
@@ -175,6 +189,12 @@ impl Dataplane {
             stop,
             workers: Vec::new(),
             ports: BTreeMap::new(),
+            conntrack: Arc::new(Conntrack::new(
+                cfg.conntrack_size,
+                conntrack::Timeouts::default(),
+            )),
+            flow_logs: Vec::new(),
+            ct_stats: Vec::new(),
         };
         let wcfg = WorkerConfig {
             batch: cfg.batch,
@@ -199,6 +219,15 @@ impl Dataplane {
                 Arc::clone(&dp.stop),
                 Arc::clone(&stats),
             );
+            let flow_log = Arc::new(FlowLog::new(cfg.flow_log_capacity));
+            let ct_stats = Arc::new(CtStats::default());
+            let worker = worker.with_state(WorkerState::with_shared(
+                Arc::clone(&dp.conntrack),
+                Arc::clone(&flow_log),
+                Arc::clone(&ct_stats),
+            ));
+            dp.flow_logs.push(flow_log);
+            dp.ct_stats.push(ct_stats);
             let join = std::thread::Builder::new()
                 .name(format!("weir-worker-{id}"))
                 .spawn(move || {
@@ -307,6 +336,38 @@ impl Dataplane {
             workers,
             totals,
             ports,
+            conntrack: self.conntrack_status(),
+        }
+    }
+
+    /// Moves every queued flow event of every worker to `out` (grouped by
+    /// worker, each worker's in order).
+    pub fn drain_flows(&self, out: &mut Vec<FlowEvent>) {
+        for log in &self.flow_logs {
+            log.drain(out);
+        }
+    }
+
+    /// Live conntrack entries (visits every bucket; for status, not hot).
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack.count(monotonic_ns())
+    }
+
+    fn conntrack_status(&self) -> ConntrackStatus {
+        let sum = |f: fn(&CtStats) -> u64| self.ct_stats.iter().map(|s| f(s)).sum();
+        ConntrackStatus {
+            size: self.conntrack.capacity(),
+            bytes_per_entry: Conntrack::bytes_per_entry(),
+            entries: self.conntrack_entries(),
+            inserts: sum(|s| s.inserts.get()),
+            evictions: sum(|s| s.evictions.get()),
+            table_full: sum(|s| s.table_full.get()),
+            invalid: sum(|s| s.invalid.get()),
+            revoked: sum(|s| s.revoked.get()),
+            rejudged: sum(|s| s.rejudged.get()),
+            pickups: sum(|s| s.pickups.get()),
+            flow_events: self.flow_logs.iter().map(|l| l.pushed()).sum(),
+            flow_events_lost: self.flow_logs.iter().map(|l| l.lost()).sum(),
         }
     }
 
@@ -437,6 +498,9 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
             cfg.queues
         ));
     }
+    if cfg.conntrack_size == 0 || cfg.flow_log_capacity == 0 {
+        return bad("conntrack_size and flow_log_capacity must be at least 1".into());
+    }
     if !(1..=1024).contains(&cfg.batch) {
         return bad(format!("batch {} out of range 1..=1024", cfg.batch));
     }
@@ -475,7 +539,9 @@ fn local_addrs(snap: &Snapshot) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
     (v4, v6)
 }
 
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds (vDSO, no syscall): the clock of
+/// conntrack deadlines and flow events.
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
@@ -494,6 +560,32 @@ pub struct DataplaneStatus {
     pub workers: Vec<WorkerStatus>,
     pub totals: Totals,
     pub ports: Vec<PortStatus>,
+    pub conntrack: ConntrackStatus,
+}
+
+/// The node's conntrack table and the flow log, summed over workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackStatus {
+    /// Entries the table can hold.
+    pub size: usize,
+    pub bytes_per_entry: usize,
+    /// Live entries now.
+    pub entries: usize,
+    pub inserts: u64,
+    /// Inserts that replaced a closing or unreplied entry.
+    pub evictions: u64,
+    /// New flows refused: their bucket held only established flows.
+    pub table_full: u64,
+    pub invalid: u64,
+    /// Flows cut because a new policy denied them.
+    pub revoked: u64,
+    /// Flows judged again after a policy change.
+    pub rejudged: u64,
+    /// TCP flows admitted mid-stream (no SYN seen).
+    pub pickups: u64,
+    pub flow_events: u64,
+    /// Flow events lost to full queues.
+    pub flow_events_lost: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

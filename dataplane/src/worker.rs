@@ -141,6 +141,13 @@ impl Worker {
         }
     }
 
+    /// Replaces the pass's per-worker state (the runtime hands in one on the
+    /// node's shared conntrack table).
+    pub fn with_state(mut self, state: WorkerState) -> Self {
+        self.state = state;
+        self
+    }
+
     /// Runs until the stop flag is set; then deletes its sockets.
     pub fn run(mut self) {
         let mut last_publish = Instant::now();
@@ -311,6 +318,7 @@ impl Worker {
         }
         let snap = Arc::clone(&self.cur);
         let t_rx = Instant::now();
+        self.state.set_now(crate::runtime::monotonic_ns());
         let mut total = 0usize;
         let mut any_tx = false;
         for s in 0..self.slots.len() {
