@@ -1,0 +1,612 @@
+//! Policies + pods + namespaces → [`PolicySpec`] (Cilium mapstate style:
+//! every decision resolved here, the datapath only looks up).
+//!
+//! Precedence, for one endpoint, one direction, one peer, one (protocol,
+//! port) — the same order as docs/policy.md, applied by [`Resolver::eval`]:
+//! 1. Admin tier (ClusterNetworkPolicy tier Admin, AdminNetworkPolicy,
+//!    WeirClusterPolicy) in (priority, kind, name) order, rules in written
+//!    order: the first matching Allow/Accept or Deny decides; Pass skips the
+//!    rest of the tier; Log marks and goes on.
+//! 2. Namespace tier (NetworkPolicy, WeirPolicy selecting the endpoint):
+//!    any matching Deny beats any Allow; else any matching Allow decides;
+//!    else, if a namespace policy isolates the endpoint in this direction,
+//!    implicit deny (this beats Baseline).
+//! 3. Baseline tier (ClusterNetworkPolicy tier Baseline, then the
+//!    BaselineAdminNetworkPolicy) like the Admin tier; Pass ends the tier.
+//! 4. Default allow.
+//! Audit: a Deny (or isolation) coming only from `audit: true` policies is
+//! remembered and evaluation goes on; an enforced Deny later still wins, an
+//! Allow later becomes `Deny + audit` (would drop, passes).
+//!
+//! How the table stays small: peers are grouped into classes (identity,
+//! CIDR region, named ports); endpoints with the same identity and named
+//! ports share tables; identical cells are stored once.
+
+use crate::model::*;
+use crate::{PodInfo, PolicyError, PolicyInput};
+use ipnet::IpNet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use weir_dataplane::policy::{
+    CellSpec, Decision, EndpointTables, Identity, PolicySpec, RuleId, RuleInfo, IDENTITY_FIRST_POD,
+    IDENTITY_HOST, IDENTITY_WORLD,
+};
+use weir_topo::manifest::NAMESPACE_NAME_LABEL;
+use weir_topo::ContainerPort;
+
+use crate::selector::Labels;
+
+struct Class {
+    identity: Identity,
+    /// Namespace and labels, for pods.
+    pod: Option<(String, Labels, Labels)>,
+    region: Option<IpNet>,
+    profile: usize,
+}
+
+struct CRule {
+    action: RuleAction,
+    audit: bool,
+    ports: Option<Vec<PortMatch>>,
+}
+
+/// Namespace labels including `kubernetes.io/metadata.name`.
+pub(crate) fn namespace_labels(input: &PolicyInput) -> HashMap<String, Labels> {
+    let mut out: HashMap<String, Labels> = HashMap::new();
+    for ns in &input.namespaces {
+        let mut l = ns.labels.clone();
+        l.insert(NAMESPACE_NAME_LABEL.into(), ns.name.clone());
+        out.insert(ns.name.clone(), l);
+    }
+    for p in &input.pods {
+        out.entry(p.namespace.clone()).or_insert_with(|| {
+            Labels::from([(NAMESPACE_NAME_LABEL.to_string(), p.namespace.clone())])
+        });
+    }
+    out
+}
+
+/// Pods on `node`, in endpoint order: (namespace, name).
+pub fn node_endpoints<'a>(input: &'a PolicyInput, node: &str) -> Vec<&'a PodInfo> {
+    let mut v: Vec<&PodInfo> = input.pods.iter().filter(|p| p.node == node).collect();
+    v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    v
+}
+
+/// Policies in precedence order (tier, priority, kind, namespace, name).
+pub fn sorted_policies(policies: &[Policy]) -> Vec<&Policy> {
+    let mut v: Vec<&Policy> = policies.iter().collect();
+    v.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    v
+}
+
+/// Named port `name` (protocol `proto` or any) on a pod with these ports.
+pub fn resolve_named<'a>(
+    ports: &'a [ContainerPort],
+    name: &'a str,
+    proto: Option<Protocol>,
+) -> impl Iterator<Item = &'a ContainerPort> + 'a {
+    ports
+        .iter()
+        .filter(move |c| c.name.as_deref() == Some(name) && proto.is_none_or(|p| p == c.protocol))
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+/// Compiles for the pods on `node` (endpoint order: (namespace, name)).
+pub fn compile(
+    input: &PolicyInput,
+    generation: u64,
+    node: &str,
+) -> Result<PolicySpec, PolicyError> {
+    let eps = node_endpoints(input, node);
+    compile_for(input, generation, &eps)
+}
+
+/// Compiles with `endpoints` (in this order) as the local endpoints.
+pub fn compile_for(
+    input: &PolicyInput,
+    generation: u64,
+    endpoints: &[&PodInfo],
+) -> Result<PolicySpec, PolicyError> {
+    // Objects are unique.
+    let mut seen = BTreeSet::new();
+    for p in &input.policies {
+        if !seen.insert(p.object()) {
+            return Err(PolicyError::Duplicate { object: p.object() });
+        }
+    }
+    let ns_labels = namespace_labels(input);
+    let policies = sorted_policies(&input.policies);
+
+    // Rules, in precedence order of their policies.
+    let mut rules: Vec<RuleInfo> = Vec::new();
+    let mut crules: Vec<CRule> = Vec::new();
+    let mut peers: Vec<&[Peer]> = Vec::new();
+    // Per policy and direction: rule ids.
+    let mut policy_rules: Vec<[Vec<u32>; 2]> = Vec::new();
+    for p in &policies {
+        let mut ids: [Vec<u32>; 2] = [vec![], vec![]];
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for (i, r) in p.rules(dir).iter().enumerate() {
+                ids[dir as usize].push(rules.len() as u32);
+                rules.push(RuleInfo {
+                    tier: p.tier,
+                    kind: p.kind.resource().to_string(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    direction: dir,
+                    index: i,
+                    action: r.action_text.clone(),
+                    priority: (p.tier != Tier::Namespace
+                        && p.kind != Kind::BaselineAdminNetworkPolicy)
+                        .then_some(p.priority),
+                });
+                crules.push(CRule {
+                    action: r.action,
+                    audit: p.audit,
+                    ports: r.ports.clone(),
+                });
+                peers.push(&r.peers);
+            }
+        }
+        policy_rules.push(ids);
+    }
+
+    // Identities: one per (namespace, pod labels), numbered in sorted order.
+    let mut id_keys: BTreeSet<(&str, &Labels)> = BTreeSet::new();
+    for p in &input.pods {
+        id_keys.insert((&p.namespace, &p.labels));
+    }
+    let identities: HashMap<(&str, &Labels), Identity> = id_keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, IDENTITY_FIRST_POD + i as Identity))
+        .collect();
+
+    // CIDR regions: every cidr and except of every peer.
+    let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
+    for ps in &peers {
+        for peer in ps.iter() {
+            if let Peer::Cidr { cidr, except } = peer {
+                prefixes.insert(*cidr);
+                prefixes.extend(except.iter().copied());
+            }
+        }
+    }
+    let region_of = |a: IpAddr| -> Option<IpNet> {
+        prefixes
+            .iter()
+            .filter(|n| n.contains(&a))
+            .max_by_key(|n| n.prefix_len())
+            .copied()
+    };
+
+    // Port profiles (named ports matter only through these).
+    let mut profiles: Vec<&[ContainerPort]> = vec![&[]];
+
+    let pkey = |ports: &'_ [ContainerPort]| -> Vec<(Option<String>, u16, Protocol)> {
+        ports
+            .iter()
+            .map(|c| (c.name.clone(), c.port, c.protocol))
+            .collect()
+    };
+
+    let mut profile_index: HashMap<Vec<(Option<String>, u16, Protocol)>, usize> = HashMap::new();
+    profile_index.insert(vec![], 0);
+    for p in &input.pods {
+        let k = pkey(&p.ports);
+        if !profile_index.contains_key(&k) {
+            profile_index.insert(k, profiles.len());
+            profiles.push(&p.ports);
+        }
+    }
+
+    // Classes.
+    let mut classes: Vec<Class> = Vec::new();
+    let mut class_index: HashMap<(Identity, Option<IpNet>, usize), u32> = HashMap::new();
+    let mut add_class = |classes: &mut Vec<Class>, c: Class| -> u32 {
+        *class_index
+            .entry((c.identity, c.region, c.profile))
+            .or_insert_with(|| {
+                classes.push(c);
+                classes.len() as u32 - 1
+            })
+    };
+    let world_class = add_class(
+        &mut classes,
+        Class {
+            identity: IDENTITY_WORLD,
+            pod: None,
+            region: None,
+            profile: 0,
+        },
+    );
+    let mut spec_prefixes = Vec::new();
+    for n in &prefixes {
+        let c = add_class(
+            &mut classes,
+            Class {
+                identity: IDENTITY_WORLD,
+                pod: None,
+                region: Some(*n),
+                profile: 0,
+            },
+        );
+        spec_prefixes.push((n.network(), n.prefix_len(), c));
+    }
+    let mut addresses: Vec<(IpAddr, u32)> = Vec::new();
+    let mut addr_seen: HashMap<IpAddr, String> = HashMap::new();
+    for p in &input.pods {
+        let identity = identities[&(p.namespace.as_str(), &p.labels)];
+        let profile = profile_index[&pkey(&p.ports)];
+        let nsl = ns_labels[&p.namespace].clone();
+        for a in [p.ipv4.map(IpAddr::V4), p.ipv6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(prev) = addr_seen.insert(a, format!("pods/{}/{}", p.namespace, p.name)) {
+                return Err(PolicyError::Input(format!(
+                    "pods/{}/{}: address {a} is already used by {prev}",
+                    p.namespace, p.name
+                )));
+            }
+            let c = add_class(
+                &mut classes,
+                Class {
+                    identity,
+                    pod: Some((p.namespace.clone(), nsl.clone(), p.labels.clone())),
+                    region: region_of(a),
+                    profile,
+                },
+            );
+            addresses.push((a, c));
+        }
+    }
+    for &a in &input.hosts {
+        if addr_seen.insert(a, "a node".into()).is_some() {
+            continue;
+        }
+        let c = add_class(
+            &mut classes,
+            Class {
+                identity: IDENTITY_HOST,
+                pod: None,
+                region: region_of(a),
+                profile: 0,
+            },
+        );
+        addresses.push((a, c));
+    }
+    let nclasses = classes.len();
+
+    // Which classes each rule's peers match (bitset).
+    let words = nclasses.div_ceil(64);
+    let mut rule_peer: Vec<Vec<u64>> = Vec::with_capacity(rules.len());
+    for ps in &peers {
+        let mut bits = vec![0u64; words];
+        for (k, c) in classes.iter().enumerate() {
+            if ps.iter().any(|peer| peer_matches(peer, c)) {
+                bits[k / 64] |= 1 << (k % 64);
+            }
+        }
+        rule_peer.push(bits);
+    }
+    let peer_has = |rid: u32, k: usize| rule_peer[rid as usize][k / 64] & (1 << (k % 64)) != 0;
+
+    // Tables.
+    let mut cells: Vec<CellSpec> = Vec::new();
+    let mut cell_index: HashMap<CellSpec, u32> = HashMap::new();
+    let mut memo: HashMap<(Vec<u32>, Vec<u32>, Vec<u32>, bool, bool, usize), u32> = HashMap::new();
+    let mut tables: Vec<Vec<u32>> = Vec::new();
+    let mut table_index: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut by_key: HashMap<(Identity, usize), EndpointTables> = HashMap::new();
+    let mut eps_out = Vec::with_capacity(endpoints.len());
+    for pod in endpoints {
+        let identity = identities[&(pod.namespace.as_str(), &pod.labels)];
+        let own_profile = profile_index[&pkey(&pod.ports)];
+        if let Some(t) = by_key.get(&(identity, own_profile)) {
+            eps_out.push(*t);
+            continue;
+        }
+        let nsl = &ns_labels[&pod.namespace];
+        let mut et = EndpointTables::default();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut admin = Vec::new();
+            let mut ns = Vec::new();
+            let mut baseline = Vec::new();
+            let mut iso_any = false;
+            let mut iso_enforced = false;
+            let mut selected = false;
+            for (pi, p) in policies.iter().enumerate() {
+                if !p.subject.selects(&pod.namespace, nsl, &pod.labels) {
+                    continue;
+                }
+                selected = true;
+                let ids = &policy_rules[pi][dir as usize];
+                match p.tier {
+                    Tier::Admin => admin.extend(ids),
+                    Tier::Namespace => {
+                        ns.extend(ids);
+                        if p.isolates(dir) {
+                            iso_any = true;
+                            iso_enforced |= !p.audit;
+                        }
+                    }
+                    Tier::Baseline => baseline.extend(ids),
+                }
+            }
+            if !selected || (admin.is_empty() && ns.is_empty() && baseline.is_empty() && !iso_any) {
+                continue;
+            }
+            let mut row = Vec::with_capacity(nclasses);
+            for (k, class) in classes.iter().enumerate() {
+                let f = |v: &Vec<u32>| {
+                    v.iter()
+                        .copied()
+                        .filter(|&r| peer_has(r, k))
+                        .collect::<Vec<u32>>()
+                };
+                let (a, n, b) = (f(&admin), f(&ns), f(&baseline));
+                // Named ports are those of the destination pod.
+                let profile = match dir {
+                    Direction::Ingress => own_profile,
+                    Direction::Egress => class.profile,
+                };
+                let key = (a, n, b, iso_any, iso_enforced, profile);
+                let cell = match memo.get(&key) {
+                    Some(&c) => c,
+                    None => {
+                        let r = Resolver {
+                            rules: &crules,
+                            admin: &key.0,
+                            ns: &key.1,
+                            baseline: &key.2,
+                            isolated: iso_any,
+                            isolated_enforced: iso_enforced,
+                            ports: profiles[profile],
+                        };
+                        let spec = r.cell();
+                        let id = *cell_index.entry(spec.clone()).or_insert_with(|| {
+                            cells.push(spec);
+                            cells.len() as u32 - 1
+                        });
+                        memo.insert(key, id);
+                        id
+                    }
+                };
+                row.push(cell);
+            }
+            let t = *table_index.entry(row.clone()).or_insert_with(|| {
+                tables.push(row);
+                tables.len() as u32 - 1
+            });
+            match dir {
+                Direction::Ingress => et.ingress = Some(t),
+                Direction::Egress => et.egress = Some(t),
+            }
+        }
+        by_key.insert((identity, own_profile), et);
+        eps_out.push(et);
+    }
+    Ok(PolicySpec {
+        generation,
+        rules,
+        classes: classes.iter().map(|c| c.identity).collect(),
+        addresses,
+        prefixes: spec_prefixes,
+        world_class,
+        cells,
+        tables,
+        endpoints: eps_out,
+    })
+}
+
+fn peer_matches(peer: &Peer, c: &Class) -> bool {
+    match peer {
+        Peer::Any => true,
+        Peer::Pods { namespaces, pods } => match &c.pod {
+            None => false,
+            Some((ns, nsl, labels)) => {
+                let ns_ok = match namespaces {
+                    Namespaces::Same(n) => n == ns,
+                    Namespaces::Selector(s) => s.matches(nsl),
+                };
+                ns_ok && pods.matches(labels)
+            }
+        },
+        Peer::Cidr { cidr, except } => match c.region {
+            Some(r) => cidr.contains(&r) && !except.iter().any(|e| e.contains(&r)),
+            None => false,
+        },
+    }
+}
+
+/// Evaluates the precedence for one (endpoint, direction, peer class).
+struct Resolver<'a> {
+    rules: &'a [CRule],
+    admin: &'a [u32],
+    ns: &'a [u32],
+    baseline: &'a [u32],
+    isolated: bool,
+    isolated_enforced: bool,
+    /// Container ports of the destination pod (named ports).
+    ports: &'a [ContainerPort],
+}
+
+impl Resolver<'_> {
+    fn matches(&self, rid: u32, proto: Option<Protocol>, port: u16) -> bool {
+        let Some(list) = &self.rules[rid as usize].ports else {
+            return true;
+        };
+        let Some(proto) = proto else {
+            return false;
+        };
+        list.iter().any(|m| match m {
+            PortMatch::Range {
+                protocol,
+                start,
+                end,
+            } => *protocol == proto && *start <= port && port <= *end,
+            PortMatch::Named { protocol, name } => resolve_named(self.ports, name, *protocol)
+                .any(|c| c.protocol == proto && c.port == port),
+        })
+    }
+
+    /// The decision for `proto` (None: a protocol without ports) and `port`.
+    fn eval(&self, proto: Option<Protocol>, port: u16) -> Decision {
+        let mut log = false;
+        let mut audit: Option<RuleId> = None;
+        let finish_allow = |rule: RuleId, audit: Option<RuleId>, log: bool| match audit {
+            Some(a) => Decision {
+                audit: true,
+                log,
+                ..Decision::deny(a)
+            },
+            None => Decision {
+                log,
+                ..Decision::allow(rule)
+            },
+        };
+        // 1. Admin tier.
+        'admin: for &r in self.admin {
+            if !self.matches(r, proto, port) {
+                continue;
+            }
+            let cr = &self.rules[r as usize];
+            match cr.action {
+                RuleAction::Log => log = true,
+                RuleAction::Pass => break 'admin,
+                RuleAction::Allow => return finish_allow(RuleId(r), audit, log),
+                RuleAction::Deny if cr.audit => {
+                    audit.get_or_insert(RuleId(r));
+                }
+                RuleAction::Deny => {
+                    return Decision {
+                        log,
+                        ..Decision::deny(RuleId(r))
+                    }
+                }
+            }
+        }
+        // 2. Namespace tier: Deny beats Allow; isolation denies the rest.
+        let mut allow = None;
+        let mut deny = None;
+        let mut audit_deny = None;
+        for &r in self.ns {
+            if !self.matches(r, proto, port) {
+                continue;
+            }
+            let cr = &self.rules[r as usize];
+            match cr.action {
+                RuleAction::Log => log = true,
+                RuleAction::Deny if cr.audit => {
+                    audit_deny.get_or_insert(RuleId(r));
+                }
+                RuleAction::Deny => {
+                    deny.get_or_insert(RuleId(r));
+                }
+                RuleAction::Allow => {
+                    allow.get_or_insert(RuleId(r));
+                }
+                RuleAction::Pass => {}
+            }
+        }
+        if let Some(d) = deny {
+            return Decision {
+                log,
+                ..Decision::deny(d)
+            };
+        }
+        if let Some(a) = audit_deny {
+            audit.get_or_insert(a);
+        }
+        if let Some(a) = allow {
+            return finish_allow(a, audit, log);
+        }
+        if self.isolated {
+            if self.isolated_enforced {
+                return Decision {
+                    log,
+                    ..Decision::deny(RuleId::IMPLICIT_DENY)
+                };
+            }
+            audit.get_or_insert(RuleId::IMPLICIT_DENY);
+        }
+        // 3. Baseline tier.
+        for &r in self.baseline {
+            if !self.matches(r, proto, port) {
+                continue;
+            }
+            match self.rules[r as usize].action {
+                RuleAction::Log => log = true,
+                RuleAction::Pass => break,
+                RuleAction::Allow => return finish_allow(RuleId(r), audit, log),
+                RuleAction::Deny => {
+                    return Decision {
+                        log,
+                        ..Decision::deny(RuleId(r))
+                    }
+                }
+            }
+        }
+        // 4. Default allow.
+        finish_allow(RuleId::DEFAULT_ALLOW, audit, log)
+    }
+
+    /// Segment boundaries of one protocol's port space.
+    fn segments(&self, proto: Protocol) -> Vec<(u16, Decision)> {
+        let mut bounds: BTreeSet<u32> = BTreeSet::from([0]);
+        for &r in self.admin.iter().chain(self.ns).chain(self.baseline) {
+            for m in self.rules[r as usize].ports.iter().flatten() {
+                match m {
+                    PortMatch::Range {
+                        protocol,
+                        start,
+                        end,
+                    } if *protocol == proto => {
+                        bounds.insert(*start as u32);
+                        bounds.insert(*end as u32 + 1);
+                    }
+                    PortMatch::Named { protocol, name } => {
+                        for c in resolve_named(self.ports, name, *protocol) {
+                            if c.protocol == proto {
+                                bounds.insert(c.port as u32);
+                                bounds.insert(c.port as u32 + 1);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out: Vec<(u16, Decision)> = Vec::new();
+        for b in bounds.into_iter().filter(|&b| b <= 65535) {
+            let d = self.eval(Some(proto), b as u16);
+            if out.last().map(|l| l.1) != Some(d) {
+                out.push((b as u16, d));
+            }
+        }
+        out
+    }
+
+    fn cell(&self) -> CellSpec {
+        CellSpec {
+            other: self.eval(None, 0),
+            tcp: self.segments(Protocol::Tcp),
+            udp: self.segments(Protocol::Udp),
+            sctp: self.segments(Protocol::Sctp),
+        }
+    }
+}
+
+/// The protocol number of a Kubernetes protocol.
+pub fn protocol_number(p: Protocol) -> u8 {
+    proto_number(p)
+}

@@ -1,0 +1,1039 @@
+//! Policy manifests into [`Policy`] values: routes documents by kind,
+//! decodes only the fields weir reads (unknown fields are ignored, as the API
+//! server's non-strict decoding does, except weir's own reserved `http`),
+//! validates, and reports the first problem as one line:
+//! `<resource>/<ns>/<name>: <field path>: <why>`.
+
+use crate::model::*;
+use crate::selector::{Labels, Operator, Requirement, Selector};
+use crate::PolicyError;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_yaml::Value;
+use weir_topo::manifest::{split_documents, Document};
+
+pub const NETWORKING_V1: &str = "networking.k8s.io/v1";
+pub const NETPOL_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
+pub const NETPOL_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
+pub const WEIR_V1ALPHA1: &str = "weir.dev/v1alpha1";
+
+/// Whether [`parse_document`] reads documents of that kind.
+pub fn is_policy_kind(api_version: &str, kind: &str) -> bool {
+    matches!(
+        (api_version, kind),
+        (NETWORKING_V1, "NetworkPolicy")
+            | (NETPOL_V1ALPHA2, "ClusterNetworkPolicy")
+            | (NETPOL_V1ALPHA1, "AdminNetworkPolicy")
+            | (NETPOL_V1ALPHA1, "BaselineAdminNetworkPolicy")
+            | (WEIR_V1ALPHA1, "WeirPolicy")
+            | (WEIR_V1ALPHA1, "WeirClusterPolicy")
+    )
+}
+
+/// Parses every document of `text`; each must be a policy kind.
+pub fn parse_str(text: &str, source: &str) -> Result<Vec<Policy>, PolicyError> {
+    let mut out = Vec::new();
+    for doc in split_documents(text, source)? {
+        out.push(parse_document(&doc)?);
+    }
+    Ok(out)
+}
+
+/// Parses one document of a policy kind.
+pub fn parse_document(doc: &Document) -> Result<Policy, PolicyError> {
+    if !is_policy_kind(&doc.api_version, &doc.kind) {
+        return Err(PolicyError::UnknownKind {
+            file: doc.file.clone(),
+            index: doc.index,
+            kind: doc.kind.clone(),
+            api_version: doc.api_version.clone(),
+        });
+    }
+    let meta = doc.value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let namespaced = matches!(doc.kind.as_str(), "NetworkPolicy" | "WeirPolicy");
+    let namespace = namespaced.then(|| {
+        meta.and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or(weir_topo::manifest::DEFAULT_NAMESPACE)
+            .to_string()
+    });
+    let kind = match doc.kind.as_str() {
+        "NetworkPolicy" => Kind::NetworkPolicy,
+        "ClusterNetworkPolicy" => Kind::ClusterNetworkPolicy,
+        "AdminNetworkPolicy" => Kind::AdminNetworkPolicy,
+        "BaselineAdminNetworkPolicy" => Kind::BaselineAdminNetworkPolicy,
+        "WeirPolicy" => Kind::WeirPolicy,
+        _ => Kind::WeirClusterPolicy,
+    };
+    let mut cx = Cx {
+        object: match &namespace {
+            Some(ns) => format!("{}/{}/{}", kind.resource(), ns, name),
+            None => format!("{}/{}", kind.resource(), name),
+        },
+    };
+    if name.is_empty() {
+        cx.object = format!("{}: document {}", doc.file, doc.index);
+        return Err(cx.err("metadata.name", "required"));
+    }
+    let base = Policy {
+        kind,
+        namespace: namespace.clone(),
+        name,
+        tier: Tier::Namespace,
+        priority: 0,
+        subject: Subject::Cluster {
+            namespaces: Selector::everything(),
+            pods: Selector::everything(),
+        },
+        ingress: vec![],
+        egress: vec![],
+        isolates: [false, false],
+        audit: false,
+    };
+    match kind {
+        Kind::NetworkPolicy => network_policy(&cx, doc, base),
+        Kind::WeirPolicy | Kind::WeirClusterPolicy => weir_policy(&cx, doc, base),
+        Kind::ClusterNetworkPolicy => cluster_network_policy(&cx, doc, base),
+        Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => admin_policy(&cx, doc, base),
+    }
+}
+
+struct Cx {
+    object: String,
+}
+
+impl Cx {
+    fn err(&self, field: impl Into<String>, msg: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            object: self.object.clone(),
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(&self, doc: &Document) -> Result<T, PolicyError> {
+        serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            self.err(path, e.into_inner().to_string())
+        })
+    }
+}
+
+// ---- wire shapes ----
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawSelector {
+    match_labels: Option<Labels>,
+    match_expressions: Option<Vec<RawRequirement>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRequirement {
+    key: Option<String>,
+    operator: Option<String>,
+    values: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawNpPeer {
+    pod_selector: Option<RawSelector>,
+    namespace_selector: Option<RawSelector>,
+    ip_block: Option<RawIpBlock>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawIpBlock {
+    cidr: Option<String>,
+    except: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawNpPort {
+    protocol: Option<String>,
+    port: Option<Value>,
+    end_port: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNpRule {
+    from: Option<Vec<RawNpPeer>>,
+    to: Option<Vec<RawNpPeer>>,
+    ports: Option<Vec<RawNpPort>>,
+    // weir only:
+    action: Option<String>,
+    name: Option<String>,
+    http: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawNpSpec {
+    pod_selector: Option<RawSelector>,
+    policy_types: Option<Vec<String>>,
+    ingress: Option<Vec<RawNpRule>>,
+    egress: Option<Vec<RawNpRule>>,
+    // weir only:
+    priority: Option<i64>,
+    audit: Option<bool>,
+    subject: Option<RawWeirSubject>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawWeirSubject {
+    namespace_selector: Option<RawSelector>,
+    pod_selector: Option<RawSelector>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNpDoc {
+    spec: RawNpSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawNamespacedPod {
+    namespace_selector: Option<RawSelector>,
+    pod_selector: Option<RawSelector>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawClusterPeer {
+    namespaces: Option<RawSelector>,
+    pods: Option<RawNamespacedPod>,
+    networks: Option<Vec<String>>,
+    nodes: Option<Value>,
+    #[serde(rename = "domainNames")]
+    domain_names: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAnpPortNumber {
+    protocol: Option<String>,
+    port: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAnpPortRange {
+    protocol: Option<String>,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawAnpPort {
+    port_number: Option<RawAnpPortNumber>,
+    named_port: Option<String>,
+    port_range: Option<RawAnpPortRange>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCnpPort {
+    number: Option<i64>,
+    range: Option<RawAnpPortRange>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawCnpProtoPort {
+    destination_port: Option<RawCnpPort>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawCnpProtocol {
+    tcp: Option<RawCnpProtoPort>,
+    udp: Option<RawCnpProtoPort>,
+    sctp: Option<RawCnpProtoPort>,
+    destination_named_port: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawClusterRule {
+    name: Option<String>,
+    action: Option<String>,
+    from: Option<Vec<RawClusterPeer>>,
+    to: Option<Vec<RawClusterPeer>>,
+    ports: Option<Vec<RawAnpPort>>,
+    protocols: Option<Vec<RawCnpProtocol>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawClusterSpec {
+    tier: Option<String>,
+    priority: Option<i64>,
+    subject: Option<RawClusterPeer>,
+    ingress: Option<Vec<RawClusterRule>>,
+    egress: Option<Vec<RawClusterRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawClusterDoc {
+    spec: Option<RawClusterSpec>,
+}
+
+// ---- pieces ----
+
+fn selector(cx: &Cx, field: &str, raw: &Option<RawSelector>) -> Result<Selector, PolicyError> {
+    let Some(raw) = raw else {
+        return Ok(Selector::everything());
+    };
+    let mut sel = Selector {
+        match_labels: raw.match_labels.clone().unwrap_or_default(),
+        match_expressions: vec![],
+    };
+    for (i, r) in raw.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        let key = match &r.key {
+            Some(k) if !k.is_empty() => k.clone(),
+            _ => return Err(cx.err(format!("{f}.key"), "required")),
+        };
+        let op =
+            match r.operator.as_deref() {
+                Some("In") => Operator::In,
+                Some("NotIn") => Operator::NotIn,
+                Some("Exists") => Operator::Exists,
+                Some("DoesNotExist") => Operator::DoesNotExist,
+                Some(other) => return Err(cx.err(
+                    format!("{f}.operator"),
+                    format!(
+                        "unknown operator {other:?}; expected In, NotIn, Exists or DoesNotExist"
+                    ),
+                )),
+                None => return Err(cx.err(format!("{f}.operator"), "required")),
+            };
+        let values = r.values.clone().unwrap_or_default();
+        match op {
+            Operator::In | Operator::NotIn if values.is_empty() => {
+                return Err(cx.err(
+                    format!("{f}.values"),
+                    format!("must be non-empty for operator {op:?}"),
+                ))
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                return Err(cx.err(
+                    format!("{f}.values"),
+                    format!("must be empty for operator {op:?}"),
+                ))
+            }
+            _ => {}
+        }
+        sel.match_expressions.push(Requirement { key, op, values });
+    }
+    Ok(sel)
+}
+
+fn cidr(cx: &Cx, field: &str, text: &str) -> Result<IpNet, PolicyError> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| cx.err(field, format!("{text:?} is not a CIDR")))?;
+    Ok(net.trunc())
+}
+
+fn protocol(cx: &Cx, field: &str, p: Option<&str>) -> Result<Protocol, PolicyError> {
+    match p {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(cx.err(
+            field,
+            format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"),
+        )),
+    }
+}
+
+fn port_number(cx: &Cx, field: &str, n: i64) -> Result<u16, PolicyError> {
+    if (1..=65535).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(cx.err(field, format!("{n} is not a port (1-65535)")))
+    }
+}
+
+/// IANA_SVC_NAME: 1-15 of [a-z0-9-], at least one letter, no leading,
+/// trailing or double hyphen.
+fn port_name(cx: &Cx, field: &str, name: &str) -> Result<String, PolicyError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(cx.err(
+            field,
+            format!("{name:?} is not a valid port name (IANA_SVC_NAME)"),
+        ))
+    }
+}
+
+fn np_ports(
+    cx: &Cx,
+    field: &str,
+    raw: &Option<Vec<RawNpPort>>,
+) -> Result<Option<Vec<PortMatch>>, PolicyError> {
+    let Some(raw) = raw.as_ref().filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let proto = protocol(cx, &format!("{f}.protocol"), p.protocol.as_deref())?;
+        match &p.port {
+            None | Some(Value::Null) => {
+                if p.end_port.is_some() {
+                    return Err(cx.err(format!("{f}.endPort"), "requires port"));
+                }
+                out.push(PortMatch::all(proto));
+            }
+            Some(Value::Number(n)) => {
+                let n = n.as_i64().unwrap_or(-1);
+                let start = port_number(cx, &format!("{f}.port"), n)?;
+                let end = match p.end_port {
+                    None => start,
+                    Some(e) => {
+                        let e = port_number(cx, &format!("{f}.endPort"), e)?;
+                        if e < start {
+                            return Err(cx.err(
+                                format!("{f}.endPort"),
+                                format!("{e} is less than port {start}"),
+                            ));
+                        }
+                        e
+                    }
+                };
+                out.push(PortMatch::Range {
+                    protocol: proto,
+                    start,
+                    end,
+                });
+            }
+            Some(Value::String(s)) => {
+                let name = port_name(cx, &format!("{f}.port"), s)?;
+                if p.end_port.is_some() {
+                    return Err(
+                        cx.err(format!("{f}.endPort"), "may not be set when port is a name")
+                    );
+                }
+                out.push(PortMatch::Named {
+                    protocol: Some(proto),
+                    name,
+                });
+            }
+            Some(_) => return Err(cx.err(format!("{f}.port"), "must be a number or a name")),
+        }
+    }
+    Ok(Some(out))
+}
+
+fn np_peers(
+    cx: &Cx,
+    field: &str,
+    raw: &Option<Vec<RawNpPeer>>,
+    own_namespace: Option<&str>,
+) -> Result<Vec<Peer>, PolicyError> {
+    let Some(raw) = raw.as_ref().filter(|r| !r.is_empty()) else {
+        return Ok(vec![Peer::Any]);
+    };
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Some(b) = &p.ip_block {
+            if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+                return Err(cx.err(
+                    f,
+                    "ipBlock may not be combined with podSelector or namespaceSelector",
+                ));
+            }
+            let c = match &b.cidr {
+                Some(c) => cidr(cx, &format!("{f}.ipBlock.cidr"), c)?,
+                None => return Err(cx.err(format!("{f}.ipBlock.cidr"), "required")),
+            };
+            let mut except = Vec::new();
+            for (j, e) in b.except.iter().flatten().enumerate() {
+                let ef = format!("{f}.ipBlock.except[{j}]");
+                let e = cidr(cx, &ef, e)?;
+                if !c.contains(&e) || e == c {
+                    return Err(cx.err(ef, format!("{e} is not strictly inside {c}")));
+                }
+                except.push(e);
+            }
+            out.push(Peer::Cidr { cidr: c, except });
+            continue;
+        }
+        if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+            return Err(cx.err(f, "must set podSelector, namespaceSelector or ipBlock"));
+        }
+        let pods = selector(cx, &format!("{f}.podSelector"), &p.pod_selector)?;
+        let namespaces = match (&p.namespace_selector, own_namespace) {
+            (Some(_), _) | (None, None) => Namespaces::Selector(selector(
+                cx,
+                &format!("{f}.namespaceSelector"),
+                &p.namespace_selector,
+            )?),
+            (None, Some(ns)) => Namespaces::Same(ns.to_string()),
+        };
+        out.push(Peer::Pods { namespaces, pods });
+    }
+    Ok(out)
+}
+
+fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
+    let raw: RawNpDoc = cx.decode(doc)?;
+    let spec = raw.spec;
+    let ns = p.namespace.clone().unwrap_or_default();
+    p.subject = Subject::Namespace {
+        namespace: ns.clone(),
+        pods: selector(cx, "spec.podSelector", &spec.pod_selector)?,
+    };
+    for (dir, rules, peers_field) in [
+        (Direction::Ingress, &spec.ingress, "from"),
+        (Direction::Egress, &spec.egress, "to"),
+    ] {
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().flatten().enumerate() {
+            let f = format!("spec.{}[{i}]", dir.as_str());
+            let peers = if dir == Direction::Ingress {
+                &r.from
+            } else {
+                &r.to
+            };
+            out.push(Rule {
+                action: RuleAction::Allow,
+                action_text: "Allow".into(),
+                peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, Some(&ns))?,
+                ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
+                name: None,
+            });
+        }
+        match dir {
+            Direction::Ingress => p.ingress = out,
+            Direction::Egress => p.egress = out,
+        }
+    }
+    p.isolates = match &spec.policy_types {
+        Some(types) if !types.is_empty() => {
+            let mut iso = [false, false];
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => iso[0] = true,
+                    "Egress" => iso[1] = true,
+                    other => {
+                        return Err(cx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?}; expected Ingress or Egress"),
+                        ))
+                    }
+                }
+            }
+            iso
+        }
+        // Upstream defaulting: Ingress always, Egress iff egress rules exist.
+        _ => [true, !p.egress.is_empty()],
+    };
+    Ok(p)
+}
+
+fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
+    let raw: RawNpDoc = cx.decode(doc)?;
+    let spec = raw.spec;
+    let cluster = p.kind == Kind::WeirClusterPolicy;
+    p.audit = spec.audit.unwrap_or(false);
+    if cluster {
+        p.tier = Tier::Admin;
+        p.priority = match spec.priority {
+            Some(n) if (0..=1000).contains(&n) => n as i32,
+            Some(n) => return Err(cx.err("spec.priority", format!("{n} is not in 0-1000"))),
+            None => return Err(cx.err("spec.priority", "required")),
+        };
+        if spec.pod_selector.is_some() {
+            return Err(cx.err(
+                "spec.podSelector",
+                "not a WeirClusterPolicy field; use spec.subject.podSelector",
+            ));
+        }
+        let s = spec.subject.unwrap_or_default();
+        p.subject = Subject::Cluster {
+            namespaces: selector(cx, "spec.subject.namespaceSelector", &s.namespace_selector)?,
+            pods: selector(cx, "spec.subject.podSelector", &s.pod_selector)?,
+        };
+    } else {
+        if spec.priority.is_some() {
+            return Err(cx.err(
+                "spec.priority",
+                "not a WeirPolicy field (namespace policies have no priority)",
+            ));
+        }
+        if spec.subject.is_some() {
+            return Err(cx.err(
+                "spec.subject",
+                "not a WeirPolicy field; use spec.podSelector",
+            ));
+        }
+        p.subject = Subject::Namespace {
+            namespace: p.namespace.clone().unwrap_or_default(),
+            pods: selector(cx, "spec.podSelector", &spec.pod_selector)?,
+        };
+    }
+    if spec.policy_types.is_some() {
+        return Err(cx.err(
+            "spec.policyTypes",
+            "not a weir.dev field (a WeirPolicy isolates a direction iff it has an Allow rule there)",
+        ));
+    }
+    let own_ns = if cluster { None } else { p.namespace.clone() };
+    for (dir, rules, peers_field) in [
+        (Direction::Ingress, &spec.ingress, "from"),
+        (Direction::Egress, &spec.egress, "to"),
+    ] {
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().flatten().enumerate() {
+            let f = format!("spec.{}[{i}]", dir.as_str());
+            let action = match r.action.as_deref() {
+                Some("Allow") => RuleAction::Allow,
+                Some("Deny") => RuleAction::Deny,
+                Some("Log") => RuleAction::Log,
+                Some("Pass") if cluster => RuleAction::Pass,
+                Some("Pass") => {
+                    return Err(cx.err(
+                        format!("{f}.action"),
+                        "Pass is only meaningful in a WeirClusterPolicy (Admin tier)",
+                    ))
+                }
+                Some(other) => {
+                    return Err(cx.err(
+                        format!("{f}.action"),
+                        format!("unknown action {other:?}; expected Allow, Deny, Pass or Log"),
+                    ))
+                }
+                None => return Err(cx.err(format!("{f}.action"), "required")),
+            };
+            if r.http.is_some() {
+                return Err(cx.err(
+                    format!("{f}.http"),
+                    "L7 (HTTP) rules are reserved and not implemented yet",
+                ));
+            }
+            let peers = if dir == Direction::Ingress {
+                &r.from
+            } else {
+                &r.to
+            };
+            out.push(Rule {
+                action,
+                action_text: r.action.clone().unwrap_or_default(),
+                peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, own_ns.as_deref())?,
+                ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
+                name: r.name.clone(),
+            });
+        }
+        match dir {
+            Direction::Ingress => p.ingress = out,
+            Direction::Egress => p.egress = out,
+        }
+    }
+    if !cluster {
+        p.isolates = [
+            p.ingress.iter().any(|r| r.action == RuleAction::Allow),
+            p.egress.iter().any(|r| r.action == RuleAction::Allow),
+        ];
+    }
+    Ok(p)
+}
+
+fn cluster_subject(cx: &Cx, raw: &Option<RawClusterPeer>) -> Result<Subject, PolicyError> {
+    let Some(s) = raw else {
+        return Err(cx.err("spec.subject", "required"));
+    };
+    match (&s.namespaces, &s.pods) {
+        (Some(_), None) => Ok(Subject::Cluster {
+            namespaces: selector(cx, "spec.subject.namespaces", &s.namespaces)?,
+            pods: Selector::everything(),
+        }),
+        (None, Some(p)) => Ok(Subject::Cluster {
+            namespaces: selector(
+                cx,
+                "spec.subject.pods.namespaceSelector",
+                &p.namespace_selector,
+            )?,
+            pods: selector(cx, "spec.subject.pods.podSelector", &p.pod_selector)?,
+        }),
+        _ => Err(cx.err(
+            "spec.subject",
+            "exactly one of namespaces or pods must be set",
+        )),
+    }
+}
+
+fn cluster_peers(
+    cx: &Cx,
+    field: &str,
+    raw: &Option<Vec<RawClusterPeer>>,
+    egress: bool,
+) -> Result<Vec<Peer>, PolicyError> {
+    let raw = match raw {
+        Some(r) if !r.is_empty() => r,
+        _ => return Err(cx.err(field, "required (at least one peer)")),
+    };
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let set = [
+            p.namespaces.is_some(),
+            p.pods.is_some(),
+            p.networks.is_some(),
+            p.nodes.is_some(),
+            p.domain_names.is_some(),
+        ];
+        if set.iter().filter(|b| **b).count() != 1 {
+            return Err(cx.err(f, "exactly one of namespaces, pods or networks must be set"));
+        }
+        if let Some(n) = &p.namespaces {
+            out.push(Peer::Pods {
+                namespaces: Namespaces::Selector(selector(
+                    cx,
+                    &format!("{f}.namespaces"),
+                    &Some(n.clone_sel()),
+                )?),
+                pods: Selector::everything(),
+            });
+        } else if let Some(pp) = &p.pods {
+            out.push(Peer::Pods {
+                namespaces: Namespaces::Selector(selector(
+                    cx,
+                    &format!("{f}.pods.namespaceSelector"),
+                    &pp.namespace_selector,
+                )?),
+                pods: selector(cx, &format!("{f}.pods.podSelector"), &pp.pod_selector)?,
+            });
+        } else if let Some(nets) = &p.networks {
+            if !egress {
+                return Err(cx.err(format!("{f}.networks"), "only allowed in egress rules"));
+            }
+            if nets.is_empty() {
+                return Err(cx.err(format!("{f}.networks"), "must not be empty"));
+            }
+            for (j, n) in nets.iter().enumerate() {
+                out.push(Peer::Cidr {
+                    cidr: cidr(cx, &format!("{f}.networks[{j}]"), n)?,
+                    except: vec![],
+                });
+            }
+        } else if p.nodes.is_some() {
+            return Err(cx.err(format!("{f}.nodes"), "node peers are not supported yet"));
+        } else {
+            return Err(cx.err(
+                format!("{f}.domainNames"),
+                "domain name peers are not supported",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+impl RawSelector {
+    fn clone_sel(&self) -> RawSelector {
+        RawSelector {
+            match_labels: self.match_labels.clone(),
+            match_expressions: self.match_expressions.as_ref().map(|v| {
+                v.iter()
+                    .map(|r| RawRequirement {
+                        key: r.key.clone(),
+                        operator: r.operator.clone(),
+                        values: r.values.clone(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+fn range(cx: &Cx, f: &str, r: &RawAnpPortRange, proto: Protocol) -> Result<PortMatch, PolicyError> {
+    let start = port_number(cx, &format!("{f}.start"), r.start.unwrap_or(0))?;
+    let end = port_number(cx, &format!("{f}.end"), r.end.unwrap_or(0))?;
+    if end <= start {
+        return Err(cx.err(
+            format!("{f}.end"),
+            format!("{end} is not greater than start {start}"),
+        ));
+    }
+    Ok(PortMatch::Range {
+        protocol: proto,
+        start,
+        end,
+    })
+}
+
+fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
+    let raw: RawClusterDoc = cx.decode(doc)?;
+    let Some(spec) = raw.spec else {
+        return Err(cx.err("spec", "required"));
+    };
+    let banp = p.kind == Kind::BaselineAdminNetworkPolicy;
+    if banp {
+        p.tier = Tier::Baseline;
+        p.priority = 1001;
+        if p.name != "default" {
+            return Err(cx.err(
+                "metadata.name",
+                "a BaselineAdminNetworkPolicy must be named \"default\"",
+            ));
+        }
+    } else {
+        p.tier = Tier::Admin;
+        p.priority = match spec.priority {
+            Some(n) if (0..=1000).contains(&n) => n as i32,
+            Some(n) => return Err(cx.err("spec.priority", format!("{n} is not in 0-1000"))),
+            None => return Err(cx.err("spec.priority", "required")),
+        };
+    }
+    p.subject = cluster_subject(cx, &spec.subject)?;
+    for (dir, rules) in [
+        (Direction::Ingress, &spec.ingress),
+        (Direction::Egress, &spec.egress),
+    ] {
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().flatten().enumerate() {
+            let f = format!("spec.{}[{i}]", dir.as_str());
+            let action = match (r.action.as_deref(), banp) {
+                (Some("Allow"), _) => RuleAction::Allow,
+                (Some("Deny"), _) => RuleAction::Deny,
+                (Some("Pass"), false) => RuleAction::Pass,
+                (Some(other), _) => {
+                    let want = if banp {
+                        "Allow or Deny"
+                    } else {
+                        "Allow, Deny or Pass"
+                    };
+                    return Err(cx.err(
+                        format!("{f}.action"),
+                        format!("unknown action {other:?}; expected {want}"),
+                    ));
+                }
+                (None, _) => return Err(cx.err(format!("{f}.action"), "required")),
+            };
+            let (peers, pf) = if dir == Direction::Ingress {
+                (&r.from, "from")
+            } else {
+                (&r.to, "to")
+            };
+            let peers = cluster_peers(cx, &format!("{f}.{pf}"), peers, dir == Direction::Egress)?;
+            let ports = match &r.ports {
+                None => None,
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (j, pp) in list.iter().enumerate() {
+                        let pf = format!("{f}.ports[{j}]");
+                        let n = [
+                            pp.port_number.is_some(),
+                            pp.named_port.is_some(),
+                            pp.port_range.is_some(),
+                        ];
+                        if n.iter().filter(|b| **b).count() != 1 {
+                            return Err(cx.err(
+                                pf,
+                                "exactly one of portNumber, namedPort or portRange must be set",
+                            ));
+                        }
+                        if let Some(num) = &pp.port_number {
+                            let proto = protocol(
+                                cx,
+                                &format!("{pf}.portNumber.protocol"),
+                                num.protocol.as_deref(),
+                            )?;
+                            let port = match num.port {
+                                Some(n) => port_number(cx, &format!("{pf}.portNumber.port"), n)?,
+                                None => {
+                                    return Err(cx.err(format!("{pf}.portNumber.port"), "required"))
+                                }
+                            };
+                            out.push(PortMatch::Range {
+                                protocol: proto,
+                                start: port,
+                                end: port,
+                            });
+                        } else if let Some(name) = &pp.named_port {
+                            out.push(PortMatch::Named {
+                                protocol: None,
+                                name: port_name(cx, &format!("{pf}.namedPort"), name)?,
+                            });
+                        } else if let Some(r) = &pp.port_range {
+                            let proto = protocol(
+                                cx,
+                                &format!("{pf}.portRange.protocol"),
+                                r.protocol.as_deref(),
+                            )?;
+                            out.push(range(cx, &format!("{pf}.portRange"), r, proto)?);
+                        }
+                    }
+                    Some(out)
+                }
+            };
+            out.push(Rule {
+                action,
+                action_text: r.action.clone().unwrap_or_default(),
+                peers,
+                ports,
+                name: r.name.clone(),
+            });
+        }
+        match dir {
+            Direction::Ingress => p.ingress = out,
+            Direction::Egress => p.egress = out,
+        }
+    }
+    Ok(p)
+}
+
+fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
+    let raw: RawClusterDoc = cx.decode(doc)?;
+    let Some(spec) = raw.spec else {
+        return Err(cx.err("spec", "required"));
+    };
+    p.tier = match spec.tier.as_deref() {
+        Some("Admin") => Tier::Admin,
+        Some("Baseline") => Tier::Baseline,
+        Some(other) => {
+            return Err(cx.err(
+                "spec.tier",
+                format!("unknown tier {other:?}; expected Admin or Baseline"),
+            ))
+        }
+        None => return Err(cx.err("spec.tier", "required")),
+    };
+    p.priority = match spec.priority {
+        Some(n) if (0..=1000).contains(&n) => n as i32,
+        Some(n) => return Err(cx.err("spec.priority", format!("{n} is not in 0-1000"))),
+        None => return Err(cx.err("spec.priority", "required")),
+    };
+    p.subject = cluster_subject(cx, &spec.subject)?;
+    for (dir, rules) in [
+        (Direction::Ingress, &spec.ingress),
+        (Direction::Egress, &spec.egress),
+    ] {
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().flatten().enumerate() {
+            let f = format!("spec.{}[{i}]", dir.as_str());
+            let action = match r.action.as_deref() {
+                Some("Accept") => RuleAction::Allow,
+                Some("Deny") => RuleAction::Deny,
+                Some("Pass") => RuleAction::Pass,
+                Some(other) => {
+                    return Err(cx.err(
+                        format!("{f}.action"),
+                        format!("unknown action {other:?}; expected Accept, Deny or Pass"),
+                    ))
+                }
+                None => return Err(cx.err(format!("{f}.action"), "required")),
+            };
+            if r.ports.is_some() {
+                return Err(cx.err(format!("{f}.ports"), "not a v1alpha2 field; use protocols"));
+            }
+            let (peers, pf) = if dir == Direction::Ingress {
+                (&r.from, "from")
+            } else {
+                (&r.to, "to")
+            };
+            let peers = cluster_peers(cx, &format!("{f}.{pf}"), peers, dir == Direction::Egress)?;
+            let ports = match &r.protocols {
+                None => None,
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (j, pp) in list.iter().enumerate() {
+                        let pf = format!("{f}.protocols[{j}]");
+                        let set = [
+                            pp.tcp.is_some(),
+                            pp.udp.is_some(),
+                            pp.sctp.is_some(),
+                            pp.destination_named_port.is_some(),
+                        ];
+                        if set.iter().filter(|b| **b).count() != 1 {
+                            return Err(cx.err(
+                                pf,
+                                "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
+                            ));
+                        }
+                        if let Some(name) = &pp.destination_named_port {
+                            out.push(PortMatch::Named {
+                                protocol: None,
+                                name: port_name(cx, &format!("{pf}.destinationNamedPort"), name)?,
+                            });
+                            continue;
+                        }
+                        let (proto, pr, key) = if let Some(t) = &pp.tcp {
+                            (Protocol::Tcp, t, "tcp")
+                        } else if let Some(u) = &pp.udp {
+                            (Protocol::Udp, u, "udp")
+                        } else {
+                            (
+                                Protocol::Sctp,
+                                pp.sctp.as_ref().expect("one is set"),
+                                "sctp",
+                            )
+                        };
+                        let pf = format!("{pf}.{key}.destinationPort");
+                        match &pr.destination_port {
+                            None => out.push(PortMatch::all(proto)),
+                            Some(d) => match (d.number, &d.range) {
+                                (Some(n), None) => {
+                                    let n = port_number(cx, &format!("{pf}.number"), n)?;
+                                    out.push(PortMatch::Range {
+                                        protocol: proto,
+                                        start: n,
+                                        end: n,
+                                    });
+                                }
+                                (None, Some(r)) => {
+                                    out.push(range(cx, &format!("{pf}.range"), r, proto)?)
+                                }
+                                _ => {
+                                    return Err(
+                                        cx.err(pf, "exactly one of number or range must be set")
+                                    )
+                                }
+                            },
+                        }
+                    }
+                    Some(out)
+                }
+            };
+            out.push(Rule {
+                action,
+                action_text: r.action.clone().unwrap_or_default(),
+                peers,
+                ports,
+                name: r.name.clone(),
+            });
+        }
+        match dir {
+            Direction::Ingress => p.ingress = out,
+            Direction::Egress => p.egress = out,
+        }
+    }
+    Ok(p)
+}
