@@ -44,6 +44,7 @@ pub fn compile_node(
         node_ipv6: n.ipv6,
         ports,
         endpoints,
+        ..Default::default()
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;

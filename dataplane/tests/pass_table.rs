@@ -51,6 +51,7 @@ fn spec() -> SnapshotSpec {
         node_ipv6: Some(node6().into()),
         ports: vec![port(0, 1500), port(1, 1500), port(2, 1400), port(3, 1500)],
         endpoints: vec![ep(0, "a"), ep(1, "b"), ep(2, "c")],
+        ..Default::default()
     }
 }
 
