@@ -12,7 +12,7 @@
 //!
 //! Locking: one `Mutex` per bucket (a futex word; uncontended it is one
 //! compare-and-swap to take and one swap to release, no syscall). A critical
-//! section scans 8 tags, compares at most a few keys and updates one entry:
+//! section scans 16 tags (one cache line), compares at most a few keys and updates one entry:
 //! tens of nanoseconds. Nothing in it allocates, calls out (policy is judged
 //! outside the lock) or can panic. With ≥32k buckets and a handful of
 //! workers, two workers meet on the same bucket only when they handle the
@@ -44,7 +44,7 @@ use crate::wire::ip_proto;
 use crate::wire::tcp::flags as tcpf;
 
 /// Entries per bucket.
-pub const WAYS: usize = 8;
+pub const WAYS: usize = 16;
 
 /// Default number of entries of a node's table.
 pub const DEFAULT_SIZE: usize = 262_144;
@@ -1005,15 +1005,17 @@ mod tests {
         let ct = Conntrack::new(WAYS, Timeouts::default());
         assert_eq!(ct.capacity(), WAYS);
         let key = |i: u16| k4([10, 1, 0, 2], 1000 + i, [10, 1, 0, 1], 80, ip_proto::TCP);
-        // 6 established, 1 closing, 1 SYN-SENT.
+        // WAYS-2 established, 1 closing, 1 SYN-SENT.
+        let closing = WAYS as u16 - 2;
+        let syn = WAYS as u16 - 1;
         for i in 0..WAYS as u16 {
             let k = key(i);
             ct.insert(&k, Seg::Tcp(SYN), adm(1), 0);
-            if i < 7 {
+            if i <= closing {
                 ct.track(&rev(&k), Seg::Tcp(SYNACK), 1, 0);
                 ct.track(&k, Seg::Tcp(ACK), 1, 0);
             }
-            if i == 6 {
+            if i == closing {
                 ct.track(&k, Seg::Tcp(FINACK), 1, 0);
             }
         }
@@ -1023,14 +1025,14 @@ mod tests {
             ct.insert(&n1, Seg::Tcp(SYN), adm(1), 1),
             Insert::Inserted { evicted: true }
         );
-        assert!(ct.peek(&key(6), 1).is_none());
-        assert!(ct.peek(&key(7), 1).is_some());
+        assert!(ct.peek(&key(closing), 1).is_none());
+        assert!(ct.peek(&key(syn), 1).is_some());
         let n2 = key(101);
         assert_eq!(
             ct.insert(&n2, Seg::Tcp(SYN), adm(1), 2),
             Insert::Inserted { evicted: true }
         );
-        assert!(ct.peek(&key(7), 2).is_none());
+        assert!(ct.peek(&key(syn), 2).is_none());
         // Now a new SYN evicts the oldest SYN-SENT (n1), never established.
         let n3 = key(102);
         assert_eq!(
@@ -1045,7 +1047,7 @@ mod tests {
             ct.track(&k, Seg::Tcp(ACK), 1, 4);
         }
         assert_eq!(ct.insert(&key(103), Seg::Tcp(SYN), adm(1), 5), Insert::Full);
-        for i in 0..6 {
+        for i in 0..closing {
             assert_eq!(state(&ct, &key(i), 5), Some(State::Established));
         }
         assert_eq!(ct.count(5), WAYS);

@@ -87,7 +87,7 @@ pub struct DataplaneConfig {
     /// Entries of every RX, TX, fill and completion ring (power of two).
     pub ring_size: u32,
     /// Entries of the node's conntrack table, shared by all workers and
-    /// allocated at start (rounded up to a power-of-two number of 8-entry
+    /// allocated at start (rounded up to a power-of-two number of 16-entry
     /// buckets; see docs/conntrack.md).
     pub conntrack_size: usize,
     /// Flow-log events each worker can queue before it counts them lost.
