@@ -113,13 +113,17 @@ pub enum State {
     Unreplied,
     /// UDP, ICMP echo, other protocols: both ways seen.
     Replied,
+    /// Revoked by policy: a tombstone that drops both directions until it
+    /// expires (`tcp_close`) or policy changes again, so that a revoked
+    /// flow cannot come back as a mid-stream pickup of its other direction.
+    Denied,
 }
 
 impl State {
     /// Eviction class: lower goes first; [`PROTECTED`] is never evicted.
     fn class(self) -> u8 {
         match self {
-            State::FinWait | State::LastAck | State::TimeWait | State::Close => 1,
+            State::FinWait | State::LastAck | State::TimeWait | State::Close | State::Denied => 1,
             State::SynSent | State::SynRecv | State::Unreplied => 2,
             State::Established | State::Replied => PROTECTED,
         }
@@ -338,6 +342,8 @@ pub enum Track {
     },
     /// Known flow, but the packet is invalid for its state (nothing changed).
     Invalid { dir: Dir, state: State },
+    /// A flow revoked under the current generation ([`Conntrack::revoke`]).
+    Denied,
     /// Known flow admitted under another generation: judge `orig` again,
     /// then [`Conntrack::readmit`] or [`Conntrack::remove`].
     Stale {
@@ -451,6 +457,14 @@ impl Conntrack {
         };
         let e = &mut b.entries[w];
         let dir = e.dir(src_lo);
+        if e.state == State::Denied {
+            if e.generation == generation as u32 {
+                return Track::Denied;
+            }
+            // Policy changed again: forget the tombstone, judge afresh.
+            b.tags[w] = 0;
+            return Track::Miss;
+        }
         if e.generation != generation as u32 {
             return Track::Stale {
                 dir,
@@ -564,6 +578,23 @@ impl Conntrack {
         }
     }
 
+    /// Turns the flow of `k` into a tombstone ([`State::Denied`]) for
+    /// `generation`. Returns whether it existed.
+    pub fn revoke(&self, k: &FlowKey, generation: u64, now: u64) -> bool {
+        let (key, _) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        match Self::find(&mut b, &key, tag, now) {
+            Some(w) => {
+                let e = &mut b.entries[w];
+                e.state = State::Denied;
+                e.generation = generation as u32;
+                e.expires = now.saturating_add(self.timeouts.tcp_close);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes the flow of `k` (either direction). Returns whether it existed.
     pub fn remove(&self, k: &FlowKey, now: u64) -> bool {
         let (key, _) = CtKey::of(k);
@@ -600,7 +631,7 @@ impl Conntrack {
             (State::FinWait, _) => t.tcp_fin_wait,
             (State::LastAck, _) => t.tcp_last_ack,
             (State::TimeWait, _) => t.tcp_time_wait,
-            (State::Close, _) => t.tcp_close,
+            (State::Close | State::Denied, _) => t.tcp_close,
             (_, ip_proto::ICMP | ip_proto::ICMPV6) => t.icmp,
             (State::Unreplied, ip_proto::UDP) => t.udp_unreplied,
             (State::Replied, ip_proto::UDP) => t.udp_replied,
@@ -675,7 +706,7 @@ pub fn next_state(s: State, dir: Dir, seg: Seg, fins: u8) -> Option<(State, u8)>
             (_, true, _) => None,
             _ => Some((s, fins)),
         },
-        State::Unreplied | State::Replied => None,
+        State::Unreplied | State::Replied | State::Denied => None,
     }
 }
 

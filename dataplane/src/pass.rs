@@ -31,8 +31,10 @@
 //!   an ingress-isolated pod get the replies to its own connections); a new
 //!   flow, or one admitted under an older generation, is judged by
 //!   `CompiledPolicy::judge` in its original direction. Denied new flows get
-//!   no entry; a denied stale flow loses its entry (revocation cuts existing
-//!   connections on their next packet). A TCP segment without SYN for an
+//!   no entry; a denied stale flow's entry becomes a short-lived tombstone
+//!   that drops both directions (revocation cuts existing connections on
+//!   their next packet, and the other direction cannot sneak back in as a
+//!   mid-stream pickup). A TCP segment without SYN for an
 //!   unknown flow is judged as new and tracked as a mid-stream pickup, so
 //!   connections survive a dataplane restart when policy allows them. ICMP
 //!   errors pass only when they quote a tracked, still-allowed flow.
@@ -503,11 +505,12 @@ fn policy(
                 st.ct_stats.invalid.add(1);
                 return drop(DropReason::CtInvalid);
             }
+            Track::Denied => return drop(DropReason::PolicyDenied),
             Track::Stale { orig, .. } => {
                 st.ct_stats.rejudged.add(1);
                 let (j, src, dst) = judge(snap, &orig);
                 if !j.allowed {
-                    st.ct.remove(&pkt.key, now);
+                    st.ct.revoke(&pkt.key, generation, now);
                     st.ct_stats.revoked.add(1);
                     let why = Some(DropReason::PolicyDenied);
                     log_flow(
@@ -634,7 +637,7 @@ fn related(
                 st.ct.readmit(&orig, admission(&j, generation), now);
                 return Continue(());
             }
-            st.ct.remove(&orig, now);
+            st.ct.revoke(&orig, generation, now);
             st.ct_stats.revoked.add(1);
             let why = Some(DropReason::PolicyDenied);
             log_flow(
@@ -648,6 +651,7 @@ fn related(
             );
             drop(DropReason::PolicyDenied)
         }
+        Track::Denied => drop(DropReason::PolicyDenied),
         Track::Miss | Track::Invalid { .. } => {
             st.ct_stats.invalid.add(1);
             drop(DropReason::CtInvalid)
