@@ -308,20 +308,21 @@ fn selector(cx: &Cx, field: &str, raw: &Option<RawSelector>) -> Result<Selector,
             Some(k) if !k.is_empty() => k.clone(),
             _ => return Err(cx.err(format!("{f}.key"), "required")),
         };
-        let op =
-            match r.operator.as_deref() {
-                Some("In") => Operator::In,
-                Some("NotIn") => Operator::NotIn,
-                Some("Exists") => Operator::Exists,
-                Some("DoesNotExist") => Operator::DoesNotExist,
-                Some(other) => return Err(cx.err(
+        let op = match r.operator.as_deref() {
+            Some("In") => Operator::In,
+            Some("NotIn") => Operator::NotIn,
+            Some("Exists") => Operator::Exists,
+            Some("DoesNotExist") => Operator::DoesNotExist,
+            Some(other) => {
+                return Err(cx.err(
                     format!("{f}.operator"),
                     format!(
                         "unknown operator {other:?}; expected In, NotIn, Exists or DoesNotExist"
                     ),
-                )),
-                None => return Err(cx.err(format!("{f}.operator"), "required")),
-            };
+                ))
+            }
+            None => return Err(cx.err(format!("{f}.operator"), "required")),
+        };
         let values = r.values.clone().unwrap_or_default();
         match op {
             Operator::In | Operator::NotIn if values.is_empty() => {

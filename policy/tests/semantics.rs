@@ -16,7 +16,10 @@ fn no_policy_allows_everything() {
     let w = world("");
     assert!(w.allowed("prod/web", "prod/db", TCP, 5432));
     assert!(w.allowed("8.8.8.8", "prod/db", UDP, 1));
-    assert_eq!(w.ingress("8.8.8.8", "prod/db", TCP, 1), "allow by default allow (no policy decided)");
+    assert_eq!(
+        w.ingress("8.8.8.8", "prod/db", TCP, 1),
+        "allow by default allow (no policy decided)"
+    );
 }
 
 #[test]
@@ -49,8 +52,14 @@ spec:
 "#,
     );
     assert!(!w.allowed("prod/web", "prod/db", TCP, 5432));
-    assert!(w.allowed("prod/db", "8.8.8.8", UDP, 53), "egress: [{{}}] allows all");
-    assert!(w.allowed("prod/web", "prod/api", TCP, 1), "podSelector limits the subject");
+    assert!(
+        w.allowed("prod/db", "8.8.8.8", UDP, 53),
+        "egress: [{{}}] allows all"
+    );
+    assert!(
+        w.allowed("prod/web", "prod/api", TCP, 1),
+        "podSelector limits the subject"
+    );
     let w = world(
         r#"
 apiVersion: networking.k8s.io/v1
@@ -79,7 +88,10 @@ spec:
     );
     assert!(w.allowed("prod/web", "prod/db", TCP, 5432));
     assert!(!w.allowed("prod/web", "prod/api", TCP, 80));
-    assert!(!w.allowed("prod/api", "prod/web", TCP, 8080), "Ingress is isolated too");
+    assert!(
+        !w.allowed("prod/api", "prod/web", TCP, 8080),
+        "Ingress is isolated too"
+    );
     assert!(w.allowed("prod/api", "prod/db", TCP, 5432));
 }
 
@@ -135,8 +147,14 @@ spec:
 "#,
     );
     assert!(w.allowed("prod/web", "prod/db", TCP, 5432));
-    assert!(!w.allowed("dev/web", "prod/db", TCP, 5432), "same labels, other namespace");
-    assert!(w.allowed("default/x", "prod/db", TCP, 5432), "automatic metadata.name label");
+    assert!(
+        !w.allowed("dev/web", "prod/db", TCP, 5432),
+        "same labels, other namespace"
+    );
+    assert!(
+        w.allowed("default/x", "prod/db", TCP, 5432),
+        "automatic metadata.name label"
+    );
 }
 
 #[test]
@@ -163,9 +181,18 @@ spec:
     );
     assert!(w.allowed("prod/web", "prod/db", TCP, 1));
     assert!(w.allowed("dev/web", "prod/api", TCP, 1));
-    assert!(!w.allowed("default/x", "prod/db", TCP, 1), "default has no env label");
-    assert!(!w.allowed("prod/api", "prod/db", TCP, 1), "NotIn api / tier exists");
-    assert!(w.allowed("default/x", "prod/web", TCP, 1), "web not selected");
+    assert!(
+        !w.allowed("default/x", "prod/db", TCP, 1),
+        "default has no env label"
+    );
+    assert!(
+        !w.allowed("prod/api", "prod/db", TCP, 1),
+        "NotIn api / tier exists"
+    );
+    assert!(
+        w.allowed("default/x", "prod/web", TCP, 1),
+        "web not selected"
+    );
 }
 
 #[test]
@@ -199,7 +226,11 @@ spec:
         (TCP, 8080, true), // prod/web's "http"
         (TCP, 9090, false),
     ] {
-        assert_eq!(w.allowed("8.8.8.8", "prod/web", proto, port), want, "{proto}/{port}");
+        assert_eq!(
+            w.allowed("8.8.8.8", "prod/web", proto, port),
+            want,
+            "{proto}/{port}"
+        );
     }
     // named port resolves on the destination: prod/db has no "http"
     assert!(!w.allowed("8.8.8.8", "prod/db", TCP, 8080));
@@ -219,7 +250,10 @@ spec:
     assert!(w.allowed("default/x", "prod/web", TCP, 8080));
     assert!(w.allowed("default/x", "dev/web", TCP, 9090));
     assert!(!w.allowed("default/x", "dev/web", TCP, 8080));
-    assert!(!w.allowed("default/x", "8.8.8.8", TCP, 8080), "no named ports outside");
+    assert!(
+        !w.allowed("default/x", "8.8.8.8", TCP, 8080),
+        "no named ports outside"
+    );
 }
 
 #[test]
@@ -243,7 +277,10 @@ spec:
     assert!(!w.allowed("192.168.1.1", "prod/db", TCP, 1));
     assert!(!w.allowed("172.16.0.1", "prod/db", TCP, 1));
     assert!(w.allowed("prod/db", "8.8.8.8", TCP, 443));
-    assert!(!w.allowed("prod/db", "dev/web", TCP, 443), "10/8 excepted, pod IPs too");
+    assert!(
+        !w.allowed("prod/db", "dev/web", TCP, 443),
+        "10/8 excepted, pod IPs too"
+    );
     assert!(!w.allowed("prod/db", "10.9.9.9", TCP, 443));
 }
 
@@ -275,7 +312,10 @@ spec:
 fn node_traffic_is_always_allowed() {
     let w = world(DENY_ALL_INGRESS_PROD);
     assert!(w.allowed("10.0.1.1", "prod/db", TCP, 1));
-    assert_eq!(w.ingress("10.0.1.1", "prod/db", TCP, 1), "allow by node traffic (always allowed)");
+    assert_eq!(
+        w.ingress("10.0.1.1", "prod/db", TCP, 1),
+        "allow by node traffic (always allowed)"
+    );
 }
 
 // ---- precedence ----
@@ -357,7 +397,10 @@ spec:
     );
     // web passes the Admin tier, no NP, baseline denies dev/web only
     assert!(w.allowed("prod/web", "prod/db", TCP, 1));
-    assert_eq!(w.ingress("prod/web", "prod/db", TCP, 1), "allow by default allow (no policy decided)");
+    assert_eq!(
+        w.ingress("prod/web", "prod/db", TCP, 1),
+        "allow by default allow (no policy decided)"
+    );
     assert!(!w.allowed("dev/web", "prod/db", TCP, 1));
     assert_eq!(
         w.ingress("dev/web", "prod/db", TCP, 1),
@@ -387,8 +430,14 @@ spec:
     from: [{namespaces: {}}]
 "#
     ));
-    assert!(w.allowed("prod/web", "prod/db", TCP, 1), "NP allow beats Baseline deny");
-    assert!(!w.allowed("prod/web", "prod/api", TCP, 1), "not selected by the NP: Baseline deny");
+    assert!(
+        w.allowed("prod/web", "prod/db", TCP, 1),
+        "NP allow beats Baseline deny"
+    );
+    assert!(
+        !w.allowed("prod/web", "prod/api", TCP, 1),
+        "not selected by the NP: Baseline deny"
+    );
     assert_eq!(
         w.ingress("prod/web", "prod/api", TCP, 1),
         "deny by baselineadminnetworkpolicies/default ingress[0] (Deny)"
@@ -465,11 +514,23 @@ spec:
     );
     assert!(!w.allowed("prod/api", "prod/db", TCP, 1));
     let j = w.judge("prod/web", "prod/db", TCP, 1);
-    assert!(j.ingress.passes() && j.ingress.log, "Log marks and goes on: {j:?}");
-    assert!(!j.allowed, "prod/web's own egress is isolated by the same policy");
-    assert!(w.allowed("default/x", "prod/db", TCP, 1), "deny-only: not isolated");
+    assert!(
+        j.ingress.passes() && j.ingress.log,
+        "Log marks and goes on: {j:?}"
+    );
+    assert!(
+        !j.allowed,
+        "prod/web's own egress is isolated by the same policy"
+    );
+    assert!(
+        w.allowed("default/x", "prod/db", TCP, 1),
+        "deny-only: not isolated"
+    );
     assert!(w.allowed("prod/db", "default/x", UDP, 53));
-    assert!(!w.allowed("prod/db", "default/x", UDP, 54), "an Allow rule isolates egress");
+    assert!(
+        !w.allowed("prod/db", "default/x", UDP, 54),
+        "an Allow rule isolates egress"
+    );
 }
 
 #[test]
@@ -601,8 +662,16 @@ spec:
 #[test]
 fn explain_names_the_deciding_rules() {
     let mut input = cluster();
-    input.policies = weir_policy::parse_str(&format!("{ANP_DENY_WEB_TO_DB}---{NP_ALLOW_ALL_DB}"), "t").unwrap();
-    let e = weir_policy::explain(&input, ("prod", "web"), ("prod", "db"), weir_topo::Protocol::Tcp, 5432).unwrap();
+    input.policies =
+        weir_policy::parse_str(&format!("{ANP_DENY_WEB_TO_DB}---{NP_ALLOW_ALL_DB}"), "t").unwrap();
+    let e = weir_policy::explain(
+        &input,
+        ("prod", "web"),
+        ("prod", "db"),
+        weir_topo::Protocol::Tcp,
+        5432,
+    )
+    .unwrap();
     assert!(!e.allowed);
     assert_eq!(
         e.to_string(),
@@ -611,6 +680,12 @@ fn explain_names_the_deciding_rules() {
     let json = serde_json::to_value(&e).unwrap();
     assert_eq!(json["ingress"]["rule"]["name"], "no-web");
     assert_eq!(json["ingress"]["verdict"], "deny");
-    let e = weir_policy::explain(&input, ("prod", "web"), ("prod", "nope"), weir_topo::Protocol::Tcp, 1);
+    let e = weir_policy::explain(
+        &input,
+        ("prod", "web"),
+        ("prod", "nope"),
+        weir_topo::Protocol::Tcp,
+        1,
+    );
     assert_eq!(e.unwrap_err().to_string(), "pods/prod/nope: no such pod");
 }

@@ -9,10 +9,18 @@ use weir_policy::{compile, node_endpoints, parse_str, NamespaceInfo, PodInfo, Po
 use weir_topo::{ContainerPort, Protocol};
 
 pub fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-pub fn pod(ns: &str, name: &str, l: &[(&str, &str)], ip: u8, ports: &[(&str, u16, Protocol)]) -> PodInfo {
+pub fn pod(
+    ns: &str,
+    name: &str,
+    l: &[(&str, &str)],
+    ip: u8,
+    ports: &[(&str, u16, Protocol)],
+) -> PodInfo {
     PodInfo {
         namespace: ns.into(),
         name: name.into(),
@@ -38,15 +46,42 @@ pub fn pod(ns: &str, name: &str, l: &[(&str, &str)], ip: u8, ports: &[(&str, u16
 pub fn cluster() -> PolicyInput {
     PolicyInput {
         namespaces: vec![
-            NamespaceInfo { name: "prod".into(), labels: labels(&[("env", "prod")]) },
-            NamespaceInfo { name: "dev".into(), labels: labels(&[("env", "dev")]) },
-            NamespaceInfo { name: "default".into(), labels: labels(&[]) },
+            NamespaceInfo {
+                name: "prod".into(),
+                labels: labels(&[("env", "prod")]),
+            },
+            NamespaceInfo {
+                name: "dev".into(),
+                labels: labels(&[("env", "dev")]),
+            },
+            NamespaceInfo {
+                name: "default".into(),
+                labels: labels(&[]),
+            },
         ],
         pods: vec![
-            pod("prod", "web", &[("app", "web")], 2, &[("http", 8080, Protocol::Tcp)]),
-            pod("prod", "db", &[("app", "db")], 3, &[("pg", 5432, Protocol::Tcp)]),
+            pod(
+                "prod",
+                "web",
+                &[("app", "web")],
+                2,
+                &[("http", 8080, Protocol::Tcp)],
+            ),
+            pod(
+                "prod",
+                "db",
+                &[("app", "db")],
+                3,
+                &[("pg", 5432, Protocol::Tcp)],
+            ),
             pod("prod", "api", &[("app", "api"), ("tier", "be")], 4, &[]),
-            pod("dev", "web", &[("app", "web")], 5, &[("http", 9090, Protocol::Tcp)]),
+            pod(
+                "dev",
+                "web",
+                &[("app", "web")],
+                5,
+                &[("http", 9090, Protocol::Tcp)],
+            ),
             pod("default", "x", &[("app", "x")], 6, &[]),
         ],
         hosts: vec!["10.0.1.1".parse().unwrap()],
@@ -61,7 +96,11 @@ pub struct World {
 
 pub fn world(yaml: &str) -> World {
     let mut input = cluster();
-    input.policies = if yaml.trim().is_empty() { vec![] } else { parse_str(yaml, "test.yaml").unwrap() };
+    input.policies = if yaml.trim().is_empty() {
+        vec![]
+    } else {
+        parse_str(yaml, "test.yaml").unwrap()
+    };
     world_of(input)
 }
 
@@ -75,16 +114,26 @@ impl World {
     /// `ns/pod` (a local endpoint) or an address.
     pub fn peer(&self, who: &str) -> Peer {
         if let Ok(addr) = who.parse::<IpAddr>() {
-            return Peer { endpoint: None, addr };
+            return Peer {
+                endpoint: None,
+                addr,
+            };
         }
         let (ns, name) = who.split_once('/').unwrap();
         let eps = node_endpoints(&self.input, "n1");
-        let i = eps.iter().position(|p| p.namespace == ns && p.name == name).unwrap();
-        Peer { endpoint: Some(i as u32), addr: IpAddr::V4(eps[i].ipv4.unwrap()) }
+        let i = eps
+            .iter()
+            .position(|p| p.namespace == ns && p.name == name)
+            .unwrap();
+        Peer {
+            endpoint: Some(i as u32),
+            addr: IpAddr::V4(eps[i].ipv4.unwrap()),
+        }
     }
 
     pub fn judge(&self, from: &str, to: &str, proto: u8, port: u16) -> Judgement {
-        self.policy.judge(self.peer(from), self.peer(to), proto, port)
+        self.policy
+            .judge(self.peer(from), self.peer(to), proto, port)
     }
 
     pub fn allowed(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
