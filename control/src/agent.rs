@@ -5,11 +5,13 @@
 
 use crate::state::{write_atomic, StateDir};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
+use weir_policy::{Policy, PolicyInput};
 use weir_topo::Cluster;
 
 /// Builds the snapshot for `node` at `generation`.
 pub fn compile_node(
     cluster: &Cluster,
+    input: &PolicyInput,
     node: &str,
     generation: u64,
 ) -> anyhow::Result<SnapshotSpec> {
@@ -44,7 +46,8 @@ pub fn compile_node(
         node_ipv6: n.ipv6,
         ports,
         endpoints,
-        ..Default::default()
+        policy: weir_policy::compile(input, generation, node)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
@@ -52,16 +55,30 @@ pub fn compile_node(
 }
 
 /// Compiles and publishes snapshots for every node; returns the generation.
-pub fn publish(state: &StateDir, cluster: &Cluster) -> anyhow::Result<u64> {
+pub fn publish(state: &StateDir, cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<u64> {
     let generation = next_generation(state, cluster);
+    let input = PolicyInput::from_cluster(cluster, policies.to_vec());
+    // Compile every node before publishing any: all or nothing.
+    let mut specs = Vec::new();
     for n in &cluster.nodes {
-        let spec = compile_node(cluster, &n.name, generation)?;
-        write_atomic(
-            &state.snapshot_file(&n.name),
-            &serde_json::to_vec_pretty(&spec)?,
-        )?;
+        specs.push((
+            n.name.clone(),
+            compile_node(cluster, &input, &n.name, generation)?,
+        ));
+    }
+    for (node, spec) in specs {
+        write_atomic(&state.snapshot_file(&node), &serde_json::to_vec(&spec)?)?;
     }
     Ok(generation)
+}
+
+/// Checks that `policies` compile for `cluster` (every node), publishing nothing.
+pub fn check(cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<()> {
+    let input = PolicyInput::from_cluster(cluster, policies.to_vec());
+    for n in &cluster.nodes {
+        compile_node(cluster, &input, &n.name, 0)?;
+    }
+    Ok(())
 }
 
 /// One more than the highest generation published to any node so far.

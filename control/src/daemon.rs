@@ -6,6 +6,7 @@
 //! control-plane process: nothing here is on the packet path.
 
 use crate::ipc::{self, Reply, Request};
+use crate::manifests::{self, StoredPolicy};
 use crate::state::StateDir;
 use anyhow::Context;
 use serde_json::json;
@@ -14,6 +15,7 @@ use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::serve::PodServers;
 use weir_topo::{BuildOptions, Cluster};
 
@@ -30,6 +32,8 @@ struct Daemon {
     servers: BTreeMap<(String, String), PodServers>,
     dataplanes: BTreeMap<String, Child>,
     generation: u64,
+    /// Policies in force, as written (saved to policies.json).
+    policies: Vec<StoredPolicy>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -41,6 +45,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             state.root.display()
         )
     })?;
+    let policies = manifests::load_policies(&state.policies_file())?;
     let mut d = Daemon {
         state,
         cluster,
@@ -48,6 +53,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         servers: BTreeMap::new(),
         dataplanes: BTreeMap::new(),
         generation: 0,
+        policies,
     };
     let sock = d.state.daemon_sock();
     let _ = std::fs::remove_file(&sock);
@@ -56,7 +62,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     for pod in d.cluster.pods.clone() {
         d.start_servers(&pod)?;
     }
-    d.generation = crate::agent::publish(&d.state, &d.cluster)?;
+    d.generation =
+        crate::agent::publish(&d.state, &d.cluster, &manifests::parse_all(&d.policies)?)?;
     for node in d
         .cluster
         .nodes
@@ -96,10 +103,13 @@ impl Daemon {
         let r = match req {
             Request::Ping => Ok(self.readiness()),
             Request::Status => Ok(self.status()),
-            Request::ApplyPods { manifests, source } => self.apply_pods(&manifests, &source),
-            Request::DeletePods { pods } => self.delete_pods(&pods),
+            Request::Apply { manifests, source } => self.apply(&manifests, &source),
+            Request::Delete { manifests, source } => self.delete(&manifests, &source),
             Request::StopDataplane { node } => self.stop_dataplane(&node).map(|_| json!({})),
             Request::StartDataplane { node } => self.start_dataplane(&node).map(|_| json!({})),
+            Request::Flows { .. } => {
+                Err(anyhow::anyhow!("flows are served by each node's dataplane"))
+            }
             Request::Shutdown => Ok(json!({})),
         };
         match r {
@@ -213,39 +223,94 @@ impl Daemon {
         json!({"cluster": self.opts.cluster, "generation": self.generation, "nodes": nodes})
     }
 
-    fn apply_pods(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let objs =
-            weir_topo::manifest::parse_objects(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(n) = objs.nodes.first() {
+    /// Applies Pods (new, or label changes), Namespaces (new, or label
+    /// changes) and policies (new or replaced), all or nothing: everything
+    /// is validated and compiled against the cluster as it would be before
+    /// anything changes.
+    fn apply(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source)?;
+        if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
                 "nodes/{}: nodes cannot be added to a running cluster (weir down, then up)",
                 n.name
             );
         }
-        if let Some(n) = objs.namespaces.first() {
-            anyhow::bail!(
-                "namespaces/{}: namespaces cannot be added to a running cluster yet",
-                n.name
-            );
-        }
-        // Validate the new pods against the whole cluster as it would be.
-        let mut whole = spec_of(&self.cluster);
+        let mut next = self.cluster.clone();
         let mut changed = Vec::new();
-        let mut new = Vec::new();
-        for pod in objs.pods {
-            let key = format!("{}/{}", pod.namespace, pod.name);
-            if self.cluster.pod(&pod.namespace, &pod.name).is_some() {
-                // A pod's spec is immutable: like kubectl, applying it again changes nothing.
-                changed.push(json!({"pod": key, "action": "unchanged"}));
-            } else {
-                new.push(pod.clone());
-                whole.pods.push(pod);
+        for ns in &m.cluster.namespaces {
+            let mut labels = ns.labels.clone();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
+            match next.namespaces.iter_mut().find(|n| n.name == ns.name) {
+                Some(cur) if cur.labels == labels => changed.push(
+                    json!({"object": format!("namespaces/{}", ns.name), "action": "unchanged"}),
+                ),
+                Some(cur) => {
+                    cur.labels = labels;
+                    changed.push(json!({"object": format!("namespaces/{}", ns.name), "action": "labels updated"}));
+                }
+                None => {
+                    next.namespaces.push(weir_topo::manifest::NamespaceSpec {
+                        name: ns.name.clone(),
+                        labels,
+                    });
+                    changed.push(
+                        json!({"object": format!("namespaces/{}", ns.name), "action": "created"}),
+                    );
+                }
             }
         }
+        let mut new_pods = Vec::new();
+        for pod in &m.cluster.pods {
+            let object = format!("pods/{}/{}", pod.namespace, pod.name);
+            match next
+                .pods
+                .iter_mut()
+                .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+            {
+                Some(cur) => {
+                    // Like Kubernetes: a pod's spec is immutable, its labels are not.
+                    if cur.ports != pod.ports || (!pod.node.is_empty() && cur.node != pod.node) {
+                        anyhow::bail!("{object}: spec: a pod's spec cannot change (only metadata.labels); delete and re-create it");
+                    }
+                    if cur.labels == pod.labels {
+                        changed.push(json!({"object": object, "action": "unchanged"}));
+                    } else {
+                        cur.labels = pod.labels.clone();
+                        changed.push(json!({"object": object, "action": "labels updated"}));
+                    }
+                }
+                None => new_pods.push(pod.clone()),
+            }
+        }
+        // Validate the new pods against the whole cluster as it would be.
+        let mut whole = spec_of(&next);
+        whole.pods.extend(new_pods.iter().cloned());
         whole.apply_defaults();
         whole.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut policies = self.policies.clone();
+        for (_, stored) in &m.policies {
+            match policies.iter_mut().find(|p| p.object == stored.object) {
+                Some(cur) if cur == stored => {
+                    changed.push(json!({"object": stored.object, "action": "unchanged"}))
+                }
+                Some(cur) => {
+                    *cur = stored.clone();
+                    changed.push(json!({"object": stored.object, "action": "configured"}));
+                }
+                None => {
+                    policies.push(stored.clone());
+                    changed.push(json!({"object": stored.object, "action": "created"}));
+                }
+            }
+        }
+        let parsed = manifests::parse_all(&policies)?;
+        crate::agent::check(&next, &parsed)?;
+
+        // Everything checked: make it so.
+        self.cluster = next;
+        self.policies = policies;
         let opts = BuildOptions::default();
-        for pod in &new {
+        for pod in &new_pods {
             let pod = whole
                 .pods
                 .iter()
@@ -257,25 +322,48 @@ impl Daemon {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .clone();
             self.start_servers(&realized)?;
-            changed.push(
-                json!({"pod": format!("{}/{}", pod.namespace, pod.name), "action": "created"}),
-            );
+            changed.push(json!({"object": format!("pods/{}/{}", pod.namespace, pod.name), "action": "created"}));
         }
         self.commit()?;
         Ok(json!({"changed": changed, "generation": self.generation}))
     }
 
-    fn delete_pods(&mut self, pods: &[(String, String)]) -> anyhow::Result<serde_json::Value> {
-        let mut deleted = Vec::new();
-        for (ns, name) in pods {
-            if self.cluster.pod(ns, name).is_none() {
-                anyhow::bail!("pods/{ns}/{name}: not found");
+    /// Deletes Pods and policies (all or nothing).
+    fn delete(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source)?;
+        if let Some(n) = m.cluster.nodes.first() {
+            anyhow::bail!(
+                "nodes/{}: nodes cannot be deleted from a running cluster (weir down)",
+                n.name
+            );
+        }
+        if let Some(n) = m.cluster.namespaces.first() {
+            anyhow::bail!(
+                "namespaces/{}: namespaces cannot be deleted from a running cluster yet",
+                n.name
+            );
+        }
+        for p in &m.cluster.pods {
+            if self.cluster.pod(&p.namespace, &p.name).is_none() {
+                anyhow::bail!("pods/{}/{}: not found", p.namespace, p.name);
             }
-            self.servers.remove(&(ns.clone(), name.clone()));
+        }
+        for (_, s) in &m.policies {
+            if !self.policies.iter().any(|p| p.object == s.object) {
+                anyhow::bail!("{}: not found", s.object);
+            }
+        }
+        let mut deleted = Vec::new();
+        for p in &m.cluster.pods {
+            self.servers.remove(&(p.namespace.clone(), p.name.clone()));
             self.cluster
-                .remove_pod(ns, name)
+                .remove_pod(&p.namespace, &p.name)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            deleted.push(format!("{ns}/{name}"));
+            deleted.push(format!("pods/{}/{}", p.namespace, p.name));
+        }
+        for (_, s) in &m.policies {
+            self.policies.retain(|p| p.object != s.object);
+            deleted.push(s.object.clone());
         }
         self.commit()?;
         Ok(json!({"deleted": deleted, "generation": self.generation}))
@@ -284,7 +372,15 @@ impl Daemon {
     /// Saves the cluster and publishes new snapshots.
     fn commit(&mut self) -> anyhow::Result<()> {
         self.cluster.save(&self.state.cluster_file())?;
-        self.generation = crate::agent::publish(&self.state, &self.cluster)?;
+        crate::state::write_atomic(
+            &self.state.policies_file(),
+            &serde_json::to_vec_pretty(&self.policies)?,
+        )?;
+        self.generation = crate::agent::publish(
+            &self.state,
+            &self.cluster,
+            &manifests::parse_all(&self.policies)?,
+        )?;
         Ok(())
     }
 

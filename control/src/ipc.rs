@@ -14,10 +14,12 @@ pub enum Request {
     Ping,
     /// Dataplane status (node dataplane) or all nodes' status (daemon).
     Status,
-    /// Daemon: add or replace pods (manifest text).
-    ApplyPods { manifests: String, source: String },
-    /// Daemon: delete pods by namespace/name.
-    DeletePods { pods: Vec<(String, String)> },
+    /// Daemon: create or change pods, namespaces and policies (manifest text).
+    Apply { manifests: String, source: String },
+    /// Daemon: delete pods and policies (manifest text).
+    Delete { manifests: String, source: String },
+    /// Dataplane: flow-log events after sequence number `since`.
+    Flows { since: u64 },
     /// Daemon: stop one node's dataplane (its interfaces then fail closed).
     StopDataplane { node: String },
     /// Daemon: start one node's dataplane again.

@@ -7,8 +7,10 @@
 pub mod agent;
 pub mod daemon;
 pub mod demo;
+pub mod flows;
 pub mod get;
 pub mod ipc;
+pub mod manifests;
 pub mod node_dataplane;
 pub mod probe;
 pub mod state;

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use weir_control::get::{self, Output};
 use weir_control::ipc::{self, Request};
+use weir_control::manifests::{self, StoredPolicy};
 use weir_control::probe::{self, Family, ProbeSpec, Protocol};
 use weir_control::state::{StateDir, DEFAULT_CLUSTER};
 use weir_control::{daemon, demo, node_dataplane, status};
@@ -107,12 +108,38 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
-    /// Create pods on the running cluster.
+    /// Why a flow is allowed or denied: the deciding policy and rule, by the workers' own lookup.
+    Explain {
+        /// NS/POD
+        #[arg(long)]
+        from: String,
+        /// NS/POD
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// New flows and drops, with verdict, drop reason and the deciding rules.
+    Flows {
+        /// Keep printing new records.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only records after this sequence number (per node).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Create or change pods, namespaces (labels) and policies on the running cluster.
     Apply {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
-    /// Delete pods from the running cluster.
+    /// Delete pods and policies from the running cluster.
     Delete {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -183,9 +210,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mtu,
             queues,
         } => {
-            let spec =
-                weir_topo::manifest::load_files(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
-            up(&state, &spec, &dp, BuildOptions { queues, mtu })
+            let m = manifests::read_files(&files)?;
+            let spec = m.cluster.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let policies = m.policies.into_iter().map(|(_, s)| s).collect();
+            up(&state, &spec, &policies, &dp, BuildOptions { queues, mtu })
         }
         Cmd::Down => down(&state),
         Cmd::Get {
@@ -253,28 +281,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Apply { files } => {
-            let mut text = String::new();
-            for f in &files {
-                let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
-                text.push_str("\n---\n");
-                text.push_str(&t);
-            }
-            let source = files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let (text, source) = read_texts(&files)?;
             let v = daemon_call(
                 &state,
-                &Request::ApplyPods {
+                &Request::Apply {
                     manifests: text,
                     source,
                 },
             )?;
             for ch in v["changed"].as_array().into_iter().flatten() {
                 println!(
-                    "pod/{} {}",
-                    ch["pod"].as_str().unwrap_or("?"),
+                    "{} {}",
+                    ch["object"].as_str().unwrap_or("?"),
                     ch["action"].as_str().unwrap_or("?")
                 );
             }
@@ -282,28 +300,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Delete { files } => {
-            let mut pods = Vec::new();
-            for f in &files {
-                let spec =
-                    weir_topo::manifest::read_objects(f).map_err(|e| anyhow::anyhow!("{e}"))?;
-                anyhow::ensure!(
-                    spec.nodes.is_empty() && spec.namespaces.is_empty(),
-                    "{}: only Pod objects can be deleted from a running cluster",
-                    f.display()
-                );
-                pods.extend(
-                    spec.pods
-                        .iter()
-                        .map(|p| (p.namespace.clone(), p.name.clone())),
-                );
-            }
-            let v = daemon_call(&state, &Request::DeletePods { pods })?;
+            let (text, source) = read_texts(&files)?;
+            let v = daemon_call(
+                &state,
+                &Request::Delete {
+                    manifests: text,
+                    source,
+                },
+            )?;
             for p in v["deleted"].as_array().into_iter().flatten() {
-                println!("pod/{} deleted", p.as_str().unwrap_or("?"));
+                println!("{} deleted", p.as_str().unwrap_or("?"));
             }
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
         }
+        Cmd::Explain {
+            from,
+            to,
+            port,
+            protocol,
+            output,
+        } => {
+            let c = load(&state)?;
+            let policies =
+                manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
+            let input = weir_policy::PolicyInput::from_cluster(&c, policies);
+            let (fns, fname) = split_pod(&from, "--from")?;
+            let (tns, tname) = split_pod(&to, "--to")?;
+            let protocol = match protocol.to_ascii_uppercase().as_str() {
+                "TCP" => weir_topo::Protocol::Tcp,
+                "UDP" => weir_topo::Protocol::Udp,
+                "SCTP" => weir_topo::Protocol::Sctp,
+                other => anyhow::bail!("--protocol: {other:?} is not TCP, UDP or SCTP"),
+            };
+            anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
+            let e = weir_policy::explain(&input, (fns, fname), (tns, tname), protocol, port)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+                _ => println!("{e}"),
+            }
+            Ok(())
+        }
+        Cmd::Flows {
+            follow,
+            output,
+            since,
+        } => flows_cmd(&state, follow, output, since),
         Cmd::Demo { keep, dp } => run_demo(&state, &dp, keep),
         Cmd::Dataplane {
             action,
@@ -381,6 +424,7 @@ fn daemon_call(state: &StateDir, req: &Request) -> anyhow::Result<serde_json::Va
 fn up(
     state: &StateDir,
     spec: &weir_topo::manifest::ClusterSpec,
+    policies: &Vec<StoredPolicy>,
     dp: &DataplaneFlags,
     opts: BuildOptions,
 ) -> anyhow::Result<()> {
@@ -396,9 +440,19 @@ fn up(
     let cluster =
         Cluster::build(&state.cluster, spec, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&state.root)?;
-    if let Err(e) = cluster.save(&state.cluster_file()) {
+    let saved = (|| -> anyhow::Result<()> {
+        weir_control::agent::check(&cluster, &manifests::parse_all(policies)?)?;
+        weir_control::state::write_atomic(
+            &state.policies_file(),
+            &serde_json::to_vec_pretty(policies)?,
+        )?;
+        cluster.save(&state.cluster_file())?;
+        Ok(())
+    })();
+    if let Err(e) = saved {
         let _ = cluster.teardown();
-        anyhow::bail!("{}: {e}", state.cluster_file().display());
+        let _ = std::fs::remove_dir_all(&state.root);
+        return Err(e);
     }
     let log = std::fs::File::create(state.daemon_log())?;
     let exe = std::env::current_exe()?;
@@ -493,7 +547,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
     let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
-    up(state, &spec, dp, BuildOptions::default())?;
+    up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
     let result = (|| -> anyhow::Result<()> {
         let c = load(state)?;
         print!("{}", get::pods(&c, None, None, Output::Table)?);
@@ -532,4 +586,73 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
         down(state)?;
     }
     result
+}
+
+fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
+    let mut text = String::new();
+    for f in files {
+        let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        text.push_str("\n---\n");
+        text.push_str(&t);
+    }
+    let source = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((text, source))
+}
+
+fn split_pod<'a>(s: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns, name)),
+        _ => anyhow::bail!("{flag}: {s:?} is not NAMESPACE/POD"),
+    }
+}
+
+fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyhow::Result<()> {
+    let c = load(state)?;
+    let mut last: std::collections::BTreeMap<String, u64> =
+        c.nodes.iter().map(|n| (n.name.clone(), since)).collect();
+    let mut all = Vec::new();
+    loop {
+        let mut got = Vec::new();
+        for n in &c.nodes {
+            let since = last[&n.name];
+            match ipc::call(
+                &state.dataplane_sock(&n.name),
+                &Request::Flows { since },
+                Duration::from_secs(5),
+            ) {
+                Ok(v) => {
+                    got.extend(v["records"].as_array().cloned().unwrap_or_default());
+                    last.insert(n.name.clone(), v["last"].as_u64().unwrap_or(since));
+                }
+                Err(e) if follow => eprintln!("weir: nodes/{}: {e}", n.name),
+                Err(e) => return Err(anyhow::anyhow!("nodes/{}: dataplane: {e}", n.name)),
+            }
+        }
+        got.sort_by_key(|r| r["time_unix_ns"].as_u64().unwrap_or(0));
+        if follow {
+            for r in &got {
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(r)?),
+                    _ => println!("{}", weir_control::flows::line(r)),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        all.extend(got);
+        break;
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+        _ => {
+            for r in &all {
+                println!("{}", weir_control::flows::line(r));
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //! failing closed: the XDP programs stay attached, their sockets are gone,
 //! and pod traffic is dropped.
 
+use crate::flows::FlowBuffer;
 use crate::ipc::{self, Reply, Request};
 use crate::state::StateDir;
 use anyhow::Context;
@@ -16,6 +17,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use weir_dataplane::flows::FlowEvent;
 use weir_dataplane::runtime::{Dataplane, DataplaneConfig, PollMode};
 use weir_dataplane::{Snapshot, SnapshotSpec};
 
@@ -72,6 +74,9 @@ pub fn default_cores() -> Vec<usize> {
 
 struct Shared {
     dp: Mutex<Option<Dataplane>>,
+    /// The snapshot the workers run, to name endpoints and rules in flows.
+    snap: Mutex<Snapshot>,
+    flows: Mutex<FlowBuffer>,
     applied: Mutex<u64>,
     rates: Mutex<Rates>,
     stop: AtomicBool,
@@ -100,6 +105,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut mtime = snapshot_mtime(&state, &opts.node);
     let snap =
         Snapshot::build(spec).map_err(|e| anyhow::anyhow!("nodes/{}: snapshot: {e}", opts.node))?;
+    let render_snap = snap.clone();
     let cfg = DataplaneConfig {
         cores: opts.cores.clone(),
         poll: opts.poll,
@@ -113,6 +119,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared {
         dp: Mutex::new(Some(dp)),
+        snap: Mutex::new(render_snap),
+        flows: Mutex::new(FlowBuffer::default()),
         applied: Mutex::new(applied),
         rates: Mutex::new(Rates::default()),
         stop: AtomicBool::new(false),
@@ -132,6 +140,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut last_rate = Instant::now();
+    let mut events = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         // Follow the agent's snapshot file.
@@ -143,10 +152,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     let g = spec.generation;
                     match Snapshot::build(spec) {
                         Ok(snap) => {
+                            let render = snap.clone();
                             let mut guard = shared.dp.lock().expect("dataplane lock");
                             if let Some(dp) = guard.as_mut() {
+                                // Drain what the old generation logged first,
+                                // so its rule ids name its rules.
+                                render_flows(dp, &shared, &opts.node, &mut events);
                                 match dp.apply(snap) {
                                     Ok(()) => {
+                                        *shared.snap.lock().expect("lock") = render;
                                         applied = g;
                                         *shared.applied.lock().expect("lock") = g;
                                         log::info!("applied generation {g}");
@@ -162,6 +176,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 Err(e) => log::warn!("snapshot unreadable, keeping generation {applied}: {e}"),
             }
         }
+        drain_flows(&shared, &opts.node, &mut events);
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();
             sample_rates(&shared);
@@ -173,6 +188,39 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// Moves the workers' flow events into the record buffer.
+fn drain_flows(shared: &Shared, node: &str, scratch: &mut Vec<FlowEvent>) {
+    if let Some(dp) = shared.dp.lock().expect("lock").as_ref() {
+        render_flows(dp, shared, node, scratch);
+    }
+}
+
+/// `drain_flows` for a caller that already holds the dataplane.
+fn render_flows(dp: &Dataplane, shared: &Shared, node: &str, scratch: &mut Vec<FlowEvent>) {
+    scratch.clear();
+    dp.drain_flows(scratch);
+    if scratch.is_empty() {
+        return;
+    }
+    let offset = wall_offset_ns();
+    let snap = shared.snap.lock().expect("lock");
+    let mut buf = shared.flows.lock().expect("lock");
+    for ev in scratch.iter() {
+        buf.push(crate::flows::render(ev, &snap, node, offset));
+    }
+}
+
+/// Unix time minus CLOCK_MONOTONIC, in nanoseconds.
+fn wall_offset_ns() -> i128 {
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128
+    });
+    wall - mono
 }
 
 fn totals(v: &serde_json::Value) -> (u64, u64) {
@@ -220,6 +268,10 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
                     "tx_pps": r.tx_pps,
                     "dataplane": status,
                 }))
+            }
+            Ok(Request::Flows { since }) => {
+                let (records, last) = shared.flows.lock().expect("lock").since(since);
+                Reply::ok(json!({"records": records, "last": last}))
             }
             Ok(Request::Shutdown) => {
                 shared.stop.store(true, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cluster.json                 realized topology (weir_topo::Cluster)
+//! policies.json                the policies in force, as written
 //! daemon.sock, daemon.log      the supervisor (pod servers, agent, dataplanes)
 //! nodes/<node>/snapshot.json   the agent's latest snapshot for that node
 //! nodes/<node>/dataplane.sock  the node's dataplane: status queries
@@ -33,6 +34,10 @@ impl StateDir {
 
     pub fn cluster_file(&self) -> PathBuf {
         self.root.join("cluster.json")
+    }
+    /// The policies in force (`manifests::StoredPolicy` list, JSON).
+    pub fn policies_file(&self) -> PathBuf {
+        self.root.join("policies.json")
     }
     pub fn daemon_sock(&self) -> PathBuf {
         self.root.join("daemon.sock")

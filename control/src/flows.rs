@@ -1,0 +1,146 @@
+//! The flow log as the user sees it: the node dataplane turns the workers'
+//! `FlowEvent`s into JSON records (pod names, rule texts, wall-clock time)
+//! and keeps the latest ones; `weir flows` reads and prints them.
+
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use weir_dataplane::flows::{FlowEvent, FlowKind};
+use weir_dataplane::policy::RuleId;
+use weir_dataplane::Snapshot;
+
+/// Records kept per node for `weir flows`.
+pub const KEEP: usize = 20_000;
+
+/// The node dataplane's record buffer.
+#[derive(Default)]
+pub struct FlowBuffer {
+    next_seq: u64,
+    records: VecDeque<Value>,
+}
+
+impl FlowBuffer {
+    pub fn push(&mut self, mut record: Value) {
+        self.next_seq += 1;
+        record["seq"] = json!(self.next_seq);
+        if self.records.len() == KEEP {
+            self.records.pop_front();
+        }
+        self.records.push_back(record);
+    }
+
+    /// Records with a sequence number above `since`, and the last number.
+    pub fn since(&self, since: u64) -> (Vec<Value>, u64) {
+        let out = self
+            .records
+            .iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > since)
+            .cloned()
+            .collect();
+        (out, self.next_seq)
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+fn rule_text(snap: &Snapshot, id: RuleId) -> String {
+    match id {
+        RuleId::DEFAULT_ALLOW => "default allow".into(),
+        RuleId::IMPLICIT_DENY => "implicit deny (isolated)".into(),
+        RuleId::NOT_APPLICABLE => "-".into(),
+        RuleId::HOST => "node traffic".into(),
+        id => match snap.policy().rule(id) {
+            Some(r) => format!("{r} ({})", r.action),
+            None => format!("rule {}", id.0),
+        },
+    }
+}
+
+fn peer(snap: &Snapshot, ep: Option<u32>, addr: IpAddr) -> String {
+    match ep.and_then(|i| snap.spec.endpoints.get(i as usize)) {
+        Some(e) => e.name.clone(),
+        None => addr.to_string(),
+    }
+}
+
+/// One event as a JSON record; `wall_offset_ns` converts monotonic to Unix time.
+pub fn render(ev: &FlowEvent, snap: &Snapshot, node: &str, wall_offset_ns: i128) -> Value {
+    let verdict = if ev.audit {
+        "audit"
+    } else if ev.allowed {
+        "allowed"
+    } else {
+        "denied"
+    };
+    // Rules and endpoints are those of the flow's original direction.
+    let (src_ep, dst_ep) = (ev.src_endpoint, ev.dst_endpoint);
+    json!({
+        "node": node,
+        "time_unix_ns": (ev.time_ns as i128 + wall_offset_ns).max(0) as u64,
+        "kind": match ev.kind {
+            FlowKind::New => "new",
+            FlowKind::Drop => "drop",
+            FlowKind::Revoked => "revoked",
+            FlowKind::Related => "related",
+        },
+        "verdict": verdict,
+        "audit": ev.audit,
+        "reason": ev.reason.map(|r| r.slug()),
+        "protocol": proto_name(ev.key.proto),
+        "src": peer(snap, src_ep, ev.key.src),
+        "src_addr": ev.key.src,
+        "sport": ev.key.sport,
+        "dst": peer(snap, dst_ep, ev.key.dst),
+        "dst_addr": ev.key.dst,
+        "dport": ev.key.dport,
+        "egress_rule": rule_text(snap, ev.egress_rule),
+        "ingress_rule": rule_text(snap, ev.ingress_rule),
+        "generation": ev.generation,
+        "pickup": ev.pickup,
+    })
+}
+
+/// One line per record for the terminal.
+pub fn line(r: &Value) -> String {
+    let ns = r["time_unix_ns"].as_u64().unwrap_or(0);
+    let day = (ns / 1_000_000) % 86_400_000;
+    let (h, m, sec, ms) = (
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000,
+    );
+    let port = |k: &str| r[k].as_u64().unwrap_or(0);
+    let mut s = format!(
+        "{h:02}:{m:02}:{sec:02}.{ms:03} {:<7} {:<7} {:<8} {:<6} {}:{} -> {}:{}",
+        r["node"].as_str().unwrap_or("?"),
+        r["kind"].as_str().unwrap_or("?"),
+        r["verdict"].as_str().unwrap_or("?").to_uppercase(),
+        r["protocol"].as_str().unwrap_or("?"),
+        r["src"].as_str().unwrap_or("?"),
+        port("sport"),
+        r["dst"].as_str().unwrap_or("?"),
+        port("dport"),
+    );
+    if let Some(reason) = r["reason"].as_str() {
+        s.push_str(&format!("  reason={reason}"));
+    }
+    s.push_str(&format!(
+        "  egress: {}  ingress: {}",
+        r["egress_rule"].as_str().unwrap_or("-"),
+        r["ingress_rule"].as_str().unwrap_or("-")
+    ));
+    if r["audit"] == true {
+        s.push_str("  [AUDIT: would drop]");
+    }
+    s
+}
