@@ -319,7 +319,7 @@ impl PortTable {
                 Some(_) => return Err(invalid(format!("{what}: segments not increasing"))),
                 None => 65535,
             };
-            if end - start as u32 + 1 <= EXPAND_MAX {
+            if end - (start as u32) < EXPAND_MAX {
                 for p in start as u32..=end {
                     exact.insert(p as u16, d);
                 }
@@ -460,8 +460,8 @@ impl CompiledPolicy {
                 _ => return Err(invalid(format!("prefix {a}/{len}: bad length"))),
             }
         }
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
+        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
         if !spec.tables.is_empty() || !spec.endpoints.is_empty() {
             class_ok(spec.world_class, "world_class")?;
         }

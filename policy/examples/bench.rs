@@ -17,7 +17,10 @@ fn labels(kv: &[(&str, String)]) -> Labels {
 
 fn input(rules: usize) -> PolicyInput {
     let namespaces: Vec<NamespaceInfo> = (0..10)
-        .map(|i| NamespaceInfo { name: format!("ns{i}"), labels: labels(&[("team", format!("t{}", i % 3))]) })
+        .map(|i| NamespaceInfo {
+            name: format!("ns{i}"),
+            labels: labels(&[("team", format!("t{}", i % 3))]),
+        })
         .collect();
     let pods: Vec<PodInfo> = (0..100)
         .map(|i| PodInfo {
@@ -27,10 +30,17 @@ fn input(rules: usize) -> PolicyInput {
             labels: labels(&[("app", format!("app{}", i % 20))]),
             ipv4: Some(Ipv4Addr::new(10, 0, (i / 200) as u8, (i % 200) as u8 + 2)),
             ipv6: None,
-            ports: vec![ContainerPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp }],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
         })
         .collect();
-    let app = |i: usize| Selector { match_labels: labels(&[("app", format!("app{}", i % 20))]), ..Default::default() };
+    let app = |i: usize| Selector {
+        match_labels: labels(&[("app", format!("app{}", i % 20))]),
+        ..Default::default()
+    };
     let mut policies = Vec::new();
     let mut left = rules;
     let mut i = 0usize;
@@ -41,16 +51,43 @@ fn input(rules: usize) -> PolicyInput {
         let rule = |j: usize| -> Rule {
             let k = i * 10 + j;
             Rule {
-                action: if i % 4 == 3 && j == 0 { RuleAction::Deny } else { RuleAction::Allow },
-                action_text: "Allow".into(),
-                peers: if k % 7 == 0 {
-                    vec![Peer::Cidr { cidr: format!("172.{}.{}.0/24", k / 256 % 256, k % 256).parse().unwrap(), except: vec![] }]
+                action: if i % 4 == 3 && j == 0 {
+                    RuleAction::Deny
                 } else {
-                    vec![Peer::Pods { namespaces: Namespaces::Selector(Selector::everything()), pods: app(k * 7) }]
+                    RuleAction::Allow
+                },
+                action_text: "Allow".into(),
+                peers: if k.is_multiple_of(7) {
+                    vec![Peer::Cidr {
+                        cidr: format!("172.{}.{}.0/24", k / 256 % 256, k % 256)
+                            .parse()
+                            .unwrap(),
+                        except: vec![],
+                    }]
+                } else {
+                    vec![Peer::Pods {
+                        namespaces: Namespaces::Selector(Selector::everything()),
+                        pods: app(k * 7),
+                    }]
                 },
                 ports: Some(vec![
-                    PortMatch::Range { protocol: Protocol::Tcp, start: 1000 + (k % 5000) as u16, end: 1000 + (k % 5000) as u16 },
-                    if k % 3 == 0 { PortMatch::Range { protocol: Protocol::Tcp, start: 20000, end: 30000 } } else { PortMatch::Named { protocol: None, name: "http".into() } },
+                    PortMatch::Range {
+                        protocol: Protocol::Tcp,
+                        start: 1000 + (k % 5000) as u16,
+                        end: 1000 + (k % 5000) as u16,
+                    },
+                    if k.is_multiple_of(3) {
+                        PortMatch::Range {
+                            protocol: Protocol::Tcp,
+                            start: 20000,
+                            end: 30000,
+                        }
+                    } else {
+                        PortMatch::Named {
+                            protocol: None,
+                            name: "http".into(),
+                        }
+                    },
                 ]),
                 name: None,
             }
@@ -65,12 +102,22 @@ fn input(rules: usize) -> PolicyInput {
             kind,
             namespace: ns_tier.then(|| ns.clone()),
             name: format!("p{i}"),
-            tier: if ns_tier { Tier::Namespace } else { Tier::Admin },
+            tier: if ns_tier {
+                Tier::Namespace
+            } else {
+                Tier::Admin
+            },
             priority: if ns_tier { 0 } else { (i % 1000) as i32 },
             subject: if ns_tier {
-                Subject::Namespace { namespace: ns.clone(), pods: app(i) }
+                Subject::Namespace {
+                    namespace: ns.clone(),
+                    pods: app(i),
+                }
             } else {
-                Subject::Cluster { namespaces: Selector::everything(), pods: app(i) }
+                Subject::Cluster {
+                    namespaces: Selector::everything(),
+                    pods: app(i),
+                }
             },
             ingress: (0..n).map(rule).collect(),
             egress: vec![],
@@ -79,11 +126,19 @@ fn input(rules: usize) -> PolicyInput {
         });
         i += 1;
     }
-    PolicyInput { namespaces, pods, hosts: vec![], policies }
+    PolicyInput {
+        namespaces,
+        pods,
+        hosts: vec![],
+        policies,
+    }
 }
 
 fn main() {
-    println!("{:>6} {:>12} {:>8} {:>8} {:>8} {:>14} {:>8}", "rules", "compile", "classes", "tables", "cells", "judge/flow", "allowed");
+    println!(
+        "{:>6} {:>12} {:>8} {:>8} {:>8} {:>14} {:>8}",
+        "rules", "compile", "classes", "tables", "cells", "judge/flow", "allowed"
+    );
     for rules in [10, 1_000, 10_000] {
         let input = input(rules);
         let t = Instant::now();
@@ -101,15 +156,27 @@ fn main() {
             x ^= x << 17;
             let src = &input.pods[(x % 100) as usize];
             let di = ((x >> 8) % eps.len() as u64) as u32;
-            let src_addr = if (x >> 20) % 5 == 0 {
-                IpAddr::V4(Ipv4Addr::new(172, ((x >> 24) % 40) as u8, ((x >> 32) % 256) as u8, 9))
+            let src_addr = if (x >> 20).is_multiple_of(5) {
+                IpAddr::V4(Ipv4Addr::new(
+                    172,
+                    ((x >> 24) % 40) as u8,
+                    ((x >> 32) % 256) as u8,
+                    9,
+                ))
             } else {
                 IpAddr::V4(src.ipv4.unwrap())
             };
-            let port = [8080u16, 1000 + ((x >> 40) % 5000) as u16, 25000, 443][((x >> 50) % 4) as usize];
+            let port =
+                [8080u16, 1000 + ((x >> 40) % 5000) as u16, 25000, 443][((x >> 50) % 4) as usize];
             flows.push((
-                DPeer { endpoint: None, addr: src_addr },
-                DPeer { endpoint: Some(di), addr: IpAddr::V4(eps[di as usize].ipv4.unwrap()) },
+                DPeer {
+                    endpoint: None,
+                    addr: src_addr,
+                },
+                DPeer {
+                    endpoint: Some(di),
+                    addr: IpAddr::V4(eps[di as usize].ipv4.unwrap()),
+                },
                 port,
             ));
         }
@@ -118,7 +185,8 @@ fn main() {
         let t = Instant::now();
         for _ in 0..rounds {
             for &(s, d, port) in &flows {
-                allowed += black_box(policy.judge(black_box(s), black_box(d), 6, port)).allowed as usize;
+                allowed +=
+                    black_box(policy.judge(black_box(s), black_box(d), 6, port)).allowed as usize;
             }
         }
         let per = t.elapsed().as_nanos() as f64 / (rounds * flows.len()) as f64;

@@ -14,6 +14,7 @@
 //! 3. Baseline tier (ClusterNetworkPolicy tier Baseline, then the
 //!    BaselineAdminNetworkPolicy) like the Admin tier; Pass ends the tier.
 //! 4. Default allow.
+//!
 //! Audit: a Deny (or isolation) coming only from `audit: true` policies is
 //! remembered and evaluation goes on; an enforced Deny later still wins, an
 //! Allow later becomes `Deny + audit` (would drop, passes).
@@ -43,6 +44,9 @@ struct Class {
     region: Option<IpNet>,
     profile: usize,
 }
+
+/// (admin, namespace, baseline rule ids, isolated, isolated enforced, port profile)
+type MemoKey = (Vec<u32>, Vec<u32>, Vec<u32>, bool, bool, usize);
 
 struct CRule {
     action: RuleAction,
@@ -202,8 +206,8 @@ pub fn compile_for(
     profile_index.insert(vec![], 0);
     for p in &input.pods {
         let k = pkey(&p.ports);
-        if !profile_index.contains_key(&k) {
-            profile_index.insert(k, profiles.len());
+        if let std::collections::hash_map::Entry::Vacant(e) = profile_index.entry(k) {
+            e.insert(profiles.len());
             profiles.push(&p.ports);
         }
     }
@@ -303,7 +307,7 @@ pub fn compile_for(
     // Tables.
     let mut cells: Vec<CellSpec> = Vec::new();
     let mut cell_index: HashMap<CellSpec, u32> = HashMap::new();
-    let mut memo: HashMap<(Vec<u32>, Vec<u32>, Vec<u32>, bool, bool, usize), u32> = HashMap::new();
+    let mut memo: HashMap<MemoKey, u32> = HashMap::new();
     let mut tables: Vec<Vec<u32>> = Vec::new();
     let mut table_index: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut by_key: HashMap<(Identity, usize), EndpointTables> = HashMap::new();

@@ -164,7 +164,7 @@ fn policy(r: &mut Rng, i: usize) -> Policy {
         }
     };
     let audit = matches!(kind, Kind::WeirPolicy | Kind::WeirClusterPolicy) && r.chance(30);
-    let mut rules = |r: &mut Rng| -> Vec<Rule> {
+    let rules = |r: &mut Rng| -> Vec<Rule> {
         (0..r.below(4))
             .map(|_| {
                 let action = match kind {
@@ -258,7 +258,7 @@ fn cluster(r: &mut Rng) -> PolicyInput {
             ports,
         });
     }
-    let mut ns_labels = |r: &mut Rng| -> Labels {
+    let ns_labels = |r: &mut Rng| -> Labels {
         let mut l = BTreeMap::new();
         if r.chance(70) {
             l.insert("env".to_string(), r.pick(&["a", "b"]).to_string());
