@@ -11,4 +11,4 @@ cargo build --workspace --all-targets
 cargo build -p weir --bin weir
 # Two test threads: each integration test runs a dataplane of its own and
 # this machine has two cores.
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
