@@ -203,3 +203,345 @@ pub fn none_connected(m: &Value) -> bool {
         .as_array()
         .is_some_and(|p| !p.is_empty() && p.iter().all(|x| x["connected"] == false))
 }
+
+// ---------------------------------------------------------------------------
+// Upstream NetworkPolicy e2e layout (namespaces x, y, z; pods a, b, c) and
+// truth tables in the form of upstream's `Reachability`.
+// ---------------------------------------------------------------------------
+
+/// The nine pods of upstream's netpol e2e suite, in probe order.
+pub const XYZ_PODS: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
+
+/// A Namespace manifest with `ns: NAME` plus extra labels (`k: v` pairs).
+pub fn xyz_namespace(ns: &str, extra: &[(&str, &str)]) -> String {
+    let mut labels = format!("ns: {ns}");
+    for (k, v) in extra {
+        labels.push_str(&format!(", {k}: {v}"));
+    }
+    format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{{labels}}}}}\n"
+    )
+}
+
+/// A Pod manifest of the netpol layout (named ports `serve-80-tcp` ...) with
+/// `pod: NAME` plus extra labels. Re-applying it with other labels relabels the pod.
+pub fn xyz_pod(ns: &str, pod: &str, extra: &[(&str, &str)]) -> String {
+    let mut labels = format!("pod: {pod}");
+    for (k, v) in extra {
+        labels.push_str(&format!(", {k}: {v}"));
+    }
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{{labels}}}}}\n\
+         spec:\n  nodeName: node-1\n  containers:\n  - name: cont-80-81\n    ports:\n\
+         \x20   - {{name: serve-80-tcp, containerPort: 80, protocol: TCP}}\n\
+         \x20   - {{name: serve-80-udp, containerPort: 80, protocol: UDP}}\n\
+         \x20   - {{name: serve-81-tcp, containerPort: 81, protocol: TCP}}\n\
+         \x20   - {{name: serve-81-udp, containerPort: 81, protocol: UDP}}\n"
+    )
+}
+
+/// The whole netpol cluster: one node, namespaces x, y, z, pods a, b, c in each.
+pub fn xyz_cluster() -> String {
+    let mut s = String::from(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {kubernetes.io/hostname: node-1}}\n\
+         spec: {podCIDRs: [10.244.0.0/24, \"fd00:10:244::/64\"]}\n",
+    );
+    for ns in ["x", "y", "z"] {
+        s.push_str(&xyz_namespace(ns, &[]));
+    }
+    for ns in ["x", "y", "z"] {
+        for pod in ["a", "b", "c"] {
+            s.push_str(&xyz_pod(ns, pod, &[]));
+        }
+    }
+    s
+}
+
+/// A NetworkPolicy manifest; `spec` is YAML flow text, e.g. `{podSelector: {}}`.
+pub fn netpol(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+/// A pattern of upstream's `Peer`: namespace and/or pod, `None` = any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer<'a> {
+    pub ns: Option<&'a str>,
+    pub pod: Option<&'a str>,
+}
+
+impl<'a> Peer<'a> {
+    pub const ANY: Peer<'static> = Peer {
+        ns: None,
+        pod: None,
+    };
+    pub fn ns(ns: &'a str) -> Self {
+        Peer {
+            ns: Some(ns),
+            pod: None,
+        }
+    }
+    pub fn pod(ns: &'a str, pod: &'a str) -> Self {
+        Peer {
+            ns: Some(ns),
+            pod: Some(pod),
+        }
+    }
+    fn matches(&self, full: &str) -> bool {
+        let (ns, pod) = full.split_once('/').unwrap_or((full, ""));
+        self.ns.is_none_or(|n| n == ns) && self.pod.is_none_or(|p| p == pod)
+    }
+}
+
+/// Expected connectivity between pods (upstream's `Reachability`).
+#[derive(Clone, Debug)]
+pub struct Reachability {
+    pub pods: Vec<String>,
+    pub expected: Vec<Vec<bool>>,
+}
+
+impl Reachability {
+    /// Every pair `default` (upstream: `NewReachability(pods, default)`).
+    pub fn new(pods: &[&str], default: bool) -> Self {
+        Reachability {
+            pods: pods.iter().map(|s| s.to_string()).collect(),
+            expected: vec![vec![default; pods.len()]; pods.len()],
+        }
+    }
+    /// The nine pods, all connected.
+    pub fn all() -> Self {
+        Reachability::new(&XYZ_PODS, true)
+    }
+    fn index(&self, pod: &str) -> usize {
+        self.pods
+            .iter()
+            .position(|p| p == pod)
+            .unwrap_or_else(|| panic!("{pod} is not in the model"))
+    }
+    pub fn expect(&mut self, from: &str, to: &str, v: bool) -> &mut Self {
+        let (i, j) = (self.index(from), self.index(to));
+        self.expected[i][j] = v;
+        self
+    }
+    pub fn expect_peer(&mut self, from: Peer, to: Peer, v: bool) -> &mut Self {
+        for i in 0..self.pods.len() {
+            for j in 0..self.pods.len() {
+                if from.matches(&self.pods[i]) && to.matches(&self.pods[j]) {
+                    self.expected[i][j] = v;
+                }
+            }
+        }
+        self
+    }
+    pub fn expect_all_ingress(&mut self, pod: &str, v: bool) -> &mut Self {
+        let j = self.index(pod);
+        for row in &mut self.expected {
+            row[j] = v;
+        }
+        self
+    }
+    pub fn expect_all_egress(&mut self, pod: &str, v: bool) -> &mut Self {
+        let i = self.index(pod);
+        for c in &mut self.expected[i] {
+            *c = v;
+        }
+        self
+    }
+}
+
+/// A truth table in upstream's form: `.` connected, `X` blocked, `-` ignored (self).
+pub fn render_table(pods: &[String], m: &[Vec<bool>], ignore_self: bool) -> String {
+    let mut s = String::from("    ");
+    for p in pods {
+        s.push_str(&format!(" {p:>4}"));
+    }
+    s.push('\n');
+    for (i, p) in pods.iter().enumerate() {
+        s.push_str(&format!("{p:<4}"));
+        for (j, v) in m[i].iter().enumerate() {
+            let c = if ignore_self && i == j {
+                "-"
+            } else if *v {
+                "."
+            } else {
+                "X"
+            };
+            s.push_str(&format!(" {c:>4}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+impl TestCluster {
+    /// `weir apply -f` on manifest text; the output (caller checks).
+    pub fn apply_text(&self, file: &str, text: &str) -> Output {
+        let f = self.file(file, text);
+        self.weir(&["apply", "-f", &f])
+    }
+
+    /// `weir apply -f` on manifest text; panics with weir's stderr on failure.
+    pub fn apply(&self, file: &str, text: &str) {
+        let out = self.apply_text(file, text);
+        assert!(
+            out.status.success(),
+            "weir apply {file} failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `weir delete -f` on manifest text; panics with weir's stderr on failure.
+    pub fn delete(&self, file: &str, text: &str) {
+        let f = self.file(file, text);
+        let out = self.weir(&["delete", "-f", &f]);
+        assert!(
+            out.status.success(),
+            "weir delete {file} failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `weir explain -o json` for one pair.
+    pub fn explain(&self, from: &str, to: &str, port: u16, protocol: &str) -> Value {
+        let port = port.to_string();
+        self.weir_json(&[
+            "explain",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            &port,
+            "--protocol",
+            protocol,
+            "-o",
+            "json",
+        ])
+    }
+
+    /// Probes every pair of `want.pods` (short timeouts) and compares with the
+    /// expectation, self-pairs ignored (loopback); then asks `weir explain`
+    /// for every non-self pair and compares with the probe. `Err` describes
+    /// every difference with both tables.
+    pub fn check_reachability(
+        &self,
+        case: &str,
+        port: u16,
+        protocol: &str,
+        want: &Reachability,
+    ) -> Result<(), String> {
+        let m = self.probe(port, protocol, &["--timeout-ms", "300", "--attempts", "2"]);
+        let from: Vec<String> = m["from"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let to: Vec<String> = m["to"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let n = want.pods.len();
+        let mut got = vec![vec![false; n]; n];
+        for (i, p) in want.pods.iter().enumerate() {
+            let fi = from
+                .iter()
+                .position(|f| f == p)
+                .ok_or(format!("{case}: {p} not probed from: {m}"))?;
+            for (j, q) in want.pods.iter().enumerate() {
+                let tj = to
+                    .iter()
+                    .position(|t| t == q)
+                    .ok_or(format!("{case}: {q} not probed to: {m}"))?;
+                got[i][j] = m["connected"][fi][tj] == true;
+            }
+        }
+        let mut errs = Vec::new();
+        let mut diffs = Vec::new();
+        for (i, j) in (0..n).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            {
+                if i != j && got[i][j] != want.expected[i][j] {
+                    let detail = m["probes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|p| {
+                            p["from"] == want.pods[i].as_str() && p["to"] == want.pods[j].as_str()
+                        })
+                        .map(|p| p["detail"].to_string())
+                        .unwrap_or_default();
+                    diffs.push(format!(
+                        "{} -> {}: expected {}, got {} ({detail})",
+                        want.pods[i],
+                        want.pods[j],
+                        if want.expected[i][j] {
+                            "connected"
+                        } else {
+                            "blocked"
+                        },
+                        if got[i][j] { "connected" } else { "blocked" },
+                    ));
+                }
+            }
+        }
+        if !diffs.is_empty() {
+            errs.push(format!(
+                "{case}: {protocol}/{port}: probe differs from expectation in {} cell(s):\n  {}\nexpected:\n{}got:\n{}",
+                diffs.len(),
+                diffs.join("\n  "),
+                render_table(&want.pods, &want.expected, true),
+                render_table(&want.pods, &got, true),
+            ));
+        }
+        // explain, several pairs at a time
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|(i, j)| i != j)
+            .collect();
+        let mut explained = vec![vec![false; n]; n];
+        let mut explain_diffs = Vec::new();
+        for chunk in pairs.chunks(12) {
+            let results: Vec<(usize, usize, Value)> = std::thread::scope(|s| {
+                let hs: Vec<_> = chunk
+                    .iter()
+                    .map(|&(i, j)| {
+                        let (f, t) = (&want.pods[i], &want.pods[j]);
+                        s.spawn(move || (i, j, self.explain(f, t, port, protocol)))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("explain thread"))
+                    .collect()
+            });
+            for (i, j, e) in results {
+                let allowed = e["allowed"] == true;
+                explained[i][j] = allowed;
+                if allowed != got[i][j] {
+                    explain_diffs.push(format!(
+                        "{} -> {}: explain allowed={allowed}, probe connected={}; egress: {}, ingress: {}",
+                        want.pods[i], want.pods[j], got[i][j], e["egress"]["text"], e["ingress"]["text"]
+                    ));
+                }
+            }
+        }
+        if !explain_diffs.is_empty() {
+            errs.push(format!(
+                "{case}: {protocol}/{port}: weir explain disagrees with the probe in {} cell(s):\n  {}\nexplain:\n{}probe:\n{}",
+                explain_diffs.len(),
+                explain_diffs.join("\n  "),
+                render_table(&want.pods, &explained, true),
+                render_table(&want.pods, &got, true),
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("\n"))
+        }
+    }
+}
