@@ -19,18 +19,21 @@
 //!
 //! Only what weir's pass needs is here: Ethernet, IPv4, IPv6 (with an
 //! extension-header walk), TCP/UDP ports and flags, ICMP/ICMPv6 (shared
-//! layout) and the Internet checksum helpers. No `Repr`/`emit` machinery: the
-//! only thing weir constructs is an ICMP error, built field by field in
-//! `pass`.
+//! layout), VXLAN (with GBP) and Geneve (with its option walk) for the
+//! overlay, and the Internet checksum helpers. No `Repr` machinery: weir
+//! constructs ICMP errors (field by field in `pass`) and tunnel headers
+//! (`emit` on the VXLAN/Geneve views, the rest in `encap`).
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod ethernet;
+pub mod geneve;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
 pub mod udp;
+pub mod vxlan;
 
 /// Why a view refused a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
