@@ -433,7 +433,25 @@ impl TestCluster {
         protocol: &str,
         want: &Reachability,
     ) -> Result<(), String> {
-        let m = self.probe(port, protocol, &["--timeout-ms", "300", "--attempts", "2"]);
+        self.check_reachability_family(case, port, protocol, "ipv4", want)
+    }
+
+    /// [`TestCluster::check_reachability`] over the given address family
+    /// (`ipv4` or `ipv6`).
+    pub fn check_reachability_family(
+        &self,
+        case: &str,
+        port: u16,
+        protocol: &str,
+        family: &str,
+        want: &Reachability,
+    ) -> Result<(), String> {
+        let m = self.probe(
+            port,
+            protocol,
+            &["--timeout-ms", "300", "--attempts", "2", "--family", family],
+        );
+        let protocol_label = format!("{protocol} ({family})");
         let from: Vec<String> = m["from"]
             .as_array()
             .into_iter()
@@ -491,7 +509,7 @@ impl TestCluster {
         }
         if !diffs.is_empty() {
             errs.push(format!(
-                "{case}: {protocol}/{port}: probe differs from expectation in {} cell(s):\n  {}\nexpected:\n{}got:\n{}",
+                "{case}: {protocol_label}/{port}: probe differs from expectation in {} cell(s):\n  {}\nexpected:\n{}got:\n{}",
                 diffs.len(),
                 diffs.join("\n  "),
                 render_table(&want.pods, &want.expected, true),
@@ -531,7 +549,7 @@ impl TestCluster {
         }
         if !explain_diffs.is_empty() {
             errs.push(format!(
-                "{case}: {protocol}/{port}: weir explain disagrees with the probe in {} cell(s):\n  {}\nexplain:\n{}probe:\n{}",
+                "{case}: {protocol_label}/{port}: weir explain disagrees with the probe in {} cell(s):\n  {}\nexplain:\n{}probe:\n{}",
                 explain_diffs.len(),
                 explain_diffs.join("\n  "),
                 render_table(&want.pods, &explained, true),

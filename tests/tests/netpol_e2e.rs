@@ -79,6 +79,16 @@ impl Suite {
         }
     }
 
+    fn check_ipv6(&mut self, port: u16, protocol: &str, want: &Reachability) {
+        if let Err(e) = self
+            .c
+            .check_reachability_family(&self.case, port, protocol, "ipv6", want)
+        {
+            eprintln!("FAIL {e}");
+            self.failures.push(e);
+        }
+    }
+
     fn end_case(&mut self) {
         if self.case.is_empty() {
             return;
@@ -133,6 +143,8 @@ fn netpol_ingress_selectors() {
     let mut r = all();
     r.expect_peer(Peer::ANY, Peer::ns(X), false);
     s.check(80, "TCP", &r);
+    // weir addition: the same table over IPv6
+    s.check_ipv6(80, "TCP", &r);
 
     s.case("should support a 'default-deny-all' policy");
     s.create(
@@ -484,6 +496,8 @@ fn netpol_ports_and_protocols() {
     r.expect_all_ingress("x/a", false)
         .expect("y/a", "x/a", true);
     s.check(80, "UDP", &r);
+    // weir addition: the same table over IPv6
+    s.check_ipv6(80, "UDP", &r);
 
     s.finish();
 }

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weir_tests::{netpol, xyz_cluster, Peer, Reachability, TestCluster};
+use weir_tests::{netpol, xyz_cluster, xyz_namespace, xyz_pod, Peer, Reachability, TestCluster};
 
 fn all() -> Reachability {
     Reachability::all()
@@ -251,6 +251,55 @@ fn admin_and_baseline_tiers_around_network_policies() {
         ),
         &[(80, "TCP", &r)],
     );
+
+    // 10. Label changes move pods and namespaces in and out of Admin-tier
+    //     selectors while the policies stay.
+    let t0 = Instant::now();
+    let text = format!(
+        "{}{}",
+        cnp(
+            "quarantine",
+            "Admin",
+            1,
+            "{pods: {namespaceSelector: {}, podSelector: {matchLabels: {quarantine: \"true\"}}}}",
+            "  ingress:\n  - {action: Deny, from: [{namespaces: {}}]}\n"
+        ),
+        cnp(
+            "no-from-untrusted",
+            "Admin",
+            2,
+            "{namespaces: {matchLabels: {ns: x}}}",
+            "  ingress:\n  - {action: Deny, from: [{namespaces: {matchLabels: {trust: \"no\"}}}]}\n"
+        )
+    );
+    c.apply("labels.yaml", &text);
+    let name = "Admin tier follows pod and namespace label changes";
+    if let Err(e) = c.check_reachability(name, 80, "TCP", &all()) {
+        failures.push(e);
+    }
+    c.apply(
+        "relabel.yaml",
+        &format!(
+            "{}{}",
+            xyz_pod("y", "b", &[("quarantine", "\"true\"")]),
+            xyz_namespace("z", &[("trust", "\"no\"")])
+        ),
+    );
+    let mut r = all();
+    r.expect_all_ingress("y/b", false)
+        .expect_peer(Peer::ns("z"), Peer::ns("x"), false);
+    if let Err(e) = c.check_reachability(name, 80, "TCP", &r) {
+        failures.push(e);
+    }
+    c.apply(
+        "relabel.yaml",
+        &format!("{}{}", xyz_pod("y", "b", &[]), xyz_namespace("z", &[])),
+    );
+    if let Err(e) = c.check_reachability(name, 80, "TCP", &all()) {
+        failures.push(e);
+    }
+    c.delete("labels.yaml", &text);
+    eprintln!("case {name:?}: {} ms", t0.elapsed().as_millis());
 
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -546,6 +595,19 @@ fn invalid_policies_are_rejected_whole_and_the_previous_state_stays() {
                 "{what}: error does not name the object and {fields:?}: {err:?}"
             ));
         }
+    }
+    // A label change with an invalid label value is rejected the same way.
+    let out = c.apply_text(
+        "badlabel.yaml",
+        &xyz_namespace("x", &[("team", "\"not a valid value!\"")]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    eprintln!("invalid namespace label: {err}");
+    if out.status.code() != Some(1) || err.lines().count() != 1 || !err.contains("labels") {
+        problems.push(format!(
+            "invalid namespace label value: exit {:?}, stderr {err:?}",
+            out.status.code()
+        ));
     }
     if let Err(e) = c.check_reachability("after rejected policies", 80, "TCP", &before) {
         problems.push(e);
