@@ -11,8 +11,12 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ClusterSpec, ContainerPort, NamespaceSpec, NodeSpec, PodSpec};
+use crate::manifest::{
+    ClusterSpec, ContainerPort, ManifestError, NamespaceSpec, NodeDataplane, NodeSpec, PodSpec,
+    DATAPLANE_ANNOTATION,
+};
 use crate::netlink::{Netlink, Veth};
+use crate::overlay::{self, Encap, UnderlayInfo, UNDERLAY_IFNAME};
 use crate::{ethtool, netns, TopoError};
 
 /// The node's address on `lo` that pods use as their gateway.
@@ -22,25 +26,95 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 const POD_IFNAME: &str = "eth0";
 const CLUSTER_NAME_MAX: usize = 16;
 
-/// How pods' links are made.
+const MIN_POD_MTU: u32 = 1280;
+const MAX_MTU: u32 = 65535;
+const MAX_VNI: u32 = (1 << 24) - 1;
+
+fn default_underlay_mtu() -> u32 {
+    1500
+}
+fn default_vni() -> u32 {
+    1
+}
+fn default_underlay_prefix_len() -> u8 {
+    24
+}
+
+/// How pods' links and the underlay are made.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct BuildOptions {
-    /// RX and TX queue count of each veth (default 2).
+    /// RX and TX queue count of each veth (default 2; also the underlay veths).
     pub queues: u32,
-    /// Pod MTU, both veth ends (default 1500).
+    /// Pod MTU, both veth ends. 0 (the default) means
+    /// `underlay_mtu - encap.overhead()` (1450 with VXLAN, 1442 with Geneve
+    /// on a 1500 underlay), in single-node clusters too. An explicit value
+    /// must be 1280 up to that.
+    #[serde(default)]
     pub mtu: u32,
+    /// MTU of the underlay veths `ul0` (default 1500).
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+    /// Encapsulation between nodes (cluster-wide; default VXLAN).
+    #[serde(default)]
+    pub encap: Encap,
+    /// VXLAN/Geneve network identifier (default 1; 1-16777215).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// Prefix length of the underlay subnet (default 24; 8-30).
+    #[serde(default = "default_underlay_prefix_len")]
+    pub underlay_prefix_len: u8,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             queues: 2,
-            mtu: 1500,
+            mtu: 0,
+            underlay_mtu: default_underlay_mtu(),
+            encap: Encap::Vxlan,
+            vni: default_vni(),
+            underlay_prefix_len: default_underlay_prefix_len(),
         }
     }
 }
 
+/// The largest pod MTU an underlay MTU leaves room for.
+fn max_pod_mtu(underlay_mtu: u32, encap: Encap) -> u32 {
+    underlay_mtu.saturating_sub(encap.overhead())
+}
+
+/// An explicit pod MTU must fit the encapsulation.
+fn check_pod_mtu(mtu: u32, underlay_mtu: u32, encap: Encap) -> Result<(), TopoError> {
+    let max = max_pod_mtu(underlay_mtu, encap);
+    if mtu < MIN_POD_MTU {
+        return Err(TopoError::Options {
+            field: "mtu",
+            msg: format!("{mtu} is less than {MIN_POD_MTU}"),
+        });
+    }
+    if mtu > max {
+        return Err(TopoError::Options {
+            field: "mtu",
+            msg: format!(
+                "{mtu} is more than underlay_mtu {underlay_mtu} minus {} bytes of {encap} overhead (at most {max})",
+                encap.overhead()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl BuildOptions {
+    /// The pod MTU these options give: `mtu`, or when 0
+    /// `underlay_mtu - encap.overhead()`.
+    pub fn pod_mtu(&self) -> u32 {
+        if self.mtu == 0 {
+            max_pod_mtu(self.underlay_mtu, self.encap)
+        } else {
+            self.mtu
+        }
+    }
+
     fn check(&self) -> Result<(), TopoError> {
         if !(1..=64).contains(&self.queues) {
             return Err(TopoError::Options {
@@ -48,10 +122,31 @@ impl BuildOptions {
                 msg: format!("{} is out of range 1-64", self.queues),
             });
         }
-        if !(1280..=65535).contains(&self.mtu) {
+        let min_underlay = MIN_POD_MTU + self.encap.overhead();
+        if !(min_underlay..=MAX_MTU).contains(&self.underlay_mtu) {
             return Err(TopoError::Options {
-                field: "mtu",
-                msg: format!("{} is out of range 1280-65535", self.mtu),
+                field: "underlay_mtu",
+                msg: format!(
+                    "{} is out of range {min_underlay}-{MAX_MTU} (pods need {MIN_POD_MTU} plus {} bytes of {} overhead)",
+                    self.underlay_mtu,
+                    self.encap.overhead(),
+                    self.encap
+                ),
+            });
+        }
+        if self.mtu != 0 {
+            check_pod_mtu(self.mtu, self.underlay_mtu, self.encap)?;
+        }
+        if !(1..=MAX_VNI).contains(&self.vni) {
+            return Err(TopoError::Options {
+                field: "vni",
+                msg: format!("{} is out of range 1-{MAX_VNI}", self.vni),
+            });
+        }
+        if !(8..=30).contains(&self.underlay_prefix_len) {
+            return Err(TopoError::Options {
+                field: "underlay_prefix_len",
+                msg: format!("{} is out of range 8-30", self.underlay_prefix_len),
             });
         }
         Ok(())
@@ -69,6 +164,34 @@ pub struct RealizedNode {
     pub ipv4: Option<Ipv4Addr>,
     /// First host of the IPv6 podCIDR, on the node's `lo`.
     pub ipv6: Option<Ipv6Addr>,
+    /// Who forwards this node's pod traffic (annotation `weir.dev/dataplane`).
+    #[serde(default)]
+    pub dataplane: NodeDataplane,
+    /// The node's `ul0` (`None` only in states saved before the underlay).
+    #[serde(default)]
+    pub underlay: Option<UnderlayInfo>,
+    /// `0e:00:<underlay ipv4 octets>`: the inner destination MAC of tunnel
+    /// frames to this node (all zero without an underlay).
+    #[serde(default)]
+    pub vtep_mac: [u8; 6],
+}
+
+impl RealizedNode {
+    /// The node's IPv4 podCIDR.
+    pub fn pod_cidr_v4(&self) -> Option<ipnet::Ipv4Net> {
+        overlay::gateway_v4(self).map(|(n, _)| n)
+    }
+
+    /// The node's IPv6 podCIDR.
+    pub fn pod_cidr_v6(&self) -> Option<ipnet::Ipv6Net> {
+        overlay::gateway_v6(self).map(|(n, _)| n)
+    }
+
+    /// The node as a manifest object (the underlay address as its
+    /// `InternalIP`).
+    pub fn spec(&self) -> NodeSpec {
+        node_spec(self)
+    }
 }
 
 /// A pod as built.
@@ -103,6 +226,21 @@ pub struct Cluster {
     pub nodes: Vec<RealizedNode>,
     pub namespaces: Vec<NamespaceSpec>,
     pub pods: Vec<RealizedPod>,
+    /// Encapsulation between nodes.
+    #[serde(default)]
+    pub encap: Encap,
+    /// The tunnel's network identifier (default 1).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// `weir-<cluster>-underlay` (`None` only in states saved before it).
+    #[serde(default)]
+    pub underlay_netns: Option<String>,
+    /// MTU of the underlay (`ul0`).
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+    /// The pod MTU the cluster was built with (0 in older states: unknown).
+    #[serde(default)]
+    pub pod_mtu: u32,
 }
 
 /// Checks a cluster name: 1-16 of `[a-z0-9]`.
@@ -138,8 +276,16 @@ fn pod_netns(cluster: &str, namespace: &str, pod: &str) -> String {
     format!("weir-{cluster}-{namespace}-{pod}")
 }
 
+/// `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// FNV-1a, 32 bits: stable across builds and processes.
-fn fnv1a32(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in bytes {
         h ^= u32::from(*b);
@@ -211,6 +357,18 @@ fn node_spec(node: &RealizedNode) -> NodeSpec {
         name: node.name.clone(),
         labels: node.labels.clone(),
         pod_cidrs: node.pod_cidrs.clone(),
+        dataplane: node.dataplane,
+        internal_ip: node.underlay.as_ref().map(|u| u.ipv4),
+    }
+}
+
+fn pod_spec(p: &RealizedPod) -> PodSpec {
+    PodSpec {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        node: p.node.clone(),
+        ports: p.ports.clone(),
     }
 }
 
@@ -266,7 +424,7 @@ impl Drop for Undo {
     }
 }
 
-fn sysctl(netns: &str, path: &str, value: &str) -> Result<(), TopoError> {
+pub(crate) fn sysctl(netns: &str, path: &str, value: &str) -> Result<(), TopoError> {
     std::fs::write(path, value).map_err(|error| TopoError::Sysctl {
         netns: netns.to_string(),
         path: path.to_string(),
@@ -274,12 +432,20 @@ fn sysctl(netns: &str, path: &str, value: &str) -> Result<(), TopoError> {
     })
 }
 
-fn realize_node(node: &RealizedNode) -> Result<(), TopoError> {
+fn realize_node(cluster: &Cluster, node: &RealizedNode, queues: u32) -> Result<(), TopoError> {
     netns::create(&node.netns)?;
+    let forwarding = match node.dataplane {
+        NodeDataplane::Weir => "0",
+        NodeDataplane::Kernel => "1",
+    };
     netns::run_in(&node.netns, || -> Result<(), TopoError> {
-        sysctl(&node.netns, "/proc/sys/net/ipv4/ip_forward", "0")?;
+        sysctl(&node.netns, "/proc/sys/net/ipv4/ip_forward", forwarding)?;
         if Path::new("/proc/sys/net/ipv6/conf/all/forwarding").exists() {
-            sysctl(&node.netns, "/proc/sys/net/ipv6/conf/all/forwarding", "0")?;
+            sysctl(
+                &node.netns,
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                forwarding,
+            )?;
         }
         let nl = Netlink::open(&node.netns)?;
         let lo = nl.link_up("lo")?;
@@ -289,6 +455,29 @@ fn realize_node(node: &RealizedNode) -> Result<(), TopoError> {
         }
         if let Some(v6) = node.ipv6 {
             nl.addr_add("lo", lo, IpAddr::V6(v6), 128, true)?;
+        }
+        Ok(())
+    })??;
+    if let Some(ul_ns) = &cluster.underlay_netns {
+        overlay::realize_node_underlay(ul_ns, node, cluster.underlay_mtu, queues)?;
+    }
+    Ok(())
+}
+
+/// On a `kernel` node, routes to the pod's addresses through its host veth
+/// (`/32`, `/128`), so the node kernel forwards to it.
+fn kernel_pod_routes(node: &RealizedNode, pod: &RealizedPod) -> Result<(), TopoError> {
+    if node.dataplane != NodeDataplane::Kernel {
+        return Ok(());
+    }
+    netns::run_in(&node.netns, || -> Result<(), TopoError> {
+        let nl = Netlink::open(&node.netns)?;
+        let index = nl.link_up(&pod.host_ifname)?;
+        if let Some(v4) = pod.ipv4 {
+            nl.route_dev(&pod.host_ifname, index, IpAddr::V4(v4), 32)?;
+        }
+        if let Some(v6) = pod.ipv6 {
+            nl.route_dev(&pod.host_ifname, index, IpAddr::V6(v6), 128)?;
         }
         Ok(())
     })?
@@ -359,13 +548,33 @@ impl Cluster {
         let mut spec = spec.clone();
         spec.apply_defaults();
         spec.validate()?;
+        if opts.encap != Encap::Vxlan {
+            if let Some(n) = spec
+                .nodes
+                .iter()
+                .find(|n| n.dataplane == NodeDataplane::Kernel)
+            {
+                return Err(ManifestError::Invalid {
+                    object: n.object(),
+                    field: format!("metadata.annotations[{DATAPLANE_ANNOTATION}]"),
+                    msg: format!(
+                        "kernel nodes speak VXLAN only, but the cluster's encap is {}",
+                        opts.encap
+                    ),
+                }
+                .into());
+            }
+        }
+        let (subnet, underlay_ips) = overlay::plan_underlay(&spec.nodes, opts.underlay_prefix_len)?;
+        let pod_mtu = opts.pod_mtu();
 
         let mut cluster = Cluster {
             name: name.to_string(),
             nodes: spec
                 .nodes
                 .iter()
-                .map(|n| {
+                .zip(&underlay_ips)
+                .map(|(n, ul_ip)| {
                     let (ipv4, ipv6) = node_addrs(&n.pod_cidrs);
                     RealizedNode {
                         name: n.name.clone(),
@@ -374,11 +583,25 @@ impl Cluster {
                         pod_cidrs: n.pod_cidrs.clone(),
                         ipv4,
                         ipv6,
+                        dataplane: n.dataplane,
+                        underlay: Some(UnderlayInfo {
+                            ifname: UNDERLAY_IFNAME.to_string(),
+                            peer_ifname: overlay::underlay_peer_ifname(&n.name),
+                            mac: overlay::underlay_mac(*ul_ip),
+                            ipv4: *ul_ip,
+                            prefix_len: subnet.prefix_len(),
+                        }),
+                        vtep_mac: overlay::vtep_mac(*ul_ip),
                     }
                 })
                 .collect(),
             namespaces: spec.namespaces.clone(),
             pods: Vec::new(),
+            encap: opts.encap,
+            vni: opts.vni,
+            underlay_netns: Some(overlay::underlay_netns(name)),
+            underlay_mtu: opts.underlay_mtu,
+            pod_mtu,
         };
         let mut next_slot: HashMap<&str, u128> = HashMap::new();
         for pod in &spec.pods {
@@ -386,7 +609,7 @@ impl Cluster {
             let node = cluster
                 .node(&pod.node)
                 .expect("validated: pod on a declared node");
-            let realized = plan_pod(name, node, pod, *slot, opts.mtu);
+            let realized = plan_pod(name, node, pod, *slot, pod_mtu);
             *slot += 1;
             cluster.pods.push(realized);
         }
@@ -398,9 +621,24 @@ impl Cluster {
         }
 
         let mut undo = Undo { netns: Vec::new() };
+        if let Some(ul_ns) = &cluster.underlay_netns {
+            undo.netns.push(ul_ns.clone());
+            overlay::realize_underlay(ul_ns).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+        }
         for node in &cluster.nodes {
             undo.netns.push(node.netns.clone());
-            realize_node(node).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+            realize_node(&cluster, node, opts.queues)
+                .map_err(|e| keep_if_preexisting(e, &mut undo))?;
+        }
+        for node in &cluster.nodes {
+            if node.dataplane == NodeDataplane::Kernel {
+                let others: Vec<&RealizedNode> = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name != node.name)
+                    .collect();
+                overlay::realize_kernel_tunnel(node, &others, cluster.vni, cluster.underlay_mtu)?;
+            }
         }
         for (i, pod) in cluster.pods.iter().enumerate() {
             let node = cluster.node(&pod.node).expect("planned on a known node");
@@ -412,6 +650,7 @@ impl Cluster {
             }
             undo.netns.push(pod.netns.clone());
             realize_pod(node, pod, opts.queues).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+            kernel_pod_routes(node, pod)?;
         }
         undo.netns.clear();
         Ok(cluster)
@@ -419,13 +658,24 @@ impl Cluster {
 
     /// Adds and wires one pod (its namespace and node must exist in the
     /// cluster; an empty `node` means the first node). On failure nothing of
-    /// it is left.
+    /// it is left. Its MTU is `opts.mtu` when set (checked against the
+    /// cluster's underlay MTU and encapsulation), else the cluster's pod MTU;
+    /// the cluster's own encapsulation and underlay win over those in `opts`.
+    /// On a `kernel` node it also gets its `/32` and `/128` routes.
     pub fn add_pod(
         &mut self,
         pod: &PodSpec,
         opts: &BuildOptions,
     ) -> Result<&RealizedPod, TopoError> {
+        let mut opts = opts.clone();
+        opts.encap = self.encap;
+        opts.underlay_mtu = self.underlay_mtu;
         opts.check()?;
+        let mtu = match (opts.mtu, self.pod_mtu) {
+            (0, 0) => opts.pod_mtu(),
+            (0, cluster) => cluster,
+            (explicit, _) => explicit,
+        };
         let mut pod = pod.clone();
         if pod.node.is_empty() {
             pod.node = self
@@ -435,21 +685,7 @@ impl Cluster {
                 .unwrap_or_default();
         }
         // Reuse the manifest checks on a spec made of this cluster and the pod.
-        let mut spec = ClusterSpec {
-            nodes: self.nodes.iter().map(node_spec).collect(),
-            namespaces: self.namespaces.clone(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| PodSpec {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    labels: p.labels.clone(),
-                    node: p.node.clone(),
-                    ports: p.ports.clone(),
-                })
-                .collect(),
-        };
+        let mut spec = self.spec();
         spec.pods.push(pod.clone());
         spec.validate()?;
 
@@ -470,7 +706,7 @@ impl Cluster {
                 object: pod.object(),
                 msg: format!("node {:?} has no free address", node.name),
             })?;
-        let realized = plan_pod(&self.name, node, &pod, slot, opts.mtu);
+        let realized = plan_pod(&self.name, node, &pod, slot, mtu);
         let node = node.clone();
         self.pods.push(realized);
         let checked = self.check_unique_names().and_then(|()| {
@@ -487,7 +723,9 @@ impl Cluster {
             return Err(e);
         }
         let last = self.pods.last().expect("just pushed").clone();
-        if let Err(e) = realize_pod(&node, &last, opts.queues) {
+        if let Err(e) =
+            realize_pod(&node, &last, opts.queues).and_then(|()| kernel_pod_routes(&node, &last))
+        {
             let _ = remove_links(&node, &last);
             if let Err(e2) = netns::delete(&last.netns) {
                 log::warn!("rollback: {e2}");
@@ -499,7 +737,8 @@ impl Cluster {
     }
 
     /// Removes a pod: its node-side veth (synchronously, so the same pod can
-    /// be added again at once) and its netns.
+    /// be added again at once; on a `kernel` node its routes go with it) and
+    /// its netns.
     pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<(), TopoError> {
         let Some(i) = self
             .pods
@@ -552,6 +791,16 @@ impl Cluster {
         serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
+    /// The cluster's objects as manifests (nodes with their underlay
+    /// address as `InternalIP`), e.g. to validate changes.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            nodes: self.nodes.iter().map(node_spec).collect(),
+            namespaces: self.namespaces.clone(),
+            pods: self.pods.iter().map(pod_spec).collect(),
+        }
+    }
+
     /// The pod `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&RealizedPod> {
         self.pods
@@ -564,11 +813,12 @@ impl Cluster {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Every netns of the cluster: nodes first, then pods.
+    /// Every netns of the cluster: the underlay first, then nodes, then pods.
     pub fn all_netns(&self) -> Vec<String> {
-        self.nodes
+        self.underlay_netns
             .iter()
-            .map(|n| n.netns.clone())
+            .cloned()
+            .chain(self.nodes.iter().map(|n| n.netns.clone()))
             .chain(self.pods.iter().map(|p| p.netns.clone()))
             .collect()
     }
@@ -577,9 +827,14 @@ impl Cluster {
     fn check_unique_names(&self) -> Result<(), TopoError> {
         let mut by_netns: HashMap<&str, String> = HashMap::new();
         let objects = self
-            .nodes
+            .underlay_netns
             .iter()
-            .map(|n| (n.netns.as_str(), format!("nodes/{}", n.name)))
+            .map(|ns| (ns.as_str(), "the underlay".to_string()))
+            .chain(
+                self.nodes
+                    .iter()
+                    .map(|n| (n.netns.as_str(), format!("nodes/{}", n.name))),
+            )
             .chain(self.pods.iter().map(|p| (p.netns.as_str(), p.object())));
         for (ns, object) in objects {
             check_netns_name(&object, ns)?;
@@ -587,6 +842,19 @@ impl Cluster {
                 return Err(TopoError::Conflict {
                     object,
                     msg: format!("netns name {ns} is also that of {other}; rename one"),
+                });
+            }
+        }
+        let mut ul_names: HashMap<&str, &str> = HashMap::new();
+        for n in &self.nodes {
+            let Some(ul) = &n.underlay else { continue };
+            if let Some(other) = ul_names.insert(&ul.peer_ifname, &n.name) {
+                return Err(TopoError::Conflict {
+                    object: format!("nodes/{}", n.name),
+                    msg: format!(
+                        "underlay veth name {} (a hash) collides with that of nodes/{other}; rename one",
+                        ul.peer_ifname
+                    ),
                 });
             }
         }

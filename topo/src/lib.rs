@@ -9,10 +9,11 @@
 //! another's). Named netns (visible to `ip netns`):
 //! - node: `weir-<cluster>-<node>`
 //! - pod: `weir-<cluster>-<namespace>-<pod>`
+//! - the underlay: `weir-<cluster>-underlay`
 //!
 //! Two objects whose netns names would coincide (node `default-a` and pod
-//! `default/a`, or namespace `a-b` pod `c` and namespace `a` pod `b-c`) are
-//! rejected before anything is built.
+//! `default/a`, or namespace `a-b` pod `c` and namespace `a` pod `b-c`, or a
+//! node named `underlay`) are rejected before anything is built.
 //!
 //! # Wiring (Calico style; everything derived deterministically)
 //! - Addresses: per node, pods get addresses in manifest order from the
@@ -24,6 +25,7 @@
 //!   kernel never forwards pod traffic, weir's userspace dataplane does; when
 //!   it is down, pod traffic is dropped (fail closed). The node answers ARP
 //!   for `169.254.1.1` itself (an address on `lo`, `arp_ignore=0`).
+//!   (`kernel`-dataplane nodes differ: see *Kernel nodes* below.)
 //! - Pod: a veth pair with [`BuildOptions::queues`] RX and TX queues. The
 //!   node side is `wv` + 8 hex digits of FNV-1a-32(`<namespace>/<pod>`), in
 //!   the node netns, with `fe80::1/64` (nodad); the pod side is `eth0`. MACs
@@ -43,12 +45,56 @@
 //!   `TcpInCsumErrors` at the receiver. weir's pod setup therefore makes the
 //!   pod's kernel compute full checksums (this also turns TSO off).
 //!
+//!
+//! # Underlay and overlay (every cluster, one node or many)
+//! - The underlay netns `weir-<cluster>-underlay` holds a Linux bridge `br0`
+//!   (up, STP off). Every node netns gets a veth: `ul0` on the node side,
+//!   `ul-` + 8 hex digits of FNV-1a-32(`<node>`) on the bridge side
+//!   (enslaved to `br0`), both with [`BuildOptions::underlay_mtu`] (default
+//!   1500) and [`BuildOptions::queues`] queues. The kernel answers ARP on
+//!   `ul0`, so nodes reach each other at L3 over the underlay.
+//! - Node underlay address (on `ul0`, `/prefix`): the Node's first IPv4
+//!   `status.addresses[type=InternalIP]`, else the lowest free host of the
+//!   underlay subnet in node order — with no `InternalIP` at all, node *n*
+//!   gets `172.30.0.<n+1>/24`. The subnet is the
+//!   [`BuildOptions::underlay_prefix_len`] (default 24) network of the first
+//!   given `InternalIP`, else `172.30.0.0/24`; every address must be a host
+//!   of it (one L2 segment), unique, and the subnet must not overlap a
+//!   podCIDR. Errors are one line.
+//! - MACs from the underlay IPv4: `ul0` `0a:00:<octets>`, its bridge side
+//!   `0a:01:<octets>`, and the node's **VTEP MAC**
+//!   ([`RealizedNode::vtep_mac`]) `0e:00:<octets>`: the inner destination
+//!   MAC other nodes put in tunnel frames for this node.
+//! - Encapsulation ([`Encap`], cluster-wide, default VXLAN with
+//!   [`Cluster::vni`] 1, UDP 4789): the default pod MTU is
+//!   `underlay_mtu - overhead`, VXLAN 50 (14+20+8+8) → 1450, Geneve 58 (plus
+//!   weir's 8-byte identity option) → 1442 — in single-node clusters too, so
+//!   a pod's MTU does not depend on the cluster's size. An explicit
+//!   [`BuildOptions::mtu`] must not exceed it.
+//!
+//! # Kernel nodes (`weir.dev/dataplane: kernel`; an interop peer, no weir)
+//! Wired like flannel's vxlan backend: `ip_forward=1` and IPv6 forwarding;
+//! a route per local pod address through its host veth (`/32`, `/128`,
+//! scope link; kept by [`Cluster::add_pod`], removed with the veth); pods
+//! and the `169.254.1.1` gateway as above. A kernel VXLAN device `vxlan0`:
+//! VNI [`Cluster::vni`], dstport 4789, local = the node's underlay address,
+//! dev `ul0`, nolearning, MAC = its VTEP MAC, MTU `underlay_mtu - 50`,
+//! address = the network address of its IPv4 podCIDR as `/32` (e.g.
+//! `10.244.1.0/32`). For every other node N (weir or kernel): an fdb entry
+//! `N.vtep_mac dst N.underlay_ip self permanent`, a permanent neighbour
+//! `<N gw> lladdr N.vtep_mac` and a route `N.podCIDR via <N gw> dev vxlan0
+//! onlink`, where `<N gw>` is the network address of N's podCIDR — for
+//! IPv4 and, the same way, IPv6 (`fd00:10:244:1::`). Other nodes' routes
+//! never change when pods come and go (the podCIDR route covers them).
+//! Kernel nodes need `encap: vxlan`.
+//!
 //! [`Cluster`] is the realized state; it is saved as JSON so other processes
 //! ([`Cluster::load`]) can attach to it. [`teardown_by_name`] removes a
 //! cluster even when that file is lost.
 
 pub mod manifest;
 pub mod netns;
+pub mod overlay;
 pub mod serve;
 
 mod cluster;
@@ -66,8 +112,10 @@ pub use cluster::{
 };
 pub use ethtool::tx_checksum_enabled;
 pub use manifest::{
-    ClusterSpec, ContainerPort, ManifestError, NamespaceSpec, NodeSpec, PodSpec, Protocol,
+    ClusterSpec, ContainerPort, ManifestError, NamespaceSpec, NodeDataplane, NodeSpec, PodSpec,
+    Protocol,
 };
+pub use overlay::{Encap, UnderlayInfo};
 
 /// Everything that can go wrong building or changing a topology; one line each.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,10 @@
 //!
 //! Only the fields weir needs are read (unknown fields are ignored, as the API
 //! server's non-strict decoding does): `metadata.name/namespace/labels`,
-//! Node `spec.podCIDR(s)`, Pod `spec.nodeName` and
+//! Node `spec.podCIDR(s)`, `status.addresses` (the first IPv4 `InternalIP`:
+//! the node's underlay address) and the annotation `weir.dev/dataplane`
+//! (`weir`, the default, or `kernel`: a node wired like flannel's vxlan
+//! backend with no weir on it), Pod `spec.nodeName` and
 //! `spec.containers[*].ports[*]`.
 //!
 //! Defaults and checks ([`ClusterSpec::finish`], done by [`load_files`] and
@@ -32,7 +35,13 @@
 //!   family, and do not overlap between nodes (or 169.254.0.0/16), ports are
 //!   1-65535 and unique per protocol in a pod, port names are IANA_SVC_NAMEs
 //!   and unique in a pod, and no node has more pods than its CIDRs hold (`.0`,
-//!   `.1` — the node — and the broadcast address are not handed out).
+//!   `.1` — the node — and the broadcast address are not handed out);
+//! - a node's `InternalIP` is an IPv4 unicast address (not loopback,
+//!   link-local, multicast, broadcast or unspecified; IPv6 `InternalIP`s are
+//!   ignored: the underlay is IPv4), not inside any podCIDR and not that of
+//!   another node; `weir.dev/dataplane` is `weir` or `kernel`. (That all
+//!   underlay addresses share one subnet is checked by `Cluster::build`,
+//!   which knows the prefix length.)
 //!
 //! Errors are one line: `<object>: <field>: <problem>`, where object is
 //! `nodes/<name>`, `namespaces/<name>` or `pods/<namespace>/<name>`.
@@ -40,6 +49,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -55,6 +65,38 @@ pub const DEFAULT_NODE: &str = "node-1";
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The label every node carries (set by kubelet).
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// The Node annotation choosing who forwards the node's pod traffic.
+pub const DATAPLANE_ANNOTATION: &str = "weir.dev/dataplane";
+
+/// Who forwards a node's pod traffic (annotation `weir.dev/dataplane`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeDataplane {
+    /// weir's userspace dataplane (the default): the node kernel never
+    /// forwards pod traffic.
+    #[default]
+    Weir,
+    /// No weir: the node kernel routes, and reaches other nodes' pods
+    /// through a kernel VXLAN device, the way flannel's vxlan backend does
+    /// (an interop peer for weir's overlay).
+    Kernel,
+}
+
+impl NodeDataplane {
+    /// The annotation value: `weir` or `kernel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeDataplane::Weir => "weir",
+            NodeDataplane::Kernel => "kernel",
+        }
+    }
+}
+
+impl fmt::Display for NodeDataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One problem with the manifests, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +173,19 @@ pub struct ContainerPort {
 }
 
 /// A Node object.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// `spec.podCIDRs` (or `spec.podCIDR`): at most one IPv4 and one IPv6.
     pub pod_cidrs: Vec<IpNet>,
+    /// Annotation `weir.dev/dataplane` (default `weir`).
+    #[serde(default)]
+    pub dataplane: NodeDataplane,
+    /// The first IPv4 `status.addresses[type=InternalIP]`: the node's
+    /// underlay address. `None`: one is allocated (see `Cluster::build`).
+    #[serde(default)]
+    pub internal_ip: Option<Ipv4Addr>,
 }
 
 /// A Namespace object.
@@ -296,6 +345,7 @@ struct RawMeta {
     name: Option<String>,
     namespace: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,6 +353,21 @@ struct RawMeta {
 struct RawNode {
     metadata: RawMeta,
     spec: RawNodeSpec,
+    status: RawNodeStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNodeStatus {
+    addresses: Vec<RawNodeAddress>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNodeAddress {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    address: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -391,6 +456,23 @@ fn required_name(doc: &Document, meta: &RawMeta) -> Result<String, ManifestError
     }
 }
 
+/// An underlay address must be IPv4 unicast a node can own.
+fn check_underlay_ip(object: &str, field: &str, ip: Ipv4Addr) -> Result<(), ManifestError> {
+    if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+    {
+        return Err(invalid(
+            object,
+            field,
+            format!("{ip} is not a unicast address a node can use on the underlay"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_cidr(object: &str, field: &str, s: &str) -> Result<IpNet, ManifestError> {
     let net: IpNet = s
         .parse()
@@ -442,10 +524,44 @@ impl ClusterSpec {
                         }
                     }
                 }
+                let dataplane = match raw
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DATAPLANE_ANNOTATION))
+                    .map(String::as_str)
+                {
+                    None | Some("weir") => NodeDataplane::Weir,
+                    Some("kernel") => NodeDataplane::Kernel,
+                    Some(other) => {
+                        return Err(invalid(
+                            &object,
+                            format!("metadata.annotations[{DATAPLANE_ANNOTATION}]"),
+                            format!("{other:?} is not one of weir, kernel"),
+                        ))
+                    }
+                };
+                let mut internal_ip = None;
+                for (i, a) in raw.status.addresses.iter().enumerate() {
+                    if a.kind.as_deref() != Some("InternalIP") {
+                        continue;
+                    }
+                    let field = format!("status.addresses[{i}].address");
+                    let text = a.address.as_deref().unwrap_or("");
+                    let ip: IpAddr = text.parse().map_err(|_| {
+                        invalid(&object, &field, format!("{text:?} is not an IP address"))
+                    })?;
+                    if let (IpAddr::V4(v4), None) = (ip, internal_ip) {
+                        check_underlay_ip(&object, &field, v4)?;
+                        internal_ip = Some(v4);
+                    }
+                }
                 let node = NodeSpec {
                     name,
                     labels: raw.metadata.labels.unwrap_or_default(),
                     pod_cidrs,
+                    dataplane,
+                    internal_ip,
                 };
                 node.check()?;
                 self.nodes.push(node);
@@ -543,6 +659,8 @@ impl ClusterSpec {
                     "10.244.0.0/24".parse().expect("literal CIDR"),
                     "fd00:10:244::/64".parse().expect("literal CIDR"),
                 ],
+                dataplane: NodeDataplane::Weir,
+                internal_ip: None,
             });
         }
     }
@@ -646,6 +764,26 @@ impl ClusterSpec {
                 }
             }
         }
+        let mut internal_ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+        for node in &self.nodes {
+            let Some(ip) = node.internal_ip else { continue };
+            if let Some(other) = internal_ips.insert(ip, &node.name) {
+                return Err(invalid(
+                    &node.object(),
+                    "status.addresses",
+                    format!("InternalIP {ip} is also that of nodes/{other}"),
+                ));
+            }
+            for n in &self.nodes {
+                if let Some(c) = n.pod_cidrs.iter().find(|c| c.contains(&IpAddr::V4(ip))) {
+                    return Err(invalid(
+                        &node.object(),
+                        "status.addresses",
+                        format!("InternalIP {ip} is inside podCIDR {c} of nodes/{}", n.name),
+                    ));
+                }
+            }
+        }
         let mut namespaces = HashSet::new();
         for ns in &self.namespaces {
             ns.check()?;
@@ -725,6 +863,9 @@ impl NodeSpec {
         let object = self.object();
         names::dns1123_subdomain(&self.name).map_err(|e| invalid(&object, "metadata.name", e))?;
         check_labels(&object, &self.labels)?;
+        if let Some(ip) = self.internal_ip {
+            check_underlay_ip(&object, "status.addresses", ip)?;
+        }
         let (mut v4, mut v6) = (0, 0);
         for c in &self.pod_cidrs {
             match c {

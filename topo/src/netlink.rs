@@ -11,9 +11,10 @@ use std::os::fd::RawFd;
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressHeaderFlag;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::neighbour::{NeighbourFlag, NeighbourState};
+use netlink_packet_route::route::{RouteFlag, RouteProtocol, RouteScope};
 use rtnetlink::Handle;
 
 use crate::TopoError;
@@ -34,6 +35,18 @@ pub(crate) struct Veth<'a> {
     pub peer_netns_fd: RawFd,
     pub mtu: u32,
     pub queues: u32,
+}
+
+/// A VXLAN device to create (`ip link add <name> address <mac> mtu <mtu>
+/// type vxlan id <vni> dev <link> local <local> dstport <port> nolearning`).
+pub(crate) struct Vxlan<'a> {
+    pub name: &'a str,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub vni: u32,
+    pub link: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
 }
 
 impl Netlink {
@@ -223,5 +236,162 @@ impl Netlink {
             format!("add route {dst}/{len} via {gateway}"),
             req.execute(),
         )
+    }
+
+    /// `ip link add <name> type bridge` (STP off, the kernel default).
+    pub(crate) fn add_bridge(&self, name: &str) -> Result<(), TopoError> {
+        let req = self.handle.link().add().bridge(name.to_string());
+        self.run(name, "add bridge", req.execute())
+    }
+
+    /// `ip link set <name> master <master>`.
+    pub(crate) fn set_master(&self, name: &str, master: &str) -> Result<(), TopoError> {
+        let index = self.need_index(name)?;
+        let master_index = self.need_index(master)?;
+        self.run(
+            name,
+            format!("set master {master}"),
+            self.handle
+                .link()
+                .set(index)
+                .controller(master_index)
+                .execute(),
+        )
+    }
+
+    /// Creates a VXLAN device (all attributes through `IFLA_VXLAN_*`).
+    pub(crate) fn add_vxlan(&self, v: &Vxlan<'_>) -> Result<(), TopoError> {
+        let mut req = self.handle.link().add();
+        req.message_mut().attributes.extend([
+            LinkAttribute::IfName(v.name.to_string()),
+            LinkAttribute::Address(v.mac.to_vec()),
+            LinkAttribute::Mtu(v.mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(v.vni),
+                    InfoVxlan::Link(v.link),
+                    InfoVxlan::Local(v.local.octets().to_vec()),
+                    InfoVxlan::Port(v.port),
+                    InfoVxlan::Learning(false),
+                ])),
+            ]),
+        ]);
+        self.run(v.name, format!("add vxlan id {}", v.vni), req.execute())
+    }
+
+    /// `ip neigh add <ip> lladdr <mac> dev <index> nud permanent`.
+    pub(crate) fn neigh_add(
+        &self,
+        ifname: &str,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), TopoError> {
+        let req = self
+            .handle
+            .neighbours()
+            .add(index, ip)
+            .link_local_address(&mac)
+            .state(NeighbourState::Permanent);
+        self.run(
+            ifname,
+            format!(
+                "add neighbour {ip} lladdr {}",
+                crate::cluster::fmt_mac(&mac)
+            ),
+            req.execute(),
+        )
+    }
+
+    /// `bridge fdb append <mac> dev <index> dst <dst> self permanent`: an
+    /// `RTM_NEWNEIGH` of family `AF_BRIDGE` with `NTF_SELF`, so the VXLAN
+    /// device's own forwarding database gets it.
+    pub(crate) fn fdb_add(
+        &self,
+        ifname: &str,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), TopoError> {
+        let req = self
+            .handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(vec![NeighbourFlag::Own])
+            .state(NeighbourState::Permanent)
+            .destination(IpAddr::V4(dst));
+        self.run(
+            ifname,
+            format!("add fdb {} dst {dst}", crate::cluster::fmt_mac(&mac)),
+            req.execute(),
+        )
+    }
+
+    /// `ip route add <dst>/<len> dev <index>` (scope link, proto boot).
+    pub(crate) fn route_dev(
+        &self,
+        ifname: &str,
+        index: u32,
+        dst: IpAddr,
+        len: u8,
+    ) -> Result<(), TopoError> {
+        let what = format!("add route {dst}/{len} dev {ifname}");
+        match dst {
+            IpAddr::V4(d) => self.route_v4(ifname, index, d, len, None),
+            IpAddr::V6(d) => {
+                let req = self
+                    .handle
+                    .route()
+                    .add()
+                    .protocol(RouteProtocol::Boot)
+                    .scope(RouteScope::Link)
+                    .v6()
+                    .destination_prefix(d, len)
+                    .output_interface(index);
+                self.run(ifname, what, req.execute())
+            }
+        }
+    }
+
+    /// `ip route add <dst>/<len> via <gw> dev <index> onlink` (proto boot).
+    pub(crate) fn route_onlink(
+        &self,
+        ifname: &str,
+        index: u32,
+        dst: IpAddr,
+        len: u8,
+        gateway: IpAddr,
+    ) -> Result<(), TopoError> {
+        let what = format!("add route {dst}/{len} via {gateway} onlink");
+        match (dst, gateway) {
+            (IpAddr::V4(d), IpAddr::V4(g)) => {
+                let mut req = self
+                    .handle
+                    .route()
+                    .add()
+                    .protocol(RouteProtocol::Boot)
+                    .v4()
+                    .destination_prefix(d, len)
+                    .output_interface(index)
+                    .gateway(g);
+                req.message_mut().header.flags.push(RouteFlag::Onlink);
+                self.run(ifname, what, req.execute())
+            }
+            (IpAddr::V6(d), IpAddr::V6(g)) => {
+                let mut req = self
+                    .handle
+                    .route()
+                    .add()
+                    .protocol(RouteProtocol::Boot)
+                    .v6()
+                    .destination_prefix(d, len)
+                    .output_interface(index)
+                    .gateway(g);
+                req.message_mut().header.flags.push(RouteFlag::Onlink);
+                self.run(ifname, what, req.execute())
+            }
+            _ => unreachable!("route_onlink: mixed families {dst} via {gateway}"),
+        }
     }
 }

@@ -69,6 +69,7 @@ fn build_wires_as_specified() {
     let opts = BuildOptions {
         queues: 3,
         mtu: 1400,
+        ..Default::default()
     };
     let cluster = Cluster::build(&name, &spec, &opts).unwrap();
 
@@ -322,7 +323,8 @@ fn remove_and_add_pod() {
         .to_string()
         .contains("namespace \"nope\" is not declared"));
     assert_eq!(cluster.pods.len(), 4);
-    assert_eq!(netns::list_with_prefix(&format!("weir-{name}-")).len(), 5);
+    // node, underlay, 4 pods
+    assert_eq!(netns::list_with_prefix(&format!("weir-{name}-")).len(), 6);
 
     // teardown_by_name works without the state.
     teardown_by_name(&name).unwrap();
@@ -341,7 +343,7 @@ fn cluster_names_and_options() {
         &spec,
         &BuildOptions {
             queues: 0,
-            mtu: 1500,
+            ..Default::default()
         },
     )
     .unwrap_err();
