@@ -67,6 +67,12 @@ drop_reasons! {
     CtInvalid = 16 => "ct-invalid",
     /// connection-tracking table full of established flows; new flow refused
     CtTableFull = 17 => "ct-table-full",
+    /// tunnel frame malformed (outer lengths, VXLAN flags, Geneve version, protocol or options)
+    TunnelMalformed = 18 => "tunnel-malformed",
+    /// tunnel frame carries a VNI other than this node's
+    TunnelBadVni = 19 => "tunnel-bad-vni",
+    /// tunnel frame from an outer source address that is no known peer node
+    TunnelUnknownPeer = 20 => "tunnel-unknown-peer",
 }
 
 impl DropReason {

@@ -15,12 +15,14 @@
 //! - [`flows`]: per-worker flow-log queues (new, dropped, revoked flows).
 //! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
 //! - [`pass`]: the per-packet pass, readable top to bottom in one place.
+//! - [`encap`]: the overlay stages (VXLAN/Geneve encapsulation and decapsulation).
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
 //!   dataplane object that owns them (the only modules with `unsafe`).
 
 pub mod conntrack;
 pub mod drop_reason;
+pub mod encap;
 pub mod flows;
 pub mod pass;
 pub mod policy;

@@ -53,8 +53,9 @@ use serde::Serialize;
 
 use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
 use crate::flows::{FlowEvent, FlowKind, FlowLog};
-use crate::policy::{Judgement, Peer};
-use crate::snapshot::{Port, PortId, Snapshot};
+use crate::encap;
+use crate::policy::{Identity, Judgement, Peer};
+use crate::snapshot::{Port, PortId, Snapshot, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};
 use crate::wire::{icmp, ip_proto, ipv4, ipv6, tcp, udp, Error as WireError};
 use crate::{DropReason, Verdict};
@@ -226,13 +227,83 @@ fn pass(
     st: &mut WorkerState,
 ) -> ControlFlow<Verdict, Verdict> {
     let len = len.min(buf.len());
+    if let Some((t, tables)) = snap.tunnel() {
+        if ingress == tables.port {
+            return from_tunnel(buf, len, ingress, snap, st, t, tables);
+        }
+    }
     let pkt = parse(buf.get(..len).unwrap_or_default())?;
     let src_endpoint = check_source(&pkt, ingress, snap)?;
-    let route = route(&pkt, snap)?;
-    policy(buf, &pkt, src_endpoint, route.endpoint, snap, st)?;
+    match route(&pkt, snap)? {
+        Next::Local(route) => {
+            let dst = Some(route.endpoint);
+            policy(buf, &pkt, Some(src_endpoint), dst, None, snap, st)?;
+            check_hop_limit(buf, &pkt, ingress, snap, st)?;
+            check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
+            Continue(rewrite(buf, &pkt, &route))
+        }
+        Next::Remote { peer, inner_mtu } => {
+            // Egress of the local source here; the peer judges ingress.
+            policy(buf, &pkt, Some(src_endpoint), None, None, snap, st)?;
+            check_hop_limit(buf, &pkt, ingress, snap, st)?;
+            check_mtu(buf, &pkt, inner_mtu, ingress, snap, st)?;
+            Continue(to_tunnel(buf, &pkt, peer, snap))
+        }
+    }
+}
+
+/// A frame from the underlay: decapsulate, then the inner frame goes
+/// through the same stages as a pod's, from the sending peer: its source
+/// must lie in that peer's pod CIDRs, it routes to a local pod only, and
+/// the destination's ingress policy judges the identity the tunnel header
+/// carried (the source address when it carried none). ICMP errors are not
+/// sent back through the tunnel: TTL expiry and oversize drop.
+fn from_tunnel(
+    buf: &mut [u8],
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+    t: &TunnelSpec,
+    tables: &TunnelTables,
+) -> ControlFlow<Verdict, Verdict> {
+    let d = encap::decapsulate(buf, len, t, tables)?;
+    let pkt = parse(buf.get(..d.inner_len).unwrap_or_default())?;
+    if tables.peer_for(pkt.key.src) != Some(d.peer) {
+        return drop(DropReason::SourceSpoofed);
+    }
+    let Next::Local(route) = route(&pkt, snap)? else {
+        // No transit between peers through this node.
+        return drop(DropReason::NoRoute);
+    };
+    policy(buf, &pkt, None, Some(route.endpoint), d.identity, snap, st)?;
     check_hop_limit(buf, &pkt, ingress, snap, st)?;
-    check_mtu(buf, &pkt, &route, ingress, snap, st)?;
+    check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
     Continue(rewrite(buf, &pkt, &route))
+}
+
+/// Stage 6 toward a peer node: the inner frame is rewritten as for a local
+/// hop (inner MACs: our VTEP → the peer's VTEP, TTL − 1), then wrapped.
+fn to_tunnel(buf: &mut [u8], pkt: &Parsed, peer: u32, snap: &Snapshot) -> Verdict {
+    let Some((t, tables)) = snap.tunnel() else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let Some(p) = t.peers.get(peer as usize) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let len = match rewrite_frame(buf, pkt, p.vtep_mac, t.vtep_mac) {
+        Ok(len) => len,
+        Err(v) => return v,
+    };
+    let identity = snap.policy().identity_if_known(pkt.key.src);
+    let sport = encap::flow_sport(&pkt.key);
+    match encap::encapsulate(buf, len, t, p, identity, sport) {
+        Some(len) => Verdict::Tx {
+            port: tables.port,
+            len,
+        },
+        None => Verdict::Drop(DropReason::TooBig),
+    }
 }
 
 fn drop<T>(reason: DropReason) -> ControlFlow<Verdict, T> {
@@ -435,9 +506,19 @@ fn check_source(pkt: &Parsed, ingress: PortId, snap: &Snapshot) -> ControlFlow<V
     Continue(idx)
 }
 
+/// Where a packet goes after [`route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A pod on this node.
+    Local(Route),
+    /// A pod behind a peer node (index in the tunnel spec's peers), through
+    /// the tunnel whose inner MTU is `inner_mtu`.
+    Remote { peer: u32, inner_mtu: u16 },
+}
+
 /// Stage 3: multicast and node-bound traffic stop here; a local pod's
-/// address routes to its port.
-fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Route> {
+/// address routes to its port, a remote pod CIDR's to its peer node.
+fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Next> {
     let found = match pkt.key.dst {
         IpAddr::V4(a) => {
             if a.is_multicast() || a.is_broadcast() {
@@ -459,29 +540,39 @@ fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Route> {
         }
     };
     let Some((endpoint, ep)) = found else {
+        if let Some((_, t)) = snap.tunnel() {
+            if let Some(peer) = t.peer_for(pkt.key.dst) {
+                return Continue(Next::Remote {
+                    peer,
+                    inner_mtu: t.inner_mtu,
+                });
+            }
+        }
         return drop(DropReason::NoRoute);
     };
     let Some(port) = snap.port(ep.port) else {
         return drop(DropReason::NoRoute);
     };
-    Continue(Route {
+    Continue(Next::Local(Route {
         endpoint,
         port: ep.port,
         dst_mac: ep.mac,
         src_mac: port.mac,
         mtu: port.mtu,
-    })
+    }))
 }
 
 // --------------------------------------------------------------- policy ----
 
 /// Stage 3½: conntrack and policy (see the module doc). `src_ep` and
-/// `dst_ep` are the packet's local endpoints.
+/// `dst_ep` are the packet's local endpoints (none for the remote side of
+/// a tunnelled flow); `wire_id` the source identity a tunnel header carried.
 fn policy(
     buf: &[u8],
     pkt: &Parsed,
-    src_ep: u32,
-    dst_ep: u32,
+    src_ep: Option<u32>,
+    dst_ep: Option<u32>,
+    wire_id: Option<Identity>,
     snap: &Snapshot,
     st: &mut WorkerState,
 ) -> ControlFlow<Verdict, ()> {
@@ -508,7 +599,10 @@ fn policy(
             Track::Denied => return drop(DropReason::PolicyDenied),
             Track::Stale { orig, .. } => {
                 st.ct_stats.rejudged.add(1);
-                let (j, src, dst) = judge(snap, &orig);
+                // The carried identity is the source's only when this
+                // packet travels in the flow's original direction.
+                let id = wire_id.filter(|_| orig == pkt.key);
+                let (j, src, dst) = judge(snap, &orig, id);
                 if !j.allowed {
                     st.ct.revoke(&pkt.key, generation, now);
                     st.ct_stats.revoked.add(1);
@@ -527,19 +621,20 @@ fn policy(
                 st.ct.readmit(&pkt.key, admission(&j, generation), now);
             }
             Track::Miss => {
-                let j = pol.judge(
+                let j = pol.judge_with_src_identity(
                     Peer {
-                        endpoint: Some(src_ep),
+                        endpoint: src_ep,
                         addr: pkt.key.src,
                     },
+                    wire_id,
                     Peer {
-                        endpoint: Some(dst_ep),
+                        endpoint: dst_ep,
                         addr: pkt.key.dst,
                     },
                     pkt.key.proto,
                     pkt.key.dport,
                 );
-                let (src, dst) = (Some(src_ep), Some(dst_ep));
+                let (src, dst) = (src_ep, dst_ep);
                 if !j.allowed {
                     let why = Some(DropReason::PolicyDenied);
                     log_flow(
@@ -632,7 +727,7 @@ fn related(
         }
         Track::Stale { orig, .. } => {
             st.ct_stats.rejudged.add(1);
-            let (j, src, dst) = judge(snap, &orig);
+            let (j, src, dst) = judge(snap, &orig, None);
             if j.allowed {
                 st.ct.readmit(&orig, admission(&j, generation), now);
                 return Continue(());
@@ -659,15 +754,21 @@ fn related(
     }
 }
 
-/// Judges `k` (a flow's original direction) with the snapshot's policy.
-fn judge(snap: &Snapshot, k: &FlowKey) -> (Judgement, Option<u32>, Option<u32>) {
+/// Judges `k` (a flow's original direction) with the snapshot's policy;
+/// `src_id` is the source identity a tunnel header carried, if any.
+fn judge(
+    snap: &Snapshot,
+    k: &FlowKey,
+    src_id: Option<Identity>,
+) -> (Judgement, Option<u32>, Option<u32>) {
     let src = local_endpoint(snap, k.src);
     let dst = local_endpoint(snap, k.dst);
-    let j = snap.policy().judge(
+    let j = snap.policy().judge_with_src_identity(
         Peer {
             endpoint: src,
             addr: k.src,
         },
+        src_id,
         Peer {
             endpoint: dst,
             addr: k.dst,
@@ -752,12 +853,12 @@ fn check_hop_limit(
 fn check_mtu(
     buf: &mut [u8],
     pkt: &Parsed,
-    route: &Route,
+    mtu: u16,
     ingress: PortId,
     snap: &Snapshot,
     st: &mut WorkerState,
 ) -> ControlFlow<Verdict, ()> {
-    if pkt.ip_len <= usize::from(route.mtu) {
+    if pkt.ip_len <= usize::from(mtu) {
         return Continue(());
     }
     if !pkt.dont_frag {
@@ -769,7 +870,7 @@ fn check_mtu(
         ingress,
         snap,
         st,
-        IcmpError::TooBig { mtu: route.mtu },
+        IcmpError::TooBig { mtu },
         DropReason::TooBig,
     ))
 }
@@ -778,29 +879,38 @@ fn check_mtu(
 
 /// Stage 6: trim padding, TTL/hop limit − 1, MACs for the destination link.
 fn rewrite(buf: &mut [u8], pkt: &Parsed, route: &Route) -> Verdict {
+    match rewrite_frame(buf, pkt, route.dst_mac, route.src_mac) {
+        Ok(len) => Verdict::Tx {
+            port: route.port,
+            len,
+        },
+        Err(v) => v,
+    }
+}
+
+/// Trims padding, sets the MACs, decrements TTL / hop limit; returns the
+/// frame length.
+fn rewrite_frame(buf: &mut [u8], pkt: &Parsed, dst: Mac, src: Mac) -> Result<usize, Verdict> {
     let len = pkt.frame_len();
     let Some(frame) = buf.get_mut(..len) else {
-        return Verdict::Drop(DropReason::FrameTooShort);
+        return Err(Verdict::Drop(DropReason::FrameTooShort));
     };
     let Ok(mut eth) = Frame::new_checked(frame) else {
-        return Verdict::Drop(DropReason::FrameTooShort);
+        return Err(Verdict::Drop(DropReason::FrameTooShort));
     };
-    eth.set_dst_addr(route.dst_mac);
-    eth.set_src_addr(route.src_mac);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
     match pkt.key.src {
         IpAddr::V4(_) => match ipv4::Packet::new_checked(eth.payload_mut()) {
             Ok(mut ip) => ip.decrement_ttl(),
-            Err(_) => return Verdict::Drop(DropReason::Ipv4Malformed),
+            Err(_) => return Err(Verdict::Drop(DropReason::Ipv4Malformed)),
         },
         IpAddr::V6(_) => match ipv6::Packet::new_checked(eth.payload_mut()) {
             Ok(mut ip) => ip.set_hop_limit(pkt.ttl.saturating_sub(1)),
-            Err(_) => return Verdict::Drop(DropReason::Ipv6Malformed),
+            Err(_) => return Err(Verdict::Drop(DropReason::Ipv6Malformed)),
         },
     }
-    Verdict::Tx {
-        port: route.port,
-        len,
-    }
+    Ok(len)
 }
 
 // ----------------------------------------------------------- ICMP errors ----

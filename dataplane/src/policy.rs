@@ -386,6 +386,9 @@ pub struct CompiledPolicy {
     cells: Vec<Cell>,
     tables: Vec<Box<[u32]>>,
     endpoints: Vec<EndpointTables>,
+    /// Identity → a class carrying it (for identities read off a tunnel
+    /// header): the class of a pod address if one has it, else the first.
+    by_identity: IntMap<Identity, u32>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -503,7 +506,15 @@ impl CompiledPolicy {
                 }
             }
         }
+        let mut by_identity: IntMap<Identity, u32> = IntMap::default();
+        for &(_, c) in &spec.addresses {
+            by_identity.entry(spec.classes[c as usize]).or_insert(c);
+        }
+        for (c, &id) in spec.classes.iter().enumerate() {
+            by_identity.entry(id).or_insert(c as u32);
+        }
         Ok(CompiledPolicy {
+            by_identity,
             generation: spec.generation,
             rules: spec.rules,
             classes: spec.classes,
@@ -565,9 +576,45 @@ impl CompiledPolicy {
         }
     }
 
+    /// The identity of an address, or `None` when no policy is loaded (the
+    /// identity a tunnel carries for a local source).
+    pub fn identity_if_known(&self, addr: IpAddr) -> Option<Identity> {
+        self.class_of(addr).map(|c| self.classes[c as usize])
+    }
+
+    /// The peer class for a source known by a carried identity: the class of
+    /// its address when that has the same identity (it then also knows the
+    /// address's CIDR region), else a class of that identity, else world
+    /// (an identity this policy does not know gets no pod's privileges).
+    #[inline]
+    fn class_of_identity(&self, addr: IpAddr, id: Identity) -> Option<u32> {
+        let by_addr = self.class_of(addr)?;
+        if self.classes[by_addr as usize] == id {
+            return Some(by_addr);
+        }
+        Some(
+            self.by_identity
+                .get(&id)
+                .copied()
+                .unwrap_or(self.world_class),
+        )
+    }
+
     /// One direction of a local endpoint towards a peer address.
     #[inline]
     fn decide(&self, ep: u32, dir: Direction, peer: IpAddr, proto: u8, port: u16) -> Decision {
+        self.decide_class(ep, dir, || self.class_of(peer), proto, port)
+    }
+
+    #[inline]
+    fn decide_class(
+        &self,
+        ep: u32,
+        dir: Direction,
+        class: impl FnOnce() -> Option<u32>,
+        proto: u8,
+        port: u16,
+    ) -> Decision {
         let Some(tables) = self.endpoints.get(ep as usize) else {
             return Decision::DEFAULT_ALLOW;
         };
@@ -578,7 +625,7 @@ impl CompiledPolicy {
         let Some(t) = t else {
             return Decision::DEFAULT_ALLOW;
         };
-        let Some(class) = self.class_of(peer) else {
+        let Some(class) = class() else {
             return Decision::DEFAULT_ALLOW;
         };
         if self.classes[class as usize] == IDENTITY_HOST {
@@ -597,6 +644,44 @@ impl CompiledPolicy {
         };
         let ingress = match dst.endpoint {
             Some(ep) => self.decide(ep, Direction::Ingress, src.addr, proto, dport),
+            None => Decision::NOT_APPLICABLE,
+        };
+        Judgement {
+            allowed: egress.passes() && ingress.passes(),
+            egress,
+            ingress,
+        }
+    }
+
+    /// [`judge`](Self::judge) for a source whose identity arrived with the
+    /// packet (VXLAN-GBP group, Geneve identity option): the destination's
+    /// ingress is decided for that identity instead of the class of the
+    /// source address. `None` (or [`IDENTITY_UNKNOWN`]): by address, as
+    /// `judge`. Egress of a local source is by address as always.
+    pub fn judge_with_src_identity(
+        &self,
+        src: Peer,
+        src_identity: Option<Identity>,
+        dst: Peer,
+        proto: u8,
+        dport: u16,
+    ) -> Judgement {
+        let id = match src_identity {
+            Some(id) if id != IDENTITY_UNKNOWN => id,
+            _ => return self.judge(src, dst, proto, dport),
+        };
+        let egress = match src.endpoint {
+            Some(ep) => self.decide(ep, Direction::Egress, dst.addr, proto, dport),
+            None => Decision::NOT_APPLICABLE,
+        };
+        let ingress = match dst.endpoint {
+            Some(ep) => self.decide_class(
+                ep,
+                Direction::Ingress,
+                || self.class_of_identity(src.addr, id),
+                proto,
+                dport,
+            ),
             None => Decision::NOT_APPLICABLE,
         };
         Judgement {

@@ -4,8 +4,8 @@
 
 use crate::policy::{CompiledPolicy, PolicyError, PolicySpec};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Index of a managed interface in [`SnapshotSpec::ports`].
 pub type PortId = u16;
@@ -55,6 +55,67 @@ pub struct SnapshotSpec {
     /// Compiled network policy (see [`crate::policy`]); empty = allow all.
     #[serde(default)]
     pub policy: PolicySpec,
+    /// The overlay to the other nodes (absent: single-node, no tunnel).
+    #[serde(default)]
+    pub tunnel: Option<TunnelSpec>,
+}
+
+/// Encapsulation of the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN (RFC 7348); with the Group Policy extension toward
+    /// identity-aware peers.
+    Vxlan,
+    /// Geneve (RFC 8926); with weir's identity option toward identity-aware
+    /// peers.
+    Geneve,
+}
+
+/// The node's interface toward the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Underlay {
+    /// Interface name in the node's network namespace (e.g. `ul0`).
+    pub name: String,
+    pub mac: [u8; 6],
+    /// Outer source address of encapsulated frames; outer destination of
+    /// those weir decapsulates.
+    pub ipv4: Ipv4Addr,
+    /// MTU of the underlay link (IP packet size).
+    pub mtu: u16,
+}
+
+/// Another node of the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelPeer {
+    pub node: String,
+    /// Its underlay address (outer destination).
+    pub ipv4: Ipv4Addr,
+    /// Its underlay MAC: the outer destination MAC (bridged underlay, the
+    /// peer is the next hop).
+    pub mac: [u8; 6],
+    /// Inner destination MAC toward it (its VTEP).
+    pub vtep_mac: [u8; 6],
+    /// The pod CIDRs behind it (network, prefix length).
+    pub pod_cidrs: Vec<(IpAddr, u8)>,
+    /// weir peer: VXLAN-GBP / Geneve identity option. False for kernel
+    /// VXLAN peers: plain VXLAN, and their frames are judged by address.
+    pub identity_aware: bool,
+}
+
+/// The overlay: encapsulation, VNI, port, underlay and peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    pub encap: Encap,
+    /// 24-bit virtual network identifier.
+    pub vni: u32,
+    /// UDP destination port (4789 for VXLAN, 6081 for Geneve by convention).
+    pub udp_port: u16,
+    pub underlay: Underlay,
+    /// Our VTEP MAC: inner source MAC of frames we send, and the inner
+    /// destination MAC kernel peers send to us.
+    pub vtep_mac: [u8; 6],
+    pub peers: Vec<TunnelPeer>,
 }
 
 /// Errors in a snapshot spec; a bad spec is rejected whole, the previous one stays.
@@ -75,6 +136,148 @@ pub enum SnapshotError {
     /// policy has tables for {0} endpoints but the snapshot has {1}
     #[error("policy has tables for {0} endpoints but the snapshot has {1}")]
     PolicyEndpoints(usize, usize),
+    /// tunnel: {0}
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+}
+
+/// Lookup form of a [`TunnelSpec`]: peers by underlay address, remote pod
+/// CIDRs by longest prefix (one hash map per prefix length present, longest
+/// first: at most 33 / 129 probes whatever the number of peers).
+#[derive(Debug, Clone, Default)]
+pub struct TunnelTables {
+    /// The underlay's port id: one past the pod ports.
+    pub port: PortId,
+    /// Inner MTU (IP packet size) toward peers: underlay MTU − the largest
+    /// encapsulation overhead of this encap.
+    pub inner_mtu: u16,
+    by_ip: HashMap<Ipv4Addr, u32>,
+    v4: Vec<(u8, HashMap<u32, u32>)>,
+    v6: Vec<(u8, HashMap<u128, u32>)>,
+}
+
+fn mask4(a: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(len)))
+    }
+}
+
+fn mask6(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len)))
+    }
+}
+
+impl TunnelTables {
+    fn build(t: &TunnelSpec, port: PortId) -> Result<Self, SnapshotError> {
+        let err = |m: String| Err(SnapshotError::Tunnel(m));
+        if t.vni > crate::wire::vxlan::VNI_MAX {
+            return err(format!("VNI {} does not fit 24 bits", t.vni));
+        }
+        if t.udp_port == 0 {
+            return err("UDP port 0".into());
+        }
+        let overhead = crate::encap::max_overhead(t.encap) as u16;
+        // 68: the smallest IPv4 MTU (RFC 791).
+        if t.underlay.mtu < overhead + 68 {
+            return err(format!(
+                "underlay MTU {} leaves no room for {overhead} bytes of encapsulation",
+                t.underlay.mtu
+            ));
+        }
+        let mut by_ip = HashMap::new();
+        let mut names = HashSet::new();
+        // (family, first, last, peer) of every CIDR, for the overlap check.
+        let mut ranges: Vec<(u8, u128, u128, u32)> = Vec::new();
+        let mut v4: Vec<(u8, HashMap<u32, u32>)> = Vec::new();
+        let mut v6: Vec<(u8, HashMap<u128, u32>)> = Vec::new();
+        for (i, p) in t.peers.iter().enumerate() {
+            let idx = i as u32;
+            if !names.insert(p.node.as_str()) {
+                return err(format!("peer {} listed twice", p.node));
+            }
+            if p.ipv4 == t.underlay.ipv4 {
+                return err(format!("peer {} has this node's underlay address", p.node));
+            }
+            if by_ip.insert(p.ipv4, idx).is_some() {
+                return err(format!("peer {}: underlay address {} used twice", p.node, p.ipv4));
+            }
+            for &(a, len) in &p.pod_cidrs {
+                match a {
+                    IpAddr::V4(a) if len <= 32 => {
+                        let n = mask4(a.into(), len);
+                        let last = n | (u32::MAX.checked_shr(u32::from(len)).unwrap_or(0));
+                        ranges.push((4, n.into(), last.into(), idx));
+                        let i = match v4.iter().position(|e| e.0 == len) {
+                            Some(i) => i,
+                            None => {
+                                v4.push((len, HashMap::new()));
+                                v4.len() - 1
+                            }
+                        };
+                        v4[i].1.insert(n, idx);
+                    }
+                    IpAddr::V6(a) if len <= 128 => {
+                        let n = mask6(a.into(), len);
+                        let last = n | (u128::MAX.checked_shr(u32::from(len)).unwrap_or(0));
+                        ranges.push((6, n, last, idx));
+                        let i = match v6.iter().position(|e| e.0 == len) {
+                            Some(i) => i,
+                            None => {
+                                v6.push((len, HashMap::new()));
+                                v6.len() - 1
+                            }
+                        };
+                        v6[i].1.insert(n, idx);
+                    }
+                    _ => return err(format!("peer {}: bad prefix {a}/{len}", p.node)),
+                }
+            }
+        }
+        // Sorted by start, any overlap shows between neighbours.
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a.0 == b.0 && b.1 <= a.2 {
+                return err(format!(
+                    "pod CIDRs of peers {} and {} overlap",
+                    t.peers[a.3 as usize].node, t.peers[b.3 as usize].node
+                ));
+            }
+        }
+        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
+        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
+        Ok(TunnelTables {
+            port,
+            inner_mtu: t.underlay.mtu - overhead,
+            by_ip,
+            v4,
+            v6,
+        })
+    }
+
+    /// The peer whose pod CIDRs hold `a` (longest prefix).
+    pub fn peer_for(&self, a: IpAddr) -> Option<u32> {
+        match a {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().find_map(|(len, m)| m.get(&mask4(a, *len)).copied())
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().find_map(|(len, m)| m.get(&mask6(a, *len)).copied())
+            }
+        }
+    }
+
+    /// The peer with this underlay address.
+    pub fn peer_by_ip(&self, a: Ipv4Addr) -> Option<u32> {
+        self.by_ip.get(&a).copied()
+    }
 }
 
 /// The lookup form workers use.
@@ -86,12 +289,15 @@ pub struct Snapshot {
     /// Endpoint index behind each port, if any (a port holds one pod).
     by_port: Vec<Option<u32>>,
     policy: CompiledPolicy,
+    tunnel: Option<TunnelTables>,
 }
 
 impl Snapshot {
     /// Validates `spec` and builds the lookup tables.
     pub fn build(spec: SnapshotSpec) -> Result<Self, SnapshotError> {
-        if spec.ports.len() > PortId::MAX as usize {
+        // With a tunnel the underlay takes the port id after the last pod port.
+        let max_ports = PortId::MAX as usize - usize::from(spec.tunnel.is_some());
+        if spec.ports.len() > max_ports {
             return Err(SnapshotError::TooManyPorts(spec.ports.len()));
         }
         let mut by_v4 = HashMap::new();
@@ -130,12 +336,25 @@ impl Snapshot {
             ));
         }
         let policy = CompiledPolicy::build(pol.clone())?;
+        let tunnel = match &spec.tunnel {
+            Some(t) => {
+                if spec.ports.iter().any(|p| p.name == t.underlay.name) {
+                    return Err(SnapshotError::Tunnel(format!(
+                        "underlay {} is also a pod port",
+                        t.underlay.name
+                    )));
+                }
+                Some(TunnelTables::build(t, spec.ports.len() as PortId)?)
+            }
+            None => None,
+        };
         Ok(Snapshot {
             spec,
             by_v4,
             by_v6,
             by_port,
             policy,
+            tunnel,
         })
     }
 
@@ -146,6 +365,30 @@ impl Snapshot {
     /// The compiled policy workers judge new flows with.
     pub fn policy(&self) -> &CompiledPolicy {
         &self.policy
+    }
+
+    /// The overlay's lookup tables, if the node has a tunnel.
+    pub fn tunnel(&self) -> Option<(&TunnelSpec, &TunnelTables)> {
+        match (&self.spec.tunnel, &self.tunnel) {
+            (Some(s), Some(t)) => Some((s, t)),
+            _ => None,
+        }
+    }
+
+    /// The port id of the underlay (one past the pod ports), if any.
+    pub fn underlay_port(&self) -> Option<PortId> {
+        self.tunnel.as_ref().map(|t| t.port)
+    }
+
+    /// Name of the interface behind a port id: a pod port or the underlay.
+    pub fn port_name(&self, id: PortId) -> Option<&str> {
+        match self.port(id) {
+            Some(p) => Some(&p.name),
+            None if Some(id) == self.underlay_port() => {
+                self.spec.tunnel.as_ref().map(|t| t.underlay.name.as_str())
+            }
+            None => None,
+        }
     }
 
     pub fn endpoint(&self, idx: u32) -> &Endpoint {

@@ -265,8 +265,11 @@ impl Worker {
     fn remap(&mut self) {
         let snap = &self.cur;
         let ports = &snap.spec.ports;
+        // The underlay, if any, is the port id after the pod ports.
+        let underlay = snap.underlay_port().zip(snap.port_name(ports.len() as PortId));
         self.port_slot.clear();
-        self.port_slot.resize(ports.len(), NO_SLOT);
+        self.port_slot
+            .resize(ports.len() + usize::from(underlay.is_some()), NO_SLOT);
         self.pollfds.clear();
         let mut live = 0usize;
         for slot in self.slots.iter_mut().flatten() {
@@ -275,7 +278,10 @@ impl Worker {
             slot.port = ports
                 .iter()
                 .position(|p| p.name == slot.sock.ifname())
-                .map(|p| p as PortId);
+                .map(|p| p as PortId)
+                .or(underlay
+                    .filter(|(_, name)| *name == slot.sock.ifname())
+                    .map(|(id, _)| id));
         }
         for (s, slot) in self.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };

@@ -78,6 +78,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
         ports: vec![port(0), port(1)],
         endpoints: vec![ep(0, "a", A), ep(1, "b", B)],
         policy,
+        tunnel: None,
     })
     .unwrap()
 }
