@@ -52,8 +52,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
-use crate::flows::{FlowEvent, FlowKind, FlowLog};
 use crate::encap;
+use crate::flows::{FlowEvent, FlowKind, FlowLog};
 use crate::policy::{Identity, Judgement, Peer};
 use crate::snapshot::{Port, PortId, Snapshot, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};

@@ -204,7 +204,10 @@ impl TunnelTables {
                 return err(format!("peer {} has this node's underlay address", p.node));
             }
             if by_ip.insert(p.ipv4, idx).is_some() {
-                return err(format!("peer {}: underlay address {} used twice", p.node, p.ipv4));
+                return err(format!(
+                    "peer {}: underlay address {} used twice",
+                    p.node, p.ipv4
+                ));
             }
             for &(a, len) in &p.pod_cidrs {
                 match a {
@@ -265,11 +268,15 @@ impl TunnelTables {
         match a {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.v4.iter().find_map(|(len, m)| m.get(&mask4(a, *len)).copied())
+                self.v4
+                    .iter()
+                    .find_map(|(len, m)| m.get(&mask4(a, *len)).copied())
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.v6.iter().find_map(|(len, m)| m.get(&mask6(a, *len)).copied())
+                self.v6
+                    .iter()
+                    .find_map(|(len, m)| m.get(&mask6(a, *len)).copied())
             }
         }
     }

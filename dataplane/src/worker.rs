@@ -266,7 +266,9 @@ impl Worker {
         let snap = &self.cur;
         let ports = &snap.spec.ports;
         // The underlay, if any, is the port id after the pod ports.
-        let underlay = snap.underlay_port().zip(snap.port_name(ports.len() as PortId));
+        let underlay = snap
+            .underlay_port()
+            .zip(snap.port_name(ports.len() as PortId));
         self.port_slot.clear();
         self.port_slot
             .resize(ports.len() + usize::from(underlay.is_some()), NO_SLOT);

@@ -335,14 +335,19 @@ mod tests {
         b.extend_from_slice(&[0x01, 0x02, 0x80, 0x02, 1, 2, 3, 4, 5, 6, 7, 8]);
         b.extend_from_slice(&[0xff, 0xf1, 0x01, 0x01, 0, 0, 1, 0]);
         let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(p.find_option(0x0102, 0x00), Ok(Some(&[1u8, 2, 3, 4, 5, 6, 7, 8][..])));
+        assert_eq!(
+            p.find_option(0x0102, 0x00),
+            Ok(Some(&[1u8, 2, 3, 4, 5, 6, 7, 8][..]))
+        );
         assert_eq!(p.identity(), Ok(Some(256)));
     }
 
     #[test]
     fn option_overflowing_the_area_is_malformed() {
         // Opt len 1 word, but the option claims 1 word of data (needs 2).
-        let b = [0x01, 0, 0x65, 0x58, 0, 0, 1, 0, 0xff, 0xf1, 0x01, 0x01, 0, 0, 0, 0];
+        let b = [
+            0x01, 0, 0x65, 0x58, 0, 0, 1, 0, 0xff, 0xf1, 0x01, 0x01, 0, 0, 0, 0,
+        ];
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.identity(), Err(Error::Malformed));
         // Opt len 3 words but only 2 present.
@@ -355,7 +360,9 @@ mod tests {
 
     #[test]
     fn identity_with_wrong_length_is_malformed() {
-        let b = [0x03, 0, 0x65, 0x58, 0, 0, 1, 0, 0xff, 0xf1, 0x01, 0x02, 0, 0, 0, 1, 0, 0, 0, 2];
+        let b = [
+            0x03, 0, 0x65, 0x58, 0, 0, 1, 0, 0xff, 0xf1, 0x01, 0x02, 0, 0, 0, 1, 0, 0, 0, 2,
+        ];
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.identity(), Err(Error::Malformed));
     }

@@ -213,10 +213,7 @@ mod tests {
     #[test]
     fn short_is_truncated() {
         for n in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&GBP[..n]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&GBP[..n]).err(), Some(Error::Truncated));
         }
     }
 }
