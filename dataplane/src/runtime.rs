@@ -406,6 +406,7 @@ impl Dataplane {
         v6: &[Ipv6Addr],
     ) -> Result<(), DataplaneError> {
         let opts = AttachOptions {
+            underlay_udp_port: None,
             mode: self.cfg.xdp_mode,
             queues: self.cfg.queues,
             local_v4: v4.to_vec(),

@@ -1,7 +1,10 @@
 //! weir's XDP program and its loader.
 //!
 //! The program (`ebpf/`, built by `build.rs` and embedded here) sits on the
-//! node-side end of each pod veth (later also the underlay): ARP, IPv6 NDP,
+//! node-side end of each pod veth and on the underlay. Underlay mode
+//! ([`AttachOptions::underlay_udp_port`]): only the tunnel's IPv4/UDP frames
+//! to a local address go to the sockets, everything else to the kernel. Pod
+//! mode: ARP, IPv6 NDP,
 //! link-scope multicast and frames for the node's own addresses go to the
 //! kernel; every other frame goes to the AF_XDP socket bound at its rx queue in
 //! the XSKMAP, and is dropped when none is bound (fail closed).
@@ -32,7 +35,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use nix::errno::Errno;
@@ -53,6 +56,7 @@ const MAP_XSKS: &str = "XSKS";
 const MAP_LOCAL_V4: &str = "LOCAL_V4";
 const MAP_LOCAL_V6: &str = "LOCAL_V6";
 const MAP_COUNTERS: &str = "COUNTERS";
+const MAP_CONFIG: &str = "CONFIG";
 // Counter slots: keep in step with ebpf/src/main.rs.
 const CNT_REDIRECTED: u32 = 0;
 const CNT_PASSED: u32 = 1;
@@ -85,7 +89,7 @@ impl XdpMode {
 }
 
 /// What [`Redirector::attach`] needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AttachOptions {
     pub mode: XdpMode,
     /// XSKMAP size: must be at least the interface's rx queue count, or frames
@@ -96,6 +100,10 @@ pub struct AttachOptions {
     pub local_v4: Vec<Ipv4Addr>,
     /// The node's own IPv6 addresses.
     pub local_v6: Vec<Ipv6Addr>,
+    /// Underlay mode: only IPv4/UDP frames to this port and to one of
+    /// `local_v4` go to the sockets; everything else (ARP, node-to-node
+    /// traffic) passes to the kernel. `None`: pod mode.
+    pub underlay_udp_port: Option<u16>,
 }
 
 /// The program's counters, summed over CPUs.
@@ -258,6 +266,16 @@ impl Redirector {
                 .ok_or_else(|| missing(MAP_COUNTERS))?,
         )
         .map_err(map_err(MAP_COUNTERS))?;
+        // The mode is set before the program sees traffic, once: a
+        // Redirector serves one mode for its whole life.
+        let mut config: Array<MapData, u32> = Array::try_from(
+            ebpf.take_map(MAP_CONFIG)
+                .ok_or_else(|| missing(MAP_CONFIG))?,
+        )
+        .map_err(map_err(MAP_CONFIG))?;
+        config
+            .set(0, u32::from(opts.underlay_udp_port.unwrap_or(0)), 0)
+            .map_err(map_err(MAP_CONFIG))?;
 
         let mut r = Redirector {
             ifname: ifname.to_owned(),
@@ -295,8 +313,12 @@ impl Redirector {
             Err(e) => return Err(nl_err("attach")(e)),
         }
         log::info!(
-            "{ifname}: XDP redirector attached ({:?} mode, {queues} queues)",
-            opts.mode
+            "{ifname}: XDP redirector attached ({:?} mode, {queues} queues{})",
+            opts.mode,
+            match opts.underlay_udp_port {
+                Some(p) => format!(", underlay UDP {p}"),
+                None => String::new(),
+            }
         );
         Ok(r)
     }

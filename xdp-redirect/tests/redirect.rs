@@ -156,7 +156,52 @@ fn opts(mode: XdpMode) -> AttachOptions {
         queues: 4,
         local_v4: vec![],
         local_v6: vec![],
+        underlay_udp_port: None,
     }
+}
+
+/// Sends one UDP datagram from the pod to the node end's `port`.
+fn send_udp(t: &Topo, port: u16) {
+    let _g = spawn_guard();
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &t.pod_ns, "bash", "-c"])
+        .arg(format!("echo weir > /dev/udp/{NODE_ADDR}/{port}"))
+        .status()
+        .expect("run bash")
+        .success();
+    assert!(ok, "sending UDP to {port}");
+}
+
+#[test]
+fn underlay_mode_takes_only_the_tunnel_port() {
+    let t = Topo::new();
+    t.enter_node();
+    let o = AttachOptions {
+        local_v4: vec![NODE_ADDR.parse().unwrap()],
+        underlay_udp_port: Some(4789),
+        ..opts(XdpMode::Native)
+    };
+    let r = Redirector::attach(&t.host_if, &o).expect("attach");
+    t.flush_neigh();
+    // ARP and ICMP are the kernel's: ping works.
+    assert!(t.ping(), "underlay mode passes non-tunnel traffic");
+    let before = r.counters().unwrap();
+    assert_eq!(
+        before.redirected + before.dropped_no_socket,
+        0,
+        "{before:?}"
+    );
+    // UDP to another port passes to the kernel.
+    send_udp(&t, 5000);
+    let c = r.counters().unwrap();
+    assert_eq!(c.dropped_no_socket, 0, "{c:?}");
+    assert!(c.passed > before.passed, "{c:?}");
+    // UDP to the tunnel port is ours: no socket bound, so dropped.
+    send_udp(&t, 4789);
+    let c2 = r.counters().unwrap();
+    assert_eq!(c2.dropped_no_socket, 1, "{c2:?}");
+    assert_eq!(c2.passed, c.passed, "{c2:?}");
+    detach(&t.host_if).expect("detach");
 }
 
 #[test]

@@ -1,6 +1,13 @@
-//! weir's XDP program, attached to the node-side end of each pod veth.
+//! weir's XDP program, attached to the node-side end of each pod veth and,
+//! in "underlay mode", to the node's underlay interface.
 //!
-//! Per frame, top to bottom:
+//! Underlay mode (`CONFIG[0]` = the tunnel's UDP port, set by the loader;
+//! 0 = pod mode): ONLY untruncated, unfragmented IPv4/UDP frames to that
+//! port whose destination is one of `LOCAL_V4` go to the AF_XDP socket at
+//! the rx queue (dropped when none is bound); everything else (ARP,
+//! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
+//!
+//! Pod mode, per frame, top to bottom:
 //! 1. too short for its headers, or an invalid IPv4 version/IHL → counted
 //!    `malformed` and redirected like everything else: the dataplane drops it
 //!    under a precise reason (drop reasons live in one place, the dataplane);
@@ -23,7 +30,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 
@@ -47,6 +54,10 @@ static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
 #[map]
 static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 
+/// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
 
@@ -57,6 +68,7 @@ const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_UDP: u8 = 17;
 /// Router Solicitation .. Redirect: NDP.
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
@@ -100,6 +112,10 @@ enum Verdict {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {
+    let tunnel_port = CONFIG.get(0).copied().unwrap_or(0);
+    if tunnel_port != 0 {
+        return underlay(ctx, tunnel_port as u16);
+    }
     let Some(ethertype) = read::<2>(ctx, 12) else {
         return Verdict::Malformed;
     };
@@ -129,6 +145,45 @@ fn ipv4(ctx: &XdpContext) -> Verdict {
     // SAFETY: a shared lookup in a BPF hash map; the value is not used past
     // this line, so no reference outlives a concurrent update.
     if unsafe { LOCAL_V4.get(&dst) }.is_some() {
+        return Verdict::Pass;
+    }
+    Verdict::Redirect
+}
+
+/// Underlay mode: our tunnel's frames to the socket, the rest to the kernel.
+#[inline(always)]
+fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
+    if read::<2>(ctx, 12) != Some(ETH_P_IP) {
+        return Verdict::Pass;
+    }
+    let Some([ver_ihl]) = read::<1>(ctx, ETH_HLEN) else {
+        return Verdict::Pass;
+    };
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Verdict::Pass;
+    }
+    let Some([proto]) = read::<1>(ctx, ETH_HLEN + 9) else {
+        return Verdict::Pass;
+    };
+    let Some(frag) = read::<2>(ctx, ETH_HLEN + 6) else {
+        return Verdict::Pass;
+    };
+    // MF set or a fragment offset: not a whole datagram; the kernel's.
+    if proto != IPPROTO_UDP || frag[0] & 0x3f != 0 || frag[1] != 0 {
+        return Verdict::Pass;
+    }
+    let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as in `ipv4`: the value is not kept.
+    if unsafe { LOCAL_V4.get(&dst) }.is_none() {
+        return Verdict::Pass;
+    }
+    let Some(dport) = read::<2>(ctx, ETH_HLEN + ihl + 2) else {
+        return Verdict::Pass;
+    };
+    if u16::from_be_bytes(dport) != port {
         return Verdict::Pass;
     }
     Verdict::Redirect
