@@ -4,6 +4,7 @@
 //! dataplane keeps forwarding on the last snapshot it loaded).
 
 use crate::state::{write_atomic, StateDir};
+use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::{Policy, PolicyInput};
 use weir_topo::Cluster;
@@ -48,10 +49,61 @@ pub fn compile_node(
         endpoints,
         policy: weir_policy::compile(input, generation, node)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
+        tunnel: tunnel(cluster, n),
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
     Ok(spec)
+}
+
+/// The overlay as `n` sees it: its underlay and VTEP, and every other node
+/// as a peer (weir nodes carry identities on the wire, kernel nodes don't).
+fn tunnel(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<TunnelSpec> {
+    let ul = n.underlay.as_ref()?;
+    let peers = cluster
+        .nodes
+        .iter()
+        .filter(|m| m.name != n.name)
+        .filter_map(|m| {
+            let mul = m.underlay.as_ref()?;
+            Some(TunnelPeer {
+                node: m.name.clone(),
+                ipv4: mul.ipv4,
+                mac: mul.mac,
+                vtep_mac: m.vtep_mac,
+                pod_cidrs: m
+                    .pod_cidrs
+                    .iter()
+                    .map(|c| (c.network(), c.prefix_len()))
+                    .collect(),
+                identity_aware: m.dataplane == weir_topo::NodeDataplane::Weir,
+            })
+        })
+        .collect();
+    Some(TunnelSpec {
+        encap: match cluster.encap {
+            weir_topo::Encap::Vxlan => Encap::Vxlan,
+            weir_topo::Encap::Geneve => Encap::Geneve,
+        },
+        vni: cluster.vni,
+        udp_port: cluster.encap.udp_port(),
+        underlay: Underlay {
+            name: ul.ifname.clone(),
+            mac: ul.mac,
+            ipv4: ul.ipv4,
+            mtu: u16::try_from(cluster.underlay_mtu).unwrap_or(1500),
+        },
+        vtep_mac: n.vtep_mac,
+        peers,
+    })
+}
+
+/// The nodes weir serves (kernel-dataplane nodes have no weir on them).
+pub fn weir_nodes(cluster: &Cluster) -> impl Iterator<Item = &weir_topo::RealizedNode> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| n.dataplane == weir_topo::NodeDataplane::Weir)
 }
 
 /// Compiles and publishes snapshots for every node; returns the generation.
@@ -60,7 +112,7 @@ pub fn publish(state: &StateDir, cluster: &Cluster, policies: &[Policy]) -> anyh
     let input = PolicyInput::from_cluster(cluster, policies.to_vec());
     // Compile every node before publishing any: all or nothing.
     let mut specs = Vec::new();
-    for n in &cluster.nodes {
+    for n in weir_nodes(cluster) {
         specs.push((
             n.name.clone(),
             compile_node(cluster, &input, &n.name, generation)?,
@@ -75,7 +127,7 @@ pub fn publish(state: &StateDir, cluster: &Cluster, policies: &[Policy]) -> anyh
 /// Checks that `policies` compile for `cluster` (every node), publishing nothing.
 pub fn check(cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<()> {
     let input = PolicyInput::from_cluster(cluster, policies.to_vec());
-    for n in &cluster.nodes {
+    for n in weir_nodes(cluster) {
         compile_node(cluster, &input, &n.name, 0)?;
     }
     Ok(())
@@ -83,9 +135,7 @@ pub fn check(cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<()> {
 
 /// One more than the highest generation published to any node so far.
 fn next_generation(state: &StateDir, cluster: &Cluster) -> u64 {
-    cluster
-        .nodes
-        .iter()
+    weir_nodes(cluster)
         .filter_map(|n| read_snapshot(state, &n.name).ok())
         .map(|s| s.generation)
         .max()

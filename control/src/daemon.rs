@@ -184,7 +184,7 @@ impl Daemon {
     fn readiness(&mut self) -> serde_json::Value {
         let mut nodes = serde_json::Map::new();
         let mut ready = true;
-        for n in &self.cluster.nodes {
+        for n in crate::agent::weir_nodes(&self.cluster) {
             let running = self
                 .dataplanes
                 .get_mut(&n.name)
@@ -210,6 +210,11 @@ impl Daemon {
     fn status(&mut self) -> serde_json::Value {
         let mut nodes = Vec::new();
         for n in &self.cluster.nodes {
+            if n.dataplane != weir_topo::NodeDataplane::Weir {
+                nodes.push(json!({"node": n.name, "running": false, "kernel": true,
+                    "error": "kernel dataplane (no weir on this node)"}));
+                continue;
+            }
             let st = ipc::call(
                 &self.state.dataplane_sock(&n.name),
                 &Request::Status,
@@ -283,7 +288,7 @@ impl Daemon {
             }
         }
         // Validate the new pods against the whole cluster as it would be.
-        let mut whole = spec_of(&next);
+        let mut whole = next.spec();
         whole.pods.extend(new_pods.iter().cloned());
         whole.apply_defaults();
         whole.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -389,33 +394,5 @@ impl Daemon {
             let _ = self.stop_dataplane(&node);
         }
         self.servers.clear();
-    }
-}
-
-/// The cluster's current objects as a manifest spec (for validating changes).
-fn spec_of(c: &Cluster) -> weir_topo::manifest::ClusterSpec {
-    use weir_topo::manifest::{ClusterSpec, NodeSpec, PodSpec};
-    ClusterSpec {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| NodeSpec {
-                name: n.name.clone(),
-                labels: n.labels.clone(),
-                pod_cidrs: n.pod_cidrs.clone(),
-            })
-            .collect(),
-        namespaces: c.namespaces.clone(),
-        pods: c
-            .pods
-            .iter()
-            .map(|p| PodSpec {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                node: p.node.clone(),
-                ports: p.ports.clone(),
-            })
-            .collect(),
     }
 }

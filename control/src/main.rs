@@ -59,9 +59,12 @@ enum Cmd {
         files: Vec<PathBuf>,
         #[command(flatten)]
         dp: DataplaneFlags,
-        /// Pod MTU.
-        #[arg(long, default_value_t = 1500)]
+        /// Pod MTU (default: the underlay MTU minus the encapsulation's overhead).
+        #[arg(long, default_value_t = 0)]
         mtu: u32,
+        /// Encapsulation between nodes: vxlan or geneve.
+        #[arg(long, default_value = "vxlan")]
+        encap: String,
         /// RX/TX queues per pod interface.
         #[arg(long, default_value_t = 2)]
         queues: u32,
@@ -209,11 +212,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dp,
             mtu,
             queues,
+            encap,
         } => {
+            let encap = match encap.as_str() {
+                "vxlan" => weir_topo::Encap::Vxlan,
+                "geneve" => weir_topo::Encap::Geneve,
+                other => anyhow::bail!("--encap: {other:?} is not vxlan or geneve"),
+            };
             let m = manifests::read_files(&files)?;
             let spec = m.cluster.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
             let policies = m.policies.into_iter().map(|(_, s)| s).collect();
-            up(&state, &spec, &policies, &dp, BuildOptions { queues, mtu })
+            let opts = BuildOptions {
+                queues,
+                mtu,
+                encap,
+                ..Default::default()
+            };
+            up(&state, &spec, &policies, &dp, opts)
         }
         Cmd::Down => down(&state),
         Cmd::Get {
@@ -617,7 +632,7 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
     let mut all = Vec::new();
     loop {
         let mut got = Vec::new();
-        for n in &c.nodes {
+        for n in weir_control::agent::weir_nodes(&c) {
             let since = last[&n.name];
             match ipc::call(
                 &state.dataplane_sock(&n.name),
