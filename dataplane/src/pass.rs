@@ -39,6 +39,13 @@
 //!   connections survive a dataplane restart when policy allows them. ICMP
 //!   errors pass only when they quote a tracked, still-allowed flow.
 //!
+//! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
+//!   node's pod CIDR routes to that peer; only the source's egress is
+//!   judged here, then the frame is wrapped (VXLAN/-GBP or Geneve) and sent
+//!   on the underlay port, with PMTUD against the tunnel's inner MTU.
+//!   Frames from the underlay are unwrapped and judged by the identity the
+//!   header carried ([`crate::policy::CompiledPolicy::judge_with_src_identity`]).
+//!
 //! Allocation-free, panic-free, lock-free except conntrack's per-bucket
 //! lock (see `conntrack`): every view is built with
 //! `new_checked` and every slice with `get`, so malformed input becomes a

@@ -15,6 +15,11 @@
 //! them, so that the last reference (and the free) happens on the control
 //! thread, not on a worker.
 //!
+//! The underlay (`snap.spec.tunnel.underlay`) is served like a pod port,
+//! with the program in underlay mode (only the tunnel's UDP frames to the
+//! node come to weir) and as many sockets as the interface has rx queues;
+//! frames for remote pods leave through the worker's socket on it.
+//!
 //! Fail closed: `stop` (or drop) deletes the sockets but leaves the XDP
 //! programs attached; with no socket in the XSKMAP the program drops the
 //! pods' traffic instead of handing it to the kernel. A port that vanishes
@@ -155,6 +160,51 @@ struct WorkerHandle {
 struct PortRt {
     redirector: Redirector,
     zero_copy: bool,
+    /// Queues (XSKMAP entries, sockets) set up on the interface.
+    queues: u32,
+    /// Underlay mode with this UDP port; `None` for a pod port.
+    underlay: Option<u16>,
+}
+
+/// An interface the dataplane serves: a pod port, or the underlay (in
+/// underlay mode with the tunnel's UDP port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    name: String,
+    underlay: Option<u16>,
+}
+
+/// Every interface `snap` asks for: its pod ports, then its underlay.
+fn wanted(snap: &Snapshot) -> Vec<Want> {
+    let mut w: Vec<Want> = snap
+        .spec
+        .ports
+        .iter()
+        .map(|p| Want {
+            name: p.name.clone(),
+            underlay: None,
+        })
+        .collect();
+    if let Some(t) = &snap.spec.tunnel {
+        w.push(Want {
+            name: t.underlay.name.clone(),
+            underlay: Some(t.udp_port),
+        });
+    }
+    w
+}
+
+/// The rx queue count of `ifname` from sysfs, if it can be read. sysfs
+/// shows the namespace it was mounted in: when the dataplane runs in a node
+/// namespace with the host's /sys, the read fails (or finds no such
+/// interface) and the configured count is used.
+fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count() as u32;
+    (n > 0).then_some(n)
 }
 
 /// The running dataplane. Dropping it stops the workers like [`stop`](Self::stop).
@@ -246,8 +296,8 @@ impl Dataplane {
             });
         }
         let (v4, v6) = local_addrs(&snap);
-        for port in &snap.spec.ports {
-            dp.add_port(&port.name, &v4, &v6)?;
+        for w in wanted(&snap) {
+            dp.add_port(&w, &v4, &v6)?;
         }
         Ok(dp)
     }
@@ -259,18 +309,29 @@ impl Dataplane {
     pub fn apply(&mut self, snap: Snapshot) -> Result<(), DataplaneError> {
         self.check_workers()?;
         let (v4, v6) = local_addrs(&snap);
+        let want = wanted(&snap);
+        // An interface whose mode changed (pod port ↔ underlay, another
+        // tunnel port) is set up again from scratch.
+        let changed: Vec<String> = want
+            .iter()
+            .filter(|w| matches!(self.ports.get(&w.name), Some(p) if p.underlay != w.underlay))
+            .map(|w| w.name.clone())
+            .collect();
+        for name in changed {
+            self.remove_port(&name);
+        }
         let mut added: Vec<String> = Vec::new();
-        for port in &snap.spec.ports {
-            if self.ports.contains_key(&port.name) {
+        for w in &want {
+            if self.ports.contains_key(&w.name) {
                 continue;
             }
-            if let Err(e) = self.add_port(&port.name, &v4, &v6) {
+            if let Err(e) = self.add_port(w, &v4, &v6) {
                 for name in added {
                     self.remove_port(&name);
                 }
                 return Err(e);
             }
-            added.push(port.name.clone());
+            added.push(w.name.clone());
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -283,7 +344,7 @@ impl Dataplane {
         let vanished: Vec<String> = self
             .ports
             .keys()
-            .filter(|n| !snap.spec.ports.iter().any(|p| &p.name == *n))
+            .filter(|n| !want.iter().any(|w| &w.name == *n))
             .cloned()
             .collect();
         // Publish first: workers stop transmitting to vanished ports once
@@ -312,6 +373,8 @@ impl Dataplane {
                 };
                 PortStatus {
                     name: name.clone(),
+                    underlay: p.underlay.is_some(),
+                    queues: p.queues,
                     zero_copy: p.zero_copy,
                     xdp,
                     error,
@@ -401,14 +464,27 @@ impl Dataplane {
 
     fn add_port(
         &mut self,
-        name: &str,
+        want: &Want,
         v4: &[Ipv4Addr],
         v6: &[Ipv6Addr],
     ) -> Result<(), DataplaneError> {
+        let name = want.name.as_str();
+        // Pod veths are created with cfg.queues queues; the underlay is made
+        // by someone else: use its real count when it can be read.
+        let queues = match want.underlay {
+            Some(_) => match sysfs_rx_queues(name) {
+                Some(n) if n != self.cfg.queues => {
+                    log::info!("{name}: {n} rx queues (configured {})", self.cfg.queues);
+                    n
+                }
+                _ => self.cfg.queues,
+            },
+            None => self.cfg.queues,
+        };
         let opts = AttachOptions {
-            underlay_udp_port: None,
+            underlay_udp_port: want.underlay,
             mode: self.cfg.xdp_mode,
-            queues: self.cfg.queues,
+            queues,
             local_v4: v4.to_vec(),
             local_v6: v6.to_vec(),
         };
@@ -420,7 +496,7 @@ impl Dataplane {
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;
         let mut socks = Vec::new();
-        for q in 0..self.cfg.queues {
+        for q in 0..queues {
             let w = &self.workers[(q % nw) as usize];
             let sock = match w.umem.open_socket(name, q, self.cfg.zero_copy) {
                 Ok(s) => s,
@@ -446,8 +522,12 @@ impl Dataplane {
             let _ = w.ctl.send(Control::Add(sock));
         }
         log::info!(
-            "port {name}: {} queue(s), {} mode",
-            self.cfg.queues,
+            "{} {name}: {queues} queue(s), {} mode",
+            if want.underlay.is_some() {
+                "underlay"
+            } else {
+                "port"
+            },
             if zero_copy { "zero-copy" } else { "copy" }
         );
         self.ports.insert(
@@ -455,6 +535,8 @@ impl Dataplane {
             PortRt {
                 redirector,
                 zero_copy,
+                queues,
+                underlay: want.underlay,
             },
         );
         Ok(())
@@ -462,7 +544,7 @@ impl Dataplane {
 
     fn remove_port(&mut self, name: &str) {
         if let Some(mut p) = self.ports.remove(name) {
-            for q in 0..self.cfg.queues {
+            for q in 0..p.queues {
                 // Fails when the interface is already gone; nothing to clear then.
                 let _ = p.redirector.clear_socket(q);
             }
@@ -530,11 +612,18 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Addresses the XDP program hands to the kernel: the node's own, and the
-/// pods' IPv6 gateway fe80::1 (weir-xdp adds the IPv4 gateway itself).
+/// Addresses the XDP program hands to the kernel: the node's own (its
+/// underlay address included; in underlay mode the tunnel's frames to it
+/// are the ones taken), and the pods' IPv6 gateway fe80::1 (weir-xdp adds
+/// the IPv4 gateway itself).
 fn local_addrs(snap: &Snapshot) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
     let mut v4 = Vec::new();
     v4.extend(snap.spec.node_ipv4);
+    if let Some(t) = &snap.spec.tunnel {
+        if !v4.contains(&t.underlay.ipv4) {
+            v4.push(t.underlay.ipv4);
+        }
+    }
     let mut v6 = vec![Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)];
     v6.extend(snap.spec.node_ipv6);
     (v4, v6)
@@ -604,6 +693,10 @@ pub struct ConfigStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PortStatus {
     pub name: String,
+    /// The underlay (tunnel frames only), not a pod port.
+    pub underlay: bool,
+    /// Queues with a socket.
+    pub queues: u32,
     /// Whether its sockets run zero-copy (false: copy mode).
     pub zero_copy: bool,
     /// The XDP program's counters on this port.
