@@ -513,7 +513,7 @@ fn check_source(pkt: &Parsed, ingress: PortId, snap: &Snapshot) -> ControlFlow<V
     Continue(idx)
 }
 
-/// Where a packet goes after [`route`].
+/// Where a packet goes after the `route` stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// A pod on this node.
