@@ -37,4 +37,17 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     --no-default-features --features llvm-22
   rm -rf "$d"
 fi
+# Overlay interop tests (tests/tests/overlay.rs, interop.rs): tshark dissects
+# weir's Geneve/VXLAN-GBP, Scapy builds tunnel frames independently of weir.
+if ! command -v tshark >/dev/null 2>&1; then
+  echo "setup: installing tshark"
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends tshark >/dev/null
+fi
+if ! python3 -c 'import scapy' >/dev/null 2>&1; then
+  echo "setup: pip install scapy"
+  python3 -m pip install -q scapy
+fi
 echo "setup: ok"

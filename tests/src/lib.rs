@@ -563,3 +563,153 @@ impl TestCluster {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Multi-node clusters (the overlay): nodes n1, n2, ... joined by the
+// underlay, pods placed on a node of choice.
+// ---------------------------------------------------------------------------
+
+/// A Node manifest: `n<i+1>` with podCIDRs `10.244.<i>.0/24` and
+/// `fd00:10:244:<i>::/64`; `kernel` adds `weir.dev/dataplane: kernel` (wired
+/// by the kernel's own VXLAN device, no weir on it). Its underlay address is
+/// `172.30.0.<i+1>`.
+pub fn node_manifest(i: u8, kernel: bool) -> String {
+    let ann = if kernel {
+        ", annotations: {weir.dev/dataplane: kernel}"
+    } else {
+        ""
+    };
+    let v6 = if i == 0 {
+        "fd00:10:244::/64".to_string()
+    } else {
+        format!("fd00:10:244:{i}::/64")
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Node\nmetadata: {{name: n{}, labels: {{kubernetes.io/hostname: n{}}}{ann}}}\n\
+         spec: {{podCIDRs: [10.244.{i}.0/24, \"{v6}\"]}}\n",
+        i + 1,
+        i + 1
+    )
+}
+
+/// [`pod_manifest`] on a given node.
+pub fn pod_on(ns: &str, name: &str, node: &str) -> String {
+    pod_manifest(ns, name).replace("nodeName: node-1", &format!("nodeName: {node}"))
+}
+
+/// Nodes n1 and n2 (n2 a kernel node when `kernel_n2`), namespace `ns`, and
+/// the given `(pod, node)` pairs, each serving TCP and UDP on 80 and 81.
+pub fn two_node_cluster(ns: &str, pods: &[(&str, &str)], kernel_n2: bool) -> String {
+    let mut s = node_manifest(0, false) + &node_manifest(1, kernel_n2);
+    s.push_str(&format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ));
+    for (p, node) in pods {
+        s.push_str(&pod_on(ns, p, node));
+    }
+    s
+}
+
+/// [`xyz_pod`] on a given node.
+pub fn xyz_pod_on(ns: &str, pod: &str, node: &str, extra: &[(&str, &str)]) -> String {
+    xyz_pod(ns, pod, extra).replace("nodeName: node-1", &format!("nodeName: {node}"))
+}
+
+/// The netpol cluster spread over nodes n1 and n2: `place(pod)` names the
+/// node of pods `a`, `b`, `c` (the same in every namespace).
+pub fn xyz_cluster_two_nodes(place: impl Fn(&str) -> &'static str) -> String {
+    let mut s = node_manifest(0, false) + &node_manifest(1, false);
+    for ns in ["x", "y", "z"] {
+        s.push_str(&xyz_namespace(ns, &[]));
+    }
+    for ns in ["x", "y", "z"] {
+        for pod in ["a", "b", "c"] {
+            s.push_str(&xyz_pod_on(ns, pod, place(pod), &[]));
+        }
+    }
+    s
+}
+
+impl TestCluster {
+    /// `weir up -f` with extra arguments (e.g. `--encap geneve`).
+    pub fn up_with(tag: &str, manifests: &str, args: &[&str]) -> TestCluster {
+        let name = unique_name(tag);
+        let dir = std::env::temp_dir().join(format!("weir-test-{name}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("cluster.yaml");
+        std::fs::write(&file, manifests).expect("write manifests");
+        let c = TestCluster { name, dir };
+        let mut argv = vec!["up", "-f", file.to_str().expect("utf-8 path")];
+        argv.extend_from_slice(args);
+        let out = c.weir(&argv);
+        assert!(
+            out.status.success(),
+            "weir up {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    /// `weir status -o json`.
+    pub fn status(&self) -> Value {
+        self.weir_json(&["status", "-o", "json"])
+    }
+
+    /// A per-worker counter summed over one node's workers.
+    pub fn node_counter(&self, node: &str, field: &str) -> u64 {
+        node_workers_sum(&self.status(), node, |w| w[field].as_u64().unwrap_or(0))
+    }
+
+    /// Drops with the given reason on one node.
+    pub fn node_drops(&self, node: &str, reason: &str) -> u64 {
+        node_workers_sum(&self.status(), node, |w| {
+            w["drops"][reason].as_u64().unwrap_or(0)
+        })
+    }
+
+    /// All drops (every reason) on one node.
+    pub fn node_drops_total(&self, node: &str) -> u64 {
+        node_workers_sum(&self.status(), node, |w| {
+            w["drops"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+        })
+    }
+
+    /// An XDP counter (`redirected`, `passed`, `dropped_no_socket`) of one
+    /// port of one node (the underlay port is `ul0`).
+    pub fn port_xdp(&self, node: &str, port: &str, field: &str) -> u64 {
+        node_status(&self.status(), node)["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == port)
+            .map(|p| p["xdp"][field].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// The underlay netns, `weir-<cluster>-underlay`.
+    pub fn underlay_netns(&self) -> String {
+        format!("weir-{}-underlay", self.name)
+    }
+}
+
+/// `nodes[node].status.dataplane` of a status document (`Null` if absent).
+pub fn node_status<'a>(v: &'a Value, node: &str) -> &'a Value {
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["node"] == node)
+        .map_or(&Value::Null, |n| &n["status"]["dataplane"])
+}
+
+fn node_workers_sum(v: &Value, node: &str, f: impl Fn(&Value) -> u64) -> u64 {
+    node_status(v, node)["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(f)
+        .sum()
+}
