@@ -484,8 +484,8 @@ from scapy.contrib.geneve import GENEVE, GeneveOptions
 from scapy.layers.vxlan import VXLAN
 A = sys.argv[1:]
 N1_UL, N1_MAC, N2_UL, N1_VTEP, N2_VTEP, SRC, DST = A
-def inner(ident):
-    return Ether(dst=N1_VTEP, src=N2_VTEP)/IP(src=SRC, dst=DST)/ICMP(id=ident, seq=1)/Raw(b"scapy-weir")
+def inner(ident, src=None, dst=None):
+    return Ether(dst=N1_VTEP, src=N2_VTEP)/IP(src=src or SRC, dst=dst or DST)/ICMP(id=ident, seq=1)/Raw(b"scapy-weir")
 def outer(dport, src=N2_UL):
     return Ether(dst=N1_MAC, src="02:5c:00:00:00:01")/IP(src=src, dst=N1_UL, flags="DF")/UDP(sport=50123, dport=dport)
 def send(frames):
@@ -655,6 +655,26 @@ send([
             reason: "tunnel-unknown-peer",
             python: "send(outer(6081, src='172.30.0.99')/GENEVE(vni=1, proto=0x6558)/inner(207))",
         },
+        Bad {
+            what: "OAM frame",
+            reason: "tunnel-malformed",
+            python: "send(outer(6081)/GENEVE(oam=1, vni=1, proto=0x6558)/inner(208))",
+        },
+        Bad {
+            what: "outer UDP length beyond the packet",
+            reason: "tunnel-malformed",
+            python: "f = outer(6081)/GENEVE(vni=1, proto=0x6558)/inner(209); f[UDP].len = len(f[UDP]) + 40; send(f)",
+        },
+        Bad {
+            what: "inner source outside the peer's pod CIDRs",
+            reason: "source-spoofed",
+            python: "send(outer(6081)/GENEVE(vni=1, proto=0x6558)/inner(210, src='10.244.0.77'))",
+        },
+        Bad {
+            what: "inner destination not local (transit)",
+            reason: "no-route",
+            python: "send(outer(6081)/GENEVE(vni=1, proto=0x6558)/inner(211, dst=SRC))",
+        },
     ];
     scapy_frames("scg", "geneve", good, &bad);
 }
@@ -686,6 +706,11 @@ send([
             what: "unknown outer source",
             reason: "tunnel-unknown-peer",
             python: "send(outer(4789, src='172.30.0.99')/VXLAN(flags=0x08, vni=1)/inner(204))",
+        },
+        Bad {
+            what: "inner source outside the peer's pod CIDRs",
+            reason: "source-spoofed",
+            python: "send(outer(4789)/VXLAN(flags=0x08, vni=1)/inner(205, src='10.244.0.77'))",
         },
     ];
     scapy_frames("scv", "vxlan", good, &bad);
@@ -806,4 +831,72 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
 
     eprintln!("policy across nodes: {:.1} s", t0.elapsed().as_secs_f64());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Ingress on the destination node is judged on the identity the tunnel
+/// header carries: x/a admits only pod b; a frame from b's address whose
+/// header claims an identity no pod has is judged as `world` and dropped by
+/// policy, the same frame without an identity is judged by its address and
+/// admitted.
+fn wire_identity_decides(tag: &str, encap: &str, forged: &str, plain: &str) {
+    let c = TestCluster::up_with(
+        tag,
+        &two_node_cluster("x", &[("a", "n1"), ("b", "n2")], false),
+        &["--encap", encap],
+    );
+    c.apply(
+        "p.yaml",
+        &netpol(
+            "x",
+            "a-from-b",
+            "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}",
+        ),
+    );
+    let m = c.probe(80, "TCP", &["--from", "x/b", "--to", "x/a"]);
+    assert!(
+        all_connected(&m),
+        "{encap}: b → a with its real identity: {m}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let e0 = echos_in(&c, "a");
+    let denied0 = c.node_drops("n1", "policy-denied");
+    scapy(&c, forged);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        echos_in(&c, "a"),
+        e0,
+        "{encap}: a frame with a forged identity reached x/a"
+    );
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied0,
+        "{encap}: forged identity not a policy drop: {}",
+        weir_tests::node_status(&c.status(), "n1")["workers"]
+    );
+    scapy(&c, plain);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        echos_in(&c, "a") > e0,
+        "{encap}: a frame without identity from b's address did not reach x/a"
+    );
+}
+
+#[test]
+fn geneve_wire_identity_decides_ingress_on_decap() {
+    wire_identity_decides(
+        "wig",
+        "geneve",
+        "send(outer(6081)/GENEVE(vni=1, proto=0x6558, options=[GeneveOptions(classid=0xfff1, type=0x01, length=1, data=struct.pack('!I', 0x7eadbeef))])/inner(301))",
+        "send(outer(6081)/GENEVE(vni=1, proto=0x6558)/inner(302))",
+    );
+}
+
+#[test]
+fn vxlan_gbp_decides_ingress_on_decap() {
+    wire_identity_decides(
+        "wiv",
+        "vxlan",
+        "send(outer(4789)/VXLAN(flags=0x88, gpid=0xbeef, vni=1)/inner(301))",
+        "send(outer(4789)/VXLAN(flags=0x08, vni=1)/inner(302))",
+    );
 }
