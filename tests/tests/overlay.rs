@@ -900,3 +900,68 @@ fn vxlan_gbp_decides_ingress_on_decap() {
         "send(outer(4789)/VXLAN(flags=0x08, vni=1)/inner(302))",
     );
 }
+
+/// An established TCP connection from a pod on n2 to a pod on n1 is cut
+/// when a policy revokes it: the destination node judges the flow again on
+/// its next decapsulated packet.
+#[test]
+fn policy_change_revokes_established_cross_node_flow() {
+    let c = spread("rev", "geneve");
+    let topo = c.topology();
+    let a = topo.pod("x", "a").expect("a").clone();
+    let b = topo.pod("x", "b").expect("b").clone();
+    let dst = SocketAddr::new(a.ipv4.expect("v4").into(), 6000);
+    let listener = weir_topo::netns::run_in(&a.netns, move || TcpListener::bind(dst))
+        .expect("enter a")
+        .expect("bind");
+    // Echo server: one connection, echoes until EOF or error.
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = weir_topo::netns::run_in(&b.netns, move || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+    })
+    .expect("enter b")
+    .expect("connect b → a");
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let mut buf = [0u8; 5];
+    s.write_all(b"hello").expect("write");
+    s.read_exact(&mut buf).expect("echo before the policy");
+    assert_eq!(&buf, b"hello");
+
+    c.apply(
+        "p.yaml",
+        &netpol(
+            "x",
+            "deny-a",
+            "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}",
+        ),
+    );
+    s.write_all(b"again").expect("write after the policy");
+    let r = s.read(&mut buf);
+    assert!(
+        !matches!(r, Ok(n) if n > 0),
+        "the established flow b → a still works after a deny: {r:?}"
+    );
+    let flows = c.weir_json(&["flows", "-o", "json"]);
+    assert!(
+        flows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["node"] == "n1"
+                && (r["kind"] == "revoked" || r["kind"] == "drop")
+                && r["dport"] == 6000),
+        "no revoked/drop record on n1: {flows}"
+    );
+    drop(s);
+    let _ = server.join();
+}
