@@ -114,8 +114,11 @@ impl<'a> Iterator for Headers<'a> {
     }
 }
 
+/// Index of the first CRLF (of the first LF, which the head check already
+/// required to follow a CR).
 fn find_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
+    let lf = b.iter().position(|&x| x == b'\n')?;
+    (lf > 0 && b[lf - 1] == b'\r').then(|| lf - 1)
 }
 
 fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -128,9 +131,28 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+const fn class_table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static TCHAR: [bool; 256] = class_table(b"!#$%&'*+-.^_`|~");
+static PCHAR: [bool; 256] = class_table(b"-._~!$&'()*+,;=:@");
+
 /// RFC 9110 §5.6.2 `tchar`.
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 fn is_token(s: &[u8]) -> bool {
@@ -139,7 +161,7 @@ fn is_token(s: &[u8]) -> bool {
 
 /// RFC 3986 unreserved / sub-delims / ":" / "@" (pchar without pct-encoded).
 fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+    PCHAR[usize::from(b)]
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -262,17 +284,9 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead<'_>, L7Reason> {
     // before LF, LF only after CR, no other control byte but HTAB.
     for (i, &b) in head.iter().enumerate() {
         match b {
-            b'\r' => {
-                if head.get(i + 1) != Some(&b'\n') {
-                    return Err(L7Reason::BareCr);
-                }
-            }
-            b'\n' => {
-                if i == 0 || head[i - 1] != b'\r' {
-                    return Err(L7Reason::BareLf);
-                }
-            }
-            b'\t' => {}
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(L7Reason::BareCr),
+            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(L7Reason::BareLf),
+            b'\r' | b'\n' | b'\t' => {}
             0..=0x1f | 0x7f => return Err(L7Reason::ControlByte),
             _ => {}
         }
