@@ -729,12 +729,13 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
         &["--encap", "geneve"],
     );
     let mut failures = Vec::new();
-    let mut check = |c: &TestCluster, case: &str, want: &Reachability| {
-        if let Err(e) = c.check_reachability(case, 80, "TCP", want) {
-            eprintln!("FAIL {e}");
-            failures.push(e);
-        }
-    };
+    let mut check =
+        |c: &TestCluster, case: &str, port: u16, proto: &str, family: &str, want: &Reachability| {
+            if let Err(e) = c.check_reachability_family(case, port, proto, family, want) {
+                eprintln!("FAIL {e}");
+                failures.push(e);
+            }
+        };
     let t0 = Instant::now();
 
     // Deny all ingress in x.
@@ -746,7 +747,7 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
     c.apply("p.yaml", &deny);
     let mut want = Reachability::all();
     want.expect_peer(Peer::ANY, Peer::ns("x"), false);
-    check(&c, "deny all ingress in x", &want);
+    check(&c, "deny all ingress in x", 80, "TCP", "ipv4", &want);
     // The drop of y/a (n1) → x/b (n2) is recorded on n2 by its ingress rule.
     let flows = c.weir_json(&["flows", "-o", "json"]);
     let topo = c.topology();
@@ -794,7 +795,8 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
     let mut want = Reachability::all();
     want.expect_peer(Peer::ANY, Peer::ns("x"), false);
     want.expect_peer(Peer::ns("y"), Peer::ns("x"), true);
-    check(&c, "allow from namespace y", &want);
+    check(&c, "allow from namespace y", 80, "TCP", "ipv4", &want);
+    check(&c, "allow from namespace y", 81, "UDP", "ipv6", &want);
     // The deciding rule of a cross-node allow names the policy.
     let e = c.explain("y/a", "x/b", 80, "TCP");
     assert!(
@@ -814,7 +816,14 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
     let mut want = Reachability::all();
     want.expect_all_ingress("x/a", false);
     want.expect("x/b", "x/a", true);
-    check(&c, "allow x/a from x/b by podSelector", &want);
+    check(
+        &c,
+        "allow x/a from x/b by podSelector",
+        80,
+        "TCP",
+        "ipv4",
+        &want,
+    );
     c.delete("p.yaml", &by_pod);
 
     // Deny all egress from x.
@@ -826,7 +835,7 @@ fn policy_across_nodes_matches_reachability_explain_and_flows() {
     c.apply("p.yaml", &egress);
     let mut want = Reachability::all();
     want.expect_peer(Peer::ns("x"), Peer::ANY, false);
-    check(&c, "deny all egress from x", &want);
+    check(&c, "deny all egress from x", 80, "TCP", "ipv4", &want);
     c.delete("p.yaml", &egress);
 
     eprintln!("policy across nodes: {:.1} s", t0.elapsed().as_secs_f64());
