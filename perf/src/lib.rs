@@ -11,12 +11,19 @@
 //! Scenarios: [`fastpath`] (one node, pod to pod: kernel routing vs weir in
 //! each polling mode).
 
+pub mod connrate;
+pub mod cpu;
 pub mod fastpath;
+pub mod http;
 pub mod kernel;
 mod mmsg;
+pub mod paper;
+pub mod peers;
 pub mod pin;
+pub mod plot;
 pub mod report;
 pub mod rr;
 pub mod stop;
+pub mod tools;
 pub mod udp;
 pub mod weir;

@@ -54,6 +54,42 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+    /// The paper's Fig. 5 scenarios (issue #6): kernel, kernel+nftables,
+    /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
+    /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
+    /// XDP_DROP reference, conntrack_bench. Writes paper.{md,json} and SVG plots.
+    Paper {
+        /// CI mode: sub-second windows, 2 rule counts, no conntrack_bench (< 2 min).
+        #[arg(long)]
+        short: bool,
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Only the kernel-side configurations.
+        #[arg(long)]
+        kernel_only: bool,
+        /// Rule counts of the scaling test (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        rules: Option<Vec<usize>>,
+        #[arg(long)]
+        no_ovs: bool,
+        #[arg(long)]
+        no_haproxy: bool,
+        /// Skip (or, in short mode, force) weir-dataplane's conntrack_bench.
+        #[arg(long)]
+        conntrack_bench: Option<bool>,
+        /// Override the UDP window (milliseconds).
+        #[arg(long)]
+        window_ms: Option<u64>,
+    },
 }
 
 fn main() {
@@ -102,6 +138,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "\nwritten: {} and {}",
                 o.out.join("fastpath.md").display(),
                 o.out.join("fastpath.json").display()
+            );
+            Ok(())
+        }
+        Cmd::Paper {
+            short,
+            out,
+            mode,
+            load_core,
+            worker_core,
+            weir,
+            kernel_only,
+            rules,
+            no_ovs,
+            no_haproxy,
+            conntrack_bench,
+            window_ms,
+        } => {
+            let mut o = weir_perf::paper::PaperOptions::new(short);
+            o.out = out;
+            o.mode = mode;
+            o.load_core = load_core;
+            o.worker_core = worker_core;
+            o.ovs = !no_ovs;
+            o.haproxy = !no_haproxy;
+            if let Some(r) = rules {
+                o.rules = r;
+            }
+            if let Some(c) = conntrack_bench {
+                o.conntrack_bench = c;
+            }
+            if let Some(ms) = window_ms {
+                o.window = Duration::from_millis(ms);
+            }
+            o.weir = if kernel_only {
+                None
+            } else {
+                Some(fastpath::weir_binary(weir.as_deref())?)
+            };
+            let rep = weir_perf::paper::run(&o)?;
+            print!("{}", rep.markdown());
+            println!(
+                "\nwritten: {} and {}, plots paper-*.svg there",
+                o.out.join("paper.md").display(),
+                o.out.join("paper.json").display()
             );
             Ok(())
         }

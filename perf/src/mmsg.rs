@@ -194,3 +194,120 @@ mod tests {
         assert_eq!(got, 8);
     }
 }
+
+/// `SO_LINGER {on, 0}`: `close` sends RST and leaves no TIME_WAIT.
+pub fn linger0(sock: &impl AsRawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a live linger struct and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An AF_PACKET blaster: `frame` sent `batch` times per `sendmmsg` on a raw
+/// packet socket bound to interface `ifindex` (`PACKET_QDISC_BYPASS`).
+/// Must be created inside the namespace that holds the interface.
+pub struct PacketBlaster {
+    fd: std::os::fd::OwnedFd,
+    hdrs: Vec<libc::mmsghdr>,
+    _iov: Box<libc::iovec>,
+    _addr: Box<libc::sockaddr_ll>,
+    _frame: Box<[u8]>,
+}
+
+impl PacketBlaster {
+    pub fn new(ifindex: i32, frame: &[u8], batch: usize) -> io::Result<PacketBlaster> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live c_int and the length is its size.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: Box<libc::sockaddr_ll> = Box::new(unsafe { std::mem::zeroed() });
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let mut frame: Box<[u8]> = frame.into();
+        let mut iov = Box::new(libc::iovec {
+            iov_base: frame.as_mut_ptr().cast(),
+            iov_len: frame.len(),
+        });
+        let iov_ptr: *mut libc::iovec = &mut *iov;
+        let addr_ptr: *mut libc::sockaddr_ll = &mut *addr;
+        let hdrs = (0..batch.max(1))
+            .map(|_| {
+                // SAFETY: all-zero is a valid mmsghdr.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = addr_ptr.cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = iov_ptr;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        Ok(PacketBlaster {
+            fd,
+            hdrs,
+            _iov: iov,
+            _addr: addr,
+            _frame: frame,
+        })
+    }
+
+    /// One `sendmmsg`: how many frames the kernel took.
+    pub fn send(&mut self) -> io::Result<usize> {
+        // SAFETY: as in `SendBatch::send`: headers point into boxes owned
+        // by `self`, alive and unmoved during the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// `if_nametoindex(3)` in the calling thread's namespace (0: no such interface).
+pub fn ifindex(name: &str) -> i32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string alive for the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) as i32 }
+}

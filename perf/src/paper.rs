@@ -1,0 +1,1120 @@
+//! `weir-perf paper`: issue #6, the paper's Fig. 5 scenarios on one node.
+//! Pods `app1` (`id: app1`), `app2` (`id: app2`, the load source) and
+//! `app3` (`id: app3`, must be refused under policy). In the same run:
+//!
+//! - `kernel`: veth + routing (ip_forward, a /32 route per pod);
+//! - `kernel+nft`: the same plus an nftables forward chain equivalent to the
+//!   L3/L4 policy (established first, then app2 → app1 tcp/udp, drop);
+//! - `kernel+haproxy-L7`: nftables `redirect` of app2 → app1 TCP 80 to
+//!   haproxy in the node namespace, `mode http`, only `GET /public…`;
+//! - `ovs-afxdp+ct`: Open vSwitch userspace datapath, AF_XDP ports on the
+//!   node-side veths, OpenFlow13 conntrack flows equivalent to the policy;
+//! - `weir-<mode>`: no policy; `weir-<mode>+L3L4`: a NetworkPolicy applied
+//!   with `weir apply -f`; `weir L7`: n/a (not implemented).
+//!
+//! Workloads: 64-byte UDP pps (+ cores consumed, /proc/stat), TCP bulk
+//! (iperf3), TCP RR (HDR histogram), HTTP keep-alive (wrk against the
+//! harness's own server in app1), new TCP connections/s and pps as the rule
+//! count grows (nftables and weir), an AF_PACKET blaster into weir's XDP
+//! program with no socket bound (the XDP_DROP reference), and weir's
+//! `conntrack_bench` example for 1k → 1M flows.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use weir_topo::{Cluster, RealizedPod};
+
+use crate::connrate::{self, ConnResult};
+use crate::cpu::{CpuSnap, CpuUse};
+use crate::http::{self, HttpServer};
+use crate::kernel::KernelPath;
+use crate::peers::{self, Haproxy, Nft, Ovs, OvsPort};
+use crate::report::Host;
+use crate::rr::{self, RrParams, RrResult};
+use crate::tools::{self, BulkResult, HttpResult};
+use crate::udp::{self, UdpParams, UdpResult, PAYLOAD_64B_FRAME};
+use crate::weir::WeirCluster;
+use crate::{pin, stop};
+
+pub const MANIFESTS: &str = r#"apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: ["10.251.0.0/24"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: paper}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app1, namespace: paper, labels: {id: app1}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app2, namespace: paper, labels: {id: app2}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app3, namespace: paper, labels: {id: app3}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+"#;
+
+/// Ports of the harness's tools in app1 (none declared by a pod).
+const UDP_PORT: u16 = 9000;
+const RR_PORT: u16 = 9001;
+const CONN_PORT: u16 = 9002;
+const HTTP_PORT: u16 = 80;
+const HAPROXY_PORT: u16 = 15080;
+
+/// The L3/L4 policy, with `extra` non-matching ipBlock rules before the
+/// allowing one (JSON: weir reads it as YAML's subset).
+pub fn l3l4_policy(extra: usize) -> String {
+    let mut rules: Vec<serde_json::Value> = (0..extra)
+        .map(|i| {
+            serde_json::json!({"from": [{"ipBlock": {"cidr": format!("10.252.{}.{}/32", (i >> 8) & 0xff, i & 0xff)}}],
+                               "ports": [{"protocol": "TCP", "port": 1 + (i % 60000)}]})
+        })
+        .collect();
+    rules.push(serde_json::json!({"from": [{"podSelector": {"matchLabels": {"id": "app2"}}}]}));
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "app1-from-app2", "namespace": "paper"},
+        "spec": {"podSelector": {"matchLabels": {"id": "app1"}}, "policyTypes": ["Ingress"], "ingress": rules}
+    })
+    .to_string()
+}
+
+#[derive(Clone, Debug)]
+pub struct PaperOptions {
+    pub short: bool,
+    pub out: PathBuf,
+    pub load_core: usize,
+    pub worker_core: usize,
+    pub weir: Option<PathBuf>,
+    /// weir's polling mode.
+    pub mode: String,
+    pub window: Duration,
+    pub warmup: Duration,
+    pub rr_count: u64,
+    pub bulk_secs: u64,
+    pub http_secs: u64,
+    pub rules: Vec<usize>,
+    pub scale_window: Duration,
+    pub ovs: bool,
+    pub haproxy: bool,
+    pub conntrack_bench: bool,
+}
+
+impl PaperOptions {
+    pub fn new(short: bool) -> PaperOptions {
+        PaperOptions {
+            short,
+            out: PathBuf::from("target/perf"),
+            load_core: 0,
+            worker_core: 1,
+            weir: None,
+            mode: "adaptive".into(),
+            window: Duration::from_millis(if short { 500 } else { 4000 }),
+            warmup: Duration::from_millis(if short { 200 } else { 1000 }),
+            rr_count: if short { 500 } else { 20_000 },
+            bulk_secs: if short { 1 } else { 5 },
+            http_secs: if short { 1 } else { 5 },
+            rules: if short {
+                vec![10, 1000]
+            } else {
+                vec![10, 100, 1000, 10_000]
+            },
+            scale_window: Duration::from_millis(if short { 400 } else { 2000 }),
+            ovs: true,
+            haproxy: true,
+            conntrack_bench: !short,
+        }
+    }
+}
+
+/// One configuration's numbers (None: not measured; see `errors`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Row {
+    pub name: String,
+    pub measures: String,
+    pub udp: Option<UdpResult>,
+    /// Cores consumed during the UDP run (warm-up + window), both cores.
+    pub udp_cpu: Option<CpuUse>,
+    pub rr: Option<RrResult>,
+    pub bulk: Option<BulkResult>,
+    pub http: Option<HttpResult>,
+    pub http_cpu: Option<CpuUse>,
+    /// app3 → app1 refused (policy configurations only).
+    pub app3_blocked: Option<bool>,
+    /// L7 checks: status of GET /public/x and GET /private from app2.
+    pub l7_public: Option<u16>,
+    pub l7_private: Option<u16>,
+    pub not_implemented: bool,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScalePoint {
+    pub peer: String,
+    pub rules: usize,
+    /// Seconds to install the rules (nft -f / weir apply, until in force).
+    pub install_s: f64,
+    pub conn: Option<ConnResult>,
+    pub udp_pps: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct XdpDrop {
+    pub sent: u64,
+    pub window_s: f64,
+    pub pps: f64,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PaperReport {
+    pub host_start: Option<Host>,
+    pub host_end: Option<Host>,
+    pub short: bool,
+    pub load_core: usize,
+    pub worker_core: usize,
+    pub weir_poll: String,
+    pub weir_worker_cores: Vec<u64>,
+    pub window_s: f64,
+    pub rows: Vec<Row>,
+    pub scaling: Vec<ScalePoint>,
+    pub xdp_drop: Option<XdpDrop>,
+    pub conntrack_bench: Option<String>,
+    pub clusters: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+struct Pods<'a> {
+    app1: &'a RealizedPod,
+    app2: &'a RealizedPod,
+    app3: &'a RealizedPod,
+}
+
+fn pods(c: &Cluster) -> anyhow::Result<Pods<'_>> {
+    let g = |n: &str| {
+        c.pod("paper", n)
+            .with_context(|| format!("pod paper/{n} missing"))
+    };
+    Ok(Pods {
+        app1: g("app1")?,
+        app2: g("app2")?,
+        app3: g("app3")?,
+    })
+}
+
+fn v4(p: &RealizedPod) -> anyhow::Result<Ipv4Addr> {
+    p.ipv4
+        .with_context(|| format!("pod {} has no IPv4", p.name))
+}
+
+/// Which workloads a configuration gets.
+#[derive(Clone, Copy)]
+struct Work {
+    udp: bool,
+    rr: bool,
+    bulk: bool,
+    http: bool,
+    policy: bool,
+}
+
+const ALL: Work = Work {
+    udp: true,
+    rr: true,
+    bulk: true,
+    http: true,
+    policy: false,
+};
+
+fn err(e: anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+impl PaperOptions {
+    fn udp_p(&self) -> UdpParams {
+        UdpParams {
+            payload: PAYLOAD_64B_FRAME,
+            batch: 64,
+            warmup: self.warmup,
+            window: self.window,
+            load_core: self.load_core,
+        }
+    }
+}
+
+/// Runs the workloads of `w` from app2 to app1.
+fn measure(o: &PaperOptions, name: &str, measures: &str, p: &Pods, w: Work) -> anyhow::Result<Row> {
+    let mut row = Row {
+        name: name.into(),
+        measures: measures.into(),
+        ..Default::default()
+    };
+    let dst = v4(p.app1)?;
+    let (src_ns, dst_ns) = (p.app2.netns.as_str(), p.app1.netns.as_str());
+    if w.rr {
+        stop::check()?;
+        let rp = RrParams {
+            count: o.rr_count,
+            warmup: (o.rr_count / 10).max(1),
+            load_core: o.load_core,
+            timeout: Duration::from_secs(5),
+        };
+        match rr::run(src_ns, dst_ns, SocketAddr::from((dst, RR_PORT)), &rp) {
+            Ok(r) => row.rr = Some(r),
+            Err(e) => row.errors.push(format!("rr: {}", err(e))),
+        }
+    }
+    if w.bulk {
+        stop::check()?;
+        match tools::iperf3(src_ns, dst_ns, dst, o.bulk_secs, o.load_core) {
+            Ok(r) => row.bulk = Some(r),
+            Err(e) => row.errors.push(format!("iperf3: {}", err(e))),
+        }
+    }
+    if w.http {
+        stop::check()?;
+        let srv = HttpServer::start(dst_ns, SocketAddr::from((dst, HTTP_PORT)), o.load_core)?;
+        let c0 = CpuSnap::now();
+        match tools::wrk(
+            src_ns,
+            &format!("http://{dst}/public/x"),
+            o.http_secs,
+            8,
+            o.load_core,
+        ) {
+            Ok(r) => {
+                row.http_cpu = Some(CpuSnap::now().since(&c0));
+                row.http = Some(r)
+            }
+            Err(e) => row.errors.push(format!("wrk: {}", err(e))),
+        }
+        drop(srv);
+    }
+    if w.udp {
+        stop::check()?;
+        let c0 = CpuSnap::now();
+        match udp::run(src_ns, dst_ns, SocketAddrV4::new(dst, UDP_PORT), &o.udp_p()) {
+            Ok(r) => {
+                row.udp_cpu = Some(CpuSnap::now().since(&c0));
+                row.udp = Some(r)
+            }
+            Err(e) => row.errors.push(format!("udp: {}", err(e))),
+        }
+    }
+    if w.policy {
+        row.app3_blocked = Some(!rr::reachable(
+            &p.app3.netns,
+            dst_ns,
+            SocketAddr::from((dst, RR_PORT)),
+        ));
+    }
+    Ok(row)
+}
+
+/// One scaling point: new connections/s and UDP pps app2 → app1.
+fn scale_point(o: &PaperOptions, p: &Pods, peer: &str, rules: usize, install_s: f64) -> ScalePoint {
+    let mut sp = ScalePoint {
+        peer: peer.into(),
+        rules,
+        install_s,
+        ..Default::default()
+    };
+    let Ok(dst) = v4(p.app1) else { return sp };
+    match connrate::run(
+        &p.app2.netns,
+        &p.app1.netns,
+        SocketAddr::from((dst, CONN_PORT)),
+        o.scale_window,
+        o.load_core,
+    ) {
+        Ok(c) => sp.conn = Some(c),
+        Err(e) => sp.errors.push(format!("connrate: {}", err(e))),
+    }
+    let mut up = o.udp_p();
+    up.window = o.scale_window;
+    up.warmup = Duration::from_millis(200);
+    match udp::run(
+        &p.app2.netns,
+        &p.app1.netns,
+        SocketAddrV4::new(dst, UDP_PORT),
+        &up,
+    ) {
+        Ok(u) => sp.udp_pps = Some(u.received_pps),
+        Err(e) => sp.errors.push(format!("udp: {}", err(e))),
+    }
+    sp
+}
+
+pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
+    let ncores = pin::cores();
+    anyhow::ensure!(
+        o.load_core < ncores && o.worker_core < ncores && o.load_core != o.worker_core,
+        "need two distinct cores (load {}, worker {}); this machine has {ncores}",
+        o.load_core,
+        o.worker_core
+    );
+    std::fs::create_dir_all(&o.out)?;
+    let manifest = o.out.join("paper.yaml");
+    std::fs::write(&manifest, MANIFESTS)?;
+    let spec = weir_topo::manifest::parse_str(MANIFESTS, "paper.yaml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pid = std::process::id();
+    let mut rep = PaperReport {
+        host_start: Some(Host::now()),
+        short: o.short,
+        load_core: o.load_core,
+        worker_core: o.worker_core,
+        weir_poll: o.mode.clone(),
+        window_s: o.window.as_secs_f64(),
+        ..Default::default()
+    };
+    let nrules = o.rules.len() as u64;
+    let pb = ProgressBar::new(12 + 2 * nrules);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    let step = |m: &str| {
+        pb.inc(1);
+        pb.set_message(m.to_string());
+    };
+
+    // ---- the kernel path and its policy peers -------------------------
+    step("kernel: build");
+    let kname = format!("pp{pid}k");
+    rep.clusters.push(kname.clone());
+    {
+        let k = KernelPath::build(&kname, &spec)?;
+        k.enable_forwarding()?;
+        let p = pods(&k.cluster)?;
+        let node = k.cluster.nodes[0].netns.clone();
+        step("kernel: no policy");
+        rep.rows
+            .push(measure(o, "kernel", "veth + routing, no policy", &p, ALL)?);
+        step("kernel+nft: L3/L4 policy");
+        {
+            let _n = Nft::load(
+                &node,
+                &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, None),
+            )?;
+            let w = Work {
+                policy: true,
+                ..ALL
+            };
+            rep.rows.push(measure(
+                o,
+                "kernel+nft",
+                "routing + nftables forward chain = the L3/L4 policy",
+                &p,
+                w,
+            )?);
+            for &n in &o.rules {
+                step(&format!("kernel+nft: {n} rules"));
+                let t = Instant::now();
+                let r = Nft::load(
+                    &node,
+                    &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, n, None),
+                );
+                let secs = t.elapsed().as_secs_f64();
+                match r {
+                    Ok(_g) => rep.scaling.push(scale_point(o, &p, "nftables", n, secs)),
+                    Err(e) => rep.scaling.push(ScalePoint {
+                        peer: "nftables".into(),
+                        rules: n,
+                        errors: vec![err(e)],
+                        ..Default::default()
+                    }),
+                }
+            }
+        }
+        step("kernel+haproxy: L7 detour");
+        if o.haproxy && tools::have("haproxy") {
+            let mut row = Row {
+                name: "kernel+haproxy-L7".into(),
+                measures: "nftables redirect of app2→app1 TCP 80 to haproxy (mode http, GET /public only) in the node netns".into(),
+                ..Default::default()
+            };
+            let r = (|| -> anyhow::Result<()> {
+                let node_ip = k.cluster.nodes[0].ipv4.context("node has no IPv4")?;
+                let _n = Nft::load(
+                    &node,
+                    &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, Some((node_ip, HAPROXY_PORT))),
+                )?;
+                let _h = Haproxy::start(
+                    &node,
+                    &o.out.join(format!("haproxy-{pid}")),
+                    HAPROXY_PORT,
+                    o.worker_core,
+                )?;
+                let dst = v4(p.app1)?;
+                let srv = HttpServer::start(
+                    &p.app1.netns,
+                    SocketAddr::from((dst, HTTP_PORT)),
+                    o.load_core,
+                )?;
+                let a = SocketAddr::from((dst, HTTP_PORT));
+                row.l7_public = Some(http::status_of(&p.app2.netns, a, "GET", "/public/x"));
+                row.l7_private = Some(http::status_of(&p.app2.netns, a, "GET", "/private"));
+                row.app3_blocked = Some(http::status_of(&p.app3.netns, a, "GET", "/public/x") == 0);
+                let c0 = CpuSnap::now();
+                let h = tools::wrk(
+                    &p.app2.netns,
+                    &format!("http://{dst}/public/x"),
+                    o.http_secs,
+                    8,
+                    o.load_core,
+                )?;
+                row.http_cpu = Some(CpuSnap::now().since(&c0));
+                row.http = Some(h);
+                drop(srv);
+                Ok(())
+            })();
+            if let Err(e) = r {
+                row.errors.push(err(e));
+            }
+            rep.rows.push(row);
+        } else {
+            rep.errors
+                .push("haproxy skipped (--no-haproxy or not installed: scripts/setup.sh)".into());
+        }
+    }
+
+    // ---- Open vSwitch, userspace datapath, AF_XDP ports, conntrack ------
+    step("ovs-afxdp: build");
+    if o.ovs && tools::have("ovs-vswitchd") {
+        let oname = format!("pp{pid}o");
+        rep.clusters.push(oname.clone());
+        let r = (|| -> anyhow::Result<Row> {
+            let k = KernelPath::build(&oname, &spec)?;
+            let p = pods(&k.cluster)?;
+            let node = k.cluster.nodes[0].netns.clone();
+            let mut ports = Vec::new();
+            for (i, pod) in [p.app1, p.app2, p.app3].into_iter().enumerate() {
+                crate::kernel::ip(&[
+                    "-n",
+                    &pod.netns,
+                    "neigh",
+                    "replace",
+                    "169.254.1.1",
+                    "lladdr",
+                    peers::OVS_GW_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ])?;
+                ports.push(OvsPort {
+                    ifname: pod.host_ifname.clone(),
+                    ofport: i as u32 + 1,
+                    ipv4: v4(pod)?,
+                    mac: pod.pod_mac,
+                });
+            }
+            let ovs = Ovs::start(
+                &node,
+                &o.out.join(format!("ovs-{pid}")),
+                &ports,
+                (v4(p.app2)?, v4(p.app1)?),
+                o.worker_core,
+            )?;
+            step("ovs-afxdp: workloads");
+            let w = Work {
+                policy: true,
+                ..ALL
+            };
+            let row = measure(o, "ovs-afxdp+ct", "OVS 3.1 netdev datapath, AF_XDP ports, OpenFlow13 ct flows = the L3/L4 policy; PMD on the worker core", &p, w);
+            let _ = std::fs::write(o.out.join("ovs-pmd-stats.txt"), ovs.pmd_stats());
+            drop(ovs);
+            drop(k);
+            row
+        })();
+        match r {
+            Ok(row) => rep.rows.push(row),
+            Err(e) => rep.rows.push(Row {
+                name: "ovs-afxdp+ct".into(),
+                errors: vec![err(e)],
+                ..Default::default()
+            }),
+        }
+    } else {
+        step("ovs skipped");
+        rep.errors
+            .push("OVS skipped (--no-ovs or not installed: scripts/setup.sh)".into());
+    }
+
+    // ---- weir ------------------------------------------------------------
+    if let Some(bin) = o.weir.as_deref() {
+        stop::check()?;
+        let wname = format!("pp{pid}w");
+        rep.clusters.push(wname.clone());
+        step(&format!("weir {}: up", o.mode));
+        let w = WeirCluster::up(bin, &wname, &manifest, &o.worker_core.to_string(), &o.mode)?;
+        let p = pods(&w.cluster)?;
+        step("weir: no policy");
+        rep.rows.push(measure(
+            o,
+            &format!("weir-{}", o.mode),
+            "weir, no policy",
+            &p,
+            ALL,
+        )?);
+        if let Ok(c) = w.counters() {
+            rep.weir_worker_cores = c.worker_cores;
+        }
+        step("weir: L3/L4 policy");
+        let pol = o.out.join("paper-policy.json");
+        std::fs::write(&pol, l3l4_policy(0))?;
+        apply(&w, &pol)?;
+        let wk = Work {
+            policy: true,
+            ..ALL
+        };
+        rep.rows.push(measure(
+            o,
+            &format!("weir-{}+L3L4", o.mode),
+            "weir, NetworkPolicy id=app2 → id=app1 (weir apply -f)",
+            &p,
+            wk,
+        )?);
+        rep.rows.push(Row {
+            name: format!("weir-{}+L7", o.mode),
+            measures: "weir's L7 (http rules) is not implemented: n/a".into(),
+            not_implemented: true,
+            ..Default::default()
+        });
+        for &n in &o.rules {
+            step(&format!("weir: {n} rules"));
+            std::fs::write(&pol, l3l4_policy(n))?;
+            let t = Instant::now();
+            match apply(&w, &pol) {
+                Ok(()) => {
+                    rep.scaling
+                        .push(scale_point(o, &p, "weir", n, t.elapsed().as_secs_f64()))
+                }
+                Err(e) => rep.scaling.push(ScalePoint {
+                    peer: "weir".into(),
+                    rules: n,
+                    errors: vec![err(e)],
+                    ..Default::default()
+                }),
+            }
+        }
+        step("XDP_DROP reference");
+        match xdp_drop(o, &w, &p) {
+            Ok(x) => rep.xdp_drop = Some(x),
+            Err(e) => rep.errors.push(format!("XDP_DROP reference: {}", err(e))),
+        }
+        drop(w);
+    } else {
+        rep.errors.push("weir not measured (--kernel-only)".into());
+    }
+
+    step("conntrack_bench");
+    if o.conntrack_bench {
+        match conntrack_bench(o) {
+            Ok(s) => rep.conntrack_bench = Some(s),
+            Err(e) => rep.errors.push(format!("conntrack_bench: {}", err(e))),
+        }
+    }
+    pb.finish_and_clear();
+    rep.host_end = Some(Host::now());
+    write(o, &rep)?;
+    Ok(rep)
+}
+
+fn apply(w: &WeirCluster, file: &Path) -> anyhow::Result<()> {
+    let out = Command::new(&w.bin)
+        .args(["--cluster", &w.name, "apply", "-f"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .context("run weir apply")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "weir apply: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// 64-byte IPv4/UDP frame from `p.app2` to app1 (dst MAC: app2's gateway,
+/// the node-side veth).
+fn frame(p: &Pods) -> anyhow::Result<Vec<u8>> {
+    let (s, d) = (v4(p.app2)?, v4(p.app1)?);
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&p.app2.host_mac);
+    f.extend_from_slice(&p.app2.pod_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(46u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&s.octets());
+    ip[16..20].copy_from_slice(&d.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&UDP_PORT.to_be_bytes());
+    f.extend_from_slice(&26u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x5a; PAYLOAD_64B_FRAME]);
+    Ok(f)
+}
+
+/// `weir dataplane stop`: weir's XDP program stays on the node-side veth
+/// with no socket bound and drops everything; an AF_PACKET blaster in app2
+/// sends into it.
+fn xdp_drop(o: &PaperOptions, w: &WeirCluster, p: &Pods) -> anyhow::Result<XdpDrop> {
+    let st = Command::new(&w.bin)
+        .args(["--cluster", &w.name, "dataplane", "stop", "--node", "n1"])
+        .stdin(Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        st.status.success(),
+        "weir dataplane stop: {}",
+        String::from_utf8_lossy(&st.stderr).trim()
+    );
+    let f = frame(p)?;
+    let sent = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let window = o.window;
+    let secs = std::thread::scope(|s| -> anyhow::Result<(u64, f64)> {
+        let h = s.spawn(|| -> anyhow::Result<()> {
+            weir_topo::netns::run_in(&p.app2.netns, || -> anyhow::Result<()> {
+                pin::pin(o.load_core)?;
+                // Not sysfs: it shows the namespace it was mounted in.
+                let idx = crate::mmsg::ifindex("eth0");
+                anyhow::ensure!(idx > 0, "eth0 ifindex");
+                let mut b = crate::mmsg::PacketBlaster::new(idx, &f, 64)?;
+                let mut last_err = None;
+                while !done.load(Ordering::Relaxed) {
+                    match b.send() {
+                        Ok(n) => {
+                            sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+                if sent.load(Ordering::Relaxed) == 0 {
+                    if let Some(e) = last_err {
+                        anyhow::bail!("AF_PACKET sendmmsg: {e}");
+                    }
+                }
+                Ok(())
+            })?
+        });
+        let r = (|| -> anyhow::Result<(u64, f64)> {
+            udp::sleep_checked(o.warmup)?;
+            let (t0, s0) = (Instant::now(), sent.load(Ordering::Relaxed));
+            udp::sleep_checked(window)?;
+            let (t1, s1) = (Instant::now(), sent.load(Ordering::Relaxed));
+            Ok((s1 - s0, (t1 - t0).as_secs_f64()))
+        })();
+        done.store(true, Ordering::Relaxed);
+        h.join()
+            .map_err(|_| anyhow::anyhow!("blaster panicked"))??;
+        r
+    })?;
+    Ok(XdpDrop {
+        sent: secs.0,
+        window_s: secs.1,
+        pps: secs.0 as f64 / secs.1,
+        note: "AF_PACKET sendmmsg (PACKET_QDISC_BYPASS) from app2's eth0 into weir's XDP program on the node-side veth, no AF_XDP socket bound (weir dataplane stop): every frame dropped in XDP".into(),
+    })
+}
+
+/// Runs weir-dataplane's `conntrack_bench` example (built if missing) and
+/// returns its report verbatim.
+fn conntrack_bench(o: &PaperOptions) -> anyhow::Result<String> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = ws.join("target/release/examples/conntrack_bench");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&ws)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "weir-dataplane",
+                "--example",
+                "conntrack_bench",
+            ])
+            .status()
+            .context("cargo build conntrack_bench")?;
+        anyhow::ensure!(st.success(), "cargo build --example conntrack_bench failed");
+    }
+    let out = Command::new("taskset")
+        .args(["-c", &format!("{},{}", o.load_core, o.worker_core)])
+        .arg(&bin)
+        .arg("2")
+        .stdin(Stdio::null())
+        .output()
+        .context("run conntrack_bench")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "conntrack_bench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn f0(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.0}"))
+}
+
+fn f2(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.2}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+impl Row {
+    fn pps(&self) -> Option<f64> {
+        self.udp.as_ref().map(|u| u.received_pps)
+    }
+    fn cores(&self) -> Option<f64> {
+        self.udp_cpu.as_ref().map(|c| c.cores)
+    }
+    fn pps_per_core(&self) -> Option<f64> {
+        ratio(self.pps(), self.cores())
+    }
+    fn gbps(&self) -> Option<f64> {
+        self.bulk.as_ref().map(|b| b.gbit_per_s)
+    }
+    fn p50(&self) -> Option<f64> {
+        self.rr.as_ref().map(|r| r.p50_us)
+    }
+    fn p99(&self) -> Option<f64> {
+        self.rr.as_ref().map(|r| r.p99_us)
+    }
+    fn rps(&self) -> Option<f64> {
+        self.http.as_ref().map(|h| h.requests_per_s)
+    }
+    fn hp50(&self) -> Option<f64> {
+        self.http.as_ref().map(|h| h.p50_us)
+    }
+    fn hp99(&self) -> Option<f64> {
+        self.http.as_ref().map(|h| h.p99_us)
+    }
+}
+
+/// Metrics of the ratio table: (label, getter, higher is better).
+type Getter = fn(&Row) -> Option<f64>;
+const METRICS: [(&str, Getter, bool); 8] = [
+    ("UDP pps", Row::pps, true),
+    ("pps/core", Row::pps_per_core, true),
+    ("TCP Gb/s", Row::gbps, true),
+    ("RR p50", Row::p50, false),
+    ("RR p99", Row::p99, false),
+    ("HTTP req/s", Row::rps, true),
+    ("HTTP p50", Row::hp50, false),
+    ("HTTP p99", Row::hp99, false),
+];
+
+impl PaperReport {
+    fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+
+    /// (weir configuration, peer) pairs of the ratio table.
+    fn pairs(&self) -> Vec<(String, String)> {
+        let m = &self.weir_poll;
+        let mut v = vec![(format!("weir-{m}"), "kernel".to_string())];
+        for peer in ["kernel+nft", "ovs-afxdp+ct", "kernel"] {
+            v.push((format!("weir-{m}+L3L4"), peer.to_string()));
+        }
+        v.push((format!("weir-{m}+L7"), "kernel+haproxy-L7".into()));
+        v
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let h = self.host_start.clone().unwrap_or_else(Host::now);
+        let _ = writeln!(
+            s,
+            "# weir-perf paper ({} mode)\n",
+            if self.short { "short" } else { "full" }
+        );
+        let _ = writeln!(
+            s,
+            "Host: kernel {}, {} cores, load average {} at start. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling mode: **{}**. UDP window {:.1} s.\n",
+            h.kernel, h.cpus, h.loadavg, self.load_core, self.worker_core, self.weir_worker_cores, self.weir_poll, self.window_s
+        );
+        let _ = writeln!(s, "## Ratios: weir ÷ peer, same run\n\nAbove 1 is better for pps, Gb/s, req/s; below 1 is better for latencies.\n");
+        let _ = write!(s, "| weir config | peer |");
+        for m in METRICS {
+            let _ = write!(s, " {} |", m.0);
+        }
+        let _ = writeln!(s, "\n|---|---|{}", "---|".repeat(METRICS.len()));
+        for (w, p) in self.pairs() {
+            let _ = write!(s, "| {w} | {p} |");
+            let (wr, pr) = (self.row(&w), self.row(&p));
+            for m in METRICS {
+                let cell = match (wr, pr) {
+                    (Some(a), _) if a.not_implemented => "n/a (not implemented)".to_string(),
+                    (Some(a), Some(b)) => f2(ratio((m.1)(a), (m.1)(b))),
+                    _ => "—".into(),
+                };
+                let _ = write!(s, " {cell} |");
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s, "\n## Absolute numbers\n");
+        let _ = writeln!(s, "| configuration | UDP 64B rx pps | offered pps | cores used | pps/core | TCP bulk Gb/s | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs | app3→app1 refused |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.rows {
+            if r.not_implemented {
+                let _ = writeln!(s, "| {} | n/a (not implemented) |||||||||||", r.name);
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.name,
+                f0(r.pps()),
+                f0(r.udp.as_ref().map(|u| u.offered_pps)),
+                f2(r.cores()),
+                f0(r.pps_per_core()),
+                f2(r.gbps()),
+                f0(r.p50()),
+                f0(r.p99()),
+                f0(r.rps()),
+                f0(r.hp50()),
+                f0(r.hp99()),
+                r.app3_blocked.map_or("—".into(), |b| if b {
+                    "yes".to_string()
+                } else {
+                    "**NO**".to_string()
+                })
+            );
+        }
+        let _ = writeln!(s, "\nWhat each configuration is:\n");
+        for r in &self.rows {
+            let _ = writeln!(s, "- `{}`: {}", r.name, r.measures);
+            if r.l7_public.is_some() {
+                let _ = writeln!(
+                    s,
+                    "  - L7 check from app2: GET /public/x → {}, GET /private → {}",
+                    r.l7_public.unwrap_or(0),
+                    r.l7_private.unwrap_or(0)
+                );
+            }
+            for e in &r.errors {
+                let _ = writeln!(s, "  - error: {e}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\n## Cost as policy rules grow (N non-matching rules before the allowing one)\n"
+        );
+        let _ = writeln!(s, "| rules | nft connects/s | weir connects/s | weir ÷ nft | nft pps | weir pps | nft install s | weir apply s |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let mut ns: Vec<usize> = self.scaling.iter().map(|p| p.rules).collect();
+        ns.sort();
+        ns.dedup();
+        for n in ns {
+            let g = |peer: &str| self.scaling.iter().find(|p| p.peer == peer && p.rules == n);
+            let (a, b) = (g("nftables"), g("weir"));
+            let c = |p: Option<&ScalePoint>| p.and_then(|p| p.conn.as_ref().map(|c| c.per_s));
+            let u = |p: Option<&ScalePoint>| p.and_then(|p| p.udp_pps);
+            let i = |p: Option<&ScalePoint>| p.map(|p| p.install_s);
+            let _ = writeln!(
+                s,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                f0(c(a)),
+                f0(c(b)),
+                f2(ratio(c(b), c(a))),
+                f0(u(a)),
+                f0(u(b)),
+                f2(i(a)),
+                f2(i(b))
+            );
+        }
+        for p in &self.scaling {
+            for e in &p.errors {
+                let _ = writeln!(s, "\n- {} at {} rules: {e}", p.peer, p.rules);
+            }
+        }
+        if let Some(x) = &self.xdp_drop {
+            let _ = writeln!(
+                s,
+                "\n## XDP_DROP reference\n\n{:.0} pps ({}).",
+                x.pps, x.note
+            );
+        }
+        if let Some(c) = &self.conntrack_bench {
+            let _ = writeln!(s, "\n## Conntrack 1k → 1M flows (`conntrack_bench`, weir's table in-process)\n\n```\n{}```", c);
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(s, "\n## Not measured\n");
+            for e in &self.errors {
+                let _ = writeln!(s, "- {e}");
+            }
+        }
+        s
+    }
+
+    fn plots(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let rows: Vec<&Row> = self.rows.iter().filter(|r| !r.not_implemented).collect();
+        let cats: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let col = |f: Getter| {
+            rows.iter()
+                .map(|r| f(r).unwrap_or(f64::NAN))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        let mut push = |name: &str| {
+            let p = dir.join(name);
+            out.push(p.clone());
+            p
+        };
+        crate::plot::bars(
+            &push("paper-udp-pps.svg"),
+            "64-byte UDP, received pps",
+            "pps",
+            &cats,
+            &[("pps", col(Row::pps))],
+        )?;
+        crate::plot::bars(
+            &push("paper-pps-per-core.svg"),
+            "64-byte UDP, pps per consumed core",
+            "pps / core",
+            &cats,
+            &[("pps/core", col(Row::pps_per_core))],
+        )?;
+        crate::plot::bars(
+            &push("paper-tcp-bulk.svg"),
+            "TCP bulk (iperf3)",
+            "Gb/s",
+            &cats,
+            &[("Gb/s", col(Row::gbps))],
+        )?;
+        crate::plot::bars(
+            &push("paper-rr-latency.svg"),
+            "TCP request/response latency",
+            "µs",
+            &cats,
+            &[("p50", col(Row::p50)), ("p99", col(Row::p99))],
+        )?;
+        crate::plot::bars(
+            &push("paper-http-rps.svg"),
+            "HTTP keep-alive (wrk), requests/s",
+            "req/s",
+            &cats,
+            &[("req/s", col(Row::rps))],
+        )?;
+        crate::plot::bars(
+            &push("paper-http-latency.svg"),
+            "HTTP keep-alive latency",
+            "µs",
+            &cats,
+            &[("p50", col(Row::hp50)), ("p99", col(Row::hp99))],
+        )?;
+        let line = |peer: &str, f: fn(&ScalePoint) -> Option<f64>| {
+            self.scaling
+                .iter()
+                .filter(|p| p.peer == peer)
+                .map(|p| (p.rules as f64, f(p).unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+        };
+        let conn = |p: &ScalePoint| p.conn.as_ref().map(|c| c.per_s);
+        let pps = |p: &ScalePoint| p.udp_pps;
+        crate::plot::lines(
+            &push("paper-rules-connects.svg"),
+            "New TCP connections/s vs rules",
+            "rules",
+            "connects/s",
+            &[
+                ("nftables", line("nftables", conn)),
+                ("weir", line("weir", conn)),
+            ],
+        )?;
+        crate::plot::lines(
+            &push("paper-rules-pps.svg"),
+            "64-byte UDP pps vs rules",
+            "rules",
+            "pps",
+            &[
+                ("nftables", line("nftables", pps)),
+                ("weir", line("weir", pps)),
+            ],
+        )?;
+        Ok(out)
+    }
+}
+
+fn write(o: &PaperOptions, rep: &PaperReport) -> anyhow::Result<()> {
+    std::fs::write(o.out.join("paper.json"), serde_json::to_vec_pretty(rep)?)?;
+    std::fs::write(o.out.join("paper.md"), rep.markdown())?;
+    if let Err(e) = rep.plots(&o.out) {
+        eprintln!("weir-perf: plots: {e:#}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_and_policy_parse() {
+        let spec = weir_topo::manifest::parse_str(MANIFESTS, "paper.yaml").unwrap();
+        assert_eq!(spec.pods.len(), 3);
+        let v: serde_json::Value = serde_json::from_str(&l3l4_policy(3)).unwrap();
+        assert_eq!(v["spec"]["ingress"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn markdown_has_na_for_l7() {
+        let rep = PaperReport {
+            weir_poll: "adaptive".into(),
+            rows: vec![
+                Row {
+                    name: "kernel".into(),
+                    ..Default::default()
+                },
+                Row {
+                    name: "weir-adaptive+L7".into(),
+                    not_implemented: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let md = rep.markdown();
+        assert!(md.contains("| weir-adaptive+L7 | kernel+haproxy-L7 | n/a (not implemented) |"));
+    }
+}
