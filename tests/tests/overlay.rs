@@ -974,3 +974,18 @@ fn policy_change_revokes_established_cross_node_flow() {
     drop(s);
     let _ = server.join();
 }
+
+/// `weir up --queues 1`: pod veths and the underlay get one queue, and the
+/// dataplane must open its sockets on that one queue only.
+#[test]
+fn one_queue_per_interface_across_nodes() {
+    let c = TestCluster::up_with(
+        "q1",
+        &two_node_cluster("x", &[("a", "n1"), ("b", "n2")], false),
+        &["--encap", "geneve", "--queues", "1"],
+    );
+    let m = c.probe(80, "TCP", &[]);
+    assert!(all_connected(&m), "{m}");
+    let m = c.probe(81, "UDP", &["--family", "ipv6"]);
+    assert!(all_connected(&m), "{m}");
+}
