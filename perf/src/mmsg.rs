@@ -169,32 +169,6 @@ pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: usize) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{Ipv4Addr, UdpSocket};
-    use std::time::Duration;
-
-    #[test]
-    fn batches_cross_loopback() {
-        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let dst = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
-        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let mut send = SendBatch::new(dst, 18, 8);
-        assert_eq!(send.send(&tx).unwrap(), 8);
-        let mut recv = RecvBatch::new(16, 64);
-        let mut got = 0;
-        while got < 8 {
-            got += recv.recv(&rx).unwrap();
-        }
-        assert_eq!(got, 8);
-    }
-}
-
 /// `SO_LINGER {on, 0}`: `close` sends RST and leaves no TIME_WAIT.
 pub fn linger0(sock: &impl AsRawFd) -> io::Result<()> {
     let l = libc::linger {
@@ -310,4 +284,30 @@ pub fn ifindex(name: &str) -> i32 {
     };
     // SAFETY: `c` is a valid NUL-terminated string alive for the call.
     unsafe { libc::if_nametoindex(c.as_ptr()) as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Duration;
+
+    #[test]
+    fn batches_cross_loopback() {
+        let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let dst = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut send = SendBatch::new(dst, 18, 8);
+        assert_eq!(send.send(&tx).unwrap(), 8);
+        let mut recv = RecvBatch::new(16, 64);
+        let mut got = 0;
+        while got < 8 {
+            got += recv.recv(&rx).unwrap();
+        }
+        assert_eq!(got, 8);
+    }
 }

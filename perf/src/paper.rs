@@ -370,6 +370,12 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         o.worker_core
     );
     std::fs::create_dir_all(&o.out)?;
+    // Absolute: ovsdb-server's punix: socket and pidfiles break on a
+    // relative run directory (the full run of docs/performance.md lost
+    // its OVS row to this).
+    let mut o = o.clone();
+    o.out = std::fs::canonicalize(&o.out)?;
+    let o = &o;
     let manifest = o.out.join("paper.yaml");
     std::fs::write(&manifest, MANIFESTS)?;
     let spec = weir_topo::manifest::parse_str(MANIFESTS, "paper.yaml")

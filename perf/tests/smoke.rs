@@ -136,3 +136,103 @@ fn fastpath_short_end_to_end() {
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
+
+/// `weir-perf paper --short`: every configuration ran (or says why not),
+/// weir's L7 is reported as not implemented, the policy configurations
+/// refused app3, plots were written, nothing is left behind. No timings.
+#[test]
+fn paper_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-paper-smoke-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args(["paper", "--short", "--rules", "10,100", "--out"])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .output()
+        .expect("run weir-perf paper");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "weir-perf paper failed:\n{stdout}\n{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("paper.json")).expect("paper.json"))
+            .expect("JSON");
+    let rows = json["rows"].as_array().expect("rows");
+    let find = |n: &str| rows.iter().find(|r| r["name"] == n);
+    for n in [
+        "kernel",
+        "kernel+nft",
+        "weir-adaptive",
+        "weir-adaptive+L3L4",
+    ] {
+        let r = find(n).unwrap_or_else(|| panic!("row {n} missing: {json}"));
+        assert!(
+            r["udp"]["received"].as_u64().unwrap_or(0) > 0,
+            "{n}: no UDP received: {r}"
+        );
+        assert!(
+            r["rr"]["count"].as_u64().unwrap_or(0) > 0,
+            "{n}: no RR: {r}"
+        );
+        assert!(
+            r["bulk"]["gbit_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{n}: no iperf3: {r}"
+        );
+        assert!(
+            r["http"]["requests"].as_u64().unwrap_or(0) > 0,
+            "{n}: no HTTP: {r}"
+        );
+    }
+    for n in ["kernel+nft", "weir-adaptive+L3L4"] {
+        assert_eq!(
+            find(n).unwrap()["app3_blocked"],
+            true,
+            "{n}: app3 reached app1"
+        );
+    }
+    assert_eq!(
+        find("weir-adaptive+L7").expect("L7 row")["not_implemented"],
+        true
+    );
+    let scaling = json["scaling"].as_array().expect("scaling");
+    assert_eq!(
+        scaling.len(),
+        4,
+        "2 rule counts × (nftables, weir): {scaling:?}"
+    );
+    for p in scaling {
+        assert!(
+            p["conn"]["connects"].as_u64().unwrap_or(0) > 0,
+            "no connection: {p}"
+        );
+    }
+    assert!(out.join("paper-udp-pps.svg").is_file());
+    assert!(out.join("paper-rules-connects.svg").is_file());
+    let clusters: Vec<String> = json["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    clusters
+                        .iter()
+                        .any(|c| n.starts_with(&format!("weir-{c}-")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
