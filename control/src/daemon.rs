@@ -184,12 +184,22 @@ impl Daemon {
     fn readiness(&mut self) -> serde_json::Value {
         let mut nodes = serde_json::Map::new();
         let mut ready = true;
+        let mut failed = Vec::new();
         for n in crate::agent::weir_nodes(&self.cluster) {
-            let running = self
-                .dataplanes
-                .get_mut(&n.name)
-                .map(|c| matches!(c.try_wait(), Ok(None)))
-                .unwrap_or(false);
+            // A dataplane that exited (not one stopped on purpose) failed:
+            // say so at once instead of letting the caller time out.
+            let exited = match self.dataplanes.get_mut(&n.name).map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                _ => None,
+            };
+            let running = self.dataplanes.contains_key(&n.name) && exited.is_none();
+            if let Some(status) = &exited {
+                failed.push(format!(
+                    "nodes/{}: dataplane exited ({status}); see {}",
+                    n.name,
+                    self.state.dataplane_log(&n.name).display()
+                ));
+            }
             let generation = ipc::call(
                 &self.state.dataplane_sock(&n.name),
                 &Request::Ping,
@@ -201,10 +211,10 @@ impl Daemon {
             ready &= node_ready;
             nodes.insert(
                 n.name.clone(),
-                json!({"running": running, "generation": generation, "ready": node_ready}),
+                json!({"running": running, "exited": exited, "generation": generation, "ready": node_ready}),
             );
         }
-        json!({"ready": ready, "generation": self.generation, "nodes": nodes})
+        json!({"ready": ready, "generation": self.generation, "nodes": nodes, "failed": failed})
     }
 
     fn status(&mut self) -> serde_json::Value {

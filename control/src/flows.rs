@@ -65,15 +65,42 @@ fn rule_text(snap: &Snapshot, id: RuleId) -> String {
     }
 }
 
-fn peer(snap: &Snapshot, ep: Option<u32>, addr: IpAddr) -> String {
+/// Pod names by address, for every pod of the cluster (remote ones too).
+pub type Names = std::collections::HashMap<IpAddr, String>;
+
+/// The names of every pod of `cluster` by its addresses.
+pub fn names(cluster: &weir_topo::Cluster) -> Names {
+    let mut out = Names::new();
+    for p in &cluster.pods {
+        let name = format!("{}/{}", p.namespace, p.name);
+        if let Some(a) = p.ipv4 {
+            out.insert(a.into(), name.clone());
+        }
+        if let Some(a) = p.ipv6 {
+            out.insert(a.into(), name);
+        }
+    }
+    out
+}
+
+fn peer(snap: &Snapshot, names: &Names, ep: Option<u32>, addr: IpAddr) -> String {
     match ep.and_then(|i| snap.spec.endpoints.get(i as usize)) {
         Some(e) => e.name.clone(),
-        None => addr.to_string(),
+        None => names
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string()),
     }
 }
 
 /// One event as a JSON record; `wall_offset_ns` converts monotonic to Unix time.
-pub fn render(ev: &FlowEvent, snap: &Snapshot, node: &str, wall_offset_ns: i128) -> Value {
+pub fn render(
+    ev: &FlowEvent,
+    snap: &Snapshot,
+    names: &Names,
+    node: &str,
+    wall_offset_ns: i128,
+) -> Value {
     let verdict = if ev.audit {
         "audit"
     } else if ev.allowed {
@@ -96,10 +123,10 @@ pub fn render(ev: &FlowEvent, snap: &Snapshot, node: &str, wall_offset_ns: i128)
         "audit": ev.audit,
         "reason": ev.reason.map(|r| r.slug()),
         "protocol": proto_name(ev.key.proto),
-        "src": peer(snap, src_ep, ev.key.src),
+        "src": peer(snap, names, src_ep, ev.key.src),
         "src_addr": ev.key.src,
         "sport": ev.key.sport,
-        "dst": peer(snap, dst_ep, ev.key.dst),
+        "dst": peer(snap, names, dst_ep, ev.key.dst),
         "dst_addr": ev.key.dst,
         "dport": ev.key.dport,
         "egress_rule": rule_text(snap, ev.egress_rule),

@@ -524,6 +524,15 @@ fn wait_ready(state: &StateDir, timeout: Duration) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         match ipc::call(&state.daemon_sock(), &Request::Ping, Duration::from_secs(5)) {
             Ok(v) if v["ready"].as_bool() == Some(true) => return Ok(()),
+            Ok(v) if v["failed"].as_array().is_some_and(|f| !f.is_empty()) => {
+                let why: Vec<&str> = v["failed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str())
+                    .collect();
+                anyhow::bail!("cluster {}: {}", state.cluster, why.join("; "))
+            }
             Ok(v) => last = format!("not ready: {}", v["nodes"]),
             Err(e) => last = e.to_string(),
         }

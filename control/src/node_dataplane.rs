@@ -76,6 +76,8 @@ struct Shared {
     dp: Mutex<Option<Dataplane>>,
     /// The snapshot the workers run, to name endpoints and rules in flows.
     snap: Mutex<Snapshot>,
+    /// Pod names by address (all nodes), to name remote peers in flows.
+    names: Mutex<crate::flows::Names>,
     flows: Mutex<FlowBuffer>,
     applied: Mutex<u64>,
     rates: Mutex<Rates>,
@@ -109,6 +111,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let cfg = DataplaneConfig {
         cores: opts.cores.clone(),
         poll: opts.poll,
+        // The pod veths were built with this many queues: a socket on each.
+        queues: cluster.queues,
         ..DataplaneConfig::default()
     };
     let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;
@@ -120,6 +124,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         dp: Mutex::new(Some(dp)),
         snap: Mutex::new(render_snap),
+        names: Mutex::new(crate::flows::names(&cluster)),
         flows: Mutex::new(FlowBuffer::default()),
         applied: Mutex::new(applied),
         rates: Mutex::new(Rates::default()),
@@ -161,6 +166,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                                 match dp.apply(snap) {
                                     Ok(()) => {
                                         *shared.snap.lock().expect("lock") = render;
+                                        if let Ok(c) =
+                                            weir_topo::Cluster::load(&state.cluster_file())
+                                        {
+                                            *shared.names.lock().expect("lock") =
+                                                crate::flows::names(&c);
+                                        }
                                         applied = g;
                                         *shared.applied.lock().expect("lock") = g;
                                         log::info!("applied generation {g}");
@@ -206,9 +217,10 @@ fn render_flows(dp: &Dataplane, shared: &Shared, node: &str, scratch: &mut Vec<F
     }
     let offset = wall_offset_ns();
     let snap = shared.snap.lock().expect("lock");
+    let names = shared.names.lock().expect("lock");
     let mut buf = shared.flows.lock().expect("lock");
     for ev in scratch.iter() {
-        buf.push(crate::flows::render(ev, &snap, node, offset));
+        buf.push(crate::flows::render(ev, &snap, &names, node, offset));
     }
 }
 

@@ -241,6 +241,13 @@ pub struct Cluster {
     /// The pod MTU the cluster was built with (0 in older states: unknown).
     #[serde(default)]
     pub pod_mtu: u32,
+    /// RX/TX queues of every pod veth (the dataplane binds a socket on each).
+    #[serde(default = "default_queues")]
+    pub queues: u32,
+}
+
+fn default_queues() -> u32 {
+    BuildOptions::default().queues
 }
 
 /// Checks a cluster name: 1-16 of `[a-z0-9]`.
@@ -602,6 +609,7 @@ impl Cluster {
             underlay_netns: Some(overlay::underlay_netns(name)),
             underlay_mtu: opts.underlay_mtu,
             pod_mtu,
+            queues: opts.queues,
         };
         let mut next_slot: HashMap<&str, u128> = HashMap::new();
         for pod in &spec.pods {
@@ -670,6 +678,9 @@ impl Cluster {
         let mut opts = opts.clone();
         opts.encap = self.encap;
         opts.underlay_mtu = self.underlay_mtu;
+        // Every pod of a cluster has the same queue count: the dataplane
+        // binds that many sockets per port.
+        opts.queues = self.queues;
         opts.check()?;
         let mtu = match (opts.mtu, self.pod_mtu) {
             (0, 0) => opts.pod_mtu(),
