@@ -73,6 +73,12 @@ drop_reasons! {
     TunnelBadVni = 19 => "tunnel-bad-vni",
     /// tunnel frame from an outer source address that is no known peer node
     TunnelUnknownPeer = 20 => "tunnel-unknown-peer",
+    /// HTTP request denied by L7 rules or refused as ambiguous (the client got a 403, the server an RST)
+    L7Denied = 21 => "l7-denied",
+    /// segment of an HTTP-inspected flow beyond a gap, or repeating held bytes (TCP retransmits it)
+    L7OutOfOrder = 22 => "l7-out-of-order",
+    /// flow under HTTP rules without an inspector on this worker (pool full, mid-stream pickup, or seen on another worker); refused
+    L7NoSlot = 23 => "l7-no-slot",
 }
 
 impl DropReason {

@@ -610,6 +610,10 @@ fn policy(
                 // packet travels in the flow's original direction.
                 let id = wire_id.filter(|_| orig == pkt.key);
                 let (j, src, dst) = judge(snap, &orig, id);
+                if j.allowed && j.ingress.l7.is_some() {
+                    // Not wired yet: HTTP rules fail closed.
+                    return drop(DropReason::L7NoSlot);
+                }
                 if !j.allowed {
                     st.ct.revoke(&pkt.key, generation, now);
                     st.ct_stats.revoked.add(1);
@@ -642,6 +646,10 @@ fn policy(
                     pkt.key.dport,
                 );
                 let (src, dst) = (src_ep, dst_ep);
+                if j.allowed && j.ingress.l7.is_some() {
+                    // Not wired yet: HTTP rules fail closed.
+                    return drop(DropReason::L7NoSlot);
+                }
                 if !j.allowed {
                     let why = Some(DropReason::PolicyDenied);
                     log_flow(

@@ -86,6 +86,11 @@ pub struct Decision {
     pub audit: bool,
     /// A `Log` rule matched on the way to the decision.
     pub log: bool,
+    /// An allow whose deciding rule carries HTTP rules: index into
+    /// [`PolicySpec::http`]. Every request of the admitted TCP connection
+    /// must then match that set, else it is denied inline (docs/l7.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<u32>,
 }
 
 impl Decision {
@@ -99,6 +104,7 @@ impl Decision {
             rule,
             audit: false,
             log: false,
+            l7: None,
         }
     }
 
@@ -108,6 +114,7 @@ impl Decision {
             rule,
             audit: false,
             log: false,
+            l7: None,
         }
     }
 
@@ -245,6 +252,9 @@ pub struct PolicySpec {
     /// Per endpoint (same order as `SnapshotSpec::endpoints`); empty = none
     /// of this node's endpoints has policy.
     pub endpoints: Vec<EndpointTables>,
+    /// HTTP rule sets (WeirPolicy `http:`), indexed by [`Decision::l7`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::l7::HttpRuleSetSpec>,
 }
 
 /// A compiled policy spec that is inconsistent; rejected whole.
@@ -389,6 +399,11 @@ pub struct CompiledPolicy {
     /// Identity → a class carrying it (for identities read off a tunnel
     /// header): the class of a pod address if one has it, else the first.
     by_identity: IntMap<Identity, u32>,
+    /// Compiled HTTP rule sets ([`PolicySpec::http`]).
+    http: Vec<crate::l7::HttpRuleSet>,
+    /// Per rule id: the rule decides only with an L7 set (a conntrack
+    /// entry admitted by it needs an inspector).
+    l7_rules: Vec<bool>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -468,6 +483,50 @@ impl CompiledPolicy {
         if !spec.tables.is_empty() || !spec.endpoints.is_empty() {
             class_ok(spec.world_class, "world_class")?;
         }
+        let mut http = Vec::with_capacity(spec.http.len());
+        for (i, h) in spec.http.iter().enumerate() {
+            http.push(
+                crate::l7::HttpRuleSet::compile(h)
+                    .map_err(|e| invalid(format!("http rule set {i}: {e}")))?,
+            );
+        }
+        // A rule that decides with an L7 set must do so everywhere: the
+        // datapath finds the set of an established flow from its rule.
+        let mut l7_rules = vec![false; spec.rules.len()];
+        let all_decisions = || {
+            spec.cells.iter().flat_map(|c| {
+                std::iter::once(&c.other)
+                    .chain(c.tcp.iter().map(|s| &s.1))
+                    .chain(c.udp.iter().map(|s| &s.1))
+                    .chain(c.sctp.iter().map(|s| &s.1))
+            })
+        };
+        for d in all_decisions() {
+            if let Some(l) = d.l7 {
+                if l as usize >= http.len() {
+                    return Err(invalid(format!("http rule set {l} out of range")));
+                }
+                if d.action != Action::Allow || d.rule.is_reserved() {
+                    return Err(invalid(format!(
+                        "http rule set {l} on a decision that is not a rule's allow"
+                    )));
+                }
+                if let Some(f) = l7_rules.get_mut(d.rule.0 as usize) {
+                    *f = true;
+                }
+            }
+        }
+        for d in all_decisions() {
+            if d.l7.is_none()
+                && !d.rule.is_reserved()
+                && l7_rules.get(d.rule.0 as usize) == Some(&true)
+            {
+                return Err(invalid(format!(
+                    "rule {} decides both with and without http rules",
+                    d.rule.0
+                )));
+            }
+        }
         let mut cells = Vec::with_capacity(spec.cells.len());
         for (i, c) in spec.cells.iter().enumerate() {
             let what = format!("cell {i}");
@@ -525,7 +584,28 @@ impl CompiledPolicy {
             cells,
             tables,
             endpoints: spec.endpoints,
+            http,
+            l7_rules,
         })
+    }
+
+    /// The compiled HTTP rule set `i` ([`Decision::l7`]).
+    #[inline]
+    pub fn http_set(&self, i: u32) -> Option<&crate::l7::HttpRuleSet> {
+        self.http.get(i as usize)
+    }
+
+    /// Whether any decision carries HTTP rules.
+    #[inline]
+    pub fn has_l7(&self) -> bool {
+        !self.http.is_empty()
+    }
+
+    /// Whether flows admitted by `rule` are under HTTP rules (then the
+    /// admitting decision had `l7: Some(..)`).
+    #[inline]
+    pub fn rule_has_l7(&self, rule: RuleId) -> bool {
+        self.l7_rules.get(rule.0 as usize) == Some(&true)
     }
 
     pub fn generation(&self) -> u64 {
@@ -724,6 +804,12 @@ impl CompiledPolicy {
         if d.log {
             s.push_str(" [logged]");
         }
+        if let Some(l) = d.l7 {
+            let n = self.http_set(l).map_or(0, |h| h.len());
+            s.push_str(&format!(
+                " [HTTP rules: set {l}, {n} rule(s); other requests get 403]"
+            ));
+        }
         s
     }
 }
@@ -807,6 +893,7 @@ mod tests {
                 ingress: Some(0),
                 egress: None,
             }],
+            http: vec![],
         }
     }
 

@@ -63,6 +63,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
                     egress: None,
                 },
             ],
+            http: vec![],
         }
     } else {
         PolicySpec {

@@ -130,6 +130,7 @@ fn spec(encap: Encap) -> SnapshotSpec {
                 egress: None,
             },
         ],
+        http: vec![],
     };
     SnapshotSpec {
         generation: 1,

@@ -90,6 +90,7 @@ fn input(rules: usize) -> PolicyInput {
                     },
                 ]),
                 name: None,
+                http: None,
             }
         };
         let kind = match i % 4 {

@@ -52,6 +52,36 @@ struct CRule {
     action: RuleAction,
     audit: bool,
     ports: Option<Vec<PortMatch>>,
+    /// Index of the rule's own HTTP rule set in `PolicySpec::http`.
+    l7: Option<u32>,
+}
+
+/// HTTP rule sets of the spec being built: each rule's own, then unions
+/// made when several L7 allows of the namespace tier match (memoised).
+#[derive(Default)]
+struct HttpSets {
+    sets: Vec<weir_dataplane::l7::HttpRuleSetSpec>,
+    unions: HashMap<Vec<u32>, u32>,
+}
+
+impl HttpSets {
+    fn union(&mut self, parts: Vec<u32>) -> u32 {
+        if let [one] = parts[..] {
+            return one;
+        }
+        if let Some(&u) = self.unions.get(&parts) {
+            return u;
+        }
+        let mut rules = Vec::new();
+        for &p in &parts {
+            rules.extend(self.sets[p as usize].rules.iter().cloned());
+        }
+        self.sets
+            .push(weir_dataplane::l7::HttpRuleSetSpec { rules });
+        let id = self.sets.len() as u32 - 1;
+        self.unions.insert(parts, id);
+        id
+    }
 }
 
 /// Namespace labels including `kubernetes.io/metadata.name`.
@@ -133,6 +163,7 @@ pub fn compile_for(
     let mut rules: Vec<RuleInfo> = Vec::new();
     let mut crules: Vec<CRule> = Vec::new();
     let mut peers: Vec<&[Peer]> = Vec::new();
+    let http = std::cell::RefCell::new(HttpSets::default());
     // Per policy and direction: rule ids.
     let mut policy_rules: Vec<[Vec<u32>; 2]> = Vec::new();
     for p in &policies {
@@ -152,10 +183,16 @@ pub fn compile_for(
                         && p.kind != Kind::BaselineAdminNetworkPolicy)
                         .then_some(p.priority),
                 });
+                let l7 = r.http.as_ref().map(|h| {
+                    let mut hs = http.borrow_mut();
+                    hs.sets.push(h.clone());
+                    hs.sets.len() as u32 - 1
+                });
                 crules.push(CRule {
                     action: r.action,
                     audit: p.audit,
                     ports: r.ports.clone(),
+                    l7,
                 });
                 peers.push(&r.peers);
             }
@@ -375,6 +412,7 @@ pub fn compile_for(
                             isolated: iso_any,
                             isolated_enforced: iso_enforced,
                             ports: profiles[profile],
+                            http: &http,
                         };
                         let spec = r.cell();
                         let id = *cell_index.entry(spec.clone()).or_insert_with(|| {
@@ -409,6 +447,7 @@ pub fn compile_for(
         cells,
         tables,
         endpoints: eps_out,
+        http: http.into_inner().sets,
     })
 }
 
@@ -442,6 +481,7 @@ struct Resolver<'a> {
     isolated_enforced: bool,
     /// Container ports of the destination pod (named ports).
     ports: &'a [ContainerPort],
+    http: &'a std::cell::RefCell<HttpSets>,
 }
 
 impl Resolver<'_> {
@@ -501,6 +541,9 @@ impl Resolver<'_> {
         }
         // 2. Namespace tier: Deny beats Allow; isolation denies the rest.
         let mut allow = None;
+        // Matching L7 allows (rule, own set) while no plain allow matched.
+        let mut l7_allows: Vec<(RuleId, u32)> = Vec::new();
+        let mut plain_allow = None;
         let mut deny = None;
         let mut audit_deny = None;
         for &r in self.ns {
@@ -518,6 +561,12 @@ impl Resolver<'_> {
                 }
                 RuleAction::Allow => {
                     allow.get_or_insert(RuleId(r));
+                    match cr.l7 {
+                        Some(set) => l7_allows.push((RuleId(r), set)),
+                        None => {
+                            plain_allow.get_or_insert(RuleId(r));
+                        }
+                    }
                 }
                 RuleAction::Pass => {}
             }
@@ -532,7 +581,20 @@ impl Resolver<'_> {
             audit.get_or_insert(a);
         }
         if let Some(a) = allow {
-            return finish_allow(a, audit, log);
+            // Union semantics of the namespace tier: a matching allow
+            // without HTTP rules admits the flow unrestricted; else the
+            // request must match one of the matching allows' HTTP rules
+            // (the union of their sets; the first such rule decides).
+            let d = finish_allow(plain_allow.unwrap_or(a), audit, log);
+            if plain_allow.is_some() || audit.is_some() || l7_allows.is_empty() {
+                return d;
+            }
+            let parts: Vec<u32> = l7_allows.iter().map(|&(_, s)| s).collect();
+            let set = self.http.borrow_mut().union(parts);
+            return Decision {
+                l7: Some(set),
+                ..finish_allow(l7_allows[0].0, None, log)
+            };
         }
         if self.isolated {
             if self.isolated_enforced {

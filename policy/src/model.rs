@@ -115,6 +115,10 @@ pub struct Rule {
     /// OR of port matches; `None` = every protocol and port.
     pub ports: Option<Vec<PortMatch>>,
     pub name: Option<String>,
+    /// WeirPolicy ingress Allow only: every HTTP request on a connection
+    /// this rule admits must match one of these (else 403 + close).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<weir_dataplane::l7::HttpRuleSetSpec>,
 }
 
 /// The pods a policy applies to.

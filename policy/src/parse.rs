@@ -530,6 +530,7 @@ fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Poli
                 peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, Some(&ns))?,
                 ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
                 name: None,
+                http: None,
             });
         }
         match dir {
@@ -634,12 +635,18 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                 }
                 None => return Err(cx.err(format!("{f}.action"), "required")),
             };
-            if r.http.is_some() {
-                return Err(cx.err(
-                    format!("{f}.http"),
-                    "L7 (HTTP) rules are reserved and not implemented yet",
-                ));
-            }
+            let http = match &r.http {
+                None => None,
+                Some(v) => Some(http_rules(
+                    cx,
+                    &format!("{f}.http"),
+                    v,
+                    cluster,
+                    dir,
+                    action,
+                    p.audit,
+                )?),
+            };
             let peers = if dir == Direction::Ingress {
                 &r.from
             } else {
@@ -651,6 +658,7 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                 peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, own_ns.as_deref())?,
                 ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
                 name: r.name.clone(),
+                http,
             });
         }
         match dir {
@@ -665,6 +673,136 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
         ];
     }
     Ok(p)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpRule {
+    method: Option<String>,
+    path: Option<RawHttpPath>,
+    host: Option<String>,
+    #[serde(default)]
+    headers: Vec<RawHttpHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpPath {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpHeader {
+    name: String,
+    value: Option<String>,
+}
+
+/// `http:` of a WeirPolicy rule: a list of `{method, path: {exact | prefix
+/// | regex}, host, headers: [{name, value?}]}`; allowed on ingress `Allow`
+/// rules of enforced WeirPolicies only. Validated by compiling it here
+/// (methods, regexes, host patterns, header names).
+fn http_rules(
+    cx: &Cx,
+    f: &str,
+    v: &Value,
+    cluster: bool,
+    dir: Direction,
+    action: RuleAction,
+    audit: bool,
+) -> Result<weir_dataplane::l7::HttpRuleSetSpec, PolicyError> {
+    use weir_dataplane::l7::matcher::HeaderMatchSpec;
+    use weir_dataplane::l7::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
+    if cluster {
+        return Err(cx.err(
+            f,
+            "HTTP rules are only supported in a WeirPolicy (namespace tier), not yet in a WeirClusterPolicy",
+        ));
+    }
+    if dir != Direction::Ingress {
+        return Err(cx.err(f, "HTTP rules are only supported on ingress rules"));
+    }
+    if action != RuleAction::Allow {
+        return Err(cx.err(f, "HTTP rules are only allowed on an Allow rule"));
+    }
+    if audit {
+        return Err(cx.err(f, "HTTP rules are not supported in an audit policy"));
+    }
+    let raw: Vec<RawHttpRule> = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." || path.is_empty() {
+            f.to_string()
+        } else if path.starts_with('[') {
+            format!("{f}{path}")
+        } else {
+            format!("{f}.{path}")
+        };
+        let msg = e.into_inner().to_string();
+        cx.err(at, msg.lines().next().unwrap_or_default().to_string())
+    })?;
+    if raw.is_empty() {
+        return Err(cx.err(
+            f,
+            "an empty list would deny every request; list at least one rule or drop `http`",
+        ));
+    }
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let path = match r.path {
+            None => None,
+            Some(RawHttpPath {
+                exact: Some(p),
+                prefix: None,
+                regex: None,
+            }) => Some(PathMatchSpec::Exact(p)),
+            Some(RawHttpPath {
+                exact: None,
+                prefix: Some(p),
+                regex: None,
+            }) => Some(PathMatchSpec::Prefix(p)),
+            Some(RawHttpPath {
+                exact: None,
+                prefix: None,
+                regex: Some(p),
+            }) => Some(PathMatchSpec::Regex(p)),
+            Some(_) => {
+                return Err(cx.err(
+                    format!("{f}[{i}].path"),
+                    "exactly one of exact, prefix, regex",
+                ))
+            }
+        };
+        rules.push(HttpRuleSpec {
+            method: r.method,
+            path,
+            host: r.host,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| HeaderMatchSpec {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+        });
+    }
+    let spec = HttpRuleSetSpec { rules };
+    if let Err(e) = HttpRuleSet::compile(&spec) {
+        let (i, part) = match &e {
+            weir_dataplane::l7::matcher::CompileError::Method(i, _) => (*i, "method"),
+            weir_dataplane::l7::matcher::CompileError::Regex(i, _)
+            | weir_dataplane::l7::matcher::CompileError::Path(i, _) => (*i, "path"),
+            weir_dataplane::l7::matcher::CompileError::Host(i, _) => (*i, "host"),
+            weir_dataplane::l7::matcher::CompileError::Header(i, _) => (*i, "headers"),
+        };
+        let msg = e.to_string();
+        let msg = msg.split_once(": ").map_or(msg.as_str(), |(_, m)| m);
+        let msg = msg.lines().next().unwrap_or_default().to_string();
+        return Err(cx.err(format!("{f}[{i}].{part}"), msg));
+    }
+    Ok(spec)
 }
 
 fn cluster_subject(cx: &Cx, raw: &Option<RawClusterPeer>) -> Result<Subject, PolicyError> {
@@ -901,6 +1039,7 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
                 peers,
                 ports,
                 name: r.name.clone(),
+                http: None,
             });
         }
         match dir {
@@ -1029,6 +1168,7 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
                 peers,
                 ports,
                 name: r.name.clone(),
+                http: None,
             });
         }
         match dir {

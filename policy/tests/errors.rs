@@ -65,8 +65,36 @@ fn errors_are_one_line_with_object_field_and_reason() {
             "weirpolicies/x/w: spec.ingress[0].action: Pass is only meaningful in a WeirClusterPolicy (Admin tier)",
         ),
         (
-            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, ports: [{port: 80}], http: [{method: GET}]}]\n".into(),
-            "weirpolicies/x/w: spec.ingress[0].http: L7 (HTTP) rules are reserved and not implemented yet",
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Deny, ports: [{port: 80}], http: [{method: GET}]}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http: HTTP rules are only allowed on an Allow rule",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  egress: [{action: Allow, http: [{method: GET}]}]\n".into(),
+            "weirpolicies/x/w: spec.egress[0].http: HTTP rules are only supported on ingress rules",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{method: GET, path: {regex: \"/a(\"}}]}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http[0].path: invalid path regex: regex parse error:",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{method: GET, verb: POST}]}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http[0].verb: unknown field `verb`, expected one of `method`, `path`, `host`, `headers`",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{path: {prefix: /a, exact: /b}}]}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http[0].path: exactly one of exact, prefix, regex",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{method: \"G T\"}]}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http[0].method: method \"G T\" is not an HTTP token",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: []}]\n".into(),
+            "weirpolicies/x/w: spec.ingress[0].http: an empty list would deny every request; list at least one rule or drop `http`",
+        ),
+        (
+            "apiVersion: weir.dev/v1alpha1\nkind: WeirClusterPolicy\nmetadata: {name: c}\nspec:\n  priority: 1\n  ingress: [{action: Allow, http: [{method: GET}]}]\n".into(),
+            "weirclusterpolicies/c: spec.ingress[0].http: HTTP rules are only supported in a WeirPolicy (namespace tier), not yet in a WeirClusterPolicy",
         ),
         (
             "apiVersion: weir.dev/v1alpha1\nkind: WeirClusterPolicy\nmetadata: {name: c}\nspec:\n  subject: {}\n".into(),
@@ -111,7 +139,12 @@ fn errors_are_one_line_with_object_field_and_reason() {
     ];
     for (yaml, want) in cases {
         let err = parse_str(&yaml, "test.yaml").unwrap_err().to_string();
-        assert_eq!(err, want, "for:\n{yaml}");
+        if want.ends_with(':') {
+            // The tail comes from a library (regex) and may change.
+            assert!(err.starts_with(want), "for:\n{yaml}\ngot: {err}");
+        } else {
+            assert_eq!(err, want, "for:\n{yaml}");
+        }
         assert!(!err.contains('\n'));
     }
 }

@@ -189,6 +189,7 @@ fn policy(r: &mut Rng, i: usize) -> Policy {
                     peers: (0..1 + r.below(2)).map(|_| peer(r, ns_tier, &ns)).collect(),
                     ports: ports(r),
                     name: None,
+                    http: None,
                 }
             })
             .collect()
