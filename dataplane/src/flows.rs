@@ -54,6 +54,63 @@ pub struct FlowEvent {
     /// Endpoint indexes in the snapshot (local pods), if any.
     pub src_endpoint: Option<u32>,
     pub dst_endpoint: Option<u32>,
+    /// An HTTP request denied inline (kind `Drop`, reason `l7-denied`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Note>,
+}
+
+/// What a flow event says about a denied HTTP request: why, and (when a
+/// complete head was judged) its method and the first bytes of its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L7Note {
+    pub reason: crate::l7::L7Reason,
+    method: [u8; 16],
+    method_len: u8,
+    path: [u8; 48],
+    path_len: u8,
+}
+
+impl L7Note {
+    pub fn new(reason: crate::l7::L7Reason) -> Self {
+        L7Note {
+            reason,
+            method: [0; 16],
+            method_len: 0,
+            path: [0; 48],
+            path_len: 0,
+        }
+    }
+
+    /// Records method and path (truncated to 16 and 48 bytes).
+    pub fn with_request(mut self, method: &str, path: &str) -> Self {
+        let m = method.len().min(self.method.len());
+        self.method[..m].copy_from_slice(&method.as_bytes()[..m]);
+        self.method_len = m as u8;
+        let p = path.len().min(self.path.len());
+        self.path[..p].copy_from_slice(&path.as_bytes()[..p]);
+        self.path_len = p as u8;
+        self
+    }
+
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(&self.method[..self.method_len as usize]).unwrap_or("")
+    }
+
+    /// The path as received (at most 48 bytes; the parser admits ASCII only).
+    pub fn path(&self) -> &str {
+        std::str::from_utf8(&self.path[..self.path_len as usize]).unwrap_or("")
+    }
+}
+
+impl Serialize for L7Note {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("L7Note", 3)?;
+        st.serialize_field("reason", self.reason.as_str())?;
+        st.serialize_field("method", self.method())?;
+        st.serialize_field("path", self.path())?;
+        st.end()
+    }
 }
 
 /// One worker's flow-log queue (single producer: the worker).
@@ -133,6 +190,7 @@ mod tests {
             audit: false,
             pickup: false,
             generation: 3,
+            l7: None,
             src_endpoint: Some(0),
             dst_endpoint: Some(1),
         }

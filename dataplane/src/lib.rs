@@ -38,10 +38,35 @@ pub use drop_reason::DropReason;
 pub use snapshot::{Endpoint, Port, PortId, Snapshot, SnapshotSpec};
 
 /// What should happen to one frame. Stages return verdicts; they never act.
+///
+/// `Hold`, `Release` and `L7Deny` come from inline L7 inspection
+/// (docs/l7.md): `slot` names the flow's inspector slot in the worker's
+/// [`l7::InspectorPool`], and the worker keeps one queue of held frames per
+/// slot. A caller that cannot hold frames must treat `Hold` as a drop (the
+/// client retransmits), never as a transmit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Transmit the first `len` bytes of the (possibly rewritten) frame on `port`.
     Tx { port: PortId, len: usize },
     /// Drop the frame and count it under this reason.
     Drop(DropReason),
+    /// Keep the frame (already rewritten: `len` bytes for `port`) in the
+    /// hold queue of `slot`, until a `Release`, an `L7Deny`, or a flush.
+    Hold { port: PortId, len: usize, slot: u32 },
+    /// Transmit the frames held for `slot`, in arrival order, then this one
+    /// (`len` bytes on `port`).
+    Release { port: PortId, len: usize, slot: u32 },
+    /// An HTTP request was denied: drop the frames held for `slot`. The
+    /// frame's buffer now holds the 403 (PSH|ACK|FIN) for the client:
+    /// transmit its first `reply_len` bytes on `reply_port` (`reply_len` 0:
+    /// none, drop the frame). Build the RST for the server with
+    /// [`l7::reply::build_rst_frame`]`(.., &rst)` into a free frame and
+    /// transmit it on `rst_port`.
+    L7Deny {
+        slot: u32,
+        reply_port: PortId,
+        reply_len: usize,
+        rst_port: PortId,
+        rst: l7::reply::DeniedFlow,
+    },
 }

@@ -60,7 +60,9 @@ use serde::Serialize;
 
 use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
 use crate::encap;
-use crate::flows::{FlowEvent, FlowKind, FlowLog};
+use crate::flows::{FlowEvent, FlowKind, FlowLog, L7Note};
+use crate::l7::reply::{DeniedFlow, TcpEnd};
+use crate::l7::{Feed, InspectorPool, L7Verdict, Limits, SlotId};
 use crate::policy::{Identity, Judgement, Peer};
 use crate::snapshot::{Port, PortId, Snapshot, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};
@@ -77,6 +79,79 @@ pub struct WorkerState {
     ct: Arc<Conntrack>,
     flows: Arc<FlowLog>,
     ct_stats: Arc<CtStats>,
+    l7: L7State,
+}
+
+/// Inspector slots per worker (each with a `Limits::default().buffer`
+/// buffer): flows under HTTP rules a worker can inspect at once.
+pub const L7_SLOTS: usize = 256;
+
+/// The worker's inline-L7 state: its inspector pool, which flow owns which
+/// slot, and the slots whose held frames the worker must drop.
+///
+/// Assumption (docs/l7.md): one worker sees every client→server frame of a
+/// flow (the client's veth hashes a flow to one queue; the underlay hashes
+/// the outer UDP source port, which is per flow). A client→server frame of
+/// an L7 flow that finds no slot here is dropped (`l7-no-slot`).
+#[derive(Debug)]
+struct L7State {
+    pool: InspectorPool,
+    /// Original-direction key → slot.
+    by_key: std::collections::HashMap<FlowKey, u32>,
+    meta: Vec<SlotMeta>,
+    /// Slots whose held frames must be dropped (expired, flow gone,
+    /// restarted); the worker drains this after every pass and sweep.
+    flush: Vec<u32>,
+    denied: u64,
+    no_slot: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SlotMeta {
+    key: Option<FlowKey>,
+    set: u32,
+    generation: u64,
+    held: u32,
+}
+
+impl L7State {
+    fn new(slots: usize) -> Self {
+        L7State {
+            pool: InspectorPool::new(slots, Limits::default()),
+            by_key: std::collections::HashMap::with_capacity(2 * slots),
+            meta: vec![
+                SlotMeta {
+                    key: None,
+                    set: 0,
+                    generation: 0,
+                    held: 0,
+                };
+                slots
+            ],
+            flush: Vec::with_capacity(slots + 1),
+            denied: 0,
+            no_slot: 0,
+        }
+    }
+
+    fn push_flush(&mut self, slot: u32) {
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            if m.held > 0 && self.flush.len() < self.flush.capacity() {
+                self.flush.push(slot);
+            }
+            m.held = 0;
+        }
+    }
+
+    fn free(&mut self, slot: u32) {
+        self.push_flush(slot);
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            if let Some(k) = m.key.take() {
+                self.by_key.remove(&k);
+            }
+        }
+        self.pool.release(SlotId(slot));
+    }
 }
 
 /// Entries of the private table [`WorkerState::new`] makes (tests, tools).
@@ -111,6 +186,77 @@ impl WorkerState {
             ct,
             flows,
             ct_stats,
+            l7: L7State::new(L7_SLOTS),
+        }
+    }
+
+    /// Replaces the inspector pool by one of `slots` slots (tests, tuning).
+    pub fn with_l7_slots(mut self, slots: usize) -> Self {
+        self.l7 = L7State::new(slots);
+        self
+    }
+
+    /// Inspector slots in use (flows under HTTP rules on this worker).
+    pub fn l7_slots_in_use(&self) -> usize {
+        self.l7.pool.in_use()
+    }
+
+    /// Inspector slots (the capacity of the hold queues the worker keeps).
+    pub fn l7_slots(&self) -> usize {
+        self.l7.pool.capacity()
+    }
+
+    /// Most frames one slot may hold (size of the worker's per-slot queue).
+    pub fn l7_hold_max(&self) -> usize {
+        usize::from(Limits::default().held_segments_max)
+    }
+
+    /// HTTP requests denied inline, and L7 frames refused for want of a slot.
+    pub fn l7_counts(&self) -> (u64, u64) {
+        (self.l7.denied, self.l7.no_slot)
+    }
+
+    /// Takes the next slot whose held frames the worker must drop.
+    pub fn l7_take_flush(&mut self) -> Option<u32> {
+        self.l7.flush.pop()
+    }
+
+    /// Periodic L7 upkeep (the worker calls it every few ms, tests when
+    /// they like): flows holding frames past the hold limit are denied
+    /// (their held frames go to the flush list, the client's retransmission
+    /// gets the 403); slots of flows whose conntrack entry is gone, or no
+    /// longer under HTTP rules, are freed. Allocation-free.
+    pub fn l7_maintain(&mut self) {
+        if self.l7.pool.in_use() == 0 {
+            return;
+        }
+        let now = self.now_ns;
+        let l7 = &mut self.l7;
+        let ct = &self.ct;
+        let flows = &self.flows;
+        let mut gone = [0u32; 32];
+        let mut ngone = 0;
+        for (k, &slot) in l7.by_key.iter() {
+            if let Some(insp) = l7.pool.get(SlotId(slot)) {
+                if let Some(r) = insp.expire(now) {
+                    l7.denied += 1;
+                    if let Some(m) = l7.meta.get_mut(slot as usize) {
+                        if m.held > 0 && l7.flush.len() < l7.flush.capacity() {
+                            l7.flush.push(slot);
+                        }
+                        m.held = 0;
+                    }
+                    flows.push(l7_event(now, k, r, None));
+                }
+            }
+            let live = ct.peek(k, now).is_some();
+            if !live && ngone < gone.len() {
+                gone[ngone] = slot;
+                ngone += 1;
+            }
+        }
+        for &slot in &gone[..ngone] {
+            l7.free(slot);
         }
     }
 
@@ -244,10 +390,14 @@ fn pass(
     match route(&pkt, snap)? {
         Next::Local(route) => {
             let dst = Some(route.endpoint);
-            policy(buf, &pkt, Some(src_endpoint), dst, None, snap, st)?;
+            let need = policy(buf, &pkt, Some(src_endpoint), dst, None, snap, st)?;
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
-            Continue(rewrite(buf, &pkt, &route))
+            let held = match need {
+                Some(need) => l7(buf, &pkt, need, &route, Some(ingress), snap, st)?,
+                None => L7Out::Pass,
+            };
+            Continue(held.apply(rewrite(buf, &pkt, &route)))
         }
         Next::Remote { peer, inner_mtu } => {
             // Egress of the local source here; the peer judges ingress.
@@ -283,10 +433,16 @@ fn from_tunnel(
         // No transit between peers through this node.
         return drop(DropReason::NoRoute);
     };
-    policy(buf, &pkt, None, Some(route.endpoint), d.identity, snap, st)?;
+    let need = policy(buf, &pkt, None, Some(route.endpoint), d.identity, snap, st)?;
     check_hop_limit(buf, &pkt, ingress, snap, st)?;
     check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
-    Continue(rewrite(buf, &pkt, &route))
+    // The client is behind a peer node: a 403 would have to be
+    // encapsulated (not yet); the server still gets its RST.
+    let held = match need {
+        Some(need) => l7(buf, &pkt, need, &route, None, snap, st)?,
+        None => L7Out::Pass,
+    };
+    Continue(held.apply(rewrite(buf, &pkt, &route)))
 }
 
 /// Stage 6 toward a peer node: the inner frame is rewritten as for a local
@@ -582,9 +738,9 @@ fn policy(
     wire_id: Option<Identity>,
     snap: &Snapshot,
     st: &mut WorkerState,
-) -> ControlFlow<Verdict, ()> {
+) -> ControlFlow<Verdict, Option<L7Need>> {
     if pkt.icmp_error {
-        return related(buf, pkt, snap, st);
+        return related(buf, pkt, snap, st).map_continue(|()| None);
     }
     let pol = snap.policy();
     let generation = pol.generation();
@@ -598,7 +754,13 @@ fn policy(
     // flow between our look-up and our write.
     for _ in 0..3 {
         match st.ct.track(&pkt.key, seg, generation, now) {
-            Track::Pass { .. } => return Continue(()),
+            Track::Pass { dir, adm, .. } => {
+                let l7 = seg != Seg::Other
+                    && dir == conntrack::Dir::Orig
+                    && pol.has_l7()
+                    && pol.rule_has_l7(adm.ingress_rule);
+                return Continue(l7.then_some(L7Need { set: None, wire_id }));
+            }
             Track::Invalid { .. } => {
                 st.ct_stats.invalid.add(1);
                 return drop(DropReason::CtInvalid);
@@ -610,10 +772,6 @@ fn policy(
                 // packet travels in the flow's original direction.
                 let id = wire_id.filter(|_| orig == pkt.key);
                 let (j, src, dst) = judge(snap, &orig, id);
-                if j.allowed && j.ingress.l7.is_some() {
-                    // Not wired yet: HTTP rules fail closed.
-                    return drop(DropReason::L7NoSlot);
-                }
                 if !j.allowed {
                     st.ct.revoke(&pkt.key, generation, now);
                     st.ct_stats.revoked.add(1);
@@ -646,10 +804,6 @@ fn policy(
                     pkt.key.dport,
                 );
                 let (src, dst) = (src_ep, dst_ep);
-                if j.allowed && j.ingress.l7.is_some() {
-                    // Not wired yet: HTTP rules fail closed.
-                    return drop(DropReason::L7NoSlot);
-                }
                 if !j.allowed {
                     let why = Some(DropReason::PolicyDenied);
                     log_flow(
@@ -666,8 +820,15 @@ fn policy(
                 // A RST for no known flow is forwarded (if allowed) but
                 // creates nothing.
                 if matches!(seg, Seg::Tcp(f) if f & tcp::flags::RST != 0) {
-                    return Continue(());
+                    return Continue(None);
                 }
+                let need = match (seg, j.ingress.l7) {
+                    (Seg::Tcp(_), Some(set)) => Some(L7Need {
+                        set: Some(set),
+                        wire_id,
+                    }),
+                    _ => None,
+                };
                 let pickup = matches!(seg, Seg::Tcp(f) if f & tcp::flags::SYN == 0);
                 match st.ct.insert(&pkt.key, seg, admission(&j, generation), now) {
                     Insert::Inserted { evicted } => {
@@ -676,7 +837,7 @@ fn policy(
                         st.ct_stats.pickups.add(u64::from(pickup));
                         let who = (src, dst, pickup);
                         log_flow(st, &pkt.key, FlowKind::New, None, &j, generation, who);
-                        return Continue(());
+                        return Continue(need);
                     }
                     Insert::Exists => {}
                     Insert::Full => {
@@ -697,7 +858,7 @@ fn policy(
             }
         }
     }
-    Continue(())
+    Continue(None)
 }
 
 /// An ICMP error passes when it quotes a packet of a tracked flow that its
@@ -736,6 +897,7 @@ fn related(
                 generation,
                 src_endpoint: local_endpoint(snap, inner.src),
                 dst_endpoint: local_endpoint(snap, inner.dst),
+                l7: None,
             };
             st.flows.push(ev);
             Continue(())
@@ -835,7 +997,258 @@ fn log_flow(
         generation,
         src_endpoint,
         dst_endpoint,
+        l7: None,
     });
+}
+
+// ------------------------------------------------------------------ L7 ----
+
+/// A client→server TCP packet of a flow admitted under HTTP rules.
+#[derive(Debug, Clone, Copy)]
+struct L7Need {
+    /// The rule set (known when the flow was judged by this packet).
+    set: Option<u32>,
+    /// The identity a tunnel header carried (to judge again).
+    wire_id: Option<Identity>,
+}
+
+/// What the L7 stage asks of the final verdict.
+#[derive(Debug, Clone, Copy)]
+enum L7Out {
+    Pass,
+    Hold(u32),
+    Release(u32),
+}
+
+impl L7Out {
+    fn apply(self, v: Verdict) -> Verdict {
+        match (self, v) {
+            (L7Out::Hold(slot), Verdict::Tx { port, len }) => Verdict::Hold { port, len, slot },
+            (L7Out::Release(slot), Verdict::Tx { port, len }) => {
+                Verdict::Release { port, len, slot }
+            }
+            (_, v) => v,
+        }
+    }
+}
+
+fn l7_event(now: u64, key: &FlowKey, r: crate::l7::L7Reason, note: Option<L7Note>) -> FlowEvent {
+    FlowEvent {
+        time_ns: now,
+        key: *key,
+        kind: FlowKind::Drop,
+        allowed: false,
+        reason: Some(DropReason::L7Denied),
+        egress_rule: crate::policy::RuleId::NOT_APPLICABLE,
+        ingress_rule: crate::policy::RuleId::NOT_APPLICABLE,
+        audit: false,
+        pickup: false,
+        generation: 0,
+        src_endpoint: None,
+        dst_endpoint: None,
+        l7: Some(note.unwrap_or(L7Note::new(r))),
+    }
+}
+
+/// Stage 5½: inline HTTP inspection of the client→server stream (see
+/// docs/l7.md for the hold/release contract). `reply_port` is where a 403
+/// for the client goes (the ingress port; `None`: the client is behind the
+/// tunnel, no 403).
+fn l7(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    need: L7Need,
+    route: &Route,
+    reply_port: Option<PortId>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, L7Out> {
+    if pkt.fragment != Fragment::Whole {
+        // Fragmented TCP under HTTP rules: not reassembled, refused.
+        return drop(DropReason::L7OutOfOrder);
+    }
+    let (seq, ack, flags, pay_at) = {
+        let bytes = buf.get(pkt.l4_offset..pkt.frame_len()).unwrap_or_default();
+        let t = or_drop(tcp::Packet::new_checked(bytes), DropReason::L4Truncated)?;
+        let hl = t.header_len();
+        if hl < tcp::HEADER_LEN || hl > bytes.len() {
+            return drop(DropReason::L4Truncated);
+        }
+        (
+            t.seq_number(),
+            t.ack_number(),
+            t.flags(),
+            pkt.l4_offset + hl,
+        )
+    };
+    let pol = snap.policy();
+    let generation = pol.generation();
+    let now = st.now_ns;
+    let syn = flags & tcp::flags::SYN != 0 && flags & tcp::flags::ACK == 0;
+    let l7s = &mut st.l7;
+    let slot = match l7s.by_key.get(&pkt.key) {
+        Some(&slot) => {
+            if syn {
+                // Conntrack accepted a client SYN: a (re)opening connection
+                // (SYN-SENT retransmit or a reused tuple). Start over.
+                l7s.push_flush(slot);
+                if let Some(i) = l7s.pool.get(SlotId(slot)) {
+                    i.reset();
+                    i.start(seq.wrapping_add(1));
+                }
+            }
+            slot
+        }
+        None if syn => {
+            let Some(SlotId(slot)) = l7s.pool.acquire() else {
+                l7s.no_slot += 1;
+                return drop(DropReason::L7NoSlot);
+            };
+            if let Some(i) = l7s.pool.get(SlotId(slot)) {
+                i.start(seq.wrapping_add(1));
+            }
+            l7s.by_key.insert(pkt.key, slot);
+            if let Some(m) = l7s.meta.get_mut(slot as usize) {
+                *m = SlotMeta {
+                    key: Some(pkt.key),
+                    set: 0,
+                    generation: u64::MAX,
+                    held: 0,
+                };
+            }
+            slot
+        }
+        None => {
+            l7s.no_slot += 1;
+            return drop(DropReason::L7NoSlot);
+        }
+    };
+    // The flow's rule set under the current policy generation.
+    let Some(meta) = l7s.meta.get(slot as usize).copied() else {
+        return drop(DropReason::L7NoSlot);
+    };
+    let set = match need.set {
+        Some(set) => set,
+        None if meta.generation == generation => meta.set,
+        None => {
+            let (j, _, _) = judge(snap, &pkt.key, need.wire_id);
+            match j.ingress.l7 {
+                Some(set) if j.allowed => set,
+                _ => {
+                    // No longer under HTTP rules (or no longer allowed,
+                    // which conntrack handles): forget the inspector.
+                    l7s.free(slot);
+                    return Continue(L7Out::Pass);
+                }
+            }
+        }
+    };
+    if let Some(m) = l7s.meta.get_mut(slot as usize) {
+        m.set = set;
+        m.generation = generation;
+    }
+    let Some(rules) = pol.http_set(set) else {
+        return drop(DropReason::L7NoSlot);
+    };
+    let Some(insp) = l7s.pool.get(SlotId(slot)) else {
+        return drop(DropReason::L7NoSlot);
+    };
+    let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
+    let mut note = None;
+    let feed = insp.feed(seq, payload, now, |head| {
+        if rules.judge(head).is_some() {
+            L7Verdict::Allow
+        } else {
+            note.get_or_insert(
+                L7Note::new(crate::l7::L7Reason::Policy).with_request(head.method(), head.path()),
+            );
+            L7Verdict::Deny
+        }
+    });
+    let (client_next, server_expects) = (insp.next_seq(), insp.released_seq());
+    let held = l7s.meta.get(slot as usize).map_or(0, |m| m.held);
+    let mut set_held = |n: u32| {
+        if let Some(m) = l7s.meta.get_mut(slot as usize) {
+            m.held = n;
+        }
+    };
+    match feed {
+        Feed::Forward => Continue(L7Out::Pass),
+        Feed::Hold => {
+            set_held(held + 1);
+            Continue(L7Out::Hold(slot))
+        }
+        Feed::Release => {
+            set_held(0);
+            if held > 0 {
+                Continue(L7Out::Release(slot))
+            } else {
+                Continue(L7Out::Pass)
+            }
+        }
+        Feed::Drop => drop(DropReason::L7OutOfOrder),
+        Feed::Deny(r) => {
+            set_held(0);
+            l7s.denied += 1;
+            let mut ev = l7_event(now, &pkt.key, r, note);
+            if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
+                ev.egress_rule = adm.egress_rule;
+                ev.ingress_rule = adm.ingress_rule;
+            }
+            ev.generation = generation;
+            ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+            ev.dst_endpoint = Some(route.endpoint);
+            st.flows.push(ev);
+            let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
+            let client_mac = buf
+                .get(6..12)
+                .and_then(|m| <[u8; 6]>::try_from(m).ok())
+                .unwrap_or_default();
+            let client = TcpEnd {
+                mac: route.src_mac,
+                ip: pkt.key.src,
+                port: pkt.key.sport,
+            };
+            let server = TcpEnd {
+                mac: route.dst_mac,
+                ip: pkt.key.dst,
+                port: pkt.key.dport,
+            };
+            let rst = DeniedFlow {
+                client,
+                server,
+                client_next_seq: client_next,
+                server_expects_seq: server_expects,
+                server_next_seq: server_next,
+            };
+            let mut reply_len = 0;
+            let mut out_port = route.port;
+            if let Some(port) = reply_port.and_then(|p| snap.port(p).map(|pp| (p, pp.mac))) {
+                let to_client = DeniedFlow {
+                    client: TcpEnd {
+                        mac: client_mac,
+                        ..client
+                    },
+                    server: TcpEnd {
+                        mac: port.1,
+                        ..server
+                    },
+                    ..rst
+                };
+                if let Some(n) = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str()) {
+                    reply_len = n;
+                    out_port = port.0;
+                }
+            }
+            Break(Verdict::L7Deny {
+                slot,
+                reply_port: out_port,
+                reply_len,
+                rst_port: route.port,
+                rst,
+            })
+        }
+    }
 }
 
 // ------------------------------------------------------ hop limit, MTU ----

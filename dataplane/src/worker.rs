@@ -102,6 +102,46 @@ pub struct Worker {
     fill_target: usize,
     /// Some TX ring still had frames after its kicks: kick again next round.
     kick_pending: bool,
+    /// Per L7 inspector slot: the frames held for that flow (descriptor,
+    /// destination port), in arrival order. Preallocated.
+    held: Vec<Vec<(FrameDesc, PortId)>>,
+    last_l7_upkeep: u64,
+}
+
+/// How often the worker runs the L7 upkeep (hold timeouts, ended flows).
+const L7_UPKEEP_NS: u64 = 5_000_000;
+
+fn held_queues(state: &WorkerState) -> Vec<Vec<(FrameDesc, PortId)>> {
+    (0..state.l7_slots())
+        .map(|_| Vec::with_capacity(state.l7_hold_max() + 1))
+        .collect()
+}
+
+/// Queues `d` for transmission on `port` (or drops it when that port has
+/// no socket or its batch is full).
+#[allow(clippy::too_many_arguments)]
+fn push_tx(
+    port_slot: &[u16],
+    slots: &mut [Option<Slot>],
+    touched: &mut Vec<u16>,
+    frames: &mut Frames,
+    stats: &WorkerStats,
+    d: FrameDesc,
+    port: PortId,
+) {
+    let t = port_slot.get(port as usize).copied().unwrap_or(NO_SLOT);
+    match slots.get_mut(t as usize).and_then(Option::as_mut) {
+        Some(dst) if dst.tx.len() < dst.tx.capacity() => {
+            if dst.tx.is_empty() {
+                touched.push(t);
+            }
+            dst.tx.push(d);
+        }
+        _ => {
+            stats.count_drop(DropReason::NoRoute, 1);
+            frames.release(d);
+        }
+    }
 }
 
 impl Worker {
@@ -137,15 +177,40 @@ impl Worker {
             pollfds: Vec::new(),
             fill_target: 0,
             kick_pending: false,
+            held: Vec::new(),
+            last_l7_upkeep: 0,
             cfg,
         }
+        .with_hold_queues()
+    }
+
+    fn with_hold_queues(mut self) -> Self {
+        self.held = held_queues(&self.state);
+        self
     }
 
     /// Replaces the pass's per-worker state (the runtime hands in one on the
     /// node's shared conntrack table).
     pub fn with_state(mut self, state: WorkerState) -> Self {
         self.state = state;
-        self
+        self.with_hold_queues()
+    }
+
+    /// Drops the frames held for L7 slot `slot`.
+    fn drop_held(&mut self, slot: u32) {
+        if let Some(q) = self.held.get_mut(slot as usize) {
+            self.stats.count_drop(DropReason::L7Denied, q.len() as u64);
+            for (d, _) in q.drain(..) {
+                self.frames.release(d);
+            }
+        }
+    }
+
+    /// Drops the held frames of every slot the pass asked to flush.
+    fn drain_l7_flush(&mut self) {
+        while let Some(slot) = self.state.l7_take_flush() {
+            self.drop_held(slot);
+        }
     }
 
     /// Runs until the stop flag is set; then deletes its sockets.
@@ -217,7 +282,8 @@ impl Worker {
             sock,
             port: None,
             in_fill: 0,
-            tx: Vec::with_capacity(self.cfg.batch),
+            // Room for a batch plus a released hold queue and L7 replies.
+            tx: Vec::with_capacity(self.cfg.batch + 2 * (self.state.l7_hold_max() + 2)),
             kick: false,
         };
         match self.slots.iter().position(Option::is_none) {
@@ -326,7 +392,13 @@ impl Worker {
         }
         let snap = Arc::clone(&self.cur);
         let t_rx = Instant::now();
-        self.state.set_now(crate::runtime::monotonic_ns());
+        let now_ns = crate::runtime::monotonic_ns();
+        self.state.set_now(now_ns);
+        if now_ns.saturating_sub(self.last_l7_upkeep) >= L7_UPKEEP_NS {
+            self.last_l7_upkeep = now_ns;
+            self.state.l7_maintain();
+            self.drain_l7_flush();
+        }
         let mut total = 0usize;
         let mut any_tx = false;
         for s in 0..self.slots.len() {
@@ -348,36 +420,16 @@ impl Worker {
                 let verdict = self.umem.with_frame(&mut d, |buf, len| {
                     let v = pass::process(buf, len, ingress, &snap, state);
                     let new_len = match v {
-                        Verdict::Tx { len, .. } => len,
-                        Verdict::Drop(_) => len,
+                        Verdict::Tx { len, .. }
+                        | Verdict::Hold { len, .. }
+                        | Verdict::Release { len, .. } => len,
+                        Verdict::L7Deny { reply_len, .. } if reply_len > 0 => reply_len,
+                        Verdict::Drop(_) | Verdict::L7Deny { .. } => len,
                     };
                     (v, new_len)
                 });
-                match verdict {
-                    Verdict::Tx { port, .. } => {
-                        let t = self
-                            .port_slot
-                            .get(port as usize)
-                            .copied()
-                            .unwrap_or(NO_SLOT);
-                        match self.slots.get_mut(t as usize).and_then(Option::as_mut) {
-                            Some(dst) if dst.tx.len() < dst.tx.capacity() => {
-                                if dst.tx.is_empty() {
-                                    self.touched.push(t);
-                                }
-                                dst.tx.push(d);
-                            }
-                            _ => {
-                                self.stats.count_drop(DropReason::NoRoute, 1);
-                                self.frames.release(d);
-                            }
-                        }
-                    }
-                    Verdict::Drop(reason) => {
-                        self.stats.count_drop(reason, 1);
-                        self.frames.release(d);
-                    }
-                }
+                self.dispatch(verdict, d);
+                self.drain_l7_flush();
             }
             self.stats.rx_packets.add(n as u64);
             self.stats.rx_bytes.add(bytes);
@@ -401,6 +453,86 @@ impl Worker {
             self.stats.batches.add(1);
         }
         (total, t_rx)
+    }
+
+    /// Acts on one frame's verdict.
+    fn dispatch(&mut self, verdict: Verdict, d: FrameDesc) {
+        macro_rules! tx {
+            ($d:expr, $port:expr) => {
+                push_tx(
+                    &self.port_slot,
+                    &mut self.slots,
+                    &mut self.touched,
+                    &mut self.frames,
+                    &self.stats,
+                    $d,
+                    $port,
+                )
+            };
+        }
+        match verdict {
+            Verdict::Tx { port, .. } => tx!(d, port),
+            Verdict::Drop(reason) => {
+                self.stats.count_drop(reason, 1);
+                self.frames.release(d);
+            }
+            Verdict::Hold { port, slot, .. } => {
+                match self.held.get_mut(slot as usize) {
+                    Some(q) if q.len() < q.capacity() => q.push((d, port)),
+                    _ => {
+                        // Cannot happen (the inspector bounds held frames);
+                        // dropping is safe: the client retransmits.
+                        self.stats.count_drop(DropReason::L7OutOfOrder, 1);
+                        self.frames.release(d);
+                    }
+                }
+            }
+            Verdict::Release { port, slot, .. } => {
+                if let Some(q) = self.held.get_mut(slot as usize) {
+                    for (h, p) in q.drain(..) {
+                        push_tx(
+                            &self.port_slot,
+                            &mut self.slots,
+                            &mut self.touched,
+                            &mut self.frames,
+                            &self.stats,
+                            h,
+                            p,
+                        );
+                    }
+                }
+                tx!(d, port)
+            }
+            Verdict::L7Deny {
+                slot,
+                reply_port,
+                reply_len,
+                rst_port,
+                rst,
+            } => {
+                self.drop_held(slot);
+                self.stats.count_drop(DropReason::L7Denied, 1);
+                if reply_len > 0 {
+                    tx!(d, reply_port);
+                } else {
+                    self.frames.release(d);
+                }
+                match self.frames.take() {
+                    Some(mut f) => {
+                        let built = self.umem.with_frame(&mut f, |buf, _| {
+                            let n = crate::l7::reply::build_rst_frame(buf, &rst);
+                            (n, n.unwrap_or(0))
+                        });
+                        if built.is_some() {
+                            tx!(f, rst_port);
+                        } else {
+                            self.frames.release(f);
+                        }
+                    }
+                    None => self.stats.count_drop(DropReason::NoFreeFrame, 1),
+                }
+            }
+        }
     }
 
     /// Produces the collected TX descriptors to their sockets' TX rings.

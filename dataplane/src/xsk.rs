@@ -316,6 +316,16 @@ impl Frames {
         self.owner.iter().filter(|&&o| o == HELD).count()
     }
 
+    /// Takes a free frame for the worker to write a frame of its own into
+    /// (L7 replies); it becomes held. `None` when none is free.
+    #[inline]
+    pub fn take(&mut self) -> Option<FrameDesc> {
+        let d = self.free.pop()?;
+        let i = self.index(&d);
+        self.owner[i] = HELD;
+        Some(d)
+    }
+
     /// Returns a held frame to the free list.
     #[inline]
     pub fn release(&mut self, d: FrameDesc) {

@@ -135,7 +135,8 @@ fn run_in(
     let v = process(&mut buf, frame.len(), ingress, snap, &mut st);
     let out = match v {
         Verdict::Tx { len, .. } => buf[..len].to_vec(),
-        Verdict::Drop(_) => Vec::new(),
+        // No L7 rules in these tables: Hold/Release/L7Deny do not occur.
+        _ => Vec::new(),
     };
     (v, out, st)
 }

@@ -172,7 +172,8 @@ fn run(snap: &Snapshot, st: &mut WorkerState, frame: &[u8], ingress: u16) -> (Ve
     let v = process(&mut buf, frame.len(), ingress, snap, st);
     let out = match v {
         Verdict::Tx { len, .. } => buf[..len].to_vec(),
-        Verdict::Drop(_) => Vec::new(),
+        // No L7 rules in these tables: Hold/Release/L7Deny do not occur.
+        _ => Vec::new(),
     };
     (v, out)
 }
