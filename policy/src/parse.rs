@@ -1,6 +1,6 @@
 //! Policy manifests into [`Policy`] values: routes documents by kind,
 //! decodes only the fields weir reads (unknown fields are ignored, as the API
-//! server's non-strict decoding does, except weir's own reserved `http`),
+//! server's non-strict decoding does; weir's own `http` entries are strict),
 //! validates, and reports the first problem as one line:
 //! `<resource>/<ns>/<name>: <field path>: <why>`.
 
