@@ -3,7 +3,7 @@
 # Idempotent: each step checks first, so a second run costs seconds.
 set -euo pipefail
 
-APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc
+APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc curl
           iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps
           wrk haproxy openvswitch-switch nftables)
 

@@ -133,6 +133,7 @@ pub fn render(
         "ingress_rule": rule_text(snap, ev.ingress_rule),
         "generation": ev.generation,
         "pickup": ev.pickup,
+        "l7": ev.l7.map(|n| json!({"reason": n.reason.as_str(), "method": n.method(), "path": n.path()})),
     })
 }
 
@@ -166,6 +167,14 @@ pub fn line(r: &Value) -> String {
         r["egress_rule"].as_str().unwrap_or("-"),
         r["ingress_rule"].as_str().unwrap_or("-")
     ));
+    if let Some(l7) = r["l7"].as_object() {
+        s.push_str(&format!(
+            "  http: {} {} ({})",
+            l7.get("method").and_then(|v| v.as_str()).unwrap_or("?"),
+            l7.get("path").and_then(|v| v.as_str()).unwrap_or("?"),
+            l7.get("reason").and_then(|v| v.as_str()).unwrap_or("?")
+        ));
+    }
     if r["audit"] == true {
         s.push_str("  [AUDIT: would drop]");
     }
