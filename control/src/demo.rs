@@ -4,3 +4,6 @@
 
 /// The demo's manifests (also in docs/examples/demo.yaml).
 pub const MANIFESTS: &str = include_str!("../../docs/examples/demo.yaml");
+
+/// The demo's policy step (also in docs/examples/demo-policy.yaml).
+pub const POLICY: &str = include_str!("../../docs/examples/demo-policy.yaml");

@@ -123,6 +123,20 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value = "TCP")]
         protocol: String,
+        /// Judge one HTTP request on the flow: 'METHOD /path' (optionally
+        /// followed by the version, e.g. 'GET / HTTP/1.0'), with the workers'
+        /// own HTTP parser and rule set.
+        #[arg(long, value_name = "'METHOD /path'")]
+        http: Option<String>,
+        /// Host of the --http request (default: the destination's address:port).
+        #[arg(long, requires = "http")]
+        host: Option<String>,
+        /// A header line of the --http request ('Name: value'); repeatable.
+        #[arg(long = "header", value_name = "'Name: value'", requires = "http")]
+        headers: Vec<String>,
+        /// Judge a DNS query for NAME (DNS rules are not implemented yet).
+        #[arg(long, value_name = "NAME")]
+        dns: Option<String>,
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
@@ -334,8 +348,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             port,
             protocol,
+            http,
+            host,
+            headers,
+            dns,
             output,
         } => {
+            anyhow::ensure!(
+                dns.is_none(),
+                "--dns: DNS rules are not implemented yet (the policy language has no dns: rules to judge against)"
+            );
+            let request = match http {
+                None => None,
+                Some(line) => {
+                    let mut words = line.split_whitespace();
+                    anyhow::ensure!(
+                        words.next().is_some() && words.next().is_some(),
+                        "--http: {line:?} is not 'METHOD /path' (e.g. 'GET /public')"
+                    );
+                    for h in &headers {
+                        anyhow::ensure!(h.contains(':'), "--header: {h:?} is not 'Name: value'");
+                    }
+                    Some(weir_policy::explain::HttpRequest {
+                        line,
+                        host,
+                        headers,
+                    })
+                }
+            };
             let c = load(&state)?;
             let policies =
                 manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
@@ -349,8 +389,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => anyhow::bail!("--protocol: {other:?} is not TCP, UDP or SCTP"),
             };
             anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
-            let e = weir_policy::explain(&input, (fns, fname), (tns, tname), protocol, port)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let e = match &request {
+                None => weir_policy::explain(&input, (fns, fname), (tns, tname), protocol, port),
+                Some(r) => weir_policy::explain::explain_http(
+                    &input,
+                    (fns, fname),
+                    (tns, tname),
+                    protocol,
+                    port,
+                    r,
+                ),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
                 _ => println!("{e}"),
@@ -600,7 +650,56 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
                 "demo: {failed} probes failed (no policy is loaded, all should connect)"
             );
         }
+        println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
+        let v = daemon_call(
+            state,
+            &Request::Apply {
+                manifests: demo::POLICY.to_string(),
+                source: "demo-policy.yaml".into(),
+            },
+        )?;
+        for ch in v["changed"].as_array().into_iter().flatten() {
+            println!(
+                "{} {}",
+                ch["object"].as_str().unwrap_or("?"),
+                ch["action"].as_str().unwrap_or("?")
+            );
+        }
+        wait_ready(state, Duration::from_secs(30))?;
+        let to_x = probe::select(&c, Some("x"))?;
+        println!("\n== weir probe --port 80 --to x");
+        let m = probe::run(
+            &all,
+            &to_x,
+            &ProbeSpec {
+                port: 80,
+                protocol: Protocol::Tcp,
+                family: Family::Ipv4,
+                timeout: Duration::from_millis(300),
+                attempts: 2,
+            },
+        );
+        print!("{}", probe::render(&m));
+        let input = weir_policy::PolicyInput::from_cluster(
+            &c,
+            manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?,
+        );
+        for (from, to) in [
+            (("y", "a"), ("x", "b")),
+            (("y", "c"), ("x", "b")),
+            (("z", "a"), ("x", "b")),
+        ] {
+            println!(
+                "\n== weir explain --from {}/{} --to {}/{} --port 80",
+                from.0, from.1, to.0, to.1
+            );
+            let e = weir_policy::explain(&input, from, to, weir_topo::Protocol::Tcp, 80)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{e}");
+        }
         std::thread::sleep(Duration::from_millis(600));
+        println!("\n== weir flows (last 3)");
+        flows_cmd_tail(state, 3)?;
         println!("\n== weir status");
         print!("{}", status::render(&daemon_call(state, &Request::Status)?));
         Ok(())
@@ -610,6 +709,25 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
         down(state)?;
     }
     result
+}
+
+/// Prints the last `n` flow records of every node.
+fn flows_cmd_tail(state: &StateDir, n: usize) -> anyhow::Result<()> {
+    let c = load(state)?;
+    let mut all = Vec::new();
+    for node in weir_control::agent::weir_nodes(&c) {
+        let v = ipc::call(
+            &state.dataplane_sock(&node.name),
+            &Request::Flows { since: 0 },
+            Duration::from_secs(5),
+        )?;
+        all.extend(v["records"].as_array().cloned().unwrap_or_default());
+    }
+    all.sort_by_key(|r| r["time_unix_ns"].as_u64().unwrap_or(0));
+    for r in all.iter().rev().take(n).rev() {
+        println!("{}", weir_control::flows::line(r));
+    }
+    Ok(())
 }
 
 fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
