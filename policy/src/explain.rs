@@ -5,7 +5,9 @@
 use crate::compile::{compile_for, protocol_number};
 use crate::{PodInfo, PolicyError, PolicyInput};
 use serde::Serialize;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use weir_dataplane::l7::{Feed, HttpInspector, HttpRuleSetSpec, HttpRuleSpec, L7Verdict, Limits};
+use weir_dataplane::l7::{L7Reason, PathMatchSpec};
 use weir_dataplane::policy::{Action, CompiledPolicy, Decision, Peer, RuleInfo};
 use weir_topo::Protocol;
 
@@ -31,6 +33,10 @@ pub struct Explanation {
     pub port: u16,
     pub egress: SideExplanation,
     pub ingress: SideExplanation,
+    /// Present when the ingress decision carries HTTP rules
+    /// ([`Decision::l7`]), or when a request was given to judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpExplanation>,
 }
 
 impl std::fmt::Display for Explanation {
@@ -45,7 +51,11 @@ impl std::fmt::Display for Explanation {
             if self.allowed { "ALLOWED" } else { "DENIED" }
         )?;
         writeln!(f, "  egress of {}: {}", self.from, self.egress.text)?;
-        write!(f, "  ingress of {}: {}", self.to, self.ingress.text)
+        write!(f, "  ingress of {}: {}", self.to, self.ingress.text)?;
+        if let Some(h) = &self.http {
+            write!(f, "\n{h}")?;
+        }
+        Ok(())
     }
 }
 
@@ -71,13 +81,41 @@ fn find<'a>(input: &'a PolicyInput, (ns, name): (&str, &str)) -> Result<&'a PodI
 }
 
 /// Explains `from` → `to` (`(namespace, pod)`) on `protocol`/`port`.
-/// Uses the pods' IPv4 addresses when both have one, else IPv6.
+/// Uses the pods' IPv4 addresses when both have one, else IPv6. When the
+/// ingress decision carries HTTP rules, [`Explanation::http`] lists them.
 pub fn explain(
     input: &PolicyInput,
     from: (&str, &str),
     to: (&str, &str),
     protocol: Protocol,
     port: u16,
+) -> Result<Explanation, PolicyError> {
+    explain_flow(input, from, to, protocol, port, None)
+}
+
+/// [`explain`], then judges one HTTP request on the flow with the worker's
+/// own code: the request head is fed to a fresh [`HttpInspector`] (the
+/// strict parser and stream machine the pass runs, with the worker's
+/// [`Limits`]) whose judge closure calls the flow's compiled
+/// [`weir_dataplane::l7::HttpRuleSet::judge`], exactly as the pass does.
+pub fn explain_http(
+    input: &PolicyInput,
+    from: (&str, &str),
+    to: (&str, &str),
+    protocol: Protocol,
+    port: u16,
+    request: &HttpRequest,
+) -> Result<Explanation, PolicyError> {
+    explain_flow(input, from, to, protocol, port, Some(request))
+}
+
+fn explain_flow(
+    input: &PolicyInput,
+    from: (&str, &str),
+    to: (&str, &str),
+    protocol: Protocol,
+    port: u16,
+    request: Option<&HttpRequest>,
 ) -> Result<Explanation, PolicyError> {
     let src = find(input, from)?;
     let dst = find(input, to)?;
@@ -92,6 +130,7 @@ pub fn explain(
         }
     };
     let spec = compile_for(input, 0, &[src, dst])?;
+    let http_specs = spec.http.clone();
     let compiled = CompiledPolicy::build(spec)?;
     let j = compiled.judge(
         Peer {
@@ -105,6 +144,13 @@ pub fn explain(
         protocol_number(protocol),
         port,
     );
+    let http = http_side(
+        &compiled,
+        &http_specs,
+        j.allowed,
+        j.ingress,
+        request.map(|r| (r, SocketAddr::new(da, port))),
+    );
     Ok(Explanation {
         allowed: j.allowed,
         from: format!("{}/{}", from.0, from.1),
@@ -113,5 +159,252 @@ pub fn explain(
         port,
         egress: side(&compiled, j.egress),
         ingress: side(&compiled, j.ingress),
+        http,
+    })
+}
+
+/// An HTTP request to judge (`weir explain --http 'GET /path'`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpRequest {
+    /// The request line without the version (`GET /public/a?x=1`), or with
+    /// it (`GET / HTTP/1.0`); without, `HTTP/1.1` is added.
+    pub line: String,
+    /// The `Host` field; `None`: the destination's `address:port` (what
+    /// curl sends), unless `headers` has a `Host`.
+    pub host: Option<String>,
+    /// Further header lines, as sent (`Name: value`).
+    pub headers: Vec<String>,
+}
+
+impl HttpRequest {
+    /// The request head bytes, as a client would send them: request line,
+    /// `Host`, the headers, each ended by CRLF, then the empty line.
+    pub fn head(&self, dst: SocketAddr) -> String {
+        let line = self.line.trim();
+        let mut s = String::from(line);
+        let last = line.rsplit(' ').next().unwrap_or("");
+        if line.split(' ').count() < 3 || !last.starts_with("HTTP/") {
+            s.push_str(" HTTP/1.1");
+        }
+        s.push_str("\r\n");
+        let has_host = self.headers.iter().any(|h| {
+            h.split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("host"))
+        });
+        match &self.host {
+            Some(h) => s.push_str(&format!("Host: {h}\r\n")),
+            None if has_host => {}
+            None => s.push_str(&format!("Host: {dst}\r\n")),
+        }
+        for h in &self.headers {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s
+    }
+}
+
+/// One entry of the flow's HTTP rule set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpEntry {
+    /// Position in the set (first match allows).
+    pub index: usize,
+    pub spec: HttpRuleSpec,
+    /// `method GET, path prefix /public`.
+    pub text: String,
+}
+
+/// The verdict of the HTTP rules on one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpRequestVerdict {
+    /// The request head judged, as sent (CRLF line ends).
+    pub head: String,
+    /// Whether the request reaches the server.
+    pub allowed: bool,
+    /// `allow`, `deny` (weir answers 403 and closes), or `not-judged`
+    /// (the connection itself is denied, or no HTTP rules apply: `allow`).
+    pub verdict: &'static str,
+    /// The allowing entry's index in the set.
+    pub entry: Option<usize>,
+    /// The inspector's deny reason (`l7-policy`: no entry matched; `http-*`:
+    /// the head was refused by the strict parser).
+    pub reason: Option<&'static str>,
+    /// One line: `allow by http[0] (method GET, path prefix /public)`.
+    pub text: String,
+}
+
+/// The HTTP side of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpExplanation {
+    /// [`Decision::l7`] of the ingress decision: `None` when the flow is not
+    /// under HTTP rules (then every request on the connection passes).
+    pub set: Option<u32>,
+    /// The allowed entries (empty set: every request is denied).
+    pub entries: Vec<HttpEntry>,
+    /// The judged request, when one was given.
+    pub request: Option<HttpRequestVerdict>,
+}
+
+impl std::fmt::Display for HttpExplanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.set {
+            Some(set) => {
+                write!(
+                    f,
+                    "  HTTP rules (set {set}): every request on the connection is judged on its own; \
+                     the first matching entry allows, anything else gets weir's 403 and the connection is closed"
+                )?;
+                if self.entries.is_empty() {
+                    write!(f, "\n    (no entries: every request is denied)")?;
+                }
+                for e in &self.entries {
+                    write!(f, "\n    http[{}]: {}", e.index, e.text)?;
+                }
+            }
+            None => write!(f, "  HTTP rules: none on this flow")?,
+        }
+        if let Some(r) = &self.request {
+            let line = r.head.split("\r\n").next().unwrap_or("");
+            write!(f, "\n  request {line:?}: {}", r.text)?;
+        }
+        Ok(())
+    }
+}
+
+/// `method GET, path prefix /public, host *.example.com, header X-Token: abc`.
+pub fn describe_http_rule(r: &HttpRuleSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = &r.method {
+        parts.push(format!("method {m}"));
+    }
+    match &r.path {
+        Some(PathMatchSpec::Exact(p)) => parts.push(format!("path exact {p}")),
+        Some(PathMatchSpec::Prefix(p)) => parts.push(format!("path prefix {p}")),
+        Some(PathMatchSpec::Regex(p)) => parts.push(format!("path regex {p}")),
+        None => {}
+    }
+    if let Some(h) = &r.host {
+        parts.push(format!("host {h}"));
+    }
+    for h in &r.headers {
+        match &h.value {
+            Some(v) => parts.push(format!("header {}: {v}", h.name)),
+            None => parts.push(format!("header {} (present)", h.name)),
+        }
+    }
+    if parts.is_empty() {
+        "any request".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn l7_reason_text(r: L7Reason) -> &'static str {
+    match r {
+        L7Reason::Policy => "no entry matched",
+        L7Reason::HeadTooLong => "request head longer than the limit",
+        L7Reason::HoldTimeout | L7Reason::TooManySegments | L7Reason::HoldOverflow => {
+            "request head not completed in time"
+        }
+        _ => "the strict HTTP/1 parser refused the request head",
+    }
+}
+
+fn http_side(
+    compiled: &CompiledPolicy,
+    specs: &[HttpRuleSetSpec],
+    allowed: bool,
+    ingress: Decision,
+    request: Option<(&HttpRequest, SocketAddr)>,
+) -> Option<HttpExplanation> {
+    let set = ingress.l7;
+    if set.is_none() && request.is_none() {
+        return None;
+    }
+    let entries: Vec<HttpEntry> = set
+        .and_then(|s| specs.get(s as usize))
+        .map(|s| {
+            s.rules
+                .iter()
+                .enumerate()
+                .map(|(index, r)| HttpEntry {
+                    index,
+                    spec: r.clone(),
+                    text: describe_http_rule(r),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = request.map(|(req, dst)| {
+        let head = req.head(dst);
+        let not_judged = |text: &str| HttpRequestVerdict {
+            head: head.clone(),
+            allowed,
+            verdict: if allowed { "allow" } else { "not-judged" },
+            entry: None,
+            reason: None,
+            text: text.into(),
+        };
+        if !allowed {
+            return not_judged("not judged: the connection is denied at L3/L4");
+        }
+        let Some(rules) = set.and_then(|s| compiled.http_set(s)) else {
+            return not_judged("allow: no HTTP rules on this flow, every request passes");
+        };
+        // What the pass does (dataplane/src/pass.rs, stage l7): a fresh
+        // inspector started at ISN+1, the segment fed, and the judge
+        // closure asking the flow's rule set.
+        let mut insp = HttpInspector::new(Limits::default());
+        insp.start(1);
+        let mut entry = None;
+        let feed = insp.feed(1, head.as_bytes(), 0, |h| match rules.judge(h) {
+            Some(i) => {
+                entry.get_or_insert(i);
+                L7Verdict::Allow
+            }
+            None => L7Verdict::Deny,
+        });
+        let e = |i: usize| entries.get(i).map_or(String::new(), |e| e.text.clone());
+        match feed {
+            Feed::Release | Feed::Forward => HttpRequestVerdict {
+                head: head.clone(),
+                allowed: true,
+                verdict: "allow",
+                entry,
+                reason: None,
+                text: match entry {
+                    Some(i) => format!("ALLOWED by http[{i}] ({})", e(i)),
+                    None => "ALLOWED".into(),
+                },
+            },
+            Feed::Deny(r) => HttpRequestVerdict {
+                head: head.clone(),
+                allowed: false,
+                verdict: "deny",
+                entry: None,
+                reason: Some(r.as_str()),
+                text: format!(
+                    "DENIED: weir answers 403 and closes the connection ({}: {})",
+                    r.as_str(),
+                    l7_reason_text(r)
+                ),
+            },
+            Feed::Hold | Feed::Drop => HttpRequestVerdict {
+                head: head.clone(),
+                allowed: false,
+                verdict: "deny",
+                entry: None,
+                reason: Some(L7Reason::HoldTimeout.as_str()),
+                text:
+                    "DENIED: the request head never completes (held, then 403 after the hold limit)"
+                        .into(),
+            },
+        }
+    });
+    Some(HttpExplanation {
+        set,
+        entries,
+        request,
     })
 }
