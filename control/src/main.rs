@@ -605,6 +605,10 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
         );
     }
     if let Ok(c) = Cluster::load(&state.cluster_file()) {
+        // Dataplanes whose supervisor died are not stopped by it: stop them.
+        for n in &c.nodes {
+            stop_orphan(&state.dataplane_pid(&n.name));
+        }
         c.teardown().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     weir_topo::teardown_by_name(&state.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -728,6 +732,36 @@ fn flows_cmd_tail(state: &StateDir, n: usize) -> anyhow::Result<()> {
         println!("{}", weir_control::flows::line(r));
     }
     Ok(())
+}
+
+/// Stops the process whose id is in `pid_file`, if it is still a weir dataplane.
+fn stop_orphan(pid_file: &std::path::Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let is_dataplane = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains("weir") && c.contains(" dataplane ")
+        })
+        .unwrap_or(false);
+    if !is_dataplane {
+        return;
+    }
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    for _ in 0..100 {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {

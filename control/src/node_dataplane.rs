@@ -134,6 +134,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
 
+    crate::state::write_atomic(
+        &state.dataplane_pid(&opts.node),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let sock = state.dataplane_sock(&opts.node);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;

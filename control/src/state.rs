@@ -54,6 +54,11 @@ impl StateDir {
     pub fn dataplane_sock(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("dataplane.sock")
     }
+    /// The node dataplane's process id (so `weir down` can stop an orphan
+    /// whose supervisor died).
+    pub fn dataplane_pid(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("dataplane.pid")
+    }
     pub fn dataplane_log(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("dataplane.log")
     }

@@ -303,3 +303,46 @@ fn malformed_and_spoofed_frames_are_counted_drops() {
     let m = c.probe(80, "TCP", &["--from", "x/a", "--to", "x/b"]);
     assert!(all_connected(&m), "{m}");
 }
+
+/// The dataplane is a process of its own: when the supervisor (agent, pod
+/// servers) dies, forwarding goes on; `weir down` still removes everything,
+/// the orphaned dataplane included.
+#[test]
+fn forwarding_survives_the_supervisor_and_down_cleans_up() {
+    let c = TestCluster::up("sup", &simple_cluster("x", &["a", "b"]));
+    let topo = c.topology();
+    let b4 = topo.pod("x", "b").expect("b").ipv4.expect("v4").to_string();
+    let pgrep = |pat: &str| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", pat])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let daemon = pgrep(&format!("weir --cluster {} daemon", c.name));
+    assert_eq!(daemon.len(), 1, "supervisor pid: {daemon:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &daemon[0]])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ping(&c, "a", &b4, &[]);
+    assert!(
+        out.status.success(),
+        "forwarding stopped with the supervisor: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = c.weir(&["down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let left = pgrep(&format!("weir --cluster {} dataplane", c.name));
+    assert!(left.is_empty(), "dataplane left running: {left:?}");
+}
