@@ -79,6 +79,10 @@ drop_reasons! {
     L7OutOfOrder = 22 => "l7-out-of-order",
     /// flow under HTTP rules without an inspector on this worker (pool full, mid-stream pickup, or seen on another worker); refused
     L7NoSlot = 23 => "l7-no-slot",
+    /// DNS query under DNS rules for a name no entry allows (UDP: weir answered REFUSED instead; TCP: dropped)
+    DnsRefused = 24 => "dns-refused",
+    /// message on a flow under DNS rules that is not exactly one parseable DNS query (or a fragment); refused
+    DnsMalformed = 25 => "dns-malformed",
 }
 
 impl DropReason {

@@ -24,6 +24,7 @@ pub mod conntrack;
 pub mod drop_reason;
 pub mod encap;
 pub mod flows;
+pub mod fqdn;
 pub mod l7;
 pub mod pass;
 pub mod policy;

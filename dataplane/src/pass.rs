@@ -61,6 +61,7 @@ use serde::Serialize;
 use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
 use crate::encap;
 use crate::flows::{FlowEvent, FlowKind, FlowLog, L7Note};
+use crate::fqdn::FqdnTable;
 use crate::l7::reply::{DeniedFlow, TcpEnd};
 use crate::l7::{Feed, InspectorPool, L7Verdict, Limits, SlotId};
 use crate::policy::{Identity, Judgement, Peer};
@@ -80,6 +81,9 @@ pub struct WorkerState {
     flows: Arc<FlowLog>,
     ct_stats: Arc<CtStats>,
     l7: L7State,
+    /// The node's learned FQDN table (shared by the workers).
+    fqdn: Arc<FqdnTable>,
+    dns_refused: u64,
 }
 
 /// Inspector slots per worker (each with a `Limits::default().buffer`
@@ -187,7 +191,26 @@ impl WorkerState {
             flows,
             ct_stats,
             l7: L7State::new(L7_SLOTS),
+            fqdn: Arc::default(),
+            dns_refused: 0,
         }
+    }
+
+    /// Uses the node's shared learned FQDN table (the runtime gives every
+    /// worker the same one).
+    pub fn with_fqdn(mut self, fqdn: Arc<FqdnTable>) -> Self {
+        self.fqdn = fqdn;
+        self
+    }
+
+    /// The learned FQDN table.
+    pub fn fqdn(&self) -> &Arc<FqdnTable> {
+        &self.fqdn
+    }
+
+    /// DNS queries refused (answered REFUSED or dropped) by this worker.
+    pub fn dns_refused(&self) -> u64 {
+        self.dns_refused
     }
 
     /// Replaces the inspector pool by one of `slots` slots (tests, tuning).
@@ -394,16 +417,23 @@ fn pass(
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
             let held = match need {
-                Some(need) => l7(buf, &pkt, need, &route, Some(ingress), snap, st)?,
-                None => L7Out::Pass,
+                Need::Http(need) => l7(buf, &pkt, need, &route, Some(ingress), snap, st)?,
+                Need::Dns(need) => {
+                    dns(buf, &pkt, need, Some(ingress), snap, st)?;
+                    L7Out::Pass
+                }
+                Need::None => L7Out::Pass,
             };
             Continue(held.apply(rewrite(buf, &pkt, &route)))
         }
         Next::Remote { peer, inner_mtu } => {
             // Egress of the local source here; the peer judges ingress.
-            policy(buf, &pkt, Some(src_endpoint), None, None, snap, st)?;
+            let need = policy(buf, &pkt, Some(src_endpoint), None, None, snap, st)?;
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, inner_mtu, ingress, snap, st)?;
+            if let Need::Dns(need) = need {
+                dns(buf, &pkt, need, Some(ingress), snap, st)?;
+            }
             Continue(to_tunnel(buf, &pkt, peer, snap))
         }
     }
@@ -439,8 +469,12 @@ fn from_tunnel(
     // The client is behind a peer node: a 403 would have to be
     // encapsulated (not yet); the server still gets its RST.
     let held = match need {
-        Some(need) => l7(buf, &pkt, need, &route, None, snap, st)?,
-        None => L7Out::Pass,
+        Need::Http(need) => l7(buf, &pkt, need, &route, None, snap, st)?,
+        Need::Dns(need) => {
+            dns(buf, &pkt, need, None, snap, st)?;
+            L7Out::Pass
+        }
+        Need::None => L7Out::Pass,
     };
     Continue(held.apply(rewrite(buf, &pkt, &route)))
 }
@@ -738,9 +772,9 @@ fn policy(
     wire_id: Option<Identity>,
     snap: &Snapshot,
     st: &mut WorkerState,
-) -> ControlFlow<Verdict, Option<L7Need>> {
+) -> ControlFlow<Verdict, Need> {
     if pkt.icmp_error {
-        return related(buf, pkt, snap, st).map_continue(|()| None);
+        return related(buf, pkt, snap, st).map_continue(|()| Need::None);
     }
     let pol = snap.policy();
     let generation = pol.generation();
@@ -759,7 +793,16 @@ fn policy(
                     && dir == conntrack::Dir::Orig
                     && pol.has_l7()
                     && pol.rule_has_l7(adm.ingress_rule);
-                return Continue(l7.then_some(L7Need { set: None, wire_id }));
+                if l7 {
+                    return Continue(Need::Http(L7Need { set: None, wire_id }));
+                }
+                if pol.has_dns() && pol.rule_has_dns(adm.egress_rule) {
+                    return Continue(Need::Dns(DnsNeed {
+                        query: dir == conntrack::Dir::Orig,
+                        set: None,
+                    }));
+                }
+                return Continue(Need::None);
             }
             Track::Invalid { .. } => {
                 st.ct_stats.invalid.add(1);
@@ -771,7 +814,7 @@ fn policy(
                 // The carried identity is the source's only when this
                 // packet travels in the flow's original direction.
                 let id = wire_id.filter(|_| orig == pkt.key);
-                let (j, src, dst) = judge(snap, &orig, id);
+                let (j, src, dst) = judge(snap, &orig, id, &st.fqdn, now);
                 if !j.allowed {
                     st.ct.revoke(&pkt.key, generation, now);
                     st.ct_stats.revoked.add(1);
@@ -790,7 +833,7 @@ fn policy(
                 st.ct.readmit(&pkt.key, admission(&j, generation), now);
             }
             Track::Miss => {
-                let j = pol.judge_with_src_identity(
+                let j = pol.judge_learned(
                     Peer {
                         endpoint: src_ep,
                         addr: pkt.key.src,
@@ -802,6 +845,7 @@ fn policy(
                     },
                     pkt.key.proto,
                     pkt.key.dport,
+                    (&st.fqdn, now),
                 );
                 let (src, dst) = (src_ep, dst_ep);
                 if !j.allowed {
@@ -820,14 +864,18 @@ fn policy(
                 // A RST for no known flow is forwarded (if allowed) but
                 // creates nothing.
                 if matches!(seg, Seg::Tcp(f) if f & tcp::flags::RST != 0) {
-                    return Continue(None);
+                    return Continue(Need::None);
                 }
-                let need = match (seg, j.ingress.l7) {
-                    (Seg::Tcp(_), Some(set)) => Some(L7Need {
+                let need = match (seg, j.ingress.l7, j.egress.dns) {
+                    (Seg::Tcp(_), Some(set), _) => Need::Http(L7Need {
                         set: Some(set),
                         wire_id,
                     }),
-                    _ => None,
+                    (_, _, Some(set)) => Need::Dns(DnsNeed {
+                        query: true,
+                        set: Some(set),
+                    }),
+                    _ => Need::None,
                 };
                 let pickup = matches!(seg, Seg::Tcp(f) if f & tcp::flags::SYN == 0);
                 match st.ct.insert(&pkt.key, seg, admission(&j, generation), now) {
@@ -858,7 +906,7 @@ fn policy(
             }
         }
     }
-    Continue(None)
+    Continue(Need::None)
 }
 
 /// An ICMP error passes when it quotes a packet of a tracked flow that its
@@ -904,7 +952,7 @@ fn related(
         }
         Track::Stale { orig, .. } => {
             st.ct_stats.rejudged.add(1);
-            let (j, src, dst) = judge(snap, &orig, None);
+            let (j, src, dst) = judge(snap, &orig, None, &st.fqdn, now);
             if j.allowed {
                 st.ct.readmit(&orig, admission(&j, generation), now);
                 return Continue(());
@@ -937,10 +985,12 @@ fn judge(
     snap: &Snapshot,
     k: &FlowKey,
     src_id: Option<Identity>,
+    fqdn: &FqdnTable,
+    now: u64,
 ) -> (Judgement, Option<u32>, Option<u32>) {
     let src = local_endpoint(snap, k.src);
     let dst = local_endpoint(snap, k.dst);
-    let j = snap.policy().judge_with_src_identity(
+    let j = snap.policy().judge_learned(
         Peer {
             endpoint: src,
             addr: k.src,
@@ -952,6 +1002,7 @@ fn judge(
         },
         k.proto,
         k.dport,
+        (fqdn, now),
     );
     (j, src, dst)
 }
@@ -1012,6 +1063,25 @@ struct L7Need {
     wire_id: Option<Identity>,
 }
 
+/// What the policy stage asks of the later stages.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    None,
+    /// A client→server TCP packet of a flow under HTTP rules.
+    Http(L7Need),
+    /// A packet of a flow under DNS rules.
+    Dns(DnsNeed),
+}
+
+/// A packet of a flow admitted by an egress rule carrying DNS rules.
+#[derive(Debug, Clone, Copy)]
+struct DnsNeed {
+    /// Client→server (a query); else server→client (a response).
+    query: bool,
+    /// The rule set (known when the flow was judged by this packet).
+    set: Option<u32>,
+}
+
 /// What the L7 stage asks of the final verdict.
 #[derive(Debug, Clone, Copy)]
 enum L7Out {
@@ -1048,6 +1118,186 @@ fn l7_event(now: u64, key: &FlowKey, r: crate::l7::L7Reason, note: Option<L7Note
         dst_endpoint: None,
         l7: Some(note.unwrap_or(L7Note::new(r))),
     }
+}
+
+fn dns_event(st: &WorkerState, key: &FlowKey, reason: DropReason, note: L7Note) -> FlowEvent {
+    FlowEvent {
+        reason: Some(reason),
+        l7: Some(note),
+        ..l7_event(st.now_ns, key, crate::l7::L7Reason::DnsRefused, None)
+    }
+}
+
+/// Stage 5¾: DNS rules (docs/l7.md). A query (client→server) must be one
+/// well-formed standard query whose name the flow's DNS rule set allows.
+/// Refused over UDP: the query is rewritten in place into a REFUSED
+/// response and sent back out of `reply_port` (`Verdict::Tx`); over TCP (or
+/// with no reply port) it is dropped. A UDP response (server→client) to an
+/// allowed name teaches the node's learned FQDN table the addresses it
+/// carries for names some `toFQDNs` selector wants; it always passes.
+fn dns(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    need: DnsNeed,
+    reply_port: Option<PortId>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    use crate::l7::dns;
+    let udp = pkt.key.proto == ip_proto::UDP;
+    if !udp && pkt.key.proto != ip_proto::TCP {
+        return Continue(());
+    }
+    if pkt.fragment != Fragment::Whole {
+        // A query's name cannot be judged in pieces: fail closed.
+        return if need.query {
+            drop(DropReason::DnsMalformed)
+        } else {
+            Continue(())
+        };
+    }
+    let pol = snap.policy();
+    let orig = if need.query {
+        pkt.key
+    } else {
+        FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: pkt.key.dport,
+            dport: pkt.key.sport,
+        }
+    };
+    let set = match need.set {
+        Some(s) => Some(s),
+        None => judge(snap, &orig, None, &st.fqdn, st.now_ns).0.egress.dns,
+    };
+    let Some(rules) = set.and_then(|s| pol.dns_set(s)) else {
+        // The flow is no longer under DNS rules (policy changed).
+        return Continue(());
+    };
+    let end = pkt.frame_len();
+    let start = if udp {
+        pkt.l4_offset + udp::HEADER_LEN
+    } else {
+        let hl = buf
+            .get(pkt.l4_offset..end)
+            .and_then(|b| tcp::Packet::new_checked(b).ok())
+            .map(|t| t.header_len());
+        match hl {
+            Some(hl) => pkt.l4_offset + hl,
+            None => return drop(DropReason::L4Truncated),
+        }
+    };
+    let msg = buf.get(start..end).unwrap_or_default();
+    if !need.query {
+        if !udp || !pol.has_fqdn() {
+            return Continue(());
+        }
+        let Ok(r) = dns::parse_response(msg) else {
+            return Continue(());
+        };
+        let mut name = [0u8; dns::MAX_NAME];
+        let Some(n) = r.qname.write_dotted(&mut name) else {
+            return Continue(());
+        };
+        let Ok(name) = std::str::from_utf8(&name[..n]) else {
+            return Continue(());
+        };
+        if rules.allows(&r.qname) && pol.fqdn_wanted(name) {
+            for (addr, ttl) in r.addresses() {
+                st.fqdn.learn(name, addr, ttl, st.now_ns);
+            }
+        }
+        return Continue(());
+    }
+    if !udp && msg.is_empty() {
+        return Continue(());
+    }
+    let parsed = if udp {
+        dns::parse_query(msg)
+    } else {
+        dns::parse_query_tcp(msg)
+    };
+    let q = match parsed {
+        Ok(q) => q,
+        Err(_) => return drop(DropReason::DnsMalformed),
+    };
+    if rules.allows(&q.qname) {
+        return Continue(());
+    }
+    let mut name = [0u8; dns::MAX_NAME];
+    let n = q.qname.write_dotted(&mut name).unwrap_or(0);
+    let note = L7Note::new(crate::l7::L7Reason::DnsRefused)
+        .with_request("DNS", std::str::from_utf8(&name[..n]).unwrap_or(""));
+    st.dns_refused += 1;
+    st.flows
+        .push(dns_event(st, &pkt.key, DropReason::DnsRefused, note));
+    if let (true, Some(port)) = (udp, reply_port) {
+        if let Some(len) = refused_reply(buf, pkt, start, port, snap) {
+            return Break(Verdict::Tx { port, len });
+        }
+    }
+    drop(DropReason::DnsRefused)
+}
+
+/// Turns the UDP query frame in `buf` (DNS message at `start`) into the
+/// REFUSED response back to the client: DNS header rewritten, addresses and
+/// ports swapped, lengths and checksums recomputed, MACs from `port`.
+/// Returns the frame length.
+fn refused_reply(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    start: usize,
+    port: PortId,
+    snap: &Snapshot,
+) -> Option<usize> {
+    use crate::wire::checksum;
+    let n = crate::l7::dns::refuse_in_place(buf.get_mut(start..pkt.frame_len())?).ok()?;
+    let udp_len = u16::try_from(udp::HEADER_LEN + n).ok()?;
+    let l4 = pkt.l4_offset;
+    let ip = ethernet::HEADER_LEN;
+    let (ethertype, pseudo) = match (pkt.key.src, pkt.key.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let hl = l4 - ip;
+            let h = buf.get_mut(ip..l4)?;
+            h[12..16].copy_from_slice(&d.octets());
+            h[16..20].copy_from_slice(&s.octets());
+            let total = u16::try_from(hl + usize::from(udp_len)).ok()?;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[8] = 64;
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = !checksum::data(h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            (
+                ethertype::IPV4,
+                checksum::pseudo_header_v4(d, s, ip_proto::UDP, udp_len),
+            )
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let h = buf.get_mut(ip..l4)?;
+            h[8..24].copy_from_slice(&d.octets());
+            h[24..40].copy_from_slice(&s.octets());
+            let payload = u16::try_from(l4 - ip - ipv6::HEADER_LEN + usize::from(udp_len)).ok()?;
+            h[4..6].copy_from_slice(&payload.to_be_bytes());
+            h[7] = 64;
+            (
+                ethertype::IPV6,
+                checksum::pseudo_header_v6(d, s, ip_proto::UDP, u32::from(udp_len)),
+            )
+        }
+        _ => return None,
+    };
+    let u = buf.get_mut(l4..l4 + usize::from(udp_len))?;
+    u[0..2].copy_from_slice(&pkt.key.dport.to_be_bytes());
+    u[2..4].copy_from_slice(&pkt.key.sport.to_be_bytes());
+    u[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    u[6..8].copy_from_slice(&[0, 0]);
+    let c = !checksum::combine(&[pseudo, checksum::data(u)]);
+    let c = if c == 0 { 0xffff } else { c };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    reply_ethernet(buf, snap.port(port)?, ethertype)?;
+    Some(l4 + usize::from(udp_len))
 }
 
 /// Stage 5½: inline HTTP inspection of the client→server stream (see
@@ -1131,7 +1381,7 @@ fn l7(
         Some(set) => set,
         None if meta.generation == generation => meta.set,
         None => {
-            let (j, _, _) = judge(snap, &pkt.key, need.wire_id);
+            let (j, _, _) = judge(snap, &pkt.key, need.wire_id, &st.fqdn, now);
             match j.ingress.l7 {
                 Some(set) if j.allowed => set,
                 _ => {

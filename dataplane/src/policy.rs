@@ -91,6 +91,11 @@ pub struct Decision {
     /// must then match that set, else it is denied inline (docs/l7.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l7: Option<u32>,
+    /// An egress allow whose deciding rule carries DNS rules: index into
+    /// [`PolicySpec::dns`]. Every DNS query on the admitted flow must match
+    /// that set, else weir answers REFUSED (docs/l7.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<u32>,
 }
 
 impl Decision {
@@ -105,6 +110,7 @@ impl Decision {
             audit: false,
             log: false,
             l7: None,
+            dns: None,
         }
     }
 
@@ -115,6 +121,7 @@ impl Decision {
             audit: false,
             log: false,
             l7: None,
+            dns: None,
         }
     }
 
@@ -255,6 +262,31 @@ pub struct PolicySpec {
     /// HTTP rule sets (WeirPolicy `http:`), indexed by [`Decision::l7`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::l7::HttpRuleSetSpec>,
+    /// DNS rule sets (WeirPolicy egress `dns:`): name patterns
+    /// (`example.com`, `*.example.com`), indexed by [`Decision::dns`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Vec<String>>,
+    /// FQDN selectors (WeirPolicy egress `toFQDNs`), as name patterns, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fqdn_selectors: Vec<String>,
+    /// Endpoints with `toFQDNs` egress rules: (endpoint index, its rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fqdn_egress: Vec<(u32, Vec<FqdnRuleSpec>)>,
+}
+
+/// One `toFQDNs` egress allow of an endpoint: traffic to an address learned
+/// for a name matching `selector` (an index into
+/// [`PolicySpec::fqdn_selectors`]), with protocol `proto` (0: any protocol,
+/// any port) and a destination port in `first..=last`, is allowed by `rule`
+/// (a namespace-tier allow: it overrides only an implicit deny or a
+/// Baseline-tier decision, as any namespace allow would).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FqdnRuleSpec {
+    pub selector: u32,
+    pub rule: RuleId,
+    pub proto: u8,
+    pub first: u16,
+    pub last: u16,
 }
 
 /// A compiled policy spec that is inconsistent; rejected whole.
@@ -404,6 +436,14 @@ pub struct CompiledPolicy {
     /// Per rule id: the rule decides only with an L7 set (a conntrack
     /// entry admitted by it needs an inspector).
     l7_rules: Vec<bool>,
+    /// Compiled DNS rule sets ([`PolicySpec::dns`]).
+    dns: Vec<crate::l7::dns::DnsRuleSet>,
+    /// Per rule id: the rule decides only with a DNS set.
+    dns_rules: Vec<bool>,
+    /// FQDN selectors ([`PolicySpec::fqdn_selectors`]).
+    fqdn_selectors: Vec<crate::l7::dns::NamePattern>,
+    /// Per endpoint: its `toFQDNs` egress rules (empty: none).
+    fqdn: Vec<Box<[FqdnRuleSpec]>>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -527,6 +567,65 @@ impl CompiledPolicy {
                 )));
             }
         }
+        let mut dns = Vec::with_capacity(spec.dns.len());
+        for (i, d) in spec.dns.iter().enumerate() {
+            dns.push(
+                crate::l7::dns::DnsRuleSet::compile(d)
+                    .map_err(|p| invalid(format!("dns rule set {i}: bad pattern {p:?}")))?,
+            );
+        }
+        let mut dns_rules = vec![false; spec.rules.len()];
+        for d in all_decisions() {
+            if let Some(s) = d.dns {
+                if s as usize >= dns.len() {
+                    return Err(invalid(format!("dns rule set {s} out of range")));
+                }
+                if d.action != Action::Allow || d.rule.is_reserved() {
+                    return Err(invalid(format!(
+                        "dns rule set {s} on a decision that is not a rule's allow"
+                    )));
+                }
+                if let Some(f) = dns_rules.get_mut(d.rule.0 as usize) {
+                    *f = true;
+                }
+            }
+        }
+        for d in all_decisions() {
+            if d.dns.is_none()
+                && !d.rule.is_reserved()
+                && dns_rules.get(d.rule.0 as usize) == Some(&true)
+            {
+                return Err(invalid(format!(
+                    "rule {} decides both with and without dns rules",
+                    d.rule.0
+                )));
+            }
+        }
+        let mut fqdn_selectors = Vec::with_capacity(spec.fqdn_selectors.len());
+        for (i, p) in spec.fqdn_selectors.iter().enumerate() {
+            fqdn_selectors.push(
+                crate::l7::dns::NamePattern::parse(p)
+                    .ok_or_else(|| invalid(format!("fqdn selector {i}: bad pattern {p:?}")))?,
+            );
+        }
+        let mut fqdn: Vec<Box<[FqdnRuleSpec]>> = vec![Box::default(); spec.endpoints.len()];
+        for (ep, list) in &spec.fqdn_egress {
+            let Some(slot) = fqdn.get_mut(*ep as usize) else {
+                return Err(invalid(format!("fqdn rules: endpoint {ep} out of range")));
+            };
+            for r in list {
+                if r.selector as usize >= fqdn_selectors.len()
+                    || r.rule.is_reserved()
+                    || r.rule.0 as usize >= spec.rules.len()
+                    || r.first > r.last
+                {
+                    return Err(invalid(format!(
+                        "fqdn rules of endpoint {ep}: bad rule {r:?}"
+                    )));
+                }
+            }
+            *slot = list.clone().into_boxed_slice();
+        }
         let mut cells = Vec::with_capacity(spec.cells.len());
         for (i, c) in spec.cells.iter().enumerate() {
             let what = format!("cell {i}");
@@ -586,7 +685,88 @@ impl CompiledPolicy {
             endpoints: spec.endpoints,
             http,
             l7_rules,
+            dns,
+            dns_rules,
+            fqdn_selectors,
+            fqdn,
         })
+    }
+
+    /// The compiled DNS rule set `i` ([`Decision::dns`]).
+    #[inline]
+    pub fn dns_set(&self, i: u32) -> Option<&crate::l7::dns::DnsRuleSet> {
+        self.dns.get(i as usize)
+    }
+
+    /// Whether any decision carries DNS rules.
+    #[inline]
+    pub fn has_dns(&self) -> bool {
+        !self.dns.is_empty()
+    }
+
+    /// Whether flows admitted by `rule` (an egress rule) are under DNS rules.
+    #[inline]
+    pub fn rule_has_dns(&self, rule: RuleId) -> bool {
+        self.dns_rules.get(rule.0 as usize) == Some(&true)
+    }
+
+    /// Whether a name (dotted) matches any FQDN selector of this policy:
+    /// only such names are worth learning from DNS answers.
+    pub fn fqdn_wanted(&self, name: &str) -> bool {
+        self.fqdn_selectors.iter().any(|p| p.matches_dotted(name))
+    }
+
+    /// Whether any endpoint has `toFQDNs` rules.
+    #[inline]
+    pub fn has_fqdn(&self) -> bool {
+        !self.fqdn_selectors.is_empty()
+    }
+
+    /// [`judge_with_src_identity`](Self::judge_with_src_identity), then, if
+    /// the source's egress is denied by isolation (implicit deny) or by the
+    /// Baseline tier, its `toFQDNs` rules (namespace-tier allows) are
+    /// consulted: an address `learned` (unexpired at `now_ns`) for a name
+    /// matching a rule's selector, on the rule's protocol and ports, allows
+    /// by that rule. Admin-tier and explicit namespace-tier denies stand.
+    /// Allocation-free; takes the table's read lock only in that case.
+    pub fn judge_learned(
+        &self,
+        src: Peer,
+        src_identity: Option<Identity>,
+        dst: Peer,
+        proto: u8,
+        dport: u16,
+        (learned, now_ns): (&crate::fqdn::FqdnTable, u64),
+    ) -> Judgement {
+        let mut j = self.judge_with_src_identity(src, src_identity, dst, proto, dport);
+        let Some(ep) = src.endpoint else {
+            return j;
+        };
+        let Some(rules) = self.fqdn.get(ep as usize).filter(|r| !r.is_empty()) else {
+            return j;
+        };
+        let e = j.egress;
+        let overridable = e.action == Action::Deny
+            && (e.rule == RuleId::IMPLICIT_DENY
+                || self.rule(e.rule).is_some_and(|r| r.tier == Tier::Baseline));
+        if !overridable {
+            return j;
+        }
+        let hit = rules.iter().find(|r| {
+            (r.proto == 0 || (r.proto == proto && r.first <= dport && dport <= r.last))
+                && self
+                    .fqdn_selectors
+                    .get(r.selector as usize)
+                    .is_some_and(|p| learned.any_name(dst.addr, now_ns, |n| p.matches_dotted(n)))
+        });
+        if let Some(r) = hit {
+            j.egress = Decision {
+                log: e.log,
+                ..Decision::allow(r.rule)
+            };
+            j.allowed = j.egress.passes() && j.ingress.passes();
+        }
+        j
     }
 
     /// The compiled HTTP rule set `i` ([`Decision::l7`]).
@@ -804,6 +984,9 @@ impl CompiledPolicy {
         if d.log {
             s.push_str(" [logged]");
         }
+        if let Some(n) = d.dns {
+            s.push_str(&format!(" [DNS rules: set {n}; other queries get REFUSED]"));
+        }
         if let Some(l) = d.l7 {
             let n = self.http_set(l).map_or(0, |h| h.len());
             s.push_str(&format!(
@@ -894,6 +1077,7 @@ mod tests {
                 egress: None,
             }],
             http: vec![],
+            ..Default::default()
         }
     }
 

@@ -219,9 +219,16 @@ pub struct Dataplane {
     conntrack: Arc<Conntrack>,
     flow_logs: Vec<Arc<FlowLog>>,
     ct_stats: Vec<Arc<CtStats>>,
+    /// The node's learned FQDN table, shared by the workers.
+    fqdn: Arc<crate::fqdn::FqdnTable>,
 }
 
 impl Dataplane {
+    /// The node's learned FQDN table (addresses of allowed DNS answers).
+    pub fn fqdn(&self) -> &Arc<crate::fqdn::FqdnTable> {
+        &self.fqdn
+    }
+
     /// Raises `RLIMIT_MEMLOCK`, builds one UMEM per worker, starts the pinned
     /// workers, attaches XDP to every port of `snap` and gives the workers
     /// their sockets. Call from a thread in the node's network namespace.
@@ -245,6 +252,7 @@ impl Dataplane {
             )),
             flow_logs: Vec::new(),
             ct_stats: Vec::new(),
+            fqdn: Arc::default(),
         };
         let wcfg = WorkerConfig {
             batch: cfg.batch,
@@ -271,11 +279,14 @@ impl Dataplane {
             );
             let flow_log = Arc::new(FlowLog::new(cfg.flow_log_capacity));
             let ct_stats = Arc::new(CtStats::default());
-            let worker = worker.with_state(WorkerState::with_shared(
-                Arc::clone(&dp.conntrack),
-                Arc::clone(&flow_log),
-                Arc::clone(&ct_stats),
-            ));
+            let worker = worker.with_state(
+                WorkerState::with_shared(
+                    Arc::clone(&dp.conntrack),
+                    Arc::clone(&flow_log),
+                    Arc::clone(&ct_stats),
+                )
+                .with_fqdn(Arc::clone(&dp.fqdn)),
+            );
             dp.flow_logs.push(flow_log);
             dp.ct_stats.push(ct_stats);
             let join = std::thread::Builder::new()

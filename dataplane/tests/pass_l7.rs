@@ -85,6 +85,7 @@ fn snap() -> Snapshot {
                 ..HttpRuleSpec::default()
             }],
         }],
+        ..Default::default()
     };
     Snapshot::build(SnapshotSpec {
         generation: 1,

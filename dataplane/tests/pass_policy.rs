@@ -64,6 +64,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
                 },
             ],
             http: vec![],
+            ..Default::default()
         }
     } else {
         PolicySpec {

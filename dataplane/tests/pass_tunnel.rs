@@ -131,6 +131,7 @@ fn spec(encap: Encap) -> SnapshotSpec {
             },
         ],
         http: vec![],
+        ..Default::default()
     };
     SnapshotSpec {
         generation: 1,

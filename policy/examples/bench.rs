@@ -91,6 +91,8 @@ fn input(rules: usize) -> PolicyInput {
                 ]),
                 name: None,
                 http: None,
+                dns: None,
+                to_fqdns: None,
             }
         };
         let kind = match i % 4 {

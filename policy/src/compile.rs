@@ -29,8 +29,8 @@ use ipnet::IpNet;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use weir_dataplane::policy::{
-    CellSpec, Decision, EndpointTables, Identity, PolicySpec, RuleId, RuleInfo, IDENTITY_FIRST_POD,
-    IDENTITY_HOST, IDENTITY_WORLD,
+    CellSpec, Decision, EndpointTables, FqdnRuleSpec, Identity, PolicySpec, RuleId, RuleInfo,
+    IDENTITY_FIRST_POD, IDENTITY_HOST, IDENTITY_WORLD,
 };
 use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::ContainerPort;
@@ -54,6 +54,41 @@ struct CRule {
     ports: Option<Vec<PortMatch>>,
     /// Index of the rule's own HTTP rule set in `PolicySpec::http`.
     l7: Option<u32>,
+    /// Index of the rule's own DNS rule set in `PolicySpec::dns`.
+    dns: Option<u32>,
+    /// `toFQDNs` selectors: the rule matches no class statically.
+    fqdn: Option<Vec<String>>,
+}
+
+/// DNS rule sets of the spec being built: each rule's own, then unions
+/// (several DNS allows of the namespace tier match), memoised.
+#[derive(Default)]
+struct DnsSets {
+    sets: Vec<Vec<String>>,
+    unions: HashMap<Vec<u32>, u32>,
+}
+
+impl DnsSets {
+    fn union(&mut self, parts: Vec<u32>) -> u32 {
+        if let [one] = parts[..] {
+            return one;
+        }
+        if let Some(&u) = self.unions.get(&parts) {
+            return u;
+        }
+        let mut names: Vec<String> = Vec::new();
+        for &p in &parts {
+            for n in &self.sets[p as usize] {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        self.sets.push(names);
+        let id = self.sets.len() as u32 - 1;
+        self.unions.insert(parts, id);
+        id
+    }
 }
 
 /// HTTP rule sets of the spec being built: each rule's own, then unions
@@ -164,6 +199,7 @@ pub fn compile_for(
     let mut crules: Vec<CRule> = Vec::new();
     let mut peers: Vec<&[Peer]> = Vec::new();
     let http = std::cell::RefCell::new(HttpSets::default());
+    let dns = std::cell::RefCell::new(DnsSets::default());
     // Per policy and direction: rule ids.
     let mut policy_rules: Vec<[Vec<u32>; 2]> = Vec::new();
     for p in &policies {
@@ -188,11 +224,18 @@ pub fn compile_for(
                     hs.sets.push(h.clone());
                     hs.sets.len() as u32 - 1
                 });
+                let dns_set = r.dns.as_ref().map(|d| {
+                    let mut ds = dns.borrow_mut();
+                    ds.sets.push(d.clone());
+                    ds.sets.len() as u32 - 1
+                });
                 crules.push(CRule {
                     action: r.action,
                     audit: p.audit,
                     ports: r.ports.clone(),
                     l7,
+                    dns: dns_set,
+                    fqdn: r.to_fqdns.clone(),
                 });
                 peers.push(&r.peers);
             }
@@ -356,8 +399,13 @@ pub fn compile_for(
     region_span.sort_unstable_by_key(|x| (x.0, x.1, x.2));
     let rule_classes: Vec<Vec<u32>> = peers
         .iter()
-        .map(|ps| {
+        .enumerate()
+        .map(|(ri, ps)| {
             let mut out: Vec<u32> = Vec::new();
+            if crules[ri].fqdn.is_some() {
+                // toFQDNs peers are learned addresses, judged at run time.
+                return out;
+            }
             for peer in ps.iter() {
                 match peer {
                     Peer::Any => {
@@ -468,6 +516,7 @@ pub fn compile_for(
                             isolated_enforced: iso_enforced,
                             ports: profiles[profile],
                             http: &http,
+                            dns: &dns,
                         };
                         let spec = r.cell();
                         let id = *cell_index.entry(spec.clone()).or_insert_with(|| {
@@ -492,6 +541,56 @@ pub fn compile_for(
         by_key.insert((identity, own_profile), et);
         eps_out.push(et);
     }
+    // toFQDNs egress rules per endpoint (namespace tier, WeirPolicy only).
+    let mut fqdn_selectors: Vec<String> = Vec::new();
+    let mut fqdn_egress: Vec<(u32, Vec<FqdnRuleSpec>)> = Vec::new();
+    for (i, pod) in endpoints.iter().enumerate() {
+        let nsl = &ns_labels[&pod.namespace];
+        let mut list = Vec::new();
+        for (pi, p) in policies.iter().enumerate() {
+            if p.tier != Tier::Namespace || !p.subject.selects(&pod.namespace, nsl, &pod.labels) {
+                continue;
+            }
+            for &r in &policy_rules[pi][Direction::Egress as usize] {
+                let cr = &crules[r as usize];
+                let Some(names) = &cr.fqdn else { continue };
+                for n in names {
+                    let sel = match fqdn_selectors.iter().position(|s| s == n) {
+                        Some(k) => k,
+                        None => {
+                            fqdn_selectors.push(n.clone());
+                            fqdn_selectors.len() - 1
+                        }
+                    } as u32;
+                    let spec = |proto: u8, first: u16, last: u16| FqdnRuleSpec {
+                        selector: sel,
+                        rule: RuleId(r),
+                        proto,
+                        first,
+                        last,
+                    };
+                    match &cr.ports {
+                        None => list.push(spec(0, 0, 65535)),
+                        Some(ms) => {
+                            for m in ms {
+                                if let PortMatch::Range {
+                                    protocol,
+                                    start,
+                                    end,
+                                } = m
+                                {
+                                    list.push(spec(proto_number(*protocol), *start, *end));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !list.is_empty() {
+            fqdn_egress.push((i as u32, list));
+        }
+    }
     Ok(PolicySpec {
         generation,
         rules,
@@ -503,6 +602,9 @@ pub fn compile_for(
         tables,
         endpoints: eps_out,
         http: http.into_inner().sets,
+        dns: dns.into_inner().sets,
+        fqdn_selectors,
+        fqdn_egress,
     })
 }
 
@@ -549,6 +651,7 @@ struct Resolver<'a> {
     /// Container ports of the destination pod (named ports).
     ports: &'a [ContainerPort],
     http: &'a std::cell::RefCell<HttpSets>,
+    dns: &'a std::cell::RefCell<DnsSets>,
 }
 
 impl Resolver<'_> {
@@ -610,6 +713,8 @@ impl Resolver<'_> {
         let mut allow = None;
         // Matching L7 allows (rule, own set) while no plain allow matched.
         let mut l7_allows: Vec<(RuleId, u32)> = Vec::new();
+        // Matching DNS allows (rule, own set), likewise.
+        let mut dns_allows: Vec<(RuleId, u32)> = Vec::new();
         let mut plain_allow = None;
         let mut deny = None;
         let mut audit_deny = None;
@@ -628,9 +733,10 @@ impl Resolver<'_> {
                 }
                 RuleAction::Allow => {
                     allow.get_or_insert(RuleId(r));
-                    match cr.l7 {
-                        Some(set) => l7_allows.push((RuleId(r), set)),
-                        None => {
+                    match (cr.l7, cr.dns) {
+                        (Some(set), _) => l7_allows.push((RuleId(r), set)),
+                        (None, Some(set)) => dns_allows.push((RuleId(r), set)),
+                        (None, None) => {
                             plain_allow.get_or_insert(RuleId(r));
                         }
                     }
@@ -653,8 +759,20 @@ impl Resolver<'_> {
             // request must match one of the matching allows' HTTP rules
             // (the union of their sets; the first such rule decides).
             let d = finish_allow(plain_allow.unwrap_or(a), audit, log);
-            if plain_allow.is_some() || audit.is_some() || l7_allows.is_empty() {
+            if plain_allow.is_some() || audit.is_some() {
                 return d;
+            }
+            if l7_allows.is_empty() {
+                // Same union semantics for DNS rules (egress).
+                if dns_allows.is_empty() {
+                    return d;
+                }
+                let parts: Vec<u32> = dns_allows.iter().map(|&(_, s)| s).collect();
+                let set = self.dns.borrow_mut().union(parts);
+                return Decision {
+                    dns: Some(set),
+                    ..finish_allow(dns_allows[0].0, None, log)
+                };
             }
             let parts: Vec<u32> = l7_allows.iter().map(|&(_, s)| s).collect();
             let set = self.http.borrow_mut().union(parts);

@@ -119,6 +119,16 @@ pub struct Rule {
     /// this rule admits must match one of these (else 403 + close).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<weir_dataplane::l7::HttpRuleSetSpec>,
+    /// WeirPolicy egress Allow only: every DNS query on a flow this rule
+    /// admits must ask for a name matching one of these patterns
+    /// (`example.com`, `*.example.com`), else weir answers REFUSED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
+    /// WeirPolicy egress Allow only (`toFQDNs`): the peers are the
+    /// addresses allowed DNS answers returned for names matching one of
+    /// these patterns (`peers` is empty and matches nothing statically).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_fqdns: Option<Vec<String>>,
 }
 
 /// The pods a policy applies to.

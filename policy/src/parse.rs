@@ -174,6 +174,9 @@ struct RawNpRule {
     action: Option<String>,
     name: Option<String>,
     http: Option<Value>,
+    dns: Option<Value>,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -531,6 +534,8 @@ fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Poli
                 ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
                 name: None,
                 http: None,
+                dns: None,
+                to_fqdns: None,
             });
         }
         match dir {
@@ -652,13 +657,67 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
             } else {
                 &r.to
             };
+            let ports = np_ports(cx, &format!("{f}.ports"), &r.ports)?;
+            let dns = match &r.dns {
+                None => None,
+                Some(v) => {
+                    let g = Guard {
+                        cluster,
+                        dir,
+                        action,
+                        audit: p.audit,
+                    };
+                    Some(dns_names(cx, &format!("{f}.dns"), v, g, "DNS rules")?)
+                }
+            };
+            let to_fqdns = match &r.to_fqdns {
+                None => None,
+                Some(v) => {
+                    let tf = format!("{f}.toFQDNs");
+                    if r.to.is_some() {
+                        return Err(cx.err(
+                            &tf,
+                            "cannot be combined with `to` in one rule; use two rules",
+                        ));
+                    }
+                    if dns.is_some() {
+                        return Err(cx.err(
+                            &tf,
+                            "cannot be combined with `dns` in one rule; use two rules",
+                        ));
+                    }
+                    if let Some(i) = ports
+                        .iter()
+                        .flatten()
+                        .position(|m| matches!(m, PortMatch::Named { .. }))
+                    {
+                        return Err(cx.err(
+                            format!("{f}.ports[{i}]"),
+                            "named ports cannot be used with toFQDNs (the peer is no pod); use a number",
+                        ));
+                    }
+                    let g = Guard {
+                        cluster,
+                        dir,
+                        action,
+                        audit: false,
+                    };
+                    Some(dns_names(cx, &tf, v, g, "toFQDNs")?)
+                }
+            };
             out.push(Rule {
                 action,
                 action_text: r.action.clone().unwrap_or_default(),
-                peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, own_ns.as_deref())?,
-                ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
+                peers: if to_fqdns.is_some() {
+                    Vec::new()
+                } else {
+                    np_peers(cx, &format!("{f}.{peers_field}"), peers, own_ns.as_deref())?
+                },
+                ports,
                 name: r.name.clone(),
                 http,
+                dns,
+                to_fqdns,
             });
         }
         match dir {
@@ -673,6 +732,121 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
         ];
     }
     Ok(p)
+}
+
+/// Where a weir-only rule part is allowed: WeirPolicy, egress, Allow,
+/// enforced.
+#[derive(Clone, Copy)]
+struct Guard {
+    cluster: bool,
+    dir: Direction,
+    action: RuleAction,
+    audit: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDnsName {
+    name: Option<String>,
+    pattern: Option<String>,
+    match_name: Option<String>,
+    match_pattern: Option<String>,
+}
+
+/// `dns: [{name} | {pattern}]` or `toFQDNs: [{matchName} | {matchPattern}]`
+/// of a WeirPolicy egress Allow rule → name patterns. `*` is exactly one
+/// label (`*.example.com` matches `www.example.com`, not `example.com` nor
+/// `a.b.example.com`); `*` alone matches every name.
+fn dns_names(
+    cx: &Cx,
+    f: &str,
+    v: &Value,
+    g: Guard,
+    what: &str,
+) -> Result<Vec<String>, PolicyError> {
+    use weir_dataplane::l7::dns::NamePattern;
+    if g.cluster {
+        return Err(cx.err(
+            f,
+            format!("{what} are only supported in a WeirPolicy (namespace tier), not yet in a WeirClusterPolicy"),
+        ));
+    }
+    if g.dir != Direction::Egress {
+        return Err(cx.err(f, format!("{what} are only supported on egress rules")));
+    }
+    if g.action != RuleAction::Allow {
+        return Err(cx.err(f, format!("{what} are only allowed on an Allow rule")));
+    }
+    if g.audit {
+        return Err(cx.err(f, format!("{what} are not supported in an audit policy")));
+    }
+    let fqdn = what == "toFQDNs";
+    let (name_key, pattern_key) = if fqdn {
+        ("matchName", "matchPattern")
+    } else {
+        ("name", "pattern")
+    };
+    let raw: Vec<RawDnsName> = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." || path.is_empty() {
+            f.to_string()
+        } else if path.starts_with('[') {
+            format!("{f}{path}")
+        } else {
+            format!("{f}.{path}")
+        };
+        let msg = e.into_inner().to_string();
+        cx.err(at, msg.lines().next().unwrap_or_default().to_string())
+    })?;
+    if raw.is_empty() {
+        return Err(cx.err(
+            f,
+            format!(
+                "an empty list would match no name; list at least one {name_key} or {pattern_key}"
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let (n, p, other_n, other_p) = if fqdn {
+            (r.match_name, r.match_pattern, r.name, r.pattern)
+        } else {
+            (r.name, r.pattern, r.match_name, r.match_pattern)
+        };
+        if other_n.is_some() || other_p.is_some() {
+            return Err(cx.err(
+                format!("{f}[{i}]"),
+                format!("unknown field; expected `{name_key}` or `{pattern_key}`"),
+            ));
+        }
+        let (key, text, wild) = match (n, p) {
+            (Some(n), None) => (name_key, n, false),
+            (None, Some(p)) => (pattern_key, p, true),
+            _ => {
+                return Err(cx.err(
+                    format!("{f}[{i}]"),
+                    format!("exactly one of {name_key}, {pattern_key}"),
+                ))
+            }
+        };
+        let at = format!("{f}[{i}].{key}");
+        if !wild && text.contains('*') {
+            return Err(cx.err(
+                at,
+                format!("{text:?}: `*` is only allowed in {pattern_key}"),
+            ));
+        }
+        if NamePattern::parse(&text).is_none() || text.is_empty() {
+            let why = if wild {
+                "is not a name pattern (letters, digits, `-`, `_` in dot-separated labels; `*` only as a whole first label: `*.example.com`, or `*` alone)"
+            } else {
+                "is not a DNS name (letters, digits, `-`, `_` in dot-separated labels)"
+            };
+            return Err(cx.err(at, format!("{text:?} {why}")));
+        }
+        out.push(text.strip_suffix('.').unwrap_or(&text).to_ascii_lowercase());
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -1040,6 +1214,8 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
                 ports,
                 name: r.name.clone(),
                 http: None,
+                dns: None,
+                to_fqdns: None,
             });
         }
         match dir {
@@ -1169,6 +1345,8 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
                 ports,
                 name: r.name.clone(),
                 http: None,
+                dns: None,
+                to_fqdns: None,
             });
         }
         match dir {

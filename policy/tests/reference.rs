@@ -190,6 +190,8 @@ fn policy(r: &mut Rng, i: usize) -> Policy {
                     ports: ports(r),
                     name: None,
                     http: None,
+                    dns: None,
+                    to_fqdns: None,
                 }
             })
             .collect()

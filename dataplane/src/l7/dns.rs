@@ -318,6 +318,28 @@ impl NamePattern {
     }
 }
 
+impl NamePattern {
+    /// Whether a dotted name (`www.example.com`, a final dot ignored)
+    /// matches; the same rules as [`NamePattern::matches`]. Does not allocate.
+    pub fn matches_dotted(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if self.wildcard && self.labels.is_empty() {
+            return !name.is_empty();
+        }
+        let skip = usize::from(self.wildcard);
+        if name.split('.').count() != self.labels.len() + skip {
+            return false;
+        }
+        if self.wildcard && name.split('.').next().is_none_or(str::is_empty) {
+            return false;
+        }
+        name.split('.')
+            .skip(skip)
+            .zip(&self.labels)
+            .all(|(a, b)| a.as_bytes().eq_ignore_ascii_case(b))
+    }
+}
+
 /// Allowed names of one DNS rule: any pattern matching allows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsRuleSet {

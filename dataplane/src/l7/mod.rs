@@ -83,6 +83,9 @@ pub enum L7Reason {
     HoldTimeout,
     /// Held bytes would exceed the slot's buffer.
     HoldOverflow,
+    /// A DNS query on a flow under DNS rules asked for a name no entry
+    /// allows (UDP: answered REFUSED by weir; TCP: dropped).
+    DnsRefused,
 }
 
 impl L7Reason {
@@ -117,6 +120,7 @@ impl L7Reason {
             L7Reason::TooManySegments => "http-too-many-segments",
             L7Reason::HoldTimeout => "http-hold-timeout",
             L7Reason::HoldOverflow => "http-hold-overflow",
+            L7Reason::DnsRefused => "dns-refused",
         }
     }
 }
