@@ -51,4 +51,12 @@ if ! python3 -c 'import scapy' >/dev/null 2>&1; then
   echo "setup: pip install scapy"
   python3 -m pip install -q scapy
 fi
+# DNS rules / FQDN egress test (tests/tests/dns.rs): a real dnsmasq in a
+# pod's netns, dig as the client.
+if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; then
+  echo "setup: installing dnsmasq, dnsutils"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends dnsmasq-base dnsutils >/dev/null
+fi
 echo "setup: ok"
