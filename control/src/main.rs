@@ -355,8 +355,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             anyhow::ensure!(
-                dns.is_none(),
-                "--dns: DNS rules are not implemented yet (the policy language has no dns: rules to judge against)"
+                dns.is_none() || http.is_none(),
+                "--dns and --http: give one of them"
             );
             let request = match http {
                 None => None,
@@ -389,9 +389,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => anyhow::bail!("--protocol: {other:?} is not TCP, UDP or SCTP"),
             };
             anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
-            let e = match &request {
-                None => weir_policy::explain(&input, (fns, fname), (tns, tname), protocol, port),
-                Some(r) => weir_policy::explain::explain_http(
+            let e = match (&request, &dns) {
+                (None, Some(name)) => weir_policy::explain::explain_dns(
+                    &input,
+                    (fns, fname),
+                    (tns, tname),
+                    protocol,
+                    port,
+                    name,
+                ),
+                (None, None) => {
+                    weir_policy::explain(&input, (fns, fname), (tns, tname), protocol, port)
+                }
+                (Some(r), _) => weir_policy::explain::explain_http(
                     &input,
                     (fns, fname),
                     (tns, tname),

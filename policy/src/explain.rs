@@ -37,6 +37,82 @@ pub struct Explanation {
     /// ([`Decision::l7`]), or when a request was given to judge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpExplanation>,
+    /// Present when a DNS query name was given to judge (`--dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsExplanation>,
+}
+
+/// The verdict on one DNS query on the flow (egress DNS rules of the source).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsExplanation {
+    pub name: String,
+    /// The flow's DNS rule set, if its egress decision carries one.
+    pub set: Option<u32>,
+    /// Whether the query reaches the server (`false`: weir answers REFUSED).
+    pub allowed: bool,
+    pub text: String,
+}
+
+/// [`explain`], then judges a DNS query for `name` on the flow the way the
+/// worker does: the query is built as a real DNS message, parsed by
+/// [`weir_dataplane::l7::dns::parse_query`] and matched by the flow's
+/// compiled [`weir_dataplane::l7::dns::DnsRuleSet::allows`].
+pub fn explain_dns(
+    input: &PolicyInput,
+    from: (&str, &str),
+    to: (&str, &str),
+    protocol: Protocol,
+    port: u16,
+    name: &str,
+) -> Result<Explanation, PolicyError> {
+    let mut e = explain_flow(input, from, to, protocol, port, None)?;
+    let src = find(input, from)?;
+    let dst = find(input, to)?;
+    let spec = compile_for(input, 0, &[src, dst])?;
+    let compiled = CompiledPolicy::build(spec)?;
+    let set = e.egress.decision.dns;
+    let query = dns_query(name)
+        .ok_or_else(|| PolicyError::Input(format!("--dns: {name:?} is not a valid DNS name")))?;
+    let (allowed, text) = match (e.allowed, set.and_then(|i| compiled.dns_set(i))) {
+        (false, _) => (false, "not judged: the flow itself is denied".to_string()),
+        (true, None) => (
+            true,
+            "no DNS rules on this flow: every query passes".to_string(),
+        ),
+        (true, Some(rules)) => match weir_dataplane::l7::dns::parse_query(&query) {
+            Ok(q) if rules.allows(&q.qname) => (
+                true,
+                format!("query {name}: ALLOWED by DNS rule set {}", set.unwrap_or(0)),
+            ),
+            Ok(_) => (
+                false,
+                format!("query {name}: DENIED: no DNS rule matches; weir answers REFUSED"),
+            ),
+            Err(err) => (false, format!("query {name}: DENIED: malformed ({err:?})")),
+        },
+    };
+    e.dns = Some(DnsExplanation {
+        name: name.to_string(),
+        set,
+        allowed,
+        text,
+    });
+    Ok(e)
+}
+
+/// A standard query (RD, one question, type A, class IN) for `name`.
+fn dns_query(name: &str) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return None;
+        }
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    Some(m)
 }
 
 impl std::fmt::Display for Explanation {
@@ -54,6 +130,9 @@ impl std::fmt::Display for Explanation {
         write!(f, "  ingress of {}: {}", self.to, self.ingress.text)?;
         if let Some(h) = &self.http {
             write!(f, "\n{h}")?;
+        }
+        if let Some(d) = &self.dns {
+            write!(f, "\n  DNS: {}", d.text)?;
         }
         Ok(())
     }
@@ -152,6 +231,7 @@ fn explain_flow(
         request.map(|r| (r, SocketAddr::new(da, port))),
     );
     Ok(Explanation {
+        dns: None,
         allowed: j.allowed,
         from: format!("{}/{}", from.0, from.1),
         to: format!("{}/{}", to.0, to.1),

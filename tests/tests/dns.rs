@@ -133,6 +133,26 @@ fn dns_rules_refuse_and_fqdn_egress_follows_answers() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // explain --dns judges names with the workers' own parser and rule set.
+    for (name, want) in [("www.allowed.example", true), ("blocked.example", false)] {
+        let e = c.weir_json(&[
+            "explain",
+            "--from",
+            "demo/client",
+            "--to",
+            "demo/dns",
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+            "--dns",
+            name,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(e["dns"]["allowed"], want, "explain --dns {name}: {e}");
+    }
+
     // Not learned yet: the web pod is not reachable.
     assert_eq!(connect(&c, &web_ip), "", "web reachable before any answer");
 
