@@ -89,6 +89,15 @@ enum Cmd {
         /// Override the UDP window (milliseconds).
         #[arg(long)]
         window_ms: Option<u64>,
+        /// Rounds of the rule-scaling sweep, interleaved (default: full 3, short 1).
+        #[arg(long)]
+        scale_reps: Option<usize>,
+        /// Rounds of issue #5's wrk comparison, interleaved (default: full 3, short 1).
+        #[arg(long)]
+        issue5_reps: Option<usize>,
+        /// Run (or skip) the inter-node scenarios (default: full yes, short no).
+        #[arg(long)]
+        inter_node: Option<bool>,
     },
 }
 
@@ -154,6 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_haproxy,
             conntrack_bench,
             window_ms,
+            scale_reps,
+            issue5_reps,
+            inter_node,
         } => {
             let mut o = weir_perf::paper::PaperOptions::new(short);
             o.out = out;
@@ -170,6 +182,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(ms) = window_ms {
                 o.window = Duration::from_millis(ms);
+            }
+            if let Some(n) = scale_reps {
+                o.scale_reps = n;
+            }
+            if let Some(n) = issue5_reps {
+                o.issue5_reps = n;
+            }
+            if let Some(b) = inter_node {
+                o.inter_node = b;
             }
             o.weir = if kernel_only {
                 None

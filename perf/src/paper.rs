@@ -10,7 +10,18 @@
 //! - `ovs-afxdp+ct`: Open vSwitch userspace datapath, AF_XDP ports on the
 //!   node-side veths, OpenFlow13 conntrack flows equivalent to the policy;
 //! - `weir-<mode>`: no policy; `weir-<mode>+L3L4`: a NetworkPolicy applied
-//!   with `weir apply -f`; `weir L7`: n/a (not implemented).
+//!   with `weir apply -f`; `weir-<mode>+L7`: a WeirPolicy with `http:`
+//!   rules on TCP 80 (GET /public only; weir answers 403 otherwise), checked
+//!   before it is measured.
+//!
+//! Issue #5's table: wrk through weir with no policy, L3/L4 and L7,
+//! interleaved and repeated (the policy swapped between rounds on the same
+//! cluster), next to kernel+nft and kernel+haproxy.
+//!
+//! Inter-node (Fig. 5 b/d): a second topology, app1 on n2 and app2/app3 on
+//! n1, as a pure kernel overlay (both nodes `weir.dev/dataplane: kernel`,
+//! the kernel's vxlan device) and through weir with `--encap vxlan` and
+//! `--encap geneve`; app2 → app3 is intra-node, app2 → app1 inter-node.
 //!
 //! Workloads: 64-byte UDP pps (+ cores consumed, /proc/stat), TCP bulk
 //! (iperf3), TCP RR (HDR histogram), HTTP keep-alive (wrk against the
@@ -75,6 +86,81 @@ const RR_PORT: u16 = 9001;
 const CONN_PORT: u16 = 9002;
 const HTTP_PORT: u16 = 80;
 const HAPROXY_PORT: u16 = 15080;
+/// iperf3's default port.
+const IPERF_PORT: u16 = 5201;
+
+/// The two-node topology of the inter-node scenarios: app1 on n2, app2 and
+/// app3 on n1. `{ann}` is replaced by the nodes' annotations.
+const MANIFESTS_2N: &str = r#"apiVersion: v1
+kind: Node
+metadata: {name: n1{ann}}
+spec: {podCIDRs: ["10.253.0.0/24"]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2{ann}}
+spec: {podCIDRs: ["10.253.1.0/24"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: paper}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app1, namespace: paper, labels: {id: app1}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app2, namespace: paper, labels: {id: app2}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app3, namespace: paper, labels: {id: app3}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 81, protocol: TCP}]}]}
+"#;
+
+/// The two-node manifests; `kernel`: both nodes annotated
+/// `weir.dev/dataplane: kernel` (no weir dataplane at all).
+pub fn manifests_2n(kernel: bool) -> String {
+    MANIFESTS_2N.replace(
+        "{ann}",
+        if kernel {
+            ", annotations: {weir.dev/dataplane: kernel}"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The L7 policy (issue #5, the paper's scenario): to id=app1, from
+/// id=app2, TCP 80 with `http: GET /public…` (weir answers 403 to anything
+/// else), plus plain L3/L4 allows from id=app2 for the harness's non-HTTP
+/// tools (UDP 9000, TCP 9001/9002/5201) so RR/UDP/bulk run under the same
+/// policy. app3 is refused everywhere (implicit deny).
+pub fn l7_policy() -> String {
+    let from = serde_json::json!([{"podSelector": {"matchLabels": {"id": "app2"}}}]);
+    serde_json::json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "WeirPolicy",
+        "metadata": {"name": "app1-l7", "namespace": "paper"},
+        "spec": {
+            "podSelector": {"matchLabels": {"id": "app1"}},
+            "ingress": [
+                {"action": "Allow", "from": from,
+                 "ports": [{"protocol": "TCP", "port": HTTP_PORT}],
+                 "http": [{"method": "GET", "path": {"prefix": "/public"}}]},
+                {"action": "Allow", "from": from,
+                 "ports": [{"protocol": "UDP", "port": UDP_PORT},
+                           {"protocol": "TCP", "port": RR_PORT},
+                           {"protocol": "TCP", "port": CONN_PORT},
+                           {"protocol": "TCP", "port": IPERF_PORT}]}
+            ]
+        }
+    })
+    .to_string()
+}
 
 /// The L3/L4 policy, with `extra` non-matching ipBlock rules before the
 /// allowing one (JSON: weir reads it as YAML's subset).
@@ -114,6 +200,12 @@ pub struct PaperOptions {
     pub ovs: bool,
     pub haproxy: bool,
     pub conntrack_bench: bool,
+    /// Rounds of the rule-scaling sweep (interleaved: 10, 100, …, 10, 100, …).
+    pub scale_reps: usize,
+    /// Rounds of issue #5's wrk comparison (none, L3/L4, L7 interleaved).
+    pub issue5_reps: usize,
+    /// Run the inter-node scenarios (three more clusters).
+    pub inter_node: bool,
 }
 
 impl PaperOptions {
@@ -139,6 +231,9 @@ impl PaperOptions {
             ovs: true,
             haproxy: true,
             conntrack_bench: !short,
+            scale_reps: if short { 1 } else { 3 },
+            issue5_reps: if short { 1 } else { 3 },
+            inter_node: !short,
         }
     }
 }
@@ -160,7 +255,6 @@ pub struct Row {
     /// L7 checks: status of GET /public/x and GET /private from app2.
     pub l7_public: Option<u16>,
     pub l7_private: Option<u16>,
-    pub not_implemented: bool,
     pub errors: Vec<String>,
 }
 
@@ -168,11 +262,35 @@ pub struct Row {
 pub struct ScalePoint {
     pub peer: String,
     pub rules: usize,
+    /// Round (0-based) of the interleaved sweep.
+    pub rep: usize,
+    /// Both cores over the connection-rate window.
+    pub conn_cpu: Option<CpuUse>,
     /// Seconds to install the rules (nft -f / weir apply, until in force).
     pub install_s: f64,
     pub conn: Option<ConnResult>,
     pub udp_pps: Option<f64>,
     pub errors: Vec<String>,
+}
+
+/// One wrk round of issue #5's comparison.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Issue5Sample {
+    /// `none`, `L3L4` or `L7`.
+    pub policy: String,
+    pub rep: usize,
+    pub http: Option<HttpResult>,
+    pub error: Option<String>,
+}
+
+/// One path of the inter-node scenarios.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InterRow {
+    /// `kernel-vxlan`, `weir-<mode>-vxlan`, `weir-<mode>-geneve`.
+    pub dataplane: String,
+    /// `intra` (app2 → app3, both on n1) or `inter` (app2 → app1 on n2).
+    pub path: String,
+    pub row: Row,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -195,6 +313,8 @@ pub struct PaperReport {
     pub window_s: f64,
     pub rows: Vec<Row>,
     pub scaling: Vec<ScalePoint>,
+    pub issue5: Vec<Issue5Sample>,
+    pub inter_node: Vec<InterRow>,
     pub xdp_drop: Option<XdpDrop>,
     pub conntrack_bench: Option<String>,
     pub clusters: Vec<String>,
@@ -260,13 +380,27 @@ impl PaperOptions {
 
 /// Runs the workloads of `w` from app2 to app1.
 fn measure(o: &PaperOptions, name: &str, measures: &str, p: &Pods, w: Work) -> anyhow::Result<Row> {
+    measure_to(o, name, measures, p.app2, p.app1, Some(p.app3), w)
+}
+
+/// Runs the workloads of `w` from `src` to `dst` (`w.policy`: `app3` must
+/// be refused).
+fn measure_to(
+    o: &PaperOptions,
+    name: &str,
+    measures: &str,
+    src: &RealizedPod,
+    dstp: &RealizedPod,
+    app3: Option<&RealizedPod>,
+    w: Work,
+) -> anyhow::Result<Row> {
     let mut row = Row {
         name: name.into(),
         measures: measures.into(),
         ..Default::default()
     };
-    let dst = v4(p.app1)?;
-    let (src_ns, dst_ns) = (p.app2.netns.as_str(), p.app1.netns.as_str());
+    let dst = v4(dstp)?;
+    let (src_ns, dst_ns) = (src.netns.as_str(), dstp.netns.as_str());
     if w.rr {
         stop::check()?;
         let rp = RrParams {
@@ -317,9 +451,9 @@ fn measure(o: &PaperOptions, name: &str, measures: &str, p: &Pods, w: Work) -> a
             Err(e) => row.errors.push(format!("udp: {}", err(e))),
         }
     }
-    if w.policy {
+    if let (true, Some(a3)) = (w.policy, app3) {
         row.app3_blocked = Some(!rr::reachable(
-            &p.app3.netns,
+            &a3.netns,
             dst_ns,
             SocketAddr::from((dst, RR_PORT)),
         ));
@@ -328,21 +462,32 @@ fn measure(o: &PaperOptions, name: &str, measures: &str, p: &Pods, w: Work) -> a
 }
 
 /// One scaling point: new connections/s and UDP pps app2 → app1.
-fn scale_point(o: &PaperOptions, p: &Pods, peer: &str, rules: usize, install_s: f64) -> ScalePoint {
+fn scale_point(
+    o: &PaperOptions,
+    p: &Pods,
+    peer: &str,
+    rules: usize,
+    rep: usize,
+    install_s: f64,
+) -> ScalePoint {
     let mut sp = ScalePoint {
         peer: peer.into(),
         rules,
+        rep,
         install_s,
         ..Default::default()
     };
     let Ok(dst) = v4(p.app1) else { return sp };
-    match connrate::run(
+    let c0 = CpuSnap::now();
+    let cr = connrate::run(
         &p.app2.netns,
         &p.app1.netns,
         SocketAddr::from((dst, CONN_PORT)),
         o.scale_window,
         o.load_core,
-    ) {
+    );
+    sp.conn_cpu = Some(CpuSnap::now().since(&c0));
+    match cr {
         Ok(c) => sp.conn = Some(c),
         Err(e) => sp.errors.push(format!("connrate: {}", err(e))),
     }
@@ -390,8 +535,8 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         window_s: o.window.as_secs_f64(),
         ..Default::default()
     };
-    let nrules = o.rules.len() as u64;
-    let pb = ProgressBar::new(12 + 2 * nrules);
+    let nrules = (o.rules.len() * o.scale_reps.max(1)) as u64;
+    let pb = ProgressBar::new(16 + 2 * nrules);
     pb.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
@@ -433,22 +578,27 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
                 &p,
                 w,
             )?);
-            for &n in &o.rules {
-                step(&format!("kernel+nft: {n} rules"));
-                let t = Instant::now();
-                let r = Nft::load(
-                    &node,
-                    &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, n, None),
-                );
-                let secs = t.elapsed().as_secs_f64();
-                match r {
-                    Ok(_g) => rep.scaling.push(scale_point(o, &p, "nftables", n, secs)),
-                    Err(e) => rep.scaling.push(ScalePoint {
-                        peer: "nftables".into(),
-                        rules: n,
-                        errors: vec![err(e)],
-                        ..Default::default()
-                    }),
+            for round in 0..o.scale_reps.max(1) {
+                for &n in &o.rules {
+                    step(&format!("kernel+nft: {n} rules (round {})", round + 1));
+                    let t = Instant::now();
+                    let r = Nft::load(
+                        &node,
+                        &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, n, None),
+                    );
+                    let secs = t.elapsed().as_secs_f64();
+                    match r {
+                        Ok(_g) => rep
+                            .scaling
+                            .push(scale_point(o, &p, "nftables", n, round, secs)),
+                        Err(e) => rep.scaling.push(ScalePoint {
+                            peer: "nftables".into(),
+                            rules: n,
+                            rep: round,
+                            errors: vec![err(e)],
+                            ..Default::default()
+                        }),
+                    }
                 }
             }
         }
@@ -588,8 +738,11 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         }
         step("weir: L3/L4 policy");
         let pol = o.out.join("paper-policy.json");
+        let pol7 = o.out.join("paper-l7-policy.json");
         std::fs::write(&pol, l3l4_policy(0))?;
-        apply(&w, &pol)?;
+        std::fs::write(&pol7, l7_policy())?;
+        let mut cur = Pol::None;
+        switch(&w, &mut cur, Pol::L3L4, &pol, &pol7)?;
         let wk = Work {
             policy: true,
             ..ALL
@@ -601,27 +754,64 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
             &p,
             wk,
         )?);
-        rep.rows.push(Row {
-            name: format!("weir-{}+L7", o.mode),
-            measures: "weir's L7 (http rules) is not implemented: n/a".into(),
-            not_implemented: true,
-            ..Default::default()
-        });
-        for &n in &o.rules {
-            step(&format!("weir: {n} rules"));
-            std::fs::write(&pol, l3l4_policy(n))?;
-            let t = Instant::now();
-            match apply(&w, &pol) {
-                Ok(()) => {
-                    rep.scaling
-                        .push(scale_point(o, &p, "weir", n, t.elapsed().as_secs_f64()))
-                }
-                Err(e) => rep.scaling.push(ScalePoint {
-                    peer: "weir".into(),
-                    rules: n,
-                    errors: vec![err(e)],
+        step("weir: L7 policy");
+        rep.rows
+            .push(weir_l7_row(o, &w, &p, &mut cur, &pol, &pol7)?);
+        step("weir: issue #5 (wrk: none, L3/L4, L7)");
+        let dst = v4(p.app1)?;
+        for round in 0..o.issue5_reps.max(1) {
+            for (label, to) in [("none", Pol::None), ("L3L4", Pol::L3L4), ("L7", Pol::L7)] {
+                stop::check()?;
+                let mut smp = Issue5Sample {
+                    policy: label.into(),
+                    rep: round,
                     ..Default::default()
-                }),
+                };
+                let r = (|| -> anyhow::Result<HttpResult> {
+                    switch(&w, &mut cur, to, &pol, &pol7)?;
+                    let _srv = HttpServer::start(
+                        &p.app1.netns,
+                        SocketAddr::from((dst, HTTP_PORT)),
+                        o.load_core,
+                    )?;
+                    tools::wrk(
+                        &p.app2.netns,
+                        &format!("http://{dst}/public/x"),
+                        o.http_secs,
+                        8,
+                        o.load_core,
+                    )
+                })();
+                match r {
+                    Ok(h) => smp.http = Some(h),
+                    Err(e) => smp.error = Some(err(e)),
+                }
+                rep.issue5.push(smp);
+            }
+        }
+        switch(&w, &mut cur, Pol::None, &pol, &pol7)?;
+        for round in 0..o.scale_reps.max(1) {
+            for &n in &o.rules {
+                step(&format!("weir: {n} rules (round {})", round + 1));
+                std::fs::write(&pol, l3l4_policy(n))?;
+                let t = Instant::now();
+                match apply(&w, &pol) {
+                    Ok(()) => rep.scaling.push(scale_point(
+                        o,
+                        &p,
+                        "weir",
+                        n,
+                        round,
+                        t.elapsed().as_secs_f64(),
+                    )),
+                    Err(e) => rep.scaling.push(ScalePoint {
+                        peer: "weir".into(),
+                        rules: n,
+                        rep: round,
+                        errors: vec![err(e)],
+                        ..Default::default()
+                    }),
+                }
             }
         }
         step("XDP_DROP reference");
@@ -632,6 +822,16 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         drop(w);
     } else {
         rep.errors.push("weir not measured (--kernel-only)".into());
+    }
+
+    if let (true, Some(bin)) = (o.inter_node, o.weir.as_deref()) {
+        inter_node(o, bin, &mut rep)?;
+    } else if o.inter_node {
+        rep.errors
+            .push("inter-node: weir not measured (--kernel-only)".into());
+    } else {
+        rep.errors
+            .push("inter-node skipped (short mode default; --inter-node true runs it)".into());
     }
 
     step("conntrack_bench");
@@ -648,17 +848,161 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
 }
 
 fn apply(w: &WeirCluster, file: &Path) -> anyhow::Result<()> {
+    weir_cmd(w, "apply", file)
+}
+
+/// `weir apply|delete -f FILE`.
+fn weir_cmd(w: &WeirCluster, verb: &str, file: &Path) -> anyhow::Result<()> {
     let out = Command::new(&w.bin)
-        .args(["--cluster", &w.name, "apply", "-f"])
+        .args(["--cluster", &w.name, verb, "-f"])
         .arg(file)
         .stdin(Stdio::null())
         .output()
-        .context("run weir apply")?;
+        .with_context(|| format!("run weir {verb}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "weir apply: {}",
+        "weir {verb} -f {}: {}",
+        file.display(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    Ok(())
+}
+
+/// Which policy is loaded on the weir cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pol {
+    None,
+    L3L4,
+    L7,
+}
+
+/// Deletes the loaded policy and applies `to` (`l3l4`/`l7`: their files).
+/// The two are never loaded together: a plain allow next to the L7 rule
+/// would admit port 80 unrestricted (namespace-tier union).
+fn switch(w: &WeirCluster, cur: &mut Pol, to: Pol, l3l4: &Path, l7: &Path) -> anyhow::Result<()> {
+    if *cur == to {
+        return Ok(());
+    }
+    let file = |p: Pol| if p == Pol::L3L4 { l3l4 } else { l7 };
+    if *cur != Pol::None {
+        weir_cmd(w, "delete", file(*cur))?;
+        *cur = Pol::None;
+    }
+    if to != Pol::None {
+        weir_cmd(w, "apply", file(to))?;
+        *cur = to;
+    }
+    Ok(())
+}
+
+/// weir with the L7 WeirPolicy: checked first (GET /public/x → 200 from the
+/// server, GET /private → 403 from weir — the server answers 404 to it —,
+/// app3 refused on HTTP and RR), then every workload.
+fn weir_l7_row(
+    o: &PaperOptions,
+    w: &WeirCluster,
+    p: &Pods,
+    cur: &mut Pol,
+    l3l4: &Path,
+    l7: &Path,
+) -> anyhow::Result<Row> {
+    let name = format!("weir-{}+L7", o.mode);
+    switch(w, cur, Pol::L7, l3l4, l7)?;
+    let dst = v4(p.app1)?;
+    let a = SocketAddr::from((dst, HTTP_PORT));
+    let (public, private, app3) = {
+        let _srv = HttpServer::start(&p.app1.netns, a, o.load_core)?;
+        (
+            http::status_of(&p.app2.netns, a, "GET", "/public/x"),
+            http::status_of(&p.app2.netns, a, "GET", "/private"),
+            http::status_of(&p.app3.netns, a, "GET", "/public/x"),
+        )
+    };
+    let checks_ok = public == 200 && private == 403 && app3 == 0;
+    let mut row = if checks_ok {
+        let wk = Work {
+            policy: true,
+            ..ALL
+        };
+        measure(
+            o,
+            &name,
+            "weir, WeirPolicy id=app2 → id=app1: TCP 80 with http: GET prefix /public (403 from weir otherwise), UDP 9000 / TCP 9001, 9002, 5201 plain allows (weir apply -f)",
+            p,
+            wk,
+        )?
+    } else {
+        Row {
+            name,
+            measures: "weir, WeirPolicy with http: rules (not measured: checks failed)".into(),
+            ..Default::default()
+        }
+    };
+    row.l7_public = Some(public);
+    row.l7_private = Some(private);
+    row.app3_blocked = Some(row.app3_blocked.unwrap_or(true) && app3 == 0);
+    if !checks_ok {
+        row.errors.push(format!(
+            "L7 checks failed: GET /public/x → {public} (want 200), GET /private → {private} (want 403 from weir), app3 GET → {app3} (want refused = 0)"
+        ));
+    }
+    Ok(row)
+}
+
+/// Inter-node scenarios: three clusters on the two-node topology, each
+/// measured intra-node (app2 → app3) and inter-node (app2 → app1).
+fn inter_node(o: &PaperOptions, bin: &Path, rep: &mut PaperReport) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let wk = Work {
+        udp: true,
+        rr: true,
+        bulk: false,
+        http: true,
+        policy: false,
+    };
+    let cfgs: [(&str, &str, bool, &[&str]); 3] = [
+        ("kernel-vxlan", "i", true, &[]),
+        ("vxlan", "v", false, &["--encap", "vxlan"]),
+        ("geneve", "g", false, &["--encap", "geneve"]),
+    ];
+    for (label, suffix, kernel, extra) in cfgs {
+        stop::check()?;
+        let dp = if kernel {
+            label.to_string()
+        } else {
+            format!("weir-{}-{label}", o.mode)
+        };
+        let name = format!("pp{pid}{suffix}");
+        rep.clusters.push(name.clone());
+        let file = o.out.join(format!("paper-2n-{label}.yaml"));
+        std::fs::write(&file, manifests_2n(kernel))?;
+        let r = (|| -> anyhow::Result<Vec<InterRow>> {
+            let w = WeirCluster::up_with(
+                bin,
+                &name,
+                &file,
+                &o.worker_core.to_string(),
+                &o.mode,
+                extra,
+            )?;
+            let p = pods(&w.cluster)?;
+            let mut v = Vec::new();
+            for (path, dst) in [("intra", p.app3), ("inter", p.app1)] {
+                let row = measure_to(o, &format!("{dp} {path}"), "", p.app2, dst, None, wk)?;
+                v.push(InterRow {
+                    dataplane: dp.clone(),
+                    path: path.into(),
+                    row,
+                });
+            }
+            drop(w);
+            Ok(v)
+        })();
+        match r {
+            Ok(v) => rep.inter_node.extend(v),
+            Err(e) => rep.errors.push(format!("inter-node {dp}: {}", err(e))),
+        }
+    }
     Ok(())
 }
 
@@ -850,7 +1194,206 @@ const METRICS: [(&str, Getter, bool); 8] = [
     ("HTTP p99", Row::hp99, false),
 ];
 
+/// (min, median, max) of the values; None when there are none.
+fn stats(v: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((v[0], med, v[n - 1]))
+}
+
+/// "min / median / max" (or just the value when they are all equal).
+fn mmm(x: Option<(f64, f64, f64)>) -> String {
+    match x {
+        None => "—".into(),
+        Some((a, m, b)) if a == b => format!("{m:.0}"),
+        Some((a, m, b)) => format!("{a:.0} / **{m:.0}** / {b:.0}"),
+    }
+}
+
 impl PaperReport {
+    /// Issue #5's closing table: wrk through weir with no policy, L3/L4 and
+    /// L7 (medians of the interleaved rounds), and through the kernel with
+    /// nftables and haproxy (their rows).
+    fn issue5_md(&self, s: &mut String) {
+        if self.issue5.is_empty() {
+            return;
+        }
+        let m = &self.weir_poll;
+        let reps = self.issue5.iter().map(|x| x.rep + 1).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "\n## Issue #5: HTTP keep-alive through weir with no policy, L3/L4, L7\n\nwrk, 1 thread, 8 connections, GET /public/x, same weir cluster, the policy swapped between rounds (none → L3/L4 → L7, {reps} round(s), interleaved); weir cells: median [min–max] over the rounds. Kernel rows: one round each, same run (their own cluster).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| path | policy | req/s | p50 µs | p99 µs | req/s ÷ weir L3/L4 | p50 ÷ weir L3/L4 | p99 ÷ weir L3/L4 | non-2xx/socket errors |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let get = |pol: &str, f: fn(&HttpResult) -> f64| {
+            stats(
+                self.issue5
+                    .iter()
+                    .filter(|x| x.policy == pol)
+                    .filter_map(|x| x.http.as_ref().map(f)),
+            )
+        };
+        let rps = |h: &HttpResult| h.requests_per_s;
+        let p50 = |h: &HttpResult| h.p50_us;
+        let p99 = |h: &HttpResult| h.p99_us;
+        let errs = |h: &HttpResult| h.errors as f64;
+        let base = (
+            get("L3L4", rps).map(|x| x.1),
+            get("L3L4", p50).map(|x| x.1),
+            get("L3L4", p99).map(|x| x.1),
+        );
+        let cell = |x: Option<(f64, f64, f64)>| match x {
+            None => "—".to_string(),
+            Some((a, m, b)) if a == b => format!("{m:.0}"),
+            Some((a, m, b)) => format!("{m:.0} [{a:.0}–{b:.0}]"),
+        };
+        for (pol, label) in [
+            ("none", "(a) none"),
+            ("L3L4", "(b) L3/L4"),
+            ("L7", "(c) L7 http rules"),
+        ] {
+            let (r, a, b) = (get(pol, rps), get(pol, p50), get(pol, p99));
+            let e = get(pol, errs).map(|x| x.2);
+            let _ = writeln!(
+                s,
+                "| weir-{m} | {label} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(r),
+                cell(a),
+                cell(b),
+                f2(ratio(r.map(|x| x.1), base.0)),
+                f2(ratio(a.map(|x| x.1), base.1)),
+                f2(ratio(b.map(|x| x.1), base.2)),
+                f0(e)
+            );
+        }
+        for (name, label) in [
+            ("kernel+nft", "(b) nftables"),
+            ("kernel+haproxy-L7", "(c) haproxy L7"),
+        ] {
+            let r = self.row(name);
+            let h = r.and_then(|r| r.http.as_ref());
+            let _ = writeln!(
+                s,
+                "| kernel | {label} | {} | {} | {} | {} | {} | {} | {} |",
+                f0(h.map(|h| h.requests_per_s)),
+                f0(h.map(|h| h.p50_us)),
+                f0(h.map(|h| h.p99_us)),
+                f2(ratio(h.map(|h| h.requests_per_s), base.0)),
+                f2(ratio(h.map(|h| h.p50_us), base.1)),
+                f2(ratio(h.map(|h| h.p99_us), base.2)),
+                f0(h.map(|h| h.errors as f64))
+            );
+        }
+        let (l7, l34) = (get("L7", rps).map(|x| x.1), base.0);
+        if let (Some(a), Some(b)) = (l7, l34) {
+            let _ = writeln!(
+                s,
+                "\nweir L7 ÷ weir L3/L4 (medians): req/s {:.2}, p50 {}, p99 {} (goal: req/s ≥ 0.90, latencies ≤ 1.10).",
+                a / b,
+                f2(ratio(get("L7", p50).map(|x| x.1), base.1)),
+                f2(ratio(get("L7", p99).map(|x| x.1), base.2))
+            );
+        }
+        for x in &self.issue5 {
+            if let Some(e) = &x.error {
+                let _ = writeln!(s, "\n- {} round {}: {e}", x.policy, x.rep + 1);
+            }
+        }
+    }
+
+    /// Inter-node vs intra-node, per dataplane.
+    fn inter_md(&self, s: &mut String) {
+        if self.inter_node.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Inter-node vs intra-node (Fig. 5 b/d)\n\nTwo nodes: app2 and app3 on n1, app1 on n2. intra = app2 → app3, inter = app2 → app1 across the underlay bridge. `kernel-vxlan`: both nodes annotated `weir.dev/dataplane: kernel` (kernel routing + the kernel's vxlan0, no weir); `weir-*`: `weir up --encap vxlan|geneve`, both nodes' workers on the worker core. No policy. One round each.\n"
+        );
+        let _ = writeln!(s, "| dataplane | path | UDP 64B rx pps | offered pps | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for x in &self.inter_node {
+            let r = &x.row;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                x.dataplane,
+                x.path,
+                f0(r.pps()),
+                f0(r.udp.as_ref().map(|u| u.offered_pps)),
+                f0(r.p50()),
+                f0(r.p99()),
+                f0(r.rps()),
+                f0(r.hp50()),
+                f0(r.hp99())
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nRatios (above 1 better for pps and req/s, below 1 better for latencies):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| dataplane | ratio | UDP pps | RR p50 | RR p99 | HTTP req/s | HTTP p50 | HTTP p99 |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let find = |dp: &str, path: &str| {
+            self.inter_node
+                .iter()
+                .find(|x| x.dataplane == dp && x.path == path)
+                .map(|x| &x.row)
+        };
+        let mut dps: Vec<&str> = self
+            .inter_node
+            .iter()
+            .map(|x| x.dataplane.as_str())
+            .collect();
+        dps.dedup();
+        let line = |s: &mut String, dp: &str, what: &str, a: Option<&Row>, b: Option<&Row>| {
+            let _ = write!(s, "| {dp} | {what} |");
+            for g in [
+                Row::pps as Getter,
+                Row::p50,
+                Row::p99,
+                Row::rps,
+                Row::hp50,
+                Row::hp99,
+            ] {
+                let v = match (a, b) {
+                    (Some(a), Some(b)) => ratio(g(a), g(b)),
+                    _ => None,
+                };
+                let _ = write!(s, " {} |", f2(v));
+            }
+            let _ = writeln!(s);
+        };
+        for dp in &dps {
+            line(s, dp, "inter ÷ intra", find(dp, "inter"), find(dp, "intra"));
+        }
+        for dp in dps.iter().filter(|d| d.starts_with("weir")) {
+            line(
+                s,
+                dp,
+                "inter ÷ kernel-vxlan inter",
+                find(dp, "inter"),
+                find("kernel-vxlan", "inter"),
+            );
+        }
+    }
+
     fn row(&self, name: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.name == name)
     }
@@ -863,6 +1406,7 @@ impl PaperReport {
             v.push((format!("weir-{m}+L3L4"), peer.to_string()));
         }
         v.push((format!("weir-{m}+L7"), "kernel+haproxy-L7".into()));
+        v.push((format!("weir-{m}+L7"), format!("weir-{m}+L3L4")));
         v
     }
 
@@ -890,7 +1434,6 @@ impl PaperReport {
             let (wr, pr) = (self.row(&w), self.row(&p));
             for m in METRICS {
                 let cell = match (wr, pr) {
-                    (Some(a), _) if a.not_implemented => "n/a (not implemented)".to_string(),
                     (Some(a), Some(b)) => f2(ratio((m.1)(a), (m.1)(b))),
                     _ => "—".into(),
                 };
@@ -902,10 +1445,6 @@ impl PaperReport {
         let _ = writeln!(s, "| configuration | UDP 64B rx pps | offered pps | cores used | pps/core | TCP bulk Gb/s | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs | app3→app1 refused |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.rows {
-            if r.not_implemented {
-                let _ = writeln!(s, "| {} | n/a (not implemented) |||||||||||", r.name);
-                continue;
-            }
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -946,34 +1485,71 @@ impl PaperReport {
             s,
             "\n## Cost as policy rules grow (N non-matching rules before the allowing one)\n"
         );
-        let _ = writeln!(s, "| rules | nft connects/s | weir connects/s | weir ÷ nft | nft pps | weir pps | nft install s | weir apply s |");
+        let reps = self.scaling.iter().map(|p| p.rep + 1).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "{reps} round(s), interleaved (every rule count once per round); connects/s as min / median / max over the rounds; pps and install time: medians.\n"
+        );
+        let _ = writeln!(s, "| rules | nft connects/s | weir connects/s | weir ÷ nft (medians) | nft pps | weir pps | nft install s | weir apply s |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         let mut ns: Vec<usize> = self.scaling.iter().map(|p| p.rules).collect();
         ns.sort();
         ns.dedup();
         for n in ns {
-            let g = |peer: &str| self.scaling.iter().find(|p| p.peer == peer && p.rules == n);
-            let (a, b) = (g("nftables"), g("weir"));
-            let c = |p: Option<&ScalePoint>| p.and_then(|p| p.conn.as_ref().map(|c| c.per_s));
-            let u = |p: Option<&ScalePoint>| p.and_then(|p| p.udp_pps);
-            let i = |p: Option<&ScalePoint>| p.map(|p| p.install_s);
+            let pts = |peer: &str| -> Vec<&ScalePoint> {
+                self.scaling
+                    .iter()
+                    .filter(|p| p.peer == peer && p.rules == n)
+                    .collect()
+            };
+            let (a, b) = (pts("nftables"), pts("weir"));
+            let c = |v: &[&ScalePoint]| {
+                stats(v.iter().filter_map(|p| p.conn.as_ref().map(|c| c.per_s)))
+            };
+            let u = |v: &[&ScalePoint]| stats(v.iter().filter_map(|p| p.udp_pps)).map(|x| x.1);
+            let i = |v: &[&ScalePoint]| stats(v.iter().map(|p| p.install_s)).map(|x| x.1);
+            let (ca, cb) = (c(&a), c(&b));
             let _ = writeln!(
                 s,
                 "| {n} | {} | {} | {} | {} | {} | {} | {} |",
-                f0(c(a)),
-                f0(c(b)),
-                f2(ratio(c(b), c(a))),
-                f0(u(a)),
-                f0(u(b)),
-                f2(i(a)),
-                f2(i(b))
+                mmm(ca),
+                mmm(cb),
+                f2(ratio(cb.map(|x| x.1), ca.map(|x| x.1))),
+                f0(u(&a)),
+                f0(u(&b)),
+                f2(i(&a)),
+                f2(i(&b))
             );
+        }
+        if reps > 1 {
+            let _ = writeln!(
+                s,
+                "\nEvery connects/s sample, in run order (round: value):\n"
+            );
+            for peer in ["nftables", "weir"] {
+                let v: Vec<String> = self
+                    .scaling
+                    .iter()
+                    .filter(|p| p.peer == peer)
+                    .map(|p| {
+                        format!(
+                            "{}r{}: {}",
+                            p.rules,
+                            p.rep + 1,
+                            f0(p.conn.as_ref().map(|c| c.per_s))
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(s, "- {peer}: {}", v.join(", "));
+            }
         }
         for p in &self.scaling {
             for e in &p.errors {
                 let _ = writeln!(s, "\n- {} at {} rules: {e}", p.peer, p.rules);
             }
         }
+        self.issue5_md(&mut s);
+        self.inter_md(&mut s);
         if let Some(x) = &self.xdp_drop {
             let _ = writeln!(
                 s,
@@ -994,7 +1570,7 @@ impl PaperReport {
     }
 
     fn plots(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let rows: Vec<&Row> = self.rows.iter().filter(|r| !r.not_implemented).collect();
+        let rows: Vec<&Row> = self.rows.iter().collect();
         let cats: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
         let col = |f: Getter| {
             rows.iter()
@@ -1104,23 +1680,63 @@ mod tests {
     }
 
     #[test]
-    fn markdown_has_na_for_l7() {
+    fn l7_policy_and_two_nodes() {
+        let v: serde_json::Value = serde_json::from_str(&l7_policy()).unwrap();
+        assert_eq!(v["kind"], "WeirPolicy");
+        assert_eq!(
+            v["spec"]["ingress"][0]["http"][0]["path"]["prefix"],
+            "/public"
+        );
+        assert!(v["spec"]["ingress"][1].get("http").is_none());
+        for k in [false, true] {
+            let spec = weir_topo::manifest::parse_str(&manifests_2n(k), "2n.yaml").unwrap();
+            assert_eq!(spec.pods.len(), 3);
+        }
+        assert!(manifests_2n(true).contains("weir.dev/dataplane: kernel"));
+    }
+
+    #[test]
+    fn markdown_l7_ratios_and_issue5() {
+        let h = |rps: f64| HttpResult {
+            requests_per_s: rps,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            ..Default::default()
+        };
+        let row = |n: &str, rps: f64| Row {
+            name: n.into(),
+            http: Some(h(rps)),
+            ..Default::default()
+        };
         let rep = PaperReport {
             weir_poll: "adaptive".into(),
             rows: vec![
-                Row {
-                    name: "kernel".into(),
-                    ..Default::default()
-                },
-                Row {
-                    name: "weir-adaptive+L7".into(),
-                    not_implemented: true,
-                    ..Default::default()
-                },
+                row("kernel+haproxy-L7", 100.0),
+                row("weir-adaptive+L3L4", 200.0),
+                row("weir-adaptive+L7", 180.0),
             ],
+            issue5: ["none", "L3L4", "L7"]
+                .iter()
+                .zip([210.0, 200.0, 180.0])
+                .map(|(p, r)| Issue5Sample {
+                    policy: p.to_string(),
+                    http: Some(h(r)),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         let md = rep.markdown();
-        assert!(md.contains("| weir-adaptive+L7 | kernel+haproxy-L7 | n/a (not implemented) |"));
+        assert!(!md.contains("n/a"), "{md}");
+        assert!(
+            md.contains("| weir-adaptive+L7 | kernel+haproxy-L7 | — | — | — | — | — | 1.80 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| weir-adaptive+L7 | weir-adaptive+L3L4 |"),
+            "{md}"
+        );
+        assert!(md.contains("req/s 0.90"), "{md}");
+        assert_eq!(stats([3.0, 1.0, 2.0].into_iter()), Some((1.0, 2.0, 3.0)));
     }
 }

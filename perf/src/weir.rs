@@ -80,6 +80,18 @@ impl WeirCluster {
         cores: &str,
         poll: &str,
     ) -> anyhow::Result<WeirCluster> {
+        Self::up_with(bin, name, manifest, cores, poll, &[])
+    }
+
+    /// [`up`](Self::up) with more `weir up` arguments (e.g. `--encap geneve`).
+    pub fn up_with(
+        bin: &Path,
+        name: &str,
+        manifest: &Path,
+        cores: &str,
+        poll: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<WeirCluster> {
         // Armed before `up`: a half-built cluster is removed too.
         let down = DownGuard {
             bin: bin.to_path_buf(),
@@ -89,12 +101,14 @@ impl WeirCluster {
             .args(["--cluster", name, "up", "-f"])
             .arg(manifest)
             .args(["--cores", cores, "--poll", poll])
+            .args(extra)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("run {}", bin.display()))?;
         anyhow::ensure!(
             out.status.success(),
-            "weir up (--cores {cores} --poll {poll}): {}",
+            "weir up (--cores {cores} --poll {poll} {}): {}",
+            extra.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
         let file = state_dir(name).join("cluster.json");

@@ -138,8 +138,9 @@ fn fastpath_short_end_to_end() {
 }
 
 /// `weir-perf paper --short`: every configuration ran (or says why not),
-/// weir's L7 is reported as not implemented, the policy configurations
-/// refused app3, plots were written, nothing is left behind. No timings.
+/// weir's L7 row passed its checks and was measured, issue #5's rounds ran,
+/// the policy configurations refused app3, plots were written, nothing is
+/// left behind. No timings. (Inter-node is off in short mode.)
 #[test]
 fn paper_short_end_to_end() {
     if !is_root() {
@@ -197,10 +198,25 @@ fn paper_short_end_to_end() {
             "{n}: app3 reached app1"
         );
     }
-    assert_eq!(
-        find("weir-adaptive+L7").expect("L7 row")["not_implemented"],
-        true
+    // weir's L7 row: checked (200 from the server, 403 from weir, app3
+    // refused) and measured.
+    let l7 = find("weir-adaptive+L7").expect("L7 row");
+    assert_eq!(l7["l7_public"], 200, "{l7}");
+    assert_eq!(l7["l7_private"], 403, "{l7}");
+    assert_eq!(l7["app3_blocked"], true, "{l7}");
+    assert!(
+        l7["http"]["requests"].as_u64().unwrap_or(0) > 0,
+        "L7: no HTTP: {l7}"
     );
+    // Issue #5's rounds: none, L3/L4, L7, each with wrk numbers.
+    let i5 = json["issue5"].as_array().expect("issue5");
+    for pol in ["none", "L3L4", "L7"] {
+        assert!(
+            i5.iter()
+                .any(|x| x["policy"] == pol && x["http"]["requests"].as_u64().unwrap_or(0) > 0),
+            "issue5 {pol}: {i5:?}"
+        );
+    }
     let scaling = json["scaling"].as_array().expect("scaling");
     assert_eq!(
         scaling.len(),
