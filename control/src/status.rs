@@ -25,6 +25,13 @@ pub fn render(v: &Value) -> String {
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let name = n["node"].as_str().unwrap_or("?");
+        if n["kernel"] == true {
+            let _ = writeln!(
+                out,
+                "\nnode {name}: kernel dataplane (weir.dev/dataplane: kernel) — no weir here; the kernel forwards and its vxlan device talks to the weir nodes"
+            );
+            continue;
+        }
         if !n["running"].as_bool().unwrap_or(false) {
             let _ = writeln!(
                 out,
