@@ -466,8 +466,8 @@ fn from_tunnel(
     let need = policy(buf, &pkt, None, Some(route.endpoint), d.identity, snap, st)?;
     check_hop_limit(buf, &pkt, ingress, snap, st)?;
     check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
-    // The client is behind a peer node: a 403 would have to be
-    // encapsulated (not yet); the server still gets its RST.
+    // The client is behind a peer node: a 403 goes back encapsulated toward
+    // it (see `l7`); the server gets its RST as for a local client.
     let held = match need {
         Need::Http(need) => l7(buf, &pkt, need, &route, None, snap, st)?,
         Need::Dns(need) => {
@@ -1473,21 +1473,37 @@ fn l7(
             };
             let mut reply_len = 0;
             let mut out_port = route.port;
-            if let Some(port) = reply_port.and_then(|p| snap.port(p).map(|pp| (p, pp.mac))) {
+            // Where the 403 goes: out of the client's pod port, or — for a
+            // client behind a peer node — encapsulated toward that peer
+            // (inner MACs: our VTEP → the peer's VTEP).
+            let tunnel = snap.tunnel();
+            let reply_to = match reply_port.and_then(|p| snap.port(p).map(|pp| (p, pp.mac))) {
+                Some((p, mac)) => Some((p, client_mac, mac, None)),
+                None => tunnel.and_then(|(t, tables)| {
+                    let pi = tables.peer_for(pkt.key.src)?;
+                    let peer = t.peers.get(pi as usize)?;
+                    Some((tables.port, peer.vtep_mac, t.vtep_mac, Some(peer)))
+                }),
+            };
+            if let Some((port, cmac, smac, peer)) = reply_to {
                 let to_client = DeniedFlow {
-                    client: TcpEnd {
-                        mac: client_mac,
-                        ..client
-                    },
-                    server: TcpEnd {
-                        mac: port.1,
-                        ..server
-                    },
+                    client: TcpEnd { mac: cmac, ..client },
+                    server: TcpEnd { mac: smac, ..server },
                     ..rst
                 };
-                if let Some(n) = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str()) {
+                let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
+                let built = match (built, peer, tunnel) {
+                    (Some(n), None, _) => Some(n),
+                    (Some(n), Some(peer), Some((t, _))) => {
+                        let identity = snap.policy().identity_if_known(pkt.key.dst);
+                        let sport = encap::flow_sport(&pkt.key);
+                        encap::encapsulate(buf, n, t, peer, identity, sport)
+                    }
+                    _ => None,
+                };
+                if let Some(n) = built {
                     reply_len = n;
-                    out_port = port.0;
+                    out_port = port;
                 }
             }
             Break(Verdict::L7Deny {

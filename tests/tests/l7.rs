@@ -187,3 +187,62 @@ fn paper_scenario_http_rules_inline() {
     let (codes, body) = curl(&c, "app2", &[&url("/private")]);
     assert_eq!(codes, "200", "{body}");
 }
+
+const TWO_NODES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: [10.254.0.0/24]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDRs: [10.254.1.0/24]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app1, namespace: demo, labels: {id: app1}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app2, namespace: demo, labels: {id: app2}}
+spec: {nodeName: n1, containers: [{name: c}]}
+"#;
+
+/// The same rules with the client on another node: the server's node judges
+/// each request (the identity arrives in the tunnel header) and its 403 goes
+/// back to the client through the tunnel.
+#[test]
+fn http_rules_across_nodes() {
+    for encap in ["vxlan", "geneve"] {
+        let c = TestCluster::up_with("lx", TWO_NODES, &["--encap", encap]);
+        let topo = c.topology();
+        let app1 = topo.pod("demo", "app1").expect("app1").clone();
+        let ip = app1.ipv4.expect("ipv4");
+        let seen = serve(&app1.netns, SocketAddr::new(ip.into(), 8080));
+        let f = c.file("l7.yaml", POLICY);
+        let out = c.weir(&["apply", "-f", &f]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = |p: &str| format!("http://{ip}:8080{p}");
+        let (codes, body) = curl(&c, "app2", &[&url("/public/a")]);
+        assert_eq!(codes, "200", "{encap}: {body}");
+        let before = seen.load(Ordering::Relaxed);
+        let (codes, body) = curl(&c, "app2", &[&url("/private")]);
+        assert_eq!(codes, "403", "{encap}: {body}");
+        assert!(body.contains("weir"), "{encap}: 403 body: {body}");
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            before,
+            "{encap}: denied request reached the server"
+        );
+    }
+}
