@@ -1487,8 +1487,14 @@ fn l7(
             };
             if let Some((port, cmac, smac, peer)) = reply_to {
                 let to_client = DeniedFlow {
-                    client: TcpEnd { mac: cmac, ..client },
-                    server: TcpEnd { mac: smac, ..server },
+                    client: TcpEnd {
+                        mac: cmac,
+                        ..client
+                    },
+                    server: TcpEnd {
+                        mac: smac,
+                        ..server
+                    },
                     ..rst
                 };
                 let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
