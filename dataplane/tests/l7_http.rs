@@ -65,6 +65,36 @@ impl Run {
     fn feed(&mut self, off: u32, bytes: &[u8]) -> Feed {
         self.feed_at(off, bytes, 0)
     }
+    /// Feeds a segment with its TCP flags known (`fin`): the pass's call.
+    fn tcp(&mut self, off: u32, bytes: &[u8], fin: bool) -> Feed {
+        let rules = &self.rules;
+        let judged = &mut self.judged;
+        self.insp
+            .feed_segment(ISN.wrapping_add(off), bytes, fin, 0, |h| {
+                judged.push(format!("{} {}", h.method(), h.path()));
+                if rules.judge(h).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    L7Verdict::Deny
+                }
+            })
+    }
+    /// A segment without FIN.
+    fn seg(&mut self, off: u32, bytes: &[u8]) -> Feed {
+        self.tcp(off, bytes, false)
+    }
+    /// Feeds `s` (stream offset `base`) cut into `n`-byte segments without
+    /// FIN; returns every answer.
+    fn segs(&mut self, base: u32, s: &[u8], n: usize) -> Vec<Feed> {
+        s.chunks(n)
+            .enumerate()
+            .map(|(k, c)| self.seg(base + (k * n) as u32, c))
+            .collect()
+    }
+    /// The sequence number the RST toward the server would carry.
+    fn released(&self) -> u32 {
+        self.insp.released_seq().wrapping_sub(ISN)
+    }
     /// Feeds the whole stream as one segment.
     fn one(bytes: &[u8]) -> (Feed, Vec<String>) {
         let mut r = Run::new();
@@ -676,5 +706,499 @@ proptest! {
         }
         prop_assert_eq!(last, Feed::Release);
         prop_assert_eq!(r.judged, want);
+    }
+}
+
+// ---- Incomplete heads are forwarded (`feed_segment`, TCP flags known) ----
+
+const GET_PRIVATE: &[u8] = b"GET /private HTTP/1.1\r\nHost: app1\r\n\r\n";
+
+/// Index of the CR of the empty line that ends the (first) head in `s`.
+fn final_cr(s: &[u8]) -> usize {
+    s.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2
+}
+
+#[test]
+fn allowed_head_in_segments_of_any_size_is_forwarded_but_its_end() {
+    let cr = final_cr(GET_PUBLIC);
+    for n in 1..=GET_PUBLIC.len() {
+        let mut r = Run::new();
+        let got = r.segs(0, GET_PUBLIC, n);
+        let (k_cr, k_lf) = (cr / n, (cr + 1) / n);
+        for (k, f) in got.iter().enumerate() {
+            let want = if k < k_cr {
+                Feed::Forward
+            } else if k < k_lf {
+                Feed::Hold
+            } else {
+                Feed::Release
+            };
+            assert_eq!(*f, want, "{n}-byte segments, segment {k}");
+        }
+        assert_eq!(r.judged, ["GET /public/index.html"], "{n}");
+        assert_eq!(r.insp.hold_deadline(), None, "{n}: nothing left held");
+    }
+}
+
+#[test]
+fn a_long_head_in_one_byte_segments_needs_no_more_than_one_held_frame() {
+    // 247 segments: far beyond held_segments_max and any congestion window.
+    let head = format!(
+        "GET /public/slow HTTP/1.1\r\nHost: app1\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(200)
+    );
+    let mut r = Run::with_limits(Limits {
+        held_segments_max: 1,
+        ..Limits::default()
+    });
+    let got = r.segs(0, head.as_bytes(), 1);
+    let holds = got.iter().filter(|f| **f == Feed::Hold).count();
+    assert_eq!(holds, 1);
+    assert_eq!(got.last(), Some(&Feed::Release));
+    assert_eq!(r.judged, ["GET /public/slow"]);
+}
+
+#[test]
+fn denied_head_in_segments_of_any_size_never_passes_its_end() {
+    let cr = final_cr(GET_PRIVATE);
+    for n in 1..=GET_PRIVATE.len() {
+        let mut r = Run::new();
+        let got = r.segs(0, GET_PRIVATE, n);
+        let (k_cr, k_lf) = (cr / n, (cr + 1) / n);
+        assert_eq!(got[k_lf], Feed::Deny(L7Reason::Policy), "{n}");
+        assert!(
+            got[..k_cr].iter().all(|f| *f == Feed::Forward),
+            "{n}: {got:?}"
+        );
+        if k_cr < k_lf {
+            assert_eq!(got[k_cr], Feed::Hold, "{n}");
+        }
+        // The server got everything before the segment with the final CR,
+        // nothing from it on: the RST starts there.
+        assert_eq!(r.released(), (k_cr * n) as u32, "{n}");
+        // Retransmissions, of the held final segment too: still denied.
+        for (k, c) in GET_PRIVATE.chunks(n).enumerate() {
+            assert_eq!(
+                r.seg((k * n) as u32, c),
+                Feed::Deny(L7Reason::Policy),
+                "{n}: retransmitted segment {k}"
+            );
+        }
+        assert_eq!(
+            r.tcp(GET_PRIVATE.len() as u32, b"", true),
+            Feed::Deny(L7Reason::Policy)
+        );
+        assert_eq!(r.judged, ["GET /private"], "{n}: judged once");
+    }
+}
+
+#[test]
+fn request_line_is_validated_at_its_cr_before_anything_after_it_passes() {
+    // HTTP/0.9: a server would act on the request line alone.
+    let mut r = Run::new();
+    let got = r.segs(0, b"GET /public\r\n\r\n", 1);
+    assert!(got[..11].iter().all(|f| *f == Feed::Forward), "{got:?}");
+    assert_eq!(got[11], Feed::Deny(L7Reason::BadRequestLine));
+    assert_eq!(r.released(), 11, "the CR never reached the server");
+    for (line, reason) in [
+        (&b"GET /public HTTP/2.0\r"[..], L7Reason::BadVersion),
+        (b"GET /public HTTP/1.1 x\r", L7Reason::BadVersion),
+        (b"GET /public/../admin HTTP/1.1\r", L7Reason::PathNotNormal),
+        (b"GET /a%2fb HTTP/1.1\r", L7Reason::PathNotNormal),
+        (b"CONNECT a:443 HTTP/1.1\r", L7Reason::Unsupported),
+        (b"G(T / HTTP/1.1\r", L7Reason::BadMethod),
+        (b"\r", L7Reason::BadRequestLine),
+        (b"\n", L7Reason::BareLf),
+        (b"GET / HTTP/1.1\n", L7Reason::BareLf),
+    ] {
+        let mut r = Run::new();
+        let (body, cr) = line.split_at(line.len() - 1);
+        if !body.is_empty() {
+            assert_eq!(r.seg(0, body), Feed::Forward);
+        }
+        assert_eq!(r.seg(body.len() as u32, cr), Feed::Deny(reason), "{line:?}");
+        assert_eq!(r.released(), body.len() as u32);
+    }
+    // A valid request line passes with its CR.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, b"GET /public HTTP/1.1\r"), Feed::Forward);
+    assert_eq!(r.seg(21, b"\nHost: app1\r\n"), Feed::Forward);
+    assert_eq!(r.seg(34, b"\r\n"), Feed::Release);
+}
+
+#[test]
+fn header_lines_and_bytes_are_checked_as_they_arrive() {
+    const LINE: &[u8] = b"GET /public HTTP/1.1\r\n";
+    for (tail, forwarded, reason) in [
+        (&b"X-A : b\r"[..], 7, L7Reason::WhitespaceBeforeColon),
+        (b"NoColon\r", 7, L7Reason::BadHeader),
+        (b"X(: b\r", 5, L7Reason::BadHeader),
+        (b": b\r", 3, L7Reason::BadHeader),
+        (b"Host: app1\r\n folded", 12, L7Reason::ObsFold),
+        (b"Host: app1\r\n\tfolded", 12, L7Reason::ObsFold),
+        (b"Host: app1\rX", 11, L7Reason::BareCr),
+        (b"Host: app1\n", 10, L7Reason::BareLf),
+        (b"Host: app1\r\n\n", 12, L7Reason::BareLf),
+        (b"Host: app1\r\n\r\r", 13, L7Reason::BareCr),
+        (b"X: a\x00", 4, L7Reason::ControlByte),
+        (b"X: a\x7f", 4, L7Reason::ControlByte),
+    ] {
+        let mut r = Run::new();
+        assert_eq!(r.seg(0, LINE), Feed::Forward);
+        let (a, b) = tail.split_at(forwarded);
+        let at = LINE.len() as u32;
+        let f = r.seg(at, a);
+        assert!(matches!(f, Feed::Forward | Feed::Hold), "{tail:?}: {f:?}");
+        assert_eq!(
+            r.seg(at + a.len() as u32, b),
+            Feed::Deny(reason),
+            "{tail:?}"
+        );
+        assert!(r.judged.is_empty());
+    }
+}
+
+#[test]
+fn retransmission_with_different_earlier_bytes_and_the_final_crlf_denied() {
+    let head = b"GET /public/a HTTP/1.1\r\nHost: app1\r\n";
+    let evil = b"GET /admin/aa HTTP/1.1\r\nHost: app1\r\n\r\n";
+    // Earlier bytes were forwarded, nothing held.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, &head[..24]), Feed::Forward);
+    assert_eq!(r.seg(24, &head[24..]), Feed::Forward);
+    assert_eq!(r.seg(0, evil), Feed::Deny(L7Reason::OverlapMismatch));
+    assert_eq!(r.released(), head.len() as u32);
+    assert!(r.judged.is_empty());
+    // The final CR held, then an overlapping segment with the final LF.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(r.seg(head.len() as u32, b"\r"), Feed::Hold);
+    assert_eq!(r.seg(0, evil), Feed::Deny(L7Reason::OverlapMismatch));
+    assert_eq!(r.released(), head.len() as u32, "the held CR is dropped");
+    assert_eq!(
+        r.seg(head.len() as u32, b"\r\n"),
+        Feed::Deny(L7Reason::OverlapMismatch)
+    );
+    // Only the last earlier byte differs.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(r.seg(35, b"X\r\n"), Feed::Deny(L7Reason::OverlapMismatch));
+}
+
+#[test]
+fn retransmissions_of_forwarded_and_held_head_bytes() {
+    let head = b"GET /public/a HTTP/1.1\r\nHost: app1\r\n";
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    // A copy of forwarded bytes: forwarded (the server may need it).
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(r.seg(4, &head[4..10]), Feed::Forward);
+    assert_eq!(r.seg(head.len() as u32, b"\r"), Feed::Hold);
+    // Copies that include the held CR: dropped (the held copy goes first).
+    assert_eq!(r.seg(head.len() as u32, b"\r"), Feed::Drop);
+    let mut with_cr = head.to_vec();
+    with_cr.push(b'\r');
+    assert_eq!(r.seg(0, &with_cr), Feed::Drop);
+    // Same earlier bytes plus the final LF: judged, everything released.
+    let mut all = with_cr.clone();
+    all.push(b'\n');
+    assert_eq!(r.seg(0, &all), Feed::Release);
+    assert_eq!(r.judged, ["GET /public/a"]);
+    assert_eq!(r.seg(0, &all), Feed::Forward, "all released: forwarded");
+}
+
+#[test]
+fn end_of_head_n_and_start_of_head_n_plus_1_in_one_segment() {
+    let one = b"GET /public/1 HTTP/1.1\r\nHost: app1\r\n\r\n";
+    let n = one.len() as u32;
+    // N allowed, N+1 partial: forwarded; N+1 denied later: the RST starts at
+    // the segment that ends N+1.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, &one[..30]), Feed::Forward);
+    let mut s = one[30..].to_vec();
+    s.extend_from_slice(b"GET /priv");
+    assert_eq!(r.seg(30, &s), Feed::Forward);
+    assert_eq!(
+        r.seg(n + 9, b"ate HTTP/1.1\r\nHost: app1\r\n"),
+        Feed::Forward
+    );
+    let at = n + 9 + 26;
+    assert_eq!(r.seg(at, b"\r\n"), Feed::Deny(L7Reason::Policy));
+    assert_eq!(r.released(), at);
+    assert_eq!(r.judged, ["GET /public/1", "GET /private"]);
+
+    // N allowed, N+1 denied up to its final CR in the same segment: held,
+    // then dropped with all it carries (N too: over-denial, never a bypass).
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, &one[..30]), Feed::Forward);
+    let mut s = one[30..].to_vec();
+    s.extend_from_slice(&GET_PRIVATE[..GET_PRIVATE.len() - 1]);
+    assert_eq!(r.seg(30, &s), Feed::Hold);
+    assert_eq!(r.released(), 30);
+    let end = n + GET_PRIVATE.len() as u32 - 1;
+    assert_eq!(r.seg(end, b"\n"), Feed::Deny(L7Reason::Policy));
+    assert_eq!(r.released(), 30);
+
+    // Both allowed: held, then released.
+    let mut r = Run::new();
+    let two = b"GET /public/2 HTTP/1.1\r\nHost: app1\r\n\r\n";
+    let mut s = one.to_vec();
+    s.extend_from_slice(&two[..two.len() - 1]);
+    assert_eq!(r.seg(0, &s), Feed::Hold);
+    assert_eq!(r.seg(s.len() as u32, b"\n"), Feed::Release);
+    assert_eq!(r.judged, ["GET /public/1", "GET /public/2"]);
+
+    // N denied, N+1 starting in the same segment: all denied.
+    let mut r = Run::new();
+    let mut s = GET_PRIVATE.to_vec();
+    s.extend_from_slice(b"GET /public/3 HT");
+    assert_eq!(r.seg(0, &s), Feed::Deny(L7Reason::Policy));
+    assert_eq!(r.released(), 0);
+
+    // N's final CR held; its LF arrives with the start of N+1: released.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, &one[..one.len() - 1]), Feed::Hold);
+    let mut s = b"\n".to_vec();
+    s.extend_from_slice(b"GET /public/2 HTTP/1.1\r\n");
+    assert_eq!(r.seg(n - 1, &s), Feed::Release);
+    assert_eq!(r.seg(n + 24, b"Host: app1\r\n\r\n"), Feed::Release);
+    assert_eq!(r.judged, ["GET /public/1", "GET /public/2"]);
+}
+
+#[test]
+fn head_after_a_body_follows_the_same_rule() {
+    let mut r = Run::new();
+    let head = b"POST /public/p HTTP/1.1\r\nHost: app1\r\nContent-Length: 10\r\n\r\n01234";
+    r.rules = Run::any_method().rules;
+    assert_eq!(r.seg(0, head), Feed::Release);
+    let mut off = head.len() as u32;
+    assert_eq!(r.seg(off, b"56789GET /x HT"), Feed::Forward);
+    off += 14;
+    assert_eq!(r.seg(off, b"TP/1.1\r\nHost: app1\r\n\r"), Feed::Hold);
+    off += 21;
+    assert_eq!(r.seg(off, b"\n"), Feed::Deny(L7Reason::Policy));
+    assert_eq!(r.released(), off - 21);
+    assert_eq!(r.judged, ["POST /public/p", "GET /x"]);
+}
+
+#[test]
+fn fin_inside_a_head_denies() {
+    let head = b"GET /public/a HTTP/1.1\r\nHost: app1\r\n";
+    let h = head.len() as u32;
+    // Bare FIN after forwarded head bytes: the server would see end of
+    // stream inside the head (some servers then serve what they have).
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(r.tcp(h, b"", true), Feed::Deny(L7Reason::IncompleteHead));
+    assert_eq!(r.released(), h);
+    // Data with FIN leaving the head open: that frame is dropped.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, b"GET /pub"), Feed::Forward);
+    assert_eq!(r.tcp(8, b"lic", true), Feed::Deny(L7Reason::IncompleteHead));
+    assert_eq!(r.released(), 8);
+    // Only the request line, with FIN (HTTP/0.9-style at end of stream).
+    let mut r = Run::new();
+    assert_eq!(
+        r.tcp(0, b"GET /public", true),
+        Feed::Deny(L7Reason::IncompleteHead)
+    );
+    // FIN while the final CR is held.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(r.seg(h, b"\r"), Feed::Hold);
+    assert_eq!(
+        r.tcp(h + 1, b"", true),
+        Feed::Deny(L7Reason::IncompleteHead)
+    );
+    assert_eq!(r.released(), h, "the held CR is dropped");
+    // A retransmission of forwarded bytes with FIN at the stream end.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, head), Feed::Forward);
+    assert_eq!(
+        r.tcp(4, &head[4..], true),
+        Feed::Deny(L7Reason::IncompleteHead)
+    );
+}
+
+#[test]
+fn fin_outside_a_head_passes_and_misplaced_fin_is_dropped() {
+    // Data with FIN completing the head: judged, released.
+    let mut r = Run::new();
+    assert_eq!(r.tcp(0, GET_PUBLIC, true), Feed::Release);
+    let end = GET_PUBLIC.len() as u32;
+    assert_eq!(r.tcp(end, b"", true), Feed::Forward, "FIN retransmitted");
+    assert_eq!(
+        r.tcp(0, GET_PUBLIC, true),
+        Feed::Forward,
+        "all old, at the end"
+    );
+    // A FIN before the stream end: the server would end the stream early.
+    assert_eq!(r.tcp(end - 2, b"", true), Feed::Drop);
+    assert_eq!(r.tcp(0, &GET_PUBLIC[..10], true), Feed::Drop);
+    // FIN in a body: the head was judged, the body passes.
+    let mut r = Run::any_method();
+    let head = b"POST /public/p HTTP/1.1\r\nHost: app1\r\nContent-Length: 10\r\n\r\n01234";
+    assert_eq!(r.tcp(0, head, true), Feed::Release);
+    // A FIN beyond a gap: dropped (the server would buffer it and end the
+    // stream once the gap is filled with bytes not judged yet).
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, b"GET /pub"), Feed::Forward);
+    assert_eq!(r.tcp(20, b"", true), Feed::Drop);
+    assert_eq!(r.tcp(20, b"x", true), Feed::Drop);
+    assert_eq!(
+        r.seg(8, b"lic HTTP/1.1\r\nHost: app1\r\n\r\n"),
+        Feed::Release
+    );
+    // A pure ACK (no FIN) inside a head, also while holding: forwarded.
+    let mut r = Run::new();
+    assert_eq!(r.seg(0, b"GET /pub"), Feed::Forward);
+    assert_eq!(r.seg(8, b""), Feed::Forward);
+    assert_eq!(r.seg(8, b"lic HTTP/1.1\r\nHost: app1\r\n\r"), Feed::Hold);
+    assert_eq!(r.seg(8, b""), Feed::Forward);
+    assert_eq!(r.seg(35, b"\n"), Feed::Release);
+}
+
+#[test]
+fn held_final_cr_times_out() {
+    let mut r = Run::new();
+    let rules = r.rules.clone();
+    let mut judge = |h: &weir_dataplane::l7::RequestHead<'_>| {
+        if rules.judge(h).is_some() {
+            L7Verdict::Allow
+        } else {
+            L7Verdict::Deny
+        }
+    };
+    let head = b"GET /public/a HTTP/1.1\r\nHost: app1\r\n\r";
+    assert_eq!(
+        r.insp.feed_segment(ISN, head, false, 5, &mut judge),
+        Feed::Hold
+    );
+    let deadline = r.insp.hold_deadline().unwrap();
+    assert_eq!(deadline, 5 + Limits::default().hold_ns);
+    assert_eq!(r.insp.expire(deadline + 1), Some(L7Reason::HoldTimeout));
+    assert_eq!(r.released(), 0);
+    let next = ISN + head.len() as u32;
+    assert_eq!(
+        r.insp
+            .feed_segment(next, b"\n", false, deadline + 2, &mut judge),
+        Feed::Deny(L7Reason::HoldTimeout)
+    );
+}
+
+#[test]
+fn overlong_forwarded_head_denied() {
+    let mut r = Run::new();
+    let mut off = 0;
+    assert_eq!(
+        r.seg(off, b"GET /public HTTP/1.1\r\nHost: app1\r\n"),
+        Feed::Forward
+    );
+    off += 34;
+    let mut last = Feed::Forward;
+    for _ in 0..9 {
+        let mut line = b"X-Filler: ".to_vec();
+        line.extend_from_slice(&[b'a'; 988]);
+        line.extend_from_slice(b"\r\n");
+        last = r.seg(off, &line);
+        if last != Feed::Forward {
+            break;
+        }
+        off += line.len() as u32;
+    }
+    assert_eq!(last, Feed::Deny(L7Reason::HeadTooLong));
+    assert_eq!(r.released(), off, "the server never got the limit's byte");
+    assert!(r.judged.is_empty());
+}
+
+/// What the server is sent, following the worker's rules for each answer:
+/// (delivered byte ranges in order, denied).
+fn server_view(r: &mut Run, segs: &[(u32, Vec<u8>, bool)]) -> (Vec<(u32, u32)>, bool) {
+    let mut held: Vec<(u32, u32)> = Vec::new();
+    let mut sent = Vec::new();
+    for (off, bytes, fin) in segs {
+        let range = (*off, *off + bytes.len() as u32);
+        match r.tcp(*off, bytes, *fin) {
+            Feed::Forward => sent.push(range),
+            Feed::Release => {
+                sent.append(&mut held);
+                sent.push(range);
+            }
+            Feed::Hold => held.push(range),
+            Feed::Drop => {}
+            Feed::Deny(_) => return (sent, true),
+        }
+    }
+    (sent, false)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// However a pipeline ending in a denied head is cut, re-sent and
+    /// overlapped (with the same bytes), the server is never sent the denied
+    /// head's final CR or LF, everything before the denied head that was
+    /// judged is the only thing it can act on, and at most one frame is held.
+    #[test]
+    fn a_denied_heads_end_never_reaches_the_server(
+        cuts in prop::collection::btree_set(1usize..330, 0..60),
+        dups in prop::collection::vec((any::<prop::sample::Index>(), 0usize..8), 0..10),
+    ) {
+        let mut s = pipeline();
+        let denied_at = s.len();
+        s.extend_from_slice(b"DELETE /public/x HTTP/1.1\r\nHost: app1\r\n\r\n");
+        let cr = (denied_at + final_cr(&s[denied_at..])) as u32;
+        let mut orig = Vec::new();
+        let mut at = 0usize;
+        for c in cuts.iter().copied().filter(|&c| c < s.len()).chain([s.len()]) {
+            orig.push((at, c));
+            at = c;
+        }
+        // Retransmissions of earlier segments (same bytes), some extended
+        // backwards into the previous segment, right after the original.
+        let mut segs = Vec::new();
+        for (k, &(a, b)) in orig.iter().enumerate() {
+            segs.push((a as u32, s[a..b].to_vec(), false));
+            for (i, back) in &dups {
+                if i.index(orig.len()) == k {
+                    let start = a.saturating_sub(*back);
+                    segs.push((start as u32, s[start..b].to_vec(), false));
+                }
+            }
+        }
+        let mut r = Run::new();
+        r.rules = HttpRuleSet::compile(
+            &serde_json::from_str(r#"{"rules":[{"method":"GET","path":{"prefix":"/public"}},{"method":"POST","path":{"prefix":"/public"}},{"method":"PUT","path":{"prefix":"/public"}}]}"#).unwrap(),
+        ).unwrap();
+        let (sent, denied) = server_view(&mut r, &segs);
+        prop_assert!(denied);
+        for (a, b) in &sent {
+            prop_assert!(*b <= cr, "sent [{}, {}) past the final CR at {}", a, b, cr);
+        }
+        prop_assert!(r.insp.released_seq().wrapping_sub(ISN) <= cr);
+    }
+
+    /// With flags known, however a valid pipeline is cut, the same requests
+    /// are judged, nothing is denied, and at most one frame is held at once.
+    #[test]
+    fn forwarding_segmentation_judges_the_same(cuts in prop::collection::btree_set(1usize..300, 0..80)) {
+        let s = pipeline();
+        let mut r = Run::any_method();
+        let mut at = 0usize;
+        let mut held = 0;
+        let mut last = Feed::Hold;
+        for c in cuts.iter().copied().filter(|&c| c < s.len()).chain([s.len()]) {
+            last = r.seg(at as u32, &s[at..c]);
+            match last {
+                Feed::Hold => held += 1,
+                Feed::Release => held = 0,
+                Feed::Forward => prop_assert_eq!(held, 0),
+                other => prop_assert!(false, "{:?}", other),
+            }
+            prop_assert!(held <= 1);
+            at = c;
+        }
+        prop_assert_eq!(last, Feed::Release);
+        prop_assert_eq!(r.judged.len(), 4);
     }
 }

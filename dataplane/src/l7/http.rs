@@ -277,31 +277,25 @@ fn as_str(b: &[u8]) -> Result<&str, L7Reason> {
     std::str::from_utf8(b).map_err(|_| L7Reason::BadTarget)
 }
 
-/// Parses one complete request head: `head` must end with the empty line
-/// (`\r\n\r\n`) and hold nothing after it.
-pub fn parse_head(head: &[u8]) -> Result<RequestHead<'_>, L7Reason> {
-    // Line endings and control bytes first, over the whole head: CR only
-    // before LF, LF only after CR, no other control byte but HTAB.
-    for (i, &b) in head.iter().enumerate() {
-        match b {
-            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(L7Reason::BareCr),
-            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(L7Reason::BareLf),
-            b'\r' | b'\n' | b'\t' => {}
-            0..=0x1f | 0x7f => return Err(L7Reason::ControlByte),
-            _ => {}
-        }
-    }
-    if !head.ends_with(b"\r\n\r\n") {
-        return Err(L7Reason::BadRequestLine);
-    }
-    let line_end = find_crlf(head).ok_or(L7Reason::BadRequestLine)?;
-    let line = &head[..line_end];
-    // The header lines, each with its CRLF, without the final empty line.
-    let fields = head
-        .get(line_end + 2..head.len() - 2)
-        .ok_or(L7Reason::BadRequestLine)?;
+/// A validated request line (the part of [`RequestHead`] it determines).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLine<'a> {
+    method: &'a [u8],
+    target: &'a [u8],
+    path: &'a [u8],
+    query: Option<&'a [u8]>,
+    version: Version,
+    /// Host and full authority of an absolute-form target.
+    target_host: Option<&'a [u8]>,
+    target_authority: Option<&'a [u8]>,
+}
 
-    // request-line = method SP request-target SP HTTP-version
+/// Validates a request line (without its CRLF): `method SP request-target
+/// SP HTTP-version`, HTTP/1.0 or HTTP/1.1 only, with every target check of
+/// [`parse_head`]. The stream inspector calls it as soon as the line's CR
+/// arrives, before any later byte can pass (an HTTP/0.9 server acts on the
+/// request line alone).
+pub(crate) fn parse_request_line(line: &[u8]) -> Result<RequestLine<'_>, L7Reason> {
     let sp1 = line
         .iter()
         .position(|&b| b == b' ')
@@ -375,6 +369,72 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead<'_>, L7Reason> {
         }
         (p, q)
     };
+    Ok(RequestLine {
+        method,
+        target,
+        path,
+        query,
+        version,
+        target_host,
+        target_authority,
+    })
+}
+
+/// Validates one header field line (without its CRLF) and returns (name,
+/// value without surrounding whitespace): no obsolete folding, a colon, a
+/// token name with no whitespace before the colon. The stream inspector
+/// calls it as soon as the line's CR arrives.
+pub(crate) fn parse_field_line(fl: &[u8]) -> Result<(&[u8], &[u8]), L7Reason> {
+    match fl.first() {
+        Some(b' ' | b'\t') => return Err(L7Reason::ObsFold),
+        None => return Err(L7Reason::BadHeader),
+        _ => {}
+    }
+    let colon = fl
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(L7Reason::BadHeader)?;
+    let name = &fl[..colon];
+    if name.iter().any(|&b| b == b' ' || b == b'\t') {
+        return Err(L7Reason::WhitespaceBeforeColon);
+    }
+    if !is_token(name) {
+        return Err(L7Reason::BadHeader);
+    }
+    Ok((name, trim_ows(&fl[colon + 1..])))
+}
+
+/// Parses one complete request head: `head` must end with the empty line
+/// (`\r\n\r\n`) and hold nothing after it.
+pub fn parse_head(head: &[u8]) -> Result<RequestHead<'_>, L7Reason> {
+    // Line endings and control bytes first, over the whole head: CR only
+    // before LF, LF only after CR, no other control byte but HTAB.
+    for (i, &b) in head.iter().enumerate() {
+        match b {
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(L7Reason::BareCr),
+            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(L7Reason::BareLf),
+            b'\r' | b'\n' | b'\t' => {}
+            0..=0x1f | 0x7f => return Err(L7Reason::ControlByte),
+            _ => {}
+        }
+    }
+    if !head.ends_with(b"\r\n\r\n") {
+        return Err(L7Reason::BadRequestLine);
+    }
+    let line_end = find_crlf(head).ok_or(L7Reason::BadRequestLine)?;
+    // The header lines, each with its CRLF, without the final empty line.
+    let fields = head
+        .get(line_end + 2..head.len() - 2)
+        .ok_or(L7Reason::BadRequestLine)?;
+    let RequestLine {
+        method,
+        target,
+        path,
+        query,
+        version,
+        target_host,
+        target_authority,
+    } = parse_request_line(&head[..line_end])?;
 
     // Header fields.
     let mut host_field: Option<&[u8]> = None;
@@ -390,23 +450,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead<'_>, L7Reason> {
         if count > MAX_HEADERS {
             return Err(L7Reason::TooManyHeaders);
         }
-        match fl.first() {
-            Some(b' ' | b'\t') => return Err(L7Reason::ObsFold),
-            None => return Err(L7Reason::BadHeader),
-            _ => {}
-        }
-        let colon = fl
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(L7Reason::BadHeader)?;
-        let name = &fl[..colon];
-        if name.iter().any(|&b| b == b' ' || b == b'\t') {
-            return Err(L7Reason::WhitespaceBeforeColon);
-        }
-        if !is_token(name) {
-            return Err(L7Reason::BadHeader);
-        }
-        let value = trim_ows(&fl[colon + 1..]);
+        let (name, value) = parse_field_line(fl)?;
         if name.eq_ignore_ascii_case(b"host") {
             if host_field.is_some() {
                 return Err(L7Reason::DuplicateHost);

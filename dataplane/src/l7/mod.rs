@@ -77,15 +77,22 @@ pub enum L7Reason {
     /// A retransmitted segment carries bytes that differ from the bytes
     /// already seen at the same sequence numbers.
     OverlapMismatch,
-    /// A head arrived in more segments than may be held.
+    /// More frames held for a flow than allowed.
     TooManySegments,
-    /// A head stayed incomplete longer than the hold limit.
+    /// Frames stayed held longer than the hold limit (a head whose end
+    /// never came).
     HoldTimeout,
-    /// Held bytes would exceed the slot's buffer.
+    /// Held bytes would exceed the slot's buffer (not produced any more: the
+    /// buffer keeps only the open head and always fits one; kept so logged
+    /// names stay stable).
     HoldOverflow,
     /// A DNS query on a flow under DNS rules asked for a name no entry
     /// allows (UDP: answered REFUSED by weir; TCP: dropped).
     DnsRefused,
+    /// The client ended its side (FIN) inside a request head: a server may
+    /// act on whatever it has at end of stream, and part of the head was
+    /// forwarded.
+    IncompleteHead,
 }
 
 impl L7Reason {
@@ -121,6 +128,7 @@ impl L7Reason {
             L7Reason::HoldTimeout => "http-hold-timeout",
             L7Reason::HoldOverflow => "http-hold-overflow",
             L7Reason::DnsRefused => "dns-refused",
+            L7Reason::IncompleteHead => "http-incomplete-head",
         }
     }
 }

@@ -7,10 +7,11 @@
 //!
 //! # The hold/release contract
 //!
-//! The pass calls [`HttpInspector::feed`] with every client→server TCP
-//! segment of the flow (sequence number and payload, also when the payload
-//! is empty) and a judge closure; the answer says what to do with *this
-//! frame* and with the frames the worker holds for the flow:
+//! The pass calls [`HttpInspector::feed_segment`] with every client→server
+//! TCP segment of the flow (sequence number, payload, also when the payload
+//! is empty, and whether it carries FIN) and a judge closure; the answer
+//! says what to do with *this frame* and with the frames the worker holds
+//! for the flow:
 //!
 //! | [`Feed`] | this frame | frames held for the flow |
 //! | --- | --- | --- |
@@ -20,12 +21,43 @@
 //! | `Drop` | drop (TCP will send it again) | stay held |
 //! | `Deny(r)` | drop | drop all; send the 403 to the client and a RST to the server |
 //!
-//! `Hold` is answered exactly when the stream ends inside a request head
-//! that is not complete yet; the judge closure is called once per complete
-//! head, in stream order (several times for one segment with pipelined
-//! requests), and any `Deny` of the closure denies the frame that completes
-//! that head. So no byte of a request reaches the server before its head was
-//! judged, and bodies are skipped by their framing, never parsed as heads.
+//! What may reach the server before a head is judged: an HTTP/1.x server
+//! never acts on a request before the empty line that ends its head, so the
+//! bytes of an incomplete head are *forwarded* (and copied into the slot's
+//! buffer, to be parsed and to compare retransmissions with), except:
+//!
+//! - the request line is validated (HTTP/1.0 or HTTP/1.1, every target
+//!   check) as soon as its CR arrives, before any later byte passes: the
+//!   segment carrying an invalid one is denied (an HTTP/0.9 server would
+//!   act on the request line alone);
+//! - every byte of a head is checked as it arrives (bare CR, bare LF,
+//!   control bytes, obsolete folding) and every header line as soon as its
+//!   CR arrives (colon, token name, no whitespace before the colon), so no
+//!   forwarded byte can end a head for a lenient server either;
+//! - the segment carrying the CR of the empty line that ends the head is
+//!   `Hold`: the next byte completes the head (or is a bare CR: deny), the
+//!   head is judged, and the held frame is released with the frame that
+//!   completed it, or dropped with it (the server then gets a RST: it saw an
+//!   incomplete head it can never complete). A segment carrying the whole
+//!   end of a head is judged at once: `Release` or `Deny`;
+//! - the client's FIN inside a head (a server may act on what it has at end
+//!   of stream) denies the flow (`IncompleteHead`); a FIN beyond the next
+//!   expected byte, or before it, is `Drop`ped.
+//!
+//! The judge closure is called once per complete head, in stream order
+//! (several times for one segment with pipelined requests), and any `Deny`
+//! of the closure denies the frame that completes that head. So no request
+//! can be acted upon by the server before its head was judged, and bodies
+//! are skipped by their framing, never parsed as heads. Pipelined requests:
+//! the same rules apply per request; a segment carrying the end of head N
+//! and bytes of head N+1 is forwarded only if head N is allowed and the
+//! bytes of N+1 are forwardable, held if they include N+1's final CR, and
+//! denied with all it carries if N or N+1 is denied.
+//!
+//! [`HttpInspector::feed`] (no TCP flags, e.g. a request judged offline)
+//! cannot tell whether a segment carries FIN, so it holds every segment that
+//! ends inside a head (a head trickled in many small segments then stalls:
+//! held bytes are never acknowledged).
 //!
 //! Sequence numbers:
 //! - the first segment fed fixes the stream start (feed the first data
@@ -34,22 +66,22 @@
 //! - a segment that starts beyond the next expected byte (a gap) is answered
 //!   `Drop`: nothing is buffered out of order, the client retransmits it
 //!   after the missing segment arrives;
-//! - bytes below the next expected byte are compared with the held copy
-//!   where one is held (different bytes → `Deny(OverlapMismatch)`); a
-//!   segment made only of old bytes is `Forward`ed when all of them were
-//!   already released (the server ignores or needs it) and `Drop`ped when
-//!   some are held (the held copy goes out first);
+//! - bytes below the next expected byte are compared with the kept copy of
+//!   the open head (different bytes → `Deny(OverlapMismatch)`); a segment
+//!   made only of old bytes is `Forward`ed when none of them is held (the
+//!   server ignores or needs it) and `Drop`ped when some are (the held copy
+//!   goes out first);
 //! - a segment with old and new bytes is judged on its new bytes; since held
 //!   frames are always released before it, the receiver sees the judged
 //!   copy first (receivers keep the first copy of a byte).
 //!
 //! Bounds: a head longer than [`Limits::head_max`] bytes, more than
-//! [`Limits::held_segments_max`] frames held, a hold older than
-//! [`Limits::hold_ns`], or held bytes beyond [`Limits::buffer`] all deny.
-//! A denied inspector stays denied (every later segment: `Deny`).
+//! [`Limits::held_segments_max`] frames held, or a hold older than
+//! [`Limits::hold_ns`] deny. A denied inspector stays denied (every later
+//! segment: `Deny`).
 #![forbid(unsafe_code)]
 
-use super::http::{parse_head, BodyFraming, RequestHead};
+use super::http::{parse_field_line, parse_head, parse_request_line, BodyFraming, RequestHead};
 use super::L7Reason;
 
 /// The judge's answer for one complete request head.
@@ -66,7 +98,9 @@ pub enum Feed {
     Release,
     /// Forward this frame; held frames stay held.
     Forward,
-    /// Hold this frame: a request head is not complete yet.
+    /// Hold this frame: it carries the start of the empty line that ends a
+    /// request head (or, from [`HttpInspector::feed`], any bytes of an
+    /// incomplete head).
     Hold,
     /// Drop this frame only (a gap before it, or a copy of held bytes).
     Drop,
@@ -79,7 +113,7 @@ pub enum Feed {
 pub struct Limits {
     /// Longest request head, in bytes (request line to empty line).
     pub head_max: usize,
-    /// Bytes a slot can hold across held frames (≥ `head_max`).
+    /// Bytes a slot keeps: the open request head (raised to `head_max` + 1).
     pub buffer: usize,
     /// Most frames held at once for one flow.
     pub held_segments_max: u16,
@@ -158,13 +192,13 @@ enum Chunk {
     FinalLf,
 }
 
-/// What [`Core::run`] found at the end of the bytes.
-enum Run {
-    /// The bytes end at a request boundary or inside a body.
-    Done,
-    /// The bytes end inside the request head starting at this index.
-    HeadOpen(usize),
-    Deny(L7Reason),
+/// Scan state of the open request head (its bytes are in the buffer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HeadScan {
+    /// Offset of the current line's first byte in the head.
+    line_start: usize,
+    /// The request line's CR arrived and the line was validated.
+    request_line: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -172,60 +206,66 @@ struct Core {
     phase: Phase,
     limits: Limits,
     requests: u64,
+    scan: HeadScan,
 }
 
 impl Core {
-    /// Runs the stream machine over `b[pos..]`; a head in progress starts at
-    /// `head_start` (≤ `pos`).
-    fn run<F>(&mut self, b: &[u8], mut pos: usize, mut head_start: usize, judge: &mut F) -> Run
+    /// Runs the stream machine over the new bytes `data`; the open head's
+    /// bytes so far are `head[..*len]`, and head bytes are appended there as
+    /// they are scanned. Returns whether a head was completed (and judged).
+    fn run<F>(
+        &mut self,
+        head: &mut [u8],
+        len: &mut usize,
+        data: &[u8],
+        judge: &mut F,
+    ) -> Result<bool, L7Reason>
     where
         F: FnMut(&RequestHead<'_>) -> L7Verdict,
     {
+        let mut pos = 0;
+        let mut completed = false;
         loop {
             match self.phase {
-                Phase::Denied(r) => return Run::Deny(r),
+                Phase::Denied(r) => return Err(r),
                 Phase::Head => {
-                    if pos >= b.len() {
-                        return if head_start < b.len() {
-                            Run::HeadOpen(head_start)
-                        } else {
-                            Run::Done
-                        };
+                    if pos >= data.len() {
+                        return Ok(completed);
                     }
-                    let mut end = None;
-                    let mut i = pos.saturating_sub(3).max(head_start);
-                    while i < b.len() {
-                        if b[i] == b'\n' {
-                            if i == head_start || b[i - 1] != b'\r' {
-                                return self.deny(L7Reason::BareLf);
-                            }
-                            if i >= head_start + 3 && &b[i - 3..i] == b"\r\n\r" {
-                                end = Some(i + 1);
-                                break;
-                            }
-                        }
-                        i += 1;
-                    }
-                    let Some(end) = end else {
-                        if b.len() - head_start > self.limits.head_max {
-                            return self.deny(L7Reason::HeadTooLong);
-                        }
-                        return Run::HeadOpen(head_start);
+                    let old = *len;
+                    let room = (self.limits.head_max + 1).saturating_sub(old);
+                    let n = (data.len() - pos).min(room);
+                    let (Some(dst), Some(src)) =
+                        (head.get_mut(old..old + n), data.get(pos..pos + n))
+                    else {
+                        return self.deny(L7Reason::HeadTooLong);
                     };
-                    if end - head_start > self.limits.head_max {
+                    dst.copy_from_slice(src);
+                    let end = match self.scan_head(&head[..old + n], old) {
+                        Ok(end) => end,
+                        Err(r) => return self.deny(r),
+                    };
+                    let new_len = end.unwrap_or(old + n);
+                    if new_len > self.limits.head_max {
                         return self.deny(L7Reason::HeadTooLong);
                     }
-                    let head = match parse_head(&b[head_start..end]) {
+                    pos += new_len - old;
+                    *len = new_len;
+                    let Some(end) = end else {
+                        return Ok(completed);
+                    };
+                    let parsed = match parse_head(&head[..end]) {
                         Ok(h) => h,
                         Err(r) => return self.deny(r),
                     };
-                    let framing = head.body();
-                    if judge(&head) == L7Verdict::Deny {
+                    let framing = parsed.body();
+                    if judge(&parsed) == L7Verdict::Deny {
                         return self.deny(L7Reason::Policy);
                     }
                     self.requests += 1;
-                    pos = end;
-                    head_start = end;
+                    completed = true;
+                    *len = 0;
+                    self.scan = HeadScan::default();
                     self.phase = match framing {
                         BodyFraming::None => Phase::Head,
                         BodyFraming::Length(n) => Phase::Length(n),
@@ -233,35 +273,31 @@ impl Core {
                     };
                 }
                 Phase::Length(n) => {
-                    let avail = (b.len() - pos) as u64;
+                    let avail = (data.len() - pos) as u64;
                     if avail < n {
                         self.phase = Phase::Length(n - avail);
-                        return Run::Done;
+                        return Ok(completed);
                     }
                     pos += n as usize;
-                    head_start = pos;
                     self.phase = Phase::Head;
                 }
                 Phase::Chunk(c) => {
-                    if pos >= b.len() {
-                        return Run::Done;
+                    if pos >= data.len() {
+                        return Ok(completed);
                     }
                     if let Chunk::Data { left } = c {
-                        let avail = (b.len() - pos) as u64;
+                        let avail = (data.len() - pos) as u64;
                         if avail < left {
                             self.phase = Phase::Chunk(Chunk::Data { left: left - avail });
-                            return Run::Done;
+                            return Ok(completed);
                         }
                         pos += left as usize;
                         self.phase = Phase::Chunk(Chunk::DataCr);
                         continue;
                     }
-                    match self.chunk_step(c, b[pos]) {
+                    match self.chunk_step(c, data[pos]) {
                         Ok(Some(next)) => self.phase = Phase::Chunk(next),
-                        Ok(None) => {
-                            self.phase = Phase::Head;
-                            head_start = pos + 1;
-                        }
+                        Ok(None) => self.phase = Phase::Head,
                         Err(r) => return self.deny(r),
                     }
                     pos += 1;
@@ -270,9 +306,63 @@ impl Core {
         }
     }
 
-    fn deny(&mut self, r: L7Reason) -> Run {
+    /// Checks the head bytes `head[from..]` one by one, as they arrive:
+    /// bare CR, bare LF, control bytes and obsolete folding at once, the
+    /// request line at its CR, each header line at its CR. Returns the
+    /// head's length if its final LF is among them (bytes after it are not
+    /// looked at).
+    fn scan_head(&mut self, head: &[u8], from: usize) -> Result<Option<usize>, L7Reason> {
+        let sc = &mut self.scan;
+        for h in from..head.len() {
+            let x = head[h];
+            let prev = h.checked_sub(1).map(|p| head[p]);
+            if prev == Some(b'\r') && x != b'\n' {
+                return Err(L7Reason::BareCr);
+            }
+            match x {
+                b'\n' => {
+                    if prev != Some(b'\r') {
+                        return Err(L7Reason::BareLf);
+                    }
+                    if sc.request_line && h == sc.line_start + 1 {
+                        // The empty line: the head ends here.
+                        return Ok(Some(h + 1));
+                    }
+                    sc.line_start = h + 1;
+                }
+                b'\r' => {
+                    if !sc.request_line {
+                        // Also an empty request line (leading CRLF): refused.
+                        parse_request_line(&head[..h])?;
+                        sc.request_line = true;
+                    } else if h > sc.line_start {
+                        parse_field_line(&head[sc.line_start..h])?;
+                    }
+                }
+                b' ' | b'\t' if sc.request_line && h == sc.line_start => {
+                    return Err(L7Reason::ObsFold);
+                }
+                b'\t' => {}
+                0..=0x1f | 0x7f => return Err(L7Reason::ControlByte),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the open head `head` ends with the CR of its empty line (the
+    /// next byte ends the head).
+    fn at_final_cr(&self, head: &[u8]) -> bool {
+        self.phase == Phase::Head
+            && self.scan.request_line
+            && !head.is_empty()
+            && self.scan.line_start + 1 == head.len()
+            && head.last() == Some(&b'\r')
+    }
+
+    fn deny(&mut self, r: L7Reason) -> Result<bool, L7Reason> {
         self.phase = Phase::Denied(r);
-        Run::Deny(r)
+        Err(r)
     }
 
     /// One byte of chunked framing; `Ok(None)` when the body ended.
@@ -365,15 +455,15 @@ fn hex(b: u8) -> Option<u8> {
 #[derive(Debug, Clone)]
 pub struct HttpInspector {
     core: Core,
-    /// Bytes of the frames held by the worker: `buf[..len]` are the stream
-    /// bytes `[next - len, next)`.
+    /// The open request head: `buf[..len]` are the stream bytes
+    /// `[next - len, next)` (forwarded or held).
     buf: Box<[u8]>,
     len: usize,
-    /// Where the open request head starts in `buf` (when holding).
-    head_off: usize,
     started: bool,
     /// Next expected sequence number.
     next: u32,
+    /// First byte of the first held frame (while frames are held).
+    held_from: u32,
     held_segments: u16,
     held_since: u64,
     /// First byte the server has not been sent (valid once denied).
@@ -384,7 +474,7 @@ impl HttpInspector {
     /// A fresh inspector; allocates its buffer (do this at start, in a pool).
     pub fn new(limits: Limits) -> Self {
         let limits = Limits {
-            buffer: limits.buffer.max(limits.head_max),
+            buffer: limits.buffer.max(limits.head_max.saturating_add(1)),
             ..limits
         };
         HttpInspector {
@@ -392,12 +482,13 @@ impl HttpInspector {
                 phase: Phase::Head,
                 limits,
                 requests: 0,
+                scan: HeadScan::default(),
             },
             buf: vec![0u8; limits.buffer].into_boxed_slice(),
             len: 0,
-            head_off: 0,
             started: false,
             next: 0,
+            held_from: 0,
             held_segments: 0,
             held_since: 0,
             denied_at: 0,
@@ -408,10 +499,11 @@ impl HttpInspector {
     pub fn reset(&mut self) {
         self.core.phase = Phase::Head;
         self.core.requests = 0;
+        self.core.scan = HeadScan::default();
         self.len = 0;
-        self.head_off = 0;
         self.started = false;
         self.next = 0;
+        self.held_from = 0;
         self.held_segments = 0;
         self.held_since = 0;
         self.denied_at = 0;
@@ -440,7 +532,8 @@ impl HttpInspector {
     pub fn released_seq(&self) -> u32 {
         match self.core.phase {
             Phase::Denied(_) => self.denied_at,
-            _ => self.next.wrapping_sub(self.len as u32),
+            _ if self.held_segments > 0 => self.held_from,
+            _ => self.next,
         }
     }
 
@@ -467,9 +560,21 @@ impl HttpInspector {
         }
     }
 
+    /// Whether the stream ends inside a request head.
+    fn head_open(&self) -> bool {
+        self.core.phase == Phase::Head && self.len > 0
+    }
+
+    /// Denies the flow: nothing from `released_seq()` on reaches the server.
     fn deny(&mut self, r: L7Reason) -> L7Reason {
+        let at = self.released_seq();
+        self.deny_at(r, at)
+    }
+
+    /// Denies the flow; the server was sent every byte before `at`.
+    fn deny_at(&mut self, r: L7Reason, at: u32) -> L7Reason {
         if self.denied().is_none() {
-            self.denied_at = self.released_seq();
+            self.denied_at = at;
             self.core.phase = Phase::Denied(r);
         }
         self.len = 0;
@@ -477,9 +582,42 @@ impl HttpInspector {
         r
     }
 
-    /// Feeds one client→server TCP segment; see the module docs for the
-    /// contract. `judge` is called once per complete request head.
-    pub fn feed<F>(&mut self, seq: u32, payload: &[u8], now: u64, mut judge: F) -> Feed
+    /// Feeds one client→server TCP segment whose flags are unknown; see the
+    /// module docs. Since any segment might carry FIN, every segment that
+    /// ends inside a request head is `Hold` (nothing of an incomplete head
+    /// is forwarded). `judge` is called once per complete request head.
+    pub fn feed<F>(&mut self, seq: u32, payload: &[u8], now: u64, judge: F) -> Feed
+    where
+        F: FnMut(&RequestHead<'_>) -> L7Verdict,
+    {
+        self.feed_inner(seq, payload, None, now, judge)
+    }
+
+    /// Feeds one client→server TCP segment (`fin`: its FIN flag); see the
+    /// module docs for the contract. `judge` is called once per complete
+    /// request head.
+    pub fn feed_segment<F>(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        fin: bool,
+        now: u64,
+        judge: F,
+    ) -> Feed
+    where
+        F: FnMut(&RequestHead<'_>) -> L7Verdict,
+    {
+        self.feed_inner(seq, payload, Some(fin), now, judge)
+    }
+
+    fn feed_inner<F>(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        fin: Option<bool>,
+        now: u64,
+        mut judge: F,
+    ) -> Feed
     where
         F: FnMut(&RequestHead<'_>) -> L7Verdict,
     {
@@ -489,7 +627,9 @@ impl HttpInspector {
         if let Some(r) = self.expire(now) {
             return Feed::Deny(r);
         }
-        if payload.is_empty() {
+        let flags_known = fin.is_some();
+        let fin = fin == Some(true);
+        if payload.is_empty() && !fin {
             return Feed::Forward;
         }
         if !self.started {
@@ -497,87 +637,96 @@ impl HttpInspector {
         }
         let off = seq.wrapping_sub(self.next) as i32;
         if off > 0 {
+            // A gap before it (also a FIN beyond the next expected byte: the
+            // server would buffer it and end the stream once the gap is
+            // filled with bytes not yet judged).
             return Feed::Drop;
         }
         let mut data = payload;
         if off < 0 {
             let old = usize::try_from(-i64::from(off)).unwrap_or(usize::MAX);
             let old_n = old.min(payload.len());
-            // Held bytes are the stream bytes [held_start, next).
-            let held_start = self.next.wrapping_sub(self.len as u32);
-            let d = i64::from(seq.wrapping_sub(held_start) as i32);
+            // The kept head bytes are the stream bytes [next - len, next).
+            let kept_start = self.next.wrapping_sub(self.len as u32);
+            let d = i64::from(seq.wrapping_sub(kept_start) as i32);
             let s_idx = usize::try_from((-d).max(0)).unwrap_or(usize::MAX);
             let b_idx = usize::try_from(d.max(0)).unwrap_or(usize::MAX);
             if s_idx < old_n {
                 let n = old_n - s_idx;
-                let held = self.buf.get(b_idx..b_idx.saturating_add(n));
+                let kept = self.buf.get(b_idx..b_idx.saturating_add(n));
                 let seen = payload.get(s_idx..old_n);
-                if held.is_none() || held != seen {
+                if kept.is_none() || kept != seen {
                     return Feed::Deny(self.deny(L7Reason::OverlapMismatch));
                 }
             }
             if old_n == payload.len() {
-                return if s_idx >= old_n {
-                    Feed::Forward
-                } else {
-                    Feed::Drop
-                };
+                if fin && old != payload.len() {
+                    // A FIN before the end of the stream: not a real one,
+                    // but the server would end the stream there.
+                    return Feed::Drop;
+                }
+                if fin && self.head_open() {
+                    return Feed::Deny(self.deny(L7Reason::IncompleteHead));
+                }
+                // Some held byte in it: the held copy goes out first.
+                let end = seq.wrapping_add(payload.len() as u32);
+                let some_held =
+                    self.held_segments > 0 && end.wrapping_sub(self.held_from) as i32 > 0;
+                return if some_held { Feed::Drop } else { Feed::Forward };
             }
             data = &payload[old_n..];
         }
 
         let from_seq = self.next;
-        let run = if self.len > 0 {
-            let pos = self.len;
-            let Some(dst) = self.buf.get_mut(pos..pos + data.len()) else {
-                return Feed::Deny(self.deny(L7Reason::HoldOverflow));
-            };
-            dst.copy_from_slice(data);
-            self.len += data.len();
-            self.next = self.next.wrapping_add(data.len() as u32);
-            self.core
-                .run(&self.buf[..self.len], pos, self.head_off, &mut judge)
-        } else {
-            self.next = self.next.wrapping_add(data.len() as u32);
-            self.core.run(data, 0, 0, &mut judge)
+        let was_held = self.held_segments > 0;
+        self.next = self.next.wrapping_add(data.len() as u32);
+        let completed = match self
+            .core
+            .run(&mut self.buf, &mut self.len, data, &mut judge)
+        {
+            Ok(c) => c,
+            Err(r) => {
+                // The frame is dropped with whatever was held before it (the
+                // core already switched to `Denied`).
+                self.denied_at = if was_held { self.held_from } else { from_seq };
+                self.core.phase = Phase::Denied(r);
+                self.len = 0;
+                self.held_segments = 0;
+                return Feed::Deny(r);
+            }
         };
-        match run {
-            Run::Done => {
-                self.len = 0;
-                self.head_off = 0;
-                self.held_segments = 0;
-                Feed::Release
+        let open = self.head_open();
+        if fin && open {
+            let at = if was_held { self.held_from } else { from_seq };
+            return Feed::Deny(self.deny_at(L7Reason::IncompleteHead, at));
+        }
+        if payload.is_empty() {
+            return Feed::Forward;
+        }
+        // Hold: the frame carries the final CR of a head (the next byte ends
+        // it); or flags are unknown (it may carry FIN); or frames are held
+        // for a head still open (cannot happen with flags: the byte after a
+        // final CR completes the head or is refused).
+        let hold = open
+            && (self.core.at_final_cr(&self.buf[..self.len])
+                || !flags_known
+                || (was_held && !completed));
+        if hold {
+            if !was_held {
+                self.held_from = from_seq;
+                self.held_since = now;
             }
-            Run::HeadOpen(head_start) => {
-                if self.len == 0 {
-                    let Some(dst) = self.buf.get_mut(..data.len()) else {
-                        self.denied_at = from_seq;
-                        self.core.phase = Phase::Denied(L7Reason::HoldOverflow);
-                        return Feed::Deny(L7Reason::HoldOverflow);
-                    };
-                    dst.copy_from_slice(data);
-                    self.len = data.len();
-                }
-                self.head_off = head_start;
-                if self.held_segments == 0 {
-                    self.held_since = now;
-                }
-                self.held_segments += 1;
-                if self.held_segments > self.core.limits.held_segments_max {
-                    return Feed::Deny(self.deny(L7Reason::TooManySegments));
-                }
-                Feed::Hold
+            self.held_segments += 1;
+            if self.held_segments > self.core.limits.held_segments_max {
+                return Feed::Deny(self.deny(L7Reason::TooManySegments));
             }
-            Run::Deny(r) => {
-                // The frame is dropped with whatever was held before it.
-                let held_before = self
-                    .len
-                    .saturating_sub(self.next.wrapping_sub(from_seq) as usize);
-                self.denied_at = from_seq.wrapping_sub(held_before as u32);
-                self.len = 0;
-                self.held_segments = 0;
-                Feed::Deny(r)
-            }
+            return Feed::Hold;
+        }
+        self.held_segments = 0;
+        if open && !was_held {
+            Feed::Forward
+        } else {
+            Feed::Release
         }
     }
 }
