@@ -1405,7 +1405,8 @@ fn l7(
     };
     let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
     let mut note = None;
-    let feed = insp.feed(seq, payload, now, |head| {
+    let fin = flags & tcp::flags::FIN != 0;
+    let feed = insp.feed_segment(seq, payload, fin, now, |head| {
         if rules.judge(head).is_some() {
             L7Verdict::Allow
         } else {

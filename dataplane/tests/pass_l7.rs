@@ -283,17 +283,38 @@ fn get_private_is_denied_with_403_to_client_and_rst_to_server() {
 }
 
 #[test]
-fn a_head_split_across_segments_is_held_then_released() {
+fn a_head_split_across_segments_is_forwarded_until_its_end() {
     let s = snap();
     let mut st = WorkerState::new();
     let seq = open(&s, &mut st);
+    // Bytes of an incomplete head are forwarded (the server ACKs them).
     let (a, b) = PUBLIC.split_at(10);
+    let r = req(&s, &mut st, seq, a);
+    assert_eq!(
+        r.v,
+        Verdict::Tx {
+            port: 1,
+            len: r.out.len()
+        }
+    );
+    assert_eq!(tcp_payload(&r.out), a);
+    let r = req(&s, &mut st, seq + 10, b);
+    assert_eq!(
+        r.v,
+        Verdict::Tx {
+            port: 1,
+            len: r.out.len()
+        }
+    );
+    // The segment with the final CR is held until the final LF.
+    let seq = seq + PUBLIC.len() as u32;
+    let (a, b) = PUBLIC.split_at(PUBLIC.len() - 1);
     let r = req(&s, &mut st, seq, a);
     let Verdict::Hold { port: 1, slot, len } = r.v else {
         panic!("expected Hold, got {:?}", r.v);
     };
     assert_eq!(tcp_payload(&r.out[..len]), a);
-    let r = req(&s, &mut st, seq + 10, b);
+    let r = req(&s, &mut st, seq + a.len() as u32, b);
     assert_eq!(
         r.v,
         Verdict::Release {
@@ -303,15 +324,67 @@ fn a_head_split_across_segments_is_held_then_released() {
         }
     );
     assert_eq!(tcp_payload(&r.out), b);
-    // Split, then denied: the held frame goes with the deny.
+    // Split, then denied: the RST starts at the denied frame.
     let seq = seq + PUBLIC.len() as u32;
     let (a, b) = PRIVATE.split_at(7);
-    assert!(matches!(req(&s, &mut st, seq, a).v, Verdict::Hold { .. }));
+    assert!(matches!(req(&s, &mut st, seq, a).v, Verdict::Tx { .. }));
     let r = req(&s, &mut st, seq + 7, b);
     let Verdict::L7Deny { rst, .. } = r.v else {
         panic!("{:?}", r.v)
     };
-    assert_eq!(rst.server_expects_seq, seq, "RST at the held bytes' start");
+    assert_eq!(
+        rst.server_expects_seq,
+        seq + 7,
+        "RST where the server stopped"
+    );
+}
+
+#[test]
+fn a_held_final_cr_goes_with_the_deny() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let seq = open(&s, &mut st);
+    let (a, b) = PRIVATE.split_at(PRIVATE.len() - 1);
+    assert!(matches!(
+        req(&s, &mut st, seq, &a[..20]).v,
+        Verdict::Tx { .. }
+    ));
+    assert!(matches!(
+        req(&s, &mut st, seq + 20, &a[20..]).v,
+        Verdict::Hold { .. }
+    ));
+    let r = req(&s, &mut st, seq + a.len() as u32, b);
+    let Verdict::L7Deny { rst, .. } = r.v else {
+        panic!("{:?}", r.v)
+    };
+    assert_eq!(rst.server_expects_seq, seq + 20, "RST at the held frame");
+}
+
+#[test]
+fn a_fin_inside_a_head_is_denied() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let seq = open(&s, &mut st);
+    let head = b"GET /private HTTP/1.1\r\nHost: app1\r\n";
+    assert!(matches!(req(&s, &mut st, seq, head).v, Verdict::Tx { .. }));
+    let fin = PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
+        .ipv4(A, B, 64)
+        .tcp(40000, 80, seq + head.len() as u32, 64240)
+        .ack(SERVER_ISN + 1)
+        .fin();
+    let mut frame = Vec::new();
+    fin.write(&mut frame, b"").unwrap();
+    let r = run(&frame, &s, &mut st);
+    let Verdict::L7Deny { rst, .. } = r.v else {
+        panic!("{:?}", r.v)
+    };
+    assert_eq!(rst.server_expects_seq, seq + head.len() as u32);
+    let ev = events(&st);
+    let d = ev
+        .iter()
+        .find(|e| e.reason == Some(DropReason::L7Denied))
+        .unwrap();
+    assert_eq!(d.l7.unwrap().reason.as_str(), "http-incomplete-head");
 }
 
 #[test]
@@ -360,7 +433,8 @@ fn a_hold_past_the_limit_is_flushed_and_the_flow_denied() {
     let s = snap();
     let mut st = WorkerState::new();
     let seq = open(&s, &mut st);
-    let Verdict::Hold { slot, .. } = req(&s, &mut st, seq, b"GET /pub").v else {
+    let held = &PUBLIC[..PUBLIC.len() - 1];
+    let Verdict::Hold { slot, .. } = req(&s, &mut st, seq, held).v else {
         panic!()
     };
     st.set_now(3 * SEC);
@@ -369,7 +443,7 @@ fn a_hold_past_the_limit_is_flushed_and_the_flow_denied() {
     assert_eq!(st.l7_take_flush(), None);
     // The retransmission gets the 403.
     assert!(matches!(
-        req(&s, &mut st, seq, b"GET /pub").v,
+        req(&s, &mut st, seq, held).v,
         Verdict::L7Deny { .. }
     ));
 }
