@@ -108,8 +108,9 @@ impl Default for DataplaneConfig {
             queues: ncpu as u32,
             poll: PollMode::Adaptive,
             frame_size: 4096,
-            // 64 MiB of UMEM: a fill target of 128 frames for up to 64
-            // sockets (32 pods with 2 queues) and as much again in flight.
+            // 64 MiB of UMEM: a fill target of 512 frames for each of up
+            // to 16 sockets (8 pods with 2 queues), less for more, and as
+            // much again in flight (see worker::FILL_SHARE_SOCKETS).
             frames_per_worker: 16384,
             batch: 64,
             xdp_mode: XdpMode::Native,

@@ -35,7 +35,12 @@ use crate::{DropReason, PortId, Snapshot, Verdict};
 
 /// The fill target is computed as if at least this many sockets shared the
 /// UMEM (see `remap`).
-const FILL_SHARE_SOCKETS: usize = 64;
+const FILL_SHARE_SOCKETS: usize = 16;
+
+/// A fill ring is topped up once this many frames are missing: small enough
+/// that a burst arriving between rounds finds frames (a ring left at half
+/// its target under a flood made the kernel fail redirects with ENOMEM).
+const REFILL_MIN: usize = 16;
 
 /// What the control thread tells a worker between rounds.
 #[derive(Debug)]
@@ -386,7 +391,7 @@ impl Worker {
             };
             slot.sock.reap(&mut self.frames, &mut self.scratch);
             let want = self.fill_target.saturating_sub(slot.in_fill);
-            if want >= self.cfg.batch.min(self.fill_target) || slot.in_fill == 0 {
+            if want >= REFILL_MIN.min(self.fill_target) || slot.in_fill == 0 {
                 slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             }
         }

@@ -609,12 +609,12 @@ fn removing_a_port_reclaims_its_frames() {
         let st = node.status();
         let w = &st.workers[0];
         // Two sockets left, each with the worker's fill target on its fill
-        // ring (total / (2 × 64 sockets), at least the batch of 64); every
+        // ring (total / (2 × 16 sockets), at least the batch of 64); every
         // other frame must be free again, including those the removed
         // sockets' rings held: none leaked.
         last = format!("{w:?}");
         // Fill rings are topped up once 64 (the batch) frames are missing.
-        let on_fill = 2 * (total / (2 * 64)).max(64);
+        let on_fill = 2 * (total / (2 * 16)).max(64);
         let free_ok = (total - on_fill..=total - on_fill + 2 * 64).contains(&w.free_frames);
         if w.sockets == 2 && w.generation == 2 && free_ok {
             ok = true;
