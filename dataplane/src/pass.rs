@@ -416,15 +416,7 @@ fn pass(
             let need = policy(buf, &pkt, Some(src_endpoint), dst, None, snap, st)?;
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
-            let held = match need {
-                Need::Http(need) => l7(buf, &pkt, need, &route, Some(ingress), snap, st)?,
-                Need::Dns(need) => {
-                    dns(buf, &pkt, need, Some(ingress), snap, st)?;
-                    L7Out::Pass
-                }
-                Need::None => L7Out::Pass,
-            };
-            Continue(held.apply(rewrite(buf, &pkt, &route)))
+            deliver(buf, &pkt, need, &route, Some(ingress), snap, st)
         }
         Next::Remote { peer, inner_mtu } => {
             // Egress of the local source here; the peer judges ingress.
@@ -468,15 +460,31 @@ fn from_tunnel(
     check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
     // The client is behind a peer node: a 403 goes back encapsulated toward
     // it (see `l7`); the server gets its RST as for a local client.
+    deliver(buf, &pkt, need, &route, None, snap, st)
+}
+
+/// The last stages toward a local pod: L7 inspection when the flow's rule
+/// carries it, then the rewrite. `reply_port` is where weir's own replies
+/// (REFUSED, 403) leave: the client's pod port, or `None` for a client
+/// behind a peer node.
+fn deliver(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    need: Need,
+    route: &Route,
+    reply_port: Option<PortId>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, Verdict> {
     let held = match need {
-        Need::Http(need) => l7(buf, &pkt, need, &route, None, snap, st)?,
+        Need::Http(need) => l7(buf, pkt, need, route, reply_port, snap, st)?,
         Need::Dns(need) => {
-            dns(buf, &pkt, need, None, snap, st)?;
+            dns(buf, pkt, need, reply_port, snap, st)?;
             L7Out::Pass
         }
         Need::None => L7Out::Pass,
     };
-    Continue(held.apply(rewrite(buf, &pkt, &route)))
+    Continue(held.apply(rewrite(buf, pkt, route)))
 }
 
 /// Stage 6 toward a peer node: the inner frame is rewritten as for a local
@@ -1168,6 +1176,10 @@ fn dns(
             dport: pkt.key.sport,
         }
     };
+    if !need.query && (!udp || !pol.has_fqdn()) {
+        // Responses only teach FQDN rules, and only over UDP.
+        return Continue(());
+    }
     let set = match need.set {
         Some(s) => Some(s),
         None => judge(snap, &orig, None, &st.fqdn, st.now_ns).0.egress.dns,
@@ -1191,12 +1203,12 @@ fn dns(
     };
     let msg = buf.get(start..end).unwrap_or_default();
     if !need.query {
-        if !udp || !pol.has_fqdn() {
-            return Continue(());
-        }
         let Ok(r) = dns::parse_response(msg) else {
             return Continue(());
         };
+        if !rules.allows(&r.qname) {
+            return Continue(());
+        }
         let mut name = [0u8; dns::MAX_NAME];
         let Some(n) = r.qname.write_dotted(&mut name) else {
             return Continue(());
@@ -1204,7 +1216,7 @@ fn dns(
         let Ok(name) = std::str::from_utf8(&name[..n]) else {
             return Continue(());
         };
-        if rules.allows(&r.qname) && pol.fqdn_wanted(name) {
+        if pol.fqdn_wanted(name) {
             for (addr, ttl) in r.addresses() {
                 st.fqdn.learn(name, addr, ttl, st.now_ns);
             }
@@ -1319,11 +1331,9 @@ fn l7(
     }
     let (seq, ack, flags, pay_at) = {
         let bytes = buf.get(pkt.l4_offset..pkt.frame_len()).unwrap_or_default();
+        // new_checked guarantees 20 ≤ header length ≤ bytes.
         let t = or_drop(tcp::Packet::new_checked(bytes), DropReason::L4Truncated)?;
         let hl = t.header_len();
-        if hl < tcp::HEADER_LEN || hl > bytes.len() {
-            return drop(DropReason::L4Truncated);
-        }
         (
             t.seq_number(),
             t.ack_number(),

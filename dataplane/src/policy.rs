@@ -898,19 +898,7 @@ impl CompiledPolicy {
     /// Judges a NEW flow: egress of `src` (if it is a local endpoint),
     /// ingress of `dst` (if local). Both must pass. Allocation-free.
     pub fn judge(&self, src: Peer, dst: Peer, proto: u8, dport: u16) -> Judgement {
-        let egress = match src.endpoint {
-            Some(ep) => self.decide(ep, Direction::Egress, dst.addr, proto, dport),
-            None => Decision::NOT_APPLICABLE,
-        };
-        let ingress = match dst.endpoint {
-            Some(ep) => self.decide(ep, Direction::Ingress, src.addr, proto, dport),
-            None => Decision::NOT_APPLICABLE,
-        };
-        Judgement {
-            allowed: egress.passes() && ingress.passes(),
-            egress,
-            ingress,
-        }
+        self.judge_by(src, dst, proto, dport, || self.class_of(src.addr))
     }
 
     /// [`judge`](Self::judge) for a source whose identity arrived with the
@@ -926,22 +914,31 @@ impl CompiledPolicy {
         proto: u8,
         dport: u16,
     ) -> Judgement {
-        let id = match src_identity {
-            Some(id) if id != IDENTITY_UNKNOWN => id,
-            _ => return self.judge(src, dst, proto, dport),
-        };
+        match src_identity {
+            Some(id) if id != IDENTITY_UNKNOWN => self.judge_by(src, dst, proto, dport, || {
+                self.class_of_identity(src.addr, id)
+            }),
+            _ => self.judge(src, dst, proto, dport),
+        }
+    }
+
+    /// Both sides of a new flow; `src_class` gives the source's peer class
+    /// for the destination's ingress.
+    #[inline]
+    fn judge_by(
+        &self,
+        src: Peer,
+        dst: Peer,
+        proto: u8,
+        dport: u16,
+        src_class: impl FnOnce() -> Option<u32>,
+    ) -> Judgement {
         let egress = match src.endpoint {
             Some(ep) => self.decide(ep, Direction::Egress, dst.addr, proto, dport),
             None => Decision::NOT_APPLICABLE,
         };
         let ingress = match dst.endpoint {
-            Some(ep) => self.decide_class(
-                ep,
-                Direction::Ingress,
-                || self.class_of_identity(src.addr, id),
-                proto,
-                dport,
-            ),
+            Some(ep) => self.decide_class(ep, Direction::Ingress, src_class, proto, dport),
             None => Decision::NOT_APPLICABLE,
         };
         Judgement {

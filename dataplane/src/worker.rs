@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
 use crossbeam::channel::{Receiver, TryRecvError};
@@ -220,8 +220,10 @@ impl Worker {
 
     /// Runs until the stop flag is set; then deletes its sockets.
     pub fn run(mut self) {
-        let mut last_publish = Instant::now();
+        let mut last_publish = crate::runtime::monotonic_ns();
         let mut last_traffic = last_publish;
+        let idle_after = self.cfg.idle_after.as_nanos() as u64;
+        let publish_every = stats::PUBLISH_EVERY.as_nanos() as u64;
         let mut idle = 0u32;
         self.remap();
         while !self.stop.load(Relaxed) {
@@ -238,7 +240,7 @@ impl Worker {
                     PollMode::Wakeup => true,
                     PollMode::Adaptive => {
                         idle >= self.cfg.idle_rounds
-                            && now.duration_since(last_traffic) >= self.cfg.idle_after
+                            && now.saturating_sub(last_traffic) >= idle_after
                     }
                 };
                 if sleep {
@@ -247,7 +249,7 @@ impl Worker {
                     std::hint::spin_loop();
                 }
             }
-            if now.duration_since(last_publish) >= stats::PUBLISH_EVERY {
+            if now.saturating_sub(last_publish) >= publish_every {
                 last_publish = now;
                 self.publish();
             }
@@ -258,6 +260,19 @@ impl Worker {
 
     fn publish(&mut self) {
         self.stats.publish_latency(&self.hist);
+        // The kernel's drops before frames reach our rings (a getsockopt per
+        // socket, every PUBLISH_EVERY; never per packet).
+        let (mut full, mut empty, mut dropped) = (0, 0, 0);
+        for slot in self.slots.iter().flatten() {
+            if let Ok(k) = slot.sock.kernel_stats() {
+                full += k.rx_ring_full;
+                empty += k.rx_fill_ring_empty;
+                dropped += k.rx_dropped;
+            }
+        }
+        self.stats.kernel_rx_ring_full.set(full);
+        self.stats.kernel_fill_ring_empty.set(empty);
+        self.stats.kernel_rx_dropped.set(dropped);
         self.stats.free_frames.set(self.frames.free_count() as u64);
         self.stats
             .icmp_errors_sent
@@ -383,7 +398,7 @@ impl Worker {
 
     /// One round over all sockets. Returns the frames received and the time
     /// read at RX.
-    fn round(&mut self) -> (usize, Instant) {
+    fn round(&mut self) -> (usize, u64) {
         // Completions and fill rings first, so RX has somewhere to land.
         for s in 0..self.slots.len() {
             let Some(slot) = &mut self.slots[s] else {
@@ -395,8 +410,7 @@ impl Worker {
                 slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             }
         }
-        let snap = Arc::clone(&self.cur);
-        let t_rx = Instant::now();
+        // One clock read per round: conntrack/L7 time and the batch latency.
         let now_ns = crate::runtime::monotonic_ns();
         self.state.set_now(now_ns);
         if now_ns.saturating_sub(self.last_l7_upkeep) >= L7_UPKEEP_NS {
@@ -422,8 +436,9 @@ impl Worker {
                 let mut d = self.rx_buf[k];
                 bytes += d.lengths().data() as u64;
                 let state = &mut self.state;
+                let snap = &self.cur;
                 let verdict = self.umem.with_frame(&mut d, |buf, len| {
-                    let v = pass::process(buf, len, ingress, &snap, state);
+                    let v = pass::process(buf, len, ingress, snap, state);
                     let new_len = match v {
                         Verdict::Tx { len, .. }
                         | Verdict::Hold { len, .. }
@@ -453,11 +468,11 @@ impl Worker {
             }
         }
         if total > 0 {
-            let ns = t_rx.elapsed().as_nanos() as u64;
+            let ns = crate::runtime::monotonic_ns().saturating_sub(now_ns);
             stats::record_latency(&mut self.hist, ns, total as u64);
             self.stats.batches.add(1);
         }
-        (total, t_rx)
+        (total, now_ns)
     }
 
     /// Acts on one frame's verdict.
@@ -495,15 +510,7 @@ impl Worker {
             Verdict::Release { port, slot, .. } => {
                 if let Some(q) = self.held.get_mut(slot as usize) {
                     for (h, p) in q.drain(..) {
-                        push_tx(
-                            &self.port_slot,
-                            &mut self.slots,
-                            &mut self.touched,
-                            &mut self.frames,
-                            &self.stats,
-                            h,
-                            p,
-                        );
+                        tx!(h, p)
                     }
                 }
                 tx!(d, port)

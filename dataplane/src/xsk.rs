@@ -102,8 +102,6 @@ pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> 
 #[derive(Clone, Debug)]
 pub struct WorkerUmem {
     umem: Umem,
-    frame_size: u32,
-    frames: u32,
     ring_size: u32,
 }
 
@@ -131,23 +129,7 @@ impl WorkerUmem {
             reason: error_chain(&e),
         })?;
         let ledger = Frames::new(descs, frame_size);
-        Ok((
-            WorkerUmem {
-                umem,
-                frame_size,
-                frames,
-                ring_size,
-            },
-            ledger,
-        ))
-    }
-
-    pub fn frame_size(&self) -> u32 {
-        self.frame_size
-    }
-
-    pub fn frames(&self) -> u32 {
-        self.frames
+        Ok((WorkerUmem { umem, ring_size }, ledger))
     }
 
     /// Creates an AF_XDP socket on `ifname` queue `queue` sharing this UMEM
@@ -304,16 +286,6 @@ impl Frames {
 
     pub fn free_count(&self) -> usize {
         self.free.len()
-    }
-
-    /// Frames lent to the kernel through `slot`.
-    pub fn lent_to(&self, slot: usize) -> usize {
-        self.owner.iter().filter(|&&o| o as usize == slot).count()
-    }
-
-    /// Frames the worker holds (received, verdict pending).
-    pub fn held(&self) -> usize {
-        self.owner.iter().filter(|&&o| o == HELD).count()
     }
 
     /// Takes a free frame for the worker to write a frame of its own into

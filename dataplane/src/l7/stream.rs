@@ -689,7 +689,6 @@ impl HttpInspector {
                 // The frame is dropped with whatever was held before it (the
                 // core already switched to `Denied`).
                 self.denied_at = if was_held { self.held_from } else { from_seq };
-                self.core.phase = Phase::Denied(r);
                 self.len = 0;
                 self.held_segments = 0;
                 return Feed::Deny(r);
