@@ -300,11 +300,12 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
+/// Moves this thread (and the threads it starts later: the workers) into
+/// the node's namespace; `netns::run_in` would switch only a helper thread.
 fn enter_netns(name: &str) -> anyhow::Result<()> {
-    let path = format!("/run/netns/{name}");
-    let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    let f = weir_topo::netns::open(name).map_err(|e| anyhow::anyhow!("{e}"))?;
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns({path})"))?;
+        .with_context(|| format!("setns(netns {name})"))?;
     Ok(())
 }
 

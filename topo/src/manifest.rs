@@ -50,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -992,13 +992,4 @@ pub fn port_summary(ports: &[ContainerPort]) -> String {
         .map(|p| format!("{}/{}", p.port, p.protocol))
         .collect();
     set.into_iter().collect::<Vec<_>>().join(",")
-}
-
-/// Reads one file as [`parse_objects`] does (no defaults).
-pub fn read_objects(path: &Path) -> Result<ClusterSpec, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    parse_objects(&text, &path.display().to_string())
 }
