@@ -17,9 +17,7 @@ pub fn compile_node(
     generation: u64,
 ) -> anyhow::Result<SnapshotSpec> {
     let n = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
+        .node(node)
         .ok_or_else(|| anyhow::anyhow!("nodes/{node}: not in the cluster"))?;
     let mut pods: Vec<_> = cluster.pods.iter().filter(|p| p.node == node).collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

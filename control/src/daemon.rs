@@ -128,7 +128,7 @@ impl Daemon {
 
     fn start_dataplane(&mut self, node: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.cluster.nodes.iter().any(|n| n.name == node),
+            self.cluster.node(node).is_some(),
             "nodes/{node}: not in the cluster"
         );
         if let Some(c) = self.dataplanes.get_mut(node) {

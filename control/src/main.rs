@@ -318,13 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     source,
                 },
             )?;
-            for ch in v["changed"].as_array().into_iter().flatten() {
-                println!(
-                    "{} {}",
-                    ch["object"].as_str().unwrap_or("?"),
-                    ch["action"].as_str().unwrap_or("?")
-                );
-            }
+            print_changed(&v);
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
         }
@@ -376,10 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
             };
-            let c = load(&state)?;
-            let policies =
-                manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
-            let input = weir_policy::PolicyInput::from_cluster(&c, policies);
+            let input = policy_input(&state, &load(&state)?)?;
             let (fns, fname) = split_pod(&from, "--from")?;
             let (tns, tname) = split_pod(&to, "--to")?;
             let protocol = match protocol.to_ascii_uppercase().as_str() {
@@ -672,13 +663,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
                 source: "demo-policy.yaml".into(),
             },
         )?;
-        for ch in v["changed"].as_array().into_iter().flatten() {
-            println!(
-                "{} {}",
-                ch["object"].as_str().unwrap_or("?"),
-                ch["action"].as_str().unwrap_or("?")
-            );
-        }
+        print_changed(&v);
         wait_ready(state, Duration::from_secs(30))?;
         let to_x = probe::select(&c, Some("x"))?;
         println!("\n== weir probe --port 80 --to x");
@@ -694,10 +679,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
             },
         );
         print!("{}", probe::render(&m));
-        let input = weir_policy::PolicyInput::from_cluster(
-            &c,
-            manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?,
-        );
+        let input = policy_input(state, &c)?;
         for (from, to) in [
             (("y", "a"), ("x", "b")),
             (("y", "c"), ("x", "b")),
@@ -772,6 +754,24 @@ fn stop_orphan(pid_file: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// Prints what `apply` created or changed, one object a line.
+fn print_changed(v: &serde_json::Value) {
+    for ch in v["changed"].as_array().into_iter().flatten() {
+        println!(
+            "{} {}",
+            ch["object"].as_str().unwrap_or("?"),
+            ch["action"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// The compiler's input for the running cluster: its pods and namespaces and
+/// the policies the supervisor enforces.
+fn policy_input(state: &StateDir, c: &Cluster) -> anyhow::Result<weir_policy::PolicyInput> {
+    let policies = manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
+    Ok(weir_policy::PolicyInput::from_cluster(c, policies))
 }
 
 fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {

@@ -96,9 +96,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let cluster = weir_topo::Cluster::load(&state.cluster_file())
         .with_context(|| format!("cluster {}: not up (no state)", opts.cluster))?;
     let node = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name == opts.node)
+        .node(&opts.node)
         .with_context(|| format!("nodes/{}: not in cluster {}", opts.node, opts.cluster))?;
     enter_netns(&node.netns)?;
 
