@@ -105,6 +105,7 @@ impl Daemon {
             Request::Status => Ok(self.status()),
             Request::Apply { manifests, source } => self.apply(&manifests, &source),
             Request::Delete { manifests, source } => self.delete(&manifests, &source),
+            Request::SyncPolicies { manifests, source } => self.sync_policies(&manifests, &source),
             Request::StopDataplane { node } => self.stop_dataplane(&node).map(|_| json!({})),
             Request::StartDataplane { node } => self.start_dataplane(&node).map(|_| json!({})),
             Request::Flows { .. } => {
@@ -339,6 +340,46 @@ impl Daemon {
             self.start_servers(&realized)?;
             changed.push(json!({"object": format!("pods/{}/{}", pod.namespace, pod.name), "action": "created"}));
         }
+        self.commit()?;
+        Ok(json!({"changed": changed, "generation": self.generation}))
+    }
+
+    /// Replaces the whole policy set by the policies of `text` (a policy
+    /// source's complete view), all or nothing: a set that does not parse or
+    /// compile changes nothing, so the previous tables stay in force.
+    fn sync_policies(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source)?;
+        if let Some(n) = m.cluster.namespaces.first() {
+            anyhow::bail!(
+                "namespaces/{}: a policy source carries policies only",
+                n.name
+            );
+        }
+        if let Some(p) = m.cluster.pods.first() {
+            anyhow::bail!(
+                "pods/{}/{}: a policy source carries policies only",
+                p.namespace,
+                p.name
+            );
+        }
+        let policies: Vec<StoredPolicy> = m.policies.iter().map(|(_, s)| s.clone()).collect();
+        let mut changed = Vec::new();
+        for s in &policies {
+            let action = match self.policies.iter().find(|p| p.object == s.object) {
+                Some(cur) if cur == s => "unchanged",
+                Some(_) => "configured",
+                None => "created",
+            };
+            changed.push(json!({"object": s.object, "action": action}));
+        }
+        for p in &self.policies {
+            if !policies.iter().any(|s| s.object == p.object) {
+                changed.push(json!({"object": p.object, "action": "deleted"}));
+            }
+        }
+        let parsed = manifests::parse_all(&policies)?;
+        crate::agent::check(&self.cluster, &parsed)?;
+        self.policies = policies;
         self.commit()?;
         Ok(json!({"changed": changed, "generation": self.generation}))
     }

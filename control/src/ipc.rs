@@ -18,6 +18,10 @@ pub enum Request {
     Apply { manifests: String, source: String },
     /// Daemon: delete pods and policies (manifest text).
     Delete { manifests: String, source: String },
+    /// Daemon: replace every policy in force by the policies of `manifests`
+    /// (the complete set from a policy source such as the Kubernetes
+    /// agent), all or nothing.
+    SyncPolicies { manifests: String, source: String },
     /// Dataplane: flow-log events after sequence number `since`.
     Flows { since: u64 },
     /// Daemon: stop one node's dataplane (its interfaces then fail closed).

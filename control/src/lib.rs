@@ -10,6 +10,7 @@ pub mod demo;
 pub mod flows;
 pub mod get;
 pub mod ipc;
+pub mod kube_agent;
 pub mod manifests;
 pub mod node_dataplane;
 pub mod probe;

@@ -169,6 +169,12 @@ enum Cmd {
         #[command(flatten)]
         dp: DataplaneFlags,
     },
+    /// Watch a Kubernetes API server and enforce its policies on this cluster.
+    Agent {
+        /// Kubeconfig of the API server to watch.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
     /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
     Dataplane {
         #[command(subcommand)]
@@ -245,6 +251,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             up(&state, &spec, &policies, &dp, opts)
         }
         Cmd::Down => down(&state),
+        Cmd::Agent { kubeconfig } => {
+            weir_control::kube_agent::run(weir_control::kube_agent::Options {
+                kubeconfig,
+                cluster: cli.cluster.clone(),
+            })
+        }
         Cmd::Get {
             kind,
             name,
