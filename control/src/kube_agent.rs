@@ -29,8 +29,10 @@ use crate::ipc::{self, Request};
 use crate::state::StateDir;
 use anyhow::Context;
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::ApiResource;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -82,6 +84,7 @@ pub async fn client(path: &Path) -> anyhow::Result<Client> {
 #[derive(Default)]
 struct KindState {
     served: bool,
+    resource: Option<ApiResource>,
     synced: bool,
     objects: BTreeMap<String, serde_json::Value>,
     /// Objects of a relist in progress (between `Init` and `InitDone`).
@@ -91,7 +94,7 @@ struct KindState {
 enum Msg {
     Event(usize, Event<DynamicObject>),
     WatchError(usize, String),
-    Served(usize),
+    Served(usize, ApiResource),
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -141,7 +144,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                     }
                 }
             };
-            if tx.send(Msg::Served(i)).await.is_err() {
+            if tx.send(Msg::Served(i, ar.clone())).await.is_err() {
                 return;
             }
             let api: Api<DynamicObject> = Api::all_with(client, &ar);
@@ -170,6 +173,13 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     let mut last_published: Option<String> = None;
     let mut last_error: Option<String> = None;
     let mut errors_logged = vec![String::new(); KINDS.len()];
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "weir-agent".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
     loop {
         let timeout = match dirty_since {
             Some(t) => QUIET.min(MAX_DELAY.saturating_sub(t.elapsed())),
@@ -182,8 +192,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         };
         if let Some(msg) = msg {
             match msg {
-                Msg::Served(i) => {
+                Msg::Served(i, ar) => {
                     kinds[i].served = true;
+                    kinds[i].resource = Some(ar);
                     discovered[i] = true;
                 }
                 Msg::WatchError(i, e) => {
@@ -237,6 +248,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 let e = e.to_string();
                 if last_error.as_deref() != Some(e.as_str()) {
                     log::error!("refused, previous policies stay in force: {e}");
+                    report_refusal(&client, &recorder, &kinds, &e).await;
                     last_error = Some(e);
                 }
                 // Not retried until something changes: the same set would
@@ -320,4 +332,82 @@ fn manifest_text(kinds: &[KindState]) -> String {
         }
     }
     out
+}
+
+/// Tells the user where they look (kubectl describe / get -o yaml) that
+/// weir refused an object: a Warning Event on it and, for kinds with a
+/// status subresource, an `Accepted=False` condition with the reason. The
+/// object is the one the supervisor's error names first
+/// (`weirpolicies/NS/NAME: spec...: ...`). Failures to report are logged
+/// only: reporting never changes what is enforced.
+async fn report_refusal(client: &Client, recorder: &Recorder, kinds: &[KindState], err: &str) {
+    let Some((object, _)) = err.split_once(": ") else {
+        return;
+    };
+    let mut parts = object.split('/');
+    let (Some(plural), Some(a)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let (ns, name) = match parts.next() {
+        Some(n) => (Some(a), n),
+        None => (None, a),
+    };
+    let Some(ar) = kinds
+        .iter()
+        .filter_map(|k| k.resource.as_ref())
+        .find(|r| r.plural == plural)
+    else {
+        return;
+    };
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    };
+    let obj = match api.get(name).await {
+        Ok(o) => o,
+        Err(e) => {
+            log::warn!("{object}: cannot read it to report the refusal: {e}");
+            return;
+        }
+    };
+    let message: String = err.chars().take(1000).collect();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: obj.metadata.name.clone(),
+        namespace: obj.metadata.namespace.clone(),
+        uid: obj.metadata.uid.clone(),
+        resource_version: obj.metadata.resource_version.clone(),
+        ..Default::default()
+    };
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: "PolicyRefused".into(),
+        note: Some(message.clone()),
+        action: "Compile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &reference).await {
+        log::warn!("{object}: cannot record an Event: {e}");
+    }
+    // NetworkPolicy has no status; the CRDs (weir's, ClusterNetworkPolicy,
+    // AdminNetworkPolicy, BaselineAdminNetworkPolicy) do.
+    if ar.kind == "NetworkPolicy" {
+        return;
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {"conditions": [{
+        "type": "Accepted",
+        "status": "False",
+        "reason": "Invalid",
+        "message": message,
+        "lastTransitionTime": now,
+        "observedGeneration": obj.metadata.generation.unwrap_or(0),
+    }]}});
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        log::warn!("{object}: cannot set its Accepted condition: {e}");
+    }
 }

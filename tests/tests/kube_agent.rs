@@ -200,6 +200,37 @@ fn kubectl_policies_are_enforced_and_a_refused_set_changes_nothing() {
         "the refusal does not name the object: {log}"
     );
 
+    // The user sees why where they look: Accepted=False on the object and a
+    // Warning Event naming the field.
+    let cond = cp.kubectl(
+        &["get", "weirpolicy", "-n", "kq", "bad-regex", "-o",
+          "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status} {.status.conditions[0].message}"],
+        None,
+    );
+    let cond = String::from_utf8_lossy(&cond.stdout).to_string();
+    assert!(
+        cond.starts_with("False ") && cond.contains("regex"),
+        "condition: {cond}"
+    );
+    let events = cp.kubectl(
+        &[
+            "get",
+            "events",
+            "-n",
+            "kq",
+            "--field-selector",
+            "reason=PolicyRefused",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(
+        !String::from_utf8_lossy(&events.stdout).trim().is_empty(),
+        "no PolicyRefused event: {}",
+        String::from_utf8_lossy(&events.stderr)
+    );
+
     // Fixing it (deleting the bad object) lets the pending change through.
     cp.kubectl_ok(&["delete", "weirpolicy", "-n", "kq", "bad-regex"], None);
     wait_connected(&c, true, "after the bad policy and deny-b are gone");
