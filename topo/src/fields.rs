@@ -553,7 +553,10 @@ impl<'de> MapAccess<'de> for Fields<'_> {
         seed.deserialize(key).map(Some)
     }
 
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, TraceError> {
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, TraceError> {
         let name = self.current();
         let slot: Slot = Rc::new(RefCell::new(None));
         let path = if self.parent.path.is_empty() {
