@@ -15,6 +15,7 @@ use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_topo::fields::FieldValidation;
 use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::serve::PodServers;
 use weir_topo::{BuildOptions, Cluster};
@@ -103,8 +104,16 @@ impl Daemon {
         let r = match req {
             Request::Ping => Ok(self.readiness()),
             Request::Status => Ok(self.status()),
-            Request::Apply { manifests, source } => self.apply(&manifests, &source),
-            Request::Delete { manifests, source } => self.delete(&manifests, &source),
+            Request::Apply {
+                manifests,
+                source,
+                field_validation,
+            } => self.apply(&manifests, &source, field_validation),
+            Request::Delete {
+                manifests,
+                source,
+                field_validation,
+            } => self.delete(&manifests, &source, field_validation),
             Request::StopDataplane { node } => self.stop_dataplane(&node).map(|_| json!({})),
             Request::StartDataplane { node } => self.start_dataplane(&node).map(|_| json!({})),
             Request::Flows { .. } => {
@@ -242,8 +251,13 @@ impl Daemon {
     /// changes) and policies (new or replaced), all or nothing: everything
     /// is validated and compiled against the cluster as it would be before
     /// anything changes.
-    fn apply(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let m = manifests::parse_text(text, source)?;
+    fn apply(
+        &mut self,
+        text: &str,
+        source: &str,
+        mode: FieldValidation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
                 "nodes/{}: nodes cannot be added to a running cluster (weir down, then up)",
@@ -340,12 +354,17 @@ impl Daemon {
             changed.push(json!({"object": format!("pods/{}/{}", pod.namespace, pod.name), "action": "created"}));
         }
         self.commit()?;
-        Ok(json!({"changed": changed, "generation": self.generation}))
+        Ok(json!({"changed": changed, "generation": self.generation, "ignored": m.ignored}))
     }
 
     /// Deletes Pods and policies (all or nothing).
-    fn delete(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let m = manifests::parse_text(text, source)?;
+    fn delete(
+        &mut self,
+        text: &str,
+        source: &str,
+        mode: FieldValidation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
                 "nodes/{}: nodes cannot be deleted from a running cluster (weir down)",
@@ -381,7 +400,7 @@ impl Daemon {
             deleted.push(s.object.clone());
         }
         self.commit()?;
-        Ok(json!({"deleted": deleted, "generation": self.generation}))
+        Ok(json!({"deleted": deleted, "generation": self.generation, "ignored": m.ignored}))
     }
 
     /// Saves the cluster and publishes new snapshots.

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+use weir_topo::fields::FieldValidation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -15,9 +16,20 @@ pub enum Request {
     /// Dataplane status (node dataplane) or all nodes' status (daemon).
     Status,
     /// Daemon: create or change pods, namespaces and policies (manifest text).
-    Apply { manifests: String, source: String },
+    Apply {
+        manifests: String,
+        source: String,
+        /// What to do with unknown fields (default strict).
+        #[serde(default)]
+        field_validation: FieldValidation,
+    },
     /// Daemon: delete pods and policies (manifest text).
-    Delete { manifests: String, source: String },
+    Delete {
+        manifests: String,
+        source: String,
+        #[serde(default)]
+        field_validation: FieldValidation,
+    },
     /// Dataplane: flow-log events after sequence number `since`.
     Flows { since: u64 },
     /// Daemon: stop one node's dataplane (its interfaces then fail closed).
