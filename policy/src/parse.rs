@@ -792,17 +792,20 @@ fn np_peers(
     Ok(out)
 }
 
+/// A NetworkPolicy rule of either direction: its peers and ports.
+type NpRule<'a> = (&'a Option<Vec<RawNpPeer>>, &'a Option<Vec<RawNpPort>>);
+
 fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
     let raw: RawNpDoc = cx.decode(doc)?;
     let spec = raw.spec;
     let ns = p.namespace.clone().unwrap_or_default();
-    let ingress: Vec<(&Option<Vec<RawNpPeer>>, &Option<Vec<RawNpPort>>)> = spec
+    let ingress: Vec<NpRule> = spec
         .ingress
         .iter()
         .flatten()
         .map(|r| (&r.from, &r.ports))
         .collect();
-    let egress: Vec<(&Option<Vec<RawNpPeer>>, &Option<Vec<RawNpPort>>)> = spec
+    let egress: Vec<NpRule> = spec
         .egress
         .iter()
         .flatten()

@@ -207,16 +207,19 @@ spec:
   subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {a: b}}}}
 "];
 
-/// Every kind: its samples, the field paths (and everything under them)
-/// that the kind knows but refuses with a message of its own, and the
-/// holes (fields taking any value: free-key maps, int-or-string, refused
-/// peers) of its wire shape.
-fn kinds() -> Vec<(
+/// (kind, samples, refused, holes).
+type KindCase = (
     &'static str,
     Vec<&'static str>,
     Vec<&'static str>,
     Vec<&'static str>,
-)> {
+);
+
+/// Every kind: its samples, the field paths (and everything under them)
+/// that the kind knows but refuses with a message of its own, and the
+/// holes (fields taking any value: free-key maps, int-or-string, refused
+/// peers) of its wire shape.
+fn kinds() -> Vec<KindCase> {
     const META: [&str; 2] = ["metadata.labels", "metadata.annotations"];
     let sel = |p: &str| format!("{p}.matchLabels");
     let mut np_holes: Vec<String> = META.iter().map(|s| s.to_string()).collect();
