@@ -15,6 +15,7 @@ use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_topo::fields::FieldValidation;
 use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::serve::PodServers;
 use weir_topo::{BuildOptions, Cluster};
@@ -103,8 +104,16 @@ impl Daemon {
         let r = match req {
             Request::Ping => Ok(self.readiness()),
             Request::Status => Ok(self.status()),
-            Request::Apply { manifests, source } => self.apply(&manifests, &source),
-            Request::Delete { manifests, source } => self.delete(&manifests, &source),
+            Request::Apply {
+                manifests,
+                source,
+                field_validation,
+            } => self.apply(&manifests, &source, field_validation),
+            Request::Delete {
+                manifests,
+                source,
+                field_validation,
+            } => self.delete(&manifests, &source, field_validation),
             Request::SyncPolicies { manifests, source } => self.sync_policies(&manifests, &source),
             Request::StopDataplane { node } => self.stop_dataplane(&node).map(|_| json!({})),
             Request::StartDataplane { node } => self.start_dataplane(&node).map(|_| json!({})),
@@ -243,8 +252,13 @@ impl Daemon {
     /// changes) and policies (new or replaced), all or nothing: everything
     /// is validated and compiled against the cluster as it would be before
     /// anything changes.
-    fn apply(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let m = manifests::parse_text(text, source)?;
+    fn apply(
+        &mut self,
+        text: &str,
+        source: &str,
+        mode: FieldValidation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
                 "nodes/{}: nodes cannot be added to a running cluster (weir down, then up)",
@@ -341,14 +355,14 @@ impl Daemon {
             changed.push(json!({"object": format!("pods/{}/{}", pod.namespace, pod.name), "action": "created"}));
         }
         self.commit()?;
-        Ok(json!({"changed": changed, "generation": self.generation}))
+        Ok(json!({"changed": changed, "generation": self.generation, "ignored": m.ignored}))
     }
 
     /// Replaces the whole policy set by the policies of `text` (a policy
     /// source's complete view), all or nothing: a set that does not parse or
     /// compile changes nothing, so the previous tables stay in force.
     fn sync_policies(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let m = manifests::parse_text(text, source)?;
+        let m = manifests::parse_text(text, source, FieldValidation::Strict)?;
         if let Some(n) = m.cluster.namespaces.first() {
             anyhow::bail!(
                 "namespaces/{}: a policy source carries policies only",
@@ -385,8 +399,13 @@ impl Daemon {
     }
 
     /// Deletes Pods and policies (all or nothing).
-    fn delete(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
-        let m = manifests::parse_text(text, source)?;
+    fn delete(
+        &mut self,
+        text: &str,
+        source: &str,
+        mode: FieldValidation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
                 "nodes/{}: nodes cannot be deleted from a running cluster (weir down)",
@@ -422,7 +441,7 @@ impl Daemon {
             deleted.push(s.object.clone());
         }
         self.commit()?;
-        Ok(json!({"deleted": deleted, "generation": self.generation}))
+        Ok(json!({"deleted": deleted, "generation": self.generation, "ignored": m.ignored}))
     }
 
     /// Saves the cluster and publishes new snapshots.

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+use weir_topo::fields::FieldValidation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -15,12 +16,23 @@ pub enum Request {
     /// Dataplane status (node dataplane) or all nodes' status (daemon).
     Status,
     /// Daemon: create or change pods, namespaces and policies (manifest text).
-    Apply { manifests: String, source: String },
+    Apply {
+        manifests: String,
+        source: String,
+        /// What to do with unknown fields (default strict).
+        #[serde(default)]
+        field_validation: FieldValidation,
+    },
     /// Daemon: delete pods and policies (manifest text).
-    Delete { manifests: String, source: String },
+    Delete {
+        manifests: String,
+        source: String,
+        #[serde(default)]
+        field_validation: FieldValidation,
+    },
     /// Daemon: replace every policy in force by the policies of `manifests`
     /// (the complete set from a policy source such as the Kubernetes
-    /// agent), all or nothing.
+    /// agent), all or nothing, always strict.
     SyncPolicies { manifests: String, source: String },
     /// Dataplane: flow-log events after sequence number `since`.
     Flows { since: u64 },

@@ -12,6 +12,7 @@ use weir_control::manifests::{self, StoredPolicy};
 use weir_control::probe::{self, Family, ProbeSpec, Protocol};
 use weir_control::state::{StateDir, DEFAULT_CLUSTER};
 use weir_control::{daemon, demo, node_dataplane, status};
+use weir_topo::fields::FieldValidation;
 use weir_topo::{BuildOptions, Cluster};
 
 #[derive(Parser)]
@@ -51,12 +52,61 @@ impl DataplaneFlags {
     }
 }
 
+/// What to do with manifest fields the object's schema does not define.
+#[derive(clap::Args, Clone)]
+struct ValidationFlags {
+    /// strict: refuse the files (one error line naming the object and the
+    /// field path; nothing is applied); warn: drop unknown fields and print
+    /// one line per field; ignore: drop them silently.
+    #[arg(long = "field-validation", value_name = "strict|warn|ignore")]
+    field_validation: Option<FieldValidation>,
+    /// kubectl's older spelling: true = strict, false = ignore (or strict,
+    /// warn, ignore).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    validate: Option<String>,
+}
+
+impl ValidationFlags {
+    fn mode(&self) -> anyhow::Result<FieldValidation> {
+        let from_validate = match self.validate.as_deref() {
+            None => None,
+            Some("true") => Some(FieldValidation::Strict),
+            Some("false") => Some(FieldValidation::Ignore),
+            Some(other) => Some(
+                other
+                    .parse::<FieldValidation>()
+                    .map_err(|e| anyhow::anyhow!("--validate: {e} (or true, false)"))?,
+            ),
+        };
+        match (self.field_validation, from_validate) {
+            (Some(a), Some(b)) if a != b => anyhow::bail!(
+                "--field-validation={a} and --validate={}: give one of them",
+                self.validate.as_deref().unwrap_or_default()
+            ),
+            (Some(a), _) => Ok(a),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Ok(FieldValidation::Strict),
+        }
+    }
+}
+
+/// Under `warn`, one line per dropped field on stderr.
+fn warn_ignored<'a>(mode: FieldValidation, ignored: impl IntoIterator<Item = &'a str>) {
+    if mode == FieldValidation::Warn {
+        for f in ignored {
+            eprintln!("weir: warning: {f}: unknown field ignored");
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a local cluster from manifests (Node, Namespace, Pod), start weir on it.
     Up {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        validation: ValidationFlags,
         #[command(flatten)]
         dp: DataplaneFlags,
         /// Pod MTU (default: the underlay MTU minus the encapsulation's overhead).
@@ -155,11 +205,15 @@ enum Cmd {
     Apply {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        validation: ValidationFlags,
     },
     /// Delete pods and policies from the running cluster.
     Delete {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        validation: ValidationFlags,
     },
     /// Bring up the built-in sample cluster, probe it, show status, take it down.
     Demo {
@@ -229,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Up {
             files,
+            validation,
             dp,
             mtu,
             queues,
@@ -239,7 +294,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "geneve" => weir_topo::Encap::Geneve,
                 other => anyhow::bail!("--encap: {other:?} is not vxlan or geneve"),
             };
-            let m = manifests::read_files(&files)?;
+            let mode = validation.mode()?;
+            let m = manifests::read_files(&files, mode)?;
+            warn_ignored(mode, m.ignored.iter().map(String::as_str));
             let spec = m.cluster.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
             let policies = m.policies.into_iter().map(|(_, s)| s).collect();
             let opts = BuildOptions {
@@ -321,28 +378,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Apply { files } => {
+        Cmd::Apply { files, validation } => {
+            let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v = daemon_call(
                 &state,
                 &Request::Apply {
                     manifests: text,
                     source,
+                    field_validation,
                 },
             )?;
+            warn_ignored(field_validation, ignored_of(&v));
             print_changed(&v);
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
         }
-        Cmd::Delete { files } => {
+        Cmd::Delete { files, validation } => {
+            let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v = daemon_call(
                 &state,
                 &Request::Delete {
                     manifests: text,
                     source,
+                    field_validation,
                 },
             )?;
+            warn_ignored(field_validation, ignored_of(&v));
             for p in v["deleted"].as_array().into_iter().flatten() {
                 println!("{} deleted", p.as_str().unwrap_or("?"));
             }
@@ -673,6 +736,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
             &Request::Apply {
                 manifests: demo::POLICY.to_string(),
                 source: "demo-policy.yaml".into(),
+                field_validation: FieldValidation::Strict,
             },
         )?;
         print_changed(&v);
@@ -769,6 +833,15 @@ fn stop_orphan(pid_file: &std::path::Path) {
 }
 
 /// Prints what `apply` created or changed, one object a line.
+/// The `ignored` list of an apply/delete reply.
+fn ignored_of(v: &serde_json::Value) -> impl Iterator<Item = &str> {
+    v["ignored"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str())
+}
+
 fn print_changed(v: &serde_json::Value) {
     for ch in v["changed"].as_array().into_iter().flatten() {
         println!(

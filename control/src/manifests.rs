@@ -2,12 +2,16 @@
 //! weir-topo, policy kinds (NetworkPolicy, ClusterNetworkPolicy,
 //! AdminNetworkPolicy, BaselineAdminNetworkPolicy, WeirPolicy,
 //! WeirClusterPolicy) to weir-policy; any other kind is an error naming the
-//! file, the document and the kind.
+//! file, the document and the kind. Unknown fields and duplicate keys are
+//! refused under the default field validation (`strict`); under `warn` and
+//! `ignore` unknown fields are dropped and listed in [`Manifests::ignored`],
+//! and what is stored is the policy without them.
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use weir_policy::Policy;
+use weir_topo::fields::FieldValidation;
 use weir_topo::manifest::{self, ClusterSpec};
 
 /// A policy as the user wrote it (one document) and its object name; kept
@@ -39,22 +43,30 @@ pub struct Manifests {
     /// against each other).
     pub cluster: ClusterSpec,
     pub policies: Vec<(Policy, StoredPolicy)>,
+    /// Fields dropped under `warn`/`ignore`, one `<object>: <field path>`
+    /// each (always empty under `strict`).
+    pub ignored: Vec<String>,
 }
 
-pub fn parse_text(text: &str, source: &str) -> anyhow::Result<Manifests> {
+pub fn parse_text(text: &str, source: &str, mode: FieldValidation) -> anyhow::Result<Manifests> {
     let mut out = Manifests::default();
-    for doc in manifest::split_documents(text, source).map_err(|e| anyhow::anyhow!("{e}"))? {
+    let docs = manifest::split_documents_with(text, source, mode, &mut out.ignored)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for doc in docs {
         if manifest::is_topology_kind(&doc.api_version, &doc.kind) {
             out.cluster
-                .add_document(&doc)
+                .add_document_with(&doc, mode, &mut out.ignored)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         } else if weir_policy::is_policy_kind(&doc.api_version, &doc.kind) {
-            let policy = weir_policy::parse_document(&doc).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let parsed = weir_policy::parse::parse_document_with(&doc, mode)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.ignored.extend(parsed.ignored);
+            let policy = parsed.policy;
             let object = policy.object();
             if out.policies.iter().any(|(p, _)| p.object() == object) {
                 anyhow::bail!("{object}: defined more than once");
             }
-            let yaml = serde_yaml::to_string(&doc.value).context("re-encode policy")?;
+            let yaml = serde_yaml::to_string(&parsed.value).context("re-encode policy")?;
             out.policies.push((policy, StoredPolicy { object, yaml }));
         } else {
             anyhow::bail!(
@@ -69,11 +81,12 @@ pub fn parse_text(text: &str, source: &str) -> anyhow::Result<Manifests> {
     Ok(out)
 }
 
-pub fn read_files(files: &[PathBuf]) -> anyhow::Result<Manifests> {
+pub fn read_files(files: &[PathBuf], mode: FieldValidation) -> anyhow::Result<Manifests> {
     let mut out = Manifests::default();
     for f in files {
         let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
-        let m = parse_text(&text, &f.display().to_string())?;
+        let m = parse_text(&text, &f.display().to_string(), mode)?;
+        out.ignored.extend(m.ignored);
         out.cluster
             .merge(m.cluster)
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,16 +1,20 @@
 //! Policy manifests into [`Policy`] values: routes documents by kind,
-//! decodes only the fields weir reads (unknown fields are ignored, as the API
-//! server's non-strict decoding does; weir's own `http` entries are strict),
-//! validates, and reports the first problem as one line:
+//! decodes them into each kind's schema (every field the API defines; any
+//! other field is refused under the default `strict` field validation, as
+//! the API server does, or dropped under `warn`/`ignore`), validates, and
+//! reports the first problem as one line:
 //! `<resource>/<ns>/<name>: <field path>: <why>`.
 
 use crate::model::*;
 use crate::selector::{Labels, Operator, Requirement, Selector};
 use crate::PolicyError;
 use ipnet::IpNet;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_yaml::Value;
-use weir_topo::manifest::{split_documents, Document};
+use std::cell::RefCell;
+use weir_topo::fields::{self, Decoded, FieldValidation};
+use weir_topo::manifest::{split_documents, Document, ObjectMeta};
 
 pub const NETWORKING_V1: &str = "networking.k8s.io/v1";
 pub const NETPOL_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
@@ -39,8 +43,26 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Policy>, PolicyError> {
     Ok(out)
 }
 
-/// Parses one document of a policy kind.
+/// Parses one document of a policy kind; unknown fields are refused.
 pub fn parse_document(doc: &Document) -> Result<Policy, PolicyError> {
+    parse_document_with(doc, FieldValidation::Strict).map(|p| p.policy)
+}
+
+/// A policy parsed under a field-validation mode.
+#[derive(Debug)]
+pub struct Parsed {
+    pub policy: Policy,
+    /// The document without the fields that were dropped (`warn`/`ignore`):
+    /// what to store, so that reading it back is clean under `strict`.
+    pub value: Value,
+    /// The dropped fields, one `<object>: <field path>` each.
+    pub ignored: Vec<String>,
+}
+
+/// Parses one document of a policy kind under `mode`: an unknown field is
+/// an error under `strict`, dropped (and listed in [`Parsed::ignored`])
+/// under `warn` and `ignore`.
+pub fn parse_document_with(doc: &Document, mode: FieldValidation) -> Result<Parsed, PolicyError> {
     if !is_policy_kind(&doc.api_version, &doc.kind) {
         return Err(PolicyError::UnknownKind {
             file: doc.file.clone(),
@@ -75,6 +97,8 @@ pub fn parse_document(doc: &Document) -> Result<Policy, PolicyError> {
             Some(ns) => format!("{}/{}/{}", kind.resource(), ns, name),
             None => format!("{}/{}", kind.resource(), name),
         },
+        mode,
+        decoded: RefCell::new(None),
     };
     if name.is_empty() {
         cx.object = format!("{}: document {}", doc.file, doc.index);
@@ -95,16 +119,29 @@ pub fn parse_document(doc: &Document) -> Result<Policy, PolicyError> {
         isolates: [false, false],
         audit: false,
     };
-    match kind {
+    let policy = match kind {
         Kind::NetworkPolicy => network_policy(&cx, doc, base),
         Kind::WeirPolicy | Kind::WeirClusterPolicy => weir_policy(&cx, doc, base),
         Kind::ClusterNetworkPolicy => cluster_network_policy(&cx, doc, base),
         Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => admin_policy(&cx, doc, base),
-    }
+    }?;
+    let decoded = cx.decoded.into_inner().unwrap_or_default();
+    Ok(Parsed {
+        policy,
+        value: decoded.value,
+        ignored: decoded
+            .ignored
+            .into_iter()
+            .map(|f| format!("{}: {f}", cx.object))
+            .collect(),
+    })
 }
 
 struct Cx {
     object: String,
+    mode: FieldValidation,
+    /// What [`Cx::decode`] dropped, and the object without it.
+    decoded: RefCell<Option<Decoded>>,
 }
 
 impl Cx {
@@ -116,33 +153,72 @@ impl Cx {
         }
     }
 
-    fn decode<T: for<'de> Deserialize<'de>>(&self, doc: &Document) -> Result<T, PolicyError> {
-        serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            self.err(path, e.into_inner().to_string())
-        })
+    /// Decodes the whole document into its wire shape under the mode.
+    fn decode<T: DeserializeOwned>(&self, doc: &Document) -> Result<T, PolicyError> {
+        let (t, decoded) =
+            fields::decode::<T>(&doc.value, self.mode).map_err(|e| self.err(e.path, e.msg))?;
+        *self.decoded.borrow_mut() = Some(decoded);
+        Ok(t)
     }
 }
 
 // ---- wire shapes ----
+//
+// Each kind's schema as its API defines it: every struct refuses a field it
+// does not declare (see `weir_topo::fields` for `--field-validation`).
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawSelector {
     match_labels: Option<Labels>,
     match_expressions: Option<Vec<RawRequirement>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RawRequirement {
     key: Option<String>,
     operator: Option<String>,
     values: Option<Vec<String>>,
 }
 
+// NetworkPolicy (networking.k8s.io/v1) and the selector/peer/port shapes
+// weir's own kinds share with it.
+
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawNpDoc {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
+    spec: RawNpSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawNpSpec {
+    pod_selector: Option<RawSelector>,
+    policy_types: Option<Vec<String>>,
+    ingress: Option<Vec<RawNpIngressRule>>,
+    egress: Option<Vec<RawNpEgressRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawNpIngressRule {
+    from: Option<Vec<RawNpPeer>>,
+    ports: Option<Vec<RawNpPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawNpEgressRule {
+    to: Option<Vec<RawNpPeer>>,
+    ports: Option<Vec<RawNpPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNpPeer {
     pod_selector: Option<RawSelector>,
     namespace_selector: Option<RawSelector>,
@@ -150,88 +226,302 @@ struct RawNpPeer {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RawIpBlock {
     cidr: Option<String>,
     except: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNpPort {
     protocol: Option<String>,
+    /// A number or a port name (`IntOrString`), checked by [`np_ports`].
     port: Option<Value>,
     end_port: Option<i64>,
 }
 
+// WeirPolicy and WeirClusterPolicy (weir.dev/v1alpha1): one spec and one
+// rule shape for both kinds and directions; what is not allowed where
+// (`priority` in a WeirPolicy, `http` on egress, `to` on ingress, ...) is
+// refused with its own message by [`weir_policy`].
+
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawNpRule {
-    from: Option<Vec<RawNpPeer>>,
-    to: Option<Vec<RawNpPeer>>,
-    ports: Option<Vec<RawNpPort>>,
-    // weir only:
-    action: Option<String>,
-    name: Option<String>,
-    http: Option<Value>,
-    dns: Option<Value>,
-    #[serde(rename = "toFQDNs")]
-    to_fqdns: Option<Value>,
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawWeirDoc {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
+    spec: RawWeirSpec,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
-struct RawNpSpec {
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawWeirSpec {
     pod_selector: Option<RawSelector>,
     policy_types: Option<Vec<String>>,
-    ingress: Option<Vec<RawNpRule>>,
-    egress: Option<Vec<RawNpRule>>,
-    // weir only:
+    ingress: Option<Vec<RawWeirRule>>,
+    egress: Option<Vec<RawWeirRule>>,
     priority: Option<i64>,
     audit: Option<bool>,
     subject: Option<RawWeirSubject>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields)]
+struct RawWeirRule {
+    from: Option<Vec<RawNpPeer>>,
+    to: Option<Vec<RawNpPeer>>,
+    ports: Option<Vec<RawNpPort>>,
+    action: Option<String>,
+    name: Option<String>,
+    http: Option<Vec<RawHttpRule>>,
+    dns: Option<Vec<RawDnsName>>,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Option<Vec<RawFqdn>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawWeirSubject {
     namespace_selector: Option<RawSelector>,
     pod_selector: Option<RawSelector>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawNpDoc {
-    spec: RawNpSpec,
+#[serde(default, deny_unknown_fields)]
+struct RawDnsName {
+    name: Option<String>,
+    pattern: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawFqdn {
+    match_name: Option<String>,
+    match_pattern: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpRule {
+    method: Option<String>,
+    path: Option<RawHttpPath>,
+    host: Option<String>,
+    #[serde(default)]
+    headers: Vec<RawHttpHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpPath {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpHeader {
+    name: String,
+    value: Option<String>,
+}
+
+// AdminNetworkPolicy and BaselineAdminNetworkPolicy
+// (policy.networking.k8s.io/v1alpha1), ClusterNetworkPolicy (v1alpha2).
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawClusterDoc<S> {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
+    spec: Option<S>,
+    /// Written by controllers (conditions); not read by weir.
+    status: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawAnpSpec {
+    priority: Option<i64>,
+    subject: Option<RawClusterSubject>,
+    ingress: Option<Vec<RawAnpIngressRule>>,
+    egress: Option<Vec<RawAnpEgressRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawBanpSpec {
+    subject: Option<RawClusterSubject>,
+    ingress: Option<Vec<RawAnpIngressRule>>,
+    egress: Option<Vec<RawAnpEgressRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawCnpSpec {
+    tier: Option<String>,
+    priority: Option<i64>,
+    subject: Option<RawClusterSubject>,
+    ingress: Option<Vec<RawCnpIngressRule>>,
+    egress: Option<Vec<RawCnpEgressRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawClusterSubject {
+    namespaces: Option<RawSelector>,
+    pods: Option<RawNamespacedPod>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNamespacedPod {
     namespace_selector: Option<RawSelector>,
     pod_selector: Option<RawSelector>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawClusterPeer {
+#[serde(default, deny_unknown_fields)]
+struct RawIngressPeer {
+    namespaces: Option<RawSelector>,
+    pods: Option<RawNamespacedPod>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawEgressPeer {
     namespaces: Option<RawSelector>,
     pods: Option<RawNamespacedPod>,
     networks: Option<Vec<String>>,
+    /// Not supported: refused when present, whatever it holds.
     nodes: Option<Value>,
+    /// Not supported: refused when present, whatever it holds.
     #[serde(rename = "domainNames")]
     domain_names: Option<Value>,
 }
 
+impl From<RawIngressPeer> for RawEgressPeer {
+    fn from(p: RawIngressPeer) -> Self {
+        RawEgressPeer {
+            namespaces: p.namespaces,
+            pods: p.pods,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
+struct RawAnpIngressRule {
+    name: Option<String>,
+    action: Option<String>,
+    from: Option<Vec<RawIngressPeer>>,
+    ports: Option<Vec<RawAnpPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawAnpEgressRule {
+    name: Option<String>,
+    action: Option<String>,
+    to: Option<Vec<RawEgressPeer>>,
+    ports: Option<Vec<RawAnpPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawCnpIngressRule {
+    name: Option<String>,
+    action: Option<String>,
+    from: Option<Vec<RawIngressPeer>>,
+    protocols: Option<Vec<RawCnpProtocol>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawCnpEgressRule {
+    name: Option<String>,
+    action: Option<String>,
+    to: Option<Vec<RawEgressPeer>>,
+    protocols: Option<Vec<RawCnpProtocol>>,
+}
+
+/// A rule of any cluster kind, either direction, once decoded.
+struct ClusterRule {
+    name: Option<String>,
+    action: Option<String>,
+    peers: Option<Vec<RawEgressPeer>>,
+    ports: Option<Vec<RawAnpPort>>,
+    protocols: Option<Vec<RawCnpProtocol>>,
+}
+
+fn ingress_peers(p: Option<Vec<RawIngressPeer>>) -> Option<Vec<RawEgressPeer>> {
+    p.map(|v| v.into_iter().map(RawEgressPeer::from).collect())
+}
+
+impl From<RawAnpIngressRule> for ClusterRule {
+    fn from(r: RawAnpIngressRule) -> Self {
+        ClusterRule {
+            name: r.name,
+            action: r.action,
+            peers: ingress_peers(r.from),
+            ports: r.ports,
+            protocols: None,
+        }
+    }
+}
+
+impl From<RawAnpEgressRule> for ClusterRule {
+    fn from(r: RawAnpEgressRule) -> Self {
+        ClusterRule {
+            name: r.name,
+            action: r.action,
+            peers: r.to,
+            ports: r.ports,
+            protocols: None,
+        }
+    }
+}
+
+impl From<RawCnpIngressRule> for ClusterRule {
+    fn from(r: RawCnpIngressRule) -> Self {
+        ClusterRule {
+            name: r.name,
+            action: r.action,
+            peers: ingress_peers(r.from),
+            ports: None,
+            protocols: r.protocols,
+        }
+    }
+}
+
+impl From<RawCnpEgressRule> for ClusterRule {
+    fn from(r: RawCnpEgressRule) -> Self {
+        ClusterRule {
+            name: r.name,
+            action: r.action,
+            peers: r.to,
+            ports: None,
+            protocols: r.protocols,
+        }
+    }
+}
+
+fn cluster_rules<I: Into<ClusterRule>>(v: Option<Vec<I>>) -> Vec<ClusterRule> {
+    v.into_iter().flatten().map(Into::into).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 struct RawAnpPortNumber {
     protocol: Option<String>,
     port: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RawAnpPortRange {
     protocol: Option<String>,
     start: Option<i64>,
@@ -239,7 +529,7 @@ struct RawAnpPortRange {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawAnpPort {
     port_number: Option<RawAnpPortNumber>,
     named_port: Option<String>,
@@ -247,20 +537,27 @@ struct RawAnpPort {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawCnpPort {
-    number: Option<i64>,
-    range: Option<RawAnpPortRange>,
+#[serde(default, deny_unknown_fields)]
+struct RawCnpRange {
+    start: Option<i64>,
+    end: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields)]
+struct RawCnpPort {
+    number: Option<i64>,
+    range: Option<RawCnpRange>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawCnpProtoPort {
     destination_port: Option<RawCnpPort>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawCnpProtocol {
     tcp: Option<RawCnpProtoPort>,
     udp: Option<RawCnpProtoPort>,
@@ -268,31 +565,19 @@ struct RawCnpProtocol {
     destination_named_port: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawClusterRule {
-    name: Option<String>,
-    action: Option<String>,
-    from: Option<Vec<RawClusterPeer>>,
-    to: Option<Vec<RawClusterPeer>>,
-    ports: Option<Vec<RawAnpPort>>,
-    protocols: Option<Vec<RawCnpProtocol>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawClusterSpec {
-    tier: Option<String>,
-    priority: Option<i64>,
-    subject: Option<RawClusterPeer>,
-    ingress: Option<Vec<RawClusterRule>>,
-    egress: Option<Vec<RawClusterRule>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawClusterDoc {
-    spec: Option<RawClusterSpec>,
+/// The field tree of a policy kind's wire shape (for the strictness
+/// tests); `None` for a kind that is not a policy kind.
+#[doc(hidden)]
+pub fn field_tree(kind: &str) -> Option<weir_topo::fields::Shape> {
+    use weir_topo::fields::field_tree;
+    Some(match kind {
+        "NetworkPolicy" => field_tree::<RawNpDoc>(),
+        "WeirPolicy" | "WeirClusterPolicy" => field_tree::<RawWeirDoc>(),
+        "AdminNetworkPolicy" => field_tree::<RawClusterDoc<RawAnpSpec>>(),
+        "BaselineAdminNetworkPolicy" => field_tree::<RawClusterDoc<RawBanpSpec>>(),
+        "ClusterNetworkPolicy" => field_tree::<RawClusterDoc<RawCnpSpec>>(),
+        _ => return None,
+    })
 }
 
 // ---- pieces ----
@@ -507,31 +792,41 @@ fn np_peers(
     Ok(out)
 }
 
+/// A NetworkPolicy rule of either direction: its peers and ports.
+type NpRule<'a> = (&'a Option<Vec<RawNpPeer>>, &'a Option<Vec<RawNpPort>>);
+
 fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
     let raw: RawNpDoc = cx.decode(doc)?;
     let spec = raw.spec;
     let ns = p.namespace.clone().unwrap_or_default();
+    let ingress: Vec<NpRule> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .map(|r| (&r.from, &r.ports))
+        .collect();
+    let egress: Vec<NpRule> = spec
+        .egress
+        .iter()
+        .flatten()
+        .map(|r| (&r.to, &r.ports))
+        .collect();
     p.subject = Subject::Namespace {
         namespace: ns.clone(),
         pods: selector(cx, "spec.podSelector", &spec.pod_selector)?,
     };
     for (dir, rules, peers_field) in [
-        (Direction::Ingress, &spec.ingress, "from"),
-        (Direction::Egress, &spec.egress, "to"),
+        (Direction::Ingress, &ingress, "from"),
+        (Direction::Egress, &egress, "to"),
     ] {
         let mut out = Vec::new();
-        for (i, r) in rules.iter().flatten().enumerate() {
+        for (i, (peers, ports)) in rules.iter().enumerate() {
             let f = format!("spec.{}[{i}]", dir.as_str());
-            let peers = if dir == Direction::Ingress {
-                &r.from
-            } else {
-                &r.to
-            };
             out.push(Rule {
                 action: RuleAction::Allow,
                 action_text: "Allow".into(),
                 peers: np_peers(cx, &format!("{f}.{peers_field}"), peers, Some(&ns))?,
-                ports: np_ports(cx, &format!("{f}.ports"), &r.ports)?,
+                ports: np_ports(cx, &format!("{f}.ports"), ports)?,
                 name: None,
                 http: None,
                 dns: None,
@@ -567,7 +862,7 @@ fn network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Poli
 }
 
 fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
-    let raw: RawNpDoc = cx.decode(doc)?;
+    let raw: RawWeirDoc = cx.decode(doc)?;
     let spec = raw.spec;
     let cluster = p.kind == Kind::WeirClusterPolicy;
     p.audit = spec.audit.unwrap_or(false);
@@ -621,6 +916,16 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
         let mut out = Vec::new();
         for (i, r) in rules.iter().flatten().enumerate() {
             let f = format!("spec.{}[{i}]", dir.as_str());
+            let (wrong, right) = match dir {
+                Direction::Ingress => (r.to.is_some().then_some("to"), "from"),
+                Direction::Egress => (r.from.is_some().then_some("from"), "to"),
+            };
+            if let Some(wrong) = wrong {
+                return Err(cx.err(
+                    format!("{f}.{wrong}"),
+                    format!("not a field of an {} rule; use {right}", dir.as_str()),
+                ));
+            }
             let action = match r.action.as_deref() {
                 Some("Allow") => RuleAction::Allow,
                 Some("Deny") => RuleAction::Deny,
@@ -667,7 +972,8 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                         action,
                         audit: p.audit,
                     };
-                    Some(dns_names(cx, &format!("{f}.dns"), v, g, "DNS rules")?)
+                    let names: Vec<_> = v.iter().map(|d| (&d.name, &d.pattern)).collect();
+                    Some(dns_names(cx, &format!("{f}.dns"), &names, g, "DNS rules")?)
                 }
             };
             let to_fqdns = match &r.to_fqdns {
@@ -702,7 +1008,11 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                         action,
                         audit: false,
                     };
-                    Some(dns_names(cx, &tf, v, g, "toFQDNs")?)
+                    let names: Vec<_> = v
+                        .iter()
+                        .map(|d| (&d.match_name, &d.match_pattern))
+                        .collect();
+                    Some(dns_names(cx, &tf, &names, g, "toFQDNs")?)
                 }
             };
             out.push(Rule {
@@ -744,15 +1054,6 @@ struct Guard {
     audit: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawDnsName {
-    name: Option<String>,
-    pattern: Option<String>,
-    match_name: Option<String>,
-    match_pattern: Option<String>,
-}
-
 /// `dns: [{name} | {pattern}]` or `toFQDNs: [{matchName} | {matchPattern}]`
 /// of a WeirPolicy egress Allow rule → name patterns. `*` is exactly one
 /// label (`*.example.com` matches `www.example.com`, not `example.com` nor
@@ -760,7 +1061,7 @@ struct RawDnsName {
 fn dns_names(
     cx: &Cx,
     f: &str,
-    v: &Value,
+    raw: &[(&Option<String>, &Option<String>)],
     g: Guard,
     what: &str,
 ) -> Result<Vec<String>, PolicyError> {
@@ -786,18 +1087,6 @@ fn dns_names(
     } else {
         ("name", "pattern")
     };
-    let raw: Vec<RawDnsName> = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." || path.is_empty() {
-            f.to_string()
-        } else if path.starts_with('[') {
-            format!("{f}{path}")
-        } else {
-            format!("{f}.{path}")
-        };
-        let msg = e.into_inner().to_string();
-        cx.err(at, msg.lines().next().unwrap_or_default().to_string())
-    })?;
     if raw.is_empty() {
         return Err(cx.err(
             f,
@@ -807,19 +1096,8 @@ fn dns_names(
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let (n, p, other_n, other_p) = if fqdn {
-            (r.match_name, r.match_pattern, r.name, r.pattern)
-        } else {
-            (r.name, r.pattern, r.match_name, r.match_pattern)
-        };
-        if other_n.is_some() || other_p.is_some() {
-            return Err(cx.err(
-                format!("{f}[{i}]"),
-                format!("unknown field; expected `{name_key}` or `{pattern_key}`"),
-            ));
-        }
-        let (key, text, wild) = match (n, p) {
+    for (i, (n, p)) in raw.iter().enumerate() {
+        let (key, text, wild) = match ((*n).clone(), (*p).clone()) {
             (Some(n), None) => (name_key, n, false),
             (None, Some(p)) => (pattern_key, p, true),
             _ => {
@@ -849,31 +1127,6 @@ fn dns_names(
     Ok(out)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpRule {
-    method: Option<String>,
-    path: Option<RawHttpPath>,
-    host: Option<String>,
-    #[serde(default)]
-    headers: Vec<RawHttpHeader>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpPath {
-    exact: Option<String>,
-    prefix: Option<String>,
-    regex: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpHeader {
-    name: String,
-    value: Option<String>,
-}
-
 /// `http:` of a WeirPolicy rule: a list of `{method, path: {exact | prefix
 /// | regex}, host, headers: [{name, value?}]}`; allowed on ingress `Allow`
 /// rules of enforced WeirPolicies only. Validated by compiling it here
@@ -881,7 +1134,7 @@ struct RawHttpHeader {
 fn http_rules(
     cx: &Cx,
     f: &str,
-    v: &Value,
+    raw: &[RawHttpRule],
     cluster: bool,
     dir: Direction,
     action: RuleAction,
@@ -904,18 +1157,6 @@ fn http_rules(
     if audit {
         return Err(cx.err(f, "HTTP rules are not supported in an audit policy"));
     }
-    let raw: Vec<RawHttpRule> = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." || path.is_empty() {
-            f.to_string()
-        } else if path.starts_with('[') {
-            format!("{f}{path}")
-        } else {
-            format!("{f}.{path}")
-        };
-        let msg = e.into_inner().to_string();
-        cx.err(at, msg.lines().next().unwrap_or_default().to_string())
-    })?;
     if raw.is_empty() {
         return Err(cx.err(
             f,
@@ -923,24 +1164,24 @@ fn http_rules(
         ));
     }
     let mut rules = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let path = match r.path {
+    for (i, r) in raw.iter().enumerate() {
+        let path = match &r.path {
             None => None,
             Some(RawHttpPath {
                 exact: Some(p),
                 prefix: None,
                 regex: None,
-            }) => Some(PathMatchSpec::Exact(p)),
+            }) => Some(PathMatchSpec::Exact(p.clone())),
             Some(RawHttpPath {
                 exact: None,
                 prefix: Some(p),
                 regex: None,
-            }) => Some(PathMatchSpec::Prefix(p)),
+            }) => Some(PathMatchSpec::Prefix(p.clone())),
             Some(RawHttpPath {
                 exact: None,
                 prefix: None,
                 regex: Some(p),
-            }) => Some(PathMatchSpec::Regex(p)),
+            }) => Some(PathMatchSpec::Regex(p.clone())),
             Some(_) => {
                 return Err(cx.err(
                     format!("{f}[{i}].path"),
@@ -949,15 +1190,15 @@ fn http_rules(
             }
         };
         rules.push(HttpRuleSpec {
-            method: r.method,
+            method: r.method.clone(),
             path,
-            host: r.host,
+            host: r.host.clone(),
             headers: r
                 .headers
-                .into_iter()
+                .iter()
                 .map(|h| HeaderMatchSpec {
-                    name: h.name,
-                    value: h.value,
+                    name: h.name.clone(),
+                    value: h.value.clone(),
                 })
                 .collect(),
         });
@@ -979,7 +1220,7 @@ fn http_rules(
     Ok(spec)
 }
 
-fn cluster_subject(cx: &Cx, raw: &Option<RawClusterPeer>) -> Result<Subject, PolicyError> {
+fn cluster_subject(cx: &Cx, raw: &Option<RawClusterSubject>) -> Result<Subject, PolicyError> {
     let Some(s) = raw else {
         return Err(cx.err("spec.subject", "required"));
     };
@@ -1006,7 +1247,7 @@ fn cluster_subject(cx: &Cx, raw: &Option<RawClusterPeer>) -> Result<Subject, Pol
 fn cluster_peers(
     cx: &Cx,
     field: &str,
-    raw: &Option<Vec<RawClusterPeer>>,
+    raw: &Option<Vec<RawEgressPeer>>,
     egress: bool,
 ) -> Result<Vec<Peer>, PolicyError> {
     let raw = match raw {
@@ -1086,9 +1327,14 @@ impl RawSelector {
     }
 }
 
-fn range(cx: &Cx, f: &str, r: &RawAnpPortRange, proto: Protocol) -> Result<PortMatch, PolicyError> {
-    let start = port_number(cx, &format!("{f}.start"), r.start.unwrap_or(0))?;
-    let end = port_number(cx, &format!("{f}.end"), r.end.unwrap_or(0))?;
+fn range(
+    cx: &Cx,
+    f: &str,
+    (start, end): (Option<i64>, Option<i64>),
+    proto: Protocol,
+) -> Result<PortMatch, PolicyError> {
+    let start = port_number(cx, &format!("{f}.start"), start.unwrap_or(0))?;
+    let end = port_number(cx, &format!("{f}.end"), end.unwrap_or(0))?;
     if end <= start {
         return Err(cx.err(
             format!("{f}.end"),
@@ -1103,11 +1349,22 @@ fn range(cx: &Cx, f: &str, r: &RawAnpPortRange, proto: Protocol) -> Result<PortM
 }
 
 fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
-    let raw: RawClusterDoc = cx.decode(doc)?;
-    let Some(spec) = raw.spec else {
+    let banp = p.kind == Kind::BaselineAdminNetworkPolicy;
+    let spec = if banp {
+        let raw: RawClusterDoc<RawBanpSpec> = cx.decode(doc)?;
+        raw.spec.map(|s| RawAnpSpec {
+            priority: None,
+            subject: s.subject,
+            ingress: s.ingress,
+            egress: s.egress,
+        })
+    } else {
+        let raw: RawClusterDoc<RawAnpSpec> = cx.decode(doc)?;
+        raw.spec
+    };
+    let Some(spec) = spec else {
         return Err(cx.err("spec", "required"));
     };
-    let banp = p.kind == Kind::BaselineAdminNetworkPolicy;
     if banp {
         p.tier = Tier::Baseline;
         p.priority = 1001;
@@ -1127,11 +1384,11 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
     }
     p.subject = cluster_subject(cx, &spec.subject)?;
     for (dir, rules) in [
-        (Direction::Ingress, &spec.ingress),
-        (Direction::Egress, &spec.egress),
+        (Direction::Ingress, cluster_rules(spec.ingress)),
+        (Direction::Egress, cluster_rules(spec.egress)),
     ] {
         let mut out = Vec::new();
-        for (i, r) in rules.iter().flatten().enumerate() {
+        for (i, r) in rules.iter().enumerate() {
             let f = format!("spec.{}[{i}]", dir.as_str());
             let action = match (r.action.as_deref(), banp) {
                 (Some("Allow"), _) => RuleAction::Allow,
@@ -1150,12 +1407,13 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
                 }
                 (None, _) => return Err(cx.err(format!("{f}.action"), "required")),
             };
-            let (peers, pf) = if dir == Direction::Ingress {
-                (&r.from, "from")
+            let pf = if dir == Direction::Ingress {
+                "from"
             } else {
-                (&r.to, "to")
+                "to"
             };
-            let peers = cluster_peers(cx, &format!("{f}.{pf}"), peers, dir == Direction::Egress)?;
+            let peers =
+                cluster_peers(cx, &format!("{f}.{pf}"), &r.peers, dir == Direction::Egress)?;
             let ports = match &r.ports {
                 None => None,
                 Some(list) => {
@@ -1201,7 +1459,12 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
                                 &format!("{pf}.portRange.protocol"),
                                 r.protocol.as_deref(),
                             )?;
-                            out.push(range(cx, &format!("{pf}.portRange"), r, proto)?);
+                            out.push(range(
+                                cx,
+                                &format!("{pf}.portRange"),
+                                (r.start, r.end),
+                                proto,
+                            )?);
                         }
                     }
                     Some(out)
@@ -1227,7 +1490,7 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
 }
 
 fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyError> {
-    let raw: RawClusterDoc = cx.decode(doc)?;
+    let raw: RawClusterDoc<RawCnpSpec> = cx.decode(doc)?;
     let Some(spec) = raw.spec else {
         return Err(cx.err("spec", "required"));
     };
@@ -1249,11 +1512,11 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
     };
     p.subject = cluster_subject(cx, &spec.subject)?;
     for (dir, rules) in [
-        (Direction::Ingress, &spec.ingress),
-        (Direction::Egress, &spec.egress),
+        (Direction::Ingress, cluster_rules(spec.ingress)),
+        (Direction::Egress, cluster_rules(spec.egress)),
     ] {
         let mut out = Vec::new();
-        for (i, r) in rules.iter().flatten().enumerate() {
+        for (i, r) in rules.iter().enumerate() {
             let f = format!("spec.{}[{i}]", dir.as_str());
             let action = match r.action.as_deref() {
                 Some("Accept") => RuleAction::Allow,
@@ -1267,15 +1530,13 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
                 }
                 None => return Err(cx.err(format!("{f}.action"), "required")),
             };
-            if r.ports.is_some() {
-                return Err(cx.err(format!("{f}.ports"), "not a v1alpha2 field; use protocols"));
-            }
-            let (peers, pf) = if dir == Direction::Ingress {
-                (&r.from, "from")
+            let pf = if dir == Direction::Ingress {
+                "from"
             } else {
-                (&r.to, "to")
+                "to"
             };
-            let peers = cluster_peers(cx, &format!("{f}.{pf}"), peers, dir == Direction::Egress)?;
+            let peers =
+                cluster_peers(cx, &format!("{f}.{pf}"), &r.peers, dir == Direction::Egress)?;
             let ports = match &r.protocols {
                 None => None,
                 Some(list) => {
@@ -1324,9 +1585,12 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
                                         end: n,
                                     });
                                 }
-                                (None, Some(r)) => {
-                                    out.push(range(cx, &format!("{pf}.range"), r, proto)?)
-                                }
+                                (None, Some(r)) => out.push(range(
+                                    cx,
+                                    &format!("{pf}.range"),
+                                    (r.start, r.end),
+                                    proto,
+                                )?),
                                 _ => {
                                     return Err(
                                         cx.err(pf, "exactly one of number or range must be set")

@@ -78,7 +78,7 @@ fn errors_are_one_line_with_object_field_and_reason() {
         ),
         (
             "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{method: GET, verb: POST}]}]\n".into(),
-            "weirpolicies/x/w: spec.ingress[0].http[0].verb: unknown field `verb`, expected one of `method`, `path`, `host`, `headers`",
+            "weirpolicies/x/w: spec.ingress[0].http[0].verb: unknown field; expected one of method, path, host, headers",
         ),
         (
             "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: x}\nspec:\n  ingress: [{action: Allow, http: [{path: {prefix: /a, exact: /b}}]}]\n".into(),
@@ -126,7 +126,7 @@ fn errors_are_one_line_with_object_field_and_reason() {
         ),
         (
             "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{networks: [10.0.0.0/8]}]}]\n".into(),
-            "clusternetworkpolicies/c: spec.ingress[0].from[0].networks: only allowed in egress rules",
+            "clusternetworkpolicies/c: spec.ingress[0].from[0].networks: unknown field; expected namespaces or pods",
         ),
         (
             "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [10.0.0.0/8]}], protocols: [{tcp: {destinationPort: {number: 0}}}]}]\n".into(),

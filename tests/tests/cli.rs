@@ -88,3 +88,84 @@ fn bad_flags_are_one_line_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+/// A misspelt field on a running cluster: `weir apply` exits non-zero with
+/// one line naming the object and the field path, and nothing of the file
+/// is applied (neither the policy nor the pod beside it); the same file
+/// under `--field-validation=warn` applies without the field and says so.
+#[test]
+fn apply_refuses_a_misspelt_field_and_changes_nothing() {
+    use weir_tests::{all_connected, none_connected, pod_manifest, simple_cluster, TestCluster};
+    let c = TestCluster::up("strict", &simple_cluster("q", &["a", "b"]));
+    let pods_before = c.weir_json(&["get", "pods", "-n", "q", "-o", "json"]);
+    let before = c.counter("rx_packets");
+    assert!(all_connected(&c.probe(
+        80,
+        "TCP",
+        &["--from", "q/b", "--to", "q/a"]
+    )));
+    assert!(
+        c.counter("rx_packets") > before,
+        "the probe did not cross weir"
+    );
+    // `matchLabel` (missing s) would select every pod of q if ignored.
+    let typo = format!(
+        "{}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p3, namespace: q}}\n\
+         spec:\n  podSelector: {{matchLabel: {{pod: a}}}}\n  policyTypes: [Ingress]\n",
+        pod_manifest("q", "c")
+    );
+    let out = c.apply_text("typo.yaml", &typo);
+    assert!(
+        !out.status.success(),
+        "weir apply accepted a misspelt field"
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(
+        err,
+        "weir: networkpolicies/q/p3: spec.podSelector.matchLabel: unknown field; expected matchLabels or matchExpressions"
+    );
+    assert_eq!(
+        c.weir_json(&["get", "pods", "-n", "q", "-o", "json"]),
+        pods_before,
+        "a pod of the refused file was applied"
+    );
+    let e = c.explain("q/b", "q/a", 80, "TCP");
+    assert_eq!(e["allowed"], true, "{e}");
+    let before = c.counter("rx_packets");
+    assert!(all_connected(&c.probe(
+        80,
+        "TCP",
+        &["--from", "q/b", "--to", "q/a"]
+    )));
+    assert!(
+        c.counter("rx_packets") > before,
+        "the probe did not cross weir"
+    );
+
+    // Under warn: applied without the field (an empty podSelector: every pod
+    // of q isolated for ingress), one warning line naming it.
+    let out = c.weir(&[
+        "apply",
+        "-f",
+        &c.file("typo.yaml", &typo),
+        "--field-validation=warn",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err,
+        "weir: warning: networkpolicies/q/p3: spec.podSelector.matchLabel: unknown field ignored"
+    );
+    let e = c.explain("q/b", "q/a", 80, "TCP");
+    assert_eq!(e["allowed"], false, "{e}");
+    let drops = c.drops("policy-denied");
+    assert!(none_connected(&c.probe(
+        80,
+        "TCP",
+        &["--from", "q/b", "--to", "q/a"]
+    )));
+    assert!(
+        c.drops("policy-denied") > drops,
+        "the denial was not weir's"
+    );
+}

@@ -92,6 +92,7 @@
 //! ([`Cluster::load`]) can attach to it. [`teardown_by_name`] removes a
 //! cluster even when that file is lost.
 
+pub mod fields;
 pub mod manifest;
 pub mod netns;
 pub mod overlay;

@@ -8,8 +8,11 @@
 //! with [`split_documents`], route what [`is_topology_kind`] accepts to
 //! [`ClusterSpec::add_document`] and handle the rest.
 //!
-//! Only the fields weir needs are read (unknown fields are ignored, as the API
-//! server's non-strict decoding does): `metadata.name/namespace/labels`,
+//! Every field Kubernetes defines for these kinds is accepted, and any other
+//! field is refused (`<object>: <path>: unknown field; expected ...`), as the
+//! API server's strict field validation does; [`crate::fields`] has the
+//! `warn`/`ignore` modes. A key given twice in one mapping is refused too.
+//! Only the fields weir needs are read: `metadata.name/namespace/labels`,
 //! Node `spec.podCIDR(s)`, `status.addresses` (the first IPv4 `InternalIP`:
 //! the node's underlay address) and the annotation `weir.dev/dataplane`
 //! (`weir`, the default, or `kernel`: a node wired like flannel's vxlan
@@ -53,8 +56,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
+use crate::fields::{self, FieldValidation};
 use crate::names;
 
 /// The implicit namespace.
@@ -243,8 +248,21 @@ pub fn is_topology_kind(api_version: &str, kind: &str) -> bool {
 
 /// Splits YAML (multi-document) or JSON text into documents, flattening
 /// `kind: List`. Empty documents are skipped. Errors on text that does not
-/// parse and on documents without `kind` or `apiVersion`.
+/// parse, on a key given twice in one mapping (YAML or JSON), on documents
+/// without `kind` or `apiVersion`, and on a `List` with a field other than
+/// `apiVersion`, `kind`, `metadata`, `items`.
 pub fn split_documents(text: &str, file: &str) -> Result<Vec<Document>, ManifestError> {
+    split_documents_with(text, file, FieldValidation::Strict, &mut Vec::new())
+}
+
+/// [`split_documents`] under a field-validation mode (for unknown fields of
+/// a `List`; ignored ones are pushed to `ignored`).
+pub fn split_documents_with(
+    text: &str,
+    file: &str,
+    mode: FieldValidation,
+    ignored: &mut Vec<String>,
+) -> Result<Vec<Document>, ManifestError> {
     let syntax = |msg: String| ManifestError::Syntax {
         file: file.to_string(),
         msg,
@@ -252,10 +270,10 @@ pub fn split_documents(text: &str, file: &str) -> Result<Vec<Document>, Manifest
     let mut values = Vec::new();
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
-            let v = v.map_err(|e| syntax(e.to_string()))?;
-            let v = serde_yaml::to_value(v).map_err(|e| syntax(e.to_string()))?;
-            values.push(v);
+        // Straight into serde_yaml's Value, whose mappings refuse a key
+        // given twice (serde_json's would keep the last one silently).
+        for v in serde_json::Deserializer::from_str(text).into_iter::<serde_yaml::Value>() {
+            values.push(v.map_err(|e| syntax(e.to_string()))?);
         }
     } else {
         for de in serde_yaml::Deserializer::from_str(text) {
@@ -288,6 +306,24 @@ pub fn split_documents(text: &str, file: &str) -> Result<Vec<Document>, Manifest
         let api_version = str_field("apiVersion")
             .ok_or_else(|| syntax(format!("document {index}: apiVersion: required")))?;
         if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+            if let Some(m) = value.as_mapping() {
+                for k in m.keys() {
+                    let known = matches!(
+                        k.as_str(),
+                        Some("apiVersion" | "kind" | "metadata" | "items")
+                    );
+                    if known {
+                        continue;
+                    }
+                    let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                    if mode == FieldValidation::Strict {
+                        return Err(syntax(format!(
+                            "document {index} ({kind}): {key}: unknown field; expected apiVersion, kind, metadata or items"
+                        )));
+                    }
+                    ignored.push(format!("{file}: document {index} ({kind}): {key}"));
+                }
+            }
             let items = value
                 .get("items")
                 .and_then(|v| v.as_sequence())
@@ -330,40 +366,84 @@ pub fn parse_str(text: &str, source: &str) -> Result<ClusterSpec, ManifestError>
 /// Parses one text into objects without defaults or cross-object checks
 /// (for merging several sources before [`ClusterSpec::finish`]).
 pub fn parse_objects(text: &str, source: &str) -> Result<ClusterSpec, ManifestError> {
+    parse_objects_with(text, source, FieldValidation::Strict, &mut Vec::new())
+}
+
+/// [`parse_objects`] under a field-validation mode; dropped fields are
+/// pushed to `ignored` as `<object>: <path>`.
+pub fn parse_objects_with(
+    text: &str,
+    source: &str,
+    mode: FieldValidation,
+    ignored: &mut Vec<String>,
+) -> Result<ClusterSpec, ManifestError> {
     let mut spec = ClusterSpec::default();
-    for doc in split_documents(text, source)? {
-        spec.add_document(&doc)?;
+    for doc in split_documents_with(text, source, mode, ignored)? {
+        spec.add_document_with(&doc, mode, ignored)?;
     }
     Ok(spec)
 }
 
-// ---- wire shapes (only the fields we read; unknown fields ignored) ----
+// ---- wire shapes ----
+//
+// The Kubernetes schema of each kind: every field the API defines is
+// declared (those weir does not read as `IgnoredAny`, accepted and not
+// looked at), and every struct refuses any other field. See
+// [`crate::fields`] for `--field-validation`.
 
+/// `metadata` of any object (Kubernetes `ObjectMeta`).
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawMeta {
-    name: Option<String>,
-    namespace: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    // Defined by Kubernetes, not read by weir:
+    generate_name: Option<IgnoredAny>,
+    self_link: Option<IgnoredAny>,
+    uid: Option<IgnoredAny>,
+    resource_version: Option<IgnoredAny>,
+    generation: Option<IgnoredAny>,
+    creation_timestamp: Option<IgnoredAny>,
+    deletion_timestamp: Option<IgnoredAny>,
+    deletion_grace_period_seconds: Option<IgnoredAny>,
+    owner_references: Option<IgnoredAny>,
+    finalizers: Option<IgnoredAny>,
+    managed_fields: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNode {
-    metadata: RawMeta,
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
     spec: RawNodeSpec,
     status: RawNodeStatus,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNodeStatus {
     addresses: Vec<RawNodeAddress>,
+    // Defined by Kubernetes, not read by weir:
+    capacity: Option<IgnoredAny>,
+    allocatable: Option<IgnoredAny>,
+    phase: Option<IgnoredAny>,
+    conditions: Option<IgnoredAny>,
+    daemon_endpoints: Option<IgnoredAny>,
+    node_info: Option<IgnoredAny>,
+    images: Option<IgnoredAny>,
+    volumes_in_use: Option<IgnoredAny>,
+    volumes_attached: Option<IgnoredAny>,
+    config: Option<IgnoredAny>,
+    runtime_handlers: Option<IgnoredAny>,
+    features: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RawNodeAddress {
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -371,58 +451,164 @@ struct RawNodeAddress {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNodeSpec {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
     #[serde(rename = "podCIDRs")]
     pod_cidrs: Option<Vec<String>>,
+    // Defined by Kubernetes, not read by weir:
+    #[serde(rename = "providerID")]
+    provider_id: Option<IgnoredAny>,
+    unschedulable: Option<IgnoredAny>,
+    taints: Option<IgnoredAny>,
+    config_source: Option<IgnoredAny>,
+    #[serde(rename = "externalID")]
+    external_id: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawNamespace {
-    metadata: RawMeta,
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
+    // Defined by Kubernetes (finalizers; phase, conditions), not read by weir:
+    spec: Option<IgnoredAny>,
+    status: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawPod {
-    metadata: RawMeta,
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: ObjectMeta,
     spec: RawPodSpec,
+    // Defined by Kubernetes, not read by weir:
+    status: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawPodSpec {
     node_name: Option<String>,
     containers: Vec<RawContainer>,
+    // Defined by Kubernetes, not read by weir:
+    active_deadline_seconds: Option<IgnoredAny>,
+    affinity: Option<IgnoredAny>,
+    automount_service_account_token: Option<IgnoredAny>,
+    dns_config: Option<IgnoredAny>,
+    dns_policy: Option<IgnoredAny>,
+    enable_service_links: Option<IgnoredAny>,
+    ephemeral_containers: Option<IgnoredAny>,
+    host_aliases: Option<IgnoredAny>,
+    #[serde(rename = "hostIPC")]
+    host_ipc: Option<IgnoredAny>,
+    host_network: Option<IgnoredAny>,
+    #[serde(rename = "hostPID")]
+    host_pid: Option<IgnoredAny>,
+    host_users: Option<IgnoredAny>,
+    hostname: Option<IgnoredAny>,
+    image_pull_secrets: Option<IgnoredAny>,
+    init_containers: Option<IgnoredAny>,
+    node_selector: Option<IgnoredAny>,
+    os: Option<IgnoredAny>,
+    overhead: Option<IgnoredAny>,
+    preemption_policy: Option<IgnoredAny>,
+    priority: Option<IgnoredAny>,
+    priority_class_name: Option<IgnoredAny>,
+    readiness_gates: Option<IgnoredAny>,
+    resource_claims: Option<IgnoredAny>,
+    resources: Option<IgnoredAny>,
+    restart_policy: Option<IgnoredAny>,
+    runtime_class_name: Option<IgnoredAny>,
+    scheduler_name: Option<IgnoredAny>,
+    scheduling_gates: Option<IgnoredAny>,
+    security_context: Option<IgnoredAny>,
+    service_account: Option<IgnoredAny>,
+    service_account_name: Option<IgnoredAny>,
+    #[serde(rename = "setHostnameAsFQDN")]
+    set_hostname_as_fqdn: Option<IgnoredAny>,
+    share_process_namespace: Option<IgnoredAny>,
+    subdomain: Option<IgnoredAny>,
+    termination_grace_period_seconds: Option<IgnoredAny>,
+    tolerations: Option<IgnoredAny>,
+    topology_spread_constraints: Option<IgnoredAny>,
+    volumes: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawContainer {
     ports: Vec<RawPort>,
+    // Defined by Kubernetes, not read by weir:
+    name: Option<IgnoredAny>,
+    image: Option<IgnoredAny>,
+    command: Option<IgnoredAny>,
+    args: Option<IgnoredAny>,
+    working_dir: Option<IgnoredAny>,
+    env_from: Option<IgnoredAny>,
+    env: Option<IgnoredAny>,
+    resources: Option<IgnoredAny>,
+    resize_policy: Option<IgnoredAny>,
+    restart_policy: Option<IgnoredAny>,
+    volume_mounts: Option<IgnoredAny>,
+    volume_devices: Option<IgnoredAny>,
+    liveness_probe: Option<IgnoredAny>,
+    readiness_probe: Option<IgnoredAny>,
+    startup_probe: Option<IgnoredAny>,
+    lifecycle: Option<IgnoredAny>,
+    termination_message_path: Option<IgnoredAny>,
+    termination_message_policy: Option<IgnoredAny>,
+    image_pull_policy: Option<IgnoredAny>,
+    security_context: Option<IgnoredAny>,
+    stdin: Option<IgnoredAny>,
+    stdin_once: Option<IgnoredAny>,
+    tty: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct RawPort {
     name: Option<String>,
     container_port: Option<i64>,
     protocol: Option<String>,
+    // Defined by Kubernetes, not read by weir:
+    host_port: Option<IgnoredAny>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<IgnoredAny>,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(doc: &Document) -> Result<T, ManifestError> {
-    serde_path_to_error::deserialize(doc.value.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let object = object_of(doc);
-        ManifestError::Invalid {
-            object,
-            field: path,
-            msg: e.into_inner().to_string(),
+/// The field tree of a topology kind (`Node`, `Namespace`, `Pod`), for the
+/// strictness tests; `None` for any other kind.
+#[doc(hidden)]
+pub fn field_tree(kind: &str) -> Option<fields::Shape> {
+    match kind {
+        "Node" => Some(fields::field_tree::<RawNode>()),
+        "Namespace" => Some(fields::field_tree::<RawNamespace>()),
+        "Pod" => Some(fields::field_tree::<RawPod>()),
+        _ => None,
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    doc: &Document,
+    mode: FieldValidation,
+    ignored: &mut Vec<String>,
+) -> Result<T, ManifestError> {
+    let object = object_of(doc);
+    match fields::decode::<T>(&doc.value, mode) {
+        Ok((t, d)) => {
+            ignored.extend(d.ignored.into_iter().map(|p| format!("{object}: {p}")));
+            Ok(t)
         }
-    })
+        Err(e) => Err(ManifestError::Invalid {
+            object,
+            field: e.path,
+            msg: e.msg,
+        }),
+    }
 }
 
 /// A best-effort object name for errors raised before the object is decoded.
@@ -449,7 +635,7 @@ fn check_labels(object: &str, labels: &BTreeMap<String, String>) -> Result<(), M
     Ok(())
 }
 
-fn required_name(doc: &Document, meta: &RawMeta) -> Result<String, ManifestError> {
+fn required_name(doc: &Document, meta: &ObjectMeta) -> Result<String, ManifestError> {
     match &meta.name {
         Some(n) => Ok(n.clone()),
         None => Err(invalid(&object_of(doc), "metadata.name", "required")),
@@ -489,8 +675,21 @@ fn parse_cidr(object: &str, field: &str, s: &str) -> Result<IpNet, ManifestError
 
 impl ClusterSpec {
     /// Adds one Node, Namespace or Pod document; any other kind is an error.
-    /// Per-object fields are checked here, with their exact manifest paths.
+    /// Per-object fields are checked here, with their exact manifest paths;
+    /// unknown fields are refused.
     pub fn add_document(&mut self, doc: &Document) -> Result<(), ManifestError> {
+        self.add_document_with(doc, FieldValidation::Strict, &mut Vec::new())
+    }
+
+    /// [`add_document`](Self::add_document) under a field-validation mode:
+    /// under `warn`/`ignore` the unknown fields are dropped and pushed to
+    /// `ignored` as `<object>: <path>`.
+    pub fn add_document_with(
+        &mut self,
+        doc: &Document,
+        mode: FieldValidation,
+        ignored: &mut Vec<String>,
+    ) -> Result<(), ManifestError> {
         if !is_topology_kind(&doc.api_version, &doc.kind) {
             return Err(ManifestError::UnknownKind {
                 file: doc.file.clone(),
@@ -501,7 +700,7 @@ impl ClusterSpec {
         }
         match doc.kind.as_str() {
             "Node" => {
-                let raw: RawNode = decode(doc)?;
+                let raw: RawNode = decode(doc, mode, ignored)?;
                 let name = required_name(doc, &raw.metadata)?;
                 let object = format!("nodes/{name}");
                 let mut pod_cidrs = Vec::new();
@@ -567,7 +766,7 @@ impl ClusterSpec {
                 self.nodes.push(node);
             }
             "Namespace" => {
-                let raw: RawNamespace = decode(doc)?;
+                let raw: RawNamespace = decode(doc, mode, ignored)?;
                 let ns = NamespaceSpec {
                     name: required_name(doc, &raw.metadata)?,
                     labels: raw.metadata.labels.unwrap_or_default(),
@@ -576,7 +775,7 @@ impl ClusterSpec {
                 self.namespaces.push(ns);
             }
             "Pod" => {
-                let raw: RawPod = decode(doc)?;
+                let raw: RawPod = decode(doc, mode, ignored)?;
                 let name = required_name(doc, &raw.metadata)?;
                 let namespace = raw
                     .metadata
