@@ -8,6 +8,8 @@
 # makes a rebuild after `rm` fast. First build on 2 cores: about 6-8 minutes
 # (kube-apiserver ~4, kube-controller-manager ~1.5, kubectl and etcd < 1).
 set -euo pipefail
+# Go from the machine's default install when it is not on PATH (CI shells).
+[[ -x /usr/local/go/bin/go ]] && export PATH="$PATH:/usr/local/go/bin"
 cd "$(dirname "$0")/../deploy/dev/k8s"
 
 K8S_VERSION=v1.37.2
@@ -28,10 +30,10 @@ for cmd in etcd kubectl kube-controller-manager kube-apiserver; do
   if [[ -x "$BIN/$cmd" ]]; then
     continue
   fi
-  echo "k8s-build: building $cmd $K8S_VERSION (first time only)"
+  echo "k8s-build: building $cmd $K8S_VERSION (first time only)" >&2
   start=$SECONDS
   go build -trimpath -ldflags "$ldflags" -o "$BIN/$cmd.tmp" "./cmd/$cmd"
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
-  echo "k8s-build: $cmd built in $((SECONDS - start)) s"
+  echo "k8s-build: $cmd built in $((SECONDS - start)) s" >&2
 done
 echo "$BIN"

@@ -11,6 +11,8 @@
 # etcd on two more free loopback ports. Several control planes can run side
 # by side in different DIRs.
 set -euo pipefail
+# Go from the machine's default install when it is not on PATH (CI shells).
+[[ -x /usr/local/go/bin/go ]] && export PATH="$PATH:/usr/local/go/bin"
 here=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:-}; dir=${2:-}
 [[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop DIR [PORT]" >&2; exit 2; }

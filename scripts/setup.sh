@@ -2,6 +2,8 @@
 # Installs everything weir's build and tests need on a new machine.
 # Idempotent: each step checks first, so a second run costs seconds.
 set -euo pipefail
+# Go from the machine's default install when it is not on PATH (CI shells).
+[[ -x /usr/local/go/bin/go ]] && export PATH="$PATH:/usr/local/go/bin"
 
 APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc curl
           iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps
@@ -59,4 +61,12 @@ if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; the
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends dnsmasq-base dnsutils >/dev/null
 fi
+# The real Kubernetes control plane (kube-apiserver, kube-controller-manager,
+# kubectl, etcd) for the agent's tests, from Go modules; cached under
+# ~/.cache/weir, so only a new machine pays for the first build (minutes).
+if ! command -v go >/dev/null 2>&1; then
+  echo "setup: Go is missing: the Kubernetes agent tests need Go >= 1.26 and the Go module proxy" >&2
+  exit 1
+fi
+bash "$(dirname "$0")/k8s-build.sh" >/dev/null
 echo "setup: ok"
