@@ -24,7 +24,7 @@ pub mod stream;
 
 pub use http::{parse_head, BodyFraming, RequestHead, Version};
 pub use matcher::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
-pub use stream::{Feed, HttpInspector, InspectorPool, L7Verdict, Limits, SlotId};
+pub use stream::{Feed, HttpInspector, InspectorPool, L7Verdict, Limits, SlotId, StreamState};
 
 /// Why L7 inspection denied a flow. Every refusal is a deny: the flow is
 /// answered with a 403 (when the client can read one) and closed.
