@@ -273,14 +273,22 @@ fn six_hundred_concurrent_keep_alive_connections_all_get_200() {
             assert_eq!(body, format!("served GET {path}\n"));
         }
     }
-    assert_eq!(gauge_until(&s.c, "flows", |v| v >= 600), 600, "all 600 inspected at once");
+    assert_eq!(
+        gauge_until(&s.c, "flows", |v| v >= 600),
+        600,
+        "all 600 inspected at once"
+    );
     assert_eq!(s.c.node_drops("n1", "l7-no-slot"), 0);
     // Denied on any of them: 403, and the others keep working.
     assert_eq!(exchange(&mut conns[17], "/private", false).0, 403);
     assert_eq!(exchange(&mut conns[18], "/public/after", false).0, 200);
     assert!(s.c.node_drops("n1", "l7-denied") >= 1);
     drop(conns);
-    assert_eq!(gauge_until(&s.c, "flows", |v| v == 0), 0, "slots back at the FINs");
+    assert_eq!(
+        gauge_until(&s.c, "flows", |v| v == 0),
+        0,
+        "slots back at the FINs"
+    );
 }
 
 /// `weir up --l7-max-flows 8` (one worker): the 9th concurrent connection
@@ -300,12 +308,18 @@ fn at_the_configured_limit_new_connections_are_refused() {
     let refused_before = s.c.node_drops("n1", "l7-no-slot");
     let ninth = connect_in(&s.client_ns, s.addr, 1, Duration::from_secs(3));
     assert!(ninth[0].is_none(), "the 9th connection must not open");
-    assert!(s.c.node_drops("n1", "l7-no-slot") > refused_before, "counted");
+    assert!(
+        s.c.node_drops("n1", "l7-no-slot") > refused_before,
+        "counted"
+    );
     let text = String::from_utf8_lossy(&s.c.weir(&["status"]).stdout).into_owned();
     assert!(text.contains("l7-no-slot="), "{text}");
     assert!(text.contains("l7: 8 of 8 connections"), "{text}");
     let flows = String::from_utf8_lossy(&s.c.weir(&["flows", "-o", "json"]).stdout).into_owned();
-    assert!(flows.contains("l7-no-slot"), "a flow event names the refusal: {flows}");
+    assert!(
+        flows.contains("l7-no-slot"),
+        "a flow event names the refusal: {flows}"
+    );
     // The 8 keep working.
     for (i, conn) in conns.iter_mut().enumerate() {
         assert_eq!(exchange(conn, &format!("/public/again/{i}"), false).0, 200);
