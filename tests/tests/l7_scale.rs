@@ -175,9 +175,9 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-/// `status.dataplane.workers[*].l7.<field>` of node n1, summed.
-fn l7_gauge(c: &TestCluster, field: &str) -> u64 {
-    weir_tests::node_status(&c.status(), "n1")["workers"]
+/// `status.dataplane.workers[*].l7.<field>` of the server's node, summed.
+fn l7_gauge(s: &Setup, field: &str) -> u64 {
+    weir_tests::node_status(&s.c.status(), s.node)["workers"]
         .as_array()
         .into_iter()
         .flatten()
@@ -186,10 +186,10 @@ fn l7_gauge(c: &TestCluster, field: &str) -> u64 {
 }
 
 /// Waits (bounded) until a sampled gauge satisfies `ok`; returns its last value.
-fn gauge_until(c: &TestCluster, field: &str, ok: impl Fn(u64) -> bool) -> u64 {
+fn gauge_until(s: &Setup, field: &str, ok: impl Fn(u64) -> bool) -> u64 {
     let mut v = 0;
     for _ in 0..40 {
-        v = l7_gauge(c, field);
+        v = l7_gauge(s, field);
         if ok(v) {
             break;
         }
@@ -203,10 +203,32 @@ struct Setup {
     _server: Server,
     client_ns: String,
     addr: SocketAddr,
+    /// The node whose worker inspects the flows (the server's).
+    node: &'static str,
+}
+
+/// Two nodes: the client app2 on n1, the server app1 on n2; the flows are
+/// inspected on n2, where they arrive from the underlay.
+fn two_nodes() -> String {
+    let pod = |name: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, labels: {{id: {name}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c}}]}}\n"
+        )
+    };
+    weir_tests::node_manifest(0, false)
+        + &weir_tests::node_manifest(1, false)
+        + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n"
+        + &pod("app1", "n2")
+        + &pod("app2", "n1")
 }
 
 fn setup(tag: &str, args: &[&str]) -> Setup {
-    let c = TestCluster::up_with(tag, CLUSTER, args);
+    setup_on(tag, CLUSTER, "n1", args)
+}
+
+fn setup_on(tag: &str, manifests: &str, node: &'static str, args: &[&str]) -> Setup {
+    let c = TestCluster::up_with(tag, manifests, args);
     let topo = c.topology();
     let app1 = topo.pod("demo", "app1").expect("app1").clone();
     let app2 = topo.pod("demo", "app2").expect("app2").clone();
@@ -218,6 +240,7 @@ fn setup(tag: &str, args: &[&str]) -> Setup {
         _server: server,
         client_ns: app2.netns.clone(),
         addr: SocketAddr::new(ip, 8080),
+        node,
     }
 }
 
@@ -227,8 +250,17 @@ fn setup(tag: &str, args: &[&str]) -> Setup {
 /// while the closed flows' conntrack entries lived on.
 #[test]
 fn a_thousand_sequential_short_connections_all_get_200() {
-    let s = setup("l7seq", &[]);
-    let rx_before = s.c.node_counter("n1", "rx_packets");
+    thousand_sequential(&setup("l7seq", &[]));
+}
+
+/// The same across nodes: the client on n1, the server on n2.
+#[test]
+fn a_thousand_sequential_short_connections_across_nodes_all_get_200() {
+    thousand_sequential(&setup_on("l7seqx", &two_nodes(), "n2", &[]));
+}
+
+fn thousand_sequential(s: &Setup) {
+    let rx_before = s.c.node_counter(s.node, "rx_packets");
     let mut ok = 0;
     let mut failed = Vec::new();
     for i in 0..1000 {
@@ -244,12 +276,12 @@ fn a_thousand_sequential_short_connections_all_get_200() {
         }
     }
     assert_eq!(ok, 1000, "first failures: {failed:?}");
-    assert_eq!(s.c.node_drops("n1", "l7-no-slot"), 0);
-    assert_eq!(s.c.node_drops("n1", "l7-after-close"), 0);
+    assert_eq!(s.c.node_drops(s.node, "l7-no-slot"), 0);
+    assert_eq!(s.c.node_drops(s.node, "l7-after-close"), 0);
     // Through weir: at least the 1000 SYNs and requests crossed it.
-    assert!(s.c.node_counter("n1", "rx_packets") >= rx_before + 2000);
+    assert!(s.c.node_counter(s.node, "rx_packets") >= rx_before + 2000);
     // Every slot went back (the flows' conntrack entries are still there).
-    assert_eq!(gauge_until(&s.c, "flows", |v| v == 0), 0);
+    assert_eq!(gauge_until(s, "flows", |v| v == 0), 0);
     // And the rules still hold on a fresh connection.
     let mut conns = connect_in(&s.client_ns, s.addr, 1, Duration::from_secs(5));
     let mut conn = conns.pop().flatten().expect("connect");
@@ -260,7 +292,16 @@ fn a_thousand_sequential_short_connections_all_get_200() {
 /// each while all are open.
 #[test]
 fn six_hundred_concurrent_keep_alive_connections_all_get_200() {
-    let s = setup("l7conc", &[]);
+    six_hundred_concurrent(&setup("l7conc", &[]));
+}
+
+/// The same across nodes: the client on n1, the server on n2.
+#[test]
+fn six_hundred_concurrent_keep_alive_connections_across_nodes_all_get_200() {
+    six_hundred_concurrent(&setup_on("l7concx", &two_nodes(), "n2", &[]));
+}
+
+fn six_hundred_concurrent(s: &Setup) {
     let mut conns: Vec<TcpStream> = connect_in(&s.client_ns, s.addr, 600, Duration::from_secs(10))
         .into_iter()
         .map(|c| c.expect("connect"))
@@ -274,18 +315,18 @@ fn six_hundred_concurrent_keep_alive_connections_all_get_200() {
         }
     }
     assert_eq!(
-        gauge_until(&s.c, "flows", |v| v >= 600),
+        gauge_until(s, "flows", |v| v >= 600),
         600,
         "all 600 inspected at once"
     );
-    assert_eq!(s.c.node_drops("n1", "l7-no-slot"), 0);
+    assert_eq!(s.c.node_drops(s.node, "l7-no-slot"), 0);
     // Denied on any of them: 403, and the others keep working.
     assert_eq!(exchange(&mut conns[17], "/private", false).0, 403);
     assert_eq!(exchange(&mut conns[18], "/public/after", false).0, 200);
-    assert!(s.c.node_drops("n1", "l7-denied") >= 1);
+    assert!(s.c.node_drops(s.node, "l7-denied") >= 1);
     drop(conns);
     assert_eq!(
-        gauge_until(&s.c, "flows", |v| v == 0),
+        gauge_until(s, "flows", |v| v == 0),
         0,
         "slots back at the FINs"
     );
@@ -297,7 +338,7 @@ fn six_hundred_concurrent_keep_alive_connections_all_get_200() {
 #[test]
 fn at_the_configured_limit_new_connections_are_refused() {
     let s = setup("l7lim", &["--l7-max-flows", "8"]);
-    assert_eq!(l7_gauge(&s.c, "flows_max"), 8);
+    assert_eq!(l7_gauge(&s, "flows_max"), 8);
     let mut conns: Vec<TcpStream> = connect_in(&s.client_ns, s.addr, 8, Duration::from_secs(5))
         .into_iter()
         .map(|c| c.expect("connect"))
@@ -305,11 +346,11 @@ fn at_the_configured_limit_new_connections_are_refused() {
     for (i, conn) in conns.iter_mut().enumerate() {
         assert_eq!(exchange(conn, &format!("/public/{i}"), false).0, 200);
     }
-    let refused_before = s.c.node_drops("n1", "l7-no-slot");
+    let refused_before = s.c.node_drops(s.node, "l7-no-slot");
     let ninth = connect_in(&s.client_ns, s.addr, 1, Duration::from_secs(3));
     assert!(ninth[0].is_none(), "the 9th connection must not open");
     assert!(
-        s.c.node_drops("n1", "l7-no-slot") > refused_before,
+        s.c.node_drops(s.node, "l7-no-slot") > refused_before,
         "counted"
     );
     let text = String::from_utf8_lossy(&s.c.weir(&["status"]).stdout).into_owned();
@@ -327,7 +368,7 @@ fn at_the_configured_limit_new_connections_are_refused() {
     // One closes (client FIN): its slot goes back, a new connection works
     // and is still judged.
     drop(conns.pop());
-    gauge_until(&s.c, "flows", |v| v < 8);
+    gauge_until(&s, "flows", |v| v < 8);
     let mut tenth = connect_in(&s.client_ns, s.addr, 1, Duration::from_secs(5));
     let mut tenth = tenth.pop().flatten().expect("a slot is free again");
     assert_eq!(exchange(&mut tenth, "/public/new", false).0, 200);
