@@ -1,9 +1,11 @@
 //! Per-flow HTTP/1.x inspection of the client→server byte stream.
 //!
-//! One [`HttpInspector`] per TCP connection whose admitted rule carries HTTP
-//! rules, taken from a per-worker [`InspectorPool`] allocated once at start
-//! (each slot owns a fixed buffer of [`Limits::buffer`] bytes; nothing is
-//! allocated per packet or per flow afterwards).
+//! One inspection state per TCP connection whose admitted rule carries HTTP
+//! rules: in the worker, a small [`StreamState`] per flow in an
+//! [`InspectorPool`] allocated once at start, with a head buffer lent from a
+//! smaller shared pool only while a request head stays open across
+//! segments; elsewhere an [`HttpInspector`] (state + its own buffer).
+//! Nothing is allocated per packet or per flow afterwards.
 //!
 //! # The hold/release contract
 //!
@@ -117,7 +119,8 @@ pub enum Feed {
 pub struct Limits {
     /// Longest request head, in bytes (request line to empty line).
     pub head_max: usize,
-    /// Bytes a slot keeps: the open request head (raised to `head_max` + 1).
+    /// Bytes of an [`HttpInspector`]'s own head buffer (raised to
+    /// `head_max` + 1; an [`InspectorPool`]'s buffers are `head_max` + 1).
     pub buffer: usize,
     /// Most frames held at once for one flow.
     pub held_segments_max: u16,
