@@ -38,12 +38,22 @@ struct DataplaneFlags {
     /// Polling mode: busy (spin), wakeup (sleep on the rings), adaptive (spin while busy, sleep when idle).
     #[arg(long, default_value = "adaptive")]
     poll: String,
+    /// Connections under HTTP rules each worker inspects at once; a new one beyond it is
+    /// refused (`l7-no-slot`). See docs/l7.md for the memory this costs.
+    #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
+    l7_max_flows: usize,
 }
 
 impl DataplaneFlags {
     fn args(&self) -> anyhow::Result<Vec<String>> {
         node_dataplane::parse_poll(&self.poll)?;
-        let mut v = vec!["--poll".to_string(), self.poll.clone()];
+        node_dataplane::check_l7_max_flows(self.l7_max_flows)?;
+        let mut v = vec![
+            "--poll".to_string(),
+            self.poll.clone(),
+            "--l7-max-flows".to_string(),
+            self.l7_max_flows.to_string(),
+        ];
         if let Some(c) = &self.cores {
             node_dataplane::parse_cores(c)?;
             v.extend(["--cores".to_string(), c.clone()]);
@@ -239,6 +249,8 @@ enum Cmd {
         cores: Option<String>,
         #[arg(long, default_value = "adaptive")]
         poll: String,
+        #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
+        l7_max_flows: usize,
     },
     /// The cluster supervisor (started by `weir up`).
     #[command(hide = true)]
@@ -247,6 +259,8 @@ enum Cmd {
         cores: Option<String>,
         #[arg(long, default_value = "adaptive")]
         poll: String,
+        #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
+        l7_max_flows: usize,
     },
 }
 
@@ -494,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             cores,
             poll,
+            l7_max_flows,
         } => {
             match action {
                 Some(DpAction::Stop { node }) => {
@@ -518,12 +533,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         node,
                         cores,
                         poll: node_dataplane::parse_poll(&poll)?,
+                        l7_max_flows: node_dataplane::check_l7_max_flows(l7_max_flows)?,
                     })
                 }
             }
         }
-        Cmd::Daemon { cores, poll } => {
-            let mut args = vec!["--poll".to_string(), poll];
+        Cmd::Daemon {
+            cores,
+            poll,
+            l7_max_flows,
+        } => {
+            let mut args = vec![
+                "--poll".to_string(),
+                poll,
+                "--l7-max-flows".to_string(),
+                l7_max_flows.to_string(),
+            ];
             if let Some(c) = cores {
                 args.extend(["--cores".to_string(), c]);
             }

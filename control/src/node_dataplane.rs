@@ -26,6 +26,18 @@ pub struct Options {
     pub node: String,
     pub cores: Vec<usize>,
     pub poll: PollMode,
+    /// Flows under HTTP rules per worker (`--l7-max-flows`).
+    pub l7_max_flows: usize,
+}
+
+/// Checks `--l7-max-flows`.
+pub fn check_l7_max_flows(n: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        (1..=weir_dataplane::runtime::L7_MAX_FLOWS_LIMIT).contains(&n),
+        "--l7-max-flows: {n} is not in 1..={}",
+        weir_dataplane::runtime::L7_MAX_FLOWS_LIMIT
+    );
+    Ok(n)
 }
 
 /// Parses `--poll`.
@@ -111,6 +123,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         poll: opts.poll,
         // The pod veths were built with this many queues: a socket on each.
         queues: cluster.queues,
+        l7_max_flows: opts.l7_max_flows,
         ..DataplaneConfig::default()
     };
     let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;

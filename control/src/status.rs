@@ -97,6 +97,21 @@ pub fn render(v: &Value) -> String {
             }
         }
         reasons.retain(|_, c| *c > 0);
+        let workers = dp["workers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let l7 = |k: &str| -> u64 { workers.iter().filter_map(|w| w["l7"][k].as_u64()).sum() };
+        if l7("flows_max") > 0 {
+            let _ = writeln!(
+                out,
+                "l7: {} of {} connections under HTTP rules inspected, {} head buffers, {} held frames",
+                l7("flows"),
+                l7("flows_max"),
+                l7("head_buffers"),
+                l7("held_frames"),
+            );
+        }
         if reasons.is_empty() {
             out.push_str("drops: none\n");
         } else {

@@ -77,12 +77,16 @@ drop_reasons! {
     L7Denied = 21 => "l7-denied",
     /// segment of an HTTP-inspected flow beyond a gap, or repeating held bytes (TCP retransmits it)
     L7OutOfOrder = 22 => "l7-out-of-order",
-    /// flow under HTTP rules without an inspector on this worker (pool full, mid-stream pickup, or seen on another worker); refused
+    /// flow under HTTP rules without an inspector on this worker (limit of open flows reached, mid-stream pickup, or seen on another worker); refused
     L7NoSlot = 23 => "l7-no-slot",
     /// DNS query under DNS rules for a name no entry allows (UDP: weir answered REFUSED instead; TCP: dropped)
     DnsRefused = 24 => "dns-refused",
     /// message on a flow under DNS rules that is not exactly one parseable DNS query (or a fragment); refused
     DnsMalformed = 25 => "dns-malformed",
+    /// segment of an HTTP-inspected flow dropped because the worker's head buffers or held-frame budget were all in use (TCP retransmits it)
+    L7Busy = 26 => "l7-busy",
+    /// data segment of an HTTP-inspected flow after its client closed it (FIN or RST) or weir denied it; refused
+    L7AfterClose = 27 => "l7-after-close",
 }
 
 impl DropReason {

@@ -86,17 +86,95 @@ pub struct WorkerState {
     dns_refused: u64,
 }
 
-/// Inspector slots per worker (each with a `Limits::default().buffer`
-/// buffer): flows under HTTP rules a worker can inspect at once.
-pub const L7_SLOTS: usize = 256;
+/// Flows under HTTP rules one worker inspects at once, by default.
+pub const DEFAULT_L7_MAX_FLOWS: usize = 16384;
+/// Inspector slots per worker by default (the old name of
+/// [`DEFAULT_L7_MAX_FLOWS`]).
+pub const L7_SLOTS: usize = DEFAULT_L7_MAX_FLOWS;
+/// Most frames one flow may hold: with TCP flags known, the inspector holds
+/// at most the one frame that carries the final CR of a head.
+const L7_HELD_PER_FLOW: u16 = 2;
+
+/// Sizes of a worker's inline-L7 state (docs/l7.md, "Capacity"); all of it
+/// is allocated when the worker state is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct L7Capacity {
+    /// Flows under HTTP rules open at once on this worker (a client SYN
+    /// beyond them is refused: `l7-no-slot`).
+    pub flows: usize,
+    /// Head buffers (`head_max + 1` bytes each), held by flows only while a
+    /// request head stays open across segments (`l7-busy` when none is free).
+    pub head_buffers: usize,
+    /// Frames held at once by all flows (UMEM frames out of circulation;
+    /// `l7-busy` beyond it).
+    pub held_frames: usize,
+}
+
+impl L7Capacity {
+    /// The sizes for `flows` flows: head buffers and held frames are
+    /// `min(flows, 1024)` each.
+    pub fn for_flows(flows: usize) -> Self {
+        let flows = flows.max(1);
+        L7Capacity {
+            flows,
+            head_buffers: flows.min(1024),
+            held_frames: flows.min(1024),
+        }
+    }
+
+    /// Bytes this costs per worker (state, side table, buffers, hold
+    /// queues), approximately.
+    pub fn memory_bytes(&self) -> usize {
+        let per_flow = core::mem::size_of::<crate::l7::StreamState>()
+            + core::mem::size_of::<SlotMeta>()
+            // side table entry (key, slot, control byte, at 7/8 load) and
+            // the free lists
+            + (core::mem::size_of::<(FlowKey, u32)>() + 1) * 8 / 7
+            + 2 * core::mem::size_of::<u32>()
+            + 1
+            // the worker's hold queue of the slot
+            + core::mem::size_of::<Vec<u8>>()
+            + (usize::from(L7_HELD_PER_FLOW) + 1) * 16;
+        self.flows * per_flow + self.head_buffers * (Limits::default().head_max + 1 + 4)
+    }
+}
+
+impl Default for L7Capacity {
+    fn default() -> Self {
+        Self::for_flows(DEFAULT_L7_MAX_FLOWS)
+    }
+}
+
+/// What the worker's inline L7 holds now, and its counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct L7Usage {
+    pub flows: usize,
+    pub flows_max: usize,
+    pub head_buffers: usize,
+    pub head_buffers_max: usize,
+    pub held_frames: usize,
+    pub held_frames_max: usize,
+    /// Requests denied inline.
+    pub denied: u64,
+    /// Frames refused for want of an inspector (new flows at the limit,
+    /// pickups).
+    pub no_slot: u64,
+    /// Segments dropped for want of a head buffer or hold room.
+    pub busy: u64,
+}
 
 /// The worker's inline-L7 state: its inspector pool, which flow owns which
 /// slot, and the slots whose held frames the worker must drop.
 ///
 /// Assumption (docs/l7.md): one worker sees every client→server frame of a
 /// flow (the client's veth hashes a flow to one queue; the underlay hashes
-/// the outer UDP source port, which is per flow). A client→server frame of
-/// an L7 flow that finds no slot here is dropped (`l7-no-slot`).
+/// the outer UDP source port, which is per flow). A slot is taken by the
+/// client's SYN and given back as soon as the connection can carry no more
+/// requests (the client's FIN accepted, a RST from the client, a deny), or
+/// when its conntrack entry is gone. A client→server frame of an L7 flow
+/// that finds no slot here is dropped (`l7-no-slot`), except for segments
+/// without payload of a closed flow (they pass) and data of a closed flow
+/// (`l7-after-close`).
 #[derive(Debug)]
 struct L7State {
     pool: InspectorPool,
@@ -106,8 +184,14 @@ struct L7State {
     /// Slots whose held frames must be dropped (expired, flow gone,
     /// restarted); the worker drains this after every pass and sweep.
     flush: Vec<u32>,
+    /// Frames held by all slots, and the most allowed.
+    held_total: usize,
+    held_max: usize,
+    /// Where the next upkeep sweep starts.
+    sweep: usize,
     denied: u64,
     no_slot: u64,
+    busy: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,11 +202,19 @@ struct SlotMeta {
     held: u32,
 }
 
+/// Slots the upkeep looks at per call (every 5 ms: 16 384 slots in 160 ms).
+const L7_SWEEP: usize = 512;
+
 impl L7State {
-    fn new(slots: usize) -> Self {
+    fn new(cap: L7Capacity) -> Self {
+        let slots = cap.flows.max(1);
+        let limits = Limits {
+            held_segments_max: L7_HELD_PER_FLOW,
+            ..Limits::default()
+        };
         L7State {
-            pool: InspectorPool::new(slots, Limits::default()),
-            by_key: std::collections::HashMap::with_capacity(2 * slots),
+            pool: InspectorPool::with_buffers(slots, cap.head_buffers, limits),
+            by_key: std::collections::HashMap::with_capacity(slots + 1),
             meta: vec![
                 SlotMeta {
                     key: None,
@@ -133,18 +225,28 @@ impl L7State {
                 slots
             ],
             flush: Vec::with_capacity(slots + 1),
+            held_total: 0,
+            held_max: cap.held_frames,
+            sweep: 0,
             denied: 0,
             no_slot: 0,
+            busy: 0,
+        }
+    }
+
+    fn set_held(&mut self, slot: u32, n: u32) {
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            self.held_total = (self.held_total + n as usize).saturating_sub(m.held as usize);
+            m.held = n;
         }
     }
 
     fn push_flush(&mut self, slot: u32) {
-        if let Some(m) = self.meta.get_mut(slot as usize) {
-            if m.held > 0 && self.flush.len() < self.flush.capacity() {
-                self.flush.push(slot);
-            }
-            m.held = 0;
+        let held = self.meta.get(slot as usize).map_or(0, |m| m.held);
+        if held > 0 && self.flush.len() < self.flush.capacity() {
+            self.flush.push(slot);
         }
+        self.set_held(slot, 0);
     }
 
     fn free(&mut self, slot: u32) {
@@ -190,7 +292,7 @@ impl WorkerState {
             ct,
             flows,
             ct_stats,
-            l7: L7State::new(L7_SLOTS),
+            l7: L7State::new(L7Capacity::default()),
             fqdn: Arc::default(),
             dns_refused: 0,
         }
@@ -213,9 +315,15 @@ impl WorkerState {
         self.dns_refused
     }
 
-    /// Replaces the inspector pool by one of `slots` slots (tests, tuning).
-    pub fn with_l7_slots(mut self, slots: usize) -> Self {
-        self.l7 = L7State::new(slots);
+    /// Replaces the inspector pool by one for `slots` flows, sized by
+    /// [`L7Capacity::for_flows`] (tests, tuning).
+    pub fn with_l7_slots(self, slots: usize) -> Self {
+        self.with_l7_capacity(L7Capacity::for_flows(slots))
+    }
+
+    /// Replaces the inline-L7 state by one of these sizes.
+    pub fn with_l7_capacity(mut self, cap: L7Capacity) -> Self {
+        self.l7 = L7State::new(cap);
         self
     }
 
@@ -231,12 +339,28 @@ impl WorkerState {
 
     /// Most frames one slot may hold (size of the worker's per-slot queue).
     pub fn l7_hold_max(&self) -> usize {
-        usize::from(Limits::default().held_segments_max)
+        usize::from(L7_HELD_PER_FLOW)
     }
 
     /// HTTP requests denied inline, and L7 frames refused for want of a slot.
     pub fn l7_counts(&self) -> (u64, u64) {
         (self.l7.denied, self.l7.no_slot)
+    }
+
+    /// What the inline L7 holds now, and its counters.
+    pub fn l7_usage(&self) -> L7Usage {
+        let l7 = &self.l7;
+        L7Usage {
+            flows: l7.pool.in_use(),
+            flows_max: l7.pool.capacity(),
+            head_buffers: l7.pool.buffers_in_use(),
+            head_buffers_max: l7.pool.buffer_count(),
+            held_frames: l7.held_total,
+            held_frames_max: l7.held_max,
+            denied: l7.denied,
+            no_slot: l7.no_slot,
+            busy: l7.busy,
+        }
     }
 
     /// Takes the next slot whose held frames the worker must drop.
@@ -245,42 +369,32 @@ impl WorkerState {
     }
 
     /// Periodic L7 upkeep (the worker calls it every few ms, tests when
-    /// they like): flows holding frames past the hold limit are denied
-    /// (their held frames go to the flush list, the client's retransmission
-    /// gets the 403); slots of flows whose conntrack entry is gone, or no
-    /// longer under HTTP rules, are freed. Allocation-free.
+    /// they like), over the next [`L7_SWEEP`] slots: flows holding frames
+    /// past the hold limit are denied (their held frames go to the flush
+    /// list, the client's retransmission gets the 403); slots of flows
+    /// whose conntrack entry is gone are freed. Allocation-free.
     pub fn l7_maintain(&mut self) {
         if self.l7.pool.in_use() == 0 {
             return;
         }
         let now = self.now_ns;
-        let l7 = &mut self.l7;
-        let ct = &self.ct;
-        let flows = &self.flows;
-        let mut gone = [0u32; 32];
-        let mut ngone = 0;
-        for (k, &slot) in l7.by_key.iter() {
-            if let Some(insp) = l7.pool.get(SlotId(slot)) {
-                if let Some(r) = insp.expire(now) {
-                    l7.denied += 1;
-                    if let Some(m) = l7.meta.get_mut(slot as usize) {
-                        if m.held > 0 && l7.flush.len() < l7.flush.capacity() {
-                            l7.flush.push(slot);
-                        }
-                        m.held = 0;
-                    }
-                    flows.push(l7_event(now, k, r, None));
-                }
+        let n = self.l7.meta.len();
+        let start = self.l7.sweep;
+        for step in 0..L7_SWEEP.min(n) {
+            let slot = ((start + step) % n) as u32;
+            let Some(key) = self.l7.meta.get(slot as usize).and_then(|m| m.key) else {
+                continue;
+            };
+            if let Some(r) = self.l7.pool.expire(SlotId(slot), now) {
+                self.l7.denied += 1;
+                self.l7.push_flush(slot);
+                self.flows.push(l7_event(now, &key, r, None));
             }
-            let live = ct.peek(k, now).is_some();
-            if !live && ngone < gone.len() {
-                gone[ngone] = slot;
-                ngone += 1;
+            if self.ct.peek(&key, now).is_none() {
+                self.l7.free(slot);
             }
         }
-        for &slot in &gone[..ngone] {
-            l7.free(slot);
-        }
+        self.l7.sweep = (start + L7_SWEEP.min(n)) % n.max(1);
     }
 
     /// Sets the time of the packets to come (CLOCK_MONOTONIC ns; the worker
@@ -1345,6 +1459,8 @@ fn l7(
     let generation = pol.generation();
     let now = st.now_ns;
     let syn = flags & tcp::flags::SYN != 0 && flags & tcp::flags::ACK == 0;
+    let rst = flags & tcp::flags::RST != 0;
+    let fin = flags & tcp::flags::FIN != 0;
     let l7s = &mut st.l7;
     let slot = match l7s.by_key.get(&pkt.key) {
         Some(&slot) => {
@@ -1352,16 +1468,22 @@ fn l7(
                 // Conntrack accepted a client SYN: a (re)opening connection
                 // (SYN-SENT retransmit or a reused tuple). Start over.
                 l7s.push_flush(slot);
-                if let Some(i) = l7s.pool.get(SlotId(slot)) {
-                    i.reset();
-                    i.start(seq.wrapping_add(1));
-                }
+                l7s.pool.restart(SlotId(slot), seq.wrapping_add(1));
             }
             slot
         }
         None if syn => {
             let Some(SlotId(slot)) = l7s.pool.acquire() else {
+                // At the limit: the flow is refused (the client's SYN
+                // retransmissions try again).
                 l7s.no_slot += 1;
+                let mut ev = l7_event(now, &pkt.key, crate::l7::L7Reason::Policy, None);
+                ev.reason = Some(DropReason::L7NoSlot);
+                ev.l7 = None;
+                ev.generation = generation;
+                ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+                ev.dst_endpoint = Some(route.endpoint);
+                st.flows.push(ev);
                 return drop(DropReason::L7NoSlot);
             };
             if let Some(i) = l7s.pool.get(SlotId(slot)) {
@@ -1379,8 +1501,32 @@ fn l7(
             slot
         }
         None => {
-            l7s.no_slot += 1;
-            return drop(DropReason::L7NoSlot);
+            // No inspector: a closed flow's last segments (its slot was
+            // given back at the client's FIN or RST, or at a deny), or a
+            // flow this worker never saw open (pickup, refused at the
+            // limit). Nothing without payload can make a server act on a
+            // request whose head it does not have complete: those of a
+            // closed flow pass; data never passes unjudged.
+            let closed = matches!(
+                st.ct.peek(&pkt.key, now),
+                Some((
+                    _,
+                    conntrack::State::FinWait
+                        | conntrack::State::LastAck
+                        | conntrack::State::TimeWait
+                        | conntrack::State::Close,
+                    _
+                ))
+            );
+            let empty = pay_at >= pkt.frame_len();
+            return match (closed, empty) {
+                (true, true) => Continue(L7Out::Pass),
+                (true, false) => drop(DropReason::L7AfterClose),
+                (false, _) => {
+                    l7s.no_slot += 1;
+                    drop(DropReason::L7NoSlot)
+                }
+            };
         }
     };
     // The flow's rule set under the current policy generation.
@@ -1410,37 +1556,57 @@ fn l7(
     let Some(rules) = pol.http_set(set) else {
         return drop(DropReason::L7NoSlot);
     };
-    let Some(insp) = l7s.pool.get(SlotId(slot)) else {
-        return drop(DropReason::L7NoSlot);
-    };
     let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
     let mut note = None;
-    let fin = flags & tcp::flags::FIN != 0;
-    let feed = insp.feed_segment(seq, payload, fin, now, |head| {
-        if rules.judge(head).is_some() {
-            L7Verdict::Allow
-        } else {
-            note.get_or_insert(
-                L7Note::new(crate::l7::L7Reason::Policy).with_request(head.method(), head.path()),
-            );
-            L7Verdict::Deny
+    let id = SlotId(slot);
+    let feed = if rst {
+        // The client reset the connection: nothing more can come on it.
+        match l7s.pool.abort(id) {
+            Some(r) => Feed::Deny(r),
+            None => {
+                l7s.free(slot);
+                return Continue(L7Out::Pass);
+            }
         }
-    });
-    let (client_next, server_expects) = (insp.next_seq(), insp.released_seq());
-    let held = l7s.meta.get(slot as usize).map_or(0, |m| m.held);
-    let mut set_held = |n: u32| {
-        if let Some(m) = l7s.meta.get_mut(slot as usize) {
-            m.held = n;
-        }
+    } else {
+        let may_hold = l7s.held_total < l7s.held_max;
+        l7s.pool
+            .feed_segment(id, seq, payload, fin, now, may_hold, |head| {
+                if rules.judge(head).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    note.get_or_insert(
+                        L7Note::new(crate::l7::L7Reason::Policy)
+                            .with_request(head.method(), head.path()),
+                    );
+                    L7Verdict::Deny
+                }
+            })
     };
+    let Some(insp) = l7s.pool.get(id) else {
+        return drop(DropReason::L7NoSlot);
+    };
+    let (client_next, server_expects) = (insp.next_seq(), insp.released_seq());
+    // The client's FIN was accepted: no request can follow, the slot goes
+    // back now (its later segments pass without one, see above).
+    let finished = insp.finished();
+    let held = l7s.meta.get(slot as usize).map_or(0, |m| m.held);
     match feed {
-        Feed::Forward => Continue(L7Out::Pass),
+        Feed::Forward => {
+            if finished {
+                l7s.free(slot);
+            }
+            Continue(L7Out::Pass)
+        }
         Feed::Hold => {
-            set_held(held + 1);
+            l7s.set_held(slot, held + 1);
             Continue(L7Out::Hold(slot))
         }
         Feed::Release => {
-            set_held(0);
+            l7s.set_held(slot, 0);
+            if finished {
+                l7s.free(slot);
+            }
             if held > 0 {
                 Continue(L7Out::Release(slot))
             } else {
@@ -1448,9 +1614,24 @@ fn l7(
             }
         }
         Feed::Drop => drop(DropReason::L7OutOfOrder),
+        Feed::Busy => {
+            l7s.busy += 1;
+            drop(DropReason::L7Busy)
+        }
         Feed::Deny(r) => {
-            set_held(0);
+            // The worker drops the held frames with this verdict; the slot
+            // goes back now, and conntrack learns of the RST weir sends to
+            // the server (the flow's later data drops as `l7-after-close`;
+            // a new SYN on the tuple gets a fresh slot).
+            l7s.set_held(slot, 0);
+            l7s.free(slot);
             l7s.denied += 1;
+            st.ct.track(
+                &pkt.key,
+                Seg::Tcp(tcp::flags::RST | tcp::flags::ACK),
+                generation,
+                now,
+            );
             let mut ev = l7_event(now, &pkt.key, r, note);
             if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
                 ev.egress_rule = adm.egress_rule;

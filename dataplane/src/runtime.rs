@@ -97,7 +97,14 @@ pub struct DataplaneConfig {
     pub conntrack_size: usize,
     /// Flow-log events each worker can queue before it counts them lost.
     pub flow_log_capacity: usize,
+    /// Connections under HTTP rules each worker inspects at once (a new one
+    /// beyond it is refused: `l7-no-slot`); sizes the rest of the inline-L7
+    /// state ([`crate::pass::L7Capacity::for_flows`], docs/l7.md).
+    pub l7_max_flows: usize,
 }
+
+/// Largest accepted `l7_max_flows` (about 0.4 GiB of L7 state per worker).
+pub const L7_MAX_FLOWS_LIMIT: usize = 1 << 21;
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -118,6 +125,7 @@ impl Default for DataplaneConfig {
             ring_size: 1024,
             conntrack_size: conntrack::DEFAULT_SIZE,
             flow_log_capacity: flows::DEFAULT_CAPACITY,
+            l7_max_flows: crate::pass::DEFAULT_L7_MAX_FLOWS,
         }
     }
 }
@@ -286,7 +294,8 @@ impl Dataplane {
                     Arc::clone(&flow_log),
                     Arc::clone(&ct_stats),
                 )
-                .with_fqdn(Arc::clone(&dp.fqdn)),
+                .with_fqdn(Arc::clone(&dp.fqdn))
+                .with_l7_slots(cfg.l7_max_flows),
             );
             dp.flow_logs.push(flow_log);
             dp.ct_stats.push(ct_stats);
@@ -595,6 +604,12 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     }
     if cfg.conntrack_size == 0 || cfg.flow_log_capacity == 0 {
         return bad("conntrack_size and flow_log_capacity must be at least 1".into());
+    }
+    if !(1..=L7_MAX_FLOWS_LIMIT).contains(&cfg.l7_max_flows) {
+        return bad(format!(
+            "l7_max_flows {} out of range 1..={L7_MAX_FLOWS_LIMIT}",
+            cfg.l7_max_flows
+        ));
     }
     if !(1..=1024).contains(&cfg.batch) {
         return bad(format!("batch {} out of range 1..=1024", cfg.batch));

@@ -88,6 +88,12 @@ pub struct WorkerStats {
     pub kernel_rx_ring_full: Counter,
     pub kernel_fill_ring_empty: Counter,
     pub kernel_rx_dropped: Counter,
+    /// Inline L7 (sampled per publish): flows under HTTP rules open on the
+    /// worker and the most allowed, head buffers and held frames in use.
+    pub l7_flows: Counter,
+    pub l7_flows_max: Counter,
+    pub l7_head_buffers: Counter,
+    pub l7_held_frames: Counter,
     latency: ArcSwap<Histogram<u64>>,
 }
 
@@ -107,6 +113,10 @@ impl WorkerStats {
             sleeps: Counter::default(),
             sockets: Counter::default(),
             free_frames: Counter::default(),
+            l7_flows: Counter::default(),
+            l7_flows_max: Counter::default(),
+            l7_head_buffers: Counter::default(),
+            l7_held_frames: Counter::default(),
             kernel_rx_ring_full: Counter::default(),
             kernel_fill_ring_empty: Counter::default(),
             kernel_rx_dropped: Counter::default(),
@@ -146,6 +156,12 @@ impl WorkerStats {
                 rx_ring_full: self.kernel_rx_ring_full.get(),
                 fill_ring_empty: self.kernel_fill_ring_empty.get(),
                 rx_dropped: self.kernel_rx_dropped.get(),
+            },
+            l7: L7Status {
+                flows: self.l7_flows.get(),
+                flows_max: self.l7_flows_max.get(),
+                head_buffers: self.l7_head_buffers.get(),
+                held_frames: self.l7_held_frames.get(),
             },
             latency_ns: LatencySummary::of(&h),
         }
@@ -209,7 +225,22 @@ pub struct WorkerStatus {
     pub free_frames: u64,
     /// What the kernel dropped before the worker saw it, on current sockets.
     pub kernel: KernelDrops,
+    /// Inline L7 in use (sampled per publish).
+    pub l7: L7Status,
     pub latency_ns: LatencySummary,
+}
+
+/// A worker's inline-L7 state in use (docs/l7.md, "Capacity").
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct L7Status {
+    /// Connections under HTTP rules with an inspector, and the most allowed
+    /// (`--l7-max-flows`; beyond it new ones drop as `l7-no-slot`).
+    pub flows: u64,
+    pub flows_max: u64,
+    /// Head buffers held by connections with a request head open.
+    pub head_buffers: u64,
+    /// UMEM frames held until a request head is judged.
+    pub held_frames: u64,
 }
 
 /// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`).

@@ -274,6 +274,11 @@ impl Worker {
         self.stats.kernel_fill_ring_empty.set(empty);
         self.stats.kernel_rx_dropped.set(dropped);
         self.stats.free_frames.set(self.frames.free_count() as u64);
+        let l7 = self.state.l7_usage();
+        self.stats.l7_flows.set(l7.flows as u64);
+        self.stats.l7_flows_max.set(l7.flows_max as u64);
+        self.stats.l7_head_buffers.set(l7.head_buffers as u64);
+        self.stats.l7_held_frames.set(l7.held_frames as u64);
         self.stats
             .icmp_errors_sent
             .set(self.state.icmp_errors_sent());

@@ -498,13 +498,15 @@ fn pool_preallocates_and_reuses() {
     let a = pool.acquire().unwrap();
     let b = pool.acquire().unwrap();
     assert!(pool.acquire().is_none(), "full: the pass refuses the flow");
-    pool.get(a)
-        .unwrap()
-        .feed(1, b"GET /x", 0, |_| L7Verdict::Allow);
+    pool.get(a).unwrap().start(1);
+    let f = pool.feed_segment(a, 1, b"GET /x", false, 0, true, |_| L7Verdict::Allow);
+    assert_eq!(f, Feed::Forward);
+    assert_eq!(pool.buffers_in_use(), 1, "an open head keeps a buffer");
     pool.release(a);
     pool.release(a); // double release: ignored
     assert!(pool.get(a).is_none());
     assert_eq!(pool.in_use(), 1);
+    assert_eq!(pool.buffers_in_use(), 0, "released with its flow");
     let c = pool.acquire().unwrap();
     assert_eq!(c, a);
     assert_eq!(pool.get(c).unwrap().requests(), 0);
@@ -512,6 +514,195 @@ fn pool_preallocates_and_reuses() {
     pool.release(b);
     pool.release(c);
     assert_eq!(pool.in_use(), 0);
+}
+
+const GET: &[u8] = b"GET /public/a HTTP/1.1\r\nHost: app1\r\n\r\n";
+
+fn allow_public(h: &weir_dataplane::l7::RequestHead<'_>) -> L7Verdict {
+    if h.path().starts_with("/public") {
+        L7Verdict::Allow
+    } else {
+        L7Verdict::Deny
+    }
+}
+
+/// Heads that arrive whole need no buffer: many flows share few buffers;
+/// a head open across segments takes one until it completes.
+#[test]
+fn pool_lends_head_buffers_only_while_a_head_is_open() {
+    let mut pool = InspectorPool::with_buffers(3, 1, Limits::default());
+    let ids: Vec<_> = (0..3).map(|_| pool.acquire().unwrap()).collect();
+    for &id in &ids {
+        pool.get(id).unwrap().start(1);
+        let f = pool.feed_segment(id, 1, GET, false, 0, true, allow_public);
+        assert_eq!(f, Feed::Release, "whole head: judged at once");
+    }
+    assert_eq!(pool.buffers_in_use(), 0);
+    let next = 1 + GET.len() as u32;
+    // Flow 0 opens a head across segments: it takes the only buffer.
+    let part = b"GET /public/b HTTP/1.1\r\nHo";
+    let f = pool.feed_segment(ids[0], next, part, false, 0, true, allow_public);
+    assert_eq!(f, Feed::Forward);
+    assert_eq!(pool.buffers_in_use(), 1);
+    // Flow 1 would need one too: busy, and its state did not move.
+    let f = pool.feed_segment(ids[1], next, b"GET /priv", false, 0, true, allow_public);
+    assert_eq!(f, Feed::Busy);
+    assert_eq!(pool.get(ids[1]).unwrap().next_seq(), next, "unchanged");
+    // A whole head on flow 2 still works without a buffer.
+    let f = pool.feed_segment(ids[2], next, GET, false, 0, true, allow_public);
+    assert_eq!(f, Feed::Release);
+    // Flow 0's head completes from the kept bytes: the buffer goes back.
+    let rest = b"st: app1\r\n\r\n";
+    let at = next + part.len() as u32;
+    let f = pool.feed_segment(ids[0], at, rest, false, 0, true, allow_public);
+    assert_eq!(f, Feed::Release);
+    assert_eq!(pool.get(ids[0]).unwrap().requests(), 2);
+    assert_eq!(pool.buffers_in_use(), 0);
+    // The retransmission of flow 1's segment is judged afresh now.
+    let f = pool.feed_segment(ids[1], next, b"GET /priv", false, 0, true, allow_public);
+    assert_eq!(f, Feed::Forward);
+    let f = pool.feed_segment(
+        ids[1],
+        next + 9,
+        b"ate HTTP/1.1\r\nHost: app1\r\n\r\n",
+        false,
+        0,
+        true,
+        allow_public,
+    );
+    assert_eq!(
+        f,
+        Feed::Deny(L7Reason::Policy),
+        "judged from the kept bytes"
+    );
+    assert_eq!(pool.buffers_in_use(), 0, "a denied flow keeps no buffer");
+}
+
+/// A retransmission compared with the kept head goes through the lent
+/// buffer too.
+#[test]
+fn pool_compares_retransmissions_with_the_kept_head() {
+    let mut pool = InspectorPool::with_buffers(1, 1, Limits::default());
+    let id = pool.acquire().unwrap();
+    pool.get(id).unwrap().start(1);
+    let f = pool.feed_segment(
+        id,
+        1,
+        b"GET /public/a HTTP/1.1\r\n",
+        false,
+        0,
+        true,
+        allow_public,
+    );
+    assert_eq!(f, Feed::Forward);
+    let f = pool.feed_segment(
+        id,
+        1,
+        b"GET /private HTTP/1.1\r\n",
+        false,
+        0,
+        true,
+        allow_public,
+    );
+    assert_eq!(f, Feed::Deny(L7Reason::OverlapMismatch));
+}
+
+/// `may_hold: false` (the worker's held-frame budget is spent): the frame
+/// that would be held is dropped and nothing moved.
+#[test]
+fn pool_refuses_a_hold_without_room() {
+    let mut pool = InspectorPool::with_buffers(1, 1, Limits::default());
+    let id = pool.acquire().unwrap();
+    pool.get(id).unwrap().start(1);
+    let upto_cr = &GET[..GET.len() - 1];
+    let f = pool.feed_segment(id, 1, upto_cr, false, 0, false, allow_public);
+    assert_eq!(f, Feed::Busy);
+    assert_eq!(pool.get(id).unwrap().next_seq(), 1);
+    assert_eq!(pool.buffers_in_use(), 0);
+    let f = pool.feed_segment(id, 1, upto_cr, false, 0, true, allow_public);
+    assert_eq!(f, Feed::Hold);
+    let f = pool.feed_segment(id, GET.len() as u32, b"\n", false, 0, true, allow_public);
+    assert_eq!(f, Feed::Release);
+}
+
+/// The client's FIN between requests finishes the stream: retransmitted
+/// FINs and ACKs are forwarded, new bytes after it are dropped.
+#[test]
+fn fin_between_requests_finishes_the_stream() {
+    let mut i = HttpInspector::new(Limits::default());
+    i.start(1);
+    assert_eq!(
+        i.feed_segment(1, GET, false, 0, allow_public),
+        Feed::Release
+    );
+    assert!(!i.finished());
+    let end = 1 + GET.len() as u32;
+    assert_eq!(
+        i.feed_segment(end, b"", true, 0, allow_public),
+        Feed::Forward
+    );
+    assert!(i.finished());
+    assert_eq!(
+        i.feed_segment(end, b"", true, 0, allow_public),
+        Feed::Forward,
+        "again"
+    );
+    assert_eq!(
+        i.feed_segment(end + 1, b"", false, 0, allow_public),
+        Feed::Forward
+    );
+    assert_eq!(
+        i.feed_segment(end, b"GET /private", false, 0, allow_public),
+        Feed::Drop,
+        "no bytes after the FIN"
+    );
+    assert_eq!(i.requests(), 1);
+    // A request and FIN in one segment: judged, then finished.
+    let mut i = HttpInspector::new(Limits::default());
+    i.start(1);
+    assert_eq!(i.feed_segment(1, GET, true, 0, allow_public), Feed::Release);
+    assert!(i.finished());
+}
+
+/// A RST: between requests nothing is pending; inside a head (forwarded or
+/// held bytes) the flow is denied so the server gets weir's exact RST.
+#[test]
+fn abort_denies_only_an_open_head() {
+    let mut i = HttpInspector::new(Limits::default());
+    i.start(1);
+    assert_eq!(
+        i.feed_segment(1, GET, false, 0, allow_public),
+        Feed::Release
+    );
+    assert_eq!(i.abort(), None);
+    let mut i = HttpInspector::new(Limits::default());
+    i.start(1);
+    assert_eq!(
+        i.feed_segment(1, b"GET /public", false, 0, allow_public),
+        Feed::Forward
+    );
+    assert_eq!(i.abort(), Some(L7Reason::IncompleteHead));
+    assert_eq!(
+        i.released_seq(),
+        12,
+        "the RST comes right after the forwarded bytes"
+    );
+    let mut i = HttpInspector::new(Limits::default());
+    i.start(1);
+    let upto_cr = &GET[..GET.len() - 1];
+    assert_eq!(
+        i.feed_segment(1, upto_cr, false, 0, allow_public),
+        Feed::Hold
+    );
+    assert_eq!(i.abort(), Some(L7Reason::IncompleteHead));
+}
+
+/// The per-flow state is small: an idle keep-alive connection costs this,
+/// not a head buffer.
+#[test]
+fn stream_state_is_small() {
+    let n = std::mem::size_of::<weir_dataplane::l7::StreamState>();
+    assert!(n <= 160, "StreamState is {n} bytes");
 }
 
 fn flow(v6: bool) -> DeniedFlow {
@@ -1125,7 +1316,7 @@ fn server_view(r: &mut Run, segs: &[(u32, Vec<u8>, bool)]) -> (Vec<(u32, u32)>, 
                 sent.push(range);
             }
             Feed::Hold => held.push(range),
-            Feed::Drop => {}
+            Feed::Drop | Feed::Busy => {}
             Feed::Deny(_) => return (sent, true),
         }
     }

@@ -277,9 +277,12 @@ fn get_private_is_denied_with_403_to_client_and_rst_to_server() {
     assert_eq!(d.ingress_rule, RuleId(0));
     let json = serde_json::to_string(d).unwrap();
     assert!(json.contains("\"path\":\"/private\""), "{json}");
-    // Sticky: the client's next segment is denied too.
+    // The slot went back with the deny; conntrack took weir's RST: the
+    // client's next data is refused, never passed unjudged.
+    assert_eq!(st.l7_slots_in_use(), 0);
     let r = req(&s, &mut st, seq + PRIVATE.len() as u32, PUBLIC);
-    assert!(matches!(r.v, Verdict::L7Deny { .. }));
+    assert_eq!(r.v, Verdict::Drop(DropReason::L7AfterClose));
+    assert_eq!(st.l7_counts(), (1, 0), "not counted as no-slot");
 }
 
 #[test]
@@ -476,5 +479,372 @@ fn slots_are_freed_when_the_flow_ends_and_refused_when_full() {
     assert!(matches!(
         run(&syn2, &s, &mut st).v,
         Verdict::Tx { port: 1, .. }
+    ));
+}
+
+// ------------------------------------------------- slots and closing ----
+
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const FIN: u8 = 0x01;
+const ACK: u8 = 0x10;
+
+/// A TCP segment of the connection a:`sport` → b:80 with explicit flags.
+fn tcp(from: u8, sport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let (src, dst, sp, dp) = if from == 0 {
+        (A, B, sport, 80)
+    } else {
+        (B, A, 80, sport)
+    };
+    let mut b = PacketBuilder::ethernet2(pod_mac(from), port_mac(from))
+        .ipv4(src, dst, 64)
+        .tcp(sp, dp, seq, 64240);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// One client connection on `sport`, step by step.
+struct Conn {
+    sport: u16,
+    c: u32,
+    s: u32,
+}
+
+impl Conn {
+    fn new(sport: u16) -> Self {
+        Conn {
+            sport,
+            c: ISN,
+            s: SERVER_ISN,
+        }
+    }
+    fn client(&self, st: &mut WorkerState, s: &Snapshot, flags: u8, data: &[u8]) -> Verdict {
+        run(&tcp(0, self.sport, self.c, self.s, flags, data), s, st).v
+    }
+    fn server(&self, st: &mut WorkerState, s: &Snapshot, flags: u8, data: &[u8]) -> Verdict {
+        run(&tcp(1, self.sport, self.s, self.c, flags, data), s, st).v
+    }
+    /// SYN, SYN-ACK, ACK; returns the client SYN's verdict.
+    fn open(&mut self, st: &mut WorkerState, s: &Snapshot) -> Verdict {
+        let v = self.client(st, s, SYN, b"");
+        if !matches!(v, Verdict::Tx { .. }) {
+            return v;
+        }
+        self.c += 1;
+        assert!(matches!(
+            self.server(st, s, SYN | ACK, b""),
+            Verdict::Tx { port: 0, .. }
+        ));
+        self.s += 1;
+        assert!(matches!(
+            self.client(st, s, ACK, b""),
+            Verdict::Tx { port: 1, .. }
+        ));
+        v
+    }
+    /// A request and its response.
+    fn request(&mut self, st: &mut WorkerState, s: &Snapshot, head: &[u8]) -> Verdict {
+        let v = self.client(st, s, ACK, head);
+        if matches!(v, Verdict::Tx { .. }) {
+            self.c += head.len() as u32;
+            let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            assert!(matches!(
+                self.server(st, s, ACK, resp),
+                Verdict::Tx { port: 0, .. }
+            ));
+            self.s += resp.len() as u32;
+        }
+        v
+    }
+    /// The server closes first (HTTP/1.0, `Connection: close`): server
+    /// FIN, client ACK + FIN, server's last ACK. Checks each passes.
+    fn close(&mut self, st: &mut WorkerState, s: &Snapshot) {
+        assert!(matches!(
+            self.server(st, s, FIN | ACK, b""),
+            Verdict::Tx { port: 0, .. }
+        ));
+        self.s += 1;
+        assert!(matches!(
+            self.client(st, s, ACK, b""),
+            Verdict::Tx { port: 1, .. }
+        ));
+        assert!(matches!(
+            self.client(st, s, FIN | ACK, b""),
+            Verdict::Tx { port: 1, .. }
+        ));
+        self.c += 1;
+        assert!(matches!(
+            self.server(st, s, ACK, b""),
+            Verdict::Tx { port: 0, .. }
+        ));
+    }
+}
+
+/// The reported failure, on the pass: 1000 sequential short connections
+/// (each its own tuple, closed by FIN) through a worker with ONE slot all
+/// get their request through: the slot goes back at the client's FIN, not
+/// when conntrack forgets the flow. (Before: the second connection's SYN
+/// was refused as `l7-no-slot`.)
+#[test]
+fn a_thousand_sequential_connections_share_one_slot() {
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_slots(1);
+    for i in 0..1000u16 {
+        let mut c = Conn::new(20000 + i);
+        assert!(
+            matches!(c.open(&mut st, &s), Verdict::Tx { port: 1, .. }),
+            "conn {i}"
+        );
+        assert!(
+            matches!(c.request(&mut st, &s, PUBLIC), Verdict::Tx { port: 1, .. }),
+            "conn {i}"
+        );
+        c.close(&mut st, &s);
+        assert_eq!(
+            st.l7_slots_in_use(),
+            0,
+            "conn {i}: slot back at the client's FIN"
+        );
+    }
+    assert_eq!(st.l7_counts(), (0, 0));
+    assert_eq!(st.l7_usage().flows_max, 1);
+}
+
+/// After the slot went back: retransmitted FINs and ACKs pass (not
+/// `l7-no-slot`), data never passes, and a new SYN on the same tuple gets
+/// a fresh slot whose requests are judged.
+#[test]
+fn a_closed_flow_passes_its_last_segments_and_reopens_judged() {
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_slots(1);
+    let mut c = Conn::new(30000);
+    c.open(&mut st, &s);
+    c.request(&mut st, &s, PUBLIC);
+    // The client closes first this time (half-close): its FIN frees the slot.
+    assert!(matches!(
+        c.client(&mut st, &s, FIN | ACK, b""),
+        Verdict::Tx { port: 1, .. }
+    ));
+    c.c += 1;
+    assert_eq!(st.l7_slots_in_use(), 0);
+    // The server still sends; the client's ACKs of it pass.
+    assert!(matches!(
+        c.server(&mut st, &s, ACK, b"more"),
+        Verdict::Tx { port: 0, .. }
+    ));
+    c.s += 4;
+    assert!(matches!(
+        c.client(&mut st, &s, ACK, b""),
+        Verdict::Tx { port: 1, .. }
+    ));
+    // A retransmitted FIN (seq one before) passes.
+    c.c -= 1;
+    assert!(matches!(
+        c.client(&mut st, &s, FIN | ACK, b""),
+        Verdict::Tx { port: 1, .. }
+    ));
+    c.c += 1;
+    // Data after the FIN: refused.
+    assert_eq!(
+        c.client(&mut st, &s, ACK, PRIVATE),
+        Verdict::Drop(DropReason::L7AfterClose)
+    );
+    assert!(matches!(
+        c.server(&mut st, &s, FIN | ACK, b""),
+        Verdict::Tx { port: 0, .. }
+    ));
+    c.s += 1;
+    assert!(matches!(
+        c.client(&mut st, &s, ACK, b""),
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert_eq!(st.l7_counts(), (0, 0), "nothing counted as no-slot");
+    // The tuple is reused: a fresh slot, and GET /private is denied.
+    let mut again = Conn::new(30000);
+    again.c = ISN + 100_000;
+    assert!(matches!(
+        again.open(&mut st, &s),
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert_eq!(st.l7_slots_in_use(), 1);
+    assert!(matches!(
+        again.request(&mut st, &s, PRIVATE),
+        Verdict::L7Deny { .. }
+    ));
+    assert_eq!(st.l7_slots_in_use(), 0, "a deny gives the slot back");
+}
+
+/// A client RST between requests frees the slot and passes; inside a head
+/// it denies (weir's own RST reaches the server at the exact sequence
+/// number), and later data is refused.
+#[test]
+fn a_client_rst_frees_the_slot_or_denies_an_open_head() {
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_slots(1);
+    let mut c = Conn::new(31000);
+    c.open(&mut st, &s);
+    c.request(&mut st, &s, PUBLIC);
+    assert!(matches!(
+        c.client(&mut st, &s, RST | ACK, b""),
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert_eq!(st.l7_slots_in_use(), 0);
+    assert_eq!(
+        c.client(&mut st, &s, ACK, PUBLIC),
+        Verdict::Drop(DropReason::L7AfterClose)
+    );
+    let mut d = Conn::new(31001);
+    d.open(&mut st, &s);
+    assert!(matches!(
+        d.client(&mut st, &s, ACK, b"GET /public HTTP/1.1\r\n"),
+        Verdict::Tx { .. }
+    ));
+    d.c += 22;
+    let Verdict::L7Deny { rst, .. } = d.client(&mut st, &s, RST | ACK, b"") else {
+        panic!("a RST inside a head is a deny");
+    };
+    assert_eq!(rst.server_expects_seq, d.c);
+    assert_eq!(st.l7_slots_in_use(), 0);
+    // A FIN (no payload) of the reset flow passes: the server was reset.
+    assert!(matches!(
+        d.client(&mut st, &s, FIN | ACK, b""),
+        Verdict::Tx { .. }
+    ));
+    assert_eq!(st.l7_counts(), (1, 0));
+}
+
+/// At the limit (8 flows): the 9th connection's SYN is refused, counted
+/// and logged; the 8 keep working; after one closes, the 9th's
+/// retransmitted SYN gets the slot.
+#[test]
+fn at_the_limit_new_flows_are_refused_until_one_closes() {
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_slots(8);
+    let mut conns: Vec<Conn> = (0..8).map(|i| Conn::new(32000 + i)).collect();
+    for c in &mut conns {
+        assert!(matches!(c.open(&mut st, &s), Verdict::Tx { port: 1, .. }));
+    }
+    events(&st);
+    let mut ninth = Conn::new(32100);
+    assert_eq!(ninth.open(&mut st, &s), Verdict::Drop(DropReason::L7NoSlot));
+    assert_eq!(st.l7_counts(), (0, 1));
+    let ev = events(&st);
+    assert!(
+        ev.iter()
+            .any(|e| e.reason == Some(DropReason::L7NoSlot) && e.key.sport == 32100),
+        "the refusal is a flow event: {ev:?}"
+    );
+    for c in &mut conns {
+        assert!(matches!(
+            c.request(&mut st, &s, PUBLIC),
+            Verdict::Tx { port: 1, .. }
+        ));
+    }
+    conns[3].close(&mut st, &s);
+    assert_eq!(st.l7_slots_in_use(), 7);
+    assert!(matches!(
+        ninth.open(&mut st, &s),
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert!(matches!(
+        ninth.request(&mut st, &s, PUBLIC),
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert!(matches!(
+        ninth.request(&mut st, &s, PRIVATE),
+        Verdict::L7Deny { .. }
+    ));
+}
+
+/// Head buffers are shared: with one, a second head open across segments
+/// is dropped (`l7-busy`, state unchanged: the retransmission is judged
+/// afresh), whole heads still pass, and idle flows need none.
+#[test]
+fn head_buffers_are_lent_only_while_a_head_is_open() {
+    use weir_dataplane::pass::L7Capacity;
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_capacity(L7Capacity {
+        flows: 4,
+        head_buffers: 1,
+        held_frames: 4,
+    });
+    let mut a = Conn::new(33000);
+    let mut b = Conn::new(33001);
+    a.open(&mut st, &s);
+    b.open(&mut st, &s);
+    let (p1, p2) = PUBLIC.split_at(12);
+    assert!(matches!(a.client(&mut st, &s, ACK, p1), Verdict::Tx { .. }));
+    a.c += p1.len() as u32;
+    assert_eq!(st.l7_usage().head_buffers, 1);
+    assert_eq!(
+        b.client(&mut st, &s, ACK, p1),
+        Verdict::Drop(DropReason::L7Busy)
+    );
+    assert!(
+        matches!(b.request(&mut st, &s, PUBLIC), Verdict::Tx { .. }),
+        "whole head"
+    );
+    assert!(matches!(a.client(&mut st, &s, ACK, p2), Verdict::Tx { .. }));
+    assert_eq!(st.l7_usage().head_buffers, 0);
+    assert!(matches!(
+        b.client(&mut st, &s, ACK, b"GET /private HT"),
+        Verdict::Tx { .. }
+    ));
+    b.c += 15;
+    assert!(matches!(
+        b.client(&mut st, &s, ACK, b"TP/1.1\r\nHost: app1\r\n\r\n"),
+        Verdict::L7Deny { .. }
+    ));
+    assert_eq!(st.l7_usage().busy, 1);
+}
+
+/// Held frames are UMEM frames: their number over all flows is bounded;
+/// beyond it the frame that would be held drops (`l7-busy`) and is judged
+/// again when retransmitted.
+#[test]
+fn held_frames_are_bounded_per_worker() {
+    use weir_dataplane::pass::L7Capacity;
+    let s = snap();
+    let mut st = WorkerState::new().with_l7_capacity(L7Capacity {
+        flows: 4,
+        head_buffers: 4,
+        held_frames: 1,
+    });
+    let mut a = Conn::new(34000);
+    let mut b = Conn::new(34001);
+    a.open(&mut st, &s);
+    b.open(&mut st, &s);
+    let upto_cr = &PUBLIC[..PUBLIC.len() - 1];
+    assert!(matches!(
+        a.client(&mut st, &s, ACK, upto_cr),
+        Verdict::Hold { .. }
+    ));
+    a.c += upto_cr.len() as u32;
+    assert_eq!(st.l7_usage().held_frames, 1);
+    assert_eq!(
+        b.client(&mut st, &s, ACK, upto_cr),
+        Verdict::Drop(DropReason::L7Busy)
+    );
+    assert!(matches!(
+        a.client(&mut st, &s, ACK, b"\n"),
+        Verdict::Release { .. }
+    ));
+    assert_eq!(st.l7_usage().held_frames, 0);
+    assert!(matches!(
+        b.client(&mut st, &s, ACK, upto_cr),
+        Verdict::Hold { .. }
     ));
 }

@@ -97,7 +97,8 @@ fn serve(mut c: TcpStream, stop: &AtomicBool) {
         while let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = &buf[..end];
             out.extend_from_slice(response(head));
-            close |= contains_ci(head, b"connection: close");
+            close |= contains_ci(head, b"connection: close")
+                || (http10(head) && !contains_ci(head, b"keep-alive"));
             buf.drain(..end + 4);
         }
         if !out.is_empty() && c.write_all(&out).is_err() {
@@ -116,6 +117,12 @@ pub fn response(head: &[u8]) -> &'static [u8] {
     } else {
         NOT_FOUND
     }
+}
+
+/// An HTTP/1.0 request (ApacheBench without `-k`): the server closes.
+fn http10(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    line.ends_with(b"HTTP/1.0")
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -158,5 +165,7 @@ mod tests {
         assert!(response(b"GET /private HTTP/1.1").starts_with(b"HTTP/1.1 404"));
         assert!(response(b"POST /public HTTP/1.1").starts_with(b"HTTP/1.1 404"));
         assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
+        assert!(http10(b"GET /public HTTP/1.0\r\nHost: a"));
+        assert!(!http10(b"GET /public HTTP/1.1\r\nHost: a"));
     }
 }

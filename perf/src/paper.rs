@@ -50,7 +50,7 @@ use crate::kernel::KernelPath;
 use crate::peers::{self, Haproxy, Nft, Ovs, OvsPort};
 use crate::report::Host;
 use crate::rr::{self, RrParams, RrResult};
-use crate::tools::{self, BulkResult, HttpResult};
+use crate::tools::{self, AbResult, BulkResult, HttpResult};
 use crate::udp::{self, UdpParams, UdpResult, PAYLOAD_64B_FRAME};
 use crate::weir::WeirCluster;
 use crate::{pin, stop};
@@ -255,6 +255,11 @@ pub struct Row {
     /// L7 checks: status of GET /public/x and GET /private from app2.
     pub l7_public: Option<u16>,
     pub l7_private: Option<u16>,
+    /// New connections: ApacheBench without `-k`, wrk with `Connection: close`.
+    #[serde(default)]
+    pub ab: Option<AbResult>,
+    #[serde(default)]
+    pub http_close: Option<HttpResult>,
     pub errors: Vec<String>,
 }
 
@@ -280,6 +285,11 @@ pub struct Issue5Sample {
     pub policy: String,
     pub rep: usize,
     pub http: Option<HttpResult>,
+    /// New connections/s: ApacheBench without `-k`, wrk with `Connection: close`.
+    #[serde(default)]
+    pub ab: Option<AbResult>,
+    #[serde(default)]
+    pub http_close: Option<HttpResult>,
     pub error: Option<String>,
 }
 
@@ -641,6 +651,15 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
                 )?;
                 row.http_cpu = Some(CpuSnap::now().since(&c0));
                 row.http = Some(h);
+                let url = format!("http://{dst}/public/x");
+                row.ab = Some(tools::ab(&p.app2.netns, &url, o.http_secs, 8, o.load_core)?);
+                row.http_close = Some(tools::wrk_close(
+                    &p.app2.netns,
+                    &url,
+                    o.http_secs,
+                    8,
+                    o.load_core,
+                )?);
                 drop(srv);
                 Ok(())
             })();
@@ -767,24 +786,22 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
                     rep: round,
                     ..Default::default()
                 };
-                let r = (|| -> anyhow::Result<HttpResult> {
+                let r = (|| -> anyhow::Result<()> {
                     switch(&w, &mut cur, to, &pol, &pol7)?;
                     let _srv = HttpServer::start(
                         &p.app1.netns,
                         SocketAddr::from((dst, HTTP_PORT)),
                         o.load_core,
                     )?;
-                    tools::wrk(
-                        &p.app2.netns,
-                        &format!("http://{dst}/public/x"),
-                        o.http_secs,
-                        8,
-                        o.load_core,
-                    )
+                    let url = format!("http://{dst}/public/x");
+                    let (ns, secs, core) = (&p.app2.netns, o.http_secs, o.load_core);
+                    smp.http = Some(tools::wrk(ns, &url, secs, 8, core)?);
+                    smp.ab = Some(tools::ab(ns, &url, secs, 8, core)?);
+                    smp.http_close = Some(tools::wrk_close(ns, &url, secs, 8, core)?);
+                    Ok(())
                 })();
-                match r {
-                    Ok(h) => smp.http = Some(h),
-                    Err(e) => smp.error = Some(err(e)),
+                if let Err(e) = r {
+                    smp.error = Some(err(e));
                 }
                 rep.issue5.push(smp);
             }
@@ -1312,6 +1329,88 @@ impl PaperReport {
                 let _ = writeln!(s, "\n- {} round {}: {e}", x.policy, x.rep + 1);
             }
         }
+        self.new_conns_md(s);
+    }
+
+    /// New connections/s under HTTP rules: ApacheBench without `-k` and wrk
+    /// with `Connection: close` (every request a new connection), through
+    /// weir with no policy, L3/L4 and L7, and through kernel + haproxy.
+    fn new_conns_md(&self, s: &mut String) {
+        let ab = |pol: &str| {
+            stats(
+                self.issue5
+                    .iter()
+                    .filter(|x| x.policy == pol)
+                    .filter_map(|x| x.ab.as_ref().map(|a| a.requests_per_s)),
+            )
+        };
+        let wc = |pol: &str| {
+            stats(
+                self.issue5
+                    .iter()
+                    .filter(|x| x.policy == pol)
+                    .filter_map(|x| x.http_close.as_ref().map(|h| h.requests_per_s)),
+            )
+        };
+        if ab("L3L4").is_none() && wc("L3L4").is_none() {
+            return;
+        }
+        let m = &self.weir_poll;
+        let _ = writeln!(
+            s,
+            "\n## New connections/s under HTTP rules\n\nEvery request on a new connection, the server closing first: ApacheBench without `-k` (HTTP/1.0, 8 concurrent) and wrk with `Connection: close` (1 thread, 8 connections), GET /public/x, in the same interleaved rounds as the table above; weir cells: median [min–max].\n"
+        );
+        let _ = writeln!(
+            s,
+            "| path | policy | ab conn/s | ab ÷ weir L3/L4 | ab failed/non-2xx | wrk-close conn/s | wrk-close ÷ weir L3/L4 |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let cell = |x: Option<(f64, f64, f64)>| match x {
+            None => "—".to_string(),
+            Some((a, m, b)) if a == b => format!("{m:.0}"),
+            Some((a, m, b)) => format!("{m:.0} [{a:.0}–{b:.0}]"),
+        };
+        let (b_ab, b_wc) = (ab("L3L4").map(|x| x.1), wc("L3L4").map(|x| x.1));
+        for (pol, label) in [
+            ("none", "(a) none"),
+            ("L3L4", "(b) L3/L4"),
+            ("L7", "(c) L7 http rules"),
+        ] {
+            let bad: u64 = self
+                .issue5
+                .iter()
+                .filter(|x| x.policy == pol)
+                .filter_map(|x| x.ab.as_ref().map(|a| a.failed + a.non_2xx))
+                .sum();
+            let _ = writeln!(
+                s,
+                "| weir-{m} | {label} | {} | {} | {bad} | {} | {} |",
+                cell(ab(pol)),
+                f2(ratio(ab(pol).map(|x| x.1), b_ab)),
+                cell(wc(pol)),
+                f2(ratio(wc(pol).map(|x| x.1), b_wc)),
+            );
+        }
+        if let Some(r) = self.row("kernel+haproxy-L7") {
+            let a = r.ab.as_ref().map(|a| a.requests_per_s);
+            let w = r.http_close.as_ref().map(|h| h.requests_per_s);
+            let bad = r.ab.as_ref().map(|a| (a.failed + a.non_2xx) as f64);
+            let _ = writeln!(
+                s,
+                "| kernel | (c) haproxy L7 | {} | {} | {} | {} | {} |",
+                f0(a),
+                f2(ratio(a, b_ab)),
+                f0(bad),
+                f0(w),
+                f2(ratio(w, b_wc)),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nweir L7 ÷ weir L3/L4, new connections/s (medians): ab {}, wrk-close {} (goal ≥ 0.90).",
+            f2(ratio(ab("L7").map(|x| x.1), b_ab)),
+            f2(ratio(wc("L7").map(|x| x.1), b_wc)),
+        );
     }
 
     /// Inter-node vs intra-node, per dataplane.

@@ -152,22 +152,44 @@ pub fn wrk(
     connections: u32,
     core: usize,
 ) -> anyhow::Result<HttpResult> {
-    let out = in_netns(
+    wrk_with(src_netns, url, secs, connections, core, &[])
+}
+
+/// wrk with `Connection: close`: every request on a new connection (the
+/// server closes first), so requests/s is new connections/s.
+pub fn wrk_close(
+    src_netns: &str,
+    url: &str,
+    secs: u64,
+    connections: u32,
+    core: usize,
+) -> anyhow::Result<HttpResult> {
+    wrk_with(
         src_netns,
+        url,
+        secs,
+        connections,
         core,
-        "wrk",
-        &[
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            "--timeout",
-            "2s",
-            url,
-        ],
+        &["-H", "Connection: close"],
     )
-    .output()
-    .context("run wrk")?;
+}
+
+fn wrk_with(
+    src_netns: &str,
+    url: &str,
+    secs: u64,
+    connections: u32,
+    core: usize,
+    extra: &[&str],
+) -> anyhow::Result<HttpResult> {
+    let c = format!("-c{connections}");
+    let d = format!("-d{secs}s");
+    let mut args = vec!["-t1", &c, &d, "--latency", "--timeout", "2s"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = in_netns(src_netns, core, "wrk", &args)
+        .output()
+        .context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     anyhow::ensure!(
         out.status.success(),
@@ -230,5 +252,93 @@ mod tests {
         assert!((r.p50_us - 45.0).abs() < 1e-9);
         assert!((r.p99_us - 1200.0).abs() < 1e-9);
         assert_eq!(r.errors, 3);
+    }
+}
+
+/// What ApacheBench reported.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AbResult {
+    /// Requests per second; without `-k` each is a new connection.
+    pub requests_per_s: f64,
+    pub complete: u64,
+    pub failed: u64,
+    pub non_2xx: u64,
+    pub concurrency: u32,
+}
+
+/// ApacheBench without `-k` (HTTP/1.0, a new connection per request, the
+/// server closes first): `concurrency` clients for `secs` seconds.
+pub fn ab(
+    src_netns: &str,
+    url: &str,
+    secs: u64,
+    concurrency: u32,
+    core: usize,
+) -> anyhow::Result<AbResult> {
+    let out = in_netns(
+        src_netns,
+        core,
+        "ab",
+        &[
+            "-q",
+            "-r",
+            "-s",
+            "5",
+            "-t",
+            &secs.max(1).to_string(),
+            "-n",
+            "10000000",
+            "-c",
+            &concurrency.to_string(),
+            url,
+        ],
+    )
+    .output()
+    .context("run ab")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(
+        out.status.success(),
+        "ab: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut r = parse_ab(&text).with_context(|| format!("ab output:\n{text}"))?;
+    r.concurrency = concurrency;
+    Ok(r)
+}
+
+/// Reads ab's text report.
+pub fn parse_ab(text: &str) -> Option<AbResult> {
+    let mut r = AbResult::default();
+    let mut rps = None;
+    let num =
+        |l: &str| -> Option<f64> { l.split(':').nth(1)?.split_whitespace().next()?.parse().ok() };
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("Requests per second:") {
+            rps = num(t);
+        } else if t.starts_with("Complete requests:") {
+            r.complete = num(t)? as u64;
+        } else if t.starts_with("Failed requests:") {
+            r.failed = num(t)? as u64;
+        } else if t.starts_with("Non-2xx responses:") {
+            r.non_2xx = num(t)? as u64;
+        }
+    }
+    r.requests_per_s = rps?;
+    Some(r)
+}
+
+#[cfg(test)]
+mod ab_tests {
+    use super::*;
+
+    #[test]
+    fn parses_ab() {
+        let text = "Concurrency Level:      8\nTime taken for tests:   5.000 seconds\nComplete requests:      12345\nFailed requests:        2\nNon-2xx responses:      3\nRequests per second:    2469.00 [#/sec] (mean)\n";
+        let r = parse_ab(text).unwrap();
+        assert_eq!((r.complete, r.failed, r.non_2xx), (12345, 2, 3));
+        assert!((r.requests_per_s - 2469.0).abs() < 1e-9);
+        assert!(parse_ab("nothing").is_none());
     }
 }

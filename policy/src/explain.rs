@@ -470,7 +470,7 @@ fn http_side(
                     l7_reason_text(r)
                 ),
             },
-            Feed::Hold | Feed::Drop => HttpRequestVerdict {
+            Feed::Hold | Feed::Drop | Feed::Busy => HttpRequestVerdict {
                 head: head.clone(),
                 allowed: false,
                 verdict: "deny",

@@ -2,8 +2,8 @@
 //! admitted rule carries L7 parts (see docs/l7.md).
 //!
 //! - [`stream`]: per-flow HTTP/1.x inspection of the client→server byte
-//!   stream: TCP reassembly of request heads (bounded, in a preallocated
-//!   slot), the hold/release contract, body tracking (Content-Length and
+//!   stream: TCP reassembly of request heads (bounded, in preallocated
+//!   buffers lent only while a head is open), the hold/release contract, body tracking (Content-Length and
 //!   chunked) so that every pipelined request is judged.
 //! - [`http`]: the strict request-head parser (RFC 9112).
 //! - [`matcher`]: HTTP rule sets (method, path, host, headers),
@@ -24,7 +24,7 @@ pub mod stream;
 
 pub use http::{parse_head, BodyFraming, RequestHead, Version};
 pub use matcher::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
-pub use stream::{Feed, HttpInspector, InspectorPool, L7Verdict, Limits, SlotId};
+pub use stream::{Feed, HttpInspector, InspectorPool, L7Verdict, Limits, SlotId, StreamState};
 
 /// Why L7 inspection denied a flow. Every refusal is a deny: the flow is
 /// answered with a 403 (when the client can read one) and closed.

@@ -1,9 +1,11 @@
 //! Per-flow HTTP/1.x inspection of the client→server byte stream.
 //!
-//! One [`HttpInspector`] per TCP connection whose admitted rule carries HTTP
-//! rules, taken from a per-worker [`InspectorPool`] allocated once at start
-//! (each slot owns a fixed buffer of [`Limits::buffer`] bytes; nothing is
-//! allocated per packet or per flow afterwards).
+//! One inspection state per TCP connection whose admitted rule carries HTTP
+//! rules: in the worker, a small [`StreamState`] per flow in an
+//! [`InspectorPool`] allocated once at start, with a head buffer lent from a
+//! smaller shared pool only while a request head stays open across
+//! segments; elsewhere an [`HttpInspector`] (state + its own buffer).
+//! Nothing is allocated per packet or per flow afterwards.
 //!
 //! # The hold/release contract
 //!
@@ -106,6 +108,10 @@ pub enum Feed {
     Drop,
     /// Drop this frame and the held ones; close the connection.
     Deny(L7Reason),
+    /// Drop this frame only: no room for it now (no free head buffer in an
+    /// [`InspectorPool`], or no room to hold it); the flow's state is as
+    /// before, the client's retransmission is judged afresh.
+    Busy,
 }
 
 /// Bounds of one inspector.
@@ -113,7 +119,8 @@ pub enum Feed {
 pub struct Limits {
     /// Longest request head, in bytes (request line to empty line).
     pub head_max: usize,
-    /// Bytes a slot keeps: the open request head (raised to `head_max` + 1).
+    /// Bytes of an [`HttpInspector`]'s own head buffer (raised to
+    /// `head_max` + 1; an [`InspectorPool`]'s buffers are `head_max` + 1).
     pub buffer: usize,
     /// Most frames held at once for one flow.
     pub held_segments_max: u16,
@@ -127,7 +134,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             head_max: 8192,
-            buffer: 16384,
+            buffer: 8193,
             held_segments_max: 128,
             hold_ns: 2_000_000_000,
             chunk_meta_max: 4096,
@@ -201,7 +208,7 @@ struct HeadScan {
     request_line: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Core {
     phase: Phase,
     limits: Limits,
@@ -451,15 +458,21 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The inspection state of one flow's client→server stream.
-#[derive(Debug, Clone)]
-pub struct HttpInspector {
+/// The inspection state of one flow's client→server stream, without the
+/// bytes of its open request head: those live in a buffer lent to each
+/// call that needs them ([`HttpInspector`] owns one; [`InspectorPool`]
+/// lends one from a shared, smaller pool only while a head stays open
+/// across segments). A flow between requests (an idle keep-alive
+/// connection) needs only this.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamState {
     core: Core,
-    /// The open request head: `buf[..len]` are the stream bytes
-    /// `[next - len, next)` (forwarded or held).
-    buf: Box<[u8]>,
+    /// Bytes of the open request head kept in the buffer: `buf[..len]` are
+    /// the stream bytes `[next - len, next)` (forwarded or held).
     len: usize,
     started: bool,
+    /// The client's FIN was accepted: no request can follow.
+    finished: bool,
     /// Next expected sequence number.
     next: u32,
     /// First byte of the first held frame (while frames are held).
@@ -470,23 +483,19 @@ pub struct HttpInspector {
     denied_at: u32,
 }
 
-impl HttpInspector {
-    /// A fresh inspector; allocates its buffer (do this at start, in a pool).
+impl StreamState {
+    /// A fresh stream state (head buffers are `limits.head_max + 1` bytes).
     pub fn new(limits: Limits) -> Self {
-        let limits = Limits {
-            buffer: limits.buffer.max(limits.head_max.saturating_add(1)),
-            ..limits
-        };
-        HttpInspector {
+        StreamState {
             core: Core {
                 phase: Phase::Head,
                 limits,
                 requests: 0,
                 scan: HeadScan::default(),
             },
-            buf: vec![0u8; limits.buffer].into_boxed_slice(),
             len: 0,
             started: false,
+            finished: false,
             next: 0,
             held_from: 0,
             held_segments: 0,
@@ -495,18 +504,9 @@ impl HttpInspector {
         }
     }
 
-    /// Forgets the flow (the buffer is kept).
-    pub fn reset(&mut self) {
-        self.core.phase = Phase::Head;
-        self.core.requests = 0;
-        self.core.scan = HeadScan::default();
-        self.len = 0;
-        self.started = false;
-        self.next = 0;
-        self.held_from = 0;
-        self.held_segments = 0;
-        self.held_since = 0;
-        self.denied_at = 0;
+    /// Forgets the flow.
+    fn reset(&mut self) {
+        *self = StreamState::new(self.core.limits);
     }
 
     /// Fixes the stream start: `first_seq` is the client's ISN + 1.
@@ -538,14 +538,14 @@ impl HttpInspector {
     }
 
     /// Whether frames are held, and until when (`held_since + hold_ns`): the
-    /// worker denies the flow with [`Self::expire`] once this passed, even
-    /// if no segment arrives.
+    /// worker denies the flow with `expire` once this passed, even if no
+    /// segment arrives.
     pub fn hold_deadline(&self) -> Option<u64> {
         (self.held_segments > 0).then(|| self.held_since.saturating_add(self.core.limits.hold_ns))
     }
 
     /// Denies the flow if frames are held past the hold limit.
-    pub fn expire(&mut self, now: u64) -> Option<L7Reason> {
+    fn expire(&mut self, now: u64) -> Option<L7Reason> {
         match self.hold_deadline() {
             Some(d) if now > d => Some(self.deny(L7Reason::HoldTimeout)),
             _ => None,
@@ -560,9 +560,29 @@ impl HttpInspector {
         }
     }
 
-    /// Whether the stream ends inside a request head.
-    fn head_open(&self) -> bool {
+    /// Whether the client's FIN was accepted (at the next expected byte,
+    /// outside a head): the stream is complete, no request can follow, and
+    /// any later byte beyond it is `Drop`ped.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Whether the stream ends inside a request head (some of its bytes
+    /// were forwarded or are held).
+    pub fn head_open(&self) -> bool {
         self.core.phase == Phase::Head && self.len > 0
+    }
+
+    /// The client reset the connection. A RST's sequence number is not
+    /// checked by weir (the server ignores one outside its window), so a
+    /// head left open would let a later FIN end it: the flow is denied
+    /// (`IncompleteHead`; the server gets weir's own RST at the exact
+    /// sequence number). Between requests nothing is pending: `None`.
+    pub fn abort(&mut self) -> Option<L7Reason> {
+        if let Some(r) = self.denied() {
+            return Some(r);
+        }
+        (self.head_open() || self.held_segments > 0).then(|| self.deny(L7Reason::IncompleteHead))
     }
 
     /// Denies the flow: nothing from `released_seq()` on reaches the server.
@@ -582,36 +602,12 @@ impl HttpInspector {
         r
     }
 
-    /// Feeds one client→server TCP segment whose flags are unknown; see the
-    /// module docs. Since any segment might carry FIN, every segment that
-    /// ends inside a request head is `Hold` (nothing of an incomplete head
-    /// is forwarded). `judge` is called once per complete request head.
-    pub fn feed<F>(&mut self, seq: u32, payload: &[u8], now: u64, judge: F) -> Feed
-    where
-        F: FnMut(&RequestHead<'_>) -> L7Verdict,
-    {
-        self.feed_inner(seq, payload, None, now, judge)
-    }
-
-    /// Feeds one client→server TCP segment (`fin`: its FIN flag); see the
-    /// module docs for the contract. `judge` is called once per complete
-    /// request head.
-    pub fn feed_segment<F>(
-        &mut self,
-        seq: u32,
-        payload: &[u8],
-        fin: bool,
-        now: u64,
-        judge: F,
-    ) -> Feed
-    where
-        F: FnMut(&RequestHead<'_>) -> L7Verdict,
-    {
-        self.feed_inner(seq, payload, Some(fin), now, judge)
-    }
-
+    /// The contract of [`HttpInspector::feed_segment`] (`fin: None`: flags
+    /// unknown); `buf` keeps the open head (`buf[..self.len]` on entry), at
+    /// least `head_max + 1` bytes.
     fn feed_inner<F>(
         &mut self,
+        buf: &mut [u8],
         seq: u32,
         payload: &[u8],
         fin: Option<bool>,
@@ -653,7 +649,9 @@ impl HttpInspector {
             let b_idx = usize::try_from(d.max(0)).unwrap_or(usize::MAX);
             if s_idx < old_n {
                 let n = old_n - s_idx;
-                let kept = self.buf.get(b_idx..b_idx.saturating_add(n));
+                let kept = buf
+                    .get(..self.len)
+                    .and_then(|k| k.get(b_idx..b_idx.saturating_add(n)));
                 let seen = payload.get(s_idx..old_n);
                 if kept.is_none() || kept != seen {
                     return Feed::Deny(self.deny(L7Reason::OverlapMismatch));
@@ -672,18 +670,23 @@ impl HttpInspector {
                 let end = seq.wrapping_add(payload.len() as u32);
                 let some_held =
                     self.held_segments > 0 && end.wrapping_sub(self.held_from) as i32 > 0;
-                return if some_held { Feed::Drop } else { Feed::Forward };
+                if some_held {
+                    return Feed::Drop;
+                }
+                self.finished |= fin;
+                return Feed::Forward;
             }
             data = &payload[old_n..];
+        }
+        if self.finished && !data.is_empty() {
+            // Bytes after the client's FIN: no stack sends them.
+            return Feed::Drop;
         }
 
         let from_seq = self.next;
         let was_held = self.held_segments > 0;
         self.next = self.next.wrapping_add(data.len() as u32);
-        let completed = match self
-            .core
-            .run(&mut self.buf, &mut self.len, data, &mut judge)
-        {
+        let completed = match self.core.run(buf, &mut self.len, data, &mut judge) {
             Ok(c) => c,
             Err(r) => {
                 // The frame is dropped with whatever was held before it (the
@@ -699,6 +702,7 @@ impl HttpInspector {
             let at = if was_held { self.held_from } else { from_seq };
             return Feed::Deny(self.deny_at(L7Reason::IncompleteHead, at));
         }
+        self.finished |= fin;
         if payload.is_empty() {
             return Feed::Forward;
         }
@@ -707,7 +711,9 @@ impl HttpInspector {
         // for a head still open (cannot happen with flags: the byte after a
         // final CR completes the head or is refused).
         let hold = open
-            && (self.core.at_final_cr(&self.buf[..self.len])
+            && (self
+                .core
+                .at_final_cr(buf.get(..self.len).unwrap_or_default())
                 || !flags_known
                 || (was_held && !completed));
         if hold {
@@ -730,26 +736,159 @@ impl HttpInspector {
     }
 }
 
-/// Index of a slot in an [`InspectorPool`].
+/// The inspection state of one flow's client→server stream, with a head
+/// buffer of its own (one flow at a time: `weir explain`, tests, the
+/// benchmark; the worker uses an [`InspectorPool`]).
+#[derive(Debug, Clone)]
+pub struct HttpInspector {
+    st: StreamState,
+    buf: Box<[u8]>,
+}
+
+impl HttpInspector {
+    /// A fresh inspector; allocates its buffer (`limits.buffer`, at least
+    /// `head_max + 1` bytes).
+    pub fn new(limits: Limits) -> Self {
+        let len = limits.buffer.max(limits.head_max.saturating_add(1));
+        HttpInspector {
+            st: StreamState::new(limits),
+            buf: vec![0u8; len].into_boxed_slice(),
+        }
+    }
+
+    /// Forgets the flow (the buffer is kept).
+    pub fn reset(&mut self) {
+        self.st.reset();
+    }
+
+    /// Fixes the stream start: `first_seq` is the client's ISN + 1.
+    pub fn start(&mut self, first_seq: u32) {
+        self.st.start(first_seq);
+    }
+
+    /// Requests judged and allowed so far.
+    pub fn requests(&self) -> u64 {
+        self.st.requests()
+    }
+
+    /// See [`StreamState::next_seq`].
+    pub fn next_seq(&self) -> u32 {
+        self.st.next_seq()
+    }
+
+    /// See [`StreamState::released_seq`].
+    pub fn released_seq(&self) -> u32 {
+        self.st.released_seq()
+    }
+
+    /// See [`StreamState::hold_deadline`].
+    pub fn hold_deadline(&self) -> Option<u64> {
+        self.st.hold_deadline()
+    }
+
+    /// Denies the flow if frames are held past the hold limit.
+    pub fn expire(&mut self, now: u64) -> Option<L7Reason> {
+        self.st.expire(now)
+    }
+
+    /// The reason, once denied.
+    pub fn denied(&self) -> Option<L7Reason> {
+        self.st.denied()
+    }
+
+    /// See [`StreamState::finished`].
+    pub fn finished(&self) -> bool {
+        self.st.finished()
+    }
+
+    /// See [`StreamState::abort`].
+    pub fn abort(&mut self) -> Option<L7Reason> {
+        self.st.abort()
+    }
+
+    /// Feeds one client→server TCP segment whose flags are unknown; see the
+    /// module docs. Since any segment might carry FIN, every segment that
+    /// ends inside a request head is `Hold` (nothing of an incomplete head
+    /// is forwarded). `judge` is called once per complete request head.
+    pub fn feed<F>(&mut self, seq: u32, payload: &[u8], now: u64, judge: F) -> Feed
+    where
+        F: FnMut(&RequestHead<'_>) -> L7Verdict,
+    {
+        self.st
+            .feed_inner(&mut self.buf, seq, payload, None, now, judge)
+    }
+
+    /// Feeds one client→server TCP segment (`fin`: its FIN flag); see the
+    /// module docs for the contract. `judge` is called once per complete
+    /// request head.
+    pub fn feed_segment<F>(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        fin: bool,
+        now: u64,
+        judge: F,
+    ) -> Feed
+    where
+        F: FnMut(&RequestHead<'_>) -> L7Verdict,
+    {
+        self.st
+            .feed_inner(&mut self.buf, seq, payload, Some(fin), now, judge)
+    }
+}
+
+/// Index of a flow in an [`InspectorPool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotId(pub u32);
 
-/// A worker's preallocated inspectors: every buffer is allocated by
-/// [`InspectorPool::new`]; acquiring and releasing never allocate.
+const NO_BUFFER: u32 = u32::MAX;
+
+/// A worker's preallocated inspection state: `flows` small per-flow
+/// [`StreamState`]s, and `buffers` head buffers of `head_max + 1` bytes
+/// that a flow holds only while one of its request heads stays open
+/// across segments (a head that arrives whole in one segment is parsed in
+/// a scratch buffer). Everything is allocated by [`InspectorPool::new`];
+/// acquiring, feeding and releasing never allocate.
+///
+/// No free head buffer when a head stays open (or the caller may not hold
+/// a frame now) → [`Feed::Busy`]: the segment is dropped and the flow's
+/// state is left as it was, so the client's retransmission is judged
+/// afresh.
 #[derive(Debug)]
 pub struct InspectorPool {
-    slots: Vec<HttpInspector>,
+    flows: Vec<StreamState>,
     in_use: Vec<bool>,
     free: Vec<u32>,
+    /// Per flow: the head buffer it holds, or `NO_BUFFER`.
+    buffer_of: Vec<u32>,
+    buffers: Box<[u8]>,
+    buffer_len: usize,
+    buffers_free: Vec<u32>,
+    /// Where every segment is scanned (the flow's kept head is copied in
+    /// first, and back out if the head stays open).
+    scratch: Box<[u8]>,
 }
 
 impl InspectorPool {
-    pub fn new(slots: usize, limits: Limits) -> Self {
-        let n = u32::try_from(slots).unwrap_or(u32::MAX) as usize;
+    /// `flows` flows with a head buffer each.
+    pub fn new(flows: usize, limits: Limits) -> Self {
+        Self::with_buffers(flows, flows, limits)
+    }
+
+    /// `flows` flows sharing `buffers` head buffers.
+    pub fn with_buffers(flows: usize, buffers: usize, limits: Limits) -> Self {
+        let n = u32::try_from(flows).unwrap_or(u32::MAX - 1) as usize;
+        let nb = u32::try_from(buffers).unwrap_or(u32::MAX - 1) as usize;
+        let buffer_len = limits.head_max.saturating_add(1);
         InspectorPool {
-            slots: (0..n).map(|_| HttpInspector::new(limits)).collect(),
+            flows: vec![StreamState::new(limits); n],
             in_use: vec![false; n],
             free: (0..n as u32).rev().collect(),
+            buffer_of: vec![NO_BUFFER; n],
+            buffers: vec![0u8; nb.saturating_mul(buffer_len)].into_boxed_slice(),
+            buffer_len,
+            buffers_free: (0..nb as u32).rev().collect(),
+            scratch: vec![0u8; buffer_len].into_boxed_slice(),
         }
     }
 
@@ -757,7 +896,7 @@ impl InspectorPool {
     /// pass then refuses the flow: fail closed).
     pub fn acquire(&mut self) -> Option<SlotId> {
         let i = self.free.pop()?;
-        if let Some(s) = self.slots.get_mut(i as usize) {
+        if let Some(s) = self.flows.get_mut(i as usize) {
             s.reset();
         }
         if let Some(u) = self.in_use.get_mut(i as usize) {
@@ -766,29 +905,154 @@ impl InspectorPool {
         Some(SlotId(i))
     }
 
-    pub fn get(&mut self, id: SlotId) -> Option<&mut HttpInspector> {
+    /// The state of a flow in use.
+    pub fn get(&mut self, id: SlotId) -> Option<&mut StreamState> {
         if *self.in_use.get(id.0 as usize)? {
-            self.slots.get_mut(id.0 as usize)
+            self.flows.get_mut(id.0 as usize)
         } else {
             None
         }
     }
 
-    /// Gives a slot back (releasing a free or unknown slot does nothing).
+    /// Starts a flow over (a reopened connection) at `first_seq`.
+    pub fn restart(&mut self, id: SlotId, first_seq: u32) {
+        self.drop_buffer(id);
+        if let Some(s) = self.get(id) {
+            s.reset();
+            s.start(first_seq);
+        }
+    }
+
+    /// Denies the flow if frames are held past the hold limit.
+    pub fn expire(&mut self, id: SlotId, now: u64) -> Option<L7Reason> {
+        let r = self.get(id)?.expire(now);
+        if r.is_some() {
+            self.drop_buffer(id);
+        }
+        r
+    }
+
+    /// See [`StreamState::abort`].
+    pub fn abort(&mut self, id: SlotId) -> Option<L7Reason> {
+        let r = self.get(id)?.abort();
+        self.drop_buffer(id);
+        r
+    }
+
+    fn drop_buffer(&mut self, id: SlotId) {
+        if let Some(b) = self.buffer_of.get_mut(id.0 as usize) {
+            if *b != NO_BUFFER {
+                self.buffers_free.push(*b);
+                *b = NO_BUFFER;
+            }
+        }
+    }
+
+    /// [`HttpInspector::feed_segment`] for flow `id`, plus: `Feed::Busy`
+    /// (state unchanged) when the head stays open and no head buffer is
+    /// free, or when the answer would be `Hold` and `may_hold` is false.
+    /// A flow not in use gets `Busy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed_segment<F>(
+        &mut self,
+        id: SlotId,
+        seq: u32,
+        payload: &[u8],
+        fin: bool,
+        now: u64,
+        may_hold: bool,
+        judge: F,
+    ) -> Feed
+    where
+        F: FnMut(&RequestHead<'_>) -> L7Verdict,
+    {
+        let i = id.0 as usize;
+        let blen = self.buffer_len;
+        let (Some(&true), Some(&b), Some(st)) = (
+            self.in_use.get(i),
+            self.buffer_of.get(i),
+            self.flows.get_mut(i),
+        ) else {
+            return Feed::Busy;
+        };
+        let saved = *st;
+        if b != NO_BUFFER && st.len > 0 {
+            let from = (b as usize) * blen;
+            let (Some(src), Some(dst)) = (
+                self.buffers.get(from..from + st.len),
+                self.scratch.get_mut(..st.len),
+            ) else {
+                return Feed::Busy;
+            };
+            dst.copy_from_slice(src);
+        }
+        let f = st.feed_inner(&mut self.scratch, seq, payload, Some(fin), now, judge);
+        if f == Feed::Hold && !may_hold {
+            *st = saved;
+            return Feed::Busy;
+        }
+        let len = st.len;
+        if len == 0 {
+            self.drop_buffer(id);
+            return f;
+        }
+        let b = if b != NO_BUFFER {
+            b
+        } else if let Some(nb) = self.buffers_free.pop() {
+            if let Some(x) = self.buffer_of.get_mut(i) {
+                *x = nb;
+            }
+            nb
+        } else {
+            if let Some(st) = self.flows.get_mut(i) {
+                *st = saved;
+            }
+            return Feed::Busy;
+        };
+        let from = (b as usize) * blen;
+        if let (Some(dst), Some(src)) = (
+            self.buffers.get_mut(from..from + len),
+            self.scratch.get(..len),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        f
+    }
+
+    /// Gives a flow back, with its head buffer (releasing a free or unknown
+    /// flow does nothing).
     pub fn release(&mut self, id: SlotId) {
         if let Some(u) = self.in_use.get_mut(id.0 as usize) {
             if *u {
                 *u = false;
                 self.free.push(id.0);
+                self.drop_buffer(id);
             }
         }
     }
 
+    /// Flows in use.
     pub fn in_use(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.flows.len() - self.free.len()
     }
 
+    /// Flows (the most open at once).
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.flows.len()
+    }
+
+    /// Head buffers held by flows with an open head.
+    pub fn buffers_in_use(&self) -> usize {
+        self.buffer_count() - self.buffers_free.len()
+    }
+
+    /// Head buffers.
+    pub fn buffer_count(&self) -> usize {
+        self.buffers.len() / self.buffer_len.max(1)
+    }
+
+    /// Bytes of one head buffer.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
     }
 }
