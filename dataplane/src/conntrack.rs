@@ -37,6 +37,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::frag::FragTable;
 use crate::pass::FlowKey;
 use crate::policy::RuleId;
 use crate::stats::Counter;
@@ -372,6 +373,9 @@ pub struct Conntrack {
     mask: u64,
     seed: u64,
     timeouts: Timeouts,
+    /// What first fragments decided, for the later fragments of their
+    /// datagrams (see [`crate::frag`]).
+    frags: FragTable,
 }
 
 /// Per-worker conntrack counters (single writer: the worker).
@@ -384,6 +388,12 @@ pub struct CtStats {
     pub revoked: Counter,
     pub rejudged: Counter,
     pub pickups: Counter,
+    /// First fragments recorded in the fragment table.
+    pub frag_datagrams: Counter,
+    /// Live fragment-table entries evicted to make room (oldest first).
+    pub frag_evictions: Counter,
+    /// Later fragments that followed their first fragment through.
+    pub frag_followed: Counter,
 }
 
 impl Conntrack {
@@ -397,7 +407,19 @@ impl Conntrack {
             mask: buckets as u64 - 1,
             seed,
             timeouts,
+            frags: FragTable::default(),
         }
+    }
+
+    /// Replaces the fragment table (sizing, tests).
+    pub fn with_frags(mut self, frags: FragTable) -> Self {
+        self.frags = frags;
+        self
+    }
+
+    /// The node's fragment table.
+    pub fn frags(&self) -> &FragTable {
+        &self.frags
     }
 
     /// Entries the table can hold.

@@ -57,7 +57,7 @@ drop_reasons! {
     NoFreeFrame = 11 => "no-free-frame",
     /// multicast or broadcast destination that weir does not forward
     Multicast = 12 => "multicast",
-    /// IPv6 extension headers or fragments weir does not forward
+    /// IPv6 extension headers weir does not forward (a routing header with segments left, a chain of more than 8 headers)
     Ipv6Unsupported = 13 => "ipv6-unsupported",
     /// destination is the node itself (handled by the kernel, not forwarded)
     ToNode = 14 => "to-node",
@@ -83,6 +83,12 @@ drop_reasons! {
     DnsRefused = 24 => "dns-refused",
     /// message on a flow under DNS rules that is not exactly one parseable DNS query (or a fragment); refused
     DnsMalformed = 25 => "dns-malformed",
+    /// non-first fragment whose first fragment weir has not seen (arrived out of order, or its entry expired or was evicted from the fragment table)
+    FragmentNoFirst = 26 => "fragment-no-first",
+    /// fragment overlapping its datagram's first fragment (it could rewrite the transport header); the rest of the datagram is dropped too
+    FragmentOverlap = 27 => "fragment-overlap",
+    /// first fragment without its whole transport header (tiny first fragment, or an IPv6 header chain that goes on past it, RFC 7112)
+    FragmentInvalid = 28 => "fragment-invalid",
 }
 
 impl DropReason {

@@ -44,6 +44,8 @@ pub enum Error {
     Malformed,
     /// Valid but beyond what weir walks (e.g. an over-long IPv6 extension chain).
     Unsupported,
+    /// A first fragment that ends inside the IPv6 header chain (RFC 7112).
+    IncompleteChain,
 }
 
 /// IP protocol / IPv6 next-header numbers weir looks at.
