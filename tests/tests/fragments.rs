@@ -7,7 +7,7 @@
 //! python3 and Scapy (scripts/setup.sh).
 
 use std::process::{Child, Command, Stdio};
-use weir_tests::{netpol, node_status, simple_cluster, TestCluster};
+use weir_tests::{netpol, node_status, simple_cluster, two_node_cluster, TestCluster};
 
 const POLICY: &str = "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress], \
     ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], \
@@ -69,7 +69,11 @@ fn echo(c: &TestCluster, port: u16) -> Echo {
 }
 
 fn fragments(c: &TestCluster, field: &str) -> u64 {
-    node_status(&c.status(), "node-1")["conntrack"]["fragments"][field]
+    node_fragments(c, "node-1", field)
+}
+
+fn node_fragments(c: &TestCluster, node: &str, field: &str) -> u64 {
+    node_status(&c.status(), node)["conntrack"]["fragments"][field]
         .as_u64()
         .unwrap_or(0)
 }
@@ -89,7 +93,10 @@ fn reassembled(c: &TestCluster) -> u64 {
 }
 
 fn cluster(tag: &str) -> (TestCluster, String, String, String, String) {
-    let c = TestCluster::up(tag, &simple_cluster("f", &["a", "b"]));
+    cluster_of(TestCluster::up(tag, &simple_cluster("f", &["a", "b"])))
+}
+
+fn cluster_of(c: TestCluster) -> (TestCluster, String, String, String, String) {
     c.apply("policy.yaml", &netpol("f", "b-udp", POLICY));
     let topo = c.topology();
     let a = topo.pod("f", "a").expect("a").clone();
@@ -260,4 +267,27 @@ fn scapy_fragments_never_complete_a_datagram_weir_would_not_judge() {
     let out = c.weir(&["status"]);
     let s = text(&out);
     assert!(s.contains("fragment-no-first=2"), "{s}");
+}
+
+#[test]
+fn large_udp_across_nodes_both_families() {
+    // a on n1, b on n2: fragments cross the tunnel (pod MTU = underlay MTU
+    // minus the encapsulation); b's node judges the first fragment's ports
+    // and the later fragments follow it there.
+    let manifests = two_node_cluster("f", &[("a", "n1"), ("b", "n2")], false);
+    let (c, _, _, b4, b6) = cluster_of(TestCluster::up("frx", &manifests));
+    let _echo = echo(&c, 8080);
+    for b in [&b4, &b6] {
+        assert!(udp_size(&c, b, 80, 3000) > 0, "3000-byte UDP 80 to {b}");
+        assert_eq!(udp_size(&c, b, 8080, 5000), 5000, "UDP echo 5000 {b}");
+        assert_eq!(udp_size(&c, b, 81, 3000), 0, "large UDP 81 to {b}");
+    }
+    // Both nodes saw first fragments and let later ones follow: n2 for
+    // a's datagrams (ingress of b), n1 for b's echoed answers.
+    for node in ["n1", "n2"] {
+        let followed = node_fragments(&c, node, "followed");
+        assert!(followed >= 4, "{node}: later fragments followed {followed}");
+    }
+    assert!(c.node_drops("n2", "policy-denied") >= 6);
+    assert_eq!(c.drops("fragment-no-first"), 0);
 }
