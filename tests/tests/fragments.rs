@@ -267,6 +267,7 @@ fn scapy_fragments_never_complete_a_datagram_weir_would_not_judge() {
     let out = c.weir(&["status"]);
     let s = text(&out);
     assert!(s.contains("fragment-no-first=2"), "{s}");
+    assert!(s.contains("fragments: "), "{s}");
 }
 
 #[test]
