@@ -772,7 +772,7 @@ pub fn quoted_key(quote: &[u8], v6: bool) -> Option<FlowKey> {
     };
     let be = |i: usize| Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?]));
     let (sport, dport) = match proto {
-        ip_proto::TCP | ip_proto::UDP => (be(0)?, be(2)?),
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => (be(0)?, be(2)?),
         ip_proto::ICMP | ip_proto::ICMPV6 => {
             // Only echo can be quoted by an error (errors never answer errors).
             (be(4)?, be(0)?)

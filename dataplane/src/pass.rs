@@ -68,7 +68,7 @@ use crate::l7::{Feed, InspectorPool, L7Verdict, Limits, SlotId};
 use crate::policy::{Identity, Judgement, Peer};
 use crate::snapshot::{Port, PortId, Snapshot, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};
-use crate::wire::{icmp, ip_proto, ipv4, ipv6, tcp, udp, Error as WireError};
+use crate::wire::{icmp, ip_proto, ipv4, ipv6, sctp, tcp, udp, Error as WireError};
 use crate::{DropReason, Verdict};
 
 /// Per-worker scratch, counters and handles of the pass: the node's shared
@@ -705,6 +705,14 @@ fn parse_l4(
             Continue(L4 {
                 sport: u.src_port(),
                 dport: u.dst_port(),
+                ..L4::default()
+            })
+        }
+        ip_proto::SCTP => {
+            let c = or_drop(sctp::Packet::new_checked(bytes), trunc)?;
+            Continue(L4 {
+                sport: c.src_port(),
+                dport: c.dst_port(),
                 ..L4::default()
             })
         }

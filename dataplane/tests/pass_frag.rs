@@ -1,6 +1,6 @@
-//! Table tests of the pass on fragmented datagrams and IPv6 extension
-//! headers, under a policy: b's ingress allows UDP 80 (and TCP 80) from a,
-//! nothing else. Fragments are cut by hand from frames etherparse built.
+//! Table tests of the pass on fragmented datagrams, IPv6 extension
+//! headers and SCTP, under a policy: b's ingress allows TCP, UDP and SCTP
+//! port 80 from a, nothing else. Fragments are cut by hand from frames etherparse built.
 
 use etherparse::PacketBuilder;
 use std::net::Ipv6Addr;
@@ -54,7 +54,7 @@ fn snap(generation: u64, deny_all: bool) -> Snapshot {
             other: deny,
             tcp: vec![(0, deny), (80, allow), (81, deny)],
             udp: vec![(0, deny), (80, allow), (81, deny)],
-            sctp: vec![(0, deny)],
+            sctp: vec![(0, deny), (80, allow), (81, deny)],
         }
     };
     let policy = PolicySpec {
@@ -534,4 +534,84 @@ fn a_flood_of_first_fragments_is_bounded_and_counted() {
         st.ct_stats().frag_evictions.get(),
         u64::from(n) - cap as u64
     );
+}
+
+/// An SCTP packet (common header + one chunk header of type `chunk`) from
+/// the pod behind `from` (0 = a, 1 = b), IPv4 or IPv6.
+fn sctp(from: u8, v6: bool, sport: u16, dport: u16, chunk: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // vtag, CRC32c (unchecked)
+    l4.extend_from_slice(&[chunk, 0, 0, 4]);
+    let macs = (pod_mac(from), port_mac(from));
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(macs.0, macs.1);
+    let b = match (v6, from) {
+        (false, 0) => b.ipv4(A, B, 64),
+        (false, _) => b.ipv4(B, A, 64),
+        (true, 0) => b.ipv6(a6(), b6(), 64),
+        (true, _) => b.ipv6(b6(), a6(), 64),
+    };
+    b.write(&mut out, etherparse::IpNumber::SCTP, &l4).unwrap();
+    out
+}
+
+#[test]
+fn sctp_ports_are_judged_and_tracked() {
+    use weir_dataplane::wire::sctp::chunk;
+    let s = snap(1, false);
+    let mut st = state();
+    for v6 in [false, true] {
+        // a → b: SCTP 80 allowed, 81 denied (NetworkPolicy SCTP ports).
+        let init = sctp(0, v6, 5000, 80, chunk::INIT);
+        assert_eq!(run(&init, &s, &mut st), tx(init.len()), "v6 {v6}");
+        let denied = sctp(0, v6, 5000, 81, chunk::INIT);
+        assert_eq!(
+            run(&denied, &s, &mut st),
+            dropped(DropReason::PolicyDenied),
+            "v6 {v6}"
+        );
+        // b's INIT-ACK is the association's reply.
+        let ack = sctp(1, v6, 80, 5000, chunk::INIT_ACK);
+        assert_eq!(
+            run(&ack, &s, &mut st),
+            Verdict::Tx {
+                port: 0,
+                len: ack.len()
+            }
+        );
+        // b (isolated for ingress) opens an association to a: a's answers
+        // pass as replies, a's own new association into b does not.
+        let out = sctp(1, v6, 6000, 9999, chunk::INIT);
+        assert_eq!(
+            run(&out, &s, &mut st),
+            Verdict::Tx {
+                port: 0,
+                len: out.len()
+            }
+        );
+        let back = sctp(0, v6, 9999, 6000, chunk::INIT_ACK);
+        assert_eq!(run(&back, &s, &mut st), tx(back.len()));
+        let new = sctp(0, v6, 9999, 6001, chunk::INIT);
+        assert_eq!(run(&new, &s, &mut st), dropped(DropReason::PolicyDenied));
+        // Shorter than the common header.
+        let mut short = sctp(0, v6, 5000, 80, chunk::INIT);
+        let ip = if v6 { 54 } else { 34 };
+        short.truncate(ip + 8);
+        if v6 {
+            short[18..20].copy_from_slice(&8u16.to_be_bytes());
+        } else {
+            short[16..18].copy_from_slice(&28u16.to_be_bytes());
+            short[24..26].copy_from_slice(&[0, 0]);
+            let c = ip_checksum(&short[14..34]);
+            short[24..26].copy_from_slice(&c.to_be_bytes());
+        }
+        assert_eq!(run(&short, &s, &mut st), dropped(DropReason::L4Truncated));
+    }
+    // Flow events carry the SCTP ports.
+    let ev = events(&st);
+    assert!(ev
+        .iter()
+        .any(|e| e.key.proto == 132 && e.key.dport == 81 && !e.allowed));
 }

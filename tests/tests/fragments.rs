@@ -3,15 +3,17 @@
 //! pod MTU 1500) to an allowed port get their answer over IPv4 and IPv6, to
 //! a denied port they do not; Scapy-built out-of-order, overlapping and
 //! tiny fragments never complete a datagram at b (b's own reassembly
-//! counters say so) and are counted under their reasons. Needs root,
-//! python3 and Scapy (scripts/setup.sh).
+//! counters say so) and are counted under their reasons. SCTP (the kernel
+//! here has none, so no pod can serve it): Scapy-built INIT chunks from a,
+//! seen or not by a raw socket in b, for the allowed and a denied port.
+//! Needs root, python3 and Scapy (scripts/setup.sh).
 
 use std::process::{Child, Command, Stdio};
 use weir_tests::{netpol, node_status, simple_cluster, two_node_cluster, TestCluster};
 
 const POLICY: &str = "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress], \
     ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], \
-    ports: [{protocol: UDP, port: 80}, {protocol: UDP, port: 8080}]}]}";
+    ports: [{protocol: UDP, port: 80}, {protocol: UDP, port: 8080}, {protocol: SCTP, port: 80}]}]}";
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -291,4 +293,79 @@ fn large_udp_across_nodes_both_families() {
     }
     assert!(c.node_drops("n2", "policy-denied") >= 6);
     assert_eq!(c.drops("fragment-no-first"), 0);
+}
+
+/// Listens in b for SCTP (raw sockets, both families) until it saw port
+/// 80 in both families, or for `secs` seconds; prints the family and
+/// destination port of every packet seen. (The sender sends port 81 first,
+/// so a leaked 81 would be seen before the listener stops.)
+const SCTP_SEEN: &str = r#"
+import socket, select, struct, sys, time
+s4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 132)
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+seen = set()
+while time.time() < end and not {("v4", 80), ("v6", 80)} <= seen:
+    r, _, _ = select.select([s4, s6], [], [], 0.1)
+    for s in r:
+        d = s.recv(65535)
+        if s is s4:
+            d = d[(d[0] & 15) * 4:]
+        fam, port = "v4" if s is s4 else "v6", struct.unpack("!H", d[2:4])[0]
+        seen.add((fam, port))
+        print(fam, port, flush=True)
+"#;
+
+const SCTP_SEND: &str = r#"
+import sys
+from scapy.all import Ether, IP, IPv6, sendp, getmacbyip, conf
+from scapy.layers.sctp import SCTP, SCTPChunkInit
+conf.verb = 0
+a4, a6, b4, b6 = sys.argv[1:]
+gw = getmacbyip("169.254.1.1")
+for dport in (81, 80):
+    for ip in (IP(src=a4, dst=b4), IPv6(src=a6, dst=b6)):
+        sendp(Ether(dst=gw)/ip/SCTP(sport=5000, dport=dport)/SCTPChunkInit(init_tag=7), iface="eth0")
+"#;
+
+#[test]
+fn sctp_ports_enforced_seen_at_the_destination() {
+    use std::io::{BufRead, BufReader};
+    let (c, a4, a6, b4, b6) = cluster("fsc");
+    let b = c.topology().pod("f", "b").expect("b").clone();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &b.netns, "python3", "-c", SCTP_SEEN, "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 listener");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("listener ready");
+    assert_eq!(line.trim(), "ready");
+    let denied0 = c.drops("policy-denied");
+    let sent = c.pod_exec("f", "a", &["python3", "-c", SCTP_SEND, &a4, &a6, &b4, &b6]);
+    assert!(sent.status.success(), "scapy SCTP: {}", text(&sent));
+    let mut seen = String::new();
+    for l in out.lines() {
+        seen.push_str(&l.expect("listener output"));
+        seen.push('\n');
+    }
+    let _ = child.wait();
+    let seen: Vec<&str> = seen.lines().collect();
+    assert!(
+        seen.contains(&"v4 80") && seen.contains(&"v6 80"),
+        "{seen:?} {}",
+        node_status(&c.status(), "node-1")["workers"]
+    );
+    assert!(!seen.iter().any(|l| l.ends_with(" 81")), "{seen:?}");
+    assert_eq!(c.drops("policy-denied") - denied0, 2);
+    let flows = c.weir_json(&["flows", "-o", "json"]);
+    let sctp81 = flows
+        .as_array()
+        .expect("records")
+        .iter()
+        .any(|r| r["protocol"] == "SCTP" && r["dport"] == 81 && r["verdict"] == "denied");
+    assert!(sctp81, "{flows}");
 }
