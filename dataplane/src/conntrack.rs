@@ -663,6 +663,25 @@ impl Conntrack {
     }
 }
 
+/// SCTP through the TCP state machine (RFC 9260 §4): the first chunk of a
+/// packet counts as the TCP flags of the same step. INIT = SYN, INIT-ACK =
+/// SYN+ACK, SHUTDOWN and SHUTDOWN-ACK = FIN+ACK (one per side), ABORT = RST,
+/// anything else (COOKIE-ECHO, COOKIE-ACK, DATA, SACK, HEARTBEAT,
+/// SHUTDOWN-COMPLETE, ...) = ACK. So an association opens with INIT,
+/// INIT-ACK, COOKIE-ECHO (established), closes with SHUTDOWN, SHUTDOWN-ACK,
+/// SHUTDOWN-COMPLETE (time-wait), and keeps TCP's timeouts. Verification
+/// tags are not checked.
+pub fn sctp_as_tcp_flags(first_chunk: Option<u8>) -> u8 {
+    use crate::wire::sctp::chunk;
+    match first_chunk {
+        Some(chunk::INIT) => tcpf::SYN,
+        Some(chunk::INIT_ACK) => tcpf::SYN | tcpf::ACK,
+        Some(chunk::SHUTDOWN | chunk::SHUTDOWN_ACK) => tcpf::FIN | tcpf::ACK,
+        Some(chunk::ABORT) => tcpf::RST,
+        _ => tcpf::ACK,
+    }
+}
+
 /// The state machine: the state after a packet going `dir` with `seg`, and
 /// the FIN bits seen, or `None` if the packet is invalid in `s`.
 ///

@@ -39,7 +39,7 @@ drop_reasons! {
     Ipv4Malformed = 2 => "ipv4-malformed",
     /// IPv6 header truncated or invalid (version, payload length)
     Ipv6Malformed = 3 => "ipv6-malformed",
-    /// transport header (TCP/UDP/ICMP) truncated
+    /// transport header (TCP/UDP/SCTP/ICMP) truncated
     L4Truncated = 4 => "l4-truncated",
     /// frame arrived on an interface weir does not manage
     UnknownIngress = 5 => "unknown-ingress",

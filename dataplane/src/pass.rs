@@ -39,6 +39,14 @@
 //!   connections survive a dataplane restart when policy allows them. ICMP
 //!   errors pass only when they quote a tracked, still-allowed flow.
 //!
+//! - Fragments ([`crate::frag`], docs/conntrack.md): a first fragment is
+//!   judged as any packet and its outcome recorded for its datagram in the
+//!   node's fragment table; later fragments follow it (taking the flow's
+//!   ports into their key) or drop (`fragment-no-first`,
+//!   `fragment-overlap`); a first fragment without its whole transport
+//!   header drops as `fragment-invalid`. SCTP ports are judged like TCP/UDP
+//!   ports and associations tracked through the TCP state machine.
+//!
 //! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
 //!   node's pod CIDR routes to that peer; only the source's egress is
 //!   judged here, then the frame is wrapped (VXLAN/-GBP or Geneve) and sent
@@ -352,7 +360,8 @@ pub struct Parsed {
     pub dont_frag: bool,
     /// The L4 message is an ICMP/ICMPv6 error (never answered with one).
     pub icmp_error: bool,
-    /// TCP flags (0 for other protocols and non-first fragments).
+    /// TCP flags (0 for other protocols and non-first fragments); for SCTP
+    /// the first chunk as TCP flags ([`conntrack::sctp_as_tcp_flags`]).
     pub tcp_flags: u8,
     /// Offset of the L4 header in the frame (0 for non-first fragments).
     pub l4_offset: usize,
@@ -713,7 +722,8 @@ fn parse_l4(
             Continue(L4 {
                 sport: c.src_port(),
                 dport: c.dst_port(),
-                ..L4::default()
+                icmp_error: false,
+                tcp_flags: conntrack::sctp_as_tcp_flags(c.first_chunk_type()),
             })
         }
         p if p == icmp_proto => {
@@ -982,7 +992,10 @@ fn flow_policy(
     let pol = snap.policy();
     let generation = pol.generation();
     let now = st.now_ns;
-    let seg = if pkt.key.proto == ip_proto::TCP && pkt.fragment != Fragment::Later {
+    let tcp = pkt.key.proto == ip_proto::TCP;
+    // SCTP goes through the TCP state machine (`conntrack::sctp_as_tcp_flags`).
+    let stateful = tcp || pkt.key.proto == ip_proto::SCTP;
+    let seg = if stateful && pkt.fragment != Fragment::Later {
         Seg::Tcp(pkt.tcp_flags)
     } else {
         Seg::Other
@@ -992,7 +1005,8 @@ fn flow_policy(
     for _ in 0..3 {
         match st.ct.track(&pkt.key, seg, generation, now) {
             Track::Pass { dir, adm, .. } => {
-                let l7 = seg != Seg::Other
+                let l7 = tcp
+                    && seg != Seg::Other
                     && dir == conntrack::Dir::Orig
                     && pol.has_l7()
                     && pol.rule_has_l7(adm.ingress_rule);
@@ -1070,7 +1084,7 @@ fn flow_policy(
                     return Continue(Need::None);
                 }
                 let need = match (seg, j.ingress.l7, j.egress.dns) {
-                    (Seg::Tcp(_), Some(set), _) => Need::Http(L7Need {
+                    (Seg::Tcp(_), Some(set), _) if tcp => Need::Http(L7Need {
                         set: Some(set),
                         wire_id,
                     }),

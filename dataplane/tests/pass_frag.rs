@@ -4,6 +4,7 @@
 
 use etherparse::PacketBuilder;
 use std::net::Ipv6Addr;
+use weir_dataplane::conntrack::State;
 use weir_dataplane::flows::{FlowEvent, FlowKind};
 use weir_dataplane::pass::{process, WorkerState};
 use weir_dataplane::policy::{
@@ -609,6 +610,40 @@ fn sctp_ports_are_judged_and_tracked() {
         }
         assert_eq!(run(&short, &s, &mut st), dropped(DropReason::L4Truncated));
     }
+    // The association's states: INIT, INIT-ACK, COOKIE-ECHO → established;
+    // SHUTDOWN both ways, SHUTDOWN-COMPLETE → time-wait.
+    let k = weir_dataplane::pass::FlowKey {
+        src: A.into(),
+        dst: B.into(),
+        proto: 132,
+        sport: 7000,
+        dport: 80,
+    };
+    let state = |st: &WorkerState| st.conntrack().peek(&k, SEC).map(|p| p.1);
+    let steps: [(u8, u16, u16, u8, State); 6] = [
+        (0, 7000, 80, chunk::INIT, State::SynSent),
+        (1, 80, 7000, chunk::INIT_ACK, State::SynRecv),
+        (0, 7000, 80, chunk::COOKIE_ECHO, State::Established),
+        (0, 7000, 80, chunk::DATA, State::Established),
+        (1, 80, 7000, chunk::SHUTDOWN, State::FinWait),
+        (0, 7000, 80, chunk::SHUTDOWN_ACK, State::LastAck),
+    ];
+    for (from, sp, dp, c, want) in steps {
+        let f = sctp(from, false, sp, dp, c);
+        assert!(matches!(run(&f, &s, &mut st), Verdict::Tx { .. }), "{c}");
+        assert_eq!(state(&st), Some(want), "after chunk {c}");
+    }
+    let f = sctp(1, false, 80, 7000, chunk::SHUTDOWN_COMPLETE);
+    assert!(matches!(run(&f, &s, &mut st), Verdict::Tx { .. }));
+    assert_eq!(state(&st), Some(State::TimeWait));
+    // DATA before the association is set up is out of state.
+    let f = sctp(0, false, 7001, 80, chunk::INIT);
+    assert!(matches!(run(&f, &s, &mut st), Verdict::Tx { .. }));
+    let f = sctp(0, false, 7001, 80, chunk::DATA);
+    assert_eq!(run(&f, &s, &mut st), dropped(DropReason::CtInvalid));
+    // ABORT closes.
+    let f = sctp(1, false, 80, 7001, chunk::ABORT);
+    assert!(matches!(run(&f, &s, &mut st), Verdict::Tx { .. }));
     // Flow events carry the SCTP ports.
     let ev = events(&st);
     assert!(ev
