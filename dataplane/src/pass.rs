@@ -869,7 +869,12 @@ fn first_fragment(
     snap: &Snapshot,
     st: &mut WorkerState,
 ) -> ControlFlow<Verdict, Need> {
+    // Inspection needs whole messages: the first fragment of a flow under
+    // HTTP rules, or of a DNS query under DNS rules, is dropped by the
+    // later stages, and so are the rest of its datagram.
     let verdict = match r {
+        Continue(Need::Http(_)) => Some(DropReason::L7OutOfOrder),
+        Continue(Need::Dns(d)) if d.query => Some(DropReason::DnsMalformed),
         Continue(_) => None,
         Break(Verdict::Drop(reason)) => Some(reason),
         Break(_) => Some(DropReason::PolicyDenied),
