@@ -118,6 +118,19 @@ pub fn render(v: &Value) -> String {
             let list: Vec<String> = reasons.iter().map(|(k, c)| format!("{k}={c}")).collect();
             let _ = writeln!(out, "drops: {}", list.join(" "));
         }
+        // The fragment table, once fragments were seen.
+        let f = &dp["conntrack"]["fragments"];
+        if f["datagrams"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "fragments: {} datagrams, {} later fragments followed, {} evicted, {}/{} entries",
+                u(&f["datagrams"]),
+                u(&f["followed"]),
+                u(&f["evictions"]),
+                u(&f["entries"]),
+                u(&f["size"]),
+            );
+        }
     }
     out
 }

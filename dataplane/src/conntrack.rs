@@ -37,6 +37,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::frag::FragTable;
 use crate::pass::FlowKey;
 use crate::policy::RuleId;
 use crate::stats::Counter;
@@ -372,6 +373,9 @@ pub struct Conntrack {
     mask: u64,
     seed: u64,
     timeouts: Timeouts,
+    /// What first fragments decided, for the later fragments of their
+    /// datagrams (see [`crate::frag`]).
+    frags: FragTable,
 }
 
 /// Per-worker conntrack counters (single writer: the worker).
@@ -384,6 +388,12 @@ pub struct CtStats {
     pub revoked: Counter,
     pub rejudged: Counter,
     pub pickups: Counter,
+    /// First fragments recorded in the fragment table.
+    pub frag_datagrams: Counter,
+    /// Live fragment-table entries evicted to make room (oldest first).
+    pub frag_evictions: Counter,
+    /// Later fragments that followed their first fragment through.
+    pub frag_followed: Counter,
 }
 
 impl Conntrack {
@@ -397,7 +407,19 @@ impl Conntrack {
             mask: buckets as u64 - 1,
             seed,
             timeouts,
+            frags: FragTable::default(),
         }
+    }
+
+    /// Replaces the fragment table (sizing, tests).
+    pub fn with_frags(mut self, frags: FragTable) -> Self {
+        self.frags = frags;
+        self
+    }
+
+    /// The node's fragment table.
+    pub fn frags(&self) -> &FragTable {
+        &self.frags
     }
 
     /// Entries the table can hold.
@@ -641,6 +663,25 @@ impl Conntrack {
     }
 }
 
+/// SCTP through the TCP state machine (RFC 9260 §4): the first chunk of a
+/// packet counts as the TCP flags of the same step. INIT = SYN, INIT-ACK =
+/// SYN+ACK, SHUTDOWN and SHUTDOWN-ACK = FIN+ACK (one per side), ABORT = RST,
+/// anything else (COOKIE-ECHO, COOKIE-ACK, DATA, SACK, HEARTBEAT,
+/// SHUTDOWN-COMPLETE, ...) = ACK. So an association opens with INIT,
+/// INIT-ACK, COOKIE-ECHO (established), closes with SHUTDOWN, SHUTDOWN-ACK,
+/// SHUTDOWN-COMPLETE (time-wait), and keeps TCP's timeouts. Verification
+/// tags are not checked.
+pub fn sctp_as_tcp_flags(first_chunk: Option<u8>) -> u8 {
+    use crate::wire::sctp::chunk;
+    match first_chunk {
+        Some(chunk::INIT) => tcpf::SYN,
+        Some(chunk::INIT_ACK) => tcpf::SYN | tcpf::ACK,
+        Some(chunk::SHUTDOWN | chunk::SHUTDOWN_ACK) => tcpf::FIN | tcpf::ACK,
+        Some(chunk::ABORT) => tcpf::RST,
+        _ => tcpf::ACK,
+    }
+}
+
 /// The state machine: the state after a packet going `dir` with `seg`, and
 /// the FIN bits seen, or `None` if the packet is invalid in `s`.
 ///
@@ -750,7 +791,7 @@ pub fn quoted_key(quote: &[u8], v6: bool) -> Option<FlowKey> {
     };
     let be = |i: usize| Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?]));
     let (sport, dport) = match proto {
-        ip_proto::TCP | ip_proto::UDP => (be(0)?, be(2)?),
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => (be(0)?, be(2)?),
         ip_proto::ICMP | ip_proto::ICMPV6 => {
             // Only echo can be quoted by an error (errors never answer errors).
             (be(4)?, be(0)?)

@@ -39,7 +39,7 @@ drop_reasons! {
     Ipv4Malformed = 2 => "ipv4-malformed",
     /// IPv6 header truncated or invalid (version, payload length)
     Ipv6Malformed = 3 => "ipv6-malformed",
-    /// transport header (TCP/UDP/ICMP) truncated
+    /// transport header (TCP/UDP/SCTP/ICMP) truncated
     L4Truncated = 4 => "l4-truncated",
     /// frame arrived on an interface weir does not manage
     UnknownIngress = 5 => "unknown-ingress",
@@ -57,7 +57,7 @@ drop_reasons! {
     NoFreeFrame = 11 => "no-free-frame",
     /// multicast or broadcast destination that weir does not forward
     Multicast = 12 => "multicast",
-    /// IPv6 extension headers or fragments weir does not forward
+    /// IPv6 extension headers weir does not forward (a routing header with segments left, a chain of more than 8 headers)
     Ipv6Unsupported = 13 => "ipv6-unsupported",
     /// destination is the node itself (handled by the kernel, not forwarded)
     ToNode = 14 => "to-node",
@@ -87,6 +87,12 @@ drop_reasons! {
     L7Busy = 26 => "l7-busy",
     /// data segment of an HTTP-inspected flow after its client closed it (FIN or RST) or weir denied it; refused
     L7AfterClose = 27 => "l7-after-close",
+    /// non-first fragment whose first fragment weir has not seen (arrived out of order, or its entry expired or was evicted from the fragment table)
+    FragmentNoFirst = 28 => "fragment-no-first",
+    /// fragment overlapping its datagram's first fragment (it could rewrite the transport header); the rest of the datagram is dropped too
+    FragmentOverlap = 29 => "fragment-overlap",
+    /// first fragment without its whole transport header (tiny first fragment, or an IPv6 header chain that goes on past it, RFC 7112)
+    FragmentInvalid = 30 => "fragment-invalid",
 }
 
 impl DropReason {

@@ -12,6 +12,7 @@
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
 //! - [`policy`]: compiled policy tables and the new-flow judge.
 //! - [`conntrack`]: the node's shared connection-tracking table.
+//! - [`frag`]: the node's fragment table (later fragments follow their first).
 //! - [`flows`]: per-worker flow-log queues (new, dropped, revoked flows).
 //! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
 //! - [`pass`]: the per-packet pass, readable top to bottom in one place.
@@ -25,6 +26,7 @@ pub mod drop_reason;
 pub mod encap;
 pub mod flows;
 pub mod fqdn;
+pub mod frag;
 pub mod l7;
 pub mod pass;
 pub mod policy;

@@ -39,6 +39,14 @@
 //!   connections survive a dataplane restart when policy allows them. ICMP
 //!   errors pass only when they quote a tracked, still-allowed flow.
 //!
+//! - Fragments ([`crate::frag`], docs/conntrack.md): a first fragment is
+//!   judged as any packet and its outcome recorded for its datagram in the
+//!   node's fragment table; later fragments follow it (taking the flow's
+//!   ports into their key) or drop (`fragment-no-first`,
+//!   `fragment-overlap`); a first fragment without its whole transport
+//!   header drops as `fragment-invalid`. SCTP ports are judged like TCP/UDP
+//!   ports and associations tracked through the TCP state machine.
+//!
 //! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
 //!   node's pod CIDR routes to that peer; only the source's egress is
 //!   judged here, then the frame is wrapped (VXLAN/-GBP or Geneve) and sent
@@ -62,12 +70,13 @@ use crate::conntrack::{self, Admission, Conntrack, CtStats, Insert, Seg, Track};
 use crate::encap;
 use crate::flows::{FlowEvent, FlowKind, FlowLog, L7Note};
 use crate::fqdn::FqdnTable;
+use crate::frag::{self, FragKey};
 use crate::l7::reply::{DeniedFlow, TcpEnd};
 use crate::l7::{Feed, InspectorPool, L7Verdict, Limits, SlotId};
 use crate::policy::{Identity, Judgement, Peer};
 use crate::snapshot::{Port, PortId, Snapshot, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame, Mac};
-use crate::wire::{icmp, ip_proto, ipv4, ipv6, tcp, udp, Error as WireError};
+use crate::wire::{icmp, ip_proto, ipv4, ipv6, sctp, tcp, udp, Error as WireError};
 use crate::{DropReason, Verdict};
 
 /// Per-worker scratch, counters and handles of the pass: the node's shared
@@ -465,10 +474,24 @@ pub struct Parsed {
     pub dont_frag: bool,
     /// The L4 message is an ICMP/ICMPv6 error (never answered with one).
     pub icmp_error: bool,
-    /// TCP flags (0 for other protocols and non-first fragments).
+    /// TCP flags (0 for other protocols and non-first fragments); for SCTP
+    /// the first chunk as TCP flags ([`conntrack::sctp_as_tcp_flags`]).
     pub tcp_flags: u8,
     /// Offset of the L4 header in the frame (0 for non-first fragments).
     pub l4_offset: usize,
+    /// Where a fragment sits in its datagram (zeros when whole).
+    pub frag: FragPos,
+}
+
+/// A fragment's identification, offset and length (see [`crate::frag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FragPos {
+    /// IPv4 identification, or the IPv6 fragment header's identification.
+    pub ident: u32,
+    /// Offset of the fragment's data in the datagram, in bytes.
+    pub offset: u16,
+    /// Bytes of fragment data this fragment carries.
+    pub len: u16,
 }
 
 impl Parsed {
@@ -522,19 +545,19 @@ fn pass(
             return from_tunnel(buf, len, ingress, snap, st, t, tables);
         }
     }
-    let pkt = parse(buf.get(..len).unwrap_or_default())?;
+    let mut pkt = parse(buf.get(..len).unwrap_or_default())?;
     let src_endpoint = check_source(&pkt, ingress, snap)?;
     match route(&pkt, snap)? {
         Next::Local(route) => {
             let dst = Some(route.endpoint);
-            let need = policy(buf, &pkt, Some(src_endpoint), dst, None, snap, st)?;
+            let need = policy(buf, &mut pkt, Some(src_endpoint), dst, None, snap, st)?;
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
             deliver(buf, &pkt, need, &route, Some(ingress), snap, st)
         }
         Next::Remote { peer, inner_mtu } => {
             // Egress of the local source here; the peer judges ingress.
-            let need = policy(buf, &pkt, Some(src_endpoint), None, None, snap, st)?;
+            let need = policy(buf, &mut pkt, Some(src_endpoint), None, None, snap, st)?;
             check_hop_limit(buf, &pkt, ingress, snap, st)?;
             check_mtu(buf, &pkt, inner_mtu, ingress, snap, st)?;
             if let Need::Dns(need) = need {
@@ -561,7 +584,7 @@ fn from_tunnel(
     tables: &TunnelTables,
 ) -> ControlFlow<Verdict, Verdict> {
     let d = encap::decapsulate(buf, len, t, tables)?;
-    let pkt = parse(buf.get(..d.inner_len).unwrap_or_default())?;
+    let mut pkt = parse(buf.get(..d.inner_len).unwrap_or_default())?;
     if tables.peer_for(pkt.key.src) != Some(d.peer) {
         return drop(DropReason::SourceSpoofed);
     }
@@ -569,7 +592,15 @@ fn from_tunnel(
         // No transit between peers through this node.
         return drop(DropReason::NoRoute);
     };
-    let need = policy(buf, &pkt, None, Some(route.endpoint), d.identity, snap, st)?;
+    let need = policy(
+        buf,
+        &mut pkt,
+        None,
+        Some(route.endpoint),
+        d.identity,
+        snap,
+        st,
+    )?;
     check_hop_limit(buf, &pkt, ingress, snap, st)?;
     check_mtu(buf, &pkt, route.mtu, ingress, snap, st)?;
     // The client is behind a peer node: a 403 goes back encapsulated toward
@@ -681,6 +712,11 @@ fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         } else {
             ethernet::HEADER_LEN + ip.header_len()
         },
+        frag: FragPos {
+            ident: u32::from(ip.ident()),
+            offset: ip.frag_offset(),
+            len: ip.total_len().saturating_sub(ip.header_len() as u16),
+        },
     })
 }
 
@@ -692,6 +728,7 @@ fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
     let upper = match ipv6::upper_layer(ip.next_header(), ip.payload()) {
         Ok(u) => u,
         Err(WireError::Unsupported) => return drop(DropReason::Ipv6Unsupported),
+        Err(WireError::IncompleteChain) => return drop(DropReason::FragmentInvalid),
         Err(_) => return drop(DropReason::Ipv6Malformed),
     };
     let fragment = match upper.fragment {
@@ -722,6 +759,11 @@ fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         } else {
             ethernet::HEADER_LEN + ipv6::HEADER_LEN + upper.offset
         },
+        frag: upper.fragment.map_or(FragPos::default(), |f| FragPos {
+            ident: f.ident,
+            offset: f.offset,
+            len: u16::try_from(ip.payload().len().saturating_sub(f.data_at)).unwrap_or(u16::MAX),
+        }),
     })
 }
 
@@ -748,17 +790,24 @@ fn parse_l4(
     fragment: Fragment,
     family: Family,
 ) -> ControlFlow<Verdict, L4> {
-    const TRUNC: DropReason = DropReason::L4Truncated;
     if fragment == Fragment::Later {
         return Continue(L4::default());
     }
+    // A first fragment too short for its transport header is the "tiny
+    // fragment" of RFC 1858: the rest of the header would come in a later
+    // fragment, unjudged.
+    let trunc = if fragment == Fragment::First {
+        DropReason::FragmentInvalid
+    } else {
+        DropReason::L4Truncated
+    };
     let icmp_proto = match family {
         Family::V4 => ip_proto::ICMP,
         Family::V6 => ip_proto::ICMPV6,
     };
     match proto {
         ip_proto::TCP => {
-            let t = or_drop(tcp::Packet::new_checked(bytes), TRUNC)?;
+            let t = or_drop(tcp::Packet::new_checked(bytes), trunc)?;
             Continue(L4 {
                 sport: t.src_port(),
                 dport: t.dst_port(),
@@ -770,11 +819,11 @@ fn parse_l4(
             let u = if fragment == Fragment::First {
                 let u = udp::Packet::new_unchecked(bytes);
                 if bytes.len() < udp::HEADER_LEN || usize::from(u.length()) < udp::HEADER_LEN {
-                    return drop(TRUNC);
+                    return drop(trunc);
                 }
                 u
             } else {
-                or_drop(udp::Packet::new_checked(bytes), TRUNC)?
+                or_drop(udp::Packet::new_checked(bytes), trunc)?
             };
             Continue(L4 {
                 sport: u.src_port(),
@@ -782,8 +831,17 @@ fn parse_l4(
                 ..L4::default()
             })
         }
+        ip_proto::SCTP => {
+            let c = or_drop(sctp::Packet::new_checked(bytes), trunc)?;
+            Continue(L4 {
+                sport: c.src_port(),
+                dport: c.dst_port(),
+                icmp_error: false,
+                tcp_flags: conntrack::sctp_as_tcp_flags(c.first_chunk_type()),
+            })
+        }
         p if p == icmp_proto => {
-            let i = or_drop(icmp::Packet::new_checked(bytes), TRUNC)?;
+            let i = or_drop(icmp::Packet::new_checked(bytes), trunc)?;
             let t = i.msg_type();
             let (is_echo, is_error) = match family {
                 Family::V4 => (
@@ -886,7 +944,159 @@ fn route(pkt: &Parsed, snap: &Snapshot) -> ControlFlow<Verdict, Next> {
 /// Stage 3½: conntrack and policy (see the module doc). `src_ep` and
 /// `dst_ep` are the packet's local endpoints (none for the remote side of
 /// a tunnelled flow); `wire_id` the source identity a tunnel header carried.
+///
+/// Fragments (see [`crate::frag`]): a first fragment is judged as any
+/// packet and its outcome recorded for its datagram; a later fragment
+/// follows that outcome, and takes the flow's ports into its key (so the
+/// later stages, the tunnel's outer source port included, see the flow).
 fn policy(
+    buf: &[u8],
+    pkt: &mut Parsed,
+    src_ep: Option<u32>,
+    dst_ep: Option<u32>,
+    wire_id: Option<Identity>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, Need> {
+    match pkt.fragment {
+        Fragment::Whole => flow_policy(buf, pkt, src_ep, dst_ep, wire_id, snap, st),
+        Fragment::First => {
+            let r = flow_policy(buf, pkt, src_ep, dst_ep, wire_id, snap, st);
+            first_fragment(pkt, r, snap, st)
+        }
+        Fragment::Later => {
+            later_fragment(pkt, snap, st)?;
+            Continue(Need::None)
+        }
+    }
+}
+
+fn frag_key(pkt: &Parsed) -> FragKey {
+    FragKey::new(pkt.key.src, pkt.key.dst, pkt.key.proto, pkt.frag.ident)
+}
+
+/// Records a first fragment's outcome `r` for its datagram; a datagram
+/// poisoned by an overlapping fragment stays dropped.
+fn first_fragment(
+    pkt: &Parsed,
+    r: ControlFlow<Verdict, Need>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, Need> {
+    // Inspection needs whole messages: the first fragment of a flow under
+    // HTTP rules, or of a DNS query under DNS rules, is dropped by the
+    // later stages, and so are the rest of its datagram.
+    let verdict = match r {
+        Continue(Need::Http(_)) => Some(DropReason::L7OutOfOrder),
+        Continue(Need::Dns(d)) if d.query => Some(DropReason::DnsMalformed),
+        Continue(_) => None,
+        Break(Verdict::Drop(reason)) => Some(reason),
+        Break(_) => Some(DropReason::PolicyDenied),
+    };
+    let first = frag::First {
+        sport: pkt.key.sport,
+        dport: pkt.key.dport,
+        proto: pkt.key.proto,
+        generation: snap.policy().generation() as u32,
+        verdict,
+        end: pkt.frag.len,
+    };
+    let rec = st.ct.frags().first(&frag_key(pkt), first, st.now_ns);
+    st.ct_stats.frag_datagrams.add(1);
+    st.ct_stats.frag_evictions.add(u64::from(rec.evicted));
+    match (rec.verdict, r) {
+        (Some(DropReason::FragmentOverlap), _) => {
+            fragment_event(st, pkt, DropReason::FragmentOverlap, snap);
+            drop(DropReason::FragmentOverlap)
+        }
+        (_, r) => r,
+    }
+}
+
+/// A later fragment follows its datagram's first fragment. If policy
+/// changed since, the flow decides (judged again when it is stale).
+fn later_fragment(
+    pkt: &mut Parsed,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, ()> {
+    let now = st.now_ns;
+    let fk = frag_key(pkt);
+    let (sport, dport, proto, admitted) = match st.ct.frags().later(&fk, pkt.frag.offset, now) {
+        frag::Later::Pass {
+            sport,
+            dport,
+            proto,
+            generation,
+        } => (sport, dport, proto, generation),
+        frag::Later::Drop(reason) => {
+            if matches!(
+                reason,
+                DropReason::FragmentNoFirst | DropReason::FragmentOverlap
+            ) {
+                fragment_event(st, pkt, reason, snap);
+            }
+            return drop(reason);
+        }
+    };
+    pkt.key.sport = sport;
+    pkt.key.dport = dport;
+    pkt.key.proto = proto;
+    let generation = snap.policy().generation();
+    if admitted == generation as u32 {
+        st.ct_stats.frag_followed.add(1);
+        return Continue(());
+    }
+    let allowed = match st.ct.lookup(&pkt.key, generation, now) {
+        Track::Pass { .. } => true,
+        Track::Stale { orig, .. } => {
+            st.ct_stats.rejudged.add(1);
+            let (j, src, dst) = judge(snap, &orig, None, &st.fqdn, now);
+            if j.allowed {
+                st.ct.readmit(&orig, admission(&j, generation), now);
+            } else {
+                st.ct.revoke(&orig, generation, now);
+                st.ct_stats.revoked.add(1);
+                let why = Some(DropReason::PolicyDenied);
+                let who = (src, dst, false);
+                log_flow(st, &orig, FlowKind::Revoked, why, &j, generation, who);
+            }
+            j.allowed
+        }
+        Track::Denied | Track::Miss | Track::Invalid { .. } => false,
+    };
+    let verdict = (!allowed).then_some(DropReason::PolicyDenied);
+    st.ct.frags().rejudged(&fk, generation as u32, verdict, now);
+    if allowed {
+        st.ct_stats.frag_followed.add(1);
+        Continue(())
+    } else {
+        drop(DropReason::PolicyDenied)
+    }
+}
+
+/// Logs a fragment dropped for a fragment reason (the flow is whatever the
+/// fragment's key says: ports are zero when its first was never seen).
+fn fragment_event(st: &WorkerState, pkt: &Parsed, reason: DropReason, snap: &Snapshot) {
+    st.flows.push(FlowEvent {
+        time_ns: st.now_ns,
+        key: pkt.key,
+        kind: FlowKind::Drop,
+        allowed: false,
+        reason: Some(reason),
+        egress_rule: crate::policy::RuleId::NOT_APPLICABLE,
+        ingress_rule: crate::policy::RuleId::NOT_APPLICABLE,
+        audit: false,
+        pickup: false,
+        generation: snap.policy().generation(),
+        src_endpoint: local_endpoint(snap, pkt.key.src),
+        dst_endpoint: local_endpoint(snap, pkt.key.dst),
+        l7: None,
+    });
+}
+
+/// Conntrack and policy of one packet that carries its flow's ports.
+fn flow_policy(
     buf: &[u8],
     pkt: &Parsed,
     src_ep: Option<u32>,
@@ -901,7 +1111,10 @@ fn policy(
     let pol = snap.policy();
     let generation = pol.generation();
     let now = st.now_ns;
-    let seg = if pkt.key.proto == ip_proto::TCP && pkt.fragment != Fragment::Later {
+    let tcp = pkt.key.proto == ip_proto::TCP;
+    // SCTP goes through the TCP state machine (`conntrack::sctp_as_tcp_flags`).
+    let stateful = tcp || pkt.key.proto == ip_proto::SCTP;
+    let seg = if stateful && pkt.fragment != Fragment::Later {
         Seg::Tcp(pkt.tcp_flags)
     } else {
         Seg::Other
@@ -911,7 +1124,8 @@ fn policy(
     for _ in 0..3 {
         match st.ct.track(&pkt.key, seg, generation, now) {
             Track::Pass { dir, adm, .. } => {
-                let l7 = seg != Seg::Other
+                let l7 = tcp
+                    && seg != Seg::Other
                     && dir == conntrack::Dir::Orig
                     && pol.has_l7()
                     && pol.rule_has_l7(adm.ingress_rule);
@@ -989,7 +1203,7 @@ fn policy(
                     return Continue(Need::None);
                 }
                 let need = match (seg, j.ingress.l7, j.egress.dns) {
-                    (Seg::Tcp(_), Some(set), _) => Need::Http(L7Need {
+                    (Seg::Tcp(_), Some(set), _) if tcp => Need::Http(L7Need {
                         set: Some(set),
                         wire_id,
                     }),

@@ -450,6 +450,15 @@ impl Dataplane {
             revoked: sum(|s| s.revoked.get()),
             rejudged: sum(|s| s.rejudged.get()),
             pickups: sum(|s| s.pickups.get()),
+            fragments: FragmentStatus {
+                size: self.conntrack.frags().capacity(),
+                bytes_per_entry: crate::frag::FragTable::bytes_per_entry(),
+                timeout_ns: self.conntrack.frags().timeout(),
+                entries: self.conntrack.frags().count(monotonic_ns()),
+                datagrams: sum(|s| s.frag_datagrams.get()),
+                followed: sum(|s| s.frag_followed.get()),
+                evictions: sum(|s| s.frag_evictions.get()),
+            },
             flow_events: self.flow_logs.iter().map(|l| l.pushed()).sum(),
             flow_events_lost: self.flow_logs.iter().map(|l| l.lost()).sum(),
         }
@@ -700,9 +709,29 @@ pub struct ConntrackStatus {
     pub rejudged: u64,
     /// TCP flows admitted mid-stream (no SYN seen).
     pub pickups: u64,
+    /// The fragment table (later fragments follow their first).
+    pub fragments: FragmentStatus,
     pub flow_events: u64,
     /// Flow events lost to full queues.
     pub flow_events_lost: u64,
+}
+
+/// The node's fragment table, counters summed over workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FragmentStatus {
+    /// Datagrams the table can remember.
+    pub size: usize,
+    pub bytes_per_entry: usize,
+    /// How long an entry lives from its first fragment.
+    pub timeout_ns: u64,
+    /// Live entries now.
+    pub entries: usize,
+    /// First fragments recorded.
+    pub datagrams: u64,
+    /// Later fragments that followed their first through.
+    pub followed: u64,
+    /// Live entries evicted to make room (oldest first).
+    pub evictions: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

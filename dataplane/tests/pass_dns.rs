@@ -336,3 +336,32 @@ fn answers_for_refused_or_unwanted_names_teach_nothing() {
     run(&udp(1, D, C, 53, 5353, &resp), &s, &mut st);
     assert_eq!(st.fqdn().entries()[0].2, 5 * SEC);
 }
+
+#[test]
+fn a_fragmented_query_is_refused_in_every_fragment() {
+    // A query of an allowed name cut in two fragments: the name cannot be
+    // judged in pieces, so the first fragment and the later one both drop.
+    let s = snap();
+    let mut st = WorkerState::new();
+    let mut q = query(9, "allowed.example");
+    q.resize(40, 0);
+    let whole = udp(0, C, D, 5353, 53, &q);
+    let payload = whole[34..].to_vec();
+    let cut = |off: usize, len: usize, more: bool| {
+        let mut f = whole[..34].to_vec();
+        f.extend_from_slice(&payload[off..off + len]);
+        f[16..18].copy_from_slice(&((20 + len) as u16).to_be_bytes());
+        let fl = (off as u16 >> 3) | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&fl.to_be_bytes());
+        f
+    };
+    let (first, later) = (cut(0, 24, true), cut(24, payload.len() - 24, false));
+    assert_eq!(
+        run(&first, &s, &mut st).0,
+        Verdict::Drop(DropReason::DnsMalformed)
+    );
+    assert_eq!(
+        run(&later, &s, &mut st).0,
+        Verdict::Drop(DropReason::DnsMalformed)
+    );
+}

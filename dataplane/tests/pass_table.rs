@@ -340,7 +340,24 @@ fn ipv6_extension_headers_are_walked() {
 
 #[test]
 fn ipv4_fragments_are_forwarded() {
-    // Non-first fragment: payload is not a UDP header, ports are zero.
+    // A first fragment (MF, UDP header) then a non-first one (offset 24):
+    // the non-first carries no ports; it follows its first fragment.
+    let mut first = frame4(
+        from_a(),
+        pod4(1),
+        pod4(2),
+        64,
+        false,
+        L4::Udp(1, 2),
+        b"0123456789abcdef",
+    );
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    let fix = |f: &mut Vec<u8>| {
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = !ones_sum(&[&f[14..34]]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    };
+    fix(&mut first);
     let mut input = frame4(
         from_a(),
         pod4(1),
@@ -351,9 +368,7 @@ fn ipv4_fragments_are_forwarded() {
         b"frag",
     );
     input[20..22].copy_from_slice(&0x0003u16.to_be_bytes()); // offset 24 bytes
-    input[24..26].copy_from_slice(&[0, 0]);
-    let c = !ones_sum(&[&input[14..34]]);
-    input[24..26].copy_from_slice(&c.to_be_bytes());
+    fix(&mut input);
     let ControlFlow::Continue(p) = pass::parse(&input) else {
         panic!("parse")
     };
@@ -361,8 +376,27 @@ fn ipv4_fragments_are_forwarded() {
         (p.key.sport, p.key.dport, p.fragment),
         (0, 0, pass::Fragment::Later)
     );
+    let s = snap();
+    let mut st = WorkerState::new();
+    let go = |f: &[u8], st: &mut WorkerState| {
+        let mut buf = vec![0u8; UMEM];
+        buf[..f.len()].copy_from_slice(f);
+        process(&mut buf, f.len(), 0, &s, st)
+    };
+    // Alone (its first never seen) it is dropped.
     assert_eq!(
-        run(&input, 0).0,
+        go(&input, &mut st),
+        Verdict::Drop(DropReason::FragmentNoFirst)
+    );
+    assert_eq!(
+        go(&first, &mut st),
+        Verdict::Tx {
+            port: 1,
+            len: first.len()
+        }
+    );
+    assert_eq!(
+        go(&input, &mut st),
         Verdict::Tx {
             port: 1,
             len: input.len()
@@ -370,11 +404,8 @@ fn ipv4_fragments_are_forwarded() {
     );
     // ...and with TTL 1 it is dropped without an ICMP error.
     input[22] = 1;
-    input[24..26].copy_from_slice(&[0, 0]);
-    let c = !ones_sum(&[&input[14..34]]);
-    input[24..26].copy_from_slice(&c.to_be_bytes());
-    let (v, _, st) = run(&input, 0);
-    assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+    fix(&mut input);
+    assert_eq!(go(&input, &mut st), Verdict::Drop(DropReason::TtlExceeded));
     assert_eq!(st.icmp_errors_sent(), 0);
 }
 

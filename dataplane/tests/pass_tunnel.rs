@@ -311,6 +311,75 @@ fn sport_differs_between_flows_and_stays_in_range() {
     assert!(ports.len() > 30);
 }
 
+/// The IPv4 fragment of `whole` with `len` bytes of its IP payload from
+/// `off`, identification 0x4242 kept, DF cleared.
+fn frag4(whole: &[u8], off: usize, len: usize, more: bool) -> Vec<u8> {
+    let payload = &whole[34..];
+    let data = &payload[off..(off + len).min(payload.len())];
+    let mut f = whole[..34].to_vec();
+    f.extend_from_slice(data);
+    f[16..18].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+    let flags = (off as u16 >> 3) | if more { 0x2000 } else { 0 };
+    f[20..22].copy_from_slice(&flags.to_be_bytes());
+    let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    f[24..26].copy_from_slice(&ip.header_checksum.to_be_bytes());
+    f
+}
+
+#[test]
+fn fragments_cross_the_tunnel_with_their_flows_source_port() {
+    // a → c (behind peer 2): a 1400-byte datagram in two fragments. The
+    // later fragment carries no ports, yet leaves with the flow's outer
+    // source port (so the peer's NIC hashes it to the first's queue).
+    let s = snap(Encap::Vxlan);
+    let mut st = WorkerState::new();
+    let whole = udp4((pod_mac(0), port_mac(0)), A, C, 64, 1400);
+    let (f0, f1) = (
+        frag4(&whole, 0, 1000, true),
+        frag4(&whole, 1000, 408, false),
+    );
+    let (v0, out0) = run(&s, &mut st, &f0, 0);
+    let (v1, out1) = run(&s, &mut st, &f1, 0);
+    assert!(matches!(v0, Verdict::Tx { port: UNDERLAY, .. }), "{v0:?}");
+    assert!(matches!(v1, Verdict::Tx { port: UNDERLAY, .. }), "{v1:?}");
+    let sport = |o: &[u8]| u16::from_be_bytes([o[34], o[35]]);
+    let mut k = key(A, C);
+    k.sport = 40000;
+    k.dport = 53;
+    assert_eq!(sport(&out0), encap::flow_sport(&k));
+    assert_eq!(sport(&out1), sport(&out0));
+
+    // The receiving side: c's node (this node plays it for frames from
+    // peer 2) sees the fragments of c → a come out of the tunnel; they
+    // follow their first like fragments from a local pod, and a later
+    // fragment alone is dropped.
+    let back = udp4((VTEP_2, VTEP_ME), C, A, 64, 1400);
+    let (b0, b1) = (frag4(&back, 0, 1000, true), frag4(&back, 1000, 408, false));
+    let wrap = |inner: &[u8]| {
+        let mut f = outer(UL_MAC_ME, UL_ME, 50000, 4789, 8 + inner.len());
+        f[6..12].copy_from_slice(&UL_MAC_2);
+        f[26..30].copy_from_slice(&UL_2);
+        f[30..34].copy_from_slice(&UL_ME);
+        let mut ip = Ipv4Header::from_slice(&f[14..34]).unwrap().0;
+        ip.header_checksum = ip.calc_header_checksum();
+        f[24..26].copy_from_slice(&ip.header_checksum.to_be_bytes());
+        f.extend_from_slice(&[0x08, 0x00, 0x00, 0x00, 0x00, 0x01, 0x23, 0x00]);
+        f.extend_from_slice(inner);
+        f
+    };
+    let mut st = WorkerState::new();
+    assert_eq!(
+        run(&s, &mut st, &wrap(&b1), UNDERLAY).0,
+        Verdict::Drop(DropReason::FragmentNoFirst)
+    );
+    let (v, _) = run(&s, &mut st, &wrap(&b0), UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    let (v, _) = run(&s, &mut st, &wrap(&b1), UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(st.ct_stats().frag_followed.get(), 1);
+}
+
 #[test]
 fn pmtud_uses_the_inner_mtu() {
     // Underlay 1500 − 50 (VXLAN) = 1450: a 1451-byte IP packet with DF is

@@ -155,6 +155,9 @@ pub struct FragmentInfo {
     pub offset: u16,
     pub more: bool,
     pub ident: u32,
+    /// Where the fragment's data (the fragmentable part) starts in the IPv6
+    /// payload: right after the fragment header.
+    pub data_at: usize,
 }
 
 /// Where the upper-layer header starts, found by [`upper_layer`].
@@ -176,20 +179,34 @@ pub const MAX_EXTENSION_HEADERS: usize = 8;
 /// Walks hop-by-hop, routing, destination-options, fragment and AH headers
 /// starting at `first` (the fixed header's next header) over the IPv6
 /// `payload`. Stops at the first other protocol (ESP is opaque and ends the
-/// walk too) or after a fragment header with a non-zero offset. A header that
-/// runs past the payload is [`Error::Truncated`].
+/// walk too) or after a fragment header with a non-zero offset.
+///
+/// Refused: a hop-by-hop header anywhere but first ([`Error::Malformed`],
+/// RFC 8200 §4.3); a routing header with segments left (any type: the
+/// packet would go on from its destination to an address policy never saw;
+/// type 0 is deprecated by RFC 5095) ([`Error::Unsupported`]). A header that
+/// runs past the payload is [`Error::Truncated`], or
+/// [`Error::IncompleteChain`] after a first fragment's fragment header: the
+/// first fragment must carry the whole chain up to the upper-layer header
+/// (RFC 7112).
 pub fn upper_layer(first: u8, payload: &[u8]) -> Result<UpperLayer, Error> {
     let mut nh = first;
     let mut off = 0usize;
-    let mut fragment = None;
-    for _ in 0..=MAX_EXTENSION_HEADERS {
+    let mut fragment: Option<FragmentInfo> = None;
+    for i in 0..=MAX_EXTENSION_HEADERS {
+        let cut = if fragment.is_some_and(|f| f.more) {
+            Error::IncompleteChain
+        } else {
+            Error::Truncated
+        };
         let len = match nh {
+            ip_proto::HOP_BY_HOP if i > 0 => return Err(Error::Malformed),
             ip_proto::HOP_BY_HOP | ip_proto::ROUTING | ip_proto::DEST_OPTS => {
-                let h = payload.get(off..off + 2).ok_or(Error::Truncated)?;
+                let h = payload.get(off..off + 2).ok_or(cut)?;
                 (usize::from(h[1]) + 1) * 8
             }
             ip_proto::AH => {
-                let h = payload.get(off..off + 2).ok_or(Error::Truncated)?;
+                let h = payload.get(off..off + 2).ok_or(cut)?;
                 (usize::from(h[1]) + 2) * 4
             }
             ip_proto::FRAGMENT => 8,
@@ -201,14 +218,22 @@ pub fn upper_layer(first: u8, payload: &[u8]) -> Result<UpperLayer, Error> {
                 })
             }
         };
-        let h = payload.get(off..off + len).ok_or(Error::Truncated)?;
+        let h = payload.get(off..off + len).ok_or(cut)?;
         let next = h[0];
+        if nh == ip_proto::ROUTING && h[3] != 0 {
+            return Err(Error::Unsupported);
+        }
         if nh == ip_proto::FRAGMENT {
+            if fragment.is_some() {
+                // Two fragment headers: no reassembly makes sense of it.
+                return Err(Error::Malformed);
+            }
             let off_flags = u16::from_be_bytes([h[2], h[3]]);
             let f = FragmentInfo {
                 offset: off_flags & 0xfff8,
                 more: off_flags & 1 != 0,
                 ident: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                data_at: off + len,
             };
             fragment = Some(f);
             if f.offset != 0 {
@@ -337,7 +362,8 @@ mod tests {
             Some(FragmentInfo {
                 offset: 0,
                 more: true,
-                ident: 0xdeadbeef
+                ident: 0xdeadbeef,
+                data_at: 32,
             })
         );
     }
@@ -363,6 +389,104 @@ mod tests {
         assert_eq!(
             upper_layer(ip_proto::DEST_OPTS, &chain),
             Err(Error::Unsupported)
+        );
+    }
+
+    #[test]
+    fn walk_refuses_routing_with_segments_left_and_misplaced_hop_by_hop() {
+        // Routing header type 0, 2 segments left (RFC 5095): refused.
+        let mut rh0 = vec![ip_proto::UDP, 4, 0, 2, 0, 0, 0, 0];
+        rh0.extend_from_slice(&[0; 32]);
+        assert_eq!(
+            upper_layer(ip_proto::ROUTING, &rh0),
+            Err(Error::Unsupported)
+        );
+        // Any type with segments left: refused; with none left: walked over.
+        rh0[2] = 4;
+        assert_eq!(
+            upper_layer(ip_proto::ROUTING, &rh0),
+            Err(Error::Unsupported)
+        );
+        rh0[3] = 0;
+        assert_eq!(
+            upper_layer(ip_proto::ROUTING, &rh0).map(|u| (u.protocol, u.offset)),
+            Ok((ip_proto::UDP, 40))
+        );
+        // Hop-by-hop after a destination-options header.
+        let chain = [
+            ip_proto::HOP_BY_HOP,
+            0,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0,
+            17,
+            0,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0,
+        ];
+        assert_eq!(
+            upper_layer(ip_proto::DEST_OPTS, &chain),
+            Err(Error::Malformed)
+        );
+        // Two fragment headers.
+        let two = [
+            ip_proto::FRAGMENT,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            1,
+            17,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            1,
+        ];
+        assert_eq!(upper_layer(ip_proto::FRAGMENT, &two), Err(Error::Malformed));
+    }
+
+    #[test]
+    fn first_fragment_must_carry_the_whole_chain() {
+        // Fragment header (offset 0, M) then a destination-options header
+        // that claims 16 bytes of which the fragment carries 8 (RFC 7112).
+        let payload = [
+            ip_proto::DEST_OPTS,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            9, // fragment
+            ip_proto::UDP,
+            1,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0, // dest-opts, cut
+        ];
+        assert_eq!(
+            upper_layer(ip_proto::FRAGMENT, &payload),
+            Err(Error::IncompleteChain)
+        );
+        // The same cut in an unfragmented packet is plain truncation.
+        assert_eq!(
+            upper_layer(ip_proto::DEST_OPTS, &payload[8..]),
+            Err(Error::Truncated)
         );
     }
 

@@ -18,7 +18,7 @@
 //! break that; call `check_len` again before using length-dependent accessors.
 //!
 //! Only what weir's pass needs is here: Ethernet, IPv4, IPv6 (with an
-//! extension-header walk), TCP/UDP ports and flags, ICMP/ICMPv6 (shared
+//! extension-header walk), TCP/UDP/SCTP ports and TCP flags, ICMP/ICMPv6 (shared
 //! layout), VXLAN (with GBP) and Geneve (with its option walk) for the
 //! overlay, and the Internet checksum helpers. No `Repr` machinery: weir
 //! constructs ICMP errors (field by field in `pass`) and tunnel headers
@@ -31,6 +31,7 @@ pub mod geneve;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod sctp;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
@@ -44,6 +45,8 @@ pub enum Error {
     Malformed,
     /// Valid but beyond what weir walks (e.g. an over-long IPv6 extension chain).
     Unsupported,
+    /// A first fragment that ends inside the IPv6 header chain (RFC 7112).
+    IncompleteChain,
 }
 
 /// IP protocol / IPv6 next-header numbers weir looks at.
@@ -56,6 +59,7 @@ pub mod ip_proto {
     pub const FRAGMENT: u8 = 44;
     pub const ESP: u8 = 50;
     pub const AH: u8 = 51;
+    pub const SCTP: u8 = 132;
     pub const ICMPV6: u8 = 58;
     pub const NO_NEXT_HEADER: u8 = 59;
     pub const DEST_OPTS: u8 = 60;
