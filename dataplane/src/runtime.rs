@@ -73,6 +73,10 @@ pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(50);
 /// Longest single sleep; bounds how late a worker sees a stop or new socket.
 pub const MAX_SLEEP_MS: i32 = 10;
 
+/// How long the control thread waits for a worker to take a new socket
+/// (and fill its fill ring) before registering it anyway.
+const ADD_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How to run the dataplane.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -538,28 +542,43 @@ impl Dataplane {
         let mut socks = Vec::new();
         for q in 0..queues {
             let w = &self.workers[(q % nw) as usize];
-            let sock = match w.umem.open_socket(name, q, self.cfg.zero_copy) {
-                Ok(s) => s,
-                Err(e) => {
-                    for (q, _) in &socks {
-                        let _ = redirector.clear_socket(*q);
-                    }
-                    return Err(e.into());
-                }
-            };
+            // A socket that fails drops the ones made before it: none is
+            // registered yet.
+            let sock = w.umem.open_socket(name, q, self.cfg.zero_copy)?;
             zero_copy &= sock.zero_copy();
-            if let Err(e) = redirector.set_socket(q, sock.fd()) {
-                for (q, _) in &socks {
+            socks.push((q, sock));
+        }
+        // The workers fill each socket's fill ring to its floor before the
+        // socket goes into the XSKMAP: the first frames to arrive find room
+        // (registered first, a burst could meet an empty fill ring and be
+        // dropped by the kernel).
+        let mut acks = Vec::new();
+        let mut fds = Vec::new();
+        for (q, sock) in socks {
+            let w = &self.workers[(q % nw) as usize];
+            let (ack, filled) = channel::bounded(1);
+            fds.push((q, sock.fd()));
+            // A worker that exited drops the socket; check_workers reports it.
+            if w.ctl.send(Control::Add(sock, ack)).is_ok() {
+                acks.push(filled);
+            }
+        }
+        for filled in acks {
+            // A worker sleeps at most MAX_SLEEP_MS between control drains.
+            if filled.recv_timeout(ADD_ACK_TIMEOUT).is_err() {
+                log::warn!("{name}: a worker did not take its socket in time");
+            }
+        }
+        for (i, &(q, fd)) in fds.iter().enumerate() {
+            if let Err(e) = redirector.set_socket(q, fd) {
+                for (q, _) in &fds[..i] {
                     let _ = redirector.clear_socket(*q);
+                }
+                for w in &self.workers {
+                    let _ = w.ctl.send(Control::Remove(name.to_string()));
                 }
                 return Err(xdp_err(e));
             }
-            socks.push((q, sock));
-        }
-        for (q, sock) in socks {
-            let w = &self.workers[(q % nw) as usize];
-            // A worker that exited drops the socket; check_workers reports it.
-            let _ = w.ctl.send(Control::Add(sock));
         }
         log::info!(
             "{} {name}: {queues} queue(s), {} mode",

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
-use crossbeam::channel::{Receiver, TryRecvError};
+use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use xsk_rs::FrameDesc;
 
@@ -39,8 +39,10 @@ use crate::{DropReason, PortId, Snapshot, Verdict};
 /// What the control thread tells a worker between rounds.
 #[derive(Debug)]
 pub enum Control {
-    /// Serve this socket (already registered in its port's XSKMAP).
-    Add(XskSocket),
+    /// Serve this socket: fill its fill ring to the floor, then answer on
+    /// the channel (the control thread registers it in its port's XSKMAP
+    /// after that).
+    Add(XskSocket, Sender<()>),
     /// Stop serving every socket on this interface and reclaim its frames
     /// (the XSKMAP entries were cleared before this is sent).
     Remove(String),
@@ -318,7 +320,10 @@ impl Worker {
     fn drain_control(&mut self) {
         loop {
             match self.ctl.try_recv() {
-                Ok(Control::Add(sock)) => self.add(sock),
+                Ok(Control::Add(sock, filled)) => {
+                    self.add(sock);
+                    let _ = filled.send(());
+                }
                 Ok(Control::Remove(name)) => self.remove(&name),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
             }
@@ -337,15 +342,22 @@ impl Worker {
             tx: Vec::with_capacity(self.cfg.batch + 2 * (self.state.l7_hold_max() + 2)),
             kick: false,
         };
-        match self.slots.iter().position(Option::is_none) {
-            Some(i) => self.slots[i] = Some(slot),
-            None if self.slots.len() < xsk::MAX_SLOTS => self.slots.push(Some(slot)),
+        let s = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.slots.len() < xsk::MAX_SLOTS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
             None => {
                 log::error!("worker {}: too many sockets; dropping one", self.id);
                 return;
             }
-        }
+        };
+        self.slots[s] = Some(slot);
         self.remap();
+        if let Some(slot) = &mut self.slots[s] {
+            slot.in_fill += slot.sock.refill(s, &mut self.frames, self.floor);
+        }
     }
 
     fn remove(&mut self, ifname: &str) {
