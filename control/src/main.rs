@@ -635,7 +635,10 @@ fn up(
         cmd.env("RUST_LOG", "info,netlink_packet_route=error");
     }
     cmd.spawn().context("start the cluster supervisor")?;
-    if let Err(e) = wait_ready(state, Duration::from_secs(60)) {
+    // Each dataplane attaches XDP and opens sockets port by port (about a
+    // quarter of a second per pod on a quiet machine): give big nodes time.
+    let per_pod = Duration::from_millis(1000) * cluster.pods.len() as u32;
+    if let Err(e) = wait_ready(state, Duration::from_secs(60) + per_pod) {
         let tail = log_tail(state);
         let _ = down(state);
         anyhow::bail!("{e}{tail}");

@@ -18,9 +18,11 @@
 //! - [`pass`]: the per-packet pass, readable top to bottom in one place.
 //! - [`encap`]: the overlay stages (VXLAN/Geneve encapsulation and decapsulation).
 //! - [`stats`]: per-worker counters and latency histograms.
+//! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
 //!   dataplane object that owns them (the only modules with `unsafe`).
 
+pub mod budget;
 pub mod conntrack;
 pub mod drop_reason;
 pub mod encap;

@@ -42,6 +42,7 @@ use crossbeam::channel::{self, Sender};
 use serde::Serialize;
 use weir_xdp::{AttachOptions, Redirector, XdpCounters, XdpMode};
 
+use crate::budget::{self, FrameBudget};
 use crate::conntrack::{self, Conntrack, CtStats};
 use crate::flows::{self, FlowEvent, FlowLog};
 use crate::pass::WorkerState;
@@ -72,6 +73,10 @@ pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(50);
 /// Longest single sleep; bounds how late a worker sees a stop or new socket.
 pub const MAX_SLEEP_MS: i32 = 10;
 
+/// How long the control thread waits for a worker to take a new socket
+/// (and fill its fill ring) before registering it anyway.
+const ADD_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How to run the dataplane.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -82,7 +87,15 @@ pub struct DataplaneConfig {
     pub poll: PollMode,
     /// UMEM frame size: 2048 or 4096.
     pub frame_size: u32,
-    pub frames_per_worker: u32,
+    /// Frames of each worker's UMEM; `None` (the default) sizes it from
+    /// `max_pods` (see [`crate::budget`]).
+    pub frames_per_worker: Option<u32>,
+    /// Pods the node is planned for: each worker's UMEM gets a fill floor
+    /// for every socket of this many pods (or of the pods present at start,
+    /// if more).
+    pub max_pods: u32,
+    /// Frames every socket keeps on its fill ring, idle or not.
+    pub fill_floor: u32,
     /// Descriptors taken from each RX ring per round (32–64 is typical).
     pub batch: usize,
     pub xdp_mode: XdpMode,
@@ -115,10 +128,9 @@ impl Default for DataplaneConfig {
             queues: ncpu as u32,
             poll: PollMode::Adaptive,
             frame_size: 4096,
-            // 64 MiB of UMEM: a fill target of 512 frames for each of up
-            // to 16 sockets (8 pods with 2 queues), less for more, and as
-            // much again in flight (see worker::FILL_SHARE_SOCKETS).
-            frames_per_worker: 16384,
+            frames_per_worker: None,
+            max_pods: crate::budget::DEFAULT_MAX_PODS,
+            fill_floor: crate::budget::DEFAULT_FILL_FLOOR,
             batch: 64,
             xdp_mode: XdpMode::Native,
             zero_copy: false,
@@ -230,6 +242,8 @@ pub struct Dataplane {
     ct_stats: Vec<Arc<CtStats>>,
     /// The node's learned FQDN table, shared by the workers.
     fqdn: Arc<crate::fqdn::FqdnTable>,
+    /// Each worker's frame budget.
+    budgets: Vec<FrameBudget>,
 }
 
 impl Dataplane {
@@ -262,23 +276,34 @@ impl Dataplane {
             flow_logs: Vec::new(),
             ct_stats: Vec::new(),
             fqdn: Arc::default(),
+            budgets: Vec::new(),
         };
-        let wcfg = WorkerConfig {
-            batch: cfg.batch,
-            poll: cfg.poll,
-            idle_rounds: ADAPTIVE_IDLE_ROUNDS,
-            idle_after: ADAPTIVE_IDLE_AFTER,
-            sleep_ms: MAX_SLEEP_MS,
-            ring_size: cfg.ring_size,
-        };
+        let budgets = budgets(&cfg, &snap);
+        dp.budgets = budgets.clone();
         for (id, &core) in cfg.cores.iter().enumerate() {
-            let (umem, frames) =
-                WorkerUmem::new(cfg.frame_size, cfg.frames_per_worker, cfg.ring_size)?;
+            let budget = budgets[id];
+            let wcfg = WorkerConfig {
+                batch: cfg.batch,
+                poll: cfg.poll,
+                idle_rounds: ADAPTIVE_IDLE_ROUNDS,
+                idle_after: ADAPTIVE_IDLE_AFTER,
+                sleep_ms: MAX_SLEEP_MS,
+                budget,
+            };
+            let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
+            log::info!(
+                "worker {id}: UMEM of {} frames ({} MiB) for {} sockets, fill floor {}, hot {}",
+                budget.frames,
+                budget.bytes(cfg.frame_size) >> 20,
+                budget.planned_sockets,
+                budget.floor,
+                budget.hot
+            );
             let (tx, rx) = channel::unbounded();
             let stats = WorkerStats::new(id, Some(core));
             let worker = Worker::new(
                 id,
-                wcfg.clone(),
+                wcfg,
                 umem.clone(),
                 frames,
                 rx,
@@ -411,7 +436,14 @@ impl Dataplane {
                 cores: self.cfg.cores.clone(),
                 queues: self.cfg.queues,
                 frame_size: self.cfg.frame_size,
-                frames_per_worker: self.cfg.frames_per_worker,
+                frames_per_worker: self.budgets.iter().map(|b| b.frames).max().unwrap_or(0),
+                umem_bytes: self
+                    .budgets
+                    .iter()
+                    .map(|b| b.bytes(self.cfg.frame_size))
+                    .sum(),
+                max_pods: self.cfg.max_pods,
+                fill_floor: self.cfg.fill_floor,
                 batch: self.cfg.batch,
                 ring_size: self.cfg.ring_size,
                 xdp_mode: format!("{:?}", self.cfg.xdp_mode).to_lowercase(),
@@ -528,28 +560,43 @@ impl Dataplane {
         let mut socks = Vec::new();
         for q in 0..queues {
             let w = &self.workers[(q % nw) as usize];
-            let sock = match w.umem.open_socket(name, q, self.cfg.zero_copy) {
-                Ok(s) => s,
-                Err(e) => {
-                    for (q, _) in &socks {
-                        let _ = redirector.clear_socket(*q);
-                    }
-                    return Err(e.into());
-                }
-            };
+            // A socket that fails drops the ones made before it: none is
+            // registered yet.
+            let sock = w.umem.open_socket(name, q, self.cfg.zero_copy)?;
             zero_copy &= sock.zero_copy();
-            if let Err(e) = redirector.set_socket(q, sock.fd()) {
-                for (q, _) in &socks {
+            socks.push((q, sock));
+        }
+        // The workers fill each socket's fill ring to its floor before the
+        // socket goes into the XSKMAP: the first frames to arrive find room
+        // (registered first, a burst could meet an empty fill ring and be
+        // dropped by the kernel).
+        let mut acks = Vec::new();
+        let mut fds = Vec::new();
+        for (q, sock) in socks {
+            let w = &self.workers[(q % nw) as usize];
+            let (ack, filled) = channel::bounded(1);
+            fds.push((q, sock.fd()));
+            // A worker that exited drops the socket; check_workers reports it.
+            if w.ctl.send(Control::Add(sock, ack)).is_ok() {
+                acks.push(filled);
+            }
+        }
+        for filled in acks {
+            // A worker sleeps at most MAX_SLEEP_MS between control drains.
+            if filled.recv_timeout(ADD_ACK_TIMEOUT).is_err() {
+                log::warn!("{name}: a worker did not take its socket in time");
+            }
+        }
+        for (i, &(q, fd)) in fds.iter().enumerate() {
+            if let Err(e) = redirector.set_socket(q, fd) {
+                for (q, _) in &fds[..i] {
                     let _ = redirector.clear_socket(*q);
+                }
+                for w in &self.workers {
+                    let _ = w.ctl.send(Control::Remove(name.to_string()));
                 }
                 return Err(xdp_err(e));
             }
-            socks.push((q, sock));
-        }
-        for (q, sock) in socks {
-            let w = &self.workers[(q % nw) as usize];
-            // A worker that exited drops the socket; check_workers reports it.
-            let _ = w.ctl.send(Control::Add(sock));
         }
         log::info!(
             "{} {name}: {queues} queue(s), {} mode",
@@ -629,6 +676,9 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
             cfg.ring_size
         ));
     }
+    if cfg.frames_per_worker == Some(0) || cfg.fill_floor == 0 {
+        return bad("frames_per_worker and fill_floor must be at least 1".into());
+    }
     if cfg.frame_size != 2048 && cfg.frame_size != 4096 {
         return bad(format!(
             "frame_size {} must be 2048 or 4096",
@@ -646,6 +696,25 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         }
     }
     Ok(())
+}
+
+/// Each worker's frame budget: the configured UMEM size, or one planned
+/// for the sockets of `max_pods` pods (or the ports of `snap`, if more)
+/// plus the underlay's, on the queues the worker serves.
+fn budgets(cfg: &DataplaneConfig, snap: &Snapshot) -> Vec<FrameBudget> {
+    let workers = cfg.cores.len() as u32;
+    let ports =
+        cfg.max_pods.max(snap.spec.ports.len() as u32) + u32::from(snap.spec.tunnel.is_some());
+    (0..workers)
+        .map(|w| match cfg.frames_per_worker {
+            Some(frames) => FrameBudget::fixed(frames, cfg.fill_floor, cfg.ring_size),
+            None => FrameBudget::plan(
+                budget::sockets_of_worker(w, workers, ports, cfg.queues),
+                cfg.fill_floor,
+                cfg.ring_size,
+            ),
+        })
+        .collect()
 }
 
 /// Addresses the XDP program hands to the kernel: the node's own (its
@@ -739,7 +808,12 @@ pub struct ConfigStatus {
     pub cores: Vec<usize>,
     pub queues: u32,
     pub frame_size: u32,
+    /// Frames of the largest worker UMEM.
     pub frames_per_worker: u32,
+    /// Locked UMEM memory of all workers.
+    pub umem_bytes: u64,
+    pub max_pods: u32,
+    pub fill_floor: u32,
     pub batch: usize,
     pub ring_size: u32,
     pub xdp_mode: String,

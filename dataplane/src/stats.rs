@@ -83,8 +83,19 @@ pub struct WorkerStats {
     pub sockets: Counter,
     /// Frames of the worker's UMEM on its free list (sampled per publish).
     pub free_frames: Counter,
-    /// Kernel drops on the worker's current sockets (sampled per publish):
-    /// RX ring full, fill ring empty, other.
+    /// Where the UMEM's frames are (sampled per publish; see [`FrameStatus`]).
+    pub frames_total: Counter,
+    pub frames_fill: Counter,
+    pub frames_tx: Counter,
+    pub frames_held: Counter,
+    pub frames_unaccounted: Counter,
+    pub fill_floor: Counter,
+    pub fill_hot: Counter,
+    pub frames_reserve: Counter,
+    /// Sockets whose fill ring holds more than the floor (demand-driven).
+    pub sockets_hot: Counter,
+    /// Kernel drops on the worker's sockets, removed ones included (sampled
+    /// per publish; see [`KernelDrops`]).
     pub kernel_rx_ring_full: Counter,
     pub kernel_fill_ring_empty: Counter,
     pub kernel_rx_dropped: Counter,
@@ -94,6 +105,8 @@ pub struct WorkerStats {
     pub l7_flows_max: Counter,
     pub l7_head_buffers: Counter,
     pub l7_held_frames: Counter,
+    pub kernel_rx_invalid: Counter,
+    pub kernel_tx_invalid: Counter,
     latency: ArcSwap<Histogram<u64>>,
 }
 
@@ -117,9 +130,20 @@ impl WorkerStats {
             l7_flows_max: Counter::default(),
             l7_head_buffers: Counter::default(),
             l7_held_frames: Counter::default(),
+            frames_total: Counter::default(),
+            frames_fill: Counter::default(),
+            frames_tx: Counter::default(),
+            frames_held: Counter::default(),
+            frames_unaccounted: Counter::default(),
+            fill_floor: Counter::default(),
+            fill_hot: Counter::default(),
+            frames_reserve: Counter::default(),
+            sockets_hot: Counter::default(),
             kernel_rx_ring_full: Counter::default(),
             kernel_fill_ring_empty: Counter::default(),
             kernel_rx_dropped: Counter::default(),
+            kernel_rx_invalid: Counter::default(),
+            kernel_tx_invalid: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
         })
     }
@@ -152,10 +176,24 @@ impl WorkerStats {
             sleeps: self.sleeps.get(),
             sockets: self.sockets.get(),
             free_frames: self.free_frames.get(),
+            frames: FrameStatus {
+                total: self.frames_total.get(),
+                free: self.free_frames.get(),
+                fill: self.frames_fill.get(),
+                tx: self.frames_tx.get(),
+                held: self.frames_held.get(),
+                unaccounted: self.frames_unaccounted.get(),
+                fill_floor: self.fill_floor.get(),
+                fill_hot: self.fill_hot.get(),
+                reserve: self.frames_reserve.get(),
+                sockets_hot: self.sockets_hot.get(),
+            },
             kernel: KernelDrops {
                 rx_ring_full: self.kernel_rx_ring_full.get(),
                 fill_ring_empty: self.kernel_fill_ring_empty.get(),
                 rx_dropped: self.kernel_rx_dropped.get(),
+                rx_invalid: self.kernel_rx_invalid.get(),
+                tx_invalid: self.kernel_tx_invalid.get(),
             },
             l7: L7Status {
                 flows: self.l7_flows.get(),
@@ -222,8 +260,12 @@ pub struct WorkerStatus {
     pub batches: u64,
     pub sleeps: u64,
     pub sockets: u64,
+    /// The same as `frames.free` (kept for readers of the older field).
     pub free_frames: u64,
-    /// What the kernel dropped before the worker saw it, on current sockets.
+    /// Where the worker's UMEM frames are.
+    pub frames: FrameStatus,
+    /// What the kernel dropped on the worker's sockets (removed sockets
+    /// included) before the worker saw it.
     pub kernel: KernelDrops,
     /// Inline L7 in use (sampled per publish).
     pub l7: L7Status,
@@ -243,12 +285,63 @@ pub struct L7Status {
     pub held_frames: u64,
 }
 
-/// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// The frame accounting of one worker's UMEM (sampled every
+/// [`PUBLISH_EVERY`]): `free + fill + tx + held + unaccounted = total`.
+/// `unaccounted` counts frames the ledger shows lent to the kernel that no
+/// live socket's counts explain: nonzero means a leak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FrameStatus {
+    pub total: u64,
+    /// On the worker's free list.
+    pub free: u64,
+    /// On the sockets' fill rings (lent to the kernel for RX).
+    pub fill: u64,
+    /// On TX rings or completion rings (sent, not yet reaped).
+    pub tx: u64,
+    /// Held by the worker: L7 holds, or mid-batch.
+    pub held: u64,
+    pub unaccounted: u64,
+    /// Frames every socket keeps on its fill ring.
+    pub fill_floor: u64,
+    /// Most frames one busy socket's fill ring is topped up to.
+    pub fill_hot: u64,
+    /// Free frames that top-ups above the floor leave alone.
+    pub reserve: u64,
+    /// Sockets topped up above the floor now.
+    pub sockets_hot: u64,
+}
+
+/// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`),
+/// cumulative: a removed socket's last counts stay in the sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct KernelDrops {
+    /// Frames dropped because the socket's RX ring was full (the worker was behind).
     pub rx_ring_full: u64,
+    /// Frames that found the socket's fill ring empty (dropped; also
+    /// counted in `rx_dropped`).
     pub fill_ring_empty: u64,
+    /// Frames the kernel dropped at the socket: no fill frame, or too big
+    /// for a frame.
     pub rx_dropped: u64,
+    pub rx_invalid: u64,
+    /// TX descriptors the kernel refused (not sent).
+    pub tx_invalid: u64,
+}
+
+impl KernelDrops {
+    /// Frames lost in the kernel: `rx_dropped` (fill ring empty included)
+    /// + `rx_ring_full` + `tx_invalid`.
+    pub fn lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full + self.tx_invalid
+    }
+
+    pub fn add(&mut self, o: &KernelDrops) {
+        self.rx_ring_full += o.rx_ring_full;
+        self.fill_ring_empty += o.fill_ring_empty;
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid += o.rx_invalid;
+        self.tx_invalid += o.tx_invalid;
+    }
 }
 
 /// Sums over all workers.
@@ -259,7 +352,12 @@ pub struct Totals {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub drops: BTreeMap<&'static str, u64>,
+    /// Frames weir dropped (every reason).
     pub dropped: u64,
+    /// The kernel's AF_XDP drops, summed over workers.
+    pub kernel: KernelDrops,
+    /// Frames the kernel lost ([`KernelDrops::lost`]).
+    pub kernel_dropped: u64,
     pub icmp_errors_sent: u64,
 }
 
@@ -272,11 +370,13 @@ impl Totals {
             t.rx_bytes += w.rx_bytes;
             t.tx_bytes += w.tx_bytes;
             t.icmp_errors_sent += w.icmp_errors_sent;
+            t.kernel.add(&w.kernel);
             for (k, v) in &w.drops {
                 *t.drops.entry(k).or_insert(0) += v;
                 t.dropped += v;
             }
         }
+        t.kernel_dropped = t.kernel.lost();
         t
     }
 }
@@ -304,5 +404,22 @@ mod tests {
         let t = Totals::of(&[st.clone(), st]);
         assert_eq!(t.rx_packets, 14);
         assert_eq!(t.dropped, 4);
+        assert_eq!(t.kernel_dropped, 0);
+    }
+
+    #[test]
+    fn kernel_drops_sum_over_workers() {
+        let a = WorkerStats::new(0, None);
+        a.kernel_fill_ring_empty.set(3);
+        a.kernel_rx_dropped.set(3);
+        let b = WorkerStats::new(1, None);
+        b.kernel_rx_ring_full.set(2);
+        b.kernel_tx_invalid.set(1);
+        let t = Totals::of(&[a.snapshot(), b.snapshot()]);
+        assert_eq!(t.kernel.fill_ring_empty, 3);
+        assert_eq!(t.kernel.rx_ring_full, 2);
+        // fill_ring_empty is inside rx_dropped: counted once.
+        assert_eq!(t.kernel_dropped, 3 + 2 + 1);
+        assert_eq!(t.dropped, 0);
     }
 }

@@ -2,8 +2,10 @@
 //! batch loop that runs every frame through [`pass::process`].
 //!
 //! Per batch (one "round"): load the snapshot once; reap completions into the
-//! free list; top up fill rings; take up to `batch` descriptors from each
-//! socket; run the pass on each frame; collect TX descriptors per destination
+//! free list; restore every fill ring to its floor; take up to `batch`
+//! descriptors from each socket and top its fill ring up at once (to a
+//! target that grows with the socket's demand, see [`crate::budget`]); run
+//! the pass on each frame; collect TX descriptors per destination
 //! socket and produce them to its TX ring once per source socket; at the end
 //! of the round kick each TX socket that got frames (in copy mode the kick
 //! does the transmit, at most 32 frames per kick: a socket is kicked again,
@@ -23,30 +25,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
-use crossbeam::channel::{Receiver, TryRecvError};
+use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use xsk_rs::FrameDesc;
 
+use crate::budget::FrameBudget;
 use crate::pass::{self, WorkerState};
 use crate::runtime::PollMode;
-use crate::stats::{self, WorkerStats};
+use crate::stats::{self, KernelDrops, WorkerStats};
 use crate::xsk::{self, Frames, WorkerUmem, XskSocket};
 use crate::{DropReason, PortId, Snapshot, Verdict};
-
-/// The fill target is computed as if at least this many sockets shared the
-/// UMEM (see `remap`).
-const FILL_SHARE_SOCKETS: usize = 16;
-
-/// A fill ring is topped up once this many frames are missing: small enough
-/// that a burst arriving between rounds finds frames (a ring left at half
-/// its target under a flood made the kernel fail redirects with ENOMEM).
-const REFILL_MIN: usize = 16;
 
 /// What the control thread tells a worker between rounds.
 #[derive(Debug)]
 pub enum Control {
-    /// Serve this socket (already registered in its port's XSKMAP).
-    Add(XskSocket),
+    /// Serve this socket: fill its fill ring to the floor, then answer on
+    /// the channel (the control thread registers it in its port's XSKMAP
+    /// after that).
+    Add(XskSocket, Sender<()>),
     /// Stop serving every socket on this interface and reclaim its frames
     /// (the XSKMAP entries were cleared before this is sent).
     Remove(String),
@@ -63,8 +59,8 @@ pub struct WorkerConfig {
     pub idle_after: Duration,
     /// Longest sleep in `poll`; bounds how late a stop or a new socket is seen.
     pub sleep_ms: i32,
-    /// Ring size of fill rings (caps the frames lent to one fill ring).
-    pub ring_size: u32,
+    /// How many frames each socket's fill ring gets (the UMEM's plan).
+    pub budget: FrameBudget,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -78,6 +74,13 @@ struct Slot {
     port: Option<PortId>,
     /// Frames on the fill ring (lent, not yet received back).
     in_fill: usize,
+    /// Frames on the TX or completion ring (lent, not yet reaped).
+    in_tx: usize,
+    /// The fill ring's target: the floor, more while the socket is busy.
+    target: usize,
+    /// Frames received since the last publish (the target decays to the
+    /// floor after an interval without any).
+    rx_recent: u64,
     /// TX descriptors collected for this socket, flushed after each source.
     tx: Vec<FrameDesc>,
     kick: bool,
@@ -104,7 +107,11 @@ pub struct Worker {
     rx_buf: Vec<FrameDesc>,
     scratch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
-    fill_target: usize,
+    /// Frames every socket keeps on its fill ring ([`FrameBudget::floor_for`]
+    /// the live sockets).
+    floor: usize,
+    /// Kernel drops of sockets already removed.
+    kernel_retired: KernelDrops,
     /// Some TX ring still had frames after its kicks: kick again next round.
     kick_pending: bool,
     /// Per L7 inspector slot: the frames held for that flow (descriptor,
@@ -180,7 +187,8 @@ impl Worker {
             rx_buf: vec![FrameDesc::default(); batch],
             scratch: vec![FrameDesc::default(); batch.max(64)],
             pollfds: Vec::new(),
-            fill_target: 0,
+            floor: 0,
+            kernel_retired: KernelDrops::default(),
             kick_pending: false,
             held: Vec::new(),
             last_l7_upkeep: 0,
@@ -262,26 +270,48 @@ impl Worker {
         self.stats.publish_latency(&self.hist);
         // The kernel's drops before frames reach our rings (a getsockopt per
         // socket, every PUBLISH_EVERY; never per packet).
-        let (mut full, mut empty, mut dropped) = (0, 0, 0);
-        for slot in self.slots.iter().flatten() {
-            if let Ok(k) = slot.sock.kernel_stats() {
-                full += k.rx_ring_full;
-                empty += k.rx_fill_ring_empty;
-                dropped += k.rx_dropped;
+        let mut k = self.kernel_retired;
+        let (mut fill, mut tx, mut hot) = (0, 0, 0);
+        for slot in self.slots.iter_mut().flatten() {
+            if let Ok(s) = slot.sock.kernel_stats() {
+                k.add(&s);
             }
+            fill += slot.in_fill;
+            tx += slot.in_tx;
+            // A socket that received nothing for a whole interval goes back
+            // to the floor.
+            if slot.rx_recent == 0 {
+                slot.target = self.floor;
+            }
+            slot.rx_recent = 0;
+            hot += usize::from(slot.in_fill > self.floor);
         }
-        self.stats.kernel_rx_ring_full.set(full);
-        self.stats.kernel_fill_ring_empty.set(empty);
-        self.stats.kernel_rx_dropped.set(dropped);
-        self.stats.free_frames.set(self.frames.free_count() as u64);
+        let st = &self.stats;
+        st.kernel_rx_ring_full.set(k.rx_ring_full);
+        st.kernel_fill_ring_empty.set(k.fill_ring_empty);
+        st.kernel_rx_dropped.set(k.rx_dropped);
+        st.kernel_rx_invalid.set(k.rx_invalid);
+        st.kernel_tx_invalid.set(k.tx_invalid);
+        let (held, lent) = self.frames.census();
+        let free = self.frames.free_count();
+        st.free_frames.set(free as u64);
+        st.frames_total.set(self.frames.total() as u64);
+        st.frames_fill.set(fill as u64);
+        st.frames_tx.set(tx as u64);
+        st.frames_held.set(held as u64);
+        // Lent frames no live socket's counts explain: a leak if nonzero.
+        st.frames_unaccounted
+            .set(lent.saturating_sub(fill + tx) as u64);
+        st.fill_floor.set(self.floor as u64);
+        st.fill_hot.set(u64::from(self.cfg.budget.hot));
+        st.frames_reserve.set(u64::from(self.cfg.budget.reserve));
+        st.sockets_hot.set(hot as u64);
+        st.icmp_errors_sent.set(self.state.icmp_errors_sent());
         let l7 = self.state.l7_usage();
-        self.stats.l7_flows.set(l7.flows as u64);
-        self.stats.l7_flows_max.set(l7.flows_max as u64);
-        self.stats.l7_head_buffers.set(l7.head_buffers as u64);
-        self.stats.l7_held_frames.set(l7.held_frames as u64);
-        self.stats
-            .icmp_errors_sent
-            .set(self.state.icmp_errors_sent());
+        st.l7_flows.set(l7.flows as u64);
+        st.l7_flows_max.set(l7.flows_max as u64);
+        st.l7_head_buffers.set(l7.head_buffers as u64);
+        st.l7_held_frames.set(l7.held_frames as u64);
     }
 
     fn sleep(&mut self) {
@@ -295,7 +325,10 @@ impl Worker {
     fn drain_control(&mut self) {
         loop {
             match self.ctl.try_recv() {
-                Ok(Control::Add(sock)) => self.add(sock),
+                Ok(Control::Add(sock, filled)) => {
+                    self.add(sock);
+                    let _ = filled.send(());
+                }
                 Ok(Control::Remove(name)) => self.remove(&name),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
             }
@@ -307,19 +340,29 @@ impl Worker {
             sock,
             port: None,
             in_fill: 0,
+            in_tx: 0,
+            target: self.floor.max(1),
+            rx_recent: 0,
             // Room for a batch plus a released hold queue and L7 replies.
             tx: Vec::with_capacity(self.cfg.batch + 2 * (self.state.l7_hold_max() + 2)),
             kick: false,
         };
-        match self.slots.iter().position(Option::is_none) {
-            Some(i) => self.slots[i] = Some(slot),
-            None if self.slots.len() < xsk::MAX_SLOTS => self.slots.push(Some(slot)),
+        let s = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.slots.len() < xsk::MAX_SLOTS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
             None => {
                 log::error!("worker {}: too many sockets; dropping one", self.id);
                 return;
             }
-        }
+        };
+        self.slots[s] = Some(slot);
         self.remap();
+        if let Some(slot) = &mut self.slots[s] {
+            slot.in_fill += slot.sock.refill(s, &mut self.frames, self.floor);
+        }
     }
 
     fn remove(&mut self, ifname: &str) {
@@ -329,6 +372,10 @@ impl Worker {
             }
             if let Some(mut slot) = self.slots[s].take() {
                 slot.sock.reap(&mut self.frames, &mut self.scratch);
+                // Its kernel counters stay in the worker's sums.
+                if let Ok(k) = slot.sock.kernel_stats() {
+                    self.kernel_retired.add(&k);
+                }
                 // Deleting the socket makes the kernel forget its rings, so
                 // whatever the ledger still shows lent through it is ours.
                 drop(slot);
@@ -389,14 +436,21 @@ impl Worker {
             }
         }
         self.touched = Vec::with_capacity(live);
-        // Half the frames may sit on fill rings; the rest are in flight.
-        // Frames on an idle socket's fill ring stay there until it receives,
-        // so the target assumes at least FILL_SHARE_SOCKETS sockets from the
-        // start: sockets arrive one by one, and sizing for the first few
-        // would lend them the whole UMEM and starve the later ones (seen:
-        // the kernel then fails redirects with ENOMEM).
-        let per = self.frames.total() / (2 * live.max(FILL_SHARE_SOCKETS));
-        self.fill_target = per.clamp(self.cfg.batch.min(64), self.cfg.ring_size as usize);
+        // Every socket keeps the floor; more sockets than the UMEM was
+        // planned for share what is left beside the reserve.
+        let floor = self.cfg.budget.floor_for(live);
+        if floor < self.floor && live as u32 > self.cfg.budget.planned_sockets {
+            log::warn!(
+                "worker {}: {live} sockets, UMEM planned for {}: fill floor {floor} frames (planned {})",
+                self.id,
+                self.cfg.budget.planned_sockets,
+                self.cfg.budget.floor
+            );
+        }
+        self.floor = floor;
+        for slot in self.slots.iter_mut().flatten() {
+            slot.target = slot.target.max(floor);
+        }
         self.stats.sockets.set(live as u64);
         self.stats.generation.set(snap.generation());
     }
@@ -404,15 +458,21 @@ impl Worker {
     /// One round over all sockets. Returns the frames received and the time
     /// read at RX.
     fn round(&mut self) -> (usize, u64) {
-        // Completions and fill rings first, so RX has somewhere to land.
+        // Completions and fill floors first, so RX has somewhere to land.
         for s in 0..self.slots.len() {
             let Some(slot) = &mut self.slots[s] else {
                 continue;
             };
-            slot.sock.reap(&mut self.frames, &mut self.scratch);
-            let want = self.fill_target.saturating_sub(slot.in_fill);
-            if want >= REFILL_MIN.min(self.fill_target) || slot.in_fill == 0 {
-                slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
+            // Most sockets of a full node sent nothing: skip their
+            // completion rings.
+            if slot.in_tx > 0 {
+                let reaped = slot.sock.reap(&mut self.frames, &mut self.scratch);
+                slot.in_tx = slot.in_tx.saturating_sub(reaped);
+            }
+            if slot.in_fill < self.floor {
+                slot.in_fill += slot
+                    .sock
+                    .refill(s, &mut self.frames, self.floor - slot.in_fill);
             }
         }
         // One clock read per round: conntrack/L7 time and the batch latency.
@@ -430,11 +490,30 @@ impl Worker {
                 continue;
             };
             let Some(ingress) = slot.port else { continue };
+            let before = slot.in_fill;
             let n = slot.sock.rx(&mut self.frames, &mut self.rx_buf);
-            slot.in_fill = slot.in_fill.saturating_sub(n);
             if n == 0 {
                 continue;
             }
+            slot.in_fill = before.saturating_sub(n);
+            slot.rx_recent += n as u64;
+            // Demand: a socket that drained half its fill ring since the
+            // last visit gets a bigger target. Top it up now, before its
+            // batch is processed, so that the kernel keeps finding frames.
+            if 2 * n >= before {
+                slot.target = (2 * slot.target).min(self.cfg.budget.hot as usize);
+            }
+            let mut want = slot.target.saturating_sub(slot.in_fill);
+            let above_floor = slot.target.saturating_sub(self.floor.max(slot.in_fill));
+            let spare = self
+                .frames
+                .free_count()
+                .saturating_sub(self.cfg.budget.reserve as usize);
+            if above_floor > spare {
+                // Down to the reserve: the floor only.
+                want -= above_floor - spare;
+            }
+            slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             total += n;
             let mut bytes = 0u64;
             for k in 0..n {
@@ -562,6 +641,7 @@ impl Worker {
                 continue;
             };
             let done = dst.sock.tx(t as usize, &mut self.frames, &dst.tx);
+            dst.in_tx += done;
             for d in &dst.tx[..done] {
                 tx_bytes += d.lengths().data() as u64;
             }

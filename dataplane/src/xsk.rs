@@ -23,6 +23,8 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use crate::stats::KernelDrops;
+
 /// Errors of UMEM and socket setup.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
@@ -310,6 +312,21 @@ impl Frames {
         self.free.push(d);
     }
 
+    /// Counts the ledger: frames (held by the worker, lent to the kernel
+    /// through any socket slot). Visits every frame: for status, not per packet.
+    pub fn census(&self) -> (usize, usize) {
+        let mut held = 0;
+        let mut lent = 0;
+        for &o in &self.owner {
+            match o {
+                FREE => {}
+                HELD => held += 1,
+                _ => lent += 1,
+            }
+        }
+        (held, lent)
+    }
+
     /// Finds every frame lent through `slot` and frees it. Only valid once
     /// the socket of that slot has been deleted (the kernel forgot them).
     pub fn reclaim(&mut self, slot: usize) -> usize {
@@ -466,12 +483,12 @@ impl XskSocket {
 
     /// The kernel's counters for this socket (a `getsockopt`; not for the
     /// per-packet path).
-    pub fn kernel_stats(&self) -> io::Result<KernelStats> {
+    pub fn kernel_stats(&self) -> io::Result<KernelDrops> {
         let st = self.rx.fd().xdp_statistics()?;
-        Ok(KernelStats {
+        Ok(KernelDrops {
             rx_dropped: st.rx_dropped(),
             rx_ring_full: st.rx_ring_full(),
-            rx_fill_ring_empty: st.rx_fill_ring_empty_descs(),
+            fill_ring_empty: st.rx_fill_ring_empty_descs(),
             rx_invalid: st.rx_invalid_descs(),
             tx_invalid: st.tx_invalid_descs(),
         })
@@ -485,19 +502,6 @@ impl XskSocket {
             revents: 0,
         }
     }
-}
-
-/// What the kernel counted on one socket (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KernelStats {
-    /// Frames dropped for other reasons (e.g. too big for the frame).
-    pub rx_dropped: u64,
-    /// Frames dropped because the RX ring was full (the worker is behind).
-    pub rx_ring_full: u64,
-    /// Times a frame found the fill ring empty (dropped).
-    pub rx_fill_ring_empty: u64,
-    pub rx_invalid: u64,
-    pub tx_invalid: u64,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

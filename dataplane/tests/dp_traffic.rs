@@ -588,10 +588,10 @@ fn removing_a_port_reclaims_its_frames() {
     let node = NodeThread::new(&topo.node);
     let snap = topo.snapshot(1);
     let cfg = DataplaneConfig {
-        frames_per_worker: 2048,
+        frames_per_worker: Some(2048),
         ..test_config()
     };
-    let total = cfg.frames_per_worker as u64;
+    let total = 2048u64;
     node.call(move |dp| *dp = Some(Dataplane::start(cfg, snap).expect("start")));
     assert!(topo.ping_eventually(0, topo.pods[1].v4.into()));
 
@@ -608,15 +608,22 @@ fn removing_a_port_reclaims_its_frames() {
         std::thread::sleep(Duration::from_millis(100));
         let st = node.status();
         let w = &st.workers[0];
-        // Two sockets left, each with the worker's fill target on its fill
-        // ring (total / (2 × 16 sockets), at least the batch of 64); every
-        // other frame must be free again, including those the removed
-        // sockets' rings held: none leaked.
+        // Two sockets left, each with at least its fill floor on its fill
+        // ring; every other frame is free, on a TX ring or held, and the
+        // ledger agrees with the sockets' counts: none leaked, including
+        // those the removed sockets' rings held.
         last = format!("{w:?}");
-        // Fill rings are topped up once 64 (the batch) frames are missing.
-        let on_fill = 2 * (total / (2 * 16)).max(64);
-        let free_ok = (total - on_fill..=total - on_fill + 2 * 64).contains(&w.free_frames);
-        if w.sockets == 2 && w.generation == 2 && free_ok {
+        let f = &w.frames;
+        let sums = f.free + f.fill + f.tx + f.held + f.unaccounted == f.total;
+        if w.sockets == 2
+            && w.generation == 2
+            && f.total == total
+            && sums
+            && f.unaccounted == 0
+            && f.fill >= 2 * f.fill_floor
+            && f.fill_floor == 64
+            && w.free_frames == f.free
+        {
             ok = true;
             break;
         }

@@ -40,7 +40,16 @@ pub struct Explanation {
     /// Present when a DNS query name was given to judge (`--dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsExplanation>,
+    /// The source and destination are the same pod: the traffic goes to
+    /// the pod's own address, which its kernel delivers on its loopback.
+    /// It never reaches weir, so no policy judges it (it always connects).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_pod: bool,
 }
+
+/// What both sides say when a pod talks to itself.
+const SAME_POD: &str =
+    "not judged: traffic to the pod's own address never leaves the pod (its kernel delivers it on loopback), so no policy applies";
 
 /// The verdict on one DNS query on the flow (egress DNS rules of the source).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -74,6 +83,7 @@ pub fn explain_dns(
     let query = dns_query(name)
         .ok_or_else(|| PolicyError::Input(format!("--dns: {name:?} is not a valid DNS name")))?;
     let (allowed, text) = match (e.allowed, set.and_then(|i| compiled.dns_set(i))) {
+        _ if e.same_pod => (true, SAME_POD.to_string()),
         (false, _) => (false, "not judged: the flow itself is denied".to_string()),
         (true, None) => (
             true,
@@ -124,7 +134,11 @@ impl std::fmt::Display for Explanation {
             self.to,
             self.protocol,
             self.port,
-            if self.allowed { "ALLOWED" } else { "DENIED" }
+            match (self.same_pod, self.allowed) {
+                (true, _) => "ALLOWED (the same pod: the traffic never leaves it)",
+                (false, true) => "ALLOWED",
+                (false, false) => "DENIED",
+            }
         )?;
         writeln!(f, "  egress of {}: {}", self.from, self.egress.text)?;
         write!(f, "  ingress of {}: {}", self.to, self.ingress.text)?;
@@ -198,6 +212,26 @@ fn explain_flow(
 ) -> Result<Explanation, PolicyError> {
     let src = find(input, from)?;
     let dst = find(input, to)?;
+    if from == to {
+        let local = SideExplanation {
+            decision: Decision::NOT_APPLICABLE,
+            verdict: "allow",
+            rule: None,
+            text: SAME_POD.to_string(),
+        };
+        return Ok(Explanation {
+            allowed: true,
+            from: format!("{}/{}", from.0, from.1),
+            to: format!("{}/{}", to.0, to.1),
+            protocol: protocol.to_string(),
+            port,
+            egress: local.clone(),
+            ingress: local,
+            http: None,
+            dns: None,
+            same_pod: true,
+        });
+    }
     let (sa, da): (IpAddr, IpAddr) = match (src.ipv4, dst.ipv4, src.ipv6, dst.ipv6) {
         (Some(a), Some(b), _, _) => (a.into(), b.into()),
         (_, _, Some(a), Some(b)) => (a.into(), b.into()),
@@ -232,6 +266,7 @@ fn explain_flow(
     );
     Ok(Explanation {
         dns: None,
+        same_pod: false,
         allowed: j.allowed,
         from: format!("{}/{}", from.0, from.1),
         to: format!("{}/{}", to.0, to.1),

@@ -1,0 +1,158 @@
+//! The frame budget of one worker's UMEM: how many frames it has, and how
+//! many each of its sockets may keep on its fill ring.
+//!
+//! The kernel drops a frame (`fill_ring_empty`, `rx_dropped`) when the fill
+//! ring of the socket it arrives on is empty, and a frame lent to a fill ring
+//! comes back only when that socket receives: frames cannot be taken back
+//! from an idle socket. So:
+//!
+//! - every live socket keeps a **floor** of frames on its fill ring, idle or
+//!   not: by default 64, one NAPI poll's worth (veth and most drivers hand
+//!   XDP at most 64 frames per poll, so a burst arriving while the worker is
+//!   off the core still finds frames);
+//! - a socket that drains half of its ring between two visits has its target
+//!   doubled, up to **hot** (half the ring), and is topped up right after its
+//!   RX, before its batch is processed; a socket that received nothing for a
+//!   publish interval falls back to the floor (its extra frames come back as
+//!   it receives, and are not replaced);
+//! - top-ups above the floor stop while the free list is down to the
+//!   **reserve**, so floors can always be restored.
+//!
+//! A UMEM is registered (pinned) whole when the worker starts and cannot
+//! grow, so it is sized for the sockets the node may have: `max_pods` pods
+//! (kubelet's default, 110) or the pods present at start if more, times the
+//! queues the worker serves. More sockets than planned still work, with a
+//! smaller floor each (`FrameStatus::fill_floor` shows it).
+#![forbid(unsafe_code)]
+
+use serde::Serialize;
+
+/// Frames every socket keeps on its fill ring by default (one NAPI poll).
+pub const DEFAULT_FILL_FLOOR: u32 = 64;
+
+/// Pods a node is planned for by default (kubelet's `--max-pods` default).
+pub const DEFAULT_MAX_PODS: u32 = 110;
+
+/// Sockets that may run at the hot target at once within the plan.
+const HOT_SOCKETS: u32 = 8;
+
+/// Sockets whose floors the reserve can restore at once.
+const RESERVE_SOCKETS: u32 = 32;
+
+/// One worker's frame budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FrameBudget {
+    /// Frames of the UMEM.
+    pub frames: u32,
+    /// Sockets the UMEM was sized for (each with a full floor).
+    pub planned_sockets: u32,
+    /// Frames every socket keeps on its fill ring.
+    pub floor: u32,
+    /// Most frames a busy socket's fill ring is topped up to.
+    pub hot: u32,
+    /// Free frames that top-ups above the floor leave alone.
+    pub reserve: u32,
+}
+
+impl FrameBudget {
+    /// A UMEM sized for `sockets` sockets, each with `floor` frames
+    /// (at most `ring_size`), plus room for [`HOT_SOCKETS`] busy sockets and
+    /// the reserve.
+    pub fn plan(sockets: u32, floor: u32, ring_size: u32) -> FrameBudget {
+        let floor = floor.clamp(1, ring_size);
+        let hot = (ring_size / 2).max(floor);
+        let reserve = RESERVE_SOCKETS * floor;
+        FrameBudget {
+            frames: sockets.max(1) * floor + HOT_SOCKETS * (hot - floor) + reserve,
+            planned_sockets: sockets.max(1),
+            floor,
+            hot,
+            reserve,
+        }
+    }
+
+    /// A budget for a UMEM of `frames` frames given by configuration.
+    pub fn fixed(frames: u32, floor: u32, ring_size: u32) -> FrameBudget {
+        let floor = floor.clamp(1, ring_size);
+        let hot = (ring_size / 2).max(floor);
+        let reserve = (RESERVE_SOCKETS * floor).min(frames / 8);
+        FrameBudget {
+            frames,
+            planned_sockets: frames.saturating_sub(reserve) / floor,
+            floor,
+            hot,
+            reserve,
+        }
+    }
+
+    /// The floor each of `live` sockets gets: the planned floor while they
+    /// fit beside the reserve, an equal share of the rest when more sockets
+    /// than planned share the UMEM (at least one frame).
+    pub fn floor_for(&self, live: usize) -> usize {
+        let avail = self.frames.saturating_sub(self.reserve) as usize;
+        (avail / live.max(1)).clamp(1, self.floor as usize)
+    }
+
+    /// Bytes of locked memory the UMEM takes with `frame_size`-byte frames.
+    pub fn bytes(&self, frame_size: u32) -> u64 {
+        u64::from(self.frames) * u64::from(frame_size)
+    }
+}
+
+/// Sockets worker `w` of `workers` serves with `ports` interfaces of
+/// `queues` queues each (worker `w` serves queue `q` when `q % workers == w`).
+pub fn sockets_of_worker(w: u32, workers: u32, ports: u32, queues: u32) -> u32 {
+    let served = (0..queues).filter(|q| q % workers.max(1) == w).count() as u32;
+    ports * served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_gives_every_planned_socket_its_floor() {
+        // A full node: 110 pods, 2 queues, one worker: 220 sockets.
+        let b = FrameBudget::plan(220, DEFAULT_FILL_FLOOR, 1024);
+        assert_eq!(b.floor, 64);
+        assert_eq!(b.hot, 512);
+        assert_eq!(b.reserve, 32 * 64);
+        assert_eq!(b.frames, 220 * 64 + 8 * (512 - 64) + 32 * 64);
+        assert_eq!(b.floor_for(220), 64);
+        // 77 MiB of 4 KiB frames.
+        assert_eq!(b.bytes(4096), 19_712 * 4096);
+        // The frames left after every floor and the reserve are the hot room.
+        let hot_room = b.frames - 220 * b.floor - b.reserve;
+        assert_eq!(hot_room, 8 * (b.hot - b.floor));
+    }
+
+    #[test]
+    fn more_sockets_than_planned_share_what_is_left() {
+        let b = FrameBudget::plan(10, 64, 1024);
+        assert_eq!(b.floor_for(10), 64);
+        let avail = (b.frames - b.reserve) as usize;
+        assert_eq!(b.floor_for(1000), avail / 1000);
+        assert!(b.floor_for(1000) < 64);
+        assert_eq!(b.floor_for(1_000_000), 1);
+        assert_eq!(b.floor_for(0), 64);
+    }
+
+    #[test]
+    fn fixed_budget_keeps_a_reserve_within_its_frames() {
+        let b = FrameBudget::fixed(2048, 64, 1024);
+        assert_eq!(b.reserve, 256);
+        assert_eq!(b.planned_sockets, (2048 - 256) / 64);
+        assert_eq!(b.floor_for(2), 64);
+        let small = FrameBudget::fixed(256, 64, 128);
+        assert_eq!(small.hot, 64);
+        assert_eq!(small.floor_for(8), (256 - 32) / 8);
+    }
+
+    #[test]
+    fn workers_split_queues() {
+        assert_eq!(sockets_of_worker(0, 1, 110, 2), 220);
+        assert_eq!(sockets_of_worker(0, 2, 110, 2), 110);
+        assert_eq!(sockets_of_worker(1, 2, 110, 3), 110);
+        assert_eq!(sockets_of_worker(0, 2, 110, 3), 220);
+    }
+}
