@@ -73,11 +73,26 @@ pub struct Options {
 /// Builds a client from a kubeconfig file; every failure is one line.
 pub async fn client(path: &Path) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a kubeconfig: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: not a kubeconfig: {}", path.display(), one_line(&e)))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e)))?;
+    Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e)))
+}
+
+/// A library error (with its sources) as one line: the CLI's contract.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// One watched kind's objects, keyed `namespace/name` (or `name`).
@@ -119,7 +134,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     client
         .apiserver_version()
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.kubeconfig.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {}", opts.kubeconfig.display(), one_line(&e)))?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(1024);
     for (i, (group, version, kind)) in KINDS.iter().enumerate() {
