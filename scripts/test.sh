@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# House rules first: formatting and clippy (the workspace denies
+# undocumented unsafe blocks and unsafe fns without a Safety section).
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 # Integration tests start the `weir` binary; build it first so they find it.
 cargo build -p weir --bin weir

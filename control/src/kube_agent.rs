@@ -107,7 +107,7 @@ struct KindState {
 }
 
 enum Msg {
-    Event(usize, Event<DynamicObject>),
+    Event(usize, Box<Event<DynamicObject>>),
     WatchError(usize, String),
     Served(usize, ApiResource),
 }
@@ -168,7 +168,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 .boxed();
             while let Some(ev) = events.next().await {
                 let msg = match ev {
-                    Ok(ev) => Msg::Event(i, ev),
+                    Ok(ev) => Msg::Event(i, Box::new(ev)),
                     Err(e) => Msg::WatchError(i, e.to_string()),
                 };
                 if tx.send(msg).await.is_err() {
@@ -222,7 +222,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 }
                 Msg::Event(i, ev) => {
                     errors_logged[i].clear();
-                    apply_event(&mut kinds[i], KINDS[i], ev);
+                    apply_event(&mut kinds[i], KINDS[i], *ev);
                 }
             }
             if dirty_since.is_none() {
