@@ -280,7 +280,8 @@ enum DpAction {
 
 fn main() {
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("warn,netlink_packet_route=error,kube_client=off"),
+        env_logger::Env::default()
+            .default_filter_or("warn,netlink_packet_route=error,kube_client=off"),
     )
     .format_timestamp_millis()
     .init();
