@@ -240,6 +240,12 @@ enum Cmd {
         #[arg(long, default_value = "adaptive")]
         poll: String,
     },
+    /// Print the CNI network configuration list a container runtime on NODE
+    /// uses (plugin `weir-cni`; put it in /etc/cni/net.d/).
+    CniConfig {
+        #[arg(long)]
+        node: String,
+    },
     /// The cluster supervisor (started by `weir up`).
     #[command(hide = true)]
     Daemon {
@@ -308,6 +314,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             up(&state, &spec, &policies, &dp, opts)
         }
         Cmd::Down => down(&state),
+        Cmd::CniConfig { node } => {
+            let cluster = Cluster::load(&state.cluster_file())
+                .with_context(|| format!("cluster {}: not up", cli.cluster))?;
+            let n = cluster
+                .node(&node)
+                .ok_or_else(|| anyhow::anyhow!("nodes/{node}: not in cluster {}", cli.cluster))?;
+            anyhow::ensure!(
+                n.dataplane == weir_topo::NodeDataplane::Weir,
+                "nodes/{node}: a kernel node (no weir dataplane)"
+            );
+            let conf = serde_json::json!({
+                "cniVersion": "1.1.0",
+                "name": format!("weir-{}", cli.cluster),
+                "plugins": [{
+                    "type": "weir-cni",
+                    "cluster": cli.cluster,
+                    "node": node,
+                    "socket": state.daemon_sock().display().to_string(),
+                }],
+            });
+            println!("{}", serde_json::to_string_pretty(&conf)?);
+            Ok(())
+        }
         Cmd::Agent { kubeconfig } => {
             weir_control::kube_agent::run(weir_control::kube_agent::Options {
                 kubeconfig,
