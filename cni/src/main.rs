@@ -34,15 +34,15 @@ fn main() {
 }
 
 fn run(version: &mut String) -> Result<Option<Value>, CniError> {
-    let cmd = Command::parse(std::env::var("CNI_COMMAND").ok().as_deref())?;
+    // Stdin first, whatever else is wrong: the runtime writes all of it.
     let mut stdin = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut stdin)
-        .map_err(|e| CniError {
-            code: code::IO_FAILURE,
-            msg: "reading the network configuration from stdin failed".into(),
-            details: e.to_string(),
-        })?;
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let cmd = Command::parse(std::env::var("CNI_COMMAND").ok().as_deref())?;
+    read.map_err(|e| CniError {
+        code: code::IO_FAILURE,
+        msg: "reading the network configuration from stdin failed".into(),
+        details: e.to_string(),
+    })?;
     if cmd == Command::Version {
         return Ok(Some(weir_cni::version_info()));
     }

@@ -425,6 +425,8 @@ fn del(host: &mut dyn CniHost, call: &CniCall) -> Result<(), CniError> {
     if removed.is_some() {
         host.commit()
             .map_err(|e| err_d(code::TRY_AGAIN, "publish failed", format!("{e:#}")))?;
+        // The workers let go of the port before DEL answers.
+        host.wait_applied(&call.node);
     }
     // Released last: the address stays held until no snapshot names it.
     release(host.state(), &call.node, &call.container_id, &call.ifname)
