@@ -471,3 +471,168 @@ pub fn check_prev(prev: Option<&Value>, actual: &Value, ifname: &str) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(v: &str) -> Vec<u8> {
+        json!({"cniVersion": v, "name": "n", "type": "weir-cni", "cluster": "c", "node": "n1"})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn versions_are_negotiated() {
+        for v in SUPPORTED_VERSIONS {
+            let c = parse_config(&conf(v), Command::Add, "/run/weir").expect("supported");
+            assert_eq!(c.cni_version, v);
+            assert_eq!(c.socket, "/run/weir/c/daemon.sock");
+        }
+        for v in ["0.3.1", "1.2.0", "x"] {
+            let (e, _) = parse_config(&conf(v), Command::Add, "/r").expect_err(v);
+            assert_eq!(e.code, code::INCOMPATIBLE_VERSION, "{v}");
+        }
+        let (e, _) = parse_config(&conf("1.0.0"), Command::Gc, "/r").expect_err("GC 1.0.0");
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        assert!(parse_config(&conf("1.1.0"), Command::Status, "/r").is_ok());
+    }
+
+    #[test]
+    fn config_errors_have_their_codes() {
+        let (e, _) = parse_config(b"{", Command::Add, "/r").expect_err("not json");
+        assert_eq!(e.code, code::DECODE);
+        let no_node = br#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","cluster":"c"}"#;
+        let (e, v) = parse_config(no_node, Command::Add, "/r").expect_err("no node");
+        assert_eq!(
+            (e.code, v.as_deref()),
+            (code::INVALID_CONFIG, Some("1.1.0"))
+        );
+        assert!(e.msg.contains("node"), "{}", e.msg);
+        let other =
+            br#"{"cniVersion":"1.1.0","name":"n","type":"bridge","cluster":"c","node":"x"}"#;
+        assert_eq!(
+            parse_config(other, Command::Add, "/r")
+                .expect_err("type")
+                .0
+                .code,
+            code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn environment_is_checked_per_command() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = parse_env(Command::Add, env(&[("CNI_CONTAINERID", "abc")])).expect_err("add");
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(
+            e.msg.contains("CNI_IFNAME") && e.msg.contains("CNI_NETNS"),
+            "{}",
+            e.msg
+        );
+        // DEL needs no netns.
+        let ok = parse_env(
+            Command::Del,
+            env(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]),
+        )
+        .expect("del");
+        assert_eq!(ok.netns, "");
+        let bad = [
+            ("CNI_CONTAINERID", "-abc"),
+            ("CNI_CONTAINERID", "a b"),
+            ("CNI_IFNAME", "0123456789abcdef"),
+            ("CNI_IFNAME", "a/b"),
+            ("CNI_IFNAME", ".."),
+        ];
+        for (k, v) in bad {
+            let get = |n: &str| match n {
+                "CNI_CONTAINERID" if k == n => Some(v.to_string()),
+                "CNI_IFNAME" if k == n => Some(v.to_string()),
+                "CNI_CONTAINERID" => Some("abc".into()),
+                "CNI_IFNAME" => Some("eth0".into()),
+                _ => None,
+            };
+            assert_eq!(
+                parse_env(Command::Del, get).expect_err(v).code,
+                code::INVALID_ENV
+            );
+        }
+        let args = parse_env(
+            Command::Status,
+            env(&[(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u",
+            )]),
+        )
+        .expect("args");
+        assert_eq!(
+            (args.pod_namespace.as_str(), args.pod_name.as_str()),
+            ("ns", "p")
+        );
+        assert!(parse_env(Command::Status, env(&[("CNI_ARGS", "novalue")])).is_err());
+    }
+
+    fn ours() -> Value {
+        json!({"interfaces": [{"name": "wc1", "mac": "06:00:00:00:00:01"},
+                              {"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/ns"}],
+               "ips": [{"address": "10.0.0.2/32", "gateway": "169.254.1.1", "interface": 1},
+                       {"address": "fd00::2/128", "gateway": "fe80::1", "interface": 1}],
+               "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}], "dns": {}})
+    }
+
+    #[test]
+    fn results_per_version() {
+        let r = to_version(&ours(), "0.4.0");
+        assert_eq!(r["cniVersion"], "0.4.0");
+        assert_eq!(r["ips"][0]["version"], "4");
+        assert_eq!(r["ips"][1]["version"], "6");
+        let r = to_version(&r, "1.1.0");
+        assert_eq!(r["cniVersion"], "1.1.0");
+        assert!(r["ips"][0].get("version").is_none());
+    }
+
+    #[test]
+    fn prev_result_is_kept_in_a_chain() {
+        let prev = json!({"cniVersion": "0.4.0",
+            "interfaces": [{"name": "lo0"}],
+            "ips": [{"version": "4", "address": "192.0.2.1/24", "interface": 0}],
+            "routes": [{"dst": "192.0.2.0/24"}], "dns": {"nameservers": ["192.0.2.53"]}});
+        let m = merge_prev(Some(&prev), &ours());
+        assert_eq!(m["interfaces"].as_array().map(Vec::len), Some(3));
+        assert_eq!(m["ips"][0]["address"], "192.0.2.1/24");
+        assert_eq!(
+            m["ips"][1]["interface"], 2,
+            "weir's IPs point at its shifted interface"
+        );
+        assert!(m["ips"][0].get("version").is_none());
+        assert_eq!(m["routes"].as_array().map(Vec::len), Some(2));
+        assert_eq!(m["dns"]["nameservers"][0], "192.0.2.53");
+        // CHECK: prevResult saying another address for eth0 fails.
+        let ok = to_version(&ours(), "1.1.0");
+        assert!(check_prev(Some(&ok), &ours(), "eth0").is_ok());
+        let mut wrong = ok.clone();
+        wrong["ips"][0]["address"] = json!("10.0.0.9/32");
+        assert!(check_prev(Some(&wrong), &ours(), "eth0").is_err());
+        assert!(check_prev(Some(&ok), &ours(), "eth1").is_err());
+    }
+
+    #[test]
+    fn errors_print_as_the_spec_says() {
+        let e = CniError::new(code::TRY_AGAIN, "later");
+        assert_eq!(
+            e.to_json("1.0.0"),
+            json!({"cniVersion": "1.0.0", "code": 11, "msg": "later"})
+        );
+        assert_eq!(
+            version_info(),
+            json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]})
+        );
+    }
+}
