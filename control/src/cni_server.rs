@@ -377,10 +377,7 @@ fn add(host: &mut dyn CniHost, call: &CniCall) -> Result<Value, CniError> {
         ifname: call.ifname.clone(),
         netns_path: netns.to_path_buf(),
     };
-    let attached = host
-        .cluster()
-        .attach_pod(&spec, att, ipv4, ipv6)
-        .map(|p| p.clone());
+    let attached = host.cluster().attach_pod(&spec, att, ipv4, ipv6).cloned();
     let pod = match attached {
         Ok(p) => p,
         Err(e) => {
