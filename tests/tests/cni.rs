@@ -721,3 +721,105 @@ fn add_del_cycles_leave_nothing_behind() {
         pct(&rdel, 0.99)
     );
 }
+
+#[test]
+fn cni_pod_fails_closed_is_policed_and_crash_reservations_are_not_reused() {
+    let f = Fixture::new("cnipol", "10.244.0.0/24");
+    let srv4 =
+        f.c.topology()
+            .pod("default", "srv")
+            .and_then(|p| p.ipv4)
+            .expect("srv v4")
+            .to_string();
+    let p1 = Netns::new(&format!("{}-p1", f.c.name));
+
+    // ADD while the node's dataplane is stopped: the pod exists but its
+    // traffic goes nowhere (no weir port, no kernel route): fail closed.
+    let out = f.c.weir(&["dataplane", "stop", "--node", "node-1"]);
+    assert!(out.status.success());
+    let r = json_of(&f.cnitool("add", &f.net(), &f.netconf, &p1.path(), "p1"));
+    assert_result_shape("weir-cni", &r, "1.1.0", &p1.path());
+    let ping = p1.exec(&["ping", "-c", "2", "-W", "1", &srv4]);
+    assert!(
+        !ping.status.success(),
+        "the pod reached {srv4} with no dataplane running"
+    );
+    let out = f.c.weir(&["dataplane", "start", "--node", "node-1"]);
+    assert!(out.status.success());
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        f.cnitool("status", &f.net(), &f.netconf, &p1.path(), "p1")
+            .status
+            .success()
+    });
+    assert!(ready, "dataplane never ready again");
+    let rx0 = f.c.counter("rx_packets");
+    let ping = p1.exec(&["ping", "-c", "2", "-W", "2", &srv4]);
+    assert!(
+        ping.status.success(),
+        "no traffic once the dataplane runs the pod"
+    );
+    assert!(
+        f.c.counter("rx_packets") >= rx0 + 4,
+        "ping did not cross weir"
+    );
+
+    // Policy applies to the CNI pod: an egress deny selecting it by the
+    // pod-uid label weir gives it.
+    f.c.apply(
+        "deny.yaml",
+        &weir_tests::netpol(
+            "default",
+            "deny-p1",
+            "{podSelector: {matchLabels: {weir.dev/pod-uid: uid-p1}}, policyTypes: [Egress]}",
+        ),
+    );
+    let d0 = f.c.node_drops_total("node-1");
+    let ping = p1.exec(&["ping", "-c", "2", "-W", "1", &srv4]);
+    assert!(
+        !ping.status.success(),
+        "egress deny did not stop the CNI pod"
+    );
+    assert!(
+        f.c.node_drops_total("node-1") > d0,
+        "no drop counted for the denied pod"
+    );
+
+    // A reservation a crash left (agent killed between reserving and
+    // wiring) is never handed out again; GC returns it.
+    let ipam = f.state_dir().join("nodes/node-1/ipam.json");
+    let mut store: Value =
+        serde_json::from_slice(&std::fs::read(&ipam).expect("ipam")).expect("json");
+    store["slots"]["4"] = json!({"container_id": "crashed", "ifname": "eth0",
+                                 "ipv4": "10.244.0.4", "ipv6": "fd00:10:244::4"});
+    std::fs::write(&ipam, store.to_string()).expect("write ipam");
+    let p2 = Netns::new(&format!("{}-p2", f.c.name));
+    let r2 = json_of(&f.cnitool("add", &f.net(), &f.netconf, &p2.path(), "p2"));
+    assert_eq!(
+        r2["ips"][0]["address"], "10.244.0.5/32",
+        "reserved slot reused: {r2}"
+    );
+    let keep: Vec<Value> =
+        f.c.topology()
+            .pods
+            .iter()
+            .filter_map(|p| p.cni.as_ref())
+            .map(|c| json!({"containerID": c.container_id, "ifname": c.ifname}))
+            .collect();
+    assert_eq!(keep.len(), 2);
+    let mut c = f.conf("1.1.0");
+    c["cni.dev/valid-attachments"] = json!(keep);
+    let (ok, v) = f.plugin(&[("CNI_COMMAND", "GC")], &c);
+    assert!(ok, "GC: {v}");
+    assert_eq!(
+        f.ipam_slots(),
+        2,
+        "GC did not return the crashed reservation"
+    );
+    assert_eq!(f.cni_links().len(), 2, "GC removed a valid attachment");
+    for (ns, pod) in [(&p1, "p1"), (&p2, "p2")] {
+        let del = f.cnitool("del", &f.net(), &f.netconf, &ns.path(), pod);
+        assert!(del.status.success());
+    }
+    f.assert_clean();
+}
