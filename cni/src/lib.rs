@@ -7,12 +7,13 @@
 //! allocates its addresses and publishes its snapshot. STATUS asks the
 //! agent whether the node's dataplane runs.
 //!
-//! Spec-exact code of our own rather than a crate: `cni-plugin` (0.2) stops
-//! at spec 1.0 (no STATUS, no GC) and `rscni` wraps every command in an
-//! async trait with its own error mapping; what weir needs — exact error
-//! codes per case, 0.4.0 results with `version` on each IP, prevResult
-//! merged in a chain, GC's `cni.dev/valid-attachments` — is a few hundred
-//! lines of serde_json over a documented format, with no runtime.
+//! Spec-exact code of our own rather than a crate: `cni-plugin` (0.2)
+//! predates spec 1.1 (no STATUS, no GC), and a framework such as `rscni` /
+//! `rscni-plugin` puts its own dispatch and error mapping between the spec
+//! and weir. What weir needs — each case's error code, 0.4.0 results with
+//! `version` on every IP, prevResult merged in a chain, GC's
+//! `cni.dev/valid-attachments` — is a few hundred lines of serde_json over
+//! a documented format, with no runtime and no dependency beyond serde.
 //!
 //! Everything that does not touch the socket is a pure function here, so
 //! it is tested without root (see the tests at the bottom).

@@ -360,6 +360,11 @@ fn add(host: &mut dyn CniHost, call: &CniCall) -> Result<Value, CniError> {
             format!("pods/{namespace}/{name} is attached already, by {holder}: DEL that first"),
         ));
     }
+    // A crash between wiring and recording may have left this key's node
+    // side behind (its name is derived from the key): clear it first.
+    host.cluster()
+        .detach_pod(&call.node, &call.container_id, &call.ifname)
+        .map_err(|e| err_d(code::TRY_AGAIN, "clearing a half-made attachment failed", e))?;
     let (_, ipv4, ipv6) = reserve(host, &call.node, call)?;
     let mut labels = BTreeMap::new();
     if !call.pod_uid.is_empty() {

@@ -325,7 +325,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "nodes/{node}: a kernel node (no weir dataplane)"
             );
             let conf = serde_json::json!({
-                "cniVersion": "1.1.0",
+                // Runtimes that know spec 1.1 pick the newest of
+                // cniVersions; older ones read cniVersion.
+                "cniVersion": "1.0.0",
+                "cniVersions": weir_cni_versions(),
                 "name": format!("weir-{}", cli.cluster),
                 "plugins": [{
                     "type": "weir-cni",
@@ -955,4 +958,9 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
         }
     }
     Ok(())
+}
+
+/// The versions weir-cni speaks (the `cniVersions` of `weir cni-config`).
+fn weir_cni_versions() -> Vec<&'static str> {
+    vec!["0.4.0", "1.0.0", "1.1.0"]
 }
