@@ -869,3 +869,63 @@ fn cni_pod_fails_closed_is_policed_and_crash_reservations_are_not_reused() {
     }
     f.assert_clean();
 }
+
+#[test]
+fn parallel_adds_get_distinct_addresses() {
+    // A runtime starts many sandboxes at once: every ADD must get an
+    // address of its own (the agent serializes them over its IPAM store).
+    let f = Fixture::new("cnipar", "10.244.0.0/24");
+    let n = 8;
+    let netns: Vec<Netns> = (0..n)
+        .map(|i| Netns::new(&format!("{}-q{i}", f.c.name)))
+        .collect();
+    let results: Vec<(bool, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = netns
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let f = &f;
+                s.spawn(move || {
+                    let cid = format!("par{i}");
+                    let path = ns.path();
+                    let env = [
+                        ("CNI_COMMAND", "ADD"),
+                        ("CNI_CONTAINERID", cid.as_str()),
+                        ("CNI_IFNAME", "eth0"),
+                        ("CNI_NETNS", path.as_str()),
+                    ];
+                    f.plugin(&env, &f.conf("1.1.0"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut addrs: Vec<String> = results
+        .iter()
+        .map(|(ok, v)| {
+            assert!(ok, "parallel ADD: {v}");
+            v["ips"][0]["address"]
+                .as_str()
+                .expect("address")
+                .to_string()
+        })
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), n, "an address was handed out twice: {addrs:?}");
+    assert_eq!(f.ipam_slots(), n);
+    assert_eq!(f.cni_links().len(), n);
+    for i in 0..n {
+        let cid = format!("par{i}");
+        let env = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", cid.as_str()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        assert!(f.plugin(&env, &f.conf("1.1.0")).0, "DEL {cid}");
+    }
+    f.assert_clean();
+}
