@@ -59,4 +59,12 @@ if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; the
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends dnsmasq-base dnsutils >/dev/null
 fi
+# containerd (ctr, runc): the real runtime weir-cni is tested under
+# (`ctr run --cni`, tests/tests/cni.rs), with a daemon of the test's own.
+if ! command -v ctr >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  echo "setup: installing containerd"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends containerd >/dev/null
+fi
 echo "setup: ok"

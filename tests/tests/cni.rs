@@ -929,3 +929,219 @@ fn parallel_adds_get_distinct_addresses() {
     }
     f.assert_clean();
 }
+
+/// A containerd of the test's own (state and socket in `dir`), killed on drop.
+struct Containerd {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let sock = dir.join("containerd.sock");
+        let conf = dir.join("containerd.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                // No CRI (it would make /etc/cni/net.d), no /opt/containerd.
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.internal.v1.opt\"]\n\
+                 [grpc]\n  address = \"{}\"\n",
+                dir.join("ctd-root").display(),
+                dir.join("ctd-state").display(),
+                sock.display()
+            ),
+        )
+        .expect("containerd config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&conf)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/setup.sh installs it)");
+        let c = Containerd { child, sock };
+        let up = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            c.ctr(&["version"]).status.success()
+        });
+        assert!(up, "containerd did not come up");
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A docker-archive image `weir/cnitest:1` made here: /bin/sleep and the
+/// libraries it links, nothing else.
+fn build_image(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    let img = dir.join("img");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+    std::fs::create_dir_all(&img).expect("img");
+    std::fs::copy("/bin/sleep", rootfs.join("bin/sleep")).expect("copy sleep");
+    let ldd = Command::new("ldd").arg("/bin/sleep").output().expect("ldd");
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("lib dir");
+        std::fs::copy(lib, &to).expect("copy lib");
+    }
+    let layer = img.join("layer.tar");
+    let st = Command::new("tar")
+        .arg("cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let sum = Command::new("sha256sum")
+        .arg(&layer)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha")
+        .to_string();
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sleep", "3600"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{sha}")]}});
+    std::fs::write(img.join("config.json"), config.to_string()).expect("config");
+    std::fs::write(
+        img.join("manifest.json"),
+        json!([{"Config": "config.json", "RepoTags": ["weir/cnitest:1"], "Layers": ["layer.tar"]}])
+            .to_string(),
+    )
+    .expect("manifest");
+    let tar = dir.join("image.tar");
+    let st = Command::new("tar")
+        .arg("cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&img)
+        .args(["manifest.json", "config.json", "layer.tar"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    tar
+}
+
+#[test]
+fn ctr_run_with_cni_attaches_through_weir_cni() {
+    // containerd's own client as the runtime: `ctr run --cni` reads
+    // /etc/cni/net.d and /opt/cni/bin, which it sees here (in a private
+    // mount namespace) as weir's conflist and plugin; the machine's own
+    // /etc and /opt are not touched.
+    let f = Fixture::new("cnictr", "10.244.0.0/24");
+    let srv4 =
+        f.c.topology()
+            .pod("default", "srv")
+            .and_then(|p| p.ipv4)
+            .expect("srv v4")
+            .to_string();
+    let dir = f.c.dir.join("ctr");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ctd = Containerd::start(&dir);
+    let image = build_image(&dir);
+    let imp = ctd.ctr(&["images", "import", image.to_str().expect("utf-8")]);
+    assert!(
+        imp.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&imp.stderr)
+    );
+    let etc = dir.join("etc");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("/etc")
+        .arg(&etc)
+        .status()
+        .expect("cp /etc");
+    assert!(st.success());
+    std::fs::create_dir_all(etc.join("cni/net.d")).expect("net.d");
+    std::fs::copy(
+        f.netconf.join("10-weir.conflist"),
+        etc.join("cni/net.d/10-weir.conflist"),
+    )
+    .expect("conflist");
+    let script = format!(
+        "set -e; mount --bind {etc} /etc; mount -t tmpfs none /opt; mkdir -p /opt/cni/bin; \
+         mount --bind {bin} /opt/cni/bin; \
+         exec ctr -a {sock} run --rm --cni docker.io/weir/cnitest:1 {id} /bin/sleep 8",
+        etc = etc.display(),
+        bin = f.plugins.display(),
+        sock = ctd.sock.display(),
+        id = f.c.name,
+    );
+    let mut run = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare ctr run");
+    // The container is attached once weir records it.
+    let attached = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        f.c.topology()
+            .pods
+            .iter()
+            .find(|p| p.cni.is_some())
+            .cloned()
+    });
+    let Some(pod) = attached else {
+        let _ = run.kill();
+        let out = run.wait_with_output().expect("ctr");
+        panic!(
+            "ctr run --cni never attached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let att = pod.cni.as_ref().expect("cni");
+    assert!(
+        att.netns_path.starts_with("/proc"),
+        "containerd's netns: {att:?}"
+    );
+    assert_eq!(att.ifname, "eth0");
+    let rx0 = f.c.counter("rx_packets");
+    let ping = Command::new("nsenter")
+        .arg(format!("--net={}", att.netns_path.display()))
+        .args(["ping", "-c", "2", "-W", "2", &srv4])
+        .output()
+        .expect("nsenter ping");
+    assert!(
+        ping.status.success(),
+        "container -> {srv4}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(
+        f.c.counter("rx_packets") >= rx0 + 4,
+        "ping did not cross weir"
+    );
+    // When the container exits, ctr's DEL removes everything.
+    let out = run.wait_with_output().expect("ctr run");
+    assert!(
+        out.status.success(),
+        "ctr run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.assert_clean();
+}
