@@ -61,6 +61,14 @@ if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; the
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends dnsmasq-base dnsutils >/dev/null
 fi
+# containerd (ctr, runc): the real runtime weir-cni is tested under
+# (`ctr run --cni`, tests/tests/cni.rs), with a daemon of the test's own.
+if ! command -v ctr >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  echo "setup: installing containerd"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends containerd >/dev/null
+fi
 # The real Kubernetes control plane (kube-apiserver, kube-controller-manager,
 # kubectl, etcd) for the agent's tests, from Go modules; cached under
 # ~/.cache/weir, so only a new machine pays for the first build (minutes).
@@ -69,4 +77,6 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 bash "$(dirname "$0")/k8s-build.sh" >/dev/null
+# cnitool and the reference CNI plugins (weir-cni's tests), also from Go modules.
+bash "$(dirname "$0")/cni-build.sh" >/dev/null
 echo "setup: ok"

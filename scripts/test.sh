@@ -12,7 +12,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 # Integration tests start the `weir` binary; build it first so they find it.
-cargo build -p weir --bin weir
+cargo build -p weir --bin weir -p weir-cni --bin weir-cni
 # Two test threads: each integration test runs a dataplane of its own and
 # this machine has two cores.
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -60,8 +60,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
 
-    for pod in d.cluster.pods.clone() {
-        d.start_servers(&pod)?;
+    // Pods a runtime attached (weir-cni) run their own servers.
+    for pod in d.cluster.pods.clone().iter().filter(|p| p.cni.is_none()) {
+        d.start_servers(pod)?;
     }
     d.generation =
         crate::agent::publish(&d.state, &d.cluster, &manifests::parse_all(&d.policies)?)?;
@@ -120,6 +121,7 @@ impl Daemon {
             Request::Flows { .. } => {
                 Err(anyhow::anyhow!("flows are served by each node's dataplane"))
             }
+            Request::Cni(call) => Ok(crate::cni_server::handle(self, &call)),
             Request::Shutdown => Ok(json!({})),
         };
         match r {
@@ -430,6 +432,17 @@ impl Daemon {
         }
         let mut deleted = Vec::new();
         for p in &m.cluster.pods {
+            if self
+                .cluster
+                .pod(&p.namespace, &p.name)
+                .is_some_and(|r| r.cni.is_some())
+            {
+                anyhow::bail!(
+                    "pods/{}/{}: attached by a container runtime (weir-cni): its DEL removes it",
+                    p.namespace,
+                    p.name
+                );
+            }
             self.servers.remove(&(p.namespace.clone(), p.name.clone()));
             self.cluster
                 .remove_pod(&p.namespace, &p.name)
@@ -464,5 +477,37 @@ impl Daemon {
             let _ = self.stop_dataplane(&node);
         }
         self.servers.clear();
+    }
+}
+
+impl crate::cni_server::CniHost for Daemon {
+    fn state(&self) -> &StateDir {
+        &self.state
+    }
+    fn cluster(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+    fn commit(&mut self) -> anyhow::Result<()> {
+        Daemon::commit(self)
+    }
+    fn wait_applied(&mut self, node: &str) {
+        let running = matches!(
+            self.dataplanes.get_mut(node).map(|c| c.try_wait()),
+            Some(Ok(None))
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running && Instant::now() < deadline {
+            let g = ipc::call(
+                &self.state.dataplane_sock(node),
+                &Request::Ping,
+                Duration::from_secs(1),
+            )
+            .ok()
+            .and_then(|v| v["generation"].as_u64());
+            if g >= Some(self.generation) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -40,6 +40,8 @@ pub enum Request {
     StopDataplane { node: String },
     /// Daemon: start one node's dataplane again.
     StartDataplane { node: String },
+    /// Daemon: one weir-cni operation (ADD, DEL, CHECK, GC) for a node.
+    Cni(crate::cni_server::CniCall),
     /// Stop (daemon: everything it runs).
     Shutdown,
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cni_server;
 pub mod daemon;
 pub mod demo;
 pub mod flows;

@@ -252,6 +252,12 @@ enum Cmd {
         #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
         l7_max_flows: usize,
     },
+    /// Print the CNI network configuration list a container runtime on NODE
+    /// uses (plugin `weir-cni`; put it in /etc/cni/net.d/).
+    CniConfig {
+        #[arg(long)]
+        node: String,
+    },
     /// The cluster supervisor (started by `weir up`).
     #[command(hide = true)]
     Daemon {
@@ -323,6 +329,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             up(&state, &spec, &policies, &dp, opts)
         }
         Cmd::Down => down(&state),
+        Cmd::CniConfig { node } => {
+            let cluster = Cluster::load(&state.cluster_file())
+                .with_context(|| format!("cluster {}: not up", cli.cluster))?;
+            let n = cluster
+                .node(&node)
+                .ok_or_else(|| anyhow::anyhow!("nodes/{node}: not in cluster {}", cli.cluster))?;
+            anyhow::ensure!(
+                n.dataplane == weir_topo::NodeDataplane::Weir,
+                "nodes/{node}: a kernel node (no weir dataplane)"
+            );
+            let conf = serde_json::json!({
+                // Runtimes that know spec 1.1 pick the newest of
+                // cniVersions; older ones read cniVersion.
+                "cniVersion": "1.0.0",
+                "cniVersions": weir_cni_versions(),
+                "name": format!("weir-{}", cli.cluster),
+                "plugins": [{
+                    "type": "weir-cni",
+                    "cluster": cli.cluster,
+                    "node": node,
+                    "socket": state.daemon_sock().display().to_string(),
+                }],
+            });
+            println!("{}", serde_json::to_string_pretty(&conf)?);
+            Ok(())
+        }
         Cmd::Agent { kubeconfig } => {
             weir_control::kube_agent::run(weir_control::kube_agent::Options {
                 kubeconfig,
@@ -955,4 +987,9 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
         }
     }
     Ok(())
+}
+
+/// The versions weir-cni speaks (the `cniVersions` of `weir cni-config`).
+fn weir_cni_versions() -> Vec<&'static str> {
+    vec!["0.4.0", "1.0.0", "1.1.0"]
 }

@@ -210,6 +210,10 @@ pub struct RealizedPod {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub mtu: u32,
+    /// Set when a container runtime attached the pod through weir-cni: its
+    /// netns belongs to the runtime (never deleted by weir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<crate::attach::CniAttachment>,
 }
 
 impl RealizedPod {
@@ -306,7 +310,7 @@ pub(crate) fn host_ifname(namespace: &str, pod: &str) -> String {
     format!("wv{:08x}", fnv1a32(format!("{namespace}/{pod}").as_bytes()))
 }
 
-fn macs(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> ([u8; 6], [u8; 6]) {
+pub(crate) fn macs(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> ([u8; 6], [u8; 6]) {
     let tail: [u8; 5] = match (ipv4, ipv6) {
         (Some(v4), _) => {
             let o = v4.octets();
@@ -403,10 +407,11 @@ fn plan_pod(
         ipv4,
         ipv6,
         mtu,
+        cni: None,
     }
 }
 
-fn check_netns_name(object: &str, netns: &str) -> Result<(), TopoError> {
+pub(crate) fn check_netns_name(object: &str, netns: &str) -> Result<(), TopoError> {
     if netns.len() > 255 {
         return Err(TopoError::Conflict {
             object: object.to_string(),
@@ -768,7 +773,9 @@ impl Cluster {
                 remove_links(node, &pod)?;
             }
         }
-        netns::delete(&pod.netns)?;
+        if pod.cni.is_none() {
+            netns::delete(&pod.netns)?;
+        }
         self.pods.remove(i);
         Ok(())
     }
@@ -824,18 +831,24 @@ impl Cluster {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Every netns of the cluster: the underlay first, then nodes, then pods.
+    /// Every netns of the cluster: the underlay first, then nodes, then pods
+    /// (not those of pods a container runtime attached: theirs).
     pub fn all_netns(&self) -> Vec<String> {
         self.underlay_netns
             .iter()
             .cloned()
             .chain(self.nodes.iter().map(|n| n.netns.clone()))
-            .chain(self.pods.iter().map(|p| p.netns.clone()))
+            .chain(
+                self.pods
+                    .iter()
+                    .filter(|p| p.cni.is_none())
+                    .map(|p| p.netns.clone()),
+            )
             .collect()
     }
 
     /// No two objects share a netns, and no two pods of a node a veth name.
-    fn check_unique_names(&self) -> Result<(), TopoError> {
+    pub(crate) fn check_unique_names(&self) -> Result<(), TopoError> {
         let mut by_netns: HashMap<&str, String> = HashMap::new();
         let objects = self
             .underlay_netns

@@ -92,6 +92,7 @@
 //! ([`Cluster::load`]) can attach to it. [`teardown_by_name`] removes a
 //! cluster even when that file is lost.
 
+pub mod attach;
 pub mod fields;
 pub mod manifest;
 pub mod netns;
@@ -105,6 +106,7 @@ mod netlink;
 
 use std::process::Command;
 
+pub use attach::CniAttachment;
 #[doc(hidden)]
 pub use cluster::testing;
 pub use cluster::{

@@ -394,4 +394,68 @@ impl Netlink {
             _ => unreachable!("route_onlink: mixed families {dst} via {gateway}"),
         }
     }
+
+    /// The index and MAC address of the interface `name`, or `None`.
+    pub(crate) fn link_mac(&self, name: &str) -> Result<Option<(u32, Vec<u8>)>, TopoError> {
+        let handle = self.handle.clone();
+        let res = self.rt.block_on(async move {
+            handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+        });
+        match res {
+            Ok(Some(msg)) => {
+                let mac = msg
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::Address(m) => Some(m.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Ok(Some((msg.header.index, mac)))
+            }
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(error) => Err(TopoError::Netlink {
+                netns: self.netns.clone(),
+                object: name.to_string(),
+                op: "get link".into(),
+                error: Box::new(error),
+            }),
+        }
+    }
+
+    /// The addresses (with prefix lengths) on the interface `index`.
+    pub(crate) fn addrs_of(
+        &self,
+        ifname: &str,
+        index: u32,
+    ) -> Result<Vec<(IpAddr, u8)>, TopoError> {
+        use netlink_packet_route::address::AddressAttribute;
+        let handle = self.handle.clone();
+        let msgs = self.run(ifname, "list addresses", async move {
+            handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect::<Vec<_>>()
+                .await
+        })?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
 }

@@ -203,3 +203,32 @@ pub fn run_in<F: FnOnce() -> R + Send, R: Send>(name: &str, f: F) -> Result<R, T
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
+
+/// Runs `f` on a fresh thread inside the namespace bound at `path` (any
+/// namespace file: `/run/netns/<name>`, `/proc/<pid>/ns/net`, a runtime's
+/// own bind mount), like [`run_in`] for names.
+pub fn run_in_path<F: FnOnce() -> R + Send, R: Send>(path: &Path, f: F) -> Result<R, TopoError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            TopoError::NetnsMissing {
+                netns: name.clone(),
+            }
+        } else {
+            TopoError::Netns {
+                netns: name.clone(),
+                op: "open",
+                error,
+            }
+        }
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| errno(&name, "setns", e))?;
+            drop(file);
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
