@@ -199,8 +199,10 @@ fn underlay_mode_takes_only_the_tunnel_port() {
     // UDP to the tunnel port is ours: no socket bound, so dropped.
     send_udp(&t, 4789);
     let c2 = r.counters().unwrap();
+    // (`passed` is not compared: the kernel's own ARP/NDP between the two
+    // sends passes too, and made an exact count flaky.)
     assert_eq!(c2.dropped_no_socket, 1, "{c2:?}");
-    assert_eq!(c2.passed, c.passed, "{c2:?}");
+    assert_eq!(c2.redirected, 0, "{c2:?}");
     detach(&t.host_if).expect("detach");
 }
 
