@@ -198,32 +198,11 @@ impl CtKey {
     }
 
     fn hash(&self, seed: u64) -> u64 {
-        let w = |b: &[u8; 16], i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
         let last = u64::from(self.lo_port)
             | u64::from(self.hi_port) << 16
             | u64::from(self.proto) << 32
             | u64::from(self.v6) << 40;
-        let mut h = seed;
-        for x in [
-            w(&self.lo, 0),
-            w(&self.lo, 8),
-            w(&self.hi, 0),
-            w(&self.hi, 8),
-            last,
-        ] {
-            h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            h ^= h >> 29;
-        }
-        // fmix64 (MurmurHash3's finaliser).
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
+        hash_addrs(seed, &self.lo, &self.hi, last)
     }
 
     fn ip(&self, lo: bool) -> IpAddr {
@@ -236,7 +215,29 @@ impl CtKey {
     }
 }
 
-fn addr_bytes(a: IpAddr) -> ([u8; 16], bool) {
+/// Hashes two addresses (as 16 bytes each) and one word of the rest of a
+/// key; shared by the conntrack and fragment tables.
+pub(crate) fn hash_addrs(seed: u64, a: &[u8; 16], b: &[u8; 16], last: u64) -> u64 {
+    let w = |b: &[u8; 16], i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(x)
+    };
+    let mut h = seed;
+    for x in [w(a, 0), w(a, 8), w(b, 0), w(b, 8), last] {
+        h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+    }
+    // fmix64 (MurmurHash3's finaliser).
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// An address as 16 bytes (IPv4 mapped) and whether it is IPv6.
+pub(crate) fn addr_bytes(a: IpAddr) -> ([u8; 16], bool) {
     match a {
         IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
         IpAddr::V6(a) => (a.octets(), true),

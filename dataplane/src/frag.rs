@@ -65,8 +65,8 @@ pub struct FragKey {
 impl FragKey {
     /// The key of a fragment from `src` to `dst`. `proto` is ignored for IPv6.
     pub fn new(src: IpAddr, dst: IpAddr, proto: u8, ident: u32) -> Self {
-        let (s, v6) = bytes(src);
-        let (d, _) = bytes(dst);
+        let (s, v6) = crate::conntrack::addr_bytes(src);
+        let (d, _) = crate::conntrack::addr_bytes(dst);
         FragKey {
             src: s,
             dst: d,
@@ -77,35 +77,8 @@ impl FragKey {
     }
 
     fn hash(&self, seed: u64) -> u64 {
-        let w = |b: &[u8; 16], i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
         let last = u64::from(self.ident) | u64::from(self.proto) << 32 | u64::from(self.v6) << 40;
-        let mut h = seed;
-        for x in [
-            w(&self.src, 0),
-            w(&self.src, 8),
-            w(&self.dst, 0),
-            w(&self.dst, 8),
-            last,
-        ] {
-            h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            h ^= h >> 29;
-        }
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
-fn bytes(a: IpAddr) -> ([u8; 16], bool) {
-    match a {
-        IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
-        IpAddr::V6(a) => (a.octets(), true),
+        crate::conntrack::hash_addrs(seed, &self.src, &self.dst, last)
     }
 }
 
