@@ -147,6 +147,12 @@ impl FqdnTable {
     }
 }
 
+impl crate::policy::LearnedNames for FqdnTable {
+    fn any_name(&self, addr: IpAddr, now_ns: u64, pred: impl FnMut(&str) -> bool) -> bool {
+        FqdnTable::any_name(self, addr, now_ns, pred)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,14 +24,14 @@
 
 pub mod budget;
 pub mod conntrack;
-pub mod drop_reason;
+pub use weir_model::drop_reason;
 pub mod encap;
 pub mod flows;
 pub mod fqdn;
 pub mod frag;
 pub mod l7;
 pub mod pass;
-pub mod policy;
+pub use weir_model::policy;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;

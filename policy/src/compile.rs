@@ -28,12 +28,12 @@ use crate::{PodInfo, PolicyError, PolicyInput};
 use ipnet::IpNet;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use weir_dataplane::policy::{
+use weir_model::manifest::NAMESPACE_NAME_LABEL;
+use weir_model::policy::{
     CellSpec, Decision, EndpointTables, FqdnRuleSpec, Identity, PolicySpec, RuleId, RuleInfo,
     IDENTITY_FIRST_POD, IDENTITY_HOST, IDENTITY_WORLD,
 };
-use weir_topo::manifest::NAMESPACE_NAME_LABEL;
-use weir_topo::ContainerPort;
+use weir_model::ContainerPort;
 
 use crate::selector::Labels;
 
@@ -95,7 +95,7 @@ impl DnsSets {
 /// made when several L7 allows of the namespace tier match (memoised).
 #[derive(Default)]
 struct HttpSets {
-    sets: Vec<weir_dataplane::l7::HttpRuleSetSpec>,
+    sets: Vec<weir_model::l7::HttpRuleSetSpec>,
     unions: HashMap<Vec<u32>, u32>,
 }
 
@@ -111,8 +111,7 @@ impl HttpSets {
         for &p in &parts {
             rules.extend(self.sets[p as usize].rules.iter().cloned());
         }
-        self.sets
-            .push(weir_dataplane::l7::HttpRuleSetSpec { rules });
+        self.sets.push(weir_model::l7::HttpRuleSetSpec { rules });
         let id = self.sets.len() as u32 - 1;
         self.unions.insert(parts, id);
         id

@@ -6,10 +6,10 @@ use crate::compile::{compile_for, protocol_number};
 use crate::{PodInfo, PolicyError, PolicyInput};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
-use weir_dataplane::l7::{Feed, HttpInspector, HttpRuleSetSpec, HttpRuleSpec, L7Verdict, Limits};
-use weir_dataplane::l7::{L7Reason, PathMatchSpec};
-use weir_dataplane::policy::{Action, CompiledPolicy, Decision, Peer, RuleInfo};
-use weir_topo::Protocol;
+use weir_model::l7::{Feed, HttpInspector, HttpRuleSetSpec, HttpRuleSpec, L7Verdict, Limits};
+use weir_model::l7::{L7Reason, PathMatchSpec};
+use weir_model::policy::{Action, CompiledPolicy, Decision, Peer, RuleInfo};
+use weir_model::Protocol;
 
 /// One direction of the verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -64,8 +64,8 @@ pub struct DnsExplanation {
 
 /// [`explain`], then judges a DNS query for `name` on the flow the way the
 /// worker does: the query is built as a real DNS message, parsed by
-/// [`weir_dataplane::l7::dns::parse_query`] and matched by the flow's
-/// compiled [`weir_dataplane::l7::dns::DnsRuleSet::allows`].
+/// [`weir_model::l7::dns::parse_query`] and matched by the flow's
+/// compiled [`weir_model::l7::dns::DnsRuleSet::allows`].
 pub fn explain_dns(
     input: &PolicyInput,
     from: (&str, &str),
@@ -89,7 +89,7 @@ pub fn explain_dns(
             true,
             "no DNS rules on this flow: every query passes".to_string(),
         ),
-        (true, Some(rules)) => match weir_dataplane::l7::dns::parse_query(&query) {
+        (true, Some(rules)) => match weir_model::l7::dns::parse_query(&query) {
             Ok(q) if rules.allows(&q.qname) => (
                 true,
                 format!("query {name}: ALLOWED by DNS rule set {}", set.unwrap_or(0)),
@@ -190,7 +190,7 @@ pub fn explain(
 /// own code: the request head is fed to a fresh [`HttpInspector`] (the
 /// strict parser and stream machine the pass runs, with the worker's
 /// [`Limits`]) whose judge closure calls the flow's compiled
-/// [`weir_dataplane::l7::HttpRuleSet::judge`], exactly as the pass does.
+/// [`weir_model::l7::HttpRuleSet::judge`], exactly as the pass does.
 pub fn explain_http(
     input: &PolicyInput,
     from: (&str, &str),

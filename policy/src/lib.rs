@@ -6,8 +6,9 @@
 //! (policy.networking.k8s.io/v1alpha1) and weir's own WeirPolicy and
 //! WeirClusterPolicy (weir.dev/v1alpha1) ([`parse`]), and compiles them with
 //! the cluster's pods and namespaces into the plain-data tables of
-//! [`weir_dataplane::policy`] ([`compile()`]). [`explain()`] judges a flow with
-//! the dataplane's own `CompiledPolicy::judge`.
+//! [`weir_model::policy`] ([`compile()`]). [`explain()`] judges a flow with
+//! `CompiledPolicy::judge`, the function the dataplane's workers run
+//! (both in `weir-model`, the only weir crate this one depends on).
 //!
 //! Modules: [`model`] (validated policy objects), [`selector`] (label
 //! selectors), [`parse`], [`compile`], [`explain`]. Precedence and the
@@ -25,10 +26,9 @@ pub use explain::{explain, Explanation, SideExplanation};
 pub use model::{Kind, Policy};
 pub use parse::{is_policy_kind, parse_document, parse_str};
 
-use selector::Labels;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use weir_topo::manifest::ManifestError;
-use weir_topo::ContainerPort;
+use std::net::IpAddr;
+use weir_model::cluster::ClusterView;
+use weir_model::manifest::ManifestError;
 
 /// One problem with policies or their input, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -59,28 +59,10 @@ pub enum PolicyError {
     Input(String),
     /// The compiled tables were rejected by the dataplane (a compiler bug).
     #[error("compiled policy rejected: {0}")]
-    Compiled(#[from] weir_dataplane::policy::PolicyError),
+    Compiled(#[from] weir_model::policy::PolicyError),
 }
 
-/// A namespace and its labels (`kubernetes.io/metadata.name` is added).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamespaceInfo {
-    pub name: String,
-    pub labels: Labels,
-}
-
-/// A pod anywhere in the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub node: String,
-    pub labels: Labels,
-    pub ipv4: Option<Ipv4Addr>,
-    pub ipv6: Option<Ipv6Addr>,
-    /// Container ports (named ports resolve here).
-    pub ports: Vec<ContainerPort>,
-}
+pub use weir_model::cluster::{NamespaceInfo, PodInfo};
 
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]
@@ -93,37 +75,14 @@ pub struct PolicyInput {
 }
 
 impl PolicyInput {
-    /// The input for a realized topology. Endpoint order on a node is
-    /// (namespace, name), as the agent orders `SnapshotSpec::endpoints`.
-    pub fn from_cluster(cluster: &weir_topo::Cluster, policies: Vec<Policy>) -> PolicyInput {
+    /// The input for a cluster (a realized topology today: see
+    /// [`ClusterView`]). Endpoint order on a node is (namespace, name), as
+    /// the agent orders `SnapshotSpec::endpoints`.
+    pub fn from_cluster(cluster: &impl ClusterView, policies: Vec<Policy>) -> PolicyInput {
         PolicyInput {
-            namespaces: cluster
-                .namespaces
-                .iter()
-                .map(|n| NamespaceInfo {
-                    name: n.name.clone(),
-                    labels: n.labels.clone(),
-                })
-                .collect(),
-            pods: cluster
-                .pods
-                .iter()
-                .map(|p| PodInfo {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    node: p.node.clone(),
-                    labels: p.labels.clone(),
-                    ipv4: p.ipv4,
-                    ipv6: p.ipv6,
-                    ports: p.ports.clone(),
-                })
-                .collect(),
-            hosts: cluster
-                .nodes
-                .iter()
-                .flat_map(|n| [n.ipv4.map(IpAddr::V4), n.ipv6.map(IpAddr::V6)])
-                .flatten()
-                .collect(),
+            namespaces: cluster.namespaces(),
+            pods: cluster.pods(),
+            hosts: cluster.node_addresses(),
             policies,
         }
     }

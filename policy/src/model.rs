@@ -8,8 +8,8 @@ use crate::selector::{Labels, Selector};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
-pub use weir_dataplane::policy::{Direction, Tier};
-pub use weir_topo::Protocol;
+pub use weir_model::policy::{Direction, Tier};
+pub use weir_model::Protocol;
 
 /// The kind of a policy object (the resource it came from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -118,7 +118,7 @@ pub struct Rule {
     /// WeirPolicy ingress Allow only: every HTTP request on a connection
     /// this rule admits must match one of these (else 403 + close).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<weir_dataplane::l7::HttpRuleSetSpec>,
+    pub http: Option<weir_model::l7::HttpRuleSetSpec>,
     /// WeirPolicy egress Allow only: every DNS query on a flow this rule
     /// admits must ask for a name matching one of these patterns
     /// (`example.com`, `*.example.com`), else weir answers REFUSED.

@@ -13,8 +13,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::cell::RefCell;
-use weir_topo::fields::{self, Decoded, FieldValidation};
-use weir_topo::manifest::{split_documents, Document, ObjectMeta};
+use weir_model::fields::{self, Decoded, FieldValidation};
+use weir_model::manifest::{split_documents, Document, ObjectMeta};
 
 pub const NETWORKING_V1: &str = "networking.k8s.io/v1";
 pub const NETPOL_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
@@ -81,7 +81,7 @@ pub fn parse_document_with(doc: &Document, mode: FieldValidation) -> Result<Pars
     let namespace = namespaced.then(|| {
         meta.and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
-            .unwrap_or(weir_topo::manifest::DEFAULT_NAMESPACE)
+            .unwrap_or(weir_model::manifest::DEFAULT_NAMESPACE)
             .to_string()
     });
     let kind = match doc.kind.as_str() {
@@ -165,7 +165,7 @@ impl Cx {
 // ---- wire shapes ----
 //
 // Each kind's schema as its API defines it: every struct refuses a field it
-// does not declare (see `weir_topo::fields` for `--field-validation`).
+// does not declare (see `weir_model::fields` for `--field-validation`).
 
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -568,8 +568,8 @@ struct RawCnpProtocol {
 /// The field tree of a policy kind's wire shape (for the strictness
 /// tests); `None` for a kind that is not a policy kind.
 #[doc(hidden)]
-pub fn field_tree(kind: &str) -> Option<weir_topo::fields::Shape> {
-    use weir_topo::fields::field_tree;
+pub fn field_tree(kind: &str) -> Option<weir_model::fields::Shape> {
+    use weir_model::fields::field_tree;
     Some(match kind {
         "NetworkPolicy" => field_tree::<RawNpDoc>(),
         "WeirPolicy" | "WeirClusterPolicy" => field_tree::<RawWeirDoc>(),
@@ -1065,7 +1065,7 @@ fn dns_names(
     g: Guard,
     what: &str,
 ) -> Result<Vec<String>, PolicyError> {
-    use weir_dataplane::l7::dns::NamePattern;
+    use weir_model::l7::dns::NamePattern;
     if g.cluster {
         return Err(cx.err(
             f,
@@ -1139,9 +1139,9 @@ fn http_rules(
     dir: Direction,
     action: RuleAction,
     audit: bool,
-) -> Result<weir_dataplane::l7::HttpRuleSetSpec, PolicyError> {
-    use weir_dataplane::l7::matcher::HeaderMatchSpec;
-    use weir_dataplane::l7::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
+) -> Result<weir_model::l7::HttpRuleSetSpec, PolicyError> {
+    use weir_model::l7::matcher::HeaderMatchSpec;
+    use weir_model::l7::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
     if cluster {
         return Err(cx.err(
             f,
@@ -1206,11 +1206,11 @@ fn http_rules(
     let spec = HttpRuleSetSpec { rules };
     if let Err(e) = HttpRuleSet::compile(&spec) {
         let (i, part) = match &e {
-            weir_dataplane::l7::matcher::CompileError::Method(i, _) => (*i, "method"),
-            weir_dataplane::l7::matcher::CompileError::Regex(i, _)
-            | weir_dataplane::l7::matcher::CompileError::Path(i, _) => (*i, "path"),
-            weir_dataplane::l7::matcher::CompileError::Host(i, _) => (*i, "host"),
-            weir_dataplane::l7::matcher::CompileError::Header(i, _) => (*i, "headers"),
+            weir_model::l7::matcher::CompileError::Method(i, _) => (*i, "method"),
+            weir_model::l7::matcher::CompileError::Regex(i, _)
+            | weir_model::l7::matcher::CompileError::Path(i, _) => (*i, "path"),
+            weir_model::l7::matcher::CompileError::Host(i, _) => (*i, "host"),
+            weir_model::l7::matcher::CompileError::Header(i, _) => (*i, "headers"),
         };
         let msg = e.to_string();
         let msg = msg.split_once(": ").map_or(msg.as_str(), |(_, m)| m);

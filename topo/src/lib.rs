@@ -93,7 +93,7 @@
 //! cluster even when that file is lost.
 
 pub mod attach;
-pub mod fields;
+pub use weir_model::fields;
 pub mod manifest;
 pub mod netns;
 pub mod overlay;
@@ -101,8 +101,8 @@ pub mod serve;
 
 mod cluster;
 mod ethtool;
-mod names;
 mod netlink;
+mod view;
 
 use std::process::Command;
 

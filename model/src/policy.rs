@@ -44,6 +44,21 @@ pub const IDENTITY_HOST: Identity = 2;
 /// First identity handed to a label set.
 pub const IDENTITY_FIRST_POD: Identity = 256;
 
+/// Names learned from DNS answers, by address (the dataplane's FQDN
+/// table): what [`CompiledPolicy::judge_learned`] consults for `toFQDNs`
+/// rules.
+pub trait LearnedNames {
+    /// Whether any name learned for `addr`, unexpired at `now_ns`,
+    /// satisfies `pred`. Must not allocate.
+    fn any_name(&self, addr: IpAddr, now_ns: u64, pred: impl FnMut(&str) -> bool) -> bool;
+}
+
+impl<T: LearnedNames + ?Sized> LearnedNames for std::sync::Arc<T> {
+    fn any_name(&self, addr: IpAddr, now_ns: u64, pred: impl FnMut(&str) -> bool) -> bool {
+        (**self).any_name(addr, now_ns, pred)
+    }
+}
+
 /// Index of a rule in [`PolicySpec::rules`], or one of the reserved values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -729,14 +744,14 @@ impl CompiledPolicy {
     /// matching a rule's selector, on the rule's protocol and ports, allows
     /// by that rule. Admin-tier and explicit namespace-tier denies stand.
     /// Allocation-free; takes the table's read lock only in that case.
-    pub fn judge_learned(
+    pub fn judge_learned<L: LearnedNames + ?Sized>(
         &self,
         src: Peer,
         src_identity: Option<Identity>,
         dst: Peer,
         proto: u8,
         dport: u16,
-        (learned, now_ns): (&crate::fqdn::FqdnTable, u64),
+        (learned, now_ns): (&L, u64),
     ) -> Judgement {
         let mut j = self.judge_with_src_identity(src, src_identity, dst, proto, dport);
         let Some(ep) = src.endpoint else {
