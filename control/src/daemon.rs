@@ -9,12 +9,15 @@ use crate::ipc::{self, Reply, Request};
 use crate::manifests::{self, StoredPolicy};
 use crate::state::StateDir;
 use anyhow::Context;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_model::ipc::{
+    Change, ChangeReply, ClusterStatus, DeleteReply, Empty, NodePing, NodeReadiness, NodeStatus,
+    NodeStatusEntry, Readiness,
+};
 use weir_topo::fields::FieldValidation;
 use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::serve::PodServers;
@@ -85,7 +88,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let Ok(conn) = conn else { continue };
         let req = ipc::read_request::<Request>(&conn);
         let (reply, stop) = match req {
-            Ok(Request::Shutdown) => (Reply::ok(json!({})), true),
+            Ok(Request::Shutdown) => (Reply::with(&Empty {}), true),
             Ok(r) => (d.handle(r), false),
             Err(e) => (Reply::err(format!("bad request: {e}")), false),
         };
@@ -100,29 +103,44 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A typed reply payload as the wire's JSON.
+fn to_value<T: serde::Serialize>(v: T) -> anyhow::Result<serde_json::Value> {
+    serde_json::to_value(v).context("reply does not serialize")
+}
+
 impl Daemon {
     fn handle(&mut self, req: Request) -> Reply {
         let r = match req {
-            Request::Ping => Ok(self.readiness()),
-            Request::Status => Ok(self.status()),
+            Request::Ping => to_value(self.readiness()),
+            Request::Status => to_value(self.status()),
             Request::Apply {
                 manifests,
                 source,
                 field_validation,
-            } => self.apply(&manifests, &source, field_validation),
+            } => self
+                .apply(&manifests, &source, field_validation)
+                .and_then(to_value),
             Request::Delete {
                 manifests,
                 source,
                 field_validation,
-            } => self.delete(&manifests, &source, field_validation),
-            Request::SyncPolicies { manifests, source } => self.sync_policies(&manifests, &source),
-            Request::StopDataplane { node } => self.stop_dataplane(&node).map(|_| json!({})),
-            Request::StartDataplane { node } => self.start_dataplane(&node).map(|_| json!({})),
+            } => self
+                .delete(&manifests, &source, field_validation)
+                .and_then(to_value),
+            Request::SyncPolicies { manifests, source } => {
+                self.sync_policies(&manifests, &source).and_then(to_value)
+            }
+            Request::StopDataplane { node } => {
+                self.stop_dataplane(&node).and_then(|_| to_value(Empty {}))
+            }
+            Request::StartDataplane { node } => {
+                self.start_dataplane(&node).and_then(|_| to_value(Empty {}))
+            }
             Request::Flows { .. } => {
                 Err(anyhow::anyhow!("flows are served by each node's dataplane"))
             }
             Request::Cni(call) => Ok(crate::cni_server::handle(self, &call)),
-            Request::Shutdown => Ok(json!({})),
+            Request::Shutdown => to_value(Empty {}),
         };
         match r {
             Ok(v) => Reply::ok(v),
@@ -193,8 +211,8 @@ impl Daemon {
     }
 
     /// Ready when every node's dataplane runs the latest generation.
-    fn readiness(&mut self) -> serde_json::Value {
-        let mut nodes = serde_json::Map::new();
+    fn readiness(&mut self) -> Readiness {
+        let mut nodes = BTreeMap::new();
         let mut ready = true;
         let mut failed = Vec::new();
         for n in crate::agent::weir_nodes(&self.cluster) {
@@ -212,42 +230,69 @@ impl Daemon {
                     self.state.dataplane_log(&n.name).display()
                 ));
             }
-            let generation = ipc::call(
+            let generation = ipc::request::<NodePing>(
                 &self.state.dataplane_sock(&n.name),
                 &Request::Ping,
                 Duration::from_secs(1),
             )
             .ok()
-            .and_then(|v| v["generation"].as_u64());
+            .map(|p| p.generation);
             let node_ready = running && generation == Some(self.generation);
             ready &= node_ready;
             nodes.insert(
                 n.name.clone(),
-                json!({"running": running, "exited": exited, "generation": generation, "ready": node_ready}),
+                NodeReadiness {
+                    running,
+                    exited,
+                    generation,
+                    ready: node_ready,
+                },
             );
         }
-        json!({"ready": ready, "generation": self.generation, "nodes": nodes, "failed": failed})
+        Readiness {
+            ready,
+            generation: self.generation,
+            nodes,
+            failed,
+        }
     }
 
-    fn status(&mut self) -> serde_json::Value {
+    fn status(&mut self) -> ClusterStatus {
         let mut nodes = Vec::new();
         for n in &self.cluster.nodes {
             if n.dataplane != weir_topo::NodeDataplane::Weir {
-                nodes.push(json!({"node": n.name, "running": false, "kernel": true,
-                    "error": "kernel dataplane (no weir on this node)"}));
+                nodes.push(NodeStatusEntry {
+                    node: n.name.clone(),
+                    kernel: true,
+                    error: Some("kernel dataplane (no weir on this node)".into()),
+                    ..Default::default()
+                });
                 continue;
             }
-            let st = ipc::call(
+            let st = ipc::request::<NodeStatus>(
                 &self.state.dataplane_sock(&n.name),
                 &Request::Status,
                 Duration::from_secs(2),
             );
             nodes.push(match st {
-                Ok(v) => json!({"node": n.name, "running": true, "status": v}),
-                Err(e) => json!({"node": n.name, "running": false, "error": e.to_string()}),
+                Ok(v) => NodeStatusEntry {
+                    node: n.name.clone(),
+                    running: true,
+                    status: Some(v),
+                    ..Default::default()
+                },
+                Err(e) => NodeStatusEntry {
+                    node: n.name.clone(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
             });
         }
-        json!({"cluster": self.opts.cluster, "generation": self.generation, "nodes": nodes})
+        ClusterStatus {
+            cluster: self.opts.cluster.clone(),
+            generation: self.generation,
+            nodes,
+        }
     }
 
     /// Applies Pods (new, or label changes), Namespaces (new, or label
@@ -259,7 +304,7 @@ impl Daemon {
         text: &str,
         source: &str,
         mode: FieldValidation,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<ChangeReply> {
         let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
@@ -273,21 +318,22 @@ impl Daemon {
             let mut labels = ns.labels.clone();
             labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
             match next.namespaces.iter_mut().find(|n| n.name == ns.name) {
-                Some(cur) if cur.labels == labels => changed.push(
-                    json!({"object": format!("namespaces/{}", ns.name), "action": "unchanged"}),
-                ),
+                Some(cur) if cur.labels == labels => {
+                    changed.push(Change::new(format!("namespaces/{}", ns.name), "unchanged"))
+                }
                 Some(cur) => {
                     cur.labels = labels;
-                    changed.push(json!({"object": format!("namespaces/{}", ns.name), "action": "labels updated"}));
+                    changed.push(Change::new(
+                        format!("namespaces/{}", ns.name),
+                        "labels updated",
+                    ));
                 }
                 None => {
                     next.namespaces.push(weir_topo::manifest::NamespaceSpec {
                         name: ns.name.clone(),
                         labels,
                     });
-                    changed.push(
-                        json!({"object": format!("namespaces/{}", ns.name), "action": "created"}),
-                    );
+                    changed.push(Change::new(format!("namespaces/{}", ns.name), "created"));
                 }
             }
         }
@@ -305,10 +351,10 @@ impl Daemon {
                         anyhow::bail!("{object}: spec: a pod's spec cannot change (only metadata.labels); delete and re-create it");
                     }
                     if cur.labels == pod.labels {
-                        changed.push(json!({"object": object, "action": "unchanged"}));
+                        changed.push(Change::new(object, "unchanged"));
                     } else {
                         cur.labels = pod.labels.clone();
-                        changed.push(json!({"object": object, "action": "labels updated"}));
+                        changed.push(Change::new(object, "labels updated"));
                     }
                 }
                 None => new_pods.push(pod.clone()),
@@ -323,15 +369,15 @@ impl Daemon {
         for (_, stored) in &m.policies {
             match policies.iter_mut().find(|p| p.object == stored.object) {
                 Some(cur) if cur == stored => {
-                    changed.push(json!({"object": stored.object, "action": "unchanged"}))
+                    changed.push(Change::new(stored.object.clone(), "unchanged"))
                 }
                 Some(cur) => {
                     *cur = stored.clone();
-                    changed.push(json!({"object": stored.object, "action": "configured"}));
+                    changed.push(Change::new(stored.object.clone(), "configured"));
                 }
                 None => {
                     policies.push(stored.clone());
-                    changed.push(json!({"object": stored.object, "action": "created"}));
+                    changed.push(Change::new(stored.object.clone(), "created"));
                 }
             }
         }
@@ -354,16 +400,23 @@ impl Daemon {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .clone();
             self.start_servers(&realized)?;
-            changed.push(json!({"object": format!("pods/{}/{}", pod.namespace, pod.name), "action": "created"}));
+            changed.push(Change::new(
+                format!("pods/{}/{}", pod.namespace, pod.name),
+                "created",
+            ));
         }
         self.commit()?;
-        Ok(json!({"changed": changed, "generation": self.generation, "ignored": m.ignored}))
+        Ok(ChangeReply {
+            changed,
+            generation: self.generation,
+            ignored: Some(m.ignored),
+        })
     }
 
     /// Replaces the whole policy set by the policies of `text` (a policy
     /// source's complete view), all or nothing: a set that does not parse or
     /// compile changes nothing, so the previous tables stay in force.
-    fn sync_policies(&mut self, text: &str, source: &str) -> anyhow::Result<serde_json::Value> {
+    fn sync_policies(&mut self, text: &str, source: &str) -> anyhow::Result<ChangeReply> {
         let m = manifests::parse_text(text, source, FieldValidation::Strict)?;
         if let Some(n) = m.cluster.namespaces.first() {
             anyhow::bail!(
@@ -386,18 +439,22 @@ impl Daemon {
                 Some(_) => "configured",
                 None => "created",
             };
-            changed.push(json!({"object": s.object, "action": action}));
+            changed.push(Change::new(s.object.clone(), action));
         }
         for p in &self.policies {
             if !policies.iter().any(|s| s.object == p.object) {
-                changed.push(json!({"object": p.object, "action": "deleted"}));
+                changed.push(Change::new(p.object.clone(), "deleted"));
             }
         }
         let parsed = manifests::parse_all(&policies)?;
         crate::agent::check(&self.cluster, &parsed)?;
         self.policies = policies;
         self.commit()?;
-        Ok(json!({"changed": changed, "generation": self.generation}))
+        Ok(ChangeReply {
+            changed,
+            generation: self.generation,
+            ignored: None,
+        })
     }
 
     /// Deletes Pods and policies (all or nothing).
@@ -406,7 +463,7 @@ impl Daemon {
         text: &str,
         source: &str,
         mode: FieldValidation,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<DeleteReply> {
         let m = manifests::parse_text(text, source, mode)?;
         if let Some(n) = m.cluster.nodes.first() {
             anyhow::bail!(
@@ -454,7 +511,11 @@ impl Daemon {
             deleted.push(s.object.clone());
         }
         self.commit()?;
-        Ok(json!({"deleted": deleted, "generation": self.generation, "ignored": m.ignored}))
+        Ok(DeleteReply {
+            deleted,
+            generation: self.generation,
+            ignored: m.ignored,
+        })
     }
 
     /// Saves the cluster and publishes new snapshots.
@@ -497,13 +558,13 @@ impl crate::cni_server::CniHost for Daemon {
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while running && Instant::now() < deadline {
-            let g = ipc::call(
+            let g = ipc::request::<NodePing>(
                 &self.state.dataplane_sock(node),
                 &Request::Ping,
                 Duration::from_secs(1),
             )
             .ok()
-            .and_then(|v| v["generation"].as_u64());
+            .map(|p| p.generation);
             if g >= Some(self.generation) {
                 return;
             }

@@ -2,12 +2,12 @@
 //! `FlowEvent`s into JSON records (pod names, rule texts, wall-clock time)
 //! and keeps the latest ones; `weir flows` reads and prints them.
 
-use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use weir_dataplane::flows::{FlowEvent, FlowKind};
 use weir_dataplane::policy::RuleId;
 use weir_dataplane::Snapshot;
+use weir_model::ipc::{FlowRecord, L7Record};
 
 /// Records kept per node for `weir flows`.
 pub const KEEP: usize = 20_000;
@@ -16,13 +16,13 @@ pub const KEEP: usize = 20_000;
 #[derive(Default)]
 pub struct FlowBuffer {
     next_seq: u64,
-    records: VecDeque<Value>,
+    records: VecDeque<FlowRecord>,
 }
 
 impl FlowBuffer {
-    pub fn push(&mut self, mut record: Value) {
+    pub fn push(&mut self, mut record: FlowRecord) {
         self.next_seq += 1;
-        record["seq"] = json!(self.next_seq);
+        record.seq = self.next_seq;
         if self.records.len() == KEEP {
             self.records.pop_front();
         }
@@ -30,11 +30,11 @@ impl FlowBuffer {
     }
 
     /// Records with a sequence number above `since`, and the last number.
-    pub fn since(&self, since: u64) -> (Vec<Value>, u64) {
+    pub fn since(&self, since: u64) -> (Vec<FlowRecord>, u64) {
         let out = self
             .records
             .iter()
-            .filter(|r| r["seq"].as_u64().unwrap_or(0) > since)
+            .filter(|r| r.seq > since)
             .cloned()
             .collect();
         (out, self.next_seq)
@@ -100,7 +100,7 @@ pub fn render(
     names: &Names,
     node: &str,
     wall_offset_ns: i128,
-) -> Value {
+) -> FlowRecord {
     let verdict = if ev.audit {
         "audit"
     } else if ev.allowed {
@@ -110,36 +110,42 @@ pub fn render(
     };
     // Rules and endpoints are those of the flow's original direction.
     let (src_ep, dst_ep) = (ev.src_endpoint, ev.dst_endpoint);
-    json!({
-        "node": node,
-        "time_unix_ns": (ev.time_ns as i128 + wall_offset_ns).max(0) as u64,
-        "kind": match ev.kind {
+    FlowRecord {
+        seq: 0,
+        node: node.to_string(),
+        time_unix_ns: (ev.time_ns as i128 + wall_offset_ns).max(0) as u64,
+        kind: match ev.kind {
             FlowKind::New => "new",
             FlowKind::Drop => "drop",
             FlowKind::Revoked => "revoked",
             FlowKind::Related => "related",
-        },
-        "verdict": verdict,
-        "audit": ev.audit,
-        "reason": ev.reason.map(|r| r.slug()),
-        "protocol": proto_name(ev.key.proto),
-        "src": peer(snap, names, src_ep, ev.key.src),
-        "src_addr": ev.key.src,
-        "sport": ev.key.sport,
-        "dst": peer(snap, names, dst_ep, ev.key.dst),
-        "dst_addr": ev.key.dst,
-        "dport": ev.key.dport,
-        "egress_rule": rule_text(snap, ev.egress_rule),
-        "ingress_rule": rule_text(snap, ev.ingress_rule),
-        "generation": ev.generation,
-        "pickup": ev.pickup,
-        "l7": ev.l7.map(|n| json!({"reason": n.reason.as_str(), "method": n.method(), "path": n.path()})),
-    })
+        }
+        .to_string(),
+        verdict: verdict.to_string(),
+        audit: ev.audit,
+        reason: ev.reason.map(|r| r.slug().to_string()),
+        protocol: proto_name(ev.key.proto),
+        src: peer(snap, names, src_ep, ev.key.src),
+        src_addr: ev.key.src,
+        sport: ev.key.sport,
+        dst: peer(snap, names, dst_ep, ev.key.dst),
+        dst_addr: ev.key.dst,
+        dport: ev.key.dport,
+        egress_rule: rule_text(snap, ev.egress_rule),
+        ingress_rule: rule_text(snap, ev.ingress_rule),
+        generation: ev.generation,
+        pickup: ev.pickup,
+        l7: ev.l7.map(|n| L7Record {
+            reason: n.reason.as_str().to_string(),
+            method: n.method().to_string(),
+            path: n.path().to_string(),
+        }),
+    }
 }
 
 /// One line per record for the terminal.
-pub fn line(r: &Value) -> String {
-    let ns = r["time_unix_ns"].as_u64().unwrap_or(0);
+pub fn line(r: &FlowRecord) -> String {
+    let ns = r.time_unix_ns;
     let day = (ns / 1_000_000) % 86_400_000;
     let (h, m, sec, ms) = (
         day / 3_600_000,
@@ -147,35 +153,31 @@ pub fn line(r: &Value) -> String {
         day / 1000 % 60,
         day % 1000,
     );
-    let port = |k: &str| r[k].as_u64().unwrap_or(0);
     let mut s = format!(
         "{h:02}:{m:02}:{sec:02}.{ms:03} {:<7} {:<7} {:<8} {:<6} {}:{} -> {}:{}",
-        r["node"].as_str().unwrap_or("?"),
-        r["kind"].as_str().unwrap_or("?"),
-        r["verdict"].as_str().unwrap_or("?").to_uppercase(),
-        r["protocol"].as_str().unwrap_or("?"),
-        r["src"].as_str().unwrap_or("?"),
-        port("sport"),
-        r["dst"].as_str().unwrap_or("?"),
-        port("dport"),
+        r.node,
+        r.kind,
+        r.verdict.to_uppercase(),
+        r.protocol,
+        r.src,
+        r.sport,
+        r.dst,
+        r.dport,
     );
-    if let Some(reason) = r["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         s.push_str(&format!("  reason={reason}"));
     }
     s.push_str(&format!(
         "  egress: {}  ingress: {}",
-        r["egress_rule"].as_str().unwrap_or("-"),
-        r["ingress_rule"].as_str().unwrap_or("-")
+        r.egress_rule, r.ingress_rule
     ));
-    if let Some(l7) = r["l7"].as_object() {
+    if let Some(l7) = &r.l7 {
         s.push_str(&format!(
             "  http: {} {} ({})",
-            l7.get("method").and_then(|v| v.as_str()).unwrap_or("?"),
-            l7.get("path").and_then(|v| v.as_str()).unwrap_or("?"),
-            l7.get("reason").and_then(|v| v.as_str()).unwrap_or("?")
+            l7.method, l7.path, l7.reason
         ));
     }
-    if r["audit"] == true {
+    if r.audit {
         s.push_str("  [AUDIT: would drop]");
     }
     s

@@ -46,31 +46,8 @@ pub enum Request {
     Shutdown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-impl Reply {
-    pub fn ok(data: serde_json::Value) -> Self {
-        Reply {
-            ok: true,
-            error: None,
-            data,
-        }
-    }
-    pub fn err(msg: impl Into<String>) -> Self {
-        Reply {
-            ok: false,
-            error: Some(msg.into()),
-            data: serde_json::Value::Null,
-        }
-    }
-}
+/// The reply envelope and the typed payloads are plain data: [`weir_model::ipc`].
+pub use weir_model::ipc::Reply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
@@ -88,7 +65,19 @@ pub enum IpcError {
     Remote(String),
 }
 
-/// Sends one request and waits up to `timeout` for the reply.
+/// Sends one request and waits up to `timeout` for the reply, read as `T`
+/// (one of [`weir_model::ipc`]'s payloads).
+pub fn request<T: DeserializeOwned>(
+    sock: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, IpcError> {
+    let name = sock.display().to_string();
+    let v = call(sock, req, timeout)?;
+    serde_json::from_value(v).map_err(|e| IpcError::Decode(name, e))
+}
+
+/// Sends one request and waits up to `timeout` for the reply's payload, untyped.
 pub fn call(sock: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value, IpcError> {
     let name = sock.display().to_string();
     let mut s = UnixStream::connect(sock).map_err(|e| IpcError::Connect(name.clone(), e))?;

@@ -12,6 +12,7 @@ use weir_control::manifests::{self, StoredPolicy};
 use weir_control::probe::{self, Family, ProbeSpec, Protocol};
 use weir_control::state::{StateDir, DEFAULT_CLUSTER};
 use weir_control::{daemon, demo, node_dataplane, status};
+use weir_model::ipc::{ChangeReply, ClusterStatus, DeleteReply, Empty, FlowsReply, Readiness};
 use weir_topo::fields::FieldValidation;
 use weir_topo::{BuildOptions, Cluster};
 
@@ -387,9 +388,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { output } => {
-            let v = daemon_call(&state, &Request::Status)?;
+            let v: ClusterStatus = daemon_call(&state, &Request::Status)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Json => println!("{}", json_text(&v, true)?),
                 _ => print!("{}", status::render(&v)),
             }
             Ok(())
@@ -428,7 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Apply { files, validation } => {
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
-            let v = daemon_call(
+            let v: ChangeReply = daemon_call(
                 &state,
                 &Request::Apply {
                     manifests: text,
@@ -436,7 +437,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     field_validation,
                 },
             )?;
-            warn_ignored(field_validation, ignored_of(&v));
+            warn_ignored(
+                field_validation,
+                ignored_of(v.ignored.as_deref().unwrap_or_default()),
+            );
             print_changed(&v);
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
@@ -444,7 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete { files, validation } => {
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
-            let v = daemon_call(
+            let v: DeleteReply = daemon_call(
                 &state,
                 &Request::Delete {
                     manifests: text,
@@ -452,9 +456,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     field_validation,
                 },
             )?;
-            warn_ignored(field_validation, ignored_of(&v));
-            for p in v["deleted"].as_array().into_iter().flatten() {
-                println!("{} deleted", p.as_str().unwrap_or("?"));
+            warn_ignored(field_validation, ignored_of(&v.ignored));
+            for p in &v.deleted {
+                println!("{p} deleted");
             }
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
@@ -545,12 +549,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             match action {
                 Some(DpAction::Stop { node }) => {
-                    daemon_call(&state, &Request::StopDataplane { node: node.clone() })?;
+                    daemon_call::<Empty>(&state, &Request::StopDataplane { node: node.clone() })?;
                     println!("dataplane of node {node} stopped: its pods' interfaces now drop all traffic");
                     Ok(())
                 }
                 Some(DpAction::Start { node }) => {
-                    daemon_call(&state, &Request::StartDataplane { node: node.clone() })?;
+                    daemon_call::<Empty>(&state, &Request::StartDataplane { node: node.clone() })?;
                     wait_ready(&state, Duration::from_secs(30))?;
                     println!("dataplane of node {node} running");
                     Ok(())
@@ -607,17 +611,32 @@ fn load(state: &StateDir) -> anyhow::Result<Cluster> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", state.cluster_file().display()))
 }
 
-fn daemon_call(state: &StateDir, req: &Request) -> anyhow::Result<serde_json::Value> {
+/// One request to the supervisor, its reply read as `T` (a payload of
+/// [`weir_model::ipc`]).
+fn daemon_call<T: serde::de::DeserializeOwned>(
+    state: &StateDir,
+    req: &Request,
+) -> anyhow::Result<T> {
     anyhow::ensure!(
         state.exists(),
         "cluster {}: not up (run `weir up -f FILE` first)",
         state.cluster
     );
-    Ok(ipc::call(
+    Ok(ipc::request(
         &state.daemon_sock(),
         req,
         Duration::from_secs(60),
     )?)
+}
+
+/// A reply as JSON text, keys sorted (as the wire's untyped JSON printed).
+fn json_text<T: serde::Serialize>(v: &T, pretty: bool) -> anyhow::Result<String> {
+    let v = serde_json::to_value(v)?;
+    Ok(if pretty {
+        serde_json::to_string_pretty(&v)?
+    } else {
+        serde_json::to_string(&v)?
+    })
 }
 
 fn up(
@@ -709,18 +728,16 @@ fn wait_ready(state: &StateDir, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("supervisor not answering");
     while Instant::now() < deadline {
-        match ipc::call(&state.daemon_sock(), &Request::Ping, Duration::from_secs(5)) {
-            Ok(v) if v["ready"].as_bool() == Some(true) => return Ok(()),
-            Ok(v) if v["failed"].as_array().is_some_and(|f| !f.is_empty()) => {
-                let why: Vec<&str> = v["failed"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|f| f.as_str())
-                    .collect();
-                anyhow::bail!("cluster {}: {}", state.cluster, why.join("; "))
+        match ipc::request::<Readiness>(
+            &state.daemon_sock(),
+            &Request::Ping,
+            Duration::from_secs(5),
+        ) {
+            Ok(v) if v.ready => return Ok(()),
+            Ok(v) if !v.failed.is_empty() => {
+                anyhow::bail!("cluster {}: {}", state.cluster, v.failed.join("; "))
             }
-            Ok(v) => last = format!("not ready: {}", v["nodes"]),
+            Ok(v) => last = format!("not ready: {}", json_text(&v.nodes, false)?),
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -792,7 +809,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
             );
         }
         println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
-        let v = daemon_call(
+        let v: ChangeReply = daemon_call(
             state,
             &Request::Apply {
                 manifests: demo::POLICY.to_string(),
@@ -849,14 +866,14 @@ fn flows_cmd_tail(state: &StateDir, n: usize) -> anyhow::Result<()> {
     let c = load(state)?;
     let mut all = Vec::new();
     for node in weir_control::agent::weir_nodes(&c) {
-        let v = ipc::call(
+        let v: FlowsReply = ipc::request(
             &state.dataplane_sock(&node.name),
             &Request::Flows { since: 0 },
             Duration::from_secs(5),
         )?;
-        all.extend(v["records"].as_array().cloned().unwrap_or_default());
+        all.extend(v.records);
     }
-    all.sort_by_key(|r| r["time_unix_ns"].as_u64().unwrap_or(0));
+    all.sort_by_key(|r| r.time_unix_ns);
     for r in all.iter().rev().take(n).rev() {
         println!("{}", weir_control::flows::line(r));
     }
@@ -895,21 +912,13 @@ fn stop_orphan(pid_file: &std::path::Path) {
 
 /// Prints what `apply` created or changed, one object a line.
 /// The `ignored` list of an apply/delete reply.
-fn ignored_of(v: &serde_json::Value) -> impl Iterator<Item = &str> {
-    v["ignored"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f.as_str())
+fn ignored_of(ignored: &[String]) -> impl Iterator<Item = &str> {
+    ignored.iter().map(String::as_str)
 }
 
-fn print_changed(v: &serde_json::Value) {
-    for ch in v["changed"].as_array().into_iter().flatten() {
-        println!(
-            "{} {}",
-            ch["object"].as_str().unwrap_or("?"),
-            ch["action"].as_str().unwrap_or("?")
-        );
+fn print_changed(v: &ChangeReply) {
+    for ch in &v.changed {
+        println!("{} {}", ch.object, ch.action);
     }
 }
 
@@ -951,24 +960,24 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
         let mut got = Vec::new();
         for n in weir_control::agent::weir_nodes(&c) {
             let since = last[&n.name];
-            match ipc::call(
+            match ipc::request::<FlowsReply>(
                 &state.dataplane_sock(&n.name),
                 &Request::Flows { since },
                 Duration::from_secs(5),
             ) {
                 Ok(v) => {
-                    got.extend(v["records"].as_array().cloned().unwrap_or_default());
-                    last.insert(n.name.clone(), v["last"].as_u64().unwrap_or(since));
+                    got.extend(v.records);
+                    last.insert(n.name.clone(), v.last);
                 }
                 Err(e) if follow => eprintln!("weir: nodes/{}: {e}", n.name),
                 Err(e) => return Err(anyhow::anyhow!("nodes/{}: dataplane: {e}", n.name)),
             }
         }
-        got.sort_by_key(|r| r["time_unix_ns"].as_u64().unwrap_or(0));
+        got.sort_by_key(|r| r.time_unix_ns);
         if follow {
             for r in &got {
                 match output {
-                    Output::Json => println!("{}", serde_json::to_string(r)?),
+                    Output::Json => println!("{}", json_text(r, false)?),
                     _ => println!("{}", weir_control::flows::line(r)),
                 }
             }
@@ -979,7 +988,7 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
         break;
     }
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+        Output::Json => println!("{}", json_text(&all, true)?),
         _ => {
             for r in &all {
                 println!("{}", weir_control::flows::line(r));

@@ -12,14 +12,14 @@ use crate::flows::FlowBuffer;
 use crate::ipc::{self, Reply, Request};
 use crate::state::StateDir;
 use anyhow::Context;
-use serde_json::json;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weir_dataplane::flows::FlowEvent;
-use weir_dataplane::runtime::{Dataplane, DataplaneConfig, PollMode};
+use weir_dataplane::runtime::{Dataplane, DataplaneConfig, DataplaneStatus, PollMode};
 use weir_dataplane::{Snapshot, SnapshotSpec};
+use weir_model::ipc::{Empty, FlowsReply, NodePing, NodeStatus};
 
 pub struct Options {
     pub cluster: String,
@@ -250,17 +250,13 @@ fn wall_offset_ns() -> i128 {
     wall - mono
 }
 
-fn totals(v: &serde_json::Value) -> (u64, u64) {
-    let t = &v["totals"];
-    (
-        t["rx_packets"].as_u64().unwrap_or(0),
-        t["tx_packets"].as_u64().unwrap_or(0),
-    )
+fn totals(v: &DataplaneStatus) -> (u64, u64) {
+    (v.totals.rx_packets, v.totals.tx_packets)
 }
 
 fn sample_rates(shared: &Shared) {
     let status = match shared.dp.lock().expect("lock").as_ref() {
-        Some(dp) => serde_json::to_value(dp.status()).unwrap_or_default(),
+        Some(dp) => dp.status(),
         None => return,
     };
     let (rx, tx) = totals(&status);
@@ -278,31 +274,31 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let reply = match ipc::read_request::<Request>(&conn) {
-            Ok(Request::Ping) => {
-                Reply::ok(json!({"generation": *shared.applied.lock().expect("lock")}))
-            }
+            Ok(Request::Ping) => Reply::with(&NodePing {
+                generation: *shared.applied.lock().expect("lock"),
+            }),
             Ok(Request::Status) => {
                 let status = shared
                     .dp
                     .lock()
                     .expect("lock")
                     .as_ref()
-                    .map(|dp| serde_json::to_value(dp.status()).unwrap_or_default());
+                    .map(|dp| dp.status());
                 let r = shared.rates.lock().expect("lock").clone();
-                Reply::ok(json!({
-                    "generation": *shared.applied.lock().expect("lock"),
-                    "rx_pps": r.rx_pps,
-                    "tx_pps": r.tx_pps,
-                    "dataplane": status,
-                }))
+                Reply::with(&NodeStatus {
+                    generation: *shared.applied.lock().expect("lock"),
+                    rx_pps: r.rx_pps,
+                    tx_pps: r.tx_pps,
+                    dataplane: status,
+                })
             }
             Ok(Request::Flows { since }) => {
                 let (records, last) = shared.flows.lock().expect("lock").since(since);
-                Reply::ok(json!({"records": records, "last": last}))
+                Reply::with(&FlowsReply { records, last })
             }
             Ok(Request::Shutdown) => {
                 shared.stop.store(true, Ordering::Relaxed);
-                Reply::ok(json!({}))
+                Reply::with(&Empty {})
             }
             Ok(other) => Reply::err(format!("dataplane does not handle {other:?}")),
             Err(e) => Reply::err(format!("bad request: {e}")),

@@ -2,75 +2,59 @@
 //! time-in-dataplane percentiles, from each node's dataplane.
 
 use crate::get::table;
-use serde_json::Value;
 use std::fmt::Write;
+use weir_model::ipc::ClusterStatus;
+use weir_model::status::{DataplaneStatus, KernelDrops};
 
-fn u(v: &Value) -> String {
-    v.as_u64().map_or("-".into(), |n| n.to_string())
-}
-
-fn us(v: &Value) -> String {
-    v.as_u64()
-        .map_or("-".into(), |ns| format!("{:.1}", ns as f64 / 1000.0))
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
 }
 
 /// Renders the daemon's status reply as text.
-pub fn render(v: &Value) -> String {
+pub fn render(v: &ClusterStatus) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "cluster {}  generation {}",
-        v["cluster"].as_str().unwrap_or("?"),
-        u(&v["generation"])
-    );
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        let name = n["node"].as_str().unwrap_or("?");
-        if n["kernel"] == true {
+    let _ = writeln!(out, "cluster {}  generation {}", v.cluster, v.generation);
+    for n in &v.nodes {
+        let name = &n.node;
+        if n.kernel {
             let _ = writeln!(
                 out,
                 "\nnode {name}: kernel dataplane (weir.dev/dataplane: kernel) — no weir here; the kernel forwards and its vxlan device talks to the weir nodes"
             );
             continue;
         }
-        if !n["running"].as_bool().unwrap_or(false) {
+        let (true, Some(s)) = (n.running, &n.status) else {
             let _ = writeln!(
                 out,
                 "\nnode {name}: dataplane NOT RUNNING ({}) — its pod interfaces drop all traffic (fail closed)",
-                n["error"].as_str().unwrap_or("")
+                n.error.as_deref().unwrap_or("")
             );
             continue;
-        }
-        let s = &n["status"];
-        let dp = &s["dataplane"];
+        };
+        let dp = s.dataplane.clone().unwrap_or_default();
+        let poll = s.dataplane.as_ref().map_or("?", |d| d.poll.as_str());
         let _ = writeln!(
             out,
-            "\nnode {name}: generation {}  poll {}  rx {:.0} pps  tx {:.0} pps",
-            u(&s["generation"]),
-            dp["poll"].as_str().unwrap_or("?"),
-            s["rx_pps"].as_f64().unwrap_or(0.0),
-            s["tx_pps"].as_f64().unwrap_or(0.0),
+            "\nnode {name}: generation {}  poll {poll}  rx {:.0} pps  tx {:.0} pps",
+            s.generation, s.rx_pps, s.tx_pps,
         );
-        let rows: Vec<Vec<String>> = dp["workers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = dp
+            .workers
+            .iter()
             .map(|w| {
-                let drops: u64 = w["drops"]
-                    .as_object()
-                    .map(|m| m.values().filter_map(Value::as_u64).sum())
-                    .unwrap_or(0);
-                let l = &w["latency_ns"];
+                let drops: u64 = w.drops.values().sum();
+                let l = &w.latency_ns;
                 vec![
-                    u(&w["id"]),
-                    u(&w["core"]),
-                    u(&w["generation"]),
-                    u(&w["rx_packets"]),
-                    u(&w["tx_packets"]),
+                    w.id.to_string(),
+                    w.core.map_or("-".into(), |c| c.to_string()),
+                    w.generation.to_string(),
+                    w.rx_packets.to_string(),
+                    w.tx_packets.to_string(),
                     drops.to_string(),
-                    us(&l["p50"]),
-                    us(&l["p99"]),
-                    us(&l["p999"]),
-                    us(&l["max"]),
+                    us(l.p50),
+                    us(l.p99),
+                    us(l.p999),
+                    us(l.max),
                 ]
             })
             .collect();
@@ -89,61 +73,58 @@ pub fn render(v: &Value) -> String {
             ],
             &rows,
         ));
-        let workers = dp["workers"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let l7 = |k: &str| -> u64 { workers.iter().filter_map(|w| w["l7"][k].as_u64()).sum() };
-        if l7("flows_max") > 0 {
+        let l7 = |f: fn(&weir_model::status::L7Status) -> u64| -> u64 {
+            dp.workers.iter().map(|w| f(&w.l7)).sum()
+        };
+        if l7(|l| l.flows_max) > 0 {
             let _ = writeln!(
                 out,
                 "l7: {} of {} connections under HTTP rules inspected, {} head buffers, {} held frames",
-                l7("flows"),
-                l7("flows_max"),
-                l7("head_buffers"),
-                l7("held_frames"),
+                l7(|l| l.flows),
+                l7(|l| l.flows_max),
+                l7(|l| l.head_buffers),
+                l7(|l| l.held_frames),
             );
         }
-        out.push_str(&drops_line(dp));
-        out.push_str(&frames_line(dp));
+        out.push_str(&drops_line(&dp));
+        out.push_str(&frames_line(&dp));
         // The fragment table, once fragments were seen.
-        let f = &dp["conntrack"]["fragments"];
-        if f["datagrams"].as_u64().unwrap_or(0) > 0 {
+        let f = &dp.conntrack.fragments;
+        if f.datagrams > 0 {
             let _ = writeln!(
                 out,
                 "fragments: {} datagrams, {} later fragments followed, {} evicted, {}/{} entries",
-                u(&f["datagrams"]),
-                u(&f["followed"]),
-                u(&f["evictions"]),
-                u(&f["entries"]),
-                u(&f["size"]),
+                f.datagrams, f.followed, f.evictions, f.entries, f.size,
             );
         }
     }
     out
 }
 
-/// The kernel's AF_XDP counters, as `weir status` names them, with their
-/// JSON field: frames the kernel dropped at weir's sockets are weir's drops.
-const KERNEL_DROPS: [(&str, &str); 4] = [
-    ("fill_ring_empty", "fill-ring-empty"),
-    ("rx_ring_full", "rx-ring-full"),
-    ("rx_dropped", "rx-dropped"),
-    ("tx_invalid", "tx-invalid"),
+/// The kernel's AF_XDP counters, as `weir status` names them: frames the
+/// kernel dropped at weir's sockets are weir's drops.
+/// One kernel counter of a worker.
+type KernelField = fn(&KernelDrops) -> u64;
+
+const KERNEL_DROPS: [(KernelField, &str); 4] = [
+    (|k| k.fill_ring_empty, "fill-ring-empty"),
+    (|k| k.rx_ring_full, "rx-ring-full"),
+    (|k| k.rx_dropped, "rx-dropped"),
+    (|k| k.tx_invalid, "tx-invalid"),
 ];
 
 /// `drops: REASON=N ...` (weir's reasons) then `kernel: ...` (the AF_XDP
 /// sockets' counters), summed over workers; `drops: none` only when both
 /// are empty.
-fn drops_line(dp: &Value) -> String {
-    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+fn drops_line(dp: &DataplaneStatus) -> String {
+    let mut reasons: std::collections::BTreeMap<&str, u64> = Default::default();
     let mut kernel = [0u64; KERNEL_DROPS.len()];
-    for w in dp["workers"].as_array().into_iter().flatten() {
-        for (k, c) in w["drops"].as_object().into_iter().flatten() {
-            *reasons.entry(k.clone()).or_default() += c.as_u64().unwrap_or(0);
+    for w in &dp.workers {
+        for (k, c) in &w.drops {
+            *reasons.entry(k).or_default() += c;
         }
         for (i, (field, _)) in KERNEL_DROPS.iter().enumerate() {
-            kernel[i] += w["kernel"][field].as_u64().unwrap_or(0);
+            kernel[i] += field(&w.kernel);
         }
     }
     reasons.retain(|_, c| *c > 0);
@@ -166,39 +147,35 @@ fn drops_line(dp: &Value) -> String {
 
 /// `frames: free F  fill-rings L  tx T  held H  of N (floor X/socket)`,
 /// summed over workers; an `unaccounted` count (a leak) only when nonzero.
-fn frames_line(dp: &Value) -> String {
-    let mut sum = std::collections::BTreeMap::<&str, u64>::new();
+fn frames_line(dp: &DataplaneStatus) -> String {
+    let mut sum = weir_model::status::FrameStatus::default();
     let mut floor = None;
-    for w in dp["workers"].as_array().into_iter().flatten() {
-        let f = &w["frames"];
-        for k in [
-            "total",
-            "free",
-            "fill",
-            "tx",
-            "held",
-            "unaccounted",
-            "sockets_hot",
-        ] {
-            *sum.entry(k).or_default() += f[k].as_u64().unwrap_or(0);
-        }
-        floor = floor.or(f["fill_floor"].as_u64());
+    for w in &dp.workers {
+        let f = &w.frames;
+        sum.total += f.total;
+        sum.free += f.free;
+        sum.fill += f.fill;
+        sum.tx += f.tx;
+        sum.held += f.held;
+        sum.unaccounted += f.unaccounted;
+        sum.sockets_hot += f.sockets_hot;
+        floor = floor.or(Some(f.fill_floor));
     }
-    if sum["total"] == 0 {
+    if sum.total == 0 {
         return String::new();
     }
     let mut s = format!(
         "frames: {} free, {} on fill rings ({} per socket, {} sockets above), {} on tx, {} held, of {}",
-        sum["free"],
-        sum["fill"],
+        sum.free,
+        sum.fill,
         floor.map_or("-".into(), |f| f.to_string()),
-        sum["sockets_hot"],
-        sum["tx"],
-        sum["held"],
-        sum["total"]
+        sum.sockets_hot,
+        sum.tx,
+        sum.held,
+        sum.total
     );
-    if sum["unaccounted"] > 0 {
-        let _ = write!(s, ", {} UNACCOUNTED (leaked)", sum["unaccounted"]);
+    if sum.unaccounted > 0 {
+        let _ = write!(s, ", {} UNACCOUNTED (leaked)", sum.unaccounted);
     }
     s.push('\n');
     s
@@ -207,15 +184,17 @@ fn frames_line(dp: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn status(drops: Value, kernel: Value) -> Value {
-        json!({"cluster": "c", "generation": 1, "nodes": [{"node": "n1", "running": true,
+    /// The daemon's reply, as JSON, read the way the CLI reads it.
+    fn status(drops: Value, kernel: Value) -> ClusterStatus {
+        let v = json!({"cluster": "c", "generation": 1, "nodes": [{"node": "n1", "running": true,
             "status": {"generation": 1, "rx_pps": 0.0, "tx_pps": 0.0, "dataplane": {"poll": "adaptive",
             "workers": [{"id": 0, "core": 1, "generation": 1, "rx_packets": 5, "tx_packets": 5,
                 "drops": drops, "kernel": kernel, "latency_ns": {},
                 "frames": {"total": 100, "free": 60, "fill": 40, "tx": 0, "held": 0,
-                    "unaccounted": 0, "fill_floor": 20, "sockets_hot": 0}}]}}}]})
+                    "unaccounted": 0, "fill_floor": 20, "sockets_hot": 0}}]}}}]});
+        serde_json::from_value(v).expect("a status reply")
     }
 
     #[test]

@@ -39,8 +39,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{self, Sender};
-use serde::Serialize;
-use weir_xdp::{AttachOptions, Redirector, XdpCounters, XdpMode};
+pub use weir_model::status::{
+    ConfigStatus, ConntrackStatus, DataplaneStatus, FragmentStatus, PollMode, PortStatus,
+};
+use weir_xdp::{AttachOptions, Redirector, XdpMode};
 
 use crate::budget::{self, FrameBudget};
 use crate::conntrack::{self, Conntrack, CtStats};
@@ -50,21 +52,6 @@ use crate::stats::{Totals, WorkerStats, WorkerStatus};
 use crate::worker::{Control, Worker, WorkerConfig};
 use crate::xsk::{self, WorkerUmem, XskError};
 use crate::Snapshot;
-
-/// How a worker waits for traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PollMode {
-    /// Spin on the rings forever (lowest latency; owns a whole core).
-    Busy,
-    /// Sleep in `poll` on the sockets whenever a round finds nothing.
-    Wakeup,
-    /// Spin while frames flow; after [`ADAPTIVE_IDLE_ROUNDS`] empty rounds
-    /// and [`ADAPTIVE_IDLE_AFTER`] without traffic, sleep in `poll` until a
-    /// socket has frames.
-    #[default]
-    Adaptive,
-}
 
 /// Adaptive polling: empty rounds before a worker may sleep.
 pub const ADAPTIVE_IDLE_ROUNDS: u32 = 256;
@@ -740,97 +727,4 @@ pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
-}
-
-/// What `weir status` shows of the dataplane.
-#[derive(Debug, Clone, Serialize)]
-pub struct DataplaneStatus {
-    /// CLOCK_MONOTONIC at sampling, for rates between two samples.
-    pub monotonic_ns: u64,
-    pub uptime_ns: u64,
-    /// Generation of the published snapshot (workers report theirs).
-    pub generation: u64,
-    pub poll: PollMode,
-    pub config: ConfigStatus,
-    pub workers: Vec<WorkerStatus>,
-    pub totals: Totals,
-    pub ports: Vec<PortStatus>,
-    pub conntrack: ConntrackStatus,
-}
-
-/// The node's conntrack table and the flow log, summed over workers.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConntrackStatus {
-    /// Entries the table can hold.
-    pub size: usize,
-    pub bytes_per_entry: usize,
-    /// Live entries now.
-    pub entries: usize,
-    pub inserts: u64,
-    /// Inserts that replaced a closing or unreplied entry.
-    pub evictions: u64,
-    /// New flows refused: their bucket held only established flows.
-    pub table_full: u64,
-    pub invalid: u64,
-    /// Flows cut because a new policy denied them.
-    pub revoked: u64,
-    /// Flows judged again after a policy change.
-    pub rejudged: u64,
-    /// TCP flows admitted mid-stream (no SYN seen).
-    pub pickups: u64,
-    /// The fragment table (later fragments follow their first).
-    pub fragments: FragmentStatus,
-    pub flow_events: u64,
-    /// Flow events lost to full queues.
-    pub flow_events_lost: u64,
-}
-
-/// The node's fragment table, counters summed over workers.
-#[derive(Debug, Clone, Serialize)]
-pub struct FragmentStatus {
-    /// Datagrams the table can remember.
-    pub size: usize,
-    pub bytes_per_entry: usize,
-    /// How long an entry lives from its first fragment.
-    pub timeout_ns: u64,
-    /// Live entries now.
-    pub entries: usize,
-    /// First fragments recorded.
-    pub datagrams: u64,
-    /// Later fragments that followed their first through.
-    pub followed: u64,
-    /// Live entries evicted to make room (oldest first).
-    pub evictions: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigStatus {
-    pub cores: Vec<usize>,
-    pub queues: u32,
-    pub frame_size: u32,
-    /// Frames of the largest worker UMEM.
-    pub frames_per_worker: u32,
-    /// Locked UMEM memory of all workers.
-    pub umem_bytes: u64,
-    pub max_pods: u32,
-    pub fill_floor: u32,
-    pub batch: usize,
-    pub ring_size: u32,
-    pub xdp_mode: String,
-    pub zero_copy: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PortStatus {
-    pub name: String,
-    /// The underlay (tunnel frames only), not a pod port.
-    pub underlay: bool,
-    /// Queues with a socket.
-    pub queues: u32,
-    /// Whether its sockets run zero-copy (false: copy mode).
-    pub zero_copy: bool,
-    /// The XDP program's counters on this port.
-    pub xdp: Option<XdpCounters>,
-    /// Why the counters could not be read, if they could not.
-    pub error: Option<String>,
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+pub use weir_model::status::{
+    FrameStatus, KernelDrops, L7Status, LatencySummary, Totals, WorkerStatus,
+};
 
 use crate::DropReason;
 
@@ -201,184 +203,34 @@ impl WorkerStats {
                 head_buffers: self.l7_head_buffers.get(),
                 held_frames: self.l7_held_frames.get(),
             },
-            latency_ns: LatencySummary::of(&h),
+            latency_ns: latency_summary(&h),
         }
     }
 }
 
-fn drops_map(get: impl Fn(DropReason) -> u64) -> BTreeMap<&'static str, u64> {
+/// Percentiles of a latency histogram.
+pub fn latency_summary(h: &Histogram<u64>) -> LatencySummary {
+    if h.is_empty() {
+        return LatencySummary::default();
+    }
+    LatencySummary {
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        count: h.len(),
+    }
+}
+
+fn drops_map(get: impl Fn(DropReason) -> u64) -> BTreeMap<String, u64> {
     DropReason::ALL
         .iter()
         .filter_map(|&r| {
             let n = get(r);
-            (n != 0).then_some((r.slug(), n))
+            (n != 0).then_some((r.slug().to_string(), n))
         })
         .collect()
-}
-
-/// Percentiles of time spent in the dataplane per frame (from the batch's RX
-/// to the end of its TX kick), in nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LatencySummary {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-    pub count: u64,
-}
-
-impl LatencySummary {
-    pub fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return Self::default();
-        }
-        LatencySummary {
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-            count: h.len(),
-        }
-    }
-}
-
-/// What one worker reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerStatus {
-    pub id: usize,
-    pub core: Option<usize>,
-    pub generation: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    /// Nonzero drop counters by slug.
-    pub drops: BTreeMap<&'static str, u64>,
-    pub icmp_errors_sent: u64,
-    pub batches: u64,
-    pub sleeps: u64,
-    pub sockets: u64,
-    /// The same as `frames.free` (kept for readers of the older field).
-    pub free_frames: u64,
-    /// Where the worker's UMEM frames are.
-    pub frames: FrameStatus,
-    /// What the kernel dropped on the worker's sockets (removed sockets
-    /// included) before the worker saw it.
-    pub kernel: KernelDrops,
-    /// Inline L7 in use (sampled per publish).
-    pub l7: L7Status,
-    pub latency_ns: LatencySummary,
-}
-
-/// A worker's inline-L7 state in use (docs/l7.md, "Capacity").
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct L7Status {
-    /// Connections under HTTP rules with an inspector, and the most allowed
-    /// (`--l7-max-flows`; beyond it new ones drop as `l7-no-slot`).
-    pub flows: u64,
-    pub flows_max: u64,
-    /// Head buffers held by connections with a request head open.
-    pub head_buffers: u64,
-    /// UMEM frames held until a request head is judged.
-    pub held_frames: u64,
-}
-
-/// The frame accounting of one worker's UMEM (sampled every
-/// [`PUBLISH_EVERY`]): `free + fill + tx + held + unaccounted = total`.
-/// `unaccounted` counts frames the ledger shows lent to the kernel that no
-/// live socket's counts explain: nonzero means a leak.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FrameStatus {
-    pub total: u64,
-    /// On the worker's free list.
-    pub free: u64,
-    /// On the sockets' fill rings (lent to the kernel for RX).
-    pub fill: u64,
-    /// On TX rings or completion rings (sent, not yet reaped).
-    pub tx: u64,
-    /// Held by the worker: L7 holds, or mid-batch.
-    pub held: u64,
-    pub unaccounted: u64,
-    /// Frames every socket keeps on its fill ring.
-    pub fill_floor: u64,
-    /// Most frames one busy socket's fill ring is topped up to.
-    pub fill_hot: u64,
-    /// Free frames that top-ups above the floor leave alone.
-    pub reserve: u64,
-    /// Sockets topped up above the floor now.
-    pub sockets_hot: u64,
-}
-
-/// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`),
-/// cumulative: a removed socket's last counts stay in the sum.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct KernelDrops {
-    /// Frames dropped because the socket's RX ring was full (the worker was behind).
-    pub rx_ring_full: u64,
-    /// Frames that found the socket's fill ring empty (dropped; also
-    /// counted in `rx_dropped`).
-    pub fill_ring_empty: u64,
-    /// Frames the kernel dropped at the socket: no fill frame, or too big
-    /// for a frame.
-    pub rx_dropped: u64,
-    pub rx_invalid: u64,
-    /// TX descriptors the kernel refused (not sent).
-    pub tx_invalid: u64,
-}
-
-impl KernelDrops {
-    /// Frames lost in the kernel: `rx_dropped` (fill ring empty included)
-    /// + `rx_ring_full` + `tx_invalid`.
-    pub fn lost(&self) -> u64 {
-        self.rx_dropped + self.rx_ring_full + self.tx_invalid
-    }
-
-    pub fn add(&mut self, o: &KernelDrops) {
-        self.rx_ring_full += o.rx_ring_full;
-        self.fill_ring_empty += o.fill_ring_empty;
-        self.rx_dropped += o.rx_dropped;
-        self.rx_invalid += o.rx_invalid;
-        self.tx_invalid += o.tx_invalid;
-    }
-}
-
-/// Sums over all workers.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub drops: BTreeMap<&'static str, u64>,
-    /// Frames weir dropped (every reason).
-    pub dropped: u64,
-    /// The kernel's AF_XDP drops, summed over workers.
-    pub kernel: KernelDrops,
-    /// Frames the kernel lost ([`KernelDrops::lost`]).
-    pub kernel_dropped: u64,
-    pub icmp_errors_sent: u64,
-}
-
-impl Totals {
-    pub fn of(workers: &[WorkerStatus]) -> Self {
-        let mut t = Totals::default();
-        for w in workers {
-            t.rx_packets += w.rx_packets;
-            t.tx_packets += w.tx_packets;
-            t.rx_bytes += w.rx_bytes;
-            t.tx_bytes += w.tx_bytes;
-            t.icmp_errors_sent += w.icmp_errors_sent;
-            t.kernel.add(&w.kernel);
-            for (k, v) in &w.drops {
-                *t.drops.entry(k).or_insert(0) += v;
-                t.dropped += v;
-            }
-        }
-        t.kernel_dropped = t.kernel.lost();
-        t
-    }
 }
 
 #[cfg(test)]

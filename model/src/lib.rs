@@ -18,6 +18,9 @@
 //!   inspector that apply them (the packets they answer with are built by
 //!   the dataplane).
 //! - [`drop_reason`]: every reason a frame is dropped, defined once.
+//! - [`status`]: what the dataplane reports (`weir status`).
+//! - [`ipc`]: the reply envelope and typed payloads between the CLI, the
+//!   daemon and the node dataplanes (flow records, readiness, status).
 //!
 //! Dependency direction: control → policy → model, dataplane → model,
 //! topo → model. Nothing here depends on another weir crate.
@@ -26,10 +29,12 @@
 pub mod cluster;
 pub mod drop_reason;
 pub mod fields;
+pub mod ipc;
 pub mod l7;
 pub mod manifest;
 pub mod names;
 pub mod policy;
+pub mod status;
 
 pub use drop_reason::DropReason;
 pub use manifest::{ContainerPort, Protocol};

@@ -106,19 +106,9 @@ pub struct AttachOptions {
     pub underlay_udp_port: Option<u16>,
 }
 
-/// The program's counters, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct XdpCounters {
-    /// Frames handed to an AF_XDP socket.
-    pub redirected: u64,
-    /// Frames passed to the kernel (ARP, NDP, ff02::/16, local addresses).
-    pub passed: u64,
-    /// Frames dropped because no socket is bound at their rx queue.
-    pub dropped_no_socket: u64,
-    /// Frames too short for their headers or with an invalid IPv4 version/IHL
-    /// (still redirected: the dataplane drops them under a precise reason).
-    pub malformed: u64,
-}
+/// The program's counters, summed over CPUs (plain data: defined in
+/// `weir-model`, where status readers find it).
+pub use weir_model::status::XdpCounters;
 
 /// Errors of the loader; each names the interface and the failing call.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,341 @@
+//! What `weir status` reports: the dataplane's status (config, workers,
+//! totals, ports, conntrack), as the dataplane produces it and control
+//! reads it. Every struct reads with defaults for missing fields, so a
+//! reader and a writer of different versions still agree on the rest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a worker waits for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PollMode {
+    /// Spin on the rings forever (lowest latency; owns a whole core).
+    Busy,
+    /// Sleep in `poll` on the sockets whenever a round finds nothing.
+    Wakeup,
+    /// Spin while frames flow; after [`ADAPTIVE_IDLE_ROUNDS`] empty rounds
+    /// and [`ADAPTIVE_IDLE_AFTER`] without traffic, sleep in `poll` until a
+    /// socket has frames.
+    #[default]
+    Adaptive,
+}
+
+impl PollMode {
+    /// As `--poll` and the JSON spell it: `busy`, `wakeup`, `adaptive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollMode::Busy => "busy",
+            PollMode::Wakeup => "wakeup",
+            PollMode::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// What `weir status` shows of the dataplane.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataplaneStatus {
+    /// CLOCK_MONOTONIC at sampling, for rates between two samples.
+    pub monotonic_ns: u64,
+    pub uptime_ns: u64,
+    /// Generation of the published snapshot (workers report theirs).
+    pub generation: u64,
+    pub poll: PollMode,
+    pub config: ConfigStatus,
+    pub workers: Vec<WorkerStatus>,
+    pub totals: Totals,
+    pub ports: Vec<PortStatus>,
+    pub conntrack: ConntrackStatus,
+}
+
+/// The node's conntrack table and the flow log, summed over workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConntrackStatus {
+    /// Entries the table can hold.
+    pub size: usize,
+    pub bytes_per_entry: usize,
+    /// Live entries now.
+    pub entries: usize,
+    pub inserts: u64,
+    /// Inserts that replaced a closing or unreplied entry.
+    pub evictions: u64,
+    /// New flows refused: their bucket held only established flows.
+    pub table_full: u64,
+    pub invalid: u64,
+    /// Flows cut because a new policy denied them.
+    pub revoked: u64,
+    /// Flows judged again after a policy change.
+    pub rejudged: u64,
+    /// TCP flows admitted mid-stream (no SYN seen).
+    pub pickups: u64,
+    /// The fragment table (later fragments follow their first).
+    pub fragments: FragmentStatus,
+    pub flow_events: u64,
+    /// Flow events lost to full queues.
+    pub flow_events_lost: u64,
+}
+
+/// The node's fragment table, counters summed over workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FragmentStatus {
+    /// Datagrams the table can remember.
+    pub size: usize,
+    pub bytes_per_entry: usize,
+    /// How long an entry lives from its first fragment.
+    pub timeout_ns: u64,
+    /// Live entries now.
+    pub entries: usize,
+    /// First fragments recorded.
+    pub datagrams: u64,
+    /// Later fragments that followed their first through.
+    pub followed: u64,
+    /// Live entries evicted to make room (oldest first).
+    pub evictions: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigStatus {
+    pub cores: Vec<usize>,
+    pub queues: u32,
+    pub frame_size: u32,
+    /// Frames of the largest worker UMEM.
+    pub frames_per_worker: u32,
+    /// Locked UMEM memory of all workers.
+    pub umem_bytes: u64,
+    pub max_pods: u32,
+    pub fill_floor: u32,
+    pub batch: usize,
+    pub ring_size: u32,
+    pub xdp_mode: String,
+    pub zero_copy: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortStatus {
+    pub name: String,
+    /// The underlay (tunnel frames only), not a pod port.
+    pub underlay: bool,
+    /// Queues with a socket.
+    pub queues: u32,
+    /// Whether its sockets run zero-copy (false: copy mode).
+    pub zero_copy: bool,
+    /// The XDP program's counters on this port.
+    pub xdp: Option<XdpCounters>,
+    /// Why the counters could not be read, if they could not.
+    pub error: Option<String>,
+}
+
+/// Percentiles of time spent in the dataplane per frame (from the batch's RX
+/// to the end of its TX kick), in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencySummary {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub count: u64,
+}
+
+/// What one worker reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerStatus {
+    pub id: usize,
+    pub core: Option<usize>,
+    pub generation: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Nonzero drop counters by slug.
+    pub drops: BTreeMap<String, u64>,
+    pub icmp_errors_sent: u64,
+    pub batches: u64,
+    pub sleeps: u64,
+    pub sockets: u64,
+    /// The same as `frames.free` (kept for readers of the older field).
+    pub free_frames: u64,
+    /// Where the worker's UMEM frames are.
+    pub frames: FrameStatus,
+    /// What the kernel dropped on the worker's sockets (removed sockets
+    /// included) before the worker saw it.
+    pub kernel: KernelDrops,
+    /// Inline L7 in use (sampled per publish).
+    pub l7: L7Status,
+    pub latency_ns: LatencySummary,
+}
+
+/// A worker's inline-L7 state in use (docs/l7.md, "Capacity").
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct L7Status {
+    /// Connections under HTTP rules with an inspector, and the most allowed
+    /// (`--l7-max-flows`; beyond it new ones drop as `l7-no-slot`).
+    pub flows: u64,
+    pub flows_max: u64,
+    /// Head buffers held by connections with a request head open.
+    pub head_buffers: u64,
+    /// UMEM frames held until a request head is judged.
+    pub held_frames: u64,
+}
+
+/// The frame accounting of one worker's UMEM (sampled every
+/// [`PUBLISH_EVERY`]): `free + fill + tx + held + unaccounted = total`.
+/// `unaccounted` counts frames the ledger shows lent to the kernel that no
+/// live socket's counts explain: nonzero means a leak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FrameStatus {
+    pub total: u64,
+    /// On the worker's free list.
+    pub free: u64,
+    /// On the sockets' fill rings (lent to the kernel for RX).
+    pub fill: u64,
+    /// On TX rings or completion rings (sent, not yet reaped).
+    pub tx: u64,
+    /// Held by the worker: L7 holds, or mid-batch.
+    pub held: u64,
+    pub unaccounted: u64,
+    /// Frames every socket keeps on its fill ring.
+    pub fill_floor: u64,
+    /// Most frames one busy socket's fill ring is topped up to.
+    pub fill_hot: u64,
+    /// Free frames that top-ups above the floor leave alone.
+    pub reserve: u64,
+    /// Sockets topped up above the floor now.
+    pub sockets_hot: u64,
+}
+
+/// Kernel-side drops on a worker's AF_XDP sockets (`XDP_STATISTICS`),
+/// cumulative: a removed socket's last counts stay in the sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KernelDrops {
+    /// Frames dropped because the socket's RX ring was full (the worker was behind).
+    pub rx_ring_full: u64,
+    /// Frames that found the socket's fill ring empty (dropped; also
+    /// counted in `rx_dropped`).
+    pub fill_ring_empty: u64,
+    /// Frames the kernel dropped at the socket: no fill frame, or too big
+    /// for a frame.
+    pub rx_dropped: u64,
+    pub rx_invalid: u64,
+    /// TX descriptors the kernel refused (not sent).
+    pub tx_invalid: u64,
+}
+
+impl KernelDrops {
+    /// Frames lost in the kernel: `rx_dropped` (fill ring empty included)
+    /// + `rx_ring_full` + `tx_invalid`.
+    pub fn lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full + self.tx_invalid
+    }
+
+    pub fn add(&mut self, o: &KernelDrops) {
+        self.rx_ring_full += o.rx_ring_full;
+        self.fill_ring_empty += o.fill_ring_empty;
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid += o.rx_invalid;
+        self.tx_invalid += o.tx_invalid;
+    }
+}
+
+/// Sums over all workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Totals {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub drops: BTreeMap<String, u64>,
+    /// Frames weir dropped (every reason).
+    pub dropped: u64,
+    /// The kernel's AF_XDP drops, summed over workers.
+    pub kernel: KernelDrops,
+    /// Frames the kernel lost ([`KernelDrops::lost`]).
+    pub kernel_dropped: u64,
+    pub icmp_errors_sent: u64,
+}
+
+impl Totals {
+    pub fn of(workers: &[WorkerStatus]) -> Self {
+        let mut t = Totals::default();
+        for w in workers {
+            t.rx_packets += w.rx_packets;
+            t.tx_packets += w.tx_packets;
+            t.rx_bytes += w.rx_bytes;
+            t.tx_bytes += w.tx_bytes;
+            t.icmp_errors_sent += w.icmp_errors_sent;
+            t.kernel.add(&w.kernel);
+            for (k, v) in &w.drops {
+                *t.drops.entry(k.clone()).or_insert(0) += v;
+                t.dropped += v;
+            }
+        }
+        t.kernel_dropped = t.kernel.lost();
+        t
+    }
+}
+
+/// The program's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct XdpCounters {
+    /// Frames handed to an AF_XDP socket.
+    pub redirected: u64,
+    /// Frames passed to the kernel (ARP, NDP, ff02::/16, local addresses).
+    pub passed: u64,
+    /// Frames dropped because no socket is bound at their rx queue.
+    pub dropped_no_socket: u64,
+    /// Frames too short for their headers or with an invalid IPv4 version/IHL
+    /// (still redirected: the dataplane drops them under a precise reason).
+    pub malformed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_mode_names_are_its_json() {
+        for p in [PollMode::Busy, PollMode::Wakeup, PollMode::Adaptive] {
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::Value::from(p.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn status_round_trips_and_reads_partial_json() {
+        let mut w = WorkerStatus {
+            id: 1,
+            core: Some(3),
+            ..Default::default()
+        };
+        w.drops.insert("no-route".into(), 2);
+        let st = DataplaneStatus {
+            generation: 7,
+            totals: Totals::of(&[w.clone(), w.clone()]),
+            workers: vec![w],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["totals"]["drops"]["no-route"], 4);
+        let back: DataplaneStatus = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+        // A reader of a newer or older writer: missing fields default.
+        let partial: DataplaneStatus =
+            serde_json::from_str(r#"{"generation": 3, "workers": [{"id": 2}]}"#).unwrap();
+        assert_eq!((partial.generation, partial.workers[0].id), (3, 2));
+    }
+}
