@@ -1,12 +1,14 @@
 //! The agent: compiles the cluster's desired state into one snapshot per
 //! node and hands it to that node's dataplane (an atomically replaced file
 //! the dataplane watches, so a restart of either side loses nothing: the
-//! dataplane keeps forwarding on the last snapshot it loaded).
+//! dataplane keeps forwarding on the last snapshot it loaded). Its inputs
+//! come through [`ClusterSource`].
 
+use crate::source::ClusterSource;
 use crate::state::{write_atomic, StateDir};
 use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
-use weir_policy::{Policy, PolicyInput};
+use weir_policy::PolicyInput;
 use weir_topo::Cluster;
 
 /// Builds the snapshot for `node` at `generation`.
@@ -104,10 +106,12 @@ pub fn weir_nodes(cluster: &Cluster) -> impl Iterator<Item = &weir_topo::Realize
         .filter(|n| n.dataplane == weir_topo::NodeDataplane::Weir)
 }
 
-/// Compiles and publishes snapshots for every node; returns the generation.
-pub fn publish(state: &StateDir, cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<u64> {
+/// Compiles and publishes snapshots for every node of `source`; returns
+/// the generation.
+pub fn publish(state: &StateDir, source: &impl ClusterSource) -> anyhow::Result<u64> {
+    let cluster = source.cluster();
     let generation = next_generation(state, cluster);
-    let input = PolicyInput::from_cluster(cluster, policies.to_vec());
+    let input = PolicyInput::from_cluster(cluster, source.policies()?);
     // Compile every node before publishing any: all or nothing.
     let mut specs = Vec::new();
     for n in weir_nodes(cluster) {
@@ -122,9 +126,11 @@ pub fn publish(state: &StateDir, cluster: &Cluster, policies: &[Policy]) -> anyh
     Ok(generation)
 }
 
-/// Checks that `policies` compile for `cluster` (every node), publishing nothing.
-pub fn check(cluster: &Cluster, policies: &[Policy]) -> anyhow::Result<()> {
-    let input = PolicyInput::from_cluster(cluster, policies.to_vec());
+/// Checks that the policies of `source` compile for its cluster (every
+/// node), publishing nothing.
+pub fn check(source: &impl ClusterSource) -> anyhow::Result<()> {
+    let cluster = source.cluster();
+    let input = PolicyInput::from_cluster(cluster, source.policies()?);
     for n in weir_nodes(cluster) {
         compile_node(cluster, &input, &n.name, 0)?;
     }

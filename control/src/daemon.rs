@@ -7,6 +7,7 @@
 
 use crate::ipc::{self, Reply, Request};
 use crate::manifests::{self, StoredPolicy};
+use crate::source::Manifests;
 use crate::state::StateDir;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -67,8 +68,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     for pod in d.cluster.pods.clone().iter().filter(|p| p.cni.is_none()) {
         d.start_servers(pod)?;
     }
-    d.generation =
-        crate::agent::publish(&d.state, &d.cluster, &manifests::parse_all(&d.policies)?)?;
+    d.generation = crate::agent::publish(
+        &d.state,
+        &Manifests {
+            cluster: &d.cluster,
+            policies: &d.policies,
+        },
+    )?;
     for node in d
         .cluster
         .nodes
@@ -381,8 +387,10 @@ impl Daemon {
                 }
             }
         }
-        let parsed = manifests::parse_all(&policies)?;
-        crate::agent::check(&next, &parsed)?;
+        crate::agent::check(&Manifests {
+            cluster: &next,
+            policies: &policies,
+        })?;
 
         // Everything checked: make it so.
         self.cluster = next;
@@ -446,8 +454,10 @@ impl Daemon {
                 changed.push(Change::new(p.object.clone(), "deleted"));
             }
         }
-        let parsed = manifests::parse_all(&policies)?;
-        crate::agent::check(&self.cluster, &parsed)?;
+        crate::agent::check(&Manifests {
+            cluster: &self.cluster,
+            policies: &policies,
+        })?;
         self.policies = policies;
         self.commit()?;
         Ok(ChangeReply {
@@ -527,8 +537,10 @@ impl Daemon {
         )?;
         self.generation = crate::agent::publish(
             &self.state,
-            &self.cluster,
-            &manifests::parse_all(&self.policies)?,
+            &Manifests {
+                cluster: &self.cluster,
+                policies: &self.policies,
+            },
         )?;
         Ok(())
     }

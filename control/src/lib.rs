@@ -15,5 +15,6 @@ pub mod kube_agent;
 pub mod manifests;
 pub mod node_dataplane;
 pub mod probe;
+pub mod source;
 pub mod state;
 pub mod status;

@@ -659,7 +659,10 @@ fn up(
         Cluster::build(&state.cluster, spec, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&state.root)?;
     let saved = (|| -> anyhow::Result<()> {
-        weir_control::agent::check(&cluster, &manifests::parse_all(policies)?)?;
+        weir_control::agent::check(&weir_control::source::Manifests {
+            cluster: &cluster,
+            policies,
+        })?;
         weir_control::state::write_atomic(
             &state.policies_file(),
             &serde_json::to_vec_pretty(policies)?,
