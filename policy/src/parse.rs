@@ -1383,109 +1383,22 @@ fn admin_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, Policy
         };
     }
     p.subject = cluster_subject(cx, &spec.subject)?;
-    for (dir, rules) in [
-        (Direction::Ingress, cluster_rules(spec.ingress)),
-        (Direction::Egress, cluster_rules(spec.egress)),
-    ] {
-        let mut out = Vec::new();
-        for (i, r) in rules.iter().enumerate() {
-            let f = format!("spec.{}[{i}]", dir.as_str());
-            let action = match (r.action.as_deref(), banp) {
-                (Some("Allow"), _) => RuleAction::Allow,
-                (Some("Deny"), _) => RuleAction::Deny,
-                (Some("Pass"), false) => RuleAction::Pass,
-                (Some(other), _) => {
-                    let want = if banp {
-                        "Allow or Deny"
-                    } else {
-                        "Allow, Deny or Pass"
-                    };
-                    return Err(cx.err(
-                        format!("{f}.action"),
-                        format!("unknown action {other:?}; expected {want}"),
-                    ));
-                }
-                (None, _) => return Err(cx.err(format!("{f}.action"), "required")),
-            };
-            let pf = if dir == Direction::Ingress {
-                "from"
-            } else {
-                "to"
-            };
-            let peers =
-                cluster_peers(cx, &format!("{f}.{pf}"), &r.peers, dir == Direction::Egress)?;
-            let ports = match &r.ports {
-                None => None,
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for (j, pp) in list.iter().enumerate() {
-                        let pf = format!("{f}.ports[{j}]");
-                        let n = [
-                            pp.port_number.is_some(),
-                            pp.named_port.is_some(),
-                            pp.port_range.is_some(),
-                        ];
-                        if n.iter().filter(|b| **b).count() != 1 {
-                            return Err(cx.err(
-                                pf,
-                                "exactly one of portNumber, namedPort or portRange must be set",
-                            ));
-                        }
-                        if let Some(num) = &pp.port_number {
-                            let proto = protocol(
-                                cx,
-                                &format!("{pf}.portNumber.protocol"),
-                                num.protocol.as_deref(),
-                            )?;
-                            let port = match num.port {
-                                Some(n) => port_number(cx, &format!("{pf}.portNumber.port"), n)?,
-                                None => {
-                                    return Err(cx.err(format!("{pf}.portNumber.port"), "required"))
-                                }
-                            };
-                            out.push(PortMatch::Range {
-                                protocol: proto,
-                                start: port,
-                                end: port,
-                            });
-                        } else if let Some(name) = &pp.named_port {
-                            out.push(PortMatch::Named {
-                                protocol: None,
-                                name: port_name(cx, &format!("{pf}.namedPort"), name)?,
-                            });
-                        } else if let Some(r) = &pp.port_range {
-                            let proto = protocol(
-                                cx,
-                                &format!("{pf}.portRange.protocol"),
-                                r.protocol.as_deref(),
-                            )?;
-                            out.push(range(
-                                cx,
-                                &format!("{pf}.portRange"),
-                                (r.start, r.end),
-                                proto,
-                            )?);
-                        }
-                    }
-                    Some(out)
-                }
-            };
-            out.push(Rule {
-                action,
-                action_text: r.action.clone().unwrap_or_default(),
-                peers,
-                ports,
-                name: r.name.clone(),
-                http: None,
-                dns: None,
-                to_fqdns: None,
-            });
-        }
-        match dir {
-            Direction::Ingress => p.ingress = out,
-            Direction::Egress => p.egress = out,
-        }
-    }
+    let actions: &[(&str, RuleAction)] = if banp {
+        &[("Allow", RuleAction::Allow), ("Deny", RuleAction::Deny)]
+    } else {
+        &[
+            ("Allow", RuleAction::Allow),
+            ("Deny", RuleAction::Deny),
+            ("Pass", RuleAction::Pass),
+        ]
+    };
+    let expected = if banp {
+        "Allow or Deny"
+    } else {
+        "Allow, Deny or Pass"
+    };
+    let rules = [cluster_rules(spec.ingress), cluster_rules(spec.egress)];
+    cluster_policy_rules(cx, &mut p, rules, actions, expected, anp_ports)?;
     Ok(p)
 }
 
@@ -1511,23 +1424,53 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
         None => return Err(cx.err("spec.priority", "required")),
     };
     p.subject = cluster_subject(cx, &spec.subject)?;
-    for (dir, rules) in [
-        (Direction::Ingress, cluster_rules(spec.ingress)),
-        (Direction::Egress, cluster_rules(spec.egress)),
-    ] {
+    let actions = [
+        ("Accept", RuleAction::Allow),
+        ("Deny", RuleAction::Deny),
+        ("Pass", RuleAction::Pass),
+    ];
+    let rules = [cluster_rules(spec.ingress), cluster_rules(spec.egress)];
+    cluster_policy_rules(
+        cx,
+        &mut p,
+        rules,
+        &actions,
+        "Accept, Deny or Pass",
+        cnp_ports,
+    )?;
+    Ok(p)
+}
+
+/// Reads the port list of a cluster-scoped rule at a field.
+type PortsOf = fn(&Cx, &str, &ClusterRule) -> Result<Option<Vec<PortMatch>>, PolicyError>;
+
+/// The `ingress` and `egress` rules of a cluster-scoped policy
+/// (AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy):
+/// one skeleton. `actions` are the kind's action spellings (any other is
+/// `unknown action ...; expected <expected>`), `ports` reads the kind's
+/// port list of a rule at field `f`.
+fn cluster_policy_rules(
+    cx: &Cx,
+    p: &mut Policy,
+    [ingress, egress]: [Vec<ClusterRule>; 2],
+    actions: &[(&str, RuleAction)],
+    expected: &str,
+    ports: PortsOf,
+) -> Result<(), PolicyError> {
+    for (dir, rules) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let f = format!("spec.{}[{i}]", dir.as_str());
             let action = match r.action.as_deref() {
-                Some("Accept") => RuleAction::Allow,
-                Some("Deny") => RuleAction::Deny,
-                Some("Pass") => RuleAction::Pass,
-                Some(other) => {
-                    return Err(cx.err(
-                        format!("{f}.action"),
-                        format!("unknown action {other:?}; expected Accept, Deny or Pass"),
-                    ))
-                }
+                Some(a) => match actions.iter().find(|(name, _)| *name == a) {
+                    Some((_, action)) => *action,
+                    None => {
+                        return Err(cx.err(
+                            format!("{f}.action"),
+                            format!("unknown action {a:?}; expected {expected}"),
+                        ))
+                    }
+                },
                 None => return Err(cx.err(format!("{f}.action"), "required")),
             };
             let pf = if dir == Direction::Ingress {
@@ -1537,71 +1480,7 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
             };
             let peers =
                 cluster_peers(cx, &format!("{f}.{pf}"), &r.peers, dir == Direction::Egress)?;
-            let ports = match &r.protocols {
-                None => None,
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for (j, pp) in list.iter().enumerate() {
-                        let pf = format!("{f}.protocols[{j}]");
-                        let set = [
-                            pp.tcp.is_some(),
-                            pp.udp.is_some(),
-                            pp.sctp.is_some(),
-                            pp.destination_named_port.is_some(),
-                        ];
-                        if set.iter().filter(|b| **b).count() != 1 {
-                            return Err(cx.err(
-                                pf,
-                                "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
-                            ));
-                        }
-                        if let Some(name) = &pp.destination_named_port {
-                            out.push(PortMatch::Named {
-                                protocol: None,
-                                name: port_name(cx, &format!("{pf}.destinationNamedPort"), name)?,
-                            });
-                            continue;
-                        }
-                        let (proto, pr, key) = if let Some(t) = &pp.tcp {
-                            (Protocol::Tcp, t, "tcp")
-                        } else if let Some(u) = &pp.udp {
-                            (Protocol::Udp, u, "udp")
-                        } else {
-                            (
-                                Protocol::Sctp,
-                                pp.sctp.as_ref().expect("one is set"),
-                                "sctp",
-                            )
-                        };
-                        let pf = format!("{pf}.{key}.destinationPort");
-                        match &pr.destination_port {
-                            None => out.push(PortMatch::all(proto)),
-                            Some(d) => match (d.number, &d.range) {
-                                (Some(n), None) => {
-                                    let n = port_number(cx, &format!("{pf}.number"), n)?;
-                                    out.push(PortMatch::Range {
-                                        protocol: proto,
-                                        start: n,
-                                        end: n,
-                                    });
-                                }
-                                (None, Some(r)) => out.push(range(
-                                    cx,
-                                    &format!("{pf}.range"),
-                                    (r.start, r.end),
-                                    proto,
-                                )?),
-                                _ => {
-                                    return Err(
-                                        cx.err(pf, "exactly one of number or range must be set")
-                                    )
-                                }
-                            },
-                        }
-                    }
-                    Some(out)
-                }
-            };
+            let ports = ports(cx, &f, r)?;
             out.push(Rule {
                 action,
                 action_text: r.action.clone().unwrap_or_default(),
@@ -1618,5 +1497,125 @@ fn cluster_network_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Poli
             Direction::Egress => p.egress = out,
         }
     }
-    Ok(p)
+    Ok(())
+}
+
+/// The `ports` of an (Baseline)AdminNetworkPolicy rule at field `f`.
+fn anp_ports(cx: &Cx, f: &str, r: &ClusterRule) -> Result<Option<Vec<PortMatch>>, PolicyError> {
+    Ok(match &r.ports {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, pp) in list.iter().enumerate() {
+                let pf = format!("{f}.ports[{j}]");
+                let n = [
+                    pp.port_number.is_some(),
+                    pp.named_port.is_some(),
+                    pp.port_range.is_some(),
+                ];
+                if n.iter().filter(|b| **b).count() != 1 {
+                    return Err(cx.err(
+                        pf,
+                        "exactly one of portNumber, namedPort or portRange must be set",
+                    ));
+                }
+                if let Some(num) = &pp.port_number {
+                    let proto = protocol(
+                        cx,
+                        &format!("{pf}.portNumber.protocol"),
+                        num.protocol.as_deref(),
+                    )?;
+                    let port = match num.port {
+                        Some(n) => port_number(cx, &format!("{pf}.portNumber.port"), n)?,
+                        None => return Err(cx.err(format!("{pf}.portNumber.port"), "required")),
+                    };
+                    out.push(PortMatch::Range {
+                        protocol: proto,
+                        start: port,
+                        end: port,
+                    });
+                } else if let Some(name) = &pp.named_port {
+                    out.push(PortMatch::Named {
+                        protocol: None,
+                        name: port_name(cx, &format!("{pf}.namedPort"), name)?,
+                    });
+                } else if let Some(r) = &pp.port_range {
+                    let proto = protocol(
+                        cx,
+                        &format!("{pf}.portRange.protocol"),
+                        r.protocol.as_deref(),
+                    )?;
+                    out.push(range(
+                        cx,
+                        &format!("{pf}.portRange"),
+                        (r.start, r.end),
+                        proto,
+                    )?);
+                }
+            }
+            Some(out)
+        }
+    })
+}
+
+/// The `protocols` of a ClusterNetworkPolicy rule at field `f`.
+fn cnp_ports(cx: &Cx, f: &str, r: &ClusterRule) -> Result<Option<Vec<PortMatch>>, PolicyError> {
+    Ok(match &r.protocols {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, pp) in list.iter().enumerate() {
+                let pf = format!("{f}.protocols[{j}]");
+                let set = [
+                    pp.tcp.is_some(),
+                    pp.udp.is_some(),
+                    pp.sctp.is_some(),
+                    pp.destination_named_port.is_some(),
+                ];
+                if set.iter().filter(|b| **b).count() != 1 {
+                    return Err(cx.err(
+                        pf,
+                        "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
+                    ));
+                }
+                if let Some(name) = &pp.destination_named_port {
+                    out.push(PortMatch::Named {
+                        protocol: None,
+                        name: port_name(cx, &format!("{pf}.destinationNamedPort"), name)?,
+                    });
+                    continue;
+                }
+                let (proto, pr, key) = if let Some(t) = &pp.tcp {
+                    (Protocol::Tcp, t, "tcp")
+                } else if let Some(u) = &pp.udp {
+                    (Protocol::Udp, u, "udp")
+                } else {
+                    (
+                        Protocol::Sctp,
+                        pp.sctp.as_ref().expect("one is set"),
+                        "sctp",
+                    )
+                };
+                let pf = format!("{pf}.{key}.destinationPort");
+                match &pr.destination_port {
+                    None => out.push(PortMatch::all(proto)),
+                    Some(d) => match (d.number, &d.range) {
+                        (Some(n), None) => {
+                            let n = port_number(cx, &format!("{pf}.number"), n)?;
+                            out.push(PortMatch::Range {
+                                protocol: proto,
+                                start: n,
+                                end: n,
+                            });
+                        }
+                        (None, Some(r)) => {
+                            out.push(range(cx, &format!("{pf}.range"), (r.start, r.end), proto)?)
+                        }
+                        _ => return Err(cx.err(pf, "exactly one of number or range must be set")),
+                    },
+                }
+            }
+            Some(out)
+        }
+    })
 }
