@@ -477,6 +477,45 @@ fn mask6(a: u128, len: u8) -> u128 {
     }
 }
 
+/// Which rules decide with an L7 rule set (HTTP: [`Decision::l7`], DNS:
+/// [`Decision::dns`], read by `set`), checking that every set index is in
+/// range (`sets` of them), only rules' allows carry one, and a rule that
+/// decides with a set does so everywhere: the datapath finds the set of
+/// an established flow from its rule. `kind` names the sets in errors.
+fn rules_with_sets<'a, I: Iterator<Item = &'a Decision>>(
+    decisions: impl Fn() -> I,
+    kind: &str,
+    sets: usize,
+    set: fn(&Decision) -> Option<u32>,
+    rules: usize,
+) -> Result<Vec<bool>, PolicyError> {
+    let mut with = vec![false; rules];
+    for d in decisions() {
+        if let Some(l) = set(d) {
+            if l as usize >= sets {
+                return Err(invalid(format!("{kind} rule set {l} out of range")));
+            }
+            if d.action != Action::Allow || d.rule.is_reserved() {
+                return Err(invalid(format!(
+                    "{kind} rule set {l} on a decision that is not a rule's allow"
+                )));
+            }
+            if let Some(f) = with.get_mut(d.rule.0 as usize) {
+                *f = true;
+            }
+        }
+    }
+    for d in decisions() {
+        if set(d).is_none() && !d.rule.is_reserved() && with.get(d.rule.0 as usize) == Some(&true) {
+            return Err(invalid(format!(
+                "rule {} decides both with and without {kind} rules",
+                d.rule.0
+            )));
+        }
+    }
+    Ok(with)
+}
+
 impl CompiledPolicy {
     /// Validates `spec` (every index in range, segments well formed, rule
     /// ids known) and builds the lookup form.
@@ -547,7 +586,8 @@ impl CompiledPolicy {
         }
         // A rule that decides with an L7 set must do so everywhere: the
         // datapath finds the set of an established flow from its rule.
-        let mut l7_rules = vec![false; spec.rules.len()];
+        // A rule that decides with an L7 set must do so everywhere: the
+        // datapath finds the set of an established flow from its rule.
         let all_decisions = || {
             spec.cells.iter().flat_map(|c| {
                 std::iter::once(&c.other)
@@ -556,32 +596,13 @@ impl CompiledPolicy {
                     .chain(c.sctp.iter().map(|s| &s.1))
             })
         };
-        for d in all_decisions() {
-            if let Some(l) = d.l7 {
-                if l as usize >= http.len() {
-                    return Err(invalid(format!("http rule set {l} out of range")));
-                }
-                if d.action != Action::Allow || d.rule.is_reserved() {
-                    return Err(invalid(format!(
-                        "http rule set {l} on a decision that is not a rule's allow"
-                    )));
-                }
-                if let Some(f) = l7_rules.get_mut(d.rule.0 as usize) {
-                    *f = true;
-                }
-            }
-        }
-        for d in all_decisions() {
-            if d.l7.is_none()
-                && !d.rule.is_reserved()
-                && l7_rules.get(d.rule.0 as usize) == Some(&true)
-            {
-                return Err(invalid(format!(
-                    "rule {} decides both with and without http rules",
-                    d.rule.0
-                )));
-            }
-        }
+        let l7_rules = rules_with_sets(
+            all_decisions,
+            "http",
+            http.len(),
+            |d| d.l7,
+            spec.rules.len(),
+        )?;
         let mut dns = Vec::with_capacity(spec.dns.len());
         for (i, d) in spec.dns.iter().enumerate() {
             dns.push(
@@ -589,33 +610,8 @@ impl CompiledPolicy {
                     .map_err(|p| invalid(format!("dns rule set {i}: bad pattern {p:?}")))?,
             );
         }
-        let mut dns_rules = vec![false; spec.rules.len()];
-        for d in all_decisions() {
-            if let Some(s) = d.dns {
-                if s as usize >= dns.len() {
-                    return Err(invalid(format!("dns rule set {s} out of range")));
-                }
-                if d.action != Action::Allow || d.rule.is_reserved() {
-                    return Err(invalid(format!(
-                        "dns rule set {s} on a decision that is not a rule's allow"
-                    )));
-                }
-                if let Some(f) = dns_rules.get_mut(d.rule.0 as usize) {
-                    *f = true;
-                }
-            }
-        }
-        for d in all_decisions() {
-            if d.dns.is_none()
-                && !d.rule.is_reserved()
-                && dns_rules.get(d.rule.0 as usize) == Some(&true)
-            {
-                return Err(invalid(format!(
-                    "rule {} decides both with and without dns rules",
-                    d.rule.0
-                )));
-            }
-        }
+        let dns_rules =
+            rules_with_sets(all_decisions, "dns", dns.len(), |d| d.dns, spec.rules.len())?;
         let mut fqdn_selectors = Vec::with_capacity(spec.fqdn_selectors.len());
         for (i, p) in spec.fqdn_selectors.iter().enumerate() {
             fqdn_selectors.push(
