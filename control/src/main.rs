@@ -12,6 +12,7 @@ use weir_control::manifests::{self, StoredPolicy};
 use weir_control::probe::{self, Family, ProbeSpec, Protocol};
 use weir_control::state::{StateDir, DEFAULT_CLUSTER};
 use weir_control::{daemon, demo, node_dataplane, status};
+use weir_dataplane::runtime::PollMode;
 use weir_model::ipc::{ChangeReply, ClusterStatus, DeleteReply, Empty, FlowsReply, Readiness};
 use weir_topo::fields::FieldValidation;
 use weir_topo::{BuildOptions, Cluster};
@@ -37,8 +38,8 @@ struct DataplaneFlags {
     #[arg(long)]
     cores: Option<String>,
     /// Polling mode: busy (spin), wakeup (sleep on the rings), adaptive (spin while busy, sleep when idle).
-    #[arg(long, default_value = "adaptive")]
-    poll: String,
+    #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
+    poll: Poll,
     /// Connections under HTTP rules each worker inspects at once; a new one beyond it is
     /// refused (`l7-no-slot`). See docs/l7.md for the memory this costs.
     #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
@@ -47,11 +48,10 @@ struct DataplaneFlags {
 
 impl DataplaneFlags {
     fn args(&self) -> anyhow::Result<Vec<String>> {
-        node_dataplane::parse_poll(&self.poll)?;
         node_dataplane::check_l7_max_flows(self.l7_max_flows)?;
         let mut v = vec![
             "--poll".to_string(),
-            self.poll.clone(),
+            self.poll.mode().as_str().to_string(),
             "--l7-max-flows".to_string(),
             self.l7_max_flows.to_string(),
         ];
@@ -60,6 +60,52 @@ impl DataplaneFlags {
             v.extend(["--cores".to_string(), c.clone()]);
         }
         Ok(v)
+    }
+}
+
+/// `--poll`: how a worker waits for traffic.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Poll {
+    Busy,
+    Wakeup,
+    Adaptive,
+}
+
+impl Poll {
+    fn mode(self) -> PollMode {
+        match self {
+            Poll::Busy => PollMode::Busy,
+            Poll::Wakeup => PollMode::Wakeup,
+            Poll::Adaptive => PollMode::Adaptive,
+        }
+    }
+}
+
+/// `--encap`: encapsulation between nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum EncapArg {
+    Vxlan,
+    Geneve,
+}
+
+/// `explain --protocol` (any case).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProtocolArg {
+    #[value(name = "TCP")]
+    Tcp,
+    #[value(name = "UDP")]
+    Udp,
+    #[value(name = "SCTP")]
+    Sctp,
+}
+
+impl From<ProtocolArg> for weir_model::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => weir_model::Protocol::Tcp,
+            ProtocolArg::Udp => weir_model::Protocol::Udp,
+            ProtocolArg::Sctp => weir_model::Protocol::Sctp,
+        }
     }
 }
 
@@ -123,9 +169,9 @@ enum Cmd {
         /// Pod MTU (default: the underlay MTU minus the encapsulation's overhead).
         #[arg(long, default_value_t = 0)]
         mtu: u32,
-        /// Encapsulation between nodes: vxlan or geneve.
-        #[arg(long, default_value = "vxlan")]
-        encap: String,
+        /// Encapsulation between nodes.
+        #[arg(long, value_enum, default_value_t = EncapArg::Vxlan)]
+        encap: EncapArg,
         /// RX/TX queues per pod interface.
         #[arg(long, default_value_t = 2)]
         queues: u32,
@@ -182,8 +228,8 @@ enum Cmd {
         to: String,
         #[arg(long)]
         port: u16,
-        #[arg(long, default_value = "TCP")]
-        protocol: String,
+        #[arg(long, value_enum, ignore_case = true, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
         /// Judge one HTTP request on the flow: 'METHOD /path' (optionally
         /// followed by the version, e.g. 'GET / HTTP/1.0'), with the workers'
         /// own HTTP parser and rule set.
@@ -246,12 +292,8 @@ enum Cmd {
         action: Option<DpAction>,
         #[arg(long)]
         node: Option<String>,
-        #[arg(long)]
-        cores: Option<String>,
-        #[arg(long, default_value = "adaptive")]
-        poll: String,
-        #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
-        l7_max_flows: usize,
+        #[command(flatten)]
+        dp: DataplaneFlags,
     },
     /// Print the CNI network configuration list a container runtime on NODE
     /// uses (plugin `weir-cni`; put it in /etc/cni/net.d/).
@@ -262,12 +304,8 @@ enum Cmd {
     /// The cluster supervisor (started by `weir up`).
     #[command(hide = true)]
     Daemon {
-        #[arg(long)]
-        cores: Option<String>,
-        #[arg(long, default_value = "adaptive")]
-        poll: String,
-        #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
-        l7_max_flows: usize,
+        #[command(flatten)]
+        dp: DataplaneFlags,
     },
 }
 
@@ -292,11 +330,32 @@ fn main() {
     )
     .format_timestamp_millis()
     .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_on_flag_error(e),
+    };
     if let Err(e) = run(cli) {
         eprintln!("weir: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Exits on a command-line error: with clap's status (2), except a bad
+/// value of `--poll`, `--encap` or `--protocol`, which exit 1 as they did
+/// when weir parsed them itself.
+fn exit_on_flag_error(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let ours = e.kind() == ErrorKind::InvalidValue
+        && matches!(
+            e.get(ContextKind::InvalidArg),
+            Some(ContextValue::String(a))
+                if ["--poll", "--encap", "--protocol"].iter().any(|f| a.starts_with(f))
+        );
+    if ours {
+        let _ = e.print();
+        std::process::exit(1);
+    }
+    e.exit()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -311,10 +370,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queues,
             encap,
         } => {
-            let encap = match encap.as_str() {
-                "vxlan" => weir_topo::Encap::Vxlan,
-                "geneve" => weir_topo::Encap::Geneve,
-                other => anyhow::bail!("--encap: {other:?} is not vxlan or geneve"),
+            let encap = match encap {
+                EncapArg::Vxlan => weir_topo::Encap::Vxlan,
+                EncapArg::Geneve => weir_topo::Encap::Geneve,
             };
             let mode = validation.mode()?;
             let m = manifests::read_files(&files, mode)?;
@@ -499,12 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let input = policy_input(&state, &load(&state)?)?;
             let (fns, fname) = split_pod(&from, "--from")?;
             let (tns, tname) = split_pod(&to, "--to")?;
-            let protocol = match protocol.to_ascii_uppercase().as_str() {
-                "TCP" => weir_topo::Protocol::Tcp,
-                "UDP" => weir_topo::Protocol::Udp,
-                "SCTP" => weir_topo::Protocol::Sctp,
-                other => anyhow::bail!("--protocol: {other:?} is not TCP, UDP or SCTP"),
-            };
+            let protocol = weir_model::Protocol::from(protocol);
             anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
             let e = match (&request, &dns) {
                 (None, Some(name)) => weir_policy::explain::explain_dns(
@@ -540,13 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             since,
         } => flows_cmd(&state, follow, output, since),
         Cmd::Demo { keep, dp } => run_demo(&state, &dp, keep),
-        Cmd::Dataplane {
-            action,
-            node,
-            cores,
-            poll,
-            l7_max_flows,
-        } => {
+        Cmd::Dataplane { action, node, dp } => {
             match action {
                 Some(DpAction::Stop { node }) => {
                     daemon_call::<Empty>(&state, &Request::StopDataplane { node: node.clone() })?;
@@ -561,39 +608,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let node = node.context("dataplane: --node is required")?;
-                    let cores = match cores {
-                        Some(c) => node_dataplane::parse_cores(&c)?,
+                    let cores = match &dp.cores {
+                        Some(c) => node_dataplane::parse_cores(c)?,
                         None => node_dataplane::default_cores(),
                     };
                     node_dataplane::run(node_dataplane::Options {
                         cluster: cli.cluster.clone(),
                         node,
                         cores,
-                        poll: node_dataplane::parse_poll(&poll)?,
-                        l7_max_flows: node_dataplane::check_l7_max_flows(l7_max_flows)?,
+                        poll: dp.poll.mode(),
+                        l7_max_flows: node_dataplane::check_l7_max_flows(dp.l7_max_flows)?,
                     })
                 }
             }
         }
-        Cmd::Daemon {
-            cores,
-            poll,
-            l7_max_flows,
-        } => {
-            let mut args = vec![
-                "--poll".to_string(),
-                poll,
-                "--l7-max-flows".to_string(),
-                l7_max_flows.to_string(),
-            ];
-            if let Some(c) = cores {
-                args.extend(["--cores".to_string(), c]);
-            }
-            daemon::run(daemon::Options {
-                cluster: cli.cluster.clone(),
-                dataplane_args: args,
-            })
-        }
+        Cmd::Daemon { dp } => daemon::run(daemon::Options {
+            cluster: cli.cluster.clone(),
+            dataplane_args: dp.args()?,
+        }),
     }
 }
 

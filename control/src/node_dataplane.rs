@@ -40,16 +40,6 @@ pub fn check_l7_max_flows(n: usize) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// Parses `--poll`.
-pub fn parse_poll(s: &str) -> anyhow::Result<PollMode> {
-    match s {
-        "busy" => Ok(PollMode::Busy),
-        "wakeup" => Ok(PollMode::Wakeup),
-        "adaptive" => Ok(PollMode::Adaptive),
-        _ => anyhow::bail!("--poll: {s:?} is not one of busy, wakeup, adaptive"),
-    }
-}
-
 /// Parses `--cores` like `1`, `0,1` or `0-3`.
 pub fn parse_cores(s: &str) -> anyhow::Result<Vec<usize>> {
     let mut out = Vec::new();
