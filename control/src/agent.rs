@@ -6,6 +6,7 @@
 
 use crate::source::ClusterSource;
 use crate::state::{write_atomic, StateDir};
+use anyhow::Context;
 use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::PolicyInput;
@@ -47,8 +48,7 @@ pub fn compile_node(
         node_ipv6: n.ipv6,
         ports,
         endpoints,
-        policy: weir_policy::compile(input, generation, node)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        policy: weir_policy::compile(input, generation, node)?,
         tunnel: tunnel(cluster, n),
     };
     // Validate here so a bad snapshot never reaches a dataplane.
@@ -149,6 +149,6 @@ fn next_generation(state: &StateDir, cluster: &Cluster) -> u64 {
 
 pub fn read_snapshot(state: &StateDir, node: &str) -> anyhow::Result<SnapshotSpec> {
     let path = state.snapshot_file(node);
-    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
     Ok(serde_json::from_slice(&bytes)?)
 }

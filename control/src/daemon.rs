@@ -370,7 +370,7 @@ impl Daemon {
         let mut whole = next.spec();
         whole.pods.extend(new_pods.iter().cloned());
         whole.apply_defaults();
-        whole.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        whole.validate()?;
         let mut policies = self.policies.clone();
         for (_, stored) in &m.policies {
             match policies.iter_mut().find(|p| p.object == stored.object) {
@@ -402,11 +402,7 @@ impl Daemon {
                 .iter()
                 .find(|p| p.namespace == pod.namespace && p.name == pod.name)
                 .expect("new pod is in the merged spec");
-            let realized = self
-                .cluster
-                .add_pod(pod, &opts)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .clone();
+            let realized = self.cluster.add_pod(pod, &opts)?.clone();
             self.start_servers(&realized)?;
             changed.push(Change::new(
                 format!("pods/{}/{}", pod.namespace, pod.name),
@@ -511,9 +507,7 @@ impl Daemon {
                 );
             }
             self.servers.remove(&(p.namespace.clone(), p.name.clone()));
-            self.cluster
-                .remove_pod(&p.namespace, &p.name)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.cluster.remove_pod(&p.namespace, &p.name)?;
             deleted.push(format!("pods/{}/{}", p.namespace, p.name));
         }
         for (_, s) in &m.policies {

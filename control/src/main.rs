@@ -377,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mode = validation.mode()?;
             let m = manifests::read_files(&files, mode)?;
             warn_ignored(mode, m.ignored.iter().map(String::as_str));
-            let spec = m.cluster.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let spec = m.cluster.finish()?;
             let policies = m.policies.into_iter().map(|(_, s)| s).collect();
             let opts = BuildOptions {
                 queues,
@@ -579,8 +579,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     port,
                     r,
                 ),
-            }
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
                 _ => println!("{e}"),
@@ -639,8 +638,7 @@ fn load(state: &StateDir) -> anyhow::Result<Cluster> {
         "cluster {}: not up (run `weir up -f FILE` first)",
         state.cluster
     );
-    Cluster::load(&state.cluster_file())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", state.cluster_file().display()))
+    Cluster::load(&state.cluster_file()).with_context(|| state.cluster_file().display().to_string())
 }
 
 /// One request to the supervisor, its reply read as `T` (a payload of
@@ -687,8 +685,7 @@ fn up(
     // Leftovers of a cluster of the same name that died without `weir down`.
     let _ = weir_topo::teardown_by_name(&state.cluster);
     let _ = std::fs::remove_dir_all(&state.root);
-    let cluster =
-        Cluster::build(&state.cluster, spec, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = Cluster::build(&state.cluster, spec, &opts)?;
     std::fs::create_dir_all(&state.root)?;
     let saved = (|| -> anyhow::Result<()> {
         weir_control::agent::check(&weir_control::source::Manifests {
@@ -798,9 +795,9 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
         for n in &c.nodes {
             stop_orphan(&state.dataplane_pid(&n.name));
         }
-        c.teardown().map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.teardown()?;
     }
-    weir_topo::teardown_by_name(&state.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+    weir_topo::teardown_by_name(&state.cluster)?;
     let _ = std::fs::remove_dir_all(&state.root);
     if had_state {
         println!("cluster {} removed", state.cluster);
@@ -811,8 +808,7 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
 }
 
 fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result<()> {
-    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")?;
     println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
     up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
     let result = (|| -> anyhow::Result<()> {
@@ -878,8 +874,7 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
                 "\n== weir explain --from {}/{} --to {}/{} --port 80",
                 from.0, from.1, to.0, to.1
             );
-            let e = weir_policy::explain(&input, from, to, weir_topo::Protocol::Tcp, 80)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let e = weir_policy::explain(&input, from, to, weir_topo::Protocol::Tcp, 80)?;
             println!("{e}");
         }
         std::thread::sleep(Duration::from_millis(600));

@@ -25,8 +25,7 @@ pub struct StoredPolicy {
 
 impl StoredPolicy {
     pub fn parse(&self) -> anyhow::Result<Policy> {
-        let mut v =
-            weir_policy::parse_str(&self.yaml, &self.object).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut v = weir_policy::parse_str(&self.yaml, &self.object)?;
         anyhow::ensure!(
             v.len() == 1,
             "{}: expected one policy document",
@@ -50,16 +49,13 @@ pub struct Manifests {
 
 pub fn parse_text(text: &str, source: &str, mode: FieldValidation) -> anyhow::Result<Manifests> {
     let mut out = Manifests::default();
-    let docs = manifest::split_documents_with(text, source, mode, &mut out.ignored)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let docs = manifest::split_documents_with(text, source, mode, &mut out.ignored)?;
     for doc in docs {
         if manifest::is_topology_kind(&doc.api_version, &doc.kind) {
             out.cluster
-                .add_document_with(&doc, mode, &mut out.ignored)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .add_document_with(&doc, mode, &mut out.ignored)?;
         } else if weir_policy::is_policy_kind(&doc.api_version, &doc.kind) {
-            let parsed = weir_policy::parse::parse_document_with(&doc, mode)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let parsed = weir_policy::parse::parse_document_with(&doc, mode)?;
             out.ignored.extend(parsed.ignored);
             let policy = parsed.policy;
             let object = policy.object();
@@ -87,9 +83,7 @@ pub fn read_files(files: &[PathBuf], mode: FieldValidation) -> anyhow::Result<Ma
         let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
         let m = parse_text(&text, &f.display().to_string(), mode)?;
         out.ignored.extend(m.ignored);
-        out.cluster
-            .merge(m.cluster)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.cluster.merge(m.cluster)?;
         for (p, s) in m.policies {
             if out.policies.iter().any(|(q, _)| q.object() == s.object) {
                 anyhow::bail!("{}: defined more than once", s.object);
@@ -105,7 +99,7 @@ pub fn load_policies(path: &std::path::Path) -> anyhow::Result<Vec<StoredPolicy>
     match std::fs::read(path) {
         Ok(b) => Ok(serde_json::from_slice(&b).with_context(|| path.display().to_string())?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) => Err(anyhow::Error::new(e).context(path.display().to_string())),
     }
 }
 

@@ -300,7 +300,7 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
 /// Moves this thread (and the threads it starts later: the workers) into
 /// the node's namespace; `netns::run_in` would switch only a helper thread.
 fn enter_netns(name: &str) -> anyhow::Result<()> {
-    let f = weir_topo::netns::open(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let f = weir_topo::netns::open(name)?;
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("setns(netns {name})"))?;
     Ok(())

@@ -57,8 +57,9 @@ pub enum PolicyError {
     /// The cluster input is inconsistent (or names an unknown pod).
     #[error("{0}")]
     Input(String),
-    /// The compiled tables were rejected by the dataplane (a compiler bug).
-    #[error("compiled policy rejected: {0}")]
+    /// The compiled tables were rejected by their own checks (a compiler
+    /// bug); the source says why.
+    #[error("compiled policy rejected")]
     Compiled(#[from] weir_model::policy::PolicyError),
 }
 
