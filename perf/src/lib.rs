@@ -10,12 +10,15 @@
 //!
 //! Scenarios: [`fastpath`] (one node, pod to pod: kernel routing vs weir in
 //! each polling mode).
+#![deny(unsafe_code)]
 
 pub mod connrate;
 pub mod cpu;
 pub mod fastpath;
 pub mod http;
 pub mod kernel;
+// sendmmsg/recvmmsg and AF_PACKET through libc; every block says why it holds.
+#[allow(unsafe_code)]
 mod mmsg;
 pub mod paper;
 pub mod peers;
