@@ -8,9 +8,14 @@
 //! the [`DropReason`].
 //!
 //! Module map:
-//! - [`drop_reason`]: every reason a frame can be dropped, defined once.
+//! - [`drop_reason`]: every reason a frame can be dropped, defined once
+//!   (in `weir-model`, re-exported).
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
-//! - [`policy`]: compiled policy tables and the new-flow judge.
+//! - [`policy`]: compiled policy tables and the new-flow judge (in
+//!   `weir-model`, re-exported: `weir policy explain` runs the same judge).
+//! - [`l7`]: inline HTTP and DNS inspection (the engines are `weir-model`'s,
+//!   [`l7::reply`] builds the frames a deny sends).
+//! - [`fqdn`]: names learned from DNS answers, for `toFQDNs` rules.
 //! - [`conntrack`]: the node's shared connection-tracking table.
 //! - [`frag`]: the node's fragment table (later fragments follow their first).
 //! - [`flows`]: per-worker flow-log queues (new, dropped, revoked flows).
@@ -20,7 +25,9 @@
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
-//!   dataplane object that owns them (the only modules with `unsafe`).
+//!   dataplane object that owns them (`xsk` holds the `unsafe`).
+//!   Status types ([`runtime::DataplaneStatus`], [`stats::WorkerStatus`])
+//!   are `weir-model`'s, re-exported.
 
 pub mod budget;
 pub mod conntrack;

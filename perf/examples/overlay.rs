@@ -1,5 +1,5 @@
 //! Inter-node vs intra-node through weir, VXLAN and Geneve, in one run:
-//! 64-byte UDP pps and 1-byte TCP request/response latency (issue #4's
+//! 64-byte UDP pps and 1-byte TCP request/response latency (the tunnel's
 //! numbers). Two nodes, pods a and b on n1 and c on n2; a → b is
 //! intra-node, a → c crosses the underlay. Load pinned to core 0, both
 //! nodes' workers to core 1 (adaptive polling, so two dataplanes can share

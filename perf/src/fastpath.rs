@@ -1,4 +1,4 @@
-//! `weir-perf fastpath`: issue #2's closing numbers. One node, pods a → b;
+//! `weir-perf fastpath`: the fast path's headline numbers. One node, pods a → b;
 //! 64-byte UDP pps and TCP request/response latency, through the kernel's
 //! own forwarding (the peer every kernel CNI starts from) and through weir in
 //! each polling mode, all in the same run so that ratios mean something on a

@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
-    /// The paper's Fig. 5 scenarios (issue #6): kernel, kernel+nftables,
+    /// The paper's Fig. 5 scenarios: kernel, kernel+nftables,
     /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
     /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
     /// XDP_DROP reference, conntrack_bench. Writes paper.{md,json} and SVG plots.
@@ -92,7 +92,7 @@ enum Cmd {
         /// Rounds of the rule-scaling sweep, interleaved (default: full 3, short 1).
         #[arg(long)]
         scale_reps: Option<usize>,
-        /// Rounds of issue #5's wrk comparison, interleaved (default: full 3, short 1).
+        /// Rounds of the L7 wrk comparison, interleaved (default: full 3, short 1).
         #[arg(long)]
         issue5_reps: Option<usize>,
         /// Run (or skip) the inter-node scenarios (default: full yes, short no).

@@ -1,4 +1,4 @@
-//! `weir-perf paper`: issue #6, the paper's Fig. 5 scenarios on one node.
+//! `weir-perf paper`: the paper's Fig. 5 scenarios on one node.
 //! Pods `app1` (`id: app1`), `app2` (`id: app2`, the load source) and
 //! `app3` (`id: app3`, must be refused under policy). In the same run:
 //!
@@ -134,7 +134,7 @@ pub fn manifests_2n(kernel: bool) -> String {
     )
 }
 
-/// The L7 policy (issue #5, the paper's scenario): to id=app1, from
+/// The L7 policy (the paper's scenario): to id=app1, from
 /// id=app2, TCP 80 with `http: GET /public…` (weir answers 403 to anything
 /// else), plus plain L3/L4 allows from id=app2 for the harness's non-HTTP
 /// tools (UDP 9000, TCP 9001/9002/5201) so RR/UDP/bulk run under the same
@@ -202,7 +202,7 @@ pub struct PaperOptions {
     pub conntrack_bench: bool,
     /// Rounds of the rule-scaling sweep (interleaved: 10, 100, …, 10, 100, …).
     pub scale_reps: usize,
-    /// Rounds of issue #5's wrk comparison (none, L3/L4, L7 interleaved).
+    /// Rounds of the L7 wrk comparison (none, L3/L4, L7 interleaved).
     pub issue5_reps: usize,
     /// Run the inter-node scenarios (three more clusters).
     pub inter_node: bool,
@@ -278,7 +278,7 @@ pub struct ScalePoint {
     pub errors: Vec<String>,
 }
 
-/// One wrk round of issue #5's comparison.
+/// One wrk round of the L7 wrk comparison.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Issue5Sample {
     /// `none`, `L3L4` or `L7`.
@@ -776,7 +776,7 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         step("weir: L7 policy");
         rep.rows
             .push(weir_l7_row(o, &w, &p, &mut cur, &pol, &pol7)?);
-        step("weir: issue #5 (wrk: none, L3/L4, L7)");
+        step("weir: L7 wrk comparison (none, L3/L4, L7)");
         let dst = v4(p.app1)?;
         for round in 0..o.issue5_reps.max(1) {
             for (label, to) in [("none", Pol::None), ("L3L4", Pol::L3L4), ("L7", Pol::L7)] {

@@ -138,7 +138,7 @@ fn fastpath_short_end_to_end() {
 }
 
 /// `weir-perf paper --short`: every configuration ran (or says why not),
-/// weir's L7 row passed its checks and was measured, issue #5's rounds ran,
+/// weir's L7 row passed its checks and was measured, the L7 wrk rounds ran,
 /// the policy configurations refused app3, plots were written, nothing is
 /// left behind. No timings. (Inter-node is off in short mode.)
 #[test]
