@@ -233,11 +233,27 @@ enum Cmd {
         #[command(flatten)]
         dp: DataplaneFlags,
     },
-    /// Watch a Kubernetes API server and enforce its policies on this cluster.
+    /// Watch a Kubernetes API server: with --node, be that node's agent
+    /// (CNI endpoint, dataplane, snapshot from the API server); without,
+    /// enforce its policies on the local cluster --cluster.
     Agent {
         /// Kubeconfig of the API server to watch.
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
+        /// The Node this agent serves (its Node object's name).
+        #[arg(long)]
+        node: Option<String>,
+        /// The node's network namespace (NAME or /run/netns/NAME); default: the agent's own.
+        #[arg(long, requires = "node")]
+        netns: Option<String>,
+        /// Where the node's state lives (default $WEIR_STATE_DIR or /run/weir).
+        #[arg(long, requires = "node")]
+        state_dir: Option<PathBuf>,
+        /// Do not start the dataplane (another container runs `weir dataplane`).
+        #[arg(long, requires = "node")]
+        external_dataplane: bool,
+        #[command(flatten)]
+        dp: DataplaneFlags,
     },
     /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
     Dataplane {
@@ -355,7 +371,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&conf)?);
             Ok(())
         }
-        Cmd::Agent { kubeconfig } => {
+        Cmd::Agent {
+            kubeconfig,
+            node: Some(node),
+            netns,
+            state_dir,
+            external_dataplane,
+            dp,
+        } => weir_control::node_agent::run(weir_control::node_agent::Options {
+            kubeconfig,
+            node,
+            netns,
+            state_dir,
+            spawn_dataplane: !external_dataplane,
+            dataplane_args: dp.args()?,
+        }),
+        Cmd::Agent { kubeconfig, .. } => {
             weir_control::kube_agent::run(weir_control::kube_agent::Options {
                 kubeconfig,
                 cluster: cli.cluster.clone(),
