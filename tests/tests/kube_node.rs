@@ -1,0 +1,574 @@
+//! `weir agent --node` on a node of a cluster weir did not build: a REAL
+//! kube-apiserver (scripts/k8s-control-plane.sh), and a test "kubelet" that
+//! does what a kubelet and its runtime do for networking and nothing more:
+//! registers the Node (spec.podCIDRs), creates each pod's netns, calls
+//! weir-cni as containerd does (CNI_ARGS with IgnoreUnknown and K8S_POD_*),
+//! starts the pod's servers and writes the pod's status from the CNI result.
+//! Needs root and Go.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use weir_tests::{unique_name, weir_bin};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A control plane of this test's own; `Drop` stops it and removes its data.
+struct ControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl ControlPlane {
+    fn start(tag: &str) -> ControlPlane {
+        let dir = std::env::temp_dir().join(format!("weir-k8s-{}", unique_name(tag)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = Command::new(repo().join("scripts/k8s-control-plane.sh"))
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run k8s-control-plane.sh");
+        let bin = Command::new(repo().join("scripts/k8s-build.sh"))
+            .output()
+            .expect("k8s-build.sh");
+        let bin = String::from_utf8_lossy(&bin.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let cp = ControlPlane {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            kubectl: PathBuf::from(bin).join("kubectl"),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "control plane did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cp
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .expect("write stdin");
+        c.wait_with_output().expect("kubectl output")
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/k8s-control-plane.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Network namespaces made with `ip netns add`; `Drop` deletes them.
+struct Netns(Vec<String>);
+
+impl Netns {
+    fn add(&mut self, name: &str) -> PathBuf {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        self.0.push(name.to_string());
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// One node: its netns, state directory, agent; `Drop` stops the agent and
+/// the dataplane (which outlives the agent on purpose) and removes the state.
+struct NodeUnderTest {
+    name: String,
+    netns: String,
+    state: PathBuf,
+    kubeconfig: PathBuf,
+    agent: Option<Child>,
+}
+
+impl NodeUnderTest {
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.join("agent.log"))
+            .expect("log");
+        let child = Command::new(weir_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node", &self.name, "--netns", &self.netns, "--state-dir"])
+            .arg(&self.state)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .expect("weir agent");
+        self.agent = Some(child);
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.state.join("kube/daemon.sock")
+    }
+
+    /// `weir status -o json` on the node agent's state.
+    fn status(&self) -> Value {
+        let out = Command::new(weir_bin())
+            .args(["--cluster", "kube", "status", "-o", "json"])
+            .env("WEIR_STATE_DIR", &self.state)
+            .output()
+            .expect("weir status");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn workers_sum(&self, f: impl Fn(&Value) -> u64) -> u64 {
+        self.status()["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|n| {
+                n["status"]["dataplane"]["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .map(f)
+            .sum()
+    }
+
+    fn rx_packets(&self) -> u64 {
+        self.workers_sum(|w| w["rx_packets"].as_u64().unwrap_or(0))
+    }
+
+    fn drops(&self, reason: &str) -> u64 {
+        self.workers_sum(|w| w["drops"][reason].as_u64().unwrap_or(0))
+    }
+
+    /// weir-cni as containerd calls it; (exit status, stdout JSON).
+    fn cni(&self, command: &str, pod: &Pod, uid: &str) -> (bool, Value) {
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "weir", "type": "weir-cni",
+            "cluster": "kube", "node": self.name,
+            "socket": self.socket().display().to_string(),
+        });
+        let bin = weir_bin().with_file_name("weir-cni");
+        let mut c = Command::new(bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("ctr-{}", pod.name))
+            .env("CNI_NETNS", &pod.netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=ctr-{};K8S_POD_UID={uid}",
+                    pod.namespace, pod.name, pod.name
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir-cni");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("conf");
+        let out = c.wait_with_output().expect("weir-cni output");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.success(), v)
+    }
+}
+
+impl Drop for NodeUnderTest {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let pid = std::fs::read_to_string(
+            self.state
+                .join(format!("kube/nodes/{}/dataplane.pid", self.name)),
+        );
+        if let Ok(pid) = pid {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+struct Pod {
+    namespace: String,
+    name: String,
+    netns_path: PathBuf,
+    ip: Option<Ipv4Addr>,
+}
+
+fn pod_yaml(ns: &str, name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: registry.invalid/none\n\
+\x20   ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]\n"
+    )
+}
+
+/// The kubelet's part after CNI ADD: the pod's status from the result.
+fn write_status(cp: &ControlPlane, p: &Pod) {
+    let ip = p.ip.expect("an address").to_string();
+    let patch = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            "-n",
+            &p.namespace,
+            &p.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+}
+
+/// TCP echo on :80 and UDP echo on :53 inside `netns` (sockets made there
+/// belong to it; served from threads of this process).
+fn start_servers(netns: &Path) {
+    let (tcp, udp) = weir_topo::netns::run_in_path(netns, || {
+        (
+            TcpListener::bind("0.0.0.0:80").expect("bind tcp"),
+            UdpSocket::bind("0.0.0.0:53").expect("bind udp"),
+        )
+    })
+    .expect("enter pod netns");
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+}
+
+fn tcp_ok(from: &Path, to: Ipv4Addr) -> bool {
+    weir_topo::netns::run_in_path(from, || {
+        let addr = SocketAddr::from((to, 80));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+    .unwrap_or(false)
+}
+
+fn udp_ok(from: &Path, to: Ipv4Addr) -> bool {
+    weir_topo::netns::run_in_path(from, || {
+        let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        (0..3).any(|_| {
+            s.send_to(b"ping", (to, 53)).is_ok()
+                && matches!(s.recv_from(&mut buf), Ok((4, _)))
+                && &buf[..4] == b"ping"
+        })
+    })
+    .unwrap_or(false)
+}
+
+/// Waits (bounded) until `f` is true; the bound only keeps a broken agent
+/// from hanging the suite, nothing is timed.
+fn wait_until(node: &NodeUnderTest, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: not reached; agent log:\n{}", node.log());
+}
+
+const NETPOL_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: b-udp-from-a, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+\x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{protocol: UDP, port: 53}]\n";
+
+#[test]
+fn kubelet_pods_through_weir_cni_are_policed_by_kubectl_policies() {
+    let cp = ControlPlane::start("kn");
+    let tag = unique_name("kn");
+    let node_name = format!("node-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkn-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kn-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns.clone(),
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+
+    // The kubelet registers its Node.
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.7.0/24, podCIDRs: [10.213.7.0/24]}}\n"
+        )),
+    );
+    node.start_agent();
+    cp.kubectl_ok(&["create", "namespace", "kn"], None);
+    // Pods need the namespace's default ServiceAccount (the controller-manager's).
+    wait_until(&node, "default ServiceAccount", || {
+        cp.kubectl(&["get", "serviceaccount", "-n", "kn", "default"], None)
+            .status
+            .success()
+    });
+
+    let mut pods = Vec::new();
+    for name in ["a", "b"] {
+        cp.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml("kn", name, &node_name)),
+        );
+        let uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let mut p = Pod {
+            namespace: "kn".into(),
+            name: name.into(),
+            netns_path: netns.add(&format!("wkn-{tag}-{name}")),
+            ip: None,
+        };
+        // The agent may still be listing: a runtime retries error 11.
+        let mut res = (false, Value::Null);
+        for _ in 0..100 {
+            res = node.cni("ADD", &p, &uid);
+            if res.0 || res.1["code"] != 11 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(res.0, "ADD {name}: {}\n{}", res.1, node.log());
+        let addr = res.1["ips"][0]["address"]
+            .as_str()
+            .expect("an IPv4 address");
+        let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().expect("IPv4");
+        assert!(
+            addr.starts_with("10.213.7."),
+            "{addr} is not from the Node's podCIDRs"
+        );
+        p.ip = Some(ip);
+        start_servers(&p.netns_path);
+        write_status(&cp, &p);
+        pods.push(p);
+    }
+    let (a, b) = (&pods[0], &pods[1]);
+    let b_ip = b.ip.unwrap();
+
+    // No policy: open, and the packets crossed weir.
+    let rx0 = node.rx_packets();
+    wait_until(&node, "a→b TCP with no policy", || {
+        tcp_ok(&a.netns_path, b_ip)
+    });
+    assert!(udp_ok(&a.netns_path, b_ip), "a→b UDP with no policy");
+    assert!(node.rx_packets() > rx0, "the dataplane saw no packets");
+
+    // A pod attached before its Pod object reached the agent gets nothing
+    // (fail closed) until its identity is known.
+    let late = Pod {
+        namespace: "kn".into(),
+        name: "late".into(),
+        netns_path: netns.add(&format!("wkn-{tag}-late")),
+        ip: None,
+    };
+    let (ok, res) = node.cni("ADD", &late, "");
+    assert!(ok, "ADD late: {res}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !tcp_ok(&late.netns_path, b_ip),
+        "a pod without its Pod object reached b"
+    );
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("kn", "late", &node_name)),
+    );
+    wait_until(&node, "late pod's identity known", || {
+        tcp_ok(&late.netns_path, b_ip)
+    });
+
+    // kubectl apply of a NetworkPolicy: b admits UDP 53 from a only.
+    let denied0 = node.drops("policy-denied");
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B));
+    wait_until(&node, "TCP a→b denied", || !tcp_ok(&a.netns_path, b_ip));
+    assert!(udp_ok(&a.netns_path, b_ip), "UDP a→b allowed by the policy");
+    assert!(!udp_ok(&late.netns_path, b_ip), "UDP late→b not allowed");
+    assert!(node.drops("policy-denied") > denied0, "no denial counted");
+
+    // The agent stops: forwarding and enforcement go on; CNI ADD is error 11.
+    node.kill_agent();
+    assert!(udp_ok(&a.netns_path, b_ip), "UDP a→b without the agent");
+    assert!(!tcp_ok(&a.netns_path, b_ip), "TCP a→b without the agent");
+    let c = Pod {
+        namespace: "kn".into(),
+        name: "c".into(),
+        netns_path: netns.add(&format!("wkn-{tag}-c")),
+        ip: None,
+    };
+    let (ok, res) = node.cni("ADD", &c, "");
+    assert!(!ok && res["code"] == 11, "ADD without the agent: {res}");
+
+    // Restarted: resyncs, and changes resume.
+    node.start_agent();
+    cp.kubectl_ok(
+        &["delete", "networkpolicy", "-n", "kn", "b-udp-from-a"],
+        None,
+    );
+    wait_until(&node, "TCP a→b after the policy is deleted", || {
+        tcp_ok(&a.netns_path, b_ip)
+    });
+
+    for p in pods.iter().chain([&late]) {
+        let (ok, res) = node.cni("DEL", p, "");
+        assert!(ok, "DEL {}: {res}", p.name);
+    }
+    drop(node);
+    drop(netns);
+}
+
+#[test]
+fn a_node_without_pod_cidrs_fails_add_naming_it() {
+    let cp = ControlPlane::start("kc");
+    let tag = unique_name("kc");
+    let node_name = format!("bare-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkc-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kc-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n"
+        )),
+    );
+    node.start_agent();
+    let p = Pod {
+        namespace: "default".into(),
+        name: "p".into(),
+        netns_path: netns.add(&format!("wkc-{tag}-p")),
+        ip: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let res = loop {
+        let (ok, res) = node.cni("ADD", &p, "");
+        assert!(!ok, "ADD on a node without podCIDRs succeeded: {res}");
+        if res["msg"].as_str().unwrap_or_default().contains("podCIDRs") || Instant::now() > deadline
+        {
+            break res;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(res["code"], 11, "{res}");
+    let msg = res["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("nodes/{node_name}")) && msg.contains("spec.podCIDRs"),
+        "{res}"
+    );
+    assert!(
+        res["cniVersion"].is_string(),
+        "not the spec's error JSON: {res}"
+    );
+    drop(node);
+    drop(netns);
+}
