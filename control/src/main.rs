@@ -252,6 +252,9 @@ enum Cmd {
         /// Do not start the dataplane (another container runs `weir dataplane`).
         #[arg(long, requires = "node")]
         external_dataplane: bool,
+        /// Also write the CNI conflist into DIR (the runtime's /etc/cni/net.d).
+        #[arg(long, requires = "node")]
+        cni_conf_dir: Option<PathBuf>,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -377,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             netns,
             state_dir,
             external_dataplane,
+            cni_conf_dir,
             dp,
         } => weir_control::node_agent::run(weir_control::node_agent::Options {
             kubeconfig,
@@ -385,6 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             spawn_dataplane: !external_dataplane,
             dataplane_args: dp.args()?,
+            cni_conf_dir,
         }),
         Cmd::Agent { kubeconfig, .. } => {
             weir_control::kube_agent::run(weir_control::kube_agent::Options {

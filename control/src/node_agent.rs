@@ -61,6 +61,8 @@ pub struct Options {
     pub spawn_dataplane: bool,
     /// Extra arguments of `weir dataplane` (cores, poll mode).
     pub dataplane_args: Vec<String>,
+    /// Also write the conflist here (the runtime's `/etc/cni/net.d`).
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -486,7 +488,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         generation,
         last: None,
     }));
-    write_conflist(&state, &opts.node)?;
+    write_conflist(&state, &opts.node, opts.cni_conf_dir.as_deref())?;
 
     // weir-cni's endpoint; answered from its own thread.
     let sock = state.daemon_sock();
@@ -717,7 +719,7 @@ fn start_dataplane(state: &StateDir, opts: &Options) -> anyhow::Result<()> {
 }
 
 /// The conflist a runtime uses on this node (`<state>/kube/10-weir.conflist`).
-fn write_conflist(state: &StateDir, node: &str) -> anyhow::Result<()> {
+fn write_conflist(state: &StateDir, node: &str, dir: Option<&Path>) -> anyhow::Result<()> {
     let conf = json!({
         "cniVersion": "1.0.0",
         "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
@@ -729,10 +731,13 @@ fn write_conflist(state: &StateDir, node: &str) -> anyhow::Result<()> {
             "socket": state.daemon_sock().display().to_string(),
         }],
     });
-    crate::state::write_atomic(
-        &state.root.join("10-weir.conflist"),
-        serde_json::to_string_pretty(&conf)?.as_bytes(),
-    )?;
+    let text = serde_json::to_string_pretty(&conf)?;
+    crate::state::write_atomic(&state.root.join("10-weir.conflist"), text.as_bytes())?;
+    if let Some(d) = dir {
+        let path = d.join("10-weir.conflist");
+        crate::state::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("{}", path.display()))?;
+    }
     Ok(())
 }
 

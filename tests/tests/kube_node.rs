@@ -572,3 +572,115 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
     drop(node);
     drop(netns);
 }
+
+/// A kubeconfig for the API server of `admin` with a bearer token.
+fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(admin).expect("admin kubeconfig");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in the admin kubeconfig"))
+            .trim()
+            .to_string()
+    };
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+users:\n- name: weir-agent\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: weir-agent}}\ncurrent-context: c\n",
+        field("server:"),
+        field("certificate-authority-data:")
+    );
+    std::fs::write(out, kc).expect("write kubeconfig");
+}
+
+#[test]
+fn deploy_manifests_apply_and_their_service_account_runs_the_agent() {
+    let cp = ControlPlane::start("kd");
+    let deploy = repo().join("deploy");
+    cp.kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            deploy.join("crds").to_str().unwrap(),
+            "-f",
+            deploy.join("weir.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    for obj in [
+        "serviceaccount/weir-agent",
+        "configmap/weir-agent",
+        "daemonset/weir-agent",
+    ] {
+        cp.kubectl_ok(&["get", "-n", "weir-system", obj], None);
+    }
+    cp.kubectl_ok(
+        &[
+            "get",
+            "clusterrole/weir-agent",
+            "clusterrolebinding/weir-agent",
+        ],
+        None,
+    );
+
+    let tag = unique_name("kd");
+    let node_name = format!("sa-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkd-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kd-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let token = cp.kubectl_ok(
+        &["create", "token", "weir-agent", "-n", "weir-system"],
+        None,
+    );
+    let kc = state.join("sa.kubeconfig");
+    token_kubeconfig(&cp.kubeconfig, token.trim(), &kc);
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.9.0/24, podCIDRs: [10.213.9.0/24]}}\n"
+        )),
+    );
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: kc,
+        agent: None,
+    };
+    node.start_agent();
+    wait_until(
+        &node,
+        "the agent synced with the ServiceAccount's token",
+        || node.status()["synced"] == true && node.status()["nodes"][0]["running"] == true,
+    );
+    assert!(!node.log().contains("forbidden"), "{}", node.log());
+
+    // Without `list` on the core kinds: the agent names verb and resource.
+    node.kill_agent();
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "clusterrole",
+            "weir-agent",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/rules/0/verbs", "value": ["watch"]}]"#,
+        ],
+        None,
+    );
+    node.start_agent();
+    wait_until(&node, "the agent names the missing verb", || {
+        node.log().lines().any(|l| {
+            l.contains("RBAC: forbidden: cannot list resource \"pods\"")
+                || l.contains("RBAC: forbidden: cannot list resource \"nodes\"")
+        })
+    });
+    // Not synced: nothing is published from a partial view.
+    assert_eq!(node.status()["synced"], false, "{}", node.status());
+    drop(node);
+    drop(netns);
+}
