@@ -684,3 +684,301 @@ spec: {{podCIDR: 10.213.9.0/24, podCIDRs: [10.213.9.0/24]}}\n"
     drop(node);
     drop(netns);
 }
+
+/// A control plane, a node with its agent, and pods attached through
+/// weir-cni with their status written (the test kubelet's whole job).
+struct Setup {
+    pods: Vec<Pod>,
+    node: NodeUnderTest,
+    netns: Netns,
+    cp: ControlPlane,
+}
+
+fn setup(tag_prefix: &str, cidr_octet: u8, names: &[&str]) -> Setup {
+    let cp = ControlPlane::start(tag_prefix);
+    let tag = unique_name(tag_prefix);
+    let node_name = format!("node-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("w{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.{cidr_octet}.0/24, podCIDRs: [10.213.{cidr_octet}.0/24]}}\n"
+        )),
+    );
+    node.start_agent();
+    cp.kubectl_ok(&["create", "namespace", "kn"], None);
+    wait_until(&node, "default ServiceAccount", || {
+        cp.kubectl(&["get", "serviceaccount", "-n", "kn", "default"], None)
+            .status
+            .success()
+    });
+    let mut pods = Vec::new();
+    for name in names {
+        cp.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml("kn", name, &node_name)),
+        );
+        let uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let mut p = Pod {
+            namespace: "kn".into(),
+            name: name.to_string(),
+            netns_path: netns.add(&format!("w{tag}-{name}")),
+            ip: None,
+        };
+        let mut res = (false, Value::Null);
+        for _ in 0..100 {
+            res = node.cni("ADD", &p, &uid);
+            if res.0 || res.1["code"] != 11 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(res.0, "ADD {name}: {}\n{}", res.1, node.log());
+        let addr = res.1["ips"][0]["address"].as_str().expect("an address");
+        p.ip = Some(addr.split('/').next().unwrap().parse().expect("IPv4"));
+        start_servers(&p.netns_path);
+        write_status(&cp, &p);
+        pods.push(p);
+    }
+    Setup {
+        pods,
+        node,
+        netns,
+        cp,
+    }
+}
+
+/// b admits TCP 80 from a only.
+const NETPOL_B_TCP_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: b-tcp-from-a, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+\x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{protocol: TCP, port: 80}]\n";
+
+/// A TCP stream a→b that writes and reads its echo until told to stop;
+/// returns the bytes echoed, or the first error.
+fn long_transfer(
+    from: &Path,
+    to: Ipv4Addr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    moved: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    let s = weir_topo::netns::run_in_path(from, || TcpStream::connect((to, 80)))
+        .expect("netns")
+        .expect("connect for the long transfer");
+    std::thread::spawn(move || {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let chunk = [0x5au8; 16384];
+        let mut back = [0u8; 16384];
+        let mut total = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            s.write_all(&chunk)
+                .map_err(|e| format!("write after {total} bytes: {e}"))?;
+            s.read_exact(&mut back)
+                .map_err(|e| format!("read after {total} bytes: {e}"))?;
+            if back != chunk {
+                return Err(format!("corrupt echo after {total} bytes"));
+            }
+            total += chunk.len() as u64;
+            moved.store(total, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(total)
+    })
+}
+
+#[test]
+fn enforcement_outlives_agent_restarts_and_api_server_outages() {
+    let s = setup("kl", 11, &["a", "b", "c"]);
+    let (a, b, c) = (&s.pods[0], &s.pods[1], &s.pods[2]);
+    let b_ip = b.ip.unwrap();
+    let node = &s.node;
+    s.cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B_TCP_FROM_A));
+    wait_until(node, "c→b denied", || !tcp_ok(&c.netns_path, b_ip));
+    assert!(tcp_ok(&a.netns_path, b_ip), "a→b allowed by the policy");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let transfer = long_transfer(&a.netns_path, b_ip, stop.clone(), moved.clone());
+    let progressed = |since: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if moved.load(std::sync::atomic::Ordering::Relaxed) > since + (1 << 20) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(progressed(0), "the transfer does not move");
+    let rx0 = node.rx_packets();
+
+    // The agent killed and restarted during the transfer: it resyncs (a new
+    // generation published from a complete relist) without dropping it.
+    let mut node_mut = s.node;
+    node_mut.kill_agent();
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(progressed(before), "the transfer stopped with the agent");
+    let published = |n: &NodeUnderTest| n.log().matches("published generation").count();
+    let count0 = published(&node_mut);
+    node_mut.start_agent();
+    wait_until(&node_mut, "the restarted agent republished", || {
+        published(&node_mut) > count0
+    });
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        progressed(before),
+        "the transfer stopped after the agent's resync"
+    );
+    assert!(!tcp_ok(&c.netns_path, b_ip), "c→b allowed after the resync");
+
+    // The API server stopped: verdicts unchanged, the transfer goes on.
+    let text = std::fs::read_to_string(&s.cp.kubeconfig).expect("kubeconfig");
+    let port = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .expect("server port")
+        .trim()
+        .to_string();
+    let script = repo().join("scripts/k8s-control-plane.sh");
+    assert!(Command::new(&script)
+        .arg("stop")
+        .arg(&s.cp.dir)
+        .status()
+        .unwrap()
+        .success());
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        progressed(before),
+        "the transfer stopped with the API server"
+    );
+    assert!(
+        !tcp_ok(&c.netns_path, b_ip),
+        "c→b allowed without the API server"
+    );
+    assert!(
+        tcp_ok(&a.netns_path, b_ip),
+        "a→b denied without the API server"
+    );
+
+    // It returns (same port, same data): changes resume.
+    let out = Command::new(&script)
+        .arg("start")
+        .arg(&s.cp.dir)
+        .arg(&port)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.cp.kubectl_ok(
+        &["delete", "networkpolicy", "-n", "kn", "b-tcp-from-a"],
+        None,
+    );
+    wait_until(
+        &node_mut,
+        "c→b allowed once the policy is deleted",
+        || tcp_ok(&c.netns_path, b_ip),
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total = transfer
+        .join()
+        .expect("transfer thread")
+        .expect("the transfer broke");
+    assert!(total > 3 << 20, "only {total} bytes moved");
+    assert!(
+        node_mut.rx_packets() > rx0,
+        "the transfer did not cross weir"
+    );
+    drop(node_mut);
+    drop(s.netns);
+}
+
+/// Writes `{"op":"ping"}` to the node's dataplane: the generation it runs.
+fn dataplane_generation(node: &NodeUnderTest) -> u64 {
+    let sock = node
+        .state
+        .join(format!("kube/nodes/{}/dataplane.sock", node.name));
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return 0;
+    };
+    let _ = s.write_all(b"{\"op\":\"ping\"}\n");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+    serde_json::from_str::<Value>(&line).unwrap_or(Value::Null)["data"]["generation"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Measurement (docs/kubernetes.md), not a check: `kubectl apply` of a
+/// NetworkPolicy → the node's dataplane runs a snapshot with it, over 100
+/// applies (each followed by a delete). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_kubectl_apply_to_enforced() {
+    let s = setup("km", 12, &["a", "b"]);
+    let (a, b) = (&s.pods[0], &s.pods[1]);
+    let b_ip = b.ip.unwrap();
+    wait_until(&s.node, "a→b open", || tcp_ok(&a.netns_path, b_ip));
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: deny-b, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
+    let mut samples = Vec::new();
+    for i in 0..100 {
+        let g0 = dataplane_generation(&s.node);
+        let t0 = Instant::now();
+        s.cp.kubectl_ok(&["apply", "-f", "-"], Some(deny));
+        while dataplane_generation(&s.node) <= g0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "apply {i} not enforced"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        samples.push(t0.elapsed());
+        if i == 0 {
+            assert!(!tcp_ok(&a.netns_path, b_ip), "the generation did not deny");
+        }
+        let g1 = dataplane_generation(&s.node);
+        s.cp.kubectl_ok(&["delete", "networkpolicy", "-n", "kn", "deny-b"], None);
+        while dataplane_generation(&s.node) <= g1 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "kubectl apply -> enforced over {} applies: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        samples.len(),
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() * 99 / 100]),
+        ms(samples[0]),
+        ms(samples[samples.len() - 1])
+    );
+}
