@@ -222,6 +222,9 @@ impl NodeState {
         if let Some((text, policies)) = new_policies {
             match crate::agent::check(&cluster, &policies) {
                 Ok(()) => {
+                    // Kept for a restarted agent: a set it refuses must leave
+                    // these in force, not none.
+                    crate::state::write_atomic(&policies_file(&self.state), text.as_bytes())?;
                     self.policies = policies;
                     self.policy_text = text.to_string();
                 }
@@ -307,6 +310,42 @@ impl CniHost for NodeState {
                 None => return, // no dataplane: nothing to wait for
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
+        }
+    }
+}
+
+/// The policy set in force (the API server's objects as the last accepted
+/// publish saw them), for a restarted agent.
+fn policies_file(state: &StateDir) -> PathBuf {
+    state.root.join("policies-in-force.json")
+}
+
+/// What a restarted agent enforces until the API server's set compiles:
+/// the last set that did. None on a first start.
+fn policies_in_force(state: &StateDir) -> (String, Vec<Policy>) {
+    let Ok(text) = std::fs::read_to_string(policies_file(state)) else {
+        return (String::new(), Vec::new());
+    };
+    let parsed = manifests::parse_text(
+        &text,
+        "policies in force",
+        weir_topo::fields::FieldValidation::Strict,
+    )
+    .and_then(|m| {
+        let stored: Vec<_> = m.policies.iter().map(|(_, s)| s.clone()).collect();
+        manifests::parse_all(&stored)
+    });
+    match parsed {
+        Ok(p) => {
+            log::info!("{} policies in force from the previous run", p.len());
+            (text, p)
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: {e:#}; starting without",
+                policies_file(state).display()
+            );
+            (String::new(), Vec::new())
         }
     }
 }
@@ -432,9 +471,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         std::env::set_var("WEIR_STATE_DIR", d);
     }
     let state = StateDir::new(CLUSTER);
-    std::fs::create_dir_all(state.node_dir(&opts.node))
-        .with_context(|| format!("state directory {}", state.root.display()))?;
-    let netns = netns_name(opts.netns.as_deref())?;
+    // The kubeconfig first: a bad one is one line and changes nothing.
     let client = kube_agent::client(&opts.kubeconfig).await?;
     client.apiserver_version().await.map_err(|e| {
         anyhow::anyhow!(
@@ -443,6 +480,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             kube_agent::one_line(&e)
         )
     })?;
+    std::fs::create_dir_all(state.node_dir(&opts.node))
+        .with_context(|| format!("state directory {}", state.root.display()))?;
+    let netns = netns_name(opts.netns.as_deref())?;
 
     // The attachments survive an agent restart; a new start begins empty.
     let att_file = state.root.join("attachments.json");
@@ -474,6 +514,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             queues: 2,
         },
     };
+    let (policy_text, policies) = policies_in_force(&state);
     let generation = crate::agent::read_snapshot(&state, &opts.node)
         .map(|s| s.generation)
         .unwrap_or(0);
@@ -483,8 +524,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         attached,
         inputs: ClusterInputs::default(),
         synced: false,
-        policies: Vec::new(),
-        policy_text: String::new(),
+        policies,
+        policy_text,
         generation,
         last: None,
     }));

@@ -364,6 +364,13 @@ metadata: {name: b-udp-from-a, namespace: kn}\n\
 spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
 \x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{protocol: UDP, port: 53}]\n";
 
+/// The API server accepts it; weir refuses it: an HTTP path regex that does
+/// not compile.
+const BAD_WEIR: &str = "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\n\
+metadata: {name: bad-regex, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - action: Allow\n\
+\x20   ports: [{protocol: TCP, port: 80}]\n    http: [{path: {regex: \"(\"}}]\n";
+
 #[test]
 fn kubelet_pods_through_weir_cni_are_policed_by_kubectl_policies() {
     let cp = ControlPlane::start("kn");
@@ -501,12 +508,29 @@ spec: {{podCIDR: 10.213.7.0/24, podCIDRs: [10.213.7.0/24]}}\n"
     let (ok, res) = node.cni("ADD", &c, "");
     assert!(!ok && res["code"] == 11, "ADD without the agent: {res}");
 
-    // Restarted: resyncs, and changes resume.
+    // Restarted: resyncs. A policy the API server accepts but weir refuses
+    // (a regex that does not compile): the previous tables stay in force for
+    // everything, even the deletion that follows, until it is gone.
     node.start_agent();
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(BAD_WEIR));
     cp.kubectl_ok(
         &["delete", "networkpolicy", "-n", "kn", "b-udp-from-a"],
         None,
     );
+    wait_until(&node, "the refusal logged", || {
+        node.log().contains("weirpolicies/kn/bad-regex")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !tcp_ok(&a.netns_path, b_ip),
+        "a refused set changed enforcement"
+    );
+    let events = cp.kubectl_ok(&["get", "events", "-n", "kn", "-o", "json"], None);
+    assert!(
+        events.contains("PolicyRefused"),
+        "no Warning Event: {events}"
+    );
+    cp.kubectl_ok(&["delete", "weirpolicy", "-n", "kn", "bad-regex"], None);
     wait_until(&node, "TCP a→b after the policy is deleted", || {
         tcp_ok(&a.netns_path, b_ip)
     });
@@ -542,7 +566,22 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n"
         )),
     );
+    // An API server without weir's WeirPolicy CRD nor ClusterNetworkPolicy's:
+    // each is named once, the agent runs with the rest.
+    cp.kubectl_ok(
+        &[
+            "delete",
+            "crd",
+            "weirpolicies.weir.dev",
+            "clusternetworkpolicies.policy.networking.k8s.io",
+        ],
+        None,
+    );
+    let started = Instant::now();
     node.start_agent();
+    wait_until(&node, "synced without two CRDs", || {
+        node.status()["synced"] == true
+    });
     let p = Pod {
         namespace: "default".into(),
         name: "p".into(),
@@ -569,6 +608,16 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
         res["cniVersion"].is_string(),
         "not the spec's error JSON: {res}"
     );
+    // Past the agent's rediscovery period: still named once.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(started.elapsed()));
+    let log = node.log();
+    for kind in ["WeirPolicy", "ClusterNetworkPolicy"] {
+        let n = log
+            .lines()
+            .filter(|l| l.contains(&format!(" {kind}: not served by the API server")))
+            .count();
+        assert_eq!(n, 1, "{kind} named {n} times:\n{log}");
+    }
     drop(node);
     drop(netns);
 }
@@ -950,10 +999,12 @@ fn measure_kubectl_apply_to_enforced() {
 metadata: {name: deny-b, namespace: kn}\n\
 spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
     let mut samples = Vec::new();
+    let mut after_return = Vec::new();
     for i in 0..100 {
         let g0 = dataplane_generation(&s.node);
         let t0 = Instant::now();
         s.cp.kubectl_ok(&["apply", "-f", "-"], Some(deny));
+        let returned = t0.elapsed();
         while dataplane_generation(&s.node) <= g0 {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
@@ -962,6 +1013,7 @@ spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
             std::thread::sleep(Duration::from_millis(2));
         }
         samples.push(t0.elapsed());
+        after_return.push(t0.elapsed().saturating_sub(returned));
         if i == 0 {
             assert!(!tcp_ok(&a.netns_path, b_ip), "the generation did not deny");
         }
@@ -971,14 +1023,65 @@ spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "kubectl apply -> enforced over {} applies: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
-        samples.len(),
-        ms(samples[samples.len() / 2]),
-        ms(samples[samples.len() * 99 / 100]),
-        ms(samples[0]),
-        ms(samples[samples.len() - 1])
+    let report = |what: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        println!(
+            "{what} over {} samples: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+            v.len(),
+            ms(v[v.len() / 2]),
+            ms(v[v.len() * 99 / 100]),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        );
+    };
+    report("kubectl apply (start) -> enforced", &mut samples);
+    report("kubectl apply (returned) -> enforced", &mut after_return);
+
+    // CNI ADD (start) -> the first TCP connection from the new pod crosses
+    // weir (its Pod object exists beforehand, as when a kubelet calls ADD).
+    let mut netns = Netns(Vec::new());
+    let mut first = Vec::new();
+    for i in 0..20 {
+        let name = format!("m{i}");
+        let yaml = pod_yaml("kn", &name, &s.node.name);
+        s.cp.kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+        let uid = s.cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                &name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        // Let the Pod object reach the agent first, as it does before a
+        // kubelet starts the sandbox.
+        std::thread::sleep(Duration::from_millis(300));
+        let p = Pod {
+            namespace: "kn".into(),
+            name: name.clone(),
+            netns_path: netns.add(&format!("{}-{name}", s.node.netns)),
+            ip: None,
+        };
+        let t0 = Instant::now();
+        let (ok, res) = s.node.cni("ADD", &p, &uid);
+        assert!(ok, "ADD {name}: {res}");
+        while !tcp_ok(&p.netns_path, b_ip) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{name} never connected"
+            );
+        }
+        first.push(t0.elapsed());
+        let (ok, res) = s.node.cni("DEL", &p, &uid);
+        assert!(ok, "DEL {name}: {res}");
+    }
+    report(
+        "CNI ADD (start) -> first TCP connection crossed weir",
+        &mut first,
     );
 }
