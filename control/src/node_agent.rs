@@ -833,3 +833,47 @@ fn cni_precheck(st: &NodeState, call: &CniCall) -> Option<serde_json::Value> {
         Some(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_hint_leads_with_verb_and_resource() {
+        let e = "failed to perform initial object list: ApiError: pods is forbidden: User \"system:serviceaccount:weir-system:weir-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope: Forbidden";
+        let h = rbac_hint(e);
+        assert!(
+            h.starts_with("RBAC: forbidden: cannot list resource \"pods\" in API group \"\" ("),
+            "{h}"
+        );
+        assert_eq!(rbac_hint("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn first_hosts_of_pod_cidrs() {
+        let c: Vec<ipnet::IpNet> = vec![
+            "10.1.2.0/24".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
+        ];
+        assert_eq!(
+            first_hosts(&c),
+            (
+                Some(Ipv4Addr::new(10, 1, 2, 1)),
+                Some("fd00:1::1".parse().unwrap())
+            )
+        );
+        assert_eq!(first_hosts(&[]), (None, None));
+    }
+
+    #[test]
+    fn netns_names_and_paths() {
+        assert!(netns_name(Some("/tmp/x"))
+            .unwrap_err()
+            .to_string()
+            .contains("under /run/netns"));
+        assert!(netns_name(Some("/run/netns/surely-not-there-weir"))
+            .unwrap_err()
+            .to_string()
+            .contains("no such network namespace"));
+    }
+}

@@ -1085,3 +1085,38 @@ spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
         &mut first,
     );
 }
+
+#[test]
+fn node_agent_with_bad_kubeconfig_is_one_line_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("weir-kb-{}", unique_name("kb")));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let garbage = dir.join("garbage.kubeconfig");
+    std::fs::write(&garbage, "clusters: [").expect("write");
+    let nowhere = dir.join("nowhere.kubeconfig");
+    std::fs::write(
+        &nowhere,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\n\
+users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+    )
+    .expect("write");
+    for kc in [&garbage, &nowhere, &dir.join("missing")] {
+        let out = Command::new(weir_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["--node", "n1", "--state-dir"])
+            .arg(dir.join("state"))
+            .output()
+            .expect("weir agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(&kc.display().to_string()), "{err}");
+        // Nothing was made on the node.
+        assert!(
+            !dir.join("state").exists(),
+            "state made for a bad kubeconfig"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
