@@ -487,8 +487,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     // The attachments survive an agent restart; a new start begins empty.
     let att_file = state.root.join("attachments.json");
     let attached = match Cluster::load(&att_file) {
-        Ok(c) if c.nodes.first().is_some_and(|n| n.name == opts.node) => {
+        Ok(mut c) if c.nodes.first().is_some_and(|n| n.name == opts.node) => {
             log::info!("{} attached pods from a previous run", c.pods.len());
+            c.nodes[0].netns = netns.clone();
             c
         }
         _ => Cluster {
@@ -559,7 +560,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     );
     drop(tx);
 
-    let mut dataplane_started = false;
+    let mut dataplane: Option<std::process::Child> = None;
+    let mut published_once = false;
     let mut kinds: Vec<KindState> = KINDS.iter().map(|_| KindState::default()).collect();
     let mut discovered = [false; KINDS.len()];
     let first_discovery = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -585,13 +587,20 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     loop {
         let timeout = match dirty_since {
             Some(t) => QUIET.min(MAX_DELAY.saturating_sub(t.elapsed())),
-            None => Duration::from_secs(3600),
+            None => SUPERVISE,
         };
         let msg = match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Some(m)) => Some(m),
             Ok(None) => anyhow::bail!("every watcher ended"),
             Err(_) => None,
         };
+        if msg.is_none() && dirty_since.is_none() {
+            // Idle: the dataplane still runs?
+            if opts.spawn_dataplane && published_once {
+                supervise_dataplane(&state, &opts, &mut dataplane);
+            }
+            continue;
+        }
         if let Some(msg) = msg {
             match msg {
                 Msg::Store(i, done) => {
@@ -695,11 +704,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
-        if opts.spawn_dataplane && !dataplane_started {
-            dataplane_started = true;
-            if let Err(e) = start_dataplane(&state, &opts) {
-                log::error!("nodes/{}: dataplane: {e:#}", opts.node);
-            }
+        published_once = true;
+        if opts.spawn_dataplane {
+            supervise_dataplane(&state, &opts, &mut dataplane);
         }
     }
 }
@@ -716,20 +723,50 @@ fn rbac_hint(e: &str) -> String {
     e.to_string()
 }
 
-/// Starts `weir dataplane` for the node unless one runs already (a
-/// restarted agent keeps the one that forwards now). Its own process group:
-/// a signal to the agent is not one to the dataplane.
-fn start_dataplane(state: &StateDir, opts: &Options) -> anyhow::Result<()> {
-    if ipc::call(
-        &state.dataplane_sock(&opts.node),
-        &Request::Ping,
-        Duration::from_secs(1),
-    )
-    .is_ok()
-    {
-        log::info!("nodes/{}: dataplane already running, kept", opts.node);
-        return Ok(());
+/// How often an idle agent checks that the dataplane it runs still does.
+const SUPERVISE: Duration = Duration::from_secs(2);
+
+/// Whether the node's dataplane process runs: the one this agent started
+/// (reaped when it exited), else the one named by its pid file (a restarted
+/// agent keeps the dataplane that forwards now; a dead or reused pid has
+/// no `weir ... dataplane` command line).
+fn dataplane_alive(state: &StateDir, node: &str, child: &mut Option<std::process::Child>) -> bool {
+    if let Some(c) = child {
+        if matches!(c.try_wait(), Ok(None)) {
+            return true;
+        }
+        *child = None;
+        return false;
     }
+    let Ok(pid) = std::fs::read_to_string(state.dataplane_pid(node)) else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"dataplane"))
+}
+
+/// Starts the node's dataplane when none runs (first publish, or it exited).
+fn supervise_dataplane(state: &StateDir, opts: &Options, child: &mut Option<std::process::Child>) {
+    let had = child.is_some();
+    if dataplane_alive(state, &opts.node, child) {
+        return;
+    }
+    if had {
+        log::warn!(
+            "nodes/{}: the dataplane exited (see {}); starting it again",
+            opts.node,
+            state.dataplane_log(&opts.node).display()
+        );
+    }
+    match start_dataplane(state, opts) {
+        Ok(c) => *child = Some(c),
+        Err(e) => log::error!("nodes/{}: dataplane: {e:#}", opts.node),
+    }
+}
+
+/// Starts `weir dataplane` for the node in a process group of its own: a
+/// signal to the agent is not one to the dataplane, which outlives it.
+fn start_dataplane(state: &StateDir, opts: &Options) -> anyhow::Result<std::process::Child> {
     let log_path = state.dataplane_log(&opts.node);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -754,9 +791,7 @@ fn start_dataplane(state: &StateDir, opts: &Options) -> anyhow::Result<()> {
         child.id(),
         log_path.display()
     );
-    // Not waited for: it outlives the agent on purpose.
-    std::mem::forget(child);
-    Ok(())
+    Ok(child)
 }
 
 /// The conflist a runtime uses on this node (`<state>/kube/10-weir.conflist`).

@@ -608,6 +608,29 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
         res["cniVersion"].is_string(),
         "not the spec's error JSON: {res}"
     );
+    // The dataplane killed: the agent starts it again.
+    let pid_file = node
+        .state
+        .join(format!("kube/nodes/{node_name}/dataplane.pid"));
+    wait_until(&node, "the dataplane runs", || {
+        node.status()["nodes"][0]["running"] == true
+    });
+    let pid = std::fs::read_to_string(&pid_file).expect("dataplane.pid");
+    assert!(Command::new("kill")
+        .arg("-9")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
+    wait_until(&node, "the dataplane started again", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p != pid)
+            && node.status()["nodes"][0]["running"] == true
+    });
+    assert!(
+        node.log().contains("the dataplane exited"),
+        "{}",
+        node.log()
+    );
     // Past the agent's rediscovery period: still named once.
     std::thread::sleep(Duration::from_secs(12).saturating_sub(started.elapsed()));
     let log = node.log();
