@@ -848,6 +848,11 @@ fn cni_precheck(st: &NodeState, call: &CniCall) -> Option<serde_json::Value> {
     if call.command != "ADD" || call.node != st.node {
         return None;
     }
+    if call.pod_namespace.is_empty() || call.pod_name.is_empty() {
+        return Some(json!({"code": cni_server::code::INVALID_ENV,
+            "msg": "CNI_ARGS has no K8S_POD_NAMESPACE and K8S_POD_NAME: a node agent attaches Kubernetes pods only (their identity is their Pod object)",
+            "details": ""}));
+    }
     let e =
         |msg: String| Some(json!({"code": cni_server::code::TRY_AGAIN, "msg": msg, "details": ""}));
     if !st.synced {

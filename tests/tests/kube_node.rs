@@ -201,6 +201,15 @@ impl NodeUnderTest {
 
     /// weir-cni as containerd calls it; (exit status, stdout JSON).
     fn cni(&self, command: &str, pod: &Pod, uid: &str) -> (bool, Value) {
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=ctr-{};K8S_POD_UID={uid}",
+            pod.namespace, pod.name, pod.name
+        );
+        self.cni_args(command, pod, &args)
+    }
+
+    /// weir-cni with the given CNI_ARGS.
+    fn cni_args(&self, command: &str, pod: &Pod, args: &str) -> (bool, Value) {
         let conf = json!({
             "cniVersion": "1.0.0", "name": "weir", "type": "weir-cni",
             "cluster": "kube", "node": self.name,
@@ -213,13 +222,7 @@ impl NodeUnderTest {
             .env("CNI_NETNS", &pod.netns_path)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=ctr-{};K8S_POD_UID={uid}",
-                    pod.namespace, pod.name, pod.name
-                ),
-            )
+            .env("CNI_ARGS", args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -588,6 +591,17 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
         netns_path: netns.add(&format!("wkc-{tag}-p")),
         ip: None,
     };
+    // A runtime that is not Kubernetes' (no K8S_POD_*): a clear error,
+    // nothing made.
+    let (ok, res) = node.cni_args("ADD", &p, "IgnoreUnknown=1");
+    assert!(!ok && res["code"] == 4, "{res}");
+    assert!(
+        res["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("K8S_POD_NAME"),
+        "{res}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let res = loop {
         let (ok, res) = node.cni("ADD", &p, "");
