@@ -162,10 +162,6 @@ impl NodeUnderTest {
         std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
     }
 
-    fn socket(&self) -> PathBuf {
-        self.state.join("kube/daemon.sock")
-    }
-
     /// `weir status -o json` on the node agent's state.
     fn status(&self) -> Value {
         let out = Command::new(weir_bin())
@@ -210,11 +206,21 @@ impl NodeUnderTest {
 
     /// weir-cni with the given CNI_ARGS.
     fn cni_args(&self, command: &str, pod: &Pod, args: &str) -> (bool, Value) {
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "weir", "type": "weir-cni",
-            "cluster": "kube", "node": self.name,
-            "socket": self.socket().display().to_string(),
-        });
+        // The conflist the agent installs, as libcni hands its plugin to
+        // the binary: the plugin's keys plus the list's cniVersion and name.
+        let path = self.state.join("kube/10-weir.conflist");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let list: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("the agent's conflist"))
+                .expect("conflist JSON");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        assert_eq!(conf["type"], "weir-cni");
+        assert_eq!(conf["node"].as_str(), Some(self.name.as_str()));
         let bin = weir_bin().with_file_name("weir-cni");
         let mut c = Command::new(bin)
             .env("CNI_COMMAND", command)
