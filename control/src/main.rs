@@ -237,9 +237,10 @@ enum Cmd {
     /// (CNI endpoint, dataplane, snapshot from the API server); without,
     /// enforce its policies on the local cluster --cluster.
     Agent {
-        /// Kubeconfig of the API server to watch.
+        /// Kubeconfig of the API server to watch (with --node it may be
+        /// omitted inside a pod: the pod's ServiceAccount is used).
         #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: PathBuf,
+        kubeconfig: Option<PathBuf>,
         /// The Node this agent serves (its Node object's name).
         #[arg(long)]
         node: Option<String>,
@@ -392,6 +393,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cni_conf_dir,
         }),
         Cmd::Agent { kubeconfig, .. } => {
+            let kubeconfig =
+                kubeconfig.context("--kubeconfig (or KUBECONFIG) is required without --node")?;
             weir_control::kube_agent::run(weir_control::kube_agent::Options {
                 kubeconfig,
                 cluster: cli.cluster.clone(),

@@ -49,7 +49,8 @@ use weir_topo::{Cluster, RealizedNode, RealizedPod};
 pub const CLUSTER: &str = "kube";
 
 pub struct Options {
-    pub kubeconfig: PathBuf,
+    /// `None`: the pod's ServiceAccount (in-cluster configuration).
+    pub kubeconfig: Option<PathBuf>,
     pub node: String,
     /// The node's network namespace (`/run/netns/NAME` or `NAME`); `None`:
     /// the agent's own, named `weir-node` for the dataplane.
@@ -472,14 +473,27 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     }
     let state = StateDir::new(CLUSTER);
     // The kubeconfig first: a bad one is one line and changes nothing.
-    let client = kube_agent::client(&opts.kubeconfig).await?;
-    client.apiserver_version().await.map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {}",
-            opts.kubeconfig.display(),
-            kube_agent::one_line(&e)
-        )
-    })?;
+    let source = match &opts.kubeconfig {
+        Some(p) => p.display().to_string(),
+        None => "in-cluster ServiceAccount".to_string(),
+    };
+    let client = match &opts.kubeconfig {
+        Some(p) => kube_agent::client(p).await?,
+        None => {
+            let cfg = kube::Config::incluster().map_err(|e| {
+                anyhow::anyhow!(
+                    "no --kubeconfig, and not in a pod: {}",
+                    kube_agent::one_line(&e)
+                )
+            })?;
+            kube::Client::try_from(cfg)
+                .map_err(|e| anyhow::anyhow!("{source}: {}", kube_agent::one_line(&e)))?
+        }
+    };
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| anyhow::anyhow!("{source}: {}", kube_agent::one_line(&e)))?;
     std::fs::create_dir_all(state.node_dir(&opts.node))
         .with_context(|| format!("state directory {}", state.root.display()))?;
     let netns = netns_name(opts.netns.as_deref())?;
@@ -581,7 +595,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     log::info!(
         "node {} (netns {netns}): watching {}; CNI socket {}",
         opts.node,
-        opts.kubeconfig.display(),
+        source,
         sock.display()
     );
     loop {

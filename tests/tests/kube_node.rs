@@ -1161,5 +1161,17 @@ users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster
             "state made for a bad kubeconfig"
         );
     }
+    // No kubeconfig outside a pod: one line, exit 1.
+    let out = Command::new(weir_bin())
+        .args(["agent", "--node", "n1", "--state-dir"])
+        .arg(dir.join("state"))
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("weir agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("no --kubeconfig, and not in a pod"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
