@@ -45,7 +45,7 @@ pub const QUIET: Duration = Duration::from_millis(50);
 /// ... or this long after the first unpublished change, whichever is first.
 pub const MAX_DELAY: Duration = Duration::from_millis(500);
 /// How often kinds that the API server does not serve are looked up again.
-const REDISCOVER: Duration = Duration::from_secs(5);
+pub(crate) const REDISCOVER: Duration = Duration::from_secs(5);
 
 /// The policy kinds the agent watches: (group, version, kind).
 pub const KINDS: &[(&str, &str, &str)] = &[
@@ -81,7 +81,7 @@ pub async fn client(path: &Path) -> anyhow::Result<Client> {
 }
 
 /// A library error (with its sources) as one line: the CLI's contract.
-fn one_line(e: &dyn std::error::Error) -> String {
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -97,16 +97,16 @@ fn one_line(e: &dyn std::error::Error) -> String {
 
 /// One watched kind's objects, keyed `namespace/name` (or `name`).
 #[derive(Default)]
-struct KindState {
-    served: bool,
-    resource: Option<ApiResource>,
-    synced: bool,
-    objects: BTreeMap<String, serde_json::Value>,
+pub(crate) struct KindState {
+    pub(crate) served: bool,
+    pub(crate) resource: Option<ApiResource>,
+    pub(crate) synced: bool,
+    pub(crate) objects: BTreeMap<String, serde_json::Value>,
     /// Objects of a relist in progress (between `Init` and `InitDone`).
-    relist: Option<BTreeMap<String, serde_json::Value>>,
+    pub(crate) relist: Option<BTreeMap<String, serde_json::Value>>,
 }
 
-enum Msg {
+pub(crate) enum Msg {
     Event(usize, Box<Event<DynamicObject>>),
     WatchError(usize, String),
     Served(usize, ApiResource),
@@ -137,46 +137,13 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {}", opts.kubeconfig.display(), one_line(&e)))?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(1024);
-    for (i, (group, version, kind)) in KINDS.iter().enumerate() {
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (client, tx) = (client.clone(), tx.clone());
-        tokio::spawn(async move {
-            let mut logged = false;
-            let ar = loop {
-                match kube::discovery::pinned_kind(&client, &gvk).await {
-                    Ok((ar, _)) => break ar,
-                    Err(e) => {
-                        if !logged {
-                            log::warn!(
-                                "{}/{} {}: not served by the API server ({e}); skipped until it is",
-                                gvk.group,
-                                gvk.version,
-                                gvk.kind
-                            );
-                            logged = true;
-                        }
-                        tokio::time::sleep(REDISCOVER).await;
-                    }
-                }
-            };
-            if tx.send(Msg::Served(i, ar.clone())).await.is_err() {
-                return;
-            }
-            let api: Api<DynamicObject> = Api::all_with(client, &ar);
-            let mut events = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(ev) = events.next().await {
-                let msg = match ev {
-                    Ok(ev) => Msg::Event(i, Box::new(ev)),
-                    Err(e) => Msg::WatchError(i, e.to_string()),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    spawn_policy_watchers(
+        &client,
+        tx.clone(),
+        Msg::Event,
+        Msg::WatchError,
+        Msg::Served,
+    );
     drop(tx);
 
     let mut kinds: Vec<KindState> = KINDS.iter().map(|_| KindState::default()).collect();
@@ -274,6 +241,59 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     }
 }
 
+/// Starts one watcher per policy kind of [`KINDS`] (discovery retried while
+/// a kind is not served, logged once); each sends what it sees as a
+/// message of the caller's type.
+pub(crate) fn spawn_policy_watchers<M: Send + 'static>(
+    client: &Client,
+    tx: tokio::sync::mpsc::Sender<M>,
+    event: impl Fn(usize, Box<Event<DynamicObject>>) -> M + Clone + Send + 'static,
+    watch_error: impl Fn(usize, String) -> M + Clone + Send + 'static,
+    served: impl Fn(usize, ApiResource) -> M + Clone + Send + 'static,
+) {
+    for (i, (group, version, kind)) in KINDS.iter().enumerate() {
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (client, tx) = (client.clone(), tx.clone());
+        let (event, watch_error, served) = (event.clone(), watch_error.clone(), served.clone());
+        tokio::spawn(async move {
+            let mut logged = false;
+            let ar = loop {
+                match kube::discovery::pinned_kind(&client, &gvk).await {
+                    Ok((ar, _)) => break ar,
+                    Err(e) => {
+                        if !logged {
+                            log::warn!(
+                                "{}/{} {}: not served by the API server ({e}); skipped until it is",
+                                gvk.group,
+                                gvk.version,
+                                gvk.kind
+                            );
+                            logged = true;
+                        }
+                        tokio::time::sleep(REDISCOVER).await;
+                    }
+                }
+            };
+            if tx.send(served(i, ar.clone())).await.is_err() {
+                return;
+            }
+            let api: Api<DynamicObject> = Api::all_with(client, &ar);
+            let mut events = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let msg = match ev {
+                    Ok(ev) => event(i, Box::new(ev)),
+                    Err(e) => watch_error(i, e.to_string()),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 fn key(o: &DynamicObject) -> String {
     match &o.metadata.namespace {
         Some(ns) => format!("{ns}/{}", o.metadata.name.as_deref().unwrap_or("")),
@@ -281,7 +301,7 @@ fn key(o: &DynamicObject) -> String {
     }
 }
 
-fn apply_event(k: &mut KindState, gvk: (&str, &str, &str), ev: Event<DynamicObject>) {
+pub(crate) fn apply_event(k: &mut KindState, gvk: (&str, &str, &str), ev: Event<DynamicObject>) {
     match ev {
         Event::Init => k.relist = Some(BTreeMap::new()),
         Event::InitApply(o) => {
@@ -338,7 +358,7 @@ fn clean(o: &DynamicObject, gvk: (&str, &str, &str)) -> serde_json::Value {
 
 /// Every synced object, as one JSON stream (one object per line, in a
 /// stable order so an unchanged set is recognised and not republished).
-fn manifest_text(kinds: &[KindState]) -> String {
+pub(crate) fn manifest_text(kinds: &[KindState]) -> String {
     let mut out = String::new();
     for k in kinds {
         for o in k.objects.values() {
@@ -355,7 +375,12 @@ fn manifest_text(kinds: &[KindState]) -> String {
 /// object is the one the supervisor's error names first
 /// (`weirpolicies/NS/NAME: spec...: ...`). Failures to report are logged
 /// only: reporting never changes what is enforced.
-async fn report_refusal(client: &Client, recorder: &Recorder, kinds: &[KindState], err: &str) {
+pub(crate) async fn report_refusal(
+    client: &Client,
+    recorder: &Recorder,
+    kinds: &[KindState],
+    err: &str,
+) {
     let Some((object, _)) = err.split_once(": ") else {
         return;
     };

@@ -281,11 +281,31 @@ enum Cmd {
         #[command(flatten)]
         dp: DataplaneFlags,
     },
-    /// Watch a Kubernetes API server and enforce its policies on this cluster.
+    /// Watch a Kubernetes API server: with --node, be that node's agent
+    /// (CNI endpoint, dataplane, snapshot from the API server); without,
+    /// enforce its policies on the local cluster --cluster.
     Agent {
-        /// Kubeconfig of the API server to watch.
+        /// Kubeconfig of the API server to watch (with --node it may be
+        /// omitted inside a pod: the pod's ServiceAccount is used).
         #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: PathBuf,
+        kubeconfig: Option<PathBuf>,
+        /// The Node this agent serves (its Node object's name).
+        #[arg(long)]
+        node: Option<String>,
+        /// The node's network namespace (NAME or /run/netns/NAME); default: the agent's own.
+        #[arg(long, requires = "node")]
+        netns: Option<String>,
+        /// Where the node's state lives (default $WEIR_STATE_DIR or /run/weir).
+        #[arg(long, requires = "node")]
+        state_dir: Option<PathBuf>,
+        /// Do not start the dataplane (another container runs `weir dataplane`).
+        #[arg(long, requires = "node")]
+        external_dataplane: bool,
+        /// Also write the CNI conflist into DIR (the runtime's /etc/cni/net.d).
+        #[arg(long, requires = "node")]
+        cni_conf_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dp: DataplaneFlags,
     },
     /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
     Dataplane {
@@ -415,7 +435,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&conf)?);
             Ok(())
         }
-        Cmd::Agent { kubeconfig } => {
+        Cmd::Agent {
+            kubeconfig,
+            node: Some(node),
+            netns,
+            state_dir,
+            external_dataplane,
+            cni_conf_dir,
+            dp,
+        } => weir_control::node_agent::run(weir_control::node_agent::Options {
+            kubeconfig,
+            node,
+            netns,
+            state_dir,
+            spawn_dataplane: !external_dataplane,
+            dataplane_args: dp.args()?,
+            cni_conf_dir,
+        }),
+        Cmd::Agent { kubeconfig, .. } => {
+            let kubeconfig =
+                kubeconfig.context("--kubeconfig (or KUBECONFIG) is required without --node")?;
             weir_control::kube_agent::run(weir_control::kube_agent::Options {
                 kubeconfig,
                 cluster: cli.cluster.clone(),

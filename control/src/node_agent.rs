@@ -1,0 +1,933 @@
+//! `weir agent --kubeconfig PATH --node NAME`: the agent a node of a
+//! Kubernetes cluster runs. It watches the API server (reflectors for
+//! Nodes, Namespaces, Pods, Services, EndpointSlices and the policy kinds),
+//! serves weir-cni on the node (`<state>/kube/daemon.sock`), runs the node's
+//! dataplane, and compiles the API server's state into the node's snapshot
+//! exactly as `weir up` compiles manifest files
+//! ([`crate::kube_inputs::cluster_inputs`] → topo's [`Cluster`] →
+//! [`crate::agent::publish`]).
+//!
+//! Independent lifecycles: the dataplane is a process of its own (its own
+//! process group), loading snapshots from files; stopping the agent or
+//! losing the API server stops changes, never forwarding or enforcement. A
+//! restarted agent finds the running dataplane and the CNI attachments
+//! (`attachments.json`) and publishes nothing until every store has
+//! listed again (`InitDone`), so a resync never publishes a partial view.
+//!
+//! Fail closed: a pod a runtime attached is in the snapshot (has a port and
+//! an endpoint) only once its Pod object is known, so it gets no traffic
+//! until its identity is.
+
+use crate::cni_server::{self, CniCall, CniHost};
+use crate::ipc::{self, Reply, Request};
+use crate::kube_agent::{self, KindState, KINDS, MAX_DELAY, QUIET};
+use crate::kube_inputs::{self, ClusterInputs};
+use crate::manifests;
+use crate::state::StateDir;
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weir_policy::Policy;
+use weir_topo::{Cluster, RealizedNode, RealizedPod};
+
+/// The local cluster name of a node agent's state (`<state-dir>/kube/`).
+pub const CLUSTER: &str = "kube";
+
+pub struct Options {
+    /// `None`: the pod's ServiceAccount (in-cluster configuration).
+    pub kubeconfig: Option<PathBuf>,
+    pub node: String,
+    /// The node's network namespace (`/run/netns/NAME` or `NAME`); `None`:
+    /// the agent's own, named `weir-node` for the dataplane.
+    pub netns: Option<String>,
+    /// Parent of the state (`$WEIR_STATE_DIR`, default `/run/weir`).
+    pub state_dir: Option<PathBuf>,
+    /// Start the node's dataplane (else another container runs `weir
+    /// dataplane` on the same state directory).
+    pub spawn_dataplane: bool,
+    /// Extra arguments of `weir dataplane` (cores, poll mode).
+    pub dataplane_args: Vec<String>,
+    /// Also write the conflist here (the runtime's `/etc/cni/net.d`).
+    pub cni_conf_dir: Option<PathBuf>,
+}
+
+/// The reflector stores: what the API server holds, as last listed and
+/// watched. Services and EndpointSlices are kept for the Services work.
+#[derive(Clone)]
+pub struct Stores {
+    pub nodes: Store<Node>,
+    pub namespaces: Store<Namespace>,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+}
+
+impl Stores {
+    /// The compiler's inputs from what the stores hold now.
+    pub fn inputs(&self) -> ClusterInputs {
+        let (n, ns, p) = (
+            self.nodes.state(),
+            self.namespaces.state(),
+            self.pods.state(),
+        );
+        kube_inputs::cluster_inputs(
+            n.iter().map(|o| o.as_ref()),
+            ns.iter().map(|o| o.as_ref()),
+            p.iter().map(|o| o.as_ref()),
+        )
+    }
+}
+
+/// The store names, in [`Msg::Store`] order.
+const STORES: [&str; 5] = ["nodes", "namespaces", "pods", "services", "endpointslices"];
+/// Stores the snapshot is compiled from (the others do not hold back).
+const COMPILED_STORES: usize = 3;
+
+enum Msg {
+    Policy(kube_agent::Msg),
+    /// A store changed (`true`: its list is complete, `InitDone`).
+    Store(usize, bool),
+    StoreError(usize, String),
+}
+
+/// What the agent holds; the CNI thread and the watch loop share it.
+struct NodeState {
+    state: StateDir,
+    node: String,
+    /// This node and the pods a runtime attached (`attachments.json`).
+    attached: Cluster,
+    inputs: ClusterInputs,
+    /// Every compiled store and policy kind has listed once.
+    synced: bool,
+    /// The policies in force (the last set that compiled).
+    policies: Vec<Policy>,
+    policy_text: String,
+    generation: u64,
+    /// What the last publish compiled (cluster, policies), to skip a no-op.
+    last: Option<(Cluster, String)>,
+}
+
+impl NodeState {
+    fn attachments_file(&self) -> PathBuf {
+        self.state.root.join("attachments.json")
+    }
+
+    /// The cluster the compiler sees: every Node, Namespace and Pod of the
+    /// API server, this node's pods being the attached ones whose Pod
+    /// object is known (their labels and ports from it).
+    fn compiled(&self) -> Cluster {
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            namespaces: self.inputs.namespaces.clone(),
+            pods: Vec::new(),
+            ..self.attached.clone()
+        };
+        for n in &self.inputs.nodes {
+            if n.name == self.node {
+                continue;
+            }
+            let (ipv4, ipv6) = first_hosts(&n.pod_cidrs);
+            c.nodes.push(RealizedNode {
+                name: n.name.clone(),
+                netns: String::new(),
+                labels: n.labels.clone(),
+                pod_cidrs: n.pod_cidrs.clone(),
+                ipv4,
+                ipv6,
+                dataplane: n.dataplane,
+                underlay: None,
+                vtep_mac: [0; 6],
+            });
+        }
+        c.nodes.extend(self.attached.nodes.iter().cloned());
+        c.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for p in &self.attached.pods {
+            let Some(api) = self.inputs.pod(&p.namespace, &p.name) else {
+                continue;
+            };
+            let uid = p.labels.get("weir.dev/pod-uid");
+            if uid.is_some_and(|u| !api.uid.is_empty() && *u != api.uid) {
+                continue; // an older pod of the same name
+            }
+            let mut p = p.clone();
+            p.labels = api.spec.labels.clone();
+            p.ports = api.spec.ports.clone();
+            c.pods.push(p);
+        }
+        for p in &self.inputs.pods {
+            if p.spec.node == self.node || (p.ipv4.is_none() && p.ipv6.is_none()) {
+                continue;
+            }
+            c.pods.push(RealizedPod {
+                namespace: p.spec.namespace.clone(),
+                name: p.spec.name.clone(),
+                node: p.spec.node.clone(),
+                labels: p.spec.labels.clone(),
+                ports: p.spec.ports.clone(),
+                netns: String::new(),
+                host_ifname: String::new(),
+                host_mac: [0; 6],
+                pod_mac: [0; 6],
+                ipv4: p.ipv4,
+                ipv6: p.ipv6,
+                mtu: 0,
+                cni: None,
+            });
+        }
+        c
+    }
+
+    /// Takes this node's Node object into the attachments' node.
+    fn update_own_node(&mut self) {
+        let Some(n) = self.inputs.node(&self.node).cloned() else {
+            return;
+        };
+        let (ipv4, ipv6) = first_hosts(&n.pod_cidrs);
+        let me = &mut self.attached.nodes[0];
+        if me.pod_cidrs != n.pod_cidrs || me.labels != n.labels {
+            me.pod_cidrs = n.pod_cidrs.clone();
+            me.labels = n.labels.clone();
+            me.ipv4 = ipv4;
+            me.ipv6 = ipv6;
+            me.dataplane = n.dataplane;
+            if let Err(e) = prepare_node_netns(me) {
+                log::warn!("nodes/{}: {e:#}", self.node);
+            }
+        }
+    }
+
+    /// Compiles and publishes the node's snapshot when something changed.
+    /// A policy set that does not compile leaves the previous one in force
+    /// (the cluster's changes still go through); `Err` only when nothing
+    /// could be published.
+    fn publish(&mut self, new_policies: Option<(&str, Vec<Policy>)>) -> anyhow::Result<()> {
+        if !self.synced {
+            return Ok(());
+        }
+        let cluster = self.compiled();
+        if let Some((text, policies)) = new_policies {
+            match crate::agent::check(&cluster, &policies) {
+                Ok(()) => {
+                    // Kept for a restarted agent: a set it refuses must leave
+                    // these in force, not none.
+                    crate::state::write_atomic(&policies_file(&self.state), text.as_bytes())?;
+                    self.policies = policies;
+                    self.policy_text = text.to_string();
+                }
+                Err(e) => {
+                    self.policy_text = text.to_string();
+                    return Err(e);
+                }
+            }
+        }
+        let key = (cluster, self.policy_text.clone());
+        if self.last.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        self.generation = crate::agent::publish(&self.state, &key.0, &self.policies)?;
+        key.0.save(&self.state.cluster_file())?;
+        log::info!(
+            "published generation {} ({} pods on this node, {} policies)",
+            self.generation,
+            key.0.pods.iter().filter(|p| p.node == self.node).count(),
+            self.policies.len()
+        );
+        self.last = Some(key);
+        Ok(())
+    }
+
+    fn readiness(&self) -> serde_json::Value {
+        let generation = ipc::call(
+            &self.state.dataplane_sock(&self.node),
+            &Request::Ping,
+            Duration::from_secs(1),
+        )
+        .ok()
+        .and_then(|v| v["generation"].as_u64());
+        let running = generation.is_some();
+        let ready = running && generation == Some(self.generation) && self.synced;
+        let mut nodes = serde_json::Map::new();
+        nodes.insert(
+            self.node.clone(),
+            json!({"running": running, "generation": generation, "ready": ready}),
+        );
+        json!({"ready": ready, "synced": self.synced, "generation": self.generation,
+               "nodes": nodes, "failed": []})
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let st = ipc::call(
+            &self.state.dataplane_sock(&self.node),
+            &Request::Status,
+            Duration::from_secs(2),
+        );
+        let node = match st {
+            Ok(v) => json!({"node": self.node, "running": true, "status": v}),
+            Err(e) => json!({"node": self.node, "running": false, "error": e.to_string()}),
+        };
+        json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
+               "nodes": [node]})
+    }
+}
+
+impl CniHost for NodeState {
+    fn state(&self) -> &StateDir {
+        &self.state
+    }
+    fn cluster(&mut self) -> &mut Cluster {
+        &mut self.attached
+    }
+    fn commit(&mut self) -> anyhow::Result<()> {
+        self.attached.save(&self.attachments_file())?;
+        self.publish(None)
+    }
+    fn wait_applied(&mut self, node: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let g = ipc::call(
+                &self.state.dataplane_sock(node),
+                &Request::Ping,
+                Duration::from_secs(1),
+            )
+            .ok()
+            .and_then(|v| v["generation"].as_u64());
+            match g {
+                Some(g) if g >= self.generation => return,
+                None => return, // no dataplane: nothing to wait for
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// The policy set in force (the API server's objects as the last accepted
+/// publish saw them), for a restarted agent.
+fn policies_file(state: &StateDir) -> PathBuf {
+    state.root.join("policies-in-force.json")
+}
+
+/// What a restarted agent enforces until the API server's set compiles:
+/// the last set that did. None on a first start.
+fn policies_in_force(state: &StateDir) -> (String, Vec<Policy>) {
+    let Ok(text) = std::fs::read_to_string(policies_file(state)) else {
+        return (String::new(), Vec::new());
+    };
+    let parsed = manifests::parse_text(
+        &text,
+        "policies in force",
+        weir_topo::fields::FieldValidation::Strict,
+    )
+    .and_then(|m| {
+        let stored: Vec<_> = m.policies.iter().map(|(_, s)| s.clone()).collect();
+        manifests::parse_all(&stored)
+    });
+    match parsed {
+        Ok(p) => {
+            log::info!("{} policies in force from the previous run", p.len());
+            (text, p)
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: {e:#}; starting without",
+                policies_file(state).display()
+            );
+            (String::new(), Vec::new())
+        }
+    }
+}
+
+fn first_hosts(cidrs: &[ipnet::IpNet]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = cidrs.iter().find_map(|c| match c {
+        ipnet::IpNet::V4(n) => Some(Ipv4Addr::from(u32::from(n.network()).wrapping_add(1))),
+        _ => None,
+    });
+    let v6 = cidrs.iter().find_map(|c| match c {
+        ipnet::IpNet::V6(n) => Some(Ipv6Addr::from(u128::from(n.network()).wrapping_add(1))),
+        _ => None,
+    });
+    (v4, v6)
+}
+
+/// The node netns's `lo` carries the pods' gateway (169.254.1.1) and the
+/// node's first podCIDR hosts, as on a node `weir up` builds.
+fn prepare_node_netns(n: &RealizedNode) -> anyhow::Result<()> {
+    let mut addrs = vec![format!("{}/32", weir_topo::GATEWAY_V4)];
+    addrs.extend(n.ipv4.map(|a| format!("{a}/32")));
+    addrs.extend(n.ipv6.map(|a| format!("{a}/128")));
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&n.netns)
+            .args(args)
+            .output()
+            .context("run ip (iproute2)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    ip(&["link", "set", "lo", "up"])?;
+    for a in &addrs {
+        ip(&["addr", "replace", a, "dev", "lo"])?;
+    }
+    Ok(())
+}
+
+/// `/run/netns/NAME` or `NAME` → `NAME`; `None` names the agent's own netns
+/// `weir-node` (`ip netns attach`).
+fn netns_name(netns: Option<&str>) -> anyhow::Result<String> {
+    let Some(s) = netns else {
+        let name = "weir-node";
+        if !weir_topo::netns::exists(name) {
+            let out = Command::new("ip")
+                .args(["netns", "attach", name])
+                .arg(std::process::id().to_string())
+                .output()
+                .context("run ip netns attach")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip netns attach {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        return Ok(name.to_string());
+    };
+    let p = Path::new(s);
+    let name = match p.parent() {
+        Some(d) if d == Path::new("/run/netns") || d == Path::new("/var/run/netns") => {
+            p.file_name().and_then(|f| f.to_str()).unwrap_or_default()
+        }
+        Some(d) if d.as_os_str().is_empty() => s,
+        _ => anyhow::bail!("--netns {s}: a name or a path under /run/netns (ip netns add)"),
+    };
+    anyhow::ensure!(
+        weir_topo::netns::exists(name),
+        "--netns {s}: no such network namespace"
+    );
+    Ok(name.to_string())
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(run_async(opts))
+}
+
+fn reflect<K>(api: Api<K>, i: usize, tx: tokio::sync::mpsc::Sender<Msg>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(async move {
+        let mut s = stream.boxed();
+        while let Some(ev) = s.next().await {
+            let msg = match ev {
+                // The store swaps in a relist at InitDone, not before.
+                Ok(Event::Init | Event::InitApply(_)) => continue,
+                Ok(Event::InitDone) => Msg::Store(i, true),
+                Ok(_) => Msg::Store(i, false),
+                Err(e) => Msg::StoreError(i, kube_agent::one_line(&e)),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    reader
+}
+
+async fn run_async(opts: Options) -> anyhow::Result<()> {
+    if let Some(d) = &opts.state_dir {
+        std::env::set_var("WEIR_STATE_DIR", d);
+    }
+    let state = StateDir::new(CLUSTER);
+    // The kubeconfig first: a bad one is one line and changes nothing.
+    let source = match &opts.kubeconfig {
+        Some(p) => p.display().to_string(),
+        None => "in-cluster ServiceAccount".to_string(),
+    };
+    let client = match &opts.kubeconfig {
+        Some(p) => kube_agent::client(p).await?,
+        None => {
+            let cfg = kube::Config::incluster().map_err(|e| {
+                anyhow::anyhow!(
+                    "no --kubeconfig, and not in a pod: {}",
+                    kube_agent::one_line(&e)
+                )
+            })?;
+            kube::Client::try_from(cfg)
+                .map_err(|e| anyhow::anyhow!("{source}: {}", kube_agent::one_line(&e)))?
+        }
+    };
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| anyhow::anyhow!("{source}: {}", kube_agent::one_line(&e)))?;
+    std::fs::create_dir_all(state.node_dir(&opts.node))
+        .with_context(|| format!("state directory {}", state.root.display()))?;
+    let netns = netns_name(opts.netns.as_deref())?;
+
+    // The attachments survive an agent restart; a new start begins empty.
+    let att_file = state.root.join("attachments.json");
+    let attached = match Cluster::load(&att_file) {
+        Ok(mut c) if c.nodes.first().is_some_and(|n| n.name == opts.node) => {
+            log::info!("{} attached pods from a previous run", c.pods.len());
+            c.nodes[0].netns = netns.clone();
+            c
+        }
+        _ => Cluster {
+            name: CLUSTER.into(),
+            nodes: vec![RealizedNode {
+                name: opts.node.clone(),
+                netns: netns.clone(),
+                labels: BTreeMap::new(),
+                pod_cidrs: Vec::new(),
+                ipv4: None,
+                ipv6: None,
+                dataplane: weir_topo::NodeDataplane::Weir,
+                underlay: None,
+                vtep_mac: [0; 6],
+            }],
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            encap: weir_topo::Encap::Vxlan,
+            vni: 1,
+            underlay_netns: None,
+            underlay_mtu: 1500,
+            pod_mtu: 0,
+            queues: 2,
+        },
+    };
+    let (policy_text, policies) = policies_in_force(&state);
+    let generation = crate::agent::read_snapshot(&state, &opts.node)
+        .map(|s| s.generation)
+        .unwrap_or(0);
+    let shared = Arc::new(Mutex::new(NodeState {
+        state: state.clone(),
+        node: opts.node.clone(),
+        attached,
+        inputs: ClusterInputs::default(),
+        synced: false,
+        policies,
+        policy_text,
+        generation,
+        last: None,
+    }));
+    write_conflist(&state, &opts.node, opts.cni_conf_dir.as_deref())?;
+
+    // weir-cni's endpoint; answered from its own thread.
+    let sock = state.daemon_sock();
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("cni".into())
+            .spawn(move || serve(listener, shared))?;
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(1024);
+    let stores = Stores {
+        nodes: reflect(Api::<Node>::all(client.clone()), 0, tx.clone()),
+        namespaces: reflect(Api::<Namespace>::all(client.clone()), 1, tx.clone()),
+        pods: reflect(Api::<Pod>::all(client.clone()), 2, tx.clone()),
+        services: reflect(Api::<Service>::all(client.clone()), 3, tx.clone()),
+        endpoint_slices: reflect(Api::<EndpointSlice>::all(client.clone()), 4, tx.clone()),
+    };
+    kube_agent::spawn_policy_watchers(
+        &client,
+        tx.clone(),
+        |i, e| Msg::Policy(kube_agent::Msg::Event(i, e)),
+        |i, e| Msg::Policy(kube_agent::Msg::WatchError(i, e)),
+        |i, a| Msg::Policy(kube_agent::Msg::Served(i, a)),
+    );
+    drop(tx);
+
+    let mut dataplane: Option<std::process::Child> = None;
+    let mut published_once = false;
+    let mut kinds: Vec<KindState> = KINDS.iter().map(|_| KindState::default()).collect();
+    let mut discovered = [false; KINDS.len()];
+    let first_discovery = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut store_synced = [false; STORES.len()];
+    let mut store_errors: [String; STORES.len()] = Default::default();
+    let mut policy_errors = vec![String::new(); KINDS.len()];
+    let mut skipped_logged: BTreeSet<String> = BTreeSet::new();
+    let mut dirty_since: Option<tokio::time::Instant> = None;
+    let mut last_refusal: Option<String> = None;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "weir-agent".into(),
+            instance: Some(opts.node.clone()),
+        },
+    );
+    log::info!(
+        "node {} (netns {netns}): watching {}; CNI socket {}",
+        opts.node,
+        source,
+        sock.display()
+    );
+    loop {
+        let timeout = match dirty_since {
+            Some(t) => QUIET.min(MAX_DELAY.saturating_sub(t.elapsed())),
+            None => SUPERVISE,
+        };
+        let msg = match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(m)) => Some(m),
+            Ok(None) => anyhow::bail!("every watcher ended"),
+            Err(_) => None,
+        };
+        if msg.is_none() && dirty_since.is_none() {
+            // Idle: the dataplane still runs?
+            if opts.spawn_dataplane && published_once {
+                supervise_dataplane(&state, &opts, &mut dataplane);
+            }
+            continue;
+        }
+        if let Some(msg) = msg {
+            match msg {
+                Msg::Store(i, done) => {
+                    store_errors[i].clear();
+                    store_synced[i] |= done;
+                }
+                Msg::StoreError(i, e) => {
+                    if store_errors[i] != e {
+                        log::warn!("{}: watch: {} (retrying)", STORES[i], rbac_hint(&e));
+                        store_errors[i] = e;
+                    }
+                }
+                Msg::Policy(kube_agent::Msg::Served(i, ar)) => {
+                    kinds[i].served = true;
+                    kinds[i].resource = Some(ar);
+                    discovered[i] = true;
+                }
+                Msg::Policy(kube_agent::Msg::WatchError(i, e)) => {
+                    if policy_errors[i] != e {
+                        log::warn!("{}: watch: {} (retrying)", KINDS[i].2, rbac_hint(&e));
+                        policy_errors[i] = e;
+                    }
+                }
+                Msg::Policy(kube_agent::Msg::Event(i, ev)) => {
+                    policy_errors[i].clear();
+                    kube_agent::apply_event(&mut kinds[i], KINDS[i], *ev);
+                }
+            }
+            if dirty_since.is_none() {
+                dirty_since = Some(tokio::time::Instant::now());
+            }
+            continue;
+        }
+        // Quiet: compile once everything the snapshot depends on has listed.
+        let waiting_discovery =
+            tokio::time::Instant::now() < first_discovery && discovered.iter().any(|d| !d);
+        if waiting_discovery
+            || store_synced[..COMPILED_STORES].iter().any(|s| !s)
+            || kinds.iter().any(|k| k.served && !k.synced)
+        {
+            dirty_since = Some(tokio::time::Instant::now());
+            continue;
+        }
+        dirty_since = None;
+        let inputs = stores.inputs();
+        for s in &inputs.skipped {
+            if skipped_logged.insert(s.clone()) {
+                log::warn!("{s}; skipped");
+            }
+        }
+        let text = kube_agent::manifest_text(&kinds);
+        let result = {
+            let mut st = shared.lock().expect("lock");
+            st.inputs = inputs;
+            if !st.synced {
+                log::info!("initial lists complete");
+            }
+            st.synced = true;
+            st.update_own_node();
+            let parsed = if text != st.policy_text {
+                Some(
+                    manifests::parse_text(
+                        &text,
+                        "kube-apiserver",
+                        weir_topo::fields::FieldValidation::Strict,
+                    )
+                    .and_then(|m| {
+                        let stored: Vec<_> = m.policies.iter().map(|(_, s)| s.clone()).collect();
+                        manifests::parse_all(&stored)
+                    }),
+                )
+            } else {
+                None
+            };
+            match parsed {
+                Some(Err(e)) => {
+                    st.policy_text = text.clone();
+                    let r = st.publish(None);
+                    Err((format!("{e:#}"), r))
+                }
+                Some(Ok(p)) => match st.publish(Some((&text, p))) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let r = st.publish(None);
+                        Err((format!("{e:#}"), r))
+                    }
+                },
+                None => st.publish(None).map_err(|e| (String::new(), Err(e))),
+            }
+        };
+        match result {
+            Ok(()) => last_refusal = None,
+            Err((refusal, other)) => {
+                if !refusal.is_empty() && last_refusal.as_deref() != Some(refusal.as_str()) {
+                    log::error!("refused, previous policies stay in force: {refusal}");
+                    kube_agent::report_refusal(&client, &recorder, &kinds, &refusal).await;
+                    last_refusal = Some(refusal);
+                }
+                if let Err(e) = other {
+                    log::error!("not published, the previous snapshot stays in force: {e:#}");
+                }
+            }
+        }
+        published_once = true;
+        if opts.spawn_dataplane {
+            supervise_dataplane(&state, &opts, &mut dataplane);
+        }
+    }
+}
+
+/// Makes the error of a forbidden list or watch say which verb on which
+/// resource the agent's identity lacks (the API server's message names
+/// both; this keeps it to one line and leads with it).
+fn rbac_hint(e: &str) -> String {
+    if let Some(i) = e.find("cannot ") {
+        let rest = &e[i..];
+        let end = rest.find(" at the cluster scope").unwrap_or(rest.len());
+        return format!("RBAC: forbidden: {} ({e})", &rest[..end]);
+    }
+    e.to_string()
+}
+
+/// How often an idle agent checks that the dataplane it runs still does.
+const SUPERVISE: Duration = Duration::from_secs(2);
+
+/// Whether the node's dataplane process runs: the one this agent started
+/// (reaped when it exited), else the one named by its pid file (a restarted
+/// agent keeps the dataplane that forwards now; a dead or reused pid has
+/// no `weir ... dataplane` command line).
+fn dataplane_alive(state: &StateDir, node: &str, child: &mut Option<std::process::Child>) -> bool {
+    if let Some(c) = child {
+        if matches!(c.try_wait(), Ok(None)) {
+            return true;
+        }
+        *child = None;
+        return false;
+    }
+    let Ok(pid) = std::fs::read_to_string(state.dataplane_pid(node)) else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"dataplane"))
+}
+
+/// Starts the node's dataplane when none runs (first publish, or it exited).
+fn supervise_dataplane(state: &StateDir, opts: &Options, child: &mut Option<std::process::Child>) {
+    let had = child.is_some();
+    if dataplane_alive(state, &opts.node, child) {
+        return;
+    }
+    if had {
+        log::warn!(
+            "nodes/{}: the dataplane exited (see {}); starting it again",
+            opts.node,
+            state.dataplane_log(&opts.node).display()
+        );
+    }
+    match start_dataplane(state, opts) {
+        Ok(c) => *child = Some(c),
+        Err(e) => log::error!("nodes/{}: dataplane: {e:#}", opts.node),
+    }
+}
+
+/// Starts `weir dataplane` for the node in a process group of its own: a
+/// signal to the agent is not one to the dataplane, which outlives it.
+fn start_dataplane(state: &StateDir, opts: &Options) -> anyhow::Result<std::process::Child> {
+    let log_path = state.dataplane_log(&opts.node);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["--cluster", CLUSTER, "dataplane", "--node", &opts.node])
+        .args(&opts.dataplane_args)
+        .env(
+            "WEIR_STATE_DIR",
+            state.root.parent().unwrap_or(Path::new("/")),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().context("start weir dataplane")?;
+    log::info!(
+        "nodes/{}: dataplane started (pid {}, log {})",
+        opts.node,
+        child.id(),
+        log_path.display()
+    );
+    Ok(child)
+}
+
+/// The conflist a runtime uses on this node (`<state>/kube/10-weir.conflist`).
+fn write_conflist(state: &StateDir, node: &str, dir: Option<&Path>) -> anyhow::Result<()> {
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
+        "name": "weir",
+        "plugins": [{
+            "type": "weir-cni",
+            "cluster": CLUSTER,
+            "node": node,
+            "socket": state.daemon_sock().display().to_string(),
+        }],
+    });
+    let text = serde_json::to_string_pretty(&conf)?;
+    crate::state::write_atomic(&state.root.join("10-weir.conflist"), text.as_bytes())?;
+    if let Some(d) = dir {
+        let path = d.join("10-weir.conflist");
+        crate::state::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// weir-cni's requests (and ping/status), one at a time.
+fn serve(listener: UnixListener, shared: Arc<Mutex<NodeState>>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let reply = match ipc::read_request::<Request>(&conn) {
+            Ok(Request::Ping) => Reply::ok(shared.lock().expect("lock").readiness()),
+            Ok(Request::Status) => Reply::ok(shared.lock().expect("lock").status()),
+            Ok(Request::Cni(call)) => {
+                let mut st = shared.lock().expect("lock");
+                Reply::ok(match cni_precheck(&st, &call) {
+                    Some(e) => e,
+                    None => cni_server::handle(&mut *st, &call),
+                })
+            }
+            Ok(other) => Reply::err(format!(
+                "the node agent does not handle {other:?} (policies come from the API server)"
+            )),
+            Err(e) => Reply::err(format!("bad request: {e}")),
+        };
+        let _ = ipc::write_reply(&conn, &reply);
+    }
+}
+
+/// What a node agent refuses before cni_server sees an ADD: an agent that
+/// has not listed the API server yet, a node without its Node object or
+/// without podCIDRs (error 11: the runtime retries, and succeeds once they
+/// are there).
+fn cni_precheck(st: &NodeState, call: &CniCall) -> Option<serde_json::Value> {
+    if call.command != "ADD" || call.node != st.node {
+        return None;
+    }
+    if call.pod_namespace.is_empty() || call.pod_name.is_empty() {
+        return Some(json!({"code": cni_server::code::INVALID_ENV,
+            "msg": "CNI_ARGS has no K8S_POD_NAMESPACE and K8S_POD_NAME: a node agent attaches Kubernetes pods only (their identity is their Pod object)",
+            "details": ""}));
+    }
+    let e =
+        |msg: String| Some(json!({"code": cni_server::code::TRY_AGAIN, "msg": msg, "details": ""}));
+    if !st.synced {
+        return e(format!(
+            "node {}: the agent has not listed the API server yet; try again",
+            st.node
+        ));
+    }
+    match st.inputs.node(&st.node) {
+        None => e(format!(
+            "nodes/{}: no such Node in the API server; register the node first",
+            st.node
+        )),
+        Some(n) if n.pod_cidrs.is_empty() => e(format!(
+            "nodes/{}: spec.podCIDRs is empty: no addresses for pods until the Node has podCIDRs",
+            st.node
+        )),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_hint_leads_with_verb_and_resource() {
+        let e = "failed to perform initial object list: ApiError: pods is forbidden: User \"system:serviceaccount:weir-system:weir-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope: Forbidden";
+        let h = rbac_hint(e);
+        assert!(
+            h.starts_with("RBAC: forbidden: cannot list resource \"pods\" in API group \"\" ("),
+            "{h}"
+        );
+        assert_eq!(rbac_hint("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn first_hosts_of_pod_cidrs() {
+        let c: Vec<ipnet::IpNet> = vec![
+            "10.1.2.0/24".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
+        ];
+        assert_eq!(
+            first_hosts(&c),
+            (
+                Some(Ipv4Addr::new(10, 1, 2, 1)),
+                Some("fd00:1::1".parse().unwrap())
+            )
+        );
+        assert_eq!(first_hosts(&[]), (None, None));
+    }
+
+    #[test]
+    fn netns_names_and_paths() {
+        assert!(netns_name(Some("/tmp/x"))
+            .unwrap_err()
+            .to_string()
+            .contains("under /run/netns"));
+        assert!(netns_name(Some("/run/netns/surely-not-there-weir"))
+            .unwrap_err()
+            .to_string()
+            .contains("no such network namespace"));
+    }
+}

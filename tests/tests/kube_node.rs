@@ -1,0 +1,1177 @@
+//! `weir agent --node` on a node of a cluster weir did not build: a REAL
+//! kube-apiserver (scripts/k8s-control-plane.sh), and a test "kubelet" that
+//! does what a kubelet and its runtime do for networking and nothing more:
+//! registers the Node (spec.podCIDRs), creates each pod's netns, calls
+//! weir-cni as containerd does (CNI_ARGS with IgnoreUnknown and K8S_POD_*),
+//! starts the pod's servers and writes the pod's status from the CNI result.
+//! Needs root and Go.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use weir_tests::{unique_name, weir_bin};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A control plane of this test's own; `Drop` stops it and removes its data.
+struct ControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl ControlPlane {
+    fn start(tag: &str) -> ControlPlane {
+        let dir = std::env::temp_dir().join(format!("weir-k8s-{}", unique_name(tag)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = Command::new(repo().join("scripts/k8s-control-plane.sh"))
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run k8s-control-plane.sh");
+        let bin = Command::new(repo().join("scripts/k8s-build.sh"))
+            .output()
+            .expect("k8s-build.sh");
+        let bin = String::from_utf8_lossy(&bin.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let cp = ControlPlane {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            kubectl: PathBuf::from(bin).join("kubectl"),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "control plane did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cp
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .expect("write stdin");
+        c.wait_with_output().expect("kubectl output")
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/k8s-control-plane.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Network namespaces made with `ip netns add`; `Drop` deletes them.
+struct Netns(Vec<String>);
+
+impl Netns {
+    fn add(&mut self, name: &str) -> PathBuf {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        self.0.push(name.to_string());
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// One node: its netns, state directory, agent; `Drop` stops the agent and
+/// the dataplane (which outlives the agent on purpose) and removes the state.
+struct NodeUnderTest {
+    name: String,
+    netns: String,
+    state: PathBuf,
+    kubeconfig: PathBuf,
+    agent: Option<Child>,
+}
+
+impl NodeUnderTest {
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.join("agent.log"))
+            .expect("log");
+        let child = Command::new(weir_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node", &self.name, "--netns", &self.netns, "--state-dir"])
+            .arg(&self.state)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .expect("weir agent");
+        self.agent = Some(child);
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+
+    /// `weir status -o json` on the node agent's state.
+    fn status(&self) -> Value {
+        let out = Command::new(weir_bin())
+            .args(["--cluster", "kube", "status", "-o", "json"])
+            .env("WEIR_STATE_DIR", &self.state)
+            .output()
+            .expect("weir status");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn workers_sum(&self, f: impl Fn(&Value) -> u64) -> u64 {
+        self.status()["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|n| {
+                n["status"]["dataplane"]["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .map(f)
+            .sum()
+    }
+
+    fn rx_packets(&self) -> u64 {
+        self.workers_sum(|w| w["rx_packets"].as_u64().unwrap_or(0))
+    }
+
+    fn drops(&self, reason: &str) -> u64 {
+        self.workers_sum(|w| w["drops"][reason].as_u64().unwrap_or(0))
+    }
+
+    /// weir-cni as containerd calls it; (exit status, stdout JSON).
+    fn cni(&self, command: &str, pod: &Pod, uid: &str) -> (bool, Value) {
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=ctr-{};K8S_POD_UID={uid}",
+            pod.namespace, pod.name, pod.name
+        );
+        self.cni_args(command, pod, &args)
+    }
+
+    /// weir-cni with the given CNI_ARGS.
+    fn cni_args(&self, command: &str, pod: &Pod, args: &str) -> (bool, Value) {
+        // The conflist the agent installs, as libcni hands its plugin to
+        // the binary: the plugin's keys plus the list's cniVersion and name.
+        let path = self.state.join("kube/10-weir.conflist");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let list: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("the agent's conflist"))
+                .expect("conflist JSON");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        assert_eq!(conf["type"], "weir-cni");
+        assert_eq!(conf["node"].as_str(), Some(self.name.as_str()));
+        let bin = weir_bin().with_file_name("weir-cni");
+        let mut c = Command::new(bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("ctr-{}", pod.name))
+            .env("CNI_NETNS", &pod.netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env("CNI_ARGS", args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir-cni");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("conf");
+        let out = c.wait_with_output().expect("weir-cni output");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.success(), v)
+    }
+}
+
+impl Drop for NodeUnderTest {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let pid = std::fs::read_to_string(
+            self.state
+                .join(format!("kube/nodes/{}/dataplane.pid", self.name)),
+        );
+        if let Ok(pid) = pid {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+struct Pod {
+    namespace: String,
+    name: String,
+    netns_path: PathBuf,
+    ip: Option<Ipv4Addr>,
+}
+
+fn pod_yaml(ns: &str, name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: registry.invalid/none\n\
+\x20   ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]\n"
+    )
+}
+
+/// The kubelet's part after CNI ADD: the pod's status from the result.
+fn write_status(cp: &ControlPlane, p: &Pod) {
+    let ip = p.ip.expect("an address").to_string();
+    let patch = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            "-n",
+            &p.namespace,
+            &p.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+}
+
+/// TCP echo on :80 and UDP echo on :53 inside `netns` (sockets made there
+/// belong to it; served from threads of this process).
+fn start_servers(netns: &Path) {
+    let (tcp, udp) = weir_topo::netns::run_in_path(netns, || {
+        (
+            TcpListener::bind("0.0.0.0:80").expect("bind tcp"),
+            UdpSocket::bind("0.0.0.0:53").expect("bind udp"),
+        )
+    })
+    .expect("enter pod netns");
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+}
+
+fn tcp_ok(from: &Path, to: Ipv4Addr) -> bool {
+    weir_topo::netns::run_in_path(from, || {
+        let addr = SocketAddr::from((to, 80));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+    .unwrap_or(false)
+}
+
+fn udp_ok(from: &Path, to: Ipv4Addr) -> bool {
+    weir_topo::netns::run_in_path(from, || {
+        let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        (0..3).any(|_| {
+            s.send_to(b"ping", (to, 53)).is_ok()
+                && matches!(s.recv_from(&mut buf), Ok((4, _)))
+                && &buf[..4] == b"ping"
+        })
+    })
+    .unwrap_or(false)
+}
+
+/// Waits (bounded) until `f` is true; the bound only keeps a broken agent
+/// from hanging the suite, nothing is timed.
+fn wait_until(node: &NodeUnderTest, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: not reached; agent log:\n{}", node.log());
+}
+
+const NETPOL_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: b-udp-from-a, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+\x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{protocol: UDP, port: 53}]\n";
+
+/// The API server accepts it; weir refuses it: an HTTP path regex that does
+/// not compile.
+const BAD_WEIR: &str = "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\n\
+metadata: {name: bad-regex, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - action: Allow\n\
+\x20   ports: [{protocol: TCP, port: 80}]\n    http: [{path: {regex: \"(\"}}]\n";
+
+#[test]
+fn kubelet_pods_through_weir_cni_are_policed_by_kubectl_policies() {
+    let cp = ControlPlane::start("kn");
+    let tag = unique_name("kn");
+    let node_name = format!("node-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkn-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kn-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns.clone(),
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+
+    // The kubelet registers its Node.
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.7.0/24, podCIDRs: [10.213.7.0/24]}}\n"
+        )),
+    );
+    node.start_agent();
+    cp.kubectl_ok(&["create", "namespace", "kn"], None);
+    // Pods need the namespace's default ServiceAccount (the controller-manager's).
+    wait_until(&node, "default ServiceAccount", || {
+        cp.kubectl(&["get", "serviceaccount", "-n", "kn", "default"], None)
+            .status
+            .success()
+    });
+
+    let mut pods = Vec::new();
+    for name in ["a", "b"] {
+        cp.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml("kn", name, &node_name)),
+        );
+        let uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let mut p = Pod {
+            namespace: "kn".into(),
+            name: name.into(),
+            netns_path: netns.add(&format!("wkn-{tag}-{name}")),
+            ip: None,
+        };
+        // The agent may still be listing: a runtime retries error 11.
+        let mut res = (false, Value::Null);
+        for _ in 0..100 {
+            res = node.cni("ADD", &p, &uid);
+            if res.0 || res.1["code"] != 11 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(res.0, "ADD {name}: {}\n{}", res.1, node.log());
+        let addr = res.1["ips"][0]["address"]
+            .as_str()
+            .expect("an IPv4 address");
+        let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().expect("IPv4");
+        assert!(
+            addr.starts_with("10.213.7."),
+            "{addr} is not from the Node's podCIDRs"
+        );
+        p.ip = Some(ip);
+        start_servers(&p.netns_path);
+        write_status(&cp, &p);
+        pods.push(p);
+    }
+    let (a, b) = (&pods[0], &pods[1]);
+    let b_ip = b.ip.unwrap();
+
+    // No policy: open, and the packets crossed weir.
+    let rx0 = node.rx_packets();
+    wait_until(&node, "a→b TCP with no policy", || {
+        tcp_ok(&a.netns_path, b_ip)
+    });
+    assert!(udp_ok(&a.netns_path, b_ip), "a→b UDP with no policy");
+    assert!(node.rx_packets() > rx0, "the dataplane saw no packets");
+
+    // A pod attached before its Pod object reached the agent gets nothing
+    // (fail closed) until its identity is known.
+    let late = Pod {
+        namespace: "kn".into(),
+        name: "late".into(),
+        netns_path: netns.add(&format!("wkn-{tag}-late")),
+        ip: None,
+    };
+    let (ok, res) = node.cni("ADD", &late, "");
+    assert!(ok, "ADD late: {res}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !tcp_ok(&late.netns_path, b_ip),
+        "a pod without its Pod object reached b"
+    );
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("kn", "late", &node_name)),
+    );
+    wait_until(&node, "late pod's identity known", || {
+        tcp_ok(&late.netns_path, b_ip)
+    });
+
+    // kubectl apply of a NetworkPolicy: b admits UDP 53 from a only.
+    let denied0 = node.drops("policy-denied");
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B));
+    wait_until(&node, "TCP a→b denied", || !tcp_ok(&a.netns_path, b_ip));
+    assert!(udp_ok(&a.netns_path, b_ip), "UDP a→b allowed by the policy");
+    assert!(!udp_ok(&late.netns_path, b_ip), "UDP late→b not allowed");
+    assert!(node.drops("policy-denied") > denied0, "no denial counted");
+
+    // The agent stops: forwarding and enforcement go on; CNI ADD is error 11.
+    node.kill_agent();
+    assert!(udp_ok(&a.netns_path, b_ip), "UDP a→b without the agent");
+    assert!(!tcp_ok(&a.netns_path, b_ip), "TCP a→b without the agent");
+    let c = Pod {
+        namespace: "kn".into(),
+        name: "c".into(),
+        netns_path: netns.add(&format!("wkn-{tag}-c")),
+        ip: None,
+    };
+    let (ok, res) = node.cni("ADD", &c, "");
+    assert!(!ok && res["code"] == 11, "ADD without the agent: {res}");
+
+    // Restarted: resyncs. A policy the API server accepts but weir refuses
+    // (a regex that does not compile): the previous tables stay in force for
+    // everything, even the deletion that follows, until it is gone.
+    node.start_agent();
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(BAD_WEIR));
+    cp.kubectl_ok(
+        &["delete", "networkpolicy", "-n", "kn", "b-udp-from-a"],
+        None,
+    );
+    wait_until(&node, "the refusal logged", || {
+        node.log().contains("weirpolicies/kn/bad-regex")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !tcp_ok(&a.netns_path, b_ip),
+        "a refused set changed enforcement"
+    );
+    let events = cp.kubectl_ok(&["get", "events", "-n", "kn", "-o", "json"], None);
+    assert!(
+        events.contains("PolicyRefused"),
+        "no Warning Event: {events}"
+    );
+    cp.kubectl_ok(&["delete", "weirpolicy", "-n", "kn", "bad-regex"], None);
+    wait_until(&node, "TCP a→b after the policy is deleted", || {
+        tcp_ok(&a.netns_path, b_ip)
+    });
+
+    for p in pods.iter().chain([&late]) {
+        let (ok, res) = node.cni("DEL", p, "");
+        assert!(ok, "DEL {}: {res}", p.name);
+    }
+    drop(node);
+    drop(netns);
+}
+
+#[test]
+fn a_node_without_pod_cidrs_fails_add_naming_it() {
+    let cp = ControlPlane::start("kc");
+    let tag = unique_name("kc");
+    let node_name = format!("bare-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkc-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kc-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n"
+        )),
+    );
+    // An API server without weir's WeirPolicy CRD nor ClusterNetworkPolicy's:
+    // each is named once, the agent runs with the rest.
+    cp.kubectl_ok(
+        &[
+            "delete",
+            "crd",
+            "weirpolicies.weir.dev",
+            "clusternetworkpolicies.policy.networking.k8s.io",
+        ],
+        None,
+    );
+    let started = Instant::now();
+    node.start_agent();
+    wait_until(&node, "synced without two CRDs", || {
+        node.status()["synced"] == true
+    });
+    let p = Pod {
+        namespace: "default".into(),
+        name: "p".into(),
+        netns_path: netns.add(&format!("wkc-{tag}-p")),
+        ip: None,
+    };
+    // A runtime that is not Kubernetes' (no K8S_POD_*): a clear error,
+    // nothing made.
+    let (ok, res) = node.cni_args("ADD", &p, "IgnoreUnknown=1");
+    assert!(!ok && res["code"] == 4, "{res}");
+    assert!(
+        res["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("K8S_POD_NAME"),
+        "{res}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let res = loop {
+        let (ok, res) = node.cni("ADD", &p, "");
+        assert!(!ok, "ADD on a node without podCIDRs succeeded: {res}");
+        if res["msg"].as_str().unwrap_or_default().contains("podCIDRs") || Instant::now() > deadline
+        {
+            break res;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(res["code"], 11, "{res}");
+    let msg = res["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("nodes/{node_name}")) && msg.contains("spec.podCIDRs"),
+        "{res}"
+    );
+    assert!(
+        res["cniVersion"].is_string(),
+        "not the spec's error JSON: {res}"
+    );
+    // The dataplane killed: the agent starts it again.
+    let pid_file = node
+        .state
+        .join(format!("kube/nodes/{node_name}/dataplane.pid"));
+    wait_until(&node, "the dataplane runs", || {
+        node.status()["nodes"][0]["running"] == true
+    });
+    let pid = std::fs::read_to_string(&pid_file).expect("dataplane.pid");
+    assert!(Command::new("kill")
+        .arg("-9")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
+    wait_until(&node, "the dataplane started again", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p != pid)
+            && node.status()["nodes"][0]["running"] == true
+    });
+    assert!(
+        node.log().contains("the dataplane exited"),
+        "{}",
+        node.log()
+    );
+    // Past the agent's rediscovery period: still named once.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(started.elapsed()));
+    let log = node.log();
+    for kind in ["WeirPolicy", "ClusterNetworkPolicy"] {
+        let n = log
+            .lines()
+            .filter(|l| l.contains(&format!(" {kind}: not served by the API server")))
+            .count();
+        assert_eq!(n, 1, "{kind} named {n} times:\n{log}");
+    }
+    drop(node);
+    drop(netns);
+}
+
+/// A kubeconfig for the API server of `admin` with a bearer token.
+fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(admin).expect("admin kubeconfig");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in the admin kubeconfig"))
+            .trim()
+            .to_string()
+    };
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+users:\n- name: weir-agent\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: weir-agent}}\ncurrent-context: c\n",
+        field("server:"),
+        field("certificate-authority-data:")
+    );
+    std::fs::write(out, kc).expect("write kubeconfig");
+}
+
+#[test]
+fn deploy_manifests_apply_and_their_service_account_runs_the_agent() {
+    let cp = ControlPlane::start("kd");
+    let deploy = repo().join("deploy");
+    cp.kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            deploy.join("crds").to_str().unwrap(),
+            "-f",
+            deploy.join("weir.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    for obj in [
+        "serviceaccount/weir-agent",
+        "configmap/weir-agent",
+        "daemonset/weir-agent",
+    ] {
+        cp.kubectl_ok(&["get", "-n", "weir-system", obj], None);
+    }
+    cp.kubectl_ok(
+        &[
+            "get",
+            "clusterrole/weir-agent",
+            "clusterrolebinding/weir-agent",
+        ],
+        None,
+    );
+
+    let tag = unique_name("kd");
+    let node_name = format!("sa-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("wkd-{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-kd-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let token = cp.kubectl_ok(
+        &["create", "token", "weir-agent", "-n", "weir-system"],
+        None,
+    );
+    let kc = state.join("sa.kubeconfig");
+    token_kubeconfig(&cp.kubeconfig, token.trim(), &kc);
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.9.0/24, podCIDRs: [10.213.9.0/24]}}\n"
+        )),
+    );
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: kc,
+        agent: None,
+    };
+    node.start_agent();
+    wait_until(
+        &node,
+        "the agent synced with the ServiceAccount's token",
+        || node.status()["synced"] == true && node.status()["nodes"][0]["running"] == true,
+    );
+    assert!(!node.log().contains("forbidden"), "{}", node.log());
+
+    // Without `list` on the core kinds: the agent names verb and resource.
+    node.kill_agent();
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "clusterrole",
+            "weir-agent",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/rules/0/verbs", "value": ["watch"]}]"#,
+        ],
+        None,
+    );
+    node.start_agent();
+    wait_until(&node, "the agent names the missing verb", || {
+        node.log().lines().any(|l| {
+            l.contains("RBAC: forbidden: cannot list resource \"pods\"")
+                || l.contains("RBAC: forbidden: cannot list resource \"nodes\"")
+        })
+    });
+    // Not synced: nothing is published from a partial view.
+    assert_eq!(node.status()["synced"], false, "{}", node.status());
+    drop(node);
+    drop(netns);
+}
+
+/// A control plane, a node with its agent, and pods attached through
+/// weir-cni with their status written (the test kubelet's whole job).
+struct Setup {
+    pods: Vec<Pod>,
+    node: NodeUnderTest,
+    netns: Netns,
+    cp: ControlPlane,
+}
+
+fn setup(tag_prefix: &str, cidr_octet: u8, names: &[&str]) -> Setup {
+    let cp = ControlPlane::start(tag_prefix);
+    let tag = unique_name(tag_prefix);
+    let node_name = format!("node-{tag}");
+    let mut netns = Netns(Vec::new());
+    let node_ns = format!("w{tag}");
+    netns.add(&node_ns);
+    let state = std::env::temp_dir().join(format!("weir-{tag}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mut node = NodeUnderTest {
+        name: node_name.clone(),
+        netns: node_ns,
+        state,
+        kubeconfig: cp.kubeconfig.clone(),
+        agent: None,
+    };
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node_name}}}\n\
+spec: {{podCIDR: 10.213.{cidr_octet}.0/24, podCIDRs: [10.213.{cidr_octet}.0/24]}}\n"
+        )),
+    );
+    node.start_agent();
+    cp.kubectl_ok(&["create", "namespace", "kn"], None);
+    wait_until(&node, "default ServiceAccount", || {
+        cp.kubectl(&["get", "serviceaccount", "-n", "kn", "default"], None)
+            .status
+            .success()
+    });
+    let mut pods = Vec::new();
+    for name in names {
+        cp.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml("kn", name, &node_name)),
+        );
+        let uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let mut p = Pod {
+            namespace: "kn".into(),
+            name: name.to_string(),
+            netns_path: netns.add(&format!("w{tag}-{name}")),
+            ip: None,
+        };
+        let mut res = (false, Value::Null);
+        for _ in 0..100 {
+            res = node.cni("ADD", &p, &uid);
+            if res.0 || res.1["code"] != 11 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(res.0, "ADD {name}: {}\n{}", res.1, node.log());
+        let addr = res.1["ips"][0]["address"].as_str().expect("an address");
+        p.ip = Some(addr.split('/').next().unwrap().parse().expect("IPv4"));
+        start_servers(&p.netns_path);
+        write_status(&cp, &p);
+        pods.push(p);
+    }
+    Setup {
+        pods,
+        node,
+        netns,
+        cp,
+    }
+}
+
+/// b admits TCP 80 from a only.
+const NETPOL_B_TCP_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: b-tcp-from-a, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+\x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n    ports: [{protocol: TCP, port: 80}]\n";
+
+/// A TCP stream a→b that writes and reads its echo until told to stop;
+/// returns the bytes echoed, or the first error.
+fn long_transfer(
+    from: &Path,
+    to: Ipv4Addr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    moved: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    let s = weir_topo::netns::run_in_path(from, || TcpStream::connect((to, 80)))
+        .expect("netns")
+        .expect("connect for the long transfer");
+    std::thread::spawn(move || {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let chunk = [0x5au8; 16384];
+        let mut back = [0u8; 16384];
+        let mut total = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            s.write_all(&chunk)
+                .map_err(|e| format!("write after {total} bytes: {e}"))?;
+            s.read_exact(&mut back)
+                .map_err(|e| format!("read after {total} bytes: {e}"))?;
+            if back != chunk {
+                return Err(format!("corrupt echo after {total} bytes"));
+            }
+            total += chunk.len() as u64;
+            moved.store(total, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(total)
+    })
+}
+
+#[test]
+fn enforcement_outlives_agent_restarts_and_api_server_outages() {
+    let s = setup("kl", 11, &["a", "b", "c"]);
+    let (a, b, c) = (&s.pods[0], &s.pods[1], &s.pods[2]);
+    let b_ip = b.ip.unwrap();
+    let node = &s.node;
+    s.cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B_TCP_FROM_A));
+    wait_until(node, "c→b denied", || !tcp_ok(&c.netns_path, b_ip));
+    assert!(tcp_ok(&a.netns_path, b_ip), "a→b allowed by the policy");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let transfer = long_transfer(&a.netns_path, b_ip, stop.clone(), moved.clone());
+    let progressed = |since: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if moved.load(std::sync::atomic::Ordering::Relaxed) > since + (1 << 20) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(progressed(0), "the transfer does not move");
+    let rx0 = node.rx_packets();
+
+    // The agent killed and restarted during the transfer: it resyncs (a new
+    // generation published from a complete relist) without dropping it.
+    let mut node_mut = s.node;
+    node_mut.kill_agent();
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(progressed(before), "the transfer stopped with the agent");
+    let published = |n: &NodeUnderTest| n.log().matches("published generation").count();
+    let count0 = published(&node_mut);
+    node_mut.start_agent();
+    wait_until(&node_mut, "the restarted agent republished", || {
+        published(&node_mut) > count0
+    });
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        progressed(before),
+        "the transfer stopped after the agent's resync"
+    );
+    assert!(!tcp_ok(&c.netns_path, b_ip), "c→b allowed after the resync");
+
+    // The API server stopped: verdicts unchanged, the transfer goes on.
+    let text = std::fs::read_to_string(&s.cp.kubeconfig).expect("kubeconfig");
+    let port = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .expect("server port")
+        .trim()
+        .to_string();
+    let script = repo().join("scripts/k8s-control-plane.sh");
+    assert!(Command::new(&script)
+        .arg("stop")
+        .arg(&s.cp.dir)
+        .status()
+        .unwrap()
+        .success());
+    let before = moved.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        progressed(before),
+        "the transfer stopped with the API server"
+    );
+    assert!(
+        !tcp_ok(&c.netns_path, b_ip),
+        "c→b allowed without the API server"
+    );
+    assert!(
+        tcp_ok(&a.netns_path, b_ip),
+        "a→b denied without the API server"
+    );
+
+    // It returns (same port, same data): changes resume.
+    let out = Command::new(&script)
+        .arg("start")
+        .arg(&s.cp.dir)
+        .arg(&port)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.cp.kubectl_ok(
+        &["delete", "networkpolicy", "-n", "kn", "b-tcp-from-a"],
+        None,
+    );
+    wait_until(
+        &node_mut,
+        "c→b allowed once the policy is deleted",
+        || tcp_ok(&c.netns_path, b_ip),
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total = transfer
+        .join()
+        .expect("transfer thread")
+        .expect("the transfer broke");
+    assert!(total > 3 << 20, "only {total} bytes moved");
+    assert!(
+        node_mut.rx_packets() > rx0,
+        "the transfer did not cross weir"
+    );
+    drop(node_mut);
+    drop(s.netns);
+}
+
+/// Writes `{"op":"ping"}` to the node's dataplane: the generation it runs.
+fn dataplane_generation(node: &NodeUnderTest) -> u64 {
+    let sock = node
+        .state
+        .join(format!("kube/nodes/{}/dataplane.sock", node.name));
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return 0;
+    };
+    let _ = s.write_all(b"{\"op\":\"ping\"}\n");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+    serde_json::from_str::<Value>(&line).unwrap_or(Value::Null)["data"]["generation"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Measurement (docs/kubernetes.md), not a check: `kubectl apply` of a
+/// NetworkPolicy → the node's dataplane runs a snapshot with it, over 100
+/// applies (each followed by a delete). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_kubectl_apply_to_enforced() {
+    let s = setup("km", 12, &["a", "b"]);
+    let (a, b) = (&s.pods[0], &s.pods[1]);
+    let b_ip = b.ip.unwrap();
+    wait_until(&s.node, "a→b open", || tcp_ok(&a.netns_path, b_ip));
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: deny-b, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n";
+    let mut samples = Vec::new();
+    let mut after_return = Vec::new();
+    for i in 0..100 {
+        let g0 = dataplane_generation(&s.node);
+        let t0 = Instant::now();
+        s.cp.kubectl_ok(&["apply", "-f", "-"], Some(deny));
+        let returned = t0.elapsed();
+        while dataplane_generation(&s.node) <= g0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "apply {i} not enforced"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        samples.push(t0.elapsed());
+        after_return.push(t0.elapsed().saturating_sub(returned));
+        if i == 0 {
+            assert!(!tcp_ok(&a.netns_path, b_ip), "the generation did not deny");
+        }
+        let g1 = dataplane_generation(&s.node);
+        s.cp.kubectl_ok(&["delete", "networkpolicy", "-n", "kn", "deny-b"], None);
+        while dataplane_generation(&s.node) <= g1 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let report = |what: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        println!(
+            "{what} over {} samples: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+            v.len(),
+            ms(v[v.len() / 2]),
+            ms(v[v.len() * 99 / 100]),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        );
+    };
+    report("kubectl apply (start) -> enforced", &mut samples);
+    report("kubectl apply (returned) -> enforced", &mut after_return);
+
+    // CNI ADD (start) -> the first TCP connection from the new pod crosses
+    // weir (its Pod object exists beforehand, as when a kubelet calls ADD).
+    let mut netns = Netns(Vec::new());
+    let mut first = Vec::new();
+    for i in 0..20 {
+        let name = format!("m{i}");
+        let yaml = pod_yaml("kn", &name, &s.node.name);
+        s.cp.kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+        let uid = s.cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                &name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        // Let the Pod object reach the agent first, as it does before a
+        // kubelet starts the sandbox.
+        std::thread::sleep(Duration::from_millis(300));
+        let p = Pod {
+            namespace: "kn".into(),
+            name: name.clone(),
+            netns_path: netns.add(&format!("{}-{name}", s.node.netns)),
+            ip: None,
+        };
+        let t0 = Instant::now();
+        let (ok, res) = s.node.cni("ADD", &p, &uid);
+        assert!(ok, "ADD {name}: {res}");
+        while !tcp_ok(&p.netns_path, b_ip) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{name} never connected"
+            );
+        }
+        first.push(t0.elapsed());
+        let (ok, res) = s.node.cni("DEL", &p, &uid);
+        assert!(ok, "DEL {name}: {res}");
+    }
+    report(
+        "CNI ADD (start) -> first TCP connection crossed weir",
+        &mut first,
+    );
+}
+
+#[test]
+fn node_agent_with_bad_kubeconfig_is_one_line_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("weir-kb-{}", unique_name("kb")));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let garbage = dir.join("garbage.kubeconfig");
+    std::fs::write(&garbage, "clusters: [").expect("write");
+    let nowhere = dir.join("nowhere.kubeconfig");
+    std::fs::write(
+        &nowhere,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\n\
+users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+    )
+    .expect("write");
+    for kc in [&garbage, &nowhere, &dir.join("missing")] {
+        let out = Command::new(weir_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["--node", "n1", "--state-dir"])
+            .arg(dir.join("state"))
+            .output()
+            .expect("weir agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(&kc.display().to_string()), "{err}");
+        // Nothing was made on the node.
+        assert!(
+            !dir.join("state").exists(),
+            "state made for a bad kubeconfig"
+        );
+    }
+    // No kubeconfig outside a pod: one line, exit 1.
+    let out = Command::new(weir_bin())
+        .args(["agent", "--node", "n1", "--state-dir"])
+        .arg(dir.join("state"))
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("weir agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("no --kubeconfig, and not in a pod"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
