@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod cni_server;
 pub mod daemon;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod flows;
 pub mod get;
 pub mod ipc;
 pub mod kube_agent;
+pub mod kubelet;
 pub mod manifests;
 pub mod node_dataplane;
 pub mod probe;
