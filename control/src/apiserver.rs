@@ -87,7 +87,7 @@ pub fn kubectl_bin() -> PathBuf {
 /// `scripts/k8s-control-plane.sh`, found next to the weir binary's
 /// checkout (`target/<profile>/weir` → `scripts/`) or under
 /// `$WEIR_SCRIPTS`.
-fn script() -> anyhow::Result<PathBuf> {
+pub fn script() -> anyhow::Result<PathBuf> {
     const NAME: &str = "k8s-control-plane.sh";
     if let Some(d) = std::env::var_os("WEIR_SCRIPTS") {
         return Ok(PathBuf::from(d).join(NAME));

@@ -252,6 +252,10 @@ enum Cmd {
         /// Leave the cluster up afterwards.
         #[arg(long)]
         keep: bool,
+        /// auto: on a real Kubernetes API server when its binaries are built
+        /// (scripts/k8s-build.sh), else from manifest files; api-server; files.
+        #[arg(long, default_value = "auto", value_name = "auto|api-server|files")]
+        mode: String,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -348,7 +352,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             if api_server {
-                return up_api_server(&state, &files, m, mode, &dp, opts);
+                let (text, source) = read_texts(&files)?;
+                return up_api_server(&state, &text, &source, m, mode, &dp, opts);
             }
             let spec = m.cluster.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
             let policies = m.policies.into_iter().map(|(_, s)| s).collect();
@@ -579,7 +584,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             since,
         } => flows_cmd(&state, follow, output, since),
-        Cmd::Demo { keep, dp } => run_demo(&state, &dp, keep),
+        Cmd::Demo { keep, dp, mode } => {
+            let api_server = match mode.as_str() {
+                "auto" => apiserver::check_binaries().is_ok() && apiserver::script().is_ok(),
+                "api-server" => true,
+                "files" => false,
+                other => anyhow::bail!("--mode: {other:?} is not auto, api-server or files"),
+            };
+            run_demo(&state, &dp, keep, api_server)
+        }
         Cmd::Dataplane {
             action,
             node,
@@ -818,11 +831,32 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result<()> {
+fn run_demo(
+    state: &StateDir,
+    dp: &DataplaneFlags,
+    keep: bool,
+    api_server: bool,
+) -> anyhow::Result<()> {
     let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
-    up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
+    if api_server {
+        println!("== mode: on a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager {}); weir is the nodes' kubelet for networking", apiserver::K8S_VERSION);
+        println!("== weir up --api-server (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
+        let m = manifests::parse_text(demo::MANIFESTS, "demo.yaml", FieldValidation::Strict)?;
+        up_api_server(
+            state,
+            demo::MANIFESTS,
+            "demo.yaml",
+            m,
+            FieldValidation::Strict,
+            dp,
+            BuildOptions::default(),
+        )?;
+    } else {
+        println!("== mode: manifest files (no API server: scripts/k8s-build.sh builds one, then the demo runs on it)");
+        println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
+        up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
+    }
     let result = (|| -> anyhow::Result<()> {
         let c = load(state)?;
         print!("{}", get::pods(&c, None, None, Output::Table)?);
@@ -851,16 +885,21 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
                 "demo: {failed} probes failed (no policy is loaded, all should connect)"
             );
         }
-        println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
-        let v = daemon_call(
-            state,
-            &Request::Apply {
-                manifests: demo::POLICY.to_string(),
-                source: "demo-policy.yaml".into(),
-                field_validation: FieldValidation::Strict,
-            },
-        )?;
-        print_changed(&v);
+        if api_server {
+            println!("\n== weir kubectl apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
+            apply_via_api_server(state, demo::POLICY, "demo-policy.yaml")?;
+        } else {
+            println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
+            let v = daemon_call(
+                state,
+                &Request::Apply {
+                    manifests: demo::POLICY.to_string(),
+                    source: "demo-policy.yaml".into(),
+                    field_validation: FieldValidation::Strict,
+                },
+            )?;
+            print_changed(&v);
+        }
         wait_ready(state, Duration::from_secs(30))?;
         let to_x = probe::select(&c, Some("x"))?;
         println!("\n== weir probe --port 80 --to x");
@@ -1062,7 +1101,8 @@ fn weir_cni_versions() -> Vec<&'static str> {
 /// of truth, and realised from there.
 fn up_api_server(
     state: &StateDir,
-    files: &[PathBuf],
+    text: &str,
+    source: &str,
     m: manifests::Manifests,
     mode: FieldValidation,
     dp: &DataplaneFlags,
@@ -1070,8 +1110,7 @@ fn up_api_server(
 ) -> anyhow::Result<()> {
     apiserver::check_binaries()?;
     // The API objects: every document but the Nodes, namespaces first.
-    let (text, source) = read_texts(files)?;
-    let docs = weir_topo::manifest::split_documents_with(&text, &source, mode, &mut Vec::new())
+    let docs = weir_topo::manifest::split_documents_with(text, source, mode, &mut Vec::new())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut namespaces = Vec::new();
     let mut objects = Vec::new();
@@ -1210,5 +1249,41 @@ fn fill_images(pod: &mut serde_json::Value) {
                 }
             }
         }
+    }
+}
+
+/// Creates the policies of `text` in the cluster's API server and waits
+/// (bounded) until the supervisor enforces exactly them (the agent in `weir
+/// kubelet` brings them).
+fn apply_via_api_server(state: &StateDir, text: &str, source: &str) -> anyhow::Result<()> {
+    let m = manifests::parse_text(text, source, FieldValidation::Strict)?;
+    let want: std::collections::BTreeSet<String> =
+        m.policies.iter().map(|(_, s)| s.object.clone()).collect();
+    let docs =
+        weir_topo::manifest::split_documents(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects = docs
+        .iter()
+        .map(|d| serde_json::to_value(&d.value))
+        .collect::<Result<Vec<_>, _>>()?;
+    apiserver::apply(state, &objects)?;
+    for o in &want {
+        println!("{o} created");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: std::collections::BTreeSet<String> =
+            manifests::load_policies(&state.policies_file())?
+                .into_iter()
+                .map(|p| p.object)
+                .collect();
+        if want.is_subset(&have) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the policies did not reach the supervisor (see {})",
+            apiserver::kubelet_log(state).display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
