@@ -475,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Apply { files, validation } => {
+            refuse_on_api_server(&state, "apply")?;
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v = daemon_call(
@@ -491,6 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Delete { files, validation } => {
+            refuse_on_api_server(&state, "delete")?;
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v = daemon_call(
@@ -1286,4 +1288,16 @@ fn apply_via_api_server(state: &StateDir, text: &str, source: &str) -> anyhow::R
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// On a cluster run by an API server, the API server is the one source of
+/// truth: what `weir apply`/`delete` changed would be undone by `weir
+/// kubelet` and the agent.
+fn refuse_on_api_server(state: &StateDir, verb: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !apiserver::running(state),
+        "cluster {} runs on a Kubernetes API server (weir up --api-server): use `weir kubectl {verb} -f FILE`",
+        state.cluster
+    );
+    Ok(())
 }

@@ -170,6 +170,13 @@ fn kubectl_pods_run_talk_follow_labels_bind_and_go_away() {
     let a = pod_json(&c, "kq", "a");
     assert_eq!(a["status"]["phase"], "Running", "{a}");
 
+    // The API server is the one source of truth: weir apply says where to go.
+    let f = c.file("d.yaml", &pod_manifest("kq", "d"));
+    let out = c.weir(&["apply", "-f", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weir kubectl apply -f FILE"), "{err}");
+
     // A pod created with kubectl on node-1: address, phase, conditions.
     kubectl_apply(&c, "b.yaml", &kube_pod("kq", "b", Some("node-1")));
     wait_running(&c, "kq", "b");
