@@ -143,19 +143,23 @@ pub fn running(state: &StateDir) -> bool {
 }
 
 /// Stops the control plane's processes (from their pid files; only
-/// processes whose command line is still that binary's with this
-/// directory). The data stays until the state dir is removed.
+/// processes whose command line is still that binary's). The data stays
+/// until the state dir is removed. The grace is short: kube-apiserver
+/// drains its watches for up to a minute after SIGTERM, and everything it
+/// could save is removed with the state dir anyway.
 pub fn stop(state: &StateDir) {
     let dir = dir(state);
+    let mut pids = Vec::new();
     for p in PROCESSES {
         let f = dir.join(format!("{p}.pid"));
         if let Some(pid) = read_pid(&f) {
             if cmdline(pid).is_some_and(|c| c.contains(p)) {
-                terminate(pid, Duration::from_secs(5));
+                pids.push(pid);
             }
         }
         let _ = std::fs::remove_file(&f);
     }
+    terminate_all(&pids, Duration::from_secs(1));
 }
 
 /// The process id in a pid file.
@@ -172,23 +176,42 @@ pub fn cmdline(pid: i32) -> Option<String> {
 
 /// SIGTERM, then SIGKILL after `grace`.
 pub fn terminate(pid: i32, grace: Duration) {
+    terminate_all(&[pid], grace)
+}
+
+/// SIGTERM to every process, then SIGKILL to those still running after
+/// `grace`; returns once all are gone (bounded).
+pub fn terminate_all(pids: &[i32], grace: Duration) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let pid = Pid::from_raw(pid);
-    let _ = kill(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if kill(pid, None).is_err() {
-            return;
+    let signal_all = |sig: Signal| {
+        for &p in pids {
+            if alive(p) {
+                let _ = kill(Pid::from_raw(p), sig);
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    for _ in 0..100 {
-        if kill(pid, None).is_err() {
-            return;
+    };
+    let wait_all = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+    };
+    signal_all(Signal::SIGTERM);
+    wait_all(grace);
+    signal_all(Signal::SIGKILL);
+    wait_all(Duration::from_secs(2));
+}
+
+/// Whether a process runs (a zombie, dead but not reaped by its parent,
+/// does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
 
