@@ -33,9 +33,10 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::Client;
+use kube::{Client, Resource};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -176,9 +177,17 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     }
     drop(tx);
 
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "weir-kubelet".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
     let mut k = Kubelet {
         state,
         client,
+        recorder,
         pods: Store::new(),
         namespaces: Store::new(),
         errors: BTreeMap::new(),
@@ -287,6 +296,7 @@ fn now() -> String {
 struct Kubelet {
     state: StateDir,
     client: Client,
+    recorder: Recorder,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     /// The last error reported per object, so a failing step is logged once.
@@ -342,10 +352,39 @@ async fn daemon(state: &StateDir, req: Request) -> anyhow::Result<Value> {
 }
 
 impl Kubelet {
+    /// Logs a failed step once per object and distinct error.
     fn report(&mut self, object: &str, err: &str) {
-        if self.errors.get(object).map(String::as_str) != Some(err) {
+        self.report_new(object, err);
+    }
+
+    /// [`report`](Self::report), and whether the error is new.
+    fn report_new(&mut self, object: &str, err: &str) -> bool {
+        if self.errors.get(object).map(String::as_str) == Some(err) {
+            return false;
+        }
+        if err.starts_with(object) {
+            log::error!("{err}");
+        } else {
             log::error!("{object}: {err}");
-            self.errors.insert(object.to_string(), err.to_string());
+        }
+        self.errors.insert(object.to_string(), err.to_string());
+        true
+    }
+
+    /// A pod weir cannot realise: a Warning Event on it (what `kubectl
+    /// describe pod` shows), with the reason a kubelet gives when the
+    /// network of a pod sandbox cannot be set up.
+    async fn pod_event(&self, p: &Pod, message: &str) {
+        let reference = p.object_ref(&());
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: "FailedCreatePodSandBox".into(),
+            note: Some(format!("weir: {message}").chars().take(1000).collect()),
+            action: "SetUpNetwork".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            log::warn!("cannot record an Event: {e}");
         }
     }
 
@@ -493,7 +532,10 @@ impl Kubelet {
                             self.ok(&object);
                         }
                         Err(e) => {
-                            self.report(&object, &format!("{e:#}"));
+                            let e = format!("{e:#}");
+                            if self.report_new(&object, &e) {
+                                self.pod_event(p, &e).await;
+                            }
                             continue;
                         }
                     }

@@ -236,6 +236,41 @@ fn kubectl_pods_run_talk_follow_labels_bind_and_go_away() {
     assert_eq!(pc["spec"]["nodeName"], "node-1", "{pc}");
     assert!(c.topology().pod("kq", "c").is_some());
 
+    // A pod the API server accepts (with a warning) but weir refuses (two
+    // containers declare 80/TCP): it stays Pending, and the reason is a
+    // Warning Event on it.
+    kubectl_apply(
+        &c,
+        "dup.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: dup, namespace: kq}\nspec:\n  containers:\n\
+         \x20 - {name: one, image: x, ports: [{containerPort: 80}]}\n\
+         \x20 - {name: two, image: x, ports: [{containerPort: 80}]}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let event = loop {
+        let e = kubectl_ok(
+            &c,
+            &[
+                "get",
+                "events",
+                "-n",
+                "kq",
+                "--field-selector",
+                "involvedObject.name=dup,reason=FailedCreatePodSandBox",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+        );
+        if !e.is_empty() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no event for pods/kq/dup");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(event.contains("already declared"), "{event}");
+    assert_eq!(pod_json(&c, "kq", "dup")["status"]["phase"], "Pending");
+    assert!(c.topology().pod("kq", "dup").is_none());
+
     // kubectl delete: returns once the kubelet finished the deletion; the
     // pod's netns and veth are gone.
     let netns = rb.netns.clone();
