@@ -121,7 +121,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     rt.block_on(run_async(opts))
 }
 
-async fn run_async(opts: Options) -> anyhow::Result<()> {
+/// The agent's loop, for a caller that has its own tokio runtime (`weir
+/// up --api-server` runs it beside the kubelet in one process).
+pub async fn run_async(opts: Options) -> anyhow::Result<()> {
     let state = StateDir::new(&opts.cluster);
     anyhow::ensure!(
         state.daemon_sock().exists(),

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod cni_server;
 pub mod daemon;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod get;
 pub mod ipc;
 pub mod kube_agent;
 pub mod kube_inputs;
+pub mod kubelet;
 pub mod manifests;
 pub mod node_agent;
 pub mod node_dataplane;

@@ -12,7 +12,7 @@ use weir_control::ipc::{self, Request};
 use weir_control::manifests::{self, StoredPolicy};
 use weir_control::probe::{self, Family, ProbeSpec, Protocol};
 use weir_control::state::{StateDir, DEFAULT_CLUSTER};
-use weir_control::{daemon, demo, node_dataplane, status};
+use weir_control::{apiserver, daemon, demo, kubelet, node_dataplane, status};
 use weir_dataplane::runtime::PollMode;
 use weir_model::ipc::{ChangeReply, ClusterStatus, DeleteReply, Empty, FlowsReply, Readiness};
 use weir_topo::fields::FieldValidation;
@@ -176,9 +176,31 @@ enum Cmd {
         /// RX/TX queues per pod interface.
         #[arg(long, default_value_t = 2)]
         queues: u32,
+        /// Run the cluster on a real Kubernetes API server that weir starts
+        /// (etcd, kube-apiserver, kube-controller-manager): pods, namespaces
+        /// and policies of the files are created there, and weir acts as
+        /// the nodes' kubelet for networking (see docs/kubernetes.md).
+        #[arg(long)]
+        api_server: bool,
     },
     /// Stop weir and remove the local cluster completely.
     Down,
+    /// Print the path of the admin kubeconfig of the cluster's API server
+    /// (`weir up --api-server`).
+    Kubeconfig,
+    /// Run kubectl (the version weir's API server is) against the cluster's
+    /// API server: `weir kubectl get pods -A`.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// weir as the nodes' kubelet for networking, and the policy agent
+    /// (started by `weir up --api-server`).
+    #[command(hide = true)]
+    Kubelet {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
     /// List nodes, namespaces or pods.
     Get {
         /// nodes | namespaces | pods
@@ -278,6 +300,10 @@ enum Cmd {
         /// Leave the cluster up afterwards.
         #[arg(long)]
         keep: bool,
+        /// auto: on a real Kubernetes API server when its binaries are built
+        /// (scripts/k8s-build.sh), else from manifest files; api-server; files.
+        #[arg(long, default_value = "auto", value_name = "auto|api-server|files")]
+        mode: String,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -390,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mtu,
             queues,
             encap,
+            api_server,
         } => {
             let encap = match encap {
                 EncapArg::Vxlan => weir_topo::Encap::Vxlan,
@@ -398,17 +425,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mode = validation.mode()?;
             let m = manifests::read_files(&files, mode)?;
             warn_ignored(mode, m.ignored.iter().map(String::as_str));
-            let spec = m.cluster.finish()?;
-            let policies = m.policies.into_iter().map(|(_, s)| s).collect();
             let opts = BuildOptions {
                 queues,
                 mtu,
                 encap,
                 ..Default::default()
             };
+            if api_server {
+                let (text, source) = read_texts(&files)?;
+                return up_api_server(&state, &text, &source, m, mode, &dp, opts);
+            }
+            let spec = m.cluster.finish()?;
+            let policies = m.policies.into_iter().map(|(_, s)| s).collect();
             up(&state, &spec, &policies, &dp, opts)
         }
         Cmd::Down => down(&state),
+        Cmd::Kubeconfig => {
+            let kc = apiserver::kubeconfig(&state);
+            anyhow::ensure!(
+                kc.is_file(),
+                "cluster {}: no API server (start it with `weir up --api-server -f FILE`)",
+                cli.cluster
+            );
+            println!("{}", kc.display());
+            Ok(())
+        }
+        Cmd::Kubectl { args } => {
+            let err = apiserver::kubectl(&state)?.args(&args).exec();
+            Err(anyhow::anyhow!("kubectl: {err}"))
+        }
+        Cmd::Kubelet { kubeconfig } => kubelet::run(kubelet::Options {
+            kubeconfig,
+            cluster: cli.cluster.clone(),
+        }),
         Cmd::CniConfig { node } => {
             let cluster = Cluster::load(&state.cluster_file())
                 .with_context(|| format!("cluster {}: not up", cli.cluster))?;
@@ -525,6 +574,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Apply { files, validation } => {
+            refuse_on_api_server(&state, "apply")?;
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v: ChangeReply = daemon_call(
@@ -544,6 +594,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Delete { files, validation } => {
+            refuse_on_api_server(&state, "delete")?;
             let field_validation = validation.mode()?;
             let (text, source) = read_texts(&files)?;
             let v: DeleteReply = daemon_call(
@@ -631,7 +682,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             since,
         } => flows_cmd(&state, follow, output, since),
-        Cmd::Demo { keep, dp } => run_demo(&state, &dp, keep),
+        Cmd::Demo { keep, dp, mode } => {
+            let api_server = match mode.as_str() {
+                "auto" => apiserver::check_binaries().is_ok() && apiserver::script().is_ok(),
+                "api-server" => true,
+                "files" => false,
+                other => anyhow::bail!("--mode: {other:?} is not auto, api-server or files"),
+            };
+            run_demo(&state, &dp, keep, api_server)
+        }
         Cmd::Dataplane { action, node, dp } => {
             match action {
                 Some(DpAction::Stop { node }) => {
@@ -716,6 +775,24 @@ fn up(
     dp: &DataplaneFlags,
     opts: BuildOptions,
 ) -> anyhow::Result<()> {
+    let cluster = up_inner(state, spec, policies, dp, opts)?;
+    println!(
+        "cluster {} up: {} node(s), {} namespace(s), {} pod(s); weir forwarding",
+        state.cluster,
+        cluster.nodes.len(),
+        cluster.namespaces.len(),
+        cluster.pods.len()
+    );
+    Ok(())
+}
+
+fn up_inner(
+    state: &StateDir,
+    spec: &weir_topo::manifest::ClusterSpec,
+    policies: &Vec<StoredPolicy>,
+    dp: &DataplaneFlags,
+    opts: BuildOptions,
+) -> anyhow::Result<Cluster> {
     let dp_args = dp.args()?;
     anyhow::ensure!(
         !state.exists(),
@@ -723,6 +800,8 @@ fn up(
         state.cluster
     );
     // Leftovers of a cluster of the same name that died without `weir down`.
+    stop_kubelet(state);
+    apiserver::stop(state);
     let _ = weir_topo::teardown_by_name(&state.cluster);
     let _ = std::fs::remove_dir_all(&state.root);
     let cluster = Cluster::build(&state.cluster, spec, &opts)?;
@@ -767,14 +846,7 @@ fn up(
         let _ = down(state);
         anyhow::bail!("{e}{tail}");
     }
-    println!(
-        "cluster {} up: {} node(s), {} namespace(s), {} pod(s); weir forwarding",
-        state.cluster,
-        cluster.nodes.len(),
-        cluster.namespaces.len(),
-        cluster.pods.len()
-    );
-    Ok(())
+    Ok(cluster)
 }
 
 fn log_tail(state: &StateDir) -> String {
@@ -823,6 +895,8 @@ fn wait_ready(state: &StateDir, timeout: Duration) -> anyhow::Result<()> {
 
 fn down(state: &StateDir) -> anyhow::Result<()> {
     let had_state = state.exists();
+    // The kubelet first, so it does not react to what goes away.
+    stop_kubelet(state);
     if state.daemon_sock().exists() {
         let _ = ipc::call(
             &state.daemon_sock(),
@@ -838,6 +912,7 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
         c.teardown()?;
     }
     weir_topo::teardown_by_name(&state.cluster)?;
+    apiserver::stop(state);
     let _ = std::fs::remove_dir_all(&state.root);
     if had_state {
         println!("cluster {} removed", state.cluster);
@@ -847,10 +922,32 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result<()> {
-    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")?;
-    println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
-    up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
+fn run_demo(
+    state: &StateDir,
+    dp: &DataplaneFlags,
+    keep: bool,
+    api_server: bool,
+) -> anyhow::Result<()> {
+    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
+        ?;
+    if api_server {
+        println!("== mode: on a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager {}); weir is the nodes' kubelet for networking", apiserver::K8S_VERSION);
+        println!("== weir up --api-server (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
+        let m = manifests::parse_text(demo::MANIFESTS, "demo.yaml", FieldValidation::Strict)?;
+        up_api_server(
+            state,
+            demo::MANIFESTS,
+            "demo.yaml",
+            m,
+            FieldValidation::Strict,
+            dp,
+            BuildOptions::default(),
+        )?;
+    } else {
+        println!("== mode: manifest files (no API server: scripts/k8s-build.sh builds one, then the demo runs on it)");
+        println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
+        up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
+    }
     let result = (|| -> anyhow::Result<()> {
         let c = load(state)?;
         print!("{}", get::pods(&c, None, None, Output::Table)?);
@@ -879,16 +976,21 @@ fn run_demo(state: &StateDir, dp: &DataplaneFlags, keep: bool) -> anyhow::Result
                 "demo: {failed} probes failed (no policy is loaded, all should connect)"
             );
         }
-        println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
-        let v: ChangeReply = daemon_call(
-            state,
-            &Request::Apply {
-                manifests: demo::POLICY.to_string(),
-                source: "demo-policy.yaml".into(),
-                field_validation: FieldValidation::Strict,
-            },
-        )?;
-        print_changed(&v);
+        if api_server {
+            println!("\n== weir kubectl apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
+            apply_via_api_server(state, demo::POLICY, "demo-policy.yaml")?;
+        } else {
+            println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
+            let v: ChangeReply = daemon_call(
+                state,
+                &Request::Apply {
+                    manifests: demo::POLICY.to_string(),
+                    source: "demo-policy.yaml".into(),
+                    field_validation: FieldValidation::Strict,
+                },
+            )?;
+            print_changed(&v);
+        }
         wait_ready(state, Duration::from_secs(30))?;
         let to_x = probe::select(&c, Some("x"))?;
         println!("\n== weir probe --port 80 --to x");
@@ -1071,4 +1173,211 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
 /// The versions weir-cni speaks (the `cniVersions` of `weir cni-config`).
 fn weir_cni_versions() -> Vec<&'static str> {
     vec!["0.4.0", "1.0.0", "1.1.0"]
+}
+
+/// `weir up --api-server`: the local cluster's nodes (and namespaces) are
+/// built as by `weir up`; a real control plane starts under the state dir;
+/// `weir kubelet` (the nodes' kubelet for networking and the policy agent)
+/// starts beside the supervisor; every other object of the files
+/// (namespaces, pods, policies) is created in the API server, the one source
+/// of truth, and realised from there.
+fn up_api_server(
+    state: &StateDir,
+    text: &str,
+    source: &str,
+    m: manifests::Manifests,
+    mode: FieldValidation,
+    dp: &DataplaneFlags,
+    opts: BuildOptions,
+) -> anyhow::Result<()> {
+    apiserver::check_binaries()?;
+    // The API objects: every document but the Nodes, namespaces first.
+    let docs = weir_topo::manifest::split_documents_with(text, source, mode, &mut Vec::new())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut namespaces = Vec::new();
+    let mut objects = Vec::new();
+    for d in docs.iter().filter(|d| d.kind != "Node") {
+        let mut v = serde_json::to_value(&d.value)?;
+        if d.kind == "Pod" {
+            fill_images(&mut v);
+        }
+        if d.kind == "Namespace" {
+            namespaces.push(v);
+        } else {
+            objects.push(v);
+        }
+    }
+    let mut used_namespaces: std::collections::BTreeSet<String> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str().map(str::to_string))
+        .collect();
+    if m.cluster.pods.iter().any(|p| p.namespace == "default") {
+        used_namespaces.insert("default".into());
+    }
+    let pods: Vec<(String, String)> = m
+        .cluster
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    let mut local = m.cluster;
+    local.pods.clear();
+    let spec = local.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Quiet: the summary is printed once the API server runs.
+    up_quiet(state, &spec, dp, opts)?;
+    let result = (|| -> anyhow::Result<()> {
+        let kubeconfig = apiserver::start(state)?;
+        start_kubelet(state, &kubeconfig)?;
+        apiserver::apply(state, &namespaces)?;
+        for ns in &used_namespaces {
+            apiserver::wait_default_service_account(state, ns)?;
+        }
+        apiserver::apply(state, &objects)?;
+        // Every pod of the files realised and running on the dataplanes.
+        let limit = Duration::from_secs(60 + pods.len() as u64);
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = load(state)?;
+            let missing: Vec<String> = pods
+                .iter()
+                .filter(|(ns, n)| c.pod(ns, n).is_none())
+                .map(|(ns, n)| format!("pods/{ns}/{n}"))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not realised after {:?}: {} (see {})",
+                limit,
+                missing.join(", "),
+                apiserver::kubelet_log(state).display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait_ready(state, Duration::from_secs(60))
+    })();
+    if let Err(e) = result {
+        let _ = down(state);
+        return Err(e);
+    }
+    let c = load(state)?;
+    println!(
+        "cluster {} up on a Kubernetes API server: {} node(s), {} pod(s); weir forwarding",
+        state.cluster,
+        c.nodes.len(),
+        c.pods.len()
+    );
+    println!(
+        "kubeconfig: {} (or `weir kubectl ...`)",
+        apiserver::kubeconfig(state).display()
+    );
+    Ok(())
+}
+
+fn up_quiet(
+    state: &StateDir,
+    spec: &weir_topo::manifest::ClusterSpec,
+    dp: &DataplaneFlags,
+    opts: BuildOptions,
+) -> anyhow::Result<()> {
+    up_inner(state, spec, &Vec::new(), dp, opts).map(|_| ())
+}
+
+/// Starts `weir kubelet` for the cluster (log and pid file in the state dir).
+fn start_kubelet(state: &StateDir, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
+    let log = std::fs::File::create(apiserver::kubelet_log(state))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--cluster")
+        .arg(&state.cluster)
+        .arg("kubelet")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env(
+            "RUST_LOG",
+            "info,kube_client=off,netlink_packet_route=error",
+        );
+    }
+    let child = cmd.spawn().context("start weir kubelet")?;
+    std::fs::write(apiserver::kubelet_pid(state), child.id().to_string())?;
+    Ok(())
+}
+
+/// Stops the cluster's `weir kubelet`, if one runs.
+fn stop_kubelet(state: &StateDir) {
+    let f = apiserver::kubelet_pid(state);
+    if let Some(pid) = apiserver::read_pid(&f) {
+        if apiserver::cmdline(pid).is_some_and(|c| c.contains("weir") && c.contains(" kubelet ")) {
+            apiserver::terminate(pid, Duration::from_secs(5));
+        }
+    }
+    let _ = std::fs::remove_file(&f);
+}
+
+/// The API server requires an image per container; weir's pods run none
+/// (weir serves their containerPorts itself), so a pod written for `weir
+/// up` without one gets [`apiserver::NO_IMAGE`].
+fn fill_images(pod: &mut serde_json::Value) {
+    for key in ["containers", "initContainers"] {
+        if let Some(cs) = pod["spec"][key].as_array_mut() {
+            for c in cs {
+                if c.get("image").is_none() {
+                    c["image"] = apiserver::NO_IMAGE.into();
+                }
+            }
+        }
+    }
+}
+
+/// Creates the policies of `text` in the cluster's API server and waits
+/// (bounded) until the supervisor enforces exactly them (the agent in `weir
+/// kubelet` brings them).
+fn apply_via_api_server(state: &StateDir, text: &str, source: &str) -> anyhow::Result<()> {
+    let m = manifests::parse_text(text, source, FieldValidation::Strict)?;
+    let want: std::collections::BTreeSet<String> =
+        m.policies.iter().map(|(_, s)| s.object.clone()).collect();
+    let docs =
+        weir_topo::manifest::split_documents(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects = docs
+        .iter()
+        .map(|d| serde_json::to_value(&d.value))
+        .collect::<Result<Vec<_>, _>>()?;
+    apiserver::apply(state, &objects)?;
+    for o in &want {
+        println!("{o} created");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: std::collections::BTreeSet<String> =
+            manifests::load_policies(&state.policies_file())?
+                .into_iter()
+                .map(|p| p.object)
+                .collect();
+        if want.is_subset(&have) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the policies did not reach the supervisor (see {})",
+            apiserver::kubelet_log(state).display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// On a cluster run by an API server, the API server is the one source of
+/// truth: what `weir apply`/`delete` changed would be undone by `weir
+/// kubelet` and the agent.
+fn refuse_on_api_server(state: &StateDir, verb: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !apiserver::running(state),
+        "cluster {} runs on a Kubernetes API server (weir up --api-server): use `weir kubectl {verb} -f FILE`",
+        state.cluster
+    );
+    Ok(())
 }

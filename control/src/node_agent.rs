@@ -221,7 +221,10 @@ impl NodeState {
         }
         let cluster = self.compiled();
         if let Some((text, policies)) = new_policies {
-            match crate::agent::check(&cluster, &policies) {
+            match crate::agent::check(&crate::source::Parsed {
+                cluster: &cluster,
+                policies: &policies,
+            }) {
                 Ok(()) => {
                     // Kept for a restarted agent: a set it refuses must leave
                     // these in force, not none.
@@ -239,7 +242,13 @@ impl NodeState {
         if self.last.as_ref() == Some(&key) {
             return Ok(());
         }
-        self.generation = crate::agent::publish(&self.state, &key.0, &self.policies)?;
+        self.generation = crate::agent::publish(
+            &self.state,
+            &crate::source::Parsed {
+                cluster: &key.0,
+                policies: &self.policies,
+            },
+        )?;
         key.0.save(&self.state.cluster_file())?;
         log::info!(
             "published generation {} ({} pods on this node, {} policies)",

@@ -39,3 +39,20 @@ impl ClusterSource for Manifests<'_> {
         manifests::parse_all(self.policies)
     }
 }
+
+/// A cluster and policies already parsed: what the Kubernetes node agent
+/// holds after converting its reflector stores (`kube_inputs`).
+pub struct Parsed<'a> {
+    pub cluster: &'a Cluster,
+    pub policies: &'a [Policy],
+}
+
+impl ClusterSource for Parsed<'_> {
+    fn cluster(&self) -> &Cluster {
+        self.cluster
+    }
+
+    fn policies(&self) -> anyhow::Result<Vec<Policy>> {
+        Ok(self.policies.to_vec())
+    }
+}

@@ -9,27 +9,63 @@
 //! test function: create policies, probe, delete them, reset labels.
 //! Needs root.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use weir_tests::{netpol, xyz_cluster, xyz_namespace, xyz_pod, Peer, Reachability, TestCluster};
+
+/// How a suite changes the cluster: `weir apply`/`weir delete`, or the real
+/// kubectl against the API server of `weir up --api-server` (namespaces,
+/// pods, label changes and policies all go through the API server; weir
+/// takes them from there).
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Weir,
+    Kubectl,
+}
+
+/// A label change to undo at the end of a case.
+enum Restore {
+    Namespace(String),
+    Pod(String, String),
+}
 
 struct Suite {
     c: TestCluster,
+    via: Via,
+    /// Kubectl: each policy carries a `weir.test/rev` label, bumped on every
+    /// apply, so the test knows when weir enforces what it applied.
+    rev: u32,
+    /// Kubectl: policy object → the rev weir must be enforcing.
+    revs: BTreeMap<String, u32>,
     case: String,
     cases: Vec<String>,
     failures: Vec<String>,
     /// (ns/name, manifest) of the policies the current case created.
     policies: Vec<(String, String)>,
-    /// Manifests that restore labels the current case changed.
-    restore: Vec<String>,
+    /// Label changes the current case made, undone at its end.
+    restore: Vec<Restore>,
     t0: Instant,
     case_t0: Instant,
 }
 
 impl Suite {
     fn new(tag: &str) -> Suite {
-        let c = TestCluster::up(tag, &xyz_cluster());
+        Suite::with(TestCluster::up(tag, &xyz_cluster()), Via::Weir)
+    }
+
+    /// The same layout on a real API server: the pods of `xyz_cluster` are
+    /// created there by `weir up --api-server`, and realised by weir.
+    fn via_kubectl(tag: &str) -> Suite {
+        let c = TestCluster::up_with(tag, &xyz_cluster(), &["--api-server"]);
+        Suite::with(c, Via::Kubectl)
+    }
+
+    fn with(c: TestCluster, via: Via) -> Suite {
         Suite {
             c,
+            via,
+            rev: 0,
+            revs: BTreeMap::new(),
             case: String::new(),
             cases: Vec::new(),
             failures: Vec::new(),
@@ -49,27 +85,150 @@ impl Suite {
 
     /// CreatePolicy / UpdatePolicy (same name: replaces).
     fn create(&mut self, ns: &str, name: &str, spec: &str) {
-        let text = netpol(ns, name, spec);
-        self.c.apply("policy.yaml", &text);
+        let mut text = netpol(ns, name, spec);
         let key = format!("{ns}/{name}");
+        match self.via {
+            Via::Weir => self.c.apply("policy.yaml", &text),
+            Via::Kubectl => {
+                self.rev += 1;
+                text = text.replace(
+                    &format!("namespace: {ns}}}"),
+                    &format!(
+                        "namespace: {ns}, labels: {{weir.test/rev: \"{}\"}}}}",
+                        self.rev
+                    ),
+                );
+                self.kubectl(&["apply", "-f", &self.c.file("policy.json", &as_json(&text))]);
+                self.revs.insert(format!("networkpolicies/{key}"), self.rev);
+                self.wait_policies();
+            }
+        }
         self.policies.retain(|(k, _)| *k != key);
         self.policies.push((key, text));
     }
 
     fn delete_all_policies(&mut self) {
         for (_, text) in std::mem::take(&mut self.policies).into_iter().rev() {
-            self.c.delete("policy.yaml", &text);
+            match self.via {
+                Via::Weir => self.c.delete("policy.yaml", &text),
+                Via::Kubectl => {
+                    self.kubectl(&["delete", "-f", &self.c.file("policy.json", &as_json(&text))]);
+                }
+            }
+        }
+        if self.via == Via::Kubectl {
+            self.revs.clear();
+            self.wait_policies();
         }
     }
 
     fn label_namespace(&mut self, ns: &str, extra: &[(&str, &str)]) {
-        self.c.apply("ns.yaml", &xyz_namespace(ns, extra));
-        self.restore.push(xyz_namespace(ns, &[]));
+        self.set_namespace_labels(ns, extra);
+        self.restore.push(Restore::Namespace(ns.to_string()));
     }
 
     fn label_pod(&mut self, ns: &str, pod: &str, extra: &[(&str, &str)]) {
-        self.c.apply("pod.yaml", &xyz_pod(ns, pod, extra));
-        self.restore.push(xyz_pod(ns, pod, &[]));
+        self.set_pod_labels(ns, pod, extra);
+        self.restore
+            .push(Restore::Pod(ns.to_string(), pod.to_string()));
+    }
+
+    /// The namespace's labels become `ns: NAME` plus `extra`.
+    fn set_namespace_labels(&mut self, ns: &str, extra: &[(&str, &str)]) {
+        let text = xyz_namespace(ns, extra);
+        match self.via {
+            Via::Weir => self.c.apply("ns.yaml", &text),
+            Via::Kubectl => {
+                self.kubectl(&["apply", "-f", &self.c.file("ns.json", &as_json(&text))]);
+                let mut want = labels(&[("ns", ns), ("kubernetes.io/metadata.name", ns)]);
+                want.extend(labels(extra));
+                self.wait_until(&format!("namespaces/{ns} labels {want:?}"), |c| {
+                    c.namespaces
+                        .iter()
+                        .any(|n| n.name == ns && n.labels == want)
+                });
+            }
+        }
+    }
+
+    /// The pod's labels become `pod: NAME` plus `extra`.
+    fn set_pod_labels(&mut self, ns: &str, pod: &str, extra: &[(&str, &str)]) {
+        let text = xyz_pod(ns, pod, extra);
+        match self.via {
+            Via::Weir => self.c.apply("pod.yaml", &text),
+            Via::Kubectl => {
+                // The same pod as `weir up --api-server` created (the image
+                // it filled in): only the labels differ.
+                let text = text.replace(
+                    "- name: cont-80-81\n",
+                    "- name: cont-80-81\n    image: weir.dev/no-image\n",
+                );
+                self.kubectl(&["apply", "-f", &self.c.file("pod.json", &as_json(&text))]);
+                let mut want = labels(&[("pod", pod)]);
+                want.extend(labels(extra));
+                self.wait_until(&format!("pods/{ns}/{pod} labels {want:?}"), |c| {
+                    c.pod(ns, pod).is_some_and(|p| p.labels == want)
+                });
+            }
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) {
+        let mut argv = vec!["kubectl"];
+        argv.extend_from_slice(args);
+        let out = self.c.weir(&argv);
+        assert!(
+            out.status.success(),
+            "weir kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kubectl: waits until the supervisor enforces exactly the policies
+    /// (and revisions) applied, on every dataplane.
+    fn wait_policies(&self) {
+        let want = self.revs.clone();
+        let state = state_dir(&self.c);
+        self.wait_until(&format!("policies {want:?}"), move |_| {
+            let text = std::fs::read_to_string(state.join("policies.json"))
+                .unwrap_or_else(|_| "[]".into());
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let have: Vec<(String, String)> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p["object"].as_str().unwrap_or_default().to_string(),
+                        p["yaml"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            have.len() == want.len()
+                && want.iter().all(|(o, rev)| {
+                    have.iter()
+                        .any(|(ho, y)| ho == o && rev_label(y) == Some(*rev))
+                })
+        });
+    }
+
+    /// Waits (bounded: only so a broken kubelet cannot hang the suite)
+    /// until `done` holds for the realised cluster and every dataplane runs
+    /// the supervisor's latest generation.
+    fn wait_until(&self, what: &str, done: impl Fn(&weir_topo::Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if done(&self.c.topology()) && supervisor_ready(&self.c) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: weir did not take {what} from the API server; kubelet log:\n{}",
+                self.case,
+                std::fs::read_to_string(state_dir(&self.c).join("kubelet.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn check(&mut self, port: u16, protocol: &str, want: &Reachability) {
@@ -94,8 +253,11 @@ impl Suite {
             return;
         }
         self.delete_all_policies();
-        for text in std::mem::take(&mut self.restore).into_iter().rev() {
-            self.c.apply("restore.yaml", &text);
+        for r in std::mem::take(&mut self.restore).into_iter().rev() {
+            match r {
+                Restore::Namespace(ns) => self.set_namespace_labels(&ns, &[]),
+                Restore::Pod(ns, pod) => self.set_pod_labels(&ns, &pod, &[]),
+            }
         }
         eprintln!(
             "case {:?}: {} ms",
@@ -122,6 +284,62 @@ impl Suite {
     }
 }
 
+/// The manifests as JSON, read the way weir reads YAML (1.2). kubectl reads
+/// YAML 1.1, where the plain scalar `y` of the upstream layout (`ns: y`) is
+/// the boolean true, which a label refuses; `weir up --api-server` sends the
+/// API server JSON the same way.
+fn as_json(text: &str) -> String {
+    let items: Vec<serde_json::Value> = weir_topo::manifest::split_documents(text, "case")
+        .expect("case manifests parse")
+        .iter()
+        .map(|d| serde_json::to_value(&d.value).expect("JSON"))
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// The `weir.test/rev` label of a stored policy (YAML, one key a line).
+fn rev_label(yaml: &str) -> Option<u32> {
+    yaml.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("weir.test/rev:")?;
+        v.trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .parse()
+            .ok()
+    })
+}
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn state_dir(c: &TestCluster) -> std::path::PathBuf {
+    std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/run/weir"))
+        .join(&c.name)
+}
+
+/// The supervisor's own readiness (its `ping` on daemon.sock): every
+/// dataplane runs its latest generation.
+fn supervisor_ready(c: &TestCluster) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(state_dir(c).join("daemon.sock"))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"{\"op\":\"ping\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    if BufReader::new(&s).read_line(&mut line).is_err() {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| v["data"]["ready"] == true)
+}
+
 fn all() -> Reachability {
     Reachability::all()
 }
@@ -133,7 +351,11 @@ const Z: &str = "z";
 #[test]
 fn netpol_ingress_selectors() {
     let mut s = Suite::new("npi");
+    ingress_selectors(&mut s);
+    s.finish();
+}
 
+fn ingress_selectors(s: &mut Suite) {
     s.case("should support a 'default-deny-ingress' policy");
     s.create(
         X,
@@ -300,14 +522,16 @@ fn netpol_ingress_selectors() {
     r.expect_peer(Peer::ns(X), Peer::pod(X, "a"), false)
         .expect_peer(Peer::ns(Z), Peer::pod(X, "a"), false);
     s.check(80, "TCP", &r);
-
-    s.finish();
 }
 
 #[test]
 fn netpol_ports_and_protocols() {
     let mut s = Suite::new("npp");
+    ports_and_protocols(&mut s);
+    s.finish();
+}
 
+fn ports_and_protocols(s: &mut Suite) {
     s.case("should enforce policy based on Ports");
     s.create(
         X,
@@ -498,14 +722,16 @@ fn netpol_ports_and_protocols() {
     s.check(80, "UDP", &r);
     // weir addition: the same table over IPv6
     s.check_ipv6(80, "UDP", &r);
-
-    s.finish();
 }
 
 #[test]
 fn netpol_egress_and_ipblocks() {
     let mut s = Suite::new("npe");
+    egress_and_ipblocks(&mut s);
+    s.finish();
+}
 
+fn egress_and_ipblocks(s: &mut Suite) {
     s.case("should deny egress from pods based on PodSelector");
     s.create(
         X,
@@ -684,14 +910,16 @@ fn netpol_egress_and_ipblocks() {
     let mut r = all();
     r.expect_all_egress("x/a", false).expect("x/a", "x/b", true);
     s.check(80, "TCP", &r);
-
-    s.finish();
 }
 
 #[test]
 fn netpol_updates_and_labels() {
     let mut s = Suite::new("npu");
+    updates_and_labels(&mut s);
+    s.finish();
+}
 
+fn updates_and_labels(s: &mut Suite) {
     s.case("should enforce updated policy");
     s.create(
         X,
@@ -790,6 +1018,17 @@ fn netpol_updates_and_labels() {
     let mut r = all();
     r.expect_all_ingress("x/a", false);
     s.check(80, "TCP", &r);
+}
 
+/// The same four case tables a second time, with every namespace, pod,
+/// label change and policy going through the real kubectl and API server
+/// (`weir up --api-server`): weir must produce the same truth tables.
+#[test]
+fn netpol_e2e_via_kubectl() {
+    let mut s = Suite::via_kubectl("npk");
+    ingress_selectors(&mut s);
+    ports_and_protocols(&mut s);
+    egress_and_ipblocks(&mut s);
+    updates_and_labels(&mut s);
     s.finish();
 }
