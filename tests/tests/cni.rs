@@ -211,6 +211,20 @@ impl Fixture {
         }
     }
 
+    /// Live conntrack entries of endpoint `ns/pod` on node-1, and the
+    /// node's count of entries flushed because their endpoint left.
+    fn ct_entries(&self, endpoint: &str) -> (u64, u64) {
+        let st = self.c.status();
+        let ct = &weir_tests::node_status(&st, "node-1")["conntrack"];
+        let n = ct["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == endpoint)
+            .map_or(0, |e| e["entries"].as_u64().unwrap_or(0));
+        (n, ct["flushed"].as_u64().expect("conntrack.flushed"))
+    }
+
     fn node_ports(&self) -> usize {
         weir_tests::node_status(&self.c.status(), "node-1")["ports"]
             .as_array()
@@ -352,12 +366,28 @@ fn cnitool_add_check_del_status_gc_against_reference_plugins() {
     let chk = f.cnitool("check", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(!chk.status.success(), "check passed with the address gone");
 
+    // The pod's flows are in the node's conntrack table (ICMP echo and the
+    // TCP connection, each counted for both its endpoints; srv talks to
+    // nobody else).
+    let (mine, flushed0) = f.ct_entries("default/p1");
+    let (srv_ct, _) = f.ct_entries("default/srv");
+    assert!(mine >= 2, "conntrack entries of p1 before DEL: {mine}");
+    assert!(srv_ct >= 2, "conntrack entries of srv before DEL: {srv_ct}");
+
     // DEL, twice (idempotent), then nothing is left.
     let del = f.cnitool("del", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(
         del.status.success(),
         "del: {}",
         String::from_utf8_lossy(&del.stdout)
+    );
+    // DEL flushed the pod's flows before it answered: none is left for
+    // srv, and the node counted exactly those as flushed.
+    let (srv_ct, flushed1) = f.ct_entries("default/srv");
+    assert_eq!(srv_ct, 0, "conntrack entries of the deleted pod left");
+    assert!(
+        flushed1 - flushed0 >= mine,
+        "flushed {flushed0} -> {flushed1} after DEL, p1 had {mine}"
     );
     let del = f.cnitool("del", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(
