@@ -673,14 +673,58 @@ fn settled_free_frames(f: &Fixture, want: Option<u64>) -> u64 {
     last
 }
 
+/// `ip -o <args>` in netns `ns`, one line per object, `\` continuation
+/// and per-line counters (the `link` statistics) as printed.
+fn ip_lines(ns: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "-o"])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip {args:?} in {ns}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Interfaces of the node's netns with an XDP program attached.
+fn xdp_links(ns: &str) -> Vec<String> {
+    ip_lines(ns, &["-d", "link", "show"])
+        .into_iter()
+        .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Names of the files in node-1's state directory.
+fn node_files(f: &Fixture) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(f.state_dir().join("nodes/node-1"))
+        .expect("node dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn add_del_cycles_leave_nothing_behind() {
-    // WEIR_CNI_CYCLES=1000 for the long run; 100 by default.
+    // 200 cycles by default (about a minute and a half); 1000 with
+    // WEIR_LONG=1; WEIR_CNI_CYCLES=N for any other count.
+    let long = std::env::var("WEIR_LONG").is_ok_and(|v| v == "1");
     let cycles: usize = std::env::var("WEIR_CNI_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(if long { 1000 } else { 200 });
     let f = Fixture::new("cnicyc", "10.244.0.0/24");
+    let srv4 =
+        f.c.topology()
+            .pod("default", "srv")
+            .expect("srv")
+            .ipv4
+            .expect("v4")
+            .to_string();
     let pod = Netns::new(&format!("{}-cy", f.c.name));
     let path = pod.path();
     // The dataplane keeps one port's worth of frames aside after its first
@@ -697,6 +741,27 @@ fn add_del_cycles_leave_nothing_behind() {
     warm_del[0].1 = "DEL";
     assert!(f.plugin(&warm_del, &f.conf("1.1.0")).0, "warm-up DEL");
     let frames0 = settled_free_frames(&f, None);
+    // What the node looks like with no CNI pod: its links, addresses,
+    // routes, neighbours, XDP attachments and state files.
+    let node_ns = f.node_netns();
+    let snapshot_node = || {
+        let mut links: Vec<String> = ip_lines(&node_ns, &["link", "show"])
+            .into_iter()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+            .collect();
+        links.sort();
+        (
+            links,
+            ip_lines(&node_ns, &["addr", "show"]),
+            ip_lines(&node_ns, &["route", "show", "table", "all"]),
+            xdp_links(&node_ns),
+            node_files(&f),
+        )
+    };
+    let base = snapshot_node();
+    assert!(!base.3.is_empty(), "the topo pod's port has XDP attached");
+    let (_, flushed0) = f.ct_entries("default/srv");
+    let mut pinged = 0;
     let (mut add_us, mut del_us) = (Vec::new(), Vec::new());
     for i in 0..cycles {
         let cid = format!("cycle{i}");
@@ -711,6 +776,13 @@ fn add_del_cycles_leave_nothing_behind() {
         let (ok, v) = f.plugin(&add, &f.conf("1.1.0"));
         add_us.push(t.elapsed().as_micros());
         assert!(ok, "ADD {i}: {v}");
+        // Every tenth pod talks to srv: conntrack entries that its DEL
+        // must flush.
+        if i % 10 == 0 {
+            let ping = pod.exec(&["ping", "-c", "1", "-W", "2", &srv4]);
+            assert!(ping.status.success(), "cycle {i}: ping {srv4}");
+            pinged += 1;
+        }
         let del = [
             ("CNI_COMMAND", "DEL"),
             ("CNI_CONTAINERID", cid.as_str()),
@@ -739,6 +811,23 @@ fn add_del_cycles_leave_nothing_behind() {
     assert!(
         !String::from_utf8_lossy(&a.stdout).contains("eth0"),
         "eth0 left in the runtime's netns"
+    );
+    // The node is as it was: no veth, address, route or XDP attachment,
+    // no file in its state directory, more or less.
+    let end = snapshot_node();
+    assert_eq!(end.0, base.0, "node links after {cycles} cycles");
+    assert_eq!(end.1, base.1, "node addresses after {cycles} cycles");
+    assert_eq!(end.2, base.2, "node routes after {cycles} cycles");
+    assert_eq!(end.3, base.3, "XDP attachments after {cycles} cycles");
+    assert_eq!(end.4, base.4, "node state files after {cycles} cycles");
+    // No conntrack entry of any deleted pod: srv's flows were all with
+    // them, and each DEL flushed its pod's.
+    let (srv_ct, flushed1) = f.ct_entries("default/srv");
+    assert_eq!(srv_ct, 0, "conntrack entries of deleted pods left");
+    assert!(
+        flushed1 - flushed0 >= pinged,
+        "{pinged} pods pinged, {} entries flushed",
+        flushed1 - flushed0
     );
     // The traffic path still works for the topo pod (nothing broke).
     add_us.sort_unstable();
