@@ -179,8 +179,23 @@ impl Fixture {
         format!("weir-{}-node-1", self.c.name)
     }
 
-    /// The node's `wc*` links (weir-cni host sides).
+    /// The node's `wc*` links (weir-cni host sides) but those of the
+    /// cluster's own pods (`srv`: the supervisor attaches it through
+    /// weir-cni too).
     fn cni_links(&self) -> Vec<String> {
+        let own: Vec<String> = self
+            .c
+            .topology()
+            .pods
+            .iter()
+            .filter(|p| {
+                p.cni
+                    .as_ref()
+                    .is_some_and(|c| c.container_id.starts_with("weir-topo."))
+            })
+            .map(|p| p.host_ifname.clone())
+            .collect();
+        assert!(!own.is_empty(), "srv was not attached through weir-cni");
         let out = Command::new("ip")
             .args(["netns", "exec", &self.node_netns(), "ip", "-o", "link"])
             .output()
@@ -189,7 +204,7 @@ impl Fixture {
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n.starts_with("wc"))
+            .filter(|n| n.starts_with("wc") && !own.contains(n))
             .collect()
     }
 
@@ -200,13 +215,21 @@ impl Fixture {
             .join(&self.c.name)
     }
 
-    /// Reserved IPAM slots of node-1.
+    /// Reserved IPAM slots of node-1 but those of the cluster's own pods.
     fn ipam_slots(&self) -> usize {
         let p = self.state_dir().join("nodes/node-1/ipam.json");
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice::<Value>(&b).expect("ipam.json")["slots"]
                 .as_object()
-                .map_or(0, |m| m.len()),
+                .map_or(0, |m| {
+                    m.values()
+                        .filter(|r| {
+                            !r["container_id"]
+                                .as_str()
+                                .is_some_and(|c| c.starts_with("weir-topo."))
+                        })
+                        .count()
+                }),
             Err(_) => 0,
         }
     }
