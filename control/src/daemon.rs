@@ -681,8 +681,10 @@ impl Daemon {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break Ok(st);
+            match child.try_wait() {
+                Ok(Some(st)) => break Ok(st),
+                Ok(None) => {}
+                Err(e) => break Err(anyhow::Error::from(e)),
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -694,6 +696,7 @@ impl Daemon {
                 _ => std::thread::sleep(Duration::from_millis(2)),
             }
         };
+        // Always back to blocking: the main loop blocks in accept.
         if let Some(l) = &listener {
             l.set_nonblocking(false)?;
         }
