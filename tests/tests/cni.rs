@@ -1292,3 +1292,120 @@ fn ctr_run_with_cni_attaches_through_weir_cni() {
     );
     f.assert_clean();
 }
+
+/// The IPAM store's holder of `ipv4` on node-1, if any.
+fn ipam_holder(f: &Fixture, ipv4: &str) -> Option<String> {
+    let p = f.state_dir().join("nodes/node-1/ipam.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+    v["slots"]
+        .as_object()?
+        .values()
+        .find(|r| r["ipv4"] == ipv4)
+        .and_then(|r| r["container_id"].as_str().map(str::to_string))
+}
+
+#[test]
+fn local_cluster_pods_are_attached_through_weir_cni() {
+    let f = Fixture::new("cnitopo", "10.244.0.0/24");
+    let netns_of = |pod: &str| format!("weir-{}-default-{pod}", f.c.name);
+
+    // `weir up`'s pod: attached by the supervisor through weir-cni, with
+    // the runtime's key, its netns and eth0, and the first IPAM slot.
+    let srv = f.c.topology().pod("default", "srv").expect("srv").clone();
+    let att = srv.cni.clone().expect("srv attached through weir-cni");
+    assert_eq!(att.container_id, "weir-topo.default.srv");
+    assert_eq!(att.ifname, "eth0");
+    assert_eq!(
+        att.netns_path,
+        PathBuf::from(format!("/run/netns/{}", netns_of("srv")))
+    );
+    assert_eq!(
+        srv.ipv4.map(|a| a.to_string()).as_deref(),
+        Some("10.244.0.2")
+    );
+    assert_eq!(
+        ipam_holder(&f, "10.244.0.2").as_deref(),
+        Some("weir-topo.default.srv")
+    );
+    assert!(srv.host_ifname.starts_with("wc"), "{}", srv.host_ifname);
+
+    // `weir apply` of a new pod goes the same way; its labels and ports
+    // come from the manifest (its servers answer with its name).
+    f.c.apply("two.yaml", &pod_manifest("default", "two"));
+    let two = f.c.topology().pod("default", "two").expect("two").clone();
+    assert_eq!(
+        two.cni.as_ref().map(|c| c.container_id.as_str()),
+        Some("weir-topo.default.two")
+    );
+    assert_eq!(two.labels.get("pod").map(String::as_str), Some("two"));
+    assert_eq!(
+        two.ipv4.map(|a| a.to_string()).as_deref(),
+        Some("10.244.0.3")
+    );
+    let rx0 = f.c.counter("rx_packets");
+    let tcp = f.c.pod_exec(
+        "default",
+        "srv",
+        &["bash", "-c", "exec 3<>/dev/tcp/10.244.0.3/80; head -n1 <&3"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&tcp.stdout).trim(),
+        "two",
+        "srv -> two:80: {}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
+    assert!(
+        f.c.counter("rx_packets") > rx0,
+        "the connection did not cross weir"
+    );
+
+    // One allocator: an outside runtime's ADD gets the next free address.
+    let p1 = Netns::new(&format!("{}-p1", f.c.name));
+    let r = json_of(&f.cnitool("add", &f.net(), &f.netconf, &p1.path(), "p1"));
+    assert_eq!(r["ips"][0]["address"], "10.244.0.4/32", "{r}");
+    // `weir delete` leaves an outside runtime's pod alone ...
+    let out = f.c.weir(&[
+        "delete",
+        "-f",
+        &f.c.file("p1.yaml", &pod_manifest("default", "p1")),
+    ]);
+    assert!(!out.status.success(), "weir delete removed a runtime's pod");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container runtime"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and that runtime's GC leaves the cluster's own pods alone.
+    let gc = f.cnitool("gc", &f.net(), &f.netconf, &p1.path(), "p1");
+    assert!(
+        gc.status.success(),
+        "gc: {}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+    assert_eq!(f.cni_links(), Vec::<String>::new(), "GC left p1's veth");
+    assert_eq!(f.ipam_slots(), 0, "GC left p1's address");
+    let pods: Vec<String> = f.c.topology().pods.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(pods, vec!["srv".to_string(), "two".to_string()]);
+
+    // `weir delete` runs DEL: link, reservation, record and netns go.
+    let host_two = two.host_ifname.clone();
+    f.c.delete("two.yaml", &pod_manifest("default", "two"));
+    assert!(f.c.topology().pod("default", "two").is_none());
+    assert_eq!(
+        ipam_holder(&f, "10.244.0.3"),
+        None,
+        "two's address still held"
+    );
+    assert!(
+        !ip_lines(&f.node_netns(), &["link", "show"])
+            .iter()
+            .any(|l| l.contains(&host_two)),
+        "two's node-side veth {host_two} left"
+    );
+    assert!(
+        !Path::new(&format!("/run/netns/{}", netns_of("two"))).exists(),
+        "two's netns left"
+    );
+    assert_eq!(f.node_ports(), f.base_ports, "dataplane ports after delete");
+    f.assert_clean();
+}
