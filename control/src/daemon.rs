@@ -76,7 +76,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
     d.listener = Some(listener.try_clone()?);
 
-    // Pods an outside runtime attached (weir-cni) run their own servers.
+    // The cluster's own pods (topo-wired, or attached by this supervisor
+    // through weir-cni) get their servers here; an outside runtime's pods
+    // run their own.
     for pod in d
         .cluster
         .pods
