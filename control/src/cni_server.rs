@@ -77,6 +77,34 @@ pub trait CniHost {
     fn commit(&mut self) -> anyhow::Result<()>;
     /// Waits (bounded) until `node`'s dataplane runs the latest generation.
     fn wait_applied(&mut self, node: &str);
+    /// The spec of pod `namespace/name` when the host knows it (a pod the
+    /// local cluster is creating: its labels and ports, as an agent knows a
+    /// pod's from the API server); `None` for a pod only the runtime knows.
+    fn pod_template(&self, _namespace: &str, _name: &str) -> Option<PodSpec> {
+        None
+    }
+}
+
+/// The container id the local cluster's own runtime (the supervisor,
+/// creating the pods of `weir up` / `weir apply`) gives pod
+/// `namespace/name` (namespaces have no `.`: ids cannot collide).
+pub fn topo_container_id(namespace: &str, name: &str) -> String {
+    format!("weir-topo.{namespace}.{name}")
+}
+
+/// FNV-1a, 64 bits (stable ids derived from names).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Whether `pod` was attached by the local cluster's own runtime (so
+/// `weir delete` may remove it) rather than by an outside one.
+pub fn is_topo_pod(pod: &weir_topo::RealizedPod) -> bool {
+    pod.cni
+        .as_ref()
+        .is_some_and(|c| c.container_id == topo_container_id(&pod.namespace, &pod.name))
 }
 
 /// A CNI error: code, message, details.
@@ -365,18 +393,34 @@ fn add(host: &mut dyn CniHost, call: &CniCall) -> Result<Value, CniError> {
     host.cluster()
         .detach_pod(&call.node, &call.container_id, &call.ifname)
         .map_err(|e| err_d(code::TRY_AGAIN, "clearing a half-made attachment failed", e))?;
-    let (_, ipv4, ipv6) = reserve(host, &call.node, call)?;
-    let mut labels = BTreeMap::new();
-    if !call.pod_uid.is_empty() {
-        labels.insert("weir.dev/pod-uid".to_string(), call.pod_uid.clone());
+    let template = host.pod_template(&namespace, &name);
+    if let Some(t) = &template {
+        if t.node != call.node {
+            return Err(err(
+                code::INVALID_CONFIG,
+                format!(
+                    "pods/{namespace}/{name} is planned on node {}, not {}",
+                    t.node, call.node
+                ),
+            ));
+        }
     }
-    let spec = PodSpec {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        labels,
-        node: call.node.clone(),
-        ports: Vec::new(),
-    };
+    let (_, ipv4, ipv6) = reserve(host, &call.node, call)?;
+    // A pod the host knows keeps its own labels and ports; one only the
+    // runtime knows is labelled with its uid.
+    let spec = template.unwrap_or_else(|| {
+        let mut labels = BTreeMap::new();
+        if !call.pod_uid.is_empty() {
+            labels.insert("weir.dev/pod-uid".to_string(), call.pod_uid.clone());
+        }
+        PodSpec {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            labels,
+            node: call.node.clone(),
+            ports: Vec::new(),
+        }
+    });
     let att = CniAttachment {
         container_id: call.container_id.clone(),
         ifname: call.ifname.clone(),
@@ -504,20 +548,27 @@ fn gc(host: &mut dyn CniHost, call: &CniCall) -> Result<Value, CniError> {
             .iter()
             .any(|(c, i)| c == cid && i == ifname)
     };
+    // The local cluster's own pods belong to its supervisor (their
+    // runtime), not to the runtime asking: `weir delete` removes them.
     let stale: Vec<(String, String)> = host
         .cluster()
         .pods
         .iter()
-        .filter(|p| p.node == call.node)
+        .filter(|p| p.node == call.node && !is_topo_pod(p))
         .filter_map(|p| p.cni.as_ref())
         .filter(|c| !valid(&c.container_id, &c.ifname))
         .map(|c| (c.container_id.clone(), c.ifname.clone()))
         .collect();
     let ipam = Ipam::load(&ipam_file(host.state(), &call.node))?;
+    let recorded = |host: &mut dyn CniHost, r: &Reservation| {
+        host.cluster()
+            .attached_pod(&r.container_id, &r.ifname)
+            .is_some_and(is_topo_pod)
+    };
     let leaked: Vec<(String, String)> = ipam
         .slots
         .values()
-        .filter(|r| !valid(&r.container_id, &r.ifname))
+        .filter(|r| !valid(&r.container_id, &r.ifname) && !recorded(host, r))
         .map(|r| (r.container_id.clone(), r.ifname.clone()))
         .filter(|k| !stale.contains(k))
         .collect();

@@ -10,6 +10,7 @@ use crate::manifests::{self, StoredPolicy};
 use crate::source::Manifests;
 use crate::state::StateDir;
 use anyhow::Context;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
@@ -39,6 +40,16 @@ struct Daemon {
     generation: u64,
     /// Policies in force, as written (saved to policies.json).
     policies: Vec<StoredPolicy>,
+    /// daemon.sock, for serving weir-cni while this process runs it.
+    listener: Option<UnixListener>,
+    /// Specs of the pods being attached through weir-cni right now (their
+    /// labels and ports: what an agent knows from the API server).
+    templates: BTreeMap<(String, String), weir_topo::PodSpec>,
+    /// Pods of `weir up` still to attach, and why attaching one failed.
+    attaching: bool,
+    attach_failed: Vec<String>,
+    /// A Shutdown arrived while a plugin ran: stop once it is done.
+    shutdown_requested: bool,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -59,13 +70,27 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         dataplanes: BTreeMap::new(),
         generation: 0,
         policies,
+        listener: None,
+        templates: BTreeMap::new(),
+        attaching: false,
+        attach_failed: Vec::new(),
+        shutdown_requested: false,
     };
     let sock = d.state.daemon_sock();
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).with_context(|| format!("bind {}", sock.display()))?;
+    d.listener = Some(listener.try_clone()?);
 
-    // Pods a runtime attached (weir-cni) run their own servers.
-    for pod in d.cluster.pods.clone().iter().filter(|p| p.cni.is_none()) {
+    // The cluster's own pods (topo-wired, or attached by this supervisor
+    // through weir-cni) get their servers here; an outside runtime's pods
+    // run their own.
+    for pod in d
+        .cluster
+        .pods
+        .clone()
+        .iter()
+        .filter(|p| p.cni.is_none() || crate::cni_server::is_topo_pod(p))
+    {
         d.start_servers(pod)?;
     }
     d.generation = crate::agent::publish(
@@ -75,6 +100,32 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             policies: &d.policies,
         },
     )?;
+    // The pods `weir up` left to us go through weir-cni, as a runtime's
+    // would, before the dataplanes start (each starts with every port of
+    // its node, and its UMEM is sized for them).
+    let pending = d.state.pending_pods_file();
+    if let Ok(bytes) = std::fs::read(&pending) {
+        let pods: Vec<weir_topo::PodSpec> = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: unreadable", pending.display()))?;
+        d.attaching = true;
+        for pod in &pods {
+            if d.shutdown_requested {
+                break;
+            }
+            if let Err(e) = d.attach_topo_pod(pod) {
+                log::error!("{e:#}");
+                d.attach_failed.push(format!("{e:#}"));
+                break;
+            }
+        }
+        d.attaching = false;
+        let _ = std::fs::remove_file(&pending);
+    }
+    if d.shutdown_requested {
+        d.shutdown();
+        let _ = std::fs::remove_file(&sock);
+        return Ok(());
+    }
     for node in d
         .cluster
         .nodes
@@ -95,7 +146,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let req = ipc::read_request::<Request>(&conn);
         let (reply, stop) = match req {
             Ok(Request::Shutdown) => (Reply::with(&Empty {}), true),
-            Ok(r) => (d.handle(r), false),
+            Ok(r) => {
+                let reply = d.handle(r);
+                (reply, d.shutdown_requested)
+            }
             Err(e) => (Reply::err(format!("bad request: {e}")), false),
         };
         if stop {
@@ -255,6 +309,8 @@ impl Daemon {
                 },
             );
         }
+        failed.extend(self.attach_failed.iter().cloned());
+        let ready = ready && !self.attaching && self.attach_failed.is_empty();
         Readiness {
             ready,
             generation: self.generation,
@@ -402,8 +458,17 @@ impl Daemon {
                 .iter()
                 .find(|p| p.namespace == pod.namespace && p.name == pod.name)
                 .expect("new pod is in the merged spec");
-            let realized = self.cluster.add_pod(pod, &opts)?.clone();
-            self.start_servers(&realized)?;
+            let weir_node = self
+                .cluster
+                .node(&pod.node)
+                .is_some_and(|n| n.dataplane == weir_topo::NodeDataplane::Weir);
+            if weir_node {
+                self.attach_topo_pod(pod)?;
+            } else {
+                // A kernel node has no weir: topo wires the pod itself.
+                let realized = self.cluster.add_pod(pod, &opts)?.clone();
+                self.start_servers(&realized)?;
+            }
             changed.push(Change::new(
                 format!("pods/{}/{}", pod.namespace, pod.name),
                 "created",
@@ -495,10 +560,10 @@ impl Daemon {
         }
         let mut deleted = Vec::new();
         for p in &m.cluster.pods {
-            if self
-                .cluster
-                .pod(&p.namespace, &p.name)
-                .is_some_and(|r| r.cni.is_some())
+            let pod = self.cluster.pod(&p.namespace, &p.name).cloned();
+            if pod
+                .as_ref()
+                .is_some_and(|r| r.cni.is_some() && !crate::cni_server::is_topo_pod(r))
             {
                 anyhow::bail!(
                     "pods/{}/{}: attached by a container runtime (weir-cni): its DEL removes it",
@@ -506,8 +571,15 @@ impl Daemon {
                     p.name
                 );
             }
+        }
+        for p in &m.cluster.pods {
+            let pod = self.cluster.pod(&p.namespace, &p.name).cloned();
             self.servers.remove(&(p.namespace.clone(), p.name.clone()));
-            self.cluster.remove_pod(&p.namespace, &p.name)?;
+            if pod.as_ref().is_some_and(crate::cni_server::is_topo_pod) {
+                self.detach_topo_pod(&p.namespace, &p.name)?;
+            } else {
+                self.cluster.remove_pod(&p.namespace, &p.name)?;
+            }
             deleted.push(format!("pods/{}/{}", p.namespace, p.name));
         }
         for (_, s) in &m.policies {
@@ -539,6 +611,203 @@ impl Daemon {
         Ok(())
     }
 
+    // ---- the local cluster's own container runtime ----
+
+    /// Creates pod `spec`'s netns and attaches it through weir-cni, exactly
+    /// as a runtime does (see [`Self::run_plugin`]); then starts its
+    /// servers. On failure the netns is removed again (weir-cni undid its
+    /// own steps).
+    fn attach_topo_pod(&mut self, spec: &weir_topo::PodSpec) -> anyhow::Result<()> {
+        let object = format!("pods/{}/{}", spec.namespace, spec.name);
+        let netns = weir_topo::pod_netns(&self.opts.cluster, &spec.namespace, &spec.name);
+        anyhow::ensure!(
+            !weir_topo::netns::exists(&netns),
+            "{object}: netns {netns} exists already"
+        );
+        weir_topo::netns::create(&netns).map_err(|e| anyhow::anyhow!("{object}: {e}"))?;
+        let key = (spec.namespace.clone(), spec.name.clone());
+        self.templates.insert(key.clone(), spec.clone());
+        let r = self.run_plugin("ADD", spec, &netns);
+        self.templates.remove(&key);
+        let attached = r.and_then(|_| {
+            self.cluster
+                .pod(&spec.namespace, &spec.name)
+                .filter(|p| crate::cni_server::is_topo_pod(p))
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("weir-cni answered ADD but recorded no pod"))
+        });
+        let pod = match attached {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = weir_topo::netns::delete(&netns);
+                return Err(e.context(object));
+            }
+        };
+        self.start_servers(&pod)
+    }
+
+    /// Detaches a pod [`attach_topo_pod`](Self::attach_topo_pod) made
+    /// (weir-cni DEL), then removes its netns.
+    fn detach_topo_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let object = format!("pods/{namespace}/{name}");
+        let pod = self
+            .cluster
+            .pod(namespace, name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{object}: not found"))?;
+        let spec = weir_topo::PodSpec {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            labels: pod.labels.clone(),
+            node: pod.node.clone(),
+            ports: pod.ports.clone(),
+        };
+        self.run_plugin("DEL", &spec, &pod.netns)
+            .map_err(|e| e.context(object.clone()))?;
+        weir_topo::netns::delete(&pod.netns).map_err(|e| anyhow::anyhow!("{object}: {e}"))
+    }
+
+    /// Runs the `weir-cni` next to this binary as a container runtime does:
+    /// CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME (`eth0`),
+    /// CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID), CNI_PATH,
+    /// and the node's plugin config (as `weir cni-config` gives it) on
+    /// stdin. The plugin calls back into daemon.sock, which this thread
+    /// owns: while it runs, this loop accepts on the socket and serves CNI
+    /// calls, Ping and Status (other requests are told to retry), so the
+    /// call cannot deadlock. Returns the plugin's result.
+    fn run_plugin(
+        &mut self,
+        command: &str,
+        pod: &weir_topo::PodSpec,
+        netns: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        use std::io::{Read, Write};
+        let exe = std::env::current_exe()?.with_file_name("weir-cni");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} not found: the local cluster attaches its pods through it (cargo build -p weir-cni)",
+            exe.display()
+        );
+        let conf = json!({
+            "cniVersion": "1.1.0",
+            "name": format!("weir-{}", self.opts.cluster),
+            "type": "weir-cni",
+            "cluster": self.opts.cluster,
+            "node": pod.node,
+            "socket": self.state.daemon_sock().display().to_string(),
+        });
+        let uid = format!(
+            "{:016x}",
+            crate::cni_server::fnv1a64(
+                format!("{}/{}/{}", self.opts.cluster, pod.namespace, pod.name).as_bytes()
+            )
+        );
+        let mut cmd = Command::new(&exe);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env(
+                "CNI_CONTAINERID",
+                crate::cni_server::topo_container_id(&pod.namespace, &pod.name),
+            )
+            .env(
+                "CNI_NETNS",
+                std::path::Path::new(weir_topo::netns::NETNS_RUN_DIR).join(netns),
+            )
+            .env("CNI_IFNAME", weir_topo::POD_IFNAME)
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={uid}",
+                    pod.namespace, pod.name
+                ),
+            )
+            .env(
+                "CNI_PATH",
+                exe.parent().unwrap_or(std::path::Path::new("/")),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(d) = std::env::var_os("WEIR_STATE_DIR") {
+            cmd.env("WEIR_STATE_DIR", d);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("run {}", exe.display()))?;
+        // The config is a few hundred bytes: it fits the pipe.
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let mut stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
+        let listener = self.listener.as_ref().map(|l| l.try_clone()).transpose()?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Ok(st),
+                Ok(None) => {}
+                Err(e) => break Err(anyhow::Error::from(e)),
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(anyhow::anyhow!("weir-cni {command}: no answer in 60 s"));
+            }
+            match listener.as_ref().map(|l| l.accept()) {
+                Some(Ok((conn, _))) => self.serve_nested(conn),
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        // Always back to blocking: the main loop blocks in accept.
+        if let Some(l) = &listener {
+            l.set_nonblocking(false)?;
+        }
+        let status = status?;
+        let out = reader.join().unwrap_or_default();
+        let v: serde_json::Value = if out.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(&out)
+                .with_context(|| format!("weir-cni {command}: output {out:?}"))?
+        };
+        if !status.success() {
+            anyhow::bail!(
+                "weir-cni {command} failed (code {}): {}{}",
+                v["code"],
+                v["msg"].as_str().unwrap_or("?"),
+                v["details"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(v)
+    }
+
+    /// One request that arrived while a plugin ran.
+    fn serve_nested(&mut self, conn: std::os::unix::net::UnixStream) {
+        let _ = conn.set_nonblocking(false);
+        let reply = match ipc::read_request::<Request>(&conn) {
+            Ok(r @ (Request::Cni(_) | Request::Ping | Request::Status)) => self.handle(r),
+            Ok(Request::Shutdown) => {
+                self.shutdown_requested = true;
+                Reply::with(&Empty {})
+            }
+            Ok(_) => Reply::err("the supervisor is attaching a pod; retry".to_string()),
+            Err(e) => Reply::err(format!("bad request: {e}")),
+        };
+        let _ = ipc::write_reply(&conn, &reply);
+    }
+
     fn shutdown(&mut self) {
         for node in self.dataplanes.keys().cloned().collect::<Vec<_>>() {
             let _ = self.stop_dataplane(&node);
@@ -556,6 +825,11 @@ impl crate::cni_server::CniHost for Daemon {
     }
     fn commit(&mut self) -> anyhow::Result<()> {
         Daemon::commit(self)
+    }
+    fn pod_template(&self, namespace: &str, name: &str) -> Option<weir_topo::PodSpec> {
+        self.templates
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
     fn wait_applied(&mut self, node: &str) {
         let running = matches!(

@@ -781,7 +781,7 @@ fn up(
         state.cluster,
         cluster.nodes.len(),
         cluster.namespaces.len(),
-        cluster.pods.len()
+        spec.pods.len()
     );
     Ok(())
 }
@@ -804,7 +804,32 @@ fn up_inner(
     apiserver::stop(state);
     let _ = weir_topo::teardown_by_name(&state.cluster);
     let _ = std::fs::remove_dir_all(&state.root);
-    let cluster = Cluster::build(&state.cluster, spec, &opts)?;
+    // Every object is checked first; then topo builds the nodes (and the
+    // pods of kernel nodes, which have no weir), and the supervisor
+    // attaches the pods of weir nodes through weir-cni, as a node's
+    // container runtime would (docs/cni.md).
+    let mut spec = spec.clone();
+    spec.apply_defaults();
+    spec.validate()?;
+    let on_weir = |p: &weir_topo::PodSpec| {
+        spec.nodes
+            .iter()
+            .any(|n| n.name == p.node && n.dataplane == weir_topo::NodeDataplane::Weir)
+    };
+    let cni_pods: Vec<weir_topo::PodSpec> =
+        spec.pods.iter().filter(|p| on_weir(p)).cloned().collect();
+    let total_pods = spec.pods.len();
+    spec.pods.retain(|p| !on_weir(p));
+    for p in &cni_pods {
+        let netns = weir_topo::pod_netns(&state.cluster, &p.namespace, &p.name);
+        anyhow::ensure!(
+            !weir_topo::netns::exists(&netns),
+            "pods/{}/{}: netns {netns} exists already",
+            p.namespace,
+            p.name
+        );
+    }
+    let cluster = Cluster::build(&state.cluster, &spec, &opts)?;
     std::fs::create_dir_all(&state.root)?;
     let saved = (|| -> anyhow::Result<()> {
         weir_control::agent::check(&weir_control::source::Manifests {
@@ -814,6 +839,10 @@ fn up_inner(
         weir_control::state::write_atomic(
             &state.policies_file(),
             &serde_json::to_vec_pretty(policies)?,
+        )?;
+        weir_control::state::write_atomic(
+            &state.pending_pods_file(),
+            &serde_json::to_vec_pretty(&cni_pods)?,
         )?;
         cluster.save(&state.cluster_file())?;
         Ok(())
@@ -840,7 +869,7 @@ fn up_inner(
     cmd.spawn().context("start the cluster supervisor")?;
     // Each dataplane attaches XDP and opens sockets port by port (about a
     // quarter of a second per pod on a quiet machine): give big nodes time.
-    let per_pod = Duration::from_millis(1000) * cluster.pods.len() as u32;
+    let per_pod = Duration::from_millis(1000) * total_pods as u32;
     if let Err(e) = wait_ready(state, Duration::from_secs(60) + per_pod) {
         let tail = log_tail(state);
         let _ = down(state);
@@ -928,8 +957,7 @@ fn run_demo(
     keep: bool,
     api_server: bool,
 ) -> anyhow::Result<()> {
-    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")
-        ?;
+    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")?;
     if api_server {
         println!("== mode: on a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager {}); weir is the nodes' kubelet for networking", apiserver::K8S_VERSION);
         println!("== weir up --api-server (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");

@@ -4,6 +4,8 @@
 //! ```text
 //! cluster.json                 realized topology (weir_topo::Cluster)
 //! policies.json                the policies in force, as written
+//! pods-pending.json            pods `weir up` left for the supervisor to attach
+//! nodes/<node>/ipam.json       the node's IPAM store (weir-cni addresses)
 //! daemon.sock, daemon.log      the supervisor (pod servers, agent, dataplanes)
 //! nodes/<node>/snapshot.json   the agent's latest snapshot for that node
 //! nodes/<node>/dataplane.sock  the node's dataplane: status queries
@@ -36,6 +38,12 @@ impl StateDir {
         self.root.join("cluster.json")
     }
     /// The policies in force (`manifests::StoredPolicy` list, JSON).
+    /// Pods of weir nodes `weir up` hands to the supervisor, which attaches
+    /// them through weir-cni (then removes the file).
+    pub fn pending_pods_file(&self) -> PathBuf {
+        self.root.join("pods-pending.json")
+    }
+
     pub fn policies_file(&self) -> PathBuf {
         self.root.join("policies.json")
     }

@@ -645,6 +645,63 @@ impl Conntrack {
             .sum()
     }
 
+    /// Removes every entry with one of `addrs` at either end, live or not
+    /// (their endpoint left the node: a later pod with the same address
+    /// must not inherit its flows). Returns how many live entries went.
+    /// Takes every bucket's lock in turn: for the control thread, never
+    /// the per-packet path.
+    pub fn flush_addrs(&self, addrs: &[IpAddr], now: u64) -> usize {
+        if addrs.is_empty() {
+            return 0;
+        }
+        let keys: Vec<([u8; 16], bool)> = addrs.iter().map(|&a| addr_bytes(a)).collect();
+        let mut n = 0;
+        for l in self.buckets.iter() {
+            let mut b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            for w in 0..WAYS {
+                if b.tags[w] == 0 {
+                    continue;
+                }
+                let k = b.entries[w].key;
+                if keys
+                    .iter()
+                    .any(|&(a, v6)| v6 == k.v6 && (a == k.lo || a == k.hi))
+                {
+                    n += usize::from(b.entries[w].expires > now);
+                    b.tags[w] = 0;
+                }
+            }
+        }
+        n
+    }
+
+    /// Live entries at `now` (the result), and those with `addrs[i]` at
+    /// either end in `out[i]` (`out` is resized to `addrs`; an entry
+    /// between two of them counts for both). For status: takes every
+    /// bucket's lock in turn.
+    pub fn count_addrs(&self, addrs: &[IpAddr], now: u64, out: &mut Vec<usize>) -> usize {
+        out.clear();
+        out.resize(addrs.len(), 0);
+        let keys: Vec<([u8; 16], bool)> = addrs.iter().map(|&a| addr_bytes(a)).collect();
+        let mut total = 0;
+        for l in self.buckets.iter() {
+            let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            for w in 0..WAYS {
+                if b.tags[w] == 0 || b.entries[w].expires <= now {
+                    continue;
+                }
+                total += 1;
+                let k = b.entries[w].key;
+                for (i, &(a, v6)) in keys.iter().enumerate() {
+                    if v6 == k.v6 && (a == k.lo || a == k.hi) {
+                        out[i] += 1;
+                    }
+                }
+            }
+        }
+        total
+    }
+
     fn timeout(&self, s: State, proto: u8) -> u64 {
         let t = &self.timeouts;
         match (s, proto) {
@@ -855,6 +912,47 @@ mod tests {
             Track::Pass { dir, state, .. } => (dir, state),
             other => panic!("expected pass, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn flush_addrs_removes_both_directions_of_an_address_only() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let gone = k4([10, 1, 0, 2], 40000, [10, 1, 0, 1], 80, ip_proto::TCP);
+        let to_gone = k4([10, 1, 0, 3], 40001, [10, 1, 0, 2], 53, ip_proto::UDP);
+        let other = k4([10, 1, 0, 3], 40002, [10, 1, 0, 1], 80, ip_proto::TCP);
+        let v6 = FlowKey {
+            src: "fd00::2".parse().unwrap(),
+            dst: "fd00::1".parse().unwrap(),
+            proto: ip_proto::TCP,
+            sport: 1,
+            dport: 2,
+        };
+        for k in [&gone, &to_gone, &other, &v6] {
+            assert!(matches!(
+                ct.insert(k, Seg::Other, adm(1), 0),
+                Insert::Inserted { .. }
+            ));
+        }
+        let addrs: Vec<IpAddr> = vec![
+            IpAddr::from([10, 1, 0, 2]),
+            "fd00::2".parse().unwrap(),
+            IpAddr::from([10, 9, 9, 9]),
+        ];
+        let mut per = Vec::new();
+        assert_eq!(ct.count_addrs(&addrs, 1, &mut per), 4);
+        assert_eq!(per, vec![2, 1, 0]);
+        assert_eq!(ct.flush_addrs(&addrs, 1), 3);
+        assert!(ct.peek(&gone, 1).is_none());
+        assert!(ct.peek(&rev(&to_gone), 1).is_none());
+        assert!(ct.peek(&v6, 1).is_none());
+        assert!(ct.peek(&other, 1).is_some(), "another pod's flow stays");
+        assert_eq!(ct.count_addrs(&addrs, 1, &mut per), 1);
+        assert_eq!(per, vec![0, 0, 0]);
+        assert_eq!(ct.count(1), 1);
+        // The IPv4 address as an IPv4-mapped IPv6 one is another address.
+        let mapped: IpAddr = "::ffff:10.1.0.3".parse().unwrap();
+        assert_eq!(ct.flush_addrs(&[mapped], 1), 0);
+        assert_eq!(ct.count(1), 1);
     }
 
     #[test]

@@ -306,6 +306,34 @@ impl FragTable {
         }
     }
 
+    /// Forgets every datagram from or to one of `addrs` (their endpoint
+    /// left the node). Returns how many live entries went. Takes every
+    /// bucket's lock in turn: for the control thread.
+    pub fn flush_addrs(&self, addrs: &[IpAddr], now: u64) -> usize {
+        if addrs.is_empty() {
+            return 0;
+        }
+        let keys: Vec<([u8; 16], bool)> = addrs
+            .iter()
+            .map(|&a| crate::conntrack::addr_bytes(a))
+            .collect();
+        let mut n = 0;
+        for l in self.buckets.iter() {
+            let mut b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            for e in b.entries.iter_mut().filter(|e| e.live) {
+                let k = e.key;
+                if keys
+                    .iter()
+                    .any(|&(a, v6)| v6 == k.v6 && (a == k.src || a == k.dst))
+                {
+                    n += usize::from(e.expires > now);
+                    e.live = false;
+                }
+            }
+        }
+        n
+    }
+
     /// Live entries at `now` (takes every bucket's lock in turn: for
     /// status, not for the per-packet path).
     pub fn count(&self, now: u64) -> usize {
@@ -356,6 +384,26 @@ mod tests {
             proto: 17,
             generation: 1,
         }
+    }
+
+    #[test]
+    fn flush_addrs_forgets_datagrams_of_an_address() {
+        let t = FragTable::new(64, 5 * SEC);
+        t.first(&key(1), first(53, None), 0);
+        let other = FragKey::new(
+            Ipv4Addr::new(10, 1, 0, 3).into(),
+            Ipv4Addr::new(10, 1, 0, 4).into(),
+            17,
+            1,
+        );
+        t.first(&other, first(53, None), 0);
+        assert_eq!(t.flush_addrs(&[Ipv4Addr::new(10, 1, 0, 2).into()], 1), 1);
+        assert_eq!(
+            t.later(&key(1), 1480, 1),
+            Later::Drop(DropReason::FragmentNoFirst)
+        );
+        assert_eq!(t.later(&other, 1480, 1), pass(53));
+        assert_eq!(t.count(1), 1);
     }
 
     #[test]

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{self, Sender};
 pub use weir_model::status::{
-    ConfigStatus, ConntrackStatus, DataplaneStatus, FragmentStatus, PollMode, PortStatus,
+    ConfigStatus, ConntrackStatus, DataplaneStatus, EndpointEntries, FragmentStatus, PollMode,
+    PortStatus,
 };
 use weir_xdp::{AttachOptions, Redirector, XdpMode};
 
@@ -231,6 +232,9 @@ pub struct Dataplane {
     fqdn: Arc<crate::fqdn::FqdnTable>,
     /// Each worker's frame budget.
     budgets: Vec<FrameBudget>,
+    /// Live conntrack and fragment entries removed because their endpoint
+    /// left the node.
+    flushed: u64,
 }
 
 impl Dataplane {
@@ -264,6 +268,7 @@ impl Dataplane {
             ct_stats: Vec::new(),
             fqdn: Arc::default(),
             budgets: Vec::new(),
+            flushed: 0,
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
@@ -380,6 +385,8 @@ impl Dataplane {
             .filter(|n| !want.iter().any(|w| &w.name == *n))
             .cloned()
             .collect();
+        let gone = gone_addrs(&old, &snap);
+        let generation = snap.generation();
         // Publish first: workers stop transmitting to vanished ports once
         // they run the new snapshot; then their sockets go.
         self.published.store(Arc::new(snap));
@@ -387,8 +394,37 @@ impl Dataplane {
         for name in vanished {
             self.remove_port(&name);
         }
+        if !gone.is_empty() {
+            self.flush_gone(&gone, generation);
+        }
         self.free_retired();
         Ok(())
+    }
+
+    /// Evicts the conntrack and fragment entries of addresses whose
+    /// endpoint left the node, once every worker runs the snapshot without
+    /// it (a worker still on the old one could otherwise insert a flow for
+    /// it after the flush). L7 slots of the evicted flows are freed by the
+    /// workers' upkeep, which frees any slot whose flow is gone.
+    fn flush_gone(&mut self, gone: &[std::net::IpAddr], generation: u64) {
+        // A worker sleeps at most MAX_SLEEP_MS between rounds.
+        let deadline = Instant::now() + Duration::from_millis(20 * MAX_SLEEP_MS as u64);
+        while Instant::now() < deadline
+            && self
+                .workers
+                .iter()
+                .any(|w| w.stats.generation.get() != generation)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let now = monotonic_ns();
+        let ct = self.conntrack.flush_addrs(gone, now);
+        let frags = self.conntrack.frags().flush_addrs(gone, now);
+        self.flushed += (ct + frags) as u64;
+        log::info!(
+            "flushed {ct} conntrack and {frags} fragment entries of {} departed address(es)",
+            gone.len()
+        );
     }
 
     /// Counters, latency and configuration, for `weir status`. Sample twice
@@ -458,10 +494,37 @@ impl Dataplane {
 
     fn conntrack_status(&self) -> ConntrackStatus {
         let sum = |f: fn(&CtStats) -> u64| self.ct_stats.iter().map(|s| f(s)).sum();
+        let snap = self.published.load();
+        let eps = &snap.spec.endpoints;
+        // Each address with the index of its endpoint.
+        let (owner, addrs): (Vec<usize>, Vec<std::net::IpAddr>) = eps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                [e.ipv4.map(Into::into), e.ipv6.map(Into::into)]
+                    .into_iter()
+                    .flatten()
+                    .map(move |a: std::net::IpAddr| (i, a))
+            })
+            .unzip();
+        let mut per = Vec::new();
+        let entries = self.conntrack.count_addrs(&addrs, monotonic_ns(), &mut per);
+        let mut endpoints: Vec<EndpointEntries> = eps
+            .iter()
+            .map(|e| EndpointEntries {
+                name: e.name.clone(),
+                entries: 0,
+            })
+            .collect();
+        for (i, n) in owner.into_iter().zip(per) {
+            endpoints[i].entries += n;
+        }
         ConntrackStatus {
             size: self.conntrack.capacity(),
             bytes_per_entry: Conntrack::bytes_per_entry(),
-            entries: self.conntrack_entries(),
+            entries,
+            endpoints,
+            flushed: self.flushed,
             inserts: sum(|s| s.inserts.get()),
             evictions: sum(|s| s.evictions.get()),
             table_full: sum(|s| s.table_full.get()),
@@ -701,6 +764,24 @@ fn budgets(cfg: &DataplaneConfig, snap: &Snapshot) -> Vec<FrameBudget> {
                 cfg.ring_size,
             ),
         })
+        .collect()
+}
+
+/// Addresses of `old`'s endpoints that no endpoint of `new` has: their
+/// pod left the node.
+fn gone_addrs(old: &Snapshot, new: &Snapshot) -> Vec<std::net::IpAddr> {
+    let addrs = |s: &Snapshot| -> Vec<std::net::IpAddr> {
+        s.spec
+            .endpoints
+            .iter()
+            .flat_map(|e| [e.ipv4.map(Into::into), e.ipv6.map(Into::into)])
+            .flatten()
+            .collect()
+    };
+    let keep = addrs(new);
+    addrs(old)
+        .into_iter()
+        .filter(|a| !keep.contains(a))
         .collect()
 }
 

@@ -59,6 +59,12 @@ pub struct ConntrackStatus {
     pub bytes_per_entry: usize,
     /// Live entries now.
     pub entries: usize,
+    /// Live entries per endpoint of the snapshot (an entry between two
+    /// local endpoints counts for both).
+    pub endpoints: Vec<EndpointEntries>,
+    /// Conntrack and fragment entries evicted because their endpoint left
+    /// the node's snapshot (a pod deleted).
+    pub flushed: u64,
     pub inserts: u64,
     /// Inserts that replaced a closing or unreplied entry.
     pub evictions: u64,
@@ -76,6 +82,15 @@ pub struct ConntrackStatus {
     pub flow_events: u64,
     /// Flow events lost to full queues.
     pub flow_events_lost: u64,
+}
+
+/// One endpoint's live conntrack entries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointEntries {
+    /// The endpoint's name in the snapshot (`namespace/pod`).
+    pub name: String,
+    pub entries: usize,
 }
 
 /// The node's fragment table, counters summed over workers.

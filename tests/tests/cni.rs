@@ -179,8 +179,23 @@ impl Fixture {
         format!("weir-{}-node-1", self.c.name)
     }
 
-    /// The node's `wc*` links (weir-cni host sides).
+    /// The node's `wc*` links (weir-cni host sides) but those of the
+    /// cluster's own pods (`srv`: the supervisor attaches it through
+    /// weir-cni too).
     fn cni_links(&self) -> Vec<String> {
+        let own: Vec<String> = self
+            .c
+            .topology()
+            .pods
+            .iter()
+            .filter(|p| {
+                p.cni
+                    .as_ref()
+                    .is_some_and(|c| c.container_id.starts_with("weir-topo."))
+            })
+            .map(|p| p.host_ifname.clone())
+            .collect();
+        assert!(!own.is_empty(), "srv was not attached through weir-cni");
         let out = Command::new("ip")
             .args(["netns", "exec", &self.node_netns(), "ip", "-o", "link"])
             .output()
@@ -189,7 +204,7 @@ impl Fixture {
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n.starts_with("wc"))
+            .filter(|n| n.starts_with("wc") && !own.contains(n))
             .collect()
     }
 
@@ -200,15 +215,37 @@ impl Fixture {
             .join(&self.c.name)
     }
 
-    /// Reserved IPAM slots of node-1.
+    /// Reserved IPAM slots of node-1 but those of the cluster's own pods.
     fn ipam_slots(&self) -> usize {
         let p = self.state_dir().join("nodes/node-1/ipam.json");
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice::<Value>(&b).expect("ipam.json")["slots"]
                 .as_object()
-                .map_or(0, |m| m.len()),
+                .map_or(0, |m| {
+                    m.values()
+                        .filter(|r| {
+                            !r["container_id"]
+                                .as_str()
+                                .is_some_and(|c| c.starts_with("weir-topo."))
+                        })
+                        .count()
+                }),
             Err(_) => 0,
         }
+    }
+
+    /// Live conntrack entries of endpoint `ns/pod` on node-1, and the
+    /// node's count of entries flushed because their endpoint left.
+    fn ct_entries(&self, endpoint: &str) -> (u64, u64) {
+        let st = self.c.status();
+        let ct = &weir_tests::node_status(&st, "node-1")["conntrack"];
+        let n = ct["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == endpoint)
+            .map_or(0, |e| e["entries"].as_u64().unwrap_or(0));
+        (n, ct["flushed"].as_u64().expect("conntrack.flushed"))
     }
 
     fn node_ports(&self) -> usize {
@@ -352,12 +389,28 @@ fn cnitool_add_check_del_status_gc_against_reference_plugins() {
     let chk = f.cnitool("check", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(!chk.status.success(), "check passed with the address gone");
 
+    // The pod's flows are in the node's conntrack table (ICMP echo and the
+    // TCP connection, each counted for both its endpoints; srv talks to
+    // nobody else).
+    let (mine, flushed0) = f.ct_entries("default/p1");
+    let (srv_ct, _) = f.ct_entries("default/srv");
+    assert!(mine >= 2, "conntrack entries of p1 before DEL: {mine}");
+    assert!(srv_ct >= 2, "conntrack entries of srv before DEL: {srv_ct}");
+
     // DEL, twice (idempotent), then nothing is left.
     let del = f.cnitool("del", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(
         del.status.success(),
         "del: {}",
         String::from_utf8_lossy(&del.stdout)
+    );
+    // DEL flushed the pod's flows before it answered: none is left for
+    // srv, and the node counted exactly those as flushed.
+    let (srv_ct, flushed1) = f.ct_entries("default/srv");
+    assert_eq!(srv_ct, 0, "conntrack entries of the deleted pod left");
+    assert!(
+        flushed1 - flushed0 >= mine,
+        "flushed {flushed0} -> {flushed1} after DEL, p1 had {mine}"
     );
     let del = f.cnitool("del", &f.net(), &f.netconf, &pod.path(), "p1");
     assert!(
@@ -643,14 +696,58 @@ fn settled_free_frames(f: &Fixture, want: Option<u64>) -> u64 {
     last
 }
 
+/// `ip -o <args>` in netns `ns`, one line per object, `\` continuation
+/// and per-line counters (the `link` statistics) as printed.
+fn ip_lines(ns: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "-o"])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip {args:?} in {ns}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Interfaces of the node's netns with an XDP program attached.
+fn xdp_links(ns: &str) -> Vec<String> {
+    ip_lines(ns, &["-d", "link", "show"])
+        .into_iter()
+        .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Names of the files in node-1's state directory.
+fn node_files(f: &Fixture) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(f.state_dir().join("nodes/node-1"))
+        .expect("node dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn add_del_cycles_leave_nothing_behind() {
-    // WEIR_CNI_CYCLES=1000 for the long run; 100 by default.
+    // 200 cycles by default (about a minute and a half); 1000 with
+    // WEIR_LONG=1; WEIR_CNI_CYCLES=N for any other count.
+    let long = std::env::var("WEIR_LONG").is_ok_and(|v| v == "1");
     let cycles: usize = std::env::var("WEIR_CNI_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(if long { 1000 } else { 200 });
     let f = Fixture::new("cnicyc", "10.244.0.0/24");
+    let srv4 =
+        f.c.topology()
+            .pod("default", "srv")
+            .expect("srv")
+            .ipv4
+            .expect("v4")
+            .to_string();
     let pod = Netns::new(&format!("{}-cy", f.c.name));
     let path = pod.path();
     // The dataplane keeps one port's worth of frames aside after its first
@@ -667,6 +764,27 @@ fn add_del_cycles_leave_nothing_behind() {
     warm_del[0].1 = "DEL";
     assert!(f.plugin(&warm_del, &f.conf("1.1.0")).0, "warm-up DEL");
     let frames0 = settled_free_frames(&f, None);
+    // What the node looks like with no CNI pod: its links, addresses,
+    // routes, neighbours, XDP attachments and state files.
+    let node_ns = f.node_netns();
+    let snapshot_node = || {
+        let mut links: Vec<String> = ip_lines(&node_ns, &["link", "show"])
+            .into_iter()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+            .collect();
+        links.sort();
+        (
+            links,
+            ip_lines(&node_ns, &["addr", "show"]),
+            ip_lines(&node_ns, &["route", "show", "table", "all"]),
+            xdp_links(&node_ns),
+            node_files(&f),
+        )
+    };
+    let base = snapshot_node();
+    assert!(!base.3.is_empty(), "the topo pod's port has XDP attached");
+    let (_, flushed0) = f.ct_entries("default/srv");
+    let mut pinged = 0;
     let (mut add_us, mut del_us) = (Vec::new(), Vec::new());
     for i in 0..cycles {
         let cid = format!("cycle{i}");
@@ -681,6 +799,13 @@ fn add_del_cycles_leave_nothing_behind() {
         let (ok, v) = f.plugin(&add, &f.conf("1.1.0"));
         add_us.push(t.elapsed().as_micros());
         assert!(ok, "ADD {i}: {v}");
+        // Every tenth pod talks to srv: conntrack entries that its DEL
+        // must flush.
+        if i % 10 == 0 {
+            let ping = pod.exec(&["ping", "-c", "1", "-W", "2", &srv4]);
+            assert!(ping.status.success(), "cycle {i}: ping {srv4}");
+            pinged += 1;
+        }
         let del = [
             ("CNI_COMMAND", "DEL"),
             ("CNI_CONTAINERID", cid.as_str()),
@@ -709,6 +834,23 @@ fn add_del_cycles_leave_nothing_behind() {
     assert!(
         !String::from_utf8_lossy(&a.stdout).contains("eth0"),
         "eth0 left in the runtime's netns"
+    );
+    // The node is as it was: no veth, address, route or XDP attachment,
+    // no file in its state directory, more or less.
+    let end = snapshot_node();
+    assert_eq!(end.0, base.0, "node links after {cycles} cycles");
+    assert_eq!(end.1, base.1, "node addresses after {cycles} cycles");
+    assert_eq!(end.2, base.2, "node routes after {cycles} cycles");
+    assert_eq!(end.3, base.3, "XDP attachments after {cycles} cycles");
+    assert_eq!(end.4, base.4, "node state files after {cycles} cycles");
+    // No conntrack entry of any deleted pod: srv's flows were all with
+    // them, and each DEL flushed its pod's.
+    let (srv_ct, flushed1) = f.ct_entries("default/srv");
+    assert_eq!(srv_ct, 0, "conntrack entries of deleted pods left");
+    assert!(
+        flushed1 - flushed0 >= pinged,
+        "{pinged} pods pinged, {} entries flushed",
+        flushed1 - flushed0
     );
     // The traffic path still works for the topo pod (nothing broke).
     add_us.sort_unstable();
@@ -850,6 +992,7 @@ fn cni_pod_fails_closed_is_policed_and_crash_reservations_are_not_reused() {
             .pods
             .iter()
             .filter_map(|p| p.cni.as_ref())
+            .filter(|c| !c.container_id.starts_with("weir-topo."))
             .map(|c| json!({"containerID": c.container_id, "ifname": c.ifname}))
             .collect();
     assert_eq!(keep.len(), 2);
@@ -1104,7 +1247,11 @@ fn ctr_run_with_cni_attaches_through_weir_cni() {
         f.c.topology()
             .pods
             .iter()
-            .find(|p| p.cni.is_some())
+            .find(|p| {
+                p.cni
+                    .as_ref()
+                    .is_some_and(|c| !c.container_id.starts_with("weir-topo."))
+            })
             .cloned()
     });
     let Some(pod) = attached else {
@@ -1143,5 +1290,122 @@ fn ctr_run_with_cni_attaches_through_weir_cni() {
         "ctr run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    f.assert_clean();
+}
+
+/// The IPAM store's holder of `ipv4` on node-1, if any.
+fn ipam_holder(f: &Fixture, ipv4: &str) -> Option<String> {
+    let p = f.state_dir().join("nodes/node-1/ipam.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+    v["slots"]
+        .as_object()?
+        .values()
+        .find(|r| r["ipv4"] == ipv4)
+        .and_then(|r| r["container_id"].as_str().map(str::to_string))
+}
+
+#[test]
+fn local_cluster_pods_are_attached_through_weir_cni() {
+    let f = Fixture::new("cnitopo", "10.244.0.0/24");
+    let netns_of = |pod: &str| format!("weir-{}-default-{pod}", f.c.name);
+
+    // `weir up`'s pod: attached by the supervisor through weir-cni, with
+    // the runtime's key, its netns and eth0, and the first IPAM slot.
+    let srv = f.c.topology().pod("default", "srv").expect("srv").clone();
+    let att = srv.cni.clone().expect("srv attached through weir-cni");
+    assert_eq!(att.container_id, "weir-topo.default.srv");
+    assert_eq!(att.ifname, "eth0");
+    assert_eq!(
+        att.netns_path,
+        PathBuf::from(format!("/run/netns/{}", netns_of("srv")))
+    );
+    assert_eq!(
+        srv.ipv4.map(|a| a.to_string()).as_deref(),
+        Some("10.244.0.2")
+    );
+    assert_eq!(
+        ipam_holder(&f, "10.244.0.2").as_deref(),
+        Some("weir-topo.default.srv")
+    );
+    assert!(srv.host_ifname.starts_with("wc"), "{}", srv.host_ifname);
+
+    // `weir apply` of a new pod goes the same way; its labels and ports
+    // come from the manifest (its servers answer with its name).
+    f.c.apply("two.yaml", &pod_manifest("default", "two"));
+    let two = f.c.topology().pod("default", "two").expect("two").clone();
+    assert_eq!(
+        two.cni.as_ref().map(|c| c.container_id.as_str()),
+        Some("weir-topo.default.two")
+    );
+    assert_eq!(two.labels.get("pod").map(String::as_str), Some("two"));
+    assert_eq!(
+        two.ipv4.map(|a| a.to_string()).as_deref(),
+        Some("10.244.0.3")
+    );
+    let rx0 = f.c.counter("rx_packets");
+    let tcp = f.c.pod_exec(
+        "default",
+        "srv",
+        &["bash", "-c", "exec 3<>/dev/tcp/10.244.0.3/80; head -n1 <&3"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&tcp.stdout).trim(),
+        "two",
+        "srv -> two:80: {}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
+    assert!(
+        f.c.counter("rx_packets") > rx0,
+        "the connection did not cross weir"
+    );
+
+    // One allocator: an outside runtime's ADD gets the next free address.
+    let p1 = Netns::new(&format!("{}-p1", f.c.name));
+    let r = json_of(&f.cnitool("add", &f.net(), &f.netconf, &p1.path(), "p1"));
+    assert_eq!(r["ips"][0]["address"], "10.244.0.4/32", "{r}");
+    // `weir delete` leaves an outside runtime's pod alone ...
+    let out = f.c.weir(&[
+        "delete",
+        "-f",
+        &f.c.file("p1.yaml", &pod_manifest("default", "p1")),
+    ]);
+    assert!(!out.status.success(), "weir delete removed a runtime's pod");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container runtime"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and that runtime's GC leaves the cluster's own pods alone.
+    let gc = f.cnitool("gc", &f.net(), &f.netconf, &p1.path(), "p1");
+    assert!(
+        gc.status.success(),
+        "gc: {}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+    assert_eq!(f.cni_links(), Vec::<String>::new(), "GC left p1's veth");
+    assert_eq!(f.ipam_slots(), 0, "GC left p1's address");
+    let pods: Vec<String> = f.c.topology().pods.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(pods, vec!["srv".to_string(), "two".to_string()]);
+
+    // `weir delete` runs DEL: link, reservation, record and netns go.
+    let host_two = two.host_ifname.clone();
+    f.c.delete("two.yaml", &pod_manifest("default", "two"));
+    assert!(f.c.topology().pod("default", "two").is_none());
+    assert_eq!(
+        ipam_holder(&f, "10.244.0.3"),
+        None,
+        "two's address still held"
+    );
+    assert!(
+        !ip_lines(&f.node_netns(), &["link", "show"])
+            .iter()
+            .any(|l| l.contains(&host_two)),
+        "two's node-side veth {host_two} left"
+    );
+    assert!(
+        !Path::new(&format!("/run/netns/{}", netns_of("two"))).exists(),
+        "two's netns left"
+    );
+    assert_eq!(f.node_ports(), f.base_ports, "dataplane ports after delete");
     f.assert_clean();
 }

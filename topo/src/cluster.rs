@@ -23,7 +23,8 @@ use crate::{ethtool, netns, TopoError};
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The node side's link-local address that pods use as their IPv6 gateway.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
-const POD_IFNAME: &str = "eth0";
+/// The pod side of every pod's veth.
+pub const POD_IFNAME: &str = "eth0";
 const CLUSTER_NAME_MAX: usize = 16;
 
 const MIN_POD_MTU: u32 = 1280;
@@ -283,7 +284,8 @@ fn node_netns(cluster: &str, node: &str) -> String {
     format!("weir-{cluster}-{node}")
 }
 
-fn pod_netns(cluster: &str, namespace: &str, pod: &str) -> String {
+/// The netns of pod `namespace/pod` of a local cluster.
+pub fn pod_netns(cluster: &str, namespace: &str, pod: &str) -> String {
     format!("weir-{cluster}-{namespace}-{pod}")
 }
 

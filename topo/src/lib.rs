@@ -113,8 +113,8 @@ pub use attach::CniAttachment;
 #[doc(hidden)]
 pub use cluster::testing;
 pub use cluster::{
-    check_cluster_name, netns_prefix, teardown_by_name, BuildOptions, Cluster, RealizedNode,
-    RealizedPod, TeardownGuard, GATEWAY_V4, GATEWAY_V6,
+    check_cluster_name, netns_prefix, pod_netns, teardown_by_name, BuildOptions, Cluster,
+    RealizedNode, RealizedPod, TeardownGuard, GATEWAY_V4, GATEWAY_V6, POD_IFNAME,
 };
 pub use ethtool::tx_checksum_enabled;
 pub use manifest::{
