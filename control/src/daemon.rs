@@ -353,6 +353,7 @@ impl Daemon {
         ClusterStatus {
             cluster: self.opts.cluster.clone(),
             generation: self.generation,
+            synced: None,
             nodes,
         }
     }

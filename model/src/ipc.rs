@@ -155,6 +155,10 @@ pub struct NodeReadiness {
 pub struct ClusterStatus {
     pub cluster: String,
     pub generation: u64,
+    /// A Kubernetes node agent: whether every watched kind has listed
+    /// (nothing is published before); absent for `weir up`'s daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synced: Option<bool>,
     pub nodes: Vec<NodeStatusEntry>,
 }
 
