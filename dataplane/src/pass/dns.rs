@@ -12,7 +12,10 @@ use super::{drop, FlowKey, Pass};
 use crate::flows::{FlowEvent, L7Note};
 use crate::snapshot::{PortId, Snapshot};
 use crate::wire::ethernet::{self, ethertype};
-use crate::wire::{ip_proto, ipv6, tcp, udp};
+use crate::wire::{ip_proto, ipv4, ipv6, tcp, udp};
+
+/// TTL / hop limit of the REFUSED answers weir sends.
+const REPLY_TTL: u8 = 64;
 use crate::{DropReason, Verdict};
 
 fn dns_event(st: &WorkerState, key: &FlowKey, reason: DropReason, note: L7Note) -> FlowEvent {
@@ -141,10 +144,10 @@ impl Pass<'_> {
     }
 }
 
-/// Turns the UDP query frame in `buf` (DNS message at `start`) into the
-/// REFUSED response back to the client: DNS header rewritten, addresses and
-/// ports swapped, lengths and checksums recomputed, MACs from `port`.
-/// Returns the frame length.
+/// Turns the UDP query frame in the buffer (DNS message at `start`) into
+/// the REFUSED response back to the client: DNS header rewritten, addresses
+/// and ports swapped, lengths and checksums recomputed (the IP header keeps
+/// its other fields and options), MACs from `port`. Returns the frame length.
 fn refused_reply(
     buf: &mut [u8],
     pkt: &Parsed,
@@ -152,50 +155,39 @@ fn refused_reply(
     port: PortId,
     snap: &Snapshot,
 ) -> Option<usize> {
-    use crate::wire::checksum;
     let n = crate::l7::dns::refuse_in_place(buf.get_mut(start..pkt.frame_len())?).ok()?;
-    let udp_len = u16::try_from(udp::HEADER_LEN + n).ok()?;
+    let udp_len = udp::HEADER_LEN + n;
     let l4 = pkt.l4_offset;
-    let ip = ethernet::HEADER_LEN;
-    let (ethertype, pseudo) = match (pkt.key.src, pkt.key.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let hl = l4 - ip;
-            let h = buf.get_mut(ip..l4)?;
-            h[12..16].copy_from_slice(&d.octets());
-            h[16..20].copy_from_slice(&s.octets());
-            let total = u16::try_from(hl + usize::from(udp_len)).ok()?;
-            h[2..4].copy_from_slice(&total.to_be_bytes());
-            h[8] = 64;
-            h[10..12].copy_from_slice(&[0, 0]);
-            let c = !checksum::data(h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            (
-                ethertype::IPV4,
-                checksum::pseudo_header_v4(d, s, ip_proto::UDP, udp_len),
-            )
+    let ip_at = ethernet::HEADER_LEN;
+    let (client, server) = (pkt.key.src, pkt.key.dst);
+    let ethertype = match (client, server) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            let mut ip = ipv4::Packet::new_checked(buf.get_mut(ip_at..pkt.frame_len())?).ok()?;
+            ip.set_src_addr(s);
+            ip.set_dst_addr(c);
+            ip.set_total_len(u16::try_from(l4 - ip_at + udp_len).ok()?);
+            ip.set_ttl(REPLY_TTL);
+            ip.fill_checksum();
+            ethertype::IPV4
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let h = buf.get_mut(ip..l4)?;
-            h[8..24].copy_from_slice(&d.octets());
-            h[24..40].copy_from_slice(&s.octets());
-            let payload = u16::try_from(l4 - ip - ipv6::HEADER_LEN + usize::from(udp_len)).ok()?;
-            h[4..6].copy_from_slice(&payload.to_be_bytes());
-            h[7] = 64;
-            (
-                ethertype::IPV6,
-                checksum::pseudo_header_v6(d, s, ip_proto::UDP, u32::from(udp_len)),
-            )
+        (IpAddr::V6(c), IpAddr::V6(s)) => {
+            let mut ip = ipv6::Packet::new_checked(buf.get_mut(ip_at..pkt.frame_len())?).ok()?;
+            ip.set_src_addr(s);
+            ip.set_dst_addr(c);
+            ip.set_payload_len(u16::try_from(l4 - ip_at - ipv6::HEADER_LEN + udp_len).ok()?);
+            ip.set_hop_limit(REPLY_TTL);
+            ethertype::IPV6
         }
         _ => return None,
     };
-    let u = buf.get_mut(l4..l4 + usize::from(udp_len))?;
-    u[0..2].copy_from_slice(&pkt.key.dport.to_be_bytes());
-    u[2..4].copy_from_slice(&pkt.key.sport.to_be_bytes());
-    u[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    u[6..8].copy_from_slice(&[0, 0]);
-    let c = !checksum::combine(&[pseudo, checksum::data(u)]);
-    let c = if c == 0 { 0xffff } else { c };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let repr = udp::Repr {
+        src_port: pkt.key.dport,
+        dst_port: pkt.key.sport,
+        payload_len: n,
+    };
+    let mut u = udp::Packet::new_unchecked(buf.get_mut(l4..l4 + udp_len)?);
+    repr.emit(&mut u).ok()?;
+    u.fill_checksum(server, client);
     reply_ethernet(buf, snap.port(port)?, ethertype)?;
-    Some(l4 + usize::from(udp_len))
+    Some(l4 + udp_len)
 }

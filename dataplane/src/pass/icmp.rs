@@ -82,11 +82,12 @@ impl Pass<'_> {
 /// Writes the reply's Ethernet header: back to the sender, from the port.
 pub(super) fn reply_ethernet(frame: &mut [u8], port: &Port, ethertype: u16) -> Option<()> {
     let mut eth = Frame::new_checked(frame).ok()?;
-    let sender_mac = eth.src_addr();
-    eth.set_dst_addr(sender_mac);
-    eth.set_src_addr(port.mac);
-    eth.set_ethertype(ethertype);
-    Some(())
+    let repr = ethernet::Repr {
+        src: port.mac,
+        dst: eth.src_addr(),
+        ethertype,
+    };
+    repr.emit(&mut eth).ok()
 }
 
 /// ICMPv4 error (RFC 792): quotes the original IP header + 8 bytes.
@@ -111,17 +112,16 @@ fn build_icmpv4_error(
     reply_ethernet(frame, port, ethertype::IPV4)?;
 
     let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
-    let mut ip = ipv4::Packet::new_unchecked(ip_bytes);
-    ip.set_version_and_header_len(IP);
-    ip.set_dscp_ecn(ICMP_ERROR_TOS);
-    ip.set_total_len((IP + icmp_len) as u16);
-    ip.set_ident(0);
-    ip.set_flags_and_offset(false, false, 0);
-    ip.set_ttl(ICMP_ERROR_TTL);
-    ip.set_protocol(ip_proto::ICMP);
-    ip.set_src_addr(node);
-    ip.set_dst_addr(sender);
-    ip.fill_checksum();
+    let ip = ipv4::Repr {
+        src: node,
+        dst: sender,
+        protocol: ip_proto::ICMP,
+        payload_len: icmp_len,
+        ttl: ICMP_ERROR_TTL,
+        dscp_ecn: ICMP_ERROR_TOS,
+        dont_frag: false,
+    };
+    ip.emit(&mut ipv4::Packet::new_unchecked(ip_bytes)).ok()?;
 
     let mut msg = icmp::Packet::new_checked(icmp_bytes).ok()?;
     match kind {
@@ -166,13 +166,14 @@ fn build_icmpv6_error(
     reply_ethernet(frame, port, ethertype::IPV6)?;
 
     let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
-    let mut ip = ipv6::Packet::new_unchecked(ip_bytes);
-    ip.set_version_tc_flow(0, 0);
-    ip.set_payload_len(icmp_len as u16);
-    ip.set_next_header(ip_proto::ICMPV6);
-    ip.set_hop_limit(ICMP_ERROR_TTL);
-    ip.set_src_addr(node);
-    ip.set_dst_addr(sender);
+    let ip = ipv6::Repr {
+        src: node,
+        dst: sender,
+        next_header: ip_proto::ICMPV6,
+        payload_len: icmp_len,
+        hop_limit: ICMP_ERROR_TTL,
+    };
+    ip.emit(&mut ipv6::Packet::new_unchecked(ip_bytes)).ok()?;
 
     let mut msg = icmp::Packet::new_checked(icmp_bytes).ok()?;
     match kind {

@@ -11,8 +11,9 @@ use crate::conntrack::{self, Seg};
 use crate::encap;
 use crate::flows::{FlowEvent, FlowKind, L7Note};
 use crate::l7::reply::{DeniedFlow, TcpEnd};
-use crate::l7::{Feed, L7Verdict, SlotId};
+use crate::l7::{Feed, L7Reason, L7Verdict, SlotId};
 use crate::snapshot::PortId;
+use crate::wire::ethernet::Frame;
 use crate::wire::tcp;
 use crate::{DropReason, Verdict};
 
@@ -254,99 +255,119 @@ impl Pass<'_> {
                 drop(DropReason::L7Busy)
             }
             Feed::Deny(r) => {
-                // The worker drops the held frames with this verdict; the slot
-                // goes back now, and conntrack learns of the RST weir sends to
-                // the server (the flow's later data drops as `l7-after-close`;
-                // a new SYN on the tuple gets a fresh slot).
-                l7s.set_held(slot, 0);
-                l7s.free(slot);
-                l7s.denied += 1;
-                st.ct.track(
-                    &pkt.key,
-                    Seg::Tcp(tcp::flags::RST | tcp::flags::ACK),
-                    generation,
-                    now,
-                );
-                let mut ev = l7_event(now, &pkt.key, r, note);
-                if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
-                    ev.egress_rule = adm.egress_rule;
-                    ev.ingress_rule = adm.ingress_rule;
-                }
-                ev.generation = generation;
-                ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-                ev.dst_endpoint = Some(route.endpoint);
-                st.flows.push(ev);
                 let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
-                let client_mac = buf
-                    .get(6..12)
-                    .and_then(|m| <[u8; 6]>::try_from(m).ok())
-                    .unwrap_or_default();
-                let client = TcpEnd {
-                    mac: route.src_mac,
-                    ip: pkt.key.src,
-                    port: pkt.key.sport,
-                };
-                let server = TcpEnd {
-                    mac: route.dst_mac,
-                    ip: pkt.key.dst,
-                    port: pkt.key.dport,
-                };
-                let rst = DeniedFlow {
-                    client,
-                    server,
-                    client_next_seq: client_next,
-                    server_expects_seq: server_expects,
-                    server_next_seq: server_next,
-                };
-                let mut reply_len = 0;
-                let mut out_port = route.port;
-                // Where the 403 goes: out of the client's pod port, or — for a
-                // client behind a peer node — encapsulated toward that peer
-                // (inner MACs: our VTEP → the peer's VTEP).
-                let tunnel = snap.tunnel();
-                let reply_to = match reply_port.and_then(|p| snap.port(p).map(|pp| (p, pp.mac))) {
-                    Some((p, mac)) => Some((p, client_mac, mac, None)),
-                    None => tunnel.and_then(|(t, tables)| {
-                        let pi = tables.peer_for(pkt.key.src)?;
-                        let peer = t.peers.get(pi as usize)?;
-                        Some((tables.port, peer.vtep_mac, t.vtep_mac, Some(peer)))
-                    }),
-                };
-                if let Some((port, cmac, smac, peer)) = reply_to {
-                    let to_client = DeniedFlow {
-                        client: TcpEnd {
-                            mac: cmac,
-                            ..client
-                        },
-                        server: TcpEnd {
-                            mac: smac,
-                            ..server
-                        },
-                        ..rst
-                    };
-                    let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
-                    let built = match (built, peer, tunnel) {
-                        (Some(n), None, _) => Some(n),
-                        (Some(n), Some(peer), Some((t, _))) => {
-                            let identity = snap.policy().identity_if_known(pkt.key.dst);
-                            let sport = encap::flow_sport(&pkt.key);
-                            encap::encapsulate(buf, n, t, peer, identity, sport)
-                        }
-                        _ => None,
-                    };
-                    if let Some(n) = built {
-                        reply_len = n;
-                        out_port = port;
-                    }
-                }
-                Break(Verdict::L7Deny {
-                    slot,
-                    reply_port: out_port,
-                    reply_len,
-                    rst_port: route.port,
-                    rst,
-                })
+                let seqs = (client_next, server_expects, server_next);
+                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs))
             }
+        }
+    }
+
+    /// A denied request (or a flow that cannot go on): the worker drops the
+    /// held frames of `slot` with this verdict; the slot goes back now, and
+    /// conntrack learns of the RST weir sends to the server (the flow's
+    /// later data drops as `l7-after-close`; a new SYN on the tuple gets a
+    /// fresh slot). The frame's buffer gets the 403 for the client: out of
+    /// its pod port, or — for a client behind a peer node — encapsulated
+    /// toward that peer (inner MACs: our VTEP → the peer's VTEP).
+    /// `seqs`: the client's next sequence number, the first client byte the
+    /// server was not sent, the server's next sequence number.
+    #[allow(clippy::too_many_arguments)]
+    fn http_deny(
+        &mut self,
+        pkt: &Parsed,
+        route: &Route,
+        reply_port: Option<PortId>,
+        slot: u32,
+        r: L7Reason,
+        note: Option<L7Note>,
+        (client_next, server_expects, server_next): (u32, u32, u32),
+    ) -> Verdict {
+        let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
+        let generation = snap.policy().generation();
+        let now = st.now_ns;
+        let l7s = &mut st.l7;
+        l7s.set_held(slot, 0);
+        l7s.free(slot);
+        l7s.denied += 1;
+        st.ct.track(
+            &pkt.key,
+            Seg::Tcp(tcp::flags::RST | tcp::flags::ACK),
+            generation,
+            now,
+        );
+        let mut ev = l7_event(now, &pkt.key, r, note);
+        if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
+            ev.egress_rule = adm.egress_rule;
+            ev.ingress_rule = adm.ingress_rule;
+        }
+        ev.generation = generation;
+        ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+        ev.dst_endpoint = Some(route.endpoint);
+        st.flows.push(ev);
+        let client_mac = Frame::new_checked(&buf[..])
+            .map(|f| f.src_addr())
+            .unwrap_or_default();
+        let client = TcpEnd {
+            mac: route.src_mac,
+            ip: pkt.key.src,
+            port: pkt.key.sport,
+        };
+        let server = TcpEnd {
+            mac: route.dst_mac,
+            ip: pkt.key.dst,
+            port: pkt.key.dport,
+        };
+        let rst = DeniedFlow {
+            client,
+            server,
+            client_next_seq: client_next,
+            server_expects_seq: server_expects,
+            server_next_seq: server_next,
+        };
+        let mut reply_len = 0;
+        let mut out_port = route.port;
+        let tunnel = snap.tunnel();
+        let reply_to = match reply_port.and_then(|p| snap.port(p).map(|pp| (p, pp.mac))) {
+            Some((p, mac)) => Some((p, client_mac, mac, None)),
+            None => tunnel.and_then(|(t, tables)| {
+                let pi = tables.peer_for(pkt.key.src)?;
+                let peer = t.peers.get(pi as usize)?;
+                Some((tables.port, peer.vtep_mac, t.vtep_mac, Some(peer)))
+            }),
+        };
+        if let Some((port, cmac, smac, peer)) = reply_to {
+            let to_client = DeniedFlow {
+                client: TcpEnd {
+                    mac: cmac,
+                    ..client
+                },
+                server: TcpEnd {
+                    mac: smac,
+                    ..server
+                },
+                ..rst
+            };
+            let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
+            let built = match (built, peer, tunnel) {
+                (Some(n), None, _) => Some(n),
+                (Some(n), Some(peer), Some((t, _))) => {
+                    let identity = snap.policy().identity_if_known(pkt.key.dst);
+                    let sport = encap::flow_sport(&pkt.key);
+                    encap::encapsulate(buf, n, t, peer, identity, sport)
+                }
+                _ => None,
+            };
+            if let Some(n) = built {
+                reply_len = n;
+                out_port = port;
+            }
+        }
+        Verdict::L7Deny {
+            slot,
+            reply_port: out_port,
+            reply_len,
+            rst_port: route.port,
+            rst,
         }
     }
 }
