@@ -149,7 +149,12 @@ fn push_tx(
             }
             dst.tx.push(d);
         }
-        _ => {
+        Some(_) => {
+            stats.count_drop(DropReason::TxBatchFull, 1);
+            frames.release(d);
+        }
+        None => {
+            // The verdict named a port this worker has no socket on.
             stats.count_drop(DropReason::NoRoute, 1);
             frames.release(d);
         }
@@ -586,7 +591,7 @@ impl Worker {
                     _ => {
                         // Cannot happen (the inspector bounds held frames);
                         // dropping is safe: the client retransmits.
-                        self.stats.count_drop(DropReason::L7OutOfOrder, 1);
+                        self.stats.count_drop(DropReason::L7HoldFull, 1);
                         self.frames.release(d);
                     }
                 }

@@ -50,7 +50,7 @@ pub(super) fn l7_event(
         key: *key,
         kind: FlowKind::Drop,
         allowed: false,
-        reason: Some(DropReason::L7Denied),
+        reason: Some(r.drop_reason()),
         egress_rule: crate::policy::RuleId::NOT_APPLICABLE,
         ingress_rule: crate::policy::RuleId::NOT_APPLICABLE,
         audit: false,
