@@ -1,4 +1,5 @@
 //! The `weir` command. Every error is one line on stderr and a non-zero exit.
+#![deny(unsafe_code)]
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -22,8 +22,13 @@
 //! - [`encap`]: the overlay stages (VXLAN/Geneve encapsulation and decapsulation).
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
-//! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
-//!   dataplane object that owns them (the only modules with `unsafe`).
+//! - [`l7`]: the inline L7 engines (HTTP/1 inspection, DNS) the pass calls.
+//! - [`fqdn`]: the node's learned FQDN table (addresses DNS answers taught).
+//! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
+//!   token (the only module with `unsafe`; every other one forbids it).
+//! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
+//!   owns them.
+#![deny(unsafe_code)]
 
 pub mod budget;
 pub mod conntrack;

@@ -10,6 +10,7 @@
 //!
 //! Scenarios: [`fastpath`] (one node, pod to pod: kernel routing vs weir in
 //! each polling mode).
+#![deny(unsafe_code)]
 
 pub mod connrate;
 pub mod cpu;

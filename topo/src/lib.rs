@@ -91,6 +91,7 @@
 //! [`Cluster`] is the realized state; it is saved as JSON so other processes
 //! ([`Cluster::load`]) can attach to it. [`teardown_by_name`] removes a
 //! cluster even when that file is lost.
+#![deny(unsafe_code)]
 
 pub mod attach;
 pub mod fields;
