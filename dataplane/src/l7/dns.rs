@@ -118,7 +118,11 @@ fn read_name(msg: &[u8], at: usize) -> Result<(Name<'_>, usize), DnsError> {
                     end_in_place = Some(pos + 2);
                 }
                 pointers += 1;
-                if target >= limit || pointers > MAX_POINTERS {
+                // A name never starts inside the header: a pointer there
+                // would make the name change when weir rewrites the header
+                // (REFUSED in place), so the name judged would not be the
+                // name answered.
+                if target < HEADER || target >= limit || pointers > MAX_POINTERS {
                     return Err(DnsError::BadName);
                 }
                 limit = target;
@@ -538,5 +542,28 @@ impl Iterator for Addresses<'_> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `dns` fuzz target: a question name whose compression
+    /// pointer points into the header (offset 1) read the flags and counts
+    /// as labels, and changed when the header was rewritten to REFUSED.
+    #[test]
+    fn a_pointer_into_the_header_is_a_bad_name() {
+        let msg: [u8; 49] = [
+            0x00, 0x07, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x02,
+            0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x31, 0x02, 0x02, 0x02, 0x02, 0x02,
+            0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x15, 0x15, 0xc0, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+        ];
+        assert!(parse_query(&msg).is_err());
+        let mut q = vec![0u8; 12];
+        q[5] = 1; // one question
+        q.extend_from_slice(&[0xc0, 0x04, 0x00, 0x01, 0x00, 0x01]);
+        assert_eq!(parse_query(&q).err(), Some(DnsError::BadName));
     }
 }
