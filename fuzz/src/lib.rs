@@ -81,7 +81,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
     let allow = Decision::allow(RuleId(0));
     let http = Decision {
         l7: Some(0),
-        ..Decision::allow(RuleId(0))
+        ..Decision::allow(RuleId(3))
     };
     let dns = Decision {
         dns: Some(0),
@@ -93,6 +93,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
             rule(0, Direction::Ingress),
             rule(0, Direction::Egress),
             rule(1, Direction::Egress),
+            rule(1, Direction::Ingress),
         ],
         classes: vec![IDENTITY_WORLD, 256, 257, 258, 300],
         addresses: vec![
