@@ -79,4 +79,15 @@ fi
 bash "$(dirname "$0")/k8s-build.sh" >/dev/null
 # cnitool and the reference CNI plugins (weir-cni's tests), also from Go modules.
 bash "$(dirname "$0")/cni-build.sh" >/dev/null
+# Fuzz smoke (scripts/fuzz-smoke.sh): cargo-fuzz needs a nightly toolchain.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "setup: rustup toolchain install nightly (fuzzing)"
+  rustup toolchain install nightly --profile minimal
+fi
+rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
+  || rustup component add rust-src --toolchain nightly
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: cargo install cargo-fuzz (a few minutes)"
+  cargo install cargo-fuzz --locked
+fi
 echo "setup: ok"

@@ -37,8 +37,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::flow_key::FlowKey;
 use crate::frag::FragTable;
-use crate::pass::FlowKey;
 use crate::policy::RuleId;
 use crate::stats::Counter;
 use crate::wire::ip_proto;

@@ -24,7 +24,7 @@
 use core::ops::ControlFlow::{self, Break, Continue};
 use std::net::IpAddr;
 
-use crate::pass::FlowKey;
+use crate::flow_key::FlowKey;
 use crate::policy::Identity;
 use crate::snapshot::{Encap, TunnelPeer, TunnelSpec, TunnelTables};
 use crate::wire::ethernet::{self, ethertype, Frame};

@@ -8,7 +8,7 @@
 use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
 
-use crate::pass::FlowKey;
+use crate::flow_key::FlowKey;
 use crate::policy::RuleId;
 use crate::stats::Counter;
 use crate::DropReason;

@@ -85,7 +85,7 @@ impl FragKey {
 /// What the first fragment of a datagram brought and how it was judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct First {
-    /// The flow's ports (ICMP: as [`crate::pass::FlowKey`] has them) and
+    /// The flow's ports (ICMP: as [`crate::flow_key::FlowKey`] has them) and
     /// upper-layer protocol.
     pub sport: u16,
     pub dport: u16,

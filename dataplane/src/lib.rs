@@ -18,21 +18,27 @@
 //! - [`fqdn`]: names learned from DNS answers, for `toFQDNs` rules.
 //! - [`conntrack`]: the node's shared connection-tracking table.
 //! - [`frag`]: the node's fragment table (later fragments follow their first).
+//! - [`flow_key`]: the key of a flow (a leaf: conntrack, flows, encap and
+//!   the pass all use it).
 //! - [`flows`]: per-worker flow-log queues (new, dropped, revoked flows).
 //! - [`wire`]: typed views over packet bytes (Ethernet, IPv4, IPv6, L4, ICMP).
-//! - [`pass`]: the per-packet pass, readable top to bottom in one place.
+//! - [`pass`]: the per-packet pass: `pass/mod.rs` runs the stages in order,
+//!   one file per stage (parse, route, policy, icmp, l7, dns, rewrite, tunnel).
 //! - [`encap`]: the overlay stages (VXLAN/Geneve encapsulation and decapsulation).
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
-//! - [`xsk`], [`worker`], [`runtime`]: UMEM, rings, pinned workers, and the
-//!   dataplane object that owns them (`xsk` holds the `unsafe`).
-//!   Status types ([`runtime::DataplaneStatus`], [`stats::WorkerStatus`])
-//!   are `weir-model`'s, re-exported.
+//! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
+//!   token (the only module with `unsafe`; every other one forbids it).
+//! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
+//!   owns them. Status types ([`runtime::DataplaneStatus`],
+//!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
+#![deny(unsafe_code)]
 
 pub mod budget;
 pub mod conntrack;
 pub use weir_model::drop_reason;
 pub mod encap;
+pub mod flow_key;
 pub mod flows;
 pub mod fqdn;
 pub mod frag;

@@ -627,7 +627,7 @@ impl Dataplane {
             let (ack, filled) = channel::bounded(1);
             fds.push((q, sock.fd()));
             // A worker that exited drops the socket; check_workers reports it.
-            if w.ctl.send(Control::Add(sock, ack)).is_ok() {
+            if w.ctl.send(Control::Add(Box::new(sock), ack)).is_ok() {
                 acks.push(filled);
             }
         }

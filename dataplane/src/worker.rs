@@ -33,7 +33,7 @@ use crate::budget::FrameBudget;
 use crate::pass::{self, WorkerState};
 use crate::runtime::PollMode;
 use crate::stats::{self, KernelDrops, WorkerStats};
-use crate::xsk::{self, Frames, WorkerUmem, XskSocket};
+use crate::xsk::{self, Frames, HeldFrame, WorkerUmem, XskSocket};
 use crate::{DropReason, PortId, Snapshot, Verdict};
 
 /// What the control thread tells a worker between rounds.
@@ -42,7 +42,7 @@ pub enum Control {
     /// Serve this socket: fill its fill ring to the floor, then answer on
     /// the channel (the control thread registers it in its port's XSKMAP
     /// after that).
-    Add(XskSocket, Sender<()>),
+    Add(Box<XskSocket>, Sender<()>),
     /// Stop serving every socket on this interface and reclaim its frames
     /// (the XSKMAP entries were cleared before this is sent).
     Remove(String),
@@ -82,7 +82,7 @@ struct Slot {
     /// floor after an interval without any).
     rx_recent: u64,
     /// TX descriptors collected for this socket, flushed after each source.
-    tx: Vec<FrameDesc>,
+    tx: Vec<HeldFrame>,
     kick: bool,
 }
 
@@ -104,7 +104,7 @@ pub struct Worker {
     /// Slots that got TX descriptors from the current source socket. A slot's
     /// `kick` stays set while its TX ring is not empty.
     touched: Vec<u16>,
-    rx_buf: Vec<FrameDesc>,
+    rx_buf: Vec<HeldFrame>,
     scratch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
     /// Frames every socket keeps on its fill ring ([`FrameBudget::floor_for`]
@@ -116,14 +116,14 @@ pub struct Worker {
     kick_pending: bool,
     /// Per L7 inspector slot: the frames held for that flow (descriptor,
     /// destination port), in arrival order. Preallocated.
-    held: Vec<Vec<(FrameDesc, PortId)>>,
+    held: Vec<Vec<(HeldFrame, PortId)>>,
     last_l7_upkeep: u64,
 }
 
 /// How often the worker runs the L7 upkeep (hold timeouts, ended flows).
 const L7_UPKEEP_NS: u64 = 5_000_000;
 
-fn held_queues(state: &WorkerState) -> Vec<Vec<(FrameDesc, PortId)>> {
+fn held_queues(state: &WorkerState) -> Vec<Vec<(HeldFrame, PortId)>> {
     (0..state.l7_slots())
         .map(|_| Vec::with_capacity(state.l7_hold_max() + 1))
         .collect()
@@ -138,7 +138,7 @@ fn push_tx(
     touched: &mut Vec<u16>,
     frames: &mut Frames,
     stats: &WorkerStats,
-    d: FrameDesc,
+    d: HeldFrame,
     port: PortId,
 ) {
     let t = port_slot.get(port as usize).copied().unwrap_or(NO_SLOT);
@@ -149,7 +149,12 @@ fn push_tx(
             }
             dst.tx.push(d);
         }
-        _ => {
+        Some(_) => {
+            stats.count_drop(DropReason::TxBatchFull, 1);
+            frames.release(d);
+        }
+        None => {
+            // The verdict named a port this worker has no socket on.
             stats.count_drop(DropReason::NoRoute, 1);
             frames.release(d);
         }
@@ -184,7 +189,7 @@ impl Worker {
             hist: stats::new_latency_histogram(),
             port_slot: Vec::new(),
             touched: Vec::new(),
-            rx_buf: vec![FrameDesc::default(); batch],
+            rx_buf: Vec::with_capacity(batch),
             scratch: vec![FrameDesc::default(); batch.max(64)],
             pollfds: Vec::new(),
             floor: 0,
@@ -326,7 +331,7 @@ impl Worker {
         loop {
             match self.ctl.try_recv() {
                 Ok(Control::Add(sock, filled)) => {
-                    self.add(sock);
+                    self.add(*sock);
                     let _ = filled.send(());
                 }
                 Ok(Control::Remove(name)) => self.remove(&name),
@@ -491,7 +496,9 @@ impl Worker {
             };
             let Some(ingress) = slot.port else { continue };
             let before = slot.in_fill;
-            let n = slot.sock.rx(&mut self.frames, &mut self.rx_buf);
+            let n = slot
+                .sock
+                .rx(&mut self.frames, &mut self.scratch, &mut self.rx_buf);
             if n == 0 {
                 continue;
             }
@@ -516,9 +523,11 @@ impl Worker {
             slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             total += n;
             let mut bytes = 0u64;
-            for k in 0..n {
-                let mut d = self.rx_buf[k];
-                bytes += d.lengths().data() as u64;
+            // Taken out for the loop (the frames move out of it; its
+            // capacity comes back with it).
+            let mut rx = std::mem::take(&mut self.rx_buf);
+            for mut d in rx.drain(..) {
+                bytes += d.data_len() as u64;
                 let state = &mut self.state;
                 let snap = &self.cur;
                 let verdict = self.umem.with_frame(&mut d, |buf, len| {
@@ -535,6 +544,7 @@ impl Worker {
                 self.dispatch(verdict, d);
                 self.drain_l7_flush();
             }
+            self.rx_buf = rx;
             self.stats.rx_packets.add(n as u64);
             self.stats.rx_bytes.add(bytes);
             any_tx |= self.flush_tx();
@@ -560,7 +570,7 @@ impl Worker {
     }
 
     /// Acts on one frame's verdict.
-    fn dispatch(&mut self, verdict: Verdict, d: FrameDesc) {
+    fn dispatch(&mut self, verdict: Verdict, d: HeldFrame) {
         macro_rules! tx {
             ($d:expr, $port:expr) => {
                 push_tx(
@@ -586,7 +596,7 @@ impl Worker {
                     _ => {
                         // Cannot happen (the inspector bounds held frames);
                         // dropping is safe: the client retransmits.
-                        self.stats.count_drop(DropReason::L7OutOfOrder, 1);
+                        self.stats.count_drop(DropReason::L7HoldFull, 1);
                         self.frames.release(d);
                     }
                 }
@@ -640,19 +650,20 @@ impl Worker {
             let Some(dst) = self.slots[t as usize].as_mut() else {
                 continue;
             };
-            let done = dst.sock.tx(t as usize, &mut self.frames, &dst.tx);
+            let want = dst.tx.len();
+            let bytes: usize = dst.tx.iter().map(HeldFrame::data_len).sum();
+            let done = dst.sock.tx(t as usize, &mut self.frames, &mut dst.tx);
             dst.in_tx += done;
-            for d in &dst.tx[..done] {
-                tx_bytes += d.lengths().data() as u64;
-            }
-            let full = dst.tx.len() - done;
+            // What did not fit stays in `dst.tx`.
+            let left: usize = dst.tx.iter().map(HeldFrame::data_len).sum();
+            tx_bytes += (bytes - left) as u64;
+            let full = want - done;
             if full > 0 {
                 self.stats.count_drop(DropReason::TxRingFull, full as u64);
-                for d in &dst.tx[done..] {
-                    self.frames.release(*d);
+                for d in dst.tx.drain(..) {
+                    self.frames.release(d);
                 }
             }
-            dst.tx.clear();
             if done > 0 {
                 dst.kick = true;
                 any = true;

@@ -3,8 +3,15 @@
 //!
 //! Ownership rules xsk-rs asks us to keep, and how they are kept here:
 //! - a frame handed to a fill ring or a TX ring is not touched until it comes
-//!   back through an RX ring or a completion ring;
-//! - a descriptor of one UMEM is never used with another UMEM.
+//!   back through an RX ring or a completion ring: the worker only ever has a
+//!   frame as a [`HeldFrame`], a token that is neither `Copy` nor `Clone`,
+//!   that only [`XskSocket::rx`] and [`Frames::take`] make and only
+//!   [`XskSocket::tx`] and [`Frames::release`] consume (a frame transmitted
+//!   twice, or used after its release, does not compile);
+//! - a descriptor of one UMEM is never used with another UMEM: each worker
+//!   owns its UMEM, its ledger and its sockets, and its tokens never leave it
+//!   (the one rule left to the caller: [`WorkerUmem::with_frame`] and the
+//!   socket functions take the tokens of their own worker only).
 //!
 //! Every frame of a worker's UMEM is recorded in that worker's [`Frames`]
 //! ledger as either free, held by the worker (between RX and the verdict), or
@@ -14,6 +21,7 @@
 //! found again by scanning the ledger for that slot ([`Frames::reclaim`]).
 //! Each worker owns its UMEM's descriptors and rings; only socket creation
 //! (serialised on the UMEM by xsk-rs) happens on the control thread.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -190,6 +198,7 @@ impl WorkerUmem {
                         rx,
                         fq,
                         cq,
+                        tx_scratch: vec![FrameDesc::default(); self.ring_size as usize],
                     });
                 }
                 Ok((_, _, None)) => {
@@ -212,22 +221,23 @@ impl WorkerUmem {
         Err(err(last))
     }
 
-    /// Runs `f` over a received frame: the whole writable area from the
+    /// Runs `f` over a held frame: the whole writable area from the
     /// packet's first byte to the end of its UMEM frame, and the received
     /// length. `f` returns its result and the frame's new length (clamped to
     /// the area), which becomes the length transmitted.
     #[inline]
     pub fn with_frame<R>(
         &self,
-        desc: &mut FrameDesc,
+        frame: &mut HeldFrame,
         f: impl FnOnce(&mut [u8], usize) -> (R, usize),
     ) -> R {
+        let desc = &mut frame.0;
         let len = desc.lengths().data();
-        // SAFETY: `desc` came from this worker's RX ring for this UMEM (only
-        // the owning worker calls this, on descriptors its ledger marks as
-        // held), so it addresses a frame of this UMEM that neither the
-        // kernel nor any other reference touches until it is handed back
-        // to a ring, which happens after this call returns.
+        // SAFETY: a `HeldFrame` exists only between RX (or `take`) and TX
+        // (or `release`), which consume it: the frame is on no ring, so the
+        // kernel does not touch it, and the `&mut` borrow of the token makes
+        // this the only reference. It is a frame of this worker's UMEM (its
+        // ledger made the token; tokens never leave their worker).
         let mut data = unsafe { self.umem.data_mut(desc) };
         let cap = {
             let mut c = data.cursor();
@@ -238,6 +248,24 @@ impl WorkerUmem {
         let (r, new_len) = f(data.contents_mut(), len.min(cap));
         data.cursor().set_pos(new_len.min(cap));
         r
+    }
+}
+
+/// A frame the worker holds: received from an RX ring or taken from the
+/// free list, and not yet on a TX ring or back in the free list. Not `Copy`
+/// or `Clone`: [`XskSocket::tx`] and [`Frames::release`] consume it, so a
+/// frame cannot be sent twice or touched after it went back. Dropping one
+/// instead loses the frame until its worker stops (the ledger keeps it as
+/// held), which `#[must_use]` warns about.
+#[derive(Debug)]
+#[must_use = "a held frame must be transmitted or released"]
+pub struct HeldFrame(FrameDesc);
+
+impl HeldFrame {
+    /// Length of the frame's data (as received, or as last set).
+    #[inline]
+    pub fn data_len(&self) -> usize {
+        self.0.lengths().data()
     }
 }
 
@@ -293,16 +321,17 @@ impl Frames {
     /// Takes a free frame for the worker to write a frame of its own into
     /// (L7 replies); it becomes held. `None` when none is free.
     #[inline]
-    pub fn take(&mut self) -> Option<FrameDesc> {
+    pub fn take(&mut self) -> Option<HeldFrame> {
         let d = self.free.pop()?;
         let i = self.index(&d);
         self.owner[i] = HELD;
-        Some(d)
+        Some(HeldFrame(d))
     }
 
     /// Returns a held frame to the free list.
     #[inline]
-    pub fn release(&mut self, d: FrameDesc) {
+    pub fn release(&mut self, frame: HeldFrame) {
+        let d = frame.0;
         let i = self.index(&d);
         debug_assert_eq!(
             self.owner[i], HELD,
@@ -355,6 +384,9 @@ pub struct XskSocket {
     rx: RxQueue,
     fq: FillQueue,
     cq: CompQueue,
+    /// The descriptors of the frames [`XskSocket::tx`] produces (a copy
+    /// of their tokens', as the ring takes a slice of descriptors).
+    tx_scratch: Vec<FrameDesc>,
 }
 
 impl XskSocket {
@@ -418,38 +450,49 @@ impl XskSocket {
         done
     }
 
-    /// Takes up to `out.len()` received frames; they become held by the
-    /// worker. Returns how many.
+    /// Takes received frames, at most `scratch.len()` and as many as `out`
+    /// has spare capacity for (it never grows); they become held by the
+    /// worker, as tokens pushed onto `out`. Returns how many.
     #[inline]
-    pub fn rx(&mut self, frames: &mut Frames, out: &mut [FrameDesc]) -> usize {
+    pub fn rx(
+        &mut self,
+        frames: &mut Frames,
+        scratch: &mut [FrameDesc],
+        out: &mut Vec<HeldFrame>,
+    ) -> usize {
+        let room = scratch.len().min(out.capacity() - out.len());
         // SAFETY: the RX ring of this socket only returns frames of this
         // worker's UMEM (the ones its fill ring was given).
-        let n = unsafe { self.rx.consume(out) };
-        for d in &out[..n] {
+        let n = unsafe { self.rx.consume(&mut scratch[..room]) };
+        for d in &scratch[..n] {
             let i = frames.index(d);
             frames.owner[i] = HELD;
+            out.push(HeldFrame(*d));
         }
         n
     }
 
-    /// Puts held frames on this socket's TX ring (no kick), recording them as
-    /// lent through `slot`. Returns how many fit; the caller frees the rest.
+    /// Puts held frames from the front of `held` on this socket's TX ring
+    /// (no kick), recording them as lent through `slot`; the tokens of those
+    /// that went are consumed. Returns how many; the ones that did not fit
+    /// stay in `held` for the caller to release.
     #[inline]
-    pub fn tx(&mut self, slot: usize, frames: &mut Frames, descs: &[FrameDesc]) -> usize {
-        if descs.is_empty() {
-            return 0;
-        }
-        let n = descs
+    pub fn tx(&mut self, slot: usize, frames: &mut Frames, held: &mut Vec<HeldFrame>) -> usize {
+        let n = held
             .len()
-            .min(self.tx.nb_free(descs.len() as u32) as usize);
+            .min(self.tx_scratch.len())
+            .min(self.tx.nb_free(held.len() as u32) as usize);
         if n == 0 {
             return 0;
         }
-        // SAFETY: the ledger says the worker holds these frames (just
-        // received, not on any ring), and they belong to this UMEM.
-        let done = unsafe { self.tx.produce(&descs[..n]) };
-        for d in &descs[..done] {
-            let i = frames.index(d);
+        for (dst, h) in self.tx_scratch.iter_mut().zip(&held[..n]) {
+            *dst = h.0;
+        }
+        // SAFETY: these are the descriptors of held frames (tokens: on no
+        // ring, no reference alive), of this worker's UMEM.
+        let done = unsafe { self.tx.produce(&self.tx_scratch[..n]) };
+        for h in held.drain(..done) {
+            let i = frames.index(&h.0);
             debug_assert_eq!(frames.owner[i], HELD);
             frames.owner[i] = slot as u16;
         }

@@ -1,6 +1,11 @@
 //! Every reason weir drops a frame, defined once (Cilium's drop_reasons.h).
 //! The same enum indexes per-worker counters and is shown by status, flows
 //! and explain. Add new reasons at the end; never reuse a number.
+//!
+//! Inline L7 says more about why it refused a flow: each [`L7Reason`] is a
+//! finer name under one drop reason ([`L7Reason::drop_reason`]: `l7-denied`
+//! for HTTP, `dns-refused` for DNS), shown in the flow log's `l7` note. Both
+//! tables are here so there is one vocabulary of reasons.
 #![forbid(unsafe_code)]
 
 use serde::Serialize;
@@ -93,6 +98,109 @@ drop_reasons! {
     FragmentOverlap = 29 => "fragment-overlap",
     /// first fragment without its whole transport header (tiny first fragment, or an IPv6 header chain that goes on past it, RFC 7112)
     FragmentInvalid = 30 => "fragment-invalid",
+    /// frame for a port whose TX batch of this round was already full (more frames for one port in a round than its batch holds)
+    TxBatchFull = 31 => "tx-batch-full",
+    /// frame an HTTP-inspected flow had to hold found its hold queue full (the client retransmits it)
+    L7HoldFull = 32 => "l7-hold-full",
+}
+
+macro_rules! l7_reasons {
+    ($( $(#[doc = $doc:literal])* $name:ident = $num:literal => $slug:literal under $drop:ident, )*) => {
+        /// Why L7 inspection denied a flow (a finer name under a
+        /// [`DropReason`]). Every refusal is a deny: the flow is answered
+        /// with a 403 (when the client can read one) and closed.
+        #[repr(u8)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum L7Reason {
+            $( $(#[doc = $doc])* $name = $num, )*
+        }
+
+        impl L7Reason {
+            /// All L7 reasons, in numeric order.
+            pub const ALL: &'static [L7Reason] = &[$(L7Reason::$name,)*];
+
+            /// Short kebab-case name for flow logs and metrics.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(L7Reason::$name => $slug,)* }
+            }
+
+            /// The drop reason a frame refused for this reason counts under.
+            pub const fn drop_reason(self) -> DropReason {
+                match self { $(L7Reason::$name => DropReason::$drop,)* }
+            }
+        }
+    };
+}
+
+l7_reasons! {
+    /// A complete, valid request matched no allow rule.
+    Policy = 0 => "l7-policy" under L7Denied,
+    /// LF not preceded by CR.
+    BareLf = 1 => "http-bare-lf" under L7Denied,
+    /// CR not followed by LF.
+    BareCr = 2 => "http-bare-cr" under L7Denied,
+    /// NUL or another control byte (other than HTAB) in the head.
+    ControlByte = 3 => "http-control-byte" under L7Denied,
+    /// Header line starting with whitespace (obsolete line folding).
+    ObsFold = 4 => "http-obs-fold" under L7Denied,
+    /// Whitespace between a field name and its colon.
+    WhitespaceBeforeColon = 5 => "http-space-before-colon" under L7Denied,
+    /// The request line is not `method SP target SP version`.
+    BadRequestLine = 6 => "http-bad-request-line" under L7Denied,
+    /// The method is not a token.
+    BadMethod = 7 => "http-bad-method" under L7Denied,
+    /// The request target is not origin-, absolute- or asterisk-form, or has
+    /// characters outside RFC 3986.
+    BadTarget = 8 => "http-bad-target" under L7Denied,
+    /// Dot segments, or a percent-encoded `/`, `\`, `.` or NUL in the path.
+    PathNotNormal = 9 => "http-path-not-normal" under L7Denied,
+    /// Not HTTP/1.0 or HTTP/1.1.
+    BadVersion = 10 => "http-bad-version" under L7Denied,
+    /// A header line without colon or with a name that is not a token.
+    BadHeader = 11 => "http-bad-header" under L7Denied,
+    /// More header lines than the limit.
+    TooManyHeaders = 12 => "http-too-many-headers" under L7Denied,
+    /// HTTP/1.1 without `Host`.
+    MissingHost = 13 => "http-missing-host" under L7Denied,
+    /// More than one `Host` field.
+    DuplicateHost = 14 => "http-duplicate-host" under L7Denied,
+    /// `Host` differs from the authority of an absolute-form target.
+    HostMismatch = 15 => "http-host-mismatch" under L7Denied,
+    /// `Host` is not a valid authority.
+    BadHost = 16 => "http-bad-host" under L7Denied,
+    /// `Content-Length` is not a decimal number that fits.
+    BadContentLength = 17 => "http-bad-content-length" under L7Denied,
+    /// More than one `Content-Length` field (even with equal values).
+    DuplicateContentLength = 18 => "http-duplicate-content-length" under L7Denied,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    ContentLengthAndTransferEncoding = 19 => "http-cl-and-te" under L7Denied,
+    /// A transfer coding other than exactly one `chunked` (or any in 1.0).
+    BadTransferEncoding = 20 => "http-bad-transfer-encoding" under L7Denied,
+    /// Invalid chunked framing (size, extension, CRLF, trailer).
+    BadChunk = 21 => "http-bad-chunk" under L7Denied,
+    /// `CONNECT` or `Upgrade`: the stream would stop being HTTP/1.
+    Unsupported = 22 => "http-unsupported" under L7Denied,
+    /// The head is longer than the limit.
+    HeadTooLong = 23 => "http-head-too-long" under L7Denied,
+    /// A retransmitted segment carries bytes that differ from the bytes
+    /// already seen at the same sequence numbers.
+    OverlapMismatch = 24 => "tcp-overlap-mismatch" under L7Denied,
+    /// More frames held for a flow than allowed.
+    TooManySegments = 25 => "http-too-many-segments" under L7Denied,
+    /// Frames stayed held longer than the hold limit (a head whose end
+    /// never came).
+    HoldTimeout = 26 => "http-hold-timeout" under L7Denied,
+    /// Held bytes would exceed the slot's buffer (not produced any more: the
+    /// buffer keeps only the open head and always fits one; kept so logged
+    /// names stay stable).
+    HoldOverflow = 27 => "http-hold-overflow" under L7Denied,
+    /// A DNS query on a flow under DNS rules asked for a name no entry
+    /// allows (UDP: answered REFUSED by weir; TCP: dropped).
+    DnsRefused = 28 => "dns-refused" under DnsRefused,
+    /// The client ended its side (FIN) inside a request head: a server may
+    /// act on whatever it has at end of stream, and part of the head was
+    /// forwarded.
+    IncompleteHead = 29 => "http-incomplete-head" under L7Denied,
 }
 
 impl DropReason {
@@ -119,6 +227,22 @@ mod tests {
             assert!(!r.describe().is_empty());
             assert_eq!(DropReason::from_slug(r.slug()), Some(*r));
         }
+    }
+
+    #[test]
+    fn l7_reasons_are_dense_and_named_once() {
+        for (i, r) in L7Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u8 as usize, i, "{r:?}");
+            let dup = L7Reason::ALL.iter().filter(|o| o.as_str() == r.as_str());
+            assert_eq!(dup.count(), 1, "{r:?}");
+            assert!(matches!(
+                r.drop_reason(),
+                DropReason::L7Denied | DropReason::DnsRefused
+            ));
+        }
+        // The one L7 name that is also a drop reason names the same thing.
+        assert_eq!(L7Reason::DnsRefused.as_str(), DropReason::DnsRefused.slug());
+        assert_eq!(L7Reason::DnsRefused.drop_reason(), DropReason::DnsRefused);
     }
 }
 

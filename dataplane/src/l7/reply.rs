@@ -6,8 +6,9 @@
 
 use std::net::IpAddr;
 
-use crate::wire::checksum;
-use crate::wire::tcp::flags;
+use crate::wire::ethernet::{self, ethertype};
+use crate::wire::tcp::{self, flags};
+use crate::wire::{ip_proto, ipv4, ipv6};
 
 /// The start of every 403 this module writes, up to the body.
 const STATUS: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-length: ";
@@ -97,8 +98,8 @@ pub struct DeniedFlow {
     pub server_next_seq: u32,
 }
 
-const ETH_LEN: usize = 14;
-const TCP_LEN: usize = 20;
+const ETH_LEN: usize = ethernet::HEADER_LEN;
+const TCP_LEN: usize = tcp::HEADER_LEN;
 const HOP_LIMIT: u8 = 64;
 /// Window advertised by the 403 segment.
 const WINDOW_403: u16 = 0;
@@ -138,8 +139,8 @@ pub fn build_rst_frame(out: &mut [u8], flow: &DeniedFlow) -> Option<usize> {
 
 fn l3_len(a: IpAddr, b: IpAddr) -> Option<usize> {
     match (a, b) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => Some(20),
-        (IpAddr::V6(_), IpAddr::V6(_)) => Some(40),
+        (IpAddr::V4(_), IpAddr::V4(_)) => Some(ipv4::HEADER_LEN),
+        (IpAddr::V6(_), IpAddr::V6(_)) => Some(ipv6::HEADER_LEN),
         _ => None,
     }
 }
@@ -161,52 +162,54 @@ fn write_headers(
     let seg_len = TCP_LEN + plen;
     let total = ETH_LEN + l3 + seg_len;
     let out = out.get_mut(..total)?;
-    let seg_len16 = u16::try_from(seg_len).ok()?;
-
-    out[0..6].copy_from_slice(&dst.mac);
-    out[6..12].copy_from_slice(&src.mac);
-    let pseudo = match (src.ip, dst.ip) {
+    let (eth, rest) = out.split_at_mut_checked(ETH_LEN)?;
+    let (ip, seg) = rest.split_at_mut_checked(l3)?;
+    let ethertype = match (src.ip, dst.ip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            let ip = &mut out[ETH_LEN..ETH_LEN + 20];
-            ip[0] = 0x45;
-            ip[1] = 0;
-            ip[2..4].copy_from_slice(&u16::try_from(20 + seg_len).ok()?.to_be_bytes());
-            ip[4..6].copy_from_slice(&[0, 0]);
-            ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
-            ip[8] = HOP_LIMIT;
-            ip[9] = 6;
-            ip[10..12].copy_from_slice(&[0, 0]);
-            ip[12..16].copy_from_slice(&s.octets());
-            ip[16..20].copy_from_slice(&d.octets());
-            let c = !checksum::data(ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            checksum::pseudo_header_v4(s, d, 6, seg_len16)
+            let repr = ipv4::Repr {
+                src: s,
+                dst: d,
+                protocol: ip_proto::TCP,
+                payload_len: seg_len,
+                ttl: HOP_LIMIT,
+                dscp_ecn: 0,
+                dont_frag: true,
+            };
+            repr.emit(&mut ipv4::Packet::new_unchecked(ip)).ok()?;
+            ethertype::IPV4
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            out[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-            let ip = &mut out[ETH_LEN..ETH_LEN + 40];
-            ip[0..4].copy_from_slice(&0x6000_0000u32.to_be_bytes());
-            ip[4..6].copy_from_slice(&seg_len16.to_be_bytes());
-            ip[6] = 6;
-            ip[7] = HOP_LIMIT;
-            ip[8..24].copy_from_slice(&s.octets());
-            ip[24..40].copy_from_slice(&d.octets());
-            checksum::pseudo_header_v6(s, d, 6, u32::from(seg_len16))
+            let repr = ipv6::Repr {
+                src: s,
+                dst: d,
+                next_header: ip_proto::TCP,
+                payload_len: seg_len,
+                hop_limit: HOP_LIMIT,
+            };
+            repr.emit(&mut ipv6::Packet::new_unchecked(ip)).ok()?;
+            ethertype::IPV6
         }
         _ => return None,
     };
-    let tcp = &mut out[ETH_LEN + l3..];
-    tcp[0..2].copy_from_slice(&src.port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.port.to_be_bytes());
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = tcp_flags;
-    tcp[14..16].copy_from_slice(&window.to_be_bytes());
-    tcp[16..20].copy_from_slice(&[0, 0, 0, 0]);
-    let c = !checksum::combine(&[pseudo, checksum::data(tcp)]);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let eth_repr = ethernet::Repr {
+        src: src.mac,
+        dst: dst.mac,
+        ethertype,
+    };
+    eth_repr
+        .emit(&mut ethernet::Frame::new_unchecked(eth))
+        .ok()?;
+    let tcp_repr = tcp::Repr {
+        src_port: src.port,
+        dst_port: dst.port,
+        seq,
+        ack,
+        flags: tcp_flags,
+        window,
+    };
+    let mut tcp = tcp::Packet::new_unchecked(seg);
+    tcp_repr.emit(&mut tcp).ok()?;
+    tcp.fill_checksum(src.ip, dst.ip);
     Some(total)
 }
 

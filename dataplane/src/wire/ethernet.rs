@@ -100,6 +100,33 @@ fn mac(b: &[u8]) -> Mac {
     m
 }
 
+/// An Ethernet header weir writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub src: Mac,
+    pub dst: Mac,
+    pub ethertype: u16,
+}
+
+impl Repr {
+    /// Bytes [`Repr::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the header at the start of `f`'s buffer; `Truncated` when the
+    /// buffer is shorter than the header.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, f: &mut Frame<T>) -> Result<(), Error> {
+        if f.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        f.set_dst_addr(self.dst);
+        f.set_src_addr(self.src);
+        f.set_ethertype(self.ethertype);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,6 +250,42 @@ pub fn upper_layer(first: u8, payload: &[u8]) -> Result<UpperLayer, Error> {
     Err(Error::Unsupported)
 }
 
+/// An IPv6 header weir writes (replies it builds): traffic class and flow
+/// label zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub next_header: u8,
+    /// Bytes after the fixed header.
+    pub payload_len: usize,
+    pub hop_limit: u8,
+}
+
+impl Repr {
+    /// Bytes [`Repr::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the header at the start of `p`'s buffer. `Truncated` when the
+    /// buffer is shorter than the header, `Malformed` when the payload
+    /// length does not fit its field; nothing written then.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) -> Result<(), Error> {
+        if p.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let len = u16::try_from(self.payload_len).map_err(|_| Error::Malformed)?;
+        p.set_version_tc_flow(0, 0);
+        p.set_payload_len(len);
+        p.set_next_header(self.next_header);
+        p.set_hop_limit(self.hop_limit);
+        p.set_src_addr(self.src);
+        p.set_dst_addr(self.dst);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,5 +532,30 @@ mod tests {
         assert!(is_link_local("febf::1".parse().unwrap()));
         assert!(!is_link_local("fec0::1".parse().unwrap()));
         assert!(!is_link_local(a(1)));
+    }
+
+    #[test]
+    fn repr_emit_golden() {
+        let repr = Repr {
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            next_header: 58,
+            payload_len: 8,
+            hop_limit: 64,
+        };
+        let mut buf = [0xa5u8; 41];
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..])).unwrap();
+        let mut want = [0u8; 40];
+        want[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, 64]);
+        want[8] = 0xfd;
+        want[23] = 1;
+        want[24] = 0xfd;
+        want[39] = 2;
+        assert_eq!(&buf[..40], &want);
+        assert_eq!(buf[40], 0xa5);
+        assert_eq!(
+            repr.emit(&mut Packet::new_unchecked(&mut [0u8; 39][..])),
+            Err(Error::Truncated)
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! Contract (see [`crate::wire`]): once `check_len()` passed, no accessor panics.
 #![forbid(unsafe_code)]
 
-use super::Error;
+use std::net::IpAddr;
+
+use super::{checksum, ip_proto, Error};
 
 mod field {
     use core::ops::Range;
@@ -193,6 +195,65 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     pub fn set_urgent_at(&mut self, v: u16) {
         self.set_u16_at(field::URGENT, v)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Computes and writes the checksum over the pseudo-header of `src` →
+    /// `dst` and the whole buffer (header and payload). Two addresses of
+    /// different families write nothing.
+    pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
+        self.set_checksum(0);
+        let b = self.buffer.as_ref();
+        let pseudo = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                checksum::pseudo_header_v4(s, d, ip_proto::TCP, b.len() as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                checksum::pseudo_header_v6(s, d, ip_proto::TCP, b.len() as u32)
+            }
+            _ => return,
+        };
+        let c = !checksum::combine(&[pseudo, checksum::data(b)]);
+        self.set_checksum(c);
+    }
+}
+
+/// A TCP header weir writes (the segments that end a denied connection):
+/// 20 bytes, no options, urgent pointer zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+}
+
+impl Repr {
+    /// Bytes [`Repr::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the header at the start of `p`'s buffer with a zero checksum
+    /// (fill it with [`Packet::fill_checksum`] once the payload is in
+    /// place). `Truncated` when the buffer is shorter than the header.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) -> Result<(), Error> {
+        if p.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        p.set_src_port(self.src_port);
+        p.set_dst_port(self.dst_port);
+        p.set_seq_number(self.seq);
+        p.set_ack_number(self.ack);
+        p.set_header_len(HEADER_LEN);
+        p.set_flags(self.flags);
+        p.set_window_len(self.window);
+        p.set_checksum(0);
+        p.set_urgent_at(0);
+        Ok(())
     }
 }
 

@@ -6,7 +6,9 @@
 //! datagram and so exceeds the buffer.
 #![forbid(unsafe_code)]
 
-use super::Error;
+use std::net::IpAddr;
+
+use super::{checksum, ip_proto, Error};
 
 mod field {
     use core::ops::Range;
@@ -103,6 +105,59 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     pub fn set_checksum(&mut self, v: u16) {
         self.set_u16_at(field::CHECKSUM, v)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Computes and writes the checksum over the pseudo-header of `src` →
+    /// `dst` and the whole buffer (a computed zero is sent as `0xffff`,
+    /// RFC 768). Two addresses of different families write nothing.
+    pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
+        self.set_checksum(0);
+        let b = self.buffer.as_ref();
+        let pseudo = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                checksum::pseudo_header_v4(s, d, ip_proto::UDP, b.len() as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                checksum::pseudo_header_v6(s, d, ip_proto::UDP, b.len() as u32)
+            }
+            _ => return,
+        };
+        let c = !checksum::combine(&[pseudo, checksum::data(b)]);
+        self.set_checksum(if c == 0 { 0xffff } else { c });
+    }
+}
+
+/// A UDP header weir writes (the REFUSED answer to a DNS query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Bytes after the header.
+    pub payload_len: usize,
+}
+
+impl Repr {
+    /// Bytes [`Repr::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the header at the start of `p`'s buffer with a zero checksum
+    /// (fill it with [`Packet::fill_checksum`] once the payload is in
+    /// place). `Truncated` when the buffer is shorter than the header,
+    /// `Malformed` when the length does not fit its field.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) -> Result<(), Error> {
+        if p.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let len = u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| Error::Malformed)?;
+        p.set_src_port(self.src_port);
+        p.set_dst_port(self.dst_port);
+        p.set_length(len);
+        p.set_checksum(0);
+        Ok(())
     }
 }
 

@@ -27,7 +27,19 @@ pub const TYPE_AAAA: u16 = 28;
 pub const CLASS_IN: u16 = 1;
 pub const RCODE_REFUSED: u8 = 5;
 
-const HEADER: usize = 12;
+const HEADER: usize = field::ARCOUNT.end;
+
+/// Byte ranges of the DNS header (RFC 1035 §4.1.1) and the TCP length
+/// prefix (§4.2.2).
+mod field {
+    use core::ops::Range;
+    pub const FLAGS: Range<usize> = 2..4;
+    pub const ANCOUNT: Range<usize> = 6..8;
+    pub const ARCOUNT: Range<usize> = 10..12;
+    /// ANCOUNT, NSCOUNT and ARCOUNT together.
+    pub const RECORD_COUNTS: Range<usize> = ANCOUNT.start..ARCOUNT.end;
+    pub const TCP_LENGTH: Range<usize> = 0..2;
+}
 
 /// Why a DNS message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +118,11 @@ fn read_name(msg: &[u8], at: usize) -> Result<(Name<'_>, usize), DnsError> {
                     end_in_place = Some(pos + 2);
                 }
                 pointers += 1;
-                if target >= limit || pointers > MAX_POINTERS {
+                // A name never starts inside the header: a pointer there
+                // would make the name change when weir rewrites the header
+                // (REFUSED in place), so the name judged would not be the
+                // name answered.
+                if target < HEADER || target >= limit || pointers > MAX_POINTERS {
                     return Err(DnsError::BadName);
                 }
                 limit = target;
@@ -252,8 +268,8 @@ pub fn refuse_in_place(msg: &mut [u8]) -> Result<usize, DnsError> {
     let q = parse_query(msg)?;
     let end = q.question_end;
     let flags = 0x8000 | if q.rd { 0x0100 } else { 0 } | u16::from(RCODE_REFUSED);
-    msg[2..4].copy_from_slice(&flags.to_be_bytes());
-    msg[6..12].copy_from_slice(&[0; 6]);
+    msg[field::FLAGS].copy_from_slice(&flags.to_be_bytes());
+    msg[field::RECORD_COUNTS].fill(0);
     Ok(end)
 }
 
@@ -261,10 +277,11 @@ pub fn refuse_in_place(msg: &mut [u8]) -> Result<usize, DnsError> {
 /// too). Returns the new length including the prefix.
 pub fn refuse_in_place_tcp(stream: &mut [u8]) -> Result<usize, DnsError> {
     let len = tcp_message(stream)?.len();
-    let n = refuse_in_place(&mut stream[2..2 + len])?;
+    let at = field::TCP_LENGTH.end;
+    let n = refuse_in_place(&mut stream[at..at + len])?;
     let n16 = u16::try_from(n).map_err(|_| DnsError::Truncated)?;
-    stream[0..2].copy_from_slice(&n16.to_be_bytes());
-    Ok(n + 2)
+    stream[field::TCP_LENGTH].copy_from_slice(&n16.to_be_bytes());
+    Ok(n + at)
 }
 
 /// A pattern of allowed names: `example.com` (exactly), `*.example.com`
@@ -525,5 +542,28 @@ impl Iterator for Addresses<'_> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `dns` fuzz target: a question name whose compression
+    /// pointer points into the header (offset 1) read the flags and counts
+    /// as labels, and changed when the header was rewritten to REFUSED.
+    #[test]
+    fn a_pointer_into_the_header_is_a_bad_name() {
+        let msg: [u8; 49] = [
+            0x00, 0x07, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x02,
+            0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x31, 0x02, 0x02, 0x02, 0x02, 0x02,
+            0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x15, 0x15, 0xc0, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+        ];
+        assert!(parse_query(&msg).is_err());
+        let mut q = vec![0u8; 12];
+        q[5] = 1; // one question
+        q.extend_from_slice(&[0xc0, 0x04, 0x00, 0x01, 0x00, 0x01]);
+        assert_eq!(parse_query(&q).err(), Some(DnsError::BadName));
     }
 }

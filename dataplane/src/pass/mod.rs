@@ -1,0 +1,229 @@
+//! The per-packet pass. [`process`] runs one frame through these stages, in
+//! this order; each is a method on one context ([`Pass`]: the frame, the
+//! snapshot, the worker's state, the ingress port) returning
+//! `ControlFlow<Verdict, T>`, so `?` ends the pass as soon as a stage decides.
+//!
+//! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
+//!    outer headers and unwrap the inner frame; remember the sending peer
+//!    and the source identity the header carried.
+//! 2. **Parse** (`parse.rs`): Ethernet, IPv4/IPv6 (with extension headers),
+//!    the L4 header; the [`FlowKey`] and where a fragment sits.
+//! 3. **Source** (`route.rs`): a pod's frame carries its own address; a
+//!    peer's carries an address of that peer's pod CIDRs.
+//! 4. **Route** (`route.rs`): multicast and node-bound traffic stop; a
+//!    local pod routes to its port, a remote pod CIDR to its peer node.
+//! 5. **Conntrack and policy** (`policy.rs`): tracked flows pass, new or
+//!    stale ones are judged; fragments follow their first fragment.
+//! 6. **Hop limit** (`icmp.rs`): TTL/hop limit 1 is answered with Time
+//!    Exceeded.
+//! 7. **MTU** (`icmp.rs`): too big is answered with Fragmentation Needed /
+//!    Packet Too Big (or dropped without DF).
+//! 8. **HTTP** (`l7.rs`): inline inspection of the client→server stream of
+//!    flows under HTTP rules (hold, release, deny with 403 + RST).
+//! 9. **DNS** (`dns.rs`): queries under DNS rules are judged by name
+//!    (REFUSED in place); responses teach the learned FQDN table.
+//! 10. **Rewrite** (`rewrite.rs`): trim padding, TTL − 1, MACs of the
+//!     destination link.
+//! 11. **Tunnel out** (`tunnel.rs`, destinations behind a peer node): the
+//!     rewritten inner frame is wrapped (VXLAN/-GBP or Geneve) for the
+//!     underlay.
+//!
+//! Node topology assumed: every pod sits behind its own veth (a [`crate::snapshot::Port`]);
+//! its IPv4 is a /32 with default route via 169.254.1.1 and its IPv6 a /128
+//! with default route via fe80::1, both resolving to the port's MAC.
+//!
+//! Decisions worth knowing:
+//! - Trailing bytes after the IP total length (Ethernet padding) are trimmed:
+//!   the verdict's `len` is Ethernet header + IP length.
+//! - Link-scoped traffic is the node's: an IPv6 link-local source (fe80::/10)
+//!   or destination, and an IPv4 169.254/16 destination, drop as
+//!   [`DropReason::ToNode`]. A router never forwards link-local addresses
+//!   (RFC 4291 §2.5.6, RFC 3927 §7); the XDP program already hands NDP to the
+//!   kernel, so anything link-scoped that reaches a worker was not for a pod.
+//! - IPv4 without DF that exceeds the destination MTU is dropped
+//!   ([`DropReason::TooBig`]); weir does not fragment.
+//! - ICMP errors (time exceeded, fragmentation needed, packet too big) are
+//!   built in place in the frame and sent back out of the ingress port;
+//!   never in answer to an ICMP error or to a non-first fragment (RFC 1122
+//!   §3.2.2, RFC 4443 §2.4), and not when the node has no address of that
+//!   family or the UMEM frame is too small. Then the frame is dropped with
+//!   the stage's reason. No rate limiting yet.
+//! - L4 checksums are never touched (pods send complete checksums, weir does
+//!   no NAT); the IPv4 header checksum is updated incrementally (RFC 1624).
+//!
+//! - Policy (stage 5): a packet of a tracked flow admitted under the
+//!   current policy generation passes (replies included: that is what lets
+//!   an ingress-isolated pod get the replies to its own connections); a new
+//!   flow, or one admitted under an older generation, is judged by
+//!   `CompiledPolicy::judge` in its original direction. Denied new flows get
+//!   no entry; a denied stale flow's entry becomes a short-lived tombstone
+//!   that drops both directions (revocation cuts existing connections on
+//!   their next packet, and the other direction cannot sneak back in as a
+//!   mid-stream pickup). A TCP segment without SYN for an
+//!   unknown flow is judged as new and tracked as a mid-stream pickup, so
+//!   connections survive a dataplane restart when policy allows them. ICMP
+//!   errors pass only when they quote a tracked, still-allowed flow.
+//!
+//! - Fragments ([`crate::frag`], docs/conntrack.md): a first fragment is
+//!   judged as any packet and its outcome recorded for its datagram in the
+//!   node's fragment table; later fragments follow it (taking the flow's
+//!   ports into their key) or drop (`fragment-no-first`,
+//!   `fragment-overlap`); a first fragment without its whole transport
+//!   header drops as `fragment-invalid`. SCTP ports are judged like TCP/UDP
+//!   ports and associations tracked through the TCP state machine.
+//!
+//! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
+//!   node's pod CIDR routes to that peer; only the source's egress is
+//!   judged here, then the frame is wrapped and sent on the underlay port,
+//!   with PMTUD against the tunnel's inner MTU. Frames from the underlay are
+//!   unwrapped and judged by the identity the header carried
+//!   ([`crate::policy::CompiledPolicy::judge_with_src_identity`]); they
+//!   route to a local pod only, and the destination's ingress is judged.
+//!
+//! Allocation-free, panic-free, lock-free except conntrack's per-bucket
+//! lock (see `conntrack`): every view is built with
+//! `new_checked` and every slice with `get`, so malformed input becomes a
+//! drop, never a panic.
+#![forbid(unsafe_code)]
+
+use core::ops::ControlFlow::{self, Break, Continue};
+
+use crate::policy::Identity;
+use crate::snapshot::{PortId, Snapshot};
+use crate::wire::Error as WireError;
+use crate::{DropReason, Verdict};
+
+mod dns;
+mod icmp;
+mod l7;
+mod parse;
+mod policy;
+mod rewrite;
+mod route;
+mod state;
+mod tunnel;
+
+pub use crate::flow_key::FlowKey;
+pub use parse::{parse, FragPos, Fragment, Parsed};
+pub use route::{Next, Route};
+pub use state::{
+    L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_SLOTS, STANDALONE_CONNTRACK_SIZE,
+};
+
+use policy::Need;
+
+/// Runs one received frame through the pass. `buf` is the whole UMEM frame;
+/// the received frame is `buf[..len]` (a `len` beyond `buf.len()` is clamped).
+/// The pass may rewrite in place and may grow the frame up to `buf.len()`
+/// (ICMP errors, replies).
+pub fn process(
+    buf: &mut [u8],
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> Verdict {
+    let mut pass = Pass {
+        buf,
+        snap,
+        st,
+        ingress,
+    };
+    match pass.run(len) {
+        Break(v) | Continue(v) => v,
+    }
+}
+
+/// The context every stage works in: the frame's UMEM buffer, the snapshot
+/// of this batch, the worker's state and the port the frame came in on.
+struct Pass<'a> {
+    buf: &'a mut [u8],
+    snap: &'a Snapshot,
+    st: &'a mut WorkerState,
+    ingress: PortId,
+}
+
+/// Who sent the frame: a local pod (behind the ingress port) or a peer node
+/// through the tunnel.
+#[derive(Debug, Clone, Copy)]
+enum Sender {
+    Pod,
+    /// A peer node (index in the tunnel spec), and the source identity the
+    /// tunnel header carried, if any.
+    Peer {
+        peer: u32,
+        identity: Option<Identity>,
+    },
+}
+
+impl Pass<'_> {
+    /// The stages in order (see the module doc).
+    fn run(&mut self, len: usize) -> ControlFlow<Verdict, Verdict> {
+        let len = len.min(self.buf.len());
+        // 1. Frames from the underlay: the inner frame is now at the start.
+        let (len, sender) = self.tunnel_in(len)?;
+        // 2.
+        let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
+        // 3. The local source endpoint (none behind a peer).
+        let src_ep = self.check_source(&pkt, sender)?;
+        // 4. Frames from a peer route to a local pod only (no transit
+        //    between peers through this node).
+        let next = self.route(&pkt)?;
+        let (dst_ep, mtu) = match (next, sender) {
+            (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
+            (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
+            (Next::Remote { .. }, Sender::Peer { .. }) => return drop(DropReason::NoRoute),
+        };
+        // 5. Toward a peer, only the source's egress is judged here.
+        let wire_id = match sender {
+            Sender::Pod => None,
+            Sender::Peer { identity, .. } => identity,
+        };
+        let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
+        // 6, 7.
+        self.check_hop_limit(&pkt)?;
+        self.check_mtu(&pkt, mtu)?;
+        // Where weir's own replies (REFUSED, 403) leave: the client's pod
+        // port, or none for a client behind a peer node (a 403 then goes
+        // back encapsulated, see `l7.rs`).
+        let reply_port = match sender {
+            Sender::Pod => Some(self.ingress),
+            Sender::Peer { .. } => None,
+        };
+        match next {
+            Next::Local(route) => {
+                let held = match need {
+                    // 8.
+                    Need::Http(need) => self.http(&pkt, need, &route, reply_port)?,
+                    // 9.
+                    Need::Dns(need) => {
+                        self.dns(&pkt, need, reply_port)?;
+                        l7::L7Out::Pass
+                    }
+                    Need::None => l7::L7Out::Pass,
+                };
+                // 10.
+                Continue(held.apply(self.rewrite(&pkt, &route)))
+            }
+            Next::Remote { peer, .. } => {
+                // 9.
+                if let Need::Dns(need) = need {
+                    self.dns(&pkt, need, reply_port)?;
+                }
+                // 10, 11.
+                Continue(self.tunnel_out(&pkt, peer))
+            }
+        }
+    }
+}
+
+fn drop<T>(reason: DropReason) -> ControlFlow<Verdict, T> {
+    Break(Verdict::Drop(reason))
+}
+
+fn or_drop<T>(r: Result<T, WireError>, reason: DropReason) -> ControlFlow<Verdict, T> {
+    match r {
+        Ok(v) => Continue(v),
+        Err(_) => drop(reason),
+    }
+}

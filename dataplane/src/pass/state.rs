@@ -1,0 +1,368 @@
+//! The worker's state the pass works on: conntrack and flow-log handles,
+//! counters, the time of the batch, and the inline-L7 slots.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::l7::l7_event;
+use super::FlowKey;
+use crate::conntrack::{self, Conntrack, CtStats};
+use crate::flows::FlowLog;
+use crate::fqdn::FqdnTable;
+use crate::l7::{InspectorPool, Limits, SlotId};
+
+/// Per-worker scratch, counters and handles of the pass: the node's shared
+/// time of the current batch.
+#[derive(Debug)]
+pub struct WorkerState {
+    pub(super) icmp_errors_sent: u64,
+    pub(super) now_ns: u64,
+    pub(super) ct: Arc<Conntrack>,
+    pub(super) flows: Arc<FlowLog>,
+    pub(super) ct_stats: Arc<CtStats>,
+    pub(super) l7: L7State,
+    /// The node's learned FQDN table (shared by the workers).
+    pub(super) fqdn: Arc<FqdnTable>,
+    pub(super) dns_refused: u64,
+}
+
+/// Flows under HTTP rules one worker inspects at once, by default.
+pub const DEFAULT_L7_MAX_FLOWS: usize = 16384;
+/// Inspector slots per worker by default (the old name of
+/// [`DEFAULT_L7_MAX_FLOWS`]).
+pub const L7_SLOTS: usize = DEFAULT_L7_MAX_FLOWS;
+/// Most frames one flow may hold: with TCP flags known, the inspector holds
+/// at most the one frame that carries the final CR of a head.
+pub(super) const L7_HELD_PER_FLOW: u16 = 2;
+
+/// Sizes of a worker's inline-L7 state (docs/l7.md, "Capacity"); all of it
+/// is allocated when the worker state is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct L7Capacity {
+    /// Flows under HTTP rules open at once on this worker (a client SYN
+    /// beyond them is refused: `l7-no-slot`).
+    pub flows: usize,
+    /// Head buffers (`head_max + 1` bytes each), held by flows only while a
+    /// request head stays open across segments (`l7-busy` when none is free).
+    pub head_buffers: usize,
+    /// Frames held at once by all flows (UMEM frames out of circulation;
+    /// `l7-busy` beyond it).
+    pub held_frames: usize,
+}
+
+impl L7Capacity {
+    /// The sizes for `flows` flows: head buffers and held frames are
+    /// `min(flows, 1024)` each.
+    pub fn for_flows(flows: usize) -> Self {
+        let flows = flows.max(1);
+        L7Capacity {
+            flows,
+            head_buffers: flows.min(1024),
+            held_frames: flows.min(1024),
+        }
+    }
+
+    /// Bytes this costs per worker (state, side table, buffers, hold
+    /// queues), approximately.
+    pub fn memory_bytes(&self) -> usize {
+        let per_flow = core::mem::size_of::<crate::l7::StreamState>()
+            + core::mem::size_of::<SlotMeta>()
+            // side table entry (key, slot, control byte, at 7/8 load) and
+            // the free lists
+            + (core::mem::size_of::<(FlowKey, u32)>() + 1) * 8 / 7
+            + 2 * core::mem::size_of::<u32>()
+            + 1
+            // the worker's hold queue of the slot
+            + core::mem::size_of::<Vec<u8>>()
+            + (usize::from(L7_HELD_PER_FLOW) + 1) * 16;
+        self.flows * per_flow + self.head_buffers * (Limits::default().head_max + 1 + 4)
+    }
+}
+
+impl Default for L7Capacity {
+    fn default() -> Self {
+        Self::for_flows(DEFAULT_L7_MAX_FLOWS)
+    }
+}
+
+/// What the worker's inline L7 holds now, and its counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct L7Usage {
+    pub flows: usize,
+    pub flows_max: usize,
+    pub head_buffers: usize,
+    pub head_buffers_max: usize,
+    pub held_frames: usize,
+    pub held_frames_max: usize,
+    /// Requests denied inline.
+    pub denied: u64,
+    /// Frames refused for want of an inspector (new flows at the limit,
+    /// pickups).
+    pub no_slot: u64,
+    /// Segments dropped for want of a head buffer or hold room.
+    pub busy: u64,
+}
+
+/// The worker's inline-L7 state: its inspector pool, which flow owns which
+/// slot, and the slots whose held frames the worker must drop.
+///
+/// Assumption (docs/l7.md): one worker sees every client→server frame of a
+/// flow (the client's veth hashes a flow to one queue; the underlay hashes
+/// the outer UDP source port, which is per flow). A slot is taken by the
+/// client's SYN and given back as soon as the connection can carry no more
+/// requests (the client's FIN accepted, a RST from the client, a deny), or
+/// when its conntrack entry is gone. A client→server frame of an L7 flow
+/// that finds no slot here is dropped (`l7-no-slot`), except for segments
+/// without payload of a closed flow (they pass) and data of a closed flow
+/// (`l7-after-close`).
+#[derive(Debug)]
+pub(super) struct L7State {
+    pub(super) pool: InspectorPool,
+    /// Original-direction key → slot.
+    pub(super) by_key: std::collections::HashMap<FlowKey, u32>,
+    pub(super) meta: Vec<SlotMeta>,
+    /// Slots whose held frames must be dropped (expired, flow gone,
+    /// restarted); the worker drains this after every pass and sweep.
+    pub(super) flush: Vec<u32>,
+    /// Frames held by all slots, and the most allowed.
+    pub(super) held_total: usize,
+    pub(super) held_max: usize,
+    /// Where the next upkeep sweep starts.
+    pub(super) sweep: usize,
+    pub(super) denied: u64,
+    pub(super) no_slot: u64,
+    pub(super) busy: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotMeta {
+    pub(super) key: Option<FlowKey>,
+    pub(super) set: u32,
+    pub(super) generation: u64,
+    pub(super) held: u32,
+}
+
+/// Slots the upkeep looks at per call (every 5 ms: 16 384 slots in 160 ms).
+const L7_SWEEP: usize = 512;
+
+impl L7State {
+    pub(super) fn new(cap: L7Capacity) -> Self {
+        let slots = cap.flows.max(1);
+        let limits = Limits {
+            held_segments_max: L7_HELD_PER_FLOW,
+            ..Limits::default()
+        };
+        L7State {
+            pool: InspectorPool::with_buffers(slots, cap.head_buffers, limits),
+            by_key: std::collections::HashMap::with_capacity(slots + 1),
+            meta: vec![
+                SlotMeta {
+                    key: None,
+                    set: 0,
+                    generation: 0,
+                    held: 0,
+                };
+                slots
+            ],
+            flush: Vec::with_capacity(slots + 1),
+            held_total: 0,
+            held_max: cap.held_frames,
+            sweep: 0,
+            denied: 0,
+            no_slot: 0,
+            busy: 0,
+        }
+    }
+
+    pub(super) fn set_held(&mut self, slot: u32, n: u32) {
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            self.held_total = (self.held_total + n as usize).saturating_sub(m.held as usize);
+            m.held = n;
+        }
+    }
+
+    pub(super) fn push_flush(&mut self, slot: u32) {
+        let held = self.meta.get(slot as usize).map_or(0, |m| m.held);
+        if held > 0 && self.flush.len() < self.flush.capacity() {
+            self.flush.push(slot);
+        }
+        self.set_held(slot, 0);
+    }
+
+    pub(super) fn free(&mut self, slot: u32) {
+        self.push_flush(slot);
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            if let Some(k) = m.key.take() {
+                self.by_key.remove(&k);
+            }
+        }
+        self.pool.release(SlotId(slot));
+    }
+}
+
+/// Entries of the private table [`WorkerState::new`] makes (tests, tools).
+pub const STANDALONE_CONNTRACK_SIZE: usize = 4096;
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerState {
+    /// A worker state with a private conntrack table of
+    /// [`STANDALONE_CONNTRACK_SIZE`] entries and its own flow log.
+    pub fn new() -> Self {
+        Self::with_shared(
+            Arc::new(Conntrack::new(
+                STANDALONE_CONNTRACK_SIZE,
+                conntrack::Timeouts::default(),
+            )),
+            Arc::new(FlowLog::default()),
+            Arc::default(),
+        )
+    }
+
+    /// A worker state on the node's shared table, with this worker's flow
+    /// log and conntrack counters (also held by the runtime, which reads them).
+    pub fn with_shared(ct: Arc<Conntrack>, flows: Arc<FlowLog>, ct_stats: Arc<CtStats>) -> Self {
+        WorkerState {
+            icmp_errors_sent: 0,
+            now_ns: 0,
+            ct,
+            flows,
+            ct_stats,
+            l7: L7State::new(L7Capacity::default()),
+            fqdn: Arc::default(),
+            dns_refused: 0,
+        }
+    }
+
+    /// Uses the node's shared learned FQDN table (the runtime gives every
+    /// worker the same one).
+    pub fn with_fqdn(mut self, fqdn: Arc<FqdnTable>) -> Self {
+        self.fqdn = fqdn;
+        self
+    }
+
+    /// The learned FQDN table.
+    pub fn fqdn(&self) -> &Arc<FqdnTable> {
+        &self.fqdn
+    }
+
+    /// DNS queries refused (answered REFUSED or dropped) by this worker.
+    pub fn dns_refused(&self) -> u64 {
+        self.dns_refused
+    }
+
+    /// Replaces the inspector pool by one for `slots` flows, sized by
+    /// [`L7Capacity::for_flows`] (tests, tuning).
+    pub fn with_l7_slots(self, slots: usize) -> Self {
+        self.with_l7_capacity(L7Capacity::for_flows(slots))
+    }
+
+    /// Replaces the inline-L7 state by one of these sizes.
+    pub fn with_l7_capacity(mut self, cap: L7Capacity) -> Self {
+        self.l7 = L7State::new(cap);
+        self
+    }
+
+    /// Inspector slots in use (flows under HTTP rules on this worker).
+    pub fn l7_slots_in_use(&self) -> usize {
+        self.l7.pool.in_use()
+    }
+
+    /// Inspector slots (the capacity of the hold queues the worker keeps).
+    pub fn l7_slots(&self) -> usize {
+        self.l7.pool.capacity()
+    }
+
+    /// Most frames one slot may hold (size of the worker's per-slot queue).
+    pub fn l7_hold_max(&self) -> usize {
+        usize::from(L7_HELD_PER_FLOW)
+    }
+
+    /// HTTP requests denied inline, and L7 frames refused for want of a slot.
+    pub fn l7_counts(&self) -> (u64, u64) {
+        (self.l7.denied, self.l7.no_slot)
+    }
+
+    /// What the inline L7 holds now, and its counters.
+    pub fn l7_usage(&self) -> L7Usage {
+        let l7 = &self.l7;
+        L7Usage {
+            flows: l7.pool.in_use(),
+            flows_max: l7.pool.capacity(),
+            head_buffers: l7.pool.buffers_in_use(),
+            head_buffers_max: l7.pool.buffer_count(),
+            held_frames: l7.held_total,
+            held_frames_max: l7.held_max,
+            denied: l7.denied,
+            no_slot: l7.no_slot,
+            busy: l7.busy,
+        }
+    }
+
+    /// Takes the next slot whose held frames the worker must drop.
+    pub fn l7_take_flush(&mut self) -> Option<u32> {
+        self.l7.flush.pop()
+    }
+
+    /// Periodic L7 upkeep (the worker calls it every few ms, tests when
+    /// they like), over the next [`L7_SWEEP`] slots: flows holding frames
+    /// past the hold limit are denied (their held frames go to the flush
+    /// list, the client's retransmission gets the 403); slots of flows
+    /// whose conntrack entry is gone are freed. Allocation-free.
+    pub fn l7_maintain(&mut self) {
+        if self.l7.pool.in_use() == 0 {
+            return;
+        }
+        let now = self.now_ns;
+        let n = self.l7.meta.len();
+        let start = self.l7.sweep;
+        for step in 0..L7_SWEEP.min(n) {
+            let slot = ((start + step) % n) as u32;
+            let Some(key) = self.l7.meta.get(slot as usize).and_then(|m| m.key) else {
+                continue;
+            };
+            if let Some(r) = self.l7.pool.expire(SlotId(slot), now) {
+                self.l7.denied += 1;
+                self.l7.push_flush(slot);
+                self.flows.push(l7_event(now, &key, r, None));
+            }
+            if self.ct.peek(&key, now).is_none() {
+                self.l7.free(slot);
+            }
+        }
+        self.l7.sweep = (start + L7_SWEEP.min(n)) % n.max(1);
+    }
+
+    /// Sets the time of the packets to come (CLOCK_MONOTONIC ns; the worker
+    /// calls this once per batch, tests whenever they like).
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now_ns
+    }
+
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.ct
+    }
+
+    pub fn flows(&self) -> &Arc<FlowLog> {
+        &self.flows
+    }
+
+    pub fn ct_stats(&self) -> &CtStats {
+        &self.ct_stats
+    }
+
+    /// ICMP/ICMPv6 errors the pass built and returned as `Verdict::Tx` on the
+    /// ingress port (the frame it answered was not forwarded).
+    pub fn icmp_errors_sent(&self) -> u64 {
+        self.icmp_errors_sent
+    }
+}

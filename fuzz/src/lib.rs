@@ -1,0 +1,350 @@
+//! What the fuzz targets share: a fixed node snapshot that reaches every
+//! stage of the pass (IPv4 and IPv6 pods, HTTP rules, DNS rules, a learned
+//! FQDN rule, a Geneve tunnel with one peer), and the input formats.
+//!
+//! Pass input: records `[ctl][len hi][len lo][frame…]` run in order on one
+//! worker state (so conntrack, fragments and L7 see sequences). `ctl` bits
+//! 0–1: the ingress port (0, 1, 2 pods; 3 the underlay); bit 2: another
+//! port (one the snapshot lacks); bit 3: advance the clock one second;
+//! bit 4: run the L7 upkeep after the frame. A short last record takes what
+//! is left.
+
+use std::net::Ipv4Addr;
+use std::sync::OnceLock;
+
+use weir_dataplane::l7::reply::build_rst_frame;
+use weir_dataplane::l7::{HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
+use weir_dataplane::pass::{process, WorkerState};
+use weir_dataplane::policy::{
+    CellSpec, Decision, Direction, EndpointTables, FqdnRuleSpec, PolicySpec, RuleId, RuleInfo,
+    Tier, IDENTITY_WORLD,
+};
+use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
+use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
+
+/// UMEM frame size the pass gets (as in the table tests).
+pub const UMEM: usize = 2048;
+pub const A: [u8; 4] = [10, 1, 0, 1];
+pub const B: [u8; 4] = [10, 1, 0, 2];
+pub const DNS: [u8; 4] = [10, 1, 0, 3];
+/// A pod behind the peer node (identity 300).
+pub const REMOTE: [u8; 4] = [10, 2, 0, 5];
+pub const NODE: [u8; 4] = [10, 0, 0, 10];
+pub const UL_ME: [u8; 4] = [192, 168, 0, 1];
+pub const UL_PEER: [u8; 4] = [192, 168, 0, 2];
+pub const VNI: u32 = 0x123;
+pub const UNDERLAY_PORT: u16 = 3;
+
+pub fn port_mac(p: u8) -> [u8; 6] {
+    [0x02, 0xee, 0, 0, 0, p]
+}
+pub fn pod_mac(p: u8) -> [u8; 6] {
+    [0x0a, 0x58, 0, 0, 0, p]
+}
+pub fn pod6(n: u16) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n)
+}
+
+fn rule(index: usize, direction: Direction) -> RuleInfo {
+    RuleInfo {
+        tier: Tier::Namespace,
+        kind: "weirpolicies".into(),
+        namespace: Some("default".into()),
+        name: "fuzz".into(),
+        direction,
+        index,
+        action: "Allow".into(),
+        priority: None,
+    }
+}
+
+/// Pods a, b, dns behind ports 0, 1, 2 (both families); the underlay is
+/// port 3 (Geneve, one peer with 10.2.0.0/24). Everyone may talk to
+/// everyone except the world; TCP 80 into any pod is under HTTP rules
+/// (`GET /public…`), UDP 53 out of any pod under DNS rules
+/// (`*.allowed.example`), and a's TCP 443 to what `allowed.example`
+/// resolves to is a learned FQDN rule.
+pub fn snapshot_spec() -> SnapshotSpec {
+    let port = |i: u8| Port {
+        name: format!("veth{i}"),
+        mac: port_mac(i),
+        mtu: if i == 2 { 1400 } else { 1500 },
+    };
+    let ep = |i: u8, name: &str, a: [u8; 4]| Endpoint {
+        name: format!("default/{name}"),
+        port: u16::from(i),
+        mac: pod_mac(i),
+        ipv4: Some(a.into()),
+        ipv6: Some(pod6(u16::from(i) + 1)),
+    };
+    let deny = Decision::deny(RuleId::IMPLICIT_DENY);
+    let allow = Decision::allow(RuleId(0));
+    let http = Decision {
+        l7: Some(0),
+        ..Decision::allow(RuleId(3))
+    };
+    let dns = Decision {
+        dns: Some(0),
+        ..Decision::allow(RuleId(1))
+    };
+    let policy = PolicySpec {
+        generation: 1,
+        rules: vec![
+            rule(0, Direction::Ingress),
+            rule(0, Direction::Egress),
+            rule(1, Direction::Egress),
+            rule(1, Direction::Ingress),
+        ],
+        classes: vec![IDENTITY_WORLD, 256, 257, 258, 300],
+        addresses: vec![
+            (A.into(), 1),
+            (B.into(), 2),
+            (DNS.into(), 3),
+            (REMOTE.into(), 4),
+            (pod6(1).into(), 1),
+            (pod6(2).into(), 2),
+            (pod6(3).into(), 3),
+        ],
+        world_class: 0,
+        cells: vec![
+            CellSpec::uniform(deny),
+            CellSpec {
+                other: allow,
+                tcp: vec![(0, allow), (80, http), (81, allow)],
+                udp: vec![(0, allow), (53, dns), (54, allow)],
+                sctp: vec![(0, allow)],
+            },
+        ],
+        tables: vec![vec![0, 1, 1, 1, 1]],
+        endpoints: vec![
+            EndpointTables {
+                ingress: Some(0),
+                egress: Some(0),
+            };
+            3
+        ],
+        http: vec![HttpRuleSetSpec {
+            rules: vec![HttpRuleSpec {
+                method: Some("GET".into()),
+                path: Some(PathMatchSpec::Prefix("/public".into())),
+                ..HttpRuleSpec::default()
+            }],
+        }],
+        dns: vec![vec!["*.allowed.example".into(), "allowed.example".into()]],
+        fqdn_selectors: vec!["allowed.example".into()],
+        fqdn_egress: vec![(
+            0,
+            vec![FqdnRuleSpec {
+                selector: 0,
+                rule: RuleId(2),
+                proto: 6,
+                first: 443,
+                last: 443,
+            }],
+        )],
+        ..Default::default()
+    };
+    SnapshotSpec {
+        generation: 1,
+        node: "node-1".into(),
+        node_ipv4: Some(NODE.into()),
+        node_ipv6: Some(pod6(0x10)),
+        ports: vec![port(0), port(1), port(2)],
+        endpoints: vec![ep(0, "a", A), ep(1, "b", B), ep(2, "dns", DNS)],
+        policy,
+        tunnel: Some(TunnelSpec {
+            encap: Encap::Geneve,
+            vni: VNI,
+            udp_port: 6081,
+            underlay: Underlay {
+                name: "ul0".into(),
+                mac: [0x02, 0xaa, 0, 0, 0, 1],
+                ipv4: Ipv4Addr::from(UL_ME),
+                mtu: 1500,
+            },
+            vtep_mac: [0x02, 0xbb, 0, 0, 0, 1],
+            peers: vec![TunnelPeer {
+                node: "node-2".into(),
+                ipv4: UL_PEER.into(),
+                mac: [0x02, 0xaa, 0, 0, 0, 2],
+                vtep_mac: [0x02, 0xbb, 0, 0, 0, 2],
+                pod_cidrs: vec![([10, 2, 0, 0].into(), 24)],
+                identity_aware: true,
+            }],
+        }),
+    }
+}
+
+/// The snapshot, built once.
+pub fn snapshot() -> &'static Snapshot {
+    static SNAP: OnceLock<Snapshot> = OnceLock::new();
+    SNAP.get_or_init(|| Snapshot::build(snapshot_spec()).expect("the fuzz snapshot builds"))
+}
+
+/// Runs the records of `data` through the pass on a fresh worker state and
+/// checks what every verdict promises (lengths within the UMEM frame, an
+/// RST that can be built for every L7 deny).
+pub fn run_pass(data: &[u8]) {
+    let snap = snapshot();
+    let mut st = WorkerState::new().with_l7_slots(4);
+    let mut now = 1_000_000_000u64;
+    let mut buf = vec![0u8; UMEM];
+    let mut rst = vec![0u8; UMEM];
+    let mut rest = data;
+    while let [ctl, hi, lo, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        let (frame, next) = tail.split_at(n);
+        rest = next;
+        let ingress = if ctl & 0x04 != 0 {
+            9
+        } else {
+            u16::from(ctl & 0x03)
+        };
+        if ctl & 0x08 != 0 {
+            now += 1_000_000_000;
+        }
+        st.set_now(now);
+        buf.fill(0);
+        let len = frame.len().min(UMEM);
+        buf[..len].copy_from_slice(&frame[..len]);
+        let v = process(&mut buf, frame.len(), ingress, snap, &mut st);
+        match v {
+            Verdict::Tx { len, .. } | Verdict::Hold { len, .. } | Verdict::Release { len, .. } => {
+                assert!(len <= UMEM, "{v:?}");
+            }
+            Verdict::L7Deny {
+                reply_len, rst: r, ..
+            } => {
+                assert!(reply_len <= UMEM, "{v:?}");
+                assert!(build_rst_frame(&mut rst, &r).is_some(), "{v:?}");
+            }
+            Verdict::Drop(_) => {}
+        }
+        if ctl & 0x10 != 0 {
+            st.l7_maintain();
+        }
+        while st.l7_take_flush().is_some() {}
+    }
+}
+
+/// HTTP input: records `[ctl][seq hi][seq lo][len][payload…]`, each a
+/// client→server segment of flow `ctl & 1` at sequence number `start +
+/// seq` (so gaps, overlaps and retransmissions all happen). `ctl` bit 1:
+/// FIN; bit 2: the worker may not hold; bit 3: advance the clock half a
+/// second and expire holds; bit 4: the client resets (abort); bit 5: a new
+/// SYN (restart). Flow 0 is also fed to a standalone [`HttpInspector`]
+/// with the same rules: while the pool may hold and has a head buffer for
+/// every flow, both must answer alike.
+pub fn run_http(data: &[u8]) {
+    use weir_dataplane::l7::{HttpInspector, HttpRuleSet, InspectorPool, L7Verdict, Limits};
+    static RULES: OnceLock<HttpRuleSet> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        HttpRuleSet::compile(&snapshot_spec().policy.http[0]).expect("the fuzz rules compile")
+    });
+    let limits = Limits {
+        head_max: 512,
+        held_segments_max: 4,
+        ..Limits::default()
+    };
+    let mut pool = InspectorPool::with_buffers(2, 2, limits);
+    let mut alone = HttpInspector::new(limits);
+    const START: u32 = 0xffff_ff00; // wraps inside the stream
+    let ids = [pool.acquire(), pool.acquire()];
+    for id in ids.iter().flatten() {
+        if let Some(i) = pool.get(*id) {
+            i.start(START);
+        }
+    }
+    alone.start(START);
+    let mut now = 1_000_000_000u64;
+    let judge = |head: &weir_dataplane::l7::RequestHead<'_>| {
+        if rules.judge(head).is_some() {
+            L7Verdict::Allow
+        } else {
+            L7Verdict::Deny
+        }
+    };
+    let mut same = true;
+    let mut rest = data;
+    while let [ctl, hi, lo, n, tail @ ..] = rest {
+        let n = usize::from(*n).min(tail.len());
+        let (payload, next) = tail.split_at(n);
+        rest = next;
+        let flow = usize::from(ctl & 1);
+        let Some(id) = ids[flow] else { return };
+        let seq = START.wrapping_add(u32::from(u16::from_be_bytes([*hi, *lo])));
+        let fin = ctl & 0x02 != 0;
+        let may_hold = ctl & 0x04 == 0;
+        if ctl & 0x08 != 0 {
+            now += 500_000_000;
+            let a = pool.expire(id, now);
+            if flow == 0 {
+                same &= a == alone.expire(now);
+            }
+        }
+        if ctl & 0x20 != 0 {
+            pool.restart(id, seq);
+            if flow == 0 {
+                alone.reset();
+                alone.start(seq);
+            }
+            continue;
+        }
+        if ctl & 0x10 != 0 {
+            let a = pool.abort(id);
+            if flow == 0 {
+                same &= a == alone.abort();
+            }
+            continue;
+        }
+        let f = pool.feed_segment(id, seq, payload, fin, now, may_hold, judge);
+        if flow == 0 {
+            let g = alone.feed_segment(seq, payload, fin, now, judge);
+            same &= may_hold;
+            if same {
+                assert_eq!(f, g, "pool and standalone inspector disagree");
+            }
+        }
+    }
+}
+
+/// DNS input: any bytes, as a UDP message, as a TCP stream chunk (2-byte
+/// length first), and as a response. A query refused in place must parse
+/// as the REFUSED response to it.
+pub fn run_dns(data: &[u8]) {
+    use weir_dataplane::l7::dns;
+    let mut name = [0u8; dns::MAX_NAME];
+    if let Ok(q) = dns::parse_query(data) {
+        let _ = q.qname.write_dotted(&mut name);
+        let mut msg = data.to_vec();
+        let n = dns::refuse_in_place(&mut msg).expect("a parsed query can be refused");
+        let r = dns::parse_response(&msg[..n]).expect("a refused query parses as a response");
+        assert_eq!(
+            (r.id, r.rcode, r.qtype),
+            (q.id, dns::RCODE_REFUSED, q.qtype)
+        );
+        assert!(r.qname.eq_name(&q.qname));
+        assert_eq!(r.addresses().count(), 0);
+    }
+    if let Ok(q) = dns::parse_query_tcp(data) {
+        let _ = q.qname.write_dotted(&mut name);
+        let mut msg = data.to_vec();
+        let n = dns::refuse_in_place_tcp(&mut msg).expect("a parsed TCP query can be refused");
+        assert!(n <= data.len());
+    }
+    if let Ok(r) = dns::parse_response(data) {
+        let _ = r.qname.write_dotted(&mut name);
+        for (addr, ttl) in r.addresses() {
+            let _ = (addr, ttl);
+        }
+    }
+}
+
+/// Manifest input: any text (invalid UTF-8 replaced) to the topology
+/// parsers and the policy parser.
+pub fn run_manifest(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = weir_topo::manifest::parse_str(&text, "fuzz.yaml");
+    let _ = weir_topo::manifest::parse_objects(&text, "fuzz.yaml");
+    let _ = weir_policy::parse_str(&text, "fuzz.yaml");
+}
