@@ -5,7 +5,6 @@
 //! The only `unsafe` of the crate lives here: the message headers hold raw
 //! pointers into buffers that this module owns and never moves (they are
 //! heap allocations made once in `new`, kept alive by the same struct).
-#![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddrV4;

@@ -1,7 +1,6 @@
 //! The one ethtool knob topologies set: TX checksum offload off
 //! (`ethtool -K <if> tx off`), through the legacy `SIOCETHTOOL` ioctl with
 //! `ETHTOOL_STXCSUM`. The only `unsafe` of this crate lives here.
-#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::AsRawFd;
