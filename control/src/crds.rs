@@ -223,18 +223,30 @@ pub struct EgressRule {
     pub to_fqdns: Option<Vec<Fqdn>>,
 }
 
-/// A rule of a WeirClusterPolicy (either direction: `from` on ingress, `to`
-/// on egress).
+/// An ingress rule of a WeirClusterPolicy.
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterRule {
+pub struct ClusterIngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub action: ClusterAction,
-    /// Ingress peers; `podSelector` alone: pods of any namespace.
+    /// Absent or empty: any peer; `podSelector` alone: pods of any
+    /// namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Vec<Peer>>,
-    /// Egress peers; `podSelector` alone: pods of any namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<Port>>,
+}
+
+/// An egress rule of a WeirClusterPolicy.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterEgressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub action: ClusterAction,
+    /// Absent or empty: any peer; `podSelector` alone: pods of any
+    /// namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Vec<Peer>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,9 +311,9 @@ pub struct WeirClusterPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<Vec<ClusterRule>>,
+    pub ingress: Option<Vec<ClusterIngressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Vec<ClusterRule>>,
+    pub egress: Option<Vec<ClusterEgressRule>>,
 }
 
 /// What weir says about a policy: the `Accepted` condition (False with
