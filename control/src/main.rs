@@ -188,6 +188,12 @@ enum Cmd {
     /// Print the path of the admin kubeconfig of the cluster's API server
     /// (`weir up --api-server`).
     Kubeconfig,
+    /// Print weir's CRDs (WeirPolicy, WeirClusterPolicy), generated from its
+    /// Rust types; with --dir, write them there, one file each (deploy/crds).
+    Crds {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Run kubectl (the version weir's API server is) against the cluster's
     /// API server: `weir kubectl get pods -A`.
     Kubectl {
@@ -450,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", kc.display());
             Ok(())
         }
+        Cmd::Crds { dir } => weir_control::crds::print_or_write(dir.as_deref()),
         Cmd::Kubectl { args } => {
             let err = apiserver::kubectl(&state)?.args(&args).exec();
             Err(anyhow::anyhow!("kubectl: {err}"))
