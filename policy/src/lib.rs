@@ -15,6 +15,7 @@
 //! WeirPolicy schema: docs/policy.md.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod compile;
 pub mod explain;
 pub mod model;
