@@ -270,6 +270,11 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
+    /// Policy verification without traffic: `weir policy check`.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// New flows and drops, with verdict, drop reason and the deciding rules.
     Flows {
         /// Keep printing new records.
@@ -353,6 +358,26 @@ enum Cmd {
     Daemon {
         #[command(flatten)]
         dp: DataplaneFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// The reachability matrix (every pod pair x declared port/protocol x
+    /// family) from the workers' own judge, and findings about the policies.
+    Check {
+        /// Manifest files (Node, Namespace, Pod, policies); without, the
+        /// running cluster --cluster.
+        #[arg(short = 'f', long = "filename", num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Only these ports (PORT[/PROTOCOL], repeatable); default: every declared port.
+        #[arg(long = "port", value_parser = weir_control::policy_cmd::parse_port)]
+        ports: Vec<(u16, weir_model::Protocol)>,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+        /// Exit 1 when a finding is at least this severe (info, warning, error).
+        #[arg(long)]
+        fail_on: Option<weir_policy::check::Severity>,
     },
 }
 
@@ -674,6 +699,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
                 _ => println!("{e}"),
+            }
+            Ok(())
+        }
+        Cmd::Policy {
+            action:
+                PolicyAction::Check {
+                    files,
+                    ports,
+                    output,
+                    fail_on,
+                },
+        } => {
+            use weir_control::policy_cmd::{self, Source};
+            let source = if files.is_empty() {
+                Source::Cluster(&state)
+            } else {
+                Source::Files(&files)
+            };
+            let code = policy_cmd::check(source, &ports, output, fail_on)?;
+            if code != 0 {
+                std::process::exit(code);
             }
             Ok(())
         }

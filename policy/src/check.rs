@@ -158,7 +158,12 @@ struct Grid<'a> {
     ports: Vec<(u16, Protocol)>,
     /// `cells[k][i * n + j]`: block k (ports × families), None when the pair
     /// has no address of the family or is the same pod.
-    cells: Vec<(u16, Protocol, Family, Vec<Option<(Decision, Decision, bool)>>)>,
+    cells: Vec<(
+        u16,
+        Protocol,
+        Family,
+        Vec<Option<(Decision, Decision, bool)>>,
+    )>,
 }
 
 fn sorted_pods(input: &PolicyInput) -> Vec<&PodInfo> {
@@ -335,8 +340,9 @@ fn subjects_and_peers(input: &PolicyInput, out: &mut Vec<Finding>) {
                             kind: "peer-selects-nothing",
                             policy: p.object(),
                             rule: Some(format!("{}.{side}[{k}]", rule_path(dir, i))),
-                            message: "this peer selects no pod (no namespace or no pod has the labels)"
-                                .into(),
+                            message:
+                                "this peer selects no pod (no namespace or no pod has the labels)"
+                                    .into(),
                         });
                     }
                 }
@@ -469,7 +475,10 @@ fn egress_dns(input: &PolicyInput, g: &Grid, out: &mut Vec<Finding>) -> Result<(
                         endpoint: Some(i as u32),
                         addr: sa,
                     },
-                    Peer { endpoint: ep, addr: da },
+                    Peer {
+                        endpoint: ep,
+                        addr: da,
+                    },
                     17,
                     53,
                 );
@@ -576,9 +585,7 @@ fn undeciding_rules(
             continue;
         }
         let Some(pol) = input.policies.iter().find(|p| {
-            p.kind.resource() == info.kind
-                && p.namespace == info.namespace
-                && p.name == info.name
+            p.kind.resource() == info.kind && p.namespace == info.namespace && p.name == info.name
         }) else {
             continue;
         };
@@ -587,7 +594,10 @@ fn undeciding_rules(
         };
         if matches!(rule.action, RuleAction::Log | RuleAction::Pass)
             || rule.to_fqdns.is_some()
-            || rule.peers.iter().any(|p| matches!(p, RulePeer::Cidr { .. }))
+            || rule
+                .peers
+                .iter()
+                .any(|p| matches!(p, RulePeer::Cidr { .. }))
         {
             // Log never decides; Pass hands over; FQDN and ipBlock rules may
             // decide traffic leaving the cluster, which the matrix does not hold.
