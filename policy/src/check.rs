@@ -488,7 +488,23 @@ fn egress_dns(input: &PolicyInput, g: &Grid, out: &mut Vec<Finding>) -> Result<(
         if let Some((target, d)) = blocked.first() {
             let (policy, rule) = match compiled.rule(d.rule) {
                 Some(r) => (info_object(r), Some(rule_path(r.direction, r.index))),
-                None => (format!("pods/{}/{}", pod.namespace, pod.name), None),
+                // Implicit deny: name the policy that isolates the pod's egress.
+                None => (
+                    input
+                        .policies
+                        .iter()
+                        .filter(|p| p.isolates(Direction::Egress))
+                        .find(|p| {
+                            subjects(input, p)
+                                .iter()
+                                .any(|&k| std::ptr::eq(&input.pods[k], *pod))
+                        })
+                        .map_or_else(
+                            || format!("pods/{}/{}", pod.namespace, pod.name),
+                            |p| p.object(),
+                        ),
+                    None,
+                ),
             };
             out.push(Finding {
                 severity: Severity::Warning,

@@ -32,7 +32,11 @@ fn matrix_equals_explain_on_every_cell() {
     let ports = declared_ports(&i);
     assert!(ports.contains(&(8080, Protocol::Tcp)), "{ports:?}");
     let r = check(&i, &[]).unwrap();
-    assert_eq!(r.matrix.len(), ports.len(), "one ipv4 block per declared port");
+    assert_eq!(
+        r.matrix.len(),
+        ports.len(),
+        "one ipv4 block per declared port"
+    );
     let mut denied = 0;
     for b in &r.matrix {
         for (fi, f) in b.from.iter().enumerate() {
@@ -83,7 +87,11 @@ fn unresolved_named_port_and_peer_selecting_nothing() {
     let good = check(&with(WEB_FROM_API), &[]).unwrap();
     assert!(kinds(&good.findings, "named-port-unresolved").is_empty());
     assert!(kinds(&good.findings, "peer-selects-nothing").is_empty());
-    assert!(kinds(&good.findings, "matches-nothing").is_empty(), "{:?}", good.findings);
+    assert!(
+        kinds(&good.findings, "matches-nothing").is_empty(),
+        "{:?}",
+        good.findings
+    );
 }
 
 #[test]
@@ -92,7 +100,11 @@ fn policy_selecting_no_pod() {
     let s = kinds(&r.findings, "selects-no-pod");
     assert_eq!(s.len(), 1, "{:?}", r.findings);
     assert_eq!(s[0].policy, "networkpolicies/prod/web");
-    assert!(kinds(&check(&with(WEB_FROM_API), &[]).unwrap().findings, "selects-no-pod").is_empty());
+    assert!(kinds(
+        &check(&with(WEB_FROM_API), &[]).unwrap().findings,
+        "selects-no-pod"
+    )
+    .is_empty());
 }
 
 const ADMIN_DENY_API: &str = "---
@@ -114,7 +126,8 @@ fn network_policy_rule_overridden_by_admin_names_both_and_is_shadowed() {
     assert_eq!(o[0].policy, "networkpolicies/prod/web");
     assert_eq!(o[0].rule.as_deref(), Some("ingress[0]"));
     assert!(
-        o[0].message.contains("clusternetworkpolicies/no-api ingress[0]"),
+        o[0].message
+            .contains("clusternetworkpolicies/no-api ingress[0]"),
         "{}",
         o[0].message
     );
@@ -146,7 +159,13 @@ spec:
     assert_eq!(red.len(), 1, "{:?}", r.findings);
     assert_eq!(red[0].rule.as_deref(), Some("ingress[1]"));
     assert_eq!(red[0].severity, Severity::Info);
-    assert!(red[0].message.contains("networkpolicies/prod/web ingress[0]"), "{}", red[0].message);
+    assert!(
+        red[0]
+            .message
+            .contains("networkpolicies/prod/web ingress[0]"),
+        "{}",
+        red[0].message
+    );
 }
 
 #[test]
@@ -163,13 +182,18 @@ spec:
     let d = kinds(&r.findings, "egress-blocks-dns");
     assert_eq!(d.len(), 1, "{:?}", r.findings);
     assert!(d[0].message.contains("pods/prod/db"), "{}", d[0].message);
+    assert_eq!(d[0].policy, "networkpolicies/prod/out");
     let fixed = format!("{iso}  \n");
     let fixed = fixed.replace(
         "egress: [{to: [{podSelector: {}}]}]",
         "egress: [{to: [{podSelector: {}}]}, {ports: [{port: 53, protocol: UDP}]}]",
     );
     let r = check(&with(&fixed), &[]).unwrap();
-    assert!(kinds(&r.findings, "egress-blocks-dns").is_empty(), "{:?}", r.findings);
+    assert!(
+        kinds(&r.findings, "egress-blocks-dns").is_empty(),
+        "{:?}",
+        r.findings
+    );
 }
 
 #[test]

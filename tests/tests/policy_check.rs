@@ -1,0 +1,212 @@
+//! `weir policy check` against real traffic: on the upstream netpol layout
+//! (namespaces x, y, z; pods a, b, c) with policies of all three tiers, the
+//! offline matrix — from the manifest files alone and from the running
+//! cluster — equals what `weir probe` measures through weir, cell by cell,
+//! for TCP/80 and UDP/81 over IPv4 and IPv6. Needs root.
+
+use serde_json::Value;
+use weir_tests::{netpol, xyz_cluster, TestCluster};
+
+const POLICIES: &str = "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: admin-deny-y-to-x}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{name: deny-y, action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: baseline-deny-to-z}
+spec:
+  tier: Baseline
+  priority: 10
+  subject: {namespaces: {matchLabels: {ns: z}}}
+  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: x}}}]}]
+";
+
+fn policies() -> String {
+    format!(
+        "{POLICIES}{}{}",
+        // x: ingress only from pods b (any namespace) and on TCP/80 only
+        netpol(
+            "x",
+            "allow-b",
+            "{podSelector: {}, policyTypes: [Ingress], ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}], ports: [{port: serve-80-tcp}]}]}"
+        ),
+        // z/a: no egress except to namespace y
+        netpol(
+            "z",
+            "a-to-y",
+            "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}"
+        )
+    )
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+fn block<'a>(report: &'a Value, port: u16, protocol: &str, family: &str) -> &'a Value {
+    report["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .find(|b| b["port"] == port && b["protocol"] == protocol && b["family"] == family)
+        .unwrap_or_else(|| panic!("no block {protocol}/{port} {family} in {report}"))
+}
+
+/// Every non-self cell of `probe` (a `weir probe -o json` matrix) equals
+/// the same cell of `check`; self cells of `check` are connected. Returns
+/// the differences and how many cells were blocked.
+fn compare(what: &str, check: &Value, probe: &Value) -> (Vec<String>, usize) {
+    let (cf, ct) = (strings(&check["from"]), strings(&check["to"]));
+    let (pf, pt) = (strings(&probe["from"]), strings(&probe["to"]));
+    assert_eq!(cf.len(), 9, "{check}");
+    assert_eq!(pf.len(), 9, "{probe}");
+    let mut diff = Vec::new();
+    let mut blocked = 0;
+    for (i, f) in pf.iter().enumerate() {
+        for (j, t) in pt.iter().enumerate() {
+            let ci = cf.iter().position(|x| x == f).expect("same pods");
+            let cj = ct.iter().position(|x| x == t).expect("same pods");
+            let c = check["connected"][ci][cj].as_bool().expect("bool");
+            if f == t {
+                assert!(c, "{what}: {f} to itself must connect");
+                continue;
+            }
+            let p = probe["connected"][i][j].as_bool().expect("bool");
+            blocked += usize::from(!p);
+            if c != p {
+                diff.push(format!("{what}: {f} -> {t}: check {c}, probe {p}"));
+            }
+        }
+    }
+    (diff, blocked)
+}
+
+#[test]
+fn offline_matrix_equals_probe() {
+    let manifests = xyz_cluster();
+    let c = TestCluster::up("pchk", &manifests);
+    let text = policies();
+    c.apply("policies.yaml", &text);
+    let topo_file = c.file("topology.yaml", &manifests);
+    let pol_file = c.file("policies.yaml", &text);
+
+    let offline = c.weir_json(&["policy", "check", "-f", &topo_file, &pol_file, "-o", "json"]);
+    let live = c.weir_json(&["policy", "check", "-o", "json"]);
+    assert_eq!(
+        offline["matrix"], live["matrix"],
+        "files and cluster give one matrix"
+    );
+    // The declared ports of the layout: 80 and 81 over TCP and UDP, two families.
+    assert_eq!(
+        offline["matrix"].as_array().map(Vec::len),
+        Some(8),
+        "{offline}"
+    );
+
+    let mut failures = Vec::new();
+    let mut blocked = 0;
+    let denied_before = c.drops("policy-denied");
+    let rx_before = c.counter("rx_packets");
+    for (port, proto) in [(80u16, "TCP"), (81, "UDP")] {
+        for family in ["ipv4", "ipv6"] {
+            let probe = c.probe(
+                port,
+                proto,
+                &["--timeout-ms", "300", "--attempts", "2", "--family", family],
+            );
+            let what = format!("{proto}/{port} {family}");
+            let (d, b) = compare(&what, block(&offline, port, proto, family), &probe);
+            failures.extend(d);
+            blocked += b;
+        }
+    }
+    // The probes crossed weir, and its policy dropped some of them.
+    assert!(
+        c.counter("rx_packets") > rx_before,
+        "no packet went through weir"
+    );
+    assert!(
+        c.drops("policy-denied") > denied_before,
+        "weir denied nothing"
+    );
+    // Neither all-open nor all-closed: the comparison has both kinds of cells.
+    assert!(blocked > 0 && blocked < 4 * 72, "blocked {blocked}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The Admin deny over x's NetworkPolicy is reported with both rules named.
+    let findings = offline["findings"].as_array().expect("findings");
+    assert!(
+        findings.iter().any(|f| f["kind"] == "overridden-by-admin"
+            && f["policy"] == "networkpolicies/x/allow-b"
+            && f["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("clusternetworkpolicies/admin-deny-y-to-x"))),
+        "{findings:?}"
+    );
+    // And z/a's egress isolation blocks DNS.
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "egress-blocks-dns" && f["policy"] == "networkpolicies/z/a-to-y"),
+        "{findings:?}"
+    );
+    // --fail-on: warnings are there, so `--fail-on warning` exits 1, and
+    // nothing here is an error.
+    let out = c.weir(&[
+        "policy",
+        "check",
+        "-f",
+        &topo_file,
+        &pol_file,
+        "--fail-on",
+        "warning",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c.weir(&[
+        "policy",
+        "check",
+        "-f",
+        &topo_file,
+        &pol_file,
+        "--fail-on",
+        "error",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn unparseable_manifest_is_one_line() {
+    let dir = std::env::temp_dir().join(weir_tests::unique_name("pchk-bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.yaml");
+    std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n").unwrap();
+    let out = std::process::Command::new(weir_tests::weir_bin())
+        .args(["policy", "check", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.yaml"), "{err}");
+}
