@@ -151,6 +151,9 @@ pub fn check(input: &PolicyInput, ports: &[(u16, Protocol)]) -> Result<Report, P
     })
 }
 
+/// One judged pair: (egress, ingress, allowed).
+type Cell = Option<(Decision, Decision, bool)>;
+
 /// The judged cells: per (port, protocol, family), per ordered pod pair,
 /// the [`weir_model::policy::Judgement`] of the workers' judge.
 struct Grid<'a> {
@@ -158,12 +161,7 @@ struct Grid<'a> {
     ports: Vec<(u16, Protocol)>,
     /// `cells[k][i * n + j]`: block k (ports × families), None when the pair
     /// has no address of the family or is the same pod.
-    cells: Vec<(
-        u16,
-        Protocol,
-        Family,
-        Vec<Option<(Decision, Decision, bool)>>,
-    )>,
+    cells: Vec<(u16, Protocol, Family, Vec<Cell>)>,
 }
 
 fn sorted_pods(input: &PolicyInput) -> Vec<&PodInfo> {
