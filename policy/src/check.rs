@@ -709,3 +709,52 @@ fn tier_name(t: Tier) -> &'static str {
         Tier::Baseline => "Baseline",
     }
 }
+
+/// One cell whose verdict a policy change flips (`weir policy diff`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub family: Family,
+    pub from: String,
+    pub to: String,
+    /// `opened` (denied before, allowed after) or `closed`.
+    pub change: &'static str,
+}
+
+/// The cells of `new` whose verdict differs from the same cell of `old`
+/// (same port, protocol, family, source and destination). Cells in only
+/// one of them (a pod or port added or removed) are not compared.
+pub fn diff(old: &[MatrixBlock], new: &[MatrixBlock]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for nb in new {
+        let Some(ob) = old
+            .iter()
+            .find(|o| (o.port, o.protocol, o.family) == (nb.port, nb.protocol, nb.family))
+        else {
+            continue;
+        };
+        for (i, f) in nb.from.iter().enumerate() {
+            let Some(oi) = ob.from.iter().position(|x| x == f) else {
+                continue;
+            };
+            for (j, t) in nb.to.iter().enumerate() {
+                let Some(oj) = ob.to.iter().position(|x| x == t) else {
+                    continue;
+                };
+                let (before, after) = (ob.connected[oi][oj], nb.connected[i][j]);
+                if before != after {
+                    out.push(Change {
+                        port: nb.port,
+                        protocol: nb.protocol,
+                        family: nb.family,
+                        from: f.clone(),
+                        to: t.clone(),
+                        change: if after { "opened" } else { "closed" },
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -216,3 +216,27 @@ spec:
     let r = check(&with(&outside), &[]).unwrap();
     assert!(kinds(&r.findings, "ipblock-overlaps-pods").is_empty());
 }
+
+#[test]
+fn diff_lists_exactly_the_flipped_cells() {
+    let ports = [(8080, Protocol::Tcp)];
+    let old = check(&cluster(), &ports).unwrap();
+    let new = check(&with(WEB_FROM_API), &ports).unwrap();
+    let d = weir_policy::check::diff(&old.matrix, &new.matrix);
+    // Every pod but prod/api and prod/web itself loses prod/web on 8080.
+    let mut closed: Vec<&str> = d
+        .iter()
+        .inspect(|c| {
+            assert_eq!(c.change, "closed");
+            assert_eq!(c.to, "prod/web");
+        })
+        .map(|c| c.from.as_str())
+        .collect();
+    closed.sort();
+    assert_eq!(closed, ["default/x", "dev/web", "prod/db"], "{d:?}");
+    // The other way round, the same cells open.
+    let back = weir_policy::check::diff(&new.matrix, &old.matrix);
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|c| c.change == "opened"));
+    assert!(weir_policy::check::diff(&old.matrix, &old.matrix).is_empty());
+}
