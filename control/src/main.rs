@@ -379,6 +379,18 @@ enum PolicyAction {
         #[arg(long)]
         fail_on: Option<weir_policy::check::Severity>,
     },
+    /// Which pairs/ports a policy change opens and closes; against the
+    /// running cluster, also the admitted flows it would revoke.
+    Diff {
+        /// The new manifests (policies; optionally a topology).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The old manifests (topology and policies); without, the running cluster --cluster.
+        #[arg(long = "old", num_args = 1..)]
+        old: Vec<PathBuf>,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -723,6 +735,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Policy {
+            action: PolicyAction::Diff { files, old, output },
+        } => weir_control::policy_cmd::diff(
+            (!old.is_empty()).then_some(old.as_slice()),
+            &state,
+            &files,
+            output,
+        ),
         Cmd::Flows {
             follow,
             output,

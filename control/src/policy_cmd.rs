@@ -204,3 +204,190 @@ pub fn render(r: &Report) -> String {
     }
     s
 }
+
+/// An established flow (from the dataplanes' flow logs) that a change cuts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CutFlow {
+    pub node: String,
+    pub protocol: String,
+    pub src: String,
+    pub sport: u16,
+    pub dst: String,
+    pub dport: u16,
+    /// The new verdict, as `weir explain` prints it.
+    pub why: String,
+}
+
+/// What `weir policy diff` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffReport {
+    pub changes: Vec<weir_policy::check::Change>,
+    /// With the running cluster as the old side: admitted flows the new
+    /// policies deny (weir revokes them when the change is applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Vec<CutFlow>>,
+}
+
+/// `weir policy diff`: `old` files (topology and policies) or the running
+/// cluster against `new` files. With the cluster, the new policies are
+/// the enforced ones with `new`'s objects added or replaced, as `weir
+/// apply -f NEW` would leave them, and the topology is the cluster's; with
+/// `old` files, `new` replaces the policies (and the topology, if it has
+/// pods).
+pub fn diff(
+    old: Option<&[PathBuf]>,
+    state: &StateDir,
+    new: &[PathBuf],
+    output: Output,
+) -> anyhow::Result<()> {
+    let old_input = match old {
+        Some(files) => input(Source::Files(files))?,
+        None => input(Source::Cluster(state))?,
+    };
+    let (text, source) = read(new)?;
+    let m = manifests::parse_text(&text, &source, FieldValidation::Strict)?;
+    let mut new_input = if m.cluster.pods.is_empty() {
+        old_input.clone()
+    } else {
+        planned_input(&m.cluster.clone().finish()?, Vec::new())
+    };
+    let added: Vec<weir_policy::Policy> = m.policies.into_iter().map(|(p, _)| p).collect();
+    new_input.policies = match old {
+        Some(_) => added,
+        None => {
+            let mut v: Vec<weir_policy::Policy> = old_input
+                .policies
+                .iter()
+                .filter(|p| !added.iter().any(|a| a.object() == p.object()))
+                .cloned()
+                .collect();
+            v.extend(added);
+            v
+        }
+    };
+    let mut ports = weir_policy::check::declared_ports(&old_input);
+    ports.extend(weir_policy::check::declared_ports(&new_input));
+    ports.sort();
+    ports.dedup();
+    let before = weir_policy::check::check(&old_input, &ports)?;
+    let after = weir_policy::check::check(&new_input, &ports)?;
+    let changes = weir_policy::check::diff(&before.matrix, &after.matrix);
+    let cut = match old {
+        Some(_) => None,
+        None => Some(cut_flows(state, &new_input)?),
+    };
+    let r = DiffReport { changes, cut };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        _ => {
+            if r.changes.is_empty() {
+                println!("no pair/port changes verdict");
+            }
+            for c in &r.changes {
+                println!(
+                    "{:6} {} -> {} {}/{} ({})",
+                    c.change,
+                    c.from,
+                    c.to,
+                    c.protocol,
+                    c.port,
+                    match c.family {
+                        weir_policy::check::Family::Ipv4 => "ipv4",
+                        weir_policy::check::Family::Ipv6 => "ipv6",
+                    }
+                );
+            }
+            if let Some(cut) = &r.cut {
+                println!("{} admitted flow(s) would be revoked", cut.len());
+                for f in cut {
+                    println!(
+                        "  {} {}:{} -> {}:{} (node {}): {}",
+                        f.protocol, f.src, f.sport, f.dst, f.dport, f.node, f.why
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
+    let mut text = String::new();
+    for f in files {
+        let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        text.push_str("\n---\n");
+        text.push_str(&t);
+    }
+    let source = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((text, source))
+}
+
+/// Flows the dataplanes admitted (`new` records of the flow logs, pod to
+/// pod, TCP/UDP/SCTP) and did not revoke since, that `input` denies.
+fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlow>> {
+    use weir_model::ipc::{FlowRecord, FlowsReply};
+    let c = Cluster::load(&state.cluster_file())
+        .with_context(|| format!("cluster {}: not up", state.cluster))?;
+    let mut records: Vec<FlowRecord> = Vec::new();
+    for n in crate::agent::weir_nodes(&c) {
+        let v: FlowsReply = crate::ipc::request(
+            &state.dataplane_sock(&n.name),
+            &crate::ipc::Request::Flows { since: 0 },
+            std::time::Duration::from_secs(5),
+        )
+        .with_context(|| format!("flows of node {}", n.name))?;
+        records.extend(v.records);
+    }
+    let key = |r: &FlowRecord| {
+        (
+            r.node.clone(),
+            r.protocol.clone(),
+            r.src_addr,
+            r.sport,
+            r.dst_addr,
+            r.dport,
+        )
+    };
+    let mut live: Vec<FlowRecord> = Vec::new();
+    for r in records {
+        match r.kind.as_str() {
+            "new" if r.verdict != "denied" => {
+                live.retain(|x| key(x) != key(&r));
+                live.push(r);
+            }
+            "revoked" => live.retain(|x| key(x) != key(&r)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for r in live {
+        let (Some(from), Some(to)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
+            continue;
+        };
+        let proto = match r.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => weir_model::Protocol::Tcp,
+            "UDP" => weir_model::Protocol::Udp,
+            "SCTP" => weir_model::Protocol::Sctp,
+            _ => continue,
+        };
+        let Ok(e) = weir_policy::explain(input, from, to, proto, r.dport) else {
+            continue;
+        };
+        if !e.allowed {
+            out.push(CutFlow {
+                node: r.node.clone(),
+                protocol: r.protocol.clone(),
+                src: r.src.clone(),
+                sport: r.sport,
+                dst: r.dst.clone(),
+                dport: r.dport,
+                why: format!("egress: {}; ingress: {}", e.egress.text, e.ingress.text),
+            });
+        }
+    }
+    Ok(out)
+}
