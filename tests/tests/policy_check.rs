@@ -115,6 +115,7 @@ fn offline_matrix_equals_probe() {
 
     let mut failures = Vec::new();
     let mut blocked = 0;
+    let denied_before = c.drops("policy-denied");
     let rx_before = c.counter("rx_packets");
     for (port, proto) in [(80u16, "TCP"), (81, "UDP")] {
         for family in ["ipv4", "ipv6"] {
@@ -317,7 +318,6 @@ fn diff_predicts_exactly_the_revoked_flows() {
         "{d}"
     );
 
-    let denied_before = c.drops("policy-denied");
     c.apply("new.yaml", &new);
     // Traffic on both: weir revokes the one the new policy denies (a
     // `revoked` record in its flow log).
