@@ -21,6 +21,7 @@ pub mod explain;
 pub mod model;
 pub mod parse;
 pub mod selector;
+pub mod suggest;
 
 pub use compile::{compile, compile_for, node_endpoints};
 pub use explain::{explain, Explanation, SideExplanation};

@@ -240,3 +240,77 @@ fn diff_lists_exactly_the_flipped_cells() {
     assert!(back.iter().all(|c| c.change == "opened"));
     assert!(weir_policy::check::diff(&old.matrix, &old.matrix).is_empty());
 }
+
+#[test]
+fn suggestion_admits_exactly_the_observed_flows() {
+    use weir_policy::suggest::{suggest, Observed};
+    let o = |f: (&str, &str), t: (&str, &str), protocol, port| Observed {
+        from: (f.0.into(), f.1.into()),
+        to: (t.0.into(), t.1.into()),
+        protocol,
+        port,
+    };
+    let observed = [
+        o(("prod", "api"), ("prod", "web"), Protocol::Tcp, 8080),
+        o(("prod", "web"), ("prod", "db"), Protocol::Tcp, 5432),
+        o(("default", "x"), ("prod", "api"), Protocol::Udp, 9000),
+    ];
+    let input = cluster();
+    let s = suggest(&input, &observed, &[]).unwrap();
+    assert_eq!(s.policies, 5, "{}", s.yaml);
+    assert!(s.missing.is_empty(), "{:?}", s.missing);
+    assert!(s.extra.is_empty(), "{:?}", s.extra);
+    // Independently: apply the YAML and judge with explain.
+    let mut with = input.clone();
+    with.policies = weir_policy::parse_str(&s.yaml, "s.yaml").unwrap();
+    let allowed = |f: (&str, &str), t: (&str, &str), p, n| {
+        weir_policy::explain(&with, f, t, p, n).unwrap().allowed
+    };
+    assert!(allowed(
+        ("prod", "api"),
+        ("prod", "web"),
+        Protocol::Tcp,
+        8080
+    ));
+    assert!(allowed(
+        ("prod", "web"),
+        ("prod", "db"),
+        Protocol::Tcp,
+        5432
+    ));
+    assert!(allowed(
+        ("default", "x"),
+        ("prod", "api"),
+        Protocol::Udp,
+        9000
+    ));
+    assert!(!allowed(
+        ("prod", "web"),
+        ("prod", "api"),
+        Protocol::Tcp,
+        8080
+    ));
+    assert!(!allowed(
+        ("prod", "api"),
+        ("prod", "web"),
+        Protocol::Tcp,
+        8081
+    ));
+    assert!(!allowed(
+        ("dev", "web"),
+        ("prod", "web"),
+        Protocol::Tcp,
+        8080
+    ));
+    assert!(!allowed(
+        ("prod", "api"),
+        ("prod", "db"),
+        Protocol::Tcp,
+        5432
+    ));
+
+    // Scoped to prod: only prod's three workloads get policies.
+    let s = suggest(&input, &observed, &["prod".to_string()]).unwrap();
+    assert_eq!(s.policies, 3, "{}", s.yaml);
+    assert!(s.missing.is_empty() && s.extra.is_empty(), "{s:?}");
+}
