@@ -391,6 +391,16 @@ enum PolicyAction {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
+    /// Least-privilege NetworkPolicies admitting exactly the flows the
+    /// running cluster admitted (its flow logs), one per workload.
+    Suggest {
+        /// Only workloads of this namespace (repeatable); default: all.
+        #[arg(short = 'n', long = "namespace")]
+        namespaces: Vec<String>,
+        /// yaml (default) or json (with the check's findings).
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -743,6 +753,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &files,
             output,
         ),
+        Cmd::Policy {
+            action: PolicyAction::Suggest { namespaces, output },
+        } => weir_control::policy_cmd::suggest(&state, &namespaces, output),
         Cmd::Flows {
             follow,
             output,

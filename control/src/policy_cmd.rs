@@ -391,3 +391,72 @@ fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlo
     }
     Ok(out)
 }
+
+/// `new` records of every node's flow log (admitted, pod to pod).
+fn admitted_flows(state: &StateDir) -> anyhow::Result<Vec<weir_model::ipc::FlowRecord>> {
+    use weir_model::ipc::FlowsReply;
+    let c = Cluster::load(&state.cluster_file())
+        .with_context(|| format!("cluster {}: not up", state.cluster))?;
+    let mut out = Vec::new();
+    for n in crate::agent::weir_nodes(&c) {
+        let v: FlowsReply = crate::ipc::request(
+            &state.dataplane_sock(&n.name),
+            &crate::ipc::Request::Flows { since: 0 },
+            std::time::Duration::from_secs(5),
+        )
+        .with_context(|| format!("flows of node {}", n.name))?;
+        out.extend(
+            v.records
+                .into_iter()
+                .filter(|r| r.kind == "new" && r.verdict != "denied"),
+        );
+    }
+    Ok(out)
+}
+
+/// `weir policy suggest`: NetworkPolicies admitting exactly the flows the
+/// running cluster's dataplanes admitted (their flow logs), for the
+/// workloads of `namespaces` (all when empty). Prints the YAML (or JSON
+/// with the check), and on stderr how it checks.
+pub fn suggest(state: &StateDir, namespaces: &[String], output: Output) -> anyhow::Result<()> {
+    let input = input(Source::Cluster(state))?;
+    let mut observed = Vec::new();
+    for r in admitted_flows(state)? {
+        let (Some(f), Some(t)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
+            continue;
+        };
+        let protocol = match r.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => weir_model::Protocol::Tcp,
+            "UDP" => weir_model::Protocol::Udp,
+            "SCTP" => weir_model::Protocol::Sctp,
+            _ => continue,
+        };
+        observed.push(weir_policy::suggest::Observed {
+            from: (f.0.to_string(), f.1.to_string()),
+            to: (t.0.to_string(), t.1.to_string()),
+            protocol,
+            port: r.dport,
+        });
+    }
+    observed.sort();
+    observed.dedup();
+    let s = weir_policy::suggest::suggest(&input, &observed, namespaces)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        _ => print!("{}", s.yaml),
+    }
+    eprintln!(
+        "{} polic(ies) from {} observed flow(s); checked with the current policies: {} observed flow(s) denied, {} unobserved pair/port(s) allowed",
+        s.policies,
+        observed.len(),
+        s.missing.len(),
+        s.extra.len()
+    );
+    for m in &s.missing {
+        eprintln!("  denied though observed: {m}");
+    }
+    for e in &s.extra {
+        eprintln!("  allowed though not observed: {e}");
+    }
+    Ok(())
+}

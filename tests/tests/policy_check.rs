@@ -351,3 +351,55 @@ fn diff_predicts_exactly_the_revoked_flows() {
         "revoked flows differ from the prediction"
     );
 }
+
+#[test]
+fn suggestion_keeps_observed_traffic_and_blocks_the_rest() {
+    let c = TestCluster::up("psug", &xyz_cluster());
+    // The observed traffic: x/a -> y/b TCP/80, y/b -> z/c UDP/81.
+    let m = c.probe(80, "TCP", &["--from", "x/a", "--to", "y/b"]);
+    assert!(weir_tests::all_connected(&m), "{m}");
+    let m = c.probe(81, "UDP", &["--from", "y/b", "--to", "z/c"]);
+    assert!(weir_tests::all_connected(&m), "{m}");
+    let mut out = None;
+    for _ in 0..50 {
+        let o = c.weir(&["policy", "suggest"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.contains("from 2 observed flow(s)") {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = out.expect("the two flows never showed in the flow logs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("9 polic(ies)") && err.contains("0 observed flow(s) denied, 0 unobserved"),
+        "{err}"
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    c.apply("suggested.yaml", &yaml);
+
+    let denied_before = c.drops("policy-denied");
+    for (port, proto, allowed) in [(80u16, "TCP", ("x/a", "y/b")), (81, "UDP", ("y/b", "z/c"))] {
+        let m = c.probe(port, proto, &["--timeout-ms", "300", "--attempts", "2"]);
+        let (from, to) = (strings(&m["from"]), strings(&m["to"]));
+        for (i, f) in from.iter().enumerate() {
+            for (j, t) in to.iter().enumerate() {
+                if f == t {
+                    continue;
+                }
+                let want = (f.as_str(), t.as_str()) == allowed;
+                assert_eq!(
+                    m["connected"][i][j].as_bool(),
+                    Some(want),
+                    "{proto}/{port} {f} -> {t} after applying:\n{yaml}"
+                );
+            }
+        }
+    }
+    assert!(
+        c.drops("policy-denied") > denied_before,
+        "weir denied nothing"
+    );
+}
