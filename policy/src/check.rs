@@ -126,9 +126,19 @@ pub fn declared_ports(input: &PolicyInput) -> Vec<(u16, Protocol)> {
     out.into_iter().collect()
 }
 
+/// Above this many pods `check` refuses (one line) instead of building an
+/// n² matrix that could exhaust memory.
+pub const MAX_PODS: usize = 2000;
+
 /// The whole check: the matrix over `ports` (all declared ports when empty)
 /// and the findings.
 pub fn check(input: &PolicyInput, ports: &[(u16, Protocol)]) -> Result<Report, PolicyError> {
+    if input.pods.len() > MAX_PODS {
+        return Err(PolicyError::Input(format!(
+            "{} pods: the offline matrix handles at most {MAX_PODS} pods (the per-namespace-pair matrix for larger clusters is not implemented)",
+            input.pods.len()
+        )));
+    }
     let ports = if ports.is_empty() {
         declared_ports(input)
     } else {

@@ -314,3 +314,17 @@ fn suggestion_admits_exactly_the_observed_flows() {
     assert_eq!(s.policies, 3, "{}", s.yaml);
     assert!(s.missing.is_empty() && s.extra.is_empty(), "{s:?}");
 }
+
+#[test]
+fn more_than_2000_pods_is_one_line_not_out_of_memory() {
+    let mut i = cluster();
+    let base = i.pods[0].clone();
+    for k in 0..2001 {
+        let mut p = base.clone();
+        p.name = format!("p{k}");
+        i.pods.push(p);
+    }
+    let e = check(&i, &[(80, Protocol::Tcp)]).unwrap_err().to_string();
+    assert!(e.contains("2006 pods") && e.contains("at most 2000"), "{e}");
+    assert_eq!(e.lines().count(), 1);
+}
