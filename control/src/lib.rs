@@ -19,6 +19,7 @@ pub mod kubelet;
 pub mod manifests;
 pub mod node_agent;
 pub mod node_dataplane;
+pub mod policy_cmd;
 pub mod probe;
 pub mod source;
 pub mod state;

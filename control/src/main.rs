@@ -276,6 +276,11 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
+    /// Policy verification without traffic: `weir policy check`.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// New flows and drops, with verdict, drop reason and the deciding rules.
     Flows {
         /// Keep printing new records.
@@ -359,6 +364,48 @@ enum Cmd {
     Daemon {
         #[command(flatten)]
         dp: DataplaneFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// The reachability matrix (every pod pair x declared port/protocol x
+    /// family) from the workers' own judge, and findings about the policies.
+    Check {
+        /// Manifest files (Node, Namespace, Pod, policies); without, the
+        /// running cluster --cluster.
+        #[arg(short = 'f', long = "filename", num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Only these ports (PORT[/PROTOCOL], repeatable); default: every declared port.
+        #[arg(long = "port", value_parser = weir_control::policy_cmd::parse_port)]
+        ports: Vec<(u16, weir_model::Protocol)>,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+        /// Exit 1 when a finding is at least this severe (info, warning, error).
+        #[arg(long)]
+        fail_on: Option<weir_policy::check::Severity>,
+    },
+    /// Which pairs/ports a policy change opens and closes; against the
+    /// running cluster, also the admitted flows it would revoke.
+    Diff {
+        /// The new manifests (policies; optionally a topology).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The old manifests (topology and policies); without, the running cluster --cluster.
+        #[arg(long = "old", num_args = 1..)]
+        old: Vec<PathBuf>,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Least-privilege NetworkPolicies admitting exactly the flows the
+    /// running cluster admitted (its flow logs), one per workload.
+    Suggest {
+        /// Only workloads of this namespace (repeatable); default: all.
+        #[arg(short = 'n', long = "namespace")]
+        namespaces: Vec<String>,
+        /// yaml (default) or json (with the check's findings).
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -684,6 +731,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Policy {
+            action:
+                PolicyAction::Check {
+                    files,
+                    ports,
+                    output,
+                    fail_on,
+                },
+        } => {
+            use weir_control::policy_cmd::{self, Source};
+            let source = if files.is_empty() {
+                Source::Cluster(&state)
+            } else {
+                Source::Files(&files)
+            };
+            let code = policy_cmd::check(source, &ports, output, fail_on)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Cmd::Policy {
+            action: PolicyAction::Diff { files, old, output },
+        } => weir_control::policy_cmd::diff(
+            (!old.is_empty()).then_some(old.as_slice()),
+            &state,
+            &files,
+            output,
+        ),
+        Cmd::Policy {
+            action: PolicyAction::Suggest { namespaces, output },
+        } => weir_control::policy_cmd::suggest(&state, &namespaces, output),
         Cmd::Flows {
             follow,
             output,

@@ -15,11 +15,13 @@
 //! WeirPolicy schema: docs/policy.md.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod compile;
 pub mod explain;
 pub mod model;
 pub mod parse;
 pub mod selector;
+pub mod suggest;
 
 pub use compile::{compile, compile_for, node_endpoints};
 pub use explain::{explain, Explanation, SideExplanation};

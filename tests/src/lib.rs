@@ -556,6 +556,54 @@ impl TestCluster {
                 render_table(&want.pods, &got, true),
             ));
         }
+        // `weir policy check` (offline, the whole matrix at once) must agree too.
+        let spec = format!("{port}/{protocol}");
+        let report = self.weir_json(&["policy", "check", "--port", &spec, "-o", "json"]);
+        let block = report["matrix"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["family"] == family)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let names = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        };
+        let (cf, ct) = (names(&block["from"]), names(&block["to"]));
+        let mut checked = vec![vec![false; n]; n];
+        let mut check_diffs = Vec::new();
+        for (i, j) in (0..n).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            let (Some(fi), Some(tj)) = (
+                cf.iter().position(|x| *x == want.pods[i]),
+                ct.iter().position(|x| *x == want.pods[j]),
+            ) else {
+                check_diffs.push(format!(
+                    "{} -> {}: not in the check's matrix",
+                    want.pods[i], want.pods[j]
+                ));
+                continue;
+            };
+            checked[i][j] = block["connected"][fi][tj] == true;
+            if i != j && checked[i][j] != got[i][j] {
+                check_diffs.push(format!(
+                    "{} -> {}: check connected={}, probe connected={}",
+                    want.pods[i], want.pods[j], checked[i][j], got[i][j]
+                ));
+            }
+        }
+        if !check_diffs.is_empty() {
+            errs.push(format!(
+                "{case}: {protocol_label}/{port}: weir policy check disagrees with the probe in {} cell(s):\n  {}\ncheck:\n{}probe:\n{}",
+                check_diffs.len(),
+                check_diffs.join("\n  "),
+                render_table(&want.pods, &checked, true),
+                render_table(&want.pods, &got, true),
+            ));
+        }
         if errs.is_empty() {
             Ok(())
         } else {

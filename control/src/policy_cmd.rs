@@ -1,0 +1,462 @@
+//! `weir policy check`: the offline reachability matrix and findings
+//! ([`weir_policy::check`]) for manifest files or a running cluster's
+//! topology and enforced policies. No traffic is sent.
+
+use crate::get::Output;
+use crate::manifests;
+use crate::state::StateDir;
+use anyhow::Context;
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use weir_policy::check::{Report, Severity};
+use weir_policy::{NamespaceInfo, PodInfo, PolicyInput};
+use weir_topo::fields::FieldValidation;
+use weir_topo::Cluster;
+
+/// What `weir policy check` reads.
+pub enum Source<'a> {
+    /// Manifest files (Node, Namespace, Pod and policy kinds), offline.
+    Files(&'a [PathBuf]),
+    /// The running cluster: its topology and the policies it enforces.
+    Cluster(&'a StateDir),
+}
+
+/// The compiler's input for `source`.
+pub fn input(source: Source) -> anyhow::Result<PolicyInput> {
+    match source {
+        Source::Files(files) => {
+            let mut text = String::new();
+            for f in files {
+                let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+                text.push_str("\n---\n");
+                text.push_str(&t);
+            }
+            let source = files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let m = manifests::parse_text(&text, &source, FieldValidation::Strict)?;
+            let spec = m.cluster.finish()?;
+            Ok(planned_input(
+                &spec,
+                m.policies.into_iter().map(|(p, _)| p).collect(),
+            ))
+        }
+        Source::Cluster(state) => {
+            let c = Cluster::load(&state.cluster_file())
+                .with_context(|| format!("cluster {}: not up", state.cluster))?;
+            let policies =
+                manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
+            Ok(PolicyInput::from_cluster(&c, policies))
+        }
+    }
+}
+
+/// Addresses as `weir up` plans them (weir_topo's `Cluster::build`): a
+/// node is `.1` of its podCIDRs, its pods `.2`, `.3`, ... in manifest order.
+fn planned_input(
+    spec: &weir_topo::manifest::ClusterSpec,
+    policies: Vec<weir_policy::Policy>,
+) -> PolicyInput {
+    let v4 = |cidrs: &[IpNet], slot: u32| {
+        cidrs.iter().find_map(|c| match c {
+            IpNet::V4(n) => Some(Ipv4Addr::from(u32::from(n.network()).wrapping_add(slot))),
+            IpNet::V6(_) => None,
+        })
+    };
+    let v6 = |cidrs: &[IpNet], slot: u32| {
+        cidrs.iter().find_map(|c| match c {
+            IpNet::V6(n) => Some(Ipv6Addr::from(
+                u128::from(n.network()).wrapping_add(u128::from(slot)),
+            )),
+            IpNet::V4(_) => None,
+        })
+    };
+    let cidrs: HashMap<&str, &[IpNet]> = spec
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.pod_cidrs.as_slice()))
+        .collect();
+    let mut slot: HashMap<&str, u32> = HashMap::new();
+    let pods = spec
+        .pods
+        .iter()
+        .map(|p| {
+            let s = slot.entry(p.node.as_str()).or_insert(2);
+            let c = cidrs.get(p.node.as_str()).copied().unwrap_or(&[]);
+            let info = PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                node: p.node.clone(),
+                labels: p.labels.clone(),
+                ipv4: v4(c, *s),
+                ipv6: v6(c, *s),
+                ports: p.ports.clone(),
+            };
+            *s += 1;
+            info
+        })
+        .collect();
+    PolicyInput {
+        namespaces: spec
+            .namespaces
+            .iter()
+            .map(|n| NamespaceInfo {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+            })
+            .collect(),
+        pods,
+        hosts: spec
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                [
+                    v4(&n.pod_cidrs, 1).map(IpAddr::V4),
+                    v6(&n.pod_cidrs, 1).map(IpAddr::V6),
+                ]
+            })
+            .flatten()
+            .collect(),
+        policies,
+    }
+}
+
+/// Parses `--port` values: `80`, `80/TCP`, `53/udp`.
+pub fn parse_port(s: &str) -> Result<(u16, weir_model::Protocol), String> {
+    let (n, p) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port: u16 = n
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("--port: {s:?} is not PORT[/PROTOCOL] (1-65535)"))?;
+    let proto = match p.to_ascii_uppercase().as_str() {
+        "TCP" => weir_model::Protocol::Tcp,
+        "UDP" => weir_model::Protocol::Udp,
+        "SCTP" => weir_model::Protocol::Sctp,
+        _ => return Err(format!("--port: {p:?} is not TCP, UDP or SCTP")),
+    };
+    Ok((port, proto))
+}
+
+/// Runs the check and prints it; returns the process exit status (1 when a
+/// finding is at least `fail_on`).
+pub fn check(
+    source: Source,
+    ports: &[(u16, weir_model::Protocol)],
+    output: Output,
+    fail_on: Option<Severity>,
+) -> anyhow::Result<i32> {
+    let input = input(source)?;
+    let report = weir_policy::check::check(&input, ports)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => print!("{}", render(&report)),
+    }
+    let fail = matches!((fail_on, report.worst()), (Some(f), Some(w)) if w >= f);
+    Ok(if fail { 1 } else { 0 })
+}
+
+/// The table form: one matrix per block ("." connected, "X" not), then the findings.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    for b in &r.matrix {
+        s.push_str(&format!(
+            "{}/{} ({})  . = connected, X = blocked\n",
+            b.protocol,
+            b.port,
+            match b.family {
+                weir_policy::check::Family::Ipv4 => "ipv4",
+                weir_policy::check::Family::Ipv6 => "ipv6",
+            }
+        ));
+        let w = b.from.iter().map(String::len).max().unwrap_or(0);
+        s.push_str(&format!("{:w$}", ""));
+        for t in &b.to {
+            s.push_str(&format!(" {t}"));
+        }
+        s.push('\n');
+        for (i, f) in b.from.iter().enumerate() {
+            s.push_str(&format!("{f:w$}"));
+            for (j, t) in b.to.iter().enumerate() {
+                let c = if b.connected[i][j] { "." } else { "X" };
+                s.push_str(&format!(" {c:>tw$}", tw = t.len()));
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    if r.findings.is_empty() {
+        s.push_str("no findings\n");
+    }
+    for f in &r.findings {
+        s.push_str(&format!(
+            "{:7} {:22} {}{}: {}\n",
+            f.severity.as_str(),
+            f.kind,
+            f.policy,
+            f.rule.as_ref().map(|r| format!(" {r}")).unwrap_or_default(),
+            f.message
+        ));
+    }
+    s
+}
+
+/// An established flow (from the dataplanes' flow logs) that a change cuts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CutFlow {
+    pub node: String,
+    pub protocol: String,
+    pub src: String,
+    pub sport: u16,
+    pub dst: String,
+    pub dport: u16,
+    /// The new verdict, as `weir explain` prints it.
+    pub why: String,
+}
+
+/// What `weir policy diff` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffReport {
+    pub changes: Vec<weir_policy::check::Change>,
+    /// With the running cluster as the old side: admitted flows the new
+    /// policies deny (weir revokes them when the change is applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Vec<CutFlow>>,
+}
+
+/// `weir policy diff`: `old` files (topology and policies) or the running
+/// cluster against `new` files. With the cluster, the new policies are
+/// the enforced ones with `new`'s objects added or replaced, as `weir
+/// apply -f NEW` would leave them, and the topology is the cluster's; with
+/// `old` files, `new` replaces the policies (and the topology, if it has
+/// pods).
+pub fn diff(
+    old: Option<&[PathBuf]>,
+    state: &StateDir,
+    new: &[PathBuf],
+    output: Output,
+) -> anyhow::Result<()> {
+    let old_input = match old {
+        Some(files) => input(Source::Files(files))?,
+        None => input(Source::Cluster(state))?,
+    };
+    let (text, source) = read(new)?;
+    let m = manifests::parse_text(&text, &source, FieldValidation::Strict)?;
+    let mut new_input = if m.cluster.pods.is_empty() {
+        old_input.clone()
+    } else {
+        planned_input(&m.cluster.clone().finish()?, Vec::new())
+    };
+    let added: Vec<weir_policy::Policy> = m.policies.into_iter().map(|(p, _)| p).collect();
+    new_input.policies = match old {
+        Some(_) => added,
+        None => {
+            let mut v: Vec<weir_policy::Policy> = old_input
+                .policies
+                .iter()
+                .filter(|p| !added.iter().any(|a| a.object() == p.object()))
+                .cloned()
+                .collect();
+            v.extend(added);
+            v
+        }
+    };
+    let mut ports = weir_policy::check::declared_ports(&old_input);
+    ports.extend(weir_policy::check::declared_ports(&new_input));
+    ports.sort();
+    ports.dedup();
+    let before = weir_policy::check::check(&old_input, &ports)?;
+    let after = weir_policy::check::check(&new_input, &ports)?;
+    let changes = weir_policy::check::diff(&before.matrix, &after.matrix);
+    let cut = match old {
+        Some(_) => None,
+        None => Some(cut_flows(state, &new_input)?),
+    };
+    let r = DiffReport { changes, cut };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        _ => {
+            if r.changes.is_empty() {
+                println!("no pair/port changes verdict");
+            }
+            for c in &r.changes {
+                println!(
+                    "{:6} {} -> {} {}/{} ({})",
+                    c.change,
+                    c.from,
+                    c.to,
+                    c.protocol,
+                    c.port,
+                    match c.family {
+                        weir_policy::check::Family::Ipv4 => "ipv4",
+                        weir_policy::check::Family::Ipv6 => "ipv6",
+                    }
+                );
+            }
+            if let Some(cut) = &r.cut {
+                println!("{} admitted flow(s) would be revoked", cut.len());
+                for f in cut {
+                    println!(
+                        "  {} {}:{} -> {}:{} (node {}): {}",
+                        f.protocol, f.src, f.sport, f.dst, f.dport, f.node, f.why
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
+    let mut text = String::new();
+    for f in files {
+        let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        text.push_str("\n---\n");
+        text.push_str(&t);
+    }
+    let source = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((text, source))
+}
+
+/// Flows the dataplanes admitted (`new` records of the flow logs, pod to
+/// pod, TCP/UDP/SCTP) and did not revoke since, that `input` denies.
+fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlow>> {
+    use weir_model::ipc::{FlowRecord, FlowsReply};
+    let c = Cluster::load(&state.cluster_file())
+        .with_context(|| format!("cluster {}: not up", state.cluster))?;
+    let mut records: Vec<FlowRecord> = Vec::new();
+    for n in crate::agent::weir_nodes(&c) {
+        let v: FlowsReply = crate::ipc::request(
+            &state.dataplane_sock(&n.name),
+            &crate::ipc::Request::Flows { since: 0 },
+            std::time::Duration::from_secs(5),
+        )
+        .with_context(|| format!("flows of node {}", n.name))?;
+        records.extend(v.records);
+    }
+    let key = |r: &FlowRecord| {
+        (
+            r.node.clone(),
+            r.protocol.clone(),
+            r.src_addr,
+            r.sport,
+            r.dst_addr,
+            r.dport,
+        )
+    };
+    let mut live: Vec<FlowRecord> = Vec::new();
+    for r in records {
+        match r.kind.as_str() {
+            "new" if r.verdict != "denied" => {
+                live.retain(|x| key(x) != key(&r));
+                live.push(r);
+            }
+            "revoked" => live.retain(|x| key(x) != key(&r)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for r in live {
+        let (Some(from), Some(to)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
+            continue;
+        };
+        let proto = match r.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => weir_model::Protocol::Tcp,
+            "UDP" => weir_model::Protocol::Udp,
+            "SCTP" => weir_model::Protocol::Sctp,
+            _ => continue,
+        };
+        let Ok(e) = weir_policy::explain(input, from, to, proto, r.dport) else {
+            continue;
+        };
+        if !e.allowed {
+            out.push(CutFlow {
+                node: r.node.clone(),
+                protocol: r.protocol.clone(),
+                src: r.src.clone(),
+                sport: r.sport,
+                dst: r.dst.clone(),
+                dport: r.dport,
+                why: format!("egress: {}; ingress: {}", e.egress.text, e.ingress.text),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `new` records of every node's flow log (admitted, pod to pod).
+fn admitted_flows(state: &StateDir) -> anyhow::Result<Vec<weir_model::ipc::FlowRecord>> {
+    use weir_model::ipc::FlowsReply;
+    let c = Cluster::load(&state.cluster_file())
+        .with_context(|| format!("cluster {}: not up", state.cluster))?;
+    let mut out = Vec::new();
+    for n in crate::agent::weir_nodes(&c) {
+        let v: FlowsReply = crate::ipc::request(
+            &state.dataplane_sock(&n.name),
+            &crate::ipc::Request::Flows { since: 0 },
+            std::time::Duration::from_secs(5),
+        )
+        .with_context(|| format!("flows of node {}", n.name))?;
+        out.extend(
+            v.records
+                .into_iter()
+                .filter(|r| r.kind == "new" && r.verdict != "denied"),
+        );
+    }
+    Ok(out)
+}
+
+/// `weir policy suggest`: NetworkPolicies admitting exactly the flows the
+/// running cluster's dataplanes admitted (their flow logs), for the
+/// workloads of `namespaces` (all when empty). Prints the YAML (or JSON
+/// with the check), and on stderr how it checks.
+pub fn suggest(state: &StateDir, namespaces: &[String], output: Output) -> anyhow::Result<()> {
+    let input = input(Source::Cluster(state))?;
+    let mut observed = Vec::new();
+    for r in admitted_flows(state)? {
+        let (Some(f), Some(t)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
+            continue;
+        };
+        let protocol = match r.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => weir_model::Protocol::Tcp,
+            "UDP" => weir_model::Protocol::Udp,
+            "SCTP" => weir_model::Protocol::Sctp,
+            _ => continue,
+        };
+        observed.push(weir_policy::suggest::Observed {
+            from: (f.0.to_string(), f.1.to_string()),
+            to: (t.0.to_string(), t.1.to_string()),
+            protocol,
+            port: r.dport,
+        });
+    }
+    observed.sort();
+    observed.dedup();
+    let s = weir_policy::suggest::suggest(&input, &observed, namespaces)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        _ => print!("{}", s.yaml),
+    }
+    eprintln!(
+        "{} polic(ies) from {} observed flow(s); checked with the current policies: {} observed flow(s) denied, {} unobserved pair/port(s) allowed",
+        s.policies,
+        observed.len(),
+        s.missing.len(),
+        s.extra.len()
+    );
+    for m in &s.missing {
+        eprintln!("  denied though observed: {m}");
+    }
+    for e in &s.extra {
+        eprintln!("  allowed though not observed: {e}");
+    }
+    Ok(())
+}
