@@ -1122,6 +1122,150 @@ mod tests {
         assert_eq!(first_hosts(&[]), (None, None));
     }
 
+    /// The cluster a node agent compiles: remote Nodes are overlay peers
+    /// once their next hop is resolved; every API pod is an identity (this
+    /// node's unattached ones without node or address, so they are neither
+    /// endpoints nor peers by address).
+    #[test]
+    fn compiled_cluster_peers_and_identity_only_pods() {
+        let node = |name: &str, cidr: &str, ul: &str| -> k8s_openapi::api::core::v1::Node {
+            serde_json::from_value(json!({"metadata": {"name": name,
+                "annotations": {"weir.dev/underlay-ip": ul}},
+                "spec": {"podCIDRs": [cidr]}}))
+            .unwrap()
+        };
+        let pod = |name: &str, node: &str, ip: Option<&str>| -> Pod {
+            let mut v = json!({"metadata": {"name": name, "namespace": "x", "uid": format!("u-{name}"),
+                "labels": {"app": name}}, "spec": {"nodeName": node, "containers": []}});
+            if let Some(ip) = ip {
+                v["status"] = json!({"podIP": ip});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let nodes = [
+            node("n1", "10.1.0.0/24", "192.168.9.1"),
+            node("n2", "10.2.0.0/24", "192.168.9.2"),
+        ];
+        let pods = [
+            pod("att", "n1", Some("10.1.0.5")),
+            pod("unatt", "n1", Some("10.1.0.6")),
+            pod("rem", "n2", Some("10.2.0.5")),
+            pod("pending", "n2", None),
+        ];
+        let inputs = kube_inputs::cluster_inputs(&nodes, &[], &pods);
+        let me = RealizedNode {
+            name: "n1".into(),
+            netns: "ns1".into(),
+            labels: BTreeMap::new(),
+            pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+            ipv4: None,
+            ipv6: None,
+            dataplane: weir_topo::NodeDataplane::Weir,
+            underlay: Some(UnderlayInfo {
+                ifname: "ul0".into(),
+                peer_ifname: String::new(),
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: Ipv4Addr::new(192, 168, 9, 1),
+                prefix_len: 24,
+            }),
+            vtep_mac: weir_topo::overlay::vtep_mac(Ipv4Addr::new(192, 168, 9, 1)),
+        };
+        let att = RealizedPod {
+            namespace: "x".into(),
+            name: "att".into(),
+            node: "n1".into(),
+            labels: BTreeMap::from([("weir.dev/pod-uid".to_string(), "u-att".to_string())]),
+            ports: Vec::new(),
+            netns: "/run/netns/p".into(),
+            host_ifname: "wc1".into(),
+            host_mac: [2, 0, 0, 0, 1, 1],
+            pod_mac: [2, 0, 0, 0, 1, 2],
+            ipv4: Some(Ipv4Addr::new(10, 1, 0, 5)),
+            ipv6: None,
+            mtu: 1450,
+            cni: None,
+        };
+        let mut st = NodeState {
+            state: StateDir::new(CLUSTER),
+            node: "n1".into(),
+            attached: Cluster {
+                name: CLUSTER.into(),
+                nodes: vec![me],
+                namespaces: Vec::new(),
+                pods: vec![att],
+                encap: weir_topo::Encap::Vxlan,
+                vni: 1,
+                underlay_netns: None,
+                underlay_mtu: 1500,
+                pod_mtu: 0,
+                queues: 2,
+            },
+            inputs,
+            synced: true,
+            policies: Vec::new(),
+            policy_text: String::new(),
+            generation: 0,
+            last: None,
+            peer_macs: BTreeMap::new(),
+        };
+        // Next hop not resolved: n2 is no peer yet.
+        let c = st.compiled();
+        assert!(c.node("n2").unwrap().underlay.is_none());
+        st.peer_macs
+            .insert(Ipv4Addr::new(192, 168, 9, 2), [2, 0, 0, 0, 0, 2]);
+        let c = st.compiled();
+        let n2 = c.node("n2").unwrap();
+        let ul = n2.underlay.as_ref().expect("n2 is a peer");
+        assert_eq!(
+            (ul.ipv4, ul.mac),
+            (Ipv4Addr::new(192, 168, 9, 2), [2, 0, 0, 0, 0, 2])
+        );
+        assert_eq!(n2.vtep_mac, [0x0e, 0, 192, 168, 9, 2]);
+        let pods: Vec<_> = c
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.node.as_str(), p.ipv4))
+            .collect();
+        assert_eq!(
+            pods,
+            vec![
+                ("att", "n1", Some(Ipv4Addr::new(10, 1, 0, 5))),
+                ("pending", "n2", None),
+                ("rem", "n2", Some(Ipv4Addr::new(10, 2, 0, 5))),
+                ("unatt", "", None),
+            ]
+        );
+        // Only n1 is compiled, with n2 as its one peer.
+        let snap = crate::agent::compile_node(
+            &c,
+            &weir_policy::PolicyInput::from_cluster(&c, Vec::new()),
+            "n1",
+            1,
+        )
+        .unwrap();
+        let t = snap.tunnel.expect("a tunnel");
+        assert_eq!(t.underlay.name, "ul0");
+        assert_eq!(t.peers.len(), 1);
+        assert_eq!(t.peers[0].node, "n2");
+        assert!(t.peers[0].identity_aware);
+    }
+
+    #[test]
+    fn macs_from_iproute2() {
+        assert_eq!(
+            parse_mac("0a:00:c0:A8:09:02"),
+            Some([10, 0, 192, 168, 9, 2])
+        );
+        for bad in [
+            "",
+            "0a:00:c0:a8:09",
+            "0a:00:c0:a8:09:02:03",
+            "zz:00:00:00:00:00",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn netns_names_and_paths() {
         assert!(netns_name(Some("/tmp/x"))
