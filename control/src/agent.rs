@@ -109,12 +109,22 @@ pub fn weir_nodes(cluster: &Cluster) -> impl Iterator<Item = &weir_topo::Realize
 /// Compiles and publishes snapshots for every node of `source`; returns
 /// the generation.
 pub fn publish(state: &StateDir, source: &impl ClusterSource) -> anyhow::Result<u64> {
+    publish_for(state, source, None)
+}
+
+/// [`publish`] for one node only (`Some(node)`): a node agent compiles its
+/// own node; the other nodes of its cluster are peers it does not serve.
+pub fn publish_for(
+    state: &StateDir,
+    source: &impl ClusterSource,
+    only: Option<&str>,
+) -> anyhow::Result<u64> {
     let cluster = source.cluster();
     let generation = next_generation(state, cluster);
     let input = PolicyInput::from_cluster(cluster, source.policies()?);
     // Compile every node before publishing any: all or nothing.
     let mut specs = Vec::new();
-    for n in weir_nodes(cluster) {
+    for n in weir_nodes(cluster).filter(|n| only.is_none_or(|o| o == n.name)) {
         specs.push((
             n.name.clone(),
             compile_node(cluster, &input, &n.name, generation)?,
@@ -129,9 +139,14 @@ pub fn publish(state: &StateDir, source: &impl ClusterSource) -> anyhow::Result<
 /// Checks that the policies of `source` compile for its cluster (every
 /// node), publishing nothing.
 pub fn check(source: &impl ClusterSource) -> anyhow::Result<()> {
+    check_for(source, None)
+}
+
+/// [`check`] for one node only (`Some(node)`).
+pub fn check_for(source: &impl ClusterSource, only: Option<&str>) -> anyhow::Result<()> {
     let cluster = source.cluster();
     let input = PolicyInput::from_cluster(cluster, source.policies()?);
-    for n in weir_nodes(cluster) {
+    for n in weir_nodes(cluster).filter(|n| only.is_none_or(|o| o == n.name)) {
         compile_node(cluster, &input, &n.name, 0)?;
     }
     Ok(())

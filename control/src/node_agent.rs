@@ -43,7 +43,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_policy::Policy;
-use weir_topo::{Cluster, RealizedNode, RealizedPod};
+use weir_topo::{Cluster, RealizedNode, RealizedPod, UnderlayInfo};
 
 /// The local cluster name of a node agent's state (`<state-dir>/kube/`).
 pub const CLUSTER: &str = "kube";
@@ -120,6 +120,9 @@ struct NodeState {
     generation: u64,
     /// What the last publish compiled (cluster, policies), to skip a no-op.
     last: Option<(Cluster, String)>,
+    /// The next hop's MAC toward each other node's underlay address (the
+    /// outer destination of tunnel frames), as the node netns resolved it.
+    peer_macs: BTreeMap<Ipv4Addr, [u8; 6]>,
 }
 
 impl NodeState {
@@ -137,11 +140,26 @@ impl NodeState {
             pods: Vec::new(),
             ..self.attached.clone()
         };
+        let tunnel = self.attached.nodes[0].underlay.is_some();
         for n in &self.inputs.nodes {
             if n.name == self.node {
                 continue;
             }
             let (ipv4, ipv6) = first_hosts(&n.pod_cidrs);
+            // A peer of the overlay once this node has its underlay and the
+            // next hop toward the peer's is resolved; until then its pods
+            // are identities without a route (no-route: fail closed).
+            let underlay = n
+                .internal_ip
+                .filter(|_| tunnel)
+                .and_then(|ip| Some((ip, *self.peer_macs.get(&ip)?)))
+                .map(|(ip, mac)| UnderlayInfo {
+                    ifname: String::new(),
+                    peer_ifname: String::new(),
+                    mac,
+                    ipv4: ip,
+                    prefix_len: 32,
+                });
             c.nodes.push(RealizedNode {
                 name: n.name.clone(),
                 netns: String::new(),
@@ -150,8 +168,10 @@ impl NodeState {
                 ipv4,
                 ipv6,
                 dataplane: n.dataplane,
-                underlay: None,
-                vtep_mac: [0; 6],
+                vtep_mac: underlay
+                    .as_ref()
+                    .map_or([0; 6], |u| weir_topo::overlay::vtep_mac(u.ipv4)),
+                underlay,
             });
         }
         c.nodes.extend(self.attached.nodes.iter().cloned());
@@ -169,22 +189,37 @@ impl NodeState {
             p.ports = api.spec.ports.clone();
             c.pods.push(p);
         }
+        // Every other Pod of the API server, with or without addresses: the
+        // identities are numbered over the (namespace, labels) of all pods,
+        // so every node agent that sees the same API objects numbers them
+        // alike, and the identity one node puts on the wire means the same
+        // pod group to the node that judges it. This node's pods that are
+        // not attached here are identities only (no node, no address).
         for p in &self.inputs.pods {
-            if p.spec.node == self.node || (p.ipv4.is_none() && p.ipv6.is_none()) {
+            let local = p.spec.node == self.node;
+            if local
+                && c.pods
+                    .iter()
+                    .any(|q| q.namespace == p.spec.namespace && q.name == p.spec.name)
+            {
                 continue;
             }
             c.pods.push(RealizedPod {
                 namespace: p.spec.namespace.clone(),
                 name: p.spec.name.clone(),
-                node: p.spec.node.clone(),
+                node: if local {
+                    String::new()
+                } else {
+                    p.spec.node.clone()
+                },
                 labels: p.spec.labels.clone(),
                 ports: p.spec.ports.clone(),
                 netns: String::new(),
                 host_ifname: String::new(),
                 host_mac: [0; 6],
                 pod_mac: [0; 6],
-                ipv4: p.ipv4,
-                ipv6: p.ipv6,
+                ipv4: if local { None } else { p.ipv4 },
+                ipv6: if local { None } else { p.ipv6 },
                 mtu: 0,
                 cni: None,
             });
@@ -209,6 +244,31 @@ impl NodeState {
                 log::warn!("nodes/{}: {e:#}", self.node);
             }
         }
+        // The underlay: the interface of the node netns holding the Node's
+        // underlay address (annotation weir.dev/underlay-ip, else its
+        // InternalIP). A Node that names none (yet, or for a moment: a
+        // kubelet registering it again writes its addresses after the
+        // object) keeps the one in use.
+        if n.internal_ip.is_some() && me.underlay.as_ref().map(|u| u.ipv4) != n.internal_ip {
+            me.underlay = None;
+            me.vtep_mac = [0; 6];
+            if let Some(ip) = n.internal_ip {
+                match find_underlay(&me.netns, ip) {
+                    Ok((ul, mtu)) => {
+                        log::info!(
+                            "nodes/{}: underlay {} ({ip}/{}, MTU {mtu})",
+                            self.node,
+                            ul.ifname,
+                            ul.prefix_len
+                        );
+                        me.vtep_mac = weir_topo::overlay::vtep_mac(ip);
+                        me.underlay = Some(ul);
+                        self.attached.underlay_mtu = mtu;
+                    }
+                    Err(e) => log::warn!("nodes/{}: no overlay: {e:#}", self.node),
+                }
+            }
+        }
     }
 
     /// Compiles and publishes the node's snapshot when something changed.
@@ -221,10 +281,13 @@ impl NodeState {
         }
         let cluster = self.compiled();
         if let Some((text, policies)) = new_policies {
-            match crate::agent::check(&crate::source::Parsed {
-                cluster: &cluster,
-                policies: &policies,
-            }) {
+            match crate::agent::check_for(
+                &crate::source::Parsed {
+                    cluster: &cluster,
+                    policies: &policies,
+                },
+                Some(&self.node),
+            ) {
                 Ok(()) => {
                     // Kept for a restarted agent: a set it refuses must leave
                     // these in force, not none.
@@ -242,12 +305,13 @@ impl NodeState {
         if self.last.as_ref() == Some(&key) {
             return Ok(());
         }
-        self.generation = crate::agent::publish(
+        self.generation = crate::agent::publish_for(
             &self.state,
             &crate::source::Parsed {
                 cluster: &key.0,
                 policies: &self.policies,
             },
+            Some(&self.node),
         )?;
         key.0.save(&self.state.cluster_file())?;
         log::info!(
@@ -398,6 +462,96 @@ fn prepare_node_netns(n: &RealizedNode) -> anyhow::Result<()> {
         ip(&["addr", "replace", a, "dev", "lo"])?;
     }
     Ok(())
+}
+
+/// `ip -n NETNS -j ARGS` as JSON.
+fn ip_json(netns: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j"])
+        .args(args)
+        .output()
+        .context("run ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut m {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(m)
+}
+
+/// The interface of `netns` that holds `ip`: the node's end of the
+/// underlay (name, MAC, prefix) and its MTU.
+fn find_underlay(netns: &str, ip: Ipv4Addr) -> anyhow::Result<(UnderlayInfo, u32)> {
+    let links = ip_json(netns, &["addr", "show"])?;
+    for l in links.as_array().into_iter().flatten() {
+        let has = l["addr_info"].as_array().into_iter().flatten().find(|a| {
+            a["family"] == "inet" && a["local"].as_str() == Some(ip.to_string().as_str())
+        });
+        let Some(a) = has else { continue };
+        let ifname = l["ifname"].as_str().unwrap_or_default().to_string();
+        anyhow::ensure!(
+            ifname != "lo",
+            "{ip} is on lo, not on an interface to the other nodes"
+        );
+        let mac = l["address"]
+            .as_str()
+            .and_then(parse_mac)
+            .with_context(|| format!("{ifname}: no Ethernet address"))?;
+        let mtu = l["mtu"].as_u64().unwrap_or(1500) as u32;
+        let prefix_len = a["prefixlen"].as_u64().unwrap_or(32) as u8;
+        return Ok((
+            UnderlayInfo {
+                ifname,
+                peer_ifname: String::new(),
+                mac,
+                ipv4: ip,
+                prefix_len,
+            },
+            mtu,
+        ));
+    }
+    anyhow::bail!("no interface of netns {netns} has the underlay address {ip} (the Node's {} annotation or InternalIP)", kube_inputs::UNDERLAY_ANNOTATION)
+}
+
+/// The MAC of the next hop toward a peer's underlay address (the peer
+/// itself on one L2 segment, else its gateway), from the node netns's
+/// routes and neighbours; an unknown neighbour is probed once (one ping:
+/// the kernel resolves it) and read again. `None`: not resolved (yet).
+fn resolve_peer_mac(netns: &str, peer: Ipv4Addr) -> Option<[u8; 6]> {
+    let p = peer.to_string();
+    let route = ip_json(netns, &["route", "get", &p]).ok()?;
+    let r = route.get(0)?;
+    let dev = r["dev"].as_str()?.to_string();
+    let hop = r["gateway"].as_str().unwrap_or(&p).to_string();
+    let lookup = || -> Option<[u8; 6]> {
+        let n = ip_json(netns, &["neigh", "show", "to", &hop, "dev", &dev]).ok()?;
+        let e = n.get(0)?;
+        let bad = e["state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s == "FAILED" || s == "INCOMPLETE");
+        e["lladdr"].as_str().filter(|_| !bad).and_then(parse_mac)
+    };
+    if let Some(m) = lookup() {
+        return Some(m);
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", &hop])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    lookup()
 }
 
 /// `/run/netns/NAME` or `NAME` → `NAME`; `None` names the agent's own netns
@@ -552,6 +706,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         policy_text,
         generation,
         last: None,
+        peer_macs: BTreeMap::new(),
     }));
     write_conflist(&state, &opts.node, opts.cni_conf_dir.as_deref())?;
 
@@ -594,6 +749,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     let mut skipped_logged: BTreeSet<String> = BTreeSet::new();
     let mut dirty_since: Option<tokio::time::Instant> = None;
     let mut last_refusal: Option<String> = None;
+    let mut peer_macs: BTreeMap<Ipv4Addr, [u8; 6]> = BTreeMap::new();
+    let mut peers_pending = false;
+    let mut unresolved_logged: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -618,6 +776,11 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             Err(_) => None,
         };
         if msg.is_none() && dirty_since.is_none() {
+            // Idle: a peer's next hop not resolved yet? Try again.
+            if peers_pending {
+                dirty_since = Some(tokio::time::Instant::now());
+                continue;
+            }
             // Idle: the dataplane still runs?
             if opts.spawn_dataplane && published_once {
                 supervise_dataplane(&state, &opts, &mut dataplane);
@@ -674,9 +837,40 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 log::warn!("{s}; skipped");
             }
         }
+        // The overlay's peers: the next hop toward every other node's
+        // underlay address (outside the lock: a probe takes up to a second).
+        let own_ul = inputs.node(&opts.node).and_then(|n| n.internal_ip);
+        peers_pending = false;
+        for n in &inputs.nodes {
+            let Some(ip) = n
+                .internal_ip
+                .filter(|ip| n.name != opts.node && Some(*ip) != own_ul)
+            else {
+                continue;
+            };
+            if own_ul.is_none() || peer_macs.contains_key(&ip) {
+                continue;
+            }
+            match tokio::task::block_in_place(|| resolve_peer_mac(&netns, ip)) {
+                Some(m) => {
+                    log::info!("nodes/{}: overlay peer {ip}", n.name);
+                    peer_macs.insert(ip, m);
+                }
+                None => {
+                    if unresolved_logged.insert(ip) {
+                        log::warn!(
+                            "nodes/{}: underlay {ip} does not answer from netns {netns}; its pods get no traffic until it does",
+                            n.name
+                        );
+                    }
+                    peers_pending = true;
+                }
+            }
+        }
         let text = kube_agent::manifest_text(&kinds);
         let result = {
             let mut st = shared.lock().expect("lock");
+            st.peer_macs = peer_macs.clone();
             st.inputs = inputs;
             if !st.synced {
                 log::info!("initial lists complete");
@@ -926,6 +1120,150 @@ mod tests {
             )
         );
         assert_eq!(first_hosts(&[]), (None, None));
+    }
+
+    /// The cluster a node agent compiles: remote Nodes are overlay peers
+    /// once their next hop is resolved; every API pod is an identity (this
+    /// node's unattached ones without node or address, so they are neither
+    /// endpoints nor peers by address).
+    #[test]
+    fn compiled_cluster_peers_and_identity_only_pods() {
+        let node = |name: &str, cidr: &str, ul: &str| -> k8s_openapi::api::core::v1::Node {
+            serde_json::from_value(json!({"metadata": {"name": name,
+                "annotations": {"weir.dev/underlay-ip": ul}},
+                "spec": {"podCIDRs": [cidr]}}))
+            .unwrap()
+        };
+        let pod = |name: &str, node: &str, ip: Option<&str>| -> Pod {
+            let mut v = json!({"metadata": {"name": name, "namespace": "x", "uid": format!("u-{name}"),
+                "labels": {"app": name}}, "spec": {"nodeName": node, "containers": []}});
+            if let Some(ip) = ip {
+                v["status"] = json!({"podIP": ip});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let nodes = [
+            node("n1", "10.1.0.0/24", "192.168.9.1"),
+            node("n2", "10.2.0.0/24", "192.168.9.2"),
+        ];
+        let pods = [
+            pod("att", "n1", Some("10.1.0.5")),
+            pod("unatt", "n1", Some("10.1.0.6")),
+            pod("rem", "n2", Some("10.2.0.5")),
+            pod("pending", "n2", None),
+        ];
+        let inputs = kube_inputs::cluster_inputs(&nodes, &[], &pods);
+        let me = RealizedNode {
+            name: "n1".into(),
+            netns: "ns1".into(),
+            labels: BTreeMap::new(),
+            pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+            ipv4: None,
+            ipv6: None,
+            dataplane: weir_topo::NodeDataplane::Weir,
+            underlay: Some(UnderlayInfo {
+                ifname: "ul0".into(),
+                peer_ifname: String::new(),
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: Ipv4Addr::new(192, 168, 9, 1),
+                prefix_len: 24,
+            }),
+            vtep_mac: weir_topo::overlay::vtep_mac(Ipv4Addr::new(192, 168, 9, 1)),
+        };
+        let att = RealizedPod {
+            namespace: "x".into(),
+            name: "att".into(),
+            node: "n1".into(),
+            labels: BTreeMap::from([("weir.dev/pod-uid".to_string(), "u-att".to_string())]),
+            ports: Vec::new(),
+            netns: "/run/netns/p".into(),
+            host_ifname: "wc1".into(),
+            host_mac: [2, 0, 0, 0, 1, 1],
+            pod_mac: [2, 0, 0, 0, 1, 2],
+            ipv4: Some(Ipv4Addr::new(10, 1, 0, 5)),
+            ipv6: None,
+            mtu: 1450,
+            cni: None,
+        };
+        let mut st = NodeState {
+            state: StateDir::new(CLUSTER),
+            node: "n1".into(),
+            attached: Cluster {
+                name: CLUSTER.into(),
+                nodes: vec![me],
+                namespaces: Vec::new(),
+                pods: vec![att],
+                encap: weir_topo::Encap::Vxlan,
+                vni: 1,
+                underlay_netns: None,
+                underlay_mtu: 1500,
+                pod_mtu: 0,
+                queues: 2,
+            },
+            inputs,
+            synced: true,
+            policies: Vec::new(),
+            policy_text: String::new(),
+            generation: 0,
+            last: None,
+            peer_macs: BTreeMap::new(),
+        };
+        // Next hop not resolved: n2 is no peer yet.
+        let c = st.compiled();
+        assert!(c.node("n2").unwrap().underlay.is_none());
+        st.peer_macs
+            .insert(Ipv4Addr::new(192, 168, 9, 2), [2, 0, 0, 0, 0, 2]);
+        let c = st.compiled();
+        let n2 = c.node("n2").unwrap();
+        let ul = n2.underlay.as_ref().expect("n2 is a peer");
+        assert_eq!(
+            (ul.ipv4, ul.mac),
+            (Ipv4Addr::new(192, 168, 9, 2), [2, 0, 0, 0, 0, 2])
+        );
+        assert_eq!(n2.vtep_mac, [0x0e, 0, 192, 168, 9, 2]);
+        let pods: Vec<_> = c
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.node.as_str(), p.ipv4))
+            .collect();
+        assert_eq!(
+            pods,
+            vec![
+                ("att", "n1", Some(Ipv4Addr::new(10, 1, 0, 5))),
+                ("pending", "n2", None),
+                ("rem", "n2", Some(Ipv4Addr::new(10, 2, 0, 5))),
+                ("unatt", "", None),
+            ]
+        );
+        // Only n1 is compiled, with n2 as its one peer.
+        let snap = crate::agent::compile_node(
+            &c,
+            &weir_policy::PolicyInput::from_cluster(&c, Vec::new()),
+            "n1",
+            1,
+        )
+        .unwrap();
+        let t = snap.tunnel.expect("a tunnel");
+        assert_eq!(t.underlay.name, "ul0");
+        assert_eq!(t.peers.len(), 1);
+        assert_eq!(t.peers[0].node, "n2");
+        assert!(t.peers[0].identity_aware);
+    }
+
+    #[test]
+    fn macs_from_iproute2() {
+        assert_eq!(
+            parse_mac("0a:00:c0:A8:09:02"),
+            Some([10, 0, 192, 168, 9, 2])
+        );
+        for bad in [
+            "",
+            "0a:00:c0:a8:09",
+            "0a:00:c0:a8:09:02:03",
+            "zz:00:00:00:00:00",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1175,3 +1175,280 @@ users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster
     assert!(err.contains("no --kubeconfig, and not in a pod"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tunnel frames the node's dataplane took in from its underlay (the XDP
+/// program's redirects on the underlay port).
+fn underlay_redirected(node: &NodeUnderTest) -> u64 {
+    node.status()["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            n["status"]["dataplane"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter(|p| p["underlay"] == true)
+        .map(|p| p["xdp"]["redirected"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The overlay peers (node names) of the node's published snapshot.
+fn snapshot_peers(node: &NodeUnderTest) -> Vec<String> {
+    let path = node
+        .state
+        .join(format!("kube/nodes/{}/snapshot.json", node.name));
+    let v: Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    v["tunnel"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["node"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// b admits TCP 80 and UDP 53 from pods labelled app=a of namespace kn.
+const NETPOL_B_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: b-from-a, namespace: kn}\n\
+spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+\x20 ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kn}}, podSelector: {matchLabels: {app: a}}}]\n\
+\x20   ports: [{protocol: TCP, port: 80}, {protocol: UDP, port: 53}]\n";
+
+/// Two nodes of one cluster, an agent each, on an underlay of the test's own
+/// (a veth pair between the node namespaces): the agents build the VXLAN
+/// overlay from the Nodes they see (underlay address from the annotation on
+/// one, InternalIP on the other), pod traffic crosses both dataplanes with
+/// the source identity carried, cross-node policy follows kubectl label
+/// changes, and a Node deleted/added removes/adds the peer.
+#[test]
+fn two_nodes_overlay_enforces_cross_node_policy_by_identity() {
+    let cp = ControlPlane::start("kn2");
+    let tag = unique_name("kn2");
+    let mut netns = Netns(Vec::new());
+    let (ns_a, ns_b) = (format!("wa{tag}"), format!("wb{tag}"));
+    netns.add(&ns_a);
+    netns.add(&ns_b);
+    let ip = |ns: &str, args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "ip -n {ns} {args:?}");
+    };
+    // The underlay: one veth pair, two queues each end (one socket per
+    // queue, like the pod veths), deleted with the namespaces.
+    ip(
+        &ns_a,
+        &[
+            "link",
+            "add",
+            "ul0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul0",
+            "netns",
+            &ns_b,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+        ],
+    );
+    ip(&ns_a, &["addr", "add", "192.168.77.1/24", "dev", "ul0"]);
+    ip(&ns_b, &["addr", "add", "192.168.77.2/24", "dev", "ul0"]);
+    for ns in [&ns_a, &ns_b] {
+        ip(ns, &["link", "set", "ul0", "up"]);
+        ip(ns, &["link", "set", "lo", "up"]);
+    }
+    let node = |name: &str, ns: &str| {
+        let state = std::env::temp_dir().join(format!("weir-{tag}-{name}"));
+        std::fs::create_dir_all(&state).expect("state dir");
+        NodeUnderTest {
+            name: format!("{name}-{tag}"),
+            netns: ns.to_string(),
+            state,
+            kubeconfig: cp.kubeconfig.clone(),
+            agent: None,
+        }
+    };
+    let mut a = node("a", &ns_a);
+    let mut b = node("b", &ns_b);
+    // Node a: its underlay address by annotation.
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {}, annotations: {{weir.dev/underlay-ip: 192.168.77.1}}}}\n\
+spec: {{podCIDR: 10.214.1.0/24, podCIDRs: [10.214.1.0/24]}}\n",
+            a.name
+        )),
+    );
+    let node_b_yaml = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
+spec: {{podCIDR: 10.214.2.0/24, podCIDRs: [10.214.2.0/24]}}\n",
+        b.name
+    );
+    // Node b: its underlay address as the status InternalIP, as a kubelet
+    // reports it.
+    let b_name = b.name.clone();
+    let register_b = || {
+        cp.kubectl_ok(&["apply", "-f", "-"], Some(&node_b_yaml));
+        let patch = json!({"status": {"addresses": [
+            {"type": "Hostname", "address": b_name},
+            {"type": "InternalIP", "address": "192.168.77.2"}]}});
+        cp.kubectl_ok(
+            &[
+                "patch",
+                "node",
+                &b_name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        );
+    };
+    register_b();
+    a.start_agent();
+    b.start_agent();
+    cp.kubectl_ok(&["create", "namespace", "kn"], None);
+    wait_until(&a, "default ServiceAccount", || {
+        cp.kubectl(&["get", "serviceaccount", "-n", "kn", "default"], None)
+            .status
+            .success()
+    });
+    let mut pods = Vec::new();
+    for (name, n) in [("a", &a), ("b", &b)] {
+        cp.kubectl_ok(&["apply", "-f", "-"], Some(&pod_yaml("kn", name, &n.name)));
+        let uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "-n",
+                "kn",
+                name,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
+        let mut p = Pod {
+            namespace: "kn".into(),
+            name: name.to_string(),
+            netns_path: netns.add(&format!("w{tag}-{name}")),
+            ip: None,
+        };
+        let mut res = (false, Value::Null);
+        for _ in 0..100 {
+            res = n.cni("ADD", &p, &uid);
+            if res.0 || res.1["code"] != 11 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(res.0, "ADD {name}: {}\n{}", res.1, n.log());
+        let addr = res.1["ips"][0]["address"].as_str().expect("an address");
+        p.ip = Some(addr.split('/').next().unwrap().parse().expect("IPv4"));
+        start_servers(&p.netns_path);
+        write_status(&cp, &p);
+        pods.push(p);
+    }
+    let (pa, pb) = (&pods[0], &pods[1]);
+    let ip_b = pb.ip.unwrap();
+    assert!(
+        ip_b.octets()[2] == 2,
+        "pod b's address {ip_b} is from node b's podCIDR"
+    );
+    wait_until(&a, "node a has node b as overlay peer", || {
+        snapshot_peers(&a) == [b.name.clone()]
+    });
+    wait_until(&b, "node b has node a as overlay peer", || {
+        snapshot_peers(&b) == [a.name.clone()]
+    });
+
+    // No policy: a reaches b across the nodes, through both dataplanes.
+    let (ula, ulb) = (underlay_redirected(&a), underlay_redirected(&b));
+    wait_until(&a, "a → b TCP and UDP across nodes", || {
+        tcp_ok(&pa.netns_path, ip_b) && udp_ok(&pa.netns_path, ip_b)
+    });
+    assert!(
+        underlay_redirected(&b) > ulb,
+        "b's dataplane took no tunnel frame in"
+    );
+    assert!(
+        underlay_redirected(&a) > ula,
+        "a's dataplane took no reply in"
+    );
+
+    // b admits only app=a of kn: a's identity rides the tunnel.
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B_FROM_A));
+    let denied0 = b.drops("policy-denied");
+    // a matches the policy (allowed before and after b's agent has it):
+    // the label change must deny, the restore allow again.
+    let label = |v: &str| {
+        cp.kubectl_ok(
+            &[
+                "label",
+                "pod",
+                "-n",
+                "kn",
+                "a",
+                &format!("app={v}"),
+                "--overwrite",
+            ],
+            None,
+        );
+    };
+    label("x");
+    wait_until(
+        &b,
+        "a relabelled app=x: denied across nodes (TCP and UDP)",
+        || !tcp_ok(&pa.netns_path, ip_b) && !udp_ok(&pa.netns_path, ip_b),
+    );
+    assert!(b.drops("policy-denied") > denied0, "b counted no denial");
+    label("a");
+    let (ula, ulb) = (underlay_redirected(&a), underlay_redirected(&b));
+    wait_until(&b, "a labelled app=a again: allowed across nodes", || {
+        tcp_ok(&pa.netns_path, ip_b) && udp_ok(&pa.netns_path, ip_b)
+    });
+    assert!(underlay_redirected(&b) > ulb && underlay_redirected(&a) > ula);
+
+    // Node b deleted: a drops its peer, and a's traffic to b's podCIDR has
+    // no route on a (counted there, never sent).
+    cp.kubectl_ok(&["delete", "node", &b.name], None);
+    wait_until(&a, "node b removed from a's peers", || {
+        snapshot_peers(&a).is_empty()
+    });
+    let no_route0 = a.drops("no-route");
+    assert!(
+        !udp_ok(&pa.netns_path, ip_b),
+        "a reached b with node b gone"
+    );
+    assert!(
+        a.drops("no-route") > no_route0,
+        "a counted no no-route drop"
+    );
+    // Registered again: the peer is back and so is the traffic.
+    register_b();
+    wait_until(&a, "node b back among a's peers", || {
+        snapshot_peers(&a) == [b.name.clone()]
+    });
+    wait_until(&a, "a → b again", || {
+        tcp_ok(&pa.netns_path, ip_b) && udp_ok(&pa.netns_path, ip_b)
+    });
+    drop(a);
+    drop(b);
+    drop(netns);
+}
