@@ -520,7 +520,9 @@ impl Kubelet {
             let labels = p.metadata.labels.clone().unwrap_or_default();
             match realized {
                 Some(r) if r.labels == labels => {}
-                Some(r) if r.cni.is_some() => continue,
+                // Attached by an outside runtime (not weir's own pods, which
+                // also go through weir-cni): not ours to relabel.
+                Some(r) if r.cni.is_some() && !crate::cni_server::is_topo_pod(r) => continue,
                 _ => {
                     let created = realized.is_none();
                     match self.apply(vec![pod_manifest(p, &node)], &object).await {
@@ -547,7 +549,8 @@ impl Kubelet {
         // Realised pods the API server does not have (deleted while we were
         // not watching): remove them.
         for r in &local.pods {
-            if r.cni.is_some() || wanted.contains(&(r.namespace.clone(), r.name.clone())) {
+            let outside = r.cni.is_some() && !crate::cni_server::is_topo_pod(r);
+            if outside || wanted.contains(&(r.namespace.clone(), r.name.clone())) {
                 continue;
             }
             let object = r.object();
