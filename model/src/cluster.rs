@@ -2,8 +2,7 @@
 //! pods and node addresses, whatever produced them. Today a realized
 //! topology (`weir_topo::Cluster`) implements [`ClusterView`]; a
 //! Kubernetes watcher or the CNI plugin's endpoint table can implement it
-//! the same way. Services and their endpoints get their types here when
-//! weir learns them.
+//! the same way. Services and their endpoints are in [`crate::service`].
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -43,4 +42,8 @@ pub trait ClusterView {
     fn pods(&self) -> Vec<PodInfo>;
     /// Every node address (the policy identity `host`).
     fn node_addresses(&self) -> Vec<IpAddr>;
+    /// Services and their endpoints ([`crate::service`]).
+    fn services(&self) -> Vec<crate::service::ServiceInfo> {
+        Vec::new()
+    }
 }

@@ -17,6 +17,7 @@
 //! - [`l7`]: HTTP and DNS rule sets and the pure parsers and stream
 //!   inspector that apply them (the packets they answer with are built by
 //!   the dataplane).
+//! - [`service`]: Services and their endpoints, from any source.
 //! - [`drop_reason`]: every reason a frame is dropped, defined once.
 //! - [`status`]: what the dataplane reports (`weir status`).
 //! - [`ipc`]: the reply envelope and typed payloads between the CLI, the
@@ -34,6 +35,7 @@ pub mod l7;
 pub mod manifest;
 pub mod names;
 pub mod policy;
+pub mod service;
 pub mod status;
 
 pub use drop_reason::DropReason;
