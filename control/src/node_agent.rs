@@ -690,6 +690,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             underlay_mtu: 1500,
             pod_mtu: 0,
             queues: 2,
+            services: Vec::new(),
         },
     };
     let (policy_text, policies) = policies_in_force(&state);
@@ -1199,6 +1200,7 @@ mod tests {
                 underlay_mtu: 1500,
                 pod_mtu: 0,
                 queues: 2,
+                services: Vec::new(),
             },
             inputs,
             synced: true,

@@ -3,6 +3,8 @@
 //! parallel), and always take it down again, even when the test fails.
 #![forbid(unsafe_code)]
 
+pub mod k8s;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,96 +6,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use weir_tests::{simple_cluster, unique_name, weir_bin, TestCluster};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// A control plane of this test's own; `Drop` stops it and removes its data.
-struct ControlPlane {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-}
-
-impl ControlPlane {
-    fn start(tag: &str) -> ControlPlane {
-        let dir = std::env::temp_dir().join(format!("weir-k8s-{}", unique_name(tag)));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let script = repo().join("scripts/k8s-control-plane.sh");
-        let out = Command::new(&script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .expect("run k8s-control-plane.sh");
-        // Built first by the same script: where the binaries are.
-        let bin = Command::new(repo().join("scripts/k8s-build.sh"))
-            .output()
-            .expect("k8s-build.sh");
-        let bin = String::from_utf8_lossy(&bin.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
-        let cp = ControlPlane {
-            kubeconfig: dir.join("admin.kubeconfig"),
-            kubectl: PathBuf::from(bin).join("kubectl"),
-            dir,
-        };
-        assert!(
-            out.status.success(),
-            "control plane did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cp
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut c = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        if let Some(s) = stdin {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(s.as_bytes())
-                .expect("write stdin");
-        }
-        c.wait_with_output().expect("kubectl output")
-    }
-
-    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) {
-        let out = self.kubectl(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/k8s-control-plane.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use weir_tests::k8s::ControlPlane;
+use weir_tests::{simple_cluster, weir_bin, TestCluster};
 
 /// `weir agent` as a child; `Drop` kills it.
 struct Agent(Child);

@@ -5,84 +5,7 @@
 //! the other tests use. Needs Go (the control plane is built from the
 //! repository's Go module); nothing here needs weir to run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use weir_tests::unique_name;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// A control plane of this test's own (which installs deploy/crds); `Drop`
-/// stops it and removes its data.
-struct ControlPlane {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-}
-
-impl ControlPlane {
-    fn start(tag: &str) -> ControlPlane {
-        let dir = std::env::temp_dir().join(format!("weir-k8s-{}", unique_name(tag)));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let out = Command::new(repo().join("scripts/k8s-control-plane.sh"))
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .expect("run k8s-control-plane.sh");
-        let bin = Command::new(repo().join("scripts/k8s-build.sh"))
-            .output()
-            .expect("k8s-build.sh");
-        let bin = String::from_utf8_lossy(&bin.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
-        let cp = ControlPlane {
-            kubeconfig: dir.join("admin.kubeconfig"),
-            kubectl: PathBuf::from(bin).join("kubectl"),
-            dir,
-        };
-        assert!(
-            out.status.success(),
-            "control plane did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cp
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: &str) -> Output {
-        let mut c = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        use std::io::Write;
-        c.stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        c.wait_with_output().expect("kubectl output")
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/k8s-control-plane.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use weir_tests::k8s::{repo, ControlPlane};
 
 /// The weir.dev documents of a text (YAML blocks of a doc page or raw
 /// string constants of a test), one string each.
@@ -182,7 +105,7 @@ fn the_api_server_refuses_malformed_weir_policies_and_accepts_the_existing_ones(
     namespaces.sort();
     namespaces.dedup();
     for ns in &namespaces {
-        let out = cp.kubectl(&["create", "namespace", ns], "");
+        let out = cp.kubectl(&["create", "namespace", ns], None);
         assert!(
             out.status.success(),
             "{}",
@@ -190,7 +113,7 @@ fn the_api_server_refuses_malformed_weir_policies_and_accepts_the_existing_ones(
         );
     }
     for (from, doc) in &existing {
-        let out = cp.kubectl(&["apply", "--validate=strict", "-f", "-"], doc);
+        let out = cp.kubectl(&["apply", "--validate=strict", "-f", "-"], Some(doc));
         assert!(
             out.status.success(),
             "the API server refused a policy of {from}:\n{doc}\n{}",
@@ -223,14 +146,14 @@ fn the_api_server_refuses_malformed_weir_policies_and_accepts_the_existing_ones(
         (HEAD, "spec: {podSelector: {matchExpressions: [{key: a, operator: Has}]}}", "spec.podSelector.matchExpressions[0].operator: Unsupported value: \"Has\""),
     ] {
         let doc = format!("{head}{spec}\n");
-        let out = cp.kubectl(&["apply", "-f", "-"], &doc);
+        let out = cp.kubectl(&["apply", "-f", "-"], Some(&doc));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted:\n{doc}");
         assert!(err.contains(want), "{spec}: expected {want:?} in:\n{err}");
     }
     // None of them was stored.
     for kind in ["weirpolicy", "weirclusterpolicy"] {
-        let out = cp.kubectl(&["get", kind, "bad", "-n", "crd"], "");
+        let out = cp.kubectl(&["get", kind, "bad", "-n", "crd"], None);
         assert!(!out.status.success(), "{kind}/bad exists");
     }
 }

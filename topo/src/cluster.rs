@@ -249,6 +249,9 @@ pub struct Cluster {
     /// RX/TX queues of every pod veth (the dataplane binds a socket on each).
     #[serde(default = "default_queues")]
     pub queues: u32,
+    /// Services and their endpoints (manifests or the API server).
+    #[serde(default)]
+    pub services: Vec<weir_model::service::ServiceInfo>,
 }
 
 fn default_queues() -> u32 {
@@ -617,6 +620,7 @@ impl Cluster {
             underlay_mtu: opts.underlay_mtu,
             pod_mtu,
             queues: opts.queues,
+            services: Vec::new(),
         };
         let mut next_slot: HashMap<&str, u128> = HashMap::new();
         for pod in &spec.pods {

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use weir_model::cluster::{ClusterView, NamespaceInfo, PodInfo};
+use weir_model::service::ServiceInfo;
 
 use crate::Cluster;
 
@@ -39,5 +40,9 @@ impl ClusterView for Cluster {
             .flat_map(|n| [n.ipv4.map(IpAddr::V4), n.ipv6.map(IpAddr::V6)])
             .flatten()
             .collect()
+    }
+
+    fn services(&self) -> Vec<ServiceInfo> {
+        self.services.clone()
     }
 }
