@@ -12,8 +12,8 @@
 //!   off the core still finds frames);
 //! - a socket that drains half of its ring between two visits has its target
 //!   doubled, up to **hot** (half the ring), and is topped up right after its
-//!   RX, before its batch is processed; a socket that received nothing for a
-//!   publish interval falls back to the floor (its extra frames come back as
+//!   RX, before its batch is processed; a socket that received nothing for
+//!   2 s (8 publish intervals) falls back to the floor (its extra frames come back as
 //!   it receives, and are not replaced);
 //! - top-ups above the floor stop while the free list is down to the
 //!   **reserve**, so floors can always be restored.

@@ -65,6 +65,10 @@ pub struct WorkerConfig {
 
 const NO_SLOT: u16 = u16::MAX;
 
+/// Publish intervals (of [`stats::PUBLISH_EVERY`]) without traffic after
+/// which a socket's fill target decays to the floor: 8 × 250 ms = 2 s.
+const QUIET_INTERVALS: u32 = 8;
+
 /// Kicks per TX socket per round (each sends up to 32 frames in copy mode).
 const MAX_KICKS: u32 = 8;
 
@@ -78,9 +82,11 @@ struct Slot {
     in_tx: usize,
     /// The fill ring's target: the floor, more while the socket is busy.
     target: usize,
-    /// Frames received since the last publish (the target decays to the
-    /// floor after an interval without any).
+    /// Frames received since the last publish.
     rx_recent: u64,
+    /// Publish intervals in a row without a frame received (the target
+    /// decays to the floor after [`QUIET_INTERVALS`]).
+    quiet: u32,
     /// TX descriptors collected for this socket, flushed after each source.
     tx: Vec<HeldFrame>,
     kick: bool,
@@ -283,10 +289,18 @@ impl Worker {
             }
             fill += slot.in_fill;
             tx += slot.in_tx;
-            // A socket that received nothing for a whole interval goes back
-            // to the floor.
+            // A socket that received nothing for QUIET_INTERVALS goes back to
+            // the floor. Not after one interval: a client that bursts every
+            // few hundred ms (a prober, a batch job) would meet the floor at
+            // every burst, and a burst bigger than the floor while the worker
+            // is descheduled is dropped by the kernel (fill ring empty).
             if slot.rx_recent == 0 {
-                slot.target = self.floor;
+                slot.quiet = slot.quiet.saturating_add(1);
+                if slot.quiet >= QUIET_INTERVALS {
+                    slot.target = self.floor;
+                }
+            } else {
+                slot.quiet = 0;
             }
             slot.rx_recent = 0;
             hot += usize::from(slot.in_fill > self.floor);
@@ -348,6 +362,7 @@ impl Worker {
             in_tx: 0,
             target: self.floor.max(1),
             rx_recent: 0,
+            quiet: 0,
             // Room for a batch plus a released hold queue and L7 replies.
             tx: Vec::with_capacity(self.cfg.batch + 2 * (self.state.l7_hold_max() + 2)),
             kick: false,
