@@ -34,6 +34,7 @@
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
 #![deny(unsafe_code)]
 
+pub mod anchor;
 pub mod budget;
 pub mod conntrack;
 pub use weir_model::drop_reason;

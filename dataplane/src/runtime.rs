@@ -45,6 +45,7 @@ pub use weir_model::status::{
 };
 use weir_xdp::{AttachOptions, Redirector, XdpMode};
 
+use crate::anchor::{AnchorLink, ANCHOR_IFNAME};
 use crate::budget::{self, FrameBudget};
 use crate::conntrack::{self, Conntrack, CtStats};
 use crate::flows::{self, FlowEvent, FlowLog};
@@ -156,11 +157,16 @@ pub enum DataplaneError {
     /// worker {0} has exited
     #[error("worker {0} has exited")]
     WorkerGone(usize),
+    /// the UMEM anchor interface: {0}
+    #[error("the UMEM anchor interface: {0}")]
+    Anchor(String),
 }
 
 struct WorkerHandle {
     id: usize,
     umem: WorkerUmem,
+    /// The UMEM's first socket, on the anchor veth ([`crate::anchor`]).
+    _anchor: Option<crate::xsk::XskSocket>,
     ctl: Sender<Control>,
     join: Option<JoinHandle<()>>,
     stats: Arc<WorkerStats>,
@@ -235,6 +241,8 @@ pub struct Dataplane {
     /// Live conntrack and fragment entries removed because their endpoint
     /// left the node.
     flushed: u64,
+    /// The veth the workers' UMEMs are anchored on (copy mode; deleted last).
+    anchor: Option<AnchorLink>,
 }
 
 impl Dataplane {
@@ -269,9 +277,16 @@ impl Dataplane {
             fqdn: Arc::default(),
             budgets: Vec::new(),
             flushed: 0,
+            anchor: None,
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
+        // Each worker's UMEM gets its first socket on a queue of the anchor
+        // veth, before any port (see crate::anchor for why).
+        if !cfg.zero_copy {
+            dp.anchor =
+                Some(AnchorLink::create(cfg.cores.len() as u32).map_err(DataplaneError::Anchor)?);
+        }
         for (id, &core) in cfg.cores.iter().enumerate() {
             let budget = budgets[id];
             let wcfg = WorkerConfig {
@@ -283,6 +298,10 @@ impl Dataplane {
                 budget,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
+            let anchor = match dp.anchor {
+                Some(_) => Some(umem.open_socket(ANCHOR_IFNAME, id as u32, false)?),
+                None => None,
+            };
             log::info!(
                 "worker {id}: UMEM of {} frames ({} MiB) for {} sockets, fill floor {}, hot {}",
                 budget.frames,
@@ -328,6 +347,7 @@ impl Dataplane {
             dp.workers.push(WorkerHandle {
                 id,
                 umem,
+                _anchor: anchor,
                 ctl: tx,
                 join: Some(join),
                 stats,

@@ -636,6 +636,102 @@ fn removing_a_port_reclaims_its_frames() {
     node.call(|dp| dp.take().unwrap().stop());
 }
 
+/// The first socket a worker's UMEM got is special to libxdp (it is the
+/// UMEM's own descriptor, which stays open and bound to its interface and
+/// queue for the UMEM's life). A port removed from the snapshot and added
+/// back on the same interface (the underlay when the last peer leaves and
+/// one comes back; any port whose mode changes) must bind again.
+#[test]
+fn a_port_removed_and_added_back_binds_again() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut topo = Topo::new();
+    topo.add_pod();
+    topo.add_pod();
+    let node = NodeThread::new(&topo.node);
+    let snap = topo.snapshot(1);
+    node.call(move |dp| *dp = Some(Dataplane::start(test_config(), snap).expect("start")));
+    assert!(topo.ping_eventually(1, topo.pods[0].v4.into()));
+    // Pod 0's port (the UMEM's first socket) leaves the snapshot...
+    let mut spec = topo.snapshot(2).spec;
+    spec.ports.remove(0);
+    spec.endpoints.remove(0);
+    spec.endpoints[0].port = 0;
+    let snap = Snapshot::build(spec).unwrap();
+    node.call(move |dp| {
+        dp.as_mut()
+            .unwrap()
+            .apply(snap)
+            .expect("apply without pod 0")
+    });
+    assert!(
+        !topo.ping(1, topo.pods[0].v4.into(), 1),
+        "removed pod reachable"
+    );
+    // ...and comes back on the same veth.
+    let snap = topo.snapshot(3);
+    let res = node.call(move |dp| dp.as_mut().unwrap().apply(snap).map_err(|e| e.to_string()));
+    assert_eq!(res, Ok(()), "re-adding the first port");
+    assert!(
+        topo.ping_eventually(1, topo.pods[0].v4.into()),
+        "pod 0 not reachable after its port came back"
+    );
+    node.call(|dp| dp.take().unwrap().stop());
+}
+
+/// Pods come and go on a node with no other port (a single node without
+/// peers): the pod whose socket came first is deleted (its veth too), and
+/// a new pod must still attach.
+#[test]
+fn a_new_port_binds_after_the_first_ports_interface_is_gone() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut topo = Topo::new();
+    topo.add_pod();
+    topo.add_pod();
+    let node = NodeThread::new(&topo.node);
+    let snap = topo.snapshot(1);
+    node.call(move |dp| *dp = Some(Dataplane::start(test_config(), snap).expect("start")));
+    assert!(topo.ping_eventually(1, topo.pods[0].v4.into()));
+    // Pod 0 is deleted: out of the snapshot, then its veth is gone.
+    let mut spec = topo.snapshot(2).spec;
+    spec.ports.remove(0);
+    spec.endpoints.remove(0);
+    spec.endpoints[0].port = 0;
+    let snap = Snapshot::build(spec).unwrap();
+    node.call(move |dp| {
+        dp.as_mut()
+            .unwrap()
+            .apply(snap)
+            .expect("apply without pod 0")
+    });
+    run(&["ip", "-n", &topo.node, "link", "del", &topo.pods[0].veth]);
+    // A new pod arrives.
+    topo.add_pod();
+    let mut spec = topo.snapshot(3).spec;
+    spec.ports.remove(0);
+    spec.endpoints.remove(0);
+    for (i, e) in spec.endpoints.iter_mut().enumerate() {
+        e.port = i as u16;
+    }
+    let snap = Snapshot::build(spec).unwrap();
+    let res = node.call(move |dp| dp.as_mut().unwrap().apply(snap).map_err(|e| e.to_string()));
+    assert_eq!(
+        res,
+        Ok(()),
+        "attaching a pod after the first one's interface went"
+    );
+    assert!(
+        topo.ping_eventually(1, topo.pods[2].v4.into()),
+        "new pod not reachable"
+    );
+    node.call(|dp| dp.take().unwrap().stop());
+}
+
 #[test]
 fn every_poll_mode_forwards() {
     if !is_root() {
