@@ -264,7 +264,8 @@ pub fn pod_input(p: &Pod) -> Result<Option<PodInput>, String> {
 //   a malformed slice (an address that is not of its addressType, a port
 //   out of range or without a number, a protocol that is not TCP, UDP or
 //   SCTP, an endpoint without addresses); a slice of a Service that does
-//   not exist. A Problem about a Service (or one of its slices) leaves the
+//   not exist (unless the Service owns it: the garbage collector deletes it
+//   right after its Service). A Problem about a Service (or one of its slices) leaves the
 //   last good ServiceInfo of that Service in force ([`ServicesInForce`]);
 //   a Service of a type weir does not load balance is left out.
 
@@ -567,6 +568,17 @@ pub fn services_from_api(
             keeps,
         };
         if !known.contains(&key) {
+            // A slice the Service owns is the garbage collector's to delete
+            // once its Service is gone: not a Problem, just not used.
+            let owned = s
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Service" && o.api_version == "v1");
+            if owned || s.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             problems.push(problem(
                 format!(
                     "{object}: metadata.labels[{SERVICE_NAME_LABEL}]: no Service {key}; ignored"
@@ -1127,6 +1139,13 @@ endpoints:
             p[0].message,
             "endpointslices/x/web-abc: metadata.labels[kubernetes.io/service-name]: no Service x/gone; ignored"
         );
+        // ... unless its deleted Service owns it (garbage collected next).
+        let owned = orphan.replace(
+            "metadata: {",
+            "metadata: {ownerReferences: [{apiVersion: v1, kind: Service, name: gone, uid: u1}], ",
+        );
+        let (_, p) = f.update(&[svc(WEB)], &[slice(WEB_V4), slice(&owned)]);
+        assert!(p.is_empty(), "{p:?}");
 
         // Good again: the change goes through; the Service deleted: gone.
         let (now, p) = f.update(&[svc(WEB)], &[]);
