@@ -381,10 +381,11 @@ impl NodeState {
         let services: Vec<_> = self
             .services
             .iter()
-            .map(|s| {
-                json!({"service": s.key(), "clusterIPs": s.cluster_ips,
-                       "endpoints": s.endpoints.len(),
-                       "ready": s.endpoints.iter().filter(|e| e.ready).count()})
+            .map(|s| weir_model::ipc::ServiceStatusEntry {
+                service: s.key(),
+                cluster_ips: s.cluster_ips.clone(),
+                endpoints: s.endpoints.len(),
+                ready: s.endpoints.iter().filter(|e| e.ready).count(),
             })
             .collect();
         json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
