@@ -208,8 +208,11 @@ spec:\n  selector: {{tier: backend}}\n  ports:\n\
     )
 }
 
-/// The ready endpoints of a Service in force: (pod, address, ports by name).
-fn ready_endpoints(svc: &Value) -> Vec<(String, String, Vec<(String, u64)>)> {
+/// An endpoint as compared here: (pod, address, ports by name).
+type Ep = (String, String, Vec<(String, u64)>);
+
+/// The ready endpoints of a Service in force.
+fn ready_endpoints(svc: &Value) -> Vec<Ep> {
     let mut v: Vec<_> = svc["endpoints"]
         .as_array()
         .into_iter()
@@ -349,7 +352,7 @@ spec: {{podCIDR: 10.214.1.0/24, podCIDRs: [10.214.1.0/24]}}\n",
         ],
         None,
     );
-    let want = |names: &[(&str, &String)]| -> Vec<(String, String, Vec<(String, u64)>)> {
+    let want = |names: &[(&str, &String)]| -> Vec<Ep> {
         names
             .iter()
             .map(|(n, ip)| {
