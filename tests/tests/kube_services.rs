@@ -471,6 +471,25 @@ spec: {{podCIDR: 10.214.1.0/24, podCIDRs: [10.214.1.0/24]}}\n",
         node.service("ks", "web")
     );
 
+    // A restarted agent, the Service still bad: it starts from
+    // services-in-force.json, so the last good state stays across it.
+    if let Some(mut c) = node.agent.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let starts = |log: &str| log.matches("initial lists complete").count();
+    let (starts_before, published_before) = (starts(&node.log()), published(&node.log()));
+    node.start_agent(&cp.kubeconfig);
+    wait_until(&node, &cp, "the restarted agent published", || {
+        let log = node.log();
+        starts(&log) > starts_before && published(&log) > published_before
+    });
+    assert!(
+        same_as_good(&node.service("ks", "web")),
+        "{}",
+        node.service("ks", "web")
+    );
+
     // Good again: the change goes through.
     cp.kubectl_ok(&["apply", "-f", "-"], Some(&service_yaml("web")));
     wait_until(&node, &cp, "the Service good again", || {
