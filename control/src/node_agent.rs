@@ -1360,6 +1360,20 @@ mod tests {
                 ("unatt", "", None),
             ]
         );
+        // The Services in force go into the compiled cluster as they are.
+        assert!(c.services.is_empty());
+        let (svcs, problems) = kube_inputs::services_from_api(
+            &[
+                serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "x"},
+                "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}}))
+                .unwrap(),
+            ],
+            &[],
+        );
+        assert!(problems.is_empty());
+        st.services = svcs.clone();
+        assert_eq!(st.compiled().services, svcs);
+
         // Only n1 is compiled, with n2 as its one peer.
         let snap = crate::agent::compile_node(
             &c,
