@@ -283,7 +283,7 @@ fn services_and_endpointslices_from_the_api_server() {
         &["apply", "-f", "-"],
         Some(&format!(
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
-spec: {{podCIDR: 10.214.1.0/24, podCIDRs: [10.214.1.0/24]}}\n",
+spec: {{podCIDR: 10.215.7.0/24, podCIDRs: [10.215.7.0/24]}}\n",
             node.name
         )),
     );
@@ -504,7 +504,7 @@ spec: {{podCIDR: 10.214.1.0/24, podCIDRs: [10.214.1.0/24]}}\n",
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
 metadata: {name: ghost-1, namespace: ks, labels: {kubernetes.io/service-name: ghost}}\n\
 addressType: IPv4\nports: [{name: http, port: 80, protocol: TCP}]\n\
-endpoints: [{addresses: [10.214.1.200]}]\n",
+endpoints: [{addresses: [10.215.7.200]}]\n",
         ),
     );
     wait_until(&node, &cp, "an Event on the orphan slice", || {
