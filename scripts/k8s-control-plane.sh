@@ -134,7 +134,7 @@ setsid "$bin/kube-controller-manager" --kubeconfig "$dir/controller-manager.kube
   --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
   --controllers serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,garbage-collector-controller,root-ca-certificate-publisher-controller \
-  --leader-elect=false --use-service-account-credentials=false --secure-port 0 \
+  --leader-elect=false --use-service-account-credentials=true --secure-port 0 \
   --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/ca.crt" \
   >"$dir/logs/kube-controller-manager.log" 2>&1 < /dev/null &
 echo $! > "$dir/kube-controller-manager.pid"

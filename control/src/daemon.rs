@@ -355,6 +355,7 @@ impl Daemon {
             generation: self.generation,
             synced: None,
             nodes,
+            services: Vec::new(),
         }
     }
 

@@ -21,7 +21,7 @@
 use crate::cni_server::{self, CniCall, CniHost};
 use crate::ipc::{self, Reply, Request};
 use crate::kube_agent::{self, KindState, KINDS, MAX_DELAY, QUIET};
-use crate::kube_inputs::{self, ClusterInputs};
+use crate::kube_inputs::{self, ClusterInputs, Problem};
 use crate::manifests;
 use crate::state::StateDir;
 use anyhow::Context;
@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weir_model::service::ServiceInfo;
 use weir_policy::Policy;
 use weir_topo::{Cluster, RealizedNode, RealizedPod, UnderlayInfo};
 
@@ -67,7 +68,7 @@ pub struct Options {
 }
 
 /// The reflector stores: what the API server holds, as last listed and
-/// watched. Services and EndpointSlices are kept for the Services work.
+/// watched.
 #[derive(Clone)]
 pub struct Stores {
     pub nodes: Store<Node>,
@@ -91,12 +92,29 @@ impl Stores {
             p.iter().map(|o| o.as_ref()),
         )
     }
+
+    /// The Services and EndpointSlices the stores hold now.
+    pub fn services(&self) -> (Vec<Service>, Vec<EndpointSlice>) {
+        (
+            self.services
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+            self.endpoint_slices
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+        )
+    }
 }
 
 /// The store names, in [`Msg::Store`] order.
 const STORES: [&str; 5] = ["nodes", "namespaces", "pods", "services", "endpointslices"];
-/// Stores the snapshot is compiled from (the others do not hold back).
-const COMPILED_STORES: usize = 3;
+/// Stores the snapshot is compiled from: all of them (a Service published
+/// before its list is complete would drop its traffic for a moment).
+const COMPILED_STORES: usize = 5;
 
 enum Msg {
     Policy(kube_agent::Msg),
@@ -112,6 +130,8 @@ struct NodeState {
     /// This node and the pods a runtime attached (`attachments.json`).
     attached: Cluster,
     inputs: ClusterInputs,
+    /// The Services in force (the API server's, a bad one's last good state).
+    services: Vec<ServiceInfo>,
     /// Every compiled store and policy kind has listed once.
     synced: bool,
     /// The policies in force (the last set that compiled).
@@ -138,6 +158,7 @@ impl NodeState {
             nodes: Vec::new(),
             namespaces: self.inputs.namespaces.clone(),
             pods: Vec::new(),
+            services: self.services.clone(),
             ..self.attached.clone()
         };
         let tunnel = self.attached.nodes[0].underlay.is_some();
@@ -314,6 +335,10 @@ impl NodeState {
             Some(&self.node),
         )?;
         key.0.save(&self.state.cluster_file())?;
+        if self.last.as_ref().map(|l| &l.0.services) != Some(&key.0.services) {
+            let text = serde_json::to_vec_pretty(&key.0.services)?;
+            crate::state::write_atomic(&services_file(&self.state), &text)?;
+        }
         log::info!(
             "published generation {} ({} pods on this node, {} policies)",
             self.generation,
@@ -353,8 +378,18 @@ impl NodeState {
             Ok(v) => json!({"node": self.node, "running": true, "status": v}),
             Err(e) => json!({"node": self.node, "running": false, "error": e.to_string()}),
         };
+        let services: Vec<_> = self
+            .services
+            .iter()
+            .map(|s| weir_model::ipc::ServiceStatusEntry {
+                service: s.key(),
+                cluster_ips: s.cluster_ips.clone(),
+                endpoints: s.endpoints.len(),
+                ready: s.endpoints.iter().filter(|e| e.ready).count(),
+            })
+            .collect();
         json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
-               "nodes": [node]})
+               "nodes": [node], "services": services})
     }
 }
 
@@ -392,6 +427,73 @@ impl CniHost for NodeState {
 /// publish saw them), for a restarted agent.
 fn policies_file(state: &StateDir) -> PathBuf {
     state.root.join("policies-in-force.json")
+}
+
+/// The Services in force (`services-in-force.json`, beside the policies):
+/// what the last publish compiled, a bad Service's last good state
+/// included; a restarted agent starts from it.
+fn services_file(state: &StateDir) -> PathBuf {
+    state.root.join("services-in-force.json")
+}
+
+/// The Services a previous run had in force (none on a first start).
+fn services_in_force(state: &StateDir) -> Vec<ServiceInfo> {
+    let path = services_file(state);
+    let Ok(text) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&text).unwrap_or_else(|e| {
+        log::warn!("{}: {e}; starting without", path.display());
+        Vec::new()
+    })
+}
+
+/// A Warning Event on the object of a Service Problem (reason
+/// `WeirInvalidService` or `WeirInvalidEndpointSlice`). Failures to report
+/// are logged only.
+async fn report_service_problem(
+    recorder: &Recorder,
+    p: &Problem,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) {
+    let same = |m: &kube::api::ObjectMeta| {
+        m.namespace.as_deref() == Some(p.namespace.as_str())
+            && m.name.as_deref() == Some(p.name.as_str())
+    };
+    let (api_version, meta) = match p.kind {
+        "Service" => ("v1", services.iter().map(|s| &s.metadata).find(|m| same(m))),
+        _ => (
+            "discovery.k8s.io/v1",
+            slices.iter().map(|s| &s.metadata).find(|m| same(m)),
+        ),
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(p.kind.into()),
+        name: Some(p.name.clone()),
+        namespace: Some(p.namespace.clone()),
+        uid: meta.and_then(|m| m.uid.clone()),
+        resource_version: meta.and_then(|m| m.resource_version.clone()),
+        ..Default::default()
+    };
+    let note = match &p.keeps {
+        Some(k) => format!(
+            "{}; the last good state of services/{k} stays in force",
+            p.message
+        ),
+        None => p.message.clone(),
+    };
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: format!("WeirInvalid{}", p.kind),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Compile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &reference).await {
+        log::warn!("{}: cannot record an Event: {e}", p.message);
+    }
 }
 
 /// What a restarted agent enforces until the API server's set compiles:
@@ -694,6 +796,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         },
     };
     let (policy_text, policies) = policies_in_force(&state);
+    let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
+    let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();
     let generation = crate::agent::read_snapshot(&state, &opts.node)
         .map(|s| s.generation)
         .unwrap_or(0);
@@ -702,6 +806,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         node: opts.node.clone(),
         attached,
         inputs: ClusterInputs::default(),
+        services: Vec::new(),
         synced: false,
         policies,
         policy_text,
@@ -868,11 +973,28 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
+        // The Services: each Problem a warning and an Event once (not one
+        // per resync: again only after it went away and came back).
+        let (api_services, api_slices) = stores.services();
+        let (services, problems) = services_state.update(&api_services, &api_slices);
+        let current: BTreeSet<Problem> = problems.into_iter().collect();
+        for p in current.difference(&problems_reported) {
+            match &p.keeps {
+                Some(k) => log::warn!(
+                    "{}; the last good state of services/{k} stays in force",
+                    p.message
+                ),
+                None => log::warn!("{}", p.message),
+            }
+            report_service_problem(&recorder, p, &api_services, &api_slices).await;
+        }
+        problems_reported = current;
         let text = kube_agent::manifest_text(&kinds);
         let result = {
             let mut st = shared.lock().expect("lock");
             st.peer_macs = peer_macs.clone();
             st.inputs = inputs;
+            st.services = services;
             if !st.synced {
                 log::info!("initial lists complete");
             }
@@ -1203,6 +1325,7 @@ mod tests {
                 services: Vec::new(),
             },
             inputs,
+            services: Vec::new(),
             synced: true,
             policies: Vec::new(),
             policy_text: String::new(),
@@ -1237,6 +1360,20 @@ mod tests {
                 ("unatt", "", None),
             ]
         );
+        // The Services in force go into the compiled cluster as they are.
+        assert!(c.services.is_empty());
+        let (svcs, problems) = kube_inputs::services_from_api(
+            &[
+                serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "x"},
+                "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}}))
+                .unwrap(),
+            ],
+            &[],
+        );
+        assert!(problems.is_empty());
+        st.services = svcs.clone();
+        assert_eq!(st.compiled().services, svcs);
+
         // Only n1 is compiled, with n2 as its one peer.
         let snap = crate::agent::compile_node(
             &c,

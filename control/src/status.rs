@@ -98,6 +98,22 @@ pub fn render(v: &ClusterStatus) -> String {
             );
         }
     }
+    if !v.services.is_empty() {
+        let _ = writeln!(out, "\nservices in force: {}", v.services.len());
+        for s in &v.services {
+            let ips: Vec<String> = s.cluster_ips.iter().map(|i| i.to_string()).collect();
+            let ips = if ips.is_empty() {
+                "headless".to_string()
+            } else {
+                ips.join(",")
+            };
+            let _ = writeln!(
+                out,
+                "  {}  {ips}  {}/{} endpoints ready",
+                s.service, s.ready, s.endpoints
+            );
+        }
+    }
     out
 }
 

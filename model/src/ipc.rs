@@ -160,6 +160,23 @@ pub struct ClusterStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synced: Option<bool>,
     pub nodes: Vec<NodeStatusEntry>,
+    /// A Kubernetes node agent: the Services in force (from the API
+    /// server; a Service weir refused keeps its last good state).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatusEntry>,
+}
+
+/// One Service in force in [`ClusterStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceStatusEntry {
+    /// `namespace/name`.
+    pub service: String,
+    #[serde(rename = "clusterIPs")]
+    pub cluster_ips: Vec<IpAddr>,
+    pub endpoints: usize,
+    /// Endpoints with `conditions.ready`.
+    pub ready: usize,
 }
 
 /// One node in [`ClusterStatus`].
