@@ -133,7 +133,7 @@ fi
 setsid "$bin/kube-controller-manager" --kubeconfig "$dir/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
-  --controllers serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,garbage-collector-controller,root-ca-certificate-publisher-controller \
+  --controllers serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller \
   --leader-elect=false --use-service-account-credentials=false --secure-port 0 \
   --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/ca.crt" \
   >"$dir/logs/kube-controller-manager.log" 2>&1 < /dev/null &
@@ -153,4 +153,13 @@ for f in "${crds[@]}"; do
   "${kubectl[@]}" apply --server-side -f "$f" >/dev/null
 done
 "${kubectl[@]}" wait --for condition=established --timeout 60s crd --all >/dev/null
+# The controllers run as kube-controller-manager's own user
+# (--use-service-account-credentials=false), whose role lacks what these two
+# need: give it their bootstrap roles. node-controller: read Nodes, lift the
+# not-ready taint of Ready ones; namespace-controller: delete a deleted
+# namespace's contents (deletecollection) and finalize it.
+for c in node-controller namespace-controller; do
+  "${kubectl[@]}" create clusterrolebinding "weir:$c" \
+    --clusterrole "system:controller:$c" --user system:kube-controller-manager >/dev/null
+done
 echo "$dir/admin.kubeconfig"

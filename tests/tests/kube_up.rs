@@ -335,3 +335,188 @@ fn api_server_without_binaries_names_the_build_script() {
         .unwrap_or_else(|| PathBuf::from("/run/weir"));
     assert!(!state.join(&name).exists());
 }
+
+/// The pids of the processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            if let Ok(p) = e.file_name().to_string_lossy().parse() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// `(Lease renewTime, Node Ready status, Ready lastHeartbeatTime, Ready
+/// lastTransitionTime, taints)` of node-1.
+fn heartbeat_of(c: &TestCluster) -> (String, String, String, String, String) {
+    let lease = kubectl_ok(
+        c,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.renewTime} {.spec.holderIdentity} {.spec.leaseDurationSeconds}",
+        ],
+    );
+    let mut l = lease.split(' ');
+    let renew = l.next().unwrap_or_default().to_string();
+    assert_eq!(
+        (l.next(), l.next()),
+        (Some("node-1"), Some("40")),
+        "lease: {lease}"
+    );
+    let node = kubectl_ok(
+        c,
+        &[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime} {.status.conditions[?(@.type==\"Ready\")].lastTransitionTime} {.spec.taints}",
+        ],
+    );
+    let mut n = node.splitn(4, ' ');
+    let mut next = || n.next().unwrap_or_default().to_string();
+    (renew, next(), next(), next(), next())
+}
+
+#[test]
+fn kubelet_heartbeats_is_restarted_and_finalizes_deleted_namespaces() {
+    let file = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+        spec: {podCIDRs: [10.244.0.0/24]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kh}\n"
+        .to_string()
+        + &pod_manifest("kh", "a");
+    let c = TestCluster::up_with("kh", &file, &["--api-server"]);
+
+    // 1. Heartbeats: the Lease in kube-node-lease is renewed and the Ready
+    //    condition's heartbeat moves (every 10 s, as a kubelet's), while
+    //    its transition time stays; the node lifecycle controller (running
+    //    in kube-controller-manager) has no reason to taint the node.
+    // The API server's TaintNodesByCondition admission taints a new Node
+    // `node.kubernetes.io/not-ready:NoSchedule`; the node lifecycle
+    // controller removes it once it sees the node Ready.
+    let (renew0, ready0, beat0, since0, taints0) = heartbeat_of(&c);
+    assert_eq!(ready0, "True");
+    eprintln!("taints at start: {taints0:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (renew1, ready1, beat1, since1, taints1) = loop {
+        let h = heartbeat_of(&c);
+        if h.0 > renew0 && h.2 > beat0 && h.4.is_empty() {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat: lease {renew0} → {}, Ready heartbeat {beat0} → {}, taints {}\n{}",
+            h.0,
+            h.2,
+            h.4,
+            kubelet_log(&c)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!("lease {renew0} → {renew1}; Ready heartbeat {beat0} → {beat1}");
+    assert_eq!((ready1.as_str(), taints1.as_str()), ("True", ""));
+    assert_eq!(since1, since0, "Ready lastTransitionTime moved");
+
+    // 2. The kubelet killed: the process weir up started (its supervisor)
+    //    starts it again, and kubectl changes are realised again.
+    let pid: i32 = std::fs::read_to_string(state_root(&c).join("kubelet.pid"))
+        .expect("kubelet.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let kids = children_of(pid);
+    assert_eq!(kids.len(), 1, "supervisor {pid} runs {kids:?}");
+    let killed = kids[0];
+    assert!(Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let k = children_of(pid);
+        if k.len() == 1 && k[0] != killed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubelet not restarted: {k:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        kubelet_log(&c).contains(&format!("weir kubelet (pid {killed}) exited")),
+        "{}",
+        kubelet_log(&c)
+    );
+    kubectl_ok(&c, &["create", "namespace", "gone"]);
+    kubectl_apply(&c, "g.yaml", &kube_pod("gone", "g", Some("node-1")));
+    kubectl_apply(
+        &c,
+        "np.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: gone}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    wait_running(&c, "gone", "g");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(state_root(&c).join("policies.json"))
+        .unwrap_or_default()
+        .contains("networkpolicies/gone/deny")
+    {
+        assert!(Instant::now() < deadline, "policy not enforced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rx = c.counter("rx_packets");
+    assert!(!connected(&c, "kh/a", "gone/g"), "kh/a reached gone/g");
+    assert!(c.counter("rx_packets") > rx, "the probe did not cross weir");
+    let netns = c
+        .topology()
+        .pod("gone", "g")
+        .expect("g realised")
+        .netns
+        .clone();
+
+    // 3. The namespace deleted with kubectl: its controller deletes the
+    //    pod (gracefully) and the policy; the kubelet tears the pod down
+    //    (weir-cni DEL, netns gone) and deletes the Pod object; the
+    //    namespace finalizes (kubectl delete waits for that), and the local
+    //    cluster no longer has it.
+    kubectl_ok(&c, &["delete", "namespace", "gone", "--timeout=120s"]);
+    let out = kubectl(&c, &["get", "namespace", "gone"]);
+    assert!(!out.status.success(), "namespace gone still there");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let topo = c.topology();
+        if topo.pod("gone", "g").is_none() && !topo.namespaces.iter().any(|n| n.name == "gone") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace gone still realised\n{}",
+            kubelet_log(&c)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&netns),
+        "netns {netns} left"
+    );
+    // The rest is untouched: kh/a still realised and the node still Ready.
+    assert!(c.topology().pod("kh", "a").is_some());
+    assert_eq!(heartbeat_of(&c).1, "True");
+}
