@@ -79,7 +79,10 @@ struct Store<K> {
     relist: Option<BTreeMap<String, K>>,
 }
 
-impl<K: kube::Resource> Store<K> {
+impl<K: kube::Resource + PartialEq> Store<K>
+where
+    K::DynamicType: Default,
+{
     fn new() -> Self {
         Store {
             synced: false,
@@ -105,7 +108,15 @@ impl<K: kube::Resource> Store<K> {
                     .insert(Self::key(&o), o);
             }
             Event::InitDone => {
-                self.objects = self.relist.take().unwrap_or_default();
+                let objects = self.relist.take().unwrap_or_default();
+                if self.synced {
+                    crate::kube_agent::log_relist(
+                        &K::kind(&K::DynamicType::default()),
+                        &self.objects,
+                        &objects,
+                    );
+                }
+                self.objects = objects;
                 self.synced = true;
             }
             Event::Apply(o) => {

@@ -520,3 +520,259 @@ fn kubelet_heartbeats_is_restarted_and_finalizes_deleted_namespaces() {
     assert!(c.topology().pod("kh", "a").is_some());
     assert_eq!(heartbeat_of(&c).1, "True");
 }
+
+/// Kills (SIGKILL) the cluster's kube-apiserver and starts it again with the same
+/// command line (etcd and everything else keep running): its watch cache
+/// starts afresh at etcd's current revision. Returns once `/readyz` answers.
+fn restart_apiserver(c: &TestCluster) {
+    use std::os::unix::process::CommandExt;
+    let dir = state_root(c).join("k8s");
+    let pid_file = dir.join("kube-apiserver.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("kube-apiserver.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let argv: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .expect("cmdline")
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(argv[0].ends_with("kube-apiserver"), "{argv:?}");
+    signal(pid, "-KILL");
+    // Gone, or a zombie (dead, not reaped by whoever adopted it).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "kube-apiserver {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("logs/kube-apiserver.log"))
+        .expect("log");
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start kube-apiserver");
+    std::fs::write(&pid_file, child.id().to_string()).expect("pid file");
+    std::thread::spawn(move || child.wait());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !kubectl(c, &["get", "--raw", "/readyz"]).status.success() {
+        assert!(Instant::now() < deadline, "kube-apiserver not ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+/// The objects in the supervisor's policies.json.
+fn enforced_policies(c: &TestCluster) -> Vec<String> {
+    let text = std::fs::read_to_string(state_root(c).join("policies.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut o: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["object"].as_str().map(str::to_string))
+        .collect();
+    o.sort();
+    o
+}
+
+#[test]
+fn an_expired_watch_relists_without_dropping_a_connection() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let file = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+        spec: {podCIDRs: [10.244.0.0/24]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kr}\n"
+        .to_string()
+        + &pod_manifest("kr", "a")
+        + &pod_manifest("kr", "b");
+    let c = TestCluster::up_with("kr", &file, &["--api-server"]);
+    let np = |name: &str, from: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: kr}}\n\
+             spec: {{podSelector: {{matchLabels: {{pod: b}}}}, policyTypes: [Ingress], ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: {from}}}}}}}]}}]}}\n"
+        )
+    };
+    kubectl_apply(&c, "allow-a.yaml", &np("allow-a", "a"));
+    let wait_policies = |want: &[String], what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while enforced_policies(&c) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: enforced {:?}, want {want:?}\n{}",
+                enforced_policies(&c),
+                kubelet_log(&c)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_policies(&["networkpolicies/kr/allow-a".to_string()], "allow-a");
+
+    // A TCP connection a → b:5555 carrying a byte every 50 ms.
+    let topo = c.topology();
+    let (pa, pb) = (
+        topo.pod("kr", "a").expect("a").clone(),
+        topo.pod("kr", "b").expect("b").clone(),
+    );
+    let addr = SocketAddr::new(pb.ipv4.expect("ipv4").into(), 5555);
+    let listener = weir_topo::netns::run_in(&pb.netns, move || TcpListener::bind(addr))
+        .expect("netns")
+        .expect("bind");
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let write_errors = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, received) = (stop.clone(), received.clone());
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let now = Instant::now();
+                    received
+                        .lock()
+                        .expect("lock")
+                        .extend(std::iter::repeat_n(now, n));
+                }
+            }
+        });
+    }
+    let mut client = weir_topo::netns::run_in(&pa.netns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })
+    .expect("netns")
+    .expect("connect a → b:5555");
+    {
+        let (stop, errors) = (stop.clone(), write_errors.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if client.write_all(b"x").is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    let count_after = |t: Instant| {
+        received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|x| **x > t)
+            .count()
+    };
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(count_after(t) >= 5, "the connection carries nothing");
+
+    // The kubelet (and its policy agent) frozen: its watches see nothing
+    // while the API server changes, and its resourceVersions get old.
+    let sup: i32 = std::fs::read_to_string(state_root(&c).join("kubelet.pid"))
+        .expect("kubelet.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let kubelet = children_of(sup)[0];
+    let log_before = kubelet_log(&c).len();
+    signal(kubelet, "-STOP");
+    // The API server restarted: its watch cache starts at etcd's current
+    // revision, so every resourceVersion the kubelet holds is too old. The
+    // changes are made on the new one: only a relist can bring them.
+    restart_apiserver(&c);
+    for i in 0..20 {
+        kubectl_apply(
+            &c,
+            &format!("np-{i}.yaml"),
+            &np(&format!("np-{i}"), "nobody"),
+        );
+    }
+    for i in 0..10 {
+        kubectl_ok(
+            &c,
+            &["delete", "networkpolicy", "-n", "kr", &format!("np-{i}")],
+        );
+    }
+    kubectl_ok(&c, &["label", "pod", "-n", "kr", "b", "moved=yes"]);
+    signal(kubelet, "-CONT");
+    let t_cont = Instant::now();
+
+    // The state converges to the API server's ...
+    let mut want: Vec<String> = (10..20)
+        .map(|i| format!("networkpolicies/kr/np-{i}"))
+        .chain(["networkpolicies/kr/allow-a".to_string()])
+        .collect();
+    want.sort();
+    wait_policies(&want, "after the relist");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .topology()
+        .pod("kr", "b")
+        .is_none_or(|p| p.labels.get("moved").map(String::as_str) != Some("yes"))
+    {
+        assert!(Instant::now() < deadline, "label of b not taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... through 410 Expired and a relist, which the kubelet logs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = kubelet_log(&c)[log_before..].to_string();
+        if log.contains("NetworkPolicy: relisted (") && log.contains("Pod: relisted (") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no relist logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{log}");
+    assert!(
+        log.contains("NetworkPolicy: watch: error returned by apiserver during watch: too old resource version"),
+        "no 410 seen:\n{log}"
+    );
+
+    // The open connection never stopped: no write failed, bytes keep
+    // arriving after the relist; a new connection a → b works.
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        count_after(t) >= 5,
+        "the connection stopped after the relist"
+    );
+    assert!(count_after(t_cont) >= 5);
+    assert_eq!(write_errors.load(Ordering::Relaxed), 0, "writes failed");
+    let rx = c.counter("rx_packets");
+    assert!(connected(&c, "kr/a", "kr/b"), "a → b after the relist");
+    assert!(c.counter("rx_packets") > rx);
+    stop.store(true, Ordering::Relaxed);
+}
