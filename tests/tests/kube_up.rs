@@ -577,6 +577,41 @@ fn restart_apiserver(c: &TestCluster) {
     }
 }
 
+/// Compacts the cluster's etcd at its current revision (etcd's v3 JSON
+/// gateway, with curl); returns the revision.
+fn compact_etcd(c: &TestCluster) -> u64 {
+    let pid = std::fs::read_to_string(state_root(c).join("k8s/kube-apiserver.pid")).expect("pid");
+    let argv = std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim())).expect("cmdline");
+    let mut args = argv.split('\0');
+    let etcd = args
+        .find(|a| *a == "--etcd-servers")
+        .and_then(|_| args.next())
+        .expect("--etcd-servers")
+        .to_string();
+    let post = |path: &str, body: &str| -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", &format!("{etcd}{path}"), "-d", body])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("etcd JSON")
+    };
+    let r = post("/v3/kv/range", r#"{"key": "AA=="}"#);
+    let rev: u64 = r["header"]["revision"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("revision");
+    post(
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision": "{rev}", "physical": true}}"#),
+    );
+    rev
+}
+
 fn signal(pid: i32, sig: &str) {
     assert!(Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -611,7 +646,8 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
         ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kr}\n"
         .to_string()
         + &pod_manifest("kr", "a")
-        + &pod_manifest("kr", "b");
+        + &pod_manifest("kr", "b")
+        + &pod_manifest("kr", "c");
     let c = TestCluster::up_with("kr", &file, &["--api-server"]);
     let np = |name: &str, from: &str| {
         format!(
@@ -620,6 +656,8 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
         )
     };
     kubectl_apply(&c, "allow-a.yaml", &np("allow-a", "a"));
+    // Seen by the agent now, deleted while its watch is down below.
+    kubectl_apply(&c, "seen.yaml", &np("seen-then-deleted", "nobody"));
     let wait_policies = |want: &[String], what: &str| {
         let deadline = Instant::now() + Duration::from_secs(90);
         while enforced_policies(&c) != want {
@@ -632,7 +670,72 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait_policies(&["networkpolicies/kr/allow-a".to_string()], "allow-a");
+    wait_policies(
+        &[
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ],
+        "allow-a",
+    );
+    // A burst (20 NetworkPolicies in one kubectl apply) coalesces: far
+    // fewer publishes than objects.
+    let published = |log: &str| {
+        log.matches("policies from the API server, generation")
+            .count()
+    };
+    let before = published(&kubelet_log(&c));
+    let burst: Vec<Value> = (0..20)
+        .map(|i| {
+            let text = np(&format!("burst-{i}"), "nobody");
+            let docs = weir_topo::manifest::split_documents(&text, "np")
+                .expect("parses")
+                .iter()
+                .map(|d| serde_json::to_value(&d.value).expect("JSON"))
+                .collect::<Vec<Value>>();
+            let mut v = docs.into_iter().next().expect("one document");
+            v["metadata"]["labels"] = serde_json::json!({"burst": "yes"});
+            v
+        })
+        .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": burst});
+    kubectl_ok(
+        &c,
+        &["apply", "-f", &c.file("burst.json", &list.to_string())],
+    );
+    let mut want: Vec<String> = (0..20)
+        .map(|i| format!("networkpolicies/kr/burst-{i}"))
+        .chain([
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ])
+        .collect();
+    want.sort();
+    wait_policies(&want, "burst");
+    // The agent logs a publish once the supervisor answered (after
+    // policies.json is written).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubelet_log(&c).contains("published 22 policies") {
+        assert!(Instant::now() < deadline, "no publish of 22 logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let burst_publishes = published(&kubelet_log(&c)) - before;
+    eprintln!("20 NetworkPolicies in one kubectl apply: {burst_publishes} publish(es)");
+    assert!(
+        (1..20).contains(&burst_publishes),
+        "{burst_publishes} publishes for a burst of 20 (before: {before})\n{}",
+        kubelet_log(&c)
+    );
+    kubectl_ok(
+        &c,
+        &["delete", "networkpolicy", "-n", "kr", "-l", "burst=yes"],
+    );
+    wait_policies(
+        &[
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ],
+        "burst deleted",
+    );
 
     // A TCP connection a → b:5555 carrying a byte every 50 ms.
     let topo = c.topology();
@@ -726,6 +829,26 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
         );
     }
     kubectl_ok(&c, &["label", "pod", "-n", "kr", "b", "moved=yes"]);
+    kubectl_ok(
+        &c,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kr",
+            "c",
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    kubectl_ok(
+        &c,
+        &["delete", "networkpolicy", "-n", "kr", "seen-then-deleted"],
+    );
+    // And etcd compacted up to now, so no resourceVersion the kubelet holds
+    // can be served from etcd's history either.
+    let rev = compact_etcd(&c);
+    eprintln!("etcd compacted at revision {rev}");
     signal(kubelet, "-CONT");
     let t_cont = Instant::now();
 
@@ -745,21 +868,33 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
         assert!(Instant::now() < deadline, "label of b not taken");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // ... through 410 Expired and a relist, which the kubelet logs.
+    // ... through 410 Expired and a relist, which the kubelet logs: the
+    // Pods' watch cache starts with the new API server, before the
+    // changes, so the kubelet's Pod watch gets 410 for sure, and the label
+    // and the deletion arrive by the relist only (an object missing from it
+    // is deleted: pod c is torn down).
     let deadline = Instant::now() + Duration::from_secs(60);
     let log = loop {
         let log = kubelet_log(&c)[log_before..].to_string();
-        if log.contains("NetworkPolicy: relisted (") && log.contains("Pod: relisted (") {
+        if log.contains("Pod: relisted (") && c.topology().pod("kr", "c").is_none() {
             break log;
         }
-        assert!(Instant::now() < deadline, "no relist logged:\n{log}");
+        assert!(Instant::now() < deadline, "no Pod relist:\n{log}");
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("{log}");
     assert!(
-        log.contains("NetworkPolicy: watch: error returned by apiserver during watch: too old resource version"),
-        "no 410 seen:\n{log}"
+        log.contains(
+            "Pod: watch: error returned by apiserver during watch: too old resource version"
+        ),
+        "no 410 for the Pod watch:\n{log}"
     );
+    assert!(
+        log.contains("Pod: relisted (2 objects: 0 added, 1 removed, 1 changed"),
+        "{log}"
+    );
+    // NetworkPolicies converged above (relist or resumed watch: the new
+    // API server builds that kind's watch cache lazily, see docs).
 
     // The open connection never stopped: no write failed, bytes keep
     // arriving after the relist; a new connection a → b works.
