@@ -159,7 +159,9 @@ done
 # not-ready taint of Ready ones; namespace-controller: delete a deleted
 # namespace's contents (deletecollection) and finalize it.
 for c in node-controller namespace-controller; do
-  "${kubectl[@]}" create clusterrolebinding "weir:$c" \
-    --clusterrole "system:controller:$c" --user system:kube-controller-manager >/dev/null
+  # (apply: a restart over the same etcd data finds them there)
+  "${kubectl[@]}" create clusterrolebinding "weir:$c" --dry-run=client -o yaml \
+    --clusterrole "system:controller:$c" --user system:kube-controller-manager |
+    "${kubectl[@]}" apply --server-side -f - >/dev/null
 done
 echo "$dir/admin.kubeconfig"
