@@ -911,3 +911,30 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
     assert!(c.counter("rx_packets") > rx);
     stop.store(true, Ordering::Relaxed);
 }
+
+/// `weir demo --mode api-server`: the built-in demo on a real API server
+/// says which mode it runs in, probes, applies its policy through the API
+/// server, and takes everything down again.
+#[test]
+fn demo_runs_on_the_api_server_and_says_so() {
+    let name = unique_name("kd");
+    let out = Command::new(weir_bin())
+        .args(["--cluster", &name, "demo", "--mode", "api-server"])
+        .output()
+        .expect("weir demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weir demo: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("== mode: on a real Kubernetes API server"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("== weir kubectl apply -f"), "{stdout}");
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/weir"));
+    assert!(!state.join(&name).exists(), "demo left its state");
+}
