@@ -133,7 +133,7 @@ fi
 setsid "$bin/kube-controller-manager" --kubeconfig "$dir/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
-  --controllers serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,garbage-collector-controller,root-ca-certificate-publisher-controller \
+  --controllers serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller \
   --leader-elect=false --use-service-account-credentials=true --secure-port 0 \
   --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/ca.crt" \
   >"$dir/logs/kube-controller-manager.log" 2>&1 < /dev/null &

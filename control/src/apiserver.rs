@@ -203,6 +203,30 @@ pub fn terminate_all(pids: &[i32], grace: Duration) {
     wait_all(Duration::from_secs(2));
 }
 
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            if let Ok(p) = e.file_name().to_string_lossy().parse() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
 /// Whether a process runs (a zombie, dead but not reaped by its parent,
 /// does not).
 fn alive(pid: i32) -> bool {

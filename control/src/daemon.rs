@@ -544,10 +544,33 @@ impl Daemon {
                 n.name
             );
         }
-        if let Some(n) = m.cluster.namespaces.first() {
-            anyhow::bail!(
-                "namespaces/{}: namespaces cannot be deleted from a running cluster yet",
+        // A namespace goes once nothing lives in it (the API server's
+        // namespace controller deletes its pods and policies first).
+        for n in &m.cluster.namespaces {
+            anyhow::ensure!(
+                self.cluster.namespaces.iter().any(|x| x.name == n.name),
+                "namespaces/{}: not found",
                 n.name
+            );
+            let left: Vec<String> = self
+                .cluster
+                .pods
+                .iter()
+                .filter(|p| p.namespace == n.name)
+                .map(|p| p.object())
+                .chain(
+                    self.policies
+                        .iter()
+                        .filter(|p| p.object.split('/').nth(1) == Some(n.name.as_str()))
+                        .filter(|p| p.object.split('/').count() == 3)
+                        .map(|p| p.object.clone()),
+                )
+                .collect();
+            anyhow::ensure!(
+                left.is_empty(),
+                "namespaces/{}: still holds {}: delete them first",
+                n.name,
+                left.join(", ")
             );
         }
         for p in &m.cluster.pods {
@@ -587,6 +610,10 @@ impl Daemon {
         for (_, s) in &m.policies {
             self.policies.retain(|p| p.object != s.object);
             deleted.push(s.object.clone());
+        }
+        for n in &m.cluster.namespaces {
+            self.cluster.namespaces.retain(|x| x.name != n.name);
+            deleted.push(format!("namespaces/{}", n.name));
         }
         self.commit()?;
         Ok(DeleteReply {

@@ -314,7 +314,11 @@ pub(crate) fn apply_event(k: &mut KindState, gvk: (&str, &str, &str), ev: Event<
         }
         Event::InitDone => {
             // Objects missing from the relist are gone.
-            k.objects = k.relist.take().unwrap_or_default();
+            let objects = k.relist.take().unwrap_or_default();
+            if k.synced {
+                log_relist(gvk.2, &k.objects, &objects);
+            }
+            k.objects = objects;
             k.synced = true;
         }
         Event::Apply(o) => {
@@ -324,6 +328,26 @@ pub(crate) fn apply_event(k: &mut KindState, gvk: (&str, &str, &str), ev: Event<
             k.objects.remove(&key(&o));
         }
     }
+}
+
+/// A relist after the first one (the watch ended and could not resume, e.g.
+/// 410 Expired: its resourceVersion is older than the API server keeps):
+/// one line, with what changed meanwhile.
+pub(crate) fn log_relist<V: PartialEq>(
+    kind: &str,
+    before: &BTreeMap<String, V>,
+    after: &BTreeMap<String, V>,
+) {
+    let added = after.keys().filter(|k| !before.contains_key(*k)).count();
+    let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
+    let changed = after
+        .iter()
+        .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+        .count();
+    log::info!(
+        "{kind}: relisted ({} objects: {added} added, {removed} removed, {changed} changed while the watch was down)",
+        after.len()
+    );
 }
 
 /// The object as a user would have written it: apiVersion, kind, the

@@ -31,6 +31,7 @@ use crate::ipc::{self, Request};
 use crate::state::StateDir;
 use anyhow::Context;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -50,6 +51,15 @@ const QUIET: Duration = Duration::from_millis(50);
 const RESYNC: Duration = Duration::from_secs(5);
 /// The field manager of what weir writes to the API server.
 const MANAGER: &str = "weir-kubelet";
+/// How often the nodes' Leases (kube-node-lease) and Ready conditions are
+/// renewed, as a kubelet's `nodeLeaseRenewInterval`/`nodeStatusUpdateFrequency`.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A Lease's `leaseDurationSeconds` (a kubelet's default).
+const LEASE_SECONDS: i32 = 40;
+/// Set by `weir up --api-server` on the `weir kubelet` it starts: that
+/// process is only a supervisor, which runs the real one as its child and
+/// starts it again when it exits.
+pub const SUPERVISE_ENV: &str = "WEIR_KUBELET_SUPERVISE";
 
 pub struct Options {
     pub kubeconfig: PathBuf,
@@ -69,7 +79,10 @@ struct Store<K> {
     relist: Option<BTreeMap<String, K>>,
 }
 
-impl<K: kube::Resource> Store<K> {
+impl<K: kube::Resource + PartialEq> Store<K>
+where
+    K::DynamicType: Default,
+{
     fn new() -> Self {
         Store {
             synced: false,
@@ -95,7 +108,15 @@ impl<K: kube::Resource> Store<K> {
                     .insert(Self::key(&o), o);
             }
             Event::InitDone => {
-                self.objects = self.relist.take().unwrap_or_default();
+                let objects = self.relist.take().unwrap_or_default();
+                if self.synced {
+                    crate::kube_agent::log_relist(
+                        &K::kind(&K::DynamicType::default()),
+                        &self.objects,
+                        &objects,
+                    );
+                }
+                self.objects = objects;
                 self.synced = true;
             }
             Event::Apply(o) => {
@@ -109,12 +130,41 @@ impl<K: kube::Resource> Store<K> {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    if std::env::var_os(SUPERVISE_ENV).is_some() {
+        return supervise();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")?;
     rt.block_on(run_async(opts))
+}
+
+/// Runs `weir kubelet` (this very command line, without [`SUPERVISE_ENV`])
+/// as a child, and starts it again when it exits: after 1 s, doubling up to
+/// 30 s while it keeps exiting within 30 s of its start. The child shares
+/// this process's log and process group; `weir down` stops both.
+fn supervise() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("weir's own path")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .args(&args)
+            .env_remove(SUPERVISE_ENV)
+            .spawn()
+            .context("start weir kubelet")?;
+        let pid = child.id();
+        let status = child.wait().context("wait for weir kubelet")?;
+        if started.elapsed() > Duration::from_secs(30) {
+            delay = Duration::from_secs(1);
+        }
+        log::warn!("weir kubelet (pid {pid}) exited ({status}); starting it again in {delay:?}");
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 async fn run_async(opts: Options) -> anyhow::Result<()> {
@@ -130,7 +180,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.kubeconfig.display()))?;
     let cluster = load(&state)?;
-    register_nodes(&client, &cluster).await?;
+    let registered = register_nodes(&client, &cluster).await?;
+    tokio::spawn(heartbeat(client.clone(), cluster.clone(), registered));
 
     // The policy agent, in this process.
     let agent = tokio::spawn(crate::kube_agent::run_async(crate::kube_agent::Options {
@@ -239,12 +290,37 @@ fn load(state: &StateDir) -> anyhow::Result<Cluster> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", state.cluster_file().display()))
 }
 
+/// What a registered Node keeps between heartbeats: its uid (the owner of
+/// its Lease) and when its `Ready` condition last changed.
+struct Registered {
+    uid: String,
+    ready_since: String,
+}
+
 /// Creates or updates the Node objects of the local cluster (server-side
-/// apply), then their status: `Ready`, the addresses.
-async fn register_nodes(client: &Client, cluster: &Cluster) -> anyhow::Result<()> {
+/// apply), then their status (`Ready`, the addresses) and their Leases.
+async fn register_nodes(
+    client: &Client,
+    cluster: &Cluster,
+) -> anyhow::Result<BTreeMap<String, Registered>> {
     let api: Api<Node> = Api::all(client.clone());
     let pp = PatchParams::apply(MANAGER).force();
+    let mut registered = BTreeMap::new();
     for n in &cluster.nodes {
+        // A Node already Ready (weir kubelet restarted) stays Ready since then.
+        let ready_since = api
+            .get_opt(&n.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|node| node.status)
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+            .and_then(|c| c.last_transition_time)
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(now);
         let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| c.to_string()).collect();
         let mut annotations = BTreeMap::new();
         if n.dataplane == NodeDataplane::Kernel {
@@ -256,35 +332,96 @@ async fn register_nodes(client: &Client, cluster: &Cluster) -> anyhow::Result<()
             "metadata": {"name": n.name, "labels": n.labels, "annotations": annotations},
             "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
         });
-        api.patch(&n.name, &pp, &Patch::Apply(&node))
+        let applied = api
+            .patch(&n.name, &pp, &Patch::Apply(&node))
             .await
             .with_context(|| format!("nodes/{}: register", n.name))?;
-        let mut addresses = vec![json!({"type": "Hostname", "address": n.name})];
-        if let Some(u) = &n.underlay {
-            addresses.insert(
-                0,
-                json!({"type": "InternalIP", "address": u.ipv4.to_string()}),
-            );
-        }
-        let now = now();
-        let status = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": n.name},
-            "status": {
-                "conditions": [{
-                    "type": "Ready", "status": "True", "reason": "WeirReady",
-                    "message": "weir forwards this node's pod traffic",
-                    "lastHeartbeatTime": now, "lastTransitionTime": now,
-                }],
-                "addresses": addresses,
-            },
-        });
-        api.patch_status(&n.name, &pp, &Patch::Apply(&status))
-            .await
-            .with_context(|| format!("nodes/{}: status", n.name))?;
+        let r = Registered {
+            uid: applied.metadata.uid.unwrap_or_default(),
+            ready_since,
+        };
+        beat(client, n, &r).await?;
+        registered.insert(n.name.clone(), r);
     }
+    Ok(registered)
+}
+
+/// One heartbeat of a node, as a kubelet's: its Lease in `kube-node-lease`
+/// renewed, and its status written again with `lastHeartbeatTime` now (the
+/// whole status weir owns: an apply leaving a field out would remove it).
+async fn beat(client: &Client, n: &weir_topo::RealizedNode, r: &Registered) -> anyhow::Result<()> {
+    let pp = PatchParams::apply(MANAGER).force();
+    let mut addresses = vec![json!({"type": "Hostname", "address": n.name})];
+    if let Some(u) = &n.underlay {
+        addresses.insert(
+            0,
+            json!({"type": "InternalIP", "address": u.ipv4.to_string()}),
+        );
+    }
+    let status = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": n.name},
+        "status": {
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "WeirReady",
+                "message": "weir forwards this node's pod traffic",
+                "lastHeartbeatTime": now(), "lastTransitionTime": r.ready_since,
+            }],
+            "addresses": addresses,
+        },
+    });
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(&n.name, &pp, &Patch::Apply(&status))
+        .await
+        .with_context(|| format!("nodes/{}: status", n.name))?;
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": n.name,
+            "namespace": "kube-node-lease",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": n.name, "uid": r.uid}],
+        },
+        "spec": {
+            "holderIdentity": n.name,
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string(),
+        },
+    });
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    leases
+        .patch(&n.name, &pp, &Patch::Apply(&lease))
+        .await
+        .with_context(|| format!("leases/kube-node-lease/{}: renew", n.name))?;
     Ok(())
+}
+
+/// Every [`HEARTBEAT`], every local node's heartbeat ([`beat`]); a failure
+/// is logged once per distinct error and tried again at the next beat.
+async fn heartbeat(client: Client, cluster: Cluster, registered: BTreeMap<String, Registered>) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        for n in &cluster.nodes {
+            let Some(r) = registered.get(&n.name) else {
+                continue;
+            };
+            match beat(&client, n, r).await {
+                Ok(()) => last_error.clear(),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if e != last_error {
+                        log::warn!("heartbeat: {e} (retrying in {HEARTBEAT:?})");
+                        last_error = e;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn now() -> String {
@@ -563,6 +700,34 @@ impl Kubelet {
             }
             match self.delete_local(&r.namespace, &r.name, &r.node).await {
                 Ok(()) => {
+                    log::info!("{object}: removed (not in the API server)");
+                    self.ok(&object);
+                }
+                Err(e) => self.report(&object, &format!("{e:#}")),
+            }
+        }
+
+        // Namespaces the API server no longer has (deleted with kubectl: its
+        // namespace controller deleted their pods and policies first).
+        let local = load(&self.state)?;
+        for n in &local.namespaces {
+            if self.namespaces.objects.contains_key(&n.name) {
+                continue;
+            }
+            let object = format!("namespaces/{}", n.name);
+            let doc =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n.name}});
+            let r = daemon(
+                &self.state,
+                Request::Delete {
+                    manifests: doc.to_string(),
+                    source: "kube-apiserver".into(),
+                    field_validation: weir_topo::fields::FieldValidation::Strict,
+                },
+            )
+            .await;
+            match r {
+                Ok(_) => {
                     log::info!("{object}: removed (not in the API server)");
                     self.ok(&object);
                 }

@@ -1341,8 +1341,10 @@ fn up_api_server(
     up_quiet(state, &spec, dp, opts)?;
     let result = (|| -> anyhow::Result<()> {
         let kubeconfig = apiserver::start(state)?;
-        start_kubelet(state, &kubeconfig)?;
+        // The namespaces before the kubelet: it removes a local namespace
+        // the API server does not have.
         apiserver::apply(state, &namespaces)?;
+        start_kubelet(state, &kubeconfig)?;
         for ns in &used_namespaces {
             apiserver::wait_default_service_account(state, ns)?;
         }
@@ -1410,7 +1412,10 @@ fn start_kubelet(state: &StateDir, kubeconfig: &std::path::Path) -> anyhow::Resu
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0);
+        .process_group(0)
+        // The process started here supervises the real kubelet (its child),
+        // restarting it when it exits.
+        .env(kubelet::SUPERVISE_ENV, "1");
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env(
             "RUST_LOG",
@@ -1427,7 +1432,11 @@ fn stop_kubelet(state: &StateDir) {
     let f = apiserver::kubelet_pid(state);
     if let Some(pid) = apiserver::read_pid(&f) {
         if apiserver::cmdline(pid).is_some_and(|c| c.contains("weir") && c.contains(" kubelet ")) {
-            apiserver::terminate(pid, Duration::from_secs(5));
+            // The supervising process first (so it restarts nothing), then
+            // the kubelet it runs.
+            let mut pids = vec![pid];
+            pids.extend(apiserver::children(pid));
+            apiserver::terminate_all(&pids, Duration::from_secs(5));
         }
     }
     let _ = std::fs::remove_file(&f);

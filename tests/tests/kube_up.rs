@@ -335,3 +335,606 @@ fn api_server_without_binaries_names_the_build_script() {
         .unwrap_or_else(|| PathBuf::from("/run/weir"));
     assert!(!state.join(&name).exists());
 }
+
+/// The pids of the processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            if let Ok(p) = e.file_name().to_string_lossy().parse() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// `(Lease renewTime, Node Ready status, Ready lastHeartbeatTime, Ready
+/// lastTransitionTime, taints)` of node-1.
+fn heartbeat_of(c: &TestCluster) -> (String, String, String, String, String) {
+    let lease = kubectl_ok(
+        c,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.renewTime} {.spec.holderIdentity} {.spec.leaseDurationSeconds}",
+        ],
+    );
+    let mut l = lease.split(' ');
+    let renew = l.next().unwrap_or_default().to_string();
+    assert_eq!(
+        (l.next(), l.next()),
+        (Some("node-1"), Some("40")),
+        "lease: {lease}"
+    );
+    let node = kubectl_ok(
+        c,
+        &[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime} {.status.conditions[?(@.type==\"Ready\")].lastTransitionTime} {.spec.taints}",
+        ],
+    );
+    let mut n = node.splitn(4, ' ');
+    let mut next = || n.next().unwrap_or_default().to_string();
+    (renew, next(), next(), next(), next())
+}
+
+#[test]
+fn kubelet_heartbeats_is_restarted_and_finalizes_deleted_namespaces() {
+    let file = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+        spec: {podCIDRs: [10.244.0.0/24]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kh}\n"
+        .to_string()
+        + &pod_manifest("kh", "a");
+    let c = TestCluster::up_with("kh", &file, &["--api-server"]);
+
+    // 1. Heartbeats: the Lease in kube-node-lease is renewed and the Ready
+    //    condition's heartbeat moves (every 10 s, as a kubelet's), while
+    //    its transition time stays; the node lifecycle controller (running
+    //    in kube-controller-manager) has no reason to taint the node.
+    // The API server's TaintNodesByCondition admission taints a new Node
+    // `node.kubernetes.io/not-ready:NoSchedule`; the node lifecycle
+    // controller removes it once it sees the node Ready.
+    let (renew0, ready0, beat0, since0, taints0) = heartbeat_of(&c);
+    assert_eq!(ready0, "True");
+    eprintln!("taints at start: {taints0:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (renew1, ready1, beat1, since1, taints1) = loop {
+        let h = heartbeat_of(&c);
+        if h.0 > renew0 && h.2 > beat0 && h.4.is_empty() {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat: lease {renew0} → {}, Ready heartbeat {beat0} → {}, taints {}\n{}",
+            h.0,
+            h.2,
+            h.4,
+            kubelet_log(&c)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!("lease {renew0} → {renew1}; Ready heartbeat {beat0} → {beat1}");
+    assert_eq!((ready1.as_str(), taints1.as_str()), ("True", ""));
+    assert_eq!(since1, since0, "Ready lastTransitionTime moved");
+
+    // 2. The kubelet killed: the process weir up started (its supervisor)
+    //    starts it again, and kubectl changes are realised again.
+    let pid: i32 = std::fs::read_to_string(state_root(&c).join("kubelet.pid"))
+        .expect("kubelet.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let kids = children_of(pid);
+    assert_eq!(kids.len(), 1, "supervisor {pid} runs {kids:?}");
+    let killed = kids[0];
+    assert!(Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let k = children_of(pid);
+        if k.len() == 1 && k[0] != killed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubelet not restarted: {k:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        kubelet_log(&c).contains(&format!("weir kubelet (pid {killed}) exited")),
+        "{}",
+        kubelet_log(&c)
+    );
+    kubectl_ok(&c, &["create", "namespace", "gone"]);
+    kubectl_apply(&c, "g.yaml", &kube_pod("gone", "g", Some("node-1")));
+    kubectl_apply(
+        &c,
+        "np.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: gone}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    wait_running(&c, "gone", "g");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(state_root(&c).join("policies.json"))
+        .unwrap_or_default()
+        .contains("networkpolicies/gone/deny")
+    {
+        assert!(Instant::now() < deadline, "policy not enforced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rx = c.counter("rx_packets");
+    assert!(!connected(&c, "kh/a", "gone/g"), "kh/a reached gone/g");
+    assert!(c.counter("rx_packets") > rx, "the probe did not cross weir");
+    let netns = c
+        .topology()
+        .pod("gone", "g")
+        .expect("g realised")
+        .netns
+        .clone();
+
+    // 3. The namespace deleted with kubectl: its controller deletes the
+    //    pod (gracefully) and the policy; the kubelet tears the pod down
+    //    (weir-cni DEL, netns gone) and deletes the Pod object; the
+    //    namespace finalizes (kubectl delete waits for that), and the local
+    //    cluster no longer has it.
+    kubectl_ok(&c, &["delete", "namespace", "gone", "--timeout=120s"]);
+    let out = kubectl(&c, &["get", "namespace", "gone"]);
+    assert!(!out.status.success(), "namespace gone still there");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let topo = c.topology();
+        if topo.pod("gone", "g").is_none() && !topo.namespaces.iter().any(|n| n.name == "gone") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace gone still realised\n{}",
+            kubelet_log(&c)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&netns),
+        "netns {netns} left"
+    );
+    // The rest is untouched: kh/a still realised and the node still Ready.
+    assert!(c.topology().pod("kh", "a").is_some());
+    assert_eq!(heartbeat_of(&c).1, "True");
+}
+
+/// Kills (SIGKILL) the cluster's kube-apiserver and starts it again with the same
+/// command line (etcd and everything else keep running): its watch cache
+/// starts afresh at etcd's current revision. Returns once `/readyz` answers.
+fn restart_apiserver(c: &TestCluster) {
+    use std::os::unix::process::CommandExt;
+    let dir = state_root(c).join("k8s");
+    let pid_file = dir.join("kube-apiserver.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("kube-apiserver.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let argv: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .expect("cmdline")
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(argv[0].ends_with("kube-apiserver"), "{argv:?}");
+    signal(pid, "-KILL");
+    // Gone, or a zombie (dead, not reaped by whoever adopted it).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "kube-apiserver {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("logs/kube-apiserver.log"))
+        .expect("log");
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start kube-apiserver");
+    std::fs::write(&pid_file, child.id().to_string()).expect("pid file");
+    std::thread::spawn(move || child.wait());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !kubectl(c, &["get", "--raw", "/readyz"]).status.success() {
+        assert!(Instant::now() < deadline, "kube-apiserver not ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Compacts the cluster's etcd at its current revision (etcd's v3 JSON
+/// gateway, with curl); returns the revision.
+fn compact_etcd(c: &TestCluster) -> u64 {
+    let pid = std::fs::read_to_string(state_root(c).join("k8s/kube-apiserver.pid")).expect("pid");
+    let argv = std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim())).expect("cmdline");
+    let mut args = argv.split('\0');
+    let etcd = args
+        .find(|a| *a == "--etcd-servers")
+        .and_then(|_| args.next())
+        .expect("--etcd-servers")
+        .to_string();
+    let post = |path: &str, body: &str| -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", &format!("{etcd}{path}"), "-d", body])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("etcd JSON")
+    };
+    let r = post("/v3/kv/range", r#"{"key": "AA=="}"#);
+    let rev: u64 = r["header"]["revision"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("revision");
+    post(
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision": "{rev}", "physical": true}}"#),
+    );
+    rev
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+/// The objects in the supervisor's policies.json.
+fn enforced_policies(c: &TestCluster) -> Vec<String> {
+    let text = std::fs::read_to_string(state_root(c).join("policies.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut o: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["object"].as_str().map(str::to_string))
+        .collect();
+    o.sort();
+    o
+}
+
+#[test]
+fn an_expired_watch_relists_without_dropping_a_connection() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let file = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+        spec: {podCIDRs: [10.244.0.0/24]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kr}\n"
+        .to_string()
+        + &pod_manifest("kr", "a")
+        + &pod_manifest("kr", "b")
+        + &pod_manifest("kr", "c");
+    let c = TestCluster::up_with("kr", &file, &["--api-server"]);
+    let np = |name: &str, from: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: kr}}\n\
+             spec: {{podSelector: {{matchLabels: {{pod: b}}}}, policyTypes: [Ingress], ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: {from}}}}}}}]}}]}}\n"
+        )
+    };
+    kubectl_apply(&c, "allow-a.yaml", &np("allow-a", "a"));
+    // Seen by the agent now, deleted while its watch is down below.
+    kubectl_apply(&c, "seen.yaml", &np("seen-then-deleted", "nobody"));
+    let wait_policies = |want: &[String], what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while enforced_policies(&c) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: enforced {:?}, want {want:?}\n{}",
+                enforced_policies(&c),
+                kubelet_log(&c)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_policies(
+        &[
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ],
+        "allow-a",
+    );
+    // A burst (20 NetworkPolicies in one kubectl apply) coalesces: far
+    // fewer publishes than objects.
+    let published = |log: &str| {
+        log.matches("policies from the API server, generation")
+            .count()
+    };
+    let before = published(&kubelet_log(&c));
+    let burst: Vec<Value> = (0..20)
+        .map(|i| {
+            let text = np(&format!("burst-{i}"), "nobody");
+            let docs = weir_topo::manifest::split_documents(&text, "np")
+                .expect("parses")
+                .iter()
+                .map(|d| serde_json::to_value(&d.value).expect("JSON"))
+                .collect::<Vec<Value>>();
+            let mut v = docs.into_iter().next().expect("one document");
+            v["metadata"]["labels"] = serde_json::json!({"burst": "yes"});
+            v
+        })
+        .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": burst});
+    kubectl_ok(
+        &c,
+        &["apply", "-f", &c.file("burst.json", &list.to_string())],
+    );
+    let mut want: Vec<String> = (0..20)
+        .map(|i| format!("networkpolicies/kr/burst-{i}"))
+        .chain([
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ])
+        .collect();
+    want.sort();
+    wait_policies(&want, "burst");
+    // The agent logs a publish once the supervisor answered (after
+    // policies.json is written).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubelet_log(&c).contains("published 22 policies") {
+        assert!(Instant::now() < deadline, "no publish of 22 logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let burst_publishes = published(&kubelet_log(&c)) - before;
+    eprintln!("20 NetworkPolicies in one kubectl apply: {burst_publishes} publish(es)");
+    assert!(
+        (1..20).contains(&burst_publishes),
+        "{burst_publishes} publishes for a burst of 20 (before: {before})\n{}",
+        kubelet_log(&c)
+    );
+    kubectl_ok(
+        &c,
+        &["delete", "networkpolicy", "-n", "kr", "-l", "burst=yes"],
+    );
+    wait_policies(
+        &[
+            "networkpolicies/kr/allow-a".to_string(),
+            "networkpolicies/kr/seen-then-deleted".to_string(),
+        ],
+        "burst deleted",
+    );
+
+    // A TCP connection a → b:5555 carrying a byte every 50 ms.
+    let topo = c.topology();
+    let (pa, pb) = (
+        topo.pod("kr", "a").expect("a").clone(),
+        topo.pod("kr", "b").expect("b").clone(),
+    );
+    let addr = SocketAddr::new(pb.ipv4.expect("ipv4").into(), 5555);
+    let listener = weir_topo::netns::run_in(&pb.netns, move || TcpListener::bind(addr))
+        .expect("netns")
+        .expect("bind");
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let write_errors = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, received) = (stop.clone(), received.clone());
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let now = Instant::now();
+                    received
+                        .lock()
+                        .expect("lock")
+                        .extend(std::iter::repeat_n(now, n));
+                }
+            }
+        });
+    }
+    let mut client = weir_topo::netns::run_in(&pa.netns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })
+    .expect("netns")
+    .expect("connect a → b:5555");
+    {
+        let (stop, errors) = (stop.clone(), write_errors.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if client.write_all(b"x").is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    let count_after = |t: Instant| {
+        received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|x| **x > t)
+            .count()
+    };
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(count_after(t) >= 5, "the connection carries nothing");
+
+    // The kubelet (and its policy agent) frozen: its watches see nothing
+    // while the API server changes, and its resourceVersions get old.
+    let sup: i32 = std::fs::read_to_string(state_root(&c).join("kubelet.pid"))
+        .expect("kubelet.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let kubelet = children_of(sup)[0];
+    let log_before = kubelet_log(&c).len();
+    signal(kubelet, "-STOP");
+    // The API server restarted: its watch cache starts at etcd's current
+    // revision, so every resourceVersion the kubelet holds is too old. The
+    // changes are made on the new one: only a relist can bring them.
+    restart_apiserver(&c);
+    for i in 0..20 {
+        kubectl_apply(
+            &c,
+            &format!("np-{i}.yaml"),
+            &np(&format!("np-{i}"), "nobody"),
+        );
+    }
+    for i in 0..10 {
+        kubectl_ok(
+            &c,
+            &["delete", "networkpolicy", "-n", "kr", &format!("np-{i}")],
+        );
+    }
+    kubectl_ok(&c, &["label", "pod", "-n", "kr", "b", "moved=yes"]);
+    kubectl_ok(
+        &c,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kr",
+            "c",
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    kubectl_ok(
+        &c,
+        &["delete", "networkpolicy", "-n", "kr", "seen-then-deleted"],
+    );
+    // And etcd compacted up to now, so no resourceVersion the kubelet holds
+    // can be served from etcd's history either.
+    let rev = compact_etcd(&c);
+    eprintln!("etcd compacted at revision {rev}");
+    signal(kubelet, "-CONT");
+    let t_cont = Instant::now();
+
+    // The state converges to the API server's ...
+    let mut want: Vec<String> = (10..20)
+        .map(|i| format!("networkpolicies/kr/np-{i}"))
+        .chain(["networkpolicies/kr/allow-a".to_string()])
+        .collect();
+    want.sort();
+    wait_policies(&want, "after the relist");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .topology()
+        .pod("kr", "b")
+        .is_none_or(|p| p.labels.get("moved").map(String::as_str) != Some("yes"))
+    {
+        assert!(Instant::now() < deadline, "label of b not taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... through 410 Expired and a relist, which the kubelet logs: the
+    // Pods' watch cache starts with the new API server, before the
+    // changes, so the kubelet's Pod watch gets 410 for sure, and the label
+    // and the deletion arrive by the relist only (an object missing from it
+    // is deleted: pod c is torn down).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = kubelet_log(&c)[log_before..].to_string();
+        if log.contains("Pod: relisted (") && c.topology().pod("kr", "c").is_none() {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no Pod relist:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{log}");
+    assert!(
+        log.contains(
+            "Pod: watch: error returned by apiserver during watch: too old resource version"
+        ),
+        "no 410 for the Pod watch:\n{log}"
+    );
+    assert!(
+        log.contains("Pod: relisted (2 objects: 0 added, 1 removed, 1 changed"),
+        "{log}"
+    );
+    // NetworkPolicies converged above (relist or resumed watch: the new
+    // API server builds that kind's watch cache lazily, see docs).
+
+    // The open connection never stopped: no write failed, bytes keep
+    // arriving after the relist; a new connection a → b works.
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        count_after(t) >= 5,
+        "the connection stopped after the relist"
+    );
+    assert!(count_after(t_cont) >= 5);
+    assert_eq!(write_errors.load(Ordering::Relaxed), 0, "writes failed");
+    let rx = c.counter("rx_packets");
+    assert!(connected(&c, "kr/a", "kr/b"), "a → b after the relist");
+    assert!(c.counter("rx_packets") > rx);
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// `weir demo --mode api-server`: the built-in demo on a real API server
+/// says which mode it runs in, probes, applies its policy through the API
+/// server, and takes everything down again.
+#[test]
+fn demo_runs_on_the_api_server_and_says_so() {
+    let name = unique_name("kd");
+    let out = Command::new(weir_bin())
+        .args(["--cluster", &name, "demo", "--mode", "api-server"])
+        .output()
+        .expect("weir demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weir demo: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("== mode: on a real Kubernetes API server"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("== weir kubectl apply -f"), "{stdout}");
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/weir"));
+    assert!(!state.join(&name).exists(), "demo left its state");
+}

@@ -8,6 +8,7 @@
 //! the upstream layout, and `weir explain` must agree with every probe.
 //! Needs root.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,23 +20,264 @@ fn all() -> Reachability {
     Reachability::all()
 }
 
+/// How a tier suite changes the cluster: `weir apply`/`weir delete`, or the
+/// real kubectl against the API server of `weir up --api-server` (policies,
+/// pod and namespace label changes all go through the API server; weir takes
+/// them from there).
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Weir,
+    Kubectl,
+}
+
+struct Tiers {
+    c: TestCluster,
+    via: Via,
+    /// Kubectl: each policy carries a `weir.test/rev` label, bumped on every
+    /// apply, so the test knows when weir enforces what it applied.
+    rev: u32,
+    /// Kubectl: policy object (`clusternetworkpolicies/NAME`,
+    /// `networkpolicies/NS/NAME`, ...) → the rev weir must be enforcing.
+    revs: BTreeMap<String, u32>,
+}
+
+impl Tiers {
+    fn new(tag: &str, via: Via) -> Tiers {
+        let c = match via {
+            Via::Weir => TestCluster::up(tag, &xyz_cluster()),
+            Via::Kubectl => TestCluster::up_with(tag, &xyz_cluster(), &["--api-server"]),
+        };
+        Tiers {
+            c,
+            via,
+            rev: 0,
+            revs: BTreeMap::new(),
+        }
+    }
+
+    /// Applies manifests (policies, Pods, Namespaces); with kubectl, returns
+    /// once weir enforces exactly the policies applied and has the labels.
+    fn apply(&mut self, file: &str, text: &str) {
+        if self.via == Via::Weir {
+            self.c.apply(file, text);
+            return;
+        }
+        let mut items = Vec::new();
+        let mut pods = Vec::new();
+        let mut namespaces = Vec::new();
+        for mut d in documents(text) {
+            let kind = d["kind"].as_str().unwrap_or_default().to_string();
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ns = d["metadata"]["namespace"].as_str().map(str::to_string);
+            let mut labels = label_map(&d["metadata"]["labels"]);
+            match kind.as_str() {
+                "Pod" => {
+                    // The same pod as `weir up --api-server` created (the
+                    // image it filled in): only the labels differ.
+                    for c in d["spec"]["containers"].as_array_mut().into_iter().flatten() {
+                        if c.get("image").is_none() {
+                            c["image"] = "weir.dev/no-image".into();
+                        }
+                    }
+                    pods.push((ns.unwrap_or_default(), name, labels));
+                }
+                "Namespace" => {
+                    labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+                    namespaces.push((name, labels));
+                }
+                _ => {
+                    self.rev += 1;
+                    d["metadata"]["labels"]["weir.test/rev"] = self.rev.to_string().into();
+                    self.revs
+                        .insert(policy_key(&kind, ns.as_deref(), &name), self.rev);
+                }
+            }
+            items.push(d);
+        }
+        self.kubectl("apply", file, items);
+        let want = self.revs.clone();
+        let state = state_dir(&self.c);
+        self.wait_until(
+            &format!("policies {want:?}, pods {pods:?}, namespaces {namespaces:?}"),
+            |topo| {
+                policies_are(&state, &want)
+                    && pods
+                        .iter()
+                        .all(|(ns, p, l)| topo.pod(ns, p).is_some_and(|p| p.labels == *l))
+                    && namespaces.iter().all(|(n, l)| {
+                        topo.namespaces
+                            .iter()
+                            .any(|x| x.name == *n && x.labels == *l)
+                    })
+            },
+        );
+    }
+
+    /// Deletes the policies of `text`; with kubectl, returns once weir no
+    /// longer enforces them.
+    fn delete(&mut self, file: &str, text: &str) {
+        if self.via == Via::Weir {
+            self.c.delete(file, text);
+            return;
+        }
+        let items = documents(text);
+        for d in &items {
+            let kind = d["kind"].as_str().unwrap_or_default();
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            self.revs
+                .remove(&policy_key(kind, d["metadata"]["namespace"].as_str(), name));
+        }
+        self.kubectl("delete", file, items);
+        let want = self.revs.clone();
+        let state = state_dir(&self.c);
+        self.wait_until(&format!("policies {want:?}"), |_| {
+            policies_are(&state, &want)
+        });
+    }
+
+    fn kubectl(&self, verb: &str, file: &str, items: Vec<serde_json::Value>) {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let path = self.c.file(&format!("{file}.json"), &list.to_string());
+        let out = self.c.weir(&["kubectl", verb, "-f", &path]);
+        assert!(
+            out.status.success(),
+            "weir kubectl {verb} -f {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits (bounded: only so a broken kubelet cannot hang the suite) until
+    /// `done` holds and every dataplane runs the supervisor's latest generation.
+    fn wait_until(&self, what: &str, done: impl Fn(&weir_topo::Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if done(&self.c.topology()) && supervisor_ready(&self.c) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not take {what} from the API server; kubelet log:\n{}",
+                std::fs::read_to_string(state_dir(&self.c).join("kubelet.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The manifests as JSON values, read the way weir reads YAML (1.2): kubectl
+/// reads YAML 1.1, where `ns: y` would be a boolean.
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    weir_topo::manifest::split_documents(text, "case")
+        .expect("case manifests parse")
+        .iter()
+        .map(|d| serde_json::to_value(&d.value).expect("JSON"))
+        .collect()
+}
+
+fn label_map(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// weir's name of a policy object: `networkpolicies/NS/NAME`,
+/// `clusternetworkpolicies/NAME`, ... (every policy kind ends in `Policy`).
+fn policy_key(kind: &str, ns: Option<&str>, name: &str) -> String {
+    let resource = format!(
+        "{}ies",
+        kind.to_lowercase().strip_suffix('y').unwrap_or(kind)
+    );
+    match ns {
+        Some(ns) => format!("{resource}/{ns}/{name}"),
+        None => format!("{resource}/{name}"),
+    }
+}
+
+/// The supervisor enforces exactly `want` (object → `weir.test/rev`).
+fn policies_are(state: &std::path::Path, want: &BTreeMap<String, u32>) -> bool {
+    let text = std::fs::read_to_string(state.join("policies.json")).unwrap_or_else(|_| "[]".into());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let have: Vec<(String, Option<u32>)> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["object"].as_str().unwrap_or_default().to_string(),
+                rev_label(p["yaml"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    have.len() == want.len()
+        && want
+            .iter()
+            .all(|(o, rev)| have.iter().any(|(ho, r)| ho == o && *r == Some(*rev)))
+}
+
+/// The `weir.test/rev` label of a stored policy (YAML, one key a line).
+fn rev_label(yaml: &str) -> Option<u32> {
+    yaml.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("weir.test/rev:")?;
+        v.trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .parse()
+            .ok()
+    })
+}
+
+fn state_dir(c: &TestCluster) -> std::path::PathBuf {
+    std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/run/weir"))
+        .join(&c.name)
+}
+
+/// The supervisor's own readiness (its `ping` on daemon.sock): every
+/// dataplane runs its latest generation.
+fn supervisor_ready(c: &TestCluster) -> bool {
+    use std::io::BufRead;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(state_dir(c).join("daemon.sock"))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"{\"op\":\"ping\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    if std::io::BufReader::new(&s).read_line(&mut line).is_err() {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| v["data"]["ready"] == true)
+}
+
 /// Applies `text`, checks each (port, protocol, table), deletes `text`.
 fn case(
-    c: &TestCluster,
+    t: &mut Tiers,
     failures: &mut Vec<String>,
     name: &str,
     text: &str,
     checks: &[(u16, &str, &Reachability)],
 ) {
     let t0 = Instant::now();
-    c.apply("policies.yaml", text);
+    t.apply("policies.yaml", text);
     for (port, proto, want) in checks {
-        if let Err(e) = c.check_reachability(name, *port, proto, want) {
+        if let Err(e) = t.c.check_reachability(name, *port, proto, want) {
             eprintln!("FAIL {e}");
             failures.push(e);
         }
     }
-    c.delete("policies.yaml", text);
+    t.delete("policies.yaml", text);
     eprintln!("case {name:?}: {} ms", t0.elapsed().as_millis());
 }
 
@@ -50,14 +292,25 @@ const NP_ALLOW_ALL_X: &str = "{podSelector: {}, policyTypes: [Ingress], ingress:
 
 #[test]
 fn admin_and_baseline_tiers_around_network_policies() {
-    let c = TestCluster::up("tier", &xyz_cluster());
+    tier_cases(&mut Tiers::new("tier", Via::Weir));
+}
+
+/// The same cases and truth tables, with every namespace, pod, label change
+/// and policy going through the real kubectl and API server
+/// (`weir up --api-server`).
+#[test]
+fn admin_and_baseline_tiers_via_kubectl() {
+    tier_cases(&mut Tiers::new("tierk", Via::Kubectl));
+}
+
+fn tier_cases(t: &mut Tiers) {
     let mut failures = Vec::new();
 
     // 1. Admin Deny beats a NetworkPolicy that allows everything.
     let mut r = all();
     r.expect_peer(Peer::ns("y"), Peer::ns("x"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "ClusterNetworkPolicy Admin Deny over a NetworkPolicy allow",
         &format!(
@@ -79,7 +332,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
     r.expect_peer(Peer::ns("x"), Peer::ns("x"), false)
         .expect_peer(Peer::ns("z"), Peer::ns("x"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "ClusterNetworkPolicy Admin Pass falls through to the NetworkPolicy",
         &format!(
@@ -115,7 +368,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
         .expect_peer(Peer::ns("x"), Peer::pod("x", "a"), false)
         .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "ClusterNetworkPolicy Baseline Deny overridden by a NetworkPolicy allow; applies where no NetworkPolicy selects",
         &format!(
@@ -148,7 +401,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
         false,
     );
     case(
-        &c,
+        t,
         &mut failures,
         "ClusterNetworkPolicy Baseline egress Deny with no NetworkPolicy",
         &cnp(
@@ -165,7 +418,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
     let mut r80 = all();
     r80.expect_peer(Peer::ns("y"), Peer::ns("x"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "AdminNetworkPolicy Deny (portNumber) over a NetworkPolicy allow",
         &format!(
@@ -182,7 +435,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
     r.expect_all_ingress("x/b", false)
         .expect_all_ingress("x/c", false);
     case(
-        &c,
+        t,
         &mut failures,
         "BaselineAdminNetworkPolicy Deny overridden by a NetworkPolicy allow",
         &format!(
@@ -202,7 +455,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
     r.expect_peer(Peer::ns("x"), Peer::ns("x"), false)
         .expect_peer(Peer::ns("y"), Peer::ns("x"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "AdminNetworkPolicy Pass falls to BaselineAdminNetworkPolicy Deny; ANP Allow beats it",
         "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\n\
@@ -218,7 +471,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
     let mut r = all();
     r.expect_peer(Peer::ns("y"), Peer::ns("x"), false);
     case(
-        &c,
+        t,
         &mut failures,
         "WeirPolicy Deny beats a NetworkPolicy Allow",
         &format!(
@@ -240,7 +493,7 @@ fn admin_and_baseline_tiers_around_network_policies() {
         false,
     );
     case(
-        &c,
+        t,
         &mut failures,
         "WeirClusterPolicy Deny (podSelector alone: any namespace) over a NetworkPolicy allow",
         &format!(
@@ -272,12 +525,12 @@ fn admin_and_baseline_tiers_around_network_policies() {
             "  ingress:\n  - {action: Deny, from: [{namespaces: {matchLabels: {trust: \"no\"}}}]}\n"
         )
     );
-    c.apply("labels.yaml", &text);
+    t.apply("labels.yaml", &text);
     let name = "Admin tier follows pod and namespace label changes";
-    if let Err(e) = c.check_reachability(name, 80, "TCP", &all()) {
+    if let Err(e) = t.c.check_reachability(name, 80, "TCP", &all()) {
         failures.push(e);
     }
-    c.apply(
+    t.apply(
         "relabel.yaml",
         &format!(
             "{}{}",
@@ -288,17 +541,17 @@ fn admin_and_baseline_tiers_around_network_policies() {
     let mut r = all();
     r.expect_all_ingress("y/b", false)
         .expect_peer(Peer::ns("z"), Peer::ns("x"), false);
-    if let Err(e) = c.check_reachability(name, 80, "TCP", &r) {
+    if let Err(e) = t.c.check_reachability(name, 80, "TCP", &r) {
         failures.push(e);
     }
-    c.apply(
+    t.apply(
         "relabel.yaml",
         &format!("{}{}", xyz_pod("y", "b", &[]), xyz_namespace("z", &[])),
     );
-    if let Err(e) = c.check_reachability(name, 80, "TCP", &all()) {
+    if let Err(e) = t.c.check_reachability(name, 80, "TCP", &all()) {
         failures.push(e);
     }
-    c.delete("labels.yaml", &text);
+    t.delete("labels.yaml", &text);
     eprintln!("case {name:?}: {} ms", t0.elapsed().as_millis());
 
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
