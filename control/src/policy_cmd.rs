@@ -431,16 +431,11 @@ pub fn suggest(state: &StateDir, namespaces: &[String], output: Output) -> anyho
             "SCTP" => weir_model::Protocol::Sctp,
             _ => continue,
         };
-        observed.push(weir_policy::suggest::Observed {
-            from: (f.0.to_string(), f.1.to_string()),
-            to: (t.0.to_string(), t.1.to_string()),
-            protocol,
-            port: r.dport,
-        });
+        observed.push(weir_policy::suggest::Observed::new(f, t, protocol, r.dport));
     }
     observed.sort();
     observed.dedup();
-    let s = weir_policy::suggest::suggest(&input, &observed, namespaces)?;
+    let s = weir_policy::suggest::suggest(&input, &observed, &weir_policy::suggest::Options { namespaces: namespaces.to_vec(), l7: false })?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
         _ => print!("{}", s.yaml),
