@@ -252,7 +252,9 @@ pub fn suggest(
                         .iter()
                         .map(|(m, k, v)| json!({"method": m, "path": {k.as_str(): v}}))
                         .collect();
-                    l7_rules.push(json!({"action": "Allow", "from": [peer(pw)], "ports": pv, "http": http}));
+                    l7_rules.push(
+                        json!({"action": "Allow", "from": [peer(pw)], "ports": pv, "http": http}),
+                    );
                 } else {
                     list.push(json!({key: [peer(pw)], "ports": pv}));
                 }

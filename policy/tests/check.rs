@@ -359,8 +359,15 @@ fn l7_suggestion_is_a_weirpolicy_of_the_methods_and_prefixes_seen() {
             host: None,
             headers: vec![],
         };
-        let e = explain_http(&with, ("prod", "api"), ("prod", "web"), Protocol::Tcp, 8080, &req)
-            .unwrap();
+        let e = explain_http(
+            &with,
+            ("prod", "api"),
+            ("prod", "web"),
+            Protocol::Tcp,
+            8080,
+            &req,
+        )
+        .unwrap();
         e.allowed && e.http.and_then(|h| h.request).is_some_and(|r| r.allowed)
     };
     assert!(ok("GET", "/users/99"));
