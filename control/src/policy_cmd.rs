@@ -189,6 +189,9 @@ pub fn render(r: &Report) -> String {
         }
         s.push('\n');
     }
+    if let Some(n) = &r.note {
+        s.push_str(&format!("note: {n}\n"));
+    }
     if r.findings.is_empty() {
         s.push_str("no findings\n");
     }

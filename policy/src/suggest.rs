@@ -309,7 +309,7 @@ pub fn suggest(
     for b in r.matrix.iter().filter(|b| b.family == Family::Ipv4) {
         for (i, f) in b.from.iter().enumerate() {
             for (j, t) in b.to.iter().enumerate() {
-                if i == j {
+                if f == t {
                     continue;
                 }
                 let key = (f.clone(), t.clone(), b.port, b.protocol);
