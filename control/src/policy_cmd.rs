@@ -607,3 +607,29 @@ pub fn render_suggestion(s: &weir_policy::suggest::Suggestion) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn since_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "15", "m", "1.5h", "-1s", "3w", "99999999999999999999s"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with("--since: ") && e.lines().count() == 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn suggest_outputs() {
+        assert_eq!("yaml".parse(), Ok(SuggestOutput::Yaml));
+        assert_eq!("".parse(), Ok(SuggestOutput::Table));
+        assert!("wide".parse::<SuggestOutput>().is_err());
+    }
+}

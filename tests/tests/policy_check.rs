@@ -472,6 +472,10 @@ fn suggestion_for_a_multi_tier_app_keeps_its_traffic_and_blocks_the_rest() {
     for named in ["port: http", "port: pg", "port: dns"] {
         assert!(yaml.contains(named), "no {named:?} in:\n{yaml}");
     }
+    // Within the last hour: the same four flows.
+    let o = c.weir(&["policy", "suggest", "--since", "1h", "-o", "yaml"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("from 4 observed flow(s)"), "{err}");
     // The table form counts the flows per rule.
     let table = c.weir(&["policy", "suggest"]);
     let table = String::from_utf8_lossy(&table.stdout).to_string();
