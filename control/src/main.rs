@@ -403,9 +403,16 @@ enum PolicyAction {
         /// Only workloads of this namespace (repeatable); default: all.
         #[arg(short = 'n', long = "namespace")]
         namespaces: Vec<String>,
-        /// yaml (default) or json (with the check's findings).
+        /// Only flows recorded within this long (`15m`, `2h`; ms, s, m, h, d).
+        #[arg(long, value_parser = weir_control::policy_cmd::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// WeirPolicy `http` rules from the HTTP methods and path prefixes seen.
+        #[arg(long)]
+        l7: bool,
+        /// table (rules with flow counts), yaml (the manifests `weir apply`
+        /// takes) or json (both, with the check).
         #[arg(short = 'o', long, default_value = "table")]
-        output: Output,
+        output: weir_control::policy_cmd::SuggestOutput,
     },
 }
 
@@ -761,8 +768,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         ),
         Cmd::Policy {
-            action: PolicyAction::Suggest { namespaces, output },
-        } => weir_control::policy_cmd::suggest(&state, &namespaces, output),
+            action:
+                PolicyAction::Suggest {
+                    namespaces,
+                    since,
+                    l7,
+                    output,
+                },
+        } => {
+            let args = weir_control::policy_cmd::SuggestArgs {
+                namespaces: &namespaces,
+                since,
+                l7,
+                output,
+            };
+            let code = weir_control::policy_cmd::suggest(&state, &args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Cmd::Flows {
             follow,
             output,

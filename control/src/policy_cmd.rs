@@ -189,6 +189,9 @@ pub fn render(r: &Report) -> String {
         }
         s.push('\n');
     }
+    if let Some(n) = &r.note {
+        s.push_str(&format!("note: {n}\n"));
+    }
     if r.findings.is_empty() {
         s.push_str("no findings\n");
     }
@@ -392,7 +395,8 @@ fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlo
     Ok(out)
 }
 
-/// `new` records of every node's flow log (admitted, pod to pod).
+/// `new` records of every node's flow log (admitted, pod to pod), and
+/// the HTTP notes of L7 records.
 fn admitted_flows(state: &StateDir) -> anyhow::Result<Vec<weir_model::ipc::FlowRecord>> {
     use weir_model::ipc::FlowsReply;
     let c = Cluster::load(&state.cluster_file())
@@ -408,55 +412,224 @@ fn admitted_flows(state: &StateDir) -> anyhow::Result<Vec<weir_model::ipc::FlowR
         out.extend(
             v.records
                 .into_iter()
-                .filter(|r| r.kind == "new" && r.verdict != "denied"),
+                .filter(|r| (r.kind == "new" && r.verdict != "denied") || r.l7.is_some()),
         );
     }
     Ok(out)
 }
 
+/// `weir policy suggest -o`: the rules table, the YAML, or JSON (YAML,
+/// rules and the check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuggestOutput {
+    Table,
+    Yaml,
+    Json,
+}
+
+impl std::str::FromStr for SuggestOutput {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "table" | "" => Ok(SuggestOutput::Table),
+            "yaml" => Ok(SuggestOutput::Yaml),
+            "json" => Ok(SuggestOutput::Json),
+            _ => Err(format!("-o: {s:?} is not table, yaml or json")),
+        }
+    }
+}
+
+/// Parses `--since`: a number with a unit, `ms`, `s`, `m`, `h` or `d`
+/// (`90s`, `15m`, `2h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("--since: {s:?} is not a duration (NUMBER with ms, s, m, h or d: 15m)");
+    let i = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let ms = match &s[i..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+/// What `weir policy suggest` takes.
+pub struct SuggestArgs<'a> {
+    pub namespaces: &'a [String],
+    /// Only flows whose record is at most this old.
+    pub since: Option<std::time::Duration>,
+    pub l7: bool,
+    pub output: SuggestOutput,
+}
+
+fn protocol_of(s: &str) -> Option<weir_model::Protocol> {
+    match s.to_ascii_uppercase().as_str() {
+        "TCP" => Some(weir_model::Protocol::Tcp),
+        "UDP" => Some(weir_model::Protocol::Udp),
+        "SCTP" => Some(weir_model::Protocol::Sctp),
+        _ => None,
+    }
+}
+
 /// `weir policy suggest`: NetworkPolicies admitting exactly the flows the
-/// running cluster's dataplanes admitted (their flow logs), for the
-/// workloads of `namespaces` (all when empty). Prints the YAML (or JSON
-/// with the check), and on stderr how it checks.
-pub fn suggest(state: &StateDir, namespaces: &[String], output: Output) -> anyhow::Result<()> {
+/// running cluster's dataplanes admitted (their flow logs: one `new`
+/// record per admitted connection, counted), for the workloads of
+/// `namespaces` (all when empty). Prints the table, YAML or JSON, and on
+/// stderr how it checks; exit status 1 when the check fails.
+pub fn suggest(state: &StateDir, args: &SuggestArgs) -> anyhow::Result<i32> {
+    use std::collections::BTreeMap;
+    use weir_policy::suggest::Observed;
     let input = input(Source::Cluster(state))?;
-    let mut observed = Vec::new();
+    let cutoff = args.since.map(|d| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(d).as_nanos() as u64
+    });
+    type Key = (String, String, weir_model::Protocol, u16);
+    let mut flows: BTreeMap<Key, Observed> = BTreeMap::new();
+    let mut http: Vec<(Key, (String, String))> = Vec::new();
+    let mut l7_denied = 0usize;
     for r in admitted_flows(state)? {
-        let (Some(f), Some(t)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
+        if cutoff.is_some_and(|c| r.time_unix_ns < c) {
+            continue;
+        }
+        let (Some(f), Some(t), Some(protocol)) = (
+            r.src.split_once('/'),
+            r.dst.split_once('/'),
+            protocol_of(&r.protocol),
+        ) else {
             continue;
         };
-        let protocol = match r.protocol.to_ascii_uppercase().as_str() {
-            "TCP" => weir_model::Protocol::Tcp,
-            "UDP" => weir_model::Protocol::Udp,
-            "SCTP" => weir_model::Protocol::Sctp,
-            _ => continue,
-        };
-        observed.push(weir_policy::suggest::Observed {
-            from: (f.0.to_string(), f.1.to_string()),
-            to: (t.0.to_string(), t.1.to_string()),
-            protocol,
-            port: r.dport,
-        });
+        let key = (r.src.clone(), r.dst.clone(), protocol, r.dport);
+        if let Some(l7) = &r.l7 {
+            // The dataplane notes the HTTP requests it denies; an allowed
+            // request head, when recorded, shapes the `--l7` rules.
+            if r.verdict == "denied" {
+                l7_denied += 1;
+            } else if !l7.method.is_empty() {
+                http.push((key, (l7.method.clone(), l7.path.clone())));
+            }
+            continue;
+        }
+        flows
+            .entry(key)
+            .or_insert_with(|| Observed {
+                count: 0,
+                ..Observed::new(f, t, protocol, r.dport)
+            })
+            .count += 1;
     }
-    observed.sort();
-    observed.dedup();
-    let s = weir_policy::suggest::suggest(&input, &observed, namespaces)?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-        _ => print!("{}", s.yaml),
+    for (k, h) in http {
+        if let Some(o) = flows.get_mut(&k) {
+            if !o.http.contains(&h) {
+                o.http.push(h);
+            }
+        }
+    }
+    let observed: Vec<Observed> = flows.into_values().collect();
+    let opts = weir_policy::suggest::Options {
+        namespaces: args.namespaces.to_vec(),
+        l7: args.l7,
+    };
+    let s = weir_policy::suggest::suggest(&input, &observed, &opts)?;
+    match args.output {
+        SuggestOutput::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        SuggestOutput::Yaml => print!("{}", s.yaml),
+        SuggestOutput::Table => print!("{}", render_suggestion(&s)),
     }
     eprintln!(
-        "{} polic(ies) from {} observed flow(s); checked with the current policies: {} observed flow(s) denied, {} unobserved pair/port(s) allowed",
+        "{} polic(ies) from {} observed flow(s) ({} connection(s)); checked with the current policies: {} observed flow(s) denied, {} unobserved pair/port(s) allowed",
         s.policies,
         observed.len(),
+        observed.iter().map(|o| o.count).sum::<u64>(),
         s.missing.len(),
         s.extra.len()
     );
+    if args.l7 && observed.iter().all(|o| o.http.is_empty()) {
+        eprintln!(
+            "--l7: no allowed HTTP request heads in the flow logs (the dataplane records the requests it denies: {l7_denied} here); the suggestion is L4 only"
+        );
+    }
     for m in &s.missing {
         eprintln!("  denied though observed: {m}");
     }
     for e in &s.extra {
         eprintln!("  allowed though not observed: {e}");
     }
-    Ok(())
+    Ok(if s.missing.is_empty() && s.extra.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+/// The table form of a suggestion: one line per rule.
+pub fn render_suggestion(s: &weir_policy::suggest::Suggestion) -> String {
+    let rows: Vec<[String; 5]> = s
+        .rules
+        .iter()
+        .map(|r| {
+            let mut ports = r.ports.join(",");
+            if !r.http.is_empty() {
+                ports.push_str(&format!(" http[{}]", r.http.join("; ")));
+            }
+            [
+                r.policy.clone(),
+                r.direction.to_string(),
+                r.peer.clone(),
+                ports,
+                r.flows.to_string(),
+            ]
+        })
+        .collect();
+    let head = ["POLICY", "DIRECTION", "PEER", "PORTS", "FLOWS"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (k, c) in r.iter().enumerate() {
+            w[k] = w[k].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(head.map(String::from)).chain(rows) {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(k, c)| format!("{c:w$}", w = w[k]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn since_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "15", "m", "1.5h", "-1s", "3w", "99999999999999999999s"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with("--since: ") && e.lines().count() == 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn suggest_outputs() {
+        assert_eq!("yaml".parse(), Ok(SuggestOutput::Yaml));
+        assert_eq!("".parse(), Ok(SuggestOutput::Table));
+        assert!("wide".parse::<SuggestOutput>().is_err());
+    }
 }

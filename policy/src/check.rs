@@ -91,6 +91,10 @@ pub struct Finding {
 pub struct Report {
     pub matrix: Vec<MatrixBlock>,
     pub findings: Vec<Finding>,
+    /// Set when the matrix was computed per namespace pair (more than
+    /// [`MAX_PODS`] pods): says so, and which findings were skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Report {
@@ -126,39 +130,123 @@ pub fn declared_ports(input: &PolicyInput) -> Vec<(u16, Protocol)> {
     out.into_iter().collect()
 }
 
-/// Above this many pods `check` refuses (one line) instead of building an
-/// n² matrix that could exhaust memory.
+/// Above this many pods `check` computes the matrix per namespace pair
+/// ([`check_per_namespace_pair`]): one block per (source namespace,
+/// destination namespace, port, family), judged one at a time, instead of
+/// one n² grid of judged cells whose memory grows with the whole cluster.
 pub const MAX_PODS: usize = 2000;
 
 /// The whole check: the matrix over `ports` (all declared ports when empty)
-/// and the findings.
+/// and the findings. Above [`MAX_PODS`] pods the matrix comes per
+/// namespace pair and the findings that need the whole grid (egress DNS,
+/// Admin overrides, undeciding rules) are skipped; [`Report::note`] says so.
 pub fn check(input: &PolicyInput, ports: &[(u16, Protocol)]) -> Result<Report, PolicyError> {
-    if input.pods.len() > MAX_PODS {
-        return Err(PolicyError::Input(format!(
-            "{} pods: the offline matrix handles at most {MAX_PODS} pods (the per-namespace-pair matrix for larger clusters is not implemented)",
-            input.pods.len()
-        )));
-    }
     let ports = if ports.is_empty() {
         declared_ports(input)
     } else {
         ports.to_vec()
     };
-    let grid = Grid::new(input, &ports)?;
     let mut findings = Vec::new();
     subjects_and_peers(input, &mut findings);
     named_ports(input, &mut findings);
     ipblocks(input, &mut findings);
-    egress_dns(input, &grid, &mut findings)?;
-    overridden_by_admin(input, &grid, &mut findings)?;
-    undeciding_rules(input, &grid, &mut findings)?;
+    let (matrix, note) = if input.pods.len() > MAX_PODS {
+        let mut matrix = Vec::new();
+        let pairs = check_per_namespace_pair(input, &ports, |b| matrix.push(b))?;
+        let note = format!(
+            "{} pods (more than {MAX_PODS}): the matrix is computed per namespace pair ({pairs} pairs, {} blocks); the egress-DNS, Admin-override and undeciding-rule findings need the whole grid and were skipped",
+            input.pods.len(),
+            matrix.len()
+        );
+        (matrix, Some(note))
+    } else {
+        let grid = Grid::new(input, &ports)?;
+        egress_dns(input, &grid, &mut findings)?;
+        overridden_by_admin(input, &grid, &mut findings)?;
+        undeciding_rules(input, &grid, &mut findings)?;
+        (grid.blocks(), None)
+    };
     findings.sort_by(|a, b| {
         (b.severity, &a.policy, &a.rule, a.kind).cmp(&(a.severity, &b.policy, &b.rule, b.kind))
     });
     Ok(Report {
-        matrix: grid.blocks(),
+        matrix,
         findings,
+        note,
     })
+}
+
+/// The matrix one namespace pair at a time: for every (source namespace,
+/// destination namespace) pair, every port and family, one block whose
+/// `from` are the source namespace's pods and `to` the destination's,
+/// judged by the workers' judge and handed to `emit` before the next is
+/// built. Memory is one compiled policy plus one block, whatever the
+/// cluster's size. Returns the number of namespace pairs.
+pub fn check_per_namespace_pair(
+    input: &PolicyInput,
+    ports: &[(u16, Protocol)],
+    mut emit: impl FnMut(MatrixBlock),
+) -> Result<usize, PolicyError> {
+    let pods = sorted_pods(input);
+    let compiled = CompiledPolicy::build(compile_for(input, 0, &pods)?)?;
+    let families: Vec<Family> = [Family::Ipv4, Family::Ipv6]
+        .into_iter()
+        .filter(|f| pods.iter().any(|p| addr(p, *f).is_some()))
+        .collect();
+    // Namespaces as index ranges of the sorted pods.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        match spans.last_mut() {
+            Some(s) if pods[s.0].namespace == p.namespace => s.1 = i + 1,
+            _ => spans.push((i, i + 1)),
+        }
+    }
+    let name = |p: &PodInfo| format!("{}/{}", p.namespace, p.name);
+    for &(a0, a1) in &spans {
+        let from: Vec<String> = pods[a0..a1].iter().map(|p| name(p)).collect();
+        for &(b0, b1) in &spans {
+            let to: Vec<String> = pods[b0..b1].iter().map(|p| name(p)).collect();
+            for &(port, proto) in ports {
+                for &fam in &families {
+                    let connected = (a0..a1)
+                        .map(|i| {
+                            (b0..b1)
+                                .map(|j| match (addr(pods[i], fam), addr(pods[j], fam)) {
+                                    (Some(_), Some(_)) if i == j => true,
+                                    (Some(sa), Some(da)) => {
+                                        compiled
+                                            .judge(
+                                                Peer {
+                                                    endpoint: Some(i as u32),
+                                                    addr: sa,
+                                                },
+                                                Peer {
+                                                    endpoint: Some(j as u32),
+                                                    addr: da,
+                                                },
+                                                protocol_number(proto),
+                                                port,
+                                            )
+                                            .allowed
+                                    }
+                                    _ => false,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    emit(MatrixBlock {
+                        port,
+                        protocol: proto,
+                        family: fam,
+                        from: from.clone(),
+                        to: to.clone(),
+                        connected,
+                    });
+                }
+            }
+        }
+    }
+    Ok(spans.len() * spans.len())
 }
 
 /// One judged pair: (egress, ingress, allowed).
@@ -738,9 +826,16 @@ pub struct Change {
 pub fn diff(old: &[MatrixBlock], new: &[MatrixBlock]) -> Vec<Change> {
     let mut out = Vec::new();
     for nb in new {
+        // The old block of the same port and family holding the new
+        // block's first pair (the whole matrix, or the same namespace pair).
+        let holds = |o: &&MatrixBlock| match (nb.from.first(), nb.to.first()) {
+            (Some(f), Some(t)) => o.from.contains(f) && o.to.contains(t),
+            _ => true,
+        };
         let Some(ob) = old
             .iter()
-            .find(|o| (o.port, o.protocol, o.family) == (nb.port, nb.protocol, nb.family))
+            .filter(|o| (o.port, o.protocol, o.family) == (nb.port, nb.protocol, nb.family))
+            .find(holds)
         else {
             continue;
         };

@@ -362,7 +362,7 @@ fn suggestion_keeps_observed_traffic_and_blocks_the_rest() {
     assert!(weir_tests::all_connected(&m), "{m}");
     let mut out = None;
     for _ in 0..50 {
-        let o = c.weir(&["policy", "suggest"]);
+        let o = c.weir(&["policy", "suggest", "-o", "yaml"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         if err.contains("from 2 observed flow(s)") {
@@ -401,5 +401,116 @@ fn suggestion_keeps_observed_traffic_and_blocks_the_rest() {
     assert!(
         c.drops("policy-denied") > denied_before,
         "weir denied nothing"
+    );
+}
+
+/// A generated multi-tier app: namespace `shop` with frontend, api and db,
+/// namespace `infra` with a DNS server pod. Containers name their ports
+/// (http 8080/TCP on api, pg 5432/TCP on db, dns 53/UDP on the DNS pod).
+fn multi_tier() -> String {
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {kubernetes.io/hostname: node-1}}\n\
+                spec: {podCIDRs: [10.244.0.0/24]}\n";
+    let ns = |n: &str| {
+        format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}, labels: {{tier-ns: {n}}}}}\n")
+    };
+    let pod = |ns: &str, name: &str, port: Option<(&str, u16, &str)>| {
+        let ports = port
+            .map(|(n, p, proto)| {
+                format!("    ports:\n    - {{name: {n}, containerPort: {p}, protocol: {proto}}}\n")
+            })
+            .unwrap_or_default();
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+             spec:\n  nodeName: node-1\n  containers:\n  - name: main\n{ports}"
+        )
+    };
+    [
+        node.to_string(),
+        ns("shop"),
+        ns("infra"),
+        pod("shop", "frontend", None),
+        pod("shop", "api", Some(("http", 8080, "TCP"))),
+        pod("shop", "db", Some(("pg", 5432, "TCP"))),
+        pod("infra", "dns", Some(("dns", 53, "UDP"))),
+    ]
+    .concat()
+}
+
+#[test]
+fn suggestion_for_a_multi_tier_app_keeps_its_traffic_and_blocks_the_rest() {
+    let c = TestCluster::up("ptier", &multi_tier());
+    // The app's traffic: frontend -> api, api -> db, both -> DNS.
+    let traffic: [(&str, &str, u16, &str); 4] = [
+        ("shop/frontend", "shop/api", 8080, "TCP"),
+        ("shop/api", "shop/db", 5432, "TCP"),
+        ("shop/frontend", "infra/dns", 53, "UDP"),
+        ("shop/api", "infra/dns", 53, "UDP"),
+    ];
+    let rx_before = c.counter("rx_packets");
+    for (from, to, port, proto) in traffic {
+        let m = c.probe(port, proto, &["--from", from, "--to", to]);
+        assert!(weir_tests::all_connected(&m), "{from} -> {to}: {m}");
+    }
+    let mut out = None;
+    for _ in 0..50 {
+        let o = c.weir(&["policy", "suggest", "-o", "yaml"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.contains("from 4 observed flow(s)") {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = out.expect("the four flows never showed in the flow logs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("4 polic(ies)") && err.contains("0 observed flow(s) denied, 0 unobserved"),
+        "{err}"
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    for named in ["port: http", "port: pg", "port: dns"] {
+        assert!(yaml.contains(named), "no {named:?} in:\n{yaml}");
+    }
+    // Within the last hour: the same four flows.
+    let o = c.weir(&["policy", "suggest", "--since", "1h", "-o", "yaml"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("from 4 observed flow(s)"), "{err}");
+    // The table form counts the flows per rule.
+    let table = c.weir(&["policy", "suggest"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.starts_with("POLICY") && table.contains("TCP/http(8080)"),
+        "{table}"
+    );
+    c.apply("suggested.yaml", &yaml);
+
+    let denied_before = c.drops("policy-denied");
+    for (port, proto) in [(8080u16, "TCP"), (5432, "TCP"), (53, "UDP")] {
+        let m = c.probe(port, proto, &["--timeout-ms", "300", "--attempts", "2"]);
+        let (from, to) = (strings(&m["from"]), strings(&m["to"]));
+        for (i, f) in from.iter().enumerate() {
+            for (j, t) in to.iter().enumerate() {
+                if f == t {
+                    continue;
+                }
+                let want = traffic.iter().any(|(a, b, p, pr)| {
+                    (*a, *b, *p, *pr) == (f.as_str(), t.as_str(), port, proto)
+                });
+                assert_eq!(
+                    m["connected"][i][j].as_bool(),
+                    Some(want),
+                    "{proto}/{port} {f} -> {t} after applying:\n{yaml}"
+                );
+            }
+        }
+    }
+    assert!(
+        c.drops("policy-denied") > denied_before,
+        "weir denied nothing"
+    );
+    assert!(
+        c.counter("rx_packets") > rx_before,
+        "no packet crossed weir"
     );
 }
