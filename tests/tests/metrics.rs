@@ -134,6 +134,20 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
         );
     }
     assert_eq!(sum(&m0, "weir_dataplane_up", &["node=\"node-1\""]), 1.0);
+    // Every series the Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/weir.json"),
+    )
+    .expect("deploy/grafana/weir.json");
+    for name in dash
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("weir_"))
+    {
+        assert!(
+            m0.keys().any(|k| k.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+    }
 
     // The flow stream, read with curl while the probes run: drops only.
     let mut curl = Command::new("curl")
