@@ -659,6 +659,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v: ClusterStatus = daemon_call(&state, &Request::Status)?;
             match output {
                 Output::Json => println!("{}", json_text(&v, true)?),
+                Output::Yaml => print!("{}", output.render(&v)?),
                 _ => print!("{}", status::render(&v)),
             }
             Ok(())
@@ -690,6 +691,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+                Output::Yaml => print!("{}", output.render(&m)?),
                 _ => print!("{}", probe::render(&m)),
             }
             Ok(())
@@ -794,6 +796,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+                Output::Yaml => print!("{}", output.render(&e)?),
                 _ => println!("{e}"),
             }
             Ok(())
@@ -1350,6 +1353,7 @@ fn flows_cmd(
             for r in &got {
                 match output {
                     Output::Json => println!("{}", json_text(r, false)?),
+                    Output::Yaml => print!("---\n{}", output.render(r)?),
                     _ => println!("{}", weir_control::flows::line(r)),
                 }
             }
@@ -1361,6 +1365,7 @@ fn flows_cmd(
     }
     match output {
         Output::Json => println!("{}", json_text(&all, true)?),
+        Output::Yaml => print!("{}", output.render(&all)?),
         _ => {
             for r in &all {
                 println!("{}", weir_control::flows::line(r));

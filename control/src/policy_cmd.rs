@@ -154,6 +154,7 @@ pub fn check(
     let report = weir_policy::check::check(&input, ports)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", output.render(&report)?),
         _ => print!("{}", render(&report)),
     }
     let fail = matches!((fail_on, report.worst()), (Some(f), Some(w)) if w >= f);
@@ -279,6 +280,7 @@ pub fn diff(
     let r = DiffReport { changes, cut };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Yaml => print!("{}", output.render(&r)?),
         _ => {
             if r.changes.is_empty() {
                 println!("no pair/port changes verdict");
@@ -443,6 +445,7 @@ pub fn suggest(state: &StateDir, namespaces: &[String], output: Output) -> anyho
     let s = weir_policy::suggest::suggest(&input, &observed, namespaces)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Yaml => print!("{}", output.render(&s)?),
         _ => print!("{}", s.yaml),
     }
     eprintln!(

@@ -279,6 +279,58 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
     );
 }
 
+/// `-o yaml` is `-o json` in YAML: both read back (PyYAML) to the same value.
+#[test]
+fn yaml_output_is_the_json_output() {
+    let ns = unique_name("my");
+    let c = TestCluster::up("my", &simple_cluster(&ns, &["a", "b"]));
+    for args in [
+        &["get", "pods", "-A"][..],
+        &["get", "nodes"],
+        &["get", "namespaces"],
+    ] {
+        let json = c.weir_json(&[args, &["-o", "json"]].concat());
+        let out = c.weir(&[args, &["-o", "yaml"]].concat());
+        assert!(out.status.success(), "{args:?}");
+        let mut py = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with PyYAML (scripts/setup.sh)");
+        use std::io::Write;
+        py.stdin
+            .take()
+            .expect("stdin")
+            .write_all(&out.stdout)
+            .expect("feed");
+        let back = py.wait_with_output().expect("python3");
+        assert!(back.status.success(), "{args:?}: YAML did not parse");
+        let yaml: serde_json::Value = serde_json::from_slice(&back.stdout).expect("json");
+        assert_eq!(yaml, json, "{args:?}");
+    }
+    let (a, b) = (format!("{ns}/a"), format!("{ns}/b"));
+    let args = [
+        "explain",
+        "--from",
+        &a,
+        "--to",
+        &b,
+        "--port",
+        "80",
+        "--protocol",
+        "TCP",
+    ];
+    let out = c.weir(&[&args[..], &["-o", "yaml"]].concat());
+    assert!(out.status.success(), "explain -o yaml");
+    let out = c.weir(&["status", "-o", "yaml"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("cluster: "));
+}
+
 #[test]
 fn completion_prints_a_script_for_each_shell() {
     let out = Command::new(weir_bin())
