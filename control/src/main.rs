@@ -621,6 +621,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spawn_dataplane: !external_dataplane,
             dataplane_args: dp.args()?,
             cni_conf_dir,
+            metrics_addr: dp.metrics_addr.clone(),
         }),
         Cmd::Agent { kubeconfig, .. } => {
             let kubeconfig =
