@@ -381,10 +381,24 @@ pub struct Workload {
     pub namespace: String,
     pub pod: String,
     pub ip: String,
+    /// The pod's labels, as the cluster state holds them now.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Pod labels by `namespace/pod`.
+pub type PodLabels = std::collections::HashMap<String, std::collections::BTreeMap<String, String>>;
+
+/// The labels of every pod of `cluster`.
+pub fn pod_labels(cluster: &weir_topo::Cluster) -> PodLabels {
+    cluster
+        .pods
+        .iter()
+        .map(|p| (format!("{}/{}", p.namespace, p.name), p.labels.clone()))
+        .collect()
 }
 
 impl<'a> Enriched<'a> {
-    pub fn of(r: &'a FlowRecord) -> Enriched<'a> {
+    pub fn of(r: &'a FlowRecord, labels: &PodLabels) -> Enriched<'a> {
         let side = |name: &str, addr: &IpAddr| {
             let (namespace, pod) = name
                 .split_once('/')
@@ -394,6 +408,7 @@ impl<'a> Enriched<'a> {
                 namespace,
                 pod,
                 ip: addr.to_string(),
+                labels: labels.get(name).cloned().unwrap_or_default(),
             }
         };
         let deciding = if r.verdict != "allowed"
@@ -481,7 +496,14 @@ mod filter_tests {
     #[test]
     fn enriched_names_both_sides_and_the_deciding_rule() {
         let r = rec("x/a", "y/b", "denied", Some("policy-denied"));
-        let v = serde_json::to_value(Enriched::of(&r)).unwrap();
+        let mut labels = PodLabels::new();
+        labels.insert(
+            "y/b".into(),
+            [("app".to_string(), "web".to_string())].into(),
+        );
+        let v = serde_json::to_value(Enriched::of(&r, &labels)).unwrap();
+        assert_eq!(v["destination"]["labels"]["app"], "web");
+        assert_eq!(v["source"]["labels"], serde_json::json!({}));
         assert_eq!(v["source"]["namespace"], "x");
         assert_eq!(v["destination"]["pod"], "b");
         assert_eq!(v["policy"], "netpol x/deny-all ingress (deny)");

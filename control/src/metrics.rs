@@ -580,6 +580,7 @@ fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> any
     // Start after what the nodes hold now: only new flows are streamed.
     let mut since: Vec<Option<u64>> = vec![None; weir_nodes.len()];
     let mut allowed_seen: u64 = 0;
+    let mut labels = crate::flows::PodLabels::new();
     'outer: loop {
         for (i, node) in weir_nodes.iter().enumerate() {
             let Ok(reply) = ipc::request::<FlowsReply>(
@@ -598,8 +599,12 @@ fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> any
             }
             let first = since[i].is_none();
             since[i] = Some(reply.last);
-            if first {
+            if first || reply.records.is_empty() {
                 continue;
+            }
+            // Labels as the state holds them now (pods come and go).
+            if let Ok(c) = weir_topo::Cluster::load(&shared.state.cluster_file()) {
+                labels = crate::flows::pod_labels(&c);
             }
             for r in &reply.records {
                 if !filter.matches(r) {
@@ -611,7 +616,8 @@ fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> any
                         continue;
                     }
                 }
-                let mut line = match serde_json::to_string(&crate::flows::Enriched::of(r)) {
+                let mut line = match serde_json::to_string(&crate::flows::Enriched::of(r, &labels))
+                {
                     Ok(l) => l,
                     Err(_) => continue,
                 };

@@ -251,6 +251,7 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
     assert_eq!(v["destination"]["namespace"], ns.as_str(), "{v}");
     assert_eq!(v["destination"]["pod"], "a", "{v}");
     assert_eq!(v["source"]["pod"], "b", "{v}");
+    assert_eq!(v["destination"]["labels"]["pod"], "a", "{v}");
     assert_eq!(v["dport"], 80, "{v}");
     assert!(!v["policy"].as_str().unwrap_or("").is_empty(), "{v}");
     let _ = curl.kill();
