@@ -263,7 +263,7 @@ enum Cmd {
         namespace: Option<String>,
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// json | wide
+        /// json | yaml | wide
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
@@ -299,6 +299,9 @@ enum Cmd {
         output: Output,
     },
     /// Why a flow is allowed or denied: the deciding policy and rule, by the workers' own lookup.
+    #[command(after_help = "Examples:
+  weir explain --from x/a --to y/b --port 80 --protocol TCP
+  weir explain --from x/a --to y/b --port 80 --protocol TCP -o yaml")]
     Explain {
         /// NS/POD
         #[arg(long)]
@@ -347,10 +350,14 @@ enum Cmd {
         since: u64,
         #[command(flatten)]
         filter: FlowFilterArgs,
+        /// table | json | yaml
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
     /// Create or change pods, namespaces (labels) and policies on the running cluster.
+    #[command(after_help = "Examples:
+  weir apply -f policy.yaml
+  weir apply -f pods.yaml -f policy.yaml --field-validation=warn")]
     Apply {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -358,6 +365,8 @@ enum Cmd {
         validation: ValidationFlags,
     },
     /// Delete pods and policies from the running cluster.
+    #[command(after_help = "Examples:
+  weir delete -f policy.yaml")]
     Delete {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
