@@ -53,6 +53,17 @@ if ! python3 -c 'import scapy' >/dev/null 2>&1; then
   echo "setup: pip install scapy"
   python3 -m pip install -q scapy
 fi
+# Metrics test (tests/tests/metrics.rs): the Prometheus Python client's own
+# OpenMetrics parser reads weir's /metrics page.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "setup: pip install prometheus-client"
+  python3 -m pip install -q prometheus-client
+fi
+# -o yaml test (tests/tests/metrics.rs) reads weir's YAML with PyYAML.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  echo "setup: pip install pyyaml"
+  python3 -m pip install -q pyyaml
+fi
 # DNS rules / FQDN egress test (tests/tests/dns.rs): a real dnsmasq in a
 # pod's netns, dig as the client.
 if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; then

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_model::ipc::{
     Change, ChangeReply, ClusterStatus, DeleteReply, Empty, NodePing, NodeReadiness, NodeStatus,
@@ -29,6 +30,8 @@ pub struct Options {
     pub cluster: String,
     /// Extra arguments passed to every `weir dataplane` (cores, poll mode).
     pub dataplane_args: Vec<String>,
+    /// `--metrics-addr`: where /metrics and /flows are served (`off`: nowhere).
+    pub metrics_addr: String,
 }
 
 struct Daemon {
@@ -50,9 +53,13 @@ struct Daemon {
     attach_failed: Vec<String>,
     /// A Shutdown arrived while a plugin ran: stop once it is done.
     shutdown_requested: bool,
+    /// What the metrics endpoint reads (generation, publish latency).
+    metrics: Arc<crate::metrics::Shared>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // First: an address in use is one line and exit 1, before anything starts.
+    let metrics_listener = crate::metrics::bind(&opts.metrics_addr)?;
     let state = StateDir::new(&opts.cluster);
     let cluster = Cluster::load(&state.cluster_file()).with_context(|| {
         format!(
@@ -62,6 +69,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         )
     })?;
     let policies = manifests::load_policies(&state.policies_file())?;
+    let metrics = crate::metrics::Shared::new(
+        &opts.cluster,
+        state.clone(),
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.dataplane == weir_topo::NodeDataplane::Weir,
+                )
+            })
+            .collect(),
+    );
+    if let Some(l) = metrics_listener {
+        log::info!("metrics and flows on http://{}/", opts.metrics_addr);
+        crate::metrics::serve(l, metrics.clone());
+    }
     let mut d = Daemon {
         state,
         cluster,
@@ -75,6 +100,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         attaching: false,
         attach_failed: Vec::new(),
         shutdown_requested: false,
+        metrics,
     };
     let sock = d.state.daemon_sock();
     let _ = std::fs::remove_file(&sock);
@@ -93,13 +119,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     {
         d.start_servers(pod)?;
     }
-    d.generation = crate::agent::publish(
-        &d.state,
-        &Manifests {
-            cluster: &d.cluster,
-            policies: &d.policies,
-        },
-    )?;
+    d.publish()?;
     // The pods `weir up` left to us go through weir-cni, as a runtime's
     // would, before the dataplanes start (each starts with every port of
     // its node, and its UMEM is sized for them).
@@ -630,6 +650,12 @@ impl Daemon {
             &self.state.policies_file(),
             &serde_json::to_vec_pretty(&self.policies)?,
         )?;
+        self.publish()
+    }
+
+    /// Compiles and publishes the snapshots (timed for the metrics).
+    fn publish(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
         self.generation = crate::agent::publish(
             &self.state,
             &Manifests {
@@ -637,6 +663,12 @@ impl Daemon {
                 policies: &self.policies,
             },
         )?;
+        self.metrics
+            .publish_seconds
+            .observe(t.elapsed().as_secs_f64());
+        self.metrics
+            .generation
+            .store(self.generation, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -182,3 +182,332 @@ pub fn line(r: &FlowRecord) -> String {
     }
     s
 }
+
+/// The filters of `weir flows` and of the `/flows` stream (the same names:
+/// `--from`/`from=`, `--to`, `--verdict`, `--reason`, `--port`, `--policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// `NS/POD` (that pod) or `NS/` (any pod of NS); also an address.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// `allowed`, `denied` or `audit`.
+    pub verdict: Option<String>,
+    /// A drop reason's slug (`policy-denied`, `l7-denied`, ...).
+    pub reason: Option<String>,
+    /// Destination port.
+    pub port: Option<u16>,
+    /// A policy name (or any text) the deciding egress or ingress rule names.
+    pub policy: Option<String>,
+    /// Stream only: one allowed flow in `sample` (drops always); 1 = all.
+    pub sample: u64,
+}
+
+impl Default for FlowFilter {
+    fn default() -> Self {
+        FlowFilter {
+            from: None,
+            to: None,
+            verdict: None,
+            reason: None,
+            port: None,
+            policy: None,
+            sample: 1,
+        }
+    }
+}
+
+/// Why a filter was refused (one line).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    /// verdict: not allowed, denied or audit
+    #[error("verdict={0:?}: not allowed, denied or audit")]
+    Verdict(String),
+    /// port: not a port number
+    #[error("port={0:?}: not a port number (1-65535)")]
+    Port(String),
+    /// sample: not a positive number
+    #[error("sample={0:?}: not a positive number (1 = every allowed flow)")]
+    Sample(String),
+    /// from/to: not NS/POD or NS/
+    #[error("{0}={1:?}: not NS/POD, NS/ or an address")]
+    Peer(&'static str, String),
+    /// a filter name weir does not know
+    #[error("{0:?}: unknown filter (from, to, verdict, reason, port, policy, sample)")]
+    Unknown(String),
+}
+
+fn peer_matches(want: &str, name: &str, addr: &IpAddr) -> bool {
+    match want.strip_suffix('/') {
+        Some(ns) => name.split_once('/').is_some_and(|(n, _)| n == ns),
+        None => want == name || want.parse::<IpAddr>().is_ok_and(|a| a == *addr),
+    }
+}
+
+fn check_peer(key: &'static str, v: &str) -> Result<String, FilterError> {
+    let ok = v.parse::<IpAddr>().is_ok()
+        || v.split_once('/')
+            .is_some_and(|(ns, pod)| !ns.is_empty() && !pod.contains('/'));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(FilterError::Peer(key, v.to_string()))
+    }
+}
+
+impl FlowFilter {
+    /// Checks and builds a filter from the CLI's flags.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        from: Option<&str>,
+        to: Option<&str>,
+        verdict: Option<&str>,
+        reason: Option<&str>,
+        port: Option<u16>,
+        policy: Option<&str>,
+    ) -> Result<FlowFilter, FilterError> {
+        let mut f = FlowFilter::default();
+        for (k, v) in [
+            ("from", from),
+            ("to", to),
+            ("verdict", verdict),
+            ("reason", reason),
+            ("policy", policy),
+        ] {
+            if let Some(v) = v {
+                f.set(k, v)?;
+            }
+        }
+        f.port = port;
+        Ok(f)
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), FilterError> {
+        match key {
+            "from" => self.from = Some(check_peer("from", v)?),
+            "to" => self.to = Some(check_peer("to", v)?),
+            "verdict" => match v {
+                "allowed" | "denied" | "audit" => self.verdict = Some(v.to_string()),
+                _ => return Err(FilterError::Verdict(v.to_string())),
+            },
+            "reason" => self.reason = Some(v.to_string()),
+            "policy" => self.policy = Some(v.to_string()),
+            "port" => match v.parse::<u16>() {
+                Ok(p) if p > 0 => self.port = Some(p),
+                _ => return Err(FilterError::Port(v.to_string())),
+            },
+            "sample" => match v.parse::<u64>() {
+                Ok(n) if n > 0 => self.sample = n,
+                _ => return Err(FilterError::Sample(v.to_string())),
+            },
+            other => return Err(FilterError::Unknown(other.to_string())),
+        }
+        Ok(())
+    }
+
+    /// From a URL query (`from=ns%2Fpod&verdict=denied`).
+    pub fn from_query(q: &str) -> Result<FlowFilter, FilterError> {
+        let mut f = FlowFilter::default();
+        for kv in q.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            f.set(&percent_decode(k), &percent_decode(v))?;
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, r: &FlowRecord) -> bool {
+        self.from
+            .as_deref()
+            .is_none_or(|w| peer_matches(w, &r.src, &r.src_addr))
+            && self
+                .to
+                .as_deref()
+                .is_none_or(|w| peer_matches(w, &r.dst, &r.dst_addr))
+            && self.verdict.as_deref().is_none_or(|v| v == r.verdict)
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|v| r.reason.as_deref() == Some(v))
+            && self.port.is_none_or(|p| p == r.dport)
+            && self
+                .policy
+                .as_deref()
+                .is_none_or(|p| r.egress_rule.contains(p) || r.ingress_rule.contains(p))
+    }
+}
+
+/// `%XX` and `+` of a URL query; bad escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A flow record with the fields a Hubble or Antrea user looks for
+/// (namespace and pod of each side, the deciding policy), as the `/flows`
+/// stream writes it.
+#[derive(Debug, serde::Serialize)]
+pub struct Enriched<'a> {
+    #[serde(flatten)]
+    pub record: &'a FlowRecord,
+    pub source: Workload,
+    pub destination: Workload,
+    /// The rule that decided: the ingress rule of a flow the destination
+    /// refused, else the egress rule.
+    pub policy: String,
+}
+
+/// One side of a flow.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Workload {
+    /// Empty when the side is no pod.
+    pub namespace: String,
+    pub pod: String,
+    pub ip: String,
+    /// The pod's labels, as the cluster state holds them now.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Pod labels by `namespace/pod`.
+pub type PodLabels = std::collections::HashMap<String, std::collections::BTreeMap<String, String>>;
+
+/// The labels of every pod of `cluster`.
+pub fn pod_labels(cluster: &weir_topo::Cluster) -> PodLabels {
+    cluster
+        .pods
+        .iter()
+        .map(|p| (format!("{}/{}", p.namespace, p.name), p.labels.clone()))
+        .collect()
+}
+
+impl<'a> Enriched<'a> {
+    pub fn of(r: &'a FlowRecord, labels: &PodLabels) -> Enriched<'a> {
+        let side = |name: &str, addr: &IpAddr| {
+            let (namespace, pod) = name
+                .split_once('/')
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .unwrap_or_default();
+            Workload {
+                namespace,
+                pod,
+                ip: addr.to_string(),
+                labels: labels.get(name).cloned().unwrap_or_default(),
+            }
+        };
+        let deciding = if r.verdict != "allowed"
+            && r.ingress_rule != "-"
+            && (r.ingress_rule.contains("deny") || r.ingress_rule.contains("isolated"))
+        {
+            &r.ingress_rule
+        } else if r.verdict != "allowed" {
+            &r.egress_rule
+        } else if r.ingress_rule != "-" {
+            &r.ingress_rule
+        } else {
+            &r.egress_rule
+        };
+        Enriched {
+            record: r,
+            source: side(&r.src, &r.src_addr),
+            destination: side(&r.dst, &r.dst_addr),
+            policy: deciding.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    fn rec(src: &str, dst: &str, verdict: &str, reason: Option<&str>) -> FlowRecord {
+        FlowRecord {
+            seq: 1,
+            node: "n1".into(),
+            time_unix_ns: 0,
+            kind: "new".into(),
+            verdict: verdict.into(),
+            audit: false,
+            reason: reason.map(str::to_string),
+            protocol: "TCP".into(),
+            src: src.into(),
+            src_addr: "10.0.0.1".parse().unwrap(),
+            sport: 40000,
+            dst: dst.into(),
+            dst_addr: "10.0.0.2".parse().unwrap(),
+            dport: 80,
+            egress_rule: "default allow".into(),
+            ingress_rule: "netpol x/deny-all ingress (deny)".into(),
+            generation: 1,
+            pickup: false,
+            l7: None,
+        }
+    }
+
+    #[test]
+    fn filters_by_peer_verdict_reason_port_policy() {
+        let r = rec("x/a", "y/b", "denied", Some("policy-denied"));
+        let f = FlowFilter::from_query("from=x%2F&to=y/b&verdict=denied&port=80&policy=deny-all")
+            .unwrap();
+        assert!(f.matches(&r));
+        for q in [
+            "from=y/",
+            "to=y/c",
+            "verdict=allowed",
+            "reason=no-route",
+            "port=81",
+            "policy=other",
+            "from=10.0.0.9",
+        ] {
+            assert!(!FlowFilter::from_query(q).unwrap().matches(&r), "{q}");
+        }
+        assert!(FlowFilter::from_query("from=10.0.0.1").unwrap().matches(&r));
+    }
+
+    #[test]
+    fn bad_filters_are_one_clear_error() {
+        assert_eq!(
+            FlowFilter::from_query("verdict=maybe"),
+            Err(FilterError::Verdict("maybe".into()))
+        );
+        assert!(FlowFilter::from_query("port=0").is_err());
+        assert!(FlowFilter::from_query("sample=0").is_err());
+        assert!(FlowFilter::from_query("from=pod").is_err());
+        assert!(FlowFilter::from_query("colour=red").is_err());
+        assert!(FlowFilter::from_query("%zz=1").is_err());
+    }
+
+    #[test]
+    fn enriched_names_both_sides_and_the_deciding_rule() {
+        let r = rec("x/a", "y/b", "denied", Some("policy-denied"));
+        let mut labels = PodLabels::new();
+        labels.insert(
+            "y/b".into(),
+            [("app".to_string(), "web".to_string())].into(),
+        );
+        let v = serde_json::to_value(Enriched::of(&r, &labels)).unwrap();
+        assert_eq!(v["destination"]["labels"]["app"], "web");
+        assert_eq!(v["source"]["labels"], serde_json::json!({}));
+        assert_eq!(v["source"]["namespace"], "x");
+        assert_eq!(v["destination"]["pod"], "b");
+        assert_eq!(v["policy"], "netpol x/deny-all ingress (deny)");
+        assert_eq!(v["verdict"], "denied");
+        assert_eq!(v["dport"], 80);
+    }
+}

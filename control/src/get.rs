@@ -8,6 +8,18 @@ pub enum Output {
     Table,
     Wide,
     Json,
+    Yaml,
+}
+
+impl Output {
+    /// `v` as `-o json` (pretty) or `-o yaml` prints it, newline-terminated;
+    /// JSON for the table outputs (callers use it for json and yaml only).
+    pub fn render<T: serde::Serialize>(self, v: &T) -> anyhow::Result<String> {
+        Ok(match self {
+            Output::Yaml => serde_yaml::to_string(v)?,
+            _ => serde_json::to_string_pretty(v)? + "\n",
+        })
+    }
 }
 
 impl std::str::FromStr for Output {
@@ -16,8 +28,9 @@ impl std::str::FromStr for Output {
         match s {
             "wide" => Ok(Output::Wide),
             "json" => Ok(Output::Json),
+            "yaml" => Ok(Output::Yaml),
             "table" | "" => Ok(Output::Table),
-            _ => Err(format!("-o: {s:?} is not one of json, wide")),
+            _ => Err(format!("-o: {s:?} is not one of json, yaml, wide")),
         }
     }
 }
@@ -72,6 +85,9 @@ pub fn nodes(c: &Cluster, name: Option<&str>, o: Output) -> anyhow::Result<Strin
     if let Some(n) = name {
         anyhow::ensure!(!items.is_empty(), "nodes/{n}: not found");
     }
+    if o == Output::Yaml {
+        return o.render(&items);
+    }
     if o == Output::Json {
         return Ok(serde_json::to_string_pretty(&items)?);
     }
@@ -114,6 +130,9 @@ pub fn namespaces(c: &Cluster, name: Option<&str>, o: Output) -> anyhow::Result<
     if let Some(n) = name {
         anyhow::ensure!(!items.is_empty(), "namespaces/{n}: not found");
     }
+    if o == Output::Yaml {
+        return o.render(&items);
+    }
     if o == Output::Json {
         return Ok(serde_json::to_string_pretty(&items)?);
     }
@@ -152,6 +171,9 @@ pub fn pods(
             "pods/{}/{n}: not found",
             ns.unwrap_or("*")
         );
+    }
+    if o == Output::Yaml {
+        return o.render(&items);
     }
     if o == Output::Json {
         return Ok(serde_json::to_string_pretty(&items)?);

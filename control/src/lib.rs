@@ -17,6 +17,7 @@ pub mod kube_agent;
 pub mod kube_inputs;
 pub mod kubelet;
 pub mod manifests;
+pub mod metrics;
 pub mod node_agent;
 pub mod node_dataplane;
 pub mod policy_cmd;

@@ -45,6 +45,11 @@ struct DataplaneFlags {
     /// refused (`l7-no-slot`). See docs/l7.md for the memory this costs.
     #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
     l7_max_flows: usize,
+    /// Where the cluster supervisor (`weir up`, `weir demo`) serves Prometheus
+    /// metrics (/metrics) and the flow stream (/flows), in the host's network
+    /// namespace; `off` serves nothing (docs/observability.md).
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = weir_control::metrics::DEFAULT_ADDR, value_name = "ADDR:PORT|off")]
+    metrics_addr: String,
 }
 
 impl DataplaneFlags {
@@ -157,9 +162,51 @@ fn warn_ignored<'a>(mode: FieldValidation, ignored: impl IntoIterator<Item = &'a
     }
 }
 
+/// The filters of `weir flows` (the `/flows` stream takes the same names).
+#[derive(clap::Args, Clone, Default)]
+struct FlowFilterArgs {
+    /// Source pod: NS/POD, every pod of a namespace NS/, or an address.
+    #[arg(long, value_name = "NS/POD|NS/")]
+    from: Option<String>,
+    /// Destination pod: NS/POD, NS/, or an address.
+    #[arg(long, value_name = "NS/POD|NS/")]
+    to: Option<String>,
+    /// allowed, denied or audit.
+    #[arg(long, value_name = "allowed|denied|audit")]
+    verdict: Option<String>,
+    /// A drop reason (policy-denied, l7-denied, no-route, ...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Destination port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// A policy name the deciding egress or ingress rule names.
+    #[arg(long)]
+    policy: Option<String>,
+}
+
+impl FlowFilterArgs {
+    fn filter(&self) -> anyhow::Result<weir_control::flows::FlowFilter> {
+        weir_control::flows::FlowFilter::new(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            self.verdict.as_deref(),
+            self.reason.as_deref(),
+            self.port,
+            self.policy.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("--{e}"))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a local cluster from manifests (Node, Namespace, Pod), start weir on it.
+    #[command(after_help = "Examples:
+  weir up -f cluster.yaml
+  weir up -f cluster.yaml --cores 2,3 --poll busy
+  weir up -f cluster.yaml --metrics-addr 127.0.0.1:9963   # /metrics and /flows there
+  weir up -f cluster.yaml --api-server")]
     Up {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -216,11 +263,15 @@ enum Cmd {
         namespace: Option<String>,
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// json | wide
+        /// json | yaml | wide
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
     /// Per-worker counters, rates, drops by reason and latency percentiles.
+    #[command(after_help = "Examples:
+  weir status
+  weir status -o json | jq '.nodes[].status.dataplane.totals.drops'
+  curl -s http://127.0.0.1:9962/metrics    # the same counters for Prometheus")]
     Status {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
@@ -248,6 +299,9 @@ enum Cmd {
         output: Output,
     },
     /// Why a flow is allowed or denied: the deciding policy and rule, by the workers' own lookup.
+    #[command(after_help = "Examples:
+  weir explain --from x/a --to y/b --port 80 --protocol TCP
+  weir explain --from x/a --to y/b --port 80 --protocol TCP -o yaml")]
     Explain {
         /// NS/POD
         #[arg(long)]
@@ -282,6 +336,11 @@ enum Cmd {
         action: PolicyAction,
     },
     /// New flows and drops, with verdict, drop reason and the deciding rules.
+    #[command(after_help = "Examples:
+  weir flows --verdict denied              # every drop, with the deciding rule
+  weir flows -f --from x/ --to y/b --port 80
+  weir flows --reason l7-denied -o json
+  curl -N 'http://127.0.0.1:9962/flows?verdict=denied'   # the same filters, streamed")]
     Flows {
         /// Keep printing new records.
         #[arg(short = 'f', long)]
@@ -289,10 +348,16 @@ enum Cmd {
         /// Only records after this sequence number (per node).
         #[arg(long, default_value_t = 0)]
         since: u64,
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// table | json | yaml
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
     /// Create or change pods, namespaces (labels) and policies on the running cluster.
+    #[command(after_help = "Examples:
+  weir apply -f policy.yaml
+  weir apply -f pods.yaml -f policy.yaml --field-validation=warn")]
     Apply {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -300,6 +365,8 @@ enum Cmd {
         validation: ValidationFlags,
     },
     /// Delete pods and policies from the running cluster.
+    #[command(after_help = "Examples:
+  weir delete -f policy.yaml")]
     Delete {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -358,6 +425,15 @@ enum Cmd {
     CniConfig {
         #[arg(long)]
         node: String,
+    },
+    /// Print a shell completion script: `weir completion bash > /etc/bash_completion.d/weir`.
+    #[command(after_help = "Examples:
+  source <(weir completion bash)
+  weir completion zsh > \"${fpath[1]}/_weir\"
+  weir completion fish > ~/.config/fish/completions/weir.fish")]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// The cluster supervisor (started by `weir up`).
     #[command(hide = true)]
@@ -561,6 +637,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spawn_dataplane: !external_dataplane,
             dataplane_args: dp.args()?,
             cni_conf_dir,
+            metrics_addr: dp.metrics_addr.clone(),
         }),
         Cmd::Agent { kubeconfig, .. } => {
             let kubeconfig =
@@ -599,6 +676,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v: ClusterStatus = daemon_call(&state, &Request::Status)?;
             match output {
                 Output::Json => println!("{}", json_text(&v, true)?),
+                Output::Yaml => print!("{}", output.render(&v)?),
                 _ => print!("{}", status::render(&v)),
             }
             Ok(())
@@ -630,6 +708,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+                Output::Yaml => print!("{}", output.render(&m)?),
                 _ => print!("{}", probe::render(&m)),
             }
             Ok(())
@@ -734,6 +813,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+                Output::Yaml => print!("{}", output.render(&e)?),
                 _ => println!("{e}"),
             }
             Ok(())
@@ -792,7 +872,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             output,
             since,
-        } => flows_cmd(&state, follow, output, since),
+            filter,
+        } => flows_cmd(&state, follow, output, since, &filter.filter()?),
         Cmd::Demo { keep, dp, mode } => {
             let api_server = match mode.as_str() {
                 "auto" => apiserver::check_binaries().is_ok() && apiserver::script().is_ok(),
@@ -831,9 +912,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "weir", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::Daemon { dp } => daemon::run(daemon::Options {
             cluster: cli.cluster.clone(),
             dataplane_args: dp.args()?,
+            metrics_addr: dp.metrics_addr.clone(),
         }),
     }
 }
@@ -910,6 +997,9 @@ fn up_inner(
         "cluster {}: already up (run `weir down` first, or pick another --cluster)",
         state.cluster
     );
+    // An address in use: one line now, before anything is built (the
+    // supervisor binds it for good below).
+    drop(weir_control::metrics::bind(&dp.metrics_addr)?);
     // Leftovers of a cluster of the same name that died without `weir down`.
     stop_kubelet(state);
     apiserver::stop(state);
@@ -970,6 +1060,8 @@ fn up_inner(
         .arg(&state.cluster)
         .arg("daemon")
         .args(&dp_args)
+        .arg("--metrics-addr")
+        .arg(&dp.metrics_addr)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -1262,7 +1354,13 @@ fn split_pod<'a>(s: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {
     }
 }
 
-fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyhow::Result<()> {
+fn flows_cmd(
+    state: &StateDir,
+    follow: bool,
+    output: Output,
+    since: u64,
+    filter: &weir_control::flows::FlowFilter,
+) -> anyhow::Result<()> {
     let c = load(state)?;
     let mut last: std::collections::BTreeMap<String, u64> =
         c.nodes.iter().map(|n| (n.name.clone(), since)).collect();
@@ -1284,11 +1382,13 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
                 Err(e) => return Err(anyhow::anyhow!("nodes/{}: dataplane: {e}", n.name)),
             }
         }
+        got.retain(|r| filter.matches(r));
         got.sort_by_key(|r| r.time_unix_ns);
         if follow {
             for r in &got {
                 match output {
                     Output::Json => println!("{}", json_text(r, false)?),
+                    Output::Yaml => print!("---\n{}", output.render(r)?),
                     _ => println!("{}", weir_control::flows::line(r)),
                 }
             }
@@ -1300,6 +1400,7 @@ fn flows_cmd(state: &StateDir, follow: bool, output: Output, since: u64) -> anyh
     }
     match output {
         Output::Json => println!("{}", json_text(&all, true)?),
+        Output::Yaml => print!("{}", output.render(&all)?),
         _ => {
             for r in &all {
                 println!("{}", weir_control::flows::line(r));

@@ -65,6 +65,8 @@ pub struct Options {
     pub dataplane_args: Vec<String>,
     /// Also write the conflist here (the runtime's `/etc/cni/net.d`).
     pub cni_conf_dir: Option<PathBuf>,
+    /// `--metrics-addr`: where /metrics and /flows are served (`off`: nowhere).
+    pub metrics_addr: String,
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -143,6 +145,8 @@ struct NodeState {
     /// The next hop's MAC toward each other node's underlay address (the
     /// outer destination of tunnel frames), as the node netns resolved it.
     peer_macs: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// What the metrics endpoint reads (generation, publish latency).
+    metrics: Option<Arc<crate::metrics::Shared>>,
 }
 
 impl NodeState {
@@ -326,6 +330,7 @@ impl NodeState {
         if self.last.as_ref() == Some(&key) {
             return Ok(());
         }
+        let t = std::time::Instant::now();
         self.generation = crate::agent::publish_for(
             &self.state,
             &crate::source::Parsed {
@@ -334,6 +339,11 @@ impl NodeState {
             },
             Some(&self.node),
         )?;
+        if let Some(m) = &self.metrics {
+            m.publish_seconds.observe(t.elapsed().as_secs_f64());
+            m.generation
+                .store(self.generation, std::sync::atomic::Ordering::Relaxed);
+        }
         key.0.save(&self.state.cluster_file())?;
         if self.last.as_ref().map(|l| &l.0.services) != Some(&key.0.services) {
             let text = serde_json::to_vec_pretty(&key.0.services)?;
@@ -733,10 +743,19 @@ where
 }
 
 async fn run_async(opts: Options) -> anyhow::Result<()> {
+    // First: an address in use is one line and exit 1, before anything starts.
+    let metrics_listener = crate::metrics::bind(&opts.metrics_addr)?;
     if let Some(d) = &opts.state_dir {
         std::env::set_var("WEIR_STATE_DIR", d);
     }
     let state = StateDir::new(CLUSTER);
+    let metrics = metrics_listener.map(|l| {
+        let m =
+            crate::metrics::Shared::new(CLUSTER, state.clone(), vec![(opts.node.clone(), true)]);
+        log::info!("metrics and flows on http://{}/", opts.metrics_addr);
+        crate::metrics::serve(l, m.clone());
+        m
+    });
     // The kubeconfig first: a bad one is one line and changes nothing.
     let source = match &opts.kubeconfig {
         Some(p) => p.display().to_string(),
@@ -813,6 +832,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         generation,
         last: None,
         peer_macs: BTreeMap::new(),
+        metrics,
     }));
     write_conflist(&state, &opts.node, opts.cni_conf_dir.as_deref())?;
 
@@ -1332,6 +1352,7 @@ mod tests {
             generation: 0,
             last: None,
             peer_macs: BTreeMap::new(),
+            metrics: None,
         };
         // Next hop not resolved: n2 is no peer yet.
         let c = st.compiled();

@@ -154,6 +154,7 @@ pub fn check(
     let report = weir_policy::check::check(&input, ports)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", output.render(&report)?),
         _ => print!("{}", render(&report)),
     }
     let fail = matches!((fail_on, report.worst()), (Some(f), Some(w)) if w >= f);
@@ -282,6 +283,7 @@ pub fn diff(
     let r = DiffReport { changes, cut };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Yaml => print!("{}", output.render(&r)?),
         _ => {
             if r.changes.is_empty() {
                 println!("no pair/port changes verdict");

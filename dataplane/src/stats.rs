@@ -204,6 +204,8 @@ impl WorkerStats {
                 held_frames: self.l7_held_frames.get(),
             },
             latency_ns: latency_summary(&h),
+            latency_buckets: latency_buckets(&h),
+            latency_sum_ns: (h.mean() * h.len() as f64) as u64,
         }
     }
 }
@@ -221,6 +223,23 @@ pub fn latency_summary(h: &Histogram<u64>) -> LatencySummary {
         max: h.max(),
         count: h.len(),
     }
+}
+
+/// Frames per bucket of [`weir_model::status::LATENCY_BUCKETS_NS`] (not
+/// cumulative), then the frames above the last bound.
+pub fn latency_buckets(h: &Histogram<u64>) -> Vec<u64> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(weir_model::status::LATENCY_BUCKETS_NS.len() + 1);
+    let mut below = 0;
+    for &le in &weir_model::status::LATENCY_BUCKETS_NS {
+        let upto = h.count_between(0, le);
+        out.push(upto - below);
+        below = upto;
+    }
+    out.push(h.len() - below);
+    out
 }
 
 fn drops_map(get: impl Fn(DropReason) -> u64) -> BTreeMap<String, u64> {
@@ -253,6 +272,10 @@ mod tests {
         assert_eq!(st.drops["no-route"], 2);
         assert_eq!(st.latency_ns.count, 11);
         assert!(st.latency_ns.p50 >= 999 && st.latency_ns.p50 <= 1001);
+        // 1 µs lands in the first bucket (≤ 1 µs), the clamped one above all.
+        assert_eq!(st.latency_buckets.iter().sum::<u64>(), 11);
+        assert_eq!(st.latency_buckets[0], 10);
+        assert_eq!(*st.latency_buckets.last().unwrap(), 1);
         let t = Totals::of(&[st.clone(), st]);
         assert_eq!(t.rx_packets, 14);
         assert_eq!(t.dropped, 4);

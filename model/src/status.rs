@@ -186,7 +186,32 @@ pub struct WorkerStatus {
     /// Inline L7 in use (sampled per publish).
     pub l7: L7Status,
     pub latency_ns: LatencySummary,
+    /// The same histogram in Prometheus buckets: frames per bucket of
+    /// [`LATENCY_BUCKETS_NS`] (not cumulative), then the frames above the
+    /// last bound; empty before the first publish.
+    pub latency_buckets: Vec<u64>,
+    /// Sum of the recorded latencies (ns), for a histogram's `_sum`.
+    pub latency_sum_ns: u64,
 }
+
+/// Upper bounds (ns) of the time-in-dataplane buckets that `weir up
+/// --metrics-addr` exports (`weir_dataplane_latency_seconds`).
+pub const LATENCY_BUCKETS_NS: [u64; 14] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    100_000_000,
+];
 
 /// A worker's inline-L7 state in use (docs/l7.md, "Capacity").
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

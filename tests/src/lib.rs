@@ -62,6 +62,10 @@ impl TestCluster {
     /// Runs `weir --cluster NAME args...`.
     pub fn weir(&self, args: &[&str]) -> Output {
         Command::new(weir_bin())
+            // Clusters of parallel tests would all want weir's default
+            // metrics address: none serves it unless a test passes
+            // --metrics-addr (tests/tests/metrics.rs).
+            .env("WEIR_METRICS_ADDR", "off")
             .arg("--cluster")
             .arg(&self.name)
             .args(args)

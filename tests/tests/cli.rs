@@ -24,6 +24,7 @@ fn up_bad(yaml: &str) -> (String, String) {
     let f = dir.join("bad.yaml");
     std::fs::write(&f, yaml).expect("write");
     let out = Command::new(weir_bin())
+        .env("WEIR_METRICS_ADDR", "off")
         .args(["--cluster", &name, "up", "-f"])
         .arg(&f)
         .output()

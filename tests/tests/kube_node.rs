@@ -57,6 +57,7 @@ impl NodeUnderTest {
             .open(self.state.join("agent.log"))
             .expect("log");
         let child = Command::new(weir_bin())
+            .env("WEIR_METRICS_ADDR", "off")
             .arg("agent")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -1062,6 +1063,7 @@ users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster
     .expect("write");
     for kc in [&garbage, &nowhere, &dir.join("missing")] {
         let out = Command::new(weir_bin())
+            .env("WEIR_METRICS_ADDR", "off")
             .arg("agent")
             .arg("--kubeconfig")
             .arg(kc)
@@ -1081,6 +1083,7 @@ users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster
     }
     // No kubeconfig outside a pod: one line, exit 1.
     let out = Command::new(weir_bin())
+        .env("WEIR_METRICS_ADDR", "off")
         .args(["agent", "--node", "n1", "--state-dir"])
         .arg(dir.join("state"))
         .env_remove("KUBECONFIG")

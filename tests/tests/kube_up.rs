@@ -319,6 +319,7 @@ fn api_server_without_binaries_names_the_build_script() {
     )
     .expect("write");
     let out = Command::new(weir_bin())
+        .env("WEIR_METRICS_ADDR", "off")
         .args(["--cluster", &name, "up", "--api-server", "-f"])
         .arg(&f)
         .env("WEIR_K8S_BIN", dir.join("no-such-bin"))
