@@ -643,6 +643,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 field_validation,
                 ignored_of(v.ignored.as_deref().unwrap_or_default()),
             );
+            for w in &v.warnings {
+                eprintln!("weir: warning: {w}");
+            }
             print_changed(&v);
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())
