@@ -11,6 +11,7 @@
 //! - [`drop_reason`]: every reason a frame can be dropped, defined once
 //!   (in `weir-model`, re-exported).
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
+//! - [`maglev`]: Maglev consistent hashing for Service backends.
 //! - [`policy`]: compiled policy tables and the new-flow judge (in
 //!   `weir-model`, re-exported: `weir policy explain` runs the same judge).
 //! - [`l7`]: inline HTTP and DNS inspection (the engines are `weir-model`'s,
@@ -43,6 +44,7 @@ pub mod flows;
 pub mod fqdn;
 pub mod frag;
 pub mod l7;
+pub mod maglev;
 pub mod pass;
 pub use weir_model::policy;
 pub mod runtime;
