@@ -18,6 +18,7 @@
 //!   [`l7::reply`] builds the frames a deny sends).
 //! - [`fqdn`]: names learned from DNS answers, for `toFQDNs` rules.
 //! - [`conntrack`]: the node's shared connection-tracking table.
+//! - [`svc_nat`]: the node's Service NAT table (kept with conntrack).
 //! - [`frag`]: the node's fragment table (later fragments follow their first).
 //! - [`flow_key`]: the key of a flow (a leaf: conntrack, flows, encap and
 //!   the pass all use it).
@@ -50,6 +51,7 @@ pub use weir_model::policy;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod svc_nat;
 pub mod wire;
 pub mod worker;
 pub mod xsk;
