@@ -207,9 +207,9 @@ enum Cmd {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
-    /// List nodes, namespaces or pods.
+    /// List nodes, namespaces, pods or services.
     Get {
-        /// nodes | namespaces | pods
+        /// nodes | namespaces | pods | services
         kind: String,
         name: Option<String>,
         #[arg(short = 'n', long)]
@@ -580,7 +580,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "nodes" | "node" | "no" => get::nodes(&c, name.as_deref(), output)?,
                 "namespaces" | "namespace" | "ns" => get::namespaces(&c, name.as_deref(), output)?,
                 "pods" | "pod" | "po" => get::pods(&c, ns, name.as_deref(), output)?,
-                other => anyhow::bail!("get: unknown kind {other:?} (nodes, namespaces, pods)"),
+                "services" | "service" | "svc" => get::services(&c, ns, name.as_deref(), output)?,
+                other => {
+                    anyhow::bail!("get: unknown kind {other:?} (nodes, namespaces, pods, services)")
+                }
             };
             print!("{text}");
             if !text.ends_with('\n') {

@@ -1,0 +1,253 @@
+//! Services (ClusterIP) from manifests, load-balanced by weir's pass: real
+//! connections with OpenBSD `nc` from pod netns to the ClusterIP; the pod
+//! test servers answer with their pod name, so each connection says which
+//! backend it reached. Needs root and `nc`.
+//!
+//! One cluster for all checks (bringing one up is the slow part): TCP and
+//! UDP over IPv4 and IPv6; a Service with two ports and a named targetPort
+//! resolved per pod (web-3 serves `http` on 9090, the others on 8080); the
+//! spread over 3 backends within binomial bounds; scale-down with `weir
+//! delete` keeps the flows of the other backends on their backend; session
+//! affinity; hairpin; a Service without endpoints refuses fast and counts
+//! `service-no-endpoints`; a NetworkPolicy isolating the backends applies to
+//! Service traffic. Counters prove the traffic crossed weir.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use weir_tests::TestCluster;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.0.0/24, "fd00:10:244::/64"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}, {containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}, {containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-3, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 9090}, {containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: solo, labels: {app: solo}}
+spec: {containers: [{name: c, ports: [{containerPort: 7070}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo}
+spec:
+  selector: {app: solo}
+  ports: [{port: 80, targetPort: 7070}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80}]
+"#;
+
+fn cluster_ips(c: &TestCluster, name: &str) -> Vec<IpAddr> {
+    c.topology()
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("service {name} not in the cluster"))
+        .cluster_ips
+        .clone()
+}
+
+/// Runs `count` connections from `pod` to `ip:port` in one shell inside the
+/// pod's netns; returns the answers (pod names, empty for a failure), in
+/// order. `sport0`: fixed source ports `sport0..` (so the same flows can be
+/// made again), else the kernel's.
+fn connect(
+    c: &TestCluster,
+    pod: &str,
+    ip: IpAddr,
+    port: u16,
+    udp: bool,
+    count: usize,
+    sport0: Option<u16>,
+) -> Vec<String> {
+    let fam = if ip.is_ipv6() { "-6" } else { "-4" };
+    let proto = if udp { "-u" } else { "" };
+    let src = match sport0 {
+        Some(p) => format!("-p $((${{i}}+{p}))"),
+        None => String::new(),
+    };
+    let input = if udp { "echo x" } else { "true" };
+    // One line per connection: the answer, or "-".
+    let script = format!(
+        "for i in $(seq 0 {}); do a=$({input} | timeout 4 nc {fam} {proto} -w 2 {src} {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\"; done",
+        count - 1
+    );
+    let out = c.pod_exec("default", pod, &["bash", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            if l == "-" {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
+fn tally(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in answers {
+        *m.entry(a.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn services_end_to_end() {
+    let c = TestCluster::up("svc", CLUSTER);
+    let web = cluster_ips(&c, "web");
+    assert_eq!(
+        web.len(),
+        2,
+        "PreferDualStack in a dual-stack cluster: {web:?}"
+    );
+    let (web4, web6) = (web[0], web[1]);
+    assert!(web4.is_ipv4() && web6.is_ipv6());
+    let rx_before = c.counter("rx_packets");
+
+    // `weir get services` shows them.
+    let got = c.weir_json(&["get", "services", "-o", "json"]);
+    let row = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("web in get services");
+    assert_eq!(row["endpoints_ready"], 3);
+
+    // Spread over 3 backends (web-3's `http` is 9090: the named
+    // targetPort was resolved per pod). Binomial(300, 1/3): mean 100,
+    // sd 8.2; 50..150 is six sd either side.
+    let answers = connect(&c, "client", web4, 80, false, 300, None);
+    let t = tally(&answers);
+    for b in ["web-1", "web-2", "web-3"] {
+        let n = t.get(b).copied().unwrap_or(0);
+        assert!((50..=150).contains(&n), "{b}: {n} of 300 ({t:?})");
+    }
+    // IPv6 TCP, and UDP on both families (the second port of the Service).
+    for (ip, udp) in [(web6, false), (web4, true), (web6, true)] {
+        let a = connect(&c, "client", ip, if udp { 53 } else { 80 }, udp, 6, None);
+        assert!(
+            a.iter().all(|x| x.starts_with("web-")),
+            "{ip} udp={udp}: {a:?}"
+        );
+    }
+
+    // Session affinity: every connection of the client to one backend.
+    let sticky = cluster_ips(&c, "sticky")[0];
+    let a = connect(&c, "client", sticky, 80, false, 20, None);
+    let distinct: BTreeSet<&String> = a.iter().collect();
+    assert_eq!(distinct.len(), 1, "affinity: {a:?}");
+    assert!(a[0].starts_with("web-"), "{a:?}");
+
+    // Hairpin: solo reaches itself through its Service.
+    let solo = cluster_ips(&c, "solo")[0];
+    let a = connect(&c, "solo", solo, 80, false, 3, None);
+    assert_eq!(a, vec!["solo"; 3], "hairpin");
+
+    // No endpoints: refused (nc fails at once, no answer), counted.
+    let refused = c.drops("service-no-endpoints");
+    let empty = cluster_ips(&c, "empty")[0];
+    let a = connect(&c, "client", empty, 80, false, 3, None);
+    assert!(a.iter().all(String::is_empty), "{a:?}");
+    assert!(
+        c.drops("service-no-endpoints") >= refused + 3,
+        "service-no-endpoints did not move"
+    );
+
+    // Scale-down: the same 150 flows (fixed source ports) before and after
+    // web-3 goes: those of web-1 and web-2 keep their backend.
+    let before = connect(&c, "client", web4, 80, false, 150, Some(42000));
+    c.delete(
+        "web-3.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-3}\n",
+    );
+    let after = connect(&c, "client", web4, 80, false, 150, Some(42000));
+    let pairs: Vec<(&String, &String)> = before.iter().zip(&after).collect();
+    let (mut kept, mut failed) = (0, 0);
+    for (b, a) in &pairs {
+        if a.is_empty() {
+            // The same 4-tuple again can meet the server's TIME_WAIT.
+            failed += 1;
+            continue;
+        }
+        assert!(
+            *a == "web-1" || *a == "web-2",
+            "after scale-down: {pairs:?}"
+        );
+        if *b != "web-3" {
+            assert_eq!(a, b, "a flow of {b} moved: {pairs:?}");
+            kept += 1;
+        }
+    }
+    assert!(failed <= 8, "{failed} of 150 failed: {pairs:?}");
+    assert!(kept > 50, "{kept} flows of the kept backends");
+
+    // Traffic crossed weir.
+    assert!(c.counter("rx_packets") > rx_before + 1000);
+
+    // A NetworkPolicy isolating the backends applies to Service traffic
+    // (judged on the backend pod, not the ClusterIP).
+    let denied = c.drops("policy-denied");
+    c.apply(
+        "isolate.yaml",
+        &weir_tests::netpol(
+            "default",
+            "isolate-web",
+            "{podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress]}",
+        ),
+    );
+    let a = connect(&c, "client", web4, 80, false, 3, None);
+    assert!(
+        a.iter().all(String::is_empty),
+        "isolated backends answered: {a:?}"
+    );
+    assert!(
+        c.drops("policy-denied") > denied,
+        "policy-denied did not move"
+    );
+}
