@@ -282,3 +282,52 @@ fn services_end_to_end() {
         "policy-denied did not move"
     );
 }
+
+/// Cross-node: the client on n1, the backends on n2. DNAT happens on n1
+/// before the tunnel; replies come back through it and n1 restores the
+/// ClusterIP. Both families, TCP and UDP.
+#[test]
+fn services_across_nodes() {
+    let mut m =
+        weir_tests::two_node_cluster("xs", &[("client", "n1"), ("b1", "n2"), ("b2", "n2")], false);
+    // b1, b2 labelled for the selector (their `pod:` label differs).
+    m = m
+        .replace("labels: {pod: b1}", "labels: {pod: b1, app: b}")
+        .replace("labels: {pod: b2}", "labels: {pod: b2, app: b}");
+    m.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: xs}\n\
+         spec: {ipFamilyPolicy: PreferDualStack, selector: {app: b}, ports: [{name: t, port: 80}, {name: u, port: 80, protocol: UDP}]}\n",
+    );
+    let c = TestCluster::up("svcx", &m);
+    let before = c.node_counter("n2", "rx_packets");
+    for family in ["ipv4", "ipv6"] {
+        for proto in ["TCP", "UDP"] {
+            let p = c.weir_json(&[
+                "probe",
+                "--to-service",
+                "xs/b",
+                "--port",
+                "80",
+                "--protocol",
+                proto,
+                "--family",
+                family,
+                "--count",
+                "20",
+                "--from",
+                "xs/client",
+                "-o",
+                "json",
+            ]);
+            let src = &p["sources"][0];
+            assert_eq!(src["failed"], 0, "{family} {proto}: {p}");
+            let backends = src["backends"].as_object().unwrap();
+            assert!(
+                backends.keys().all(|b| b == "b1" || b == "b2"),
+                "{family} {proto}: {p}"
+            );
+        }
+    }
+    // The traffic went through n2's dataplane (the backends' node).
+    assert!(c.node_counter("n2", "rx_packets") > before + 80);
+}
