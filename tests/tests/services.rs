@@ -261,6 +261,34 @@ fn services_end_to_end() {
     // Traffic crossed weir.
     assert!(c.counter("rx_packets") > rx_before + 1000);
 
+    // `weir apply` / `weir delete` of a Service; bad input is one line and
+    // changes nothing; an unknown targetPort name is a warning.
+    let late = "apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec: {selector: {app: web}, ports: [{port: 8080, targetPort: http}]}\n";
+    c.apply("late.yaml", late);
+    let ip = cluster_ips(&c, "late")[0];
+    let a = connect(&c, "client", ip, 8080, false, 4, None);
+    assert!(a.iter().all(|x| x == "web-1" || x == "web-2"), "{a:?}");
+    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}\n";
+    let out = c.apply_text("bad.yaml", bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("services/default/bad")
+            && err.contains("declared twice"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(c.topology().services.iter().all(|s| s.name != "bad"));
+    let warn = "apiVersion: v1\nkind: Service\nmetadata: {name: warn}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: nosuch}]}\n";
+    let out = c.apply_text("warn.yaml", warn);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("nosuch") && err.contains("warning"),
+        "{err}"
+    );
+    c.delete("late.yaml", late);
+    assert!(c.topology().services.iter().all(|s| s.name != "late"));
+
     // A NetworkPolicy isolating the backends applies to Service traffic
     // (judged on the backend pod, not the ClusterIP).
     let denied = c.drops("policy-denied");
