@@ -13,7 +13,9 @@
 //! Service traffic. Counters prove the traffic crossed weir.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
+use std::process::{Command, Stdio};
 use weir_tests::TestCluster;
 
 const CLUSTER: &str = r#"
@@ -71,6 +73,13 @@ metadata: {name: solo}
 spec:
   selector: {app: solo}
   ports: [{port: 80, targetPort: 7070}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: web}
+  ports: [{port: 6000}]
 ---
 apiVersion: v1
 kind: Service
@@ -134,6 +143,92 @@ fn tally(answers: &[String]) -> BTreeMap<String, usize> {
         *m.entry(a.clone()).or_default() += 1;
     }
     m
+}
+
+/// A line-echo server (`<pod> <line>`) on TCP 6000 in a pod's netns, for a
+/// connection held open across a scale-down (the pod test servers close
+/// each connection after their name). Killed (by its own pid) on drop.
+struct Echo(std::process::Child);
+
+impl Echo {
+    fn start(c: &TestCluster, pod: &str) -> Echo {
+        let netns = c.topology().pod("default", pod).expect("pod").netns.clone();
+        let code = format!(
+            "import socket,threading\n\
+             s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 6000)); s.listen(16)\n\
+             def h(c):\n\
+             \x20f=c.makefile('rw')\n\
+             \x20for l in f:\n\
+             \x20\x20f.write('{pod} '+l); f.flush()\n\
+             while True:\n\
+             \x20c,_=s.accept(); threading.Thread(target=h,args=(c,),daemon=True).start()\n"
+        );
+        Echo(
+            Command::new("ip")
+                .args(["netns", "exec", &netns, "python3", "-c", &code])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start echo server"),
+        )
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client holding one TCP connection to `ip:6000` from a pod: each line
+/// written is sent, each reply line read back. Connects with retries (the
+/// servers may still be starting).
+struct Held {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Held {
+    fn open(c: &TestCluster, pod: &str, ip: IpAddr) -> Held {
+        let netns = c.topology().pod("default", pod).expect("pod").netns.clone();
+        let code = format!(
+            "import socket,sys,time\n\
+             for i in range(100):\n\
+             \x20try:\n\
+             \x20\x20s=socket.create_connection(('{ip}',6000),timeout=5); break\n\
+             \x20except OSError:\n\
+             \x20\x20time.sleep(0.1)\n\
+             f=s.makefile('rw')\n\
+             for l in sys.stdin:\n\
+             \x20f.write(l); f.flush(); sys.stdout.write(f.readline()); sys.stdout.flush()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", &code])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start client");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        Held { child, out }
+    }
+
+    fn say(&mut self, line: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write");
+        stdin.flush().expect("flush");
+        let mut r = String::new();
+        let _ = self.out.read_line(&mut r);
+        r.trim().to_string()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -229,12 +324,29 @@ fn services_end_to_end() {
 
     // Scale-down: the same 150 flows (fixed source ports) before and after
     // web-3 goes: those of web-1 and web-2 keep their backend.
+    // A connection held open to a backend that stays (web-1 or web-2).
+    let _echo: Vec<Echo> = ["web-1", "web-2", "web-3"]
+        .iter()
+        .map(|p| Echo::start(&c, p))
+        .collect();
+    let echo = cluster_ips(&c, "echo")[0];
+    let (mut held, first) = (0..20)
+        .map(|_| {
+            let mut h = Held::open(&c, "client", echo);
+            let r = h.say("one");
+            (h, r)
+        })
+        .find(|(_, r)| r == "web-1 one" || r == "web-2 one")
+        .expect("a held connection to web-1 or web-2");
+    let holder = first.split(' ').next().unwrap_or_default().to_string();
     let before = connect(&c, "client", web4, 80, false, 150, Some(42000));
     c.delete(
         "web-3.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-3}\n",
     );
     let after = connect(&c, "client", web4, 80, false, 150, Some(42000));
+    // The held connection still works, on the same backend.
+    assert_eq!(held.say("two"), format!("{holder} two"));
     let pairs: Vec<(&String, &String)> = before.iter().zip(&after).collect();
     let (mut kept, mut failed) = (0, 0);
     for (b, a) in &pairs {
