@@ -780,6 +780,51 @@ mod tests {
     }
 
     #[test]
+    fn families_and_given_addresses() {
+        let v4 = [IpFamily::IPv4];
+        let dual = [IpFamily::IPv4, IpFamily::IPv6];
+        let with = |extra: &str| parse(&WEB.replace("spec:\n", &format!("spec:\n{extra}")));
+        // RequireDualStack on a single-stack cluster.
+        let s = with("  ipFamilyPolicy: RequireDualStack\n").unwrap();
+        let e = allocate_cluster_ips(&s, &v4, &HashSet::new()).unwrap_err();
+        assert!(e.to_string().contains("single-stack"), "{e}");
+        // IPv6 first when asked.
+        let s = with("  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv6, IPv4]\n").unwrap();
+        let ips = allocate_cluster_ips(&s, &dual, &HashSet::new()).unwrap();
+        assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{ips:?}");
+        // SingleStack with two families is refused.
+        let e = with("  ipFamilies: [IPv4, IPv6]\n").unwrap_err();
+        assert!(e.to_string().contains("SingleStack"), "{e}");
+        // A given address: inside the range and free.
+        let s = with("  clusterIP: 10.96.1.1\n").unwrap();
+        assert_eq!(
+            allocate_cluster_ips(&s, &v4, &HashSet::new()).unwrap(),
+            vec!["10.96.1.1".parse::<IpAddr>().unwrap()]
+        );
+        let taken: HashSet<IpAddr> = ["10.96.1.1".parse().unwrap()].into();
+        let e = allocate_cluster_ips(&s, &v4, &taken).unwrap_err();
+        assert!(e.to_string().contains("already allocated"), "{e}");
+        // Headless: no address.
+        let s = with("  clusterIP: None\n").unwrap();
+        assert!(allocate_cluster_ips(&s, &v4, &HashSet::new())
+            .unwrap()
+            .is_empty());
+        // Affinity default and bounds.
+        let s = with("  sessionAffinity: ClientIP\n").unwrap();
+        assert_eq!(s.info.affinity_timeout_s, Some(DEFAULT_AFFINITY_TIMEOUT_S));
+        let e = with("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("1-86400"), "{e}");
+        // Several ports need names.
+        let e = parse(&WEB.replace("name: http, ", "")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("required when the Service has several ports"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn endpoints_resolve_named_ports_per_pod() {
         let mut s = parse(WEB).unwrap().info;
         let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
