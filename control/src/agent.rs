@@ -7,7 +7,9 @@
 use crate::source::ClusterSource;
 use crate::state::{write_atomic, StateDir};
 use anyhow::Context;
-use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
+use weir_dataplane::snapshot::{
+    Encap, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
+};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::PolicyInput;
 use weir_topo::Cluster;
@@ -50,10 +52,61 @@ pub fn compile_node(
         endpoints,
         policy: weir_policy::compile(input, generation, node)?,
         tunnel: tunnel(cluster, n),
+        services: services(cluster),
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
     Ok(spec)
+}
+
+/// Every Service port of every ClusterIP as a frontend, with the
+/// endpoints of the ClusterIP's family that serve that port (by the
+/// Service port's name, as EndpointSlices resolve it). A terminating
+/// endpoint stays as an inactive backend, so the flows it has drain.
+pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
+    let mut out = Vec::new();
+    for svc in &cluster.services {
+        for ip in &svc.cluster_ips {
+            for sp in &svc.ports {
+                let proto = match sp.protocol {
+                    weir_model::Protocol::Tcp => 6,
+                    weir_model::Protocol::Udp => 17,
+                    weir_model::Protocol::Sctp => 132,
+                };
+                let mut backends = Vec::new();
+                for ep in &svc.endpoints {
+                    let Some(addr) = ep.addresses.iter().find(|a| a.is_ipv4() == ip.is_ipv4())
+                    else {
+                        continue;
+                    };
+                    let Some(port) = ep
+                        .ports
+                        .iter()
+                        .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+                    else {
+                        continue;
+                    };
+                    backends.push(ServiceBackend {
+                        pod: ep.pod.clone().unwrap_or_else(|| addr.to_string()),
+                        ip: *addr,
+                        port: port.port,
+                        active: ep.ready && !ep.terminating,
+                    });
+                }
+                backends.sort_by(|a, b| (&a.pod, a.ip).cmp(&(&b.pod, b.ip)));
+                out.push(ServiceFrontend {
+                    service: svc.key(),
+                    port_name: sp.name.clone(),
+                    ip: *ip,
+                    proto,
+                    port: sp.port,
+                    backends,
+                    affinity_timeout_s: svc.affinity_timeout_s,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The overlay as `n` sees it: its underlay and VTEP, and every other node

@@ -444,6 +444,26 @@ impl Daemon {
                 None => new_pods.push(pod.clone()),
             }
         }
+        for svc in &m.cluster.services {
+            let object = svc.object();
+            if !next.namespaces.iter().any(|n| n.name == svc.info.namespace) {
+                anyhow::bail!(
+                    "{object}: metadata.namespace: namespace {:?} is not declared",
+                    svc.info.namespace
+                );
+            }
+            if m.cluster
+                .services
+                .iter()
+                .filter(|s| s.object() == object)
+                .count()
+                > 1
+            {
+                anyhow::bail!("{object}: defined more than once");
+            }
+            let action = next.upsert_service(svc)?;
+            changed.push(Change::new(object, action));
+        }
         // Validate the new pods against the whole cluster as it would be.
         let mut whole = next.spec();
         whole.pods.extend(new_pods.iter().cloned());
@@ -496,11 +516,22 @@ impl Daemon {
                 "created",
             ));
         }
-        self.commit()?;
+        let warnings = self.commit()?;
+        // Only the warnings of the Services this apply touched.
+        let warnings = warnings
+            .into_iter()
+            .filter(|w| {
+                m.cluster
+                    .services
+                    .iter()
+                    .any(|s| w.starts_with(&s.object()))
+            })
+            .collect();
         Ok(ChangeReply {
             changed,
             generation: self.generation,
             ignored: Some(m.ignored),
+            warnings,
         })
     }
 
@@ -547,6 +578,7 @@ impl Daemon {
             changed,
             generation: self.generation,
             ignored: None,
+            warnings: Vec::new(),
         })
     }
 
@@ -603,6 +635,16 @@ impl Daemon {
                 anyhow::bail!("{}: not found", s.object);
             }
         }
+        for s in &m.cluster.services {
+            if !self
+                .cluster
+                .services
+                .iter()
+                .any(|c| c.namespace == s.info.namespace && c.name == s.info.name)
+            {
+                anyhow::bail!("{}: not found", s.object());
+            }
+        }
         let mut deleted = Vec::new();
         for p in &m.cluster.pods {
             let pod = self.cluster.pod(&p.namespace, &p.name).cloned();
@@ -631,6 +673,12 @@ impl Daemon {
             self.policies.retain(|p| p.object != s.object);
             deleted.push(s.object.clone());
         }
+        for s in &m.cluster.services {
+            self.cluster
+                .services
+                .retain(|c| !(c.namespace == s.info.namespace && c.name == s.info.name));
+            deleted.push(s.object());
+        }
         for n in &m.cluster.namespaces {
             self.cluster.namespaces.retain(|x| x.name != n.name);
             deleted.push(format!("namespaces/{}", n.name));
@@ -643,14 +691,17 @@ impl Daemon {
         })
     }
 
-    /// Saves the cluster and publishes new snapshots.
-    fn commit(&mut self) -> anyhow::Result<()> {
+    /// Recomputes Service endpoints from the pods, saves the cluster and
+    /// publishes new snapshots; returns the endpoint warnings.
+    fn commit(&mut self) -> anyhow::Result<Vec<String>> {
+        let warnings = self.cluster.refresh_endpoints();
         self.cluster.save(&self.state.cluster_file())?;
         crate::state::write_atomic(
             &self.state.policies_file(),
             &serde_json::to_vec_pretty(&self.policies)?,
         )?;
-        self.publish()
+        self.publish()?;
+        Ok(warnings)
     }
 
     /// Compiles and publishes the snapshots (timed for the metrics).
@@ -885,7 +936,7 @@ impl crate::cni_server::CniHost for Daemon {
         &mut self.cluster
     }
     fn commit(&mut self) -> anyhow::Result<()> {
-        Daemon::commit(self)
+        Daemon::commit(self).map(drop)
     }
     fn pod_template(&self, namespace: &str, name: &str) -> Option<weir_topo::PodSpec> {
         self.templates

@@ -219,3 +219,107 @@ pub fn pods(
         .collect::<Vec<_>>();
     Ok(table(&header, &rows))
 }
+
+/// One row of `weir get services -o json`.
+#[derive(Debug, serde::Serialize)]
+pub struct ServiceRow {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub cluster_ips: Vec<std::net::IpAddr>,
+    /// `port[:targetPort]/PROTOCOL` (Kubernetes' `PORT(S)` column), with the
+    /// Service port's name first when it has one (`http=80:http/TCP`).
+    pub ports: Vec<String>,
+    /// Ready (and not terminating) endpoints.
+    pub endpoints_ready: usize,
+    pub endpoints_total: usize,
+    /// `namespace/name` of the endpoint pods.
+    pub endpoints: Vec<String>,
+    pub session_affinity: Option<u32>,
+}
+
+/// `weir get services`: namespace, name, type, cluster IPs, ports and
+/// endpoints ready/total.
+pub fn services(
+    c: &Cluster,
+    ns: Option<&str>,
+    name: Option<&str>,
+    o: Output,
+) -> anyhow::Result<String> {
+    let mut items: Vec<_> = c
+        .services
+        .iter()
+        .filter(|s| ns.is_none_or(|x| x == s.namespace) && name.is_none_or(|x| x == s.name))
+        .collect();
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    if let Some(n) = name {
+        anyhow::ensure!(
+            !items.is_empty(),
+            "services/{}/{n}: not found",
+            ns.unwrap_or("*")
+        );
+    }
+    let rows: Vec<ServiceRow> = items
+        .iter()
+        .map(|s| ServiceRow {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            kind: format!("{:?}", s.kind),
+            cluster_ips: s.cluster_ips.clone(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| {
+                    let target = match &p.target {
+                        weir_model::service::TargetPort::Number(n) if *n == p.port => String::new(),
+                        weir_model::service::TargetPort::Number(n) => format!(":{n}"),
+                        weir_model::service::TargetPort::Name(n) => format!(":{n}"),
+                    };
+                    let name = p.name.as_ref().map_or(String::new(), |n| format!("{n}="));
+                    format!("{name}{}{target}/{}", p.port, p.protocol)
+                })
+                .collect(),
+            endpoints_ready: s
+                .endpoints
+                .iter()
+                .filter(|e| e.ready && !e.terminating)
+                .count(),
+            endpoints_total: s.endpoints.len(),
+            endpoints: s.endpoints.iter().filter_map(|e| e.pod.clone()).collect(),
+            session_affinity: s.affinity_timeout_s,
+        })
+        .collect();
+    if o == Output::Json {
+        return Ok(serde_json::to_string_pretty(&rows)?);
+    }
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "TYPE",
+        "CLUSTER-IPS",
+        "PORT(S)",
+        "ENDPOINTS",
+    ];
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "<none>".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.namespace,
+                r.name,
+                r.kind,
+                list(r.cluster_ips.iter().map(|i| i.to_string()).collect()),
+                list(r.ports),
+                format!("{}/{}", r.endpoints_ready, r.endpoints_total),
+            ]
+        })
+        .collect();
+    Ok(table(&header, &rows))
+}

@@ -254,9 +254,9 @@ enum Cmd {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
-    /// List nodes, namespaces or pods.
+    /// List nodes, namespaces, pods or services.
     Get {
-        /// nodes | namespaces | pods
+        /// nodes | namespaces | pods | services
         kind: String,
         name: Option<String>,
         #[arg(short = 'n', long)]
@@ -285,8 +285,15 @@ enum Cmd {
         /// NS/POD, or NS for all pods of a namespace. Default: every pod.
         #[arg(long)]
         from: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to_service")]
         to: Option<String>,
+        /// NS/NAME of a Service: connect to its ClusterIP and report which
+        /// backend pod answered each connection.
+        #[arg(long)]
+        to_service: Option<String>,
+        /// Connections per source pod (with --to-service).
+        #[arg(long, default_value_t = 10, requires = "to_service")]
+        count: usize,
         #[arg(long, default_value = "ipv4")]
         family: Family,
         /// Per-attempt timeout in milliseconds.
@@ -664,7 +671,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "nodes" | "node" | "no" => get::nodes(&c, name.as_deref(), output)?,
                 "namespaces" | "namespace" | "ns" => get::namespaces(&c, name.as_deref(), output)?,
                 "pods" | "pod" | "po" => get::pods(&c, ns, name.as_deref(), output)?,
-                other => anyhow::bail!("get: unknown kind {other:?} (nodes, namespaces, pods)"),
+                "services" | "service" | "svc" => get::services(&c, ns, name.as_deref(), output)?,
+                other => {
+                    anyhow::bail!("get: unknown kind {other:?} (nodes, namespaces, pods, services)")
+                }
             };
             print!("{text}");
             if !text.ends_with('\n') {
@@ -686,6 +696,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             protocol,
             from,
             to,
+            to_service,
+            count,
             family,
             timeout_ms,
             attempts,
@@ -694,6 +706,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
             let c = load(&state)?;
             let from = probe::select(&c, from.as_deref())?;
+            if let Some(svc) = to_service {
+                anyhow::ensure!(count > 0, "--count: must be at least 1");
+                let p = probe::run_service(
+                    &c,
+                    &from,
+                    &svc,
+                    &ProbeSpec {
+                        port,
+                        protocol,
+                        family,
+                        timeout: Duration::from_millis(timeout_ms),
+                        attempts,
+                    },
+                    count,
+                )?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+                    _ => print!("{}", probe::render_service(&p)),
+                }
+                return Ok(());
+            }
             let to = probe::select(&c, to.as_deref())?;
             let m = probe::run(
                 &from,
@@ -729,6 +762,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 field_validation,
                 ignored_of(v.ignored.as_deref().unwrap_or_default()),
             );
+            for w in &v.warnings {
+                eprintln!("weir: warning: {w}");
+            }
             print_changed(&v);
             wait_ready(&state, Duration::from_secs(30))?;
             Ok(())

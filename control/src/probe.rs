@@ -244,6 +244,142 @@ fn udp_once(sa: SocketAddr, timeout: Duration, expect: &str) -> (bool, String, O
     }
 }
 
+/// `weir probe --to-service`: per source pod, which backend answered each
+/// of its connections to the ClusterIP (documented in docs/cli.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceProbe {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub sources: Vec<ServiceSource>,
+}
+
+/// One source pod's connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceSource {
+    pub from: String,
+    /// Per connection: the backend pod's name, or `"!<detail>"` (refused,
+    /// timeout, ...) when it failed.
+    pub answers: Vec<String>,
+    /// Backend name → connections it answered.
+    pub backends: std::collections::BTreeMap<String, usize>,
+    pub failed: usize,
+}
+
+/// Makes `count` real connections from each source pod to the Service's
+/// ClusterIP of `family` and records which pod answered each.
+pub fn run_service(
+    cluster: &Cluster,
+    from: &[&RealizedPod],
+    service: &str,
+    spec: &ProbeSpec,
+    count: usize,
+) -> anyhow::Result<ServiceProbe> {
+    let (ns, name) = service
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--to-service: {service:?} is not NS/NAME"))?;
+    let svc = cluster
+        .services
+        .iter()
+        .find(|s| s.namespace == ns && s.name == name)
+        .ok_or_else(|| anyhow::anyhow!("services/{ns}/{name}: not found"))?;
+    let want_v4 = spec.family == Family::Ipv4;
+    let ip = svc
+        .cluster_ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == want_v4)
+        .copied()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "services/{ns}/{name}: no {} ClusterIP",
+                if want_v4 { "IPv4" } else { "IPv6" }
+            )
+        })?;
+    let sa = SocketAddr::new(ip, spec.port);
+    let results: Vec<ServiceSource> = std::thread::scope(|s| {
+        let handles: Vec<_> = from
+            .iter()
+            .map(|f| {
+                s.spawn(move || {
+                    let mut answers = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let (proto, timeout) = (spec.protocol, spec.timeout);
+                        let r = weir_topo::netns::run_in(&f.netns, move || match proto {
+                            Protocol::Tcp => tcp_once(sa, timeout, ""),
+                            Protocol::Udp => udp_once(sa, timeout, ""),
+                        });
+                        answers.push(match r {
+                            // check_peer says wrong-peer:<name> for any name
+                            // when nothing is expected.
+                            Ok((_, d, _)) => match d.strip_prefix("wrong-peer:") {
+                                Some(n) if !n.is_empty() => n.to_string(),
+                                _ => format!("!{d}"),
+                            },
+                            Err(e) => format!("!error: {e}"),
+                        });
+                    }
+                    let mut backends = std::collections::BTreeMap::new();
+                    let mut failed = 0;
+                    for a in &answers {
+                        if a.starts_with('!') {
+                            failed += 1;
+                        } else {
+                            *backends.entry(a.clone()).or_insert(0) += 1;
+                        }
+                    }
+                    ServiceSource {
+                        from: full(f),
+                        answers,
+                        backends,
+                        failed,
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    Ok(ServiceProbe {
+        service: service.to_string(),
+        cluster_ip: ip,
+        port: spec.port,
+        protocol: spec.protocol,
+        sources: results,
+    })
+}
+
+/// The table of a [`ServiceProbe`]: per source, connections per backend.
+pub fn render_service(p: &ServiceProbe) -> String {
+    let mut out = format!(
+        "{} {}:{} ({})\n",
+        match p.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        },
+        p.cluster_ip,
+        p.port,
+        p.service
+    );
+    for s in &p.sources {
+        let per: Vec<String> = s.backends.iter().map(|(b, n)| format!("{b}={n}")).collect();
+        out.push_str(&format!(
+            "{}  {}  failed={}\n",
+            s.from,
+            if per.is_empty() {
+                "<none>".to_string()
+            } else {
+                per.join(" ")
+            },
+            s.failed
+        ));
+    }
+    out
+}
+
 /// The truth-table rendering: rows are sources, columns destinations.
 pub fn render(m: &Matrix) -> String {
     let mut out = String::new();

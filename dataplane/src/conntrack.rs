@@ -377,6 +377,8 @@ pub struct Conntrack {
     /// What first fragments decided, for the later fragments of their
     /// datagrams (see [`crate::frag`]).
     frags: FragTable,
+    /// What the service stage rewrote (see [`crate::svc_nat`]).
+    nat: crate::svc_nat::NatTable,
 }
 
 /// Per-worker conntrack counters (single writer: the worker).
@@ -409,7 +411,15 @@ impl Conntrack {
             seed,
             timeouts,
             frags: FragTable::default(),
+            // Two entries per Service flow; capped so a large conntrack
+            // does not bring a large NAT table along (~100 bytes an entry).
+            nat: crate::svc_nat::NatTable::new(size.min(1 << 16) * 2),
         }
+    }
+
+    /// The node's Service NAT table.
+    pub fn nat(&self) -> &crate::svc_nat::NatTable {
+        &self.nat
     }
 
     /// Replaces the fragment table (sizing, tests).

@@ -11,12 +11,14 @@
 //! - [`drop_reason`]: every reason a frame can be dropped, defined once
 //!   (in `weir-model`, re-exported).
 //! - [`snapshot`]: the immutable tables the control side hands to workers.
+//! - [`maglev`]: Maglev consistent hashing for Service backends.
 //! - [`policy`]: compiled policy tables and the new-flow judge (in
 //!   `weir-model`, re-exported: `weir policy explain` runs the same judge).
 //! - [`l7`]: inline HTTP and DNS inspection (the engines are `weir-model`'s,
 //!   [`l7::reply`] builds the frames a deny sends).
 //! - [`fqdn`]: names learned from DNS answers, for `toFQDNs` rules.
 //! - [`conntrack`]: the node's shared connection-tracking table.
+//! - [`svc_nat`]: the node's Service NAT table (kept with conntrack).
 //! - [`frag`]: the node's fragment table (later fragments follow their first).
 //! - [`flow_key`]: the key of a flow (a leaf: conntrack, flows, encap and
 //!   the pass all use it).
@@ -44,11 +46,13 @@ pub mod flows;
 pub mod fqdn;
 pub mod frag;
 pub mod l7;
+pub mod maglev;
 pub mod pass;
 pub use weir_model::policy;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod svc_nat;
 pub mod wire;
 pub mod worker;
 pub mod xsk;

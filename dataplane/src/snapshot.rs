@@ -58,6 +58,41 @@ pub struct SnapshotSpec {
     /// The overlay to the other nodes (absent: single-node, no tunnel).
     #[serde(default)]
     pub tunnel: Option<TunnelSpec>,
+    /// Service frontends of the whole cluster (every node load-balances its
+    /// own pods' traffic to a ClusterIP): see docs/services.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceFrontend>,
+}
+
+/// One (ClusterIP, protocol, port) of a Service and its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFrontend {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The Service port's name, if any.
+    #[serde(default)]
+    pub port_name: Option<String>,
+    pub ip: IpAddr,
+    /// IP protocol number: 6 (TCP), 17 (UDP) or 132 (SCTP).
+    pub proto: u8,
+    pub port: u16,
+    /// Backends of the ClusterIP's family, sorted by pod name.
+    pub backends: Vec<ServiceBackend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    #[serde(default)]
+    pub affinity_timeout_s: Option<u32>,
+}
+
+/// A backend of a [`ServiceFrontend`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBackend {
+    /// `namespace/name` of the pod (the Maglev key with its address).
+    pub pod: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Ready and not terminating: takes new flows. Others only keep the
+    /// flows conntrack already sent them.
+    pub active: bool,
 }
 
 /// Encapsulation of the overlay.
@@ -139,6 +174,98 @@ pub enum SnapshotError {
     /// tunnel: {0}
     #[error("tunnel: {0}")]
     Tunnel(String),
+    /// service {0}: {1}
+    #[error("service {0}: {1}")]
+    Service(String, String),
+}
+
+/// Key of a Service frontend: (ClusterIP, IP protocol, port).
+pub type FrontendKey = (IpAddr, u8, u16);
+
+/// Lookup form of the frontends: exact match on (ClusterIP, proto, port),
+/// and per frontend a Maglev table over its active backends.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTables {
+    by_key: HashMap<FrontendKey, u32>,
+    /// Every ClusterIP (a packet to one on a port no frontend has is not
+    /// a Service flow: it is refused like one without endpoints).
+    ips: HashSet<IpAddr>,
+    /// Per frontend: Maglev entries, each an index into its `backends`.
+    maglev: Vec<Vec<u16>>,
+}
+
+impl ServiceTables {
+    fn build(fronts: &[ServiceFrontend]) -> Result<Self, SnapshotError> {
+        let mut by_key = HashMap::with_capacity(fronts.len());
+        let mut ips = HashSet::new();
+        let mut maglev = Vec::with_capacity(fronts.len());
+        for (i, f) in fronts.iter().enumerate() {
+            let err = |m: String| SnapshotError::Service(f.service.clone(), m);
+            if f.port == 0 || !matches!(f.proto, 6 | 17 | 132) {
+                return Err(err(format!("bad frontend {}/{}", f.proto, f.port)));
+            }
+            if by_key.insert((f.ip, f.proto, f.port), i as u32).is_some() {
+                return Err(err(format!(
+                    "frontend {}:{}/{} given twice",
+                    f.ip, f.port, f.proto
+                )));
+            }
+            if f.backends.len() >= usize::from(u16::MAX) {
+                return Err(err("too many backends".into()));
+            }
+            for b in &f.backends {
+                if b.ip.is_ipv4() != f.ip.is_ipv4() || b.port == 0 {
+                    return Err(err(format!(
+                        "backend {} {}:{} is unusable",
+                        b.pod, b.ip, b.port
+                    )));
+                }
+            }
+            ips.insert(f.ip);
+            // Keys: pod name and address, so a re-created pod with a new
+            // address is a new backend.
+            let active: Vec<(usize, Vec<u8>)> = f
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.active)
+                .map(|(j, b)| (j, format!("{}|{}", b.pod, b.ip).into_bytes()))
+                .collect();
+            let keys: Vec<&[u8]> = active.iter().map(|(_, k)| k.as_slice()).collect();
+            let table = crate::maglev::build(&keys, crate::maglev::size_for(keys.len()));
+            maglev.push(
+                table
+                    .into_iter()
+                    .map(|e| active[e as usize].0 as u16)
+                    .collect(),
+            );
+        }
+        Ok(ServiceTables {
+            by_key,
+            ips,
+            maglev,
+        })
+    }
+
+    /// The frontend index of (ClusterIP, proto, port).
+    pub fn frontend(&self, ip: IpAddr, proto: u8, port: u16) -> Option<u32> {
+        self.by_key.get(&(ip, proto, port)).copied()
+    }
+
+    /// Whether `ip` is a ClusterIP.
+    pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains(&ip)
+    }
+
+    /// The backend index Maglev gives `hash` in frontend `idx`; `None`
+    /// when the frontend has no active backend.
+    pub fn pick(&self, idx: u32, hash: u64) -> Option<u16> {
+        let t = self.maglev.get(idx as usize)?;
+        if t.is_empty() {
+            return None;
+        }
+        Some(t[(hash % t.len() as u64) as usize])
+    }
 }
 
 /// Lookup form of a [`TunnelSpec`]: peers by underlay address, remote pod
@@ -297,6 +424,7 @@ pub struct Snapshot {
     by_port: Vec<Option<u32>>,
     policy: CompiledPolicy,
     tunnel: Option<TunnelTables>,
+    services: ServiceTables,
 }
 
 impl Snapshot {
@@ -355,6 +483,7 @@ impl Snapshot {
             }
             None => None,
         };
+        let services = ServiceTables::build(&spec.services)?;
         Ok(Snapshot {
             spec,
             by_v4,
@@ -362,6 +491,7 @@ impl Snapshot {
             by_port,
             policy,
             tunnel,
+            services,
         })
     }
 
@@ -380,6 +510,16 @@ impl Snapshot {
             (Some(s), Some(t)) => Some((s, t)),
             _ => None,
         }
+    }
+
+    /// The Service frontends' lookup tables.
+    pub fn services(&self) -> &ServiceTables {
+        &self.services
+    }
+
+    /// Frontend `idx` as compiled.
+    pub fn frontend(&self, idx: u32) -> &ServiceFrontend {
+        &self.spec.services[idx as usize]
     }
 
     /// The port id of the underlay (one past the pod ports), if any.

@@ -557,6 +557,9 @@ impl Worker {
                     (v, new_len)
                 });
                 self.dispatch(verdict, d);
+                if let Some(r) = self.state.take_reply_drop() {
+                    self.stats.count_drop(r, 1);
+                }
                 self.drain_l7_flush();
             }
             self.rx_buf = rx;

@@ -111,6 +111,7 @@ fn snap() -> Snapshot {
         ],
         policy,
         tunnel: None,
+        services: Vec::new(),
     })
     .unwrap()
 }

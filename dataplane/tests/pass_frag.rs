@@ -100,6 +100,7 @@ fn snap(generation: u64, deny_all: bool) -> Snapshot {
         endpoints: vec![ep(0, "a", A, a6()), ep(1, "b", B, b6())],
         policy,
         tunnel: None,
+        services: Vec::new(),
     })
     .unwrap()
 }

@@ -96,6 +96,7 @@ fn snap() -> Snapshot {
         endpoints: vec![ep(0, "a", A), ep(1, "b", B)],
         policy,
         tunnel: None,
+        services: Vec::new(),
     })
     .unwrap()
 }

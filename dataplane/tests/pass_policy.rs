@@ -81,6 +81,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
         endpoints: vec![ep(0, "a", A), ep(1, "b", B)],
         policy,
         tunnel: None,
+        services: Vec::new(),
     })
     .unwrap()
 }

@@ -142,6 +142,7 @@ fn spec(encap: Encap) -> SnapshotSpec {
         endpoints: vec![ep(0, "a", A), ep(1, "b", B)],
         policy,
         tunnel: Some(tunnel(encap)),
+        services: Vec::new(),
     }
 }
 

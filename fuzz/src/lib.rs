@@ -172,6 +172,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
                 identity_aware: true,
             }],
         }),
+        services: Vec::new(),
     }
 }
 

@@ -102,6 +102,8 @@ drop_reasons! {
     TxBatchFull = 31 => "tx-batch-full",
     /// frame an HTTP-inspected flow had to hold found its hold queue full (the client retransmits it)
     L7HoldFull = 32 => "l7-hold-full",
+    /// new flow to a Service frontend (ClusterIP and port) without a ready endpoint (TCP got an RST, UDP an ICMP port unreachable)
+    ServiceNoEndpoints = 33 => "service-no-endpoints",
 }
 
 macro_rules! l7_reasons {

@@ -223,6 +223,10 @@ pub struct ChangeReply {
     /// Fields dropped under `--field-validation=warn|ignore`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignored: Option<Vec<String>>,
+    /// Accepted but worth a line (a Service's named targetPort no selected
+    /// pod declares).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The daemon's answer to `delete`.

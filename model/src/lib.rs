@@ -36,6 +36,7 @@ pub mod manifest;
 pub mod names;
 pub mod policy;
 pub mod service;
+pub mod service_manifest;
 pub mod status;
 
 pub use drop_reason::DropReason;

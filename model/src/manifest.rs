@@ -116,7 +116,7 @@ pub enum ManifestError {
     #[error("{file}: {msg}")]
     Syntax { file: String, msg: String },
     /// A document of a kind this crate does not build.
-    #[error("{file}: document {index}: unsupported kind {kind:?} (apiVersion {api_version:?}); expected Node, Namespace or Pod of apiVersion v1")]
+    #[error("{file}: document {index}: unsupported kind {kind:?} (apiVersion {api_version:?}); expected Node, Namespace, Pod or Service of apiVersion v1")]
     UnknownKind {
         file: String,
         index: usize,
@@ -227,6 +227,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub namespaces: Vec<NamespaceSpec>,
     pub pods: Vec<PodSpec>,
+    /// `kind: Service` objects as written (see [`crate::service_manifest`]).
+    #[serde(default)]
+    pub services: Vec<crate::service_manifest::ServiceSpec>,
 }
 
 /// One document of a manifest file, before it is interpreted.
@@ -243,7 +246,7 @@ pub struct Document {
 
 /// Whether this crate builds objects of that kind ([`ClusterSpec::add_document`]).
 pub fn is_topology_kind(api_version: &str, kind: &str) -> bool {
-    api_version == "v1" && matches!(kind, "Node" | "Namespace" | "Pod")
+    api_version == "v1" && matches!(kind, "Node" | "Namespace" | "Pod" | "Service")
 }
 
 /// Splits YAML (multi-document) or JSON text into documents, flattening
@@ -575,6 +578,7 @@ pub fn field_tree(kind: &str) -> Option<fields::Shape> {
         "Node" => Some(fields::field_tree::<RawNode>()),
         "Namespace" => Some(fields::field_tree::<RawNamespace>()),
         "Pod" => Some(fields::field_tree::<RawPod>()),
+        "Service" => Some(crate::service_manifest::field_tree()),
         _ => None,
     }
 }
@@ -821,6 +825,10 @@ impl ClusterSpec {
                 pod.check_with_paths(&paths)?;
                 self.pods.push(pod);
             }
+            "Service" => {
+                let svc = crate::service_manifest::parse_service(doc, mode, ignored)?;
+                self.services.push(svc);
+            }
             _ => unreachable!("is_topology_kind admitted {}", doc.kind),
         }
         Ok(())
@@ -832,6 +840,7 @@ impl ClusterSpec {
         self.nodes.extend(other.nodes);
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
+        self.services.extend(other.services);
         Ok(())
     }
 
@@ -1022,6 +1031,20 @@ impl ClusterSpec {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                ));
+            }
+        }
+        let mut services = HashSet::new();
+        for svc in &self.services {
+            let object = svc.object();
+            if !services.insert((svc.info.namespace.as_str(), svc.info.name.as_str())) {
+                return Err(ManifestError::Duplicate { object });
+            }
+            if !namespaces.contains(svc.info.namespace.as_str()) {
+                return Err(invalid(
+                    &object,
+                    "metadata.namespace",
+                    format!("namespace {:?} is not declared", svc.info.namespace),
                 ));
             }
         }

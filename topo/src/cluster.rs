@@ -18,6 +18,9 @@ use crate::manifest::{
 use crate::netlink::{Netlink, Veth};
 use crate::overlay::{self, Encap, UnderlayInfo, UNDERLAY_IFNAME};
 use crate::{ethtool, netns, TopoError};
+use weir_model::service_manifest::{
+    allocate_cluster_ips, derive_endpoints, EndpointPod, IpFamily, ServiceSpec,
+};
 
 /// The node's address on `lo` that pods use as their gateway.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -622,6 +625,9 @@ impl Cluster {
             queues: opts.queues,
             services: Vec::new(),
         };
+        for svc in &spec.services {
+            cluster.upsert_service(svc)?;
+        }
         let mut next_slot: HashMap<&str, u128> = HashMap::new();
         for pod in &spec.pods {
             let slot = next_slot.entry(pod.node.as_str()).or_insert(2);
@@ -822,7 +828,91 @@ impl Cluster {
             nodes: self.nodes.iter().map(node_spec).collect(),
             namespaces: self.namespaces.clone(),
             pods: self.pods.iter().map(pod_spec).collect(),
+            services: Vec::new(),
         }
+    }
+
+    /// The IP families of the cluster's pod networks, IPv4 first.
+    pub fn families(&self) -> Vec<IpFamily> {
+        let v4 = self.nodes.iter().any(|n| n.ipv4.is_some());
+        let v6 = self.nodes.iter().any(|n| n.ipv6.is_some());
+        [(v4, IpFamily::IPv4), (v6, IpFamily::IPv6)]
+            .into_iter()
+            .filter_map(|(has, f)| has.then_some(f))
+            .collect()
+    }
+
+    /// Adds or replaces a Service (ClusterIPs allocated, or checked when
+    /// given; a Service keeps its ClusterIPs when re-applied, as Kubernetes
+    /// makes them immutable). Endpoints are left to
+    /// [`refresh_endpoints`](Self::refresh_endpoints). Returns `created`,
+    /// `configured` or `unchanged`.
+    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<&'static str, ManifestError> {
+        let object = spec.object();
+        let pos = self
+            .services
+            .iter()
+            .position(|s| s.namespace == spec.info.namespace && s.name == spec.info.name);
+        let mut spec = spec.clone();
+        if let Some(i) = pos {
+            let cur = &self.services[i].cluster_ips;
+            if spec.info.cluster_ips.is_empty() {
+                spec.info.cluster_ips = cur.clone();
+            } else if spec.info.cluster_ips.iter().any(|ip| !cur.contains(ip)) {
+                return Err(ManifestError::Invalid {
+                    object,
+                    field: "spec.clusterIPs".into(),
+                    msg: "field is immutable (delete and re-create the Service)".into(),
+                });
+            }
+        }
+        let taken: HashSet<IpAddr> = self
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != pos)
+            .flat_map(|(_, s)| s.cluster_ips.iter().copied())
+            .collect();
+        let mut info = spec.info.clone();
+        info.cluster_ips = allocate_cluster_ips(&spec, &self.families(), &taken)?;
+        match pos {
+            None => {
+                self.services.push(info);
+                Ok("created")
+            }
+            Some(i) => {
+                info.endpoints = self.services[i].endpoints.clone();
+                if self.services[i] == info {
+                    Ok("unchanged")
+                } else {
+                    self.services[i] = info;
+                    Ok("configured")
+                }
+            }
+        }
+    }
+
+    /// Recomputes the endpoints of every Service with a selector from the
+    /// pods as they are now; returns the warnings (named targetPorts no
+    /// selected pod declares).
+    pub fn refresh_endpoints(&mut self) -> Vec<String> {
+        let pods = &self.pods;
+        let mut warnings = Vec::new();
+        for svc in &mut self.services {
+            warnings.extend(derive_endpoints(
+                svc,
+                pods.iter().map(|p| EndpointPod {
+                    namespace: &p.namespace,
+                    name: &p.name,
+                    node: &p.node,
+                    labels: &p.labels,
+                    ports: &p.ports,
+                    ipv4: p.ipv4,
+                    ipv6: p.ipv6,
+                }),
+            ));
+        }
+        warnings
     }
 
     /// The pod `namespace/name`.

@@ -140,7 +140,7 @@ fn bad_manifests() {
         ("apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n".into(),
          "namespaces/a.b: metadata.name: \"a.b\" is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"),
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n".into(),
-         "m.yaml: document 1: unsupported kind \"Deployment\" (apiVersion \"apps/v1\"); expected Node, Namespace or Pod of apiVersion v1"),
+         "m.yaml: document 1: unsupported kind \"Deployment\" (apiVersion \"apps/v1\"); expected Node, Namespace, Pod or Service of apiVersion v1"),
         ("kind: Pod\nmetadata: {name: a}\n".into(), "m.yaml: document 1: apiVersion: required"),
         ("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: 10.0.0.0/33}\n".into(),
          "nodes/n: spec.podCIDR: \"10.0.0.0/33\" is not a CIDR"),

@@ -14,7 +14,11 @@ use crate::{DropReason, Verdict};
 #[derive(Clone, Copy)]
 enum IcmpError {
     TimeExceeded,
-    TooBig { mtu: u16 },
+    TooBig {
+        mtu: u16,
+    },
+    /// A Service frontend without endpoints (UDP), as kube-proxy answers.
+    PortUnreachable,
 }
 
 /// TTL of the IPv4 / hop limit of the IPv6 errors weir sends.
@@ -42,6 +46,19 @@ impl Pass<'_> {
             return drop(DropReason::TooBig);
         }
         Break(self.icmp_error(pkt, IcmpError::TooBig { mtu }, DropReason::TooBig))
+    }
+
+    /// Replaces the frame by an ICMP port unreachable for its sender (a
+    /// Service without endpoints); `None` when none can be sent.
+    pub(super) fn port_unreachable(&mut self, pkt: &Parsed) -> Option<Verdict> {
+        match self.icmp_error(
+            pkt,
+            IcmpError::PortUnreachable,
+            DropReason::ServiceNoEndpoints,
+        ) {
+            v @ Verdict::Tx { .. } => Some(v),
+            _ => None,
+        }
     }
 
     /// Replaces the frame by an ICMP error addressed back to its sender and
@@ -135,6 +152,11 @@ fn build_icmpv4_error(
             msg.set_code(icmp::v4::CODE_FRAG_NEEDED);
             msg.set_rest_of_header(u32::from(mtu));
         }
+        IcmpError::PortUnreachable => {
+            msg.set_msg_type(icmp::v4::DEST_UNREACHABLE);
+            msg.set_code(3);
+            msg.set_rest_of_header(0);
+        }
     }
     msg.fill_checksum_v4();
     Some(ETH + IP + icmp_len)
@@ -186,6 +208,11 @@ fn build_icmpv6_error(
             msg.set_msg_type(icmp::v6::PACKET_TOO_BIG);
             msg.set_code(0);
             msg.set_rest_of_header(u32::from(mtu));
+        }
+        IcmpError::PortUnreachable => {
+            msg.set_msg_type(icmp::v6::DEST_UNREACHABLE);
+            msg.set_code(4);
+            msg.set_rest_of_header(0);
         }
     }
     msg.fill_checksum_v6(node, sender);

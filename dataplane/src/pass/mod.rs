@@ -10,6 +10,9 @@
 //!    the L4 header; the [`FlowKey`] and where a fragment sits.
 //! 3. **Source** (`route.rs`): a pod's frame carries its own address; a
 //!    peer's carries an address of that peer's pod CIDRs.
+//!    Then **Services** (`service.rs`): DNAT of new flows to a ClusterIP
+//!    (Maglev, affinity, hairpin), reverse NAT of their replies, RST / port
+//!    unreachable for frontends without endpoints.
 //! 4. **Route** (`route.rs`): multicast and node-bound traffic stop; a
 //!    local pod routes to its port, a remote pod CIDR to its peer node.
 //! 5. **Conntrack and policy** (`policy.rs`): tracked flows pass, new or
@@ -100,12 +103,14 @@ mod parse;
 mod policy;
 mod rewrite;
 mod route;
+mod service;
 mod state;
 mod tunnel;
 
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
 pub use route::{Next, Route};
+pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
     L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_SLOTS, STANDALONE_CONNTRACK_SIZE,
 };
@@ -166,9 +171,14 @@ impl Pass<'_> {
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
         // 3. The local source endpoint (none behind a peer).
         let src_ep = self.check_source(&pkt, sender)?;
+        // 3b. Services: a new flow to a ClusterIP is sent to a backend
+        //     (routing and policy see the backend); a reply is reverse
+        //     NATed (routing sees the rewritten packet, conntrack and
+        //     policy the packet as it came).
+        let routed = self.service(&mut pkt)?;
         // 4. Frames from a peer route to a local pod only (no transit
         //    between peers through this node).
-        let next = self.route(&pkt)?;
+        let next = self.route(routed.as_ref().unwrap_or(&pkt))?;
         let (dst_ep, mtu) = match (next, sender) {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),

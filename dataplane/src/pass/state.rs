@@ -25,6 +25,9 @@ pub struct WorkerState {
     /// The node's learned FQDN table (shared by the workers).
     pub(super) fqdn: Arc<FqdnTable>,
     pub(super) dns_refused: u64,
+    /// A frame answered in place (RST, ICMP) that also counts as a drop
+    /// under this reason (`service-no-endpoints`); the worker takes it.
+    pub(super) reply_drop: Option<crate::DropReason>,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -236,6 +239,7 @@ impl WorkerState {
             l7: L7State::new(L7Capacity::default()),
             fqdn: Arc::default(),
             dns_refused: 0,
+            reply_drop: None,
         }
     }
 
@@ -249,6 +253,12 @@ impl WorkerState {
     /// The learned FQDN table.
     pub fn fqdn(&self) -> &Arc<FqdnTable> {
         &self.fqdn
+    }
+
+    /// The drop reason of the last frame the pass answered in place
+    /// instead of forwarding (taken: counted once).
+    pub fn take_reply_drop(&mut self) -> Option<crate::DropReason> {
+        self.reply_drop.take()
     }
 
     /// DNS queries refused (answered REFUSED or dropped) by this worker.

@@ -1,0 +1,471 @@
+//! Stage 3b: Services. Runs after the source check and before the route
+//! and policy, so routing and policy judge the backend pod (as Kubernetes
+//! requires), and conntrack tracks the flow as client ↔ backend.
+//!
+//! - A new flow to a frontend (ClusterIP, proto, port) takes a backend:
+//!   the client's affinity entry when the Service has `sessionAffinity:
+//!   ClientIP` and it has not expired, else Maglev on the 5-tuple hash.
+//!   Destination address and port are rewritten (checksums updated
+//!   incrementally, RFC 1624) and the choice is kept in the node's NAT
+//!   table ([`crate::svc_nat`]): later packets of the flow keep their
+//!   backend even when the backend set changes; a flow whose backend is no
+//!   longer a backend of the frontend picks again (its TCP connection then
+//!   ends with the new backend's RST).
+//! - Replies (backend → client) get the reverse NAT in the same pass: the
+//!   source becomes the ClusterIP and port again. Conntrack and policy see
+//!   the reply as it came (backend → client), routing sees it rewritten.
+//! - Hairpin: a client that is its own backend would get a packet from
+//!   itself, which its kernel drops; its source is rewritten to
+//!   [`HAIRPIN_V4`] / [`HAIRPIN_V6`], and back on the reply.
+//! - A frontend without an active backend (or a ClusterIP on a port it
+//!   does not serve): TCP is answered with an RST, UDP with ICMP port
+//!   unreachable, and the frame counts as `service-no-endpoints`.
+//!
+//! Not handled here: SCTP (its CRC32c checksum cannot be updated
+//! incrementally; SCTP frontends are refused like ones without endpoints),
+//! non-first fragments of a Service flow (they are dropped by the
+//! fragment rules: their datagram's first fragment was rewritten), ICMP
+//! errors about Service flows (not rewritten back).
+
+use core::ops::ControlFlow::{self, Break, Continue};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::parse::{Fragment, Parsed};
+use super::Pass;
+use crate::snapshot::ServiceFrontend;
+use crate::svc_nat::{Kind, Nat};
+use crate::wire::{checksum, ethernet, ip_proto};
+use crate::{DropReason, Verdict};
+
+/// Source of hairpin flows (IPv4): link-local, never a pod's, the address
+/// Cilium uses for the same purpose.
+pub const HAIRPIN_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+/// Source of hairpin flows (IPv6): the last usable address of the IPv6
+/// Service range (fd00:96::/112), never allocated as a ClusterIP... except
+/// when the whole range is used, which the allocator reaches last.
+pub const HAIRPIN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xfffe);
+
+/// Seed of the 5-tuple hash Maglev picks with (fixed: every worker and
+/// node picks the same backend for the same tuple).
+const PICK_SEED: u64 = 0x6d61_676c_6576_0001;
+
+impl Pass<'_> {
+    /// Stage 3b (see the module doc). Returns the packet as routing must
+    /// see it when that differs from `pkt` (a reply whose bytes were
+    /// reverse-NATed while conntrack and policy keep its wire key).
+    pub(super) fn service(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, Option<Parsed>> {
+        let snap = self.snap;
+        let svc = snap.services();
+        if snap.spec.services.is_empty()
+            || pkt.icmp_error
+            || pkt.fragment == Fragment::Later
+            || !matches!(
+                pkt.key.proto,
+                ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP
+            )
+        {
+            return Continue(None);
+        }
+        let now = self.st.now_ns;
+        let idle = match pkt.key.proto {
+            ip_proto::TCP => self.st.ct.timeouts().tcp_established,
+            _ => self.st.ct.timeouts().udp_replied,
+        };
+        let nat = self.st.ct.nat();
+        if svc.is_cluster_ip(pkt.key.dst) {
+            let front = svc.frontend(pkt.key.dst, pkt.key.proto, pkt.key.dport);
+            let front = match front {
+                Some(i) if pkt.key.proto != ip_proto::SCTP => i,
+                _ => return Break(self.refuse(pkt)),
+            };
+            let f = snap.frontend(front);
+            let known = nat
+                .get(&pkt.key, Kind::Forward, now, now + idle)
+                .filter(|n| has_backend(f, n.addr, n.port));
+            let chosen = match known {
+                Some(n) => n,
+                None => match self.pick(pkt, front, f) {
+                    Some(n) => n,
+                    None => return Break(self.refuse(pkt)),
+                },
+            };
+            let src = chosen.other.unwrap_or(pkt.key.src);
+            // The reply as it will come back: backend → client (or → the
+            // hairpin address).
+            let reply = crate::flow_key::FlowKey {
+                src: chosen.addr,
+                dst: src,
+                proto: pkt.key.proto,
+                sport: chosen.port,
+                dport: pkt.key.sport,
+            };
+            nat.set(
+                &reply,
+                Kind::Reverse,
+                Nat {
+                    addr: pkt.key.dst,
+                    port: pkt.key.dport,
+                    other: chosen.other.map(|_| pkt.key.src),
+                    frontend: front,
+                },
+                now,
+                now + idle,
+            );
+            if rewrite(
+                self.buf,
+                pkt,
+                chosen.other.map(|a| (a, pkt.key.sport)),
+                Some((chosen.addr, chosen.port)),
+            )
+            .is_err()
+            {
+                return Break(Verdict::Drop(DropReason::L4Truncated));
+            }
+            pkt.key.src = src;
+            pkt.key.dst = chosen.addr;
+            pkt.key.dport = chosen.port;
+            return Continue(None);
+        }
+        // A reply of a Service flow?
+        let Some(r) = nat.get(&pkt.key, Kind::Reverse, now, now + idle) else {
+            return Continue(None);
+        };
+        let dst = r.other.unwrap_or(pkt.key.dst);
+        if rewrite(
+            self.buf,
+            pkt,
+            Some((r.addr, r.port)),
+            r.other.map(|a| (a, pkt.key.dport)),
+        )
+        .is_err()
+        {
+            return Break(Verdict::Drop(DropReason::L4Truncated));
+        }
+        let mut routed = *pkt;
+        routed.key.src = r.addr;
+        routed.key.sport = r.port;
+        routed.key.dst = dst;
+        Continue(Some(routed))
+    }
+
+    /// Chooses a backend for a new flow and records it (forward entry,
+    /// affinity); `None` when the frontend has no active backend.
+    fn pick(&self, pkt: &Parsed, front: u32, f: &ServiceFrontend) -> Option<Nat> {
+        let now = self.st.now_ns;
+        let nat = self.st.ct.nat();
+        let aff_key = crate::flow_key::FlowKey {
+            sport: 0,
+            ..pkt.key
+        };
+        let affinity = f.affinity_timeout_s.map(|s| u64::from(s) * 1_000_000_000);
+        let from_affinity = affinity.and_then(|t| {
+            nat.get(&aff_key, Kind::Affinity, now, now + t)
+                .filter(|n| active_backend(f, n.addr, n.port))
+        });
+        let (addr, port) = match from_affinity {
+            Some(n) => (n.addr, n.port),
+            None => {
+                let b = self.snap.services().pick(front, tuple_hash(pkt))?;
+                let b = f.backends.get(usize::from(b))?;
+                (b.ip, b.port)
+            }
+        };
+        let hairpin = (addr == pkt.key.src).then_some(match addr {
+            IpAddr::V4(_) => IpAddr::V4(HAIRPIN_V4),
+            IpAddr::V6(_) => IpAddr::V6(HAIRPIN_V6),
+        });
+        let chosen = Nat {
+            addr,
+            port,
+            other: hairpin,
+            frontend: front,
+        };
+        if let Some(t) = affinity {
+            nat.set(&aff_key, Kind::Affinity, chosen, now, now + t);
+        }
+        let idle = match pkt.key.proto {
+            ip_proto::TCP => self.st.ct.timeouts().tcp_established,
+            _ => self.st.ct.timeouts().udp_replied,
+        };
+        nat.set(&pkt.key, Kind::Forward, chosen, now, now + idle);
+        Some(chosen)
+    }
+
+    /// Answers a flow to a frontend without endpoints: TCP RST, UDP ICMP
+    /// port unreachable; counted as `service-no-endpoints` either way.
+    fn refuse(&mut self, pkt: &Parsed) -> Verdict {
+        self.st.reply_drop = Some(DropReason::ServiceNoEndpoints);
+        let v = match pkt.key.proto {
+            ip_proto::TCP => self.tcp_rst(pkt),
+            ip_proto::UDP => self.port_unreachable(pkt),
+            _ => None,
+        };
+        match v {
+            Some(v) => v,
+            None => {
+                self.st.reply_drop = None;
+                Verdict::Drop(DropReason::ServiceNoEndpoints)
+            }
+        }
+    }
+
+    /// An RST|ACK from the frontend to the client, in place of the frame.
+    fn tcp_rst(&mut self, pkt: &Parsed) -> Option<Verdict> {
+        use crate::l7::reply::{build_rst_frame, DeniedFlow, TcpEnd};
+        if pkt.tcp_flags & crate::wire::tcp::flags::RST != 0 {
+            return None;
+        }
+        let port = self.snap.port(self.ingress)?;
+        let frame = self.buf.get(..pkt.frame_len())?;
+        let eth = ethernet::Frame::new_checked(frame).ok()?;
+        let client_mac = eth.src_addr();
+        let l4 = frame.get(pkt.l4_offset..)?;
+        let seq = u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?);
+        let ack = u32::from_be_bytes(l4.get(8..12)?.try_into().ok()?);
+        let data_off = usize::from(l4.get(12)? >> 4) * 4;
+        let payload = (pkt.frame_len() - pkt.l4_offset).saturating_sub(data_off) as u32;
+        let syn = pkt.tcp_flags & crate::wire::tcp::flags::SYN != 0;
+        let ack_set = pkt.tcp_flags & crate::wire::tcp::flags::ACK != 0;
+        // RFC 793 reset generation: seq = their ack if ACK, else 0; ack =
+        // their seq + length (SYN counts one).
+        let flow = DeniedFlow {
+            client: TcpEnd {
+                mac: port.mac,
+                ip: pkt.key.dst,
+                port: pkt.key.dport,
+            },
+            server: TcpEnd {
+                mac: client_mac,
+                ip: pkt.key.src,
+                port: pkt.key.sport,
+            },
+            client_next_seq: 0,
+            server_expects_seq: if ack_set { ack } else { 0 },
+            server_next_seq: seq.wrapping_add(payload).wrapping_add(u32::from(syn)),
+        };
+        let len = build_rst_frame(self.buf, &flow)?;
+        Some(Verdict::Tx {
+            port: self.ingress,
+            len,
+        })
+    }
+}
+
+/// Whether `addr:port` is still a backend of `f` (active or draining).
+fn has_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
+    f.backends.iter().any(|b| b.ip == addr && b.port == port)
+}
+
+/// Whether `addr:port` is an active backend of `f`.
+fn active_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
+    f.backends
+        .iter()
+        .any(|b| b.active && b.ip == addr && b.port == port)
+}
+
+/// The 5-tuple hash Maglev picks with.
+fn tuple_hash(pkt: &Parsed) -> u64 {
+    let (s, _) = crate::conntrack::addr_bytes(pkt.key.src);
+    let (d, _) = crate::conntrack::addr_bytes(pkt.key.dst);
+    let last =
+        u64::from(pkt.key.sport) | u64::from(pkt.key.dport) << 16 | u64::from(pkt.key.proto) << 32;
+    crate::conntrack::hash_addrs(PICK_SEED, &s, &d, last)
+}
+
+fn addr_words(a: IpAddr) -> ([u8; 16], usize) {
+    match a {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, 4)
+        }
+        IpAddr::V6(a) => (a.octets(), 16),
+    }
+}
+
+/// Why [`rewrite`] refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// the frame is shorter than its headers, not TCP/UDP, or of the other family
+    #[error("the frame is shorter than its headers, not TCP/UDP, or of the other family")]
+    Unfit,
+}
+
+/// Rewrites source and/or destination (address, port) of a TCP or UDP
+/// packet in place, updating the IPv4 header checksum and the L4 checksum
+/// incrementally (RFC 1624: the sum of the old words out, of the new words
+/// in). A UDP/IPv4 checksum of 0 (none) stays 0; a computed 0 is sent as
+/// 0xffff (RFC 768). Errors when the frame is shorter than its headers or
+/// the families differ.
+pub fn rewrite(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    src: Option<(IpAddr, u16)>,
+    dst: Option<(IpAddr, u16)>,
+) -> Result<(), RewriteError> {
+    let v4 = pkt.key.src.is_ipv4();
+    let ip_at = ethernet::HEADER_LEN;
+    let (src_at, dst_at) = if v4 {
+        (ip_at + 12, ip_at + 16)
+    } else {
+        (ip_at + 8, ip_at + 24)
+    };
+    let l4 = pkt.l4_offset;
+    let csum_at = match pkt.key.proto {
+        ip_proto::TCP => l4 + 16,
+        ip_proto::UDP => l4 + 6,
+        _ => return Err(RewriteError::Unfit),
+    };
+    if buf.len() < csum_at + 2 || l4 == 0 {
+        return Err(RewriteError::Unfit);
+    }
+    let word = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    // Sums of what leaves and what comes in, for both checksums.
+    let (mut ip_old, mut ip_new) = (0u16, 0u16);
+    let (mut l4_old, mut l4_new) = (0u16, 0u16);
+    for (change, addr_at, port_at) in [(src, src_at, l4), (dst, dst_at, l4 + 2)] {
+        let Some((addr, port)) = change else { continue };
+        if addr.is_ipv4() != v4 {
+            return Err(RewriteError::Unfit);
+        }
+        let (bytes, n) = addr_words(addr);
+        let old = checksum::data(&buf[addr_at..addr_at + n]);
+        let new = checksum::data(&bytes[..n]);
+        ip_old = checksum::combine(&[ip_old, old]);
+        ip_new = checksum::combine(&[ip_new, new]);
+        l4_old = checksum::combine(&[l4_old, old, word(buf, port_at)]);
+        l4_new = checksum::combine(&[l4_new, new, port]);
+        buf[addr_at..addr_at + n].copy_from_slice(&bytes[..n]);
+        buf[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    if v4 {
+        let at = ip_at + 10;
+        let c = checksum::update(word(buf, at), ip_old, ip_new);
+        buf[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let field = word(buf, csum_at);
+    if pkt.key.proto == ip_proto::UDP && v4 && field == 0 {
+        return Ok(());
+    }
+    let mut c = checksum::update(field, l4_old, l4_new);
+    if pkt.key.proto == ip_proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    buf[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, tcp: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+        let b = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+            _ => unreachable!(),
+        };
+        let payload = b"hello, service";
+        let mut out = Vec::new();
+        if tcp {
+            b.tcp(sport, dport, 0x0102_0304, 1000)
+                .syn()
+                .write(&mut out, payload)
+                .unwrap();
+        } else {
+            b.udp(sport, dport).write(&mut out, payload).unwrap();
+        }
+        out
+    }
+
+    fn parsed(f: &[u8]) -> Parsed {
+        match super::super::parse(f) {
+            Continue(p) => p,
+            Break(v) => panic!("{v:?}"),
+        }
+    }
+
+    /// DNAT and the reverse NAT give exactly the bytes etherparse builds
+    /// from scratch for the rewritten packet (checksums computed anew).
+    #[test]
+    fn golden_rewrites() {
+        let cases: [(&str, &str, &str, &str); 2] = [
+            ("10.244.0.2", "10.96.0.10", "10.244.1.7", "169.254.42.1"),
+            (
+                "fd00:10:244::2",
+                "fd00:96::a",
+                "fd00:10:244:1::7",
+                "fd00:96::fffe",
+            ),
+        ];
+        for (client, vip, backend, hairpin) in cases {
+            let (client, vip, backend, hairpin): (IpAddr, IpAddr, IpAddr, IpAddr) = (
+                client.parse().unwrap(),
+                vip.parse().unwrap(),
+                backend.parse().unwrap(),
+                hairpin.parse().unwrap(),
+            );
+            for tcp in [true, false] {
+                // DNAT.
+                let mut f = frame(client, vip, 40000, 80, tcp);
+                let p = parsed(&f);
+                rewrite(&mut f, &p, None, Some((backend, 8080))).unwrap();
+                assert_eq!(
+                    f,
+                    frame(client, backend, 40000, 8080, tcp),
+                    "dnat {vip} tcp={tcp}"
+                );
+                // Reverse NAT of the reply.
+                let mut f = frame(backend, client, 8080, 40000, tcp);
+                let p = parsed(&f);
+                rewrite(&mut f, &p, Some((vip, 80)), None).unwrap();
+                assert_eq!(
+                    f,
+                    frame(vip, client, 80, 40000, tcp),
+                    "rnat {vip} tcp={tcp}"
+                );
+                // Hairpin: both ends at once.
+                let mut f = frame(client, vip, 40000, 80, tcp);
+                let p = parsed(&f);
+                rewrite(&mut f, &p, Some((hairpin, 40000)), Some((client, 8080))).unwrap();
+                assert_eq!(f, frame(hairpin, client, 40000, 8080, tcp), "hairpin {vip}");
+                let mut f = frame(client, hairpin, 8080, 40000, tcp);
+                let p = parsed(&f);
+                rewrite(&mut f, &p, Some((vip, 80)), Some((client, 40000))).unwrap();
+                assert_eq!(f, frame(vip, client, 80, 40000, tcp), "hairpin reply {vip}");
+            }
+        }
+    }
+
+    #[test]
+    fn udp_v4_without_checksum_stays_without() {
+        let c: IpAddr = "10.244.0.2".parse().unwrap();
+        let v: IpAddr = "10.96.0.10".parse().unwrap();
+        let b: IpAddr = "10.244.0.3".parse().unwrap();
+        let mut f = frame(c, v, 1, 53, false);
+        let p = parsed(&f);
+        let at = p.l4_offset + 6;
+        f[at] = 0;
+        f[at + 1] = 0;
+        rewrite(&mut f, &p, None, Some((b, 5353))).unwrap();
+        assert_eq!(&f[at..at + 2], &[0, 0]);
+        // The IPv4 header checksum is still right.
+        assert_eq!(checksum::data(&f[14..34]), 0xffff);
+    }
+
+    #[test]
+    fn family_mismatch_and_short_frames_refused() {
+        let c: IpAddr = "10.244.0.2".parse().unwrap();
+        let v: IpAddr = "10.96.0.10".parse().unwrap();
+        let mut f = frame(c, v, 1, 80, true);
+        let p = parsed(&f);
+        assert!(rewrite(&mut f, &p, None, Some(("fd00::1".parse().unwrap(), 1))).is_err());
+        let mut short = f[..40].to_vec();
+        assert!(rewrite(&mut short, &p, None, Some((c, 1))).is_err());
+    }
+}

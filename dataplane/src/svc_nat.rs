@@ -1,0 +1,261 @@
+//! The node's Service NAT table: what the service stage rewrote, so later
+//! packets of a flow keep their backend and replies get the reverse NAT,
+//! whichever worker they land on. Shared by the workers like conntrack
+//! (it lives in [`crate::conntrack::Conntrack`]), built the same way: a
+//! fixed array of buckets of [`WAYS`] entries, each bucket behind its own
+//! lock, allocated once; a full bucket evicts its entry closest to expiry.
+//! Nothing is allocated per packet.
+//!
+//! A flow to a ClusterIP makes two entries, keyed by the tuple as it is on
+//! the wire:
+//! - forward (client → ClusterIP:port): the backend, and the hairpin source
+//!   when the client is its own backend;
+//! - reverse (backend → client, or → the hairpin address): the ClusterIP
+//!   and port to put back as source, and the client to put back as
+//!   destination for a hairpin flow.
+//!
+//! `sessionAffinity: ClientIP` keeps a third kind: (client, ClusterIP,
+//! port) → backend, refreshed by every new flow of the client.
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::conntrack::{addr_bytes, hash_addrs};
+use crate::flow_key::FlowKey;
+
+/// Entries per bucket.
+pub const WAYS: usize = 4;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    #[default]
+    Forward = 1,
+    Reverse = 2,
+    Affinity = 3,
+}
+
+/// The rewrite an entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat {
+    /// Forward: the backend. Reverse: the frontend (new source).
+    /// Affinity: the backend.
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Forward: the hairpin source (new source address). Reverse: the
+    /// client to restore as destination (hairpin). None otherwise.
+    pub other: Option<IpAddr>,
+    /// Index of the frontend in the snapshot that made it (informative:
+    /// snapshots change, the addresses are what count).
+    pub frontend: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Key {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    v6: bool,
+    kind: Kind,
+}
+
+impl Key {
+    fn of(k: &FlowKey, kind: Kind) -> Key {
+        let (src, v6) = addr_bytes(k.src);
+        let (dst, _) = addr_bytes(k.dst);
+        Key {
+            src,
+            dst,
+            sport: k.sport,
+            dport: k.dport,
+            proto: k.proto,
+            v6,
+            kind,
+        }
+    }
+
+    fn hash(&self, seed: u64) -> u64 {
+        let last = u64::from(self.sport)
+            | u64::from(self.dport) << 16
+            | u64::from(self.proto) << 32
+            | u64::from(self.v6) << 40
+            | u64::from(self.kind as u8) << 48;
+        hash_addrs(seed, &self.src, &self.dst, last)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: Key,
+    expires: u64,
+    nat: Nat,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            key: Key::default(),
+            expires: 0,
+            nat: Nat {
+                addr: IpAddr::from([0, 0, 0, 0]),
+                port: 0,
+                other: None,
+                frontend: 0,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    entries: [Entry; WAYS],
+}
+
+/// The node's Service NAT table (see the module doc).
+#[derive(Debug)]
+pub struct NatTable {
+    buckets: Box<[Mutex<Bucket>]>,
+    mask: u64,
+    seed: u64,
+}
+
+impl Default for NatTable {
+    fn default() -> Self {
+        NatTable::new(1 << 12)
+    }
+}
+
+impl NatTable {
+    /// A table of at least `size` entries (a power-of-two number of
+    /// buckets), allocated now.
+    pub fn new(size: usize) -> Self {
+        let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0x5e7_u64,
+        );
+        NatTable {
+            buckets: (0..buckets).map(|_| Mutex::default()).collect(),
+            mask: buckets as u64 - 1,
+            seed,
+        }
+    }
+
+    /// Entries the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.buckets.len() * WAYS
+    }
+
+    fn bucket(&self, key: &Key) -> MutexGuard<'_, Bucket> {
+        let h = key.hash(self.seed);
+        // Nothing in a critical section can panic; a poisoned lock is
+        // still usable.
+        self.buckets[(h & self.mask) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live entry of `k` (of `kind`); its life is extended to `until`.
+    pub fn get(&self, k: &FlowKey, kind: Kind, now: u64, until: u64) -> Option<Nat> {
+        let key = Key::of(k, kind);
+        let mut b = self.bucket(&key);
+        let e = b
+            .entries
+            .iter_mut()
+            .find(|e| e.key == key && e.expires > now)?;
+        e.expires = e.expires.max(until);
+        Some(e.nat)
+    }
+
+    /// Sets the entry of `k` (replacing it, or a free or expired way, or
+    /// the way closest to expiry).
+    pub fn set(&self, k: &FlowKey, kind: Kind, nat: Nat, now: u64, until: u64) {
+        let key = Key::of(k, kind);
+        let mut b = self.bucket(&key);
+        let w = match b.entries.iter().position(|e| e.key == key) {
+            Some(w) => w,
+            None => match b.entries.iter().position(|e| e.expires <= now) {
+                Some(w) => w,
+                None => {
+                    let mut w = 0;
+                    for i in 1..WAYS {
+                        if b.entries[i].expires < b.entries[w].expires {
+                            w = i;
+                        }
+                    }
+                    w
+                }
+            },
+        };
+        b.entries[w] = Entry {
+            key,
+            expires: until,
+            nat,
+        };
+    }
+
+    /// Removes the entry of `k`.
+    pub fn remove(&self, k: &FlowKey, kind: Kind) {
+        let key = Key::of(k, kind);
+        let mut b = self.bucket(&key);
+        if let Some(e) = b.entries.iter_mut().find(|e| e.key == key) {
+            e.expires = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey {
+            src: "10.244.0.2".parse().unwrap(),
+            dst: "10.96.0.1".parse().unwrap(),
+            proto: 6,
+            sport,
+            dport: 80,
+        }
+    }
+
+    #[test]
+    fn set_get_expire() {
+        let t = NatTable::new(64);
+        let nat = Nat {
+            addr: "10.244.0.3".parse().unwrap(),
+            port: 8080,
+            other: None,
+            frontend: 0,
+        };
+        t.set(&key(1000), Kind::Forward, nat, 0, 100);
+        assert_eq!(t.get(&key(1000), Kind::Forward, 50, 150), Some(nat));
+        assert_eq!(t.get(&key(1000), Kind::Reverse, 50, 150), None);
+        assert_eq!(t.get(&key(1001), Kind::Forward, 50, 150), None);
+        // Extended to 150 by the hit.
+        assert_eq!(t.get(&key(1000), Kind::Forward, 120, 120), Some(nat));
+        assert_eq!(t.get(&key(1000), Kind::Forward, 150, 200), None);
+        t.set(&key(1000), Kind::Forward, nat, 0, 100);
+        t.remove(&key(1000), Kind::Forward);
+        assert_eq!(t.get(&key(1000), Kind::Forward, 1, 1), None);
+    }
+
+    #[test]
+    fn full_bucket_evicts() {
+        let t = NatTable::new(4);
+        let nat = Nat {
+            addr: "10.244.0.3".parse().unwrap(),
+            port: 8080,
+            other: None,
+            frontend: 0,
+        };
+        for p in 0..10 {
+            t.set(&key(p), Kind::Forward, nat, 0, 100 + u64::from(p));
+        }
+        assert!(t.get(&key(9), Kind::Forward, 0, 0).is_some());
+        assert!(t.get(&key(0), Kind::Forward, 0, 0).is_none());
+    }
+}

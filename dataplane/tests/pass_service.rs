@@ -1,0 +1,420 @@
+//! The service stage through the whole pass: frames to a ClusterIP are sent
+//! to a backend (Maglev), replies come back from the ClusterIP, flows keep
+//! their backend, hairpin, and frontends without endpoints are refused
+//! (RST / ICMP port unreachable, counted). Output frames are checked with
+//! etherparse, checksums recomputed by it.
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use weir_dataplane::pass::{process, WorkerState, HAIRPIN_V4};
+use weir_dataplane::snapshot::{ServiceBackend, ServiceFrontend};
+use weir_dataplane::{DropReason, Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
+
+const UMEM: usize = 2048;
+
+fn port_mac(p: u8) -> [u8; 6] {
+    [0x02, 0xee, 0, 0, 0, p]
+}
+fn pod_mac(p: u8) -> [u8; 6] {
+    [0x0a, 0x58, 0, 0, 0, p]
+}
+fn pod4(n: u8) -> IpAddr {
+    IpAddr::from([10, 1, 0, n])
+}
+fn pod6(n: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n))
+}
+fn vip4() -> IpAddr {
+    "10.96.0.10".parse().unwrap()
+}
+fn vip6() -> IpAddr {
+    "fd00:96::a".parse().unwrap()
+}
+
+fn backend(i: u8, v6: bool) -> ServiceBackend {
+    ServiceBackend {
+        pod: format!("default/{}", ["a", "b", "c"][usize::from(i)]),
+        ip: if v6 {
+            pod6(u16::from(i) + 1)
+        } else {
+            pod4(i + 1)
+        },
+        port: 8080,
+        active: true,
+    }
+}
+
+fn front(ip: IpAddr, proto: u8, port: u16, backends: Vec<ServiceBackend>) -> ServiceFrontend {
+    ServiceFrontend {
+        service: "default/web".into(),
+        port_name: None,
+        ip,
+        proto,
+        port,
+        backends,
+        affinity_timeout_s: None,
+    }
+}
+
+/// Pods a, b, c behind ports 0, 1, 2; frontends given.
+fn snap(services: Vec<ServiceFrontend>) -> Snapshot {
+    let port = |i: u8| Port {
+        name: format!("veth{i}"),
+        mac: port_mac(i),
+        mtu: 1500,
+    };
+    let ep = |i: u8, name: &str| Endpoint {
+        name: format!("default/{name}"),
+        port: u16::from(i),
+        mac: pod_mac(i),
+        ipv4: match pod4(i + 1) {
+            IpAddr::V4(a) => Some(a),
+            _ => None,
+        },
+        ipv6: match pod6(u16::from(i) + 1) {
+            IpAddr::V6(a) => Some(a),
+            _ => None,
+        },
+    };
+    Snapshot::build(SnapshotSpec {
+        generation: 1,
+        node: "node-1".into(),
+        node_ipv4: Some([10, 0, 0, 10].into()),
+        node_ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10)),
+        ports: vec![port(0), port(1), port(2)],
+        endpoints: vec![ep(0, "a"), ep(1, "b"), ep(2, "c")],
+        services,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn frame(
+    from: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    tcp: Option<(bool, bool)>,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(pod_mac(from), port_mac(from));
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => unreachable!(),
+    };
+    let mut out = Vec::new();
+    match tcp {
+        Some((syn, ack)) => {
+            let mut t = b.tcp(sport, dport, 1000, 65535);
+            if syn {
+                t = t.syn();
+            }
+            if ack {
+                t = t.ack(5000);
+            }
+            t.write(&mut out, b"").unwrap();
+        }
+        None => b.udp(sport, dport).write(&mut out, b"ping").unwrap(),
+    }
+    out
+}
+
+struct Out {
+    verdict: Verdict,
+    bytes: Vec<u8>,
+}
+
+fn run(st: &mut WorkerState, snap: &Snapshot, f: &[u8], ingress: u16) -> Out {
+    let mut buf = vec![0u8; UMEM];
+    buf[..f.len()].copy_from_slice(f);
+    let verdict = process(&mut buf, f.len(), ingress, snap, st);
+    let len = match verdict {
+        Verdict::Tx { len, .. } => len,
+        _ => 0,
+    };
+    buf.truncate(len);
+    Out {
+        verdict,
+        bytes: buf,
+    }
+}
+
+/// (src, dst, sport, dport) of a TCP/UDP frame whose checksums etherparse
+/// recomputed and found right.
+fn addrs(bytes: &[u8]) -> (IpAddr, IpAddr, u16, u16) {
+    let p = SlicedPacket::from_ethernet(bytes).unwrap();
+    let (src, dst, ph_ok): (IpAddr, IpAddr, _) = match p.net.as_ref().unwrap() {
+        NetSlice::Ipv4(ip) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.calc_header_checksum(),
+                h.header_checksum,
+                "IPv4 header checksum"
+            );
+            (IpAddr::from(h.source), IpAddr::from(h.destination), Some(h))
+        }
+        NetSlice::Ipv6(ip) => (
+            IpAddr::from(ip.header().source()),
+            IpAddr::from(ip.header().destination()),
+            None,
+        ),
+    };
+    let v6h = match p.net.as_ref().unwrap() {
+        NetSlice::Ipv6(ip) => Some(ip.header().to_header()),
+        _ => None,
+    };
+    match p.transport.as_ref().unwrap() {
+        TransportSlice::Tcp(t) => {
+            let h = t.to_header();
+            let c = match (&ph_ok, &v6h) {
+                (Some(v4), _) => h.calc_checksum_ipv4(v4, t.payload()).unwrap(),
+                (_, Some(v6)) => h.calc_checksum_ipv6(v6, t.payload()).unwrap(),
+                _ => unreachable!(),
+            };
+            assert_eq!(c, h.checksum, "TCP checksum");
+            (src, dst, h.source_port, h.destination_port)
+        }
+        TransportSlice::Udp(u) => {
+            let h = u.to_header();
+            let c = match (&ph_ok, &v6h) {
+                (Some(v4), _) => h.calc_checksum_ipv4(v4, u.payload()).unwrap(),
+                (_, Some(v6)) => h.calc_checksum_ipv6(v6, u.payload()).unwrap(),
+                _ => unreachable!(),
+            };
+            assert_eq!(c, h.checksum, "UDP checksum");
+            (src, dst, h.source_port, h.destination_port)
+        }
+        _ => panic!("not TCP/UDP"),
+    }
+}
+
+#[test]
+fn dnat_spread_reverse_nat_v4_v6_tcp_udp() {
+    for v6 in [false, true] {
+        let (vip, client) = if v6 {
+            (vip6(), pod6(1))
+        } else {
+            (vip4(), pod4(1))
+        };
+        let s = snap(vec![
+            front(vip, 6, 80, vec![backend(1, v6), backend(2, v6)]),
+            front(vip, 17, 53, vec![backend(1, v6), backend(2, v6)]),
+        ]);
+        for tcp in [true, false] {
+            let mut st = WorkerState::new();
+            let mut per_port: HashMap<u16, usize> = HashMap::new();
+            let dport = if tcp { 80 } else { 53 };
+            for sport in 20000..20300u16 {
+                let syn = tcp.then_some((true, false));
+                let out = run(&mut st, &s, &frame(0, client, vip, sport, dport, syn), 0);
+                let Verdict::Tx { port, .. } = out.verdict else {
+                    panic!("{:?}", out.verdict)
+                };
+                *per_port.entry(port).or_default() += 1;
+                let (src, dst, sp, dp) = addrs(&out.bytes);
+                let b = backend(port as u8, v6);
+                assert_eq!((src, dst, sp, dp), (client, b.ip, sport, 8080));
+                // The reply from that backend comes back from the ClusterIP.
+                let reply = frame(
+                    port as u8,
+                    b.ip,
+                    client,
+                    8080,
+                    sport,
+                    tcp.then_some((true, true)),
+                );
+                let out = run(&mut st, &s, &reply, port);
+                assert!(
+                    matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+                    "{:?}",
+                    out.verdict
+                );
+                assert_eq!(addrs(&out.bytes), (vip, client, dport, sport));
+                // The next packet of the flow keeps its backend.
+                let again = run(
+                    &mut st,
+                    &s,
+                    &frame(0, client, vip, sport, dport, tcp.then_some((false, true))),
+                    0,
+                );
+                assert!(
+                    matches!(again.verdict, Verdict::Tx { port: p, .. } if p == port),
+                    "{:?}",
+                    again.verdict
+                );
+            }
+            // 300 flows over 2 backends: binomial(300, 1/2) has sd 8.7;
+            // 100..200 is more than 5 sd either side.
+            for (p, n) in &per_port {
+                assert!(
+                    (100..=200).contains(n),
+                    "v6={v6} tcp={tcp} port {p}: {n} flows"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn established_flows_keep_their_backend_when_the_set_changes() {
+    let before = snap(vec![front(
+        vip4(),
+        6,
+        80,
+        vec![backend(1, false), backend(2, false)],
+    )]);
+    let mut st = WorkerState::new();
+    let mut chosen = Vec::new();
+    for sport in 30000..30100u16 {
+        let out = run(
+            &mut st,
+            &before,
+            &frame(0, pod4(1), vip4(), sport, 80, Some((true, false))),
+            0,
+        );
+        let Verdict::Tx { port, .. } = out.verdict else {
+            panic!()
+        };
+        chosen.push(port);
+        let b = backend(port as u8, false);
+        let reply = frame(port as u8, b.ip, pod4(1), 8080, sport, Some((true, true)));
+        assert!(matches!(
+            run(&mut st, &before, &reply, port).verdict,
+            Verdict::Tx { port: 0, .. }
+        ));
+    }
+    // Backend c (port 2) goes away; b's flows stay, c's move to b.
+    let after = snap(vec![front(vip4(), 6, 80, vec![backend(1, false)])]);
+    for (i, sport) in (30000..30100u16).enumerate() {
+        let out = run(
+            &mut st,
+            &after,
+            &frame(0, pod4(1), vip4(), sport, 80, Some((false, true))),
+            0,
+        );
+        match out.verdict {
+            Verdict::Tx { port, .. } => assert_eq!(port, 1, "flow {i}"),
+            // A flow of the removed backend may end (no SYN: conntrack
+            // sees a mid-stream packet to a new peer).
+            Verdict::Drop(r) => assert_eq!(chosen[i], 2, "flow {i} of b dropped: {r:?}"),
+            v => panic!("{v:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_endpoints_refused_and_counted() {
+    let s = snap(vec![
+        front(vip4(), 6, 80, vec![]),
+        front(vip4(), 17, 53, vec![]),
+        front(vip6(), 17, 53, vec![]),
+    ]);
+    let mut st = WorkerState::new();
+    // TCP: RST|ACK from the ClusterIP.
+    let out = run(
+        &mut st,
+        &s,
+        &frame(0, pod4(1), vip4(), 40000, 80, Some((true, false))),
+        0,
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(st.take_reply_drop(), Some(DropReason::ServiceNoEndpoints));
+    let p = SlicedPacket::from_ethernet(&out.bytes).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("no TCP")
+    };
+    assert!(t.rst() && t.ack());
+    assert_eq!(t.acknowledgment_number(), 1001);
+    assert_eq!(addrs(&out.bytes), (vip4(), pod4(1), 80, 40000));
+    // A port the ClusterIP does not serve: refused the same way.
+    let out = run(
+        &mut st,
+        &s,
+        &frame(0, pod4(1), vip4(), 40000, 81, Some((true, false))),
+        0,
+    );
+    assert!(matches!(out.verdict, Verdict::Tx { port: 0, .. }));
+    assert_eq!(st.take_reply_drop(), Some(DropReason::ServiceNoEndpoints));
+    // UDP: ICMP port unreachable, v4 and v6.
+    for (client, vip, icmp_type, code) in [(pod4(1), vip4(), 3u8, 3u8), (pod6(1), vip6(), 1, 4)] {
+        let out = run(&mut st, &s, &frame(0, client, vip, 40000, 53, None), 0);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+            "{:?}",
+            out.verdict
+        );
+        assert_eq!(st.take_reply_drop(), Some(DropReason::ServiceNoEndpoints));
+        let p = SlicedPacket::from_ethernet(&out.bytes).unwrap();
+        let (t, c) = match p.transport.unwrap() {
+            TransportSlice::Icmpv4(i) => (i.type_u8(), i.code_u8()),
+            TransportSlice::Icmpv6(i) => (i.type_u8(), i.code_u8()),
+            _ => panic!("not ICMP"),
+        };
+        assert_eq!((t, c), (icmp_type, code));
+    }
+}
+
+#[test]
+fn hairpin_rewrites_the_source_and_back() {
+    // b is the only backend; b connects to its own Service.
+    let s = snap(vec![front(vip4(), 6, 80, vec![backend(1, false)])]);
+    let mut st = WorkerState::new();
+    let out = run(
+        &mut st,
+        &s,
+        &frame(1, pod4(2), vip4(), 41000, 80, Some((true, false))),
+        1,
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(
+        addrs(&out.bytes),
+        (IpAddr::V4(HAIRPIN_V4), pod4(2), 41000, 8080)
+    );
+    let reply = frame(
+        1,
+        pod4(2),
+        IpAddr::V4(HAIRPIN_V4),
+        8080,
+        41000,
+        Some((true, true)),
+    );
+    let out = run(&mut st, &s, &reply, 1);
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(addrs(&out.bytes), (vip4(), pod4(2), 80, 41000));
+}
+
+#[test]
+fn affinity_pins_a_client() {
+    let mut f = front(vip4(), 6, 80, vec![backend(1, false), backend(2, false)]);
+    f.affinity_timeout_s = Some(60);
+    let s = snap(vec![f]);
+    let mut st = WorkerState::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for sport in 50000..50050u16 {
+        let out = run(
+            &mut st,
+            &s,
+            &frame(0, pod4(1), vip4(), sport, 80, Some((true, false))),
+            0,
+        );
+        let Verdict::Tx { port, .. } = out.verdict else {
+            panic!()
+        };
+        ports.insert(port);
+    }
+    assert_eq!(ports.len(), 1, "{ports:?}");
+}
