@@ -26,6 +26,10 @@ use weir_topo::manifest::NAMESPACE_NAME_LABEL;
 use weir_topo::serve::PodServers;
 use weir_topo::{BuildOptions, Cluster};
 
+/// The refusal of a request that arrived while a CNI plugin ran: the
+/// caller tries again.
+pub const BUSY: &str = "the supervisor is attaching a pod; retry";
+
 pub struct Options {
     pub cluster: String,
     /// Extra arguments passed to every `weir dataplane` (cores, poll mode).
@@ -905,7 +909,8 @@ impl Daemon {
         Ok(v)
     }
 
-    /// One request that arrived while a plugin ran.
+    /// One request that arrived while a plugin ran (anything but CNI,
+    /// ping, status and shutdown is refused with [`BUSY`]).
     fn serve_nested(&mut self, conn: std::os::unix::net::UnixStream) {
         let _ = conn.set_nonblocking(false);
         let reply = match ipc::read_request::<Request>(&conn) {
@@ -914,7 +919,7 @@ impl Daemon {
                 self.shutdown_requested = true;
                 Reply::with(&Empty {})
             }
-            Ok(_) => Reply::err("the supervisor is attaching a pod; retry".to_string()),
+            Ok(_) => Reply::err(BUSY.to_string()),
             Err(e) => Reply::err(format!("bad request: {e}")),
         };
         let _ = ipc::write_reply(&conn, &reply);

@@ -156,6 +156,12 @@ pub async fn run_async(opts: Options) -> anyhow::Result<()> {
     let mut dirty_since: Option<tokio::time::Instant> = None;
     let mut last_published: Option<String> = None;
     let mut last_error: Option<String> = None;
+    // A refused set is sent again after this (doubling to 30 s): a refusal
+    // may depend on more than the set (a namespace the local cluster does
+    // not have yet, a busy supervisor), so waiting for the set to change
+    // could leave the previous policies in force for good.
+    let mut retry_after: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_secs(1);
     let mut errors_logged = vec![String::new(); KINDS.len()];
     let recorder = Recorder::new(
         client.clone(),
@@ -165,9 +171,10 @@ pub async fn run_async(opts: Options) -> anyhow::Result<()> {
         },
     );
     loop {
-        let timeout = match dirty_since {
-            Some(t) => QUIET.min(MAX_DELAY.saturating_sub(t.elapsed())),
-            None => Duration::from_secs(3600),
+        let timeout = match (dirty_since, retry_after) {
+            (Some(t), _) => QUIET.min(MAX_DELAY.saturating_sub(t.elapsed())),
+            (None, Some(r)) => r.saturating_duration_since(tokio::time::Instant::now()),
+            (None, None) => Duration::from_secs(3600),
         };
         let msg = match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Some(m)) => Some(m),
@@ -207,6 +214,10 @@ pub async fn run_async(opts: Options) -> anyhow::Result<()> {
             continue;
         }
         dirty_since = None;
+        if retry_after.is_some_and(|r| tokio::time::Instant::now() < r) {
+            continue;
+        }
+        retry_after = None;
         let text = manifest_text(&kinds);
         if last_published.as_deref() == Some(text.as_str()) {
             continue;
@@ -227,6 +238,14 @@ pub async fn run_async(opts: Options) -> anyhow::Result<()> {
                 );
                 last_published = Some(text);
                 last_error = None;
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) if e.to_string().contains(crate::daemon::BUSY) => {
+                // The supervisor was attaching a pod: not a refusal of the
+                // policies; send the set again shortly.
+                log::info!("the supervisor is busy attaching a pod; policies sent again shortly");
+                last_published = None;
+                retry_after = Some(tokio::time::Instant::now() + Duration::from_millis(200));
             }
             Err(e) => {
                 let e = e.to_string();
@@ -235,9 +254,11 @@ pub async fn run_async(opts: Options) -> anyhow::Result<()> {
                     report_refusal(&client, &recorder, &kinds, &e).await;
                     last_error = Some(e);
                 }
-                // Not retried until something changes: the same set would
-                // be refused the same way.
-                last_published = Some(text);
+                // Sent again after the backoff (logged and reported once
+                // per distinct error).
+                last_published = None;
+                retry_after = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

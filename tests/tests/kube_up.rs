@@ -477,7 +477,11 @@ fn kubelet_heartbeats_is_restarted_and_finalizes_deleted_namespaces() {
         .unwrap_or_default()
         .contains("networkpolicies/gone/deny")
     {
-        assert!(Instant::now() < deadline, "policy not enforced");
+        assert!(
+            Instant::now() < deadline,
+            "policy not enforced\n{}",
+            kubelet_log(&c)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let rx = c.counter("rx_packets");
