@@ -190,6 +190,10 @@ pub struct ServiceTables {
     /// Every ClusterIP (a packet to one on a port no frontend has is not
     /// a Service flow: it is refused like one without endpoints).
     ips: HashSet<IpAddr>,
+    /// Every backend (address, proto, port) of every frontend, active or
+    /// not: only a packet from one can be a Service reply, so other
+    /// traffic skips the NAT table (and its lock).
+    backends: HashSet<FrontendKey>,
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
 }
@@ -198,6 +202,7 @@ impl ServiceTables {
     fn build(fronts: &[ServiceFrontend]) -> Result<Self, SnapshotError> {
         let mut by_key = HashMap::with_capacity(fronts.len());
         let mut ips = HashSet::new();
+        let mut backends = HashSet::new();
         let mut maglev = Vec::with_capacity(fronts.len());
         for (i, f) in fronts.iter().enumerate() {
             let err = |m: String| SnapshotError::Service(f.service.clone(), m);
@@ -222,6 +227,7 @@ impl ServiceTables {
                 }
             }
             ips.insert(f.ip);
+            backends.extend(f.backends.iter().map(|b| (b.ip, f.proto, b.port)));
             // Keys: pod name and address, so a re-created pod with a new
             // address is a new backend.
             let active: Vec<(usize, Vec<u8>)> = f
@@ -243,6 +249,7 @@ impl ServiceTables {
         Ok(ServiceTables {
             by_key,
             ips,
+            backends,
             maglev,
         })
     }
@@ -250,6 +257,12 @@ impl ServiceTables {
     /// The frontend index of (ClusterIP, proto, port).
     pub fn frontend(&self, ip: IpAddr, proto: u8, port: u16) -> Option<u32> {
         self.by_key.get(&(ip, proto, port)).copied()
+    }
+
+    /// Whether (`ip`, `proto`, `port`) is a backend of some frontend (a
+    /// packet from it may be a Service reply).
+    pub fn is_backend(&self, ip: IpAddr, proto: u8, port: u16) -> bool {
+        self.backends.contains(&(ip, proto, port))
     }
 
     /// Whether `ip` is a ClusterIP.

@@ -126,7 +126,10 @@ impl Pass<'_> {
             pkt.key.dport = chosen.port;
             return Continue(None);
         }
-        // A reply of a Service flow?
+        // A reply of a Service flow? Only a backend sends one.
+        if !svc.is_backend(pkt.key.src, pkt.key.proto, pkt.key.sport) {
+            return Continue(None);
+        }
         let Some(r) = nat.get(&pkt.key, Kind::Reverse, now, now + idle) else {
             return Continue(None);
         };
