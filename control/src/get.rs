@@ -153,25 +153,41 @@ pub fn namespaces(c: &Cluster, name: Option<&str>, o: Output) -> anyhow::Result<
     Ok(table(&["NAME", "PODS", "LABELS"], &rows))
 }
 
+/// The namespaced objects of `all` in `ns` (all when `None`) named `name`
+/// (all when `None`), sorted by (namespace, name); a name that matches
+/// nothing is an error naming the `kind`.
+fn select<'a, T>(
+    all: &'a [T],
+    ns: Option<&str>,
+    name: Option<&str>,
+    kind: &str,
+    key: impl Fn(&T) -> (&str, &str),
+) -> anyhow::Result<Vec<&'a T>> {
+    let mut items: Vec<&T> = all
+        .iter()
+        .filter(|o| {
+            let (n, m) = key(o);
+            ns.is_none_or(|x| x == n) && name.is_none_or(|x| x == m)
+        })
+        .collect();
+    items.sort_by(|a, b| key(a).cmp(&key(b)));
+    if let Some(n) = name {
+        anyhow::ensure!(
+            !items.is_empty(),
+            "{kind}/{}/{n}: not found",
+            ns.unwrap_or("*")
+        );
+    }
+    Ok(items)
+}
+
 pub fn pods(
     c: &Cluster,
     ns: Option<&str>,
     name: Option<&str>,
     o: Output,
 ) -> anyhow::Result<String> {
-    let mut items: Vec<_> = c
-        .pods
-        .iter()
-        .filter(|p| ns.is_none_or(|x| x == p.namespace) && name.is_none_or(|x| x == p.name))
-        .collect();
-    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    if let Some(n) = name {
-        anyhow::ensure!(
-            !items.is_empty(),
-            "pods/{}/{n}: not found",
-            ns.unwrap_or("*")
-        );
-    }
+    let items = select(&c.pods, ns, name, "pods", |p| (&p.namespace, &p.name))?;
     if o == Output::Yaml {
         return o.render(&items);
     }
@@ -247,19 +263,9 @@ pub fn services(
     name: Option<&str>,
     o: Output,
 ) -> anyhow::Result<String> {
-    let mut items: Vec<_> = c
-        .services
-        .iter()
-        .filter(|s| ns.is_none_or(|x| x == s.namespace) && name.is_none_or(|x| x == s.name))
-        .collect();
-    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    if let Some(n) = name {
-        anyhow::ensure!(
-            !items.is_empty(),
-            "services/{}/{n}: not found",
-            ns.unwrap_or("*")
-        );
-    }
+    let items = select(&c.services, ns, name, "services", |s| {
+        (&s.namespace, &s.name)
+    })?;
     let rows: Vec<ServiceRow> = items
         .iter()
         .map(|s| ServiceRow {

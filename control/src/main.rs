@@ -575,7 +575,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             if api_server {
-                let (text, source) = read_texts(&files)?;
+                let (text, source) = weir_control::policy_cmd::read_texts(&files)?;
                 return up_api_server(&state, &text, &source, m, mode, &dp, opts);
             }
             let spec = m.cluster.finish()?;
@@ -749,7 +749,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Apply { files, validation } => {
             refuse_on_api_server(&state, "apply")?;
             let field_validation = validation.mode()?;
-            let (text, source) = read_texts(&files)?;
+            let (text, source) = weir_control::policy_cmd::read_texts(&files)?;
             let v: ChangeReply = daemon_call(
                 &state,
                 &Request::Apply {
@@ -772,7 +772,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete { files, validation } => {
             refuse_on_api_server(&state, "delete")?;
             let field_validation = validation.mode()?;
-            let (text, source) = read_texts(&files)?;
+            let (text, source) = weir_control::policy_cmd::read_texts(&files)?;
             let v: DeleteReply = daemon_call(
                 &state,
                 &Request::Delete {
@@ -1366,21 +1366,6 @@ fn print_changed(v: &ChangeReply) {
 fn policy_input(state: &StateDir, c: &Cluster) -> anyhow::Result<weir_policy::PolicyInput> {
     let policies = manifests::parse_all(&manifests::load_policies(&state.policies_file())?)?;
     Ok(weir_policy::PolicyInput::from_cluster(c, policies))
-}
-
-fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
-    let mut text = String::new();
-    for f in files {
-        let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
-        text.push_str("\n---\n");
-        text.push_str(&t);
-    }
-    let source = files
-        .iter()
-        .map(|f| f.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok((text, source))
 }
 
 fn split_pod<'a>(s: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {

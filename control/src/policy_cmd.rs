@@ -248,7 +248,7 @@ pub fn diff(
         Some(files) => input(Source::Files(files))?,
         None => input(Source::Cluster(state))?,
     };
-    let (text, source) = read(new)?;
+    let (text, source) = read_texts(new)?;
     let m = manifests::parse_text(&text, &source, FieldValidation::Strict)?;
     let mut new_input = if m.cluster.pods.is_empty() {
         old_input.clone()
@@ -316,7 +316,9 @@ pub fn diff(
     Ok(())
 }
 
-fn read(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
+/// The files' texts joined as one multi-document YAML text, and their
+/// names joined with commas (the source errors name).
+pub fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
     let mut text = String::new();
     for f in files {
         let t = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
