@@ -636,6 +636,18 @@ fn removing_a_port_reclaims_its_frames() {
     node.call(|dp| dp.take().unwrap().stop());
 }
 
+/// The topology's snapshot without pod 0 (its port and endpoint; the
+/// others' port ids renumbered).
+fn without_first_pod(topo: &Topo, generation: u64) -> Snapshot {
+    let mut spec = topo.snapshot(generation).spec;
+    spec.ports.remove(0);
+    spec.endpoints.remove(0);
+    for (i, e) in spec.endpoints.iter_mut().enumerate() {
+        e.port = i as u16;
+    }
+    Snapshot::build(spec).unwrap()
+}
+
 /// The first socket a worker's UMEM got is special to libxdp (it is the
 /// UMEM's own descriptor, which stays open and bound to its interface and
 /// queue for the UMEM's life). A port removed from the snapshot and added
@@ -655,11 +667,7 @@ fn a_port_removed_and_added_back_binds_again() {
     node.call(move |dp| *dp = Some(Dataplane::start(test_config(), snap).expect("start")));
     assert!(topo.ping_eventually(1, topo.pods[0].v4.into()));
     // Pod 0's port (the UMEM's first socket) leaves the snapshot...
-    let mut spec = topo.snapshot(2).spec;
-    spec.ports.remove(0);
-    spec.endpoints.remove(0);
-    spec.endpoints[0].port = 0;
-    let snap = Snapshot::build(spec).unwrap();
+    let snap = without_first_pod(&topo, 2);
     node.call(move |dp| {
         dp.as_mut()
             .unwrap()
@@ -698,11 +706,7 @@ fn a_new_port_binds_after_the_first_ports_interface_is_gone() {
     node.call(move |dp| *dp = Some(Dataplane::start(test_config(), snap).expect("start")));
     assert!(topo.ping_eventually(1, topo.pods[0].v4.into()));
     // Pod 0 is deleted: out of the snapshot, then its veth is gone.
-    let mut spec = topo.snapshot(2).spec;
-    spec.ports.remove(0);
-    spec.endpoints.remove(0);
-    spec.endpoints[0].port = 0;
-    let snap = Snapshot::build(spec).unwrap();
+    let snap = without_first_pod(&topo, 2);
     node.call(move |dp| {
         dp.as_mut()
             .unwrap()
@@ -712,13 +716,7 @@ fn a_new_port_binds_after_the_first_ports_interface_is_gone() {
     run(&["ip", "-n", &topo.node, "link", "del", &topo.pods[0].veth]);
     // A new pod arrives.
     topo.add_pod();
-    let mut spec = topo.snapshot(3).spec;
-    spec.ports.remove(0);
-    spec.endpoints.remove(0);
-    for (i, e) in spec.endpoints.iter_mut().enumerate() {
-        e.port = i as u16;
-    }
-    let snap = Snapshot::build(spec).unwrap();
+    let snap = without_first_pod(&topo, 3);
     let res = node.call(move |dp| dp.as_mut().unwrap().apply(snap).map_err(|e| e.to_string()));
     assert_eq!(
         res,
