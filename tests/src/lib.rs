@@ -121,6 +121,35 @@ impl TestCluster {
         self.weir_json(&args)
     }
 
+    /// Waits (up to `timeout`) until every running weir node has applied
+    /// the cluster's current generation: what was published (policies.json,
+    /// the snapshots) is what the workers judge with. Panics on timeout.
+    pub fn wait_applied(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let v = self.status();
+            let want = v["generation"].as_u64().unwrap_or(u64::MAX);
+            let lagging: Vec<String> = v["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| {
+                    n["running"].as_bool() == Some(true) && n["kernel"].as_bool() != Some(true)
+                })
+                .filter(|n| n["status"]["generation"].as_u64().unwrap_or(0) < want)
+                .map(|n| format!("{} at {}", n["node"], n["status"]["generation"]))
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "generation {want} not applied: {lagging:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Sum of a per-worker counter over every node and worker (`weir status -o json`).
     pub fn counter(&self, field: &str) -> u64 {
         let v = self.weir_json(&["status", "-o", "json"]);

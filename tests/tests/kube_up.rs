@@ -484,6 +484,9 @@ fn kubelet_heartbeats_is_restarted_and_finalizes_deleted_namespaces() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // policies.json is written before the snapshots are published and the
+    // dataplane applies them: wait for the workers to run it.
+    c.wait_applied(Duration::from_secs(30));
     let rx = c.counter("rx_packets");
     assert!(!connected(&c, "kh/a", "gone/g"), "kh/a reached gone/g");
     assert!(c.counter("rx_packets") > rx, "the probe did not cross weir");
@@ -676,6 +679,7 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        c.wait_applied(Duration::from_secs(30));
     };
     wait_policies(
         &[
