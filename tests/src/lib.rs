@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod k8s;
+pub mod kubelet;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
