@@ -118,8 +118,10 @@ impl NodeUnderTest {
     /// weir-cni as containerd calls it; (exit status, stdout JSON).
     pub fn cni(&self, command: &str, pod: &Pod, uid: &str) -> (bool, Value) {
         let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=ctr-{};K8S_POD_UID={uid}",
-            pod.namespace, pod.name, pod.name
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={uid}",
+            pod.namespace,
+            pod.name,
+            pod.container_id()
         );
         self.cni_args(command, pod, &args)
     }
@@ -144,7 +146,7 @@ impl NodeUnderTest {
         let bin = weir_bin().with_file_name("weir-cni");
         let mut c = Command::new(bin)
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("ctr-{}", pod.name))
+            .env("CNI_CONTAINERID", pod.container_id())
             .env("CNI_NETNS", &pod.netns_path)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
@@ -185,6 +187,14 @@ pub struct Pod {
     pub name: String,
     pub netns_path: PathBuf,
     pub ip: Option<Ipv4Addr>,
+}
+
+impl Pod {
+    /// The sandbox's container id, unique per pod as a runtime's is (pods
+    /// of one name in two namespaces are two sandboxes).
+    pub fn container_id(&self) -> String {
+        format!("ctr-{}-{}", self.namespace, self.name)
+    }
 }
 
 pub fn pod_yaml(ns: &str, name: &str, node: &str) -> String {

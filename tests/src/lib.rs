@@ -5,6 +5,7 @@
 
 pub mod k8s;
 pub mod kubelet;
+pub mod netpol_cases;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
