@@ -965,3 +965,57 @@ spec: {{podCIDR: 10.214.2.0/24, podCIDRs: [10.214.2.0/24]}}\n",
     drop(b);
     drop(netns);
 }
+
+/// An Admin-tier ClusterNetworkPolicy (network-policy-api v0.3.0,
+/// `policy.networking.k8s.io/v1alpha2`): b denies app=a of any namespace.
+const CNP_ADMIN_DENY_A_TO_B: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\n\
+kind: ClusterNetworkPolicy\nmetadata: {name: admin-deny-a-to-b}\nspec:\n  tier: Admin\n  priority: 10\n\
+\x20 subject: {pods: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kn}}, podSelector: {matchLabels: {app: b}}}}\n\
+\x20 ingress:\n  - {name: deny-a, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}]}\n";
+
+/// A ClusterNetworkPolicy applied with kubectl on this path: its Admin
+/// Deny overrides the NetworkPolicy that allows a→b; deleted, the
+/// NetworkPolicy's allow is back. The Admin rule is weir's to enforce (a
+/// counted policy-denied drop), for TCP and UDP alike.
+#[test]
+fn cluster_network_policy_admin_deny_overrides_a_network_policy_allow() {
+    let s = setup("kt", 13, &["a", "b", "c"]);
+    let (a, b, c) = (&s.pods[0], &s.pods[1], &s.pods[2]);
+    let (a_ip, b_ip) = (a.ip.unwrap(), b.ip.unwrap());
+    let node = &s.node;
+    s.cp.kubectl_ok(&["apply", "-f", "-"], Some(NETPOL_B_FROM_A));
+    wait_until(node, "c→b denied by the NetworkPolicy", || {
+        !tcp_ok(&c.netns_path, b_ip)
+    });
+    assert!(
+        tcp_ok(&a.netns_path, b_ip),
+        "a→b TCP allowed by the NetworkPolicy"
+    );
+    assert!(
+        udp_ok(&a.netns_path, b_ip),
+        "a→b UDP allowed by the NetworkPolicy"
+    );
+
+    let denied0 = node.drops("policy-denied");
+    s.cp.kubectl_ok(&["apply", "-f", "-"], Some(CNP_ADMIN_DENY_A_TO_B));
+    wait_until(node, "a→b denied by the Admin tier (TCP and UDP)", || {
+        !tcp_ok(&a.netns_path, b_ip) && !udp_ok(&a.netns_path, b_ip)
+    });
+    assert!(node.drops("policy-denied") > denied0, "no denial counted");
+    // Nothing else changed: c→b still denied, b→a still open.
+    assert!(!tcp_ok(&c.netns_path, b_ip), "c→b allowed");
+    assert!(
+        tcp_ok(&b.netns_path, a_ip),
+        "b→a denied by a rule about b's ingress"
+    );
+
+    s.cp.kubectl_ok(
+        &["delete", "clusternetworkpolicy", "admin-deny-a-to-b"],
+        None,
+    );
+    wait_until(node, "a→b allowed again by the NetworkPolicy", || {
+        tcp_ok(&a.netns_path, b_ip) && udp_ok(&a.netns_path, b_ip)
+    });
+    assert!(!tcp_ok(&c.netns_path, b_ip), "c→b allowed after the delete");
+    drop(s);
+}
