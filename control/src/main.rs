@@ -415,6 +415,10 @@ enum Cmd {
         /// Also write the CNI conflist into DIR (the runtime's /etc/cni/net.d).
         #[arg(long, requires = "node")]
         cni_conf_dir: Option<PathBuf>,
+        /// Encapsulation between nodes (every node agent of a cluster must
+        /// use the same one).
+        #[arg(long, requires = "node", value_enum, default_value_t = EncapArg::Vxlan)]
+        encap: EncapArg,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -635,6 +639,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             external_dataplane,
             cni_conf_dir,
+            encap,
             dp,
         } => weir_control::node_agent::run(weir_control::node_agent::Options {
             kubeconfig,
@@ -645,6 +650,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dataplane_args: dp.args()?,
             cni_conf_dir,
             metrics_addr: dp.metrics_addr.clone(),
+            encap: match encap {
+                EncapArg::Vxlan => weir_topo::Encap::Vxlan,
+                EncapArg::Geneve => weir_topo::Encap::Geneve,
+            },
         }),
         Cmd::Agent { kubeconfig, .. } => {
             let kubeconfig =

@@ -67,6 +67,9 @@ pub struct Options {
     pub cni_conf_dir: Option<PathBuf>,
     /// `--metrics-addr`: where /metrics and /flows are served (`off`: nowhere).
     pub metrics_addr: String,
+    /// `--encap`: the overlay's encapsulation (VXLAN-GBP or Geneve with
+    /// weir's identity option); the same on every node agent.
+    pub encap: weir_topo::Encap,
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -784,7 +787,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
 
     // The attachments survive an agent restart; a new start begins empty.
     let att_file = state.root.join("attachments.json");
-    let attached = match Cluster::load(&att_file) {
+    let mut attached = match Cluster::load(&att_file) {
         Ok(mut c) if c.nodes.first().is_some_and(|n| n.name == opts.node) => {
             log::info!("{} attached pods from a previous run", c.pods.len());
             c.nodes[0].netns = netns.clone();
@@ -814,6 +817,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             services: Vec::new(),
         },
     };
+    // The flag decides (a restart may change it; pods attached before keep
+    // the MTU they got).
+    attached.encap = opts.encap;
     let (policy_text, policies) = policies_in_force(&state);
     let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
     let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();

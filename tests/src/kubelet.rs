@@ -52,6 +52,11 @@ pub struct NodeUnderTest {
 
 impl NodeUnderTest {
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// The agent with extra flags (e.g. `--encap geneve`).
+    pub fn start_agent_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -64,6 +69,7 @@ impl NodeUnderTest {
             .arg(&self.kubeconfig)
             .args(["--node", &self.name, "--netns", &self.netns, "--state-dir"])
             .arg(&self.state)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stderr(log)
             .spawn()

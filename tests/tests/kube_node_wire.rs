@@ -1,10 +1,12 @@
-//! The source identity rides the tunnel header between node agents: two
+//! The source identity rides the tunnel header between node agents
+//! (`--encap vxlan`, the default, and `--encap geneve`): two
 //! nodes of a cluster weir did not build (a REAL kube-apiserver, an agent
 //! each, pods attached by the test kubelet through weir-cni) joined through
 //! an underlay namespace of the test's own (a bridge, one veth port per
-//! node). tcpdump on node a's port of that bridge captures the VXLAN frames
-//! of a cross-node probe; tshark decodes the VXLAN-GBP header, whose Group
-//! Policy ID must be the identity weir assigned to the inner source pod (as
+//! node). tcpdump on node a's port of that bridge captures the tunnel frames
+//! of a cross-node probe; tshark decodes the VXLAN-GBP header (Group Policy
+//! ID) or the Geneve header (weir's identity option, class 0xFFF1 type 1),
+//! which must carry the identity weir assigned to the inner source pod (as
 //! node a's published snapshot numbers it), for a's requests and for b's
 //! replies; a relabelled with kubectl gets a new identity, and the wire
 //! follows it. Needs root, Go, tcpdump and tshark (scripts/setup.sh).
@@ -29,13 +31,13 @@ spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
 struct Capture(Option<Child>);
 
 impl Capture {
-    fn start(netns: &str, iface: &str, file: &Path) -> Capture {
+    fn start(netns: &str, iface: &str, file: &Path, filter: &str) -> Capture {
         let _ = std::fs::remove_file(file);
         let child = Command::new("ip")
             .args(["netns", "exec", netns, "tcpdump", "-U", "--immediate-mode"])
             .args(["-n", "-i", iface, "-w"])
             .arg(file)
-            .arg("udp port 4789")
+            .arg(filter)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -63,13 +65,22 @@ impl Drop for Capture {
     }
 }
 
-/// (G flag, Group Policy ID, VNI, inner IPv4 source) of every VXLAN frame.
-fn vxlan_rows(file: &Path) -> Vec<(bool, u64, u64, String)> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(["-T", "fields", "-e", "vxlan.flag_g", "-e", "vxlan.gbp"])
-        .args(["-e", "vxlan.vni", "-e", "ip.src", "-E", "occurrence=l"])
+/// (identity header present, identity, VNI, inner IPv4 source) of every
+/// tunnel frame: VXLAN-GBP's G flag and Group Policy ID, or Geneve's
+/// options (weir's: class 0xFFF1, type 1, the 32-bit identity).
+fn tunnel_rows(file: &Path, encap: &str) -> Vec<(bool, u64, u64, String)> {
+    let fields: &[&str] = if encap == "geneve" {
+        &["geneve.options", "geneve.vni"]
+    } else {
+        &["vxlan.flag_g", "vxlan.gbp", "vxlan.vni"]
+    };
+    let mut c = Command::new("tshark");
+    c.arg("-r").arg(file).args(["-T", "fields"]);
+    for f in fields.iter().chain(&["ip.src"]) {
+        c.args(["-e", f]);
+    }
+    let out = c
+        .args(["-E", "occurrence=l"])
         .output()
         .expect("tshark (scripts/setup.sh installs it)");
     assert!(
@@ -88,13 +99,26 @@ fn vxlan_rows(file: &Path) -> Vec<(bool, u64, u64, String)> {
         .lines()
         .map(|l| {
             let r: Vec<&str> = l.split('\t').collect();
-            assert_eq!(r.len(), 4, "row {r:?}");
-            (
-                matches!(r[0], "1" | "True" | "true"),
-                num(r[1]),
-                num(r[2]),
-                r[3].to_string(),
-            )
+            assert_eq!(r.len(), fields.len() + 1, "row {r:?}");
+            let src = r[r.len() - 1].to_string();
+            if encap == "geneve" {
+                // One 8-byte option: class(2) type(1) length(1) identity(4).
+                let hex: String = r[0].chars().filter(|c| c.is_ascii_hexdigit()).collect();
+                let ours = hex.len() == 16 && hex[..6].eq_ignore_ascii_case("fff101");
+                let id = if ours {
+                    num(&format!("0x{}", &hex[8..]))
+                } else {
+                    0
+                };
+                (ours, id, num(r[1]), src)
+            } else {
+                (
+                    matches!(r[0], "1" | "True" | "true"),
+                    num(r[1]),
+                    num(r[2]),
+                    src,
+                )
+            }
         })
         .collect()
 }
@@ -127,8 +151,17 @@ fn snapshot_identity(node: &NodeUnderTest, ip: Ipv4Addr) -> Option<u64> {
 
 #[test]
 fn the_source_identity_rides_the_vxlan_gbp_header() {
-    let cp = ControlPlane::start("kw");
-    let tag = unique_name("kw");
+    identity_on_the_wire("kwv", "vxlan");
+}
+
+#[test]
+fn the_source_identity_rides_weirs_geneve_option() {
+    identity_on_the_wire("kwg", "geneve");
+}
+
+fn identity_on_the_wire(prefix: &str, encap: &str) {
+    let cp = ControlPlane::start(prefix);
+    let tag = unique_name(prefix);
     let mut netns = Netns(Vec::new());
     let (ns_a, ns_b, ns_u) = (format!("wa{tag}"), format!("wb{tag}"), format!("wu{tag}"));
     netns.add(&ns_u);
@@ -179,8 +212,8 @@ fn the_source_identity_rides_the_vxlan_gbp_header() {
     let mut b = node_under_test(&cp, &format!("b-{tag}"), &ns_b, &tag);
     register_node(&cp, &a.name, "10.217.1.0/24", Some("192.168.79.1"));
     register_node(&cp, &b.name, "10.217.2.0/24", Some("192.168.79.2"));
-    a.start_agent();
-    b.start_agent();
+    a.start_agent_with(&["--encap", encap]);
+    b.start_agent_with(&["--encap", encap]);
     create_namespace(&cp, &a, "kn");
     let mut pods = Vec::new();
     for (name, n) in [("a", &a), ("b", &b)] {
@@ -206,13 +239,14 @@ fn the_source_identity_rides_the_vxlan_gbp_header() {
 
     let file = a.state.join("underlay.pcap");
     let probe_and_decode = |what: &str| {
-        let mut cap = Capture::start(&ns_u, "ua", &file);
+        let port = if encap == "geneve" { 6081 } else { 4789 };
+        let mut cap = Capture::start(&ns_u, "ua", &file, &format!("udp port {port}"));
         for _ in 0..3 {
             assert!(tcp_ok(&pa.netns_path, ip_b), "{what}: a → b TCP");
             assert!(udp_ok(&pa.netns_path, ip_b), "{what}: a → b UDP");
         }
         cap.stop();
-        vxlan_rows(&file)
+        tunnel_rows(&file, encap)
     };
     let check = |what: &str, rows: &[(bool, u64, u64, String)], want_a: u64, want_b: u64| {
         let from_a: Vec<_> = rows.iter().filter(|r| r.3 == ip_a.to_string()).collect();
@@ -225,11 +259,14 @@ fn the_source_identity_rides_the_vxlan_gbp_header() {
         );
         for (rs, want, who) in [(&from_a, want_a, "a"), (&from_b, want_b, "b")] {
             for r in rs {
-                assert!(r.0, "{what}: G flag not set on a frame from {who}: {r:?}");
+                assert!(
+                    r.0,
+                    "{what}: no identity header on a frame from {who}: {r:?}"
+                );
                 assert_eq!(r.2, 1, "{what}: VNI of a frame from {who}: {r:?}");
                 assert_eq!(
                     r.1, want,
-                    "{what}: Group Policy ID of a frame from pod {who}: {r:?}"
+                    "{what}: identity on a frame from pod {who}: {r:?}"
                 );
             }
         }
@@ -264,7 +301,7 @@ fn the_source_identity_rides_the_vxlan_gbp_header() {
     });
     let rows = probe_and_decode("after the relabel");
     check("after the relabel", &rows, id_a2, id_b2);
-    eprintln!("identities: a {id_a} → {id_a2}, b {id_b} → {id_b2} after the relabel");
+    eprintln!("{encap}: identities: a {id_a} → {id_a2}, b {id_b} → {id_b2} after the relabel");
     drop(a);
     drop(b);
     drop(netns);
