@@ -127,6 +127,11 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
         "weir_l7_denials_total",
         "weir_dataplane_latency_seconds_count",
         "weir_snapshot_publish_seconds_count",
+        "weir_worker_busy_seconds_total",
+        "weir_worker_idle_seconds_total",
+        "weir_worker_sleep_seconds_total",
+        "weir_worker_cpu_seconds_total",
+        "weir_worker_rx_full_batches_total",
     ] {
         assert!(
             m0.keys().any(|k| k.starts_with(&format!("{name}{{"))),
