@@ -353,3 +353,141 @@ fn completion_prints_a_script_for_each_shell() {
         assert!(out.status.success() && !out.stdout.is_empty(), "{sh}");
     }
 }
+
+/// A `/flows` client that stops reading: a Python client with a 4 KiB
+/// receive buffer sends the request and never reads. Denied UDP floods the
+/// stream with drop records; the records it cannot take are dropped for it
+/// alone and counted (`weir_flow_stream_dropped_total`), while the workers
+/// keep forwarding (a probe connects, the RX counter moves) and the CLI's
+/// flow log keeps answering.
+#[test]
+fn a_stalled_flow_client_loses_records_not_traffic() {
+    let addr = free_addr();
+    let ns = unique_name("ms");
+    let c = TestCluster::up_with(
+        "ms",
+        &simple_cluster(&ns, &["a", "b", "c"]),
+        &["--metrics-addr", &addr],
+    );
+    c.apply(
+        "deny.yaml",
+        &netpol(&ns, "deny-a", "{podSelector: {matchLabels: {pod: a}}}"),
+    );
+    c.wait_applied(Duration::from_secs(30));
+
+    let (host, port) = addr.rsplit_once(':').expect("addr");
+    let stalled = Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /flows?verdict=denied HTTP/1.1\r\nHost: x\r\n\r\n")
+print("sent", flush=True)
+time.sleep(600)
+"#,
+            host,
+            port,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stalled = Kill(stalled);
+    let mut first = String::new();
+    BufReader::new(stalled.0.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("python3 output");
+    assert_eq!(first.trim(), "sent");
+    let mut waited = 0;
+    while sum(&scrape(&addr), "weir_flow_stream_clients", &[]) < 1.0 {
+        waited += 1;
+        assert!(waited < 100, "the stalled client never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Denied datagrams b -> a, each one a drop record, until the stream
+    // has dropped some for the stalled client.
+    let topo = c.topology();
+    let a_ip = topo
+        .pod(&ns, "a")
+        .expect("a")
+        .ipv4
+        .expect("ipv4")
+        .to_string();
+    let b_netns = topo.pod(&ns, "b").expect("b").netns.clone();
+    let flood = Command::new("ip")
+        .args(["netns", "exec", &b_netns, "python3", "-c"])
+        .arg(
+            r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + 60
+while time.time() < end:
+    for _ in range(64):
+        try:
+            s.sendto(b"x" * 32, (sys.argv[1], 81))
+        except OSError:
+            pass
+    time.sleep(0.001)
+"#,
+        )
+        .arg(&a_ip)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("flood");
+    let _flood = Kill(flood);
+    let dropped = |m: &BTreeMap<String, f64>| sum(m, "weir_flow_stream_dropped_total", &[]);
+    let rx = |m: &BTreeMap<String, f64>| sum(m, "weir_worker_rx_packets_total", &[]);
+    let m0 = scrape(&addr);
+    let mut tries = 0;
+    let m1 = loop {
+        let m = scrape(&addr);
+        if dropped(&m) > 0.0 {
+            break m;
+        }
+        tries += 1;
+        assert!(
+            tries < 120,
+            "no record was dropped for the stalled client: denied {} -> {}",
+            sum(&m0, "weir_drops_total", &["reason=\"policy-denied\""]),
+            sum(&m, "weir_drops_total", &["reason=\"policy-denied\""])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(rx(&m1) > rx(&m0), "the workers stopped receiving");
+    // The workers are not held up: an allowed probe connects now, and the
+    // counters keep moving while the client is still stalled.
+    assert!(all_connected(&c.probe(
+        80,
+        "TCP",
+        &["--from", &format!("{ns}/c"), "--to", &format!("{ns}/b")]
+    )));
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = scrape(&addr);
+    assert!(rx(&m2) > rx(&m1), "the workers stopped receiving");
+    assert!(dropped(&m2) >= dropped(&m1));
+    assert_eq!(sum(&m2, "weir_flow_stream_clients", &[]), 1.0);
+    // The flow log itself lost nothing to the stalled client: `weir flows`
+    // still shows the denied datagrams.
+    let recs = c.weir_json(&["flows", "--verdict", "denied", "-o", "json"]);
+    assert!(!recs.as_array().expect("array").is_empty());
+
+    // The client goes away: the stream ends and the gauge comes back to 0.
+    drop(stalled);
+    let mut waited = 0;
+    while sum(&scrape(&addr), "weir_flow_stream_clients", &[]) > 0.0 {
+        waited += 1;
+        assert!(waited < 100, "the stream outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
