@@ -336,7 +336,7 @@ impl FlowFilter {
 }
 
 /// `%XX` and `+` of a URL query; bad escapes stay as they are.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

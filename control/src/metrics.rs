@@ -589,12 +589,20 @@ fn handle(conn: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 &format!("{e}\n"),
             )?),
         },
-        "/" => Ok(respond(
+        "/" | "/index.html" => Ok(respond(
             &conn,
             "200 OK",
-            "text/plain",
-            "weir: /metrics (Prometheus), /flows (NDJSON flow stream; see docs/observability.md)\n",
+            "text/html; charset=utf-8",
+            crate::web::INDEX_HTML,
         )?),
+        "/api/matrix" => {
+            let (status, body) = crate::web::matrix(&shared.state, query);
+            Ok(respond(&conn, status, "application/json", &body)?)
+        }
+        "/api/explain" => {
+            let (status, body) = crate::web::explain(&shared.state, query);
+            Ok(respond(&conn, status, "application/json", &body)?)
+        }
         _ => Ok(respond(
             &conn,
             "404 Not Found",
@@ -625,7 +633,7 @@ fn client_gone(conn: &TcpStream) -> bool {
 fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> anyhow::Result<()> {
     write!(
         conn,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
     )?;
     conn.flush()?;
     let (tx, rx) = sync_channel::<String>(STREAM_QUEUE);
