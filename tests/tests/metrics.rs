@@ -257,6 +257,11 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
     assert_eq!(v["destination"]["pod"], "a", "{v}");
     assert_eq!(v["source"]["pod"], "b", "{v}");
     assert_eq!(v["destination"]["labels"]["pod"], "a", "{v}");
+    assert_eq!(
+        v["destination"]["namespace_labels"]["kubernetes.io/metadata.name"],
+        ns.as_str(),
+        "{v}"
+    );
     assert_eq!(v["dport"], 80, "{v}");
     assert!(!v["policy"].as_str().unwrap_or("").is_empty(), "{v}");
     let _ = curl.kill();
@@ -354,6 +359,19 @@ fn completion_prints_a_script_for_each_shell() {
     }
 }
 
+/// A scrape in which the node's dataplane answered (on a loaded machine a
+/// status request can time out, and its series are then missing).
+fn scrape_live(addr: &str) -> BTreeMap<String, f64> {
+    for _ in 0..20 {
+        let m = scrape(addr);
+        if sum(&m, "weir_dataplane_up", &[]) >= 1.0 {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the dataplane did not answer a scrape in 20 tries");
+}
+
 /// A `/flows` client that stops reading: a Python client with a 4 KiB
 /// receive buffer sends the request and never reads. Denied UDP floods the
 /// stream with drop records; the records it cannot take are dropped for it
@@ -408,13 +426,16 @@ time.sleep(600)
         .expect("python3 output");
     assert_eq!(first.trim(), "sent");
     let mut waited = 0;
-    while sum(&scrape(&addr), "weir_flow_stream_clients", &[]) < 1.0 {
+    while sum(&scrape_live(&addr), "weir_flow_stream_clients", &[]) < 1.0 {
         waited += 1;
         assert!(waited < 100, "the stalled client never registered");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
 
+    let dropped = |m: &BTreeMap<String, f64>| sum(m, "weir_flow_stream_dropped_total", &[]);
+    let rx = |m: &BTreeMap<String, f64>| sum(m, "weir_worker_rx_packets_total", &[]);
+    let m0 = scrape_live(&addr);
     // Denied datagrams b -> a, each one a drop record, until the stream
     // has dropped some for the stalled client.
     let topo = c.topology();
@@ -446,25 +467,31 @@ while time.time() < end:
         .spawn()
         .expect("flood");
     let _flood = Kill(flood);
-    let dropped = |m: &BTreeMap<String, f64>| sum(m, "weir_flow_stream_dropped_total", &[]);
-    let rx = |m: &BTreeMap<String, f64>| sum(m, "weir_worker_rx_packets_total", &[]);
-    let m0 = scrape(&addr);
-    let mut tries = 0;
+    // The machine may be slow to start the sender: a deadline, not a pace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let m1 = loop {
-        let m = scrape(&addr);
+        let m = scrape_live(&addr);
         if dropped(&m) > 0.0 {
             break m;
         }
-        tries += 1;
         assert!(
-            tries < 120,
+            std::time::Instant::now() < deadline,
             "no record was dropped for the stalled client: denied {} -> {}",
             sum(&m0, "weir_drops_total", &["reason=\"policy-denied\""]),
             sum(&m, "weir_drops_total", &["reason=\"policy-denied\""])
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert!(rx(&m1) > rx(&m0), "the workers stopped receiving");
+    assert!(
+        rx(&m1) > rx(&m0),
+        "the workers received nothing: rx {} -> {}, stream dropped {} -> {}, denied {} -> {}",
+        rx(&m0),
+        rx(&m1),
+        dropped(&m0),
+        dropped(&m1),
+        sum(&m0, "weir_drops_total", &["reason=\"policy-denied\""]),
+        sum(&m1, "weir_drops_total", &["reason=\"policy-denied\""])
+    );
     // The workers are not held up: an allowed probe connects now, and the
     // counters keep moving while the client is still stalled.
     assert!(all_connected(&c.probe(
@@ -472,9 +499,18 @@ while time.time() < end:
         "TCP",
         &["--from", &format!("{ns}/c"), "--to", &format!("{ns}/b")]
     )));
-    std::thread::sleep(Duration::from_millis(500));
-    let m2 = scrape(&addr);
-    assert!(rx(&m2) > rx(&m1), "the workers stopped receiving");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m2 = loop {
+        let m = scrape_live(&addr);
+        if rx(&m) > rx(&m1) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers stopped receiving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(dropped(&m2) >= dropped(&m1));
     assert_eq!(sum(&m2, "weir_flow_stream_clients", &[]), 1.0);
     // The flow log itself lost nothing to the stalled client: `weir flows`
@@ -485,7 +521,7 @@ while time.time() < end:
     // The client goes away: the stream ends and the gauge comes back to 0.
     drop(stalled);
     let mut waited = 0;
-    while sum(&scrape(&addr), "weir_flow_stream_clients", &[]) > 0.0 {
+    while sum(&scrape_live(&addr), "weir_flow_stream_clients", &[]) > 0.0 {
         waited += 1;
         assert!(waited < 100, "the stream outlived its client");
         std::thread::sleep(Duration::from_millis(100));
