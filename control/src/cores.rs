@@ -31,6 +31,8 @@ pub const NET_RX_MIN_RATE: f64 = 1000.0;
 /// share of its busy rounds, is saturated.
 pub const SATURATED_BUSY_PCT: f64 = 80.0;
 pub const SATURATED_FULL_PCT: f64 = 50.0;
+/// A core without a worker busy less than this has room for one.
+pub const SPARE_CORE_BUSY_PCT: f64 = 50.0;
 
 /// Per CPU: (busy jiffies, total jiffies) from `/proc/stat`.
 pub type CpuTimes = BTreeMap<usize, (u64, u64)>;
@@ -410,7 +412,7 @@ pub fn advise(workers: &[WorkerReport], cores: &[CoreReport]) -> Vec<Advice> {
         }
         // Rule 3: a saturated worker, with a core to spare.
         if w.busy_pct >= SATURATED_BUSY_PCT || w.full_batch_pct >= SATURATED_FULL_PCT {
-            if let Some(f) = free.first() {
+            if let Some(f) = free.first().filter(|f| f.busy_pct < SPARE_CORE_BUSY_PCT) {
                 out.push(Advice {
                     kind: "add-core".into(),
                     to: Some(f.core),
@@ -585,5 +587,14 @@ mod tests {
         );
         assert_eq!(a[0].kind, "add-core");
         assert_eq!(a[0].flag, "--cores 1,0");
+        // ...but not onto a core that is busy already.
+        let a = advise(
+            &[worker(1, "busy", 95.0, 5.0, 100.0)],
+            &[
+                core(0, 90.0, 90.0, 0.0, 0.0, false),
+                core(1, 100.0, 0.0, 0.0, 0.0, true),
+            ],
+        );
+        assert_eq!(a[0].kind, "ok", "{a:?}");
     }
 }

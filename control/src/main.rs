@@ -708,9 +708,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Duration::from_millis(window),
                 node.as_deref(),
             )?;
-            if let Some(n) = &node {
-                anyhow::ensure!(!r.workers.is_empty(), "node {n}: no weir workers");
-            }
+            anyhow::ensure!(
+                !r.workers.is_empty(),
+                "{}: no weir worker answered in both samples (weir status shows why)",
+                node.as_deref().unwrap_or("cluster")
+            );
             match output {
                 Output::Json => println!("{}", json_text(&r, true)?),
                 Output::Yaml => print!("{}", output.render(&r)?),
