@@ -311,6 +311,19 @@ mod tests {
     }
 
     #[test]
+    fn time_accounting_reaches_the_status() {
+        let s = WorkerStats::new(0, Some(1));
+        s.busy_ns.set(30);
+        s.idle_ns.set(50);
+        s.sleep_ns.set(20);
+        s.rx_visits.set(4);
+        s.full_batches.set(1);
+        let t = s.snapshot().time;
+        assert_eq!((t.busy_ns, t.idle_ns, t.sleep_ns), (30, 50, 20));
+        assert_eq!((t.rx_visits, t.full_batches), (4, 1));
+    }
+
+    #[test]
     fn kernel_drops_sum_over_workers() {
         let a = WorkerStats::new(0, None);
         a.kernel_fill_ring_empty.set(3);

@@ -111,7 +111,7 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
         Command::new("ip")
             .args(["netns", "exec", &c_netns, "python3", "-c"])
             .arg(
-                "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n    s.sendto(b'x',(sys.argv[1],80))\n    time.sleep(0.2)\n",
+                "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n    s.sendto(b'x',(sys.argv[1],80))\n    time.sleep(0.05)\n",
             )
             .arg(&a_ip)
             .stdout(Stdio::null())
@@ -129,11 +129,20 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
     assert!(text.contains("\"verdict\":\"denied\""), "{text}");
     let profile = c.dir.join("chromium");
     let url = format!("http://{addr}/");
-    let out = chromium(
-        &profile,
-        &["--virtual-time-budget=6000", "--dump-dom", &url],
-    );
-    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    // Virtual time runs ahead of the real stream: a few loads, until one
+    // has caught a flow (each is a fresh page: matrix and flows anew).
+    let mut tries = 0;
+    let (out, dom) = loop {
+        let out = chromium(
+            &profile,
+            &["--virtual-time-budget=6000", "--dump-dom", &url],
+        );
+        let dom = String::from_utf8_lossy(&out.stdout).to_string();
+        tries += 1;
+        if dom.contains("<tr class=\"denied\">") || tries == 5 {
+            break (out, dom);
+        }
+    };
     assert!(
         dom.contains("data-ready=\"true\""),
         "the matrix did not render: {}\n{dom}",
@@ -184,6 +193,20 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 
+    // The page explains a pair as a click does (`?from=&to=` clicks it).
+    let pair_url = format!("{url}?from={ns}/c&to={ns}/a");
+    let out = chromium(
+        &profile,
+        &["--virtual-time-budget=6000", "--dump-dom", &pair_url],
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let pre = dom.split("id=\"explain\"").nth(1).expect("explain element");
+    assert!(
+        pre.contains(&format!("data-pair=\"{ns}/c -&gt; {ns}/a\"")),
+        "{pre}"
+    );
+    assert!(pre.contains("deny"), "{pre}");
+
     // A screenshot renders (docs/web.png was made the same way).
     let png = c.dir.join("web.png");
     let out = chromium(
@@ -192,7 +215,7 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
             "--virtual-time-budget=6000",
             "--window-size=1280,720",
             &format!("--screenshot={}", png.display()),
-            &url,
+            &pair_url,
         ],
     );
     let bytes = std::fs::read(&png).unwrap_or_else(|e| {
