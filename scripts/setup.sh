@@ -80,6 +80,14 @@ if ! command -v ctr >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends containerd >/dev/null
 fi
+# Headless Chromium for the web page's test (tests/tests/web.rs); taskset
+# (util-linux) pins the load in tests/tests/cores.rs.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 # The real Kubernetes control plane (kube-apiserver, kube-controller-manager,
 # kubectl, etcd) for the agent's tests, from Go modules; cached under
 # ~/.cache/weir, so only a new machine pays for the first build (minutes).

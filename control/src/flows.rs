@@ -336,7 +336,7 @@ impl FlowFilter {
 }
 
 /// `%XX` and `+` of a URL query; bad escapes stay as they are.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -383,17 +383,26 @@ pub struct Workload {
     pub ip: String,
     /// The pod's labels, as the cluster state holds them now.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Its namespace's labels, likewise.
+    pub namespace_labels: std::collections::BTreeMap<String, String>,
 }
 
-/// Pod labels by `namespace/pod`.
+/// Pod labels by `namespace/pod`, and namespace labels by `namespace` (a
+/// key without `/`).
 pub type PodLabels = std::collections::HashMap<String, std::collections::BTreeMap<String, String>>;
 
-/// The labels of every pod of `cluster`.
+/// The labels of every pod and namespace of `cluster`.
 pub fn pod_labels(cluster: &weir_topo::Cluster) -> PodLabels {
     cluster
         .pods
         .iter()
         .map(|p| (format!("{}/{}", p.namespace, p.name), p.labels.clone()))
+        .chain(
+            cluster
+                .namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.labels.clone())),
+        )
         .collect()
 }
 
@@ -405,10 +414,11 @@ impl<'a> Enriched<'a> {
                 .map(|(n, p)| (n.to_string(), p.to_string()))
                 .unwrap_or_default();
             Workload {
-                namespace,
                 pod,
                 ip: addr.to_string(),
                 labels: labels.get(name).cloned().unwrap_or_default(),
+                namespace_labels: labels.get(&namespace).cloned().unwrap_or_default(),
+                namespace,
             }
         };
         let deciding = if r.verdict != "allowed"
@@ -501,8 +511,10 @@ mod filter_tests {
             "y/b".into(),
             [("app".to_string(), "web".to_string())].into(),
         );
+        labels.insert("y".into(), [("team".to_string(), "a".to_string())].into());
         let v = serde_json::to_value(Enriched::of(&r, &labels)).unwrap();
         assert_eq!(v["destination"]["labels"]["app"], "web");
+        assert_eq!(v["destination"]["namespace_labels"]["team"], "a");
         assert_eq!(v["source"]["labels"], serde_json::json!({}));
         assert_eq!(v["source"]["namespace"], "x");
         assert_eq!(v["destination"]["pod"], "b");

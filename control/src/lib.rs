@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cni_server;
+pub mod cores;
 pub mod crds;
 pub mod daemon;
 pub mod demo;
@@ -25,3 +26,4 @@ pub mod probe;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod web;

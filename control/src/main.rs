@@ -276,6 +276,22 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
+    /// Where the workers run and how busy they and their cores are, with
+    /// advice on --cores and --poll (docs/observability.md, "Cores").
+    #[command(after_help = "Examples:
+  weir cores
+  weir cores --node node-1 --window 5000 -o json | jq '.advice'")]
+    Cores {
+        /// Only this node's workers (the cores table is the host's).
+        #[arg(long)]
+        node: Option<String>,
+        /// How long to measure, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        window: u64,
+        /// json | yaml
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
     /// Connect from pods to pods for real and print the reachability matrix.
     Probe {
         #[arg(long)]
@@ -688,6 +704,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             if !text.ends_with('\n') {
                 println!();
+            }
+            Ok(())
+        }
+        Cmd::Cores {
+            node,
+            window,
+            output,
+        } => {
+            let r = weir_control::cores::measure(
+                || daemon_call(&state, &Request::Status),
+                Duration::from_millis(window),
+                node.as_deref(),
+            )?;
+            anyhow::ensure!(
+                !r.workers.is_empty(),
+                "{}: no weir worker answered in both samples (weir status shows why)",
+                node.as_deref().unwrap_or("cluster")
+            );
+            match output {
+                Output::Json => println!("{}", json_text(&r, true)?),
+                Output::Yaml => print!("{}", output.render(&r)?),
+                _ => print!("{}", weir_control::cores::render(&r)),
             }
             Ok(())
         }

@@ -185,6 +185,44 @@ impl Family {
     }
 }
 
+/// A counter family of seconds (float values).
+struct Seconds {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Labels, f64)>,
+}
+
+impl Seconds {
+    fn new(name: &'static str, help: &'static str) -> Seconds {
+        Seconds {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push_ns(&mut self, labels: Labels, ns: u64) {
+        self.samples.push((labels, ns as f64 / 1e9));
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let mut m = enc.encode_descriptor(
+            self.name,
+            self.help,
+            Some(&prometheus_client::registry::Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for (labels, v) in &self.samples {
+            m.encode_family(labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, f64, u64>(v, None)?;
+        }
+        Ok(())
+    }
+}
+
 fn counter(name: &'static str, help: &'static str) -> Family {
     Family {
         name,
@@ -228,6 +266,30 @@ impl prometheus_client::collector::Collector for Scrape {
         let mut sleeps = counter(
             "weir_worker_sleeps",
             "Times a worker slept in poll (wakeup/adaptive)",
+        );
+        let mut busy_s = Seconds::new(
+            "weir_worker_busy",
+            "Wall time a worker spent in rounds that moved frames",
+        );
+        let mut idle_s = Seconds::new(
+            "weir_worker_idle",
+            "Wall time a worker spent in empty rounds, spinning (empty polls)",
+        );
+        let mut sleep_s = Seconds::new(
+            "weir_worker_sleep",
+            "Wall time a worker spent asleep in poll",
+        );
+        let mut cpu_s = Seconds::new(
+            "weir_worker_cpu",
+            "CPU time of a worker's thread (the rest of its wall time it slept or waited for its core)",
+        );
+        let mut rx_visits = counter(
+            "weir_worker_rx_batches",
+            "RX ring reads that found frames (one socket, one round)",
+        );
+        let mut full_batches = counter(
+            "weir_worker_rx_full_batches",
+            "RX visits that took a whole batch (the RX ring held at least a batch: the worker is behind)",
         );
         let mut drops = counter(
             "weir_drops",
@@ -319,6 +381,12 @@ impl prometheus_client::collector::Collector for Scrape {
                 txb.samples.push((wl(), w.tx_bytes));
                 batches.samples.push((wl(), w.batches));
                 sleeps.samples.push((wl(), w.sleeps));
+                busy_s.push_ns(wl(), w.time.busy_ns);
+                idle_s.push_ns(wl(), w.time.idle_ns);
+                sleep_s.push_ns(wl(), w.time.sleep_ns);
+                cpu_s.push_ns(wl(), w.time.cpu_ns);
+                rx_visits.samples.push((wl(), w.time.rx_visits));
+                full_batches.samples.push((wl(), w.time.full_batches));
                 ring_full.samples.push((wl(), w.kernel.rx_ring_full));
                 fill_empty.samples.push((wl(), w.kernel.fill_ring_empty));
                 rx_dropped.samples.push((wl(), w.kernel.rx_dropped));
@@ -393,6 +461,8 @@ impl prometheus_client::collector::Collector for Scrape {
             &txb,
             &batches,
             &sleeps,
+            &rx_visits,
+            &full_batches,
             &drops,
             &ring_full,
             &fill_empty,
@@ -411,6 +481,9 @@ impl prometheus_client::collector::Collector for Scrape {
             &l7_heads,
             &l7_denials,
         ] {
+            f.encode(&mut enc)?;
+        }
+        for f in [&busy_s, &idle_s, &sleep_s, &cpu_s] {
             f.encode(&mut enc)?;
         }
         if !hist.is_empty() {
@@ -516,12 +589,20 @@ fn handle(conn: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 &format!("{e}\n"),
             )?),
         },
-        "/" => Ok(respond(
+        "/" | "/index.html" => Ok(respond(
             &conn,
             "200 OK",
-            "text/plain",
-            "weir: /metrics (Prometheus), /flows (NDJSON flow stream; see docs/observability.md)\n",
+            "text/html; charset=utf-8",
+            crate::web::INDEX_HTML,
         )?),
+        "/api/matrix" => {
+            let (status, body) = crate::web::matrix(&shared.state, query);
+            Ok(respond(&conn, status, "application/json", &body)?)
+        }
+        "/api/explain" => {
+            let (status, body) = crate::web::explain(&shared.state, query);
+            Ok(respond(&conn, status, "application/json", &body)?)
+        }
         _ => Ok(respond(
             &conn,
             "404 Not Found",
@@ -552,7 +633,7 @@ fn client_gone(conn: &TcpStream) -> bool {
 fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> anyhow::Result<()> {
     write!(
         conn,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
     )?;
     conn.flush()?;
     let (tx, rx) = sync_channel::<String>(STREAM_QUEUE);

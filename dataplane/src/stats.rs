@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 pub use weir_model::status::{
-    FrameStatus, KernelDrops, L7Status, LatencySummary, Totals, WorkerStatus,
+    FrameStatus, KernelDrops, L7Status, LatencySummary, Totals, WorkerStatus, WorkerTime,
 };
 
 use crate::DropReason;
@@ -109,6 +109,16 @@ pub struct WorkerStats {
     pub l7_held_frames: Counter,
     pub kernel_rx_invalid: Counter,
     pub kernel_tx_invalid: Counter,
+    /// Where the worker's time went (see [`WorkerTime`]); the worker sums
+    /// per round in locals and stores these per publish.
+    pub busy_ns: Counter,
+    pub busy_rounds: Counter,
+    pub idle_ns: Counter,
+    pub empty_rounds: Counter,
+    pub sleep_ns: Counter,
+    pub cpu_ns: Counter,
+    pub rx_visits: Counter,
+    pub full_batches: Counter,
     latency: ArcSwap<Histogram<u64>>,
 }
 
@@ -146,6 +156,14 @@ impl WorkerStats {
             kernel_rx_dropped: Counter::default(),
             kernel_rx_invalid: Counter::default(),
             kernel_tx_invalid: Counter::default(),
+            busy_ns: Counter::default(),
+            busy_rounds: Counter::default(),
+            idle_ns: Counter::default(),
+            empty_rounds: Counter::default(),
+            sleep_ns: Counter::default(),
+            cpu_ns: Counter::default(),
+            rx_visits: Counter::default(),
+            full_batches: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
         })
     }
@@ -206,6 +224,16 @@ impl WorkerStats {
             latency_ns: latency_summary(&h),
             latency_buckets: latency_buckets(&h),
             latency_sum_ns: (h.mean() * h.len() as f64) as u64,
+            time: WorkerTime {
+                busy_ns: self.busy_ns.get(),
+                busy_rounds: self.busy_rounds.get(),
+                idle_ns: self.idle_ns.get(),
+                empty_rounds: self.empty_rounds.get(),
+                sleep_ns: self.sleep_ns.get(),
+                cpu_ns: self.cpu_ns.get(),
+                rx_visits: self.rx_visits.get(),
+                full_batches: self.full_batches.get(),
+            },
         }
     }
 }
@@ -280,6 +308,19 @@ mod tests {
         assert_eq!(t.rx_packets, 14);
         assert_eq!(t.dropped, 4);
         assert_eq!(t.kernel_dropped, 0);
+    }
+
+    #[test]
+    fn time_accounting_reaches_the_status() {
+        let s = WorkerStats::new(0, Some(1));
+        s.busy_ns.set(30);
+        s.idle_ns.set(50);
+        s.sleep_ns.set(20);
+        s.rx_visits.set(4);
+        s.full_batches.set(1);
+        let t = s.snapshot().time;
+        assert_eq!((t.busy_ns, t.idle_ns, t.sleep_ns), (30, 50, 20));
+        assert_eq!((t.rx_visits, t.full_batches), (4, 1));
     }
 
     #[test]

@@ -124,6 +124,58 @@ pub struct Worker {
     /// destination port), in arrival order. Preallocated.
     held: Vec<Vec<(HeldFrame, PortId)>>,
     last_l7_upkeep: u64,
+    /// Where the worker's time went, summed per round (stored in `stats`
+    /// per publish).
+    time: TimeAccount,
+}
+
+/// What a round was, for the time accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundKind {
+    Busy,
+    Idle,
+    Slept,
+}
+
+/// Per-round time accounting, in the worker's locals: the wall time from
+/// one round's clock read to the next goes to the kind of the earlier round
+/// (no extra clock read: the round reads the clock anyway).
+#[derive(Debug, Default, Clone, Copy)]
+struct TimeAccount {
+    busy_ns: u64,
+    busy_rounds: u64,
+    idle_ns: u64,
+    empty_rounds: u64,
+    sleep_ns: u64,
+    rx_visits: u64,
+    full_batches: u64,
+}
+
+impl TimeAccount {
+    #[inline]
+    fn charge(&mut self, kind: RoundKind, ns: u64) {
+        match kind {
+            RoundKind::Busy => {
+                self.busy_ns += ns;
+                self.busy_rounds += 1;
+            }
+            RoundKind::Idle => {
+                self.idle_ns += ns;
+                self.empty_rounds += 1;
+            }
+            RoundKind::Slept => {
+                self.sleep_ns += ns;
+                self.empty_rounds += 1;
+            }
+        }
+    }
+}
+
+/// CPU time of the calling thread, in ns (0 if the clock cannot be read).
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// How often the worker runs the L7 upkeep (hold timeouts, ended flows).
@@ -203,6 +255,7 @@ impl Worker {
             kick_pending: false,
             held: Vec::new(),
             last_l7_upkeep: 0,
+            time: TimeAccount::default(),
             cfg,
         }
         .with_hold_queues()
@@ -244,15 +297,21 @@ impl Worker {
         let idle_after = self.cfg.idle_after.as_nanos() as u64;
         let publish_every = stats::PUBLISH_EVERY.as_nanos() as u64;
         let mut idle = 0u32;
+        // The previous round's clock read and kind (time accounting).
+        let mut prev = (last_publish, RoundKind::Idle);
         self.remap();
         while !self.stop.load(Relaxed) {
             self.drain_control();
             self.refresh_snapshot();
             let (moved, now) = self.round();
+            self.time.charge(prev.1, now.saturating_sub(prev.0));
+            prev.0 = now;
             if moved > 0 || self.kick_pending {
                 idle = 0;
                 last_traffic = now;
+                prev.1 = RoundKind::Busy;
             } else {
+                prev.1 = RoundKind::Idle;
                 idle = idle.saturating_add(1);
                 let sleep = match self.cfg.poll {
                     PollMode::Busy => false,
@@ -264,6 +323,7 @@ impl Worker {
                 };
                 if sleep {
                     self.sleep();
+                    prev.1 = RoundKind::Slept;
                 } else {
                     std::hint::spin_loop();
                 }
@@ -306,6 +366,15 @@ impl Worker {
             hot += usize::from(slot.in_fill > self.floor);
         }
         let st = &self.stats;
+        let t = self.time;
+        st.busy_ns.set(t.busy_ns);
+        st.busy_rounds.set(t.busy_rounds);
+        st.idle_ns.set(t.idle_ns);
+        st.empty_rounds.set(t.empty_rounds);
+        st.sleep_ns.set(t.sleep_ns);
+        st.rx_visits.set(t.rx_visits);
+        st.full_batches.set(t.full_batches);
+        st.cpu_ns.set(thread_cpu_ns());
         st.kernel_rx_ring_full.set(k.rx_ring_full);
         st.kernel_fill_ring_empty.set(k.fill_ring_empty);
         st.kernel_rx_dropped.set(k.rx_dropped);
@@ -516,6 +585,10 @@ impl Worker {
                 .rx(&mut self.frames, &mut self.scratch, &mut self.rx_buf);
             if n == 0 {
                 continue;
+            }
+            self.time.rx_visits += 1;
+            if n >= self.cfg.batch {
+                self.time.full_batches += 1;
             }
             slot.in_fill = before.saturating_sub(n);
             slot.rx_recent += n as u64;

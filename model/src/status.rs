@@ -192,6 +192,33 @@ pub struct WorkerStatus {
     pub latency_buckets: Vec<u64>,
     /// Sum of the recorded latencies (ns), for a histogram's `_sum`.
     pub latency_sum_ns: u64,
+    /// Where the worker's time went (sampled per publish, every 250 ms).
+    pub time: WorkerTime,
+}
+
+/// Where a worker's time goes, accounted per round (never per packet) and
+/// published every 250 ms. `busy_ns + idle_ns + sleep_ns` is the wall time
+/// since the worker started; `cpu_ns` is the time its thread was on a CPU
+/// (the rest of the wall time it slept or waited for its core).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct WorkerTime {
+    /// Rounds that moved frames (received or still transmitting), and the
+    /// wall time they took.
+    pub busy_ns: u64,
+    pub busy_rounds: u64,
+    /// Rounds that found nothing and spun on (empty polls).
+    pub idle_ns: u64,
+    pub empty_rounds: u64,
+    /// Time asleep in `poll` (wakeup/adaptive), until the next round.
+    pub sleep_ns: u64,
+    /// CPU time of the worker's thread (CLOCK_THREAD_CPUTIME_ID).
+    pub cpu_ns: u64,
+    /// RX visits to a socket that found frames...
+    pub rx_visits: u64,
+    /// ...and those that took a whole batch (the socket's RX ring held at
+    /// least `config.batch` frames: the worker is behind).
+    pub full_batches: u64,
 }
 
 /// Upper bounds (ns) of the time-in-dataplane buckets that `weir up

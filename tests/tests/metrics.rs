@@ -127,6 +127,11 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
         "weir_l7_denials_total",
         "weir_dataplane_latency_seconds_count",
         "weir_snapshot_publish_seconds_count",
+        "weir_worker_busy_seconds_total",
+        "weir_worker_idle_seconds_total",
+        "weir_worker_sleep_seconds_total",
+        "weir_worker_cpu_seconds_total",
+        "weir_worker_rx_full_batches_total",
     ] {
         assert!(
             m0.keys().any(|k| k.starts_with(&format!("{name}{{"))),
@@ -252,6 +257,11 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
     assert_eq!(v["destination"]["pod"], "a", "{v}");
     assert_eq!(v["source"]["pod"], "b", "{v}");
     assert_eq!(v["destination"]["labels"]["pod"], "a", "{v}");
+    assert_eq!(
+        v["destination"]["namespace_labels"]["kubernetes.io/metadata.name"],
+        ns.as_str(),
+        "{v}"
+    );
     assert_eq!(v["dport"], 80, "{v}");
     assert!(!v["policy"].as_str().unwrap_or("").is_empty(), "{v}");
     let _ = curl.kill();
@@ -346,5 +356,174 @@ fn completion_prints_a_script_for_each_shell() {
             .output()
             .expect("weir");
         assert!(out.status.success() && !out.stdout.is_empty(), "{sh}");
+    }
+}
+
+/// A scrape in which the node's dataplane answered (on a loaded machine a
+/// status request can time out, and its series are then missing).
+fn scrape_live(addr: &str) -> BTreeMap<String, f64> {
+    for _ in 0..20 {
+        let m = scrape(addr);
+        if sum(&m, "weir_dataplane_up", &[]) >= 1.0 {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the dataplane did not answer a scrape in 20 tries");
+}
+
+/// A `/flows` client that stops reading: a Python client with a 4 KiB
+/// receive buffer sends the request and never reads. Denied UDP floods the
+/// stream with drop records; the records it cannot take are dropped for it
+/// alone and counted (`weir_flow_stream_dropped_total`), while the workers
+/// keep forwarding (a probe connects, the RX counter moves) and the CLI's
+/// flow log keeps answering.
+#[test]
+fn a_stalled_flow_client_loses_records_not_traffic() {
+    let addr = free_addr();
+    let ns = unique_name("ms");
+    let c = TestCluster::up_with(
+        "ms",
+        &simple_cluster(&ns, &["a", "b", "c"]),
+        &["--metrics-addr", &addr],
+    );
+    c.apply(
+        "deny.yaml",
+        &netpol(&ns, "deny-a", "{podSelector: {matchLabels: {pod: a}}}"),
+    );
+    c.wait_applied(Duration::from_secs(30));
+
+    let (host, port) = addr.rsplit_once(':').expect("addr");
+    let stalled = Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /flows?verdict=denied HTTP/1.1\r\nHost: x\r\n\r\n")
+print("sent", flush=True)
+time.sleep(600)
+"#,
+            host,
+            port,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stalled = Kill(stalled);
+    let mut first = String::new();
+    BufReader::new(stalled.0.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("python3 output");
+    assert_eq!(first.trim(), "sent");
+    let mut waited = 0;
+    while sum(&scrape_live(&addr), "weir_flow_stream_clients", &[]) < 1.0 {
+        waited += 1;
+        assert!(waited < 100, "the stalled client never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let dropped = |m: &BTreeMap<String, f64>| sum(m, "weir_flow_stream_dropped_total", &[]);
+    let rx = |m: &BTreeMap<String, f64>| sum(m, "weir_worker_rx_packets_total", &[]);
+    let m0 = scrape_live(&addr);
+    // Denied datagrams b -> a, each one a drop record, until the stream
+    // has dropped some for the stalled client.
+    let topo = c.topology();
+    let a_ip = topo
+        .pod(&ns, "a")
+        .expect("a")
+        .ipv4
+        .expect("ipv4")
+        .to_string();
+    let b_netns = topo.pod(&ns, "b").expect("b").netns.clone();
+    let flood = Command::new("ip")
+        .args(["netns", "exec", &b_netns, "python3", "-c"])
+        .arg(
+            r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + 60
+while time.time() < end:
+    for _ in range(64):
+        try:
+            s.sendto(b"x" * 32, (sys.argv[1], 81))
+        except OSError:
+            pass
+    time.sleep(0.001)
+"#,
+        )
+        .arg(&a_ip)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("flood");
+    let _flood = Kill(flood);
+    // The machine may be slow to start the sender: a deadline, not a pace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let m1 = loop {
+        let m = scrape_live(&addr);
+        if dropped(&m) > 0.0 {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record was dropped for the stalled client: denied {} -> {}",
+            sum(&m0, "weir_drops_total", &["reason=\"policy-denied\""]),
+            sum(&m, "weir_drops_total", &["reason=\"policy-denied\""])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        rx(&m1) > rx(&m0),
+        "the workers received nothing: rx {} -> {}, stream dropped {} -> {}, denied {} -> {}",
+        rx(&m0),
+        rx(&m1),
+        dropped(&m0),
+        dropped(&m1),
+        sum(&m0, "weir_drops_total", &["reason=\"policy-denied\""]),
+        sum(&m1, "weir_drops_total", &["reason=\"policy-denied\""])
+    );
+    // The workers are not held up: an allowed probe connects now, and the
+    // counters keep moving while the client is still stalled.
+    assert!(all_connected(&c.probe(
+        80,
+        "TCP",
+        &["--from", &format!("{ns}/c"), "--to", &format!("{ns}/b")]
+    )));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m2 = loop {
+        let m = scrape_live(&addr);
+        if rx(&m) > rx(&m1) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers stopped receiving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(dropped(&m2) >= dropped(&m1));
+    assert_eq!(sum(&m2, "weir_flow_stream_clients", &[]), 1.0);
+    // The flow log itself lost nothing to the stalled client: `weir flows`
+    // still shows the denied datagrams.
+    let recs = c.weir_json(&["flows", "--verdict", "denied", "-o", "json"]);
+    assert!(!recs.as_array().expect("array").is_empty());
+
+    // The client goes away: the stream ends and the gauge comes back to 0.
+    drop(stalled);
+    let mut waited = 0;
+    while sum(&scrape_live(&addr), "weir_flow_stream_clients", &[]) > 0.0 {
+        waited += 1;
+        assert!(waited < 100, "the stream outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,0 +1,600 @@
+//! `weir cores`: where the dataplane's workers run, how their time is spent,
+//! and advice on `--cores` / `--poll` (rules in docs/observability.md).
+//!
+//! Two samples a window apart of: every node's status (the workers' time
+//! accounting, `WorkerTime`), `/proc/stat` (each CPU's busy jiffies) and
+//! `/proc/softirqs` (NET_RX per CPU: where the kernel's packet work for the
+//! veths and NICs lands). Everything is computed from the deltas by
+//! [`analyse`], a pure function the unit tests drive with made-up samples.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use weir_model::ipc::ClusterStatus;
+use weir_model::status::{PollMode, WorkerStatus};
+
+/// A worker spinning in empty rounds at least this share of its time in
+/// busy-poll mode is told to use adaptive.
+pub const SPIN_IDLE_PCT: f64 = 50.0;
+/// Work on a worker's core that is not a weir worker's, from this share of
+/// the core, makes the core "shared"...
+pub const SHARED_OTHER_PCT: f64 = 30.0;
+/// ...when a core without a worker is busy at least this much less.
+pub const MOVE_MARGIN_PCT: f64 = 20.0;
+/// A worker's core taking at least this share of the host's NET_RX softirqs
+/// (with at least [`NET_RX_MIN_RATE`] per second) shares it with the load.
+pub const NET_RX_SHARE_PCT: f64 = 75.0;
+pub const NET_RX_MIN_RATE: f64 = 1000.0;
+/// A worker busy this share of its time, or taking whole batches in this
+/// share of its busy rounds, is saturated.
+pub const SATURATED_BUSY_PCT: f64 = 80.0;
+pub const SATURATED_FULL_PCT: f64 = 50.0;
+/// A core without a worker busy less than this has room for one.
+pub const SPARE_CORE_BUSY_PCT: f64 = 50.0;
+
+/// Per CPU: (busy jiffies, total jiffies) from `/proc/stat`.
+pub type CpuTimes = BTreeMap<usize, (u64, u64)>;
+
+/// One sample of everything `weir cores` compares.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub status: ClusterStatus,
+    pub cpus: CpuTimes,
+    /// NET_RX softirqs per CPU.
+    pub net_rx: BTreeMap<usize, u64>,
+}
+
+impl Sample {
+    /// Reads the host's counters and the cluster's status now.
+    pub fn take(status: ClusterStatus) -> anyhow::Result<Sample> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let soft = std::fs::read_to_string("/proc/softirqs")?;
+        Ok(Sample {
+            status,
+            cpus: parse_proc_stat(&stat),
+            net_rx: parse_net_rx(&soft),
+        })
+    }
+}
+
+/// Takes a sample, waits `window`, takes another, and analyses them.
+pub fn measure(
+    get: impl Fn() -> anyhow::Result<ClusterStatus>,
+    window: Duration,
+    node: Option<&str>,
+) -> anyhow::Result<Report> {
+    let a = Sample::take(get()?)?;
+    std::thread::sleep(window);
+    let b = Sample::take(get()?)?;
+    Ok(analyse(&a, &b, node))
+}
+
+/// `cpuN user nice system idle iowait irq softirq steal ...` lines: busy is
+/// everything but idle and iowait.
+pub fn parse_proc_stat(text: &str) -> CpuTimes {
+    let mut out = CpuTimes::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let Some(name) = f.next() else { continue };
+        let Some(cpu) = name.strip_prefix("cpu").and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // guest and guest_nice are already inside user and nice.
+        let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+        if v.len() < 5 {
+            continue;
+        }
+        let total: u64 = v.iter().sum();
+        let idle = v[3] + v[4];
+        out.insert(cpu, (total - idle, total));
+    }
+    out
+}
+
+/// The `NET_RX:` line of `/proc/softirqs`, per CPU (columns from the
+/// `CPU0 CPU1 ...` header).
+pub fn parse_net_rx(text: &str) -> BTreeMap<usize, u64> {
+    let mut lines = text.lines();
+    let cpus: Vec<usize> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|c| c.strip_prefix("CPU").and_then(|n| n.parse().ok()))
+        .collect();
+    for line in lines {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("NET_RX:") {
+            continue;
+        }
+        return cpus
+            .iter()
+            .copied()
+            .zip(f.filter_map(|x| x.parse::<u64>().ok()))
+            .collect();
+    }
+    BTreeMap::new()
+}
+
+/// What `weir cores` prints (`-o json` is this).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub window_ms: u64,
+    pub workers: Vec<WorkerReport>,
+    pub cores: Vec<CoreReport>,
+    pub advice: Vec<Advice>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    pub node: String,
+    pub worker: usize,
+    pub core: Option<usize>,
+    pub poll: String,
+    /// Queues (of every port) the worker serves: `q % workers == worker`.
+    pub queues: Vec<u32>,
+    /// Shares of the worker's wall time in the window (percent).
+    pub busy_pct: f64,
+    pub idle_pct: f64,
+    pub sleep_pct: f64,
+    /// Its thread's CPU time over the window (percent of one core).
+    pub cpu_pct: f64,
+    pub rx_pps: f64,
+    /// Frames per second of busy time: what the worker can do when it works.
+    pub packets_per_busy_second: f64,
+    /// Frames per RX batch (one socket's RX ring read that found frames).
+    pub frames_per_batch: f64,
+    /// Of those batches, the ones that took a whole batch (`config.batch`
+    /// frames: the ring held more than the worker took).
+    pub full_batch_pct: f64,
+    /// Frames on the worker's fill rings now (of `frames_total`).
+    pub fill_frames: u64,
+    pub frames_total: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoreReport {
+    pub core: usize,
+    /// Share of the core not idle over the window (percent).
+    pub busy_pct: f64,
+    /// The busy share not explained by weir workers pinned here.
+    pub other_pct: f64,
+    pub net_rx_per_s: f64,
+    /// This core's share of the host's NET_RX softirqs (percent).
+    pub net_rx_pct: f64,
+    /// `node/worker` of the workers pinned here.
+    pub workers: Vec<String>,
+}
+
+/// One recommendation.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Advice {
+    /// `poll`, `move`, `add-core` or `ok`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<usize>,
+    /// The core the worker is on, and the core it should go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<usize>,
+    /// The flag to use (`--poll adaptive`, `--cores 0`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub flag: String,
+    pub text: String,
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Workers of `st` by (node, id), with the poll mode, node config and the
+/// sample's clock.
+fn workers_of(
+    st: &ClusterStatus,
+    node: Option<&str>,
+) -> Vec<(String, PollMode, u32, usize, u64, WorkerStatus)> {
+    let mut out = Vec::new();
+    for n in &st.nodes {
+        if node.is_some_and(|want| want != n.node) {
+            continue;
+        }
+        let Some(dp) = n.status.as_ref().and_then(|s| s.dataplane.as_ref()) else {
+            continue;
+        };
+        for w in &dp.workers {
+            out.push((
+                n.node.clone(),
+                dp.poll,
+                dp.config.queues,
+                dp.workers.len(),
+                dp.monotonic_ns,
+                w.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// The deltas between `a` and `b` and the advice the rules give
+/// (docs/observability.md, "Cores").
+pub fn analyse(a: &Sample, b: &Sample, node: Option<&str>) -> Report {
+    let before: BTreeMap<(String, usize), (u64, WorkerStatus)> = workers_of(&a.status, None)
+        .into_iter()
+        .map(|(n, _, _, _, t, w)| ((n, w.id), (t, w)))
+        .collect();
+    // Every worker of the host (all nodes: their CPU time is on these cores),
+    // then the ones asked about.
+    let mut all = Vec::new();
+    for (n, poll, queues, nworkers, t1, w1) in workers_of(&b.status, None) {
+        let Some((t0, w0)) = before.get(&(n.clone(), w1.id)) else {
+            continue;
+        };
+        let wall = t1.saturating_sub(*t0);
+        let d = |f: fn(&WorkerStatus) -> u64| f(&w1).saturating_sub(f(w0));
+        let busy = d(|w| w.time.busy_ns);
+        let idle = d(|w| w.time.idle_ns);
+        let sleep = d(|w| w.time.sleep_ns);
+        let accounted = busy + idle + sleep;
+        let rx = d(|w| w.rx_packets);
+        let visits = d(|w| w.time.rx_visits);
+        all.push(WorkerReport {
+            node: n,
+            worker: w1.id,
+            core: w1.core,
+            poll: poll.as_str().to_string(),
+            queues: (0..queues)
+                .filter(|q| nworkers > 0 && *q as usize % nworkers == w1.id)
+                .collect(),
+            busy_pct: round1(pct(busy, accounted)),
+            idle_pct: round1(pct(idle, accounted)),
+            sleep_pct: round1(pct(sleep, accounted)),
+            cpu_pct: round1(pct(d(|w| w.time.cpu_ns), wall)),
+            rx_pps: round1(if wall == 0 {
+                0.0
+            } else {
+                rx as f64 * 1e9 / wall as f64
+            }),
+            packets_per_busy_second: round1(if busy == 0 {
+                0.0
+            } else {
+                rx as f64 * 1e9 / busy as f64
+            }),
+            frames_per_batch: round1(if visits == 0 {
+                0.0
+            } else {
+                rx as f64 / visits as f64
+            }),
+            full_batch_pct: round1(pct(d(|w| w.time.full_batches), visits)),
+            fill_frames: w1.frames.fill,
+            frames_total: w1.frames.total,
+        });
+    }
+
+    let net_rx_total: u64 = b
+        .net_rx
+        .iter()
+        .map(|(c, v)| v.saturating_sub(a.net_rx.get(c).copied().unwrap_or(*v)))
+        .sum();
+    let mut window_ms = 0;
+    let mut cores = Vec::new();
+    for (&c, &(busy1, total1)) in &b.cpus {
+        let (busy0, total0) = a.cpus.get(&c).copied().unwrap_or((busy1, total1));
+        let total = total1.saturating_sub(total0);
+        let busy_pct = pct(busy1.saturating_sub(busy0), total);
+        let here: Vec<&WorkerReport> = all.iter().filter(|w| w.core == Some(c)).collect();
+        let workers_cpu: f64 = here.iter().map(|w| w.cpu_pct).sum();
+        let nr = b
+            .net_rx
+            .get(&c)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(a.net_rx.get(&c).copied().unwrap_or(0));
+        // /proc/stat counts in USER_HZ (100 per second on Linux).
+        let secs = total as f64 / 100.0;
+        window_ms = window_ms.max((secs * 1000.0) as u64);
+        cores.push(CoreReport {
+            core: c,
+            busy_pct: round1(busy_pct),
+            other_pct: round1((busy_pct - workers_cpu).max(0.0)),
+            net_rx_per_s: round1(if secs > 0.0 { nr as f64 / secs } else { 0.0 }),
+            net_rx_pct: round1(pct(nr, net_rx_total)),
+            workers: here
+                .iter()
+                .map(|w| format!("{}/{}", w.node, w.worker))
+                .collect(),
+        });
+    }
+
+    let workers: Vec<WorkerReport> = all
+        .into_iter()
+        .filter(|w| node.is_none_or(|n| n == w.node))
+        .collect();
+    let advice = advise(&workers, &cores);
+    Report {
+        window_ms,
+        workers,
+        cores,
+        advice,
+    }
+}
+
+/// The rules, in order (docs/observability.md, "Cores").
+pub fn advise(workers: &[WorkerReport], cores: &[CoreReport]) -> Vec<Advice> {
+    let mut out = Vec::new();
+    let taken: BTreeSet<usize> = cores
+        .iter()
+        .filter(|c| !c.workers.is_empty())
+        .map(|c| c.core)
+        .collect();
+    // Cores without a worker, least loaded first.
+    let mut free: Vec<&CoreReport> = cores.iter().filter(|c| !taken.contains(&c.core)).collect();
+    free.sort_by(|x, y| {
+        (x.busy_pct + x.net_rx_pct)
+            .partial_cmp(&(y.busy_pct + y.net_rx_pct))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let node_cores = |node: &str| -> Vec<usize> {
+        workers
+            .iter()
+            .filter(|w| w.node == node)
+            .filter_map(|w| w.core)
+            .collect()
+    };
+    let cores_flag = |node: &str, from: Option<usize>, to: usize, add: bool| -> String {
+        let mut cs = node_cores(node);
+        if add {
+            cs.push(to);
+        } else {
+            for c in &mut cs {
+                if Some(*c) == from {
+                    *c = to;
+                }
+            }
+        }
+        let list: Vec<String> = cs.iter().map(|c| c.to_string()).collect();
+        format!("--cores {}", list.join(","))
+    };
+    for w in workers {
+        let base = Advice {
+            node: Some(w.node.clone()),
+            worker: Some(w.worker),
+            core: w.core,
+            ..Default::default()
+        };
+        // Rule 1: spinning on empty rings in busy mode.
+        if w.poll == "busy" && w.idle_pct >= SPIN_IDLE_PCT {
+            out.push(Advice {
+                kind: "poll".into(),
+                flag: "--poll adaptive".into(),
+                text: format!(
+                    "worker {} spins {:.0}% idle: use adaptive (--poll adaptive)",
+                    w.worker, w.idle_pct
+                ),
+                ..base.clone()
+            });
+        }
+        // Rule 2: the worker shares its core with the load.
+        if let Some(c) = w.core.and_then(|c| cores.iter().find(|x| x.core == c)) {
+            let net_rx_total: f64 = cores.iter().map(|x| x.net_rx_per_s).sum();
+            let by_other = free
+                .iter()
+                .find(|f| f.busy_pct + MOVE_MARGIN_PCT <= c.other_pct)
+                .filter(|_| c.other_pct >= SHARED_OTHER_PCT);
+            let by_net_rx = free
+                .iter()
+                .find(|f| f.net_rx_pct < c.net_rx_pct)
+                .filter(|_| c.net_rx_pct >= NET_RX_SHARE_PCT && net_rx_total >= NET_RX_MIN_RATE);
+            if let Some(f) = by_other.or(by_net_rx) {
+                out.push(Advice {
+                    kind: "move".into(),
+                    to: Some(f.core),
+                    flag: cores_flag(&w.node, Some(c.core), f.core, false),
+                    text: format!(
+                        "the load and worker {} share core {} ({:.0}% of the core is other work, {:.0}% of the NET_RX softirqs land there): move the worker to core {} ({:.0}% busy)",
+                        w.worker, c.core, c.other_pct, c.net_rx_pct, f.core, f.busy_pct
+                    ),
+                    ..base.clone()
+                });
+                continue;
+            }
+        }
+        // Rule 3: a saturated worker, with a core to spare.
+        if w.busy_pct >= SATURATED_BUSY_PCT || w.full_batch_pct >= SATURATED_FULL_PCT {
+            if let Some(f) = free.first().filter(|f| f.busy_pct < SPARE_CORE_BUSY_PCT) {
+                out.push(Advice {
+                    kind: "add-core".into(),
+                    to: Some(f.core),
+                    flag: cores_flag(&w.node, None, f.core, true),
+                    text: format!(
+                        "worker {} is busy {:.0}% of its time ({:.0}% of its rounds took a whole batch): add a worker on core {}",
+                        w.worker, w.busy_pct, w.full_batch_pct, f.core
+                    ),
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Advice {
+            kind: "ok".into(),
+            text: "nothing to change".into(),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The table `weir cores` prints.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "window {} ms", r.window_ms);
+    let _ = writeln!(
+        s,
+        "{:<10} {:>6} {:>5} {:<9} {:<10} {:>6} {:>6} {:>6} {:>6} {:>10} {:>12} {:>6} {:>6}",
+        "NODE",
+        "WORKER",
+        "CORE",
+        "POLL",
+        "QUEUES",
+        "BUSY%",
+        "IDLE%",
+        "SLEEP%",
+        "CPU%",
+        "RX/S",
+        "PKT/BUSY-S",
+        "BATCH",
+        "FULL%"
+    );
+    for w in &r.workers {
+        let q: Vec<String> = w.queues.iter().map(|q| q.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "{:<10} {:>6} {:>5} {:<9} {:<10} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>10.0} {:>12.0} {:>6.1} {:>6.1}",
+            w.node,
+            w.worker,
+            w.core.map_or("-".into(), |c| c.to_string()),
+            w.poll,
+            q.join(","),
+            w.busy_pct,
+            w.idle_pct,
+            w.sleep_pct,
+            w.cpu_pct,
+            w.rx_pps,
+            w.packets_per_busy_second,
+            w.frames_per_batch,
+            w.full_batch_pct
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<5} {:>6} {:>7} {:>10} {:>7}  WORKERS",
+        "CORE", "BUSY%", "OTHER%", "NET_RX/S", "NET_RX%"
+    );
+    for c in &r.cores {
+        let _ = writeln!(
+            s,
+            "{:<5} {:>6.1} {:>7.1} {:>10.0} {:>7.1}  {}",
+            c.core,
+            c.busy_pct,
+            c.other_pct,
+            c.net_rx_per_s,
+            c.net_rx_pct,
+            c.workers.join(" ")
+        );
+    }
+    let _ = writeln!(s);
+    for a in &r.advice {
+        let _ = writeln!(s, "advice: {}", a.text);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_and_softirqs() {
+        let stat = "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 40 10 0 2 0 0 0\nintr 1 2\n";
+        let c = parse_proc_stat(stat);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[&0], (10, 60));
+        assert_eq!(c[&1], (12, 62));
+        let soft = "                    CPU0       CPU1\n          HI:          0          0\n      NET_RX:        123       4567\n";
+        let n = parse_net_rx(soft);
+        assert_eq!(n[&0], 123);
+        assert_eq!(n[&1], 4567);
+    }
+
+    fn worker(core: usize, poll: &str, busy: f64, idle: f64, cpu: f64) -> WorkerReport {
+        WorkerReport {
+            node: "node-1".into(),
+            worker: 0,
+            core: Some(core),
+            poll: poll.into(),
+            busy_pct: busy,
+            idle_pct: idle,
+            cpu_pct: cpu,
+            ..Default::default()
+        }
+    }
+
+    fn core(c: usize, busy: f64, other: f64, nr: f64, nr_pct: f64, w: bool) -> CoreReport {
+        CoreReport {
+            core: c,
+            busy_pct: busy,
+            other_pct: other,
+            net_rx_per_s: nr,
+            net_rx_pct: nr_pct,
+            workers: if w { vec!["node-1/0".into()] } else { vec![] },
+        }
+    }
+
+    #[test]
+    fn the_rules() {
+        // Spinning idle in busy mode: adaptive.
+        let a = advise(
+            &[worker(1, "busy", 5.0, 93.0, 100.0)],
+            &[
+                core(0, 10.0, 10.0, 0.0, 0.0, false),
+                core(1, 100.0, 0.0, 0.0, 0.0, true),
+            ],
+        );
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].kind, "poll");
+        assert!(a[0].text.contains("spins 93% idle"), "{}", a[0].text);
+        // The load's softirqs on the worker's core: move to the free core.
+        let a = advise(
+            &[worker(1, "adaptive", 40.0, 60.0, 50.0)],
+            &[
+                core(0, 60.0, 60.0, 100.0, 5.0, false),
+                core(1, 100.0, 50.0, 5000.0, 95.0, true),
+            ],
+        );
+        assert_eq!(a[0].kind, "move");
+        assert_eq!((a[0].core, a[0].to), (Some(1), Some(0)));
+        assert_eq!(a[0].flag, "--cores 0");
+        // The load on the other core: nothing to change.
+        let a = advise(
+            &[worker(0, "adaptive", 40.0, 60.0, 50.0)],
+            &[
+                core(0, 55.0, 5.0, 2500.0, 50.0, true),
+                core(1, 100.0, 100.0, 2500.0, 50.0, false),
+            ],
+        );
+        assert_eq!(a[0].kind, "ok", "{a:?}");
+        // Saturated, a core to spare: add it.
+        let a = advise(
+            &[worker(1, "busy", 95.0, 5.0, 100.0)],
+            &[
+                core(0, 10.0, 10.0, 0.0, 0.0, false),
+                core(1, 100.0, 0.0, 0.0, 0.0, true),
+            ],
+        );
+        assert_eq!(a[0].kind, "add-core");
+        assert_eq!(a[0].flag, "--cores 1,0");
+        // ...but not onto a core that is busy already.
+        let a = advise(
+            &[worker(1, "busy", 95.0, 5.0, 100.0)],
+            &[
+                core(0, 90.0, 90.0, 0.0, 0.0, false),
+                core(1, 100.0, 0.0, 0.0, 0.0, true),
+            ],
+        );
+        assert_eq!(a[0].kind, "ok", "{a:?}");
+    }
+}

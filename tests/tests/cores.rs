@@ -1,0 +1,145 @@
+//! `weir cores`: the advice follows the placement. A UDP flood from pod b
+//! to pod a, its sender pinned to core 1 (taskset), on two clusters: the
+//! worker on core 0 (the load elsewhere: no move), then on core 1 (the load
+//! and the worker share the core: move the worker to core 0). The flood
+//! crosses weir: the worker's RX rate in the same report is the proof.
+
+use std::process::{Child, Command, Stdio};
+use weir_tests::*;
+
+/// Sends UDP datagrams to `dst` port 81 for `secs` seconds, as fast as one
+/// core allows.
+const FLOOD: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+d = (sys.argv[1], 81)
+m = b"x" * 64
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    for _ in range(256):
+        try:
+            s.sendto(m, d)
+        except OSError:
+            pass
+"#;
+
+/// The flood process; killed on drop (also when an assertion fails).
+struct Flood(Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn flood(c: &TestCluster, ns: &str, from: &str, to: &str, core: usize, secs: u32) -> Flood {
+    let topo = c.topology();
+    let src = topo.pod(ns, from).expect("source pod");
+    let dst = topo
+        .pod(ns, to)
+        .expect("destination pod")
+        .ipv4
+        .expect("ipv4");
+    Flood(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &src.netns,
+                "taskset",
+                "-c",
+                &core.to_string(),
+            ])
+            .args(["python3", "-c", FLOOD, &dst.to_string(), &secs.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ip netns exec taskset python3"),
+    )
+}
+
+/// `weir cores -o json` over a 3 s window while the flood runs.
+fn cores_under_flood(worker_core: usize) -> serde_json::Value {
+    let ns = unique_name("co");
+    let c = TestCluster::up_with(
+        "co",
+        &simple_cluster(&ns, &["a", "b"]),
+        &["--cores", &worker_core.to_string(), "--poll", "adaptive"],
+    );
+    assert!(all_connected(&c.probe(80, "TCP", &[])));
+    let _flood = flood(&c, &ns, "b", "a", 1, 30);
+    // Let the flood reach its pace before measuring.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // A loaded machine can time a status request out: try again.
+    let mut tries = 0;
+    let r = loop {
+        let out = c.weir(&["cores", "--window", "3000", "-o", "json"]);
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json");
+        }
+        tries += 1;
+        assert!(
+            tries < 3,
+            "weir cores: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    eprintln!(
+        "worker on core {worker_core}:\n{}",
+        serde_json::to_string_pretty(&r).unwrap_or_default()
+    );
+    let w = &r["workers"][0];
+    assert_eq!(w["core"], worker_core, "{r}");
+    // The flood crossed weir: the worker received it.
+    assert!(
+        w["rx_pps"].as_f64().unwrap_or(0.0) > 1000.0,
+        "the worker did not see the flood: {w}"
+    );
+    assert!(w["busy_pct"].as_f64().unwrap_or(0.0) > 0.0, "{w}");
+    r
+}
+
+fn moves(r: &serde_json::Value) -> Vec<&serde_json::Value> {
+    r["advice"]
+        .as_array()
+        .expect("advice")
+        .iter()
+        .filter(|a| a["kind"] == "move")
+        .collect()
+}
+
+#[test]
+fn the_advice_follows_the_placement() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs 2 cores, have {cpus}");
+        return;
+    }
+    // The worker on core 0, the load on core 1: no move.
+    let apart = cores_under_flood(0);
+    assert!(moves(&apart).is_empty(), "{}", apart["advice"]);
+
+    // Both on core 1: move the worker to core 0.
+    let shared = cores_under_flood(1);
+    let m = moves(&shared);
+    assert_eq!(m.len(), 1, "{}", shared["advice"]);
+    assert_eq!(m[0]["core"], 1);
+    assert_eq!(m[0]["to"], 0);
+    assert_eq!(m[0]["flag"], "--cores 0");
+    assert!(
+        m[0]["text"].as_str().unwrap_or("").contains("share core 1"),
+        "{}",
+        m[0]
+    );
+    // The core table agrees: core 1 took the flood's softirqs.
+    let core = |r: &serde_json::Value, c: u64| {
+        r["cores"]
+            .as_array()
+            .expect("cores")
+            .iter()
+            .find(|x| x["core"] == c)
+            .cloned()
+            .expect("core")
+    };
+    assert_eq!(core(&shared, 1)["workers"][0], "node-1/0");
+}
