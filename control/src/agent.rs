@@ -8,7 +8,7 @@ use crate::source::ClusterSource;
 use crate::state::{write_atomic, StateDir};
 use anyhow::Context;
 use weir_dataplane::snapshot::{
-    Encap, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
+    Encap, HostIngress, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
 };
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::PolicyInput;
@@ -43,6 +43,7 @@ pub fn compile_node(
             ipv6: p.ipv6,
         });
     }
+    let host = host_port(cluster, n, &mut ports)?;
     let spec = SnapshotSpec {
         generation,
         node: node.to_string(),
@@ -53,10 +54,55 @@ pub fn compile_node(
         policy: weir_policy::compile(input, generation, node)?,
         tunnel: tunnel(cluster, n),
         services: services(cluster),
+        host,
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
     Ok(spec)
+}
+
+/// The Node label choosing whether the node's flows to its pods meet the
+/// pods' ingress policy: `allow` (the default) or `policy`.
+pub const HOST_INGRESS_LABEL: &str = "weir.dev/host-ingress";
+
+/// The node's host port (a port after the pod ports) when topo made one:
+/// the node's addresses (its `.1`/`::1` and its underlay address) and the
+/// `weir.dev/host-ingress` setting.
+fn host_port(
+    cluster: &Cluster,
+    n: &weir_topo::RealizedNode,
+    ports: &mut Vec<Port>,
+) -> anyhow::Result<Option<HostPort>> {
+    if !n.host_port || n.dataplane != weir_topo::NodeDataplane::Weir {
+        return Ok(None);
+    }
+    let ingress = match n.labels.get(HOST_INGRESS_LABEL).map(String::as_str) {
+        None | Some("allow") => HostIngress::Allow,
+        Some("policy") => HostIngress::Policy,
+        Some(other) => anyhow::bail!(
+            "nodes/{}: metadata.labels[{HOST_INGRESS_LABEL}]: {other:?} is not one of allow, policy",
+            n.name
+        ),
+    };
+    let port = u16::try_from(ports.len())
+        .map_err(|_| anyhow::anyhow!("nodes/{}: too many pods", n.name))?;
+    ports.push(Port {
+        name: weir_topo::host::HOST_PORT_IFNAME.to_string(),
+        mac: weir_topo::host::HOST_PORT_MAC,
+        mtu: u16::try_from(cluster.pod_mtu).unwrap_or(u16::MAX),
+    });
+    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    addrs.extend(n.ipv4.map(std::net::IpAddr::V4));
+    addrs.extend(n.ipv6.map(std::net::IpAddr::V6));
+    if let Some(ul) = &n.underlay {
+        addrs.push(std::net::IpAddr::V4(ul.ipv4));
+    }
+    Ok(Some(HostPort {
+        port,
+        node_mac: weir_topo::host::HOST_MAC,
+        addrs,
+        ingress,
+    }))
 }
 
 /// Every Service port of every ClusterIP as a frontend, with the

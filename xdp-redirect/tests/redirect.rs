@@ -157,6 +157,7 @@ fn opts(mode: XdpMode) -> AttachOptions {
         local_v4: vec![],
         local_v6: vec![],
         underlay_udp_port: None,
+        host_port: false,
     }
 }
 
