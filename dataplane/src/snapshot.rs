@@ -81,23 +81,6 @@ pub struct HostPort {
     /// The node's addresses: the sources the node may send from, and the
     /// destinations pods reach the node at.
     pub addrs: Vec<IpAddr>,
-    /// Whether the node's new flows to its pods are judged by the pods'
-    /// ingress policy (see [`HostIngress`]).
-    #[serde(default)]
-    pub ingress: HostIngress,
-}
-
-/// How node → pod flows meet the pod's ingress policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostIngress {
-    /// Allowed whatever the pod's ingress policy (kubelet probes keep
-    /// working under a default-deny policy; Calico's and Cilium's default).
-    #[default]
-    Allow,
-    /// Judged like any other source: the node is an address, matched only by
-    /// `ipBlock` rules (and by rules that allow every source).
-    Policy,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -637,15 +620,6 @@ impl Snapshot {
             .host
             .as_ref()
             .is_some_and(|h| h.addrs.contains(&a))
-    }
-
-    /// A new flow from `src` skips its destination's ingress policy: `src`
-    /// is the node's and the host port's setting is [`HostIngress::Allow`].
-    pub fn host_ingress_allowed(&self, src: IpAddr) -> bool {
-        self.spec
-            .host
-            .as_ref()
-            .is_some_and(|h| h.ingress == HostIngress::Allow && h.addrs.contains(&src))
     }
 
     /// The endpoint behind a port (the pod that sends on it).

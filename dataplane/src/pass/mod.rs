@@ -79,10 +79,10 @@
 //! - Host port (`SnapshotSpec::host`, docs/datapath.md "The host port"):
 //!   frames arriving on it are the node's (source: one of the node's
 //!   addresses) and route to local pods only; pod frames to a node address
-//!   route to it. The node's new flows skip the pod's ingress policy under
-//!   `HostIngress::Allow`, and are judged as an address (ipBlock) under
-//!   `HostIngress::Policy`; a pod's flows to the node meet its egress policy
-//!   as an address.
+//!   route to it. Both directions are tracked and judged like any flow with
+//!   the node as the peer address: node addresses compiled as the host
+//!   identity are always allowed, others meet ipBlock rules (docs/policy.md,
+//!   "The node").
 //!
 //! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
 //!   node's pod CIDR routes to that peer; only the source's egress is
@@ -195,11 +195,6 @@ impl Pass<'_> {
         //    between peers through this node).
         let next = self.route(routed.as_ref().unwrap_or(&pkt))?;
         let (dst_ep, mtu) = match (next, sender) {
-            // The node's new flows skip the pod's ingress policy when the
-            // host port says so (docs/policy.md, "The node").
-            (Next::Local(r), Sender::Host) if self.snap.host_ingress_allowed(pkt.key.src) => {
-                (None, r.mtu)
-            }
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Host(r), Sender::Pod) => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),

@@ -414,12 +414,7 @@ pub(super) fn judge(
     now: u64,
 ) -> (Judgement, Option<u32>, Option<u32>) {
     let src = local_endpoint(snap, k.src);
-    // As in the first judgement (`Pass::run`): the node's flows may skip
-    // the pod's ingress.
-    let dst = match snap.host_ingress_allowed(k.src) {
-        true => None,
-        false => local_endpoint(snap, k.dst),
-    };
+    let dst = local_endpoint(snap, k.dst);
     let j = snap.policy().judge_learned(
         Peer {
             endpoint: src,
