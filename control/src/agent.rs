@@ -7,8 +7,9 @@
 use crate::source::ClusterSource;
 use crate::state::{write_atomic, StateDir};
 use anyhow::Context;
+use std::net::IpAddr;
 use weir_dataplane::snapshot::{
-    Encap, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
+    Encap, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
 };
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::PolicyInput;
@@ -43,6 +44,19 @@ pub fn compile_node(
             ipv6: p.ipv6,
         });
     }
+    let host = host_port(cluster, n, &mut ports)?;
+    // `weir.dev/host-ingress: policy`: this node's own addresses are no
+    // host identity in its tables, so policies judge them as addresses.
+    let judged;
+    let input = if host_ingress_judged(n)? {
+        let own = [n.ipv4.map(IpAddr::V4), n.ipv6.map(IpAddr::V6)];
+        let mut i = input.clone();
+        i.hosts.retain(|a| !own.contains(&Some(*a)));
+        judged = i;
+        &judged
+    } else {
+        input
+    };
     let spec = SnapshotSpec {
         generation,
         node: node.to_string(),
@@ -53,10 +67,58 @@ pub fn compile_node(
         policy: weir_policy::compile(input, generation, node)?,
         tunnel: tunnel(cluster, n),
         services: services(cluster),
+        host,
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
     Ok(spec)
+}
+
+/// The Node label choosing how this node's own addresses meet its pods'
+/// policies: `allow` (the default: the host identity, always allowed) or
+/// `policy` (judged as addresses: ipBlock rules). See docs/policy.md.
+pub const HOST_INGRESS_LABEL: &str = "weir.dev/host-ingress";
+
+/// `weir.dev/host-ingress` of `n`: true for `policy`.
+fn host_ingress_judged(n: &weir_topo::RealizedNode) -> anyhow::Result<bool> {
+    match n.labels.get(HOST_INGRESS_LABEL).map(String::as_str) {
+        None | Some("allow") => Ok(false),
+        Some("policy") => Ok(true),
+        Some(other) => anyhow::bail!(
+            "nodes/{}: metadata.labels[{HOST_INGRESS_LABEL}]: {other:?} is not one of allow, policy",
+            n.name
+        ),
+    }
+}
+
+/// The node's host port (a port after the pod ports) when topo made one,
+/// with the node's addresses (its `.1`/`::1` and its underlay address).
+fn host_port(
+    cluster: &Cluster,
+    n: &weir_topo::RealizedNode,
+    ports: &mut Vec<Port>,
+) -> anyhow::Result<Option<HostPort>> {
+    if !n.host_port || n.dataplane != weir_topo::NodeDataplane::Weir {
+        return Ok(None);
+    }
+    let port = u16::try_from(ports.len())
+        .map_err(|_| anyhow::anyhow!("nodes/{}: too many pods", n.name))?;
+    ports.push(Port {
+        name: weir_topo::host::HOST_PORT_IFNAME.to_string(),
+        mac: weir_topo::host::HOST_PORT_MAC,
+        mtu: u16::try_from(cluster.pod_mtu).unwrap_or(u16::MAX),
+    });
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    addrs.extend(n.ipv4.map(IpAddr::V4));
+    addrs.extend(n.ipv6.map(IpAddr::V6));
+    if let Some(ul) = &n.underlay {
+        addrs.push(IpAddr::V4(ul.ipv4));
+    }
+    Ok(Some(HostPort {
+        port,
+        node_mac: weir_topo::host::HOST_MAC,
+        addrs,
+    }))
 }
 
 /// Every Service port of every ClusterIP as a frontend, with the

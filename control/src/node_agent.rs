@@ -200,6 +200,8 @@ impl NodeState {
                     .as_ref()
                     .map_or([0; 6], |u| weir_topo::overlay::vtep_mac(u.ipv4)),
                 underlay,
+                // The node agent makes no host port (docs/kubernetes.md).
+                host_port: false,
             });
         }
         c.nodes.extend(self.attached.nodes.iter().cloned());
@@ -805,6 +807,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 dataplane: weir_topo::NodeDataplane::Weir,
                 underlay: None,
                 vtep_mac: [0; 6],
+                host_port: false,
             }],
             namespaces: Vec::new(),
             pods: Vec::new(),
@@ -1318,6 +1321,7 @@ mod tests {
                 prefix_len: 24,
             }),
             vtep_mac: weir_topo::overlay::vtep_mac(Ipv4Addr::new(192, 168, 9, 1)),
+            host_port: false,
         };
         let att = RealizedPod {
             namespace: "x".into(),

@@ -243,6 +243,9 @@ pub struct Dataplane {
     flushed: u64,
     /// The veth the workers' UMEMs are anchored on (copy mode; deleted last).
     anchor: Option<AnchorLink>,
+    /// The published snapshot has a host port: the pod ports' XDP programs
+    /// send node-address frames to the sockets (`AttachOptions::host_port`).
+    host_port: bool,
 }
 
 impl Dataplane {
@@ -278,6 +281,7 @@ impl Dataplane {
             budgets: Vec::new(),
             flushed: 0,
             anchor: None,
+            host_port: snap.host().is_some(),
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
@@ -390,6 +394,15 @@ impl Dataplane {
                 return Err(e);
             }
             added.push(w.name.clone());
+        }
+        let host_port = snap.host().is_some();
+        if host_port != self.host_port {
+            for (name, p) in &mut self.ports {
+                if let Err(e) = p.redirector.set_host_port(host_port) {
+                    log::warn!("{name}: switching the host port redirect failed: {e}");
+                }
+            }
+            self.host_port = host_port;
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -619,6 +632,7 @@ impl Dataplane {
             queues,
             local_v4: v4.to_vec(),
             local_v6: v6.to_vec(),
+            host_port: self.host_port,
         };
         let xdp_err = |source| DataplaneError::Xdp {
             port: name.to_string(),

@@ -62,6 +62,25 @@ pub struct SnapshotSpec {
     /// own pods' traffic to a ClusterIP): see docs/services.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceFrontend>,
+    /// The node's own port into the dataplane (absent: pod ↔ node traffic
+    /// is the kernel's, and the node cannot reach its pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostPort>,
+}
+
+/// The host port: a veth pair whose node end (`weir-host0`) carries routes
+/// to the node's pod CIDRs, and whose other end is the port `port` (a pod
+/// port without an endpoint). Frames from it are the node's; pod frames to
+/// one of `addrs` leave through it. See docs/datapath.md, "The host port".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    /// Index in [`SnapshotSpec::ports`] of the dataplane's end.
+    pub port: PortId,
+    /// MAC of the node's end: destination MAC of frames delivered to the node.
+    pub node_mac: [u8; 6],
+    /// The node's addresses: the sources the node may send from, and the
+    /// destinations pods reach the node at.
+    pub addrs: Vec<IpAddr>,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -177,6 +196,9 @@ pub enum SnapshotError {
     /// service {0}: {1}
     #[error("service {0}: {1}")]
     Service(String, String),
+    /// host port: {0}
+    #[error("host port: {0}")]
+    Host(String),
 }
 
 /// Key of a Service frontend: (ClusterIP, IP protocol, port).
@@ -497,6 +519,26 @@ impl Snapshot {
             None => None,
         };
         let services = ServiceTables::build(&spec.services)?;
+        if let Some(h) = &spec.host {
+            if h.port as usize >= spec.ports.len() {
+                return Err(SnapshotError::Host(format!(
+                    "port index {} is not in the port list",
+                    h.port
+                )));
+            }
+            if let Some(ep) = by_port[h.port as usize] {
+                return Err(SnapshotError::Host(format!(
+                    "port {} is also pod {}'s",
+                    spec.ports[h.port as usize].name, spec.endpoints[ep as usize].name
+                )));
+            }
+            if let Some(a) = h.addrs.iter().find(|a| match a {
+                IpAddr::V4(a) => by_v4.contains_key(a),
+                IpAddr::V6(a) => by_v6.contains_key(a),
+            }) {
+                return Err(SnapshotError::Host(format!("address {a} is also a pod's")));
+            }
+        }
         Ok(Snapshot {
             spec,
             by_v4,
@@ -565,6 +607,19 @@ impl Snapshot {
 
     pub fn endpoint_by_v6(&self, a: Ipv6Addr) -> Option<(u32, &Endpoint)> {
         self.by_v6.get(&a).map(|&i| (i, self.endpoint(i)))
+    }
+
+    /// The host port, if the node has one.
+    pub fn host(&self) -> Option<&HostPort> {
+        self.spec.host.as_ref()
+    }
+
+    /// `a` is one of the node's addresses behind the host port.
+    pub fn is_host_addr(&self, a: IpAddr) -> bool {
+        self.spec
+            .host
+            .as_ref()
+            .is_some_and(|h| h.addrs.contains(&a))
     }
 
     /// The endpoint behind a port (the pod that sends on it).

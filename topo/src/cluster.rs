@@ -178,6 +178,10 @@ pub struct RealizedNode {
     /// frames to this node (all zero without an underlay).
     #[serde(default)]
     pub vtep_mac: [u8; 6],
+    /// The node has a host port (`weir-host0`/`weir-host1`, see
+    /// [`crate::host`]): weir nodes of the local cluster do.
+    #[serde(default)]
+    pub host_port: bool,
 }
 
 impl RealizedNode {
@@ -481,6 +485,9 @@ fn realize_node(cluster: &Cluster, node: &RealizedNode, queues: u32) -> Result<(
     if let Some(ul_ns) = &cluster.underlay_netns {
         overlay::realize_node_underlay(ul_ns, node, cluster.underlay_mtu, queues)?;
     }
+    if node.host_port {
+        crate::host::realize(node, cluster.pod_mtu, queues)?;
+    }
     Ok(())
 }
 
@@ -612,6 +619,7 @@ impl Cluster {
                             prefix_len: subnet.prefix_len(),
                         }),
                         vtep_mac: overlay::vtep_mac(*ul_ip),
+                        host_port: n.dataplane == NodeDataplane::Weir,
                     }
                 })
                 .collect(),

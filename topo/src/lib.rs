@@ -104,6 +104,7 @@ mod cluster;
 // The ETHTOOL_STXCSUM ioctl; its one block says why it holds.
 #[allow(unsafe_code)]
 mod ethtool;
+pub mod host;
 mod netlink;
 mod view;
 

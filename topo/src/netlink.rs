@@ -395,6 +395,56 @@ impl Netlink {
         }
     }
 
+    /// `ip route add <dst>/<len> via <gw> dev <index> onlink src <src>` (proto
+    /// boot): `route_onlink` with a preferred source address.
+    pub(crate) fn route_onlink_src(
+        &self,
+        ifname: &str,
+        index: u32,
+        dst: IpAddr,
+        len: u8,
+        gateway: IpAddr,
+        src: IpAddr,
+    ) -> Result<(), TopoError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let what = format!("add route {dst}/{len} via {gateway} onlink src {src}");
+        let mut req = self
+            .handle
+            .route()
+            .add()
+            .protocol(RouteProtocol::Boot)
+            .output_interface(index);
+        let msg = req.message_mut();
+        let (d, g, s) = match (dst, gateway, src) {
+            (IpAddr::V4(d), IpAddr::V4(g), IpAddr::V4(s)) => (
+                RouteAddress::Inet(d),
+                RouteAddress::Inet(g),
+                RouteAddress::Inet(s),
+            ),
+            (IpAddr::V6(d), IpAddr::V6(g), IpAddr::V6(s)) => (
+                RouteAddress::Inet6(d),
+                RouteAddress::Inet6(g),
+                RouteAddress::Inet6(s),
+            ),
+            _ => {
+                return Err(TopoError::Options {
+                    field: "route",
+                    msg: format!("{what}: mixed address families"),
+                })
+            }
+        };
+        msg.header.address_family = match dst {
+            IpAddr::V4(_) => netlink_packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => netlink_packet_route::AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = len;
+        msg.header.flags.push(RouteFlag::Onlink);
+        msg.attributes.push(RouteAttribute::Destination(d));
+        msg.attributes.push(RouteAttribute::Gateway(g));
+        msg.attributes.push(RouteAttribute::PrefSource(s));
+        self.run(ifname, what, req.execute())
+    }
+
     /// The index and MAC address of the interface `name`, or `None`.
     pub(crate) fn link_mac(&self, name: &str) -> Result<Option<(u32, Vec<u8>)>, TopoError> {
         let handle = self.handle.clone();

@@ -101,10 +101,19 @@ fn build_wires_as_specified() {
         .trim(),
         "0"
     );
+    // No route to a pod but the pod CIDR through the host port (weir's
+    // dataplane behind it: docs/datapath.md, "The host port").
     let routes = in_ns(&node.netns, &["ip", "route", "show"]);
+    let pod_routes: Vec<&str> = routes.lines().filter(|l| l.contains("10.244.0.")).collect();
+    assert_eq!(
+        pod_routes,
+        ["10.244.0.0/24 via 169.254.1.2 dev weir-host0 src 10.244.0.1 onlink "],
+        "node routes:\n{routes}"
+    );
+    let routes6 = in_ns(&node.netns, &["ip", "-6", "route", "show"]);
     assert!(
-        !routes.contains("10.244.0."),
-        "node must have no pod routes:\n{routes}"
+        routes6.contains("fd00:10:244::/64 via fe80::2 dev weir-host0 src fd00:10:244::1"),
+        "node routes:\n{routes6}"
     );
 
     let a = cluster.pod("default", "a").unwrap();

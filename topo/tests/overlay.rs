@@ -149,6 +149,14 @@ fn underlay_and_kernel_node_wiring() {
     );
     let links = in_ns(&a.netns, &["ip", "link", "show"]);
     assert!(!links.contains("vxlan0"), "{links}");
+    // weir nodes have a host port, kernel nodes none.
+    assert!(
+        links.contains("weir-host0") && links.contains("weir-host1"),
+        "{links}"
+    );
+    assert!(a.host_port && !cluster.nodes[2].host_port);
+    let k_links = in_ns(&cluster.nodes[2].netns, &["ip", "link", "show"]);
+    assert!(!k_links.contains("weir-host"), "{k_links}");
 
     // The kernel node: forwarding, vxlan0 as specified, fdb/neigh/routes.
     let k = cluster.nodes[2].clone();

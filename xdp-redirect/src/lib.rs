@@ -104,6 +104,11 @@ pub struct AttachOptions {
     /// `local_v4` go to the sockets; everything else (ARP, node-to-node
     /// traffic) passes to the kernel. `None`: pod mode.
     pub underlay_udp_port: Option<u16>,
+    /// Pod mode with a host port: frames to the node's own addresses (but
+    /// the link-local gateways) go to the sockets, not to the kernel; the
+    /// dataplane delivers them through the host port.
+    /// [`Redirector::set_host_port`] changes it later.
+    pub host_port: bool,
 }
 
 /// The program's counters, summed over CPUs (plain data: defined in
@@ -177,6 +182,7 @@ pub struct Redirector {
     local_v4: BpfHashMap<MapData, [u8; 4], u8>,
     local_v6: BpfHashMap<MapData, [u8; 16], u8>,
     counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, u32>,
     /// Keeps the loaded program's fd for the Redirector's lifetime (the
     /// attachment itself holds its own reference in the kernel).
     _ebpf: Ebpf,
@@ -266,6 +272,9 @@ impl Redirector {
         config
             .set(0, u32::from(opts.underlay_udp_port.unwrap_or(0)), 0)
             .map_err(map_err(MAP_CONFIG))?;
+        config
+            .set(1, u32::from(opts.host_port), 0)
+            .map_err(map_err(MAP_CONFIG))?;
 
         let mut r = Redirector {
             ifname: ifname.to_owned(),
@@ -274,6 +283,7 @@ impl Redirector {
             local_v4,
             local_v6,
             counters,
+            config,
             _ebpf: ebpf,
         };
         // Fill the local addresses before the program sees traffic.
@@ -365,6 +375,14 @@ impl Redirector {
         sync_set(&mut self.local_v4, &want_v4).map_err(map_err(MAP_LOCAL_V4))?;
         sync_set(&mut self.local_v6, &want_v6).map_err(map_err(MAP_LOCAL_V6))?;
         Ok(())
+    }
+
+    /// Turns the host-port redirect of node-address frames on or off (see
+    /// [`AttachOptions::host_port`]).
+    pub fn set_host_port(&mut self, on: bool) -> Result<(), XdpError> {
+        self.config
+            .set(1, u32::from(on), 0)
+            .map_err(|source| self.map_err(MAP_CONFIG, source))
     }
 
     /// The program's counters, summed over CPUs.

@@ -157,6 +157,7 @@ fn opts(mode: XdpMode) -> AttachOptions {
         local_v4: vec![],
         local_v6: vec![],
         underlay_udp_port: None,
+        host_port: false,
     }
 }
 
@@ -252,6 +253,30 @@ fn no_socket_drops_ip_but_passes_arp_and_detach_restores() {
 
 /// Not a test on its own: with `CHILD_ENV=<netns>:<ifname>` set, attaches and
 /// exits (the parent test checks what outlives the process).
+#[test]
+fn host_port_mode_takes_frames_to_the_nodes_addresses() {
+    let t = Topo::new();
+    t.enter_node();
+    let o = AttachOptions {
+        local_v4: vec![NODE_ADDR.parse().unwrap()],
+        host_port: true,
+        ..opts(XdpMode::Native)
+    };
+    let mut r = Redirector::attach(&t.host_if, &o).expect("attach");
+    t.flush_neigh();
+    // The node's address is the dataplane's now: no socket, dropped.
+    assert!(!t.ping(), "host port: frames to the node go to the socket");
+    assert!(t.arp_resolved(), "ARP still resolves through the kernel");
+    let c = r.counters().unwrap();
+    assert!(c.dropped_no_socket >= 3, "{c:?}");
+    // Switched off at run time: the kernel's again.
+    r.set_host_port(false).expect("set_host_port");
+    assert!(t.ping(), "without a host port the node's address passes");
+    r.set_host_port(true).expect("set_host_port");
+    assert!(!t.ping(), "switched on again");
+    detach(&t.host_if).expect("detach");
+}
+
 #[test]
 fn child_attach_helper() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {

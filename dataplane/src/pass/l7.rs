@@ -118,7 +118,7 @@ impl Pass<'_> {
                     ev.l7 = None;
                     ev.generation = generation;
                     ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-                    ev.dst_endpoint = Some(route.endpoint);
+                    ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
                     st.flows.push(ev);
                     return drop(DropReason::L7NoSlot);
                 };
@@ -302,7 +302,7 @@ impl Pass<'_> {
         }
         ev.generation = generation;
         ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-        ev.dst_endpoint = Some(route.endpoint);
+        ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
         st.flows.push(ev);
         let client_mac = Frame::new_checked(&buf[..])
             .map(|f| f.src_addr())

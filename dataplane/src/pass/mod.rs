@@ -14,7 +14,8 @@
 //!    (Maglev, affinity, hairpin), reverse NAT of their replies, RST / port
 //!    unreachable for frontends without endpoints.
 //! 4. **Route** (`route.rs`): multicast and node-bound traffic stop; a
-//!    local pod routes to its port, a remote pod CIDR to its peer node.
+//!    local pod routes to its port, a remote pod CIDR to its peer node, a
+//!    node address (with a host port) to the host port.
 //! 5. **Conntrack and policy** (`policy.rs`): tracked flows pass, new or
 //!    stale ones are judged; fragments follow their first fragment.
 //! 6. **Hop limit** (`icmp.rs`): TTL/hop limit 1 is answered with Time
@@ -74,6 +75,14 @@
 //!   `fragment-overlap`); a first fragment without its whole transport
 //!   header drops as `fragment-invalid`. SCTP ports are judged like TCP/UDP
 //!   ports and associations tracked through the TCP state machine.
+//!
+//! - Host port (`SnapshotSpec::host`, docs/datapath.md "The host port"):
+//!   frames arriving on it are the node's (source: one of the node's
+//!   addresses) and route to local pods only; pod frames to a node address
+//!   route to it. Both directions are tracked and judged like any flow with
+//!   the node as the peer address: node addresses compiled as the host
+//!   identity are always allowed, others meet ipBlock rules (docs/policy.md,
+//!   "The node").
 //!
 //! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
 //!   node's pod CIDR routes to that peer; only the source's egress is
@@ -159,6 +168,8 @@ enum Sender {
         peer: u32,
         identity: Option<Identity>,
     },
+    /// The node itself, through the host port.
+    Host,
 }
 
 impl Pass<'_> {
@@ -167,6 +178,10 @@ impl Pass<'_> {
         let len = len.min(self.buf.len());
         // 1. Frames from the underlay: the inner frame is now at the start.
         let (len, sender) = self.tunnel_in(len)?;
+        let sender = match self.snap.host() {
+            Some(h) if h.port == self.ingress => Sender::Host,
+            _ => sender,
+        };
         // 2.
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
         // 3. The local source endpoint (none behind a peer).
@@ -181,12 +196,14 @@ impl Pass<'_> {
         let next = self.route(routed.as_ref().unwrap_or(&pkt))?;
         let (dst_ep, mtu) = match (next, sender) {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
+            (Next::Host(r), Sender::Pod) => (None, r.mtu),
+            (Next::Host(_), _) => return drop(DropReason::ToNode),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
-            (Next::Remote { .. }, Sender::Peer { .. }) => return drop(DropReason::NoRoute),
+            (Next::Remote { .. }, _) => return drop(DropReason::NoRoute),
         };
         // 5. Toward a peer, only the source's egress is judged here.
         let wire_id = match sender {
-            Sender::Pod => None,
+            Sender::Pod | Sender::Host => None,
             Sender::Peer { identity, .. } => identity,
         };
         let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
@@ -197,11 +214,11 @@ impl Pass<'_> {
         // port, or none for a client behind a peer node (a 403 then goes
         // back encapsulated, see `l7.rs`).
         let reply_port = match sender {
-            Sender::Pod => Some(self.ingress),
+            Sender::Pod | Sender::Host => Some(self.ingress),
             Sender::Peer { .. } => None,
         };
         match next {
-            Next::Local(route) => {
+            Next::Local(route) | Next::Host(route) => {
                 let held = match need {
                     // 8.
                     Need::Http(need) => self.http(&pkt, need, &route, reply_port)?,

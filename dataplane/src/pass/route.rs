@@ -29,6 +29,9 @@ pub struct Route {
 pub enum Next {
     /// A pod on this node.
     Local(Route),
+    /// The node itself, through the host port (the route's `endpoint` is
+    /// unused: no pod sits there).
+    Host(Route),
     /// A pod behind a peer node (index in the tunnel spec's peers), through
     /// the tunnel whose inner MTU is `inner_mtu`.
     Remote { peer: u32, inner_mtu: u16 },
@@ -51,6 +54,13 @@ impl Pass<'_> {
             }
             return Continue(None);
         }
+        if let Sender::Host = sender {
+            return match pkt.key.src {
+                IpAddr::V6(a) if ipv6::is_link_local(a) => drop(DropReason::ToNode),
+                a if snap.is_host_addr(a) => Continue(None),
+                _ => drop(DropReason::SourceSpoofed),
+            };
+        }
         let Some((idx, ep)) = snap.endpoint_on_port(self.ingress) else {
             return drop(DropReason::UnknownIngress);
         };
@@ -66,9 +76,24 @@ impl Pass<'_> {
     }
 
     /// Stage 4: multicast and node-bound traffic stop here; a local pod's
-    /// address routes to its port, a remote pod CIDR's to its peer node.
+    /// address routes to its port, a remote pod CIDR's to its peer node, a
+    /// node address to the host port (when the node has one).
     pub(super) fn route(&self, pkt: &Parsed) -> ControlFlow<Verdict, Next> {
         let snap = self.snap;
+        if let Some(h) = snap.host() {
+            if h.addrs.contains(&pkt.key.dst) {
+                let Some(port) = snap.port(h.port) else {
+                    return drop(DropReason::NoRoute);
+                };
+                return Continue(Next::Host(Route {
+                    endpoint: u32::MAX,
+                    port: h.port,
+                    dst_mac: h.node_mac,
+                    src_mac: port.mac,
+                    mtu: port.mtu,
+                }));
+            }
+        }
         let found = match pkt.key.dst {
             IpAddr::V4(a) => {
                 if a.is_multicast() || a.is_broadcast() {

@@ -15,7 +15,11 @@
 //! 3. IPv6 NDP (ICMPv6 types 133–137 directly after the IPv6 header) and
 //!    link-scope multicast destinations (ff02::/16) → `XDP_PASS`;
 //! 4. IPv4/IPv6 destinations in `LOCAL_V4`/`LOCAL_V6` (the node's own
-//!    addresses) → `XDP_PASS`;
+//!    addresses) → `XDP_PASS`; except with a host port (`CONFIG[1]` = 1,
+//!    set by the loader): then only link-local ones (the pods' gateways
+//!    169.254.1.1 and fe80::1) pass, and the rest go to the socket, so the
+//!    dataplane judges pod → node traffic and delivers it through the host
+//!    port (docs/datapath.md, "The host port");
 //! 5. everything else → the AF_XDP socket in `XSKS` at the frame's rx queue.
 //!    A missing socket makes `bpf_redirect_map` return `XDP_DROP` (its flags'
 //!    low bits): weir fails closed, a managed interface never falls back to
@@ -55,8 +59,10 @@ static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
 static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 
 /// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
+/// Slot 1: 1 when the node has a host port (pod → node-address frames go to
+/// the dataplane), 0 when they go to the kernel.
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
@@ -145,9 +151,19 @@ fn ipv4(ctx: &XdpContext) -> Verdict {
     // SAFETY: a shared lookup in a BPF hash map; the value is not used past
     // this line, so no reference outlives a concurrent update.
     if unsafe { LOCAL_V4.get(&dst) }.is_some() {
+        // With a host port only the link-local gateway stays the kernel's.
+        if host_port() && !(dst[0] == 169 && dst[1] == 254) {
+            return Verdict::Redirect;
+        }
         return Verdict::Pass;
     }
     Verdict::Redirect
+}
+
+/// A host port exists: node-address traffic goes through the dataplane.
+#[inline(always)]
+fn host_port() -> bool {
+    CONFIG.get(1).copied().unwrap_or(0) != 0
 }
 
 /// Underlay mode: our tunnel's frames to the socket, the rest to the kernel.
@@ -210,6 +226,10 @@ fn ipv6(ctx: &XdpContext) -> Verdict {
     }
     // SAFETY: as in `ipv4`: the value is not kept.
     if unsafe { LOCAL_V6.get(&dst) }.is_some() {
+        // fe80::/10 (the gateway fe80::1) stays the kernel's.
+        if host_port() && !(dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
+            return Verdict::Redirect;
+        }
         return Verdict::Pass;
     }
     Verdict::Redirect

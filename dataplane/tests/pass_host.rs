@@ -1,0 +1,345 @@
+//! Table tests of the host port (`SnapshotSpec::host`): frames from the
+//! node into its pods and from pods to the node's addresses, on golden
+//! bytes; the node's addresses compiled as the host identity (the default,
+//! `weir.dev/host-ingress: allow`) or as plain addresses (`policy`).
+
+use etherparse::PacketBuilder;
+use std::net::{IpAddr, Ipv6Addr};
+use weir_dataplane::pass::{process, FlowKey, WorkerState};
+use weir_dataplane::policy::{
+    CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
+    IDENTITY_HOST, IDENTITY_WORLD,
+};
+use weir_dataplane::snapshot::HostPort;
+use weir_dataplane::{DropReason, Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
+
+/// Pod a (port 0).
+const A: [u8; 4] = [10, 244, 0, 2];
+const A6: [u8; 16] = [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+/// The node: its `.1`/`::1` and its underlay address.
+const NODE: [u8; 4] = [10, 244, 0, 1];
+const NODE6: [u8; 16] = [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const NODE_UL: [u8; 4] = [172, 30, 0, 1];
+/// The host port's id (after the pod port).
+const HOST: u16 = 1;
+const POD_MAC: [u8; 6] = [0x06, 0, 10, 244, 0, 2];
+const PORT_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0];
+const HOST_PORT_MAC: [u8; 6] = [0x0a, 0x77, 0x68, 0x6f, 0, 1];
+const NODE_MAC: [u8; 6] = [0x0a, 0x77, 0x68, 0x6f, 0, 0];
+const SEC: u64 = 1_000_000_000;
+
+/// What a's ingress policy says.
+#[derive(Clone, Copy)]
+enum Ingress {
+    /// No policy.
+    Open,
+    /// Isolated, nothing allowed (a default-deny NetworkPolicy).
+    DenyAll,
+    /// Isolated, only addresses outside the pods allowed (an ipBlock that
+    /// names the node's address: the node is no pod, so it is in the
+    /// world class).
+    AllowWorld,
+}
+
+/// How the compiler saw the node's addresses.
+#[derive(Clone, Copy, PartialEq)]
+enum HostIngress {
+    /// The host identity (always allowed).
+    Allow,
+    /// Plain addresses (world, or an ipBlock's region).
+    Policy,
+}
+
+fn snap(ingress: Ingress, host: HostIngress) -> Snapshot {
+    let mut classes = vec![IDENTITY_WORLD, 256];
+    let mut addresses: Vec<(IpAddr, u32)> = vec![(A.into(), 1), (A6.into(), 1)];
+    if host == HostIngress::Allow {
+        classes.push(IDENTITY_HOST);
+        addresses.extend([(NODE.into(), 2), (NODE6.into(), 2)]);
+    }
+    let n = classes.len();
+    let policy = match ingress {
+        Ingress::Open => PolicySpec {
+            generation: 1,
+            ..PolicySpec::default()
+        },
+        Ingress::DenyAll | Ingress::AllowWorld => PolicySpec {
+            generation: 1,
+            rules: vec![RuleInfo {
+                tier: Tier::Namespace,
+                kind: "networkpolicies".into(),
+                namespace: Some("default".into()),
+                name: "a-ingress".into(),
+                direction: Direction::Ingress,
+                index: 0,
+                action: "Allow".into(),
+                priority: None,
+            }],
+            classes,
+            addresses,
+            prefixes: vec![],
+            world_class: 0,
+            cells: vec![
+                CellSpec::uniform(Decision::deny(RuleId::IMPLICIT_DENY)),
+                CellSpec::uniform(Decision::allow(RuleId(0))),
+            ],
+            tables: vec![match ingress {
+                Ingress::AllowWorld => [vec![1], vec![0; n - 1]].concat(),
+                _ => vec![0; n],
+            }],
+            endpoints: vec![EndpointTables {
+                ingress: Some(0),
+                egress: None,
+            }],
+            http: vec![],
+            ..Default::default()
+        },
+    };
+    Snapshot::build(SnapshotSpec {
+        generation: 1,
+        node: "n1".into(),
+        node_ipv4: Some(NODE.into()),
+        node_ipv6: Some(NODE6.into()),
+        ports: vec![
+            Port {
+                name: "wc0".into(),
+                mac: PORT_MAC,
+                mtu: 1450,
+            },
+            Port {
+                name: "weir-host1".into(),
+                mac: HOST_PORT_MAC,
+                mtu: 1450,
+            },
+        ],
+        endpoints: vec![Endpoint {
+            name: "default/a".into(),
+            port: 0,
+            mac: POD_MAC,
+            ipv4: Some(A.into()),
+            ipv6: Some(A6.into()),
+        }],
+        policy,
+        tunnel: None,
+        services: Vec::new(),
+        host: Some(HostPort {
+            port: HOST,
+            node_mac: NODE_MAC,
+            addrs: vec![
+                IpAddr::from(NODE),
+                IpAddr::from(NODE6),
+                IpAddr::from(NODE_UL),
+            ],
+        }),
+    })
+    .unwrap()
+}
+
+/// A TCP SYN (or a SYN-ACK with `reply`) from `src` to `dst`, sent by the
+/// node (`from_node`) or by pod a.
+fn tcp4(from_node: bool, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let (smac, dmac) = macs(from_node);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+fn udp6(from_node: bool, src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let (smac, dmac) = macs(from_node);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"ping")
+        .unwrap();
+    out
+}
+
+fn macs(from_node: bool) -> ([u8; 6], [u8; 6]) {
+    if from_node {
+        (NODE_MAC, HOST_PORT_MAC)
+    } else {
+        (POD_MAC, PORT_MAC)
+    }
+}
+
+/// Runs `frame` arriving on `ingress`; returns the verdict and the frame as
+/// it would leave.
+fn run(frame: &[u8], ingress: u16, s: &Snapshot, st: &mut WorkerState) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 2048];
+    buf[..frame.len()].copy_from_slice(frame);
+    let v = process(&mut buf, frame.len(), ingress, s, st);
+    let len = match v {
+        Verdict::Tx { len, .. } => len,
+        _ => 0,
+    };
+    buf.truncate(len);
+    (v, buf)
+}
+
+fn assert_tx(v: &Verdict, port: u16) {
+    assert!(
+        matches!(v, Verdict::Tx { port: p, .. } if *p == port),
+        "expected Tx on port {port}, got {v:?}"
+    );
+}
+
+/// The frame `out` left with: destination and source MAC, and the IPv4 TTL
+/// or IPv6 hop limit.
+fn link(out: &[u8]) -> ([u8; 6], [u8; 6], u8) {
+    let ttl = if out[12..14] == [0x86, 0xdd] {
+        out[14 + 7]
+    } else {
+        out[14 + 8]
+    };
+    (
+        out[0..6].try_into().unwrap(),
+        out[6..12].try_into().unwrap(),
+        ttl,
+    )
+}
+
+#[test]
+fn node_to_pod_and_reply_v4_and_v6() {
+    let s = snap(Ingress::Open, HostIngress::Allow);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    // The node's SYN to a:80 leaves on a's port, addressed to a.
+    let syn = tcp4(true, NODE, A, 40000, 80);
+    let (v, out) = run(&syn, HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    assert_eq!(link(&out), (POD_MAC, PORT_MAC, 63));
+    assert_eq!(
+        out[14 + 12..14 + 20],
+        syn[14 + 12..14 + 20],
+        "addresses kept"
+    );
+    // a's answer goes to the node through the host port.
+    let (v, out) = run(&tcp4(false, A, NODE, 80, 40000), 0, &s, &mut st);
+    assert_tx(&v, HOST);
+    assert_eq!(link(&out), (NODE_MAC, HOST_PORT_MAC, 63));
+    // IPv6 UDP both ways.
+    let (v, out) = run(&udp6(true, NODE6, A6, 5000, 53), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    assert_eq!(link(&out), (POD_MAC, PORT_MAC, 63));
+    let (v, out) = run(&udp6(false, A6, NODE6, 53, 5000), 0, &s, &mut st);
+    assert_tx(&v, HOST);
+    assert_eq!(link(&out), (NODE_MAC, HOST_PORT_MAC, 63));
+    // Both flows are tracked.
+    let k = FlowKey {
+        src: IpAddr::from(NODE),
+        dst: IpAddr::from(A),
+        proto: 6,
+        sport: 40000,
+        dport: 80,
+    };
+    assert!(st.conntrack().peek(&k, SEC).is_some());
+    assert_eq!(st.ct_stats().inserts.get(), 2);
+}
+
+#[test]
+fn pod_reaches_every_node_address_through_the_host_port() {
+    let s = snap(Ingress::Open, HostIngress::Allow);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    for (i, dst) in [NODE, NODE_UL].into_iter().enumerate() {
+        let (v, out) = run(&tcp4(false, A, dst, 41000 + i as u16, 22), 0, &s, &mut st);
+        assert_tx(&v, HOST);
+        assert_eq!(link(&out).0, NODE_MAC);
+    }
+    // The pods' gateway stays the kernel's: a frame that reached a worker
+    // anyway is not forwarded.
+    let (v, _) = run(&tcp4(false, A, [169, 254, 1, 1], 41002, 22), 0, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::ToNode));
+}
+
+#[test]
+fn the_host_port_carries_only_the_nodes_addresses_to_local_pods() {
+    let s = snap(Ingress::Open, HostIngress::Allow);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    // A source that is not the node's: spoofed.
+    let (v, _) = run(&tcp4(true, [10, 9, 9, 9], A, 1, 80), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::SourceSpoofed));
+    // A pod's own address from the host port: spoofed too.
+    let (v, _) = run(&tcp4(true, A, A, 1, 80), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::SourceSpoofed));
+    // The node to itself through its port: not forwarded.
+    let (v, _) = run(&tcp4(true, NODE, NODE_UL, 1, 80), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::ToNode));
+    // The node to an address no pod has: no route.
+    let (v, _) = run(
+        &tcp4(true, NODE, [10, 244, 0, 77], 1, 80),
+        HOST,
+        &s,
+        &mut st,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+    // A link-local source (the node's NDP that reached a worker): the node's.
+    let ll = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let (v, _) = run(&udp6(true, ll, A6, 1, 53), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::ToNode));
+    // A pod cannot pose as the node.
+    let (v, _) = run(&tcp4(false, NODE, A, 1, 80), 0, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::SourceSpoofed));
+}
+
+#[test]
+fn the_node_as_host_identity_passes_a_default_deny_policy() {
+    let s = snap(Ingress::DenyAll, HostIngress::Allow);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let (v, _) = run(&tcp4(true, NODE, A, 40000, 80), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    let (v, _) = run(&udp6(true, NODE6, A6, 5000, 53), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    // A stale flow (policy changed) is judged the same way again.
+    let mut s2 = snap(Ingress::DenyAll, HostIngress::Allow).spec.clone();
+    s2.generation = 2;
+    s2.policy.generation = 2;
+    let s2 = Snapshot::build(s2).unwrap();
+    let (v, _) = run(&tcp4(false, A, NODE, 80, 40000), 0, &s2, &mut st);
+    assert_tx(&v, HOST);
+}
+
+#[test]
+fn host_ingress_policy_judges_the_node_as_an_address() {
+    // Default deny: the node is denied like anyone.
+    let s = snap(Ingress::DenyAll, HostIngress::Policy);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let (v, _) = run(&tcp4(true, NODE, A, 40000, 80), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    let (v, _) = run(&udp6(true, NODE6, A6, 5000, 53), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    // An allow for addresses outside the pods (an ipBlock) admits it.
+    let s = snap(Ingress::AllowWorld, HostIngress::Policy);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let (v, _) = run(&tcp4(true, NODE, A, 40000, 80), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+}
+
+#[test]
+fn a_host_port_must_be_a_port_without_a_pod() {
+    let mut spec = snap(Ingress::Open, HostIngress::Allow).spec.clone();
+    spec.host.as_mut().unwrap().port = 0;
+    let e = Snapshot::build(spec.clone()).unwrap_err().to_string();
+    assert!(e.contains("also pod default/a"), "{e}");
+    spec.host.as_mut().unwrap().port = 7;
+    let e = Snapshot::build(spec.clone()).unwrap_err().to_string();
+    assert!(e.contains("not in the port list"), "{e}");
+    spec.host.as_mut().unwrap().port = HOST;
+    spec.host
+        .as_mut()
+        .unwrap()
+        .addrs
+        .push(IpAddr::V6(Ipv6Addr::from(A6)));
+    let e = Snapshot::build(spec).unwrap_err().to_string();
+    assert!(e.contains("also a pod's"), "{e}");
+}
