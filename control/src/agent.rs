@@ -53,6 +53,7 @@ pub fn compile_node(
         policy: weir_policy::compile(input, generation, node)?,
         tunnel: tunnel(cluster, n),
         services: services(cluster),
+        uplink: None,
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;

@@ -35,6 +35,12 @@ pub enum Kind {
     Forward = 1,
     Reverse = 2,
     Affinity = 3,
+    /// SNAT toward the world, keyed by the pod's tuple: the node's
+    /// address and port it leaves with.
+    SnatOut = 4,
+    /// SNAT reply, keyed by (world → node address:port): the pod's
+    /// address and port to restore as destination.
+    SnatIn = 5,
 }
 
 /// The rewrite an entry stands for.
@@ -196,6 +202,13 @@ impl NatTable {
             expires: until,
             nat,
         };
+    }
+
+    /// Whether `k` has a live entry of `kind` (its life is not extended).
+    pub fn contains(&self, k: &FlowKey, kind: Kind, now: u64) -> bool {
+        let key = Key::of(k, kind);
+        let b = self.bucket(&key);
+        b.entries.iter().any(|e| e.key == key && e.expires > now)
     }
 
     /// Removes the entry of `k`.

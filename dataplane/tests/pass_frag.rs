@@ -101,6 +101,7 @@ fn snap(generation: u64, deny_all: bool) -> Snapshot {
         policy,
         tunnel: None,
         services: Vec::new(),
+        uplink: None,
     })
     .unwrap()
 }

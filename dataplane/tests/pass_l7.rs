@@ -97,6 +97,7 @@ fn snap() -> Snapshot {
         policy,
         tunnel: None,
         services: Vec::new(),
+        uplink: None,
     })
     .unwrap()
 }

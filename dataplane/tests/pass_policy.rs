@@ -82,6 +82,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
         policy,
         tunnel: None,
         services: Vec::new(),
+        uplink: None,
     })
     .unwrap()
 }

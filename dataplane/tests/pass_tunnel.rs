@@ -143,6 +143,7 @@ fn spec(encap: Encap) -> SnapshotSpec {
         policy,
         tunnel: Some(tunnel(encap)),
         services: Vec::new(),
+        uplink: None,
     }
 }
 

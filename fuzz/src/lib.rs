@@ -173,6 +173,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
             }],
         }),
         services: Vec::new(),
+        uplink: None,
     }
 }
 

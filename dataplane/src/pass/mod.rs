@@ -29,7 +29,10 @@
 //!     destination link.
 //! 11. **Tunnel out** (`tunnel.rs`, destinations behind a peer node): the
 //!     rewritten inner frame is wrapped (VXLAN/-GBP or Geneve) for the
-//!     underlay.
+//!     underlay. **Uplink out** (`egress.rs`, destinations outside every
+//!     cluster range): SNAT on the node's underlay address and out on the
+//!     underlay to the uplink gateway; replies from the world are
+//!     reverse-SNATed right after parse (docs/egress.md).
 //!
 //! Node topology assumed: every pod sits behind its own veth (a [`crate::snapshot::Port`]);
 //! its IPv4 is a /32 with default route via 169.254.1.1 and its IPv6 a /128
@@ -97,6 +100,7 @@ use crate::wire::Error as WireError;
 use crate::{DropReason, Verdict};
 
 mod dns;
+mod egress;
 mod icmp;
 mod l7;
 mod parse;
@@ -159,6 +163,9 @@ enum Sender {
         peer: u32,
         identity: Option<Identity>,
     },
+    /// The world, through the uplink: a reply to a SNAT flow
+    /// (docs/egress.md).
+    World,
 }
 
 impl Pass<'_> {
@@ -169,6 +176,10 @@ impl Pass<'_> {
         let (len, sender) = self.tunnel_in(len)?;
         // 2.
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
+        // 2b. A reply from the world goes back to its pod (reverse SNAT).
+        if let Sender::World = sender {
+            self.uplink_in(&mut pkt)?;
+        }
         // 3. The local source endpoint (none behind a peer).
         let src_ep = self.check_source(&pkt, sender)?;
         // 3b. Services: a new flow to a ClusterIP is sent to a backend
@@ -182,11 +193,12 @@ impl Pass<'_> {
         let (dst_ep, mtu) = match (next, sender) {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
-            (Next::Remote { .. }, Sender::Peer { .. }) => return drop(DropReason::NoRoute),
+            (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
+            (Next::Remote { .. } | Next::Uplink { .. }, _) => return drop(DropReason::NoRoute),
         };
         // 5. Toward a peer, only the source's egress is judged here.
         let wire_id = match sender {
-            Sender::Pod => None,
+            Sender::Pod | Sender::World => None,
             Sender::Peer { identity, .. } => identity,
         };
         let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
@@ -198,7 +210,7 @@ impl Pass<'_> {
         // back encapsulated, see `l7.rs`).
         let reply_port = match sender {
             Sender::Pod => Some(self.ingress),
-            Sender::Peer { .. } => None,
+            Sender::Peer { .. } | Sender::World => None,
         };
         match next {
             Next::Local(route) => {
@@ -222,6 +234,14 @@ impl Pass<'_> {
                 }
                 // 10, 11.
                 Continue(self.tunnel_out(&pkt, peer))
+            }
+            Next::Uplink { .. } => {
+                // 9.
+                if let Need::Dns(need) = need {
+                    self.dns(&pkt, need, reply_port)?;
+                }
+                // 10, with SNAT (docs/egress.md).
+                Continue(self.uplink_out(&pkt))
             }
         }
     }

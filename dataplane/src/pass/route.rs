@@ -32,6 +32,9 @@ pub enum Next {
     /// A pod behind a peer node (index in the tunnel spec's peers), through
     /// the tunnel whose inner MTU is `inner_mtu`.
     Remote { peer: u32, inner_mtu: u16 },
+    /// The world, through the node's uplink (an IPv4 address outside every
+    /// cluster range; docs/egress.md).
+    Uplink { mtu: u16 },
 }
 
 impl Pass<'_> {
@@ -49,6 +52,10 @@ impl Pass<'_> {
             if from_peer != Some(peer) {
                 return drop(DropReason::SourceSpoofed);
             }
+            return Continue(None);
+        }
+        if let Sender::World = sender {
+            // Reverse-SNATed already: only replies of SNAT flows get here.
             return Continue(None);
         }
         let Some((idx, ep)) = snap.endpoint_on_port(self.ingress) else {
@@ -96,6 +103,11 @@ impl Pass<'_> {
                         peer,
                         inner_mtu: t.inner_mtu,
                     });
+                }
+            }
+            if let (Some(u), IpAddr::V4(a)) = (snap.uplink(), pkt.key.dst) {
+                if !u.cluster.contains(a) {
+                    return Continue(Next::Uplink { mtu: u.mtu });
                 }
             }
             return drop(DropReason::NoRoute);
