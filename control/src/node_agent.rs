@@ -812,6 +812,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             pod_mtu: 0,
             queues: 2,
             services: Vec::new(),
+            world: None,
+            non_masquerade: Vec::new(),
         },
     };
     let (policy_text, policies) = policies_in_force(&state);
@@ -1343,6 +1345,8 @@ mod tests {
                 pod_mtu: 0,
                 queues: 2,
                 services: Vec::new(),
+                world: None,
+                non_masquerade: Vec::new(),
             },
             inputs,
             services: Vec::new(),
