@@ -103,6 +103,11 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
                     port: sp.port,
                     backends,
                     affinity_timeout_s: svc.affinity_timeout_s,
+                    node_port: sp.node_port.filter(|_| {
+                        svc.kind == weir_model::service::ServiceType::NodePort && ip.is_ipv4()
+                    }),
+                    external_local: svc.external_traffic
+                        == weir_model::service::TrafficPolicy::Local,
                 });
             }
         }

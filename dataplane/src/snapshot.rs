@@ -115,7 +115,23 @@ pub struct ServiceFrontend {
     /// `sessionAffinity: ClientIP` timeout in seconds.
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
+    /// The Service port's `nodePort` (NodePort Services, IPv4 frontends):
+    /// reachable on the node's underlay address from the uplink
+    /// (docs/services.md, NodePort). In [`NODE_PORT_FIRST`]..=[`NODE_PORT_LAST`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// `externalTrafficPolicy: Local`: node-port traffic goes to this
+    /// node's backends only, without SNAT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external_local: bool,
 }
+
+/// First port of the NodePort range (Kubernetes' default
+/// `--service-node-port-range`); the XDP program's underlay branch hands
+/// TCP/UDP to these ports on the node's address to the dataplane.
+pub const NODE_PORT_FIRST: u16 = 30000;
+/// Last port of the NodePort range.
+pub const NODE_PORT_LAST: u16 = 32767;
 
 /// A backend of a [`ServiceFrontend`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +305,8 @@ pub struct ServiceTables {
     backends: HashSet<FrontendKey>,
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
+    /// (proto, nodePort) → frontend.
+    node_ports: HashMap<(u8, u16), u32>,
 }
 
 impl ServiceTables {
@@ -297,8 +315,22 @@ impl ServiceTables {
         let mut ips = HashSet::new();
         let mut backends = HashSet::new();
         let mut maglev = Vec::with_capacity(fronts.len());
+        let mut node_ports = HashMap::new();
         for (i, f) in fronts.iter().enumerate() {
             let err = |m: String| SnapshotError::Service(f.service.clone(), m);
+            if let Some(np) = f.node_port {
+                if !(NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&np) {
+                    return Err(err(format!(
+                        "nodePort {np} is outside {NODE_PORT_FIRST}-{NODE_PORT_LAST}"
+                    )));
+                }
+                if !f.ip.is_ipv4() {
+                    return Err(err(format!("nodePort {np} on an IPv6 frontend")));
+                }
+                if node_ports.insert((f.proto, np), i as u32).is_some() {
+                    return Err(err(format!("nodePort {np}/{} given twice", f.proto)));
+                }
+            }
             if f.port == 0 || !matches!(f.proto, 6 | 17 | 132) {
                 return Err(err(format!("bad frontend {}/{}", f.proto, f.port)));
             }
@@ -344,6 +376,7 @@ impl ServiceTables {
             ips,
             backends,
             maglev,
+            node_ports,
         })
     }
 
@@ -359,6 +392,11 @@ impl ServiceTables {
     }
 
     /// Whether `ip` is a ClusterIP.
+    /// The frontend of a node port.
+    pub fn node_port(&self, proto: u8, port: u16) -> Option<u32> {
+        self.node_ports.get(&(proto, port)).copied()
+    }
+
     pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {
         self.ips.contains(&ip)
     }

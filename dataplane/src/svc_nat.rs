@@ -56,6 +56,10 @@ pub struct Nat {
     /// Index of the frontend in the snapshot that made it (informative:
     /// snapshots change, the addresses are what count).
     pub frontend: u32,
+    /// The port that goes with `other`: NodePort forward, the SNAT source
+    /// port toward a remote backend; NodePort `SnatIn`, the node port to
+    /// restore as source. 0 otherwise.
+    pub other_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +115,7 @@ impl Default for Entry {
                 port: 0,
                 other: None,
                 frontend: 0,
+                other_port: 0,
             },
         }
     }
@@ -243,6 +248,7 @@ mod tests {
             port: 8080,
             other: None,
             frontend: 0,
+            other_port: 0,
         };
         t.set(&key(1000), Kind::Forward, nat, 0, 100);
         assert_eq!(t.get(&key(1000), Kind::Forward, 50, 150), Some(nat));
@@ -264,6 +270,7 @@ mod tests {
             port: 8080,
             other: None,
             frontend: 0,
+            other_port: 0,
         };
         for p in 0..10 {
             t.set(&key(p), Kind::Forward, nat, 0, 100 + u64::from(p));

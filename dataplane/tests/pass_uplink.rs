@@ -279,3 +279,110 @@ fn an_uplink_without_underlay_is_refused() {
     spec.tunnel = None;
     assert!(Snapshot::build(spec).is_err());
 }
+
+/// NodePort: a Service port with nodePort 30080 over backends a (local)
+/// and r (on the peer node-2), and one with Local policy over r only.
+fn np_snap() -> Snapshot {
+    use weir_dataplane::snapshot::{ServiceBackend, ServiceFrontend, TunnelPeer};
+    let mut spec = snap().spec.clone();
+    let t = spec.tunnel.as_mut().unwrap();
+    t.peers.push(TunnelPeer {
+        node: "node-2".into(),
+        ipv4: [172, 30, 0, 2].into(),
+        mac: [0x0a, 0, 172, 30, 0, 2],
+        vtep_mac: [0x0e, 0, 172, 30, 0, 2],
+        pod_cidrs: vec![([10, 2, 0, 0].into(), 24)],
+        identity_aware: true,
+    });
+    let b = |pod: &str, ip: [u8; 4]| ServiceBackend {
+        pod: pod.into(),
+        ip: ip.into(),
+        port: 80,
+        active: true,
+    };
+    let f = |ip: [u8; 4], np: u16, local: bool, backends| ServiceFrontend {
+        service: format!("default/np{np}"),
+        port_name: None,
+        ip: ip.into(),
+        proto: 6,
+        port: 80,
+        backends,
+        affinity_timeout_s: None,
+        node_port: Some(np),
+        external_local: local,
+    };
+    spec.services = vec![
+        f(
+            [10, 96, 0, 1],
+            30080,
+            false,
+            vec![b("a", A), b("r", [10, 2, 0, 9])],
+        ),
+        f([10, 96, 0, 2], 30081, true, vec![b("r", [10, 2, 0, 9])]),
+    ];
+    Snapshot::build(spec).unwrap()
+}
+
+#[test]
+fn node_port_to_local_and_remote_backends() {
+    let s = np_snap();
+    let mut st = WorkerState::new();
+    let client = [198, 51, 100, 1];
+    let (mut local, mut remote) = (0, 0);
+    for sport in 40000..40040u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (client, sport), (UL_ME, 30080), 64);
+        match run(&s, &mut st, &f, UNDERLAY) {
+            // Local backend a: DNAT only, the client's address kept.
+            (Verdict::Tx { port: 0, .. }, out) => {
+                assert_eq!(
+                    out,
+                    tcp((port_mac(0), pod_mac(0)), (client, sport), (A, 80), 63)
+                );
+                local += 1;
+                // a's reply leaves through the uplink from the node port.
+                let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 64);
+                let (v, back) = run(&s, &mut st, &r, 0);
+                assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+                assert_eq!(
+                    back,
+                    tcp((UL_MAC_ME, GW_MAC), (UL_ME, 30080), (client, sport), 63)
+                );
+            }
+            // Remote backend: through the tunnel (checked by its length:
+            // outer headers added).
+            (
+                Verdict::Tx {
+                    port: UNDERLAY,
+                    len,
+                },
+                _,
+            ) => {
+                assert!(len > f.len() + 40, "{len}");
+                remote += 1;
+            }
+            (v, _) => panic!("{v:?}"),
+        }
+    }
+    assert!(local > 5 && remote > 5, "local {local} remote {remote}");
+    // Local policy on a node without a local backend: counted drop.
+    let f = tcp((GW_MAC, UL_MAC_ME), (client, 1234), (UL_ME, 30081), 64);
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NodePortNoLocalEndpoint)
+    );
+    // A node port no Service has.
+    let f = tcp((GW_MAC, UL_MAC_ME), (client, 1234), (UL_ME, 30999), 64);
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn node_ports_outside_the_range_or_twice_are_refused() {
+    let mut spec = np_snap().spec.clone();
+    spec.services[1].node_port = Some(30080);
+    assert!(Snapshot::build(spec.clone()).is_err());
+    spec.services[1].node_port = Some(8080);
+    assert!(Snapshot::build(spec).is_err());
+}

@@ -110,6 +110,8 @@ drop_reasons! {
     SnatNoEntry = 35 => "snat-no-entry",
     /// packet to the world weir cannot masquerade (not TCP or UDP, e.g. ICMP echo; or an IP fragment)
     SnatUnsupported = 36 => "snat-unsupported",
+    /// new flow to a NodePort with externalTrafficPolicy Local on a node without a ready local endpoint
+    NodePortNoLocalEndpoint = 37 => "nodeport-no-local-endpoint",
 }
 
 macro_rules! l7_reasons {

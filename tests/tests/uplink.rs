@@ -73,6 +73,10 @@ struct Witness {
 impl Witness {
     fn start(c: &TestCluster, bind: &str, port: u16, udp: bool) -> Witness {
         let netns = c.topology().world.expect("world host").netns;
+        Self::start_in(&netns, bind, port, udp)
+    }
+
+    fn start_in(netns: &str, bind: &str, port: u16, udp: bool) -> Witness {
         let code = if udp {
             format!(
                 "import socket,sys\n\
@@ -93,7 +97,7 @@ impl Witness {
             )
         };
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &netns, "python3", "-u", "-c", &code])
+            .args(["netns", "exec", netns, "python3", "-u", "-c", &code])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -288,4 +292,125 @@ fn weir_up_refuses_an_ipv6_non_masquerade_cidr() {
         err.contains("non_masquerade") && err.contains("IPv6"),
         "{err}"
     );
+}
+
+const NODE_PORTS: &str = r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: up}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: up, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: up, labels: {app: web, only: b}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: up, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: up}
+spec: {type: NodePort, selector: {app: web}, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: loc, namespace: up}
+spec: {type: NodePort, externalTrafficPolicy: Local, selector: {only: b}, ports: [{port: 80, nodePort: 30081}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wit-local, namespace: up}
+spec: {type: NodePort, externalTrafficPolicy: Local, selector: {only: b}, ports: [{port: 9100, nodePort: 30082}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wit-cluster, namespace: up}
+spec: {type: NodePort, selector: {only: b}, ports: [{port: 9100, nodePort: 30083}]}
+"#;
+
+/// `count` TCP connections from the world host to `ip:port`; the first
+/// answer line of each (empty for a failure).
+fn from_world(c: &TestCluster, ip: Ipv4Addr, port: u16, count: usize) -> Vec<String> {
+    let netns = c.topology().world.expect("world host").netns;
+    let script = format!(
+        "for i in $(seq 1 {count}); do a=$(true | timeout 5 nc -4 -w 2 {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\"; done"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns, "bash", "-c", &script])
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            if l == "-" {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn node_ports_from_the_world() {
+    let nodes = node_manifest(0, false) + &node_manifest(1, false);
+    let c = TestCluster::up("upn", &(nodes + NODE_PORTS));
+    c.wait_applied(Duration::from_secs(30));
+    let (n1, n2) = (underlay_ip(&c, "n1"), underlay_ip(&c, "n2"));
+
+    // externalTrafficPolicy Cluster: every node answers on the node port,
+    // spread over the backends of both nodes.
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    for node in [n1, n2] {
+        let answers = from_world(&c, node, 30080, 30);
+        assert!(
+            answers
+                .iter()
+                .all(|a| ["a", "b", "c"].contains(&a.as_str())),
+            "{node}: {answers:?}"
+        );
+        for pod in ["a", "b", "c"] {
+            assert!(
+                answers.iter().any(|a| a == pod),
+                "{node}: {pod} never answered: {answers:?}"
+            );
+        }
+    }
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 30);
+
+    // Local: only the node with a backend answers; the other drops, counted.
+    assert_eq!(from_world(&c, n2, 30081, 3), vec!["b"; 3]);
+    let before = c.node_drops("n1", "nodeport-no-local-endpoint");
+    assert_eq!(from_world(&c, n1, 30081, 2), vec![""; 2]);
+    assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+
+    // The source the backend sees: the client with Local; n1's pod-CIDR
+    // gateway address with Cluster through n1 (the backend is on n2).
+    let b_netns = c.topology().pod("up", "b").expect("pod b").netns.clone();
+    let mut w = Witness::start_in(&b_netns, "0.0.0.0", 9100, false);
+    let world_ip = c.topology().world.expect("world").ipv4;
+    assert_eq!(from_world(&c, n2, 30082, 1), vec!["seen"]);
+    assert_eq!(w.take(1)[0].0, world_ip);
+    assert_eq!(from_world(&c, n1, 30083, 1), vec!["seen"]);
+    let seen = w.take(1)[0];
+    assert_eq!(seen.0, Ipv4Addr::new(10, 244, 0, 1), "{seen:?}");
+    assert!(SNAT.contains(&seen.1), "{seen:?}");
+
+    // Without n1's dataplane, its node port is gone (n2's stays).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_world(&c, n1, 30080, 1), vec![""]);
+    assert_eq!(from_world(&c, n2, 30081, 1), vec!["b"]);
 }

@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::parse::{Fragment, Parsed};
 use super::{drop, Pass};
 use crate::flow_key::FlowKey;
-use crate::snapshot::{SNAT_PORT_FIRST, SNAT_PORT_LAST};
+use crate::snapshot::{NODE_PORT_FIRST, NODE_PORT_LAST, SNAT_PORT_FIRST, SNAT_PORT_LAST};
 use crate::svc_nat::{Kind, Nat};
 use crate::wire::{ethernet, ip_proto};
 use crate::{DropReason, Verdict};
@@ -42,10 +42,11 @@ const MAX_PROBES: u32 = 64;
 /// Seed of the hash that picks where a flow's probe starts.
 const PORT_SEED: u64 = 0x736e_6174_0000_0001;
 
-/// Whether `frame` is a reply from the world to a SNAT port of `node`:
-/// IPv4 TCP/UDP (any fragment offset 0 and no MF) to `node` with a
-/// destination port in the SNAT range. A raw peek, before parse.
-pub(super) fn is_snat_reply(frame: &[u8], node: Ipv4Addr) -> bool {
+/// Whether `frame` is for weir from the uplink: IPv4 TCP/UDP (fragment
+/// offset 0 and no MF) to `node` with a destination port in the SNAT range
+/// (a reply from the world) or the NodePort range. A raw peek, before
+/// parse.
+pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
     let ip_at = ethernet::HEADER_LEN;
     let (Some(ty), Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
         frame.get(12..14),
@@ -69,7 +70,9 @@ pub(super) fn is_snat_reply(frame: &[u8], node: Ipv4Addr) -> bool {
     let Some(dport) = frame.get(ip_at + ihl + 2..ip_at + ihl + 4) else {
         return false;
     };
-    (SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&u16::from_be_bytes([dport[0], dport[1]]))
+    let dport = u16::from_be_bytes([dport[0], dport[1]]);
+    (SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&dport)
+        || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
 }
 
 impl Pass<'_> {
@@ -85,6 +88,9 @@ impl Pass<'_> {
     pub(super) fn uplink_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
         if pkt.fragment != Fragment::Whole || pkt.icmp_error {
             return drop(DropReason::SnatNoEntry);
+        }
+        if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
+            return self.node_port_in(pkt);
         }
         let now = self.st.now_ns;
         let idle = self.snat_idle(pkt.key.proto);
@@ -111,7 +117,9 @@ impl Pass<'_> {
             return Verdict::Drop(DropReason::NoRoute);
         };
         let (port, node, gw, mac) = (u.port, u.node_ipv4, u.gateway_mac, u.node_mac);
+        // A NodePort reply already carries the node's address as source.
         let masquerade = match pkt.key.dst {
+            IpAddr::V4(_) if pkt.key.src == IpAddr::V4(node) => false,
             IpAddr::V4(a) => !u.non_masquerade.contains(a),
             IpAddr::V6(_) => return Verdict::Drop(DropReason::NoRoute),
         };
@@ -146,6 +154,44 @@ impl Pass<'_> {
         if let Some(n) = nat.get(key, Kind::SnatOut, now, until) {
             return Some(n.port);
         }
+        let (s, _) = crate::conntrack::addr_bytes(key.src);
+        let (d, _) = crate::conntrack::addr_bytes(key.dst);
+        let last = u64::from(key.sport) | u64::from(key.dport) << 16 | u64::from(key.proto) << 32;
+        let hash = crate::conntrack::hash_addrs(PORT_SEED, &s, &d, last);
+        let reply = |port| FlowKey {
+            src: key.dst,
+            dst: IpAddr::V4(node),
+            proto: key.proto,
+            sport: key.dport,
+            dport: port,
+        };
+        let port = self.free_snat_port(hash, reply)?;
+        let back = Nat {
+            addr: key.src,
+            port: key.sport,
+            other: None,
+            frontend: 0,
+            other_port: 0,
+        };
+        nat.set(&reply(port), Kind::SnatIn, back, now, until);
+        let out = Nat {
+            addr: IpAddr::V4(node),
+            port,
+            other: None,
+            frontend: 0,
+            other_port: 0,
+        };
+        nat.set(key, Kind::SnatOut, out, now, until);
+        Some(port)
+    }
+
+    /// A port of this worker's share of the SNAT range whose reply tuple
+    /// `reply(port)` has no live `SnatIn` entry, probing from `hash`; the
+    /// caller records it (no other worker allocates from this share, so
+    /// nothing can take it in between).
+    pub(super) fn free_snat_port(&self, hash: u64, reply: impl Fn(u16) -> FlowKey) -> Option<u16> {
+        let nat = self.st.ct.nat();
+        let now = self.st.now_ns;
         let (index, workers) = self.st.snat_slice;
         let (index, workers) = (u32::from(index), u32::from(workers.max(1)));
         let size = u32::from(SNAT_PORT_LAST - SNAT_PORT_FIRST) + 1;
@@ -153,39 +199,13 @@ impl Pass<'_> {
         if share == 0 {
             return None;
         }
-        let (s, _) = crate::conntrack::addr_bytes(key.src);
-        let (d, _) = crate::conntrack::addr_bytes(key.dst);
-        let last = u64::from(key.sport) | u64::from(key.dport) << 16 | u64::from(key.proto) << 32;
-        let start =
-            (crate::conntrack::hash_addrs(PORT_SEED, &s, &d, last) % u64::from(share)) as u32;
+        let start = (hash % u64::from(share)) as u32;
         for probe in 0..MAX_PROBES.min(share) {
             let k = (start + probe) % share;
             let port = u16::try_from(u32::from(SNAT_PORT_FIRST) + index + k * workers).ok()?;
-            let reply = FlowKey {
-                src: key.dst,
-                dst: IpAddr::V4(node),
-                proto: key.proto,
-                sport: key.dport,
-                dport: port,
-            };
-            if nat.contains(&reply, Kind::SnatIn, now) {
-                continue;
+            if !nat.contains(&reply(port), Kind::SnatIn, now) {
+                return Some(port);
             }
-            let back = Nat {
-                addr: key.src,
-                port: key.sport,
-                other: None,
-                frontend: 0,
-            };
-            nat.set(&reply, Kind::SnatIn, back, now, until);
-            let out = Nat {
-                addr: IpAddr::V4(node),
-                port,
-                other: None,
-                frontend: 0,
-            };
-            nat.set(key, Kind::SnatOut, out, now, until);
-            return Some(port);
         }
         None
     }
@@ -202,10 +222,12 @@ mod tests {
         let src = include_str!("../../../xdp-redirect/ebpf/src/main.rs");
         assert!(src.contains(&format!("const SNAT_FIRST: u16 = {SNAT_PORT_FIRST};")));
         assert!(src.contains(&format!("const SNAT_LAST: u16 = {SNAT_PORT_LAST};")));
+        assert!(src.contains(&format!("const NODE_PORT_FIRST: u16 = {NODE_PORT_FIRST};")));
+        assert!(src.contains(&format!("const NODE_PORT_LAST: u16 = {NODE_PORT_LAST};")));
     }
 
     #[test]
-    fn snat_reply_peek() {
+    fn uplink_peek() {
         let node = Ipv4Addr::new(172, 30, 0, 1);
         let frame = |dst: [u8; 4], dport: u16, tcp: bool| {
             let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([198, 51, 100, 1], dst, 64);
@@ -217,12 +239,16 @@ mod tests {
             }
             out
         };
-        assert!(is_snat_reply(&frame(node.octets(), 61000, true), node));
-        assert!(is_snat_reply(&frame(node.octets(), 65535, false), node));
-        assert!(!is_snat_reply(&frame(node.octets(), 60999, true), node));
-        assert!(!is_snat_reply(&frame(node.octets(), 4789, false), node));
-        assert!(!is_snat_reply(&frame([172, 30, 0, 2], 61000, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 61000, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 65535, false), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 60999, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 30000, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 32767, false), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 29999, true), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 32768, true), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 4789, false), node));
+        assert!(!is_from_uplink(&frame([172, 30, 0, 2], 61000, true), node));
         let short = frame(node.octets(), 61000, true);
-        assert!(!is_snat_reply(&short[..36], node));
+        assert!(!is_from_uplink(&short[..36], node));
     }
 }

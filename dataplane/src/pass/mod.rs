@@ -103,6 +103,7 @@ mod dns;
 mod egress;
 mod icmp;
 mod l7;
+mod nodeport;
 mod parse;
 mod policy;
 mod rewrite;
@@ -186,14 +187,24 @@ impl Pass<'_> {
         //     (routing and policy see the backend); a reply is reverse
         //     NATed (routing sees the rewritten packet, conntrack and
         //     policy the packet as it came).
-        let routed = self.service(&mut pkt)?;
+        //     A remote backend's reply to a node-port flow this node
+        //     SNATed is restored first (docs/services.md, NodePort).
+        let np_reply = self.node_port_reply(&pkt)?;
+        let routed = match np_reply {
+            Some(r) => Some(r),
+            None => self.service(&mut pkt)?,
+        };
         // 4. Frames from a peer route to a local pod only (no transit
         //    between peers through this node).
         let next = self.route(routed.as_ref().unwrap_or(&pkt))?;
         let (dst_ep, mtu) = match (next, sender) {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
+            // A node port's flow to a backend on another node.
+            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, inner_mtu),
             (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
+            // That backend's reply, on its way back to the client.
+            (Next::Uplink { mtu }, Sender::Peer { .. }) if np_reply.is_some() => (None, mtu),
             (Next::Remote { .. } | Next::Uplink { .. }, _) => return drop(DropReason::NoRoute),
         };
         // 5. Toward a peer, only the source's egress is judged here.
@@ -240,8 +251,10 @@ impl Pass<'_> {
                 if let Need::Dns(need) = need {
                     self.dns(&pkt, need, reply_port)?;
                 }
-                // 10, with SNAT (docs/egress.md).
-                Continue(self.uplink_out(&pkt))
+                // 10, with SNAT (docs/egress.md); node-port replies
+                // (rewritten for routing) already come from the node.
+                let out = routed.unwrap_or(pkt);
+                Continue(self.uplink_out(&out))
             }
         }
     }

@@ -106,7 +106,10 @@ impl Pass<'_> {
                 }
             }
             if let (Some(u), IpAddr::V4(a)) = (snap.uplink(), pkt.key.dst) {
-                if !u.cluster.contains(a) {
+                // A node-port reply (source: the node's underlay address,
+                // which no pod can send from) goes back to its client
+                // wherever it is.
+                if !u.cluster.contains(a) || pkt.key.src == IpAddr::V4(u.node_ipv4) {
                     return Continue(Next::Uplink { mtu: u.mtu });
                 }
             }

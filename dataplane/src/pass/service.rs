@@ -107,6 +107,7 @@ impl Pass<'_> {
                     port: pkt.key.dport,
                     other: chosen.other.map(|_| pkt.key.src),
                     frontend: front,
+                    other_port: 0,
                 },
                 now,
                 now + idle,
@@ -182,6 +183,7 @@ impl Pass<'_> {
             port,
             other: hairpin,
             frontend: front,
+            other_port: 0,
         };
         if let Some(t) = affinity {
             nat.set(&aff_key, Kind::Affinity, chosen, now, now + t);
@@ -255,7 +257,7 @@ impl Pass<'_> {
 }
 
 /// Whether `addr:port` is still a backend of `f` (active or draining).
-fn has_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
+pub(super) fn has_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
     f.backends.iter().any(|b| b.ip == addr && b.port == port)
 }
 
@@ -267,7 +269,7 @@ fn active_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
 }
 
 /// The 5-tuple hash Maglev picks with.
-fn tuple_hash(pkt: &Parsed) -> u64 {
+pub(super) fn tuple_hash(pkt: &Parsed) -> u64 {
     let (s, _) = crate::conntrack::addr_bytes(pkt.key.src);
     let (d, _) = crate::conntrack::addr_bytes(pkt.key.dst);
     let last =

@@ -25,7 +25,7 @@ impl Pass<'_> {
         // A reply from the world to a SNAT port (docs/egress.md).
         if let Some(u) = self.snap.uplink() {
             let frame = self.buf.get(..len).unwrap_or_default();
-            if super::egress::is_snat_reply(frame, u.node_ipv4) {
+            if super::egress::is_from_uplink(frame, u.node_ipv4) {
                 return Continue((len, Sender::World));
             }
         }

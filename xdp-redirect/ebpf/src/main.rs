@@ -5,7 +5,8 @@
 //! 0 = pod mode): ONLY untruncated, unfragmented IPv4 frames whose
 //! destination is one of `LOCAL_V4` and that are UDP to that port (the
 //! tunnel) or TCP/UDP to a port of weir's SNAT range `SNAT_FIRST..=SNAT_LAST`
-//! (replies from the world, docs/egress.md) go to the AF_XDP socket at the
+//! (replies from the world, docs/egress.md) or of the NodePort range
+//! (docs/services.md) go to the AF_XDP socket at the
 //! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
 //!
@@ -77,6 +78,10 @@ const IPPROTO_TCP: u8 = 6;
 /// TCP/UDP to these ports on a local address is a reply from the world.
 const SNAT_FIRST: u16 = 61000;
 const SNAT_LAST: u16 = 65535;
+/// The NodePort range (`weir_dataplane::snapshot::NODE_PORT_FIRST`/`LAST`):
+/// TCP/UDP to these ports on a local address is for a NodePort Service.
+const NODE_PORT_FIRST: u16 = 30000;
+const NODE_PORT_LAST: u16 = 32767;
 /// Router Solicitation .. Redirect: NDP.
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
@@ -192,8 +197,12 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
         return Verdict::Pass;
     };
     let dport = u16::from_be_bytes(dport);
-    // Our tunnel, or a reply from the world to a SNAT port (TCP or UDP).
-    if (proto == IPPROTO_UDP && dport == port) || (SNAT_FIRST..=SNAT_LAST).contains(&dport) {
+    // Our tunnel, a reply from the world to a SNAT port, or a NodePort
+    // (TCP or UDP).
+    if (proto == IPPROTO_UDP && dport == port)
+        || (SNAT_FIRST..=SNAT_LAST).contains(&dport)
+        || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
+    {
         return Verdict::Redirect;
     }
     Verdict::Pass
