@@ -108,6 +108,8 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
                     }),
                     external_local: svc.external_traffic
                         == weir_model::service::TrafficPolicy::Local,
+                    internal_local: svc.internal_traffic
+                        == weir_model::service::TrafficPolicy::Local,
                 });
             }
         }

@@ -124,6 +124,11 @@ pub struct ServiceFrontend {
     /// node's backends only, without SNAT.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: pods' flows to the ClusterIP go to
+    /// backends on their own node only (none: refused as without
+    /// endpoints).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal_local: bool,
 }
 
 /// First port of the NodePort range (Kubernetes' default

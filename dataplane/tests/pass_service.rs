@@ -56,6 +56,7 @@ fn front(ip: IpAddr, proto: u8, port: u16, backends: Vec<ServiceBackend>) -> Ser
         affinity_timeout_s: None,
         node_port: None,
         external_local: false,
+        internal_local: false,
     }
 }
 

@@ -310,6 +310,7 @@ fn np_snap() -> Snapshot {
         affinity_timeout_s: None,
         node_port: Some(np),
         external_local: local,
+        internal_local: false,
     };
     spec.services = vec![
         f(
@@ -385,4 +386,40 @@ fn node_ports_outside_the_range_or_twice_are_refused() {
     assert!(Snapshot::build(spec.clone()).is_err());
     spec.services[1].node_port = Some(8080);
     assert!(Snapshot::build(spec).is_err());
+}
+
+#[test]
+fn internal_traffic_local_picks_this_nodes_backends_only() {
+    let mut spec = np_snap().spec.clone();
+    for (i, f) in spec.services.iter_mut().enumerate() {
+        f.node_port = None;
+        f.internal_local = true;
+        f.ip = [10, 96, 0, 10 + i as u8].into();
+    }
+    let s = Snapshot::build(spec).unwrap();
+    let mut st = WorkerState::new();
+    // 10.96.0.10: backends a (here) and r (node-2): always a.
+    for sport in 1000..1020u16 {
+        let f = tcp(
+            (pod_mac(1), port_mac(1)),
+            (B, sport),
+            ([10, 96, 0, 10], 80),
+            64,
+        );
+        let (v, out) = run(&s, &mut st, &f, 1);
+        assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+        assert_eq!(out, tcp((port_mac(0), pod_mac(0)), (B, sport), (A, 80), 63));
+    }
+    // 10.96.0.11: only r, on node-2: refused here (RST back to the pod).
+    let f = tcp(
+        (pod_mac(1), port_mac(1)),
+        (B, 2000),
+        ([10, 96, 0, 11], 80),
+        64,
+    );
+    assert!(matches!(
+        run(&s, &mut st, &f, 1).0,
+        Verdict::Tx { port: 1, .. }
+    ));
+    assert_eq!(st.take_reply_drop(), Some(DropReason::ServiceNoEndpoints));
 }

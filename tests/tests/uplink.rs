@@ -334,6 +334,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: wit-cluster, namespace: up}
 spec: {type: NodePort, selector: {only: b}, ports: [{port: 9100, nodePort: 30083}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: inl, namespace: up}
+spec: {internalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80}]}
 "#;
 
 /// `count` TCP connections from the world host to `ip:port`; the first
@@ -359,6 +364,8 @@ fn from_world(c: &TestCluster, ip: Ipv4Addr, port: u16, count: usize) -> Vec<Str
         .collect()
 }
 
+/// NodePort (externalTrafficPolicy Cluster and Local) from the world
+/// host, and internalTrafficPolicy Local for a ClusterIP.
 #[test]
 fn node_ports_from_the_world() {
     let nodes = node_manifest(0, false) + &node_manifest(1, false);
@@ -403,6 +410,23 @@ fn node_ports_from_the_world() {
     let seen = w.take(1)[0];
     assert_eq!(seen.0, Ipv4Addr::new(10, 244, 0, 1), "{seen:?}");
     assert!(SNAT.contains(&seen.1), "{seen:?}");
+
+    // internalTrafficPolicy Local: pods reach their own node's backends only.
+    let inl = c
+        .topology()
+        .services
+        .iter()
+        .find(|s| s.name == "inl")
+        .and_then(|s| s.cluster_ips.first().copied())
+        .expect("inl ClusterIP")
+        .to_string();
+    let from_a = connect(&c, "a", &inl, 80, false, 20, false);
+    assert!(from_a.iter().all(|x| x == "a" || x == "c"), "{from_a:?}");
+    assert!(
+        from_a.iter().any(|x| x == "a") && from_a.iter().any(|x| x == "c"),
+        "{from_a:?}"
+    );
+    assert_eq!(connect(&c, "b", &inl, 80, false, 5, false), vec!["b"; 5]);
 
     // Without n1's dataplane, its node port is gone (n2's stays).
     let out = c.weir(&["dataplane", "stop", "--node", "n1"]);

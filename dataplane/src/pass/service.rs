@@ -168,6 +168,24 @@ impl Pass<'_> {
         });
         let (addr, port) = match from_affinity {
             Some(n) => (n.addr, n.port),
+            None if f.internal_local => {
+                // internalTrafficPolicy: Local: this node's backends only.
+                let snap = self.snap;
+                let local = |b: &&crate::snapshot::ServiceBackend| {
+                    b.active
+                        && match b.ip {
+                            IpAddr::V4(a) => snap.endpoint_by_v4(a).is_some(),
+                            IpAddr::V6(a) => snap.endpoint_by_v6(a).is_some(),
+                        }
+                };
+                let n = f.backends.iter().filter(local).count();
+                if n == 0 {
+                    return None;
+                }
+                let k = (tuple_hash(pkt) % n as u64) as usize;
+                let b = f.backends.iter().filter(local).nth(k)?;
+                (b.ip, b.port)
+            }
             None => {
                 let b = self.snap.services().pick(front, tuple_hash(pkt))?;
                 let b = f.backends.get(usize::from(b))?;
