@@ -303,22 +303,22 @@ metadata: {name: up}
 apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: up, labels: {app: web}}
-spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: up, labels: {app: web, only: b}}
-spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: c, namespace: up, labels: {app: web}}
-spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: up}
-spec: {type: NodePort, selector: {app: web}, ports: [{port: 80, nodePort: 30080}]}
+spec: {type: NodePort, selector: {app: web}, ports: [{name: tcp, port: 80, nodePort: 30080}, {name: udp, port: 80, protocol: UDP, nodePort: 30080}]}
 ---
 apiVersion: v1
 kind: Service
@@ -344,9 +344,20 @@ spec: {internalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80}]}
 /// `count` TCP connections from the world host to `ip:port`; the first
 /// answer line of each (empty for a failure).
 fn from_world(c: &TestCluster, ip: Ipv4Addr, port: u16, count: usize) -> Vec<String> {
+    from_world_proto(c, ip, port, count, false)
+}
+
+fn from_world_proto(
+    c: &TestCluster,
+    ip: Ipv4Addr,
+    port: u16,
+    count: usize,
+    udp: bool,
+) -> Vec<String> {
     let netns = c.topology().world.expect("world host").netns;
+    let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
     let script = format!(
-        "for i in $(seq 1 {count}); do a=$(true | timeout 5 nc -4 -w 2 {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\"; done"
+        "for i in $(seq 1 {count}); do a=$({input} | timeout 5 nc -4 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\"; done"
     );
     let out = Command::new("ip")
         .args(["netns", "exec", &netns, "bash", "-c", &script])
@@ -392,6 +403,20 @@ fn node_ports_from_the_world() {
         }
     }
     assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 30);
+    // UDP on the same node port number.
+    for node in [n1, n2] {
+        let answers = from_world_proto(&c, node, 30080, 30, true);
+        assert!(
+            answers
+                .iter()
+                .all(|a| ["a", "b", "c"].contains(&a.as_str())),
+            "{node}: {answers:?}"
+        );
+        assert!(
+            answers.iter().any(|a| a == "b") && answers.iter().any(|a| a != "b"),
+            "{node}: {answers:?}"
+        );
+    }
 
     // Local: only the node with a backend answers; the other drops, counted.
     assert_eq!(from_world(&c, n2, 30081, 3), vec!["b"; 3]);
