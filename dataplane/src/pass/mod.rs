@@ -165,7 +165,7 @@ enum Sender {
         identity: Option<Identity>,
     },
     /// The world, through the uplink: a reply to a SNAT flow
-    /// (docs/egress.md).
+    /// (docs/egress.md) or a flow to a node port (docs/services.md).
     World,
 }
 
@@ -177,7 +177,8 @@ impl Pass<'_> {
         let (len, sender) = self.tunnel_in(len)?;
         // 2.
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
-        // 2b. A reply from the world goes back to its pod (reverse SNAT).
+        // 2b. From the world: a reply goes back to its pod (reverse SNAT),
+        //     a node-port flow to its backend (DNAT, maybe SNAT).
         if let Sender::World = sender {
             self.uplink_in(&mut pkt)?;
         }
