@@ -9,7 +9,7 @@ use crate::state::{write_atomic, StateDir};
 use anyhow::Context;
 use std::net::IpAddr;
 use weir_dataplane::snapshot::{
-    Encap, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
+    Encap, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay, UplinkSpec,
 };
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec};
 use weir_policy::PolicyInput;
@@ -68,6 +68,7 @@ pub fn compile_node(
         tunnel: tunnel(cluster, n),
         services: services(cluster),
         host,
+        uplink: uplink(cluster, n),
     };
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
@@ -164,6 +165,13 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
                     port: sp.port,
                     backends,
                     affinity_timeout_s: svc.affinity_timeout_s,
+                    node_port: sp.node_port.filter(|_| {
+                        svc.kind == weir_model::service::ServiceType::NodePort && ip.is_ipv4()
+                    }),
+                    external_local: svc.external_traffic
+                        == weir_model::service::TrafficPolicy::Local,
+                    internal_local: svc.internal_traffic
+                        == weir_model::service::TrafficPolicy::Local,
                 });
             }
         }
@@ -210,6 +218,38 @@ fn tunnel(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<TunnelSpec> 
         },
         vtep_mac: n.vtep_mac,
         peers,
+    })
+}
+
+/// The node's way out to the world (docs/egress.md): in a local cluster
+/// the world host is every node's gateway (its underlay address and MAC,
+/// known since the topology was built). Cluster ranges (every podCIDR, the
+/// Service ranges, the underlay subnet) never leave through it.
+fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> {
+    let w = cluster.world.as_ref()?;
+    let ul = n.underlay.as_ref()?;
+    let mut cidrs: Vec<ipnet::IpNet> = cluster
+        .nodes
+        .iter()
+        .flat_map(|m| m.pod_cidrs.iter().copied())
+        .collect();
+    for r in [
+        weir_model::service_manifest::SERVICE_RANGE_V4,
+        weir_model::service_manifest::SERVICE_RANGE_V6,
+    ] {
+        cidrs.extend(r.parse::<ipnet::IpNet>().ok());
+    }
+    cidrs.extend(
+        ipnet::Ipv4Net::new(ul.ipv4, ul.prefix_len)
+            .ok()
+            .map(|n| ipnet::IpNet::V4(n.trunc())),
+    );
+    let pairs = |v: &[ipnet::IpNet]| v.iter().map(|c| (c.network(), c.prefix_len())).collect();
+    Some(UplinkSpec {
+        gateway_ipv4: w.ipv4,
+        gateway_mac: w.mac,
+        cluster_cidrs: pairs(&cidrs),
+        non_masquerade: pairs(&cluster.non_masquerade),
     })
 }
 

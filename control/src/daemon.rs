@@ -43,6 +43,8 @@ struct Daemon {
     cluster: Cluster,
     opts: Options,
     servers: BTreeMap<(String, String), PodServers>,
+    /// The world host's server (`weir_topo::world`), when the cluster has one.
+    world_server: Option<PodServers>,
     dataplanes: BTreeMap<String, Child>,
     generation: u64,
     /// Policies in force, as written (saved to policies.json).
@@ -96,6 +98,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         cluster,
         opts,
         servers: BTreeMap::new(),
+        world_server: None,
         dataplanes: BTreeMap::new(),
         generation: 0,
         policies,
@@ -122,6 +125,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .filter(|p| p.cni.is_none() || crate::cni_server::is_topo_pod(p))
     {
         d.start_servers(pod)?;
+    }
+    if let Some(w) = d.cluster.world.clone() {
+        let s = PodServers::start_in(&w.netns, "the world host", "world", &w.ports(), &w.addrs)
+            .context("the world host: server")?;
+        d.world_server = Some(s);
     }
     d.publish()?;
     // The pods `weir up` left to us go through weir-cni, as a runtime's
@@ -930,6 +938,7 @@ impl Daemon {
             let _ = self.stop_dataplane(&node);
         }
         self.servers.clear();
+        self.world_server = None;
     }
 }
 

@@ -229,6 +229,11 @@ enum Cmd {
         /// the nodes' kubelet for networking (see docs/kubernetes.md).
         #[arg(long)]
         api_server: bool,
+        /// An IPv4 CIDR pods reach without SNAT (their own address stays the
+        /// source; ip-masq-agent's nonMasqueradeCIDRs); repeatable. See
+        /// docs/egress.md.
+        #[arg(long = "non-masquerade", value_name = "CIDR")]
+        non_masquerade: Vec<ipnet::IpNet>,
     },
     /// Stop weir and remove the local cluster completely.
     Down,
@@ -580,6 +585,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queues,
             encap,
             api_server,
+            non_masquerade,
         } => {
             let encap = match encap {
                 EncapArg::Vxlan => weir_topo::Encap::Vxlan,
@@ -592,6 +598,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 queues,
                 mtu,
                 encap,
+                non_masquerade,
                 ..Default::default()
             };
             if api_server {

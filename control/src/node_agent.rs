@@ -818,6 +818,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             pod_mtu: 0,
             queues: 2,
             services: Vec::new(),
+            world: None,
+            non_masquerade: Vec::new(),
         },
     };
     // The flag decides (a restart may change it; pods attached before keep
@@ -1353,6 +1355,8 @@ mod tests {
                 pod_mtu: 0,
                 queues: 2,
                 services: Vec::new(),
+                world: None,
+                non_masquerade: Vec::new(),
             },
             inputs,
             services: Vec::new(),

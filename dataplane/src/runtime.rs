@@ -335,7 +335,8 @@ impl Dataplane {
                     Arc::clone(&ct_stats),
                 )
                 .with_fqdn(Arc::clone(&dp.fqdn))
-                .with_l7_slots(cfg.l7_max_flows),
+                .with_l7_slots(cfg.l7_max_flows)
+                .with_snat_slice(id, cfg.cores.len()),
             );
             dp.flow_logs.push(flow_log);
             dp.ct_stats.push(ct_stats);

@@ -66,6 +66,11 @@ pub struct SnapshotSpec {
     /// is the kernel's, and the node cannot reach its pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostPort>,
+    /// The way out to the world (SNAT on the underlay address): see
+    /// docs/egress.md. Absent: traffic to addresses outside every pod CIDR
+    /// is `no-route`, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkSpec>,
 }
 
 /// The host port: a veth pair whose node end (`weir-host0`) carries routes
@@ -81,6 +86,35 @@ pub struct HostPort {
     /// The node's addresses: the sources the node may send from, and the
     /// destinations pods reach the node at.
     pub addrs: Vec<IpAddr>,
+}
+
+/// First port of weir's SNAT range on the node's underlay address. Outside
+/// the kernel's default `ip_local_port_range` (32768-60999) and the NodePort
+/// range (30000-32767); the XDP program's underlay branch hands TCP/UDP to
+/// these ports to the dataplane (`SNAT_FIRST`/`SNAT_LAST` there, kept equal
+/// by a test in `xdp-redirect`).
+pub const SNAT_PORT_FIRST: u16 = 61000;
+/// Last port of weir's SNAT range.
+pub const SNAT_PORT_LAST: u16 = 65535;
+
+/// The node's uplink: pod traffic to an address outside the cluster leaves
+/// through the underlay interface to `gateway_mac`, its source rewritten to
+/// the underlay address (`tunnel.underlay.ipv4`) unless the destination is
+/// in `non_masquerade`. IPv4 only (the underlay has no IPv6 address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkSpec {
+    /// The next hop toward the world (informative; its MAC is what counts).
+    pub gateway_ipv4: Ipv4Addr,
+    /// Destination MAC of frames to the world.
+    pub gateway_mac: [u8; 6],
+    /// Cluster ranges (pod CIDRs of every node, Service ranges, the
+    /// underlay subnet): a destination in them that does not route is
+    /// `no-route`, never sent to the world.
+    pub cluster_cidrs: Vec<(IpAddr, u8)>,
+    /// Destinations reached without SNAT (ip-masq-agent's
+    /// `nonMasqueradeCIDRs`): the pod's address stays the source.
+    #[serde(default)]
+    pub non_masquerade: Vec<(IpAddr, u8)>,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -100,7 +134,28 @@ pub struct ServiceFrontend {
     /// `sessionAffinity: ClientIP` timeout in seconds.
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
+    /// The Service port's `nodePort` (NodePort Services, IPv4 frontends):
+    /// reachable on the node's underlay address from the uplink
+    /// (docs/services.md, NodePort). In [`NODE_PORT_FIRST`]..=[`NODE_PORT_LAST`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// `externalTrafficPolicy: Local`: node-port traffic goes to this
+    /// node's backends only, without SNAT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: pods' flows to the ClusterIP go to
+    /// backends on their own node only (none: refused as without
+    /// endpoints).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal_local: bool,
 }
+
+/// First port of the NodePort range (Kubernetes' default
+/// `--service-node-port-range`); the XDP program's underlay branch hands
+/// TCP/UDP to these ports on the node's address to the dataplane.
+pub const NODE_PORT_FIRST: u16 = 30000;
+/// Last port of the NodePort range.
+pub const NODE_PORT_LAST: u16 = 32767;
 
 /// A backend of a [`ServiceFrontend`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +254,65 @@ pub enum SnapshotError {
     /// host port: {0}
     #[error("host port: {0}")]
     Host(String),
+    /// uplink: {0}
+    #[error("uplink: {0}")]
+    Uplink(String),
+}
+
+/// A set of IPv4 prefixes, looked up by longest prefix in one hash set per
+/// prefix length present (at most 33 probes).
+#[derive(Debug, Clone, Default)]
+pub struct PrefixSet4 {
+    by_len: Vec<(u8, HashSet<u32>)>,
+}
+
+impl PrefixSet4 {
+    fn build(what: &str, cidrs: &[(IpAddr, u8)]) -> Result<Self, SnapshotError> {
+        let mut by_len: Vec<(u8, HashSet<u32>)> = Vec::new();
+        for &(a, len) in cidrs {
+            match a {
+                IpAddr::V4(a) if len <= 32 => {
+                    let i = match by_len.iter().position(|e| e.0 == len) {
+                        Some(i) => i,
+                        None => {
+                            by_len.push((len, HashSet::new()));
+                            by_len.len() - 1
+                        }
+                    };
+                    by_len[i].1.insert(mask4(a.into(), len));
+                }
+                // IPv6 ranges are accepted and unused: the uplink is IPv4.
+                IpAddr::V6(_) if len <= 128 => {}
+                _ => {
+                    return Err(SnapshotError::Uplink(format!(
+                        "{what}: bad prefix {a}/{len}"
+                    )))
+                }
+            }
+        }
+        Ok(PrefixSet4 { by_len })
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let a = u32::from(a);
+        self.by_len
+            .iter()
+            .any(|(len, set)| set.contains(&mask4(a, *len)))
+    }
+}
+
+/// Lookup form of [`UplinkSpec`].
+#[derive(Debug, Clone)]
+pub struct UplinkTables {
+    /// The underlay port.
+    pub port: PortId,
+    /// The SNAT address (the underlay address).
+    pub node_ipv4: Ipv4Addr,
+    pub node_mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+    pub mtu: u16,
+    pub cluster: PrefixSet4,
+    pub non_masquerade: PrefixSet4,
 }
 
 /// Key of a Service frontend: (ClusterIP, IP protocol, port).
@@ -218,6 +332,8 @@ pub struct ServiceTables {
     backends: HashSet<FrontendKey>,
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
+    /// (proto, nodePort) → frontend.
+    node_ports: HashMap<(u8, u16), u32>,
 }
 
 impl ServiceTables {
@@ -226,8 +342,22 @@ impl ServiceTables {
         let mut ips = HashSet::new();
         let mut backends = HashSet::new();
         let mut maglev = Vec::with_capacity(fronts.len());
+        let mut node_ports = HashMap::new();
         for (i, f) in fronts.iter().enumerate() {
             let err = |m: String| SnapshotError::Service(f.service.clone(), m);
+            if let Some(np) = f.node_port {
+                if !(NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&np) {
+                    return Err(err(format!(
+                        "nodePort {np} is outside {NODE_PORT_FIRST}-{NODE_PORT_LAST}"
+                    )));
+                }
+                if !f.ip.is_ipv4() {
+                    return Err(err(format!("nodePort {np} on an IPv6 frontend")));
+                }
+                if node_ports.insert((f.proto, np), i as u32).is_some() {
+                    return Err(err(format!("nodePort {np}/{} given twice", f.proto)));
+                }
+            }
             if f.port == 0 || !matches!(f.proto, 6 | 17 | 132) {
                 return Err(err(format!("bad frontend {}/{}", f.proto, f.port)));
             }
@@ -273,6 +403,7 @@ impl ServiceTables {
             ips,
             backends,
             maglev,
+            node_ports,
         })
     }
 
@@ -288,6 +419,11 @@ impl ServiceTables {
     }
 
     /// Whether `ip` is a ClusterIP.
+    /// The frontend of a node port.
+    pub fn node_port(&self, proto: u8, port: u16) -> Option<u32> {
+        self.node_ports.get(&(proto, port)).copied()
+    }
+
     pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {
         self.ips.contains(&ip)
     }
@@ -460,6 +596,7 @@ pub struct Snapshot {
     policy: CompiledPolicy,
     tunnel: Option<TunnelTables>,
     services: ServiceTables,
+    uplink: Option<UplinkTables>,
 }
 
 impl Snapshot {
@@ -539,6 +676,23 @@ impl Snapshot {
                 return Err(SnapshotError::Host(format!("address {a} is also a pod's")));
             }
         }
+        let uplink = match (&spec.uplink, &spec.tunnel, &tunnel) {
+            (None, _, _) => None,
+            (Some(u), Some(t), Some(tt)) => Some(UplinkTables {
+                port: tt.port,
+                node_ipv4: t.underlay.ipv4,
+                node_mac: t.underlay.mac,
+                gateway_mac: u.gateway_mac,
+                mtu: t.underlay.mtu,
+                cluster: PrefixSet4::build("cluster_cidrs", &u.cluster_cidrs)?,
+                non_masquerade: PrefixSet4::build("non_masquerade", &u.non_masquerade)?,
+            }),
+            _ => {
+                return Err(SnapshotError::Uplink(
+                    "needs the underlay (tunnel) it leaves through".into(),
+                ))
+            }
+        };
         Ok(Snapshot {
             spec,
             by_v4,
@@ -547,6 +701,7 @@ impl Snapshot {
             policy,
             tunnel,
             services,
+            uplink,
         })
     }
 
@@ -575,6 +730,11 @@ impl Snapshot {
     /// Frontend `idx` as compiled.
     pub fn frontend(&self, idx: u32) -> &ServiceFrontend {
         &self.spec.services[idx as usize]
+    }
+
+    /// The uplink, if the node has one.
+    pub fn uplink(&self) -> Option<&UplinkTables> {
+        self.uplink.as_ref()
     }
 
     /// The port id of the underlay (one past the pod ports), if any.

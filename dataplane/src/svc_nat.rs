@@ -35,6 +35,12 @@ pub enum Kind {
     Forward = 1,
     Reverse = 2,
     Affinity = 3,
+    /// SNAT toward the world, keyed by the pod's tuple: the node's
+    /// address and port it leaves with.
+    SnatOut = 4,
+    /// SNAT reply, keyed by (world → node address:port): the pod's
+    /// address and port to restore as destination.
+    SnatIn = 5,
 }
 
 /// The rewrite an entry stands for.
@@ -50,6 +56,10 @@ pub struct Nat {
     /// Index of the frontend in the snapshot that made it (informative:
     /// snapshots change, the addresses are what count).
     pub frontend: u32,
+    /// The port that goes with `other`: NodePort forward, the SNAT source
+    /// port toward a remote backend; NodePort `SnatIn`, the node port to
+    /// restore as source. 0 otherwise.
+    pub other_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +115,7 @@ impl Default for Entry {
                 port: 0,
                 other: None,
                 frontend: 0,
+                other_port: 0,
             },
         }
     }
@@ -198,6 +209,13 @@ impl NatTable {
         };
     }
 
+    /// Whether `k` has a live entry of `kind` (its life is not extended).
+    pub fn contains(&self, k: &FlowKey, kind: Kind, now: u64) -> bool {
+        let key = Key::of(k, kind);
+        let b = self.bucket(&key);
+        b.entries.iter().any(|e| e.key == key && e.expires > now)
+    }
+
     /// Removes the entry of `k`.
     pub fn remove(&self, k: &FlowKey, kind: Kind) {
         let key = Key::of(k, kind);
@@ -230,6 +248,7 @@ mod tests {
             port: 8080,
             other: None,
             frontend: 0,
+            other_port: 0,
         };
         t.set(&key(1000), Kind::Forward, nat, 0, 100);
         assert_eq!(t.get(&key(1000), Kind::Forward, 50, 150), Some(nat));
@@ -251,6 +270,7 @@ mod tests {
             port: 8080,
             other: None,
             frontend: 0,
+            other_port: 0,
         };
         for p in 0..10 {
             t.set(&key(p), Kind::Forward, nat, 0, 100 + u64::from(p));

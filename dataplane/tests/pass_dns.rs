@@ -113,6 +113,7 @@ fn snap() -> Snapshot {
         tunnel: None,
         services: Vec::new(),
         host: None,
+        uplink: None,
     })
     .unwrap()
 }

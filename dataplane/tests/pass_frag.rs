@@ -102,6 +102,7 @@ fn snap(generation: u64, deny_all: bool) -> Snapshot {
         tunnel: None,
         services: Vec::new(),
         host: None,
+        uplink: None,
     })
     .unwrap()
 }

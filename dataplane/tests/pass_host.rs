@@ -131,6 +131,7 @@ fn snap(ingress: Ingress, host: HostIngress) -> Snapshot {
                 IpAddr::from(NODE_UL),
             ],
         }),
+        uplink: None,
     })
     .unwrap()
 }

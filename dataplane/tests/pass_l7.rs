@@ -98,6 +98,7 @@ fn snap() -> Snapshot {
         tunnel: None,
         services: Vec::new(),
         host: None,
+        uplink: None,
     })
     .unwrap()
 }

@@ -83,6 +83,7 @@ fn snap(generation: u64, isolate_b: bool) -> Snapshot {
         tunnel: None,
         services: Vec::new(),
         host: None,
+        uplink: None,
     })
     .unwrap()
 }

@@ -54,6 +54,9 @@ fn front(ip: IpAddr, proto: u8, port: u16, backends: Vec<ServiceBackend>) -> Ser
         port,
         backends,
         affinity_timeout_s: None,
+        node_port: None,
+        external_local: false,
+        internal_local: false,
     }
 }
 

@@ -144,6 +144,7 @@ fn spec(encap: Encap) -> SnapshotSpec {
         tunnel: Some(tunnel(encap)),
         services: Vec::new(),
         host: None,
+        uplink: None,
     }
 }
 

@@ -174,6 +174,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
         }),
         services: Vec::new(),
         host: None,
+        uplink: None,
     }
 }
 

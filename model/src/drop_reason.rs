@@ -104,6 +104,14 @@ drop_reasons! {
     L7HoldFull = 32 => "l7-hold-full",
     /// new flow to a Service frontend (ClusterIP and port) without a ready endpoint (TCP got an RST, UDP an ICMP port unreachable)
     ServiceNoEndpoints = 33 => "service-no-endpoints",
+    /// new flow to the world found no free SNAT port on the node's address for its destination (this worker's share of the range is in use)
+    SnatPortsExhausted = 34 => "snat-ports-exhausted",
+    /// frame from the uplink to a SNAT port of the node that no SNAT mapping knows (expired, or never made)
+    SnatNoEntry = 35 => "snat-no-entry",
+    /// packet to the world weir cannot masquerade (not TCP or UDP, e.g. ICMP echo; or an IP fragment)
+    SnatUnsupported = 36 => "snat-unsupported",
+    /// new flow to a NodePort with externalTrafficPolicy Local on a node without a ready local endpoint
+    NodePortNoLocalEndpoint = 37 => "nodeport-no-local-endpoint",
 }
 
 macro_rules! l7_reasons {

@@ -67,6 +67,10 @@ pub struct BuildOptions {
     /// Prefix length of the underlay subnet (default 24; 8-30).
     #[serde(default = "default_underlay_prefix_len")]
     pub underlay_prefix_len: u8,
+    /// Destinations pods reach without SNAT (ip-masq-agent's
+    /// `nonMasqueradeCIDRs`; docs/egress.md). IPv4 only.
+    #[serde(default)]
+    pub non_masquerade: Vec<IpNet>,
 }
 
 impl Default for BuildOptions {
@@ -78,6 +82,7 @@ impl Default for BuildOptions {
             encap: Encap::Vxlan,
             vni: default_vni(),
             underlay_prefix_len: default_underlay_prefix_len(),
+            non_masquerade: Vec::new(),
         }
     }
 }
@@ -145,6 +150,12 @@ impl BuildOptions {
             return Err(TopoError::Options {
                 field: "vni",
                 msg: format!("{} is out of range 1-{MAX_VNI}", self.vni),
+            });
+        }
+        if let Some(c) = self.non_masquerade.iter().find(|c| c.addr().is_ipv6()) {
+            return Err(TopoError::Options {
+                field: "non_masquerade",
+                msg: format!("{c}: IPv6 is not supported (the uplink is IPv4 only)"),
             });
         }
         if !(8..=30).contains(&self.underlay_prefix_len) {
@@ -259,6 +270,13 @@ pub struct Cluster {
     /// Services and their endpoints (manifests or the API server).
     #[serde(default)]
     pub services: Vec<weir_model::service::ServiceInfo>,
+    /// The world host on the underlay (`None` in states saved before it):
+    /// every node's uplink gateway (docs/egress.md).
+    #[serde(default)]
+    pub world: Option<crate::world::WorldInfo>,
+    /// Destinations pods reach without SNAT (`weir up --non-masquerade`).
+    #[serde(default)]
+    pub non_masquerade: Vec<IpNet>,
 }
 
 fn default_queues() -> u32 {
@@ -632,6 +650,8 @@ impl Cluster {
             pod_mtu,
             queues: opts.queues,
             services: Vec::new(),
+            world: Some(crate::world::plan(name, subnet, &underlay_ips)?),
+            non_masquerade: opts.non_masquerade.clone(),
         };
         for svc in &spec.services {
             cluster.upsert_service(svc)?;
@@ -662,6 +682,10 @@ impl Cluster {
             undo.netns.push(node.netns.clone());
             realize_node(&cluster, node, opts.queues)
                 .map_err(|e| keep_if_preexisting(e, &mut undo))?;
+        }
+        if let Some(w) = &cluster.world {
+            undo.netns.push(w.netns.clone());
+            crate::world::realize(&cluster, w).map_err(|e| keep_if_preexisting(e, &mut undo))?;
         }
         for node in &cluster.nodes {
             if node.dataplane == NodeDataplane::Kernel {
@@ -941,6 +965,7 @@ impl Cluster {
         self.underlay_netns
             .iter()
             .cloned()
+            .chain(self.world.iter().map(|w| w.netns.clone()))
             .chain(self.nodes.iter().map(|n| n.netns.clone()))
             .chain(
                 self.pods
@@ -958,6 +983,11 @@ impl Cluster {
             .underlay_netns
             .iter()
             .map(|ns| (ns.as_str(), "the underlay".to_string()))
+            .chain(
+                self.world
+                    .iter()
+                    .map(|w| (w.netns.as_str(), "the world host".to_string())),
+            )
             .chain(
                 self.nodes
                     .iter()

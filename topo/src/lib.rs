@@ -99,6 +99,7 @@ pub mod manifest;
 pub mod netns;
 pub mod overlay;
 pub mod serve;
+pub mod world;
 
 mod cluster;
 // The ETHTOOL_STXCSUM ioctl; its one block says why it holds.

@@ -66,8 +66,23 @@ impl PodServers {
     /// sockets are bound.
     pub fn start(pod: &RealizedPod) -> Result<PodServers, TopoError> {
         let object = format!("{}/{}", pod.namespace, pod.name);
-        let ports: Vec<_> = pod
-            .ports
+        Self::start_in(&pod.netns, &object, &pod.name, &pod.ports, &[])
+    }
+
+    /// Servers for `ports` bound in `netns` on each of `addrs` (none: the
+    /// unspecified address of each family), answering `<name>\n` (the
+    /// world host's server, `crate::world`: a host of several addresses
+    /// binds each, so a UDP answer leaves from the address asked);
+    /// `object` names them in errors.
+    pub fn start_in(
+        netns: &str,
+        object: &str,
+        name: &str,
+        ports: &[crate::manifest::ContainerPort],
+        addrs: &[std::net::IpAddr],
+    ) -> Result<PodServers, TopoError> {
+        let object = object.to_string();
+        let ports: Vec<_> = ports
             .iter()
             .filter(|p| {
                 if p.protocol == Protocol::Sctp {
@@ -80,7 +95,7 @@ impl PodServers {
             })
             .cloned()
             .collect();
-        let bound = netns::run_in(&pod.netns, || -> Result<Vec<Bound>, TopoError> {
+        let bound = netns::run_in(netns, || -> Result<Vec<Bound>, TopoError> {
             let mut out = Vec::new();
             let v6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
             for p in &ports {
@@ -90,6 +105,12 @@ impl PodServers {
                     protocol: p.protocol,
                     error,
                 };
+                if !addrs.is_empty() {
+                    for a in addrs.iter().filter(|a| v6 || a.is_ipv4()) {
+                        out.push(bind(p.protocol, (*a, p.port).into()).map_err(err)?);
+                    }
+                    continue;
+                }
                 out.push(bind(p.protocol, (Ipv4Addr::UNSPECIFIED, p.port).into()).map_err(err)?);
                 if v6 {
                     out.push(
@@ -100,13 +121,13 @@ impl PodServers {
             Ok(out)
         })??;
 
-        let reply: Arc<[u8]> = format!("{}\n", pod.name).into_bytes().into();
+        let reply: Arc<[u8]> = format!("{name}\n").into_bytes().into();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let thread = std::thread::Builder::new()
             .name(format!(
                 "serve-{}",
-                pod.name.chars().take(9).collect::<String>()
+                name.chars().take(9).collect::<String>()
             ))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -150,7 +171,7 @@ impl PodServers {
                 });
             })
             .map_err(|error| TopoError::Netns {
-                netns: pod.netns.clone(),
+                netns: netns.to_string(),
                 op: "spawn server thread",
                 error,
             })?;
@@ -164,7 +185,7 @@ impl PodServers {
         if let Err(error) = ready {
             servers.stop();
             return Err(TopoError::Netns {
-                netns: pod.netns.clone(),
+                netns: netns.to_string(),
                 op: "start servers",
                 error,
             });

@@ -332,8 +332,8 @@ fn remove_and_add_pod() {
         .to_string()
         .contains("namespace \"nope\" is not declared"));
     assert_eq!(cluster.pods.len(), 4);
-    // node, underlay, 4 pods
-    assert_eq!(netns::list_with_prefix(&format!("weir-{name}-")).len(), 6);
+    // node, underlay, world, 4 pods
+    assert_eq!(netns::list_with_prefix(&format!("weir-{name}-")).len(), 7);
 
     // teardown_by_name works without the state.
     teardown_by_name(&name).unwrap();

@@ -30,7 +30,10 @@
 //!     destination link.
 //! 11. **Tunnel out** (`tunnel.rs`, destinations behind a peer node): the
 //!     rewritten inner frame is wrapped (VXLAN/-GBP or Geneve) for the
-//!     underlay.
+//!     underlay. **Uplink out** (`egress.rs`, destinations outside every
+//!     cluster range): SNAT on the node's underlay address and out on the
+//!     underlay to the uplink gateway; replies from the world are
+//!     reverse-SNATed right after parse (docs/egress.md).
 //!
 //! Node topology assumed: every pod sits behind its own veth (a [`crate::snapshot::Port`]);
 //! its IPv4 is a /32 with default route via 169.254.1.1 and its IPv6 a /128
@@ -106,8 +109,10 @@ use crate::wire::Error as WireError;
 use crate::{DropReason, Verdict};
 
 mod dns;
+mod egress;
 mod icmp;
 mod l7;
+mod nodeport;
 mod parse;
 mod policy;
 mod rewrite;
@@ -170,6 +175,9 @@ enum Sender {
     },
     /// The node itself, through the host port.
     Host,
+    /// The world, through the uplink: a reply to a SNAT flow
+    /// (docs/egress.md) or a flow to a node port (docs/services.md).
+    World,
 }
 
 impl Pass<'_> {
@@ -184,13 +192,24 @@ impl Pass<'_> {
         };
         // 2.
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
+        // 2b. From the world: a reply goes back to its pod (reverse SNAT),
+        //     a node-port flow to its backend (DNAT, maybe SNAT).
+        if let Sender::World = sender {
+            self.uplink_in(&mut pkt)?;
+        }
         // 3. The local source endpoint (none behind a peer).
         let src_ep = self.check_source(&pkt, sender)?;
         // 3b. Services: a new flow to a ClusterIP is sent to a backend
         //     (routing and policy see the backend); a reply is reverse
         //     NATed (routing sees the rewritten packet, conntrack and
         //     policy the packet as it came).
-        let routed = self.service(&mut pkt)?;
+        //     A remote backend's reply to a node-port flow this node
+        //     SNATed is restored first (docs/services.md, NodePort).
+        let np_reply = self.node_port_reply(&pkt)?;
+        let routed = match np_reply {
+            Some(r) => Some(r),
+            None => self.service(&mut pkt)?,
+        };
         // 4. Frames from a peer route to a local pod only (no transit
         //    between peers through this node).
         let next = self.route(routed.as_ref().unwrap_or(&pkt))?;
@@ -199,11 +218,16 @@ impl Pass<'_> {
             (Next::Host(r), Sender::Pod) => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
-            (Next::Remote { .. }, _) => return drop(DropReason::NoRoute),
+            // A node port's flow to a backend on another node.
+            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, inner_mtu),
+            (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
+            // That backend's reply, on its way back to the client.
+            (Next::Uplink { mtu }, Sender::Peer { .. }) if np_reply.is_some() => (None, mtu),
+            (Next::Remote { .. } | Next::Uplink { .. }, _) => return drop(DropReason::NoRoute),
         };
         // 5. Toward a peer, only the source's egress is judged here.
         let wire_id = match sender {
-            Sender::Pod | Sender::Host => None,
+            Sender::Pod | Sender::Host | Sender::World => None,
             Sender::Peer { identity, .. } => identity,
         };
         let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
@@ -215,7 +239,7 @@ impl Pass<'_> {
         // back encapsulated, see `l7.rs`).
         let reply_port = match sender {
             Sender::Pod | Sender::Host => Some(self.ingress),
-            Sender::Peer { .. } => None,
+            Sender::Peer { .. } | Sender::World => None,
         };
         match next {
             Next::Local(route) | Next::Host(route) => {
@@ -239,6 +263,16 @@ impl Pass<'_> {
                 }
                 // 10, 11.
                 Continue(self.tunnel_out(&pkt, peer))
+            }
+            Next::Uplink { .. } => {
+                // 9.
+                if let Need::Dns(need) = need {
+                    self.dns(&pkt, need, reply_port)?;
+                }
+                // 10, with SNAT (docs/egress.md); node-port replies
+                // (rewritten for routing) already come from the node.
+                let out = routed.unwrap_or(pkt);
+                Continue(self.uplink_out(&out))
             }
         }
     }

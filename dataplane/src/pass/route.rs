@@ -35,6 +35,9 @@ pub enum Next {
     /// A pod behind a peer node (index in the tunnel spec's peers), through
     /// the tunnel whose inner MTU is `inner_mtu`.
     Remote { peer: u32, inner_mtu: u16 },
+    /// The world, through the node's uplink (an IPv4 address outside every
+    /// cluster range; docs/egress.md).
+    Uplink { mtu: u16 },
 }
 
 impl Pass<'_> {
@@ -60,6 +63,10 @@ impl Pass<'_> {
                 a if snap.is_host_addr(a) => Continue(None),
                 _ => drop(DropReason::SourceSpoofed),
             };
+        }
+        if let Sender::World = sender {
+            // Reverse-SNATed already: only replies of SNAT flows get here.
+            return Continue(None);
         }
         let Some((idx, ep)) = snap.endpoint_on_port(self.ingress) else {
             return drop(DropReason::UnknownIngress);
@@ -121,6 +128,14 @@ impl Pass<'_> {
                         peer,
                         inner_mtu: t.inner_mtu,
                     });
+                }
+            }
+            if let (Some(u), IpAddr::V4(a)) = (snap.uplink(), pkt.key.dst) {
+                // A node-port reply (source: the node's underlay address,
+                // which no pod can send from) goes back to its client
+                // wherever it is.
+                if !u.cluster.contains(a) || pkt.key.src == IpAddr::V4(u.node_ipv4) {
+                    return Continue(Next::Uplink { mtu: u.mtu });
                 }
             }
             return drop(DropReason::NoRoute);

@@ -107,6 +107,7 @@ impl Pass<'_> {
                     port: pkt.key.dport,
                     other: chosen.other.map(|_| pkt.key.src),
                     frontend: front,
+                    other_port: 0,
                 },
                 now,
                 now + idle,
@@ -167,6 +168,24 @@ impl Pass<'_> {
         });
         let (addr, port) = match from_affinity {
             Some(n) => (n.addr, n.port),
+            None if f.internal_local => {
+                // internalTrafficPolicy: Local: this node's backends only.
+                let snap = self.snap;
+                let local = |b: &&crate::snapshot::ServiceBackend| {
+                    b.active
+                        && match b.ip {
+                            IpAddr::V4(a) => snap.endpoint_by_v4(a).is_some(),
+                            IpAddr::V6(a) => snap.endpoint_by_v6(a).is_some(),
+                        }
+                };
+                let n = f.backends.iter().filter(local).count();
+                if n == 0 {
+                    return None;
+                }
+                let k = (tuple_hash(pkt) % n as u64) as usize;
+                let b = f.backends.iter().filter(local).nth(k)?;
+                (b.ip, b.port)
+            }
             None => {
                 let b = self.snap.services().pick(front, tuple_hash(pkt))?;
                 let b = f.backends.get(usize::from(b))?;
@@ -182,6 +201,7 @@ impl Pass<'_> {
             port,
             other: hairpin,
             frontend: front,
+            other_port: 0,
         };
         if let Some(t) = affinity {
             nat.set(&aff_key, Kind::Affinity, chosen, now, now + t);
@@ -255,7 +275,7 @@ impl Pass<'_> {
 }
 
 /// Whether `addr:port` is still a backend of `f` (active or draining).
-fn has_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
+pub(super) fn has_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
     f.backends.iter().any(|b| b.ip == addr && b.port == port)
 }
 
@@ -267,7 +287,7 @@ fn active_backend(f: &ServiceFrontend, addr: IpAddr, port: u16) -> bool {
 }
 
 /// The 5-tuple hash Maglev picks with.
-fn tuple_hash(pkt: &Parsed) -> u64 {
+pub(super) fn tuple_hash(pkt: &Parsed) -> u64 {
     let (s, _) = crate::conntrack::addr_bytes(pkt.key.src);
     let (d, _) = crate::conntrack::addr_bytes(pkt.key.dst);
     let last =

@@ -28,6 +28,10 @@ pub struct WorkerState {
     /// A frame answered in place (RST, ICMP) that also counts as a drop
     /// under this reason (`service-no-endpoints`); the worker takes it.
     pub(super) reply_drop: Option<crate::DropReason>,
+    /// This worker's share of the SNAT port range: (index, workers). Worker
+    /// `i` of `n` allocates only ports `p` with `p % n == i`, so no two
+    /// workers ever hand out the same port.
+    pub(super) snat_slice: (u16, u16),
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -240,7 +244,16 @@ impl WorkerState {
             fqdn: Arc::default(),
             dns_refused: 0,
             reply_drop: None,
+            snat_slice: (0, 1),
         }
+    }
+
+    /// This worker is worker `index` of `workers`: it allocates SNAT ports
+    /// of its own share only (see docs/egress.md).
+    pub fn with_snat_slice(mut self, index: usize, workers: usize) -> Self {
+        let n = workers.clamp(1, 64) as u16;
+        self.snat_slice = ((index as u16) % n, n);
+        self
     }
 
     /// Uses the node's shared learned FQDN table (the runtime gives every

@@ -22,6 +22,13 @@ impl Pass<'_> {
         if self.ingress != tables.port {
             return Continue((len, Sender::Pod));
         }
+        // A reply from the world to a SNAT port (docs/egress.md).
+        if let Some(u) = self.snap.uplink() {
+            let frame = self.buf.get(..len).unwrap_or_default();
+            if super::egress::is_from_uplink(frame, u.node_ipv4) {
+                return Continue((len, Sender::World));
+            }
+        }
         let d = encap::decapsulate(self.buf, len, t, tables)?;
         Continue((
             d.inner_len,

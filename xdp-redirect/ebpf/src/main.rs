@@ -2,9 +2,12 @@
 //! in "underlay mode", to the node's underlay interface.
 //!
 //! Underlay mode (`CONFIG[0]` = the tunnel's UDP port, set by the loader;
-//! 0 = pod mode): ONLY untruncated, unfragmented IPv4/UDP frames to that
-//! port whose destination is one of `LOCAL_V4` go to the AF_XDP socket at
-//! the rx queue (dropped when none is bound); everything else (ARP,
+//! 0 = pod mode): ONLY untruncated, unfragmented IPv4 frames whose
+//! destination is one of `LOCAL_V4` and that are UDP to that port (the
+//! tunnel) or TCP/UDP to a port of weir's SNAT range `SNAT_FIRST..=SNAT_LAST`
+//! (replies from the world, docs/egress.md) or of the NodePort range
+//! (docs/services.md) go to the AF_XDP socket at the
+//! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
 //!
 //! Pod mode, per frame, top to bottom:
@@ -75,6 +78,16 @@ const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+/// weir's SNAT port range on the node's underlay address
+/// (`weir_dataplane::snapshot::SNAT_PORT_FIRST`/`LAST`, docs/egress.md):
+/// TCP/UDP to these ports on a local address is a reply from the world.
+const SNAT_FIRST: u16 = 61000;
+const SNAT_LAST: u16 = 65535;
+/// The NodePort range (`weir_dataplane::snapshot::NODE_PORT_FIRST`/`LAST`):
+/// TCP/UDP to these ports on a local address is for a NodePort Service.
+const NODE_PORT_FIRST: u16 = 30000;
+const NODE_PORT_LAST: u16 = 32767;
 /// Router Solicitation .. Redirect: NDP.
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
@@ -186,7 +199,7 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
         return Verdict::Pass;
     };
     // MF set or a fragment offset: not a whole datagram; the kernel's.
-    if proto != IPPROTO_UDP || frag[0] & 0x3f != 0 || frag[1] != 0 {
+    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP) || frag[0] & 0x3f != 0 || frag[1] != 0 {
         return Verdict::Pass;
     }
     let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
@@ -199,10 +212,16 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     let Some(dport) = read::<2>(ctx, ETH_HLEN + ihl + 2) else {
         return Verdict::Pass;
     };
-    if u16::from_be_bytes(dport) != port {
-        return Verdict::Pass;
+    let dport = u16::from_be_bytes(dport);
+    // Our tunnel, a reply from the world to a SNAT port, or a NodePort
+    // (TCP or UDP).
+    if (proto == IPPROTO_UDP && dport == port)
+        || (SNAT_FIRST..=SNAT_LAST).contains(&dport)
+        || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
+    {
+        return Verdict::Redirect;
     }
-    Verdict::Redirect
+    Verdict::Pass
 }
 
 #[inline(always)]

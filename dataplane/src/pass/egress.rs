@@ -1,0 +1,254 @@
+//! Pod → world through the node's uplink (docs/egress.md).
+//!
+//! - **Out** (after route, policy, TTL and MTU, so egress NetworkPolicy
+//!   judges the pod's own address before any rewrite): a TCP/UDP packet to
+//!   an address outside every cluster range leaves on the underlay port to
+//!   the uplink gateway's MAC. Unless its destination is in the
+//!   non-masquerade list, its source becomes the node's underlay address
+//!   and a port of weir's SNAT range ([`SNAT_PORT_FIRST`]..=[`SNAT_PORT_LAST`]).
+//!   Ports are per destination (address, port, protocol): the mapping is
+//!   kept in the node's NAT table as two entries, `SnatOut` (the pod's
+//!   tuple → node port, so later packets keep their port) and `SnatIn`
+//!   (world → node:port ⇒ the pod's address and port). A worker allocates
+//!   only from its own share of the range (ports whose offset in the range
+//!   is ≡ its index mod the worker count), so two workers never hand out
+//!   the same port, whatever the timing; a full share is
+//!   `snat-ports-exhausted`.
+//! - **In** (before parse): a frame on the underlay port that is TCP/UDP
+//!   over IPv4 to the node's underlay address and a port of the range is a
+//!   reply from the world (the XDP program hands exactly those to the
+//!   dataplane); its destination becomes the pod's again in the same pass
+//!   (`snat-no-entry` without a mapping), then it routes, is tracked and
+//!   judged like any packet to the pod (conntrack sees pod ↔ world).
+//!
+//! Not handled: ICMP (echo is not translated: `snat-unsupported`), IP
+//! fragments (the ports are in the first one only: `snat-unsupported`),
+//! IPv6 (the underlay has no IPv6 address: IPv6 destinations outside the
+//! cluster stay `no-route`), ICMP errors from the world about a SNAT flow.
+
+use core::ops::ControlFlow::{self, Continue};
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::parse::{Fragment, Parsed};
+use super::{drop, Pass};
+use crate::flow_key::FlowKey;
+use crate::snapshot::{NODE_PORT_FIRST, NODE_PORT_LAST, SNAT_PORT_FIRST, SNAT_PORT_LAST};
+use crate::svc_nat::{Kind, Nat};
+use crate::wire::{ethernet, ip_proto};
+use crate::{DropReason, Verdict};
+
+/// Ports tried before a new flow is refused as `snat-ports-exhausted`.
+const MAX_PROBES: u32 = 64;
+/// Seed of the hash that picks where a flow's probe starts.
+const PORT_SEED: u64 = 0x736e_6174_0000_0001;
+
+/// Whether `frame` is for weir from the uplink: IPv4 TCP/UDP (fragment
+/// offset 0 and no MF) to `node` with a destination port in the SNAT range
+/// (a reply from the world) or the NodePort range. A raw peek, before
+/// parse.
+pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
+    let ip_at = ethernet::HEADER_LEN;
+    let (Some(ty), Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
+        frame.get(12..14),
+        frame.get(ip_at),
+        frame.get(ip_at + 9),
+        frame.get(ip_at + 6..ip_at + 8),
+        frame.get(ip_at + 16..ip_at + 20),
+    ) else {
+        return false;
+    };
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ty != [0x08, 0x00] || ver_ihl >> 4 != 4 || ihl < 20 {
+        return false;
+    }
+    if !matches!(proto, ip_proto::TCP | ip_proto::UDP) || frag[0] & 0x3f != 0 || frag[1] != 0 {
+        return false;
+    }
+    if dst != node.octets() {
+        return false;
+    }
+    let Some(dport) = frame.get(ip_at + ihl + 2..ip_at + ihl + 4) else {
+        return false;
+    };
+    let dport = u16::from_be_bytes([dport[0], dport[1]]);
+    (SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&dport)
+        || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
+}
+
+impl Pass<'_> {
+    fn snat_idle(&self, proto: u8) -> u64 {
+        match proto {
+            ip_proto::TCP => self.st.ct.timeouts().tcp_established,
+            _ => self.st.ct.timeouts().udp_replied,
+        }
+    }
+
+    /// Reverse SNAT of a reply from the world (see the module doc): the
+    /// destination becomes the pod's address and port again.
+    pub(super) fn uplink_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        if pkt.fragment != Fragment::Whole || pkt.icmp_error {
+            return drop(DropReason::SnatNoEntry);
+        }
+        if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
+            return self.node_port_in(pkt);
+        }
+        let now = self.st.now_ns;
+        let idle = self.snat_idle(pkt.key.proto);
+        let Some(n) = self
+            .st
+            .ct
+            .nat()
+            .get(&pkt.key, Kind::SnatIn, now, now + idle)
+        else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        if super::service::rewrite(self.buf, pkt, None, Some((n.addr, n.port))).is_err() {
+            return drop(DropReason::L4Truncated);
+        }
+        pkt.key.dst = n.addr;
+        pkt.key.dport = n.port;
+        Continue(())
+    }
+
+    /// Toward the world (see the module doc): SNAT unless the destination
+    /// is not masqueraded, then MACs and TTL for the uplink.
+    pub(super) fn uplink_out(&mut self, pkt: &Parsed) -> Verdict {
+        let Some(u) = self.snap.uplink() else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let (port, node, gw, mac) = (u.port, u.node_ipv4, u.gateway_mac, u.node_mac);
+        // A NodePort reply already carries the node's address as source.
+        let masquerade = match pkt.key.dst {
+            IpAddr::V4(_) if pkt.key.src == IpAddr::V4(node) => false,
+            IpAddr::V4(a) => !u.non_masquerade.contains(a),
+            IpAddr::V6(_) => return Verdict::Drop(DropReason::NoRoute),
+        };
+        if masquerade {
+            if pkt.fragment != Fragment::Whole
+                || !matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)
+            {
+                return Verdict::Drop(DropReason::SnatUnsupported);
+            }
+            let Some(sport) = self.snat_port(&pkt.key, node) else {
+                return Verdict::Drop(DropReason::SnatPortsExhausted);
+            };
+            if super::service::rewrite(self.buf, pkt, Some((IpAddr::V4(node), sport)), None)
+                .is_err()
+            {
+                return Verdict::Drop(DropReason::L4Truncated);
+            }
+        }
+        match self.rewrite_frame(pkt, gw, mac) {
+            Ok(len) => Verdict::Tx { port, len },
+            Err(v) => v,
+        }
+    }
+
+    /// The node port of the pod's flow `key`: the one it has, else a free
+    /// one of this worker's share (recorded both ways); `None` when the
+    /// probes found none free.
+    fn snat_port(&self, key: &FlowKey, node: Ipv4Addr) -> Option<u16> {
+        let nat = self.st.ct.nat();
+        let now = self.st.now_ns;
+        let until = now + self.snat_idle(key.proto);
+        if let Some(n) = nat.get(key, Kind::SnatOut, now, until) {
+            return Some(n.port);
+        }
+        let (s, _) = crate::conntrack::addr_bytes(key.src);
+        let (d, _) = crate::conntrack::addr_bytes(key.dst);
+        let last = u64::from(key.sport) | u64::from(key.dport) << 16 | u64::from(key.proto) << 32;
+        let hash = crate::conntrack::hash_addrs(PORT_SEED, &s, &d, last);
+        let reply = |port| FlowKey {
+            src: key.dst,
+            dst: IpAddr::V4(node),
+            proto: key.proto,
+            sport: key.dport,
+            dport: port,
+        };
+        let port = self.free_snat_port(hash, reply)?;
+        let back = Nat {
+            addr: key.src,
+            port: key.sport,
+            other: None,
+            frontend: 0,
+            other_port: 0,
+        };
+        nat.set(&reply(port), Kind::SnatIn, back, now, until);
+        let out = Nat {
+            addr: IpAddr::V4(node),
+            port,
+            other: None,
+            frontend: 0,
+            other_port: 0,
+        };
+        nat.set(key, Kind::SnatOut, out, now, until);
+        Some(port)
+    }
+
+    /// A port of this worker's share of the SNAT range whose reply tuple
+    /// `reply(port)` has no live `SnatIn` entry, probing from `hash`; the
+    /// caller records it (no other worker allocates from this share, so
+    /// nothing can take it in between).
+    pub(super) fn free_snat_port(&self, hash: u64, reply: impl Fn(u16) -> FlowKey) -> Option<u16> {
+        let nat = self.st.ct.nat();
+        let now = self.st.now_ns;
+        let (index, workers) = self.st.snat_slice;
+        let (index, workers) = (u32::from(index), u32::from(workers.max(1)));
+        let size = u32::from(SNAT_PORT_LAST - SNAT_PORT_FIRST) + 1;
+        let share = (size.checked_sub(index)?).div_ceil(workers);
+        if share == 0 {
+            return None;
+        }
+        let start = (hash % u64::from(share)) as u32;
+        for probe in 0..MAX_PROBES.min(share) {
+            let k = (start + probe) % share;
+            let port = u16::try_from(u32::from(SNAT_PORT_FIRST) + index + k * workers).ok()?;
+            if !nat.contains(&reply(port), Kind::SnatIn, now) {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// The XDP program hands the dataplane the same range the pass serves.
+    #[test]
+    fn xdp_program_redirects_the_same_range() {
+        let src = include_str!("../../../xdp-redirect/ebpf/src/main.rs");
+        assert!(src.contains(&format!("const SNAT_FIRST: u16 = {SNAT_PORT_FIRST};")));
+        assert!(src.contains(&format!("const SNAT_LAST: u16 = {SNAT_PORT_LAST};")));
+        assert!(src.contains(&format!("const NODE_PORT_FIRST: u16 = {NODE_PORT_FIRST};")));
+        assert!(src.contains(&format!("const NODE_PORT_LAST: u16 = {NODE_PORT_LAST};")));
+    }
+
+    #[test]
+    fn uplink_peek() {
+        let node = Ipv4Addr::new(172, 30, 0, 1);
+        let frame = |dst: [u8; 4], dport: u16, tcp: bool| {
+            let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([198, 51, 100, 1], dst, 64);
+            let mut out = Vec::new();
+            if tcp {
+                b.tcp(8080, dport, 1, 1000).write(&mut out, b"x").unwrap();
+            } else {
+                b.udp(8080, dport).write(&mut out, b"x").unwrap();
+            }
+            out
+        };
+        assert!(is_from_uplink(&frame(node.octets(), 61000, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 65535, false), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 60999, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 30000, true), node));
+        assert!(is_from_uplink(&frame(node.octets(), 32767, false), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 29999, true), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 32768, true), node));
+        assert!(!is_from_uplink(&frame(node.octets(), 4789, false), node));
+        assert!(!is_from_uplink(&frame([172, 30, 0, 2], 61000, true), node));
+        let short = frame(node.octets(), 61000, true);
+        assert!(!is_from_uplink(&short[..36], node));
+    }
+}

@@ -1,0 +1,465 @@
+//! Pod → world through the node's uplink with SNAT (docs/egress.md): real
+//! connections with OpenBSD `nc` from pod netns to the cluster's world host
+//! (`weir-<cluster>-world`, its server answers `world`), and listeners of
+//! this test in the world netns that report each connection's source, so
+//! the test sees what the world sees. Needs root, `nc` and python3.
+//!
+//! One two-node cluster (`--non-masquerade 198.51.100.2/32`): a and c on
+//! n1, b on n2. Checked: TCP and UDP answers; the source the world sees is
+//! the node's underlay address and a port of weir's SNAT range; the XDP
+//! program of `ul0` redirected the replies and the dataplane counted them;
+//! 60 parallel connections from three pods on two nodes all answered and
+//! no (address, port) seen twice; a non-masqueraded destination sees the
+//! pod's address; an egress NetworkPolicy with an ipBlock denies the world
+//! address (`policy-denied` moves) while one allowing it passes; with n1's
+//! dataplane stopped, n1's pods no longer reach the world.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+use weir_tests::{netpol, node_manifest, pod_on, TestCluster};
+
+const WORLD: &str = "198.51.100.1";
+const DIRECT: &str = "198.51.100.2";
+
+fn manifests() -> String {
+    let mut s = node_manifest(0, false) + &node_manifest(1, false);
+    s.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    for (p, n) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
+        s.push_str(&pod_on("up", p, n));
+    }
+    s
+}
+
+/// `count` connections from `pod` to `ip:port`, `parallel` at a time; the
+/// first answer line of each (empty for a failure).
+fn connect(
+    c: &TestCluster,
+    pod: &str,
+    ip: &str,
+    port: u16,
+    udp: bool,
+    count: usize,
+    parallel: bool,
+) -> Vec<String> {
+    let proto = if udp { "-u" } else { "" };
+    let input = if udp { "echo x" } else { "true" };
+    let amp = if parallel { "&" } else { ";" };
+    let script = format!(
+        "for i in $(seq 1 {count}); do (a=$({input} | timeout 5 nc -4 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\") {amp} done; wait"
+    );
+    let out = c.pod_exec("up", pod, &["bash", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            if l == "-" {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A listener of this test in the world netns (python3): for each TCP
+/// connection or UDP datagram on `port` it prints `<source ip> <source
+/// port>` and answers `seen`. Killed (its own pid) on drop.
+struct Witness {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Witness {
+    fn start(c: &TestCluster, bind: &str, port: u16, udp: bool) -> Witness {
+        let netns = c.topology().world.expect("world host").netns;
+        Self::start_in(&netns, bind, port, udp)
+    }
+
+    fn start_in(netns: &str, bind: &str, port: u16, udp: bool) -> Witness {
+        let code = if udp {
+            format!(
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 s.bind(('{bind}', {port}))\n\
+                 print('ready', flush=True)\n\
+                 while True:\n\
+                 \x20d,a=s.recvfrom(2048); print(a[0], a[1], flush=True); s.sendto(b'seen\\n', a)\n"
+            )
+        } else {
+            format!(
+                "import socket,sys\n\
+                 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('{bind}', {port})); s.listen(128)\n\
+                 print('ready', flush=True)\n\
+                 while True:\n\
+                 \x20k,a=s.accept(); print(a[0], a[1], flush=True); k.sendall(b'seen\\n'); k.close()\n"
+            )
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-u", "-c", &code])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start witness");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("witness ready");
+        assert_eq!(line.trim(), "ready");
+        Witness { child, out }
+    }
+
+    /// The next `n` sources seen.
+    fn take(&mut self, n: usize) -> Vec<(Ipv4Addr, u16)> {
+        (0..n)
+            .map(|_| {
+                let mut line = String::new();
+                self.out.read_line(&mut line).expect("witness line");
+                let mut it = line.split_whitespace();
+                let ip = it.next().and_then(|s| s.parse().ok()).expect("ip");
+                let port = it.next().and_then(|s| s.parse().ok()).expect("port");
+                (ip, port)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn underlay_ip(c: &TestCluster, node: &str) -> Ipv4Addr {
+    c.topology()
+        .node(node)
+        .and_then(|n| n.underlay.as_ref().map(|u| u.ipv4))
+        .expect("node underlay")
+}
+
+fn pod_ip(c: &TestCluster, pod: &str) -> Ipv4Addr {
+    c.topology()
+        .pod("up", pod)
+        .and_then(|p| p.ipv4)
+        .expect("pod ipv4")
+}
+
+const SNAT: std::ops::RangeInclusive<u16> = 61000..=65535;
+
+#[test]
+fn pods_reach_the_world_through_snat() {
+    let c = TestCluster::up_with(
+        "upl",
+        &manifests(),
+        &["--non-masquerade", "198.51.100.2/32"],
+    );
+    c.wait_applied(Duration::from_secs(30));
+    let topo = c.topology();
+    let world = topo.world.clone().expect("the cluster has a world host");
+    assert!(world.addrs.contains(&WORLD.parse::<IpAddr>().unwrap()));
+    assert_eq!(world.ipv4, Ipv4Addr::new(172, 30, 0, 254));
+    let (n1, n2) = (underlay_ip(&c, "n1"), underlay_ip(&c, "n2"));
+
+    // The world server answers TCP and UDP; the replies went through the
+    // XDP program of ul0 into weir and out to the pod.
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    let tx = c.node_counter("n1", "tx_packets");
+    assert_eq!(
+        connect(&c, "a", WORLD, 8080, false, 3, false),
+        vec!["world"; 3]
+    );
+    assert_eq!(
+        connect(&c, "a", WORLD, 8080, true, 3, false),
+        vec!["world"; 3]
+    );
+    assert_eq!(
+        connect(&c, "b", WORLD, 8080, false, 2, false),
+        vec!["world"; 2]
+    );
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 6);
+    assert!(c.node_counter("n1", "tx_packets") > tx + 12);
+
+    // What the world sees: the node's address and a SNAT port, TCP and UDP.
+    {
+        let mut w = Witness::start(&c, WORLD, 9000, false);
+        assert_eq!(connect(&c, "a", WORLD, 9000, false, 1, false), vec!["seen"]);
+        assert_eq!(connect(&c, "b", WORLD, 9000, false, 1, false), vec!["seen"]);
+        let seen = w.take(2);
+        assert_eq!(seen[0].0, n1, "{seen:?}");
+        assert_eq!(seen[1].0, n2, "{seen:?}");
+        assert!(seen.iter().all(|s| SNAT.contains(&s.1)), "{seen:?}");
+        let mut u = Witness::start(&c, WORLD, 9001, true);
+        assert_eq!(connect(&c, "c", WORLD, 9001, true, 1, false), vec!["seen"]);
+        let seen = u.take(1);
+        assert_eq!(seen[0].0, n1);
+        assert!(SNAT.contains(&seen[0].1));
+    }
+
+    // Many parallel connections from three pods on two nodes: every one
+    // answered, no (address, port) handed out twice.
+    {
+        let mut w = Witness::start(&c, WORLD, 9002, false);
+        let mut answers = Vec::new();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = ["a", "b", "c"]
+                .into_iter()
+                .map(|p| {
+                    let c = &c;
+                    s.spawn(move || connect(c, p, WORLD, 9002, false, 20, true))
+                })
+                .collect();
+            for h in hs {
+                answers.extend(h.join().unwrap());
+            }
+        });
+        assert_eq!(answers, vec!["seen"; 60]);
+        let seen = w.take(60);
+        let distinct: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!(distinct.len(), 60, "a source seen twice: {seen:?}");
+        assert_eq!(seen.iter().filter(|s| s.0 == n1).count(), 40);
+        assert_eq!(seen.iter().filter(|s| s.0 == n2).count(), 20);
+    }
+
+    // A non-masqueraded destination sees the pod's own address (its reply
+    // is for the pod's address: the world routes the podCIDR to n1, whose
+    // kernel does not forward it; only the datagram's arrival is checked).
+    {
+        let mut u = Witness::start(&c, DIRECT, 9003, true);
+        connect(&c, "a", DIRECT, 9003, true, 1, false);
+        assert_eq!(u.take(1)[0].0, pod_ip(&c, "a"));
+    }
+
+    // Egress NetworkPolicy before SNAT: a may reach everything but the
+    // world address; c only the world address.
+    let denied = c.drops("policy-denied");
+    c.apply(
+        "egress.yaml",
+        &(netpol(
+            "up",
+            "a-not-world",
+            &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [{WORLD}/32]}}}}]}}]}}"),
+        ) + &netpol(
+            "up",
+            "c-only-world",
+            &format!("{{podSelector: {{matchLabels: {{pod: c}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: {WORLD}/32}}}}]}}]}}"),
+        )),
+    );
+    c.wait_applied(Duration::from_secs(30));
+    assert_eq!(connect(&c, "a", WORLD, 8080, false, 2, false), vec![""; 2]);
+    assert!(c.drops("policy-denied") > denied);
+    assert_eq!(
+        connect(&c, "c", WORLD, 8080, false, 2, false),
+        vec!["world"; 2]
+    );
+    assert_eq!(
+        connect(&c, "b", WORLD, 8080, false, 1, false),
+        vec!["world"]
+    );
+
+    // Without n1's dataplane, n1's pods do not reach the world (n2's do).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(connect(&c, "c", WORLD, 8080, false, 1, false), vec![""]);
+    assert_eq!(
+        connect(&c, "b", WORLD, 8080, false, 1, false),
+        vec!["world"]
+    );
+}
+
+#[test]
+fn weir_up_refuses_an_ipv6_non_masquerade_cidr() {
+    let name = weir_tests::unique_name("upl6");
+    let dir = std::env::temp_dir().join(format!("weir-test-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.yaml");
+    std::fs::write(&f, manifests()).unwrap();
+    let out = Command::new(weir_tests::weir_bin())
+        .env("WEIR_METRICS_ADDR", "off")
+        .args(["--cluster", &name, "up", "-f"])
+        .arg(&f)
+        .args(["--non-masquerade", "2001:db8::/32"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("non_masquerade") && err.contains("IPv6"),
+        "{err}"
+    );
+}
+
+const NODE_PORTS: &str = r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: up}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: up, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: up, labels: {app: web, only: b}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: up, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: up}
+spec: {type: NodePort, selector: {app: web}, ports: [{name: tcp, port: 80, nodePort: 30080}, {name: udp, port: 80, protocol: UDP, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: loc, namespace: up}
+spec: {type: NodePort, externalTrafficPolicy: Local, selector: {only: b}, ports: [{port: 80, nodePort: 30081}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wit-local, namespace: up}
+spec: {type: NodePort, externalTrafficPolicy: Local, selector: {only: b}, ports: [{port: 9100, nodePort: 30082}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wit-cluster, namespace: up}
+spec: {type: NodePort, selector: {only: b}, ports: [{port: 9100, nodePort: 30083}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: inl, namespace: up}
+spec: {internalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80}]}
+"#;
+
+/// `count` TCP connections from the world host to `ip:port`; the first
+/// answer line of each (empty for a failure).
+fn from_world(c: &TestCluster, ip: Ipv4Addr, port: u16, count: usize) -> Vec<String> {
+    from_world_proto(c, ip, port, count, false)
+}
+
+fn from_world_proto(
+    c: &TestCluster,
+    ip: Ipv4Addr,
+    port: u16,
+    count: usize,
+    udp: bool,
+) -> Vec<String> {
+    let netns = c.topology().world.expect("world host").netns;
+    let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
+    let script = format!(
+        "for i in $(seq 1 {count}); do a=$({input} | timeout 5 nc -4 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1); echo \"${{a:--}}\"; done"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns, "bash", "-c", &script])
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            if l == "-" {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
+/// NodePort (externalTrafficPolicy Cluster and Local) from the world
+/// host, and internalTrafficPolicy Local for a ClusterIP.
+#[test]
+fn node_ports_from_the_world() {
+    let nodes = node_manifest(0, false) + &node_manifest(1, false);
+    let c = TestCluster::up("upn", &(nodes + NODE_PORTS));
+    c.wait_applied(Duration::from_secs(30));
+    let (n1, n2) = (underlay_ip(&c, "n1"), underlay_ip(&c, "n2"));
+
+    // externalTrafficPolicy Cluster: every node answers on the node port,
+    // spread over the backends of both nodes.
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    for node in [n1, n2] {
+        let answers = from_world(&c, node, 30080, 30);
+        assert!(
+            answers
+                .iter()
+                .all(|a| ["a", "b", "c"].contains(&a.as_str())),
+            "{node}: {answers:?}"
+        );
+        for pod in ["a", "b", "c"] {
+            assert!(
+                answers.iter().any(|a| a == pod),
+                "{node}: {pod} never answered: {answers:?}"
+            );
+        }
+    }
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 30);
+    // UDP on the same node port number.
+    for node in [n1, n2] {
+        let answers = from_world_proto(&c, node, 30080, 30, true);
+        assert!(
+            answers
+                .iter()
+                .all(|a| ["a", "b", "c"].contains(&a.as_str())),
+            "{node}: {answers:?}"
+        );
+        assert!(
+            answers.iter().any(|a| a == "b") && answers.iter().any(|a| a != "b"),
+            "{node}: {answers:?}"
+        );
+    }
+
+    // Local: only the node with a backend answers; the other drops, counted.
+    assert_eq!(from_world(&c, n2, 30081, 3), vec!["b"; 3]);
+    let before = c.node_drops("n1", "nodeport-no-local-endpoint");
+    assert_eq!(from_world(&c, n1, 30081, 2), vec![""; 2]);
+    assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+
+    // The source the backend sees: the client with Local; n1's pod-CIDR
+    // gateway address with Cluster through n1 (the backend is on n2).
+    let b_netns = c.topology().pod("up", "b").expect("pod b").netns.clone();
+    let mut w = Witness::start_in(&b_netns, "0.0.0.0", 9100, false);
+    let world_ip = c.topology().world.expect("world").ipv4;
+    assert_eq!(from_world(&c, n2, 30082, 1), vec!["seen"]);
+    assert_eq!(w.take(1)[0].0, world_ip);
+    assert_eq!(from_world(&c, n1, 30083, 1), vec!["seen"]);
+    let seen = w.take(1)[0];
+    assert_eq!(seen.0, Ipv4Addr::new(10, 244, 0, 1), "{seen:?}");
+    assert!(SNAT.contains(&seen.1), "{seen:?}");
+
+    // internalTrafficPolicy Local: pods reach their own node's backends only.
+    let inl = c
+        .topology()
+        .services
+        .iter()
+        .find(|s| s.name == "inl")
+        .and_then(|s| s.cluster_ips.first().copied())
+        .expect("inl ClusterIP")
+        .to_string();
+    let from_a = connect(&c, "a", &inl, 80, false, 20, false);
+    assert!(from_a.iter().all(|x| x == "a" || x == "c"), "{from_a:?}");
+    assert!(
+        from_a.iter().any(|x| x == "a") && from_a.iter().any(|x| x == "c"),
+        "{from_a:?}"
+    );
+    assert_eq!(connect(&c, "b", &inl, 80, false, 5, false), vec!["b"; 5]);
+
+    // Without n1's dataplane, its node port is gone (n2's stays).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_world(&c, n1, 30080, 1), vec![""]);
+    assert_eq!(from_world(&c, n2, 30081, 1), vec!["b"]);
+}
