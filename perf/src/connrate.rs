@@ -83,10 +83,9 @@ pub fn run_to(
                         let _ = set_linger0(&c);
                         ok.fetch_add(1, Ordering::Relaxed);
                         drop(c);
-                        while inline_accept {
-                            match l.accept() {
-                                Ok((c, _)) => drop(c),
-                                Err(_) => break,
+                        if inline_accept {
+                            while let Ok((c, _)) = l.accept() {
+                                drop(c);
                             }
                         }
                     }

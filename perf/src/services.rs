@@ -497,7 +497,7 @@ fn measure_conn(
         }
     };
     let c0 = counters(p.weir);
-    let order = if round % 2 == 0 {
+    let order = if round.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]
@@ -579,7 +579,7 @@ pub fn run(o: &SvcOptions) -> anyhow::Result<SvcReport> {
     counts.sort_unstable();
     counts.dedup();
     anyhow::ensure!(
-        counts.iter().all(|&n| n >= 1 && n <= 60_000),
+        counts.iter().all(|n| (1..=60_000).contains(n)),
         "--services: counts between 1 and 60000"
     );
 
@@ -657,7 +657,7 @@ pub fn run(o: &SvcOptions) -> anyhow::Result<SvcReport> {
             .context("kernel: the kube-proxy rules are not in force")?;
         for round in 0..rep.reps {
             // Alternate the order so drift does not favour one target.
-            let order = if round % 2 == 0 {
+            let order = if round.is_multiple_of(2) {
                 [false, true]
             } else {
                 [true, false]
