@@ -21,23 +21,24 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// weir next to weir-perf (target/<profile>/weir), built if missing.
+/// weir next to weir-perf (target/<profile>/weir), built if missing (with
+/// weir-cni, through which the local cluster attaches its pods).
 fn weir_bin() -> PathBuf {
     let perf = PathBuf::from(env!("CARGO_BIN_EXE_weir-perf"));
     let bin = perf.with_file_name("weir");
-    if !bin.is_file() {
+    if !bin.is_file() || !perf.with_file_name("weir-cni").is_file() {
         let release = perf
             .parent()
             .and_then(|d| d.file_name())
             .is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "weir"]);
+        cmd.args(["build", "-p", "weir", "-p", "weir-cni"]);
         if release {
             cmd.arg("--release");
         }
-        let st = cmd.status().expect("run cargo build -p weir");
-        assert!(st.success(), "cargo build -p weir failed");
+        let st = cmd.status().expect("run cargo build -p weir -p weir-cni");
+        assert!(st.success(), "cargo build -p weir -p weir-cni failed");
     }
     assert!(bin.is_file(), "{} missing", bin.display());
     bin
