@@ -45,10 +45,11 @@ pub const RR_PORT: u16 = 9001;
 pub const CONN_PORT: u16 = 9002;
 /// The pod-IP reference runs on the Service's ports + this: ports no
 /// Service covers, so no NAT state left by a ClusterIP run (kernel
-/// conntrack, weir's NAT table) can meet a pod-IP flow that happens to
-/// reuse a client port (with RST-closed connections it happens within a
-/// round: the reply of the direct flow matched the ClusterIP flow's reverse
-/// entry and the connection failed, on both peers).
+/// conntrack, weir's NAT table) can meet a pod-IP flow that reuses a
+/// client port. On weir it would: a direct a:X → b:P flow started while
+/// the reverse entry of an earlier a:X → ClusterIP → b:P flow lives gets
+/// its replies rewritten to the ClusterIP, and the connection fails
+/// (checked by hand; see docs/performance.md).
 pub const POD_IP_PORT_OFFSET: u16 = 10;
 /// Pod network of the topology (kube-proxy's `--cluster-cidr`).
 pub const POD_CIDR: &str = "10.252.0.0/24";
