@@ -30,8 +30,28 @@ pub fn run(
     window: Duration,
     core: usize,
 ) -> anyhow::Result<ConnResult> {
-    let l = weir_topo::netns::run_in(dst_netns, || TcpListener::bind(dst))?
-        .with_context(|| format!("listen {dst} in {dst_netns}"))?;
+    run_to(src_netns, dst_netns, dst, dst, window, core, false)
+}
+
+/// [`run`] with the listener on `bind` (in `dst_netns`) and the client
+/// connecting to `dst` (a Service's ClusterIP that leads there).
+///
+/// `inline_accept`: the client also drains the accept queue after every
+/// connection. On the kernel path a connect completes inside the client's
+/// own system call, so on a loaded machine the client can fill the
+/// listener's backlog (128) before the acceptor thread (same core) gets to
+/// run; the next SYN is dropped and costs a 500 ms connect timeout.
+pub fn run_to(
+    src_netns: &str,
+    dst_netns: &str,
+    bind: SocketAddr,
+    dst: SocketAddr,
+    window: Duration,
+    core: usize,
+    inline_accept: bool,
+) -> anyhow::Result<ConnResult> {
+    let l = weir_topo::netns::run_in(dst_netns, || TcpListener::bind(bind))?
+        .with_context(|| format!("listen {bind} in {dst_netns}"))?;
     l.set_nonblocking(true)?;
     let done = AtomicBool::new(false);
     let ok = AtomicU64::new(0);
@@ -62,6 +82,12 @@ pub fn run(
                     Ok(c) => {
                         let _ = set_linger0(&c);
                         ok.fetch_add(1, Ordering::Relaxed);
+                        drop(c);
+                        if inline_accept {
+                            while let Ok((c, _)) = l.accept() {
+                                drop(c);
+                            }
+                        }
                     }
                     Err(_) => {
                         bad.fetch_add(1, Ordering::Relaxed);

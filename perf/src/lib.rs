@@ -8,7 +8,8 @@
 //! ([`udp`]) and a TCP ping-pong timed into an HDR histogram ([`rr`]), run
 //! inside the pods' namespaces and pinned to a core of their own.
 //!
-//! Scenarios: [`fastpath`] (one node, pod to pod: kernel routing vs weir in
+//! Scenarios: [`services`] (ClusterIP vs pod IP, kube-proxy nftables peer),
+//! [`fastpath`] (one node, pod to pod: kernel routing vs weir in
 //! each polling mode).
 #![deny(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod pin;
 pub mod plot;
 pub mod report;
 pub mod rr;
+pub mod services;
 pub mod stop;
 pub mod tools;
 pub mod udp;

@@ -99,6 +99,47 @@ enum Cmd {
         #[arg(long)]
         inter_node: Option<bool>,
     },
+    /// ClusterIP Services: UDP 64B pps and TCP RR to a ClusterIP vs to the
+    /// pod IP, through weir and through kube-proxy-style nftables rules;
+    /// new connections/s with 10, 1k, 10k Services (weir, nftables verdict
+    /// map, linear chains). Writes services.{md,json}.
+    Services {
+        /// CI mode: sub-second windows, 10 and 100 Services, one round.
+        #[arg(long)]
+        short: bool,
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Only the kernel peers (no weir needed).
+        #[arg(long)]
+        kernel_only: bool,
+        /// Service counts of the connection-rate sweep (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<usize>>,
+        /// Rounds, interleaved (default: full 3, short 1).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Override the UDP window (milliseconds).
+        #[arg(long)]
+        window_ms: Option<u64>,
+        /// Override the connection-rate window (milliseconds).
+        #[arg(long)]
+        conn_window_ms: Option<u64>,
+        /// Override the number of request/response round trips.
+        #[arg(long)]
+        rr_count: Option<u64>,
+        /// Skip the linear-chain (iptables-mode shape) peer.
+        #[arg(long)]
+        no_linear: bool,
+    },
 }
 
 fn main() {
@@ -203,6 +244,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "\nwritten: {} and {}, plots paper-*.svg there",
                 o.out.join("paper.md").display(),
                 o.out.join("paper.json").display()
+            );
+            Ok(())
+        }
+        Cmd::Services {
+            short,
+            out,
+            mode,
+            load_core,
+            worker_core,
+            weir,
+            kernel_only,
+            services,
+            reps,
+            window_ms,
+            conn_window_ms,
+            rr_count,
+            no_linear,
+        } => {
+            let mut o = weir_perf::services::SvcOptions::new(short);
+            o.out = out;
+            o.mode = mode;
+            o.load_core = load_core;
+            o.worker_core = worker_core;
+            o.linear = !no_linear;
+            if let Some(n) = services {
+                o.services = n;
+            }
+            if let Some(n) = reps {
+                o.reps = n;
+            }
+            if let Some(ms) = window_ms {
+                o.window = Duration::from_millis(ms);
+            }
+            if let Some(ms) = conn_window_ms {
+                o.conn_window = Duration::from_millis(ms);
+            }
+            if let Some(n) = rr_count {
+                o.rr_count = n;
+                o.rr_warmup = (n / 10).max(1);
+            }
+            o.weir = if kernel_only {
+                None
+            } else {
+                Some(fastpath::weir_binary(weir.as_deref())?)
+            };
+            let rep = weir_perf::services::run(&o)?;
+            print!("{}", rep.markdown());
+            println!(
+                "\nwritten: {} and {}",
+                o.out.join("services.md").display(),
+                o.out.join("services.json").display()
             );
             Ok(())
         }

@@ -46,8 +46,20 @@ pub fn run(
     dst: SocketAddr,
     p: &RrParams,
 ) -> anyhow::Result<RrResult> {
-    let listener = weir_topo::netns::run_in(dst_netns, || TcpListener::bind(dst))?
-        .with_context(|| format!("listen tcp {dst} in {dst_netns}"))?;
+    run_to(src_netns, dst_netns, dst, dst, p)
+}
+
+/// [`run`] with the server listening on `bind` (in `dst_netns`) and the
+/// client connecting to `dst` (a Service's ClusterIP that leads there).
+pub fn run_to(
+    src_netns: &str,
+    dst_netns: &str,
+    bind: SocketAddr,
+    dst: SocketAddr,
+    p: &RrParams,
+) -> anyhow::Result<RrResult> {
+    let listener = weir_topo::netns::run_in(dst_netns, || TcpListener::bind(bind))?
+        .with_context(|| format!("listen tcp {bind} in {dst_netns}"))?;
     // The handshake completes in the kernel against the listening socket:
     // connect first, accept after.
     let client = weir_topo::netns::run_in(src_netns, || {

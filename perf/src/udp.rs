@@ -61,8 +61,21 @@ pub fn run(
     dst: SocketAddrV4,
     p: &UdpParams,
 ) -> anyhow::Result<UdpResult> {
-    let rx = weir_topo::netns::run_in(dst_netns, || UdpSocket::bind(dst))?
-        .with_context(|| format!("bind udp {dst} in {dst_netns}"))?;
+    run_to(src_netns, dst_netns, dst, dst, p)
+}
+
+/// [`run`] with the receiver bound on `bind` (in `dst_netns`) and the
+/// generator sending to `send_to` (a Service's ClusterIP that leads there).
+pub fn run_to(
+    src_netns: &str,
+    dst_netns: &str,
+    bind: SocketAddrV4,
+    send_to: SocketAddrV4,
+    p: &UdpParams,
+) -> anyhow::Result<UdpResult> {
+    let dst = send_to;
+    let rx = weir_topo::netns::run_in(dst_netns, || UdpSocket::bind(bind))?
+        .with_context(|| format!("bind udp {bind} in {dst_netns}"))?;
     rx.set_read_timeout(Some(Duration::from_millis(50)))?;
     set_rcvbuf(&rx, 32 << 20);
     let tx = weir_topo::netns::run_in(src_netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?

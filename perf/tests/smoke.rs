@@ -1,5 +1,6 @@
-//! End to end, short: `weir-perf fastpath` with tiny windows must produce a
-//! number for every configuration, and weir's worker counters must move.
+//! End to end, short: `weir-perf fastpath` (and `paper`, `services`) with
+//! tiny windows must produce a number for every configuration, and weir's
+//! worker counters must move.
 //! No timing assertions (the machine is shared): only that it all ran.
 //!
 //! Needs root (namespaces, XDP) and the `weir` binary (built here with
@@ -20,23 +21,24 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// weir next to weir-perf (target/<profile>/weir), built if missing.
+/// weir next to weir-perf (target/<profile>/weir), built if missing (with
+/// weir-cni, through which the local cluster attaches its pods).
 fn weir_bin() -> PathBuf {
     let perf = PathBuf::from(env!("CARGO_BIN_EXE_weir-perf"));
     let bin = perf.with_file_name("weir");
-    if !bin.is_file() {
+    if !bin.is_file() || !perf.with_file_name("weir-cni").is_file() {
         let release = perf
             .parent()
             .and_then(|d| d.file_name())
             .is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "weir"]);
+        cmd.args(["build", "-p", "weir", "-p", "weir-cni"]);
         if release {
             cmd.arg("--release");
         }
-        let st = cmd.status().expect("run cargo build -p weir");
-        assert!(st.success(), "cargo build -p weir failed");
+        let st = cmd.status().expect("run cargo build -p weir -p weir-cni");
+        assert!(st.success(), "cargo build -p weir -p weir-cni failed");
     }
     assert!(bin.is_file(), "{} missing", bin.display());
     bin
@@ -237,6 +239,120 @@ fn paper_short_end_to_end() {
         .iter()
         .filter_map(|c| c.as_str().map(str::to_string))
         .collect();
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    clusters
+                        .iter()
+                        .any(|c| n.starts_with(&format!("weir-{c}-")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `weir-perf services --short`: every path (kernel with kube-proxy-style
+/// nftables, weir; pod IP and ClusterIP) produced pps and RR numbers, weir's
+/// counters moved on both of its targets, every connection-rate point
+/// connected, IPVS is reported either way, nothing is left behind. No
+/// timings.
+#[test]
+fn services_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-svc-smoke-{}", std::process::id()));
+    let run = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "services",
+            "--short",
+            "--window-ms",
+            "300",
+            "--rr-count",
+            "200",
+            "--services",
+            "10,100",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .output()
+        .expect("run weir-perf services");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "weir-perf services failed:\n{stdout}\n{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("services.json")).expect("services.json"))
+            .expect("JSON");
+    let ipvs = json["ipvs"].as_str().expect("ipvs");
+    assert!(
+        ipvs.starts_with("ok: ") || ipvs.starts_with("not available: "),
+        "{ipvs}"
+    );
+    let paths = json["paths"].as_array().expect("paths");
+    for peer in ["kernel+kube-proxy-nft", "weir-adaptive"] {
+        for target in ["pod-ip", "cluster-ip"] {
+            let p = paths
+                .iter()
+                .find(|p| p["peer"] == peer && p["target"] == target)
+                .unwrap_or_else(|| panic!("{peer} {target} missing: {json}"));
+            assert!(
+                p["udp"]["received"].as_u64().unwrap_or(0) > 0,
+                "{peer} {target}: no UDP received: {p}"
+            );
+            assert_eq!(p["rr"]["count"], 200, "{peer} {target}: RR: {p}");
+            if peer.starts_with("weir") {
+                for run in ["weir_rr", "weir_udp"] {
+                    assert!(
+                        p[run]["rx_packets"].as_u64().unwrap_or(0) > 0
+                            && p[run]["tx_packets"].as_u64().unwrap_or(0) > 0,
+                        "{peer} {target}: weir's counters did not move in {run}: {p}"
+                    );
+                }
+            }
+        }
+    }
+    let conns = json["conns"].as_array().expect("conns");
+    for peer in ["weir-adaptive", "nft-kube-proxy", "nft-linear"] {
+        for n in [10, 100] {
+            let c = conns
+                .iter()
+                .find(|c| c["peer"] == peer && c["services"] == n)
+                .unwrap_or_else(|| panic!("{peer} with {n} Services missing: {json}"));
+            for t in ["cluster_ip", "pod_ip"] {
+                assert!(
+                    c[t]["connects"].as_u64().unwrap_or(0) > 0,
+                    "{peer} {n} {t}: no connection: {c}"
+                );
+            }
+            if peer.starts_with("weir") {
+                assert!(
+                    c["weir"]["rx_packets"].as_u64().unwrap_or(0) > 0,
+                    "{peer} {n}: weir's counters did not move: {c}"
+                );
+            }
+        }
+    }
+    assert!(std::fs::read_to_string(out.join("services.md"))
+        .expect("services.md")
+        .contains("| weir-adaptive | cluster-ip |"));
+    let clusters: Vec<String> = json["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(clusters.len(), 2);
     let left: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok())
