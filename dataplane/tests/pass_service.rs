@@ -421,3 +421,49 @@ fn affinity_pins_a_client() {
     }
     assert_eq!(ports.len(), 1, "{ports:?}");
 }
+
+/// A client that reuses its port for a connection straight to the backend
+/// (after its Service flow with that port closed) gets that backend's
+/// SYN-ACK as the backend sent it, not rewritten to the ClusterIP: its SYN
+/// ends the old flow's reverse entry.
+#[test]
+fn a_direct_connection_reusing_a_service_flows_port_is_not_reverse_natted() {
+    let (vip, client) = (vip4(), pod4(1));
+    let s = snap(vec![front(vip, 6, 80, vec![backend(1, false)])]);
+    let mut st = WorkerState::new();
+    let b = backend(1, false);
+    let out = run(
+        &mut st,
+        &s,
+        &frame(0, client, vip, 30000, 80, Some((true, false))),
+        0,
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+        "{:?}",
+        out.verdict
+    );
+    let synack = frame(1, b.ip, client, 8080, 30000, Some((true, true)));
+    let out = run(&mut st, &s, &synack, 1);
+    assert_eq!(addrs(&out.bytes), (vip, client, 80, 30000));
+    // The same client port, straight to the backend.
+    let out = run(
+        &mut st,
+        &s,
+        &frame(0, client, b.ip, 30000, 8080, Some((true, false))),
+        0,
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(addrs(&out.bytes), (client, b.ip, 30000, 8080));
+    let out = run(&mut st, &s, &synack, 1);
+    assert!(
+        matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(addrs(&out.bytes), (b.ip, client, 8080, 30000));
+}

@@ -34,7 +34,7 @@ use super::parse::{Fragment, Parsed};
 use super::Pass;
 use crate::snapshot::ServiceFrontend;
 use crate::svc_nat::{Kind, Nat};
-use crate::wire::{checksum, ethernet, ip_proto};
+use crate::wire::{checksum, ethernet, ip_proto, tcp};
 use crate::{DropReason, Verdict};
 
 /// Source of hairpin flows (IPv4): link-local, never a pod's, the address
@@ -125,6 +125,25 @@ impl Pass<'_> {
             pkt.key.src = src;
             pkt.key.dst = chosen.addr;
             pkt.key.dport = chosen.port;
+            return Continue(None);
+        }
+        // A new TCP connection straight to a backend (a SYN without ACK)
+        // ends any Service flow of the same wire 5-tuple: the client
+        // reused the port after that flow closed. Its reverse entry would
+        // otherwise rewrite this connection's SYN-ACK to come from the
+        // ClusterIP (and the client would refuse it).
+        if pkt.key.proto == ip_proto::TCP
+            && pkt.tcp_flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN
+            && svc.is_backend(pkt.key.dst, pkt.key.proto, pkt.key.dport)
+        {
+            let reply = crate::flow_key::FlowKey {
+                src: pkt.key.dst,
+                dst: pkt.key.src,
+                proto: pkt.key.proto,
+                sport: pkt.key.dport,
+                dport: pkt.key.sport,
+            };
+            nat.remove(&reply, Kind::Reverse);
             return Continue(None);
         }
         // A reply of a Service flow? Only a backend sends one.
