@@ -208,7 +208,7 @@ impl Pass<'_> {
         let np_reply = self.node_port_reply(&pkt)?;
         let routed = match np_reply {
             Some(r) => Some(r),
-            None => self.service(&mut pkt)?,
+            None => self.service(&mut pkt, !matches!(sender, Sender::World))?,
         };
         // 4. Frames from a peer route to a local pod only (no transit
         //    between peers through this node).

@@ -53,7 +53,13 @@ impl Pass<'_> {
     /// Stage 3b (see the module doc). Returns the packet as routing must
     /// see it when that differs from `pkt` (a reply whose bytes were
     /// reverse-NATed while conntrack and policy keep its wire key).
-    pub(super) fn service(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, Option<Parsed>> {
+    /// `as_sent`: the packet is as its sender sent it (not a node-port
+    /// flow `uplink_in` already translated, whose reverse entry is new).
+    pub(super) fn service(
+        &mut self,
+        pkt: &mut Parsed,
+        as_sent: bool,
+    ) -> ControlFlow<Verdict, Option<Parsed>> {
         let snap = self.snap;
         let svc = snap.services();
         if snap.spec.services.is_empty()
@@ -132,7 +138,8 @@ impl Pass<'_> {
         // reused the port after that flow closed. Its reverse entry would
         // otherwise rewrite this connection's SYN-ACK to come from the
         // ClusterIP (and the client would refuse it).
-        if pkt.key.proto == ip_proto::TCP
+        if as_sent
+            && pkt.key.proto == ip_proto::TCP
             && pkt.tcp_flags & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN
             && svc.is_backend(pkt.key.dst, pkt.key.proto, pkt.key.dport)
         {
