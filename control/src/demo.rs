@@ -281,7 +281,12 @@ impl Demo {
             .with_context(|| state.cluster_file().display().to_string())
     }
 
-    fn step2(&self, app1: &RealizedPod, app2: &RealizedPod, app3: &RealizedPod) -> anyhow::Result<()> {
+    fn step2(
+        &self,
+        app1: &RealizedPod,
+        app2: &RealizedPod,
+        app3: &RealizedPod,
+    ) -> anyhow::Result<()> {
         title(2, "The founding paper's L7 scenario: HTTP rules judged inline by weir's workers, no proxy");
         note("demo/app1 serves HTTP on port 80 (a small server the demo runs in its network namespace: GET /public... → 200, anything else → 404);");
         note("the rule: to app1 on TCP 80 only app2, and only GET /public...");
@@ -309,7 +314,14 @@ impl Demo {
         anyhow::ensure!(l4.code == "000", "app3 got an answer: {}", l4.code);
         note("200 from the server; both 403s are weir's (the server never saw those requests); app3 never got a connection (L4)");
         self.weir(&[
-            "explain", "--from", "demo/app2", "--to", "demo/app1", "--port", "80", "--http",
+            "explain",
+            "--from",
+            "demo/app2",
+            "--to",
+            "demo/app1",
+            "--port",
+            "80",
+            "--http",
             "GET /private",
         ])?;
         std::thread::sleep(Duration::from_millis(300));
@@ -324,7 +336,10 @@ impl Demo {
         app3: &RealizedPod,
         dns: &RealizedPod,
     ) -> anyhow::Result<()> {
-        title(3, "A DNS rule: app3 may ask the DNS pod only for allowed.example and *.allowed.example");
+        title(
+            3,
+            "A DNS rule: app3 may ask the DNS pod only for allowed.example and *.allowed.example",
+        );
         let dns_ip = dns.ipv4.context("demo/dns has no IPv4 address")?;
         let ip = |p: &RealizedPod| p.ipv4.map(|a| a.to_string()).unwrap_or_default();
         let args = vec![
@@ -339,6 +354,10 @@ impl Demo {
             format!("--listen-address={dns_ip}"),
             format!("--address=/allowed.example/{}", ip(app1)),
             format!("--address=/blocked.example/{}", ip(app2)),
+            format!(
+                "--pid-file={}",
+                self.cleanup.dir.join("dnsmasq.pid").display()
+            ),
         ];
         println!("$ ip {} &", args.join(" "));
         let child = Command::new("ip")
@@ -385,14 +404,26 @@ impl Demo {
         }
         note("the two allowed names were answered by dnsmasq; blocked.example was answered REFUSED by weir (dnsmasq never saw it)");
         self.weir(&[
-            "explain", "--from", "demo/app3", "--to", "demo/dns", "--port", "53", "--protocol",
-            "UDP", "--dns", "blocked.example",
+            "explain",
+            "--from",
+            "demo/app3",
+            "--to",
+            "demo/dns",
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+            "--dns",
+            "blocked.example",
         ])?;
         Ok(())
     }
 
     fn step4(&self) -> anyhow::Result<()> {
-        title(4, "Precedence: a NetworkPolicy allow overridden by an Admin-tier deny");
+        title(
+            4,
+            "Precedence: a NetworkPolicy allow overridden by an Admin-tier deny",
+        );
         note("allow-from-y: namespace x accepts only namespace y on TCP 80 (NetworkPolicy);");
         note("quarantine-y-c: an Admin-tier ClusterNetworkPolicy denies pod y/c, whatever x's policies allow");
         let f = self.file("demo-policy.yaml", POLICY)?;
@@ -410,10 +441,19 @@ impl Demo {
         self.weir(&["explain", "--from", "y/c", "--to", "x/b", "--port", "80"])?;
         note("y/c matches allow-from-y as y/a does, but the Admin tier is judged first: quarantine-y-c's deny wins; the offline checker names the overridden rule:");
         println!("$ weir policy check | grep overridden-by-admin");
-        let out = self.command(&["policy", "check"]).output().context("run weir policy check")?;
+        let out = self
+            .command(&["policy", "check"])
+            .output()
+            .context("run weir policy check")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let found: Vec<&str> = text.lines().filter(|l| l.contains("overridden-by-admin")).collect();
-        anyhow::ensure!(!found.is_empty(), "weir policy check reported no overridden-by-admin finding");
+        let found: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("overridden-by-admin"))
+            .collect();
+        anyhow::ensure!(
+            !found.is_empty(),
+            "weir policy check reported no overridden-by-admin finding"
+        );
         for l in found {
             println!("{l}");
         }
@@ -421,7 +461,10 @@ impl Demo {
     }
 
     fn step5(&self, server: &RealizedPod, client: &RealizedPod) -> anyhow::Result<()> {
-        title(5, "A revocation: an open connection cut by a policy apply, live");
+        title(
+            5,
+            "A revocation: an open connection cut by a policy apply, live",
+        );
         let ip = server.ipv4.context("y/a has no IPv4 address")?;
         let stop = Arc::new(AtomicBool::new(false));
         let listener = weir_topo::netns::run_in(&server.netns, move || {
@@ -487,11 +530,8 @@ impl Demo {
         title(6, &format!("Side by side: HTTP requests/s — a ROUGH INDICATION on this machine, not a benchmark (wrk, 1 thread, 8 keep-alive connections, {BENCH_SECS} s each, GET /public/x)"));
         let ip = app1.ipv4.context("demo/app1 has no IPv4 address")?;
         let url = format!("http://{ip}:{HTTP_PORT}/public/x");
-        let wrk_args = |url: &str| {
-            format!(
-                "wrk -t1 -c8 -d{BENCH_SECS}s --latency --timeout 2s {url}"
-            )
-        };
+        let wrk_args =
+            |url: &str| format!("wrk -t1 -c8 -d{BENCH_SECS}s --latency --timeout 2s {url}");
         note("weir with the L7 rule (demo-l7.yaml: every request judged inline):");
         println!("$ ip netns exec {} {}", app2.netns, wrk_args(&url));
         let l7 = weir_perf::tools::wrk(&app2.netns, &url, BENCH_SECS, 8, LOAD_CORE)?;
@@ -502,8 +542,12 @@ impl Demo {
         self.delete(&f7)?;
         self.apply(&f4)?;
         self.wait_until("the L4-only rule to be enforced", || {
-            weir_perf::http::status_of(&app2.netns, SocketAddr::from((ip, HTTP_PORT)), "POST", "/public/x")
-                == 404
+            weir_perf::http::status_of(
+                &app2.netns,
+                SocketAddr::from((ip, HTTP_PORT)),
+                "POST",
+                "/public/x",
+            ) == 404
         })?;
         println!("$ ip netns exec {} {}", app2.netns, wrk_args(&url));
         let l4 = weir_perf::tools::wrk(&app2.netns, &url, BENCH_SECS, 8, LOAD_CORE)?;
@@ -516,7 +560,10 @@ impl Demo {
             ("kernel + haproxy L7 detour", k),
         ];
         println!("\n  a rough indication on this machine (2 shared vCPUs, {BENCH_SECS} s each, one run):");
-        println!("  {:<28} {:>12} {:>22}", "path", "requests/s", "÷ kernel+haproxy");
+        println!(
+            "  {:<28} {:>12} {:>22}",
+            "path", "requests/s", "÷ kernel+haproxy"
+        );
         for (name, v) in rows {
             println!(
                 "  {:<28} {:>12.0} {:>22}",
@@ -600,17 +647,26 @@ impl Demo {
         println!("  export WEIR_CLUSTER={}", self.cluster);
         println!("  weir get pods -o wide");
         println!("  weir probe --port 80 --to x");
-        println!("  weir explain --from demo/app2 --to demo/app1 --port 80 --http 'POST /public/a'");
+        println!(
+            "  weir explain --from demo/app2 --to demo/app1 --port 80 --http 'POST /public/a'"
+        );
         println!("  weir flows -f                      # follow new flows and drops");
         println!("  weir status");
         if self.api {
-            println!("  weir kubectl get pods -A           # the API server is the source of truth");
+            println!(
+                "  weir kubectl get pods -A           # the API server is the source of truth"
+            );
             println!("  weir kubectl delete -f docs/examples/demo-l7.yaml");
         } else {
             println!("  weir delete -f docs/examples/demo-l7.yaml");
         }
-        println!("  ip netns exec {} curl -s http://{ip}:81   # app1's test server answers its name", app2.netns);
-        println!("  (app1's HTTP server on :80 and dnsmasq ran inside the demo and stopped with it)");
+        println!(
+            "  ip netns exec {} curl -s http://{ip}:81   # app1's test server answers its name",
+            app2.netns
+        );
+        println!(
+            "  (app1's HTTP server on :80 and dnsmasq ran inside the demo and stopped with it)"
+        );
         println!("  weir down                          # remove everything");
     }
 
@@ -641,10 +697,7 @@ impl Demo {
     fn weir(&self, args: &[&str]) -> anyhow::Result<()> {
         println!("$ weir {}", shell_words(args));
         let _ = std::io::stdout().flush();
-        let st = self
-            .command(args)
-            .status()
-            .context("run weir")?;
+        let st = self.command(args).status().context("run weir")?;
         anyhow::ensure!(st.success(), "weir {} failed ({st})", shell_words(args));
         Ok(())
     }
@@ -825,7 +878,11 @@ fn read_ticks(s: TcpStream, last: &Mutex<Option<Instant>>, stop: &AtomicBool) {
                 n += 1;
                 *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if n % 2 == 1 {
-                    println!("  [{:6.2} s] z/b ← y/a: {}", t0.elapsed().as_secs_f64(), line.trim());
+                    println!(
+                        "  [{:6.2} s] z/b ← y/a: {}",
+                        t0.elapsed().as_secs_f64(),
+                        line.trim()
+                    );
                 }
                 line.clear();
             }
@@ -836,7 +893,10 @@ fn read_ticks(s: TcpStream, last: &Mutex<Option<Instant>>, stop: &AtomicBool) {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(e) => {
-                println!("  [{:6.2} s] connection error: {e}", t0.elapsed().as_secs_f64());
+                println!(
+                    "  [{:6.2} s] connection error: {e}",
+                    t0.elapsed().as_secs_f64()
+                );
                 return;
             }
         }

@@ -943,7 +943,7 @@ fn demo_runs_on_the_api_server_and_says_so() {
         stdout.contains("== mode: on a real Kubernetes API server"),
         "{stdout}"
     );
-    assert!(stdout.contains("== weir kubectl apply -f"), "{stdout}");
+    assert!(stdout.contains("$ weir kubectl apply -f"), "{stdout}");
     let state = std::env::var_os("WEIR_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/weir"));
