@@ -253,7 +253,14 @@ impl Demo {
             .to_uppercase();
         title(
             1,
-            &format!("Two nodes joined by the overlay ({encap}; `weir demo --encap geneve` for Geneve), pods spread over both"),
+            &format!(
+                "Two nodes joined by the overlay ({encap}{}), pods spread over both",
+                if encap == "VXLAN" {
+                    "; `weir demo --encap geneve` for Geneve"
+                } else {
+                    ""
+                }
+            ),
         );
         let f = self.file("demo.yaml", MANIFESTS)?;
         let mut up: Vec<&str> = vec!["up"];
