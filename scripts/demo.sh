@@ -9,5 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -p weir --bin weir
+# weir-cni: the local cluster attaches its pods through it (found next to weir).
+cargo build --release -p weir -p weir-cni --bins
 exec ./target/release/weir demo "$@"
