@@ -401,7 +401,8 @@ enum Cmd {
         #[command(flatten)]
         validation: ValidationFlags,
     },
-    /// Bring up the built-in sample cluster, probe it, show status, take it down.
+    /// What weir is for, in about two minutes: two nodes, L7 and DNS rules,
+    /// precedence, a revocation, a rough side-by-side, then everything removed.
     Demo {
         /// Leave the cluster up afterwards.
         #[arg(long)]
@@ -410,6 +411,9 @@ enum Cmd {
         /// (scripts/k8s-build.sh), else from manifest files; api-server; files.
         #[arg(long, default_value = "auto", value_name = "auto|api-server|files")]
         mode: String,
+        /// Encapsulation between the two nodes.
+        #[arg(long, value_enum, default_value_t = EncapArg::Vxlan)]
+        encap: EncapArg,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -964,14 +968,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             since,
             filter,
         } => flows_cmd(&state, follow, output, since, &filter.filter()?),
-        Cmd::Demo { keep, dp, mode } => {
+        Cmd::Demo {
+            keep,
+            dp,
+            mode,
+            encap,
+        } => {
             let api_server = match mode.as_str() {
                 "auto" => apiserver::check_binaries().is_ok() && apiserver::script().is_ok(),
                 "api-server" => true,
                 "files" => false,
                 other => anyhow::bail!("--mode: {other:?} is not auto, api-server or files"),
             };
-            run_demo(&state, &dp, keep, api_server)
+            let mut up_args = dp.args()?;
+            up_args.extend(["--metrics-addr".to_string(), dp.metrics_addr.clone()]);
+            if let EncapArg::Geneve = encap {
+                up_args.extend(["--encap".to_string(), "geneve".to_string()]);
+            }
+            demo::run(
+                &state,
+                &demo::Options {
+                    keep,
+                    api_server,
+                    up_args,
+                },
+            )
         }
         Cmd::Dataplane { action, node, dp } => {
             match action {
@@ -1240,135 +1261,6 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
         println!("cluster {} removed", state.cluster);
     } else {
         println!("cluster {}: nothing to remove", state.cluster);
-    }
-    Ok(())
-}
-
-fn run_demo(
-    state: &StateDir,
-    dp: &DataplaneFlags,
-    keep: bool,
-    api_server: bool,
-) -> anyhow::Result<()> {
-    let spec = weir_topo::manifest::parse_str(demo::MANIFESTS, "demo.yaml")?;
-    if api_server {
-        println!("== mode: on a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager {}); weir is the nodes' kubelet for networking", apiserver::K8S_VERSION);
-        println!("== weir up --api-server (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
-        let m = manifests::parse_text(demo::MANIFESTS, "demo.yaml", FieldValidation::Strict)?;
-        up_api_server(
-            state,
-            demo::MANIFESTS,
-            "demo.yaml",
-            m,
-            FieldValidation::Strict,
-            dp,
-            BuildOptions::default(),
-        )?;
-    } else {
-        println!("== mode: manifest files (no API server: scripts/k8s-build.sh builds one, then the demo runs on it)");
-        println!("== weir up (built-in demo: namespaces x, y, z; pods a, b, c; TCP/UDP 80, 81)");
-        up(state, &spec, &Vec::new(), dp, BuildOptions::default())?;
-    }
-    let result = (|| -> anyhow::Result<()> {
-        let c = load(state)?;
-        print!("{}", get::pods(&c, None, None, Output::Table)?);
-        let all = probe::select(&c, None)?;
-        for (protocol, family) in [
-            (Protocol::Tcp, Family::Ipv4),
-            (Protocol::Udp, Family::Ipv4),
-            (Protocol::Tcp, Family::Ipv6),
-        ] {
-            println!("\n== weir probe --port 80 --protocol {protocol:?} --family {family:?}");
-            let m = probe::run(
-                &all,
-                &all,
-                &ProbeSpec {
-                    port: 80,
-                    protocol,
-                    family,
-                    timeout: Duration::from_millis(1000),
-                    attempts: 2,
-                },
-            );
-            print!("{}", probe::render(&m));
-            let failed = m.probes.iter().filter(|p| !p.connected).count();
-            anyhow::ensure!(
-                failed == 0,
-                "demo: {failed} probes failed (no policy is loaded, all should connect)"
-            );
-        }
-        if api_server {
-            println!("\n== weir kubectl apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
-            apply_via_api_server(state, demo::POLICY, "demo-policy.yaml")?;
-        } else {
-            println!("\n== weir apply -f docs/examples/demo-policy.yaml  (x accepts only y on TCP 80; Admin tier denies y/c)");
-            let v: ChangeReply = daemon_call(
-                state,
-                &Request::Apply {
-                    manifests: demo::POLICY.to_string(),
-                    source: "demo-policy.yaml".into(),
-                    field_validation: FieldValidation::Strict,
-                },
-            )?;
-            print_changed(&v);
-        }
-        wait_ready(state, Duration::from_secs(30))?;
-        let to_x = probe::select(&c, Some("x"))?;
-        println!("\n== weir probe --port 80 --to x");
-        let m = probe::run(
-            &all,
-            &to_x,
-            &ProbeSpec {
-                port: 80,
-                protocol: Protocol::Tcp,
-                family: Family::Ipv4,
-                timeout: Duration::from_millis(300),
-                attempts: 2,
-            },
-        );
-        print!("{}", probe::render(&m));
-        let input = policy_input(state, &c)?;
-        for (from, to) in [
-            (("y", "a"), ("x", "b")),
-            (("y", "c"), ("x", "b")),
-            (("z", "a"), ("x", "b")),
-        ] {
-            println!(
-                "\n== weir explain --from {}/{} --to {}/{} --port 80",
-                from.0, from.1, to.0, to.1
-            );
-            let e = weir_policy::explain(&input, from, to, weir_topo::Protocol::Tcp, 80)?;
-            println!("{e}");
-        }
-        std::thread::sleep(Duration::from_millis(600));
-        println!("\n== weir flows (last 3)");
-        flows_cmd_tail(state, 3)?;
-        println!("\n== weir status");
-        print!("{}", status::render(&daemon_call(state, &Request::Status)?));
-        Ok(())
-    })();
-    if !keep {
-        println!("\n== weir down");
-        down(state)?;
-    }
-    result
-}
-
-/// Prints the last `n` flow records of every node.
-fn flows_cmd_tail(state: &StateDir, n: usize) -> anyhow::Result<()> {
-    let c = load(state)?;
-    let mut all = Vec::new();
-    for node in weir_control::agent::weir_nodes(&c) {
-        let v: FlowsReply = ipc::request(
-            &state.dataplane_sock(&node.name),
-            &Request::Flows { since: 0 },
-            Duration::from_secs(5),
-        )?;
-        all.extend(v.records);
-    }
-    all.sort_by_key(|r| r.time_unix_ns);
-    for r in all.iter().rev().take(n).rev() {
-        println!("{}", weir_control::flows::line(r));
     }
     Ok(())
 }
@@ -1655,42 +1547,6 @@ fn fill_images(pod: &mut serde_json::Value) {
                 }
             }
         }
-    }
-}
-
-/// Creates the policies of `text` in the cluster's API server and waits
-/// (bounded) until the supervisor enforces exactly them (the agent in `weir
-/// kubelet` brings them).
-fn apply_via_api_server(state: &StateDir, text: &str, source: &str) -> anyhow::Result<()> {
-    let m = manifests::parse_text(text, source, FieldValidation::Strict)?;
-    let want: std::collections::BTreeSet<String> =
-        m.policies.iter().map(|(_, s)| s.object.clone()).collect();
-    let docs =
-        weir_topo::manifest::split_documents(text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let objects = docs
-        .iter()
-        .map(|d| serde_json::to_value(&d.value))
-        .collect::<Result<Vec<_>, _>>()?;
-    apiserver::apply(state, &objects)?;
-    for o in &want {
-        println!("{o} created");
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let have: std::collections::BTreeSet<String> =
-            manifests::load_policies(&state.policies_file())?
-                .into_iter()
-                .map(|p| p.object)
-                .collect();
-        if want.is_subset(&have) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the policies did not reach the supervisor (see {})",
-            apiserver::kubelet_log(state).display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

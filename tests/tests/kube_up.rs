@@ -924,8 +924,8 @@ fn an_expired_watch_relists_without_dropping_a_connection() {
 }
 
 /// `weir demo --mode api-server`: the built-in demo on a real API server
-/// says which mode it runs in, probes, applies its policy through the API
-/// server, and takes everything down again.
+/// says which mode it runs in, applies its policies through the API server
+/// (their effects seen), and takes everything down again.
 #[test]
 fn demo_runs_on_the_api_server_and_says_so() {
     let name = unique_name("kd");
@@ -943,7 +943,16 @@ fn demo_runs_on_the_api_server_and_says_so() {
         stdout.contains("== mode: on a real Kubernetes API server"),
         "{stdout}"
     );
-    assert!(stdout.contains("== weir kubectl apply -f"), "{stdout}");
+    assert!(stdout.contains("$ weir kubectl apply -f"), "{stdout}");
+    // The policies applied through the API server reached the dataplanes.
+    for evidence in [
+        "=> HTTP 403",
+        "status: REFUSED",
+        "revoked DENIED",
+        "kernel + haproxy L7 detour",
+    ] {
+        assert!(stdout.contains(evidence), "no {evidence:?}: {stdout}");
+    }
     let state = std::env::var_os("WEIR_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/weir"));
