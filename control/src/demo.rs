@@ -446,7 +446,7 @@ impl Demo {
         self.weir(&["probe", "--port", "80", "--to", "x"])?;
         self.weir(&["explain", "--from", "y/a", "--to", "x/b", "--port", "80"])?;
         self.weir(&["explain", "--from", "y/c", "--to", "x/b", "--port", "80"])?;
-        note("y/c matches allow-from-y as y/a does, but the Admin tier is judged first: quarantine-y-c's deny wins; the offline checker names the overridden rule:");
+        note("y/c matches allow-from-y as y/a does, but the Admin tier is judged first: quarantine-y-c's deny wins, and explain names the allow it overrides; the offline checker finds the same:");
         println!("$ weir policy check | grep overridden-by-admin");
         let out = self
             .command(&["policy", "check"])

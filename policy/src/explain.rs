@@ -21,6 +21,22 @@ pub struct SideExplanation {
     pub rule: Option<RuleInfo>,
     /// One line: `deny by networkpolicies/prod/x ingress[0] (Allow)`.
     pub text: String,
+    /// The verdict this side would get without the deciding rule's policy,
+    /// when it differs (the precedence made visible: an Admin-tier deny
+    /// over a NetworkPolicy allow names both rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Overridden>,
+}
+
+/// What the deciding rule overrode on one side ([`SideExplanation::overrides`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Overridden {
+    /// `allow`, `deny` or `audit`: the verdict without the deciding policy.
+    pub verdict: &'static str,
+    /// The rule that would decide then, if a rule would.
+    pub rule: Option<RuleInfo>,
+    /// One line, as [`SideExplanation::text`].
+    pub text: String,
 }
 
 /// The verdict on a flow and what decided it.
@@ -141,7 +157,13 @@ impl std::fmt::Display for Explanation {
             }
         )?;
         writeln!(f, "  egress of {}: {}", self.from, self.egress.text)?;
+        if let Some(o) = &self.egress.overrides {
+            writeln!(f, "    overriding: {}", o.text)?;
+        }
         write!(f, "  ingress of {}: {}", self.to, self.ingress.text)?;
+        if let Some(o) = &self.ingress.overrides {
+            write!(f, "\n    overriding: {}", o.text)?;
+        }
         if let Some(h) = &self.http {
             write!(f, "\n{h}")?;
         }
@@ -162,7 +184,52 @@ fn side(p: &CompiledPolicy, d: Decision) -> SideExplanation {
         },
         rule: p.rule(d.rule).cloned(),
         text: p.describe(&d),
+        overrides: None,
     }
+}
+
+/// The object (`kind/ns/name`) of a rule's policy, as [`crate::model::Policy::object`].
+fn rule_object(r: &RuleInfo) -> String {
+    match &r.namespace {
+        Some(ns) => format!("{}/{}/{}", r.kind, ns, r.name),
+        None => format!("{}/{}", r.kind, r.name),
+    }
+}
+
+/// Fills `side.overrides`: judges the flow again without the deciding
+/// rule's policy and keeps that verdict when it differs. `judge` runs the
+/// same compile-and-judge as the explanation, on a reduced input.
+fn find_override(
+    input: &PolicyInput,
+    side_now: &mut SideExplanation,
+    judge: impl Fn(&PolicyInput) -> Result<(CompiledPolicy, Decision), PolicyError>,
+) -> Result<(), PolicyError> {
+    let Some(rule) = &side_now.rule else {
+        return Ok(());
+    };
+    let object = rule_object(rule);
+    let reduced = PolicyInput {
+        policies: input
+            .policies
+            .iter()
+            .filter(|p| p.object() != object)
+            .cloned()
+            .collect(),
+        ..input.clone()
+    };
+    if reduced.policies.len() == input.policies.len() {
+        return Ok(());
+    }
+    let (compiled, d) = judge(&reduced)?;
+    let other = side(&compiled, d);
+    if other.verdict != side_now.verdict {
+        side_now.overrides = Some(Overridden {
+            verdict: other.verdict,
+            rule: other.rule,
+            text: other.text,
+        });
+    }
+    Ok(())
 }
 
 fn find<'a>(input: &'a PolicyInput, (ns, name): (&str, &str)) -> Result<&'a PodInfo, PolicyError> {
@@ -218,6 +285,7 @@ fn explain_flow(
             verdict: "allow",
             rule: None,
             text: SAME_POD.to_string(),
+            overrides: None,
         };
         return Ok(Explanation {
             allowed: true,
@@ -264,6 +332,28 @@ fn explain_flow(
         j.ingress,
         request.map(|r| (r, SocketAddr::new(da, port))),
     );
+    let mut egress = side(&compiled, j.egress);
+    let mut ingress = side(&compiled, j.ingress);
+    let judge_again = |input: &PolicyInput, ingress_side: bool| {
+        let spec = compile_for(input, 0, &[src, dst])?;
+        let c = CompiledPolicy::build(spec)?;
+        let j = c.judge(
+            Peer {
+                endpoint: Some(0),
+                addr: sa,
+            },
+            Peer {
+                endpoint: Some(1),
+                addr: da,
+            },
+            protocol_number(protocol),
+            port,
+        );
+        let d = if ingress_side { j.ingress } else { j.egress };
+        Ok((c, d))
+    };
+    find_override(input, &mut egress, |i| judge_again(i, false))?;
+    find_override(input, &mut ingress, |i| judge_again(i, true))?;
     Ok(Explanation {
         dns: None,
         same_pod: false,
@@ -272,8 +362,8 @@ fn explain_flow(
         to: format!("{}/{}", to.0, to.1),
         protocol: protocol.to_string(),
         port,
-        egress: side(&compiled, j.egress),
-        ingress: side(&compiled, j.ingress),
+        egress,
+        ingress,
         http,
     })
 }

@@ -141,6 +141,45 @@ fn network_policy_rule_overridden_by_admin_names_both_and_is_shadowed() {
     assert!(!b.connected[idx("prod/api")][idx("prod/web")]);
 }
 
+/// `weir explain` names both rules of the precedence story: the Admin
+/// deny that decides and the NetworkPolicy allow it overrides.
+#[test]
+fn explain_names_the_rule_an_admin_deny_overrides() {
+    let i = with(&format!("{WEB_FROM_API}{ADMIN_DENY_API}"));
+    let e =
+        weir_policy::explain(&i, ("prod", "api"), ("prod", "web"), Protocol::Tcp, 8080).unwrap();
+    assert!(!e.allowed, "{e}");
+    let o = e.ingress.overrides.as_ref().expect("an overridden rule");
+    assert_eq!(o.verdict, "allow");
+    assert_eq!(
+        o.rule.as_ref().map(|r| r.to_string()).as_deref(),
+        Some("networkpolicies/prod/web ingress[0]")
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("clusternetworkpolicies/no-api ingress[0]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("overriding: allow by networkpolicies/prod/web ingress[0]"),
+        "{text}"
+    );
+    // Nothing overridden where the verdict would not change.
+    assert!(e.egress.overrides.is_none(), "{e}");
+    let plain = with(WEB_FROM_API);
+    let e = weir_policy::explain(
+        &plain,
+        ("prod", "api"),
+        ("prod", "web"),
+        Protocol::Tcp,
+        8080,
+    )
+    .unwrap();
+    // Without that allow the pod is not isolated: still allowed, so the
+    // allow overrides nothing.
+    assert!(e.allowed && e.ingress.overrides.is_none(), "{e}");
+}
+
 #[test]
 fn a_rule_covered_by_a_broader_earlier_rule_is_redundant() {
     let yaml = "apiVersion: networking.k8s.io/v1

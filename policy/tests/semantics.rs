@@ -675,7 +675,7 @@ fn explain_names_the_deciding_rules() {
     assert!(!e.allowed);
     assert_eq!(
         e.to_string(),
-        "prod/web -> prod/db TCP/5432: DENIED\n  egress of prod/web: allow by default allow (no policy decided)\n  ingress of prod/db: deny by adminnetworkpolicies/no-web ingress[0] (Deny)"
+        "prod/web -> prod/db TCP/5432: DENIED\n  egress of prod/web: allow by default allow (no policy decided)\n  ingress of prod/db: deny by adminnetworkpolicies/no-web ingress[0] (Deny)\n    overriding: allow by networkpolicies/prod/allow-all ingress[0] (Allow)"
     );
     let json = serde_json::to_value(&e).unwrap();
     assert_eq!(json["ingress"]["rule"]["name"], "no-web");

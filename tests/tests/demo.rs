@@ -125,6 +125,7 @@ fn demo_shows_each_step_and_leaves_nothing() {
     // 4. Precedence: both rules named.
     has("ingress of x/b: allow by networkpolicies/x/allow-from-y");
     has("ingress of x/b: deny by clusternetworkpolicies/quarantine-y-c");
+    has("    overriding: allow by networkpolicies/x/allow-from-y ingress[0]");
     has("overridden-by-admin    networkpolicies/x/allow-from-y ingress[0]");
     // 5. The revocation, seen live and in the flow log.
     has("z/b ← y/a: tick");
