@@ -247,6 +247,11 @@ pub struct ServiceRow {
     /// `port[:targetPort]/PROTOCOL` (Kubernetes' `PORT(S)` column), with the
     /// Service port's name first when it has one (`http=80:http/TCP`).
     pub ports: Vec<String>,
+    /// NodePort Services: each port's node port (`null` for none), in the
+    /// order of `ports`; the table shows it after the port:
+    /// `tcp=80/TCP(node:30080)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_ports: Vec<Option<u16>>,
     /// Ready (and not terminating) endpoints.
     pub endpoints_ready: usize,
     pub endpoints_total: usize,
@@ -286,6 +291,11 @@ pub fn services(
                     format!("{name}{}{target}/{}", p.port, p.protocol)
                 })
                 .collect(),
+            node_ports: if s.kind == weir_model::service::ServiceType::NodePort {
+                s.ports.iter().map(|p| p.node_port).collect()
+            } else {
+                Vec::new()
+            },
             endpoints_ready: s
                 .endpoints
                 .iter()
@@ -322,7 +332,16 @@ pub fn services(
                 r.name,
                 r.kind,
                 list(r.cluster_ips.iter().map(|i| i.to_string()).collect()),
-                list(r.ports),
+                list(
+                    r.ports
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| match r.node_ports.get(i).copied().flatten() {
+                            Some(n) => format!("{p}(node:{n})"),
+                            None => p.clone(),
+                        })
+                        .collect(),
+                ),
                 format!("{}/{}", r.endpoints_ready, r.endpoints_total),
             ]
         })

@@ -150,12 +150,8 @@ pub struct ServiceFrontend {
     pub internal_local: bool,
 }
 
-/// First port of the NodePort range (Kubernetes' default
-/// `--service-node-port-range`); the XDP program's underlay branch hands
-/// TCP/UDP to these ports on the node's address to the dataplane.
-pub const NODE_PORT_FIRST: u16 = 30000;
-/// Last port of the NodePort range.
-pub const NODE_PORT_LAST: u16 = 32767;
+/// The NodePort range (defined with the Service types in weir-model).
+pub use weir_model::service::{NODE_PORT_FIRST, NODE_PORT_LAST};
 
 /// A backend of a [`ServiceFrontend`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,14 @@ pub enum ServiceType {
     NodePort,
 }
 
+/// First port of the NodePort range (Kubernetes' default
+/// `--service-node-port-range`): manifests' nodePorts are checked against
+/// it and allocated from it; the XDP program's underlay branch hands TCP/UDP
+/// to these ports on the node's address to the dataplane.
+pub const NODE_PORT_FIRST: u16 = 30000;
+/// Last port of the NodePort range.
+pub const NODE_PORT_LAST: u16 = 32767;
+
 /// `spec.externalTrafficPolicy` / `spec.internalTrafficPolicy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrafficPolicy {

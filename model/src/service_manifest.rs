@@ -44,7 +44,8 @@ use crate::manifest::{
 };
 use crate::names;
 use crate::service::{
-    EndpointPort, ServiceEndpoint, ServiceInfo, ServicePort, ServiceType, TargetPort, TrafficPolicy,
+    EndpointPort, ServiceEndpoint, ServiceInfo, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy, NODE_PORT_FIRST, NODE_PORT_LAST,
 };
 
 /// The IPv4 Service range (kube-apiserver's usual `--service-cluster-ip-range`).
@@ -437,11 +438,11 @@ pub(crate) fn parse_service(
                     "only a NodePort Service has node ports",
                 ))
             }
-            Some(n) if !(1..=65535).contains(&n) => {
+            Some(n) if !(i64::from(NODE_PORT_FIRST)..=i64::from(NODE_PORT_LAST)).contains(&n) => {
                 return Err(invalid(
                     &object,
                     format!("{path}.nodePort"),
-                    format!("{n} is out of range 1-65535"),
+                    format!("{n} is not in the valid range {NODE_PORT_FIRST}-{NODE_PORT_LAST}"),
                 ))
             }
             Some(n) => Some(n as u16),
@@ -526,6 +527,74 @@ fn range(family: IpFamily) -> IpNet {
         IpFamily::IPv4 => SERVICE_RANGE_V4.parse().expect("literal CIDR"),
         IpFamily::IPv6 => SERVICE_RANGE_V6.parse().expect("literal CIDR"),
     }
+}
+
+/// The node ports of a NodePort Service's ports, as kube-apiserver assigns
+/// them: a given nodePort must not be used by another Service (`taken`);
+/// a missing one keeps the port's previous node port (`previous`, the same
+/// Service before this update, matched by protocol and port) or gets the
+/// lowest free one of the range. One Service may use a node port for TCP
+/// and UDP alike, never twice for one protocol. Other types: unchanged.
+pub fn allocate_node_ports(
+    spec: &ServiceSpec,
+    previous: Option<&ServiceInfo>,
+    taken: &HashSet<u16>,
+) -> Result<Vec<ServicePort>, ManifestError> {
+    let object = spec.object();
+    let mut ports = spec.info.ports.clone();
+    if spec.info.kind != ServiceType::NodePort {
+        return Ok(ports);
+    }
+    for i in 0..ports.len() {
+        let path = format!("spec.ports[{i}].nodePort");
+        if let Some(n) = ports[i].node_port {
+            if taken.contains(&n) {
+                return Err(invalid(&object, path, format!("{n} is already allocated")));
+            }
+            let twice = ports[..i]
+                .iter()
+                .any(|o| o.node_port == Some(n) && o.protocol == ports[i].protocol);
+            if twice {
+                return Err(invalid(
+                    &object,
+                    path,
+                    format!("{n} is used twice for {:?}", ports[i].protocol),
+                ));
+            }
+        }
+    }
+    for i in 0..ports.len() {
+        if ports[i].node_port.is_some() {
+            continue;
+        }
+        let (proto, port) = (ports[i].protocol, ports[i].port);
+        let mine: HashSet<u16> = ports.iter().filter_map(|p| p.node_port).collect();
+        let same_proto = |n: u16| {
+            ports
+                .iter()
+                .any(|p| p.protocol == proto && p.node_port == Some(n))
+        };
+        let kept = previous
+            .into_iter()
+            .flat_map(|p| &p.ports)
+            .find(|p| p.protocol == proto && p.port == port)
+            .and_then(|p| p.node_port)
+            .filter(|&n| !taken.contains(&n) && !same_proto(n));
+        let n = match kept {
+            Some(n) => n,
+            None => (NODE_PORT_FIRST..=NODE_PORT_LAST)
+                .find(|n| !taken.contains(n) && !mine.contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        &object,
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("the node port range {NODE_PORT_FIRST}-{NODE_PORT_LAST} is full"),
+                    )
+                })?,
+        };
+        ports[i].node_port = Some(n);
+    }
+    Ok(ports)
 }
 
 /// The ClusterIPs of `spec` in a cluster with `families` (in the cluster's
@@ -748,6 +817,61 @@ mod tests {
                 "fd00:96::1".parse().unwrap()
             ]
         );
+    }
+
+    const NP: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80}\n  - {name: udp, port: 80, protocol: UDP}\n";
+
+    #[test]
+    fn node_ports_are_allocated_checked_and_kept() {
+        let s = parse(NP).unwrap();
+        let ports = |p: &[ServicePort]| p.iter().map(|p| p.node_port).collect::<Vec<_>>();
+        // The lowest free ones, one per port.
+        let got = allocate_node_ports(&s, None, &HashSet::new()).unwrap();
+        assert_eq!(ports(&got), vec![Some(30000), Some(30001)]);
+        let taken: HashSet<u16> = [30000, 30002].into();
+        let got = allocate_node_ports(&s, None, &taken).unwrap();
+        assert_eq!(ports(&got), vec![Some(30001), Some(30003)]);
+        // An update keeps what the Service had.
+        let mut prev = s.info.clone();
+        prev.ports[0].node_port = Some(31000);
+        prev.ports[1].node_port = Some(31000);
+        let got = allocate_node_ports(&s, Some(&prev), &HashSet::new()).unwrap();
+        assert_eq!(ports(&got), vec![Some(31000), Some(31000)]);
+        // Given: TCP and UDP may share one; another Service's is refused,
+        // as is one protocol twice.
+        let given = parse(
+            &NP.replace("port: 80}", "port: 80, nodePort: 30080}")
+                .replace("protocol: UDP}", "protocol: UDP, nodePort: 30080}"),
+        )
+        .unwrap();
+        let got = allocate_node_ports(&given, None, &HashSet::new()).unwrap();
+        assert_eq!(ports(&got), vec![Some(30080), Some(30080)]);
+        let e = allocate_node_ports(&given, None, &[30080].into()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "services/default/np: spec.ports[0].nodePort: 30080 is already allocated"
+        );
+        let twice = parse(
+            &NP.replace("port: 80}", "port: 80, nodePort: 30080}")
+                .replace("port: 80, protocol: UDP}", "port: 81, nodePort: 30080}"),
+        )
+        .unwrap();
+        let e = allocate_node_ports(&twice, None, &HashSet::new()).unwrap_err();
+        assert!(e.to_string().contains("30080 is used twice for Tcp"), "{e}");
+        // Out of the range: refused when parsed.
+        let e = parse(&NP.replace("port: 80}", "port: 80, nodePort: 8080}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "services/default/np: spec.ports[0].nodePort: 8080 is not in the valid range 30000-32767"
+        );
+        // A full range.
+        let all: HashSet<u16> = (NODE_PORT_FIRST..=NODE_PORT_LAST).collect();
+        let e = allocate_node_ports(&s, None, &all).unwrap_err();
+        assert!(e.to_string().contains("range 30000-32767 is full"), "{e}");
+        // A ClusterIP Service has none.
+        let c = parse(WEB).unwrap();
+        let got = allocate_node_ports(&c, None, &HashSet::new()).unwrap();
+        assert!(got.iter().all(|p| p.node_port.is_none()));
     }
 
     #[test]

@@ -453,6 +453,41 @@ fn node_ports_from_the_world() {
     );
     assert_eq!(connect(&c, "b", &inl, 80, false, 5, false), vec!["b"; 5]);
 
+    // A NodePort Service applied without nodePort gets the lowest free
+    // one (30000), shown by `weir get services` and served; one that asks
+    // for a taken node port, or one outside the range, is refused.
+    let auto = "apiVersion: v1\nkind: Service\nmetadata: {name: auto, namespace: up}\n\
+        spec: {type: NodePort, selector: {only: b}, ports: [{port: 80}]}\n";
+    let out = c.weir(&["apply", "-f", &c.file("auto.yaml", auto)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = c.weir_json(&["get", "services", "-n", "up", "auto", "-o", "json"]);
+    assert_eq!(got[0]["node_ports"], serde_json::json!([30000]), "{got}");
+    assert_eq!(from_world(&c, n2, 30000, 3), vec!["b"; 3]);
+    let taken = auto
+        .replace("name: auto", "name: auto2")
+        .replace("port: 80}", "port: 80, nodePort: 30080}");
+    let out = c.weir(&["apply", "-f", &c.file("auto2.yaml", &taken)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("services/up/auto2: spec.ports[0].nodePort: 30080 is already allocated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outside = auto
+        .replace("name: auto", "name: auto3")
+        .replace("port: 80}", "port: 80, nodePort: 8080}");
+    let out = c.weir(&["apply", "-f", &c.file("auto3.yaml", &outside)]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("8080 is not in the valid range 30000-32767"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Without n1's dataplane, its node port is gone (n2's stays).
     let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
     assert!(

@@ -19,7 +19,7 @@ use crate::netlink::{Netlink, Veth};
 use crate::overlay::{self, Encap, UnderlayInfo, UNDERLAY_IFNAME};
 use crate::{ethtool, netns, TopoError};
 use weir_model::service_manifest::{
-    allocate_cluster_ips, derive_endpoints, EndpointPod, IpFamily, ServiceSpec,
+    allocate_cluster_ips, allocate_node_ports, derive_endpoints, EndpointPod, IpFamily, ServiceSpec,
 };
 
 /// The node's address on `lo` that pods use as their gateway.
@@ -907,6 +907,14 @@ impl Cluster {
             .collect();
         let mut info = spec.info.clone();
         info.cluster_ips = allocate_cluster_ips(&spec, &self.families(), &taken)?;
+        let node_ports_taken: HashSet<u16> = self
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != pos)
+            .flat_map(|(_, s)| s.ports.iter().filter_map(|p| p.node_port))
+            .collect();
+        info.ports = allocate_node_ports(&spec, pos.map(|i| &self.services[i]), &node_ports_taken)?;
         match pos {
             None => {
                 self.services.push(info);
