@@ -250,6 +250,10 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
         gateway_mac: w.mac,
         cluster_cidrs: pairs(&cidrs),
         non_masquerade: pairs(&cluster.non_masquerade),
+        pod_cidr_v4: n.pod_cidrs.iter().find_map(|c| match c {
+            ipnet::IpNet::V4(c) => Some((c.network(), c.prefix_len())),
+            ipnet::IpNet::V6(_) => None,
+        }),
     })
 }
 

@@ -246,6 +246,19 @@ pub struct Dataplane {
     /// The published snapshot has a host port: the pod ports' XDP programs
     /// send node-address frames to the sockets (`AttachOptions::host_port`).
     host_port: bool,
+    /// This node's IPv4 pod CIDR when the uplink has non-masqueraded
+    /// destinations: the underlay's XDP program hands frames to it to the
+    /// sockets (docs/egress.md).
+    routed_v4: Option<(Ipv4Addr, u8)>,
+}
+
+/// The pod CIDR the underlay must hand to the dataplane under `snap`.
+fn routed_v4(snap: &Snapshot) -> Option<(Ipv4Addr, u8)> {
+    snap.spec
+        .uplink
+        .as_ref()
+        .filter(|u| !u.non_masquerade.is_empty())
+        .and_then(|u| u.pod_cidr_v4)
 }
 
 impl Dataplane {
@@ -282,6 +295,7 @@ impl Dataplane {
             flushed: 0,
             anchor: None,
             host_port: snap.host().is_some(),
+            routed_v4: routed_v4(&snap),
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
@@ -404,6 +418,15 @@ impl Dataplane {
                 }
             }
             self.host_port = host_port;
+        }
+        let routed = routed_v4(&snap);
+        if routed != self.routed_v4 {
+            for (name, p) in &mut self.ports {
+                if let Err(e) = p.redirector.set_routed_v4(routed) {
+                    log::warn!("{name}: switching the pod-CIDR redirect failed: {e}");
+                }
+            }
+            self.routed_v4 = routed;
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -640,6 +663,9 @@ impl Dataplane {
             source,
         };
         let mut redirector = Redirector::attach(name, &opts).map_err(xdp_err)?;
+        if want.underlay.is_some() && self.routed_v4.is_some() {
+            redirector.set_routed_v4(self.routed_v4).map_err(xdp_err)?;
+        }
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;
         let mut socks = Vec::new();

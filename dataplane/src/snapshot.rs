@@ -115,6 +115,11 @@ pub struct UplinkSpec {
     /// `nonMasqueradeCIDRs`): the pod's address stays the source.
     #[serde(default)]
     pub non_masquerade: Vec<(IpAddr, u8)>,
+    /// This node's IPv4 pod CIDR: with `non_masquerade` set, frames from
+    /// the uplink to it (the replies of non-masqueraded flows, and flows
+    /// those destinations open) are the dataplane's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v4: Option<(Ipv4Addr, u8)>,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -309,6 +314,9 @@ pub struct UplinkTables {
     pub mtu: u16,
     pub cluster: PrefixSet4,
     pub non_masquerade: PrefixSet4,
+    /// (network, mask) of this node's IPv4 pod CIDR when destinations are
+    /// not masqueraded: frames from the uplink to it are routed to pods.
+    pub routed_v4: Option<(u32, u32)>,
 }
 
 /// Key of a Service frontend: (ClusterIP, IP protocol, port).
@@ -682,6 +690,13 @@ impl Snapshot {
                 mtu: t.underlay.mtu,
                 cluster: PrefixSet4::build("cluster_cidrs", &u.cluster_cidrs)?,
                 non_masquerade: PrefixSet4::build("non_masquerade", &u.non_masquerade)?,
+                routed_v4: match u.pod_cidr_v4 {
+                    Some((a, len)) if !u.non_masquerade.is_empty() && (1..=32).contains(&len) => {
+                        let mask = u32::MAX << (32 - u32::from(len));
+                        Some((u32::from(a) & mask, mask))
+                    }
+                    _ => None,
+                },
             }),
             _ => {
                 return Err(SnapshotError::Uplink(

@@ -75,6 +75,7 @@ fn snap() -> Snapshot {
                 ("fd00::".parse().unwrap(), 8),
             ],
             non_masquerade: vec![(DIRECT.into(), 32)],
+            pod_cidr_v4: Some(([10, 1, 0, 0].into(), 24)),
         }),
         ..Default::default()
     })
@@ -172,6 +173,21 @@ fn non_masquerade_keeps_the_pod_source() {
     let (v, out) = run(&s, &mut st, &f, 1);
     assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
     assert_eq!(out, udp((UL_MAC_ME, GW_MAC), (B, 5000), (DIRECT, 53), 63));
+    // Its reply comes in on the underlay to the pod's own address and is
+    // delivered as sent (MACs and TTL only).
+    let reply = udp((GW_MAC, UL_MAC_ME), (DIRECT, 53), (B, 5000), 64);
+    let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        udp((port_mac(1), pod_mac(1)), (DIRECT, 53), (B, 5000), 63)
+    );
+    // A masqueraded world address cannot reach a pod's own address.
+    let stray = udp((GW_MAC, UL_MAC_ME), (WORLD, 53), (B, 5000), 64);
+    assert_eq!(
+        run(&s, &mut st, &stray, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
 }
 
 #[test]

@@ -221,13 +221,37 @@ fn pods_reach_the_world_through_snat() {
         assert_eq!(seen.iter().filter(|s| s.0 == n2).count(), 20);
     }
 
-    // A non-masqueraded destination sees the pod's own address (its reply
-    // is for the pod's address: the world routes the podCIDR to n1, whose
-    // kernel does not forward it; only the datagram's arrival is checked).
+    // A non-masqueraded destination sees the pod's own address, and its
+    // replies (to the pod's address: the world routes the podCIDR to the
+    // node) come back through ul0's XDP program into weir, TCP and UDP.
     {
         let mut u = Witness::start(&c, DIRECT, 9003, true);
-        connect(&c, "a", DIRECT, 9003, true, 1, false);
+        assert_eq!(connect(&c, "a", DIRECT, 9003, true, 1, false), vec!["seen"]);
         assert_eq!(u.take(1)[0].0, pod_ip(&c, "a"));
+        let redirected = c.port_xdp("n1", "ul0", "redirected");
+        assert_eq!(
+            connect(&c, "a", DIRECT, 8080, false, 2, false),
+            vec!["world"; 2]
+        );
+        assert_eq!(
+            connect(&c, "c", DIRECT, 8080, true, 2, false),
+            vec!["world"; 2]
+        );
+        assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 4);
+        // A masqueraded world address cannot open a flow to a pod's own
+        // address: counted as no-route.
+        let no_route = c.node_drops("n1", "no-route");
+        let world_ns = c.topology().world.expect("world").netns;
+        let a_ip = pod_ip(&c, "a").to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &world_ns, "bash", "-c"])
+            .arg(format!(
+                "echo x | timeout 5 nc -4 -u -w 1 -s {WORLD} {a_ip} 80 2>/dev/null | head -n1"
+            ))
+            .output()
+            .expect("nc");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+        assert!(c.node_drops("n1", "no-route") > no_route);
     }
 
     // Egress NetworkPolicy before SNAT: a may reach everything but the

@@ -385,6 +385,26 @@ impl Redirector {
             .map_err(|source| self.map_err(MAP_CONFIG, source))
     }
 
+    /// Underlay mode: frames from the underlay to `cidr` (this node's IPv4
+    /// pod CIDR) go to the socket (the replies of non-masqueraded flows,
+    /// docs/egress.md); `None` turns it off.
+    pub fn set_routed_v4(
+        &mut self,
+        cidr: Option<(std::net::Ipv4Addr, u8)>,
+    ) -> Result<(), XdpError> {
+        let (net, mask) = match cidr {
+            Some((a, len)) if len > 0 && len <= 32 => {
+                let mask = u32::MAX << (32 - u32::from(len));
+                (u32::from(a) & mask, mask)
+            }
+            _ => (0, 0),
+        };
+        self.config
+            .set(2, net, 0)
+            .and_then(|_| self.config.set(3, mask, 0))
+            .map_err(|source| self.map_err(MAP_CONFIG, source))
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
         let sum = |slot: u32| -> Result<u64, XdpError> {

@@ -75,6 +75,23 @@ pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
         || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
 }
 
+/// Whether `frame` (from the uplink) is IPv4 to `(network, mask)`, this
+/// node's pod CIDR: routed to a pod as sent (non-masqueraded peers). A raw
+/// peek, before parse.
+pub(super) fn is_routed_to_pods(frame: &[u8], (net, mask): (u32, u32)) -> bool {
+    let ip_at = ethernet::HEADER_LEN;
+    let (Some(ty), Some(&ver_ihl), Some(dst)) = (
+        frame.get(12..14),
+        frame.get(ip_at),
+        frame.get(ip_at + 16..ip_at + 20),
+    ) else {
+        return false;
+    };
+    ty == [0x08, 0x00]
+        && ver_ihl >> 4 == 4
+        && u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]) & mask == net
+}
+
 impl Pass<'_> {
     fn snat_idle(&self, proto: u8) -> u64 {
         match proto {
@@ -86,6 +103,20 @@ impl Pass<'_> {
     /// Reverse SNAT of a reply from the world (see the module doc): the
     /// destination becomes the pod's address and port again.
     pub(super) fn uplink_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        // Not to the node's address: routed to a pod, as sent. Only a
+        // non-masqueraded destination knows pod addresses (replies of its
+        // flows, or flows it opens; conntrack and the pod's ingress policy
+        // judge them as any other); anything else is `no-route`.
+        if let (Some(u), IpAddr::V4(dst), IpAddr::V4(src)) =
+            (self.snap.uplink(), pkt.key.dst, pkt.key.src)
+        {
+            if dst != u.node_ipv4 {
+                if u.non_masquerade.contains(src) && !u.cluster.contains(src) {
+                    return Continue(());
+                }
+                return drop(DropReason::NoRoute);
+            }
+        }
         if pkt.fragment != Fragment::Whole || pkt.icmp_error {
             return drop(DropReason::SnatNoEntry);
         }

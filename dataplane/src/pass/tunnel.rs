@@ -25,7 +25,10 @@ impl Pass<'_> {
         // A reply from the world to a SNAT port (docs/egress.md).
         if let Some(u) = self.snap.uplink() {
             let frame = self.buf.get(..len).unwrap_or_default();
-            if super::egress::is_from_uplink(frame, u.node_ipv4) {
+            if super::egress::is_from_uplink(frame, u.node_ipv4)
+                || u.routed_v4
+                    .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
+            {
                 return Continue((len, Sender::World));
             }
         }

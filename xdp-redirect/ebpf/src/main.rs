@@ -65,7 +65,7 @@ static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 /// Slot 1: 1 when the node has a host port (pod → node-address frames go to
 /// the dataplane), 0 when they go to the kernel.
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(2, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(4, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
@@ -191,6 +191,16 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Verdict::Pass;
+    }
+    // To this node's pod CIDR (`CONFIG[2]` network, `CONFIG[3]` mask, set
+    // only with non-masqueraded destinations): their replies and flows.
+    let mask = CONFIG.get(3).copied().unwrap_or(0);
+    if mask != 0 {
+        if let Some(d) = read::<4>(ctx, ETH_HLEN + 16) {
+            if u32::from_be_bytes(d) & mask == CONFIG.get(2).copied().unwrap_or(0) {
+                return Verdict::Redirect;
+            }
+        }
     }
     let Some([proto]) = read::<1>(ctx, ETH_HLEN + 9) else {
         return Verdict::Pass;
