@@ -107,7 +107,7 @@ fn host_port(
     ports.push(Port {
         name: weir_topo::host::HOST_PORT_IFNAME.to_string(),
         mac: weir_topo::host::HOST_PORT_MAC,
-        mtu: u16::try_from(cluster.pod_mtu).unwrap_or(u16::MAX),
+        mtu: u16::try_from(host_port_mtu(cluster)).unwrap_or(u16::MAX),
     });
     let mut addrs: Vec<IpAddr> = Vec::new();
     addrs.extend(n.ipv4.map(IpAddr::V4));
@@ -120,6 +120,16 @@ fn host_port(
         node_mac: weir_topo::host::HOST_MAC,
         addrs,
     }))
+}
+
+/// The MTU of a node's host veth: the pods' (a node agent's cluster has
+/// `pod_mtu` 0: its pods get the default, see `weir_topo::attach`).
+pub fn host_port_mtu(cluster: &Cluster) -> u32 {
+    if cluster.pod_mtu == 0 {
+        weir_topo::BuildOptions::default().pod_mtu()
+    } else {
+        cluster.pod_mtu
+    }
 }
 
 /// Every Service port of every ClusterIP as a frontend, with the

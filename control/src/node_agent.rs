@@ -200,7 +200,7 @@ impl NodeState {
                     .as_ref()
                     .map_or([0; 6], |u| weir_topo::overlay::vtep_mac(u.ipv4)),
                 underlay,
-                // The node agent makes no host port (docs/kubernetes.md).
+                // A peer: its host port is its own agent's business.
                 host_port: false,
             });
         }
@@ -263,8 +263,11 @@ impl NodeState {
             return;
         };
         let (ipv4, ipv6) = first_hosts(&n.pod_cidrs);
+        let mtu = crate::agent::host_port_mtu(&self.attached);
+        let queues = self.attached.queues;
         let me = &mut self.attached.nodes[0];
         if me.pod_cidrs != n.pod_cidrs || me.labels != n.labels {
+            let cidrs_changed = me.pod_cidrs != n.pod_cidrs;
             me.pod_cidrs = n.pod_cidrs.clone();
             me.labels = n.labels.clone();
             me.ipv4 = ipv4;
@@ -272,6 +275,18 @@ impl NodeState {
             me.dataplane = n.dataplane;
             if let Err(e) = prepare_node_netns(me) {
                 log::warn!("nodes/{}: {e:#}", self.node);
+            }
+            // The host port (docs/datapath.md): the node reaches its pods,
+            // and they reach it, through the dataplane; made again when
+            // the pod CIDRs change (its routes are theirs).
+            if cidrs_changed || !me.host_port {
+                me.host_port = match make_host_port(me, mtu, queues) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!("nodes/{}: no host port: {e:#}", self.node);
+                        false
+                    }
+                };
             }
         }
         // The underlay: the interface of the node netns holding the Node's
@@ -579,6 +594,18 @@ fn prepare_node_netns(n: &RealizedNode) -> anyhow::Result<()> {
         ip(&["addr", "replace", a, "dev", "lo"])?;
     }
     Ok(())
+}
+
+/// (Re)makes the host veth of this node (`weir_topo::host`) in its netns:
+/// a leftover of an earlier run is deleted first.
+fn make_host_port(n: &RealizedNode, mtu: u32, queues: u32) -> anyhow::Result<()> {
+    if n.pod_cidrs.is_empty() {
+        anyhow::bail!("the Node has no podCIDRs yet");
+    }
+    let _ = Command::new("ip")
+        .args(["-n", &n.netns, "link", "del", weir_topo::host::HOST_IFNAME])
+        .output();
+    weir_topo::host::realize(n, mtu, queues).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `ip -n NETNS -j ARGS` as JSON.

@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use weir_tests::k8s::{repo, ControlPlane};
@@ -151,6 +151,19 @@ spec: {{podCIDR: 10.213.7.0/24, podCIDRs: [10.213.7.0/24]}}\n"
     assert!(udp_ok(&a.netns_path, b_ip), "UDP a→b allowed by the policy");
     assert!(!udp_ok(&late.netns_path, b_ip), "UDP late→b not allowed");
     assert!(node.drops("policy-denied") > denied0, "no denial counted");
+
+    // The node itself (its netns stands for the host) reaches its pods
+    // through the agent's host port (weir-host0 → weir-host1 → the
+    // dataplane), also b under its NetworkPolicy (node addresses are
+    // allowed by default, as kubelet probes need).
+    let node_path = PathBuf::from("/run/netns").join(&node_ns);
+    let host_rx = host_port_redirected(&node);
+    assert!(tcp_ok(&node_path, b_ip), "node → b over the host port");
+    assert!(udp_ok(&node_path, b_ip), "node → b UDP over the host port");
+    assert!(
+        host_port_redirected(&node) > host_rx,
+        "the node's traffic did not cross weir-host1"
+    );
 
     // The agent stops: forwarding and enforcement go on; CNI ADD is error 11.
     node.kill_agent();
@@ -311,6 +324,23 @@ fn a_node_without_pod_cidrs_fails_add_naming_it() {
     }
     drop(node);
     drop(netns);
+}
+
+/// Frames weir-host1's XDP program handed to the dataplane.
+fn host_port_redirected(node: &NodeUnderTest) -> u64 {
+    node.status()["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            n["status"]["dataplane"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter(|p| p["name"] == "weir-host1")
+        .map(|p| p["xdp"]["redirected"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// A kubeconfig for the API server of `admin` with a bearer token.

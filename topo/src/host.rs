@@ -35,7 +35,7 @@ pub const HOST_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)
 
 /// Makes the host veth of `node` in its namespace, with routes to its pod
 /// CIDRs (sourced from the node's `.1`/`::1`).
-pub(crate) fn realize(node: &RealizedNode, mtu: u32, queues: u32) -> Result<(), TopoError> {
+pub fn realize(node: &RealizedNode, mtu: u32, queues: u32) -> Result<(), TopoError> {
     let own = netns::open(&node.netns)?;
     netns::run_in(&node.netns, || -> Result<(), TopoError> {
         let nl = Netlink::open(&node.netns)?;
