@@ -249,16 +249,13 @@ pub struct Dataplane {
     /// This node's IPv4 pod CIDR when the uplink has non-masqueraded
     /// destinations: the underlay's XDP program hands frames to it to the
     /// sockets (docs/egress.md).
-    routed_v4: Option<(Ipv4Addr, u8)>,
+    routed_v4: Option<(u32, u32)>,
 }
 
-/// The pod CIDR the underlay must hand to the dataplane under `snap`.
-fn routed_v4(snap: &Snapshot) -> Option<(Ipv4Addr, u8)> {
-    snap.spec
-        .uplink
-        .as_ref()
-        .filter(|u| !u.non_masquerade.is_empty())
-        .and_then(|u| u.pod_cidr_v4)
+/// The pod CIDR (network, mask) the underlay must hand to the dataplane
+/// under `snap` ([`crate::snapshot::UplinkTables::routed_v4`]).
+fn routed_v4(snap: &Snapshot) -> Option<(u32, u32)> {
+    snap.uplink().and_then(|u| u.routed_v4)
 }
 
 impl Dataplane {

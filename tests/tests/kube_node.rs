@@ -874,36 +874,15 @@ spec: {{podCIDR: 10.214.2.0/24, podCIDRs: [10.214.2.0/24]}}\n",
     });
     let mut pods = Vec::new();
     for (name, n) in [("a", &a), ("b", &b)] {
-        cp.kubectl_ok(&["apply", "-f", "-"], Some(&pod_yaml("kn", name, &n.name)));
-        let uid = cp.kubectl_ok(
-            &[
-                "get",
-                "pod",
-                "-n",
-                "kn",
-                name,
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ],
-            None,
+        let p = attach(
+            &cp,
+            n,
+            &mut netns,
+            &format!("w{tag}-{name}"),
+            "kn",
+            name,
+            &pod_yaml("kn", name, &n.name),
         );
-        let mut p = Pod {
-            namespace: "kn".into(),
-            name: name.to_string(),
-            netns_path: netns.add(&format!("w{tag}-{name}")),
-            ip: None,
-        };
-        let mut res = (false, Value::Null);
-        for _ in 0..100 {
-            res = n.cni("ADD", &p, &uid);
-            if res.0 || res.1["code"] != 11 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        assert!(res.0, "ADD {name}: {}\n{}", res.1, n.log());
-        let addr = res.1["ips"][0]["address"].as_str().expect("an address");
-        p.ip = Some(addr.split('/').next().unwrap().parse().expect("IPv4"));
         start_servers(&p.netns_path);
         write_status(&cp, &p);
         pods.push(p);

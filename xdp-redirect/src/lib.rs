@@ -385,20 +385,12 @@ impl Redirector {
             .map_err(|source| self.map_err(MAP_CONFIG, source))
     }
 
-    /// Underlay mode: frames from the underlay to `cidr` (this node's IPv4
-    /// pod CIDR) go to the socket (the replies of non-masqueraded flows,
-    /// docs/egress.md); `None` turns it off.
-    pub fn set_routed_v4(
-        &mut self,
-        cidr: Option<(std::net::Ipv4Addr, u8)>,
-    ) -> Result<(), XdpError> {
-        let (net, mask) = match cidr {
-            Some((a, len)) if len > 0 && len <= 32 => {
-                let mask = u32::MAX << (32 - u32::from(len));
-                (u32::from(a) & mask, mask)
-            }
-            _ => (0, 0),
-        };
+    /// Underlay mode: IPv4 frames from the underlay whose destination
+    /// masked by `mask` is `net` (this node's pod CIDR) go to the socket
+    /// (the replies of non-masqueraded flows, docs/egress.md); `None` turns
+    /// it off.
+    pub fn set_routed_v4(&mut self, cidr: Option<(u32, u32)>) -> Result<(), XdpError> {
+        let (net, mask) = cidr.unwrap_or((0, 0));
         self.config
             .set(2, net, 0)
             .and_then(|_| self.config.set(3, mask, 0))
