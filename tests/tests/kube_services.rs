@@ -18,31 +18,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use weir_tests::k8s::ControlPlane;
+use weir_tests::kubelet::Netns;
 use weir_tests::{unique_name, weir_bin};
-
-/// Network namespaces made with `ip netns add`; `Drop` deletes them.
-struct Netns(Vec<String>);
-
-impl Netns {
-    fn add(&mut self, name: &str) -> PathBuf {
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .expect("ip netns add")
-            .success();
-        assert!(ok, "ip netns add {name}");
-        self.0.push(name.to_string());
-        PathBuf::from("/run/netns").join(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in self.0.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
 
 /// The node: its netns, state directory, agent; `Drop` stops the agent and
 /// its dataplane and removes the state.
