@@ -243,12 +243,7 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
         .iter()
         .flat_map(|m| m.pod_cidrs.iter().copied())
         .collect();
-    for r in [
-        weir_model::service_manifest::SERVICE_RANGE_V4,
-        weir_model::service_manifest::SERVICE_RANGE_V6,
-    ] {
-        cidrs.extend(r.parse::<ipnet::IpNet>().ok());
-    }
+    cidrs.extend(cluster.service_ranges());
     cidrs.extend(
         ipnet::Ipv4Net::new(ul.ipv4, ul.prefix_len)
             .ok()

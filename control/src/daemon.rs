@@ -388,6 +388,7 @@ impl Daemon {
             synced: None,
             nodes,
             services: Vec::new(),
+            uplink: None,
         }
     }
 

@@ -444,6 +444,20 @@ enum Cmd {
         /// use the same one).
         #[arg(long, requires = "node", value_enum, default_value_t = EncapArg::Vxlan)]
         encap: EncapArg,
+        /// The node's uplink to the world (pod → world SNAT, node ports):
+        /// `auto` (the IPv4 default route's interface; the default), `none`,
+        /// or an interface name. It must be the underlay interface.
+        #[arg(long, requires = "node", value_name = "auto|none|IFACE")]
+        uplink: Option<weir_control::node_agent::UplinkChoice>,
+        /// A destination pods reach with their own address (no SNAT);
+        /// repeatable, IPv4 (ip-masq-agent's nonMasqueradeCIDRs).
+        #[arg(long = "non-masquerade", value_name = "CIDR", requires = "node")]
+        non_masquerade: Vec<ipnet::IpNet>,
+        /// The cluster's Service range (the API server's
+        /// --service-cluster-ip-range); repeatable; default weir's own,
+        /// 10.96.0.0/16 and fd00:96::/112.
+        #[arg(long = "service-cidr", value_name = "CIDR", requires = "node")]
+        service_cidr: Vec<ipnet::IpNet>,
         #[command(flatten)]
         dp: DataplaneFlags,
     },
@@ -667,21 +681,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             external_dataplane,
             cni_conf_dir,
             encap,
+            uplink,
+            non_masquerade,
+            service_cidr,
             dp,
-        } => weir_control::node_agent::run(weir_control::node_agent::Options {
-            kubeconfig,
-            node,
-            netns,
-            state_dir,
-            spawn_dataplane: !external_dataplane,
-            dataplane_args: dp.args()?,
-            cni_conf_dir,
-            metrics_addr: dp.metrics_addr.clone(),
-            encap: match encap {
-                EncapArg::Vxlan => weir_topo::Encap::Vxlan,
-                EncapArg::Geneve => weir_topo::Encap::Geneve,
-            },
-        }),
+        } => {
+            weir_control::node_agent::check_non_masquerade(&non_masquerade)?;
+            weir_control::node_agent::run(weir_control::node_agent::Options {
+                kubeconfig,
+                node,
+                netns,
+                state_dir,
+                spawn_dataplane: !external_dataplane,
+                dataplane_args: dp.args()?,
+                cni_conf_dir,
+                metrics_addr: dp.metrics_addr.clone(),
+                encap: match encap {
+                    EncapArg::Vxlan => weir_topo::Encap::Vxlan,
+                    EncapArg::Geneve => weir_topo::Encap::Geneve,
+                },
+                uplink: uplink.unwrap_or_default(),
+                non_masquerade,
+                service_cidrs: service_cidr,
+            })
+        }
         Cmd::Agent { kubeconfig, .. } => {
             let kubeconfig =
                 kubeconfig.context("--kubeconfig (or KUBECONFIG) is required without --node")?;

@@ -70,6 +70,57 @@ pub struct Options {
     /// `--encap`: the overlay's encapsulation (VXLAN-GBP or Geneve with
     /// weir's identity option); the same on every node agent.
     pub encap: weir_topo::Encap,
+    /// `--uplink`: the node's way to the world (docs/egress.md).
+    pub uplink: UplinkChoice,
+    /// `--non-masquerade`: destinations pods reach with their own address.
+    pub non_masquerade: Vec<ipnet::IpNet>,
+    /// `--service-cidr`: the cluster's Service ranges (empty: weir's own).
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// `--uplink auto|none|IFACE`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UplinkChoice {
+    /// The interface of the node's IPv4 default route (none: no uplink).
+    #[default]
+    Auto,
+    /// No uplink: pod → world and node ports stay `no-route`.
+    None,
+    /// The IPv4 default route through this interface (an error until one exists).
+    Iface(String),
+}
+
+impl std::str::FromStr for UplinkChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(UplinkChoice::Auto),
+            "none" => Ok(UplinkChoice::None),
+            "" => Err("--uplink: empty (auto, none or an interface name)".into()),
+            i if i.len() > 15 || i.contains(['/', ' ']) => {
+                Err(format!("--uplink {i:?}: not an interface name"))
+            }
+            i => Ok(UplinkChoice::Iface(i.to_string())),
+        }
+    }
+}
+
+/// Checks `--non-masquerade` (IPv4 only: the uplink is IPv4).
+pub fn check_non_masquerade(cidrs: &[ipnet::IpNet]) -> anyhow::Result<()> {
+    if let Some(c) = cidrs.iter().find(|c| c.addr().is_ipv6()) {
+        anyhow::bail!("--non-masquerade {c}: IPv6 is not supported (the uplink is IPv4 only)");
+    }
+    Ok(())
+}
+
+/// The node's uplink as the kernel of its netns has it: the interface and
+/// gateway of the IPv4 default route, and the gateway's MAC (the
+/// destination MAC of every frame weir sends to the world).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub ifname: String,
+    pub gateway: Ipv4Addr,
+    pub mac: [u8; 6],
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -150,6 +201,11 @@ struct NodeState {
     peer_macs: BTreeMap<Ipv4Addr, [u8; 6]>,
     /// What the metrics endpoint reads (generation, publish latency).
     metrics: Option<Arc<crate::metrics::Shared>>,
+    /// The uplink in use: the default route's, when it leaves through the
+    /// underlay interface (the SNAT address is the underlay address).
+    uplink: Option<Uplink>,
+    /// Why there is none (logged once per distinct reason).
+    uplink_note: String,
 }
 
 impl NodeState {
@@ -166,6 +222,16 @@ impl NodeState {
             namespaces: self.inputs.namespaces.clone(),
             pods: Vec::new(),
             services: self.services.clone(),
+            // The uplink gateway takes the world host's place
+            // (`agent::uplink`): its address and MAC are what count.
+            world: self.uplink.as_ref().map(|u| weir_topo::world::WorldInfo {
+                netns: String::new(),
+                ipv4: u.gateway,
+                prefix_len: 32,
+                mac: u.mac,
+                addrs: Vec::new(),
+                port: 0,
+            }),
             ..self.attached.clone()
         };
         let tunnel = self.attached.nodes[0].underlay.is_some();
@@ -265,6 +331,7 @@ impl NodeState {
         let (ipv4, ipv6) = first_hosts(&n.pod_cidrs);
         let mtu = crate::agent::host_port_mtu(&self.attached);
         let queues = self.attached.queues;
+        let ranges = self.attached.service_ranges();
         let me = &mut self.attached.nodes[0];
         if me.pod_cidrs != n.pod_cidrs || me.labels != n.labels {
             let cidrs_changed = me.pod_cidrs != n.pod_cidrs;
@@ -280,7 +347,7 @@ impl NodeState {
             // and they reach it, through the dataplane; made again when
             // the pod CIDRs change (its routes are theirs).
             if cidrs_changed || !me.host_port {
-                me.host_port = match make_host_port(me, mtu, queues) {
+                me.host_port = match make_host_port(me, mtu, queues, &ranges) {
                     Ok(()) => true,
                     Err(e) => {
                         log::warn!("nodes/{}: no host port: {e:#}", self.node);
@@ -314,6 +381,41 @@ impl NodeState {
                 }
             }
         }
+    }
+
+    /// Takes the kernel's uplink (or why there is none) into the state: it
+    /// is used only when it leaves through the underlay interface, whose
+    /// address is the SNAT address. Logs each distinct outcome once.
+    fn set_uplink(&mut self, read: Result<Option<Uplink>, String>) {
+        let underlay = self.attached.nodes[0].underlay.as_ref();
+        let (uplink, note) = match (read, underlay) {
+            (Err(e), _) => (None, format!("no uplink: {e}")),
+            (Ok(None), _) => (None, "no uplink (no IPv4 default route, or --uplink none): pod → world and node ports are no-route".to_string()),
+            (Ok(Some(_)), None) => (None, "no uplink: the Node names no underlay address (weir.dev/underlay-ip or an InternalIP), which is the SNAT address".to_string()),
+            (Ok(Some(u)), Some(ul)) if u.ifname != ul.ifname => (None, format!(
+                "no uplink: the default route leaves through {}, the underlay ({}) is on {}: weir's uplink must be the underlay interface",
+                u.ifname, ul.ipv4, ul.ifname
+            )),
+            (Ok(Some(u)), Some(ul)) => {
+                let note = format!(
+                    "uplink {} via {} ({}), SNAT to {}",
+                    u.ifname,
+                    u.gateway,
+                    fmt_mac(&u.mac),
+                    ul.ipv4
+                );
+                (Some(u), note)
+            }
+        };
+        if note != self.uplink_note {
+            if uplink.is_some() {
+                log::info!("nodes/{}: {note}", self.node);
+            } else {
+                log::warn!("nodes/{}: {note}", self.node);
+            }
+            self.uplink_note = note;
+        }
+        self.uplink = uplink;
     }
 
     /// Compiles and publishes the node's snapshot when something changed.
@@ -419,7 +521,7 @@ impl NodeState {
             })
             .collect();
         json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
-               "nodes": [node], "services": services})
+               "nodes": [node], "services": services, "uplink": self.uplink_note})
     }
 }
 
@@ -598,14 +700,74 @@ fn prepare_node_netns(n: &RealizedNode) -> anyhow::Result<()> {
 
 /// (Re)makes the host veth of this node (`weir_topo::host`) in its netns:
 /// a leftover of an earlier run is deleted first.
-fn make_host_port(n: &RealizedNode, mtu: u32, queues: u32) -> anyhow::Result<()> {
+/// Its routes: the node's podCIDRs and the Service ranges (the node's
+/// clients reach ClusterIPs through the dataplane).
+fn make_host_port(
+    n: &RealizedNode,
+    mtu: u32,
+    queues: u32,
+    service_ranges: &[ipnet::IpNet],
+) -> anyhow::Result<()> {
     if n.pod_cidrs.is_empty() {
         anyhow::bail!("the Node has no podCIDRs yet");
     }
     let _ = Command::new("ip")
         .args(["-n", &n.netns, "link", "del", weir_topo::host::HOST_IFNAME])
         .output();
-    weir_topo::host::realize(n, mtu, queues).map_err(|e| anyhow::anyhow!("{e}"))
+    weir_topo::host::realize(n, mtu, queues).map_err(|e| anyhow::anyhow!("{e}"))?;
+    weir_topo::host::route_services(n, service_ranges).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The IPv4 default route of `netns` (through `choice`'s interface, if
+/// one is named) with the lowest metric, and its gateway's MAC from the
+/// neighbour table (probed once when absent). `Ok(None)`: no uplink wanted
+/// (`none`), or `auto` and no default route.
+fn read_uplink(netns: &str, choice: &UplinkChoice) -> Result<Option<Uplink>, String> {
+    let mut args = vec!["-4", "route", "show", "default"];
+    match choice {
+        UplinkChoice::None => return Ok(None),
+        UplinkChoice::Auto => {}
+        UplinkChoice::Iface(i) => args.extend(["dev", i.as_str()]),
+    }
+    let routes = ip_json(netns, &args).map_err(|e| format!("{e:#}"))?;
+    let best = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .min_by_key(|r| r["metric"].as_u64().unwrap_or(0));
+    let Some(r) = best else {
+        return match choice {
+            UplinkChoice::Iface(i) => Err(format!(
+                "--uplink {i}: no IPv4 default route through it in netns {netns}"
+            )),
+            _ => Ok(None),
+        };
+    };
+    let ifname = match (r["dev"].as_str(), choice) {
+        (Some(d), _) => d.to_string(),
+        (None, UplinkChoice::Iface(i)) => i.clone(),
+        (None, _) => return Err("the IPv4 default route names no interface".into()),
+    };
+    let gateway: Ipv4Addr = r["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| {
+            format!("the IPv4 default route through {ifname} has no gateway (no next hop's MAC to send to)")
+        })?;
+    let mac = resolve_peer_mac(netns, gateway)
+        .ok_or_else(|| format!("the gateway {gateway} on {ifname} does not answer ARP"))?;
+    Ok(Some(Uplink {
+        ifname,
+        gateway,
+        mac,
+    }))
 }
 
 /// `ip -n NETNS -j ARGS` as JSON.
@@ -847,11 +1009,20 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             services: Vec::new(),
             world: None,
             non_masquerade: Vec::new(),
+            service_cidrs: Vec::new(),
         },
     };
     // The flag decides (a restart may change it; pods attached before keep
     // the MTU they got).
     attached.encap = opts.encap;
+    // So do these (the uplink's CIDR lists, the host port's Service routes).
+    attached.non_masquerade = opts.non_masquerade.clone();
+    if attached.service_cidrs != opts.service_cidrs {
+        attached.service_cidrs = opts.service_cidrs.clone();
+        // The host port is made again, with routes to the new ranges, at the
+        // first compile (as when the Node's podCIDRs change).
+        attached.nodes[0].pod_cidrs.clear();
+    }
     let (policy_text, policies) = policies_in_force(&state);
     let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
     let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();
@@ -871,6 +1042,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         last: None,
         peer_macs: BTreeMap::new(),
         metrics,
+        uplink: None,
+        uplink_note: String::new(),
     }));
     write_conflist(&state, &opts.node, opts.cni_conf_dir.as_deref())?;
 
@@ -916,6 +1089,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     let mut peer_macs: BTreeMap<Ipv4Addr, [u8; 6]> = BTreeMap::new();
     let mut peers_pending = false;
     let mut unresolved_logged: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut uplink_read: Result<Option<Uplink>, String> = Ok(None);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -948,6 +1122,13 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             // Idle: the dataplane still runs?
             if opts.spawn_dataplane && published_once {
                 supervise_dataplane(&state, &opts, &mut dataplane);
+            }
+            // Idle: the default route or its gateway's MAC changed?
+            if published_once {
+                let now = tokio::task::block_in_place(|| read_uplink(&netns, &opts.uplink));
+                if now != uplink_read {
+                    dirty_since = Some(tokio::time::Instant::now());
+                }
             }
             continue;
         }
@@ -1031,6 +1212,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
+        // The uplink, as the kernel has it now (outside the lock: a probe
+        // of the gateway takes up to a second).
+        uplink_read = tokio::task::block_in_place(|| read_uplink(&netns, &opts.uplink));
         // The Services: each Problem a warning and an Event once (not one
         // per resync: again only after it went away and came back).
         let (api_services, api_slices) = stores.services();
@@ -1058,6 +1242,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             }
             st.synced = true;
             st.update_own_node();
+            st.set_uplink(uplink_read.clone());
             let parsed = if text != st.policy_text {
                 Some(
                     manifests::parse_text(
@@ -1384,6 +1569,7 @@ mod tests {
                 services: Vec::new(),
                 world: None,
                 non_masquerade: Vec::new(),
+                service_cidrs: Vec::new(),
             },
             inputs,
             services: Vec::new(),
@@ -1394,6 +1580,8 @@ mod tests {
             last: None,
             peer_macs: BTreeMap::new(),
             metrics: None,
+            uplink: None,
+            uplink_note: String::new(),
         };
         // Next hop not resolved: n2 is no peer yet.
         let c = st.compiled();

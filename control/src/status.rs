@@ -98,6 +98,9 @@ pub fn render(v: &ClusterStatus) -> String {
             );
         }
     }
+    if let Some(u) = &v.uplink {
+        let _ = writeln!(out, "\n{u}");
+    }
     if !v.services.is_empty() {
         let _ = writeln!(out, "\nservices in force: {}", v.services.len());
         for s in &v.services {

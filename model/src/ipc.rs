@@ -164,6 +164,11 @@ pub struct ClusterStatus {
     /// server; a Service weir refused keeps its last good state).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceStatusEntry>,
+    /// A Kubernetes node agent: its uplink to the world as learnt from the
+    /// node's kernel (`ul0 via 192.168.79.254 (0a:..), SNAT to ...`), or
+    /// why it has none (docs/egress.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 /// One Service in force in [`ClusterStatus`].

@@ -277,6 +277,28 @@ pub struct Cluster {
     /// Destinations pods reach without SNAT (`weir up --non-masquerade`).
     #[serde(default)]
     pub non_masquerade: Vec<IpNet>,
+    /// The Service ranges (ClusterIPs), when not weir's own
+    /// (`weir agent --service-cidr`: the API server's
+    /// `--service-cluster-ip-range`); empty: see [`Cluster::service_ranges`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cidrs: Vec<IpNet>,
+}
+
+impl Cluster {
+    /// The ranges ClusterIPs come from: `service_cidrs`, else weir's own
+    /// (`10.96.0.0/16`, `fd00:96::/112`, as its manifests allocate them).
+    pub fn service_ranges(&self) -> Vec<IpNet> {
+        if !self.service_cidrs.is_empty() {
+            return self.service_cidrs.clone();
+        }
+        [
+            weir_model::service_manifest::SERVICE_RANGE_V4,
+            weir_model::service_manifest::SERVICE_RANGE_V6,
+        ]
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect()
+    }
 }
 
 fn default_queues() -> u32 {
@@ -505,6 +527,7 @@ fn realize_node(cluster: &Cluster, node: &RealizedNode, queues: u32) -> Result<(
     }
     if node.host_port {
         crate::host::realize(node, cluster.pod_mtu, queues)?;
+        crate::host::route_services(node, &cluster.service_ranges())?;
     }
     Ok(())
 }
@@ -652,6 +675,7 @@ impl Cluster {
             services: Vec::new(),
             world: Some(crate::world::plan(name, subnet, &underlay_ips)?),
             non_masquerade: opts.non_masquerade.clone(),
+            service_cidrs: Vec::new(),
         };
         for svc in &spec.services {
             cluster.upsert_service(svc)?;

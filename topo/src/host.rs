@@ -78,3 +78,36 @@ pub fn realize(node: &RealizedNode, mtu: u32, queues: u32) -> Result<(), TopoErr
         Ok(())
     })?
 }
+
+/// Routes the Service ranges through the host port too (sourced from the
+/// node's `.1`/`::1`, via the same gateways as its pod CIDRs), so the
+/// node's own clients (kubelet, node-local agents) reach ClusterIPs through
+/// the dataplane, which load balances them as it does for pods
+/// (docs/services.md, "From the node"). A family the node has no address
+/// of is skipped. Call after [`realize`] (its neighbours are the gateways').
+pub fn route_services(node: &RealizedNode, ranges: &[ipnet::IpNet]) -> Result<(), TopoError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    netns::run_in(&node.netns, || -> Result<(), TopoError> {
+        let nl = Netlink::open(&node.netns)?;
+        let Some(index) = nl.link_index(HOST_IFNAME)? else {
+            return Ok(());
+        };
+        for r in ranges {
+            let (dst, len) = (r.network(), r.prefix_len());
+            match (r, node.ipv4, node.ipv6) {
+                (ipnet::IpNet::V4(_), Some(src), _) => {
+                    let gw = IpAddr::V4(HOST_GATEWAY_V4);
+                    nl.route_onlink_src(HOST_IFNAME, index, dst, len, gw, IpAddr::V4(src))?;
+                }
+                (ipnet::IpNet::V6(_), _, Some(src)) if Path::new("/proc/sys/net/ipv6").exists() => {
+                    let gw = IpAddr::V6(HOST_GATEWAY_V6);
+                    nl.route_onlink_src(HOST_IFNAME, index, dst, len, gw, IpAddr::V6(src))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })?
+}

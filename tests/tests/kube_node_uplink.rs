@@ -1,0 +1,444 @@
+//! The uplink on the node agent path (`weir agent --kubeconfig --node` on a
+//! node weir did not build; docs/egress.md, "The uplink on real nodes"):
+//! a node netns joined to a "world" netns by a veth of the test's own
+//! (192.168.79.1/24 ↔ .254, the node's IPv4 default route via .254, a
+//! server on the world's 203.0.113.7), a REAL kube-apiserver and
+//! kube-controller-manager, one agent. The agent learns the uplink from the
+//! node's kernel (default route + the gateway's neighbour entry), and:
+//!
+//! - a pod reaches the world server, which sees the node's address and a
+//!   port of weir's SNAT range as the source (TCP and UDP);
+//! - a NodePort Service created with kubectl answers from the world netns
+//!   at nodeIP:nodePort with its backend pod's name (TCP and UDP);
+//! - the node itself (its netns: kubelet, node-local agents) reaches the
+//!   Service's ClusterIP through the host port (`weir-host0` routes the
+//!   Service range), answered by the backend;
+//! - counters move (the uplink's XDP redirects, the host port's), and with
+//!   the dataplane stopped all three fail (nothing else on the path owns
+//!   the node port, the ClusterIP or the SNAT ports).
+//!
+//! Needs root, Go (the control plane), curl, ethtool.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use weir_tests::k8s::ControlPlane;
+use weir_tests::kubelet::*;
+use weir_tests::unique_name;
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 1);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 254);
+const WORLD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+fn ip(ns: &str, args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .status()
+        .expect("ip")
+        .success();
+    assert!(ok, "ip -n {ns} {args:?}");
+}
+
+/// The node and the world: `ul0` (node, two queues) ↔ `wl0` (world).
+fn node_and_world(netns: &mut Netns, node: &str, world: &str) {
+    netns.add(node);
+    netns.add(world);
+    ip(
+        node,
+        &[
+            "link",
+            "add",
+            "ul0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wl0",
+            "netns",
+            world,
+        ],
+    );
+    ip(node, &["addr", "add", "192.168.79.1/24", "dev", "ul0"]);
+    ip(world, &["addr", "add", "192.168.79.254/24", "dev", "wl0"]);
+    ip(world, &["addr", "add", "203.0.113.7/32", "dev", "lo"]);
+    for (ns, dev) in [(node, "ul0"), (world, "wl0")] {
+        ip(ns, &["link", "set", dev, "up"]);
+        ip(ns, &["link", "set", "lo", "up"]);
+    }
+    ip(node, &["route", "add", "default", "via", "192.168.79.254"]);
+    // The world sends complete checksums, as a host behind a real wire
+    // does (a veth would hand partial ones on, which nobody completes in
+    // AF_XDP copy mode: docs/datapath.md#checksums; topo's world host does
+    // the same).
+    let ok = Command::new("ip")
+        .args(["netns", "exec", world, "ethtool", "-K", "wl0", "tx", "off"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("ethtool")
+        .success();
+    assert!(ok, "ethtool -K wl0 tx off");
+}
+
+/// The world's server on 203.0.113.7:8080: answers each TCP connection and
+/// UDP datagram with the source it saw (`address:port`).
+fn start_world_server(world: &Path) {
+    let (tcp, udp) = weir_topo::netns::run_in_path(world, || {
+        (
+            TcpListener::bind((WORLD, 8080)).expect("bind tcp"),
+            UdpSocket::bind((WORLD, 8080)).expect("bind udp"),
+        )
+    })
+    .expect("enter the world netns");
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            if let Ok(peer) = s.peer_addr() {
+                let _ = writeln!(s, "{peer}");
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(from.to_string().as_bytes(), from);
+        }
+    });
+}
+
+/// What the world saw as the source of a TCP connection from `from`.
+fn tcp_seen(from: &Path, to: SocketAddr) -> Option<SocketAddr> {
+    weir_topo::netns::run_in_path(from, || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.trim().parse().ok()
+    })
+    .ok()
+    .flatten()
+}
+
+/// One datagram from `from` to `to` (a fresh socket): the answer.
+fn udp_answer(from: &Path, to: SocketAddr) -> Option<String> {
+    weir_topo::netns::run_in_path(from, || {
+        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+        let mut buf = [0u8; 512];
+        for _ in 0..3 {
+            s.send_to(b"who", to).ok()?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+        None
+    })
+    .ok()
+    .flatten()
+}
+
+/// `curl http://addr/` from netns `ns`: the body, or `None`.
+fn curl(ns: &str, addr: SocketAddr) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "2"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ku}\n\
+spec:\n  type: NodePort\n  selector: {role: backend}\n  ports:\n\
+\x20 - {name: http, protocol: TCP, port: 80, targetPort: 8080}\n\
+\x20 - {name: dns, protocol: UDP, port: 53, targetPort: 8080}\n";
+
+fn backend_yaml(node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: s1, namespace: ku, labels: {{role: backend}}}}\n\
+spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: registry.invalid/none\n\
+\x20   ports: [{{containerPort: 8080}}, {{containerPort: 8080, protocol: UDP}}]\n"
+    )
+}
+
+/// The XDP program's redirects on the port named `name`.
+fn port_redirected(node: &NodeUnderTest, f: impl Fn(&serde_json::Value) -> bool) -> u64 {
+    node.status()["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            n["status"]["dataplane"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter(|p| f(p))
+        .map(|p| p["xdp"]["redirected"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn snapshot(node: &NodeUnderTest) -> serde_json::Value {
+    let path: PathBuf = node
+        .state
+        .join(format!("kube/nodes/{}/snapshot.json", node.name));
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn in_snat_range(a: SocketAddr) -> bool {
+    (61000..=65535).contains(&a.port())
+}
+
+#[test]
+fn node_agent_uplink_snat_node_port_and_host_to_cluster_ip() {
+    let cp = ControlPlane::start("kup");
+    let tag = unique_name("kup");
+    let mut netns = Netns(Vec::new());
+    let (node_ns, world_ns) = (format!("wn{tag}"), format!("ww{tag}"));
+    node_and_world(&mut netns, &node_ns, &world_ns);
+    let world_path = PathBuf::from("/run/netns").join(&world_ns);
+    let node_path = PathBuf::from("/run/netns").join(&node_ns);
+    start_world_server(&world_path);
+
+    let mut node = node_under_test(&cp, &format!("n-{tag}"), &node_ns, &tag);
+    register_node(&cp, &node.name, "10.216.1.0/24", Some("192.168.79.1"));
+    node.start_agent_with(&["--non-masquerade", "192.0.2.0/24"]);
+    create_namespace(&cp, &node, "ku");
+
+    // The uplink as the agent learnt it from the kernel, in the snapshot.
+    wait_until(&node, "an uplink in the snapshot", || {
+        snapshot(&node)["uplink"].is_object()
+    });
+    let snap = snapshot(&node);
+    let up = &snap["uplink"];
+    assert_eq!(up["gateway_ipv4"], GATEWAY.to_string(), "{up}");
+    assert!(
+        up["non_masquerade"].to_string().contains("192.0.2.0"),
+        "--non-masquerade not compiled: {up}"
+    );
+    assert!(
+        up["cluster_cidrs"].to_string().contains("10.216.1.0"),
+        "{up}"
+    );
+    assert_eq!(snap["tunnel"]["underlay"]["name"], "ul0");
+    let st = node.status();
+    let note = st["uplink"].as_str().unwrap_or_default().to_string();
+    assert!(
+        note.starts_with("uplink ul0 via 192.168.79.254 (")
+            && note.ends_with("SNAT to 192.168.79.1"),
+        "{st}"
+    );
+
+    let client = attach(
+        &cp,
+        &node,
+        &mut netns,
+        &format!("w{tag}-client"),
+        "ku",
+        "client",
+        &pod_yaml("ku", "client", &node.name),
+    );
+    write_status(&cp, &client);
+    let s1 = attach(
+        &cp,
+        &node,
+        &mut netns,
+        &format!("w{tag}-s1"),
+        "ku",
+        "s1",
+        &backend_yaml(&node.name),
+    );
+    start_name_servers(&s1.netns_path, "s1", 8080);
+    write_status(&cp, &s1);
+
+    // 1. Pod → world: the world sees the node's address and a SNAT port.
+    let world_tcp = SocketAddr::from((WORLD, 8080));
+    let (ul0, rx) = (underlay_redirected(&node), node.rx_packets());
+    let mut seen = None;
+    for _ in 0..20 {
+        seen = tcp_seen(&client.netns_path, world_tcp);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let seen = seen.unwrap_or_else(|| {
+        panic!(
+            "pod → world (TCP) failed\n{}\n{}",
+            node.status(),
+            node.log()
+        )
+    });
+    assert_eq!(seen.ip(), NODE_IP, "the world saw {seen}, not the node");
+    assert!(
+        in_snat_range(seen),
+        "source port {seen} not in the SNAT range"
+    );
+    let u = udp_answer(&client.netns_path, world_tcp).expect("pod → world (UDP)");
+    let u: SocketAddr = u.trim().parse().expect("an address");
+    assert_eq!(u.ip(), NODE_IP, "UDP: the world saw {u}");
+    assert!(
+        in_snat_range(u),
+        "UDP source port {u} not in the SNAT range"
+    );
+    assert!(
+        underlay_redirected(&node) > ul0,
+        "ul0's XDP program redirected no reply to the dataplane"
+    );
+    assert!(node.rx_packets() > rx, "the dataplane saw no packet");
+
+    // 2. NodePort from the world, answered by the backend pod.
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(SERVICE));
+    let get = |path: &str| {
+        cp.kubectl_ok(
+            &[
+                "get",
+                "service",
+                "-n",
+                "ku",
+                "web",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        )
+    };
+    let cip: Ipv4Addr = get("{.spec.clusterIP}").trim().parse().expect("ClusterIP");
+    let np_tcp: u16 = get("{.spec.ports[0].nodePort}")
+        .trim()
+        .parse()
+        .expect("nodePort");
+    let np_udp: u16 = get("{.spec.ports[1].nodePort}")
+        .trim()
+        .parse()
+        .expect("nodePort");
+    wait_until(&node, "the Service's ready endpoint compiled", || {
+        node.status()["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["service"] == "ku/web" && s["ready"] == 1)
+    });
+    let np = SocketAddr::from((NODE_IP, np_tcp));
+    let ul0 = underlay_redirected(&node);
+    let mut body = None;
+    for _ in 0..20 {
+        body = curl(&world_ns, np);
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        body.as_deref(),
+        Some("s1"),
+        "world → {np} (NodePort TCP)\n{}",
+        node.log()
+    );
+    assert_eq!(
+        udp_answer(&world_path, SocketAddr::from((NODE_IP, np_udp))).as_deref(),
+        Some("s1"),
+        "world → {NODE_IP}:{np_udp} (NodePort UDP)"
+    );
+    assert!(
+        underlay_redirected(&node) > ul0,
+        "ul0's XDP program redirected no node-port frame"
+    );
+
+    // 3. The node itself → the ClusterIP, through weir-host0/1.
+    let host1 = |p: &serde_json::Value| p["name"] == "weir-host1";
+    let h = port_redirected(&node, host1);
+    assert_eq!(
+        curl(&node_ns, SocketAddr::from((cip, 80))).as_deref(),
+        Some("s1"),
+        "node → ClusterIP {cip}:80 (TCP)\n{}",
+        node.log()
+    );
+    assert_eq!(
+        udp_answer(&node_path, SocketAddr::from((cip, 53))).as_deref(),
+        Some("s1"),
+        "node → ClusterIP {cip}:53 (UDP)"
+    );
+    assert!(
+        port_redirected(&node, host1) > h,
+        "weir-host1's XDP program redirected nothing: the node's request did not cross weir"
+    );
+
+    // 4. The dataplane stopped (the agent first, or it would start it
+    //    again): nothing answers any more.
+    node.kill_agent();
+    let pid = std::fs::read_to_string(
+        node.state
+            .join(format!("kube/nodes/{}/dataplane.pid", node.name)),
+    )
+    .expect("dataplane.pid");
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .expect("kill")
+        .success());
+    let pid_path = format!("/proc/{}", pid.trim());
+    for _ in 0..50 {
+        if !Path::new(&pid_path).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!Path::new(&pid_path).exists(), "the dataplane did not stop");
+    assert_eq!(
+        tcp_seen(&client.netns_path, world_tcp),
+        None,
+        "pod → world without the dataplane"
+    );
+    assert_eq!(curl(&world_ns, np), None, "node port without the dataplane");
+    assert_eq!(
+        curl(&node_ns, SocketAddr::from((cip, 80))),
+        None,
+        "node → ClusterIP without the dataplane"
+    );
+    drop(node);
+    drop(netns);
+}
+
+/// Bad flags are one line and exit 1, before anything starts:
+/// `--non-masquerade` with an IPv6 CIDR, `--uplink` that is no interface
+/// name.
+#[test]
+fn node_agent_uplink_flags() {
+    let out = Command::new(weir_tests::weir_bin())
+        .args([
+            "agent",
+            "--kubeconfig",
+            "/nonexistent",
+            "--node",
+            "x",
+            "--non-masquerade",
+            "fd00::/8",
+        ])
+        .output()
+        .expect("weir agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--non-masquerade fd00::/8: IPv6 is not supported"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = Command::new(weir_tests::weir_bin())
+        .args(["agent", "--node", "x", "--uplink", "a/b"])
+        .output()
+        .expect("weir agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an interface name"), "{err}");
+}
