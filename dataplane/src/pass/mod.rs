@@ -206,6 +206,7 @@ impl Pass<'_> {
         //     A remote backend's reply to a node-port flow this node
         //     SNATed is restored first (docs/services.md, NodePort).
         let np_reply = self.node_port_reply(&pkt)?;
+        let dst_as_sent = pkt.key.dst;
         let routed = match np_reply {
             Some(r) => Some(r),
             None => self.service(&mut pkt, !matches!(sender, Sender::World))?,
@@ -216,8 +217,17 @@ impl Pass<'_> {
         let (dst_ep, mtu) = match (next, sender) {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Host(r), Sender::Pod) => (None, r.mtu),
+            // A Service's reply (reverse-NATed) to the node's own client,
+            // from a backend on another node (docs/services.md, "From the
+            // node").
+            (Next::Host(r), Sender::Peer { .. }) if routed.is_some() => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
+            // The node's own flow to a ClusterIP whose backend is on another
+            // node (DNATed above; the node reaches no remote pod otherwise).
+            (Next::Remote { inner_mtu, .. }, Sender::Host) if pkt.key.dst != dst_as_sent => {
+                (None, inner_mtu)
+            }
             // A node port's flow to a backend on another node.
             (Next::Remote { inner_mtu, .. }, Sender::World) => (None, inner_mtu),
             (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
