@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use weir_dataplane::pass::{process, WorkerState};
 use weir_dataplane::policy::PolicySpec;
 use weir_dataplane::snapshot::{
-    Encap, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay,
+    Encap, HostPort, ServiceBackend, ServiceFrontend, TunnelPeer, TunnelSpec, Underlay, UplinkSpec,
 };
 use weir_dataplane::{DropReason, Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
 
@@ -37,6 +37,8 @@ const UL_MAC_2: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
 const VTEP_ME: [u8; 6] = [0x0e, 0, 192, 168, 0, 1];
 const VTEP_2: [u8; 6] = [0x0e, 0, 192, 168, 0, 2];
 const SEC: u64 = 1_000_000_000;
+/// `SVC_REMOTE`'s node port.
+const NODE_PORT: u16 = 30080;
 
 fn frontend(ip: [u8; 4], pod: &str, backend: [u8; 4]) -> ServiceFrontend {
     ServiceFrontend {
@@ -107,13 +109,29 @@ fn snap() -> Snapshot {
                 identity_aware: true,
             }],
         }),
-        services: vec![frontend(SVC_LOCAL, "a", A), frontend(SVC_REMOTE, "b", B)],
+        services: vec![
+            frontend(SVC_LOCAL, "a", A),
+            ServiceFrontend {
+                node_port: Some(NODE_PORT),
+                ..frontend(SVC_REMOTE, "b", B)
+            },
+        ],
         host: Some(HostPort {
             port: HOST,
             node_mac: NODE_MAC,
             addrs: vec![IpAddr::from(NODE), IpAddr::from(UL_ME)],
         }),
-        uplink: None,
+        uplink: Some(UplinkSpec {
+            gateway_ipv4: [192, 168, 0, 254].into(),
+            gateway_mac: [0x0a, 2, 192, 168, 0, 254],
+            cluster_cidrs: vec![
+                (IpAddr::from([10, 244, 0, 0]), 16),
+                (IpAddr::from([10, 96, 0, 0]), 16),
+                (IpAddr::from([192, 168, 0, 0]), 24),
+            ],
+            non_masquerade: Vec::new(),
+            pod_cidr_v4: None,
+        }),
     })
     .unwrap()
 }
@@ -258,4 +276,48 @@ fn the_node_reaches_remote_pods_only_through_services() {
         run(&from_peer(&stray), UNDERLAY, &s, &mut st).0,
         Verdict::Drop(DropReason::ToNode)
     );
+}
+
+/// A pod reaching a node port at its own node's address (kube-proxy's
+/// "hairpin to node IP"): load balanced as the Service (here to b on
+/// node-2), the reply restored to come from (node address, node port).
+/// The node's own client does the same through the host port.
+#[test]
+fn pods_and_the_node_reach_a_node_port_at_the_nodes_address() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let syn = tcp4((POD_MAC, PORT_MAC), A, UL_ME, 41000, NODE_PORT, false);
+    let (v, out) = run(&syn, 0, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(tcp_ends(&out[50..]), (A, 41000, B, 8080), "DNAT to b");
+    let synack = tcp4((VTEP_2, VTEP_ME), B, A, 8080, 41000, true);
+    let (v, out) = run(&from_peer(&synack), UNDERLAY, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(tcp_ends(&out), (UL_ME, NODE_PORT, A, 41000), "reverse NAT");
+
+    let syn = tcp4(
+        (NODE_MAC, HOST_PORT_MAC),
+        NODE,
+        UL_ME,
+        41001,
+        NODE_PORT,
+        false,
+    );
+    let (v, out) = run(&syn, HOST, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(tcp_ends(&out[50..]), (NODE, 41001, B, 8080), "DNAT to b");
+    let synack = tcp4((VTEP_2, VTEP_ME), B, NODE, 8080, 41001, true);
+    let (v, out) = run(&from_peer(&synack), UNDERLAY, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: HOST, .. }), "{v:?}");
+    assert_eq!(
+        tcp_ends(&out),
+        (UL_ME, NODE_PORT, NODE, 41001),
+        "reverse NAT"
+    );
+
+    // Another port of the node's address is still the node's own.
+    let syn = tcp4((POD_MAC, PORT_MAC), A, UL_ME, 41002, 22, false);
+    let (v, _) = run(&syn, 0, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: HOST, .. }), "{v:?}");
 }

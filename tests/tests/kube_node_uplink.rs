@@ -9,7 +9,8 @@
 //! - a pod reaches the world server, which sees the node's address and a
 //!   port of weir's SNAT range as the source (TCP and UDP);
 //! - a NodePort Service created with kubectl answers from the world netns
-//!   at nodeIP:nodePort with its backend pod's name (TCP and UDP);
+//!   at nodeIP:nodePort with its backend pod's name (TCP and UDP), and
+//!   so it does to a pod of the node at the same address;
 //! - the node itself (its netns: kubelet, node-local agents) reaches the
 //!   Service's ClusterIP through the host port (`weir-host0` routes the
 //!   Service range), answered by the backend;
@@ -353,6 +354,14 @@ fn node_agent_uplink_snat_node_port_and_host_to_cluster_ip() {
     assert!(
         underlay_redirected(&node) > ul0,
         "ul0's XDP program redirected no node-port frame"
+    );
+
+    // The client pod reaches the node port at its own node's address
+    // (kube-proxy's "hairpin to node IP"): the Service's backend answers.
+    assert_eq!(
+        curl(&format!("w{tag}-client"), np).as_deref(),
+        Some("s1"),
+        "pod → its node's {np} (NodePort)"
     );
 
     // 3. The node itself → the ClusterIP, through weir-host0/1.

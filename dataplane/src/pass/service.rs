@@ -78,8 +78,19 @@ impl Pass<'_> {
             _ => self.st.ct.timeouts().udp_replied,
         };
         let nat = self.st.ct.nat();
-        if svc.is_cluster_ip(pkt.key.dst) {
-            let front = svc.frontend(pkt.key.dst, pkt.key.proto, pkt.key.dport);
+        // A pod (or the node) reaching a node port at this node's own
+        // address is load balanced as the Service's ClusterIP (kube-proxy's
+        // "hairpin to node IP"); the reply comes back from that address and
+        // node port (the reverse entry records what was sent to).
+        let node_port_front = match (snap.uplink(), pkt.key.dst) {
+            (Some(u), IpAddr::V4(a)) if as_sent && a == u.node_ipv4 => {
+                svc.node_port(pkt.key.proto, pkt.key.dport)
+            }
+            _ => None,
+        };
+        if node_port_front.is_some() || svc.is_cluster_ip(pkt.key.dst) {
+            let front =
+                node_port_front.or_else(|| svc.frontend(pkt.key.dst, pkt.key.proto, pkt.key.dport));
             let front = match front {
                 Some(i) if pkt.key.proto != ip_proto::SCTP => i,
                 _ => return Break(self.refuse(pkt)),
