@@ -1637,6 +1637,63 @@ mod tests {
         assert_eq!(t.peers.len(), 1);
         assert_eq!(t.peers[0].node, "n2");
         assert!(t.peers[0].identity_aware);
+        assert!(snap.uplink.is_none(), "no uplink learnt yet");
+
+        // The kernel's uplink through the underlay interface: compiled as
+        // the gateway (its MAC is the next hop), with the Service ranges
+        // and every podCIDR as cluster ranges.
+        let gw = Uplink {
+            ifname: "ul0".into(),
+            gateway: Ipv4Addr::new(192, 168, 9, 254),
+            mac: [2, 0, 0, 0, 0, 0xfe],
+        };
+        st.set_uplink(Ok(Some(gw.clone())));
+        assert!(st.uplink_note.starts_with("uplink ul0 via 192.168.9.254"));
+        let c = st.compiled();
+        let input = weir_policy::PolicyInput::from_cluster(&c, Vec::new());
+        let u = crate::agent::compile_node(&c, &input, "n1", 2)
+            .unwrap()
+            .uplink
+            .expect("an uplink");
+        assert_eq!(
+            (u.gateway_ipv4, u.gateway_mac),
+            (gw.gateway, [2, 0, 0, 0, 0, 0xfe])
+        );
+        for cidr in ["10.1.0.0", "10.2.0.0", "10.96.0.0", "192.168.9.0"] {
+            let a: std::net::IpAddr = cidr.parse().unwrap();
+            assert!(u.cluster_cidrs.iter().any(|(n, _)| *n == a), "{cidr}");
+        }
+        // Through another interface than the underlay: not used, and said.
+        st.set_uplink(Ok(Some(Uplink {
+            ifname: "eth9".into(),
+            ..gw
+        })));
+        assert!(st.uplink.is_none());
+        assert!(
+            st.uplink_note.contains("must be the underlay interface"),
+            "{}",
+            st.uplink_note
+        );
+        let c = st.compiled();
+        assert!(crate::agent::compile_node(&c, &input, "n1", 3)
+            .unwrap()
+            .uplink
+            .is_none());
+    }
+
+    #[test]
+    fn uplink_choices() {
+        assert_eq!("auto".parse(), Ok(UplinkChoice::Auto));
+        assert_eq!("none".parse(), Ok(UplinkChoice::None));
+        assert_eq!("eth0".parse(), Ok(UplinkChoice::Iface("eth0".into())));
+        for bad in ["", "a/b", "sixteen-chars-xx"] {
+            assert!(bad.parse::<UplinkChoice>().is_err(), "{bad}");
+        }
+        assert!(check_non_masquerade(&["10.0.0.0/8".parse().unwrap()]).is_ok());
+        assert!(check_non_masquerade(&["fd00::/8".parse().unwrap()])
+            .unwrap_err()
+            .to_string()
+            .contains("IPv6 is not supported"));
     }
 
     #[test]
