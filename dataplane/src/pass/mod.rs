@@ -112,6 +112,7 @@ mod dns;
 mod egress;
 mod icmp;
 mod l7;
+mod nat_icmp;
 mod nodeport;
 mod parse;
 mod policy;
