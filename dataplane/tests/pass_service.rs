@@ -467,3 +467,86 @@ fn a_direct_connection_reusing_a_service_flows_port_is_not_reverse_natted() {
     );
     assert_eq!(addrs(&out.bytes), (b.ip, client, 8080, 30000));
 }
+
+/// A UDP datagram with TTL/hop limit `ttl`, as an IP packet (no Ethernet).
+fn udp_ip(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), ttl),
+        _ => unreachable!(),
+    };
+    let mut out = Vec::new();
+    b.udp(sport, dport).write(&mut out, b"ping").unwrap();
+    out
+}
+
+/// An ICMP (v4: port unreachable; v6: packet too big) error frame from
+/// `src` to `dst` quoting `quote`.
+fn icmp_err(macs: ([u8; 6], [u8; 6]), src: IpAddr, dst: IpAddr, ttl: u8, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type};
+    let b = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), ttl)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, quote)
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), ttl)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quote)
+            .unwrap(),
+        _ => unreachable!(),
+    }
+    out
+}
+
+/// A backend's ICMP error about a Service flow reaches the client from
+/// the ClusterIP, quoting what the client sent (client → ClusterIP:port):
+/// byte for byte as etherparse builds it (outer addresses, quoted
+/// addresses and port, quoted IPv4 and UDP checksums, ICMP/ICMPv6
+/// checksum), IPv4 port unreachable and IPv6 packet too big.
+#[test]
+fn a_backends_icmp_error_reaches_the_client_from_the_cluster_ip() {
+    for v6 in [false, true] {
+        let (vip, client, b) = if v6 {
+            (vip6(), pod6(1), pod6(2))
+        } else {
+            (vip4(), pod4(1), pod4(2))
+        };
+        let s = snap(vec![front(vip, 17, 53, vec![backend(1, v6)])]);
+        let mut st = WorkerState::new();
+        let out = run(&mut st, &s, &frame(0, client, vip, 40000, 53, None), 0);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+            "{:?}",
+            out.verdict
+        );
+        assert_eq!(addrs(&out.bytes), (client, b, 40000, 8080));
+        // b's kernel answers with an error quoting the datagram it got.
+        let err = icmp_err((pod_mac(1), port_mac(1)), b, client, 64, &out.bytes[14..]);
+        let back = run(&mut st, &s, &err, 1);
+        assert!(
+            matches!(back.verdict, Verdict::Tx { port: 0, .. }),
+            "v6={v6}: {:?}",
+            back.verdict
+        );
+        let as_sent = udp_ip(client, vip, 40000, 53, 63);
+        assert_eq!(
+            back.bytes,
+            icmp_err((port_mac(0), pod_mac(0)), vip, client, 63, &as_sent),
+            "v6={v6}"
+        );
+        // An error quoting a flow weir never translated stays as it is
+        // (and without a tracked flow, is refused as before).
+        let stray = udp_ip(client, b, 40001, 8080, 63);
+        let err = icmp_err((pod_mac(1), port_mac(1)), b, client, 64, &stray);
+        assert_eq!(
+            run(&mut st, &s, &err, 1).verdict,
+            Verdict::Drop(DropReason::CtInvalid)
+        );
+    }
+}

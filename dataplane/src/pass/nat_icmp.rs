@@ -32,7 +32,6 @@ pub(super) const ECHO_REPLY_V4: u16 = (icmp::v4::ECHO_REPLY as u16) << 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     Src,
-    #[allow(dead_code)] // Service errors (next commit).
     Dst,
 }
 

@@ -30,6 +30,7 @@
 use core::ops::ControlFlow::{self, Break, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::nat_icmp::{self, End};
 use super::parse::{Fragment, Parsed};
 use super::Pass;
 use crate::snapshot::ServiceFrontend;
@@ -176,6 +177,47 @@ impl Pass<'_> {
         routed.key.sport = r.port;
         routed.key.dst = dst;
         Continue(Some(routed))
+    }
+
+    /// An ICMP/ICMPv6 error a backend sends about a Service flow (port
+    /// unreachable, packet too big, ...): it quotes the packet as the
+    /// backend received it (client → backend); the client must see it
+    /// quote what it sent (client → ClusterIP:port) and come from the
+    /// ClusterIP, as Linux's NAT does for related errors. Runs after
+    /// policy, which matched the quote as it came against conntrack (the
+    /// flow is tracked client → backend). Hairpin flows (the client is its
+    /// own backend) are left as they are; errors about anything else pass
+    /// untouched.
+    pub(super) fn service_error(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        if !pkt.icmp_error || self.snap.spec.services.is_empty() {
+            return Continue(());
+        }
+        let Some(q) = nat_icmp::quoted(self.buf, pkt) else {
+            return Continue(());
+        };
+        if !matches!(q.proto, ip_proto::TCP | ip_proto::UDP)
+            || !self.snap.services().is_backend(q.dst, q.proto, q.dport)
+        {
+            return Continue(());
+        }
+        let now = self.st.now_ns;
+        // An error does not keep a mapping alive.
+        let back = nat_icmp::reverse(&q);
+        let Some(r) = self.st.ct.nat().get(&back, Kind::Reverse, now, now) else {
+            return Continue(());
+        };
+        if r.other.is_some() {
+            return Continue(());
+        }
+        let outer_src = (pkt.key.src == q.dst).then_some(r.addr);
+        let to = (r.addr, r.port);
+        if nat_icmp::translate_error(self.buf, pkt, outer_src, None, End::Dst, to).is_none() {
+            return Break(Verdict::Drop(DropReason::L4Truncated));
+        }
+        if let Some(a) = outer_src {
+            pkt.key.src = a;
+        }
+        Continue(())
     }
 
     /// Chooses a backend for a new flow and records it (forward entry,
