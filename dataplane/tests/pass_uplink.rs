@@ -731,3 +731,91 @@ fn snat_ports_are_freed_when_the_connection_closes() {
         "{got:?}"
     );
 }
+
+/// An Ethernet + IPv4 frame cut into fragments of at most `mtu` IP bytes
+/// (IPv4 identification `ident`), as a host's IP layer cuts it.
+pub fn fragment(frame: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
+    use etherparse::{IpFragOffset, Ipv4Header};
+    let (h, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let chunk = (mtu - h.header_len()) / 8 * 8;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let end = (at + chunk).min(payload.len());
+        let mut f = h.clone();
+        f.identification = ident;
+        f.dont_fragment = false;
+        f.more_fragments = end < payload.len();
+        f.fragment_offset = IpFragOffset::try_new((at / 8) as u16).unwrap();
+        f.set_payload_len(end - at).unwrap();
+        f.header_checksum = f.calc_header_checksum();
+        let mut v = frame[..14].to_vec();
+        v.extend_from_slice(&f.to_bytes());
+        v.extend_from_slice(&payload[at..end]);
+        out.push(v);
+        at = end;
+    }
+    out
+}
+
+/// Reassembles IPv4 fragments (checking each one's header checksum and
+/// addresses): the datagram's IP payload.
+fn reassemble(frags: &[Vec<u8>], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    use etherparse::Ipv4Header;
+    let mut data = Vec::new();
+    for f in frags {
+        let (h, payload) = Ipv4Header::from_slice(&f[14..]).unwrap();
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!((h.source, h.destination), (src, dst));
+        let off = usize::from(h.fragment_offset.value()) * 8;
+        data.resize(data.len().max(off + payload.len()), 0);
+        data[off..off + payload.len()].copy_from_slice(payload);
+    }
+    data
+}
+
+fn big_udp(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16), ttl: u8) -> Vec<u8> {
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0, dst.0, ttl)
+        .udp(src.1, dst.1)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// A UDP datagram larger than the pod's MTU leaves in fragments: the first
+/// one is SNATed as any datagram (address, port, UDP checksum over the
+/// whole datagram), the later ones follow it (address only); reassembled,
+/// the world gets exactly etherparse's datagram from the node's address
+/// and port. A later fragment whose first was never seen stays dropped.
+#[test]
+fn fragments_to_the_world_follow_their_first() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let whole = big_udp((pod_mac(0), port_mac(0)), (A, 40000), (WORLD, 9), 64);
+    let frags = fragment(&whole, 1450, 0x1234);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in &frags {
+        let (v, o) = run(&s, &mut st, f, 0);
+        assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+        assert_eq!(&o[..12], &[GW_MAC, UL_MAC_ME].concat()[..]);
+        out.push(o);
+    }
+    let p = u16::from_be_bytes([out[0][34], out[0][35]]);
+    assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p), "{p}");
+    let expect = big_udp((UL_MAC_ME, GW_MAC), (UL_ME, p), (WORLD, 9), 63);
+    assert_eq!(reassemble(&out, UL_ME, WORLD), expect[34..].to_vec());
+    // The next datagram of the flow keeps the port; one whose first
+    // fragment never came is refused.
+    let again = fragment(&whole, 1450, 0x1235);
+    let (_, o) = run(&s, &mut st, &again[0], 0);
+    assert_eq!(u16::from_be_bytes([o[34], o[35]]), p);
+    let orphan = fragment(&whole, 1450, 0x1236);
+    assert_eq!(
+        run(&s, &mut st, &orphan[1], 0).0,
+        Verdict::Drop(DropReason::FragmentNoFirst)
+    );
+}

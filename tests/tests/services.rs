@@ -494,7 +494,7 @@ metadata: {name: closed}
 spec:
   ipFamilyPolicy: PreferDualStack
   selector: {app: web}
-  ports: [{port: 53, protocol: UDP, targetPort: 5454}]
+  ports: [{name: closed, port: 53, protocol: UDP, targetPort: 5454}, {name: big, port: 9000, protocol: UDP, targetPort: 9000}]
 "#;
 
 /// A UDP datagram from the client pod to `ip:port` (python3, connected
@@ -520,10 +520,12 @@ fn udp_probe(c: &TestCluster, ip: IpAddr, port: u16) -> String {
 /// does not listen on the target port is refused at the client's socket,
 /// IPv4 and IPv6 (the backend's kernel answers port unreachable quoting
 /// client → backend; the client's kernel only matches it to its socket
-/// if it quotes client → ClusterIP). The datagrams crossed weir (its
-/// counters moved), and stop with the dataplane.
+/// if it quotes client → ClusterIP). A 3000-byte UDP datagram and its
+/// 3000-byte answer cross the ClusterIP in fragments, IPv4 and IPv6. The
+/// datagrams crossed weir (its counters moved), and stop with the
+/// dataplane.
 #[test]
-fn a_backends_port_unreachable_reaches_the_client() {
+fn backend_errors_and_big_datagrams_through_a_cluster_ip() {
     let c = TestCluster::up("svcerr", ERRORS);
     let ips = cluster_ips(&c, "closed");
     assert_eq!(ips.len(), 2, "{ips:?}");
@@ -532,6 +534,49 @@ fn a_backends_port_unreachable_reaches_the_client() {
         assert_eq!(udp_probe(&c, ip, 53), "refused", "{ip}");
     }
     assert!(c.counter("rx_packets") >= rx + 4);
+
+    // A 3000-byte datagram through the ClusterIP (fragmented at the pod's
+    // MTU) reaches the backend whole, and its 3000-byte answer comes back
+    // whole (the later fragments followed their first, both ways).
+    let netns = c
+        .topology()
+        .pod("default", "web-1")
+        .expect("pod")
+        .netns
+        .clone();
+    let server = "import socket\n\
+                  s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                  s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                  s.bind(('::', 9000))\n\
+                  while True:\n\
+                  \x20d,a=s.recvfrom(65535); s.sendto(b'y'*len(d), a)\n";
+    let _server = Echo(
+        Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", server])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the big server"),
+    );
+    let datagrams = c.counter("rx_packets");
+    for &ip in &ips {
+        let fam = if ip.is_ipv6() { "AF_INET6" } else { "AF_INET" };
+        let code = format!(
+            "import socket\n\
+             s=socket.socket(socket.{fam}, socket.SOCK_DGRAM); s.settimeout(1)\n\
+             s.connect(('{ip}', 9000))\n\
+             for i in range(10):\n\
+             \x20try:\n\
+             \x20\x20s.send(b'x'*3000); print(len(s.recv(65535))); break\n\
+             \x20except (socket.timeout, ConnectionRefusedError): pass\n\
+             else: print('none')\n"
+        );
+        let out = c.pod_exec("default", "client", &["python3", "-c", &code]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000", "{ip}");
+    }
+    // At least 3 fragments each way per family.
+    assert!(c.counter("rx_packets") >= datagrams + 12);
+
     let out = c.weir(&["dataplane", "stop", "--node", "node-1"]);
     assert!(
         out.status.success(),

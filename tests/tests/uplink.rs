@@ -551,8 +551,10 @@ fn echo_witness(c: &TestCluster) -> Witness {
 /// world host is answered, the world sees the node's address and an
 /// identifier of the SNAT range; a UDP datagram to a closed port of the
 /// world draws a port unreachable that reaches the pod translated (its
-/// socket reports "connection refused"). Both went through ul0's XDP
-/// program and weir's pass (counters), and stop with the dataplane.
+/// socket reports "connection refused"); a 3000-byte UDP datagram reaches
+/// the world whole, from the node's address (its fragments followed the
+/// first one's SNAT). They went through ul0's XDP program and weir's pass
+/// (counters), and stop with the dataplane.
 #[test]
 fn pods_ping_the_world_and_get_its_errors() {
     let mut m = node_manifest(0, false);
@@ -607,6 +609,37 @@ fn pods_ping_the_world_and_get_its_errors() {
     let redirected = c.port_xdp("n1", "ul0", "redirected");
     assert_eq!(refused(&c), "refused");
     assert!(c.port_xdp("n1", "ul0", "redirected") > redirected);
+
+    // A 3000-byte UDP datagram (fragmented at the pod's MTU) reaches the
+    // world server whole, from the node's address.
+    let world_ns = c.topology().world.expect("world").netns;
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{WORLD}', 9005))\n\
+         print('ready', flush=True)\n\
+         while True:\n\
+         \x20d,a=s.recvfrom(65535); print(a[0], len(d), flush=True); s.sendto(str(len(d)).encode(), a)\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &world_ns, "python3", "-u", "-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start big witness");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("witness ready");
+    let mut big = Witness { child, out };
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
+         s.connect(('{WORLD}', 9005)); s.send(b'x'*3000); print(s.recv(100).decode())\n"
+    );
+    let out = c.pod_exec("up", "a", &["python3", "-c", &code]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+    let seen = big.take(1);
+    assert_eq!(seen[0], (n1, 3000));
 
     // Without the dataplane neither gets through.
     let out = c.weir(&["dataplane", "stop", "--node", "n1"]);

@@ -259,10 +259,11 @@ impl Pass<'_> {
         };
         if masquerade {
             let echo = pkt.key.proto == ip_proto::ICMP && pkt.key.dport == ECHO_REQUEST_V4;
-            if pkt.fragment != Fragment::Whole
-                || !(echo || matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP))
-            {
+            if !(echo || matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)) {
                 return Verdict::Drop(DropReason::SnatUnsupported);
+            }
+            if pkt.fragment == Fragment::Later {
+                return self.snat_later_fragment(pkt, node, gw, mac, port);
             }
             let Some(sport) = self.snat_port(&pkt.key, node) else {
                 return Verdict::Drop(DropReason::SnatPortsExhausted);
@@ -283,6 +284,38 @@ impl Pass<'_> {
                 dport: sport,
             };
             self.snat_closing(&pkt.key, &back, pkt.tcp_flags, true);
+        }
+        match self.rewrite_frame(pkt, gw, mac) {
+            Ok(len) => Verdict::Tx { port, len },
+            Err(v) => v,
+        }
+    }
+
+    /// A non-first fragment toward the world follows its first fragment's
+    /// translation: policy gave it the flow's ports (`crate::frag`), so
+    /// the flow's `SnatOut` mapping names the node's address; only the IP
+    /// source changes (no transport header here). No mapping (its first
+    /// fragment was never translated): `snat-no-entry`.
+    fn snat_later_fragment(
+        &mut self,
+        pkt: &Parsed,
+        node: Ipv4Addr,
+        gw: [u8; 6],
+        mac: [u8; 6],
+        port: crate::snapshot::PortId,
+    ) -> Verdict {
+        let now = self.st.now_ns;
+        if self
+            .st
+            .ct
+            .nat()
+            .get(&pkt.key, Kind::SnatOut, now, now)
+            .is_none()
+        {
+            return Verdict::Drop(DropReason::SnatNoEntry);
+        }
+        if nat_icmp::rewrite_addrs(self.buf, pkt, Some(IpAddr::V4(node)), None).is_none() {
+            return Verdict::Drop(DropReason::Ipv4Malformed);
         }
         match self.rewrite_frame(pkt, gw, mac) {
             Ok(len) => Verdict::Tx { port, len },

@@ -74,6 +74,36 @@ fn addr_offsets(v4: bool) -> (usize, usize) {
     }
 }
 
+/// Rewrites the IP source and/or destination of a non-first fragment (it
+/// carries no transport header: the first fragment's rewrite already fixed
+/// the datagram's L4 checksum); the IPv4 header checksum is updated
+/// incrementally.
+pub(super) fn rewrite_addrs(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+) -> Option<()> {
+    let v4 = pkt.key.src.is_ipv4();
+    let ip = ethernet::HEADER_LEN;
+    let (src_at, dst_at) = addr_offsets(v4);
+    let (mut old, mut new) = (0u16, 0u16);
+    for (change, at) in [(src, src_at), (dst, dst_at)] {
+        let Some(a) = change else { continue };
+        if a.is_ipv4() != v4 {
+            return None;
+        }
+        let (o, n) = swap_addr(buf, ip + at, a)?;
+        old = checksum::combine(&[old, o]);
+        new = checksum::combine(&[new, n]);
+    }
+    if v4 {
+        let c = checksum::update(word(buf, ip + 10)?, old, new);
+        put(buf, ip + 10, c)?;
+    }
+    Some(())
+}
+
 /// Rewrites an ICMP echo request/reply in place: the outer source and/or
 /// destination address, and the identifier; IPv4 header checksum and ICMP
 /// checksum updated incrementally (ICMPv6's covers the addresses too).
