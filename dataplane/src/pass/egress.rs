@@ -21,10 +21,18 @@
 //!   (`snat-no-entry` without a mapping), then it routes, is tracked and
 //!   judged like any packet to the pod (conntrack sees pod ↔ world).
 //!
-//! Not handled: ICMP (echo is not translated: `snat-unsupported`), IP
-//! fragments (the ports are in the first one only: `snat-unsupported`),
+//! - **ICMP** (`nat_icmp.rs`): echo requests are SNATed by identifier
+//!   (the identifier plays the port); echo replies and ICMP errors from the
+//!   world about a SNAT flow come back translated for the pod.
+//! - **Fragments**: later fragments follow their first fragment's mapping
+//!   (policy gave them the flow's ports); only their IP source changes.
+//! - **TCP close**: FIN or RST shortens the mapping to conntrack's closing
+//!   timeouts (`snat_closing`).
+//!
+//! Not handled: other ICMP toward the world (`snat-unsupported`),
+//! fragments from the world (the XDP program leaves them to the kernel),
 //! IPv6 (the underlay has no IPv6 address: IPv6 destinations outside the
-//! cluster stay `no-route`), ICMP errors from the world about a SNAT flow.
+//! cluster stay `no-route`).
 
 use core::ops::ControlFlow::{self, Continue};
 use std::net::{IpAddr, Ipv4Addr};
