@@ -819,3 +819,58 @@ fn fragments_to_the_world_follow_their_first() {
         Verdict::Drop(DropReason::FragmentNoFirst)
     );
 }
+
+/// An ICMP error from the world about a node-port flow served on this
+/// node (here a router's Fragmentation Needed about the backend's reply)
+/// reaches the backend quoting the reply as the backend sent it.
+#[test]
+fn icmp_errors_about_node_port_flows_reach_the_local_backend() {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+    let s = np_snap();
+    let mut st = WorkerState::new();
+    let client = [198, 51, 100, 1];
+    let router = [203, 0, 113, 9];
+    let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    let mut checked = 0;
+    for sport in 40000..40040u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (client, sport), (UL_ME, 30080), 64);
+        let (Verdict::Tx { port: 0, .. }, _) = run(&s, &mut st, &f, UNDERLAY) else {
+            continue;
+        };
+        let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 64);
+        let (_, out) = run(&s, &mut st, &r, 0);
+        let err = icmp_error(
+            (GW_MAC, UL_MAC_ME),
+            router,
+            UL_ME,
+            64,
+            ty.clone(),
+            &out[14..],
+        );
+        let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+        assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+        let as_sent = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 63);
+        assert_eq!(
+            back,
+            icmp_error(
+                (port_mac(0), pod_mac(0)),
+                router,
+                A,
+                63,
+                ty.clone(),
+                &as_sent[14..]
+            )
+        );
+        checked += 1;
+    }
+    assert!(checked > 5, "{checked}");
+    // About a node-port flow nobody opened.
+    let stray = tcp((UL_MAC_ME, GW_MAC), (UL_ME, 30080), (client, 1), 63);
+    let err = icmp_error((GW_MAC, UL_MAC_ME), router, UL_ME, 64, ty, &stray[14..]);
+    assert_eq!(
+        run(&s, &mut st, &err, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}

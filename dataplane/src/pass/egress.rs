@@ -203,6 +203,11 @@ impl Pass<'_> {
         if q.src != pkt.key.dst {
             return drop(DropReason::SnatNoEntry);
         }
+        if matches!(q.proto, ip_proto::TCP | ip_proto::UDP)
+            && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&q.sport)
+        {
+            return self.node_port_error_in(pkt, &q);
+        }
         let now = self.st.now_ns;
         // An error does not keep a mapping alive.
         let Some(n) = self
@@ -213,6 +218,34 @@ impl Pass<'_> {
         else {
             return drop(DropReason::SnatNoEntry);
         };
+        let to = (n.addr, n.port);
+        if nat_icmp::translate_error(self.buf, pkt, None, Some(n.addr), End::Src, to).is_none() {
+            return drop(DropReason::L4Truncated);
+        }
+        pkt.key.dst = n.addr;
+        Continue(())
+    }
+
+    /// An ICMP error from the world about a node-port flow served by a
+    /// backend on this node: it quotes the backend's reply as it left
+    /// (node address and nodePort → client); it goes to the backend
+    /// quoting the reply as the backend sent it. The flow's forward entry
+    /// (client → node:nodePort) names the backend. Flows sent to a backend
+    /// on another node (SNATed through the tunnel) are not translated:
+    /// `snat-no-entry`.
+    fn node_port_error_in(&mut self, pkt: &mut Parsed, q: &FlowKey) -> ControlFlow<Verdict, ()> {
+        let now = self.st.now_ns;
+        let Some(n) = self
+            .st
+            .ct
+            .nat()
+            .get(&nat_icmp::reverse(q), Kind::Forward, now, now)
+        else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        if n.other.is_some() {
+            return drop(DropReason::SnatNoEntry);
+        }
         let to = (n.addr, n.port);
         if nat_icmp::translate_error(self.buf, pkt, None, Some(n.addr), End::Src, to).is_none() {
             return drop(DropReason::L4Truncated);

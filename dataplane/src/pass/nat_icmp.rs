@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use super::parse::Parsed;
 use crate::flow_key::FlowKey;
-use crate::snapshot::{SNAT_PORT_FIRST, SNAT_PORT_LAST};
+use crate::snapshot::{NODE_PORT_FIRST, NODE_PORT_LAST, SNAT_PORT_FIRST, SNAT_PORT_LAST};
 use crate::wire::{checksum, ethernet, icmp, ip_proto};
 
 /// `FlowKey::dport` of an ICMPv4 echo request / reply (type << 8 | code).
@@ -272,8 +272,8 @@ fn in_snat_range(p: u16) -> bool {
 
 /// Whether `frame` (from the uplink) is ICMPv4 for weir's SNAT: an echo
 /// reply to `node` whose identifier is in the SNAT range, or an error to
-/// `node` quoting a packet `node` sent from a SNAT port (or with a SNAT
-/// identifier). Whole datagrams only. A raw peek, before parse; the XDP
+/// `node` quoting a packet `node` sent from a SNAT port or a node port (or
+/// with a SNAT identifier). Whole datagrams only. A raw peek, before parse; the XDP
 /// program's underlay branch tests the same.
 pub(super) fn is_snat_icmp(frame: &[u8], node: std::net::Ipv4Addr) -> bool {
     let ip = ethernet::HEADER_LEN;
@@ -304,7 +304,14 @@ pub(super) fn is_snat_icmp(frame: &[u8], node: std::net::Ipv4Addr) -> bool {
             return Some(false);
         }
         let port = match *frame.get(q + 9)? {
-            ip_proto::TCP | ip_proto::UDP => word(frame, q + q_ihl)?,
+            ip_proto::TCP | ip_proto::UDP => {
+                let p = word(frame, q + q_ihl)?;
+                // A node port's reply (docs/services.md).
+                if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&p) {
+                    return Some(true);
+                }
+                p
+            }
             ip_proto::ICMP => word(frame, q + q_ihl + 4)?,
             _ => return Some(false),
         };

@@ -246,7 +246,8 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
 /// `ihl`): an echo reply whose identifier is in the SNAT range, or an error
 /// (destination unreachable, source quench, redirect, time exceeded,
 /// parameter problem) quoting a TCP/UDP packet from that address and a
-/// SNAT port (or an echo request with a SNAT identifier) goes to the
+/// SNAT port or a node port (or an echo request with a SNAT identifier)
+/// goes to the
 /// socket; the rest is the kernel's (the dataplane's
 /// `pass::nat_icmp::is_snat_icmp` peeks the same).
 #[inline(always)]
@@ -292,9 +293,9 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
     if q_src != dst || q_ihl < IPV4_MIN_HLEN {
         return Verdict::Pass;
     }
-    let at = match q_proto {
-        IPPROTO_TCP | IPPROTO_UDP => q + q_ihl,
-        IPPROTO_ICMP => q + q_ihl + 4,
+    let (at, node_port) = match q_proto {
+        IPPROTO_TCP | IPPROTO_UDP => (q + q_ihl, true),
+        IPPROTO_ICMP => (q + q_ihl + 4, false),
         _ => return Verdict::Pass,
     };
     // Both header lengths are at most 60: an explicit bound keeps the
@@ -304,6 +305,13 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
     }
     match read::<2>(ctx, at) {
         Some(p) if snat(p) => Verdict::Redirect,
+        // A node port's reply (docs/services.md, NodePort).
+        Some(p)
+            if node_port
+                && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&u16::from_be_bytes(p)) =>
+        {
+            Verdict::Redirect
+        }
         _ => Verdict::Pass,
     }
 }
