@@ -103,6 +103,9 @@ struct Entry {
     key: Key,
     expires: u64,
     nat: Nat,
+    /// Its life was set by [`NatTable::set_life`] (a closing TCP flow's
+    /// SNAT mapping): hits no longer extend it.
+    closing: bool,
 }
 
 impl Default for Entry {
@@ -110,6 +113,7 @@ impl Default for Entry {
         Entry {
             key: Key::default(),
             expires: 0,
+            closing: false,
             nat: Nat {
                 addr: IpAddr::from([0, 0, 0, 0]),
                 port: 0,
@@ -170,7 +174,8 @@ impl NatTable {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The live entry of `k` (of `kind`); its life is extended to `until`.
+    /// The live entry of `k` (of `kind`); its life is extended to `until`
+    /// (unless it is closing, see [`set_life`](Self::set_life)).
     pub fn get(&self, k: &FlowKey, kind: Kind, now: u64, until: u64) -> Option<Nat> {
         let key = Key::of(k, kind);
         let mut b = self.bucket(&key);
@@ -178,7 +183,9 @@ impl NatTable {
             .entries
             .iter_mut()
             .find(|e| e.key == key && e.expires > now)?;
-        e.expires = e.expires.max(until);
+        if !e.closing {
+            e.expires = e.expires.max(until);
+        }
         Some(e.nat)
     }
 
@@ -206,6 +213,7 @@ impl NatTable {
             key,
             expires: until,
             nat,
+            closing: false,
         };
     }
 
@@ -214,6 +222,22 @@ impl NatTable {
         let key = Key::of(k, kind);
         let b = self.bucket(&key);
         b.entries.iter().any(|e| e.key == key && e.expires > now)
+    }
+
+    /// Sets the life of `k`'s live entry (of `kind`) to end at `until`,
+    /// shorter or longer, and stops [`get`](Self::get) from extending it (a
+    /// closing TCP flow's SNAT mapping); nothing when there is none.
+    pub fn set_life(&self, k: &FlowKey, kind: Kind, now: u64, until: u64) {
+        let key = Key::of(k, kind);
+        let mut b = self.bucket(&key);
+        if let Some(e) = b
+            .entries
+            .iter_mut()
+            .find(|e| e.key == key && e.expires > now)
+        {
+            e.expires = until;
+            e.closing = true;
+        }
     }
 
     /// Removes the entry of `k`.

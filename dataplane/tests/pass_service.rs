@@ -467,3 +467,189 @@ fn a_direct_connection_reusing_a_service_flows_port_is_not_reverse_natted() {
     );
     assert_eq!(addrs(&out.bytes), (b.ip, client, 8080, 30000));
 }
+
+/// A UDP datagram with TTL/hop limit `ttl`, as an IP packet (no Ethernet).
+fn udp_ip(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), ttl),
+        _ => unreachable!(),
+    };
+    let mut out = Vec::new();
+    b.udp(sport, dport).write(&mut out, b"ping").unwrap();
+    out
+}
+
+/// An ICMP (v4: port unreachable; v6: packet too big) error frame from
+/// `src` to `dst` quoting `quote`.
+fn icmp_err(macs: ([u8; 6], [u8; 6]), src: IpAddr, dst: IpAddr, ttl: u8, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type};
+    let b = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b
+            .ipv4(s.octets(), d.octets(), ttl)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, quote)
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b
+            .ipv6(s.octets(), d.octets(), ttl)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quote)
+            .unwrap(),
+        _ => unreachable!(),
+    }
+    out
+}
+
+/// A backend's ICMP error about a Service flow reaches the client from
+/// the ClusterIP, quoting what the client sent (client → ClusterIP:port):
+/// byte for byte as etherparse builds it (outer addresses, quoted
+/// addresses and port, quoted IPv4 and UDP checksums, ICMP/ICMPv6
+/// checksum), IPv4 port unreachable and IPv6 packet too big.
+#[test]
+fn a_backends_icmp_error_reaches_the_client_from_the_cluster_ip() {
+    for v6 in [false, true] {
+        let (vip, client, b) = if v6 {
+            (vip6(), pod6(1), pod6(2))
+        } else {
+            (vip4(), pod4(1), pod4(2))
+        };
+        let s = snap(vec![front(vip, 17, 53, vec![backend(1, v6)])]);
+        let mut st = WorkerState::new();
+        let out = run(&mut st, &s, &frame(0, client, vip, 40000, 53, None), 0);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+            "{:?}",
+            out.verdict
+        );
+        assert_eq!(addrs(&out.bytes), (client, b, 40000, 8080));
+        // b's kernel answers with an error quoting the datagram it got.
+        let err = icmp_err((pod_mac(1), port_mac(1)), b, client, 64, &out.bytes[14..]);
+        let back = run(&mut st, &s, &err, 1);
+        assert!(
+            matches!(back.verdict, Verdict::Tx { port: 0, .. }),
+            "v6={v6}: {:?}",
+            back.verdict
+        );
+        let as_sent = udp_ip(client, vip, 40000, 53, 63);
+        assert_eq!(
+            back.bytes,
+            icmp_err((port_mac(0), pod_mac(0)), vip, client, 63, &as_sent),
+            "v6={v6}"
+        );
+        // An error quoting a flow weir never translated stays as it is
+        // (and without a tracked flow, is refused as before).
+        let stray = udp_ip(client, b, 40001, 8080, 63);
+        let err = icmp_err((pod_mac(1), port_mac(1)), b, client, 64, &stray);
+        assert_eq!(
+            run(&mut st, &s, &err, 1).verdict,
+            Verdict::Drop(DropReason::CtInvalid)
+        );
+    }
+}
+
+/// An Ethernet + IPv4 frame cut into fragments of at most `mtu` IP bytes.
+fn fragment(frame: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
+    use etherparse::{IpFragOffset, Ipv4Header};
+    let (h, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let chunk = (mtu - h.header_len()) / 8 * 8;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let end = (at + chunk).min(payload.len());
+        let mut f = h.clone();
+        f.identification = ident;
+        f.dont_fragment = false;
+        f.more_fragments = end < payload.len();
+        f.fragment_offset = IpFragOffset::try_new((at / 8) as u16).unwrap();
+        f.set_payload_len(end - at).unwrap();
+        f.header_checksum = f.calc_header_checksum();
+        let mut v = frame[..14].to_vec();
+        v.extend_from_slice(&f.to_bytes());
+        v.extend_from_slice(&payload[at..end]);
+        out.push(v);
+        at = end;
+    }
+    out
+}
+
+/// Reassembles IPv4 fragments (checking each header checksum and the
+/// addresses): the datagram's IP payload.
+fn reassemble(frags: &[Vec<u8>], src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    use etherparse::Ipv4Header;
+    let mut data = Vec::new();
+    for f in frags {
+        let (h, payload) = Ipv4Header::from_slice(&f[14..]).unwrap();
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!(
+            (IpAddr::from(h.source), IpAddr::from(h.destination)),
+            (src, dst)
+        );
+        let off = usize::from(h.fragment_offset.value()) * 8;
+        data.resize(data.len().max(off + payload.len()), 0);
+        data[off..off + payload.len()].copy_from_slice(payload);
+    }
+    data
+}
+
+fn big_udp(
+    macs: ([u8; 6], [u8; 6]),
+    src: IpAddr,
+    dst: IpAddr,
+    ports: (u16, u16),
+    ttl: u8,
+) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        unreachable!()
+    };
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(s.octets(), d.octets(), ttl)
+        .udp(ports.0, ports.1)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// A UDP datagram larger than the MTU through a ClusterIP: its later
+/// fragments (addressed to the ClusterIP, without ports) follow the first
+/// one to its backend, and the backend's fragmented reply comes back from
+/// the ClusterIP; reassembled, each end gets exactly etherparse's datagram.
+#[test]
+fn fragments_through_a_cluster_ip_follow_their_first() {
+    let (vip, client, b) = (vip4(), pod4(1), pod4(2));
+    let s = snap(vec![front(vip, 17, 53, vec![backend(1, false)])]);
+    let mut st = WorkerState::new();
+    let whole = big_udp((pod_mac(0), port_mac(0)), client, vip, (40000, 53), 64);
+    let mut got = Vec::new();
+    for f in fragment(&whole, 1400, 0x4242) {
+        let out = run(&mut st, &s, &f, 0);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 1, .. }),
+            "{:?}",
+            out.verdict
+        );
+        got.push(out.bytes);
+    }
+    assert_eq!(got.len(), 3);
+    let expect = big_udp((port_mac(1), pod_mac(1)), client, b, (40000, 8080), 63);
+    assert_eq!(reassemble(&got, client, b), expect[34..].to_vec());
+    // The reply, as big.
+    let reply = big_udp((pod_mac(1), port_mac(1)), b, client, (8080, 40000), 64);
+    let mut got = Vec::new();
+    for f in fragment(&reply, 1400, 0x0707) {
+        let out = run(&mut st, &s, &f, 1);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+            "{:?}",
+            out.verdict
+        );
+        got.push(out.bytes);
+    }
+    let expect = big_udp((port_mac(0), pod_mac(0)), vip, client, (53, 40000), 63);
+    assert_eq!(reassemble(&got, vip, client), expect[34..].to_vec());
+}

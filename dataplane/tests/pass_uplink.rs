@@ -265,12 +265,12 @@ fn drops_of_the_uplink() {
         run(&s, &mut st, &f, UNDERLAY).0,
         Verdict::Drop(DropReason::SnatNoEntry)
     );
-    // ICMP echo to the world is not translated.
+    // ICMP other than echo (here a timestamp request) is not translated.
     let mut ping = Vec::new();
     PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
         .ipv4(A, WORLD, 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut ping, b"ping")
+        .icmpv4_raw(13, 0, [0, 7, 0, 1])
+        .write(&mut ping, &[0; 12])
         .unwrap();
     assert_eq!(
         run(&s, &mut st, &ping, 0).0,
@@ -438,4 +438,439 @@ fn internal_traffic_local_picks_this_nodes_backends_only() {
         Verdict::Tx { port: 1, .. }
     ));
     assert_eq!(st.take_reply_drop(), Some(DropReason::ServiceNoEndpoints));
+}
+
+fn ping(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    id: u16,
+    reply: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, ttl);
+    let b = if reply {
+        b.icmpv4_echo_reply(id, 3)
+    } else {
+        b.icmpv4_echo_request(id, 3)
+    };
+    b.write(&mut out, b"ping payload").unwrap();
+    out
+}
+
+fn echo_ident(frame: &[u8]) -> u16 {
+    match SlicedPacket::from_ethernet(frame).unwrap().transport {
+        Some(TransportSlice::Icmpv4(i)) => u16::from_be_bytes([i.bytes5to8()[0], i.bytes5to8()[1]]),
+        other => panic!("not ICMPv4: {other:?}"),
+    }
+}
+
+/// An ICMPv4 error from `src` to `dst` quoting `quote` (an IP packet).
+fn icmp_error(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    ty: etherparse::Icmpv4Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, ttl)
+        .icmpv4(ty)
+        .write(&mut out, quote)
+        .unwrap();
+    out
+}
+
+/// ICMP echo leaves with the node's address and an identifier of the SNAT
+/// range (the identifier plays the port, as in Linux's masquerade); the
+/// reply gets the pod's address and identifier back. Byte for byte as
+/// etherparse builds them (checksums from scratch).
+#[test]
+fn ping_to_the_world_is_snated_by_identifier() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let req = ping((pod_mac(0), port_mac(0)), A, WORLD, 64, 7, false);
+    let (v, out) = run(&s, &mut st, &req, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    let id = echo_ident(&out);
+    assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&id), "{id}");
+    assert_eq!(out, ping((UL_MAC_ME, GW_MAC), UL_ME, WORLD, 63, id, false));
+    // The same ping keeps its identifier; pod b's ping with the same
+    // identifier gets another.
+    assert_eq!(echo_ident(&run(&s, &mut st, &req, 0).1), id);
+    let req_b = ping((pod_mac(1), port_mac(1)), B, WORLD, 64, 7, false);
+    let (_, out_b) = run(&s, &mut st, &req_b, 1);
+    let id_b = echo_ident(&out_b);
+    assert_ne!(id_b, id);
+    // The replies go back to their pods, restored.
+    let reply = ping((GW_MAC, UL_MAC_ME), WORLD, UL_ME, 64, id, true);
+    let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(back, ping((port_mac(0), pod_mac(0)), WORLD, A, 63, 7, true));
+    let reply_b = ping((GW_MAC, UL_MAC_ME), WORLD, UL_ME, 64, id_b, true);
+    let (v, back) = run(&s, &mut st, &reply_b, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(back, ping((port_mac(1), pod_mac(1)), WORLD, B, 63, 7, true));
+    // A reply to an identifier nobody allocated.
+    let stray = ping((GW_MAC, UL_MAC_ME), WORLD, UL_ME, 64, 61999, true);
+    assert_eq!(
+        run(&s, &mut st, &stray, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}
+
+/// ICMP errors from the world about SNAT flows go to the pod translated:
+/// outer destination, quoted source address and port (or identifier),
+/// quoted IP checksum, quoted UDP checksum, ICMP checksum: byte for byte
+/// what the pod's own packet would have drawn (quoted with TTL 63, as it
+/// left the node).
+#[test]
+fn icmp_errors_about_snat_flows_reach_the_pod_translated() {
+    use etherparse::{icmpv4::DestUnreachableHeader, icmpv4::TimeExceededCode, Icmpv4Type};
+    let s = snap();
+    let mut st = WorkerState::new();
+    let ip = |f: &[u8]| f[14..].to_vec();
+    let router = [203, 0, 113, 9];
+    // UDP to a closed port: port unreachable, quoting the whole datagram.
+    let dgram = udp((pod_mac(0), port_mac(0)), (A, 40000), (WORLD, 9), 64);
+    let (_, out) = run(&s, &mut st, &dgram, 0);
+    let unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let err = icmp_error(
+        (GW_MAC, UL_MAC_ME),
+        WORLD,
+        UL_ME,
+        64,
+        unreach.clone(),
+        &ip(&out),
+    );
+    let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    let as_sent = udp((pod_mac(0), port_mac(0)), (A, 40000), (WORLD, 9), 63);
+    assert_eq!(
+        back,
+        icmp_error(
+            (port_mac(0), pod_mac(0)),
+            WORLD,
+            A,
+            63,
+            unreach,
+            &ip(&as_sent)
+        )
+    );
+    // TCP, fragmentation needed from a router, quoting 28 bytes (no TCP
+    // checksum in the quote).
+    let syn = tcp((pod_mac(0), port_mac(0)), (A, 40001), (WORLD, 8080), 64);
+    let (_, out) = run(&s, &mut st, &syn, 0);
+    let frag = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    let err = icmp_error(
+        (GW_MAC, UL_MAC_ME),
+        router,
+        UL_ME,
+        64,
+        frag.clone(),
+        &ip(&out)[..28],
+    );
+    let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    let as_sent = tcp((pod_mac(0), port_mac(0)), (A, 40001), (WORLD, 8080), 63);
+    assert_eq!(
+        back,
+        icmp_error(
+            (port_mac(0), pod_mac(0)),
+            router,
+            A,
+            63,
+            frag,
+            &ip(&as_sent)[..28]
+        )
+    );
+    // Time exceeded about a ping, quoting the whole echo request.
+    let req = ping((pod_mac(0), port_mac(0)), A, WORLD, 64, 9, false);
+    let (_, out) = run(&s, &mut st, &req, 0);
+    let ttl = Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit);
+    let err = icmp_error(
+        (GW_MAC, UL_MAC_ME),
+        router,
+        UL_ME,
+        64,
+        ttl.clone(),
+        &ip(&out),
+    );
+    let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    let as_sent = ping((pod_mac(0), port_mac(0)), A, WORLD, 63, 9, false);
+    assert_eq!(
+        back,
+        icmp_error((port_mac(0), pod_mac(0)), router, A, 63, ttl, &ip(&as_sent))
+    );
+    // An error quoting a SNAT port nobody holds is `snat-no-entry`.
+    let stray = udp((UL_MAC_ME, GW_MAC), (UL_ME, 61999), (WORLD, 9), 63);
+    let unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let err = icmp_error((GW_MAC, UL_MAC_ME), WORLD, UL_ME, 64, unreach, &ip(&stray));
+    assert_eq!(
+        run(&s, &mut st, &err, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}
+
+fn tcp_flags(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: &str,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0, dst.0, 64)
+        .tcp(src.1, dst.1, 1000, 64240);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(1),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            _ => unreachable!(),
+        };
+    }
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// SNAT mappings end with their TCP connection: after RST they live
+/// `tcp_close` (10 s), after FIN/FIN `tcp_time_wait` (120 s), instead of
+/// the established idle timeout (6 h); so a worker's full share frees up
+/// once its connections closed, while open ones still hold theirs.
+#[test]
+fn snat_ports_are_freed_when_the_connection_closes() {
+    const SEC: u64 = 1_000_000_000;
+    let s = snap();
+    let t = Timeouts::default();
+    // 64 workers: this one's share is 71 ports.
+    let mut st = WorkerState::new().with_snat_slice(0, 64);
+    let pod = (pod_mac(0), port_mac(0));
+    let world = (GW_MAC, UL_MAC_ME);
+    // Opens a connection from `sport`; returns its SNAT port, or None
+    // when the share is exhausted.
+    let open = |st: &mut WorkerState, sport: u16| -> Option<u16> {
+        match run(&s, st, &tcp_flags(pod, (A, sport), (WORLD, 8080), "S"), 0) {
+            (Verdict::Tx { .. }, out) => {
+                let p = src_port(&out);
+                let sa = tcp_flags(world, (WORLD, 8080), (UL_ME, p), "SA");
+                assert!(matches!(run(&s, st, &sa, UNDERLAY).0, Verdict::Tx { .. }));
+                let a = tcp_flags(pod, (A, sport), (WORLD, 8080), "A");
+                assert!(matches!(run(&s, st, &a, 0).0, Verdict::Tx { .. }));
+                Some(p)
+            }
+            (Verdict::Drop(DropReason::SnatPortsExhausted), _) => None,
+            (v, _) => panic!("{v:?}"),
+        }
+    };
+    let mut held = Vec::new();
+    let mut sport = 20000;
+    while let Some(p) = open(&mut st, sport) {
+        held.push((sport, p));
+        sport += 1;
+    }
+    assert!(held.len() > 40, "{}", held.len());
+    // Established connections hold their ports for hours.
+    st.set_now(t.tcp_close + SEC);
+    assert_eq!(open(&mut st, 30000), None);
+    // Half of them are reset by the pod, the other half closed with
+    // FIN/FIN (world first, then the pod) and the last ACK.
+    st.set_now(2 * SEC);
+    let (reset, fin) = held.split_at(held.len() / 2);
+    for &(sp, _) in reset {
+        let r = tcp_flags(pod, (A, sp), (WORLD, 8080), "RA");
+        assert!(matches!(run(&s, &mut st, &r, 0).0, Verdict::Tx { .. }));
+    }
+    for &(sp, p) in fin {
+        let f = tcp_flags(world, (WORLD, 8080), (UL_ME, p), "FA");
+        assert!(matches!(
+            run(&s, &mut st, &f, UNDERLAY).0,
+            Verdict::Tx { .. }
+        ));
+        let f = tcp_flags(pod, (A, sp), (WORLD, 8080), "FA");
+        assert!(matches!(run(&s, &mut st, &f, 0).0, Verdict::Tx { .. }));
+        let a = tcp_flags(world, (WORLD, 8080), (UL_ME, p), "A");
+        assert!(matches!(
+            run(&s, &mut st, &a, UNDERLAY).0,
+            Verdict::Tx { .. }
+        ));
+    }
+    // New connections until the share is full again: they get ports of
+    // the closed connections only. A new flow probes 64 of the share's 71
+    // ports, so the last few free ones may be out of its reach.
+    let refill = |st: &mut WorkerState, from: u16| -> Vec<u16> {
+        (from..).map_while(|sp| open(st, sp)).collect()
+    };
+    // 10 s after the RSTs: the reset connections' ports are free again,
+    // the FIN-closed ones are still in TIME_WAIT.
+    st.set_now(2 * SEC + t.tcp_close + SEC);
+    let got = refill(&mut st, 31000);
+    assert!(
+        got.len() + 7 >= reset.len(),
+        "{} of {}",
+        got.len(),
+        reset.len()
+    );
+    assert!(
+        got.iter().all(|p| reset.iter().any(|&(_, q)| q == *p)),
+        "{got:?}"
+    );
+    // After TIME_WAIT (120 s) the FIN-closed ones are free too.
+    st.set_now(2 * SEC + t.tcp_time_wait + SEC);
+    let got = refill(&mut st, 33000);
+    assert!(got.len() + 7 >= fin.len(), "{} of {}", got.len(), fin.len());
+    assert!(
+        got.iter().all(|p| fin.iter().any(|&(_, q)| q == *p)),
+        "{got:?}"
+    );
+}
+
+/// An Ethernet + IPv4 frame cut into fragments of at most `mtu` IP bytes
+/// (IPv4 identification `ident`), as a host's IP layer cuts it.
+pub fn fragment(frame: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
+    use etherparse::{IpFragOffset, Ipv4Header};
+    let (h, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let chunk = (mtu - h.header_len()) / 8 * 8;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let end = (at + chunk).min(payload.len());
+        let mut f = h.clone();
+        f.identification = ident;
+        f.dont_fragment = false;
+        f.more_fragments = end < payload.len();
+        f.fragment_offset = IpFragOffset::try_new((at / 8) as u16).unwrap();
+        f.set_payload_len(end - at).unwrap();
+        f.header_checksum = f.calc_header_checksum();
+        let mut v = frame[..14].to_vec();
+        v.extend_from_slice(&f.to_bytes());
+        v.extend_from_slice(&payload[at..end]);
+        out.push(v);
+        at = end;
+    }
+    out
+}
+
+/// Reassembles IPv4 fragments (checking each one's header checksum and
+/// addresses): the datagram's IP payload.
+fn reassemble(frags: &[Vec<u8>], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    use etherparse::Ipv4Header;
+    let mut data = Vec::new();
+    for f in frags {
+        let (h, payload) = Ipv4Header::from_slice(&f[14..]).unwrap();
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!((h.source, h.destination), (src, dst));
+        let off = usize::from(h.fragment_offset.value()) * 8;
+        data.resize(data.len().max(off + payload.len()), 0);
+        data[off..off + payload.len()].copy_from_slice(payload);
+    }
+    data
+}
+
+fn big_udp(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16), ttl: u8) -> Vec<u8> {
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.0, dst.0, ttl)
+        .udp(src.1, dst.1)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// A UDP datagram larger than the pod's MTU leaves in fragments: the first
+/// one is SNATed as any datagram (address, port, UDP checksum over the
+/// whole datagram), the later ones follow it (address only); reassembled,
+/// the world gets exactly etherparse's datagram from the node's address
+/// and port. A later fragment whose first was never seen stays dropped.
+#[test]
+fn fragments_to_the_world_follow_their_first() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let whole = big_udp((pod_mac(0), port_mac(0)), (A, 40000), (WORLD, 9), 64);
+    let frags = fragment(&whole, 1450, 0x1234);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in &frags {
+        let (v, o) = run(&s, &mut st, f, 0);
+        assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+        assert_eq!(&o[..12], &[GW_MAC, UL_MAC_ME].concat()[..]);
+        out.push(o);
+    }
+    let p = u16::from_be_bytes([out[0][34], out[0][35]]);
+    assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p), "{p}");
+    let expect = big_udp((UL_MAC_ME, GW_MAC), (UL_ME, p), (WORLD, 9), 63);
+    assert_eq!(reassemble(&out, UL_ME, WORLD), expect[34..].to_vec());
+    // The next datagram of the flow keeps the port; one whose first
+    // fragment never came is refused.
+    let again = fragment(&whole, 1450, 0x1235);
+    let (_, o) = run(&s, &mut st, &again[0], 0);
+    assert_eq!(u16::from_be_bytes([o[34], o[35]]), p);
+    let orphan = fragment(&whole, 1450, 0x1236);
+    assert_eq!(
+        run(&s, &mut st, &orphan[1], 0).0,
+        Verdict::Drop(DropReason::FragmentNoFirst)
+    );
+}
+
+/// An ICMP error from the world about a node-port flow served on this
+/// node (here a router's Fragmentation Needed about the backend's reply)
+/// reaches the backend quoting the reply as the backend sent it.
+#[test]
+fn icmp_errors_about_node_port_flows_reach_the_local_backend() {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+    let s = np_snap();
+    let mut st = WorkerState::new();
+    let client = [198, 51, 100, 1];
+    let router = [203, 0, 113, 9];
+    let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    let mut checked = 0;
+    for sport in 40000..40040u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (client, sport), (UL_ME, 30080), 64);
+        let (Verdict::Tx { port: 0, .. }, _) = run(&s, &mut st, &f, UNDERLAY) else {
+            continue;
+        };
+        let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 64);
+        let (_, out) = run(&s, &mut st, &r, 0);
+        let err = icmp_error(
+            (GW_MAC, UL_MAC_ME),
+            router,
+            UL_ME,
+            64,
+            ty.clone(),
+            &out[14..],
+        );
+        let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+        assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+        let as_sent = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 63);
+        assert_eq!(
+            back,
+            icmp_error(
+                (port_mac(0), pod_mac(0)),
+                router,
+                A,
+                63,
+                ty.clone(),
+                &as_sent[14..]
+            )
+        );
+        checked += 1;
+    }
+    assert!(checked > 5, "{checked}");
+    // About a node-port flow nobody opened.
+    let stray = tcp((UL_MAC_ME, GW_MAC), (UL_ME, 30080), (client, 1), 63);
+    let err = icmp_error((GW_MAC, UL_MAC_ME), router, UL_ME, 64, ty, &stray[14..]);
+    assert_eq!(
+        run(&s, &mut st, &err, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
 }

@@ -106,9 +106,9 @@ drop_reasons! {
     ServiceNoEndpoints = 33 => "service-no-endpoints",
     /// new flow to the world found no free SNAT port on the node's address for its destination (this worker's share of the range is in use)
     SnatPortsExhausted = 34 => "snat-ports-exhausted",
-    /// frame from the uplink to a SNAT port of the node that no SNAT mapping knows (expired, or never made)
+    /// frame from the uplink to a SNAT port (or echo identifier) of the node, or an ICMP error quoting one, that no SNAT mapping knows (expired, or never made)
     SnatNoEntry = 35 => "snat-no-entry",
-    /// packet to the world weir cannot masquerade (not TCP or UDP, e.g. ICMP echo; or an IP fragment)
+    /// packet to the world weir cannot masquerade (neither TCP, UDP nor ICMP echo, e.g. an ICMP timestamp request)
     SnatUnsupported = 36 => "snat-unsupported",
     /// new flow to a NodePort with externalTrafficPolicy Local on a node without a ready local endpoint
     NodePortNoLocalEndpoint = 37 => "nodeport-no-local-endpoint",

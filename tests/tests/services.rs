@@ -471,3 +471,117 @@ fn services_across_nodes() {
     // The traffic went through n2's dataplane (the backends' node).
     assert!(c.node_counter("n2", "rx_packets") > before + 80);
 }
+
+const ERRORS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.0.0/24, "fd00:10:244::/64"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{containerPort: 5353, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: closed, port: 53, protocol: UDP, targetPort: 5454}, {name: big, port: 9000, protocol: UDP, targetPort: 9000}]
+"#;
+
+/// A UDP datagram from the client pod to `ip:port` (python3, connected
+/// socket): "answer", "refused" (an ICMP port unreachable reached the
+/// socket: it must quote what the socket sent) or "timeout".
+fn udp_probe(c: &TestCluster, ip: IpAddr, port: u16) -> String {
+    let fam = if ip.is_ipv6() { "AF_INET6" } else { "AF_INET" };
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.{fam}, socket.SOCK_DGRAM); s.settimeout(3)\n\
+         s.connect(('{ip}', {port}))\n\
+         try:\n\
+         \x20s.send(b'x'); s.recv(100); print('answer')\n\
+         except ConnectionRefusedError: print('refused')\n\
+         except socket.timeout: print('timeout')\n"
+    );
+    let out = c.pod_exec("default", "client", &["python3", "-c", &code]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A backend's ICMP error about a Service flow reaches the client through
+/// the reverse NAT (docs/services.md): UDP to a ClusterIP whose backend
+/// does not listen on the target port is refused at the client's socket,
+/// IPv4 and IPv6 (the backend's kernel answers port unreachable quoting
+/// client → backend; the client's kernel only matches it to its socket
+/// if it quotes client → ClusterIP). A 3000-byte UDP datagram and its
+/// 3000-byte answer cross the ClusterIP in fragments, IPv4 and IPv6. The
+/// datagrams crossed weir (its counters moved), and stop with the
+/// dataplane.
+#[test]
+fn backend_errors_and_big_datagrams_through_a_cluster_ip() {
+    let c = TestCluster::up("svcerr", ERRORS);
+    let ips = cluster_ips(&c, "closed");
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let rx = c.counter("rx_packets");
+    for &ip in &ips {
+        assert_eq!(udp_probe(&c, ip, 53), "refused", "{ip}");
+    }
+    assert!(c.counter("rx_packets") >= rx + 4);
+
+    // A 3000-byte datagram through the ClusterIP (fragmented at the pod's
+    // MTU) reaches the backend whole, and its 3000-byte answer comes back
+    // whole (the later fragments followed their first, both ways).
+    let netns = c
+        .topology()
+        .pod("default", "web-1")
+        .expect("pod")
+        .netns
+        .clone();
+    let server = "import socket\n\
+                  s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                  s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                  s.bind(('::', 9000))\n\
+                  while True:\n\
+                  \x20d,a=s.recvfrom(65535); s.sendto(b'y'*len(d), a)\n";
+    let _server = Echo(
+        Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", server])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the big server"),
+    );
+    let datagrams = c.counter("rx_packets");
+    for &ip in &ips {
+        let fam = if ip.is_ipv6() { "AF_INET6" } else { "AF_INET" };
+        let code = format!(
+            "import socket\n\
+             s=socket.socket(socket.{fam}, socket.SOCK_DGRAM); s.settimeout(1)\n\
+             s.connect(('{ip}', 9000))\n\
+             for i in range(10):\n\
+             \x20try:\n\
+             \x20\x20s.send(b'x'*3000); print(len(s.recv(65535))); break\n\
+             \x20except (socket.timeout, ConnectionRefusedError): pass\n\
+             else: print('none')\n"
+        );
+        let out = c.pod_exec("default", "client", &["python3", "-c", &code]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000", "{ip}");
+    }
+    // At least 3 fragments each way per family.
+    assert!(c.counter("rx_packets") >= datagrams + 12);
+
+    let out = c.weir(&["dataplane", "stop", "--node", "node-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(udp_probe(&c, ips[0], 53), "timeout");
+}

@@ -522,3 +522,132 @@ fn node_ports_from_the_world() {
     assert_eq!(from_world(&c, n1, 30080, 1), vec![""]);
     assert_eq!(from_world(&c, n2, 30081, 1), vec!["b"]);
 }
+
+/// A listener of this test in the world netns (python3, raw ICMP socket):
+/// prints `<source> <identifier>` for each echo request the world host
+/// receives (its kernel still answers them).
+fn echo_witness(c: &TestCluster) -> Witness {
+    let netns = c.topology().world.expect("world host").netns;
+    let code = "import socket\n\
+                s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+                print('ready', flush=True)\n\
+                while True:\n\
+                \x20d,a=s.recvfrom(2048); h=(d[0]&15)*4\n\
+                \x20if d[h]==8: print(a[0], int.from_bytes(d[h+4:h+6],'big'), flush=True)\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &netns, "python3", "-u", "-c", code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start echo witness");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("witness ready");
+    assert_eq!(line.trim(), "ready");
+    Witness { child, out }
+}
+
+/// ICMP through the uplink (docs/egress.md): `ping` from a pod to the
+/// world host is answered, the world sees the node's address and an
+/// identifier of the SNAT range; a UDP datagram to a closed port of the
+/// world draws a port unreachable that reaches the pod translated (its
+/// socket reports "connection refused"); a 3000-byte UDP datagram reaches
+/// the world whole, from the node's address (its fragments followed the
+/// first one's SNAT). They went through ul0's XDP program and weir's pass
+/// (counters), and stop with the dataplane.
+#[test]
+fn pods_ping_the_world_and_get_its_errors() {
+    let mut m = node_manifest(0, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    let c = TestCluster::up_with("uplicmp", &m, &[]);
+    c.wait_applied(Duration::from_secs(30));
+    let n1 = underlay_ip(&c, "n1");
+
+    let ping = |count: u32| {
+        let out = c.pod_exec(
+            "up",
+            "a",
+            &[
+                "ping",
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                WORLD,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut w = echo_witness(&c);
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    let out = ping(3);
+    assert!(out.contains("3 received"), "{out}");
+    let seen = w.take(3);
+    assert!(seen.iter().all(|s| s.0 == n1), "{seen:?}");
+    assert!(seen.iter().all(|s| SNAT.contains(&s.1)), "{seen:?}");
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 3);
+
+    // A closed UDP port of the world: its port unreachable reaches the
+    // pod's socket.
+    let refused = |c: &TestCluster| {
+        let code = format!(
+            "import socket\n\
+             s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
+             s.connect(('{WORLD}', 9999))\n\
+             try:\n\
+             \x20s.send(b'x'); s.recv(100); print('answer')\n\
+             except ConnectionRefusedError: print('refused')\n\
+             except socket.timeout: print('timeout')\n"
+        );
+        let out = c.pod_exec("up", "a", &["python3", "-c", &code]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    assert_eq!(refused(&c), "refused");
+    assert!(c.port_xdp("n1", "ul0", "redirected") > redirected);
+
+    // A 3000-byte UDP datagram (fragmented at the pod's MTU) reaches the
+    // world server whole, from the node's address.
+    let world_ns = c.topology().world.expect("world").netns;
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{WORLD}', 9005))\n\
+         print('ready', flush=True)\n\
+         while True:\n\
+         \x20d,a=s.recvfrom(65535); print(a[0], len(d), flush=True); s.sendto(str(len(d)).encode(), a)\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &world_ns, "python3", "-u", "-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start big witness");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("witness ready");
+    let mut big = Witness { child, out };
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
+         s.connect(('{WORLD}', 9005)); s.send(b'x'*3000); print(s.recv(100).decode())\n"
+    );
+    let out = c.pod_exec("up", "a", &["python3", "-c", &code]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+    let seen = big.take(1);
+    assert_eq!(seen[0], (n1, 3000));
+
+    // Without the dataplane neither gets through.
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ping(1).contains("0 received"));
+    assert_eq!(refused(&c), "timeout");
+}

@@ -21,14 +21,23 @@
 //!   (`snat-no-entry` without a mapping), then it routes, is tracked and
 //!   judged like any packet to the pod (conntrack sees pod ↔ world).
 //!
-//! Not handled: ICMP (echo is not translated: `snat-unsupported`), IP
-//! fragments (the ports are in the first one only: `snat-unsupported`),
+//! - **ICMP** (`nat_icmp.rs`): echo requests are SNATed by identifier
+//!   (the identifier plays the port); echo replies and ICMP errors from the
+//!   world about a SNAT flow come back translated for the pod.
+//! - **Fragments**: later fragments follow their first fragment's mapping
+//!   (policy gave them the flow's ports); only their IP source changes.
+//! - **TCP close**: FIN or RST shortens the mapping to conntrack's closing
+//!   timeouts (`snat_closing`).
+//!
+//! Not handled: other ICMP toward the world (`snat-unsupported`),
+//! fragments from the world (the XDP program leaves them to the kernel),
 //! IPv6 (the underlay has no IPv6 address: IPv6 destinations outside the
-//! cluster stay `no-route`), ICMP errors from the world about a SNAT flow.
+//! cluster stay `no-route`).
 
 use core::ops::ControlFlow::{self, Continue};
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::nat_icmp::{self, End, ECHO_REPLY_V4, ECHO_REQUEST_V4};
 use super::parse::{Fragment, Parsed};
 use super::{drop, Pass};
 use crate::flow_key::FlowKey;
@@ -96,6 +105,7 @@ impl Pass<'_> {
     fn snat_idle(&self, proto: u8) -> u64 {
         match proto {
             ip_proto::TCP => self.st.ct.timeouts().tcp_established,
+            ip_proto::ICMP => self.st.ct.timeouts().icmp,
             _ => self.st.ct.timeouts().udp_replied,
         }
     }
@@ -117,8 +127,14 @@ impl Pass<'_> {
                 return drop(DropReason::NoRoute);
             }
         }
-        if pkt.fragment != Fragment::Whole || pkt.icmp_error {
+        if pkt.fragment != Fragment::Whole {
             return drop(DropReason::SnatNoEntry);
+        }
+        if pkt.icmp_error {
+            return self.snat_error_in(pkt);
+        }
+        if pkt.key.proto == ip_proto::ICMP {
+            return self.snat_echo_in(pkt);
         }
         if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
             return self.node_port_in(pkt);
@@ -136,9 +152,137 @@ impl Pass<'_> {
         if super::service::rewrite(self.buf, pkt, None, Some((n.addr, n.port))).is_err() {
             return drop(DropReason::L4Truncated);
         }
+        let pod = FlowKey {
+            src: n.addr,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: n.port,
+            dport: pkt.key.sport,
+        };
+        self.snat_closing(&pod, &pkt.key, pkt.tcp_flags, false);
         pkt.key.dst = n.addr;
         pkt.key.dport = n.port;
         Continue(())
+    }
+
+    /// An echo reply from the world: its identifier was a SNAT port; the
+    /// pod's address and identifier come back (`snat-no-entry` without a
+    /// mapping, or for any other ICMP message).
+    fn snat_echo_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        if pkt.key.dport != ECHO_REPLY_V4 {
+            return drop(DropReason::SnatNoEntry);
+        }
+        // The `SnatIn` key of an echo flow (see `snat_port`'s `reply`).
+        let key = FlowKey {
+            sport: ECHO_REQUEST_V4,
+            dport: pkt.key.sport,
+            ..pkt.key
+        };
+        let now = self.st.now_ns;
+        let idle = self.snat_idle(ip_proto::ICMP);
+        let Some(n) = self.st.ct.nat().get(&key, Kind::SnatIn, now, now + idle) else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        if nat_icmp::rewrite_echo(self.buf, pkt, None, Some(n.addr), n.port).is_none() {
+            return drop(DropReason::L4Truncated);
+        }
+        pkt.key.dst = n.addr;
+        pkt.key.sport = n.port;
+        Continue(())
+    }
+
+    /// An ICMP error from the world about a SNAT flow (port unreachable,
+    /// fragmentation needed, time exceeded, ...): it quotes the packet as
+    /// it left (node address and SNAT port or identifier as source); it
+    /// goes to the pod quoting the packet as the pod sent it
+    /// (`snat-no-entry` when it quotes no live mapping).
+    fn snat_error_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        let Some(q) = nat_icmp::quoted(self.buf, pkt) else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        if q.src != pkt.key.dst {
+            return drop(DropReason::SnatNoEntry);
+        }
+        if matches!(q.proto, ip_proto::TCP | ip_proto::UDP)
+            && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&q.sport)
+        {
+            return self.node_port_error_in(pkt, &q);
+        }
+        let now = self.st.now_ns;
+        // An error does not keep a mapping alive.
+        let Some(n) = self
+            .st
+            .ct
+            .nat()
+            .get(&nat_icmp::reverse(&q), Kind::SnatIn, now, now)
+        else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        let to = (n.addr, n.port);
+        if nat_icmp::translate_error(self.buf, pkt, None, Some(n.addr), End::Src, to).is_none() {
+            return drop(DropReason::L4Truncated);
+        }
+        pkt.key.dst = n.addr;
+        Continue(())
+    }
+
+    /// An ICMP error from the world about a node-port flow served by a
+    /// backend on this node: it quotes the backend's reply as it left
+    /// (node address and nodePort → client); it goes to the backend
+    /// quoting the reply as the backend sent it. The flow's forward entry
+    /// (client → node:nodePort) names the backend. Flows sent to a backend
+    /// on another node (SNATed through the tunnel) are not translated:
+    /// `snat-no-entry`.
+    fn node_port_error_in(&mut self, pkt: &mut Parsed, q: &FlowKey) -> ControlFlow<Verdict, ()> {
+        let now = self.st.now_ns;
+        let Some(n) = self
+            .st
+            .ct
+            .nat()
+            .get(&nat_icmp::reverse(q), Kind::Forward, now, now)
+        else {
+            return drop(DropReason::SnatNoEntry);
+        };
+        if n.other.is_some() {
+            return drop(DropReason::SnatNoEntry);
+        }
+        let to = (n.addr, n.port);
+        if nat_icmp::translate_error(self.buf, pkt, None, Some(n.addr), End::Src, to).is_none() {
+            return drop(DropReason::L4Truncated);
+        }
+        pkt.key.dst = n.addr;
+        Continue(())
+    }
+
+    /// A TCP segment with FIN or RST ends its mapping (docs/egress.md):
+    /// the mapping then lives as long as its conntrack entry would in the
+    /// state the segment leads to (FIN: `tcp_fin_wait`; the second FIN:
+    /// `tcp_time_wait`; RST: `tcp_close`), and later segments no longer
+    /// extend it. `pod` is the pod's tuple (`SnatOut`), `back` the world's
+    /// reply tuple (`SnatIn`); `tracked`: conntrack has seen this segment
+    /// (on the way out) or not yet (on the way in).
+    fn snat_closing(&self, pod: &FlowKey, back: &FlowKey, flags: u8, tracked: bool) {
+        use crate::conntrack::State;
+        use crate::wire::tcp::flags::{FIN, RST};
+        if pod.proto != ip_proto::TCP || flags & (FIN | RST) == 0 {
+            return;
+        }
+        let t = self.st.ct.timeouts();
+        let now = self.st.now_ns;
+        let life = if flags & RST != 0 {
+            t.tcp_close
+        } else {
+            match (self.st.ct.peek(pod, now).map(|(_, s, _)| s), tracked) {
+                (Some(State::Close | State::Denied), _) => t.tcp_close,
+                (Some(State::FinWait), true) => t.tcp_fin_wait,
+                (Some(State::FinWait | State::LastAck | State::TimeWait), _) => t.tcp_time_wait,
+                (_, false) => t.tcp_fin_wait,
+                (_, true) => return,
+            }
+        };
+        let nat = self.st.ct.nat();
+        nat.set_life(pod, Kind::SnatOut, now, now + life);
+        nat.set_life(back, Kind::SnatIn, now, now + life);
     }
 
     /// Toward the world (see the module doc): SNAT unless the destination
@@ -155,19 +299,64 @@ impl Pass<'_> {
             IpAddr::V6(_) => return Verdict::Drop(DropReason::NoRoute),
         };
         if masquerade {
-            if pkt.fragment != Fragment::Whole
-                || !matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)
-            {
+            let echo = pkt.key.proto == ip_proto::ICMP && pkt.key.dport == ECHO_REQUEST_V4;
+            if !(echo || matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)) {
                 return Verdict::Drop(DropReason::SnatUnsupported);
+            }
+            if pkt.fragment == Fragment::Later {
+                return self.snat_later_fragment(pkt, node, gw, mac, port);
             }
             let Some(sport) = self.snat_port(&pkt.key, node) else {
                 return Verdict::Drop(DropReason::SnatPortsExhausted);
             };
-            if super::service::rewrite(self.buf, pkt, Some((IpAddr::V4(node), sport)), None)
-                .is_err()
-            {
+            let done = if echo {
+                nat_icmp::rewrite_echo(self.buf, pkt, Some(IpAddr::V4(node)), None, sport)
+            } else {
+                super::service::rewrite(self.buf, pkt, Some((IpAddr::V4(node), sport)), None).ok()
+            };
+            if done.is_none() {
                 return Verdict::Drop(DropReason::L4Truncated);
             }
+            let back = FlowKey {
+                src: pkt.key.dst,
+                dst: IpAddr::V4(node),
+                proto: pkt.key.proto,
+                sport: pkt.key.dport,
+                dport: sport,
+            };
+            self.snat_closing(&pkt.key, &back, pkt.tcp_flags, true);
+        }
+        match self.rewrite_frame(pkt, gw, mac) {
+            Ok(len) => Verdict::Tx { port, len },
+            Err(v) => v,
+        }
+    }
+
+    /// A non-first fragment toward the world follows its first fragment's
+    /// translation: policy gave it the flow's ports (`crate::frag`), so
+    /// the flow's `SnatOut` mapping names the node's address; only the IP
+    /// source changes (no transport header here). No mapping (its first
+    /// fragment was never translated): `snat-no-entry`.
+    fn snat_later_fragment(
+        &mut self,
+        pkt: &Parsed,
+        node: Ipv4Addr,
+        gw: [u8; 6],
+        mac: [u8; 6],
+        port: crate::snapshot::PortId,
+    ) -> Verdict {
+        let now = self.st.now_ns;
+        if self
+            .st
+            .ct
+            .nat()
+            .get(&pkt.key, Kind::SnatOut, now, now)
+            .is_none()
+        {
+            return Verdict::Drop(DropReason::SnatNoEntry);
+        }
+        if nat_icmp::rewrite_addrs(self.buf, pkt, Some(IpAddr::V4(node)), None).is_none() {
+            return Verdict::Drop(DropReason::Ipv4Malformed);
         }
         match self.rewrite_frame(pkt, gw, mac) {
             Ok(len) => Verdict::Tx { port, len },

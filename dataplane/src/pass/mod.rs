@@ -112,6 +112,7 @@ mod dns;
 mod egress;
 mod icmp;
 mod l7;
+mod nat_icmp;
 mod nodeport;
 mod parse;
 mod policy;
@@ -241,6 +242,9 @@ impl Pass<'_> {
             Sender::Peer { identity, .. } => identity,
         };
         let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
+        // 5b. A backend's ICMP error about a Service flow quotes the
+        //     ClusterIP to the client (after policy matched it as sent).
+        self.service_error(&mut pkt)?;
         // 6, 7.
         self.check_hop_limit(&pkt)?;
         self.check_mtu(&pkt, mtu)?;

@@ -30,8 +30,10 @@
 use core::ops::ControlFlow::{self, Break, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::nat_icmp::{self, End};
 use super::parse::{Fragment, Parsed};
 use super::Pass;
+use crate::frag::{self, FragKey};
 use crate::snapshot::ServiceFrontend;
 use crate::svc_nat::{Kind, Nat};
 use crate::wire::{checksum, ethernet, ip_proto, tcp};
@@ -62,6 +64,9 @@ impl Pass<'_> {
     ) -> ControlFlow<Verdict, Option<Parsed>> {
         let snap = self.snap;
         let svc = snap.services();
+        if !snap.spec.services.is_empty() && pkt.fragment == Fragment::Later {
+            return self.service_later_fragment(pkt);
+        }
         if snap.spec.services.is_empty()
             || pkt.icmp_error
             || pkt.fragment == Fragment::Later
@@ -139,6 +144,21 @@ impl Pass<'_> {
             {
                 return Break(Verdict::Drop(DropReason::L4Truncated));
             }
+            if pkt.fragment == Fragment::First {
+                // The rest of the datagram comes addressed to the
+                // ClusterIP, without ports: remember them under that
+                // address (`service_later_fragment`).
+                let first = frag::First {
+                    sport: pkt.key.sport,
+                    dport: pkt.key.dport,
+                    proto: pkt.key.proto,
+                    generation: snap.policy().generation() as u32,
+                    verdict: None,
+                    end: pkt.frag.len,
+                };
+                let fk = FragKey::new(pkt.key.src, pkt.key.dst, pkt.key.proto, pkt.frag.ident);
+                self.st.ct.frags().first(&fk, first, now);
+            }
             pkt.key.src = src;
             pkt.key.dst = chosen.addr;
             pkt.key.dport = chosen.port;
@@ -187,6 +207,105 @@ impl Pass<'_> {
         routed.key.sport = r.port;
         routed.key.dst = dst;
         Continue(Some(routed))
+    }
+
+    /// A non-first fragment follows its first fragment's translation
+    /// (docs/services.md): to a ClusterIP, the first fragment's ports were
+    /// recorded under the ClusterIP (see the forward path), so the flow's
+    /// forward entry names the backend; from a backend, the fragment table
+    /// has the reply's ports (policy recorded them) and the reverse entry
+    /// names the ClusterIP. Only IP addresses change (no transport header
+    /// here). Anything else goes on untouched: policy then follows or drops
+    /// it as for any fragment.
+    fn service_later_fragment(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, Option<Parsed>> {
+        let svc = self.snap.services();
+        let now = self.st.now_ns;
+        let fk = FragKey::new(pkt.key.src, pkt.key.dst, pkt.key.proto, pkt.frag.ident);
+        let frag::Later::Pass {
+            sport,
+            dport,
+            proto,
+            ..
+        } = self.st.ct.frags().later(&fk, pkt.frag.offset, now)
+        else {
+            return Continue(None);
+        };
+        if !matches!(proto, ip_proto::TCP | ip_proto::UDP) {
+            return Continue(None);
+        }
+        let k = crate::flow_key::FlowKey {
+            src: pkt.key.src,
+            dst: pkt.key.dst,
+            proto,
+            sport,
+            dport,
+        };
+        let nat = self.st.ct.nat();
+        if svc.is_cluster_ip(k.dst) {
+            let Some(n) = nat.get(&k, Kind::Forward, now, now) else {
+                return Continue(None);
+            };
+            if nat_icmp::rewrite_addrs(self.buf, pkt, n.other, Some(n.addr)).is_none() {
+                return Break(Verdict::Drop(DropReason::Ipv4Malformed));
+            }
+            pkt.key.src = n.other.unwrap_or(pkt.key.src);
+            pkt.key.dst = n.addr;
+            return Continue(None);
+        }
+        if !svc.is_backend(k.src, proto, sport) {
+            return Continue(None);
+        }
+        let Some(r) = nat.get(&k, Kind::Reverse, now, now) else {
+            return Continue(None);
+        };
+        if nat_icmp::rewrite_addrs(self.buf, pkt, Some(r.addr), r.other).is_none() {
+            return Break(Verdict::Drop(DropReason::Ipv4Malformed));
+        }
+        let mut routed = *pkt;
+        routed.key.src = r.addr;
+        routed.key.dst = r.other.unwrap_or(pkt.key.dst);
+        Continue(Some(routed))
+    }
+
+    /// An ICMP/ICMPv6 error a backend sends about a Service flow (port
+    /// unreachable, packet too big, ...): it quotes the packet as the
+    /// backend received it (client → backend); the client must see it
+    /// quote what it sent (client → ClusterIP:port) and come from the
+    /// ClusterIP, as Linux's NAT does for related errors. Runs after
+    /// policy, which matched the quote as it came against conntrack (the
+    /// flow is tracked client → backend). Hairpin flows (the client is its
+    /// own backend) are left as they are; errors about anything else pass
+    /// untouched.
+    pub(super) fn service_error(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        if !pkt.icmp_error || self.snap.spec.services.is_empty() {
+            return Continue(());
+        }
+        let Some(q) = nat_icmp::quoted(self.buf, pkt) else {
+            return Continue(());
+        };
+        if !matches!(q.proto, ip_proto::TCP | ip_proto::UDP)
+            || !self.snap.services().is_backend(q.dst, q.proto, q.dport)
+        {
+            return Continue(());
+        }
+        let now = self.st.now_ns;
+        // An error does not keep a mapping alive.
+        let back = nat_icmp::reverse(&q);
+        let Some(r) = self.st.ct.nat().get(&back, Kind::Reverse, now, now) else {
+            return Continue(());
+        };
+        if r.other.is_some() {
+            return Continue(());
+        }
+        let outer_src = (pkt.key.src == q.dst).then_some(r.addr);
+        let to = (r.addr, r.port);
+        if nat_icmp::translate_error(self.buf, pkt, outer_src, None, End::Dst, to).is_none() {
+            return Break(Verdict::Drop(DropReason::L4Truncated));
+        }
+        if let Some(a) = outer_src {
+            pkt.key.src = a;
+        }
+        Continue(())
     }
 
     /// Chooses a backend for a new flow and records it (forward entry,

@@ -26,6 +26,7 @@ impl Pass<'_> {
         if let Some(u) = self.snap.uplink() {
             let frame = self.buf.get(..len).unwrap_or_default();
             if super::egress::is_from_uplink(frame, u.node_ipv4)
+                || super::nat_icmp::is_snat_icmp(frame, u.node_ipv4)
                 || u.routed_v4
                     .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
             {

@@ -6,7 +6,9 @@
 //! destination is one of `LOCAL_V4` and that are UDP to that port (the
 //! tunnel) or TCP/UDP to a port of weir's SNAT range `SNAT_FIRST..=SNAT_LAST`
 //! (replies from the world, docs/egress.md) or of the NodePort range
-//! (docs/services.md) go to the AF_XDP socket at the
+//! (docs/services.md), and ICMP about SNAT flows (`snat_icmp`: echo
+//! replies to a SNAT identifier, errors quoting a SNAT port) go to the
+//! AF_XDP socket at the
 //! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
 //!
@@ -77,6 +79,7 @@ const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_TCP: u8 = 6;
 /// weir's SNAT port range on the node's underlay address
@@ -208,6 +211,11 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     let Some(frag) = read::<2>(ctx, ETH_HLEN + 6) else {
         return Verdict::Pass;
     };
+    // ICMP about weir's SNAT (docs/egress.md): an echo reply to a SNAT
+    // identifier, an error quoting a SNAT port or identifier.
+    if proto == IPPROTO_ICMP && frag[0] & 0x3f == 0 && frag[1] == 0 {
+        return snat_icmp(ctx, ihl);
+    }
     // MF set or a fragment offset: not a whole datagram; the kernel's.
     if (proto != IPPROTO_UDP && proto != IPPROTO_TCP) || frag[0] & 0x3f != 0 || frag[1] != 0 {
         return Verdict::Pass;
@@ -232,6 +240,80 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
         return Verdict::Redirect;
     }
     Verdict::Pass
+}
+
+/// Underlay mode, ICMPv4 to a local address (whole datagram, header length
+/// `ihl`): an echo reply whose identifier is in the SNAT range, or an error
+/// (destination unreachable, source quench, redirect, time exceeded,
+/// parameter problem) quoting a TCP/UDP packet from that address and a
+/// SNAT port or a node port (or an echo request with a SNAT identifier)
+/// goes to the
+/// socket; the rest is the kernel's (the dataplane's
+/// `pass::nat_icmp::is_snat_icmp` peeks the same).
+#[inline(always)]
+fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
+    let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as in `ipv4`: the value is not kept.
+    if unsafe { LOCAL_V4.get(&dst) }.is_none() {
+        return Verdict::Pass;
+    }
+    let l4 = ETH_HLEN + ihl;
+    if l4 > ETH_HLEN + 60 {
+        return Verdict::Pass;
+    }
+    // Variable offsets are read two bytes at a time: for one byte LLVM
+    // turns the bounds check into `p >= end`, which the verifier does not
+    // accept at a variable offset.
+    let Some([ty, _code]) = read::<2>(ctx, l4) else {
+        return Verdict::Pass;
+    };
+    let snat = |p: [u8; 2]| (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(p));
+    if ty == 0 {
+        return match read::<2>(ctx, l4 + 4) {
+            Some(id) if snat(id) => Verdict::Redirect,
+            _ => Verdict::Pass,
+        };
+    }
+    if !matches!(ty, 3 | 4 | 5 | 11 | 12) {
+        return Verdict::Pass;
+    }
+    // The quoted header: from this address, TCP/UDP from a SNAT port or
+    // an echo request with a SNAT identifier.
+    let q = l4 + 8;
+    let (Some([q_ver_ihl, _]), Some([_, q_proto]), Some(q_src)) = (
+        read::<2>(ctx, q),
+        read::<2>(ctx, q + 8),
+        read::<4>(ctx, q + 12),
+    ) else {
+        return Verdict::Pass;
+    };
+    let q_ihl = ((q_ver_ihl & 0x0f) as usize) * 4;
+    if q_src != dst || q_ihl < IPV4_MIN_HLEN {
+        return Verdict::Pass;
+    }
+    let (at, node_port) = match q_proto {
+        IPPROTO_TCP | IPPROTO_UDP => (q + q_ihl, true),
+        IPPROTO_ICMP => (q + q_ihl + 4, false),
+        _ => return Verdict::Pass,
+    };
+    // Both header lengths are at most 60: an explicit bound keeps the
+    // verifier's range of the offset small.
+    if at > ETH_HLEN + 60 + 8 + 60 + 4 {
+        return Verdict::Pass;
+    }
+    match read::<2>(ctx, at) {
+        Some(p) if snat(p) => Verdict::Redirect,
+        // A node port's reply (docs/services.md, NodePort).
+        Some(p)
+            if node_port
+                && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&u16::from_be_bytes(p)) =>
+        {
+            Verdict::Redirect
+        }
+        _ => Verdict::Pass,
+    }
 }
 
 #[inline(always)]
