@@ -70,6 +70,9 @@ pub struct Options {
     /// `--encap`: the overlay's encapsulation (VXLAN-GBP or Geneve with
     /// weir's identity option); the same on every node agent.
     pub encap: weir_topo::Encap,
+    /// `--failsafe-inbound/--failsafe-outbound`: the node's ports no host
+    /// policy can close (docs/policy.md, "Host endpoint policy").
+    pub host_failsafe: weir_model::policy::FailsafePorts,
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -847,11 +850,13 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             services: Vec::new(),
             world: None,
             non_masquerade: Vec::new(),
+            host_failsafe: Default::default(),
         },
     };
     // The flag decides (a restart may change it; pods attached before keep
     // the MTU they got).
     attached.encap = opts.encap;
+    attached.host_failsafe = opts.host_failsafe.clone();
     let (policy_text, policies) = policies_in_force(&state);
     let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
     let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();
@@ -1384,6 +1389,7 @@ mod tests {
                 services: Vec::new(),
                 world: None,
                 non_masquerade: Vec::new(),
+                host_failsafe: Default::default(),
             },
             inputs,
             services: Vec::new(),
