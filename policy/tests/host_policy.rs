@@ -243,3 +243,11 @@ fn bad_host_policies_are_one_line() {
     );
     assert!(!e.contains('\n'));
 }
+
+#[test]
+fn policy_check_does_not_call_a_host_policy_ineffective() {
+    let i = input(HOST_FW);
+    let report = weir_policy::check::check(&i, &[]).unwrap();
+    let text = format!("{report:?}");
+    assert!(!text.contains("selects-no-pod"), "{text}");
+}
