@@ -1626,9 +1626,13 @@ fn explain_node(
         return Ok(None);
     };
     anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
-    let n = cluster
-        .node(&name)
-        .ok_or_else(|| anyhow::anyhow!("nodes/{name}: not in the cluster"))?;
+    let Some(n) = cluster.node(&name) else {
+        // A namespace named `node`: its pods, not a node.
+        if input.pods.iter().any(|p| p.namespace == "node") {
+            return Ok(None);
+        }
+        anyhow::bail!("nodes/{name}: not in the cluster");
+    };
     let host = weir_control::agent::host_endpoint(cluster, n).ok_or_else(|| {
         anyhow::anyhow!("nodes/{name}: has no host port (its traffic does not cross weir)")
     })?;
