@@ -64,7 +64,12 @@ pub fn compile_node(
         node_ipv6: n.ipv6,
         ports,
         endpoints,
-        policy: weir_policy::compile(input, generation, node)?,
+        policy: weir_policy::compile_with_host(
+            input,
+            generation,
+            node,
+            host_endpoint(cluster, n).as_ref(),
+        )?,
         tunnel: tunnel(cluster, n),
         services: services(cluster),
         host,
@@ -73,6 +78,30 @@ pub fn compile_node(
     // Validate here so a bad snapshot never reaches a dataplane.
     Snapshot::build(spec.clone()).map_err(|e| anyhow::anyhow!("nodes/{node}: {e}"))?;
     Ok(spec)
+}
+
+/// The node as a host endpoint (host endpoint policy, docs/policy.md):
+/// its Node labels, its own addresses behind the host port (`.1`, `::1`,
+/// the underlay address) and the cluster's failsafe ports. `None` without
+/// a host port (the node's traffic does not cross the dataplane).
+pub fn host_endpoint(
+    cluster: &Cluster,
+    n: &weir_topo::RealizedNode,
+) -> Option<weir_policy::HostEndpoint> {
+    if !n.host_port || n.dataplane != weir_topo::NodeDataplane::Weir {
+        return None;
+    }
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    addrs.extend(n.ipv4.map(IpAddr::V4));
+    addrs.extend(n.ipv6.map(IpAddr::V6));
+    if let Some(ul) = &n.underlay {
+        addrs.push(IpAddr::V4(ul.ipv4));
+    }
+    Some(weir_policy::HostEndpoint {
+        labels: n.labels.clone(),
+        addrs,
+        failsafe: cluster.host_failsafe.clone(),
+    })
 }
 
 /// The Node label choosing how this node's own addresses meet its pods'

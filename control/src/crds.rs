@@ -261,6 +261,10 @@ pub struct Subject {
     pub namespace_selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// Host endpoint policy: the nodes (by Node labels) whose own traffic
+    /// the policy judges, instead of pods (not with the selectors above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
 }
 
 /// A WeirPolicy: namespace tier, ordered Allow/Deny/Log rules with L7

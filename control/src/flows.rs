@@ -58,6 +58,7 @@ fn rule_text(snap: &Snapshot, id: RuleId) -> String {
         RuleId::IMPLICIT_DENY => "implicit deny (isolated)".into(),
         RuleId::NOT_APPLICABLE => "-".into(),
         RuleId::HOST => "node traffic".into(),
+        RuleId::FAILSAFE => "failsafe port".into(),
         id => match snap.policy().rule(id) {
             Some(r) => format!("{r} ({})", r.action),
             None => format!("rule {}", id.0),

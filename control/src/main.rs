@@ -234,6 +234,8 @@ enum Cmd {
         /// docs/egress.md.
         #[arg(long = "non-masquerade", value_name = "CIDR")]
         non_masquerade: Vec<ipnet::IpNet>,
+        #[command(flatten)]
+        failsafe: FailsafeFlags,
     },
     /// Stop weir and remove the local cluster completely.
     Down,
@@ -460,6 +462,8 @@ enum Cmd {
         service_cidr: Vec<ipnet::IpNet>,
         #[command(flatten)]
         dp: DataplaneFlags,
+        #[command(flatten)]
+        failsafe: FailsafeFlags,
     },
     /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
     Dataplane {
@@ -604,6 +608,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             encap,
             api_server,
             non_masquerade,
+            failsafe,
         } => {
             let encap = match encap {
                 EncapArg::Vxlan => weir_topo::Encap::Vxlan,
@@ -617,6 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mtu,
                 encap,
                 non_masquerade,
+                host_failsafe: failsafe.ports()?,
                 ..Default::default()
             };
             if api_server {
@@ -685,9 +691,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             non_masquerade,
             service_cidr,
             dp,
+            failsafe,
         } => {
             weir_control::node_agent::check_non_masquerade(&non_masquerade)?;
             weir_control::node_agent::run(weir_control::node_agent::Options {
+                host_failsafe: failsafe.ports()?,
                 kubeconfig,
                 node,
                 netns,
@@ -902,7 +910,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
             };
-            let input = policy_input(&state, &load(&state)?)?;
+            let cluster = load(&state)?;
+            let input = policy_input(&state, &cluster)?;
+            if let Some(e) = explain_node(&cluster, &input, &from, &to, protocol, port)? {
+                anyhow::ensure!(
+                    request.is_none() && dns.is_none(),
+                    "--http and --dns: not with a node (host endpoint policy has no L7 rules)"
+                );
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+                    Output::Yaml => print!("{}", output.render(&e)?),
+                    _ => println!("{e}"),
+                }
+                return Ok(());
+            }
             let (fns, fname) = split_pod(&from, "--from")?;
             let (tns, tname) = split_pod(&to, "--to")?;
             let protocol = weir_model::Protocol::from(protocol);
@@ -1583,4 +1604,77 @@ fn refuse_on_api_server(state: &StateDir, verb: &str) -> anyhow::Result<()> {
         state.cluster
     );
     Ok(())
+}
+
+/// The nodes' failsafe ports: the node's own traffic on them is allowed
+/// whatever host endpoint policy says (docs/policy.md, "Host endpoint
+/// policy"). `PROTO:PORT` or `PROTO:FIRST-LAST`, comma-separated; `none`
+/// for no such port.
+#[derive(clap::Args, Debug, Clone)]
+struct FailsafeFlags {
+    /// To the node (from pods, from anywhere).
+    #[arg(long, value_name = "PORTS", default_value = weir_model::policy::DEFAULT_FAILSAFE_INBOUND)]
+    failsafe_inbound: String,
+    /// From the node.
+    #[arg(long, value_name = "PORTS", default_value = weir_model::policy::DEFAULT_FAILSAFE_OUTBOUND)]
+    failsafe_outbound: String,
+}
+
+impl FailsafeFlags {
+    fn ports(&self) -> anyhow::Result<weir_model::policy::FailsafePorts> {
+        use weir_model::policy::FailsafePort;
+        Ok(weir_model::policy::FailsafePorts {
+            inbound: FailsafePort::parse_list(&self.failsafe_inbound)
+                .map_err(|e| anyhow::anyhow!("--failsafe-inbound: {e}"))?,
+            outbound: FailsafePort::parse_list(&self.failsafe_outbound)
+                .map_err(|e| anyhow::anyhow!("--failsafe-outbound: {e}"))?,
+        })
+    }
+}
+
+/// `weir explain` with `node/NAME` on one side (host endpoint policy):
+/// `None` when neither side is a node.
+fn explain_node(
+    cluster: &Cluster,
+    input: &weir_policy::PolicyInput,
+    from: &str,
+    to: &str,
+    protocol: ProtocolArg,
+    port: u16,
+) -> anyhow::Result<Option<weir_policy::Explanation>> {
+    use weir_policy::explain::FlowEnd;
+    let node_name = |s: &str| s.strip_prefix("node/").map(str::to_string);
+    let (fnode, tnode) = (node_name(from), node_name(to));
+    let Some(name) = fnode.clone().or(tnode.clone()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
+    let Some(n) = cluster.node(&name) else {
+        // A namespace named `node`: its pods, not a node.
+        if input.pods.iter().any(|p| p.namespace == "node") {
+            return Ok(None);
+        }
+        anyhow::bail!("nodes/{name}: not in the cluster");
+    };
+    let host = weir_control::agent::host_endpoint(cluster, n).ok_or_else(|| {
+        anyhow::anyhow!("nodes/{name}: has no host port (its traffic does not cross weir)")
+    })?;
+    fn end<'a>(s: &'a str, flag: &str) -> anyhow::Result<FlowEnd<'a>> {
+        Ok(match s.strip_prefix("node/") {
+            Some(n) => FlowEnd::Node(n),
+            None => {
+                let (ns, p) = split_pod(s, flag)?;
+                FlowEnd::Pod(ns, p)
+            }
+        })
+    }
+    let e = weir_policy::explain::explain_host(
+        input,
+        &host,
+        end(from, "--from")?,
+        end(to, "--to")?,
+        weir_model::Protocol::from(protocol),
+        port,
+    )?;
+    Ok(Some(e))
 }

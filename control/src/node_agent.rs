@@ -70,6 +70,9 @@ pub struct Options {
     /// `--encap`: the overlay's encapsulation (VXLAN-GBP or Geneve with
     /// weir's identity option); the same on every node agent.
     pub encap: weir_topo::Encap,
+    /// `--failsafe-inbound/--failsafe-outbound`: the node's ports no host
+    /// policy can close (docs/policy.md, "Host endpoint policy").
+    pub host_failsafe: weir_model::policy::FailsafePorts,
     /// `--uplink`: the node's way to the world (docs/egress.md).
     pub uplink: UplinkChoice,
     /// `--non-masquerade`: destinations pods reach with their own address.
@@ -1010,6 +1013,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             world: None,
             non_masquerade: Vec::new(),
             service_cidrs: Vec::new(),
+            host_failsafe: Default::default(),
         },
     };
     // The flag decides (a restart may change it; pods attached before keep
@@ -1023,6 +1027,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         // first compile (as when the Node's podCIDRs change).
         attached.nodes[0].pod_cidrs.clear();
     }
+    attached.host_failsafe = opts.host_failsafe.clone();
     let (policy_text, policies) = policies_in_force(&state);
     let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
     let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();
@@ -1570,6 +1575,7 @@ mod tests {
                 world: None,
                 non_masquerade: Vec::new(),
                 service_cidrs: Vec::new(),
+                host_failsafe: Default::default(),
             },
             inputs,
             services: Vec::new(),

@@ -1,13 +1,15 @@
 //! Table tests of the host port (`SnapshotSpec::host`): frames from the
 //! node into its pods and from pods to the node's addresses, on golden
 //! bytes; the node's addresses compiled as the host identity (the default,
-//! `weir.dev/host-ingress: allow`) or as plain addresses (`policy`).
+//! `weir.dev/host-ingress: allow`) or as plain addresses (`policy`); and
+//! host endpoint policy (`PolicySpec::host`: the node's own tables, with
+//! failsafe ports resolved into them).
 
 use etherparse::PacketBuilder;
 use std::net::{IpAddr, Ipv6Addr};
 use weir_dataplane::pass::{process, FlowKey, WorkerState};
 use weir_dataplane::policy::{
-    CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
+    CellSpec, Decision, Direction, EndpointTables, HostTables, PolicySpec, RuleId, RuleInfo, Tier,
     IDENTITY_HOST, IDENTITY_WORLD,
 };
 use weir_dataplane::snapshot::HostPort;
@@ -343,4 +345,159 @@ fn a_host_port_must_be_a_port_without_a_pod() {
         .push(IpAddr::V6(Ipv6Addr::from(A6)));
     let e = Snapshot::build(spec).unwrap_err().to_string();
     assert!(e.contains("also a pod's"), "{e}");
+}
+
+/// Host endpoint policy as the compiler writes it for a WeirClusterPolicy
+/// `host-fw` selecting the node: ingress `[0]` Allow TCP 10256, `[1]` Deny
+/// (everything else), with the failsafe TCP 22 open; egress `[0]` Deny,
+/// with the failsafe UDP 53 open. Pod a has no policy of its own.
+fn host_policy_snap() -> Snapshot {
+    let mut spec = snap(Ingress::Open, HostIngress::Allow).spec.clone();
+    let rule = |direction, index, action: &str| RuleInfo {
+        tier: Tier::Admin,
+        kind: "weirclusterpolicies".into(),
+        namespace: None,
+        name: "host-fw".into(),
+        direction,
+        index,
+        action: action.into(),
+        priority: Some(10),
+    };
+    let deny_in = Decision::deny(RuleId(1));
+    let deny_out = Decision::deny(RuleId(2));
+    spec.policy = PolicySpec {
+        generation: 1,
+        rules: vec![
+            rule(Direction::Ingress, 0, "Allow"),
+            rule(Direction::Ingress, 1, "Deny"),
+            rule(Direction::Egress, 0, "Deny"),
+        ],
+        classes: vec![IDENTITY_WORLD, 256, IDENTITY_HOST],
+        addresses: vec![
+            (A.into(), 1),
+            (A6.into(), 1),
+            (NODE.into(), 2),
+            (NODE6.into(), 2),
+        ],
+        prefixes: vec![],
+        world_class: 0,
+        cells: vec![
+            CellSpec {
+                other: deny_in,
+                tcp: vec![
+                    (0, deny_in),
+                    (22, Decision::FAILSAFE),
+                    (23, deny_in),
+                    (10256, Decision::allow(RuleId(0))),
+                    (10257, deny_in),
+                ],
+                udp: vec![(0, deny_in)],
+                sctp: vec![(0, deny_in)],
+            },
+            CellSpec {
+                other: deny_out,
+                tcp: vec![(0, deny_out)],
+                udp: vec![(0, deny_out), (53, Decision::FAILSAFE), (54, deny_out)],
+                sctp: vec![(0, deny_out)],
+            },
+        ],
+        tables: vec![vec![0; 3], vec![1; 3]],
+        endpoints: vec![EndpointTables::default()],
+        host: Some(HostTables {
+            addrs: vec![NODE.into(), NODE6.into(), NODE_UL.into()],
+            tables: EndpointTables {
+                ingress: Some(0),
+                egress: Some(1),
+            },
+        }),
+        ..Default::default()
+    };
+    Snapshot::build(spec).unwrap()
+}
+
+/// The node's SYN-ACK to a's SYN (`reply` of [`tcp4`]).
+fn synack4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(NODE_MAC, HOST_PORT_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 5000, 64240)
+        .syn()
+        .ack(1001)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+#[test]
+fn host_policy_judges_pod_to_node_with_failsafe_ports() {
+    let s = host_policy_snap();
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    // The allowed port, on the node's .1 and its underlay address.
+    for (i, dst) in [NODE, NODE_UL].into_iter().enumerate() {
+        let (v, _) = run(
+            &tcp4(false, A, dst, 42000 + i as u16, 10256),
+            0,
+            &s,
+            &mut st,
+        );
+        assert_tx(&v, HOST);
+    }
+    // The node's reply passes as the reply of a tracked flow, although
+    // its own egress rule denies new flows.
+    let (v, _) = run(&synack4(NODE, A, 10256, 42000), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    // Any other port: denied by the host rule, with the rule in the event.
+    let mut events = Vec::new();
+    st.flows().drain(&mut events);
+    let (v, _) = run(&tcp4(false, A, NODE, 42010, 8080), 0, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    events.clear();
+    st.flows().drain(&mut events);
+    let ev = events.last().expect("a flow event");
+    assert!(!ev.allowed);
+    assert_eq!(ev.ingress_rule, RuleId(1));
+    assert_eq!(
+        s.policy().rule(ev.ingress_rule).unwrap().to_string(),
+        "weirclusterpolicies/host-fw ingress[1]"
+    );
+    // The failsafe port stays open under the Deny, on every node address.
+    for (i, dst) in [NODE, NODE_UL].into_iter().enumerate() {
+        let (v, _) = run(&tcp4(false, A, dst, 42020 + i as u16, 22), 0, &s, &mut st);
+        assert_tx(&v, HOST);
+    }
+    // IPv6 UDP to the node: denied.
+    let (v, _) = run(&udp6(false, A6, NODE6, 5000, 9999), 0, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+}
+
+#[test]
+fn host_policy_judges_node_to_pod_with_failsafe_ports() {
+    let s = host_policy_snap();
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    // The node's egress rule denies its new flows to pods ...
+    let (v, _) = run(&tcp4(true, NODE, A, 40000, 80), HOST, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    let mut events = Vec::new();
+    st.flows().drain(&mut events);
+    let ev = events.last().expect("a flow event");
+    assert_eq!(ev.egress_rule, RuleId(2));
+    // ... except DNS, an outbound failsafe port.
+    let (v, _) = run(&udp6(true, NODE6, A6, 5000, 53), HOST, &s, &mut st);
+    assert_tx(&v, 0);
+    // Without host tables the same frame passes (host identity).
+    let open = snap(Ingress::Open, HostIngress::Allow);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let (v, _) = run(&tcp4(true, NODE, A, 40000, 80), HOST, &open, &mut st);
+    assert_tx(&v, 0);
+}
+
+#[test]
+fn host_tables_out_of_range_are_refused() {
+    let mut spec = host_policy_snap().spec.clone();
+    spec.policy.host.as_mut().unwrap().tables.egress = Some(9);
+    let e = Snapshot::build(spec).unwrap_err().to_string();
+    assert!(e.contains("host: table 9 out of range"), "{e}");
 }

@@ -74,10 +74,13 @@ impl RuleId {
     pub const NOT_APPLICABLE: RuleId = RuleId(u32::MAX - 2);
     /// The peer is a node: always allowed.
     pub const HOST: RuleId = RuleId(u32::MAX - 3);
+    /// The node's own traffic on a failsafe port ([`FailsafePorts`]): no
+    /// host policy can close it.
+    pub const FAILSAFE: RuleId = RuleId(u32::MAX - 4);
 
     /// Whether this is one of the reserved values (not a rule index).
     pub fn is_reserved(self) -> bool {
-        self.0 >= u32::MAX - 3
+        self.0 >= u32::MAX - 4
     }
 }
 
@@ -117,6 +120,7 @@ impl Decision {
     pub const DEFAULT_ALLOW: Decision = Decision::allow(RuleId::DEFAULT_ALLOW);
     pub const NOT_APPLICABLE: Decision = Decision::allow(RuleId::NOT_APPLICABLE);
     pub const HOST: Decision = Decision::allow(RuleId::HOST);
+    pub const FAILSAFE: Decision = Decision::allow(RuleId::FAILSAFE);
 
     pub const fn allow(rule: RuleId) -> Decision {
         Decision {
@@ -287,6 +291,95 @@ pub struct PolicySpec {
     /// Endpoints with `toFQDNs` egress rules: (endpoint index, its rules).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fqdn_egress: Vec<(u32, Vec<FqdnRuleSpec>)>,
+    /// The node itself as an endpoint (host endpoint policy: a
+    /// WeirClusterPolicy with `subject.nodeSelector` selects this node).
+    /// Absent: the node's traffic is judged only by its pods' side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostTables>,
+}
+
+/// The node as a policy endpoint: its own addresses (the host port's
+/// `.1`/`::1` and its underlay address) and its tables. Flows from one of
+/// `addrs` meet `tables.egress`, flows to one of them `tables.ingress`
+/// (failsafe ports are already resolved into the cells).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+pub struct HostTables {
+    pub addrs: Vec<IpAddr>,
+    pub tables: EndpointTables,
+}
+
+/// One failsafe port range: `protocol` ports `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FailsafePort {
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub proto: u8,
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Ports of the node's own traffic that no host policy can close, as
+/// Calico's failsafe ports: `inbound` (to the node, from anywhere) and
+/// `outbound` (from the node, to anywhere). See docs/policy.md, "Host
+/// endpoint policy".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafePorts {
+    pub inbound: Vec<FailsafePort>,
+    pub outbound: Vec<FailsafePort>,
+}
+
+/// `weir up` / `weir agent` default of `--failsafe-inbound`: SSH, the API
+/// server, etcd, the kubelet, DHCP client.
+pub const DEFAULT_FAILSAFE_INBOUND: &str = "tcp:22,tcp:6443,tcp:2379-2380,tcp:10250,udp:68";
+/// Default of `--failsafe-outbound`: DNS, the API server, etcd, DHCP.
+pub const DEFAULT_FAILSAFE_OUTBOUND: &str = "udp:53,tcp:53,tcp:6443,tcp:2379-2380,udp:67";
+
+impl Default for FailsafePorts {
+    fn default() -> Self {
+        FailsafePorts {
+            inbound: FailsafePort::parse_list(DEFAULT_FAILSAFE_INBOUND).unwrap_or_default(),
+            outbound: FailsafePort::parse_list(DEFAULT_FAILSAFE_OUTBOUND).unwrap_or_default(),
+        }
+    }
+}
+
+impl FailsafePort {
+    /// `tcp:22`, `udp:53`, `sctp:9`, `tcp:2379-2380`; an error names the
+    /// bad item.
+    pub fn parse(item: &str) -> Result<FailsafePort, String> {
+        let bad = |why: &str| {
+            format!("{item:?}: {why} (expected PROTO:PORT or PROTO:FIRST-LAST, PROTO one of tcp, udp, sctp)")
+        };
+        let (proto, ports) = item.trim().split_once(':').ok_or_else(|| bad("no ':'"))?;
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => PROTO_TCP,
+            "udp" => PROTO_UDP,
+            "sctp" => PROTO_SCTP,
+            _ => return Err(bad("unknown protocol")),
+        };
+        let port = |t: &str| t.trim().parse::<u16>().ok().filter(|&p| p != 0);
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a), port(b)),
+            None => (port(ports), port(ports)),
+        };
+        match (first, last) {
+            (Some(first), Some(last)) if first <= last => Ok(FailsafePort { proto, first, last }),
+            _ => Err(bad("bad port or range (1-65535, first <= last)")),
+        }
+    }
+
+    /// A comma-separated list (empty or `none`: no failsafe ports).
+    pub fn parse_list(s: &str) -> Result<Vec<FailsafePort>, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(Vec::new());
+        }
+        s.split(',').map(FailsafePort::parse).collect()
+    }
+
+    /// Whether `proto`/`port` falls in this range.
+    pub fn contains(&self, proto: u8, port: u16) -> bool {
+        self.proto == proto && self.first <= port && port <= self.last
+    }
 }
 
 /// One `toFQDNs` egress allow of an endpoint: traffic to an address learned
@@ -459,6 +552,10 @@ pub struct CompiledPolicy {
     fqdn_selectors: Vec<crate::l7::dns::NamePattern>,
     /// Per endpoint: its `toFQDNs` egress rules (empty: none).
     fqdn: Vec<Box<[FqdnRuleSpec]>>,
+    /// The node's own addresses when host policy selects it (few: a
+    /// linear scan), and its tables.
+    host_addrs: Box<[IpAddr]>,
+    host: EndpointTables,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -675,6 +772,17 @@ impl CompiledPolicy {
                 }
             }
         }
+        let (host_addrs, host) = match &spec.host {
+            Some(h) => {
+                for t in [h.tables.ingress, h.tables.egress].into_iter().flatten() {
+                    if t as usize >= tables.len() {
+                        return Err(invalid(format!("host: table {t} out of range")));
+                    }
+                }
+                (h.addrs.clone().into_boxed_slice(), h.tables)
+            }
+            None => (Box::default(), EndpointTables::default()),
+        };
         let mut by_identity: IntMap<Identity, u32> = IntMap::default();
         for &(_, c) in &spec.addresses {
             by_identity.entry(spec.classes[c as usize]).or_insert(c);
@@ -700,6 +808,8 @@ impl CompiledPolicy {
             dns_rules,
             fqdn_selectors,
             fqdn,
+            host_addrs,
+            host,
         })
     }
 
@@ -906,6 +1016,39 @@ impl CompiledPolicy {
         self.cells[cell as usize].lookup(proto, port)
     }
 
+    /// Whether `addr` is this node's own address under host policy.
+    #[inline]
+    pub fn is_host_endpoint(&self, addr: IpAddr) -> bool {
+        self.host_addrs.contains(&addr)
+    }
+
+    /// Whether host policy selects this node (it has host tables).
+    pub fn has_host_endpoint(&self) -> bool {
+        !self.host_addrs.is_empty()
+    }
+
+    /// One direction of the node itself (host endpoint policy) towards a
+    /// peer class. Unlike a pod's, the node's tables judge other nodes'
+    /// addresses too (no host-identity shortcut).
+    #[inline]
+    fn decide_host(
+        &self,
+        dir: Direction,
+        class: impl FnOnce() -> Option<u32>,
+        proto: u8,
+        port: u16,
+    ) -> Decision {
+        let t = match dir {
+            Direction::Ingress => self.host.ingress,
+            Direction::Egress => self.host.egress,
+        };
+        let (Some(t), Some(class)) = (t, class()) else {
+            return Decision::DEFAULT_ALLOW;
+        };
+        let cell = self.tables[t as usize][class as usize];
+        self.cells[cell as usize].lookup(proto, port)
+    }
+
     /// Judges a NEW flow: egress of `src` (if it is a local endpoint),
     /// ingress of `dst` (if local). Both must pass. Allocation-free.
     pub fn judge(&self, src: Peer, dst: Peer, proto: u8, dport: u16) -> Judgement {
@@ -946,10 +1089,16 @@ impl CompiledPolicy {
     ) -> Judgement {
         let egress = match src.endpoint {
             Some(ep) => self.decide(ep, Direction::Egress, dst.addr, proto, dport),
+            None if self.is_host_endpoint(src.addr) => {
+                self.decide_host(Direction::Egress, || self.class_of(dst.addr), proto, dport)
+            }
             None => Decision::NOT_APPLICABLE,
         };
         let ingress = match dst.endpoint {
             Some(ep) => self.decide_class(ep, Direction::Ingress, src_class, proto, dport),
+            None if self.is_host_endpoint(dst.addr) => {
+                self.decide_host(Direction::Ingress, src_class, proto, dport)
+            }
             None => Decision::NOT_APPLICABLE,
         };
         Judgement {
@@ -974,6 +1123,7 @@ impl CompiledPolicy {
             RuleId::IMPLICIT_DENY => "implicit deny (isolated by a namespace policy)".to_string(),
             RuleId::NOT_APPLICABLE => "not judged on this node".to_string(),
             RuleId::HOST => "node traffic (always allowed)".to_string(),
+            RuleId::FAILSAFE => "failsafe port (no host policy can close it)".to_string(),
             id => match self.rule(id) {
                 Some(r) => format!("{r} ({})", r.action),
                 None => format!("rule {}", id.0),

@@ -410,7 +410,10 @@ fn peer_pods(input: &PolicyInput, peer: &RulePeer) -> Vec<usize> {
 
 fn subjects_and_peers(input: &PolicyInput, out: &mut Vec<Finding>) {
     for p in &input.policies {
-        if subjects(input, p).is_empty() {
+        // A host endpoint policy selects nodes, never pods (check does not
+        // see nodes: it judges pods' flows only).
+        let host_policy = matches!(p.subject, crate::model::Subject::Nodes { .. });
+        if !host_policy && subjects(input, p).is_empty() {
             out.push(Finding {
                 severity: Severity::Warning,
                 kind: "selects-no-pod",

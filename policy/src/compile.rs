@@ -30,8 +30,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use weir_model::manifest::NAMESPACE_NAME_LABEL;
 use weir_model::policy::{
-    CellSpec, Decision, EndpointTables, FqdnRuleSpec, Identity, PolicySpec, RuleId, RuleInfo,
-    IDENTITY_FIRST_POD, IDENTITY_HOST, IDENTITY_WORLD,
+    CellSpec, Decision, EndpointTables, FailsafePort, FailsafePorts, FqdnRuleSpec, HostTables,
+    Identity, PolicySpec, RuleId, RuleInfo, IDENTITY_FIRST_POD, IDENTITY_HOST, IDENTITY_WORLD,
 };
 use weir_model::ContainerPort;
 
@@ -177,11 +177,45 @@ pub fn compile(
     compile_for(input, generation, &eps)
 }
 
+/// The node a snapshot is compiled for, as a host endpoint: its labels
+/// (what `subject.nodeSelector` matches), its own addresses behind the
+/// host port, and its failsafe ports. See docs/policy.md, "Host endpoint
+/// policy".
+#[derive(Clone, Debug, Default)]
+pub struct HostEndpoint {
+    pub labels: Labels,
+    pub addrs: Vec<IpAddr>,
+    pub failsafe: FailsafePorts,
+}
+
+/// [`compile`], with `host` as the node's own endpoint: host endpoint
+/// policies (WeirClusterPolicy `subject.nodeSelector`) that select its
+/// labels judge the node's flows (`PolicySpec::host`).
+pub fn compile_with_host(
+    input: &PolicyInput,
+    generation: u64,
+    node: &str,
+    host: Option<&HostEndpoint>,
+) -> Result<PolicySpec, PolicyError> {
+    let eps = node_endpoints(input, node);
+    compile_for_host(input, generation, &eps, host)
+}
+
 /// Compiles with `endpoints` (in this order) as the local endpoints.
 pub fn compile_for(
     input: &PolicyInput,
     generation: u64,
     endpoints: &[&PodInfo],
+) -> Result<PolicySpec, PolicyError> {
+    compile_for_host(input, generation, endpoints, None)
+}
+
+/// [`compile_for`] with the node's own endpoint (see [`compile_with_host`]).
+pub fn compile_for_host(
+    input: &PolicyInput,
+    generation: u64,
+    endpoints: &[&PodInfo],
+    host: Option<&HostEndpoint>,
 ) -> Result<PolicySpec, PolicyError> {
     // Objects are unique.
     let mut seen = BTreeSet::new();
@@ -516,6 +550,7 @@ pub fn compile_for(
                             ports: profiles[profile],
                             http: &http,
                             dns: &dns,
+                            failsafe: &[],
                         };
                         let spec = r.cell();
                         let id = *cell_index.entry(spec.clone()).or_insert_with(|| {
@@ -590,7 +625,84 @@ pub fn compile_for(
             fqdn_egress.push((i as u32, list));
         }
     }
+    // The node itself (host endpoint policy): Admin and Baseline tiers of
+    // the policies whose subject selects it, failsafe ports first.
+    let mut host_spec = None;
+    if let Some(h) = host {
+        let mut et = EndpointTables::default();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut admin = Vec::new();
+            let mut baseline = Vec::new();
+            for (pi, p) in policies.iter().enumerate() {
+                if !p.subject.selects_node(&h.labels) {
+                    continue;
+                }
+                let ids = &policy_rules[pi][dir as usize];
+                match p.tier {
+                    Tier::Admin => admin.extend(ids),
+                    // Host policies are cluster-scoped: never this tier.
+                    Tier::Namespace => {}
+                    Tier::Baseline => baseline.extend(ids),
+                }
+            }
+            if admin.is_empty() && baseline.is_empty() {
+                continue;
+            }
+            let failsafe = match dir {
+                Direction::Ingress => &h.failsafe.inbound,
+                Direction::Egress => &h.failsafe.outbound,
+            };
+            let mut row = Vec::with_capacity(nclasses);
+            for k in 0..nclasses as u32 {
+                let matching = |ids: &[u32]| -> Vec<u32> {
+                    ids.iter()
+                        .copied()
+                        .filter(|&r| rule_classes[r as usize].binary_search(&k).is_ok())
+                        .collect()
+                };
+                let (a, b) = (matching(&admin), matching(&baseline));
+                // Named ports: the node has none; an egress peer pod's.
+                let profile = match dir {
+                    Direction::Ingress => 0,
+                    Direction::Egress => classes[k as usize].profile,
+                };
+                let r = Resolver {
+                    rules: &crules,
+                    admin: &a,
+                    ns: &[],
+                    baseline: &b,
+                    isolated: false,
+                    isolated_enforced: false,
+                    ports: profiles[profile],
+                    http: &http,
+                    dns: &dns,
+                    failsafe,
+                };
+                let spec = r.cell();
+                let id = *cell_index.entry(spec.clone()).or_insert_with(|| {
+                    cells.push(spec);
+                    cells.len() as u32 - 1
+                });
+                row.push(id);
+            }
+            let t = *table_index.entry(row.clone()).or_insert_with(|| {
+                tables.push(row);
+                tables.len() as u32 - 1
+            });
+            match dir {
+                Direction::Ingress => et.ingress = Some(t),
+                Direction::Egress => et.egress = Some(t),
+            }
+        }
+        if et.ingress.is_some() || et.egress.is_some() {
+            host_spec = Some(HostTables {
+                addrs: h.addrs.clone(),
+                tables: et,
+            });
+        }
+    }
     Ok(PolicySpec {
+        host: host_spec,
         generation,
         rules,
         classes: classes.iter().map(|c| c.identity).collect(),
@@ -651,6 +763,9 @@ struct Resolver<'a> {
     ports: &'a [ContainerPort],
     http: &'a std::cell::RefCell<HttpSets>,
     dns: &'a std::cell::RefCell<DnsSets>,
+    /// The node's failsafe ports in this direction (host tables only):
+    /// allowed before any tier.
+    failsafe: &'a [FailsafePort],
 }
 
 impl Resolver<'_> {
@@ -674,6 +789,15 @@ impl Resolver<'_> {
 
     /// The decision for `proto` (None: a protocol without ports) and `port`.
     fn eval(&self, proto: Option<Protocol>, port: u16) -> Decision {
+        if let Some(p) = proto {
+            if self
+                .failsafe
+                .iter()
+                .any(|f| f.contains(proto_number(p), port))
+            {
+                return Decision::FAILSAFE;
+            }
+        }
         let mut log = false;
         let mut audit: Option<RuleId> = None;
         let finish_allow = |rule: RuleId, audit: Option<RuleId>, log: bool| match audit {
@@ -834,6 +958,12 @@ impl Resolver<'_> {
                     }
                     _ => {}
                 }
+            }
+        }
+        for f in self.failsafe {
+            if f.proto == proto_number(proto) {
+                bounds.insert(f.first as u32);
+                bounds.insert(f.last as u32 + 1);
             }
         }
         let mut out: Vec<(u16, Decision)> = Vec::new();

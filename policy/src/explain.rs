@@ -613,3 +613,81 @@ fn http_side(
         request,
     })
 }
+
+/// One side of a flow for [`explain_host`]: a pod, or the node itself.
+#[derive(Clone, Copy, Debug)]
+pub enum FlowEnd<'a> {
+    /// `(namespace, pod)`.
+    Pod(&'a str, &'a str),
+    /// The node (its name, for the text) as a host endpoint.
+    Node(&'a str),
+}
+
+/// [`explain`] for a flow between a pod and its node (host endpoint
+/// policy, docs/policy.md): compiles `host` as the node's own endpoint
+/// and the pod as the local endpoint, and judges with the workers'
+/// lookup. The node's address is its first of the pod's family.
+pub fn explain_host(
+    input: &PolicyInput,
+    host: &crate::HostEndpoint,
+    from: FlowEnd<'_>,
+    to: FlowEnd<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Result<Explanation, PolicyError> {
+    let (pod_end, node, node_is_src) = match (from, to) {
+        (FlowEnd::Pod(ns, n), FlowEnd::Node(node)) => ((ns, n), node, false),
+        (FlowEnd::Node(node), FlowEnd::Pod(ns, n)) => ((ns, n), node, true),
+        _ => {
+            return Err(PolicyError::Input(
+                "explain with a node: the other side must be a pod".into(),
+            ))
+        }
+    };
+    let pod = find(input, pod_end)?;
+    let pod_addr: Option<IpAddr> = pod.ipv4.map(IpAddr::V4).or(pod.ipv6.map(IpAddr::V6));
+    let node_addr = pod_addr.and_then(|a| {
+        host.addrs
+            .iter()
+            .copied()
+            .find(|h| h.is_ipv4() == a.is_ipv4())
+    });
+    let (Some(pa), Some(na)) = (pod_addr, node_addr) else {
+        return Err(PolicyError::Input(format!(
+            "pods/{}/{} and nodes/{node} share no address family",
+            pod_end.0, pod_end.1
+        )));
+    };
+    let spec = crate::compile::compile_for_host(input, 0, &[pod], Some(host))?;
+    let compiled = CompiledPolicy::build(spec)?;
+    let pod_peer = Peer {
+        endpoint: Some(0),
+        addr: pa,
+    };
+    let node_peer = Peer {
+        endpoint: None,
+        addr: na,
+    };
+    let (s, d) = if node_is_src {
+        (node_peer, pod_peer)
+    } else {
+        (pod_peer, node_peer)
+    };
+    let j = compiled.judge(s, d, protocol_number(protocol), port);
+    let name = |e: FlowEnd<'_>| match e {
+        FlowEnd::Pod(ns, n) => format!("{ns}/{n}"),
+        FlowEnd::Node(n) => format!("node/{n}"),
+    };
+    Ok(Explanation {
+        allowed: j.allowed,
+        from: name(from),
+        to: name(to),
+        protocol: protocol.to_string(),
+        port,
+        egress: side(&compiled, j.egress),
+        ingress: side(&compiled, j.ingress),
+        http: None,
+        dns: None,
+        same_pod: false,
+    })
+}

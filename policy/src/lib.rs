@@ -23,7 +23,9 @@ pub mod parse;
 pub mod selector;
 pub mod suggest;
 
-pub use compile::{compile, compile_for, node_endpoints};
+pub use compile::{
+    compile, compile_for, compile_for_host, compile_with_host, node_endpoints, HostEndpoint,
+};
 pub use explain::{explain, Explanation, SideExplanation};
 pub use model::{Kind, Policy};
 pub use parse::{is_policy_kind, parse_document, parse_str};

@@ -141,6 +141,9 @@ pub enum Subject {
         namespaces: Selector,
         pods: Selector,
     },
+    /// Nodes by their labels (WeirClusterPolicy `subject.nodeSelector`:
+    /// host endpoint policy, docs/policy.md). Selects no pod.
+    Nodes { nodes: Selector },
 }
 
 impl Subject {
@@ -153,6 +156,16 @@ impl Subject {
             Subject::Cluster { namespaces, pods } => {
                 namespaces.matches(ns_labels) && pods.matches(pod_labels)
             }
+            Subject::Nodes { .. } => false,
+        }
+    }
+
+    /// Whether this is a host endpoint policy's subject selecting a node
+    /// with these labels.
+    pub fn selects_node(&self, node_labels: &Labels) -> bool {
+        match self {
+            Subject::Nodes { nodes } => nodes.matches(node_labels),
+            _ => false,
         }
     }
 }

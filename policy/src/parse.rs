@@ -286,6 +286,8 @@ struct RawWeirRule {
 struct RawWeirSubject {
     namespace_selector: Option<RawSelector>,
     pod_selector: Option<RawSelector>,
+    /// Host endpoint policy: the nodes (by Node labels) it applies to.
+    node_selector: Option<RawSelector>,
 }
 
 #[derive(Deserialize, Default)]
@@ -880,9 +882,20 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
             ));
         }
         let s = spec.subject.unwrap_or_default();
-        p.subject = Subject::Cluster {
-            namespaces: selector(cx, "spec.subject.namespaceSelector", &s.namespace_selector)?,
-            pods: selector(cx, "spec.subject.podSelector", &s.pod_selector)?,
+        p.subject = match &s.node_selector {
+            Some(_) if s.namespace_selector.is_some() || s.pod_selector.is_some() => {
+                return Err(cx.err(
+                    "spec.subject.nodeSelector",
+                    "may not be combined with namespaceSelector or podSelector (a policy applies to nodes or to pods)",
+                ))
+            }
+            Some(_) => Subject::Nodes {
+                nodes: selector(cx, "spec.subject.nodeSelector", &s.node_selector)?,
+            },
+            None => Subject::Cluster {
+                namespaces: selector(cx, "spec.subject.namespaceSelector", &s.namespace_selector)?,
+                pods: selector(cx, "spec.subject.podSelector", &s.pod_selector)?,
+            },
         };
     } else {
         if spec.priority.is_some() {

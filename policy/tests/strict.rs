@@ -116,6 +116,17 @@ spec:
   egress: [{action: Pass, to: [{ipBlock: {cidr: 0.0.0.0/0}}]}]
 ";
 
+/// Host endpoint policy: the subject is nodes.
+const WEIR_HOST_POLICY: &str = "
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: h}
+spec:
+  priority: 5
+  subject: {nodeSelector: {matchLabels: {role: worker}, matchExpressions: [{key: k, operator: Exists}]}}
+  ingress: [{action: Allow, ports: [{port: 10256}]}, {action: Deny}]
+";
+
 const ANP: &[&str] = &["
 apiVersion: policy.networking.k8s.io/v1alpha1
 kind: AdminNetworkPolicy
@@ -250,6 +261,7 @@ fn kinds() -> Vec<KindCase> {
         sel("spec.podSelector"),
         sel("spec.subject.namespaceSelector"),
         sel("spec.subject.podSelector"),
+        sel("spec.subject.nodeSelector"),
     ]);
     let weir_holes: Vec<&'static str> = weir_holes.into_iter().map(leak).collect();
 
@@ -311,7 +323,7 @@ fn kinds() -> Vec<KindCase> {
         ),
         (
             "WeirClusterPolicy",
-            vec![WEIR_CLUSTER_POLICY],
+            vec![WEIR_CLUSTER_POLICY, WEIR_HOST_POLICY],
             weir_cluster_refused,
             weir_holes,
         ),

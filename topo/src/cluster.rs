@@ -71,6 +71,9 @@ pub struct BuildOptions {
     /// `nonMasqueradeCIDRs`; docs/egress.md). IPv4 only.
     #[serde(default)]
     pub non_masquerade: Vec<IpNet>,
+    /// The nodes' failsafe ports (host endpoint policy; docs/policy.md).
+    #[serde(default)]
+    pub host_failsafe: weir_model::policy::FailsafePorts,
 }
 
 impl Default for BuildOptions {
@@ -83,6 +86,7 @@ impl Default for BuildOptions {
             vni: default_vni(),
             underlay_prefix_len: default_underlay_prefix_len(),
             non_masquerade: Vec::new(),
+            host_failsafe: Default::default(),
         }
     }
 }
@@ -277,6 +281,10 @@ pub struct Cluster {
     /// Destinations pods reach without SNAT (`weir up --non-masquerade`).
     #[serde(default)]
     pub non_masquerade: Vec<IpNet>,
+    /// Ports of the nodes' own traffic no host policy can close (`weir up
+    /// --failsafe-inbound/--failsafe-outbound`; docs/policy.md).
+    #[serde(default)]
+    pub host_failsafe: weir_model::policy::FailsafePorts,
     /// The Service ranges (ClusterIPs), when not weir's own
     /// (`weir agent --service-cidr`: the API server's
     /// `--service-cluster-ip-range`); empty: see [`Cluster::service_ranges`].
@@ -676,6 +684,7 @@ impl Cluster {
             world: Some(crate::world::plan(name, subnet, &underlay_ips)?),
             non_masquerade: opts.non_masquerade.clone(),
             service_cidrs: Vec::new(),
+            host_failsafe: opts.host_failsafe.clone(),
         };
         for svc in &spec.services {
             cluster.upsert_service(svc)?;

@@ -85,7 +85,10 @@
 //!   route to it. Both directions are tracked and judged like any flow with
 //!   the node as the peer address: node addresses compiled as the host
 //!   identity are always allowed, others meet ipBlock rules (docs/policy.md,
-//!   "The node").
+//!   "The node"). Under host endpoint policy (`PolicySpec::host`) the
+//!   node's own side is judged too: its ingress for flows to its addresses,
+//!   its egress for flows from them (`CompiledPolicy::judge`; failsafe
+//!   ports already resolved in its tables).
 //!
 //! - Overlay (see `encap` and docs/tunnel.md): a destination in a peer
 //!   node's pod CIDR routes to that peer; only the source's egress is

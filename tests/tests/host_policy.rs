@@ -1,0 +1,304 @@
+//! Host endpoint policy (issue 16, part 2) on a `weir up` cluster: a
+//! WeirClusterPolicy with `subject.nodeSelector` judges the node's own
+//! traffic through its host port (docs/policy.md, "Host endpoint policy").
+//! Real clients (OpenBSD nc, curl) in the pods' and the node's netns, real
+//! servers in the node's netns. Each allowed exchange proves it crossed
+//! weir (the host port's XDP counter moved); each denied one is counted as
+//! `policy-denied` and named in `weir flows` and `weir explain`. Also: the
+//! failsafe port stays open under a deny-all rule, and the world's
+//! connections to the node's underlay address are the kernel's (not
+//! judged: the XDP program passes them). Needs root, curl and nc.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use weir_tests::{node_manifest, pod_on, TestCluster};
+
+const NS: &str = "hp";
+
+/// Allow 9100 from anyone and 9102 from pod a only, deny everything else
+/// to nodes labelled role=worker; deny those nodes' flows to pod b.
+const HOST_FW: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: host-fw}
+spec:
+  priority: 10
+  subject:
+    nodeSelector: {matchLabels: {role: worker}}
+  ingress:
+  - name: health
+    action: Allow
+    ports: [{protocol: TCP, port: 9100}]
+  - action: Allow
+    from: [{podSelector: {matchLabels: {pod: a}}}]
+    ports: [{protocol: TCP, port: 9102}]
+  - {name: rest, action: Deny}
+  egress:
+  - action: Deny
+    to: [{podSelector: {matchLabels: {pod: b}}}]
+";
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// n1 labelled role=worker with pods a and b.
+fn cluster() -> TestCluster {
+    let n1 = node_manifest(0, false).replace(
+        "labels: {kubernetes.io/hostname: n1}",
+        "labels: {kubernetes.io/hostname: n1, role: worker}",
+    );
+    assert!(n1.contains("role: worker"), "{n1}");
+    let mut m = n1;
+    m.push_str(&format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
+    ));
+    for p in ["a", "b"] {
+        m.push_str(&pod_on(NS, p, "n1"));
+    }
+    TestCluster::up("hostpol", &m)
+}
+
+fn node_exec(c: &TestCluster, argv: &[&str]) -> Output {
+    let netns = c.topology().node("n1").expect("node").netns.clone();
+    Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(argv)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// TCP from the node to `addr:80` (the pod's server writes its name).
+fn node_tcp(c: &TestCluster, addr: &str) -> Option<String> {
+    let url = format!("http://{addr}:80/");
+    let out = node_exec(c, &["curl", "-sS", "--http0.9", "--max-time", "3", &url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// TCP servers in the node's netns that write a greeting to each client
+/// (one `nc -lk` per port); killed on drop.
+struct NodeServers(Vec<Child>);
+
+impl NodeServers {
+    fn start(c: &TestCluster, ports: &[u16]) -> NodeServers {
+        let netns = c.topology().node("n1").expect("node").netns.clone();
+        let mut servers = NodeServers(Vec::new());
+        for &port in ports {
+            let script = format!(
+                "while true; do echo node-{port} | nc -4 -l -q0 -p {port} >/dev/null 2>&1 || exit 1; done"
+            );
+            let child = Command::new("ip")
+                .args(["netns", "exec", &netns, "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("nc -l");
+            servers.0.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for &port in ports {
+            let filter = format!("sport = :{port}");
+            loop {
+                let out = node_exec(c, &["ss", "-ltnH", &filter]);
+                if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nc -l {port} not listening");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        servers
+    }
+}
+
+impl Drop for NodeServers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            // The shell loop and its nc: the process group this test made.
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", child.id())])
+                .output();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// From a pod, the greeting of the node's server at `addr:port` ("" when
+/// the connection fails).
+fn pod_reads(c: &TestCluster, pod: &str, addr: &str, port: u16) -> String {
+    let port = port.to_string();
+    let out = c.pod_exec(NS, pod, &["timeout", "5", "nc", "-w", "2", addr, &port]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// [`pod_reads`] of a port that should answer: a second try if the
+/// server's loop was between two `nc -l` (a refused connect, no drop).
+fn pod_reads_open(c: &TestCluster, pod: &str, addr: &str, port: u16) -> String {
+    let got = pod_reads(c, pod, addr, port);
+    if !got.is_empty() {
+        return got;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    pod_reads(c, pod, addr, port)
+}
+
+fn host_redirected(c: &TestCluster) -> u64 {
+    c.port_xdp("n1", "weir-host1", "redirected")
+}
+
+/// `weir flows` records that match `pred`.
+fn flows_matching(c: &TestCluster, pred: impl Fn(&serde_json::Value) -> bool) -> usize {
+    let flows = c.weir_json(&["flows", "-o", "json"]);
+    flows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| pred(r))
+        .count()
+}
+
+#[test]
+fn host_policy_judges_the_nodes_own_traffic_with_failsafe_ports_open() {
+    let c = cluster();
+    let topo = c.topology();
+    let a4 = topo
+        .pod(NS, "a")
+        .and_then(|p| p.ipv4)
+        .expect("a")
+        .to_string();
+    let b4 = topo
+        .pod(NS, "b")
+        .and_then(|p| p.ipv4)
+        .expect("b")
+        .to_string();
+    let ul = topo
+        .node("n1")
+        .and_then(|n| n.underlay.as_ref())
+        .expect("underlay")
+        .ipv4
+        .to_string();
+    let node = "10.244.0.1";
+    let _servers = NodeServers::start(&c, &[22, 9100, 9101, 9102]);
+
+    // 0. No host policy: every port answers (the node is the host identity).
+    assert_eq!(pod_reads_open(&c, "b", node, 9101), "node-9101", "before");
+    assert_eq!(node_tcp(&c, &b4).as_deref(), Some("b"), "n1 → b before");
+
+    // 1. The host policy.
+    c.apply("host-fw.yaml", HOST_FW);
+    c.wait_applied(Duration::from_secs(20));
+
+    // 2. Pod → node: the allowed port connects, through the host port, on
+    //    the node's .1 and its underlay address.
+    for addr in [node, &*ul] {
+        let before = host_redirected(&c);
+        assert_eq!(
+            pod_reads_open(&c, "b", addr, 9100),
+            "node-9100",
+            "b → {addr}:9100"
+        );
+        assert!(
+            host_redirected(&c) > before,
+            "b → {addr}:9100 not through weir-host1"
+        );
+    }
+    // 9102 from a only.
+    assert_eq!(pod_reads_open(&c, "a", node, 9102), "node-9102", "a → 9102");
+    // 3. A denied port: refused and counted, named in flows.
+    let denied0 = c.node_drops("n1", "policy-denied");
+    assert_eq!(pod_reads(&c, "b", node, 9102), "", "b → 9102");
+    assert_eq!(pod_reads(&c, "b", node, 9101), "", "b → 9101");
+    assert_eq!(pod_reads(&c, "a", &ul, 9101), "", "a → underlay:9101");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied0,
+        "no policy-denied drop counted"
+    );
+    let named = flows_matching(&c, |r| {
+        r["reason"] == "policy-denied"
+            && r["dport"] == 9101
+            && r["ingress_rule"]
+                .as_str()
+                .is_some_and(|s| s.contains("weirclusterpolicies/host-fw ingress[2]"))
+    });
+    assert!(
+        named >= 1,
+        "no flow record naming the host rule: {}",
+        c.weir_json(&["flows", "-o", "json"])
+    );
+    // 4. The failsafe port (TCP 22) stays open under the Deny.
+    let before = host_redirected(&c);
+    assert_eq!(pod_reads_open(&c, "b", node, 22), "node-22", "failsafe 22");
+    assert!(
+        host_redirected(&c) > before,
+        "failsafe not through weir-host1"
+    );
+    // 5. Node → pod: the node's egress rule denies b, not a.
+    assert_eq!(node_tcp(&c, &a4).as_deref(), Some("a"), "n1 → a");
+    let denied1 = c.node_drops("n1", "policy-denied");
+    assert_eq!(node_tcp(&c, &b4), None, "n1 → b");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied1,
+        "n1 → b not counted"
+    );
+
+    // 6. explain names the deciding host rule, both directions.
+    let out = c.weir(&[
+        "explain", "--from", "hp/b", "--to", "node/n1", "--port", "9101",
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("DENIED"), "{said}");
+    assert!(
+        said.contains("ingress of node/n1: deny by weirclusterpolicies/host-fw ingress[2] (Deny)"),
+        "{said}"
+    );
+    let said = text(&c.weir(&[
+        "explain", "--from", "hp/b", "--to", "node/n1", "--port", "22",
+    ]));
+    assert!(
+        said.contains("ALLOWED") && said.contains("failsafe port"),
+        "{said}"
+    );
+    let said = text(&c.weir(&[
+        "explain", "--from", "node/n1", "--to", "hp/b", "--port", "80",
+    ]));
+    assert!(
+        said.contains("egress of node/n1: deny by weirclusterpolicies/host-fw egress[0]"),
+        "{said}"
+    );
+
+    // 7. From outside the node: the world host's connection to the node's
+    //    underlay address is the kernel's (the underlay XDP program passes
+    //    it; only tunnels, node ports and SNAT replies reach the
+    //    dataplane), so host policy does not judge it: 9101 answers.
+    let world = topo.world.clone().expect("world host").netns;
+    let port = "9101";
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &world, "timeout", "5", "nc", "-w", "2", &ul, port,
+        ])
+        .output()
+        .expect("nc from the world");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "node-9101",
+        "world → node: {}",
+        text(&out)
+    );
+
+    // 8. Dataplane stopped: the allowed port is no longer reachable from
+    //    pods (the frames crossed weir).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(pod_reads(&c, "b", node, 9100), "", "stopped");
+}
