@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use weir_dataplane::flows::{FlowEvent, FlowKind};
 use weir_dataplane::policy::RuleId;
 use weir_dataplane::Snapshot;
-use weir_model::ipc::{FlowRecord, L7Record};
+use weir_model::ipc::{DnsRecord, FlowRecord, L7Record};
 
 /// Records kept per node for `weir flows`.
 pub const KEEP: usize = 20_000;
@@ -119,6 +119,7 @@ pub fn render(
             FlowKind::Drop => "drop",
             FlowKind::Revoked => "revoked",
             FlowKind::Related => "related",
+            FlowKind::L7 => "l7",
         }
         .to_string(),
         verdict: verdict.to_string(),
@@ -135,10 +136,22 @@ pub fn render(
         ingress_rule: rule_text(snap, ev.ingress_rule),
         generation: ev.generation,
         pickup: ev.pickup,
-        l7: ev.l7.map(|n| L7Record {
-            reason: n.reason.as_str().to_string(),
+        // An allowed DNS query is no HTTP request: `dns` only (a refused one
+        // keeps its `l7` note too, as before).
+        l7: ev.l7.filter(|n| !(n.dns && ev.allowed)).map(|n| L7Record {
+            reason: if ev.allowed {
+                String::new()
+            } else {
+                n.reason.as_str().to_string()
+            },
             method: n.method().to_string(),
             path: n.path().to_string(),
+            host: n.host().to_string(),
+            status: (n.status != 0).then_some(n.status),
+        }),
+        dns: ev.l7.filter(|n| n.dns).map(|n| DnsRecord {
+            name: n.dns_name().to_string(),
+            rcode: n.rcode,
         }),
     }
 }
@@ -171,11 +184,26 @@ pub fn line(r: &FlowRecord) -> String {
         "  egress: {}  ingress: {}",
         r.egress_rule, r.ingress_rule
     ));
-    if let Some(l7) = &r.l7 {
-        s.push_str(&format!(
-            "  http: {} {} ({})",
-            l7.method, l7.path, l7.reason
-        ));
+    match (&r.l7, &r.dns) {
+        (_, Some(d)) => {
+            s.push_str(&format!("  dns: {}", d.name));
+            if let Some(rc) = d.rcode {
+                s.push_str(&format!(" rcode={rc}"));
+            }
+        }
+        (Some(l7), None) => {
+            s.push_str(&format!("  http: {} {}", l7.method, l7.path));
+            if !l7.host.is_empty() {
+                s.push_str(&format!(" host={}", l7.host));
+            }
+            if let Some(st) = l7.status {
+                s.push_str(&format!(" status={st}"));
+            }
+            if !l7.reason.is_empty() {
+                s.push_str(&format!(" ({})", l7.reason));
+            }
+        }
+        (None, None) => {}
     }
     if r.audit {
         s.push_str("  [AUDIT: would drop]");
@@ -467,6 +495,7 @@ mod filter_tests {
             generation: 1,
             pickup: false,
             l7: None,
+            dns: None,
         }
     }
 

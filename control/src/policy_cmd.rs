@@ -512,11 +512,12 @@ pub fn suggest(state: &StateDir, args: &SuggestArgs) -> anyhow::Result<i32> {
         };
         let key = (r.src.clone(), r.dst.clone(), protocol, r.dport);
         if let Some(l7) = &r.l7 {
-            // The dataplane notes the HTTP requests it denies; an allowed
-            // request head, when recorded, shapes the `--l7` rules.
+            // Denied requests are counted; allowed request heads (kind `l7`,
+            // the request's own record: not the response's, which carries
+            // the status) shape the `--l7` rules.
             if r.verdict == "denied" {
                 l7_denied += 1;
-            } else if !l7.method.is_empty() {
+            } else if !l7.method.is_empty() && l7.status.is_none() && r.dns.is_none() {
                 http.push((key, (l7.method.clone(), l7.path.clone())));
             }
             continue;
@@ -557,7 +558,7 @@ pub fn suggest(state: &StateDir, args: &SuggestArgs) -> anyhow::Result<i32> {
     );
     if args.l7 && observed.iter().all(|o| o.http.is_empty()) {
         eprintln!(
-            "--l7: no allowed HTTP request heads in the flow logs (the dataplane records the requests it denies: {l7_denied} here); the suggestion is L4 only"
+            "--l7: no allowed HTTP request heads in the flow logs (only flows already under WeirPolicy http rules are inspected and recorded; {l7_denied} denied request(s) here); the suggestion is L4 only"
         );
     }
     for m in &s.missing {

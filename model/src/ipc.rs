@@ -102,18 +102,38 @@ pub struct FlowRecord {
     pub generation: u64,
     #[serde(default)]
     pub pickup: bool,
-    /// The HTTP request an L7 deny refused.
+    /// The HTTP request an L7 deny refused, or (kind `l7`) an allowed
+    /// request or the status of the response to it.
     #[serde(default)]
     pub l7: Option<L7Record>,
+    /// A DNS query (refused, or allowed: kind `l7`) or the answer to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsRecord>,
 }
 
-/// The request an L7 deny refused.
+/// The HTTP request an L7 deny refused (`reason`), or an allowed one
+/// (`reason` empty) with its host and, on the response's record, `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct L7Record {
     pub reason: String,
     pub method: String,
     pub path: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// HTTP status of the response (on the response's record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// A DNS query's name, and on the answer's record its rcode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsRecord {
+    pub name: String,
+    /// The answer's RCODE (0 NOERROR, 3 NXDOMAIN, 5 REFUSED, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<u8>,
 }
 
 /// A node dataplane's answer to `flows`: records after `since`.
