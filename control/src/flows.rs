@@ -156,6 +156,58 @@ pub fn render(
     }
 }
 
+/// Most entries one `conntrack` request returns.
+pub const CONNTRACK_PAGE_MAX: u32 = 4096;
+
+/// One page of the node's live conntrack entries (`conntrack` request):
+/// from bucket `from`, about `max` entries (at most
+/// [`CONNTRACK_PAGE_MAX`]), named as flow records are.
+pub fn conntrack_page(
+    dp: &weir_dataplane::runtime::Dataplane,
+    snap: &Snapshot,
+    names: &Names,
+    node: &str,
+    (from, max): (u64, u32),
+) -> weir_model::ipc::ConntrackReply {
+    let mut out = Vec::new();
+    let max = max.clamp(1, CONNTRACK_PAGE_MAX) as usize;
+    let next = dp.conntrack_page(usize::try_from(from).unwrap_or(usize::MAX), max, &mut out);
+    let ep = |a: IpAddr| {
+        match a {
+            IpAddr::V4(a) => snap.endpoint_by_v4(a),
+            IpAddr::V6(a) => snap.endpoint_by_v6(a),
+        }
+        .map(|(i, _)| i)
+    };
+    let entries = out
+        .iter()
+        .map(|e| weir_model::ipc::ConntrackRecord {
+            node: node.to_string(),
+            protocol: proto_name(e.key.proto),
+            src: peer(snap, names, ep(e.key.src), e.key.src),
+            src_addr: Some(e.key.src),
+            sport: e.key.sport,
+            dst: peer(snap, names, ep(e.key.dst), e.key.dst),
+            dst_addr: Some(e.key.dst),
+            dport: e.key.dport,
+            // The table's own (kebab-case) names.
+            state: serde_json::to_value(e.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            egress_rule: rule_text(snap, e.adm.egress_rule),
+            ingress_rule: rule_text(snap, e.adm.ingress_rule),
+            generation: e.adm.generation,
+            expires_in_ms: e.expires_in_ns / 1_000_000,
+            pickup: e.pickup,
+        })
+        .collect();
+    weir_model::ipc::ConntrackReply {
+        entries,
+        next: next.map(|n| n as u64),
+    }
+}
+
 /// One line per record for the terminal.
 pub fn line(r: &FlowRecord) -> String {
     let ns = r.time_unix_ns;

@@ -84,6 +84,8 @@ struct Shared {
     applied: Mutex<u64>,
     rates: Mutex<Rates>,
     stop: AtomicBool,
+    /// The node's name (conntrack dump records).
+    node: String,
 }
 
 #[derive(Default, Clone)]
@@ -130,6 +132,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         applied: Mutex::new(applied),
         rates: Mutex::new(Rates::default()),
         stop: AtomicBool::new(false),
+        node: opts.node.clone(),
     });
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
@@ -285,6 +288,22 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
             Ok(Request::Flows { since }) => {
                 let (records, last) = shared.flows.lock().expect("lock").since(since);
                 Reply::with(&FlowsReply { records, last })
+            }
+            Ok(Request::Conntrack { from, max }) => {
+                match shared.dp.lock().expect("lock").as_ref() {
+                    Some(dp) => {
+                        let snap = shared.snap.lock().expect("lock");
+                        let names = shared.names.lock().expect("lock");
+                        Reply::with(&crate::flows::conntrack_page(
+                            dp,
+                            &snap,
+                            &names,
+                            &shared.node,
+                            (from, max),
+                        ))
+                    }
+                    None => Reply::err("dataplane not running".to_string()),
+                }
             }
             Ok(Request::Shutdown) => {
                 shared.stop.store(true, Ordering::Relaxed);

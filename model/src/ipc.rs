@@ -136,6 +136,39 @@ pub struct DnsRecord {
     pub rcode: Option<u8>,
 }
 
+/// One live conntrack entry of a node (`conntrack` request), in the
+/// flow's original direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConntrackRecord {
+    pub node: String,
+    pub protocol: String,
+    /// `namespace/pod`, or the address when it is no pod.
+    pub src: String,
+    pub src_addr: Option<IpAddr>,
+    pub sport: u16,
+    pub dst: String,
+    pub dst_addr: Option<IpAddr>,
+    pub dport: u16,
+    /// `established`, `syn-sent`, `replied`, ... (the table's state).
+    pub state: String,
+    pub egress_rule: String,
+    pub ingress_rule: String,
+    /// Policy generation (low 32 bits) the flow was admitted under.
+    pub generation: u32,
+    pub expires_in_ms: u64,
+    pub pickup: bool,
+}
+
+/// A node dataplane's answer to `conntrack`: one page of live entries, and
+/// where the next page starts (`None`: this was the last).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConntrackReply {
+    pub entries: Vec<ConntrackRecord>,
+    pub next: Option<u64>,
+}
+
 /// A node dataplane's answer to `flows`: records after `since`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
