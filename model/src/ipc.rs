@@ -69,6 +69,14 @@ pub struct NodeStatus {
     pub tx_pps: f64,
     /// `None` while the dataplane is not up yet.
     pub dataplane: Option<DataplaneStatus>,
+    /// When the node's dataplane last applied a snapshot (Unix ns; 0:
+    /// unknown).
+    #[serde(default)]
+    pub applied_unix_ns: u64,
+    /// How long after the agent wrote that snapshot it was applied (ns:
+    /// publish → applied on this node).
+    #[serde(default)]
+    pub apply_latency_ns: u64,
 }
 
 /// One flow-log record as `weir flows` shows it.

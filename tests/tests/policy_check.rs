@@ -751,4 +751,13 @@ fn suggest_l7_from_live_requests_narrows_http_rules() {
         c.drops("l7-denied") >= denied_before + 3,
         "weir denied nothing"
     );
+    // `weir status` shows the node's time fields (uptime, last apply).
+    let st = c.weir(&["status"]);
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.lines().any(|l| l.starts_with("up ")
+            && l.contains("snapshot applied")
+            && l.contains("after it was published")),
+        "{st}"
+    );
 }
