@@ -761,3 +761,88 @@ fn suggest_l7_from_live_requests_narrows_http_rules() {
         "{st}"
     );
 }
+
+/// The same inputs through Policy Assistant (kubernetes-sigs/network-policy-api,
+/// ex-cyclonus) and `weir policy check`: docs/examples/policy-assistant
+/// (pods a, b, c in namespaces x and y; one NetworkPolicy). The two truth
+/// tables for TCP/80 must agree cell by cell (Policy Assistant does not
+/// probe a pod to itself: the diagonal is left out). Ignored by default:
+/// it needs the binary from scripts/policy-assistant-build.sh (its module
+/// is not on the Go module proxy). Run: `WEIR_PA_BIN=... cargo test -p
+/// weir-tests --test policy_check -- --ignored policy_assistant`.
+#[test]
+#[ignore = "needs Policy Assistant: scripts/policy-assistant-build.sh"]
+fn policy_assistant_agrees_on_the_same_inputs() {
+    let dir = weir_tests::k8s::repo().join("docs/examples/policy-assistant");
+    let pa = std::env::var("WEIR_PA_BIN").unwrap_or_else(|_| {
+        let out = std::process::Command::new(
+            weir_tests::k8s::repo().join("scripts/policy-assistant-build.sh"),
+        )
+        .output()
+        .expect("scripts/policy-assistant-build.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    let tmp = std::env::temp_dir().join(weir_tests::unique_name("pa"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(dir.join("np.yaml"), tmp.join("np.yaml")).unwrap();
+    let out = std::process::Command::new(&pa)
+        .args(["analyze", "--mode", "probe", "--policy-path"])
+        .arg(&tmp)
+        .arg("--probe-path")
+        .arg(dir.join("probe.json"))
+        .output()
+        .expect("policy-assistant");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    // The "Combined:" table: rows `| x/a | # | . | X | ...`.
+    let combined = text.split("Combined:").nth(1).expect("Combined table");
+    let mut pa_cells = std::collections::BTreeMap::new();
+    let mut cols: Vec<String> = Vec::new();
+    for l in combined.lines().filter(|l| l.starts_with('|')) {
+        let f: Vec<String> = l
+            .trim_matches('|')
+            .split('|')
+            .map(|s| s.trim().to_lowercase())
+            .collect();
+        if f[0].is_empty() {
+            cols = f[1..].to_vec();
+            continue;
+        }
+        for (j, v) in f[1..].iter().enumerate() {
+            if v != "#" {
+                pa_cells.insert((f[0].clone(), cols[j].clone()), v == ".");
+            }
+        }
+    }
+    assert_eq!(pa_cells.len(), 30, "{text}");
+    let weir = std::process::Command::new(weir_tests::weir_bin())
+        .args(["policy", "check", "-o", "json", "-f"])
+        .arg(dir.join("cluster.yaml"))
+        .arg("-f")
+        .arg(dir.join("np.yaml"))
+        .output()
+        .expect("weir policy check");
+    let v: Value = serde_json::from_slice(&weir.stdout).expect("json");
+    let m = block(&v, 80, "TCP", "ipv4");
+    let (from, to) = (strings(&m["from"]), strings(&m["to"]));
+    let mut differ = Vec::new();
+    for (i, f) in from.iter().enumerate() {
+        for (j, t) in to.iter().enumerate() {
+            if let Some(&p) = pa_cells.get(&(f.clone(), t.clone())) {
+                if m["connected"][i][j].as_bool() != Some(p) {
+                    differ.push(format!(
+                        "{f} -> {t}: weir {} policy-assistant {p}",
+                        m["connected"][i][j]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{differ:?}\n{text}");
+}
