@@ -124,6 +124,271 @@ pub struct Report {
     pub workers: Vec<WorkerReport>,
     pub cores: Vec<CoreReport>,
     pub advice: Vec<Advice>,
+    /// The nodes' interfaces: IRQ affinity and RPS masks ([`interfaces`]).
+    pub interfaces: Vec<IfaceReport>,
+}
+
+/// One interface the dataplane serves: where the kernel runs its receive
+/// work — the IRQs of a device (none on a veth) and the RPS masks of its
+/// receive queues.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IfaceReport {
+    pub node: String,
+    pub name: String,
+    pub underlay: bool,
+    /// No device behind it (veth, ...): it has no IRQs.
+    pub virtual_device: bool,
+    pub irqs: Vec<IrqReport>,
+    pub rps: Vec<RpsReport>,
+    /// Why nothing could be read, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IrqReport {
+    pub irq: u32,
+    /// `/proc/irq/N/smp_affinity_list` as the kernel writes it.
+    pub affinity: String,
+    pub cpus: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RpsReport {
+    /// `rx-0`, ...
+    pub queue: String,
+    /// `rps_cpus` as the kernel writes it (a hex mask, `0`: RPS off).
+    pub mask: String,
+    pub cpus: Vec<usize>,
+}
+
+/// The CPUs of a hex CPU mask (`rps_cpus`, `smp_affinity`: 32-bit groups
+/// separated by commas, most significant first).
+pub fn parse_cpu_mask(mask: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    let groups: Vec<&str> = mask.trim().split(',').collect();
+    for (i, g) in groups.iter().rev().enumerate() {
+        let v = u32::from_str_radix(g, 16).ok()?;
+        for b in 0..32 {
+            if v & (1 << b) != 0 {
+                cpus.push(i * 32 + b);
+            }
+        }
+    }
+    cpus.sort_unstable();
+    Some(cpus)
+}
+
+/// The CPUs of a CPU list (`smp_affinity_list`: `0-3,5`).
+pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                if b < a || b - a > 4096 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// IRQ numbers of `/proc/interrupts` lines whose action names `dev`
+/// (`eth0`, `eth0-TxRx-0`, ...).
+pub fn irqs_named(interrupts: &str, dev: &str) -> Vec<u32> {
+    interrupts
+        .lines()
+        .filter_map(|l| {
+            let (n, rest) = l.trim_start().split_once(':')?;
+            let n: u32 = n.parse().ok()?;
+            let named = rest.split_whitespace().any(|w| {
+                w.trim_end_matches(',') == dev
+                    || w.strip_prefix(dev)
+                        .is_some_and(|r| r.starts_with('-') || r.starts_with('@'))
+            });
+            named.then_some(n)
+        })
+        .collect()
+}
+
+/// Lists, inside the node's network namespace (`ip netns exec`, which
+/// mounts that namespace's sysfs), for each interface: `missing DEV`,
+/// `virtual DEV` (no device: no IRQs), `msi DEV N` (the device's MSI IRQs)
+/// and `rps DEV rx-Q MASK`.
+const SYSFS_SCRIPT: &str = r#"for d in "$@"; do
+  p=/sys/class/net/$d
+  if [ ! -e "$p" ]; then echo "missing $d"; continue; fi
+  if [ -e "$p/device" ]; then
+    for m in "$p"/device/msi_irqs/* "$p"/device/../msi_irqs/*; do
+      [ -e "$m" ] && echo "msi $d ${m##*/}"
+    done
+  else
+    echo "virtual $d"
+  fi
+  for q in "$p"/queues/rx-*; do
+    [ -e "$q/rps_cpus" ] && echo "rps $d ${q##*/} $(cat "$q/rps_cpus")"
+  done
+done"#;
+
+fn iface_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// Reads the IRQ affinity and RPS masks of every interface the nodes'
+/// dataplanes serve (`ports` of their status), `netns_of` giving each
+/// node's network namespace. The IRQs of a device are its MSI IRQs and the
+/// `/proc/interrupts` lines that name it; their affinity comes from
+/// `/proc/irq/N/smp_affinity_list` (both are global, not per namespace).
+pub fn interfaces(
+    status: &ClusterStatus,
+    node: Option<&str>,
+    netns_of: impl Fn(&str) -> Option<String>,
+) -> Vec<IfaceReport> {
+    let interrupts = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let mut out = Vec::new();
+    for n in &status.nodes {
+        if node.is_some_and(|x| x != n.node) {
+            continue;
+        }
+        let Some(dp) = n.status.as_ref().and_then(|s| s.dataplane.as_ref()) else {
+            continue;
+        };
+        let ports: Vec<&weir_model::status::PortStatus> =
+            dp.ports.iter().filter(|p| iface_name_ok(&p.name)).collect();
+        if ports.is_empty() {
+            continue;
+        }
+        let listing = match netns_of(&n.node) {
+            Some(ns) => std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "sh", "-c", SYSFS_SCRIPT, "sh"])
+                .args(ports.iter().map(|p| p.name.as_str()))
+                .output()
+                .map_err(|e| format!("ip netns exec {ns}: {e}"))
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+                    } else {
+                        Err(format!(
+                            "ip netns exec {ns}: {}",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ))
+                    }
+                }),
+            None => Err("no network namespace known for the node".to_string()),
+        };
+        for p in ports {
+            let mut r = IfaceReport {
+                node: n.node.clone(),
+                name: p.name.clone(),
+                underlay: p.underlay,
+                ..Default::default()
+            };
+            match &listing {
+                Err(e) => r.error = Some(e.clone()),
+                Ok(text) => {
+                    let mut irqs = irqs_named(&interrupts, &p.name);
+                    for l in text.lines() {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        match f.as_slice() {
+                            ["missing", d] if *d == p.name => {
+                                r.error = Some("not found in the node's namespace".into())
+                            }
+                            ["virtual", d] if *d == p.name => r.virtual_device = true,
+                            ["msi", d, irq] if *d == p.name => {
+                                irqs.extend(irq.parse::<u32>().ok());
+                            }
+                            ["rps", d, q, mask] if *d == p.name => r.rps.push(RpsReport {
+                                queue: q.to_string(),
+                                mask: mask.to_string(),
+                                cpus: parse_cpu_mask(mask).unwrap_or_default(),
+                            }),
+                            _ => {}
+                        }
+                    }
+                    irqs.sort_unstable();
+                    irqs.dedup();
+                    r.irqs = irqs
+                        .into_iter()
+                        .map(|irq| {
+                            let affinity = std::fs::read_to_string(format!(
+                                "/proc/irq/{irq}/smp_affinity_list"
+                            ))
+                            .map(|s| s.trim().to_string())
+                            .unwrap_or_default();
+                            IrqReport {
+                                irq,
+                                cpus: parse_cpu_list(&affinity).unwrap_or_default(),
+                                affinity,
+                            }
+                        })
+                        .collect();
+                }
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Advice from the interfaces: an RPS mask or an IRQ's affinity that puts
+/// the kernel's receive work on a core where one of the node's workers
+/// runs (they then share the core; docs/observability.md, "Cores").
+pub fn interface_advice(workers: &[WorkerReport], ifaces: &[IfaceReport]) -> Vec<Advice> {
+    let mut out = Vec::new();
+    for i in ifaces {
+        let cores: BTreeMap<usize, usize> = workers
+            .iter()
+            .filter(|w| w.node == i.node)
+            .filter_map(|w| w.core.map(|c| (c, w.worker)))
+            .collect();
+        for q in &i.rps {
+            for c in q.cpus.iter().filter(|c| cores.contains_key(c)) {
+                let w = cores[c];
+                out.push(Advice {
+                    kind: "rps".into(),
+                    node: Some(i.node.clone()),
+                    worker: Some(w),
+                    core: Some(*c),
+                    flag: String::new(),
+                    to: None,
+                    text: format!(
+                        "RPS steers {}'s {} receive work (rps_cpus {}) onto core {c}, where worker {}/{w} runs: leave core {c} out of /sys/class/net/{}/queues/{}/rps_cpus in the node's namespace (0 turns RPS off)",
+                        i.name, q.queue, q.mask, i.node, i.name, q.queue
+                    ),
+                });
+            }
+        }
+        for irq in &i.irqs {
+            // An IRQ allowed on every CPU is not a placement.
+            if irq.cpus.len() > 1 && irq.cpus.iter().all(|c| cores.contains_key(c)) {
+                continue;
+            }
+            if let [c] = irq.cpus.as_slice() {
+                if let Some(&w) = cores.get(c) {
+                    out.push(Advice {
+                        kind: "irq".into(),
+                        node: Some(i.node.clone()),
+                        worker: Some(w),
+                        core: Some(*c),
+                        flag: String::new(),
+                        to: None,
+                        text: format!(
+                            "IRQ {} of {} is pinned to core {c}, where worker {}/{w} runs: move it (/proc/irq/{}/smp_affinity_list) or the worker",
+                            irq.irq, i.name, i.node, irq.irq
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -327,6 +592,7 @@ pub fn analyse(a: &Sample, b: &Sample, node: Option<&str>) -> Report {
         workers,
         cores,
         advice,
+        interfaces: Vec::new(),
     }
 }
 
@@ -496,6 +762,49 @@ pub fn render(r: &Report) -> String {
             c.workers.join(" ")
         );
     }
+    if !r.interfaces.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<10} {:<16} {:<28} RPS (rx queue: cpus)",
+            "NODE", "INTERFACE", "IRQS (irq: cpus)"
+        );
+        for i in &r.interfaces {
+            let irqs = if let Some(e) = &i.error {
+                e.clone()
+            } else if i.virtual_device {
+                "none (virtual device)".to_string()
+            } else if i.irqs.is_empty() {
+                "none found".to_string()
+            } else {
+                i.irqs
+                    .iter()
+                    .map(|q| format!("{}: {}", q.irq, q.affinity))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let rps: Vec<String> = i
+                .rps
+                .iter()
+                .map(|q| {
+                    if q.cpus.is_empty() {
+                        format!("{}: off", q.queue)
+                    } else {
+                        let c: Vec<String> = q.cpus.iter().map(|c| c.to_string()).collect();
+                        format!("{}: {}", q.queue, c.join(","))
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<10} {:<16} {:<28} {}",
+                i.node,
+                i.name,
+                irqs,
+                rps.join(" ")
+            );
+        }
+    }
     let _ = writeln!(s);
     for a in &r.advice {
         let _ = writeln!(s, "advice: {}", a.text);
@@ -506,6 +815,46 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_masks_lists_and_interrupt_names() {
+        assert_eq!(parse_cpu_mask("0"), Some(vec![]));
+        assert_eq!(parse_cpu_mask("6\n"), Some(vec![1, 2]));
+        assert_eq!(parse_cpu_mask("00000001,80000000"), Some(vec![31, 32]));
+        assert_eq!(parse_cpu_mask("xyz"), None);
+        assert_eq!(parse_cpu_list("0-2,5\n"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        let interrupts = "           CPU0       CPU1
+  24:    1  2  PCI-MSI 512000-edge      eth0-TxRx-0
+  25:    1  2  PCI-MSI 512001-edge      eth0-TxRx-1
+  26:    1  2  PCI-MSI 512002-edge      eth01
+  27:    1  2  PCI-MSI 512003-edge      eth0
+ NMI:    0  0  Non-maskable interrupts
+";
+        assert_eq!(irqs_named(interrupts, "eth0"), vec![24, 25, 27]);
+        assert!(irqs_named(interrupts, "veth1").is_empty());
+    }
+
+    #[test]
+    fn rps_on_a_worker_core_is_advice() {
+        let w = worker(1, "adaptive", 10.0, 0.0, 10.0);
+        let mut i = IfaceReport {
+            node: w.node.clone(),
+            name: "wp1".into(),
+            virtual_device: true,
+            rps: vec![RpsReport {
+                queue: "rx-0".into(),
+                mask: "2".into(),
+                cpus: vec![1],
+            }],
+            ..Default::default()
+        };
+        let a = interface_advice(std::slice::from_ref(&w), std::slice::from_ref(&i));
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].kind.as_str(), a[0].core), ("rps", Some(1)));
+        i.rps[0].cpus = vec![0];
+        assert!(interface_advice(&[w], &[i]).is_empty());
+    }
 
     #[test]
     fn parses_proc_stat_and_softirqs() {

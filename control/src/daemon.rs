@@ -231,6 +231,9 @@ impl Daemon {
             Request::Flows { .. } => {
                 Err(anyhow::anyhow!("flows are served by each node's dataplane"))
             }
+            Request::Conntrack { .. } => Err(anyhow::anyhow!(
+                "conntrack is served by each node's dataplane"
+            )),
             Request::Cni(call) => Ok(crate::cni_server::handle(self, &call)),
             Request::Shutdown => to_value(Empty {}),
         };

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use weir_dataplane::flows::{FlowEvent, FlowKind};
 use weir_dataplane::policy::RuleId;
 use weir_dataplane::Snapshot;
-use weir_model::ipc::{FlowRecord, L7Record};
+use weir_model::ipc::{DnsRecord, FlowRecord, L7Record};
 
 /// Records kept per node for `weir flows`.
 pub const KEEP: usize = 20_000;
@@ -120,6 +120,7 @@ pub fn render(
             FlowKind::Drop => "drop",
             FlowKind::Revoked => "revoked",
             FlowKind::Related => "related",
+            FlowKind::L7 => "l7",
         }
         .to_string(),
         verdict: verdict.to_string(),
@@ -136,11 +137,75 @@ pub fn render(
         ingress_rule: rule_text(snap, ev.ingress_rule),
         generation: ev.generation,
         pickup: ev.pickup,
-        l7: ev.l7.map(|n| L7Record {
-            reason: n.reason.as_str().to_string(),
+        // An allowed DNS query is no HTTP request: `dns` only (a refused one
+        // keeps its `l7` note too, as before).
+        l7: ev.l7.filter(|n| !(n.dns && ev.allowed)).map(|n| L7Record {
+            reason: if ev.allowed {
+                String::new()
+            } else {
+                n.reason.as_str().to_string()
+            },
             method: n.method().to_string(),
             path: n.path().to_string(),
+            host: n.host().to_string(),
+            status: (n.status != 0).then_some(n.status),
         }),
+        dns: ev.l7.filter(|n| n.dns).map(|n| DnsRecord {
+            name: n.dns_name().to_string(),
+            rcode: n.rcode,
+        }),
+    }
+}
+
+/// Most entries one `conntrack` request returns.
+pub const CONNTRACK_PAGE_MAX: u32 = 4096;
+
+/// One page of the node's live conntrack entries (`conntrack` request):
+/// from bucket `from`, about `max` entries (at most
+/// [`CONNTRACK_PAGE_MAX`]), named as flow records are.
+pub fn conntrack_page(
+    dp: &weir_dataplane::runtime::Dataplane,
+    snap: &Snapshot,
+    names: &Names,
+    node: &str,
+    (from, max): (u64, u32),
+) -> weir_model::ipc::ConntrackReply {
+    let mut out = Vec::new();
+    let max = max.clamp(1, CONNTRACK_PAGE_MAX) as usize;
+    let next = dp.conntrack_page(usize::try_from(from).unwrap_or(usize::MAX), max, &mut out);
+    let ep = |a: IpAddr| {
+        match a {
+            IpAddr::V4(a) => snap.endpoint_by_v4(a),
+            IpAddr::V6(a) => snap.endpoint_by_v6(a),
+        }
+        .map(|(i, _)| i)
+    };
+    let entries = out
+        .iter()
+        .map(|e| weir_model::ipc::ConntrackRecord {
+            node: node.to_string(),
+            protocol: proto_name(e.key.proto),
+            src: peer(snap, names, ep(e.key.src), e.key.src),
+            src_addr: Some(e.key.src),
+            sport: e.key.sport,
+            dst: peer(snap, names, ep(e.key.dst), e.key.dst),
+            dst_addr: Some(e.key.dst),
+            dport: e.key.dport,
+            // The table's own (kebab-case) names.
+            state: serde_json::to_value(e.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            egress_rule: rule_text(snap, e.adm.egress_rule),
+            ingress_rule: rule_text(snap, e.adm.ingress_rule),
+            generation: e.adm.generation,
+            expires_in_ms: e.expires_in_ns / 1_000_000,
+            pickup: e.pickup,
+        })
+        .collect();
+    weir_model::ipc::ConntrackReply {
+        entries,
+        next: next.map(|n| n as u64),
     }
 }
 
@@ -172,11 +237,26 @@ pub fn line(r: &FlowRecord) -> String {
         "  egress: {}  ingress: {}",
         r.egress_rule, r.ingress_rule
     ));
-    if let Some(l7) = &r.l7 {
-        s.push_str(&format!(
-            "  http: {} {} ({})",
-            l7.method, l7.path, l7.reason
-        ));
+    match (&r.l7, &r.dns) {
+        (_, Some(d)) => {
+            s.push_str(&format!("  dns: {}", d.name));
+            if let Some(rc) = d.rcode {
+                s.push_str(&format!(" rcode={rc}"));
+            }
+        }
+        (Some(l7), None) => {
+            s.push_str(&format!("  http: {} {}", l7.method, l7.path));
+            if !l7.host.is_empty() {
+                s.push_str(&format!(" host={}", l7.host));
+            }
+            if let Some(st) = l7.status {
+                s.push_str(&format!(" status={st}"));
+            }
+            if !l7.reason.is_empty() {
+                s.push_str(&format!(" ({})", l7.reason));
+            }
+        }
+        (None, None) => {}
     }
     if r.audit {
         s.push_str("  [AUDIT: would drop]");
@@ -468,6 +548,7 @@ mod filter_tests {
             generation: 1,
             pickup: false,
             l7: None,
+            dns: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub enum Request {
     Cni(crate::cni_server::CniCall),
     /// Stop (daemon: everything it runs).
     Shutdown,
+    /// Dataplane: one page of the live conntrack entries, from bucket
+    /// `from`, about `max` entries (read-only; the workers go on).
+    Conntrack { from: u64, max: u32 },
 }
 
 /// The reply envelope and the typed payloads are plain data: [`weir_model::ipc`].

@@ -754,11 +754,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             window,
             output,
         } => {
-            let r = weir_control::cores::measure(
+            let mut r = weir_control::cores::measure(
                 || daemon_call(&state, &Request::Status),
                 Duration::from_millis(window),
                 node.as_deref(),
             )?;
+            // Where the kernel's receive work for the nodes' interfaces
+            // runs: IRQ affinity and RPS masks.
+            let v: ClusterStatus = daemon_call(&state, &Request::Status)?;
+            let cluster = weir_topo::Cluster::load(&state.cluster_file()).ok();
+            r.interfaces = weir_control::cores::interfaces(&v, node.as_deref(), |n| {
+                cluster
+                    .as_ref()
+                    .and_then(|c| c.node(n))
+                    .map(|n| n.netns.clone())
+            });
+            let more = weir_control::cores::interface_advice(&r.workers, &r.interfaces);
+            if !more.is_empty() {
+                r.advice.retain(|a| a.kind != "ok");
+                r.advice.extend(more);
+            }
             anyhow::ensure!(
                 !r.workers.is_empty(),
                 "{}: no weir worker answered in both samples (weir status shows why)",

@@ -84,6 +84,24 @@ struct Shared {
     applied: Mutex<u64>,
     rates: Mutex<Rates>,
     stop: AtomicBool,
+    /// The node's name (conntrack dump records).
+    node: String,
+    /// When the node last applied a snapshot (Unix ns) and how long after
+    /// the agent wrote it (ns).
+    apply_times: Mutex<(u64, u64)>,
+}
+
+/// Now (Unix ns), and how long after `written` (the snapshot file's
+/// mtime) that is.
+fn apply_times(written: Option<SystemTime>) -> (u64, u64) {
+    let now = SystemTime::now();
+    let unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let latency = written
+        .and_then(|w| now.duration_since(w).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    (unix, latency)
 }
 
 #[derive(Default, Clone)]
@@ -130,6 +148,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         applied: Mutex::new(applied),
         rates: Mutex::new(Rates::default()),
         stop: AtomicBool::new(false),
+        node: opts.node.clone(),
+        apply_times: Mutex::new(apply_times(mtime)),
     });
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
@@ -179,6 +199,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                                         }
                                         applied = g;
                                         *shared.applied.lock().expect("lock") = g;
+                                        *shared.apply_times.lock().expect("lock") =
+                                            apply_times(mtime);
                                         log::info!("applied generation {g}");
                                     }
                                     Err(e) => log::error!("generation {g} not applied: {e}"),
@@ -275,16 +297,35 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
                     .as_ref()
                     .map(|dp| dp.status());
                 let r = shared.rates.lock().expect("lock").clone();
+                let (applied_unix_ns, apply_latency_ns) = *shared.apply_times.lock().expect("lock");
                 Reply::with(&NodeStatus {
                     generation: *shared.applied.lock().expect("lock"),
                     rx_pps: r.rx_pps,
                     tx_pps: r.tx_pps,
                     dataplane: status,
+                    applied_unix_ns,
+                    apply_latency_ns,
                 })
             }
             Ok(Request::Flows { since }) => {
                 let (records, last) = shared.flows.lock().expect("lock").since(since);
                 Reply::with(&FlowsReply { records, last })
+            }
+            Ok(Request::Conntrack { from, max }) => {
+                match shared.dp.lock().expect("lock").as_ref() {
+                    Some(dp) => {
+                        let snap = shared.snap.lock().expect("lock");
+                        let names = shared.names.lock().expect("lock");
+                        Reply::with(&crate::flows::conntrack_page(
+                            dp,
+                            &snap,
+                            &names,
+                            &shared.node,
+                            (from, max),
+                        ))
+                    }
+                    None => Reply::err("dataplane not running".to_string()),
+                }
             }
             Ok(Request::Shutdown) => {
                 shared.stop.store(true, Ordering::Relaxed);

@@ -209,7 +209,7 @@ pub fn render(r: &Report) -> String {
     s
 }
 
-/// An established flow (from the dataplanes' flow logs) that a change cuts.
+/// An established flow (from the nodes' conntrack tables) that a change cuts.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CutFlow {
     pub node: String,
@@ -220,6 +220,8 @@ pub struct CutFlow {
     pub dport: u16,
     /// The new verdict, as `weir explain` prints it.
     pub why: String,
+    /// The conntrack entry's state (`established`, `replied`, ...).
+    pub state: String,
 }
 
 /// What `weir policy diff` reports.
@@ -333,45 +335,56 @@ pub fn read_texts(files: &[PathBuf]) -> anyhow::Result<(String, String)> {
     Ok((text, source))
 }
 
-/// Flows the dataplanes admitted (`new` records of the flow logs, pod to
-/// pod, TCP/UDP/SCTP) and did not revoke since, that `input` denies.
-fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlow>> {
-    use weir_model::ipc::{FlowRecord, FlowsReply};
+/// Most conntrack entries `diff` reads per node (pages of
+/// [`crate::flows::CONNTRACK_PAGE_MAX`]).
+const CONNTRACK_DUMP_MAX: usize = 1 << 20;
+
+/// Every node's live conntrack entries, read page by page (the workers go
+/// on forwarding meanwhile).
+fn conntrack_dump(state: &StateDir) -> anyhow::Result<Vec<weir_model::ipc::ConntrackRecord>> {
+    use weir_model::ipc::ConntrackReply;
     let c = Cluster::load(&state.cluster_file())
         .with_context(|| format!("cluster {}: not up", state.cluster))?;
-    let mut records: Vec<FlowRecord> = Vec::new();
+    let mut out = Vec::new();
     for n in crate::agent::weir_nodes(&c) {
-        let v: FlowsReply = crate::ipc::request(
-            &state.dataplane_sock(&n.name),
-            &crate::ipc::Request::Flows { since: 0 },
-            std::time::Duration::from_secs(5),
-        )
-        .with_context(|| format!("flows of node {}", n.name))?;
-        records.extend(v.records);
-    }
-    let key = |r: &FlowRecord| {
-        (
-            r.node.clone(),
-            r.protocol.clone(),
-            r.src_addr,
-            r.sport,
-            r.dst_addr,
-            r.dport,
-        )
-    };
-    let mut live: Vec<FlowRecord> = Vec::new();
-    for r in records {
-        match r.kind.as_str() {
-            "new" if r.verdict != "denied" => {
-                live.retain(|x| key(x) != key(&r));
-                live.push(r);
+        let mut from = Some(0u64);
+        let mut got = 0usize;
+        while let Some(f) = from {
+            let v: ConntrackReply = crate::ipc::request(
+                &state.dataplane_sock(&n.name),
+                &crate::ipc::Request::Conntrack {
+                    from: f,
+                    max: crate::flows::CONNTRACK_PAGE_MAX,
+                },
+                std::time::Duration::from_secs(5),
+            )
+            .with_context(|| format!("conntrack of node {}", n.name))?;
+            got += v.entries.len();
+            out.extend(v.entries);
+            from = v.next;
+            if got >= CONNTRACK_DUMP_MAX {
+                anyhow::bail!(
+                    "conntrack of node {}: more than {CONNTRACK_DUMP_MAX} entries, not read further",
+                    n.name
+                );
             }
-            "revoked" => live.retain(|x| key(x) != key(&r)),
-            _ => {}
         }
     }
+    Ok(out)
+}
+
+/// The established flows of every node's conntrack table (pod to pod,
+/// TCP/UDP/SCTP; TCP flows closing or closed, and revoked tombstones, are
+/// not listed) that `input` denies: those applying it revokes.
+fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlow>> {
     let mut out = Vec::new();
-    for r in live {
+    for r in conntrack_dump(state)? {
+        if matches!(
+            r.state.as_str(),
+            "fin-wait" | "last-ack" | "time-wait" | "close" | "denied"
+        ) {
+            continue;
+        }
         let (Some(from), Some(to)) = (r.src.split_once('/'), r.dst.split_once('/')) else {
             continue;
         };
@@ -393,9 +406,14 @@ fn cut_flows(state: &StateDir, input: &PolicyInput) -> anyhow::Result<Vec<CutFlo
                 dst: r.dst.clone(),
                 dport: r.dport,
                 why: format!("egress: {}; ingress: {}", e.egress.text, e.ingress.text),
+                state: r.state.clone(),
             });
         }
     }
+    out.sort_by(|a, b| {
+        (&a.node, &a.src, &a.dst, a.dport, a.sport)
+            .cmp(&(&b.node, &b.src, &b.dst, b.dport, b.sport))
+    });
     Ok(out)
 }
 
@@ -512,11 +530,12 @@ pub fn suggest(state: &StateDir, args: &SuggestArgs) -> anyhow::Result<i32> {
         };
         let key = (r.src.clone(), r.dst.clone(), protocol, r.dport);
         if let Some(l7) = &r.l7 {
-            // The dataplane notes the HTTP requests it denies; an allowed
-            // request head, when recorded, shapes the `--l7` rules.
+            // Denied requests are counted; allowed request heads (kind `l7`,
+            // the request's own record: not the response's, which carries
+            // the status) shape the `--l7` rules.
             if r.verdict == "denied" {
                 l7_denied += 1;
-            } else if !l7.method.is_empty() {
+            } else if !l7.method.is_empty() && l7.status.is_none() && r.dns.is_none() {
                 http.push((key, (l7.method.clone(), l7.path.clone())));
             }
             continue;
@@ -557,7 +576,7 @@ pub fn suggest(state: &StateDir, args: &SuggestArgs) -> anyhow::Result<i32> {
     );
     if args.l7 && observed.iter().all(|o| o.http.is_empty()) {
         eprintln!(
-            "--l7: no allowed HTTP request heads in the flow logs (the dataplane records the requests it denies: {l7_denied} here); the suggestion is L4 only"
+            "--l7: no allowed HTTP request heads in the flow logs (only flows already under WeirPolicy http rules are inspected and recorded; {l7_denied} denied request(s) here); the suggestion is L4 only"
         );
     }
     for m in &s.missing {

@@ -38,6 +38,7 @@ pub fn render(v: &ClusterStatus) -> String {
             "\nnode {name}: generation {}  poll {poll}  rx {:.0} pps  tx {:.0} pps",
             s.generation, s.rx_pps, s.tx_pps,
         );
+        out.push_str(&times_line(s, &dp, now_unix_ns()));
         let rows: Vec<Vec<String>> = dp
             .workers
             .iter()
@@ -118,6 +119,39 @@ pub fn render(v: &ClusterStatus) -> String {
         }
     }
     out
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A duration for people: `850ms`, `42s`, `3m20s`, `5h07m`, `2d03h`.
+fn human(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    match s {
+        0 => format!("{}ms", ns / 1_000_000),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// `up 3m20s  snapshot applied 12s ago, 48ms after it was published` —
+/// the time fields of `-o json` (`dataplane.uptime_ns`, `applied_unix_ns`,
+/// `apply_latency_ns`).
+fn times_line(s: &weir_model::ipc::NodeStatus, dp: &DataplaneStatus, now: u64) -> String {
+    let mut parts = vec![format!("up {}", human(dp.uptime_ns))];
+    if s.applied_unix_ns > 0 {
+        parts.push(format!(
+            "snapshot applied {} ago, {} after it was published",
+            human(now.saturating_sub(s.applied_unix_ns)),
+            human(s.apply_latency_ns)
+        ));
+    }
+    format!("{}\n", parts.join("  "))
 }
 
 /// The kernel's AF_XDP counters, as `weir status` names them: frames the
@@ -232,6 +266,29 @@ mod tests {
             text.contains("drops: no-route=2 kernel: rx-ring-full=3 tx-invalid=1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn time_fields_are_shown() {
+        let mut v = status(json!({}), json!({}));
+        let now = 1_000_000 * 1_000_000_000u64;
+        let n = v.nodes[0].status.as_mut().unwrap();
+        n.applied_unix_ns = now - 12 * 1_000_000_000;
+        n.apply_latency_ns = 48_000_000;
+        let dp = n.dataplane.as_mut().unwrap();
+        dp.uptime_ns = 200 * 1_000_000_000;
+        let n = v.nodes[0].status.clone().unwrap();
+        let line = times_line(&n, n.dataplane.as_ref().unwrap(), now);
+        assert_eq!(
+            line,
+            "up 3m20s  snapshot applied 12s ago, 48ms after it was published\n"
+        );
+        assert!(render(&v).contains("\nup "), "{}", render(&v));
+        assert_eq!(
+            human(2 * 86_400 * 1_000_000_000 + 3 * 3_600_000_000_000),
+            "2d03h"
+        );
+        assert_eq!(human(5 * 3_600_000_000_000 + 7 * 60_000_000_000), "5h07m");
     }
 
     #[test]

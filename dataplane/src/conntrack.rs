@@ -321,6 +321,19 @@ struct Bucket {
 #[repr(align(64))]
 struct Line(Mutex<Bucket>);
 
+/// One live entry as [`Conntrack::entries`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryView {
+    /// The flow's original direction.
+    pub key: FlowKey,
+    pub state: State,
+    pub adm: Admission,
+    /// Time left before the entry expires.
+    pub expires_in_ns: u64,
+    /// A TCP flow picked up mid-stream.
+    pub pickup: bool,
+}
+
 /// What a packet tells the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seg {
@@ -655,6 +668,45 @@ impl Conntrack {
             .sum()
     }
 
+    /// Read-only page of the live entries (for a dump: `weir policy diff`
+    /// on a running cluster): visits whole buckets from bucket `start`,
+    /// appending each live entry to `out`, and stops after the bucket where
+    /// `out` reached `max` new entries. Returns the bucket to start the next
+    /// page at, or `None` after the last bucket. Takes one bucket's lock at a
+    /// time, never two (the workers go on forwarding; an entry that moves
+    /// between pages may be missed or seen twice, as with any table dump).
+    pub fn entries(
+        &self,
+        start: usize,
+        max: usize,
+        now: u64,
+        out: &mut Vec<EntryView>,
+    ) -> Option<usize> {
+        let first = out.len();
+        for (i, l) in self.buckets.iter().enumerate().skip(start) {
+            {
+                let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+                for w in 0..WAYS {
+                    let e = &b.entries[w];
+                    if b.tags[w] == 0 || e.expires <= now {
+                        continue;
+                    }
+                    out.push(EntryView {
+                        key: e.orig_key(),
+                        state: e.state,
+                        adm: e.adm(),
+                        expires_in_ns: e.expires - now,
+                        pickup: e.flags & PICKUP != 0,
+                    });
+                }
+            }
+            if out.len() - first >= max {
+                return (i + 1 < self.buckets.len()).then_some(i + 1);
+            }
+        }
+        None
+    }
+
     /// Removes every entry with one of `addrs` at either end, live or not
     /// (their endpoint left the node: a later pod with the same address
     /// must not inherit its flows). Returns how many live entries went.
@@ -963,6 +1015,38 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.1.0.3".parse().unwrap();
         assert_eq!(ct.flush_addrs(&[mapped], 1), 0);
         assert_eq!(ct.count(1), 1);
+    }
+
+    #[test]
+    fn entries_pages_through_live_entries_in_their_original_direction() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let mut keys = Vec::new();
+        for i in 0..100u16 {
+            let k = k4([10, 1, 0, 2], 40000 + i, [10, 1, 0, 1], 80, ip_proto::UDP);
+            assert!(matches!(
+                ct.insert(&k, Seg::Other, adm(1), 0),
+                Insert::Inserted { .. }
+            ));
+            keys.push(k);
+        }
+        // A reply seen: the entry still reads in its original direction.
+        ct.track(&rev(&keys[0]), Seg::Other, 1, 1);
+        let mut out = Vec::new();
+        let (mut at, mut pages) = (Some(0), 0);
+        while let Some(start) = at {
+            at = ct.entries(start, 7, 1, &mut out);
+            pages += 1;
+        }
+        assert!(pages > 10, "{pages} pages");
+        let mut got: Vec<FlowKey> = out.iter().map(|e| e.key).collect();
+        got.sort_by_key(|k| k.sport);
+        assert_eq!(got, keys);
+        let first = out.iter().find(|e| e.key == keys[0]).unwrap();
+        assert_eq!((first.state, first.adm), (State::Replied, adm(1)));
+        // Expired entries are not listed.
+        out.clear();
+        assert_eq!(ct.entries(0, usize::MAX, u64::MAX, &mut out), None);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -29,7 +29,16 @@ pub enum FlowKind {
     Revoked,
     /// An ICMP error quoting a tracked flow (passed or dropped with it).
     Related,
+    /// An allowed L7 exchange on an inspected flow: an HTTP request head
+    /// (method, path, host), the status line of the response to it, an
+    /// allowed DNS query name, or the rcode of the answer to it. Sampled:
+    /// see [`FlowLog::push_sampled`].
+    L7,
 }
+
+/// Allowed L7 records a worker queues per second at most (the rest are
+/// counted lost): a busy keep-alive flow cannot flood the log.
+pub const L7_RECORDS_PER_SEC: u64 = 256;
 
 /// One flow-log record. `key` is the packet's own tuple; the rules and
 /// endpoints are those of the flow's original direction.
@@ -59,8 +68,11 @@ pub struct FlowEvent {
     pub l7: Option<L7Note>,
 }
 
-/// What a flow event says about a denied HTTP request: why, and (when a
-/// complete head was judged) its method and the first bytes of its path.
+/// What a flow event says about an HTTP request or a DNS query: for a
+/// denied one why, and (when a complete head was judged) its method and the
+/// first bytes of its path; for an allowed one (kind [`FlowKind::L7`]) its
+/// method, path and host, or the status of the response to it; for DNS the
+/// name (as `path`, method `DNS`) and the answer's rcode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L7Note {
     pub reason: crate::l7::L7Reason,
@@ -68,6 +80,14 @@ pub struct L7Note {
     method_len: u8,
     path: [u8; 48],
     path_len: u8,
+    host: [u8; 32],
+    host_len: u8,
+    /// HTTP status of the response (0: a request record).
+    pub status: u16,
+    /// DNS rcode of the answer (`None`: a query record, or HTTP).
+    pub rcode: Option<u8>,
+    /// A DNS query (name in `path`), not an HTTP request.
+    pub dns: bool,
 }
 
 impl L7Note {
@@ -78,6 +98,44 @@ impl L7Note {
             method_len: 0,
             path: [0; 48],
             path_len: 0,
+            host: [0; 32],
+            host_len: 0,
+            status: 0,
+            rcode: None,
+            dns: false,
+        }
+    }
+
+    /// An allowed HTTP request head (method, path and host truncated to
+    /// 16, 48 and 32 bytes).
+    pub fn http_request(method: &str, path: &str, host: Option<&str>) -> Self {
+        let mut n = L7Note::new(crate::l7::L7Reason::Policy).with_request(method, path);
+        let h = host.unwrap_or("");
+        let hl = h.len().min(n.host.len());
+        n.host[..hl].copy_from_slice(&h.as_bytes()[..hl]);
+        n.host_len = hl as u8;
+        n
+    }
+
+    /// A DNS query for `name` (truncated to 48 bytes).
+    pub fn dns_query(reason: crate::l7::L7Reason, name: &str) -> Self {
+        L7Note {
+            dns: true,
+            ..L7Note::new(reason).with_request("DNS", name)
+        }
+    }
+
+    /// The host the request named (at most 32 bytes).
+    pub fn host(&self) -> &str {
+        std::str::from_utf8(&self.host[..self.host_len as usize]).unwrap_or("")
+    }
+
+    /// The DNS name of a DNS note, else "".
+    pub fn dns_name(&self) -> &str {
+        if self.dns {
+            self.path()
+        } else {
+            ""
         }
     }
 
@@ -105,10 +163,14 @@ impl L7Note {
 impl Serialize for L7Note {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("L7Note", 3)?;
+        let mut st = s.serialize_struct("L7Note", 7)?;
         st.serialize_field("reason", self.reason.as_str())?;
         st.serialize_field("method", self.method())?;
         st.serialize_field("path", self.path())?;
+        st.serialize_field("host", self.host())?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("rcode", &self.rcode)?;
+        st.serialize_field("dns", &self.dns)?;
         st.end()
     }
 }
@@ -119,6 +181,10 @@ pub struct FlowLog {
     queue: ArrayQueue<FlowEvent>,
     lost: Counter,
     pushed: Counter,
+    /// [`Self::push_sampled`]'s window (whole seconds of `time_ns`) and the
+    /// events admitted in it (single writer: the worker).
+    sample_window: Counter,
+    sample_used: Counter,
 }
 
 impl FlowLog {
@@ -128,7 +194,30 @@ impl FlowLog {
             queue: ArrayQueue::new(capacity.max(1)),
             lost: Counter::default(),
             pushed: Counter::default(),
+            sample_window: Counter::default(),
+            sample_used: Counter::default(),
         }
+    }
+
+    /// Queues an allowed L7 event, sampled: at most [`L7_RECORDS_PER_SEC`]
+    /// per second of `ev.time_ns`, and only while the queue is less than half
+    /// full (the other half stays for drops and new flows). The rest are
+    /// counted lost. Only the owning worker calls this.
+    #[inline]
+    pub fn push_sampled(&self, ev: FlowEvent) {
+        let window = ev.time_ns / 1_000_000_000;
+        if self.sample_window.get() != window {
+            self.sample_window.set(window);
+            self.sample_used.set(0);
+        }
+        if self.sample_used.get() >= L7_RECORDS_PER_SEC
+            || self.queue.len() * 2 >= self.queue.capacity()
+        {
+            self.lost.add(1);
+            return;
+        }
+        self.sample_used.add(1);
+        self.push(ev);
     }
 
     /// Queues an event, or counts it lost if the queue is full. Only the
@@ -211,5 +300,40 @@ mod tests {
         let json = serde_json::to_string(&out[0]).unwrap();
         assert!(json.contains("\"kind\":\"drop\""), "{json}");
         assert!(json.contains("\"reason\":\"PolicyDenied\""), "{json}");
+    }
+
+    #[test]
+    fn sampled_pushes_keep_half_the_queue_and_a_rate() {
+        let log = FlowLog::new(8);
+        for t in 0..10 {
+            log.push_sampled(ev(t));
+        }
+        // Half of the queue at most.
+        assert_eq!((log.pushed(), log.lost()), (4, 6));
+        let mut out = Vec::new();
+        log.drain(&mut out);
+        let big = FlowLog::new(4 * L7_RECORDS_PER_SEC as usize);
+        for t in 0..2 * L7_RECORDS_PER_SEC {
+            big.push_sampled(ev(t));
+        }
+        assert_eq!(big.pushed(), L7_RECORDS_PER_SEC);
+        // A new second: a new budget.
+        big.drain(&mut out);
+        big.push_sampled(ev(1_000_000_000));
+        assert_eq!(big.pushed(), L7_RECORDS_PER_SEC + 1);
+    }
+
+    #[test]
+    fn l7_notes_carry_host_status_and_dns() {
+        let mut n = L7Note::http_request("GET", "/api/v1", Some("api.example"));
+        n.status = 200;
+        assert_eq!(
+            (n.method(), n.path(), n.host()),
+            ("GET", "/api/v1", "api.example")
+        );
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.contains("\"status\":200"), "{json}");
+        let d = L7Note::dns_query(crate::l7::L7Reason::DnsRefused, "example.com");
+        assert_eq!((d.dns_name(), n.dns_name()), ("example.com", ""));
     }
 }

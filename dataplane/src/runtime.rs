@@ -541,6 +541,19 @@ impl Dataplane {
         }
     }
 
+    /// One page of the live conntrack entries, read-only (see
+    /// [`Conntrack::entries`]): from bucket `start`, about `max` entries;
+    /// returns where the next page starts (`None`: done). The workers keep
+    /// forwarding while it reads (one bucket lock at a time).
+    pub fn conntrack_page(
+        &self,
+        start: usize,
+        max: usize,
+        out: &mut Vec<crate::conntrack::EntryView>,
+    ) -> Option<usize> {
+        self.conntrack.entries(start, max, monotonic_ns(), out)
+    }
+
     /// Live conntrack entries (visits every bucket; for status, not hot).
     pub fn conntrack_entries(&self) -> usize {
         self.conntrack.count(monotonic_ns())

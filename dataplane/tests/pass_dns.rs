@@ -290,6 +290,18 @@ fn answer_teaches_the_table_and_ttl_expires() {
     assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
     assert_eq!(udp_of(&out).0, resp);
     assert_eq!(st.fqdn().entries().len(), 1);
+    // The allowed query and its answer (rcode 0) are flow records (kind
+    // `l7`): name, and the answer's direction.
+    let l7: Vec<_> = events(&st)
+        .into_iter()
+        .filter(|e| e.kind == weir_dataplane::flows::FlowKind::L7)
+        .collect();
+    assert_eq!(l7.len(), 2, "{l7:?}");
+    let (q, a) = (l7[0].l7.unwrap(), l7[1].l7.unwrap());
+    assert_eq!((q.dns_name(), q.rcode), ("allowed.example", None));
+    assert_eq!((a.dns_name(), a.rcode), ("allowed.example", Some(0)));
+    assert!(l7[0].allowed && l7[0].reason.is_none());
+    assert_eq!((l7[1].key.sport, l7[1].key.dport), (53, 5353));
     // Learned address on the rule's port: allowed by the toFQDNs rule.
     let (v, _) = run(&syn(W, 80), &s, &mut st);
     assert!(matches!(v, Verdict::Tx { port: 2, .. }), "{v:?}");
@@ -299,6 +311,7 @@ fn answer_teaches_the_table_and_ttl_expires() {
         .rev()
         .find(|e| e.key.dst == std::net::IpAddr::from(W))
         .unwrap();
+    assert_eq!(new.kind, weir_dataplane::flows::FlowKind::New);
     assert!(new.allowed);
     assert_eq!(new.egress_rule, RuleId(1));
     // Other port, or an address nobody answered: denied.

@@ -851,3 +851,64 @@ fn held_frames_are_bounded_per_worker() {
         Verdict::Hold { .. }
     ));
 }
+
+/// Allowed requests are flow records too (kind `l7`): the request head's
+/// method, path and host, then the same request with the status of its
+/// response (read from the response's status line). A denied one stays a
+/// `drop` record; a body segment of the response adds nothing.
+#[test]
+fn allowed_requests_and_their_response_status_are_flow_records() {
+    use weir_dataplane::flows::FlowKind;
+    let s = snap();
+    let mut st = WorkerState::new();
+    let seq = open(&s, &mut st);
+    let _ = events(&st);
+    assert!(matches!(
+        req(&s, &mut st, seq, PUBLIC).v,
+        Verdict::Tx { port: 1, .. }
+    ));
+    let ev = events(&st);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let n = ev[0].l7.expect("note");
+    assert_eq!(ev[0].kind, FlowKind::L7);
+    assert!(ev[0].allowed && ev[0].reason.is_none());
+    assert_eq!(
+        (n.method(), n.path(), n.host(), n.status),
+        ("GET", "/public/x", "app1", 0)
+    );
+    assert_eq!((ev[0].key.sport, ev[0].key.dport), (40000, 80));
+    let ack = seq + PUBLIC.len() as u32;
+    let head = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n";
+    let resp = seg(1, SERVER_ISN + 1, Some(ack), false, head);
+    assert!(matches!(
+        run(&resp, &s, &mut st).v,
+        Verdict::Tx { port: 0, .. }
+    ));
+    let ev = events(&st);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let n = ev[0].l7.expect("note");
+    assert_eq!(ev[0].kind, FlowKind::L7);
+    assert_eq!((n.method(), n.path(), n.status), ("GET", "/public/x", 404));
+    // The response's direction: server → client.
+    assert_eq!((ev[0].key.sport, ev[0].key.dport), (80, 40000));
+    // A later segment that happens to start like a status line: no request
+    // waits for a response, nothing is logged.
+    let body = seg(
+        1,
+        SERVER_ISN + 1 + head.len() as u32,
+        Some(ack),
+        false,
+        b"HTTP/1.1 200 ",
+    );
+    assert!(matches!(
+        run(&body, &s, &mut st).v,
+        Verdict::Tx { port: 0, .. }
+    ));
+    assert!(events(&st).is_empty());
+    // A denied request: one drop record, no l7 record.
+    let r = req(&s, &mut st, ack, PRIVATE);
+    assert!(matches!(r.v, Verdict::L7Deny { .. }), "{:?}", r.v);
+    let ev = events(&st);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, FlowKind::Drop);
+}

@@ -69,6 +69,14 @@ pub struct NodeStatus {
     pub tx_pps: f64,
     /// `None` while the dataplane is not up yet.
     pub dataplane: Option<DataplaneStatus>,
+    /// When the node's dataplane last applied a snapshot (Unix ns; 0:
+    /// unknown).
+    #[serde(default)]
+    pub applied_unix_ns: u64,
+    /// How long after the agent wrote that snapshot it was applied (ns:
+    /// publish → applied on this node).
+    #[serde(default)]
+    pub apply_latency_ns: u64,
 }
 
 /// One flow-log record as `weir flows` shows it.
@@ -102,18 +110,71 @@ pub struct FlowRecord {
     pub generation: u64,
     #[serde(default)]
     pub pickup: bool,
-    /// The HTTP request an L7 deny refused.
+    /// The HTTP request an L7 deny refused, or (kind `l7`) an allowed
+    /// request or the status of the response to it.
     #[serde(default)]
     pub l7: Option<L7Record>,
+    /// A DNS query (refused, or allowed: kind `l7`) or the answer to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsRecord>,
 }
 
-/// The request an L7 deny refused.
+/// The HTTP request an L7 deny refused (`reason`), or an allowed one
+/// (`reason` empty) with its host and, on the response's record, `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct L7Record {
     pub reason: String,
     pub method: String,
     pub path: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// HTTP status of the response (on the response's record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// A DNS query's name, and on the answer's record its rcode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsRecord {
+    pub name: String,
+    /// The answer's RCODE (0 NOERROR, 3 NXDOMAIN, 5 REFUSED, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<u8>,
+}
+
+/// One live conntrack entry of a node (`conntrack` request), in the
+/// flow's original direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConntrackRecord {
+    pub node: String,
+    pub protocol: String,
+    /// `namespace/pod`, or the address when it is no pod.
+    pub src: String,
+    pub src_addr: Option<IpAddr>,
+    pub sport: u16,
+    pub dst: String,
+    pub dst_addr: Option<IpAddr>,
+    pub dport: u16,
+    /// `established`, `syn-sent`, `replied`, ... (the table's state).
+    pub state: String,
+    pub egress_rule: String,
+    pub ingress_rule: String,
+    /// Policy generation (low 32 bits) the flow was admitted under.
+    pub generation: u32,
+    pub expires_in_ms: u64,
+    pub pickup: bool,
+}
+
+/// A node dataplane's answer to `conntrack`: one page of live entries, and
+/// where the next page starts (`None`: this was the last).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConntrackReply {
+    pub entries: Vec<ConntrackRecord>,
+    pub next: Option<u64>,
 }
 
 /// A node dataplane's answer to `flows`: records after `since`.

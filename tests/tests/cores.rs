@@ -143,3 +143,95 @@ fn the_advice_follows_the_placement() {
     };
     assert_eq!(core(&shared, 1)["workers"][0], "node-1/0");
 }
+
+/// The kernel's side of the placement: an RPS mask set on one of the node's
+/// pod veths (in the node's namespace) is reported by `weir cores` for that
+/// veth, which has no IRQs (a virtual device: said so); a mask that puts
+/// the veth's receive work on the worker's core is advice (`rps`). With the
+/// mask cleared, the advice goes away.
+#[test]
+fn rps_masks_and_irqs_are_reported() {
+    let ns = unique_name("cr");
+    let c = TestCluster::up_with(
+        "cr",
+        &simple_cluster(&ns, &["a", "b"]),
+        &["--cores", "1", "--poll", "adaptive"],
+    );
+    let st = c.weir_json(&["status", "-o", "json"]);
+    let node = st["nodes"][0]["node"].as_str().expect("node").to_string();
+    let port = st["nodes"][0]["status"]["dataplane"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["underlay"] != true)
+        .and_then(|p| p["name"].as_str())
+        .expect("a pod port")
+        .to_string();
+    let netns = c.topology().node(&node).expect("node").netns.clone();
+    let set_rps = |mask: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns, "sh", "-c"])
+            .arg(format!(
+                "echo {mask} > /sys/class/net/{port}/queues/rx-0/rps_cpus"
+            ))
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let cores = || {
+        let out = c.weir(&["cores", "--window", "300", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    // Core 1 (mask 2): the worker's core.
+    set_rps("2");
+    let r = cores();
+    let iface = r["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|i| i["name"] == port.as_str())
+        .unwrap_or_else(|| panic!("{port} not reported: {r}"))
+        .clone();
+    assert_eq!(iface["virtual_device"], true, "{iface}");
+    assert_eq!(iface["irqs"].as_array().map(Vec::len), Some(0), "{iface}");
+    assert_eq!(iface["rps"][0]["queue"], "rx-0", "{iface}");
+    assert_eq!(iface["rps"][0]["cpus"], serde_json::json!([1]), "{iface}");
+    let rps_advice = |r: &serde_json::Value| {
+        r["advice"]
+            .as_array()
+            .expect("advice")
+            .iter()
+            .filter(|a| a["kind"] == "rps" && a["text"].as_str().unwrap_or("").contains(&port))
+            .count()
+    };
+    assert_eq!(rps_advice(&r), 1, "{r}");
+    let text = c.weir(&["cores", "--window", "300"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&port)
+            && l.contains("none (virtual device)")
+            && l.contains("rx-0: 1")),
+        "{text}"
+    );
+    // RPS off: reported as such, no advice.
+    set_rps("0");
+    let r = cores();
+    assert_eq!(rps_advice(&r), 0, "{r}");
+    let iface = r["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|i| i["name"] == port.as_str())
+        .expect("port")
+        .clone();
+    assert_eq!(iface["rps"][0]["cpus"], serde_json::json!([]), "{iface}");
+}

@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use super::icmp::reply_ethernet;
 use super::l7::l7_event;
 use super::parse::{Fragment, Parsed};
-use super::policy::{judge, DnsNeed};
+use super::policy::{judge, local_endpoint, DnsNeed};
 use super::state::WorkerState;
 use super::{drop, FlowKey, Pass};
-use crate::flows::{FlowEvent, L7Note};
+use crate::flows::{FlowEvent, FlowKind, L7Note};
 use crate::snapshot::{PortId, Snapshot};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::{ip_proto, ipv4, ipv6, tcp, udp};
@@ -24,6 +24,24 @@ fn dns_event(st: &WorkerState, key: &FlowKey, reason: DropReason, note: L7Note) 
         l7: Some(note),
         ..l7_event(st.now_ns, key, crate::l7::L7Reason::DnsRefused, None)
     }
+}
+
+/// An allowed DNS query (`rcode: None`) or the answer to one, for the flow
+/// log (kind `l7`, sampled).
+fn dns_allowed(st: &WorkerState, snap: &Snapshot, key: &FlowKey, name: &str, rcode: Option<u8>) {
+    let mut note = L7Note::dns_query(crate::l7::L7Reason::DnsRefused, name);
+    note.rcode = rcode;
+    let ev = FlowEvent {
+        kind: FlowKind::L7,
+        allowed: true,
+        reason: None,
+        l7: Some(note),
+        generation: snap.policy().generation(),
+        src_endpoint: local_endpoint(snap, key.src),
+        dst_endpoint: local_endpoint(snap, key.dst),
+        ..l7_event(st.now_ns, key, crate::l7::L7Reason::DnsRefused, None)
+    };
+    st.flows.push_sampled(ev);
 }
 
 impl Pass<'_> {
@@ -66,8 +84,9 @@ impl Pass<'_> {
                 dport: pkt.key.sport,
             }
         };
-        if !need.query && (!udp || !pol.has_fqdn()) {
-            // Responses only teach FQDN rules, and only over UDP.
+        if !need.query && !udp {
+            // Responses are read over UDP only (the flow log's rcode, FQDN
+            // rules).
             return Continue(());
         }
         let set = match need.set {
@@ -106,7 +125,8 @@ impl Pass<'_> {
             let Ok(name) = std::str::from_utf8(&name[..n]) else {
                 return Continue(());
             };
-            if pol.fqdn_wanted(name) {
+            dns_allowed(st, snap, &pkt.key, name, Some(r.rcode));
+            if pol.has_fqdn() && pol.fqdn_wanted(name) {
                 for (addr, ttl) in r.addresses() {
                     st.fqdn.learn(name, addr, ttl, st.now_ns);
                 }
@@ -125,13 +145,17 @@ impl Pass<'_> {
             Ok(q) => q,
             Err(_) => return drop(DropReason::DnsMalformed),
         };
-        if rules.allows(&q.qname) {
-            return Continue(());
-        }
         let mut name = [0u8; dns::MAX_NAME];
         let n = q.qname.write_dotted(&mut name).unwrap_or(0);
-        let note = L7Note::new(crate::l7::L7Reason::DnsRefused)
-            .with_request("DNS", std::str::from_utf8(&name[..n]).unwrap_or(""));
+        if rules.allows(&q.qname) {
+            let name = std::str::from_utf8(&name[..n]).unwrap_or("");
+            dns_allowed(st, snap, &pkt.key, name, None);
+            return Continue(());
+        }
+        let note = L7Note::dns_query(
+            crate::l7::L7Reason::DnsRefused,
+            std::str::from_utf8(&name[..n]).unwrap_or(""),
+        );
         st.dns_refused += 1;
         st.flows
             .push(dns_event(st, &pkt.key, DropReason::DnsRefused, note));

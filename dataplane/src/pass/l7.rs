@@ -105,6 +105,9 @@ impl Pass<'_> {
                     // (SYN-SENT retransmit or a reused tuple). Start over.
                     l7s.push_flush(slot);
                     l7s.pool.restart(SlotId(slot), seq.wrapping_add(1));
+                    if let Some(p) = l7s.pending.get_mut(slot as usize) {
+                        *p = None;
+                    }
                 }
                 slot
             }
@@ -126,6 +129,9 @@ impl Pass<'_> {
                     i.start(seq.wrapping_add(1));
                 }
                 l7s.by_key.insert(pkt.key, slot);
+                if let Some(p) = l7s.pending.get_mut(slot as usize) {
+                    *p = None;
+                }
                 if let Some(m) = l7s.meta.get_mut(slot as usize) {
                     *m = SlotMeta {
                         key: Some(pkt.key),
@@ -194,6 +200,9 @@ impl Pass<'_> {
         };
         let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
         let mut note = None;
+        // The last request head this segment completed that the rules allowed
+        // (for the flow log; pipelined heads in one segment: the last one).
+        let mut allowed = None;
         let id = SlotId(slot);
         let feed = if rst {
             // The client reset the connection: nothing more can come on it.
@@ -209,6 +218,11 @@ impl Pass<'_> {
             l7s.pool
                 .feed_segment(id, seq, payload, fin, now, may_hold, |head| {
                     if rules.judge(head).is_some() {
+                        allowed = Some(L7Note::http_request(
+                            head.method(),
+                            head.path(),
+                            head.host(),
+                        ));
                         L7Verdict::Allow
                     } else {
                         note.get_or_insert(
@@ -219,6 +233,25 @@ impl Pass<'_> {
                     }
                 })
         };
+        if let Some(n) = allowed {
+            // The allowed request, in the flow log (sampled), and remembered
+            // for the status of its response.
+            let mut ev = l7_event(now, &pkt.key, L7Reason::Policy, Some(n));
+            ev.kind = FlowKind::L7;
+            ev.allowed = true;
+            ev.reason = None;
+            if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
+                ev.egress_rule = adm.egress_rule;
+                ev.ingress_rule = adm.ingress_rule;
+            }
+            ev.generation = generation;
+            ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+            ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+            st.flows.push_sampled(ev);
+            if let Some(p) = l7s.pending.get_mut(slot as usize) {
+                *p = Some(n);
+            }
+        }
         let Some(insp) = l7s.pool.get(id) else {
             return drop(DropReason::L7NoSlot);
         };
@@ -260,6 +293,59 @@ impl Pass<'_> {
                 Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs))
             }
         }
+    }
+
+    /// A server→client TCP segment of a flow under HTTP rules: when this
+    /// worker inspects the flow and an allowed request waits for its
+    /// response, a segment whose payload starts with a status line
+    /// (`HTTP/1.x NNN`, only its first 12 bytes are read) logs the request
+    /// again with that status (kind `l7`, sampled). Never changes the verdict.
+    pub(super) fn http_response(&mut self, pkt: &Parsed) {
+        let (buf, snap, st) = (&*self.buf, self.snap, &mut *self.st);
+        let l7s = &mut st.l7;
+        if l7s.pool.in_use() == 0 || pkt.fragment != Fragment::Whole {
+            return;
+        }
+        let orig = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: pkt.key.dport,
+            dport: pkt.key.sport,
+        };
+        let Some(&slot) = l7s.by_key.get(&orig) else {
+            return;
+        };
+        let Some(pending) = l7s.pending.get_mut(slot as usize) else {
+            return;
+        };
+        if pending.is_none() {
+            return;
+        }
+        let bytes = buf.get(pkt.l4_offset..pkt.frame_len()).unwrap_or_default();
+        let Ok(t) = tcp::Packet::new_checked(bytes) else {
+            return;
+        };
+        let Some(status) = bytes.get(t.header_len()..).and_then(status_code) else {
+            return;
+        };
+        let Some(mut n) = pending.take() else {
+            return;
+        };
+        n.status = status;
+        let now = st.now_ns;
+        let mut ev = l7_event(now, &pkt.key, L7Reason::Policy, Some(n));
+        ev.kind = FlowKind::L7;
+        ev.allowed = true;
+        ev.reason = None;
+        if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
+            ev.egress_rule = adm.egress_rule;
+            ev.ingress_rule = adm.ingress_rule;
+        }
+        ev.generation = snap.policy().generation();
+        ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+        ev.dst_endpoint = local_endpoint(snap, pkt.key.dst);
+        st.flows.push_sampled(ev);
     }
 
     /// A denied request (or a flow that cannot go on): the worker drops the
@@ -368,6 +454,46 @@ impl Pass<'_> {
             reply_len,
             rst_port: route.port,
             rst,
+        }
+    }
+}
+
+/// The status code of an HTTP/1.x status line at the start of `payload`
+/// (`HTTP/1.0 200` or `HTTP/1.1 404 ...`: exactly the first 12 bytes are
+/// read), or `None`.
+pub(crate) fn status_code(payload: &[u8]) -> Option<u16> {
+    let line = payload.get(..12)?;
+    if !line.starts_with(b"HTTP/1.") || !matches!(line[7], b'0' | b'1') || line[8] != b' ' {
+        return None;
+    }
+    let mut code = 0u16;
+    for &d in &line[9..12] {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        code = code * 10 + u16::from(d - b'0');
+    }
+    (100..=599).contains(&code).then_some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_code;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status_code(b"HTTP/1.0 404"), Some(404));
+        for bad in [
+            &b"HTTP/1.1 20"[..],
+            b"HTTP/2.0 200 OK",
+            b"HTTP/1.1 2x0 OK",
+            b"HTTP/1.1 099 OK",
+            b"HTTP/1.1  200 OK",
+            b"GET / HTTP/1.1\r\n",
+            b"",
+        ] {
+            assert_eq!(status_code(bad), None, "{bad:?}");
         }
     }
 }

@@ -269,6 +269,10 @@ impl Pass<'_> {
                         l7::L7Out::Pass
                     }
                     Need::None => l7::L7Out::Pass,
+                    Need::HttpResponse => {
+                        self.http_response(&pkt);
+                        l7::L7Out::Pass
+                    }
                 };
                 // 10.
                 Continue(held.apply(self.rewrite(&pkt, &route)))
@@ -277,6 +281,9 @@ impl Pass<'_> {
                 // 9.
                 if let Need::Dns(need) = need {
                     self.dns(&pkt, need, reply_port)?;
+                }
+                if let Need::HttpResponse = need {
+                    self.http_response(&pkt);
                 }
                 // 10, 11.
                 Continue(self.tunnel_out(&pkt, peer))

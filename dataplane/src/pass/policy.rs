@@ -23,6 +23,9 @@ pub(super) enum Need {
     Http(HttpNeed),
     /// A packet of a flow under DNS rules.
     Dns(DnsNeed),
+    /// A server→client TCP packet of a flow under HTTP rules (the flow log
+    /// reads the status line of a response; the verdict is not changed).
+    HttpResponse,
 }
 
 /// A client→server TCP packet of a flow admitted under HTTP rules.
@@ -220,6 +223,14 @@ impl Pass<'_> {
                             query: dir == conntrack::Dir::Orig,
                             set: None,
                         }));
+                    }
+                    if tcp
+                        && seg != Seg::Other
+                        && dir == conntrack::Dir::Reply
+                        && pol.has_l7()
+                        && pol.rule_has_l7(adm.ingress_rule)
+                    {
+                        return Continue(Need::HttpResponse);
                     }
                     return Continue(Need::None);
                 }

@@ -140,6 +140,9 @@ pub(super) struct L7State {
     pub(super) denied: u64,
     pub(super) no_slot: u64,
     pub(super) busy: u64,
+    /// Per slot: the last allowed request head whose response status the
+    /// flow log still waits for (see `Pass::http_response`).
+    pub(super) pending: Vec<Option<crate::flows::L7Note>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +182,7 @@ impl L7State {
             denied: 0,
             no_slot: 0,
             busy: 0,
+            pending: vec![None; slots],
         }
     }
 
@@ -199,6 +203,9 @@ impl L7State {
 
     pub(super) fn free(&mut self, slot: u32) {
         self.push_flush(slot);
+        if let Some(p) = self.pending.get_mut(slot as usize) {
+            *p = None;
+        }
         if let Some(m) = self.meta.get_mut(slot as usize) {
             if let Some(k) = m.key.take() {
                 self.by_key.remove(&k);
