@@ -232,3 +232,110 @@ fn sigkilled_dataplane_restarts_and_open_connections_continue_but_denied_ones_do
         "c→b:7000 connected under a policy that denies it"
     );
 }
+
+/// The pid of `weir --cluster NAME daemon`, from /proc.
+fn supervisor_pid(cluster: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--cluster" && w[1] == cluster.as_bytes())
+            && args.iter().any(|a| *a == b"daemon");
+        (ours && !dead(pid)).then_some(pid)
+    })
+}
+
+#[test]
+fn sigkilled_supervisor_restarts_and_adopts_the_running_dataplane() {
+    let c = TestCluster::up("rsv", &simple_cluster("x", &["a", "c"]));
+    let topo = c.topology();
+    let (a, cc) = (
+        topo.pod("x", "a").expect("a").clone(),
+        topo.pod("x", "c").expect("c").clone(),
+    );
+    let c_addr = SocketAddr::new(cc.ipv4.expect("v4").into(), 7001);
+    let (tx, _seen) = mpsc::channel();
+    echo_server(&cc.netns, c_addr, tx);
+    let mut stream = connect(&a.netns, c_addr).expect("a→c");
+    assert!(exchange(&mut stream, b"before\n", Duration::from_secs(5)));
+    let dp = dataplane_pid(&c);
+    let rx0 = c.counter("rx_packets");
+
+    let sup = supervisor_pid(&c.name).expect("the supervisor runs");
+    let out = std::process::Command::new("kill")
+        .args(["-9", &sup.to_string()])
+        .output()
+        .expect("kill");
+    assert!(out.status.success());
+    let t = Instant::now();
+    while !dead(sup) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "supervisor still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Forwarding goes on without the supervisor.
+    assert!(!dead(dp), "the dataplane died with the supervisor");
+    for i in 0..5 {
+        let msg = format!("no supervisor {i}\n");
+        assert!(
+            exchange(&mut stream, msg.as_bytes(), Duration::from_secs(5)),
+            "a→c without the supervisor"
+        );
+    }
+
+    // A new supervisor adopts the running dataplane instead of starting one.
+    let log = std::fs::File::create(c.dir.join("daemon2.log")).expect("log");
+    let mut sup2 = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(weir_tests::weir_bin())
+            .env("WEIR_METRICS_ADDR", "off")
+            .args(["--cluster", &c.name, "daemon"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start the supervisor again")
+    };
+    let t = Instant::now();
+    while !c.weir(&["status", "-o", "json"]).status.success() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the new supervisor never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait_applied(Duration::from_secs(30));
+    assert_eq!(dataplane_pid(&c), dp, "the same dataplane process runs");
+    assert!(!dead(dp));
+    assert!(exchange(&mut stream, b"after\n", Duration::from_secs(5)));
+    // Its counters were not reset: the same process forwarded throughout.
+    assert!(c.counter("rx_packets") > rx0);
+    // The pods' servers are back (they lived in the old supervisor).
+    let m = c.probe(80, "TCP", &["--from", "x", "--to", "x"]);
+    assert!(
+        weir_tests::all_connected(&m),
+        "pod servers after the restart: {m}"
+    );
+
+    // And `weir down` stops the adopted dataplane.
+    let out = c.weir(&["down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    while !dead(dp) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "adopted dataplane survived weir down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = sup2.wait();
+}
