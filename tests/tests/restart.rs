@@ -3,7 +3,9 @@
 //! connections carry data both ways again (the new process re-learns them
 //! from mid-stream segments, each judged by policy as a new flow in its own
 //! direction: docs/conntrack.md "Restarts"), and a connection the policy
-//! denies can neither be opened nor resumed. Needs root.
+//! denies can neither be opened nor resumed. And the supervisor killed
+//! with SIGKILL: forwarding goes on, a new supervisor adopts the running
+//! dataplane. Needs root.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
