@@ -72,6 +72,14 @@ if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; the
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends dnsmasq-base dnsutils >/dev/null
 fi
+# Node.js: its HTTP parser (llhttp) is a reference of the HTTP differential
+# test (model/tests/http_differential.rs).
+if ! command -v node >/dev/null 2>&1; then
+  echo "setup: installing nodejs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+fi
 # containerd (ctr, runc): the real runtime weir-cni is tested under
 # (`ctr run --cni`, tests/tests/cni.rs), with a daemon of the test's own.
 if ! command -v ctr >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then

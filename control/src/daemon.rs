@@ -45,7 +45,7 @@ struct Daemon {
     servers: BTreeMap<(String, String), PodServers>,
     /// The world host's server (`weir_topo::world`), when the cluster has one.
     world_server: Option<PodServers>,
-    dataplanes: BTreeMap<String, Child>,
+    dataplanes: BTreeMap<String, DataplaneProc>,
     generation: u64,
     /// Policies in force, as written (saved to policies.json).
     policies: Vec<StoredPolicy>,
@@ -195,6 +195,89 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node's dataplane process: a child of this supervisor, or one a
+/// previous supervisor started and this one adopted (its parent is now
+/// init, so it is watched through /proc and stopped by signal).
+enum DataplaneProc {
+    Child(Child),
+    Adopted(u32),
+}
+
+impl DataplaneProc {
+    /// `Some` once it exited (an adopted one's status is not known: 0).
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            DataplaneProc::Child(c) => c.try_wait(),
+            DataplaneProc::Adopted(pid) => {
+                Ok((!pid_alive(*pid)).then(|| std::process::ExitStatus::from_raw(0)))
+            }
+        }
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            DataplaneProc::Child(c) => c.kill(),
+            DataplaneProc::Adopted(pid) => {
+                let pid = nix::unistd::Pid::from_raw(*pid as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            }
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<()> {
+        match self {
+            DataplaneProc::Child(c) => c.wait().map(drop),
+            DataplaneProc::Adopted(pid) => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while pid_alive(*pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The pid of a live `weir --cluster CLUSTER dataplane --node NODE`
+/// process named by the node's pid file, that answers on its socket.
+fn running_dataplane(state: &StateDir, cluster: &str, node: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(state.dataplane_pid(node))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let has = |pair: [&str; 2]| {
+        args.windows(2)
+            .any(|w| w[0] == pair[0].as_bytes() && w[1] == pair[1].as_bytes())
+    };
+    let ours = has(["--cluster", cluster])
+        && has(["--node", node])
+        && args.iter().any(|a| *a == b"dataplane");
+    if !ours || !pid_alive(pid) {
+        return None;
+    }
+    ipc::request::<NodePing>(
+        &state.dataplane_sock(node),
+        &Request::Ping,
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    Some(pid)
+}
+
 /// A typed reply payload as the wire's JSON.
 fn to_value<T: serde::Serialize>(v: T) -> anyhow::Result<serde_json::Value> {
     serde_json::to_value(v).context("reply does not serialize")
@@ -261,6 +344,15 @@ impl Daemon {
                 return Ok(());
             }
         }
+        // A supervisor started again (the last one was killed): the node's
+        // dataplane it started may still run, forwarding. Adopt it instead of
+        // starting a second one.
+        if let Some(pid) = running_dataplane(&self.state, &self.opts.cluster, node) {
+            log::info!("nodes/{node}: adopted the running dataplane (pid {pid})");
+            self.dataplanes
+                .insert(node.to_string(), DataplaneProc::Adopted(pid));
+            return Ok(());
+        }
         let log_path = self.state.dataplane_log(node);
         std::fs::create_dir_all(self.state.node_dir(node))?;
         let log = OpenOptions::new()
@@ -280,7 +372,8 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .with_context(|| format!("nodes/{node}: start dataplane"))?;
-        self.dataplanes.insert(node.to_string(), child);
+        self.dataplanes
+            .insert(node.to_string(), DataplaneProc::Child(child));
         Ok(())
     }
 

@@ -45,6 +45,11 @@ struct DataplaneFlags {
     /// refused (`l7-no-slot`). See docs/l7.md for the memory this costs.
     #[arg(long, default_value_t = weir_dataplane::pass::DEFAULT_L7_MAX_FLOWS)]
     l7_max_flows: usize,
+    /// Conntrack entries per node (rounded up to a power of two, at least 16):
+    /// the node's flow table, allocated once at start (68 bytes an entry).
+    /// See docs/conntrack.md.
+    #[arg(long, default_value_t = weir_dataplane::conntrack::DEFAULT_SIZE)]
+    conntrack_size: usize,
     /// Where the cluster supervisor (`weir up`, `weir demo`) serves Prometheus
     /// metrics (/metrics) and the flow stream (/flows), in the host's network
     /// namespace; `off` serves nothing (docs/observability.md).
@@ -61,6 +66,13 @@ impl DataplaneFlags {
             "--l7-max-flows".to_string(),
             self.l7_max_flows.to_string(),
         ];
+        if self.conntrack_size != weir_dataplane::conntrack::DEFAULT_SIZE {
+            node_dataplane::check_conntrack_size(self.conntrack_size)?;
+            v.extend([
+                "--conntrack-size".to_string(),
+                self.conntrack_size.to_string(),
+            ]);
+        }
         if let Some(c) = &self.cores {
             node_dataplane::parse_cores(c)?;
             v.extend(["--cores".to_string(), c.clone()]);
@@ -1078,6 +1090,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         cores,
                         poll: dp.poll.mode(),
                         l7_max_flows: node_dataplane::check_l7_max_flows(dp.l7_max_flows)?,
+                        conntrack_size: node_dataplane::check_conntrack_size(dp.conntrack_size)?,
                     })
                 }
             }

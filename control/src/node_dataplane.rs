@@ -28,6 +28,18 @@ pub struct Options {
     pub poll: PollMode,
     /// Flows under HTTP rules per worker (`--l7-max-flows`).
     pub l7_max_flows: usize,
+    /// Conntrack entries (`--conntrack-size`).
+    pub conntrack_size: usize,
+}
+
+/// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
+pub fn check_conntrack_size(n: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        (16..=1 << 24).contains(&n),
+        "--conntrack-size: {n} is not in 16..={}",
+        1 << 24
+    );
+    Ok(n)
 }
 
 /// Checks `--l7-max-flows`.
@@ -132,6 +144,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // The pod veths were built with this many queues: a socket on each.
         queues: cluster.queues,
         l7_max_flows: opts.l7_max_flows,
+        conntrack_size: opts.conntrack_size,
         ..DataplaneConfig::default()
     };
     let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;

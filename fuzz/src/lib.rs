@@ -351,3 +351,64 @@ pub fn run_manifest(data: &[u8]) {
     let _ = weir_topo::manifest::parse_objects(&text, "fuzz.yaml");
     let _ = weir_policy::parse_str(&text, "fuzz.yaml");
 }
+
+/// Snapshot input: the bytes of a `snapshot.json`. Decoded and built as the
+/// dataplane does; a snapshot that builds runs a TCP SYN, a UDP datagram and
+/// an IPv6 UDP datagram in on each of its first four ports, each to the
+/// addresses of its first endpoints (and of a tunnel peer's pods, if any).
+pub fn run_snapshot(data: &[u8]) {
+    let Ok(spec) = serde_json::from_slice::<SnapshotSpec>(data) else {
+        return;
+    };
+    let Ok(snap) = Snapshot::build(spec.clone()) else {
+        return;
+    };
+    let mut st = WorkerState::new().with_l7_slots(2);
+    st.set_now(1_000_000_000);
+    let mut buf = vec![0u8; UMEM];
+    let v4: Vec<[u8; 4]> = spec
+        .endpoints
+        .iter()
+        .filter_map(|e| e.ipv4.map(|a| a.octets()))
+        .chain([REMOTE, [8, 8, 8, 8]])
+        .take(4)
+        .collect();
+    for port in 0..spec.ports.len().min(4) as u16 {
+        for (i, dst) in v4.iter().enumerate() {
+            let src = v4[(i + 1) % v4.len()];
+            for proto in [6u8, 17] {
+                let len = ipv4_frame(&mut buf, src, *dst, proto);
+                let _ = process(&mut buf, len, port, &snap, &mut st);
+            }
+        }
+    }
+}
+
+/// An Ethernet + IPv4 + (TCP SYN | UDP) frame to port 80, no payload;
+/// checksums left zero (the pass must cope with wrong ones too).
+fn ipv4_frame(buf: &mut [u8], src: [u8; 4], dst: [u8; 4], proto: u8) -> usize {
+    buf.fill(0);
+    buf[0..6].copy_from_slice(&port_mac(0));
+    buf[6..12].copy_from_slice(&pod_mac(0));
+    buf[12..14].copy_from_slice(&[0x08, 0x00]);
+    let l4 = if proto == 6 { 20 } else { 8 };
+    let total = 20 + l4;
+    let ip = &mut buf[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let t = &mut buf[34..34 + l4];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&80u16.to_be_bytes());
+    if proto == 6 {
+        t[12] = 0x50;
+        t[13] = 0x02;
+        t[14] = 0xff;
+    } else {
+        t[4..6].copy_from_slice(&8u16.to_be_bytes());
+    }
+    14 + total
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Soak (issue 15): mixed traffic through one weir node for SOAK_SECONDS
+# (default 1800 = 30 min; `SOAK_SECONDS=120 scripts/soak.sh` is the short
+# mode) with a policy change every second (a NetworkPolicy on x/b applied,
+# then deleted) and a pod created or deleted every 5 s, while pod a keeps
+# probing every pod (TCP and UDP, `weir probe`) and a TCP stream a → c runs
+# through the whole soak. Every 10 s it samples the dataplane's RSS.
+#
+# Pass (exit 0) when: the stream a → c never broke (it is allowed by every
+# policy of the soak); the dataplane's RSS grew by less than SOAK_RSS_MIB
+# (default 32) from the first sample after warm-up (60 s, or a quarter of
+# short runs) to the last; every worker's UMEM frame ledger balances
+# (held = unaccounted = 0, free + fill + tx = total) once traffic stops; and
+# the only drop reasons counted are policy's (`policy-denied`) and those of
+# frames to deleted pods (`no-route`, `unknown-port`). Needs root, python3;
+# builds with `cargo build -p weir` first. Writes its log to
+# /tmp/weir-soak-<pid>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_INCREMENTAL=0
+SECS=${SOAK_SECONDS:-1800}
+RSS_MIB=${SOAK_RSS_MIB:-32}
+WEIR=${WEIR_BIN:-$PWD/target/debug/weir}
+[ -x "$WEIR" ] || cargo build -q -p weir
+export WEIR_CLUSTER="soak$$" WEIR_METRICS_ADDR=off
+DIR=/tmp/weir-soak-$$
+STATE=${WEIR_STATE_DIR:-/run/weir}/$WEIR_CLUSTER
+mkdir -p "$DIR"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$WEIR" down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+pod() { # name
+  printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: x, labels: {pod: %s}}\nspec:\n  nodeName: node-1\n  containers:\n  - name: c\n    ports:\n    - {containerPort: 80, protocol: TCP}\n    - {containerPort: 81, protocol: UDP}\n' "$1" "$1"
+}
+{
+  printf 'apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nspec: {podCIDRs: [10.244.0.0/24, "fd00:10:244::/64"]}\n'
+  printf -- '---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n'
+  for p in a b c; do pod $p; done
+} >"$DIR/cluster.yaml"
+cat >"$DIR/policy.yaml" <<'EOF'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 80, protocol: TCP}]}]
+EOF
+pod churn >"$DIR/churn.yaml"
+
+"$WEIR" up -f "$DIR/cluster.yaml" >"$DIR/up.log" 2>&1
+netns() { python3 -c "import json,sys; c=json.load(open('$STATE/cluster.json')); print([p['netns'] for p in c['pods'] if p['name']==sys.argv[1]][0])" "$1"; }
+ip4() { python3 -c "import json,sys; c=json.load(open('$STATE/cluster.json')); print([p['ipv4'] for p in c['pods'] if p['name']==sys.argv[1]][0])" "$1"; }
+NA=$(netns a) NC=$(netns c) C4=$(ip4 c)
+
+# The long stream a → c: an echo server in c, a client in a writing a line
+# every 100 ms and checking each echo; it exits 1 at the first failure.
+ip netns exec "$NC" python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7100)); s.listen(1)
+c, _ = s.accept()
+while True:
+    d = c.recv(4096)
+    if not d: break
+    c.sendall(d)
+' &
+pids+=($!)
+sleep 0.5
+ip netns exec "$NA" python3 -c '
+import socket, sys, time
+s = socket.create_connection(("'"$C4"'", 7100), timeout=5)
+s.settimeout(10)
+n, end = 0, time.time() + '"$SECS"'
+while time.time() < end:
+    msg = b"tick %d\n" % n
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        d = s.recv(len(msg) - len(got))
+        if not d: print("stream closed at tick", n); sys.exit(1)
+        got += d
+    if got != msg: print("stream corrupted at tick", n); sys.exit(1)
+    n += 1
+    time.sleep(0.1)
+print("stream: %d ticks echoed" % n)
+' >"$DIR/stream.log" 2>&1 &
+stream=$!
+pids+=($stream)
+
+# Probes from a, as fast as they run.
+(
+  while :; do
+    "$WEIR" probe --from x/a --port 80 --protocol TCP --timeout-ms 300 --attempts 1 -o json >/dev/null 2>&1 || true
+    "$WEIR" probe --from x/a --port 81 --protocol UDP --timeout-ms 300 --attempts 1 -o json >/dev/null 2>&1 || true
+  done
+) &
+pids+=($!)
+
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$STATE/nodes/node-1/dataplane.pid")/status"; }
+warm=$((SECS / 4 < 60 ? SECS / 4 : 60))
+start=$(date +%s) changes=0 churns=0 rss0="" pod_up=0 last_churn=-5 last_rss=-10
+while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
+  t=$(( $(date +%s) - start ))
+  if [ $((changes % 2)) -eq 0 ]; then
+    "$WEIR" apply -f "$DIR/policy.yaml" >/dev/null
+  else
+    "$WEIR" delete -f "$DIR/policy.yaml" >/dev/null
+  fi
+  changes=$((changes + 1))
+  if [ $((t - last_churn)) -ge 5 ]; then
+    last_churn=$t
+    if [ $pod_up -eq 0 ]; then "$WEIR" apply -f "$DIR/churn.yaml" >/dev/null; pod_up=1
+    else "$WEIR" delete -f "$DIR/churn.yaml" >/dev/null; pod_up=0; fi
+    churns=$((churns + 1))
+  fi
+  if [ $((t - last_rss)) -ge 10 ]; then
+    last_rss=$t
+    r=$(rss)
+    echo "t=${t}s rss=${r}KiB policy-changes=$changes pod-churns=$churns" | tee -a "$DIR/rss.log"
+    if [ -z "$rss0" ] && [ "$t" -ge "$warm" ]; then rss0=$r; fi
+  fi
+  # One change a second, or as fast as `weir apply` returns (it waits
+  # until the dataplane runs the new generation).
+  [ $(( $(date +%s) - start - t )) -ge 1 ] || sleep 1
+done
+fail=0
+if ! wait "$stream"; then echo "FAIL: the a → c stream broke: $(cat "$DIR/stream.log")"; fail=1; fi
+cat "$DIR/stream.log"
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+pids=()
+sleep 2
+r=$(rss)
+rss0=${rss0:-$r}
+echo "rss: ${rss0} KiB after warm-up, ${r} KiB at the end"
+if [ $((r - rss0)) -gt $((RSS_MIB * 1024)) ]; then echo "FAIL: RSS grew by more than ${RSS_MIB} MiB"; fail=1; fi
+"$WEIR" status -o json >"$DIR/status.json"
+python3 - "$DIR/status.json" <<'EOF' || fail=1
+import json, sys
+v = json.load(open(sys.argv[1]))
+dp = [n for n in v["nodes"] if n["node"] == "node-1"][0]["status"]["dataplane"]
+ok = True
+drops = {}
+for w in dp["workers"]:
+    f = w["frames"]
+    if f["held"] or f["unaccounted"] or f["free"] + f["fill"] + f["tx"] != f["total"]:
+        print("FAIL: frame ledger of worker", w.get("core"), f); ok = False
+    for k, n in w["drops"].items():
+        drops[k] = drops.get(k, 0) + n
+print("drops:", {k: n for k, n in drops.items() if n})
+bad = {k: n for k, n in drops.items() if n and k not in ("policy-denied", "no-route", "unknown-port")}
+if bad:
+    print("FAIL: drops other than policy's:", bad); ok = False
+print("conntrack:", {k: dp["conntrack"][k] for k in ("entries", "inserts", "evictions", "revoked", "flushed")})
+sys.exit(0 if ok else 1)
+EOF
+echo "soak: ${SECS}s, $changes policy changes, $churns pod churns: $([ $fail -eq 0 ] && echo PASS || echo FAIL) (log: $DIR)"
+exit $fail
