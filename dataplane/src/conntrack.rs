@@ -114,9 +114,11 @@ pub enum State {
     Unreplied,
     /// UDP, ICMP echo, other protocols: both ways seen.
     Replied,
-    /// Revoked by policy: a tombstone that drops both directions until it
-    /// expires (`tcp_close`) or policy changes again, so that a revoked
-    /// flow cannot come back as a mid-stream pickup of its other direction.
+    /// Revoked by policy: a tombstone that drops both directions, so that a
+    /// revoked flow cannot come back as a mid-stream pickup of its other
+    /// direction. It lives `tcp_time_wait` after the flow's last packet;
+    /// under a new policy generation the flow is judged again in its
+    /// original direction (allowed: revived).
     Denied,
 }
 
@@ -505,11 +507,23 @@ impl Conntrack {
         let dir = e.dir(src_lo);
         if e.state == State::Denied {
             if e.generation == generation as u32 {
+                // Every packet of a revoked flow keeps its tombstone alive:
+                // a peer still retransmitting (TCP backs off to 120 s) must
+                // not outlive it and come back as a mid-stream pickup of
+                // the other direction.
+                e.expires = now.saturating_add(self.timeouts.tcp_time_wait);
                 return Track::Denied;
             }
-            // Policy changed again: forget the tombstone, judge afresh.
-            b.tags[w] = 0;
-            return Track::Miss;
+            // Policy changed again: judge the flow again in its ORIGINAL
+            // direction (the tombstone keeps it), never afresh in this
+            // packet's direction — a server's segment judged as a new flow
+            // server → client would re-admit a revoked client → server
+            // connection. Allowed: `readmit` revives the entry.
+            return Track::Stale {
+                dir,
+                orig: e.orig_key(),
+                adm: e.adm(),
+            };
         }
         if e.generation != generation as u32 {
             return Track::Stale {
@@ -617,7 +631,19 @@ impl Conntrack {
         let (mut b, tag) = self.bucket(&key);
         match Self::find(&mut b, &key, tag, now) {
             Some(w) => {
-                b.entries[w].set_adm(adm);
+                let e = &mut b.entries[w];
+                e.set_adm(adm);
+                if e.state == State::Denied {
+                    // A revoked flow allowed again: it was established (or
+                    // replied) when it was revoked; its handshake is not
+                    // seen again.
+                    e.state = if e.key.proto == ip_proto::TCP {
+                        State::Established
+                    } else {
+                        State::Replied
+                    };
+                    e.expires = now.saturating_add(self.timeout(e.state, e.key.proto));
+                }
                 true
             }
             None => false,
@@ -634,7 +660,7 @@ impl Conntrack {
                 let e = &mut b.entries[w];
                 e.state = State::Denied;
                 e.generation = generation as u32;
-                e.expires = now.saturating_add(self.timeouts.tcp_close);
+                e.expires = now.saturating_add(self.timeouts.tcp_time_wait);
                 true
             }
             None => false,
@@ -773,7 +799,8 @@ impl Conntrack {
             (State::FinWait, _) => t.tcp_fin_wait,
             (State::LastAck, _) => t.tcp_last_ack,
             (State::TimeWait, _) => t.tcp_time_wait,
-            (State::Close | State::Denied, _) => t.tcp_close,
+            (State::Close, _) => t.tcp_close,
+            (State::Denied, _) => t.tcp_time_wait,
             (_, ip_proto::ICMP | ip_proto::ICMPV6) => t.icmp,
             (State::Unreplied, ip_proto::UDP) => t.udp_unreplied,
             (State::Replied, ip_proto::UDP) => t.udp_replied,

@@ -291,6 +291,36 @@ fn a_newly_allowed_flow_starts_passing() {
     assert_tx(run(&tcp(0, 40000, 80, Tcp::Ack), &open4, &mut st), 1);
 }
 
+/// A revoked connection cannot come back through its other direction: the
+/// server's segment (allowed as a new flow server → client) after a later,
+/// unrelated policy generation is judged in the flow's original direction,
+/// still denied; and the tombstone outlives a retransmission gap.
+#[test]
+fn a_revoked_flow_stays_cut_when_its_server_sends_first() {
+    let open = snap(1, false);
+    let mut st = WorkerState::new();
+    assert_tx(run(&tcp(0, 40000, 80, Tcp::Syn), &open, &mut st), 1);
+    assert_tx(run(&tcp(1, 80, 40000, Tcp::SynAck), &open, &mut st), 0);
+    assert_tx(run(&tcp(0, 40000, 80, Tcp::Ack), &open, &mut st), 1);
+    let closed2 = snap(2, true);
+    assert_eq!(
+        run(&tcp(0, 40000, 80, Tcp::Ack), &closed2, &mut st),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    // Policy changes again (still denying 0 → 1:80); the server speaks first.
+    let closed3 = snap(3, true);
+    assert_eq!(
+        run(&tcp(1, 80, 40000, Tcp::Ack), &closed3, &mut st),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    assert_eq!(
+        run(&tcp(0, 40000, 80, Tcp::Ack), &closed3, &mut st),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    // A plain new flow from the server's side is not affected.
+    assert_tx(run(&tcp(1, 5555, 22, Tcp::Syn), &closed3, &mut st), 0);
+}
+
 #[test]
 fn mid_stream_pickup_after_restart() {
     let s = snap(1, true);

@@ -63,7 +63,7 @@
 //!   an ingress-isolated pod get the replies to its own connections); a new
 //!   flow, or one admitted under an older generation, is judged by
 //!   `CompiledPolicy::judge` in its original direction. Denied new flows get
-//!   no entry; a denied stale flow's entry becomes a short-lived tombstone
+//!   no entry; a denied stale flow's entry becomes a tombstone (judged again in the original direction under later policies)
 //!   that drops both directions (revocation cuts existing connections on
 //!   their next packet, and the other direction cannot sneak back in as a
 //!   mid-stream pickup). A TCP segment without SYN for an
