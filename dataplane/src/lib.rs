@@ -91,5 +91,9 @@ pub enum Verdict {
         reply_len: usize,
         rst_port: PortId,
         rst: l7::reply::DeniedFlow,
+        /// What the denial counts under (`l7-denied` for HTTP,
+        /// `tls-sni-denied` / `tls-malformed` for TLS server-name rules,
+        /// whose reply to the client is a RST, not a 403).
+        reason: DropReason,
     },
 }

@@ -84,6 +84,7 @@ fn snap() -> Snapshot {
                 path: Some(PathMatchSpec::Prefix("/public".into())),
                 ..HttpRuleSpec::default()
             }],
+            tls: vec![],
         }],
         ..Default::default()
     };

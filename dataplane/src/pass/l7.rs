@@ -195,6 +195,7 @@ impl Pass<'_> {
         let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
         let mut note = None;
         let id = SlotId(slot);
+        let tls = rules.tls();
         let feed = if rst {
             // The client reset the connection: nothing more can come on it.
             match l7s.pool.abort(id) {
@@ -204,6 +205,17 @@ impl Pass<'_> {
                     return Continue(L7Out::Pass);
                 }
             }
+        } else if let Some(tls) = tls {
+            // TLS server-name rules: judged on the ClientHello (docs/l7.md,
+            // "TLS server names"); nothing is held.
+            l7s.pool.feed_tls_segment(id, seq, payload, fin, |sni| {
+                if tls.judge(sni).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    note = Some(L7Note::new(L7Reason::TlsSniDenied).with_request("TLS", sni));
+                    L7Verdict::Deny
+                }
+            })
         } else {
             let may_hold = l7s.held_total < l7s.held_max;
             l7s.pool
@@ -257,7 +269,8 @@ impl Pass<'_> {
             Feed::Deny(r) => {
                 let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
                 let seqs = (client_next, server_expects, server_next);
-                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs))
+                let tls = tls.is_some();
+                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs, tls))
             }
         }
     }
@@ -270,7 +283,10 @@ impl Pass<'_> {
     /// its pod port, or — for a client behind a peer node — encapsulated
     /// toward that peer (inner MACs: our VTEP → the peer's VTEP).
     /// `seqs`: the client's next sequence number, the first client byte the
-    /// server was not sent, the server's next sequence number.
+    /// server was not sent, the server's next sequence number. `tls`: the
+    /// flow is under TLS server-name rules: the client gets a RST (it
+    /// speaks TLS, a plain-text 403 would only be a decode error) instead
+    /// of the 403.
     #[allow(clippy::too_many_arguments)]
     fn http_deny(
         &mut self,
@@ -281,6 +297,7 @@ impl Pass<'_> {
         r: L7Reason,
         note: Option<L7Note>,
         (client_next, server_expects, server_next): (u32, u32, u32),
+        tls: bool,
     ) -> Verdict {
         let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
         let generation = snap.policy().generation();
@@ -347,7 +364,20 @@ impl Pass<'_> {
                 },
                 ..rst
             };
-            let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
+            let built = if tls {
+                // RST client ← server: seq = what the client expects next
+                // from the server, ack = every client byte.
+                let reset = DeniedFlow {
+                    client: to_client.server,
+                    server: to_client.client,
+                    client_next_seq: 0,
+                    server_expects_seq: server_next,
+                    server_next_seq: client_next,
+                };
+                crate::l7::reply::build_rst_frame(buf, &reset)
+            } else {
+                crate::l7::reply::build_403_frame(buf, &to_client, r.as_str())
+            };
             let built = match (built, peer, tunnel) {
                 (Some(n), None, _) => Some(n),
                 (Some(n), Some(peer), Some((t, _))) => {
@@ -368,6 +398,7 @@ impl Pass<'_> {
             reply_len,
             rst_port: route.port,
             rst,
+            reason: r.drop_reason(),
         }
     }
 }

@@ -86,6 +86,8 @@
 use super::http::{parse_field_line, parse_head, parse_request_line, BodyFraming, RequestHead};
 use super::L7Reason;
 
+mod tls;
+
 /// The judge's answer for one complete request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L7Verdict {
@@ -966,6 +968,19 @@ impl InspectorPool {
     where
         F: FnMut(&RequestHead<'_>) -> L7Verdict,
     {
+        self.feed_with(id, may_hold, |st, buf| {
+            st.feed_inner(buf, seq, payload, Some(fin), now, judge)
+        })
+    }
+
+    /// Runs `feed` on flow `id`'s state with the scratch buffer holding its
+    /// kept bytes (see [`InspectorPool::feed_segment`] for `Busy`).
+    fn feed_with(
+        &mut self,
+        id: SlotId,
+        may_hold: bool,
+        feed: impl FnOnce(&mut StreamState, &mut [u8]) -> Feed,
+    ) -> Feed {
         let i = id.0 as usize;
         let blen = self.buffer_len;
         let (Some(&true), Some(&b), Some(st)) = (
@@ -986,7 +1001,7 @@ impl InspectorPool {
             };
             dst.copy_from_slice(src);
         }
-        let f = st.feed_inner(&mut self.scratch, seq, payload, Some(fin), now, judge);
+        let f = feed(st, &mut self.scratch);
         if f == Feed::Hold && !may_hold {
             *st = saved;
             return Feed::Busy;
