@@ -204,5 +204,8 @@ fn dns_rules_refuse_and_fqdn_egress_follows_answers() {
     assert!(allowed.contains("status: NOERROR"), "{allowed}");
     assert!(allowed.contains(&other_ip), "{allowed}");
     let said = connect(&c, &other_ip);
-    assert!(said.contains("other"), "other said {said:?} after a TCP answer");
+    assert!(
+        said.contains("other"),
+        "other said {said:?} after a TCP answer"
+    );
 }
