@@ -70,3 +70,33 @@ spec:
     let e = bad("    tls: [{name: a.example}]\n", "ingress");
     assert!(e.contains("tls"), "{e}");
 }
+
+#[test]
+fn explain_judges_a_server_name_like_the_worker() {
+    use weir_policy::explain::explain_tls;
+    let mut input = cluster();
+    input.policies = parse_str(TLS, "t.yaml").unwrap();
+    let e = |sni: &str| {
+        explain_tls(
+            &input,
+            ("prod", "api"),
+            ("prod", "web"),
+            weir_model::Protocol::Tcp,
+            8443,
+            sni,
+        )
+        .unwrap()
+        .tls
+        .unwrap()
+    };
+    let ok = e("a.svc.example");
+    assert!(ok.allowed, "{}", ok.text);
+    assert!(ok.text.contains("ALLOWED by tls[1]"), "{}", ok.text);
+    let no = e("evil.example.com");
+    assert!(!no.allowed);
+    assert!(no.text.contains("tls-sni-denied"), "{}", no.text);
+    let none = e("");
+    assert!(none.text.contains("tls-no-sni"), "{}", none.text);
+    let bad = e("bad name");
+    assert!(bad.text.contains("tls-malformed"), "{}", bad.text);
+}

@@ -279,6 +279,24 @@ fn tls_server_names_judged_on_the_client_hello() {
         String::from_utf8_lossy(&out.stderr)
     );
     let denied_before = c.drops("tls-sni-denied");
+    for (name, want) in [("api.example.com", true), ("evil.example.com", false)] {
+        let e = c.weir_json(&[
+            "explain",
+            "--from",
+            "demo/app2",
+            "--to",
+            "demo/app1",
+            "--port",
+            "8443",
+            "--protocol",
+            "TCP",
+            "--sni",
+            name,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(e["tls"]["allowed"], want, "explain --sni {name}: {e}");
+    }
 
     // Allowed: exact name and one-label wildcard, case-insensitive.
     for name in ["api.example.com", "x.svc.example", "API.Example.com"] {
