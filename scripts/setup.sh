@@ -7,7 +7,7 @@ set -euo pipefail
 
 APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc curl
           iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps
-          wrk apache2-utils haproxy openvswitch-switch nftables jq bc)
+          wrk apache2-utils haproxy openvswitch-switch nftables jq bc openssl)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -200,6 +200,19 @@ pub struct IngressRule {
     /// entry, else 403 (Allow rules of enforced policies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRule>>,
+    /// L7: every TLS connection admitted by the rule must name one of these
+    /// servers in its ClientHello (SNI), else both ends get a RST (no ECH,
+    /// no missing name; not with `http` in one rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Vec<TlsRule>>,
+}
+
+/// A TLS server name a rule admits.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRule {
+    /// `name`, `*.suffix` (exactly one more label) or `*`; case-insensitive.
+    pub sni: String,
 }
 
 /// An egress rule of a WeirPolicy.

@@ -369,6 +369,9 @@ enum Cmd {
         /// Judge a DNS query for NAME (DNS rules are not implemented yet).
         #[arg(long, value_name = "NAME")]
         dns: Option<String>,
+        /// Judge a TLS connection whose ClientHello names NAME (TLS rules).
+        #[arg(long, value_name = "NAME")]
+        sni: Option<String>,
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
@@ -913,11 +916,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             host,
             headers,
             dns,
+            sni,
             output,
         } => {
             anyhow::ensure!(
-                dns.is_none() || http.is_none(),
-                "--dns and --http: give one of them"
+                [dns.is_some(), http.is_some(), sni.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count()
+                    <= 1,
+                "--dns, --http and --sni: give one of them"
             );
             let request = match http {
                 None => None,
@@ -956,6 +964,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let protocol = weir_model::Protocol::from(protocol);
             anyhow::ensure!(port != 0, "--port: 0 is not a port (1-65535)");
             let e = match (&request, &dns) {
+                (None, None) if sni.is_some() => weir_policy::explain::explain_tls(
+                    &input,
+                    (fns, fname),
+                    (tns, tname),
+                    protocol,
+                    port,
+                    sni.as_deref().unwrap_or_default(),
+                ),
                 (None, Some(name)) => weir_policy::explain::explain_dns(
                     &input,
                     (fns, fname),

@@ -126,6 +126,7 @@ fn weir_policy_schema_is_the_parsers_fields_for_a_namespace_policy() {
             "spec.ingress[].toFQDNs",
             "spec.egress[].from",
             "spec.egress[].http",
+            "spec.egress[].tls",
         ],
     );
 }
@@ -141,9 +142,11 @@ fn weir_cluster_policy_schema_is_the_parsers_fields_for_a_cluster_policy() {
             "spec.egress[].from",
             // L7 and FQDN parts: WeirPolicy only (not yet in the Admin tier).
             "spec.ingress[].http",
+            "spec.ingress[].tls",
             "spec.ingress[].dns",
             "spec.ingress[].toFQDNs",
             "spec.egress[].http",
+            "spec.egress[].tls",
             "spec.egress[].dns",
             "spec.egress[].toFQDNs",
         ],

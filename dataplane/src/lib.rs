@@ -79,7 +79,8 @@ pub enum Verdict {
     /// Transmit the frames held for `slot`, in arrival order, then this one
     /// (`len` bytes on `port`).
     Release { port: PortId, len: usize, slot: u32 },
-    /// An HTTP request was denied: drop the frames held for `slot`. The
+    /// An HTTP request (or TLS hello, or a DNS query over TCP: `slot`
+    /// `u32::MAX`, none held) was denied: drop the frames held for `slot`. The
     /// frame's buffer now holds the 403 (PSH|ACK|FIN) for the client:
     /// transmit its first `reply_len` bytes on `reply_port` (`reply_len` 0:
     /// none, drop the frame). Build the RST for the server with
@@ -91,5 +92,9 @@ pub enum Verdict {
         reply_len: usize,
         rst_port: PortId,
         rst: l7::reply::DeniedFlow,
+        /// What the denial counts under (`l7-denied` for HTTP,
+        /// `tls-sni-denied` / `tls-malformed` for TLS server-name rules,
+        /// whose reply to the client is a RST, not a 403).
+        reason: DropReason,
     },
 }

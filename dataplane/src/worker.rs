@@ -706,9 +706,10 @@ impl Worker {
                 reply_len,
                 rst_port,
                 rst,
+                reason,
             } => {
                 self.drop_held(slot);
-                self.stats.count_drop(DropReason::L7Denied, 1);
+                self.stats.count_drop(reason, 1);
                 if reply_len > 0 {
                     tx!(d, reply_port);
                 } else {

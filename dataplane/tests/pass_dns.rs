@@ -38,7 +38,7 @@ fn rule(index: usize) -> RuleInfo {
     }
 }
 
-/// Client egress: UDP 53 to D with DNS rules (set 0); TCP 80 to what
+/// Client egress: UDP and TCP 53 to D with DNS rules (set 0); TCP 80 to what
 /// `allowed.example` resolved to (toFQDNs); everything else implicit deny.
 fn snap() -> Snapshot {
     let port = |i: u8| Port {
@@ -68,7 +68,7 @@ fn snap() -> Snapshot {
             CellSpec::uniform(deny),
             CellSpec {
                 other: deny,
-                tcp: vec![(0, deny)],
+                tcp: vec![(0, deny), (53, dns_allow), (54, deny)],
                 udp: vec![(0, deny), (53, dns_allow), (54, deny)],
                 sctp: vec![(0, deny)],
             },
@@ -380,4 +380,136 @@ fn a_fragmented_query_is_refused_in_every_fragment() {
         run(&later, &s, &mut st).0,
         Verdict::Drop(DropReason::DnsMalformed)
     );
+}
+
+/// A TCP segment of the client C:40053 ↔ D:53 connection (`from` 0: the
+/// client, 1: the server), ACK set unless `syn` without `ack`.
+fn tcp53(from: u8, seq: u32, ack: Option<u32>, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let (src, dst, sp, dp) = if from == 0 {
+        (C, D, 40053, 53)
+    } else {
+        (D, C, 53, 40053)
+    };
+    let b = PacketBuilder::ethernet2(pod_mac(from), port_mac(from))
+        .ipv4(src, dst, 64)
+        .tcp(sp, dp, seq, 64240);
+    let b = if syn { b.syn() } else { b };
+    let b = match ack {
+        Some(a) => b.ack(a),
+        None => b,
+    };
+    let b = if payload.is_empty() { b } else { b.psh() };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn prefixed(m: &[u8]) -> Vec<u8> {
+    let mut v = (m.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(m);
+    v
+}
+
+/// Handshake C → D on TCP 53.
+fn open53(s: &Snapshot, st: &mut WorkerState) {
+    for f in [
+        tcp53(0, 1000, None, true, b""),
+        tcp53(1, 7000, Some(1001), true, b""),
+        tcp53(0, 1001, Some(7001), false, b""),
+    ] {
+        let mut buf = vec![0u8; 2048];
+        buf[..f.len()].copy_from_slice(&f);
+        let v = process(&mut buf, f.len(), u16::from(f[11]), s, st);
+        assert!(matches!(v, Verdict::Tx { .. }), "{v:?}");
+    }
+}
+
+#[test]
+fn tcp_query_refused_with_a_length_prefixed_answer_and_the_server_reset() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    open53(&s, &mut st);
+    let q = prefixed(&query(0x4243, "blocked.example"));
+    let f = tcp53(0, 1001, Some(7001), false, &q);
+    let mut buf = vec![0u8; 2048];
+    buf[..f.len()].copy_from_slice(&f);
+    let v = process(&mut buf, f.len(), 0, &s, &mut st);
+    let Verdict::L7Deny {
+        reply_port,
+        reply_len,
+        rst_port,
+        rst,
+        reason,
+        ..
+    } = v
+    else {
+        panic!("expected L7Deny, got {v:?}");
+    };
+    assert_eq!(
+        (reply_port, rst_port, reason),
+        (0, 1, DropReason::DnsRefused)
+    );
+    let out = &buf[..reply_len];
+    assert_eq!(&out[0..6], &pod_mac(0));
+    let p = SlicedPacket::from_ethernet(out).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not TCP");
+    };
+    assert_eq!((t.source_port(), t.destination_port()), (53, 40053));
+    // From the server's next byte, acknowledging the query, with FIN.
+    assert_eq!(t.sequence_number(), 7001);
+    assert_eq!(t.acknowledgment_number(), 1001 + q.len() as u32);
+    assert!(t.fin() && t.ack() && t.psh() && !t.rst());
+    let mut want = vec![0x42, 0x43, 0x81, 0x05, 0, 1, 0, 0, 0, 0, 0, 0];
+    want.extend(qname("blocked.example"));
+    want.extend_from_slice(&[0, 1, 0, 1]);
+    assert_eq!(t.payload(), prefixed(&want));
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
+    assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+    assert_eq!(
+        t.checksum(),
+        t.to_header()
+            .calc_checksum_ipv4(&ip.to_header(), t.payload())
+            .unwrap()
+    );
+    // The server: a RST at the query's first byte (it never saw it).
+    assert_eq!((rst.server_expects_seq, rst.server_next_seq), (1001, 7001));
+    assert_eq!(st.dns_refused(), 1);
+    // An allowed query on a new connection passes unchanged.
+    let mut st = WorkerState::new();
+    open53(&s, &mut st);
+    let q = prefixed(&query(7, "www.allowed.example"));
+    let f = tcp53(0, 1001, Some(7001), false, &q);
+    let mut buf = vec![0u8; 2048];
+    buf[..f.len()].copy_from_slice(&f);
+    let v = process(&mut buf, f.len(), 0, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(&buf[..f.len()][14 + 20 + 20..], &q[..]);
+}
+
+#[test]
+fn tcp_answer_teaches_the_table() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    st.set_now(100 * SEC);
+    let (v, _) = run(&syn(W, 80), &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    open53(&s, &mut st);
+    let q = prefixed(&query(9, "allowed.example"));
+    let (v, _) = run(&tcp53(0, 1001, Some(7001), false, &q), &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    let ack = 1001 + q.len() as u32;
+    // A prefix that does not match the segment (answer in pieces): nothing
+    // learned, the segment passes.
+    let r = prefixed(&response(9, "allowed.example", W, 30));
+    let (v, _) = run(&tcp53(1, 7001, Some(ack), false, &r[..20]), &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(st.fqdn().entries().len(), 0);
+    let (v, _) = run(&tcp53(1, 7001, Some(ack), false, &r), &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(st.fqdn().entries().len(), 1);
+    let mut web = syn(W, 80);
+    web[34 + 1] = 43;
+    let (v, _) = run(&web, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 2, .. }), "{v:?}");
 }

@@ -84,6 +84,7 @@ fn snap() -> Snapshot {
                 path: Some(PathMatchSpec::Prefix("/public".into())),
                 ..HttpRuleSpec::default()
             }],
+            tls: vec![],
         }],
         ..Default::default()
     };
@@ -401,7 +402,69 @@ fn a_pipelined_second_request_is_denied() {
     let mut both = PUBLIC.to_vec();
     both.extend_from_slice(PRIVATE);
     let r = req(&s, &mut st, seq, &both);
-    assert!(matches!(r.v, Verdict::L7Deny { .. }), "{:?}", r.v);
+    // The allowed request goes on alone: the frame cut before the denied
+    // head, lengths and checksums fixed (etherparse checks them).
+    assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+    assert_eq!(tcp_payload(&r.out), PUBLIC);
+    let p = SlicedPacket::from_ethernet(&r.out).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4");
+    };
+    assert_eq!(usize::from(ip.header().total_len()), r.out.len() - 14);
+    assert_eq!(
+        ip.header().header_checksum(),
+        ip.header().to_header().calc_header_checksum()
+    );
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not TCP");
+    };
+    let sum = t
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+        .unwrap();
+    assert_eq!(t.checksum(), sum);
+    let ev = events(&st);
+    let d = ev.iter().find(|e| e.l7.is_some()).expect("deny event");
+    assert_eq!(d.l7.unwrap().path(), "/private");
+    // The client's retransmission of the denied bytes ends the connection:
+    // a RST to the client (no 403: the 200 may still be on its way), a RST
+    // to the server at the denied head's first byte.
+    let at = seq + PUBLIC.len() as u32;
+    let r = run(
+        &seg(0, at, Some(SERVER_ISN + 1 + 19), false, PRIVATE),
+        &s,
+        &mut st,
+    );
+    let Verdict::L7Deny { rst, reply_len, .. } = r.v else {
+        panic!("expected L7Deny, got {:?}", r.v);
+    };
+    assert!(reply_len > 0);
+    assert!(tcp_payload(&r.out).is_empty());
+    let p = SlicedPacket::from_ethernet(&r.out).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not TCP");
+    };
+    assert!(t.rst());
+    assert_eq!(t.sequence_number(), SERVER_ISN + 1 + 19);
+    assert_eq!(rst.server_expects_seq, at);
+    // One event for the denial.
+    assert!(events(&st).iter().all(|e| e.l7.is_none()));
+    // Before the client acknowledges any of the answer, its segments (a
+    // retransmission of the whole first segment too: not cut again) are
+    // dropped; after the wait, the connection is reset anyway.
+    let mut st = WorkerState::new();
+    st.set_now(10 * SEC);
+    let seq = open(&s, &mut st);
+    assert!(matches!(req(&s, &mut st, seq, &both).v, Verdict::Tx { .. }));
+    assert_eq!(
+        req(&s, &mut st, seq, &both).v,
+        Verdict::Drop(DropReason::L7Denied)
+    );
+    st.set_now(13 * SEC);
+    assert!(matches!(
+        req(&s, &mut st, seq, &both).v,
+        Verdict::L7Deny { .. }
+    ));
 }
 
 #[test]

@@ -129,6 +129,7 @@ pub fn snapshot_spec() -> SnapshotSpec {
                 path: Some(PathMatchSpec::Prefix("/public".into())),
                 ..HttpRuleSpec::default()
             }],
+            tls: vec![],
         }],
         dns: vec![vec!["*.allowed.example".into(), "allowed.example".into()]],
         fqdn_selectors: vec!["allowed.example".into()],

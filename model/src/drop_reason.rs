@@ -112,6 +112,10 @@ drop_reasons! {
     SnatUnsupported = 36 => "snat-unsupported",
     /// new flow to a NodePort with externalTrafficPolicy Local on a node without a ready local endpoint
     NodePortNoLocalEndpoint = 37 => "nodeport-no-local-endpoint",
+    /// TLS connection under server-name rules refused: the ClientHello's server name (SNI) matched no rule, was missing, or was hidden by ECH (both ends got an RST)
+    TlsSniDenied = 38 => "tls-sni-denied",
+    /// TLS connection under server-name rules refused: the first flight is not one valid ClientHello (bad records, fields, duplicate extensions, bad name, FIN inside it, too long; both ends got an RST)
+    TlsMalformed = 39 => "tls-malformed",
 }
 
 macro_rules! l7_reasons {
@@ -211,6 +215,17 @@ l7_reasons! {
     /// act on whatever it has at end of stream, and part of the head was
     /// forwarded.
     IncompleteHead = 29 => "http-incomplete-head" under L7Denied,
+    /// The ClientHello's server name matched no TLS rule.
+    TlsSniDenied = 30 => "tls-sni-denied" under TlsSniDenied,
+    /// The ClientHello has no server name (nothing to judge).
+    TlsNoSni = 31 => "tls-no-sni" under TlsSniDenied,
+    /// The ClientHello carries `encrypted_client_hello` (or draft ESNI):
+    /// the real server name is hidden.
+    TlsEch = 32 => "tls-ech" under TlsSniDenied,
+    /// The first flight is not one valid ClientHello (or ended inside it).
+    TlsMalformed = 33 => "tls-malformed" under TlsMalformed,
+    /// The ClientHello is longer than the head limit.
+    TlsHelloTooLong = 34 => "tls-hello-too-long" under TlsMalformed,
 }
 
 impl DropReason {
@@ -247,12 +262,23 @@ mod tests {
             assert_eq!(dup.count(), 1, "{r:?}");
             assert!(matches!(
                 r.drop_reason(),
-                DropReason::L7Denied | DropReason::DnsRefused
+                DropReason::L7Denied
+                    | DropReason::DnsRefused
+                    | DropReason::TlsSniDenied
+                    | DropReason::TlsMalformed
             ));
         }
         // The one L7 name that is also a drop reason names the same thing.
         assert_eq!(L7Reason::DnsRefused.as_str(), DropReason::DnsRefused.slug());
         assert_eq!(L7Reason::DnsRefused.drop_reason(), DropReason::DnsRefused);
+        assert_eq!(
+            L7Reason::TlsSniDenied.as_str(),
+            DropReason::TlsSniDenied.slug()
+        );
+        assert_eq!(
+            L7Reason::TlsMalformed.as_str(),
+            DropReason::TlsMalformed.slug()
+        );
     }
 }
 

@@ -1145,7 +1145,13 @@ impl CompiledPolicy {
         if let Some(n) = d.dns {
             s.push_str(&format!(" [DNS rules: set {n}; other queries get REFUSED]"));
         }
-        if let Some(l) = d.l7 {
+        if let Some(tls) = d.l7.and_then(|l| self.http_set(l)?.tls()) {
+            s.push_str(&format!(
+                " [TLS rules: set {}, {} server name(s); other connections get RST]",
+                d.l7.unwrap_or_default(),
+                tls.len()
+            ));
+        } else if let Some(l) = d.l7 {
             let n = self.http_set(l).map_or(0, |h| h.len());
             s.push_str(&format!(
                 " [HTTP rules: set {l}, {n} rule(s); other requests get 403]"

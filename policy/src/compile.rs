@@ -108,10 +108,13 @@ impl HttpSets {
             return u;
         }
         let mut rules = Vec::new();
+        let mut tls = Vec::new();
         for &p in &parts {
             rules.extend(self.sets[p as usize].rules.iter().cloned());
+            tls.extend(self.sets[p as usize].tls.iter().cloned());
         }
-        self.sets.push(weir_model::l7::HttpRuleSetSpec { rules });
+        self.sets
+            .push(weir_model::l7::HttpRuleSetSpec { rules, tls });
         let id = self.sets.len() as u32 - 1;
         self.unions.insert(parts, id);
         id

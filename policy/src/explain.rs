@@ -56,6 +56,9 @@ pub struct Explanation {
     /// Present when a DNS query name was given to judge (`--dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsExplanation>,
+    /// Present when a TLS server name was given to judge (`--sni`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsExplanation>,
     /// The source and destination are the same pod: the traffic goes to
     /// the pod's own address, which its kernel delivers on its loopback.
     /// It never reaches weir, so no policy judges it (it always connects).
@@ -126,6 +129,105 @@ pub fn explain_dns(
     Ok(e)
 }
 
+/// What `--sni` found: the flow's TLS set and the verdict on a ClientHello
+/// naming `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsExplanation {
+    pub sni: String,
+    /// The flow's L7 set, if its ingress decision carries one.
+    pub set: Option<u32>,
+    /// Whether the connection goes on (`false`: weir resets it).
+    pub allowed: bool,
+    pub text: String,
+}
+
+/// [`explain`], then judges a TLS connection whose ClientHello names
+/// `sni` the way the worker does: a ClientHello is built, reassembled and
+/// parsed by [`weir_model::l7::tls`] and the name matched by the flow's
+/// compiled TLS rules.
+pub fn explain_tls(
+    input: &PolicyInput,
+    from: (&str, &str),
+    to: (&str, &str),
+    protocol: Protocol,
+    port: u16,
+    sni: &str,
+) -> Result<Explanation, PolicyError> {
+    use weir_model::l7::tls;
+    let mut e = explain_flow(input, from, to, protocol, port, None)?;
+    let src = find(input, from)?;
+    let dst = find(input, to)?;
+    let spec = compile_for(input, 0, &[src, dst])?;
+    let compiled = CompiledPolicy::build(spec)?;
+    let set = e.ingress.decision.l7;
+    let mut hello = client_hello(sni);
+    let judged = tls::hello_extent(&hello).and_then(|end| {
+        let n = tls::defragment(&mut hello, end.unwrap_or(0));
+        let h = tls::parse_client_hello(&hello[..n])?;
+        tls::precheck(&h).map(str::to_string)
+    });
+    let rules = set.and_then(|i| compiled.http_set(i));
+    let (allowed, text) = match (e.allowed, rules) {
+        _ if e.same_pod => (true, SAME_POD.to_string()),
+        (false, _) => (false, "not judged: the flow itself is denied".to_string()),
+        (true, None) => (true, "no L7 rules on this flow: every connection passes".to_string()),
+        (true, Some(r)) => match (r.tls(), judged) {
+            (None, _) => (
+                false,
+                "the flow is under HTTP rules: a TLS connection is not HTTP/1 and is denied"
+                    .to_string(),
+            ),
+            (Some(_), Err(reason)) => (
+                false,
+                format!("server name {sni:?}: DENIED ({}); weir resets the connection", reason.as_str()),
+            ),
+            (Some(t), Ok(name)) => match t.judge(&name) {
+                Some(i) => (
+                    true,
+                    format!("server name {name}: ALLOWED by tls[{i}] of set {}", set.unwrap_or(0)),
+                ),
+                None => (
+                    false,
+                    format!("server name {name}: DENIED (tls-sni-denied): no TLS rule matches; weir resets the connection"),
+                ),
+            },
+        },
+    };
+    e.tls = Some(TlsExplanation {
+        sni: sni.to_string(),
+        set,
+        allowed,
+        text,
+    });
+    Ok(e)
+}
+
+/// A minimal ClientHello record naming `sni` (no `server_name` if empty).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if !sni.is_empty() {
+        let n = sni.len();
+        ext.extend_from_slice(&[0, 0]);
+        ext.extend_from_slice(&((n + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((n + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(n as u16).to_be_bytes());
+        ext.extend_from_slice(sni.as_bytes());
+    }
+    let mut b = vec![3, 3];
+    b.extend_from_slice(&[0; 32]);
+    b.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    b.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    b.extend_from_slice(&ext);
+    let mut m = vec![1];
+    m.extend_from_slice(&(b.len() as u32).to_be_bytes()[1..]);
+    m.extend_from_slice(&b);
+    let mut r = vec![22, 3, 1];
+    r.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    r.extend_from_slice(&m);
+    r
+}
+
 /// A standard query (RD, one question, type A, class IN) for `name`.
 fn dns_query(name: &str) -> Option<Vec<u8>> {
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -169,6 +271,9 @@ impl std::fmt::Display for Explanation {
         }
         if let Some(d) = &self.dns {
             write!(f, "\n  DNS: {}", d.text)?;
+        }
+        if let Some(t) = &self.tls {
+            write!(f, "\n  TLS: {}", t.text)?;
         }
         Ok(())
     }
@@ -297,6 +402,7 @@ fn explain_flow(
             ingress: local,
             http: None,
             dns: None,
+            tls: None,
             same_pod: true,
         });
     }
@@ -356,6 +462,7 @@ fn explain_flow(
     find_override(input, &mut ingress, |i| judge_again(i, true))?;
     Ok(Explanation {
         dns: None,
+        tls: None,
         same_pod: false,
         allowed: j.allowed,
         from: format!("{}/{}", from.0, from.1),

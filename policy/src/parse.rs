@@ -277,6 +277,7 @@ struct RawWeirRule {
     name: Option<String>,
     http: Option<Vec<RawHttpRule>>,
     dns: Option<Vec<RawDnsName>>,
+    tls: Option<Vec<RawTlsRule>>,
     #[serde(rename = "toFQDNs")]
     to_fqdns: Option<Vec<RawFqdn>>,
 }
@@ -312,6 +313,13 @@ struct RawHttpRule {
     host: Option<String>,
     #[serde(default)]
     headers: Vec<RawHttpHeader>,
+}
+
+/// One `tls:` entry of a WeirPolicy rule: an allowed server name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsRule {
+    sni: String,
 }
 
 #[derive(Deserialize)]
@@ -958,7 +966,7 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                 }
                 None => return Err(cx.err(format!("{f}.action"), "required")),
             };
-            let http = match &r.http {
+            let mut http = match &r.http {
                 None => None,
                 Some(v) => Some(http_rules(
                     cx,
@@ -970,6 +978,21 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                     p.audit,
                 )?),
             };
+            if let Some(v) = &r.tls {
+                if http.is_some() {
+                    return Err(cx.err(
+                        format!("{f}.tls"),
+                        "cannot be combined with `http` in one rule (TLS hides the HTTP requests); use two rules on different ports",
+                    ));
+                }
+                let g = Guard {
+                    cluster,
+                    dir,
+                    action,
+                    audit: p.audit,
+                };
+                http = Some(tls_rules(cx, &format!("{f}.tls"), v, g)?);
+            }
             let peers = if dir == Direction::Ingress {
                 &r.from
             } else {
@@ -1216,7 +1239,7 @@ fn http_rules(
                 .collect(),
         });
     }
-    let spec = HttpRuleSetSpec { rules };
+    let spec = HttpRuleSetSpec { rules, tls: vec![] };
     if let Err(e) = HttpRuleSet::compile(&spec) {
         let (i, part) = match &e {
             weir_model::l7::matcher::CompileError::Method(i, _) => (*i, "method"),
@@ -1224,6 +1247,7 @@ fn http_rules(
             | weir_model::l7::matcher::CompileError::Path(i, _) => (*i, "path"),
             weir_model::l7::matcher::CompileError::Host(i, _) => (*i, "host"),
             weir_model::l7::matcher::CompileError::Header(i, _) => (*i, "headers"),
+            weir_model::l7::matcher::CompileError::Sni(i, _) => (*i, "sni"),
         };
         let msg = e.to_string();
         let msg = msg.split_once(": ").map_or(msg.as_str(), |(_, m)| m);
@@ -1231,6 +1255,51 @@ fn http_rules(
         return Err(cx.err(format!("{f}[{i}].{part}"), msg));
     }
     Ok(spec)
+}
+
+/// `tls: [{sni: name | "*.suffix" | "*"}]` of a WeirPolicy rule: the
+/// connection is judged on its ClientHello's server name (docs/l7.md, "TLS
+/// server names"); same places as `http:` (ingress `Allow` rules of
+/// enforced WeirPolicies). Kept in the rule's L7 set (`HttpRuleSetSpec::tls`).
+fn tls_rules(
+    cx: &Cx,
+    f: &str,
+    raw: &[RawTlsRule],
+    g: Guard,
+) -> Result<weir_model::l7::HttpRuleSetSpec, PolicyError> {
+    use weir_model::l7::tls::{TlsRuleSet, TlsRuleSpec};
+    if g.cluster {
+        return Err(cx.err(
+            f,
+            "TLS rules are only supported in a WeirPolicy (namespace tier), not yet in a WeirClusterPolicy",
+        ));
+    }
+    if g.dir != Direction::Ingress {
+        return Err(cx.err(f, "TLS rules are only supported on ingress rules"));
+    }
+    if g.action != RuleAction::Allow {
+        return Err(cx.err(f, "TLS rules are only allowed on an Allow rule"));
+    }
+    if g.audit {
+        return Err(cx.err(f, "TLS rules are not supported in an audit policy"));
+    }
+    if raw.is_empty() {
+        return Err(cx.err(
+            f,
+            "an empty list would deny every connection; list at least one sni or drop `tls`",
+        ));
+    }
+    let tls: Vec<TlsRuleSpec> = raw
+        .iter()
+        .map(|r| TlsRuleSpec { sni: r.sni.clone() })
+        .collect();
+    if let Err(i) = TlsRuleSet::compile(&tls) {
+        return Err(cx.err(
+            format!("{f}[{i}].sni"),
+            "not a name, '*.' followed by a name, or '*'",
+        ));
+    }
+    Ok(weir_model::l7::HttpRuleSetSpec { rules: vec![], tls })
 }
 
 fn cluster_subject(cx: &Cx, raw: &Option<RawClusterSubject>) -> Result<Subject, PolicyError> {

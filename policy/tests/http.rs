@@ -92,7 +92,8 @@ fn the_paper_scenario_compiles_to_an_l7_allow() {
                 method: Some("GET".into()),
                 path: Some(PathMatchSpec::Prefix("/public".into())),
                 ..HttpRuleSpec::default()
-            }]
+            }],
+            tls: vec![],
         }]
     );
     // Round trip through JSON (the snapshot's wire form).

@@ -88,6 +88,9 @@ spec:
       headers: [{name: X-A, value: b}]
     - path: {exact: /a}
     - path: {regex: /b.*}
+  - action: Allow
+    ports: [{port: 443}]
+    tls: [{sni: example.com}, {sni: '*.example.org'}]
   egress:
   - action: Allow
     ports: [{port: 53, protocol: UDP}]
@@ -291,6 +294,7 @@ fn kinds() -> Vec<KindCase> {
         "spec.ingress[].toFQDNs",
         "spec.egress[].from",
         "spec.egress[].http",
+        "spec.egress[].tls",
     ];
     let weir_cluster_refused = vec![
         "spec.podSelector",
@@ -299,8 +303,10 @@ fn kinds() -> Vec<KindCase> {
         "spec.ingress[].dns",
         "spec.ingress[].toFQDNs",
         "spec.ingress[].http",
+        "spec.ingress[].tls",
         "spec.egress[].from",
         "spec.egress[].http",
+        "spec.egress[].tls",
         "spec.egress[].dns",
         "spec.egress[].toFQDNs",
     ];
@@ -708,7 +714,7 @@ fn typos_users_make_are_refused_with_the_path() {
         (np("  ingres: []\n"),
          "networkpolicies/q/p3: spec.ingres: unknown field; expected one of podSelector, policyTypes, ingress, egress"),
         (wp("  ingress:\n  - action: Allow\n    ports: [{port: 80}]\n    htpp: [{method: GET}]\n"),
-         "weirpolicies/q/p: spec.ingress[0].htpp: unknown field; expected one of from, to, ports, action, name, http, dns, toFQDNs"),
+         "weirpolicies/q/p: spec.ingress[0].htpp: unknown field; expected one of from, to, ports, action, name, http, dns, tls, toFQDNs"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p3, namespace: q}\nspek: {}\n".into(),
          "networkpolicies/q/p3: spek: unknown field; expected one of apiVersion, kind, metadata, spec"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p3, namespace: q, lables: {a: b}}\n".into(),

@@ -49,10 +49,10 @@ spec:
   egress:
   - action: Allow
     to: [{podSelector: {matchLabels: {id: dns}}}]
-    ports: [{protocol: UDP, port: 53}]
+    ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
     dns: [{pattern: "*.allowed.example"}, {name: allowed.example}]
   - action: Allow
-    toFQDNs: [{matchName: allowed.example}]
+    toFQDNs: [{matchName: allowed.example}, {matchName: tcp.allowed.example}]
     ports: [{protocol: TCP, port: 80}]
 "#;
 
@@ -117,6 +117,7 @@ fn dns_rules_refuse_and_fqdn_egress_follows_answers() {
         .arg(format!("--listen-address={dns_ip}"))
         .arg(format!("--address=/allowed.example/{web_ip}"))
         .arg(format!("--address=/blocked.example/{other_ip}"))
+        .arg(format!("--address=/tcp.allowed.example/{other_ip}"))
         .arg(format!("--pid-file={pid}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -182,5 +183,29 @@ fn dns_rules_refuse_and_fqdn_egress_follows_answers() {
     assert!(
         refused,
         "no dns-refused record for blocked.example: {flows}"
+    );
+
+    // DNS over TCP: the same rules, REFUSED (length-prefixed) from weir,
+    // and an allowed answer over TCP teaches the FQDN table.
+    let before = c.drops("dns-refused");
+    let tcp = |name: &str| {
+        let at = format!("@{dns_ip}");
+        let out = c.pod_exec(
+            "demo",
+            "client",
+            &["dig", &at, name, "A", "+time=2", "+tries=1", "+tcp"],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let blocked = tcp("blocked.example");
+    assert!(blocked.contains("status: REFUSED"), "{blocked}");
+    assert!(c.drops("dns-refused") > before);
+    let allowed = tcp("tcp.allowed.example");
+    assert!(allowed.contains("status: NOERROR"), "{allowed}");
+    assert!(allowed.contains(&other_ip), "{allowed}");
+    let said = connect(&c, &other_ip);
+    assert!(
+        said.contains("other"),
+        "other said {said:?} after a TCP answer"
     );
 }

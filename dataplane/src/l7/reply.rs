@@ -137,6 +137,27 @@ pub fn build_rst_frame(out: &mut [u8], flow: &DeniedFlow) -> Option<usize> {
     )
 }
 
+/// Where [`build_data_frame`] expects the payload of a segment from `src`
+/// to `dst` (after Ethernet, IP and a 20-byte TCP header).
+pub fn data_offset(src: IpAddr, dst: IpAddr) -> Option<usize> {
+    Some(ETH_LEN + l3_len(src, dst)? + TCP_LEN)
+}
+
+/// Builds the frame `src` → `dst` around a payload of `plen` bytes already
+/// at [`data_offset`] in `out` (headers and checksums); returns its length.
+#[allow(clippy::too_many_arguments)]
+pub fn build_data_frame(
+    out: &mut [u8],
+    src: &TcpEnd,
+    dst: &TcpEnd,
+    seq: u32,
+    ack: u32,
+    tcp_flags: u8,
+    plen: usize,
+) -> Option<usize> {
+    write_headers(out, src, dst, seq, ack, tcp_flags, WINDOW_403, plen)
+}
+
 fn l3_len(a: IpAddr, b: IpAddr) -> Option<usize> {
     match (a, b) {
         (IpAddr::V4(_), IpAddr::V4(_)) => Some(ipv4::HEADER_LEN),

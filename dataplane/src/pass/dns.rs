@@ -7,6 +7,7 @@ use super::icmp::reply_ethernet;
 use super::l7::l7_event;
 use super::parse::{Fragment, Parsed};
 use super::policy::{judge, local_endpoint, DnsNeed};
+use super::route::Route;
 use super::state::WorkerState;
 use super::{drop, FlowKey, Pass};
 use crate::flows::{FlowEvent, FlowKind, L7Note};
@@ -57,6 +58,7 @@ impl Pass<'_> {
         pkt: &Parsed,
         need: DnsNeed,
         reply_port: Option<PortId>,
+        route: Option<&Route>,
     ) -> ControlFlow<Verdict, ()> {
         let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
         use crate::l7::dns;
@@ -84,11 +86,8 @@ impl Pass<'_> {
                 dport: pkt.key.sport,
             }
         };
-        if !need.query && !udp {
-            // Responses are read over UDP only (the flow log's rcode, FQDN
-            // rules).
-            return Continue(());
-        }
+        // Responses (UDP, or TCP whole in one segment) give the flow log its
+        // rcode and teach FQDN rules: read below.
         let set = match need.set {
             Some(s) => Some(s),
             None => judge(snap, &orig, None, &st.fqdn, st.now_ns).0.egress.dns,
@@ -112,6 +111,17 @@ impl Pass<'_> {
         };
         let msg = buf.get(start..end).unwrap_or_default();
         if !need.query {
+            // Over TCP: only a response whole in one segment (its 2-byte
+            // length prefix is the rest of the segment) teaches.
+            let msg = match (udp, msg.get(..2)) {
+                (true, _) => msg,
+                (false, Some(l))
+                    if usize::from(u16::from_be_bytes([l[0], l[1]])) + 2 == msg.len() =>
+                {
+                    &msg[2..]
+                }
+                (false, _) => return Continue(()),
+            };
             let Ok(r) = dns::parse_response(msg) else {
                 return Continue(());
             };
@@ -164,8 +174,89 @@ impl Pass<'_> {
                 return Break(Verdict::Tx { port, len });
             }
         }
+        if let (false, Some(port)) = (udp, reply_port) {
+            if let Some(v) = refused_tcp(buf, pkt, start, port, snap, route, st) {
+                return Break(v);
+            }
+        }
         drop(DropReason::DnsRefused)
     }
+}
+
+/// A refused query over TCP (the whole length-prefixed query in this
+/// segment): the frame becomes the REFUSED response (length-prefixed) from
+/// the server, with FIN, acknowledging the query, out of `port` to the
+/// client. The server never saw the query, so the connection cannot go on
+/// (the client's and the server's byte streams now differ): with the
+/// server's route known (a local pod) the worker also sends it a RST at the
+/// query's first byte (`Verdict::L7Deny`, no L7 slot); otherwise the server
+/// gets nothing (its side times out). Conntrack learns of the close.
+fn refused_tcp(
+    buf: &mut [u8],
+    pkt: &Parsed,
+    start: usize,
+    port: PortId,
+    snap: &Snapshot,
+    route: Option<&Route>,
+    st: &mut WorkerState,
+) -> Option<Verdict> {
+    use crate::l7::reply::{build_data_frame, data_offset, DeniedFlow, TcpEnd};
+    let end = pkt.frame_len();
+    let (seq, ack) = {
+        let t = tcp::Packet::new_checked(buf.get(pkt.l4_offset..end)?).ok()?;
+        (t.seq_number(), t.ack_number())
+    };
+    let client_next = seq.wrapping_add(u32::try_from(end - start).ok()?);
+    let client_mac = ethernet::Frame::new_checked(&buf[..]).ok()?.src_addr();
+    let n = crate::l7::dns::refuse_in_place_tcp(buf.get_mut(start..end)?).ok()?;
+    let at = data_offset(pkt.key.dst, pkt.key.src)?;
+    if buf.len() < at + n {
+        return None;
+    }
+    buf.copy_within(start..start + n, at);
+    let client = TcpEnd {
+        mac: client_mac,
+        ip: pkt.key.src,
+        port: pkt.key.sport,
+    };
+    let server = TcpEnd {
+        mac: snap.port(port)?.mac,
+        ip: pkt.key.dst,
+        port: pkt.key.dport,
+    };
+    let flags = tcp::flags::PSH | tcp::flags::ACK | tcp::flags::FIN;
+    let len = build_data_frame(buf, &server, &client, ack, client_next, flags, n)?;
+    let generation = snap.policy().generation();
+    let rst = tcp::flags::RST | tcp::flags::ACK;
+    st.ct.track(
+        &pkt.key,
+        crate::conntrack::Seg::Tcp(rst),
+        generation,
+        st.now_ns,
+    );
+    Some(match route {
+        Some(r) => Verdict::L7Deny {
+            slot: u32::MAX,
+            reply_port: port,
+            reply_len: len,
+            rst_port: r.port,
+            rst: DeniedFlow {
+                client: TcpEnd {
+                    mac: r.src_mac,
+                    ..client
+                },
+                server: TcpEnd {
+                    mac: r.dst_mac,
+                    ..server
+                },
+                client_next_seq: client_next,
+                server_expects_seq: seq,
+                server_next_seq: ack,
+            },
+            reason: DropReason::DnsRefused,
+        },
+        None => Verdict::Tx { port, len },
+    })
 }
 
 /// Turns the UDP query frame in the buffer (DNS message at `start`) into

@@ -17,12 +17,19 @@ use crate::wire::ethernet::Frame;
 use crate::wire::tcp;
 use crate::{DropReason, Verdict};
 
+/// After a split pipelined deny, how long the connection waits for the
+/// client to acknowledge the server's answer before it is reset anyway.
+const SPLIT_WAIT_NS: u64 = 2_000_000_000;
+
 /// What the HTTP stage asks of the final verdict.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum L7Out {
     Pass,
     Hold(u32),
     Release(u32),
+    /// Forward the frame cut to this many bytes (the stage already cut it:
+    /// lengths, FIN and checksums).
+    Trim(usize),
 }
 
 impl L7Out {
@@ -33,6 +40,10 @@ impl L7Out {
             (L7Out::Release(slot), Verdict::Tx { port, len }) => {
                 Verdict::Release { port, len, slot }
             }
+            (L7Out::Trim(n), Verdict::Tx { port, len }) => Verdict::Tx {
+                port,
+                len: n.min(len),
+            },
             (_, v) => v,
         }
     }
@@ -138,6 +149,7 @@ impl Pass<'_> {
                         set: 0,
                         generation: u64::MAX,
                         held: 0,
+                        split: None,
                     };
                 }
                 slot
@@ -204,6 +216,8 @@ impl Pass<'_> {
         // (for the flow log; pipelined heads in one segment: the last one).
         let mut allowed = None;
         let id = SlotId(slot);
+        let tls = rules.tls();
+        let was_denied = l7s.pool.get(id).and_then(|i| i.denied()).is_some();
         let feed = if rst {
             // The client reset the connection: nothing more can come on it.
             match l7s.pool.abort(id) {
@@ -213,6 +227,17 @@ impl Pass<'_> {
                     return Continue(L7Out::Pass);
                 }
             }
+        } else if let Some(tls) = tls {
+            // TLS server-name rules: judged on the ClientHello (docs/l7.md,
+            // "TLS server names"); nothing is held.
+            l7s.pool.feed_tls_segment(id, seq, payload, fin, |sni| {
+                if tls.judge(sni).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    note = Some(L7Note::new(L7Reason::TlsSniDenied).with_request("TLS", sni));
+                    L7Verdict::Deny
+                }
+            })
         } else {
             let may_hold = l7s.held_total < l7s.held_max;
             l7s.pool
@@ -259,6 +284,7 @@ impl Pass<'_> {
         // The client's FIN was accepted: no request can follow, the slot goes
         // back now (its later segments pass without one, see above).
         let finished = insp.finished();
+        let split = insp.deny_split();
         let held = l7s.meta.get(slot as usize).map_or(0, |m| m.held);
         match feed {
             Feed::Forward => {
@@ -288,9 +314,55 @@ impl Pass<'_> {
                 drop(DropReason::L7Busy)
             }
             Feed::Deny(r) => {
+                let keep = server_expects.wrapping_sub(seq) as i32;
+                let plen = pkt.frame_len().saturating_sub(pay_at);
+                if split && !was_denied && keep > 0 && (keep as usize) < plen {
+                    // Pipelined: the allowed requests' bytes before the
+                    // denied head go on (this frame cut before it); the
+                    // connection ends at the client's next segment.
+                    let mut ev = l7_event(now, &pkt.key, r, note);
+                    ev.generation = generation;
+                    ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+                    ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+                    st.flows.push(ev);
+                    if let Some(m) = l7s.meta.get_mut(slot as usize) {
+                        m.split = Some((ack, now));
+                    }
+                    let n = pay_at + keep as usize;
+                    return match cut_tcp_frame(buf, pkt, n) {
+                        Some(()) => Continue(L7Out::Trim(n)),
+                        None => drop(DropReason::L7Denied),
+                    };
+                }
+                if split && was_denied && !rst {
+                    // After a split: the connection ends once the client
+                    // acknowledges something of the server's answer (its
+                    // ACK moved), or after the hold time; its earlier
+                    // segments (a tail-loss probe, a retransmission of the
+                    // denied bytes) are dropped, so the RST does not
+                    // overtake the answer to the allowed requests.
+                    let meta = l7s.meta.get(slot as usize).and_then(|m| m.split);
+                    if let Some((ack0, t0)) = meta {
+                        let moved =
+                            flags & tcp::flags::ACK != 0 && (ack.wrapping_sub(ack0) as i32) > 0;
+                        if !moved && now.saturating_sub(t0) < SPLIT_WAIT_NS {
+                            return drop(DropReason::L7Denied);
+                        }
+                    }
+                }
                 let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
                 let seqs = (client_next, server_expects, server_next);
-                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs))
+                let reset_client = tls.is_some() || split;
+                Break(self.http_deny(
+                    pkt,
+                    route,
+                    reply_port,
+                    slot,
+                    r,
+                    note,
+                    seqs,
+                    (reset_client, split),
+                ))
             }
         }
     }
@@ -356,7 +428,12 @@ impl Pass<'_> {
     /// its pod port, or — for a client behind a peer node — encapsulated
     /// toward that peer (inner MACs: our VTEP → the peer's VTEP).
     /// `seqs`: the client's next sequence number, the first client byte the
-    /// server was not sent, the server's next sequence number.
+    /// server was not sent, the server's next sequence number. `tls`: the
+    /// client gets a RST instead of the 403 (TLS server-name rules: it
+    /// speaks TLS, a plain-text 403 would only be a decode error; or a split
+    /// pipelined deny, `split`: the server's answer to the allowed requests
+    /// may still be on its way, a 403 would land inside it; its flow event
+    /// was logged when the deny was decided).
     #[allow(clippy::too_many_arguments)]
     fn http_deny(
         &mut self,
@@ -367,6 +444,7 @@ impl Pass<'_> {
         r: L7Reason,
         note: Option<L7Note>,
         (client_next, server_expects, server_next): (u32, u32, u32),
+        (tls, split): (bool, bool),
     ) -> Verdict {
         let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
         let generation = snap.policy().generation();
@@ -389,7 +467,9 @@ impl Pass<'_> {
         ev.generation = generation;
         ev.src_endpoint = local_endpoint(snap, pkt.key.src);
         ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
-        st.flows.push(ev);
+        if !split {
+            st.flows.push(ev);
+        }
         let client_mac = Frame::new_checked(&buf[..])
             .map(|f| f.src_addr())
             .unwrap_or_default();
@@ -433,7 +513,20 @@ impl Pass<'_> {
                 },
                 ..rst
             };
-            let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
+            let built = if tls {
+                // RST client ← server: seq = what the client expects next
+                // from the server, ack = every client byte.
+                let reset = DeniedFlow {
+                    client: to_client.server,
+                    server: to_client.client,
+                    client_next_seq: 0,
+                    server_expects_seq: server_next,
+                    server_next_seq: client_next,
+                };
+                crate::l7::reply::build_rst_frame(buf, &reset)
+            } else {
+                crate::l7::reply::build_403_frame(buf, &to_client, r.as_str())
+            };
             let built = match (built, peer, tunnel) {
                 (Some(n), None, _) => Some(n),
                 (Some(n), Some(peer), Some((t, _))) => {
@@ -454,8 +547,39 @@ impl Pass<'_> {
             reply_len,
             rst_port: route.port,
             rst,
+            reason: r.drop_reason(),
         }
     }
+}
+
+/// Cuts the TCP segment in `buf` to a frame of `n` bytes (its payload's
+/// start kept): IP length, FIN cleared (it followed the cut bytes), IP and
+/// TCP checksums recomputed. `None` if the frame is not what `pkt` says.
+fn cut_tcp_frame(buf: &mut [u8], pkt: &Parsed, n: usize) -> Option<()> {
+    use crate::wire::{ipv4, ipv6};
+    use std::net::IpAddr;
+    let ip_at = crate::wire::ethernet::HEADER_LEN;
+    let ip_len = n.checked_sub(ip_at)?;
+    if n >= pkt.frame_len() {
+        return None;
+    }
+    match pkt.key.src {
+        IpAddr::V4(_) => {
+            let mut ip = ipv4::Packet::new_checked(buf.get_mut(ip_at..pkt.frame_len())?).ok()?;
+            ip.set_total_len(u16::try_from(ip_len).ok()?);
+            ip.fill_checksum();
+        }
+        IpAddr::V6(_) => {
+            let mut ip = ipv6::Packet::new_checked(buf.get_mut(ip_at..pkt.frame_len())?).ok()?;
+            let pl = ip_len.checked_sub(ipv6::HEADER_LEN)?;
+            ip.set_payload_len(u16::try_from(pl).ok()?);
+        }
+    }
+    let mut t = tcp::Packet::new_checked(buf.get_mut(pkt.l4_offset..n)?).ok()?;
+    let f = t.flags();
+    t.set_flags(f & !tcp::flags::FIN);
+    t.fill_checksum(pkt.key.src, pkt.key.dst);
+    Some(())
 }
 
 /// The status code of an HTTP/1.x status line at the start of `payload`

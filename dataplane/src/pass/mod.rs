@@ -265,7 +265,7 @@ impl Pass<'_> {
                     Need::Http(need) => self.http(&pkt, need, &route, reply_port)?,
                     // 9.
                     Need::Dns(need) => {
-                        self.dns(&pkt, need, reply_port)?;
+                        self.dns(&pkt, need, reply_port, Some(&route))?;
                         l7::L7Out::Pass
                     }
                     Need::None => l7::L7Out::Pass,
@@ -280,7 +280,7 @@ impl Pass<'_> {
             Next::Remote { peer, .. } => {
                 // 9.
                 if let Need::Dns(need) = need {
-                    self.dns(&pkt, need, reply_port)?;
+                    self.dns(&pkt, need, reply_port, None)?;
                 }
                 if let Need::HttpResponse = need {
                     self.http_response(&pkt);
@@ -291,7 +291,7 @@ impl Pass<'_> {
             Next::Uplink { .. } => {
                 // 9.
                 if let Need::Dns(need) = need {
-                    self.dns(&pkt, need, reply_port)?;
+                    self.dns(&pkt, need, reply_port, None)?;
                 }
                 // 10, with SNAT (docs/egress.md); node-port replies
                 // (rewritten for routing) already come from the node.

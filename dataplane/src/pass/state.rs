@@ -151,6 +151,9 @@ pub(super) struct SlotMeta {
     pub(super) set: u32,
     pub(super) generation: u64,
     pub(super) held: u32,
+    /// A split pipelined deny (docs/l7.md): the client's ACK number in the
+    /// split segment and when it came.
+    pub(super) split: Option<(u32, u64)>,
 }
 
 /// Slots the upkeep looks at per call (every 5 ms: 16 384 slots in 160 ms).
@@ -172,6 +175,7 @@ impl L7State {
                     set: 0,
                     generation: 0,
                     held: 0,
+                    split: None,
                 };
                 slots
             ],

@@ -63,6 +63,11 @@ pub struct HttpRuleSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpRuleSetSpec {
     pub rules: Vec<HttpRuleSpec>,
+    /// TLS server-name rules (WeirPolicy `tls:`). Not empty: the flow is
+    /// judged on its ClientHello instead (`rules` are then not used; a
+    /// TLS connection carries no readable HTTP), see `super::tls`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<super::tls::TlsRuleSpec>,
 }
 
 /// Why a spec cannot be compiled.
@@ -83,6 +88,9 @@ pub enum CompileError {
     /// rule {0}: header name {1:?} is not an HTTP token
     #[error("rule {0}: header name {1:?} is not an HTTP token")]
     Header(usize, String),
+    /// tls rule {0}: sni {1:?} is not a name, '*.' followed by a name, or '*'
+    #[error("tls rule {0}: sni {1:?} is not a name, '*.' followed by a name, or '*'")]
+    Sni(usize, String),
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +127,7 @@ struct HttpRule {
 #[derive(Debug, Clone)]
 pub struct HttpRuleSet {
     rules: Vec<HttpRule>,
+    tls: super::tls::TlsRuleSet,
 }
 
 fn is_token(s: &str) -> bool {
@@ -192,7 +201,19 @@ impl HttpRuleSet {
                 headers,
             });
         }
-        Ok(HttpRuleSet { rules })
+        let tls = super::tls::TlsRuleSet::compile(&spec.tls).map_err(|i| {
+            CompileError::Sni(
+                i,
+                spec.tls.get(i).map(|t| t.sni.clone()).unwrap_or_default(),
+            )
+        })?;
+        Ok(HttpRuleSet { rules, tls })
+    }
+
+    /// The TLS server-name rules, when the set has any: the flow is then
+    /// judged on its ClientHello, not as HTTP.
+    pub fn tls(&self) -> Option<&super::tls::TlsRuleSet> {
+        (!self.tls.is_empty()).then_some(&self.tls)
     }
 
     /// Index of the first rule that matches the request (allow), or `None`
@@ -318,7 +339,8 @@ mod tests {
             rules: vec![HttpRuleSpec {
                 path: Some(PathMatchSpec::Regex("(".into())),
                 ..Default::default()
-            }]
+            }],
+            tls: vec![],
         })
         .is_err());
     }

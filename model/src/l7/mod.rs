@@ -14,6 +14,9 @@
 //! - [`dns`]: DNS query parsing, name patterns, REFUSED in place, and
 //!   A/AAAA extraction from responses along the CNAME chain.
 //!
+//! - [`tls`]: TLS ClientHello reassembly limits, parsing (server name,
+//!   ECH) and server-name rules, judged without terminating TLS.
+//!
 //! Nothing here allocates per packet, reads a clock, or panics on any input.
 #![forbid(unsafe_code)]
 
@@ -21,6 +24,7 @@ pub mod dns;
 pub mod http;
 pub mod matcher;
 pub mod stream;
+pub mod tls;
 
 pub use http::{parse_head, BodyFraming, RequestHead, Version};
 pub use matcher::{HttpRuleSet, HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};

@@ -54,7 +54,10 @@
 //! the same rules apply per request; a segment carrying the end of head N
 //! and bytes of head N+1 is forwarded only if head N is allowed and the
 //! bytes of N+1 are forwardable, held if they include N+1's final CR, and
-//! denied with all it carries if N or N+1 is denied.
+//! denied with all it carries if N is denied. If N is allowed and N+1,
+//! begun in this segment, is denied (nothing held), the deny is split:
+//! [`StreamState::released_seq`] is N+1's first byte and
+//! [`StreamState::deny_split`] says the bytes before it go on (docs/l7.md).
 //!
 //! [`HttpInspector::feed`] (no TCP flags, e.g. a request judged offline)
 //! cannot tell whether a segment carries FIN, so it holds every segment that
@@ -85,6 +88,8 @@
 
 use super::http::{parse_field_line, parse_head, parse_request_line, BodyFraming, RequestHead};
 use super::L7Reason;
+
+mod tls;
 
 /// The judge's answer for one complete request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +219,9 @@ struct Core {
     limits: Limits,
     requests: u64,
     scan: HeadScan,
+    /// Where the open head began in the data of the current `run` (`None`:
+    /// in an earlier segment, or no head open).
+    fresh_head_at: Option<usize>,
 }
 
 impl Core {
@@ -232,6 +240,7 @@ impl Core {
     {
         let mut pos = 0;
         let mut completed = false;
+        self.fresh_head_at = None;
         loop {
             match self.phase {
                 Phase::Denied(r) => return Err(r),
@@ -240,6 +249,9 @@ impl Core {
                         return Ok(completed);
                     }
                     let old = *len;
+                    if old == 0 && self.fresh_head_at.is_none() {
+                        self.fresh_head_at = Some(pos);
+                    }
                     let room = (self.limits.head_max + 1).saturating_sub(old);
                     let n = (data.len() - pos).min(room);
                     let (Some(dst), Some(src)) =
@@ -271,6 +283,7 @@ impl Core {
                     }
                     self.requests += 1;
                     completed = true;
+                    self.fresh_head_at = None;
                     *len = 0;
                     self.scan = HeadScan::default();
                     self.phase = match framing {
@@ -481,6 +494,10 @@ pub struct StreamState {
     held_since: u64,
     /// First byte the server has not been sent (valid once denied).
     denied_at: u32,
+    /// Denied with bytes of allowed requests before the denied head in the
+    /// denying segment: those bytes go to the server (see
+    /// [`StreamState::deny_split`]).
+    split: bool,
 }
 
 impl StreamState {
@@ -492,6 +509,7 @@ impl StreamState {
                 limits,
                 requests: 0,
                 scan: HeadScan::default(),
+                fresh_head_at: None,
             },
             len: 0,
             started: false,
@@ -501,6 +519,7 @@ impl StreamState {
             held_segments: 0,
             held_since: 0,
             denied_at: 0,
+            split: false,
         }
     }
 
@@ -565,6 +584,16 @@ impl StreamState {
     /// any later byte beyond it is `Drop`ped.
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// The deny was split (pipelining): the denying segment began with
+    /// bytes of allowed requests, up to [`StreamState::released_seq`]; the
+    /// caller forwards those (the frame cut there) and ends the connection
+    /// at the client's next segment, with a RST to the client instead of
+    /// the 403 (the server's answer to the allowed requests may still be on
+    /// its way: a 403 then would land inside it).
+    pub fn deny_split(&self) -> bool {
+        self.split && self.denied().is_some()
     }
 
     /// Whether the stream ends inside a request head (some of its bytes
@@ -690,8 +719,20 @@ impl StreamState {
             Ok(c) => c,
             Err(r) => {
                 // The frame is dropped with whatever was held before it (the
-                // core already switched to `Denied`).
-                self.denied_at = if was_held { self.held_from } else { from_seq };
+                // core already switched to `Denied`); or, when the denied
+                // head began inside this frame after bytes of allowed
+                // requests (pipelining) and nothing is held, those bytes
+                // still go to the server (`deny_split`).
+                let split = match self.core.fresh_head_at {
+                    Some(k) if k > 0 && !was_held => u32::try_from(k).ok(),
+                    _ => None,
+                };
+                self.split = split.is_some();
+                self.denied_at = match split {
+                    Some(k) => from_seq.wrapping_add(k),
+                    None if was_held => self.held_from,
+                    None => from_seq,
+                };
                 self.len = 0;
                 self.held_segments = 0;
                 return Feed::Deny(r);
@@ -784,6 +825,11 @@ impl HttpInspector {
     /// See [`StreamState::hold_deadline`].
     pub fn hold_deadline(&self) -> Option<u64> {
         self.st.hold_deadline()
+    }
+
+    /// See [`StreamState::deny_split`].
+    pub fn deny_split(&self) -> bool {
+        self.st.deny_split()
     }
 
     /// Denies the flow if frames are held past the hold limit.
@@ -966,6 +1012,19 @@ impl InspectorPool {
     where
         F: FnMut(&RequestHead<'_>) -> L7Verdict,
     {
+        self.feed_with(id, may_hold, |st, buf| {
+            st.feed_inner(buf, seq, payload, Some(fin), now, judge)
+        })
+    }
+
+    /// Runs `feed` on flow `id`'s state with the scratch buffer holding its
+    /// kept bytes (see [`InspectorPool::feed_segment`] for `Busy`).
+    fn feed_with(
+        &mut self,
+        id: SlotId,
+        may_hold: bool,
+        feed: impl FnOnce(&mut StreamState, &mut [u8]) -> Feed,
+    ) -> Feed {
         let i = id.0 as usize;
         let blen = self.buffer_len;
         let (Some(&true), Some(&b), Some(st)) = (
@@ -986,7 +1045,7 @@ impl InspectorPool {
             };
             dst.copy_from_slice(src);
         }
-        let f = st.feed_inner(&mut self.scratch, seq, payload, Some(fin), now, judge);
+        let f = feed(st, &mut self.scratch);
         if f == Feed::Hold && !may_hold {
             *st = saved;
             return Feed::Busy;
