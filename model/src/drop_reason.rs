@@ -211,6 +211,19 @@ l7_reasons! {
     /// act on whatever it has at end of stream, and part of the head was
     /// forwarded.
     IncompleteHead = 29 => "http-incomplete-head" under L7Denied,
+    /// HTTP/2: a bad connection preface, or a frame that breaks the frame
+    /// rules a server relies on (stream ids, CONTINUATION order, lengths,
+    /// padding, PUSH_PROMISE from a client).
+    H2Protocol = 30 => "h2-protocol" under L7Denied,
+    /// HTTP/2: a frame, header block or CONTINUATION run beyond the bounds.
+    H2TooLarge = 31 => "h2-too-large" under L7Denied,
+    /// HTTP/2: a header block HPACK cannot decode (bad index, integer,
+    /// string, Huffman code or table size update).
+    H2Hpack = 32 => "h2-hpack" under L7Denied,
+    /// HTTP/2: a malformed request (pseudo-headers missing, repeated,
+    /// unknown or after regular fields; uppercase or invalid names;
+    /// connection-specific fields; CR, LF, NUL in values).
+    H2Malformed = 33 => "h2-malformed" under L7Denied,
 }
 
 impl DropReason {
