@@ -283,7 +283,9 @@ fn grpc_calls() {
 
 /// Decodes weir's reply frames with an HPACK decoder: (type, flags,
 /// stream, fields or payload).
-fn frames(mut b: &[u8]) -> Vec<(u8, u8, u32, Vec<(String, String)>, Vec<u8>)> {
+type Frames = Vec<(u8, u8, u32, Vec<(String, String)>, Vec<u8>)>;
+
+fn frames(mut b: &[u8]) -> Frames {
     let mut d = Decoder::new();
     let mut v = Vec::new();
     while !b.is_empty() {
