@@ -104,6 +104,7 @@ impl Pass<'_> {
                     // Conntrack accepted a client SYN: a (re)opening connection
                     // (SYN-SENT retransmit or a reused tuple). Start over.
                     l7s.push_flush(slot);
+                    l7s.h2.release(slot);
                     l7s.pool.restart(SlotId(slot), seq.wrapping_add(1));
                 }
                 slot
@@ -195,6 +196,70 @@ impl Pass<'_> {
         let payload = buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
         let mut note = None;
         let id = SlotId(slot);
+        // HTTP/2 with prior knowledge (docs/l7.md, "HTTP/2"): a flow whose
+        // first client bytes are the h2c preface gets an HTTP/2 inspector.
+        let h2 = match l7s.h2.of(slot) {
+            Some(i) => Some(i),
+            None if !rst
+                && payload.starts_with(b"PRI ")
+                && l7s.pool.get(id).is_some_and(|s| {
+                    s.requests() == 0 && !s.head_open() && s.next_seq() == seq
+                }) =>
+            {
+                match l7s.h2.acquire(slot, seq) {
+                    Some(i) => Some(i),
+                    None => {
+                        l7s.busy += 1;
+                        return drop(DropReason::L7Busy);
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(i) = h2 {
+            if rst {
+                l7s.free(slot);
+                return Continue(L7Out::Pass);
+            }
+            let Some(h) = l7s.h2.pool.get_mut(i as usize) else {
+                return drop(DropReason::L7NoSlot);
+            };
+            let before = h.next_seq();
+            let feed = h.feed_segment(seq, payload, fin, |head| {
+                if rules.judge(head).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    note.get_or_insert(
+                        L7Note::new(crate::l7::L7Reason::Policy)
+                            .with_request(head.method(), head.path()),
+                    );
+                    L7Verdict::Deny
+                }
+            });
+            let (finished, last) = (h.finished(), h.last_request());
+            return match feed {
+                Feed::Forward => {
+                    if finished {
+                        l7s.free(slot);
+                    }
+                    Continue(L7Out::Pass)
+                }
+                Feed::Deny(r) => {
+                    let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
+                    // The reply acknowledges the whole segment; the server
+                    // was sent everything before it.
+                    let end = seq.wrapping_add(payload.len() as u32);
+                    let client_next = if (end.wrapping_sub(before) as i32) > 0 {
+                        end
+                    } else {
+                        before
+                    };
+                    let seqs = (client_next, before, server_next);
+                    Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs, Some(last)))
+                }
+                _ => drop(DropReason::L7OutOfOrder),
+            };
+        }
         let feed = if rst {
             // The client reset the connection: nothing more can come on it.
             match l7s.pool.abort(id) {
@@ -257,7 +322,7 @@ impl Pass<'_> {
             Feed::Deny(r) => {
                 let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
                 let seqs = (client_next, server_expects, server_next);
-                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs))
+                Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs, None))
             }
         }
     }
@@ -270,7 +335,8 @@ impl Pass<'_> {
     /// its pod port, or — for a client behind a peer node — encapsulated
     /// toward that peer (inner MACs: our VTEP → the peer's VTEP).
     /// `seqs`: the client's next sequence number, the first client byte the
-    /// server was not sent, the server's next sequence number.
+    /// server was not sent, the server's next sequence number. `h2`: the
+    /// denied HTTP/2 request (the reply is HTTP/2 frames, not the 403).
     #[allow(clippy::too_many_arguments)]
     fn http_deny(
         &mut self,
@@ -281,6 +347,7 @@ impl Pass<'_> {
         r: L7Reason,
         note: Option<L7Note>,
         (client_next, server_expects, server_next): (u32, u32, u32),
+        h2: Option<crate::l7::h2::LastRequest>,
     ) -> Verdict {
         let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
         let generation = snap.policy().generation();
@@ -347,7 +414,12 @@ impl Pass<'_> {
                 },
                 ..rst
             };
-            let built = crate::l7::reply::build_403_frame(buf, &to_client, r.as_str());
+            let built = match h2 {
+                Some(req) => {
+                    crate::l7::reply::build_h2_deny_frame(buf, &to_client, req, r.as_str())
+                }
+                None => crate::l7::reply::build_403_frame(buf, &to_client, r.as_str()),
+            };
             let built = match (built, peer, tunnel) {
                 (Some(n), None, _) => Some(n),
                 (Some(n), Some(peer), Some((t, _))) => {
