@@ -256,6 +256,11 @@ fn h2c_streams_are_judged_and_a_denied_one_answers_in_http2() {
     assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
     seq += p.len() as u32;
     assert_eq!(st.l7_usage().h2_flows, 1);
+    // The server's SETTINGS, not yet acknowledged by the client: weir's
+    // answer must come after it.
+    let settings = frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let r = run(&seg(1, SERVER_ISN + 1, Some(seq), false, &settings), &s, &mut st);
+    assert!(matches!(r.v, Verdict::Tx { port: 0, .. }), "{:?}", r.v);
     let h = headers(1, "GET", "/public/a", false);
     let r = req(&s, &mut st, seq, &h);
     assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
@@ -286,7 +291,7 @@ fn h2c_streams_are_judged_and_a_denied_one_answers_in_http2() {
         panic!("not TCP");
     };
     assert!(t.fin() && t.ack() && t.psh());
-    assert_eq!(t.sequence_number(), SERVER_ISN + 1);
+    assert_eq!(t.sequence_number(), SERVER_ISN + 1 + settings.len() as u32);
     assert_eq!(t.acknowledgment_number(), seq + h.len() as u32);
     let (stream, fields, goaway) = answer(t.payload());
     assert_eq!(stream, 5);

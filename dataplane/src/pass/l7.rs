@@ -245,7 +245,14 @@ impl Pass<'_> {
                     Continue(L7Out::Pass)
                 }
                 Feed::Deny(r) => {
-                    let server_next = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
+                    // An HTTP/2 server speaks first (SETTINGS) and may have
+                    // sent bytes the client has not acknowledged yet: the
+                    // answer goes after the last server byte forwarded.
+                    let server_next = match l7s.h2.server_end(slot) {
+                        Some(end) => end,
+                        None if flags & tcp::flags::ACK != 0 => ack,
+                        None => 0,
+                    };
                     // The reply acknowledges the whole segment; the server
                     // was sent everything before it.
                     let end = seq.wrapping_add(payload.len() as u32);
@@ -325,6 +332,39 @@ impl Pass<'_> {
                 Break(self.http_deny(pkt, route, reply_port, slot, r, note, seqs, None))
             }
         }
+    }
+
+    /// A server→client TCP segment of a flow under HTTP rules: for an
+    /// HTTP/2 connection, remember where the server's byte stream ends
+    /// (weir's answer to a denied stream goes after it, docs/l7.md). Costs
+    /// nothing while no HTTP/2 connection is open on this worker.
+    pub(super) fn h2_server_segment(&mut self, pkt: &Parsed) {
+        let l7s = &mut self.st.l7;
+        if l7s.h2.in_use() == 0 {
+            return;
+        }
+        let orig = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: pkt.key.dport,
+            dport: pkt.key.sport,
+        };
+        let Some(&slot) = l7s.by_key.get(&orig) else {
+            return;
+        };
+        let bytes = self
+            .buf
+            .get(pkt.l4_offset..pkt.frame_len())
+            .unwrap_or_default();
+        let Ok(t) = tcp::Packet::new_checked(bytes) else {
+            return;
+        };
+        let len = bytes.len() - t.header_len();
+        let f = t.flags();
+        let ctl = u32::from(f & (tcp::flags::SYN | tcp::flags::FIN) != 0);
+        let end = t.seq_number().wrapping_add(len as u32).wrapping_add(ctl);
+        l7s.h2.note_server(slot, end);
     }
 
     /// A denied request (or a flow that cannot go on): the worker drops the
