@@ -259,7 +259,11 @@ fn h2c_streams_are_judged_and_a_denied_one_answers_in_http2() {
     // The server's SETTINGS, not yet acknowledged by the client: weir's
     // answer must come after it.
     let settings = frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
-    let r = run(&seg(1, SERVER_ISN + 1, Some(seq), false, &settings), &s, &mut st);
+    let r = run(
+        &seg(1, SERVER_ISN + 1, Some(seq), false, &settings),
+        &s,
+        &mut st,
+    );
     assert!(matches!(r.v, Verdict::Tx { port: 0, .. }), "{:?}", r.v);
     let h = headers(1, "GET", "/public/a", false);
     let r = req(&s, &mut st, seq, &h);
