@@ -363,3 +363,73 @@ fn bad_http2_is_a_counted_denial_and_http1_still_works() {
     assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
     assert_eq!(st.l7_usage().h2_flows, 0);
 }
+
+/// A client segment a:sport → b:80.
+fn cseg(sport: u16, seq: u32, ack: Option<u32>, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
+        .ipv4(A, B, 64)
+        .tcp(sport, 80, seq, 64240);
+    let b = if syn { b.syn() } else { b };
+    let b = match ack {
+        Some(a) => b.ack(a),
+        None => b,
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+#[test]
+fn http2_inspectors_are_bounded_and_lent_back() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let p = preface();
+    let n = weir_dataplane::pass::L7_H2_MAX as u16;
+    let open_h2 = |st: &mut WorkerState, sport: u16| -> Verdict {
+        assert!(matches!(
+            run(&cseg(sport, ISN, None, true, b""), &s, st).v,
+            Verdict::Tx { .. }
+        ));
+        let synack = PacketBuilder::ethernet2(pod_mac(1), port_mac(1))
+            .ipv4(B, A, 64)
+            .tcp(80, sport, SERVER_ISN, 64240)
+            .syn()
+            .ack(ISN + 1);
+        let mut f = Vec::new();
+        synack.write(&mut f, b"").unwrap();
+        assert!(matches!(run(&f, &s, st).v, Verdict::Tx { .. }));
+        run(
+            &cseg(sport, ISN + 1, Some(SERVER_ISN + 1), false, &p),
+            &s,
+            st,
+        )
+        .v
+    };
+    for i in 0..n {
+        let v = open_h2(&mut st, 41000 + i);
+        assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{i}: {v:?}");
+    }
+    assert_eq!(st.l7_usage().h2_flows, usize::from(n));
+    // One more HTTP/2 connection waits (its preface is dropped, counted).
+    let v = open_h2(&mut st, 41000 + n);
+    assert_eq!(v, Verdict::Drop(DropReason::L7Busy));
+    // A FIN between frames gives an inspector back; the retransmitted
+    // preface of the waiting connection then gets it.
+    let fin = PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
+        .ipv4(A, B, 64)
+        .tcp(41000, 80, ISN + 1 + p.len() as u32, 64240)
+        .ack(SERVER_ISN + 1)
+        .fin();
+    let mut f = Vec::new();
+    fin.write(&mut f, b"").unwrap();
+    let r = run(&f, &s, &mut st);
+    assert!(matches!(r.v, Verdict::Tx { .. }), "{:?}", r.v);
+    assert_eq!(st.l7_usage().h2_flows, usize::from(n) - 1);
+    let v = run(
+        &cseg(41000 + n, ISN + 1, Some(SERVER_ISN + 1), false, &p),
+        &s,
+        &mut st,
+    )
+    .v;
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+}
