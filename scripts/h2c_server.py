@@ -18,7 +18,11 @@ import h2.events
 def handle(sock, log):
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
+    try:
+        sock.sendall(conn.data_to_send())
+    except OSError:
+        sock.close()
+        return
     heads = {}
     while True:
         try:
@@ -47,7 +51,10 @@ def handle(sock, log):
                 conn.send_data(ev.stream_id, body, end_stream=True)
         out = conn.data_to_send()
         if out:
-            sock.sendall(out)
+            try:
+                sock.sendall(out)
+            except OSError:  # reset (weir's RST after a denied request)
+                break
     sock.close()
 
 

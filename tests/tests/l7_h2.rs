@@ -7,9 +7,11 @@
 //! the l7-denied counter moves. Needs root, curl with HTTP/2, python3 with
 //! h2 and grpcio (scripts/setup.sh).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 use weir_tests::TestCluster;
 
 const CLUSTER: &str = r#"
@@ -209,4 +211,158 @@ fn h2c_and_grpc_rules_inline() {
             .any(|r| r["l7"]["path"] == "/pkg.Svc/Delete" && r["l7"]["method"] == "POST"),
         "no l7-denied record for the gRPC call: {flows}"
     );
+}
+
+fn frame(t: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let l = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![l[1], l[2], l[3], t, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A request block of literals without indexing (no Huffman).
+fn block(method: &str, path: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, v) in [
+        (":method", method),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "app1"),
+    ] {
+        b.push(0);
+        b.push(n.len() as u8);
+        b.extend_from_slice(n.as_bytes());
+        b.push(v.len() as u8);
+        b.extend_from_slice(v.as_bytes());
+    }
+    b
+}
+
+fn preface() -> Vec<u8> {
+    let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    b.extend(frame(4, 0, 0, &[]));
+    b
+}
+
+/// Writes `chunks` (each its own segment) on a new connection from app2,
+/// then reads until the connection ends (or 3 s): the bytes received.
+fn raw(netns: &str, to: SocketAddr, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = weir_topo::netns::run_in(netns, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    })
+    .expect("enter netns")
+    .expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for c in chunks {
+        if s.write_all(c).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+/// HTTP/2 evasions over real sockets against the h2c server: each is
+/// denied by weir (the connection ends, l7-denied counted) and the server
+/// never logs the denied request.
+#[test]
+fn h2c_evasions_never_reach_the_server() {
+    let c = TestCluster::up("lh2e", CLUSTER);
+    let topo = c.topology();
+    let app1 = topo.pod("demo", "app1").expect("app1").clone();
+    let app2 = topo.pod("demo", "app2").expect("app2").clone();
+    let ip = app1.ipv4.expect("ipv4");
+    let h2log = PathBuf::from(c.file("h2.log", ""));
+    let h2s = script("h2c_server.py");
+    let _h2 = Server::start(
+        &app1.netns,
+        &[
+            h2s.to_str().unwrap(),
+            &ip.to_string(),
+            "8080",
+            h2log.to_str().unwrap(),
+        ],
+    );
+    let f = c.file("h2.yaml", POLICY);
+    assert!(c.weir(&["apply", "-f", &f]).status.success());
+    let to = SocketAddr::new(ip.into(), 8080);
+    let allowed = frame(1, 5, 1, &block("GET", "/public/ok"));
+
+    // Control: an allowed request over raw bytes is served.
+    let got = raw(&app2.netns, to, &[preface(), allowed.clone()]);
+    assert!(
+        String::from_utf8_lossy(&got).contains("served GET /public/ok"),
+        "{got:02x?}"
+    );
+
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "decreasing stream id",
+            vec![
+                preface(),
+                frame(1, 5, 3, &block("GET", "/public/ok")),
+                frame(1, 4, 1, &block("GET", "/private/a")),
+            ],
+        ),
+        (
+            "even stream id",
+            vec![preface(), frame(1, 5, 2, &block("GET", "/private/b"))],
+        ),
+        (
+            "CONTINUATION flood",
+            std::iter::once(preface())
+                .chain(std::iter::once(frame(1, 1, 1, &block("GET", "/private/c"))))
+                .chain((0..20).map(|_| frame(9, 0, 1, &[])))
+                .chain(std::iter::once(frame(9, 4, 1, &[])))
+                .collect(),
+        ),
+        (
+            "denied path in 1-byte segments",
+            std::iter::once(preface())
+                .chain(
+                    frame(1, 5, 1, &block("GET", "/private/d"))
+                        .into_iter()
+                        .map(|b| vec![b]),
+                )
+                .collect(),
+        ),
+        (
+            "dot segments",
+            vec![
+                preface(),
+                frame(1, 5, 1, &block("GET", "/public/../private/e")),
+            ],
+        ),
+        (
+            "HPACK size update above 4096",
+            vec![preface(), {
+                let mut b = vec![0x3f, 0xe2, 0x1f];
+                b.extend(block("GET", "/private/f"));
+                frame(1, 5, 1, &b)
+            }],
+        ),
+        (
+            "PING inside a header block",
+            vec![
+                preface(),
+                frame(1, 1, 1, &block("GET", "/private/g")),
+                frame(6, 0, 0, &[0; 8]),
+                frame(9, 4, 1, &[]),
+            ],
+        ),
+    ];
+    for (name, chunks) in cases {
+        let denied = c.drops("l7-denied");
+        let _ = raw(&app2.netns, to, &chunks);
+        assert!(c.drops("l7-denied") > denied, "{name}: not denied by weir");
+        let seen = log_lines(&h2log);
+        assert!(
+            !seen.iter().any(|l| l.contains("/private")),
+            "{name}: reached the server: {seen:?}"
+        );
+    }
 }

@@ -248,7 +248,7 @@ impl Pass<'_> {
                     // An HTTP/2 server speaks first (SETTINGS) and may have
                     // sent bytes the client has not acknowledged yet: the
                     // answer goes after the last server byte forwarded.
-                    let server_next = match l7s.h2.server_end(slot) {
+                    let server_next = match st.ct.server_ends().get(&pkt.key) {
                         Some(end) => end,
                         None if flags & tcp::flags::ACK != 0 => ack,
                         None => 0,
@@ -336,22 +336,17 @@ impl Pass<'_> {
 
     /// A server→client TCP segment of a flow under HTTP rules: for an
     /// HTTP/2 connection, remember where the server's byte stream ends
-    /// (weir's answer to a denied stream goes after it, docs/l7.md). Costs
-    /// nothing while no HTTP/2 connection is open on this worker.
+    /// (weir's answer to a denied stream goes after it, docs/l7.md), in a
+    /// table shared by the workers: this direction may be carried by
+    /// another worker than the one judging the requests. One hash and one
+    /// atomic store per server→client segment of a flow under HTTP rules.
     pub(super) fn h2_server_segment(&mut self, pkt: &Parsed) {
-        let l7s = &mut self.st.l7;
-        if l7s.h2.in_use() == 0 {
-            return;
-        }
         let orig = FlowKey {
             src: pkt.key.dst,
             dst: pkt.key.src,
             proto: pkt.key.proto,
             sport: pkt.key.dport,
             dport: pkt.key.sport,
-        };
-        let Some(&slot) = l7s.by_key.get(&orig) else {
-            return;
         };
         let bytes = self
             .buf
@@ -364,7 +359,7 @@ impl Pass<'_> {
         let f = t.flags();
         let ctl = u32::from(f & (tcp::flags::SYN | tcp::flags::FIN) != 0);
         let end = t.seq_number().wrapping_add(len as u32).wrapping_add(ctl);
-        l7s.h2.note_server(slot, end);
+        self.st.ct.server_ends().note(&orig, end);
     }
 
     /// A denied request (or a flow that cannot go on): the worker drops the

@@ -161,9 +161,6 @@ pub(super) struct H2Slots {
     pub(super) of_slot: Vec<u32>,
     pub(super) pool: Vec<H2Inspector>,
     pub(super) free: Vec<u32>,
-    /// Per inspector: where the server's byte stream ends (the sequence
-    /// number after the last server→client byte forwarded), once seen.
-    pub(super) server_end: Vec<Option<u32>>,
 }
 
 impl H2Slots {
@@ -174,7 +171,6 @@ impl H2Slots {
                 .map(|_| H2Inspector::new(H2Limits::default()))
                 .collect(),
             free: (0..n as u32).rev().collect(),
-            server_end: vec![None; n],
         }
     }
 
@@ -195,9 +191,6 @@ impl H2Slots {
         ) {
             *o = i;
             insp.start(first_seq);
-            if let Some(e) = self.server_end.get_mut(i as usize) {
-                *e = None;
-            }
             Some(i)
         } else {
             self.free.push(i);
@@ -215,26 +208,6 @@ impl H2Slots {
 
     pub(super) fn in_use(&self) -> usize {
         self.pool.len() - self.free.len()
-    }
-
-    /// A server→client segment of `slot`'s connection ends at `end`.
-    pub(super) fn note_server(&mut self, slot: u32, end: u32) {
-        let Some(e) = self
-            .of(slot)
-            .and_then(|i| self.server_end.get_mut(i as usize))
-        else {
-            return;
-        };
-        match e {
-            Some(cur) if (end.wrapping_sub(*cur) as i32) <= 0 => {}
-            _ => *e = Some(end),
-        }
-    }
-
-    /// Where the server's byte stream of `slot`'s connection ends, if seen.
-    pub(super) fn server_end(&self, slot: u32) -> Option<u32> {
-        self.of(slot)
-            .and_then(|i| self.server_end.get(i as usize).copied().flatten())
     }
 }
 
