@@ -53,6 +53,12 @@ if ! python3 -c 'import scapy' >/dev/null 2>&1; then
   echo "setup: pip install scapy"
   python3 -m pip install -q scapy
 fi
+# HTTP/2 and gRPC test (tests/tests/l7_h2.rs): an h2c server on the `h2`
+# library (scripts/h2c_server.py) and a gRPC pair on grpcio (scripts/grpc_pair.py).
+if ! python3 -c 'import h2, grpc' >/dev/null 2>&1; then
+  echo "setup: pip install h2 grpcio"
+  python3 -m pip install -q h2 grpcio
+fi
 # Metrics test (tests/tests/metrics.rs): the Prometheus Python client's own
 # OpenMetrics parser reads weir's /metrics page.
 if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then

@@ -394,6 +394,8 @@ pub struct Conntrack {
     frags: FragTable,
     /// What the service stage rewrote (see [`crate::svc_nat`]).
     nat: crate::svc_nat::NatTable,
+    /// Where L7 flows' server streams end (see [`crate::l7::server_end`]).
+    server_ends: crate::l7::server_end::ServerEnds,
 }
 
 /// Per-worker conntrack counters (single writer: the worker).
@@ -429,7 +431,13 @@ impl Conntrack {
             // Two entries per Service flow; capped so a large conntrack
             // does not bring a large NAT table along (~100 bytes an entry).
             nat: crate::svc_nat::NatTable::new(size.min(1 << 16) * 2),
+            server_ends: crate::l7::server_end::ServerEnds::new(),
         }
+    }
+
+    /// Where L7 flows' server streams end, shared by the node's workers.
+    pub fn server_ends(&self) -> &crate::l7::server_end::ServerEnds {
+        &self.server_ends
     }
 
     /// The node's Service NAT table.

@@ -226,6 +226,19 @@ l7_reasons! {
     TlsMalformed = 33 => "tls-malformed" under TlsMalformed,
     /// The ClientHello is longer than the head limit.
     TlsHelloTooLong = 34 => "tls-hello-too-long" under TlsMalformed,
+    /// HTTP/2: a bad connection preface, or a frame that breaks the frame
+    /// rules a server relies on (stream ids, CONTINUATION order, lengths,
+    /// padding, PUSH_PROMISE from a client).
+    H2Protocol = 35 => "h2-protocol" under L7Denied,
+    /// HTTP/2: a frame, header block or CONTINUATION run beyond the bounds.
+    H2TooLarge = 36 => "h2-too-large" under L7Denied,
+    /// HTTP/2: a header block HPACK cannot decode (bad index, integer,
+    /// string, Huffman code or table size update).
+    H2Hpack = 37 => "h2-hpack" under L7Denied,
+    /// HTTP/2: a malformed request (pseudo-headers missing, repeated,
+    /// unknown or after regular fields; uppercase or invalid names;
+    /// connection-specific fields; CR, LF, NUL in values).
+    H2Malformed = 38 => "h2-malformed" under L7Denied,
 }
 
 impl DropReason {

@@ -16,6 +16,7 @@
 pub mod connrate;
 pub mod cpu;
 pub mod fastpath;
+pub mod grpc;
 pub mod http;
 pub mod kernel;
 // sendmmsg/recvmmsg and AF_PACKET through libc; every block says why it holds.

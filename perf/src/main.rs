@@ -140,6 +140,26 @@ enum Cmd {
         #[arg(long)]
         no_linear: bool,
     },
+    /// gRPC unary calls/s (grpcio pair, scripts/grpc_pair.py) through weir
+    /// with `grpc:` rules ÷ without policy, rounds interleaved. Writes
+    /// grpc.{md,json}.
+    Grpc {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds, interleaved.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
 }
 
 fn main() {
@@ -152,6 +172,26 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     weir_perf::stop::install()?;
     match cli.cmd {
+        Cmd::Grpc {
+            out,
+            mode,
+            worker_core,
+            weir,
+            seconds,
+            reps,
+        } => {
+            let o = weir_perf::grpc::GrpcOptions {
+                weir: weir_perf::weir::find_weir(weir.as_deref())?,
+                out,
+                mode,
+                worker_core,
+                seconds,
+                reps,
+            };
+            let report = weir_perf::grpc::run(&o)?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
         Cmd::Fastpath {
             short,
             out,

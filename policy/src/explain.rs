@@ -795,6 +795,7 @@ pub fn explain_host(
         ingress: side(&compiled, j.ingress),
         http: None,
         dns: None,
+        tls: None,
         same_pod: false,
     })
 }

@@ -280,6 +280,17 @@ struct RawWeirRule {
     tls: Option<Vec<RawTlsRule>>,
     #[serde(rename = "toFQDNs")]
     to_fqdns: Option<Vec<RawFqdn>>,
+    grpc: Option<Vec<RawGrpcRule>>,
+}
+
+/// `grpc: [{service: "pkg.Svc", method: "Get"}]`: a gRPC call is
+/// `POST /pkg.Svc/Method` (over HTTP/2); method left out = every method
+/// of the service. Compiled into HTTP rules.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawGrpcRule {
+    service: Option<String>,
+    method: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -966,23 +977,33 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
                 }
                 None => return Err(cx.err(format!("{f}.action"), "required")),
             };
-            let mut http = match &r.http {
-                None => None,
-                Some(v) => Some(http_rules(
-                    cx,
-                    &format!("{f}.http"),
-                    v,
-                    cluster,
-                    dir,
-                    action,
-                    p.audit,
-                )?),
+            let mut http = match (&r.http, &r.grpc) {
+                (None, None) => None,
+                (v, g) => {
+                    let mut all: Vec<RawHttpRule> = Vec::new();
+                    let at = if v.is_some() { "http" } else { "grpc" };
+                    for (i, gr) in g.iter().flatten().enumerate() {
+                        all.push(grpc_rule(cx, &format!("{f}.grpc[{i}]"), gr)?);
+                    }
+                    if let Some(v) = v {
+                        all.extend(v.iter().map(RawHttpRule::clone_raw));
+                    }
+                    Some(http_rules(
+                        cx,
+                        &format!("{f}.{at}"),
+                        &all,
+                        cluster,
+                        dir,
+                        action,
+                        p.audit,
+                    )?)
+                }
             };
             if let Some(v) = &r.tls {
                 if http.is_some() {
                     return Err(cx.err(
                         format!("{f}.tls"),
-                        "cannot be combined with `http` in one rule (TLS hides the HTTP requests); use two rules on different ports",
+                        "cannot be combined with `http` or `grpc` in one rule (TLS hides the HTTP requests); use two rules on different ports",
                     ));
                 }
                 let g = Guard {
@@ -1161,6 +1182,71 @@ fn dns_names(
         out.push(text.strip_suffix('.').unwrap_or(&text).to_ascii_lowercase());
     }
     Ok(out)
+}
+
+/// One `grpc:` entry as the HTTP rule it means: `POST` on the exact path
+/// `/service/method`, or on the prefix `/service/` without a method.
+fn grpc_rule(cx: &Cx, f: &str, g: &RawGrpcRule) -> Result<RawHttpRule, PolicyError> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !s.as_bytes()[0].is_ascii_digit()
+    };
+    let Some(service) = g.service.as_deref() else {
+        return Err(cx.err(format!("{f}.service"), "required (`package.Service`)"));
+    };
+    if !service.split('.').all(ident) {
+        return Err(cx.err(
+            format!("{f}.service"),
+            format!("{service:?} is not a gRPC service name (`package.Service`)"),
+        ));
+    }
+    let path = match g.method.as_deref() {
+        Some(m) if !ident(m) => {
+            return Err(cx.err(
+                format!("{f}.method"),
+                format!("{m:?} is not a gRPC method name"),
+            ))
+        }
+        Some(m) => RawHttpPath {
+            exact: Some(format!("/{service}/{m}")),
+            prefix: None,
+            regex: None,
+        },
+        None => RawHttpPath {
+            exact: None,
+            prefix: Some(format!("/{service}/")),
+            regex: None,
+        },
+    };
+    Ok(RawHttpRule {
+        method: Some("POST".into()),
+        path: Some(path),
+        host: None,
+        headers: Vec::new(),
+    })
+}
+
+impl RawHttpRule {
+    fn clone_raw(&self) -> RawHttpRule {
+        RawHttpRule {
+            method: self.method.clone(),
+            path: self.path.as_ref().map(|p| RawHttpPath {
+                exact: p.exact.clone(),
+                prefix: p.prefix.clone(),
+                regex: p.regex.clone(),
+            }),
+            host: self.host.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| RawHttpHeader {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `http:` of a WeirPolicy rule: a list of `{method, path: {exact | prefix

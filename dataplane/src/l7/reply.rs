@@ -123,6 +123,31 @@ pub fn build_403_frame(out: &mut [u8], flow: &DeniedFlow, rule: &str) -> Option<
     )
 }
 
+/// Builds the frame client ← server answering a denied HTTP/2 request
+/// (PSH|ACK|FIN): HEADERS `:status 403` (or a gRPC trailers-only
+/// PERMISSION_DENIED) on the denied stream, then GOAWAY
+/// ([`crate::l7::h2::deny_reply`]); returns its length.
+pub fn build_h2_deny_frame(
+    out: &mut [u8],
+    flow: &DeniedFlow,
+    req: crate::l7::h2::LastRequest,
+    rule: &str,
+) -> Option<usize> {
+    let l3 = l3_len(flow.client.ip, flow.server.ip)?;
+    let payload_at = ETH_LEN + l3 + TCP_LEN;
+    let plen = crate::l7::h2::deny_reply(req, rule, out.get_mut(payload_at..)?)?;
+    write_headers(
+        out,
+        &flow.server,
+        &flow.client,
+        flow.server_next_seq,
+        flow.client_next_seq,
+        flags::PSH | flags::ACK | flags::FIN,
+        WINDOW_403,
+        plen,
+    )
+}
+
 /// Builds the RST (RST|ACK) client → server into `out`; returns its length.
 pub fn build_rst_frame(out: &mut [u8], flow: &DeniedFlow) -> Option<usize> {
     write_headers(

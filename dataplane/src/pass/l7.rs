@@ -115,6 +115,7 @@ impl Pass<'_> {
                     // Conntrack accepted a client SYN: a (re)opening connection
                     // (SYN-SENT retransmit or a reused tuple). Start over.
                     l7s.push_flush(slot);
+                    l7s.h2.release(slot);
                     l7s.pool.restart(SlotId(slot), seq.wrapping_add(1));
                     if let Some(p) = l7s.pending.get_mut(slot as usize) {
                         *p = None;
@@ -218,6 +219,88 @@ impl Pass<'_> {
         let id = SlotId(slot);
         let tls = rules.tls();
         let was_denied = l7s.pool.get(id).and_then(|i| i.denied()).is_some();
+        // HTTP/2 with prior knowledge (docs/l7.md, "HTTP/2"): a flow whose
+        // first client bytes are the h2c preface gets an HTTP/2 inspector.
+        let h2 = match l7s.h2.of(slot) {
+            Some(i) => Some(i),
+            None if !rst
+                && tls.is_none()
+                && payload.starts_with(b"PRI ")
+                && l7s.pool.get(id).is_some_and(|s| {
+                    s.requests() == 0 && !s.head_open() && s.next_seq() == seq
+                }) =>
+            {
+                match l7s.h2.acquire(slot, seq) {
+                    Some(i) => Some(i),
+                    None => {
+                        l7s.busy += 1;
+                        return drop(DropReason::L7Busy);
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(i) = h2 {
+            if rst {
+                l7s.free(slot);
+                return Continue(L7Out::Pass);
+            }
+            let Some(h) = l7s.h2.pool.get_mut(i as usize) else {
+                return drop(DropReason::L7NoSlot);
+            };
+            let before = h.next_seq();
+            let feed = h.feed_segment(seq, payload, fin, |head| {
+                if rules.judge(head).is_some() {
+                    L7Verdict::Allow
+                } else {
+                    note.get_or_insert(
+                        L7Note::new(crate::l7::L7Reason::Policy)
+                            .with_request(head.method(), head.path()),
+                    );
+                    L7Verdict::Deny
+                }
+            });
+            let (finished, last) = (h.finished(), h.last_request());
+            return match feed {
+                Feed::Forward => {
+                    if finished {
+                        l7s.free(slot);
+                    }
+                    Continue(L7Out::Pass)
+                }
+                Feed::Deny(r) => {
+                    // An HTTP/2 server speaks first (SETTINGS) and may have
+                    // sent bytes the client has not acknowledged yet: the
+                    // answer goes after the last server byte forwarded.
+                    let server_next = match st.ct.server_ends().get(&pkt.key) {
+                        Some(end) => end,
+                        None if flags & tcp::flags::ACK != 0 => ack,
+                        None => 0,
+                    };
+                    // The reply acknowledges the whole segment; the server
+                    // was sent everything before it.
+                    let end = seq.wrapping_add(payload.len() as u32);
+                    let client_next = if (end.wrapping_sub(before) as i32) > 0 {
+                        end
+                    } else {
+                        before
+                    };
+                    let seqs = (client_next, before, server_next);
+                    Break(self.http_deny(
+                        pkt,
+                        route,
+                        reply_port,
+                        slot,
+                        r,
+                        note,
+                        seqs,
+                        (false, false),
+                        Some(last),
+                    ))
+                }
+                _ => drop(DropReason::L7OutOfOrder),
+            };
+        }
         let feed = if rst {
             // The client reset the connection: nothing more can come on it.
             match l7s.pool.abort(id) {
@@ -362,6 +445,7 @@ impl Pass<'_> {
                     note,
                     seqs,
                     (reset_client, split),
+                    None,
                 ))
             }
         }
@@ -420,6 +504,34 @@ impl Pass<'_> {
         st.flows.push_sampled(ev);
     }
 
+    /// A server→client TCP segment of a flow under HTTP rules: for an
+    /// HTTP/2 connection, remember where the server's byte stream ends
+    /// (weir's answer to a denied stream goes after it, docs/l7.md), in a
+    /// table shared by the workers: this direction may be carried by
+    /// another worker than the one judging the requests. One hash and one
+    /// atomic store per server→client segment of a flow under HTTP rules.
+    pub(super) fn h2_server_segment(&mut self, pkt: &Parsed) {
+        let orig = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: pkt.key.dport,
+            dport: pkt.key.sport,
+        };
+        let bytes = self
+            .buf
+            .get(pkt.l4_offset..pkt.frame_len())
+            .unwrap_or_default();
+        let Ok(t) = tcp::Packet::new_checked(bytes) else {
+            return;
+        };
+        let len = bytes.len() - t.header_len();
+        let f = t.flags();
+        let ctl = u32::from(f & (tcp::flags::SYN | tcp::flags::FIN) != 0);
+        let end = t.seq_number().wrapping_add(len as u32).wrapping_add(ctl);
+        self.st.ct.server_ends().note(&orig, end);
+    }
+
     /// A denied request (or a flow that cannot go on): the worker drops the
     /// held frames of `slot` with this verdict; the slot goes back now, and
     /// conntrack learns of the RST weir sends to the server (the flow's
@@ -434,6 +546,8 @@ impl Pass<'_> {
     /// pipelined deny, `split`: the server's answer to the allowed requests
     /// may still be on its way, a 403 would land inside it; its flow event
     /// was logged when the deny was decided).
+    /// `h2`: the denied HTTP/2 request (the reply is HTTP/2 frames, not
+    /// the 403).
     #[allow(clippy::too_many_arguments)]
     fn http_deny(
         &mut self,
@@ -445,6 +559,7 @@ impl Pass<'_> {
         note: Option<L7Note>,
         (client_next, server_expects, server_next): (u32, u32, u32),
         (tls, split): (bool, bool),
+        h2: Option<crate::l7::h2::LastRequest>,
     ) -> Verdict {
         let (buf, snap, st) = (&mut *self.buf, self.snap, &mut *self.st);
         let generation = snap.policy().generation();
@@ -525,7 +640,12 @@ impl Pass<'_> {
                 };
                 crate::l7::reply::build_rst_frame(buf, &reset)
             } else {
-                crate::l7::reply::build_403_frame(buf, &to_client, r.as_str())
+                match h2 {
+                    Some(req) => {
+                        crate::l7::reply::build_h2_deny_frame(buf, &to_client, req, r.as_str())
+                    }
+                    None => crate::l7::reply::build_403_frame(buf, &to_client, r.as_str()),
+                }
             };
             let built = match (built, peer, tunnel) {
                 (Some(n), None, _) => Some(n),

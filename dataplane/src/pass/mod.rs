@@ -130,7 +130,8 @@ pub use parse::{parse, FragPos, Fragment, Parsed};
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
-    L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_SLOTS, STANDALONE_CONNTRACK_SIZE,
+    L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS,
+    STANDALONE_CONNTRACK_SIZE,
 };
 
 use policy::Need;

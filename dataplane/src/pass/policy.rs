@@ -218,6 +218,14 @@ impl Pass<'_> {
                     if l7 {
                         return Continue(Need::Http(HttpNeed { set: None, wire_id }));
                     }
+                    if tcp
+                        && seg != Seg::Other
+                        && dir == conntrack::Dir::Reply
+                        && pol.has_l7()
+                        && pol.rule_has_l7(adm.ingress_rule)
+                    {
+                        self.h2_server_segment(pkt);
+                    }
                     if pol.has_dns() && pol.rule_has_dns(adm.egress_rule) {
                         return Continue(Need::Dns(DnsNeed {
                             query: dir == conntrack::Dir::Orig,

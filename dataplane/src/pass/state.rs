@@ -10,6 +10,7 @@ use super::FlowKey;
 use crate::conntrack::{self, Conntrack, CtStats};
 use crate::flows::FlowLog;
 use crate::fqdn::FqdnTable;
+use crate::l7::h2::{H2Inspector, H2Limits};
 use crate::l7::{InspectorPool, Limits, SlotId};
 
 /// Per-worker scratch, counters and handles of the pass: the node's shared
@@ -107,8 +108,11 @@ pub struct L7Usage {
     /// Frames refused for want of an inspector (new flows at the limit,
     /// pickups).
     pub no_slot: u64,
-    /// Segments dropped for want of a head buffer or hold room.
+    /// Segments dropped for want of a head buffer or hold room (or of an
+    /// HTTP/2 inspector).
     pub busy: u64,
+    /// HTTP/2 inspectors lent to connections now.
+    pub h2_flows: usize,
 }
 
 /// The worker's inline-L7 state: its inspector pool, which flow owns which
@@ -143,6 +147,71 @@ pub(super) struct L7State {
     /// Per slot: the last allowed request head whose response status the
     /// flow log still waits for (see `Pass::http_response`).
     pub(super) pending: Vec<Option<crate::flows::L7Note>>,
+    /// HTTP/2 inspectors, lent to flows whose client opened with the h2c
+    /// preface (docs/l7.md, "HTTP/2").
+    pub(super) h2: H2Slots,
+}
+
+/// Most HTTP/2 connections under HTTP rules open at once per worker (each
+/// inspector owns ~38 KiB: header block, HPACK table, decoded fields); a
+/// further one is `l7-busy` until one ends.
+pub const L7_H2_MAX: usize = 64;
+
+/// HTTP/2 inspectors lent to slots.
+#[derive(Debug)]
+pub(super) struct H2Slots {
+    /// Slot → inspector index (`u32::MAX`: an HTTP/1 flow).
+    pub(super) of_slot: Vec<u32>,
+    pub(super) pool: Vec<H2Inspector>,
+    pub(super) free: Vec<u32>,
+}
+
+impl H2Slots {
+    fn new(slots: usize, n: usize) -> Self {
+        H2Slots {
+            of_slot: vec![u32::MAX; slots],
+            pool: (0..n)
+                .map(|_| H2Inspector::new(H2Limits::default()))
+                .collect(),
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+
+    /// The inspector lent to `slot`, if any.
+    pub(super) fn of(&self, slot: u32) -> Option<u32> {
+        self.of_slot
+            .get(slot as usize)
+            .copied()
+            .filter(|&i| i != u32::MAX)
+    }
+
+    /// Lends an inspector to `slot`, started at `first_seq`.
+    pub(super) fn acquire(&mut self, slot: u32, first_seq: u32) -> Option<u32> {
+        let i = self.free.pop()?;
+        if let (Some(o), Some(insp)) = (
+            self.of_slot.get_mut(slot as usize),
+            self.pool.get_mut(i as usize),
+        ) {
+            *o = i;
+            insp.start(first_seq);
+            Some(i)
+        } else {
+            self.free.push(i);
+            None
+        }
+    }
+
+    /// Gives `slot`'s inspector back (no-op for an HTTP/1 flow).
+    pub(super) fn release(&mut self, slot: u32) {
+        if let Some(i) = self.of(slot) {
+            self.of_slot[slot as usize] = u32::MAX;
+            self.free.push(i);
+        }
+    }
+
+    pub(super) fn in_use(&self) -> usize {
+        self.pool.len() - self.free.len()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,6 +256,7 @@ impl L7State {
             no_slot: 0,
             busy: 0,
             pending: vec![None; slots],
+            h2: H2Slots::new(slots, slots.min(L7_H2_MAX)),
         }
     }
 
@@ -206,6 +276,7 @@ impl L7State {
     }
 
     pub(super) fn free(&mut self, slot: u32) {
+        self.h2.release(slot);
         self.push_flush(slot);
         if let Some(p) = self.pending.get_mut(slot as usize) {
             *p = None;
@@ -335,6 +406,7 @@ impl WorkerState {
             denied: l7.denied,
             no_slot: l7.no_slot,
             busy: l7.busy,
+            h2_flows: l7.h2.in_use(),
         }
     }
 

@@ -11,6 +11,9 @@
 //! - the 403 response and the frames that end a denied connection are
 //!   built by the dataplane (`weir_dataplane::l7::reply`): they write
 //!   packets.
+//! - [`h2`]: HTTP/2 with prior knowledge (h2c): frames, HPACK, each
+//!   request judged with the HTTP rules (and gRPC rules, which are HTTP
+//!   rules on `POST /pkg.Service/Method`).
 //! - [`dns`]: DNS query parsing, name patterns, REFUSED in place, and
 //!   A/AAAA extraction from responses along the CNAME chain.
 //!
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod h2;
 pub mod http;
 pub mod matcher;
 pub mod stream;
