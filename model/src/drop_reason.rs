@@ -112,6 +112,16 @@ drop_reasons! {
     SnatUnsupported = 36 => "snat-unsupported",
     /// new flow to a NodePort with externalTrafficPolicy Local on a node without a ready local endpoint
     NodePortNoLocalEndpoint = 37 => "nodeport-no-local-endpoint",
+    /// WireGuard packet whose authentication failed (AEAD tag or handshake MAC wrong: tampered, or sealed with another key)
+    WireguardAuthFailed = 38 => "wireguard-auth-failed",
+    /// WireGuard data packet whose counter was already seen or is behind the replay window (replayed)
+    WireguardReplay = 39 => "wireguard-replay",
+    /// WireGuard packet to or from a peer node without a valid public key, or for a session index no peer holds (never sent in clear)
+    WireguardNoPeer = 40 => "wireguard-no-peer",
+    /// WireGuard packet malformed (length, message type, or a plaintext that is not an IP packet)
+    WireguardMalformed = 41 => "wireguard-malformed",
+    /// frame toward a peer node dropped while the WireGuard handshake with it was in progress (no session yet)
+    WireguardNoSession = 42 => "wireguard-no-session",
 }
 
 macro_rules! l7_reasons {
