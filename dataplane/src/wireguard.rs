@@ -20,20 +20,23 @@
 //! wireguard-go both check the IP header of what they decrypt): the overlay
 //! datagram is one.
 //!
-//! Allocation: none on the data path once a session exists. While a
-//! handshake is in progress boringtun queues what is sent to that peer in a
-//! bounded queue of its own (256 packets, each copied into a `Vec`): that
-//! allocation happens only until the session is up, and it is bounded.
+//! Allocation: none. A packet sealed while there is no session is not
+//! queued (boringtun's own queue would copy it into a `Vec`): it is
+//! replaced by a handshake initiation when none is under way, else dropped
+//! and counted (`wireguard-no-session`); TCP and the applications
+//! retransmit, as they do after any loss. A handshake takes one round trip.
 //!
-//! Not `Sync`: a `Tunn` takes `&mut self` for everything (the sending
-//! counter, the timers). The owner decides how workers share a peer
-//! (docs/encryption.md, "Sharing a peer between workers").
+//! A `Tunn` takes `&mut self` for everything (the sending counter, the
+//! timers): [`WgTable`] keeps each peer behind a mutex of its own.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -143,12 +146,9 @@ pub fn load_or_create_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
 pub enum Sealed<'a> {
     /// A data message: send it to the peer.
     Data(&'a [u8]),
-    /// No session yet: the plaintext was queued and this handshake
-    /// initiation is to be sent to the peer.
+    /// No session yet: the plaintext was dropped, and this handshake
+    /// initiation is to be sent to the peer in its place.
     Handshake(&'a [u8]),
-    /// No session yet, the plaintext was queued, a handshake is already
-    /// under way: nothing to send.
-    Queued,
 }
 
 /// What [`WgPeer::open`] produced in the output buffer.
@@ -157,8 +157,7 @@ pub enum Opened<'a> {
     /// A decrypted data message: the plaintext IP packet.
     Plain(&'a [u8]),
     /// A message to send back to the peer (handshake response, cookie
-    /// reply, or a first queued packet / keepalive once a handshake
-    /// completed); then call [`WgPeer::flush`] until it returns `None`.
+    /// reply, or the keepalive that confirms a completed handshake).
     Reply(&'a [u8]),
     /// Nothing to do (a keepalive was received).
     Nothing,
@@ -232,7 +231,9 @@ impl WgPeer {
 
     /// Encrypts `plaintext` (an IP packet) for the peer into `out`.
     /// `out` must hold `plaintext.len() + DATA_OVERHEAD` and at least
-    /// [`MIN_OUT`] bytes, else `too-big`.
+    /// [`MIN_OUT`] bytes, else `too-big`. Without a session: a handshake
+    /// initiation instead, or `wireguard-no-session` when one is already
+    /// under way (the plaintext is not queued).
     pub fn seal<'o>(
         &mut self,
         plaintext: &[u8],
@@ -241,10 +242,20 @@ impl WgPeer {
         if out.len() < MIN_OUT.max(plaintext.len() + DATA_OVERHEAD) {
             return Err(DropReason::TooBig);
         }
+        if self.tunn.time_since_last_handshake().is_none() {
+            return match self.tunn.format_handshake_initiation(out, false) {
+                TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
+                TunnResult::Done => Err(DropReason::WireguardNoSession),
+                TunnResult::Err(e) => Err(reason(e)),
+                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                    Err(DropReason::WireguardMalformed)
+                }
+            };
+        }
         match self.tunn.encapsulate(plaintext, out) {
             TunnResult::WriteToNetwork(b) if is_data(b) => Ok(Sealed::Data(b)),
             TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
-            TunnResult::Done => Ok(Sealed::Queued),
+            TunnResult::Done => Err(DropReason::WireguardNoSession),
             TunnResult::Err(e) => Err(reason(e)),
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
                 Err(DropReason::WireguardMalformed)
@@ -275,18 +286,6 @@ impl WgPeer {
         }
     }
 
-    /// After [`Opened::Reply`]: the next packet queued during the
-    /// handshake, sealed, or `None` when the queue is empty.
-    pub fn flush<'o>(&mut self, out: &'o mut [u8]) -> Option<&'o [u8]> {
-        if out.len() < MIN_OUT {
-            return None;
-        }
-        match self.tunn.decapsulate(None, &[], out) {
-            TunnResult::WriteToNetwork(b) => Some(b),
-            _ => None,
-        }
-    }
-
     /// The protocol's timers (call about every 250 ms — boringtun rounds
     /// its timers to that): a handshake initiation (no session, rekey after
     /// REKEY_AFTER_TIME, retry after REKEY_TIMEOUT) or a keepalive to send.
@@ -307,6 +306,101 @@ impl WgPeer {
             handshake_age,
             tx_bytes,
             rx_bytes,
+        }
+    }
+}
+
+/// Bytes WireGuard adds to an overlay frame on the underlay: the new
+/// outer IPv4 + UDP headers and the data message's header and tag. The
+/// pass lowers the inner MTU toward peers by this much.
+pub const FRAME_OVERHEAD: usize = 20 + 8 + DATA_OVERHEAD;
+
+/// The node's WireGuard peers, by underlay address, shared by the
+/// workers. Each peer's state sits behind its own mutex: a worker takes it
+/// for one seal or open (per packet; uncontended unless two workers send
+/// to the same peer at once; a ChaCha20-Poly1305 pass over the frame
+/// costs far more than the lock). A peer node without a valid key has no
+/// entry: its traffic is dropped as `wireguard-no-peer`, never sent in
+/// clear.
+#[derive(Debug, Default)]
+pub struct WgTable {
+    peers: HashMap<Ipv4Addr, Mutex<WgPeer>>,
+    public: [u8; 32],
+}
+
+/// A peer node as the table is built from: name, underlay address and its
+/// published public key (text form), if any.
+pub struct PeerKey<'a> {
+    pub node: &'a str,
+    pub ipv4: Ipv4Addr,
+    pub public_key: Option<&'a str>,
+}
+
+impl WgTable {
+    /// The table for our `private` key and these peers. A peer whose key
+    /// is missing or malformed is left out with one warning naming it.
+    pub fn new<'a>(private: &[u8; 32], peers: impl IntoIterator<Item = PeerKey<'a>>) -> Self {
+        let mut t = WgTable {
+            peers: HashMap::new(),
+            public: public_key(private),
+        };
+        for (i, p) in peers.into_iter().enumerate() {
+            let key = match p.public_key.map(decode_key) {
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    log::warn!(
+                        "wireguard: node {}: public key refused ({e}): its traffic is dropped (wireguard-no-peer)",
+                        p.node
+                    );
+                    continue;
+                }
+                None => {
+                    log::warn!(
+                        "wireguard: node {} has no public key: its traffic is dropped (wireguard-no-peer)",
+                        p.node
+                    );
+                    continue;
+                }
+            };
+            let peer = WgPeer::new(private, &key, i as u32 + 1, None);
+            t.peers.insert(p.ipv4, Mutex::new(peer));
+        }
+        t
+    }
+
+    /// Our public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The peer at this underlay address.
+    pub fn peer(&self, ipv4: Ipv4Addr) -> Option<MutexGuard<'_, WgPeer>> {
+        // A worker that panicked holding a peer left its state as it was
+        // between two messages: still usable.
+        self.peers
+            .get(&ipv4)
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every peer's status, by underlay address.
+    pub fn status(&self) -> Vec<(Ipv4Addr, PeerStatus)> {
+        let mut v: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(a, p)| (*a, p.lock().unwrap_or_else(|p| p.into_inner()).status()))
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// Runs every peer's timers; `send(peer address, message)` for what
+    /// they want sent (handshake initiations, keepalives).
+    pub fn tick(&self, out: &mut [u8], mut send: impl FnMut(Ipv4Addr, &[u8])) {
+        for (a, p) in &self.peers {
+            let mut p = p.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = p.tick(out) {
+                send(*a, m);
+            }
         }
     }
 }
@@ -400,10 +494,10 @@ mod tests {
         )
     }
 
-    /// Runs the handshake: a seals (queued, initiation), b answers, a
-    /// completes and sends its queued packet. Returns that first data
-    /// message as b received it, decrypted.
-    fn handshake(a: &mut WgPeer, b: &mut WgPeer, first: &[u8]) -> Vec<u8> {
+    /// Runs the handshake: a's first packet becomes an initiation (the
+    /// packet itself is dropped), b answers, a completes and confirms
+    /// with a keepalive.
+    fn handshake(a: &mut WgPeer, b: &mut WgPeer, first: &[u8]) {
         let mut out = [0u8; 2048];
         let init = match a.seal(first, &mut out).unwrap() {
             Sealed::Handshake(m) => m.to_vec(),
@@ -411,6 +505,8 @@ mod tests {
         };
         assert_eq!(init.len(), 148);
         assert_eq!(receiver_peer(&init), None);
+        // Under way: more packets are dropped, not queued.
+        assert_eq!(a.seal(first, &mut out), Err(DropReason::WireguardNoSession));
         let mut out_b = [0u8; 2048];
         let resp = match b.open(&init, &mut out_b).unwrap() {
             Opened::Reply(m) => m.to_vec(),
@@ -421,34 +517,20 @@ mod tests {
             Some(1),
             "the response names a's index"
         );
-        // a completes; boringtun answers with the queued packet (or a
-        // keepalive), then flushes the rest.
-        let mut msgs = Vec::new();
-        if let Opened::Reply(m) = a.open(&resp, &mut out).unwrap() {
-            msgs.push(m.to_vec());
-        }
-        while let Some(m) = a.flush(&mut out) {
-            msgs.push(m.to_vec());
-        }
-        let mut got = Vec::new();
-        for m in msgs {
-            assert_eq!(receiver_peer(&m), Some(7), "data names b's index");
-            if let Opened::Plain(p) = b.open(&m, &mut out_b).unwrap() {
-                got = p.to_vec();
-            }
-        }
-        got
+        let Opened::Reply(ka) = a.open(&resp, &mut out).unwrap() else {
+            panic!("want a keepalive")
+        };
+        assert_eq!(ka.len(), DATA_OVERHEAD, "an empty data message");
+        assert_eq!(receiver_peer(ka), Some(7), "data names b's index");
+        let ka = ka.to_vec();
+        assert_eq!(b.open(&ka, &mut out_b).unwrap(), Opened::Nothing);
     }
 
     #[test]
     fn handshake_then_data_round_trips_and_hides_the_marker() {
         let (mut a, mut b) = pair();
         let d = overlay_datagram();
-        assert_eq!(
-            handshake(&mut a, &mut b, &d),
-            d,
-            "queued packet delivered after the handshake"
-        );
+        handshake(&mut a, &mut b, &d);
         let mut out = [0u8; 2048];
         let Sealed::Data(m) = a.seal(&d, &mut out).unwrap() else {
             panic!("session is up: want data")
@@ -468,8 +550,8 @@ mod tests {
         let r = r.to_vec();
         assert_eq!(a.open(&r, &mut out).unwrap(), Opened::Plain(&d[..]));
         assert!(a.status().handshake_age.is_some());
-        assert_eq!(a.status().tx_bytes, 2 * d.len());
-        assert_eq!(b.status().rx_bytes, 2 * d.len());
+        assert_eq!(a.status().tx_bytes, d.len());
+        assert_eq!(b.status().rx_bytes, d.len());
     }
 
     #[test]
@@ -495,7 +577,7 @@ mod tests {
         }
         // A changed counter is a different nonce: the tag fails.
         let mut t = m.clone();
-        t[8] ^= 0x01;
+        t[12] ^= 0x01;
         assert_eq!(b.open(&t, &mut out_b), Err(DropReason::WireguardAuthFailed));
         // A receiver index nobody handed out.
         let mut t = m.clone();

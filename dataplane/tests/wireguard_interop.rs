@@ -8,8 +8,8 @@
 //! - "wg": wireguard-go with its TUN device (10.77.0.2/24), configured
 //!   through its UAPI socket with weir's public key as its peer.
 //!
-//! What it proves: weir as initiator (its first packet queued during the
-//! handshake, then delivered: the kernel behind wireguard-go answers it),
+//! What it proves: weir as initiator (its echo request, sent again until a
+//! session exists, is answered by the kernel behind wireguard-go),
 //! weir as responder to data (ping from the wg namespace answered through
 //! weir's side), and that a real data message of wireguard-go's replayed
 //! or with one flipped byte is refused with `wireguard-replay` /
@@ -132,20 +132,20 @@ fn weir_side(mut peer: WgPeer, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
     let mut out = vec![0u8; 2048];
     let mut plain = vec![0u8; 2048];
     let mut buf = vec![0u8; 2048];
-    // weir initiates: its first packet is queued until the handshake is done.
+    // weir initiates: its first echo request becomes the handshake
+    // initiation; it sends one again on every tick until a reply came.
     let req = icmp_echo(WEIR_INNER, WG_INNER, 8, 0x77, 1, MARKER);
-    match peer.seal(&req, &mut out).expect("seal") {
-        Sealed::Handshake(m) | Sealed::Data(m) => {
-            sock.send_to(m, &to).unwrap();
-        }
-        Sealed::Queued => {}
-    }
-    let mut last_tick = Instant::now();
+    let mut last_tick = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         if last_tick.elapsed() >= Duration::from_millis(250) {
             last_tick = Instant::now();
             if let Some(m) = peer.tick(&mut out) {
                 sock.send_to(m, &to).unwrap();
+            }
+            if seen.lock().unwrap().replies == 0 {
+                if let Ok(Sealed::Handshake(m) | Sealed::Data(m)) = peer.seal(&req, &mut out) {
+                    sock.send_to(m, &to).unwrap();
+                }
             }
         }
         let n = match sock.recv_from(&mut buf) {
@@ -174,9 +174,6 @@ fn weir_side(mut peer: WgPeer, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
             }
             Opened::Nothing => None,
         });
-        while let Some(m) = peer.flush(&mut out) {
-            sock.send_to(m, &to).unwrap();
-        }
         let mut s = seen.lock().unwrap();
         let p = match res {
             Err(r) => {

@@ -122,6 +122,8 @@ drop_reasons! {
     WireguardMalformed = 41 => "wireguard-malformed",
     /// frame toward a peer node dropped while the WireGuard handshake with it was in progress (no session yet)
     WireguardNoSession = 42 => "wireguard-no-session",
+    /// WireGuard keepalive or handshake message consumed by the node itself (not a loss: counted so that every frame has an outcome)
+    WireguardControl = 43 => "wireguard-control",
 }
 
 macro_rules! l7_reasons {

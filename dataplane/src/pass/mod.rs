@@ -217,9 +217,9 @@ impl Pass<'_> {
             (Next::Local(r), _) => (Some(r.endpoint), r.mtu),
             (Next::Host(r), Sender::Pod) => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),
-            (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
+            (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, self.peer_mtu(inner_mtu)),
             // A node port's flow to a backend on another node.
-            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, inner_mtu),
+            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, self.peer_mtu(inner_mtu)),
             (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
             // That backend's reply, on its way back to the client.
             (Next::Uplink { mtu }, Sender::Peer { .. }) if np_reply.is_some() => (None, mtu),
