@@ -536,6 +536,12 @@ impl Dataplane {
             totals,
             ports,
             conntrack: self.conntrack_status(),
+            wireguard: self
+                .cfg
+                .wireguard
+                .as_ref()
+                .map(|t| t.peer_status())
+                .unwrap_or_default(),
         }
     }
 

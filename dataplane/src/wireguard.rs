@@ -326,6 +326,8 @@ pub const FRAME_OVERHEAD: usize = 20 + 8 + DATA_OVERHEAD;
 pub struct WgTable {
     peers: HashMap<Ipv4Addr, Mutex<WgPeer>>,
     public: [u8; 32],
+    /// Node names by underlay address (for status).
+    names: HashMap<Ipv4Addr, String>,
 }
 
 /// A peer node as the table is built from: name, underlay address and its
@@ -343,6 +345,7 @@ impl WgTable {
         let mut t = WgTable {
             peers: HashMap::new(),
             public: public_key(private),
+            names: HashMap::new(),
         };
         for (i, p) in peers.into_iter().enumerate() {
             let key = match p.public_key.map(decode_key) {
@@ -362,6 +365,7 @@ impl WgTable {
                     continue;
                 }
             };
+            t.names.insert(p.ipv4, p.node.to_string());
             let peer = WgPeer::new(private, &key, i as u32 + 1, None);
             t.peers.insert(p.ipv4, Mutex::new(peer));
         }
@@ -390,6 +394,27 @@ impl WgTable {
             .map(|(a, p)| (*a, p.lock().unwrap_or_else(|p| p.into_inner()).status()))
             .collect();
         v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// The status of every peer, by node name.
+    pub fn peer_status(&self) -> Vec<weir_model::status::WireguardPeerStatus> {
+        let mut v: Vec<_> = self
+            .status()
+            .into_iter()
+            .map(|(a, s)| weir_model::status::WireguardPeerStatus {
+                node: self.names.get(&a).cloned().unwrap_or_default(),
+                address: a.to_string(),
+                state: match s.handshake_age {
+                    Some(_) => "up".into(),
+                    None => "no-session".into(),
+                },
+                handshake_age_ms: s.handshake_age.map(|d| d.as_millis() as u64),
+                tx_bytes: s.tx_bytes as u64,
+                rx_bytes: s.rx_bytes as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
         v
     }
 

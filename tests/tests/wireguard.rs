@@ -118,6 +118,20 @@ fn pods_on_two_nodes_talk_through_wireguard_and_the_marker_stays_hidden() {
         "only {frames} UDP frames captured on the underlay"
     );
     assert!(!seen, "the marker crossed the underlay in clear");
+    // `weir status`: each node has the other as its peer, with a session
+    // and bytes both ways.
+    let st = c.status();
+    for (me, other) in [("n1", "n2"), ("n2", "n1")] {
+        let p = &weir_tests::node_status(&st, me)["wireguard"][0];
+        assert_eq!(p["node"], other, "{me}: {p}");
+        assert_eq!(p["state"], "up", "{me}: {p}");
+        assert!(p["handshake_age_ms"].as_u64().is_some(), "{me}: {p}");
+        assert!(p["tx_bytes"].as_u64() > Some(0), "{me}: {p}");
+        assert!(p["rx_bytes"].as_u64() > Some(0), "{me}: {p}");
+    }
+    let text = c.weir(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("wireguard peer n2 ("), "{text}");
     // The private keys are the nodes' own, mode 0600.
     let state = std::env::var_os("WEIR_STATE_DIR")
         .map(std::path::PathBuf::from)
