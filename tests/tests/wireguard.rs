@@ -9,12 +9,12 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use weir_tests::{all_connected, two_node_cluster, TestCluster};
+use weir_tests::{all_connected, netpol, two_node_cluster, Peer, Reachability, TestCluster};
 
 const MARKER: &str = "weir-wg-marker-6c1d0e";
 
 fn cluster(tag: &str, encrypt: bool) -> TestCluster {
-    let manifests = two_node_cluster("x", &[("a", "n1"), ("b", "n2")], false);
+    let manifests = two_node_cluster("x", &[("a", "n1"), ("b", "n2"), ("c", "n1")], false);
     match encrypt {
         true => TestCluster::up_with(tag, &manifests, &["--encrypt", "wireguard"]),
         false => TestCluster::up(tag, &manifests),
@@ -132,6 +132,26 @@ fn pods_on_two_nodes_talk_through_wireguard_and_the_marker_stays_hidden() {
     let text = c.weir(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("wireguard peer n2 ("), "{text}");
+    // Policy across nodes, encrypted: b (n2) admits c (n1) only, by pod
+    // label — judged on n2 by the identity that travelled inside the
+    // WireGuard message.
+    c.apply(
+        "p.yaml",
+        &netpol(
+            "x",
+            "b-from-c",
+            "{podSelector: {matchLabels: {pod: b}}, ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]}",
+        ),
+    );
+    let mut want = Reachability::new(&["x/a", "x/b", "x/c"], true);
+    want.expect_peer(Peer::ANY, Peer::pod("x", "b"), false);
+    want.expect_peer(Peer::pod("x", "c"), Peer::pod("x", "b"), true);
+    for (port, proto) in [(80, "TCP"), (81, "UDP")] {
+        if let Err(e) = c.check_reachability("b admits c only", port, proto, &want) {
+            panic!("{e}");
+        }
+    }
+    assert!(c.node_drops("n2", "policy-denied") > 0, "{}", c.status());
     // The private keys are the nodes' own, mode 0600.
     let state = std::env::var_os("WEIR_STATE_DIR")
         .map(std::path::PathBuf::from)
