@@ -183,3 +183,85 @@ fn without_encrypt_the_marker_is_on_the_wire() {
     );
     assert!(seen, "the marker should be in clear without --encrypt");
 }
+
+/// A captured WireGuard data message of n1's, re-injected on the underlay
+/// bridge with Scapy: once with one ciphertext byte and the counter's top
+/// byte flipped (a counter n2 has not seen, so the tag decides) → counted
+/// `wireguard-auth-failed`; once unchanged (already delivered) → counted
+/// `wireguard-replay`. Neither reaches a pod.
+#[test]
+fn tampered_and_replayed_packets_on_the_underlay_are_dropped_and_counted() {
+    let c = cluster("wgt", true);
+    let m = c.probe(80, "TCP", &["--from", "x/a", "--to", "x/b"]);
+    assert!(all_connected(&m), "{m}");
+    let topo = c.topology();
+    let n2 = topo.node("n2").expect("n2");
+    let u2 = n2.underlay.as_ref().expect("n2 underlay").ipv4.to_string();
+    let file = c.dir.join("wg.pcap");
+    let cap = Command::new("ip")
+        .args(["netns", "exec", &c.underlay_netns(), "tcpdump", "-U"])
+        .args(["--immediate-mode", "-n", "-i", "br0", "-w"])
+        .arg(&file)
+        .arg(format!("udp and dst host {u2}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    let t0 = Instant::now();
+    while !file.exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let m = c.probe(80, "TCP", &["--from", "x/a", "--to", "x/b"]);
+    assert!(all_connected(&m), "{m}");
+    stop_capture(cap);
+
+    let before = |r: &str| c.node_drops("n2", r);
+    let (auth0, replay0) = (before("wireguard-auth-failed"), before("wireguard-replay"));
+    let script = r#"
+import sys
+from scapy.all import rdpcap, sendp, UDP
+data = [p for p in rdpcap(sys.argv[1])
+        if UDP in p and bytes(p[UDP].payload)[:1] == b"\x04" and len(bytes(p[UDP].payload)) > 64]
+assert data, "no WireGuard data message captured"
+frame = bytes(data[-1])
+t = bytearray(frame)
+t[42 + 15] ^= 0x80   # the counter's top byte: a counter never seen
+t[-5] ^= 0x01        # one byte of the sealed overlay datagram
+sendp(bytes(t), iface="br0", verbose=False)
+sendp(frame, iface="br0", verbose=False)
+print(len(data))
+"#;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.underlay_netns(),
+            "python3",
+            "-c",
+            script,
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3 (Scapy: scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "scapy: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    loop {
+        let auth = before("wireguard-auth-failed") - auth0;
+        let replay = before("wireguard-replay") - replay0;
+        if auth == 1 && replay == 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "auth-failed +{auth}, replay +{replay} (want +1 each): {}",
+            c.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
