@@ -331,3 +331,52 @@ fn the_inner_mtu_is_lowered_by_wireguards_overhead() {
     let (v, _) = run(&mut n1, &pod_frame(1, 2, 1390 - 28), POD);
     assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
 }
+
+/// Prints the cost of WireGuard in the pass: a pod frame of 1000 bytes
+/// through node 1's pass (route, policy, encapsulation[, seal]) and node
+/// 2's ([open,] decapsulation, policy, delivery), per frame, with and
+/// without WireGuard, and the ratio — both measured in the same run.
+/// `cargo test --release -p weir-dataplane --test pass_wireguard pass_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn pass_cost_encrypted_vs_plain() {
+    let frame = pod_frame(1, 2, 1000);
+    let n = 200_000u32;
+    let mut buf = vec![0u8; UMEM];
+    let mut time = |n1: &mut Node, n2: &mut Node| {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            buf[..frame.len()].copy_from_slice(&frame);
+            let Verdict::Tx { len, .. } = process(&mut buf, frame.len(), POD, &n1.snap, &mut n1.st)
+            else {
+                panic!("not sent")
+            };
+            let v = process(&mut buf, len, UNDERLAY, &n2.snap, &mut n2.st);
+            assert!(matches!(v, Verdict::Tx { port: POD, .. }), "{v:?}");
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    let (mut p1, mut p2) = (
+        Node {
+            snap: snap(1, 2),
+            st: WorkerState::new(),
+        },
+        Node {
+            snap: snap(2, 1),
+            st: WorkerState::new(),
+        },
+    );
+    let (mut w1, mut w2) = handshaken();
+    // Warm up both, then alternate to share the machine's noise.
+    time(&mut p1, &mut p2);
+    time(&mut w1, &mut w2);
+    let (mut plain, mut wg) = (0.0, 0.0);
+    for _ in 0..3 {
+        plain += time(&mut p1, &mut p2) / 3.0;
+        wg += time(&mut w1, &mut w2) / 3.0;
+    }
+    println!(
+        "1042-byte pod frame, node 1 pass + node 2 pass: plain {plain:.0} ns, WireGuard {wg:.0} ns, ratio {:.2}",
+        wg / plain
+    );
+}
