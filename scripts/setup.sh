@@ -112,6 +112,8 @@ fi
 bash "$(dirname "$0")/k8s-build.sh" >/dev/null
 # cnitool and the reference CNI plugins (weir-cni's tests), also from Go modules.
 bash "$(dirname "$0")/cni-build.sh" >/dev/null
+# wireguard-go, the WireGuard interop peer (dataplane/tests/wireguard_interop.rs).
+bash "$(dirname "$0")/wireguard-go.sh" >/dev/null
 # Fuzz smoke (scripts/fuzz-smoke.sh): cargo-fuzz needs a nightly toolchain.
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "setup: rustup toolchain install nightly (fuzzing)"

@@ -31,6 +31,7 @@ NO_ROOT=(
   dataplane/tests/pass_table.rs dataplane/tests/pass_policy.rs
   dataplane/tests/pass_dns.rs dataplane/tests/pass_frag.rs
   dataplane/tests/pass_l7.rs dataplane/tests/pass_tunnel.rs
+  dataplane/tests/pass_wireguard.rs
   dataplane/tests/l7_http.rs dataplane/tests/l7_dns.rs
   policy/tests/dns.rs policy/tests/errors.rs policy/tests/explain_http.rs
   policy/tests/explain_self.rs policy/tests/http.rs policy/tests/reference.rs

@@ -55,6 +55,16 @@ struct DataplaneFlags {
     /// namespace; `off` serves nothing (docs/observability.md).
     #[arg(long, env = "WEIR_METRICS_ADDR", default_value = weir_control::metrics::DEFAULT_ADDR, value_name = "ADDR:PORT|off")]
     metrics_addr: String,
+    /// Encryption of pod traffic between nodes: `wireguard` (docs/encryption.md) or `none`.
+    #[arg(long, value_enum, default_value_t = Encrypt::None)]
+    encrypt: Encrypt,
+}
+
+/// `--encrypt`: encryption between nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Encrypt {
+    None,
+    Wireguard,
 }
 
 impl DataplaneFlags {
@@ -76,6 +86,9 @@ impl DataplaneFlags {
         if let Some(c) = &self.cores {
             node_dataplane::parse_cores(c)?;
             v.extend(["--cores".to_string(), c.clone()]);
+        }
+        if self.encrypt == Encrypt::Wireguard {
+            v.extend(["--encrypt".to_string(), "wireguard".to_string()]);
         }
         Ok(v)
     }
@@ -1107,6 +1120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         poll: dp.poll.mode(),
                         l7_max_flows: node_dataplane::check_l7_max_flows(dp.l7_max_flows)?,
                         conntrack_size: node_dataplane::check_conntrack_size(dp.conntrack_size)?,
+                        wireguard: dp.encrypt == Encrypt::Wireguard,
                     })
                 }
             }

@@ -30,6 +30,8 @@ pub struct Options {
     pub l7_max_flows: usize,
     /// Conntrack entries (`--conntrack-size`).
     pub conntrack_size: usize,
+    /// WireGuard between nodes (`--encrypt wireguard`, docs/encryption.md).
+    pub wireguard: bool,
 }
 
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
@@ -133,6 +135,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     enter_netns(&node.netns)?;
 
     let spec = wait_for_snapshot(&state, &opts.node)?;
+    let tunnel_addr = spec.tunnel.as_ref().map(|t| (t.underlay.ipv4, t.udp_port));
     let mut applied = spec.generation;
     let mut mtime = snapshot_mtime(&state, &opts.node);
     let snap =
@@ -145,7 +148,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         queues: cluster.queues,
         l7_max_flows: opts.l7_max_flows,
         conntrack_size: opts.conntrack_size,
+        wireguard: match opts.wireguard {
+            true => Some(wireguard_table(&state, &cluster, &opts.node)?),
+            false => None,
+        },
         ..DataplaneConfig::default()
+    };
+    let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {
+        (Some(t), Some(addr)) => Some(WgTimers::new(Arc::clone(t), addr)?),
+        _ => None,
     };
     let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;
     log::info!(
@@ -228,6 +239,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
         drain_flows(&shared, &opts.node, &mut events);
+        if let Some(t) = wg_timers.as_mut() {
+            t.run();
+        }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();
             sample_rates(&shared);
@@ -374,5 +388,98 @@ fn wait_for_snapshot(state: &StateDir, node: &str) -> anyhow::Result<SnapshotSpe
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// The node's WireGuard peers (local cluster, docs/encryption.md): the
+/// node's private key in `<state>/wireguard/<node>/wireguard.key` (made,
+/// mode 0600, on first start), its public key published in the cluster
+/// state as `<state>/wireguard/<node>.pub`, and every other weir node's
+/// published key (waited for up to 30 s: the nodes start together). A node
+/// without one is left out with a warning: its traffic is dropped
+/// (`wireguard-no-peer`), never sent in clear.
+fn wireguard_table(
+    state: &StateDir,
+    cluster: &weir_topo::Cluster,
+    me: &str,
+) -> anyhow::Result<Arc<weir_dataplane::wireguard::WgTable>> {
+    use weir_dataplane::wireguard;
+    let dir = state.root.join("wireguard");
+    let key = wireguard::load_or_create_private_key(&dir.join(me))?;
+    crate::state::write_atomic(
+        &dir.join(format!("{me}.pub")),
+        wireguard::encode_key(&wireguard::public_key(&key)).as_bytes(),
+    )?;
+    let peers: Vec<(&str, std::net::Ipv4Addr)> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .filter_map(|n| Some((n.name.as_str(), n.underlay.as_ref()?.ipv4)))
+        .collect();
+    let read = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.pub"))).ok();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) && peers.iter().any(|(n, _)| read(n).is_none()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let keys: Vec<_> = peers.iter().map(|(n, a)| (*n, *a, read(n))).collect();
+    let table = wireguard::WgTable::new(
+        &key,
+        keys.iter().map(|(n, a, k)| wireguard::PeerKey {
+            node: n,
+            ipv4: *a,
+            public_key: k.as_deref(),
+        }),
+    );
+    log::info!(
+        "wireguard: node {me} public key {}, {} peers",
+        wireguard::encode_key(&table.public_key()),
+        table.status().len()
+    );
+    Ok(Arc::new(table))
+}
+
+/// WireGuard's timers (rekey, handshake retries, keepalives, session
+/// expiry, the handshake rate limiter's reset), run from this control loop
+/// about every 250 ms — boringtun rounds its timers to that. What they
+/// want sent (handshake initiations, keepalives) leaves through a kernel
+/// UDP socket on the node's underlay address, to the peer's tunnel port,
+/// where its XDP program hands it to its dataplane: no worker is
+/// interrupted for them. Data-driven messages (the first handshake,
+/// responses) are sent by the workers themselves.
+struct WgTimers {
+    table: Arc<weir_dataplane::wireguard::WgTable>,
+    sock: std::net::UdpSocket,
+    port: u16,
+    last: Instant,
+    buf: Vec<u8>,
+}
+
+impl WgTimers {
+    fn new(
+        table: Arc<weir_dataplane::wireguard::WgTable>,
+        (addr, port): (std::net::Ipv4Addr, u16),
+    ) -> anyhow::Result<Self> {
+        let sock = std::net::UdpSocket::bind((addr, 0))
+            .with_context(|| format!("wireguard: UDP socket on {addr}"))?;
+        Ok(WgTimers {
+            table,
+            sock,
+            port,
+            last: Instant::now(),
+            buf: vec![0; 256],
+        })
+    }
+
+    fn run(&mut self) {
+        if self.last.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.last = Instant::now();
+        let (sock, port) = (&self.sock, self.port);
+        self.table.tick(&mut self.buf, |peer, msg| {
+            if let Err(e) = sock.send_to(msg, (peer, port)) {
+                log::debug!("wireguard: timer message to {peer}: {e}");
+            }
+        });
     }
 }

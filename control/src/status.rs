@@ -87,6 +87,17 @@ pub fn render(v: &ClusterStatus) -> String {
                 l7(|l| l.held_frames),
             );
         }
+        for p in &dp.wireguard {
+            let age = match p.handshake_age_ms {
+                Some(ms) => format!("handshake {}s ago", ms / 1000),
+                None => "no handshake yet".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "wireguard peer {} ({}): {}, {age}, tx {} B, rx {} B",
+                p.node, p.address, p.state, p.tx_bytes, p.rx_bytes
+            );
+        }
         out.push_str(&drops_line(&dp));
         out.push_str(&frames_line(&dp));
         // The fragment table, once fragments were seen.

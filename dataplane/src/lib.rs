@@ -54,6 +54,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod svc_nat;
 pub mod wire;
+pub mod wireguard;
 pub mod worker;
 pub mod xsk;
 

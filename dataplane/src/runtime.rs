@@ -103,6 +103,9 @@ pub struct DataplaneConfig {
     /// beyond it is refused: `l7-no-slot`); sizes the rest of the inline-L7
     /// state ([`crate::pass::L7Capacity::for_flows`], docs/l7.md).
     pub l7_max_flows: usize,
+    /// WireGuard between nodes (docs/encryption.md): every worker seals
+    /// and opens the tunnel's traffic with these peers. `None`: plain.
+    pub wireguard: Option<Arc<crate::wireguard::WgTable>>,
 }
 
 /// Largest accepted `l7_max_flows` (about 0.4 GiB of L7 state per worker).
@@ -127,6 +130,7 @@ impl Default for DataplaneConfig {
             conntrack_size: conntrack::DEFAULT_SIZE,
             flow_log_capacity: flows::DEFAULT_CAPACITY,
             l7_max_flows: crate::pass::DEFAULT_L7_MAX_FLOWS,
+            wireguard: None,
         }
     }
 }
@@ -339,16 +343,18 @@ impl Dataplane {
             );
             let flow_log = Arc::new(FlowLog::new(cfg.flow_log_capacity));
             let ct_stats = Arc::new(CtStats::default());
-            let worker = worker.with_state(
-                WorkerState::with_shared(
-                    Arc::clone(&dp.conntrack),
-                    Arc::clone(&flow_log),
-                    Arc::clone(&ct_stats),
-                )
-                .with_fqdn(Arc::clone(&dp.fqdn))
-                .with_l7_slots(cfg.l7_max_flows)
-                .with_snat_slice(id, cfg.cores.len()),
-            );
+            let mut state = WorkerState::with_shared(
+                Arc::clone(&dp.conntrack),
+                Arc::clone(&flow_log),
+                Arc::clone(&ct_stats),
+            )
+            .with_fqdn(Arc::clone(&dp.fqdn))
+            .with_l7_slots(cfg.l7_max_flows)
+            .with_snat_slice(id, cfg.cores.len());
+            if let Some(wg) = &cfg.wireguard {
+                state = state.with_wireguard(Arc::clone(wg));
+            }
+            let worker = worker.with_state(state);
             dp.flow_logs.push(flow_log);
             dp.ct_stats.push(ct_stats);
             let join = std::thread::Builder::new()
@@ -530,6 +536,12 @@ impl Dataplane {
             totals,
             ports,
             conntrack: self.conntrack_status(),
+            wireguard: self
+                .cfg
+                .wireguard
+                .as_ref()
+                .map(|t| t.peer_status())
+                .unwrap_or_default(),
         }
     }
 

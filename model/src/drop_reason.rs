@@ -116,6 +116,18 @@ drop_reasons! {
     TlsSniDenied = 38 => "tls-sni-denied",
     /// TLS connection under server-name rules refused: the first flight is not one valid ClientHello (bad records, fields, duplicate extensions, bad name, FIN inside it, too long; both ends got an RST)
     TlsMalformed = 39 => "tls-malformed",
+    /// WireGuard packet whose authentication failed (AEAD tag or handshake MAC wrong: tampered, or sealed with another key)
+    WireguardAuthFailed = 40 => "wireguard-auth-failed",
+    /// WireGuard data packet whose counter was already seen or is behind the replay window (replayed)
+    WireguardReplay = 41 => "wireguard-replay",
+    /// WireGuard packet to or from a peer node without a valid public key, or for a session index no peer holds (never sent in clear)
+    WireguardNoPeer = 42 => "wireguard-no-peer",
+    /// WireGuard packet malformed (length, message type, or a plaintext that is not an IP packet)
+    WireguardMalformed = 43 => "wireguard-malformed",
+    /// frame toward a peer node dropped while the WireGuard handshake with it was in progress (no session yet)
+    WireguardNoSession = 44 => "wireguard-no-session",
+    /// WireGuard keepalive or handshake message consumed by the node itself (not a loss: counted so that every frame has an outcome)
+    WireguardControl = 45 => "wireguard-control",
 }
 
 macro_rules! l7_reasons {

@@ -48,6 +48,25 @@ pub struct DataplaneStatus {
     pub totals: Totals,
     pub ports: Vec<PortStatus>,
     pub conntrack: ConntrackStatus,
+    /// WireGuard peers (`--encrypt wireguard`, docs/encryption.md); empty
+    /// when encryption is off.
+    pub wireguard: Vec<WireguardPeerStatus>,
+}
+
+/// One WireGuard peer node as `weir status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WireguardPeerStatus {
+    pub node: String,
+    /// Its underlay address.
+    pub address: String,
+    /// `up` (a session), or `no-session` (no handshake completed yet).
+    pub state: String,
+    /// Milliseconds since the last completed handshake.
+    pub handshake_age_ms: Option<u64>,
+    /// Plaintext bytes sent to and received from it.
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
 }
 
 /// The node's conntrack table and the flow log, summed over workers.

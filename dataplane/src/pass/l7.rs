@@ -653,6 +653,7 @@ impl Pass<'_> {
                     let identity = snap.policy().identity_if_known(pkt.key.dst);
                     let sport = encap::flow_sport(&pkt.key);
                     encap::encapsulate(buf, n, t, peer, identity, sport)
+                        .and_then(|n| super::tunnel::wg_seal(buf, st, n, t, peer, sport).ok())
                 }
                 _ => None,
             };

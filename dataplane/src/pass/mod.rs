@@ -97,6 +97,9 @@
 //!   unwrapped and judged by the identity the header carried
 //!   ([`crate::policy::CompiledPolicy::judge_with_src_identity`]); they
 //!   route to a local pod only, and the destination's ingress is judged.
+//!   With WireGuard on (`WorkerState::with_wireguard`, docs/encryption.md)
+//!   the wrapped frame is sealed for the peer after stage 11, and a frame
+//!   from the underlay is opened before stage 1's decapsulation.
 //!
 //! Allocation-free, panic-free, lock-free except conntrack's per-bucket
 //! lock (see `conntrack`): every view is built with
@@ -227,14 +230,14 @@ impl Pass<'_> {
             // node").
             (Next::Host(r), Sender::Peer { .. }) if routed.is_some() => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),
-            (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, inner_mtu),
+            (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, self.peer_mtu(inner_mtu)),
             // The node's own flow to a ClusterIP whose backend is on another
             // node (DNATed above; the node reaches no remote pod otherwise).
             (Next::Remote { inner_mtu, .. }, Sender::Host) if pkt.key.dst != dst_as_sent => {
-                (None, inner_mtu)
+                (None, self.peer_mtu(inner_mtu))
             }
             // A node port's flow to a backend on another node.
-            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, inner_mtu),
+            (Next::Remote { inner_mtu, .. }, Sender::World) => (None, self.peer_mtu(inner_mtu)),
             (Next::Uplink { mtu }, Sender::Pod) => (None, mtu),
             // That backend's reply, on its way back to the client.
             (Next::Uplink { mtu }, Sender::Peer { .. }) if np_reply.is_some() => (None, mtu),

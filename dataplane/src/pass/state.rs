@@ -33,6 +33,10 @@ pub struct WorkerState {
     /// `i` of `n` allocates only ports `p` with `p % n == i`, so no two
     /// workers ever hand out the same port.
     pub(super) snat_slice: (u16, u16),
+    /// WireGuard between nodes (docs/encryption.md): the node's peers, and
+    /// this worker's buffer to seal and open into (allocated once).
+    pub(super) wg: Option<Arc<crate::wireguard::WgTable>>,
+    pub(super) wg_scratch: Vec<u8>,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -327,6 +331,8 @@ impl WorkerState {
             dns_refused: 0,
             reply_drop: None,
             snat_slice: (0, 1),
+            wg: None,
+            wg_scratch: Vec::new(),
         }
     }
 
@@ -335,6 +341,14 @@ impl WorkerState {
     pub fn with_snat_slice(mut self, index: usize, workers: usize) -> Self {
         let n = workers.clamp(1, 64) as u16;
         self.snat_slice = ((index as u16) % n, n);
+        self
+    }
+
+    /// Encrypts traffic to peer nodes with WireGuard (docs/encryption.md):
+    /// every frame to or from a peer goes through `wg`.
+    pub fn with_wireguard(mut self, wg: Arc<crate::wireguard::WgTable>) -> Self {
+        self.wg = Some(wg);
+        self.wg_scratch = vec![0; 65536];
         self
     }
 

@@ -1,0 +1,693 @@
+//! WireGuard between nodes: keys and one peer's protocol state
+//! (docs/encryption.md).
+//!
+//! The protocol itself (Noise_IKpsk2 handshake, cookie replies under load,
+//! ChaCha20-Poly1305 transport, the replay window, the timers: rekey after
+//! REKEY_AFTER_TIME, keepalives, session expiry) is boringtun's
+//! `noise::Tunn`, a well-kept implementation used in production: weir does
+//! not hand-write any of it. This module wraps one `Tunn` per peer node into
+//! calls that fit the pass: bytes in, bytes out into a buffer the caller
+//! owns (the frame's UMEM buffer or a per-worker scratch), and every failure
+//! a [`DropReason`] (`wireguard-*`), never a panic, never plaintext on the
+//! wire.
+//!
+//! What is carried: the plaintext of a WireGuard data message is the whole
+//! overlay datagram — outer IPv4 (underlay addresses) + UDP + VXLAN/Geneve
+//! header (with the source identity) + the inner Ethernet frame. So the
+//! identity that policy on the receiving node needs survives encryption,
+//! and decryption yields exactly what `encap::decapsulate` already checks.
+//! WireGuard needs its plaintext to be an IP packet (boringtun and
+//! wireguard-go both check the IP header of what they decrypt): the overlay
+//! datagram is one.
+//!
+//! Allocation: none. A packet sealed while there is no session is not
+//! queued (boringtun's own queue would copy it into a `Vec`): it is
+//! replaced by a handshake initiation when none is under way, else dropped
+//! and counted (`wireguard-no-session`); TCP and the applications
+//! retransmit, as they do after any loss. A handshake takes one round trip.
+//!
+//! A `Tunn` takes `&mut self` for everything (the sending counter, the
+//! timers): [`WgTable`] keeps each peer behind a mutex of its own.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use crate::DropReason;
+
+/// The UDP port weir's WireGuard listens on (a node's underlay address).
+pub const DEFAULT_PORT: u16 = 51871;
+/// Bytes a data message adds to its plaintext: type, receiver index and
+/// counter (16) + the Poly1305 tag (16). boringtun does not pad.
+pub const DATA_OVERHEAD: usize = 32;
+/// The smallest output buffer any message needs (a handshake initiation
+/// is 148 bytes).
+pub const MIN_OUT: usize = 148;
+/// The Node annotation that carries a node's public key (as Calico's
+/// `projectcalico.org/WireguardPublicKey`).
+pub const ANNOTATION: &str = "weir.dev/wireguard-public-key";
+/// Name of the private key file in a node's state directory.
+pub const KEY_FILE_NAME: &str = "wireguard.key";
+
+/// A key that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// key is not base64 of 32 bytes
+    #[error("WireGuard key is not base64 of 32 bytes")]
+    Encoding,
+    /// key is all zeros
+    #[error("WireGuard key is all zeros")]
+    Zero,
+    /// key file is readable by others than its owner
+    #[error("WireGuard private key file {0} is readable by group or others (want mode 0600)")]
+    Mode(PathBuf),
+    /// key file cannot be read or written
+    #[error("WireGuard key file {0}: {1}")]
+    Io(PathBuf, String),
+}
+
+/// A key in WireGuard's text form (base64 of 32 bytes, as `wg` prints).
+pub fn encode_key(key: &[u8; 32]) -> String {
+    B64.encode(key)
+}
+
+/// Parses a key in WireGuard's text form. An all-zero key (no key) is
+/// refused.
+pub fn decode_key(s: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = B64.decode(s.trim()).map_err(|_| KeyError::Encoding)?;
+    let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Encoding)?;
+    if key == [0; 32] {
+        return Err(KeyError::Zero);
+    }
+    Ok(key)
+}
+
+/// A new private key from the kernel's random source.
+pub fn generate_private_key() -> io::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    // Clamping (RFC 7748 §5) is applied by x25519 on every use; storing
+    // the clamped form keeps the file equal to what `wg genkey` prints.
+    key[0] &= 248;
+    key[31] &= 127;
+    key[31] |= 64;
+    Ok(key)
+}
+
+/// The public key of a private key.
+pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*private)).to_bytes()
+}
+
+/// The node's private key from `dir`/[`KEY_FILE_NAME`], made (mode 0600)
+/// when absent. A file readable by group or others is refused.
+pub fn load_or_create_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
+    let path = dir.join(KEY_FILE_NAME);
+    let io = |e: io::Error| KeyError::Io(path.clone(), e.to_string());
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = fs::metadata(&path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Mode(path));
+            }
+            decode_key(&text)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io)?;
+            let key = generate_private_key().map_err(io)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            f.write_all(encode_key(&key).as_bytes()).map_err(io)?;
+            f.write_all(b"\n").map_err(io)?;
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// What [`WgPeer::seal`] produced in the output buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sealed<'a> {
+    /// A data message: send it to the peer.
+    Data(&'a [u8]),
+    /// No session yet: the plaintext was dropped, and this handshake
+    /// initiation is to be sent to the peer in its place.
+    Handshake(&'a [u8]),
+}
+
+/// What [`WgPeer::open`] produced in the output buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// A decrypted data message: the plaintext IP packet.
+    Plain(&'a [u8]),
+    /// A message to send back to the peer (handshake response, cookie
+    /// reply, or the keepalive that confirms a completed handshake).
+    Reply(&'a [u8]),
+    /// Nothing to do (a keepalive was received).
+    Nothing,
+}
+
+/// What `weir status` shows of a peer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStatus {
+    /// Time since the last completed handshake (none yet: `None`).
+    pub handshake_age: Option<Duration>,
+    /// Plaintext bytes sent and received.
+    pub tx_bytes: usize,
+    pub rx_bytes: usize,
+}
+
+/// One peer node: our key, its key, the protocol state between us.
+pub struct WgPeer {
+    tunn: Tunn,
+    index: u32,
+}
+
+impl core::fmt::Debug for WgPeer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("WgPeer")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// The peer a message is addressed to, by the receiver index it carries
+/// (handshake responses, cookie replies and data messages): the `index`
+/// given to [`WgPeer::new`]. `None` for a handshake initiation (it names
+/// no receiver: the sender's underlay address picks the peer) or a
+/// message too short to say.
+pub fn receiver_peer(datagram: &[u8]) -> Option<u32> {
+    let ty = u32::from_le_bytes(datagram.get(..4)?.try_into().ok()?);
+    let off = match ty {
+        2 => 8, // response: type, sender, receiver
+        3 | 4 => 4,
+        _ => return None,
+    };
+    let idx = u32::from_le_bytes(datagram.get(off..off + 4)?.try_into().ok()?);
+    Some(idx >> 8)
+}
+
+impl WgPeer {
+    /// The state toward a peer. `index` (below 2^24) names this peer in
+    /// the session indices we hand out, so [`receiver_peer`] finds it
+    /// again. `keepalive`: WireGuard's persistent keepalive, in seconds.
+    pub fn new(
+        private: &[u8; 32],
+        peer_public: &[u8; 32],
+        index: u32,
+        keepalive: Option<u16>,
+    ) -> Self {
+        let tunn = Tunn::new(
+            StaticSecret::from(*private),
+            PublicKey::from(*peer_public),
+            None,
+            keepalive,
+            index & 0x00ff_ffff,
+            None,
+        );
+        WgPeer { tunn, index }
+    }
+
+    /// This peer's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Encrypts `plaintext` (an IP packet) for the peer into `out`.
+    /// `out` must hold `plaintext.len() + DATA_OVERHEAD` and at least
+    /// [`MIN_OUT`] bytes, else `too-big`. Without a session: a handshake
+    /// initiation instead, or `wireguard-no-session` when one is already
+    /// under way (the plaintext is not queued).
+    pub fn seal<'o>(
+        &mut self,
+        plaintext: &[u8],
+        out: &'o mut [u8],
+    ) -> Result<Sealed<'o>, DropReason> {
+        if out.len() < MIN_OUT.max(plaintext.len() + DATA_OVERHEAD) {
+            return Err(DropReason::TooBig);
+        }
+        if self.tunn.time_since_last_handshake().is_none() {
+            return match self.tunn.format_handshake_initiation(out, false) {
+                TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
+                TunnResult::Done => Err(DropReason::WireguardNoSession),
+                TunnResult::Err(e) => Err(reason(e)),
+                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                    Err(DropReason::WireguardMalformed)
+                }
+            };
+        }
+        match self.tunn.encapsulate(plaintext, out) {
+            TunnResult::WriteToNetwork(b) if is_data(b) => Ok(Sealed::Data(b)),
+            TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
+            TunnResult::Done => Err(DropReason::WireguardNoSession),
+            TunnResult::Err(e) => Err(reason(e)),
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                Err(DropReason::WireguardMalformed)
+            }
+        }
+    }
+
+    /// Handles a datagram that came from the peer (its UDP payload).
+    /// `out` must be at least as long as `datagram` and [`MIN_OUT`].
+    pub fn open<'o>(
+        &mut self,
+        datagram: &[u8],
+        out: &'o mut [u8],
+    ) -> Result<Opened<'o>, DropReason> {
+        if datagram.is_empty() {
+            return Err(DropReason::WireguardMalformed);
+        }
+        if out.len() < MIN_OUT.max(datagram.len()) {
+            return Err(DropReason::TooBig);
+        }
+        match self.tunn.decapsulate(None, datagram, out) {
+            TunnResult::WriteToNetwork(b) => Ok(Opened::Reply(b)),
+            TunnResult::WriteToTunnelV4(b, _) | TunnResult::WriteToTunnelV6(b, _) => {
+                Ok(Opened::Plain(b))
+            }
+            TunnResult::Done => Ok(Opened::Nothing),
+            TunnResult::Err(e) => Err(reason(e)),
+        }
+    }
+
+    /// The protocol's timers (call about every 250 ms — boringtun rounds
+    /// its timers to that): a handshake initiation (no session, rekey after
+    /// REKEY_AFTER_TIME, retry after REKEY_TIMEOUT) or a keepalive to send.
+    pub fn tick<'o>(&mut self, out: &'o mut [u8]) -> Option<&'o [u8]> {
+        if out.len() < MIN_OUT {
+            return None;
+        }
+        match self.tunn.update_timers(out) {
+            TunnResult::WriteToNetwork(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Handshake age and byte counts.
+    pub fn status(&self) -> PeerStatus {
+        let (handshake_age, tx_bytes, rx_bytes, _, _) = self.tunn.stats();
+        PeerStatus {
+            handshake_age,
+            tx_bytes,
+            rx_bytes,
+        }
+    }
+}
+
+/// Bytes WireGuard adds to an overlay frame on the underlay: the new
+/// outer IPv4 + UDP headers and the data message's header and tag. The
+/// pass lowers the inner MTU toward peers by this much.
+pub const FRAME_OVERHEAD: usize = 20 + 8 + DATA_OVERHEAD;
+
+/// The node's WireGuard peers, by underlay address, shared by the
+/// workers. Each peer's state sits behind its own mutex: a worker takes it
+/// for one seal or open (per packet; uncontended unless two workers send
+/// to the same peer at once; a ChaCha20-Poly1305 pass over the frame
+/// costs far more than the lock). A peer node without a valid key has no
+/// entry: its traffic is dropped as `wireguard-no-peer`, never sent in
+/// clear.
+#[derive(Debug, Default)]
+pub struct WgTable {
+    peers: HashMap<Ipv4Addr, Mutex<WgPeer>>,
+    public: [u8; 32],
+    /// Node names by underlay address (for status).
+    names: HashMap<Ipv4Addr, String>,
+}
+
+/// A peer node as the table is built from: name, underlay address and its
+/// published public key (text form), if any.
+pub struct PeerKey<'a> {
+    pub node: &'a str,
+    pub ipv4: Ipv4Addr,
+    pub public_key: Option<&'a str>,
+}
+
+impl WgTable {
+    /// The table for our `private` key and these peers. A peer whose key
+    /// is missing or malformed is left out with one warning naming it.
+    pub fn new<'a>(private: &[u8; 32], peers: impl IntoIterator<Item = PeerKey<'a>>) -> Self {
+        let mut t = WgTable {
+            peers: HashMap::new(),
+            public: public_key(private),
+            names: HashMap::new(),
+        };
+        for (i, p) in peers.into_iter().enumerate() {
+            let key = match p.public_key.map(decode_key) {
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    log::warn!(
+                        "wireguard: node {}: public key refused ({e}): its traffic is dropped (wireguard-no-peer)",
+                        p.node
+                    );
+                    continue;
+                }
+                None => {
+                    log::warn!(
+                        "wireguard: node {} has no public key: its traffic is dropped (wireguard-no-peer)",
+                        p.node
+                    );
+                    continue;
+                }
+            };
+            t.names.insert(p.ipv4, p.node.to_string());
+            let peer = WgPeer::new(private, &key, i as u32 + 1, None);
+            t.peers.insert(p.ipv4, Mutex::new(peer));
+        }
+        t
+    }
+
+    /// Our public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The peer at this underlay address.
+    pub fn peer(&self, ipv4: Ipv4Addr) -> Option<MutexGuard<'_, WgPeer>> {
+        // A worker that panicked holding a peer left its state as it was
+        // between two messages: still usable.
+        self.peers
+            .get(&ipv4)
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every peer's status, by underlay address.
+    pub fn status(&self) -> Vec<(Ipv4Addr, PeerStatus)> {
+        let mut v: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(a, p)| (*a, p.lock().unwrap_or_else(|p| p.into_inner()).status()))
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// The status of every peer, by node name.
+    pub fn peer_status(&self) -> Vec<weir_model::status::WireguardPeerStatus> {
+        let mut v: Vec<_> = self
+            .status()
+            .into_iter()
+            .map(|(a, s)| weir_model::status::WireguardPeerStatus {
+                node: self.names.get(&a).cloned().unwrap_or_default(),
+                address: a.to_string(),
+                state: match s.handshake_age {
+                    Some(_) => "up".into(),
+                    None => "no-session".into(),
+                },
+                handshake_age_ms: s.handshake_age.map(|d| d.as_millis() as u64),
+                tx_bytes: s.tx_bytes as u64,
+                rx_bytes: s.rx_bytes as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Runs every peer's timers; `send(peer address, message)` for what
+    /// they want sent (handshake initiations, keepalives).
+    pub fn tick(&self, out: &mut [u8], mut send: impl FnMut(Ipv4Addr, &[u8])) {
+        for (a, p) in &self.peers {
+            let mut p = p.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = p.tick(out) {
+                send(*a, m);
+            }
+        }
+    }
+}
+
+/// A transport data message (type 4).
+fn is_data(b: &[u8]) -> bool {
+    b.first() == Some(&4)
+}
+
+/// boringtun's error as the drop it counts as.
+pub fn reason(e: WireGuardError) -> DropReason {
+    use WireGuardError as E;
+    match e {
+        E::InvalidAeadTag | E::InvalidMac | E::WrongKey => DropReason::WireguardAuthFailed,
+        E::InvalidCounter | E::DuplicateCounter | E::WrongTai64nTimestamp => {
+            DropReason::WireguardReplay
+        }
+        E::WrongIndex => DropReason::WireguardNoPeer,
+        E::NoCurrentSession | E::ConnectionExpired => DropReason::WireguardNoSession,
+        E::DestinationBufferTooSmall => DropReason::TooBig,
+        E::IncorrectPacketLength
+        | E::UnexpectedPacket
+        | E::WrongPacketType
+        | E::InvalidTai64nTimestamp
+        | E::InvalidPacket
+        | E::LockFailed
+        | E::UnderLoad => DropReason::WireguardMalformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKER: &[u8] = b"weir-wireguard-marker-7f3a";
+
+    /// An overlay datagram as the pass would seal it: outer IPv4
+    /// 192.168.50.1 → .2, UDP 50000 → 4789, VXLAN (VNI 1), and an inner
+    /// frame whose payload is `MARKER`.
+    fn overlay_datagram() -> Vec<u8> {
+        let inner_eth = [0u8; 14];
+        let vxlan = [0x08, 0, 0, 0, 0, 0, 1, 0];
+        let udp_len = 8 + vxlan.len() + inner_eth.len() + MARKER.len();
+        let total = 20 + udp_len;
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+            192,
+            168,
+            50,
+            1,
+            192,
+            168,
+            50,
+            2,
+        ];
+        p.extend_from_slice(&[
+            0xc3,
+            0x50,
+            0x12,
+            0xb5,
+            (udp_len >> 8) as u8,
+            udp_len as u8,
+            0,
+            0,
+        ]);
+        p.extend_from_slice(&vxlan);
+        p.extend_from_slice(&inner_eth);
+        p.extend_from_slice(MARKER);
+        p
+    }
+
+    fn pair() -> (WgPeer, WgPeer) {
+        let (ka, kb) = (
+            generate_private_key().unwrap(),
+            generate_private_key().unwrap(),
+        );
+        (
+            WgPeer::new(&ka, &public_key(&kb), 1, None),
+            WgPeer::new(&kb, &public_key(&ka), 7, None),
+        )
+    }
+
+    /// Runs the handshake: a's first packet becomes an initiation (the
+    /// packet itself is dropped), b answers, a completes and confirms
+    /// with a keepalive.
+    fn handshake(a: &mut WgPeer, b: &mut WgPeer, first: &[u8]) {
+        let mut out = [0u8; 2048];
+        let init = match a.seal(first, &mut out).unwrap() {
+            Sealed::Handshake(m) => m.to_vec(),
+            other => panic!("want a handshake initiation, got {other:?}"),
+        };
+        assert_eq!(init.len(), 148);
+        assert_eq!(receiver_peer(&init), None);
+        // Under way: more packets are dropped, not queued.
+        assert_eq!(a.seal(first, &mut out), Err(DropReason::WireguardNoSession));
+        let mut out_b = [0u8; 2048];
+        let resp = match b.open(&init, &mut out_b).unwrap() {
+            Opened::Reply(m) => m.to_vec(),
+            other => panic!("want a handshake response, got {other:?}"),
+        };
+        assert_eq!(
+            receiver_peer(&resp),
+            Some(1),
+            "the response names a's index"
+        );
+        let Opened::Reply(ka) = a.open(&resp, &mut out).unwrap() else {
+            panic!("want a keepalive")
+        };
+        assert_eq!(ka.len(), DATA_OVERHEAD, "an empty data message");
+        assert_eq!(receiver_peer(ka), Some(7), "data names b's index");
+        let ka = ka.to_vec();
+        assert_eq!(b.open(&ka, &mut out_b).unwrap(), Opened::Nothing);
+    }
+
+    #[test]
+    fn handshake_then_data_round_trips_and_hides_the_marker() {
+        let (mut a, mut b) = pair();
+        let d = overlay_datagram();
+        handshake(&mut a, &mut b, &d);
+        let mut out = [0u8; 2048];
+        let Sealed::Data(m) = a.seal(&d, &mut out).unwrap() else {
+            panic!("session is up: want data")
+        };
+        assert_eq!(m.len(), d.len() + DATA_OVERHEAD);
+        assert!(
+            !m.windows(MARKER.len()).any(|w| w == MARKER),
+            "marker in clear"
+        );
+        let m = m.to_vec();
+        let mut out_b = [0u8; 2048];
+        assert_eq!(b.open(&m, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        // And back.
+        let Sealed::Data(r) = b.seal(&d, &mut out_b).unwrap() else {
+            panic!("want data")
+        };
+        let r = r.to_vec();
+        assert_eq!(a.open(&r, &mut out).unwrap(), Opened::Plain(&d[..]));
+        assert!(a.status().handshake_age.is_some());
+        assert_eq!(a.status().tx_bytes, d.len());
+        assert_eq!(b.status().rx_bytes, d.len());
+    }
+
+    #[test]
+    fn tampered_and_replayed_are_dropped_with_their_reason() {
+        let (mut a, mut b) = pair();
+        let d = overlay_datagram();
+        handshake(&mut a, &mut b, &d);
+        let mut out = [0u8; 2048];
+        let Sealed::Data(m) = a.seal(&d, &mut out).unwrap() else {
+            panic!("want data")
+        };
+        let m = m.to_vec();
+        let mut out_b = [0u8; 2048];
+        // Every byte of the ciphertext and tag is authenticated.
+        for i in [16, 16 + 20, m.len() / 2, m.len() - 1] {
+            let mut t = m.clone();
+            t[i] ^= 0x01;
+            assert_eq!(
+                b.open(&t, &mut out_b),
+                Err(DropReason::WireguardAuthFailed),
+                "byte {i}"
+            );
+        }
+        // A changed counter is a different nonce: the tag fails.
+        let mut t = m.clone();
+        t[12] ^= 0x01;
+        assert_eq!(b.open(&t, &mut out_b), Err(DropReason::WireguardAuthFailed));
+        // A receiver index nobody handed out.
+        let mut t = m.clone();
+        t[5] ^= 0x40;
+        assert_eq!(b.open(&t, &mut out_b), Err(DropReason::WireguardNoPeer));
+        // The genuine one passes once, then is a replay.
+        assert_eq!(b.open(&m, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        assert_eq!(b.open(&m, &mut out_b), Err(DropReason::WireguardReplay));
+    }
+
+    #[test]
+    fn a_stranger_key_and_malformed_messages_are_refused() {
+        let (mut a, _) = pair();
+        // c sends to a key that is not a's.
+        let kc = generate_private_key().unwrap();
+        let mut c = WgPeer::new(&kc, &public_key(&generate_private_key().unwrap()), 3, None);
+        let mut out = [0u8; 256];
+        let Sealed::Handshake(init) = c.seal(&overlay_datagram(), &mut out).unwrap() else {
+            panic!("want a handshake")
+        };
+        let init = init.to_vec();
+        let mut out_a = [0u8; 256];
+        // MAC1 is keyed with the receiver's public key: a stranger's
+        // initiation to someone else fails it.
+        assert_eq!(
+            a.open(&init, &mut out_a),
+            Err(DropReason::WireguardAuthFailed)
+        );
+        for bad in [
+            &[9u8, 0, 0, 0, 1, 2, 3][..],
+            &[4, 0, 0, 0],
+            &[1, 0, 0, 0, 0],
+        ] {
+            assert!(
+                matches!(
+                    a.open(bad, &mut out_a),
+                    Err(DropReason::WireguardMalformed | DropReason::WireguardNoPeer)
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(a.open(&[], &mut out_a), Err(DropReason::WireguardMalformed));
+        // Too small an output buffer is refused, not a panic.
+        assert_eq!(
+            a.seal(&[0x45; 200], &mut [0u8; 100]),
+            Err(DropReason::TooBig)
+        );
+    }
+
+    #[test]
+    fn keys_text_form_and_file() {
+        let k = generate_private_key().unwrap();
+        assert_eq!(decode_key(&encode_key(&k)), Ok(k));
+        assert_eq!(encode_key(&k).len(), 44);
+        assert_eq!(decode_key("not base64!"), Err(KeyError::Encoding));
+        assert_eq!(decode_key(&B64.encode([1u8; 31])), Err(KeyError::Encoding));
+        assert_eq!(decode_key(&encode_key(&[0; 32])), Err(KeyError::Zero));
+        // RFC 7748 §6.1's test vector: Alice's key pair.
+        let alice = hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+        let alice_pub = hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        assert_eq!(public_key(&alice), alice_pub);
+
+        let dir = std::env::temp_dir().join(format!("weir-wg-key-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let k1 = load_or_create_private_key(&dir).unwrap();
+        let path = dir.join(KEY_FILE_NAME);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            load_or_create_private_key(&dir).unwrap(),
+            k1,
+            "kept, not made anew"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_private_key(&dir), Err(KeyError::Mode(path)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        k
+    }
+}
