@@ -249,6 +249,16 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
             .ok()
             .map(|n| ipnet::IpNet::V4(n.trunc())),
     );
+    if ul.ipv6.is_some() {
+        cidrs.extend(
+            ipnet::Ipv6Net::new(
+                weir_topo::overlay::UNDERLAY_V6_NET,
+                weir_topo::overlay::UNDERLAY_V6_PREFIX_LEN,
+            )
+            .ok()
+            .map(ipnet::IpNet::V6),
+        );
+    }
     let pairs = |v: &[ipnet::IpNet]| v.iter().map(|c| (c.network(), c.prefix_len())).collect();
     Some(UplinkSpec {
         gateway_ipv4: w.ipv4,
@@ -259,6 +269,10 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
             ipnet::IpNet::V4(c) => Some((c.network(), c.prefix_len())),
             ipnet::IpNet::V6(_) => None,
         }),
+        // SNAT66 needs both ends on the IPv6 underlay.
+        node_ipv6: ul.ipv6.filter(|_| w.ipv6.is_some()),
+        gateway_ipv6: w.ipv6.filter(|_| ul.ipv6.is_some()),
+        gateway_mac_v6: None,
     })
 }
 
