@@ -332,9 +332,12 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
 /// same). Fixed offsets only.
 #[inline(always)]
 fn underlay6(ctx: &XdpContext) -> Verdict {
-    let (Some([next_header]), Some(dst)) =
-        (read::<1>(ctx, ETH_HLEN + 6), read::<16>(ctx, ETH_HLEN + 24))
-    else {
+    // The farther read first: LLVM knows it implies the nearer one and
+    // drops that check, which the verifier cannot follow the other way.
+    let Some(dst) = read::<16>(ctx, ETH_HLEN + 24) else {
+        return Verdict::Pass;
+    };
+    let Some([next_header]) = read::<1>(ctx, ETH_HLEN + 6) else {
         return Verdict::Pass;
     };
     // SAFETY: as in `ipv4`: the value is not kept.
@@ -342,23 +345,30 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
         return Verdict::Pass;
     }
     let l4 = ETH_HLEN + IPV6_HLEN;
-    let (Some([ty, _code]), Some(dport), Some(ident)) = (
-        read::<2>(ctx, l4),
-        read::<2>(ctx, l4 + 2),
-        read::<2>(ctx, l4 + 4),
-    ) else {
+    // One read per branch, each returning at once: straight paths the
+    // verifier follows.
+    if next_header == IPPROTO_TCP || next_header == IPPROTO_UDP {
+        return match read::<2>(ctx, l4 + 2) {
+            Some(p) if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(p)) => {
+                Verdict::Redirect
+            }
+            _ => Verdict::Pass,
+        };
+    }
+    if next_header != IPPROTO_ICMPV6 {
+        return Verdict::Pass;
+    }
+    let Some([ty, _code]) = read::<2>(ctx, l4) else {
         return Verdict::Pass;
     };
-    let snat = |p: [u8; 2]| (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(p));
-    let ours = match next_header {
-        IPPROTO_TCP | IPPROTO_UDP => snat(dport),
-        IPPROTO_ICMPV6 => ty == ICMPV6_ECHO_REPLY && snat(ident),
-        _ => false,
-    };
-    if ours {
-        Verdict::Redirect
-    } else {
-        Verdict::Pass
+    if ty != ICMPV6_ECHO_REPLY {
+        return Verdict::Pass;
+    }
+    match read::<2>(ctx, l4 + 4) {
+        Some(id) if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(id)) => {
+            Verdict::Redirect
+        }
+        _ => Verdict::Pass,
     }
 }
 
