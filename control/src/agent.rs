@@ -175,9 +175,9 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
                     port: sp.port,
                     backends,
                     affinity_timeout_s: svc.affinity_timeout_s,
-                    node_port: sp.node_port.filter(|_| {
-                        svc.kind == weir_model::service::ServiceType::NodePort && ip.is_ipv4()
-                    }),
+                    node_port: sp
+                        .node_port
+                        .filter(|_| svc.kind == weir_model::service::ServiceType::NodePort),
                     external_local: svc.external_traffic
                         == weir_model::service::TrafficPolicy::Local,
                     internal_local: svc.internal_traffic

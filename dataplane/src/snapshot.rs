@@ -151,8 +151,8 @@ pub struct ServiceFrontend {
     /// `sessionAffinity: ClientIP` timeout in seconds.
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
-    /// The Service port's `nodePort` (NodePort Services, IPv4 frontends):
-    /// reachable on the node's underlay address from the uplink
+    /// The Service port's `nodePort` (NodePort Services): reachable on the
+    /// node's underlay address of the frontend's family from the uplink
     /// (docs/services.md, NodePort). In [`NODE_PORT_FIRST`]..=[`NODE_PORT_LAST`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
@@ -388,7 +388,7 @@ pub struct ServiceTables {
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
     /// (proto, nodePort) → frontend.
-    node_ports: HashMap<(u8, u16), u32>,
+    node_ports: HashMap<(u8, u16, bool), u32>,
 }
 
 impl ServiceTables {
@@ -406,10 +406,12 @@ impl ServiceTables {
                         "nodePort {np} is outside {NODE_PORT_FIRST}-{NODE_PORT_LAST}"
                     )));
                 }
-                if !f.ip.is_ipv4() {
-                    return Err(err(format!("nodePort {np} on an IPv6 frontend")));
-                }
-                if node_ports.insert((f.proto, np), i as u32).is_some() {
+                // A dual-stack Service's IPv4 and IPv6 frontends share
+                // the number: one map per family.
+                if node_ports
+                    .insert((f.proto, np, f.ip.is_ipv6()), i as u32)
+                    .is_some()
+                {
                     return Err(err(format!("nodePort {np}/{} given twice", f.proto)));
                 }
             }
@@ -474,9 +476,14 @@ impl ServiceTables {
     }
 
     /// Whether `ip` is a ClusterIP.
-    /// The frontend of a node port.
+    /// The frontend of a node port (IPv4).
     pub fn node_port(&self, proto: u8, port: u16) -> Option<u32> {
-        self.node_ports.get(&(proto, port)).copied()
+        self.node_ports.get(&(proto, port, false)).copied()
+    }
+
+    /// The frontend of a node port on the node's IPv6 underlay address.
+    pub fn node_port_v6(&self, proto: u8, port: u16) -> Option<u32> {
+        self.node_ports.get(&(proto, port, true)).copied()
     }
 
     pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {

@@ -1120,3 +1120,115 @@ fn drops_of_the_ipv6_uplink() {
         Verdict::Drop(DropReason::SnatUnsupported)
     );
 }
+
+/// NodePort on the node's IPv6 underlay address: a dual-stack Service
+/// (IPv4 and IPv6 frontends share nodePort 30080) reaches its local IPv6
+/// backend a with the client's address kept, a's reply leaves from
+/// `[node]:30080`; the IPv4 frontend still answers on the same number; a
+/// Local frontend without a local IPv6 backend is a counted drop.
+#[test]
+fn node_port_on_ipv6() {
+    use weir_dataplane::snapshot::{ServiceBackend, ServiceFrontend};
+    let mut spec = snap6(true).spec.clone();
+    let b = |pod: &str, ip: std::net::IpAddr| ServiceBackend {
+        pod: pod.into(),
+        ip,
+        port: 80,
+        active: true,
+    };
+    let f = |ip: std::net::IpAddr, np: u16, local: bool, backends| ServiceFrontend {
+        service: format!("default/np{np}"),
+        port_name: None,
+        ip,
+        proto: 6,
+        port: 80,
+        backends,
+        affinity_timeout_s: None,
+        node_port: Some(np),
+        external_local: local,
+        internal_local: false,
+    };
+    let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    spec.services = vec![
+        f([10, 96, 0, 1].into(), 30080, false, vec![b("a", A.into())]),
+        f(v6("fd00:96::1"), 30080, false, vec![b("a", A6.into())]),
+        f(
+            v6("fd00:96::2"),
+            30081,
+            true,
+            vec![b("r", v6("fd00:99::9"))],
+        ),
+    ];
+    let s = Snapshot::build(spec).unwrap();
+    let mut st = WorkerState::new();
+    let client = WORLD6;
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 40000),
+        (UL6_ME, 30080),
+        64,
+        true,
+    );
+    let (v, out) = run(&s, &mut st, &f, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        l4_6(
+            (port_mac(0), pod_mac(0)),
+            (client, 40000),
+            (A6, 80),
+            63,
+            true
+        )
+    );
+    let r = l4_6(
+        (pod_mac(0), port_mac(0)),
+        (A6, 80),
+        (client, 40000),
+        64,
+        true,
+    );
+    let (v, back) = run(&s, &mut st, &r, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        l4_6(
+            (UL_MAC_ME, GW_MAC),
+            (UL6_ME, 30080),
+            (client, 40000),
+            63,
+            true
+        )
+    );
+    // The IPv4 frontend on the same number.
+    let f4 = tcp((GW_MAC, UL_MAC_ME), (WORLD, 40000), (UL_ME, 30080), 64);
+    let (v, out) = run(&s, &mut st, &f4, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        tcp((port_mac(0), pod_mac(0)), (WORLD, 40000), (A, 80), 63)
+    );
+    // Local without a local IPv6 backend; a node port no IPv6 frontend has.
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        (UL6_ME, 30081),
+        64,
+        true,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NodePortNoLocalEndpoint)
+    );
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        (UL6_ME, 30999),
+        64,
+        true,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+}

@@ -789,3 +789,86 @@ fn pods_reach_the_ipv6_world() {
     assert_eq!(nc6(&c, 8080, true), "");
     assert!(ping6(&c, 1).contains("0 received"));
 }
+
+/// NodePort on the nodes' IPv6 underlay addresses (docs/services.md):
+/// dual-stack NodePort Services answer `nc -6` from the world netns at
+/// `[fd00:172:30::N]:nodePort` with the backend pod's name —
+/// externalTrafficPolicy Cluster through n1 to b on n2 (SNATed into the
+/// tunnel) and to a on n1, Local only on the node with the backend (the
+/// other counts `nodeport-no-local-endpoint`); the IPv4 node port with the
+/// same number still answers; ul0's XDP program redirected the frames;
+/// with n1's dataplane stopped n1's node port is silent.
+#[test]
+fn node_ports_on_ipv6_from_the_world() {
+    let mut m = node_manifest(0, false) + &node_manifest(1, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    m.push_str(&pod_on("up", "b", "n2"));
+    m.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: all6, namespace: up}\n\
+         spec: {type: NodePort, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv6, IPv4], selector: {pod: b}, ports: [{port: 80, nodePort: 30090}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: loc6, namespace: up}\n\
+         spec: {type: NodePort, externalTrafficPolicy: Local, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv6, IPv4], selector: {pod: b}, ports: [{port: 80, nodePort: 30091}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: a6, namespace: up}\n\
+         spec: {type: NodePort, ipFamilyPolicy: SingleStack, ipFamilies: [IPv6], selector: {pod: a}, ports: [{port: 80, protocol: UDP, nodePort: 30092}]}\n",
+    );
+    let c = TestCluster::up_with("upn6", &m, &[]);
+    c.wait_applied(Duration::from_secs(30));
+    let ul6 = |node: &str| -> String {
+        c.topology()
+            .node(node)
+            .and_then(|n| n.underlay.as_ref().and_then(|u| u.ipv6))
+            .expect("IPv6 underlay address")
+            .to_string()
+    };
+    let (n1, n2) = (ul6("n1"), ul6("n2"));
+    let netns = c.topology().world.expect("world host").netns;
+    let from_world6 = |ip: &str, port: u16, udp: bool| {
+        let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
+        let script =
+            format!("{input} | timeout 5 nc -6 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns, "bash", "-c", &script])
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    // Cluster: through n1 to b on n2, and through n2 to b.
+    assert_eq!(from_world6(&n1, 30090, false), "b");
+    assert_eq!(from_world6(&n2, 30090, false), "b");
+    // The IPv4 node port of the same dual-stack Service.
+    let n1_v4 = underlay_ip(&c, "n1").to_string();
+    let v4 = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "bash",
+            "-c",
+            &format!("timeout 5 nc -4 -w 2 {n1_v4} 30090 </dev/null 2>/dev/null | head -n1"),
+        ])
+        .output()
+        .expect("nc -4");
+    assert_eq!(String::from_utf8_lossy(&v4.stdout).trim(), "b");
+    // UDP to a local backend.
+    assert_eq!(from_world6(&n1, 30092, true), "a");
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 4);
+    // Local: only n2 (b's node) answers.
+    assert_eq!(from_world6(&n2, 30091, false), "b");
+    let before = c.node_drops("n1", "nodeport-no-local-endpoint");
+    assert_eq!(from_world6(&n1, 30091, false), "");
+    assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+
+    // Without n1's dataplane, n1's node port is silent (n2's still answers).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_world6(&n1, 30092, true), "");
+    assert_eq!(from_world6(&n1, 30090, false), "");
+    assert_eq!(from_world6(&n2, 30090, false), "b");
+}

@@ -86,7 +86,8 @@ pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
 
 /// Whether `frame` is for weir from the uplink over IPv6 (SNAT66,
 /// docs/egress.md): TCP/UDP directly after the IPv6 header (no extension
-/// header) to `node` with a destination port in the SNAT range, or an
+/// header) to `node` with a destination port in the SNAT range (a reply)
+/// or the NodePort range, or an
 /// ICMPv6 echo reply to `node` whose identifier is in the SNAT range. A
 /// raw peek, before parse; the XDP program's underlay branch hands exactly
 /// these to the dataplane.
@@ -108,7 +109,10 @@ pub(super) fn is_from_uplink6(frame: &[u8], node: Ipv6Addr) -> bool {
     }
     let snat = |p: u16| (SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p);
     match next {
-        ip_proto::TCP | ip_proto::UDP => snat(u16::from_be_bytes([w1[0], w1[1]])),
+        ip_proto::TCP | ip_proto::UDP => {
+            let dport = u16::from_be_bytes([w1[0], w1[1]]);
+            snat(dport) || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
+        }
         ip_proto::ICMPV6 => {
             u16::from_be_bytes([w0[0], w0[1]]) == ECHO_REPLY_V6
                 && snat(u16::from_be_bytes([w1[2], w1[3]]))
@@ -175,7 +179,7 @@ impl Pass<'_> {
         if matches!(pkt.key.proto, ip_proto::ICMP | ip_proto::ICMPV6) {
             return self.snat_echo_in(pkt);
         }
-        if pkt.key.dst.is_ipv4() && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
+        if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
             return self.node_port_in(pkt);
         }
         let now = self.st.now_ns;
@@ -553,6 +557,10 @@ mod tests {
         assert!(!is_from_uplink6(&frame(node, 60999, 0), node));
         assert!(!is_from_uplink6(&frame(node, 60999, 2), node));
         assert!(!is_from_uplink6(&frame(node, 4789, 1), node));
+        assert!(is_from_uplink6(&frame(node, 30000, 0), node));
+        assert!(is_from_uplink6(&frame(node, 32767, 1), node));
+        assert!(!is_from_uplink6(&frame(node, 32768, 0), node));
+        assert!(!is_from_uplink6(&frame(node, 30000, 2), node));
         assert!(!is_from_uplink6(&frame(world, 61000, 0), node));
         // IPv4 frames are `is_from_uplink`'s.
         let v4 = Ipv4Addr::new(172, 30, 0, 1);

@@ -325,7 +325,8 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
 }
 
 /// Underlay mode, IPv6 (SNAT66, docs/egress.md): to a local address,
-/// TCP/UDP directly after the IPv6 header to a SNAT port, or an ICMPv6
+/// TCP/UDP directly after the IPv6 header to a SNAT port or a node port
+/// (docs/services.md), or an ICMPv6
 /// echo reply with a SNAT identifier, goes to the socket; everything else
 /// (NDP, extension headers, fragments, the node's own traffic) is the
 /// kernel's (the dataplane's `pass::egress::is_from_uplink6` peeks the
@@ -349,7 +350,10 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
     // verifier follows.
     if next_header == IPPROTO_TCP || next_header == IPPROTO_UDP {
         return match read::<2>(ctx, l4 + 2) {
-            Some(p) if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(p)) => {
+            Some(p)
+                if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(p))
+                    || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&u16::from_be_bytes(p)) =>
+            {
                 Verdict::Redirect
             }
             _ => Verdict::Pass,
