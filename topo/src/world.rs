@@ -3,7 +3,9 @@
 //! (SNAT) and NodePort tests (docs/topology.md, docs/egress.md).
 //!
 //! - `eth0` (its bridge side `ul-world` on `br0`) with the highest free host
-//!   address of the underlay subnet (`172.30.0.254/24` by default) and MAC
+//!   address of the underlay subnet (`172.30.0.254/24` by default), its
+//!   IPv6 counterpart (`fd00:172:30::fe/64`, the nodes' IPv6 underlay
+//!   addresses on-link) and MAC
 //!   `0a:02:<ipv4 octets>`; TX checksum offload off, as on pods (its frames
 //!   reach weir's AF_XDP sockets in copy mode, where nobody would complete
 //!   a partial checksum).

@@ -29,10 +29,16 @@
 //! - **TCP close**: FIN or RST shortens the mapping to conntrack's closing
 //!   timeouts (`snat_closing`).
 //!
+//! - **IPv6** (SNAT66): with the node's IPv6 underlay address in the
+//!   snapshot (`UplinkTables::node_ipv6`), IPv6 to the world is
+//!   masqueraded on it the same way (TCP/UDP ports, ICMPv6 echo
+//!   identifiers, the same shares; NAT keys carry the family); replies
+//!   are recognised by [`is_from_uplink6`]. Without it: `no-route`.
+//!
 //! Not handled: other ICMP toward the world (`snat-unsupported`),
 //! fragments from the world (the XDP program leaves them to the kernel),
-//! IPv6 (the underlay has no IPv6 address: IPv6 destinations outside the
-//! cluster stay `no-route`).
+//! ICMPv6 errors from the world (the XDP program leaves them to the
+//! kernel), non-masqueraded IPv6 destinations.
 
 use core::ops::ControlFlow::{self, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
