@@ -204,9 +204,9 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
                     port: sp.port,
                     backends,
                     affinity_timeout_s: svc.affinity_timeout_s,
-                    node_port: sp.node_port.filter(|_| {
-                        svc.kind == weir_model::service::ServiceType::NodePort && ip.is_ipv4()
-                    }),
+                    node_port: sp
+                        .node_port
+                        .filter(|_| svc.kind == weir_model::service::ServiceType::NodePort),
                     external_local: svc.external_traffic
                         == weir_model::service::TrafficPolicy::Local,
                     internal_local: svc.internal_traffic
@@ -278,6 +278,16 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
             .ok()
             .map(|n| ipnet::IpNet::V4(n.trunc())),
     );
+    if ul.ipv6.is_some() {
+        cidrs.extend(
+            ipnet::Ipv6Net::new(
+                weir_topo::overlay::UNDERLAY_V6_NET,
+                weir_topo::overlay::UNDERLAY_V6_PREFIX_LEN,
+            )
+            .ok()
+            .map(ipnet::IpNet::V6),
+        );
+    }
     let pairs = |v: &[ipnet::IpNet]| v.iter().map(|c| (c.network(), c.prefix_len())).collect();
     Some(UplinkSpec {
         gateway_ipv4: w.ipv4,
@@ -288,6 +298,10 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
             ipnet::IpNet::V4(c) => Some((c.network(), c.prefix_len())),
             ipnet::IpNet::V6(_) => None,
         }),
+        // SNAT66 needs both ends on the IPv6 underlay.
+        node_ipv6: ul.ipv6.filter(|_| w.ipv6.is_some()),
+        gateway_ipv6: w.ipv6.filter(|_| ul.ipv6.is_some()),
+        gateway_mac_v6: None,
     })
 }
 

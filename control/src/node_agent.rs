@@ -231,6 +231,7 @@ impl NodeState {
                 netns: String::new(),
                 ipv4: u.gateway,
                 prefix_len: 32,
+                ipv6: None,
                 mac: u.mac,
                 addrs: Vec::new(),
                 port: 0,
@@ -256,6 +257,7 @@ impl NodeState {
                     mac,
                     ipv4: ip,
                     prefix_len: 32,
+                    ipv6: None,
                 });
             c.nodes.push(RealizedNode {
                 name: n.name.clone(),
@@ -825,6 +827,7 @@ fn find_underlay(netns: &str, ip: Ipv4Addr) -> anyhow::Result<(UnderlayInfo, u32
                 mac,
                 ipv4: ip,
                 prefix_len,
+                ipv6: None,
             },
             mtu,
         ));
@@ -1538,6 +1541,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1],
                 ipv4: Ipv4Addr::new(192, 168, 9, 1),
                 prefix_len: 24,
+                ipv6: None,
             }),
             vtep_mac: weir_topo::overlay::vtep_mac(Ipv4Addr::new(192, 168, 9, 1)),
             host_port: false,

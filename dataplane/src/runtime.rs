@@ -882,6 +882,13 @@ fn local_addrs(snap: &Snapshot) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
     }
     let mut v6 = vec![Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)];
     v6.extend(snap.spec.node_ipv6);
+    // The IPv6 underlay address (SNAT66): the kernel answers its NDP, and
+    // the underlay's XDP program takes the SNAT replies to it.
+    if let Some(a) = snap.uplink().and_then(|u| u.node_ipv6) {
+        if !v6.contains(&a) {
+            v6.push(a);
+        }
+    }
     (v4, v6)
 }
 

@@ -100,7 +100,8 @@ pub const SNAT_PORT_LAST: u16 = 65535;
 /// The node's uplink: pod traffic to an address outside the cluster leaves
 /// through the underlay interface to `gateway_mac`, its source rewritten to
 /// the underlay address (`tunnel.underlay.ipv4`) unless the destination is
-/// in `non_masquerade`. IPv4 only (the underlay has no IPv6 address).
+/// in `non_masquerade`. IPv6 destinations outside the cluster leave the
+/// same way, masqueraded on `node_ipv6` (none: they stay `no-route`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UplinkSpec {
     /// The next hop toward the world (informative; its MAC is what counts).
@@ -120,6 +121,17 @@ pub struct UplinkSpec {
     /// those destinations open) are the dataplane's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr_v4: Option<(Ipv4Addr, u8)>,
+    /// The node's IPv6 underlay address: the SNAT66 source of pod → IPv6
+    /// world traffic (docs/egress.md). `None`: IPv6 to the world is
+    /// `no-route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ipv6: Option<Ipv6Addr>,
+    /// The gateway's IPv6 address (informative, like `gateway_ipv4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv6: Option<Ipv6Addr>,
+    /// Destination MAC of IPv6 frames to the world (`None`: `gateway_mac`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_mac_v6: Option<[u8; 6]>,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -139,8 +151,8 @@ pub struct ServiceFrontend {
     /// `sessionAffinity: ClientIP` timeout in seconds.
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
-    /// The Service port's `nodePort` (NodePort Services, IPv4 frontends):
-    /// reachable on the node's underlay address from the uplink
+    /// The Service port's `nodePort` (NodePort Services): reachable on the
+    /// node's underlay address of the frontend's family from the uplink
     /// (docs/services.md, NodePort). In [`NODE_PORT_FIRST`]..=[`NODE_PORT_LAST`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
@@ -267,6 +279,40 @@ pub struct PrefixSet4 {
     by_len: Vec<(u8, HashSet<u32>)>,
 }
 
+/// A short list of IPv6 prefixes (the cluster ranges: a handful), looked
+/// up linearly; no allocation per lookup.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixSet6 {
+    nets: Vec<(u128, u128)>,
+}
+
+impl PrefixSet6 {
+    /// The IPv6 entries of `cidrs` (IPv4 ones are [`PrefixSet4`]'s).
+    fn build(what: &str, cidrs: &[(IpAddr, u8)]) -> Result<Self, SnapshotError> {
+        let mut nets = Vec::new();
+        for &(a, len) in cidrs {
+            match a {
+                IpAddr::V6(a) if len <= 128 => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                    nets.push((u128::from(a) & mask, mask));
+                }
+                IpAddr::V6(a) => {
+                    return Err(SnapshotError::Uplink(format!(
+                        "{what}: bad prefix {a}/{len}"
+                    )))
+                }
+                IpAddr::V4(_) => {}
+            }
+        }
+        Ok(PrefixSet6 { nets })
+    }
+
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        let a = u128::from(a);
+        self.nets.iter().any(|&(net, mask)| a & mask == net)
+    }
+}
+
 impl PrefixSet4 {
     fn build(what: &str, cidrs: &[(IpAddr, u8)]) -> Result<Self, SnapshotError> {
         let mut by_len: Vec<(u8, HashSet<u32>)> = Vec::new();
@@ -282,7 +328,7 @@ impl PrefixSet4 {
                     };
                     by_len[i].1.insert(mask4(a.into(), len));
                 }
-                // IPv6 ranges are accepted and unused: the uplink is IPv4.
+                // IPv6 ranges are `PrefixSet6`'s.
                 IpAddr::V6(_) if len <= 128 => {}
                 _ => {
                     return Err(SnapshotError::Uplink(format!(
@@ -317,6 +363,11 @@ pub struct UplinkTables {
     /// (network, mask) of this node's IPv4 pod CIDR when destinations are
     /// not masqueraded: frames from the uplink to it are routed to pods.
     pub routed_v4: Option<(u32, u32)>,
+    /// The SNAT66 address (the node's IPv6 underlay address), if any.
+    pub node_ipv6: Option<Ipv6Addr>,
+    pub gateway_mac_v6: [u8; 6],
+    /// The IPv6 cluster ranges.
+    pub cluster6: PrefixSet6,
 }
 
 /// Key of a Service frontend: (ClusterIP, IP protocol, port).
@@ -337,7 +388,7 @@ pub struct ServiceTables {
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
     /// (proto, nodePort) → frontend.
-    node_ports: HashMap<(u8, u16), u32>,
+    node_ports: HashMap<(u8, u16, bool), u32>,
 }
 
 impl ServiceTables {
@@ -355,10 +406,12 @@ impl ServiceTables {
                         "nodePort {np} is outside {NODE_PORT_FIRST}-{NODE_PORT_LAST}"
                     )));
                 }
-                if !f.ip.is_ipv4() {
-                    return Err(err(format!("nodePort {np} on an IPv6 frontend")));
-                }
-                if node_ports.insert((f.proto, np), i as u32).is_some() {
+                // A dual-stack Service's IPv4 and IPv6 frontends share
+                // the number: one map per family.
+                if node_ports
+                    .insert((f.proto, np, f.ip.is_ipv6()), i as u32)
+                    .is_some()
+                {
                     return Err(err(format!("nodePort {np}/{} given twice", f.proto)));
                 }
             }
@@ -423,9 +476,14 @@ impl ServiceTables {
     }
 
     /// Whether `ip` is a ClusterIP.
-    /// The frontend of a node port.
+    /// The frontend of a node port (IPv4).
     pub fn node_port(&self, proto: u8, port: u16) -> Option<u32> {
-        self.node_ports.get(&(proto, port)).copied()
+        self.node_ports.get(&(proto, port, false)).copied()
+    }
+
+    /// The frontend of a node port on the node's IPv6 underlay address.
+    pub fn node_port_v6(&self, proto: u8, port: u16) -> Option<u32> {
+        self.node_ports.get(&(proto, port, true)).copied()
     }
 
     pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {
@@ -697,6 +755,9 @@ impl Snapshot {
                     }
                     _ => None,
                 },
+                node_ipv6: u.node_ipv6,
+                gateway_mac_v6: u.gateway_mac_v6.unwrap_or(u.gateway_mac),
+                cluster6: PrefixSet6::build("cluster_cidrs", &u.cluster_cidrs)?,
             }),
             _ => {
                 return Err(SnapshotError::Uplink(

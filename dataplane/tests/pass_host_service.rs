@@ -131,6 +131,9 @@ fn snap() -> Snapshot {
             ],
             non_masquerade: Vec::new(),
             pod_cidr_v4: None,
+            node_ipv6: None,
+            gateway_ipv6: None,
+            gateway_mac_v6: None,
         }),
     })
     .unwrap()

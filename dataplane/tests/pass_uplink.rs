@@ -76,6 +76,9 @@ fn snap() -> Snapshot {
             ],
             non_masquerade: vec![(DIRECT.into(), 32)],
             pod_cidr_v4: Some(([10, 1, 0, 0].into(), 24)),
+            node_ipv6: None,
+            gateway_ipv6: None,
+            gateway_mac_v6: None,
         }),
         ..Default::default()
     })
@@ -872,5 +875,360 @@ fn icmp_errors_about_node_port_flows_reach_the_local_backend() {
     assert_eq!(
         run(&s, &mut st, &err, UNDERLAY).0,
         Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}
+
+// ---- IPv6 to the world: SNAT66 on the node's IPv6 underlay address ----
+
+const A6: [u8; 16] = [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+const B6: [u8; 16] = [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3];
+/// `2001:db8:5::1`, the world host.
+const WORLD6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// `fd00:172:30::1`, the node's IPv6 underlay address.
+const UL6_ME: [u8; 16] = [0xfd, 0, 0x01, 0x72, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// `snap()` with dual-stack pods and, with `v6`, the node's IPv6 underlay
+/// address on the uplink.
+fn snap6(v6: bool) -> Snapshot {
+    let mut spec = snap().spec.clone();
+    spec.endpoints[0].ipv6 = Some(A6.into());
+    spec.endpoints[1].ipv6 = Some(B6.into());
+    if v6 {
+        let u = spec.uplink.as_mut().unwrap();
+        u.node_ipv6 = Some(UL6_ME.into());
+        u.gateway_ipv6 = Some("fd00:172:30::fe".parse().unwrap());
+        u.cluster_cidrs.push(("fd00:172:30::".parse().unwrap(), 64));
+    }
+    Snapshot::build(spec).unwrap()
+}
+
+fn l4_6(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    hops: u8,
+    is_tcp: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv6(src.0, dst.0, hops);
+    if is_tcp {
+        b.tcp(src.1, dst.1, 1000, 64240)
+            .syn()
+            .write(&mut out, &[])
+            .unwrap();
+    } else {
+        b.udp(src.1, dst.1).write(&mut out, b"hello").unwrap();
+    }
+    out
+}
+
+fn ping6(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    hops: u8,
+    id: u16,
+    reply: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv6(src, dst, hops);
+    let b = if reply {
+        b.icmpv6_echo_reply(id, 3)
+    } else {
+        b.icmpv6_echo_request(id, 3)
+    };
+    b.write(&mut out, b"ping6 payload").unwrap();
+    out
+}
+
+fn echo6_ident(frame: &[u8]) -> u16 {
+    match SlicedPacket::from_ethernet(frame).unwrap().transport {
+        Some(TransportSlice::Icmpv6(i)) => u16::from_be_bytes([i.bytes5to8()[0], i.bytes5to8()[1]]),
+        other => panic!("not ICMPv6: {other:?}"),
+    }
+}
+
+/// TCP and UDP from a pod to an IPv6 world address leave with the node's
+/// IPv6 underlay address and a SNAT port; the reply gets the pod's address
+/// and port back. Byte for byte etherparse's frames (checksums from
+/// scratch, hop limit − 1).
+#[test]
+fn pod_to_ipv6_world_is_snated_and_the_reply_restored() {
+    let s = snap6(true);
+    let mut st = WorkerState::new();
+    for is_tcp in [true, false] {
+        let f = l4_6(
+            (pod_mac(0), port_mac(0)),
+            (A6, 40000),
+            (WORLD6, 8080),
+            64,
+            is_tcp,
+        );
+        let (v, out) = run(&s, &mut st, &f, 0);
+        assert!(
+            matches!(v, Verdict::Tx { port: UNDERLAY, .. }),
+            "tcp={is_tcp}: {v:?}"
+        );
+        let p = src_port(&out);
+        assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p), "{p}");
+        assert_eq!(
+            out,
+            l4_6((UL_MAC_ME, GW_MAC), (UL6_ME, p), (WORLD6, 8080), 63, is_tcp),
+            "tcp={is_tcp}"
+        );
+        assert_eq!(src_port(&run(&s, &mut st, &f, 0).1), p);
+        // Pod b, the same source port: another node port.
+        let fb = l4_6(
+            (pod_mac(1), port_mac(1)),
+            (B6, 40000),
+            (WORLD6, 8080),
+            64,
+            is_tcp,
+        );
+        let pb = src_port(&run(&s, &mut st, &fb, 1).1);
+        assert_ne!(pb, p);
+        let reply = l4_6((GW_MAC, UL_MAC_ME), (WORLD6, 8080), (UL6_ME, p), 64, is_tcp);
+        let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+        assert!(
+            matches!(v, Verdict::Tx { port: 0, .. }),
+            "tcp={is_tcp}: {v:?}"
+        );
+        assert_eq!(
+            back,
+            l4_6(
+                (port_mac(0), pod_mac(0)),
+                (WORLD6, 8080),
+                (A6, 40000),
+                63,
+                is_tcp
+            ),
+            "tcp={is_tcp}"
+        );
+        let reply_b = l4_6(
+            (GW_MAC, UL_MAC_ME),
+            (WORLD6, 8080),
+            (UL6_ME, pb),
+            64,
+            is_tcp,
+        );
+        let (v, back) = run(&s, &mut st, &reply_b, UNDERLAY);
+        assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+        assert_eq!(
+            back,
+            l4_6(
+                (port_mac(1), pod_mac(1)),
+                (WORLD6, 8080),
+                (B6, 40000),
+                63,
+                is_tcp
+            )
+        );
+    }
+    // IPv4 and IPv6 flows with the same ports keep apart (the NAT table's
+    // keys carry the family).
+    let f4 = udp((pod_mac(0), port_mac(0)), (A, 40000), (WORLD, 8080), 64);
+    let (v, out4) = run(&s, &mut st, &f4, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(
+        out4,
+        udp(
+            (UL_MAC_ME, GW_MAC),
+            (UL_ME, src_port(&out4)),
+            (WORLD, 8080),
+            63
+        )
+    );
+}
+
+/// ICMPv6 echo is SNATed by identifier; the reply comes back translated
+/// (the ICMPv6 checksum covers the addresses: byte for byte etherparse's).
+#[test]
+fn ping6_to_the_world_is_snated_by_identifier() {
+    let s = snap6(true);
+    let mut st = WorkerState::new();
+    let req = ping6((pod_mac(0), port_mac(0)), A6, WORLD6, 64, 7, false);
+    let (v, out) = run(&s, &mut st, &req, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    let id = echo6_ident(&out);
+    assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&id), "{id}");
+    assert_eq!(
+        out,
+        ping6((UL_MAC_ME, GW_MAC), UL6_ME, WORLD6, 63, id, false)
+    );
+    let req_b = ping6((pod_mac(1), port_mac(1)), B6, WORLD6, 64, 7, false);
+    let id_b = echo6_ident(&run(&s, &mut st, &req_b, 1).1);
+    assert_ne!(id_b, id);
+    let reply = ping6((GW_MAC, UL_MAC_ME), WORLD6, UL6_ME, 64, id, true);
+    let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        ping6((port_mac(0), pod_mac(0)), WORLD6, A6, 63, 7, true)
+    );
+    let reply_b = ping6((GW_MAC, UL_MAC_ME), WORLD6, UL6_ME, 64, id_b, true);
+    let (v, back) = run(&s, &mut st, &reply_b, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        ping6((port_mac(1), pod_mac(1)), WORLD6, B6, 63, 7, true)
+    );
+    let stray = ping6((GW_MAC, UL_MAC_ME), WORLD6, UL6_ME, 64, 61999, true);
+    assert_eq!(
+        run(&s, &mut st, &stray, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}
+
+/// What stays refused: without an IPv6 underlay address IPv6 to the world
+/// is `no-route`; an IPv6 cluster address that does not route never leaves;
+/// a reply to a SNAT port nobody holds is `snat-no-entry`; other ICMPv6
+/// toward the world is `snat-unsupported`.
+#[test]
+fn drops_of_the_ipv6_uplink() {
+    let mut st = WorkerState::new();
+    let f = l4_6((pod_mac(0), port_mac(0)), (A6, 1), (WORLD6, 53), 64, false);
+    assert_eq!(
+        run(&snap6(false), &mut st, &f, 0).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    let s = snap6(true);
+    let cluster = "fd00:99::9".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let f = l4_6((pod_mac(0), port_mac(0)), (A6, 1), (cluster, 53), 64, false);
+    assert_eq!(
+        run(&s, &mut st, &f, 0).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (WORLD6, 53),
+        (UL6_ME, 61234),
+        64,
+        false,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+    let mut other = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
+        .ipv6(A6, WORLD6, 64)
+        .icmpv6_raw(200, 0, [0; 4])
+        .write(&mut other, &[0; 8])
+        .unwrap();
+    assert_eq!(
+        run(&s, &mut st, &other, 0).0,
+        Verdict::Drop(DropReason::SnatUnsupported)
+    );
+}
+
+/// NodePort on the node's IPv6 underlay address: a dual-stack Service
+/// (IPv4 and IPv6 frontends share nodePort 30080) reaches its local IPv6
+/// backend a with the client's address kept, a's reply leaves from
+/// `[node]:30080`; the IPv4 frontend still answers on the same number; a
+/// Local frontend without a local IPv6 backend is a counted drop.
+#[test]
+fn node_port_on_ipv6() {
+    use weir_dataplane::snapshot::{ServiceBackend, ServiceFrontend};
+    let mut spec = snap6(true).spec.clone();
+    let b = |pod: &str, ip: std::net::IpAddr| ServiceBackend {
+        pod: pod.into(),
+        ip,
+        port: 80,
+        active: true,
+    };
+    let f = |ip: std::net::IpAddr, np: u16, local: bool, backends| ServiceFrontend {
+        service: format!("default/np{np}"),
+        port_name: None,
+        ip,
+        proto: 6,
+        port: 80,
+        backends,
+        affinity_timeout_s: None,
+        node_port: Some(np),
+        external_local: local,
+        internal_local: false,
+    };
+    let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    spec.services = vec![
+        f([10, 96, 0, 1].into(), 30080, false, vec![b("a", A.into())]),
+        f(v6("fd00:96::1"), 30080, false, vec![b("a", A6.into())]),
+        f(
+            v6("fd00:96::2"),
+            30081,
+            true,
+            vec![b("r", v6("fd00:99::9"))],
+        ),
+    ];
+    let s = Snapshot::build(spec).unwrap();
+    let mut st = WorkerState::new();
+    let client = WORLD6;
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 40000),
+        (UL6_ME, 30080),
+        64,
+        true,
+    );
+    let (v, out) = run(&s, &mut st, &f, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        l4_6(
+            (port_mac(0), pod_mac(0)),
+            (client, 40000),
+            (A6, 80),
+            63,
+            true
+        )
+    );
+    let r = l4_6(
+        (pod_mac(0), port_mac(0)),
+        (A6, 80),
+        (client, 40000),
+        64,
+        true,
+    );
+    let (v, back) = run(&s, &mut st, &r, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        l4_6(
+            (UL_MAC_ME, GW_MAC),
+            (UL6_ME, 30080),
+            (client, 40000),
+            63,
+            true
+        )
+    );
+    // The IPv4 frontend on the same number.
+    let f4 = tcp((GW_MAC, UL_MAC_ME), (WORLD, 40000), (UL_ME, 30080), 64);
+    let (v, out) = run(&s, &mut st, &f4, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        tcp((port_mac(0), pod_mac(0)), (WORLD, 40000), (A, 80), 63)
+    );
+    // Local without a local IPv6 backend; a node port no IPv6 frontend has.
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        (UL6_ME, 30081),
+        64,
+        true,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NodePortNoLocalEndpoint)
+    );
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        (UL6_ME, 30999),
+        64,
+        true,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
     );
 }

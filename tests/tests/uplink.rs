@@ -651,3 +651,224 @@ fn pods_ping_the_world_and_get_its_errors() {
     assert!(ping(1).contains("0 received"));
     assert_eq!(refused(&c), "timeout");
 }
+
+const WORLD6: &str = "2001:db8:5::1";
+
+/// A listener of this test in the world netns on `[WORLD6]:port` (TCP,
+/// UDP, or raw ICMPv6 echo requests with `proto` "icmp6"): prints each
+/// peer's `<address> <port or identifier>`.
+fn witness6(c: &TestCluster, port: u16, proto: &str) -> Witness {
+    let netns = c.topology().world.expect("world host").netns;
+    let code = match proto {
+        "udp" => format!(
+            "import socket\n\
+             s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+             s.bind(('{WORLD6}', {port}))\n\
+             print('ready', flush=True)\n\
+             while True:\n\
+             \x20d,a=s.recvfrom(2048); print(a[0], a[1], flush=True); s.sendto(b'seen\\n', a)\n"
+        ),
+        "tcp" => format!(
+            "import socket\n\
+             s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{WORLD6}', {port})); s.listen(16)\n\
+             print('ready', flush=True)\n\
+             while True:\n\
+             \x20k,a=s.accept(); print(a[0], a[1], flush=True); k.sendall(b'seen\\n'); k.close()\n"
+        ),
+        _ => "import socket\n\
+              s=socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+              print('ready', flush=True)\n\
+              while True:\n\
+              \x20d,a=s.recvfrom(2048)\n\
+              \x20if d[0]==128: print(a[0], int.from_bytes(d[4:6],'big'), flush=True)\n"
+            .to_string(),
+    };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &netns, "python3", "-u", "-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start witness6");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("witness6 ready");
+    assert_eq!(line.trim(), "ready");
+    Witness { child, out }
+}
+
+impl Witness {
+    /// The next `n` sources seen (any family).
+    fn take_any(&mut self, n: usize) -> Vec<(IpAddr, u16)> {
+        (0..n)
+            .map(|_| {
+                let mut line = String::new();
+                self.out.read_line(&mut line).expect("witness line");
+                let mut it = line.split_whitespace();
+                let ip = it.next().and_then(|s| s.parse().ok()).expect("ip");
+                let port = it.next().and_then(|s| s.parse().ok()).expect("port");
+                (ip, port)
+            })
+            .collect()
+    }
+}
+
+/// IPv6 to the world (docs/egress.md, SNAT66): `nc -6` (TCP and UDP) and
+/// `ping -6` from a pod to the world host's `2001:db8:5::1` are answered;
+/// listeners of this test in the world netns see the node's IPv6 underlay
+/// address (`fd00:172:30::1`) and a port / identifier of weir's SNAT
+/// range; ul0's XDP program redirected the replies to the dataplane; with
+/// the dataplane stopped nothing is answered.
+#[test]
+fn pods_reach_the_ipv6_world() {
+    let mut m = node_manifest(0, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    let c = TestCluster::up_with("uplv6", &m, &[]);
+    c.wait_applied(Duration::from_secs(30));
+    let n1: IpAddr = c
+        .topology()
+        .node("n1")
+        .and_then(|n| n.underlay.as_ref().and_then(|u| u.ipv6))
+        .expect("n1's IPv6 underlay address")
+        .into();
+    assert_eq!(n1, "fd00:172:30::1".parse::<IpAddr>().unwrap());
+
+    let nc6 = |c: &TestCluster, port: u16, udp: bool| {
+        let proto = if udp { "-u" } else { "" };
+        let input = if udp { "echo x" } else { "true" };
+        let script = format!(
+            "{input} | timeout 5 nc -6 {proto} -w 2 {WORLD6} {port} 2>/dev/null | head -n1"
+        );
+        let out = c.pod_exec("up", "a", &["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ping6 = |c: &TestCluster, count: u32| {
+        let n = count.to_string();
+        let argv = ["ping", "-6", "-n", "-c", &n, "-i", "0.2", "-W", "2", WORLD6];
+        let out = c.pod_exec("up", "a", &argv);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // The world's own server answers, over TCP and UDP.
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    assert_eq!(nc6(&c, 8080, false), "world");
+    assert_eq!(nc6(&c, 8080, true), "world");
+    // SYN-ACK, data, FIN (TCP) and the UDP answer came through ul0's XDP.
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 3);
+
+    // What the world sees: the node's IPv6 underlay address, a SNAT port.
+    for udp in [false, true] {
+        let port = if udp { 9007 } else { 9006 };
+        let mut w = witness6(&c, port, if udp { "udp" } else { "tcp" });
+        assert_eq!(nc6(&c, port, udp), "seen", "udp={udp}");
+        let seen = w.take_any(1);
+        assert_eq!(seen[0].0, n1, "udp={udp}: {seen:?}");
+        assert!(SNAT.contains(&seen[0].1), "udp={udp}: {seen:?}");
+    }
+
+    // ping -6: answered, from the node's address and a SNAT identifier.
+    let mut w = witness6(&c, 0, "icmp6");
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    let out = ping6(&c, 3);
+    assert!(out.contains("3 received"), "{out}");
+    let seen = w.take_any(3);
+    assert!(seen.iter().all(|s| s.0 == n1), "{seen:?}");
+    assert!(seen.iter().all(|s| SNAT.contains(&s.1)), "{seen:?}");
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 3);
+    drop(w);
+
+    // Without the dataplane nothing gets through.
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(nc6(&c, 8080, false), "");
+    assert_eq!(nc6(&c, 8080, true), "");
+    assert!(ping6(&c, 1).contains("0 received"));
+}
+
+/// NodePort on the nodes' IPv6 underlay addresses (docs/services.md):
+/// dual-stack NodePort Services answer `nc -6` from the world netns at
+/// `[fd00:172:30::N]:nodePort` with the backend pod's name —
+/// externalTrafficPolicy Cluster through n1 to b on n2 (SNATed into the
+/// tunnel) and to a on n1, Local only on the node with the backend (the
+/// other counts `nodeport-no-local-endpoint`); the IPv4 node port with the
+/// same number still answers; ul0's XDP program redirected the frames;
+/// with n1's dataplane stopped n1's node port is silent.
+#[test]
+fn node_ports_on_ipv6_from_the_world() {
+    let mut m = node_manifest(0, false) + &node_manifest(1, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    m.push_str(&pod_on("up", "b", "n2"));
+    m.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: all6, namespace: up}\n\
+         spec: {type: NodePort, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv6, IPv4], selector: {pod: b}, ports: [{port: 80, nodePort: 30090}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: loc6, namespace: up}\n\
+         spec: {type: NodePort, externalTrafficPolicy: Local, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv6, IPv4], selector: {pod: b}, ports: [{port: 80, nodePort: 30091}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: a6, namespace: up}\n\
+         spec: {type: NodePort, ipFamilyPolicy: SingleStack, ipFamilies: [IPv6], selector: {pod: a}, ports: [{port: 80, protocol: UDP, nodePort: 30092}]}\n",
+    );
+    let c = TestCluster::up_with("upn6", &m, &[]);
+    c.wait_applied(Duration::from_secs(30));
+    let ul6 = |node: &str| -> String {
+        c.topology()
+            .node(node)
+            .and_then(|n| n.underlay.as_ref().and_then(|u| u.ipv6))
+            .expect("IPv6 underlay address")
+            .to_string()
+    };
+    let (n1, n2) = (ul6("n1"), ul6("n2"));
+    let netns = c.topology().world.expect("world host").netns;
+    let from_world6 = |ip: &str, port: u16, udp: bool| {
+        let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
+        let script =
+            format!("{input} | timeout 5 nc -6 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns, "bash", "-c", &script])
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    // Cluster: through n1 to b on n2, and through n2 to b.
+    assert_eq!(from_world6(&n1, 30090, false), "b");
+    assert_eq!(from_world6(&n2, 30090, false), "b");
+    // The IPv4 node port of the same dual-stack Service.
+    let n1_v4 = underlay_ip(&c, "n1").to_string();
+    let v4 = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "bash",
+            "-c",
+            &format!("timeout 5 nc -4 -w 2 {n1_v4} 30090 </dev/null 2>/dev/null | head -n1"),
+        ])
+        .output()
+        .expect("nc -4");
+    assert_eq!(String::from_utf8_lossy(&v4.stdout).trim(), "b");
+    // UDP to a local backend.
+    assert_eq!(from_world6(&n1, 30092, true), "a");
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 4);
+    // Local: only n2 (b's node) answers.
+    assert_eq!(from_world6(&n2, 30091, false), "b");
+    let before = c.node_drops("n1", "nodeport-no-local-endpoint");
+    assert_eq!(from_world6(&n1, 30091, false), "");
+    assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+
+    // Without n1's dataplane, n1's node port is silent (n2's still answers).
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_world6(&n1, 30092, true), "");
+    assert_eq!(from_world6(&n1, 30090, false), "");
+    assert_eq!(from_world6(&n2, 30090, false), "b");
+}

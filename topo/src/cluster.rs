@@ -642,6 +642,7 @@ impl Cluster {
             }
         }
         let (subnet, underlay_ips) = overlay::plan_underlay(&spec.nodes, opts.underlay_prefix_len)?;
+        let underlay_v6 = overlay::underlay_v6_usable(&spec.nodes);
         let pod_mtu = opts.pod_mtu();
 
         let mut cluster = Cluster {
@@ -666,6 +667,8 @@ impl Cluster {
                             mac: overlay::underlay_mac(*ul_ip),
                             ipv4: *ul_ip,
                             prefix_len: subnet.prefix_len(),
+                            ipv6: underlay_v6
+                                .then(|| overlay::underlay_ipv6(*ul_ip, subnet.prefix_len())),
                         }),
                         vtep_mac: overlay::vtep_mac(*ul_ip),
                         host_port: n.dataplane == NodeDataplane::Weir,
@@ -681,7 +684,12 @@ impl Cluster {
             pod_mtu,
             queues: opts.queues,
             services: Vec::new(),
-            world: Some(crate::world::plan(name, subnet, &underlay_ips)?),
+            world: Some(crate::world::plan(
+                name,
+                subnet,
+                &underlay_ips,
+                underlay_v6,
+            )?),
             non_masquerade: opts.non_masquerade.clone(),
             service_cidrs: Vec::new(),
             host_failsafe: opts.host_failsafe.clone(),

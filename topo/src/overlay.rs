@@ -87,6 +87,37 @@ pub struct UnderlayInfo {
     pub mac: [u8; 6],
     pub ipv4: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 underlay address on `ul0` ([`underlay_ipv6`], `/64`): the
+    /// uplink's SNAT66 address (docs/egress.md). `None` in states saved
+    /// before it, on real nodes, and when [`UNDERLAY_V6_NET`] overlaps a
+    /// podCIDR. The tunnel stays IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// The underlay's IPv6 subnet in local clusters (ULA, disjoint from the
+/// default pod ranges `fd00:10:244::/48` and Service range `fd00:96::/112`).
+pub const UNDERLAY_V6_NET: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x30, 0, 0, 0, 0, 0);
+/// Its prefix length.
+pub const UNDERLAY_V6_PREFIX_LEN: u8 = 64;
+
+/// The IPv6 underlay address that goes with underlay IPv4 `ip` of the
+/// `/prefix_len` subnet: [`UNDERLAY_V6_NET`] + the IPv4 host part (node
+/// `172.30.0.1` → `fd00:172:30::1`, the world `.254` → `fd00:172:30::fe`).
+pub fn underlay_ipv6(ip: Ipv4Addr, prefix_len: u8) -> Ipv6Addr {
+    let host = u32::from(ip) & u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+    Ipv6Addr::from(u128::from(UNDERLAY_V6_NET) | u128::from(host))
+}
+
+/// Whether the IPv6 underlay can be used: [`UNDERLAY_V6_NET`]/64 overlaps
+/// no podCIDR of `nodes`.
+pub(crate) fn underlay_v6_usable(nodes: &[NodeSpec]) -> bool {
+    let net =
+        IpNet::V6(Ipv6Net::new(UNDERLAY_V6_NET, UNDERLAY_V6_PREFIX_LEN).expect("a valid /64"));
+    !nodes
+        .iter()
+        .flat_map(|n| n.pod_cidrs.iter())
+        .any(|c| overlaps(&net, c))
 }
 
 /// `weir-<cluster>-underlay`.
@@ -258,6 +289,17 @@ pub(crate) fn realize_node_underlay(
         let nl = Netlink::open(&node.netns)?;
         let index = nl.link_up(&ul.ifname)?;
         nl.addr_add(&ul.ifname, index, IpAddr::V4(ul.ipv4), ul.prefix_len, false)?;
+        if let Some(v6) = ul.ipv6 {
+            // No DAD: the address is usable at once (the plan made it
+            // unique on the segment).
+            nl.addr_add(
+                &ul.ifname,
+                index,
+                IpAddr::V6(v6),
+                UNDERLAY_V6_PREFIX_LEN,
+                true,
+            )?;
+        }
         Ok(())
     })?
 }

@@ -3,7 +3,9 @@
 //! (SNAT) and NodePort tests (docs/topology.md, docs/egress.md).
 //!
 //! - `eth0` (its bridge side `ul-world` on `br0`) with the highest free host
-//!   address of the underlay subnet (`172.30.0.254/24` by default) and MAC
+//!   address of the underlay subnet (`172.30.0.254/24` by default), its
+//!   IPv6 counterpart (`fd00:172:30::fe/64`, the nodes' IPv6 underlay
+//!   addresses on-link) and MAC
 //!   `0a:02:<ipv4 octets>`; TX checksum offload off, as on pods (its frames
 //!   reach weir's AF_XDP sockets in copy mode, where nobody would complete
 //!   a partial checksum).
@@ -36,8 +38,8 @@ pub const WORLD_V4: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 1),
     Ipv4Addr::new(198, 51, 100, 2),
 ];
-/// The world host's IPv6 address (unreachable from pods for now: the
-/// underlay has no IPv6).
+/// The world host's IPv6 address (reached from pods through SNAT66 on the
+/// nodes' IPv6 underlay addresses).
 pub const WORLD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 1);
 /// TCP and UDP port of the world server (answers `world\n`).
 pub const WORLD_PORT: u16 = 8080;
@@ -54,6 +56,10 @@ pub struct WorldInfo {
     /// Its underlay address: every node's uplink gateway.
     pub ipv4: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 underlay address (`/64` on `eth0`, [`crate::overlay::underlay_ipv6`]):
+    /// every node's IPv6 uplink gateway. `None` in states saved before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// `0a:02:<ipv4 octets>`: the destination MAC of frames to the world.
     pub mac: [u8; 6],
     /// The addresses on its `lo`.
@@ -92,6 +98,7 @@ pub(crate) fn plan(
     cluster: &str,
     subnet: Ipv4Net,
     taken: &[Ipv4Addr],
+    v6: bool,
 ) -> Result<WorldInfo, TopoError> {
     let mut ip = u32::from(subnet.broadcast()).saturating_sub(1);
     while taken.contains(&Ipv4Addr::from(ip)) {
@@ -111,6 +118,7 @@ pub(crate) fn plan(
     Ok(WorldInfo {
         netns: world_netns(cluster),
         ipv4,
+        ipv6: v6.then(|| crate::overlay::underlay_ipv6(ipv4, subnet.prefix_len())),
         prefix_len: subnet.prefix_len(),
         mac: world_mac(ipv4),
         addrs,
@@ -158,6 +166,11 @@ pub(crate) fn realize(cluster: &Cluster, w: &WorldInfo) -> Result<(), TopoError>
         })?;
         let eth = nl.link_up(WORLD_IFNAME)?;
         nl.addr_add(WORLD_IFNAME, eth, IpAddr::V4(w.ipv4), w.prefix_len, false)?;
+        if let Some(v6) = w.ipv6 {
+            // The nodes' IPv6 underlay addresses are on-link (the /64).
+            let len = crate::overlay::UNDERLAY_V6_PREFIX_LEN;
+            nl.addr_add(WORLD_IFNAME, eth, IpAddr::V6(v6), len, true)?;
+        }
         for n in &cluster.nodes {
             let (Some(ul), Some(net)) = (&n.underlay, n.pod_cidr_v4()) else {
                 continue;

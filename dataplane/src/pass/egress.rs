@@ -29,15 +29,21 @@
 //! - **TCP close**: FIN or RST shortens the mapping to conntrack's closing
 //!   timeouts (`snat_closing`).
 //!
+//! - **IPv6** (SNAT66): with the node's IPv6 underlay address in the
+//!   snapshot (`UplinkTables::node_ipv6`), IPv6 to the world is
+//!   masqueraded on it the same way (TCP/UDP ports, ICMPv6 echo
+//!   identifiers, the same shares; NAT keys carry the family); replies
+//!   are recognised by [`is_from_uplink6`]. Without it: `no-route`.
+//!
 //! Not handled: other ICMP toward the world (`snat-unsupported`),
 //! fragments from the world (the XDP program leaves them to the kernel),
-//! IPv6 (the underlay has no IPv6 address: IPv6 destinations outside the
-//! cluster stay `no-route`).
+//! ICMPv6 errors from the world (the XDP program leaves them to the
+//! kernel), non-masqueraded IPv6 destinations.
 
 use core::ops::ControlFlow::{self, Continue};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::nat_icmp::{self, End, ECHO_REPLY_V4, ECHO_REQUEST_V4};
+use super::nat_icmp::{self, End, ECHO_REPLY_V4, ECHO_REPLY_V6, ECHO_REQUEST_V4, ECHO_REQUEST_V6};
 use super::parse::{Fragment, Parsed};
 use super::{drop, Pass};
 use crate::flow_key::FlowKey;
@@ -84,6 +90,43 @@ pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
         || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
 }
 
+/// Whether `frame` is for weir from the uplink over IPv6 (SNAT66,
+/// docs/egress.md): TCP/UDP directly after the IPv6 header (no extension
+/// header) to `node` with a destination port in the SNAT range (a reply)
+/// or the NodePort range, or an
+/// ICMPv6 echo reply to `node` whose identifier is in the SNAT range. A
+/// raw peek, before parse; the XDP program's underlay branch hands exactly
+/// these to the dataplane.
+pub(super) fn is_from_uplink6(frame: &[u8], node: Ipv6Addr) -> bool {
+    let ip_at = ethernet::HEADER_LEN;
+    let l4 = ip_at + 40;
+    let (Some(ty), Some(&ver), Some(&next), Some(dst), Some(w0), Some(w1)) = (
+        frame.get(12..14),
+        frame.get(ip_at),
+        frame.get(ip_at + 6),
+        frame.get(ip_at + 24..ip_at + 40),
+        frame.get(l4..l4 + 2),
+        frame.get(l4 + 2..l4 + 6),
+    ) else {
+        return false;
+    };
+    if ty != [0x86, 0xdd] || ver >> 4 != 6 || dst != node.octets() {
+        return false;
+    }
+    let snat = |p: u16| (SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p);
+    match next {
+        ip_proto::TCP | ip_proto::UDP => {
+            let dport = u16::from_be_bytes([w1[0], w1[1]]);
+            snat(dport) || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&dport)
+        }
+        ip_proto::ICMPV6 => {
+            u16::from_be_bytes([w0[0], w0[1]]) == ECHO_REPLY_V6
+                && snat(u16::from_be_bytes([w1[2], w1[3]]))
+        }
+        _ => false,
+    }
+}
+
 /// Whether `frame` (from the uplink) is IPv4 to `(network, mask)`, this
 /// node's pod CIDR: routed to a pod as sent (non-masqueraded peers). A raw
 /// peek, before parse.
@@ -105,7 +148,7 @@ impl Pass<'_> {
     fn snat_idle(&self, proto: u8) -> u64 {
         match proto {
             ip_proto::TCP => self.st.ct.timeouts().tcp_established,
-            ip_proto::ICMP => self.st.ct.timeouts().icmp,
+            ip_proto::ICMP | ip_proto::ICMPV6 => self.st.ct.timeouts().icmp,
             _ => self.st.ct.timeouts().udp_replied,
         }
     }
@@ -127,13 +170,19 @@ impl Pass<'_> {
                 return drop(DropReason::NoRoute);
             }
         }
+        // IPv6: only to the node's IPv6 underlay address (SNAT66 replies).
+        if let IpAddr::V6(dst) = pkt.key.dst {
+            if self.snap.uplink().and_then(|u| u.node_ipv6) != Some(dst) {
+                return drop(DropReason::NoRoute);
+            }
+        }
         if pkt.fragment != Fragment::Whole {
             return drop(DropReason::SnatNoEntry);
         }
         if pkt.icmp_error {
             return self.snat_error_in(pkt);
         }
-        if pkt.key.proto == ip_proto::ICMP {
+        if matches!(pkt.key.proto, ip_proto::ICMP | ip_proto::ICMPV6) {
             return self.snat_echo_in(pkt);
         }
         if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport) {
@@ -169,17 +218,22 @@ impl Pass<'_> {
     /// pod's address and identifier come back (`snat-no-entry` without a
     /// mapping, or for any other ICMP message).
     fn snat_echo_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
-        if pkt.key.dport != ECHO_REPLY_V4 {
+        let (reply, request) = if pkt.key.proto == ip_proto::ICMPV6 {
+            (ECHO_REPLY_V6, ECHO_REQUEST_V6)
+        } else {
+            (ECHO_REPLY_V4, ECHO_REQUEST_V4)
+        };
+        if pkt.key.dport != reply {
             return drop(DropReason::SnatNoEntry);
         }
         // The `SnatIn` key of an echo flow (see `snat_port`'s `reply`).
         let key = FlowKey {
-            sport: ECHO_REQUEST_V4,
+            sport: request,
             dport: pkt.key.sport,
             ..pkt.key
         };
         let now = self.st.now_ns;
-        let idle = self.snat_idle(ip_proto::ICMP);
+        let idle = self.snat_idle(pkt.key.proto);
         let Some(n) = self.st.ct.nat().get(&key, Kind::SnatIn, now, now + idle) else {
             return drop(DropReason::SnatNoEntry);
         };
@@ -291,15 +345,27 @@ impl Pass<'_> {
         let Some(u) = self.snap.uplink() else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        let (port, node, gw, mac) = (u.port, u.node_ipv4, u.gateway_mac, u.node_mac);
+        let (port, mac) = (u.port, u.node_mac);
         // A NodePort reply already carries the node's address as source.
-        let masquerade = match pkt.key.dst {
-            IpAddr::V4(_) if pkt.key.src == IpAddr::V4(node) => false,
-            IpAddr::V4(a) => !u.non_masquerade.contains(a),
-            IpAddr::V6(_) => return Verdict::Drop(DropReason::NoRoute),
+        // IPv6: masqueraded on the node's IPv6 underlay address (SNAT66);
+        // no non-masqueraded IPv6 destinations.
+        let (masquerade, node, gw) = match pkt.key.dst {
+            IpAddr::V4(a) => {
+                let node = IpAddr::V4(u.node_ipv4);
+                let masq = pkt.key.src != node && !u.non_masquerade.contains(a);
+                (masq, node, u.gateway_mac)
+            }
+            IpAddr::V6(_) => {
+                let Some(node6) = u.node_ipv6 else {
+                    return Verdict::Drop(DropReason::NoRoute);
+                };
+                let node = IpAddr::V6(node6);
+                (pkt.key.src != node, node, u.gateway_mac_v6)
+            }
         };
         if masquerade {
-            let echo = pkt.key.proto == ip_proto::ICMP && pkt.key.dport == ECHO_REQUEST_V4;
+            let echo = (pkt.key.proto == ip_proto::ICMP && pkt.key.dport == ECHO_REQUEST_V4)
+                || (pkt.key.proto == ip_proto::ICMPV6 && pkt.key.dport == ECHO_REQUEST_V6);
             if !(echo || matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)) {
                 return Verdict::Drop(DropReason::SnatUnsupported);
             }
@@ -310,16 +376,16 @@ impl Pass<'_> {
                 return Verdict::Drop(DropReason::SnatPortsExhausted);
             };
             let done = if echo {
-                nat_icmp::rewrite_echo(self.buf, pkt, Some(IpAddr::V4(node)), None, sport)
+                nat_icmp::rewrite_echo(self.buf, pkt, Some(node), None, sport)
             } else {
-                super::service::rewrite(self.buf, pkt, Some((IpAddr::V4(node), sport)), None).ok()
+                super::service::rewrite(self.buf, pkt, Some((node, sport)), None).ok()
             };
             if done.is_none() {
                 return Verdict::Drop(DropReason::L4Truncated);
             }
             let back = FlowKey {
                 src: pkt.key.dst,
-                dst: IpAddr::V4(node),
+                dst: node,
                 proto: pkt.key.proto,
                 sport: pkt.key.dport,
                 dport: sport,
@@ -340,7 +406,7 @@ impl Pass<'_> {
     fn snat_later_fragment(
         &mut self,
         pkt: &Parsed,
-        node: Ipv4Addr,
+        node: IpAddr,
         gw: [u8; 6],
         mac: [u8; 6],
         port: crate::snapshot::PortId,
@@ -355,7 +421,7 @@ impl Pass<'_> {
         {
             return Verdict::Drop(DropReason::SnatNoEntry);
         }
-        if nat_icmp::rewrite_addrs(self.buf, pkt, Some(IpAddr::V4(node)), None).is_none() {
+        if nat_icmp::rewrite_addrs(self.buf, pkt, Some(node), None).is_none() {
             return Verdict::Drop(DropReason::Ipv4Malformed);
         }
         match self.rewrite_frame(pkt, gw, mac) {
@@ -367,7 +433,7 @@ impl Pass<'_> {
     /// The node port of the pod's flow `key`: the one it has, else a free
     /// one of this worker's share (recorded both ways); `None` when the
     /// probes found none free.
-    fn snat_port(&self, key: &FlowKey, node: Ipv4Addr) -> Option<u16> {
+    fn snat_port(&self, key: &FlowKey, node: IpAddr) -> Option<u16> {
         let nat = self.st.ct.nat();
         let now = self.st.now_ns;
         let until = now + self.snat_idle(key.proto);
@@ -380,7 +446,7 @@ impl Pass<'_> {
         let hash = crate::conntrack::hash_addrs(PORT_SEED, &s, &d, last);
         let reply = |port| FlowKey {
             src: key.dst,
-            dst: IpAddr::V4(node),
+            dst: node,
             proto: key.proto,
             sport: key.dport,
             dport: port,
@@ -395,7 +461,7 @@ impl Pass<'_> {
         };
         nat.set(&reply(port), Kind::SnatIn, back, now, until);
         let out = Nat {
-            addr: IpAddr::V4(node),
+            addr: node,
             port,
             other: None,
             frontend: 0,
@@ -470,5 +536,48 @@ mod tests {
         assert!(!is_from_uplink(&frame([172, 30, 0, 2], 61000, true), node));
         let short = frame(node.octets(), 61000, true);
         assert!(!is_from_uplink(&short[..36], node));
+    }
+
+    #[test]
+    fn uplink_peek_v6() {
+        let node: Ipv6Addr = "fd00:172:30::1".parse().unwrap();
+        let world: Ipv6Addr = "2001:db8:5::1".parse().unwrap();
+        let frame = |dst: Ipv6Addr, dport: u16, kind: u8| {
+            let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(world.octets(), dst.octets(), 64);
+            let mut out = Vec::new();
+            match kind {
+                0 => b.tcp(8080, dport, 1, 1000).write(&mut out, b"x").unwrap(),
+                1 => b.udp(8080, dport).write(&mut out, b"x").unwrap(),
+                2 => b.icmpv6_echo_reply(dport, 1).write(&mut out, b"x").unwrap(),
+                _ => b
+                    .icmpv6_echo_request(dport, 1)
+                    .write(&mut out, b"x")
+                    .unwrap(),
+            }
+            out
+        };
+        assert!(is_from_uplink6(&frame(node, 61000, 0), node));
+        assert!(is_from_uplink6(&frame(node, 65535, 1), node));
+        assert!(is_from_uplink6(&frame(node, 61000, 2), node));
+        assert!(!is_from_uplink6(&frame(node, 61000, 3), node));
+        assert!(!is_from_uplink6(&frame(node, 60999, 0), node));
+        assert!(!is_from_uplink6(&frame(node, 60999, 2), node));
+        assert!(!is_from_uplink6(&frame(node, 4789, 1), node));
+        assert!(is_from_uplink6(&frame(node, 30000, 0), node));
+        assert!(is_from_uplink6(&frame(node, 32767, 1), node));
+        assert!(!is_from_uplink6(&frame(node, 32768, 0), node));
+        assert!(!is_from_uplink6(&frame(node, 30000, 2), node));
+        assert!(!is_from_uplink6(&frame(world, 61000, 0), node));
+        // IPv4 frames are `is_from_uplink`'s.
+        let v4 = Ipv4Addr::new(172, 30, 0, 1);
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([198, 51, 100, 1], v4.octets(), 64)
+            .udp(8080, 61000)
+            .write(&mut out, b"x")
+            .unwrap();
+        assert!(!is_from_uplink6(&out, node));
+        let short = frame(node, 61000, 0);
+        assert!(!is_from_uplink6(&short[..56], node));
     }
 }

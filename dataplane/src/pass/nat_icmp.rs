@@ -27,6 +27,9 @@ use crate::wire::{checksum, ethernet, icmp, ip_proto};
 /// `FlowKey::dport` of an ICMPv4 echo request / reply (type << 8 | code).
 pub(super) const ECHO_REQUEST_V4: u16 = (icmp::v4::ECHO_REQUEST as u16) << 8;
 pub(super) const ECHO_REPLY_V4: u16 = (icmp::v4::ECHO_REPLY as u16) << 8;
+/// The same for ICMPv6 (SNAT66 of pings, docs/egress.md).
+pub(super) const ECHO_REQUEST_V6: u16 = (icmp::v6::ECHO_REQUEST as u16) << 8;
+pub(super) const ECHO_REPLY_V6: u16 = (icmp::v6::ECHO_REPLY as u16) << 8;
 
 /// Which end of the quoted packet is rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

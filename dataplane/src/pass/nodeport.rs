@@ -1,5 +1,6 @@
 //! NodePort Services (docs/services.md, NodePort): TCP/UDP from the uplink
-//! to the node's underlay address at a Service's `nodePort`.
+//! to the node's underlay address (IPv4, or IPv6 for the Service's IPv6
+//! frontends) at a Service's `nodePort`.
 //!
 //! - **In** (right after parse, frames the XDP program handed over from
 //!   the underlay): the frontend of (protocol, nodePort); a flow already
@@ -13,8 +14,8 @@
 //!     the Service stage and leaves with the node's address and nodePort
 //!     as source, out through the uplink.
 //!   - A backend on another node (`Cluster` only): the source becomes this
-//!     node's pod-CIDR gateway address (`SnapshotSpec::node_ipv4`, e.g.
-//!     10.244.0.1) and a port of this worker's SNAT share. That address is
+//!     node's pod-CIDR gateway address of the flow's family
+//!     (`SnapshotSpec::node_ipv4`, e.g. 10.244.0.1, or `node_ipv6`) and a port of this worker's SNAT share. That address is
 //!     in this node's pod CIDR, so the peer's source check admits it and
 //!     its reply routes back here through the tunnel, where
 //!     [`Pass::node_port_reply`] restores (node address, nodePort) →
@@ -45,7 +46,12 @@ impl Pass<'_> {
     /// A new or known flow to a node port (see the module doc).
     pub(super) fn node_port_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
         let snap = self.snap;
-        let Some(front) = snap.services().node_port(pkt.key.proto, pkt.key.dport) else {
+        let front = if pkt.key.dst.is_ipv6() {
+            snap.services().node_port_v6(pkt.key.proto, pkt.key.dport)
+        } else {
+            snap.services().node_port(pkt.key.proto, pkt.key.dport)
+        };
+        let Some(front) = front else {
             return drop(DropReason::NoRoute);
         };
         let f = snap.frontend(front);
@@ -54,7 +60,7 @@ impl Pass<'_> {
         let nat = self.st.ct.nat();
         let local = |a: IpAddr| match a {
             IpAddr::V4(a) => snap.endpoint_by_v4(a).is_some(),
-            IpAddr::V6(_) => false,
+            IpAddr::V6(a) => snap.endpoint_by_v6(a).is_some(),
         };
         let known = nat
             .get(&pkt.key, Kind::Forward, now, until)
@@ -111,10 +117,13 @@ impl Pass<'_> {
                     };
                     nat.set(&reply, Kind::Reverse, back, now, until);
                 } else {
-                    let Some(gw) = snap.spec.node_ipv4 else {
+                    let gw = match addr {
+                        IpAddr::V4(_) => snap.spec.node_ipv4.map(IpAddr::V4),
+                        IpAddr::V6(_) => snap.spec.node_ipv6.map(IpAddr::V6),
+                    };
+                    let Some(gw) = gw else {
                         return drop(DropReason::NoRoute);
                     };
-                    let gw = IpAddr::V4(gw);
                     let reply = |p| FlowKey {
                         src: addr,
                         dst: gw,
@@ -159,10 +168,10 @@ impl Pass<'_> {
     /// it (conntrack and policy see it as it came), `None` when it is not
     /// one.
     pub(super) fn node_port_reply(&mut self, pkt: &Parsed) -> ControlFlow<Verdict, Option<Parsed>> {
-        let to_gw = matches!(
-            (pkt.key.dst, self.snap.spec.node_ipv4),
-            (IpAddr::V4(d), Some(gw)) if d == gw
-        );
+        let to_gw = match pkt.key.dst {
+            IpAddr::V4(d) => self.snap.spec.node_ipv4 == Some(d),
+            IpAddr::V6(d) => self.snap.spec.node_ipv6 == Some(d),
+        };
         if !to_gw
             || !matches!(pkt.key.proto, ip_proto::TCP | ip_proto::UDP)
             || !(SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&pkt.key.dport)

@@ -138,6 +138,15 @@ impl Pass<'_> {
                     return Continue(Next::Uplink { mtu: u.mtu });
                 }
             }
+            // IPv6 to the world: only with the node's IPv6 underlay address
+            // to masquerade on (docs/egress.md).
+            if let (Some(u), IpAddr::V6(a)) = (snap.uplink(), pkt.key.dst) {
+                if let Some(node6) = u.node_ipv6 {
+                    if !u.cluster6.contains(a) || pkt.key.src == IpAddr::V6(node6) {
+                        return Continue(Next::Uplink { mtu: u.mtu });
+                    }
+                }
+            }
             return drop(DropReason::NoRoute);
         };
         let Some(port) = snap.port(ep.port) else {

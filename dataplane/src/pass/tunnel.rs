@@ -33,6 +33,8 @@ impl Pass<'_> {
                 || super::nat_icmp::is_snat_icmp(frame, u.node_ipv4)
                 || u.routed_v4
                     .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
+                || u.node_ipv6
+                    .is_some_and(|n| super::egress::is_from_uplink6(frame, n))
             {
                 return Continue((len, Sender::World));
             }
