@@ -104,10 +104,20 @@ fn build_wires_as_specified() {
     // No route to a pod but the pod CIDR through the host port (weir's
     // dataplane behind it: docs/datapath.md, "The host port").
     let routes = in_ns(&node.netns, &["ip", "route", "show"]);
-    let pod_routes: Vec<&str> = routes.lines().filter(|l| l.contains("10.244.0.")).collect();
+    // (The Service range's route through the host port names the node's
+    // `.1` as its source: not a route to pods.)
+    let pod_routes: Vec<&str> = routes
+        .lines()
+        .filter(|l| l.starts_with("10.244.0."))
+        .collect();
     assert_eq!(
         pod_routes,
         ["10.244.0.0/24 via 169.254.1.2 dev weir-host0 src 10.244.0.1 onlink "],
+        "node routes:\n{routes}"
+    );
+    // The Service range goes to the dataplane too (the node reaches ClusterIPs).
+    assert!(
+        routes.contains("10.96.0.0/16 via 169.254.1.2 dev weir-host0"),
         "node routes:\n{routes}"
     );
     let routes6 = in_ns(&node.netns, &["ip", "-6", "route", "show"]);
