@@ -189,6 +189,22 @@ impl NatTable {
         Some(e.nat)
     }
 
+    /// As [`get`](Self::get), with the entry's deadline as it was before
+    /// this call extended it (the flow's last packet + its idle timeout).
+    pub fn get_aged(&self, k: &FlowKey, kind: Kind, now: u64, until: u64) -> Option<(Nat, u64)> {
+        let key = Key::of(k, kind);
+        let mut b = self.bucket(&key);
+        let e = b
+            .entries
+            .iter_mut()
+            .find(|e| e.key == key && e.expires > now)?;
+        let before = e.expires;
+        if !e.closing {
+            e.expires = e.expires.max(until);
+        }
+        Some((e.nat, before))
+    }
+
     /// Sets the entry of `k` (replacing it, or a free or expired way, or
     /// the way closest to expiry).
     pub fn set(&self, k: &FlowKey, kind: Kind, nat: Nat, now: u64, until: u64) {

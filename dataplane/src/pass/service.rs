@@ -51,6 +51,10 @@ pub const HAIRPIN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xff
 /// node picks the same backend for the same tuple).
 const PICK_SEED: u64 = 0x6d61_676c_6576_0001;
 
+/// A known Service flow's packets refresh its reverse NAT entry once per
+/// 2^30 ns epoch (see `Pass::service`).
+const REVERSE_EPOCH_SHIFT: u32 = 30;
+
 impl Pass<'_> {
     /// Stage 3b (see the module doc). Returns the packet as routing must
     /// see it when that differs from `pkt` (a reply whose bytes were
@@ -102,14 +106,27 @@ impl Pass<'_> {
             };
             let f = snap.frontend(front);
             let known = nat
-                .get(&pkt.key, Kind::Forward, now, now + idle)
-                .filter(|n| has_backend(f, n.addr, n.port));
-            let chosen = match known {
-                Some(n) => n,
+                .get_aged(&pkt.key, Kind::Forward, now, now + idle)
+                .filter(|(n, _)| has_backend(f, n.addr, n.port));
+            let (chosen, last_packet) = match known {
+                Some((n, before)) => (n, Some(before.saturating_sub(idle))),
                 None => match self.pick(pkt, front, f) {
-                    Some(n) => n,
+                    Some(n) => (n, None),
                     None => return Break(self.refuse(pkt)),
                 },
+            };
+            // The reverse entry is written for a new flow, and refreshed by
+            // a known flow's packets at most once per ~1.07 s epoch (2^30
+            // ns): one bucket lock per packet fewer on established Service
+            // flows; its life still ends at most one epoch before the
+            // forward entry's (idle timeouts are minutes to hours).
+            // A SYN (a connection (re)opening on this tuple) always writes
+            // it: a direct connection on the same tuple may have removed it.
+            let syn = pkt.key.proto == ip_proto::TCP && pkt.tcp_flags & tcp::flags::SYN != 0;
+            let refresh = match last_packet {
+                None => true,
+                _ if syn => true,
+                Some(t) => t >> REVERSE_EPOCH_SHIFT != now >> REVERSE_EPOCH_SHIFT,
             };
             let src = chosen.other.unwrap_or(pkt.key.src);
             // The reply as it will come back: backend → client (or → the
@@ -121,19 +138,21 @@ impl Pass<'_> {
                 sport: chosen.port,
                 dport: pkt.key.sport,
             };
-            nat.set(
-                &reply,
-                Kind::Reverse,
-                Nat {
-                    addr: pkt.key.dst,
-                    port: pkt.key.dport,
-                    other: chosen.other.map(|_| pkt.key.src),
-                    frontend: front,
-                    other_port: 0,
-                },
-                now,
-                now + idle,
-            );
+            if refresh {
+                nat.set(
+                    &reply,
+                    Kind::Reverse,
+                    Nat {
+                        addr: pkt.key.dst,
+                        port: pkt.key.dport,
+                        other: chosen.other.map(|_| pkt.key.src),
+                        frontend: front,
+                        other_port: 0,
+                    },
+                    now,
+                    now + idle,
+                );
+            }
             if rewrite(
                 self.buf,
                 pkt,
