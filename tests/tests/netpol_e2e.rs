@@ -52,6 +52,9 @@ struct Suite {
     restore: Vec<Restore>,
     t0: Instant,
     case_t0: Instant,
+    /// Blocks of `weir policy check`'s offline matrix compared with the
+    /// expected (and probed) reachability (issue 13: for every case).
+    offline_compared: usize,
 }
 
 impl Suite {
@@ -77,6 +80,7 @@ impl Suite {
             failures: Vec::new(),
             policies: Vec::new(),
             restore: Vec::new(),
+            offline_compared: 0,
             t0: Instant::now(),
             case_t0: Instant::now(),
         }
@@ -242,6 +246,7 @@ impl Suite {
             eprintln!("FAIL {e}");
             self.failures.push(e);
         }
+        self.check_offline(port, protocol, "ipv4", want);
     }
 
     fn check_ipv6(&mut self, port: u16, protocol: &str, want: &Reachability) {
@@ -249,6 +254,64 @@ impl Suite {
             .c
             .check_reachability_family(&self.case, port, protocol, "ipv6", want)
         {
+            eprintln!("FAIL {e}");
+            self.failures.push(e);
+        }
+        self.check_offline(port, protocol, "ipv6", want);
+    }
+
+    /// `weir policy check`'s offline matrix of the running cluster (the
+    /// compiler and judge the workers use, no traffic) agrees with the
+    /// expected reachability the probe was held to: so, with the probe
+    /// check above, offline = probed for every case. Ports the layout does
+    /// not declare have no block in the matrix and are skipped.
+    fn check_offline(&mut self, port: u16, protocol: &str, family: &str, want: &Reachability) {
+        let report = self.c.weir_json(&["policy", "check", "-o", "json"]);
+        let Some(block) = report["matrix"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["port"] == port && b["protocol"] == protocol && b["family"] == family)
+        else {
+            return;
+        };
+        self.offline_compared += 1;
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        };
+        let (from, to) = (names(&block["from"]), names(&block["to"]));
+        let mut diffs = Vec::new();
+        for (i, f) in want.pods.iter().enumerate() {
+            for (j, t) in want.pods.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let (Some(fi), Some(tj)) = (
+                    from.iter().position(|x| x == f),
+                    to.iter().position(|x| x == t),
+                ) else {
+                    diffs.push(format!("{f} -> {t}: not in the offline matrix"));
+                    continue;
+                };
+                let offline = block["connected"][fi][tj] == true;
+                if offline != want.expected[i][j] {
+                    diffs.push(format!(
+                        "{f} -> {t}: offline {offline}, expected {}",
+                        want.expected[i][j]
+                    ));
+                }
+            }
+        }
+        if !diffs.is_empty() {
+            let e = format!(
+                "{}: {protocol}/{port} ({family}): weir policy check disagrees:\n  {}",
+                self.case,
+                diffs.join("\n  ")
+            );
             eprintln!("FAIL {e}");
             self.failures.push(e);
         }
@@ -275,6 +338,10 @@ impl Suite {
 
     fn finish(mut self) {
         self.end_case();
+        assert!(
+            self.offline_compared > 0,
+            "no check had a block in weir policy check's offline matrix"
+        );
         eprintln!(
             "{} cases in {:.1} s",
             self.cases.len(),
