@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use weir_dataplane::l7::reply::build_rst_frame;
 use weir_dataplane::l7::{HttpRuleSetSpec, HttpRuleSpec, PathMatchSpec};
-use weir_dataplane::pass::{process, WorkerState};
+use weir_dataplane::pass::{process, L7Capacity, WorkerState};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, FqdnRuleSpec, PolicySpec, RuleId, RuleInfo,
     Tier, IDENTITY_WORLD,
@@ -190,7 +190,7 @@ pub fn snapshot() -> &'static Snapshot {
 /// RST that can be built for every L7 deny).
 pub fn run_pass(data: &[u8]) {
     let snap = snapshot();
-    let mut st = WorkerState::new().with_l7_slots(4);
+    let mut st = WorkerState::standalone(L7Capacity::for_flows(4));
     let mut now = 1_000_000_000u64;
     let mut buf = vec![0u8; UMEM];
     let mut rst = vec![0u8; UMEM];
@@ -364,7 +364,7 @@ pub fn run_snapshot(data: &[u8]) {
     let Ok(snap) = Snapshot::build(spec.clone()) else {
         return;
     };
-    let mut st = WorkerState::new().with_l7_slots(2);
+    let mut st = WorkerState::standalone(L7Capacity::for_flows(2));
     st.set_now(1_000_000_000);
     let mut buf = vec![0u8; UMEM];
     let v4: Vec<[u8; 4]> = spec

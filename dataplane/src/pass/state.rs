@@ -307,26 +307,43 @@ impl WorkerState {
     /// A worker state with a private conntrack table of
     /// [`STANDALONE_CONNTRACK_SIZE`] entries and its own flow log.
     pub fn new() -> Self {
-        Self::with_shared(
+        Self::standalone(L7Capacity::default())
+    }
+
+    /// [`new`](Self::new) with an inline-L7 state of these sizes, built once
+    /// (`new().with_l7_capacity(..)` first builds the default one, tens of
+    /// MB: fuzz targets and benchmarks that make many states use this).
+    pub fn standalone(cap: L7Capacity) -> Self {
+        Self::shared_with_l7(
             Arc::new(Conntrack::new(
                 STANDALONE_CONNTRACK_SIZE,
                 conntrack::Timeouts::default(),
             )),
             Arc::new(FlowLog::default()),
             Arc::default(),
+            cap,
         )
     }
 
     /// A worker state on the node's shared table, with this worker's flow
     /// log and conntrack counters (also held by the runtime, which reads them).
     pub fn with_shared(ct: Arc<Conntrack>, flows: Arc<FlowLog>, ct_stats: Arc<CtStats>) -> Self {
+        Self::shared_with_l7(ct, flows, ct_stats, L7Capacity::default())
+    }
+
+    fn shared_with_l7(
+        ct: Arc<Conntrack>,
+        flows: Arc<FlowLog>,
+        ct_stats: Arc<CtStats>,
+        cap: L7Capacity,
+    ) -> Self {
         WorkerState {
             icmp_errors_sent: 0,
             now_ns: 0,
             ct,
             flows,
             ct_stats,
-            l7: L7State::new(L7Capacity::default()),
+            l7: L7State::new(cap),
             fqdn: Arc::default(),
             dns_refused: 0,
             reply_drop: None,
