@@ -205,6 +205,21 @@ pub struct IngressRule {
     /// no missing name; not with `http` in one rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Vec<TlsRule>>,
+    /// L7: gRPC calls (`POST /service/method` over HTTP/2) the rule admits,
+    /// in the same set as `http` (a denied call gets PERMISSION_DENIED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Vec<GrpcRule>>,
+}
+
+/// A gRPC service (and method) a rule admits.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcRule {
+    /// The fully qualified service, e.g. `pkg.Svc`.
+    pub service: String,
+    /// One method of it; absent: every method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// A TLS server name a rule admits.

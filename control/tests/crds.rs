@@ -127,6 +127,7 @@ fn weir_policy_schema_is_the_parsers_fields_for_a_namespace_policy() {
             "spec.egress[].from",
             "spec.egress[].http",
             "spec.egress[].tls",
+            "spec.egress[].grpc",
         ],
     );
 }
@@ -143,10 +144,12 @@ fn weir_cluster_policy_schema_is_the_parsers_fields_for_a_cluster_policy() {
             // L7 and FQDN parts: WeirPolicy only (not yet in the Admin tier).
             "spec.ingress[].http",
             "spec.ingress[].tls",
+            "spec.ingress[].grpc",
             "spec.ingress[].dns",
             "spec.ingress[].toFQDNs",
             "spec.egress[].http",
             "spec.egress[].tls",
+            "spec.egress[].grpc",
             "spec.egress[].dns",
             "spec.egress[].toFQDNs",
         ],

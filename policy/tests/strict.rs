@@ -88,6 +88,7 @@ spec:
       headers: [{name: X-A, value: b}]
     - path: {exact: /a}
     - path: {regex: /b.*}
+    grpc: [{service: pkg.Svc, method: Get}, {service: health.v1.Health}]
   - action: Allow
     ports: [{port: 443}]
     tls: [{sni: example.com}, {sni: '*.example.org'}]
@@ -295,6 +296,7 @@ fn kinds() -> Vec<KindCase> {
         "spec.egress[].from",
         "spec.egress[].http",
         "spec.egress[].tls",
+        "spec.egress[].grpc",
     ];
     let weir_cluster_refused = vec![
         "spec.podSelector",
@@ -304,9 +306,11 @@ fn kinds() -> Vec<KindCase> {
         "spec.ingress[].toFQDNs",
         "spec.ingress[].http",
         "spec.ingress[].tls",
+        "spec.ingress[].grpc",
         "spec.egress[].from",
         "spec.egress[].http",
         "spec.egress[].tls",
+        "spec.egress[].grpc",
         "spec.egress[].dns",
         "spec.egress[].toFQDNs",
     ];
