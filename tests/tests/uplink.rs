@@ -750,9 +750,16 @@ fn pods_reach_the_ipv6_world() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
 
-    // The world's own server answers, over TCP and UDP.
+    // The world's own server answers, over TCP and UDP. The first exchange
+    // after `weir up` may be lost while the underlay's IPv6 neighbours are
+    // still being resolved (once in a CI run under load: an empty answer);
+    // up to three tries, then every later exchange must succeed first time.
     let redirected = c.port_xdp("n1", "ul0", "redirected");
-    assert_eq!(nc6(&c, 8080, false), "world");
+    let first = (0..3)
+        .map(|_| nc6(&c, 8080, false))
+        .find(|a| a == "world")
+        .unwrap_or_default();
+    assert_eq!(first, "world");
     assert_eq!(nc6(&c, 8080, true), "world");
     // SYN-ACK, data, FIN (TCP) and the UDP answer came through ul0's XDP.
     assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 3);
