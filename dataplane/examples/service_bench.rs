@@ -2,6 +2,7 @@
 //! asserts):
 //!
 //!   cargo run --release -p weir-dataplane --example service_bench [rounds]
+//!   ... service_bench ROUNDS pod-ip|cluster-ip   (one side only, to profile)
 //!
 //! One worker's pass on one core, UDP from pod a to pod b: straight to b's
 //! address, and to a ClusterIP whose one backend is b (DNAT, NAT-table
@@ -111,6 +112,22 @@ fn main() {
     // Warm up: every flow established (conntrack, NAT entries).
     rate(&direct, &s, &mut st, epoch);
     rate(&cluster, &s, &mut st, epoch);
+    // `service_bench N pod-ip|cluster-ip`: one side only, N rounds (to
+    // profile it alone: `perf stat` / `perf record`).
+    if let Some(only) = std::env::args().nth(2) {
+        let frames = match only.as_str() {
+            "pod-ip" => &direct,
+            "cluster-ip" => &cluster,
+            _ => panic!("second argument: pod-ip or cluster-ip"),
+        };
+        for r in 0..rounds {
+            println!(
+                "round {r}: {only} {:.0} pps",
+                rate(frames, &s, &mut st, epoch)
+            );
+        }
+        return;
+    }
     let mut ratios = Vec::new();
     for r in 0..rounds {
         let (d, c) = if r % 2 == 0 {

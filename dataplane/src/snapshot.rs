@@ -659,7 +659,12 @@ pub struct Snapshot {
     tunnel: Option<TunnelTables>,
     services: ServiceTables,
     uplink: Option<UplinkTables>,
+    /// Unique per [`Snapshot::build`] (see [`Snapshot::instance`]).
+    instance: u64,
 }
+
+/// The next [`Snapshot::instance`] (0 is a default, never built, snapshot's).
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Snapshot {
     /// Validates `spec` and builds the lookup tables.
@@ -774,11 +779,19 @@ impl Snapshot {
             tunnel,
             services,
             uplink,
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
     pub fn generation(&self) -> u64 {
         self.spec.generation
+    }
+
+    /// Which build this is: different for every [`Snapshot::build`] in the
+    /// process (generations may repeat, e.g. in tests); clones share it.
+    /// Per-worker caches of what was decided under a snapshot key on it.
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// The compiled policy workers judge new flows with.

@@ -653,3 +653,114 @@ fn fragments_through_a_cluster_ip_follow_their_first() {
     let expect = big_udp((port_mac(0), pod_mac(0)), vip, client, (53, 40000), 63);
     assert_eq!(reassemble(&got, vip, client), expect[34..].to_vec());
 }
+
+/// Later packets of an established flow take the worker's fast path
+/// (`pass/service_cache.rs`: the translation and its checksum sums
+/// remembered): they leave with the same bytes as the packet that took the
+/// full stage (checksums checked by etherparse), TCP and UDP, v4 and v6,
+/// and hairpin (the client its own backend).
+#[test]
+fn established_packets_leave_as_the_full_stage_sends_them() {
+    for v6 in [false, true] {
+        let (vip, client) = if v6 {
+            (vip6(), pod6(1))
+        } else {
+            (vip4(), pod4(1))
+        };
+        for tcp in [false, true] {
+            let proto = if tcp { 6 } else { 17 };
+            // b alone, then a alone (a is the client: hairpin).
+            for hairpin in [false, true] {
+                let b = if hairpin { 0 } else { 1 };
+                let s = snap(vec![front(vip, proto, 80, vec![backend(b, v6)])]);
+                let mut st = WorkerState::new();
+                let sport = 41000;
+                let seg = tcp.then_some((false, true));
+                if tcp {
+                    // The handshake, with the backend's SYN-ACK to the
+                    // address it saw (the client or the hairpin one).
+                    let syn = frame(0, client, vip, sport, 80, Some((true, false)));
+                    let out = run(&mut st, &s, &syn, 0);
+                    assert!(matches!(out.verdict, Verdict::Tx { .. }));
+                    let (seen, ..) = addrs(&out.bytes);
+                    let bip = backend(b, v6).ip;
+                    let synack = frame(b, bip, seen, 8080, sport, Some((true, true)));
+                    assert!(matches!(
+                        run(&mut st, &s, &synack, u16::from(b)).verdict,
+                        Verdict::Tx { port: 0, .. }
+                    ));
+                }
+                let f = frame(0, client, vip, sport, 80, seg);
+                let first = run(&mut st, &s, &f, 0);
+                assert_eq!(
+                    first.verdict,
+                    Verdict::Tx {
+                        port: u16::from(b),
+                        len: first.bytes.len()
+                    },
+                    "v6={v6} tcp={tcp} hairpin={hairpin}"
+                );
+                let (src, dst, sp, dp) = addrs(&first.bytes);
+                assert_eq!((dst, sp, dp), (backend(b, v6).ip, sport, 8080));
+                if hairpin && !v6 {
+                    assert_eq!(src, IpAddr::V4(HAIRPIN_V4));
+                }
+                for _ in 0..3 {
+                    let again = run(&mut st, &s, &f, 0);
+                    assert_eq!(again.verdict, first.verdict);
+                    assert_eq!(
+                        again.bytes, first.bytes,
+                        "v6={v6} tcp={tcp} hairpin={hairpin}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The fast path remembers a translation per snapshot: a new snapshot
+/// (same generation number, as a rebuilt one may have) that removes a
+/// backend sends that backend's established flows through the full stage,
+/// which picks again; one that drains it (terminating) keeps them there.
+#[test]
+fn fast_path_follows_backend_removal_and_draining() {
+    let both = || vec![backend(1, false), backend(2, false)];
+    let before = snap(vec![front(vip4(), 17, 80, both())]);
+    let mut st = WorkerState::new();
+    let mut chosen = Vec::new();
+    for sport in 30000..30100u16 {
+        let f = frame(0, pod4(1), vip4(), sport, 80, None);
+        // Twice: the second packet takes the fast path.
+        let port = run(&mut st, &before, &f, 0).verdict;
+        assert_eq!(run(&mut st, &before, &f, 0).verdict, port);
+        let Verdict::Tx { port, .. } = port else {
+            panic!("{port:?}")
+        };
+        chosen.push(port);
+    }
+    assert!(chosen.contains(&1) && chosen.contains(&2), "{chosen:?}");
+    // c (port 2) drained: its flows stay on it.
+    let mut drained = both();
+    drained[1].active = false;
+    let drained = snap(vec![front(vip4(), 17, 80, drained)]);
+    for (i, sport) in (30000..30100u16).enumerate() {
+        let f = frame(0, pod4(1), vip4(), sport, 80, None);
+        for _ in 0..2 {
+            match run(&mut st, &drained, &f, 0).verdict {
+                Verdict::Tx { port, .. } => assert_eq!(port, chosen[i], "flow {i}"),
+                v => panic!("{v:?}"),
+            }
+        }
+    }
+    // c removed: every flow goes to b now.
+    let after = snap(vec![front(vip4(), 17, 80, vec![backend(1, false)])]);
+    for (i, sport) in (30000..30100u16).enumerate() {
+        let f = frame(0, pod4(1), vip4(), sport, 80, None);
+        for _ in 0..2 {
+            match run(&mut st, &after, &f, 0).verdict {
+                Verdict::Tx { port, .. } => assert_eq!(port, 1, "flow {i}"),
+                v => panic!("{v:?}"),
+            }
+        }
+    }
+}

@@ -125,6 +125,7 @@ mod policy;
 mod rewrite;
 mod route;
 mod service;
+mod service_cache;
 mod state;
 mod tunnel;
 

@@ -82,6 +82,25 @@ impl Pass<'_> {
             return Continue(None);
         }
         let now = self.st.now_ns;
+        let syn = pkt.key.proto == ip_proto::TCP && pkt.tcp_flags & tcp::flags::SYN != 0;
+        // Fast path (`service_cache.rs`): a packet of a flow this worker
+        // translated under this snapshot in this epoch takes the same
+        // translation without the lookups below. SYNs and fragments take
+        // the full stage (they write the reverse entry / the fragment
+        // table).
+        let epoch = now >> REVERSE_EPOCH_SHIFT;
+        let cacheable = as_sent && !syn && pkt.fragment == Fragment::Whole;
+        if cacheable {
+            if let Some((chosen, d)) = self.st.svc_cache.get(&pkt.key, snap.instance(), epoch) {
+                if apply_nat(self.buf, pkt, &chosen, d).is_err() {
+                    return Break(Verdict::Drop(DropReason::L4Truncated));
+                }
+                pkt.key.src = chosen.other.unwrap_or(pkt.key.src);
+                pkt.key.dst = chosen.addr;
+                pkt.key.dport = chosen.port;
+                return Continue(None);
+            }
+        }
         let idle = match pkt.key.proto {
             ip_proto::TCP => self.st.ct.timeouts().tcp_established,
             _ => self.st.ct.timeouts().udp_replied,
@@ -122,7 +141,6 @@ impl Pass<'_> {
             // forward entry's (idle timeouts are minutes to hours).
             // A SYN (a connection (re)opening on this tuple) always writes
             // it: a direct connection on the same tuple may have removed it.
-            let syn = pkt.key.proto == ip_proto::TCP && pkt.tcp_flags & tcp::flags::SYN != 0;
             let refresh = match last_packet {
                 None => true,
                 _ if syn => true,
@@ -153,34 +171,32 @@ impl Pass<'_> {
                     now + idle,
                 );
             }
-            if rewrite(
-                self.buf,
-                pkt,
-                chosen.other.map(|a| (a, pkt.key.sport)),
-                Some((chosen.addr, chosen.port)),
-            )
-            .is_err()
-            {
-                return Break(Verdict::Drop(DropReason::L4Truncated));
+            if cacheable {
+                self.st.svc_cache.put(
+                    &pkt.key,
+                    chosen,
+                    NatDeltas::of(&pkt.key, &chosen),
+                    snap.instance(),
+                    epoch,
+                );
             }
+            let wire = pkt.key;
+            self.service_forward(pkt, chosen)?;
             if pkt.fragment == Fragment::First {
                 // The rest of the datagram comes addressed to the
                 // ClusterIP, without ports: remember them under that
                 // address (`service_later_fragment`).
                 let first = frag::First {
-                    sport: pkt.key.sport,
-                    dport: pkt.key.dport,
-                    proto: pkt.key.proto,
+                    sport: wire.sport,
+                    dport: wire.dport,
+                    proto: wire.proto,
                     generation: snap.policy().generation() as u32,
                     verdict: None,
                     end: pkt.frag.len,
                 };
-                let fk = FragKey::new(pkt.key.src, pkt.key.dst, pkt.key.proto, pkt.frag.ident);
+                let fk = FragKey::new(wire.src, wire.dst, wire.proto, pkt.frag.ident);
                 self.st.ct.frags().first(&fk, first, now);
             }
-            pkt.key.src = src;
-            pkt.key.dst = chosen.addr;
-            pkt.key.dport = chosen.port;
             return Continue(None);
         }
         // A new TCP connection straight to a backend (a SYN without ACK)
@@ -226,6 +242,30 @@ impl Pass<'_> {
         routed.key.sport = r.port;
         routed.key.dst = dst;
         Continue(Some(routed))
+    }
+
+    /// Rewrites a packet to a frontend toward its backend `chosen` (and
+    /// from the hairpin address): the bytes, then the key routing, conntrack
+    /// and policy see.
+    fn service_forward(
+        &mut self,
+        pkt: &mut Parsed,
+        chosen: Nat,
+    ) -> ControlFlow<Verdict, Option<Parsed>> {
+        if rewrite(
+            self.buf,
+            pkt,
+            chosen.other.map(|a| (a, pkt.key.sport)),
+            Some((chosen.addr, chosen.port)),
+        )
+        .is_err()
+        {
+            return Break(Verdict::Drop(DropReason::L4Truncated));
+        }
+        pkt.key.src = chosen.other.unwrap_or(pkt.key.src);
+        pkt.key.dst = chosen.addr;
+        pkt.key.dport = chosen.port;
+        Continue(None)
     }
 
     /// A non-first fragment follows its first fragment's translation
@@ -481,6 +521,98 @@ fn addr_words(a: IpAddr) -> ([u8; 16], usize) {
     }
 }
 
+/// What a Service flow's forward translation (destination → backend
+/// address and port, source → the hairpin address) adds to the IPv4 header
+/// checksum and to the L4 checksum, as one's-complement sums (RFC 1624:
+/// the sum of the new words and of the complements of the old ones).
+/// Fixed per flow, so the fast path (`service_cache.rs`) computes them
+/// once and each packet's rewrite is two additions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NatDeltas {
+    pub(super) ip: u16,
+    pub(super) l4: u16,
+}
+
+impl NatDeltas {
+    /// The sums of translating `key` (as on the wire) with `chosen`.
+    pub(super) fn of(key: &crate::flow_key::FlowKey, chosen: &Nat) -> NatDeltas {
+        let sum = |a: IpAddr| {
+            let (b, n) = addr_words(a);
+            checksum::data(&b[..n])
+        };
+        let mut old = sum(key.dst);
+        let mut new = sum(chosen.addr);
+        if let Some(h) = chosen.other {
+            old = checksum::combine(&[old, sum(key.src)]);
+            new = checksum::combine(&[new, sum(h)]);
+        }
+        let ip = checksum::combine(&[!old, new]);
+        NatDeltas {
+            ip,
+            l4: checksum::combine(&[ip, !key.dport, chosen.port]),
+        }
+    }
+}
+
+/// The forward translation `chosen` of a Service flow's packet with its
+/// precomputed checksum sums `d` ([`NatDeltas::of`] of the same key): the
+/// same bytes as [`rewrite`] (`rewrite_matches_apply_nat` checks it), with
+/// the same UDP rules (a v4 checksum of 0 stays 0, a computed 0 is sent as
+/// 0xffff).
+fn apply_nat(buf: &mut [u8], pkt: &Parsed, chosen: &Nat, d: NatDeltas) -> Result<(), RewriteError> {
+    let ip_at = ethernet::HEADER_LEN;
+    let l4 = pkt.l4_offset;
+    let csum_at = match pkt.key.proto {
+        ip_proto::TCP => l4 + 16,
+        ip_proto::UDP => l4 + 6,
+        _ => return Err(RewriteError::Unfit),
+    };
+    if buf.len() < csum_at + 2 || l4 == 0 {
+        return Err(RewriteError::Unfit);
+    }
+    let (src_at, dst_at, addr_end) = match pkt.key.src {
+        IpAddr::V4(_) => (ip_at + 12, ip_at + 16, ip_at + 20),
+        IpAddr::V6(_) => (ip_at + 8, ip_at + 24, ip_at + 40),
+    };
+    // Every write below ends at or before `csum_at + 2`.
+    if l4 < addr_end {
+        return Err(RewriteError::Unfit);
+    }
+    let put_addr = |buf: &mut [u8], at: usize, a: IpAddr| match a {
+        IpAddr::V4(a) if pkt.key.src.is_ipv4() => {
+            buf[at..at + 4].copy_from_slice(&a.octets());
+            Ok(())
+        }
+        IpAddr::V6(a) if pkt.key.src.is_ipv6() => {
+            buf[at..at + 16].copy_from_slice(&a.octets());
+            Ok(())
+        }
+        _ => Err(RewriteError::Unfit),
+    };
+    put_addr(buf, dst_at, chosen.addr)?;
+    if let Some(h) = chosen.other {
+        put_addr(buf, src_at, h)?;
+    }
+    buf[l4 + 2..l4 + 4].copy_from_slice(&chosen.port.to_be_bytes());
+    let word = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    let add = |field: u16, delta: u16| !checksum::combine(&[!field, delta]);
+    if pkt.key.src.is_ipv4() {
+        let at = ip_at + 10;
+        let c = add(word(buf, at), d.ip);
+        buf[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let field = word(buf, csum_at);
+    if pkt.key.proto == ip_proto::UDP && pkt.key.src.is_ipv4() && field == 0 {
+        return Ok(());
+    }
+    let mut c = add(field, d.l4);
+    if pkt.key.proto == ip_proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    buf[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
 /// Why [`rewrite`] refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
@@ -638,6 +770,87 @@ mod tests {
                 assert_eq!(f, frame(vip, client, 80, 40000, tcp), "hairpin reply {vip}");
             }
         }
+    }
+
+    /// The fast path's rewrite (precomputed sums) gives exactly the bytes
+    /// of [`rewrite`]: DNAT and hairpin, v4 and v6, TCP and UDP, and a UDP/v4
+    /// packet without checksum.
+    #[test]
+    fn rewrite_matches_apply_nat() {
+        let cases: [(&str, &str, &str, &str); 2] = [
+            ("10.244.0.2", "10.96.0.10", "10.244.1.7", "169.254.42.1"),
+            (
+                "fd00:10:244::2",
+                "fd00:96::a",
+                "fd00:10:244:1::7",
+                "fd00:96::fffe",
+            ),
+        ];
+        for (client, vip, backend, hairpin) in cases {
+            let (client, vip, backend, hairpin): (IpAddr, IpAddr, IpAddr, IpAddr) = (
+                client.parse().unwrap(),
+                vip.parse().unwrap(),
+                backend.parse().unwrap(),
+                hairpin.parse().unwrap(),
+            );
+            for tcp in [true, false] {
+                for (to, other) in [(backend, None), (client, Some(hairpin))] {
+                    for zero_udp in [false, true] {
+                        if zero_udp && (tcp || client.is_ipv6()) {
+                            continue;
+                        }
+                        // Ports whose checksums cross 0 / 0xffff somewhere.
+                        for (sport, dport, port) in
+                            [(40000, 80, 8080), (1, 65535, 0), (65535, 0, 65535)]
+                        {
+                            let mut f = frame(client, vip, sport, dport, tcp);
+                            let p = parsed(&f);
+                            if zero_udp {
+                                f[p.l4_offset + 6] = 0;
+                                f[p.l4_offset + 7] = 0;
+                            }
+                            let mut g = f.clone();
+                            let chosen = Nat {
+                                addr: to,
+                                port,
+                                other,
+                                frontend: 0,
+                                other_port: 0,
+                            };
+                            rewrite(&mut f, &p, other.map(|h| (h, sport)), Some((to, port)))
+                                .unwrap();
+                            apply_nat(&mut g, &p, &chosen, NatDeltas::of(&p.key, &chosen)).unwrap();
+                            assert_eq!(
+                                f,
+                                g,
+                                "{client} → {vip}:{dport} → {to}:{port} tcp={tcp} hairpin={}",
+                                other.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Unfit frames are refused, not written past their end.
+        let c: IpAddr = "10.244.0.2".parse().unwrap();
+        let v: IpAddr = "10.96.0.10".parse().unwrap();
+        let f = frame(c, v, 1, 80, true);
+        let p = parsed(&f);
+        let chosen = Nat {
+            addr: c,
+            port: 1,
+            other: None,
+            frontend: 0,
+            other_port: 0,
+        };
+        let mut short = f[..40].to_vec();
+        assert!(apply_nat(&mut short, &p, &chosen, NatDeltas::of(&p.key, &chosen)).is_err());
+        let v6 = Nat {
+            addr: "fd00::1".parse().unwrap(),
+            ..chosen
+        };
+        let mut g = f.clone();
+        assert!(apply_nat(&mut g, &p, &v6, NatDeltas::of(&p.key, &v6)).is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct WorkerState {
     /// this worker's buffer to seal and open into (allocated once).
     pub(super) wg: Option<Arc<crate::wireguard::WgTable>>,
     pub(super) wg_scratch: Vec<u8>,
+    /// This worker's established Service flows (`service_cache.rs`).
+    pub(super) svc_cache: super::service_cache::ServiceCache,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -350,6 +352,7 @@ impl WorkerState {
             snat_slice: (0, 1),
             wg: None,
             wg_scratch: Vec::new(),
+            svc_cache: Default::default(),
         }
     }
 
