@@ -810,6 +810,36 @@ impl SvcReport {
         )
     }
 
+    /// Per-round ratios on one path (min, median, max): ClusterIP ÷ pod
+    /// IP of `f` (`inverse`: pod IP ÷ ClusterIP, for latencies), each
+    /// round's two samples paired (rounds are interleaved, so a round's
+    /// pair saw the same machine load).
+    fn path_ratio(
+        &self,
+        peer: &str,
+        f: fn(&PathSample) -> Option<f64>,
+        inverse: bool,
+    ) -> Option<(f64, f64, f64)> {
+        let of = |round: usize, t: &str| {
+            self.paths
+                .iter()
+                .find(|p| p.peer == peer && p.target == t && p.round == round)
+                .and_then(f)
+        };
+        stats(
+            self.paths
+                .iter()
+                .filter(|p| p.peer == peer && p.target == "cluster-ip")
+                .filter_map(
+                    |p| match (of(p.round, "cluster-ip"), of(p.round, "pod-ip")) {
+                        (Some(c), Some(d)) if !inverse && d > 0.0 => Some(c / d),
+                        (Some(c), Some(d)) if inverse && c > 0.0 => Some(d / c),
+                        _ => None,
+                    },
+                ),
+        )
+    }
+
     /// Per-round ClusterIP ÷ pod-IP connect ratios (min, median, max).
     fn conn_ratio(&self, peer: &str, n: usize) -> Option<(f64, f64, f64)> {
         stats(
@@ -875,13 +905,13 @@ impl SvcReport {
         );
         let _ = writeln!(
             s,
-            "| path | pps ClusterIP ÷ pod IP | RR p50 pod ÷ ClusterIP | RR p99 pod ÷ ClusterIP |"
+            "| path | pps ClusterIP ÷ pod IP | RR p50 pod ÷ ClusterIP | RR p99 pod ÷ ClusterIP | pps, per round | RR p50, per round |"
         );
-        let _ = writeln!(s, "|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
         for peer in &peers {
             let _ = writeln!(
                 s,
-                "| {peer} | {} | {} | {} |",
+                "| {peer} | {} | {} | {} | {} | {} |",
                 ratio(
                     med(self.path_stat(peer, "cluster-ip", rx)),
                     med(self.path_stat(peer, "pod-ip", rx))
@@ -894,6 +924,8 @@ impl SvcReport {
                     med(self.path_stat(peer, "pod-ip", p99)),
                     med(self.path_stat(peer, "cluster-ip", p99))
                 ),
+                mmm(self.path_ratio(peer, rx, false), 2),
+                mmm(self.path_ratio(peer, p50, true), 2),
             );
         }
         if peers.len() > 1 {
