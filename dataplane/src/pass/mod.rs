@@ -55,8 +55,10 @@
 //!   §3.2.2, RFC 4443 §2.4), and not when the node has no address of that
 //!   family or the UMEM frame is too small. Then the frame is dropped with
 //!   the stage's reason. No rate limiting yet.
-//! - L4 checksums are never touched (pods send complete checksums, weir does
-//!   no NAT); the IPv4 header checksum is updated incrementally (RFC 1624).
+//! - L4 checksums are left alone except where weir translates addresses or
+//!   ports (Services, NodePort, SNAT, ICMP errors about translated flows):
+//!   there they are updated incrementally, as is the IPv4 header checksum
+//!   (RFC 1624); pods send complete checksums.
 //!
 //! - Policy (stage 5): a packet of a tracked flow admitted under the
 //!   current policy generation passes (replies included: that is what lets

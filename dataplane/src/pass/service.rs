@@ -22,10 +22,10 @@
 //!   unreachable, and the frame counts as `service-no-endpoints`.
 //!
 //! Not handled here: SCTP (its CRC32c checksum cannot be updated
-//! incrementally; SCTP frontends are refused like ones without endpoints),
-//! non-first fragments of a Service flow (they are dropped by the
-//! fragment rules: their datagram's first fragment was rewritten), ICMP
-//! errors about Service flows (not rewritten back).
+//! incrementally; SCTP frontends are refused like ones without endpoints).
+//! Non-first fragments of a Service flow follow their first fragment's
+//! translation (`service_later_fragment`); ICMP errors about Service flows
+//! are translated back by `nat_icmp` (docs/services.md).
 
 use core::ops::ControlFlow::{self, Break, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
