@@ -4,18 +4,27 @@
 appends `METHOD PATH` to LOG for each request it sees (so a test can tell
 a denied request never reached it).
 
-usage: h2c_server.py ADDR PORT LOG
+usage: h2c_server.py ADDR PORT LOG [PREFACE_DELAY]
+
+PREFACE_DELAY (seconds, default 0): wait that long after accepting a
+connection before sending the server's preface (SETTINGS), as a busy
+server may; the client's first request then reaches weir before any
+server byte (the case of weir's answer to a denied request that must
+carry the server preface itself).
 """
 import socket
 import sys
 import threading
+import time
 
 import h2.config
 import h2.connection
 import h2.events
 
 
-def handle(sock, log):
+def handle(sock, log, delay):
+    if delay > 0:
+        time.sleep(delay)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
     try:
@@ -60,6 +69,7 @@ def handle(sock, log):
 
 def main():
     addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
@@ -67,7 +77,7 @@ def main():
     print("ready", flush=True)
     while True:
         s, _ = srv.accept()
-        threading.Thread(target=handle, args=(s, log), daemon=True).start()
+        threading.Thread(target=handle, args=(s, log, delay), daemon=True).start()
 
 
 if __name__ == "__main__":

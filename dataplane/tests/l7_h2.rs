@@ -329,7 +329,11 @@ fn deny_replies_are_valid_frames() {
     )
     .unwrap();
     let f = frames(&out[..n]);
-    assert_eq!(f.len(), 2);
+    assert_eq!(f.len(), 3);
+    // An empty SETTINGS first: the client's first frame from the server
+    // must be SETTINGS, and the server may not have spoken yet.
+    assert_eq!((f[0].0, f[0].1, f[0].2, f[0].4.len()), (4, 0, 0, 0));
+    let f = &f[1..];
     assert_eq!(
         (f[0].0, f[0].1, f[0].2),
         (HEADERS, END_HEADERS | END_STREAM, 3)
@@ -353,6 +357,8 @@ fn deny_replies_are_valid_frames() {
     )
     .unwrap();
     let f = frames(&out[..n]);
+    assert_eq!(f[0].0, 4);
+    let f = &f[1..];
     assert_eq!(
         f[0].3,
         vec![

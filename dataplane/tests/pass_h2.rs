@@ -228,8 +228,15 @@ fn preface() -> Vec<u8> {
     b
 }
 
-/// The HEADERS fields and the GOAWAY of weir's answer.
+/// The HEADERS fields and the GOAWAY of weir's answer (after its empty
+/// SETTINGS, the server preface the client may not have had yet).
 fn answer(payload: &[u8]) -> (u32, Vec<(String, String)>, Vec<u8>) {
+    assert_eq!(
+        payload[..9],
+        [0, 0, 0, 4, 0, 0, 0, 0, 0],
+        "empty SETTINGS first"
+    );
+    let payload = &payload[9..];
     let len = u32::from_be_bytes([0, payload[0], payload[1], payload[2]]) as usize;
     assert_eq!(payload[3], 1, "HEADERS first");
     assert_eq!(payload[4], 5, "END_STREAM | END_HEADERS");
@@ -340,6 +347,21 @@ fn denied_grpc_call_gets_permission_denied() {
     );
     assert!(fields.contains(&("content-type".into(), "application/grpc".into())));
     assert_eq!(t.acknowledgment_number(), seq + b.len() as u32);
+    // The server had not spoken: the answer (with its own SETTINGS) takes
+    // the server's first sequence numbers, and the server's SETTINGS that
+    // comes now would overlap it at the client: dropped, never forwarded.
+    assert_eq!(t.sequence_number(), SERVER_ISN + 1);
+    let settings = frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let r = run(
+        &seg(1, SERVER_ISN + 1, Some(seq), false, &settings),
+        &s,
+        &mut st,
+    );
+    assert!(
+        matches!(r.v, Verdict::Drop(DropReason::L7AfterClose)),
+        "{:?}",
+        r.v
+    );
 }
 
 #[test]

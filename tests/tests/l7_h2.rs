@@ -44,7 +44,7 @@ spec:
   ingress:
   - action: Allow
     from: [{podSelector: {matchLabels: {id: app2}}}]
-    ports: [{protocol: TCP, port: 8080}]
+    ports: [{protocol: TCP, port: 8080}, {protocol: TCP, port: 8081}]
     http:
     - method: GET
       path: {prefix: /public}
@@ -153,6 +153,20 @@ fn h2c_and_grpc_rules_inline() {
             grpclog.to_str().unwrap(),
         ],
     );
+    // The same server, slow to send its preface (SETTINGS) after accepting
+    // a connection: curl's preface and request reach weir before any
+    // server byte.
+    let slowlog = PathBuf::from(c.file("h2slow.log", ""));
+    let _slow = Server::start(
+        &app1.netns,
+        &[
+            h2s.to_str().unwrap(),
+            &ip,
+            "8081",
+            slowlog.to_str().unwrap(),
+            "0.5",
+        ],
+    );
     let url = |p: &str| format!("http://{ip}:8080{p}");
     let target = format!("{ip}:50051");
 
@@ -181,6 +195,17 @@ fn h2c_and_grpc_rules_inline() {
     let seen = log_lines(&h2log);
     assert_eq!(seen.len(), h2_before + 1, "{seen:?}");
     assert!(!seen[h2_before..].iter().any(|l| l.contains("/private")));
+
+    // A denied request judged before the server has spoken still gets
+    // weir's 403 over HTTP/2 (weir's answer starts with the server preface
+    // the client must see first; without it curl ended with "000", the
+    // once-flaky CI failure here, now made certain by the slow server).
+    let slow = format!("http://{ip}:8081");
+    let (status, body) = curl_h2(&c, &format!("{slow}/public/s"));
+    assert_eq!(status, "200 2", "{body}");
+    let (status, body) = curl_h2(&c, &format!("{slow}/private"));
+    assert_eq!(status, "403 2", "{body}");
+    assert_eq!(log_lines(&slowlog), ["GET /public/s"]);
 
     // gRPC: on one channel, Get works, Delete gets PERMISSION_DENIED from
     // weir, and the channel reconnects for the next Get.

@@ -271,12 +271,11 @@ impl Pass<'_> {
                 Feed::Deny(r) => {
                     // An HTTP/2 server speaks first (SETTINGS) and may have
                     // sent bytes the client has not acknowledged yet: the
-                    // answer goes after the last server byte forwarded.
-                    let server_next = match st.ct.server_ends().get(&pkt.key) {
-                        Some(end) => end,
-                        None if flags & tcp::flags::ACK != 0 => ack,
-                        None => 0,
-                    };
+                    // answer goes after the last server byte forwarded, and
+                    // no server byte past it is forwarded any more (the
+                    // entry is closed in the same atomic step).
+                    let otherwise = if flags & tcp::flags::ACK != 0 { ack } else { 0 };
+                    let server_next = st.ct.server_ends().close(&pkt.key, otherwise);
                     // The reply acknowledges the whole segment; the server
                     // was sent everything before it.
                     let end = seq.wrapping_add(payload.len() as u32);
@@ -510,7 +509,10 @@ impl Pass<'_> {
     /// table shared by the workers: this direction may be carried by
     /// another worker than the one judging the requests. One hash and one
     /// atomic store per server→client segment of a flow under HTTP rules.
-    pub(super) fn h2_server_segment(&mut self, pkt: &Parsed) {
+    /// `false`: weir has answered a denied request on this flow and the
+    /// segment reaches past that answer: it must be dropped (its bytes
+    /// would overlap the answer at the client).
+    pub(super) fn h2_server_segment(&mut self, pkt: &Parsed) -> bool {
         let orig = FlowKey {
             src: pkt.key.dst,
             dst: pkt.key.src,
@@ -523,13 +525,14 @@ impl Pass<'_> {
             .get(pkt.l4_offset..pkt.frame_len())
             .unwrap_or_default();
         let Ok(t) = tcp::Packet::new_checked(bytes) else {
-            return;
+            return true;
         };
         let len = bytes.len() - t.header_len();
         let f = t.flags();
         let ctl = u32::from(f & (tcp::flags::SYN | tcp::flags::FIN) != 0);
         let end = t.seq_number().wrapping_add(len as u32).wrapping_add(ctl);
-        self.st.ct.server_ends().note(&orig, end);
+        let syn = f & tcp::flags::SYN != 0;
+        self.st.ct.server_ends().note(&orig, end, syn)
     }
 
     /// A denied request (or a flow that cannot go on): the worker drops the

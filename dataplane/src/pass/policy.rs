@@ -223,8 +223,10 @@ impl Pass<'_> {
                         && dir == conntrack::Dir::Reply
                         && pol.has_l7()
                         && pol.rule_has_l7(adm.ingress_rule)
+                        && !self.h2_server_segment(pkt)
                     {
-                        self.h2_server_segment(pkt);
+                        // Past weir's answer to a denied request.
+                        return drop(DropReason::L7AfterClose);
                     }
                     if pol.has_dns() && pol.rule_has_dns(adm.egress_rule) {
                         return Continue(Need::Dns(DnsNeed {

@@ -616,8 +616,8 @@ fn check_field(name: &[u8], value: &[u8]) -> Result<(), L7Reason> {
 /// Error codes (RFC 9113 §7).
 pub const NO_ERROR: u32 = 0;
 
-/// Writes weir's answer to a denied HTTP/2 request into `out`: a HEADERS
-/// frame on the denied stream with END_STREAM — `:status 403` with
+/// Writes weir's answer to a denied HTTP/2 request into `out`: an empty
+/// SETTINGS frame, a HEADERS frame on the denied stream with END_STREAM — `:status 403` with
 /// `x-weir-reason: <reason>`, or for a gRPC call a trailers-only response
 /// (`:status 200`, `content-type: application/grpc`, `grpc-status: 7`
 /// PERMISSION_DENIED, `grpc-message: weir: <reason>`) — then GOAWAY
@@ -626,6 +626,16 @@ pub const NO_ERROR: u32 = 0;
 /// literals without indexing with static names or literal names, so the
 /// client's HPACK table is untouched. Returns the length, or `None` when
 /// `out` is too small.
+///
+/// The SETTINGS comes first because the server may not have spoken yet
+/// when the request is judged: a client's first frames (preface, SETTINGS,
+/// HEADERS) often travel in one segment right after the handshake, before
+/// the server has sent its own preface (a server thread that has not run
+/// yet). A client must see SETTINGS as the server's first frame (RFC 9113
+/// §3.4; nghttp2, so curl, ends the connection otherwise: curl printed
+/// "000", the flaky CI failure of tests/tests/l7_h2.rs). An empty SETTINGS
+/// is valid at any point of a connection (§6.5), so it is always sent: the
+/// answer never depends on whether weir has seen the server's preface.
 pub fn deny_reply(req: LastRequest, reason: &str, out: &mut [u8]) -> Option<usize> {
     let mut block = [0u8; 160];
     let mut b = Writer {
@@ -657,6 +667,7 @@ pub fn deny_reply(req: LastRequest, reason: &str, out: &mut [u8]) -> Option<usiz
         let s = s.to_be_bytes();
         [l[1], l[2], l[3], t, fl, s[0], s[1], s[2], s[3]]
     };
+    w.put(&f(0, ty::SETTINGS, 0, 0)).ok()?;
     w.put(&f(
         bl,
         ty::HEADERS,
