@@ -442,6 +442,25 @@ fn other_ports_check_tls_first_flights_only() {
 }
 
 #[test]
+fn a_client_closing_without_a_byte_is_not_refused() {
+    for port in [443, 8443] {
+        let s = snap();
+        let mut st = state();
+        let f = open(&s, &mut st, WORLD, port);
+        let mut fin = f.out(ISN + 1, Some(SERVER_ISN + 1), false, b"");
+        // FIN|ACK: byte 13 of the TCP header (Ethernet 14 + IPv4 20).
+        fin[14 + 20 + 13] |= 0x01;
+        let (v, out) = run(&s, &mut st, &fin, 0);
+        assert!(
+            matches!(v, Verdict::Tx { port: UNDERLAY, .. }),
+            "{port}: {v:?}"
+        );
+        assert!(!tcp(&out).rst);
+        assert_eq!(st.l7_counts(), (0, 0));
+    }
+}
+
+#[test]
 fn an_address_nobody_resolved_stays_denied_at_the_syn() {
     let s = snap();
     let mut st = state();

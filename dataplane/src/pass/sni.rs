@@ -161,6 +161,12 @@ impl Pass<'_> {
             .pool
             .get(id)
             .is_some_and(|s| s.requests() == 0 && !s.head_open() && s.next_seq() == seq);
+        if first && payload.is_empty() && fin {
+            // The client closes without having sent a byte: nothing to
+            // judge, nothing reached the server.
+            l7s.free(slot);
+            return Continue(());
+        }
         if first && pkt.key.dport != TLS_PORT && payload.first().is_some_and(|&b| b != 22) {
             if let Some(m) = l7s.meta.get_mut(slot as usize) {
                 m.set = NOT_TLS;
