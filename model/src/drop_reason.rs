@@ -251,6 +251,11 @@ l7_reasons! {
     /// unknown or after regular fields; uppercase or invalid names;
     /// connection-specific fields; CR, LF, NUL in values).
     H2Malformed = 38 => "h2-malformed" under L7Denied,
+    /// FQDN egress: the ClientHello names a server that no `toFQDNs` rule
+    /// of the client allows on this address (not learned for it from an
+    /// allowed DNS answer): another name sharing the address (Cilium issue
+    /// 31803).
+    FqdnSniMismatch = 39 => "fqdn-sni-mismatch" under TlsSniDenied,
 }
 
 impl DropReason {

@@ -890,6 +890,48 @@ impl CompiledPolicy {
         j
     }
 
+    /// Whether `rule` is one of endpoint `ep`'s `toFQDNs` egress rules (a
+    /// flow it admitted gets the server-name cross-check, docs/l7.md
+    /// "FQDN egress and the server name"). A scan of the endpoint's few
+    /// FQDN rules; false when it has none.
+    pub fn is_fqdn_rule(&self, ep: u32, rule: RuleId) -> bool {
+        self.fqdn
+            .get(ep as usize)
+            .is_some_and(|rs| rs.iter().any(|r| r.rule == rule))
+    }
+
+    /// The server-name cross-check of FQDN egress (Cilium issue 31803): may
+    /// a connection of endpoint `ep` to `addr` (`proto`/`dport`) name
+    /// `name` (dotted, any case) in its TLS ClientHello? Yes iff one of the
+    /// endpoint's `toFQDNs` rules covering `proto`/`dport` has a selector
+    /// matching `name`, and `name` itself was `learned` (unexpired at
+    /// `now_ns`) for `addr`: another name served on the same address (a
+    /// CDN, a shared load balancer) does not pass, nor does an allowed
+    /// name that never resolved to this address. Allocation-free.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fqdn_name_allowed<L: LearnedNames + ?Sized>(
+        &self,
+        ep: u32,
+        addr: IpAddr,
+        proto: u8,
+        dport: u16,
+        name: &str,
+        (learned, now_ns): (&L, u64),
+    ) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let Some(rules) = self.fqdn.get(ep as usize) else {
+            return false;
+        };
+        let selected = rules.iter().any(|r| {
+            (r.proto == 0 || (r.proto == proto && r.first <= dport && dport <= r.last))
+                && self
+                    .fqdn_selectors
+                    .get(r.selector as usize)
+                    .is_some_and(|p| p.matches_dotted(name))
+        });
+        selected && learned.any_name(addr, now_ns, |n| n.eq_ignore_ascii_case(name))
+    }
+
     /// The compiled HTTP rule set `i` ([`Decision::l7`]).
     #[inline]
     pub fn http_set(&self, i: u32) -> Option<&crate::l7::HttpRuleSet> {

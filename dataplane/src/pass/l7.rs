@@ -552,7 +552,7 @@ impl Pass<'_> {
     /// `h2`: the denied HTTP/2 request (the reply is HTTP/2 frames, not
     /// the 403).
     #[allow(clippy::too_many_arguments)]
-    fn http_deny(
+    pub(super) fn http_deny(
         &mut self,
         pkt: &Parsed,
         route: &Route,

@@ -24,6 +24,8 @@
 //!    Packet Too Big (or dropped without DF).
 //! 8. **HTTP** (`l7.rs`): inline inspection of the client→server stream of
 //!    flows under HTTP rules (hold, release, deny with 403 + RST).
+//!    **8b. FQDN server names** (`sni.rs`): the ClientHello of a flow a
+//!    `toFQDNs` rule admitted must name a server learned for that address.
 //! 9. **DNS** (`dns.rs`): queries under DNS rules are judged by name
 //!    (REFUSED in place); responses teach the learned FQDN table.
 //! 10. **Rewrite** (`rewrite.rs`): trim padding, TTL − 1, MACs of the
@@ -128,6 +130,7 @@ mod rewrite;
 mod route;
 mod service;
 mod service_cache;
+mod sni;
 mod state;
 mod tunnel;
 
@@ -280,6 +283,11 @@ impl Pass<'_> {
                         self.http_response(&pkt);
                         l7::L7Out::Pass
                     }
+                    // 8b.
+                    Need::Sni(need) => {
+                        self.sni(&pkt, need, sni::SniTo::Route(&route), reply_port)?;
+                        l7::L7Out::Pass
+                    }
                 };
                 // 10.
                 Continue(held.apply(self.rewrite(&pkt, &route)))
@@ -292,6 +300,10 @@ impl Pass<'_> {
                 if let Need::HttpResponse = need {
                     self.http_response(&pkt);
                 }
+                // 8b.
+                if let Need::Sni(need) = need {
+                    self.sni(&pkt, need, sni::SniTo::Remote, reply_port)?;
+                }
                 // 10, 11.
                 Continue(self.tunnel_out(&pkt, peer))
             }
@@ -299,6 +311,10 @@ impl Pass<'_> {
                 // 9.
                 if let Need::Dns(need) = need {
                     self.dns(&pkt, need, reply_port, None)?;
+                }
+                // 8b.
+                if let Need::Sni(need) = need {
+                    self.sni(&pkt, need, sni::SniTo::Uplink, reply_port)?;
                 }
                 // 10, with SNAT (docs/egress.md); node-port replies
                 // (rewritten for routing) already come from the node.

@@ -26,6 +26,16 @@ pub(super) enum Need {
     /// A server→client TCP packet of a flow under HTTP rules (the flow log
     /// reads the status line of a response; the verdict is not changed).
     HttpResponse,
+    /// A client→server TCP packet of a flow admitted by a `toFQDNs` rule:
+    /// its ClientHello's server name is cross-checked (`sni.rs`).
+    Sni(SniNeed),
+}
+
+/// A client→server TCP packet of a flow a `toFQDNs` rule admitted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SniNeed {
+    /// The client's endpoint (whose `toFQDNs` rules judge the name).
+    pub(super) ep: u32,
 }
 
 /// A client→server TCP packet of a flow admitted under HTTP rules.
@@ -86,7 +96,7 @@ impl Pass<'_> {
         // HTTP rules, or of a DNS query under DNS rules, is dropped by the
         // later stages, and so are the rest of its datagram.
         let verdict = match r {
-            Continue(Need::Http(_)) => Some(DropReason::L7OutOfOrder),
+            Continue(Need::Http(_) | Need::Sni(_)) => Some(DropReason::L7OutOfOrder),
             Continue(Need::Dns(d)) if d.query => Some(DropReason::DnsMalformed),
             Continue(_) => None,
             Break(Verdict::Drop(reason)) => Some(reason),
@@ -218,6 +228,14 @@ impl Pass<'_> {
                     if l7 {
                         return Continue(Need::Http(HttpNeed { set: None, wire_id }));
                     }
+                    if let Some(ep) = src_ep.filter(|&ep| {
+                        tcp && seg != Seg::Other
+                            && dir == conntrack::Dir::Orig
+                            && pol.has_fqdn()
+                            && pol.is_fqdn_rule(ep, adm.egress_rule)
+                    }) {
+                        return Continue(Need::Sni(SniNeed { ep }));
+                    }
                     if tcp
                         && seg != Seg::Other
                         && dir == conntrack::Dir::Reply
@@ -292,6 +310,15 @@ impl Pass<'_> {
                             query: true,
                             set: Some(set),
                         }),
+                        (Seg::Tcp(_), None, None)
+                            if tcp
+                                && pol.has_fqdn()
+                                && src_ep.is_some_and(|ep| pol.is_fqdn_rule(ep, j.egress.rule)) =>
+                        {
+                            Need::Sni(SniNeed {
+                                ep: src_ep.unwrap_or(u32::MAX),
+                            })
+                        }
                         _ => Need::None,
                     };
                     let pickup = matches!(seg, Seg::Tcp(f) if f & tcp::flags::SYN == 0);
