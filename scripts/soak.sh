@@ -12,7 +12,8 @@
 # short runs) to the last; every worker's UMEM frame ledger balances
 # (held = unaccounted = 0, free + fill + tx = total) once traffic stops; and
 # the only drop reasons counted are policy's (`policy-denied`) and those of
-# frames to deleted pods (`no-route`, `unknown-port`). Needs root, python3;
+# frames to deleted pods (`no-route`, `unknown-port`); and one pod server
+# process is left per pod (none leaked by the churn). Needs root, python3;
 # builds with `cargo build -p weir` first. Writes its log to
 # /tmp/weir-soak-<pid>/.
 set -euo pipefail
@@ -158,6 +159,25 @@ if bad:
     print("FAIL: drops other than policy's:", bad); ok = False
 print("conntrack:", {k: dp["conntrack"][k] for k in ("entries", "inserts", "evictions", "revoked", "flushed")})
 sys.exit(0 if ok else 1)
+EOF
+# Pod churn starts and stops a server process per pod (control/src/pod_server.rs):
+# exactly one per pod (and the world host) must be left, none leaked.
+python3 - "$STATE" "$WEIR_CLUSTER" <<'EOF' || fail=1
+import json, os, sys
+state, cluster = sys.argv[1], sys.argv[2]
+c = json.load(open(os.path.join(state, "cluster.json")))
+want = len(c["pods"]) + (1 if c.get("world") else 0)
+procs = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        args = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if b"pod-server" in args and any(a == b"--cluster" and b == cluster.encode() for a, b in zip(args, args[1:])):
+        procs.append(pid)
+print("pod server processes:", len(procs), "for", want, "pods")
+if len(procs) != want:
+    print("FAIL: pod server processes leaked or missing"); sys.exit(1)
 EOF
 echo "soak: ${SECS}s, $changes policy changes, $churns pod churns: $([ $fail -eq 0 ] && echo PASS || echo FAIL) (log: $DIR)"
 exit $fail

@@ -1,12 +1,14 @@
 //! The supervisor of one local cluster (`weir daemon`, started by `weir up`).
 //!
-//! It runs the pods' servers (each bound inside its pod's namespace), the
+//! It runs the pods' servers (a process per pod, bound inside its pod's
+//! namespace: [`crate::pod_server`]), the
 //! agent (compiles cluster state into snapshots on every change), and one
 //! dataplane process per node; it answers the CLI on `daemon.sock`. It is a
 //! control-plane process: nothing here is on the packet path.
 
 use crate::ipc::{self, Reply, Request};
 use crate::manifests::{self, StoredPolicy};
+use crate::pod_server::{self, ServerProc, ServerSpec};
 use crate::source::Manifests;
 use crate::state::StateDir;
 use anyhow::Context;
@@ -23,7 +25,6 @@ use weir_model::ipc::{
 };
 use weir_topo::fields::FieldValidation;
 use weir_topo::manifest::NAMESPACE_NAME_LABEL;
-use weir_topo::serve::PodServers;
 use weir_topo::{BuildOptions, Cluster};
 
 /// The refusal of a request that arrived while a CNI plugin ran: the
@@ -42,9 +43,10 @@ struct Daemon {
     state: StateDir,
     cluster: Cluster,
     opts: Options,
-    servers: BTreeMap<(String, String), PodServers>,
+    /// The pods' server processes ([`crate::pod_server`]).
+    servers: BTreeMap<(String, String), ServerProc>,
     /// The world host's server (`weir_topo::world`), when the cluster has one.
-    world_server: Option<PodServers>,
+    world_server: Option<ServerProc>,
     dataplanes: BTreeMap<String, DataplaneProc>,
     generation: u64,
     /// Policies in force, as written (saved to policies.json).
@@ -116,18 +118,33 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     // The cluster's own pods (topo-wired, or attached by this supervisor
     // through weir-cni) get their servers here; an outside runtime's pods
-    // run their own.
-    for pod in d
+    // run their own. Each is a process of its own: a supervisor started
+    // again adopts those still running, and stops those of pods now gone.
+    let served: Vec<_> = d
         .cluster
         .pods
-        .clone()
         .iter()
         .filter(|p| p.cni.is_none() || crate::cni_server::is_topo_pod(p))
-    {
+        .cloned()
+        .collect();
+    let mut keep: Vec<String> = served
+        .iter()
+        .map(|p| pod_server::pod_id(&p.namespace, &p.name))
+        .collect();
+    keep.push("world".to_string());
+    pod_server::stop_all(&d.state, &keep);
+    for pod in &served {
         d.start_servers(pod)?;
     }
     if let Some(w) = d.cluster.world.clone() {
-        let s = PodServers::start_in(&w.netns, "the world host", "world", &w.ports(), &w.addrs)
+        let spec = ServerSpec {
+            netns: w.netns.clone(),
+            object: "the world host".to_string(),
+            name: "world".to_string(),
+            ports: w.ports(),
+            addrs: w.addrs.clone(),
+        };
+        let s = ServerProc::start_or_adopt(&d.state, "world", &spec)
             .context("the world host: server")?;
         d.world_server = Some(s);
     }
@@ -212,6 +229,13 @@ impl DataplaneProc {
             DataplaneProc::Adopted(pid) => {
                 Ok((!pid_alive(*pid)).then(|| std::process::ExitStatus::from_raw(0)))
             }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            DataplaneProc::Child(c) => c.id(),
+            DataplaneProc::Adopted(pid) => *pid,
         }
     }
 
@@ -327,7 +351,15 @@ impl Daemon {
     }
 
     fn start_servers(&mut self, pod: &weir_topo::RealizedPod) -> anyhow::Result<()> {
-        let s = PodServers::start(pod)
+        let spec = ServerSpec {
+            netns: pod.netns.clone(),
+            object: format!("{}/{}", pod.namespace, pod.name),
+            name: pod.name.clone(),
+            ports: pod.ports.clone(),
+            addrs: Vec::new(),
+        };
+        let id = pod_server::pod_id(&pod.namespace, &pod.name);
+        let s = ServerProc::start_or_adopt(&self.state, &id, &spec)
             .with_context(|| format!("pods/{}/{}: servers", pod.namespace, pod.name))?;
         self.servers
             .insert((pod.namespace.clone(), pod.name.clone()), s);
@@ -340,6 +372,20 @@ impl Daemon {
             "nodes/{node}: not in the cluster"
         );
         if let Some(c) = self.dataplanes.get_mut(node) {
+            // Killed (`kill -9`) but not exited yet: its main thread is a
+            // zombie while the workers still tear down (UMEM, sockets);
+            // wait until it is gone, then start a new one. (Without this,
+            // a start right after a kill said "running" and the process
+            // then exited.)
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait()?.is_none() && !pid_alive(c.pid()) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "nodes/{node}: the killed dataplane (pid {}) does not exit",
+                    c.pid()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             if c.try_wait()?.is_none() {
                 return Ok(());
             }

@@ -523,6 +523,16 @@ enum Cmd {
         #[command(flatten)]
         dp: DataplaneFlags,
     },
+    /// One pod's test servers (started by the supervisor; survives it).
+    #[command(hide = true)]
+    PodServer {
+        /// `<namespace>/<name>`, or `world`.
+        #[arg(long)]
+        id: String,
+        /// What to bind and answer (JSON, `pod_server::ServerSpec`).
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1135,6 +1145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dataplane_args: dp.args()?,
             metrics_addr: dp.metrics_addr.clone(),
         }),
+        Cmd::PodServer { id, spec } => weir_control::pod_server::run(&state, &id, &spec),
     }
 }
 
@@ -1349,6 +1360,8 @@ fn down(state: &StateDir) -> anyhow::Result<()> {
             Duration::from_secs(30),
         );
     }
+    // Pod servers whose supervisor died (a live one stopped them above).
+    weir_control::pod_server::stop_all(state, &[]);
     if let Ok(c) = Cluster::load(&state.cluster_file()) {
         // Dataplanes whose supervisor died are not stopped by it: stop them.
         for n in &c.nodes {

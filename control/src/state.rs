@@ -10,6 +10,8 @@
 //! nodes/<node>/snapshot.json   the agent's latest snapshot for that node
 //! nodes/<node>/dataplane.sock  the node's dataplane: status queries
 //! nodes/<node>/dataplane.log
+//! servers/<ns>_<pod>.pid       a pod's server process (`weir pod-server`); world.pid
+//! servers.log                  the pod server processes' log
 //! ```
 
 use std::path::{Path, PathBuf};

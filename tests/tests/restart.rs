@@ -4,8 +4,9 @@
 //! from mid-stream segments, each judged by policy as a new flow in its own
 //! direction: docs/conntrack.md "Restarts"), and a connection the policy
 //! denies can neither be opened nor resumed. And the supervisor killed
-//! with SIGKILL: forwarding goes on, a new supervisor adopts the running
-//! dataplane. Needs root.
+//! with SIGKILL: forwarding goes on, the pods' servers (processes of their
+//! own) keep answering, open connections to them included, and a new
+//! supervisor adopts the running dataplane and servers. Needs root.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -77,6 +78,15 @@ fn dataplane_pid(c: &TestCluster) -> u32 {
         .trim()
         .parse()
         .expect("pid")
+}
+
+/// The node's dataplane log (for failure messages).
+fn dataplane_log(c: &TestCluster) -> String {
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/weir".into());
+    let p = state.join(&c.name).join("nodes/node-1/dataplane.log");
+    std::fs::read_to_string(p).unwrap_or_default()
 }
 
 /// Gone, or a zombie its parent (the supervisor) has not reaped yet.
@@ -263,6 +273,12 @@ fn sigkilled_supervisor_restarts_and_adopts_the_running_dataplane() {
     let mut stream = connect(&a.netns, c_addr).expect("a→c");
     assert!(exchange(&mut stream, b"before\n", Duration::from_secs(5)));
     let dp = dataplane_pid(&c);
+    let servers = [server_pid(&c, "x_a"), server_pid(&c, "x_c")];
+    // A connection to c's own server (TCP 80: it answers "c\n", closes its
+    // side, then reads until the client closes, for up to 5 s).
+    let c80 = SocketAddr::new(cc.ipv4.expect("v4").into(), 80);
+    let mut to_server = connect(&a.netns, c80).expect("a→c:80");
+    assert!(read_back(&mut to_server, b"c\n", Duration::from_secs(5)));
     let rx0 = c.counter("rx_packets");
 
     let sup = supervisor_pid(&c.name).expect("the supervisor runs");
@@ -279,8 +295,46 @@ fn sigkilled_supervisor_restarts_and_adopts_the_running_dataplane() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Forwarding goes on without the supervisor.
+    // Forwarding goes on without the supervisor, and so do the pods'
+    // servers (processes of their own): the open connection to c's server
+    // still takes data (a dead server's socket would answer it with a
+    // reset, failing the second write), and new connections are answered.
     assert!(!dead(dp), "the dataplane died with the supervisor");
+    for pid in servers {
+        assert!(!dead(pid), "pod server {pid} died with the supervisor");
+    }
+    for chunk in [&b"one"[..], b"two", b"three"] {
+        to_server.write_all(chunk).expect("write to c's server");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        to_server.take_error().expect("SO_ERROR").is_none(),
+        "the connection to c's server was reset"
+    );
+    to_server
+        .write_all(b"four")
+        .expect("the connection to c's server was reset");
+    drop(to_server);
+    for port in [80, 81] {
+        let to = SocketAddr::new(cc.ipv4.expect("v4").into(), port);
+        let mut s = connect(&a.netns, to).expect("a→c: a new connection to c's server");
+        assert!(
+            read_back(&mut s, b"c\n", Duration::from_secs(5)),
+            "c's server on TCP {port} without a supervisor"
+        );
+    }
+    let udp = weir_topo::netns::run_in(&a.netns, || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let answered = (0..3).any(|_| {
+        udp.send_to(b"?", SocketAddr::new(cc.ipv4.expect("v4").into(), 81))
+            .expect("send");
+        matches!(udp.recv(&mut buf), Ok(n) if &buf[..n] == b"c\n")
+    });
+    assert!(answered, "c's UDP server without a supervisor");
     for i in 0..5 {
         let msg = format!("no supervisor {i}\n");
         assert!(
@@ -317,7 +371,12 @@ fn sigkilled_supervisor_restarts_and_adopts_the_running_dataplane() {
     assert!(exchange(&mut stream, b"after\n", Duration::from_secs(5)));
     // Its counters were not reset: the same process forwarded throughout.
     assert!(c.counter("rx_packets") > rx0);
-    // The pods' servers are back (they lived in the old supervisor).
+    // It adopted the pods' servers too: the same processes, answering.
+    assert_eq!(
+        [server_pid(&c, "x_a"), server_pid(&c, "x_c")],
+        servers,
+        "the pods' server processes were replaced"
+    );
     let m = c.probe(80, "TCP", &["--from", "x", "--to", "x"]);
     assert!(
         weir_tests::all_connected(&m),
@@ -340,4 +399,282 @@ fn sigkilled_supervisor_restarts_and_adopts_the_running_dataplane() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = sup2.wait();
+    // Nothing of the cluster is left running (the adopted servers too).
+    for pid in servers {
+        assert!(dead(pid), "pod server {pid} survived weir down");
+    }
+    let left = cluster_processes(&c.name);
+    assert!(left.is_empty(), "left running after weir down: {left:?}");
+}
+
+/// The pid in `servers/<id>.pid` (a pod's server process).
+fn server_pid(c: &TestCluster, id: &str) -> u32 {
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/weir".into());
+    let p = state.join(&c.name).join(format!("servers/{id}.pid"));
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Live processes whose command line has `--cluster NAME`.
+fn cluster_processes(cluster: &str) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--cluster" && w[1] == cluster.as_bytes());
+            (ours && !dead(pid)).then(|| (pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+        })
+        .collect()
+}
+
+const SVC_L7: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.0.0/24, "fd00:10:244::/64"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {pod: client}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {pod: web}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: x}
+spec:
+  selector: {pod: web}
+  ports: [{port: 7000, targetPort: 7000}]
+---
+apiVersion: weir.dev/v1alpha1
+kind: WeirPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: web}}
+  ingress:
+  - action: Allow
+    from: [{podSelector: {matchLabels: {pod: client}}}]
+    ports: [{protocol: TCP, port: 7000}]
+  - action: Allow
+    from: [{podSelector: {matchLabels: {pod: client}}}]
+    ports: [{protocol: TCP, port: 8080}]
+    http:
+    - method: GET
+      path: {prefix: /public}
+"#;
+
+/// A keep-alive HTTP/1.1 server: answers each request `200` with body
+/// `served <path>` and reports the request line on `seen`.
+fn http_server(netns: &str, addr: SocketAddr, seen: mpsc::Sender<String>) {
+    use std::io::BufRead;
+    let l = weir_topo::netns::run_in(netns, move || TcpListener::bind(addr))
+        .expect("enter netns")
+        .expect("bind");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut rd = std::io::BufReader::new(s.try_clone().expect("clone"));
+                let mut wr = s;
+                loop {
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if rd.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("?").to_string();
+                    let _ = seen.send(line.trim().to_string());
+                    let body = format!("served {path}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if wr.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sends one GET on `s`; the status code and body of the answer (`None`:
+/// no answer within `timeout`, or the connection closed or was reset).
+fn get(s: &mut TcpStream, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let code = head.split(' ').nth(1)?.parse().ok()?;
+                return Some((code, body[..len].to_string()));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left)).ok()?;
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn sigkilled_dataplane_with_service_and_l7_connections_open() {
+    let c = TestCluster::up("rsl", SVC_L7);
+    c.wait_applied(Duration::from_secs(30));
+    let topo = c.topology();
+    let client = topo.pod("x", "client").expect("client").clone();
+    let web = topo.pod("x", "web").expect("web").clone();
+    let web4 = web.ipv4.expect("v4");
+    let vip = topo
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .expect("service echo")
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4())
+        .expect("an IPv4 ClusterIP");
+    let (tx, _seen) = mpsc::channel();
+    echo_server(&web.netns, SocketAddr::new(web4.into(), 7000), tx);
+    let (http_tx, http_seen) = mpsc::channel();
+    http_server(&web.netns, SocketAddr::new(web4.into(), 8080), http_tx);
+
+    // (a) a TCP connection to the ClusterIP; (b) a keep-alive HTTP
+    // connection under the http rule.
+    let mut svc = connect(&client.netns, SocketAddr::new(vip, 7000)).expect("client→ClusterIP");
+    assert!(exchange(&mut svc, b"hello\n", Duration::from_secs(5)));
+    let mut http = connect(&client.netns, SocketAddr::new(web4.into(), 8080)).expect("client→web");
+    assert_eq!(
+        get(&mut http, "/public/1", Duration::from_secs(5)),
+        Some((200, "served /public/1".into()))
+    );
+    assert_eq!(
+        get(&mut http, "/public/2", Duration::from_secs(5)),
+        Some((200, "served /public/2".into())),
+        "keep-alive"
+    );
+    while http_seen.try_recv().is_ok() {}
+
+    let pid = dataplane_pid(&c);
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill -9 {pid}");
+    let t = Instant::now();
+    while !dead(pid) {
+        assert!(t.elapsed() < Duration::from_secs(5), "dataplane alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.weir(&["dataplane", "start", "--node", "node-1"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dataplane_log(&c)
+    );
+    c.wait_applied(Duration::from_secs(30));
+    assert_ne!(dataplane_pid(&c), pid, "a new dataplane process");
+
+    // (a) The ClusterIP connection continues: the new process re-learns it
+    // from the client's next segment (the backend is picked again, the
+    // same one: Maglev on the 5-tuple) and writes the reverse NAT for the
+    // echo.
+    for round in 0..5 {
+        let msg = format!("svc round {round}\n");
+        assert!(
+            exchange(&mut svc, msg.as_bytes(), Duration::from_secs(20)),
+            "client→ClusterIP after the restart, round {round}"
+        );
+    }
+    assert!(conntrack(&c, "pickups") >= 1, "no mid-stream pickup");
+
+    // (b) The keep-alive connection under the http rule is cut: the new
+    // process has no inspector state for it, so its segments drop as
+    // `l7-no-slot`; a denied request on it never reaches the server, and
+    // neither does an allowed one.
+    let no_slot0 = c.drops("l7-no-slot");
+    let denied = get(&mut http, "/private/after", Duration::from_secs(3));
+    assert!(
+        denied.as_ref().is_none_or(|(code, _)| *code == 403),
+        "a denied request on the old connection was answered {denied:?}"
+    );
+    let allowed = get(&mut http, "/public/after", Duration::from_secs(3));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reached: Vec<String> = http_seen.try_iter().collect();
+    assert!(
+        !reached.iter().any(|l| l.contains("/private")),
+        "a denied request reached the server after the restart: {reached:?}"
+    );
+    eprintln!(
+        "after the restart, on the old keep-alive connection: denied → {denied:?}, allowed → {allowed:?}, server saw {reached:?}, l7-no-slot {} → {}",
+        no_slot0,
+        c.drops("l7-no-slot")
+    );
+    assert_eq!(allowed, None, "the old keep-alive connection was not cut");
+    assert!(reached.is_empty(), "the server saw {reached:?}");
+    assert!(
+        c.drops("l7-no-slot") > no_slot0,
+        "the cut connection's segments were not counted l7-no-slot"
+    );
+
+    // A new connection is inspected under the rule as before (the denied
+    // request gets weir's 403, which ends that connection).
+    let mut fresh = connect(&client.netns, SocketAddr::new(web4.into(), 8080)).expect("new");
+    assert_eq!(
+        get(&mut fresh, "/public/3", Duration::from_secs(5)),
+        Some((200, "served /public/3".into()))
+    );
+    assert_eq!(
+        get(&mut fresh, "/private", Duration::from_secs(5)).map(|(c, _)| c),
+        Some(403)
+    );
+    let reached: Vec<String> = http_seen.try_iter().collect();
+    assert_eq!(reached, vec!["GET /public/3 HTTP/1.1".to_string()]);
 }
