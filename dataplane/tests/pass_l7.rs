@@ -501,6 +501,41 @@ fn a_gap_is_dropped_and_a_pickup_has_no_slot() {
     assert_eq!(other.l7_counts().1, 1);
 }
 
+/// After a dataplane restart (a fresh worker state) the *server* of an
+/// inspected connection may send first (a retransmitted response, a
+/// SYN-ACK): admitted as a flow of its own, the client's later requests
+/// would be its replies and never inspected. It is refused as a pickup in
+/// the client's direction is, and so is the client's request after it.
+#[test]
+fn a_server_segment_picked_up_first_cannot_make_requests_replies() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let seq = open(&s, &mut st);
+    let mut fresh = WorkerState::new();
+    let r = run(
+        &seg(
+            1,
+            SERVER_ISN + 1,
+            Some(seq),
+            false,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ),
+        &s,
+        &mut fresh,
+    );
+    assert_eq!(r.v, Verdict::Drop(DropReason::L7NoSlot));
+    let r = run(&seg(1, SERVER_ISN, Some(seq), true, b""), &s, &mut fresh);
+    assert_eq!(r.v, Verdict::Drop(DropReason::L7NoSlot), "a SYN-ACK");
+    let r = req(&s, &mut fresh, seq, PRIVATE);
+    assert_eq!(r.v, Verdict::Drop(DropReason::L7NoSlot));
+    assert_eq!(fresh.l7_counts().1, 3);
+    // A lone SYN from a client still opens an inspected flow.
+    assert!(matches!(
+        run(&tcp(0, 40001, ISN, 0, SYN, b""), &s, &mut fresh).v,
+        Verdict::Tx { port: 1, .. }
+    ));
+}
+
 #[test]
 fn a_hold_past_the_limit_is_flushed_and_the_flow_denied() {
     let s = snap();

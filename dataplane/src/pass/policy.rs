@@ -193,6 +193,53 @@ impl Pass<'_> {
         });
     }
 
+    /// Whether a packet that found no flow is the *server's* side of a flow
+    /// weir would inspect in the other direction: a TCP segment that is not
+    /// a lone SYN, or a UDP datagram, whose reverse (this packet's
+    /// destination → its source, to its source port) is allowed under HTTP/
+    /// TLS/gRPC ingress rules or DNS egress rules. Admitted as a flow of its
+    /// own, the client's later requests would travel as its replies and
+    /// never be inspected (after a dataplane restart, a server that
+    /// retransmits first; or a peer sending first on purpose). Such packets
+    /// are refused as L7 flows without an inspector are
+    /// (docs/reliability.md, "Mid-stream pickup"). A second judgement only on
+    /// a conntrack miss of such a packet when the policy has L7 or DNS rules.
+    fn server_side_of_inspected(
+        &self,
+        pkt: &Parsed,
+        seg: Seg,
+        (src_ep, dst_ep): (Option<u32>, Option<u32>),
+    ) -> bool {
+        let pol = self.snap.policy();
+        if !(pol.has_l7() || pol.has_dns()) {
+            return false;
+        }
+        let opens = match seg {
+            Seg::Tcp(f) => f & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN,
+            Seg::Other => pkt.key.proto != ip_proto::UDP,
+        };
+        if opens {
+            return false;
+        }
+        let rev = pol.judge_learned(
+            Peer {
+                endpoint: dst_ep,
+                addr: pkt.key.dst,
+            },
+            None,
+            Peer {
+                endpoint: src_ep,
+                addr: pkt.key.src,
+            },
+            pkt.key.proto,
+            pkt.key.sport,
+            (&self.st.fqdn, self.st.now_ns),
+        );
+        rev.allowed
+            && ((pkt.key.proto == ip_proto::TCP && rev.ingress.l7.is_some())
+                || rev.egress.dns.is_some())
+    }
+
     /// Conntrack and policy of one packet that carries its flow's ports.
     fn flow_policy(
         &mut self,
@@ -300,6 +347,12 @@ impl Pass<'_> {
                     // creates nothing.
                     if matches!(seg, Seg::Tcp(f) if f & tcp::flags::RST != 0) {
                         return Continue(Need::None);
+                    }
+                    if self.server_side_of_inspected(pkt, seg, (src_ep, dst_ep)) {
+                        let why = Some(DropReason::L7NoSlot);
+                        self.log_flow(&pkt.key, FlowKind::Drop, why, &j, who);
+                        self.st.l7.no_slot += 1;
+                        return drop(DropReason::L7NoSlot);
                     }
                     let need = match (seg, j.ingress.l7, j.egress.dns) {
                         (Seg::Tcp(_), Some(set), _) if tcp => Need::Http(HttpNeed {
