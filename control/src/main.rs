@@ -58,6 +58,11 @@ struct DataplaneFlags {
     /// Encryption of pod traffic between nodes: `wireguard` (docs/encryption.md) or `none`.
     #[arg(long, value_enum, default_value_t = Encrypt::None)]
     encrypt: Encrypt,
+    /// Record where each batch's time goes (RX wait, pass, TX kick) in histograms shown
+    /// by `weir status` and exported as weir_dataplane_stage_seconds (docs/observability.md).
+    /// Off by default: three more clock reads per batch.
+    #[arg(long)]
+    latency_breakdown: bool,
 }
 
 /// `--encrypt`: encryption between nodes.
@@ -89,6 +94,9 @@ impl DataplaneFlags {
         }
         if self.encrypt == Encrypt::Wireguard {
             v.extend(["--encrypt".to_string(), "wireguard".to_string()]);
+        }
+        if self.latency_breakdown {
+            v.push("--latency-breakdown".to_string());
         }
         Ok(v)
     }
@@ -1131,6 +1139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         l7_max_flows: node_dataplane::check_l7_max_flows(dp.l7_max_flows)?,
                         conntrack_size: node_dataplane::check_conntrack_size(dp.conntrack_size)?,
                         wireguard: dp.encrypt == Encrypt::Wireguard,
+                        latency_breakdown: dp.latency_breakdown,
                     })
                 }
             }

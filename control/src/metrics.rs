@@ -158,6 +158,26 @@ type Labels = Vec<(&'static str, String)>;
 /// One worker's latency histogram: labels, sum (s), count, per-bucket counts.
 type HistSample = (Labels, f64, u64, Vec<(f64, u64)>);
 
+/// Prometheus histogram buckets (upper bound in s, count in that bucket —
+/// not cumulative) and the total count, from a status's bucket counts over
+/// [`LATENCY_BUCKETS_NS`] (zeros when the worker has not published yet).
+fn prom_buckets(counts: &[u64]) -> (Vec<(f64, u64)>, u64) {
+    let n_buckets = LATENCY_BUCKETS_NS.len() + 1;
+    let counts: Vec<u64> = if counts.len() == n_buckets {
+        counts.to_vec()
+    } else {
+        vec![0; n_buckets]
+    };
+    let count = counts.iter().sum();
+    let buckets = LATENCY_BUCKETS_NS
+        .iter()
+        .map(|&le| le as f64 / 1e9)
+        .chain([f64::INFINITY])
+        .zip(counts.iter().copied())
+        .collect::<Vec<_>>();
+    (buckets, count)
+}
+
 /// One metric family: name (without `_total`), help, type, samples.
 struct Family {
     name: &'static str,
@@ -351,6 +371,8 @@ impl prometheus_client::collector::Collector for Scrape {
             "UMEM frames on the free list",
         );
         let mut hist: Vec<HistSample> = Vec::new();
+        // `weir up --latency-breakdown` only.
+        let mut stage_hist: Vec<HistSample> = Vec::new();
 
         for n in &self.nodes {
             let node = || ("node", n.node.clone());
@@ -395,20 +417,14 @@ impl prometheus_client::collector::Collector for Scrape {
                 for (r, v) in &w.drops {
                     *by_reason.entry(r).or_insert(0) += v;
                 }
-                let n_buckets = LATENCY_BUCKETS_NS.len() + 1;
-                let counts: Vec<u64> = if w.latency_buckets.len() == n_buckets {
-                    w.latency_buckets.clone()
-                } else {
-                    vec![0; n_buckets]
-                };
-                let buckets = LATENCY_BUCKETS_NS
-                    .iter()
-                    .map(|&le| le as f64 / 1e9)
-                    .chain([f64::INFINITY])
-                    .zip(counts.iter().copied())
-                    .collect::<Vec<_>>();
-                let count = counts.iter().sum();
+                let (buckets, count) = prom_buckets(&w.latency_buckets);
                 hist.push((wl(), w.latency_sum_ns as f64 / 1e9, count, buckets));
+                for st in &w.breakdown {
+                    let (buckets, count) = prom_buckets(&st.buckets);
+                    let mut l = wl();
+                    l.push(("stage", st.stage.clone()));
+                    stage_hist.push((l, st.sum_ns as f64 / 1e9, count, buckets));
+                }
             }
             // Every reason weir knows, zero or not: a rate() needs the series
             // to exist before the first drop.
@@ -494,6 +510,20 @@ impl prometheus_client::collector::Collector for Scrape {
                 MetricType::Histogram,
             )?;
             for (labels, sum, count, buckets) in &hist {
+                m.encode_family(labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        *sum, *count, buckets, None,
+                    )?;
+            }
+        }
+        if !stage_hist.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "weir_dataplane_stage_seconds",
+                "Latency breakdown per batch (weir up --latency-breakdown): stage rx_wait (since the worker's previous look at its rings), pass, tx_kick",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, sum, count, buckets) in &stage_hist {
                 m.encode_family(labels)?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                         *sum, *count, buckets, None,

@@ -32,6 +32,8 @@ pub struct Options {
     pub conntrack_size: usize,
     /// WireGuard between nodes (`--encrypt wireguard`, docs/encryption.md).
     pub wireguard: bool,
+    /// The per-batch latency breakdown (`--latency-breakdown`).
+    pub latency_breakdown: bool,
 }
 
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
@@ -152,6 +154,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             true => Some(wireguard_table(&state, &cluster, &opts.node)?),
             false => None,
         },
+        latency_breakdown: opts.latency_breakdown,
         ..DataplaneConfig::default()
     };
     let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {

@@ -74,6 +74,40 @@ pub fn render(v: &ClusterStatus) -> String {
             ],
             &rows,
         ));
+        // `weir up --latency-breakdown`: where each batch's time went.
+        let stages: Vec<Vec<String>> = dp
+            .workers
+            .iter()
+            .flat_map(|w| {
+                w.breakdown.iter().map(move |st| {
+                    let l = &st.ns;
+                    vec![
+                        w.id.to_string(),
+                        st.stage.clone(),
+                        l.count.to_string(),
+                        us(l.p50),
+                        us(l.p99),
+                        us(l.p999),
+                        us(l.max),
+                    ]
+                })
+            })
+            .collect();
+        if !stages.is_empty() {
+            let _ = writeln!(out, "latency breakdown per batch (--latency-breakdown):");
+            out.push_str(&table(
+                &[
+                    "WORKER",
+                    "STAGE",
+                    "BATCHES",
+                    "P50(us)",
+                    "P99(us)",
+                    "P99.9(us)",
+                    "MAX(us)",
+                ],
+                &stages,
+            ));
+        }
         let l7 = |f: fn(&weir_model::status::L7Status) -> u64| -> u64 {
             dp.workers.iter().map(|w| f(&w.l7)).sum()
         };
@@ -277,6 +311,28 @@ mod tests {
             text.contains("drops: no-route=2 kernel: rx-ring-full=3 tx-invalid=1\n"),
             "{text}"
         );
+    }
+
+    /// `--latency-breakdown`: a table of the stages, only when present.
+    #[test]
+    fn breakdown_is_shown_when_on() {
+        let text = render(&status(json!({}), json!({})));
+        assert!(!text.contains("latency breakdown"), "{text}");
+        let mut v = status(json!({}), json!({}));
+        let n = v.nodes[0].status.as_mut().unwrap();
+        let w = &mut n.dataplane.as_mut().unwrap().workers[0];
+        w.breakdown = serde_json::from_value(json!([
+            {"stage": "rx_wait", "ns": {"p50": 1500, "p99": 42000, "p999": 50000, "max": 60000, "count": 7}},
+            {"stage": "tx_kick", "ns": {"p50": 9000, "p99": 12000, "count": 7}}
+        ]))
+        .unwrap();
+        let text = render(&v);
+        assert!(text.contains("latency breakdown per batch"), "{text}");
+        let line = text.lines().find(|l| l.contains("rx_wait")).unwrap();
+        assert!(line.contains("1.5") && line.contains("42.0"), "{text}");
+        assert!(text
+            .lines()
+            .any(|l| l.contains("tx_kick") && l.contains("9.0")));
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct DataplaneConfig {
     /// WireGuard between nodes (docs/encryption.md): every worker seals
     /// and opens the tunnel's traffic with these peers. `None`: plain.
     pub wireguard: Option<Arc<crate::wireguard::WgTable>>,
+    /// Record the per-batch latency breakdown (RX wait, pass, TX kick) in
+    /// every worker (`weir up --latency-breakdown`; off by default).
+    pub latency_breakdown: bool,
 }
 
 /// Largest accepted `l7_max_flows` (about 0.4 GiB of L7 state per worker).
@@ -131,6 +134,7 @@ impl Default for DataplaneConfig {
             flow_log_capacity: flows::DEFAULT_CAPACITY,
             l7_max_flows: crate::pass::DEFAULT_L7_MAX_FLOWS,
             wireguard: None,
+            latency_breakdown: false,
         }
     }
 }
@@ -315,6 +319,7 @@ impl Dataplane {
                 idle_after: ADAPTIVE_IDLE_AFTER,
                 sleep_ms: MAX_SLEEP_MS,
                 budget,
+                breakdown: cfg.latency_breakdown,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
             let anchor = match dp.anchor {

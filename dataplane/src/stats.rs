@@ -17,7 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 pub use weir_model::status::{
-    FrameStatus, KernelDrops, L7Status, LatencySummary, Totals, WorkerStatus, WorkerTime,
+    FrameStatus, KernelDrops, L7Status, LatencySummary, StageLatency, Totals, WorkerStatus,
+    WorkerTime, BREAKDOWN_STAGES,
 };
 
 use crate::DropReason;
@@ -120,6 +121,8 @@ pub struct WorkerStats {
     pub rx_visits: Counter,
     pub full_batches: Counter,
     latency: ArcSwap<Histogram<u64>>,
+    /// The latency breakdown's stage histograms (`None` unless on).
+    breakdown: arc_swap::ArcSwapOption<[Histogram<u64>; 3]>,
 }
 
 impl WorkerStats {
@@ -165,6 +168,7 @@ impl WorkerStats {
             rx_visits: Counter::default(),
             full_batches: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
+            breakdown: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -177,6 +181,30 @@ impl WorkerStats {
     /// every [`PUBLISH_EVERY`]).
     pub fn publish_latency(&self, h: &Histogram<u64>) {
         self.latency.store(Arc::new(h.clone()));
+    }
+
+    /// Publishes a copy of the breakdown's stage histograms (allocates;
+    /// every [`PUBLISH_EVERY`], only when the breakdown is on).
+    pub fn publish_breakdown(&self, stages: &[Histogram<u64>; 3]) {
+        self.breakdown.store(Some(Arc::new(stages.clone())));
+    }
+
+    /// The breakdown as status reports it (empty when off).
+    fn breakdown_status(&self) -> Vec<StageLatency> {
+        let b = self.breakdown.load();
+        let Some(stages) = b.as_deref() else {
+            return Vec::new();
+        };
+        BREAKDOWN_STAGES
+            .iter()
+            .zip(stages.iter())
+            .map(|(name, h)| StageLatency {
+                stage: name.to_string(),
+                ns: latency_summary(h),
+                buckets: latency_buckets(h),
+                sum_ns: (h.mean() * h.len() as f64) as u64,
+            })
+            .collect()
     }
 
     /// A consistent-enough view for status output.
@@ -234,6 +262,7 @@ impl WorkerStats {
                 rx_visits: self.rx_visits.get(),
                 full_batches: self.full_batches.get(),
             },
+            breakdown: self.breakdown_status(),
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct WorkerConfig {
     pub sleep_ms: i32,
     /// How many frames each socket's fill ring gets (the UMEM's plan).
     pub budget: FrameBudget,
+    /// Record the latency breakdown per batch (RX wait, pass, TX kick;
+    /// `weir up --latency-breakdown`). Off: the round tests one `Option`
+    /// per batch and reads no extra clock.
+    pub breakdown: bool,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -127,6 +131,36 @@ pub struct Worker {
     /// Where the worker's time went, summed per round (stored in `stats`
     /// per publish).
     time: TimeAccount,
+    /// The latency breakdown's histograms, when on (boxed: the worker's
+    /// hot fields stay together when off).
+    breakdown: Option<Box<Breakdown>>,
+}
+
+/// Per-batch stage histograms of the latency breakdown, in ns (the stages
+/// of [`weir_model::status::BREAKDOWN_STAGES`], in that order).
+struct Breakdown {
+    stages: [Histogram<u64>; 3],
+    /// When the worker last looked at its RX rings: the previous round's
+    /// clock read, or the wake-up from `poll`.
+    last_look: u64,
+}
+
+impl Breakdown {
+    const RX_WAIT: usize = 0;
+    const PASS: usize = 1;
+    const TX_KICK: usize = 2;
+
+    fn new() -> Box<Breakdown> {
+        Box::new(Breakdown {
+            stages: std::array::from_fn(|_| stats::new_latency_histogram()),
+            last_look: crate::runtime::monotonic_ns(),
+        })
+    }
+
+    #[inline]
+    fn record(&mut self, stage: usize, ns: u64) {
+        stats::record_latency(&mut self.stages[stage], ns, 1);
+    }
 }
 
 /// What a round was, for the time accounting.
@@ -256,6 +290,7 @@ impl Worker {
             held: Vec::new(),
             last_l7_upkeep: 0,
             time: TimeAccount::default(),
+            breakdown: cfg.breakdown.then(Breakdown::new),
             cfg,
         }
         .with_hold_queues()
@@ -339,6 +374,9 @@ impl Worker {
 
     fn publish(&mut self) {
         self.stats.publish_latency(&self.hist);
+        if let Some(b) = &self.breakdown {
+            self.stats.publish_breakdown(&b.stages);
+        }
         // The kernel's drops before frames reach our rings (a getsockopt per
         // socket, every PUBLISH_EVERY; never per packet).
         let mut k = self.kernel_retired;
@@ -407,6 +445,11 @@ impl Worker {
         if let Err(e) = xsk::poll_fds(&mut self.pollfds, self.cfg.sleep_ms) {
             log::warn!("worker {}: poll failed: {e}", self.id);
             std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(b) = self.breakdown.as_deref_mut() {
+            // Frames that woke the poll waited from here, not from the
+            // round before the sleep.
+            b.last_look = crate::runtime::monotonic_ns();
         }
     }
 
@@ -574,6 +617,12 @@ impl Worker {
         }
         let mut total = 0usize;
         let mut any_tx = false;
+        // The breakdown's look-back for this round (None when off; the
+        // loop below tests it once per batch).
+        let rx_wait = self
+            .breakdown
+            .as_deref_mut()
+            .map(|b| now_ns.saturating_sub(std::mem::replace(&mut b.last_look, now_ns)));
         for s in 0..self.slots.len() {
             let Some(slot) = &mut self.slots[s] else {
                 continue;
@@ -610,6 +659,13 @@ impl Worker {
             }
             slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             total += n;
+            let pass_t0 = match (rx_wait, self.breakdown.as_deref_mut()) {
+                (Some(w), Some(b)) => {
+                    b.record(Breakdown::RX_WAIT, w);
+                    crate::runtime::monotonic_ns()
+                }
+                _ => 0,
+            };
             let mut bytes = 0u64;
             // Taken out for the loop (the frames move out of it; its
             // capacity comes back with it).
@@ -639,8 +695,18 @@ impl Worker {
             self.stats.rx_packets.add(n as u64);
             self.stats.rx_bytes.add(bytes);
             any_tx |= self.flush_tx();
+            if let Some(b) = self.breakdown.as_deref_mut() {
+                b.record(
+                    Breakdown::PASS,
+                    crate::runtime::monotonic_ns().saturating_sub(pass_t0),
+                );
+            }
         }
         if any_tx || self.kick_pending {
+            let kick_t0 = match self.breakdown {
+                Some(_) => crate::runtime::monotonic_ns(),
+                None => 0,
+            };
             self.kick_pending = false;
             for slot in self.slots.iter_mut().flatten() {
                 if slot.kick {
@@ -650,6 +716,12 @@ impl Worker {
                     }
                     self.kick_pending |= slot.kick;
                 }
+            }
+            if let Some(b) = self.breakdown.as_deref_mut() {
+                b.record(
+                    Breakdown::TX_KICK,
+                    crate::runtime::monotonic_ns().saturating_sub(kick_t0),
+                );
             }
         }
         if total > 0 {

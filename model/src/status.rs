@@ -213,6 +213,38 @@ pub struct WorkerStatus {
     pub latency_sum_ns: u64,
     /// Where the worker's time went (sampled per publish, every 250 ms).
     pub time: WorkerTime,
+    /// The latency breakdown per batch (`weir up --latency-breakdown`):
+    /// one entry per [`BREAKDOWN_STAGES`], empty when off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdown: Vec<StageLatency>,
+}
+
+/// The stages of `weir up --latency-breakdown`, per batch (one socket's
+/// RX batch, or one round's kicks), in nanoseconds:
+///
+/// - `rx_wait`: from the worker's previous look at the rings (its previous
+///   round's RX, or its wake-up from `poll`) to this batch's RX — an upper
+///   bound of how long the batch's first frame waited on the RX ring (AF_XDP
+///   in copy mode gives no per-frame arrival time);
+/// - `pass`: the pass over the batch (parse, policy, conntrack, rewrite,
+///   collecting TX descriptors) and producing them to the TX rings;
+/// - `tx_kick`: the round's TX kicks (`sendto` on each socket with frames:
+///   in copy mode the kernel transmits in it, the peer's RX softirq
+///   included).
+pub const BREAKDOWN_STAGES: [&str; 3] = ["rx_wait", "pass", "tx_kick"];
+
+/// One stage of the latency breakdown.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct StageLatency {
+    /// One of [`BREAKDOWN_STAGES`].
+    pub stage: String,
+    /// Percentiles over batches (ns).
+    pub ns: LatencySummary,
+    /// Batches per bucket of [`LATENCY_BUCKETS_NS`] (not cumulative), then
+    /// those above the last bound.
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
 }
 
 /// Where a worker's time goes, accounted per round (never per packet) and

@@ -54,6 +54,38 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+    /// TCP request/response latency: the kernel path and weir in each
+    /// polling mode, interleaved rounds; `--breakdown` adds weir with
+    /// `--latency-breakdown` and prints its per-batch stages (RX wait,
+    /// pass, TX kick) beside the RR numbers. Writes rr.{md,json}.
+    Rr {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling modes (comma-separated: busy, adaptive, wakeup).
+        #[arg(long, default_value = "busy,adaptive", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Rounds, interleaved (kernel, weir-<mode>…, then again).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Round trips per round (a tenth more as warm-up).
+        #[arg(long, default_value_t = 20_000)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Only the kernel path.
+        #[arg(long)]
+        kernel_only: bool,
+        /// Also run weir with `weir up --latency-breakdown` and print the stages.
+        #[arg(long)]
+        breakdown: bool,
+        /// More `weir up` arguments for every weir configuration (one per flag).
+        #[arg(long = "weir-arg", allow_hyphen_values = true)]
+        weir_args: Vec<String>,
+    },
     /// The paper's Fig. 5 scenarios: kernel, kernel+nftables,
     /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
     /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
@@ -64,9 +96,19 @@ enum Cmd {
         short: bool,
         #[arg(long, default_value = "target/perf")]
         out: PathBuf,
-        /// weir polling mode (busy, adaptive, wakeup).
-        #[arg(long, default_value = "adaptive")]
-        mode: String,
+        /// weir polling modes, each measured in every round (comma-separated:
+        /// busy, adaptive, wakeup); the last one also runs the L7 wrk
+        /// comparison, the rule sweep, XDP_DROP and inter-node.
+        #[arg(
+            long,
+            alias = "mode",
+            default_value = "busy,adaptive",
+            value_delimiter = ','
+        )]
+        modes: Vec<String>,
+        /// Rounds of every headline configuration, interleaved (≥ 3 for ranges).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
         #[arg(long, default_value_t = 0)]
         load_core: usize,
         #[arg(long, default_value_t = 1)]
@@ -231,10 +273,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Rr {
+            out,
+            modes,
+            reps,
+            count,
+            load_core,
+            worker_core,
+            weir,
+            kernel_only,
+            breakdown,
+            weir_args,
+        } => {
+            let o = weir_perf::rrbreak::RrOptions {
+                out,
+                modes,
+                reps,
+                count,
+                load_core,
+                worker_core,
+                weir: if kernel_only {
+                    None
+                } else {
+                    Some(fastpath::weir_binary(weir.as_deref())?)
+                },
+                breakdown,
+                weir_args,
+            };
+            let rep = weir_perf::rrbreak::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("rr.md").display());
+            Ok(())
+        }
         Cmd::Paper {
             short,
             out,
-            mode,
+            modes,
+            reps,
             load_core,
             worker_core,
             weir,
@@ -250,7 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut o = weir_perf::paper::PaperOptions::new(short);
             o.out = out;
-            o.mode = mode;
+            o.mode = modes.last().cloned().unwrap_or_default();
+            o.modes = modes;
+            o.reps = reps;
             o.load_core = load_core;
             o.worker_core = worker_core;
             o.ovs = !no_ovs;

@@ -49,6 +49,7 @@ use crate::http::{self, HttpServer};
 use crate::kernel::KernelPath;
 use crate::peers::{self, Haproxy, Nft, Ovs, OvsPort};
 use crate::report::Host;
+use crate::rounds::{self, stats};
 use crate::rr::{self, RrParams, RrResult};
 use crate::tools::{self, AbResult, BulkResult, HttpResult};
 use crate::udp::{self, UdpParams, UdpResult, PAYLOAD_64B_FRAME};
@@ -188,8 +189,15 @@ pub struct PaperOptions {
     pub load_core: usize,
     pub worker_core: usize,
     pub weir: Option<PathBuf>,
-    /// weir's polling mode.
+    /// weir's polling mode of the configuration being measured (set from
+    /// `modes` per weir configuration).
     pub mode: String,
+    /// weir's polling modes, each measured in every round; the last one is
+    /// the primary mode (the L7 wrk comparison, the rule sweep, XDP_DROP and
+    /// the inter-node scenarios run in it).
+    pub modes: Vec<String>,
+    /// Rounds of every headline configuration, interleaved.
+    pub reps: usize,
     pub window: Duration,
     pub warmup: Duration,
     pub rr_count: u64,
@@ -209,6 +217,12 @@ pub struct PaperOptions {
 }
 
 impl PaperOptions {
+    /// The mode of the L7 wrk comparison, the rule sweep, XDP_DROP and
+    /// inter-node: the last of `modes`.
+    pub fn primary_mode(&self) -> &str {
+        self.modes.last().map_or(self.mode.as_str(), |m| m.as_str())
+    }
+
     pub fn new(short: bool) -> PaperOptions {
         PaperOptions {
             short,
@@ -217,6 +231,8 @@ impl PaperOptions {
             worker_core: 1,
             weir: None,
             mode: "adaptive".into(),
+            modes: vec!["busy".into(), "adaptive".into()],
+            reps: 3,
             window: Duration::from_millis(if short { 500 } else { 4000 }),
             warmup: Duration::from_millis(if short { 200 } else { 1000 }),
             rr_count: if short { 500 } else { 20_000 },
@@ -242,6 +258,9 @@ impl PaperOptions {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
+    /// Headline round (0-based) this row was measured in.
+    #[serde(default)]
+    pub rep: usize,
     pub measures: String,
     pub udp: Option<UdpResult>,
     /// Cores consumed during the UDP run (warm-up + window), both cores.
@@ -300,11 +319,24 @@ pub struct InterRow {
     pub dataplane: String,
     /// `intra` (app2 → app3, both on n1) or `inter` (app2 → app1 on n2).
     pub path: String,
+    #[serde(default)]
+    pub rep: usize,
     pub row: Row,
+}
+
+/// The generator's ceiling in one round: the same UDP generator (same
+/// pods, core, batch, window) against the kernel path with forwarding off,
+/// so the node drops every datagram at IP input.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub rep: usize,
+    pub offered_pps: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct XdpDrop {
+    #[serde(default)]
+    pub rep: usize,
     pub sent: u64,
     pub window_s: f64,
     pub pps: f64,
@@ -318,14 +350,26 @@ pub struct PaperReport {
     pub short: bool,
     pub load_core: usize,
     pub worker_core: usize,
+    /// The primary polling mode (see [`PaperOptions::modes`]).
     pub weir_poll: String,
+    /// Every polling mode measured, in order.
+    #[serde(default)]
+    pub weir_modes: Vec<String>,
+    /// Rounds of the headline configurations.
+    #[serde(default)]
+    pub reps: usize,
+    /// The generator's ceiling, one per round.
+    #[serde(default)]
+    pub ceilings: Vec<Ceiling>,
     pub weir_worker_cores: Vec<u64>,
     pub window_s: f64,
     pub rows: Vec<Row>,
     pub scaling: Vec<ScalePoint>,
     pub issue5: Vec<Issue5Sample>,
     pub inter_node: Vec<InterRow>,
-    pub xdp_drop: Option<XdpDrop>,
+    /// The XDP_DROP reference, one per round.
+    #[serde(default)]
+    pub xdp_drop: Vec<XdpDrop>,
     pub conntrack_bench: Option<String>,
     pub clusters: Vec<String>,
     pub errors: Vec<String>,
@@ -371,6 +415,14 @@ const ALL: Work = Work {
     http: true,
     policy: false,
 };
+
+impl Row {
+    /// The row, tagged with its round.
+    fn round(mut self, rep: usize) -> Row {
+        self.rep = rep;
+        self
+    }
+}
 
 fn err(e: anyhow::Error) -> String {
     format!("{e:#}")
@@ -524,6 +576,7 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         o.load_core,
         o.worker_core
     );
+    anyhow::ensure!(!o.modes.is_empty(), "--modes: at least one polling mode");
     std::fs::create_dir_all(&o.out)?;
     // Absolute: ovsdb-server's punix: socket and pidfiles break on a
     // relative run directory (the full run of docs/performance.md lost
@@ -535,18 +588,21 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
     std::fs::write(&manifest, MANIFESTS)?;
     let spec = weir_topo::manifest::parse_str(MANIFESTS, "paper.yaml")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pid = std::process::id();
+    let reps = o.reps.max(1);
     let mut rep = PaperReport {
         host_start: Some(Host::now()),
         short: o.short,
         load_core: o.load_core,
         worker_core: o.worker_core,
-        weir_poll: o.mode.clone(),
+        weir_poll: o.primary_mode().to_string(),
+        weir_modes: o.modes.clone(),
+        reps,
         window_s: o.window.as_secs_f64(),
         ..Default::default()
     };
     let nrules = (o.rules.len() * o.scale_reps.max(1)) as u64;
-    let pb = ProgressBar::new(16 + 2 * nrules);
+    let per_round = 8 + 4 * o.modes.len() as u64;
+    let pb = ProgressBar::new(per_round * reps as u64 + 2 * nrules + 2);
     pb.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
@@ -559,290 +615,42 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         pb.set_message(m.to_string());
     };
 
-    // ---- the kernel path and its policy peers -------------------------
-    step("kernel: build");
-    let kname = format!("pp{pid}k");
-    rep.clusters.push(kname.clone());
-    {
-        let k = KernelPath::build(&kname, &spec)?;
-        k.enable_forwarding()?;
-        let p = pods(&k.cluster)?;
-        let node = k.cluster.nodes[0].netns.clone();
-        step("kernel: no policy");
-        rep.rows
-            .push(measure(o, "kernel", "veth + routing, no policy", &p, ALL)?);
-        step("kernel+nft: L3/L4 policy");
-        {
-            let _n = Nft::load(
-                &node,
-                &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, None),
-            )?;
-            let w = Work {
-                policy: true,
-                ..ALL
-            };
-            rep.rows.push(measure(
-                o,
-                "kernel+nft",
-                "routing + nftables forward chain = the L3/L4 policy",
-                &p,
-                w,
-            )?);
-            for round in 0..o.scale_reps.max(1) {
-                for &n in &o.rules {
-                    step(&format!("kernel+nft: {n} rules (round {})", round + 1));
-                    let t = Instant::now();
-                    let r = Nft::load(
-                        &node,
-                        &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, n, None),
-                    );
-                    let secs = t.elapsed().as_secs_f64();
-                    match r {
-                        Ok(_g) => rep
-                            .scaling
-                            .push(scale_point(o, &p, "nftables", n, round, secs)),
-                        Err(e) => rep.scaling.push(ScalePoint {
-                            peer: "nftables".into(),
-                            rules: n,
-                            rep: round,
-                            errors: vec![err(e)],
-                            ..Default::default()
-                        }),
-                    }
-                }
-            }
-        }
-        step("kernel+haproxy: L7 detour");
-        if o.haproxy && tools::have("haproxy") {
-            let mut row = Row {
-                name: "kernel+haproxy-L7".into(),
-                measures: "nftables redirect of app2→app1 TCP 80 to haproxy (mode http, GET /public only) in the node netns".into(),
-                ..Default::default()
-            };
-            let r = (|| -> anyhow::Result<()> {
-                let node_ip = k.cluster.nodes[0].ipv4.context("node has no IPv4")?;
-                let _n = Nft::load(
-                    &node,
-                    &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, Some((node_ip, HAPROXY_PORT))),
-                )?;
-                let _h = Haproxy::start(
-                    &node,
-                    &o.out.join(format!("haproxy-{pid}")),
-                    HAPROXY_PORT,
-                    o.worker_core,
-                )?;
-                let dst = v4(p.app1)?;
-                let srv = HttpServer::start(
-                    &p.app1.netns,
-                    SocketAddr::from((dst, HTTP_PORT)),
-                    o.load_core,
-                )?;
-                let a = SocketAddr::from((dst, HTTP_PORT));
-                row.l7_public = Some(http::status_of(&p.app2.netns, a, "GET", "/public/x"));
-                row.l7_private = Some(http::status_of(&p.app2.netns, a, "GET", "/private"));
-                row.app3_blocked = Some(http::status_of(&p.app3.netns, a, "GET", "/public/x") == 0);
-                let c0 = CpuSnap::now();
-                let h = tools::wrk(
-                    &p.app2.netns,
-                    &format!("http://{dst}/public/x"),
-                    o.http_secs,
-                    8,
-                    o.load_core,
-                )?;
-                row.http_cpu = Some(CpuSnap::now().since(&c0));
-                row.http = Some(h);
-                let url = format!("http://{dst}/public/x");
-                row.ab = Some(tools::ab(&p.app2.netns, &url, o.http_secs, 8, o.load_core)?);
-                row.http_close = Some(tools::wrk_close(
-                    &p.app2.netns,
-                    &url,
-                    o.http_secs,
-                    8,
-                    o.load_core,
-                )?);
-                drop(srv);
-                Ok(())
-            })();
-            if let Err(e) = r {
-                row.errors.push(err(e));
-            }
-            rep.rows.push(row);
-        } else {
-            rep.errors
-                .push("haproxy skipped (--no-haproxy or not installed: scripts/setup.sh)".into());
-        }
-    }
-
-    // ---- Open vSwitch, userspace datapath, AF_XDP ports, conntrack ------
-    step("ovs-afxdp: build");
-    if o.ovs && tools::have("ovs-vswitchd") {
-        let oname = format!("pp{pid}o");
-        rep.clusters.push(oname.clone());
-        let r = (|| -> anyhow::Result<Row> {
-            let k = KernelPath::build(&oname, &spec)?;
-            let p = pods(&k.cluster)?;
-            let node = k.cluster.nodes[0].netns.clone();
-            let mut ports = Vec::new();
-            for (i, pod) in [p.app1, p.app2, p.app3].into_iter().enumerate() {
-                crate::kernel::ip(&[
-                    "-n",
-                    &pod.netns,
-                    "neigh",
-                    "replace",
-                    "169.254.1.1",
-                    "lladdr",
-                    peers::OVS_GW_MAC,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ])?;
-                ports.push(OvsPort {
-                    ifname: pod.host_ifname.clone(),
-                    ofport: i as u32 + 1,
-                    ipv4: v4(pod)?,
-                    mac: pod.pod_mac,
-                });
-            }
-            let ovs = Ovs::start(
-                &node,
-                &o.out.join(format!("ovs-{pid}")),
-                &ports,
-                (v4(p.app2)?, v4(p.app1)?),
-                o.worker_core,
-            )?;
-            step("ovs-afxdp: workloads");
-            let w = Work {
-                policy: true,
-                ..ALL
-            };
-            let row = measure(o, "ovs-afxdp+ct", "OVS 3.1 netdev datapath, AF_XDP ports, OpenFlow13 ct flows = the L3/L4 policy; PMD on the worker core", &p, w);
-            let _ = std::fs::write(o.out.join("ovs-pmd-stats.txt"), ovs.pmd_stats());
-            drop(ovs);
-            drop(k);
-            row
-        })();
-        match r {
-            Ok(row) => rep.rows.push(row),
-            Err(e) => rep.rows.push(Row {
-                name: "ovs-afxdp+ct".into(),
-                errors: vec![err(e)],
-                ..Default::default()
-            }),
-        }
-    } else {
-        step("ovs skipped");
-        rep.errors
-            .push("OVS skipped (--no-ovs or not installed: scripts/setup.sh)".into());
-    }
-
-    // ---- weir ------------------------------------------------------------
-    if let Some(bin) = o.weir.as_deref() {
-        stop::check()?;
-        let wname = format!("pp{pid}w");
-        rep.clusters.push(wname.clone());
-        step(&format!("weir {}: up", o.mode));
-        let w = WeirCluster::up(bin, &wname, &manifest, &o.worker_core.to_string(), &o.mode)?;
-        let p = pods(&w.cluster)?;
-        step("weir: no policy");
-        rep.rows.push(measure(
-            o,
-            &format!("weir-{}", o.mode),
-            "weir, no policy",
-            &p,
-            ALL,
-        )?);
-        if let Ok(c) = w.counters() {
-            rep.weir_worker_cores = c.worker_cores;
-        }
-        step("weir: L3/L4 policy");
-        let pol = o.out.join("paper-policy.json");
-        let pol7 = o.out.join("paper-l7-policy.json");
-        std::fs::write(&pol, l3l4_policy(0))?;
-        std::fs::write(&pol7, l7_policy())?;
-        let mut cur = Pol::None;
-        switch(&w, &mut cur, Pol::L3L4, &pol, &pol7)?;
-        let wk = Work {
-            policy: true,
-            ..ALL
-        };
-        rep.rows.push(measure(
-            o,
-            &format!("weir-{}+L3L4", o.mode),
-            "weir, NetworkPolicy id=app2 → id=app1 (weir apply -f)",
-            &p,
-            wk,
-        )?);
-        step("weir: L7 policy");
-        rep.rows
-            .push(weir_l7_row(o, &w, &p, &mut cur, &pol, &pol7)?);
-        step("weir: L7 wrk comparison (none, L3/L4, L7)");
-        let dst = v4(p.app1)?;
-        for round in 0..o.issue5_reps.max(1) {
-            for (label, to) in [("none", Pol::None), ("L3L4", Pol::L3L4), ("L7", Pol::L7)] {
-                stop::check()?;
-                let mut smp = Issue5Sample {
-                    policy: label.into(),
-                    rep: round,
-                    ..Default::default()
+    // Every headline configuration once per round, the rounds one after
+    // the other (kernel, nft, haproxy, OVS, weir in each mode; then again):
+    // a slow minute on the shared machine hits one round of every
+    // configuration rather than every round of one.
+    for round in 0..reps {
+        let r = round + 1;
+        kernel_round(o, &spec, round, &mut rep, &|m| {
+            step(&format!("round {r}/{reps}: {m}"))
+        })?;
+        step(&format!("round {r}/{reps}: ovs-afxdp"));
+        ovs_round(o, &spec, round, &mut rep)?;
+        if let Some(bin) = o.weir.as_deref() {
+            for mode in &o.modes {
+                let om = PaperOptions {
+                    mode: mode.clone(),
+                    ..o.clone()
                 };
-                let r = (|| -> anyhow::Result<()> {
-                    switch(&w, &mut cur, to, &pol, &pol7)?;
-                    let _srv = HttpServer::start(
-                        &p.app1.netns,
-                        SocketAddr::from((dst, HTTP_PORT)),
-                        o.load_core,
-                    )?;
-                    let url = format!("http://{dst}/public/x");
-                    let (ns, secs, core) = (&p.app2.netns, o.http_secs, o.load_core);
-                    smp.http = Some(tools::wrk(ns, &url, secs, 8, core)?);
-                    smp.ab = Some(tools::ab(ns, &url, secs, 8, core)?);
-                    smp.http_close = Some(tools::wrk_close(ns, &url, secs, 8, core)?);
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    smp.error = Some(err(e));
-                }
-                rep.issue5.push(smp);
+                weir_round(&om, bin, &manifest, round, &mut rep, &|m| {
+                    step(&format!("round {r}/{reps}: weir {mode}: {m}"))
+                })?;
             }
         }
-        switch(&w, &mut cur, Pol::None, &pol, &pol7)?;
-        for round in 0..o.scale_reps.max(1) {
-            for &n in &o.rules {
-                step(&format!("weir: {n} rules (round {})", round + 1));
-                std::fs::write(&pol, l3l4_policy(n))?;
-                let t = Instant::now();
-                match apply(&w, &pol) {
-                    Ok(()) => rep.scaling.push(scale_point(
-                        o,
-                        &p,
-                        "weir",
-                        n,
-                        round,
-                        t.elapsed().as_secs_f64(),
-                    )),
-                    Err(e) => rep.scaling.push(ScalePoint {
-                        peer: "weir".into(),
-                        rules: n,
-                        rep: round,
-                        errors: vec![err(e)],
-                        ..Default::default()
-                    }),
-                }
-            }
-        }
-        step("XDP_DROP reference");
-        match xdp_drop(o, &w, &p) {
-            Ok(x) => rep.xdp_drop = Some(x),
-            Err(e) => rep.errors.push(format!("XDP_DROP reference: {}", err(e))),
-        }
-        drop(w);
-    } else {
+    }
+    if o.weir.is_none() {
         rep.errors.push("weir not measured (--kernel-only)".into());
     }
 
     if let (true, Some(bin)) = (o.inter_node, o.weir.as_deref()) {
-        inter_node(o, bin, &mut rep)?;
+        let om = PaperOptions {
+            mode: o.primary_mode().to_string(),
+            ..o.clone()
+        };
+        for round in 0..reps {
+            step(&format!("inter-node round {}/{reps}", round + 1));
+            inter_node(&om, bin, round, &mut rep)?;
+        }
     } else if o.inter_node {
         rep.errors
             .push("inter-node: weir not measured (--kernel-only)".into());
@@ -862,6 +670,358 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
     rep.host_end = Some(Host::now());
     write(o, &rep)?;
     Ok(rep)
+}
+
+/// The sub-rounds of a sweep with `total` rounds that run in headline
+/// round `round` of `reps`: round, round + reps, … (every sweep round
+/// runs once, spread over the headline rounds).
+fn sub_rounds(round: usize, reps: usize, total: usize) -> impl Iterator<Item = usize> {
+    (round..total.max(1)).step_by(reps.max(1))
+}
+
+/// One round of the kernel side: the generator's ceiling (forwarding still
+/// off: the node drops every datagram at IP input), then kernel,
+/// kernel+nft (and this round's share of the nftables rule sweep),
+/// kernel+haproxy.
+fn kernel_round(
+    o: &PaperOptions,
+    spec: &weir_topo::manifest::ClusterSpec,
+    round: usize,
+    rep: &mut PaperReport,
+    step: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    step("kernel: build");
+    let kname = format!("pp{pid}k");
+    if round == 0 {
+        rep.clusters.push(kname.clone());
+    }
+    let k = KernelPath::build(&kname, spec)?;
+    let p = pods(&k.cluster)?;
+    let node = k.cluster.nodes[0].netns.clone();
+    step("generator ceiling (node drops, ip_forward=0)");
+    stop::check()?;
+    match udp::run(
+        &p.app2.netns,
+        &p.app1.netns,
+        SocketAddrV4::new(v4(p.app1)?, UDP_PORT),
+        &o.udp_p(),
+    ) {
+        Ok(u) => rep.ceilings.push(Ceiling {
+            rep: round,
+            offered_pps: u.offered_pps,
+        }),
+        Err(e) => rep.errors.push(format!(
+            "generator ceiling, round {}: {}",
+            round + 1,
+            err(e)
+        )),
+    }
+    k.enable_forwarding()?;
+    step("kernel: no policy");
+    rep.rows
+        .push(measure(o, "kernel", "veth + routing, no policy", &p, ALL)?.round(round));
+    step("kernel+nft: L3/L4 policy");
+    {
+        let _n = Nft::load(
+            &node,
+            &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, None),
+        )?;
+        let w = Work {
+            policy: true,
+            ..ALL
+        };
+        rep.rows.push(
+            measure(
+                o,
+                "kernel+nft",
+                "routing + nftables forward chain = the L3/L4 policy",
+                &p,
+                w,
+            )?
+            .round(round),
+        );
+        for sr in sub_rounds(round, o.reps, o.scale_reps) {
+            for &n in &o.rules {
+                step(&format!("kernel+nft: {n} rules (sweep round {})", sr + 1));
+                let t = Instant::now();
+                let r = Nft::load(
+                    &node,
+                    &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, n, None),
+                );
+                let secs = t.elapsed().as_secs_f64();
+                match r {
+                    Ok(_g) => rep
+                        .scaling
+                        .push(scale_point(o, &p, "nftables", n, sr, secs)),
+                    Err(e) => rep.scaling.push(ScalePoint {
+                        peer: "nftables".into(),
+                        rules: n,
+                        rep: sr,
+                        errors: vec![err(e)],
+                        ..Default::default()
+                    }),
+                }
+            }
+        }
+    }
+    step("kernel+haproxy: L7 detour");
+    if o.haproxy && tools::have("haproxy") {
+        let mut row = Row {
+            name: "kernel+haproxy-L7".into(),
+            measures: "nftables redirect of app2→app1 TCP 80 to haproxy (mode http, GET /public only) in the node netns".into(),
+            rep: round,
+            ..Default::default()
+        };
+        let r = (|| -> anyhow::Result<()> {
+            let node_ip = k.cluster.nodes[0].ipv4.context("node has no IPv4")?;
+            let _n = Nft::load(
+                &node,
+                &peers::nft_ruleset(v4(p.app2)?, v4(p.app1)?, 0, Some((node_ip, HAPROXY_PORT))),
+            )?;
+            let _h = Haproxy::start(
+                &node,
+                &o.out.join(format!("haproxy-{pid}")),
+                HAPROXY_PORT,
+                o.worker_core,
+            )?;
+            let dst = v4(p.app1)?;
+            let srv = HttpServer::start(
+                &p.app1.netns,
+                SocketAddr::from((dst, HTTP_PORT)),
+                o.load_core,
+            )?;
+            let a = SocketAddr::from((dst, HTTP_PORT));
+            row.l7_public = Some(http::status_of(&p.app2.netns, a, "GET", "/public/x"));
+            row.l7_private = Some(http::status_of(&p.app2.netns, a, "GET", "/private"));
+            row.app3_blocked = Some(http::status_of(&p.app3.netns, a, "GET", "/public/x") == 0);
+            let c0 = CpuSnap::now();
+            let h = tools::wrk(
+                &p.app2.netns,
+                &format!("http://{dst}/public/x"),
+                o.http_secs,
+                8,
+                o.load_core,
+            )?;
+            row.http_cpu = Some(CpuSnap::now().since(&c0));
+            row.http = Some(h);
+            let url = format!("http://{dst}/public/x");
+            row.ab = Some(tools::ab(&p.app2.netns, &url, o.http_secs, 8, o.load_core)?);
+            row.http_close = Some(tools::wrk_close(
+                &p.app2.netns,
+                &url,
+                o.http_secs,
+                8,
+                o.load_core,
+            )?);
+            drop(srv);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            row.errors.push(err(e));
+        }
+        rep.rows.push(row);
+    } else if round == 0 {
+        rep.errors
+            .push("haproxy skipped (--no-haproxy or not installed: scripts/setup.sh)".into());
+    }
+    Ok(())
+}
+
+/// One round of Open vSwitch: userspace datapath, AF_XDP ports,
+/// conntrack flows = the L3/L4 policy.
+fn ovs_round(
+    o: &PaperOptions,
+    spec: &weir_topo::manifest::ClusterSpec,
+    round: usize,
+    rep: &mut PaperReport,
+) -> anyhow::Result<()> {
+    if !(o.ovs && tools::have("ovs-vswitchd")) {
+        if round == 0 {
+            rep.errors
+                .push("OVS skipped (--no-ovs or not installed: scripts/setup.sh)".into());
+        }
+        return Ok(());
+    }
+    stop::check()?;
+    let pid = std::process::id();
+    let oname = format!("pp{pid}o");
+    if round == 0 {
+        rep.clusters.push(oname.clone());
+    }
+    let r = (|| -> anyhow::Result<Row> {
+        let k = KernelPath::build(&oname, spec)?;
+        let p = pods(&k.cluster)?;
+        let node = k.cluster.nodes[0].netns.clone();
+        let mut ports = Vec::new();
+        for (i, pod) in [p.app1, p.app2, p.app3].into_iter().enumerate() {
+            crate::kernel::ip(&[
+                "-n",
+                &pod.netns,
+                "neigh",
+                "replace",
+                "169.254.1.1",
+                "lladdr",
+                peers::OVS_GW_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            ports.push(OvsPort {
+                ifname: pod.host_ifname.clone(),
+                ofport: i as u32 + 1,
+                ipv4: v4(pod)?,
+                mac: pod.pod_mac,
+            });
+        }
+        let ovs = Ovs::start(
+            &node,
+            &o.out.join(format!("ovs-{pid}")),
+            &ports,
+            (v4(p.app2)?, v4(p.app1)?),
+            o.worker_core,
+        )?;
+        let w = Work {
+            policy: true,
+            ..ALL
+        };
+        let row = measure(o, "ovs-afxdp+ct", "OVS 3.1 netdev datapath, AF_XDP ports, OpenFlow13 ct flows = the L3/L4 policy; PMD on the worker core", &p, w);
+        let _ = std::fs::write(o.out.join("ovs-pmd-stats.txt"), ovs.pmd_stats());
+        drop(ovs);
+        drop(k);
+        row
+    })();
+    match r {
+        Ok(row) => rep.rows.push(row.round(round)),
+        Err(e) => rep.rows.push(Row {
+            name: "ovs-afxdp+ct".into(),
+            rep: round,
+            errors: vec![err(e)],
+            ..Default::default()
+        }),
+    }
+    Ok(())
+}
+
+/// One round of weir in `o.mode`: no policy, L3/L4, L7; in the primary
+/// mode also this round's share of the L7 wrk comparison and of the rule
+/// sweep, and the XDP_DROP reference (last: it stops the dataplane).
+fn weir_round(
+    o: &PaperOptions,
+    bin: &Path,
+    manifest: &Path,
+    round: usize,
+    rep: &mut PaperReport,
+    step: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    stop::check()?;
+    let primary = o.mode == o.primary_mode();
+    let wname = format!("pp{}w{}", std::process::id(), &o.mode[..1]);
+    if round == 0 {
+        rep.clusters.push(wname.clone());
+    }
+    step("up");
+    let w = WeirCluster::up(bin, &wname, manifest, &o.worker_core.to_string(), &o.mode)?;
+    let p = pods(&w.cluster)?;
+    step("no policy");
+    rep.rows
+        .push(measure(o, &format!("weir-{}", o.mode), "weir, no policy", &p, ALL)?.round(round));
+    if let Ok(c) = w.counters() {
+        rep.weir_worker_cores = c.worker_cores;
+    }
+    step("L3/L4 policy");
+    let pol = o.out.join("paper-policy.json");
+    let pol7 = o.out.join("paper-l7-policy.json");
+    std::fs::write(&pol, l3l4_policy(0))?;
+    std::fs::write(&pol7, l7_policy())?;
+    let mut cur = Pol::None;
+    switch(&w, &mut cur, Pol::L3L4, &pol, &pol7)?;
+    let wk = Work {
+        policy: true,
+        ..ALL
+    };
+    rep.rows.push(
+        measure(
+            o,
+            &format!("weir-{}+L3L4", o.mode),
+            "weir, NetworkPolicy id=app2 → id=app1 (weir apply -f)",
+            &p,
+            wk,
+        )?
+        .round(round),
+    );
+    step("L7 policy");
+    rep.rows
+        .push(weir_l7_row(o, &w, &p, &mut cur, &pol, &pol7)?.round(round));
+    if !primary {
+        return Ok(());
+    }
+    step("L7 wrk comparison (none, L3/L4, L7)");
+    let dst = v4(p.app1)?;
+    for sr in sub_rounds(round, o.reps, o.issue5_reps) {
+        for (label, to) in [("none", Pol::None), ("L3L4", Pol::L3L4), ("L7", Pol::L7)] {
+            stop::check()?;
+            let mut smp = Issue5Sample {
+                policy: label.into(),
+                rep: sr,
+                ..Default::default()
+            };
+            let r = (|| -> anyhow::Result<()> {
+                switch(&w, &mut cur, to, &pol, &pol7)?;
+                let _srv = HttpServer::start(
+                    &p.app1.netns,
+                    SocketAddr::from((dst, HTTP_PORT)),
+                    o.load_core,
+                )?;
+                let url = format!("http://{dst}/public/x");
+                let (ns, secs, core) = (&p.app2.netns, o.http_secs, o.load_core);
+                smp.http = Some(tools::wrk(ns, &url, secs, 8, core)?);
+                smp.ab = Some(tools::ab(ns, &url, secs, 8, core)?);
+                smp.http_close = Some(tools::wrk_close(ns, &url, secs, 8, core)?);
+                Ok(())
+            })();
+            if let Err(e) = r {
+                smp.error = Some(err(e));
+            }
+            rep.issue5.push(smp);
+        }
+    }
+    switch(&w, &mut cur, Pol::None, &pol, &pol7)?;
+    for sr in sub_rounds(round, o.reps, o.scale_reps) {
+        for &n in &o.rules {
+            step(&format!("{n} rules (sweep round {})", sr + 1));
+            std::fs::write(&pol, l3l4_policy(n))?;
+            let t = Instant::now();
+            match apply(&w, &pol) {
+                Ok(()) => {
+                    rep.scaling
+                        .push(scale_point(o, &p, "weir", n, sr, t.elapsed().as_secs_f64()))
+                }
+                Err(e) => rep.scaling.push(ScalePoint {
+                    peer: "weir".into(),
+                    rules: n,
+                    rep: sr,
+                    errors: vec![err(e)],
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+    step("XDP_DROP reference");
+    match xdp_drop(o, &w, &p) {
+        Ok(mut x) => {
+            x.rep = round;
+            rep.xdp_drop.push(x)
+        }
+        Err(e) => rep.errors.push(format!(
+            "XDP_DROP reference, round {}: {}",
+            round + 1,
+            err(e)
+        )),
+    }
+    drop(w);
+    Ok(())
 }
 
 fn apply(w: &WeirCluster, file: &Path) -> anyhow::Result<()> {
@@ -968,7 +1128,12 @@ fn weir_l7_row(
 
 /// Inter-node scenarios: three clusters on the two-node topology, each
 /// measured intra-node (app2 → app3) and inter-node (app2 → app1).
-fn inter_node(o: &PaperOptions, bin: &Path, rep: &mut PaperReport) -> anyhow::Result<()> {
+fn inter_node(
+    o: &PaperOptions,
+    bin: &Path,
+    round: usize,
+    rep: &mut PaperReport,
+) -> anyhow::Result<()> {
     let pid = std::process::id();
     let wk = Work {
         udp: true,
@@ -990,7 +1155,9 @@ fn inter_node(o: &PaperOptions, bin: &Path, rep: &mut PaperReport) -> anyhow::Re
             format!("weir-{}-{label}", o.mode)
         };
         let name = format!("pp{pid}{suffix}");
-        rep.clusters.push(name.clone());
+        if round == 0 {
+            rep.clusters.push(name.clone());
+        }
         let file = o.out.join(format!("paper-2n-{label}.yaml"));
         std::fs::write(&file, manifests_2n(kernel))?;
         let r = (|| -> anyhow::Result<Vec<InterRow>> {
@@ -1009,7 +1176,8 @@ fn inter_node(o: &PaperOptions, bin: &Path, rep: &mut PaperReport) -> anyhow::Re
                 v.push(InterRow {
                     dataplane: dp.clone(),
                     path: path.into(),
-                    row,
+                    rep: round,
+                    row: row.round(round),
                 });
             }
             drop(w);
@@ -1017,7 +1185,9 @@ fn inter_node(o: &PaperOptions, bin: &Path, rep: &mut PaperReport) -> anyhow::Re
         })();
         match r {
             Ok(v) => rep.inter_node.extend(v),
-            Err(e) => rep.errors.push(format!("inter-node {dp}: {}", err(e))),
+            Err(e) => rep
+                .errors
+                .push(format!("inter-node {dp}, round {}: {}", round + 1, err(e))),
         }
     }
     Ok(())
@@ -1110,6 +1280,7 @@ fn xdp_drop(o: &PaperOptions, w: &WeirCluster, p: &Pods) -> anyhow::Result<XdpDr
         r
     })?;
     Ok(XdpDrop {
+        rep: 0,
         sent: secs.0,
         window_s: secs.1,
         pps: secs.0 as f64 / secs.1,
@@ -1211,22 +1382,6 @@ const METRICS: [(&str, Getter, bool); 8] = [
     ("HTTP p99", Row::hp99, false),
 ];
 
-/// (min, median, max) of the values; None when there are none.
-fn stats(v: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    let med = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some((v[0], med, v[n - 1]))
-}
-
 /// "min / median / max" (or just the value when they are all equal).
 fn mmm(x: Option<(f64, f64, f64)>) -> String {
     match x {
@@ -1248,7 +1403,7 @@ impl PaperReport {
         let reps = self.issue5.iter().map(|x| x.rep + 1).max().unwrap_or(0);
         let _ = writeln!(
             s,
-            "\n## Issue #5: HTTP keep-alive through weir with no policy, L3/L4, L7\n\nwrk, 1 thread, 8 connections, GET /public/x, same weir cluster, the policy swapped between rounds (none → L3/L4 → L7, {reps} round(s), interleaved); weir cells: median [min–max] over the rounds. Kernel rows: one round each, same run (their own cluster).\n"
+            "\n## Issue #5: HTTP keep-alive through weir with no policy, L3/L4, L7\n\nwrk, 1 thread, 8 connections, GET /public/x, same weir cluster, the policy swapped between rounds (none → L3/L4 → L7, {reps} round(s), interleaved); weir cells: median [min–max] over the rounds. Kernel rows: median [min–max] of their headline rounds, same run (their own cluster).\n"
         );
         let _ = writeln!(
             s,
@@ -1272,11 +1427,7 @@ impl PaperReport {
             get("L3L4", p50).map(|x| x.1),
             get("L3L4", p99).map(|x| x.1),
         );
-        let cell = |x: Option<(f64, f64, f64)>| match x {
-            None => "—".to_string(),
-            Some((a, m, b)) if a == b => format!("{m:.0}"),
-            Some((a, m, b)) => format!("{m:.0} [{a:.0}–{b:.0}]"),
-        };
+        let cell = |x| rounds::cell(x, 0);
         for (pol, label) in [
             ("none", "(a) none"),
             ("L3L4", "(b) L3/L4"),
@@ -1300,18 +1451,22 @@ impl PaperReport {
             ("kernel+nft", "(b) nftables"),
             ("kernel+haproxy-L7", "(c) haproxy L7"),
         ] {
-            let r = self.row(name);
-            let h = r.and_then(|r| r.http.as_ref());
+            let (r, a, b) = (
+                self.agg(name, Row::rps),
+                self.agg(name, Row::hp50),
+                self.agg(name, Row::hp99),
+            );
+            let e = self.agg(name, |r| r.http.as_ref().map(|h| h.errors as f64));
             let _ = writeln!(
                 s,
                 "| kernel | {label} | {} | {} | {} | {} | {} | {} | {} |",
-                f0(h.map(|h| h.requests_per_s)),
-                f0(h.map(|h| h.p50_us)),
-                f0(h.map(|h| h.p99_us)),
-                f2(ratio(h.map(|h| h.requests_per_s), base.0)),
-                f2(ratio(h.map(|h| h.p50_us), base.1)),
-                f2(ratio(h.map(|h| h.p99_us), base.2)),
-                f0(h.map(|h| h.errors as f64))
+                cell(r),
+                cell(a),
+                cell(b),
+                f2(ratio(rounds::med(r), base.0)),
+                f2(ratio(rounds::med(a), base.1)),
+                f2(ratio(rounds::med(b), base.2)),
+                f0(e.map(|x| x.2))
             );
         }
         let (l7, l34) = (get("L7", rps).map(|x| x.1), base.0);
@@ -1365,11 +1520,7 @@ impl PaperReport {
             "| path | policy | ab conn/s | ab ÷ weir L3/L4 | ab failed/non-2xx | wrk-close conn/s | wrk-close ÷ weir L3/L4 |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-        let cell = |x: Option<(f64, f64, f64)>| match x {
-            None => "—".to_string(),
-            Some((a, m, b)) if a == b => format!("{m:.0}"),
-            Some((a, m, b)) => format!("{m:.0} [{a:.0}–{b:.0}]"),
-        };
+        let cell = |x| rounds::cell(x, 0);
         let (b_ab, b_wc) = (ab("L3L4").map(|x| x.1), wc("L3L4").map(|x| x.1));
         for (pol, label) in [
             ("none", "(a) none"),
@@ -1391,18 +1542,21 @@ impl PaperReport {
                 f2(ratio(wc(pol).map(|x| x.1), b_wc)),
             );
         }
-        if let Some(r) = self.row("kernel+haproxy-L7") {
-            let a = r.ab.as_ref().map(|a| a.requests_per_s);
-            let w = r.http_close.as_ref().map(|h| h.requests_per_s);
-            let bad = r.ab.as_ref().map(|a| (a.failed + a.non_2xx) as f64);
+        if self.row("kernel+haproxy-L7").is_some() {
+            let n = "kernel+haproxy-L7";
+            let a = self.agg(n, |r| r.ab.as_ref().map(|a| a.requests_per_s));
+            let w = self.agg(n, |r| r.http_close.as_ref().map(|h| h.requests_per_s));
+            let bad: u64 = self
+                .rows_of(n)
+                .filter_map(|r| r.ab.as_ref().map(|a| a.failed + a.non_2xx))
+                .sum();
             let _ = writeln!(
                 s,
-                "| kernel | (c) haproxy L7 | {} | {} | {} | {} | {} |",
-                f0(a),
-                f2(ratio(a, b_ab)),
-                f0(bad),
-                f0(w),
-                f2(ratio(w, b_wc)),
+                "| kernel | (c) haproxy L7 | {} | {} | {bad} | {} | {} |",
+                cell(a),
+                f2(ratio(rounds::med(a), b_ab)),
+                cell(w),
+                f2(ratio(rounds::med(w), b_wc)),
             );
         }
         let _ = writeln!(
@@ -1413,56 +1567,68 @@ impl PaperReport {
         );
     }
 
-    /// Inter-node vs intra-node, per dataplane.
+    /// Inter-node vs intra-node, per dataplane: median [min–max] over the
+    /// rounds; ratios per round (same round's intra, same round's kernel).
     fn inter_md(&self, s: &mut String) {
         if self.inter_node.is_empty() {
             return;
         }
+        let reps = self.inter_node.iter().map(|x| x.rep + 1).max().unwrap_or(0);
         let _ = writeln!(
             s,
-            "\n## Inter-node vs intra-node (Fig. 5 b/d)\n\nTwo nodes: app2 and app3 on n1, app1 on n2. intra = app2 → app3, inter = app2 → app1 across the underlay bridge. `kernel-vxlan`: both nodes annotated `weir.dev/dataplane: kernel` (kernel routing + the kernel's vxlan0, no weir); `weir-*`: `weir up --encap vxlan|geneve`, both nodes' workers on the worker core. No policy. One round each.\n"
+            "\n## Inter-node vs intra-node (Fig. 5 b/d)\n\nTwo nodes: app2 and app3 on n1, app1 on n2. intra = app2 → app3, inter = app2 → app1 across the underlay bridge. `kernel-vxlan`: both nodes annotated `weir.dev/dataplane: kernel` (kernel routing + the kernel's vxlan0, no weir); `weir-*`: `weir up --encap vxlan|geneve`, both nodes' workers on the worker core. No policy. {reps} round(s); cells median [min–max]; the generator ceiling is the one-node ceiling above (same generator, same core).\n"
         );
-        let _ = writeln!(s, "| dataplane | path | UDP 64B rx pps | offered pps | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| dataplane | path | UDP 64B rx pps | rx ÷ ceiling | offered pps | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        let mut keys: Vec<(&str, &str)> = Vec::new();
         for x in &self.inter_node {
-            let r = &x.row;
+            if !keys.contains(&(x.dataplane.as_str(), x.path.as_str())) {
+                keys.push((x.dataplane.as_str(), x.path.as_str()));
+            }
+        }
+        let of = |dp: &str, path: &str| -> Vec<&InterRow> {
+            self.inter_node
+                .iter()
+                .filter(|x| x.dataplane == dp && x.path == path)
+                .collect()
+        };
+        for &(dp, path) in &keys {
+            let v = of(dp, path);
+            let g = |f: Getter| stats(v.iter().filter_map(|x| f(&x.row)));
+            let vs_ceiling = stats(
+                v.iter()
+                    .filter_map(|x| ratio(x.row.pps(), self.ceiling(x.rep))),
+            );
+            let offered = stats(
+                v.iter()
+                    .filter_map(|x| x.row.udp.as_ref().map(|u| u.offered_pps)),
+            );
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                x.dataplane,
-                x.path,
-                f0(r.pps()),
-                f0(r.udp.as_ref().map(|u| u.offered_pps)),
-                f0(r.p50()),
-                f0(r.p99()),
-                f0(r.rps()),
-                f0(r.hp50()),
-                f0(r.hp99())
+                "| {dp} | {path} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                rounds::cell(g(Row::pps), 0),
+                rounds::cell(vs_ceiling, 2),
+                rounds::cell(offered, 0),
+                rounds::cell(g(Row::p50), 0),
+                rounds::cell(g(Row::p99), 0),
+                rounds::cell(g(Row::rps), 0),
+                rounds::cell(g(Row::hp50), 0),
+                rounds::cell(g(Row::hp99), 0),
             );
         }
         let _ = writeln!(
             s,
-            "\nRatios (above 1 better for pps and req/s, below 1 better for latencies):\n"
+            "\nRatios, per round (median [min–max]; above 1 better for pps and req/s, below 1 better for latencies):\n"
         );
         let _ = writeln!(
             s,
             "| dataplane | ratio | UDP pps | RR p50 | RR p99 | HTTP req/s | HTTP p50 | HTTP p99 |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-        let find = |dp: &str, path: &str| {
-            self.inter_node
-                .iter()
-                .find(|x| x.dataplane == dp && x.path == path)
-                .map(|x| &x.row)
-        };
-        let mut dps: Vec<&str> = self
-            .inter_node
-            .iter()
-            .map(|x| x.dataplane.as_str())
-            .collect();
+        let mut dps: Vec<&str> = keys.iter().map(|k| k.0).collect();
         dps.dedup();
-        let line = |s: &mut String, dp: &str, what: &str, a: Option<&Row>, b: Option<&Row>| {
-            let _ = write!(s, "| {dp} | {what} |");
+        let line = |s: &mut String, what: &str, a: &[&InterRow], b: &[&InterRow]| {
+            let _ = write!(s, "| {what} |");
             for g in [
                 Row::pps as Getter,
                 Row::p50,
@@ -1471,24 +1637,28 @@ impl PaperReport {
                 Row::hp50,
                 Row::hp99,
             ] {
-                let v = match (a, b) {
-                    (Some(a), Some(b)) => ratio(g(a), g(b)),
-                    _ => None,
-                };
-                let _ = write!(s, " {} |", f2(v));
+                let v = stats(a.iter().filter_map(|x| {
+                    let y = b.iter().find(|y| y.rep == x.rep)?;
+                    ratio(g(&x.row), g(&y.row))
+                }));
+                let _ = write!(s, " {} |", rounds::cell(v, 2));
             }
             let _ = writeln!(s);
         };
         for dp in &dps {
-            line(s, dp, "inter ÷ intra", find(dp, "inter"), find(dp, "intra"));
+            line(
+                s,
+                &format!("{dp} | inter ÷ intra"),
+                &of(dp, "inter"),
+                &of(dp, "intra"),
+            );
         }
         for dp in dps.iter().filter(|d| d.starts_with("weir")) {
             line(
                 s,
-                dp,
-                "inter ÷ kernel-vxlan inter",
-                find(dp, "inter"),
-                find("kernel-vxlan", "inter"),
+                &format!("{dp} | inter ÷ kernel-vxlan inter"),
+                &of(dp, "inter"),
+                &of("kernel-vxlan", "inter"),
             );
         }
     }
@@ -1497,21 +1667,83 @@ impl PaperReport {
         self.rows.iter().find(|r| r.name == name)
     }
 
+    /// Every round's row of configuration `name`.
+    fn rows_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Row> + 'a {
+        self.rows.iter().filter(move |r| r.name == name)
+    }
+
+    /// (min, median, max) of a metric over the rounds of `name`.
+    fn agg(&self, name: &str, g: Getter) -> Option<(f64, f64, f64)> {
+        stats(self.rows_of(name).filter_map(g))
+    }
+
+    /// (min, median, max) over the rounds of `a`'s metric ÷ the same
+    /// round's `b` (a ratio per round, then its spread).
+    fn pair(&self, a: &str, b: &str, g: Getter) -> Option<(f64, f64, f64)> {
+        stats(self.rows_of(a).filter_map(|x| {
+            let y = self.rows_of(b).find(|y| y.rep == x.rep)?;
+            ratio(g(x), g(y))
+        }))
+    }
+
+    /// The generator's ceiling in round `rep`.
+    fn ceiling(&self, rep: usize) -> Option<f64> {
+        self.ceilings
+            .iter()
+            .find(|c| c.rep == rep)
+            .map(|c| c.offered_pps)
+    }
+
+    /// Configuration names in order of first measurement.
+    fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !v.contains(&r.name.as_str()) {
+                v.push(&r.name);
+            }
+        }
+        v
+    }
+
+    /// The polling modes measured (old reports: the one `weir_poll`).
+    fn modes(&self) -> Vec<String> {
+        if self.weir_modes.is_empty() {
+            vec![self.weir_poll.clone()]
+        } else {
+            self.weir_modes.clone()
+        }
+    }
+
     /// (weir configuration, peer) pairs of the ratio table.
     fn pairs(&self) -> Vec<(String, String)> {
-        let m = &self.weir_poll;
-        let mut v = vec![(format!("weir-{m}"), "kernel".to_string())];
-        for peer in ["kernel+nft", "ovs-afxdp+ct", "kernel"] {
-            v.push((format!("weir-{m}+L3L4"), peer.to_string()));
+        let mut v = Vec::new();
+        for m in self.modes() {
+            v.push((format!("weir-{m}"), "kernel".to_string()));
+            for peer in ["kernel+nft", "ovs-afxdp+ct", "kernel"] {
+                v.push((format!("weir-{m}+L3L4"), peer.to_string()));
+            }
+            v.push((format!("weir-{m}+L3L4"), format!("weir-{m}")));
+            v.push((format!("weir-{m}+L7"), "kernel+haproxy-L7".into()));
+            v.push((format!("weir-{m}+L7"), format!("weir-{m}+L3L4")));
         }
-        v.push((format!("weir-{m}+L7"), "kernel+haproxy-L7".into()));
-        v.push((format!("weir-{m}+L7"), format!("weir-{m}+L3L4")));
+        let modes = self.modes();
+        for a in &modes {
+            for b in &modes {
+                if a < b {
+                    v.push((format!("weir-{a}"), format!("weir-{b}")));
+                }
+            }
+        }
         v
     }
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let h = self.host_start.clone().unwrap_or_else(Host::now);
+        let he = self
+            .host_end
+            .as_ref()
+            .map_or("—".to_string(), |h| h.loadavg.clone());
         let _ = writeln!(
             s,
             "# weir-perf paper ({} mode)\n",
@@ -1519,65 +1751,81 @@ impl PaperReport {
         );
         let _ = writeln!(
             s,
-            "Host: kernel {}, {} cores, load average {} at start. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling mode: **{}**. UDP window {:.1} s.\n",
-            h.kernel, h.cpus, h.loadavg, self.load_core, self.worker_core, self.weir_worker_cores, self.weir_poll, self.window_s
+            "Host: kernel {}, {} cores, load average {} at start, {} at end. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling modes: **{}** (primary: {}). UDP window {:.1} s. {} round(s) of every configuration, interleaved (round 1 of all, then round 2, …); cells are median [min–max] over the rounds.\n",
+            h.kernel, h.cpus, h.loadavg, he, self.load_core, self.worker_core, self.weir_worker_cores, self.modes().join(", "), self.weir_poll, self.window_s, self.reps.max(1)
         );
-        let _ = writeln!(s, "## Ratios: weir ÷ peer, same run\n\nAbove 1 is better for pps, Gb/s, req/s; below 1 is better for latencies.\n");
+        let cs = stats(self.ceilings.iter().map(|c| c.offered_pps));
+        let _ = writeln!(
+            s,
+            "Generator ceiling (the same UDP generator, pods and core against the kernel path with forwarding off: the node drops every datagram at IP input): {} pps. A pps figure near it is a lower bound (the generator's limit), not the path's.\n",
+            rounds::cell(cs, 0)
+        );
+        let _ = writeln!(s, "## Ratios: weir ÷ peer, same run\n\nOne ratio per round (each configuration against the same round's peer), median [min–max]. Above 1 is better for pps, Gb/s, req/s; below 1 is better for latencies.\n");
         let _ = write!(s, "| weir config | peer |");
         for m in METRICS {
             let _ = write!(s, " {} |", m.0);
         }
         let _ = writeln!(s, "\n|---|---|{}", "---|".repeat(METRICS.len()));
         for (w, p) in self.pairs() {
+            if self.row(&w).is_none() || self.row(&p).is_none() {
+                continue;
+            }
             let _ = write!(s, "| {w} | {p} |");
-            let (wr, pr) = (self.row(&w), self.row(&p));
             for m in METRICS {
-                let cell = match (wr, pr) {
-                    (Some(a), Some(b)) => f2(ratio((m.1)(a), (m.1)(b))),
-                    _ => "—".into(),
-                };
-                let _ = write!(s, " {cell} |");
+                let _ = write!(s, " {} |", rounds::cell(self.pair(&w, &p, m.1), 2));
             }
             let _ = writeln!(s);
         }
         let _ = writeln!(s, "\n## Absolute numbers\n");
-        let _ = writeln!(s, "| configuration | UDP 64B rx pps | offered pps | cores used | pps/core | TCP bulk Gb/s | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs | app3→app1 refused |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for r in &self.rows {
+        let _ = writeln!(s, "| configuration | UDP 64B rx pps | rx ÷ ceiling | offered pps | cores used | pps/core | TCP bulk Gb/s | RR p50 µs | RR p99 µs | HTTP req/s | HTTP p50 µs | HTTP p99 µs | app3→app1 refused |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for n in self.names() {
+            let c0 = |g: Getter| rounds::cell(self.agg(n, g), 0);
+            let vs_ceiling = stats(
+                self.rows_of(n)
+                    .filter_map(|r| ratio(r.pps(), self.ceiling(r.rep))),
+            );
+            let refused: Vec<bool> = self.rows_of(n).filter_map(|r| r.app3_blocked).collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.name,
-                f0(r.pps()),
-                f0(r.udp.as_ref().map(|u| u.offered_pps)),
-                f2(r.cores()),
-                f0(r.pps_per_core()),
-                f2(r.gbps()),
-                f0(r.p50()),
-                f0(r.p99()),
-                f0(r.rps()),
-                f0(r.hp50()),
-                f0(r.hp99()),
-                r.app3_blocked.map_or("—".into(), |b| if b {
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c0(Row::pps),
+                rounds::cell(vs_ceiling, 2),
+                c0(|r| r.udp.as_ref().map(|u| u.offered_pps)),
+                rounds::cell(self.agg(n, Row::cores), 2),
+                c0(Row::pps_per_core),
+                rounds::cell(self.agg(n, Row::gbps), 2),
+                c0(Row::p50),
+                c0(Row::p99),
+                c0(Row::rps),
+                c0(Row::hp50),
+                c0(Row::hp99),
+                if refused.is_empty() {
+                    "—".to_string()
+                } else if refused.iter().all(|b| *b) {
                     "yes".to_string()
                 } else {
                     "**NO**".to_string()
-                })
+                }
             );
         }
         let _ = writeln!(s, "\nWhat each configuration is:\n");
-        for r in &self.rows {
-            let _ = writeln!(s, "- `{}`: {}", r.name, r.measures);
-            if r.l7_public.is_some() {
-                let _ = writeln!(
-                    s,
-                    "  - L7 check from app2: GET /public/x → {}, GET /private → {}",
-                    r.l7_public.unwrap_or(0),
-                    r.l7_private.unwrap_or(0)
-                );
-            }
-            for e in &r.errors {
-                let _ = writeln!(s, "  - error: {e}");
+        for n in self.names() {
+            let Some(r0) = self.row(n) else { continue };
+            let _ = writeln!(s, "- `{n}`: {}", r0.measures);
+            for r in self.rows_of(n) {
+                if r.l7_public.is_some() {
+                    let _ = writeln!(
+                        s,
+                        "  - round {}: L7 check from app2: GET /public/x → {}, GET /private → {}",
+                        r.rep + 1,
+                        r.l7_public.unwrap_or(0),
+                        r.l7_private.unwrap_or(0)
+                    );
+                }
+                for e in &r.errors {
+                    let _ = writeln!(s, "  - round {}: error: {e}", r.rep + 1);
+                }
             }
         }
         let _ = writeln!(
@@ -1649,11 +1897,20 @@ impl PaperReport {
         }
         self.issue5_md(&mut s);
         self.inter_md(&mut s);
-        if let Some(x) = &self.xdp_drop {
+        if let Some(x) = self.xdp_drop.first() {
+            let xs = stats(self.xdp_drop.iter().map(|x| x.pps));
+            let w = format!("weir-{}", self.weir_poll);
+            let vs = stats(self.rows_of(&w).filter_map(|r| {
+                let d = self.xdp_drop.iter().find(|d| d.rep == r.rep)?;
+                ratio(r.pps(), Some(d.pps))
+            }));
             let _ = writeln!(
                 s,
-                "\n## XDP_DROP reference\n\n{:.0} pps ({}).",
-                x.pps, x.note
+                "\n## XDP_DROP reference\n\n{} pps over {} round(s) ({}). {w} rx pps ÷ the same round's XDP_DROP rate: {}.",
+                rounds::cell(xs, 0),
+                self.xdp_drop.len(),
+                x.note,
+                rounds::cell(vs, 2)
             );
         }
         if let Some(c) = &self.conntrack_bench {
@@ -1669,11 +1926,13 @@ impl PaperReport {
     }
 
     fn plots(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let rows: Vec<&Row> = self.rows.iter().collect();
-        let cats: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+        // Medians over the rounds.
+        let names = self.names();
+        let cats: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let col = |f: Getter| {
-            rows.iter()
-                .map(|r| f(r).unwrap_or(f64::NAN))
+            names
+                .iter()
+                .map(|n| rounds::med(self.agg(n, f)).unwrap_or(f64::NAN))
                 .collect::<Vec<_>>()
         };
         let mut out = Vec::new();
@@ -1837,5 +2096,73 @@ mod tests {
         );
         assert!(md.contains("req/s 0.90"), "{md}");
         assert_eq!(stats([3.0, 1.0, 2.0].into_iter()), Some((1.0, 2.0, 3.0)));
+    }
+
+    /// Three rounds of two modes: cells are median [min–max] over the
+    /// rounds, ratios are taken per round against the same round's peer,
+    /// and rx ÷ ceiling uses the same round's ceiling.
+    #[test]
+    fn markdown_rounds_ranges_and_ceiling() {
+        let udp = |pps: f64| UdpResult {
+            payload_bytes: 18,
+            frame_bytes_on_wire: 64,
+            batch: 64,
+            window_s: 1.0,
+            sent: pps as u64,
+            received: pps as u64,
+            rcvbuf_errors: 0,
+            send_errors: 0,
+            offered_pps: pps,
+            received_pps: pps,
+            delivered_ratio: 1.0,
+        };
+        let row = |n: &str, rep: usize, pps: f64| Row {
+            name: n.into(),
+            rep,
+            udp: Some(udp(pps)),
+            ..Default::default()
+        };
+        let mut rows = Vec::new();
+        for (rep, k) in [(0, 100.0), (1, 200.0), (2, 400.0)] {
+            rows.push(row("kernel", rep, k));
+            // weir is 2× the kernel in every round: the ratio has no spread
+            // even though the absolute numbers spread 4×.
+            rows.push(row("weir-busy", rep, 2.0 * k));
+            rows.push(row("weir-adaptive", rep, 1.5 * k));
+        }
+        let rep = PaperReport {
+            weir_poll: "adaptive".into(),
+            weir_modes: vec!["busy".into(), "adaptive".into()],
+            reps: 3,
+            ceilings: (0..3)
+                .map(|r| Ceiling {
+                    rep: r,
+                    offered_pps: 800.0,
+                })
+                .collect(),
+            xdp_drop: vec![XdpDrop {
+                rep: 1,
+                pps: 1000.0,
+                ..Default::default()
+            }],
+            rows,
+            ..Default::default()
+        };
+        let md = rep.markdown();
+        assert!(md.contains("| weir-busy | kernel | 2.00 |"), "{md}");
+        assert!(md.contains("| weir-adaptive | kernel | 1.50 |"), "{md}");
+        assert!(md.contains("| weir-adaptive | weir-busy | 0.75 |"), "{md}");
+        assert!(
+            md.contains("| kernel | 200 [100–400] | 0.25 [0.12–0.50] |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| weir-busy | 400 [200–800] | 0.50 [0.25–1.00] |"),
+            "{md}"
+        );
+        assert!(md.contains("ceiling") && md.contains(": 800 pps"), "{md}");
+        // Only round 2 has an XDP_DROP sample: weir-adaptive 300 ÷ 1000.
+        assert!(md.contains("XDP_DROP rate: 0.30"), "{md}");
+        assert!(!md.contains("weir-busy+L3L4"), "{md}");
     }
 }
