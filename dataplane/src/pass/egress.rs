@@ -35,10 +35,12 @@
 //!   identifiers, the same shares; NAT keys carry the family); replies
 //!   are recognised by [`is_from_uplink6`]. Without it: `no-route`.
 //!
+//!   ICMPv6 errors about SNAT66 or IPv6 node-port flows are recognised by
+//!   `nat_icmp::is_snat_icmp6` and translated as IPv4's.
+//!
 //! Not handled: other ICMP toward the world (`snat-unsupported`),
 //! fragments from the world (the XDP program leaves them to the kernel),
-//! ICMPv6 errors from the world (the XDP program leaves them to the
-//! kernel), non-masqueraded IPv6 destinations.
+//! non-masqueraded IPv6 destinations.
 
 use core::ops::ControlFlow::{self, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
