@@ -79,6 +79,7 @@ fn snap() -> Snapshot {
             node_ipv6: None,
             gateway_ipv6: None,
             gateway_mac_v6: None,
+            pod_cidr_v6: None,
         }),
         ..Default::default()
     })
@@ -1557,4 +1558,74 @@ fn ipv6_fragments_to_the_world_follow_their_first() {
         run(&s, &mut st, &orphan[1], 0).0,
         Verdict::Drop(DropReason::FragmentNoFirst)
     );
+}
+
+/// Non-masqueraded IPv6 destinations (docs/egress.md): the pod's own IPv6
+/// address stays the source; the reply, routed by the world to the node's
+/// IPv6 pod CIDR, is delivered as sent (MACs and hop limit only); a
+/// masqueraded world address cannot reach a pod's own address
+/// (`no-route`), nor can anything without an IPv6 non-masqueraded entry.
+#[test]
+fn ipv6_non_masquerade_keeps_the_pod_source() {
+    // `2001:db8:5::2`.
+    const DIRECT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let with = |non_masq: bool| {
+        let mut spec = snap6(true).spec.clone();
+        let u = spec.uplink.as_mut().unwrap();
+        if non_masq {
+            u.non_masquerade.push((DIRECT6.into(), 128));
+        }
+        u.pod_cidr_v6 = Some(("fd00:10:244:1::".parse().unwrap(), 64));
+        Snapshot::build(spec).unwrap()
+    };
+    let s = with(true);
+    let mut st = WorkerState::new();
+    let f = l4_6(
+        (pod_mac(1), port_mac(1)),
+        (B6, 5000),
+        (DIRECT6, 53),
+        64,
+        false,
+    );
+    let (v, out) = run(&s, &mut st, &f, 1);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        l4_6((UL_MAC_ME, GW_MAC), (B6, 5000), (DIRECT6, 53), 63, false)
+    );
+    let reply = l4_6((GW_MAC, UL_MAC_ME), (DIRECT6, 53), (B6, 5000), 64, false);
+    let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        l4_6(
+            (port_mac(1), pod_mac(1)),
+            (DIRECT6, 53),
+            (B6, 5000),
+            63,
+            false
+        )
+    );
+    // Other IPv6 destinations are still masqueraded.
+    let f = l4_6(
+        (pod_mac(1), port_mac(1)),
+        (B6, 5000),
+        (WORLD6, 53),
+        64,
+        false,
+    );
+    let (_, out) = run(&s, &mut st, &f, 1);
+    assert_eq!(&out[22..38], &UL6_ME[..]);
+    // A masqueraded world address cannot reach a pod's own address.
+    let stray = l4_6((GW_MAC, UL_MAC_ME), (WORLD6, 53), (B6, 5000), 64, false);
+    assert_eq!(
+        run(&s, &mut st, &stray, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // Without the entry, the reply is no one's either.
+    let s = with(false);
+    assert!(s.uplink().unwrap().routed_v6.is_none());
+    let mut st = WorkerState::new();
+    let (v, _) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }

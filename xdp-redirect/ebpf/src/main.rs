@@ -69,8 +69,13 @@ static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 /// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
 /// Slot 1: 1 when the node has a host port (pod → node-address frames go to
 /// the dataplane), 0 when they go to the kernel.
+/// Slots 2, 3: network and mask of the node's IPv4 pod CIDR (underlay
+/// mode, non-masqueraded destinations; mask 0: off).
+/// Slots 4–7 and 8–11: network and mask of the node's IPv6 pod CIDR, as
+/// four big-endian words each (non-masqueraded IPv6 destinations; mask 0:
+/// off).
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(4, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(12, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
@@ -348,6 +353,11 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
     let Some([next_header]) = read::<1>(ctx, ETH_HLEN + 6) else {
         return Verdict::Pass;
     };
+    // To this node's IPv6 pod CIDR (set only with non-masqueraded IPv6
+    // destinations): their replies and flows.
+    if CONFIG.get(8).copied().unwrap_or(0) != 0 && routed_v6(&dst) {
+        return Verdict::Redirect;
+    }
     // SAFETY: as in `ipv4`: the value is not kept.
     if unsafe { LOCAL_V6.get(&dst) }.is_none() {
         return Verdict::Pass;
@@ -384,6 +394,21 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
         }
         _ => Verdict::Pass,
     }
+}
+
+/// Whether `dst` is in the IPv6 pod CIDR of `CONFIG[4..12]`.
+#[inline(always)]
+fn routed_v6(dst: &[u8; 16]) -> bool {
+    for i in 0..4u32 {
+        let at = (i * 4) as usize;
+        let w = u32::from_be_bytes([dst[at], dst[at + 1], dst[at + 2], dst[at + 3]]);
+        let net = CONFIG.get(4 + i).copied().unwrap_or(0);
+        let mask = CONFIG.get(8 + i).copied().unwrap_or(0);
+        if w & mask != net {
+            return false;
+        }
+    }
+    true
 }
 
 /// Underlay mode, an ICMPv6 error (Destination Unreachable, Packet Too
