@@ -302,6 +302,10 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
         node_ipv6: ul.ipv6.filter(|_| w.ipv6.is_some()),
         gateway_ipv6: w.ipv6.filter(|_| ul.ipv6.is_some()),
         gateway_mac_v6: None,
+        pod_cidr_v6: n.pod_cidrs.iter().find_map(|c| match c {
+            ipnet::IpNet::V6(c) => Some((c.network(), c.prefix_len())),
+            ipnet::IpNet::V4(_) => None,
+        }),
     })
 }
 

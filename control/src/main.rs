@@ -262,7 +262,7 @@ enum Cmd {
         /// the nodes' kubelet for networking (see docs/kubernetes.md).
         #[arg(long)]
         api_server: bool,
-        /// An IPv4 CIDR pods reach without SNAT (their own address stays the
+        /// An IPv4 or IPv6 CIDR pods reach without SNAT (their own address stays the
         /// source; ip-masq-agent's nonMasqueradeCIDRs); repeatable. See
         /// docs/egress.md.
         #[arg(long = "non-masquerade", value_name = "CIDR")]

@@ -258,6 +258,8 @@ pub struct Dataplane {
     /// destinations: the underlay's XDP program hands frames to it to the
     /// sockets (docs/egress.md).
     routed_v4: Option<(u32, u32)>,
+    /// The same for the IPv6 pod CIDR (non-masqueraded IPv6 destinations).
+    routed_v6: Option<(u128, u128)>,
 }
 
 /// The pod CIDR (network, mask) the underlay must hand to the dataplane
@@ -301,6 +303,7 @@ impl Dataplane {
             anchor: None,
             host_port: snap.host().is_some(),
             routed_v4: routed_v4(&snap),
+            routed_v6: snap.uplink().and_then(|u| u.routed_v6),
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
@@ -435,6 +438,15 @@ impl Dataplane {
                 }
             }
             self.routed_v4 = routed;
+        }
+        let routed6 = snap.uplink().and_then(|u| u.routed_v6);
+        if routed6 != self.routed_v6 {
+            for (name, p) in &mut self.ports {
+                if let Err(e) = p.redirector.set_routed_v6(routed6) {
+                    log::warn!("{name}: switching the IPv6 pod-CIDR redirect failed: {e}");
+                }
+            }
+            self.routed_v6 = routed6;
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -692,6 +704,9 @@ impl Dataplane {
         let mut redirector = Redirector::attach(name, &opts).map_err(xdp_err)?;
         if want.underlay.is_some() && self.routed_v4.is_some() {
             redirector.set_routed_v4(self.routed_v4).map_err(xdp_err)?;
+        }
+        if want.underlay.is_some() && self.routed_v6.is_some() {
+            redirector.set_routed_v6(self.routed_v6).map_err(xdp_err)?;
         }
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;

@@ -132,6 +132,11 @@ pub struct UplinkSpec {
     /// Destination MAC of IPv6 frames to the world (`None`: `gateway_mac`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_mac_v6: Option<[u8; 6]>,
+    /// This node's IPv6 pod CIDR: with an IPv6 `non_masquerade` entry (and
+    /// `node_ipv6`), frames from the uplink to it are the dataplane's, as
+    /// `pod_cidr_v4`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<(Ipv6Addr, u8)>,
 }
 
 /// One (ClusterIP, protocol, port) of a Service and its backends.
@@ -368,6 +373,11 @@ pub struct UplinkTables {
     pub gateway_mac_v6: [u8; 6],
     /// The IPv6 cluster ranges.
     pub cluster6: PrefixSet6,
+    /// IPv6 destinations reached without SNAT66.
+    pub non_masquerade6: PrefixSet6,
+    /// (network, mask) of this node's IPv6 pod CIDR when IPv6 destinations
+    /// are not masqueraded: frames from the uplink to it are routed to pods.
+    pub routed_v6: Option<(u128, u128)>,
 }
 
 /// Key of a Service frontend: (ClusterIP, IP protocol, port).
@@ -754,7 +764,10 @@ impl Snapshot {
                 cluster: PrefixSet4::build("cluster_cidrs", &u.cluster_cidrs)?,
                 non_masquerade: PrefixSet4::build("non_masquerade", &u.non_masquerade)?,
                 routed_v4: match u.pod_cidr_v4 {
-                    Some((a, len)) if !u.non_masquerade.is_empty() && (1..=32).contains(&len) => {
+                    Some((a, len))
+                        if u.non_masquerade.iter().any(|(a, _)| a.is_ipv4())
+                            && (1..=32).contains(&len) =>
+                    {
                         let mask = u32::MAX << (32 - u32::from(len));
                         Some((u32::from(a) & mask, mask))
                     }
@@ -763,6 +776,18 @@ impl Snapshot {
                 node_ipv6: u.node_ipv6,
                 gateway_mac_v6: u.gateway_mac_v6.unwrap_or(u.gateway_mac),
                 cluster6: PrefixSet6::build("cluster_cidrs", &u.cluster_cidrs)?,
+                non_masquerade6: PrefixSet6::build("non_masquerade", &u.non_masquerade)?,
+                routed_v6: match u.pod_cidr_v6 {
+                    Some((a, len))
+                        if u.node_ipv6.is_some()
+                            && u.non_masquerade.iter().any(|(a, _)| a.is_ipv6())
+                            && (1..=128).contains(&len) =>
+                    {
+                        let mask = u128::MAX << (128 - u32::from(len));
+                        Some((u128::from(a) & mask, mask))
+                    }
+                    _ => None,
+                },
             }),
             _ => {
                 return Err(SnapshotError::Uplink(

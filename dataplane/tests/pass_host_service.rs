@@ -134,6 +134,7 @@ fn snap() -> Snapshot {
             node_ipv6: None,
             gateway_ipv6: None,
             gateway_mac_v6: None,
+            pod_cidr_v6: None,
         }),
     })
     .unwrap()

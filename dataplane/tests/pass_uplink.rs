@@ -79,6 +79,7 @@ fn snap() -> Snapshot {
             node_ipv6: None,
             gateway_ipv6: None,
             gateway_mac_v6: None,
+            pod_cidr_v6: None,
         }),
         ..Default::default()
     })
@@ -1231,4 +1232,400 @@ fn node_port_on_ipv6() {
         run(&s, &mut st, &f, UNDERLAY).0,
         Verdict::Drop(DropReason::NoRoute)
     );
+}
+
+/// An ICMPv6 error from `src` to `dst` quoting `quote` (an IPv6 packet).
+fn icmp6_error(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    hops: u8,
+    ty: etherparse::Icmpv6Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src, dst, hops)
+        .icmpv6(ty)
+        .write(&mut out, quote)
+        .unwrap();
+    out
+}
+
+/// ICMPv6 errors from the world about SNAT66 flows (port unreachable from
+/// the server, Packet Too Big and Time Exceeded from a router) reach the
+/// pod translated: byte for byte the error its own packet would have drawn
+/// (outer destination, quoted source address and port or identifier, the
+/// quoted L4 checksum and the ICMPv6 checksum over the new pseudo-header).
+/// A quote of a port nobody holds is `snat-no-entry`.
+#[test]
+fn icmpv6_errors_about_snat66_flows_reach_the_pod_translated() {
+    use etherparse::icmpv6::{DestUnreachableCode, TimeExceededCode};
+    use etherparse::Icmpv6Type;
+    let s = snap6(true);
+    let mut st = WorkerState::new();
+    let ip = |f: &[u8]| f[14..].to_vec();
+    // `2001:db8:7::9`, a router on the way.
+    let router = [0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let pod = (pod_mac(0), port_mac(0));
+    let cases = [
+        // UDP to a closed port: port unreachable, the whole datagram.
+        (
+            l4_6(pod, (A6, 40000), (WORLD6, 9), 64, false),
+            WORLD6,
+            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+            None,
+        ),
+        // The same quoted short (48 bytes: the UDP header, its checksum).
+        (
+            l4_6(pod, (A6, 40003), (WORLD6, 9), 64, false),
+            WORLD6,
+            Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+            Some(48),
+        ),
+        // A TCP SYN too big for a router's next hop.
+        (
+            l4_6(pod, (A6, 40001), (WORLD6, 8080), 64, true),
+            router,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            None,
+        ),
+        // A ping whose hop limit ran out.
+        (
+            ping6(pod, A6, WORLD6, 64, 9, false),
+            router,
+            Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            None,
+        ),
+    ];
+    for (sent, from, ty, cut) in cases {
+        let (v, out) = run(&s, &mut st, &sent, 0);
+        assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+        let cut = cut.unwrap_or(out.len() - 14);
+        let err = icmp6_error((GW_MAC, UL_MAC_ME), from, UL6_ME, 64, ty, &ip(&out)[..cut]);
+        let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+        assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{ty:?}: {v:?}");
+        // The pod's packet as it left the pod (hop limit as the world saw it).
+        let mut as_sent = sent.clone();
+        as_sent[14 + 7] -= 1;
+        assert_eq!(
+            back,
+            icmp6_error(
+                (port_mac(0), pod_mac(0)),
+                from,
+                A6,
+                63,
+                ty,
+                &ip(&as_sent)[..cut]
+            )
+        );
+    }
+    // An error quoting a SNAT port nobody holds.
+    let stray = l4_6((UL_MAC_ME, GW_MAC), (UL6_ME, 61999), (WORLD6, 9), 63, false);
+    let err = icmp6_error(
+        (GW_MAC, UL_MAC_ME),
+        WORLD6,
+        UL6_ME,
+        64,
+        Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
+        &ip(&stray),
+    );
+    assert_eq!(
+        run(&s, &mut st, &err, UNDERLAY).0,
+        Verdict::Drop(DropReason::SnatNoEntry)
+    );
+}
+
+/// `snap6(true)` with a dual-stack NodePort Service on 30080 (TCP, IPv4
+/// and IPv6 frontends) whose only backend is pod a (port 80).
+fn np6_snap() -> Snapshot {
+    use weir_dataplane::snapshot::{ServiceBackend, ServiceFrontend};
+    let mut spec = snap6(true).spec.clone();
+    let f = |ip: std::net::IpAddr, backend: std::net::IpAddr| ServiceFrontend {
+        service: "default/np".into(),
+        port_name: None,
+        ip,
+        proto: 6,
+        port: 80,
+        backends: vec![ServiceBackend {
+            pod: "a".into(),
+            ip: backend,
+            port: 80,
+            active: true,
+        }],
+        affinity_timeout_s: None,
+        node_port: Some(30080),
+        external_local: false,
+        internal_local: false,
+    };
+    spec.services = vec![
+        f([10, 96, 0, 1].into(), A.into()),
+        f("fd00:96::1".parse().unwrap(), A6.into()),
+    ];
+    Snapshot::build(spec).unwrap()
+}
+
+/// A pod reaching a node port at its own node's IPv6 underlay address
+/// (kube-proxy's "hairpin to node IP", as for IPv4): load balanced as the
+/// Service's IPv6 frontend (DNAT to a, the client's address kept), the
+/// reply restored to come from `[node]:30080`; byte for byte etherparse's.
+/// Another port of that address does not route.
+#[test]
+fn pods_reach_a_node_port_at_the_nodes_ipv6_address() {
+    let s = np6_snap();
+    let mut st = WorkerState::new();
+    let syn = l4_6(
+        (pod_mac(1), port_mac(1)),
+        (B6, 41000),
+        (UL6_ME, 30080),
+        64,
+        true,
+    );
+    let (v, out) = run(&s, &mut st, &syn, 1);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        l4_6((port_mac(0), pod_mac(0)), (B6, 41000), (A6, 80), 63, true)
+    );
+    let reply = l4_6((pod_mac(0), port_mac(0)), (A6, 80), (B6, 41000), 64, true);
+    let (v, back) = run(&s, &mut st, &reply, 0);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        l4_6(
+            (port_mac(1), pod_mac(1)),
+            (UL6_ME, 30080),
+            (B6, 41000),
+            63,
+            true
+        )
+    );
+    // UDP on the same number has no frontend; another port is no
+    // Service's: neither is load balanced.
+    for (port, tcp) in [(30080, false), (22, true)] {
+        let f = l4_6(
+            (pod_mac(1), port_mac(1)),
+            (B6, 41001),
+            (UL6_ME, port),
+            64,
+            tcp,
+        );
+        assert_eq!(
+            run(&s, &mut st, &f, 1).0,
+            Verdict::Drop(DropReason::NoRoute)
+        );
+    }
+}
+
+/// An ICMPv6 error from the world about an IPv6 node-port flow served on
+/// this node (a router's Packet Too Big about the backend's reply) reaches
+/// the backend quoting the reply as the backend sent it.
+#[test]
+fn icmpv6_errors_about_node_port_flows_reach_the_local_backend() {
+    let s = np6_snap();
+    let mut st = WorkerState::new();
+    let router = [0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let f = l4_6(
+        (GW_MAC, UL_MAC_ME),
+        (WORLD6, 40000),
+        (UL6_ME, 30080),
+        64,
+        true,
+    );
+    assert!(matches!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Tx { port: 0, .. }
+    ));
+    let r = l4_6(
+        (pod_mac(0), port_mac(0)),
+        (A6, 80),
+        (WORLD6, 40000),
+        64,
+        true,
+    );
+    let (v, out) = run(&s, &mut st, &r, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    let ptb = etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let err = icmp6_error((GW_MAC, UL_MAC_ME), router, UL6_ME, 64, ptb, &out[14..]);
+    let (v, back) = run(&s, &mut st, &err, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    let as_sent = l4_6(
+        (pod_mac(0), port_mac(0)),
+        (A6, 80),
+        (WORLD6, 40000),
+        63,
+        true,
+    );
+    assert_eq!(
+        back,
+        icmp6_error(
+            (port_mac(0), pod_mac(0)),
+            router,
+            A6,
+            63,
+            ptb,
+            &as_sent[14..]
+        )
+    );
+}
+
+/// An Ethernet + IPv6 frame (no extension header) cut into fragments of
+/// `chunk` payload bytes (a multiple of 8) with a fragment header of
+/// identification `id`, as a host's IPv6 layer cuts it.
+fn fragment6(whole: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    let nh = whole[20];
+    let payload = &whole[54..];
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let end = (at + chunk).min(payload.len());
+        let mut f = whole[..54].to_vec();
+        f[20] = 44;
+        let offm = (at as u16) | u16::from(end < payload.len());
+        f.extend_from_slice(&[nh, 0]);
+        f.extend_from_slice(&offm.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&payload[at..end]);
+        f[18..20].copy_from_slice(&((8 + end - at) as u16).to_be_bytes());
+        out.push(f);
+        at = end;
+    }
+    out
+}
+
+/// Reassembles IPv6 fragments (checking each one's addresses and
+/// identification): the datagram's IPv6 payload.
+fn reassemble6(frags: &[Vec<u8>], src: [u8; 16], dst: [u8; 16], id: u32) -> Vec<u8> {
+    let mut data = Vec::new();
+    for f in frags {
+        assert_eq!((&f[22..38], &f[38..54]), (&src[..], &dst[..]));
+        assert_eq!(f[20], 44);
+        assert_eq!(u32::from_be_bytes([f[58], f[59], f[60], f[61]]), id);
+        let off = usize::from(u16::from_be_bytes([f[56], f[57]]) & !7);
+        let payload = &f[62..];
+        data.resize(data.len().max(off + payload.len()), 0);
+        data[off..off + payload.len()].copy_from_slice(payload);
+    }
+    data
+}
+
+fn big_udp6(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    hops: u8,
+) -> Vec<u8> {
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.0, dst.0, hops)
+        .udp(src.1, dst.1)
+        .write(&mut out, &data)
+        .unwrap();
+    out
+}
+
+/// IPv6 fragments toward the world (SNAT66) follow their first, as IPv4's:
+/// the first fragment is translated as any datagram (address, port, UDP
+/// checksum over the whole datagram), the later ones get the node's
+/// address only; reassembled, the world gets exactly etherparse's datagram
+/// from the node's IPv6 address and port. An orphan later fragment stays
+/// `fragment-no-first`.
+#[test]
+fn ipv6_fragments_to_the_world_follow_their_first() {
+    let s = snap6(true);
+    let mut st = WorkerState::new();
+    let whole = big_udp6((pod_mac(0), port_mac(0)), (A6, 40000), (WORLD6, 9), 64);
+    let frags = fragment6(&whole, 1392, 0x0102_0304);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in &frags {
+        let (v, o) = run(&s, &mut st, f, 0);
+        assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+        assert_eq!(&o[..12], &[GW_MAC, UL_MAC_ME].concat()[..]);
+        assert_eq!(o[21], 63, "hop limit − 1");
+        out.push(o);
+    }
+    let p = u16::from_be_bytes([out[0][62], out[0][63]]);
+    assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&p), "{p}");
+    let expect = big_udp6((UL_MAC_ME, GW_MAC), (UL6_ME, p), (WORLD6, 9), 63);
+    assert_eq!(
+        reassemble6(&out, UL6_ME, WORLD6, 0x0102_0304),
+        expect[54..].to_vec()
+    );
+    let orphan = fragment6(&whole, 1392, 0x0102_0305);
+    assert_eq!(
+        run(&s, &mut st, &orphan[1], 0).0,
+        Verdict::Drop(DropReason::FragmentNoFirst)
+    );
+}
+
+/// Non-masqueraded IPv6 destinations (docs/egress.md): the pod's own IPv6
+/// address stays the source; the reply, routed by the world to the node's
+/// IPv6 pod CIDR, is delivered as sent (MACs and hop limit only); a
+/// masqueraded world address cannot reach a pod's own address
+/// (`no-route`), nor can anything without an IPv6 non-masqueraded entry.
+#[test]
+fn ipv6_non_masquerade_keeps_the_pod_source() {
+    // `2001:db8:5::2`.
+    const DIRECT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let with = |non_masq: bool| {
+        let mut spec = snap6(true).spec.clone();
+        let u = spec.uplink.as_mut().unwrap();
+        if non_masq {
+            u.non_masquerade.push((DIRECT6.into(), 128));
+        }
+        u.pod_cidr_v6 = Some(("fd00:10:244:1::".parse().unwrap(), 64));
+        Snapshot::build(spec).unwrap()
+    };
+    let s = with(true);
+    let mut st = WorkerState::new();
+    let f = l4_6(
+        (pod_mac(1), port_mac(1)),
+        (B6, 5000),
+        (DIRECT6, 53),
+        64,
+        false,
+    );
+    let (v, out) = run(&s, &mut st, &f, 1);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(
+        out,
+        l4_6((UL_MAC_ME, GW_MAC), (B6, 5000), (DIRECT6, 53), 63, false)
+    );
+    let reply = l4_6((GW_MAC, UL_MAC_ME), (DIRECT6, 53), (B6, 5000), 64, false);
+    let (v, back) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+    assert_eq!(
+        back,
+        l4_6(
+            (port_mac(1), pod_mac(1)),
+            (DIRECT6, 53),
+            (B6, 5000),
+            63,
+            false
+        )
+    );
+    // Other IPv6 destinations are still masqueraded.
+    let f = l4_6(
+        (pod_mac(1), port_mac(1)),
+        (B6, 5000),
+        (WORLD6, 53),
+        64,
+        false,
+    );
+    let (_, out) = run(&s, &mut st, &f, 1);
+    assert_eq!(&out[22..38], &UL6_ME[..]);
+    // A masqueraded world address cannot reach a pod's own address.
+    let stray = l4_6((GW_MAC, UL_MAC_ME), (WORLD6, 53), (B6, 5000), 64, false);
+    assert_eq!(
+        run(&s, &mut st, &stray, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // Without the entry, the reply is no one's either.
+    let s = with(false);
+    assert!(s.uplink().unwrap().routed_v6.is_none());
+    let mut st = WorkerState::new();
+    let (v, _) = run(&s, &mut st, &reply, UNDERLAY);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }

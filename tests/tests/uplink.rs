@@ -295,27 +295,119 @@ fn pods_reach_the_world_through_snat() {
     );
 }
 
+/// Non-masqueraded IPv6 destinations (docs/egress.md): with `weir up
+/// --non-masquerade 2001:db8:5::2/128` (an address the test adds to the
+/// world host), a listener there sees the pod's own IPv6 address (TCP and
+/// UDP), and its answer, routed by the world to the node's IPv6 pod CIDR
+/// via the node's IPv6 underlay address, reaches the pod (ul0's XDP
+/// `redirected` moves); the masqueraded `2001:db8:5::1` still sees the
+/// node's address; with the dataplane stopped nothing is answered.
 #[test]
-fn weir_up_refuses_an_ipv6_non_masquerade_cidr() {
-    let name = weir_tests::unique_name("upl6");
-    let dir = std::env::temp_dir().join(format!("weir-test-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("c.yaml");
-    std::fs::write(&f, manifests()).unwrap();
-    let out = Command::new(weir_tests::weir_bin())
-        .env("WEIR_METRICS_ADDR", "off")
-        .args(["--cluster", &name, "up", "-f"])
-        .arg(&f)
-        .args(["--non-masquerade", "2001:db8::/32"])
+fn ipv6_non_masqueraded_destinations_see_the_pod() {
+    const DIRECT6: &str = "2001:db8:5::2";
+    let mut m = node_manifest(0, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    let c = TestCluster::up_with("upnm6", &m, &["--non-masquerade", "2001:db8:5::2/128"]);
+    c.wait_applied(Duration::from_secs(30));
+    let a6: IpAddr = c
+        .topology()
+        .pod("up", "a")
+        .and_then(|p| p.ipv6)
+        .expect("pod ipv6")
+        .into();
+    let n1: IpAddr = "fd00:172:30::1".parse().unwrap();
+    let netns = c.topology().world.expect("world host").netns;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:5::2/128",
+            "dev",
+            "lo",
+        ])
         .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .expect("ip addr add");
     assert!(
-        err.contains("non_masquerade") && err.contains("IPv6"),
-        "{err}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    // A listener on `ip`:`port` that prints its peers and answers `seen`.
+    let listen = |ip: &str, port: u16, udp: bool| {
+        let code = if udp {
+            format!(
+                "import socket\n\
+                 s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                 s.bind(('{ip}', {port}))\n\
+                 print('ready', flush=True)\n\
+                 while True:\n\
+                 \x20d,a=s.recvfrom(2048); print(a[0], a[1], flush=True); s.sendto(b'seen\\n', a)\n"
+            )
+        } else {
+            format!(
+                "import socket\n\
+                 s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('{ip}', {port})); s.listen(16)\n\
+                 print('ready', flush=True)\n\
+                 while True:\n\
+                 \x20k,a=s.accept(); print(a[0], a[1], flush=True); k.sendall(b'seen\\n'); k.close()\n"
+            )
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-u", "-c", &code])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start listener");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("listener ready");
+        assert_eq!(line.trim(), "ready");
+        Witness { child, out }
+    };
+    let nc6 = |ip: &str, port: u16, udp: bool| {
+        let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
+        let script =
+            format!("{input} | timeout 5 nc -6 {proto} -w 2 {ip} {port} 2>/dev/null | head -n1");
+        let out = c.pod_exec("up", "a", &["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The first exchange after `weir up` may be lost while the underlay's
+    // IPv6 neighbours resolve (see `pods_reach_the_ipv6_world`).
+    let first = (0..3)
+        .map(|_| nc6(WORLD6, 8080, false))
+        .find(|a| a == "world")
+        .unwrap_or_default();
+    assert_eq!(first, "world");
+    for udp in [false, true] {
+        let mut w = listen(DIRECT6, 9008, udp);
+        let redirected = c.port_xdp("n1", "ul0", "redirected");
+        assert_eq!(nc6(DIRECT6, 9008, udp), "seen", "udp={udp}");
+        assert_eq!(w.take_any(1)[0].0, a6, "udp={udp}");
+        assert!(
+            c.port_xdp("n1", "ul0", "redirected") > redirected,
+            "udp={udp}"
+        );
+        drop(w);
+        // The masqueraded address still sees the node.
+        let mut w = listen(WORLD6, 9009, udp);
+        assert_eq!(nc6(WORLD6, 9009, udp), "seen", "udp={udp}");
+        assert_eq!(w.take_any(1)[0].0, n1, "udp={udp}");
+        drop(w);
+    }
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _w = listen(DIRECT6, 9008, false);
+    assert_eq!(nc6(DIRECT6, 9008, false), "");
 }
 
 const NODE_PORTS: &str = r#"
@@ -803,8 +895,10 @@ fn pods_reach_the_ipv6_world() {
 /// externalTrafficPolicy Cluster through n1 to b on n2 (SNATed into the
 /// tunnel) and to a on n1, Local only on the node with the backend (the
 /// other counts `nodeport-no-local-endpoint`); the IPv4 node port with the
-/// same number still answers; ul0's XDP program redirected the frames;
-/// with n1's dataplane stopped n1's node port is silent.
+/// same number still answers; ul0's XDP program redirected the frames; a
+/// pod on n1 reaches the node ports at n1's own IPv6 address (TCP to b,
+/// UDP to itself); with n1's dataplane stopped n1's node port is silent,
+/// from the world and from the pod.
 #[test]
 fn node_ports_on_ipv6_from_the_world() {
     let mut m = node_manifest(0, false) + &node_manifest(1, false);
@@ -867,6 +961,17 @@ fn node_ports_on_ipv6_from_the_world() {
     let before = c.node_drops("n1", "nodeport-no-local-endpoint");
     assert_eq!(from_world6(&n1, 30091, false), "");
     assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+    // A pod reaches the node port at its own node's IPv6 address ("hairpin
+    // to node IP"): TCP to b on n2, UDP to itself.
+    let from_pod6 = |port: u16, udp: bool| {
+        let (input, proto) = if udp { ("echo x", "-u") } else { ("true", "") };
+        let script =
+            format!("{input} | timeout 5 nc -6 {proto} -w 2 {n1} {port} 2>/dev/null | head -n1");
+        let out = c.pod_exec("up", "a", &["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(from_pod6(30090, false), "b");
+    assert_eq!(from_pod6(30092, true), "a");
 
     // Without n1's dataplane, n1's node port is silent (n2's still answers).
     let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
@@ -878,4 +983,132 @@ fn node_ports_on_ipv6_from_the_world() {
     assert_eq!(from_world6(&n1, 30092, true), "");
     assert_eq!(from_world6(&n1, 30090, false), "");
     assert_eq!(from_world6(&n2, 30090, false), "b");
+    assert_eq!(from_pod6(30090, false), "");
+}
+
+/// ICMPv6 errors from the world about SNAT66 flows reach the pod
+/// translated (docs/egress.md, "IPv6"): ul0's XDP program hands them to
+/// the dataplane, which rewrites them for the pod. The world netns is made
+/// a router for `2001:db8:6::/64` (forwarding on, a veth link of MTU 1280
+/// of its own): UDP to a closed port of the world host is refused at the
+/// pod's socket (port unreachable); 1300 bytes to `2001:db8:6::1` draw the
+/// world's Packet Too Big, the pod's socket fails with EMSGSIZE and learns
+/// the path MTU 1280; a datagram sent with hop limit 2 draws its Time
+/// Exceeded (EHOSTUNREACH on a socket with IPV6_RECVERR); ul0's XDP
+/// `redirected` moves. A 3000-byte UDP datagram (in fragments) reaches a
+/// world listener whole from the node's IPv6 address. With the dataplane
+/// stopped nothing comes back.
+#[test]
+fn pods_get_icmpv6_errors_from_the_world() {
+    let mut m = node_manifest(0, false);
+    m.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: up}\n");
+    m.push_str(&pod_on("up", "a", "n1"));
+    let c = TestCluster::up_with("upl6err", &m, &[]);
+    c.wait_applied(Duration::from_secs(30));
+    let world_ns = c.topology().world.expect("world host").netns;
+    let in_world = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &world_ns])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The world routes 2001:db8:6::/64 over a link of MTU 1280 (a veth
+    // pair of its own, which dies with the world netns).
+    in_world(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    in_world(&[
+        "ip", "link", "add", "ptb0", "mtu", "1280", "type", "veth", "peer", "name", "ptb1", "mtu",
+        "1280",
+    ]);
+    in_world(&["ip", "link", "set", "ptb1", "up"]);
+    in_world(&["ip", "link", "set", "ptb0", "up"]);
+    in_world(&["ip", "-6", "route", "add", "2001:db8:6::/64", "dev", "ptb0"]);
+
+    // One datagram from the pod: what its socket reports.
+    // `what`: "refused" (closed port), "ptb" (too big), "hops" (hop limit 2).
+    let probe = |c: &TestCluster, what: &str| {
+        let (dst, size, opts) = match what {
+            "refused" => (WORLD6, 10, ""),
+            "ptb" => ("2001:db8:6::1", 1300, ""),
+            // IPV6_UNICAST_HOPS = 16, IPV6_RECVERR = 25.
+            _ => (
+                "2001:db8:6::1",
+                10,
+                "s.setsockopt(socket.IPPROTO_IPV6, 16, 2); s.setsockopt(socket.IPPROTO_IPV6, 25, 1)\n",
+            ),
+        };
+        let code = format!(
+            "import socket, errno\n\
+             s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)\n\
+             {opts}\
+             s.connect(('{dst}', 9999))\n\
+             try:\n\
+             \x20s.send(b'x'*{size}); s.recv(100); print('answer')\n\
+             except socket.timeout: print('timeout')\n\
+             except OSError as e: print(errno.errorcode.get(e.errno, e.errno), s.getsockopt(socket.IPPROTO_IPV6, 24))\n"
+        );
+        let out = c.pod_exec("up", "a", &["python3", "-c", &code]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The first exchange after `weir up` may be lost while the underlay's
+    // IPv6 neighbours resolve (see `pods_reach_the_ipv6_world`).
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    let first = (0..3)
+        .map(|_| probe(&c, "refused"))
+        .find(|a| a.starts_with("ECONNREFUSED"))
+        .unwrap_or_default();
+    assert!(first.starts_with("ECONNREFUSED"), "{first}");
+    assert!(c.port_xdp("n1", "ul0", "redirected") > redirected);
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    assert_eq!(probe(&c, "ptb"), "EMSGSIZE 1280");
+    assert!(c.port_xdp("n1", "ul0", "redirected") > redirected);
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    assert!(probe(&c, "hops").starts_with("EHOSTUNREACH"));
+    assert!(c.port_xdp("n1", "ul0", "redirected") > redirected);
+
+    // A 3000-byte UDP datagram (fragmented by the pod's kernel) reaches a
+    // world listener whole, from the node's IPv6 address (SNAT66 of its
+    // fragments); the listener's short answer comes back.
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.bind(('{WORLD6}', 9005))\n\
+         print('ready', flush=True)\n\
+         while True:\n\
+         \x20d,a=s.recvfrom(65535); print(a[0], len(d), flush=True); s.sendto(str(len(d)).encode(), a)\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &world_ns, "python3", "-u", "-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start big witness");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("witness ready");
+    let mut big = Witness { child, out };
+    let code = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)\n\
+         s.connect(('{WORLD6}', 9005)); s.send(b'x'*3000); print(s.recv(100).decode())\n"
+    );
+    let out = c.pod_exec("up", "a", &["python3", "-c", &code]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+    let n1: IpAddr = "fd00:172:30::1".parse().unwrap();
+    assert_eq!(big.take_any(1), vec![(n1, 3000)]);
+    drop(big);
+
+    // Without the dataplane nothing comes back.
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(probe(&c, "refused"), "timeout");
 }

@@ -156,12 +156,6 @@ impl BuildOptions {
                 msg: format!("{} is out of range 1-{MAX_VNI}", self.vni),
             });
         }
-        if let Some(c) = self.non_masquerade.iter().find(|c| c.addr().is_ipv6()) {
-            return Err(TopoError::Options {
-                field: "non_masquerade",
-                msg: format!("{c}: IPv6 is not supported (the uplink is IPv4 only)"),
-            });
-        }
         if !(8..=30).contains(&self.underlay_prefix_len) {
             return Err(TopoError::Options {
                 field: "underlay_prefix_len",

@@ -185,6 +185,17 @@ pub(crate) fn realize(cluster: &Cluster, w: &WorldInfo) -> Result<(), TopoError>
                 net.prefix_len(),
                 IpAddr::V4(ul.ipv4),
             )?;
+            // The IPv6 pod CIDR via the node's IPv6 underlay address
+            // (non-masqueraded IPv6 destinations, docs/egress.md).
+            if let (Some(net6), Some(ul6), Some(_)) = (n.pod_cidr_v6(), ul.ipv6, w.ipv6) {
+                nl.route_onlink(
+                    WORLD_IFNAME,
+                    eth,
+                    IpAddr::V6(net6.network()),
+                    net6.prefix_len(),
+                    IpAddr::V6(ul6),
+                )?;
+            }
         }
         Ok(())
     })?

@@ -397,6 +397,23 @@ impl Redirector {
             .map_err(|source| self.map_err(MAP_CONFIG, source))
     }
 
+    /// Underlay mode: IPv6 frames from the underlay whose destination
+    /// masked by `mask` is `net` (this node's IPv6 pod CIDR) go to the
+    /// socket (the replies of non-masqueraded IPv6 flows, docs/egress.md);
+    /// `None` turns it off.
+    pub fn set_routed_v6(&mut self, cidr: Option<(u128, u128)>) -> Result<(), XdpError> {
+        let (net, mask) = cidr.unwrap_or((0, 0));
+        let word = |v: u128, i: u32| (v >> (96 - 32 * i)) as u32;
+        // The mask's first word last: the program tests it first.
+        for i in (0..4u32).rev() {
+            self.config
+                .set(4 + i, word(net, i), 0)
+                .and_then(|_| self.config.set(8 + i, word(mask, i), 0))
+                .map_err(|source| self.map_err(MAP_CONFIG, source))?;
+        }
+        Ok(())
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
         let sum = |slot: u32| -> Result<u64, XdpError> {

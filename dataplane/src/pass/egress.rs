@@ -35,10 +35,14 @@
 //!   identifiers, the same shares; NAT keys carry the family); replies
 //!   are recognised by [`is_from_uplink6`]. Without it: `no-route`.
 //!
+//!   ICMPv6 errors about SNAT66 or IPv6 node-port flows are recognised by
+//!   `nat_icmp::is_snat_icmp6` and translated as IPv4's.
+//!
+//!   Non-masqueraded IPv6 destinations work as IPv4's (`routed_v6`,
+//!   [`is_routed_to_pods6`]).
+//!
 //! Not handled: other ICMP toward the world (`snat-unsupported`),
-//! fragments from the world (the XDP program leaves them to the kernel),
-//! ICMPv6 errors from the world (the XDP program leaves them to the
-//! kernel), non-masqueraded IPv6 destinations.
+//! fragments from the world (the XDP program leaves them to the kernel).
 
 use core::ops::ControlFlow::{self, Continue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -144,6 +148,24 @@ pub(super) fn is_routed_to_pods(frame: &[u8], (net, mask): (u32, u32)) -> bool {
         && u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]) & mask == net
 }
 
+/// Whether `frame` (from the uplink) is IPv6 to `(network, mask)`, this
+/// node's IPv6 pod CIDR (non-masqueraded IPv6 destinations). A raw peek,
+/// before parse; the XDP program's `routed_v6` tests the same.
+pub(super) fn is_routed_to_pods6(frame: &[u8], (net, mask): (u128, u128)) -> bool {
+    let ip_at = ethernet::HEADER_LEN;
+    let (Some(ty), Some(&ver), Some(dst)) = (
+        frame.get(12..14),
+        frame.get(ip_at),
+        frame.get(ip_at + 24..ip_at + 40),
+    ) else {
+        return false;
+    };
+    let Ok(dst) = <[u8; 16]>::try_from(dst) else {
+        return false;
+    };
+    ty == [0x86, 0xdd] && ver >> 4 == 6 && u128::from_be_bytes(dst) & mask == net
+}
+
 impl Pass<'_> {
     fn snat_idle(&self, proto: u8) -> u64 {
         match proto {
@@ -170,9 +192,19 @@ impl Pass<'_> {
                 return drop(DropReason::NoRoute);
             }
         }
-        // IPv6: only to the node's IPv6 underlay address (SNAT66 replies).
+        // IPv6: to the node's IPv6 underlay address (SNAT66 replies), or
+        // from a non-masqueraded IPv6 destination to a pod, as for IPv4.
         if let IpAddr::V6(dst) = pkt.key.dst {
-            if self.snap.uplink().and_then(|u| u.node_ipv6) != Some(dst) {
+            let u = self.snap.uplink();
+            if u.and_then(|u| u.node_ipv6) != Some(dst) {
+                if let (Some(u), IpAddr::V6(src)) = (u, pkt.key.src) {
+                    if u.routed_v6.is_some()
+                        && u.non_masquerade6.contains(src)
+                        && !u.cluster6.contains(src)
+                    {
+                        return Continue(());
+                    }
+                }
                 return drop(DropReason::NoRoute);
             }
         }
@@ -347,20 +379,21 @@ impl Pass<'_> {
         };
         let (port, mac) = (u.port, u.node_mac);
         // A NodePort reply already carries the node's address as source.
-        // IPv6: masqueraded on the node's IPv6 underlay address (SNAT66);
-        // no non-masqueraded IPv6 destinations.
+        // IPv6: masqueraded on the node's IPv6 underlay address (SNAT66)
+        // unless the destination is not masqueraded.
         let (masquerade, node, gw) = match pkt.key.dst {
             IpAddr::V4(a) => {
                 let node = IpAddr::V4(u.node_ipv4);
                 let masq = pkt.key.src != node && !u.non_masquerade.contains(a);
                 (masq, node, u.gateway_mac)
             }
-            IpAddr::V6(_) => {
+            IpAddr::V6(a) => {
                 let Some(node6) = u.node_ipv6 else {
                     return Verdict::Drop(DropReason::NoRoute);
                 };
                 let node = IpAddr::V6(node6);
-                (pkt.key.src != node, node, u.gateway_mac_v6)
+                let masq = pkt.key.src != node && !u.non_masquerade6.contains(a);
+                (masq, node, u.gateway_mac_v6)
             }
         };
         if masquerade {
@@ -579,5 +612,14 @@ mod tests {
         assert!(!is_from_uplink6(&out, node));
         let short = frame(node, 61000, 0);
         assert!(!is_from_uplink6(&short[..56], node));
+        // The IPv6 pod CIDR (non-masqueraded destinations).
+        let pods: Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
+        let mask = u128::MAX << 64;
+        let cidr = (u128::from(pods), mask);
+        let pod: Ipv6Addr = "fd00:10:244:1::5".parse().unwrap();
+        assert!(is_routed_to_pods6(&frame(pod, 5000, 1), cidr));
+        assert!(!is_routed_to_pods6(&frame(node, 5000, 1), cidr));
+        assert!(!is_routed_to_pods6(&out, cidr));
+        assert!(!is_routed_to_pods6(&frame(pod, 5000, 1)[..50], cidr));
     }
 }

@@ -322,3 +322,102 @@ pub(super) fn is_snat_icmp(frame: &[u8], node: std::net::Ipv4Addr) -> bool {
     };
     check().unwrap_or(false)
 }
+
+/// Whether `frame` (from the uplink) is an ICMPv6 error for weir's SNAT66
+/// or an IPv6 node port (docs/egress.md): ICMPv6 directly after the fixed
+/// header, to `node`, of type Destination Unreachable, Packet Too Big,
+/// Time Exceeded or Parameter Problem (1–4), quoting an IPv6 packet from
+/// `node` that is TCP/UDP directly after its fixed header from a SNAT
+/// port or a node port, or an echo request with a SNAT identifier. Fixed
+/// offsets only; a raw peek, before parse; the XDP program's `underlay6`
+/// tests the same.
+pub(super) fn is_snat_icmp6(frame: &[u8], node: std::net::Ipv6Addr) -> bool {
+    let ip = ethernet::HEADER_LEN;
+    let check = || -> Option<bool> {
+        if frame.get(12..14)? != [0x86, 0xdd]
+            || *frame.get(ip)? >> 4 != 6
+            || *frame.get(ip + 6)? != ip_proto::ICMPV6
+            || frame.get(ip + 24..ip + 40)? != node.octets()
+        {
+            return Some(false);
+        }
+        let l4 = ip + 40;
+        if !(1..=4).contains(frame.get(l4)?) {
+            return Some(false);
+        }
+        let q = l4 + icmp::HEADER_LEN;
+        if *frame.get(q)? >> 4 != 6 || frame.get(q + 8..q + 24)? != node.octets() {
+            return Some(false);
+        }
+        let q_l4 = q + 40;
+        Some(match *frame.get(q + 6)? {
+            ip_proto::TCP | ip_proto::UDP => {
+                let p = word(frame, q_l4)?;
+                in_snat_range(p) || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&p)
+            }
+            ip_proto::ICMPV6 => {
+                *frame.get(q_l4)? == icmp::v6::ECHO_REQUEST && in_snat_range(word(frame, q_l4 + 4)?)
+            }
+            _ => false,
+        })
+    };
+    check().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{icmpv6::DestUnreachableCode, Icmpv6Type, PacketBuilder};
+    use std::net::Ipv6Addr;
+
+    /// The ICMPv6 error peek: what the XDP program's `snat_icmp6_error`
+    /// hands the dataplane.
+    #[test]
+    fn snat_icmp6_peek() {
+        let node: Ipv6Addr = "fd00:172:30::1".parse().unwrap();
+        let other: Ipv6Addr = "fd00:172:30::2".parse().unwrap();
+        let world: Ipv6Addr = "2001:db8:5::1".parse().unwrap();
+        // The packet that left: `proto` 0 TCP, 1 UDP, 2 echo request,
+        // 3 echo reply; from `src` port (or identifier) `sport`.
+        let quote = |src: Ipv6Addr, sport: u16, proto: u8| {
+            let b = PacketBuilder::ipv6(src.octets(), world.octets(), 63);
+            let mut out = Vec::new();
+            match proto {
+                0 => b.tcp(sport, 80, 1, 1000).write(&mut out, &[]).unwrap(),
+                1 => b.udp(sport, 9).write(&mut out, b"x").unwrap(),
+                2 => b
+                    .icmpv6_echo_request(sport, 1)
+                    .write(&mut out, b"x")
+                    .unwrap(),
+                _ => b.icmpv6_echo_reply(sport, 1).write(&mut out, b"x").unwrap(),
+            }
+            out
+        };
+        let error = |to: Ipv6Addr, ty: Icmpv6Type, q: &[u8]| {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv6(world.octets(), to.octets(), 64)
+                .icmpv6(ty)
+                .write(&mut out, q)
+                .unwrap();
+            out
+        };
+        let peek = |to, ty: Icmpv6Type, q: Vec<u8>| is_snat_icmp6(&error(to, ty, &q), node);
+        let unreach = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+        let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+        assert!(peek(node, unreach, quote(node, 61000, 1)));
+        assert!(peek(node, ptb, quote(node, 65535, 0)));
+        assert!(peek(node, ptb, quote(node, 30080, 0)));
+        assert!(peek(node, unreach, quote(node, 61000, 2)));
+        // Not ours: the node's own ports, an echo reply, another address
+        // (outer or quoted), not an error, a quote cut in its port.
+        assert!(!peek(node, unreach, quote(node, 40000, 1)));
+        assert!(!peek(node, unreach, quote(node, 61000, 3)));
+        assert!(!peek(node, unreach, quote(other, 61000, 1)));
+        assert!(!peek(other, unreach, quote(node, 61000, 1)));
+        let echo = Icmpv6Type::EchoRequest(etherparse::IcmpEchoHeader { id: 61000, seq: 1 });
+        assert!(!peek(node, echo, quote(node, 61000, 1)));
+        let full = error(node, unreach, &quote(node, 61000, 1));
+        assert!(!is_snat_icmp6(&full[..14 + 40 + 8 + 41], node));
+    }
+}

@@ -114,6 +114,9 @@ impl Pass<'_> {
             (Some(u), IpAddr::V4(a)) if as_sent && a == u.node_ipv4 => {
                 svc.node_port(pkt.key.proto, pkt.key.dport)
             }
+            (Some(u), IpAddr::V6(a)) if as_sent && Some(a) == u.node_ipv6 => {
+                svc.node_port_v6(pkt.key.proto, pkt.key.dport)
+            }
             _ => None,
         };
         if node_port_front.is_some() || svc.is_cluster_ip(pkt.key.dst) {

@@ -35,6 +35,10 @@ impl Pass<'_> {
                     .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
                 || u.node_ipv6
                     .is_some_and(|n| super::egress::is_from_uplink6(frame, n))
+                || u.node_ipv6
+                    .is_some_and(|n| super::nat_icmp::is_snat_icmp6(frame, n))
+                || u.routed_v6
+                    .is_some_and(|r| super::egress::is_routed_to_pods6(frame, r))
             {
                 return Continue((len, Sender::World));
             }

@@ -9,7 +9,8 @@
 //! (docs/services.md), and ICMP about SNAT flows (`snat_icmp`: echo
 //! replies to a SNAT identifier, errors quoting a SNAT port), and IPv6
 //! TCP/UDP to a SNAT port or ICMPv6 echo replies to a SNAT identifier on a
-//! `LOCAL_V6` address (`underlay6`, SNAT66) go to the
+//! `LOCAL_V6` address (`underlay6`, SNAT66), and ICMPv6 errors quoting a
+//! SNAT port, a node port or a SNAT identifier (`snat_icmp6_error`) go to the
 //! AF_XDP socket at the
 //! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
@@ -68,8 +69,13 @@ static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 /// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
 /// Slot 1: 1 when the node has a host port (pod → node-address frames go to
 /// the dataplane), 0 when they go to the kernel.
+/// Slots 2, 3: network and mask of the node's IPv4 pod CIDR (underlay
+/// mode, non-masqueraded destinations; mask 0: off).
+/// Slots 4–7 and 8–11: network and mask of the node's IPv6 pod CIDR, as
+/// four big-endian words each (non-masqueraded IPv6 destinations; mask 0:
+/// off).
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(4, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(12, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
@@ -95,6 +101,11 @@ const NODE_PORT_FIRST: u16 = 30000;
 const NODE_PORT_LAST: u16 = 32767;
 /// ICMPv6 echo reply.
 const ICMPV6_ECHO_REPLY: u8 = 129;
+/// ICMPv6 echo request.
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// Destination Unreachable .. Parameter Problem: the ICMPv6 errors.
+const ICMPV6_ERR_FIRST: u8 = 1;
+const ICMPV6_ERR_LAST: u8 = 4;
 /// Router Solicitation .. Redirect: NDP.
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
@@ -326,8 +337,9 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
 
 /// Underlay mode, IPv6 (SNAT66, docs/egress.md): to a local address,
 /// TCP/UDP directly after the IPv6 header to a SNAT port or a node port
-/// (docs/services.md), or an ICMPv6
-/// echo reply with a SNAT identifier, goes to the socket; everything else
+/// (docs/services.md), an ICMPv6
+/// echo reply with a SNAT identifier, or an ICMPv6 error about one of those
+/// flows (`snat_icmp6_error`), goes to the socket; everything else
 /// (NDP, extension headers, fragments, the node's own traffic) is the
 /// kernel's (the dataplane's `pass::egress::is_from_uplink6` peeks the
 /// same). Fixed offsets only.
@@ -341,6 +353,11 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
     let Some([next_header]) = read::<1>(ctx, ETH_HLEN + 6) else {
         return Verdict::Pass;
     };
+    // To this node's IPv6 pod CIDR (set only with non-masqueraded IPv6
+    // destinations): their replies and flows.
+    if CONFIG.get(8).copied().unwrap_or(0) != 0 && routed_v6(&dst) {
+        return Verdict::Redirect;
+    }
     // SAFETY: as in `ipv4`: the value is not kept.
     if unsafe { LOCAL_V6.get(&dst) }.is_none() {
         return Verdict::Pass;
@@ -365,6 +382,9 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
     let Some([ty, _code]) = read::<2>(ctx, l4) else {
         return Verdict::Pass;
     };
+    if (ICMPV6_ERR_FIRST..=ICMPV6_ERR_LAST).contains(&ty) {
+        return snat_icmp6_error(ctx, dst);
+    }
     if ty != ICMPV6_ECHO_REPLY {
         return Verdict::Pass;
     }
@@ -373,6 +393,62 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
             Verdict::Redirect
         }
         _ => Verdict::Pass,
+    }
+}
+
+/// Whether `dst` is in the IPv6 pod CIDR of `CONFIG[4..12]`.
+#[inline(always)]
+fn routed_v6(dst: &[u8; 16]) -> bool {
+    for i in 0..4u32 {
+        let at = (i * 4) as usize;
+        let w = u32::from_be_bytes([dst[at], dst[at + 1], dst[at + 2], dst[at + 3]]);
+        let net = CONFIG.get(4 + i).copied().unwrap_or(0);
+        let mask = CONFIG.get(8 + i).copied().unwrap_or(0);
+        if w & mask != net {
+            return false;
+        }
+    }
+    true
+}
+
+/// Underlay mode, an ICMPv6 error (Destination Unreachable, Packet Too
+/// Big, Time Exceeded, Parameter Problem) directly after the IPv6 header to
+/// the local address `dst`: to the socket when it quotes an IPv6 packet from
+/// `dst` that is TCP/UDP (directly after its fixed header) from a SNAT port
+/// or a node port, or an ICMPv6 echo request with a SNAT identifier
+/// (docs/egress.md; the dataplane's `pass::nat_icmp::is_snat_icmp6` peeks
+/// the same). Fixed offsets only.
+#[inline(always)]
+fn snat_icmp6_error(ctx: &XdpContext, dst: [u8; 16]) -> Verdict {
+    let q = ETH_HLEN + IPV6_HLEN + 8;
+    let q_l4 = q + IPV6_HLEN;
+    // The farther read first (see `underlay6`).
+    let Some([w0, w1, _, _, i0, i1]) = read::<6>(ctx, q_l4) else {
+        return Verdict::Pass;
+    };
+    let (Some([q_ver]), Some([q_next]), Some(q_src)) = (
+        read::<1>(ctx, q),
+        read::<1>(ctx, q + 6),
+        read::<16>(ctx, q + 8),
+    ) else {
+        return Verdict::Pass;
+    };
+    if q_ver >> 4 != 6 || q_src != dst {
+        return Verdict::Pass;
+    }
+    let snat = |p: u16| (SNAT_FIRST..=SNAT_LAST).contains(&p);
+    let port = u16::from_be_bytes([w0, w1]);
+    let hit = match q_next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            snat(port) || (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&port)
+        }
+        IPPROTO_ICMPV6 => w0 == ICMPV6_ECHO_REQUEST && snat(u16::from_be_bytes([i0, i1])),
+        _ => false,
+    };
+    if hit {
+        Verdict::Redirect
+    } else {
+        Verdict::Pass
     }
 }
 
