@@ -109,6 +109,7 @@ fn snap() -> Snapshot {
             cluster_cidrs: vec![([10, 0, 0, 0].into(), 8), ([172, 30, 0, 0].into(), 24)],
             non_masquerade: vec![],
             pod_cidr_v4: Some(([10, 1, 0, 0].into(), 24)),
+            pod_cidr_v6: None,
             node_ipv6: None,
             gateway_ipv6: None,
             gateway_mac_v6: None,
