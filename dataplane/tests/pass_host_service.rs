@@ -325,3 +325,26 @@ fn pods_and_the_node_reach_a_node_port_at_the_nodes_address() {
     let (v, _) = run(&syn, 0, &s, &mut st);
     assert!(matches!(v, Verdict::Tx { port: HOST, .. }), "{v:?}");
 }
+
+/// A pod reaching a node port at *another* node's address is load balanced
+/// on its own node as at its node's address (the reply comes back from the
+/// address and port it sent to); another port of that address is not a
+/// Service flow.
+#[test]
+fn pods_reach_a_node_port_at_another_nodes_address() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let syn = tcp4((POD_MAC, PORT_MAC), A, UL_2, 41010, NODE_PORT, false);
+    let (v, out) = run(&syn, 0, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    assert_eq!(tcp_ends(&out[50..]), (A, 41010, B, 8080), "DNAT to b");
+    let synack = tcp4((VTEP_2, VTEP_ME), B, A, 8080, 41010, true);
+    let (v, out) = run(&from_peer(&synack), UNDERLAY, &s, &mut st);
+    assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+    assert_eq!(tcp_ends(&out), (UL_2, NODE_PORT, A, 41010), "reverse NAT");
+    // A port outside the node-port range at that address: no Service.
+    let syn = tcp4((POD_MAC, PORT_MAC), A, UL_2, 41011, 22, false);
+    let (v, _) = run(&syn, 0, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+}

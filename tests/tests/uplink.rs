@@ -569,6 +569,21 @@ fn node_ports_from_the_world() {
     );
     assert_eq!(connect(&c, "b", &inl, 80, false, 5, false), vec!["b"; 5]);
 
+    // A pod reaching a node port at *another* node's address (a on n1 →
+    // n2:30080) is load balanced on its own node, over every backend
+    // (before, the pass dropped it as no-route: pods do not reach the
+    // underlay).
+    let n2s = n2.to_string();
+    let via_n2 = connect(&c, "a", &n2s, 30080, false, 20, false);
+    assert!(
+        via_n2.iter().all(|x| ["a", "b", "c"].contains(&x.as_str())),
+        "{via_n2:?}"
+    );
+    assert!(
+        via_n2.iter().any(|x| x != "b") && via_n2.iter().any(|x| x == "b"),
+        "{via_n2:?}"
+    );
+
     // A NodePort Service applied without nodePort gets the lowest free
     // one (30000), shown by `weir get services` and served; one that asks
     // for a taken node port, or one outside the range, is refused.
