@@ -260,6 +260,17 @@ pub struct Dataplane {
     routed_v4: Option<(u32, u32)>,
     /// The same for the IPv6 pod CIDR (non-masqueraded IPv6 destinations).
     routed_v6: Option<(u128, u128)>,
+    /// Host endpoint policy selects the node and it has a host port: the
+    /// underlay's XDP program hands flow openings to the node's addresses
+    /// to the sockets (`Redirector::set_host_firewall`).
+    host_fw: bool,
+}
+
+/// Whether the underlay must hand flows to the node's own addresses to the
+/// dataplane under `snap`: host policy selects the node, and the node has a
+/// host port to give the allowed ones to its kernel.
+fn host_fw(snap: &Snapshot) -> bool {
+    snap.host().is_some() && snap.policy().has_host_endpoint()
 }
 
 /// The pod CIDR (network, mask) the underlay must hand to the dataplane
@@ -304,6 +315,7 @@ impl Dataplane {
             host_port: snap.host().is_some(),
             routed_v4: routed_v4(&snap),
             routed_v6: snap.uplink().and_then(|u| u.routed_v6),
+            host_fw: host_fw(&snap),
         };
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
@@ -447,6 +459,15 @@ impl Dataplane {
                 }
             }
             self.routed_v6 = routed6;
+        }
+        let fw = host_fw(&snap);
+        if fw != self.host_fw {
+            for (name, p) in &mut self.ports {
+                if let Err(e) = p.redirector.set_host_firewall(fw) {
+                    log::warn!("{name}: switching the host policy redirect failed: {e}");
+                }
+            }
+            self.host_fw = fw;
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -707,6 +728,9 @@ impl Dataplane {
         }
         if want.underlay.is_some() && self.routed_v6.is_some() {
             redirector.set_routed_v6(self.routed_v6).map_err(xdp_err)?;
+        }
+        if want.underlay.is_some() && self.host_fw {
+            redirector.set_host_firewall(true).map_err(xdp_err)?;
         }
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;

@@ -501,3 +501,138 @@ fn host_tables_out_of_range_are_refused() {
     let e = Snapshot::build(spec).unwrap_err().to_string();
     assert!(e.contains("host: table 9 out of range"), "{e}");
 }
+
+/// The underlay port of [`outside_snap`] (the tunnel's port id: the one
+/// after the pod and host ports).
+const UL: u16 = 2;
+const UL_MAC: [u8; 6] = [0x0a, 0x01, 172, 30, 0, 1];
+/// Another node's underlay address and MAC; its pod CIDR 10.244.1.0/24.
+const N2_UL: [u8; 4] = [172, 30, 0, 2];
+const N2_MAC: [u8; 6] = [0x0a, 0x01, 172, 30, 0, 2];
+/// The world host (TEST-NET-2).
+const WORLD: [u8; 4] = [198, 51, 100, 1];
+
+/// [`host_policy_snap`] on a node with an underlay (`ul0`, VXLAN port
+/// 4789) and a peer n2: frames from outside arrive on port [`UL`].
+fn outside_snap(host_policy: bool) -> Snapshot {
+    use weir_dataplane::snapshot::{Encap, TunnelPeer, TunnelSpec, Underlay};
+    let mut spec = host_policy_snap().spec.clone();
+    if !host_policy {
+        spec.policy = snap(Ingress::Open, HostIngress::Allow).spec.policy.clone();
+    }
+    spec.tunnel = Some(TunnelSpec {
+        encap: Encap::Vxlan,
+        vni: 1,
+        udp_port: 4789,
+        underlay: Underlay {
+            name: "ul0".into(),
+            mac: UL_MAC,
+            ipv4: NODE_UL.into(),
+            mtu: 1500,
+        },
+        vtep_mac: [0x0a, 0x58, 0, 0, 0, 1],
+        peers: vec![TunnelPeer {
+            node: "n2".into(),
+            ipv4: N2_UL.into(),
+            mac: N2_MAC,
+            vtep_mac: [0x0a, 0x58, 0, 0, 0, 2],
+            pod_cidrs: vec![(IpAddr::from([10, 244, 1, 0]), 24)],
+            identity_aware: true,
+        }],
+    });
+    Snapshot::build(spec).unwrap()
+}
+
+/// A TCP SYN from outside (the world or n2, on the underlay) to the
+/// node's underlay address.
+fn syn_from(src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(N2_MAC, UL_MAC)
+        .ipv4(src, NODE_UL, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// Host policy judges the flows that open to the node from outside (the
+/// underlay's XDP program hands them over, `host_in`): allowed → the host
+/// port (the node's kernel), byte for byte but for MACs and TTL; denied →
+/// `policy-denied` with the host rule in the flow event; the failsafe port
+/// open under the Deny; a forged pod source refused.
+#[test]
+fn host_policy_judges_flows_from_outside_the_node() {
+    let s = outside_snap(true);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    // The allowed port, from the world and from n2: to the node's kernel.
+    for (i, src) in [WORLD, N2_UL].into_iter().enumerate() {
+        let syn = syn_from(src, 40000 + i as u16, 10256);
+        let (v, out) = run(&syn, UL, &s, &mut st);
+        assert_tx(&v, HOST);
+        assert_eq!(link(&out), (NODE_MAC, HOST_PORT_MAC, 63), "{src:?}");
+        // Only the MACs, the TTL and the IPv4 header checksum changed.
+        assert_eq!(out.len(), syn.len());
+        assert_eq!(out[34..], syn[34..], "transport bytes");
+        assert_eq!(out[26..34], syn[26..34], "addresses");
+    }
+    // Another port: denied by the host rule, named in the flow event.
+    let mut events = Vec::new();
+    st.flows().drain(&mut events);
+    let (v, _) = run(&syn_from(WORLD, 40010, 8080), UL, &s, &mut st);
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+    events.clear();
+    st.flows().drain(&mut events);
+    let ev = events.last().expect("a flow event");
+    assert!(!ev.allowed);
+    assert_eq!(ev.ingress_rule, RuleId(1));
+    assert_eq!(
+        ev.key,
+        FlowKey {
+            src: IpAddr::from(WORLD),
+            dst: IpAddr::from(NODE_UL),
+            proto: 6,
+            sport: 40010,
+            dport: 8080,
+        }
+    );
+    // The failsafe port stays open under the Deny.
+    let (v, _) = run(&syn_from(N2_UL, 40020, 22), UL, &s, &mut st);
+    assert_tx(&v, HOST);
+    // UDP outside the ephemeral range and ICMP echo: judged, denied.
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(N2_MAC, UL_MAC)
+        .ipv4(WORLD, NODE_UL, 64)
+        .udp(5000, 9999)
+        .write(&mut udp, b"ping")
+        .unwrap();
+    assert_eq!(
+        run(&udp, UL, &s, &mut st).0,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(N2_MAC, UL_MAC)
+        .ipv4(WORLD, NODE_UL, 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    assert_eq!(
+        run(&echo, UL, &s, &mut st).0,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    // A raw underlay frame cannot pose as a local pod, a peer's pod or the
+    // node itself (pod peers of host rules are met through the tunnel).
+    for src in [A, [10, 244, 1, 5], NODE] {
+        let (v, _) = run(&syn_from(src, 40030, 10256), UL, &s, &mut st);
+        assert_eq!(v, Verdict::Drop(DropReason::SourceSpoofed), "{src:?}");
+    }
+    // Without host policy the same SYN is not the dataplane's (the XDP
+    // program leaves it to the kernel): were it handed over anyway, it is
+    // no tunnel frame and never reaches the host port.
+    let open = outside_snap(false);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let (v, _) = run(&syn_from(WORLD, 40000, 10256), UL, &open, &mut st);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+}

@@ -5,9 +5,12 @@
 //! servers in the node's netns. Each allowed exchange proves it crossed
 //! weir (the host port's XDP counter moved); each denied one is counted as
 //! `policy-denied` and named in `weir flows` and `weir explain`. Also: the
-//! failsafe port stays open under a deny-all rule, and the world's
-//! connections to the node's underlay address are the kernel's (not
-//! judged: the XDP program passes them). Needs root, curl and nc.
+//! failsafe port stays open under a deny-all rule. From outside the node
+//! (the world host and node n2, on the underlay) connections to n1's
+//! underlay address are judged too: the underlay's XDP program hands their
+//! openings to the dataplane (`ul0`'s redirect counter moves), which
+//! delivers the allowed ones to n1's kernel through the host port. Needs
+//! root, curl, nc and ethtool.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
@@ -47,7 +50,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// n1 labelled role=worker with pods a and b.
+/// n1 labelled role=worker with pods a and b; n2 (no pods) to connect
+/// from another node.
 fn cluster() -> TestCluster {
     let n1 = node_manifest(0, false).replace(
         "labels: {kubernetes.io/hostname: n1}",
@@ -55,6 +59,7 @@ fn cluster() -> TestCluster {
     );
     assert!(n1.contains("role: worker"), "{n1}");
     let mut m = n1;
+    m.push_str(&node_manifest(1, false));
     m.push_str(&format!(
         "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
     ));
@@ -277,22 +282,119 @@ fn host_policy_judges_the_nodes_own_traffic_with_failsafe_ports_open() {
         "{said}"
     );
 
-    // 7. From outside the node: the world host's connection to the node's
-    //    underlay address is the kernel's (the underlay XDP program passes
-    //    it; only tunnels, node ports and SNAT replies reach the
-    //    dataplane), so host policy does not judge it: 9101 answers.
+    // 7. From outside the node, to its underlay address: the world host
+    //    and n2 (its kernel's TCP, through the underlay bridge). n2's `ul0`
+    //    sends complete checksums, as a NIC behind a real wire does (a veth
+    //    would leave them to a receiver that never computes them).
     let world = topo.world.clone().expect("world host").netns;
-    let port = "9101";
+    let n2 = topo.node("n2").expect("n2").netns.clone();
     let out = Command::new("ip")
-        .args([
-            "netns", "exec", &world, "timeout", "5", "nc", "-w", "2", &ul, port,
-        ])
+        .args(["netns", "exec", &n2, "ethtool", "-K", "ul0", "tx", "off"])
         .output()
-        .expect("nc from the world");
+        .expect("ethtool");
+    assert!(out.status.success(), "ethtool: {}", text(&out));
+    // The world host connects from its own address 198.51.100.1; n1 has
+    // no route to the world of its own: the test adds one (gone with the
+    // netns).
+    let w_ul = topo.world.as_ref().expect("world").ipv4.to_string();
+    let out = node_exec(
+        &c,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.1/32",
+            "via",
+            &w_ul,
+            "dev",
+            "ul0",
+        ],
+    );
+    assert!(out.status.success(), "route to the world: {}", text(&out));
+    let outside_reads = |netns: &str, src: &str, port: u16| -> String {
+        let port = port.to_string();
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "timeout", "5", "nc", "-w", "2", "-s", src, &ul, &port,
+            ])
+            .output()
+            .expect("nc from outside");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let outside_reads_open = |netns: &str, src: &str, port: u16| -> String {
+        let got = outside_reads(netns, src, port);
+        if !got.is_empty() {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        outside_reads(netns, src, port)
+    };
+    let n2_ul = topo
+        .node("n2")
+        .and_then(|n| n.underlay.as_ref())
+        .expect("n2 underlay")
+        .ipv4
+        .to_string();
+    for (who, netns, src) in [
+        ("world", &world, "198.51.100.1"),
+        ("n2", &n2, n2_ul.as_str()),
+    ] {
+        // The allowed port answers, through weir (ul0's XDP hands the SYN
+        // to the worker, which sends it to the kernel on the host port).
+        let ul0 = c.port_xdp("n1", "ul0", "redirected");
+        assert_eq!(
+            outside_reads_open(netns, src, 9100),
+            "node-9100",
+            "{who} → 9100"
+        );
+        assert!(
+            c.port_xdp("n1", "ul0", "redirected") > ul0,
+            "{who} → 9100 not through ul0's XDP"
+        );
+        // The denied port does not, counted and named.
+        let denied = c.node_drops("n1", "policy-denied");
+        assert_eq!(outside_reads(netns, src, 9101), "", "{who} → 9101");
+        assert!(
+            c.node_drops("n1", "policy-denied") > denied,
+            "{who} → 9101 not counted"
+        );
+        // The failsafe port stays open.
+        assert_eq!(outside_reads_open(netns, src, 22), "node-22", "{who} → 22");
+    }
+    let allowed = flows_matching(&c, |r| {
+        r["verdict"] == "allowed"
+            && r["dport"] == 9100
+            && r["src"] == "198.51.100.1"
+            && r["ingress_rule"]
+                .as_str()
+                .is_some_and(|s| s.contains("weirclusterpolicies/host-fw ingress[0]"))
+    });
+    assert!(allowed >= 1, "no flow record of the world's allowed flow");
+    let named = flows_matching(&c, |r| {
+        r["reason"] == "policy-denied"
+            && r["dport"] == 9101
+            && r["src"]
+                .as_str()
+                .is_some_and(|s| s.contains("198.51.100.1"))
+            && r["ingress_rule"]
+                .as_str()
+                .is_some_and(|s| s.contains("weirclusterpolicies/host-fw ingress[2]"))
+    });
+    assert!(
+        named >= 1,
+        "no flow record of the world's denial naming the host rule: {}",
+        c.weir_json(&["flows", "-o", "json"])
+    );
+    // n1's own connections to the world still work under the deny-all
+    // (their replies are the kernel's, never judged as new flows).
+    let out = node_exec(
+        &c,
+        &["timeout", "5", "nc", "-w", "2", "198.51.100.1", "8080"],
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "node-9101",
-        "world → node: {}",
+        "world",
+        "n1 → world: {}",
         text(&out)
     );
 

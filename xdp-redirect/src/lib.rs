@@ -414,6 +414,17 @@ impl Redirector {
         Ok(())
     }
 
+    /// Underlay mode: with host endpoint policy on, IPv4 frames that open a
+    /// flow to the node's own addresses (TCP SYN, UDP outside the kernel's
+    /// ephemeral ports, ICMP echo requests, other IP protocols) go to the
+    /// socket to be judged (docs/policy.md, "Host endpoint policy"); off,
+    /// they are the kernel's. Pod mode ignores it.
+    pub fn set_host_firewall(&mut self, on: bool) -> Result<(), XdpError> {
+        self.config
+            .set(12, u32::from(on), 0)
+            .map_err(|source| self.map_err(MAP_CONFIG, source))
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
         let sum = |slot: u32| -> Result<u64, XdpError> {

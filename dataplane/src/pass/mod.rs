@@ -120,6 +120,7 @@ use crate::{DropReason, Verdict};
 
 mod dns;
 mod egress;
+mod host_in;
 mod icmp;
 mod l7;
 mod nat_icmp;
@@ -192,6 +193,9 @@ enum Sender {
     /// The world, through the uplink: a reply to a SNAT flow
     /// (docs/egress.md) or a flow to a node port (docs/services.md).
     World,
+    /// Outside the node (the world or another node, on the underlay), to
+    /// the node's own address under host endpoint policy (`host_in.rs`).
+    Outside,
 }
 
 impl Pass<'_> {
@@ -223,7 +227,7 @@ impl Pass<'_> {
         let dst_as_sent = pkt.key.dst;
         let routed = match np_reply {
             Some(r) => Some(r),
-            None => self.service(&mut pkt, !matches!(sender, Sender::World))?,
+            None => self.service(&mut pkt, !matches!(sender, Sender::World | Sender::Outside))?,
         };
         // 4. Frames from a peer route to a local pod only (no transit
         //    between peers through this node).
@@ -235,6 +239,8 @@ impl Pass<'_> {
             // from a backend on another node (docs/services.md, "From the
             // node").
             (Next::Host(r), Sender::Peer { .. }) if routed.is_some() => (None, r.mtu),
+            // From outside to the node itself, judged by its host policy.
+            (Next::Host(r), Sender::Outside) => (None, r.mtu),
             (Next::Host(_), _) => return drop(DropReason::ToNode),
             (Next::Remote { inner_mtu, .. }, Sender::Pod) => (None, self.peer_mtu(inner_mtu)),
             // The node's own flow to a ClusterIP whose backend is on another
@@ -251,7 +257,7 @@ impl Pass<'_> {
         };
         // 5. Toward a peer, only the source's egress is judged here.
         let wire_id = match sender {
-            Sender::Pod | Sender::Host | Sender::World => None,
+            Sender::Pod | Sender::Host | Sender::World | Sender::Outside => None,
             Sender::Peer { identity, .. } => identity,
         };
         let need = self.policy(&mut pkt, src_ep, dst_ep, wire_id)?;
@@ -266,7 +272,7 @@ impl Pass<'_> {
         // back encapsulated, see `l7.rs`).
         let reply_port = match sender {
             Sender::Pod | Sender::Host => Some(self.ingress),
-            Sender::Peer { .. } | Sender::World => None,
+            Sender::Peer { .. } | Sender::World | Sender::Outside => None,
         };
         match next {
             Next::Local(route) | Next::Host(route) => {

@@ -68,6 +68,25 @@ impl Pass<'_> {
             // Reverse-SNATed already: only replies of SNAT flows get here.
             return Continue(None);
         }
+        if let Sender::Outside = sender {
+            // A raw frame on the underlay cannot speak for the node, a
+            // local pod or a peer's pods (their traffic comes through the
+            // tunnel, with its identity): host rules with pod peers must
+            // not be met by a forged address.
+            let src = pkt.key.src;
+            let pod_like = snap.is_host_addr(src)
+                || match src {
+                    IpAddr::V4(a) => snap.endpoint_by_v4(a).is_some(),
+                    IpAddr::V6(a) => snap.endpoint_by_v6(a).is_some(),
+                }
+                || snap
+                    .tunnel()
+                    .is_some_and(|(_, t)| t.peer_for(src).is_some());
+            return match pod_like {
+                true => drop(DropReason::SourceSpoofed),
+                false => Continue(None),
+            };
+        }
         let Some((idx, ep)) = snap.endpoint_on_port(self.ingress) else {
             return drop(DropReason::UnknownIngress);
         };

@@ -43,6 +43,14 @@ impl Pass<'_> {
                 return Continue((len, Sender::World));
             }
         }
+        // A flow opening to the node itself under host policy.
+        if super::host_in::is_host_in(
+            self.buf.get(..len).unwrap_or_default(),
+            self.snap,
+            t.udp_port,
+        ) {
+            return Continue((len, Sender::Outside));
+        }
         // WireGuard (docs/encryption.md): every frame on the tunnel's port
         // is a WireGuard message; only what it decrypts to is unwrapped.
         let len = match self.st.wg.is_some() {

@@ -14,6 +14,10 @@
 //! AF_XDP socket at the
 //! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
+//! With host endpoint policy (`CONFIG[12]` = 1, `host_in`), IPv4 frames that
+//! open a flow to the node's own addresses go to the socket too (the
+//! dataplane judges them and hands the allowed ones to the kernel through
+//! the host port; docs/policy.md, "Host endpoint policy").
 //!
 //! Pod mode, per frame, top to bottom:
 //! 1. too short for its headers, or an invalid IPv4 version/IHL → counted
@@ -74,8 +78,10 @@ static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 /// Slots 4–7 and 8–11: network and mask of the node's IPv6 pod CIDR, as
 /// four big-endian words each (non-masqueraded IPv6 destinations; mask 0:
 /// off).
+/// Slot 12: 1 when host endpoint policy selects the node (underlay mode:
+/// flow openings to the node's addresses go to the dataplane, `host_in`).
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(12, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(13, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_SLOTS, 0);
@@ -99,6 +105,11 @@ const SNAT_LAST: u16 = 65535;
 /// TCP/UDP to these ports on a local address is for a NodePort Service.
 const NODE_PORT_FIRST: u16 = 30000;
 const NODE_PORT_LAST: u16 = 32767;
+/// The kernel's default `ip_local_port_range` (32768–60999): UDP to these
+/// ports of the node is a reply to the node's own flows, which never cross
+/// the dataplane; host policy leaves them to the kernel (`host_in`).
+const EPHEMERAL_FIRST: u16 = 32768;
+const EPHEMERAL_LAST: u16 = 60999;
 /// ICMPv6 echo reply.
 const ICMPV6_ECHO_REPLY: u8 = 129;
 /// ICMPv6 echo request.
@@ -233,11 +244,17 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     // ICMP about weir's SNAT (docs/egress.md): an echo reply to a SNAT
     // identifier, an error quoting a SNAT port or identifier.
     if proto == IPPROTO_ICMP && frag[0] & 0x3f == 0 && frag[1] == 0 {
-        return snat_icmp(ctx, ihl);
+        return match snat_icmp(ctx, ihl) {
+            Verdict::Pass => host_in(ctx, proto, ihl, port),
+            v => v,
+        };
     }
     // MF set or a fragment offset: not a whole datagram; the kernel's.
-    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP) || frag[0] & 0x3f != 0 || frag[1] != 0 {
+    if frag[0] & 0x3f != 0 || frag[1] != 0 {
         return Verdict::Pass;
+    }
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
+        return host_in(ctx, proto, ihl, port);
     }
     let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
         return Verdict::Pass;
@@ -258,7 +275,65 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     {
         return Verdict::Redirect;
     }
-    Verdict::Pass
+    host_in(ctx, proto, ihl, port)
+}
+
+/// Underlay mode, a whole IPv4 datagram (header length `ihl`, protocol
+/// `proto`) that none of the above took: with host endpoint policy
+/// (`CONFIG[12]`), the frames that open a flow to one of the node's own
+/// addresses go to the socket to be judged against the node's ingress
+/// rules (the dataplane's `pass::host_in::is_host_in` peeks the same):
+/// TCP with SYN and without ACK, UDP to a port outside the kernel's
+/// ephemeral range (and not the tunnel's), ICMP echo requests, and every
+/// other IP protocol. The rest stays the kernel's: the node's own flows
+/// leave through the kernel, never through the dataplane, so their
+/// replies (TCP segments with ACK, UDP to an ephemeral port, ICMP echo
+/// replies and errors) cannot be matched to a flow here, and ARP/ICMP
+/// errors must never break.
+#[inline(always)]
+fn host_in(ctx: &XdpContext, proto: u8, ihl: usize, tunnel_port: u16) -> Verdict {
+    if CONFIG.get(12).copied().unwrap_or(0) == 0 {
+        return Verdict::Pass;
+    }
+    let Some(dst) = read::<4>(ctx, ETH_HLEN + 16) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as in `ipv4`: the value is not kept.
+    if unsafe { LOCAL_V4.get(&dst) }.is_none() {
+        return Verdict::Pass;
+    }
+    let l4 = ETH_HLEN + ihl;
+    if l4 > ETH_HLEN + 60 {
+        return Verdict::Pass;
+    }
+    if proto == IPPROTO_TCP {
+        // Byte 13: the flags (read two bytes at a time: see `snat_icmp`).
+        return match read::<2>(ctx, l4 + 12) {
+            Some([_, flags]) if flags & 0x12 == 0x02 => Verdict::Redirect,
+            _ => Verdict::Pass,
+        };
+    }
+    if proto == IPPROTO_UDP {
+        return match read::<2>(ctx, l4 + 2) {
+            Some(p) => {
+                let p = u16::from_be_bytes(p);
+                if p == tunnel_port || (EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&p) {
+                    Verdict::Pass
+                } else {
+                    Verdict::Redirect
+                }
+            }
+            None => Verdict::Pass,
+        };
+    }
+    if proto == IPPROTO_ICMP {
+        // Type 8: echo request.
+        return match read::<2>(ctx, l4) {
+            Some([8, _]) => Verdict::Redirect,
+            _ => Verdict::Pass,
+        };
+    }
+    Verdict::Redirect
 }
 
 /// Underlay mode, ICMPv4 to a local address (whole datagram, header length
