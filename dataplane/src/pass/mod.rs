@@ -136,6 +136,7 @@ pub use state::{
     L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS,
     STANDALONE_CONNTRACK_SIZE,
 };
+pub use tunnel::{open_deferred, seal_deferred, wg_source, SealJob};
 
 use policy::Need;
 
