@@ -372,7 +372,8 @@ impl Dataplane {
             .with_l7_slots(cfg.l7_max_flows)
             .with_snat_slice(id, cfg.cores.len());
             if let Some(wg) = &cfg.wireguard {
-                state = state.with_wireguard(Arc::clone(wg));
+                // Sealed and opened per batch, one lock per peer.
+                state = state.with_wireguard(Arc::clone(wg)).batch_wireguard();
             }
             let worker = worker.with_state(state);
             dp.flow_logs.push(flow_log);

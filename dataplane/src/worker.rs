@@ -20,6 +20,7 @@
 //! every frame its ledger shows lent through it.
 #![forbid(unsafe_code)]
 
+use std::ops::ControlFlow::{Break, Continue};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,24 @@ pub struct Worker {
     /// The latency breakdown's histograms, when on (boxed: the worker's
     /// hot fields stay together when off).
     breakdown: Option<Box<Breakdown>>,
+    /// WireGuard per batch (docs/encryption.md), all preallocated to the
+    /// batch size: what the open before the pass made of each received
+    /// frame, the frames stage 11 left to seal (with their port and the
+    /// result), and the peer of each (`WgTable::grouped`'s input).
+    wg_in: Vec<WgIn>,
+    wg_out: Vec<(HeldFrame, PortId, pass::SealJob, Result<usize, DropReason>)>,
+    wg_addrs: Vec<Option<std::net::Ipv4Addr>>,
+}
+
+/// A received frame after the batch's WireGuard open.
+#[derive(Debug, Clone, Copy)]
+enum WgIn {
+    /// Not a WireGuard message to open: the pass takes it whole.
+    Pass,
+    /// Opened: it holds the peer's overlay datagram.
+    Opened,
+    /// Done: a handshake reply to send, or a drop.
+    Done(Verdict),
 }
 
 /// Per-batch stage histograms of the latency breakdown, in ns (the stages
@@ -291,6 +310,9 @@ impl Worker {
             last_l7_upkeep: 0,
             time: TimeAccount::default(),
             breakdown: cfg.breakdown.then(Breakdown::new),
+            wg_in: Vec::with_capacity(batch),
+            wg_out: Vec::with_capacity(batch),
+            wg_addrs: Vec::with_capacity(batch),
             cfg,
         }
         .with_hold_queues()
@@ -666,12 +688,23 @@ impl Worker {
                 }
                 _ => 0,
             };
-            let mut bytes = 0u64;
             // Taken out for the loop (the frames move out of it; its
             // capacity comes back with it).
             let mut rx = std::mem::take(&mut self.rx_buf);
-            for mut d in rx.drain(..) {
-                bytes += d.data_len() as u64;
+            let bytes: u64 = rx.iter().map(|d| d.data_len() as u64).sum();
+            // WireGuard messages from peers: opened first, each peer's
+            // lock taken once for the batch.
+            self.wg_open_batch(ingress, &mut rx);
+            for (i, mut d) in rx.drain(..).enumerate() {
+                match self.wg_in.get(i) {
+                    Some(WgIn::Done(v)) => {
+                        let v = *v;
+                        self.dispatch(v, d);
+                        continue;
+                    }
+                    Some(WgIn::Opened) => self.state.wireguard_opened(),
+                    Some(WgIn::Pass) | None => {}
+                }
                 let state = &mut self.state;
                 let snap = &self.cur;
                 let verdict = self.umem.with_frame(&mut d, |buf, len| {
@@ -685,13 +718,27 @@ impl Worker {
                     };
                     (v, new_len)
                 });
-                self.dispatch(verdict, d);
+                match (self.state.take_wireguard_seal(), verdict) {
+                    // Sealed below with the batch's other frames to that
+                    // peer; in clear until then, never sent unsealed.
+                    (Some(job), Verdict::Tx { port, .. }) => {
+                        self.wg_out
+                            .push((d, port, job, Err(DropReason::WireguardNoPeer)))
+                    }
+                    // Stage 11 ends with `Tx` whenever it leaves a seal.
+                    (Some(_), _) => {
+                        self.stats.count_drop(DropReason::WireguardMalformed, 1);
+                        self.frames.release(d);
+                    }
+                    (None, v) => self.dispatch(v, d),
+                }
                 if let Some(r) = self.state.take_reply_drop() {
                     self.stats.count_drop(r, 1);
                 }
                 self.drain_l7_flush();
             }
             self.rx_buf = rx;
+            self.wg_seal_batch();
             self.stats.rx_packets.add(n as u64);
             self.stats.rx_bytes.add(bytes);
             any_tx |= self.flush_tx();
@@ -730,6 +777,85 @@ impl Worker {
             self.stats.batches.add(1);
         }
         (total, now_ns)
+    }
+
+    /// With WireGuard on, the batch's frames from peers on the tunnel port
+    /// are opened before the pass, grouped by peer: one lock per peer and
+    /// batch (docs/encryption.md). Fills `wg_in` (one entry per frame;
+    /// empty when nothing was opened).
+    fn wg_open_batch(&mut self, ingress: PortId, rx: &mut [HeldFrame]) {
+        self.wg_in.clear();
+        self.wg_addrs.clear();
+        let Some(wg) = self.state.wireguard().cloned() else {
+            return;
+        };
+        if self.cur.tunnel().is_none_or(|(_, t)| t.port != ingress) {
+            return;
+        }
+        for d in rx.iter_mut() {
+            let (snap, st) = (&self.cur, &self.state);
+            let a = self.umem.with_frame(d, |buf, len| {
+                (pass::wg_source(buf, len, ingress, snap, st), len)
+            });
+            self.wg_addrs.push(a);
+            self.wg_in.push(WgIn::Pass);
+        }
+        let (umem, snap, st, addrs, wg_in) = (
+            &self.umem,
+            &self.cur,
+            &mut self.state,
+            &self.wg_addrs,
+            &mut self.wg_in,
+        );
+        wg.grouped(addrs, |i, peer| {
+            let (Some(d), Some(Some(src)), Some(slot)) =
+                (rx.get_mut(i), addrs.get(i).copied(), wg_in.get_mut(i))
+            else {
+                return;
+            };
+            *slot = umem.with_frame(d, |buf, len| {
+                match pass::open_deferred(buf, len, src, peer, snap, st) {
+                    Continue(n) => (WgIn::Opened, n),
+                    Break(v @ Verdict::Tx { len, .. }) => (WgIn::Done(v), len),
+                    Break(v) => (WgIn::Done(v), len),
+                }
+            });
+        });
+    }
+
+    /// Seals the frames stage 11 left to seal, grouped by peer (one lock
+    /// per peer and batch), then sends them; a frame that could not be
+    /// sealed is dropped under its reason, never sent in clear.
+    fn wg_seal_batch(&mut self) {
+        if self.wg_out.is_empty() {
+            return;
+        }
+        self.wg_addrs.clear();
+        self.wg_addrs
+            .extend(self.wg_out.iter().map(|(_, _, job, _)| Some(job.peer)));
+        if let Some(wg) = self.state.wireguard().cloned() {
+            let (umem, st, out) = (&self.umem, &mut self.state, &mut self.wg_out);
+            wg.grouped(&self.wg_addrs, |i, peer| {
+                let Some((d, _, job, res)) = out.get_mut(i) else {
+                    return;
+                };
+                *res = umem.with_frame(d, |buf, len| {
+                    match pass::seal_deferred(buf, len, peer, st, job) {
+                        Ok(n) => (Ok(n), n),
+                        Err(r) => (Err(r), len),
+                    }
+                });
+            });
+        }
+        let mut out = std::mem::take(&mut self.wg_out);
+        for (d, port, _, res) in out.drain(..) {
+            let v = match res {
+                Ok(len) => Verdict::Tx { port, len },
+                Err(r) => Verdict::Drop(r),
+            };
+            self.dispatch(v, d);
+        }
+        self.wg_out = out;
     }
 
     /// Acts on one frame's verdict.

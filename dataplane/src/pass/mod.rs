@@ -103,7 +103,8 @@
 //!   route to a local pod only, and the destination's ingress is judged.
 //!   With WireGuard on (`WorkerState::with_wireguard`, docs/encryption.md)
 //!   the wrapped frame is sealed for the peer after stage 11, and a frame
-//!   from the underlay is opened before stage 1's decapsulation.
+//!   from the underlay is opened before stage 1's decapsulation; a worker
+//!   does both per batch, grouped by peer (`WorkerState::batch_wireguard`).
 //!
 //! Allocation-free, panic-free, lock-free except conntrack's per-bucket
 //! lock (see `conntrack`): every view is built with
@@ -143,6 +144,7 @@ pub use state::{
     L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS,
     STANDALONE_CONNTRACK_SIZE,
 };
+pub use tunnel::{open_deferred, seal_deferred, wg_source, SealJob};
 
 use policy::Need;
 

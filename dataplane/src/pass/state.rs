@@ -39,6 +39,12 @@ pub struct WorkerState {
     pub(super) wg_scratch: Vec<u8>,
     /// This worker's established Service flows (`service_cache.rs`).
     pub(super) svc_cache: super::service_cache::ServiceCache,
+    /// The caller seals and opens WireGuard messages per batch, grouped
+    /// by peer (`batch_wireguard`); the seal stage 11 left to it, and the
+    /// flag that this frame was already opened (both for one frame).
+    pub(super) wg_batch: bool,
+    pub(super) wg_seal: Option<super::tunnel::SealJob>,
+    pub(super) wg_opened: bool,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -353,6 +359,9 @@ impl WorkerState {
             wg: None,
             wg_scratch: Vec::new(),
             svc_cache: Default::default(),
+            wg_batch: false,
+            wg_seal: None,
+            wg_opened: false,
         }
     }
 
@@ -370,6 +379,33 @@ impl WorkerState {
         self.wg = Some(wg);
         self.wg_scratch = vec![0; 65536];
         self
+    }
+
+    /// The caller (a worker) seals and opens WireGuard messages per batch,
+    /// taking each peer's lock once per batch (docs/encryption.md): stage
+    /// 11 leaves its seal in [`Self::take_wireguard_seal`] (the frame, in
+    /// clear, must not leave before `pass::seal_deferred` sealed it), and
+    /// frames the caller opened (`pass::open_deferred`) are marked with
+    /// [`Self::wireguard_opened`] before the pass runs on them.
+    pub fn batch_wireguard(mut self) -> Self {
+        self.wg_batch = true;
+        self
+    }
+
+    /// The node's WireGuard peers, when WireGuard is on.
+    pub fn wireguard(&self) -> Option<&Arc<crate::wireguard::WgTable>> {
+        self.wg.as_ref()
+    }
+
+    /// The seal the last frame's stage 11 left to the caller (taken).
+    pub fn take_wireguard_seal(&mut self) -> Option<super::tunnel::SealJob> {
+        self.wg_seal.take()
+    }
+
+    /// The next frame given to the pass was opened by the caller
+    /// (`pass::open_deferred`): stage 1 only decapsulates it.
+    pub fn wireguard_opened(&mut self) {
+        self.wg_opened = true;
     }
 
     /// Uses the node's shared learned FQDN table (the runtime gives every

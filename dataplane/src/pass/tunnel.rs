@@ -4,13 +4,15 @@
 //! TTL − 1), then wrapped. See `encap` and docs/tunnel.md.
 
 use core::ops::ControlFlow::{self, Continue};
+use core::ops::Range;
+use std::net::Ipv4Addr;
 
 use super::{Parsed, Pass, Sender, WorkerState};
 use crate::encap;
-use crate::snapshot::{PortId, TunnelPeer, TunnelSpec};
+use crate::snapshot::{PortId, Snapshot, TunnelPeer, TunnelSpec};
 use crate::wire::ethernet::{self, Frame};
 use crate::wire::{ip_proto, ipv4, udp};
-use crate::wireguard::{self, Opened, Sealed};
+use crate::wireguard::{self, Opened, Sealed, WgPeer};
 use crate::{DropReason, Verdict};
 
 impl Pass<'_> {
@@ -20,42 +22,38 @@ impl Pass<'_> {
     /// oversize drop). Returns the length of the frame to parse and who
     /// sent it.
     pub(super) fn tunnel_in(&mut self, len: usize) -> ControlFlow<Verdict, (usize, Sender)> {
+        // Set by the worker for this frame only: WireGuard already opened
+        // it (`open_deferred`).
+        let opened = core::mem::take(&mut self.st.wg_opened);
         let Some((t, tables)) = self.snap.tunnel() else {
             return Continue((len, Sender::Pod));
         };
         if self.ingress != tables.port {
             return Continue((len, Sender::Pod));
         }
-        // A reply from the world to a SNAT port (docs/egress.md).
-        if let Some(u) = self.snap.uplink() {
-            let frame = self.buf.get(..len).unwrap_or_default();
-            if super::egress::is_from_uplink(frame, u.node_ipv4)
-                || super::nat_icmp::is_snat_icmp(frame, u.node_ipv4)
-                || u.routed_v4
-                    .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
-                || u.node_ipv6
-                    .is_some_and(|n| super::egress::is_from_uplink6(frame, n))
-                || u.node_ipv6
-                    .is_some_and(|n| super::nat_icmp::is_snat_icmp6(frame, n))
-                || u.routed_v6
-                    .is_some_and(|r| super::egress::is_routed_to_pods6(frame, r))
-            {
-                return Continue((len, Sender::World));
+        let len = match opened {
+            true => len,
+            false => {
+                // A reply from the world to a SNAT port (docs/egress.md).
+                if from_world(self.buf.get(..len).unwrap_or_default(), self.snap) {
+                    return Continue((len, Sender::World));
+                }
+                // A flow opening to the node itself under host policy.
+                if super::host_in::is_host_in(
+                    self.buf.get(..len).unwrap_or_default(),
+                    self.snap,
+                    t.udp_port,
+                ) {
+                    return Continue((len, Sender::Outside));
+                }
+                // WireGuard (docs/encryption.md): every frame on the
+                // tunnel's port is a WireGuard message; only what it
+                // decrypts to is unwrapped.
+                match self.st.wg.is_some() {
+                    true => wg_open(self.buf, self.st, len, t, tables.port)?,
+                    false => len,
+                }
             }
-        }
-        // A flow opening to the node itself under host policy.
-        if super::host_in::is_host_in(
-            self.buf.get(..len).unwrap_or_default(),
-            self.snap,
-            t.udp_port,
-        ) {
-            return Continue((len, Sender::Outside));
-        }
-        // WireGuard (docs/encryption.md): every frame on the tunnel's port
-        // is a WireGuard message; only what it decrypts to is unwrapped.
-        let len = match self.st.wg.is_some() {
-            true => wg_open(self.buf, self.st, len, t, tables.port)?,
-            false => len,
         };
         let d = encap::decapsulate(self.buf, len, t, tables)?;
         Continue((
@@ -83,7 +81,7 @@ impl Pass<'_> {
         let identity = snap.policy().identity_if_known(pkt.key.src);
         let sport = encap::flow_sport(&pkt.key);
         match encap::encapsulate(self.buf, len, t, p, identity, sport)
-            .map(|len| wg_seal(self.buf, self.st, len, t, p, sport))
+            .map(|len| wg_seal_or_defer(self.buf, self.st, len, t, p, sport))
         {
             Some(Ok(len)) => Verdict::Tx {
                 port: tables.port,
@@ -106,10 +104,55 @@ impl Pass<'_> {
 
 const OUTER: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
 
+/// A frame from the underlay that is the world's (a reply to a SNAT port,
+/// docs/egress.md), not a peer's.
+fn from_world(frame: &[u8], snap: &Snapshot) -> bool {
+    let Some(u) = snap.uplink() else {
+        return false;
+    };
+    super::egress::is_from_uplink(frame, u.node_ipv4)
+        || super::nat_icmp::is_snat_icmp(frame, u.node_ipv4)
+        || u.routed_v4
+            .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))
+        || u.node_ipv6
+            .is_some_and(|n| super::egress::is_from_uplink6(frame, n))
+        || u.node_ipv6
+            .is_some_and(|n| super::nat_icmp::is_snat_icmp6(frame, n))
+        || u.routed_v6
+            .is_some_and(|r| super::egress::is_routed_to_pods6(frame, r))
+}
+
+/// A seal the pass left to its caller (`WorkerState::batch_wireguard`,
+/// docs/encryption.md "one lock per peer and batch"): the frame holds the
+/// overlay frame stage 11 built, in clear, and must not leave before
+/// [`seal_deferred`] sealed it under its peer's lock, which the worker
+/// takes once for all of a batch's frames to that peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealJob {
+    /// The peer's underlay address (its key in the `WgTable`).
+    pub peer: Ipv4Addr,
+    src: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+}
+
+impl SealJob {
+    fn new(t: &TunnelSpec, peer: &TunnelPeer, sport: u16) -> Self {
+        SealJob {
+            peer: peer.ipv4,
+            src: t.underlay.ipv4,
+            sport,
+            dport: t.udp_port,
+        }
+    }
+}
+
 /// With WireGuard on, seals the overlay frame `buf[..len]` (its outer
 /// IPv4 datagram is the plaintext) for `peer` and puts the message after
 /// new outer IPv4 + UDP headers (same addresses and ports); the Ethernet
-/// header stays. Returns the new length; with WireGuard off, `len`.
+/// header stays. Returns the new length; with WireGuard off, `len`. Takes
+/// the peer's lock for this one frame (weir's own replies, e.g. a 403 to a
+/// client behind a peer; stage 11 under a worker uses `wg_seal_or_defer`).
 pub(super) fn wg_seal(
     buf: &mut [u8],
     st: &mut WorkerState,
@@ -122,22 +165,157 @@ pub(super) fn wg_seal(
         return Ok(len);
     };
     let mut wp = wg.peer(peer.ipv4).ok_or(DropReason::WireguardNoPeer)?;
+    seal_into(
+        buf,
+        len,
+        &mut wp,
+        &mut st.wg_scratch,
+        &SealJob::new(t, peer, sport),
+    )
+}
+
+/// Stage 11's seal: left to the worker when it seals per batch (the job in
+/// `WorkerState::take_wireguard_seal`), else done here.
+fn wg_seal_or_defer(
+    buf: &mut [u8],
+    st: &mut WorkerState,
+    len: usize,
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    sport: u16,
+) -> Result<usize, DropReason> {
+    if st.wg.is_some() && st.wg_batch {
+        st.wg_seal = Some(SealJob::new(t, peer, sport));
+        return Ok(len);
+    }
+    wg_seal(buf, st, len, t, peer, sport)
+}
+
+fn seal_into(
+    buf: &mut [u8],
+    len: usize,
+    wp: &mut WgPeer,
+    scratch: &mut [u8],
+    job: &SealJob,
+) -> Result<usize, DropReason> {
     let plain = buf
         .get(ethernet::HEADER_LEN..len)
         .ok_or(DropReason::TunnelMalformed)?;
-    let (Sealed::Data(m) | Sealed::Handshake(m)) = wp.seal(plain, &mut st.wg_scratch)?;
+    let (Sealed::Data(m) | Sealed::Handshake(m)) = wp.seal(plain, scratch)?;
     let total = OUTER + m.len();
     let out = buf.get_mut(..total).ok_or(DropReason::TooBig)?;
     out[OUTER..].copy_from_slice(m);
-    write_outer(out, t.underlay.ipv4, peer.ipv4, sport, t.udp_port);
+    write_outer(out, job.src, job.peer, job.sport, job.dport);
     Ok(total)
+}
+
+/// Seals a frame whose seal the pass left to the caller: `buf[..len]` as
+/// the pass left it, `job` from `WorkerState::take_wireguard_seal`, `peer`
+/// the job's peer as `WgTable::grouped` hands it (`None`:
+/// `wireguard-no-peer`). Returns the sealed frame's length; on an error
+/// the frame must be dropped (it is in clear).
+pub fn seal_deferred(
+    buf: &mut [u8],
+    len: usize,
+    peer: Option<&mut WgPeer>,
+    st: &mut WorkerState,
+    job: &SealJob,
+) -> Result<usize, DropReason> {
+    let wp = peer.ok_or(DropReason::WireguardNoPeer)?;
+    seal_into(buf, len, wp, &mut st.wg_scratch, job)
+}
+
+/// With WireGuard on: the peer (outer source address) whose WireGuard
+/// message this frame from the underlay is, when stage 1 would open it. A
+/// worker that batches opens such frames first, grouped by peer
+/// ([`open_deferred`]), then runs the pass on what they decrypted to.
+/// `None`: the pass takes the frame whole (not a tunnel frame, the world's,
+/// or malformed: stage 1 drops it before any lock).
+pub fn wg_source(
+    buf: &[u8],
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &WorkerState,
+) -> Option<Ipv4Addr> {
+    st.wg.as_ref()?;
+    let (t, tables) = snap.tunnel()?;
+    if ingress != tables.port {
+        return None;
+    }
+    let frame = buf.get(..len)?;
+    if from_world(frame, snap) {
+        return None;
+    }
+    wg_message(frame, t).ok().map(|(src, _)| src)
+}
+
+/// Opens a frame from the underlay whose peer [`wg_source`] named (`src`),
+/// under that peer's lock as `WgTable::grouped` hands it (`peer`).
+/// `Continue(len)`: the frame now holds the peer's overlay datagram; run
+/// the pass on it right after `WorkerState::wireguard_opened`. `Break`: the
+/// frame's verdict (a handshake reply to send back, or a drop).
+pub fn open_deferred(
+    buf: &mut [u8],
+    len: usize,
+    src: Ipv4Addr,
+    peer: Option<&mut WgPeer>,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> ControlFlow<Verdict, usize> {
+    use core::ops::ControlFlow::Break;
+    let Some((t, tables)) = snap.tunnel() else {
+        return Break(Verdict::Drop(DropReason::WireguardMalformed));
+    };
+    let range = match wg_message(buf.get(..len).unwrap_or_default(), t) {
+        Ok((s, r)) if s == src => r,
+        Ok(_) => return Break(Verdict::Drop(DropReason::WireguardNoPeer)),
+        Err(r) => return Break(Verdict::Drop(r)),
+    };
+    open_into(buf, src, range, peer, &mut st.wg_scratch, t, tables.port)
+}
+
+/// The outer source address and where the UDP payload (the WireGuard
+/// message) sits, of a frame from the underlay; every check stage 1 makes
+/// before it opens one.
+fn wg_message(frame: &[u8], t: &TunnelSpec) -> Result<(Ipv4Addr, Range<usize>), DropReason> {
+    let Ok(eth) = Frame::new_checked(frame) else {
+        return Err(DropReason::FrameTooShort);
+    };
+    let Ok(ip) = ipv4::Packet::new_checked(eth.payload()) else {
+        return Err(DropReason::WireguardMalformed);
+    };
+    if ip.version() != 4
+        || ip.protocol() != ip_proto::UDP
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+        || ip.dst_addr() != t.underlay.ipv4
+    {
+        return Err(DropReason::WireguardMalformed);
+    }
+    let Ok(u) = udp::Packet::new_checked(ip.payload()) else {
+        return Err(DropReason::WireguardMalformed);
+    };
+    if u.dst_port() != t.udp_port {
+        return Err(DropReason::WireguardMalformed);
+    }
+    let payload = u.payload();
+    // The payload is a subslice of `frame`: its offset, from the addresses.
+    let start = (payload.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    let range = start..start + payload.len();
+    match frame.get(range.clone()) {
+        Some(_) => Ok((ip.src_addr(), range)),
+        None => Err(DropReason::WireguardMalformed),
+    }
 }
 
 /// With WireGuard on, a frame from the underlay: its UDP payload is opened
 /// by the peer at its outer source address. Data: the plaintext (the
 /// peer's overlay datagram) replaces the outer IPv4 datagram and the
 /// frame goes on to `decapsulate`. A handshake message is answered in place
-/// (the reply goes back out of the underlay) or consumed.
+/// (the reply goes back out of the underlay) or consumed. Takes the peer's
+/// lock for this one frame (a worker that batches opens first, grouped by
+/// peer: [`open_deferred`]).
 fn wg_open(
     buf: &mut [u8],
     st: &mut WorkerState,
@@ -146,37 +324,42 @@ fn wg_open(
     port: PortId,
 ) -> ControlFlow<Verdict, usize> {
     use core::ops::ControlFlow::Break;
-    let bad = |r| Break(Verdict::Drop(r));
     let Some(wg) = st.wg.as_deref() else {
         return Continue(len);
     };
-    let frame = buf.get(..len).unwrap_or_default();
-    let Ok(eth) = Frame::new_checked(frame) else {
-        return bad(DropReason::FrameTooShort);
+    let (src, range) = match wg_message(buf.get(..len).unwrap_or_default(), t) {
+        Ok(m) => m,
+        Err(r) => return Break(Verdict::Drop(r)),
     };
-    let Ok(ip) = ipv4::Packet::new_checked(eth.payload()) else {
-        return bad(DropReason::WireguardMalformed);
-    };
-    if ip.version() != 4
-        || ip.protocol() != ip_proto::UDP
-        || ip.more_frags()
-        || ip.frag_offset() != 0
-        || ip.dst_addr() != t.underlay.ipv4
-    {
-        return bad(DropReason::WireguardMalformed);
-    }
-    let src = ip.src_addr();
-    let Ok(u) = udp::Packet::new_checked(ip.payload()) else {
-        return bad(DropReason::WireguardMalformed);
-    };
-    if u.dst_port() != t.udp_port {
-        return bad(DropReason::WireguardMalformed);
-    }
-    let payload = u.payload();
-    let Some(mut wp) = wg.peer(src) else {
+    let mut wp = wg.peer(src);
+    open_into(
+        buf,
+        src,
+        range,
+        wp.as_deref_mut(),
+        &mut st.wg_scratch,
+        t,
+        port,
+    )
+}
+
+/// Opens the WireGuard message at `buf[range]` from the peer at `src`.
+fn open_into(
+    buf: &mut [u8],
+    src: Ipv4Addr,
+    range: Range<usize>,
+    wp: Option<&mut WgPeer>,
+    scratch: &mut [u8],
+    t: &TunnelSpec,
+    port: PortId,
+) -> ControlFlow<Verdict, usize> {
+    use core::ops::ControlFlow::Break;
+    let bad = |r| Break(Verdict::Drop(r));
+    let Some(wp) = wp else {
         return bad(DropReason::WireguardNoPeer);
     };
-    match wp.open(payload, &mut st.wg_scratch) {
+    let payload = buf.get(range).unwrap_or_default();
+    match wp.open(payload, scratch) {
         Err(r) => bad(r),
         Ok(Opened::Nothing) => bad(DropReason::WireguardControl),
         Ok(Opened::Plain(p)) => {
