@@ -5,7 +5,6 @@ use core::ops::ControlFlow::{self, Break, Continue};
 use super::parse::{Fragment, Parsed};
 use super::policy::{judge, local_endpoint, HttpNeed};
 use super::route::Route;
-use super::state::SlotMeta;
 use super::{drop, or_drop, FlowKey, Pass};
 use crate::conntrack::{self, Seg};
 use crate::encap;
@@ -124,7 +123,7 @@ impl Pass<'_> {
                 slot
             }
             None if syn => {
-                let Some(SlotId(slot)) = l7s.pool.acquire() else {
+                let Some(slot) = l7s.open_slot(pkt.key, seq) else {
                     // At the limit: the flow is refused (the client's SYN
                     // retransmissions try again).
                     l7s.no_slot += 1;
@@ -137,22 +136,6 @@ impl Pass<'_> {
                     st.flows.push(ev);
                     return drop(DropReason::L7NoSlot);
                 };
-                if let Some(i) = l7s.pool.get(SlotId(slot)) {
-                    i.start(seq.wrapping_add(1));
-                }
-                l7s.by_key.insert(pkt.key, slot);
-                if let Some(p) = l7s.pending.get_mut(slot as usize) {
-                    *p = None;
-                }
-                if let Some(m) = l7s.meta.get_mut(slot as usize) {
-                    *m = SlotMeta {
-                        key: Some(pkt.key),
-                        set: 0,
-                        generation: u64::MAX,
-                        held: 0,
-                        split: None,
-                    };
-                }
                 slot
             }
             None => {

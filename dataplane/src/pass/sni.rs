@@ -20,7 +20,6 @@ use super::l7::l7_event;
 use super::parse::{Fragment, Parsed};
 use super::policy::{local_endpoint, SniNeed};
 use super::route::Route;
-use super::state::SlotMeta;
 use super::{drop, or_drop, Pass};
 use crate::conntrack::{self, Seg};
 use crate::flows::L7Note;
@@ -95,23 +94,10 @@ impl Pass<'_> {
                 slot
             }
             None if syn => {
-                let Some(SlotId(slot)) = l7s.pool.acquire() else {
+                let Some(slot) = l7s.open_slot(pkt.key, seq) else {
                     l7s.no_slot += 1;
                     return drop(DropReason::L7NoSlot);
                 };
-                if let Some(i) = l7s.pool.get(SlotId(slot)) {
-                    i.start(seq.wrapping_add(1));
-                }
-                l7s.by_key.insert(pkt.key, slot);
-                if let Some(m) = l7s.meta.get_mut(slot as usize) {
-                    *m = SlotMeta {
-                        key: Some(pkt.key),
-                        set: 0,
-                        generation: u64::MAX,
-                        held: 0,
-                        split: None,
-                    };
-                }
                 slot
             }
             None => {

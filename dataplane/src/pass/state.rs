@@ -287,6 +287,32 @@ impl L7State {
         self.set_held(slot, 0);
     }
 
+    /// A client's SYN opens an inspected flow (HTTP/TLS rules, or the
+    /// server-name check of FQDN egress): a slot for `key`, its inspector
+    /// started at the client's first data byte (`isn + 1`), its pending
+    /// record and rule set reset. `None`: at the limit (the caller refuses
+    /// the flow and counts it).
+    pub(super) fn open_slot(&mut self, key: FlowKey, isn: u32) -> Option<u32> {
+        let SlotId(slot) = self.pool.acquire()?;
+        if let Some(i) = self.pool.get(SlotId(slot)) {
+            i.start(isn.wrapping_add(1));
+        }
+        self.by_key.insert(key, slot);
+        if let Some(p) = self.pending.get_mut(slot as usize) {
+            *p = None;
+        }
+        if let Some(m) = self.meta.get_mut(slot as usize) {
+            *m = SlotMeta {
+                key: Some(key),
+                set: 0,
+                generation: u64::MAX,
+                held: 0,
+                split: None,
+            };
+        }
+        Some(slot)
+    }
+
     pub(super) fn free(&mut self, slot: u32) {
         self.h2.release(slot);
         self.push_flush(slot);
