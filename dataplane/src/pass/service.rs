@@ -733,26 +733,30 @@ mod tests {
         }
     }
 
+    /// (client, ClusterIP, backend, hairpin source) for IPv4 and IPv6.
+    fn nat_cases() -> [(IpAddr, IpAddr, IpAddr, IpAddr); 2] {
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        [
+            (
+                ip("10.244.0.2"),
+                ip("10.96.0.10"),
+                ip("10.244.1.7"),
+                ip("169.254.42.1"),
+            ),
+            (
+                ip("fd00:10:244::2"),
+                ip("fd00:96::a"),
+                ip("fd00:10:244:1::7"),
+                ip("fd00:96::fffe"),
+            ),
+        ]
+    }
+
     /// DNAT and the reverse NAT give exactly the bytes etherparse builds
     /// from scratch for the rewritten packet (checksums computed anew).
     #[test]
     fn golden_rewrites() {
-        let cases: [(&str, &str, &str, &str); 2] = [
-            ("10.244.0.2", "10.96.0.10", "10.244.1.7", "169.254.42.1"),
-            (
-                "fd00:10:244::2",
-                "fd00:96::a",
-                "fd00:10:244:1::7",
-                "fd00:96::fffe",
-            ),
-        ];
-        for (client, vip, backend, hairpin) in cases {
-            let (client, vip, backend, hairpin): (IpAddr, IpAddr, IpAddr, IpAddr) = (
-                client.parse().unwrap(),
-                vip.parse().unwrap(),
-                backend.parse().unwrap(),
-                hairpin.parse().unwrap(),
-            );
+        for (client, vip, backend, hairpin) in nat_cases() {
             for tcp in [true, false] {
                 // DNAT.
                 let mut f = frame(client, vip, 40000, 80, tcp);
@@ -790,22 +794,7 @@ mod tests {
     /// packet without checksum.
     #[test]
     fn rewrite_matches_apply_nat() {
-        let cases: [(&str, &str, &str, &str); 2] = [
-            ("10.244.0.2", "10.96.0.10", "10.244.1.7", "169.254.42.1"),
-            (
-                "fd00:10:244::2",
-                "fd00:96::a",
-                "fd00:10:244:1::7",
-                "fd00:96::fffe",
-            ),
-        ];
-        for (client, vip, backend, hairpin) in cases {
-            let (client, vip, backend, hairpin): (IpAddr, IpAddr, IpAddr, IpAddr) = (
-                client.parse().unwrap(),
-                vip.parse().unwrap(),
-                backend.parse().unwrap(),
-                hairpin.parse().unwrap(),
-            );
+        for (client, vip, backend, hairpin) in nat_cases() {
             for tcp in [true, false] {
                 for (to, other) in [(backend, None), (client, Some(hairpin))] {
                     for zero_udp in [false, true] {
