@@ -847,6 +847,30 @@ impl Snapshot {
         self.uplink.as_ref()
     }
 
+    /// The node-port frontend a packet to `dst:port` reaches when `dst` is
+    /// a node's address: this node's IPv4 or IPv6 uplink address, or
+    /// another node's IPv4 underlay address (served on the client's node,
+    /// as Cilium's kube-proxy replacement does: pods cannot reach the
+    /// underlay). Only a port in the node-port range pays the peer lookup.
+    /// `None` without an uplink, for other addresses, or when no Service
+    /// has that node port.
+    pub fn node_port_at(&self, dst: IpAddr, proto: u8, port: u16) -> Option<u32> {
+        let u = self.uplink()?;
+        match dst {
+            IpAddr::V4(a) if a == u.node_ipv4 => self.services.node_port(proto, port),
+            IpAddr::V4(a)
+                if (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&port)
+                    && self
+                        .tunnel()
+                        .is_some_and(|(_, t)| t.peer_by_ip(a).is_some()) =>
+            {
+                self.services.node_port(proto, port)
+            }
+            IpAddr::V6(a) if Some(a) == u.node_ipv6 => self.services.node_port_v6(proto, port),
+            _ => None,
+        }
+    }
+
     /// The port id of the underlay (one past the pod ports), if any.
     pub fn underlay_port(&self) -> Option<PortId> {
         self.tunnel.as_ref().map(|t| t.port)

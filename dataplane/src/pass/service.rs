@@ -34,7 +34,7 @@ use super::nat_icmp::{self, End};
 use super::parse::{Fragment, Parsed};
 use super::Pass;
 use crate::frag::{self, FragKey};
-use crate::snapshot::{ServiceFrontend, NODE_PORT_FIRST, NODE_PORT_LAST};
+use crate::snapshot::ServiceFrontend;
 use crate::svc_nat::{Kind, Nat};
 use crate::wire::{checksum, ethernet, ip_proto, tcp};
 use crate::{DropReason, Verdict};
@@ -110,24 +110,10 @@ impl Pass<'_> {
         // address is load balanced as the Service's ClusterIP (kube-proxy's
         // "hairpin to node IP"); the reply comes back from that address and
         // node port (the reverse entry records what was sent to).
-        // Another node's address is served here too (as Cilium's
-        // kube-proxy replacement does): the packet would otherwise go to
-        // that node's underlay address, which pods cannot reach. Only a
-        // destination port in the node-port range pays the peer lookup.
-        let peer_node = |a: Ipv4Addr| {
-            (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&pkt.key.dport)
-                && snap
-                    .tunnel()
-                    .is_some_and(|(_, t)| t.peer_by_ip(a).is_some())
-        };
-        let node_port_front = match (snap.uplink(), pkt.key.dst) {
-            (Some(u), IpAddr::V4(a)) if as_sent && (a == u.node_ipv4 || peer_node(a)) => {
-                svc.node_port(pkt.key.proto, pkt.key.dport)
-            }
-            (Some(u), IpAddr::V6(a)) if as_sent && Some(a) == u.node_ipv6 => {
-                svc.node_port_v6(pkt.key.proto, pkt.key.dport)
-            }
-            _ => None,
+        // Another node's address is served here too (`node_port_at`).
+        let node_port_front = match as_sent {
+            true => snap.node_port_at(pkt.key.dst, pkt.key.proto, pkt.key.dport),
+            false => None,
         };
         if node_port_front.is_some() || svc.is_cluster_ip(pkt.key.dst) {
             let front =
