@@ -165,57 +165,88 @@ pub fn host_port_mtu(cluster: &Cluster) -> u32 {
 /// endpoints of the ClusterIP's family that serve that port (by the
 /// Service port's name, as EndpointSlices resolve it). A terminating
 /// endpoint stays as an inactive backend, so the flows it has drain.
+/// Then every external address (`spec.externalIPs`, a load balancer's)
+/// of a Service with a ClusterIP of its family, on the same ports with
+/// the same backends: pods and the node reaching it are load balanced as
+/// kube-proxy short-circuits them, over all the cluster's endpoints (no
+/// node port, internalTrafficPolicy is the ClusterIP's). An address and
+/// port two Services claim goes to the first by `namespace/name` (the
+/// manifest path refuses the second).
 pub fn services(cluster: &Cluster) -> Vec<ServiceFrontend> {
     let mut out = Vec::new();
+    let mut sorted: Vec<_> = cluster.services.iter().collect();
+    sorted.sort_by_key(|s| (&s.namespace, &s.name));
     for svc in &cluster.services {
         for ip in &svc.cluster_ips {
             for sp in &svc.ports {
-                let proto = match sp.protocol {
-                    weir_model::Protocol::Tcp => 6,
-                    weir_model::Protocol::Udp => 17,
-                    weir_model::Protocol::Sctp => 132,
-                };
-                let mut backends = Vec::new();
-                for ep in &svc.endpoints {
-                    let Some(addr) = ep.addresses.iter().find(|a| a.is_ipv4() == ip.is_ipv4())
-                    else {
-                        continue;
-                    };
-                    let Some(port) = ep
-                        .ports
-                        .iter()
-                        .find(|p| p.name == sp.name && p.protocol == sp.protocol)
-                    else {
-                        continue;
-                    };
-                    backends.push(ServiceBackend {
-                        pod: ep.pod.clone().unwrap_or_else(|| addr.to_string()),
-                        ip: *addr,
-                        port: port.port,
-                        active: ep.ready && !ep.terminating,
-                    });
+                out.push(frontend(svc, sp, *ip, false));
+            }
+        }
+    }
+    let mut claimed = std::collections::HashSet::new();
+    for svc in sorted {
+        for ip in &svc.external_ips {
+            if !svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) {
+                continue;
+            }
+            for sp in &svc.ports {
+                if claimed.insert((*ip, sp.protocol, sp.port)) {
+                    out.push(frontend(svc, sp, *ip, true));
                 }
-                backends.sort_by(|a, b| (&a.pod, a.ip).cmp(&(&b.pod, b.ip)));
-                out.push(ServiceFrontend {
-                    service: svc.key(),
-                    port_name: sp.name.clone(),
-                    ip: *ip,
-                    proto,
-                    port: sp.port,
-                    backends,
-                    affinity_timeout_s: svc.affinity_timeout_s,
-                    node_port: sp
-                        .node_port
-                        .filter(|_| svc.kind == weir_model::service::ServiceType::NodePort),
-                    external_local: svc.external_traffic
-                        == weir_model::service::TrafficPolicy::Local,
-                    internal_local: svc.internal_traffic
-                        == weir_model::service::TrafficPolicy::Local,
-                });
             }
         }
     }
     out
+}
+
+/// Service port `sp` of `svc` at address `ip` (`external`: one of its
+/// external addresses).
+fn frontend(
+    svc: &weir_model::service::ServiceInfo,
+    sp: &weir_model::service::ServicePort,
+    ip: std::net::IpAddr,
+    external: bool,
+) -> ServiceFrontend {
+    let proto = match sp.protocol {
+        weir_model::Protocol::Tcp => 6,
+        weir_model::Protocol::Udp => 17,
+        weir_model::Protocol::Sctp => 132,
+    };
+    let mut backends = Vec::new();
+    for ep in &svc.endpoints {
+        let Some(addr) = ep.addresses.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
+            continue;
+        };
+        let Some(port) = ep
+            .ports
+            .iter()
+            .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+        else {
+            continue;
+        };
+        backends.push(ServiceBackend {
+            pod: ep.pod.clone().unwrap_or_else(|| addr.to_string()),
+            ip: *addr,
+            port: port.port,
+            active: ep.ready && !ep.terminating,
+        });
+    }
+    backends.sort_by(|a, b| (&a.pod, a.ip).cmp(&(&b.pod, b.ip)));
+    ServiceFrontend {
+        service: svc.key(),
+        port_name: sp.name.clone(),
+        ip,
+        proto,
+        port: sp.port,
+        backends,
+        affinity_timeout_s: svc.affinity_timeout_s,
+        node_port: sp
+            .node_port
+            .filter(|_| !external && svc.kind.has_node_ports()),
+        external_local: svc.external_traffic == weir_model::service::TrafficPolicy::Local,
+        internal_local: !external
+            && svc.internal_traffic == weir_model::service::TrafficPolicy::Local,
+    }
 }
 
 /// The overlay as `n` sees it: its underlay and VTEP, and every other node

@@ -244,6 +244,9 @@ pub struct ServiceRow {
     #[serde(rename = "type")]
     pub kind: String,
     pub cluster_ips: Vec<std::net::IpAddr>,
+    /// `spec.externalIPs` and the load balancer's addresses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<std::net::IpAddr>,
     /// `port[:targetPort]/PROTOCOL` (Kubernetes' `PORT(S)` column), with the
     /// Service port's name first when it has one (`http=80:http/TCP`).
     pub ports: Vec<String>,
@@ -278,6 +281,7 @@ pub fn services(
             name: s.name.clone(),
             kind: format!("{:?}", s.kind),
             cluster_ips: s.cluster_ips.clone(),
+            external_ips: s.external_ips.clone(),
             ports: s
                 .ports
                 .iter()
@@ -291,7 +295,7 @@ pub fn services(
                     format!("{name}{}{target}/{}", p.port, p.protocol)
                 })
                 .collect(),
-            node_ports: if s.kind == weir_model::service::ServiceType::NodePort {
+            node_ports: if s.kind.has_node_ports() {
                 s.ports.iter().map(|p| p.node_port).collect()
             } else {
                 Vec::new()
@@ -314,6 +318,7 @@ pub fn services(
         "NAME",
         "TYPE",
         "CLUSTER-IPS",
+        "EXTERNAL-IPS",
         "PORT(S)",
         "ENDPOINTS",
     ];
@@ -332,6 +337,7 @@ pub fn services(
                 r.name,
                 r.kind,
                 list(r.cluster_ips.iter().map(|i| i.to_string()).collect()),
+                list(r.external_ips.iter().map(|i| i.to_string()).collect()),
                 list(
                     r.ports
                         .iter()

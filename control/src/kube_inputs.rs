@@ -243,8 +243,9 @@ pub fn pod_input(p: &Pod) -> Result<Option<PodInput>, String> {
 // Services and EndpointSlices → ServiceInfo.
 //
 // Rules:
-// - Service: `spec.type` ClusterIP or NodePort (LoadBalancer and
-//   ExternalName are skipped with a Problem); `spec.clusterIPs` (or
+// - Service: `spec.type` ClusterIP, NodePort or LoadBalancer (ExternalName
+//   is skipped with a Problem); `spec.externalIPs` and, for LoadBalancer,
+//   `status.loadBalancer.ingress[].ip` (not `ipMode: Proxy`); `spec.clusterIPs` (or
 //   `clusterIP`; `None`: headless, kept with no cluster IPs); every
 //   `spec.ports[]` (protocol default TCP, `targetPort` a number — 0 or absent
 //   means `port` — or a name, `nodePort` for NodePort); `sessionAffinity:
@@ -334,9 +335,10 @@ fn service_spec(s: &Service) -> Result<ServiceInfo, (String, bool)> {
     let kind = match spec.type_.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIP,
         Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
         Some(other) => {
             return Err((
-                format!("{object}: spec.type: {other} is not load balanced by weir (ClusterIP and NodePort are); left out"),
+                format!("{object}: spec.type: {other} is not load balanced by weir (ClusterIP, NodePort and LoadBalancer are); left out"),
                 false,
             ))
         }
@@ -378,8 +380,8 @@ fn service_spec(s: &Service) -> Result<ServiceInfo, (String, bool)> {
                 Err(_) => TargetPort::Name(s.clone()),
             },
         };
-        let node_port = match (kind, p.node_port) {
-            (ServiceType::NodePort, Some(n)) => {
+        let node_port = match (kind.has_node_ports(), p.node_port) {
+            (true, Some(n)) => {
                 Some(port_of(n, &object, &format!("{field}.nodePort")).map_err(|e| (e, true))?)
             }
             _ => None,
@@ -425,7 +427,34 @@ fn service_spec(s: &Service) -> Result<ServiceInfo, (String, bool)> {
             true,
         )),
     };
+    // `spec.externalIPs`, then the load balancer's addresses as its
+    // controller wrote them (`ipMode: Proxy`: the load balancer proxies,
+    // traffic arrives from it to the node ports, as kube-proxy leaves it).
+    let mut external_ips = Vec::new();
+    let lb_ips = s
+        .status
+        .iter()
+        .filter_map(|st| st.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.clone())
+        .filter(|_| kind == ServiceType::LoadBalancer)
+        .map(|a| (a, "status.loadBalancer.ingress"));
+    let ext = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .cloned()
+        .map(|a| (a, "spec.externalIPs"));
+    for (a, field) in ext.chain(lb_ips) {
+        let ip = weir_model::service_manifest::external_ip(&a)
+            .map_err(|e| (format!("{object}: {field}: {e}"), true))?;
+        if !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
     Ok(ServiceInfo {
+        external_ips,
         external_traffic: traffic(
             spec.external_traffic_policy.as_deref(),
             "externalTrafficPolicy",
@@ -1031,7 +1060,6 @@ endpoints:
             &[
                 svc("metadata: {name: a, namespace: x}\nspec:\n  clusterIP: 10.96.0.1\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80}]"),
                 svc("metadata: {name: h, namespace: x}\nspec:\n  clusterIP: None\n  selector: {app: h}\n  ports: [{port: 80, targetPort: 8080}]"),
-                svc("metadata: {name: lb, namespace: x}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.2, ports: [{port: 80}]}"),
                 svc("metadata: {name: ext, namespace: x}\nspec: {type: ExternalName, externalName: example.com}"),
             ],
             &[],
@@ -1045,18 +1073,56 @@ endpoints:
         assert_eq!(s[0].selector, None);
         assert!(s[1].cluster_ips.is_empty());
         assert_eq!(s[1].affinity_timeout_s, None);
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.len(), 1);
         assert!(p.iter().all(|p| p.kind == "Service" && p.keeps.is_none()));
         assert!(
             p[0].message
                 .starts_with("services/x/ext: spec.type: ExternalName"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn load_balancers_and_external_ips() {
+        let (mut s, p) = services_from_api(
+            &[
+                svc("metadata: {name: lb, namespace: x}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.2, externalIPs: [192.0.2.7], ports: [{port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.9}, {ip: 198.51.100.10, ipMode: Proxy}, {hostname: lb.example.com}, {ip: 192.0.2.7}]}}"),
+                svc("metadata: {name: pending, namespace: x}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.3, ports: [{port: 80, nodePort: 30081}]}\nstatus: {loadBalancer: {}}"),
+                svc("metadata: {name: cip, namespace: x}\nspec: {clusterIP: 10.96.0.4, externalIPs: [203.0.113.1], ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.11}]}}"),
+            ],
+            &[],
+        );
+        assert!(p.is_empty(), "{p:?}");
+        let keys: Vec<_> = s.iter().map(|s| s.key()).collect();
+        assert_eq!(keys, ["x/cip", "x/lb", "x/pending"]);
+        s.rotate_left(1);
+        assert_eq!(s[0].kind, ServiceType::LoadBalancer);
+        assert_eq!(s[0].ports[0].node_port, Some(30080));
+        let ips = |v: &[&str]| {
+            v.iter()
+                .map(|a| a.parse().unwrap())
+                .collect::<Vec<IpAddr>>()
+        };
+        // Proxy-mode and hostname-only ingress points are not served; an
+        // address listed twice once.
+        assert_eq!(s[0].external_ips, ips(&["192.0.2.7", "198.51.100.9"]));
+        assert_eq!(s[1].ports[0].node_port, Some(30081));
+        assert!(s[1].external_ips.is_empty());
+        // A ClusterIP Service's stale load-balancer status is not read.
+        assert_eq!(s[2].external_ips, ips(&["203.0.113.1"]));
+
+        // A loopback external address is a Problem (the last good state stays).
+        let (_, p) = services_from_api(
+            &[svc("metadata: {name: bad, namespace: x}\nspec: {clusterIP: 10.96.0.5, externalIPs: [127.0.0.1], ports: [{port: 80}]}")],
+            &[],
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[1].message
-                .starts_with("services/x/lb: spec.type: LoadBalancer"),
+            p[0].message
+                .starts_with("services/x/bad: spec.externalIPs: 127.0.0.1 is not usable"),
             "{p:?}"
         );
+        assert!(p[0].keeps.is_some());
     }
 
     #[test]

@@ -11,13 +11,25 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::Labels;
 use crate::manifest::Protocol;
 
-/// How a Service is exposed (`spec.type`; LoadBalancer and ExternalName
-/// are not implemented and are refused by the sources with one line).
+/// How a Service is exposed (`spec.type`; ExternalName is not load
+/// balanced and is refused by the sources with one line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceType {
     #[default]
     ClusterIP,
     NodePort,
+    /// A NodePort Service (node ports unless
+    /// `allocateLoadBalancerNodePorts: false`) whose load balancer's
+    /// addresses ([`ServiceInfo::external_ips`]) weir also serves, as
+    /// kube-proxy does (docs/services.md, LoadBalancer and externalIPs).
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// NodePort and LoadBalancer Services have node ports.
+    pub fn has_node_ports(self) -> bool {
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
 }
 
 /// First port of the NodePort range (Kubernetes' default
@@ -103,6 +115,14 @@ pub struct ServiceInfo {
     pub external_traffic: TrafficPolicy,
     pub internal_traffic: TrafficPolicy,
     pub endpoints: Vec<ServiceEndpoint>,
+    /// Addresses outside the Service range that also reach the Service's
+    /// ports: `spec.externalIPs` and the load balancer's
+    /// `status.loadBalancer.ingress[].ip` (manifests: `spec.loadBalancerIP`,
+    /// weir's local cluster having no load-balancer controller). Served
+    /// to pods and the node like the ClusterIP (never from the world yet:
+    /// docs/services.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<IpAddr>,
 }
 
 impl ServiceInfo {

@@ -4,7 +4,11 @@
 //! from the pods the selector picks).
 //!
 //! What is read: `metadata.name/namespace`, `spec.type` (`ClusterIP`, the
-//! default, or `NodePort`; `LoadBalancer` and `ExternalName` are refused),
+//! default, `NodePort` or `LoadBalancer`; `ExternalName` is refused),
+//! `spec.externalIPs`, `spec.loadBalancerIP` (the load balancer's address:
+//! weir's local cluster has no load-balancer controller, so the address
+//! the Service asks for is the one it gets; without one the Service has
+//! node ports only, as a pending LoadBalancer), `spec.allocateLoadBalancerNodePorts`,
 //! `spec.clusterIP(s)` (`None`: headless), `spec.ipFamilies`,
 //! `spec.ipFamilyPolicy`, `spec.selector`, `spec.ports[*]`
 //! (`name`, `protocol`, `port`, `targetPort`, `nodePort`),
@@ -89,6 +93,14 @@ pub struct ServiceSpec {
     pub headless: bool,
     pub ip_families: Vec<IpFamily>,
     pub ip_family_policy: IpFamilyPolicy,
+    /// `spec.allocateLoadBalancerNodePorts` (LoadBalancer; default true):
+    /// false leaves ports without a given `nodePort` without one.
+    #[serde(default = "yes")]
+    pub allocate_lb_node_ports: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ServiceSpec {
@@ -128,14 +140,14 @@ struct RawServiceSpec {
     ip_family_policy: Option<String>,
     external_traffic_policy: Option<String>,
     internal_traffic_policy: Option<String>,
-    // Defined by Kubernetes, not read by weir:
     #[serde(rename = "externalIPs")]
-    external_ips: Option<IgnoredAny>,
+    external_ips: Option<Vec<String>>,
     #[serde(rename = "loadBalancerIP")]
-    load_balancer_ip: Option<IgnoredAny>,
+    load_balancer_ip: Option<String>,
+    allocate_load_balancer_node_ports: Option<bool>,
+    // Defined by Kubernetes, not read by weir:
     load_balancer_source_ranges: Option<IgnoredAny>,
     load_balancer_class: Option<IgnoredAny>,
-    allocate_load_balancer_node_ports: Option<IgnoredAny>,
     external_name: Option<IgnoredAny>,
     health_check_node_port: Option<IgnoredAny>,
     publish_not_ready_addresses: Option<IgnoredAny>,
@@ -222,7 +234,8 @@ pub(crate) fn parse_service(
     let kind = match spec.kind.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIP,
         Some("NodePort") => ServiceType::NodePort,
-        Some(other @ ("LoadBalancer" | "ExternalName")) => {
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some(other @ "ExternalName") => {
             return Err(invalid(
                 &object,
                 "spec.type",
@@ -233,7 +246,7 @@ pub(crate) fn parse_service(
             return Err(invalid(
                 &object,
                 "spec.type",
-                format!("{other:?} is not one of ClusterIP, NodePort"),
+                format!("{other:?} is not one of ClusterIP, NodePort, LoadBalancer"),
             ))
         }
     };
@@ -431,11 +444,11 @@ pub(crate) fn parse_service(
         };
         let node_port = match p.node_port {
             None => None,
-            Some(_) if kind != ServiceType::NodePort => {
+            Some(_) if !kind.has_node_ports() => {
                 return Err(invalid(
                     &object,
                     format!("{path}.nodePort"),
-                    "only a NodePort Service has node ports",
+                    "only a NodePort or LoadBalancer Service has node ports",
                 ))
             }
             Some(n) if !(i64::from(NODE_PORT_FIRST)..=i64::from(NODE_PORT_LAST)).contains(&n) => {
@@ -503,6 +516,42 @@ pub(crate) fn parse_service(
     };
     let external_traffic = traffic("spec.externalTrafficPolicy", &spec.external_traffic_policy)?;
     let internal_traffic = traffic("spec.internalTrafficPolicy", &spec.internal_traffic_policy)?;
+    let mut external_ips = Vec::new();
+    for (i, a) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.push(
+            external_ip(a).map_err(|e| invalid(&object, format!("spec.externalIPs[{i}]"), e))?,
+        );
+    }
+    if let Some(a) = &spec.load_balancer_ip {
+        if kind != ServiceType::LoadBalancer {
+            return Err(invalid(
+                &object,
+                "spec.loadBalancerIP",
+                "only a LoadBalancer Service has one",
+            ));
+        }
+        let ip = external_ip(a).map_err(|e| invalid(&object, "spec.loadBalancerIP", e))?;
+        if !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
+    if kind == ServiceType::LoadBalancer && headless {
+        return Err(invalid(
+            &object,
+            "spec.clusterIP",
+            "a LoadBalancer Service cannot be headless",
+        ));
+    }
+    let allocate_lb_node_ports = match spec.allocate_load_balancer_node_ports {
+        Some(_) if kind != ServiceType::LoadBalancer => {
+            return Err(invalid(
+                &object,
+                "spec.allocateLoadBalancerNodePorts",
+                "only for a LoadBalancer Service",
+            ))
+        }
+        v => v.unwrap_or(true),
+    };
     Ok(ServiceSpec {
         info: ServiceInfo {
             namespace,
@@ -515,11 +564,42 @@ pub(crate) fn parse_service(
             external_traffic,
             internal_traffic,
             endpoints: Vec::new(),
+            external_ips,
         },
         headless,
         ip_families,
         ip_family_policy,
+        allocate_lb_node_ports,
     })
+}
+
+/// An address of `spec.externalIPs` / `spec.loadBalancerIP`: a unicast
+/// address outside the Service ranges (loopback, link-local, multicast and
+/// the unspecified address are refused, as kube-apiserver refuses them).
+pub fn external_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IP address: {e}"))?;
+    let bad = match ip {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_loopback() || a.is_link_local() || a.is_multicast()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    if bad {
+        return Err(format!(
+            "{ip} is not usable (loopback, link-local, multicast or unspecified)"
+        ));
+    }
+    if range(IpFamily::IPv4).contains(&ip) || range(IpFamily::IPv6).contains(&ip) {
+        return Err(format!("{ip} is inside the Service range"));
+    }
+    Ok(ip)
 }
 
 fn range(family: IpFamily) -> IpNet {
@@ -542,7 +622,7 @@ pub fn allocate_node_ports(
 ) -> Result<Vec<ServicePort>, ManifestError> {
     let object = spec.object();
     let mut ports = spec.info.ports.clone();
-    if spec.info.kind != ServiceType::NodePort {
+    if !spec.info.kind.has_node_ports() {
         return Ok(ports);
     }
     for i in 0..ports.len() {
@@ -564,7 +644,7 @@ pub fn allocate_node_ports(
         }
     }
     for i in 0..ports.len() {
-        if ports[i].node_port.is_some() {
+        if ports[i].node_port.is_some() || !spec.allocate_lb_node_ports {
             continue;
         }
         let (proto, port) = (ports[i].protocol, ports[i].port);
@@ -817,6 +897,58 @@ mod tests {
                 "fd00:96::1".parse().unwrap()
             ]
         );
+    }
+
+    const LB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec:\n  type: LoadBalancer\n  loadBalancerIP: 192.0.2.80\n  externalIPs: [198.51.100.7, 2001:db8::7]\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80}\n";
+
+    #[test]
+    fn load_balancers_get_node_ports_and_external_addresses() {
+        let s = parse(LB).unwrap();
+        assert_eq!(s.info.kind, ServiceType::LoadBalancer);
+        let ips: Vec<IpAddr> = ["198.51.100.7", "2001:db8::7", "192.0.2.80"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(s.info.external_ips, ips);
+        let got = allocate_node_ports(&s, None, &HashSet::new()).unwrap();
+        assert_eq!(got[0].node_port, Some(30000));
+        let no = parse(&LB.replace(
+            "  type: LoadBalancer\n",
+            "  type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            allocate_node_ports(&no, None, &HashSet::new()).unwrap()[0].node_port,
+            None
+        );
+        // A ClusterIP Service may have external addresses too.
+        let c =
+            parse(&LB.replace("  type: LoadBalancer\n  loadBalancerIP: 192.0.2.80\n", "")).unwrap();
+        assert_eq!(c.info.kind, ServiceType::ClusterIP);
+        assert_eq!(c.info.external_ips.len(), 2);
+        // Refused, each with its field.
+        for (from, to, field) in [
+            ("192.0.2.80", "127.0.0.1", "spec.loadBalancerIP"),
+            ("198.51.100.7", "10.96.0.9", "spec.externalIPs[0]"),
+            ("198.51.100.7", "224.0.0.1", "spec.externalIPs[0]"),
+            ("2001:db8::7", "fe80::1", "spec.externalIPs[1]"),
+            ("2001:db8::7", "nope", "spec.externalIPs[1]"),
+            (
+                "type: LoadBalancer",
+                "type: ClusterIP",
+                "spec.loadBalancerIP",
+            ),
+            (
+                "  selector:",
+                "  clusterIP: None\n  selector:",
+                "spec.clusterIP",
+            ),
+        ] {
+            match parse(&LB.replace(from, to)) {
+                Err(ManifestError::Invalid { field: f, .. }) => assert_eq!(f, field, "{to}"),
+                other => panic!("{to}: {other:?}"),
+            }
+        }
     }
 
     const NP: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80}\n  - {name: udp, port: 80, protocol: UDP}\n";

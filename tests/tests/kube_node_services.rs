@@ -30,6 +30,10 @@ spec:\n  type: ClusterIP\n  selector: {role: backend}\n  ports:\n\
 \x20 - {name: http, protocol: TCP, port: 80, targetPort: 8080}\n\
 \x20 - {name: dns, protocol: UDP, port: 53, targetPort: 8080}\n";
 
+const LB_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: ks}\n\
+spec:\n  type: LoadBalancer\n  selector: {role: backend}\n  ports:\n\
+\x20 - {name: http, protocol: TCP, port: 80, targetPort: 8080}\n";
+
 /// `curl http://ip/` from the pod's netns: the body, or `None`.
 fn curl(pod_netns: &str, ip: Ipv4Addr) -> Option<String> {
     let out = Command::new("ip")
@@ -196,6 +200,51 @@ fn cluster_ip_service_reaches_backends_on_two_nodes() {
         }
     }
     assert_eq!(seen.len(), 2, "UDP reached only {seen:?}");
+
+    // A LoadBalancer Service: once a load-balancer controller (here: the
+    // test, through the status subresource) writes its address, pods reach
+    // the backends at that address through weir, as kube-proxy
+    // short-circuits it. Nothing else owns 192.0.2.90 on this path.
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(LB_SERVICE));
+    let lb: Ipv4Addr = "192.0.2.90".parse().unwrap();
+    assert_eq!(
+        curl(&client_ns, lb),
+        None,
+        "the address answered before the status named it"
+    );
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "service",
+            "-n",
+            "ks",
+            "lb",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.90"}]}}}"#,
+        ],
+        None,
+    );
+    let rx_a = a.rx_packets();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..80 {
+        if let Some(body) = curl(&client_ns, lb) {
+            assert!(body == "s1" || body == "s2", "unexpected answer {body:?}");
+            seen.insert(body);
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the load balancer's address reached only {seen:?}\n{}",
+        a.log()
+    );
+    assert!(a.rx_packets() > rx_a, "node a's dataplane saw no packets");
 
     // s2 goes (the kubelet tears its sandbox down, the object is deleted):
     // the endpointslice controller drops it, every request lands on s1.

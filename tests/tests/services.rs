@@ -470,6 +470,60 @@ fn services_across_nodes() {
     }
     // The traffic went through n2's dataplane (the backends' node).
     assert!(c.node_counter("n2", "rx_packets") > before + 80);
+
+    // A LoadBalancer Service's address (`loadBalancerIP`: the local cluster
+    // has no load-balancer controller) and an external IP reach the same
+    // backends from a pod, as kube-proxy short-circuits them; an address
+    // outside the cluster that no Service claims stays unreachable.
+    let lb = "---\napiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: xs}\n\
+              spec: {type: LoadBalancer, loadBalancerIP: 192.0.2.80, externalIPs: [198.51.100.80], selector: {app: b}, ports: [{name: t, port: 8080, targetPort: 80}]}\n";
+    let f = c.file("lb.yaml", lb);
+    let out = c.weir(&["apply", "-f", &f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let get = c.weir(&["get", "services", "-n", "xs", "lb"]);
+    let get = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        get.contains("192.0.2.80,198.51.100.80") || get.contains("198.51.100.80,192.0.2.80"),
+        "{get}"
+    );
+    assert!(
+        get.contains("LoadBalancer") && get.contains("(node:3"),
+        "{get}"
+    );
+    let before = c.node_counter("n2", "rx_packets");
+    for ip in ["192.0.2.80", "198.51.100.80", "192.0.2.81"] {
+        let script = format!(
+            "for i in $(seq 1 10); do a=$(timeout 4 nc -4 -w 2 {ip} 8080 </dev/null 2>/dev/null | head -n1); echo \"${{a:--}}\"; done"
+        );
+        let out = c.pod_exec("xs", "client", &["bash", "-c", &script]);
+        let answers = String::from_utf8_lossy(&out.stdout).to_string();
+        let got: BTreeSet<&str> = answers.lines().collect();
+        if ip == "192.0.2.81" {
+            assert_eq!(got, BTreeSet::from(["-"]), "{ip}: {answers}");
+        } else {
+            assert!(
+                !got.is_empty() && got.iter().all(|a| *a == "b1" || *a == "b2"),
+                "{ip}: {answers}"
+            );
+        }
+    }
+    assert!(c.node_counter("n2", "rx_packets") > before + 40);
+    // A second Service claiming the same address and port is refused.
+    let twin = lb
+        .replace("name: lb,", "name: twin,")
+        .replace("loadBalancerIP: 192.0.2.80, ", "");
+    let f = c.file("twin.yaml", &twin);
+    let out = c.weir(&["apply", "-f", &f]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "twin applied");
+    assert!(
+        err.contains("spec.externalIPs") && err.contains("already served by services/xs/lb"),
+        "{err}"
+    );
 }
 
 const ERRORS: &str = r#"

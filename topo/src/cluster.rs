@@ -950,6 +950,35 @@ impl Cluster {
             .flat_map(|(_, s)| s.ports.iter().filter_map(|p| p.node_port))
             .collect();
         info.ports = allocate_node_ports(&spec, pos.map(|i| &self.services[i]), &node_ports_taken)?;
+        // Another Service already serving an external address on one of
+        // this Service's ports would make the frontend ambiguous.
+        for (i, other) in self.services.iter().enumerate() {
+            if Some(i) == pos {
+                continue;
+            }
+            for ip in info
+                .external_ips
+                .iter()
+                .filter(|ip| other.external_ips.contains(ip))
+            {
+                for p in &info.ports {
+                    if other
+                        .ports
+                        .iter()
+                        .any(|o| o.port == p.port && o.protocol == p.protocol)
+                    {
+                        return Err(ManifestError::Invalid {
+                            object: spec.object(),
+                            field: "spec.externalIPs".into(),
+                            msg: format!(
+                                "{ip} port {}/{} is already served by services/{}/{}",
+                                p.port, p.protocol, other.namespace, other.name
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         match pos {
             None => {
                 self.services.push(info);
