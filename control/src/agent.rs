@@ -96,6 +96,7 @@ pub fn host_endpoint(
     addrs.extend(n.ipv6.map(IpAddr::V6));
     if let Some(ul) = &n.underlay {
         addrs.push(IpAddr::V4(ul.ipv4));
+        addrs.extend(ul.ipv6.map(IpAddr::V6));
     }
     Some(weir_policy::HostEndpoint {
         labels: n.labels.clone(),
@@ -122,7 +123,7 @@ fn host_ingress_judged(n: &weir_topo::RealizedNode) -> anyhow::Result<bool> {
 }
 
 /// The node's host port (a port after the pod ports) when topo made one,
-/// with the node's addresses (its `.1`/`::1` and its underlay address).
+/// with the node's addresses (its `.1`/`::1` and its underlay addresses).
 fn host_port(
     cluster: &Cluster,
     n: &weir_topo::RealizedNode,
@@ -143,6 +144,7 @@ fn host_port(
     addrs.extend(n.ipv6.map(IpAddr::V6));
     if let Some(ul) = &n.underlay {
         addrs.push(IpAddr::V4(ul.ipv4));
+        addrs.extend(ul.ipv6.map(IpAddr::V6));
     }
     Ok(Some(HostPort {
         port,

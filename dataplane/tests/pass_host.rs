@@ -636,3 +636,245 @@ fn host_policy_judges_flows_from_outside_the_node() {
     let (v, _) = run(&syn_from(WORLD, 40000, 10256), UL, &open, &mut st);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
 }
+
+/// A TCP segment from outside to the node's underlay address with the
+/// given flags (`S` SYN, `A` ACK, `P` PSH, `F` FIN, `R` RST) and payload.
+fn seg_from(src: [u8; 4], sport: u16, dport: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = PacketBuilder::ethernet2(N2_MAC, UL_MAC)
+        .ipv4(src, NODE_UL, 64)
+        .tcp(sport, dport, 1001, 64240);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(5001),
+            'P' => b.psh(),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            _ => panic!("flag {f}"),
+        };
+    }
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// [`outside_snap`] with host policy under policy generation `generation`,
+/// TCP 10256 allowed (`open`) or denied by the host rule.
+fn outside_snap_gen(generation: u64, open: bool) -> Snapshot {
+    let mut spec = outside_snap(true).spec.clone();
+    spec.policy.generation = generation;
+    if !open {
+        for (port, d) in &mut spec.policy.cells[0].tcp {
+            if *port == 10256 {
+                *d = Decision::deny(RuleId(1));
+            }
+        }
+    }
+    Snapshot::build(spec).unwrap()
+}
+
+/// Every segment of a flow from outside to a server port of the node goes
+/// through the pass (the XDP program hands them all, `host_in`), tracked
+/// one way: the handshake's ACK and the data pass after the SYN; a policy
+/// change that denies the port cuts the established flow (`policy-denied`),
+/// a later one that allows it again revives it; a segment with no entry
+/// (a SYN-cookie ACK, a flow older than the policy) is judged like an
+/// opening; a reply to the node's own flow (to an ephemeral port) is not
+/// the host policy's.
+#[test]
+fn host_policy_follows_established_flows_from_outside() {
+    let open = outside_snap_gen(1, true);
+    let closed = outside_snap_gen(2, false);
+    let reopened = outside_snap_gen(3, true);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let denied = Verdict::Drop(DropReason::PolicyDenied);
+    // (snapshot, segment, expected: Some(port) = Tx there, None = dropped
+    // as policy-denied).
+    let table: [(&Snapshot, Vec<u8>, Option<u16>); 14] = [
+        // The handshake and data of an allowed flow: all to the kernel.
+        (&open, seg_from(WORLD, 40000, 10256, "S", b""), Some(HOST)),
+        (&open, seg_from(WORLD, 40000, 10256, "A", b""), Some(HOST)),
+        (
+            &open,
+            seg_from(WORLD, 40000, 10256, "PA", b"one"),
+            Some(HOST),
+        ),
+        // A SYN-cookie ACK (no SYN seen): the allowed port passes, the
+        // denied one does not, nor data or a FIN there.
+        (&open, seg_from(N2_UL, 40001, 10256, "A", b""), Some(HOST)),
+        (&open, seg_from(N2_UL, 40002, 10257, "A", b""), None),
+        (&open, seg_from(N2_UL, 40002, 10257, "PA", b"x"), None),
+        (&open, seg_from(N2_UL, 40003, 8080, "FA", b""), None),
+        // The failsafe port, mid-stream: open.
+        (&open, seg_from(N2_UL, 40004, 22, "PA", b"ssh"), Some(HOST)),
+        // The policy changes: 10256 denied. The established flow stops,
+        // both of them, and a new SYN is refused.
+        (&closed, seg_from(WORLD, 40000, 10256, "PA", b"two"), None),
+        (&closed, seg_from(WORLD, 40000, 10256, "PA", b"two"), None),
+        (&closed, seg_from(N2_UL, 40001, 10256, "A", b""), None),
+        (&closed, seg_from(WORLD, 40005, 10256, "S", b""), None),
+        // Allowed again: the flow passes again.
+        (
+            &reopened,
+            seg_from(WORLD, 40000, 10256, "PA", b"three"),
+            Some(HOST),
+        ),
+        (&reopened, seg_from(N2_UL, 40004, 22, "A", b""), Some(HOST)),
+    ];
+    for (i, (s, frame, want)) in table.iter().enumerate() {
+        let (v, out) = run(frame, UL, s, &mut st);
+        match want {
+            Some(port) => {
+                assert_tx(&v, *port);
+                // Byte for byte but for the MACs, the TTL and the IPv4
+                // header checksum.
+                assert_eq!(out[34..], frame[34..], "row {i}: transport bytes");
+                assert_eq!(link(&out), (NODE_MAC, HOST_PORT_MAC, 63), "row {i}");
+            }
+            None => assert_eq!(v, denied, "row {i}"),
+        }
+    }
+    // The flow event of the cut names the host rule.
+    let mut events = Vec::new();
+    st.flows().drain(&mut events);
+    assert!(
+        events.iter().any(|e| !e.allowed
+            && e.key.sport == 40000
+            && e.key.dport == 10256
+            && e.ingress_rule == RuleId(1)),
+        "{events:?}"
+    );
+    // A reply to the node's own flow (an ACK to an ephemeral port) is not
+    // judged by host policy: never handed to the kernel through the pass
+    // (the XDP program leaves it to the kernel).
+    let (v, _) = run(&seg_from(WORLD, 443, 40000, "PA", b"r"), UL, &open, &mut st);
+    assert!(
+        matches!(v, Verdict::Drop(r) if r != DropReason::PolicyDenied),
+        "{v:?}"
+    );
+}
+
+/// The node's IPv6 underlay address and a world host's.
+const NODE_UL6: [u8; 16] = [0xfd, 0, 1, 0x72, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const WORLD6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// [`outside_snap_gen`] with the node's IPv6 underlay address among its
+/// own (behind the host port and in its host tables).
+fn outside_snap6(generation: u64, open: bool) -> Snapshot {
+    let mut spec = outside_snap_gen(generation, open).spec.clone();
+    spec.host.as_mut().unwrap().addrs.push(NODE_UL6.into());
+    spec.policy
+        .host
+        .as_mut()
+        .unwrap()
+        .addrs
+        .push(NODE_UL6.into());
+    Snapshot::build(spec).unwrap()
+}
+
+/// An IPv6 frame from the world to `dst`: TCP with `flags` (as
+/// [`seg_from`]), or UDP (`flags` = "udp"), or an ICMPv6 echo request
+/// (`flags` = "echo").
+fn from_world6(dst: [u8; 16], sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(N2_MAC, UL_MAC).ipv6(WORLD6, dst, 64);
+    match flags {
+        "udp" => b.udp(sport, dport).write(&mut out, b"ping").unwrap(),
+        "echo" => b
+            .icmpv6_echo_request(7, 1)
+            .write(&mut out, b"ping")
+            .unwrap(),
+        _ => {
+            let mut t = b.tcp(sport, dport, 1001, 64240);
+            for f in flags.chars() {
+                t = match f {
+                    'S' => t.syn(),
+                    'A' => t.ack(5001),
+                    'P' => t.psh(),
+                    _ => panic!("flag {f}"),
+                };
+            }
+            t.write(&mut out, b"").unwrap()
+        }
+    }
+    out
+}
+
+/// `frame` (IPv6) with an 8-byte Hop-by-Hop Options header (a PadN
+/// option) between the fixed header and the transport.
+fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
+    let (eth_ip, l4) = frame.split_at(14 + 40);
+    let mut out = eth_ip.to_vec();
+    let next = out[14 + 6];
+    out[14 + 6] = 0; // Hop-by-Hop
+    let plen = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + 8;
+    out[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(l4);
+    out
+}
+
+/// Host policy judges IPv6 from outside (the XDP program's `host_in6`) as
+/// it does IPv4: the allowed port reaches the node's kernel byte for byte
+/// (hop limit − 1), every segment of it; other ports, UDP outside the
+/// ephemeral range, an echo request and a SYN behind a Hop-by-Hop header
+/// are denied; the failsafe port is open; a policy change cuts the
+/// established flow; a link-local destination and a reply to an ephemeral
+/// port are not the host policy's.
+#[test]
+fn host_policy_judges_ipv6_from_outside_the_node() {
+    let open = outside_snap6(1, true);
+    let closed = outside_snap6(2, false);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let denied = Verdict::Drop(DropReason::PolicyDenied);
+    let ul = NODE_UL6;
+    let table: [(&Snapshot, Vec<u8>, Option<u16>); 11] = [
+        (&open, from_world6(ul, 40000, 10256, "S"), Some(HOST)),
+        (&open, from_world6(ul, 40000, 10256, "A"), Some(HOST)),
+        (&open, from_world6(ul, 40000, 10256, "PA"), Some(HOST)),
+        (&open, from_world6(ul, 40001, 8080, "S"), None),
+        (&open, from_world6(ul, 40002, 10257, "A"), None),
+        (&open, from_world6(ul, 40003, 22, "S"), Some(HOST)),
+        (&open, from_world6(ul, 5000, 9999, "udp"), None),
+        (&open, from_world6(ul, 0, 0, "echo"), None),
+        (
+            &open,
+            with_hop_by_hop(&from_world6(ul, 40004, 8080, "S")),
+            None,
+        ),
+        // The policy changes: the established flow stops.
+        (&closed, from_world6(ul, 40000, 10256, "PA"), None),
+        (&closed, from_world6(ul, 40005, 10256, "S"), None),
+    ];
+    for (i, (s, frame, want)) in table.iter().enumerate() {
+        let (v, out) = run(frame, UL, s, &mut st);
+        match want {
+            Some(port) => {
+                assert_tx(&v, *port);
+                assert_eq!(out[54..], frame[54..], "row {i}: transport bytes");
+                assert_eq!(out[22..54], frame[22..54], "row {i}: addresses");
+                assert_eq!(link(&out), (NODE_MAC, HOST_PORT_MAC, 63), "row {i}");
+            }
+            None => assert_eq!(v, denied, "row {i}"),
+        }
+    }
+    // Not the host policy's: a reply to the node's own flow (to an
+    // ephemeral port), UDP to one, and a link-local destination.
+    let mut ll = [0u8; 16];
+    ll[0] = 0xfe;
+    ll[1] = 0x80;
+    ll[15] = 1;
+    for frame in [
+        from_world6(ul, 443, 40000, "PA"),
+        from_world6(ul, 53, 40000, "udp"),
+        from_world6(ll, 40006, 8080, "S"),
+    ] {
+        let (v, _) = run(&frame, UL, &open, &mut st);
+        assert!(
+            matches!(v, Verdict::Drop(r) if r != DropReason::PolicyDenied),
+            "{v:?}"
+        );
+    }
+}

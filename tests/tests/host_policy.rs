@@ -404,3 +404,260 @@ fn host_policy_judges_the_nodes_own_traffic_with_failsafe_ports_open() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(pod_reads(&c, "b", node, 9100), "", "stopped");
 }
+
+/// A one-connection TCP server in n1's netns (`nc -l`) whose received
+/// lines arrive on a channel; killed on drop.
+struct LineServer {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineServer {
+    /// `family`: "-4" or "-6".
+    fn start(c: &TestCluster, family: &str, port: u16) -> LineServer {
+        use std::io::BufRead;
+        let netns = c.topology().node("n1").expect("node").netns.clone();
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "nc",
+                family,
+                "-l",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("nc -l");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let filter = format!("sport = :{port}");
+        loop {
+            let out = node_exec(c, &["ss", "-ltnH", &filter]);
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nc -l {port} not listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LineServer { child, lines }
+    }
+
+    /// The next line received within `wait`, if any.
+    fn line(&self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+}
+
+impl Drop for LineServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP client (`nc`) in the world host's netns, connected to
+/// `addr:port`, whose stdin the test writes lines to; killed on drop.
+struct LineClient(Child);
+
+impl LineClient {
+    fn connect(netns: &str, src: &str, addr: &str, port: u16) -> LineClient {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "nc",
+                "-s",
+                src,
+                addr,
+                &port.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("nc");
+        LineClient(child)
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to nc");
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 16's open end: connections from outside the node (the world
+/// host, on the underlay) that are ESTABLISHED follow host policy, not only
+/// their SYN. Two connections open before any host policy (the kernel's
+/// alone, no conntrack entry in weir); the policy then allows 9100 and
+/// denies 9101: 9100's connection keeps carrying data through weir (ul0's
+/// redirect counter moves), 9101's stops, counted `policy-denied` (its
+/// segments are judged like an opening, as a SYN-cookie ACK would be). The
+/// policy then changes to deny 9100 too: the established 9100 connection
+/// stops, counted and logged as revoked.
+#[test]
+fn host_policy_cuts_established_flows_from_outside() {
+    let c = cluster();
+    let topo = c.topology();
+    let ul = topo
+        .node("n1")
+        .and_then(|n| n.underlay.as_ref())
+        .expect("underlay")
+        .ipv4
+        .to_string();
+    let world = topo.world.clone().expect("world host");
+    // n1 has no route to the world host's own address: the test adds one
+    // (gone with the netns).
+    let w_ul = world.ipv4.to_string();
+    let out = node_exec(
+        &c,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.1/32",
+            "via",
+            &w_ul,
+            "dev",
+            "ul0",
+        ],
+    );
+    assert!(out.status.success(), "route to the world: {}", text(&out));
+    let s9100 = LineServer::start(&c, "-4", 9100);
+    let s9101 = LineServer::start(&c, "-4", 9101);
+    let mut c9100 = LineClient::connect(&world.netns, "198.51.100.1", &ul, 9100);
+    let mut c9101 = LineClient::connect(&world.netns, "198.51.100.1", &ul, 9101);
+    let wait = Duration::from_secs(5);
+    // 0. No host policy: both carry data (the kernel's alone).
+    c9100.send("a1");
+    c9101.send("b1");
+    assert_eq!(s9100.line(wait).as_deref(), Some("a1"), "9100 before");
+    assert_eq!(s9101.line(wait).as_deref(), Some("b1"), "9101 before");
+
+    // 1. The host policy: 9100 allowed, 9101 denied.
+    c.apply("host-fw.yaml", HOST_FW);
+    c.wait_applied(Duration::from_secs(20));
+    let ul0 = c.port_xdp("n1", "ul0", "redirected");
+    c9100.send("a2");
+    assert_eq!(s9100.line(wait).as_deref(), Some("a2"), "9100 allowed");
+    assert!(
+        c.port_xdp("n1", "ul0", "redirected") > ul0,
+        "9100's data not through ul0's XDP"
+    );
+    let denied = c.node_drops("n1", "policy-denied");
+    c9101.send("b2");
+    assert_eq!(s9101.line(Duration::from_secs(3)), None, "9101 denied");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied,
+        "9101's data not counted"
+    );
+
+    // 2. The policy changes: 9100 is denied too. The established
+    //    connection stops, counted and logged as revoked.
+    let closed = HOST_FW.replace("port: 9100}", "port: 9109}");
+    assert_ne!(closed, HOST_FW);
+    c.apply("host-fw.yaml", &closed);
+    c.wait_applied(Duration::from_secs(20));
+    let denied = c.node_drops("n1", "policy-denied");
+    c9100.send("a3");
+    assert_eq!(s9100.line(Duration::from_secs(3)), None, "9100 cut");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied,
+        "9100's data after the change not counted"
+    );
+    let revoked = flows_matching(&c, |r| {
+        r["reason"] == "policy-denied"
+            && r["dport"] == 9100
+            && r["src"]
+                .as_str()
+                .is_some_and(|s| s.contains("198.51.100.1"))
+    });
+    assert!(
+        revoked >= 1,
+        "no flow record of the cut connection: {}",
+        c.weir_json(&["flows", "-o", "json"])
+    );
+
+    // 3. Allowed again: the same connection carries data again (its
+    //    retransmission of a3, then a4).
+    c.apply("host-fw.yaml", HOST_FW);
+    c.wait_applied(Duration::from_secs(20));
+    c9100.send("a4");
+    let mut got = Vec::new();
+    while let Some(l) = s9100.line(Duration::from_secs(10)) {
+        got.push(l);
+        if got.last().map(String::as_str) == Some("a4") {
+            break;
+        }
+    }
+    assert_eq!(got, ["a3", "a4"], "9100 revived");
+
+    // 4. IPv6 from the world host to n1's IPv6 underlay address (the XDP
+    //    program's `host_in6`): the policy now allows 9105, not 9106; then
+    //    a change cuts the established 9105 connection.
+    let ul6 = topo
+        .node("n1")
+        .and_then(|n| n.underlay.as_ref())
+        .and_then(|u| u.ipv6)
+        .expect("n1's IPv6 underlay address")
+        .to_string();
+    let w6 = world.ipv6.expect("the world's IPv6 address").to_string();
+    let v6_open = HOST_FW.replace("port: 9100}", "port: 9105}");
+    c.apply("host-fw.yaml", &v6_open);
+    c.wait_applied(Duration::from_secs(20));
+    let s9105 = LineServer::start(&c, "-6", 9105);
+    let s9106 = LineServer::start(&c, "-6", 9106);
+    let ul0 = c.port_xdp("n1", "ul0", "redirected");
+    let mut c9105 = LineClient::connect(&world.netns, &w6, &ul6, 9105);
+    // The first exchange may wait for the underlay's IPv6 neighbours.
+    c9105.send("v1");
+    assert_eq!(s9105.line(wait).as_deref(), Some("v1"), "9105 over IPv6");
+    assert!(
+        c.port_xdp("n1", "ul0", "redirected") > ul0,
+        "9105 over IPv6 not through ul0's XDP"
+    );
+    let denied = c.node_drops("n1", "policy-denied");
+    let mut c9106 = LineClient::connect(&world.netns, &w6, &ul6, 9106);
+    c9106.send("w1");
+    assert_eq!(s9106.line(Duration::from_secs(3)), None, "9106 over IPv6");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied,
+        "9106 over IPv6 not counted"
+    );
+    c.apply("host-fw.yaml", HOST_FW);
+    c.wait_applied(Duration::from_secs(20));
+    let denied = c.node_drops("n1", "policy-denied");
+    c9105.send("v2");
+    assert_eq!(s9105.line(Duration::from_secs(3)), None, "9105 cut");
+    assert!(
+        c.node_drops("n1", "policy-denied") > denied,
+        "9105's data after the change not counted"
+    );
+}

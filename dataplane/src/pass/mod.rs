@@ -164,6 +164,7 @@ pub fn process(
         snap,
         st,
         ingress,
+        one_way: false,
     };
     match pass.run(len) {
         Break(v) | Continue(v) => v,
@@ -177,6 +178,11 @@ struct Pass<'a> {
     snap: &'a Snapshot,
     st: &'a mut WorkerState,
     ingress: PortId,
+    /// The frame belongs to a flow whose other direction never crosses the
+    /// dataplane (from outside to the node under host policy: the node's
+    /// replies leave through its kernel), so conntrack follows it without
+    /// the TCP state machine (`policy.rs`, `host_in.rs`).
+    one_way: bool,
 }
 
 /// Who sent the frame: a local pod (behind the ingress port) or a peer node
@@ -210,6 +216,7 @@ impl Pass<'_> {
             Some(h) if h.port == self.ingress => Sender::Host,
             _ => sender,
         };
+        self.one_way = matches!(sender, Sender::Outside);
         // 2.
         let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
         // 2b. From the world: a reply goes back to its pod (reverse SNAT),

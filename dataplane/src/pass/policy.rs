@@ -257,7 +257,13 @@ impl Pass<'_> {
         let tcp = pkt.key.proto == ip_proto::TCP;
         // SCTP goes through the TCP state machine (`conntrack::sctp_as_tcp_flags`).
         let stateful = tcp || pkt.key.proto == ip_proto::SCTP;
-        let seg = if stateful && pkt.fragment != Fragment::Later {
+        // A one-way flow (from outside to the node, `host_in.rs`) is
+        // tracked without the TCP state machine: only its original direction
+        // is ever seen, so an ACK after the SYN would look invalid. Every
+        // packet still finds the flow's entry, so a policy change re-judges
+        // it and a segment with no entry (a SYN-cookie ACK, a connection
+        // older than the policy) is judged as a new flow.
+        let seg = if stateful && pkt.fragment != Fragment::Later && !self.one_way {
             Seg::Tcp(pkt.tcp_flags)
         } else {
             Seg::Other

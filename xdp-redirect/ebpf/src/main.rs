@@ -17,7 +17,8 @@
 //! With host endpoint policy (`CONFIG[12]` = 1, `host_in`), IPv4 frames that
 //! open a flow to the node's own addresses go to the socket too (the
 //! dataplane judges them and hands the allowed ones to the kernel through
-//! the host port; docs/policy.md, "Host endpoint policy").
+//! the host port; docs/policy.md, "Host endpoint policy"), and so do IPv6
+//! frames to the node's non-link-local addresses (`host_in6`).
 //!
 //! Pod mode, per frame, top to bottom:
 //! 1. too short for its headers, or an invalid IPv4 version/IHL → counted
@@ -96,6 +97,8 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_TCP: u8 = 6;
+/// The IPv6 fragment header.
+const IPPROTO_FRAGMENT: u8 = 44;
 /// weir's SNAT port range on the node's underlay address
 /// (`weir_dataplane::snapshot::SNAT_PORT_FIRST`/`LAST`, docs/egress.md):
 /// TCP/UDP to these ports on a local address is a reply from the world.
@@ -283,11 +286,12 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
 /// (`CONFIG[12]`), the frames that open a flow to one of the node's own
 /// addresses go to the socket to be judged against the node's ingress
 /// rules (the dataplane's `pass::host_in::is_host_in` peeks the same):
-/// TCP with SYN and without ACK, UDP to a port outside the kernel's
+/// TCP with SYN and without ACK, every other TCP segment to a port outside
+/// the kernel's ephemeral range, UDP to a port outside the kernel's
 /// ephemeral range (and not the tunnel's), ICMP echo requests, and every
 /// other IP protocol. The rest stays the kernel's: the node's own flows
 /// leave through the kernel, never through the dataplane, so their
-/// replies (TCP segments with ACK, UDP to an ephemeral port, ICMP echo
+/// replies (TCP segments to an ephemeral port, UDP to one, ICMP echo
 /// replies and errors) cannot be matched to a flow here, and ARP/ICMP
 /// errors must never break.
 #[inline(always)]
@@ -308,8 +312,16 @@ fn host_in(ctx: &XdpContext, proto: u8, ihl: usize, tunnel_port: u16) -> Verdict
     }
     if proto == IPPROTO_TCP {
         // Byte 13: the flags (read two bytes at a time: see `snat_icmp`).
-        return match read::<2>(ctx, l4 + 12) {
-            Some([_, flags]) if flags & 0x12 == 0x02 => Verdict::Redirect,
+        // A SYN opens a flow to any port; every other segment to a server
+        // port (outside the ephemeral range) goes too, so the dataplane's
+        // one-way conntrack re-judges established flows on a policy change.
+        return match (read::<2>(ctx, l4 + 2), read::<2>(ctx, l4 + 12)) {
+            (_, Some([_, flags])) if flags & 0x12 == 0x02 => Verdict::Redirect,
+            (Some(p), Some(_))
+                if !(EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&u16::from_be_bytes(p)) =>
+            {
+                Verdict::Redirect
+            }
             _ => Verdict::Pass,
         };
     }
@@ -401,8 +413,7 @@ fn snat_icmp(ctx: &XdpContext, ihl: usize) -> Verdict {
         Some(p) if snat(p) => Verdict::Redirect,
         // A node port's reply (docs/services.md, NodePort).
         Some(p)
-            if node_port
-                && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&u16::from_be_bytes(p)) =>
+            if node_port && (NODE_PORT_FIRST..=NODE_PORT_LAST).contains(&u16::from_be_bytes(p)) =>
         {
             Verdict::Redirect
         }
@@ -448,11 +459,11 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
             {
                 Verdict::Redirect
             }
-            _ => Verdict::Pass,
+            _ => host_in6(ctx, next_header, &dst),
         };
     }
     if next_header != IPPROTO_ICMPV6 {
-        return Verdict::Pass;
+        return host_in6(ctx, next_header, &dst);
     }
     let Some([ty, _code]) = read::<2>(ctx, l4) else {
         return Verdict::Pass;
@@ -460,14 +471,54 @@ fn underlay6(ctx: &XdpContext) -> Verdict {
     if (ICMPV6_ERR_FIRST..=ICMPV6_ERR_LAST).contains(&ty) {
         return snat_icmp6_error(ctx, dst);
     }
+    if ty == ICMPV6_ECHO_REQUEST {
+        return host_in6(ctx, next_header, &dst);
+    }
     if ty != ICMPV6_ECHO_REPLY {
         return Verdict::Pass;
     }
     match read::<2>(ctx, l4 + 4) {
-        Some(id) if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(id)) => {
-            Verdict::Redirect
-        }
+        Some(id) if (SNAT_FIRST..=SNAT_LAST).contains(&u16::from_be_bytes(id)) => Verdict::Redirect,
         _ => Verdict::Pass,
+    }
+}
+
+/// Underlay mode, IPv6 to the local address `dst` with `next_header`
+/// directly after the fixed header, that none of `underlay6` took: with
+/// host endpoint policy (`CONFIG[12]`), `host_in`'s choice for IPv6 (the
+/// dataplane's `pass::host_in::is_host_in6` peeks the same): not to a
+/// link-local address (fe80::/10: NDP, the kernel's link traffic); TCP
+/// with SYN and without ACK, or any TCP segment to a port outside the
+/// ephemeral range; UDP to a port outside it; an ICMPv6 echo request
+/// (the caller checked the type); not a fragment header (the kernel's, as
+/// IPv4 fragments); any other next header (extension headers: the
+/// dataplane walks them and judges what follows, or another protocol).
+/// Fixed offsets only.
+#[inline(always)]
+fn host_in6(ctx: &XdpContext, next_header: u8, dst: &[u8; 16]) -> Verdict {
+    if CONFIG.get(12).copied().unwrap_or(0) == 0 || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
+        return Verdict::Pass;
+    }
+    let l4 = ETH_HLEN + IPV6_HLEN;
+    match next_header {
+        IPPROTO_TCP => match (read::<2>(ctx, l4 + 2), read::<2>(ctx, l4 + 12)) {
+            (_, Some([_, flags])) if flags & 0x12 == 0x02 => Verdict::Redirect,
+            (Some(p), Some(_))
+                if !(EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&u16::from_be_bytes(p)) =>
+            {
+                Verdict::Redirect
+            }
+            _ => Verdict::Pass,
+        },
+        IPPROTO_UDP => match read::<2>(ctx, l4 + 2) {
+            Some(p) if !(EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&u16::from_be_bytes(p)) => {
+                Verdict::Redirect
+            }
+            _ => Verdict::Pass,
+        },
+        IPPROTO_ICMPV6 => Verdict::Redirect,
+        IPPROTO_FRAGMENT => Verdict::Pass,
+        _ => Verdict::Redirect,
     }
 }
 
