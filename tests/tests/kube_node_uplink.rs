@@ -95,13 +95,17 @@ fn start_world_server(world: &Path) {
 
 /// [`start_world_server`] on `at`.
 fn start_server_on(world: &Path, at: SocketAddr) {
-    let (tcp, udp) = weir_topo::netns::run_in_path(world, || {
-        (
-            TcpListener::bind(at).expect("bind tcp"),
-            UdpSocket::bind(at).expect("bind udp"),
-        )
-    })
-    .expect("enter the world netns");
+    // An IPv6 address just added may not be bindable at once: a few tries.
+    let bind = || {
+        for _ in 0..30 {
+            if let (Ok(t), Ok(u)) = (TcpListener::bind(at), UdpSocket::bind(at)) {
+                return (t, u);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("bind {at}")
+    };
+    let (tcp, udp) = weir_topo::netns::run_in_path(world, bind).expect("enter the world netns");
     std::thread::spawn(move || {
         for s in tcp.incoming() {
             let Ok(mut s) = s else { continue };
@@ -494,7 +498,11 @@ fn pod_ipv6(netns: &str) -> std::net::Ipv6Addr {
 ///    ul0's XDP program redirected the replies.
 /// 3. `--non-masquerade 2001:db8:2::/64`: that server sees the pod's own
 ///    IPv6 address.
-/// 4. With the dataplane stopped, pod → IPv6 world fails.
+/// 4. A dual-stack NodePort Service (kubectl, `RequireDualStack`) answers
+///    from the world at [2001:db8:79::1]:nodePort with its backend pod's
+///    name (TCP and UDP).
+/// 5. With the dataplane stopped, pod → IPv6 world and the IPv6 node port
+///    fail.
 #[test]
 fn node_agent_ipv6_uplink() {
     let cp = ControlPlane::start("kup6");
@@ -512,7 +520,7 @@ fn node_agent_ipv6_uplink() {
     for a in [WORLD6, DIRECT6] {
         ip(
             &world_ns,
-            &["addr", "add", &format!("{a}/128"), "dev", "lo"],
+            &["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"],
         );
     }
     let world_path = PathBuf::from("/run/netns").join(&world_ns);
@@ -643,7 +651,105 @@ spec: {{podCIDR: 10.216.2.0/24, podCIDRs: [10.216.2.0/24, 'fd00:10:216:2::/64']}
         "not the pod's address"
     );
 
-    // 4. The dataplane stopped (the agent first): no way out any more.
+    // 4. A dual-stack NodePort Service: the world reaches it at the
+    //    node's IPv6 address, answered by the backend pod (TCP and UDP).
+    let s1 = attach(
+        &cp,
+        &node,
+        &mut netns,
+        &format!("w{tag}-s1"),
+        "ku",
+        "s1",
+        &backend_yaml(&node.name),
+    );
+    start_name_servers(&s1.netns_path, "s1", 8080);
+    let s1_6 = pod_ipv6(&format!("w{tag}-s1"));
+    start_name_servers_on(&s1.netns_path, "s1", SocketAddr::from((s1_6, 8080)));
+    // The kubelet's status with both addresses (the IPv6 EndpointSlice is
+    // made from the second).
+    let (v4, v6) = (s1.ip.expect("an address").to_string(), s1_6.to_string());
+    let patch = serde_json::json!({"status": {"phase": "Running", "podIP": v4,
+        "podIPs": [{"ip": v4}, {"ip": v6}],
+        "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}});
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            "-n",
+            "ku",
+            "s1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    cp.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&SERVICE.replace(
+            "  type: NodePort\n",
+            "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n",
+        )),
+    );
+    let get = |path: &str| {
+        cp.kubectl_ok(
+            &[
+                "get",
+                "service",
+                "-n",
+                "ku",
+                "web",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        )
+    };
+    let np_tcp: u16 = get("{.spec.ports[0].nodePort}")
+        .trim()
+        .parse()
+        .expect("nodePort");
+    let np_udp: u16 = get("{.spec.ports[1].nodePort}")
+        .trim()
+        .parse()
+        .expect("nodePort");
+    wait_until(&node, "the Service's ready endpoints compiled", || {
+        node.status()["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["service"] == "ku/web" && s["ready"].as_u64() >= Some(1))
+    });
+    let np6: SocketAddr = format!("[{NODE6}]:{np_tcp}").parse().unwrap();
+    let ul0 = underlay_redirected(&node);
+    let mut body = None;
+    for _ in 0..20 {
+        body = curl(&world_ns, np6);
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        body.as_deref(),
+        Some("s1"),
+        "world → {np6} (IPv6 NodePort TCP)\n{}\n{}",
+        snapshot(&node)["services"],
+        node.log()
+    );
+    let np6_udp: SocketAddr = format!("[{NODE6}]:{np_udp}").parse().unwrap();
+    assert_eq!(
+        udp_answer(&world_path, np6_udp).as_deref(),
+        Some("s1"),
+        "world → {np6_udp} (IPv6 NodePort UDP)"
+    );
+    assert!(
+        underlay_redirected(&node) > ul0,
+        "ul0's XDP program redirected no IPv6 node-port frame"
+    );
+
+    // 5. The dataplane stopped (the agent first): no way out any more.
     node.kill_agent();
     let pid = std::fs::read_to_string(
         node.state
@@ -667,6 +773,11 @@ spec: {{podCIDR: 10.216.2.0/24, podCIDRs: [10.216.2.0/24, 'fd00:10:216:2::/64']}
         tcp_seen(&client.netns_path, world_tcp),
         None,
         "pod → IPv6 world without the dataplane"
+    );
+    assert_eq!(
+        curl(&world_ns, np6),
+        None,
+        "IPv6 node port without the dataplane"
     );
     drop(node);
     drop(netns);
