@@ -112,7 +112,7 @@ setsid "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
   --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
   --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
   --service-account-issuer "https://127.0.0.1:$port" \
-  --service-cluster-ip-range 10.96.0.0/16 \
+  --service-cluster-ip-range 10.96.0.0/16,fd00:96::/112 \
   >"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
 echo $! > "$dir/kube-apiserver.pid"
 

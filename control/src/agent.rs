@@ -311,16 +311,18 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
             .ok()
             .map(|n| ipnet::IpNet::V4(n.trunc())),
     );
-    if ul.ipv6.is_some() {
-        cidrs.extend(
-            ipnet::Ipv6Net::new(
-                weir_topo::overlay::UNDERLAY_V6_NET,
-                weir_topo::overlay::UNDERLAY_V6_PREFIX_LEN,
-            )
-            .ok()
+    // The local cluster's IPv6 underlay range (a node agent's uplink
+    // address on a real network is outside it: that network is the world's).
+    let underlay6 = ipnet::Ipv6Net::new(
+        weir_topo::overlay::UNDERLAY_V6_NET,
+        weir_topo::overlay::UNDERLAY_V6_PREFIX_LEN,
+    )
+    .ok();
+    cidrs.extend(
+        underlay6
+            .filter(|n| ul.ipv6.is_some_and(|a| n.contains(&a)))
             .map(ipnet::IpNet::V6),
-        );
-    }
+    );
     let pairs = |v: &[ipnet::IpNet]| v.iter().map(|c| (c.network(), c.prefix_len())).collect();
     Some(UplinkSpec {
         gateway_ipv4: w.ipv4,
@@ -334,7 +336,9 @@ fn uplink(cluster: &Cluster, n: &weir_topo::RealizedNode) -> Option<UplinkSpec> 
         // SNAT66 needs both ends on the IPv6 underlay.
         node_ipv6: ul.ipv6.filter(|_| w.ipv6.is_some()),
         gateway_ipv6: w.ipv6.filter(|_| ul.ipv6.is_some()),
-        gateway_mac_v6: None,
+        // The IPv6 gateway's own MAC when it is another router (a node
+        // agent's IPv6 default route); `None`: `gateway_mac`.
+        gateway_mac_v6: w.mac_v6.filter(|_| ul.ipv6.is_some()),
         pod_cidr_v6: n.pod_cidrs.iter().find_map(|c| match c {
             ipnet::IpNet::V6(c) => Some((c.network(), c.prefix_len())),
             ipnet::IpNet::V4(_) => None,

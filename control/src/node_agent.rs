@@ -108,10 +108,16 @@ impl std::str::FromStr for UplinkChoice {
     }
 }
 
-/// Checks `--non-masquerade` (IPv4 only: the uplink is IPv4).
+/// Checks `--non-masquerade`: IPv4 and IPv6 CIDRs are both accepted (an
+/// IPv6 one applies once the node has an IPv6 uplink); a host route of
+/// the unspecified address (`0.0.0.0/0` is fine, `::/128` is not a
+/// destination) is refused.
 pub fn check_non_masquerade(cidrs: &[ipnet::IpNet]) -> anyhow::Result<()> {
-    if let Some(c) = cidrs.iter().find(|c| c.addr().is_ipv6()) {
-        anyhow::bail!("--non-masquerade {c}: IPv6 is not supported (the uplink is IPv4 only)");
+    if let Some(c) = cidrs
+        .iter()
+        .find(|c| c.addr().is_unspecified() && c.prefix_len() == c.max_prefix_len())
+    {
+        anyhow::bail!("--non-masquerade {c}: the unspecified address is no destination");
     }
     Ok(())
 }
@@ -124,6 +130,19 @@ pub struct Uplink {
     pub ifname: String,
     pub gateway: Ipv4Addr,
     pub mac: [u8; 6],
+    /// The IPv6 default route through the same interface, or why there is
+    /// none (pod → IPv6 world and IPv6 node ports are then `no-route`).
+    pub ipv6: Result<Uplink6, String>,
+}
+
+/// The IPv6 half of the uplink: the IPv6 default route's gateway (often
+/// link-local) and its MAC from the neighbour table, and the node's global
+/// IPv6 address on the uplink interface (the SNAT66 address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink6 {
+    pub gateway: Ipv6Addr,
+    pub mac: [u8; 6],
+    pub address: Ipv6Addr,
 }
 
 /// The reflector stores: what the API server holds, as last listed and
@@ -231,8 +250,9 @@ impl NodeState {
                 netns: String::new(),
                 ipv4: u.gateway,
                 prefix_len: 32,
-                ipv6: None,
+                ipv6: u.ipv6.as_ref().ok().map(|v| v.gateway),
                 mac: u.mac,
+                mac_v6: u.ipv6.as_ref().ok().map(|v| v.mac),
                 addrs: Vec::new(),
                 port: 0,
             }),
@@ -276,6 +296,17 @@ impl NodeState {
             });
         }
         c.nodes.extend(self.attached.nodes.iter().cloned());
+        // The node's global IPv6 address on the uplink: its SNAT66 address
+        // (`agent::uplink` pairs it with the world's IPv6 gateway).
+        let v6 = self.uplink.as_ref().and_then(|u| u.ipv6.as_ref().ok());
+        if let Some(ul) = c
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == self.node)
+            .and_then(|n| n.underlay.as_mut())
+        {
+            ul.ipv6 = v6.map(|v| v.address);
+        }
         c.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         for p in &self.attached.pods {
             let Some(api) = self.inputs.pod(&p.namespace, &p.name) else {
@@ -402,8 +433,17 @@ impl NodeState {
                 u.ifname, ul.ipv4, ul.ifname
             )),
             (Ok(Some(u)), Some(ul)) => {
+                let v6 = match &u.ipv6 {
+                    Ok(v) => format!(
+                        "IPv6 via {} ({}), SNAT66 to {}",
+                        v.gateway,
+                        fmt_mac(&v.mac),
+                        v.address
+                    ),
+                    Err(e) => format!("no IPv6 uplink: {e}"),
+                };
                 let note = format!(
-                    "uplink {} via {} ({}), SNAT to {}",
+                    "uplink {} via {} ({}), SNAT to {}; {v6}",
                     u.ifname,
                     u.gateway,
                     fmt_mac(&u.mac),
@@ -768,11 +808,86 @@ fn read_uplink(netns: &str, choice: &UplinkChoice) -> Result<Option<Uplink>, Str
         })?;
     let mac = resolve_peer_mac(netns, gateway)
         .ok_or_else(|| format!("the gateway {gateway} on {ifname} does not answer ARP"))?;
+    let ipv6 = read_uplink6(netns, &ifname);
     Ok(Some(Uplink {
         ifname,
         gateway,
         mac,
+        ipv6,
     }))
+}
+
+/// The IPv6 default route of `netns` through `ifname` (the IPv4 uplink's
+/// interface: one uplink) with the lowest metric, its gateway's MAC from
+/// the neighbour table (probed once when absent), and the first global,
+/// usable (not tentative, deprecated or DAD-failed) IPv6 address on
+/// `ifname`. `Err`: why there is no IPv6 uplink.
+fn read_uplink6(netns: &str, ifname: &str) -> Result<Uplink6, String> {
+    let routes = ip_json(netns, &["-6", "route", "show", "default", "dev", ifname])
+        .map_err(|e| format!("{e:#}"))?;
+    let r = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .min_by_key(|r| r["metric"].as_u64().unwrap_or(0))
+        .ok_or_else(|| format!("no IPv6 default route through {ifname}"))?;
+    let gateway: Ipv6Addr = r["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| format!("the IPv6 default route through {ifname} has no gateway"))?;
+    let addrs = ip_json(
+        netns,
+        &["-6", "addr", "show", "dev", ifname, "scope", "global"],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let address = addrs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+        .filter(|a| a["family"] == "inet6")
+        .filter(|a| {
+            !["tentative", "deprecated", "dadfailed"]
+                .iter()
+                .any(|f| a[*f].as_bool() == Some(true))
+        })
+        .find_map(|a| a["local"].as_str()?.parse::<Ipv6Addr>().ok())
+        .ok_or_else(|| format!("no usable global IPv6 address on {ifname} (the SNAT66 address)"))?;
+    let mac = resolve_mac6(netns, ifname, gateway).ok_or_else(|| {
+        format!("the IPv6 gateway {gateway} on {ifname} does not answer neighbour solicitation")
+    })?;
+    Ok(Uplink6 {
+        gateway,
+        mac,
+        address,
+    })
+}
+
+/// The MAC of IPv6 neighbour `to` on `dev` from the neighbour table, after
+/// one ping to make the kernel solicit it when the entry is absent.
+fn resolve_mac6(netns: &str, dev: &str, to: Ipv6Addr) -> Option<[u8; 6]> {
+    let hop = to.to_string();
+    let lookup = || -> Option<[u8; 6]> {
+        let n = ip_json(netns, &["-6", "neigh", "show", "to", &hop, "dev", dev]).ok()?;
+        let e = n.get(0)?;
+        let bad = e["state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s == "FAILED" || s == "INCOMPLETE");
+        e["lladdr"].as_str().filter(|_| !bad).and_then(parse_mac)
+    };
+    if let Some(m) = lookup() {
+        return Some(m);
+    }
+    let _ = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-6", "-c", "1", "-W", "1", "-I", dev, &hop,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    lookup()
 }
 
 /// `ip -n NETNS -j ARGS` as JSON.
@@ -1656,9 +1771,16 @@ mod tests {
             ifname: "ul0".into(),
             gateway: Ipv4Addr::new(192, 168, 9, 254),
             mac: [2, 0, 0, 0, 0, 0xfe],
+            ipv6: Err("no IPv6 default route through ul0".into()),
         };
         st.set_uplink(Ok(Some(gw.clone())));
         assert!(st.uplink_note.starts_with("uplink ul0 via 192.168.9.254"));
+        assert!(
+            st.uplink_note
+                .ends_with("; no IPv6 uplink: no IPv6 default route through ul0"),
+            "{}",
+            st.uplink_note
+        );
         let c = st.compiled();
         let input = weir_policy::PolicyInput::from_cluster(&c, Vec::new());
         let u = crate::agent::compile_node(&c, &input, "n1", 2)
@@ -1673,6 +1795,45 @@ mod tests {
             let a: std::net::IpAddr = cidr.parse().unwrap();
             assert!(u.cluster_cidrs.iter().any(|(n, _)| *n == a), "{cidr}");
         }
+        assert_eq!(
+            (u.node_ipv6, u.gateway_ipv6),
+            (None, None),
+            "no IPv6 uplink"
+        );
+        // With an IPv6 default route (a link-local gateway of another MAC):
+        // SNAT66 on the node's global address, frames to the v6 gateway's MAC.
+        let v6 = Uplink6 {
+            gateway: "fe80::1".parse().unwrap(),
+            mac: [2, 0, 0, 0, 0, 0x66],
+            address: "2001:db8:9::1".parse().unwrap(),
+        };
+        st.set_uplink(Ok(Some(Uplink {
+            ipv6: Ok(v6.clone()),
+            ..gw.clone()
+        })));
+        assert!(
+            st.uplink_note
+                .ends_with("; IPv6 via fe80::1 (02:00:00:00:00:66), SNAT66 to 2001:db8:9::1"),
+            "{}",
+            st.uplink_note
+        );
+        let c = st.compiled();
+        let u = crate::agent::compile_node(&c, &input, "n1", 2)
+            .unwrap()
+            .uplink
+            .expect("an uplink");
+        assert_eq!(
+            (u.node_ipv6, u.gateway_ipv6, u.gateway_mac_v6),
+            (Some(v6.address), Some(v6.gateway), Some(v6.mac))
+        );
+        assert_eq!(u.gateway_mac, [2, 0, 0, 0, 0, 0xfe]);
+        // The ULA range of `weir up`'s underlay is no cluster range here.
+        let ula = std::net::IpAddr::V6(weir_topo::overlay::UNDERLAY_V6_NET);
+        assert!(
+            !u.cluster_cidrs.iter().any(|(n, _)| *n == ula),
+            "{:?}",
+            u.cluster_cidrs
+        );
         // Through another interface than the underlay: not used, and said.
         st.set_uplink(Ok(Some(Uplink {
             ifname: "eth9".into(),
@@ -1700,10 +1861,13 @@ mod tests {
             assert!(bad.parse::<UplinkChoice>().is_err(), "{bad}");
         }
         assert!(check_non_masquerade(&["10.0.0.0/8".parse().unwrap()]).is_ok());
-        assert!(check_non_masquerade(&["fd00::/8".parse().unwrap()])
-            .unwrap_err()
-            .to_string()
-            .contains("IPv6 is not supported"));
+        assert!(check_non_masquerade(&["fd00::/8".parse().unwrap()]).is_ok());
+        for bad in ["::/128", "0.0.0.0/32"] {
+            assert!(check_non_masquerade(&[bad.parse().unwrap()])
+                .unwrap_err()
+                .to_string()
+                .contains("the unspecified address is no destination"));
+        }
     }
 
     #[test]

@@ -278,10 +278,15 @@ pub fn start_echo(netns: &Path, tcp_ports: &[u16], udp_ports: &[u16]) {
 /// Servers that answer with the pod's name: HTTP/1.0 on TCP `port` (for
 /// curl) and a datagram with the name on UDP `port`.
 pub fn start_name_servers(netns: &Path, name: &str, port: u16) {
+    start_name_servers_on(netns, name, SocketAddr::from(([0, 0, 0, 0], port)));
+}
+
+/// [`start_name_servers`] on `at` (an IPv6 address of the pod, say).
+pub fn start_name_servers_on(netns: &Path, name: &str, at: SocketAddr) {
     let (tcp, udp) = weir_topo::netns::run_in_path(netns, || {
         (
-            TcpListener::bind(("0.0.0.0", port)).expect("bind tcp"),
-            UdpSocket::bind(("0.0.0.0", port)).expect("bind udp"),
+            TcpListener::bind(at).expect("bind tcp"),
+            UdpSocket::bind(at).expect("bind udp"),
         )
     })
     .expect("enter pod netns");

@@ -62,6 +62,11 @@ pub struct WorldInfo {
     pub ipv6: Option<Ipv6Addr>,
     /// `0a:02:<ipv4 octets>`: the destination MAC of frames to the world.
     pub mac: [u8; 6],
+    /// The destination MAC of IPv6 frames to the world when the IPv6
+    /// gateway is another neighbour (a node agent's IPv6 default route);
+    /// `None`: `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_v6: Option<[u8; 6]>,
     /// The addresses on its `lo`.
     pub addrs: Vec<IpAddr>,
     /// The server's TCP and UDP port.
@@ -121,6 +126,7 @@ pub(crate) fn plan(
         ipv6: v6.then(|| crate::overlay::underlay_ipv6(ipv4, subnet.prefix_len())),
         prefix_len: subnet.prefix_len(),
         mac: world_mac(ipv4),
+        mac_v6: None,
         addrs,
         port: WORLD_PORT,
     })
