@@ -79,6 +79,9 @@ pub struct Options {
     pub non_masquerade: Vec<ipnet::IpNet>,
     /// `--service-cidr`: the cluster's Service ranges (empty: weir's own).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// `--encrypt wireguard`: the node's key, its Node annotation, the
+    /// peers from the others' (control/src/node_wireguard.rs).
+    pub wireguard: bool,
 }
 
 /// `--uplink auto|none|IFACE`.
@@ -981,6 +984,10 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(state.node_dir(&opts.node))
         .with_context(|| format!("state directory {}", state.root.display()))?;
     let netns = netns_name(opts.netns.as_deref())?;
+    let mut wg = match opts.wireguard {
+        true => Some(crate::node_wireguard::NodeWg::new(&state, &opts.node)?),
+        false => None,
+    };
 
     // The attachments survive an agent restart; a new start begins empty.
     let att_file = state.root.join("attachments.json");
@@ -1126,6 +1133,10 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             if peers_pending {
                 dirty_since = Some(tokio::time::Instant::now());
                 continue;
+            }
+            // Idle: the WireGuard key rotated (`weir wireguard rotate`)?
+            if let Some(wg) = wg.as_mut().filter(|_| published_once) {
+                wg.sync(&client, &recorder, &stores.nodes.state()).await;
             }
             // Idle: the dataplane still runs?
             if opts.spawn_dataplane && published_once {
@@ -1294,6 +1305,11 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                     log::error!("not published, the previous snapshot stays in force: {e:#}");
                 }
             }
+        }
+        // WireGuard: our key on our Node, the peers from the others'
+        // (before the dataplane starts: it reads them).
+        if let Some(wg) = wg.as_mut() {
+            wg.sync(&client, &recorder, &stores.nodes.state()).await;
         }
         published_once = true;
         if opts.spawn_dataplane {

@@ -141,6 +141,29 @@ pub fn load_or_create_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
     }
 }
 
+/// A new private key in `dir`/[`KEY_FILE_NAME`] (mode 0600), replacing
+/// the one there: written beside it and renamed over it, so a reader sees
+/// the old key or the new one, never a part.
+pub fn rotate_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
+    let path = dir.join(KEY_FILE_NAME);
+    let tmp = dir.join(format!("{KEY_FILE_NAME}.new"));
+    let io = |e: io::Error| KeyError::Io(path.clone(), e.to_string());
+    fs::create_dir_all(dir).map_err(io)?;
+    let key = generate_private_key().map_err(io)?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(encode_key(&key).as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    Ok(key)
+}
+
 /// What [`WgPeer::seal`] produced in the output buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sealed<'a> {
@@ -840,6 +863,13 @@ mod tests {
             load_or_create_private_key(&dir).unwrap(),
             k1,
             "kept, not made anew"
+        );
+        let k2 = rotate_private_key(&dir).unwrap();
+        assert_ne!(k2, k1);
+        assert_eq!(load_or_create_private_key(&dir).unwrap(), k2, "rotated");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_create_private_key(&dir), Err(KeyError::Mode(path)));
