@@ -183,6 +183,8 @@ enum Msg {
     /// A store changed (`true`: its list is complete, `InitDone`).
     Store(usize, bool),
     StoreError(usize, String),
+    /// The WireGuard key file changed (`weir wireguard rotate`).
+    WireguardKey,
 }
 
 /// What the agent holds; the CNI thread and the watch loop share it.
@@ -1088,6 +1090,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         |i, e| Msg::Policy(kube_agent::Msg::WatchError(i, e)),
         |i, a| Msg::Policy(kube_agent::Msg::Served(i, a)),
     );
+    if let Some(wg) = &wg {
+        crate::node_wireguard::watch_key(wg.key_file(), tx.clone(), || Msg::WireguardKey);
+    }
     drop(tx);
 
     let mut dataplane: Option<std::process::Child> = None;
@@ -1178,6 +1183,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                     policy_errors[i].clear();
                     kube_agent::apply_event(&mut kinds[i], KINDS[i], *ev);
                 }
+                // The next compile publishes the new key (`NodeWg::sync`).
+                Msg::WireguardKey => {}
             }
             if dirty_since.is_none() {
                 dirty_since = Some(tokio::time::Instant::now());

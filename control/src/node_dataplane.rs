@@ -416,6 +416,16 @@ fn wireguard_table(
     // A node agent's node: the peers the agent took from the Nodes'
     // annotations (followed live by `WgTimers`).
     let peers_path = crate::node_wireguard::peers_file(state);
+    // A dataplane started before its agent wrote the peers
+    // (`--external-dataplane`): wait for them as for the local cluster's
+    // keys below.
+    let t0 = Instant::now();
+    while cluster.name == crate::node_agent::CLUSTER
+        && !peers_path.exists()
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     if peers_path.exists() {
         let peers = crate::node_wireguard::read_peers(&peers_path)
             .with_context(|| format!("wireguard: {}", peers_path.display()))?;

@@ -7,7 +7,7 @@
 //!
 //! The private key is `<state>/wireguard/<node>/wireguard.key` (mode 0600,
 //! made on first start, kept across restarts). `weir wireguard rotate`
-//! replaces it; the agent notices (at its next pass, at most 2 s later),
+//! replaces it; the agent notices (the file is checked every 250 ms),
 //! publishes the new public key, and the dataplane switches to it.
 
 use crate::state::StateDir;
@@ -87,6 +87,11 @@ impl NodeWg {
             peers: None,
             reported: BTreeMap::new(),
         })
+    }
+
+    /// The private key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.key_dir.join(wireguard::KEY_FILE_NAME)
     }
 
     /// Reloads the key (rotated by `weir wireguard rotate`?), publishes the
@@ -194,6 +199,30 @@ impl NodeWg {
             }
         }
     }
+}
+
+/// Sends `msg()` on `tx` whenever `key_file` changes (checked every
+/// 250 ms): a rotated key is published at the next compile rather than at
+/// the agent's next idle pass.
+pub fn watch_key<M: Send + 'static>(
+    key_file: PathBuf,
+    tx: tokio::sync::mpsc::Sender<M>,
+    msg: impl Fn() -> M + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last = mtime(&key_file);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let now = mtime(&key_file);
+            if now != last {
+                last = now;
+                if tx.send(msg()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// A Warning Event `WeirWireguardKey` on a Node; failures are logged only.
