@@ -510,6 +510,11 @@ enum Cmd {
         #[command(flatten)]
         dp: DataplaneFlags,
     },
+    /// WireGuard between nodes (docs/encryption.md).
+    Wireguard {
+        #[command(subcommand)]
+        action: WgAction,
+    },
     /// Print the CNI network configuration list a container runtime on NODE
     /// uses (plugin `weir-cni`; put it in /etc/cni/net.d/).
     CniConfig {
@@ -589,6 +594,20 @@ enum PolicyAction {
         /// takes) or json (both, with the check).
         #[arg(short = 'o', long, default_value = "table")]
         output: weir_control::policy_cmd::SuggestOutput,
+    },
+}
+
+#[derive(Subcommand)]
+enum WgAction {
+    /// A new WireGuard key pair for a node agent's node (`weir agent --node N
+    /// --encrypt wireguard`): the agent publishes the new public key on its
+    /// Node, the dataplane and the peers switch to it (docs/encryption.md).
+    Rotate {
+        #[arg(long)]
+        node: String,
+        /// The agent's --state-dir (default $WEIR_STATE_DIR or /run/weir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -699,6 +718,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             cluster: cli.cluster.clone(),
         }),
+        Cmd::Wireguard {
+            action: WgAction::Rotate { node, state_dir },
+        } => {
+            if let Some(d) = &state_dir {
+                std::env::set_var("WEIR_STATE_DIR", d);
+            }
+            let st = weir_control::state::StateDir::new(weir_control::node_agent::CLUSTER);
+            let key = weir_control::node_wireguard::dir(&st)
+                .join(&node)
+                .join(weir_dataplane::wireguard::KEY_FILE_NAME);
+            anyhow::ensure!(
+                key.exists(),
+                "nodes/{node}: no WireGuard key at {} (is `weir agent --node {node} --encrypt wireguard` running with this state directory?)",
+                key.display()
+            );
+            let public = weir_control::node_wireguard::rotate(&st, &node)?;
+            println!("nodes/{node}: new WireGuard public key {public}");
+            Ok(())
+        }
         Cmd::CniConfig { node } => {
             let cluster = Cluster::load(&state.cluster_file())
                 .with_context(|| format!("cluster {}: not up", cli.cluster))?;
@@ -748,6 +786,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir,
                 spawn_dataplane: !external_dataplane,
                 dataplane_args: dp.args()?,
+                wireguard: dp.encrypt == Encrypt::Wireguard,
                 cni_conf_dir,
                 metrics_addr: dp.metrics_addr.clone(),
                 encap: match encap {

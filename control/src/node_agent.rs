@@ -79,6 +79,9 @@ pub struct Options {
     pub non_masquerade: Vec<ipnet::IpNet>,
     /// `--service-cidr`: the cluster's Service ranges (empty: weir's own).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// `--encrypt wireguard`: the node's key, its Node annotation, the
+    /// peers from the others' (control/src/node_wireguard.rs).
+    pub wireguard: bool,
 }
 
 /// `--uplink auto|none|IFACE`.
@@ -199,6 +202,8 @@ enum Msg {
     /// A store changed (`true`: its list is complete, `InitDone`).
     Store(usize, bool),
     StoreError(usize, String),
+    /// The WireGuard key file changed (`weir wireguard rotate`).
+    WireguardKey,
 }
 
 /// What the agent holds; the CNI thread and the watch loop share it.
@@ -1096,6 +1101,10 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(state.node_dir(&opts.node))
         .with_context(|| format!("state directory {}", state.root.display()))?;
     let netns = netns_name(opts.netns.as_deref())?;
+    let mut wg = match opts.wireguard {
+        true => Some(crate::node_wireguard::NodeWg::new(&state, &opts.node)?),
+        false => None,
+    };
 
     // The attachments survive an agent restart; a new start begins empty.
     let att_file = state.root.join("attachments.json");
@@ -1196,6 +1205,9 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         |i, e| Msg::Policy(kube_agent::Msg::WatchError(i, e)),
         |i, a| Msg::Policy(kube_agent::Msg::Served(i, a)),
     );
+    if let Some(wg) = &wg {
+        crate::node_wireguard::watch_key(wg.key_file(), tx.clone(), || Msg::WireguardKey);
+    }
     drop(tx);
 
     let mut dataplane: Option<std::process::Child> = None;
@@ -1242,6 +1254,10 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                 dirty_since = Some(tokio::time::Instant::now());
                 continue;
             }
+            // Idle: the WireGuard key rotated (`weir wireguard rotate`)?
+            if let Some(wg) = wg.as_mut().filter(|_| published_once) {
+                wg.sync(&client, &recorder, &stores.nodes.state()).await;
+            }
             // Idle: the dataplane still runs?
             if opts.spawn_dataplane && published_once {
                 supervise_dataplane(&state, &opts, &mut dataplane);
@@ -1282,6 +1298,8 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                     policy_errors[i].clear();
                     kube_agent::apply_event(&mut kinds[i], KINDS[i], *ev);
                 }
+                // The next compile publishes the new key (`NodeWg::sync`).
+                Msg::WireguardKey => {}
             }
             if dirty_since.is_none() {
                 dirty_since = Some(tokio::time::Instant::now());
@@ -1409,6 +1427,11 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
                     log::error!("not published, the previous snapshot stays in force: {e:#}");
                 }
             }
+        }
+        // WireGuard: our key on our Node, the peers from the others'
+        // (before the dataplane starts: it reads them).
+        if let Some(wg) = wg.as_mut() {
+            wg.sync(&client, &recorder, &stores.nodes.state()).await;
         }
         published_once = true;
         if opts.spawn_dataplane {

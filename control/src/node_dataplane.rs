@@ -158,7 +158,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ..DataplaneConfig::default()
     };
     let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {
-        (Some(t), Some(addr)) => Some(WgTimers::new(Arc::clone(t), addr)?),
+        (Some(t), Some(addr)) => Some(WgTimers::new(
+            Arc::clone(t),
+            addr,
+            WgFollow::new(&state, &opts.node),
+        )?),
         _ => None,
     };
     let dp = Dataplane::start(cfg, snap).map_err(|e| anyhow::anyhow!("dataplane: {e}"))?;
@@ -409,6 +413,30 @@ fn wireguard_table(
     use weir_dataplane::wireguard;
     let dir = state.root.join("wireguard");
     let key = wireguard::load_or_create_private_key(&dir.join(me))?;
+    // A node agent's node: the peers the agent took from the Nodes'
+    // annotations (followed live by `WgTimers`).
+    let peers_path = crate::node_wireguard::peers_file(state);
+    // A dataplane started before its agent wrote the peers
+    // (`--external-dataplane`): wait for them as for the local cluster's
+    // keys below.
+    let t0 = Instant::now();
+    while cluster.name == crate::node_agent::CLUSTER
+        && !peers_path.exists()
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if peers_path.exists() {
+        let peers = crate::node_wireguard::read_peers(&peers_path)
+            .with_context(|| format!("wireguard: {}", peers_path.display()))?;
+        let table = wireguard::WgTable::new(&key, peer_keys(&peers));
+        log::info!(
+            "wireguard: node {me} public key {}, {} peers (from the Nodes' annotations)",
+            wireguard::encode_key(&table.public_key()),
+            table.status().len()
+        );
+        return Ok(Arc::new(table));
+    }
     crate::state::write_atomic(
         &dir.join(format!("{me}.pub")),
         wireguard::encode_key(&wireguard::public_key(&key)).as_bytes(),
@@ -441,6 +469,87 @@ fn wireguard_table(
     Ok(Arc::new(table))
 }
 
+fn peer_keys(
+    peers: &[crate::node_wireguard::Peer],
+) -> impl Iterator<Item = weir_dataplane::wireguard::PeerKey<'_>> {
+    peers.iter().map(|p| weir_dataplane::wireguard::PeerKey {
+        node: &p.node,
+        ipv4: p.ipv4,
+        public_key: p.public_key.as_deref(),
+    })
+}
+
+/// A node agent's WireGuard inputs, followed live: the peers file the
+/// agent writes from the Nodes' annotations (a node that appears, changes
+/// key or leaves) and the node's own key file (`weir wireguard rotate`).
+/// Checked with the timers (every 250 ms); a change is applied to the
+/// table in place — the workers keep running — and a handshake is sent at
+/// once to each new or changed peer (all of them after our key rotated).
+struct WgFollow {
+    key_dir: std::path::PathBuf,
+    peers_path: std::path::PathBuf,
+    key_mtime: Option<SystemTime>,
+    peers_mtime: Option<SystemTime>,
+}
+
+fn mtime(p: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl WgFollow {
+    /// `None` on a local cluster (`weir up`): no peers file.
+    fn new(state: &StateDir, me: &str) -> Option<Self> {
+        let peers_path = crate::node_wireguard::peers_file(state);
+        let key_dir = state.root.join("wireguard").join(me);
+        peers_path.exists().then(|| WgFollow {
+            key_mtime: mtime(&key_dir.join(weir_dataplane::wireguard::KEY_FILE_NAME)),
+            peers_mtime: mtime(&peers_path),
+            key_dir,
+            peers_path,
+        })
+    }
+
+    /// The peers to greet now (changed ones).
+    fn poll(&mut self, table: &weir_dataplane::wireguard::WgTable) -> Vec<std::net::Ipv4Addr> {
+        use weir_dataplane::wireguard;
+        let mut greet = Vec::new();
+        let m = mtime(&self.key_dir.join(wireguard::KEY_FILE_NAME));
+        if m != self.key_mtime {
+            self.key_mtime = m;
+            match wireguard::load_or_create_private_key(&self.key_dir) {
+                Ok(k) if wireguard::public_key(&k) != table.public_key() => {
+                    greet = table.set_private(&k);
+                    log::info!(
+                        "wireguard: key rotated, public key {}",
+                        wireguard::encode_key(&wireguard::public_key(&k))
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("wireguard: {e}; keeping the key in use"),
+            }
+        }
+        let m = mtime(&self.peers_path);
+        if m != self.peers_mtime {
+            self.peers_mtime = m;
+            match crate::node_wireguard::read_peers(&self.peers_path) {
+                Ok(peers) => {
+                    for a in table.update(peer_keys(&peers)) {
+                        if !greet.contains(&a) {
+                            greet.push(a);
+                        }
+                    }
+                    log::info!("wireguard: {} peers", table.status().len());
+                }
+                Err(e) => log::warn!(
+                    "wireguard: {}: {e:#}; keeping the peers in use",
+                    self.peers_path.display()
+                ),
+            }
+        }
+        greet
+    }
+}
+
 /// WireGuard's timers (rekey, handshake retries, keepalives, session
 /// expiry, the handshake rate limiter's reset), run from this control loop
 /// about every 250 ms — boringtun rounds its timers to that. What they
@@ -455,12 +564,14 @@ struct WgTimers {
     port: u16,
     last: Instant,
     buf: Vec<u8>,
+    follow: Option<WgFollow>,
 }
 
 impl WgTimers {
     fn new(
         table: Arc<weir_dataplane::wireguard::WgTable>,
         (addr, port): (std::net::Ipv4Addr, u16),
+        follow: Option<WgFollow>,
     ) -> anyhow::Result<Self> {
         let sock = std::net::UdpSocket::bind((addr, 0))
             .with_context(|| format!("wireguard: UDP socket on {addr}"))?;
@@ -470,6 +581,7 @@ impl WgTimers {
             port,
             last: Instant::now(),
             buf: vec![0; 256],
+            follow,
         })
     }
 
@@ -479,6 +591,14 @@ impl WgTimers {
         }
         self.last = Instant::now();
         let (sock, port) = (&self.sock, self.port);
+        if let Some(f) = self.follow.as_mut() {
+            let greet = f.poll(&self.table);
+            self.table.initiate(&greet, &mut self.buf, |peer, msg| {
+                if let Err(e) = sock.send_to(msg, (peer, port)) {
+                    log::debug!("wireguard: handshake to {peer}: {e}");
+                }
+            });
+        }
         self.table.tick(&mut self.buf, |peer, msg| {
             if let Err(e) = sock.send_to(msg, (peer, port)) {
                 log::debug!("wireguard: timer message to {peer}: {e}");

@@ -36,7 +36,7 @@ use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -139,6 +139,29 @@ pub fn load_or_create_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// A new private key in `dir`/[`KEY_FILE_NAME`] (mode 0600), replacing
+/// the one there: written beside it and renamed over it, so a reader sees
+/// the old key or the new one, never a part.
+pub fn rotate_private_key(dir: &Path) -> Result<[u8; 32], KeyError> {
+    let path = dir.join(KEY_FILE_NAME);
+    let tmp = dir.join(format!("{KEY_FILE_NAME}.new"));
+    let io = |e: io::Error| KeyError::Io(path.clone(), e.to_string());
+    fs::create_dir_all(dir).map_err(io)?;
+    let key = generate_private_key().map_err(io)?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(encode_key(&key).as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    Ok(key)
 }
 
 /// What [`WgPeer::seal`] produced in the output buffer.
@@ -317,17 +340,37 @@ pub const FRAME_OVERHEAD: usize = 20 + 8 + DATA_OVERHEAD;
 
 /// The node's WireGuard peers, by underlay address, shared by the
 /// workers. Each peer's state sits behind its own mutex: a worker takes it
-/// for one seal or open (per packet; uncontended unless two workers send
-/// to the same peer at once; a ChaCha20-Poly1305 pass over the frame
-/// costs far more than the lock). A peer node without a valid key has no
-/// entry: its traffic is dropped as `wireguard-no-peer`, never sent in
-/// clear.
+/// once per batch for the batch's frames to or from that peer
+/// ([`WgTable::grouped`]). A peer node without a valid key has no entry:
+/// its traffic is dropped as `wireguard-no-peer`, never sent in clear.
+///
+/// The peer set changes live (a node agent follows the Nodes' annotations:
+/// [`WgTable::update`], our own key rotated: [`WgTable::set_private`]):
+/// the set sits behind a read-write lock that a worker takes for reading
+/// once per batch (with the peer's mutex), and the control loop for
+/// writing when a peer appears, changes key or leaves. A peer whose key
+/// did not change keeps its state (its session).
 #[derive(Debug, Default)]
 pub struct WgTable {
-    peers: HashMap<Ipv4Addr, Mutex<WgPeer>>,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    private: [u8; 32],
     public: [u8; 32],
-    /// Node names by underlay address (for status).
-    names: HashMap<Ipv4Addr, String>,
+    peers: HashMap<Ipv4Addr, Slot>,
+    /// The next peer index handed out (a new key: a new index).
+    next_index: u32,
+    /// The last problem warned about per node (one warning per problem).
+    warned: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    peer: Mutex<WgPeer>,
+    node: String,
+    key: [u8; 32],
 }
 
 /// A peer node as the table is built from: name, underlay address and its
@@ -342,48 +385,138 @@ impl WgTable {
     /// The table for our `private` key and these peers. A peer whose key
     /// is missing or malformed is left out with one warning naming it.
     pub fn new<'a>(private: &[u8; 32], peers: impl IntoIterator<Item = PeerKey<'a>>) -> Self {
-        let mut t = WgTable {
-            peers: HashMap::new(),
-            public: public_key(private),
-            names: HashMap::new(),
+        let t = WgTable {
+            inner: RwLock::new(Inner {
+                private: *private,
+                public: public_key(private),
+                next_index: 1,
+                ..Inner::default()
+            }),
         };
-        for (i, p) in peers.into_iter().enumerate() {
+        t.update(peers);
+        t
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A thread that panicked holding the lock left the set whole (it
+        // is replaced entry by entry under the write lock).
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the peer set these peers: a new node or a changed key gets a
+    /// fresh state (a handshake is needed), an unchanged one keeps its
+    /// session, a node not listed (or now without a valid key) is removed
+    /// — its traffic is dropped `wireguard-no-peer`. One warning per node
+    /// and problem. Returns the addresses of the new or changed peers
+    /// (to start their handshakes: [`WgTable::initiate`]).
+    pub fn update<'a>(&self, peers: impl IntoIterator<Item = PeerKey<'a>>) -> Vec<Ipv4Addr> {
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        let mut keep: HashMap<Ipv4Addr, Slot> = HashMap::new();
+        let mut changed = Vec::new();
+        let mut warned = HashMap::new();
+        for p in peers {
             let key = match p.public_key.map(decode_key) {
                 Some(Ok(k)) => k,
-                Some(Err(e)) => {
-                    log::warn!(
-                        "wireguard: node {}: public key refused ({e}): its traffic is dropped (wireguard-no-peer)",
-                        p.node
-                    );
-                    continue;
-                }
-                None => {
-                    log::warn!(
-                        "wireguard: node {} has no public key: its traffic is dropped (wireguard-no-peer)",
-                        p.node
-                    );
+                bad => {
+                    let problem = match bad {
+                        Some(Err(e)) => format!("public key refused ({e})"),
+                        _ => "no public key".to_string(),
+                    };
+                    if inner.warned.get(p.node) != Some(&problem) {
+                        log::warn!(
+                            "wireguard: node {}: {problem}: its traffic is dropped (wireguard-no-peer)",
+                            p.node
+                        );
+                    }
+                    warned.insert(p.node.to_string(), problem);
                     continue;
                 }
             };
-            t.names.insert(p.ipv4, p.node.to_string());
-            let peer = WgPeer::new(private, &key, i as u32 + 1, None);
-            t.peers.insert(p.ipv4, Mutex::new(peer));
+            let slot = match inner.peers.remove(&p.ipv4) {
+                Some(s) if s.key == key && s.node == p.node => s,
+                _ => {
+                    changed.push(p.ipv4);
+                    let index = inner.next_index & 0x00ff_ffff;
+                    inner.next_index = inner.next_index.wrapping_add(1).max(1);
+                    Slot {
+                        peer: Mutex::new(WgPeer::new(&inner.private, &key, index, None)),
+                        node: p.node.to_string(),
+                        key,
+                    }
+                }
+            };
+            keep.insert(p.ipv4, slot);
         }
-        t
+        inner.peers = keep;
+        inner.warned = warned;
+        changed
+    }
+
+    /// Rotates our own key: every peer gets a fresh state under the new
+    /// key (WireGuard keys a session to both static keys; the peers need
+    /// the new public key, and a handshake, before traffic flows again).
+    /// Returns every peer's address (to start their handshakes).
+    pub fn set_private(&self, private: &[u8; 32]) -> Vec<Ipv4Addr> {
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        inner.private = *private;
+        inner.public = public_key(private);
+        let mut all = Vec::new();
+        for (a, s) in inner.peers.iter_mut() {
+            let index = inner.next_index & 0x00ff_ffff;
+            inner.next_index = inner.next_index.wrapping_add(1).max(1);
+            s.peer = Mutex::new(WgPeer::new(private, &s.key, index, None));
+            all.push(*a);
+        }
+        all
+    }
+
+    /// Sends a handshake initiation to each of these peers now
+    /// (`send(peer address, message)`), rather than at their next packet:
+    /// after a key change the session comes back without waiting for
+    /// traffic to drop a frame.
+    pub fn initiate(
+        &self,
+        addrs: &[Ipv4Addr],
+        out: &mut [u8],
+        mut send: impl FnMut(Ipv4Addr, &[u8]),
+    ) {
+        if out.len() < MIN_OUT {
+            return;
+        }
+        let inner = self.read();
+        for a in addrs {
+            let Some(s) = inner.peers.get(a) else {
+                continue;
+            };
+            let mut p = s.peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let TunnResult::WriteToNetwork(m) = p.tunn.format_handshake_initiation(out, true) {
+                send(*a, m);
+            }
+        }
     }
 
     /// Our public key.
     pub fn public_key(&self) -> [u8; 32] {
-        self.public
+        self.read().public
     }
 
-    /// The peer at this underlay address.
-    pub fn peer(&self, ipv4: Ipv4Addr) -> Option<MutexGuard<'_, WgPeer>> {
+    /// Calls `f` with the peer at this underlay address (`None`: no
+    /// peer), its lock held for the call.
+    pub fn with_peer<R>(&self, ipv4: Ipv4Addr, f: impl FnOnce(Option<&mut WgPeer>) -> R) -> R {
+        let inner = self.read();
         // A worker that panicked holding a peer left its state as it was
         // between two messages: still usable.
-        self.peers
+        let mut guard = inner
+            .peers
             .get(&ipv4)
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|s| s.peer.lock().unwrap_or_else(|p| p.into_inner()));
+        f(guard.as_deref_mut())
     }
 
     /// Calls `f(i, peer)` for every `i` with `addrs[i] = Some(address)`,
@@ -398,6 +531,7 @@ impl WgTable {
         addrs: &[Option<Ipv4Addr>],
         mut f: impl FnMut(usize, Option<&mut WgPeer>),
     ) {
+        let inner = self.read();
         for (c, chunk) in addrs.chunks(64).enumerate() {
             let base = c * 64;
             // Bit j: item base + j still to do.
@@ -411,7 +545,10 @@ impl WgTable {
                 let Some(&Some(addr)) = chunk.get(first) else {
                     break;
                 };
-                let mut guard = self.peer(addr);
+                let mut guard = inner
+                    .peers
+                    .get(&addr)
+                    .map(|s| s.peer.lock().unwrap_or_else(|p| p.into_inner()));
                 let mut rest = todo;
                 while rest != 0 {
                     let j = rest.trailing_zeros() as usize;
@@ -428,9 +565,13 @@ impl WgTable {
     /// Every peer's status, by underlay address.
     pub fn status(&self) -> Vec<(Ipv4Addr, PeerStatus)> {
         let mut v: Vec<_> = self
+            .read()
             .peers
             .iter()
-            .map(|(a, p)| (*a, p.lock().unwrap_or_else(|p| p.into_inner()).status()))
+            .map(|(a, s)| {
+                let p = s.peer.lock().unwrap_or_else(|p| p.into_inner());
+                (*a, p.status())
+            })
             .collect();
         v.sort_by_key(|(a, _)| *a);
         v
@@ -438,11 +579,17 @@ impl WgTable {
 
     /// The status of every peer, by node name.
     pub fn peer_status(&self) -> Vec<weir_model::status::WireguardPeerStatus> {
+        let names: HashMap<Ipv4Addr, String> = self
+            .read()
+            .peers
+            .iter()
+            .map(|(a, s)| (*a, s.node.clone()))
+            .collect();
         let mut v: Vec<_> = self
             .status()
             .into_iter()
             .map(|(a, s)| weir_model::status::WireguardPeerStatus {
-                node: self.names.get(&a).cloned().unwrap_or_default(),
+                node: names.get(&a).cloned().unwrap_or_default(),
                 address: a.to_string(),
                 state: match s.handshake_age {
                     Some(_) => "up".into(),
@@ -460,8 +607,8 @@ impl WgTable {
     /// Runs every peer's timers; `send(peer address, message)` for what
     /// they want sent (handshake initiations, keepalives).
     pub fn tick(&self, out: &mut [u8], mut send: impl FnMut(Ipv4Addr, &[u8])) {
-        for (a, p) in &self.peers {
-            let mut p = p.lock().unwrap_or_else(|p| p.into_inner());
+        for (a, s) in &self.read().peers {
+            let mut p = s.peer.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(m) = p.tick(out) {
                 send(*a, m);
             }
@@ -717,6 +864,13 @@ mod tests {
             k1,
             "kept, not made anew"
         );
+        let k2 = rotate_private_key(&dir).unwrap();
+        assert_ne!(k2, k1);
+        assert_eq!(load_or_create_private_key(&dir).unwrap(), k2, "rotated");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_create_private_key(&dir), Err(KeyError::Mode(path)));
         fs::remove_dir_all(&dir).unwrap();
@@ -771,9 +925,61 @@ mod tests {
         // While `f` runs for a peer's group, its lock is held (taken once
         // for the group): another taker finds it busy.
         t.grouped(&[Some(a), Some(a)], |_, _| {
-            assert!(t.peers[&a].try_lock().is_err());
-            assert!(t.peers[&b].try_lock().is_ok());
+            let inner = t.read();
+            assert!(inner.peers[&a].peer.try_lock().is_err());
+            assert!(inner.peers[&b].peer.try_lock().is_ok());
         });
+    }
+
+    #[test]
+    fn update_keeps_unchanged_peers_and_replaces_changed_ones() {
+        let me = generate_private_key().unwrap();
+        let (ka, kb) = (
+            generate_private_key().unwrap(),
+            generate_private_key().unwrap(),
+        );
+        let (pa, pb) = (encode_key(&public_key(&ka)), encode_key(&public_key(&kb)));
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let pk = |node, ipv4, k: Option<&'static str>| PeerKey {
+            node,
+            ipv4,
+            public_key: k,
+        };
+        let pa: &'static str = Box::leak(pa.into_boxed_str());
+        let pb: &'static str = Box::leak(pb.into_boxed_str());
+        let t = WgTable::new(&me, [pk("a", a, Some(pa))]);
+        let idx = |addr| t.with_peer(addr, |p| p.map(|p| p.index()));
+        assert_eq!(idx(a), Some(1));
+        assert_eq!(idx(b), None);
+        // b appears: a keeps its state (same index), b is new.
+        assert_eq!(
+            t.update([pk("a", a, Some(pa)), pk("b", b, Some(pb))]),
+            vec![b]
+        );
+        assert_eq!((idx(a), idx(b)), (Some(1), Some(2)));
+        // b's key changes: a fresh state for b only.
+        assert_eq!(
+            t.update([pk("a", a, Some(pa)), pk("b", b, Some(pa))]),
+            vec![b]
+        );
+        assert_eq!((idx(a), idx(b)), (Some(1), Some(3)));
+        // b's key becomes garbage, then goes: no peer (wireguard-no-peer).
+        assert!(t
+            .update([pk("a", a, Some(pa)), pk("b", b, Some("garbage"))])
+            .is_empty());
+        assert_eq!((idx(a), idx(b)), (Some(1), None));
+        assert!(t.update([pk("a", a, Some(pa))]).is_empty());
+        assert_eq!(t.status().len(), 1);
+        // Our key rotated: every peer anew, the public key follows.
+        let new = generate_private_key().unwrap();
+        assert_eq!(t.set_private(&new), vec![a]);
+        assert_eq!(t.public_key(), public_key(&new));
+        assert_eq!(idx(a), Some(4));
+        // A handshake initiation is sent on demand.
+        let mut out = [0u8; MIN_OUT];
+        let mut sent = Vec::new();
+        t.initiate(&[a, b], &mut out, |to, m| sent.push((to, m.len(), m[0])));
+        assert_eq!(sent, vec![(a, 148, 1)]);
     }
 
     fn hex32(s: &str) -> [u8; 32] {

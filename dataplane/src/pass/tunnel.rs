@@ -164,14 +164,11 @@ pub(super) fn wg_seal(
     let Some(wg) = st.wg.as_deref() else {
         return Ok(len);
     };
-    let mut wp = wg.peer(peer.ipv4).ok_or(DropReason::WireguardNoPeer)?;
-    seal_into(
-        buf,
-        len,
-        &mut wp,
-        &mut st.wg_scratch,
-        &SealJob::new(t, peer, sport),
-    )
+    let scratch = &mut st.wg_scratch;
+    wg.with_peer(peer.ipv4, |wp| {
+        let wp = wp.ok_or(DropReason::WireguardNoPeer)?;
+        seal_into(buf, len, wp, scratch, &SealJob::new(t, peer, sport))
+    })
 }
 
 /// Stage 11's seal: left to the worker when it seals per batch (the job in
@@ -331,16 +328,8 @@ fn wg_open(
         Ok(m) => m,
         Err(r) => return Break(Verdict::Drop(r)),
     };
-    let mut wp = wg.peer(src);
-    open_into(
-        buf,
-        src,
-        range,
-        wp.as_deref_mut(),
-        &mut st.wg_scratch,
-        t,
-        port,
-    )
+    let scratch = &mut st.wg_scratch;
+    wg.with_peer(src, |wp| open_into(buf, src, range, wp, scratch, t, port))
 }
 
 /// Opens the WireGuard message at `buf[range]` from the peer at `src`.
