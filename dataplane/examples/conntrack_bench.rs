@@ -8,14 +8,25 @@
 //!   the table;
 //! - inserts per second (new flows into an empty table);
 //! - packets per second of the whole pass (parse → source → route → policy
-//!   with conntrack → rewrite) on one core, with 1k and 1M flows.
+//!   with conntrack → rewrite) on one core, with 1k and 1M flows;
+//! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
+//!   same-run comparisons in interleaved rounds (median [min–max]): with the
+//!   conntrack prefetch stage ÷ without, and an established flow under an
+//!   L3/L4 policy (ingress: UDP ports 53–68 from pod a) ÷ no policy loaded.
+//!
+//!   cargo run --release -p weir-dataplane --example conntrack_bench pass [rounds]
+//!
+//! runs only that comparison.
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use weir_dataplane::conntrack::{Admission, Conntrack, Insert, Seg, Timeouts, Track};
-use weir_dataplane::pass::{process, FlowKey, WorkerState};
-use weir_dataplane::policy::RuleId;
+use weir_dataplane::pass::{prefetch, process, FlowKey, WorkerState};
+use weir_dataplane::policy::{
+    CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
+    IDENTITY_WORLD,
+};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
 
 const NOW: u64 = 1_000_000_000;
@@ -94,7 +105,50 @@ fn lookups(ct: &Conntrack, ord: &[u32], rounds: usize) -> f64 {
     n / t.elapsed().as_secs_f64()
 }
 
+/// Ingress policy on p1 (10.2.0.2): UDP 53–68 from p0 allowed, the rest denied.
+fn l3l4_policy() -> PolicySpec {
+    let deny = Decision::deny(RuleId::IMPLICIT_DENY);
+    let allow = Decision::allow(RuleId(0));
+    PolicySpec {
+        generation: 1,
+        rules: vec![RuleInfo {
+            tier: Tier::Namespace,
+            kind: "networkpolicies".into(),
+            namespace: Some("default".into()),
+            name: "dns-from-p0".into(),
+            direction: Direction::Ingress,
+            index: 0,
+            action: "Allow".into(),
+            priority: None,
+        }],
+        classes: vec![IDENTITY_WORLD, 256, 257],
+        addresses: vec![([10, 1, 0, 1].into(), 1), ([10, 2, 0, 2].into(), 2)],
+        prefixes: vec![],
+        world_class: 0,
+        cells: vec![
+            CellSpec::uniform(deny),
+            CellSpec {
+                udp: vec![(0, deny), (53, allow), (69, deny)],
+                ..CellSpec::uniform(deny)
+            },
+        ],
+        tables: vec![vec![0, 1, 0]],
+        endpoints: vec![
+            EndpointTables::default(),
+            EndpointTables {
+                ingress: Some(0),
+                egress: None,
+            },
+        ],
+        ..Default::default()
+    }
+}
+
 fn snapshot() -> Snapshot {
+    snapshot_with(PolicySpec::default())
+}
+
+fn snapshot_with(policy: PolicySpec) -> Snapshot {
     let port = |i: u8| Port {
         name: format!("veth{i}"),
         mac: [2, 0xee, 0, 0, 0, i],
@@ -112,6 +166,7 @@ fn snapshot() -> Snapshot {
         node: "n".into(),
         ports: vec![port(0), port(1)],
         endpoints: vec![ep(0, [10, 1, 0, 1]), ep(1, [10, 2, 0, 2])],
+        policy,
         ..SnapshotSpec::default()
     })
     .unwrap()
@@ -171,11 +226,141 @@ fn pass_pps(flows: u32, size: usize) -> f64 {
     ok as f64 / secs
 }
 
+/// The pass over `flows` established flows in batches of 64 frames, as the
+/// worker runs it.
+struct Batched {
+    snap: Snapshot,
+    st: WorkerState,
+    ord: Vec<u32>,
+    bufs: Vec<Vec<u8>>,
+}
+
+/// The worker's batch size.
+const BATCH: usize = 64;
+
+impl Batched {
+    fn new(flows: u32, size: usize, policy: PolicySpec) -> Self {
+        let ct = Arc::new(Conntrack::new(size, Timeouts::default()));
+        let mut st = WorkerState::with_shared(ct, Arc::default(), Arc::default());
+        st.set_now(NOW);
+        let mut b = Batched {
+            snap: snapshot_with(policy),
+            st,
+            ord: order(flows, 7),
+            bufs: vec![vec![0u8; 2048]; BATCH],
+        };
+        // The first round creates the entries and is not timed.
+        b.round(false);
+        b
+    }
+
+    /// One round over all flows; packets per second.
+    fn round(&mut self, with_prefetch: bool) -> f64 {
+        let pristine = frame();
+        let t = Instant::now();
+        let mut ok = 0u64;
+        for chunk in self.ord.chunks(BATCH) {
+            for (buf, &i) in self.bufs.iter_mut().zip(chunk) {
+                buf[..64].copy_from_slice(&pristine);
+                buf[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+                buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
+            }
+            let batch = &mut self.bufs[..chunk.len()];
+            if with_prefetch {
+                for buf in batch.iter() {
+                    prefetch(&buf[..64], &self.st);
+                }
+            }
+            for buf in batch.iter_mut() {
+                let v = process(buf, 64, 0, &self.snap, &mut self.st);
+                ok += u64::from(matches!(v, Verdict::Tx { .. }));
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if ok != self.ord.len() as u64 {
+            println!("  (only {ok} of {} forwarded)", self.ord.len());
+        }
+        ok as f64 / secs
+    }
+}
+
+fn stats(v: &mut [f64]) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    format!("{:.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Interleaved rounds: (no policy, policy) × (without, with prefetch),
+/// in a rotating order, several rounds per flow count.
+fn compare(rounds: usize) {
+    println!(
+        "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max]:"
+    );
+    for (flows, size) in [
+        (1_000u32, 262_144usize),
+        (100_000, 262_144),
+        (1_000_000, 2_097_152),
+    ] {
+        let mut none = Batched::new(flows, size, PolicySpec::default());
+        let mut l3l4 = Batched::new(flows, size, l3l4_policy());
+        // Repeat small tables so one sample is ≥ ~1M packets.
+        let reps = (1_000_000 / flows).max(1);
+        let mut pps: Vec<[f64; 4]> = Vec::new();
+        let mut s: [Vec<f64>; 4] = Default::default();
+        for r in 0..rounds {
+            let mut got = [0f64; 4];
+            for j in 0..4 {
+                let m = (j + r) % 4;
+                let (b, pf) = match m {
+                    0 => (&mut none, false),
+                    1 => (&mut none, true),
+                    2 => (&mut l3l4, false),
+                    _ => (&mut l3l4, true),
+                };
+                let mut sum = 0.0;
+                for _ in 0..reps {
+                    sum += b.round(pf);
+                }
+                got[m] = sum / reps as f64;
+            }
+            for m in 0..4 {
+                s[m].push(got[m]);
+            }
+            pps.push(got);
+        }
+        let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
+        let mpps = |v: &Vec<f64>| -> Vec<f64> { v.iter().map(|x| x / 1e6).collect() };
+        println!("  {flows} flows:");
+        println!(
+            "    Mpps: no policy {} | +prefetch {} | L3/L4 {} | L3/L4+prefetch {}",
+            stats(&mut mpps(&s[0])),
+            stats(&mut mpps(&s[1])),
+            stats(&mut mpps(&s[2])),
+            stats(&mut mpps(&s[3]))
+        );
+        println!(
+            "    prefetch ÷ without: no policy {} | L3/L4 {}",
+            stats(&mut ratio(1, 0)),
+            stats(&mut ratio(3, 2))
+        );
+        println!(
+            "    L3/L4 ÷ no policy: without prefetch {} | with {}",
+            stats(&mut ratio(2, 0)),
+            stats(&mut ratio(3, 1))
+        );
+    }
+}
+
 fn main() {
-    let threads: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2);
+    let first = std::env::args().nth(1);
+    if first.as_deref() == Some("pass") {
+        let rounds = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(5);
+        compare(rounds);
+        return;
+    }
+    let threads: usize = first.and_then(|a| a.parse().ok()).unwrap_or(2);
     println!(
         "bytes per entry: {} (64-byte entry + tags and lock per 16-entry bucket)",
         Conntrack::bytes_per_entry()
@@ -225,4 +410,5 @@ fn main() {
             pass_pps(flows, size) / 1e6
         );
     }
+    compare(3);
 }

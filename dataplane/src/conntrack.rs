@@ -33,6 +33,7 @@
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -46,6 +47,10 @@ use crate::wire::tcp::flags as tcpf;
 
 /// Entries per bucket.
 pub const WAYS: usize = 16;
+
+/// Tables from this many entries (~70 MB) get the pass's conntrack
+/// prefetch stage ([`Conntrack::prefetch_pays`]).
+pub const PREFETCH_FROM: usize = 1 << 20;
 
 /// Default number of entries of a node's table.
 pub const DEFAULT_SIZE: usize = 262_144;
@@ -176,7 +181,9 @@ impl CtKey {
         };
         let (s, v6) = addr_bytes(k.src);
         let (d, _) = addr_bytes(k.dst);
-        let src_lo = (s, sport) <= (d, dport);
+        // Big-endian u128s order as the bytes do (one wide compare instead
+        // of a byte-wise one).
+        let src_lo = (u128::from_be_bytes(s), sport) <= (u128::from_be_bytes(d), dport);
         let key = if src_lo {
             CtKey {
                 lo: s,
@@ -236,6 +243,18 @@ pub(crate) fn hash_addrs(seed: u64, a: &[u8; 16], b: &[u8; 16], last: u64) -> u6
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// A key's tag in its bucket: 16 bits of its hash, never 0 (empty).
+fn tag_of(hash: u64) -> u16 {
+    (hash >> 48) as u16 | 1
+}
+
+/// The way a key's entry goes to when it is free at insert (4 bits of the
+/// hash that neither the bucket index nor the tag uses), so that a batch
+/// prefetch knows the entry's line without reading the tags first.
+fn home_way(hash: u64) -> usize {
+    (hash >> 32) as usize % WAYS
 }
 
 /// An address as 16 bytes (IPv4 mapped) and whether it is IPv6.
@@ -312,16 +331,50 @@ impl Entry {
     }
 }
 
+/// One bucket in 17 cache lines: line 0 holds the tags and the lock
+/// (`Mutex`'s 8-byte header lands at offset 56), lines 1–16 one entry each
+/// (checked by the `bucket_layout` test). A lookup touches line 0 and the
+/// line of the entry it finds, both of which the pass can prefetch for a
+/// whole batch before judging it ([`Conntrack::prefetch`]: line 0 and the
+/// key's home way, where an insert puts it when that way is free).
 #[derive(Debug, Default)]
-struct Bucket {
+#[repr(C, align(64))]
+struct Line {
     /// Per way: 0 = empty, else 16 bits of the key's hash (never 0).
-    tags: [u16; WAYS],
-    entries: [Entry; WAYS],
+    /// Written only under `lock`, so under the lock they are exact; read
+    /// without it only as prefetch hints (atomics: a racing read is a stale
+    /// hint, never undefined behaviour).
+    tags: [AtomicU16; WAYS],
+    _pad: [u8; 24],
+    lock: Mutex<[Entry; WAYS]>,
 }
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Line(Mutex<Bucket>);
+impl Line {
+    fn locked(&self) -> Locked<'_> {
+        Locked {
+            tags: &self.tags,
+            // A worker never panics while holding the lock (nothing in a
+            // critical section can), but if one did, the table stays usable.
+            entries: self.lock.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+/// A bucket with its lock held.
+struct Locked<'a> {
+    tags: &'a [AtomicU16; WAYS],
+    entries: MutexGuard<'a, [Entry; WAYS]>,
+}
+
+impl Locked<'_> {
+    fn tag(&self, w: usize) -> u16 {
+        self.tags[w].load(Relaxed)
+    }
+
+    fn set_tag(&self, w: usize, tag: u16) {
+        self.tags[w].store(tag, Relaxed)
+    }
+}
 
 /// One live entry as [`Conntrack::entries`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,21 +523,46 @@ impl Conntrack {
         &self.timeouts
     }
 
-    fn bucket(&self, key: &CtKey) -> (MutexGuard<'_, Bucket>, u16) {
+    fn bucket(&self, key: &CtKey) -> (Locked<'_>, u16) {
         let h = key.hash(self.seed);
-        let tag = (h >> 48) as u16 | 1;
-        let line = &self.buckets[(h & self.mask) as usize];
-        // A worker never panics while holding the lock (nothing in a
-        // critical section can), but if one did, the table stays usable.
-        (line.0.lock().unwrap_or_else(|e| e.into_inner()), tag)
+        (self.line(h).locked(), tag_of(h))
+    }
+
+    fn line(&self, hash: u64) -> &Line {
+        &self.buckets[(hash & self.mask) as usize]
+    }
+
+    /// Starts loading `k`'s bucket line (tags and lock) and its home way's
+    /// entry line (see [`home_way`]) into the cache, without waiting: the
+    /// conntrack prefetch of the pass's stage 0, run over a whole batch
+    /// before it is judged. Either direction of a flow gives the same
+    /// lines. Changes nothing; returns the key's hash (for tests). A wrong
+    /// or stale key only wastes a prefetch; an entry off its home way
+    /// still costs its lookup one memory wait.
+    pub fn prefetch(&self, k: &FlowKey) -> u64 {
+        let h = CtKey::of(k).0.hash(self.seed);
+        let line = self.line(h);
+        crate::prefetch::prefetch_at(line, 0);
+        // `lock`'s data starts on line 1: entry `w` is line w + 1.
+        crate::prefetch::prefetch_at(line, 64 * (home_way(h) + 1));
+        h
+    }
+
+    /// Whether the pass's stage 0 prefetch pays for itself on this table:
+    /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
+    /// table the lines of the flows in use mostly stay in cache, and the
+    /// stage (a second parse and hash per frame) cost the pass ~0.7× its
+    /// rate at 1k flows in `conntrack_bench` (docs/performance.md).
+    pub fn prefetch_pays(&self) -> bool {
+        self.capacity() >= PREFETCH_FROM
     }
 
     /// Finds the live way of `key` in `b`, reclaiming it if expired.
-    fn find(b: &mut Bucket, key: &CtKey, tag: u16, now: u64) -> Option<usize> {
+    fn find(b: &mut Locked<'_>, key: &CtKey, tag: u16, now: u64) -> Option<usize> {
         for w in 0..WAYS {
-            if b.tags[w] == tag && b.entries[w].key == *key {
+            if b.tag(w) == tag && b.entries[w].key == *key {
                 if b.entries[w].expires <= now {
-                    b.tags[w] = 0;
+                    b.set_tag(w, 0);
                     return None;
                 }
                 return Some(w);
@@ -594,15 +672,19 @@ impl Conntrack {
         if src_lo {
             flags |= ORIG_IS_LO;
         }
-        let (mut b, tag) = self.bucket(&key);
+        let h = key.hash(self.seed);
+        let (mut b, tag) = (self.line(h).locked(), tag_of(h));
         if Self::find(&mut b, &key, tag, now).is_some() {
             return Insert::Exists;
         }
-        // Free or expired way first, else the cheapest victim by class,
-        // then earliest deadline.
+        // Free or expired way first (the key's home way if it is one:
+        // what `prefetch` loads), else the cheapest victim by class, then
+        // earliest deadline.
+        let free = |w: usize| b.tag(w) == 0 || b.entries[w].expires <= now;
+        let home = home_way(h);
         let mut pick: Option<(usize, u8, u64)> = None;
-        for w in 0..WAYS {
-            let class = if b.tags[w] == 0 || b.entries[w].expires <= now {
+        for w in std::iter::once(home).chain(0..WAYS) {
+            let class = if free(w) {
                 0
             } else {
                 b.entries[w].state.class()
@@ -614,11 +696,14 @@ impl Conntrack {
             if pick.is_none_or(|(_, c, x)| (class, exp) < (c, x)) {
                 pick = Some((w, class, exp));
             }
+            if w == home && class == 0 {
+                break;
+            }
         }
         let Some((w, class, _)) = pick else {
             return Insert::Full;
         };
-        b.tags[w] = tag;
+        b.set_tag(w, tag);
         let mut e = Entry {
             key,
             expires: now.saturating_add(self.timeout(state, key.proto)),
@@ -681,7 +766,7 @@ impl Conntrack {
         let (mut b, tag) = self.bucket(&key);
         match Self::find(&mut b, &key, tag, now) {
             Some(w) => {
-                b.tags[w] = 0;
+                b.set_tag(w, 0);
                 true
             }
             None => false,
@@ -694,9 +779,9 @@ impl Conntrack {
         self.buckets
             .iter()
             .map(|l| {
-                let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+                let b = l.locked();
                 (0..WAYS)
-                    .filter(|&w| b.tags[w] != 0 && b.entries[w].expires > now)
+                    .filter(|&w| b.tag(w) != 0 && b.entries[w].expires > now)
                     .count()
             })
             .sum()
@@ -719,10 +804,10 @@ impl Conntrack {
         let first = out.len();
         for (i, l) in self.buckets.iter().enumerate().skip(start) {
             {
-                let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+                let b = l.locked();
                 for w in 0..WAYS {
                     let e = &b.entries[w];
-                    if b.tags[w] == 0 || e.expires <= now {
+                    if b.tag(w) == 0 || e.expires <= now {
                         continue;
                     }
                     out.push(EntryView {
@@ -753,9 +838,9 @@ impl Conntrack {
         let keys: Vec<([u8; 16], bool)> = addrs.iter().map(|&a| addr_bytes(a)).collect();
         let mut n = 0;
         for l in self.buckets.iter() {
-            let mut b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            let b = l.locked();
             for w in 0..WAYS {
-                if b.tags[w] == 0 {
+                if b.tag(w) == 0 {
                     continue;
                 }
                 let k = b.entries[w].key;
@@ -764,7 +849,7 @@ impl Conntrack {
                     .any(|&(a, v6)| v6 == k.v6 && (a == k.lo || a == k.hi))
                 {
                     n += usize::from(b.entries[w].expires > now);
-                    b.tags[w] = 0;
+                    b.set_tag(w, 0);
                 }
             }
         }
@@ -781,9 +866,9 @@ impl Conntrack {
         let keys: Vec<([u8; 16], bool)> = addrs.iter().map(|&a| addr_bytes(a)).collect();
         let mut total = 0;
         for l in self.buckets.iter() {
-            let b = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            let b = l.locked();
             for w in 0..WAYS {
-                if b.tags[w] == 0 || b.entries[w].expires <= now {
+                if b.tag(w) == 0 || b.entries[w].expires <= now {
                     continue;
                 }
                 total += 1;
@@ -1088,6 +1173,62 @@ mod tests {
     fn entry_is_a_cache_line() {
         assert_eq!(std::mem::size_of::<Entry>(), 64);
         assert!(Conntrack::bytes_per_entry() <= 72);
+    }
+
+    #[test]
+    fn prefetch_only_on_large_tables() {
+        assert!(!Conntrack::new(DEFAULT_SIZE, Timeouts::default()).prefetch_pays());
+        assert!(Conntrack::new(PREFETCH_FROM, Timeouts::default()).prefetch_pays());
+    }
+
+    /// Line 0: tags and the lock; entry `w` alone on line `w + 1` (what
+    /// `prefetch` assumes, and one line per lookup, not two).
+    #[test]
+    fn bucket_layout() {
+        let line = Line::default();
+        let base = &line as *const Line as usize;
+        assert_eq!(base % 64, 0);
+        assert_eq!(std::mem::size_of::<Line>(), 64 * (WAYS + 1));
+        let lock = &line.lock as *const _ as usize - base;
+        assert!(lock + 8 <= 64, "lock header at {lock}");
+        let b = line.locked();
+        for w in 0..WAYS {
+            let e = &b.entries[w] as *const Entry as usize - base;
+            assert_eq!(e, 64 * (w + 1), "entry {w}");
+        }
+    }
+
+    /// Prefetch loads the bucket and way where the lookup finds a flow,
+    /// from either direction; an insert takes the home way while it is
+    /// free, and any free way once it is not.
+    #[test]
+    fn prefetch_loads_the_home_way() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        let h = ct.prefetch(&k);
+        assert_eq!(h, ct.prefetch(&rev(&k)));
+        assert!(matches!(
+            ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0),
+            Insert::Inserted { .. }
+        ));
+        let line = ct.line(h);
+        let ways: Vec<usize> = (0..WAYS)
+            .filter(|&w| line.tags[w].load(Relaxed) == tag_of(h))
+            .collect();
+        assert_eq!(ways, [home_way(h)]);
+        assert!(ct.peek(&k, 1).is_some());
+        // 200 flows in 64 buckets: many share a home way, and all still
+        // find a free way (a bucket holds 16).
+        let mut inserted = 1;
+        for p in 0..200u16 {
+            let k = k4([10, 1, 0, 3], 1000 + p, [10, 1, 0, 1], 80, ip_proto::UDP);
+            if let Insert::Inserted { evicted } = ct.insert(&k, Seg::Other, adm(1), 0) {
+                assert!(!evicted);
+                inserted += 1;
+            }
+        }
+        assert_eq!(inserted, 201);
+        assert_eq!(ct.count(1), 201);
     }
 
     #[test]

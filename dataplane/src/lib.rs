@@ -30,7 +30,8 @@
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
-//!   token (the only module with `unsafe`; every other one forbids it).
+//!   token, and [`prefetch`] (one prefetch instruction): the only modules
+//!   with `unsafe`; every other one forbids it.
 //! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
 //!   owns them. Status types ([`runtime::DataplaneStatus`],
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
@@ -48,6 +49,7 @@ pub mod frag;
 pub mod l7;
 pub mod maglev;
 pub mod pass;
+pub mod prefetch;
 pub use weir_model::policy;
 pub mod runtime;
 pub mod snapshot;

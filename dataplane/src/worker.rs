@@ -695,6 +695,17 @@ impl Worker {
             // WireGuard messages from peers: opened first, each peer's
             // lock taken once for the batch.
             self.wg_open_batch(ingress, &mut rx);
+            // Stage 0: the batch's conntrack lines in flight at once
+            // (large tables only: on a small one it costs more than it
+            // saves).
+            let prefetch = self.state.conntrack().prefetch_pays();
+            for d in rx.iter_mut().filter(|_| prefetch) {
+                let st = &self.state;
+                self.umem.with_frame(d, |buf, len| {
+                    pass::prefetch(buf.get(..len).unwrap_or_default(), st);
+                    ((), len)
+                });
+            }
             for (i, mut d) in rx.drain(..).enumerate() {
                 match self.wg_in.get(i) {
                     Some(WgIn::Done(v)) => {

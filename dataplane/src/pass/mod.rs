@@ -3,6 +3,12 @@
 //! snapshot, the worker's state, the ingress port) returning
 //! `ControlFlow<Verdict, T>`, so `?` ends the pass as soon as a stage decides.
 //!
+//! 0. **Prefetch** (`prefetch.rs`, over the whole batch, run by the worker
+//!    before the batch's first frame is judged; [`prefetch()`]): parse each
+//!    frame and start loading its conntrack bucket and entry lines, so a
+//!    table far larger than the cache costs no serial memory waits. A hint
+//!    only: no verdict or state depends on it. The worker runs it on tables
+//!    of ≥ 1M entries only (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
 //!    outer headers and unwrap the inner frame; remember the sending peer
 //!    and the source identity the header carried.
@@ -128,6 +134,7 @@ mod nat_icmp;
 mod nodeport;
 mod parse;
 mod policy;
+mod prefetch;
 mod rewrite;
 mod route;
 mod service;
@@ -138,6 +145,7 @@ mod tunnel;
 
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
+pub use prefetch::prefetch;
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
