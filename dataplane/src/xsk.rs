@@ -246,7 +246,9 @@ impl WorkerUmem {
                     }
                     if mode.contains(BindFlags::XDP_ZEROCOPY) {
                         let why = errno_of(&e);
-                        let _ = self.zc_refused.set(why.clone());
+                        let _ = self
+                            .zc_refused
+                            .set(format!("{why} on {ifname}, the shared UMEM's first socket"));
                         zc_refused = Some(why);
                         log::info!(
                             "{ifname} queue {queue}: zero-copy refused ({last}); trying copy mode"
@@ -448,7 +450,9 @@ impl XskSocket {
 
     /// Zero-copy was asked for and this socket runs in copy mode: why (the
     /// errno of the refused zero-copy bind, e.g. `EOPNOTSUPP`; a socket
-    /// sharing a copy-mode UMEM shows the refusal its first socket met).
+    /// sharing a copy-mode UMEM shows the refusal its first socket met, and
+    /// that socket's interface: the kernel gives a shared socket the UMEM's
+    /// mode, never tries zero-copy on its own interface).
     pub fn zero_copy_refused(&self) -> Option<&str> {
         self.zc_refused.as_deref()
     }
