@@ -63,6 +63,16 @@ struct DataplaneFlags {
     /// Off by default: three more clock reads per batch.
     #[arg(long)]
     latency_breakdown: bool,
+    /// Bind the AF_XDP sockets zero-copy (XDP_ZEROCOPY) where the driver offers it, else
+    /// copy mode; `weir status` shows the mode of each port (veth: always copy,
+    /// "zero-copy refused: EOPNOTSUPP"). See docs/performance.md.
+    #[arg(long)]
+    zero_copy: bool,
+    /// Socket busy polling: SO_PREFER_BUSY_POLL, SO_BUSY_POLL and SO_BUSY_POLL_BUDGET on
+    /// every AF_XDP socket; the worker drives the device's NAPI poll itself each round
+    /// (docs/performance.md). Off by default.
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 /// `--encrypt`: encryption between nodes.
@@ -97,6 +107,12 @@ impl DataplaneFlags {
         }
         if self.latency_breakdown {
             v.push("--latency-breakdown".to_string());
+        }
+        if self.zero_copy {
+            v.push("--zero-copy".to_string());
+        }
+        if self.busy_poll {
+            v.push("--busy-poll".to_string());
         }
         Ok(v)
     }
@@ -1179,6 +1195,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         conntrack_size: node_dataplane::check_conntrack_size(dp.conntrack_size)?,
                         wireguard: dp.encrypt == Encrypt::Wireguard,
                         latency_breakdown: dp.latency_breakdown,
+                        zero_copy: dp.zero_copy,
+                        busy_poll: dp.busy_poll,
                     })
                 }
             }

@@ -370,6 +370,10 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_worker_umem_free_frames",
             "UMEM frames on the free list",
         );
+        let mut port_zc = gauge(
+            "weir_port_zero_copy",
+            "1 when the port's AF_XDP sockets run zero-copy, 0 in copy mode; label mode says why (weir up --zero-copy)",
+        );
         let mut hist: Vec<HistSample> = Vec::new();
         // `weir up --latency-breakdown` only.
         let mut stage_hist: Vec<HistSample> = Vec::new();
@@ -440,6 +444,10 @@ impl prometheus_client::collector::Collector for Scrape {
                         .push((vec![node(), ("reason", slug.to_string())], v));
                 }
             }
+            for p in &dp.ports {
+                let labels = vec![node(), ("port", p.name.clone()), ("mode", p.mode.clone())];
+                port_zc.samples.push((labels, u64::from(p.zero_copy)));
+            }
             let ct = &dp.conntrack;
             ct_entries.samples.push((vec![node()], ct.entries as u64));
             ct_size.samples.push((vec![node()], ct.size as u64));
@@ -496,6 +504,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &l7_held,
             &l7_heads,
             &l7_denials,
+            &port_zc,
         ] {
             f.encode(&mut enc)?;
         }

@@ -34,6 +34,10 @@ pub struct Options {
     pub wireguard: bool,
     /// The per-batch latency breakdown (`--latency-breakdown`).
     pub latency_breakdown: bool,
+    /// Zero-copy sockets where the driver offers them (`--zero-copy`).
+    pub zero_copy: bool,
+    /// Socket busy polling (`--busy-poll`).
+    pub busy_poll: bool,
 }
 
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
@@ -155,6 +159,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             false => None,
         },
         latency_breakdown: opts.latency_breakdown,
+        zero_copy: opts.zero_copy,
+        busy_poll: opts.busy_poll,
         ..DataplaneConfig::default()
     };
     let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {

@@ -134,6 +134,7 @@ pub fn render(v: &ClusterStatus) -> String {
         }
         out.push_str(&drops_line(&dp));
         out.push_str(&frames_line(&dp));
+        out.push_str(&ports_mode(&dp));
         // The fragment table, once fragments were seen.
         let f = &dp.conntrack.fragments;
         if f.datagrams > 0 {
@@ -277,6 +278,27 @@ fn frames_line(dp: &DataplaneStatus) -> String {
     }
     s.push('\n');
     s
+}
+
+/// The AF_XDP socket mode of each port: one line per mode with its ports
+/// (a node of 200 pods in copy mode is one line), and the busy-poll option.
+fn ports_mode(dp: &DataplaneStatus) -> String {
+    let mut by_mode: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for p in &dp.ports {
+        let mode = if p.mode.is_empty() { "copy" } else { &p.mode };
+        by_mode.entry(mode).or_default().push(&p.name);
+    }
+    let mut out = String::new();
+    for (mode, ports) in by_mode {
+        let _ = writeln!(out, "sockets {mode}: {}", ports.join(" "));
+    }
+    if dp.config.busy_poll {
+        let _ = writeln!(
+            out,
+            "busy poll: SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET set (--busy-poll)"
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -91,6 +91,11 @@ pub struct DataplaneConfig {
     /// Try zero-copy sockets first and fall back to copy mode (veth has no
     /// zero-copy).
     pub zero_copy: bool,
+    /// Socket busy polling (`--busy-poll`): `SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL` and `SO_BUSY_POLL_BUDGET` on every socket, and the
+    /// workers drive each socket's NAPI poll every round
+    /// ([`crate::xsk::XskSocket::set_busy_poll`]). Off by default.
+    pub busy_poll: bool,
     /// Entries of every RX, TX, fill and completion ring (power of two).
     pub ring_size: u32,
     /// Entries of the node's conntrack table, shared by all workers and
@@ -129,6 +134,7 @@ impl Default for DataplaneConfig {
             batch: 64,
             xdp_mode: XdpMode::Native,
             zero_copy: false,
+            busy_poll: false,
             ring_size: 1024,
             conntrack_size: conntrack::DEFAULT_SIZE,
             flow_log_capacity: flows::DEFAULT_CAPACITY,
@@ -183,6 +189,8 @@ struct WorkerHandle {
 struct PortRt {
     redirector: Redirector,
     zero_copy: bool,
+    /// "zero-copy", "copy", or "copy (zero-copy refused: <errno>)".
+    mode: String,
     /// Queues (XSKMAP entries, sockets) set up on the interface.
     queues: u32,
     /// Underlay mode with this UDP port; `None` for a pod port.
@@ -215,6 +223,20 @@ fn wanted(snap: &Snapshot) -> Vec<Want> {
         });
     }
     w
+}
+
+/// `SO_BUSY_POLL` of every socket under `--busy-poll`: how long one
+/// busy-poll pass may spin on an empty device queue (µs).
+pub const BUSY_POLL_USECS: u32 = 20;
+
+/// A port's socket mode as status shows it: "zero-copy", "copy", or
+/// "copy (zero-copy refused: <why>)" when zero-copy was asked for.
+pub fn port_mode(zero_copy: bool, refused: Option<&str>) -> String {
+    match (zero_copy, refused) {
+        (true, _) => "zero-copy".into(),
+        (false, Some(why)) => format!("copy (zero-copy refused: {why})"),
+        (false, None) => "copy".into(),
+    }
 }
 
 /// The rx queue count of `ifname` from sysfs, if it can be read. sysfs
@@ -335,6 +357,7 @@ impl Dataplane {
                 sleep_ms: MAX_SLEEP_MS,
                 budget,
                 breakdown: cfg.latency_breakdown,
+                busy_poll: cfg.busy_poll,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
             let anchor = match dp.anchor {
@@ -544,6 +567,7 @@ impl Dataplane {
                     underlay: p.underlay.is_some(),
                     queues: p.queues,
                     zero_copy: p.zero_copy,
+                    mode: p.mode.clone(),
                     xdp,
                     error,
                 }
@@ -570,6 +594,7 @@ impl Dataplane {
                 ring_size: self.cfg.ring_size,
                 xdp_mode: format!("{:?}", self.cfg.xdp_mode).to_lowercase(),
                 zero_copy: self.cfg.zero_copy,
+                busy_poll: self.cfg.busy_poll,
             },
             workers,
             totals,
@@ -736,12 +761,21 @@ impl Dataplane {
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;
         let mut socks = Vec::new();
+        let mut refused: Option<String> = None;
         for q in 0..queues {
             let w = &self.workers[(q % nw) as usize];
             // A socket that fails drops the ones made before it: none is
             // registered yet.
             let sock = w.umem.open_socket(name, q, self.cfg.zero_copy)?;
             zero_copy &= sock.zero_copy();
+            if refused.is_none() {
+                refused = sock.zero_copy_refused().map(str::to_string);
+            }
+            if self.cfg.busy_poll {
+                if let Err(e) = sock.set_busy_poll(BUSY_POLL_USECS, self.cfg.batch as u32) {
+                    log::warn!("{name} queue {q}: busy polling not set: {e}");
+                }
+            }
             socks.push((q, sock));
         }
         // The workers fill each socket's fill ring to its floor before the
@@ -785,11 +819,13 @@ impl Dataplane {
             },
             if zero_copy { "zero-copy" } else { "copy" }
         );
+        let mode = port_mode(zero_copy, refused.as_deref());
         self.ports.insert(
             name.to_string(),
             PortRt {
                 redirector,
                 zero_copy,
+                mode,
                 queues,
                 underlay: want.underlay,
             },

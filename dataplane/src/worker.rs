@@ -66,6 +66,9 @@ pub struct WorkerConfig {
     /// `weir up --latency-breakdown`). Off: the round tests one `Option`
     /// per batch and reads no extra clock.
     pub breakdown: bool,
+    /// `--busy-poll`: drive every socket's NAPI poll once a round
+    /// ([`XskSocket::busy_poll`]) before looking at its RX ring.
+    pub busy_poll: bool,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -650,6 +653,9 @@ impl Worker {
                 continue;
             };
             let Some(ingress) = slot.port else { continue };
+            if self.cfg.busy_poll {
+                slot.sock.busy_poll();
+            }
             let before = slot.in_fill;
             let n = slot
                 .sock

@@ -113,6 +113,10 @@ pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> 
 pub struct WorkerUmem {
     umem: Umem,
     ring_size: u32,
+    /// Why zero-copy was refused to the UMEM's first socket (its errno):
+    /// the sockets sharing the UMEM later inherit its copy mode, and this
+    /// reason with it.
+    zc_refused: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl WorkerUmem {
@@ -139,7 +143,14 @@ impl WorkerUmem {
             reason: error_chain(&e),
         })?;
         let ledger = Frames::new(descs, frame_size);
-        Ok((WorkerUmem { umem, ring_size }, ledger))
+        Ok((
+            WorkerUmem {
+                umem,
+                ring_size,
+                zc_refused: Default::default(),
+            },
+            ledger,
+        ))
     }
 
     /// Creates an AF_XDP socket on `ifname` queue `queue` sharing this UMEM
@@ -169,6 +180,9 @@ impl WorkerUmem {
             &[BindFlags::XDP_COPY]
         };
         let mut last = String::new();
+        // Why the kernel refused zero-copy (its errno), when asked for.
+        let mut zc_refused: Option<String> = None;
+        let want_zero_copy = zero_copy;
         // A socket just closed on this queue (a restarted dataplane) releases
         // the queue from a kernel work item, shortly after close: until then
         // binding fails with EBUSY. Wait for it, on the control path only.
@@ -188,12 +202,28 @@ impl WorkerUmem {
             match unsafe { Socket::new(cfg, &self.umem, &iface, queue) } {
                 Ok((tx, rx, Some((fq, cq)))) => {
                     let fd = tx.fd().as_raw_fd();
+                    // The mode the kernel chose, not the one asked for: a
+                    // socket sharing the UMEM gets the UMEM's first socket's
+                    // mode whatever its bind flags (libxdp sends none).
+                    let zero_copy = match bound_zero_copy(fd) {
+                        Ok(zc) => zc,
+                        Err(_) => mode.contains(BindFlags::XDP_ZEROCOPY),
+                    };
                     return Ok(XskSocket {
                         ifname: ifname.to_string(),
                         queue,
                         ring_size: self.ring_size,
                         fd,
-                        zero_copy: mode.contains(BindFlags::XDP_ZEROCOPY),
+                        zero_copy,
+                        zc_refused: match (want_zero_copy, zero_copy) {
+                            (true, false) => Some(zc_refused.unwrap_or_else(|| {
+                                self.zc_refused
+                                    .get()
+                                    .cloned()
+                                    .unwrap_or_else(|| "UMEM bound in copy mode".into())
+                            })),
+                            _ => None,
+                        },
                         tx,
                         rx,
                         fq,
@@ -213,6 +243,16 @@ impl WorkerUmem {
                     if busy && std::time::Instant::now() < deadline {
                         std::thread::sleep(std::time::Duration::from_millis(10));
                         continue;
+                    }
+                    if mode.contains(BindFlags::XDP_ZEROCOPY) {
+                        let why = errno_of(&e);
+                        let _ = self
+                            .zc_refused
+                            .set(format!("{why} on {ifname}, the shared UMEM's first socket"));
+                        zc_refused = Some(why);
+                        log::info!(
+                            "{ifname} queue {queue}: zero-copy refused ({last}); trying copy mode"
+                        );
                     }
                     modes.next();
                 }
@@ -380,6 +420,7 @@ pub struct XskSocket {
     ring_size: u32,
     fd: RawFd,
     zero_copy: bool,
+    zc_refused: Option<String>,
     tx: TxQueue,
     rx: RxQueue,
     fq: FillQueue,
@@ -405,6 +446,57 @@ impl XskSocket {
 
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Zero-copy was asked for and this socket runs in copy mode: why (the
+    /// errno of the refused zero-copy bind, e.g. `EOPNOTSUPP`; a socket
+    /// sharing a copy-mode UMEM shows the refusal its first socket met, and
+    /// that socket's interface: the kernel gives a shared socket the UMEM's
+    /// mode, never tries zero-copy on its own interface).
+    pub fn zero_copy_refused(&self) -> Option<&str> {
+        self.zc_refused.as_deref()
+    }
+
+    /// Turns on socket busy polling (`--busy-poll`): `SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL` (`usecs`) and `SO_BUSY_POLL_BUDGET` (`budget`). The
+    /// kernel then runs the device's NAPI poll (for a veth: its XDP program
+    /// and the copy into the UMEM) inside [`XskSocket::busy_poll`] and the TX
+    /// kick, on the worker's core, instead of waiting for the softirq.
+    /// Raising the budget above 8 needs CAP_NET_ADMIN.
+    pub fn set_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        set_sockopt_int(self.fd, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)?;
+        set_sockopt_int(
+            self.fd,
+            libc::SOL_SOCKET,
+            SO_BUSY_POLL,
+            usecs as libc::c_int,
+        )?;
+        set_sockopt_int(
+            self.fd,
+            libc::SOL_SOCKET,
+            SO_BUSY_POLL_BUDGET,
+            budget as libc::c_int,
+        )
+    }
+
+    /// One busy-poll pass of this socket's NAPI context: a non-blocking
+    /// `recvfrom` of nothing (the documented trigger for AF_XDP; the data
+    /// itself arrives on the RX ring). With busy polling off it is only a
+    /// syscall. Errors (EAGAIN, a device gone) are left to the rings.
+    #[inline]
+    pub fn busy_poll(&self) {
+        // SAFETY: a zero-length receive into no buffer and no address; the
+        // kernel writes nothing to user memory for AF_XDP.
+        unsafe {
+            libc::recvfrom(
+                self.fd,
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     /// Moves completed TX frames of this socket to the free list; `scratch`
@@ -545,6 +637,82 @@ impl XskSocket {
             revents: 0,
         }
     }
+}
+
+/// `SO_PREFER_BUSY_POLL` and `SO_BUSY_POLL_BUDGET` (Linux 5.11,
+/// asm-generic/socket.h; not in the libc crate for this target yet) and
+/// `SO_BUSY_POLL`.
+const SO_BUSY_POLL: libc::c_int = 46;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+fn set_sockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a c_int we own for the whole call, and
+    // its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the bound socket `fd` runs zero-copy (`XDP_OPTIONS`).
+fn bound_zero_copy(fd: RawFd) -> io::Result<bool> {
+    let mut opts = libc::xdp_options { flags: 0 };
+    let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `opts`, which we
+    // own for the whole call, and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_OPTIONS,
+            (&mut opts as *mut libc::xdp_options).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
+}
+
+/// The errno name of the OS error under `e` (e.g. `EOPNOTSUPP`), or its
+/// text when it has none. Hand-written for the few errnos a bind gives:
+/// the errno crates name them through `Debug` only, which is not stable.
+fn errno_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(code) = c
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return match code {
+                libc::EOPNOTSUPP => "EOPNOTSUPP".into(),
+                libc::EINVAL => "EINVAL".into(),
+                libc::EBUSY => "EBUSY".into(),
+                libc::EPERM => "EPERM".into(),
+                libc::ENOMEM => "ENOMEM".into(),
+                libc::ENODEV => "ENODEV".into(),
+                n => format!("errno {n}"),
+            };
+        }
+        cur = c.source();
+    }
+    e.to_string()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -147,6 +147,8 @@ pub struct ConfigStatus {
     pub ring_size: u32,
     pub xdp_mode: String,
     pub zero_copy: bool,
+    /// Socket busy polling (`--busy-poll`).
+    pub busy_poll: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -159,6 +161,10 @@ pub struct PortStatus {
     pub queues: u32,
     /// Whether its sockets run zero-copy (false: copy mode).
     pub zero_copy: bool,
+    /// The mode in use as text: "zero-copy", "copy", or "copy (zero-copy
+    /// refused: <errno>)" when `--zero-copy` asked for it and the driver
+    /// refused (veth always does).
+    pub mode: String,
     /// The XDP program's counters on this port.
     pub xdp: Option<XdpCounters>,
     /// Why the counters could not be read, if they could not.

@@ -82,6 +82,10 @@ enum Cmd {
         /// Also run weir with `weir up --latency-breakdown` and print the stages.
         #[arg(long)]
         breakdown: bool,
+        /// Also run weir with `weir up --busy-poll` (SO_PREFER_BUSY_POLL and
+        /// friends) as its own configuration, `weir-<mode>+busypoll`.
+        #[arg(long)]
+        busy_poll: bool,
         /// More `weir up` arguments for every weir configuration (one per flag).
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
@@ -283,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weir,
             kernel_only,
             breakdown,
+            busy_poll,
             weir_args,
         } => {
             let o = weir_perf::rrbreak::RrOptions {
@@ -298,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(fastpath::weir_binary(weir.as_deref())?)
                 },
                 breakdown,
+                busy_poll,
                 weir_args,
             };
             let rep = weir_perf::rrbreak::run(&o)?;

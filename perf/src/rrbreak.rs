@@ -40,6 +40,9 @@ pub struct RrOptions {
     /// Also run weir with `--latency-breakdown` (its own configuration,
     /// `weir-<mode>+breakdown`, so the breakdown's own cost shows too).
     pub breakdown: bool,
+    /// Also run weir with `--busy-poll` (`weir-<mode>+busypoll`: the
+    /// SO_PREFER_BUSY_POLL socket options; docs/performance.md).
+    pub busy_poll: bool,
     /// More `weir up` arguments for every weir configuration.
     pub weir_args: Vec<String>,
 }
@@ -105,11 +108,15 @@ fn weir_once(
     manifest: &Path,
     mode: &str,
     breakdown: bool,
+    busy_poll: bool,
 ) -> anyhow::Result<(RrResult, Option<LatencySummary>, Vec<Stage>)> {
     let name = format!("prr{}{}", std::process::id(), &mode[..1]);
     let mut extra: Vec<&str> = o.weir_args.iter().map(String::as_str).collect();
     if breakdown {
         extra.push("--latency-breakdown");
+    }
+    if busy_poll {
+        extra.push("--busy-poll");
     }
     let w = WeirCluster::up_with(
         bin,
@@ -176,22 +183,22 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
             continue;
         };
         for mode in &o.modes {
-            for bd in [false, true] {
-                if bd && !o.breakdown {
+            for (suffix, bd, bp) in [
+                ("", false, false),
+                ("+breakdown", true, false),
+                ("+busypoll", false, true),
+            ] {
+                if (bd && !o.breakdown) || (bp && !o.busy_poll) {
                     continue;
                 }
                 stop::check()?;
-                let config = if bd {
-                    format!("weir-{mode}+breakdown")
-                } else {
-                    format!("weir-{mode}")
-                };
+                let config = format!("weir-{mode}{suffix}");
                 let mut s = RrSample {
                     config: config.clone(),
                     rep: round,
                     ..Default::default()
                 };
-                match weir_once(o, bin, &manifest, mode, bd) {
+                match weir_once(o, bin, &manifest, mode, bd, bp) {
                     Ok((r, lat, st)) => {
                         s.rr = Some(r);
                         s.dataplane_ns = lat;
