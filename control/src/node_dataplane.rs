@@ -155,6 +155,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             false => None,
         },
         latency_breakdown: opts.latency_breakdown,
+        // Connections kept across a dataplane kill (docs/reliability.md).
+        checkpoint: Some(weir_dataplane::runtime::CheckpointConfig {
+            path: state.node_dir(&opts.node).join("conntrack.ckpt"),
+            node: opts.node.clone(),
+        }),
         ..DataplaneConfig::default()
     };
     let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {
@@ -197,6 +202,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut last_rate = Instant::now();
+    let mut last_checkpoint = Instant::now();
     let mut events = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -244,6 +250,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         drain_flows(&shared, &opts.node, &mut events);
         if let Some(t) = wg_timers.as_mut() {
             t.run();
+        }
+        if last_checkpoint.elapsed() >= weir_dataplane::checkpoint::INTERVAL {
+            last_checkpoint = Instant::now();
+            if let Some(dp) = shared.dp.lock().expect("lock").as_mut() {
+                dp.write_checkpoint();
+            }
         }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();
