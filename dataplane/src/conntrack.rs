@@ -906,9 +906,11 @@ impl Conntrack {
         let state = State::from_u8(r[60]).ok_or(BadRecord)?;
         let flags = r[61];
         let mapped = |a: &[u8; 16]| a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
+        // An IPv4 key holds IPv4-mapped addresses.
+        let family_ok = v6 || (mapped(&lo) && mapped(&hi));
         if flags & !(ORIG_IS_LO | PICKUP | FIN_ORIG | FIN_REPLY | AUDIT) != 0
             || (key.lo, key.lo_port) > (key.hi, key.hi_port)
-            || (!v6 && !(mapped(&lo) && mapped(&hi)))
+            || !family_ok
         {
             return Err(BadRecord);
         }

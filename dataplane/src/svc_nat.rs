@@ -327,7 +327,9 @@ impl NatTable {
             v6,
             kind,
         };
-        if !v6 && !(is_mapped(&src) && is_mapped(&dst)) {
+        // An IPv4 key holds IPv4-mapped addresses.
+        let family_ok = v6 || (is_mapped(&src) && is_mapped(&dst));
+        if !family_ok {
             return Err(BadRecord);
         }
         let mut exp = [0u8; 8];
