@@ -464,6 +464,43 @@ mod tests {
         assert_eq!((r.conntrack, r.bad), (1, 1));
     }
 
+    /// What a checkpoint of a nearly full default table costs (printed,
+    /// not asserted: `cargo test -p weir-dataplane --lib checkpoint_cost
+    /// -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn checkpoint_cost() {
+        let ct = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
+        let mut n = 0u32;
+        for i in 0..(conntrack::DEFAULT_SIZE as u32) {
+            let k = FlowKey {
+                src: std::net::IpAddr::from((0x0af4_0000u32 | (i >> 16)).to_be_bytes()),
+                dst: "10.96.0.1".parse().unwrap(),
+                proto: 6,
+                sport: i as u16,
+                dport: 80,
+            };
+            if matches!(
+                ct.insert(&k, Seg::Tcp(0x10), adm(1), SEC),
+                conntrack::Insert::Inserted { .. }
+            ) {
+                n += 1;
+            }
+        }
+        let mut buf = Vec::new();
+        let t = std::time::Instant::now();
+        let w = encode(&ct, "node-1", 1, &BOOT, SEC, &mut buf);
+        let enc = t.elapsed();
+        let back = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
+        let t = std::time::Instant::now();
+        let r = decode(&buf, "node-1", &BOOT, &back, SEC).unwrap();
+        let dec = t.elapsed();
+        println!(
+            "{n} flows inserted; checkpoint of {} entries, {} bytes: encode {:?}, decode {:?} ({} restored, {} without room)",
+            w.conntrack, w.bytes, enc, dec, r.conntrack, r.no_room
+        );
+    }
+
     #[test]
     fn a_smaller_table_takes_what_fits() {
         let ct = table(200);
