@@ -203,6 +203,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let mut last_rate = Instant::now();
     let mut last_checkpoint = Instant::now();
+    let mut checkpoint_every = weir_dataplane::checkpoint::INTERVAL;
     let mut events = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -251,11 +252,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         if let Some(t) = wg_timers.as_mut() {
             t.run();
         }
-        if last_checkpoint.elapsed() >= weir_dataplane::checkpoint::INTERVAL {
+        // Every 250 ms, or 4× the last write's time if that is longer (a
+        // full table in a debug build): this thread also applies snapshots
+        // and answers status (docs/conntrack.md "Restarts").
+        if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
             if let Some(dp) = shared.dp.lock().expect("lock").as_mut() {
                 dp.write_checkpoint();
             }
+            checkpoint_every =
+                weir_dataplane::checkpoint::INTERVAL.max(last_checkpoint.elapsed() * 4);
         }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();
