@@ -346,6 +346,14 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_conntrack_revoked",
             "Flows cut because a new policy denied them",
         );
+        let mut ct_restored = gauge(
+            "weir_conntrack_restored_entries",
+            "Conntrack entries loaded from the checkpoint when the dataplane started",
+        );
+        let mut ckpt_errors = counter(
+            "weir_conntrack_checkpoint_errors",
+            "Conntrack checkpoints that could not be written",
+        );
         let mut flow_lost = counter(
             "weir_flow_events_lost",
             "Flow events the workers lost to full queues",
@@ -455,6 +463,10 @@ impl prometheus_client::collector::Collector for Scrape {
             ct_evictions.samples.push((vec![node()], ct.evictions));
             ct_full.samples.push((vec![node()], ct.table_full));
             ct_revoked.samples.push((vec![node()], ct.revoked));
+            ct_restored.samples.push((vec![node()], ct.restored));
+            ckpt_errors
+                .samples
+                .push((vec![node()], ct.checkpoint_errors));
             flow_lost.samples.push((vec![node()], ct.flow_events_lost));
             let l7 = |f: fn(&weir_model::status::L7Status) -> u64| -> u64 {
                 dp.workers.iter().map(|w| f(&w.l7)).sum()
@@ -499,6 +511,8 @@ impl prometheus_client::collector::Collector for Scrape {
             &ct_evictions,
             &ct_full,
             &ct_revoked,
+            &ct_restored,
+            &ckpt_errors,
             &flow_lost,
             &l7_flows,
             &l7_held,

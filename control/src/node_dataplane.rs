@@ -161,6 +161,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         latency_breakdown: opts.latency_breakdown,
         zero_copy: opts.zero_copy,
         busy_poll: opts.busy_poll,
+        // Connections kept across a dataplane kill (docs/reliability.md).
+        checkpoint: Some(weir_dataplane::runtime::CheckpointConfig {
+            path: state.node_dir(&opts.node).join("conntrack.ckpt"),
+            node: opts.node.clone(),
+        }),
         ..DataplaneConfig::default()
     };
     let mut wg_timers = match (&cfg.wireguard, tunnel_addr) {
@@ -207,6 +212,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut last_rate = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut checkpoint_every = weir_dataplane::checkpoint::INTERVAL;
     let mut events = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -254,6 +261,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         drain_flows(&shared, &opts.node, &mut events);
         if let Some(t) = wg_timers.as_mut() {
             t.run();
+        }
+        // Every 250 ms, or 4× the last write's time if that is longer (a
+        // full table in a debug build): this thread also applies snapshots
+        // and answers status (docs/conntrack.md "Restarts").
+        if last_checkpoint.elapsed() >= checkpoint_every {
+            last_checkpoint = Instant::now();
+            if let Some(dp) = shared.dp.lock().expect("lock").as_mut() {
+                dp.write_checkpoint();
+            }
+            checkpoint_every =
+                weir_dataplane::checkpoint::INTERVAL.max(last_checkpoint.elapsed() * 4);
         }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();

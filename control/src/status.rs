@@ -135,6 +135,20 @@ pub fn render(v: &ClusterStatus) -> String {
         out.push_str(&drops_line(&dp));
         out.push_str(&frames_line(&dp));
         out.push_str(&ports_mode(&dp));
+        // The conntrack checkpoint (docs/reliability.md).
+        let ct = &dp.conntrack;
+        if ct.checkpoints + ct.checkpoint_errors + ct.restored + ct.restored_nat > 0 {
+            let _ = writeln!(
+                out,
+                "checkpoint: restored {} conntrack + {} NAT entries at start; {} written ({} entries, {} B last), {} failed",
+                ct.restored,
+                ct.restored_nat,
+                ct.checkpoints,
+                ct.checkpoint_entries,
+                ct.checkpoint_bytes,
+                ct.checkpoint_errors,
+            );
+        }
         // The fragment table, once fragments were seen.
         let f = &dp.conntrack.fragments;
         if f.datagrams > 0 {

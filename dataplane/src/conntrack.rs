@@ -128,6 +128,23 @@ pub enum State {
 }
 
 impl State {
+    /// The state of its `repr(u8)` value (a checkpoint record).
+    fn from_u8(v: u8) -> Option<State> {
+        const ALL: [State; 10] = [
+            State::SynSent,
+            State::SynRecv,
+            State::Established,
+            State::FinWait,
+            State::LastAck,
+            State::TimeWait,
+            State::Close,
+            State::Unreplied,
+            State::Replied,
+            State::Denied,
+        ];
+        ALL.into_iter().find(|s| *s as u8 == v)
+    }
+
     /// Eviction class: lower goes first; [`PROTECTED`] is never evicted.
     fn class(self) -> u8 {
         match self {
@@ -271,6 +288,12 @@ const PICKUP: u8 = 2;
 const FIN_ORIG: u8 = 4;
 const FIN_REPLY: u8 = 8;
 const AUDIT: u8 = 16;
+/// Loaded from a checkpoint ([`crate::checkpoint`]) and not judged since:
+/// the next packet of the flow finds it stale whatever the generation, so
+/// the current policy judges it again in its original direction before
+/// anything passes. Cleared by [`Conntrack::readmit`] and
+/// [`Conntrack::revoke`].
+const RESTORED: u8 = 32;
 
 /// One entry: 64 bytes (see the `entry_is_a_cache_line` test).
 #[derive(Debug, Clone, Copy, Default)]
@@ -388,6 +411,25 @@ pub struct EntryView {
     /// A TCP flow picked up mid-stream.
     pub pickup: bool,
 }
+
+/// Bytes of one conntrack entry in a checkpoint ([`Conntrack::export`]).
+pub const RECORD_LEN: usize = 62;
+
+/// What [`Conntrack::import`] (and the NAT table's) did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Restored,
+    /// Its deadline had passed.
+    Expired,
+    /// The entry was there already.
+    Present,
+    /// Its bucket was full.
+    NoRoom,
+}
+
+/// A checkpoint record that cannot be an entry (bad state, flags, key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRecord;
 
 /// What a packet tells the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -591,8 +633,9 @@ impl Conntrack {
         };
         let e = &mut b.entries[w];
         let dir = e.dir(src_lo);
+        let restored = e.flags & RESTORED != 0;
         if e.state == State::Denied {
-            if e.generation == generation as u32 {
+            if e.generation == generation as u32 && !restored {
                 // Every packet of a revoked flow keeps its tombstone alive:
                 // a peer still retransmitting (TCP backs off to 120 s) must
                 // not outlive it and come back as a mid-stream pickup of
@@ -611,7 +654,7 @@ impl Conntrack {
                 adm: e.adm(),
             };
         }
-        if e.generation != generation as u32 {
+        if e.generation != generation as u32 || restored {
             return Track::Stale {
                 dir,
                 orig: e.orig_key(),
@@ -726,6 +769,7 @@ impl Conntrack {
             Some(w) => {
                 let e = &mut b.entries[w];
                 e.set_adm(adm);
+                e.flags &= !RESTORED;
                 if e.state == State::Denied {
                     // A revoked flow allowed again: it was established (or
                     // replied) when it was revoked; its handshake is not
@@ -753,6 +797,7 @@ impl Conntrack {
                 let e = &mut b.entries[w];
                 e.state = State::Denied;
                 e.generation = generation as u32;
+                e.flags &= !RESTORED;
                 e.expires = now.saturating_add(self.timeouts.tcp_time_wait);
                 true
             }
@@ -881,6 +926,104 @@ impl Conntrack {
             }
         }
         total
+    }
+
+    /// Appends every live entry at `now` to `out` as a checkpoint record
+    /// of [`RECORD_LEN`] bytes ([`crate::checkpoint`]); returns how many.
+    /// Takes every bucket's lock in turn, one at a time: for the control
+    /// thread, never the per-packet path.
+    pub fn export(&self, now: u64, out: &mut Vec<u8>) -> usize {
+        let mut n = 0;
+        for l in self.buckets.iter() {
+            let b = l.locked();
+            for w in 0..WAYS {
+                let e = &b.entries[w];
+                if b.tag(w) == 0 || e.expires <= now {
+                    continue;
+                }
+                out.extend_from_slice(&e.key.lo);
+                out.extend_from_slice(&e.key.hi);
+                out.extend_from_slice(&e.key.lo_port.to_le_bytes());
+                out.extend_from_slice(&e.key.hi_port.to_le_bytes());
+                out.push(e.key.proto);
+                out.push(u8::from(e.key.v6));
+                out.extend_from_slice(&e.expires.to_le_bytes());
+                out.extend_from_slice(&e.generation.to_le_bytes());
+                out.extend_from_slice(&e.egress_rule.to_le_bytes());
+                out.extend_from_slice(&e.ingress_rule.to_le_bytes());
+                out.extend_from_slice(&e.orig_dport.to_le_bytes());
+                out.push(e.state as u8);
+                out.push(e.flags & !RESTORED);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Puts one checkpoint record back ([`export`](Self::export)'s format),
+    /// marked restored: the flow's next packet has it judged again by the
+    /// current policy in its original direction. A record past its deadline
+    /// at `now`, already present, or whose bucket has no free way is
+    /// skipped (nothing is evicted for it).
+    pub fn import(&self, rec: &[u8], now: u64) -> Result<Imported, BadRecord> {
+        let r: &[u8; RECORD_LEN] = rec.try_into().map_err(|_| BadRecord)?;
+        let u16_at = |i: usize| u16::from_le_bytes([r[i], r[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+        let mut lo = [0u8; 16];
+        let mut hi = [0u8; 16];
+        lo.copy_from_slice(&r[0..16]);
+        hi.copy_from_slice(&r[16..32]);
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&r[38..46]);
+        let v6 = match r[37] {
+            0 => false,
+            1 => true,
+            _ => return Err(BadRecord),
+        };
+        let key = CtKey {
+            lo,
+            hi,
+            lo_port: u16_at(32),
+            hi_port: u16_at(34),
+            proto: r[36],
+            v6,
+        };
+        let state = State::from_u8(r[60]).ok_or(BadRecord)?;
+        let flags = r[61];
+        let mapped = |a: &[u8; 16]| a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
+        // An IPv4 key holds IPv4-mapped addresses.
+        let family_ok = v6 || (mapped(&lo) && mapped(&hi));
+        if flags & !(ORIG_IS_LO | PICKUP | FIN_ORIG | FIN_REPLY | AUDIT) != 0
+            || (key.lo, key.lo_port) > (key.hi, key.hi_port)
+            || !family_ok
+        {
+            return Err(BadRecord);
+        }
+        let expires = u64::from_le_bytes(exp);
+        if expires <= now {
+            return Ok(Imported::Expired);
+        }
+        let e = Entry {
+            key,
+            // Never longer than the state's own idle timeout from now.
+            expires: expires.min(now.saturating_add(self.timeout(state, key.proto))),
+            generation: u32_at(46),
+            egress_rule: u32_at(50),
+            ingress_rule: u32_at(54),
+            orig_dport: u16_at(58),
+            state,
+            flags: flags | RESTORED,
+        };
+        let (mut b, tag) = self.bucket(&key);
+        if Self::find(&mut b, &key, tag, now).is_some() {
+            return Ok(Imported::Present);
+        }
+        let Some(w) = (0..WAYS).find(|&w| b.tag(w) == 0 || b.entries[w].expires <= now) else {
+            return Ok(Imported::NoRoom);
+        };
+        b.set_tag(w, tag);
+        b.entries[w] = e;
+        Ok(Imported::Restored)
     }
 
     fn timeout(&self, s: State, proto: u8) -> u64 {

@@ -27,6 +27,7 @@
 //! - [`pass`]: the per-packet pass: `pass/mod.rs` runs the stages in order,
 //!   one file per stage (parse, route, policy, icmp, l7, dns, rewrite, tunnel).
 //! - [`encap`]: the overlay stages (VXLAN/Geneve encapsulation and decapsulation).
+//! - [`checkpoint`]: conntrack and Service NAT kept across a dataplane restart.
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
@@ -39,6 +40,7 @@
 
 pub mod anchor;
 pub mod budget;
+pub mod checkpoint;
 pub mod conntrack;
 pub use weir_model::drop_reason;
 pub mod encap;

@@ -114,6 +114,32 @@ pub struct DataplaneConfig {
     /// Record the per-batch latency breakdown (RX wait, pass, TX kick) in
     /// every worker (`weir up --latency-breakdown`; off by default).
     pub latency_breakdown: bool,
+    /// Keep conntrack and Service NAT in a checkpoint file
+    /// ([`crate::checkpoint`]): loaded at start, written by
+    /// [`Dataplane::write_checkpoint`]. `None`: not kept.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// Where the checkpoint lives and whose it is.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// The file (tmpfs: the node's state directory under /run).
+    pub path: std::path::PathBuf,
+    /// The node's name, written in the checkpoint and checked on load.
+    pub node: String,
+}
+
+/// The checkpoint's side of a running dataplane.
+#[derive(Default)]
+struct CheckpointRt {
+    buf: Vec<u8>,
+    boot: Option<[u8; 36]>,
+    restored: crate::checkpoint::Restored,
+    written: u64,
+    errors: u64,
+    last: crate::checkpoint::Written,
+    /// The last write failed (logged once per run of failures).
+    failing: bool,
 }
 
 /// Largest accepted `l7_max_flows` (about 0.4 GiB of L7 state per worker).
@@ -141,6 +167,7 @@ impl Default for DataplaneConfig {
             l7_max_flows: crate::pass::DEFAULT_L7_MAX_FLOWS,
             wireguard: None,
             latency_breakdown: false,
+            checkpoint: None,
         }
     }
 }
@@ -286,6 +313,8 @@ pub struct Dataplane {
     /// underlay's XDP program hands flow openings to the node's addresses
     /// to the sockets (`Redirector::set_host_firewall`).
     host_fw: bool,
+    /// The conntrack checkpoint (when `cfg.checkpoint` is set).
+    ckpt: CheckpointRt,
 }
 
 /// Whether the underlay must hand flows to the node's own addresses to the
@@ -338,7 +367,11 @@ impl Dataplane {
             routed_v4: routed_v4(&snap),
             routed_v6: snap.uplink().and_then(|u| u.routed_v6),
             host_fw: host_fw(&snap),
+            ckpt: CheckpointRt::default(),
         };
+        // Before any worker runs: the restored entries are there for the
+        // first packet.
+        dp.restore_checkpoint();
         let budgets = budgets(&cfg, &snap);
         dp.budgets = budgets.clone();
         // Each worker's UMEM gets its first socket on a queue of the anchor
@@ -549,6 +582,78 @@ impl Dataplane {
         );
     }
 
+    /// Loads the checkpoint named by the configuration into the (empty)
+    /// tables: one log line for what it restored, or one warning for why
+    /// it was refused (then the tables start empty).
+    fn restore_checkpoint(&mut self) {
+        let Some(c) = &self.cfg.checkpoint else {
+            return;
+        };
+        self.ckpt.boot = crate::checkpoint::boot_id();
+        let now = monotonic_ns();
+        match crate::checkpoint::load(&c.path, &c.node, &self.conntrack, now) {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                log::info!(
+                    "checkpoint {}: restored {} conntrack and {} NAT entries (written {} ms ago under generation {}; skipped {} expired, {} without room, {} bad)",
+                    c.path.display(),
+                    r.conntrack,
+                    r.nat,
+                    r.age_ns / 1_000_000,
+                    r.generation,
+                    r.expired,
+                    r.no_room,
+                    r.bad
+                );
+                self.ckpt.restored = r;
+            }
+            Err(e) => log::warn!("checkpoint {} ignored: {e}", c.path.display()),
+        }
+    }
+
+    /// Writes the conntrack and Service NAT checkpoint (see
+    /// [`crate::checkpoint`]; the caller calls it every
+    /// [`crate::checkpoint::INTERVAL`]). Takes each bucket's lock in turn;
+    /// the workers go on forwarding. Nothing when no checkpoint is
+    /// configured. A failure is counted and logged once per run of
+    /// failures.
+    pub fn write_checkpoint(&mut self) {
+        let Some(c) = &self.cfg.checkpoint else {
+            return;
+        };
+        let Some(boot) = self.ckpt.boot else {
+            if !self.ckpt.failing {
+                log::warn!("checkpoint not written: the kernel's boot id cannot be read");
+                self.ckpt.failing = true;
+            }
+            self.ckpt.errors += 1;
+            return;
+        };
+        let generation = self.published.load().generation();
+        let w = crate::checkpoint::encode(
+            &self.conntrack,
+            &c.node,
+            generation,
+            &boot,
+            monotonic_ns(),
+            &mut self.ckpt.buf,
+        );
+        match crate::checkpoint::write(&c.path, &self.ckpt.buf) {
+            Ok(()) => {
+                self.ckpt.written += 1;
+                self.ckpt.last = w;
+                self.ckpt.failing = false;
+            }
+            Err(e) => {
+                self.ckpt.errors += 1;
+                if !self.ckpt.failing {
+                    log::warn!("checkpoint {} not written: {e}", c.path.display());
+                    self.ckpt.failing = true;
+                }
+            }
+        }
+    }
+
     /// Counters, latency and configuration, for `weir status`. Sample twice
     /// and divide by the `monotonic_ns` difference for rates.
     pub fn status(&self) -> DataplaneStatus {
@@ -686,6 +791,12 @@ impl Dataplane {
             },
             flow_events: self.flow_logs.iter().map(|l| l.pushed()).sum(),
             flow_events_lost: self.flow_logs.iter().map(|l| l.lost()).sum(),
+            restored: self.ckpt.restored.conntrack,
+            restored_nat: self.ckpt.restored.nat,
+            checkpoints: self.ckpt.written,
+            checkpoint_errors: self.ckpt.errors,
+            checkpoint_entries: (self.ckpt.last.conntrack + self.ckpt.last.nat) as u64,
+            checkpoint_bytes: self.ckpt.last.bytes as u64,
         }
     }
 

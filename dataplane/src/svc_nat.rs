@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::conntrack::{addr_bytes, hash_addrs};
+use crate::conntrack::{addr_bytes, hash_addrs, BadRecord, Imported};
 use crate::flow_key::FlowKey;
 
 /// Entries per bucket.
@@ -263,6 +263,139 @@ impl NatTable {
         if let Some(e) = b.entries.iter_mut().find(|e| e.key == key) {
             e.expires = 0;
         }
+    }
+
+    /// Appends every live entry at `now` to `out` as a checkpoint record of
+    /// [`RECORD_LEN`] bytes ([`crate::checkpoint`]); returns how many. Takes
+    /// every bucket's lock in turn: for the control thread only.
+    pub fn export(&self, now: u64, out: &mut Vec<u8>) -> usize {
+        let mut n = 0;
+        for l in self.buckets.iter() {
+            let b = l.lock().unwrap_or_else(|e| e.into_inner());
+            for e in b.entries.iter().filter(|e| e.expires > now) {
+                out.extend_from_slice(&e.key.src);
+                out.extend_from_slice(&e.key.dst);
+                out.extend_from_slice(&e.key.sport.to_le_bytes());
+                out.extend_from_slice(&e.key.dport.to_le_bytes());
+                out.push(e.key.proto);
+                out.push(u8::from(e.key.v6));
+                out.push(e.key.kind as u8);
+                out.extend_from_slice(&e.expires.to_le_bytes());
+                put_addr(out, Some(e.nat.addr));
+                out.extend_from_slice(&e.nat.port.to_le_bytes());
+                put_addr(out, e.nat.other);
+                out.extend_from_slice(&e.nat.frontend.to_le_bytes());
+                out.extend_from_slice(&e.nat.other_port.to_le_bytes());
+                out.push(u8::from(e.closing));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Puts one checkpoint record back ([`export`](Self::export)'s format).
+    /// Past its deadline, already present, or no free way in its bucket:
+    /// skipped (nothing is evicted for it).
+    pub fn import(&self, rec: &[u8], now: u64) -> Result<Imported, BadRecord> {
+        let r: &[u8; RECORD_LEN] = rec.try_into().map_err(|_| BadRecord)?;
+        let u16_at = |i: usize| u16::from_le_bytes([r[i], r[i + 1]]);
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&r[0..16]);
+        dst.copy_from_slice(&r[16..32]);
+        let v6 = match r[37] {
+            0 => false,
+            1 => true,
+            _ => return Err(BadRecord),
+        };
+        let kind = [
+            Kind::Forward,
+            Kind::Reverse,
+            Kind::Affinity,
+            Kind::SnatOut,
+            Kind::SnatIn,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == r[38])
+        .ok_or(BadRecord)?;
+        let key = Key {
+            src,
+            dst,
+            sport: u16_at(32),
+            dport: u16_at(34),
+            proto: r[36],
+            v6,
+            kind,
+        };
+        // An IPv4 key holds IPv4-mapped addresses.
+        let family_ok = v6 || (is_mapped(&src) && is_mapped(&dst));
+        if !family_ok {
+            return Err(BadRecord);
+        }
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&r[39..47]);
+        let expires = u64::from_le_bytes(exp);
+        let mut fr = [0u8; 4];
+        fr.copy_from_slice(&r[83..87]);
+        let nat = Nat {
+            addr: get_addr(&r[47..64])?.ok_or(BadRecord)?,
+            port: u16_at(64),
+            other: get_addr(&r[66..83])?,
+            frontend: u32::from_le_bytes(fr),
+            other_port: u16_at(87),
+        };
+        let closing = match r[89] {
+            0 => false,
+            1 => true,
+            _ => return Err(BadRecord),
+        };
+        if expires <= now {
+            return Ok(Imported::Expired);
+        }
+        let mut b = self.bucket(&key);
+        if b.entries.iter().any(|e| e.key == key && e.expires > now) {
+            return Ok(Imported::Present);
+        }
+        let Some(e) = b.entries.iter_mut().find(|e| e.expires <= now) else {
+            return Ok(Imported::NoRoom);
+        };
+        *e = Entry {
+            key,
+            expires,
+            nat,
+            closing,
+        };
+        Ok(Imported::Restored)
+    }
+}
+
+/// Bytes of one NAT entry in a checkpoint ([`NatTable::export`]).
+pub const RECORD_LEN: usize = 90;
+
+fn is_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10..12] == [0xff, 0xff]
+}
+
+/// An optional address as 17 bytes: 0 (none), 4 or 6, then 16 bytes.
+fn put_addr(out: &mut Vec<u8>, a: Option<IpAddr>) {
+    match a {
+        None => out.extend_from_slice(&[0; 17]),
+        Some(a) => {
+            let (b, v6) = addr_bytes(a);
+            out.push(if v6 { 6 } else { 4 });
+            out.extend_from_slice(&b);
+        }
+    }
+}
+
+fn get_addr(b: &[u8]) -> Result<Option<IpAddr>, BadRecord> {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(b.get(1..17).ok_or(BadRecord)?);
+    match b[0] {
+        0 => Ok(None),
+        6 => Ok(Some(IpAddr::from(a))),
+        4 if is_mapped(&a) => Ok(Some(IpAddr::from([a[12], a[13], a[14], a[15]]))),
+        _ => Err(BadRecord),
     }
 }
 

@@ -101,6 +101,18 @@ pub struct ConntrackStatus {
     pub flow_events: u64,
     /// Flow events lost to full queues.
     pub flow_events_lost: u64,
+    /// Conntrack entries loaded from the checkpoint at start (a dataplane
+    /// restarted after a crash or kill; docs/reliability.md).
+    pub restored: u64,
+    /// Service NAT entries loaded from the checkpoint at start.
+    pub restored_nat: u64,
+    /// Checkpoints written since start (every 250 ms).
+    pub checkpoints: u64,
+    /// Checkpoints that could not be written.
+    pub checkpoint_errors: u64,
+    /// Conntrack + NAT entries in the last checkpoint, and its bytes.
+    pub checkpoint_entries: u64,
+    pub checkpoint_bytes: u64,
 }
 
 /// One endpoint's live conntrack entries.

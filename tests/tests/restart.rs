@@ -1,9 +1,10 @@
 //! Crash and restart (issue 15): a node's dataplane killed with SIGKILL
 //! while TCP connections are open, then `weir dataplane start`: the same
-//! connections carry data both ways again (the new process re-learns them
-//! from mid-stream segments, each judged by policy as a new flow in its own
-//! direction: docs/conntrack.md "Restarts"), and a connection the policy
-//! denies can neither be opened nor resumed. And the supervisor killed
+//! connections carry data both ways again (the new process loads the
+//! conntrack and Service NAT checkpoint the killed one wrote, and judges
+//! each restored flow again in its original direction:
+//! docs/conntrack.md "Restarts"), and a connection the policy denies can
+//! neither be opened nor resumed, from either end. And the supervisor killed
 //! with SIGKILL: forwarding goes on, the pods' servers (processes of their
 //! own) keep answering, open connections to them included, and a new
 //! supervisor adopts the running dataplane and servers. Needs root.
@@ -209,10 +210,11 @@ fn sigkilled_dataplane_restarts_and_open_connections_continue_but_denied_ones_do
             "a→b (allowed by policy) after the restart, round {round}"
         );
     }
-    // The new process (its counters start at 0) re-learned both flows from
-    // mid-stream segments.
-    let pickups = conntrack(&c, "pickups");
-    assert!(pickups >= 2, "only {pickups} mid-stream pickups");
+    // The new process (its counters start at 0) loaded both flows (and
+    // c→b's tombstone) from the checkpoint the killed one wrote, each
+    // judged again by the policy at its next packet.
+    let restored = conntrack(&c, "restored");
+    assert!(restored >= 3, "only {restored} entries restored");
     assert!(
         c.counter("rx_packets") >= 20,
         "the new workers saw the traffic"
@@ -234,14 +236,16 @@ fn sigkilled_dataplane_restarts_and_open_connections_continue_but_denied_ones_do
         !read_back(&mut revoked, b"revoked\n", Duration::from_millis(500)),
         "c→b resumed after the restart"
     );
-    assert!(
-        c.drops("policy-denied") > denied0,
-        "c's retransmissions were not counted as policy-denied"
-    );
     // Nor can c open a new one.
     assert!(
         connect(&cc.netns, b_addr).is_err(),
         "c→b:7000 connected under a policy that denies it"
+    );
+    // c's segments (its retransmissions, when TCP's backoff brought one
+    // in the window above, and its new SYNs) were counted.
+    assert!(
+        c.drops("policy-denied") > denied0,
+        "c's segments were not counted as policy-denied"
     );
 }
 
@@ -597,6 +601,8 @@ fn sigkilled_dataplane_with_service_and_l7_connections_open() {
         "keep-alive"
     );
     while http_seen.try_recv().is_ok() {}
+    // One checkpoint (every 250 ms) holds both connections.
+    std::thread::sleep(Duration::from_millis(700));
 
     let pid = dataplane_pid(&c);
     let out = std::process::Command::new("kill")
@@ -619,10 +625,8 @@ fn sigkilled_dataplane_with_service_and_l7_connections_open() {
     c.wait_applied(Duration::from_secs(30));
     assert_ne!(dataplane_pid(&c), pid, "a new dataplane process");
 
-    // (a) The ClusterIP connection continues: the new process re-learns it
-    // from the client's next segment (the backend is picked again, the
-    // same one: Maglev on the 5-tuple) and writes the reverse NAT for the
-    // echo.
+    // (a) The ClusterIP connection continues: its conntrack entry and its
+    // forward and reverse NAT entries come back from the checkpoint.
     for round in 0..5 {
         let msg = format!("svc round {round}\n");
         assert!(
@@ -630,10 +634,15 @@ fn sigkilled_dataplane_with_service_and_l7_connections_open() {
             "client→ClusterIP after the restart, round {round}"
         );
     }
-    assert!(conntrack(&c, "pickups") >= 1, "no mid-stream pickup");
+    assert!(conntrack(&c, "restored") >= 2, "entries not restored");
+    assert!(
+        conntrack(&c, "restored_nat") >= 2,
+        "NAT entries not restored"
+    );
 
-    // (b) The keep-alive connection under the http rule is cut: the new
-    // process has no inspector state for it, so its segments drop as
+    // (b) The keep-alive connection under the http rule is cut: its entry
+    // is restored, but the new process has no inspector state for it
+    // (not kept, on purpose), so its segments drop as
     // `l7-no-slot`; a denied request on it never reaches the server, and
     // neither does an allowed one.
     let no_slot0 = c.drops("l7-no-slot");
@@ -677,4 +686,253 @@ fn sigkilled_dataplane_with_service_and_l7_connections_open() {
     );
     let reached: Vec<String> = http_seen.try_iter().collect();
     assert_eq!(reached, vec!["GET /public/3 HTTP/1.1".to_string()]);
+}
+
+/// The generation of node-1's snapshot file (written by the agent).
+fn snapshot_generation(c: &TestCluster) -> u64 {
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/weir".into());
+    let p = state.join(&c.name).join("nodes/node-1/snapshot.json");
+    std::fs::read(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["generation"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Accepts connections on `addr` in `netns` and hands each server-side
+/// stream to the test (so the test can make the server send first).
+fn holding_server(netns: &str, addr: SocketAddr) -> mpsc::Receiver<TcpStream> {
+    let l = weir_topo::netns::run_in(netns, move || TcpListener::bind(addr))
+        .expect("enter netns")
+        .expect("bind");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads whatever arrives within `timeout` (empty: nothing did).
+fn read_any(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// SIGKILL of node-1's dataplane (after one checkpoint interval has
+/// passed, so the open connections are in it), waits for it to die.
+fn kill_dataplane(c: &TestCluster) -> u32 {
+    // The checkpoint is written every 250 ms.
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = dataplane_pid(c);
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill -9 {pid}");
+    let t = Instant::now();
+    while !dead(pid) {
+        assert!(t.elapsed() < Duration::from_secs(5), "dataplane alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pid
+}
+
+fn start_dataplane(c: &TestCluster, old: u32) {
+    let out = c.weir(&["dataplane", "start", "--node", "node-1"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dataplane_log(c)
+    );
+    c.wait_applied(Duration::from_secs(30));
+    assert_ne!(dataplane_pid(c), old, "a new dataplane process");
+}
+
+/// A ClusterIP connection whose *backend* sends first after the restart:
+/// without the checkpoint the new process has no reverse NAT entry, the
+/// backend's segment leaves with the backend's address as source and the
+/// client (connected to the ClusterIP) never takes it.
+#[test]
+fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_first() {
+    let c = TestCluster::up("rsb", SVC_L7);
+    c.wait_applied(Duration::from_secs(30));
+    let topo = c.topology();
+    let client = topo.pod("x", "client").expect("client").clone();
+    let web = topo.pod("x", "web").expect("web").clone();
+    let vip = topo
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .expect("service echo")
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4())
+        .expect("an IPv4 ClusterIP");
+    let accepted = holding_server(
+        &web.netns,
+        SocketAddr::new(web.ipv4.expect("v4").into(), 7000),
+    );
+    let mut cl = connect(&client.netns, SocketAddr::new(vip, 7000)).expect("client→ClusterIP");
+    let mut srv = accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the backend accepted");
+    cl.write_all(b"hi\n").expect("write");
+    assert!(read_back(&mut srv, b"hi\n", Duration::from_secs(5)));
+    srv.write_all(b"ho\n").expect("write");
+    assert!(read_back(&mut cl, b"ho\n", Duration::from_secs(5)));
+
+    let pid = kill_dataplane(&c);
+    start_dataplane(&c, pid);
+    let rx0 = c.counter("rx_packets");
+
+    // The backend speaks first: the restored reverse entry gives its
+    // segment the ClusterIP as source again.
+    srv.write_all(b"backend first\n").expect("write");
+    assert!(
+        read_back(&mut cl, b"backend first\n", Duration::from_secs(10)),
+        "the backend's segment after the restart never reached the client\n{}",
+        dataplane_log(&c)
+    );
+    for round in 0..3 {
+        let msg = format!("round {round}\n");
+        cl.write_all(msg.as_bytes()).expect("write");
+        assert!(read_back(&mut srv, msg.as_bytes(), Duration::from_secs(10)));
+        srv.write_all(msg.as_bytes()).expect("write");
+        assert!(read_back(&mut cl, msg.as_bytes(), Duration::from_secs(10)));
+    }
+    // The new process carried it, from restored state.
+    assert!(c.counter("rx_packets") > rx0, "the new workers saw nothing");
+    let restored = conntrack(&c, "restored");
+    let nat = conntrack(&c, "restored_nat");
+    assert!(restored >= 1, "no conntrack entry restored");
+    assert!(
+        nat >= 2,
+        "only {nat} NAT entries restored (forward + reverse)"
+    );
+    let log = dataplane_log(&c);
+    assert!(
+        log.contains("restored") && log.contains("conntrack.ckpt"),
+        "no restore line in the dataplane's log:\n{log}"
+    );
+}
+
+/// A policy that denies an open connection, applied while the dataplane
+/// is down (frozen, then killed): the restored entry is judged again at its first packet, in
+/// its original direction, so neither end gets through — not the client's
+/// segments, and not the server's (without the checkpoint, a server's
+/// segment was judged as a new flow server → client, allowed here).
+#[test]
+fn sigkilled_dataplane_policy_changed_while_down_denies_restored_flows_both_ways() {
+    let c = TestCluster::up("rsp", &simple_cluster("x", &["a", "b", "c"]));
+    let topo = c.topology();
+    let pod = |n: &str| topo.pod("x", n).expect("pod").clone();
+    let (a, b, cc) = (pod("a"), pod("b"), pod("c"));
+    let b_addr = SocketAddr::new(b.ipv4.expect("v4").into(), 7000);
+    let c_addr = SocketAddr::new(cc.ipv4.expect("v4").into(), 7001);
+    let accepted = holding_server(&b.netns, b_addr);
+    let (c_tx, _c_seen) = mpsc::channel();
+    echo_server(&cc.netns, c_addr, c_tx);
+    let mut ab = connect(&a.netns, b_addr).expect("a→b");
+    let mut srv = accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("b accepted");
+    let mut ac = connect(&a.netns, c_addr).expect("a→c");
+    ab.write_all(b"hi\n").expect("write");
+    assert!(read_back(&mut srv, b"hi\n", Duration::from_secs(5)));
+    srv.write_all(b"ho\n").expect("write");
+    assert!(read_back(&mut ab, b"ho\n", Duration::from_secs(5)));
+    assert!(exchange(&mut ac, b"hello\n", Duration::from_secs(5)));
+
+    // The dataplane frozen (SIGSTOP: it forwards nothing, writes no
+    // checkpoint, reads no snapshot; `weir apply` refuses a node whose
+    // dataplane exited), the policy changed, then SIGKILL: the process
+    // dies without ever seeing the new policy.
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = dataplane_pid(&c);
+    let sig = |s: &str| {
+        let out = std::process::Command::new("kill")
+            .args([s, &pid.to_string()])
+            .output()
+            .expect("kill");
+        assert!(out.status.success(), "kill {s} {pid}");
+    };
+    sig("-STOP");
+    // While it is down: b accepts TCP 7000 from c only.
+    let pol = netpol(
+        "x",
+        "b-from-c",
+        "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress], ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}], ports: [{port: 7000, protocol: TCP}]}]}",
+    );
+    let f = c.file("policy.yaml", &pol);
+    let gen0 = snapshot_generation(&c);
+    // `weir apply` writes the snapshot, then waits for the (frozen) node:
+    // run it aside and go on once the new snapshot is written.
+    let mut apply = std::process::Command::new(weir_tests::weir_bin())
+        .env("WEIR_METRICS_ADDR", "off")
+        .args(["--cluster", &c.name, "apply", "-f", &f])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weir apply");
+    let t = Instant::now();
+    while snapshot_generation(&c) == gen0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no new snapshot written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sig("-KILL");
+    // It fails (the node's dataplane exited) or succeeds later: either way.
+    let _ = apply.wait();
+    let t = Instant::now();
+    while !dead(pid) {
+        assert!(t.elapsed() < Duration::from_secs(5), "dataplane alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start_dataplane(&c, pid);
+    let denied0 = c.drops("policy-denied");
+
+    // The allowed connection continues (restored, judged again, allowed).
+    for round in 0..3 {
+        let msg = format!("round {round}\n");
+        assert!(
+            exchange(&mut ac, msg.as_bytes(), Duration::from_secs(10)),
+            "a→c after the restart, round {round}"
+        );
+    }
+    // The server's side first: b's segment must not reach a.
+    srv.write_all(b"from b\n").expect("write");
+    let got = read_any(&mut ab, Duration::from_millis(1500));
+    assert!(
+        got.is_empty(),
+        "b's segment reached a after a policy denying a→b: {got:?}"
+    );
+    // Nor the client's.
+    ab.write_all(b"from a\n").expect("write");
+    let got = read_any(&mut srv, Duration::from_millis(1500));
+    assert!(got.is_empty(), "a's segment reached b: {got:?}");
+    let restored = conntrack(&c, "restored");
+    assert!(restored >= 2, "only {restored} entries restored");
+    assert!(
+        conntrack(&c, "revoked") >= 1,
+        "the restored a→b flow was not revoked"
+    );
+    assert!(
+        c.drops("policy-denied") > denied0,
+        "the denied segments were not counted"
+    );
 }

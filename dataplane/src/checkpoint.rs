@@ -1,0 +1,516 @@
+//! The conntrack and Service NAT checkpoint: what lets a dataplane killed
+//! with SIGKILL come back with its connections (docs/reliability.md,
+//! docs/conntrack.md "Restarts").
+//!
+//! The control thread writes every live entry of the node's [`Conntrack`]
+//! and of its [`NatTable`](crate::svc_nat::NatTable) to a file every
+//! [`INTERVAL`] (the node's state directory, `/run/weir/...`: tmpfs, so
+//! shared memory that outlives the process but not the boot), atomically
+//! (a temporary file, then rename). A starting dataplane loads it before
+//! its workers run. Nothing here runs per packet: the export takes each
+//! bucket's lock in turn, as the status counters do.
+//!
+//! Format (little-endian), version [`VERSION`]:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | magic `WEIRCKPT` |
+//! | 4 | format version |
+//! | 36 | the kernel's boot id (`/proc/sys/kernel/random/boot_id`) |
+//! | 8 | snapshot generation running when written |
+//! | 8 | CLOCK_MONOTONIC ns when written |
+//! | 4 + 2 | conntrack records, bytes per record |
+//! | 4 + 2 | NAT records, bytes per record |
+//! | 2 + n | node name |
+//! | ... | conntrack records, then NAT records |
+//! | 4 | CRC-32 of everything before it |
+//!
+//! Deadlines are CLOCK_MONOTONIC, the same for every process of a boot:
+//! they stay valid in the next process, and a file of another boot is
+//! refused (its deadlines mean nothing). A file of another node, format or
+//! boot, truncated, too large for this table or failing its checksum is
+//! refused as a whole ([`LoadError`]; the caller logs one line and starts
+//! empty). Entries past their deadline are skipped.
+//!
+//! Policy: every restored conntrack entry is marked so that its flow's
+//! next packet has it judged again by the policy in force, in the flow's
+//! original direction ([`Conntrack::import`]), whatever generation it
+//! carries: a flow the current policy denies becomes a tombstone and
+//! passes nothing. L7 inspection state is not kept: an HTTP/TLS/gRPC or
+//! DNS-inspected flow finds no inspector after a restart and is refused
+//! (`l7-no-slot`, fail closed).
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::conntrack::{self, Conntrack, Imported};
+use crate::svc_nat;
+
+/// How often the control thread writes the checkpoint.
+pub const INTERVAL: Duration = Duration::from_millis(250);
+
+pub const MAGIC: [u8; 8] = *b"WEIRCKPT";
+pub const VERSION: u32 = 1;
+const BOOT_ID_LEN: usize = 36;
+/// Header bytes before the node name.
+const HEADER: usize = 8 + 4 + BOOT_ID_LEN + 8 + 8 + 6 + 6 + 2;
+
+/// The kernel's boot id (a UUID, 36 characters), if it can be read.
+pub fn boot_id() -> Option<[u8; BOOT_ID_LEN]> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    s.trim().as_bytes().try_into().ok()
+}
+
+/// What one checkpoint held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub conntrack: usize,
+    pub nat: usize,
+    pub bytes: usize,
+}
+
+/// Writes the checkpoint of `ct` (its conntrack and NAT entries live at
+/// `now`) into `out` (cleared first; reused between checkpoints, so it
+/// grows to the largest checkpoint and no further).
+pub fn encode(
+    ct: &Conntrack,
+    node: &str,
+    generation: u64,
+    boot: &[u8; BOOT_ID_LEN],
+    now: u64,
+    out: &mut Vec<u8>,
+) -> Written {
+    out.clear();
+    let name = &node.as_bytes()[..node.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(boot);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&now.to_le_bytes());
+    let counts = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(conntrack::RECORD_LEN as u16).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(svc_nat::RECORD_LEN as u16).to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    let n_ct = ct.export(now, out);
+    let n_nat = ct.nat().export(now, out);
+    out[counts..counts + 4].copy_from_slice(&(n_ct as u32).to_le_bytes());
+    out[counts + 6..counts + 10].copy_from_slice(&(n_nat as u32).to_le_bytes());
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Written {
+        conntrack: n_ct,
+        nat: n_nat,
+        bytes: out.len(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then
+/// rename (a reader, or a process killed mid-write, sees the old file or
+/// the new one, never half of one).
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("ckpt.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What a load put back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Conntrack entries restored.
+    pub conntrack: u64,
+    /// NAT entries restored.
+    pub nat: u64,
+    /// Entries skipped: past their deadline.
+    pub expired: u64,
+    /// Entries skipped: their bucket was full (or already present).
+    pub no_room: u64,
+    /// Records that could not be entries (skipped).
+    pub bad: u64,
+    /// The generation the writer ran.
+    pub generation: u64,
+    /// How old the checkpoint was (ns).
+    pub age_ns: u64,
+}
+
+/// Why a checkpoint was refused (as a whole: nothing of it is loaded).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("not a weir checkpoint (bad magic)")]
+    Magic,
+    #[error("format version {0}, this build reads {VERSION}")]
+    Version(u32),
+    #[error("written in another boot (its deadlines mean nothing now)")]
+    Boot,
+    #[error("written by node {0:?}")]
+    Node(String),
+    #[error("truncated or of the wrong length")]
+    Length,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("record sizes {0}/{1} are not this build's")]
+    RecordSize(u16, u16),
+    #[error("larger than this node's tables can hold ({0} bytes)")]
+    TooLarge(u64),
+    #[error("cannot read the kernel's boot id")]
+    NoBootId,
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Largest checkpoint `ct`'s tables can have produced: every entry of
+/// both tables live.
+pub fn max_len(ct: &Conntrack) -> u64 {
+    (HEADER + u16::MAX as usize + 4) as u64
+        + ct.capacity() as u64 * conntrack::RECORD_LEN as u64
+        + ct.nat().capacity() as u64 * svc_nat::RECORD_LEN as u64
+}
+
+/// Checks `bytes` as a checkpoint of `node` written in boot `boot`, then
+/// restores its entries into `ct` (see the module doc). Nothing is
+/// restored unless the whole file checks out.
+pub fn decode(
+    bytes: &[u8],
+    node: &str,
+    boot: &[u8; BOOT_ID_LEN],
+    ct: &Conntrack,
+    now: u64,
+) -> Result<Restored, LoadError> {
+    if bytes.len() < 12 || bytes[..8] != MAGIC {
+        return Err(if bytes.len() >= 8 && bytes[..8] == MAGIC {
+            LoadError::Length
+        } else {
+            LoadError::Magic
+        });
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let version = u32_at(8);
+    if version != VERSION {
+        return Err(LoadError::Version(version));
+    }
+    if bytes.len() < HEADER + 4 {
+        return Err(LoadError::Length);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(LoadError::Checksum);
+    }
+    if bytes[12..12 + BOOT_ID_LEN] != boot[..] {
+        return Err(LoadError::Boot);
+    }
+    let generation = u64_at(48);
+    let saved = u64_at(56);
+    let (n_ct, ct_len) = (u32_at(64) as usize, u16_at(68));
+    let (n_nat, nat_len) = (u32_at(70) as usize, u16_at(74));
+    if usize::from(ct_len) != conntrack::RECORD_LEN || usize::from(nat_len) != svc_nat::RECORD_LEN {
+        return Err(LoadError::RecordSize(ct_len, nat_len));
+    }
+    let name_len = usize::from(u16_at(76));
+    let name = body
+        .get(HEADER..HEADER + name_len)
+        .ok_or(LoadError::Length)?;
+    if name != node.as_bytes() {
+        return Err(LoadError::Node(String::from_utf8_lossy(name).into_owned()));
+    }
+    let recs = &body[HEADER + name_len..];
+    let ct_bytes = n_ct * conntrack::RECORD_LEN;
+    if recs.len() != ct_bytes + n_nat * svc_nat::RECORD_LEN {
+        return Err(LoadError::Length);
+    }
+    let mut r = Restored {
+        generation,
+        age_ns: now.saturating_sub(saved),
+        ..Restored::default()
+    };
+    let mut count = |res: Result<Imported, conntrack::BadRecord>, restored: &mut u64| match res {
+        Ok(Imported::Restored) => *restored += 1,
+        Ok(Imported::Expired) => r.expired += 1,
+        Ok(Imported::Present | Imported::NoRoom) => r.no_room += 1,
+        Err(_) => r.bad += 1,
+    };
+    let (mut n_ct_ok, mut n_nat_ok) = (0, 0);
+    for rec in recs[..ct_bytes].chunks_exact(conntrack::RECORD_LEN) {
+        count(ct.import(rec, now), &mut n_ct_ok);
+    }
+    for rec in recs[ct_bytes..].chunks_exact(svc_nat::RECORD_LEN) {
+        count(ct.nat().import(rec, now), &mut n_nat_ok);
+    }
+    r.conntrack = n_ct_ok;
+    r.nat = n_nat_ok;
+    Ok(r)
+}
+
+/// Loads the checkpoint at `path` into `ct` (see [`decode`]). `Ok(None)`:
+/// there is none.
+pub fn load(
+    path: &Path,
+    node: &str,
+    ct: &Conntrack,
+    now: u64,
+) -> Result<Option<Restored>, LoadError> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LoadError::Io(e.to_string())),
+    };
+    if len > max_len(ct) {
+        return Err(LoadError::TooLarge(len));
+    }
+    let boot = boot_id().ok_or(LoadError::NoBootId)?;
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Io(e.to_string()))?;
+    decode(&bytes, node, &boot, ct, now).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{Admission, Seg, Timeouts, Track};
+    use crate::flow_key::FlowKey;
+    use crate::policy::RuleId;
+    use crate::svc_nat::{Kind, Nat};
+
+    const BOOT: [u8; 36] = *b"0123456789abcdef0123456789abcdef0123";
+    const SEC: u64 = 1_000_000_000;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey {
+            src: "10.244.0.2".parse().unwrap(),
+            dst: "10.244.0.3".parse().unwrap(),
+            proto: 6,
+            sport,
+            dport: 80,
+        }
+    }
+
+    fn adm(g: u32) -> Admission {
+        Admission {
+            generation: g,
+            egress_rule: RuleId(3),
+            ingress_rule: RuleId(4),
+            audit: false,
+        }
+    }
+
+    /// A table with `n` established TCP flows, one expiring soon, and a
+    /// forward + reverse NAT pair (and an IPv6 entry).
+    fn table(n: u16) -> Conntrack {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        for p in 0..n {
+            ct.insert(&key(1000 + p), Seg::Tcp(0x10), adm(7), 10 * SEC);
+        }
+        let nat = Nat {
+            addr: "10.244.0.3".parse().unwrap(),
+            port: 8080,
+            other: Some("fd00::1".parse().unwrap()),
+            frontend: 2,
+            other_port: 9,
+        };
+        ct.nat().set(&key(1), Kind::Forward, nat, 0, 100 * SEC);
+        ct.nat().set(&key(2), Kind::Reverse, nat, 0, 100 * SEC);
+        ct.nat().set(&key(3), Kind::SnatIn, nat, 0, 11 * SEC);
+        ct
+    }
+
+    #[test]
+    fn round_trip_restores_live_entries_marked_for_rejudging() {
+        let ct = table(20);
+        let mut buf = Vec::new();
+        let w = encode(&ct, "node-1", 7, &BOOT, 10 * SEC, &mut buf);
+        assert_eq!((w.conntrack, w.nat, w.bytes), (20, 3, buf.len()));
+        let back = Conntrack::new(4096, Timeouts::default());
+        let r = decode(&buf, "node-1", &BOOT, &back, 12 * SEC).unwrap();
+        assert_eq!((r.conntrack, r.nat, r.expired, r.bad), (20, 2, 1, 0));
+        assert_eq!((r.generation, r.age_ns), (7, 2 * SEC));
+        // Same generation as written, and still the flow is judged again
+        // first (in its original direction), from either end.
+        let rev = FlowKey {
+            src: key(1005).dst,
+            dst: key(1005).src,
+            sport: 80,
+            dport: 1005,
+            proto: 6,
+        };
+        match back.track(&rev, Seg::Tcp(0x10), 7, 12 * SEC) {
+            Track::Stale { orig, adm: a, .. } => {
+                assert_eq!(orig, key(1005));
+                assert_eq!(a, adm(7));
+            }
+            t => panic!("restored entry not stale: {t:?}"),
+        }
+        assert!(back.readmit(&rev, adm(7), 12 * SEC));
+        assert!(matches!(
+            back.track(&rev, Seg::Tcp(0x10), 7, 12 * SEC),
+            Track::Pass {
+                dir: conntrack::Dir::Reply,
+                ..
+            }
+        ));
+        // A restored flow revoked stays a tombstone under that generation.
+        back.revoke(&key(1006), 7, 12 * SEC);
+        assert_eq!(
+            back.track(&key(1006), Seg::Tcp(0x10), 7, 12 * SEC),
+            Track::Denied
+        );
+        let nat = back.nat().get(&key(2), Kind::Reverse, 12 * SEC, 0).unwrap();
+        assert_eq!(nat.other, Some("fd00::1".parse().unwrap()));
+        assert_eq!((nat.port, nat.frontend, nat.other_port), (8080, 2, 9));
+        assert!(back.nat().get(&key(3), Kind::SnatIn, 12 * SEC, 0).is_none());
+        // Loading twice adds nothing.
+        let r = decode(&buf, "node-1", &BOOT, &back, 12 * SEC).unwrap();
+        assert_eq!((r.conntrack, r.nat), (0, 0));
+    }
+
+    #[test]
+    fn a_restored_tombstone_is_judged_again_not_kept_or_dropped_blindly() {
+        let ct = Conntrack::new(64, Timeouts::default());
+        ct.insert(&key(1), Seg::Tcp(0x10), adm(7), SEC);
+        ct.revoke(&key(1), 7, SEC);
+        let mut buf = Vec::new();
+        encode(&ct, "n", 7, &BOOT, SEC, &mut buf);
+        let back = Conntrack::new(64, Timeouts::default());
+        decode(&buf, "n", &BOOT, &back, SEC).unwrap();
+        // Judged again in the original direction, even from the server's side.
+        let rev = FlowKey {
+            src: key(1).dst,
+            dst: key(1).src,
+            sport: 80,
+            dport: 1,
+            proto: 6,
+        };
+        assert!(matches!(
+            back.track(&rev, Seg::Tcp(0x10), 7, SEC),
+            Track::Stale { orig, .. } if orig == key(1)
+        ));
+    }
+
+    #[test]
+    fn refused_files_restore_nothing_and_never_panic() {
+        let ct = table(5);
+        let mut good = Vec::new();
+        encode(&ct, "node-1", 7, &BOOT, 10 * SEC, &mut good);
+        let fresh = || Conntrack::new(1024, Timeouts::default());
+        let check = |bytes: &[u8], want: LoadError| {
+            let t = fresh();
+            assert_eq!(decode(bytes, "node-1", &BOOT, &t, 10 * SEC), Err(want));
+            assert_eq!(t.count(0), 0);
+        };
+        check(b"", LoadError::Magic);
+        check(b"garbage garbage garbage", LoadError::Magic);
+        check(&good[..10], LoadError::Length);
+        check(&good[..good.len() - 1], LoadError::Checksum);
+        check(&good[..40], LoadError::Length);
+        let mut flipped = good.clone();
+        flipped[HEADER + 20] ^= 1;
+        check(&flipped, LoadError::Checksum);
+        let mut v2 = good.clone();
+        v2[8] = 2;
+        check(&v2, LoadError::Version(2));
+        let t = fresh();
+        let other_boot = *b"ffffffffffffffffffffffffffffffffffff";
+        assert_eq!(
+            decode(&good, "node-1", &other_boot, &t, SEC),
+            Err(LoadError::Boot)
+        );
+        assert_eq!(
+            decode(&good, "node-2", &BOOT, &t, SEC),
+            Err(LoadError::Node("node-1".into()))
+        );
+        assert_eq!(t.count(0), 0);
+        // Pseudo-random garbage, also behind a valid magic and version.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..600 {
+            let mut b: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode(&b, "node-1", &BOOT, &t, SEC);
+            if b.len() >= 12 {
+                b[..8].copy_from_slice(&MAGIC);
+                b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+                assert!(decode(&b, "node-1", &BOOT, &t, SEC).is_err());
+            }
+        }
+        assert_eq!(t.count(0), 0);
+    }
+
+    #[test]
+    fn bad_records_behind_a_valid_checksum_are_skipped() {
+        let ct = table(2);
+        let mut buf = Vec::new();
+        encode(&ct, "n", 7, &BOOT, 10 * SEC, &mut buf);
+        // Corrupt the first conntrack record's state, then fix the CRC (a
+        // crafted file): that record is skipped, the rest load.
+        let first = HEADER + 1;
+        buf[first + 60] = 200;
+        let end = buf.len() - 4;
+        let crc = crc32fast::hash(&buf[..end]);
+        buf[end..].copy_from_slice(&crc.to_le_bytes());
+        let t = Conntrack::new(64, Timeouts::default());
+        let r = decode(&buf, "n", &BOOT, &t, 10 * SEC).unwrap();
+        assert_eq!((r.conntrack, r.bad), (1, 1));
+    }
+
+    /// What a checkpoint of a nearly full default table costs (printed,
+    /// not asserted: `cargo test -p weir-dataplane --lib checkpoint_cost
+    /// -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn checkpoint_cost() {
+        let ct = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
+        let mut n = 0u32;
+        for i in 0..(conntrack::DEFAULT_SIZE as u32) {
+            let k = FlowKey {
+                src: std::net::IpAddr::from((0x0af4_0000u32 | (i >> 16)).to_be_bytes()),
+                dst: "10.96.0.1".parse().unwrap(),
+                proto: 6,
+                sport: i as u16,
+                dport: 80,
+            };
+            if matches!(
+                ct.insert(&k, Seg::Tcp(0x10), adm(1), SEC),
+                conntrack::Insert::Inserted { .. }
+            ) {
+                n += 1;
+            }
+        }
+        let mut buf = Vec::new();
+        let t = std::time::Instant::now();
+        let w = encode(&ct, "node-1", 1, &BOOT, SEC, &mut buf);
+        let enc = t.elapsed();
+        let back = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
+        let t = std::time::Instant::now();
+        let r = decode(&buf, "node-1", &BOOT, &back, SEC).unwrap();
+        let dec = t.elapsed();
+        println!(
+            "{n} flows inserted; checkpoint of {} entries, {} bytes: encode {:?}, decode {:?} ({} restored, {} without room)",
+            w.conntrack, w.bytes, enc, dec, r.conntrack, r.no_room
+        );
+    }
+
+    #[test]
+    fn a_smaller_table_takes_what_fits() {
+        let ct = table(200);
+        let mut buf = Vec::new();
+        encode(&ct, "n", 7, &BOOT, 10 * SEC, &mut buf);
+        let small = Conntrack::new(16, Timeouts::default());
+        assert!((buf.len() as u64) > 0);
+        let r = decode(&buf, "n", &BOOT, &small, 10 * SEC).unwrap();
+        assert_eq!(r.conntrack, 16);
+        assert_eq!(r.no_room, 184);
+        assert!(max_len(&small) < max_len(&ct));
+    }
+}
