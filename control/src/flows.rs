@@ -665,7 +665,7 @@ mod buffer_tests {
     fn keeps_the_last_records_in_its_first_allocation() {
         let mut b = FlowBuffer::default();
         let cap = b.records.capacity();
-        assert!(cap >= KEEP && cap < KEEP + KEEP / 4, "{cap}");
+        assert!((KEEP..KEEP + KEEP / 4).contains(&cap), "{cap}");
         for n in 0..(KEEP + 100) {
             b.push(record(n as u16));
         }

@@ -30,7 +30,8 @@
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
-//!   token (the only module with `unsafe`; every other one forbids it).
+//!   token (with [`heap`]'s one `malloc_trim` call, the only module with
+//!   `unsafe`; every other one forbids it).
 //! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
 //!   owns them. Status types ([`runtime::DataplaneStatus`],
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
@@ -45,6 +46,7 @@ pub mod flow_key;
 pub mod flows;
 pub mod fqdn;
 pub mod frag;
+pub mod heap;
 pub mod l7;
 pub mod maglev;
 pub mod pass;
