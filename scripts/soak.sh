@@ -2,25 +2,33 @@
 # Soak (issue 15): mixed traffic through one weir node for SOAK_SECONDS
 # (default 1800 = 30 min; `SOAK_SECONDS=120 scripts/soak.sh` is the short
 # mode) with a policy change every second (a NetworkPolicy on x/b applied,
-# then deleted) and a pod created or deleted every 5 s, while pod a keeps
+# then deleted) and a pod created or deleted every 5 s (SOAK_CHURN_SECONDS),
+# while pod a keeps
 # probing every pod (TCP and UDP, `weir probe`) and a TCP stream a → c runs
 # through the whole soak. Every 10 s it samples the dataplane's RSS.
 #
 # Pass (exit 0) when: the stream a → c never broke (it is allowed by every
 # policy of the soak); the dataplane's RSS grew by less than SOAK_RSS_MIB
-# (default 32) from the first sample after warm-up (60 s, or a quarter of
-# short runs) to the last; every worker's UMEM frame ledger balances
+# (default 32) from the baseline to the last sample (the baseline: the first
+# sample after warm-up, 60 s or a quarter of short runs, at which the node's
+# flow-log buffer of 20 000 records is full, or half-way through the run if
+# it never fills), and by less than SOAK_TAIL_MIB (default 4) over
+# the last third of the run (a leak keeps growing; a bounded table being
+# touched, or the allocator settling, does not); every worker's UMEM frame ledger balances
 # (held = unaccounted = 0, free + fill + tx = total) once traffic stops; and
 # the only drop reasons counted are policy's (`policy-denied`) and those of
 # frames to deleted pods (`no-route`, `unknown-port`); and one pod server
 # process is left per pod (none leaked by the churn). Needs root, python3;
 # builds with `cargo build -p weir` first. Writes its log to
-# /tmp/weir-soak-<pid>/.
+# /tmp/weir-soak-<pid>/ (rss.log; maps.log: the dataplane's largest
+# mappings by resident size at each sample, to see what grew).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
 SECS=${SOAK_SECONDS:-1800}
 RSS_MIB=${SOAK_RSS_MIB:-32}
+CHURN=${SOAK_CHURN_SECONDS:-5}
+TAIL_MIB=${SOAK_TAIL_MIB:-4}
 WEIR=${WEIR_BIN:-$PWD/target/debug/weir}
 [ -x "$WEIR" ] || cargo build -q -p weir
 export WEIR_CLUSTER="soak$$" WEIR_METRICS_ADDR=off
@@ -104,8 +112,35 @@ pids+=($stream)
 pids+=($!)
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$STATE/nodes/node-1/dataplane.pid")/status"; }
+# Where the RSS is: the dataplane's largest mappings by resident KiB
+# (`[heap]`, the UMEM, thread arenas, ...), one line per sample in maps.log.
+maps() {
+  python3 - "/proc/$(cat "$STATE/nodes/node-1/dataplane.pid")/smaps" <<'PY'
+import re, sys
+maps, cur = [], None
+for line in open(sys.argv[1]):
+    m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$", line)
+    if m:
+        cur = [m.group(1), (int(m.group(2), 16) - int(m.group(1), 16)) // 1024, m.group(3).split("/")[-1] or "anon", 0]
+        maps.append(cur)
+    elif line.startswith("Rss:"):
+        cur[3] = int(line.split()[1])
+print(" ".join("%s:%s:%d/%dK" % (m[0][-8:], m[2], m[3], m[1]) for m in sorted(maps, key=lambda m: -m[3])[:8]))
+PY
+}
 warm=$((SECS / 4 < 60 ? SECS / 4 : 60))
-start=$(date +%s) changes=0 churns=0 rss0="" pod_up=0 last_churn=-5 last_rss=-10
+FLOW_KEEP=20000 # control/src/flows.rs KEEP
+# Flow events the node's workers logged (each one a record in the buffer).
+flow_events() {
+  "$WEIR" status -o json 2>/dev/null | python3 -c '
+import json, sys
+try:
+    v = json.load(sys.stdin)
+    print([n for n in v["nodes"] if n["node"] == "node-1"][0]["status"]["dataplane"]["conntrack"]["flow_events"])
+except Exception:
+    print(0)'
+}
+start=$(date +%s) changes=0 churns=0 rss0="" rss_tail="" pod_up=0 last_churn=-$CHURN last_rss=-10
 while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
   t=$(( $(date +%s) - start ))
   if [ $((changes % 2)) -eq 0 ]; then
@@ -114,7 +149,7 @@ while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
     "$WEIR" delete -f "$DIR/policy.yaml" >/dev/null
   fi
   changes=$((changes + 1))
-  if [ $((t - last_churn)) -ge 5 ]; then
+  if [ $((t - last_churn)) -ge "$CHURN" ]; then
     last_churn=$t
     if [ $pod_up -eq 0 ]; then "$WEIR" apply -f "$DIR/churn.yaml" >/dev/null; pod_up=1
     else "$WEIR" delete -f "$DIR/churn.yaml" >/dev/null; pod_up=0; fi
@@ -124,7 +159,17 @@ while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
     last_rss=$t
     r=$(rss)
     echo "t=${t}s rss=${r}KiB policy-changes=$changes pod-churns=$churns" | tee -a "$DIR/rss.log"
-    if [ -z "$rss0" ] && [ "$t" -ge "$warm" ]; then rss0=$r; fi
+    echo "t=${t}s $(maps)" >>"$DIR/maps.log"
+    # The baseline: after warm-up and once the node's flow-log buffer
+    # (control/src/flows.rs, the last 20 000 records, which grows the
+    # dataplane's heap while it fills) is full; a run too short to fill it
+    # takes the first sample after warm-up.
+    ev=$(flow_events)
+    echo "t=${t}s flow-events=$ev" >>"$DIR/maps.log"
+    if [ -z "$rss0" ] && [ "$t" -ge "$warm" ] && { [ "$ev" -ge "$FLOW_KEEP" ] || [ "$t" -ge $((SECS / 2)) ]; }; then
+      rss0=$r; echo "baseline at t=${t}s (flow events $ev)" | tee -a "$DIR/rss.log"
+    fi
+    if [ -z "$rss_tail" ] && [ "$t" -ge $((SECS * 2 / 3)) ]; then rss_tail=$r; fi
   fi
   # One change a second, or as fast as `weir apply` returns (it waits
   # until the dataplane runs the new generation).
@@ -138,8 +183,14 @@ pids=()
 sleep 2
 r=$(rss)
 rss0=${rss0:-$r}
-echo "rss: ${rss0} KiB after warm-up, ${r} KiB at the end"
+rss_tail=${rss_tail:-$r}
+echo "rss: ${rss0} KiB at the baseline, ${rss_tail} KiB at 2/3 of the run, ${r} KiB at the end"
 if [ $((r - rss0)) -gt $((RSS_MIB * 1024)) ]; then echo "FAIL: RSS grew by more than ${RSS_MIB} MiB"; fail=1; fi
+# A leak keeps growing; a bounded structure being touched or the allocator
+# settling does not. The last third must stay within SOAK_TAIL_MIB.
+if [ $((r - rss_tail)) -gt $((TAIL_MIB * 1024)) ]; then echo "FAIL: RSS grew by more than ${TAIL_MIB} MiB over the last third"; fail=1; fi
+echo "largest mappings (resident/size), first and last sample:"
+sed -n '1p;$p' "$DIR/maps.log"
 "$WEIR" status -o json >"$DIR/status.json"
 python3 - "$DIR/status.json" <<'EOF' || fail=1
 import json, sys

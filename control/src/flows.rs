@@ -12,14 +12,38 @@ use weir_model::ipc::{DnsRecord, FlowRecord, L7Record};
 /// Records kept per node for `weir flows`.
 pub const KEEP: usize = 20_000;
 
-/// The node dataplane's record buffer.
-#[derive(Default)]
+/// The node dataplane's record buffer: the last [`KEEP`] records. It is
+/// most of what the dataplane process allocates after start: its resident
+/// memory grows while the buffer fills (~1 KiB a record with its strings,
+/// ~20 MiB at [`KEEP`]; scripts/soak.sh) and stays there after.
 pub struct FlowBuffer {
     next_seq: u64,
     records: VecDeque<FlowRecord>,
 }
 
+impl Default for FlowBuffer {
+    fn default() -> Self {
+        FlowBuffer {
+            next_seq: 0,
+            // Reserved now (not touched until used): grown by doubling, the
+            // ring would end at 32 768 slots for its 20 000 records, and
+            // each doubling copies every record at once.
+            records: VecDeque::with_capacity(KEEP),
+        }
+    }
+}
+
 impl FlowBuffer {
+    /// Records kept now (at most [`KEEP`]).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record was kept yet.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     pub fn push(&mut self, mut record: FlowRecord) {
         self.next_seq += 1;
         record.seq = self.next_seq;
@@ -603,5 +627,55 @@ mod filter_tests {
         assert_eq!(v["policy"], "netpol x/deny-all ingress (deny)");
         assert_eq!(v["verdict"], "denied");
         assert_eq!(v["dport"], 80);
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    fn record(n: u16) -> FlowRecord {
+        FlowRecord {
+            seq: 0,
+            node: "node-1".into(),
+            time_unix_ns: 0,
+            kind: "new".into(),
+            verdict: "allowed".into(),
+            audit: false,
+            reason: None,
+            protocol: "TCP".into(),
+            src: "x/a".into(),
+            src_addr: [10, 0, 0, 1].into(),
+            sport: n,
+            dst: "x/b".into(),
+            dst_addr: [10, 0, 0, 2].into(),
+            dport: 80,
+            egress_rule: "default allow".into(),
+            ingress_rule: "default allow".into(),
+            generation: 1,
+            pickup: false,
+            l7: None,
+            dns: None,
+        }
+    }
+
+    /// The buffer keeps the last KEEP records in the slots it reserved at
+    /// start: its size is bounded, and it never grows by doubling.
+    #[test]
+    fn keeps_the_last_records_in_its_first_allocation() {
+        let mut b = FlowBuffer::default();
+        let cap = b.records.capacity();
+        assert!((KEEP..KEEP + KEEP / 4).contains(&cap), "{cap}");
+        for n in 0..(KEEP + 100) {
+            b.push(record(n as u16));
+        }
+        assert_eq!(b.len(), KEEP);
+        assert_eq!(b.records.capacity(), cap);
+        let (tail, last) = b.since((KEEP + 98) as u64);
+        assert_eq!(last, (KEEP + 100) as u64);
+        assert_eq!(
+            tail.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [(KEEP + 99) as u64, (KEEP + 100) as u64]
+        );
     }
 }

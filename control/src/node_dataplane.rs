@@ -132,6 +132,9 @@ struct Rates {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // Large transient blocks (a `weir flows` reply) go back to the kernel
+    // when freed, whichever thread freed them (docs/reliability.md, soak).
+    weir_dataplane::heap::fixed_thresholds();
     let state = StateDir::new(&opts.cluster);
     let cluster = weir_topo::Cluster::load(&state.cluster_file())
         .with_context(|| format!("cluster {}: not up (no state)", opts.cluster))?;
@@ -343,7 +346,14 @@ fn sample_rates(shared: &Shared) {
 fn serve(listener: UnixListener, shared: Arc<Shared>) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let reply = match ipc::read_request::<Request>(&conn) {
+        let request = ipc::read_request::<Request>(&conn);
+        // The flow log and conntrack pages: tens of MB while a full
+        // 20 000-record buffer is copied and encoded.
+        let big = matches!(
+            request,
+            Ok(Request::Flows { .. } | Request::Conntrack { .. })
+        );
+        let reply = match request {
             Ok(Request::Ping) => Reply::with(&NodePing {
                 generation: *shared.applied.lock().expect("lock"),
             }),
@@ -393,6 +403,12 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
             Err(e) => Reply::err(format!("bad request: {e}")),
         };
         let _ = ipc::write_reply(&conn, &reply);
+        drop(reply);
+        if big {
+            // glibc kept these tens of MB in this thread's arena for good:
+            // one `weir flows` on a full buffer left RSS ~80 MiB higher.
+            weir_dataplane::heap::release_free_memory();
+        }
     }
 }
 

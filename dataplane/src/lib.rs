@@ -31,8 +31,9 @@
 //! - [`stats`]: per-worker counters and latency histograms.
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
-//!   token, and [`prefetch`] (one prefetch instruction): the only modules
-//!   with `unsafe`; every other one forbids it.
+//!   token, [`prefetch`] (one prefetch instruction) and [`heap`] (glibc's
+//!   `mallopt`/`malloc_trim`): the only modules with `unsafe`; every other
+//!   one forbids it.
 //! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
 //!   owns them. Status types ([`runtime::DataplaneStatus`],
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
@@ -48,6 +49,7 @@ pub mod flow_key;
 pub mod flows;
 pub mod fqdn;
 pub mod frag;
+pub mod heap;
 pub mod l7;
 pub mod maglev;
 pub mod pass;
