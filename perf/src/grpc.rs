@@ -358,12 +358,14 @@ pub fn run(o: &GrpcOptions) -> anyhow::Result<GrpcReport> {
     std::fs::write(&policy, POLICY)?;
     let pid = std::process::id();
     let name = format!("pg{pid}");
-    let w = WeirCluster::up(
+    // No metrics listener: other clusters on the machine may hold the port.
+    let w = WeirCluster::up_with(
         &o.weir,
         &name,
         &manifest,
         &o.worker_core.to_string(),
         &o.mode,
+        &["--metrics-addr", "off"],
     )?;
     let (a_ns, _) = v4(&w.cluster, "a")?;
     let (b_ns, bip) = v4(&w.cluster, "b")?;
