@@ -7,7 +7,8 @@ set -euo pipefail
 
 APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc curl
           iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps
-          wrk apache2-utils haproxy openvswitch-switch nftables jq bc openssl)
+          wrk apache2-utils haproxy openvswitch-switch nftables jq bc openssl
+          nghttp2-client nghttp2-server)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

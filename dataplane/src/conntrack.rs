@@ -294,6 +294,9 @@ const AUDIT: u8 = 16;
 /// anything passes. Cleared by [`Conntrack::readmit`] and
 /// [`Conntrack::revoke`].
 const RESTORED: u8 = 32;
+/// An FQDN flow's first client flight was judged and allowed (`pass/sni.rs`):
+/// later segments skip the server-name check and need no L7 slot.
+const HELLO_DONE: u8 = 64;
 
 /// One entry: 64 bytes (see the `entry_is_a_cache_line` test).
 #[derive(Debug, Clone, Copy, Default)]
@@ -451,6 +454,9 @@ pub enum Track {
         state: State,
         adm: Admission,
         pickup: bool,
+        /// [`Conntrack::set_hello_done`] was called (and no SYN reopened
+        /// the connection since).
+        hello_done: bool,
     },
     /// Known flow, but the packet is invalid for its state (nothing changed).
     Invalid { dir: Dir, state: State },
@@ -667,6 +673,7 @@ impl Conntrack {
                 state: e.state,
                 adm: e.adm(),
                 pickup: e.flags & PICKUP != 0,
+                hello_done: e.flags & HELLO_DONE != 0,
             };
         };
         let fins = e.flags & (FIN_ORIG | FIN_REPLY);
@@ -679,8 +686,9 @@ impl Conntrack {
         e.state = state;
         e.flags = (e.flags & !(FIN_ORIG | FIN_REPLY)) | fins;
         if state == State::SynSent && fins == 0 {
-            // A reopened connection is not a pickup any more.
-            e.flags &= !PICKUP;
+            // A reopened connection is not a pickup any more, and its
+            // first flight is judged afresh.
+            e.flags &= !(PICKUP | HELLO_DONE);
         }
         e.expires = now.saturating_add(self.timeout(state, key.proto));
         Track::Pass {
@@ -688,6 +696,7 @@ impl Conntrack {
             state,
             adm: e.adm(),
             pickup: e.flags & PICKUP != 0,
+            hello_done: e.flags & HELLO_DONE != 0,
         }
     }
 
@@ -781,6 +790,21 @@ impl Conntrack {
                     };
                     e.expires = now.saturating_add(self.timeout(e.state, e.key.proto));
                 }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that the FQDN flow of `k` had its first client flight judged
+    /// and allowed (`pass/sni.rs`): its later segments need no L7 slot.
+    /// Returns false if the entry is gone.
+    pub fn set_hello_done(&self, k: &FlowKey, now: u64) -> bool {
+        let (key, _) = CtKey::of(k);
+        let (mut b, tag) = self.bucket(&key);
+        match Self::find(&mut b, &key, tag, now) {
+            Some(w) => {
+                b.entries[w].flags |= HELLO_DONE;
                 true
             }
             None => false,

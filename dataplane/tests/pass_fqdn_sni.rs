@@ -7,7 +7,7 @@
 //! world server's RST is SNATed like the flow, the pod's built by the worker.
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use weir_dataplane::flows::FlowEvent;
-use weir_dataplane::pass::{process, WorkerState};
+use weir_dataplane::pass::{process, L7Capacity, WorkerState};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, FqdnRuleSpec, PolicySpec, RuleId, RuleInfo,
     Tier, IDENTITY_WORLD,
@@ -120,7 +120,11 @@ fn snap() -> Snapshot {
 }
 
 fn state() -> WorkerState {
-    let st = WorkerState::new();
+    learn(WorkerState::new())
+}
+
+/// `st` with the test's names learned.
+fn learn(st: WorkerState) -> WorkerState {
     let t = st.fqdn();
     for (name, addr) in [
         ("api.example.com", WORLD),
@@ -136,6 +140,7 @@ fn state() -> WorkerState {
 /// A TCP segment from the pod (to `dst`:`dport`) or, `reply`, from the
 /// world to the node's SNAT port `snat`.
 struct Flow {
+    sport: u16,
     dst: [u8; 4],
     dport: u16,
     snat: u16,
@@ -145,7 +150,7 @@ impl Flow {
     fn out(&self, seq: u32, ack: Option<u32>, syn: bool, payload: &[u8]) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(pod_mac(0), port_mac(0))
             .ipv4(A, self.dst, 64)
-            .tcp(SPORT, self.dport, seq, 64240);
+            .tcp(self.sport, self.dport, seq, 64240);
         build(b, ack, syn, payload)
     }
     fn back(&self, seq: u32, ack: u32, syn: bool) -> Vec<u8> {
@@ -220,7 +225,13 @@ fn tcp(frame: &[u8]) -> Tcp {
 /// Opens a → `dst`:`dport` through the uplink; returns the flow (its SNAT
 /// port known).
 fn open(s: &Snapshot, st: &mut WorkerState, dst: [u8; 4], dport: u16) -> Flow {
+    open_from(s, st, dst, dport, SPORT)
+}
+
+/// [`open`] from the pod's source port `sport`.
+fn open_from(s: &Snapshot, st: &mut WorkerState, dst: [u8; 4], dport: u16, sport: u16) -> Flow {
     let mut f = Flow {
+        sport,
         dst,
         dport,
         snat: 0,
@@ -466,10 +477,108 @@ fn an_address_nobody_resolved_stays_denied_at_the_syn() {
     let s = snap();
     let mut st = state();
     let f = Flow {
+        sport: SPORT,
         dst: [198, 51, 100, 3],
         dport: 443,
         snat: 0,
     };
     let (v, _) = run(&s, &mut st, &f.out(ISN, None, true, b""), 0);
     assert_eq!(v, Verdict::Drop(DropReason::PolicyDenied));
+}
+
+#[test]
+fn fqdn_flows_give_their_l7_slot_back_once_the_hello_is_judged() {
+    // Three times more FQDN flows than the worker has L7 slots, all open
+    // at once: each first flight is judged (a hello on 443, a non-TLS
+    // first flight on 8443 every third flow), then every flow goes on
+    // without a slot.
+    const SLOTS: usize = 4;
+    let s = snap();
+    let mut st = learn(WorkerState::standalone(L7Capacity::for_flows(SLOTS)));
+    let app = [0x17, 3, 3, 0, 3, 1, 2, 3];
+    let mut open_flows = Vec::new();
+    for i in 0..3 * SLOTS {
+        let port = if i % 3 == 2 { 8443 } else { 443 };
+        let f = open_from(&s, &mut st, WORLD, port, 41000 + i as u16);
+        assert_eq!(
+            st.l7_usage().flows,
+            1,
+            "flow {i}: its slot while the hello is due"
+        );
+        let first = if port == 443 {
+            hello_for("api.example.com")
+        } else {
+            b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n".to_vec()
+        };
+        let (v, _) = data(&s, &mut st, &f, ISN + 1, &first);
+        assert!(
+            matches!(v, Verdict::Tx { port: UNDERLAY, .. }),
+            "flow {i}: {v:?}"
+        );
+        assert_eq!(
+            st.l7_usage().flows,
+            0,
+            "flow {i}: slot given back once judged"
+        );
+        open_flows.push((f, ISN + 1 + first.len() as u32));
+    }
+    // A denied flow beside them stays refused though slots are free.
+    let bad = open_from(&s, &mut st, WORLD, 443, 42000);
+    let h = hello_for("evil.example.org");
+    let (v, _) = data(&s, &mut st, &bad, ISN + 1, &h);
+    assert!(matches!(v, Verdict::L7Deny { .. }), "{v:?}");
+    let (v, _) = data(&s, &mut st, &bad, ISN + 1 + h.len() as u32, &app);
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    let (v, _) = data(&s, &mut st, &bad, ISN + 1, &hello_for("api.example.com"));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    // Every judged flow goes on, twice, unjudged and without a slot;
+    // its hello's retransmission passes too (those bytes were judged).
+    for (f, seq) in &open_flows {
+        for k in 0..2u32 {
+            let (v, out) = data(&s, &mut st, f, seq + k * app.len() as u32, &app);
+            assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+            assert_eq!(tcp(&out).payload, app);
+        }
+        if f.dport == 443 {
+            let (v, _) = data(&s, &mut st, f, ISN + 1, &hello_for("api.example.com"));
+            assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+        }
+    }
+    assert_eq!(st.l7_usage().flows, 0);
+    // One denial, no flow refused for want of a slot.
+    assert_eq!(st.l7_counts(), (1, 0));
+    // The bound is on hellos in flight: SLOTS connections waiting for
+    // their hello hold every slot, the next SYN is refused (fail closed).
+    for i in 0..SLOTS {
+        open_from(&s, &mut st, WORLD, 443, 43000 + i as u16);
+    }
+    let f = Flow {
+        sport: 44000,
+        dst: WORLD,
+        dport: 443,
+        snat: 0,
+    };
+    let (v, _) = run(&s, &mut st, &f.out(ISN, None, true, b""), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::L7NoSlot));
+    assert_eq!(st.l7_counts(), (1, 1));
+}
+
+#[test]
+fn a_reopened_connection_has_its_hello_judged_again() {
+    // The same tuple after a judged hello and a RST: the new SYN clears
+    // the mark, the new hello is judged (and this one denied).
+    let s = snap();
+    let mut st = state();
+    let f = open(&s, &mut st, WORLD, 443);
+    let h = hello_for("api.example.com");
+    let (v, _) = data(&s, &mut st, &f, ISN + 1, &h);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    let mut rst = f.out(ISN + 1 + h.len() as u32, Some(SERVER_ISN + 1), false, b"");
+    // RST|ACK: byte 13 of the TCP header (Ethernet 14 + IPv4 20).
+    rst[14 + 20 + 13] |= 0x04;
+    let (v, _) = run(&s, &mut st, &rst, 0);
+    assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+    let f = open(&s, &mut st, WORLD, 443);
+    let (v, _) = data(&s, &mut st, &f, ISN + 1, &hello_for("evil.example.org"));
+    assert!(matches!(v, Verdict::L7Deny { .. }), "{v:?}");
 }

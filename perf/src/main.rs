@@ -186,9 +186,9 @@ enum Cmd {
         #[arg(long)]
         no_linear: bool,
     },
-    /// gRPC unary calls/s (grpcio pair, scripts/grpc_pair.py) through weir
-    /// with `grpc:` rules ÷ without policy, rounds interleaved. Writes
-    /// grpc.{md,json}.
+    /// gRPC unary calls/s over h2c (h2load → nghttpd) through weir with
+    /// `grpc:` rules ÷ without policy, and beside kernel + haproxy h2,
+    /// rounds interleaved. Writes grpc.{md,json}.
     Grpc {
         #[arg(long, default_value = "target/perf")]
         out: PathBuf,
@@ -197,14 +197,26 @@ enum Cmd {
         mode: String,
         #[arg(long, default_value_t = 1)]
         worker_core: usize,
+        /// Core of h2load and nghttpd.
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
         #[arg(long)]
         weir: Option<PathBuf>,
-        /// Seconds per measurement.
+        /// Seconds per measurement (whole seconds: h2load -D).
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// Rounds, interleaved.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// h2load connections (-c).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// h2load concurrent streams per connection (-m).
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Skip the kernel path and its haproxy h2 detour.
+        #[arg(long)]
+        no_kernel: bool,
     },
 }
 
@@ -222,17 +234,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             mode,
             worker_core,
+            load_core,
             weir,
             seconds,
             reps,
+            clients,
+            streams,
+            no_kernel,
         } => {
             let o = weir_perf::grpc::GrpcOptions {
                 weir: weir_perf::weir::find_weir(weir.as_deref())?,
                 out,
                 mode,
                 worker_core,
+                load_core,
                 seconds,
                 reps,
+                clients,
+                streams,
+                no_kernel,
             };
             let report = weir_perf::grpc::run(&o)?;
             print!("{}", report.markdown());

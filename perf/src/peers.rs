@@ -67,6 +67,17 @@ pub fn nft_ruleset(
     extra: usize,
     redirect: Option<(Ipv4Addr, u16)>,
 ) -> String {
+    nft_ruleset_port(app2, app1, extra, redirect, 80)
+}
+
+/// [`nft_ruleset`] with the redirected TCP port `dport` (80 there).
+pub fn nft_ruleset_port(
+    app2: Ipv4Addr,
+    app1: Ipv4Addr,
+    extra: usize,
+    redirect: Option<(Ipv4Addr, u16)>,
+    dport: u16,
+) -> String {
     let mut s = String::from("table ip weirperf {\n chain filt {\n  type filter hook forward priority 0; policy drop;\n  ct state established,related accept\n");
     for i in 0..extra {
         s += &format!(
@@ -82,7 +93,7 @@ pub fn nft_ruleset(
     // (SO_ORIGINAL_DST from conntrack).
     if let Some((node, p)) = redirect {
         s += &format!(
-            " chain l7redir {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip saddr {app2} ip daddr {app1} tcp dport 80 dnat to {node}:{p}\n }}\n"
+            " chain l7redir {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip saddr {app2} ip daddr {app1} tcp dport {dport} dnat to {node}:{p}\n }}\n"
         );
     }
     s += "}\n";
@@ -133,6 +144,19 @@ backend orig\n  server orig 0.0.0.0:0\n"
     )
 }
 
+/// haproxy's HTTP/2 configuration (`weir-perf grpc`): h2c with prior
+/// knowledge on both sides (`proto h2`), only `POST /pkg.Svc/Get` passes
+/// (what the `grpc: [{service: pkg.Svc, method: Get}]` rule allows), the
+/// others get a 403; to the original destination (SO_ORIGINAL_DST).
+pub fn haproxy_h2_cfg(port: u16) -> String {
+    format!(
+        "global\n  maxconn 4096\n  nbthread 1\n\
+defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
+frontend l7\n  bind :{port} proto h2\n  acl post method POST\n  acl get path /pkg.Svc/Get\n  http-request deny deny_status 403 unless post get\n  default_backend orig\n\
+backend orig\n  server orig 0.0.0.0:0 proto h2\n"
+    )
+}
+
 /// haproxy running in a node namespace, pinned; killed when dropped.
 pub struct Haproxy {
     _child: ChildGuard,
@@ -141,10 +165,21 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(netns: &str, dir: &Path, port: u16, core: usize) -> anyhow::Result<Haproxy> {
+        Self::start_cfg(netns, dir, port, core, &haproxy_cfg(port))
+    }
+
+    /// [`start`](Self::start) with the configuration `config` (listening on `port`).
+    pub fn start_cfg(
+        netns: &str,
+        dir: &Path,
+        port: u16,
+        core: usize,
+        config: &str,
+    ) -> anyhow::Result<Haproxy> {
         std::fs::create_dir_all(dir)?;
         let d = DirGuard(dir.to_path_buf());
         let cfg = dir.join("haproxy.cfg");
-        std::fs::write(&cfg, haproxy_cfg(port))?;
+        std::fs::write(&cfg, config)?;
         let cfg_s = cfg.to_string_lossy().to_string();
         sh(None, "haproxy", &["-c", "-q", "-f", &cfg_s], None).context("haproxy -c")?;
         let child = ChildGuard::spawn(

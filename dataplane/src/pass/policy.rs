@@ -272,7 +272,12 @@ impl Pass<'_> {
         // flow between our look-up and our write.
         for _ in 0..3 {
             match self.st.ct.track(&pkt.key, seg, generation, now) {
-                Track::Pass { dir, adm, .. } => {
+                Track::Pass {
+                    dir,
+                    adm,
+                    hello_done,
+                    ..
+                } => {
                     let l7 = tcp
                         && seg != Seg::Other
                         && dir == conntrack::Dir::Orig
@@ -281,8 +286,11 @@ impl Pass<'_> {
                     if l7 {
                         return Continue(Need::Http(HttpNeed { set: None, wire_id }));
                     }
+                    // `hello_done`: the first flight was judged and the
+                    // flow's L7 slot given back (`pass/sni.rs`).
                     if let Some(ep) = src_ep.filter(|&ep| {
                         tcp && seg != Seg::Other
+                            && !hello_done
                             && dir == conntrack::Dir::Orig
                             && pol.has_fqdn()
                             && pol.is_fqdn_rule(ep, adm.egress_rule)

@@ -12,6 +12,16 @@
 //! same machinery as TLS server-name rules (`feed_tls_segment`, the flow's
 //! L7 slot; nothing held, nothing allocated).
 //!
+//! The slot is needed only until the first flight is judged: once a hello
+//! is allowed (or the first byte on a port other than 443 is not TLS), the
+//! conntrack entry is marked ([`Conntrack::set_hello_done`]) and the slot
+//! goes back, so later segments skip this stage (stage 5 no longer asks for
+//! it) and a worker's slots bound the hellos in flight, not the FQDN flows
+//! open. A denied flow is reset and closed in conntrack: its later data is
+//! refused (`l7-after-close`) without a slot.
+//!
+//! [`Conntrack::set_hello_done`]: crate::conntrack::Conntrack::set_hello_done
+//!
 //! [`CompiledPolicy::fqdn_name_allowed`]: crate::policy::CompiledPolicy::fqdn_name_allowed
 
 use core::ops::ControlFlow::{self, Break, Continue};
@@ -32,10 +42,6 @@ use crate::{DropReason, Verdict};
 
 /// The TLS port: there the first flight must be a ClientHello.
 pub const TLS_PORT: u16 = 443;
-
-/// `SlotMeta::set` of a flow whose first flight was not TLS (on a port
-/// other than 443): the rest of the connection passes unchecked.
-const NOT_TLS: u32 = u32::MAX - 1;
 
 /// Where the flow's server is.
 #[derive(Clone, Copy)]
@@ -131,16 +137,6 @@ impl Pass<'_> {
         }
         let payload = self.buf.get(pay_at..pkt.frame_len()).unwrap_or_default();
         let id = SlotId(slot);
-        let unchecked = l7s
-            .meta
-            .get(slot as usize)
-            .is_some_and(|m| m.set == NOT_TLS);
-        if unchecked {
-            if fin {
-                l7s.free(slot);
-            }
-            return Continue(());
-        }
         // The first client byte on a port other than 443: a TLS handshake
         // record is cross-checked, anything else is not (docs/l7.md).
         let first = l7s
@@ -154,12 +150,12 @@ impl Pass<'_> {
             return Continue(());
         }
         if first && pkt.key.dport != TLS_PORT && payload.first().is_some_and(|&b| b != 22) {
-            if let Some(m) = l7s.meta.get_mut(slot as usize) {
-                m.set = NOT_TLS;
+            // Decided: the rest of the connection passes unchecked, without
+            // the slot.
+            if !fin {
+                st.ct.set_hello_done(&pkt.key, now);
             }
-            if fin {
-                l7s.free(slot);
-            }
+            l7s.free(slot);
             return Continue(());
         }
         let pol = snap.policy();
@@ -177,11 +173,20 @@ impl Pass<'_> {
         let Some(insp) = l7s.pool.get(id) else {
             return drop(DropReason::L7NoSlot);
         };
-        let (client_next, server_expects, finished) =
-            (insp.next_seq(), insp.released_seq(), insp.finished());
+        let (client_next, server_expects, finished, allowed) = (
+            insp.next_seq(),
+            insp.released_seq(),
+            insp.finished(),
+            insp.tls_allowed(),
+        );
         match feed {
             Feed::Forward | Feed::Hold | Feed::Release => {
-                if finished {
+                if allowed && !finished {
+                    // Judged and allowed: later segments pass unjudged (as
+                    // the inspector would pass them), without the slot.
+                    st.ct.set_hello_done(&pkt.key, now);
+                }
+                if finished || allowed {
                     l7s.free(slot);
                 }
                 Continue(())
