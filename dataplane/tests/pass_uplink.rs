@@ -1725,6 +1725,21 @@ fn external_address_from_the_world_is_load_balanced_like_a_node_port() {
         }
     }
     assert!(local > 5 && remote > 5, "local {local} remote {remote}");
+    // A client inside a cluster range (the underlay's subnet, as the
+    // world host of `weir up`): a's reply still leaves the uplink.
+    let near = [172, 30, 0, 254];
+    let mut near_local = 0;
+    for sport in 50000..50020u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (near, sport), (lb, 80), 64);
+        if let (Verdict::Tx { port: 0, .. }, _) = run(&s, &mut st, &f, UNDERLAY) {
+            let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (near, sport), 64);
+            let (v, back) = run(&s, &mut st, &r, 0);
+            assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+            assert_eq!(back, tcp((UL_MAC_ME, GW_MAC), (lb, 80), (near, sport), 63));
+            near_local += 1;
+        }
+    }
+    assert!(near_local > 0);
     // UDP to a port the Service does not serve at that address (its TCP
     // port 80 only), a TCP port it does not have: counted drops.
     let f = udp((GW_MAC, UL_MAC_ME), (client, 1234), (lb, 80), 64);
