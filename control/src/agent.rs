@@ -248,6 +248,7 @@ fn frontend(
         external_local: svc.external_traffic == weir_model::service::TrafficPolicy::Local,
         internal_local: !external
             && svc.internal_traffic == weir_model::service::TrafficPolicy::Local,
+        external,
     }
 }
 

@@ -52,6 +52,7 @@ fn snap() -> Snapshot {
         node_port: None,
         external_local: false,
         internal_local: false,
+        external: false,
     };
     Snapshot::build(SnapshotSpec {
         generation: 1,

@@ -315,6 +315,10 @@ pub struct Dataplane {
     host_fw: bool,
     /// The conntrack checkpoint (when `cfg.checkpoint` is set).
     ckpt: CheckpointRt,
+    /// The Services' external IPv4 addresses: the underlay's XDP program
+    /// hands TCP/UDP to them to the sockets (docs/services.md,
+    /// LoadBalancer and external IPs).
+    external_v4: Vec<Ipv4Addr>,
 }
 
 /// Whether the underlay must hand flows to the node's own addresses to the
@@ -368,6 +372,7 @@ impl Dataplane {
             routed_v6: snap.uplink().and_then(|u| u.routed_v6),
             host_fw: host_fw(&snap),
             ckpt: CheckpointRt::default(),
+            external_v4: snap.services().external_v4(),
         };
         // Before any worker runs: the restored entries are there for the
         // first packet.
@@ -525,6 +530,17 @@ impl Dataplane {
                 }
             }
             self.host_fw = fw;
+        }
+        let external = snap.services().external_v4();
+        if external != self.external_v4 {
+            for (name, p) in &mut self.ports {
+                if p.underlay.is_some() {
+                    if let Err(e) = p.redirector.set_external_addrs(&external) {
+                        log::warn!("{name}: updating external addresses failed: {e}");
+                    }
+                }
+            }
+            self.external_v4 = external;
         }
         let old = self.published.load_full();
         if local_addrs(&old) != (v4.clone(), v6.clone()) {
@@ -868,6 +884,11 @@ impl Dataplane {
         }
         if want.underlay.is_some() && self.host_fw {
             redirector.set_host_firewall(true).map_err(xdp_err)?;
+        }
+        if want.underlay.is_some() && !self.external_v4.is_empty() {
+            redirector
+                .set_external_addrs(&self.external_v4)
+                .map_err(xdp_err)?;
         }
         let nw = self.workers.len() as u32;
         let mut zero_copy = self.cfg.zero_copy;

@@ -170,6 +170,12 @@ pub struct ServiceFrontend {
     /// endpoints).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal_local: bool,
+    /// `ip` is one of the Service's external addresses (`spec.externalIPs`,
+    /// a load balancer's), not its ClusterIP: TCP/UDP from the uplink to it
+    /// is load balanced as a node port's (docs/services.md, LoadBalancer
+    /// and external IPs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 /// The NodePort range (defined with the Service types in weir-model).
@@ -399,6 +405,8 @@ pub struct ServiceTables {
     maglev: Vec<Vec<u16>>,
     /// (proto, nodePort) → frontend.
     node_ports: HashMap<(u8, u16, bool), u32>,
+    /// The external frontends' addresses (`ServiceFrontend::external`).
+    externals: HashSet<IpAddr>,
 }
 
 impl ServiceTables {
@@ -408,6 +416,7 @@ impl ServiceTables {
         let mut backends = HashSet::new();
         let mut maglev = Vec::with_capacity(fronts.len());
         let mut node_ports = HashMap::new();
+        let mut externals = HashSet::new();
         for (i, f) in fronts.iter().enumerate() {
             let err = |m: String| SnapshotError::Service(f.service.clone(), m);
             if let Some(np) = f.node_port {
@@ -445,7 +454,12 @@ impl ServiceTables {
                     )));
                 }
             }
+            // Pods reach external addresses as ClusterIPs (kube-proxy's
+            // short-circuit).
             ips.insert(f.ip);
+            if f.external {
+                externals.insert(f.ip);
+            }
             backends.extend(f.backends.iter().map(|b| (b.ip, f.proto, b.port)));
             // Keys: pod name and address, so a re-created pod with a new
             // address is a new backend.
@@ -471,7 +485,29 @@ impl ServiceTables {
             backends,
             maglev,
             node_ports,
+            externals,
         })
+    }
+
+    /// Whether `ip` is an external address of some Service (from the
+    /// uplink: load balanced, docs/services.md).
+    pub fn is_external(&self, ip: IpAddr) -> bool {
+        !self.externals.is_empty() && self.externals.contains(&ip)
+    }
+
+    /// The external IPv4 addresses, sorted (the XDP program's
+    /// `EXTERNAL_V4`).
+    pub fn external_v4(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self
+            .externals
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// The frontend index of (ClusterIP, proto, port).

@@ -57,6 +57,7 @@ fn frontend(ip: [u8; 4], pod: &str, backend: [u8; 4]) -> ServiceFrontend {
         node_port: None,
         external_local: false,
         internal_local: false,
+        external: false,
     }
 }
 

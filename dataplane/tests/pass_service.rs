@@ -57,6 +57,7 @@ fn front(ip: IpAddr, proto: u8, port: u16, backends: Vec<ServiceBackend>) -> Ser
         node_port: None,
         external_local: false,
         internal_local: false,
+        external: false,
     }
 }
 

@@ -331,6 +331,7 @@ fn np_snap() -> Snapshot {
         node_port: Some(np),
         external_local: local,
         internal_local: false,
+        external: false,
     };
     spec.services = vec![
         f(
@@ -1148,6 +1149,7 @@ fn node_port_on_ipv6() {
         node_port: Some(np),
         external_local: local,
         internal_local: false,
+        external: false,
     };
     let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
     spec.services = vec![
@@ -1357,6 +1359,7 @@ fn np6_snap() -> Snapshot {
         node_port: Some(30080),
         external_local: false,
         internal_local: false,
+        external: false,
     };
     spec.services = vec![
         f([10, 96, 0, 1].into(), A.into()),
@@ -1628,4 +1631,200 @@ fn ipv6_non_masquerade_keeps_the_pod_source() {
     let mut st = WorkerState::new();
     let (v, _) = run(&s, &mut st, &reply, UNDERLAY);
     assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+}
+
+/// LoadBalancer / externalIPs from the world (docs/services.md): the
+/// frontends of `np_snap` served at external address 203.0.113.10 (port
+/// 80, Cluster: backends a here and r on node-2) and 203.0.113.11 (port
+/// 80, Local: r only), as agent.rs compiles them (no node port).
+fn lb_snap() -> Snapshot {
+    let mut spec = np_snap().spec.clone();
+    let mut ext = Vec::new();
+    for (f, last) in spec.services.iter().zip([10u8, 11]) {
+        let mut e = f.clone();
+        e.ip = [203, 0, 113, last].into();
+        e.node_port = None;
+        e.external = true;
+        ext.push(e);
+    }
+    spec.services.extend(ext);
+    Snapshot::build(spec).unwrap()
+}
+
+/// The inner frame of a VXLAN frame the pass sent to node-2.
+fn inner_of(frame: &[u8]) -> &[u8] {
+    &frame[14 + 20 + 8 + 8..]
+}
+
+/// `inner` in VXLAN (GBP) from node-2, as its dataplane sends it.
+fn from_node2(inner: &[u8]) -> Vec<u8> {
+    let mut t = vec![0x88, 0x00, 0x01, 0x2c, 0, 0, 1, 0];
+    t.extend_from_slice(inner);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([0x0a, 0, 172, 30, 0, 2], UL_MAC_ME)
+        .ipv4([172, 30, 0, 2], UL_ME, 64)
+        .udp(50000, 4789)
+        .write(&mut out, &t)
+        .unwrap();
+    out
+}
+
+#[test]
+fn external_address_from_the_world_is_load_balanced_like_a_node_port() {
+    let s = lb_snap();
+    let mut st = WorkerState::new();
+    let client = [198, 51, 100, 1];
+    let lb = [203, 0, 113, 10];
+    let (node_gw, vtep_me, vtep_2) = (
+        [10, 1, 0, 1],
+        [0x0e, 0, 172, 30, 0, 1],
+        [0x0e, 0, 172, 30, 0, 2],
+    );
+    let (mut local, mut remote) = (0, 0);
+    for sport in 40000..40040u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (client, sport), (lb, 80), 64);
+        match run(&s, &mut st, &f, UNDERLAY) {
+            // Local backend a: DNAT only, the client's address kept; a's
+            // reply leaves the uplink from the external address, not
+            // masqueraded.
+            (Verdict::Tx { port: 0, .. }, out) => {
+                assert_eq!(
+                    out,
+                    tcp((port_mac(0), pod_mac(0)), (client, sport), (A, 80), 63)
+                );
+                local += 1;
+                let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (client, sport), 64);
+                let (v, back) = run(&s, &mut st, &r, 0);
+                assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+                assert_eq!(
+                    back,
+                    tcp((UL_MAC_ME, GW_MAC), (lb, 80), (client, sport), 63)
+                );
+            }
+            // Remote backend r: SNAT to this node's pod-CIDR gateway and a
+            // SNAT port, through the tunnel; r's reply (through the tunnel)
+            // leaves the uplink from the external address to the client.
+            (Verdict::Tx { port: UNDERLAY, .. }, out) => {
+                let inner = inner_of(&out);
+                let snat = src_port(inner);
+                assert!((SNAT_PORT_FIRST..=SNAT_PORT_LAST).contains(&snat));
+                assert_eq!(
+                    inner,
+                    tcp((vtep_me, vtep_2), (node_gw, snat), ([10, 2, 0, 9], 80), 63)
+                );
+                remote += 1;
+                let r = tcp((vtep_2, vtep_me), ([10, 2, 0, 9], 80), (node_gw, snat), 64);
+                let (v, back) = run(&s, &mut st, &from_node2(&r), UNDERLAY);
+                assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+                assert_eq!(
+                    back,
+                    tcp((UL_MAC_ME, GW_MAC), (lb, 80), (client, sport), 63)
+                );
+            }
+            (v, _) => panic!("{v:?}"),
+        }
+    }
+    assert!(local > 5 && remote > 5, "local {local} remote {remote}");
+    // A client inside a cluster range (the underlay's subnet, as the
+    // world host of `weir up`): a's reply still leaves the uplink.
+    let near = [172, 30, 0, 254];
+    let mut near_local = 0;
+    for sport in 50000..50020u16 {
+        let f = tcp((GW_MAC, UL_MAC_ME), (near, sport), (lb, 80), 64);
+        if let (Verdict::Tx { port: 0, .. }, _) = run(&s, &mut st, &f, UNDERLAY) {
+            let r = tcp((pod_mac(0), port_mac(0)), (A, 80), (near, sport), 64);
+            let (v, back) = run(&s, &mut st, &r, 0);
+            assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
+            assert_eq!(back, tcp((UL_MAC_ME, GW_MAC), (lb, 80), (near, sport), 63));
+            near_local += 1;
+        }
+    }
+    assert!(near_local > 0);
+    // UDP to a port the Service does not serve at that address (its TCP
+    // port 80 only), a TCP port it does not have: counted drops.
+    let f = udp((GW_MAC, UL_MAC_ME), (client, 1234), (lb, 80), 64);
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    let f = tcp((GW_MAC, UL_MAC_ME), (client, 1234), (lb, 81), 64);
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // The node-port number at the external address is not a node port.
+    let f = tcp((GW_MAC, UL_MAC_ME), (client, 1234), (lb, 30080), 64);
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    // externalTrafficPolicy Local without a backend on this node.
+    let f = tcp(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        ([203, 0, 113, 11], 80),
+        64,
+    );
+    assert_eq!(
+        run(&s, &mut st, &f, UNDERLAY).0,
+        Verdict::Drop(DropReason::NodePortNoLocalEndpoint)
+    );
+    // An address next to it no Service has: the world's, not weir's
+    // (it would be the kernel's; here no peer sent it: no-route).
+    let f = tcp(
+        (GW_MAC, UL_MAC_ME),
+        (client, 1234),
+        ([203, 0, 113, 12], 80),
+        64,
+    );
+    assert!(matches!(run(&s, &mut st, &f, UNDERLAY).0, Verdict::Drop(_)));
+    // The external addresses are marked for the XDP program.
+    assert_eq!(
+        s.services().external_v4(),
+        vec![
+            std::net::Ipv4Addr::from([203, 0, 113, 10]),
+            std::net::Ipv4Addr::from([203, 0, 113, 11])
+        ]
+    );
+    assert!(snap().services().external_v4().is_empty());
+}
+
+/// eTP Local: the backend on this node only, the client's address kept.
+#[test]
+fn external_address_with_local_policy_keeps_the_client_address() {
+    let mut spec = lb_snap().spec.clone();
+    let e = spec
+        .services
+        .iter_mut()
+        .find(|f| f.external && f.ip == std::net::IpAddr::from([203, 0, 113, 10]))
+        .unwrap();
+    e.external_local = true;
+    let s = Snapshot::build(spec).unwrap();
+    let mut st = WorkerState::new();
+    let client = [198, 51, 100, 7];
+    for sport in 1000..1020u16 {
+        let f = udp(
+            (GW_MAC, UL_MAC_ME),
+            (client, sport),
+            ([203, 0, 113, 10], 80),
+            64,
+        );
+        // The frontend is TCP: UDP is not served.
+        assert_eq!(
+            run(&s, &mut st, &f, UNDERLAY).0,
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        let f = tcp(
+            (GW_MAC, UL_MAC_ME),
+            (client, sport),
+            ([203, 0, 113, 10], 80),
+            64,
+        );
+        let (v, out) = run(&s, &mut st, &f, UNDERLAY);
+        assert!(matches!(v, Verdict::Tx { port: 0, .. }), "{v:?}");
+        assert_eq!(
+            out,
+            tcp((port_mac(0), pod_mac(0)), (client, sport), (A, 80), 63)
+        );
+    }
 }

@@ -1127,3 +1127,90 @@ fn pods_get_icmpv6_errors_from_the_world() {
     );
     assert_eq!(probe(&c, "refused"), "timeout");
 }
+
+/// LoadBalancer Services from the world (docs/services.md, LoadBalancer
+/// and external IPs): `loadBalancerIP`s 198.18.0.10 (Cluster, backends a,
+/// c on n1 and b on n2) and 198.18.0.11 (Local, b only), no node ports.
+const LOAD_BALANCERS: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: up}
+spec: {type: LoadBalancer, loadBalancerIP: 198.18.0.10, allocateLoadBalancerNodePorts: false, selector: {app: web}, ports: [{name: tcp, port: 80}, {name: udp, port: 80, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-local, namespace: up}
+spec: {type: LoadBalancer, loadBalancerIP: 198.18.0.11, allocateLoadBalancerNodePorts: false, externalTrafficPolicy: Local, selector: {only: b}, ports: [{port: 80}]}
+"#;
+
+/// In the world netns: `ip route replace <addr>/32 via <via>` (as a
+/// MetalLB/BGP load balancer steers its address to a node).
+fn world_route(c: &TestCluster, addr: &str, via: Ipv4Addr) {
+    let netns = c.topology().world.expect("world host").netns;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns, "ip", "route", "replace"])
+        .args([&format!("{addr}/32"), "via", &via.to_string()])
+        .output()
+        .expect("ip route");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The world reaches a LoadBalancer Service's address routed to n1: TCP
+/// and UDP answered by the backends on n1 and on n2 (n1's XDP counter
+/// moved); with externalTrafficPolicy Local through the node without a
+/// backend: counted drop, through n2: answered; a port the Service does
+/// not have: counted `no-route`; with n1's dataplane stopped: no answer.
+#[test]
+fn load_balancer_ips_from_the_world() {
+    let nodes = node_manifest(0, false) + &node_manifest(1, false);
+    let c = TestCluster::up("uplb", &(nodes + NODE_PORTS + LOAD_BALANCERS));
+    c.wait_applied(Duration::from_secs(30));
+    let (n1, n2) = (underlay_ip(&c, "n1"), underlay_ip(&c, "n2"));
+    let lb: Ipv4Addr = "198.18.0.10".parse().unwrap();
+    let lb_local: Ipv4Addr = "198.18.0.11".parse().unwrap();
+    world_route(&c, "198.18.0.10", n1);
+
+    let redirected = c.port_xdp("n1", "ul0", "redirected");
+    for udp in [false, true] {
+        let answers = from_world_proto(&c, lb, 80, 30, udp);
+        assert!(
+            answers
+                .iter()
+                .all(|a| ["a", "b", "c"].contains(&a.as_str())),
+            "udp={udp}: {answers:?}"
+        );
+        assert!(
+            answers.iter().any(|a| a == "b") && answers.iter().any(|a| a != "b"),
+            "udp={udp}: {answers:?}"
+        );
+    }
+    assert!(c.port_xdp("n1", "ul0", "redirected") >= redirected + 60);
+
+    // A port the Service does not have at that address: counted no-route.
+    let before = c.node_drops("n1", "no-route");
+    assert_eq!(from_world(&c, lb, 81, 1), vec![""]);
+    assert!(c.node_drops("n1", "no-route") > before);
+
+    // externalTrafficPolicy Local: n1 has no backend (counted drop), n2
+    // has b.
+    world_route(&c, "198.18.0.11", n1);
+    let before = c.node_drops("n1", "nodeport-no-local-endpoint");
+    assert_eq!(from_world(&c, lb_local, 80, 2), vec![""; 2]);
+    assert!(c.node_drops("n1", "nodeport-no-local-endpoint") > before);
+    world_route(&c, "198.18.0.11", n2);
+    assert_eq!(from_world(&c, lb_local, 80, 3), vec!["b"; 3]);
+
+    // Without n1's dataplane the address routed to n1 no longer answers.
+    let out = c.weir(&["dataplane", "stop", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_world(&c, lb, 80, 2), vec![""; 2]);
+}

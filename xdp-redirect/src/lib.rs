@@ -50,6 +50,10 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// Capacity of each local-address map (as declared in the XDP program).
 pub const MAX_LOCAL_ADDRS: usize = 64;
+/// Capacity of the program's `EXTERNAL_V4` map (the Services' external
+/// IPv4 addresses, [`Redirector::set_external_addrs`]).
+pub const MAX_EXTERNAL_ADDRS: usize = 4096;
+const MAP_EXTERNAL_V4: &str = "EXTERNAL_V4";
 
 const PROG_NAME: &str = "weir_xdp";
 const MAP_XSKS: &str = "XSKS";
@@ -181,6 +185,7 @@ pub struct Redirector {
     xsks: XskMap<MapData>,
     local_v4: BpfHashMap<MapData, [u8; 4], u8>,
     local_v6: BpfHashMap<MapData, [u8; 16], u8>,
+    external_v4: BpfHashMap<MapData, [u8; 4], u8>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, u32>,
     /// Keeps the loaded program's fd for the Redirector's lifetime (the
@@ -257,6 +262,11 @@ impl Redirector {
                 .ok_or_else(|| missing(MAP_LOCAL_V6))?,
         )
         .map_err(map_err(MAP_LOCAL_V6))?;
+        let external_v4 = BpfHashMap::try_from(
+            ebpf.take_map(MAP_EXTERNAL_V4)
+                .ok_or_else(|| missing(MAP_EXTERNAL_V4))?,
+        )
+        .map_err(map_err(MAP_EXTERNAL_V4))?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map(MAP_COUNTERS)
                 .ok_or_else(|| missing(MAP_COUNTERS))?,
@@ -282,6 +292,7 @@ impl Redirector {
             xsks,
             local_v4,
             local_v6,
+            external_v4,
             counters,
             config,
             _ebpf: ebpf,
@@ -375,6 +386,27 @@ impl Redirector {
         sync_set(&mut self.local_v4, &want_v4).map_err(map_err(MAP_LOCAL_V4))?;
         sync_set(&mut self.local_v6, &want_v6).map_err(map_err(MAP_LOCAL_V6))?;
         Ok(())
+    }
+
+    /// Replaces the set of the Services' external IPv4 addresses
+    /// (`spec.externalIPs`, load balancers'): in underlay mode, whole
+    /// TCP/UDP datagrams to them (any port) go to the sockets
+    /// (docs/services.md, LoadBalancer and external IPs).
+    pub fn set_external_addrs(&mut self, v4: &[Ipv4Addr]) -> Result<(), XdpError> {
+        let want: HashSet<[u8; 4]> = v4.iter().map(|a| a.octets()).collect();
+        if want.len() > MAX_EXTERNAL_ADDRS {
+            return Err(XdpError::TooManyLocalAddrs {
+                ifname: self.ifname.clone(),
+                family: "external IPv4",
+                count: want.len(),
+                max: MAX_EXTERNAL_ADDRS,
+            });
+        }
+        sync_set(&mut self.external_v4, &want).map_err(|source| XdpError::Map {
+            ifname: self.ifname.clone(),
+            map: MAP_EXTERNAL_V4,
+            source: Box::new(source),
+        })
     }
 
     /// Turns the host-port redirect of node-address frames on or off (see

@@ -178,6 +178,10 @@ impl Pass<'_> {
     /// Reverse SNAT of a reply from the world (see the module doc): the
     /// destination becomes the pod's address and port again.
     pub(super) fn uplink_in(&mut self, pkt: &mut Parsed) -> ControlFlow<Verdict, ()> {
+        // A Service's external address (`external.rs`).
+        if self.snap.services().is_external(pkt.key.dst) {
+            return self.external_in(pkt);
+        }
         // Not to the node's address: routed to a pod, as sent. Only a
         // non-masqueraded destination knows pod addresses (replies of its
         // flows, or flows it opens; conntrack and the pod's ingress policy
@@ -378,13 +382,16 @@ impl Pass<'_> {
             return Verdict::Drop(DropReason::NoRoute);
         };
         let (port, mac) = (u.port, u.node_mac);
-        // A NodePort reply already carries the node's address as source.
+        // A NodePort reply already carries the node's address as source,
+        // an external address's reply that address (`external.rs`).
         // IPv6: masqueraded on the node's IPv6 underlay address (SNAT66)
         // unless the destination is not masqueraded.
         let (masquerade, node, gw) = match pkt.key.dst {
             IpAddr::V4(a) => {
                 let node = IpAddr::V4(u.node_ipv4);
-                let masq = pkt.key.src != node && !u.non_masquerade.contains(a);
+                let masq = pkt.key.src != node
+                    && !u.non_masquerade.contains(a)
+                    && !self.snap.services().is_external(pkt.key.src);
                 (masq, node, u.gateway_mac)
             }
             IpAddr::V6(a) => {
@@ -392,7 +399,9 @@ impl Pass<'_> {
                     return Verdict::Drop(DropReason::NoRoute);
                 };
                 let node = IpAddr::V6(node6);
-                let masq = pkt.key.src != node && !u.non_masquerade6.contains(a);
+                let masq = pkt.key.src != node
+                    && !u.non_masquerade6.contains(a)
+                    && !self.snap.services().is_external(pkt.key.src);
                 (masq, node, u.gateway_mac_v6)
             }
         };

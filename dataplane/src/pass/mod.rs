@@ -127,6 +127,7 @@ use crate::{DropReason, Verdict};
 
 mod dns;
 mod egress;
+mod external;
 mod host_in;
 mod icmp;
 mod l7;

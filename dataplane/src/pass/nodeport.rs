@@ -54,6 +54,15 @@ impl Pass<'_> {
         let Some(front) = front else {
             return drop(DropReason::NoRoute);
         };
+        self.balance_in(pkt, front)
+    }
+
+    /// A flow from the world to frontend `front` (a node port, or an
+    /// external address: `external.rs`): the backend pick, NAT entries and
+    /// rewrite described in the module doc. The address and port the
+    /// client sent to are what its replies come from.
+    pub(super) fn balance_in(&mut self, pkt: &mut Parsed, front: u32) -> ControlFlow<Verdict, ()> {
+        let snap = self.snap;
         let f = snap.frontend(front);
         let now = self.st.now_ns;
         let until = now + self.np_idle(pkt.key.proto);

@@ -152,8 +152,12 @@ impl Pass<'_> {
             if let (Some(u), IpAddr::V4(a)) = (snap.uplink(), pkt.key.dst) {
                 // A node-port reply (source: the node's underlay address,
                 // which no pod can send from) goes back to its client
-                // wherever it is.
-                if !u.cluster.contains(a) || pkt.key.src == IpAddr::V4(u.node_ipv4) {
+                // wherever it is; so does an external address's reply
+                // (`external.rs`; no pod sends from one either).
+                if !u.cluster.contains(a)
+                    || pkt.key.src == IpAddr::V4(u.node_ipv4)
+                    || snap.services().is_external(pkt.key.src)
+                {
                     return Continue(Next::Uplink { mtu: u.mtu });
                 }
             }
@@ -161,7 +165,10 @@ impl Pass<'_> {
             // to masquerade on (docs/egress.md).
             if let (Some(u), IpAddr::V6(a)) = (snap.uplink(), pkt.key.dst) {
                 if let Some(node6) = u.node_ipv6 {
-                    if !u.cluster6.contains(a) || pkt.key.src == IpAddr::V6(node6) {
+                    if !u.cluster6.contains(a)
+                        || pkt.key.src == IpAddr::V6(node6)
+                        || snap.services().is_external(pkt.key.src)
+                    {
                         return Continue(Next::Uplink { mtu: u.mtu });
                     }
                 }

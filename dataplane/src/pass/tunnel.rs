@@ -111,6 +111,7 @@ fn from_world(frame: &[u8], snap: &Snapshot) -> bool {
         return false;
     };
     super::egress::is_from_uplink(frame, u.node_ipv4)
+        || super::external::is_to_external(frame, snap)
         || super::nat_icmp::is_snat_icmp(frame, u.node_ipv4)
         || u.routed_v4
             .is_some_and(|r| super::egress::is_routed_to_pods(frame, r))

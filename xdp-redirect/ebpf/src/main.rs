@@ -10,7 +10,9 @@
 //! replies to a SNAT identifier, errors quoting a SNAT port), and IPv6
 //! TCP/UDP to a SNAT port or ICMPv6 echo replies to a SNAT identifier on a
 //! `LOCAL_V6` address (`underlay6`, SNAT66), and ICMPv6 errors quoting a
-//! SNAT port, a node port or a SNAT identifier (`snat_icmp6_error`) go to the
+//! SNAT port, a node port or a SNAT identifier (`snat_icmp6_error`), and
+//! whole IPv4 TCP/UDP datagrams to a Service's external address in
+//! `EXTERNAL_V4` (any port; docs/services.md) go to the
 //! AF_XDP socket at the
 //! rx queue (dropped when none is bound); everything else (ARP,
 //! node-to-node traffic, malformed frames) is `XDP_PASS`ed to the kernel.
@@ -70,6 +72,12 @@ static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
 /// The node's own IPv6 addresses; value unused.
 #[map]
 static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+
+/// The Services' external IPv4 addresses (`spec.externalIPs`, load
+/// balancers'; docs/services.md): underlay mode hands whole TCP/UDP
+/// datagrams to them to the socket. Value unused.
+#[map]
+static EXTERNAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(4096, 0);
 
 /// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
 /// Slot 1: 1 when the node has a host port (pod → node-address frames go to
@@ -264,6 +272,12 @@ fn underlay(ctx: &XdpContext, port: u16) -> Verdict {
     };
     // SAFETY: as in `ipv4`: the value is not kept.
     if unsafe { LOCAL_V4.get(&dst) }.is_none() {
+        // A Service's external address, any port (the dataplane's
+        // `pass::external::is_to_external` peeks the same).
+        // SAFETY: as in `ipv4`: the value is not kept.
+        if unsafe { EXTERNAL_V4.get(&dst) }.is_some() {
+            return Verdict::Redirect;
+        }
         return Verdict::Pass;
     }
     let Some(dport) = read::<2>(ctx, ETH_HLEN + ihl + 2) else {
