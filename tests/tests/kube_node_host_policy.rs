@@ -9,9 +9,11 @@
 //! From the world (on the underlay) and from the pod (through the host
 //! port): 9100 answers and crossed weir (the dataplane's counters moved),
 //! 9101 is refused and counted `policy-denied`, 22 stays open; 9102
-//! answers the pod and refuses the world. Before the
-//! policy, 9101 answers from both (so the refusal is the policy's); after
-//! it is deleted, 9101 answers again. Needs root, Go, ethtool.
+//! answers the pod and refuses the world. Before the policy, 9101 answers
+//! from both (so the refusal is the policy's). Then the Baseline tier (`tier: Baseline`): the Admin policy passes 9101
+//! on, a Baseline policy allows it from the world's address only: the
+//! world is answered, the pod refused and counted. The policies deleted,
+//! 9101 answers again. Needs root, Go, ethtool.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,25 @@ spec:
     action: Allow
     from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{protocol: TCP, port: 9102}]
+  - {name: rest, action: Deny}
+";
+
+/// The Baseline tier: the Admin policy passes 9101 on (HOST_FW with a
+/// Pass rule before its Deny), the Baseline one allows it from the world's
+/// address only.
+const BASE_FW: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: base-fw}
+spec:
+  priority: 1
+  tier: Baseline
+  subject:
+    nodeSelector: {matchLabels: {role: hp-worker}}
+  ingress:
+  - action: Allow
+    from: [{ipBlock: {cidr: 192.168.77.2/32}}]
+    ports: [{protocol: TCP, port: 9101}]
   - {name: rest, action: Deny}
 ";
 
@@ -173,14 +194,46 @@ fn host_policy_applies_on_a_node_agent() {
         "pod → node:9102 (its own rule) refused"
     );
 
-    // The policy deleted: 9101 answers again from both.
-    cp.kubectl_ok(&["delete", "weirclusterpolicy", "host-fw"], None);
-    wait_until(&node, "the world's 9101 answers again", || {
+    // The Baseline tier: Admin passes 9101 on, the Baseline policy
+    // allows it from the world only.
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(BASE_FW));
+    let pass = HOST_FW.replace(
+        "  - {name: rest, action: Deny}",
+        "  - {name: to-baseline, action: Pass, ports: [{protocol: TCP, port: 9101}]}\n  - {name: rest, action: Deny}",
+    );
+    assert!(pass.contains("to-baseline"));
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(&pass));
+    wait_until(&node, "the world's 9101 answers (Baseline allow)", || {
         tcp(&world, NODE_IP, 9101)
     });
+    let denied = node.drops("policy-denied");
     assert!(
-        tcp(&client.netns_path, NODE_POD_GW, 9101),
-        "pod → node:9101 after the policy went"
+        !tcp(&client.netns_path, NODE_POD_GW, 9101),
+        "pod → node:9101 answered under the Baseline deny"
+    );
+    assert!(
+        node.drops("policy-denied") > denied,
+        "pod → node:9101 (Baseline deny) not counted"
+    );
+    assert!(
+        tcp(&world, NODE_IP, 9100),
+        "world → node:9100 (Admin allow)"
+    );
+
+    // The policies deleted: 9101 answers again from both.
+    cp.kubectl_ok(&["delete", "weirclusterpolicy", "host-fw", "base-fw"], None);
+    // (the world's 9101 answered under the Baseline already: wait on the
+    // pod's).
+    wait_until(&node, "the pod's 9101 answers again", || {
+        tcp(&client.netns_path, NODE_POD_GW, 9101)
+    });
+    assert!(
+        tcp(&world, NODE_IP, 9101),
+        "world → node:9101 after the policies went"
+    );
+    assert!(
+        tcp(&world, NODE_IP, 9102),
+        "world → node:9102 after the policies went"
     );
     drop(node);
     drop(netns);
