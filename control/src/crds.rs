@@ -121,6 +121,13 @@ pub enum ClusterAction {
     Log,
 }
 
+/// The tier of a WeirClusterPolicy (docs/policy.md, "Precedence").
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, JsonSchema)]
+pub enum ClusterTier {
+    Admin,
+    Baseline,
+}
+
 /// An HTTP request a rule admits (every given part must match).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +349,10 @@ pub struct WeirClusterPolicySpec {
     pub subject: Option<Subject>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<bool>,
+    /// `Admin` (the default: before the namespace tier) or `Baseline`
+    /// (after it, before the default allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<ClusterTier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Vec<ClusterIngressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

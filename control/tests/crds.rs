@@ -120,6 +120,7 @@ fn weir_policy_schema_is_the_parsers_fields_for_a_namespace_policy() {
             "spec.policyTypes",
             "spec.priority",
             "spec.subject",
+            "spec.tier",
             // Direction-specific rule parts.
             "spec.ingress[].to",
             "spec.ingress[].dns",
@@ -158,6 +159,11 @@ fn weir_cluster_policy_schema_is_the_parsers_fields_for_a_cluster_policy() {
 
 #[test]
 fn required_fields_and_enums() {
+    let cp = version_schema("WeirClusterPolicy");
+    assert_eq!(
+        cp["properties"]["spec"]["properties"]["tier"]["enum"],
+        serde_json::json!(["Admin", "Baseline"])
+    );
     let np = version_schema("WeirPolicy");
     let rule = &np["properties"]["spec"]["properties"]["ingress"]["items"];
     assert_eq!(rule["required"], serde_json::json!(["action"]));

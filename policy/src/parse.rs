@@ -265,6 +265,7 @@ struct RawWeirSpec {
     priority: Option<i64>,
     audit: Option<bool>,
     subject: Option<RawWeirSubject>,
+    tier: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -888,7 +889,18 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
     let cluster = p.kind == Kind::WeirClusterPolicy;
     p.audit = spec.audit.unwrap_or(false);
     if cluster {
-        p.tier = Tier::Admin;
+        // Admin (the default) or Baseline: after the namespace tier, as
+        // ClusterNetworkPolicy's Baseline tier (docs/policy.md).
+        p.tier = match spec.tier.as_deref() {
+            None | Some("Admin") => Tier::Admin,
+            Some("Baseline") => Tier::Baseline,
+            Some(other) => {
+                return Err(cx.err(
+                    "spec.tier",
+                    format!("unknown tier {other:?}; expected Admin or Baseline"),
+                ))
+            }
+        };
         p.priority = match spec.priority {
             Some(n) if (0..=1000).contains(&n) => n as i32,
             Some(n) => return Err(cx.err("spec.priority", format!("{n} is not in 0-1000"))),
@@ -927,6 +939,12 @@ fn weir_policy(cx: &Cx, doc: &Document, mut p: Policy) -> Result<Policy, PolicyE
             return Err(cx.err(
                 "spec.subject",
                 "not a WeirPolicy field; use spec.podSelector",
+            ));
+        }
+        if spec.tier.is_some() {
+            return Err(cx.err(
+                "spec.tier",
+                "not a WeirPolicy field (namespace policies are the namespace tier)",
             ));
         }
         p.subject = Subject::Namespace {

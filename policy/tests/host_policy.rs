@@ -251,3 +251,98 @@ fn policy_check_does_not_call_a_host_policy_ineffective() {
     let text = format!("{report:?}");
     assert!(!text.contains("selects-no-pod"), "{text}");
 }
+
+/// An Admin host policy that allows the health port, denies 9200 and
+/// passes 9100 on; a Baseline one (`tier: Baseline`) that allows 9100 and
+/// 9200 from prod pods and denies the rest.
+const HOST_TIERS: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: admin-fw}
+spec:
+  priority: 10
+  subject:
+    nodeSelector: {matchLabels: {role: worker}}
+  ingress:
+  - {action: Allow, ports: [{protocol: TCP, port: 10256}]}
+  - {action: Deny, ports: [{protocol: TCP, port: 9200}]}
+  - {action: Pass, ports: [{protocol: TCP, port: 9100}]}
+---
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: base-fw}
+spec:
+  priority: 1
+  tier: Baseline
+  subject:
+    nodeSelector: {matchLabels: {role: worker}}
+  ingress:
+  - action: Allow
+    from: [{namespaceSelector: {matchLabels: {env: prod}}}]
+    ports: [{protocol: TCP, port: 9100}, {protocol: TCP, port: 9200}]
+  - {action: Deny}
+---
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: base-pods}
+spec:
+  priority: 1
+  tier: Baseline
+  subject:
+    namespaceSelector: {matchLabels: {env: dev}}
+  ingress:
+  - {action: Deny, ports: [{protocol: TCP, port: 80}]}
+";
+
+#[test]
+fn baseline_host_policy_comes_after_the_admin_tier() {
+    let i = input(HOST_TIERS);
+    let p = compiled(&i, &host("worker"));
+    let web = pod(&i, "prod", "web");
+    let dev = pod(&i, "dev", "web");
+    let x = pod(&i, "default", "x");
+    let rule = |j: &weir_dataplane::policy::Judgement| p.rule(j.ingress.rule).unwrap().to_string();
+    // Admin first: the health port from anyone.
+    let j = p.judge(x, addr(NODE), TCP, 10256);
+    assert!(j.allowed, "{j:?}");
+    assert_eq!(rule(&j), "weirclusterpolicies/admin-fw ingress[0]");
+    // Admin Pass hands 9100 to the Baseline tier: prod allowed, the rest
+    // denied there.
+    let j = p.judge(web, addr(NODE), TCP, 9100);
+    assert!(j.allowed, "{j:?}");
+    assert_eq!(rule(&j), "weirclusterpolicies/base-fw ingress[0]");
+    let j = p.judge(x, addr(NODE_UL), TCP, 9100);
+    assert!(!j.allowed, "{j:?}");
+    assert_eq!(rule(&j), "weirclusterpolicies/base-fw ingress[1]");
+    // An Admin Deny beats a Baseline Allow.
+    let j = p.judge(web, addr(NODE), TCP, 9200);
+    assert!(!j.allowed, "{j:?}");
+    assert_eq!(rule(&j), "weirclusterpolicies/admin-fw ingress[1]");
+    // No Admin rule: the Baseline decides (the world's address too).
+    assert!(!p.judge(addr("192.0.2.9"), addr(NODE_UL), TCP, 8080).allowed);
+    // Failsafe before every tier.
+    let j = p.judge(x, addr(NODE), TCP, 22);
+    assert!(j.allowed);
+    assert_eq!(j.ingress, Decision::FAILSAFE);
+    // A Baseline WeirClusterPolicy on pods: after the namespace tier (no
+    // NetworkPolicy here), it denies.
+    let j = p.judge(x, dev, TCP, 80);
+    assert!(!j.allowed, "{j:?}");
+    assert_eq!(rule(&j), "weirclusterpolicies/base-pods ingress[0]");
+    assert!(p.judge(x, web, TCP, 80).allowed);
+}
+
+#[test]
+fn a_bad_tier_is_one_line() {
+    let bad = HOST_FW.replace("priority: 10\n", "priority: 10\n  tier: Basic\n");
+    let e = parse_str(&bad, "host.yaml").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "weirclusterpolicies/host-fw: spec.tier: unknown tier \"Basic\"; expected Admin or Baseline"
+    );
+    let ns =
+        "apiVersion: weir.dev/v1alpha1\nkind: WeirPolicy\nmetadata: {name: w, namespace: dev}\n\
+spec:\n  tier: Baseline\n  podSelector: {}\n";
+    let e = parse_str(ns, "ns.yaml").unwrap_err().to_string();
+    assert!(e.contains("spec.tier: not a WeirPolicy field"), "{e}");
+}

@@ -110,6 +110,7 @@ metadata: {name: c, namespace: '', labels: {a: b}, annotations: {c: d}}
 spec:
   priority: 5
   audit: true
+  tier: Admin
   subject: {namespaceSelector: {matchLabels: {a: b}}, podSelector: {matchLabels: {c: d}, matchExpressions: [{key: k, operator: In, values: [v]}]}}
   ingress:
   - action: Deny
@@ -127,6 +128,7 @@ kind: WeirClusterPolicy
 metadata: {name: h}
 spec:
   priority: 5
+  tier: Baseline
   subject: {nodeSelector: {matchLabels: {role: worker}, matchExpressions: [{key: k, operator: Exists}]}}
   ingress: [{action: Allow, ports: [{port: 10256}]}, {action: Deny}]
 ";
@@ -288,6 +290,7 @@ fn kinds() -> Vec<KindCase> {
 
     let weir_ns_refused = vec![
         "spec.priority",
+        "spec.tier",
         "spec.subject",
         "spec.policyTypes",
         "spec.ingress[].to",
