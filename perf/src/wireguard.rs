@@ -231,13 +231,14 @@ fn measure(o: &WgOptions, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, s: &mut WgS
     }
 }
 
-/// Bytes sent to WireGuard peers, summed over the nodes of `weir status`.
+/// Bytes sent to WireGuard peers (`nodes[].status.dataplane.wireguard[].tx_bytes`),
+/// summed over the nodes of `weir status`.
 fn weir_wg_tx(st: &serde_json::Value) -> u64 {
     st["nodes"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|n| n["status"]["wireguard"].as_array().into_iter().flatten())
+        .flat_map(|n| n["status"]["dataplane"]["wireguard"].as_array().into_iter().flatten())
         .filter_map(|p| p["tx_bytes"].as_u64())
         .sum()
 }
@@ -635,8 +636,8 @@ mod tests {
         let r = "private_key=00\npublic_key=aa\ntx_bytes=10\nrx_bytes=3\npublic_key=bb\ntx_bytes=5\nerrno=0\n\n";
         assert_eq!(tx_bytes(r), 15);
         let v = serde_json::json!({"nodes": [
-            {"status": {"wireguard": [{"tx_bytes": 7}]}},
-            {"status": {"wireguard": [{"tx_bytes": 8}, {"rx_bytes": 1}]}}
+            {"status": {"dataplane": {"wireguard": [{"tx_bytes": 7}]}}},
+            {"status": {"dataplane": {"wireguard": [{"tx_bytes": 8}, {"rx_bytes": 1}]}}}
         ]});
         assert_eq!(weir_wg_tx(&v), 15);
     }
