@@ -35,3 +35,4 @@ pub mod stop;
 pub mod tools;
 pub mod udp;
 pub mod weir;
+pub mod wireguard;

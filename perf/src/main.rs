@@ -218,6 +218,45 @@ enum Cmd {
         #[arg(long)]
         no_kernel: bool,
     },
+    /// Encryption between nodes (issue 16): inter-node 64-byte UDP pps, TCP
+    /// bulk and TCP RR p50/p99 through weir plain and `weir up --encrypt
+    /// wireguard`, beside a veth and wireguard-go over it (two namespaces),
+    /// rounds interleaved, ratios per round. Writes wireguard.{md,json}.
+    Wireguard {
+        /// Short windows, 500 round trips, 1 s bulk, one round.
+        #[arg(long)]
+        short: bool,
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        /// Rounds, interleaved (default: full 3, short 1).
+        #[arg(long)]
+        reps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        /// Core of weir's workers and of both wireguard-go processes.
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// The wireguard-go binary (default: built by scripts/wireguard-go.sh).
+        #[arg(long)]
+        wireguard_go: Option<PathBuf>,
+        /// Only veth and wireguard-go (no weir needed).
+        #[arg(long)]
+        no_weir: bool,
+        /// Override the UDP window (milliseconds).
+        #[arg(long)]
+        window_ms: Option<u64>,
+        /// Override the number of request/response round trips.
+        #[arg(long)]
+        rr_count: Option<u64>,
+        /// Override the iperf3 seconds.
+        #[arg(long)]
+        bulk_secs: Option<u64>,
+    },
 }
 
 fn main() {
@@ -230,6 +269,50 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     weir_perf::stop::install()?;
     match cli.cmd {
+        Cmd::Wireguard {
+            short,
+            out,
+            mode,
+            reps,
+            load_core,
+            worker_core,
+            weir,
+            wireguard_go,
+            no_weir,
+            window_ms,
+            rr_count,
+            bulk_secs,
+        } => {
+            let mut o = weir_perf::wireguard::WgOptions::new(short);
+            o.out = out;
+            o.mode = mode;
+            o.reps = reps.unwrap_or(if short { 1 } else { 3 });
+            o.load_core = load_core;
+            o.worker_core = worker_core;
+            o.wireguard_go = wireguard_go;
+            if let Some(ms) = window_ms {
+                o.window = Duration::from_millis(ms);
+            }
+            if let Some(n) = rr_count {
+                o.rr_count = n;
+            }
+            if let Some(n) = bulk_secs {
+                o.bulk_secs = n;
+            }
+            o.weir = if no_weir {
+                None
+            } else {
+                Some(weir_perf::weir::find_weir(weir.as_deref())?)
+            };
+            let rep = weir_perf::wireguard::run(&o)?;
+            print!("{}", rep.markdown());
+            println!(
+                "\nwritten: {} and {}",
+                o.out.join("wireguard.md").display(),
+                o.out.join("wireguard.json").display()
+            );
+            Ok(())
+        }
         Cmd::Grpc {
             out,
             mode,
