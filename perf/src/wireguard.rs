@@ -238,7 +238,12 @@ fn weir_wg_tx(st: &serde_json::Value) -> u64 {
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|n| n["status"]["dataplane"]["wireguard"].as_array().into_iter().flatten())
+        .flat_map(|n| {
+            n["status"]["dataplane"]["wireguard"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
         .filter_map(|p| p["tx_bytes"].as_u64())
         .sum()
 }

@@ -77,7 +77,10 @@ static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 /// balancers'; docs/services.md): underlay mode hands whole TCP/UDP
 /// datagrams to them to the socket. Value unused.
 #[map]
-static EXTERNAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(4096, 0);
+// BPF_F_NO_PREALLOC (1): the program (and so the map) is loaded on every
+// pod veth too, where the map stays empty; preallocated it would cost
+// kernel memory per interface.
+static EXTERNAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(4096, 1);
 
 /// Slot 0: the tunnel's UDP port in underlay mode, 0 in pod mode.
 /// Slot 1: 1 when the node has a host port (pod → node-address frames go to
