@@ -189,11 +189,15 @@ pub fn parse_h2load(out: &str) -> anyhow::Result<H2Load> {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.first() {
             Some(&"finished") if w.len() >= 3 => {
-                secs = w[2]
-                    .trim_end_matches(',')
-                    .trim_end_matches('s')
-                    .parse()
-                    .ok();
+                // `3.00s`, `12.34ms` or `981us`, as h2load scales it.
+                let t = w[2].trim_end_matches(',');
+                secs = [("us", 1e-6), ("ms", 1e-3), ("s", 1.0)]
+                    .iter()
+                    .find_map(|(unit, k)| {
+                        t.strip_suffix(unit)
+                            .and_then(|n| n.parse::<f64>().ok())
+                            .map(|n| n * k)
+                    });
             }
             Some(&"requests:") => {
                 for (i, x) in w.iter().enumerate().skip(1) {
@@ -605,5 +609,11 @@ status codes: 138400 2xx, 0 3xx, 64 4xx, 0 5xx\n";
         );
         assert!((h.calls_per_s - 138400.0 / 3.0).abs() < 1e-6);
         assert!(parse_h2load("requests: 0 total").is_err());
+        // Short runs are printed in ms or us (a `-n 20` check).
+        for (t, secs) in [("981us", 981e-6), ("12.5ms", 12.5e-3)] {
+            let out = format!("finished in {t}, 10193.68 req/s, 395.20KB/s\nrequests: 10 total, 10 started, 10 done, 10 succeeded, 0 failed, 0 errored, 0 timeout\n");
+            let h = parse_h2load(&out).unwrap();
+            assert!((h.calls_per_s - 10.0 / secs).abs() < 1e-3, "{t}");
+        }
     }
 }
