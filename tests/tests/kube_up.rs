@@ -167,7 +167,15 @@ fn kubectl_pods_run_talk_follow_labels_bind_and_go_away() {
         ],
     );
     assert_eq!(node, "[\"10.244.0.0/24\",\"fd00:10:244::/64\"] True");
-    let a = pod_json(&c, "kq", "a");
+    // The status is written once the dataplane runs the pod's generation
+    // (control/src/kubelet.rs), which may be just after `weir up` returns
+    // on a loaded machine: wait for it as `kubectl wait` would.
+    let mut a = pod_json(&c, "kq", "a");
+    let t0 = std::time::Instant::now();
+    while a["status"]["phase"] != "Running" && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        a = pod_json(&c, "kq", "a");
+    }
     assert_eq!(a["status"]["phase"], "Running", "{a}");
 
     // The API server is the one source of truth: weir apply says where to go.
