@@ -704,13 +704,14 @@ impl Worker {
             // Stage 0: the batch's conntrack lines in flight at once
             // (large tables only: on a small one it costs more than it
             // saves).
-            let prefetch = self.state.conntrack().prefetch_pays();
-            for d in rx.iter_mut().filter(|_| prefetch) {
-                let st = &self.state;
-                self.umem.with_frame(d, |buf, len| {
-                    pass::prefetch(buf.get(..len).unwrap_or_default(), st);
-                    ((), len)
-                });
+            if self.state.conntrack().prefetch_pays() {
+                for d in rx.iter_mut() {
+                    let st = &self.state;
+                    self.umem.with_frame(d, |buf, len| {
+                        pass::prefetch(buf.get(..len).unwrap_or_default(), st);
+                        ((), len)
+                    });
+                }
             }
             for (i, mut d) in rx.drain(..).enumerate() {
                 match self.wg_in.get(i) {

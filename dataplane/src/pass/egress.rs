@@ -66,27 +66,13 @@ const PORT_SEED: u64 = 0x736e_6174_0000_0001;
 /// (a reply from the world) or the NodePort range. A raw peek, before
 /// parse.
 pub(super) fn is_from_uplink(frame: &[u8], node: Ipv4Addr) -> bool {
-    let ip_at = ethernet::HEADER_LEN;
-    let (Some(ty), Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
-        frame.get(12..14),
-        frame.get(ip_at),
-        frame.get(ip_at + 9),
-        frame.get(ip_at + 6..ip_at + 8),
-        frame.get(ip_at + 16..ip_at + 20),
-    ) else {
+    let Some((proto, dst, l4)) = super::parse::peek_whole_v4(frame) else {
         return false;
     };
-    let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    if ty != [0x08, 0x00] || ver_ihl >> 4 != 4 || ihl < 20 {
+    if !matches!(proto, ip_proto::TCP | ip_proto::UDP) || dst != node.octets() {
         return false;
     }
-    if !matches!(proto, ip_proto::TCP | ip_proto::UDP) || frag[0] & 0x3f != 0 || frag[1] != 0 {
-        return false;
-    }
-    if dst != node.octets() {
-        return false;
-    }
-    let Some(dport) = frame.get(ip_at + ihl + 2..ip_at + ihl + 4) else {
+    let Some(dport) = frame.get(l4 + 2..l4 + 4) else {
         return false;
     };
     let dport = u16::from_be_bytes([dport[0], dport[1]]);

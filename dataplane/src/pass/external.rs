@@ -31,26 +31,11 @@ use crate::{DropReason, Verdict};
 pub(super) fn is_to_external(frame: &[u8], snap: &Snapshot) -> bool {
     let svc = snap.services();
     let ip_at = ethernet::HEADER_LEN;
+    if let Some((proto, dst, _)) = super::parse::peek_whole_v4(frame) {
+        return matches!(proto, ip_proto::TCP | ip_proto::UDP)
+            && svc.is_external(IpAddr::from(dst));
+    }
     match frame.get(12..14) {
-        Some([0x08, 0x00]) => {
-            let (Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
-                frame.get(ip_at),
-                frame.get(ip_at + 9),
-                frame.get(ip_at + 6..ip_at + 8),
-                frame.get(ip_at + 16..ip_at + 20),
-            ) else {
-                return false;
-            };
-            let Ok(dst) = <[u8; 4]>::try_from(dst) else {
-                return false;
-            };
-            ver_ihl >> 4 == 4
-                && usize::from(ver_ihl & 0x0f) * 4 >= 20
-                && matches!(proto, ip_proto::TCP | ip_proto::UDP)
-                && frag[0] & 0x3f == 0
-                && frag[1] == 0
-                && svc.is_external(IpAddr::from(dst))
-        }
         Some([0x86, 0xdd]) => {
             let (Some(&ver), Some(&next), Some(dst)) = (
                 frame.get(ip_at),

@@ -47,25 +47,13 @@ pub(super) fn is_host_in(frame: &[u8], snap: &Snapshot, tunnel_port: u16) -> boo
     if frame.get(12..14) == Some(&[0x86, 0xdd]) {
         return is_host_in6(frame, snap);
     }
-    let ip_at = ethernet::HEADER_LEN;
-    let (Some(ty), Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
-        frame.get(12..14),
-        frame.get(ip_at),
-        frame.get(ip_at + 9),
-        frame.get(ip_at + 6..ip_at + 8),
-        frame.get(ip_at + 16..ip_at + 20),
-    ) else {
+    let Some((proto, dst, l4)) = super::parse::peek_whole_v4(frame) else {
         return false;
     };
-    let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    if ty != [0x08, 0x00] || ver_ihl >> 4 != 4 || ihl < 20 || frag[0] & 0x3f != 0 || frag[1] != 0 {
-        return false;
-    }
-    let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+    let dst = Ipv4Addr::from(dst);
     if !snap.is_host_addr(IpAddr::V4(dst)) || dst.is_link_local() {
         return false;
     }
-    let l4 = ip_at + ihl;
     match proto {
         ip_proto::TCP => is_judged_tcp(frame, l4),
         ip_proto::UDP => frame.get(l4 + 2..l4 + 4).is_some_and(|p| {

@@ -62,6 +62,29 @@ impl Parsed {
     }
 }
 
+/// A raw peek, before [`parse`], for the stages that decide from the
+/// underlay's frames who sent them (`egress.rs`, `host_in.rs`,
+/// `external.rs`): when `frame` is a whole IPv4 datagram (no MF, fragment
+/// offset 0) with a valid version and header length, its protocol, its
+/// destination address and where its L4 header starts.
+pub(super) fn peek_whole_v4(frame: &[u8]) -> Option<(u8, [u8; 4], usize)> {
+    let ip_at = ethernet::HEADER_LEN;
+    let (Some(ty), Some(&ver_ihl), Some(&proto), Some(frag), Some(dst)) = (
+        frame.get(12..14),
+        frame.get(ip_at),
+        frame.get(ip_at + 9),
+        frame.get(ip_at + 6..ip_at + 8),
+        frame.get(ip_at + 16..ip_at + 20),
+    ) else {
+        return None;
+    };
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ty != [0x08, 0x00] || ver_ihl >> 4 != 4 || ihl < 20 || frag[0] & 0x3f != 0 || frag[1] != 0 {
+        return None;
+    }
+    Some((proto, <[u8; 4]>::try_from(dst).ok()?, ip_at + ihl))
+}
+
 /// Stage 2: validate Ethernet, IPv4/IPv6 (with IPv6 extension headers) and
 /// the L4 header, and extract the [`FlowKey`].
 pub fn parse(frame: &[u8]) -> ControlFlow<Verdict, Parsed> {
