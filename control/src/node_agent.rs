@@ -868,12 +868,24 @@ fn read_uplink6(netns: &str, ifname: &str) -> Result<Uplink6, String> {
     })
 }
 
-/// The MAC of IPv6 neighbour `to` on `dev` from the neighbour table, after
-/// one ping to make the kernel solicit it when the entry is absent.
+/// The MAC of IPv6 neighbour `to` on `dev` (see [`neighbour_mac`]).
 fn resolve_mac6(netns: &str, dev: &str, to: Ipv6Addr) -> Option<[u8; 6]> {
-    let hop = to.to_string();
+    neighbour_mac(netns, dev, &to.to_string(), true)
+}
+
+/// The MAC of neighbour `hop` on `dev` from the neighbour table (`v6`: the
+/// IPv6 one), after one ping to make the kernel solicit it when the entry
+/// is absent or unresolved (IPv6 pings through `dev`: the hop is often
+/// link-local).
+fn neighbour_mac(netns: &str, dev: &str, hop: &str, v6: bool) -> Option<[u8; 6]> {
+    let family: &[&str] = if v6 { &["-6"] } else { &[] };
     let lookup = || -> Option<[u8; 6]> {
-        let n = ip_json(netns, &["-6", "neigh", "show", "to", &hop, "dev", dev]).ok()?;
+        let args: Vec<&str> = family
+            .iter()
+            .copied()
+            .chain(["neigh", "show", "to", hop, "dev", dev])
+            .collect();
+        let n = ip_json(netns, &args).ok()?;
         let e = n.get(0)?;
         let bad = e["state"]
             .as_array()
@@ -885,10 +897,11 @@ fn resolve_mac6(netns: &str, dev: &str, to: Ipv6Addr) -> Option<[u8; 6]> {
     if let Some(m) = lookup() {
         return Some(m);
     }
+    let via: &[&str] = if v6 { &["-6", "-I", dev] } else { &[] };
     let _ = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "ping", "-6", "-c", "1", "-W", "1", "-I", dev, &hop,
-        ])
+        .args(["netns", "exec", netns, "ping"])
+        .args(via)
+        .args(["-c", "1", "-W", "1", hop])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -963,27 +976,9 @@ fn resolve_peer_mac(netns: &str, peer: Ipv4Addr) -> Option<[u8; 6]> {
     let p = peer.to_string();
     let route = ip_json(netns, &["route", "get", &p]).ok()?;
     let r = route.get(0)?;
-    let dev = r["dev"].as_str()?.to_string();
-    let hop = r["gateway"].as_str().unwrap_or(&p).to_string();
-    let lookup = || -> Option<[u8; 6]> {
-        let n = ip_json(netns, &["neigh", "show", "to", &hop, "dev", &dev]).ok()?;
-        let e = n.get(0)?;
-        let bad = e["state"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s == "FAILED" || s == "INCOMPLETE");
-        e["lladdr"].as_str().filter(|_| !bad).and_then(parse_mac)
-    };
-    if let Some(m) = lookup() {
-        return Some(m);
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", &hop])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    lookup()
+    let dev = r["dev"].as_str()?;
+    let hop = r["gateway"].as_str().unwrap_or(&p);
+    neighbour_mac(netns, dev, hop, false)
 }
 
 /// `/run/netns/NAME` or `NAME` → `NAME`; `None` names the agent's own netns
