@@ -971,7 +971,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("weir: warning: {w}");
             }
             print_changed(&v);
-            wait_ready(&state, Duration::from_secs(30))?;
+            wait_ready(&state, Duration::from_secs(30)).map_err(change_kept)?;
             Ok(())
         }
         Cmd::Delete { files, validation } => {
@@ -990,7 +990,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for p in &v.deleted {
                 println!("{p} deleted");
             }
-            wait_ready(&state, Duration::from_secs(30))?;
+            wait_ready(&state, Duration::from_secs(30)).map_err(change_kept)?;
             Ok(())
         }
         Cmd::Explain {
@@ -1388,6 +1388,18 @@ fn log_tail(state: &StateDir) -> String {
         }
     }
     out
+}
+
+/// `weir apply`/`delete` store the change (the supervisor compiled and wrote
+/// the snapshot) before waiting for the dataplanes: a node whose dataplane is
+/// down or slow does not lose it, it runs the change when it starts. Say so,
+/// so an operator does not apply the same manifests again or think the change
+/// was refused.
+fn change_kept(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{e:#}; the change is stored: a node whose dataplane is down runs it when it \
+         starts again (`weir dataplane start --node NODE`)"
+    )
 }
 
 fn wait_ready(state: &StateDir, timeout: Duration) -> anyhow::Result<()> {
