@@ -21,10 +21,15 @@
 //! A server acts on a request when its header block is complete (the
 //! frame that carries END_HEADERS). So segments are forwarded until the
 //! one carrying the last byte of a block, which is judged before it goes:
-//! nothing is ever held. A denied request denies the connection (the
-//! pass drops the segment, resets the server's side and answers the
-//! client, see [`deny_reply`]); see docs/l7.md for why a single stream
-//! cannot be refused inline while the others go on.
+//! nothing is ever held. A request denied by policy whose `:method` is one
+//! table-neutral HPACK byte in that segment is refused in place: the
+//! inspector records a [`Rewrite`] of that byte into a `:status` one
+//! ([`status_for_method`]), the pass applies it to every copy of the
+//! segment it forwards, the server resets the stream and the connection
+//! goes on. Any other denied request denies the connection (the pass
+//! drops the segment, resets the server's side and answers the client,
+//! see [`deny_reply`]). docs/l7.md, "A denied stream is refused in
+//! place".
 //!
 //! Nothing here allocates after [`H2Inspector::new`], and nothing panics on
 //! any input.
