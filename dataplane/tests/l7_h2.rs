@@ -1031,3 +1031,64 @@ fn refused_block_leaves_the_hpack_table_as_the_client_encoded_it() {
     let n = server.decode(&blocks[1], &mut o, &mut fs).unwrap();
     assert_eq!(name(&fs[n - 1], &o), b"x-tag");
 }
+
+/// A denied request with a one-byte `:method`, between allowed ones, fed
+/// in segments cut at every pair of offsets: each run either ends the
+/// connection or forwards everything with exactly the `:method` byte
+/// rewritten — never the denied request as sent.
+#[test]
+fn a_denied_stream_is_never_forwarded_as_sent_however_it_is_cut() {
+    let pre = cat(&[start(), get(1, "/public/1")]);
+    let at = pre.len() + 9;
+    let blk = req_rep(&[0x82], "/private");
+    // The offset of the denied block's last byte.
+    let last = at + blk.len() - 1;
+    let b = cat(&[
+        pre,
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, &blk),
+        get(5, "/public/2"),
+    ]);
+    let rules = rules();
+    let (mut refused, mut ended) = (0, 0);
+    for c1 in (1..b.len()).step_by(3) {
+        for c2 in (c1..b.len()).step_by(5) {
+            let mut insp = H2Inspector::new(H2Limits::default());
+            insp.start(ISN);
+            let mut sent = Vec::new();
+            let mut denied = false;
+            for (from, to) in [(0, c1), (c1, c2), (c2, b.len())] {
+                if from == to {
+                    continue;
+                }
+                let seq = ISN + from as u32;
+                match insp.feed_segment(seq, &b[from..to], false, judge_rules(&rules)) {
+                    Feed::Forward => {
+                        let mut seg = b[from..to].to_vec();
+                        for (off, byte) in insp.rewrites_in(seq, seg.len()) {
+                            seg[off] = byte;
+                        }
+                        sent.extend(seg);
+                    }
+                    Feed::Deny(r) => {
+                        assert_eq!(r, L7Reason::Policy);
+                        denied = true;
+                        break;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // A cut between the method byte and the block's last byte: the
+            // method went to the server before the block was complete.
+            let split = [c1, c2].iter().any(|&c| c > at && c <= last);
+            assert_eq!(denied, split, "cuts {c1} {c2}");
+            if denied {
+                assert!(sent.len() <= last, "the completing segment is dropped");
+                ended += 1;
+            } else {
+                only_changed(&b, &sent, at, 0x88);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && ended > 0, "{refused} {ended}");
+}
