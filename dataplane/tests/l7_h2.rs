@@ -1092,3 +1092,44 @@ fn a_denied_stream_is_never_forwarded_as_sent_however_it_is_cut() {
     }
     assert!(refused > 0 && ended > 0, "{refused} {ended}");
 }
+
+#[test]
+fn a_block_of_more_frames_than_remembered_is_not_refused_in_place() {
+    // continuations_max raised above the 17 frames whose positions the
+    // inspector keeps: the method in the 20th frame cannot be located, the
+    // denial ends the connection.
+    let mut insp = H2Inspector::new(H2Limits {
+        continuations_max: 32,
+        ..H2Limits::default()
+    });
+    insp.start(ISN);
+    let rules = rules();
+    let mut parts = vec![
+        start(),
+        frame(HEADERS, END_STREAM, 1, &lit(":scheme", "http")),
+    ];
+    parts.push(frame(CONT, 0, 1, &lit(":path", "/private")));
+    parts.push(frame(CONT, 0, 1, &lit(":authority", "app1")));
+    for _ in 0..16 {
+        parts.push(frame(CONT, 0, 1, &[]));
+    }
+    parts.push(frame(CONT, END_HEADERS, 1, &[0x82]));
+    let b = cat(&parts);
+    assert_eq!(
+        insp.feed_segment(ISN, &b, false, judge_rules(&rules)),
+        Feed::Deny(L7Reason::Policy)
+    );
+    // The same with 16 empty CONTINUATIONs fewer: refused in place.
+    let mut insp = H2Inspector::new(H2Limits::default());
+    insp.start(ISN);
+    let b = cat(&[&parts[..4], &parts[parts.len() - 1..]].concat());
+    assert_eq!(
+        insp.feed_segment(ISN, &b, false, judge_rules(&rules)),
+        Feed::Forward
+    );
+    assert_eq!(insp.refusals().len(), 1);
+    assert_eq!(
+        insp.rewrites_in(ISN, b.len()).next(),
+        Some((b.len() - 1, 0x88))
+    );
+}

@@ -175,6 +175,8 @@ pub struct H2Inspector {
     /// that byte), `block_frames_n` of them.
     block_frames: [(u32, u32); BLOCK_FRAMES],
     block_frames_n: usize,
+    /// The open block has more frames than `block_frames` holds.
+    block_frames_lost: bool,
     /// The first byte of the segment being fed that was not seen before.
     feed_from: u32,
     /// Bytes rewritten to refuse streams (kept for the connection's life:
@@ -215,6 +217,7 @@ impl H2Inspector {
             payload_seq: 0,
             block_frames: [(0, 0); BLOCK_FRAMES],
             block_frames_n: 0,
+            block_frames_lost: false,
             feed_from: 0,
             rewrites: [Rewrite::default(); REFUSALS_MAX],
             rewrites_n: 0,
@@ -240,6 +243,7 @@ impl H2Inspector {
         self.last = LastRequest::default();
         self.decoder.reset();
         self.block_frames_n = 0;
+        self.block_frames_lost = false;
         self.rewrites_n = 0;
         self.refused_now = 0;
         self.last_refused = LastRequest::default();
@@ -458,6 +462,7 @@ impl H2Inspector {
                 self.continuations = 0;
                 self.frame_at = 0;
                 self.block_frames_n = 0;
+                self.block_frames_lost = false;
             }
             ty::CONTINUATION => {
                 self.continuations += 1;
@@ -516,10 +521,15 @@ impl H2Inspector {
             self.block.copy_within(from..to, self.frame_at);
         }
         // Where this frame's part of the block is in the TCP stream.
-        if let Some(slot) = self.block_frames.get_mut(self.block_frames_n) {
-            let skipped = (from - self.frame_at) as u32;
-            *slot = (self.frame_at as u32, self.payload_seq.wrapping_add(skipped));
-            self.block_frames_n += 1;
+        // (A block of more frames than remembered, possible only with
+        // `continuations_max` above 16, is never refused in place.)
+        match self.block_frames.get_mut(self.block_frames_n) {
+            Some(slot) => {
+                let skipped = (from - self.frame_at) as u32;
+                *slot = (self.frame_at as u32, self.payload_seq.wrapping_add(skipped));
+                self.block_frames_n += 1;
+            }
+            None => self.block_frames_lost = true,
         }
         self.frame_at += to - from;
         if self.in_block {
@@ -584,7 +594,10 @@ impl H2Inspector {
     /// being fed (not forwarded yet). Not for gRPC calls (they keep the
     /// connection-level PERMISSION_DENIED answer).
     fn refuse_stream(&mut self, n: usize, len: usize) -> bool {
-        if self.last.grpc || self.rewrites_n >= self.limits.stream_refusals_max.min(REFUSALS_MAX) {
+        if self.last.grpc
+            || self.block_frames_lost
+            || self.rewrites_n >= self.limits.stream_refusals_max.min(REFUSALS_MAX)
+        {
             return false;
         }
         let Some(f) = self.fields[..n]
