@@ -43,7 +43,14 @@ def handle(sock, log, delay):
         try:
             events = conn.receive_data(data)
         except Exception as e:  # a protocol error: the connection is gone
+            # h2 queued a GOAWAY (e.g. PROTOCOL_ERROR for a request without
+            # :method, what weir's per-stream refusal makes of a denied
+            # one): send it, as a server would, then close.
             print("error:", repr(e), file=sys.stderr, flush=True)
+            try:
+                sock.sendall(conn.data_to_send())
+            except OSError:
+                pass
             break
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):

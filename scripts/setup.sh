@@ -9,6 +9,8 @@ APT_PKGS=(m4 clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc cu
           iproute2 ethtool iputils-ping iperf3 tcpdump netcat-openbsd procps
           wrk apache2-utils haproxy openvswitch-switch nftables jq bc openssl
           nghttp2-client nghttp2-server)
+# (nghttp, nghttpd and haproxy: also tests/tests/l7_h2_stream.rs, HTTP/2
+# per-stream refusal against real servers.)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

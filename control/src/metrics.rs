@@ -374,6 +374,10 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_l7_denials",
             "Requests an L7 (HTTP or DNS) rule refused",
         );
+        let mut l7_h2_refused = counter(
+            "weir_l7_h2_streams_refused",
+            "HTTP/2 streams refused in place (the connection went on)",
+        );
         let mut frames_free = gauge(
             "weir_worker_umem_free_frames",
             "UMEM frames on the free list",
@@ -476,6 +480,9 @@ impl prometheus_client::collector::Collector for Scrape {
             l7_heads
                 .samples
                 .push((vec![node()], l7(|l| l.head_buffers)));
+            l7_h2_refused
+                .samples
+                .push((vec![node()], l7(|l| l.h2_streams_refused)));
         }
         {
             let mut info = enc.encode_descriptor(
@@ -518,6 +525,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &l7_held,
             &l7_heads,
             &l7_denials,
+            &l7_h2_refused,
             &port_zc,
         ] {
             f.encode(&mut enc)?;

@@ -108,6 +108,7 @@ pub struct WorkerStats {
     pub l7_flows_max: Counter,
     pub l7_head_buffers: Counter,
     pub l7_held_frames: Counter,
+    pub l7_h2_streams_refused: Counter,
     pub kernel_rx_invalid: Counter,
     pub kernel_tx_invalid: Counter,
     /// Where the worker's time went (see [`WorkerTime`]); the worker sums
@@ -145,6 +146,7 @@ impl WorkerStats {
             l7_flows_max: Counter::default(),
             l7_head_buffers: Counter::default(),
             l7_held_frames: Counter::default(),
+            l7_h2_streams_refused: Counter::default(),
             frames_total: Counter::default(),
             frames_fill: Counter::default(),
             frames_tx: Counter::default(),
@@ -248,6 +250,7 @@ impl WorkerStats {
                 flows_max: self.l7_flows_max.get(),
                 head_buffers: self.l7_head_buffers.get(),
                 held_frames: self.l7_held_frames.get(),
+                h2_streams_refused: self.l7_h2_streams_refused.get(),
             },
             latency_ns: latency_summary(&h),
             latency_buckets: latency_buckets(&h),

@@ -463,6 +463,7 @@ impl Worker {
         st.l7_flows_max.set(l7.flows_max as u64);
         st.l7_head_buffers.set(l7.head_buffers as u64);
         st.l7_held_frames.set(l7.held_frames as u64);
+        st.l7_h2_streams_refused.set(l7.h2_streams_refused);
     }
 
     fn sleep(&mut self) {

@@ -7,7 +7,9 @@
 
 use proptest::prelude::*;
 use weir_dataplane::l7::h2::hpack::{Decoder, Field};
-use weir_dataplane::l7::h2::{deny_reply, H2Inspector, H2Limits, LastRequest, PREFACE};
+use weir_dataplane::l7::h2::{
+    deny_reply, H2Inspector, H2Limits, LastRequest, PREFACE, REFUSALS_MAX,
+};
 use weir_dataplane::l7::{Feed, HttpRuleSet, HttpRuleSetSpec, L7Reason, L7Verdict};
 
 const ISN: u32 = 7000;
@@ -754,4 +756,380 @@ proptest! {
         let whole = run_cut(&b, &[], false).0;
         prop_assert_eq!(run_cut(&b, &[cut], false).0, whole);
     }
+}
+
+// Per-stream refusal (docs/l7.md, "A denied stream is refused"): a denied
+// request whose `:method` representation is one byte with no HPACK table
+// effect, in the segment that completes its block, is refused in place:
+// that byte becomes a `:status` one, the segment goes on, so do the other
+// streams.
+
+/// A request block whose `:method` is `method_rep` (raw HPACK bytes).
+fn req_rep(method_rep: &[u8], path: &str) -> Vec<u8> {
+    let mut b = method_rep.to_vec();
+    b.extend(lit(":scheme", "http"));
+    b.extend(lit(":path", path));
+    b.extend(lit(":authority", "app1"));
+    b
+}
+
+fn judge_rules(
+    rules: &HttpRuleSet,
+) -> impl FnMut(&weir_dataplane::l7::RequestHead<'_>) -> L7Verdict + '_ {
+    |h| {
+        if rules.judge(h).is_some() {
+            L7Verdict::Allow
+        } else {
+            L7Verdict::Deny
+        }
+    }
+}
+
+/// Feeds `bytes` as one segment; returns the feed, the inspector and the
+/// bytes as forwarded (the rewrites applied).
+fn refuse_one(bytes: &[u8]) -> (Feed, H2Inspector, Vec<u8>) {
+    let rules = rules();
+    let mut insp = H2Inspector::new(H2Limits::default());
+    insp.start(ISN);
+    let f = insp.feed_segment(ISN, bytes, false, judge_rules(&rules));
+    let mut out = bytes.to_vec();
+    for (off, byte) in insp.rewrites_in(ISN, out.len()) {
+        out[off] = byte;
+    }
+    (f, insp, out)
+}
+
+/// The forwarded bytes differ from the client's in exactly `at`, now `to`.
+fn only_changed(orig: &[u8], out: &[u8], at: usize, to: u8) {
+    assert_eq!(orig.len(), out.len());
+    let diff: Vec<usize> = (0..orig.len()).filter(|&i| orig[i] != out[i]).collect();
+    assert_eq!(diff, vec![at], "changed bytes");
+    assert_eq!(out[at], to);
+}
+
+#[test]
+fn a_denied_stream_with_an_indexed_method_is_refused_in_place() {
+    for (rep, to) in [(0x82u8, 0x88u8), (0x83, 0x88)] {
+        let denied = frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &req_rep(&[rep], "/private"),
+        );
+        let pre = cat(&[start(), get(1, "/public/1")]);
+        let b = cat(&[pre.clone(), denied, get(5, "/public/2")]);
+        let (f, insp, out) = refuse_one(&b);
+        assert_eq!(f, Feed::Forward, "{rep:#x}");
+        // The :method byte is the first of stream 3's block (after the
+        // 9-byte frame header).
+        only_changed(&b, &out, pre.len() + 9, to);
+        let (n, last) = insp.refused();
+        assert_eq!((n, last.stream), (1, 3));
+        assert_eq!(insp.requests(), 3, "the later stream is judged too");
+        assert_eq!(insp.denied(), None);
+        // A retransmission of the segment (old bytes) is rewritten the same
+        // way, and so is one that starts inside it.
+        let mut insp = insp;
+        assert_eq!(
+            insp.feed_segment(ISN, &b, false, |_| L7Verdict::Allow),
+            Feed::Forward
+        );
+        assert_eq!(insp.refused().0, 0, "not refused twice");
+        let at = pre.len() + 9;
+        assert_eq!(
+            insp.rewrites_in(ISN, b.len()).collect::<Vec<_>>(),
+            vec![(at, to)]
+        );
+        assert_eq!(
+            insp.rewrites_in(ISN + at as u32 - 3, 10)
+                .collect::<Vec<_>>(),
+            vec![(3, to)]
+        );
+        assert_eq!(insp.rewrites_in(ISN + at as u32 + 1, 10).count(), 0);
+    }
+}
+
+#[test]
+fn a_denied_stream_with_a_literal_method_by_static_name_is_refused_in_place() {
+    // Without indexing (0x02) and never indexed (0x12), value "DELETE".
+    for (first, to) in [(0x02u8, 0x08u8), (0x12, 0x18)] {
+        let mut rep = vec![first, 6];
+        rep.extend_from_slice(b"DELETE");
+        let pre = start();
+        let b = cat(&[
+            pre.clone(),
+            frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1,
+                &req_rep(&rep, "/public/x"),
+            ),
+        ]);
+        let (f, insp, out) = refuse_one(&b);
+        assert_eq!(f, Feed::Forward, "{first:#x}");
+        only_changed(&b, &out, pre.len() + 9, to);
+        assert_eq!(insp.refused().0, 1);
+    }
+}
+
+#[test]
+fn padding_priority_and_continuation_shift_the_rewritten_byte() {
+    // HEADERS with PADDED (1 byte pad length) and PRIORITY (5 bytes): the
+    // block starts 6 bytes into the payload.
+    let blk = req_rep(&[0x83], "/private");
+    let mut p = vec![3u8];
+    p.extend_from_slice(&[0, 0, 0, 0, 16]);
+    p.extend_from_slice(&blk);
+    p.extend_from_slice(&[0, 0, 0]);
+    let pre = start();
+    let b = cat(&[
+        pre.clone(),
+        frame(HEADERS, END_HEADERS | END_STREAM | PADDED | 0x20, 1, &p),
+    ]);
+    let (f, _, out) = refuse_one(&b);
+    assert_eq!(f, Feed::Forward);
+    only_changed(&b, &out, pre.len() + 9 + 6, 0x88);
+    // The :method in a CONTINUATION: the HEADERS carries the other fields
+    // (pseudo-header order does not matter to HPACK) and the method comes
+    // in the CONTINUATION frame, in the same segment.
+    let mut first = lit(":scheme", "http");
+    first.extend(lit(":path", "/private"));
+    first.extend(lit(":authority", "app1"));
+    let b = cat(&[
+        pre.clone(),
+        frame(HEADERS, END_STREAM, 1, &first),
+        frame(CONT, END_HEADERS, 1, &[0x82]),
+    ]);
+    let (f, _, out) = refuse_one(&b);
+    assert_eq!(f, Feed::Forward);
+    only_changed(&b, &out, b.len() - 1, 0x88);
+}
+
+#[test]
+fn refusal_falls_back_to_ending_the_connection() {
+    let pre = start();
+    // :method as a literal with incremental indexing (0x42): it adds a
+    // table entry, rewriting its name would desynchronise HPACK.
+    let mut rep = vec![0x42, 6];
+    rep.extend_from_slice(b"DELETE");
+    let b = cat(&[
+        pre.clone(),
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &req_rep(&rep, "/public/x"),
+        ),
+    ]);
+    assert_eq!(refuse_one(&b).0, Feed::Deny(L7Reason::Policy));
+    assert_eq!(deny(&b), L7Reason::Policy);
+    // A literal name ":method" (0x00 + string): no same-length :status.
+    let b = cat(&[pre.clone(), get(1, "/private")]);
+    assert_eq!(refuse_one(&b).0, Feed::Deny(L7Reason::Policy));
+    // A gRPC call keeps the connection-level PERMISSION_DENIED.
+    let mut blk = req_rep(&[0x83], "/pkg.Svc/Delete");
+    blk.extend(lit("content-type", "application/grpc"));
+    let b = cat(&[pre.clone(), frame(HEADERS, END_HEADERS, 1, &blk)]);
+    assert_eq!(refuse_one(&b).0, Feed::Deny(L7Reason::Policy));
+    // The :method byte in an earlier segment (already forwarded): the
+    // server has it, the connection ends. Cut anywhere after it.
+    let b = cat(&[
+        pre.clone(),
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &req_rep(&[0x82], "/private"),
+        ),
+    ]);
+    let at = pre.len() + 9;
+    for cut in at + 1..b.len() {
+        let (e, _) = run_cut(&b, &[cut], false);
+        assert_eq!(e, End::Deny(L7Reason::Policy), "cut at {cut}");
+    }
+    // Cut before it (or at it): refused in place.
+    for cut in [1, pre.len(), at] {
+        let (e, insp) = run_cut(&b, &[cut], false);
+        assert_eq!(e, End::Pass(vec!["GET /private".into()]), "cut at {cut}");
+        assert_eq!(insp.refusals().len(), 1);
+    }
+}
+
+#[test]
+fn refusals_per_connection_are_bounded() {
+    let mut parts = vec![start()];
+    for i in 0..=REFUSALS_MAX as u32 {
+        parts.push(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1 + 2 * i,
+            &req_rep(&[0x82], "/private"),
+        ));
+    }
+    let rules = rules();
+    let mut insp = H2Inspector::new(H2Limits::default());
+    insp.start(ISN);
+    let mut seq = ISN;
+    for (i, p) in parts.iter().enumerate() {
+        let f = insp.feed_segment(seq, p, false, judge_rules(&rules));
+        seq += p.len() as u32;
+        if i <= REFUSALS_MAX {
+            assert_eq!(f, Feed::Forward, "segment {i}");
+        } else {
+            assert_eq!(f, Feed::Deny(L7Reason::Policy), "the one beyond the table");
+        }
+    }
+    assert_eq!(insp.refusals().len(), REFUSALS_MAX);
+    // Disabled: every denial ends the connection.
+    let mut insp = H2Inspector::new(H2Limits {
+        stream_refusals_max: 0,
+        ..H2Limits::default()
+    });
+    insp.start(ISN);
+    let b = cat(&parts[..2]);
+    assert_eq!(
+        insp.feed_segment(ISN, &b, false, judge_rules(&rules)),
+        Feed::Deny(L7Reason::Policy)
+    );
+}
+
+#[test]
+fn refused_block_leaves_the_hpack_table_as_the_client_encoded_it() {
+    // The denied block adds "x-tag: secret" (incremental indexing, 0x40) to
+    // the table; a later allowed block indexes it (0xbe = 62). The
+    // rewritten segment, decoded by a fresh decoder as the server would,
+    // gives the same table and the same later request.
+    let mut blk = req_rep(&[0x82], "/private");
+    blk.extend(lit_idx("x-tag", "secret"));
+    let mut later = req_rep(&[0x82], "/public/3");
+    later.push(0xbe);
+    let b = cat(&[
+        start(),
+        frame(HEADERS, END_HEADERS | END_STREAM, 1, &blk),
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, &later),
+    ]);
+    let (f, insp, out) = refuse_one(&b);
+    assert_eq!(f, Feed::Forward);
+    assert_eq!(insp.table().0, 1);
+    let mut blocks = Vec::new();
+    let mut rest = &out[PREFACE.len()..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        if rest[3] == HEADERS {
+            blocks.push(rest[9..9 + len].to_vec());
+        }
+        rest = &rest[9 + len..];
+    }
+    let mut server = Decoder::new();
+    let mut o = [0u8; 1024];
+    let mut fs = [Field::default(); 16];
+    let n = server.decode(&blocks[0], &mut o, &mut fs).unwrap();
+    let name = |f: &Field, o: &[u8]| o[f.name.0 as usize..(f.name.0 + f.name.1) as usize].to_vec();
+    assert_eq!(name(&fs[0], &o), b":status", "the server sees no :method");
+    assert!(!fs[..n].iter().any(|f| name(f, &o) == b":method"));
+    assert_eq!(server.table(), insp.table());
+    let n = server.decode(&blocks[1], &mut o, &mut fs).unwrap();
+    assert_eq!(name(&fs[n - 1], &o), b"x-tag");
+}
+
+/// A denied request with a one-byte `:method`, between allowed ones, fed
+/// in segments cut at every pair of offsets: each run either ends the
+/// connection or forwards everything with exactly the `:method` byte
+/// rewritten — never the denied request as sent.
+#[test]
+fn a_denied_stream_is_never_forwarded_as_sent_however_it_is_cut() {
+    let pre = cat(&[start(), get(1, "/public/1")]);
+    let at = pre.len() + 9;
+    let blk = req_rep(&[0x82], "/private");
+    // The offset of the denied block's last byte.
+    let last = at + blk.len() - 1;
+    let b = cat(&[
+        pre,
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, &blk),
+        get(5, "/public/2"),
+    ]);
+    let rules = rules();
+    let (mut refused, mut ended) = (0, 0);
+    for c1 in (1..b.len()).step_by(3) {
+        for c2 in (c1..b.len()).step_by(5) {
+            let mut insp = H2Inspector::new(H2Limits::default());
+            insp.start(ISN);
+            let mut sent = Vec::new();
+            let mut denied = false;
+            for (from, to) in [(0, c1), (c1, c2), (c2, b.len())] {
+                if from == to {
+                    continue;
+                }
+                let seq = ISN + from as u32;
+                match insp.feed_segment(seq, &b[from..to], false, judge_rules(&rules)) {
+                    Feed::Forward => {
+                        let mut seg = b[from..to].to_vec();
+                        for (off, byte) in insp.rewrites_in(seq, seg.len()) {
+                            seg[off] = byte;
+                        }
+                        sent.extend(seg);
+                    }
+                    Feed::Deny(r) => {
+                        assert_eq!(r, L7Reason::Policy);
+                        denied = true;
+                        break;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // A cut between the method byte and the block's last byte: the
+            // method went to the server before the block was complete.
+            let split = [c1, c2].iter().any(|&c| c > at && c <= last);
+            assert_eq!(denied, split, "cuts {c1} {c2}");
+            if denied {
+                assert!(sent.len() <= last, "the completing segment is dropped");
+                ended += 1;
+            } else {
+                only_changed(&b, &sent, at, 0x88);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && ended > 0, "{refused} {ended}");
+}
+
+#[test]
+fn a_block_of_more_frames_than_remembered_is_not_refused_in_place() {
+    // continuations_max raised above the 17 frames whose positions the
+    // inspector keeps: the method in the 20th frame cannot be located, the
+    // denial ends the connection.
+    let mut insp = H2Inspector::new(H2Limits {
+        continuations_max: 32,
+        ..H2Limits::default()
+    });
+    insp.start(ISN);
+    let rules = rules();
+    let mut parts = vec![
+        start(),
+        frame(HEADERS, END_STREAM, 1, &lit(":scheme", "http")),
+    ];
+    parts.push(frame(CONT, 0, 1, &lit(":path", "/private")));
+    parts.push(frame(CONT, 0, 1, &lit(":authority", "app1")));
+    for _ in 0..16 {
+        parts.push(frame(CONT, 0, 1, &[]));
+    }
+    parts.push(frame(CONT, END_HEADERS, 1, &[0x82]));
+    let b = cat(&parts);
+    assert_eq!(
+        insp.feed_segment(ISN, &b, false, judge_rules(&rules)),
+        Feed::Deny(L7Reason::Policy)
+    );
+    // The same with 16 empty CONTINUATIONs fewer: refused in place.
+    let mut insp = H2Inspector::new(H2Limits::default());
+    insp.start(ISN);
+    let b = cat(&[&parts[..4], &parts[parts.len() - 1..]].concat());
+    assert_eq!(
+        insp.feed_segment(ISN, &b, false, judge_rules(&rules)),
+        Feed::Forward
+    );
+    assert_eq!(insp.refusals().len(), 1);
+    assert_eq!(
+        insp.rewrites_in(ISN, b.len()).next(),
+        Some((b.len() - 1, 0x88))
+    );
 }

@@ -1,8 +1,11 @@
 //! HTTP/2 (h2c) under HTTP rules through `process`: a connection opening
 //! with the preface gets an HTTP/2 inspector; allowed streams are forwarded
-//! unchanged, a denied one denies the connection with an HTTP/2 answer to
-//! the client (403 HEADERS or gRPC PERMISSION_DENIED, then GOAWAY) and a
-//! RST to the server. (Helpers as in pass_l7.rs.)
+//! unchanged; a denied one whose `:method` is one byte with no HPACK table
+//! effect is refused in place (that byte becomes a `:status`, checksum
+//! fixed, the connection goes on); any other denied one denies the
+//! connection with an HTTP/2 answer to the client (403 HEADERS or gRPC
+//! PERMISSION_DENIED, then GOAWAY) and a RST to the server. (Helpers as in
+//! pass_l7.rs.)
 #![allow(dead_code)]
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use weir_dataplane::flows::FlowEvent;
@@ -455,4 +458,99 @@ fn http2_inspectors_are_bounded_and_lent_back() {
     )
     .v;
     assert!(matches!(v, Verdict::Tx { port: 1, .. }), "{v:?}");
+}
+
+/// A request block whose `:method` is the indexed field `method` (0x82
+/// GET, 0x83 POST), literals after it.
+fn headers_indexed(stream: u32, method: u8, path: &str) -> Vec<u8> {
+    let mut b = vec![method];
+    lit(&mut b, ":scheme", "http");
+    lit(&mut b, ":path", path);
+    lit(&mut b, ":authority", "app1");
+    frame(1, 5, stream, &b)
+}
+
+/// The TCP header and payload of an IPv4 frame without options.
+fn tcp_bytes(frame: &[u8]) -> &[u8] {
+    &frame[14 + 20..]
+}
+
+#[test]
+fn a_denied_stream_is_refused_in_place_and_the_connection_goes_on() {
+    let s = snap();
+    let mut st = WorkerState::new();
+    let mut seq = open(&s, &mut st);
+    // Preface, an allowed stream, a denied one (indexed GET), an allowed
+    // one, in one segment.
+    let mut b = preface();
+    b.extend(headers_indexed(1, 0x82, "/public/a"));
+    let at = b.len() + 9;
+    b.extend(headers_indexed(3, 0x82, "/private"));
+    b.extend(headers_indexed(5, 0x82, "/public/b"));
+    let r = req(&s, &mut st, seq, &b);
+    assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+    // Golden: the same segment with the denied stream's :method byte now
+    // 0x88 (:status 200), checksum right (etherparse computed the expected
+    // one), nothing else changed.
+    let mut want = b.clone();
+    want[at] = 0x88;
+    let expected = seg(0, seq, Some(SERVER_ISN + 1), false, &want);
+    assert_eq!(tcp_bytes(&r.out), tcp_bytes(&expected));
+    assert_eq!(tcp_payload(&r.out), want);
+    assert_eq!(st.l7_usage().h2_streams_refused, 1);
+    assert_eq!(st.l7_usage().denied, 1);
+    assert_eq!(st.l7_usage().h2_flows, 1, "the connection goes on");
+    let ev = events(&st);
+    let d = ev
+        .iter()
+        .find(|e| e.reason == Some(DropReason::L7Denied))
+        .expect("a denied record");
+    let note = d.l7.unwrap();
+    assert_eq!((note.method(), note.path()), ("GET", "/private"));
+    // A retransmission of the segment is rewritten the same way.
+    let r = req(&s, &mut st, seq, &b);
+    assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+    assert_eq!(tcp_bytes(&r.out), tcp_bytes(&expected));
+    assert_eq!(st.l7_usage().h2_streams_refused, 1, "counted once");
+    seq += b.len() as u32;
+    // DATA on the refused stream passes (the server reset it), and a later
+    // allowed stream is forwarded unchanged.
+    let data = frame(0, 1, 3, b"x");
+    let r = req(&s, &mut st, seq, &data);
+    assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+    seq += data.len() as u32;
+    let h = headers_indexed(7, 0x82, "/public/c");
+    let r = req(&s, &mut st, seq, &h);
+    assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+    assert_eq!(tcp_payload(&r.out), h);
+    seq += h.len() as u32;
+    // A denied request with a literal :method name still ends the
+    // connection (no same-length :status for it).
+    let h = headers(9, "GET", "/private", false);
+    let r = req(&s, &mut st, seq, &h);
+    assert!(matches!(r.v, Verdict::L7Deny { .. }), "{:?}", r.v);
+    assert_eq!(st.l7_usage().h2_flows, 0);
+}
+
+#[test]
+fn the_rewritten_byte_keeps_the_checksum_right_at_either_word_half() {
+    let mut parities = Vec::new();
+    for first in ["/public/a", "/public/aa"] {
+        let s = snap();
+        let mut st = WorkerState::new();
+        let seq = open(&s, &mut st);
+        let mut b = preface();
+        b.extend(headers_indexed(1, 0x82, first));
+        let at = b.len() + 9;
+        b.extend(headers_indexed(3, 0x83, "/private"));
+        let r = req(&s, &mut st, seq, &b);
+        assert!(matches!(r.v, Verdict::Tx { port: 1, .. }), "{:?}", r.v);
+        let mut want = b.clone();
+        want[at] = 0x88;
+        let expected = seg(0, seq, Some(SERVER_ISN + 1), false, &want);
+        assert_eq!(tcp_bytes(&r.out), tcp_bytes(&expected), "{first}");
+        parities.push(at % 2);
+    }
+    parities.sort();
+    assert_eq!(parities, [0, 1]);
 }

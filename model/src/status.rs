@@ -321,6 +321,10 @@ pub struct L7Status {
     pub head_buffers: u64,
     /// UMEM frames held until a request head is judged.
     pub held_frames: u64,
+    /// HTTP/2 streams refused in place (their `:method` rewritten, the
+    /// connection went on; docs/l7.md), since the worker started.
+    #[serde(default)]
+    pub h2_streams_refused: u64,
 }
 
 /// The frame accounting of one worker's UMEM (sampled every

@@ -2,9 +2,13 @@
 //! rules, judged inline by weir's workers, with real clients and servers:
 //! curl `--http2-prior-knowledge` against an h2c server (Python `h2`), and
 //! a gRPC client/server pair (Python `grpcio`), in pod netns. Allowed
-//! requests and calls reach the server; a denied one gets weir's HTTP/2
-//! answer (403, or gRPC PERMISSION_DENIED) and never reaches the server;
-//! the l7-denied counter moves. Needs root, curl with HTTP/2, python3 with
+//! requests and calls reach the server; a denied one never does: a GET
+//! (one-byte indexed :method) is refused in place (the server sees a
+//! request without :method; Python `h2` ends the connection), a DELETE
+//! (literal :method entering the HPACK table) and a gRPC call get weir's
+//! HTTP/2 answer (403, or PERMISSION_DENIED); the l7-denied and
+//! h2_streams_refused counters move. Per-stream refusal against nghttpd
+//! and haproxy: tests/tests/l7_h2_stream.rs. Needs root, curl with HTTP/2, python3 with
 //! h2 and grpcio (scripts/setup.sh).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,6 +103,14 @@ fn log_lines(path: &std::path::Path) -> Vec<String> {
 
 /// curl with HTTP/2 prior knowledge from a pod: "code version", body.
 fn curl_h2(c: &TestCluster, url: &str) -> (String, String) {
+    curl_h2_x(c, "GET", url)
+}
+
+/// The same with the method `-X method` (curl's HPACK encoder sends GET
+/// and POST as one indexed byte, other methods as a literal that enters
+/// the dynamic table: a denied one ends the connection with weir's 403,
+/// docs/l7.md).
+fn curl_h2_x(c: &TestCluster, method: &str, url: &str) -> (String, String) {
     let out = c.pod_exec(
         "demo",
         "app2",
@@ -108,6 +120,8 @@ fn curl_h2(c: &TestCluster, url: &str) -> (String, String) {
             "-m",
             "5",
             "--http2-prior-knowledge",
+            "-X",
+            method,
             "-w",
             "\n%{http_code} %{http_version}",
             url,
@@ -183,18 +197,30 @@ fn h2c_and_grpc_rules_inline() {
         String::from_utf8_lossy(&out.stderr)
     );
     let denied_before = c.drops("l7-denied");
+    let refused_before = counter_l7(&c, "h2_streams_refused");
     let h2_before = log_lines(&h2log).len();
 
-    // h2c: an allowed GET reaches the server over HTTP/2, a denied one gets
-    // weir's 403 (in HTTP/2) and never reaches it.
+    // h2c: an allowed GET reaches the server over HTTP/2. A denied GET is
+    // refused in place (its indexed :method rewritten into a :status,
+    // docs/l7.md): the server gets a request without :method and never
+    // serves it — Python h2 treats that as a connection error (GOAWAY
+    // PROTOCOL_ERROR), so curl's transfer fails instead of a 403. A
+    // denied DELETE (a literal :method that enters the HPACK table) ends
+    // the connection with weir's 403 (in HTTP/2).
     let (status, body) = curl_h2(&c, &url("/public/a?x=1"));
     assert_eq!(status, "200 2", "{body}");
     assert!(body.contains("served GET /public/a?x=1"), "{body}");
     let (status, body) = curl_h2(&c, &url("/private"));
+    assert!(status.starts_with("000"), "{status} {body}");
+    let refused = wait_until(|| counter_l7(&c, "h2_streams_refused") > refused_before);
+    assert!(refused, "weir did not count the refused stream");
+    let (status, body) = curl_h2_x(&c, "DELETE", &url("/public/a"));
     assert_eq!(status, "403 2", "{body}");
     let seen = log_lines(&h2log);
     assert_eq!(seen.len(), h2_before + 1, "{seen:?}");
-    assert!(!seen[h2_before..].iter().any(|l| l.contains("/private")));
+    assert!(!seen[h2_before..]
+        .iter()
+        .any(|l| l.contains("/private") || l.starts_with("DELETE")));
 
     // A denied request judged before the server has spoken still gets
     // weir's 403 over HTTP/2 (weir's answer starts with the server preface
@@ -203,7 +229,7 @@ fn h2c_and_grpc_rules_inline() {
     let slow = format!("http://{ip}:8081");
     let (status, body) = curl_h2(&c, &format!("{slow}/public/s"));
     assert_eq!(status, "200 2", "{body}");
-    let (status, body) = curl_h2(&c, &format!("{slow}/private"));
+    let (status, body) = curl_h2_x(&c, "DELETE", &format!("{slow}/public/s"));
     assert_eq!(status, "403 2", "{body}");
     assert_eq!(log_lines(&slowlog), ["GET /public/s"]);
 
@@ -221,8 +247,10 @@ fn h2c_and_grpc_rules_inline() {
     let seen = log_lines(&grpclog);
     assert_eq!(seen[g_before..], ["Get", "Get"], "{seen:?}");
 
-    // The denials were weir's: counted by the dataplane and in the flow log.
-    assert!(c.drops("l7-denied") >= denied_before + 2);
+    // The denials were weir's: counted by the dataplane and in the flow log
+    // (the DELETEs and the gRPC call end their connections: dropped
+    // segments; the refused GET is counted above).
+    assert!(c.drops("l7-denied") >= denied_before + 3);
     let flows = c.weir_json(&["flows", "-o", "json"]);
     let denied: Vec<&serde_json::Value> = flows
         .as_array()
@@ -233,9 +261,44 @@ fn h2c_and_grpc_rules_inline() {
     assert!(
         denied
             .iter()
+            .any(|r| r["l7"]["path"] == "/private" && r["l7"]["method"] == "GET"),
+        "no l7-denied record for the refused stream: {flows}"
+    );
+    assert!(
+        denied
+            .iter()
             .any(|r| r["l7"]["path"] == "/pkg.Svc/Delete" && r["l7"]["method"] == "POST"),
         "no l7-denied record for the gRPC call: {flows}"
     );
+}
+
+/// Polls `f` for up to 10 s (the workers publish counters periodically).
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Sum of the workers' `l7` counter `field` (`weir status -o json`).
+fn counter_l7(c: &TestCluster, field: &str) -> u64 {
+    let v = c.weir_json(&["status", "-o", "json"]);
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            n["status"]["dataplane"]["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .map(|w| w["l7"][field].as_u64().unwrap_or(0))
+        .sum()
 }
 
 fn frame(t: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

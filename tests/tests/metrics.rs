@@ -125,6 +125,7 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
         "weir_xsk_fill_ring_empty_total",
         "weir_xsk_rx_dropped_total",
         "weir_l7_denials_total",
+        "weir_l7_h2_streams_refused_total",
         "weir_dataplane_latency_seconds_count",
         "weir_snapshot_publish_seconds_count",
         "weir_worker_busy_seconds_total",

@@ -48,6 +48,27 @@ impl L7Out {
     }
 }
 
+/// Sets the byte at `at` of a TCP segment whose header is at `l4` and
+/// updates its checksum incrementally (RFC 1624, over the 16-bit word that
+/// holds the byte, aligned from the TCP header).
+fn patch_tcp_byte(buf: &mut [u8], l4: usize, at: usize, byte: u8) {
+    let w = l4 + ((at - l4) & !1);
+    let (Some(&[a, b]), Some(&[c0, c1])) = (
+        buf.get(w..w + 2).and_then(|s| <&[u8; 2]>::try_from(s).ok()),
+        buf.get(l4 + 16..l4 + 18)
+            .and_then(|s| <&[u8; 2]>::try_from(s).ok()),
+    ) else {
+        return;
+    };
+    let old = u16::from_be_bytes([a, b]);
+    let mut new = [a, b];
+    new[at - w] = byte;
+    let new = u16::from_be_bytes(new);
+    let sum = crate::wire::checksum::update(u16::from_be_bytes([c0, c1]), old, new);
+    buf[at] = byte;
+    buf[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// A flow event for a flow inline L7 denied (the callers fill in what they know).
 pub(super) fn l7_event(
     now: u64,
@@ -246,8 +267,31 @@ impl Pass<'_> {
             let (finished, last) = (h.finished(), h.last_request());
             return match feed {
                 Feed::Forward => {
+                    // Streams refused in place: their `:method` byte, in
+                    // this copy of the bytes and in any retransmission,
+                    // becomes a `:status` (docs/l7.md, "A denied stream is
+                    // refused"); the connection goes on.
+                    let plen = pkt.frame_len().saturating_sub(pay_at);
+                    for (off, byte) in h.rewrites_in(seq, plen) {
+                        patch_tcp_byte(buf, pkt.l4_offset, pay_at + off, byte);
+                    }
+                    let (refused, _) = h.refused();
+                    if refused > 0 {
+                        l7s.denied += refused as u64;
+                        l7s.h2_refused += refused as u64;
+                        let mut ev = l7_event(now, &pkt.key, L7Reason::Policy, note);
+                        ev.kind = FlowKind::L7;
+                        if let Some((_, _, adm)) = st.ct.peek(&pkt.key, now) {
+                            ev.egress_rule = adm.egress_rule;
+                            ev.ingress_rule = adm.ingress_rule;
+                        }
+                        ev.generation = generation;
+                        ev.src_endpoint = local_endpoint(snap, pkt.key.src);
+                        ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+                        st.flows.push(ev);
+                    }
                     if finished {
-                        l7s.free(slot);
+                        st.l7.free(slot);
                     }
                     Continue(L7Out::Pass)
                 }

@@ -125,6 +125,9 @@ pub struct L7Usage {
     pub busy: u64,
     /// HTTP/2 inspectors lent to connections now.
     pub h2_flows: usize,
+    /// HTTP/2 streams refused in place (their `:method` rewritten; the
+    /// connection went on), also counted in `denied`.
+    pub h2_streams_refused: u64,
 }
 
 /// The worker's inline-L7 state: its inspector pool, which flow owns which
@@ -162,6 +165,8 @@ pub(super) struct L7State {
     /// HTTP/2 inspectors, lent to flows whose client opened with the h2c
     /// preface (docs/l7.md, "HTTP/2").
     pub(super) h2: H2Slots,
+    /// HTTP/2 streams refused in place (docs/l7.md).
+    pub(super) h2_refused: u64,
 }
 
 /// Most HTTP/2 connections under HTTP rules open at once per worker (each
@@ -269,6 +274,7 @@ impl L7State {
             busy: 0,
             pending: vec![None; slots],
             h2: H2Slots::new(slots, slots.min(L7_H2_MAX)),
+            h2_refused: 0,
         }
     }
 
@@ -503,6 +509,7 @@ impl WorkerState {
             no_slot: l7.no_slot,
             busy: l7.busy,
             h2_flows: l7.h2.in_use(),
+            h2_streams_refused: l7.h2_refused,
         }
     }
 

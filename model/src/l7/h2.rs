@@ -21,10 +21,15 @@
 //! A server acts on a request when its header block is complete (the
 //! frame that carries END_HEADERS). So segments are forwarded until the
 //! one carrying the last byte of a block, which is judged before it goes:
-//! nothing is ever held. A denied request denies the connection (the
-//! pass drops the segment, resets the server's side and answers the
-//! client, see [`deny_reply`]); see docs/l7.md for why a single stream
-//! cannot be refused inline while the others go on.
+//! nothing is ever held. A request denied by policy whose `:method` is one
+//! table-neutral HPACK byte in that segment is refused in place: the
+//! inspector records a [`Rewrite`] of that byte into a `:status` one
+//! ([`status_for_method`]), the pass applies it to every copy of the
+//! segment it forwards, the server resets the stream and the connection
+//! goes on. Any other denied request denies the connection (the pass
+//! drops the segment, resets the server's side and answers the client,
+//! see [`deny_reply`]). docs/l7.md, "A denied stream is refused in
+//! place".
 //!
 //! Nothing here allocates after [`H2Inspector::new`], and nothing panics on
 //! any input.
@@ -54,6 +59,11 @@ pub struct H2Limits {
     pub head_max: usize,
     /// Most fields in one block.
     pub fields_max: usize,
+    /// Most streams refused in place on one connection (the `:method`
+    /// rewrite, docs/l7.md "A denied stream is refused"); a denial beyond
+    /// them (or with 0) ends the connection. Each one is remembered so that
+    /// a retransmission of its segment is rewritten the same way.
+    pub stream_refusals_max: usize,
 }
 
 impl Default for H2Limits {
@@ -64,6 +74,7 @@ impl Default for H2Limits {
             continuations_max: 16,
             head_max: 8 * 1024,
             fields_max: 100,
+            stream_refusals_max: REFUSALS_MAX,
         }
     }
 }
@@ -99,6 +110,23 @@ enum Phase {
     Skip,
     /// Collecting a HEADERS/CONTINUATION payload into `block`.
     Block,
+}
+
+/// Most streams one connection can refuse in place (the size of the
+/// inspector's rewrite table).
+pub const REFUSALS_MAX: usize = 32;
+
+/// Most frames of one header block whose position in the TCP stream is
+/// remembered (a HEADERS and 16 CONTINUATIONs at the default bounds).
+const BLOCK_FRAMES: usize = 17;
+
+/// One byte weir rewrites in the client's stream to refuse a stream: at
+/// sequence number `seq`, the `:method` representation becomes `byte`
+/// (a `:status` one of the same length).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    pub seq: u32,
+    pub byte: u8,
 }
 
 /// What the inspector knows of the last request it judged.
@@ -141,6 +169,23 @@ pub struct H2Inspector {
     out: Vec<u8>,
     fields: Vec<Field>,
     head: Vec<u8>,
+    /// Sequence number of the current frame's first payload byte.
+    payload_seq: u32,
+    /// The open block's frames: (offset in `block`, sequence number of
+    /// that byte), `block_frames_n` of them.
+    block_frames: [(u32, u32); BLOCK_FRAMES],
+    block_frames_n: usize,
+    /// The open block has more frames than `block_frames` holds.
+    block_frames_lost: bool,
+    /// The first byte of the segment being fed that was not seen before.
+    feed_from: u32,
+    /// Bytes rewritten to refuse streams (kept for the connection's life:
+    /// a retransmission is rewritten the same way).
+    rewrites: [Rewrite; REFUSALS_MAX],
+    rewrites_n: usize,
+    /// Streams refused in place by the segment being fed, and the last one.
+    refused_now: usize,
+    last_refused: LastRequest,
 }
 
 impl H2Inspector {
@@ -169,6 +214,15 @@ impl H2Inspector {
             out: vec![0; limits.head_max],
             fields: vec![Field::default(); limits.fields_max],
             head: vec![0; limits.head_max],
+            payload_seq: 0,
+            block_frames: [(0, 0); BLOCK_FRAMES],
+            block_frames_n: 0,
+            block_frames_lost: false,
+            feed_from: 0,
+            rewrites: [Rewrite::default(); REFUSALS_MAX],
+            rewrites_n: 0,
+            refused_now: 0,
+            last_refused: LastRequest::default(),
         }
     }
 
@@ -188,6 +242,33 @@ impl H2Inspector {
         self.requests = 0;
         self.last = LastRequest::default();
         self.decoder.reset();
+        self.block_frames_n = 0;
+        self.block_frames_lost = false;
+        self.rewrites_n = 0;
+        self.refused_now = 0;
+        self.last_refused = LastRequest::default();
+    }
+
+    /// Streams refused in place (their `:method` rewritten) by the last
+    /// segment fed, and the last of them.
+    pub fn refused(&self) -> (usize, LastRequest) {
+        (self.refused_now, self.last_refused)
+    }
+
+    /// Streams refused in place on this connection so far.
+    pub fn refusals(&self) -> &[Rewrite] {
+        &self.rewrites[..self.rewrites_n]
+    }
+
+    /// The rewrites that fall in a client segment of `len` payload bytes
+    /// at `seq`: (offset in the payload, new byte). The caller applies
+    /// them to every copy of those bytes it forwards (the first one and
+    /// any retransmission) and fixes the checksum.
+    pub fn rewrites_in(&self, seq: u32, len: usize) -> impl Iterator<Item = (usize, u8)> + '_ {
+        self.refusals().iter().filter_map(move |r| {
+            let off = r.seq.wrapping_sub(seq) as usize;
+            (off < len).then_some((off, r.byte))
+        })
     }
 
     /// Requests judged (allowed or denied) so far.
@@ -226,9 +307,11 @@ impl H2Inspector {
     where
         F: FnMut(&RequestHead<'_>) -> L7Verdict,
     {
+        self.refused_now = 0;
         if let Some(r) = self.denied {
             return Feed::Deny(r);
         }
+        self.feed_from = self.next_seq;
         let ahead = seq.wrapping_sub(self.next_seq) as i32;
         if ahead > 0 {
             return Feed::Drop;
@@ -343,6 +426,8 @@ impl H2Inspector {
         let stream =
             u32::from_be_bytes([self.hdr[5], self.hdr[6], self.hdr[7], self.hdr[8]]) & 0x7fff_ffff;
         self.frame = (t, fl, stream);
+        // This header's last byte is at next_seq (counted after it).
+        self.payload_seq = self.next_seq.wrapping_add(1);
         if len > self.limits.frame_max {
             return Err(L7Reason::H2TooLarge);
         }
@@ -376,6 +461,8 @@ impl H2Inspector {
                 self.block_end_stream = fl & flag::END_STREAM != 0;
                 self.continuations = 0;
                 self.frame_at = 0;
+                self.block_frames_n = 0;
+                self.block_frames_lost = false;
             }
             ty::CONTINUATION => {
                 self.continuations += 1;
@@ -433,6 +520,17 @@ impl H2Inspector {
             }
             self.block.copy_within(from..to, self.frame_at);
         }
+        // Where this frame's part of the block is in the TCP stream.
+        // (A block of more frames than remembered, possible only with
+        // `continuations_max` above 16, is never refused in place.)
+        match self.block_frames.get_mut(self.block_frames_n) {
+            Some(slot) => {
+                let skipped = (from - self.frame_at) as u32;
+                *slot = (self.frame_at as u32, self.payload_seq.wrapping_add(skipped));
+                self.block_frames_n += 1;
+            }
+            None => self.block_frames_lost = true,
+        }
         self.frame_at += to - from;
         if self.in_block {
             return Ok(());
@@ -484,8 +582,59 @@ impl H2Inspector {
             .is_some_and(|v| v.starts_with(b"application/grpc"));
         match judge(&head) {
             L7Verdict::Allow => Ok(()),
+            L7Verdict::Deny if self.refuse_stream(n, len) => Ok(()),
             L7Verdict::Deny => Err(L7Reason::Policy),
         }
+    }
+
+    /// A request of `n` decoded fields in `block[..len]` was denied by
+    /// policy: refuse only its stream if its `:method` can be rewritten in
+    /// place into a `:status` of the same length with no HPACK table
+    /// effect (docs/l7.md, "A denied stream is refused"), in the segment
+    /// being fed (not forwarded yet). Not for gRPC calls (they keep the
+    /// connection-level PERMISSION_DENIED answer).
+    fn refuse_stream(&mut self, n: usize, len: usize) -> bool {
+        if self.last.grpc
+            || self.block_frames_lost
+            || self.rewrites_n >= self.limits.stream_refusals_max.min(REFUSALS_MAX)
+        {
+            return false;
+        }
+        let Some(f) = self.fields[..n]
+            .iter()
+            .find(|f| slice(&self.out, f.name) == b":method")
+        else {
+            return false;
+        };
+        let at = f.rep as usize;
+        if at >= len {
+            return false;
+        }
+        let Some(byte) = status_for_method(self.block[at]) else {
+            return false;
+        };
+        // The block offset → its sequence number, through the frame that
+        // carries it.
+        let Some(&(off, seq)) = self.block_frames[..self.block_frames_n]
+            .iter()
+            .rev()
+            .find(|(off, _)| *off as usize <= at)
+        else {
+            return false;
+        };
+        let seq = seq.wrapping_add(at as u32 - off);
+        // Only a byte of this segment not forwarded before: an earlier
+        // segment already reached the server with the method in it.
+        if (seq.wrapping_sub(self.feed_from) as i32) < 0
+            || (seq.wrapping_sub(self.next_seq) as i32) > 0
+        {
+            return false;
+        }
+        self.rewrites[self.rewrites_n] = Rewrite { seq, byte };
+        self.rewrites_n += 1;
+        self.refused_now += 1;
+        self.last_refused = self.last;
+        true
     }
 
     /// Checks the decoded request fields and writes the equivalent HTTP/1.1
@@ -610,6 +759,29 @@ fn check_field(name: &[u8], value: &[u8]) -> Result<(), L7Reason> {
         }
         b"te" if value != b"trailers" => Err(L7Reason::H2Malformed),
         _ => Ok(()),
+    }
+}
+
+/// The same-length `:status` representation that replaces a `:method` one
+/// with no HPACK table effect, or `None` when there is none:
+/// - an indexed field in one byte (`1xxxxxxx`, index < 127: static 2 `GET`,
+///   3 `POST`, or a dynamic entry) → `0x88` (static 8, `:status: 200`);
+/// - a literal without indexing (`0000xxxx`) or never indexed
+///   (`0001xxxx`) whose name is static index 2 (`:method`) in the 4-bit
+///   prefix → the same kind with name index 8 (`:status`), the value
+///   string unchanged.
+///
+/// A literal with incremental indexing (`01xxxxxx`) adds an entry to the
+/// table: rewriting its name would make the server's table differ from the
+/// client's encoder (and weir's decoder); a multi-byte index or a literal
+/// name cannot be turned into `:status` in the same length.
+pub fn status_for_method(b: u8) -> Option<u8> {
+    if b & 0x80 != 0 {
+        (b != 0xff).then_some(0x88)
+    } else if b & 0xe0 == 0 && b & 0x0f == 2 {
+        Some((b & 0xf0) | 8)
+    } else {
+        None
     }
 }
 

@@ -162,6 +162,9 @@ impl Default for Decoder {
 pub struct Field {
     pub name: (u32, u32),
     pub value: (u32, u32),
+    /// Where the field's representation starts in the block (its first
+    /// byte tells its kind: indexed, literal with or without indexing).
+    pub rep: u32,
 }
 
 impl Decoder {
@@ -287,11 +290,13 @@ impl Decoder {
         let (mut pos, mut at, mut count) = (0usize, 0usize, 0usize);
         while pos < block.len() {
             let b = block[pos];
+            let rep = pos as u32;
             if b & 0x80 != 0 {
                 // Indexed field.
                 let i = integer(block, &mut pos, 7)?;
                 let (n, v) = self.lookup(i)?;
-                let f = push(out, &mut at, n, v)?;
+                let mut f = push(out, &mut at, n, v)?;
+                f.rep = rep;
                 *fields.get_mut(count).ok_or(HpackError::TooLarge)? = f;
                 count += 1;
             } else if b & 0xe0 == 0x20 {
@@ -323,6 +328,7 @@ impl Decoder {
                 let f = Field {
                     name: (name_at as u32, (value_at - name_at) as u32),
                     value: (value_at as u32, (at - value_at) as u32),
+                    rep,
                 };
                 if index {
                     let (n, v) = (&out[name_at..value_at], &out[value_at..at]);
@@ -353,6 +359,7 @@ fn push(out: &mut [u8], at: &mut usize, n: &[u8], v: &[u8]) -> Result<Field, Hpa
     Ok(Field {
         name: (na as u32, n.len() as u32),
         value: (va as u32, v.len() as u32),
+        rep: 0,
     })
 }
 
