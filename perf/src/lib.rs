@@ -30,6 +30,7 @@ pub mod report;
 pub mod rounds;
 pub mod rr;
 pub mod rrbreak;
+pub mod scale;
 pub mod services;
 pub mod stop;
 pub mod tools;

@@ -90,6 +90,41 @@ enum Cmd {
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
     },
+    /// The worker scaling curve, 1 → 2 workers: the same multi-flow 64-byte
+    /// UDP load through weir with one worker and with two (pod veths with
+    /// two queues), interleaved rounds, beside the generator's ceiling, the
+    /// cores consumed and the per-queue XDP counters. Writes scale.{md,json}.
+    Scale {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// Rounds, interleaved (≥ 3 for ranges).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Generator sockets, each its own source port (flows to spread).
+        #[arg(long, default_value_t = 32)]
+        flows: usize,
+        /// Measurement window (milliseconds).
+        #[arg(long, default_value_t = 3000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// Datagrams per sendmmsg.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        /// Cores of the workers (the 1-worker configuration uses the first).
+        #[arg(long, default_value = "1,0", value_delimiter = ',')]
+        worker_cores: Vec<usize>,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// More `weir up` arguments (one per flag).
+        #[arg(long = "weir-arg", allow_hyphen_values = true)]
+        weir_args: Vec<String>,
+    },
     /// The paper's Fig. 5 scenarios: kernel, kernel+nftables,
     /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
     /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
@@ -412,6 +447,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rep = weir_perf::rrbreak::run(&o)?;
             print!("{}", rep.markdown());
             println!("\nwritten: {}", o.out.join("rr.md").display());
+            Ok(())
+        }
+        Cmd::Scale {
+            out,
+            reps,
+            flows,
+            window_ms,
+            warmup_ms,
+            batch,
+            load_core,
+            worker_cores,
+            mode,
+            weir,
+            weir_args,
+        } => {
+            let o = weir_perf::scale::ScaleOptions {
+                out,
+                reps,
+                flows,
+                window: Duration::from_millis(window_ms),
+                warmup: Duration::from_millis(warmup_ms),
+                batch,
+                load_core,
+                worker_cores,
+                mode,
+                weir: fastpath::weir_binary(weir.as_deref())?,
+                weir_args,
+            };
+            let rep = weir_perf::scale::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("scale.md").display());
             Ok(())
         }
         Cmd::Paper {
