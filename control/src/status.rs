@@ -312,6 +312,18 @@ fn ports_mode(dp: &DataplaneStatus) -> String {
             "busy poll: SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET set (--busy-poll)"
         );
     }
+    if dp.poll == weir_model::status::PollMode::Adaptive && dp.config.idle_spin_us > 0 {
+        let _ = writeln!(
+            out,
+            "adaptive: spins {} µs after the last frame{}, then sleeps in poll",
+            dp.config.idle_spin_us,
+            if dp.config.idle_yield {
+                ", yielding the core each empty round"
+            } else {
+                ""
+            }
+        );
+    }
     out
 }
 

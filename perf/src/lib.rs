@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod fastpath;
 pub mod grpc;
 pub mod http;
+pub mod idle;
 pub mod kernel;
 // sendmmsg/recvmmsg and AF_PACKET through libc; every block says why it holds.
 #[allow(unsafe_code)]

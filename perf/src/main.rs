@@ -125,6 +125,35 @@ enum Cmd {
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
     },
+    /// Adaptive polling's idle handback: two nodes whose workers share one
+    /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
+    /// kernel's vxlan overlay, interleaved rounds: inter-node RR, intra-node
+    /// RR and UDP pps, cores used. Writes idle.{md,json}.
+    Idle {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// weir settings: SPIN µs, with `:noyield` for a plain spin
+        /// (50:noyield is the spin before the handback change).
+        #[arg(long, default_value = "50:noyield,50,20,10", value_delimiter = ',')]
+        variants: Vec<String>,
+        /// Round trips per RR run (a tenth more as warm-up).
+        #[arg(long, default_value_t = 5000)]
+        count: u64,
+        /// UDP window (milliseconds).
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Skip the kernel vxlan reference.
+        #[arg(long)]
+        no_kernel: bool,
+    },
     /// The paper's Fig. 5 scenarios: kernel, kernel+nftables,
     /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
     /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
@@ -478,6 +507,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rep = weir_perf::scale::run(&o)?;
             print!("{}", rep.markdown());
             println!("\nwritten: {}", o.out.join("scale.md").display());
+            Ok(())
+        }
+        Cmd::Idle {
+            out,
+            reps,
+            variants,
+            count,
+            window_ms,
+            load_core,
+            worker_core,
+            weir,
+            no_kernel,
+        } => {
+            let o = weir_perf::idle::IdleOptions {
+                out,
+                reps,
+                variants: variants
+                    .iter()
+                    .map(|v| weir_perf::idle::Variant::parse(v))
+                    .collect::<anyhow::Result<_>>()?,
+                count,
+                window: Duration::from_millis(window_ms),
+                load_core,
+                worker_core,
+                weir: fastpath::weir_binary(weir.as_deref())?,
+                no_kernel,
+            };
+            let rep = weir_perf::idle::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("idle.md").display());
             Ok(())
         }
         Cmd::Paper {
