@@ -112,6 +112,14 @@ fn worker_latency(w: &WeirCluster) -> anyhow::Result<(Option<LatencySummary>, Ve
     Ok((lat, stages))
 }
 
+/// One weir round: the RR (and its split), the worker's time-in-dataplane
+/// and breakdown stages.
+type WeirRr = (
+    (RrResult, Option<PeerRx>),
+    Option<LatencySummary>,
+    Vec<Stage>,
+);
+
 fn weir_once(
     o: &RrOptions,
     bin: &Path,
@@ -119,11 +127,7 @@ fn weir_once(
     mode: &str,
     breakdown: bool,
     busy_poll: bool,
-) -> anyhow::Result<(
-    (RrResult, Option<PeerRx>),
-    Option<LatencySummary>,
-    Vec<Stage>,
-)> {
+) -> anyhow::Result<WeirRr> {
     let name = format!("prr{}{}", std::process::id(), &mode[..1]);
     let mut extra: Vec<&str> = o.weir_args.iter().map(String::as_str).collect();
     if breakdown {
