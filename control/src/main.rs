@@ -124,12 +124,12 @@ impl DataplaneFlags {
             v.push("--busy-poll".to_string());
         }
         node_dataplane::check_idle_spin_us(self.idle_spin_us)?;
-        v.extend([
-            "--idle-spin-us".to_string(),
-            self.idle_spin_us.to_string(),
-            "--idle-yield".to_string(),
-            self.idle_yield.to_string(),
-        ]);
+        if self.idle_spin_us != weir_dataplane::runtime::ADAPTIVE_IDLE_AFTER.as_micros() as u64 {
+            v.extend(["--idle-spin-us".to_string(), self.idle_spin_us.to_string()]);
+        }
+        if !self.idle_yield {
+            v.extend(["--idle-yield".to_string(), "false".to_string()]);
+        }
         Ok(v)
     }
 }

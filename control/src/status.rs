@@ -344,6 +344,28 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_idle_spin_shown() {
+        let mut st = status(json!({}), json!({}));
+        let text = render(&st);
+        // An old daemon's reply (no idle_spin_us) prints no spin line.
+        assert!(!text.contains("adaptive: spins"), "{text}");
+        let dp = st.nodes[0]
+            .status
+            .as_mut()
+            .unwrap()
+            .dataplane
+            .as_mut()
+            .unwrap();
+        dp.config.idle_spin_us = 20;
+        dp.config.idle_yield = true;
+        let text = render(&st);
+        assert!(
+            text.contains("adaptive: spins 20 µs after the last frame, yielding the core each empty round, then sleeps in poll"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn kernel_drops_are_drops() {
         let k =
             json!({"fill_ring_empty": 221, "rx_dropped": 221, "rx_ring_full": 0, "tx_invalid": 0});
