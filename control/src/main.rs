@@ -73,6 +73,15 @@ struct DataplaneFlags {
     /// (docs/performance.md). Off by default.
     #[arg(long)]
     busy_poll: bool,
+    /// Adaptive polling: how long a worker spins after its last frame before it sleeps in
+    /// poll(), µs (0: sleep after the first empty round). See docs/performance.md.
+    #[arg(long, default_value_t = weir_dataplane::runtime::ADAPTIVE_IDLE_AFTER.as_micros() as u64)]
+    idle_spin_us: u64,
+    /// Adaptive polling: yield the core (sched_yield) on every empty round while spinning,
+    /// so a co-located node's worker or an application runs first (`--idle-yield false`:
+    /// plain spin).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    idle_yield: bool,
 }
 
 /// `--encrypt`: encryption between nodes.
@@ -113,6 +122,13 @@ impl DataplaneFlags {
         }
         if self.busy_poll {
             v.push("--busy-poll".to_string());
+        }
+        node_dataplane::check_idle_spin_us(self.idle_spin_us)?;
+        if self.idle_spin_us != weir_dataplane::runtime::ADAPTIVE_IDLE_AFTER.as_micros() as u64 {
+            v.extend(["--idle-spin-us".to_string(), self.idle_spin_us.to_string()]);
+        }
+        if !self.idle_yield {
+            v.extend(["--idle-yield".to_string(), "false".to_string()]);
         }
         Ok(v)
     }
@@ -1197,6 +1213,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         latency_breakdown: dp.latency_breakdown,
                         zero_copy: dp.zero_copy,
                         busy_poll: dp.busy_poll,
+                        idle_spin_us: node_dataplane::check_idle_spin_us(dp.idle_spin_us)?,
+                        idle_yield: dp.idle_yield,
                     })
                 }
             }

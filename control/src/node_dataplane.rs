@@ -38,6 +38,18 @@ pub struct Options {
     pub zero_copy: bool,
     /// Socket busy polling (`--busy-poll`).
     pub busy_poll: bool,
+    /// Adaptive polling's spin after the last frame (`--idle-spin-us`).
+    pub idle_spin_us: u64,
+    /// Adaptive polling yields on empty rounds (`--idle-yield`).
+    pub idle_yield: bool,
+}
+
+/// Checks `--idle-spin-us`: at most
+/// [`weir_dataplane::runtime::MAX_IDLE_SPIN_US`].
+pub fn check_idle_spin_us(us: u64) -> anyhow::Result<u64> {
+    let max = weir_dataplane::runtime::MAX_IDLE_SPIN_US;
+    anyhow::ensure!(us <= max, "--idle-spin-us: {us} is above {max}");
+    Ok(us)
 }
 
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
@@ -164,6 +176,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         latency_breakdown: opts.latency_breakdown,
         zero_copy: opts.zero_copy,
         busy_poll: opts.busy_poll,
+        idle_spin: std::time::Duration::from_micros(opts.idle_spin_us),
+        idle_yield: opts.idle_yield,
         // Connections kept across a dataplane kill (docs/reliability.md).
         checkpoint: Some(weir_dataplane::runtime::CheckpointConfig {
             path: state.node_dir(&opts.node).join("conntrack.ckpt"),

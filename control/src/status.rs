@@ -312,6 +312,18 @@ fn ports_mode(dp: &DataplaneStatus) -> String {
             "busy poll: SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET set (--busy-poll)"
         );
     }
+    if dp.poll == weir_model::status::PollMode::Adaptive && dp.config.idle_spin_us > 0 {
+        let _ = writeln!(
+            out,
+            "adaptive: spins {} µs after the last frame{}, then sleeps in poll",
+            dp.config.idle_spin_us,
+            if dp.config.idle_yield {
+                ", yielding the core each empty round"
+            } else {
+                ""
+            }
+        );
+    }
     out
 }
 
@@ -329,6 +341,28 @@ mod tests {
                 "frames": {"total": 100, "free": 60, "fill": 40, "tx": 0, "held": 0,
                     "unaccounted": 0, "fill_floor": 20, "sockets_hot": 0}}]}}}]});
         serde_json::from_value(v).expect("a status reply")
+    }
+
+    #[test]
+    fn adaptive_idle_spin_shown() {
+        let mut st = status(json!({}), json!({}));
+        let text = render(&st);
+        // An old daemon's reply (no idle_spin_us) prints no spin line.
+        assert!(!text.contains("adaptive: spins"), "{text}");
+        let dp = st.nodes[0]
+            .status
+            .as_mut()
+            .unwrap()
+            .dataplane
+            .as_mut()
+            .unwrap();
+        dp.config.idle_spin_us = 20;
+        dp.config.idle_yield = true;
+        let text = render(&st);
+        assert!(
+            text.contains("adaptive: spins 20 µs after the last frame, yielding the core each empty round, then sleeps in poll"),
+            "{text}"
+        );
     }
 
     #[test]

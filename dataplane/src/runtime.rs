@@ -55,10 +55,15 @@ use crate::worker::{Control, Worker, WorkerConfig};
 use crate::xsk::{self, WorkerUmem, XskError};
 use crate::Snapshot;
 
-/// Adaptive polling: empty rounds before a worker may sleep.
-pub const ADAPTIVE_IDLE_ROUNDS: u32 = 256;
-/// Adaptive polling: time without traffic before a worker sleeps.
-pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(50);
+/// Adaptive polling: empty rounds before a worker may sleep (each one has
+/// looked at every socket; the time below is what bounds the spin).
+pub const ADAPTIVE_IDLE_ROUNDS: u32 = 2;
+/// Adaptive polling: time without traffic before a worker sleeps
+/// (`--idle-spin-us`; docs/performance.md, "Adaptive idle handback").
+/// Until issue 22 part 2 it was 50 µs and 256 empty rounds, without yields.
+pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(20);
+/// Longest accepted `--idle-spin-us`.
+pub const MAX_IDLE_SPIN_US: u64 = 10_000;
 /// Longest single sleep; bounds how late a worker sees a stop or new socket.
 pub const MAX_SLEEP_MS: i32 = 10;
 
@@ -118,6 +123,13 @@ pub struct DataplaneConfig {
     /// ([`crate::checkpoint`]): loaded at start, written by
     /// [`Dataplane::write_checkpoint`]. `None`: not kept.
     pub checkpoint: Option<CheckpointConfig>,
+    /// Adaptive polling: spin this long after the last frame, then sleep
+    /// in `poll` ([`ADAPTIVE_IDLE_AFTER`] by default).
+    pub idle_spin: Duration,
+    /// Adaptive polling: `sched_yield` on every empty round while spinning,
+    /// so another thread runnable on the core (a co-located node's worker,
+    /// an application) runs first. On by default.
+    pub idle_yield: bool,
 }
 
 /// Where the checkpoint lives and whose it is.
@@ -168,6 +180,8 @@ impl Default for DataplaneConfig {
             wireguard: None,
             latency_breakdown: false,
             checkpoint: None,
+            idle_spin: ADAPTIVE_IDLE_AFTER,
+            idle_yield: true,
         }
     }
 }
@@ -391,7 +405,8 @@ impl Dataplane {
                 batch: cfg.batch,
                 poll: cfg.poll,
                 idle_rounds: ADAPTIVE_IDLE_ROUNDS,
-                idle_after: ADAPTIVE_IDLE_AFTER,
+                idle_after: cfg.idle_spin,
+                idle_yield: cfg.idle_yield,
                 sleep_ms: MAX_SLEEP_MS,
                 budget,
                 breakdown: cfg.latency_breakdown,
@@ -716,6 +731,8 @@ impl Dataplane {
                 xdp_mode: format!("{:?}", self.cfg.xdp_mode).to_lowercase(),
                 zero_copy: self.cfg.zero_copy,
                 busy_poll: self.cfg.busy_poll,
+                idle_spin_us: self.cfg.idle_spin.as_micros() as u64,
+                idle_yield: self.cfg.idle_yield,
             },
             workers,
             totals,

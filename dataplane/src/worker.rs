@@ -58,6 +58,8 @@ pub struct WorkerConfig {
     pub idle_rounds: u32,
     /// ...and time without traffic before it does.
     pub idle_after: Duration,
+    /// Adaptive: yield the core on every empty round until then.
+    pub idle_yield: bool,
     /// Longest sleep in `poll`; bounds how late a stop or a new socket is seen.
     pub sleep_ms: i32,
     /// How many frames each socket's fill ring gets (the UMEM's plan).
@@ -384,6 +386,13 @@ impl Worker {
                 if sleep {
                     self.sleep();
                     prev.1 = RoundKind::Slept;
+                } else if self.cfg.idle_yield && self.cfg.poll == PollMode::Adaptive {
+                    // Adaptive handback: an empty round gives the core to
+                    // any other thread runnable on it (a co-located node's
+                    // worker, the application about to answer) and returns
+                    // at once when there is none. Never per frame: only
+                    // rounds that moved nothing yield.
+                    std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
                 }

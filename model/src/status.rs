@@ -15,9 +15,9 @@ pub enum PollMode {
     Busy,
     /// Sleep in `poll` on the sockets whenever a round finds nothing.
     Wakeup,
-    /// Spin while frames flow; after [`ADAPTIVE_IDLE_ROUNDS`] empty rounds
-    /// and [`ADAPTIVE_IDLE_AFTER`] without traffic, sleep in `poll` until a
-    /// socket has frames.
+    /// Spin while frames flow; after a few empty rounds and `--idle-spin-us`
+    /// (20 µs) without traffic, sleep in `poll` until a socket has frames;
+    /// while spinning idle, yield the core each empty round (`--idle-yield`).
     #[default]
     Adaptive,
 }
@@ -161,6 +161,12 @@ pub struct ConfigStatus {
     pub zero_copy: bool,
     /// Socket busy polling (`--busy-poll`).
     pub busy_poll: bool,
+    /// Adaptive polling: how long a worker spins after its last frame
+    /// before it sleeps in `poll` (`--idle-spin-us`), µs...
+    pub idle_spin_us: u64,
+    /// ...yielding its core (`sched_yield`) on every empty round while it
+    /// spins (`--idle-yield`).
+    pub idle_yield: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod fastpath;
 pub mod grpc;
 pub mod http;
+pub mod idle;
 pub mod kernel;
 // sendmmsg/recvmmsg and AF_PACKET through libc; every block says why it holds.
 #[allow(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod report;
 pub mod rounds;
 pub mod rr;
 pub mod rrbreak;
+pub mod scale;
 pub mod services;
 pub mod stop;
 pub mod tools;

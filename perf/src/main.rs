@@ -90,6 +90,70 @@ enum Cmd {
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
     },
+    /// The worker scaling curve, 1 → 2 workers: the same multi-flow 64-byte
+    /// UDP load through weir with one worker and with two (pod veths with
+    /// two queues), interleaved rounds, beside the generator's ceiling, the
+    /// cores consumed and the per-queue XDP counters. Writes scale.{md,json}.
+    Scale {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// Rounds, interleaved (≥ 3 for ranges).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Generator sockets, each its own source port (flows to spread).
+        #[arg(long, default_value_t = 32)]
+        flows: usize,
+        /// Measurement window (milliseconds).
+        #[arg(long, default_value_t = 3000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// Datagrams per sendmmsg.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        /// Cores of the workers (the 1-worker configuration uses the first).
+        #[arg(long, default_value = "1,0", value_delimiter = ',')]
+        worker_cores: Vec<usize>,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// More `weir up` arguments (one per flag).
+        #[arg(long = "weir-arg", allow_hyphen_values = true)]
+        weir_args: Vec<String>,
+    },
+    /// Adaptive polling's idle handback: two nodes whose workers share one
+    /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
+    /// kernel's vxlan overlay, interleaved rounds: inter-node RR, intra-node
+    /// RR and UDP pps, cores used. Writes idle.{md,json}.
+    Idle {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// weir settings: SPIN µs, with `:noyield` for a plain spin
+        /// (50:noyield is the spin before the handback change).
+        #[arg(long, default_value = "50:noyield,50,20,10", value_delimiter = ',')]
+        variants: Vec<String>,
+        /// Round trips per RR run (a tenth more as warm-up).
+        #[arg(long, default_value_t = 5000)]
+        count: u64,
+        /// UDP window (milliseconds).
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// Skip the kernel vxlan reference.
+        #[arg(long)]
+        no_kernel: bool,
+    },
     /// The paper's Fig. 5 scenarios: kernel, kernel+nftables,
     /// kernel+haproxy L7 detour, OVS AF_XDP+conntrack, weir with and without
     /// the L3/L4 policy; UDP pps + CPU, TCP bulk, TCP RR, HTTP, rule scaling,
@@ -412,6 +476,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rep = weir_perf::rrbreak::run(&o)?;
             print!("{}", rep.markdown());
             println!("\nwritten: {}", o.out.join("rr.md").display());
+            Ok(())
+        }
+        Cmd::Scale {
+            out,
+            reps,
+            flows,
+            window_ms,
+            warmup_ms,
+            batch,
+            load_core,
+            worker_cores,
+            mode,
+            weir,
+            weir_args,
+        } => {
+            let o = weir_perf::scale::ScaleOptions {
+                out,
+                reps,
+                flows,
+                window: Duration::from_millis(window_ms),
+                warmup: Duration::from_millis(warmup_ms),
+                batch,
+                load_core,
+                worker_cores,
+                mode,
+                weir: fastpath::weir_binary(weir.as_deref())?,
+                weir_args,
+            };
+            let rep = weir_perf::scale::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("scale.md").display());
+            Ok(())
+        }
+        Cmd::Idle {
+            out,
+            reps,
+            variants,
+            count,
+            window_ms,
+            load_core,
+            worker_core,
+            weir,
+            no_kernel,
+        } => {
+            let o = weir_perf::idle::IdleOptions {
+                out,
+                reps,
+                variants: variants
+                    .iter()
+                    .map(|v| weir_perf::idle::Variant::parse(v))
+                    .collect::<anyhow::Result<_>>()?,
+                count,
+                window: Duration::from_millis(window_ms),
+                load_core,
+                worker_core,
+                weir: fastpath::weir_binary(weir.as_deref())?,
+                no_kernel,
+            };
+            let rep = weir_perf::idle::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("idle.md").display());
             Ok(())
         }
         Cmd::Paper {

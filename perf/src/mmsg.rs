@@ -277,6 +277,68 @@ impl PacketBlaster {
     }
 }
 
+/// `SO_TIMESTAMPNS` on: the kernel stamps received skbs (CLOCK_REALTIME,
+/// where the frame enters the receiving device's stack: `netif_rx` /
+/// `netif_receive_skb`) and `recv_stamped` returns the stamp of the data read.
+pub fn enable_rx_timestamps(sock: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One `recvmsg` into `buf`: bytes read and the software RX stamp of the
+/// data (ns since the epoch, CLOCK_REALTIME) when the kernel gave one
+/// (`SCM_TIMESTAMPNS`; TCP gives the stamp of the last skb read).
+pub fn recv_stamped(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    // Room for one cmsg carrying a timespec, 8-aligned.
+    let mut ctrl = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero bytes are valid.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctrl.as_mut_ptr().cast();
+    m.msg_controllen = std::mem::size_of_val(&ctrl) as _;
+    // SAFETY: `m` points at `iov` (into `buf`) and `ctrl`, both alive and
+    // unmoved during the call; the kernel writes at most their lengths.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut m, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled
+    // (bounded by `msg_controllen`, which it set); a SCM_TIMESTAMPNS cmsg
+    // carries one timespec, read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&m, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
 /// `if_nametoindex(3)` in the calling thread's namespace (0: no such interface).
 pub fn ifindex(name: &str) -> i32 {
     let Ok(c) = std::ffi::CString::new(name) else {

@@ -23,7 +23,7 @@ use weir_model::status::LatencySummary;
 use crate::kernel::KernelPath;
 use crate::report::Host;
 use crate::rounds::{cell, stats};
-use crate::rr::{self, RrParams, RrResult};
+use crate::rr::{self, PeerRx, RrParams, RrResult};
 use crate::weir::WeirCluster;
 use crate::{paper, pin, stop};
 
@@ -63,6 +63,10 @@ pub struct RrSample {
     /// weir's time-in-dataplane per frame (batch RX to the end of its kick).
     pub dataplane_ns: Option<LatencySummary>,
     pub stages: Vec<Stage>,
+    /// With `--breakdown`: the round trip split at the receivers' RX
+    /// stamps (every configuration, the kernel path's too).
+    #[serde(default)]
+    pub peer_rx: Option<PeerRx>,
     pub error: Option<String>,
 }
 
@@ -80,7 +84,7 @@ pub struct RrReport {
 
 const RR_PORT: u16 = 9001;
 
-fn rr_once(c: &weir_topo::Cluster, o: &RrOptions) -> anyhow::Result<RrResult> {
+fn rr_once(c: &weir_topo::Cluster, o: &RrOptions) -> anyhow::Result<(RrResult, Option<PeerRx>)> {
     let src = c.pod("paper", "app2").context("pod paper/app2")?;
     let dst = c.pod("paper", "app1").context("pod paper/app1")?;
     let ip = dst.ipv4.context("app1 has no IPv4")?;
@@ -90,7 +94,13 @@ fn rr_once(c: &weir_topo::Cluster, o: &RrOptions) -> anyhow::Result<RrResult> {
         load_core: o.load_core,
         timeout: Duration::from_secs(5),
     };
-    rr::run(&src.netns, &dst.netns, SocketAddr::from((ip, RR_PORT)), &p)
+    let to = SocketAddr::from((ip, RR_PORT));
+    if o.breakdown {
+        let (r, split) = rr::run_stamped(&src.netns, &dst.netns, to, &p)?;
+        Ok((r, Some(split)))
+    } else {
+        Ok((rr::run(&src.netns, &dst.netns, to, &p)?, None))
+    }
 }
 
 /// The first worker's time-in-dataplane and breakdown stages.
@@ -102,6 +112,14 @@ fn worker_latency(w: &WeirCluster) -> anyhow::Result<(Option<LatencySummary>, Ve
     Ok((lat, stages))
 }
 
+/// One weir round: the RR (and its split), the worker's time-in-dataplane
+/// and breakdown stages.
+type WeirRr = (
+    (RrResult, Option<PeerRx>),
+    Option<LatencySummary>,
+    Vec<Stage>,
+);
+
 fn weir_once(
     o: &RrOptions,
     bin: &Path,
@@ -109,7 +127,7 @@ fn weir_once(
     mode: &str,
     breakdown: bool,
     busy_poll: bool,
-) -> anyhow::Result<(RrResult, Option<LatencySummary>, Vec<Stage>)> {
+) -> anyhow::Result<WeirRr> {
     let name = format!("prr{}{}", std::process::id(), &mode[..1]);
     let mut extra: Vec<&str> = o.weir_args.iter().map(String::as_str).collect();
     if breakdown {
@@ -174,7 +192,10 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
             rr_once(&k.cluster, o)
         })();
         match r {
-            Ok(r) => s.rr = Some(r),
+            Ok((r, split)) => {
+                s.rr = Some(r);
+                s.peer_rx = split;
+            }
             Err(e) => s.error = Some(format!("{e:#}")),
         }
         eprintln!("round {}: kernel done", round + 1);
@@ -199,8 +220,9 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
                     ..Default::default()
                 };
                 match weir_once(o, bin, &manifest, mode, bd, bp) {
-                    Ok((r, lat, st)) => {
+                    Ok(((r, split), lat, st)) => {
                         s.rr = Some(r);
+                        s.peer_rx = split;
                         s.dataplane_ns = lat;
                         s.stages = st;
                     }
@@ -274,9 +296,9 @@ impl RrReport {
         );
         let _ = writeln!(
             s,
-            "| config | RR p50 | RR p99 | RR p99.9 | p99 ÷ kernel | weir per frame p50 / p99 | rx_wait p50 / p99 | pass p50 / p99 | tx_kick p50 / p99 | batches |"
+            "| config | RR p50 | RR p99 | RR p99.9 | p99 ÷ kernel | weir per frame p50 / p99 | rx_wait p50 / p99 | pass p50 / p99 | tx_kick p50 / p99 | batches | to peer RX p50 / p99 | peer RX → app p50 / p99 | RR mean = 2 × (to RX + RX → app) |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let kernel_p99 = |rep: usize| {
             self.of("kernel")
                 .find(|k| k.rep == rep)
@@ -316,9 +338,44 @@ impl RrReport {
                     .find(|st| st.stage == "pass")
                     .map(|st| st.ns.count as f64)
             }));
+            let leg = |f: fn(&PeerRx) -> &rr::Leg| {
+                if self.of(c).all(|x| x.peer_rx.is_none()) {
+                    "—".to_string()
+                } else {
+                    let q = |g: fn(&rr::Leg) -> f64| {
+                        cell(
+                            stats(
+                                self.of(c)
+                                    .filter_map(|x| x.peer_rx.as_ref().map(|p| g(f(p)))),
+                            ),
+                            1,
+                        )
+                    };
+                    format!("{} / {}", q(|l| l.p50_us), q(|l| l.p99_us))
+                }
+            };
+            let means = if self.of(c).all(|x| x.peer_rx.is_none()) {
+                "—".to_string()
+            } else {
+                let q = |g: fn(&PeerRx) -> f64| {
+                    cell(
+                        stats(self.of(c).filter_map(|x| x.peer_rx.as_ref().map(g))),
+                        1,
+                    )
+                };
+                format!(
+                    "{} = 2 × ({} + {})",
+                    cell(
+                        stats(self.of(c).filter_map(|x| x.rr.as_ref().map(|r| r.mean_us))),
+                        1
+                    ),
+                    q(|p| p.to_peer_rx.mean_us),
+                    q(|p| p.rx_to_app.mean_us)
+                )
+            };
             let _ = writeln!(
                 s,
-                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 rr(|r| r.p50_us),
                 rr(|r| r.p99_us),
                 rr(|r| r.p999_us),
@@ -332,11 +389,14 @@ impl RrReport {
                 pair("pass"),
                 pair("tx_kick"),
                 cell(batches, 0),
+                leg(|p| &p.to_peer_rx),
+                leg(|p| &p.rx_to_app),
+                means,
             );
         }
         let _ = writeln!(
             s,
-            "\nStages are per batch (one RR round trip crosses the worker twice, one frame per batch): rx_wait = from the worker's previous look at its rings (previous round, or wake-up from poll) to this batch's RX, an upper bound of the frame's wait; pass = the pass over the batch and producing its TX descriptors; tx_kick = the round's sendto kicks (copy mode: the kernel transmits in it, the peer veth's RX included). The rest of a round trip is the kernel's: the client's and server's stacks and the veth hops into weir's XDP program."
+            "\nStages are per batch (one RR round trip crosses the worker twice, one frame per batch): rx_wait = from the worker's previous look at its rings (previous round, or wake-up from poll) to this batch's RX, an upper bound of the frame's wait; pass = the pass over the batch and producing its TX descriptors; tx_kick = the round's sendto kicks (copy mode: the kernel transmits in it, the peer veth's RX included). The rest of a round trip is the kernel's: the client's and server's stacks and the veth hops into weir's XDP program. With --breakdown every configuration's ping-pong reads with recvmsg and SO_TIMESTAMPNS: to peer RX = from the sender's write (request) or the server's read return (reply, its write included) to the software RX stamp the kernel put on the frame where it entered the receiving pod's stack (netif_rx on the pod veth); peer RX → app = from that stamp to the receiver's recvmsg returning (the pod's softirq, TCP, the wake-up). Both legs twice per round trip, one CLOCK_REALTIME throughout, so the mean round trip is 2 × (to RX + RX → app) up to rounding (the client's histogram uses the monotonic clock)."
         );
         for x in &self.samples {
             if let Some(e) = &x.error {

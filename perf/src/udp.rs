@@ -73,13 +73,32 @@ pub fn run_to(
     send_to: SocketAddrV4,
     p: &UdpParams,
 ) -> anyhow::Result<UdpResult> {
+    run_flows_to(src_netns, dst_netns, bind, send_to, p, 1)
+}
+
+/// [`run_to`] with `flows` generator sockets (each its own source port, so
+/// its own 5-tuple: a sender's TX queue pick and a NIC's RSS hash spread
+/// them over queues); the generator sends one `sendmmsg` batch on each in
+/// turn, from one thread.
+pub fn run_flows_to(
+    src_netns: &str,
+    dst_netns: &str,
+    bind: SocketAddrV4,
+    send_to: SocketAddrV4,
+    p: &UdpParams,
+    flows: usize,
+) -> anyhow::Result<UdpResult> {
     let dst = send_to;
     let rx = weir_topo::netns::run_in(dst_netns, || UdpSocket::bind(bind))?
         .with_context(|| format!("bind udp {bind} in {dst_netns}"))?;
     rx.set_read_timeout(Some(Duration::from_millis(50)))?;
     set_rcvbuf(&rx, 32 << 20);
-    let tx = weir_topo::netns::run_in(src_netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
-        .with_context(|| format!("bind udp socket in {src_netns}"))?;
+    let txs = weir_topo::netns::run_in(src_netns, || {
+        (0..flows.max(1))
+            .map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })?
+    .with_context(|| format!("bind udp socket in {src_netns}"))?;
 
     let sent = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -119,13 +138,18 @@ pub fn run_to(
         let generator = s.spawn(|| -> anyhow::Result<()> {
             pin::pin(p.load_core)?;
             let mut batch = SendBatch::new(dst, p.payload, p.batch);
-            while !done.load(Ordering::Relaxed) {
-                match batch.send(&tx) {
-                    Ok(n) => {
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
+            'gen: loop {
+                for tx in &txs {
+                    if done.load(Ordering::Relaxed) {
+                        break 'gen;
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    match batch.send(tx) {
+                        Ok(n) => {
+                            sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }

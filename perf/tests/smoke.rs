@@ -1,4 +1,4 @@
-//! End to end, short: `weir-perf fastpath` (and `paper`, `services`) with
+//! End to end, short: `weir-perf fastpath` (and `paper`, `services`, `scale`, `idle`, `rr --breakdown`) with
 //! tiny windows must produce a number for every configuration, and weir's
 //! worker counters must move.
 //! No timing assertions (the machine is shared): only that it all ran.
@@ -428,5 +428,163 @@ fn wireguard_short_end_to_end() {
     let ns = String::from_utf8_lossy(&ns.stdout);
     let tag = format!("wgp{}", pid % 100_000);
     assert!(!ns.contains(&tag), "namespaces left behind: {ns}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Whether a namespace whose name contains `tag` is left.
+fn netns_left(tag: &str) -> bool {
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&ns.stdout).contains(tag)
+}
+
+#[test]
+fn scale_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-scale-smoke-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "scale",
+            "--reps",
+            "1",
+            "--window-ms",
+            "300",
+            "--warmup-ms",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir-perf scale");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("weir-perf scale");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "weir-perf scale failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("scale.json")).expect("scale.json"))
+            .expect("JSON");
+    let samples = json["samples"].as_array().expect("samples");
+    for (cfg, workers) in [("weir-1w", 1), ("weir-2w", 2)] {
+        let s = samples
+            .iter()
+            .find(|s| s["config"] == cfg)
+            .unwrap_or_else(|| panic!("{cfg} missing: {json}"));
+        assert_eq!(s["error"], serde_json::Value::Null, "{cfg}: {s}");
+        assert!(s["udp"]["received"].as_u64().unwrap_or(0) > 0, "{cfg}: {s}");
+        let w = s["per_worker"].as_array().expect("per_worker");
+        assert_eq!(w.len(), workers, "{cfg}: {s}");
+        // 32 flows over two queues: both queues' XDP counters moved, and
+        // with two workers both received frames (one queue each).
+        let q = s["queue_xdp_packets"].as_array().expect("queues");
+        assert!(
+            q.len() == 2 && q.iter().all(|n| n.as_u64().unwrap_or(0) > 0),
+            "{cfg}: {s}"
+        );
+        assert!(
+            w.iter().all(|w| w["rx_packets"].as_u64().unwrap_or(0) > 0),
+            "{cfg}: {s}"
+        );
+    }
+    assert!(!netns_left(&format!("psc{pid}")), "namespaces left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn idle_and_rr_breakdown_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-idle-smoke-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "idle",
+            "--reps",
+            "1",
+            "--variants",
+            "10",
+            "--no-kernel",
+            "--count",
+            "200",
+            "--window-ms",
+            "300",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir-perf idle");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("weir-perf idle");
+    assert!(
+        run.status.success(),
+        "weir-perf idle failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("idle.json")).expect("idle.json"))
+            .expect("JSON");
+    let s = &json["samples"][0];
+    assert_eq!(s["config"], "weir-spin10+yield", "{json}");
+    assert_eq!(s["error"], serde_json::Value::Null, "{s}");
+    assert_eq!(s["inter_rr"]["count"], 200, "{s}");
+    assert!(s["weir_rx"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(!netns_left(&format!("pil{pid}")), "namespaces left behind");
+
+    // rr --breakdown: every configuration's round trip split at the RX stamps.
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "rr",
+            "--breakdown",
+            "--modes",
+            "adaptive",
+            "--reps",
+            "1",
+            "--count",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir-perf rr");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("weir-perf rr");
+    assert!(
+        run.status.success(),
+        "weir-perf rr failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("rr.json")).expect("rr.json"))
+            .expect("JSON");
+    for s in json["samples"].as_array().expect("samples") {
+        assert_eq!(s["error"], serde_json::Value::Null, "{s}");
+        assert_eq!(s["peer_rx"]["stamped"], 200, "{s}");
+        assert!(
+            s["peer_rx"]["to_peer_rx"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0,
+            "{s}"
+        );
+    }
+    assert!(!netns_left(&format!("prr{pid}")), "namespaces left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
