@@ -265,3 +265,151 @@ print(len(data))
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `weir wireguard rotate --node n1` on a `weir up --encrypt wireguard`
+/// cluster while one TCP connection x/a (n1) → x/b (n2) keeps echoing: the
+/// published public key changes to the printed one, the connection goes on
+/// (every echo intact, ≥ 20 after the rotation), a new handshake is
+/// counted, and n1's dataplane was not restarted.
+#[test]
+fn rotation_on_a_local_cluster_keeps_an_open_connection() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let c = cluster("wgr", true);
+    let topo = c.topology();
+    let (a, b) = (
+        topo.pod("x", "a").expect("x/a"),
+        topo.pod("x", "b").expect("x/b"),
+    );
+    let b_ip = b.ipv4.expect("b's IPv4");
+    // An echo server of the test's in x/b (the pods' own servers answer
+    // their name and close).
+    let listener = weir_topo::netns::run_in(&b.netns, || TcpListener::bind((b_ip, 7071)))
+        .expect("b's netns")
+        .expect("bind in x/b");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut s = weir_topo::netns::run_in(&a.netns, || {
+        // The first SYN starts the handshake and is lost: TCP retransmits.
+        TcpStream::connect_timeout(&SocketAddr::from((b_ip, 7071)), Duration::from_secs(10))
+    })
+    .expect("a's netns")
+    .expect("connect x/a → x/b:7071");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoes = Arc::new(AtomicU64::new(0));
+    let longest = Arc::new(AtomicU64::new(0));
+    let stream = {
+        let (stop, echoes, longest) = (stop.clone(), echoes.clone(), longest.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let msg = format!("{MARKER}-{i:08}");
+                let t = Instant::now();
+                s.write_all(msg.as_bytes())
+                    .map_err(|e| format!("write {i}: {e}"))?;
+                let mut buf = vec![0u8; msg.len()];
+                s.read_exact(&mut buf)
+                    .map_err(|e| format!("read {i}: {e}"))?;
+                if buf != msg.as_bytes() {
+                    return Err(format!("echo {i} differs"));
+                }
+                i += 1;
+                echoes.store(i, Ordering::Relaxed);
+                longest.fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}: timed out; {}",
+                c.status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the stream running", &|| {
+        echoes.load(Ordering::Relaxed) >= 10
+    });
+    let state = std::env::var_os("WEIR_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/weir".into())
+        .join(&c.name)
+        .join("wireguard");
+    let published = || std::fs::read_to_string(state.join("n1.pub")).unwrap_or_default();
+    let key_before = published();
+    // n1's dataplane process (`<state>/nodes/n1/dataplane.pid`).
+    let pid =
+        || std::fs::read_to_string(state.join("../nodes/n1/dataplane.pid")).unwrap_or_default();
+    let pid_before = pid();
+    let handshakes =
+        || c.node_drops("n1", "wireguard-control") + c.node_drops("n2", "wireguard-control");
+    let handshakes_before = handshakes();
+    let out = c.weir(&["wireguard", "rotate", "--node", "n1"]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "rotate: {printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_after = printed
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(
+        key_after,
+        key_before.trim(),
+        "the rotation printed the old key"
+    );
+    wait("n1's new key published", &|| {
+        published().trim() == key_after
+    });
+    let at_rotation = echoes.load(Ordering::Relaxed);
+    wait("the stream going on after the rotation", &|| {
+        stream.is_finished() || echoes.load(Ordering::Relaxed) >= at_rotation + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    let r = stream.join().expect("stream thread");
+    assert_eq!(r, Ok(()), "the connection across the rotation");
+    assert!(
+        handshakes() > handshakes_before,
+        "no new handshake counted after n1's rotation: {}",
+        c.status()
+    );
+    assert!(
+        !pid_before.trim().is_empty(),
+        "no pid file for n1's dataplane"
+    );
+    assert_eq!(pid(), pid_before, "n1's dataplane was restarted");
+    // Both nodes' peers are up again, under n1's new key.
+    let st = c.status();
+    for me in ["n1", "n2"] {
+        let p = &weir_tests::node_status(&st, me)["wireguard"][0];
+        assert_eq!(p["state"], "up", "{me}: {p}");
+    }
+    // A node of no cluster: a clear error.
+    let out = c.weir(&["wireguard", "rotate", "--node", "n9"]);
+    assert!(!out.status.success(), "rotate of an unknown node succeeded");
+    eprintln!(
+        "rotation: {} echoes on one connection, {at_rotation} before the new key was published; longest echo {} ms",
+        echoes.load(Ordering::Relaxed),
+        longest.load(Ordering::Relaxed)
+    );
+}
