@@ -691,7 +691,13 @@ impl WgTimers {
             sock,
             port,
             last: Instant::now(),
-            buf: vec![0; 256],
+            // Timer messages, and the packets held for a handshake
+            // (`WgTable::tick` sends them once the session is up).
+            buf: vec![
+                0;
+                weir_dataplane::wireguard::PENDING_MAX
+                    + weir_dataplane::wireguard::DATA_OVERHEAD
+            ],
             follow,
         })
     }
