@@ -17,6 +17,7 @@ pub mod connrate;
 pub mod cpu;
 pub mod fastpath;
 pub mod grpc;
+pub mod hostpolicy;
 pub mod http;
 pub mod kernel;
 // sendmmsg/recvmmsg and AF_PACKET through libc; every block says why it holds.
