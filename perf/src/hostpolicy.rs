@@ -147,8 +147,6 @@ pub struct HpReport {
     pub worker_core: usize,
     pub rr_count: u64,
     pub bulk_secs: u64,
-    /// The world host's MTU during the run (n1's host port's).
-    pub world_mtu: u32,
     pub samples: Vec<HpSample>,
     pub errors: Vec<String>,
 }
@@ -244,38 +242,6 @@ pub fn run(o: &HpOptions) -> anyhow::Result<HpReport> {
         .context("the cluster has no world host")?
         .netns
         .clone();
-    // A segment bigger than n1's host port (the pods' MTU, 1450) is
-    // dropped `too-big` under host policy and no Fragmentation Needed
-    // reaches the sender (docs/performance.md: a PMTUD black hole for
-    // senders with a 1500-byte path, found by this benchmark): the world
-    // host's MTU is lowered to the host port's, as for a path that MTU.
-    let host_mtu = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node_ns,
-            "cat",
-            "/sys/class/net/weir-host0/mtu",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .context("read weir-host0's MTU")?;
-    let host_mtu = String::from_utf8_lossy(&host_mtu.stdout).trim().to_string();
-    anyhow::ensure!(
-        host_mtu.parse::<u32>().is_ok(),
-        "weir-host0's MTU in {node_ns}: {host_mtu:?}"
-    );
-    let out = Command::new("ip")
-        .args(["-n", &world, "link", "set", "eth0", "mtu", &host_mtu])
-        .stdin(Stdio::null())
-        .output()
-        .context("run ip link set")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip -n {world} link set eth0 mtu {host_mtu}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    rep.world_mtu = host_mtu.parse().unwrap_or(0);
     for round in 0..o.reps.max(1) {
         for cfg in CONFIGS {
             stop::check()?;
@@ -424,8 +390,8 @@ impl HpReport {
         let _ = writeln!(s, "# weir-perf host-policy\n");
         let _ = writeln!(
             s,
-            "From the world host to servers on n1's underlay address (TCP RR on {RR_PORT}, iperf3 on {BULK_PORT}), one `weir up` cluster, worker in `{}` mode on core {}, clients and servers on core {}: without a host policy (`none`: the kernel's path) and with a WeirClusterPolicy selecting n1 (`host-policy`: every segment to the servers crosses AF_XDP and the worker). {} round(s), both in each; cells median [min–max]; ratios per round. A sample whose `ul0` redirect count does not match its path is an error, not a number. {} RR round trips, bulk {} s; the world host's MTU {} (n1's host port's).\n",
-            self.weir_poll, self.worker_core, self.load_core, self.reps, self.rr_count, self.bulk_secs, self.world_mtu
+            "From the world host to servers on n1's underlay address (TCP RR on {RR_PORT}, iperf3 on {BULK_PORT}), one `weir up` cluster, worker in `{}` mode on core {}, clients and servers on core {}: without a host policy (`none`: the kernel's path) and with a WeirClusterPolicy selecting n1 (`host-policy`: every segment to the servers crosses AF_XDP and the worker). {} round(s), both in each; cells median [min–max]; ratios per round. A sample whose `ul0` redirect count does not match its path is an error, not a number. {} RR round trips, bulk {} s. The world host's MTU is the underlay's (1500), n1's host port's the pods' (1450): under host policy the first full-size segment is answered with Fragmentation Needed (path MTU discovery).\n",
+            self.weir_poll, self.worker_core, self.load_core, self.reps, self.rr_count, self.bulk_secs
         );
         let _ = writeln!(s, "| metric | none | host-policy | host-policy ÷ none |");
         let _ = writeln!(s, "|---|---|---|---|");
