@@ -631,9 +631,11 @@ enum PolicyAction {
 
 #[derive(Subcommand)]
 enum WgAction {
-    /// A new WireGuard key pair for a node agent's node (`weir agent --node N
-    /// --encrypt wireguard`): the agent publishes the new public key on its
-    /// Node, the dataplane and the peers switch to it (docs/encryption.md).
+    /// A new WireGuard key pair for a node: of the local cluster `--cluster`
+    /// (`weir up --encrypt wireguard`; its dataplane publishes the new public
+    /// key in the cluster state), or of a node agent's node (`weir agent
+    /// --node N --encrypt wireguard`; the agent publishes it on its Node). The
+    /// dataplane and the peers switch to it (docs/encryption.md).
     Rotate {
         #[arg(long)]
         node: String,
@@ -753,6 +755,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Wireguard {
             action: WgAction::Rotate { node, state_dir },
         } => {
+            // A node of the local cluster `--cluster` (`weir up --encrypt
+            // wireguard`): its dataplane published `<node>.pub` there.
+            let local = weir_control::node_wireguard::dir(&state).join(format!("{node}.pub"));
+            if state_dir.is_none() && local.exists() {
+                anyhow::ensure!(
+                    Cluster::load(&state.cluster_file()).is_ok_and(|c| c.node(&node).is_some()),
+                    "nodes/{node}: not in cluster {}",
+                    cli.cluster
+                );
+                let public = weir_control::node_wireguard::rotate(&state, &node)?;
+                println!("nodes/{node}: new WireGuard public key {public}");
+                return Ok(());
+            }
             if let Some(d) = &state_dir {
                 std::env::set_var("WEIR_STATE_DIR", d);
             }
@@ -762,7 +777,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .join(weir_dataplane::wireguard::KEY_FILE_NAME);
             anyhow::ensure!(
                 key.exists(),
-                "nodes/{node}: no WireGuard key at {} (is `weir agent --node {node} --encrypt wireguard` running with this state directory?)",
+                "nodes/{node}: no WireGuard key at {} (is `weir agent --node {node} --encrypt wireguard` running with this state directory, or is `--cluster` a cluster up with `--encrypt wireguard`?)",
                 key.display()
             );
             let public = weir_control::node_wireguard::rotate(&st, &node)?;

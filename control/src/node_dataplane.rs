@@ -189,7 +189,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         (Some(t), Some(addr)) => Some(WgTimers::new(
             Arc::clone(t),
             addr,
-            WgFollow::new(&state, &opts.node),
+            Some(WgFollow::new(&state, &cluster, &opts.node)),
         )?),
         _ => None,
     };
@@ -495,12 +495,7 @@ fn wireguard_table(
         &dir.join(format!("{me}.pub")),
         wireguard::encode_key(&wireguard::public_key(&key)).as_bytes(),
     )?;
-    let peers: Vec<(&str, std::net::Ipv4Addr)> = cluster
-        .nodes
-        .iter()
-        .filter(|n| n.name != me)
-        .filter_map(|n| Some((n.name.as_str(), n.underlay.as_ref()?.ipv4)))
-        .collect();
+    let peers: Vec<(&str, std::net::Ipv4Addr)> = local_peers(cluster, me).collect();
     let read = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.pub"))).ok();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30) && peers.iter().any(|(n, _)| read(n).is_none()) {
@@ -533,34 +528,76 @@ fn peer_keys(
     })
 }
 
-/// A node agent's WireGuard inputs, followed live: the peers file the
-/// agent writes from the Nodes' annotations (a node that appears, changes
-/// key or leaves) and the node's own key file (`weir wireguard rotate`).
-/// Checked with the timers (every 250 ms); a change is applied to the
-/// table in place — the workers keep running — and a handshake is sent at
-/// once to each new or changed peer (all of them after our key rotated).
+/// A node's WireGuard inputs, followed live: the node's own key file
+/// (`weir wireguard rotate`) and its peers' keys — on a node agent's node
+/// the peers file the agent writes from the Nodes' annotations (a node that
+/// appears, changes key or leaves), on a local cluster (`weir up`) the
+/// other nodes' published `<state>/wireguard/<node>.pub`. Checked with the
+/// timers (every 250 ms); a change is applied to the table in place — the
+/// workers keep running — and a handshake is sent at once to each new or
+/// changed peer (all of them after our key rotated).
 struct WgFollow {
     key_dir: std::path::PathBuf,
-    peers_path: std::path::PathBuf,
     key_mtime: Option<SystemTime>,
-    peers_mtime: Option<SystemTime>,
+    peers: WgPeerSource,
+    /// The mtime of each file the peers are read from.
+    peers_mtime: Vec<Option<SystemTime>>,
+}
+
+/// Where a node's WireGuard peers come from.
+enum WgPeerSource {
+    /// A node agent's node: the agent's peers file.
+    File(std::path::PathBuf),
+    /// A local cluster: the other weir nodes (name, underlay address) and
+    /// the directory of their published keys; our own new public key is
+    /// published there after a rotation.
+    Local {
+        dir: std::path::PathBuf,
+        me: String,
+        nodes: Vec<(String, std::net::Ipv4Addr)>,
+    },
 }
 
 fn mtime(p: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+impl WgPeerSource {
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        match self {
+            WgPeerSource::File(p) => vec![p.clone()],
+            WgPeerSource::Local { dir, nodes, .. } => nodes
+                .iter()
+                .map(|(n, _)| dir.join(format!("{n}.pub")))
+                .collect(),
+        }
+    }
+
+    fn mtimes(&self) -> Vec<Option<SystemTime>> {
+        self.files().iter().map(|p| mtime(p)).collect()
+    }
+}
+
 impl WgFollow {
-    /// `None` on a local cluster (`weir up`): no peers file.
-    fn new(state: &StateDir, me: &str) -> Option<Self> {
+    fn new(state: &StateDir, cluster: &weir_topo::Cluster, me: &str) -> Self {
         let peers_path = crate::node_wireguard::peers_file(state);
         let key_dir = state.root.join("wireguard").join(me);
-        peers_path.exists().then(|| WgFollow {
+        let peers = match peers_path.exists() {
+            true => WgPeerSource::File(peers_path),
+            false => WgPeerSource::Local {
+                dir: state.root.join("wireguard"),
+                me: me.to_string(),
+                nodes: local_peers(cluster, me)
+                    .map(|(n, a)| (n.to_string(), a))
+                    .collect(),
+            },
+        };
+        WgFollow {
             key_mtime: mtime(&key_dir.join(weir_dataplane::wireguard::KEY_FILE_NAME)),
-            peers_mtime: mtime(&peers_path),
+            peers_mtime: peers.mtimes(),
             key_dir,
-            peers_path,
-        })
+            peers,
+        }
     }
 
     /// The peers to greet now (changed ones).
@@ -573,35 +610,69 @@ impl WgFollow {
             match wireguard::load_or_create_private_key(&self.key_dir) {
                 Ok(k) if wireguard::public_key(&k) != table.public_key() => {
                     greet = table.set_private(&k);
-                    log::info!(
-                        "wireguard: key rotated, public key {}",
-                        wireguard::encode_key(&wireguard::public_key(&k))
-                    );
+                    let public = wireguard::encode_key(&wireguard::public_key(&k));
+                    log::info!("wireguard: key rotated, public key {public}");
+                    // A local cluster's peers learn it from our published
+                    // key (a node agent publishes it on the Node itself).
+                    if let WgPeerSource::Local { dir, me, .. } = &self.peers {
+                        let pub_file = dir.join(format!("{me}.pub"));
+                        if let Err(e) = crate::state::write_atomic(&pub_file, public.as_bytes()) {
+                            log::warn!("wireguard: {}: {e:#}", pub_file.display());
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => log::warn!("wireguard: {e}; keeping the key in use"),
             }
         }
-        let m = mtime(&self.peers_path);
+        let m = self.peers.mtimes();
         if m != self.peers_mtime {
             self.peers_mtime = m;
-            match crate::node_wireguard::read_peers(&self.peers_path) {
-                Ok(peers) => {
-                    for a in table.update(peer_keys(&peers)) {
+            let changed = match &self.peers {
+                WgPeerSource::File(path) => match crate::node_wireguard::read_peers(path) {
+                    Ok(peers) => Ok(table.update(peer_keys(&peers))),
+                    Err(e) => Err(format!("{}: {e:#}", path.display())),
+                },
+                WgPeerSource::Local { dir, nodes, .. } => {
+                    let keys: Vec<Option<String>> = nodes
+                        .iter()
+                        .map(|(n, _)| std::fs::read_to_string(dir.join(format!("{n}.pub"))).ok())
+                        .collect();
+                    Ok(table.update(nodes.iter().zip(&keys).map(|((n, a), k)| {
+                        weir_dataplane::wireguard::PeerKey {
+                            node: n,
+                            ipv4: *a,
+                            public_key: k.as_deref().map(str::trim),
+                        }
+                    })))
+                }
+            };
+            match changed {
+                Ok(changed) => {
+                    for a in changed {
                         if !greet.contains(&a) {
                             greet.push(a);
                         }
                     }
                     log::info!("wireguard: {} peers", table.status().len());
                 }
-                Err(e) => log::warn!(
-                    "wireguard: {}: {e:#}; keeping the peers in use",
-                    self.peers_path.display()
-                ),
+                Err(e) => log::warn!("wireguard: {e}; keeping the peers in use"),
             }
         }
         greet
     }
+}
+
+/// A local cluster's other weir nodes with an underlay address.
+fn local_peers<'a>(
+    cluster: &'a weir_topo::Cluster,
+    me: &'a str,
+) -> impl Iterator<Item = (&'a str, std::net::Ipv4Addr)> + 'a {
+    cluster
+        .nodes
+        .iter()
+        .filter(move |n| n.name != me)
+        .filter_map(|n| Some((n.name.as_str(), n.underlay.as_ref()?.ipv4)))
 }
 
 /// WireGuard's timers (rekey, handshake retries, keepalives, session
@@ -634,7 +705,13 @@ impl WgTimers {
             sock,
             port,
             last: Instant::now(),
-            buf: vec![0; 256],
+            // Timer messages, and the packets held for a handshake
+            // (`WgTable::tick` sends them once the session is up).
+            buf: vec![
+                0;
+                weir_dataplane::wireguard::PENDING_MAX
+                    + weir_dataplane::wireguard::DATA_OVERHEAD
+            ],
             follow,
         })
     }

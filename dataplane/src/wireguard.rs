@@ -20,11 +20,18 @@
 //! wireguard-go both check the IP header of what they decrypt): the overlay
 //! datagram is one.
 //!
-//! Allocation: none. A packet sealed while there is no session is not
-//! queued (boringtun's own queue would copy it into a `Vec`): it is
-//! replaced by a handshake initiation when none is under way, else dropped
-//! and counted (`wireguard-no-session`); TCP and the applications
-//! retransmit, as they do after any loss. A handshake takes one round trip.
+//! Allocation: none per packet. A packet sealed while there is no session
+//! is held, as WireGuard implementations do (wireguard-go stages packets
+//! per peer, boringtun queues up to 256, each copied into a `Vec`), in one
+//! of [`PENDING`] buffers allocated with the peer ([`Pending`]); the first
+//! one's frame carries the handshake initiation instead. When the session
+//! comes up the first held packet goes out in place of the message that
+//! completes the handshake (the initiator's keepalive, or the reply to the
+//! responder's confirmation: data confirms the session as well), the others
+//! at the next run of the timers ([`WgTable::tick`], every 250 ms). A
+//! packet that finds the buffers full is dropped and counted
+//! (`wireguard-no-session`); one held longer than REKEY_TIMEOUT (5 s) is
+//! discarded (a handshake that slow: TCP has retransmitted).
 //!
 //! A `Tunn` takes `&mut self` for everything (the sending counter, the
 //! timers): [`WgTable`] keeps each peer behind a mutex of its own.
@@ -37,7 +44,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -55,6 +62,13 @@ pub const DATA_OVERHEAD: usize = 32;
 /// The smallest output buffer any message needs (a handshake initiation
 /// is 148 bytes).
 pub const MIN_OUT: usize = 148;
+/// Packets held per peer while its handshake is under way.
+pub const PENDING: usize = 4;
+/// The largest plaintext held (an overlay datagram of a 2048-byte frame).
+pub const PENDING_MAX: usize = 2048;
+/// How long a held packet may wait for the session (WireGuard's
+/// REKEY_TIMEOUT).
+const PENDING_TTL: Duration = Duration::from_secs(5);
 /// The Node annotation that carries a node's public key (as Calico's
 /// `projectcalico.org/WireguardPublicKey`).
 pub const ANNOTATION: &str = "weir.dev/wireguard-public-key";
@@ -200,6 +214,77 @@ pub struct PeerStatus {
 pub struct WgPeer {
     tunn: Tunn,
     index: u32,
+    pending: Pending,
+}
+
+/// Plaintexts held while a peer's handshake is under way: [`PENDING`]
+/// buffers of [`PENDING_MAX`] bytes allocated with the peer, used in
+/// order (a flow's packets keep theirs). No allocation per packet.
+pub struct Pending {
+    buf: Box<[u8]>,
+    len: [usize; PENDING],
+    /// Held: `len[head..head + n]` (wrapping).
+    head: usize,
+    n: usize,
+    /// When the oldest held packet came.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            buf: vec![0u8; PENDING * PENDING_MAX].into_boxed_slice(),
+            len: [0; PENDING],
+            head: 0,
+            n: 0,
+            since: None,
+        }
+    }
+
+    /// Holds a copy of `p`; false when full or `p` is too long.
+    fn push(&mut self, p: &[u8]) -> bool {
+        if self.n == PENDING || p.len() > PENDING_MAX {
+            return false;
+        }
+        let i = (self.head + self.n) % PENDING;
+        self.buf[i * PENDING_MAX..i * PENDING_MAX + p.len()].copy_from_slice(p);
+        self.len[i] = p.len();
+        self.n += 1;
+        self.since.get_or_insert_with(Instant::now);
+        true
+    }
+
+    /// Empties it when the oldest held packet is past its time.
+    fn expire(&mut self) {
+        if self.since.is_some_and(|t| t.elapsed() > PENDING_TTL) {
+            self.n = 0;
+            self.since = None;
+        }
+    }
+
+    /// The oldest held packet, taken out.
+    fn pop(&mut self) -> Option<&[u8]> {
+        if self.n == 0 {
+            return None;
+        }
+        let i = self.head;
+        self.head = (self.head + 1) % PENDING;
+        self.n -= 1;
+        if self.n == 0 {
+            self.since = None;
+        }
+        Some(&self.buf[i * PENDING_MAX..i * PENDING_MAX + self.len[i]])
+    }
+
+    /// How many are held.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
 }
 
 impl core::fmt::Debug for WgPeer {
@@ -244,7 +329,11 @@ impl WgPeer {
             index & 0x00ff_ffff,
             None,
         );
-        WgPeer { tunn, index }
+        WgPeer {
+            tunn,
+            index,
+            pending: Pending::new(),
+        }
     }
 
     /// This peer's index.
@@ -254,9 +343,11 @@ impl WgPeer {
 
     /// Encrypts `plaintext` (an IP packet) for the peer into `out`.
     /// `out` must hold `plaintext.len() + DATA_OVERHEAD` and at least
-    /// [`MIN_OUT`] bytes, else `too-big`. Without a session: a handshake
-    /// initiation instead, or `wireguard-no-session` when one is already
-    /// under way (the plaintext is not queued).
+    /// [`MIN_OUT`] bytes, else `too-big`. Without a session the plaintext
+    /// is held ([`Pending`]) until the session is up, and the result is a
+    /// handshake initiation to send in its place, or `wireguard-queued`
+    /// when one is already under way (the frame is free: its plaintext is
+    /// held); `wireguard-no-session` when it could not be held (full).
     pub fn seal<'o>(
         &mut self,
         plaintext: &[u8],
@@ -266,8 +357,11 @@ impl WgPeer {
             return Err(DropReason::TooBig);
         }
         if self.tunn.time_since_last_handshake().is_none() {
+            self.pending.expire();
+            let held = self.pending.push(plaintext);
             return match self.tunn.format_handshake_initiation(out, false) {
                 TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
+                TunnResult::Done if held => Err(DropReason::WireguardQueued),
                 TunnResult::Done => Err(DropReason::WireguardNoSession),
                 TunnResult::Err(e) => Err(reason(e)),
                 TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
@@ -299,14 +393,74 @@ impl WgPeer {
         if out.len() < MIN_OUT.max(datagram.len()) {
             return Err(DropReason::TooBig);
         }
-        match self.tunn.decapsulate(None, datagram, out) {
-            TunnResult::WriteToNetwork(b) => Ok(Opened::Reply(b)),
+        // A message that completes the handshake (the response, to the
+        // initiator: boringtun answers with a keepalive; the initiator's
+        // keepalive, to the responder: nothing to answer) brings the
+        // session up: the first held packet goes back in that reply's
+        // place, sealed (data confirms a session as a keepalive does).
+        let completes = matches!(datagram.first(), Some(2) | Some(4));
+        // Where boringtun wrote its output in `out` (ranges, so that `out`
+        // can be written again after the call).
+        let base = out.as_ptr() as usize;
+        let at = |b: &[u8]| {
+            let s = (b.as_ptr() as usize).wrapping_sub(base);
+            s..s + b.len()
+        };
+        let (reply, plain) = match self.tunn.decapsulate(None, datagram, &mut *out) {
+            TunnResult::WriteToNetwork(b) => (Some((at(b), completes && is_data(b))), None),
             TunnResult::WriteToTunnelV4(b, _) | TunnResult::WriteToTunnelV6(b, _) => {
-                Ok(Opened::Plain(b))
+                (None, Some(at(b)))
             }
-            TunnResult::Done => Ok(Opened::Nothing),
-            TunnResult::Err(e) => Err(reason(e)),
+            TunnResult::Done => (None, None),
+            TunnResult::Err(e) => return Err(reason(e)),
+        };
+        let slice = |out: &'o [u8], r: core::ops::Range<usize>| {
+            out.get(r).ok_or(DropReason::WireguardMalformed)
+        };
+        match (reply, plain) {
+            (_, Some(r)) => Ok(Opened::Plain(slice(out, r)?)),
+            (Some((r, false)), _) => Ok(Opened::Reply(slice(out, r)?)),
+            (Some((r, true)), _) => match self.seal_held(out) {
+                Some(m) => Ok(Opened::Reply(slice(out, 0..m)?)),
+                None => Ok(Opened::Reply(slice(out, r)?)),
+            },
+            (None, None) if completes => match self.seal_held(out) {
+                Some(m) => Ok(Opened::Reply(slice(out, 0..m)?)),
+                None => Ok(Opened::Nothing),
+            },
+            (None, None) => Ok(Opened::Nothing),
         }
+    }
+
+    /// With a session up: the oldest held packet sealed into `out`; its
+    /// length. `None`: nothing held (or no session, or `out` too short).
+    fn seal_held(&mut self, out: &mut [u8]) -> Option<usize> {
+        self.pending.expire();
+        if self.pending.is_empty() || self.tunn.time_since_last_handshake().is_none() {
+            return None;
+        }
+        let next = self.pending.len.get(self.pending.head).copied()?;
+        if out.len() < next + DATA_OVERHEAD {
+            return None;
+        }
+        let p = self.pending.pop()?;
+        match self.tunn.encapsulate(p, out) {
+            TunnResult::WriteToNetwork(m) if is_data(m) => Some(m.len()),
+            _ => None,
+        }
+    }
+
+    /// With a session up, every held packet sealed, each passed to `send`
+    /// (the timers' run: what the completing message could not carry).
+    pub fn flush_held(&mut self, out: &mut [u8], mut send: impl FnMut(&[u8])) {
+        while let Some(m) = self.seal_held(out) {
+            send(&out[..m]);
+        }
+    }
+
+    /// How many packets are held for the handshake.
+    pub fn held(&self) -> usize {
+        self.pending.len()
     }
 
     /// The protocol's timers (call about every 250 ms — boringtun rounds
@@ -612,6 +766,7 @@ impl WgTable {
             if let Some(m) = p.tick(out) {
                 send(*a, m);
             }
+            p.flush_held(out, |m| send(*a, m));
         }
     }
 }
@@ -706,8 +861,9 @@ mod tests {
     }
 
     /// Runs the handshake: a's first packet becomes an initiation (the
-    /// packet itself is dropped), b answers, a completes and confirms
-    /// with a keepalive.
+    /// packet itself is held), a second one is held too, b answers, a
+    /// completes and sends the first held packet in place of the
+    /// keepalive; the second leaves at a's timers' run.
     fn handshake(a: &mut WgPeer, b: &mut WgPeer, first: &[u8]) {
         let mut out = [0u8; 2048];
         let init = match a.seal(first, &mut out).unwrap() {
@@ -716,8 +872,9 @@ mod tests {
         };
         assert_eq!(init.len(), 148);
         assert_eq!(receiver_peer(&init), None);
-        // Under way: more packets are dropped, not queued.
-        assert_eq!(a.seal(first, &mut out), Err(DropReason::WireguardNoSession));
+        // Under way: more packets are held (not a loss).
+        assert_eq!(a.seal(first, &mut out), Err(DropReason::WireguardQueued));
+        assert_eq!(a.held(), 2);
         let mut out_b = [0u8; 2048];
         let resp = match b.open(&init, &mut out_b).unwrap() {
             Opened::Reply(m) => m.to_vec(),
@@ -728,11 +885,81 @@ mod tests {
             Some(1),
             "the response names a's index"
         );
-        let Opened::Reply(ka) = a.open(&resp, &mut out).unwrap() else {
+        let Opened::Reply(m) = a.open(&resp, &mut out).unwrap() else {
+            panic!("want the first held packet")
+        };
+        assert_eq!(
+            m.len(),
+            first.len() + DATA_OVERHEAD,
+            "data, not a keepalive"
+        );
+        assert_eq!(receiver_peer(m), Some(7), "data names b's index");
+        let m = m.to_vec();
+        assert_eq!(b.open(&m, &mut out_b).unwrap(), Opened::Plain(first));
+        let mut sent = Vec::new();
+        a.flush_held(&mut out, |m| sent.push(m.to_vec()));
+        assert_eq!(sent.len(), 1, "the second held packet");
+        assert_eq!(a.held(), 0);
+        assert_eq!(b.open(&sent[0], &mut out_b).unwrap(), Opened::Plain(first));
+    }
+
+    #[test]
+    fn held_packets_are_bounded_and_a_keepalive_completes_without_any() {
+        let (mut a, mut b) = pair();
+        let d = overlay_datagram();
+        let mut out = [0u8; 2048];
+        let Ok(Sealed::Handshake(init)) = a.seal(&d, &mut out) else {
+            panic!("want an initiation")
+        };
+        let init = init.to_vec();
+        for _ in 1..PENDING {
+            assert_eq!(a.seal(&d, &mut out), Err(DropReason::WireguardQueued));
+        }
+        // Full: a loss, counted as such.
+        assert_eq!(a.seal(&d, &mut out), Err(DropReason::WireguardNoSession));
+        // Too long to hold.
+        let mut big = vec![0u8; PENDING_MAX + 1];
+        big[0] = 0x45;
+        let mut out_big = vec![0u8; 4096];
+        assert_eq!(
+            a.seal(&big, &mut out_big),
+            Err(DropReason::WireguardNoSession)
+        );
+        assert_eq!(a.held(), PENDING);
+        // b answers; b had nothing held: a's reply carries a's first held
+        // packet; the rest at the timers' run, in order.
+        let mut out_b = [0u8; 2048];
+        let Ok(Opened::Reply(resp)) = b.open(&init, &mut out_b) else {
+            panic!("want a response")
+        };
+        let resp = resp.to_vec();
+        let Ok(Opened::Reply(m)) = a.open(&resp, &mut out) else {
+            panic!("want data")
+        };
+        let m = m.to_vec();
+        assert_eq!(b.open(&m, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        let mut n = 0;
+        a.flush_held(&mut out, |m| {
+            n += 1;
+            assert_eq!(b.open(m, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        });
+        assert_eq!(n, PENDING - 1);
+        // Nothing held on a fresh pair: the initiator's keepalive, which the
+        // responder consumes.
+        let (mut a, mut b) = pair();
+        let Ok(Sealed::Handshake(init)) = a.seal(&d, &mut out) else {
+            panic!("want an initiation")
+        };
+        let init = init.to_vec();
+        a.pending = Pending::new();
+        let Ok(Opened::Reply(resp)) = b.open(&init, &mut out_b) else {
+            panic!("want a response")
+        };
+        let resp = resp.to_vec();
+        let Ok(Opened::Reply(ka)) = a.open(&resp, &mut out) else {
             panic!("want a keepalive")
         };
-        assert_eq!(ka.len(), DATA_OVERHEAD, "an empty data message");
-        assert_eq!(receiver_peer(ka), Some(7), "data names b's index");
+        assert_eq!(ka.len(), DATA_OVERHEAD);
         let ka = ka.to_vec();
         assert_eq!(b.open(&ka, &mut out_b).unwrap(), Opened::Nothing);
     }
@@ -761,8 +988,9 @@ mod tests {
         let r = r.to_vec();
         assert_eq!(a.open(&r, &mut out).unwrap(), Opened::Plain(&d[..]));
         assert!(a.status().handshake_age.is_some());
-        assert_eq!(a.status().tx_bytes, d.len());
-        assert_eq!(b.status().rx_bytes, d.len());
+        // The two held during the handshake, and this one.
+        assert_eq!(a.status().tx_bytes, 3 * d.len());
+        assert_eq!(b.status().rx_bytes, 3 * d.len());
     }
 
     #[test]

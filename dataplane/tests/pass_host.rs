@@ -878,3 +878,62 @@ fn host_policy_judges_ipv6_from_outside_the_node() {
         );
     }
 }
+
+/// A full-size segment (1500-byte IP datagram, DF) from outside to a
+/// server of the node, under host policy, does not fit the host port (the
+/// pods' MTU, 1450): the sender gets Fragmentation Needed back out of the
+/// underlay — from the node's address it reached, to its MAC, naming the
+/// host port's MTU — instead of a silent drop (a PMTUD black hole: TCP
+/// from a sender with a 1500-byte path stalled). Found by `weir-perf
+/// host-policy`. The same segment at 1450 bytes goes to the kernel.
+#[test]
+fn a_too_big_segment_from_outside_gets_fragmentation_needed_on_the_underlay() {
+    let open = outside_snap_gen(1, true);
+    let mut st = WorkerState::new();
+    st.set_now(SEC);
+    let seg = |ip_len: usize| {
+        let mut f = seg_from(WORLD, 40000, 10256, "PA", &vec![0x61; ip_len - 40]);
+        // DF, and the header checksum again.
+        f[14 + 6] |= 0x40;
+        f[14 + 10..14 + 12].fill(0);
+        let sum = internet_checksum(&f[14..34]);
+        f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        f
+    };
+    let (v, _) = run(&seg_from(WORLD, 40000, 10256, "S", b""), UL, &open, &mut st);
+    assert_tx(&v, HOST);
+    let (v, _) = run(&seg(1450), UL, &open, &mut st);
+    assert_tx(&v, HOST);
+    let big = seg(1500);
+    let (v, out) = run(&big, UL, &open, &mut st);
+    assert_tx(&v, UL);
+    assert_eq!(&out[..6], &N2_MAC, "back to the sender's MAC");
+    assert_eq!(&out[6..12], &UL_MAC, "from the underlay's");
+    let p = etherparse::SlicedPacket::from_ethernet(&out).expect("ICMP frame");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("IPv4")
+    };
+    assert_eq!(ip.header().source(), NODE_UL, "from the address reached");
+    assert_eq!(ip.header().destination(), WORLD);
+    let icmp = ip.payload().payload;
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        1450,
+        "the next-hop MTU"
+    );
+    // It quotes the segment's header.
+    assert_eq!(&icmp[8..8 + 20], &big[14..34]);
+}
+
+/// RFC 1071's checksum of `b` (even length).
+fn internet_checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

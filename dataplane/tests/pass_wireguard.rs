@@ -181,31 +181,83 @@ fn wg_message(f: &[u8], from: u8, to: u8) -> Vec<u8> {
     u.payload().to_vec()
 }
 
+/// The packets node `from` held for a handshake, as its timers' run sends
+/// them (`WgTable::tick`, from the control loop's UDP socket to the peer's
+/// tunnel port), each in an underlay frame as the kernel would build it.
+fn flushed(n: &Node, from: u8, to: u8) -> Vec<Vec<u8>> {
+    let wg = n.st.wireguard().cloned().expect("WireGuard on");
+    let mut out = vec![0u8; wireguard::PENDING_MAX + wireguard::DATA_OVERHEAD];
+    let mut frames = Vec::new();
+    wg.tick(&mut out, |peer, m| {
+        assert_eq!(peer, Ipv4Addr::from(ul_ip(to)));
+        // Data with a payload (not a timer's keepalive).
+        if m[0] == 4 && m.len() > wireguard::DATA_OVERHEAD {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2(ul_mac(from), ul_mac(to))
+                .ipv4(ul_ip(from), ul_ip(to), 64)
+                .udp(40001, PORT_UDP)
+                .write(&mut f, m)
+                .unwrap();
+            frames.push(f);
+        }
+    });
+    frames
+}
+
 /// Runs the handshake that a's first frame starts; returns the nodes with
-/// a session both ways.
+/// a session both ways. No frame is lost: the ones sent while the
+/// handshake is under way are held and delivered once it completes.
 fn handshaken() -> (Node, Node) {
     let (mut n1, mut n2) = pair();
-    // 1. No session: the frame becomes a handshake initiation.
-    let (v, init) = run(&mut n1, &pod_frame(1, 2, 100), POD);
+    // 1. No session: the frame becomes a handshake initiation (the frame
+    // itself is held).
+    let first = pod_frame(1, 2, 100);
+    let (v, init) = run(&mut n1, &first, POD);
     assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
     let m = wg_message(&init, 1, 2);
     assert_eq!((m[0], m.len()), (1, 148), "handshake initiation");
     assert!(!has_marker(&init));
-    // More frames while it is under way are dropped and counted.
-    let (v, _) = run(&mut n1, &pod_frame(1, 2, 100), POD);
-    assert_eq!(v, Verdict::Drop(DropReason::WireguardNoSession));
+    // More frames while it is under way are held (counted, not a loss).
+    let second = pod_frame(1, 2, 120);
+    let (v, _) = run(&mut n1, &second, POD);
+    assert_eq!(v, Verdict::Drop(DropReason::WireguardQueued));
     // 2. n2 answers on the underlay.
     let (v, resp) = run(&mut n2, &init, UNDERLAY);
     assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
     let m = wg_message(&resp, 2, 1);
     assert_eq!((m[0], m.len()), (2, 92), "handshake response");
-    // 3. n1 confirms with a keepalive, which n2 consumes.
-    let (v, ka) = run(&mut n1, &resp, UNDERLAY);
+    // 3. n1 completes and sends the first held frame in place of the
+    // keepalive; n2 delivers it (and its session is confirmed).
+    let (v, data) = run(&mut n1, &resp, UNDERLAY);
     assert!(matches!(v, Verdict::Tx { port: UNDERLAY, .. }), "{v:?}");
-    let m = wg_message(&ka, 1, 2);
-    assert_eq!((m[0], m.len()), (4, 32), "keepalive");
-    let (v, _) = run(&mut n2, &ka, UNDERLAY);
-    assert_eq!(v, Verdict::Drop(DropReason::WireguardControl));
+    assert!(!has_marker(&data));
+    let m = wg_message(&data, 1, 2);
+    assert_eq!(m[0], 4, "data message");
+    assert_eq!(m.len(), 20 + 8 + 8 + first.len() + wireguard::DATA_OVERHEAD);
+    let (v, got) = run(&mut n2, &data, UNDERLAY);
+    assert_eq!(
+        v,
+        Verdict::Tx {
+            port: POD,
+            len: first.len()
+        },
+        "the first frame delivered"
+    );
+    assert_eq!(got[14 + 20 + 8..], first[14 + 20 + 8..]);
+    // 4. The second held frame leaves at n1's timers' run.
+    let rest = flushed(&n1, 1, 2);
+    assert_eq!(rest.len(), 1, "one more held frame");
+    let (v, got) = run(&mut n2, &rest[0], UNDERLAY);
+    assert_eq!(
+        v,
+        Verdict::Tx {
+            port: POD,
+            len: second.len()
+        },
+        "the second frame delivered"
+    );
+    assert_eq!(got[14 + 20 + 8..], second[14 + 20 + 8..]);
+    assert!(flushed(&n1, 1, 2).is_empty(), "sent once");
     (n1, n2)
 }
 
@@ -457,14 +509,19 @@ fn the_workers_batch_path_seals_and_opens_grouped_by_peer() {
         .expect("seal left to the caller");
     assert_eq!(job.peer, Ipv4Addr::from(ul_ip(2)));
     // A batch of 8 with no session: the first becomes the handshake
-    // initiation, the 7 others wait for it (dropped, counted).
+    // initiation; it and the next 3 are held (PENDING), the 4 others are
+    // lost (dropped, counted).
     let f = pod_frame(1, 2, 100);
     b.load((0..8).map(|_| &f[..]));
     b.run(&mut n1, 8, POD);
     let init = b.frame(0).to_vec();
     assert_eq!(wg_message(&init, 1, 2)[0], 1, "handshake initiation");
     for i in 1..8 {
-        assert_eq!(b.out[i], Verdict::Drop(DropReason::WireguardNoSession));
+        let want = match i < wireguard::PENDING {
+            true => DropReason::WireguardQueued,
+            false => DropReason::WireguardNoSession,
+        };
+        assert_eq!(b.out[i], Verdict::Drop(want), "frame {i}");
     }
     b.load([&init[..]]);
     b.run(&mut n2, 1, UNDERLAY);
@@ -472,11 +529,23 @@ fn the_workers_batch_path_seals_and_opens_grouped_by_peer() {
     assert_eq!(wg_message(&resp, 2, 1)[0], 2, "handshake response");
     b.load([&resp[..]]);
     b.run(&mut n1, 1, UNDERLAY);
-    let ka = b.frame(0).to_vec();
-    assert_eq!(wg_message(&ka, 1, 2)[0], 4, "keepalive");
-    b.load([&ka[..]]);
-    b.run(&mut n2, 1, UNDERLAY);
-    assert_eq!(b.out[0], Verdict::Drop(DropReason::WireguardControl));
+    let data = b.frame(0).to_vec();
+    assert_eq!(wg_message(&data, 1, 2)[0], 4, "data: the first held frame");
+    let mut held = vec![data];
+    held.extend(flushed(&n1, 1, 2));
+    assert_eq!(held.len(), wireguard::PENDING);
+    b.load(held.iter().map(|f| &f[..]));
+    b.run(&mut n2, held.len(), UNDERLAY);
+    for i in 0..held.len() {
+        assert_eq!(
+            b.out[i],
+            Verdict::Tx {
+                port: POD,
+                len: f.len()
+            },
+            "held frame {i}"
+        );
+    }
     // Both ways, 8 frames a batch, of different sizes (their order kept).
     for (a, z) in [(1, 2), (2, 1)] {
         let (na, nz) = match a {

@@ -124,10 +124,12 @@ drop_reasons! {
     WireguardNoPeer = 42 => "wireguard-no-peer",
     /// WireGuard packet malformed (length, message type, or a plaintext that is not an IP packet)
     WireguardMalformed = 43 => "wireguard-malformed",
-    /// frame toward a peer node dropped while the WireGuard handshake with it was in progress (no session yet)
+    /// frame toward a peer node dropped while the WireGuard handshake with it was in progress and its 4 handshake buffers were full, or the frame too long to hold (no session yet)
     WireguardNoSession = 44 => "wireguard-no-session",
     /// WireGuard keepalive or handshake message consumed by the node itself (not a loss: counted so that every frame has an outcome)
     WireguardControl = 45 => "wireguard-control",
+    /// frame toward a peer node held while the WireGuard handshake with it is under way (sent when the session is up; not a loss)
+    WireguardQueued = 46 => "wireguard-queued",
 }
 
 macro_rules! l7_reasons {

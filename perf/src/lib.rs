@@ -17,6 +17,7 @@ pub mod connrate;
 pub mod cpu;
 pub mod fastpath;
 pub mod grpc;
+pub mod hostpolicy;
 pub mod http;
 pub mod idle;
 pub mod kernel;

@@ -321,6 +321,32 @@ enum Cmd {
         #[arg(long)]
         bulk_secs: Option<u64>,
     },
+    /// What host endpoint policy costs a server of the node for clients
+    /// outside it: TCP RR and bulk from the world host to n1's underlay
+    /// address without and with a host policy selecting n1 (every segment
+    /// then crosses the worker). Writes host-policy.{md,json}.
+    HostPolicy {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        /// Rounds, both configurations in each.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Bulk seconds per sample (and 2500 RR round trips per second).
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Override the number of RR round trips.
+        #[arg(long)]
+        rr_count: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        #[arg(long)]
+        weir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -646,6 +672,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "\nwritten: {} and {}",
                 o.out.join("services.md").display(),
                 o.out.join("services.json").display()
+            );
+            Ok(())
+        }
+        Cmd::HostPolicy {
+            out,
+            mode,
+            reps,
+            seconds,
+            rr_count,
+            load_core,
+            worker_core,
+            weir,
+        } => {
+            let mut o = weir_perf::hostpolicy::HpOptions::new(
+                weir_perf::weir::find_weir(weir.as_deref())?,
+                seconds,
+            );
+            o.out = out;
+            o.mode = mode;
+            o.reps = reps;
+            o.load_core = load_core;
+            o.worker_core = worker_core;
+            if let Some(n) = rr_count {
+                o.rr_count = n;
+            }
+            let rep = weir_perf::hostpolicy::run(&o)?;
+            print!("{}", rep.markdown());
+            println!(
+                "\nwritten: {} and {}",
+                o.out.join("host-policy.md").display(),
+                o.out.join("host-policy.json").display()
             );
             Ok(())
         }

@@ -394,6 +394,78 @@ fn deploy_manifests_apply_and_their_service_account_runs_the_agent() {
         None,
     );
 
+    // Every verb the agent calls is granted to its ServiceAccount, and
+    // nothing around it: checked by the API server's authorizer.
+    let sa = "system:serviceaccount:weir-system:weir-agent";
+    let can_i = |verb: &str, resource: &str| {
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut args = vec!["auth", "can-i", verb, resource, "-A", "--as", sa];
+        let subresource = format!("--subresource={sub}");
+        if !sub.is_empty() {
+            args.push(&subresource);
+        }
+        let out = cp.kubectl(&args, None);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let policy_kinds = [
+        "networkpolicies.networking.k8s.io",
+        "clusternetworkpolicies.policy.networking.k8s.io",
+        "adminnetworkpolicies.policy.networking.k8s.io",
+        "baselineadminnetworkpolicies.policy.networking.k8s.io",
+        "weirpolicies.weir.dev",
+        "weirclusterpolicies.weir.dev",
+    ];
+    let mut granted: Vec<(&str, String)> = Vec::new();
+    for r in ["nodes", "namespaces", "pods", "services"] {
+        granted.extend([("list", r.to_string()), ("watch", r.to_string())]);
+    }
+    for v in ["list", "watch"] {
+        granted.push((v, "endpointslices.discovery.k8s.io".into()));
+    }
+    for k in policy_kinds {
+        for v in ["get", "list", "watch"] {
+            granted.push((v, k.to_string()));
+        }
+    }
+    for k in &policy_kinds[1..] {
+        granted.push(("patch", format!("{k}/status")));
+    }
+    for v in ["create", "patch"] {
+        granted.push((v, "events.events.k8s.io".into()));
+    }
+    // `--encrypt wireguard`: the JSON merge patch of its Node's annotation.
+    granted.push(("patch", "nodes".into()));
+    let denied = [
+        ("update", "nodes"),
+        ("delete", "nodes"),
+        ("create", "nodes"),
+        ("patch", "nodes/status"),
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("patch", "pods"),
+        ("patch", "networkpolicies.networking.k8s.io"),
+        ("update", "weirpolicies.weir.dev"),
+        ("delete", "weirpolicies.weir.dev"),
+        ("create", "serviceaccounts/token"),
+    ];
+    let missing: Vec<String> = granted
+        .iter()
+        .filter(|(v, r)| !can_i(v, r))
+        .map(|(v, r)| format!("{v} {r}"))
+        .collect();
+    assert!(missing.is_empty(), "not granted to {sa}: {missing:?}");
+    let extra: Vec<String> = denied
+        .iter()
+        .filter(|(v, r)| can_i(v, r))
+        .map(|(v, r)| format!("{v} {r}"))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "granted to {sa} beyond the agent's needs: {extra:?}"
+    );
+
     let tag = unique_name("kd");
     let node_name = format!("sa-{tag}");
     let mut netns = Netns(Vec::new());
@@ -421,12 +493,28 @@ spec: {{podCIDR: 10.213.9.0/24, podCIDRs: [10.213.9.0/24]}}\n"
         kubeconfig: kc,
         agent: None,
     };
-    node.start_agent();
+    // As the DaemonSet runs it with `encrypt: wireguard`: the agent
+    // publishes its public key on its Node with the ServiceAccount's rights.
+    node.start_agent_with(&["--encrypt", "wireguard"]);
     wait_until(
         &node,
         "the agent synced with the ServiceAccount's token",
         || node.status()["synced"] == true && node.status()["nodes"][0]["running"] == true,
     );
+    wait_until(&node, "the WireGuard key on the Node", || {
+        !cp.kubectl_ok(
+            &[
+                "get",
+                "node",
+                &node_name,
+                "-o",
+                "jsonpath={.metadata.annotations.weir\\.dev/wireguard-public-key}",
+            ],
+            None,
+        )
+        .trim()
+        .is_empty()
+    });
     assert!(!node.log().contains("forbidden"), "{}", node.log());
 
     // Without `list` on the core kinds: the agent names verb and resource.

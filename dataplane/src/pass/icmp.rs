@@ -69,19 +69,39 @@ impl Pass<'_> {
             return Verdict::Drop(reason);
         }
         let snap = self.snap;
-        let Some(port) = snap.port(self.ingress) else {
-            return Verdict::Drop(reason);
+        // From outside the node, on the underlay (host endpoint policy,
+        // `host_in.rs`; `one_way`): the error goes back out of the
+        // underlay, from the node's address the sender reached (RFC 1812
+        // §4.3.2.4) — so a too-big segment gets its Fragmentation Needed
+        // instead of a silent drop (a PMTUD black hole).
+        let outside = match snap.tunnel() {
+            Some((t, tables)) if self.one_way && tables.port == self.ingress => {
+                Some((t.underlay.mac, pkt.key.dst))
+            }
+            _ => None,
+        };
+        let (mac, from) = match (snap.port(self.ingress), outside) {
+            (Some(port), _) => (port.mac, None),
+            (None, Some((mac, dst))) => (mac, Some(dst)),
+            (None, None) => return Verdict::Drop(reason),
         };
         let buf = &mut *self.buf;
-        let built = match pkt.key.src {
-            IpAddr::V4(sender) => snap
+        let built = match (pkt.key.src, from) {
+            (IpAddr::V4(sender), Some(IpAddr::V4(node))) => {
+                build_icmpv4_error(buf, pkt, mac, node, sender, kind)
+            }
+            (IpAddr::V6(sender), Some(IpAddr::V6(node))) => {
+                build_icmpv6_error(buf, pkt, mac, node, sender, kind)
+            }
+            (_, Some(_)) => None,
+            (IpAddr::V4(sender), None) => snap
                 .spec
                 .node_ipv4
-                .and_then(|node| build_icmpv4_error(buf, pkt, port, node, sender, kind)),
-            IpAddr::V6(sender) => snap
+                .and_then(|node| build_icmpv4_error(buf, pkt, mac, node, sender, kind)),
+            (IpAddr::V6(sender), None) => snap
                 .spec
                 .node_ipv6
-                .and_then(|node| build_icmpv6_error(buf, pkt, port, node, sender, kind)),
+                .and_then(|node| build_icmpv6_error(buf, pkt, mac, node, sender, kind)),
         };
         match built {
             Some(len) => {
@@ -98,9 +118,14 @@ impl Pass<'_> {
 
 /// Writes the reply's Ethernet header: back to the sender, from the port.
 pub(super) fn reply_ethernet(frame: &mut [u8], port: &Port, ethertype: u16) -> Option<()> {
+    reply_ethernet_from(frame, port.mac, ethertype)
+}
+
+/// [`reply_ethernet`] from the MAC `src`.
+fn reply_ethernet_from(frame: &mut [u8], src: [u8; 6], ethertype: u16) -> Option<()> {
     let mut eth = Frame::new_checked(frame).ok()?;
     let repr = ethernet::Repr {
-        src: port.mac,
+        src,
         dst: eth.src_addr(),
         ethertype,
     };
@@ -112,7 +137,7 @@ pub(super) fn reply_ethernet(frame: &mut [u8], port: &Port, ethertype: u16) -> O
 fn build_icmpv4_error(
     buf: &mut [u8],
     pkt: &Parsed,
-    port: &Port,
+    mac: [u8; 6],
     node: Ipv4Addr,
     sender: Ipv4Addr,
     kind: IcmpError,
@@ -126,7 +151,7 @@ fn build_icmpv4_error(
     let icmp_len = icmp::HEADER_LEN + quote;
     let frame = buf.get_mut(..ETH + IP + icmp_len)?;
     frame.copy_within(ETH..ETH + quote, ETH + IP + icmp::HEADER_LEN);
-    reply_ethernet(frame, port, ethertype::IPV4)?;
+    reply_ethernet_from(frame, mac, ethertype::IPV4)?;
 
     let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
     let ip = ipv4::Repr {
@@ -167,7 +192,7 @@ fn build_icmpv4_error(
 fn build_icmpv6_error(
     buf: &mut [u8],
     pkt: &Parsed,
-    port: &Port,
+    mac: [u8; 6],
     node: Ipv6Addr,
     sender: Ipv6Addr,
     kind: IcmpError,
@@ -185,7 +210,7 @@ fn build_icmpv6_error(
     let icmp_len = icmp::HEADER_LEN + quote;
     let frame = buf.get_mut(..HDRS + quote)?;
     frame.copy_within(ETH..ETH + quote, HDRS);
-    reply_ethernet(frame, port, ethertype::IPV6)?;
+    reply_ethernet_from(frame, mac, ethertype::IPV6)?;
 
     let (ip_bytes, icmp_bytes) = frame.get_mut(ETH..)?.split_at_mut_checked(IP)?;
     let ip = ipv6::Repr {
