@@ -33,7 +33,10 @@ fn ok(c: &TestCluster, args: &[&str]) {
 
 /// x/a on n1; x/b and x/c on n2.
 fn spread(tag: &str, encap: &str) -> TestCluster {
-    spread_with(tag, &["--encap", encap])
+    match encap {
+        "vxlan+wireguard" => spread_with(tag, ENCRYPTED),
+        _ => spread_with(tag, &["--encap", encap]),
+    }
 }
 
 /// `spread` with the given `weir up` arguments (e.g. `--encrypt wireguard`).
@@ -51,6 +54,8 @@ const ENCRYPTED: &[&str] = &["--encap", "vxlan", "--encrypt", "wireguard"];
 fn inner_mtu(encap: &str) -> u32 {
     match encap {
         "vxlan" => 1450,
+        // WireGuard's 60 bytes on top of VXLAN (docs/encryption.md).
+        "vxlan+wireguard" => 1390,
         _ => 1442,
     }
 }
@@ -60,12 +65,12 @@ fn inner_mtu(encap: &str) -> u32 {
 // ---------------------------------------------------------------------------
 
 fn cross_node_traffic(tag: &str, encap: &str) {
-    cross_node_traffic_with(tag, encap, &["--encap", encap]);
+    let c = spread(tag, encap);
+    cross_node_traffic_on(c, encap);
 }
 
 /// `encap` names the case in messages; `up` are `weir up`'s arguments.
-fn cross_node_traffic_with(tag: &str, encap: &str, up: &[&str]) {
-    let c = spread_with(tag, up);
+fn cross_node_traffic_on(c: TestCluster, encap: &str) {
     let ul0 = |c: &TestCluster| {
         (
             c.port_xdp("n1", "ul0", "redirected"),
@@ -150,7 +155,7 @@ fn cross_node_tcp_udp_ipv6_vxlan_and_fail_closed() {
 /// policy test passes encrypted").
 #[test]
 fn cross_node_tcp_udp_ipv6_encrypted_and_fail_closed() {
-    cross_node_traffic_with("wgx", "vxlan+wireguard", ENCRYPTED);
+    cross_node_traffic("wgx", "vxlan+wireguard");
 }
 
 #[test]
@@ -323,6 +328,17 @@ fn pmtud(tag: &str, encap: &str) {
     std::thread::sleep(Duration::from_millis(600));
     let sent = c.node_counter("n1", "icmp_errors_sent") - icmp0;
     assert!(sent >= 3, "{encap}: n1 sent only {sent} ICMP errors");
+}
+
+#[test]
+fn large_tcp_transfer_across_nodes_encrypted() {
+    large_transfer("ltwg", "vxlan+wireguard");
+}
+
+/// PMTUD with WireGuard: the pass answers with the encrypted path's MTU.
+#[test]
+fn pmtud_across_nodes_encrypted() {
+    pmtud("pmwg", "vxlan+wireguard");
 }
 
 #[test]
