@@ -320,7 +320,9 @@ pub fn sync(
 ) -> anyhow::Result<()> {
     let file = state.node_dir(node).join(APPLIED_FILE);
     let last = std::fs::read_to_string(&file).ok();
-    if last.as_deref() == table {
+    // Unchanged, and still there (a netns made again, or someone's `nft
+    // flush ruleset`, would have lost it): nothing to do.
+    if last.as_deref() == table && (table.is_none() || present(netns)) {
         return Ok(());
     }
     apply(netns, table).with_context(|| format!("nodes/{node}: host egress"))?;
@@ -334,6 +336,11 @@ pub fn sync(
         }
     }
     Ok(())
+}
+
+/// Whether the node's netns has the table.
+fn present(netns: &str) -> bool {
+    nft(netns, &["list", "table", "inet", "weir_host"], None).is_ok_and(|o| o.status.success())
 }
 
 /// The counters of the node's table: per verdict chain, what its comment

@@ -326,6 +326,12 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
     //    it lived in n1's netns, which is gone.
     c.apply("host-out.yaml", HOST_OUT);
     assert!(table(&n1).is_some(), "the table again");
+    // A table lost behind weir's back (`nft flush ruleset`) comes back at
+    // the next compile, even an unchanged one.
+    let out = exec(&n1, &["nft", "delete", "table", "inet", "weir_host"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.apply("host-out.yaml", HOST_OUT);
+    assert!(table(&n1).is_some(), "the lost table not made again");
     let out = c.weir(&["down"]);
     assert!(out.status.success(), "weir down: {}", text(&out));
     let ls = Command::new("ip")
