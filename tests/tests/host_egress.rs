@@ -173,10 +173,20 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
         "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"
     ));
     m.push_str(&pod_on(NS, "a", "n1"));
+    // A free loopback port for the metrics endpoint.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let c = TestCluster::up_with(
         "hostout",
         &m,
-        &["--failsafe-outbound", "udp:53,tcp:53,tcp:6443,udp:8080"],
+        &[
+            "--failsafe-outbound",
+            "udp:53,tcp:53,tcp:6443,udp:8080",
+            "--metrics-addr",
+            &metrics,
+        ],
     );
     let topo = c.topology();
     let n1 = topo.node("n1").expect("n1").netns.clone();
@@ -266,6 +276,31 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
         status.contains("host egress (nftables inet weir_host): denied")
             && status.contains("drop weirclusterpolicies/host-out egress[1] (Deny)"),
         "{status}"
+    );
+
+    // ... and so does /metrics.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{metrics}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    let denied_metric = page
+        .lines()
+        .find(|l| {
+            l.starts_with("weir_host_egress_packets_total{")
+                && l.contains("node=\"n1\"")
+                && l.contains("verdict=\"denied\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        denied_metric.is_some_and(|v| v >= denied2),
+        "weir_host_egress_packets_total denied: {denied_metric:?}\n{page}"
     );
 
     // 3. `weir explain` gives the table's verdicts.
