@@ -834,6 +834,17 @@ fn explain_host_out(
             end_name(from)
         )));
     };
+    // A pod's address: its own side is judged too (the worker's flow).
+    if let Some(p) = input
+        .pods
+        .iter()
+        .find(|p| p.ipv4.map(IpAddr::V4) == Some(addr) || p.ipv6.map(IpAddr::V6) == Some(addr))
+    {
+        return Err(PolicyError::Input(format!(
+            "{addr} is pods/{}/{}: use --to {}/{}",
+            p.namespace, p.name, p.namespace, p.name
+        )));
+    }
     let spec = crate::compile::compile_for_host(input, 0, &[], Some(host))?;
     let compiled = CompiledPolicy::build(spec)?;
     let j = compiled.judge(

@@ -311,6 +311,12 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
     assert!(e.to_string().contains("host-out"), "{e}");
     let e = c.explain("node/n1", WORLD, 8080, "UDP");
     assert_eq!(e["allowed"], true, "failsafe: {e}");
+    let out = c.weir(&["explain", "--from", "node/n1", "--to", &a4, "--port", "80"]);
+    assert!(
+        !out.status.success() && text(&out).contains(&format!("use --to {NS}/a")),
+        "explain to a pod's address: {}",
+        text(&out)
+    );
 
     // 4. Failsafe ports stay open: TCP 53 (this test's server) and UDP 8080
     //    (the world's server, `--failsafe-outbound`).
