@@ -90,11 +90,12 @@ fn tcp_reads_open(netns: &str, addr: &str, port: u16) -> String {
 struct Servers(Vec<Child>);
 
 impl Servers {
-    fn start(netns: &str, ports: &[u16]) -> Servers {
+    /// `family`: "-4" or "-6".
+    fn start(netns: &str, family: &str, ports: &[u16]) -> Servers {
         let mut servers = Servers(Vec::new());
         for &port in ports {
             let script = format!(
-                "while true; do echo world-{port} | nc -4 -l -q0 -p {port} >/dev/null 2>&1 || exit 1; done"
+                "while true; do echo world-{port} | nc {family} -l -q0 -p {port} >/dev/null 2>&1 || exit 1; done"
             );
             let child = Command::new("ip")
                 .args(["netns", "exec", netns, "sh", "-c", &script])
@@ -110,7 +111,7 @@ impl Servers {
         for &port in ports {
             let filter = format!("sport = :{port}");
             loop {
-                let out = exec(netns, &["ss", "-ltnH", &filter]);
+                let out = exec(netns, &["ss", family, "-ltnH", &filter]);
                 if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
                     break;
                 }
@@ -214,7 +215,8 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
         ],
     );
     assert!(out.status.success(), "route to the world: {}", text(&out));
-    let _servers = Servers::start(&world.netns, &[53, 80, 81]);
+    let _servers = Servers::start(&world.netns, "-4", &[53, 80, 81]);
+    let _servers6 = Servers::start(&world.netns, "-6", &[82]);
     let node_curl_a = || {
         let url = format!("http://{a4}:80/");
         let out = exec(&n1, &["curl", "-sS", "--http0.9", "--max-time", "3", &url]);
@@ -232,8 +234,19 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
 
+    // The world's IPv6 underlay address (this test's server on 82).
+    let w6 = world.ipv6.expect("the world's IPv6 address").to_string();
+
     // 0. No host policy: no table, everything answers.
     assert_eq!(table(&n1), None, "a table before any host policy");
+    // (The first IPv6 exchange may wait for the underlay's neighbours.)
+    let got = tcp_reads_open(&n1, &w6, 82);
+    let got = if got.is_empty() {
+        tcp_reads_open(&n1, &w6, 82)
+    } else {
+        got
+    };
+    assert_eq!(got, "world-82", "n1 → [{w6}]:82 before");
     assert_eq!(
         tcp_reads_open(&n1, WORLD, 81),
         "world-81",
@@ -270,6 +283,17 @@ fn host_policy_judges_the_nodes_own_outbound_traffic_in_nftables() {
     );
     let (denied2, _) = host_egress(&c, "n1");
     assert!(denied2 > denied1, "n1 → {w_ul}:80 not counted");
+    // IPv6 too (the table's `ip6 daddr` side, the world class).
+    assert_eq!(
+        tcp_reads(&n1, &w6, 82),
+        "",
+        "n1 → [{w6}]:82 under the policy"
+    );
+    let (denied2, _) = {
+        let (d, a) = host_egress(&c, "n1");
+        assert!(d > denied2, "n1 → [{w6}]:82 not counted");
+        (d, a)
+    };
     let status = c.weir(&["status"]);
     let status = text(&status);
     assert!(
