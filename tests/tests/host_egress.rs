@@ -4,7 +4,8 @@
 //! weir_host` in n1's netns (hook `output`). Real clients (curl, OpenBSD nc)
 //! in the nodes' netns, real servers in the world host's netns (this test's
 //! `nc -l` loops and the world's own UDP server). Each denial is counted by
-//! the table (`weir status`: host egress denied) and the same verdicts come
+//! the table (`weir status`: host egress denied; `/metrics`), IPv4 and
+//! IPv6, and the same verdicts come
 //! from `weir explain --from node/n1 --to ADDR`. Also: failsafe ports stay
 //! open, n2 (not selected) is untouched, n1 → its pods is still judged by
 //! the worker, a bad policy keeps the table, deleting the policy removes
