@@ -379,9 +379,35 @@ pub fn publish_for(
             compile_node(cluster, &input, &n.name, generation)?,
         ));
     }
+    // The node's own outbound traffic under host policy: its nftables
+    // table, rendered before anything is published (all or nothing).
+    let mut host_tables = Vec::new();
+    for (node, spec) in &specs {
+        let text = crate::host_egress::ruleset(
+            &spec.policy,
+            &cluster.host_failsafe.outbound,
+            weir_topo::host::HOST_IFNAME,
+        )
+        .with_context(|| format!("nodes/{node}"))?;
+        let netns = cluster.node(node).map(|n| n.netns.clone());
+        host_tables.push((node.clone(), netns, text));
+    }
     for (node, spec) in specs {
         write_atomic(&state.snapshot_file(&node), &serde_json::to_vec(&spec)?)?;
     }
+    // Applied after the snapshots: a failure (nft missing, the netns gone)
+    // leaves the node's previous table in force and is one error line.
+    let mut failed = Vec::new();
+    for (node, netns, text) in host_tables {
+        let Some(netns) = netns.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if let Err(e) = crate::host_egress::sync(state, &node, &netns, text.as_deref()) {
+            log::error!("{e:#}");
+            failed.push(format!("{e:#}"));
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
     Ok(generation)
 }
 

@@ -524,6 +524,9 @@ impl Daemon {
                 },
             });
         }
+        for (e, n) in nodes.iter_mut().zip(&self.cluster.nodes) {
+            e.host_egress = crate::host_egress::status(&self.state, &n.name, &n.netns);
+        }
         ClusterStatus {
             cluster: self.opts.cluster.clone(),
             generation: self.generation,

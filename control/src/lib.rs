@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod flows;
 pub mod get;
+pub mod host_egress;
 pub mod ipc;
 pub mod kube_agent;
 pub mod kube_inputs;

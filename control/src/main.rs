@@ -1844,6 +1844,11 @@ fn explain_node(
     fn end<'a>(s: &'a str, flag: &str) -> anyhow::Result<FlowEnd<'a>> {
         Ok(match s.strip_prefix("node/") {
             Some(n) => FlowEnd::Node(n),
+            // The node's own outbound traffic to an address (its nftables
+            // table): `--from node/NAME --to 198.51.100.1`.
+            None if flag == "--to" && s.parse::<std::net::IpAddr>().is_ok() => {
+                FlowEnd::Addr(s.parse()?)
+            }
             None => {
                 let (ns, p) = split_pod(s, flag)?;
                 FlowEnd::Pod(ns, p)

@@ -79,7 +79,8 @@ impl Shared {
 
     /// Every node's status, as the daemon's `status` reply carries it.
     pub fn collect(&self) -> Vec<NodeStatusEntry> {
-        self.nodes
+        let mut entries: Vec<NodeStatusEntry> = self
+            .nodes
             .iter()
             .map(|(node, weir)| {
                 if !weir {
@@ -107,7 +108,25 @@ impl Shared {
                     },
                 }
             })
-            .collect()
+            .collect();
+        // The nodes' own outbound traffic (nftables counters) where weir
+        // applied a table: the netns from the cluster's state.
+        let applied = |n: &str| {
+            self.state
+                .node_dir(n)
+                .join(crate::host_egress::APPLIED_FILE)
+                .exists()
+        };
+        if entries.iter().any(|e| applied(&e.node)) {
+            if let Ok(c) = weir_topo::Cluster::load(&self.state.cluster_file()) {
+                for e in &mut entries {
+                    if let Some(n) = c.node(&e.node) {
+                        e.host_egress = crate::host_egress::status(&self.state, &e.node, &n.netns);
+                    }
+                }
+            }
+        }
+        entries
     }
 
     /// The whole `/metrics` page.
@@ -386,6 +405,10 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_port_zero_copy",
             "1 when the port's AF_XDP sockets run zero-copy, 0 in copy mode; label mode says why (weir up --zero-copy)",
         );
+        let mut host_egress = counter(
+            "weir_host_egress_packets",
+            "Packets of the node's own new outbound flows its nftables table inet weir_host judged, by verdict (host policy, docs/policy.md)",
+        );
         let mut hist: Vec<HistSample> = Vec::new();
         // `weir up --latency-breakdown` only.
         let mut stage_hist: Vec<HistSample> = Vec::new();
@@ -394,6 +417,13 @@ impl prometheus_client::collector::Collector for Scrape {
             let node = || ("node", n.node.clone());
             if n.kernel {
                 continue;
+            }
+            if let Some(h) = &n.host_egress {
+                for (verdict, v) in [("denied", h.denied_packets), ("allowed", h.allowed_packets)] {
+                    host_egress
+                        .samples
+                        .push((vec![node(), ("verdict", verdict.to_string())], v));
+                }
             }
             let st = n.status.as_ref();
             up.samples.push((vec![node()], u64::from(st.is_some())));
@@ -527,6 +557,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &l7_denials,
             &l7_h2_refused,
             &port_zc,
+            &host_egress,
         ] {
             f.encode(&mut enc)?;
         }

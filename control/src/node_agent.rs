@@ -556,10 +556,16 @@ impl NodeState {
             &Request::Status,
             Duration::from_secs(2),
         );
-        let node = match st {
+        let mut node = match st {
             Ok(v) => json!({"node": self.node, "running": true, "status": v}),
             Err(e) => json!({"node": self.node, "running": false, "error": e.to_string()}),
         };
+        // The node's own outbound traffic under host policy (its nftables
+        // table, docs/policy.md).
+        let netns = self.attached.nodes.first().map_or("", |n| n.netns.as_str());
+        if let Some(h) = crate::host_egress::status(&self.state, &self.node, netns) {
+            node["host_egress"] = json!(h);
+        }
         let services: Vec<_> = self
             .services
             .iter()

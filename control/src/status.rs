@@ -29,6 +29,9 @@ pub fn render(v: &ClusterStatus) -> String {
                 "\nnode {name}: dataplane NOT RUNNING ({}) — its pod interfaces drop all traffic (fail closed)",
                 n.error.as_deref().unwrap_or("")
             );
+            if let Some(h) = &n.host_egress {
+                out.push_str(&crate::host_egress::render(h));
+            }
             continue;
         };
         let dp = s.dataplane.clone().unwrap_or_default();
@@ -39,6 +42,9 @@ pub fn render(v: &ClusterStatus) -> String {
             s.generation, s.rx_pps, s.tx_pps,
         );
         out.push_str(&times_line(s, &dp, now_unix_ns()));
+        if let Some(h) = &n.host_egress {
+            out.push_str(&crate::host_egress::render(h));
+        }
         let rows: Vec<Vec<String>> = dp
             .workers
             .iter()

@@ -258,6 +258,31 @@ pub struct NodeStatusEntry {
     pub status: Option<NodeStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Host policy on the node's own outbound traffic: the counters of
+    /// its nftables table `inet weir_host` (absent: no table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_egress: Option<HostEgressStatus>,
+}
+
+/// The node's own outbound traffic under host policy (its nftables table
+/// `inet weir_host`, docs/policy.md): packets of new flows by verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostEgressStatus {
+    pub denied_packets: u64,
+    pub allowed_packets: u64,
+    /// Per counter: the deciding rule as `weir flows` names it.
+    pub rules: Vec<HostEgressRule>,
+}
+
+/// One counter of [`HostEgressStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostEgressRule {
+    pub rule: String,
+    /// `accept` or `drop`.
+    pub verdict: String,
+    pub packets: u64,
 }
 
 /// What happened to one object (`apply`, `sync-policies`).

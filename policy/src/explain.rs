@@ -728,6 +728,9 @@ pub enum FlowEnd<'a> {
     Pod(&'a str, &'a str),
     /// The node (its name, for the text) as a host endpoint.
     Node(&'a str),
+    /// Any address (the world, another node): only as the destination of
+    /// the node's own outbound traffic (its nftables table, docs/policy.md).
+    Addr(IpAddr),
 }
 
 /// [`explain`] for a flow between a pod and its node (host endpoint
@@ -742,6 +745,9 @@ pub fn explain_host(
     protocol: Protocol,
     port: u16,
 ) -> Result<Explanation, PolicyError> {
+    if let (FlowEnd::Node(_), FlowEnd::Addr(addr)) = (from, to) {
+        return explain_host_out(host, from, to, addr, input, protocol, port);
+    }
     let (pod_end, node, node_is_src) = match (from, to) {
         (FlowEnd::Pod(ns, n), FlowEnd::Node(node)) => ((ns, n), node, false),
         (FlowEnd::Node(node), FlowEnd::Pod(ns, n)) => ((ns, n), node, true),
@@ -781,14 +787,82 @@ pub fn explain_host(
         (pod_peer, node_peer)
     };
     let j = compiled.judge(s, d, protocol_number(protocol), port);
-    let name = |e: FlowEnd<'_>| match e {
-        FlowEnd::Pod(ns, n) => format!("{ns}/{n}"),
-        FlowEnd::Node(n) => format!("node/{n}"),
-    };
     Ok(Explanation {
         allowed: j.allowed,
-        from: name(from),
-        to: name(to),
+        from: end_name(from),
+        to: end_name(to),
+        protocol: protocol.to_string(),
+        port,
+        egress: side(&compiled, j.egress),
+        ingress: side(&compiled, j.ingress),
+        http: None,
+        dns: None,
+        tls: None,
+        same_pod: false,
+    })
+}
+
+fn end_name(e: FlowEnd<'_>) -> String {
+    match e {
+        FlowEnd::Pod(ns, n) => format!("{ns}/{n}"),
+        FlowEnd::Node(n) => format!("node/{n}"),
+        FlowEnd::Addr(a) => a.to_string(),
+    }
+}
+
+/// [`explain_host`] for the node's own outbound traffic to an address
+/// outside its pods (the world, another node): the node's egress host
+/// table, the one its nftables table `inet weir_host` renders. The node's
+/// address is its first of the destination's family.
+fn explain_host_out(
+    host: &crate::HostEndpoint,
+    from: FlowEnd<'_>,
+    to: FlowEnd<'_>,
+    addr: IpAddr,
+    input: &PolicyInput,
+    protocol: Protocol,
+    port: u16,
+) -> Result<Explanation, PolicyError> {
+    let Some(na) = host
+        .addrs
+        .iter()
+        .copied()
+        .find(|h| h.is_ipv4() == addr.is_ipv4())
+    else {
+        return Err(PolicyError::Input(format!(
+            "{} has no address of {addr}'s family",
+            end_name(from)
+        )));
+    };
+    // A pod's address: its own side is judged too (the worker's flow).
+    if let Some(p) = input
+        .pods
+        .iter()
+        .find(|p| p.ipv4.map(IpAddr::V4) == Some(addr) || p.ipv6.map(IpAddr::V6) == Some(addr))
+    {
+        return Err(PolicyError::Input(format!(
+            "{addr} is pods/{}/{}: use --to {}/{}",
+            p.namespace, p.name, p.namespace, p.name
+        )));
+    }
+    let spec = crate::compile::compile_for_host(input, 0, &[], Some(host))?;
+    let compiled = CompiledPolicy::build(spec)?;
+    let j = compiled.judge(
+        Peer {
+            endpoint: None,
+            addr: na,
+        },
+        Peer {
+            endpoint: None,
+            addr,
+        },
+        protocol_number(protocol),
+        port,
+    );
+    Ok(Explanation {
+        allowed: j.allowed,
+        from: end_name(from),
+        to: end_name(to),
         protocol: protocol.to_string(),
         port,
         egress: side(&compiled, j.egress),

@@ -13,7 +13,11 @@
 //! from both (so the refusal is the policy's). Then the Baseline tier (`tier: Baseline`): the Admin policy passes 9101
 //! on, a Baseline policy allows it from the world's address only: the
 //! world is answered, the pod refused and counted. The policies deleted,
-//! 9101 answers again. Needs root, Go, ethtool.
+//! 9101 answers again. The node's own outbound traffic: an egress host
+//! rule denying TCP 9201 to the world becomes the agent's nftables table
+//! in the node's netns (the node's connection refused and counted in the
+//! agent's status, 9200 answers; the table gone with the policy). Needs
+//! root, Go, ethtool, nft.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -60,8 +64,50 @@ spec:
   - {name: rest, action: Deny}
 ";
 
+/// The node's own outbound traffic (its nftables table, docs/policy.md):
+/// TCP 9201 to the world's address denied, the rest allowed by default.
+const HOST_OUT: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: WeirClusterPolicy
+metadata: {name: host-out}
+spec:
+  priority: 20
+  subject:
+    nodeSelector: {matchLabels: {role: hp-worker}}
+  egress:
+  - name: no-9201
+    action: Deny
+    to: [{ipBlock: {cidr: 192.168.77.2/32}}]
+    ports: [{protocol: TCP, port: 9201}]
+";
+
+/// `nodes[0].host_egress.denied_packets` of the agent's status.
+fn host_egress_denied(node: &NodeUnderTest) -> u64 {
+    node.status()["nodes"][0]["host_egress"]["denied_packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Whether the node's netns has weir's table.
+fn has_table(ns: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "weir_host",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const NODE_POD_GW: Ipv4Addr = Ipv4Addr::new(10, 216, 1, 1);
+const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 
 fn tcp(from: &Path, to: Ipv4Addr, port: u16) -> bool {
     tcp_port_ok(from, to, port, Duration::from_millis(700))
@@ -218,6 +264,42 @@ fn host_policy_applies_on_a_node_agent() {
     assert!(
         tcp(&world, NODE_IP, 9100),
         "world → node:9100 (Admin allow)"
+    );
+
+    // The node's own outbound traffic (the agent's nftables table in the
+    // node's netns): 9201 on the world refused and counted, 9200 answers.
+    start_echo(&world, &[9200, 9201], &[]);
+    assert!(tcp(&node_path, WORLD_IP, 9201), "node → world:9201 before");
+    assert!(
+        !has_table(&ns_node),
+        "a weir_host table before any egress rule"
+    );
+    cp.kubectl_ok(&["apply", "-f", "-"], Some(HOST_OUT));
+    wait_until(&node, "the node's 9201 to the world is refused", || {
+        !tcp(&node_path, WORLD_IP, 9201)
+    });
+    assert!(
+        has_table(&ns_node),
+        "no weir_host table in the node's netns"
+    );
+    let denied = host_egress_denied(&node);
+    assert!(
+        !tcp(&node_path, WORLD_IP, 9201),
+        "node → world:9201 answered"
+    );
+    assert!(
+        host_egress_denied(&node) > denied,
+        "node → world:9201 refused but not counted: {}",
+        node.status()
+    );
+    assert!(tcp(&node_path, WORLD_IP, 9200), "node → world:9200 refused");
+    cp.kubectl_ok(&["delete", "weirclusterpolicy", "host-out"], None);
+    wait_until(&node, "the node's 9201 to the world answers again", || {
+        tcp(&node_path, WORLD_IP, 9201)
+    });
+    assert!(
+        !has_table(&ns_node),
+        "the weir_host table left after its policy"
     );
 
     // The policies deleted: 9101 answers again from both.
