@@ -40,6 +40,27 @@ pub struct Options {
     pub busy_poll: bool,
 }
 
+/// Whether the node's ports need multi-buffer sockets: the cluster's pod
+/// MTU, a pod of this node or the underlay is above what one UMEM frame
+/// holds.
+fn multi_buffer_needed(cluster: &weir_topo::Cluster, node: &str) -> bool {
+    let frame = DataplaneConfig::default().frame_size;
+    let pods = cluster
+        .pods
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.mtu);
+    let mtu = pods
+        .chain([cluster.pod_mtu, cluster.underlay_mtu])
+        .max()
+        .unwrap_or(0);
+    let on = weir_dataplane::worker::multibuf::needed(mtu, frame);
+    if on {
+        log::info!("nodes/{node}: MTU {mtu}: AF_XDP multi-buffer sockets (XDP_USE_SG)");
+    }
+    on
+}
+
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
 pub fn check_conntrack_size(n: usize) -> anyhow::Result<usize> {
     anyhow::ensure!(
@@ -164,6 +185,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         latency_breakdown: opts.latency_breakdown,
         zero_copy: opts.zero_copy,
         busy_poll: opts.busy_poll,
+        // Multi-buffer sockets when a port's MTU needs frames above one
+        // UMEM frame (pod MTU above ~3.8 KiB, docs/performance.md).
+        multi_buffer: multi_buffer_needed(&cluster, &opts.node),
         // Connections kept across a dataplane kill (docs/reliability.md).
         checkpoint: Some(weir_dataplane::runtime::CheckpointConfig {
             path: state.node_dir(&opts.node).join("conntrack.ckpt"),

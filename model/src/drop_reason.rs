@@ -128,6 +128,10 @@ drop_reasons! {
     WireguardNoSession = 44 => "wireguard-no-session",
     /// WireGuard keepalive or handshake message consumed by the node itself (not a loss: counted so that every frame has an outcome)
     WireguardControl = 45 => "wireguard-control",
+    /// packet of several AF_XDP frames (a multi-buffer jumbo frame) on a path that needs it whole in one frame: held for inline L7 inspection or sealed/opened by WireGuard (docs/performance.md, multi-buffer)
+    MultiBufferUnsupported = 46 => "multi-buffer-unsupported",
+    /// multi-buffer packet whose descriptor chain was cut short or longer than the worker's linear buffer (never judged, never sent)
+    MultiBufferChain = 47 => "multi-buffer-chain",
 }
 
 macro_rules! l7_reasons {

@@ -460,7 +460,14 @@ fn jumbo_frame_arrives_as_a_descriptor_chain() {
     r.set_socket(0, rx.fd().as_raw_fd()).expect("set_socket");
     // A static neighbour: no ARP needed (the socket takes everything IP).
     ip(&[
-        "-n", &t.pod_ns, "neigh", "replace", NODE_ADDR, "lladdr", "02:00:00:00:00:01", "dev",
+        "-n",
+        &t.pod_ns,
+        "neigh",
+        "replace",
+        NODE_ADDR,
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
         &pod_if,
     ]);
     {
@@ -482,7 +489,11 @@ fn jumbo_frame_arrives_as_a_descriptor_chain() {
         // SAFETY: `rest` holds descriptors of `umem` that are not in any
         // ring; consume overwrites them with received ones.
         let n = unsafe { rx.poll_and_consume(&mut rest[got.len()..], 200) }.expect("poll");
-        got.extend(rest[got.len()..got.len() + n].iter().map(|d| (d.lengths().data(), d.options())));
+        got.extend(
+            rest[got.len()..got.len() + n]
+                .iter()
+                .map(|d| (d.lengths().data(), d.options())),
+        );
         if got.iter().any(|&(_, o)| o & 1 == 0) {
             break;
         }
