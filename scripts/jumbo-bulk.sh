@@ -8,7 +8,7 @@
 #   scripts/jumbo-bulk.sh [WEIR_BIN] [ROUNDS] [SECS] [MTU...]
 #   scripts/jumbo-bulk.sh target/release/weir 3 5 9000 1450
 #
-# Needs target/../weir-cni beside WEIR_BIN (cargo build [--release] -p weir -p weir-cni).
+# Needs weir-cni beside WEIR_BIN (cargo build [--release] -p weir -p weir-cni).
 # Placement: iperf3 (client and server) on core 0, weir's worker on core 1
 # (--cores 1, adaptive polling). Prints one line per run and the median
 # [min-max] of weir / kernel per MTU.
