@@ -282,6 +282,11 @@ enum Cmd {
         /// Pod MTU (default: the underlay MTU minus the encapsulation's overhead).
         #[arg(long, default_value_t = 0)]
         mtu: u32,
+        /// MTU of the underlay links between nodes (default 1500). A pod MTU
+        /// above 3822 (jumbo frames, e.g. `--underlay-mtu 9050 --mtu 9000`)
+        /// turns on AF_XDP multi-buffer (docs/performance.md).
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u32,
         /// Encapsulation between nodes.
         #[arg(long, value_enum, default_value_t = EncapArg::Vxlan)]
         encap: EncapArg,
@@ -703,6 +708,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             validation,
             dp,
             mtu,
+            underlay_mtu,
             queues,
             encap,
             api_server,
@@ -719,6 +725,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = BuildOptions {
                 queues,
                 mtu,
+                underlay_mtu,
                 encap,
                 non_masquerade,
                 host_failsafe: failsafe.ports()?,

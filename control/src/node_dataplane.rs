@@ -52,6 +52,27 @@ pub fn check_idle_spin_us(us: u64) -> anyhow::Result<u64> {
     Ok(us)
 }
 
+/// Whether the node's ports need multi-buffer sockets: the cluster's pod
+/// MTU, a pod of this node or the underlay is above what one UMEM frame
+/// holds.
+fn multi_buffer_needed(cluster: &weir_topo::Cluster, node: &str) -> bool {
+    let frame = DataplaneConfig::default().frame_size;
+    let pods = cluster
+        .pods
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.mtu);
+    let mtu = pods
+        .chain([cluster.pod_mtu, cluster.underlay_mtu])
+        .max()
+        .unwrap_or(0);
+    let on = weir_dataplane::worker::multibuf::needed(mtu, frame);
+    if on {
+        log::info!("nodes/{node}: MTU {mtu}: AF_XDP multi-buffer sockets (XDP_USE_SG)");
+    }
+    on
+}
+
 /// Checks `--conntrack-size`: 16 (one bucket) up to 2^24 entries.
 pub fn check_conntrack_size(n: usize) -> anyhow::Result<usize> {
     anyhow::ensure!(
@@ -178,6 +199,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         busy_poll: opts.busy_poll,
         idle_spin: std::time::Duration::from_micros(opts.idle_spin_us),
         idle_yield: opts.idle_yield,
+        // Multi-buffer sockets when a port's MTU needs frames above one
+        // UMEM frame (pod MTU above ~3.8 KiB, docs/performance.md).
+        multi_buffer: multi_buffer_needed(&cluster, &opts.node),
         // Connections kept across a dataplane kill (docs/reliability.md).
         checkpoint: Some(weir_dataplane::runtime::CheckpointConfig {
             path: state.node_dir(&opts.node).join("conntrack.ckpt"),

@@ -101,6 +101,12 @@ pub struct DataplaneConfig {
     /// workers drive each socket's NAPI poll every round
     /// ([`crate::xsk::XskSocket::set_busy_poll`]). Off by default.
     pub busy_poll: bool,
+    /// AF_XDP multi-buffer (`XDP_USE_SG`): packets larger than a UMEM
+    /// frame cross the workers as chains ([`crate::worker::multibuf`]);
+    /// needed when a port's MTU is above ~3.8 KiB
+    /// ([`crate::worker::multibuf::needed`]). Off: such packets are dropped
+    /// by the kernel (`rx_dropped`), as before.
+    pub multi_buffer: bool,
     /// Entries of every RX, TX, fill and completion ring (power of two).
     pub ring_size: u32,
     /// Entries of the node's conntrack table, shared by all workers and
@@ -173,6 +179,7 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpMode::Native,
             zero_copy: false,
             busy_poll: false,
+            multi_buffer: false,
             ring_size: 1024,
             conntrack_size: conntrack::DEFAULT_SIZE,
             flow_log_capacity: flows::DEFAULT_CAPACITY,
@@ -413,6 +420,7 @@ impl Dataplane {
                 busy_poll: cfg.busy_poll,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
+            let umem = umem.with_multi_buffer(cfg.multi_buffer);
             let anchor = match dp.anchor {
                 Some(_) => Some(umem.open_socket(ANCHOR_IFNAME, id as u32, false)?),
                 None => None,

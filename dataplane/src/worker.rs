@@ -37,6 +37,9 @@ use crate::stats::{self, KernelDrops, WorkerStats};
 use crate::xsk::{self, Frames, HeldFrame, WorkerUmem, XskSocket};
 use crate::{DropReason, PortId, Snapshot, Verdict};
 
+#[path = "multibuf.rs"]
+pub mod multibuf;
+
 /// What the control thread tells a worker between rounds.
 #[derive(Debug)]
 pub enum Control {
@@ -147,6 +150,9 @@ pub struct Worker {
     wg_in: Vec<WgIn>,
     wg_out: Vec<(HeldFrame, PortId, pass::SealJob, Result<usize, DropReason>)>,
     wg_addrs: Vec<Option<std::net::Ipv4Addr>>,
+    /// Multi-buffer (the UMEM's sockets bound `XDP_USE_SG`): the batch's
+    /// chains and the linear buffer ([`multibuf`]). `None`: off.
+    chains: Option<Box<multibuf::Chains>>,
 }
 
 /// A received frame after the batch's WireGuard open.
@@ -291,6 +297,12 @@ impl Worker {
     ) -> Self {
         let cur = snap.load_full();
         let batch = cfg.batch;
+        // Multi-buffer: room to finish a chain the batch ends inside.
+        let rx_cap = match umem.multi_buffer() {
+            true => batch + xsk::MAX_CHAIN,
+            false => batch,
+        };
+        let chains = umem.multi_buffer().then(|| multibuf::Chains::new(rx_cap));
         Worker {
             id,
             umem,
@@ -305,8 +317,8 @@ impl Worker {
             hist: stats::new_latency_histogram(),
             port_slot: Vec::new(),
             touched: Vec::new(),
-            rx_buf: Vec::with_capacity(batch),
-            scratch: vec![FrameDesc::default(); batch.max(64)],
+            rx_buf: Vec::with_capacity(rx_cap),
+            scratch: vec![FrameDesc::default(); rx_cap.max(64)],
             pollfds: Vec::new(),
             floor: 0,
             kernel_retired: KernelDrops::default(),
@@ -318,6 +330,7 @@ impl Worker {
             wg_in: Vec::with_capacity(batch),
             wg_out: Vec::with_capacity(batch),
             wg_addrs: Vec::with_capacity(batch),
+            chains,
             cfg,
         }
         .with_hold_queues()
@@ -708,6 +721,8 @@ impl Worker {
             // capacity comes back with it).
             let mut rx = std::mem::take(&mut self.rx_buf);
             let bytes: u64 = rx.iter().map(|d| d.data_len() as u64).sum();
+            // Multi-buffer: one entry per packet, chains' tails set aside.
+            self.chains_split(&mut rx);
             // WireGuard messages from peers: opened first, each peer's
             // lock taken once for the batch.
             self.wg_open_batch(ingress, &mut rx);
@@ -724,6 +739,12 @@ impl Worker {
                 }
             }
             for (i, mut d) in rx.drain(..).enumerate() {
+                let tails = self.chain_tails(i);
+                if tails > 0 {
+                    let wg = self.wg_in.get(i).copied();
+                    self.chain_pass(d, tails, ingress, wg);
+                    continue;
+                }
                 match self.wg_in.get(i) {
                     Some(WgIn::Done(v)) => {
                         let v = *v;

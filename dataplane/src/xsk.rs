@@ -117,6 +117,10 @@ pub struct WorkerUmem {
     /// the sockets sharing the UMEM later inherit its copy mode, and this
     /// reason with it.
     zc_refused: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// Bind its sockets with `XDP_USE_SG` (multi-buffer: a packet larger
+    /// than a frame arrives, and leaves, as a chain of descriptors;
+    /// [`crate::multibuf`]).
+    multi_buffer: bool,
 }
 
 impl WorkerUmem {
@@ -148,9 +152,24 @@ impl WorkerUmem {
                 umem,
                 ring_size,
                 zc_refused: Default::default(),
+                multi_buffer: false,
             },
             ledger,
         ))
+    }
+
+    /// Binds the sockets opened from now on with `XDP_USE_SG` (multi-buffer,
+    /// kernel >= 6.6; the kernel records it on the UMEM, so the sockets
+    /// sharing it take it too). Off: a packet larger than a frame is
+    /// dropped by the kernel (`rx_dropped`), as before.
+    pub fn with_multi_buffer(mut self, on: bool) -> Self {
+        self.multi_buffer = on;
+        self
+    }
+
+    /// Whether this UMEM's sockets are bound multi-buffer.
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// Creates an AF_XDP socket on `ifname` queue `queue` sharing this UMEM
@@ -188,13 +207,18 @@ impl WorkerUmem {
         // binding fails with EBUSY. Wait for it, on the control path only.
         let deadline = std::time::Instant::now() + BUSY_WAIT;
         let mut modes = attempts.iter().peekable();
+        let sg = if self.multi_buffer {
+            BindFlags::XDP_USE_SG
+        } else {
+            BindFlags::empty()
+        };
         while let Some(mode) = modes.peek() {
             let cfg = SocketConfig::builder()
                 .rx_queue_size(ring)
                 .tx_queue_size(ring)
                 .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
                 .xdp_flags(XdpFlags::empty())
-                .bind_flags(**mode | BindFlags::XDP_USE_NEED_WAKEUP)
+                .bind_flags(**mode | BindFlags::XDP_USE_NEED_WAKEUP | sg)
                 .build();
             // SAFETY: program load is inhibited, as `Socket::new` requires
             // for a shared UMEM; and weir binds each (interface, queue) pair
@@ -215,6 +239,7 @@ impl WorkerUmem {
                         ring_size: self.ring_size,
                         fd,
                         zero_copy,
+                        sg: self.multi_buffer,
                         zc_refused: match (want_zero_copy, zero_copy) {
                             (true, false) => Some(zc_refused.unwrap_or_else(|| {
                                 self.zc_refused
@@ -307,7 +332,30 @@ impl HeldFrame {
     pub fn data_len(&self) -> usize {
         self.0.lengths().data()
     }
+
+    /// The packet goes on in the next descriptor (`XDP_PKT_CONTD`): as
+    /// received from a multi-buffer socket, or as set for TX.
+    #[inline]
+    pub fn continues(&self) -> bool {
+        self.0.options() & XDP_PKT_CONTD != 0
+    }
+
+    /// Marks (or unmarks) the frame as continued by the next descriptor of
+    /// its chain, for TX.
+    #[inline]
+    pub fn set_continues(&mut self, on: bool) {
+        let o = self.0.options() & !XDP_PKT_CONTD;
+        self.0.set_options(if on { o | XDP_PKT_CONTD } else { o });
+    }
 }
+
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): the packet continues in the next
+/// descriptor.
+const XDP_PKT_CONTD: u32 = 1;
+
+/// Most descriptors one packet may take: the kernel's own bound for a
+/// copy-mode chain (`MAX_SKB_FRAGS` + 1 with the default 17 frags).
+pub const MAX_CHAIN: usize = 18;
 
 /// How long socket creation waits for a queue still being released.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -362,9 +410,12 @@ impl Frames {
     /// (L7 replies); it becomes held. `None` when none is free.
     #[inline]
     pub fn take(&mut self) -> Option<HeldFrame> {
-        let d = self.free.pop()?;
+        let mut d = self.free.pop()?;
         let i = self.index(&d);
         self.owner[i] = HELD;
+        // A frame last received inside a chain keeps its CONTD flag in
+        // the free list's copy: a frame of the worker's own starts clean.
+        d.set_options(0);
         Some(HeldFrame(d))
     }
 
@@ -420,6 +471,9 @@ pub struct XskSocket {
     ring_size: u32,
     fd: RawFd,
     zero_copy: bool,
+    /// Bound with `XDP_USE_SG`: RX may return chains (kept whole by
+    /// [`XskSocket::rx`]) and TX takes them.
+    sg: bool,
     zc_refused: Option<String>,
     tx: TxQueue,
     rx: RxQueue,
@@ -446,6 +500,11 @@ impl XskSocket {
 
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Bound multi-buffer (`XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.sg
     }
 
     /// Zero-copy was asked for and this socket runs in copy mode: why (the
@@ -553,13 +612,33 @@ impl XskSocket {
         out: &mut Vec<HeldFrame>,
     ) -> usize {
         let room = scratch.len().min(out.capacity() - out.len());
+        // A multi-buffer socket keeps MAX_CHAIN of the room to finish the
+        // last chain (the kernel publishes a chain at once, but a batch may
+        // end inside it): the worker passes whole packets only.
+        let room = if self.sg {
+            room.saturating_sub(MAX_CHAIN)
+        } else {
+            room
+        };
         // SAFETY: the RX ring of this socket only returns frames of this
         // worker's UMEM (the ones its fill ring was given).
-        let n = unsafe { self.rx.consume(&mut scratch[..room]) };
+        let mut n = unsafe { self.rx.consume(&mut scratch[..room]) };
         for d in &scratch[..n] {
             let i = frames.index(d);
             frames.owner[i] = HELD;
             out.push(HeldFrame(*d));
+        }
+        while self.sg && out.last().is_some_and(HeldFrame::continues) && out.len() < out.capacity()
+        {
+            // SAFETY: as above, one descriptor.
+            if unsafe { self.rx.consume(&mut scratch[..1]) } == 0 {
+                break;
+            }
+            let d = scratch[0];
+            let i = frames.index(&d);
+            frames.owner[i] = HELD;
+            out.push(HeldFrame(d));
+            n += 1;
         }
         n
     }
@@ -570,10 +649,15 @@ impl XskSocket {
     /// stay in `held` for the caller to release.
     #[inline]
     pub fn tx(&mut self, slot: usize, frames: &mut Frames, held: &mut Vec<HeldFrame>) -> usize {
-        let n = held
+        let mut n = held
             .len()
             .min(self.tx_scratch.len())
             .min(self.tx.nb_free(held.len() as u32) as usize);
+        // Never part of a chain: the kernel would join its head to the
+        // next packet. What does not fit waits whole.
+        while n > 0 && held[n - 1].continues() {
+            n -= 1;
+        }
         if n == 0 {
             return 0;
         }

@@ -130,6 +130,10 @@ drop_reasons! {
     WireguardControl = 45 => "wireguard-control",
     /// frame toward a peer node held while the WireGuard handshake with it is under way (sent when the session is up; not a loss)
     WireguardQueued = 46 => "wireguard-queued",
+    /// packet of several AF_XDP frames (a multi-buffer jumbo frame) on a path that needs it whole in one frame: held for inline L7 inspection or sealed/opened by WireGuard (docs/performance.md, multi-buffer)
+    MultiBufferUnsupported = 47 => "multi-buffer-unsupported",
+    /// multi-buffer packet whose descriptor chain was cut short or longer than the worker's linear buffer (never judged, never sent)
+    MultiBufferChain = 48 => "multi-buffer-chain",
 }
 
 macro_rules! l7_reasons {

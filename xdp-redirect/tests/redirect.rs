@@ -412,3 +412,100 @@ fn bound_socket_receives_and_closing_it_fails_closed() {
     detach(&t.host_if).expect("detach");
     assert!(t.ping());
 }
+
+/// Multi-buffer (issue 22 part 4): with the program in `xdp.frags`, the
+/// node end of a veth at MTU 9000 takes the program, and an 8000-byte UDP
+/// datagram reaches a socket bound with `XDP_USE_SG` as a chain of
+/// descriptors (`XDP_PKT_CONTD` on all but the last), the headers in the
+/// first frame and the chain's lengths adding up to the frame's.
+#[test]
+fn jumbo_frame_arrives_as_a_descriptor_chain() {
+    use std::num::NonZeroU32;
+    use std::os::fd::AsRawFd;
+    use xsk_rs::config::{BindFlags, LibxdpFlags, SocketConfig, UmemConfig, XdpFlags};
+    use xsk_rs::{Socket, Umem};
+
+    let t = Topo::with_queues(Some(1));
+    let pod_if = format!("{}p", &t.host_if[..t.host_if.len() - 1]);
+    ip(&["-n", &t.node_ns, "link", "set", &t.host_if, "mtu", "9000"]);
+    ip(&["-n", &t.pod_ns, "link", "set", &pod_if, "mtu", "9000"]);
+    t.enter_node();
+    let mut r = Redirector::attach(&t.host_if, &opts(XdpMode::Native))
+        .expect("attach on a veth at MTU 9000 (xdp.frags)");
+
+    let (umem, mut frames) =
+        Umem::new(UmemConfig::default(), NonZeroU32::new(64).unwrap(), false).expect("umem");
+    let cfg = SocketConfig::builder()
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .xdp_flags(XdpFlags::empty())
+        .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_SG)
+        .build();
+    let iface = t.host_if.parse().expect("interface name");
+    let no_spawns = SPAWN.write().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: one socket on this UMEM and (interface, queue), libxdp's own
+    // program load inhibited (weir's program is attached).
+    let (tx, mut rx, rings) =
+        unsafe { Socket::new(cfg, &umem, &iface, 0) }.expect("xsk socket with XDP_USE_SG");
+    nix::fcntl::fcntl(
+        rx.fd().as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .expect("FD_CLOEXEC on the xsk socket");
+    drop(no_spawns);
+    let (mut fq, cq) = rings.expect("fill/completion rings of the first socket");
+    let (fill, rest) = frames.split_at_mut(32);
+    // SAFETY: these descriptors belong to `umem` and are handed to the kernel
+    // once; none is read until the RX ring returns it.
+    assert_eq!(unsafe { fq.produce(fill) }, 32);
+    r.set_socket(0, rx.fd().as_raw_fd()).expect("set_socket");
+    // A static neighbour: no ARP needed (the socket takes everything IP).
+    ip(&[
+        "-n",
+        &t.pod_ns,
+        "neigh",
+        "replace",
+        NODE_ADDR,
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        &pod_if,
+    ]);
+    {
+        let _g = spawn_guard();
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &t.pod_ns, "python3", "-c"])
+            .arg(format!(
+                "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                 s.setsockopt(socket.IPPROTO_IP, 10, 0); s.sendto(b'j'*8000, ('{NODE_ADDR}', 7000))"
+            ))
+            .status()
+            .expect("run python3")
+            .success();
+        assert!(ok, "sending the jumbo datagram");
+    }
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        // SAFETY: `rest` holds descriptors of `umem` that are not in any
+        // ring; consume overwrites them with received ones.
+        let n = unsafe { rx.poll_and_consume(&mut rest[got.len()..], 200) }.expect("poll");
+        got.extend(
+            rest[got.len()..got.len() + n]
+                .iter()
+                .map(|d| (d.lengths().data(), d.options())),
+        );
+        if got.iter().any(|&(_, o)| o & 1 == 0) {
+            break;
+        }
+    }
+    eprintln!("descriptors: {got:?}");
+    assert!(got.len() >= 2, "a chain, not one frame: {got:?}");
+    let total: usize = got.iter().map(|&(l, _)| l).sum();
+    assert_eq!(total, 14 + 20 + 8 + 8000, "{got:?}");
+    let (last, head) = got.split_last().unwrap();
+    assert!(head.iter().all(|&(_, o)| o & 1 == 1), "{got:?}");
+    assert_eq!(last.1 & 1, 0, "{got:?}");
+    drop((tx, rx, fq, cq));
+    drop(frames);
+    drop(umem);
+}

@@ -135,7 +135,7 @@ const ICMPV6_ERR_LAST: u8 = 4;
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
 
-#[xdp]
+#[xdp(frags)]
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
     let verdict = classify(&ctx);
     match verdict {
