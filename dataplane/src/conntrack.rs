@@ -546,6 +546,26 @@ impl Conntrack {
         &self.nat
     }
 
+    /// The seed this table's hash uses, and its NAT table's: what a
+    /// checkpoint keeps so that the restored tables put every entry in the
+    /// bucket it had (see [`crate::checkpoint`]).
+    pub fn seeds(&self) -> (u64, u64) {
+        (self.seed, self.nat.seed())
+    }
+
+    /// Empties the table and its NAT table and hashes with `seeds` (see
+    /// [`Conntrack::seeds`]) from now on. For a table no worker uses yet
+    /// (`&mut`): the load of a checkpoint at start. With the writer's
+    /// seeds, every saved entry goes back to the bucket it came from, so a
+    /// table of the writer's size has room for all of them (with a new
+    /// seed, entries that shared a full bucket's neighbours would collide
+    /// anew and some be lost).
+    pub fn reseed(&mut self, seeds: (u64, u64)) {
+        self.seed = seeds.0;
+        self.buckets.iter_mut().for_each(|l| *l = Line::default());
+        self.nat.reseed(seeds.1);
+    }
+
     /// Replaces the fragment table (sizing, tests).
     pub fn with_frags(mut self, frags: FragTable) -> Self {
         self.frags = frags;
