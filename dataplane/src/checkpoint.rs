@@ -19,6 +19,7 @@
 //! | 36 | the kernel's boot id (`/proc/sys/kernel/random/boot_id`) |
 //! | 8 | snapshot generation running when written |
 //! | 8 | CLOCK_MONOTONIC ns when written |
+//! | 8 + 8 | the conntrack and NAT tables' hash seeds |
 //! | 4 + 2 | conntrack records, bytes per record |
 //! | 4 + 2 | NAT records, bytes per record |
 //! | 2 + n | node name |
@@ -31,6 +32,13 @@
 //! boot, truncated, too large for this table or failing its checksum is
 //! refused as a whole ([`LoadError`]; the caller logs one line and starts
 //! empty). Entries past their deadline are skipped.
+//!
+//! Seeds: the loader empties the new tables and gives them the writer's
+//! hash seeds ([`Conntrack::reseed`]), so every entry goes back to the
+//! bucket it was in and a table of the writer's size holds all of them.
+//! (Version 1 did not keep them: restoring a nearly full table under a new
+//! seed lost ~6% of its entries to full buckets. A version 1 file is
+//! refused like any other version.)
 //!
 //! Policy: every restored conntrack entry is marked so that its flow's
 //! next packet has it judged again by the policy in force, in the flow's
@@ -51,10 +59,10 @@ use crate::svc_nat;
 pub const INTERVAL: Duration = Duration::from_millis(250);
 
 pub const MAGIC: [u8; 8] = *b"WEIRCKPT";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const BOOT_ID_LEN: usize = 36;
 /// Header bytes before the node name.
-const HEADER: usize = 8 + 4 + BOOT_ID_LEN + 8 + 8 + 6 + 6 + 2;
+const HEADER: usize = 8 + 4 + BOOT_ID_LEN + 8 + 8 + 16 + 6 + 6 + 2;
 
 /// The kernel's boot id (a UUID, 36 characters), if it can be read.
 pub fn boot_id() -> Option<[u8; BOOT_ID_LEN]> {
@@ -88,6 +96,9 @@ pub fn encode(
     out.extend_from_slice(boot);
     out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&now.to_le_bytes());
+    let (ct_seed, nat_seed) = ct.seeds();
+    out.extend_from_slice(&ct_seed.to_le_bytes());
+    out.extend_from_slice(&nat_seed.to_le_bytes());
     let counts = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(conntrack::RECORD_LEN as u16).to_le_bytes());
@@ -170,13 +181,14 @@ pub fn max_len(ct: &Conntrack) -> u64 {
 }
 
 /// Checks `bytes` as a checkpoint of `node` written in boot `boot`, then
-/// restores its entries into `ct` (see the module doc). Nothing is
-/// restored unless the whole file checks out.
+/// empties `ct`, gives it the writer's hash seeds and restores the entries
+/// into it (see the module doc). Unless the whole file checks out, `ct` is
+/// left as it was.
 pub fn decode(
     bytes: &[u8],
     node: &str,
     boot: &[u8; BOOT_ID_LEN],
-    ct: &Conntrack,
+    ct: &mut Conntrack,
     now: u64,
 ) -> Result<Restored, LoadError> {
     if bytes.len() < 12 || bytes[..8] != MAGIC {
@@ -210,12 +222,13 @@ pub fn decode(
     }
     let generation = u64_at(48);
     let saved = u64_at(56);
-    let (n_ct, ct_len) = (u32_at(64) as usize, u16_at(68));
-    let (n_nat, nat_len) = (u32_at(70) as usize, u16_at(74));
+    let seeds = (u64_at(64), u64_at(72));
+    let (n_ct, ct_len) = (u32_at(80) as usize, u16_at(84));
+    let (n_nat, nat_len) = (u32_at(86) as usize, u16_at(90));
     if usize::from(ct_len) != conntrack::RECORD_LEN || usize::from(nat_len) != svc_nat::RECORD_LEN {
         return Err(LoadError::RecordSize(ct_len, nat_len));
     }
-    let name_len = usize::from(u16_at(76));
+    let name_len = usize::from(u16_at(92));
     let name = body
         .get(HEADER..HEADER + name_len)
         .ok_or(LoadError::Length)?;
@@ -227,6 +240,7 @@ pub fn decode(
     if recs.len() != ct_bytes + n_nat * svc_nat::RECORD_LEN {
         return Err(LoadError::Length);
     }
+    ct.reseed(seeds);
     let mut r = Restored {
         generation,
         age_ns: now.saturating_sub(saved),
@@ -255,7 +269,7 @@ pub fn decode(
 pub fn load(
     path: &Path,
     node: &str,
-    ct: &Conntrack,
+    ct: &mut Conntrack,
     now: u64,
 ) -> Result<Option<Restored>, LoadError> {
     let len = match std::fs::metadata(path) {
@@ -327,8 +341,8 @@ mod tests {
         let mut buf = Vec::new();
         let w = encode(&ct, "node-1", 7, &BOOT, 10 * SEC, &mut buf);
         assert_eq!((w.conntrack, w.nat, w.bytes), (20, 3, buf.len()));
-        let back = Conntrack::new(4096, Timeouts::default());
-        let r = decode(&buf, "node-1", &BOOT, &back, 12 * SEC).unwrap();
+        let mut back = Conntrack::new(4096, Timeouts::default());
+        let r = decode(&buf, "node-1", &BOOT, &mut back, 12 * SEC).unwrap();
         assert_eq!((r.conntrack, r.nat, r.expired, r.bad), (20, 2, 1, 0));
         assert_eq!((r.generation, r.age_ns), (7, 2 * SEC));
         // Same generation as written, and still the flow is judged again
@@ -365,9 +379,11 @@ mod tests {
         assert_eq!(nat.other, Some("fd00::1".parse().unwrap()));
         assert_eq!((nat.port, nat.frontend, nat.other_port), (8080, 2, 9));
         assert!(back.nat().get(&key(3), Kind::SnatIn, 12 * SEC, 0).is_none());
-        // Loading twice adds nothing.
-        let r = decode(&buf, "node-1", &BOOT, &back, 12 * SEC).unwrap();
-        assert_eq!((r.conntrack, r.nat), (0, 0));
+        // Loading again starts over from an empty table: the same entries,
+        // none twice.
+        let r = decode(&buf, "node-1", &BOOT, &mut back, 12 * SEC).unwrap();
+        assert_eq!((r.conntrack, r.nat, r.no_room), (20, 2, 0));
+        assert_eq!(back.count(12 * SEC), 20);
     }
 
     #[test]
@@ -377,8 +393,8 @@ mod tests {
         ct.revoke(&key(1), 7, SEC);
         let mut buf = Vec::new();
         encode(&ct, "n", 7, &BOOT, SEC, &mut buf);
-        let back = Conntrack::new(64, Timeouts::default());
-        decode(&buf, "n", &BOOT, &back, SEC).unwrap();
+        let mut back = Conntrack::new(64, Timeouts::default());
+        decode(&buf, "n", &BOOT, &mut back, SEC).unwrap();
         // Judged again in the original direction, even from the server's side.
         let rev = FlowKey {
             src: key(1).dst,
@@ -400,8 +416,8 @@ mod tests {
         encode(&ct, "node-1", 7, &BOOT, 10 * SEC, &mut good);
         let fresh = || Conntrack::new(1024, Timeouts::default());
         let check = |bytes: &[u8], want: LoadError| {
-            let t = fresh();
-            assert_eq!(decode(bytes, "node-1", &BOOT, &t, 10 * SEC), Err(want));
+            let mut t = fresh();
+            assert_eq!(decode(bytes, "node-1", &BOOT, &mut t, 10 * SEC), Err(want));
             assert_eq!(t.count(0), 0);
         };
         check(b"", LoadError::Magic);
@@ -412,17 +428,20 @@ mod tests {
         let mut flipped = good.clone();
         flipped[HEADER + 20] ^= 1;
         check(&flipped, LoadError::Checksum);
-        let mut v2 = good.clone();
-        v2[8] = 2;
-        check(&v2, LoadError::Version(2));
-        let t = fresh();
+        // Version 1 (no hash seeds) and any other: refused.
+        for v in [1u8, 3] {
+            let mut old = good.clone();
+            old[8] = v;
+            check(&old, LoadError::Version(u32::from(v)));
+        }
+        let mut t = fresh();
         let other_boot = *b"ffffffffffffffffffffffffffffffffffff";
         assert_eq!(
-            decode(&good, "node-1", &other_boot, &t, SEC),
+            decode(&good, "node-1", &other_boot, &mut t, SEC),
             Err(LoadError::Boot)
         );
         assert_eq!(
-            decode(&good, "node-2", &BOOT, &t, SEC),
+            decode(&good, "node-2", &BOOT, &mut t, SEC),
             Err(LoadError::Node("node-1".into()))
         );
         assert_eq!(t.count(0), 0);
@@ -437,11 +456,11 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = decode(&b, "node-1", &BOOT, &t, SEC);
+            let _ = decode(&b, "node-1", &BOOT, &mut t, SEC);
             if b.len() >= 12 {
                 b[..8].copy_from_slice(&MAGIC);
                 b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-                assert!(decode(&b, "node-1", &BOOT, &t, SEC).is_err());
+                assert!(decode(&b, "node-1", &BOOT, &mut t, SEC).is_err());
             }
         }
         assert_eq!(t.count(0), 0);
@@ -459,8 +478,8 @@ mod tests {
         let end = buf.len() - 4;
         let crc = crc32fast::hash(&buf[..end]);
         buf[end..].copy_from_slice(&crc.to_le_bytes());
-        let t = Conntrack::new(64, Timeouts::default());
-        let r = decode(&buf, "n", &BOOT, &t, 10 * SEC).unwrap();
+        let mut t = Conntrack::new(64, Timeouts::default());
+        let r = decode(&buf, "n", &BOOT, &mut t, 10 * SEC).unwrap();
         assert_eq!((r.conntrack, r.bad), (1, 1));
     }
 
@@ -491,9 +510,9 @@ mod tests {
         let t = std::time::Instant::now();
         let w = encode(&ct, "node-1", 1, &BOOT, SEC, &mut buf);
         let enc = t.elapsed();
-        let back = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
+        let mut back = Conntrack::new(conntrack::DEFAULT_SIZE, Timeouts::default());
         let t = std::time::Instant::now();
-        let r = decode(&buf, "node-1", &BOOT, &back, SEC).unwrap();
+        let r = decode(&buf, "node-1", &BOOT, &mut back, SEC).unwrap();
         let dec = t.elapsed();
         println!(
             "{n} flows inserted; checkpoint of {} entries, {} bytes: encode {:?}, decode {:?} ({} restored, {} without room)",
@@ -501,14 +520,59 @@ mod tests {
         );
     }
 
+    /// A nearly full table restored into a fresh table of the same size
+    /// keeps every entry: the checkpoint carries the hash seeds, so each
+    /// entry returns to its bucket. (Under a fresh seed, the same records
+    /// do not all fit: checked below, it is what version 1 lost.)
+    #[test]
+    fn a_full_table_restores_into_an_equal_table_without_loss() {
+        const SIZE: usize = 4096;
+        let ct = Conntrack::new(SIZE, Timeouts::default());
+        let mut inserted = 0;
+        for i in 0..(2 * SIZE as u32) {
+            let k = FlowKey {
+                src: std::net::IpAddr::from((0x0af4_0000u32 | (i >> 16)).to_be_bytes()),
+                dst: "10.96.0.1".parse().unwrap(),
+                proto: 6,
+                sport: i as u16,
+                dport: 80,
+            };
+            if matches!(
+                ct.insert(&k, Seg::Tcp(0x10), adm(1), SEC),
+                conntrack::Insert::Inserted { .. }
+            ) {
+                inserted += 1;
+            }
+        }
+        let mut buf = Vec::new();
+        let w = encode(&ct, "n", 1, &BOOT, SEC, &mut buf);
+        assert_eq!(w.conntrack, ct.count(SEC));
+        assert!(w.conntrack > SIZE * 9 / 10, "{inserted} {w:?}");
+        let mut back = Conntrack::new(SIZE, Timeouts::default());
+        let r = decode(&buf, "n", &BOOT, &mut back, SEC).unwrap();
+        assert_eq!((r.conntrack as usize, r.no_room), (w.conntrack, 0));
+        assert_eq!(back.seeds(), ct.seeds());
+        assert_eq!(back.count(SEC), w.conntrack);
+        // The same records into a table of its own seed: some find their
+        // new bucket full.
+        let other = Conntrack::new(SIZE, Timeouts::default());
+        assert_ne!(other.seeds().0, ct.seeds().0);
+        let recs = &buf[HEADER + 1..HEADER + 1 + w.conntrack * conntrack::RECORD_LEN];
+        let lost = recs
+            .chunks_exact(conntrack::RECORD_LEN)
+            .filter(|rec| matches!(other.import(rec, SEC), Ok(Imported::NoRoom)))
+            .count();
+        assert!(lost > 0, "{lost}");
+    }
+
     #[test]
     fn a_smaller_table_takes_what_fits() {
         let ct = table(200);
         let mut buf = Vec::new();
         encode(&ct, "n", 7, &BOOT, 10 * SEC, &mut buf);
-        let small = Conntrack::new(16, Timeouts::default());
+        let mut small = Conntrack::new(16, Timeouts::default());
         assert!((buf.len() as u64) > 0);
-        let r = decode(&buf, "n", &BOOT, &small, 10 * SEC).unwrap();
+        let r = decode(&buf, "n", &BOOT, &mut small, 10 * SEC).unwrap();
         assert_eq!(r.conntrack, 16);
         assert_eq!(r.no_room, 184);
         assert!(max_len(&small) < max_len(&ct));

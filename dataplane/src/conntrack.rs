@@ -521,6 +521,13 @@ impl Conntrack {
     /// A table of at least `size` entries (rounded up to a power-of-two
     /// number of buckets of [`WAYS`] entries), allocated now.
     pub fn new(size: usize, timeouts: Timeouts) -> Self {
+        Self::with_frag_table(size, timeouts, FragTable::default())
+    }
+
+    /// [`new`](Self::new) with this fragment table instead of a default one
+    /// (`new(..).with_frags(..)` first builds the default, 8 192 entries: a
+    /// fuzz target's fresh state per input spent half its time there).
+    pub fn with_frag_table(size: usize, timeouts: Timeouts, frags: FragTable) -> Self {
         let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         Conntrack {
@@ -528,7 +535,7 @@ impl Conntrack {
             mask: buckets as u64 - 1,
             seed,
             timeouts,
-            frags: FragTable::default(),
+            frags,
             // Two entries per Service flow; capped so a large conntrack
             // does not bring a large NAT table along (~100 bytes an entry).
             nat: crate::svc_nat::NatTable::new(size.min(1 << 16) * 2),
@@ -544,6 +551,26 @@ impl Conntrack {
     /// The node's Service NAT table.
     pub fn nat(&self) -> &crate::svc_nat::NatTable {
         &self.nat
+    }
+
+    /// The seed this table's hash uses, and its NAT table's: what a
+    /// checkpoint keeps so that the restored tables put every entry in the
+    /// bucket it had (see [`crate::checkpoint`]).
+    pub fn seeds(&self) -> (u64, u64) {
+        (self.seed, self.nat.seed())
+    }
+
+    /// Empties the table and its NAT table and hashes with `seeds` (see
+    /// [`Conntrack::seeds`]) from now on. For a table no worker uses yet
+    /// (`&mut`): the load of a checkpoint at start. With the writer's
+    /// seeds, every saved entry goes back to the bucket it came from, so a
+    /// table of the writer's size has room for all of them (with a new
+    /// seed, entries that shared a full bucket's neighbours would collide
+    /// anew and some be lost).
+    pub fn reseed(&mut self, seeds: (u64, u64)) {
+        self.seed = seeds.0;
+        self.buckets.iter_mut().for_each(|l| *l = Line::default());
+        self.nat.reseed(seeds.1);
     }
 
     /// Replaces the fragment table (sizing, tests).

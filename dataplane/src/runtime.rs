@@ -630,7 +630,16 @@ impl Dataplane {
         };
         self.ckpt.boot = crate::checkpoint::boot_id();
         let now = monotonic_ns();
-        match crate::checkpoint::load(&c.path, &c.node, &self.conntrack, now) {
+        // Nothing shares the table yet (no worker runs): the load gives it
+        // the writer's hash seeds.
+        let Some(ct) = Arc::get_mut(&mut self.conntrack) else {
+            log::warn!(
+                "checkpoint {} ignored: the table is in use",
+                c.path.display()
+            );
+            return;
+        };
+        match crate::checkpoint::load(&c.path, &c.node, ct, now) {
             Ok(None) => {}
             Ok(Some(r)) => {
                 log::info!(

@@ -165,6 +165,18 @@ impl NatTable {
         self.buckets.len() * WAYS
     }
 
+    /// The seed of this table's hash (kept in the checkpoint).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Empties the table and hashes with `seed` from now on (see
+    /// [`crate::conntrack::Conntrack::reseed`]).
+    pub fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
+        self.buckets.iter_mut().for_each(|b| *b = Mutex::default());
+    }
+
     fn bucket(&self, key: &Key) -> MutexGuard<'_, Bucket> {
         let h = key.hash(self.seed);
         // Nothing in a critical section can panic; a poisoned lock is

@@ -2,4 +2,4 @@
 //! `weir_fuzz::run_http` for the input format).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_fuzz::run_http(data));
+libfuzzer_sys::fuzz_target!(init: weir_fuzz::init(), |data: &[u8]| weir_fuzz::run_http(data));

@@ -2,4 +2,4 @@
 //! `weir_fuzz::run_manifest`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_fuzz::run_manifest(data));
+libfuzzer_sys::fuzz_target!(init: weir_fuzz::init(), |data: &[u8]| weir_fuzz::run_manifest(data));

@@ -5,4 +5,4 @@
 //! so whatever the validation lets through must be safe to forward with.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_fuzz::run_snapshot(data));
+libfuzzer_sys::fuzz_target!(init: weir_fuzz::init(), |data: &[u8]| weir_fuzz::run_snapshot(data));

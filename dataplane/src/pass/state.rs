@@ -365,6 +365,26 @@ impl WorkerState {
         )
     }
 
+    /// [`standalone`](Self::standalone) with every table small: a private
+    /// conntrack table (and its NAT and fragment tables) of at least
+    /// `conntrack` entries, a flow log of `flow_log` events. For fuzz
+    /// targets, which build a fresh state per input: the default tables
+    /// are a few MB to allocate and zero each time, most of a short
+    /// input's cost; small tables also fill, so their full paths run.
+    pub fn standalone_sized(conntrack: usize, flow_log: usize, cap: L7Capacity) -> Self {
+        let ct = Conntrack::with_frag_table(
+            conntrack,
+            conntrack::Timeouts::default(),
+            crate::frag::FragTable::new(conntrack, crate::frag::DEFAULT_TIMEOUT),
+        );
+        Self::shared_with_l7(
+            Arc::new(ct),
+            Arc::new(FlowLog::new(flow_log)),
+            Arc::default(),
+            cap,
+        )
+    }
+
     /// A worker state on the node's shared table, with this worker's flow
     /// log and conntrack counters (also held by the runtime, which reads them).
     pub fn with_shared(ct: Arc<Conntrack>, flows: Arc<FlowLog>, ct_stats: Arc<CtStats>) -> Self {
