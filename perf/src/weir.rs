@@ -98,6 +98,11 @@ impl WeirCluster {
             name: name.to_string(),
         };
         let out = Command::new(bin)
+            // No metrics endpoint unless asked for (`--metrics-addr` in
+            // `extra` wins): the default address is one per machine, and
+            // harness runs (and the smoke tests, in parallel) bring up
+            // several clusters at once.
+            .env("WEIR_METRICS_ADDR", "off")
             .args(["--cluster", name, "up", "-f"])
             .arg(manifest)
             .args(["--cores", cores, "--poll", poll])
