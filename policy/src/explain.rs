@@ -787,19 +787,32 @@ pub fn explain_host(
         (pod_peer, node_peer)
     };
     let j = compiled.judge(s, d, protocol_number(protocol), port);
-    Ok(Explanation {
+    Ok(plain_explanation(&compiled, j, from, to, protocol, port))
+}
+
+/// The explanation of a flow with a node at one end (no L7 part): both
+/// sides' deciding rules as `CompiledPolicy::judge` found them.
+fn plain_explanation(
+    compiled: &CompiledPolicy,
+    j: weir_model::policy::Judgement,
+    from: FlowEnd<'_>,
+    to: FlowEnd<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Explanation {
+    Explanation {
         allowed: j.allowed,
         from: end_name(from),
         to: end_name(to),
         protocol: protocol.to_string(),
         port,
-        egress: side(&compiled, j.egress),
-        ingress: side(&compiled, j.ingress),
+        egress: side(compiled, j.egress),
+        ingress: side(compiled, j.ingress),
         http: None,
         dns: None,
         tls: None,
         same_pod: false,
-    })
+    }
 }
 
 fn end_name(e: FlowEnd<'_>) -> String {
@@ -859,17 +872,5 @@ fn explain_host_out(
         protocol_number(protocol),
         port,
     );
-    Ok(Explanation {
-        allowed: j.allowed,
-        from: end_name(from),
-        to: end_name(to),
-        protocol: protocol.to_string(),
-        port,
-        egress: side(&compiled, j.egress),
-        ingress: side(&compiled, j.ingress),
-        http: None,
-        dns: None,
-        tls: None,
-        same_pod: false,
-    })
+    Ok(plain_explanation(&compiled, j, from, to, protocol, port))
 }

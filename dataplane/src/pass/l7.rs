@@ -70,6 +70,20 @@ fn patch_tcp_byte(buf: &mut [u8], l4: usize, at: usize, byte: u8) {
 }
 
 /// A flow event for a flow inline L7 denied (the callers fill in what they know).
+/// Where a flow record of the L7 stage happened: the generation the pass ran
+/// under, the local source endpoint and the routed destination endpoint.
+fn place(
+    ev: &mut FlowEvent,
+    snap: &crate::snapshot::Snapshot,
+    key: &FlowKey,
+    route: &Route,
+    generation: u64,
+) {
+    ev.generation = generation;
+    ev.src_endpoint = local_endpoint(snap, key.src);
+    ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+}
+
 pub(super) fn l7_event(
     now: u64,
     key: &FlowKey,
@@ -151,9 +165,7 @@ impl Pass<'_> {
                     let mut ev = l7_event(now, &pkt.key, crate::l7::L7Reason::Policy, None);
                     ev.reason = Some(DropReason::L7NoSlot);
                     ev.l7 = None;
-                    ev.generation = generation;
-                    ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-                    ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+                    place(&mut ev, snap, &pkt.key, route, generation);
                     st.flows.push(ev);
                     return drop(DropReason::L7NoSlot);
                 };
@@ -285,9 +297,7 @@ impl Pass<'_> {
                             ev.egress_rule = adm.egress_rule;
                             ev.ingress_rule = adm.ingress_rule;
                         }
-                        ev.generation = generation;
-                        ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-                        ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+                        place(&mut ev, snap, &pkt.key, route, generation);
                         st.flows.push(ev);
                     }
                     if finished {
@@ -378,9 +388,7 @@ impl Pass<'_> {
                 ev.egress_rule = adm.egress_rule;
                 ev.ingress_rule = adm.ingress_rule;
             }
-            ev.generation = generation;
-            ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-            ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+            place(&mut ev, snap, &pkt.key, route, generation);
             st.flows.push_sampled(ev);
             if let Some(p) = l7s.pending.get_mut(slot as usize) {
                 *p = Some(n);
@@ -430,9 +438,7 @@ impl Pass<'_> {
                     // denied head go on (this frame cut before it); the
                     // connection ends at the client's next segment.
                     let mut ev = l7_event(now, &pkt.key, r, note);
-                    ev.generation = generation;
-                    ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-                    ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+                    place(&mut ev, snap, &pkt.key, route, generation);
                     st.flows.push(ev);
                     if let Some(m) = l7s.meta.get_mut(slot as usize) {
                         m.split = Some((ack, now));
@@ -609,9 +615,7 @@ impl Pass<'_> {
             ev.egress_rule = adm.egress_rule;
             ev.ingress_rule = adm.ingress_rule;
         }
-        ev.generation = generation;
-        ev.src_endpoint = local_endpoint(snap, pkt.key.src);
-        ev.dst_endpoint = (route.endpoint != u32::MAX).then_some(route.endpoint);
+        place(&mut ev, snap, &pkt.key, route, generation);
         if !split {
             st.flows.push(ev);
         }
