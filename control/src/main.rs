@@ -1572,7 +1572,11 @@ fn flows_cmd(
             match ipc::request::<FlowsReply>(
                 &state.dataplane_sock(&n.name),
                 &Request::Flows { since },
-                Duration::from_secs(5),
+                // A page of the flow log is tens of MB when the buffer is
+                // full, and the dataplane's control socket serves one
+                // request at a time (the metrics flow stream polls it too):
+                // under a flood a debug build needed more than 5 s.
+                Duration::from_secs(30),
             ) {
                 Ok(v) => {
                     got.extend(v.records);
