@@ -319,6 +319,57 @@ impl Umem {
         unsafe { self.mem.data_mut(desc) }
     }
 
+    /// How far [`adjust_head`](Self::adjust_head) can move the start
+    /// of the packet in `desc`'s frame back: the bytes between the end
+    /// of the frame headroom and the packet's first byte.
+    ///
+    /// For a frame as [`Umem::new`] or the [`RxQueue`] hands it out this
+    /// is the XDP headroom (`XDP_PACKET_HEADROOM`, 256 bytes, in copy
+    /// mode), less whatever an XDP program took with
+    /// `bpf_xdp_adjust_head`.
+    ///
+    /// [`RxQueue`]: crate::RxQueue
+    #[inline]
+    pub fn head_room(&self, desc: &FrameDesc) -> usize {
+        self.mem.layout().head_room(desc.addr)
+    }
+
+    /// Moves the start of the packet in the frame described by `desc`
+    /// by `delta` bytes and keeps its end, as `bpf_xdp_adjust_head` does
+    /// in an XDP program: a negative `delta` grows the packet at its
+    /// front, into the XDP headroom (to write, say, encapsulation
+    /// headers in front of a received packet without moving it), a
+    /// positive one drops bytes from its front. Only the descriptor
+    /// changes: its address and its data length.
+    ///
+    /// Returns `false`, and leaves `desc` as it was, when the new start
+    /// would fall inside the frame headroom (see
+    /// [`head_room`](Self::head_room)) or past the end of the packet.
+    ///
+    /// The kernel takes such a descriptor on a [`TxQueue`]: in an
+    /// aligned UMEM a packet may start anywhere in its frame as long as
+    /// it does not run past the frame's end. The [`CompQueue`] hands
+    /// the descriptor back with the address it was transmitted with, and
+    /// a [`FillQueue`] accepts that address as it is (the kernel rounds
+    /// it down to its frame).
+    ///
+    /// [`TxQueue`]: crate::TxQueue
+    #[inline]
+    pub fn adjust_head(&self, desc: &mut FrameDesc, delta: isize) -> bool {
+        match self
+            .mem
+            .layout()
+            .adjust_head(desc.addr, desc.lengths.data, delta)
+        {
+            Some((addr, data)) => {
+                desc.addr = addr;
+                desc.lengths.data = data;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Intended to be called on socket creation, this passes the
     /// create function a pointer to the UMEM along with the fill
     /// queue and completion queue rings to use, which are either
@@ -496,6 +547,32 @@ impl FrameLayout {
     }
 }
 
+impl FrameLayout {
+    /// See [`Umem::head_room`].
+    #[inline]
+    fn head_room(&self, addr: usize) -> usize {
+        (addr - self.frame_start(addr)).saturating_sub(self.frame_headroom)
+    }
+
+    /// See [`Umem::adjust_head`]: the new address and data length of a
+    /// packet at `addr` of `data` bytes whose start moves by `delta`,
+    /// or `None` when it cannot.
+    #[inline]
+    fn adjust_head(&self, addr: usize, data: usize, delta: isize) -> Option<(usize, usize)> {
+        if delta < 0 {
+            let back = delta.unsigned_abs();
+            if back > self.head_room(addr) {
+                return None;
+            }
+            Some((addr - back, data + back))
+        } else {
+            let fwd = delta as usize;
+            let data = data.checked_sub(fwd)?;
+            Some((addr + fwd, data))
+        }
+    }
+}
+
 impl From<UmemConfig> for FrameLayout {
     fn from(c: UmemConfig) -> Self {
         Self {
@@ -562,6 +639,46 @@ mod tests {
                 assert_eq!(layout.frame_start(addr - shift), i * frame_size);
             }
         }
+    }
+
+    #[test]
+    fn head_room_is_the_xdp_headroom_of_a_frame_as_handed_out() {
+        let layout = test_layout();
+        let frame_size = layout.frame_size();
+
+        for i in 0..4 {
+            let addr = (i * frame_size) + layout.xdp_headroom + layout.frame_headroom;
+
+            assert_eq!(layout.head_room(addr), layout.xdp_headroom);
+            assert_eq!(layout.head_room(addr - 10), layout.xdp_headroom - 10);
+            assert_eq!(layout.head_room(addr + 10), layout.xdp_headroom + 10);
+        }
+    }
+
+    #[test]
+    fn adjust_head_moves_the_start_and_keeps_the_end() {
+        let layout = test_layout();
+        let frame_size = layout.frame_size();
+        let addr = frame_size + layout.xdp_headroom + layout.frame_headroom;
+
+        assert_eq!(layout.adjust_head(addr, 100, -50), Some((addr - 50, 150)));
+        assert_eq!(layout.adjust_head(addr, 100, 50), Some((addr + 50, 50)));
+        assert_eq!(layout.adjust_head(addr, 100, 100), Some((addr + 100, 0)));
+        assert_eq!(layout.adjust_head(addr, 100, 0), Some((addr, 100)));
+
+        // Back to the end of the frame headroom, and no further.
+        let all = layout.xdp_headroom as isize;
+        assert_eq!(
+            layout.adjust_head(addr, 100, -all),
+            Some((
+                frame_size + layout.frame_headroom,
+                100 + layout.xdp_headroom
+            ))
+        );
+        assert_eq!(layout.adjust_head(addr, 100, -all - 1), None);
+
+        // Not past the end of the packet.
+        assert_eq!(layout.adjust_head(addr, 100, 101), None);
     }
 
     #[test]

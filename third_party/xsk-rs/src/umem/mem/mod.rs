@@ -55,6 +55,12 @@ impl UmemRegion {
         })
     }
 
+    /// The layout of the region's frames.
+    #[inline]
+    pub(super) fn layout(&self) -> &FrameLayout {
+        &self.layout
+    }
+
     /// The size of the underlying memory region.
     #[inline]
     pub fn len(&self) -> usize {
