@@ -88,6 +88,8 @@ pub fn flow_sport(k: &FlowKey) -> u16 {
 /// the overhead and writes the outer headers in front. `identity` is sent
 /// only when the peer is identity-aware (and, for VXLAN-GBP, fits 16 bits).
 /// Returns the new frame length, or `None` when `buf` cannot hold it.
+/// The fallback of [`encapsulate_front`], for a frame with no room in
+/// front (a multi-buffer packet's linear buffer) or one WireGuard seals.
 pub fn encapsulate(
     buf: &mut [u8],
     inner_len: usize,
@@ -96,19 +98,67 @@ pub fn encapsulate(
     identity: Option<Identity>,
     sport: u16,
 ) -> Option<usize> {
-    let identity = identity.filter(|_| peer.identity_aware);
-    let (hdr, group) = match t.encap {
-        Encap::Vxlan => {
-            let g = identity.and_then(|i| u16::try_from(i).ok());
-            (overhead(Encap::Vxlan, false), g)
-        }
-        Encap::Geneve => (overhead(Encap::Geneve, identity.is_some()), None),
-    };
+    let (hdr, identity) = outer_for(t, peer, identity);
     let total = hdr + inner_len;
     let frame = buf.get_mut(..total)?;
     frame.copy_within(..inner_len, hdr);
+    write_outer(frame.get_mut(..hdr)?, total, t, peer, identity, sport);
+    Some(total)
+}
 
-    let (eth_b, rest) = frame.split_at_mut(ethernet::HEADER_LEN);
+/// Wraps the inner frame that starts right after `front` (the room in
+/// front of it in its UMEM frame) without moving it: writes the outer
+/// headers in the last bytes of `front`. Same bytes as [`encapsulate`].
+/// Returns the length of the outer headers (the frame now starts that far
+/// before the inner one), or `None` when `front` is too short for them.
+pub fn encapsulate_front(
+    front: &mut [u8],
+    inner_len: usize,
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+    sport: u16,
+) -> Option<usize> {
+    let (hdr, identity) = outer_for(t, peer, identity);
+    let at = front.len().checked_sub(hdr)?;
+    write_outer(
+        front.get_mut(at..)?,
+        hdr + inner_len,
+        t,
+        peer,
+        identity,
+        sport,
+    );
+    Some(hdr)
+}
+
+/// The length of the outer headers toward `peer`, and the identity they
+/// carry (only to an identity-aware peer).
+fn outer_for(
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+) -> (usize, Option<Identity>) {
+    let identity = identity.filter(|_| peer.identity_aware);
+    let hdr = match t.encap {
+        // Whether VXLAN-GBP carries the group does not change the length.
+        Encap::Vxlan => overhead(Encap::Vxlan, false),
+        Encap::Geneve => overhead(Encap::Geneve, identity.is_some()),
+    };
+    (hdr, identity)
+}
+
+/// Writes the outer headers of a frame of `total` bytes into `hdr` (exactly
+/// the outer headers' length, from [`outer_for`]).
+fn write_outer(
+    hdr: &mut [u8],
+    total: usize,
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+    sport: u16,
+) {
+    let (eth_b, rest) = hdr.split_at_mut(ethernet::HEADER_LEN);
     let mut eth = Frame::new_unchecked(eth_b);
     eth.set_dst_addr(peer.mac);
     eth.set_src_addr(t.underlay.mac);
@@ -135,18 +185,21 @@ pub fn encapsulate(
     u.set_checksum(0);
 
     match t.encap {
-        Encap::Vxlan => vxlan::Packet::new_unchecked(rest).emit(t.vni, group),
+        Encap::Vxlan => {
+            let group = identity.and_then(|i| u16::try_from(i).ok());
+            vxlan::Packet::new_unchecked(rest).emit(t.vni, group)
+        }
         Encap::Geneve => {
             geneve::Packet::new_unchecked(rest).emit(t.vni, identity);
         }
     }
-    Some(total)
 }
 
 /// What [`decapsulate`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decapsulated {
-    /// Length of the inner frame, now at the start of the buffer.
+    /// Length of the inner frame (at the start of the buffer after
+    /// [`decapsulate`]).
     pub inner_len: usize,
     /// Index of the sending peer in the tunnel spec.
     pub peer: u32,
@@ -161,13 +214,28 @@ fn malformed<T>() -> ControlFlow<Verdict, T> {
 
 /// Checks a frame that arrived on the underlay (outer Ethernet/IPv4/UDP to
 /// our address and port; tunnel header, VNI, known peer) and moves its inner
-/// frame to the start of `buf`.
+/// frame to the start of `buf`. The fallback of [`unwrap_in_place`], for a
+/// frame whose start cannot move.
 pub fn decapsulate(
     buf: &mut [u8],
     len: usize,
     t: &TunnelSpec,
     tables: &TunnelTables,
 ) -> ControlFlow<Verdict, Decapsulated> {
+    let (start, d) = unwrap_in_place(buf, len, t, tables)?;
+    buf.copy_within(start..start + d.inner_len, 0);
+    Continue(d)
+}
+
+/// Checks a frame from the underlay as [`decapsulate`] does, without moving
+/// anything: returns where its inner frame starts in `buf` (the frame's
+/// new start, past the outer headers) and what was found.
+pub fn unwrap_in_place(
+    buf: &[u8],
+    len: usize,
+    t: &TunnelSpec,
+    tables: &TunnelTables,
+) -> ControlFlow<Verdict, (usize, Decapsulated)> {
     let frame = buf.get(..len).unwrap_or_default();
     let Ok(eth) = Frame::new_checked(frame) else {
         return Break(Verdict::Drop(DropReason::FrameTooShort));
@@ -245,12 +313,14 @@ pub fn decapsulate(
         return malformed();
     }
     let start = OUTER_L4 + (ip.header_len() - ipv4::HEADER_LEN) + hdr_len;
-    buf.copy_within(start..start + inner_len, 0);
-    Continue(Decapsulated {
-        inner_len,
-        peer,
-        identity,
-    })
+    Continue((
+        start,
+        Decapsulated {
+            inner_len,
+            peer,
+            identity,
+        },
+    ))
 }
 
 #[cfg(test)]
