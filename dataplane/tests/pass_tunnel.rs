@@ -903,6 +903,82 @@ fn encap_then_decap_with_room_round_trips() {
     }
 }
 
+/// A real UMEM frame through the worker's way of running the pass
+/// (`WorkerUmem::with_frame_room` + `process_at`): the descriptor that
+/// would go on the TX ring starts the outer headers' length before the
+/// received packet (encap) or after it (decap), its length is the
+/// verdict's, its bytes are the memmove path's, and the ledger files the
+/// frame back under its own address. Needs a UMEM (root).
+#[test]
+fn umem_frame_through_the_pass_moves_the_tx_descriptor() {
+    use weir_dataplane::xsk::WorkerUmem;
+    let (umem, mut frames) = WorkerUmem::new(UMEM as u32, 8, 8).expect("UMEM (root)");
+    let through = |d: &mut weir_dataplane::xsk::HeldFrame, s: &Snapshot, ingress: u16| {
+        let mut st = WorkerState::new();
+        umem.with_frame_room(d, |buf, head, len| {
+            let (v, at) = process_at(buf, head, len, ingress, s, &mut st);
+            let n = match v {
+                Verdict::Tx { len, .. } => len,
+                _ => len,
+            };
+            (v, at, n)
+        })
+    };
+    for (encap, hdr) in [(Encap::Vxlan, 50), (Encap::Geneve, 58)] {
+        // Node-1: a → c, wrapped.
+        let f = udp4((pod_mac(0), port_mac(0)), A, C, 64, 200);
+        let (want_v, want) = run(&snap(encap), &mut WorkerState::new(), &f, 0);
+        let mut d = frames.take().expect("free frame");
+        let home = d.addr();
+        umem.with_frame(&mut d, |buf, _| {
+            buf[..f.len()].copy_from_slice(&f);
+            ((), f.len())
+        });
+        let v = through(&mut d, &snap(encap), 0);
+        assert_eq!(v, want_v, "{encap:?}");
+        assert_eq!(
+            (d.addr(), d.data_len()),
+            (home - hdr, want.len()),
+            "{encap:?}"
+        );
+        let sent = umem.with_frame(&mut d, |buf, len| (buf[..len].to_vec(), len));
+        assert_eq!(sent, want, "{encap:?}");
+        // Node-2: the same frame as received there, unwrapped.
+        let mut r = frames.take().expect("free frame");
+        let r_home = r.addr();
+        umem.with_frame(&mut r, |buf, _| {
+            buf[..sent.len()].copy_from_slice(&sent);
+            ((), sent.len())
+        });
+        let v = through(&mut r, &node2(encap), UNDERLAY);
+        let inner = udp4((port_mac(0), pod_mac(7)), A, C, 62, 200);
+        assert_eq!(
+            v,
+            Verdict::Tx {
+                port: 0,
+                len: inner.len()
+            },
+            "{encap:?}"
+        );
+        assert_eq!((r.addr(), r.data_len()), (r_home + hdr, inner.len()));
+        let got = umem.with_frame(&mut r, |buf, len| (buf[..len].to_vec(), len));
+        assert_eq!(got, inner, "{encap:?}");
+        frames.release(d);
+        frames.release(r);
+        assert_eq!(frames.census(), (0, 0));
+    }
+    // Every frame is back under its home address.
+    let mut all = Vec::new();
+    while let Some(d) = frames.take() {
+        assert_eq!(d.addr() % UMEM, 256);
+        all.push(d);
+    }
+    assert_eq!(all.len(), frames.total());
+    for d in all {
+        frames.release(d);
+    }
+}
+
 #[test]
 fn snapshot_rejects_bad_tunnels() {
     let mut sp = spec(Encap::Vxlan);
