@@ -758,7 +758,7 @@ impl Worker {
                 let snap = &self.cur;
                 // With the room in front of the frame: encapsulation and
                 // decapsulation move the descriptor's start, not the bytes
-                // (docs/tunnel.md, "Frame growth").
+                // (docs/tunnel.md, "Growing the frame").
                 let verdict = self.umem.with_frame_room(&mut d, |buf, head, len| {
                     let (v, new_head) = pass::process_at(buf, head, len, ingress, snap, state);
                     let new_len = match v {
