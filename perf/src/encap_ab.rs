@@ -83,7 +83,12 @@ pub fn run(o: &AbOptions) -> anyhow::Result<WgReport> {
 }
 
 fn sample(o: &AbOptions, bin: &Path, file: &Path, cfg: &str) -> anyhow::Result<WgSample> {
-    let name = format!("eab{}{}", std::process::id() % 100_000, cfg.to_lowercase());
+    // One name for A and B (their samples follow one another, each
+    // cluster removed before the next): the name shapes interface names
+    // and addresses, and a per-binary name put a bias on one side (TCP RR
+    // p50 higher in the B slot whichever binary ran there).
+    let _ = cfg;
+    let name = format!("eab{}", std::process::id() % 100_000);
     let w = WeirCluster::up_with(
         bin,
         &name,
