@@ -62,7 +62,7 @@ pub fn run(o: &AbOptions) -> anyhow::Result<WgReport> {
                 w.reps,
                 bin.display()
             );
-            match sample(o, bin, &file, cfg) {
+            match sample(o, bin, &file) {
                 Ok(mut s) => {
                     s.config = cfg.into();
                     s.rep = round;
@@ -82,12 +82,11 @@ pub fn run(o: &AbOptions) -> anyhow::Result<WgReport> {
     Ok(rep)
 }
 
-fn sample(o: &AbOptions, bin: &Path, file: &Path, cfg: &str) -> anyhow::Result<WgSample> {
+fn sample(o: &AbOptions, bin: &Path, file: &Path) -> anyhow::Result<WgSample> {
     // One name for A and B (their samples follow one another, each
     // cluster removed before the next): the name shapes interface names
     // and addresses, and a per-binary name put a bias on one side (TCP RR
     // p50 higher in the B slot whichever binary ran there).
-    let _ = cfg;
     let name = format!("eab{}", std::process::id() % 100_000);
     let w = WeirCluster::up_with(
         bin,
