@@ -2,16 +2,38 @@
 //! peer node, and [`decapsulate`] a frame that arrived on the underlay.
 //! `pass` calls them; nothing here reads a clock, allocates or panics.
 //!
-//! Frame growth: the outer headers go IN FRONT of the inner frame. The AF_XDP
-//! descriptor's address cannot be moved back into the UMEM headroom through
-//! xsk-rs 0.11 (`FrameDesc::addr` has no setter, descriptors are only made
-//! by xsk-rs), so the inner frame is moved forward in place
-//! (`copy_within`, a memmove) by the overhead and the headers are written
-//! before it; decapsulation moves the inner frame back to the start. The
-//! cost, measured by `memmove_cost` below (release build, this machine): a
-//! 1514-byte frame moves in about 20–40 ns, a 64-byte one in a few ns —
-//! small beside the pass itself and the copy-mode TX (skb allocation and
-//! copy). See docs/tunnel.md.
+//! Frame growth: the outer headers go IN FRONT of the inner frame, into
+//! the room the UMEM frame has before the packet (the XDP headroom, 256
+//! bytes for a frame received in copy mode), and the TX descriptor starts
+//! there: [`encapsulate_front`] writes only the 50/58 bytes of outer
+//! headers and the inner frame does not move; decapsulation
+//! ([`unwrap_in_place`]) moves the descriptor's start forward past the
+//! outer headers. The worker gets that room and moves the descriptor with
+//! `xsk::WorkerUmem::with_frame_room` and `pass::process_at`.
+//!
+//! Which way, and why: xsk-rs 0.11 (the newest on crates.io) gives a
+//! descriptor's address no setter and alone makes descriptors, so weir
+//! carries xsk-rs 0.11.0 under third_party/xsk-rs with one patch,
+//! `Umem::head_room` and `Umem::adjust_head` (as `bpf_xdp_adjust_head`),
+//! wired by `[patch.crates-io]`, the patch ready to offer upstream
+//! (third_party/xsk-rs/PATCH.md). A patch of a dozen lines rather than
+//! the project's own rings: xsk-rs keeps the ring and UMEM code that works
+//! (libxdp's rings, socket setup, shared UMEMs), and the patch can go away
+//! once upstream takes it. The kernel takes a TX descriptor anywhere in
+//! its chunk as long as the packet does not cross the chunk's end
+//! (`xp_aligned_validate_desc`); the completion ring hands the moved
+//! address back and the frame ledger finds the frame by masking it, then
+//! files it under the address xsk-rs made (`xsk::Frames`).
+//!
+//! The memmove stays as the fallback, same bytes out: [`encapsulate`]
+//! moves the inner frame forward in place (`copy_within`) and writes the
+//! headers before it, [`decapsulate`] moves it back to the start. It runs
+//! where the frame's start cannot move or the room is too small:
+//! multi-buffer packets (the per-worker linear buffer, `multibuf.rs`), the
+//! frames WireGuard seals (the seal works on the frame from its start),
+//! the 403 that L7 sends back through the tunnel, and `pass::process`
+//! (the table tests). Cost of that memmove, measured by `memmove_cost`
+//! below: see docs/tunnel.md and docs/performance.md.
 //!
 //! Outer headers (RFC 7348 §5, RFC 8926 §3.3): Ethernet from our underlay
 //! MAC to the peer's; IPv4 from our underlay address to the peer's, TTL 64,
@@ -88,6 +110,8 @@ pub fn flow_sport(k: &FlowKey) -> u16 {
 /// the overhead and writes the outer headers in front. `identity` is sent
 /// only when the peer is identity-aware (and, for VXLAN-GBP, fits 16 bits).
 /// Returns the new frame length, or `None` when `buf` cannot hold it.
+/// The fallback of [`encapsulate_front`], for a frame with no room in
+/// front (a multi-buffer packet's linear buffer) or one WireGuard seals.
 pub fn encapsulate(
     buf: &mut [u8],
     inner_len: usize,
@@ -96,19 +120,67 @@ pub fn encapsulate(
     identity: Option<Identity>,
     sport: u16,
 ) -> Option<usize> {
-    let identity = identity.filter(|_| peer.identity_aware);
-    let (hdr, group) = match t.encap {
-        Encap::Vxlan => {
-            let g = identity.and_then(|i| u16::try_from(i).ok());
-            (overhead(Encap::Vxlan, false), g)
-        }
-        Encap::Geneve => (overhead(Encap::Geneve, identity.is_some()), None),
-    };
+    let (hdr, identity) = outer_for(t, peer, identity);
     let total = hdr + inner_len;
     let frame = buf.get_mut(..total)?;
     frame.copy_within(..inner_len, hdr);
+    write_outer(frame.get_mut(..hdr)?, total, t, peer, identity, sport);
+    Some(total)
+}
 
-    let (eth_b, rest) = frame.split_at_mut(ethernet::HEADER_LEN);
+/// Wraps the inner frame that starts right after `front` (the room in
+/// front of it in its UMEM frame) without moving it: writes the outer
+/// headers in the last bytes of `front`. Same bytes as [`encapsulate`].
+/// Returns the length of the outer headers (the frame now starts that far
+/// before the inner one), or `None` when `front` is too short for them.
+pub fn encapsulate_front(
+    front: &mut [u8],
+    inner_len: usize,
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+    sport: u16,
+) -> Option<usize> {
+    let (hdr, identity) = outer_for(t, peer, identity);
+    let at = front.len().checked_sub(hdr)?;
+    write_outer(
+        front.get_mut(at..)?,
+        hdr + inner_len,
+        t,
+        peer,
+        identity,
+        sport,
+    );
+    Some(hdr)
+}
+
+/// The length of the outer headers toward `peer`, and the identity they
+/// carry (only to an identity-aware peer).
+fn outer_for(
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+) -> (usize, Option<Identity>) {
+    let identity = identity.filter(|_| peer.identity_aware);
+    let hdr = match t.encap {
+        // Whether VXLAN-GBP carries the group does not change the length.
+        Encap::Vxlan => overhead(Encap::Vxlan, false),
+        Encap::Geneve => overhead(Encap::Geneve, identity.is_some()),
+    };
+    (hdr, identity)
+}
+
+/// Writes the outer headers of a frame of `total` bytes into `hdr` (exactly
+/// the outer headers' length, from [`outer_for`]).
+fn write_outer(
+    hdr: &mut [u8],
+    total: usize,
+    t: &TunnelSpec,
+    peer: &TunnelPeer,
+    identity: Option<Identity>,
+    sport: u16,
+) {
+    let (eth_b, rest) = hdr.split_at_mut(ethernet::HEADER_LEN);
     let mut eth = Frame::new_unchecked(eth_b);
     eth.set_dst_addr(peer.mac);
     eth.set_src_addr(t.underlay.mac);
@@ -135,18 +207,21 @@ pub fn encapsulate(
     u.set_checksum(0);
 
     match t.encap {
-        Encap::Vxlan => vxlan::Packet::new_unchecked(rest).emit(t.vni, group),
+        Encap::Vxlan => {
+            let group = identity.and_then(|i| u16::try_from(i).ok());
+            vxlan::Packet::new_unchecked(rest).emit(t.vni, group)
+        }
         Encap::Geneve => {
             geneve::Packet::new_unchecked(rest).emit(t.vni, identity);
         }
     }
-    Some(total)
 }
 
 /// What [`decapsulate`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decapsulated {
-    /// Length of the inner frame, now at the start of the buffer.
+    /// Length of the inner frame (at the start of the buffer after
+    /// [`decapsulate`]).
     pub inner_len: usize,
     /// Index of the sending peer in the tunnel spec.
     pub peer: u32,
@@ -161,13 +236,28 @@ fn malformed<T>() -> ControlFlow<Verdict, T> {
 
 /// Checks a frame that arrived on the underlay (outer Ethernet/IPv4/UDP to
 /// our address and port; tunnel header, VNI, known peer) and moves its inner
-/// frame to the start of `buf`.
+/// frame to the start of `buf`. The fallback of [`unwrap_in_place`], for a
+/// frame whose start cannot move.
 pub fn decapsulate(
     buf: &mut [u8],
     len: usize,
     t: &TunnelSpec,
     tables: &TunnelTables,
 ) -> ControlFlow<Verdict, Decapsulated> {
+    let (start, d) = unwrap_in_place(buf, len, t, tables)?;
+    buf.copy_within(start..start + d.inner_len, 0);
+    Continue(d)
+}
+
+/// Checks a frame from the underlay as [`decapsulate`] does, without moving
+/// anything: returns where its inner frame starts in `buf` (the frame's
+/// new start, past the outer headers) and what was found.
+pub fn unwrap_in_place(
+    buf: &[u8],
+    len: usize,
+    t: &TunnelSpec,
+    tables: &TunnelTables,
+) -> ControlFlow<Verdict, (usize, Decapsulated)> {
     let frame = buf.get(..len).unwrap_or_default();
     let Ok(eth) = Frame::new_checked(frame) else {
         return Break(Verdict::Drop(DropReason::FrameTooShort));
@@ -245,12 +335,14 @@ pub fn decapsulate(
         return malformed();
     }
     let start = OUTER_L4 + (ip.header_len() - ipv4::HEADER_LEN) + hdr_len;
-    buf.copy_within(start..start + inner_len, 0);
-    Continue(Decapsulated {
-        inner_len,
-        peer,
-        identity,
-    })
+    Continue((
+        start,
+        Decapsulated {
+            inner_len,
+            peer,
+            identity,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -286,6 +378,131 @@ mod tests {
         assert_eq!(overhead(Encap::Vxlan, true), 50);
         assert_eq!(overhead(Encap::Geneve, false), 50);
         assert_eq!(max_overhead(Encap::Geneve), 58);
+    }
+
+    fn spec() -> (TunnelSpec, TunnelPeer) {
+        let peer = TunnelPeer {
+            node: "n2".into(),
+            ipv4: Ipv4Addr::new(192, 168, 0, 2),
+            mac: [2, 0, 0, 0, 0, 2],
+            vtep_mac: [2, 1, 0, 0, 0, 2],
+            pod_cidrs: vec![],
+            identity_aware: true,
+        };
+        let t = TunnelSpec {
+            encap: Encap::Vxlan,
+            vni: 1,
+            udp_port: 4789,
+            underlay: crate::snapshot::Underlay {
+                name: "ul0".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: Ipv4Addr::new(192, 168, 0, 1),
+                mtu: 1500,
+            },
+            vtep_mac: [2, 1, 0, 0, 0, 1],
+            peers: vec![peer.clone()],
+        };
+        (t, peer)
+    }
+
+    /// Writing the outer headers in front gives the frame `encapsulate`
+    /// gives, byte for byte, for both encapsulations, with and without
+    /// the identity; too little room is `None`, not a panic.
+    #[test]
+    fn front_and_memmove_write_the_same_frame() {
+        let (mut t, peer) = spec();
+        let inner: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        for encap in [Encap::Vxlan, Encap::Geneve] {
+            t.encap = encap;
+            for id in [None, Some(300), Some(70_000)] {
+                let mut a = vec![0u8; 2048];
+                a[..inner.len()].copy_from_slice(&inner);
+                let n = encapsulate(&mut a, inner.len(), &t, &peer, id, 50_000).unwrap();
+                let mut b = vec![0u8; 2048];
+                b[256..256 + inner.len()].copy_from_slice(&inner);
+                let (front, _) = b.split_at_mut(256);
+                let hdr = encapsulate_front(front, inner.len(), &t, &peer, id, 50_000).unwrap();
+                assert_eq!(hdr + inner.len(), n, "{encap:?} {id:?}");
+                assert_eq!(a[..n], b[256 - hdr..256 + inner.len()], "{encap:?} {id:?}");
+                let mut short = [0u8; 49];
+                assert_eq!(
+                    encapsulate_front(&mut short, inner.len(), &t, &peer, id, 50_000),
+                    None
+                );
+            }
+        }
+    }
+
+    /// Prints the cost per frame of the two ways of wrapping a frame:
+    /// writing the outer headers in front (`encapsulate_front`, the
+    /// worker's path) and the memmove fallback (`encapsulate`), then
+    /// unwrapping it in place and with the memmove. In-process, release:
+    /// `cargo test --release -p weir-dataplane encap_paths_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn encap_paths_cost() {
+        let (t, peer) = spec();
+        for (len, n) in [(64usize, 5_000_000u32), (1514, 5_000_000)] {
+            let mut buf = vec![0u8; 2048];
+            let time = |f: &mut dyn FnMut(&mut [u8])| {
+                let mut buf = vec![0u8; 2048];
+                let t0 = std::time::Instant::now();
+                for _ in 0..n {
+                    f(&mut buf);
+                    std::hint::black_box(&mut buf);
+                }
+                t0.elapsed().as_nanos() as f64 / f64::from(n)
+            };
+            let front = time(&mut |b| {
+                let (f, _) = b.split_at_mut(256);
+                std::hint::black_box(encapsulate_front(f, len, &t, &peer, Some(300), 50_000));
+            });
+            let memmove = time(&mut |b| {
+                std::hint::black_box(encapsulate(
+                    &mut b[256..],
+                    len,
+                    &t,
+                    &peer,
+                    Some(300),
+                    50_000,
+                ));
+            });
+            // A real VXLAN frame to unwrap.
+            let wire = encapsulate(&mut buf, len, &t, &peer, Some(300), 50_000).unwrap();
+            let (me, from) = (t.underlay.ipv4, peer.ipv4);
+            // Seen from the peer: swap the addresses.
+            buf[26..30].copy_from_slice(&me.octets());
+            buf[30..34].copy_from_slice(&from.octets());
+            let mut t2 = t.clone();
+            t2.underlay.ipv4 = from;
+            t2.peers[0].ipv4 = me;
+            let snap = crate::Snapshot::build(crate::SnapshotSpec {
+                tunnel: Some(t2),
+                ..Default::default()
+            })
+            .expect("snapshot");
+            let (t2, tables2) = snap.tunnel().expect("tunnel");
+            let frame = buf.clone();
+            // `decapsulate` changes the frame: each round restores it
+            // first, and the restore alone is timed to be taken off.
+            let restore = time(&mut |b| {
+                b[..wire].copy_from_slice(&frame[..wire]);
+            });
+            let unwrap = time(&mut |b| {
+                b[..wire].copy_from_slice(&frame[..wire]);
+                std::hint::black_box(unwrap_in_place(b, wire, t2, tables2).is_continue());
+            }) - restore;
+            let decap = time(&mut |b| {
+                b[..wire].copy_from_slice(&frame[..wire]);
+                std::hint::black_box(decapsulate(b, wire, t2, tables2).is_continue());
+            }) - restore;
+            assert!(decapsulate(&mut buf, wire, t2, tables2).is_continue());
+            println!(
+                "{len}-byte inner frame: encapsulate_front {front:.1} ns, encapsulate (memmove) {memmove:.1} ns; \
+                 unwrap_in_place {unwrap:.1} ns, decapsulate (memmove) {decap:.1} ns \
+                 (less {restore:.1} ns of restoring the {wire}-byte frame each round)"
+            );
+        }
     }
 
     /// Prints the cost of the memmove that grows a frame at the front.

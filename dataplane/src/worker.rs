@@ -756,8 +756,11 @@ impl Worker {
                 }
                 let state = &mut self.state;
                 let snap = &self.cur;
-                let verdict = self.umem.with_frame(&mut d, |buf, len| {
-                    let v = pass::process(buf, len, ingress, snap, state);
+                // With the room in front of the frame: encapsulation and
+                // decapsulation move the descriptor's start, not the bytes
+                // (docs/tunnel.md, "Growing the frame").
+                let verdict = self.umem.with_frame_room(&mut d, |buf, head, len| {
+                    let (v, new_head) = pass::process_at(buf, head, len, ingress, snap, state);
                     let new_len = match v {
                         Verdict::Tx { len, .. }
                         | Verdict::Hold { len, .. }
@@ -765,7 +768,7 @@ impl Worker {
                         Verdict::L7Deny { reply_len, .. } if reply_len > 0 => reply_len,
                         Verdict::Drop(_) | Verdict::L7Deny { .. } => len,
                     };
-                    (v, new_len)
+                    (v, new_head, new_len)
                 });
                 match (self.state.take_wireguard_seal(), verdict) {
                     // Sealed below with the batch's other frames to that

@@ -314,6 +314,62 @@ impl WorkerUmem {
         data.cursor().set_pos(new_len.min(cap));
         r
     }
+
+    /// Runs `f` over a held frame with the room in front of its packet:
+    /// `f` gets the area from the end of the frame's user headroom (none
+    /// in weir's UMEMs) to the end of the frame, the packet's offset in it
+    /// (`head`: the XDP headroom, 256 bytes for a frame received in copy
+    /// mode) and its length; it returns its result, the packet's new
+    /// offset and its new length. The descriptor then points at the new
+    /// start ([`xsk_rs::Umem::adjust_head`], patched in, see
+    /// third_party/xsk-rs/PATCH.md): an encapsulation writes the outer
+    /// headers in the room and moves the start back, a decapsulation
+    /// moves it forward past them, and neither moves the packet. A new
+    /// offset beyond the area is clamped to its last byte (the address
+    /// must stay in its frame: the ledger finds the frame by it), a length
+    /// to what follows the offset.
+    ///
+    /// The kernel takes a TX descriptor starting anywhere in its frame as
+    /// long as the packet does not run past the frame's end
+    /// (`xp_aligned_validate_desc`, aligned mode); the completion ring
+    /// gives the address back as transmitted, and [`Frames`] finds the
+    /// frame by masking it, then files the frame under the address xsk-rs
+    /// made for it.
+    #[inline]
+    pub fn with_frame_room<R>(
+        &self,
+        frame: &mut HeldFrame,
+        f: impl FnOnce(&mut [u8], usize, usize) -> (R, usize, usize),
+    ) -> R {
+        let desc = &mut frame.0;
+        let len = desc.lengths().data();
+        let head = self.umem.head_room(desc);
+        // Cannot fail: `head` is the room `head_room` just measured.
+        let grown = self.umem.adjust_head(desc, -(head as isize));
+        let head = if grown { head } else { 0 };
+        // SAFETY: as in `with_frame`: the frame is held (on no ring), the
+        // `&mut` borrow of the token is the only reference, and it is a
+        // frame of this worker's UMEM. `data_mut` stays inside the frame
+        // whatever the descriptor's address (xsk-rs bounds it by the
+        // frame's end, found by masking the address).
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        let cap = {
+            let mut c = data.cursor();
+            let cap = c.buf_len();
+            c.set_pos(cap);
+            cap
+        };
+        let (r, new_head, new_len) = f(data.contents_mut(), head, (head + len).min(cap) - head);
+        // The start stays inside the frame (at its last byte at most):
+        // the ledger finds the frame by it.
+        let new_head = new_head.min(cap.saturating_sub(1));
+        let new_len = new_len.min(cap - new_head);
+        data.cursor().set_pos(new_head + new_len);
+        // Cannot fail: `new_head` is within the data just set.
+        let moved = self.umem.adjust_head(desc, new_head as isize);
+        debug_assert!(moved, "adjust_head refused a start inside the packet");
+        r
+    }
 }
 
 /// A frame the worker holds: received from an RX ring or taken from the
@@ -331,6 +387,13 @@ impl HeldFrame {
     #[inline]
     pub fn data_len(&self) -> usize {
         self.0.lengths().data()
+    }
+
+    /// UMEM address of the frame's first byte, as it would be put on a
+    /// TX ring (moved by [`WorkerUmem::with_frame_room`]).
+    #[inline]
+    pub fn addr(&self) -> usize {
+        self.0.addr()
     }
 
     /// The packet goes on in the next descriptor (`XDP_PKT_CONTD`): as
@@ -429,7 +492,9 @@ impl Frames {
             "released a frame the worker does not hold"
         );
         self.owner[i] = FREE;
-        self.free.push(d);
+        // Filed as xsk-rs made it: its address may have moved inside the
+        // frame (`with_frame_room`), and the options may mark a chain.
+        self.free.push(self.template[i]);
     }
 
     /// Counts the ledger: frames (held by the worker, lent to the kernel
@@ -566,9 +631,12 @@ impl XskSocket {
         // this worker's UMEM that were put on this socket's TX ring.
         let n = unsafe { self.cq.consume(scratch) };
         for d in &scratch[..n] {
+            // The address as transmitted: maybe moved inside the frame
+            // (`WorkerUmem::with_frame_room`); the index masks it, and the
+            // frame is filed as xsk-rs made it.
             let i = frames.index(d);
             frames.owner[i] = FREE;
-            frames.free.push(*d);
+            frames.free.push(frames.template[i]);
         }
         n
     }
@@ -808,4 +876,69 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `with_frame_room` hands out the XDP headroom in front of the packet,
+    /// moves the descriptor's start to where the closure says (back into
+    /// the room, or forward), keeps the bytes where they were written, and
+    /// the ledger files the frame under its own address again whatever the
+    /// address it comes back with. Needs a UMEM (root, as the rest of the
+    /// dataplane's tests).
+    #[test]
+    fn room_in_front_moves_the_descriptor_and_the_ledger_files_it_back() {
+        let (umem, mut frames) = WorkerUmem::new(2048, 8, 8).expect("UMEM");
+        let mut f = frames.take().expect("free frame");
+        let home = f.addr();
+        assert_eq!(
+            home % 2048,
+            256,
+            "xsk-rs puts the packet after the XDP headroom"
+        );
+        // A 100-byte packet, as received.
+        umem.with_frame(&mut f, |buf, _| {
+            buf[..100].fill(0xaa);
+            ((), 100)
+        });
+        // Grow it by 50 bytes at the front.
+        let head = umem.with_frame_room(&mut f, |buf, head, len| {
+            assert_eq!((head, len), (256, 100));
+            assert!(buf[head..head + len].iter().all(|&b| b == 0xaa));
+            buf[head - 50..head].fill(0xbb);
+            (head, head - 50, len + 50)
+        });
+        assert_eq!(head, 256);
+        assert_eq!((f.addr(), f.data_len()), (home - 50, 150));
+        umem.with_frame(&mut f, |buf, len| {
+            assert_eq!(len, 150);
+            assert!(buf[..50].iter().all(|&b| b == 0xbb));
+            assert!(buf[50..150].iter().all(|&b| b == 0xaa));
+            ((), len)
+        });
+        // The room left in front is what the start moved back by less.
+        umem.with_frame_room(&mut f, |_, head, len| {
+            assert_eq!((head, len), (206, 150));
+            ((), head, len)
+        });
+        assert_eq!((f.addr(), f.data_len()), (home - 50, 150));
+        // Shrink it past 58 bytes at the front (a decapsulation).
+        umem.with_frame_room(&mut f, |_, head, len| ((), head + 58, len - 58));
+        assert_eq!((f.addr(), f.data_len()), (home + 8, 92));
+        // A start or a length beyond the frame is clamped to it.
+        umem.with_frame_room(&mut f, |buf, _, _| ((), buf.len() + 9, 7));
+        assert_eq!((f.addr() % 2048, f.data_len()), (2047, 1));
+        assert_eq!(f.addr() / 2048, home / 2048, "still the same frame");
+        // Back to the ledger: filed under the address xsk-rs made.
+        let i = frames.index(&f.0);
+        frames.release(f);
+        assert_eq!(frames.free.last().map(FrameDesc::addr), Some(home));
+        assert_eq!(frames.owner[i], FREE);
+        assert_eq!(frames.census(), (0, 0));
+        let again = frames.take().expect("free frame");
+        assert_eq!((again.addr(), again.data_len()), (home, 0));
+        frames.release(again);
+    }
 }

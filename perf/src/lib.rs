@@ -15,6 +15,7 @@
 
 pub mod connrate;
 pub mod cpu;
+pub mod encap_ab;
 pub mod fastpath;
 pub mod grpc;
 pub mod hostpolicy;

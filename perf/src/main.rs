@@ -321,6 +321,44 @@ enum Cmd {
         #[arg(long)]
         bulk_secs: Option<u64>,
     },
+    /// Two weir binaries A and B across two nodes (`--encap`), rounds
+    /// interleaved: inter-node 64-byte UDP pps, TCP bulk, TCP RR p50/p99,
+    /// B ÷ A per round (issue 22, part 4). Writes encap-ab.{md,json}.
+    EncapAb {
+        /// The binary measured first (e.g. the build before a change).
+        #[arg(long)]
+        weir_a: PathBuf,
+        /// The binary compared with it.
+        #[arg(long)]
+        weir_b: PathBuf,
+        /// `weir up --encap` (vxlan or geneve).
+        #[arg(long, default_value = "vxlan")]
+        encap: String,
+        /// Short windows, 500 round trips, 1 s bulk.
+        #[arg(long)]
+        short: bool,
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        /// Rounds (default 3).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        /// Override the UDP window (milliseconds).
+        #[arg(long)]
+        window_ms: Option<u64>,
+        /// Override the number of request/response round trips.
+        #[arg(long)]
+        rr_count: Option<u64>,
+        /// Override the iperf3 seconds.
+        #[arg(long)]
+        bulk_secs: Option<u64>,
+    },
     /// What host endpoint policy costs a server of the node for clients
     /// outside it: TCP RR and bulk from the world host to n1's underlay
     /// address without and with a host policy selecting n1 (every segment
@@ -359,6 +397,46 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     weir_perf::stop::install()?;
     match cli.cmd {
+        Cmd::EncapAb {
+            weir_a,
+            weir_b,
+            encap,
+            short,
+            out,
+            mode,
+            reps,
+            load_core,
+            worker_core,
+            window_ms,
+            rr_count,
+            bulk_secs,
+        } => {
+            let mut w = weir_perf::wireguard::WgOptions::new(short);
+            w.out = out;
+            w.mode = mode;
+            w.reps = reps;
+            w.load_core = load_core;
+            w.worker_core = worker_core;
+            if let Some(ms) = window_ms {
+                w.window = Duration::from_millis(ms);
+            }
+            if let Some(n) = rr_count {
+                w.rr_count = n;
+            }
+            if let Some(n) = bulk_secs {
+                w.bulk_secs = n;
+            }
+            let o = weir_perf::encap_ab::AbOptions {
+                wg: w,
+                a: weir_a,
+                b: weir_b,
+                encap,
+            };
+            let rep = weir_perf::encap_ab::run(&o)?;
+            print!("{}", weir_perf::encap_ab::markdown(&o, &rep));
+            println!("\nwritten: {}", o.wg.out.join("encap-ab.md").display());
+            Ok(())
+        }
         Cmd::Wireguard {
             short,
             out,

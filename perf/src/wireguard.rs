@@ -116,7 +116,7 @@ pub struct WgReport {
 }
 
 /// The two-node manifests of `paper`'s inter-node scenario.
-fn manifests() -> String {
+pub(crate) fn manifests() -> String {
     crate::paper::manifests_2n(false)
 }
 
@@ -197,7 +197,7 @@ pub fn run(o: &WgOptions) -> anyhow::Result<WgReport> {
 }
 
 /// RR, bulk, then UDP from `src_ns` to `dst` in `dst_ns`.
-fn measure(o: &WgOptions, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, s: &mut WgSample) {
+pub(crate) fn measure(o: &WgOptions, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, s: &mut WgSample) {
     let rp = RrParams {
         count: o.rr_count,
         warmup: (o.rr_count / 10).max(1),
@@ -480,7 +480,7 @@ fn wg_go_sample(o: &WgOptions, wg_bin: &Path, tunnel: bool) -> anyhow::Result<Wg
     Ok(s)
 }
 
-type Getter = fn(&WgSample) -> Option<f64>;
+pub(crate) type Getter = fn(&WgSample) -> Option<f64>;
 
 fn pps(s: &WgSample) -> Option<f64> {
     s.udp.as_ref().map(|u| u.received_pps)
@@ -496,7 +496,7 @@ fn p99(s: &WgSample) -> Option<f64> {
 }
 
 /// (label, getter, decimals)
-const METRICS: [(&str, Getter, usize); 4] = [
+pub(crate) const METRICS: [(&str, Getter, usize); 4] = [
     ("UDP 64 B received pps", pps, 0),
     ("TCP bulk Gbit/s", gbps, 2),
     ("TCP RR p50 µs", p50, 1),
@@ -512,12 +512,12 @@ impl WgReport {
             .and_then(g)
     }
 
-    fn agg(&self, cfg: &str, g: Getter) -> Option<(f64, f64, f64)> {
+    pub(crate) fn agg(&self, cfg: &str, g: Getter) -> Option<(f64, f64, f64)> {
         stats((0..self.reps).filter_map(|r| self.val(cfg, r, g)))
     }
 
     /// `a ÷ b` per round, summarised.
-    fn ratio(&self, a: &str, b: &str, g: Getter) -> Option<(f64, f64, f64)> {
+    pub(crate) fn ratio(&self, a: &str, b: &str, g: Getter) -> Option<(f64, f64, f64)> {
         stats((0..self.reps).filter_map(|r| Some(self.val(a, r, g)? / self.val(b, r, g)?)))
     }
 

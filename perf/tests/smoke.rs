@@ -657,3 +657,59 @@ fn host_policy_short_end_to_end() {
     assert!(!ns.contains(&tag), "namespaces left behind: {ns}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `encap-ab` with the same binary as A and B, one short round: both
+/// samples cross weir (its workers' rx counters moved, no error), the
+/// table has its B ÷ A column, nothing is left behind.
+#[test]
+fn encap_ab_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-eab-smoke-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args(["encap-ab", "--short", "--reps", "1", "--encap", "geneve"])
+        .arg("--weir-a")
+        .arg(&weir)
+        .arg("--weir-b")
+        .arg(&weir)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir-perf encap-ab");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("weir-perf encap-ab");
+    assert!(
+        run.status.success(),
+        "weir-perf encap-ab failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("encap-ab.json")).expect("encap-ab.json"))
+            .expect("JSON");
+    let samples = json["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 2, "{json}");
+    for s in samples {
+        assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+        assert!(s["proof"].as_str().unwrap_or("").contains("rx "), "{s}");
+        assert!(
+            s["udp"]["received_pps"].as_f64().unwrap_or(0.0) > 0.0,
+            "{s}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("encap-ab.md")).expect("encap-ab.md");
+    assert!(
+        md.contains("| B ÷ A |") && md.contains("--encap geneve"),
+        "{md}"
+    );
+    assert!(
+        !netns_left(&format!("eab{}", pid % 100_000)),
+        "namespaces left behind"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

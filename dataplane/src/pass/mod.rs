@@ -170,6 +170,8 @@ pub fn process(
 ) -> Verdict {
     let mut pass = Pass {
         buf,
+        front: None,
+        moved: 0,
         snap,
         st,
         ingress,
@@ -180,10 +182,51 @@ pub fn process(
     }
 }
 
+/// [`process`] for a frame whose start may move: `frame[head..head +
+/// len]` is the received frame and `frame[..head]` the room in front of
+/// it (the UMEM frame's XDP headroom, `xsk::WorkerUmem::with_frame_room`).
+/// Returns the verdict and the frame's new offset in `frame`, which the
+/// verdict's lengths count from: an encapsulated frame starts with its
+/// outer headers, written in the room (the inner frame does not move), a
+/// decapsulated one with its inner frame (the outer headers are left
+/// behind). Where the room is too small, or WireGuard seals the frame,
+/// [`process`]'s memmove is the fallback: same bytes out, same offset.
+pub fn process_at(
+    frame: &mut [u8],
+    head: usize,
+    len: usize,
+    ingress: PortId,
+    snap: &Snapshot,
+    st: &mut WorkerState,
+) -> (Verdict, usize) {
+    let head = head.min(frame.len());
+    let (front, buf) = frame.split_at_mut(head);
+    let mut pass = Pass {
+        buf,
+        front: Some(front),
+        moved: 0,
+        snap,
+        st,
+        ingress,
+        one_way: false,
+    };
+    let v = match pass.run(len) {
+        Break(v) | Continue(v) => v,
+    };
+    (v, head.saturating_add_signed(pass.moved))
+}
+
 /// The context every stage works in: the frame's UMEM buffer, the snapshot
 /// of this batch, the worker's state and the port the frame came in on.
 struct Pass<'a> {
     buf: &'a mut [u8],
+    /// The bytes in front of `buf` when its start may move
+    /// ([`process_at`]); `None` for [`process`], whose frame starts at
+    /// `buf[0]` whatever happens.
+    front: Option<&'a mut [u8]>,
+    /// How far the frame's start moved from where it was received
+    /// (negative: back into `front`).
+    moved: isize,
     snap: &'a Snapshot,
     st: &'a mut WorkerState,
     ingress: PortId,

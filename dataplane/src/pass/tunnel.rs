@@ -55,7 +55,15 @@ impl Pass<'_> {
                 }
             }
         };
-        let d = encap::decapsulate(self.buf, len, t, tables)?;
+        let d = match self.front {
+            // The frame's start may move: past the outer headers.
+            Some(_) => {
+                let (start, d) = encap::unwrap_in_place(self.buf, len, t, tables)?;
+                self.advance(start);
+                d
+            }
+            None => encap::decapsulate(self.buf, len, t, tables)?,
+        };
         Continue((
             d.inner_len,
             Sender::Peer {
@@ -80,6 +88,18 @@ impl Pass<'_> {
         };
         let identity = snap.policy().identity_if_known(pkt.key.src);
         let sport = encap::flow_sport(&pkt.key);
+        // The outer headers go in the room in front of the frame, when it
+        // has some and stays in clear (WireGuard seals the whole frame,
+        // from its start: its path keeps the memmove).
+        if let (Some(front), None) = (self.front.as_deref_mut(), &self.st.wg) {
+            if let Some(hdr) = encap::encapsulate_front(front, len, t, p, identity, sport) {
+                self.moved -= hdr as isize;
+                return Verdict::Tx {
+                    port: tables.port,
+                    len: hdr + len,
+                };
+            }
+        }
         match encap::encapsulate(self.buf, len, t, p, identity, sport)
             .map(|len| wg_seal_or_defer(self.buf, self.st, len, t, p, sport))
         {
@@ -90,6 +110,17 @@ impl Pass<'_> {
             Some(Err(r)) => Verdict::Drop(r),
             None => Verdict::Drop(DropReason::TooBig),
         }
+    }
+
+    /// Moves the frame's start `n` bytes forward (`process_at` only): the
+    /// bytes passed over become the room in front of it.
+    fn advance(&mut self, n: usize) {
+        let buf = core::mem::take(&mut self.buf);
+        let n = n.min(buf.len());
+        let (passed, rest) = buf.split_at_mut(n);
+        self.buf = rest;
+        self.front = Some(passed);
+        self.moved += n as isize;
     }
 
     /// The MTU toward a peer: the tunnel's inner MTU, less WireGuard's
