@@ -42,6 +42,7 @@ use crate::flow_key::FlowKey;
 use crate::frag::FragTable;
 use crate::policy::RuleId;
 use crate::stats::Counter;
+use crate::table_mem::{Pages, TableMem};
 use crate::wire::ip_proto;
 use crate::wire::tcp::flags as tcpf;
 
@@ -486,7 +487,8 @@ pub enum Insert {
 /// The node's connection-tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
-    buckets: Box<[Line]>,
+    /// On transparent huge pages when large enough ([`TableMem`]).
+    buckets: TableMem<Line>,
     mask: u64,
     seed: u64,
     timeouts: Timeouts,
@@ -528,10 +530,23 @@ impl Conntrack {
     /// (`new(..).with_frags(..)` first builds the default, 8 192 entries: a
     /// fuzz target's fresh state per input spent half its time there).
     pub fn with_frag_table(size: usize, timeouts: Timeouts, frags: FragTable) -> Self {
+        Self::build(size, timeouts, frags, true)
+    }
+
+    /// [`new`](Self::new), on 4 KiB pages if `!huge_pages` (the
+    /// comparison of `conntrack_bench`; tests of the fallback).
+    pub fn with_huge_pages(size: usize, timeouts: Timeouts, huge_pages: bool) -> Self {
+        Self::build(size, timeouts, FragTable::default(), huge_pages)
+    }
+
+    /// The table is allocated and every page of it touched here, at start
+    /// (no page fault under the first flood); on huge pages if asked and
+    /// at least 2 MiB ([`TableMem`]).
+    fn build(size: usize, timeouts: Timeouts, frags: FragTable, huge: bool) -> Self {
         let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         Conntrack {
-            buckets: (0..buckets).map(|_| Line::default()).collect(),
+            buckets: TableMem::new(buckets, huge, Line::default),
             mask: buckets as u64 - 1,
             seed,
             timeouts,
@@ -587,6 +602,18 @@ impl Conntrack {
     /// Entries the table can hold.
     pub fn capacity(&self) -> usize {
         self.buckets.len() * WAYS
+    }
+
+    /// Where the table's memory is (huge pages asked for or not).
+    pub fn table_pages(&self) -> Pages {
+        self.buckets.pages()
+    }
+
+    /// Bytes of the table on huge pages now (see
+    /// [`TableMem::huge_bytes`]; `None` for a table on the heap, under
+    /// 2 MiB). Reads `/proc/self/smaps`: for status, not per packet.
+    pub fn huge_page_bytes(&self) -> Option<u64> {
+        self.buckets.huge_bytes()
     }
 
     /// Bytes of table per entry (bucket with its lock and tags / [`WAYS`]).
