@@ -11,7 +11,8 @@
 //!   with conntrack → rewrite) on one core, with 1k and 1M flows;
 //! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
 //!   same-run comparisons in interleaved rounds (median [min–max]): with the
-//!   conntrack prefetch stage ÷ without, the table on huge pages ÷ on 4 KiB
+//!   conntrack prefetch stage ÷ without (and with the stage's hash handed
+//!   to the lookup ÷ hashed again), the table on huge pages ÷ on 4 KiB
 //!   pages, an established flow under an L3/L4 policy (ingress: UDP ports
 //!   53–68 from pod a) ÷ no policy loaded, and 1M flows ÷ 1k flows per
 //!   round.
@@ -27,7 +28,7 @@
 //! independent reads: what a batch's prefetch can overlap), beside the
 //! same reads over 1k flows' worth of lines; and
 //!
-//!   conntrack_bench one FLOWS huge|small prefetch|plain [seconds]
+//!   conntrack_bench one FLOWS huge|small handoff|prefetch|plain [seconds]
 //!
 //! runs one configuration of the pass for a while (for `perf stat` /
 //! `perf record` of one configuration).
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weir_dataplane::conntrack::{Admission, Conntrack, Insert, Seg, Timeouts, Track};
-use weir_dataplane::pass::{prefetch, process, FlowKey, WorkerState};
+use weir_dataplane::pass::{prefetch_hint, process, FlowKey, WorkerState};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
     IDENTITY_WORLD,
@@ -264,6 +265,18 @@ struct Batched {
 /// The worker's batch size.
 const BATCH: usize = 64;
 
+/// What runs before the batch is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage0 {
+    Off,
+    /// Prefetch, the lookup hashing the key again (before the handoff).
+    Prefetch,
+    /// Prefetch, its hash handed to the lookup (what the worker runs).
+    Handoff,
+}
+
+const STAGE0: [Stage0; 3] = [Stage0::Off, Stage0::Prefetch, Stage0::Handoff];
+
 impl Batched {
     fn new(flows: u32, size: usize, huge: bool, policy: PolicySpec) -> Self {
         let ct = Arc::new(Conntrack::with_huge_pages(size, Timeouts::default(), huge));
@@ -276,12 +289,12 @@ impl Batched {
             bufs: vec![vec![0u8; 2048]; BATCH],
         };
         // The first round creates the entries and is not timed.
-        b.round(false);
+        b.round(Stage0::Off);
         b
     }
 
     /// One round over all flows; packets per second.
-    fn round(&mut self, with_prefetch: bool) -> f64 {
+    fn round(&mut self, stage0: Stage0) -> f64 {
         let pristine = frame();
         let t = Instant::now();
         let mut ok = 0u64;
@@ -292,12 +305,17 @@ impl Batched {
                 buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
             }
             let batch = &mut self.bufs[..chunk.len()];
-            if with_prefetch {
-                for buf in batch.iter() {
-                    prefetch(&buf[..64], &self.st);
+            let mut hints = [None; BATCH];
+            if stage0 != Stage0::Off {
+                for (h, buf) in hints.iter_mut().zip(batch.iter()) {
+                    *h = prefetch_hint(&buf[..64], &self.st);
                 }
             }
-            for buf in batch.iter_mut() {
+            for (buf, h) in batch.iter_mut().zip(hints) {
+                // Stage0::Prefetch: the lookup hashes again, as before
+                // the handoff.
+                self.st
+                    .set_ct_hint(if stage0 == Stage0::Handoff { h } else { None });
                 let v = process(buf, 64, 0, &self.snap, &mut self.st);
                 ok += u64::from(matches!(v, Verdict::Tx { .. }));
             }
@@ -320,14 +338,14 @@ fn stats(v: &mut [f64]) -> String {
 const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
 
 /// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
-/// policy, L3/L4 policy) × (without, with prefetch), all 24 in a rotating
+/// policy, L3/L4 policy) × (the three [`Stage0`]s), all 36 in a rotating
 /// order in each round, so that every ratio is taken within one round.
 fn compare(rounds: usize) {
     println!(
         "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max]:"
     );
     let before = anon_huge_kb();
-    // cfg index: f * 4 + huge * 2 + policy; each run with and without stage 0.
+    // cfg index: f * 4 + huge * 2 + policy; each run with the three stage 0s.
     let mut tables: Vec<Batched> = Vec::new();
     for &(flows, size) in &SIZES {
         for huge in [false, true] {
@@ -357,105 +375,87 @@ fn compare(rounds: usize) {
             );
         }
     }
-    // pps[round][table * 2 + prefetch]
-    let n = tables.len() * 2;
+    // pps[round][table * 3 + stage 0]
+    let n = tables.len() * 3;
     let mut pps: Vec<Vec<f64>> = Vec::new();
     for r in 0..rounds {
         let mut got = vec![0f64; n];
         for j in 0..n {
-            let m = (j + r * 5) % n;
-            let b = &mut tables[m / 2];
+            let m = (j + r * 7) % n;
+            let b = &mut tables[m / 3];
             // Repeat small tables so one sample is ≥ ~1M packets.
             let reps = (1_000_000 / b.ord.len()).max(1);
             let mut sum = 0.0;
             for _ in 0..reps {
-                sum += b.round(m % 2 == 1);
+                sum += b.round(STAGE0[m % 3]);
             }
             got[m] = sum / reps as f64;
         }
         pps.push(got);
     }
-    // Measurement index of (flow count, huge, policy, prefetch).
-    let ix = |f: usize, huge: bool, pol: bool, pf: bool| {
-        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 2 + usize::from(pf)
+    // Measurement index of (flow count, huge, policy, stage 0: 0 off, 1
+    // prefetch, 2 prefetch + hash handoff).
+    let ix = |f: usize, huge: bool, pol: bool, s0: usize| {
+        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 3 + s0
     };
     let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
     let mpps = |a: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / 1e6).collect() };
+    let pages = |huge: bool| if huge { "huge pages" } else { "4 KiB pages" };
     for (f, &(flows, _)) in SIZES.iter().enumerate() {
         println!("  {flows} flows:");
         for huge in [false, true] {
-            let pages = if huge { "huge pages" } else { "4 KiB pages" };
-            println!(
-                "    Mpps, {pages}: no policy {} | +prefetch {} | L3/L4 {} | L3/L4+prefetch {}",
-                stats(&mut mpps(ix(f, huge, false, false))),
-                stats(&mut mpps(ix(f, huge, false, true))),
-                stats(&mut mpps(ix(f, huge, true, false))),
-                stats(&mut mpps(ix(f, huge, true, true)))
-            );
+            for pol in [false, true] {
+                println!(
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+                    pages(huge),
+                    if pol { "L3/L4" } else { "no policy" },
+                    stats(&mut mpps(ix(f, huge, pol, 0))),
+                    stats(&mut mpps(ix(f, huge, pol, 1))),
+                    stats(&mut mpps(ix(f, huge, pol, 2)))
+                );
+            }
         }
         for huge in [false, true] {
-            let pages = if huge { "huge pages" } else { "4 KiB pages" };
             println!(
-                "    prefetch ÷ without, {pages}: no policy {} | L3/L4 {}",
-                stats(&mut ratio(
-                    ix(f, huge, false, true),
-                    ix(f, huge, false, false)
-                )),
-                stats(&mut ratio(
-                    ix(f, huge, true, true),
-                    ix(f, huge, true, false)
-                ))
+                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {}",
+                pages(huge),
+                stats(&mut ratio(ix(f, huge, false, 1), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1)))
             );
         }
         println!(
-            "    huge ÷ 4 KiB pages: no policy {} | +prefetch {} | L3/L4 {} | L3/L4+prefetch {}",
-            stats(&mut ratio(
-                ix(f, true, false, false),
-                ix(f, false, false, false)
-            )),
-            stats(&mut ratio(
-                ix(f, true, false, true),
-                ix(f, false, false, true)
-            )),
-            stats(&mut ratio(
-                ix(f, true, true, false),
-                ix(f, false, true, false)
-            )),
-            stats(&mut ratio(
-                ix(f, true, true, true),
-                ix(f, false, true, true)
-            ))
+            "    huge ÷ 4 KiB pages, no policy: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+            stats(&mut ratio(ix(f, true, false, 0), ix(f, false, false, 0))),
+            stats(&mut ratio(ix(f, true, false, 1), ix(f, false, false, 1))),
+            stats(&mut ratio(ix(f, true, false, 2), ix(f, false, false, 2)))
         );
         println!(
-            "    L3/L4 ÷ no policy, huge pages: without prefetch {} | with {}",
-            stats(&mut ratio(
-                ix(f, true, true, false),
-                ix(f, true, false, false)
-            )),
-            stats(&mut ratio(
-                ix(f, true, true, true),
-                ix(f, true, false, true)
-            ))
+            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {}",
+            stats(&mut ratio(ix(f, true, true, 0), ix(f, true, false, 0))),
+            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2)))
         );
     }
     let big = SIZES.len() - 1;
     println!("  1M flows ÷ 1k flows, per round:");
     for huge in [false, true] {
-        let pages = if huge { "huge pages" } else { "4 KiB pages" };
         println!(
-            "    {pages}, same configuration: no policy {} | +prefetch {} | L3/L4 {} | L3/L4+prefetch {}",
-            stats(&mut ratio(ix(big, huge, false, false), ix(0, huge, false, false))),
-            stats(&mut ratio(ix(big, huge, false, true), ix(0, huge, false, true))),
-            stats(&mut ratio(ix(big, huge, true, false), ix(0, huge, true, false))),
-            stats(&mut ratio(ix(big, huge, true, true), ix(0, huge, true, true)))
-        );
-        // What the worker runs: stage 0 on the 1M table only.
-        println!(
-            "    {pages}, as the worker runs it (1M with prefetch ÷ 1k without): no policy {} | L3/L4 {}",
-            stats(&mut ratio(ix(big, huge, false, true), ix(0, huge, false, false))),
-            stats(&mut ratio(ix(big, huge, true, true), ix(0, huge, true, false)))
+            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {}",
+            pages(huge),
+            stats(&mut ratio(ix(big, huge, false, 0), ix(0, huge, false, 0))),
+            stats(&mut ratio(ix(big, huge, false, 1), ix(0, huge, false, 1))),
+            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2)))
         );
     }
+    // As the worker runs it: stage 0 on the 1M table only (before this
+    // change: 4 KiB pages, no handoff; after: huge pages, handoff).
+    println!(
+        "    as the worker runs it (1M with stage 0 ÷ 1k without): before (4 KiB pages, prefetch) no policy {} | L3/L4 {}; after (huge pages, prefetch+handoff) no policy {} | L3/L4 {}",
+        stats(&mut ratio(ix(big, false, false, 1), ix(0, false, false, 0))),
+        stats(&mut ratio(ix(big, false, true, 1), ix(0, false, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0)))
+    );
 }
 
 /// Random cache-line reads over `lines` lines of a table (huge pages or
@@ -526,7 +526,7 @@ fn mem(rounds: usize) {
 }
 
 /// One configuration for `secs` seconds (for perf): prints packets and Mpps.
-fn one(flows: u32, huge: bool, pf: bool, secs: f64) {
+fn one(flows: u32, huge: bool, stage0: Stage0, secs: f64) {
     let size = SIZES
         .iter()
         .find(|&&(f, _)| f == flows)
@@ -542,7 +542,7 @@ fn one(flows: u32, huge: bool, pf: bool, secs: f64) {
     let t = Instant::now();
     let mut packets = 0u64;
     while t.elapsed().as_secs_f64() < secs {
-        b.round(pf);
+        b.round(stage0);
         packets += u64::from(flows);
     }
     println!(
@@ -561,9 +561,13 @@ fn main() {
     if first.as_deref() == Some("one") {
         let flows = arg(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
         let huge = arg(3).as_deref() != Some("small");
-        let pf = arg(4).as_deref() != Some("plain");
+        let stage0 = match arg(4).as_deref() {
+            Some("plain") => Stage0::Off,
+            Some("prefetch") => Stage0::Prefetch,
+            _ => Stage0::Handoff,
+        };
         let secs = arg(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
-        one(flows, huge, pf, secs);
+        one(flows, huge, stage0, secs);
         return;
     }
     if first.as_deref() == Some("pass") {

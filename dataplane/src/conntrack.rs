@@ -484,6 +484,26 @@ pub enum Insert {
     Full,
 }
 
+/// A flow's hash on one table, computed by the pass's stage 0
+/// ([`Conntrack::prefetch_hint`]) and handed to the lookup
+/// ([`Conntrack::track_hinted`]) so that a frame is hashed once. Only this
+/// module makes one; the lookup uses it only if its key is the packet's
+/// and its seed the table's (else it hashes as without), so a stale hint,
+/// another frame's or another table's costs a hash, never a wrong bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtHint {
+    key: FlowKey,
+    hash: u64,
+    seed: u64,
+}
+
+impl CtHint {
+    /// The key it was computed for (the packet's, either direction).
+    pub fn key(&self) -> &FlowKey {
+        &self.key
+    }
+}
+
 /// The node's connection-tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
@@ -642,12 +662,22 @@ impl Conntrack {
     /// or stale key only wastes a prefetch; an entry off its home way
     /// still costs its lookup one memory wait.
     pub fn prefetch(&self, k: &FlowKey) -> u64 {
+        self.prefetch_hint(k).hash
+    }
+
+    /// [`prefetch`](Self::prefetch), returning the hash as a hint for this
+    /// packet's lookup ([`track_hinted`](Self::track_hinted)).
+    pub fn prefetch_hint(&self, k: &FlowKey) -> CtHint {
         let h = CtKey::of(k).0.hash(self.seed);
         let line = self.line(h);
         crate::prefetch::prefetch_at(line, 0);
         // `lock`'s data starts on line 1: entry `w` is line w + 1.
         crate::prefetch::prefetch_at(line, 64 * (home_way(h) + 1));
-        h
+        CtHint {
+            key: *k,
+            hash: h,
+            seed: self.seed,
+        }
     }
 
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
@@ -676,18 +706,42 @@ impl Conntrack {
     /// Looks the packet's flow up and, if it was admitted under
     /// `generation`, advances its state (one critical section).
     pub fn track(&self, k: &FlowKey, seg: Seg, generation: u64, now: u64) -> Track {
-        self.visit(k, Some(seg), generation, now)
+        self.visit(k, None, Some(seg), generation, now)
+    }
+
+    /// [`track`](Self::track) with the hash stage 0 computed for this
+    /// packet, if any: used when its key is `k` (else `k` is hashed).
+    pub fn track_hinted(
+        &self,
+        k: &FlowKey,
+        hint: Option<CtHint>,
+        seg: Seg,
+        generation: u64,
+        now: u64,
+    ) -> Track {
+        self.visit(k, hint, Some(seg), generation, now)
     }
 
     /// Like [`track`](Self::track) but changes nothing (ICMP errors related
     /// to a flow do not move its state or extend its life).
     pub fn lookup(&self, k: &FlowKey, generation: u64, now: u64) -> Track {
-        self.visit(k, None, generation, now)
+        self.visit(k, None, None, generation, now)
     }
 
-    fn visit(&self, k: &FlowKey, seg: Option<Seg>, generation: u64, now: u64) -> Track {
+    fn visit(
+        &self,
+        k: &FlowKey,
+        hint: Option<CtHint>,
+        seg: Option<Seg>,
+        generation: u64,
+        now: u64,
+    ) -> Track {
         let (key, src_lo) = CtKey::of(k);
-        let (mut b, tag) = self.bucket(&key);
+        let h = match hint {
+            Some(hint) if hint.key == *k && hint.seed == self.seed => hint.hash,
+            _ => key.hash(self.seed),
+        };
+        let (mut b, tag) = (self.line(h).locked(), tag_of(h));
         let Some(w) = Self::find(&mut b, &key, tag, now) else {
             return Track::Miss;
         };
@@ -1450,6 +1504,99 @@ mod tests {
         }
         assert_eq!(inserted, 201);
         assert_eq!(ct.count(1), 201);
+    }
+
+    /// A hint is used only for its own key on its own table: the other
+    /// direction's, another flow's, another table's or a hint from before a
+    /// reseed still finds the flow (hashed again).
+    #[test]
+    fn a_hint_finds_its_flow_and_a_wrong_one_is_ignored() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let other = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
+        let mine = ct.prefetch_hint(&k);
+        assert_eq!(mine.key(), &k);
+        assert_eq!(mine.hash, ct.prefetch(&k));
+        let udp = k4([10, 1, 0, 3], 1, [10, 1, 0, 1], 80, ip_proto::UDP);
+        let hints = [
+            Some(mine),
+            Some(ct.prefetch_hint(&rev(&k))),
+            Some(ct.prefetch_hint(&udp)),
+            Some(other.prefetch_hint(&k)),
+            None,
+        ];
+        for (i, hint) in hints.into_iter().enumerate() {
+            // A fresh look at the same flow each time: a retransmitted SYN.
+            let t = ct.track_hinted(&k, hint, Seg::Tcp(tcpf::SYN), 1, 1);
+            assert!(
+                matches!(
+                    t,
+                    Track::Pass {
+                        state: State::SynSent,
+                        ..
+                    }
+                ),
+                "hint {i}: {t:?}"
+            );
+        }
+        assert_ne!(other.prefetch(&k), mine.hash);
+        let mut ct = ct;
+        ct.reseed((7, 8));
+        ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
+        let t = ct.track_hinted(&k, Some(mine), Seg::Tcp(tcpf::SYN), 1, 1);
+        assert!(matches!(t, Track::Pass { .. }), "{t:?}");
+    }
+
+    /// The table on huge pages, on 4 KiB pages, and under 2 MiB on the heap:
+    /// empty at start, the same lookups, and a reseed empties it.
+    #[test]
+    fn every_table_memory_tracks_alike() {
+        for (size, huge, pages) in [
+            (DEFAULT_SIZE, true, None),
+            (
+                DEFAULT_SIZE,
+                false,
+                Some(Pages::Small {
+                    advice_refused: false,
+                }),
+            ),
+            (1024, true, Some(Pages::Heap)),
+        ] {
+            let mut ct = Conntrack::with_huge_pages(size, Timeouts::default(), huge);
+            if let Some(p) = pages {
+                assert_eq!(ct.table_pages(), p);
+            } else {
+                // THP compiled out: the advice is refused, small pages.
+                assert!(matches!(
+                    ct.table_pages(),
+                    Pages::Advised
+                        | Pages::Small {
+                            advice_refused: true
+                        }
+                ));
+            }
+            assert_eq!(ct.huge_page_bytes().is_some(), size == DEFAULT_SIZE);
+            assert_eq!(ct.count(0), 0);
+            for p in 0..500u16 {
+                let k = k4([10, 1, 0, 3], p, [10, 1, 0, 1], 80, ip_proto::UDP);
+                assert!(matches!(
+                    ct.insert(&k, Seg::Other, adm(1), 0),
+                    Insert::Inserted { evicted: false }
+                ));
+                let t = ct.track(&rev(&k), Seg::Other, 1, 1);
+                assert!(matches!(
+                    t,
+                    Track::Pass {
+                        state: State::Replied,
+                        ..
+                    }
+                ));
+            }
+            assert_eq!(ct.count(1), 500);
+            ct.reseed((1, 2));
+            assert_eq!(ct.count(1), 0);
+        }
     }
 
     #[test]
