@@ -346,29 +346,35 @@ fn compare(rounds: usize) {
     );
     let before = anon_huge_kb();
     // cfg index: f * 4 + huge * 2 + policy; each run with the three stage 0s.
-    let mut tables: Vec<Batched> = Vec::new();
-    for &(flows, size) in &SIZES {
-        for huge in [false, true] {
+    // Built huge-page tables first, the largest first: they need free
+    // 2 MiB blocks, which the small-page tables' faults would eat.
+    let mut built: Vec<Option<Batched>> = (0..SIZES.len() * 4).map(|_| None).collect();
+    for huge in [true, false] {
+        for (f, &(flows, size)) in SIZES.iter().enumerate().rev() {
             for pol in [false, true] {
                 let p = if pol {
                     l3l4_policy()
                 } else {
                     PolicySpec::default()
                 };
-                tables.push(Batched::new(flows, size, huge, p));
+                built[f * 4 + usize::from(huge) * 2 + usize::from(pol)] =
+                    Some(Batched::new(flows, size, huge, p));
             }
         }
     }
+    let mut tables: Vec<Batched> = built.into_iter().flatten().collect();
     println!(
         "  AnonHugePages of the process: {} kB before the tables, {} kB with them",
         before.unwrap_or(0),
         anon_huge_kb().unwrap_or(0)
     );
     for (f, &(flows, size)) in SIZES.iter().enumerate() {
-        for huge in [false, true] {
-            let ct = tables[f * 4 + usize::from(huge) * 2].st.conntrack();
+        for (huge, pol) in [(false, false), (true, false), (true, true)] {
+            let ct = tables[f * 4 + usize::from(huge) * 2 + usize::from(pol)]
+                .st
+                .conntrack();
             println!(
-                "  {flows} flows, {size}-entry table ({} MB), huge pages asked: {huge}: {:?}, {} MB on huge pages",
+                "  {flows} flows, {size}-entry table ({} MB), huge pages asked: {huge} (L3/L4 run: {pol}): {:?}, {} MB on huge pages",
                 (ct.capacity() * Conntrack::bytes_per_entry()) >> 20,
                 ct.table_pages(),
                 ct.huge_page_bytes().unwrap_or(0) >> 20

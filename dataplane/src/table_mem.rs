@@ -13,7 +13,9 @@
 //! table starts on a 2 MiB boundary; `madvise(MADV_HUGEPAGE)` on it (THP
 //! is `madvise` on most distributions' kernels: only advised ranges get
 //! huge pages); then every element is written (its initial value), which
-//! faults every page in now, at start, not under the first flood. Chosen
+//! faults every page in now, at start, not under the first flood; pages
+//! that faulted in small (no free 2 MiB block then) are collapsed with
+//! `MADV_COLLAPSE`. Chosen
 //! over `std::alloc` with a 2 MiB alignment because glibc serves that from
 //! its heap or its own mapping depending on thresholds the process tunes
 //! ([`crate::heap`]), may touch the pages before the advice can be given,
@@ -36,6 +38,13 @@ use std::ptr::NonNull;
 
 /// Bytes of a transparent huge page on x86_64 and arm64 (4 KiB base pages).
 pub const HUGE_PAGE: usize = 2 << 20;
+
+/// `MADV_COLLAPSE` (Linux 6.1, include/uapi/asm-generic/mman-common.h; not
+/// in the `libc` crate for this target yet).
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// The guard page after a mapped table.
+const GUARD: usize = 4096;
 
 /// Where a table's memory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +96,11 @@ impl<T> TableMem<T> {
         debug_assert!(std::mem::align_of::<T>() <= 4096);
         let page = if huge { HUGE_PAGE } else { 4096 };
         let table_len = round_up(bytes, page);
-        let map_len = if huge {
-            table_len + HUGE_PAGE
-        } else {
-            table_len
-        };
+        // A guard page after the table: its own mapping flags keep the
+        // kernel from merging the table's mapping with a neighbour (so
+        // smaps tells the table's own huge pages), and a stray write past
+        // the end faults instead of landing in other data.
+        let map_len = table_len + GUARD + if huge { HUGE_PAGE } else { 0 };
         // SAFETY: a new anonymous private mapping at an address the kernel
         // picks: it aliases nothing the program holds.
         let base = unsafe {
@@ -117,17 +126,18 @@ impl<T> TableMem<T> {
         };
         if huge {
             let head = round_up(base as usize, HUGE_PAGE) - base as usize;
-            let tail = map_len - head - table_len;
-            // SAFETY: `head` ≤ 2 MiB and `table_len` + `head` + `tail` =
-            // `map_len`, so both unmapped ranges lie inside the mapping just
-            // made (none of it used yet) and the table's range stays mapped.
+            let tail = map_len - head - table_len - GUARD;
+            // SAFETY: `head` < 2 MiB and `head` + `table_len` + `GUARD` +
+            // `tail` = `map_len`, so both unmapped ranges lie inside the
+            // mapping just made (none of it used yet) and the table's range
+            // and its guard stay mapped.
             unsafe {
                 start = start.add(head);
                 if head > 0 {
                     libc::munmap(base, head);
                 }
                 if tail > 0 {
-                    libc::munmap(start.add(table_len).cast(), tail);
+                    libc::munmap(start.add(table_len + GUARD).cast(), tail);
                 }
             }
             // SAFETY: advice on our own mapping, before any page is touched.
@@ -140,6 +150,9 @@ impl<T> TableMem<T> {
                 }
             };
         }
+        // SAFETY: the guard page is ours, past the table; nothing points
+        // into it.
+        unsafe { libc::mprotect(start.add(table_len).cast(), GUARD, libc::PROT_NONE) };
         let ptr = start.cast::<T>();
         for i in 0..len {
             // SAFETY: `ptr` is aligned (page-aligned) and the mapping holds
@@ -148,12 +161,26 @@ impl<T> TableMem<T> {
             // `TableMem` exists yet to drop it), never reads an unwritten slot.
             unsafe { ptr.add(i).write(init()) };
         }
+        if pages == Pages::Advised {
+            // Where the faults above got 4 KiB pages (no free 2 MiB block
+            // then: a fragmented memory; seen here with most memory in page
+            // cache), ask the kernel to collapse the range into huge pages
+            // now, reclaiming and compacting as it must (Linux ≥ 6.1; an
+            // error, e.g. EINVAL before 6.1 or EAGAIN, leaves the table as
+            // it is, working). Ranges already on huge pages are skipped.
+            // SAFETY: advice on our own mapping; a collapse copies the
+            // contents into the huge page, values unchanged.
+            unsafe { libc::madvise(start.cast(), table_len, MADV_COLLAPSE) };
+        }
         TableMem {
             // SAFETY: mmap never returns null on success.
             ptr: unsafe { NonNull::new_unchecked(ptr) },
             len,
             // SAFETY: as above.
-            map: Some((unsafe { NonNull::new_unchecked(start.cast()) }, table_len)),
+            map: Some((
+                unsafe { NonNull::new_unchecked(start.cast()) },
+                table_len + GUARD,
+            )),
             pages,
         }
     }
@@ -177,8 +204,8 @@ impl<T> TableMem<T> {
 
     /// Bytes of the table's mapping that the kernel backs with huge pages
     /// now (`AnonHugePages` of its mapping in `/proc/self/smaps`; the
-    /// mapping may have merged with an adjacent one advised the same way,
-    /// so this is capped at the table's own length). `Some(0)`: the table
+    /// mapping is the table and its guard page alone, the guard keeping the
+    /// kernel from merging it with a neighbour). `Some(0)`: the table
     /// is on 4 KiB pages. `None`: a heap table, or smaps unreadable. Reads
     /// and parses smaps: for status and benchmarks, not per packet.
     pub fn huge_bytes(&self) -> Option<u64> {
