@@ -146,7 +146,7 @@ mod tunnel;
 
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
-pub use prefetch::{prefetch, prefetch_hint};
+pub use prefetch::{prefetch, prefetch_found, prefetch_hint};
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
