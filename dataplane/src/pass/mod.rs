@@ -6,7 +6,9 @@
 //! 0. **Prefetch** (`prefetch.rs`, over the whole batch, run by the worker
 //!    before the batch's first frame is judged; [`prefetch()`]): parse each
 //!    frame and start loading its conntrack bucket and entry lines, so a
-//!    table far larger than the cache costs no serial memory waits. A hint
+//!    table far larger than the cache costs no serial memory waits; then
+//!    [`prefetch_found()`] loads the entries off their home way, and each
+//!    frame's hash goes to its lookup ([`WorkerState::set_ct_hint`]). A hint
 //!    only: no verdict or state depends on it. The worker runs it on tables
 //!    of ≥ 1M entries only (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
