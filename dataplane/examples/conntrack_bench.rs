@@ -28,7 +28,7 @@
 //! independent reads: what a batch's prefetch can overlap), beside the
 //! same reads over 1k flows' worth of lines; and
 //!
-//!   conntrack_bench one FLOWS huge|small found|handoff|prefetch|plain [seconds]
+//!   conntrack_bench one FLOWS huge|small handoff|prefetch|plain [seconds]
 //!
 //! runs one configuration of the pass for a while (for `perf stat` /
 //! `perf record` of one configuration).
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weir_dataplane::conntrack::{Admission, Conntrack, Insert, Seg, Timeouts, Track};
-use weir_dataplane::pass::{prefetch_found, prefetch_hint, process, FlowKey, WorkerState};
+use weir_dataplane::pass::{prefetch_hint, process, FlowKey, WorkerState};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
     IDENTITY_WORLD,
@@ -271,19 +271,11 @@ enum Stage0 {
     Off,
     /// Prefetch, the lookup hashing the key again (before the handoff).
     Prefetch,
-    /// Prefetch, its hash handed to the lookup.
+    /// Prefetch, its hash handed to the lookup (what the worker runs).
     Handoff,
-    /// Handoff, and the second step: entries off their home way loaded
-    /// (what the worker runs).
-    Found,
 }
 
-const STAGE0: [Stage0; 4] = [
-    Stage0::Off,
-    Stage0::Prefetch,
-    Stage0::Handoff,
-    Stage0::Found,
-];
+const STAGE0: [Stage0; 3] = [Stage0::Off, Stage0::Prefetch, Stage0::Handoff];
 
 impl Batched {
     fn new(flows: u32, size: usize, huge: bool, policy: PolicySpec) -> Self {
@@ -318,15 +310,12 @@ impl Batched {
                 for (h, buf) in hints.iter_mut().zip(batch.iter()) {
                     *h = prefetch_hint(&buf[..64], &self.st);
                 }
-                if stage0 == Stage0::Found {
-                    prefetch_found(&hints[..batch.len()], &self.st);
-                }
             }
             for (buf, h) in batch.iter_mut().zip(hints) {
                 // Stage0::Prefetch: the lookup hashes again, as before
                 // the handoff.
                 self.st
-                    .set_ct_hint(if stage0 == Stage0::Prefetch { None } else { h });
+                    .set_ct_hint(if stage0 == Stage0::Handoff { h } else { None });
                 let v = process(buf, 64, 0, &self.snap, &mut self.st);
                 ok += u64::from(matches!(v, Verdict::Tx { .. }));
             }
@@ -349,14 +338,14 @@ fn stats(v: &mut [f64]) -> String {
 const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
 
 /// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
-/// policy, L3/L4 policy) × (the four [`Stage0`]s), all 48 in a rotating
+/// policy, L3/L4 policy) × (the three [`Stage0`]s), all 36 in a rotating
 /// order in each round, so that every ratio is taken within one round.
 fn compare(rounds: usize) {
     println!(
         "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max]:"
     );
     let before = anon_huge_kb();
-    // cfg index: f * 4 + huge * 2 + policy; each run with the four stage 0s.
+    // cfg index: f * 4 + huge * 2 + policy; each run with the three stage 0s.
     // Built huge-page tables first, the largest first: they need free
     // 2 MiB blocks, which the small-page tables' faults would eat.
     let mut built: Vec<Option<Batched>> = (0..SIZES.len() * 4).map(|_| None).collect();
@@ -392,97 +381,87 @@ fn compare(rounds: usize) {
             );
         }
     }
-    // pps[round][table * 4 + stage 0]
-    let k = STAGE0.len();
-    let n = tables.len() * k;
+    // pps[round][table * 3 + stage 0]
+    let n = tables.len() * 3;
     let mut pps: Vec<Vec<f64>> = Vec::new();
     for r in 0..rounds {
         let mut got = vec![0f64; n];
         for j in 0..n {
             let m = (j + r * 7) % n;
-            let b = &mut tables[m / k];
+            let b = &mut tables[m / 3];
             // Repeat small tables so one sample is ≥ ~1M packets.
             let reps = (1_000_000 / b.ord.len()).max(1);
             let mut sum = 0.0;
             for _ in 0..reps {
-                sum += b.round(STAGE0[m % k]);
+                sum += b.round(STAGE0[m % 3]);
             }
             got[m] = sum / reps as f64;
         }
         pps.push(got);
     }
-    // Measurement index of (flow count, huge, policy, stage 0: an index
-    // into STAGE0).
+    // Measurement index of (flow count, huge, policy, stage 0: 0 off, 1
+    // prefetch, 2 prefetch + hash handoff).
     let ix = |f: usize, huge: bool, pol: bool, s0: usize| {
-        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * k + s0
+        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 3 + s0
     };
     let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
     let mpps = |a: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / 1e6).collect() };
     let pages = |huge: bool| if huge { "huge pages" } else { "4 KiB pages" };
-    println!("  stage 0: none | prefetch | +hash handoff | +entries off home way (the worker's)");
     for (f, &(flows, _)) in SIZES.iter().enumerate() {
         println!("  {flows} flows:");
         for huge in [false, true] {
             for pol in [false, true] {
-                let v: Vec<String> = (0..k)
-                    .map(|s0| stats(&mut mpps(ix(f, huge, pol, s0))))
-                    .collect();
                 println!(
-                    "    Mpps, {}, {}: {}",
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {}",
                     pages(huge),
                     if pol { "L3/L4" } else { "no policy" },
-                    v.join(" | ")
+                    stats(&mut mpps(ix(f, huge, pol, 0))),
+                    stats(&mut mpps(ix(f, huge, pol, 1))),
+                    stats(&mut mpps(ix(f, huge, pol, 2)))
                 );
             }
         }
         for huge in [false, true] {
-            let r = |a: usize, b: usize| {
-                stats(&mut ratio(ix(f, huge, false, a), ix(f, huge, false, b)))
-            };
             println!(
-                "    {}, no policy: prefetch ÷ none {} | handoff ÷ prefetch {} | off-home ÷ handoff {} | all ÷ none {}",
+                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {}",
                 pages(huge),
-                r(1, 0),
-                r(2, 1),
-                r(3, 2),
-                r(3, 0)
+                stats(&mut ratio(ix(f, huge, false, 1), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1)))
             );
         }
-        let v: Vec<String> = (0..k)
-            .map(|s0| stats(&mut ratio(ix(f, true, false, s0), ix(f, false, false, s0))))
-            .collect();
         println!(
-            "    huge ÷ 4 KiB pages, no policy, per stage 0: {}",
-            v.join(" | ")
+            "    huge ÷ 4 KiB pages, no policy: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+            stats(&mut ratio(ix(f, true, false, 0), ix(f, false, false, 0))),
+            stats(&mut ratio(ix(f, true, false, 1), ix(f, false, false, 1))),
+            stats(&mut ratio(ix(f, true, false, 2), ix(f, false, false, 2)))
         );
         println!(
-            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | the worker's stage 0 {}",
+            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {}",
             stats(&mut ratio(ix(f, true, true, 0), ix(f, true, false, 0))),
-            stats(&mut ratio(ix(f, true, true, 3), ix(f, true, false, 3)))
+            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2)))
         );
     }
     let big = SIZES.len() - 1;
     println!("  1M flows ÷ 1k flows, per round:");
     for huge in [false, true] {
-        let v: Vec<String> = (0..k)
-            .map(|s0| stats(&mut ratio(ix(big, huge, false, s0), ix(0, huge, false, s0))))
-            .collect();
         println!(
-            "    {}, no policy, same stage 0 both: {}",
+            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {}",
             pages(huge),
-            v.join(" | ")
+            stats(&mut ratio(ix(big, huge, false, 0), ix(0, huge, false, 0))),
+            stats(&mut ratio(ix(big, huge, false, 1), ix(0, huge, false, 1))),
+            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2)))
         );
     }
     // As the worker runs it: stage 0 on the 1M table only (before this
-    // work: 4 KiB pages, prefetch alone; after: huge pages, all three).
-    for pol in [false, true] {
-        println!(
-            "    as the worker runs it (1M with stage 0 ÷ 1k without), {}: before (4 KiB pages, prefetch) {} | after (huge pages, prefetch+handoff+off-home) {}",
-            if pol { "L3/L4" } else { "no policy" },
-            stats(&mut ratio(ix(big, false, pol, 1), ix(0, false, pol, 0))),
-            stats(&mut ratio(ix(big, true, pol, 3), ix(0, true, pol, 0)))
-        );
-    }
+    // change: 4 KiB pages, no handoff; after: huge pages, handoff).
+    println!(
+        "    as the worker runs it (1M with stage 0 ÷ 1k without): before (4 KiB pages, prefetch) no policy {} | L3/L4 {}; after (huge pages, prefetch+handoff) no policy {} | L3/L4 {}",
+        stats(&mut ratio(ix(big, false, false, 1), ix(0, false, false, 0))),
+        stats(&mut ratio(ix(big, false, true, 1), ix(0, false, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0)))
+    );
 }
 
 /// Random cache-line reads over `lines` lines of a table (huge pages or
@@ -591,8 +570,7 @@ fn main() {
         let stage0 = match arg(4).as_deref() {
             Some("plain") => Stage0::Off,
             Some("prefetch") => Stage0::Prefetch,
-            Some("handoff") => Stage0::Handoff,
-            _ => Stage0::Found,
+            _ => Stage0::Handoff,
         };
         let secs = arg(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
         one(flows, huge, stage0, secs);

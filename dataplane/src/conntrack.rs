@@ -683,32 +683,6 @@ impl Conntrack {
         }
     }
 
-    /// The second step of stage 0, over the batch once every frame's
-    /// [`prefetch_hint`](Self::prefetch_hint) was issued (by then the
-    /// bucket lines have mostly arrived): reads the hinted bucket's tags and
-    /// starts loading each way whose tag is the key's, other than the home
-    /// way (already on its way). An entry off its home way (its home way
-    /// was taken when it was inserted: ~24 % of entries in a half-full
-    /// table) was otherwise a memory wait inside the lookup. Changes
-    /// nothing; returns how many lines it started loading (tests). Reads
-    /// the tags without the lock (atomics): a racing insert only makes it
-    /// a stale hint.
-    pub fn prefetch_found(&self, hint: &CtHint) -> usize {
-        if hint.seed != self.seed {
-            return 0;
-        }
-        let line = self.line(hint.hash);
-        let (tag, home) = (tag_of(hint.hash), home_way(hint.hash));
-        let mut n = 0;
-        for (w, t) in line.tags.iter().enumerate() {
-            if w != home && t.load(Relaxed) == tag {
-                crate::prefetch::prefetch_at(line, 64 * (w + 1));
-                n += 1;
-            }
-        }
-        n
-    }
-
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
     /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
     /// table the lines of the flows in use mostly stay in cache, and the
@@ -1627,42 +1601,6 @@ mod tests {
             ct.reseed((1, 2));
             assert_eq!(ct.count(1), 0);
         }
-    }
-
-    /// The second step loads the way a key's entry is in when that is not
-    /// its home way, and nothing when it is (or for another table's hint).
-    #[test]
-    fn prefetch_found_loads_an_entry_off_its_home_way() {
-        let ct = Conntrack::new(WAYS, Timeouts::default()); // one bucket
-        let other = Conntrack::new(WAYS, Timeouts::default());
-        let keys: Vec<FlowKey> = (0..WAYS as u16)
-            .map(|p| k4([10, 1, 0, 3], 1000 + p, [10, 1, 0, 1], 80, ip_proto::UDP))
-            .collect();
-        for k in &keys {
-            ct.insert(k, Seg::Other, adm(1), 0);
-        }
-        let line = ct.line(0);
-        let mut off_home = 0;
-        for k in &keys {
-            let hint = ct.prefetch_hint(k);
-            let (tag, home) = (tag_of(hint.hash), home_way(hint.hash));
-            let at = (0..WAYS).find(|&w| {
-                line.tags[w].load(Relaxed) == tag
-                    && line.lock.lock().unwrap()[w].key == CtKey::of(k).0
-            });
-            let at = at.expect("inserted");
-            let same_tag_elsewhere = (0..WAYS)
-                .filter(|&w| w != home && line.tags[w].load(Relaxed) == tag)
-                .count();
-            assert_eq!(ct.prefetch_found(&hint), same_tag_elsewhere);
-            if at != home {
-                off_home += 1;
-                assert!(ct.prefetch_found(&hint) >= 1);
-            }
-            assert_eq!(other.prefetch_found(&hint), 0);
-        }
-        // 16 keys in 16 ways: some share a home way.
-        assert!(off_home > 0);
     }
 
     /// The u128 form of an address is its IPv4-mapped (or IPv6) bytes.

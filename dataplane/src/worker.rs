@@ -745,7 +745,6 @@ impl Worker {
                         ((), len)
                     });
                 }
-                pass::prefetch_found(&self.ct_hints, &self.state);
             }
             for (i, mut d) in rx.drain(..).enumerate() {
                 let hint = self.ct_hints.get(i).copied().flatten();

@@ -18,9 +18,7 @@
 //! The hash of each frame's key is kept ([`prefetch_hint`]): the worker
 //! hands it to the pass ([`WorkerState::set_ct_hint`]) and the conntrack
 //! lookup of stage 5 uses it instead of hashing the key again (when the
-//! key it looks up is the one hashed here). A second step over the batch
-//! ([`prefetch_found`]) reads the bucket lines the first step loaded and
-//! starts loading the entries that are not on their home way.
+//! key it looks up is the one hashed here).
 use super::{parse, FlowKey, Fragment, WorkerState};
 use crate::conntrack::CtHint;
 use std::ops::ControlFlow::Continue;
@@ -29,15 +27,6 @@ use std::ops::ControlFlow::Continue;
 /// the key whose conntrack lines it started loading, if any.
 pub fn prefetch(frame: &[u8], st: &WorkerState) -> Option<FlowKey> {
     prefetch_hint(frame, st).map(|h| *h.key())
-}
-
-/// The second step of stage 0, once [`prefetch_hint`] ran over the whole
-/// batch: per hint, load the entry's line when the entry is not on its
-/// home way ([`crate::conntrack::Conntrack::prefetch_found`]).
-pub fn prefetch_found(hints: &[Option<CtHint>], st: &WorkerState) {
-    for h in hints.iter().flatten() {
-        st.ct.prefetch_found(h);
-    }
 }
 
 /// [`prefetch`], returning the key with its hash, for the pass.
