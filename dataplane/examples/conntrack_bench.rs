@@ -11,18 +11,33 @@
 //!   with conntrack → rewrite) on one core, with 1k and 1M flows;
 //! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
 //!   same-run comparisons in interleaved rounds (median [min–max]): with the
-//!   conntrack prefetch stage ÷ without, and an established flow under an
-//!   L3/L4 policy (ingress: UDP ports 53–68 from pod a) ÷ no policy loaded.
+//!   conntrack prefetch stage ÷ without (and with the stage's hash handed
+//!   to the lookup ÷ hashed again), the table on huge pages ÷ on 4 KiB
+//!   pages, an established flow under an L3/L4 policy (ingress: UDP ports
+//!   53–68 from pod a) ÷ no policy loaded, and 1M flows ÷ 1k flows per
+//!   round.
 //!
 //!   cargo run --release -p weir-dataplane --example conntrack_bench pass [rounds]
 //!
-//! runs only that comparison.
+//! runs only that comparison;
+//!
+//!   conntrack_bench mem [rounds]
+//!
+//! reads cache lines at random from a table of the 1M-flow table's size,
+//! on huge and on 4 KiB pages (dependent reads: the latency of one line;
+//! independent reads: what a batch's prefetch can overlap), beside the
+//! same reads over 1k flows' worth of lines; and
+//!
+//!   conntrack_bench one FLOWS huge|small handoff|prefetch|plain [seconds]
+//!
+//! runs one configuration of the pass for a while (for `perf stat` /
+//! `perf record` of one configuration).
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use weir_dataplane::conntrack::{Admission, Conntrack, Insert, Seg, Timeouts, Track};
-use weir_dataplane::pass::{prefetch, process, FlowKey, WorkerState};
+use weir_dataplane::pass::{prefetch_hint, process, FlowKey, WorkerState};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
     IDENTITY_WORLD,
@@ -192,6 +207,18 @@ fn frame() -> Vec<u8> {
     f
 }
 
+/// `AnonHugePages` of the whole process (`/proc/self/smaps_rollup`), kB.
+fn anon_huge_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn pass_pps(flows: u32, size: usize) -> f64 {
     let snap = snapshot();
     let ct = Arc::new(Conntrack::new(size, Timeouts::default()));
@@ -238,9 +265,21 @@ struct Batched {
 /// The worker's batch size.
 const BATCH: usize = 64;
 
+/// What runs before the batch is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage0 {
+    Off,
+    /// Prefetch, the lookup hashing the key again (before the handoff).
+    Prefetch,
+    /// Prefetch, its hash handed to the lookup (what the worker runs).
+    Handoff,
+}
+
+const STAGE0: [Stage0; 3] = [Stage0::Off, Stage0::Prefetch, Stage0::Handoff];
+
 impl Batched {
-    fn new(flows: u32, size: usize, policy: PolicySpec) -> Self {
-        let ct = Arc::new(Conntrack::new(size, Timeouts::default()));
+    fn new(flows: u32, size: usize, huge: bool, policy: PolicySpec) -> Self {
+        let ct = Arc::new(Conntrack::with_huge_pages(size, Timeouts::default(), huge));
         let mut st = WorkerState::with_shared(ct, Arc::default(), Arc::default());
         st.set_now(NOW);
         let mut b = Batched {
@@ -250,12 +289,12 @@ impl Batched {
             bufs: vec![vec![0u8; 2048]; BATCH],
         };
         // The first round creates the entries and is not timed.
-        b.round(false);
+        b.round(Stage0::Off);
         b
     }
 
     /// One round over all flows; packets per second.
-    fn round(&mut self, with_prefetch: bool) -> f64 {
+    fn round(&mut self, stage0: Stage0) -> f64 {
         let pristine = frame();
         let t = Instant::now();
         let mut ok = 0u64;
@@ -266,12 +305,17 @@ impl Batched {
                 buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
             }
             let batch = &mut self.bufs[..chunk.len()];
-            if with_prefetch {
-                for buf in batch.iter() {
-                    prefetch(&buf[..64], &self.st);
+            let mut hints = [None; BATCH];
+            if stage0 != Stage0::Off {
+                for (h, buf) in hints.iter_mut().zip(batch.iter()) {
+                    *h = prefetch_hint(&buf[..64], &self.st);
                 }
             }
-            for buf in batch.iter_mut() {
+            for (buf, h) in batch.iter_mut().zip(hints) {
+                // Stage0::Prefetch: the lookup hashes again, as before
+                // the handoff.
+                self.st
+                    .set_ct_hint(if stage0 == Stage0::Handoff { h } else { None });
                 let v = process(buf, 64, 0, &self.snap, &mut self.st);
                 ok += u64::from(matches!(v, Verdict::Tx { .. }));
             }
@@ -289,69 +333,249 @@ fn stats(v: &mut [f64]) -> String {
     format!("{:.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// Interleaved rounds: (no policy, policy) × (without, with prefetch),
-/// in a rotating order, several rounds per flow count.
+/// The flow counts compared, and their table sizes (the 1M table is the
+/// one `Conntrack::prefetch_pays` gives the stage to).
+const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
+
+/// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
+/// policy, L3/L4 policy) × (the three [`Stage0`]s), all 36 in a rotating
+/// order in each round, so that every ratio is taken within one round.
 fn compare(rounds: usize) {
     println!(
         "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max]:"
     );
-    for (flows, size) in [
-        (1_000u32, 262_144usize),
-        (100_000, 262_144),
-        (1_000_000, 2_097_152),
-    ] {
-        let mut none = Batched::new(flows, size, PolicySpec::default());
-        let mut l3l4 = Batched::new(flows, size, l3l4_policy());
-        // Repeat small tables so one sample is ≥ ~1M packets.
-        let reps = (1_000_000 / flows).max(1);
-        let mut pps: Vec<[f64; 4]> = Vec::new();
-        let mut s: [Vec<f64>; 4] = Default::default();
-        for r in 0..rounds {
-            let mut got = [0f64; 4];
-            for j in 0..4 {
-                let m = (j + r) % 4;
-                let (b, pf) = match m {
-                    0 => (&mut none, false),
-                    1 => (&mut none, true),
-                    2 => (&mut l3l4, false),
-                    _ => (&mut l3l4, true),
+    let before = anon_huge_kb();
+    // cfg index: f * 4 + huge * 2 + policy; each run with the three stage 0s.
+    // Built huge-page tables first, the largest first: they need free
+    // 2 MiB blocks, which the small-page tables' faults would eat.
+    let mut built: Vec<Option<Batched>> = (0..SIZES.len() * 4).map(|_| None).collect();
+    for huge in [true, false] {
+        for (f, &(flows, size)) in SIZES.iter().enumerate().rev() {
+            for pol in [false, true] {
+                let p = if pol {
+                    l3l4_policy()
+                } else {
+                    PolicySpec::default()
                 };
-                let mut sum = 0.0;
-                for _ in 0..reps {
-                    sum += b.round(pf);
-                }
-                got[m] = sum / reps as f64;
+                built[f * 4 + usize::from(huge) * 2 + usize::from(pol)] =
+                    Some(Batched::new(flows, size, huge, p));
             }
-            for m in 0..4 {
-                s[m].push(got[m]);
-            }
-            pps.push(got);
         }
-        let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
-        let mpps = |v: &Vec<f64>| -> Vec<f64> { v.iter().map(|x| x / 1e6).collect() };
+    }
+    let mut tables: Vec<Batched> = built.into_iter().flatten().collect();
+    println!(
+        "  AnonHugePages of the process: {} kB before the tables, {} kB with them",
+        before.unwrap_or(0),
+        anon_huge_kb().unwrap_or(0)
+    );
+    for (f, &(flows, size)) in SIZES.iter().enumerate() {
+        for (huge, pol) in [(false, false), (true, false), (true, true)] {
+            let ct = tables[f * 4 + usize::from(huge) * 2 + usize::from(pol)]
+                .st
+                .conntrack();
+            println!(
+                "  {flows} flows, {size}-entry table ({} MB), huge pages asked: {huge} (L3/L4 run: {pol}): {:?}, {} MB on huge pages",
+                (ct.capacity() * Conntrack::bytes_per_entry()) >> 20,
+                ct.table_pages(),
+                ct.huge_page_bytes().unwrap_or(0) >> 20
+            );
+        }
+    }
+    // pps[round][table * 3 + stage 0]
+    let n = tables.len() * 3;
+    let mut pps: Vec<Vec<f64>> = Vec::new();
+    for r in 0..rounds {
+        let mut got = vec![0f64; n];
+        for j in 0..n {
+            let m = (j + r * 7) % n;
+            let b = &mut tables[m / 3];
+            // Repeat small tables so one sample is ≥ ~1M packets.
+            let reps = (1_000_000 / b.ord.len()).max(1);
+            let mut sum = 0.0;
+            for _ in 0..reps {
+                sum += b.round(STAGE0[m % 3]);
+            }
+            got[m] = sum / reps as f64;
+        }
+        pps.push(got);
+    }
+    // Measurement index of (flow count, huge, policy, stage 0: 0 off, 1
+    // prefetch, 2 prefetch + hash handoff).
+    let ix = |f: usize, huge: bool, pol: bool, s0: usize| {
+        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 3 + s0
+    };
+    let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
+    let mpps = |a: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / 1e6).collect() };
+    let pages = |huge: bool| if huge { "huge pages" } else { "4 KiB pages" };
+    for (f, &(flows, _)) in SIZES.iter().enumerate() {
         println!("  {flows} flows:");
+        for huge in [false, true] {
+            for pol in [false, true] {
+                println!(
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+                    pages(huge),
+                    if pol { "L3/L4" } else { "no policy" },
+                    stats(&mut mpps(ix(f, huge, pol, 0))),
+                    stats(&mut mpps(ix(f, huge, pol, 1))),
+                    stats(&mut mpps(ix(f, huge, pol, 2)))
+                );
+            }
+        }
+        for huge in [false, true] {
+            println!(
+                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {}",
+                pages(huge),
+                stats(&mut ratio(ix(f, huge, false, 1), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1)))
+            );
+        }
         println!(
-            "    Mpps: no policy {} | +prefetch {} | L3/L4 {} | L3/L4+prefetch {}",
-            stats(&mut mpps(&s[0])),
-            stats(&mut mpps(&s[1])),
-            stats(&mut mpps(&s[2])),
-            stats(&mut mpps(&s[3]))
+            "    huge ÷ 4 KiB pages, no policy: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+            stats(&mut ratio(ix(f, true, false, 0), ix(f, false, false, 0))),
+            stats(&mut ratio(ix(f, true, false, 1), ix(f, false, false, 1))),
+            stats(&mut ratio(ix(f, true, false, 2), ix(f, false, false, 2)))
         );
         println!(
-            "    prefetch ÷ without: no policy {} | L3/L4 {}",
-            stats(&mut ratio(1, 0)),
-            stats(&mut ratio(3, 2))
+            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {}",
+            stats(&mut ratio(ix(f, true, true, 0), ix(f, true, false, 0))),
+            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2)))
         );
+    }
+    let big = SIZES.len() - 1;
+    println!("  1M flows ÷ 1k flows, per round:");
+    for huge in [false, true] {
         println!(
-            "    L3/L4 ÷ no policy: without prefetch {} | with {}",
-            stats(&mut ratio(2, 0)),
-            stats(&mut ratio(3, 1))
+            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {}",
+            pages(huge),
+            stats(&mut ratio(ix(big, huge, false, 0), ix(0, huge, false, 0))),
+            stats(&mut ratio(ix(big, huge, false, 1), ix(0, huge, false, 1))),
+            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2)))
+        );
+    }
+    // As the worker runs it: stage 0 on the 1M table only (before this
+    // change: 4 KiB pages, no handoff; after: huge pages, handoff).
+    println!(
+        "    as the worker runs it (1M with stage 0 ÷ 1k without): before (4 KiB pages, prefetch) no policy {} | L3/L4 {}; after (huge pages, prefetch+handoff) no policy {} | L3/L4 {}",
+        stats(&mut ratio(ix(big, false, false, 1), ix(0, false, false, 0))),
+        stats(&mut ratio(ix(big, false, true, 1), ix(0, false, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0)))
+    );
+}
+
+/// Random cache-line reads over `lines` lines of a table (huge pages or
+/// not), `n` of them: ns per line, dependent (each address from the
+/// previous line) and independent (batches of 64 prefetched, then read).
+fn mem_probe(lines: usize, huge: bool, n: usize) -> (f64, f64) {
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    struct L([u64; 8]);
+    let mut t = weir_dataplane::table_mem::TableMem::new(lines, huge, || L([0; 8]));
+    // One cycle through all lines in a random order, for the dependent chase.
+    let ord = order(lines as u32, 11);
+    for w in 0..lines {
+        t[ord[w] as usize].0[0] = u64::from(ord[(w + 1) % lines]);
+    }
+    let t0 = Instant::now();
+    let mut at = ord[0] as usize;
+    for _ in 0..n {
+        at = t[at].0[0] as usize;
+    }
+    let dep = t0.elapsed().as_nanos() as f64 / n as f64;
+    std::hint::black_box(at);
+    let idx = order(lines as u32, 13);
+    let t0 = Instant::now();
+    let mut sum = 0u64;
+    let mut k = 0usize;
+    for _ in 0..n / 64 {
+        let batch = &idx[k..k + 64];
+        k = (k + 64) % (lines - 64).max(1);
+        for &i in batch {
+            weir_dataplane::prefetch::prefetch_at(&t[i as usize], 0);
+        }
+        for &i in batch {
+            sum = sum.wrapping_add(t[i as usize].0[1]);
+        }
+    }
+    let ind = t0.elapsed().as_nanos() as f64 / (n / 64 * 64) as f64;
+    std::hint::black_box(sum);
+    (dep, ind)
+}
+
+fn mem(rounds: usize) {
+    // The 1M-flow table's bytes, in lines; 1k flows touch ~2k lines.
+    let big = 2_097_152 / 16 * 17;
+    println!(
+        "random cache-line reads, ns per line, median [min–max] of {rounds} interleaved rounds:"
+    );
+    let cfgs = [(2_000, false), (big, false), (big, true)];
+    let mut got: Vec<[Vec<f64>; 2]> = vec![Default::default(); cfgs.len()];
+    for r in 0..rounds {
+        for j in 0..cfgs.len() {
+            let c = (j + r) % cfgs.len();
+            let (lines, huge) = cfgs[c];
+            let (d, i) = mem_probe(lines, huge, 4_000_000);
+            got[c][0].push(d);
+            got[c][1].push(i);
+        }
+    }
+    for (c, &(lines, huge)) in cfgs.iter().enumerate() {
+        println!(
+            "  {} MB, {}: dependent {} | 64 prefetched then read {}",
+            (lines * 64) >> 20,
+            if huge { "huge pages" } else { "4 KiB pages" },
+            stats(&mut got[c][0]),
+            stats(&mut got[c][1])
         );
     }
 }
 
+/// One configuration for `secs` seconds (for perf): prints packets and Mpps.
+fn one(flows: u32, huge: bool, stage0: Stage0, secs: f64) {
+    let size = SIZES
+        .iter()
+        .find(|&&(f, _)| f == flows)
+        .map_or(2_097_152, |&(_, s)| s);
+    let mut b = Batched::new(flows, size, huge, PolicySpec::default());
+    let ct = b.st.conntrack();
+    println!(
+        "{flows} flows, {size}-entry table: {:?}, {} MB on huge pages; AnonHugePages {} kB",
+        ct.table_pages(),
+        ct.huge_page_bytes().unwrap_or(0) >> 20,
+        anon_huge_kb().unwrap_or(0)
+    );
+    let t = Instant::now();
+    let mut packets = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        b.round(stage0);
+        packets += u64::from(flows);
+    }
+    println!(
+        "{packets} packets, {:.2} Mpps",
+        packets as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
+}
+
 fn main() {
     let first = std::env::args().nth(1);
+    let arg = |i: usize| std::env::args().nth(i);
+    if first.as_deref() == Some("mem") {
+        mem(arg(2).and_then(|a| a.parse().ok()).unwrap_or(5));
+        return;
+    }
+    if first.as_deref() == Some("one") {
+        let flows = arg(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+        let huge = arg(3).as_deref() != Some("small");
+        let stage0 = match arg(4).as_deref() {
+            Some("plain") => Stage0::Off,
+            Some("prefetch") => Stage0::Prefetch,
+            _ => Stage0::Handoff,
+        };
+        let secs = arg(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
+        one(flows, huge, stage0, secs);
+        return;
+    }
     if first.as_deref() == Some("pass") {
         let rounds = std::env::args()
             .nth(2)

@@ -42,6 +42,7 @@ use crate::flow_key::FlowKey;
 use crate::frag::FragTable;
 use crate::policy::RuleId;
 use crate::stats::Counter;
+use crate::table_mem::{Pages, TableMem};
 use crate::wire::ip_proto;
 use crate::wire::tcp::flags as tcpf;
 
@@ -196,29 +197,25 @@ impl CtKey {
             ip_proto::ICMP | ip_proto::ICMPV6 => (k.sport, k.sport),
             _ => (k.sport, k.dport),
         };
-        let (s, v6) = addr_bytes(k.src);
-        let (d, _) = addr_bytes(k.dst);
-        // Big-endian u128s order as the bytes do (one wide compare instead
-        // of a byte-wise one).
-        let src_lo = (u128::from_be_bytes(s), sport) <= (u128::from_be_bytes(d), dport);
-        let key = if src_lo {
-            CtKey {
-                lo: s,
-                hi: d,
-                lo_port: sport,
-                hi_port: dport,
-                proto: k.proto,
-                v6,
-            }
+        // As u128s (big-endian: they order as the bytes do), built and
+        // compared in registers: built byte by byte (`addr_bytes`), this
+        // function was ~17 % of the pass's time at 1k flows (perf,
+        // docs/performance.md).
+        let (s, v6) = addr_u128(k.src);
+        let (d, _) = addr_u128(k.dst);
+        let src_lo = (s, sport) <= (d, dport);
+        let (lo, hi, lo_port, hi_port) = if src_lo {
+            (s, d, sport, dport)
         } else {
-            CtKey {
-                lo: d,
-                hi: s,
-                lo_port: dport,
-                hi_port: sport,
-                proto: k.proto,
-                v6,
-            }
+            (d, s, dport, sport)
+        };
+        let key = CtKey {
+            lo: lo.to_be_bytes(),
+            hi: hi.to_be_bytes(),
+            lo_port,
+            hi_port,
+            proto: k.proto,
+            v6,
         };
         (key, src_lo)
     }
@@ -276,9 +273,16 @@ fn home_way(hash: u64) -> usize {
 
 /// An address as 16 bytes (IPv4 mapped) and whether it is IPv6.
 pub(crate) fn addr_bytes(a: IpAddr) -> ([u8; 16], bool) {
+    let (x, v6) = addr_u128(a);
+    (x.to_be_bytes(), v6)
+}
+
+/// An address as a big-endian u128 (IPv4 mapped: `::ffff:a.b.c.d`) and
+/// whether it is IPv6.
+fn addr_u128(a: IpAddr) -> (u128, bool) {
     match a {
-        IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
-        IpAddr::V6(a) => (a.octets(), true),
+        IpAddr::V4(a) => ((0xffff_u128 << 32) | u128::from(u32::from(a)), false),
+        IpAddr::V6(a) => (u128::from(a), true),
     }
 }
 
@@ -483,10 +487,31 @@ pub enum Insert {
     Full,
 }
 
+/// A flow's hash on one table, computed by the pass's stage 0
+/// ([`Conntrack::prefetch_hint`]) and handed to the lookup
+/// ([`Conntrack::track_hinted`]) so that a frame is hashed once. Only this
+/// module makes one; the lookup uses it only if its key is the packet's
+/// and its seed the table's (else it hashes as without), so a stale hint,
+/// another frame's or another table's costs a hash, never a wrong bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtHint {
+    key: FlowKey,
+    hash: u64,
+    seed: u64,
+}
+
+impl CtHint {
+    /// The key it was computed for (the packet's, either direction).
+    pub fn key(&self) -> &FlowKey {
+        &self.key
+    }
+}
+
 /// The node's connection-tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
-    buckets: Box<[Line]>,
+    /// On transparent huge pages when large enough ([`TableMem`]).
+    buckets: TableMem<Line>,
     mask: u64,
     seed: u64,
     timeouts: Timeouts,
@@ -528,10 +553,23 @@ impl Conntrack {
     /// (`new(..).with_frags(..)` first builds the default, 8 192 entries: a
     /// fuzz target's fresh state per input spent half its time there).
     pub fn with_frag_table(size: usize, timeouts: Timeouts, frags: FragTable) -> Self {
+        Self::build(size, timeouts, frags, true)
+    }
+
+    /// [`new`](Self::new), on 4 KiB pages if `!huge_pages` (the
+    /// comparison of `conntrack_bench`; tests of the fallback).
+    pub fn with_huge_pages(size: usize, timeouts: Timeouts, huge_pages: bool) -> Self {
+        Self::build(size, timeouts, FragTable::default(), huge_pages)
+    }
+
+    /// The table is allocated and every page of it touched here, at start
+    /// (no page fault under the first flood); on huge pages if asked and
+    /// at least 2 MiB ([`TableMem`]).
+    fn build(size: usize, timeouts: Timeouts, frags: FragTable, huge: bool) -> Self {
         let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         Conntrack {
-            buckets: (0..buckets).map(|_| Line::default()).collect(),
+            buckets: TableMem::new(buckets, huge, Line::default),
             mask: buckets as u64 - 1,
             seed,
             timeouts,
@@ -589,6 +627,18 @@ impl Conntrack {
         self.buckets.len() * WAYS
     }
 
+    /// Where the table's memory is (huge pages asked for or not).
+    pub fn table_pages(&self) -> Pages {
+        self.buckets.pages()
+    }
+
+    /// Bytes of the table on huge pages now (see
+    /// [`TableMem::huge_bytes`]; `None` for a table on the heap, under
+    /// 2 MiB). Reads `/proc/self/smaps`: for status, not per packet.
+    pub fn huge_page_bytes(&self) -> Option<u64> {
+        self.buckets.huge_bytes()
+    }
+
     /// Bytes of table per entry (bucket with its lock and tags / [`WAYS`]).
     pub const fn bytes_per_entry() -> usize {
         std::mem::size_of::<Line>() / WAYS
@@ -615,12 +665,22 @@ impl Conntrack {
     /// or stale key only wastes a prefetch; an entry off its home way
     /// still costs its lookup one memory wait.
     pub fn prefetch(&self, k: &FlowKey) -> u64 {
+        self.prefetch_hint(k).hash
+    }
+
+    /// [`prefetch`](Self::prefetch), returning the hash as a hint for this
+    /// packet's lookup ([`track_hinted`](Self::track_hinted)).
+    pub fn prefetch_hint(&self, k: &FlowKey) -> CtHint {
         let h = CtKey::of(k).0.hash(self.seed);
         let line = self.line(h);
         crate::prefetch::prefetch_at(line, 0);
         // `lock`'s data starts on line 1: entry `w` is line w + 1.
         crate::prefetch::prefetch_at(line, 64 * (home_way(h) + 1));
-        h
+        CtHint {
+            key: *k,
+            hash: h,
+            seed: self.seed,
+        }
     }
 
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
@@ -649,18 +709,42 @@ impl Conntrack {
     /// Looks the packet's flow up and, if it was admitted under
     /// `generation`, advances its state (one critical section).
     pub fn track(&self, k: &FlowKey, seg: Seg, generation: u64, now: u64) -> Track {
-        self.visit(k, Some(seg), generation, now)
+        self.visit(k, None, Some(seg), generation, now)
+    }
+
+    /// [`track`](Self::track) with the hash stage 0 computed for this
+    /// packet, if any: used when its key is `k` (else `k` is hashed).
+    pub fn track_hinted(
+        &self,
+        k: &FlowKey,
+        hint: Option<CtHint>,
+        seg: Seg,
+        generation: u64,
+        now: u64,
+    ) -> Track {
+        self.visit(k, hint, Some(seg), generation, now)
     }
 
     /// Like [`track`](Self::track) but changes nothing (ICMP errors related
     /// to a flow do not move its state or extend its life).
     pub fn lookup(&self, k: &FlowKey, generation: u64, now: u64) -> Track {
-        self.visit(k, None, generation, now)
+        self.visit(k, None, None, generation, now)
     }
 
-    fn visit(&self, k: &FlowKey, seg: Option<Seg>, generation: u64, now: u64) -> Track {
+    fn visit(
+        &self,
+        k: &FlowKey,
+        hint: Option<CtHint>,
+        seg: Option<Seg>,
+        generation: u64,
+        now: u64,
+    ) -> Track {
         let (key, src_lo) = CtKey::of(k);
-        let (mut b, tag) = self.bucket(&key);
+        let h = match hint {
+            Some(hint) if hint.key == *k && hint.seed == self.seed => hint.hash,
+            _ => key.hash(self.seed),
+        };
+        let (mut b, tag) = (self.line(h).locked(), tag_of(h));
         let Some(w) = Self::find(&mut b, &key, tag, now) else {
             return Track::Miss;
         };
@@ -1423,6 +1507,115 @@ mod tests {
         }
         assert_eq!(inserted, 201);
         assert_eq!(ct.count(1), 201);
+    }
+
+    /// A hint is used only for its own key on its own table: the other
+    /// direction's, another flow's, another table's or a hint from before a
+    /// reseed still finds the flow (hashed again).
+    #[test]
+    fn a_hint_finds_its_flow_and_a_wrong_one_is_ignored() {
+        let ct = Conntrack::new(1024, Timeouts::default());
+        let other = Conntrack::new(1024, Timeouts::default());
+        let k = tcp();
+        ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
+        let mine = ct.prefetch_hint(&k);
+        assert_eq!(mine.key(), &k);
+        assert_eq!(mine.hash, ct.prefetch(&k));
+        let udp = k4([10, 1, 0, 3], 1, [10, 1, 0, 1], 80, ip_proto::UDP);
+        let hints = [
+            Some(mine),
+            Some(ct.prefetch_hint(&rev(&k))),
+            Some(ct.prefetch_hint(&udp)),
+            Some(other.prefetch_hint(&k)),
+            None,
+        ];
+        for (i, hint) in hints.into_iter().enumerate() {
+            // A fresh look at the same flow each time: a retransmitted SYN.
+            let t = ct.track_hinted(&k, hint, Seg::Tcp(tcpf::SYN), 1, 1);
+            assert!(
+                matches!(
+                    t,
+                    Track::Pass {
+                        state: State::SynSent,
+                        ..
+                    }
+                ),
+                "hint {i}: {t:?}"
+            );
+        }
+        assert_ne!(other.prefetch(&k), mine.hash);
+        let mut ct = ct;
+        ct.reseed((7, 8));
+        ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
+        let t = ct.track_hinted(&k, Some(mine), Seg::Tcp(tcpf::SYN), 1, 1);
+        assert!(matches!(t, Track::Pass { .. }), "{t:?}");
+    }
+
+    /// The table on huge pages, on 4 KiB pages, and under 2 MiB on the heap:
+    /// empty at start, the same lookups, and a reseed empties it.
+    #[test]
+    fn every_table_memory_tracks_alike() {
+        for (size, huge, pages) in [
+            (DEFAULT_SIZE, true, None),
+            (
+                DEFAULT_SIZE,
+                false,
+                Some(Pages::Small {
+                    advice_refused: false,
+                }),
+            ),
+            (1024, true, Some(Pages::Heap)),
+        ] {
+            let mut ct = Conntrack::with_huge_pages(size, Timeouts::default(), huge);
+            if let Some(p) = pages {
+                assert_eq!(ct.table_pages(), p);
+            } else {
+                // THP compiled out: the advice is refused, small pages.
+                assert!(matches!(
+                    ct.table_pages(),
+                    Pages::Advised
+                        | Pages::Small {
+                            advice_refused: true
+                        }
+                ));
+            }
+            assert_eq!(ct.huge_page_bytes().is_some(), size == DEFAULT_SIZE);
+            assert_eq!(ct.count(0), 0);
+            // 200 flows: no bucket of the 1024-entry table gets 16.
+            for p in 0..200u16 {
+                let k = k4([10, 1, 0, 3], p, [10, 1, 0, 1], 80, ip_proto::UDP);
+                assert!(matches!(
+                    ct.insert(&k, Seg::Other, adm(1), 0),
+                    Insert::Inserted { evicted: false }
+                ));
+                let t = ct.track(&rev(&k), Seg::Other, 1, 1);
+                assert!(matches!(
+                    t,
+                    Track::Pass {
+                        state: State::Replied,
+                        ..
+                    }
+                ));
+            }
+            assert_eq!(ct.count(1), 200);
+            ct.reseed((1, 2));
+            assert_eq!(ct.count(1), 0);
+        }
+    }
+
+    /// The u128 form of an address is its IPv4-mapped (or IPv6) bytes.
+    #[test]
+    fn addresses_as_bytes() {
+        let v4: IpAddr = [10, 1, 2, 3].into();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            addr_bytes(v4),
+            (Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets(), false)
+        );
+        assert_eq!(
+            addr_bytes(v6),
+            ("2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(), true)
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@
 //! - [`budget`]: how many UMEM frames a worker has and each socket's fill ring gets.
 //! - [`xsk`]: UMEM, AF_XDP rings, the frame ledger and the [`xsk::HeldFrame`]
 //!   token, [`prefetch`] (one prefetch instruction) and [`heap`] (glibc's
-//!   `mallopt`/`malloc_trim`): the only modules with `unsafe`; every other
-//!   one forbids it.
+//!   `mallopt`/`malloc_trim`) and [`table_mem`] (the large tables' own
+//!   2 MiB-aligned mappings, advised for huge pages): the only modules with
+//!   `unsafe`; every other one forbids it.
 //! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
 //!   owns them. Status types ([`runtime::DataplaneStatus`],
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
@@ -59,6 +60,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod stats;
 pub mod svc_nat;
+pub mod table_mem;
 pub mod wire;
 pub mod wireguard;
 pub mod worker;

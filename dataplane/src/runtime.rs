@@ -820,6 +820,7 @@ impl Dataplane {
         ConntrackStatus {
             size: self.conntrack.capacity(),
             bytes_per_entry: Conntrack::bytes_per_entry(),
+            huge_page_bytes: self.conntrack.huge_page_bytes().unwrap_or(0),
             entries,
             endpoints,
             flushed: self.flushed,

@@ -133,7 +133,8 @@ struct Bucket {
 /// The node's Service NAT table (see the module doc).
 #[derive(Debug)]
 pub struct NatTable {
-    buckets: Box<[Mutex<Bucket>]>,
+    /// On transparent huge pages when large enough (as conntrack's).
+    buckets: crate::table_mem::TableMem<Mutex<Bucket>>,
     mask: u64,
     seed: u64,
 }
@@ -146,7 +147,7 @@ impl Default for NatTable {
 
 impl NatTable {
     /// A table of at least `size` entries (a power-of-two number of
-    /// buckets), allocated now.
+    /// buckets), allocated now and every page touched.
     pub fn new(size: usize) -> Self {
         let buckets = size.div_ceil(WAYS).max(1).next_power_of_two();
         let seed = std::hash::BuildHasher::hash_one(
@@ -154,7 +155,7 @@ impl NatTable {
             0x5e7_u64,
         );
         NatTable {
-            buckets: (0..buckets).map(|_| Mutex::default()).collect(),
+            buckets: crate::table_mem::TableMem::new(buckets, true, Mutex::default),
             mask: buckets as u64 - 1,
             seed,
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use weir_dataplane::conntrack::{Conntrack, Timeouts};
-use weir_dataplane::pass::{prefetch, process, FlowKey, WorkerState};
+use weir_dataplane::pass::{prefetch, prefetch_hint, process, FlowKey, WorkerState};
 use weir_dataplane::{Endpoint, Port, Snapshot, SnapshotSpec, Verdict};
 
 const A: [u8; 4] = [10, 1, 0, 1];
@@ -103,13 +103,16 @@ fn keys_the_frames_that_parse_and_skips_the_rest() {
     assert_eq!(ct.prefetch(&key(1)), ct.prefetch(&rev(key(1))));
 }
 
-/// The same batch through the pass with and without the stage: the same
-/// verdicts, the same bytes out, the same conntrack outcome.
+/// The same batch through the pass without the stage, with it, with its
+/// hashes handed to the lookups, and with each frame handed the previous
+/// frame's hint (a wrong key: ignored): the same verdicts, the same bytes
+/// out, the same conntrack outcome.
 #[test]
 fn the_pass_judges_the_same_with_the_stage() {
     let snap = snapshot();
     let mut outs = Vec::new();
-    for with in [false, true] {
+    for mode in ["without", "prefetch", "handoff", "wrong hints"] {
+        let with = mode != "without";
         let mut st = state();
         let mut batch: Vec<Vec<u8>> = (0..40u16)
             .map(|i| {
@@ -119,21 +122,38 @@ fn the_pass_judges_the_same_with_the_stage() {
             })
             .collect();
         batch[5][14] = 0x46; // bad IHL: dropped by parse, either way
+        let mut hints = Vec::new();
         if with {
             let keyed = batch.iter().filter_map(|f| prefetch(&f[..64], &st));
             assert_eq!(keyed.count(), 39);
+            hints = batch.iter().map(|f| prefetch_hint(&f[..64], &st)).collect();
+            assert_eq!(hints.iter().flatten().count(), 39);
         }
         let verdicts: Vec<Verdict> = batch
             .iter_mut()
-            .map(|f| process(f, 64, 0, &snap, &mut st))
+            .enumerate()
+            .map(|(i, f)| {
+                let hint = match mode {
+                    "handoff" => hints[i],
+                    // Frame i - 1 has another source port (i % 20).
+                    "wrong hints" => hints[(i + 39) % 40],
+                    _ => None,
+                };
+                if let Some(h) = hint.filter(|_| mode == "wrong hints") {
+                    assert_ne!(h.key().sport, 1000 + i as u16 % 20);
+                }
+                st.set_ct_hint(hint);
+                process(f, 64, 0, &snap, &mut st)
+            })
             .collect();
         assert!(matches!(verdicts[0], Verdict::Tx { .. }));
         assert!(matches!(verdicts[5], Verdict::Drop(_)));
         let live = st.conntrack().count(1_000_000_000);
         outs.push((verdicts, batch, live));
     }
-    assert_eq!(outs[0].0, outs[1].0);
-    assert_eq!(outs[0].1, outs[1].1);
-    assert_eq!(outs[0].2, 20);
-    assert_eq!(outs[1].2, 20);
+    for (mode, out) in outs.iter().enumerate().skip(1) {
+        assert_eq!(outs[0].0, out.0, "verdicts, mode {mode}");
+        assert_eq!(outs[0].1, out.1, "bytes, mode {mode}");
+    }
+    assert!(outs.iter().all(|o| o.2 == 20));
 }

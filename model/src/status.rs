@@ -76,6 +76,10 @@ pub struct ConntrackStatus {
     /// Entries the table can hold.
     pub size: usize,
     pub bytes_per_entry: usize,
+    /// Bytes of the table the kernel backs with 2 MiB pages now (the
+    /// table is advised `MADV_HUGEPAGE`; 0: on 4 KiB pages, because THP is
+    /// off or refused, or the table is under 2 MiB and on the heap).
+    pub huge_page_bytes: u64,
     /// Live entries now.
     pub entries: usize,
     /// Live entries per endpoint of the snapshot (an entry between two

@@ -6,7 +6,8 @@
 //! 0. **Prefetch** (`prefetch.rs`, over the whole batch, run by the worker
 //!    before the batch's first frame is judged; [`prefetch()`]): parse each
 //!    frame and start loading its conntrack bucket and entry lines, so a
-//!    table far larger than the cache costs no serial memory waits. A hint
+//!    table far larger than the cache costs no serial memory waits; each
+//!    frame's hash goes to its lookup ([`WorkerState::set_ct_hint`]). A hint
 //!    only: no verdict or state depends on it. The worker runs it on tables
 //!    of ≥ 1M entries only (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
@@ -146,7 +147,7 @@ mod tunnel;
 
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
-pub use prefetch::prefetch;
+pub use prefetch::{prefetch, prefetch_hint};
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{

@@ -271,7 +271,11 @@ impl Pass<'_> {
         // At most a few rounds: another worker may insert or re-admit the same
         // flow between our look-up and our write.
         for _ in 0..3 {
-            match self.st.ct.track(&pkt.key, seg, generation, now) {
+            match self
+                .st
+                .ct
+                .track_hinted(&pkt.key, self.st.ct_hint, seg, generation, now)
+            {
                 Track::Pass {
                     dir,
                     adm,

@@ -14,18 +14,28 @@
 //! frame exactly as without this stage. Frames from the underlay are
 //! prefetched under their outer key (a wasted prefetch, not a wrong
 //! verdict): the inner frame is only reached by stage 1.
+//!
+//! The hash of each frame's key is kept ([`prefetch_hint`]): the worker
+//! hands it to the pass ([`WorkerState::set_ct_hint`]) and the conntrack
+//! lookup of stage 5 uses it instead of hashing the key again (when the
+//! key it looks up is the one hashed here).
 use super::{parse, FlowKey, Fragment, WorkerState};
+use crate::conntrack::CtHint;
 use std::ops::ControlFlow::Continue;
 
 /// Stage 0 for one received frame (`frame` = the received bytes); returns
 /// the key whose conntrack lines it started loading, if any.
 pub fn prefetch(frame: &[u8], st: &WorkerState) -> Option<FlowKey> {
+    prefetch_hint(frame, st).map(|h| *h.key())
+}
+
+/// [`prefetch`], returning the key with its hash, for the pass.
+pub fn prefetch_hint(frame: &[u8], st: &WorkerState) -> Option<CtHint> {
     let Continue(p) = parse(frame) else {
         return None;
     };
     if p.icmp_error || p.fragment == Fragment::Later {
         return None;
     }
-    st.ct.prefetch(&p.key);
-    Some(p.key)
+    Some(st.ct.prefetch_hint(&p.key))
 }

@@ -45,6 +45,9 @@ pub struct WorkerState {
     pub(super) wg_batch: bool,
     pub(super) wg_seal: Option<super::tunnel::SealJob>,
     pub(super) wg_opened: bool,
+    /// The conntrack hash stage 0 computed for the frame being judged
+    /// ([`WorkerState::set_ct_hint`]).
+    pub(super) ct_hint: Option<crate::conntrack::CtHint>,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -414,7 +417,15 @@ impl WorkerState {
             wg_batch: false,
             wg_seal: None,
             wg_opened: false,
+            ct_hint: None,
         }
+    }
+
+    /// The hint [`super::prefetch_hint`] gave for the next frame the pass
+    /// judges (`None`: it was not prefetched). The conntrack lookup uses it
+    /// only if the frame's key is the hinted one.
+    pub fn set_ct_hint(&mut self, hint: Option<crate::conntrack::CtHint>) {
+        self.ct_hint = hint;
     }
 
     /// This worker is worker `index` of `workers`: it allocates SNAT ports
