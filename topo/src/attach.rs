@@ -155,7 +155,7 @@ impl Cluster {
             undo_ns(self);
             return Err(e);
         }
-        if let Err(e) = realize_attached(&node.netns, &realized, self.queues) {
+        if let Err(e) = realize_attached(&node.netns, &realized, self.queues, &self.pod_rx_cpus) {
             let _ = detach_links(&node.netns, &realized.host_ifname);
             self.pods.pop();
             undo_ns(self);
@@ -227,7 +227,12 @@ fn detach_links(node_netns: &str, host_ifname: &str) -> Result<(), TopoError> {
     })?
 }
 
-fn realize_attached(node_netns: &str, pod: &RealizedPod, queues: u32) -> Result<(), TopoError> {
+fn realize_attached(
+    node_netns: &str,
+    pod: &RealizedPod,
+    queues: u32,
+    rx_cpus: &[usize],
+) -> Result<(), TopoError> {
     let att = pod.cni.as_ref().expect("attached pods have a CNI key");
     let path = &att.netns_path;
     let label = path.display().to_string();
@@ -290,5 +295,9 @@ fn realize_attached(node_netns: &str, pod: &RealizedPod, queues: u32) -> Result<
             nl.route_v6(ifname, dev, Ipv6Addr::UNSPECIFIED, 0, GATEWAY_V6)?;
         }
         Ok(())
-    })?
+    })??;
+    if !rx_cpus.is_empty() {
+        crate::rps::set_pod_rx_cpus_path(path, ifname, rx_cpus)?;
+    }
+    Ok(())
 }
