@@ -50,20 +50,14 @@ fn probe_ab(c: &TestCluster, ns: &str, timeout_ms: &str) -> serde_json::Value {
 fn pod_rx_cpus_are_set_shown_and_traffic_crosses_weir() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let worker = cpus - 1;
-    // auto: every CPU without a worker (none on a 1-CPU machine: RPS off).
+    // The default, auto: every CPU without a worker (none on a 1-CPU
+    // machine: RPS off).
     let want: Vec<usize> = (0..cpus).filter(|&c| c != worker).collect();
     let ns = unique_name("prx");
     let c = TestCluster::up_with(
         "prx",
         &simple_cluster(&ns, &["a", "b"]),
-        &[
-            "--cores",
-            &worker.to_string(),
-            "--poll",
-            "wakeup",
-            "--pod-rx-cpus",
-            "auto",
-        ],
+        &["--cores", &worker.to_string(), "--poll", "wakeup"],
     );
     let topo = c.topology();
     assert_eq!(topo.pod_rx_cpus, want);
@@ -94,7 +88,7 @@ fn pod_rx_cpus_are_set_shown_and_traffic_crosses_weir() {
     // Traffic crosses weir with the steering on: the workers moved frames.
     let tx0 = c.node_counter("node-1", "tx_packets");
     let m = probe_ab(&c, &ns, "2000");
-    assert!(all_connected(&m), "a → b with --pod-rx-cpus auto: {m}");
+    assert!(all_connected(&m), "a → b with RPS on the pods: {m}");
     let tx = c.node_counter("node-1", "tx_packets") - tx0;
     assert!(tx >= 2, "the workers transmitted only {tx} frames");
 
