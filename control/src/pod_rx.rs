@@ -21,10 +21,10 @@ pub enum PodRxCpus {
 /// of `off`'s, pps no lower.
 pub const DEFAULT: &str = "auto";
 
-/// Whether this kernel has RPS (`CONFIG_RPS`: every RX queue has an
-/// `rps_cpus`; `lo` is in every namespace).
+/// Whether this kernel has RPS with a per-netns default mask
+/// (`net.core.rps_default_mask`, which weir sets in each pod's netns).
 pub fn kernel_has_rps() -> bool {
-    std::path::Path::new("/sys/class/net/lo/queues/rx-0/rps_cpus").exists()
+    std::path::Path::new("/proc/sys/net/core/rps_default_mask").exists()
 }
 
 impl FromStr for PodRxCpus {

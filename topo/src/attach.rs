@@ -249,6 +249,10 @@ fn realize_attached(
             }
         }
     })?;
+    // Before the veth exists: its RX queues take the netns's default mask.
+    if !rx_cpus.is_empty() {
+        crate::rps::set_pod_rx_cpus_path(path, rx_cpus)?;
+    }
     netns::run_in(node_netns, || -> Result<(), TopoError> {
         let nl = Netlink::open(node_netns)?;
         nl.add_veth(&Veth {
@@ -295,9 +299,5 @@ fn realize_attached(
             nl.route_v6(ifname, dev, Ipv6Addr::UNSPECIFIED, 0, GATEWAY_V6)?;
         }
         Ok(())
-    })??;
-    if !rx_cpus.is_empty() {
-        crate::rps::set_pod_rx_cpus_path(path, ifname, rx_cpus)?;
-    }
-    Ok(())
+    })?
 }

@@ -570,6 +570,12 @@ fn realize_pod(
     rx_cpus: &[usize],
 ) -> Result<(), TopoError> {
     netns::create(&pod.netns)?;
+    // Before the veth exists: its RX queues take the netns's default mask.
+    // Only weir's worker transmits in a TX kick; a kernel node's pods keep
+    // the kernel's default.
+    if !rx_cpus.is_empty() && node.dataplane == NodeDataplane::Weir {
+        crate::rps::set_pod_rx_cpus(&pod.netns, rx_cpus)?;
+    }
     let pod_ns = netns::open(&pod.netns)?;
     netns::run_in(&node.netns, || -> Result<(), TopoError> {
         let nl = Netlink::open(&node.netns)?;
@@ -616,13 +622,7 @@ fn realize_pod(
             nl.route_v6(POD_IFNAME, eth0, Ipv6Addr::UNSPECIFIED, 0, GATEWAY_V6)?;
         }
         Ok(())
-    })??;
-    // Only weir's worker transmits in a TX kick; a kernel node's pods keep
-    // the kernel's default.
-    if !rx_cpus.is_empty() && node.dataplane == NodeDataplane::Weir {
-        crate::rps::set_pod_rx_cpus(&pod.netns, POD_IFNAME, rx_cpus)?;
-    }
-    Ok(())
+    })?
 }
 
 impl Cluster {

@@ -9,11 +9,16 @@
 //! the pod's stack and the wake-up run on that CPU, the worker's kick
 //! returns sooner (docs/performance.md, "Pod RX steering").
 //!
-//! The mask lives in sysfs (`/sys/class/net/<if>/queues/rx-<q>/rps_cpus`),
-//! and sysfs shows the network namespace of whoever mounted it, not the
-//! caller's: the writer runs on a fresh thread that enters the pod's netns,
-//! unshares its mount namespace (a thread may: it only implies CLONE_FS)
-//! and mounts a sysfs of its own there, as `ip netns exec` does.
+//! The mask is the pod netns's `net.core.rps_default_mask` (per network
+//! namespace on this kernel), written before the pod's veth is made: every
+//! RX queue of a device registered in that netns starts with it, so the
+//! pod's `eth0` gets it on all its queues at creation (and so would any
+//! later device there). Not sysfs: a runtime's container may already have
+//! that netns's sysfs mounted read-only (OCI's default), and a new sysfs
+//! mount of the same netns shares that read-only superblock (EROFS, seen
+//! with containerd). Reading the masks back ([`pod_rx_masks`], for tests
+//! and checks) does use sysfs: a thread enters the netns, unshares its
+//! mount namespace and mounts its own sysfs there, as `ip netns exec` does.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -97,23 +102,6 @@ fn rx_queue_files(ifname: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(v)
 }
 
-fn write_masks(label: &str, ifname: &str, mask: &str) -> Result<(), TopoError> {
-    own_sysfs(label)?;
-    let files = rx_queue_files(ifname).map_err(|error| TopoError::Sysctl {
-        netns: label.to_string(),
-        path: format!("/sys/class/net/{ifname}/queues"),
-        error,
-    })?;
-    for f in files {
-        std::fs::write(&f, mask).map_err(|error| TopoError::Sysctl {
-            netns: label.to_string(),
-            path: f.display().to_string(),
-            error,
-        })?;
-    }
-    Ok(())
-}
-
 fn read_masks(label: &str, ifname: &str) -> Result<Vec<String>, TopoError> {
     own_sysfs(label)?;
     let io = |path: String| {
@@ -131,18 +119,30 @@ fn read_masks(label: &str, ifname: &str) -> Result<Vec<String>, TopoError> {
         .collect()
 }
 
-/// Sets `rps_cpus` of every RX queue of `ifname` in the named netns to
-/// `cpus` (empty: RPS off, the kernel's default).
-pub fn set_pod_rx_cpus(netns_name: &str, ifname: &str, cpus: &[usize]) -> Result<(), TopoError> {
+/// `net.core.rps_default_mask` (per netns).
+const DEFAULT_MASK: &str = "/proc/sys/net/core/rps_default_mask";
+
+fn write_default_mask(label: &str, mask: &str) -> Result<(), TopoError> {
+    std::fs::write(DEFAULT_MASK, mask).map_err(|error| TopoError::Sysctl {
+        netns: label.to_string(),
+        path: DEFAULT_MASK.to_string(),
+        error,
+    })
+}
+
+/// Sets the default RPS mask of the named netns to `cpus` (empty: RPS
+/// off): every device made there afterwards (the pod's veth) takes it on
+/// all its RX queues.
+pub fn set_pod_rx_cpus(netns_name: &str, cpus: &[usize]) -> Result<(), TopoError> {
     let mask = cpu_mask(cpus);
-    netns::run_in(netns_name, || write_masks(netns_name, ifname, &mask))?
+    netns::run_in(netns_name, || write_default_mask(netns_name, &mask))?
 }
 
 /// [`set_pod_rx_cpus`] for a netns bound at `path` (a runtime's, CNI).
-pub fn set_pod_rx_cpus_path(path: &Path, ifname: &str, cpus: &[usize]) -> Result<(), TopoError> {
+pub fn set_pod_rx_cpus_path(path: &Path, cpus: &[usize]) -> Result<(), TopoError> {
     let mask = cpu_mask(cpus);
     let label = path.display().to_string();
-    netns::run_in_path(path, || write_masks(&label, ifname, &mask))?
+    netns::run_in_path(path, || write_default_mask(&label, &mask))?
 }
 
 /// The `rps_cpus` of every RX queue of `ifname` in the netns at `path`
