@@ -17,8 +17,9 @@ pub enum PodRxCpus {
 }
 
 /// The default, decided by the measurements in docs/performance.md ("Pod
-/// RX steering"): RR p50 0.7–0.8× and the worker's time per frame 0.4–0.5×
-/// of `off`'s, pps no lower.
+/// RX steering"): RR p50 0.92× `off`'s on a quiet machine and 0.65–0.81×
+/// under other tenants' load (p99 from milliseconds to tens of µs there),
+/// the worker's TX kick about half, pps no lower.
 pub const DEFAULT: &str = "auto";
 
 /// Whether this kernel has RPS with a per-netns default mask
