@@ -534,6 +534,7 @@ impl Daemon {
             nodes,
             services: Vec::new(),
             uplink: None,
+            pod_rx_cpus: Some(crate::pod_rx::describe(&self.cluster.pod_rx_cpus)),
         }
     }
 

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node_agent;
 pub mod node_dataplane;
 pub mod node_wireguard;
+pub mod pod_rx;
 pub mod pod_server;
 pub mod policy_cmd;
 pub mod probe;

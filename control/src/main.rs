@@ -134,6 +134,18 @@ impl DataplaneFlags {
     }
 }
 
+impl DataplaneFlags {
+    /// `--pod-rx-cpus` resolved against these flags' worker cores.
+    fn pod_rx_cpus(&self, p: &weir_control::pod_rx::PodRxCpus) -> anyhow::Result<Vec<usize>> {
+        let workers = match &self.cores {
+            Some(c) => node_dataplane::parse_cores(c)?,
+            None => node_dataplane::default_cores(),
+        };
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(p.resolve(&workers, n))
+    }
+}
+
 /// `--poll`: how a worker waits for traffic.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Poll {
@@ -306,6 +318,12 @@ enum Cmd {
         non_masquerade: Vec<ipnet::IpNet>,
         #[command(flatten)]
         failsafe: FailsafeFlags,
+        /// Where pods' receive path runs when weir's worker transmits to
+        /// them: RPS on each pod's eth0 to these CPUs (`auto`: every CPU
+        /// without a weir worker; `off`: inside the worker's TX kick, on its
+        /// core). See docs/performance.md, "Pod RX steering".
+        #[arg(long, value_name = "auto|off|LIST", default_value = weir_control::pod_rx::DEFAULT)]
+        pod_rx_cpus: weir_control::pod_rx::PodRxCpus,
     },
     /// Stop weir and remove the local cluster completely.
     Down,
@@ -537,6 +555,10 @@ enum Cmd {
         dp: DataplaneFlags,
         #[command(flatten)]
         failsafe: FailsafeFlags,
+        /// With --node: where pods' receive path runs (RPS on each pod's
+        /// interface; `auto`, `off` or a CPU list), as for `weir up`.
+        #[arg(long, value_name = "auto|off|LIST", default_value = weir_control::pod_rx::DEFAULT)]
+        pod_rx_cpus: weir_control::pod_rx::PodRxCpus,
     },
     /// A node's dataplane process: run it (done by the supervisor), or stop/start it.
     Dataplane {
@@ -714,7 +736,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api_server,
             non_masquerade,
             failsafe,
+            pod_rx_cpus,
         } => {
+            let pod_rx_cpus = dp.pod_rx_cpus(&pod_rx_cpus)?;
             let encap = match encap {
                 EncapArg::Vxlan => weir_topo::Encap::Vxlan,
                 EncapArg::Geneve => weir_topo::Encap::Geneve,
@@ -729,6 +753,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 encap,
                 non_masquerade,
                 host_failsafe: failsafe.ports()?,
+                pod_rx_cpus,
                 ..Default::default()
             };
             if api_server {
@@ -830,8 +855,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_cidr,
             dp,
             failsafe,
+            pod_rx_cpus,
         } => {
             weir_control::node_agent::check_non_masquerade(&non_masquerade)?;
+            let pod_rx_cpus = dp.pod_rx_cpus(&pod_rx_cpus)?;
             weir_control::node_agent::run(weir_control::node_agent::Options {
                 host_failsafe: failsafe.ports()?,
                 kubeconfig,
@@ -850,6 +877,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 uplink: uplink.unwrap_or_default(),
                 non_masquerade,
                 service_cidrs: service_cidr,
+                pod_rx_cpus,
             })
         }
         Cmd::Agent { kubeconfig, .. } => {

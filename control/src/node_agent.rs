@@ -82,6 +82,9 @@ pub struct Options {
     /// `--encrypt wireguard`: the node's key, its Node annotation, the
     /// peers from the others' (control/src/node_wireguard.rs).
     pub wireguard: bool,
+    /// `--pod-rx-cpus`, resolved: the RPS CPUs of pods attached from now
+    /// on (empty: RPS off; control/src/pod_rx.rs).
+    pub pod_rx_cpus: Vec<usize>,
 }
 
 /// `--uplink auto|none|IFACE`.
@@ -577,7 +580,8 @@ impl NodeState {
             })
             .collect();
         json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
-               "nodes": [node], "services": services, "uplink": self.uplink_note})
+               "nodes": [node], "services": services, "uplink": self.uplink_note,
+               "pod_rx_cpus": crate::pod_rx::describe(&self.attached.pod_rx_cpus)})
     }
 }
 
@@ -1142,6 +1146,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
             non_masquerade: Vec::new(),
             service_cidrs: Vec::new(),
             host_failsafe: Default::default(),
+            pod_rx_cpus: Vec::new(),
         },
     };
     // The flag decides (a restart may change it; pods attached before keep
@@ -1156,6 +1161,7 @@ async fn run_async(opts: Options) -> anyhow::Result<()> {
         attached.nodes[0].pod_cidrs.clear();
     }
     attached.host_failsafe = opts.host_failsafe.clone();
+    attached.pod_rx_cpus = opts.pod_rx_cpus.clone();
     let (policy_text, policies) = policies_in_force(&state);
     let mut services_state = kube_inputs::ServicesInForce::from_previous(services_in_force(&state));
     let mut problems_reported: BTreeSet<Problem> = BTreeSet::new();
@@ -1719,6 +1725,7 @@ mod tests {
                 non_masquerade: Vec::new(),
                 service_cidrs: Vec::new(),
                 host_failsafe: Default::default(),
+                pod_rx_cpus: Vec::new(),
             },
             inputs,
             services: Vec::new(),

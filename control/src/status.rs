@@ -14,6 +14,9 @@ fn us(ns: u64) -> String {
 pub fn render(v: &ClusterStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "cluster {}  generation {}", v.cluster, v.generation);
+    if let Some(c) = &v.pod_rx_cpus {
+        let _ = writeln!(out, "pod RX steering (RPS, --pod-rx-cpus): {c}");
+    }
     for n in &v.nodes {
         let name = &n.node;
         if n.kernel {

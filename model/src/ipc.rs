@@ -230,6 +230,10 @@ pub struct ClusterStatus {
     /// why it has none (docs/egress.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
+    /// The CPUs pods' receive path is steered to (RPS on their `eth0`,
+    /// `--pod-rx-cpus`): `off` or a CPU list; absent from older daemons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_rx_cpus: Option<String>,
 }
 
 /// One Service in force in [`ClusterStatus`].

@@ -89,6 +89,11 @@ enum Cmd {
         /// More `weir up` arguments for every weir configuration (one per flag).
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
+        /// Also run weir with `weir up --pod-rx-cpus CPUS` (RPS on the pods'
+        /// eth0) as `weir-<mode>+rps` (and `+rps+breakdown`); the other weir
+        /// configurations then run with `--pod-rx-cpus off`.
+        #[arg(long, value_name = "CPUS")]
+        pod_rx_cpus: Option<String>,
     },
     /// The worker scaling curve, 1 → 2 workers: the same multi-flow 64-byte
     /// UDP load through weir with one worker and with two (pod veths with
@@ -124,6 +129,10 @@ enum Cmd {
         /// More `weir up` arguments (one per flag).
         #[arg(long = "weir-arg", allow_hyphen_values = true)]
         weir_args: Vec<String>,
+        /// Also one worker with `weir up --pod-rx-cpus CPUS` (RPS on the
+        /// pods' eth0), `weir-1w+rps`; the others then run with `off`.
+        #[arg(long, value_name = "CPUS")]
+        pod_rx_cpus: Option<String>,
     },
     /// Adaptive polling's idle handback: two nodes whose workers share one
     /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
@@ -560,6 +569,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             breakdown,
             busy_poll,
             weir_args,
+            pod_rx_cpus,
         } => {
             let o = weir_perf::rrbreak::RrOptions {
                 out,
@@ -576,6 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 breakdown,
                 busy_poll,
                 weir_args,
+                pod_rx_cpus,
             };
             let rep = weir_perf::rrbreak::run(&o)?;
             print!("{}", rep.markdown());
@@ -594,6 +605,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             weir,
             weir_args,
+            pod_rx_cpus,
         } => {
             let o = weir_perf::scale::ScaleOptions {
                 out,
@@ -607,6 +619,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 weir: fastpath::weir_binary(weir.as_deref())?,
                 weir_args,
+                pod_rx_cpus,
             };
             let rep = weir_perf::scale::run(&o)?;
             print!("{}", rep.markdown());

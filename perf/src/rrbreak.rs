@@ -45,6 +45,12 @@ pub struct RrOptions {
     pub busy_poll: bool,
     /// More `weir up` arguments for every weir configuration.
     pub weir_args: Vec<String>,
+    /// Also run weir with `weir up --pod-rx-cpus <this>` (RPS on the pods'
+    /// eth0) as its own configuration, `weir-<mode>+rps` (and
+    /// `weir-<mode>+rps+breakdown` with `breakdown`); every other weir
+    /// configuration runs with `--pod-rx-cpus off`, so old and new are
+    /// interleaved rounds of one run.
+    pub pod_rx_cpus: Option<String>,
 }
 
 /// One stage of one worker, as `weir status -o json` reports it.
@@ -127,9 +133,14 @@ fn weir_once(
     mode: &str,
     breakdown: bool,
     busy_poll: bool,
+    rps: bool,
 ) -> anyhow::Result<WeirRr> {
     let name = format!("prr{}{}", std::process::id(), &mode[..1]);
     let mut extra: Vec<&str> = o.weir_args.iter().map(String::as_str).collect();
+    if let Some(cpus) = &o.pod_rx_cpus {
+        extra.push("--pod-rx-cpus");
+        extra.push(if rps { cpus.as_str() } else { "off" });
+    }
     if breakdown {
         extra.push("--latency-breakdown");
     }
@@ -204,12 +215,15 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
             continue;
         };
         for mode in &o.modes {
-            for (suffix, bd, bp) in [
-                ("", false, false),
-                ("+breakdown", true, false),
-                ("+busypoll", false, true),
+            for (suffix, bd, bp, rps) in [
+                ("", false, false, false),
+                ("+breakdown", true, false, false),
+                ("+busypoll", false, true, false),
+                ("+rps", false, false, true),
+                ("+rps+breakdown", true, false, true),
             ] {
-                if (bd && !o.breakdown) || (bp && !o.busy_poll) {
+                if (bd && !o.breakdown) || (bp && !o.busy_poll) || (rps && o.pod_rx_cpus.is_none())
+                {
                     continue;
                 }
                 stop::check()?;
@@ -219,7 +233,7 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
                     rep: round,
                     ..Default::default()
                 };
-                match weir_once(o, bin, &manifest, mode, bd, bp) {
+                match weir_once(o, bin, &manifest, mode, bd, bp, rps) {
                     Ok(((r, split), lat, st)) => {
                         s.rr = Some(r);
                         s.peer_rx = split;

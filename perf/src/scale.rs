@@ -51,6 +51,10 @@ pub struct ScaleOptions {
     pub mode: String,
     pub weir: PathBuf,
     pub weir_args: Vec<String>,
+    /// Also one worker with `weir up --pod-rx-cpus <this>` (RPS on the
+    /// pods' eth0): configuration `weir-1w+rps`; the others then run with
+    /// `--pod-rx-cpus off`.
+    pub pod_rx_cpus: Option<String>,
 }
 
 /// One worker's share of a sample.
@@ -177,9 +181,10 @@ fn weir_sample(
     o: &ScaleOptions,
     manifest: &std::path::Path,
     workers: usize,
+    rps: bool,
     round: usize,
 ) -> ScaleSample {
-    let config = format!("weir-{workers}w");
+    let config = format!("weir-{workers}w{}", if rps { "+rps" } else { "" });
     let mut s = ScaleSample {
         config: config.clone(),
         rep: round,
@@ -193,6 +198,9 @@ fn weir_sample(
             .collect();
         let mut extra: Vec<&str> = vec!["--queues", "2"];
         extra.extend(o.weir_args.iter().map(String::as_str));
+        if let Some(cpus) = &o.pod_rx_cpus {
+            extra.extend(["--pod-rx-cpus", if rps { cpus.as_str() } else { "off" }]);
+        }
         let name = format!("psc{}{workers}", std::process::id());
         let w = WeirCluster::up_with(&o.weir, &name, manifest, &cores.join(","), &o.mode, &extra)?;
         let node = w.cluster.nodes[0].netns.clone();
@@ -306,10 +314,16 @@ pub fn run(o: &ScaleOptions) -> anyhow::Result<ScaleReport> {
         }
         drop(k);
         // Interleaved: 1 then 2 workers in even rounds, 2 then 1 in odd ones.
-        let order: [usize; 2] = if round % 2 == 0 { [1, 2] } else { [2, 1] };
-        for w in order {
+        let mut order = vec![(1, false), (2, false)];
+        if o.pod_rx_cpus.is_some() {
+            order.insert(1, (1, true));
+        }
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (w, rps) in order {
             stop::check()?;
-            rep.samples.push(weir_sample(o, &manifest, w, round));
+            rep.samples.push(weir_sample(o, &manifest, w, rps, round));
         }
     }
     rep.host_end = Some(Host::now());
@@ -382,7 +396,7 @@ impl ScaleReport {
             "| config | rx pps | rx ÷ ceiling | offered pps | cores used | pps per core | ÷ weir-1w pps | ÷ weir-1w pps/core | worker busy ns/frame | smaller queue's share of XDP frames | smaller worker's share of frames |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
-        for c in ["ceiling", "kernel", "weir-1w", "weir-2w"] {
+        for c in ["ceiling", "kernel", "weir-1w", "weir-1w+rps", "weir-2w"] {
             if self.of(c).next().is_none() {
                 continue;
             }

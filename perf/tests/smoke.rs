@@ -558,6 +558,8 @@ fn idle_and_rr_breakdown_short_end_to_end() {
             "1",
             "--count",
             "200",
+            "--pod-rx-cpus",
+            "0",
             "--out",
         ])
         .arg(&out)
@@ -577,6 +579,16 @@ fn idle_and_rr_breakdown_short_end_to_end() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("rr.json")).expect("rr.json"))
             .expect("JSON");
+    let configs: Vec<&str> = json["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .filter_map(|s| s["config"].as_str())
+        .collect();
+    // --pod-rx-cpus adds the RPS configurations beside the others.
+    for c in ["weir-adaptive+rps", "weir-adaptive+rps+breakdown"] {
+        assert!(configs.contains(&c), "no {c} in {configs:?}");
+    }
     for s in json["samples"].as_array().expect("samples") {
         assert_eq!(s["error"], serde_json::Value::Null, "{s}");
         assert_eq!(s["peer_rx"]["stamped"], 200, "{s}");

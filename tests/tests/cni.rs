@@ -1268,6 +1268,19 @@ fn ctr_run_with_cni_attaches_through_weir_cni() {
         "containerd's netns: {att:?}"
     );
     assert_eq!(att.ifname, "eth0");
+    // weir up's default --pod-rx-cpus auto reached the runtime's netns too
+    // (the last core runs the worker; its sysfs is mounted read-only by
+    // the runtime, the mask is set before the veth exists).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want: Vec<usize> = (0..cpus - 1).collect();
+    let masks = weir_topo::rps::pod_rx_masks(&att.netns_path, "eth0").expect("rps_cpus");
+    for m in &masks {
+        assert_eq!(
+            weir_topo::rps::parse_cpu_mask(m),
+            Some(want.clone()),
+            "{masks:?}"
+        );
+    }
     let rx0 = f.c.counter("rx_packets");
     let ping = Command::new("nsenter")
         .arg(format!("--net={}", att.netns_path.display()))

@@ -106,6 +106,19 @@ spec: {{podCIDR: 10.213.7.0/24, podCIDRs: [10.213.7.0/24]}}\n"
             "{addr} is not from the Node's podCIDRs"
         );
         p.ip = Some(ip);
+        // The agent's default --pod-rx-cpus auto: RPS on the pod's eth0
+        // to every CPU without the worker (the last one).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let want: Vec<usize> = (0..cpus - 1).collect();
+        let masks = weir_topo::rps::pod_rx_masks(std::path::Path::new(&p.netns_path), "eth0")
+            .expect("rps_cpus of the pod's eth0");
+        for m in &masks {
+            assert_eq!(
+                weir_topo::rps::parse_cpu_mask(m),
+                Some(want.clone()),
+                "{masks:?}"
+            );
+        }
         start_servers(&p.netns_path);
         write_status(&cp, &p);
         pods.push(p);

@@ -155,7 +155,7 @@ impl Cluster {
             undo_ns(self);
             return Err(e);
         }
-        if let Err(e) = realize_attached(&node.netns, &realized, self.queues) {
+        if let Err(e) = realize_attached(&node.netns, &realized, self.queues, &self.pod_rx_cpus) {
             let _ = detach_links(&node.netns, &realized.host_ifname);
             self.pods.pop();
             undo_ns(self);
@@ -227,7 +227,12 @@ fn detach_links(node_netns: &str, host_ifname: &str) -> Result<(), TopoError> {
     })?
 }
 
-fn realize_attached(node_netns: &str, pod: &RealizedPod, queues: u32) -> Result<(), TopoError> {
+fn realize_attached(
+    node_netns: &str,
+    pod: &RealizedPod,
+    queues: u32,
+    rx_cpus: &[usize],
+) -> Result<(), TopoError> {
     let att = pod.cni.as_ref().expect("attached pods have a CNI key");
     let path = &att.netns_path;
     let label = path.display().to_string();
@@ -244,6 +249,10 @@ fn realize_attached(node_netns: &str, pod: &RealizedPod, queues: u32) -> Result<
             }
         }
     })?;
+    // Before the veth exists: its RX queues take the netns's default mask.
+    if !rx_cpus.is_empty() {
+        crate::rps::set_pod_rx_cpus_path(path, rx_cpus)?;
+    }
     netns::run_in(node_netns, || -> Result<(), TopoError> {
         let nl = Netlink::open(node_netns)?;
         nl.add_veth(&Veth {

@@ -74,6 +74,11 @@ pub struct BuildOptions {
     /// The nodes' failsafe ports (host endpoint policy; docs/policy.md).
     #[serde(default)]
     pub host_failsafe: weir_model::policy::FailsafePorts,
+    /// RPS mask of every pod's `eth0` RX queues (`weir up --pod-rx-cpus`;
+    /// [`crate::rps`]): the CPUs that run the pod's receive path when weir's
+    /// worker transmits to it. Empty (the default): RPS off.
+    #[serde(default)]
+    pub pod_rx_cpus: Vec<usize>,
 }
 
 impl Default for BuildOptions {
@@ -87,6 +92,7 @@ impl Default for BuildOptions {
             underlay_prefix_len: default_underlay_prefix_len(),
             non_masquerade: Vec::new(),
             host_failsafe: Default::default(),
+            pod_rx_cpus: Vec::new(),
         }
     }
 }
@@ -284,6 +290,10 @@ pub struct Cluster {
     /// `--service-cluster-ip-range`); empty: see [`Cluster::service_ranges`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_cidrs: Vec<IpNet>,
+    /// RPS mask of pods' interfaces, set on every pod wired from now on
+    /// ([`BuildOptions::pod_rx_cpus`]; empty: RPS off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_rx_cpus: Vec<usize>,
 }
 
 impl Cluster {
@@ -553,8 +563,19 @@ fn kernel_pod_routes(node: &RealizedNode, pod: &RealizedPod) -> Result<(), TopoE
     })?
 }
 
-fn realize_pod(node: &RealizedNode, pod: &RealizedPod, queues: u32) -> Result<(), TopoError> {
+fn realize_pod(
+    node: &RealizedNode,
+    pod: &RealizedPod,
+    queues: u32,
+    rx_cpus: &[usize],
+) -> Result<(), TopoError> {
     netns::create(&pod.netns)?;
+    // Before the veth exists: its RX queues take the netns's default mask.
+    // Only weir's worker transmits in a TX kick; a kernel node's pods keep
+    // the kernel's default.
+    if !rx_cpus.is_empty() && node.dataplane == NodeDataplane::Weir {
+        crate::rps::set_pod_rx_cpus(&pod.netns, rx_cpus)?;
+    }
     let pod_ns = netns::open(&pod.netns)?;
     netns::run_in(&node.netns, || -> Result<(), TopoError> {
         let nl = Netlink::open(&node.netns)?;
@@ -687,6 +708,7 @@ impl Cluster {
             non_masquerade: opts.non_masquerade.clone(),
             service_cidrs: Vec::new(),
             host_failsafe: opts.host_failsafe.clone(),
+            pod_rx_cpus: opts.pod_rx_cpus.clone(),
         };
         for svc in &spec.services {
             cluster.upsert_service(svc)?;
@@ -741,7 +763,8 @@ impl Cluster {
                 });
             }
             undo.netns.push(pod.netns.clone());
-            realize_pod(node, pod, opts.queues).map_err(|e| keep_if_preexisting(e, &mut undo))?;
+            realize_pod(node, pod, opts.queues, &opts.pod_rx_cpus)
+                .map_err(|e| keep_if_preexisting(e, &mut undo))?;
             kernel_pod_routes(node, pod)?;
         }
         undo.netns.clear();
@@ -818,8 +841,8 @@ impl Cluster {
             return Err(e);
         }
         let last = self.pods.last().expect("just pushed").clone();
-        if let Err(e) =
-            realize_pod(&node, &last, opts.queues).and_then(|()| kernel_pod_routes(&node, &last))
+        if let Err(e) = realize_pod(&node, &last, opts.queues, &self.pod_rx_cpus)
+            .and_then(|()| kernel_pod_routes(&node, &last))
         {
             let _ = remove_links(&node, &last);
             if let Err(e2) = netns::delete(&last.netns) {

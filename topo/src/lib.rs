@@ -98,6 +98,7 @@ pub use weir_model::fields;
 pub mod manifest;
 pub mod netns;
 pub mod overlay;
+pub mod rps;
 pub mod serve;
 pub mod world;
 
