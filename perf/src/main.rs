@@ -403,6 +403,34 @@ fn main() {
     }
 }
 
+/// The two-node runs' common options (`wireguard` and `encap-ab` measure
+/// the same workloads across the underlay).
+fn two_node_options(
+    short: bool,
+    out: PathBuf,
+    mode: String,
+    (load_core, worker_core): (usize, usize),
+    window_ms: Option<u64>,
+    rr_count: Option<u64>,
+    bulk_secs: Option<u64>,
+) -> weir_perf::wireguard::WgOptions {
+    let mut o = weir_perf::wireguard::WgOptions::new(short);
+    o.out = out;
+    o.mode = mode;
+    o.load_core = load_core;
+    o.worker_core = worker_core;
+    if let Some(ms) = window_ms {
+        o.window = Duration::from_millis(ms);
+    }
+    if let Some(n) = rr_count {
+        o.rr_count = n;
+    }
+    if let Some(n) = bulk_secs {
+        o.bulk_secs = n;
+    }
+    o
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     weir_perf::stop::install()?;
     match cli.cmd {
@@ -420,21 +448,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rr_count,
             bulk_secs,
         } => {
-            let mut w = weir_perf::wireguard::WgOptions::new(short);
-            w.out = out;
-            w.mode = mode;
+            let mut w = two_node_options(
+                short,
+                out,
+                mode,
+                (load_core, worker_core),
+                window_ms,
+                rr_count,
+                bulk_secs,
+            );
             w.reps = reps;
-            w.load_core = load_core;
-            w.worker_core = worker_core;
-            if let Some(ms) = window_ms {
-                w.window = Duration::from_millis(ms);
-            }
-            if let Some(n) = rr_count {
-                w.rr_count = n;
-            }
-            if let Some(n) = bulk_secs {
-                w.bulk_secs = n;
-            }
             let o = weir_perf::encap_ab::AbOptions {
                 wg: w,
                 a: weir_a,
@@ -460,22 +483,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rr_count,
             bulk_secs,
         } => {
-            let mut o = weir_perf::wireguard::WgOptions::new(short);
-            o.out = out;
-            o.mode = mode;
+            let mut o = two_node_options(
+                short,
+                out,
+                mode,
+                (load_core, worker_core),
+                window_ms,
+                rr_count,
+                bulk_secs,
+            );
             o.reps = reps.unwrap_or(if short { 1 } else { 3 });
-            o.load_core = load_core;
-            o.worker_core = worker_core;
             o.wireguard_go = wireguard_go;
-            if let Some(ms) = window_ms {
-                o.window = Duration::from_millis(ms);
-            }
-            if let Some(n) = rr_count {
-                o.rr_count = n;
-            }
-            if let Some(n) = bulk_secs {
-                o.bulk_secs = n;
-            }
             o.weir = if no_weir {
                 None
             } else {
