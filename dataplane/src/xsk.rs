@@ -304,12 +304,7 @@ impl WorkerUmem {
         // this the only reference. It is a frame of this worker's UMEM (its
         // ledger made the token; tokens never leave their worker).
         let mut data = unsafe { self.umem.data_mut(desc) };
-        let cap = {
-            let mut c = data.cursor();
-            let cap = c.buf_len();
-            c.set_pos(cap);
-            cap
-        };
+        let cap = open_to_end(&mut data);
         let (r, new_len) = f(data.contents_mut(), len.min(cap));
         data.cursor().set_pos(new_len.min(cap));
         r
@@ -353,12 +348,7 @@ impl WorkerUmem {
         // whatever the descriptor's address (xsk-rs bounds it by the
         // frame's end, found by masking the address).
         let mut data = unsafe { self.umem.data_mut(desc) };
-        let cap = {
-            let mut c = data.cursor();
-            let cap = c.buf_len();
-            c.set_pos(cap);
-            cap
-        };
+        let cap = open_to_end(&mut data);
         let (r, new_head, new_len) = f(data.contents_mut(), head, (head + len).min(cap) - head);
         // The start stays inside the frame (at its last byte at most):
         // the ledger finds the frame by it.
@@ -370,6 +360,17 @@ impl WorkerUmem {
         debug_assert!(moved, "adjust_head refused a start inside the packet");
         r
     }
+}
+
+/// Opens a frame's data area to the end of its frame (the cursor at the
+/// frame's capacity, so the pass may grow the packet) and returns that
+/// capacity; the caller sets the packet's real end afterwards.
+#[inline]
+fn open_to_end(data: &mut xsk_rs::umem::frame::DataMut<'_>) -> usize {
+    let mut c = data.cursor();
+    let cap = c.buf_len();
+    c.set_pos(cap);
+    cap
 }
 
 /// A frame the worker holds: received from an RX ring or taken from the

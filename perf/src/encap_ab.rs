@@ -149,25 +149,6 @@ pub fn markdown(o: &AbOptions, r: &WgReport) -> String {
         );
     }
     let _ = writeln!(s, "\nProof per sample:\n");
-    for x in &r.samples {
-        let _ = writeln!(
-            s,
-            "- round {} {}: {}{}",
-            x.rep + 1,
-            x.config,
-            x.proof,
-            if x.errors.is_empty() {
-                String::new()
-            } else {
-                format!(" — errors: {}", x.errors.join("; "))
-            }
-        );
-    }
-    if !r.errors.is_empty() {
-        let _ = writeln!(s, "\nErrors:\n");
-        for e in &r.errors {
-            let _ = writeln!(s, "- {e}");
-        }
-    }
+    r.proof_and_errors(&mut s);
     s
 }

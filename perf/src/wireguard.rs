@@ -504,6 +504,31 @@ pub(crate) const METRICS: [(&str, Getter, usize); 4] = [
 ];
 
 impl WgReport {
+    /// One line per sample (its proof and errors), then the run's errors:
+    /// the tail of every two-node report (`wireguard`, `encap-ab`).
+    pub fn proof_and_errors(&self, s: &mut String) {
+        for x in &self.samples {
+            let _ = writeln!(
+                s,
+                "- round {} {}: {}{}",
+                x.rep + 1,
+                x.config,
+                x.proof,
+                if x.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — errors: {}", x.errors.join("; "))
+                }
+            );
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(s, "\nErrors:\n");
+            for e in &self.errors {
+                let _ = writeln!(s, "- {e}");
+            }
+        }
+    }
+
     /// A sample's value only when the sample proved its path (no errors).
     fn val(&self, cfg: &str, rep: usize, g: Getter) -> Option<f64> {
         self.samples
@@ -558,26 +583,7 @@ impl WgReport {
             s,
             "\nProof per sample (what moved while it was measured):\n"
         );
-        for x in &self.samples {
-            let _ = writeln!(
-                s,
-                "- round {} {}: {}{}",
-                x.rep + 1,
-                x.config,
-                x.proof,
-                if x.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(" — errors: {}", x.errors.join("; "))
-                }
-            );
-        }
-        if !self.errors.is_empty() {
-            let _ = writeln!(s, "\nErrors:\n");
-            for e in &self.errors {
-                let _ = writeln!(s, "- {e}");
-            }
-        }
+        self.proof_and_errors(&mut s);
         s
     }
 }
