@@ -215,6 +215,13 @@ pub struct WgPeer {
     tunn: Tunn,
     index: u32,
     pending: Pending,
+    /// When [`WgPeer::seal`] last sent a handshake initiation. boringtun
+    /// forgets that its own initiation is under way once it has answered
+    /// the peer's crossing one (answering empties its handshake state), so
+    /// without this a packet sealed between the two would start a third
+    /// handshake and the peer's answer to ours would then match nothing
+    /// (`UnexpectedPacket`, counted `wireguard-malformed`).
+    init_sent: Option<Instant>,
 }
 
 /// Plaintexts held while a peer's handshake is under way: [`PENDING`]
@@ -333,6 +340,7 @@ impl WgPeer {
             tunn,
             index,
             pending: Pending::new(),
+            init_sent: None,
         }
     }
 
@@ -359,8 +367,20 @@ impl WgPeer {
         if self.tunn.time_since_last_handshake().is_none() {
             self.pending.expire();
             let held = self.pending.push(plaintext);
+            // Our initiation is still within its REKEY_TIMEOUT: its answer
+            // (or the crossing handshake's first data) brings the session.
+            if self.init_sent.is_some_and(|t| t.elapsed() < PENDING_TTL) {
+                return Err(if held {
+                    DropReason::WireguardQueued
+                } else {
+                    DropReason::WireguardNoSession
+                });
+            }
             return match self.tunn.format_handshake_initiation(out, false) {
-                TunnResult::WriteToNetwork(b) => Ok(Sealed::Handshake(b)),
+                TunnResult::WriteToNetwork(b) => {
+                    self.init_sent = Some(Instant::now());
+                    Ok(Sealed::Handshake(b))
+                }
                 TunnResult::Done if held => Err(DropReason::WireguardQueued),
                 TunnResult::Done => Err(DropReason::WireguardNoSession),
                 TunnResult::Err(e) => Err(reason(e)),
@@ -471,7 +491,12 @@ impl WgPeer {
             return None;
         }
         match self.tunn.update_timers(out) {
-            TunnResult::WriteToNetwork(b) => Some(b),
+            TunnResult::WriteToNetwork(b) => {
+                if b.first() == Some(&1) {
+                    self.init_sent = Some(Instant::now());
+                }
+                Some(b)
+            }
             _ => None,
         }
     }
@@ -962,6 +987,56 @@ mod tests {
         assert_eq!(ka.len(), DATA_OVERHEAD);
         let ka = ka.to_vec();
         assert_eq!(b.open(&ka, &mut out_b).unwrap(), Opened::Nothing);
+    }
+
+    /// Both nodes start a handshake at once (each has a packet for the
+    /// other). Each answers the other's initiation; a packet sealed after
+    /// answering is held, not a third initiation, so both answers complete
+    /// a handshake and nothing is counted malformed (CI found the third
+    /// initiation under `overlay.rs`'s encrypted case: the peer's answer
+    /// to the first matched nothing).
+    #[test]
+    fn crossing_initiations_both_complete_and_nothing_is_malformed() {
+        let (mut a, mut b) = pair();
+        let d = overlay_datagram();
+        let (mut out_a, mut out_b) = ([0u8; 2048], [0u8; 2048]);
+        let Ok(Sealed::Handshake(ia)) = a.seal(&d, &mut out_a) else {
+            panic!("a: want an initiation")
+        };
+        let ia = ia.to_vec();
+        let Ok(Sealed::Handshake(ib)) = b.seal(&d, &mut out_b) else {
+            panic!("b: want an initiation")
+        };
+        let ib = ib.to_vec();
+        // a answers b's initiation first.
+        let Ok(Opened::Reply(ra)) = a.open(&ib, &mut out_a) else {
+            panic!("a: want a response to b")
+        };
+        let ra = ra.to_vec();
+        // a has another packet for b: held, no new initiation.
+        assert_eq!(a.seal(&d, &mut out_a), Err(DropReason::WireguardQueued));
+        // b answers a's initiation, then gets a's answer to its own.
+        let Ok(Opened::Reply(rb)) = b.open(&ia, &mut out_b) else {
+            panic!("b: want a response to a")
+        };
+        let rb = rb.to_vec();
+        let Ok(Opened::Reply(db)) = b.open(&ra, &mut out_b) else {
+            panic!("b: want its held packet sealed")
+        };
+        let db = db.to_vec();
+        // a gets b's answer to its initiation: a session, not malformed.
+        let Ok(Opened::Reply(da)) = a.open(&rb, &mut out_a) else {
+            panic!("a: b's answer must complete a's handshake")
+        };
+        let da = da.to_vec();
+        assert_eq!(b.open(&da, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        assert_eq!(a.open(&db, &mut out_a).unwrap(), Opened::Plain(&d[..]));
+        let mut n = 0;
+        a.flush_held(&mut out_a, |m| {
+            n += 1;
+            assert_eq!(b.open(m, &mut out_b).unwrap(), Opened::Plain(&d[..]));
+        });
+        assert_eq!(n, 1, "a's second packet, held while its handshake ran");
     }
 
     #[test]
