@@ -765,3 +765,74 @@ fn fast_path_follows_backend_removal_and_draining() {
         }
     }
 }
+
+/// A client that uses one source port toward two ClusterIPs sharing a
+/// backend: the second flow's reply tuple (backend → client:port) is the
+/// first's, so the backend would take both for one connection (a SYN
+/// meeting the other's TIME_WAIT is refused) and replies would go back
+/// from the wrong ClusterIP. The second flow leaves with a port of the
+/// SNAT range instead (as Linux's NAT remaps a clashing source port), its
+/// packets keep it, its replies come back to the client's own port from
+/// its own ClusterIP, and the first flow is untouched. The same ClusterIP
+/// again (the client reusing its own tuple) keeps the port.
+#[test]
+fn a_client_port_used_toward_two_cluster_ips_is_remapped_not_merged() {
+    for (v6, tcp) in [(false, true), (true, true), (false, false), (true, false)] {
+        let (vip_a, client) = if v6 {
+            (vip6(), pod6(1))
+        } else {
+            (vip4(), pod4(1))
+        };
+        let vip_b: IpAddr = if v6 {
+            "fd00:96::b".parse().unwrap()
+        } else {
+            "10.96.0.11".parse().unwrap()
+        };
+        let proto = if tcp { 6 } else { 17 };
+        let s = snap(vec![
+            front(vip_a, proto, 80, vec![backend(1, v6)]),
+            front(vip_b, proto, 80, vec![backend(1, v6)]),
+        ]);
+        let mut st = WorkerState::new();
+        let b = backend(1, v6).ip;
+        let syn = if tcp { Some((true, false)) } else { None };
+        let ack = if tcp { Some((false, true)) } else { None };
+        let reply_flags = if tcp { Some((true, true)) } else { None };
+        let case = format!("v6={v6} tcp={tcp}");
+        // Flow A: client:30000 → vip_a:80 → b:8080, port kept.
+        let out = run(&mut st, &s, &frame(0, client, vip_a, 30000, 80, syn), 0);
+        assert_eq!(addrs(&out.bytes), (client, b, 30000, 8080), "{case}");
+        // Flow B: the same client port → vip_b:80: remapped.
+        let out = run(&mut st, &s, &frame(0, client, vip_b, 30000, 80, syn), 0);
+        let (src, dst, p, dport) = addrs(&out.bytes);
+        assert_eq!((src, dst, dport), (client, b, 8080), "{case}");
+        assert!((61000..=65535).contains(&p), "{case}: remapped to {p}");
+        // B's reply: from vip_b:80 to the client's own port.
+        let out = run(&mut st, &s, &frame(1, b, client, 8080, p, reply_flags), 1);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { port: 0, .. }),
+            "{case}: {:?}",
+            out.verdict
+        );
+        assert_eq!(addrs(&out.bytes), (vip_b, client, 80, 30000), "{case}");
+        // B's later packets keep the remapped port.
+        for _ in 0..3 {
+            let out = run(&mut st, &s, &frame(0, client, vip_b, 30000, 80, ack), 0);
+            assert_eq!(addrs(&out.bytes), (client, b, p, 8080), "{case}");
+        }
+        // A's reply: still from vip_a:80.
+        let out = run(
+            &mut st,
+            &s,
+            &frame(1, b, client, 8080, 30000, reply_flags),
+            1,
+        );
+        assert_eq!(addrs(&out.bytes), (vip_a, client, 80, 30000), "{case}");
+        // A's own tuple again (the client reusing it): not remapped.
+        let out = run(&mut st, &s, &frame(0, client, vip_a, 30000, 80, syn), 0);
+        assert_eq!(addrs(&out.bytes), (client, b, 30000, 8080), "{case}");
+        // A third ClusterIP flow on another client port: untouched.
+        let out = run(&mut st, &s, &frame(0, client, vip_b, 30001, 80, syn), 0);
+        assert_eq!(addrs(&out.bytes), (client, b, 30001, 8080), "{case}");
+    }
+}

@@ -504,6 +504,18 @@ impl Pass<'_> {
     /// caller records it (no other worker allocates from this share, so
     /// nothing can take it in between).
     pub(super) fn free_snat_port(&self, hash: u64, reply: impl Fn(u16) -> FlowKey) -> Option<u16> {
+        self.free_port(hash, reply, Kind::SnatIn)
+    }
+
+    /// [`free_snat_port`](Self::free_snat_port) for entries of `kind`: a
+    /// port of this worker's share of the SNAT range whose `reply(port)`
+    /// has no live entry of that kind.
+    pub(super) fn free_port(
+        &self,
+        hash: u64,
+        reply: impl Fn(u16) -> FlowKey,
+        kind: Kind,
+    ) -> Option<u16> {
         let nat = self.st.ct.nat();
         let now = self.st.now_ns;
         let (index, workers) = self.st.snat_slice;
@@ -517,7 +529,7 @@ impl Pass<'_> {
         for probe in 0..MAX_PROBES.min(share) {
             let k = (start + probe) % share;
             let port = u16::try_from(u32::from(SNAT_PORT_FIRST) + index + k * workers).ok()?;
-            if !nat.contains(&reply(port), Kind::SnatIn, now) {
+            if !nat.contains(&reply(port), kind, now) {
                 return Some(port);
             }
         }

@@ -147,13 +147,13 @@ impl Pass<'_> {
             };
             let src = chosen.other.unwrap_or(pkt.key.src);
             // The reply as it will come back: backend → client (or → the
-            // hairpin address).
+            // hairpin address; to the remapped port of a clashing flow).
             let reply = crate::flow_key::FlowKey {
                 src: chosen.addr,
                 dst: src,
                 proto: pkt.key.proto,
                 sport: chosen.port,
-                dport: pkt.key.sport,
+                dport: source_port(&chosen, pkt.key.sport),
             };
             if refresh {
                 nat.set(
@@ -164,13 +164,17 @@ impl Pass<'_> {
                         port: pkt.key.dport,
                         other: chosen.other.map(|_| pkt.key.src),
                         frontend: front,
-                        other_port: 0,
+                        other_port: match chosen.other_port {
+                            0 => 0,
+                            _ => pkt.key.sport,
+                        },
                     },
                     now,
                     now + idle,
                 );
             }
-            if cacheable {
+            // A remapped flow (rare) takes the full stage every packet.
+            if cacheable && chosen.other_port == 0 {
                 self.st.svc_cache.put(
                     &pkt.key,
                     chosen,
@@ -226,11 +230,12 @@ impl Pass<'_> {
             return Continue(None);
         };
         let dst = r.other.unwrap_or(pkt.key.dst);
+        let dport = source_port(&r, pkt.key.dport);
         if rewrite(
             self.buf,
             pkt,
             Some((r.addr, r.port)),
-            r.other.map(|a| (a, pkt.key.dport)),
+            r.other.map(|a| (a, dport)),
         )
         .is_err()
         {
@@ -240,6 +245,7 @@ impl Pass<'_> {
         routed.key.src = r.addr;
         routed.key.sport = r.port;
         routed.key.dst = dst;
+        routed.key.dport = dport;
         Continue(Some(routed))
     }
 
@@ -251,10 +257,11 @@ impl Pass<'_> {
         pkt: &mut Parsed,
         chosen: Nat,
     ) -> ControlFlow<Verdict, Option<Parsed>> {
+        let sport = source_port(&chosen, pkt.key.sport);
         if rewrite(
             self.buf,
             pkt,
-            chosen.other.map(|a| (a, pkt.key.sport)),
+            chosen.other.map(|a| (a, sport)),
             Some((chosen.addr, chosen.port)),
         )
         .is_err()
@@ -262,6 +269,7 @@ impl Pass<'_> {
             return Break(Verdict::Drop(DropReason::L4Truncated));
         }
         pkt.key.src = chosen.other.unwrap_or(pkt.key.src);
+        pkt.key.sport = sport;
         pkt.key.dst = chosen.addr;
         pkt.key.dport = chosen.port;
         Continue(None)
@@ -420,12 +428,51 @@ impl Pass<'_> {
         if let Some(t) = affinity {
             nat.set(&aff_key, Kind::Affinity, chosen, now, now + t);
         }
+        let mut chosen = chosen;
+        if hairpin.is_none() {
+            if let Some(port) = self.clash_port(pkt, &chosen) {
+                chosen.other = Some(pkt.key.src);
+                chosen.other_port = port;
+            }
+        }
         let idle = match pkt.key.proto {
             ip_proto::TCP => self.st.ct.timeouts().tcp_established,
             _ => self.st.ct.timeouts().udp_replied,
         };
         nat.set(&pkt.key, Kind::Forward, chosen, now, now + idle);
         Some(chosen)
+    }
+
+    /// A new flow's reply tuple (backend → client:sport) already belongs
+    /// to a live flow of *another* frontend (the client used the same
+    /// source port toward two ClusterIPs that share the backend): the
+    /// backend would see both as one connection (a TCP SYN meeting the
+    /// other's TIME_WAIT is refused until it ends), and the replies would
+    /// be restored to the other frontend. The new flow then leaves with a
+    /// free source port of this worker's share of the SNAT range (61000–
+    /// 65535, outside Linux's default ephemeral range), as Linux's NAT
+    /// remaps a clashing source port. `None`: no clash (the same frontend
+    /// again is the client reusing its own tuple: kept, as without NAT),
+    /// or no free port (the flow keeps its port, as before).
+    fn clash_port(&self, pkt: &Parsed, chosen: &Nat) -> Option<u16> {
+        let now = self.st.now_ns;
+        let reply = |port| crate::flow_key::FlowKey {
+            src: chosen.addr,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            sport: chosen.port,
+            dport: port,
+        };
+        // `until` = now: a look, not a refresh.
+        let owner = self
+            .st
+            .ct
+            .nat()
+            .get(&reply(pkt.key.sport), Kind::Reverse, now, now)?;
+        if owner.addr == pkt.key.dst && owner.port == pkt.key.dport && owner.other.is_none() {
+            return None;
+        }
+        self.free_port(tuple_hash(pkt), reply, Kind::Reverse)
     }
 
     /// Answers a flow to a frontend without endpoints: TCP RST, UDP ICMP
@@ -485,6 +532,17 @@ impl Pass<'_> {
             port: self.ingress,
             len,
         })
+    }
+}
+
+/// The source port a Service flow's packets leave with (`nat` a forward
+/// entry), or the destination port its replies are restored to (`nat` a
+/// reverse entry): the entry's `other_port` when the flow's port was
+/// remapped (`Pass::clash_port`), else the packet's own.
+fn source_port(nat: &Nat, port: u16) -> u16 {
+    match (nat.other, nat.other_port) {
+        (Some(_), p) if p != 0 => p,
+        _ => port,
     }
 }
 
