@@ -535,6 +535,10 @@ impl Daemon {
             services: Vec::new(),
             uplink: None,
             pod_rx_cpus: Some(crate::pod_rx::describe(&self.cluster.pod_rx_cpus)),
+            pod_rx_backlog_dropped: match self.cluster.pod_rx_cpus.as_slice() {
+                [] => None,
+                cpus => crate::pod_rx::backlog_dropped(cpus),
+            },
         }
     }
 

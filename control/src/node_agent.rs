@@ -580,8 +580,12 @@ impl NodeState {
             })
             .collect();
         json!({"cluster": CLUSTER, "generation": self.generation, "synced": self.synced,
-               "nodes": [node], "services": services, "uplink": self.uplink_note,
-               "pod_rx_cpus": crate::pod_rx::describe(&self.attached.pod_rx_cpus)})
+        "nodes": [node], "services": services, "uplink": self.uplink_note,
+        "pod_rx_cpus": crate::pod_rx::describe(&self.attached.pod_rx_cpus),
+        "pod_rx_backlog_dropped": match self.attached.pod_rx_cpus.as_slice() {
+            [] => None,
+            cpus => crate::pod_rx::backlog_dropped(cpus),
+        }})
     }
 }
 

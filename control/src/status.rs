@@ -15,7 +15,14 @@ pub fn render(v: &ClusterStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "cluster {}  generation {}", v.cluster, v.generation);
     if let Some(c) = &v.pod_rx_cpus {
-        let _ = writeln!(out, "pod RX steering (RPS, --pod-rx-cpus): {c}");
+        let _ = write!(out, "pod RX steering (RPS, --pod-rx-cpus): {c}");
+        if let Some(d) = v.pod_rx_backlog_dropped {
+            let _ = write!(
+                out,
+                "  (backlog drops on those CPUs since boot, node-wide: {d})"
+            );
+        }
+        out.push('\n');
     }
     for n in &v.nodes {
         let name = &n.node;

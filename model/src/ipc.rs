@@ -234,6 +234,11 @@ pub struct ClusterStatus {
     /// `--pod-rx-cpus`): `off` or a CPU list; absent from older daemons.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_rx_cpus: Option<String>,
+    /// With pod RX steering on: frames the kernel dropped because one of
+    /// those CPUs' input backlogs was full, since boot, node-wide
+    /// (`/proc/net/softnet_stat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_rx_backlog_dropped: Option<u64>,
 }
 
 /// One Service in force in [`ClusterStatus`].

@@ -77,6 +77,13 @@ fn pod_rx_cpus_are_set_shown_and_traffic_crosses_weir() {
             .join(",")
     };
     assert_eq!(st["pod_rx_cpus"], shown.as_str(), "{st}");
+    // The backlogs RPS queues to: their drops are shown (a number; none
+    // when steering is off).
+    assert_eq!(
+        st["pod_rx_backlog_dropped"].is_u64(),
+        !want.is_empty(),
+        "{st}"
+    );
     let text = c.weir(&["status"]);
     assert!(
         String::from_utf8_lossy(&text.stdout)
@@ -143,6 +150,7 @@ fn pod_rx_cpus_list_off_and_bad_values() {
         assert!(q.is_empty(), "RPS on with --pod-rx-cpus off: {q:?}");
     }
     assert_eq!(c.status()["pod_rx_cpus"], "off");
+    assert!(c.status()["pod_rx_backlog_dropped"].is_null());
     drop(c);
 
     // A CPU the machine lacks, or a word it does not know: one clear line, nothing up.
