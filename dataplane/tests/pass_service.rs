@@ -834,5 +834,25 @@ fn a_client_port_used_toward_two_cluster_ips_is_remapped_not_merged() {
         // A third ClusterIP flow on another client port: untouched.
         let out = run(&mut st, &s, &frame(0, client, vip_b, 30001, 80, syn), 0);
         assert_eq!(addrs(&out.bytes), (client, b, 30001, 8080), "{case}");
+        if tcp {
+            continue;
+        }
+        // The backend's ICMP error about B quotes client:p → b:8080; the
+        // client gets it from vip_b quoting what it sent (client:30000 →
+        // vip_b:80), byte for byte as etherparse builds it.
+        let quote = udp_ip(client, b, p, 8080, 63);
+        let err = icmp_err((pod_mac(1), port_mac(1)), b, client, 64, &quote);
+        let back = run(&mut st, &s, &err, 1);
+        assert!(
+            matches!(back.verdict, Verdict::Tx { port: 0, .. }),
+            "{case}: {:?}",
+            back.verdict
+        );
+        let as_sent = udp_ip(client, vip_b, 30000, 80, 63);
+        assert_eq!(
+            back.bytes,
+            icmp_err((port_mac(0), pod_mac(0)), vip_b, client, 63, &as_sent),
+            "{case}"
+        );
     }
 }

@@ -360,13 +360,23 @@ impl Pass<'_> {
         let Some(r) = self.st.ct.nat().get(&back, Kind::Reverse, now, now) else {
             return Continue(());
         };
-        if r.other.is_some() {
-            return Continue(());
-        }
+        // A flow whose source port was remapped (`clash_port`): the quote's
+        // source port goes back to the client's own too. Hairpin flows
+        // (their quote comes from the hairpin address) stay as they are.
+        let remapped = match (r.other, r.other_port) {
+            (Some(client), p) if p != 0 && client == q.src => Some((client, p)),
+            (None, _) => None,
+            _ => return Continue(()),
+        };
         let outer_src = (pkt.key.src == q.dst).then_some(r.addr);
         let to = (r.addr, r.port);
         if nat_icmp::translate_error(self.buf, pkt, outer_src, None, End::Dst, to).is_none() {
             return Break(Verdict::Drop(DropReason::L4Truncated));
+        }
+        if let Some(from) = remapped {
+            if nat_icmp::translate_error(self.buf, pkt, None, None, End::Src, from).is_none() {
+                return Break(Verdict::Drop(DropReason::L4Truncated));
+            }
         }
         if let Some(a) = outer_src {
             pkt.key.src = a;
