@@ -12,7 +12,8 @@
 //! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
 //!   same-run comparisons in interleaved rounds (median [min–max]): with the
 //!   conntrack prefetch stage ÷ without (and with the stage's hash handed
-//!   to the lookup ÷ hashed again), the table on huge pages ÷ on 4 KiB
+//!   to the lookup ÷ hashed again, and its parse handed to the pass's
+//!   stage 2 ÷ parsed again), the table on huge pages ÷ on 4 KiB
 //!   pages, an established flow under an L3/L4 policy (ingress: UDP ports
 //!   53–68 from pod a) ÷ no policy loaded, and 1M flows ÷ 1k flows per
 //!   round.
@@ -28,7 +29,7 @@
 //! independent reads: what a batch's prefetch can overlap), beside the
 //! same reads over 1k flows' worth of lines; and
 //!
-//!   conntrack_bench one FLOWS huge|small handoff|prefetch|plain [seconds]
+//!   conntrack_bench one FLOWS huge|small parse|handoff|prefetch|plain [seconds]
 //!
 //! runs one configuration of the pass for a while (for `perf stat` /
 //! `perf record` of one configuration).
@@ -271,11 +272,21 @@ enum Stage0 {
     Off,
     /// Prefetch, the lookup hashing the key again (before the handoff).
     Prefetch,
-    /// Prefetch, its hash handed to the lookup (what the worker runs).
+    /// Prefetch, its hash handed to the lookup (before the parse handoff).
     Handoff,
+    /// Prefetch, its hash handed to the lookup and its parse to stage 2
+    /// (what the worker runs).
+    Parse,
 }
 
-const STAGE0: [Stage0; 3] = [Stage0::Off, Stage0::Prefetch, Stage0::Handoff];
+const STAGE0: [Stage0; 4] = [
+    Stage0::Off,
+    Stage0::Prefetch,
+    Stage0::Handoff,
+    Stage0::Parse,
+];
+/// Configurations of stage 0 per table.
+const S0: usize = STAGE0.len();
 
 impl Batched {
     fn new(flows: u32, size: usize, huge: bool, policy: PolicySpec) -> Self {
@@ -305,6 +316,19 @@ impl Batched {
                 buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
             }
             let batch = &mut self.bufs[..chunk.len()];
+            if stage0 == Stage0::Parse {
+                // As the worker runs it.
+                self.st.stage0_clear();
+                for buf in batch.iter() {
+                    self.st.stage0_push(&buf[..64]);
+                }
+                for (i, buf) in batch.iter_mut().enumerate() {
+                    self.st.stage0_for(Some(i));
+                    let v = process(buf, 64, 0, &self.snap, &mut self.st);
+                    ok += u64::from(matches!(v, Verdict::Tx { .. }));
+                }
+                continue;
+            }
             let mut hints = [None; BATCH];
             if stage0 != Stage0::Off {
                 for (h, buf) in hints.iter_mut().zip(batch.iter()) {
@@ -338,7 +362,7 @@ fn stats(v: &mut [f64]) -> String {
 const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
 
 /// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
-/// policy, L3/L4 policy) × (the three [`Stage0`]s), all 36 in a rotating
+/// policy, L3/L4 policy) × (the four [`Stage0`]s), all 48 in a rotating
 /// order in each round, so that every ratio is taken within one round.
 fn compare(rounds: usize) {
     println!(
@@ -381,28 +405,28 @@ fn compare(rounds: usize) {
             );
         }
     }
-    // pps[round][table * 3 + stage 0]
-    let n = tables.len() * 3;
+    // pps[round][table * S0 + stage 0]
+    let n = tables.len() * S0;
     let mut pps: Vec<Vec<f64>> = Vec::new();
     for r in 0..rounds {
         let mut got = vec![0f64; n];
         for j in 0..n {
             let m = (j + r * 7) % n;
-            let b = &mut tables[m / 3];
+            let b = &mut tables[m / S0];
             // Repeat small tables so one sample is ≥ ~1M packets.
             let reps = (1_000_000 / b.ord.len()).max(1);
             let mut sum = 0.0;
             for _ in 0..reps {
-                sum += b.round(STAGE0[m % 3]);
+                sum += b.round(STAGE0[m % S0]);
             }
             got[m] = sum / reps as f64;
         }
         pps.push(got);
     }
     // Measurement index of (flow count, huge, policy, stage 0: 0 off, 1
-    // prefetch, 2 prefetch + hash handoff).
+    // prefetch, 2 prefetch + hash handoff, 3 + parse handoff).
     let ix = |f: usize, huge: bool, pol: bool, s0: usize| {
-        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 3 + s0
+        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * S0 + s0
     };
     let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
     let mpps = |a: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / 1e6).collect() };
@@ -412,22 +436,25 @@ fn compare(rounds: usize) {
         for huge in [false, true] {
             for pol in [false, true] {
                 println!(
-                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {} | +parse handoff {}",
                     pages(huge),
                     if pol { "L3/L4" } else { "no policy" },
                     stats(&mut mpps(ix(f, huge, pol, 0))),
                     stats(&mut mpps(ix(f, huge, pol, 1))),
-                    stats(&mut mpps(ix(f, huge, pol, 2)))
+                    stats(&mut mpps(ix(f, huge, pol, 2))),
+                    stats(&mut mpps(ix(f, huge, pol, 3)))
                 );
             }
         }
         for huge in [false, true] {
             println!(
-                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {}",
+                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {} | +parse handoff ÷ none {} | parse handoff ÷ hash handoff {}",
                 pages(huge),
                 stats(&mut ratio(ix(f, huge, false, 1), ix(f, huge, false, 0))),
                 stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 0))),
-                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1)))
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1))),
+                stats(&mut ratio(ix(f, huge, false, 3), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 3), ix(f, huge, false, 2)))
             );
         }
         println!(
@@ -437,30 +464,32 @@ fn compare(rounds: usize) {
             stats(&mut ratio(ix(f, true, false, 2), ix(f, false, false, 2)))
         );
         println!(
-            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {}",
+            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {} | +parse handoff {}",
             stats(&mut ratio(ix(f, true, true, 0), ix(f, true, false, 0))),
-            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2)))
+            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2))),
+            stats(&mut ratio(ix(f, true, true, 3), ix(f, true, false, 3)))
         );
     }
     let big = SIZES.len() - 1;
     println!("  1M flows ÷ 1k flows, per round:");
     for huge in [false, true] {
         println!(
-            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {}",
+            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {} | +parse handoff {}",
             pages(huge),
             stats(&mut ratio(ix(big, huge, false, 0), ix(0, huge, false, 0))),
             stats(&mut ratio(ix(big, huge, false, 1), ix(0, huge, false, 1))),
-            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2)))
+            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2))),
+            stats(&mut ratio(ix(big, huge, false, 3), ix(0, huge, false, 3)))
         );
     }
-    // As the worker runs it: stage 0 on the 1M table only (before this
-    // change: 4 KiB pages, no handoff; after: huge pages, handoff).
+    // As the worker runs it: stage 0 on the 1M table only (huge pages;
+    // before the parse handoff: hash handoff only).
     println!(
-        "    as the worker runs it (1M with stage 0 ÷ 1k without): before (4 KiB pages, prefetch) no policy {} | L3/L4 {}; after (huge pages, prefetch+handoff) no policy {} | L3/L4 {}",
-        stats(&mut ratio(ix(big, false, false, 1), ix(0, false, false, 0))),
-        stats(&mut ratio(ix(big, false, true, 1), ix(0, false, true, 0))),
+        "    as the worker runs it (1M with stage 0 ÷ 1k without, huge pages): hash handoff no policy {} | L3/L4 {}; + parse handoff no policy {} | L3/L4 {}",
         stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
-        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0)))
+        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 3), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 3), ix(0, true, true, 0)))
     );
 }
 
@@ -570,7 +599,9 @@ fn main() {
         let stage0 = match arg(4).as_deref() {
             Some("plain") => Stage0::Off,
             Some("prefetch") => Stage0::Prefetch,
-            _ => Stage0::Handoff,
+            Some("parse") => Stage0::Parse,
+            Some("handoff") => Stage0::Handoff,
+            _ => Stage0::Parse,
         };
         let secs = arg(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
         one(flows, huge, stage0, secs);
