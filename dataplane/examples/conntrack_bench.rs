@@ -12,7 +12,8 @@
 //! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
 //!   same-run comparisons in interleaved rounds (median [min–max]): with the
 //!   conntrack prefetch stage ÷ without (and with the stage's hash handed
-//!   to the lookup ÷ hashed again), the table on huge pages ÷ on 4 KiB
+//!   to the lookup ÷ hashed again, and its parse handed to the pass's
+//!   stage 2 ÷ parsed again), the table on huge pages ÷ on 4 KiB
 //!   pages, an established flow under an L3/L4 policy (ingress: UDP ports
 //!   53–68 from pod a) ÷ no policy loaded, and 1M flows ÷ 1k flows per
 //!   round.
@@ -28,7 +29,7 @@
 //! independent reads: what a batch's prefetch can overlap), beside the
 //! same reads over 1k flows' worth of lines; and
 //!
-//!   conntrack_bench one FLOWS huge|small handoff|prefetch|plain [seconds]
+//!   conntrack_bench one FLOWS huge|small parse|handoff|prefetch|plain [seconds]
 //!
 //! runs one configuration of the pass for a while (for `perf stat` /
 //! `perf record` of one configuration).
@@ -271,11 +272,21 @@ enum Stage0 {
     Off,
     /// Prefetch, the lookup hashing the key again (before the handoff).
     Prefetch,
-    /// Prefetch, its hash handed to the lookup (what the worker runs).
+    /// Prefetch, its hash handed to the lookup (before the parse handoff).
     Handoff,
+    /// Prefetch, its hash handed to the lookup and its parse to stage 2
+    /// (what the worker runs).
+    Parse,
 }
 
-const STAGE0: [Stage0; 3] = [Stage0::Off, Stage0::Prefetch, Stage0::Handoff];
+const STAGE0: [Stage0; 4] = [
+    Stage0::Off,
+    Stage0::Prefetch,
+    Stage0::Handoff,
+    Stage0::Parse,
+];
+/// Configurations of stage 0 per table.
+const S0: usize = STAGE0.len();
 
 impl Batched {
     fn new(flows: u32, size: usize, huge: bool, policy: PolicySpec) -> Self {
@@ -293,10 +304,13 @@ impl Batched {
         b
     }
 
-    /// One round over all flows; packets per second.
+    /// One round over all flows; packets per second of this thread's CPU
+    /// time (time the thread was descheduled does not count: on a shared
+    /// machine wall-clock rates varied by ±30 % between neighbouring
+    /// rounds; contention for the shared cache still counts).
     fn round(&mut self, stage0: Stage0) -> f64 {
         let pristine = frame();
-        let t = Instant::now();
+        let t = thread_cpu_ns();
         let mut ok = 0u64;
         for chunk in self.ord.chunks(BATCH) {
             for (buf, &i) in self.bufs.iter_mut().zip(chunk) {
@@ -305,6 +319,19 @@ impl Batched {
                 buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
             }
             let batch = &mut self.bufs[..chunk.len()];
+            if stage0 == Stage0::Parse {
+                // As the worker runs it.
+                self.st.stage0_clear();
+                for buf in batch.iter() {
+                    self.st.stage0_push(&buf[..64]);
+                }
+                for (i, buf) in batch.iter_mut().enumerate() {
+                    self.st.stage0_for(Some(i));
+                    let v = process(buf, 64, 0, &self.snap, &mut self.st);
+                    ok += u64::from(matches!(v, Verdict::Tx { .. }));
+                }
+                continue;
+            }
             let mut hints = [None; BATCH];
             if stage0 != Stage0::Off {
                 for (h, buf) in hints.iter_mut().zip(batch.iter()) {
@@ -320,12 +347,19 @@ impl Batched {
                 ok += u64::from(matches!(v, Verdict::Tx { .. }));
             }
         }
-        let secs = t.elapsed().as_secs_f64();
+        let secs = (thread_cpu_ns().saturating_sub(t)) as f64 / 1e9;
         if ok != self.ord.len() as u64 {
             println!("  (only {ok} of {} forwarded)", self.ord.len());
         }
-        ok as f64 / secs
+        ok as f64 / secs.max(1e-9)
     }
+}
+
+/// This thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn stats(v: &mut [f64]) -> String {
@@ -338,11 +372,11 @@ fn stats(v: &mut [f64]) -> String {
 const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
 
 /// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
-/// policy, L3/L4 policy) × (the three [`Stage0`]s), all 36 in a rotating
+/// policy, L3/L4 policy) × (the four [`Stage0`]s), all 48 in a rotating
 /// order in each round, so that every ratio is taken within one round.
 fn compare(rounds: usize) {
     println!(
-        "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max]:"
+        "pass in batches of 64 (UDP 64 B, conntrack hit), 1 core, {rounds} interleaved rounds, median [min–max], rates per second of the thread's CPU time:"
     );
     let before = anon_huge_kb();
     // cfg index: f * 4 + huge * 2 + policy; each run with the three stage 0s.
@@ -381,28 +415,28 @@ fn compare(rounds: usize) {
             );
         }
     }
-    // pps[round][table * 3 + stage 0]
-    let n = tables.len() * 3;
+    // pps[round][table * S0 + stage 0]
+    let n = tables.len() * S0;
     let mut pps: Vec<Vec<f64>> = Vec::new();
     for r in 0..rounds {
         let mut got = vec![0f64; n];
         for j in 0..n {
             let m = (j + r * 7) % n;
-            let b = &mut tables[m / 3];
+            let b = &mut tables[m / S0];
             // Repeat small tables so one sample is ≥ ~1M packets.
             let reps = (1_000_000 / b.ord.len()).max(1);
             let mut sum = 0.0;
             for _ in 0..reps {
-                sum += b.round(STAGE0[m % 3]);
+                sum += b.round(STAGE0[m % S0]);
             }
             got[m] = sum / reps as f64;
         }
         pps.push(got);
     }
     // Measurement index of (flow count, huge, policy, stage 0: 0 off, 1
-    // prefetch, 2 prefetch + hash handoff).
+    // prefetch, 2 prefetch + hash handoff, 3 + parse handoff).
     let ix = |f: usize, huge: bool, pol: bool, s0: usize| {
-        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * 3 + s0
+        (f * 4 + usize::from(huge) * 2 + usize::from(pol)) * S0 + s0
     };
     let ratio = |a: usize, b: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / g[b]).collect() };
     let mpps = |a: usize| -> Vec<f64> { pps.iter().map(|g| g[a] / 1e6).collect() };
@@ -412,22 +446,25 @@ fn compare(rounds: usize) {
         for huge in [false, true] {
             for pol in [false, true] {
                 println!(
-                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {}",
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {} | +parse handoff {}",
                     pages(huge),
                     if pol { "L3/L4" } else { "no policy" },
                     stats(&mut mpps(ix(f, huge, pol, 0))),
                     stats(&mut mpps(ix(f, huge, pol, 1))),
-                    stats(&mut mpps(ix(f, huge, pol, 2)))
+                    stats(&mut mpps(ix(f, huge, pol, 2))),
+                    stats(&mut mpps(ix(f, huge, pol, 3)))
                 );
             }
         }
         for huge in [false, true] {
             println!(
-                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {}",
+                "    {}, no policy: prefetch ÷ none {} | prefetch+handoff ÷ none {} | handoff ÷ prefetch {} | +parse handoff ÷ none {} | parse handoff ÷ hash handoff {}",
                 pages(huge),
                 stats(&mut ratio(ix(f, huge, false, 1), ix(f, huge, false, 0))),
                 stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 0))),
-                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1)))
+                stats(&mut ratio(ix(f, huge, false, 2), ix(f, huge, false, 1))),
+                stats(&mut ratio(ix(f, huge, false, 3), ix(f, huge, false, 0))),
+                stats(&mut ratio(ix(f, huge, false, 3), ix(f, huge, false, 2)))
             );
         }
         println!(
@@ -437,30 +474,32 @@ fn compare(rounds: usize) {
             stats(&mut ratio(ix(f, true, false, 2), ix(f, false, false, 2)))
         );
         println!(
-            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {}",
+            "    L3/L4 ÷ no policy, huge pages: no stage 0 {} | prefetch+handoff {} | +parse handoff {}",
             stats(&mut ratio(ix(f, true, true, 0), ix(f, true, false, 0))),
-            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2)))
+            stats(&mut ratio(ix(f, true, true, 2), ix(f, true, false, 2))),
+            stats(&mut ratio(ix(f, true, true, 3), ix(f, true, false, 3)))
         );
     }
     let big = SIZES.len() - 1;
     println!("  1M flows ÷ 1k flows, per round:");
     for huge in [false, true] {
         println!(
-            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {}",
+            "    {}, same stage 0 both: none {} | prefetch {} | prefetch+handoff {} | +parse handoff {}",
             pages(huge),
             stats(&mut ratio(ix(big, huge, false, 0), ix(0, huge, false, 0))),
             stats(&mut ratio(ix(big, huge, false, 1), ix(0, huge, false, 1))),
-            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2)))
+            stats(&mut ratio(ix(big, huge, false, 2), ix(0, huge, false, 2))),
+            stats(&mut ratio(ix(big, huge, false, 3), ix(0, huge, false, 3)))
         );
     }
-    // As the worker runs it: stage 0 on the 1M table only (before this
-    // change: 4 KiB pages, no handoff; after: huge pages, handoff).
+    // As the worker runs it: stage 0 on the 1M table only (huge pages;
+    // before the parse handoff: hash handoff only).
     println!(
-        "    as the worker runs it (1M with stage 0 ÷ 1k without): before (4 KiB pages, prefetch) no policy {} | L3/L4 {}; after (huge pages, prefetch+handoff) no policy {} | L3/L4 {}",
-        stats(&mut ratio(ix(big, false, false, 1), ix(0, false, false, 0))),
-        stats(&mut ratio(ix(big, false, true, 1), ix(0, false, true, 0))),
+        "    as the worker runs it (1M with stage 0 ÷ 1k without, huge pages): hash handoff no policy {} | L3/L4 {}; + parse handoff no policy {} | L3/L4 {}",
         stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
-        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0)))
+        stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 3), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 3), ix(0, true, true, 0)))
     );
 }
 
@@ -546,14 +585,16 @@ fn one(flows: u32, huge: bool, stage0: Stage0, secs: f64) {
         anon_huge_kb().unwrap_or(0)
     );
     let t = Instant::now();
+    let cpu = thread_cpu_ns();
     let mut packets = 0u64;
     while t.elapsed().as_secs_f64() < secs {
         b.round(stage0);
         packets += u64::from(flows);
     }
     println!(
-        "{packets} packets, {:.2} Mpps",
-        packets as f64 / t.elapsed().as_secs_f64() / 1e6
+        "{packets} packets, {:.2} Mpps, {:.2} Mpps per CPU second",
+        packets as f64 / t.elapsed().as_secs_f64() / 1e6,
+        packets as f64 / ((thread_cpu_ns() - cpu) as f64 / 1e9) / 1e6
     );
 }
 
@@ -570,7 +611,9 @@ fn main() {
         let stage0 = match arg(4).as_deref() {
             Some("plain") => Stage0::Off,
             Some("prefetch") => Stage0::Prefetch,
-            _ => Stage0::Handoff,
+            Some("parse") => Stage0::Parse,
+            Some("handoff") => Stage0::Handoff,
+            _ => Stage0::Parse,
         };
         let secs = arg(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
         one(flows, huge, stage0, secs);

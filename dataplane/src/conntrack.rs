@@ -686,8 +686,9 @@ impl Conntrack {
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
     /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
     /// table the lines of the flows in use mostly stay in cache, and the
-    /// stage (a second parse and hash per frame) cost the pass ~0.7× its
-    /// rate at 1k flows in `conntrack_bench` (docs/performance.md).
+    /// stage cost the pass ~0.75× its rate at 1k flows in `conntrack_bench`,
+    /// still ~0.8× with its parse and hash handed to the pass
+    /// (docs/performance.md).
     pub fn prefetch_pays(&self) -> bool {
         self.capacity() >= PREFETCH_FROM
     }

@@ -5,16 +5,19 @@
 #![allow(unsafe_code)]
 
 /// Starts loading the cache line `offset` bytes into `r` into the cache,
-/// in the state for writing (PREFETCHW: the conntrack lines are written,
-/// the lock's word and the entry's state; a CPU without PREFETCHW treats
-/// it as a no-op). A no-op on architectures other than x86_64.
+/// asking for it in the state for writing (the conntrack lines are
+/// written: the lock's word and the entry's state). The intrinsic becomes
+/// PREFETCHW only when the build targets the `prfchw` feature (e.g.
+/// `-C target-cpu=native` on a CPU with it); the default x86-64 build
+/// emits PREFETCHT0 (a load into all cache levels; checked with objdump
+/// of `conntrack_bench`). A no-op on architectures other than x86_64.
 #[inline(always)]
 pub fn prefetch_at<T>(r: &T, offset: usize) {
     let p = (r as *const T).cast::<u8>().wrapping_add(offset);
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        // SAFETY: PREFETCHW (or a no-op where absent) is a hint: it
+        // SAFETY: a prefetch (PREFETCHW or PREFETCHT0) is a hint: it
         // reads no value into the program, writes nothing and never
         // faults, whatever the address; `p` is computed without
         // dereferencing (callers keep it inside `r` anyway).

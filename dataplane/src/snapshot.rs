@@ -5,6 +5,19 @@
 use crate::policy::{CompiledPolicy, PolicyError, PolicySpec};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+
+/// The snapshot's lookup maps, read by the pass per packet (endpoints by
+/// address, Service frontends, tunnel peers and routes, uplink prefixes):
+/// hashed with foldhash (`fast::RandomState`, seeded per process) instead
+/// of std's SipHash-1-3, which was 4–8 % of the pass at 1k flows (perf of
+/// `conntrack_bench`, docs/performance.md). foldhash is not built to resist
+/// HashDoS, and needs not here: the keys *stored* are the control plane's
+/// (pod, Service, node addresses and prefixes), so a packet can only probe
+/// them, and a probe costs at most the chain its hash lands on, which
+/// addresses from the API server decide. Maps keyed by what packets bring
+/// (the L7 flows, conntrack) keep their own hashing.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Index of a managed interface in [`SnapshotSpec::ports`].
@@ -287,7 +300,7 @@ pub enum SnapshotError {
 /// prefix length present (at most 33 probes).
 #[derive(Debug, Clone, Default)]
 pub struct PrefixSet4 {
-    by_len: Vec<(u8, HashSet<u32>)>,
+    by_len: Vec<(u8, Set<u32>)>,
 }
 
 /// A short list of IPv6 prefixes (the cluster ranges: a handful), looked
@@ -326,14 +339,14 @@ impl PrefixSet6 {
 
 impl PrefixSet4 {
     fn build(what: &str, cidrs: &[(IpAddr, u8)]) -> Result<Self, SnapshotError> {
-        let mut by_len: Vec<(u8, HashSet<u32>)> = Vec::new();
+        let mut by_len: Vec<(u8, Set<u32>)> = Vec::new();
         for &(a, len) in cidrs {
             match a {
                 IpAddr::V4(a) if len <= 32 => {
                     let i = match by_len.iter().position(|e| e.0 == len) {
                         Some(i) => i,
                         None => {
-                            by_len.push((len, HashSet::new()));
+                            by_len.push((len, Set::default()));
                             by_len.len() - 1
                         }
                     };
@@ -393,30 +406,30 @@ pub type FrontendKey = (IpAddr, u8, u16);
 /// and per frontend a Maglev table over its active backends.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceTables {
-    by_key: HashMap<FrontendKey, u32>,
+    by_key: Map<FrontendKey, u32>,
     /// Every ClusterIP (a packet to one on a port no frontend has is not
     /// a Service flow: it is refused like one without endpoints).
-    ips: HashSet<IpAddr>,
+    ips: Set<IpAddr>,
     /// Every backend (address, proto, port) of every frontend, active or
     /// not: only a packet from one can be a Service reply, so other
     /// traffic skips the NAT table (and its lock).
-    backends: HashSet<FrontendKey>,
+    backends: Set<FrontendKey>,
     /// Per frontend: Maglev entries, each an index into its `backends`.
     maglev: Vec<Vec<u16>>,
     /// (proto, nodePort) → frontend.
-    node_ports: HashMap<(u8, u16, bool), u32>,
+    node_ports: Map<(u8, u16, bool), u32>,
     /// The external frontends' addresses (`ServiceFrontend::external`).
-    externals: HashSet<IpAddr>,
+    externals: Set<IpAddr>,
 }
 
 impl ServiceTables {
     fn build(fronts: &[ServiceFrontend]) -> Result<Self, SnapshotError> {
-        let mut by_key = HashMap::with_capacity(fronts.len());
-        let mut ips = HashSet::new();
-        let mut backends = HashSet::new();
+        let mut by_key = Map::with_capacity_and_hasher(fronts.len(), Default::default());
+        let mut ips = Set::default();
+        let mut backends = Set::default();
         let mut maglev = Vec::with_capacity(fronts.len());
-        let mut node_ports = HashMap::new();
-        let mut externals = HashSet::new();
+        let mut node_ports = Map::default();
+        let mut externals = Set::default();
         for (i, f) in fronts.iter().enumerate() {
             let err = |m: String| SnapshotError::Service(f.service.clone(), m);
             if let Some(np) = f.node_port {
@@ -557,9 +570,9 @@ pub struct TunnelTables {
     /// Inner MTU (IP packet size) toward peers: underlay MTU − the largest
     /// encapsulation overhead of this encap.
     pub inner_mtu: u16,
-    by_ip: HashMap<Ipv4Addr, u32>,
-    v4: Vec<(u8, HashMap<u32, u32>)>,
-    v6: Vec<(u8, HashMap<u128, u32>)>,
+    by_ip: Map<Ipv4Addr, u32>,
+    v4: Vec<(u8, Map<u32, u32>)>,
+    v6: Vec<(u8, Map<u128, u32>)>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -595,12 +608,12 @@ impl TunnelTables {
                 t.underlay.mtu
             ));
         }
-        let mut by_ip = HashMap::new();
+        let mut by_ip = Map::default();
         let mut names = HashSet::new();
         // (family, first, last, peer) of every CIDR, for the overlap check.
         let mut ranges: Vec<(u8, u128, u128, u32)> = Vec::new();
-        let mut v4: Vec<(u8, HashMap<u32, u32>)> = Vec::new();
-        let mut v6: Vec<(u8, HashMap<u128, u32>)> = Vec::new();
+        let mut v4: Vec<(u8, Map<u32, u32>)> = Vec::new();
+        let mut v6: Vec<(u8, Map<u128, u32>)> = Vec::new();
         for (i, p) in t.peers.iter().enumerate() {
             let idx = i as u32;
             if !names.insert(p.node.as_str()) {
@@ -624,7 +637,7 @@ impl TunnelTables {
                         let i = match v4.iter().position(|e| e.0 == len) {
                             Some(i) => i,
                             None => {
-                                v4.push((len, HashMap::new()));
+                                v4.push((len, Map::default()));
                                 v4.len() - 1
                             }
                         };
@@ -637,7 +650,7 @@ impl TunnelTables {
                         let i = match v6.iter().position(|e| e.0 == len) {
                             Some(i) => i,
                             None => {
-                                v6.push((len, HashMap::new()));
+                                v6.push((len, Map::default()));
                                 v6.len() - 1
                             }
                         };
@@ -697,8 +710,8 @@ impl TunnelTables {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub spec: SnapshotSpec,
-    by_v4: HashMap<Ipv4Addr, u32>,
-    by_v6: HashMap<Ipv6Addr, u32>,
+    by_v4: Map<Ipv4Addr, u32>,
+    by_v6: Map<Ipv6Addr, u32>,
     /// Endpoint index behind each port, if any (a port holds one pod).
     by_port: Vec<Option<u32>>,
     policy: CompiledPolicy,
@@ -720,8 +733,8 @@ impl Snapshot {
         if spec.ports.len() > max_ports {
             return Err(SnapshotError::TooManyPorts(spec.ports.len()));
         }
-        let mut by_v4 = HashMap::new();
-        let mut by_v6 = HashMap::new();
+        let mut by_v4 = Map::default();
+        let mut by_v6 = Map::default();
         let mut by_port = vec![None; spec.ports.len()];
         for (i, ep) in spec.endpoints.iter().enumerate() {
             let idx = i as u32;

@@ -153,10 +153,6 @@ pub struct Worker {
     /// Multi-buffer (the UMEM's sockets bound `XDP_USE_SG`): the batch's
     /// chains and the linear buffer ([`multibuf`]). `None`: off.
     chains: Option<Box<multibuf::Chains>>,
-    /// Stage 0's conntrack hash of each received frame of the batch, for
-    /// its lookup in the pass (empty when stage 0 did not run);
-    /// preallocated to the RX batch.
-    ct_hints: Vec<Option<crate::conntrack::CtHint>>,
 }
 
 /// A received frame after the batch's WireGuard open.
@@ -335,7 +331,6 @@ impl Worker {
             wg_out: Vec::with_capacity(batch),
             wg_addrs: Vec::with_capacity(batch),
             chains,
-            ct_hints: Vec::with_capacity(rx_cap),
             cfg,
         }
         .with_hold_queues()
@@ -734,21 +729,20 @@ impl Worker {
             // Stage 0: the batch's conntrack lines in flight at once
             // (large tables only: on a small one it costs more than it
             // saves).
-            // The hashes it computed go to the lookups (one hash a frame).
-            self.ct_hints.clear();
+            // The hashes and parses it made go to the pass (one parse and
+            // one hash a frame).
+            self.state.stage0_clear();
             if self.state.conntrack().prefetch_pays() {
                 for d in rx.iter_mut() {
-                    let st = &self.state;
-                    let hints = &mut self.ct_hints;
+                    let st = &mut self.state;
                     self.umem.with_frame(d, |buf, len| {
-                        hints.push(pass::prefetch_hint(buf.get(..len).unwrap_or_default(), st));
+                        st.stage0_push(buf.get(..len).unwrap_or_default());
                         ((), len)
                     });
                 }
             }
             for (i, mut d) in rx.drain(..).enumerate() {
-                let hint = self.ct_hints.get(i).copied().flatten();
-                self.state.set_ct_hint(hint);
+                self.state.stage0_for(Some(i));
                 let tails = self.chain_tails(i);
                 if tails > 0 {
                     let wg = self.wg_in.get(i).copied();

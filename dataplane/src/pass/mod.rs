@@ -7,14 +7,18 @@
 //!    before the batch's first frame is judged; [`prefetch()`]): parse each
 //!    frame and start loading its conntrack bucket and entry lines, so a
 //!    table far larger than the cache costs no serial memory waits; each
-//!    frame's hash goes to its lookup ([`WorkerState::set_ct_hint`]). A hint
-//!    only: no verdict or state depends on it. The worker runs it on tables
-//!    of ≥ 1M entries only (`Conntrack::prefetch_pays`).
+//!    frame's hash goes to its lookup, and its parse to stage 2
+//!    ([`WorkerState::stage0_push`], [`WorkerState::stage0_for`]), used
+//!    there only if the frame is still
+//!    the bytes stage 0 parsed. A hint only: no verdict or state depends on
+//!    it. The worker runs it on tables of ≥ 1M entries only
+//!    (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
 //!    outer headers and unwrap the inner frame; remember the sending peer
 //!    and the source identity the header carried.
 //! 2. **Parse** (`parse.rs`): Ethernet, IPv4/IPv6 (with extension headers),
-//!    the L4 header; the [`FlowKey`] and where a fragment sits.
+//!    the L4 header; the [`FlowKey`] and where a fragment sits (or stage
+//!    0's parse of the same bytes, [`Stage0::parsed_for`]).
 //! 3. **Source** (`route.rs`): a pod's frame carries its own address; a
 //!    peer's carries an address of that peer's pod CIDRs.
 //!    Then **Services** (`service.rs`): DNAT of new flows to a ClusterIP
@@ -147,7 +151,9 @@ mod tunnel;
 
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
-pub use prefetch::{prefetch, prefetch_hint};
+pub use prefetch::{
+    prefetch, prefetch_hint, stage0, Stage0, HEAD as STAGE0_HEAD, HEAD_AT as STAGE0_HEAD_AT,
+};
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
@@ -270,8 +276,13 @@ impl Pass<'_> {
             _ => sender,
         };
         self.one_way = matches!(sender, Sender::Outside);
-        // 2.
-        let mut pkt = parse(self.buf.get(..len).unwrap_or_default())?;
+        // 2. (Stage 0's parse, when this frame is still the bytes it
+        //    parsed.)
+        let frame = self.buf.get(..len).unwrap_or_default();
+        let mut pkt = match self.st.stage0().and_then(|s| s.parsed_for(frame)) {
+            Some(p) => p,
+            None => parse(frame)?,
+        };
         // 2b. From the world: a reply goes back to its pod (reverse SNAT),
         //     a node-port flow to its backend (DNAT, maybe SNAT).
         if let Sender::World = sender {

@@ -48,6 +48,12 @@ pub struct WorkerState {
     /// The conntrack hash stage 0 computed for the frame being judged
     /// ([`WorkerState::set_ct_hint`]).
     pub(super) ct_hint: Option<crate::conntrack::CtHint>,
+    /// What stage 0 learned about each frame of the batch
+    /// ([`WorkerState::stage0_push`]; kept here, not moved per frame: a
+    /// [`super::Stage0`] is ~200 bytes), and which of them is the frame
+    /// being judged ([`WorkerState::stage0_for`]).
+    pub(super) stage0s: Vec<Option<super::Stage0>>,
+    pub(super) stage0_at: Option<usize>,
 }
 
 /// Flows under HTTP rules one worker inspects at once, by default.
@@ -418,6 +424,8 @@ impl WorkerState {
             wg_seal: None,
             wg_opened: false,
             ct_hint: None,
+            stage0s: Vec::with_capacity(64),
+            stage0_at: None,
         }
     }
 
@@ -426,6 +434,44 @@ impl WorkerState {
     /// only if the frame's key is the hinted one.
     pub fn set_ct_hint(&mut self, hint: Option<crate::conntrack::CtHint>) {
         self.ct_hint = hint;
+        self.stage0_at = None;
+    }
+
+    /// Stage 0 over a new batch: forgets the last batch's frames.
+    pub fn stage0_clear(&mut self) {
+        self.stage0s.clear();
+        self.stage0_at = None;
+        self.ct_hint = None;
+    }
+
+    /// Stage 0 ([`super::stage0`]) for the batch's next frame (index: the
+    /// number of frames pushed since [`stage0_clear`](Self::stage0_clear)).
+    pub fn stage0_push(&mut self, frame: &[u8]) {
+        let s = super::stage0(frame, self);
+        self.stage0s.push(s);
+    }
+
+    /// The next frame the pass judges is the batch's `i`-th (`None`, or a
+    /// frame stage 0 did not push or prefetch: no hint). Its conntrack hint
+    /// goes to the lookup (as [`set_ct_hint`](Self::set_ct_hint)) and its
+    /// parse to stage 2, which uses it only if the frame is still the
+    /// bytes stage 0 parsed ([`super::Stage0::parsed_for`]).
+    pub fn stage0_for(&mut self, i: Option<usize>) {
+        self.stage0_at = i;
+        self.ct_hint = self.stage0().map(|s| s.ct_hint());
+    }
+
+    /// [`stage0_for`](Self::stage0_for) with a hint made by the caller
+    /// ([`super::stage0`], on this frame or, in tests, on another one).
+    pub fn set_stage0(&mut self, hint: Option<super::Stage0>) {
+        self.stage0s.clear();
+        self.stage0s.push(hint);
+        self.stage0_for(Some(0));
+    }
+
+    /// Stage 0's result for the frame being judged, if any.
+    pub(super) fn stage0(&self) -> Option<&super::Stage0> {
+        self.stage0s.get(self.stage0_at?)?.as_ref()
     }
 
     /// This worker is worker `index` of `workers`: it allocates SNAT ports
