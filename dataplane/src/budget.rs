@@ -10,9 +10,9 @@
 //!   not: by default 64, one NAPI poll's worth (veth and most drivers hand
 //!   XDP at most 64 frames per poll, so a burst arriving while the worker is
 //!   off the core still finds frames);
-//! - a socket that drains half of its ring between two visits has its target
-//!   doubled, up to **hot** (half the ring), and is topped up right after its
-//!   RX, before its batch is processed; a socket that received nothing for
+//! - a socket that drains half of what it had lent between two visits goes
+//!   to the **hot** target at once (the whole ring), and is topped up right
+//!   after its RX, before its batch is processed; a socket that received nothing for
 //!   2 s (8 publish intervals) falls back to the floor (its extra frames come back as
 //!   it receives, and are not replaced);
 //! - top-ups above the floor stop while the free list is down to the
@@ -33,8 +33,10 @@ pub const DEFAULT_FILL_FLOOR: u32 = 64;
 /// Pods a node is planned for by default (kubelet's `--max-pods` default).
 pub const DEFAULT_MAX_PODS: u32 = 110;
 
-/// Sockets that may run at the hot target at once within the plan.
-const HOT_SOCKETS: u32 = 8;
+/// Sockets that may run at the hot target at once within the plan (4 at
+/// the full ring take the room 8 took at half of it, before the hot
+/// target became the whole ring).
+const HOT_SOCKETS: u32 = 4;
 
 /// Sockets whose floors the reserve can restore at once.
 const RESERVE_SOCKETS: u32 = 32;
@@ -60,7 +62,7 @@ impl FrameBudget {
     /// the reserve.
     pub fn plan(sockets: u32, floor: u32, ring_size: u32) -> FrameBudget {
         let floor = floor.clamp(1, ring_size);
-        let hot = (ring_size / 2).max(floor);
+        let hot = ring_size;
         let reserve = RESERVE_SOCKETS * floor;
         FrameBudget {
             frames: sockets.max(1) * floor + HOT_SOCKETS * (hot - floor) + reserve,
@@ -74,7 +76,7 @@ impl FrameBudget {
     /// A budget for a UMEM of `frames` frames given by configuration.
     pub fn fixed(frames: u32, floor: u32, ring_size: u32) -> FrameBudget {
         let floor = floor.clamp(1, ring_size);
-        let hot = (ring_size / 2).max(floor);
+        let hot = ring_size;
         let reserve = (RESERVE_SOCKETS * floor).min(frames / 8);
         FrameBudget {
             frames,
@@ -91,6 +93,36 @@ impl FrameBudget {
     pub fn floor_for(&self, live: usize) -> usize {
         let avail = self.frames.saturating_sub(self.reserve) as usize;
         (avail / live.max(1)).clamp(1, self.floor as usize)
+    }
+
+    /// A socket's fill target after a visit that received `n` of the
+    /// `before` frames lent to its fill ring, and how many free frames to
+    /// lend it now (of `free`, with `floor` the live sockets' floor).
+    ///
+    /// A socket that drained half of what it had lent since the last
+    /// visit goes to the hot target at once: under TCP bulk the next burst
+    /// (a kick's worth of ACKs releasing a window of segments, or a
+    /// co-located node's worker sending while this one is off its core) is
+    /// as large as the last, and doubling over visits met it with half a
+    /// ring. Above the floor, top-ups leave the reserve alone.
+    pub fn top_up(
+        &self,
+        target: usize,
+        before: usize,
+        n: usize,
+        floor: usize,
+        free: usize,
+    ) -> (usize, usize) {
+        let in_fill = before.saturating_sub(n);
+        let target = match 2 * n >= before {
+            true => (self.hot as usize).max(target),
+            false => target,
+        };
+        let want = target.saturating_sub(in_fill);
+        let above_floor = target.saturating_sub(floor.max(in_fill));
+        let spare = free.saturating_sub(self.reserve as usize);
+        // Down to the reserve: the floor only.
+        (target, want - above_floor.saturating_sub(spare))
     }
 
     /// Bytes of locked memory the UMEM takes with `frame_size`-byte frames.
@@ -115,15 +147,16 @@ mod tests {
         // A full node: 110 pods, 2 queues, one worker: 220 sockets.
         let b = FrameBudget::plan(220, DEFAULT_FILL_FLOOR, 1024);
         assert_eq!(b.floor, 64);
-        assert_eq!(b.hot, 512);
+        // The whole fill ring.
+        assert_eq!(b.hot, 1024);
         assert_eq!(b.reserve, 32 * 64);
-        assert_eq!(b.frames, 220 * 64 + 8 * (512 - 64) + 32 * 64);
+        assert_eq!(b.frames, 220 * 64 + 4 * (1024 - 64) + 32 * 64);
         assert_eq!(b.floor_for(220), 64);
-        // 77 MiB of 4 KiB frames.
-        assert_eq!(b.bytes(4096), 19_712 * 4096);
+        // 78 MiB of 4 KiB frames.
+        assert_eq!(b.bytes(4096), 19_968 * 4096);
         // The frames left after every floor and the reserve are the hot room.
         let hot_room = b.frames - 220 * b.floor - b.reserve;
-        assert_eq!(hot_room, 8 * (b.hot - b.floor));
+        assert_eq!(hot_room, 4 * (b.hot - b.floor));
     }
 
     #[test]
@@ -144,8 +177,30 @@ mod tests {
         assert_eq!(b.planned_sockets, (2048 - 256) / 64);
         assert_eq!(b.floor_for(2), 64);
         let small = FrameBudget::fixed(256, 64, 128);
-        assert_eq!(small.hot, 64);
+        assert_eq!(small.hot, 128);
         assert_eq!(small.floor_for(8), (256 - 32) / 8);
+    }
+
+    #[test]
+    fn a_draining_socket_goes_hot_at_once() {
+        let b = FrameBudget::plan(10, 64, 1024);
+        let free = b.frames as usize;
+        // A floor socket that received 40 of its 64: hot, topped up to the ring.
+        assert_eq!(b.top_up(64, 64, 40, 64, free), (1024, 1024 - 24));
+        // All of them (the ring ran dry): the same.
+        assert_eq!(b.top_up(64, 64, 64, 64, free), (1024, 1024));
+        // Less than half: the target stays, the received frames come back.
+        assert_eq!(b.top_up(64, 64, 20, 64, free), (64, 20));
+        assert_eq!(b.top_up(1024, 1024, 100, 64, free), (1024, 100));
+        // Down to the reserve: back to the floor only.
+        let r = b.reserve as usize;
+        assert_eq!(b.top_up(64, 64, 64, 64, r), (1024, 64));
+        // Some spare above the reserve: that much above the floor.
+        assert_eq!(b.top_up(64, 64, 64, 64, r + 100), (1024, 164));
+        // In between: in_fill above the floor keeps its frames.
+        assert_eq!(b.top_up(1024, 1024, 600, 64, r), (1024, 0));
+        // Never below what the socket had: a nonsense visit lends nothing.
+        assert_eq!(b.top_up(64, 0, 0, 64, free).0, 1024);
     }
 
     #[test]

@@ -693,21 +693,17 @@ impl Worker {
             slot.in_fill = before.saturating_sub(n);
             slot.rx_recent += n as u64;
             // Demand: a socket that drained half its fill ring since the
-            // last visit gets a bigger target. Top it up now, before its
-            // batch is processed, so that the kernel keeps finding frames.
-            if 2 * n >= before {
-                slot.target = (2 * slot.target).min(self.cfg.budget.hot as usize);
-            }
-            let mut want = slot.target.saturating_sub(slot.in_fill);
-            let above_floor = slot.target.saturating_sub(self.floor.max(slot.in_fill));
-            let spare = self
-                .frames
-                .free_count()
-                .saturating_sub(self.cfg.budget.reserve as usize);
-            if above_floor > spare {
-                // Down to the reserve: the floor only.
-                want -= above_floor - spare;
-            }
+            // last visit goes to the hot target at once. Top it up now,
+            // before its batch is processed, so that the kernel keeps
+            // finding frames ([`FrameBudget::top_up`]).
+            let (target, want) = self.cfg.budget.top_up(
+                slot.target,
+                before,
+                n,
+                self.floor,
+                self.frames.free_count(),
+            );
+            slot.target = target;
             slot.in_fill += slot.sock.refill(s, &mut self.frames, want);
             total += n;
             let pass_t0 = match (rx_wait, self.breakdown.as_deref_mut()) {

@@ -4,9 +4,13 @@
 //! order within a round alternating: inter-node 64-byte UDP pps, TCP bulk
 //! (iperf3) and TCP RR p50/p99, per round B ÷ A. Made to measure one change
 //! of the overlay's per-frame path against the binary before it (issue 22,
-//! part 4: encapsulation without the memmove). Every sample proves the
-//! traffic crossed weir (its workers' rx counters moved), else it is an
-//! error, not a number.
+//! part 4: encapsulation without the memmove). `--path intra` measures
+//! the same between app3 and app2 on n1 instead (one node, no overlay).
+//! Beside the bulk figure each sample records what the fill rings did
+//! during the bulk transfer alone (the kernel's `fill_ring_empty`, the
+//! retransmits; [`FillCounters`]). Every sample proves the traffic crossed
+//! weir (its workers' rx counters moved), else it is an error, not a
+//! number.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -17,8 +21,8 @@ use anyhow::Context;
 use crate::report::Host;
 use crate::rounds::cell;
 use crate::stop;
-use crate::weir::{Counters, WeirCluster};
-use crate::wireguard::{self, WgOptions, WgReport, WgSample};
+use crate::weir::{Counters, FillCounters, WeirCluster};
+use crate::wireguard::{self, Getter, WgOptions, WgReport, WgSample};
 
 /// The run's parameters: `wg`'s windows, cores and mode, the two binaries
 /// and the encapsulation.
@@ -29,6 +33,44 @@ pub struct AbOptions {
     pub b: PathBuf,
     /// `vxlan` or `geneve` (`weir up --encap`).
     pub encap: String,
+    /// Between the nodes (app2 on n1 → app1 on n2), or on one node (app3
+    /// → app2, both on n1).
+    pub path: AbPath,
+}
+
+/// Which two pods `encap-ab` measures between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbPath {
+    Inter,
+    Intra,
+}
+
+impl std::str::FromStr for AbPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "inter" => Ok(AbPath::Inter),
+            "intra" => Ok(AbPath::Intra),
+            _ => Err(format!("{s}: expected inter or intra")),
+        }
+    }
+}
+
+impl AbPath {
+    /// (source, destination) pod names.
+    fn pods(self) -> (&'static str, &'static str) {
+        match self {
+            AbPath::Inter => ("app2", "app1"),
+            AbPath::Intra => ("app3", "app2"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            AbPath::Inter => "two nodes, app2 (n1) → app1 (n2)",
+            AbPath::Intra => "one node, app3 → app2 (both on n1; the overlay idle)",
+        }
+    }
 }
 
 /// Runs the rounds; the report's configurations are `A` and `B`.
@@ -101,16 +143,33 @@ fn sample(o: &AbOptions, bin: &Path, file: &Path) -> anyhow::Result<WgSample> {
             .pod("paper", n)
             .with_context(|| format!("pod paper/{n} missing"))
     };
-    let (src, dst) = (g("app2")?, g("app1")?);
-    let dst_ip = dst.ipv4.context("app1 has no IPv4")?;
+    let (src_name, dst_name) = o.path.pods();
+    let (src, dst) = (g(src_name)?, g(dst_name)?);
+    let dst_ip = dst
+        .ipv4
+        .with_context(|| format!("{dst_name} has no IPv4"))?;
     let c0 = Counters::from_status(&w.status()?);
     let mut s = WgSample::default();
-    wireguard::measure(&o.wg, &src.netns, &dst.netns, dst_ip, &mut s);
+    let (sn, dn) = (&src.netns, &dst.netns);
+    wireguard::measure_rr(&o.wg, sn, dn, dst_ip, &mut s);
+    stop::check()?;
+    // The fill rings over the bulk transfer alone (the UDP flood after it
+    // overruns the worker on purpose).
+    let f0 = FillCounters::from_status(&w.status()?);
+    wireguard::measure_bulk(&o.wg, sn, dn, dst_ip, &mut s);
+    let fill = FillCounters::from_status(&w.status()?).since(&f0);
+    stop::check()?;
+    wireguard::measure_udp(&o.wg, sn, dn, dst_ip, &mut s);
     let c = Counters::from_status(&w.status()?).since(&c0);
     s.proof = format!(
-        "weir workers rx {} tx {} packets, drops {}",
-        c.rx_packets, c.tx_packets, c.drops
+        "weir workers rx {} tx {} packets, drops {}; during bulk (retransmits {}): {}",
+        c.rx_packets,
+        c.tx_packets,
+        c.drops,
+        s.bulk.as_ref().map_or(0, |b| b.retransmits),
+        fill.line()
     );
+    s.bulk_fill = Some(fill);
     if c.rx_packets == 0 {
         s.errors
             .push("weir's workers received nothing: the traffic did not cross weir".into());
@@ -125,7 +184,8 @@ pub fn markdown(o: &AbOptions, r: &WgReport) -> String {
     let _ = writeln!(s, "# weir-perf encap-ab\n");
     let _ = writeln!(
         s,
-        "Two nodes, app2 (n1) → app1 (n2), `weir up --encap {}`, no policy; A = `{}`, B = `{}`; workers in `{}` mode on core {}, generators on core {}. {} round(s), interleaved (order alternating); cells median [min–max]; B ÷ A per round. UDP window {:.1} s, {} RR round trips, bulk {} s.\n",
+        "{}, `weir up --encap {}`, no policy; A = `{}`, B = `{}`; workers in `{}` mode on core {}, generators on core {}. {} round(s), interleaved (order alternating); cells median [min–max]; B ÷ A per round. UDP window {:.1} s, {} RR round trips, bulk {} s.\n",
+        o.path.describe(),
         o.encap,
         o.a.display(),
         o.b.display(),
@@ -139,7 +199,7 @@ pub fn markdown(o: &AbOptions, r: &WgReport) -> String {
     );
     let _ = writeln!(s, "| metric | A | B | B ÷ A |");
     let _ = writeln!(s, "|---|---|---|---|");
-    for (label, g, d) in wireguard::METRICS {
+    for (label, g, d) in wireguard::METRICS.into_iter().chain(FILL_METRICS) {
         let _ = writeln!(
             s,
             "| {label} | {} | {} | {} |",
@@ -152,3 +212,20 @@ pub fn markdown(o: &AbOptions, r: &WgReport) -> String {
     r.proof_and_errors(&mut s);
     s
 }
+
+fn retransmits(s: &WgSample) -> Option<f64> {
+    s.bulk.as_ref().map(|b| b.retransmits as f64)
+}
+fn fill_ring_empty(s: &WgSample) -> Option<f64> {
+    s.bulk_fill.as_ref().map(|f| f.fill_ring_empty as f64)
+}
+fn rx_ring_full(s: &WgSample) -> Option<f64> {
+    s.bulk_fill.as_ref().map(|f| f.rx_ring_full as f64)
+}
+
+/// The bulk transfer's losses: (label, getter, decimals).
+const FILL_METRICS: [(&str, Getter, usize); 3] = [
+    ("TCP bulk retransmits", retransmits, 0),
+    ("kernel fill_ring_empty during bulk", fill_ring_empty, 0),
+    ("kernel rx_ring_full during bulk", rx_ring_full, 0),
+];

@@ -343,6 +343,10 @@ enum Cmd {
         /// `weir up --encap` (vxlan or geneve).
         #[arg(long, default_value = "vxlan")]
         encap: String,
+        /// `inter`: app2 on n1 → app1 on n2 (the overlay); `intra`: app3 →
+        /// app2, both on n1.
+        #[arg(long, default_value = "inter")]
+        path: weir_perf::encap_ab::AbPath,
         /// Short windows, 500 round trips, 1 s bulk.
         #[arg(long)]
         short: bool,
@@ -438,6 +442,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weir_a,
             weir_b,
             encap,
+            path,
             short,
             out,
             mode,
@@ -463,6 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 a: weir_a,
                 b: weir_b,
                 encap,
+                path,
             };
             let rep = weir_perf::encap_ab::run(&o)?;
             print!("{}", weir_perf::encap_ab::markdown(&o, &rep));

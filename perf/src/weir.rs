@@ -216,6 +216,82 @@ impl Counters {
     }
 }
 
+/// The fill ring's story over a measurement, from `weir status`: the
+/// kernel's AF_XDP drops (`workers[].kernel`), the visits that found the
+/// RX ring holding a full batch or more (`workers[].time`), and the fill
+/// targets (`workers[].frames`), summed over every node's workers (the
+/// targets: the largest). `fill_ring_empty` counts frames the kernel
+/// dropped because a socket's fill ring had no frame when they arrived.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillCounters {
+    pub fill_ring_empty: u64,
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_visits: u64,
+    pub full_batches: u64,
+    /// The hot target and the floor (not differences: the current values).
+    pub fill_hot: u64,
+    pub fill_floor: u64,
+    /// Frames on fill rings now, and sockets above the floor now.
+    pub frames_fill: u64,
+    pub sockets_hot: u64,
+}
+
+impl FillCounters {
+    pub fn from_status(v: &serde_json::Value) -> FillCounters {
+        let mut c = FillCounters::default();
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            for w in n["status"]["dataplane"]["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let g = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+                let k = &w["kernel"];
+                c.fill_ring_empty += g(&k["fill_ring_empty"]);
+                c.rx_dropped += g(&k["rx_dropped"]);
+                c.rx_ring_full += g(&k["rx_ring_full"]);
+                c.rx_visits += g(&w["time"]["rx_visits"]);
+                c.full_batches += g(&w["time"]["full_batches"]);
+                let f = &w["frames"];
+                c.fill_hot = c.fill_hot.max(g(&f["fill_hot"]));
+                c.fill_floor = c.fill_floor.max(g(&f["fill_floor"]));
+                c.frames_fill += g(&f["fill"]);
+                c.sockets_hot += g(&f["sockets_hot"]);
+            }
+        }
+        c
+    }
+
+    /// The counters of `self - before`; the targets and gauges of `self`.
+    pub fn since(&self, before: &FillCounters) -> FillCounters {
+        FillCounters {
+            fill_ring_empty: self.fill_ring_empty.saturating_sub(before.fill_ring_empty),
+            rx_dropped: self.rx_dropped.saturating_sub(before.rx_dropped),
+            rx_ring_full: self.rx_ring_full.saturating_sub(before.rx_ring_full),
+            rx_visits: self.rx_visits.saturating_sub(before.rx_visits),
+            full_batches: self.full_batches.saturating_sub(before.full_batches),
+            ..self.clone()
+        }
+    }
+
+    /// One line for a report.
+    pub fn line(&self) -> String {
+        format!(
+            "kernel fill_ring_empty {} rx_dropped {} rx_ring_full {}; RX visits {} ({} full batches); fill_hot {} floor {}, {} frames on fill rings, {} sockets hot at the end",
+            self.fill_ring_empty,
+            self.rx_dropped,
+            self.rx_ring_full,
+            self.rx_visits,
+            self.full_batches,
+            self.fill_hot,
+            self.fill_floor,
+            self.frames_fill,
+            self.sockets_hot
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +313,33 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((d.rx_packets, d.tx_packets, d.drops), (10, 10, 2));
+    }
+
+    #[test]
+    fn fill_counters_from_status() {
+        let w = |fre: u64, visits: u64, hot: u64| {
+            serde_json::json!({"kernel": {"fill_ring_empty": fre, "rx_dropped": fre + 1, "rx_ring_full": 2},
+                "time": {"rx_visits": visits, "full_batches": visits / 2},
+                "frames": {"fill_hot": hot, "fill_floor": 64, "fill": 100, "sockets_hot": 1}})
+        };
+        let v = serde_json::json!({"nodes": [
+            {"status": {"dataplane": {"workers": [w(10, 100, 512)]}}},
+            {"status": {"dataplane": {"workers": [w(5, 50, 1024)]}}}]});
+        let c = FillCounters::from_status(&v);
+        assert_eq!(
+            (c.fill_ring_empty, c.rx_dropped, c.rx_ring_full),
+            (15, 17, 4)
+        );
+        assert_eq!((c.rx_visits, c.full_batches), (150, 75));
+        assert_eq!(
+            (c.fill_hot, c.fill_floor, c.frames_fill, c.sockets_hot),
+            (1024, 64, 200, 2)
+        );
+        let d = c.since(&FillCounters {
+            fill_ring_empty: 5,
+            rx_visits: 100,
+            ..Default::default()
+        });
+        assert_eq!((d.fill_ring_empty, d.rx_visits, d.fill_hot), (10, 50, 1024));
     }
 }

@@ -94,6 +94,9 @@ pub struct WgSample {
     pub udp: Option<UdpResult>,
     pub rr: Option<RrResult>,
     pub bulk: Option<BulkResult>,
+    /// weir's fill-ring counters over the bulk transfer alone (`encap-ab`).
+    #[serde(default)]
+    pub bulk_fill: Option<crate::weir::FillCounters>,
     /// What moved during the measurements (the proof the path was taken).
     pub proof: String,
     pub errors: Vec<String>,
@@ -198,6 +201,25 @@ pub fn run(o: &WgOptions) -> anyhow::Result<WgReport> {
 
 /// RR, bulk, then UDP from `src_ns` to `dst` in `dst_ns`.
 pub(crate) fn measure(o: &WgOptions, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, s: &mut WgSample) {
+    measure_rr(o, src_ns, dst_ns, dst, s);
+    if stop::check().is_err() {
+        return;
+    }
+    measure_bulk(o, src_ns, dst_ns, dst, s);
+    if stop::check().is_err() {
+        return;
+    }
+    measure_udp(o, src_ns, dst_ns, dst, s);
+}
+
+/// TCP RR from `src_ns` to `dst` (`RR_PORT`) into `s.rr`.
+pub(crate) fn measure_rr(
+    o: &WgOptions,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: Ipv4Addr,
+    s: &mut WgSample,
+) {
     let rp = RrParams {
         count: o.rr_count,
         warmup: (o.rr_count / 10).max(1),
@@ -208,16 +230,30 @@ pub(crate) fn measure(o: &WgOptions, src_ns: &str, dst_ns: &str, dst: Ipv4Addr, 
         Ok(r) => s.rr = Some(r),
         Err(e) => s.errors.push(format!("rr: {e:#}")),
     }
-    if stop::check().is_err() {
-        return;
-    }
+}
+
+/// TCP bulk (iperf3, one stream) from `src_ns` to `dst` into `s.bulk`.
+pub(crate) fn measure_bulk(
+    o: &WgOptions,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: Ipv4Addr,
+    s: &mut WgSample,
+) {
     match tools::iperf3(src_ns, dst_ns, dst, o.bulk_secs, o.load_core) {
         Ok(r) => s.bulk = Some(r),
         Err(e) => s.errors.push(format!("iperf3: {e:#}")),
     }
-    if stop::check().is_err() {
-        return;
-    }
+}
+
+/// 64-byte UDP from `src_ns` to `dst` (`UDP_PORT`) into `s.udp`.
+pub(crate) fn measure_udp(
+    o: &WgOptions,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: Ipv4Addr,
+    s: &mut WgSample,
+) {
     let up = UdpParams {
         payload: PAYLOAD_64B_FRAME,
         batch: 64,

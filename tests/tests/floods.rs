@@ -228,6 +228,15 @@ fn syn_and_udp_floods_evict_counted_while_established_flows_and_the_frame_ledger
         }
     }
     let s1 = c.status();
+    // The flooded socket went to the hot target, the whole fill ring (1024,
+    // the default ring size; docs/datapath.md, "The frame budget"), and
+    // keeps frames above the floor after the flood.
+    let w1 = &weir_tests::node_status(&s1, "node-1")["workers"][0]["frames"];
+    assert_eq!(w1["fill_hot"], 1024, "fill_hot: {w1}");
+    assert!(
+        w1["sockets_hot"].as_u64().unwrap_or(0) >= 1,
+        "no socket above the floor after the floods: {w1}"
+    );
     assert!(ct(&s1, "inserts") - inserts0 > 4 * TABLE);
     assert!(ct(&s1, "entries") <= TABLE);
     // Memory is bounded: conntrack is allocated once at start, and later
