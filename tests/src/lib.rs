@@ -108,6 +108,25 @@ impl TestCluster {
     }
 
     /// Probe matrix as JSON.
+    /// Fail closed: stops `node`'s dataplane and asserts that TCP 80
+    /// from `from` to `to` (`ns/pod`) no longer connects (one quick try).
+    pub fn assert_fail_closed(&self, node: &str, from: &str, to: &str) {
+        let out = self.weir(&["dataplane", "stop", "--node", node]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let quick = ["--timeout-ms", "300", "--attempts", "1"];
+        let mut args = vec!["--from", from, "--to", to];
+        args.extend_from_slice(&quick);
+        let m = self.probe(80, "TCP", &args);
+        assert!(
+            none_connected(&m),
+            "traffic passed with the dataplane stopped: {m}"
+        );
+    }
+
     pub fn probe(&self, port: u16, protocol: &str, extra: &[&str]) -> Value {
         let port = port.to_string();
         let mut args = vec![

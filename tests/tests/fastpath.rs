@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-use weir_tests::{all_connected, none_connected, pod_manifest, simple_cluster, TestCluster};
+use weir_tests::{all_connected, pod_manifest, simple_cluster, TestCluster};
 
 fn ping(c: &TestCluster, from: &str, to_ip: &str, extra: &[&str]) -> std::process::Output {
     let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
@@ -54,30 +54,7 @@ fn tcp_udp_icmp_ipv6_between_three_pods_cross_the_workers_and_fail_closed() {
     assert!(tx >= 6 * 4 * 2 + 12, "workers transmitted only {tx} frames");
 
     // Fail closed: with the dataplane stopped, the XDP program stays and drops.
-    let out = c.weir(&["dataplane", "stop", "--node", "node-1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = c.probe(
-        80,
-        "TCP",
-        &[
-            "--from",
-            "x/a",
-            "--to",
-            "x/b",
-            "--timeout-ms",
-            "300",
-            "--attempts",
-            "1",
-        ],
-    );
-    assert!(
-        none_connected(&m),
-        "traffic passed with the dataplane stopped: {m}"
-    );
+    c.assert_fail_closed("node-1", "x/a", "x/b");
     let out = ping(&c, "a", &b4, &["-c", "1"]);
     assert!(
         !out.status.success(),
