@@ -64,7 +64,7 @@ pub const ADAPTIVE_IDLE_ROUNDS: u32 = 2;
 pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(20);
 /// Adaptive polling's default `--coalesce-us` (0: off; see
 /// docs/performance.md, "Coalescing under thin load").
-pub const DEFAULT_COALESCE_US: u32 = 0;
+pub const DEFAULT_COALESCE_US: u32 = 50;
 /// Longest accepted `--idle-spin-us`.
 pub const MAX_IDLE_SPIN_US: u64 = 10_000;
 /// Longest single sleep; bounds how late a worker sees a stop or new socket.
