@@ -82,6 +82,12 @@ struct DataplaneFlags {
     /// plain spin).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     idle_yield: bool,
+    /// Adaptive polling under thin load: after a round that took fewer than half a batch,
+    /// sleep (4 µs, doubling while rounds stay thin) up to this many µs so the next round
+    /// finds a batch and the core is free meanwhile; an empty round ends it. 0: off
+    /// (docs/performance.md, "Coalescing under thin load").
+    #[arg(long, default_value_t = u64::from(weir_dataplane::runtime::DEFAULT_COALESCE_US), value_name = "US")]
+    coalesce_us: u64,
 }
 
 /// `--encrypt`: encryption between nodes.
@@ -129,6 +135,10 @@ impl DataplaneFlags {
         }
         if !self.idle_yield {
             v.extend(["--idle-yield".to_string(), "false".to_string()]);
+        }
+        let coalesce = node_dataplane::check_coalesce_us(self.coalesce_us)?;
+        if coalesce != weir_dataplane::runtime::DEFAULT_COALESCE_US {
+            v.extend(["--coalesce-us".to_string(), coalesce.to_string()]);
         }
         Ok(v)
     }
@@ -1265,6 +1275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         busy_poll: dp.busy_poll,
                         idle_spin_us: node_dataplane::check_idle_spin_us(dp.idle_spin_us)?,
                         idle_yield: dp.idle_yield,
+                        coalesce_us: node_dataplane::check_coalesce_us(dp.coalesce_us)?,
                     })
                 }
             }

@@ -330,6 +330,10 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_worker_rx_full_batches",
             "RX visits that took a whole batch (the RX ring held at least a batch: the worker is behind)",
         );
+        let mut coalesce_sleeps = counter(
+            "weir_worker_coalesce_sleeps",
+            "Sleeps after a round of less than half a batch (--coalesce-us; their time is in weir_worker_sleep_seconds)",
+        );
         let mut drops = counter(
             "weir_drops",
             "Frames weir dropped, by drop reason (docs/drop-reasons)",
@@ -455,6 +459,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 cpu_s.push_ns(wl(), w.time.cpu_ns);
                 rx_visits.samples.push((wl(), w.time.rx_visits));
                 full_batches.samples.push((wl(), w.time.full_batches));
+                coalesce_sleeps.samples.push((wl(), w.time.coalesce_sleeps));
                 ring_full.samples.push((wl(), w.kernel.rx_ring_full));
                 fill_empty.samples.push((wl(), w.kernel.fill_ring_empty));
                 rx_dropped.samples.push((wl(), w.kernel.rx_dropped));
@@ -536,6 +541,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &sleeps,
             &rx_visits,
             &full_batches,
+            &coalesce_sleeps,
             &drops,
             &ring_full,
             &fill_empty,

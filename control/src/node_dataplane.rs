@@ -42,6 +42,19 @@ pub struct Options {
     pub idle_spin_us: u64,
     /// Adaptive polling yields on empty rounds (`--idle-yield`).
     pub idle_yield: bool,
+    /// Adaptive polling's sleep under thin load (`--coalesce-us`).
+    pub coalesce_us: u32,
+}
+
+/// Checks `--coalesce-us`: at most
+/// [`weir_dataplane::coalesce::MAX_COALESCE_US`].
+pub fn check_coalesce_us(us: u64) -> anyhow::Result<u32> {
+    let max = weir_dataplane::coalesce::MAX_COALESCE_US;
+    anyhow::ensure!(
+        us <= u64::from(max),
+        "--coalesce-us: {us} is above {max} (a longer sleep lets a burst overrun the fill ring)"
+    );
+    Ok(us as u32)
 }
 
 /// Checks `--idle-spin-us`: at most
@@ -199,6 +212,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         busy_poll: opts.busy_poll,
         idle_spin: std::time::Duration::from_micros(opts.idle_spin_us),
         idle_yield: opts.idle_yield,
+        coalesce_us: opts.coalesce_us,
         // Multi-buffer sockets when a port's MTU needs frames above one
         // UMEM frame (pod MTU above ~3.8 KiB, docs/performance.md).
         multi_buffer: multi_buffer_needed(&cluster, &opts.node),

@@ -340,6 +340,13 @@ fn ports_mode(dp: &DataplaneStatus) -> String {
             }
         );
     }
+    if dp.poll == weir_model::status::PollMode::Adaptive && dp.config.coalesce_us > 0 {
+        let _ = writeln!(
+            out,
+            "adaptive: after a round of less than half a batch, sleeps up to {} µs to gather the next (--coalesce-us)",
+            dp.config.coalesce_us
+        );
+    }
     out
 }
 
@@ -377,6 +384,20 @@ mod tests {
         let text = render(&st);
         assert!(
             text.contains("adaptive: spins 20 µs after the last frame, yielding the core each empty round, then sleeps in poll"),
+            "{text}"
+        );
+        assert!(!text.contains("--coalesce-us"), "{text}");
+        let dp = st.nodes[0]
+            .status
+            .as_mut()
+            .unwrap()
+            .dataplane
+            .as_mut()
+            .unwrap();
+        dp.config.coalesce_us = 40;
+        let text = render(&st);
+        assert!(
+            text.contains("adaptive: after a round of less than half a batch, sleeps up to 40 µs to gather the next (--coalesce-us)"),
             "{text}"
         );
     }

@@ -35,6 +35,8 @@
 //!   `mallopt`/`malloc_trim`) and [`table_mem`] (the large tables' own
 //!   2 MiB-aligned mappings, advised for huge pages): the only modules with
 //!   `unsafe`; every other one forbids it.
+//! - [`coalesce`]: the adaptive worker's sleep under thin load
+//!   (`--coalesce-us`).
 //! - [`worker`], [`runtime`]: pinned workers, and the dataplane object that
 //!   owns them. Status types ([`runtime::DataplaneStatus`],
 //!   [`stats::WorkerStatus`]) are `weir-model`'s, re-exported.
@@ -43,6 +45,7 @@
 pub mod anchor;
 pub mod budget;
 pub mod checkpoint;
+pub mod coalesce;
 pub mod conntrack;
 pub use weir_model::drop_reason;
 pub mod encap;

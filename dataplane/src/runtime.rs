@@ -62,6 +62,9 @@ pub const ADAPTIVE_IDLE_ROUNDS: u32 = 2;
 /// (`--idle-spin-us`; docs/performance.md, "Adaptive idle handback").
 /// Until issue 22 part 2 it was 50 µs and 256 empty rounds, without yields.
 pub const ADAPTIVE_IDLE_AFTER: Duration = Duration::from_micros(20);
+/// Adaptive polling's default `--coalesce-us` (0: off; see
+/// docs/performance.md, "Coalescing under thin load").
+pub const DEFAULT_COALESCE_US: u32 = 50;
 /// Longest accepted `--idle-spin-us`.
 pub const MAX_IDLE_SPIN_US: u64 = 10_000;
 /// Longest single sleep; bounds how late a worker sees a stop or new socket.
@@ -136,6 +139,9 @@ pub struct DataplaneConfig {
     /// so another thread runnable on the core (a co-located node's worker,
     /// an application) runs first. On by default.
     pub idle_yield: bool,
+    /// Adaptive polling: longest sleep after a round that took fewer than
+    /// half a batch (`--coalesce-us`, [`crate::coalesce`]), µs; 0: off.
+    pub coalesce_us: u32,
 }
 
 /// Where the checkpoint lives and whose it is.
@@ -189,6 +195,7 @@ impl Default for DataplaneConfig {
             checkpoint: None,
             idle_spin: ADAPTIVE_IDLE_AFTER,
             idle_yield: true,
+            coalesce_us: DEFAULT_COALESCE_US,
         }
     }
 }
@@ -418,6 +425,7 @@ impl Dataplane {
                 budget,
                 breakdown: cfg.latency_breakdown,
                 busy_poll: cfg.busy_poll,
+                coalesce_us: cfg.coalesce_us,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
             let umem = umem.with_multi_buffer(cfg.multi_buffer);
@@ -750,6 +758,7 @@ impl Dataplane {
                 busy_poll: self.cfg.busy_poll,
                 idle_spin_us: self.cfg.idle_spin.as_micros() as u64,
                 idle_yield: self.cfg.idle_yield,
+                coalesce_us: self.cfg.coalesce_us,
             },
             workers,
             totals,

@@ -121,6 +121,9 @@ pub struct WorkerStats {
     pub cpu_ns: Counter,
     pub rx_visits: Counter,
     pub full_batches: Counter,
+    /// Coalescing sleeps (`--coalesce-us`) and their wall time.
+    pub coalesce_sleeps: Counter,
+    pub coalesce_ns: Counter,
     latency: ArcSwap<Histogram<u64>>,
     /// The latency breakdown's stage histograms (`None` unless on).
     breakdown: arc_swap::ArcSwapOption<[Histogram<u64>; 3]>,
@@ -169,6 +172,8 @@ impl WorkerStats {
             cpu_ns: Counter::default(),
             rx_visits: Counter::default(),
             full_batches: Counter::default(),
+            coalesce_sleeps: Counter::default(),
+            coalesce_ns: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
             breakdown: arc_swap::ArcSwapOption::empty(),
         })
@@ -264,6 +269,8 @@ impl WorkerStats {
                 cpu_ns: self.cpu_ns.get(),
                 rx_visits: self.rx_visits.get(),
                 full_batches: self.full_batches.get(),
+                coalesce_sleeps: self.coalesce_sleeps.get(),
+                coalesce_ns: self.coalesce_ns.get(),
             },
             breakdown: self.breakdown_status(),
         }

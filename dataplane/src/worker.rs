@@ -31,6 +31,7 @@ use hdrhistogram::Histogram;
 use xsk_rs::FrameDesc;
 
 use crate::budget::FrameBudget;
+use crate::coalesce::Coalesce;
 use crate::pass::{self, WorkerState};
 use crate::runtime::PollMode;
 use crate::stats::{self, KernelDrops, WorkerStats};
@@ -74,6 +75,9 @@ pub struct WorkerConfig {
     /// `--busy-poll`: drive every socket's NAPI poll once a round
     /// ([`XskSocket::busy_poll`]) before looking at its RX ring.
     pub busy_poll: bool,
+    /// Adaptive: longest sleep after a round that took fewer than half a
+    /// batch (`--coalesce-us`, [`crate::coalesce`]), µs; 0: off.
+    pub coalesce_us: u32,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -199,6 +203,8 @@ enum RoundKind {
     Busy,
     Idle,
     Slept,
+    /// The rest of a busy round after its coalescing sleep.
+    BusyTail,
 }
 
 /// Per-round time accounting, in the worker's locals: the wall time from
@@ -213,6 +219,10 @@ struct TimeAccount {
     sleep_ns: u64,
     rx_visits: u64,
     full_batches: u64,
+    /// Coalescing sleeps (`--coalesce-us`) and their wall time (also in
+    /// `sleep_ns`).
+    coalesce_sleeps: u64,
+    coalesce_ns: u64,
 }
 
 impl TimeAccount {
@@ -223,6 +233,7 @@ impl TimeAccount {
                 self.busy_ns += ns;
                 self.busy_rounds += 1;
             }
+            RoundKind::BusyTail => self.busy_ns += ns,
             RoundKind::Idle => {
                 self.idle_ns += ns;
                 self.empty_rounds += 1;
@@ -232,6 +243,14 @@ impl TimeAccount {
                 self.empty_rounds += 1;
             }
         }
+    }
+
+    /// A coalescing sleep of `ns` after a busy round (no round of its own).
+    #[inline]
+    fn coalesced(&mut self, ns: u64) {
+        self.sleep_ns += ns;
+        self.coalesce_ns += ns;
+        self.coalesce_sleeps += 1;
     }
 }
 
@@ -374,6 +393,17 @@ impl Worker {
         let mut idle = 0u32;
         // The previous round's clock read and kind (time accounting).
         let mut prev = (last_publish, RoundKind::Idle);
+        let mut coalesce = match self.cfg.poll {
+            PollMode::Adaptive => Coalesce::new(self.cfg.coalesce_us),
+            PollMode::Busy | PollMode::Wakeup => Coalesce::new(0),
+        };
+        if coalesce.enabled() {
+            // The kernel's default slack (50 µs) would stretch every
+            // coalescing sleep by up to that much: the sleeps are a few µs.
+            if let Err(e) = nix::sys::prctl::set_timerslack(1) {
+                log::warn!("worker {}: PR_SET_TIMERSLACK: {e}", self.id);
+            }
+        }
         self.remap();
         while !self.stop.load(Relaxed) {
             self.drain_control();
@@ -385,7 +415,15 @@ impl Worker {
                 idle = 0;
                 last_traffic = now;
                 prev.1 = RoundKind::Busy;
+                // Thin traffic: sleep so that the next round finds a batch
+                // (never while a TX ring still waits for its kick).
+                if let Some(d) = coalesce.after_round(moved, self.cfg.batch) {
+                    if !self.kick_pending {
+                        prev = self.coalesce_sleep(d, prev.0);
+                    }
+                }
             } else {
+                coalesce.after_round(0, self.cfg.batch);
                 prev.1 = RoundKind::Idle;
                 idle = idle.saturating_add(1);
                 let sleep = match self.cfg.poll {
@@ -459,6 +497,8 @@ impl Worker {
         st.sleep_ns.set(t.sleep_ns);
         st.rx_visits.set(t.rx_visits);
         st.full_batches.set(t.full_batches);
+        st.coalesce_sleeps.set(t.coalesce_sleeps);
+        st.coalesce_ns.set(t.coalesce_ns);
         st.cpu_ns.set(thread_cpu_ns());
         st.kernel_rx_ring_full.set(k.rx_ring_full);
         st.kernel_fill_ring_empty.set(k.fill_ring_empty);
@@ -486,6 +526,20 @@ impl Worker {
         st.l7_head_buffers.set(l7.head_buffers as u64);
         st.l7_held_frames.set(l7.held_frames as u64);
         st.l7_h2_streams_refused.set(l7.h2_streams_refused);
+    }
+
+    /// A coalescing sleep of `d` after a busy round that began at `round_ns`:
+    /// the round's time is charged, the sleep goes to `sleep_ns`; returns the
+    /// time accounting's new starting point.
+    fn coalesce_sleep(&mut self, d: Duration, round_ns: u64) -> (u64, RoundKind) {
+        let t0 = crate::runtime::monotonic_ns();
+        self.time
+            .charge(RoundKind::Busy, t0.saturating_sub(round_ns));
+        std::thread::sleep(d);
+        let t1 = crate::runtime::monotonic_ns();
+        self.time.coalesced(t1.saturating_sub(t0));
+        // From here to the next round's clock read: busy, not a round.
+        (t1, RoundKind::BusyTail)
     }
 
     fn sleep(&mut self) {

@@ -171,6 +171,9 @@ pub struct ConfigStatus {
     /// ...yielding its core (`sched_yield`) on every empty round while it
     /// spins (`--idle-yield`).
     pub idle_yield: bool,
+    /// Adaptive polling: longest sleep after a round that took fewer than
+    /// half a batch (`--coalesce-us`), µs; 0: off.
+    pub coalesce_us: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -298,6 +301,10 @@ pub struct WorkerTime {
     /// ...and those that took a whole batch (the socket's RX ring held at
     /// least `config.batch` frames: the worker is behind).
     pub full_batches: u64,
+    /// Sleeps after a round that took fewer than half a batch
+    /// (`--coalesce-us`), and their wall time (part of `sleep_ns`).
+    pub coalesce_sleeps: u64,
+    pub coalesce_ns: u64,
 }
 
 /// Upper bounds (ns) of the time-in-dataplane buckets that `weir up

@@ -27,6 +27,7 @@ pub mod kernel;
 mod mmsg;
 pub mod paper;
 pub mod peers;
+pub mod percore;
 pub mod pin;
 pub mod plot;
 pub mod report;

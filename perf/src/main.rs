@@ -134,6 +134,39 @@ enum Cmd {
         #[arg(long, value_name = "CPUS")]
         pod_rx_cpus: Option<String>,
     },
+    /// pps per consumed core, builds against each other: the paper's UDP
+    /// placement (one flow, load on one core, one worker on another), the
+    /// kernel path and every `--variant` in every round, interleaved; per
+    /// sample pps, cores consumed, the worker's CPU and busy time per frame,
+    /// coalescing sleeps, and TCP RR p50/p99 on the same cluster. Writes
+    /// percore.{md,json}.
+    Percore {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// A weir build and its `weir up` arguments: `LABEL=PATH[,ARG...]`
+        /// (repeat; the first is the base of the ratios).
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
+        #[arg(long, default_value_t = 3000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        /// Datagrams per sendmmsg.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        /// Round trips per RR run (a tenth more as warm-up).
+        #[arg(long, default_value_t = 10_000)]
+        rr_count: u64,
+    },
     /// Adaptive polling's idle handback: two nodes whose workers share one
     /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
     /// kernel's vxlan overlay, interleaved rounds: inter-node RR, intra-node
@@ -615,6 +648,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rep = weir_perf::rrbreak::run(&o)?;
             print!("{}", rep.markdown());
             println!("\nwritten: {}", o.out.join("rr.md").display());
+            Ok(())
+        }
+        Cmd::Percore {
+            out,
+            reps,
+            variants,
+            window_ms,
+            warmup_ms,
+            batch,
+            load_core,
+            worker_core,
+            mode,
+            rr_count,
+        } => {
+            let o = weir_perf::percore::PercoreOptions {
+                out,
+                reps,
+                window: Duration::from_millis(window_ms),
+                warmup: Duration::from_millis(warmup_ms),
+                batch,
+                load_core,
+                worker_core,
+                mode,
+                rr_count,
+                variants: variants
+                    .iter()
+                    .map(|v| weir_perf::percore::Variant::parse(v))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let rep = weir_perf::percore::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("percore.md").display());
             Ok(())
         }
         Cmd::Scale {
