@@ -25,6 +25,7 @@ use crate::kernel::KernelPath;
 use crate::report::Host;
 use crate::rounds::{cell, stats};
 use crate::rr::{self, RrParams, RrResult};
+use crate::scale::workers_of;
 use crate::udp::{self, UdpParams, UdpResult, PAYLOAD_64B_FRAME};
 use crate::weir::WeirCluster;
 use crate::{paper, pin, stop};
@@ -140,11 +141,6 @@ pub struct PercoreReport {
     pub samples: Vec<PercoreSample>,
 }
 
-fn workers_of(v: &serde_json::Value) -> Vec<WorkerStatus> {
-    serde_json::from_value(v["nodes"][0]["status"]["dataplane"]["workers"].clone())
-        .unwrap_or_default()
-}
-
 fn udp_p(o: &PercoreOptions) -> UdpParams {
     UdpParams {
         payload: PAYLOAD_64B_FRAME,
@@ -164,30 +160,41 @@ fn rr_p(o: &PercoreOptions) -> RrParams {
     }
 }
 
+/// app2's and app1's netns and app1's IPv4 address.
+fn pods(c: &weir_topo::Cluster) -> anyhow::Result<(String, String, std::net::Ipv4Addr)> {
+    let src = c.pod("paper", "app2").context("pod paper/app2")?;
+    let dst = c.pod("paper", "app1").context("pod paper/app1")?;
+    let ip = dst.ipv4.context("app1 has no IPv4")?;
+    Ok((src.netns.clone(), dst.netns.clone(), ip))
+}
+
+/// UDP app2 → app1, the cores consumed meanwhile recorded in `s`.
+fn udp_leg(
+    c: &weir_topo::Cluster,
+    o: &PercoreOptions,
+    s: &mut PercoreSample,
+) -> anyhow::Result<UdpResult> {
+    let (src, dst, ip) = pods(c)?;
+    let c0 = CpuSnap::now();
+    let u = udp::run(&src, &dst, SocketAddrV4::new(ip, UDP_PORT), &udp_p(o))?;
+    s.cpu = Some(CpuSnap::now().since(&c0));
+    Ok(u)
+}
+
+/// RR app2 → app1.
+fn rr_leg(c: &weir_topo::Cluster, o: &PercoreOptions) -> anyhow::Result<RrResult> {
+    let (src, dst, ip) = pods(c)?;
+    rr::run(&src, &dst, SocketAddr::from((ip, RR_PORT)), &rr_p(o))
+}
+
 /// UDP app2 → app1 (pps, cores), then RR app2 → app1.
 fn measure(
     c: &weir_topo::Cluster,
     o: &PercoreOptions,
     s: &mut PercoreSample,
 ) -> anyhow::Result<()> {
-    let src = c.pod("paper", "app2").context("pod paper/app2")?;
-    let dst = c.pod("paper", "app1").context("pod paper/app1")?;
-    let ip = dst.ipv4.context("app1 has no IPv4")?;
-    let c0 = CpuSnap::now();
-    let u = udp::run(
-        &src.netns,
-        &dst.netns,
-        SocketAddrV4::new(ip, UDP_PORT),
-        &udp_p(o),
-    )?;
-    s.cpu = Some(CpuSnap::now().since(&c0));
-    s.udp = Some(u);
-    s.rr = Some(rr::run(
-        &src.netns,
-        &dst.netns,
-        SocketAddr::from((ip, RR_PORT)),
-        &rr_p(o),
-    )?);
+    s.udp = Some(udp_leg(c, o, s)?);
+    s.rr = Some(rr_leg(c, o)?);
     Ok(())
 }
 
@@ -233,17 +240,7 @@ fn weir_sample(
         // A first status: the workers publish every 250 ms.
         std::thread::sleep(Duration::from_millis(300));
         let w0 = workers_of(&w.status()?);
-        let src = w.cluster.pod("paper", "app2").context("pod app2")?;
-        let dst = w.cluster.pod("paper", "app1").context("pod app1")?;
-        let ip = dst.ipv4.context("app1 has no IPv4")?;
-        let c0 = CpuSnap::now();
-        let u = udp::run(
-            &src.netns,
-            &dst.netns,
-            SocketAddrV4::new(ip, UDP_PORT),
-            &udp_p(o),
-        )?;
-        s.cpu = Some(CpuSnap::now().since(&c0));
+        let u = udp_leg(&w.cluster, o, &mut s)?;
         std::thread::sleep(Duration::from_millis(300));
         let w1 = workers_of(&w.status()?);
         let sum =
@@ -262,12 +259,7 @@ fn weir_sample(
         );
         s.udp = Some(u);
         let tx0 = sum(&workers_of(&w.status()?), |w| w.tx_packets);
-        let r = rr::run(
-            &src.netns,
-            &dst.netns,
-            SocketAddr::from((ip, RR_PORT)),
-            &rr_p(o),
-        )?;
+        let r = rr_leg(&w.cluster, o)?;
         let tx = sum(&workers_of(&w.status()?), |w| w.tx_packets).saturating_sub(tx0);
         anyhow::ensure!(
             tx >= 2 * r.count,

@@ -153,7 +153,8 @@ pub fn parse_queue_xdp(text: &str) -> Vec<u64> {
     v.into_iter().map(|(_, n)| n).collect()
 }
 
-fn workers_of(v: &serde_json::Value) -> Vec<WorkerStatus> {
+/// The workers of a one-node cluster's `weir status -o json`.
+pub(crate) fn workers_of(v: &serde_json::Value) -> Vec<WorkerStatus> {
     serde_json::from_value(v["nodes"][0]["status"]["dataplane"]["workers"].clone())
         .unwrap_or_default()
 }
