@@ -166,6 +166,12 @@ enum Cmd {
         /// Round trips per RR run (a tenth more as warm-up).
         #[arg(long, default_value_t = 10_000)]
         rr_count: u64,
+        /// Seconds of wrk (HTTP keep-alive, 8 connections) per sample; 0: none.
+        #[arg(long, default_value_t = 5)]
+        http_secs: u64,
+        /// Seconds of iperf3 (TCP bulk, one stream) per sample; 0: none.
+        #[arg(long, default_value_t = 4)]
+        bulk_secs: u64,
     },
     /// Adaptive polling's idle handback: two nodes whose workers share one
     /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
@@ -661,6 +667,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             worker_core,
             mode,
             rr_count,
+            http_secs,
+            bulk_secs,
         } => {
             let o = weir_perf::percore::PercoreOptions {
                 out,
@@ -672,6 +680,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 worker_core,
                 mode,
                 rr_count,
+                http_secs,
+                bulk_secs,
                 variants: variants
                     .iter()
                     .map(|v| weir_perf::percore::Variant::parse(v))

@@ -7,8 +7,12 @@
 //! received pps, the cores consumed (`/proc/stat`, all cores), pps per
 //! consumed core, the worker's CPU time and busy time per frame and its
 //! coalescing sleeps (`weir status`), then TCP request/response p50/p99 on
-//! the same cluster. A weir sample whose worker received fewer frames than
-//! app1 read is an error, not a number. Writes percore.{md,json}.
+//! the same cluster, then HTTP keep-alive (wrk, 8 connections, against the
+//! harness's server in app1; `--http-secs 0` skips it) and TCP bulk (iperf3,
+//! one stream; `--bulk-secs 0` skips it). A weir sample whose worker
+//! received fewer frames than app1 read, or sent fewer than two per round
+//! trip or request, or fewer than the bulk's segments, is an error, not a
+//! number. Writes percore.{md,json}.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -21,17 +25,22 @@ use serde::{Deserialize, Serialize};
 use weir_model::status::WorkerStatus;
 
 use crate::cpu::{CpuSnap, CpuUse};
+use crate::http::HttpServer;
 use crate::kernel::KernelPath;
 use crate::report::Host;
 use crate::rounds::{cell, stats};
 use crate::rr::{self, RrParams, RrResult};
 use crate::scale::workers_of;
+use crate::tools::{self, BulkResult, HttpResult};
 use crate::udp::{self, UdpParams, UdpResult, PAYLOAD_64B_FRAME};
 use crate::weir::WeirCluster;
 use crate::{paper, pin, stop};
 
 const UDP_PORT: u16 = 9000;
 const RR_PORT: u16 = 9100;
+const HTTP_PORT: u16 = 8080;
+/// wrk's concurrent keep-alive connections (the paper's HTTP table's).
+const HTTP_CONNECTIONS: u32 = 8;
 
 /// One weir configuration: a label, a binary, `weir up` arguments.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,6 +86,10 @@ pub struct PercoreOptions {
     pub worker_core: usize,
     pub mode: String,
     pub rr_count: u64,
+    /// Seconds of wrk per sample (0: no HTTP leg).
+    pub http_secs: u64,
+    /// Seconds of iperf3 per sample (0: no bulk leg).
+    pub bulk_secs: u64,
     pub variants: Vec<Variant>,
 }
 
@@ -94,6 +107,10 @@ pub struct PercoreSample {
     pub cpu_ns: u64,
     pub coalesce_sleeps: u64,
     pub rr: Option<RrResult>,
+    #[serde(default)]
+    pub http: Option<HttpResult>,
+    #[serde(default)]
+    pub bulk: Option<BulkResult>,
     pub error: Option<String>,
 }
 
@@ -187,7 +204,34 @@ fn rr_leg(c: &weir_topo::Cluster, o: &PercoreOptions) -> anyhow::Result<RrResult
     rr::run(&src, &dst, SocketAddr::from((ip, RR_PORT)), &rr_p(o))
 }
 
-/// UDP app2 → app1 (pps, cores), then RR app2 → app1.
+/// wrk app2 → app1 (`None` with `--http-secs 0`).
+fn http_leg(c: &weir_topo::Cluster, o: &PercoreOptions) -> anyhow::Result<Option<HttpResult>> {
+    if o.http_secs == 0 {
+        return Ok(None);
+    }
+    let (src, dst, ip) = pods(c)?;
+    let _srv = HttpServer::start(&dst, SocketAddr::from((ip, HTTP_PORT)), o.load_core)?;
+    let url = format!("http://{ip}:{HTTP_PORT}/public/x");
+    let h = tools::wrk(&src, &url, o.http_secs, HTTP_CONNECTIONS, o.load_core)?;
+    anyhow::ensure!(
+        h.requests > 0 && h.errors == 0,
+        "wrk: {} requests, {} errors",
+        h.requests,
+        h.errors
+    );
+    Ok(Some(h))
+}
+
+/// iperf3 app2 → app1 (`None` with `--bulk-secs 0`).
+fn bulk_leg(c: &weir_topo::Cluster, o: &PercoreOptions) -> anyhow::Result<Option<BulkResult>> {
+    if o.bulk_secs == 0 {
+        return Ok(None);
+    }
+    let (src, dst, ip) = pods(c)?;
+    tools::iperf3(&src, &dst, ip, o.bulk_secs, o.load_core).map(Some)
+}
+
+/// UDP app2 → app1 (pps, cores), then RR, HTTP and bulk app2 → app1.
 fn measure(
     c: &weir_topo::Cluster,
     o: &PercoreOptions,
@@ -195,6 +239,8 @@ fn measure(
 ) -> anyhow::Result<()> {
     s.udp = Some(udp_leg(c, o, s)?);
     s.rr = Some(rr_leg(c, o)?);
+    s.http = http_leg(c, o)?;
+    s.bulk = bulk_leg(c, o)?;
     Ok(())
 }
 
@@ -267,6 +313,28 @@ fn weir_sample(
             r.count
         );
         s.rr = Some(r);
+        let tx0 = sum(&workers_of(&w.status()?), |w| w.tx_packets);
+        s.http = http_leg(&w.cluster, o)?;
+        let tx = sum(&workers_of(&w.status()?), |w| w.tx_packets).saturating_sub(tx0);
+        if let Some(h) = &s.http {
+            anyhow::ensure!(
+                tx >= 2 * h.requests,
+                "weir's worker sent {tx} frames for {} HTTP requests: wrk did not cross weir",
+                h.requests
+            );
+        }
+        let rx0 = sum(&workers_of(&w.status()?), |w| w.rx_packets);
+        s.bulk = bulk_leg(&w.cluster, o)?;
+        let rx = sum(&workers_of(&w.status()?), |w| w.rx_packets).saturating_sub(rx0);
+        if let Some(b) = &s.bulk {
+            // At least one 64 KiB GSO segment's worth of MTU frames per
+            // 64 KiB moved (the worker sees wire-size frames).
+            let bytes = b.gbit_per_s * 1e9 / 8.0 * b.seconds;
+            anyhow::ensure!(
+                rx as f64 >= bytes / 9000.0 && rx > 0,
+                "weir's worker received {rx} frames for {bytes:.0} bytes of bulk: iperf3 did not cross weir"
+            );
+        }
         Ok(())
     })();
     if let Err(e) = r {
@@ -402,6 +470,69 @@ impl PercoreReport {
                 if weir { self.ratio(c, first, |x| x.rr.as_ref().map(|r| r.p99_us)) } else { dash() },
             );
         }
+        if self.samples.iter().any(|x| x.http.is_some()) {
+            let _ = writeln!(
+                s,
+                "\nHTTP keep-alive: wrk, 1 thread, {HTTP_CONNECTIONS} connections, GET /public/x app2 → app1 (the harness's server), no policy.\n\n| config | req/s | p50 µs | p99 µs | ÷ kernel req/s | ÷ {first} req/s | ÷ {first} p50 | ÷ {first} p99 |\n|---|---|---|---|---|---|---|---|"
+            );
+            for c in &configs {
+                let weir = c != "kernel";
+                let dash = || "—".to_string();
+                let _ = writeln!(
+                    s,
+                    "| {c} | {} | {} | {} | {} | {} | {} | {} |",
+                    self.col(c, |x| x.http.as_ref().map(|h| h.requests_per_s), 0),
+                    self.col(c, |x| x.http.as_ref().map(|h| h.p50_us), 1),
+                    self.col(c, |x| x.http.as_ref().map(|h| h.p99_us), 1),
+                    if weir {
+                        self.ratio(c, "kernel", |x| x.http.as_ref().map(|h| h.requests_per_s))
+                    } else {
+                        dash()
+                    },
+                    if weir {
+                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.requests_per_s))
+                    } else {
+                        dash()
+                    },
+                    if weir {
+                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.p50_us))
+                    } else {
+                        dash()
+                    },
+                    if weir {
+                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.p99_us))
+                    } else {
+                        dash()
+                    },
+                );
+            }
+        }
+        if self.samples.iter().any(|x| x.bulk.is_some()) {
+            let _ = writeln!(
+                s,
+                "\nTCP bulk: iperf3, one stream app2 → app1, no policy.\n\n| config | Gb/s | retransmits | ÷ kernel Gb/s | ÷ {first} Gb/s |\n|---|---|---|---|---|"
+            );
+            for c in &configs {
+                let weir = c != "kernel";
+                let gb = |x: &PercoreSample| x.bulk.as_ref().map(|b| b.gbit_per_s);
+                let _ = writeln!(
+                    s,
+                    "| {c} | {} | {} | {} | {} |",
+                    self.col(c, gb, 2),
+                    self.col(c, |x| x.bulk.as_ref().map(|b| b.retransmits as f64), 0),
+                    if weir {
+                        self.ratio(c, "kernel", gb)
+                    } else {
+                        "—".to_string()
+                    },
+                    if weir {
+                        self.ratio(c, first, gb)
+                    } else {
+                        "—".to_string()
+                    },
+                );
+            }
+        }
         let errs: Vec<&PercoreSample> = self.samples.iter().filter(|x| x.error.is_some()).collect();
         if !errs.is_empty() {
             let _ = writeln!(s, "\nErrors:");
@@ -476,6 +607,19 @@ mod tests {
                 mean_us: p50,
                 rate_per_s: 1.0,
             }),
+            http: Some(HttpResult {
+                requests_per_s: 10.0 * pps,
+                p50_us: p50,
+                p99_us: 3.0 * p50,
+                requests: 100,
+                errors: 0,
+                connections: HTTP_CONNECTIONS,
+            }),
+            bulk: Some(BulkResult {
+                gbit_per_s: pps / 100.0,
+                retransmits: 7,
+                seconds: 1.0,
+            }),
             error: None,
         };
         let rep = PercoreReport {
@@ -501,5 +645,10 @@ mod tests {
             md.contains("| kernel | 200 | 200 | 1.00 | 200 | — |"),
             "{md}"
         );
+        assert!(
+            md.contains("| new | 3000 | 30.0 | 90.0 | 1.50 | 1.50 | 1.50 | 1.50 |"),
+            "{md}"
+        );
+        assert!(md.contains("| new | 3.00 | 7 | 1.50 | 1.50 |"), "{md}");
     }
 }
