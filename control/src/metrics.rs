@@ -334,6 +334,10 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_worker_coalesce_sleeps",
             "Sleeps after a round of less than half a batch (--coalesce-us; their time is in weir_worker_sleep_seconds)",
         );
+        let mut nat_remaps = counter(
+            "weir_worker_nat_port_remaps",
+            "New Service flows sent with a remapped source port: the client used the same port toward two ClusterIPs sharing a backend (docs/services.md)",
+        );
         let mut drops = counter(
             "weir_drops",
             "Frames weir dropped, by drop reason (docs/drop-reasons)",
@@ -460,6 +464,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 rx_visits.samples.push((wl(), w.time.rx_visits));
                 full_batches.samples.push((wl(), w.time.full_batches));
                 coalesce_sleeps.samples.push((wl(), w.time.coalesce_sleeps));
+                nat_remaps.samples.push((wl(), w.nat_port_remaps));
                 ring_full.samples.push((wl(), w.kernel.rx_ring_full));
                 fill_empty.samples.push((wl(), w.kernel.fill_ring_empty));
                 rx_dropped.samples.push((wl(), w.kernel.rx_dropped));
@@ -542,6 +547,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &rx_visits,
             &full_batches,
             &coalesce_sleeps,
+            &nat_remaps,
             &drops,
             &ring_full,
             &fill_empty,

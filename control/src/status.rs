@@ -52,6 +52,13 @@ pub fn render(v: &ClusterStatus) -> String {
             s.generation, s.rx_pps, s.tx_pps,
         );
         out.push_str(&times_line(s, &dp, now_unix_ns()));
+        if dp.totals.nat_port_remaps > 0 {
+            let _ = writeln!(
+                out,
+                "Service NAT: {} new flow(s) left with a remapped source port (the client's port was in use toward another ClusterIP on the same backend)",
+                dp.totals.nat_port_remaps
+            );
+        }
         if let Some(h) = &n.host_egress {
             out.push_str(&crate::host_egress::render(h));
         }
@@ -398,6 +405,21 @@ mod tests {
         let text = render(&st);
         assert!(
             text.contains("adaptive: after a round of less than half a batch, sleeps up to 40 µs to gather the next (--coalesce-us)"),
+            "{text}"
+        );
+        // Service NAT remaps: a line only when there were some.
+        assert!(!text.contains("Service NAT"), "{text}");
+        let dp = st.nodes[0]
+            .status
+            .as_mut()
+            .unwrap()
+            .dataplane
+            .as_mut()
+            .unwrap();
+        dp.totals.nat_port_remaps = 3;
+        let text = render(&st);
+        assert!(
+            text.contains("Service NAT: 3 new flow(s) left with a remapped source port"),
             "{text}"
         );
     }

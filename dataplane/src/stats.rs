@@ -78,6 +78,8 @@ pub struct WorkerStats {
     /// Indexed by [`DropReason::index`].
     pub drops: [Counter; DropReason::COUNT],
     pub icmp_errors_sent: Counter,
+    /// Service flows sent with a remapped source port (a clash).
+    pub nat_port_remaps: Counter,
     /// Batches that moved at least one frame.
     pub batches: Counter,
     /// Times the worker went to sleep in `poll` (adaptive / wakeup modes).
@@ -141,6 +143,7 @@ impl WorkerStats {
             tx_bytes: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             icmp_errors_sent: Counter::default(),
+            nat_port_remaps: Counter::default(),
             batches: Counter::default(),
             sleeps: Counter::default(),
             sockets: Counter::default(),
@@ -227,6 +230,7 @@ impl WorkerStats {
             tx_bytes: self.tx_bytes.get(),
             drops: drops_map(|r| self.drops[r.index()].get()),
             icmp_errors_sent: self.icmp_errors_sent.get(),
+            nat_port_remaps: self.nat_port_remaps.get(),
             batches: self.batches.get(),
             sleeps: self.sleeps.get(),
             sockets: self.sockets.get(),

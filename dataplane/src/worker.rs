@@ -520,6 +520,7 @@ impl Worker {
         st.frames_reserve.set(u64::from(self.cfg.budget.reserve));
         st.sockets_hot.set(hot as u64);
         st.icmp_errors_sent.set(self.state.icmp_errors_sent());
+        st.nat_port_remaps.set(self.state.nat_port_remaps());
         let l7 = self.state.l7_usage();
         st.l7_flows.set(l7.flows as u64);
         st.l7_flows_max.set(l7.flows_max as u64);

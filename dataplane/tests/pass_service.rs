@@ -807,6 +807,7 @@ fn a_client_port_used_toward_two_cluster_ips_is_remapped_not_merged() {
         let (src, dst, p, dport) = addrs(&out.bytes);
         assert_eq!((src, dst, dport), (client, b, 8080), "{case}");
         assert!((61000..=65535).contains(&p), "{case}: remapped to {p}");
+        assert_eq!(st.nat_port_remaps(), 1, "{case}: the remap is counted");
         // B's reply: from vip_b:80 to the client's own port.
         let out = run(&mut st, &s, &frame(1, b, client, 8080, p, reply_flags), 1);
         assert!(
@@ -834,6 +835,8 @@ fn a_client_port_used_toward_two_cluster_ips_is_remapped_not_merged() {
         // A third ClusterIP flow on another client port: untouched.
         let out = run(&mut st, &s, &frame(0, client, vip_b, 30001, 80, syn), 0);
         assert_eq!(addrs(&out.bytes), (client, b, 30001, 8080), "{case}");
+        // Only B's first packet was a remap.
+        assert_eq!(st.nat_port_remaps(), 1, "{case}");
         if tcp {
             continue;
         }

@@ -223,6 +223,11 @@ pub struct WorkerStatus {
     /// Nonzero drop counters by slug.
     pub drops: BTreeMap<String, u64>,
     pub icmp_errors_sent: u64,
+    /// New Service flows sent with a remapped source port: the client used
+    /// the same port toward two ClusterIPs sharing a backend
+    /// (docs/services.md).
+    #[serde(default)]
+    pub nat_port_remaps: u64,
     pub batches: u64,
     pub sleeps: u64,
     pub sockets: u64,
@@ -421,6 +426,7 @@ pub struct Totals {
     /// Frames the kernel lost ([`KernelDrops::lost`]).
     pub kernel_dropped: u64,
     pub icmp_errors_sent: u64,
+    pub nat_port_remaps: u64,
 }
 
 impl Totals {
@@ -432,6 +438,7 @@ impl Totals {
             t.rx_bytes += w.rx_bytes;
             t.tx_bytes += w.tx_bytes;
             t.icmp_errors_sent += w.icmp_errors_sent;
+            t.nat_port_remaps += w.nat_port_remaps;
             t.kernel.add(&w.kernel);
             for (k, v) in &w.drops {
                 *t.drops.entry(k.clone()).or_insert(0) += v;

@@ -720,4 +720,16 @@ fn a_client_port_used_toward_two_services_is_remapped() {
         c.counter("rx_packets") - rx >= 60 * 3,
         "the flows crossed weir"
     );
+    // Counted: `weir status`'s nat_port_remaps (the workers publish every
+    // 250 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while c.counter("nat_port_remaps") < clashes as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.counter("nat_port_remaps"),
+        clashes as u64,
+        "{}",
+        c.status()
+    );
 }

@@ -129,7 +129,13 @@ impl Pass<'_> {
             let (chosen, last_packet) = match known {
                 Some((n, before)) => (n, Some(before.saturating_sub(idle))),
                 None => match self.pick(pkt, front, f) {
-                    Some(n) => (n, None),
+                    Some(n) => {
+                        // A new flow that left with a remapped port.
+                        if n.other_port != 0 {
+                            self.st.nat_port_remaps += 1;
+                        }
+                        (n, None)
+                    }
                     None => return Break(self.refuse(pkt)),
                 },
             };

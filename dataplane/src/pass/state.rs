@@ -18,6 +18,9 @@ use crate::l7::{InspectorPool, Limits, SlotId};
 #[derive(Debug)]
 pub struct WorkerState {
     pub(super) icmp_errors_sent: u64,
+    /// New Service flows sent with a remapped source port (a clash with
+    /// another ClusterIP's flow to the same backend, `Pass::clash_port`).
+    pub(super) nat_port_remaps: u64,
     pub(super) now_ns: u64,
     pub(super) ct: Arc<Conntrack>,
     pub(super) flows: Arc<FlowLog>,
@@ -408,6 +411,7 @@ impl WorkerState {
     ) -> Self {
         WorkerState {
             icmp_errors_sent: 0,
+            nat_port_remaps: 0,
             now_ns: 0,
             ct,
             flows,
@@ -650,5 +654,11 @@ impl WorkerState {
     /// ingress port (the frame it answered was not forwarded).
     pub fn icmp_errors_sent(&self) -> u64 {
         self.icmp_errors_sent
+    }
+
+    /// New Service flows whose source port was remapped because their reply
+    /// tuple clashed with another frontend's flow (docs/services.md).
+    pub fn nat_port_remaps(&self) -> u64 {
+        self.nat_port_remaps
     }
 }
