@@ -379,13 +379,7 @@ mod tests {
         let text = render(&st);
         // An old daemon's reply (no idle_spin_us) prints no spin line.
         assert!(!text.contains("adaptive: spins"), "{text}");
-        let dp = st.nodes[0]
-            .status
-            .as_mut()
-            .unwrap()
-            .dataplane
-            .as_mut()
-            .unwrap();
+        let dp = dp_of(&mut st);
         dp.config.idle_spin_us = 20;
         dp.config.idle_yield = true;
         let text = render(&st);
@@ -394,29 +388,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("--coalesce-us"), "{text}");
-        let dp = st.nodes[0]
-            .status
-            .as_mut()
-            .unwrap()
-            .dataplane
-            .as_mut()
-            .unwrap();
+        let dp = dp_of(&mut st);
         dp.config.coalesce_us = 40;
         let text = render(&st);
         assert!(
             text.contains("adaptive: after a round of less than half a batch, sleeps up to 40 µs to gather the next (--coalesce-us)"),
             "{text}"
         );
-        // Service NAT remaps: a line only when there were some.
-        assert!(!text.contains("Service NAT"), "{text}");
-        let dp = st.nodes[0]
+    }
+
+    /// The first node's dataplane status, to edit.
+    fn dp_of(st: &mut ClusterStatus) -> &mut weir_model::status::DataplaneStatus {
+        st.nodes[0]
             .status
             .as_mut()
             .unwrap()
             .dataplane
             .as_mut()
-            .unwrap();
-        dp.totals.nat_port_remaps = 3;
+            .unwrap()
+    }
+
+    #[test]
+    fn service_nat_remaps_shown_once_there_are_some() {
+        let mut st = status(json!({}), json!({}));
+        assert!(!render(&st).contains("Service NAT"));
+        dp_of(&mut st).totals.nat_port_remaps = 3;
         let text = render(&st);
         assert!(
             text.contains("Service NAT: 3 new flow(s) left with a remapped source port"),

@@ -410,6 +410,14 @@ impl PercoreReport {
         )
     }
 
+    /// [`Self::ratio`] for a weir row, a dash for the kernel's.
+    fn wratio(&self, c: &str, base: &str, f: fn(&PercoreSample) -> Option<f64>) -> String {
+        match c {
+            "kernel" => "—".to_string(),
+            _ => self.ratio(c, base, f),
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let h = self.host_start.clone().unwrap_or_else(Host::now);
@@ -449,9 +457,9 @@ impl PercoreReport {
                 self.col(c, |x| x.udp.as_ref().map(|u| u.offered_pps), 0),
                 self.col(c, |x| x.cores(), 2),
                 self.col(c, |x| x.pps_per_core(), 0),
-                if weir { self.ratio(c, "kernel", |x| x.pps_per_core()) } else { dash() },
-                if weir { self.ratio(c, first, |x| x.pps()) } else { dash() },
-                if weir { self.ratio(c, first, |x| x.pps_per_core()) } else { dash() },
+                self.wratio(c, "kernel", |x| x.pps_per_core()),
+                self.wratio(c, first, |x| x.pps()),
+                self.wratio(c, first, |x| x.pps_per_core()),
                 if weir { self.col(c, |x| x.worker_cores(), 2) } else { dash() },
                 if weir { self.col(c, |x| x.cpu_ns_per_frame(), 0) } else { dash() },
                 if weir { self.col(c, |x| x.busy_ns_per_frame(), 0) } else { dash() },
@@ -466,8 +474,8 @@ impl PercoreReport {
                 },
                 self.col(c, |x| x.rr.as_ref().map(|r| r.p50_us), 1),
                 self.col(c, |x| x.rr.as_ref().map(|r| r.p99_us), 1),
-                if weir { self.ratio(c, first, |x| x.rr.as_ref().map(|r| r.p50_us)) } else { dash() },
-                if weir { self.ratio(c, first, |x| x.rr.as_ref().map(|r| r.p99_us)) } else { dash() },
+                self.wratio(c, first, |x| x.rr.as_ref().map(|r| r.p50_us)),
+                self.wratio(c, first, |x| x.rr.as_ref().map(|r| r.p99_us)),
             );
         }
         if self.samples.iter().any(|x| x.http.is_some()) {
@@ -476,34 +484,16 @@ impl PercoreReport {
                 "\nHTTP keep-alive: wrk, 1 thread, {HTTP_CONNECTIONS} connections, GET /public/x app2 → app1 (the harness's server), no policy.\n\n| config | req/s | p50 µs | p99 µs | ÷ kernel req/s | ÷ {first} req/s | ÷ {first} p50 | ÷ {first} p99 |\n|---|---|---|---|---|---|---|---|"
             );
             for c in &configs {
-                let weir = c != "kernel";
-                let dash = || "—".to_string();
                 let _ = writeln!(
                     s,
                     "| {c} | {} | {} | {} | {} | {} | {} | {} |",
                     self.col(c, |x| x.http.as_ref().map(|h| h.requests_per_s), 0),
                     self.col(c, |x| x.http.as_ref().map(|h| h.p50_us), 1),
                     self.col(c, |x| x.http.as_ref().map(|h| h.p99_us), 1),
-                    if weir {
-                        self.ratio(c, "kernel", |x| x.http.as_ref().map(|h| h.requests_per_s))
-                    } else {
-                        dash()
-                    },
-                    if weir {
-                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.requests_per_s))
-                    } else {
-                        dash()
-                    },
-                    if weir {
-                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.p50_us))
-                    } else {
-                        dash()
-                    },
-                    if weir {
-                        self.ratio(c, first, |x| x.http.as_ref().map(|h| h.p99_us))
-                    } else {
-                        dash()
-                    },
+                    self.wratio(c, "kernel", |x| x.http.as_ref().map(|h| h.requests_per_s)),
+                    self.wratio(c, first, |x| x.http.as_ref().map(|h| h.requests_per_s)),
+                    self.wratio(c, first, |x| x.http.as_ref().map(|h| h.p50_us)),
+                    self.wratio(c, first, |x| x.http.as_ref().map(|h| h.p99_us)),
                 );
             }
         }
@@ -513,23 +503,14 @@ impl PercoreReport {
                 "\nTCP bulk: iperf3, one stream app2 → app1, no policy.\n\n| config | Gb/s | retransmits | ÷ kernel Gb/s | ÷ {first} Gb/s |\n|---|---|---|---|---|"
             );
             for c in &configs {
-                let weir = c != "kernel";
                 let gb = |x: &PercoreSample| x.bulk.as_ref().map(|b| b.gbit_per_s);
                 let _ = writeln!(
                     s,
                     "| {c} | {} | {} | {} | {} |",
                     self.col(c, gb, 2),
                     self.col(c, |x| x.bulk.as_ref().map(|b| b.retransmits as f64), 0),
-                    if weir {
-                        self.ratio(c, "kernel", gb)
-                    } else {
-                        "—".to_string()
-                    },
-                    if weir {
-                        self.ratio(c, first, gb)
-                    } else {
-                        "—".to_string()
-                    },
+                    self.wratio(c, "kernel", gb),
+                    self.wratio(c, first, gb),
                 );
             }
         }
