@@ -734,8 +734,10 @@ impl Conntrack {
     /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
     /// table the lines of the flows in use mostly stay in cache, and the
     /// stage cost the pass ~0.75× its rate at 1k flows in `conntrack_bench`,
-    /// still ~0.8× with its parse and hash handed to the pass
-    /// (docs/performance.md).
+    /// still ~0.8× with its parse and hash handed to the pass; written in
+    /// place since, it measured 0.95–1.00× there (docs/performance.md,
+    /// "stage 0 written in place"): not yet shown free enough to lower the
+    /// threshold.
     pub fn prefetch_pays(&self) -> bool {
         self.capacity() >= PREFETCH_FROM
     }
