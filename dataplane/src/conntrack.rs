@@ -501,6 +501,20 @@ pub struct CtHint {
 }
 
 impl CtHint {
+    /// A placeholder (an unwritten stage 0 slot): its seed is no table's
+    /// in practice, and the pass never hands an unwritten slot's hint on.
+    pub const NONE: CtHint = CtHint {
+        key: FlowKey {
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            proto: 0,
+            sport: 0,
+            dport: 0,
+        },
+        hash: 0,
+        seed: 0,
+    };
+
     /// The key it was computed for (the packet's, either direction).
     pub fn key(&self) -> &FlowKey {
         &self.key
@@ -669,7 +683,10 @@ impl Conntrack {
     }
 
     /// [`prefetch`](Self::prefetch), returning the hash as a hint for this
-    /// packet's lookup ([`track_hinted`](Self::track_hinted)).
+    /// packet's lookup ([`track_hinted`](Self::track_hinted)). Inlined:
+    /// stage 0 writes the hint in place (returned by value it stalled on
+    /// store forwarding when copied into the slot).
+    #[inline(always)]
     pub fn prefetch_hint(&self, k: &FlowKey) -> CtHint {
         let h = CtKey::of(k).0.hash(self.seed);
         let line = self.line(h);
@@ -683,12 +700,44 @@ impl Conntrack {
         }
     }
 
+    /// The second step of stage 0, a few frames before the pass judges the
+    /// hinted frame (when the bucket line [`prefetch_hint`] started loading
+    /// has arrived): reads the bucket's tags without the lock and, if the
+    /// key's tag is on a way other than its home way (an entry inserted
+    /// when its home way was taken: ~1 in 4 in a half-full table), starts
+    /// loading that way's entry line too. A hint only: tags read without
+    /// the lock may be stale (a wasted or missing prefetch, never a wrong
+    /// lookup). A hint from another table is ignored. Returns the ways
+    /// whose lines it started loading, as a bit mask (for tests).
+    ///
+    /// [`prefetch_hint`]: Self::prefetch_hint
+    #[inline]
+    pub fn prefetch_entry(&self, hint: &CtHint) -> u16 {
+        if hint.seed != self.seed {
+            return 0;
+        }
+        let (line, tag, home) = (self.line(hint.hash), tag_of(hint.hash), home_way(hint.hash));
+        if line.tags[home].load(Relaxed) == tag {
+            return 0;
+        }
+        let mut ways = 0;
+        for (w, t) in line.tags.iter().enumerate() {
+            if t.load(Relaxed) == tag {
+                crate::prefetch::prefetch_at(line, 64 * (w + 1));
+                ways |= 1 << w;
+            }
+        }
+        ways
+    }
+
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
     /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
     /// table the lines of the flows in use mostly stay in cache, and the
     /// stage cost the pass ~0.75× its rate at 1k flows in `conntrack_bench`,
-    /// still ~0.8× with its parse and hash handed to the pass
-    /// (docs/performance.md).
+    /// still ~0.8× with its parse and hash handed to the pass; written in
+    /// place since, it measured 0.95–1.00× there (docs/performance.md,
+    /// "stage 0 written in place"): not yet shown free enough to lower the
+    /// threshold.
     pub fn prefetch_pays(&self) -> bool {
         self.capacity() >= PREFETCH_FROM
     }
@@ -718,7 +767,7 @@ impl Conntrack {
     pub fn track_hinted(
         &self,
         k: &FlowKey,
-        hint: Option<CtHint>,
+        hint: Option<&CtHint>,
         seg: Seg,
         generation: u64,
         now: u64,
@@ -735,7 +784,7 @@ impl Conntrack {
     fn visit(
         &self,
         k: &FlowKey,
-        hint: Option<CtHint>,
+        hint: Option<&CtHint>,
         seg: Option<Seg>,
         generation: u64,
         now: u64,
@@ -1532,7 +1581,7 @@ mod tests {
         ];
         for (i, hint) in hints.into_iter().enumerate() {
             // A fresh look at the same flow each time: a retransmitted SYN.
-            let t = ct.track_hinted(&k, hint, Seg::Tcp(tcpf::SYN), 1, 1);
+            let t = ct.track_hinted(&k, hint.as_ref(), Seg::Tcp(tcpf::SYN), 1, 1);
             assert!(
                 matches!(
                     t,
@@ -1548,8 +1597,46 @@ mod tests {
         let mut ct = ct;
         ct.reseed((7, 8));
         ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
-        let t = ct.track_hinted(&k, Some(mine), Seg::Tcp(tcpf::SYN), 1, 1);
+        let t = ct.track_hinted(&k, Some(&mine), Seg::Tcp(tcpf::SYN), 1, 1);
         assert!(matches!(t, Track::Pass { .. }), "{t:?}");
+    }
+
+    /// Stage 0's second step loads the line of an entry off its home way,
+    /// and nothing for one on it or for another table's hint; lookups are
+    /// the same after it.
+    #[test]
+    fn the_second_step_loads_entries_off_their_home_way() {
+        // One bucket of 16 ways: most of 16 flows end up off home.
+        let ct = Conntrack::new(WAYS, Timeouts::default());
+        let other = Conntrack::new(WAYS, Timeouts::default());
+        let flows: Vec<FlowKey> = (0..WAYS as u16)
+            .map(|p| k4([10, 1, 0, 3], 1000 + p, [10, 1, 0, 1], 80, ip_proto::TCP))
+            .collect();
+        for k in &flows {
+            assert!(matches!(
+                ct.insert(k, Seg::Tcp(tcpf::SYN), adm(1), 0),
+                Insert::Inserted { .. }
+            ));
+        }
+        let mut off_home = 0;
+        for k in &flows {
+            let hint = ct.prefetch_hint(k);
+            let (key, _) = CtKey::of(k);
+            let (mut b, tag) = ct.bucket(&key);
+            let w = Conntrack::find(&mut b, &key, tag, 1).expect("inserted");
+            drop(b);
+            let ways = ct.prefetch_entry(&hint);
+            if w == home_way(hint.hash) {
+                assert_eq!(ways, 0, "{k:?} at home");
+            } else {
+                off_home += 1;
+                assert_ne!(ways & (1 << w), 0, "{k:?} on way {w}: {ways:#x}");
+            }
+            assert_eq!(other.prefetch_entry(&hint), 0);
+            let t = ct.track_hinted(k, Some(&hint), Seg::Tcp(tcpf::SYN), 1, 1);
+            assert!(matches!(t, Track::Pass { .. }), "{t:?}");
+        }
+        assert!(off_home > 0);
     }
 
     /// The table on huge pages, on 4 KiB pages, and under 2 MiB on the heap:

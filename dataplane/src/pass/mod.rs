@@ -10,8 +10,9 @@
 //!    frame's hash goes to its lookup, and its parse to stage 2
 //!    ([`WorkerState::stage0_push`], [`WorkerState::stage0_for`]), used
 //!    there only if the frame is still
-//!    the bytes stage 0 parsed. A hint only: no verdict or state depends on
-//!    it. The worker runs it on tables of ≥ 1M entries only
+//!    the bytes stage 0 parsed; a few frames ahead of the one being judged,
+//!    an entry off its home way is loaded too. A hint only: no verdict or
+//!    state depends on it. The worker runs it on tables of ≥ 1M entries only
 //!    (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
 //!    outer headers and unwrap the inner frame; remember the sending peer
@@ -157,7 +158,7 @@ pub use prefetch::{
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
-    L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS,
+    L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS, STAGE0_AHEAD,
     STANDALONE_CONNTRACK_SIZE,
 };
 pub use tunnel::{open_deferred, seal_deferred, wg_source, SealJob};

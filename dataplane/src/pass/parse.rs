@@ -3,6 +3,7 @@
 //! header, and what the later stages need to know.
 
 use core::ops::ControlFlow::{self, Continue};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::{drop, or_drop, FlowKey};
 use crate::conntrack;
@@ -56,6 +57,29 @@ pub struct FragPos {
 }
 
 impl Parsed {
+    /// A placeholder (an unwritten stage 0 slot; never judged).
+    pub(super) const NONE: Parsed = Parsed {
+        key: FlowKey {
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            proto: 0,
+            sport: 0,
+            dport: 0,
+        },
+        ip_len: 0,
+        ttl: 0,
+        fragment: Fragment::Whole,
+        dont_frag: false,
+        icmp_error: false,
+        tcp_flags: 0,
+        l4_offset: 0,
+        frag: FragPos {
+            ident: 0,
+            offset: 0,
+            len: 0,
+        },
+    };
+
     /// Length of the frame to forward: Ethernet header + IP length.
     pub fn frame_len(&self) -> usize {
         ethernet::HEADER_LEN + self.ip_len
@@ -87,16 +111,30 @@ pub(super) fn peek_whole_v4(frame: &[u8]) -> Option<(u8, [u8; 4], usize)> {
 
 /// Stage 2: validate Ethernet, IPv4/IPv6 (with IPv6 extension headers) and
 /// the L4 header, and extract the [`FlowKey`].
+#[inline]
 pub fn parse(frame: &[u8]) -> ControlFlow<Verdict, Parsed> {
+    let mut p = Parsed::NONE;
+    parse_into(frame, &mut p)?;
+    Continue(p)
+}
+
+/// [`parse`], writing the result into `out` (stage 0 writes it straight
+/// into the worker's slot: returned by value, the ~70-byte [`Parsed`]
+/// went through the stack, written field by field and read back in wider
+/// loads, and stalled its caller on store forwarding; perf,
+/// docs/performance.md). On a drop `out` is left partly written.
+#[inline]
+pub(super) fn parse_into(frame: &[u8], out: &mut Parsed) -> ControlFlow<Verdict> {
     let eth = or_drop(Frame::new_checked(frame), DropReason::FrameTooShort)?;
     match eth.ethertype() {
-        ethertype::IPV4 => parse_ipv4(eth.payload()),
-        ethertype::IPV6 => parse_ipv6(eth.payload()),
+        ethertype::IPV4 => parse_ipv4(eth.payload(), out),
+        ethertype::IPV6 => parse_ipv6(eth.payload(), out),
         _ => drop(DropReason::UnsupportedEtherType),
     }
 }
 
-fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
+#[inline(always)]
+fn parse_ipv4(bytes: &[u8], out: &mut Parsed) -> ControlFlow<Verdict> {
     let ip = or_drop(ipv4::Packet::new_checked(bytes), DropReason::Ipv4Malformed)?;
     if ip.version() != 4 {
         return drop(DropReason::Ipv4Malformed);
@@ -109,7 +147,7 @@ fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         Fragment::Whole
     };
     let l4 = parse_l4(ip.protocol(), ip.payload(), fragment, Family::V4)?;
-    Continue(Parsed {
+    *out = Parsed {
         key: FlowKey {
             src: ip.src_addr().into(),
             dst: ip.dst_addr().into(),
@@ -133,10 +171,12 @@ fn parse_ipv4(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
             offset: ip.frag_offset(),
             len: ip.total_len().saturating_sub(ip.header_len() as u16),
         },
-    })
+    };
+    Continue(())
 }
 
-fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
+#[inline(never)]
+fn parse_ipv6(bytes: &[u8], out: &mut Parsed) -> ControlFlow<Verdict> {
     let ip = or_drop(ipv6::Packet::new_checked(bytes), DropReason::Ipv6Malformed)?;
     if ip.version() != 6 {
         return drop(DropReason::Ipv6Malformed);
@@ -156,7 +196,7 @@ fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
         return drop(DropReason::Ipv6Malformed);
     };
     let l4 = parse_l4(upper.protocol, l4_bytes, fragment, Family::V6)?;
-    Continue(Parsed {
+    *out = Parsed {
         key: FlowKey {
             src: ip.src_addr().into(),
             dst: ip.dst_addr().into(),
@@ -180,7 +220,8 @@ fn parse_ipv6(bytes: &[u8]) -> ControlFlow<Verdict, Parsed> {
             offset: f.offset,
             len: u16::try_from(ip.payload().len().saturating_sub(f.data_at)).unwrap_or(u16::MAX),
         }),
-    })
+    };
+    Continue(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

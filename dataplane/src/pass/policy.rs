@@ -274,7 +274,7 @@ impl Pass<'_> {
             match self
                 .st
                 .ct
-                .track_hinted(&pkt.key, self.st.ct_hint, seg, generation, now)
+                .track_hinted(&pkt.key, self.st.ct_hint(), seg, generation, now)
             {
                 Track::Pass {
                     dir,

@@ -48,16 +48,25 @@ pub struct WorkerState {
     pub(super) wg_batch: bool,
     pub(super) wg_seal: Option<super::tunnel::SealJob>,
     pub(super) wg_opened: bool,
-    /// The conntrack hash stage 0 computed for the frame being judged
-    /// ([`WorkerState::set_ct_hint`]).
+    /// A conntrack hint set by the caller for the frame being judged
+    /// ([`WorkerState::set_ct_hint`]; stage 0's own are in `stage0s`).
     pub(super) ct_hint: Option<crate::conntrack::CtHint>,
     /// What stage 0 learned about each frame of the batch
-    /// ([`WorkerState::stage0_push`]; kept here, not moved per frame: a
-    /// [`super::Stage0`] is ~200 bytes), and which of them is the frame
-    /// being judged ([`WorkerState::stage0_for`]).
-    pub(super) stage0s: Vec<Option<super::Stage0>>,
+    /// ([`WorkerState::stage0_push`]): slots written in place, reused
+    /// batch after batch (a [`super::Stage0`] is ~200 bytes: not moved
+    /// per frame; the vector grows only when a batch is larger than any
+    /// before), `stage0_n` of them written for this batch, and which of
+    /// them is the frame being judged ([`WorkerState::stage0_for`]).
+    pub(super) stage0s: Vec<super::Stage0>,
+    pub(super) stage0_n: usize,
     pub(super) stage0_at: Option<usize>,
 }
+
+/// How many frames ahead of the one being judged stage 0's second step
+/// runs ([`crate::conntrack::Conntrack::prefetch_entry`]): far enough
+/// that the bucket line loaded by its first step has arrived, near enough
+/// that the entry line it starts loading arrives before the frame is judged.
+pub const STAGE0_AHEAD: usize = 4;
 
 /// Flows under HTTP rules one worker inspects at once, by default.
 pub const DEFAULT_L7_MAX_FLOWS: usize = 16384;
@@ -428,7 +437,8 @@ impl WorkerState {
             wg_seal: None,
             wg_opened: false,
             ct_hint: None,
-            stage0s: Vec::with_capacity(64),
+            stage0s: vec![super::Stage0::EMPTY; 64],
+            stage0_n: 0,
             stage0_at: None,
         }
     }
@@ -443,16 +453,24 @@ impl WorkerState {
 
     /// Stage 0 over a new batch: forgets the last batch's frames.
     pub fn stage0_clear(&mut self) {
-        self.stage0s.clear();
+        self.stage0_n = 0;
         self.stage0_at = None;
         self.ct_hint = None;
     }
 
     /// Stage 0 ([`super::stage0`]) for the batch's next frame (index: the
-    /// number of frames pushed since [`stage0_clear`](Self::stage0_clear)).
+    /// number of frames pushed since [`stage0_clear`](Self::stage0_clear)),
+    /// written in place into that frame's slot.
     pub fn stage0_push(&mut self, frame: &[u8]) {
-        let s = super::stage0(frame, self);
-        self.stage0s.push(s);
+        let i = self.stage0_n;
+        if i == self.stage0s.len() {
+            // A batch larger than any before (not per packet).
+            self.stage0s.push(super::Stage0::EMPTY);
+        }
+        if let Some(slot) = self.stage0s.get_mut(i) {
+            super::prefetch::stage0_into(frame, &self.ct, slot);
+            self.stage0_n = i + 1;
+        }
     }
 
     /// The next frame the pass judges is the batch's `i`-th (`None`, or a
@@ -461,21 +479,40 @@ impl WorkerState {
     /// parse to stage 2, which uses it only if the frame is still the
     /// bytes stage 0 parsed ([`super::Stage0::parsed_for`]).
     pub fn stage0_for(&mut self, i: Option<usize>) {
-        self.stage0_at = i;
-        self.ct_hint = self.stage0().map(|s| s.ct_hint());
+        self.stage0_at = i.filter(|&i| i < self.stage0_n);
+        self.ct_hint = None;
+        // Stage 0's second step for the frame STAGE0_AHEAD further on.
+        let ahead = i.map(|i| i + STAGE0_AHEAD).filter(|&a| a < self.stage0_n);
+        if let Some(s) = ahead.and_then(|a| self.stage0s.get(a)?.get()) {
+            self.ct.prefetch_entry(s.ct_hint_ref());
+        }
     }
 
     /// [`stage0_for`](Self::stage0_for) with a hint made by the caller
     /// ([`super::stage0`], on this frame or, in tests, on another one).
     pub fn set_stage0(&mut self, hint: Option<super::Stage0>) {
-        self.stage0s.clear();
-        self.stage0s.push(hint);
+        self.stage0_clear();
+        if let (Some(h), Some(slot)) = (hint, self.stage0s.first_mut()) {
+            *slot = h;
+            self.stage0_n = 1;
+        }
         self.stage0_for(Some(0));
     }
 
     /// Stage 0's result for the frame being judged, if any.
+    #[inline]
     pub(super) fn stage0(&self) -> Option<&super::Stage0> {
-        self.stage0s.get(self.stage0_at?)?.as_ref()
+        self.stage0s.get(self.stage0_at?)?.get()
+    }
+
+    /// The conntrack hint for the frame being judged: stage 0's, or the
+    /// caller's ([`set_ct_hint`](Self::set_ct_hint)).
+    #[inline]
+    pub(super) fn ct_hint(&self) -> Option<&crate::conntrack::CtHint> {
+        match self.stage0() {
+            Some(s) => Some(s.ct_hint_ref()),
+            None => self.ct_hint.as_ref(),
+        }
     }
 
     /// This worker is worker `index` of `workers`: it allocates SNAT ports
