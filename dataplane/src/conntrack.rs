@@ -504,13 +504,7 @@ impl CtHint {
     /// A placeholder (an unwritten stage 0 slot): its seed is no table's
     /// in practice, and the pass never hands an unwritten slot's hint on.
     pub const NONE: CtHint = CtHint {
-        key: FlowKey {
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-        },
+        key: FlowKey::UNSPECIFIED,
         hash: 0,
         seed: 0,
     };

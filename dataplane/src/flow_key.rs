@@ -2,7 +2,7 @@
 //! outer source port see it. A leaf: it depends on nothing in the crate.
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -18,4 +18,16 @@ pub struct FlowKey {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+}
+
+impl FlowKey {
+    /// All zeros (0.0.0.0 both ways, no protocol): placeholders of slots
+    /// not yet written (stage 0's), never a packet's key.
+    pub const UNSPECIFIED: FlowKey = FlowKey {
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        proto: 0,
+        sport: 0,
+        dport: 0,
+    };
 }

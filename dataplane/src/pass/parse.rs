@@ -3,7 +3,6 @@
 //! header, and what the later stages need to know.
 
 use core::ops::ControlFlow::{self, Continue};
-use std::net::{IpAddr, Ipv4Addr};
 
 use super::{drop, or_drop, FlowKey};
 use crate::conntrack;
@@ -59,13 +58,7 @@ pub struct FragPos {
 impl Parsed {
     /// A placeholder (an unwritten stage 0 slot; never judged).
     pub(super) const NONE: Parsed = Parsed {
-        key: FlowKey {
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-        },
+        key: FlowKey::UNSPECIFIED,
         ip_len: 0,
         ttl: 0,
         fragment: Fragment::Whole,
