@@ -10,8 +10,8 @@ use weir_tests::*;
 
 /// The tests of this file one at a time: `weir cores` reads the whole
 /// machine's cores, and another cluster of this file started alongside
-/// (the test runner's second thread) loads the core the advice would move
-/// the worker to (CI: core 0 65 % busy with no worker, so no move advised).
+/// (the test runner's second thread) would load the core the advice looks
+/// at.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -71,12 +71,19 @@ fn flood(c: &TestCluster, ns: &str, from: &str, to: &str, core: usize, secs: u32
 }
 
 /// `weir cores -o json` over a 3 s window while the flood runs.
-fn cores_under_flood(worker_core: usize) -> serde_json::Value {
+fn cores_under_flood(worker_core: usize, pod_rx_cpus: &str) -> serde_json::Value {
     let ns = unique_name("co");
     let c = TestCluster::up_with(
         "co",
         &simple_cluster(&ns, &["a", "b"]),
-        &["--cores", &worker_core.to_string(), "--poll", "adaptive"],
+        &[
+            "--cores",
+            &worker_core.to_string(),
+            "--poll",
+            "adaptive",
+            "--pod-rx-cpus",
+            pod_rx_cpus,
+        ],
     );
     assert!(all_connected(&c.probe(80, "TCP", &[])));
     let _flood = flood(&c, &ns, "b", "a", 1, 30);
@@ -129,11 +136,14 @@ fn the_advice_follows_the_placement() {
         return;
     }
     // The worker on core 0, the load on core 1: no move.
-    let apart = cores_under_flood(0);
+    let apart = cores_under_flood(0, "auto");
     assert!(moves(&apart).is_empty(), "{}", apart["advice"]);
 
-    // Both on core 1: move the worker to core 0.
-    let shared = cores_under_flood(1);
+    // Both on core 1: move the worker to core 0. Pod RX steering off: with
+    // it (`auto`) the pods' receive softirqs go to core 0, the only core
+    // without a worker, and on a slow machine they keep it ~70 % busy, so
+    // no move is advised (rightly: core 0 is not free).
+    let shared = cores_under_flood(1, "off");
     let m = moves(&shared);
     assert_eq!(m.len(), 1, "{}", shared["advice"]);
     assert_eq!(m[0]["core"], 1);
