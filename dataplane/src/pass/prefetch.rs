@@ -97,12 +97,7 @@ impl Stage0 {
     }
 
     /// The conntrack hint (the key and its hash).
-    pub fn ct_hint(&self) -> CtHint {
-        self.ct
-    }
-
-    /// [`ct_hint`](Self::ct_hint), borrowed.
-    pub(super) fn ct_hint_ref(&self) -> &CtHint {
+    pub fn ct_hint(&self) -> &CtHint {
         &self.ct
     }
 

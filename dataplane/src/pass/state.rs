@@ -484,7 +484,7 @@ impl WorkerState {
         // Stage 0's second step for the frame STAGE0_AHEAD further on.
         let ahead = i.map(|i| i + STAGE0_AHEAD).filter(|&a| a < self.stage0_n);
         if let Some(s) = ahead.and_then(|a| self.stage0s.get(a)?.get()) {
-            self.ct.prefetch_entry(s.ct_hint_ref());
+            self.ct.prefetch_entry(s.ct_hint());
         }
     }
 
@@ -510,7 +510,7 @@ impl WorkerState {
     #[inline]
     pub(super) fn ct_hint(&self) -> Option<&crate::conntrack::CtHint> {
         match self.stage0() {
-            Some(s) => Some(s.ct_hint_ref()),
+            Some(s) => Some(s.ct_hint()),
             None => self.ct_hint.as_ref(),
         }
     }
