@@ -126,6 +126,70 @@ pub struct Report {
     pub advice: Vec<Advice>,
     /// The nodes' interfaces: IRQ affinity and RPS masks ([`interfaces`]).
     pub interfaces: Vec<IfaceReport>,
+    /// How idle cores wait here ([`IdleReport::read`]).
+    pub idle: IdleReport,
+}
+
+/// How this host's idle cores wait for work: a sleeping worker (adaptive
+/// or wakeup polling) and the pods' receive path are woken from there.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IdleReport {
+    /// `/sys/devices/system/cpu/cpuidle/current_driver` (`haltpoll` in a
+    /// KVM guest with cpuidle-haltpoll, `intel_idle`, `acpi_idle`, ...).
+    pub cpuidle_driver: Option<String>,
+    /// cpuidle-haltpoll's `guest_halt_poll_ns`: how long an idle vCPU
+    /// polls before it halts (a VM exit; waking it then is the host's
+    /// IPI and scheduling).
+    pub guest_halt_poll_ns: Option<u64>,
+}
+
+/// Where [`IdleReport`] reads the halt-polling knob.
+pub const GUEST_HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+impl IdleReport {
+    pub fn read() -> IdleReport {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        IdleReport {
+            cpuidle_driver: read("/sys/devices/system/cpu/cpuidle/current_driver"),
+            guest_halt_poll_ns: read(GUEST_HALT_POLL).and_then(|s| s.parse().ok()),
+        }
+    }
+}
+
+/// A worker sleeping at least this share of its time is woken often
+/// enough for the idle advice ([`idle_advice`]).
+pub const SLEEPING_PCT: f64 = 10.0;
+
+/// On a VM guest whose idle vCPUs halt at once (cpuidle-haltpoll with
+/// `guest_halt_poll_ns` 0), every wake-up of a sleeping worker's core, and
+/// of the core the pods' receive work is steered to, is a VM exit: tens of
+/// µs a request each way on the project's machines (docs/performance.md,
+/// "Waking an idle core"). Advice when some worker sleeps; none on bare
+/// metal, with halt polling on, or when every worker busy-polls.
+pub fn idle_advice(workers: &[WorkerReport], idle: &IdleReport) -> Option<Advice> {
+    if idle.cpuidle_driver.as_deref() != Some("haltpoll") || idle.guest_halt_poll_ns != Some(0) {
+        return None;
+    }
+    let sleepers: Vec<String> = workers
+        .iter()
+        .filter(|w| w.poll != "busy" && w.sleep_pct >= SLEEPING_PCT)
+        .map(|w| format!("{}/{}", w.node, w.worker))
+        .collect();
+    if sleepers.is_empty() {
+        return None;
+    }
+    Some(Advice {
+        kind: "idle".into(),
+        text: format!(
+            "idle cores halt without polling (cpuidle haltpoll, guest_halt_poll_ns 0: a VM guest), and worker(s) {} sleep: each wake-up of their cores is a VM exit, tens of µs per request and reply; for request/response latency let idle vCPUs poll first (echo 200000 > {GUEST_HALT_POLL}) or busy-poll (--poll busy)",
+            sleepers.join(", ")
+        ),
+        ..Default::default()
+    })
 }
 
 /// One interface the dataplane serves: where the kernel runs its receive
@@ -435,7 +499,7 @@ pub struct CoreReport {
 /// One recommendation.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Advice {
-    /// `poll`, `move`, `add-core` or `ok`.
+    /// `poll`, `move`, `add-core`, `rps`, `irq`, `idle` or `ok`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -593,6 +657,7 @@ pub fn analyse(a: &Sample, b: &Sample, node: Option<&str>) -> Report {
         cores,
         advice,
         interfaces: Vec::new(),
+        idle: IdleReport::default(),
     }
 }
 
@@ -806,6 +871,16 @@ pub fn render(r: &Report) -> String {
         }
     }
     let _ = writeln!(s);
+    if r.idle != IdleReport::default() {
+        let _ = writeln!(
+            s,
+            "idle cores: cpuidle {}, guest halt polling {}",
+            r.idle.cpuidle_driver.as_deref().unwrap_or("unknown"),
+            r.idle
+                .guest_halt_poll_ns
+                .map_or("none".to_string(), |n| format!("{n} ns"))
+        );
+    }
     for a in &r.advice {
         let _ = writeln!(s, "advice: {}", a.text);
     }
@@ -854,6 +929,47 @@ mod tests {
         assert_eq!((a[0].kind.as_str(), a[0].core), ("rps", Some(1)));
         i.rps[0].cpus = vec![0];
         assert!(interface_advice(&[w], &[i]).is_empty());
+    }
+
+    #[test]
+    fn halting_idle_vcpus_are_advice_when_a_worker_sleeps() {
+        let mut w = worker(1, "adaptive", 10.0, 5.0, 10.0);
+        w.sleep_pct = 80.0;
+        let halts = IdleReport {
+            cpuidle_driver: Some("haltpoll".into()),
+            guest_halt_poll_ns: Some(0),
+        };
+        let a = idle_advice(std::slice::from_ref(&w), &halts).expect("advice");
+        assert_eq!(a.kind, "idle");
+        assert!(
+            a.text.contains("node-1/0") && a.text.contains(GUEST_HALT_POLL),
+            "{}",
+            a.text
+        );
+        // Halt polling on, bare metal, or no haltpoll module: nothing.
+        for other in [
+            IdleReport {
+                guest_halt_poll_ns: Some(200_000),
+                ..halts.clone()
+            },
+            IdleReport {
+                cpuidle_driver: Some("intel_idle".into()),
+                guest_halt_poll_ns: None,
+            },
+            IdleReport::default(),
+        ] {
+            assert_eq!(
+                idle_advice(std::slice::from_ref(&w), &other),
+                None,
+                "{other:?}"
+            );
+        }
+        // A worker that does not sleep (busy polling, or always busy).
+        w.sleep_pct = 2.0;
+        assert_eq!(idle_advice(std::slice::from_ref(&w), &halts), None);
+        let mut b = worker(1, "busy", 10.0, 90.0, 100.0);
+        b.sleep_pct = 50.0;
+        assert_eq!(idle_advice(&[b], &halts), None);
     }
 
     #[test]

@@ -946,7 +946,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .and_then(|c| c.node(n))
                     .map(|n| n.netns.clone())
             });
-            let more = weir_control::cores::interface_advice(&r.workers, &r.interfaces);
+            let mut more = weir_control::cores::interface_advice(&r.workers, &r.interfaces);
+            r.idle = weir_control::cores::IdleReport::read();
+            more.extend(weir_control::cores::idle_advice(&r.workers, &r.idle));
             if !more.is_empty() {
                 r.advice.retain(|a| a.kind != "ok");
                 r.advice.extend(more);

@@ -9,7 +9,7 @@
 //! - inserts per second (new flows into an empty table);
 //! - packets per second of the whole pass (parse → source → route → policy
 //!   with conntrack → rewrite) on one core, with 1k and 1M flows;
-//! - the pass in batches of 64 as the worker runs it, 1k / 100k / 1M flows,
+//! - the pass in batches of 64 as the worker runs it, 1k / 10k / 30k / 100k / 1M flows,
 //!   same-run comparisons in interleaved rounds (median [min–max]): with the
 //!   conntrack prefetch stage ÷ without (and with the stage's hash handed
 //!   to the lookup ÷ hashed again, and its parse handed to the pass's
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weir_dataplane::conntrack::{Admission, Conntrack, Insert, Seg, Timeouts, Track};
-use weir_dataplane::pass::{prefetch_hint, process, FlowKey, WorkerState};
+use weir_dataplane::pass::{prefetch_hint, process, FlowKey, WorkerState, STAGE0_LEAD};
 use weir_dataplane::policy::{
     CellSpec, Decision, Direction, EndpointTables, PolicySpec, RuleId, RuleInfo, Tier,
     IDENTITY_WORLD,
@@ -275,15 +275,19 @@ enum Stage0 {
     /// Prefetch, its hash handed to the lookup (before the parse handoff).
     Handoff,
     /// Prefetch, its hash handed to the lookup and its parse to stage 2
-    /// (what the worker runs).
+    /// (what the worker runs: the lines loaded `STAGE0_LEAD` frames ahead).
     Parse,
+    /// [`Stage0::Parse`] with the whole batch's lines loaded up front (as
+    /// before stage 0 was pipelined).
+    Upfront,
 }
 
-const STAGE0: [Stage0; 4] = [
+const STAGE0: [Stage0; 5] = [
     Stage0::Off,
     Stage0::Prefetch,
     Stage0::Handoff,
     Stage0::Parse,
+    Stage0::Upfront,
 ];
 /// Configurations of stage 0 per table.
 const S0: usize = STAGE0.len();
@@ -319,8 +323,13 @@ impl Batched {
                 buf[36..38].copy_from_slice(&(53 + (i >> 16) as u16).to_be_bytes());
             }
             let batch = &mut self.bufs[..chunk.len()];
-            if stage0 == Stage0::Parse {
+            if matches!(stage0, Stage0::Parse | Stage0::Upfront) {
                 // As the worker runs it.
+                self.st.set_stage0_lead(if stage0 == Stage0::Upfront {
+                    BATCH
+                } else {
+                    STAGE0_LEAD
+                });
                 self.st.stage0_clear();
                 for buf in batch.iter() {
                     self.st.stage0_push(&buf[..64]);
@@ -367,9 +376,18 @@ fn stats(v: &mut [f64]) -> String {
     format!("{:.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// The flow counts compared, and their table sizes (the 1M table is the
-/// one `Conntrack::prefetch_pays` gives the stage to).
-const SIZES: [(u32, usize); 3] = [(1_000, 262_144), (100_000, 262_144), (1_000_000, 2_097_152)];
+/// The flow counts compared, and their table sizes: 1k, 10k and 100k
+/// flows in the default table, 30k in a quarter of it, 1M in a 2M table
+/// (where `Conntrack::prefetch_pays` gives the stage from:
+/// `PREFETCH_FROM`). The first is the "1k" and the last the "1M" of the
+/// ratios below.
+const SIZES: [(u32, usize); 5] = [
+    (1_000, 262_144),
+    (10_000, 262_144),
+    (30_000, 65_536),
+    (100_000, 262_144),
+    (1_000_000, 2_097_152),
+];
 
 /// Interleaved rounds: per flow count, (4 KiB pages, huge pages) × (no
 /// policy, L3/L4 policy) × (the four [`Stage0`]s), all 48 in a rotating
@@ -446,13 +464,14 @@ fn compare(rounds: usize) {
         for huge in [false, true] {
             for pol in [false, true] {
                 println!(
-                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {} | +parse handoff {}",
+                    "    Mpps, {}, {}: no stage 0 {} | prefetch {} | prefetch+handoff {} | +parse handoff {} | the same up front {}",
                     pages(huge),
                     if pol { "L3/L4" } else { "no policy" },
                     stats(&mut mpps(ix(f, huge, pol, 0))),
                     stats(&mut mpps(ix(f, huge, pol, 1))),
                     stats(&mut mpps(ix(f, huge, pol, 2))),
-                    stats(&mut mpps(ix(f, huge, pol, 3)))
+                    stats(&mut mpps(ix(f, huge, pol, 3))),
+                    stats(&mut mpps(ix(f, huge, pol, 4)))
                 );
             }
         }
@@ -467,6 +486,12 @@ fn compare(rounds: usize) {
                 stats(&mut ratio(ix(f, huge, false, 3), ix(f, huge, false, 2)))
             );
         }
+        println!(
+            "    pipelined (lines {STAGE0_LEAD} frames ahead) ÷ up front (the whole batch's), +parse handoff, no policy: 4 KiB pages {} | huge pages {}; pipelined ÷ none, huge pages {}",
+            stats(&mut ratio(ix(f, false, false, 3), ix(f, false, false, 4))),
+            stats(&mut ratio(ix(f, true, false, 3), ix(f, true, false, 4))),
+            stats(&mut ratio(ix(f, true, false, 3), ix(f, true, false, 0)))
+        );
         println!(
             "    huge ÷ 4 KiB pages, no policy: no stage 0 {} | prefetch {} | prefetch+handoff {}",
             stats(&mut ratio(ix(f, true, false, 0), ix(f, false, false, 0))),
@@ -495,11 +520,18 @@ fn compare(rounds: usize) {
     // As the worker runs it: stage 0 on the 1M table only (huge pages;
     // before the parse handoff: hash handoff only).
     println!(
-        "    as the worker runs it (1M with stage 0 ÷ 1k without, huge pages): hash handoff no policy {} | L3/L4 {}; + parse handoff no policy {} | L3/L4 {}",
+        "    as the worker runs it (1M with stage 0 ÷ 1k without, huge pages): hash handoff no policy {} | L3/L4 {}; + parse handoff, up front: no policy {} | L3/L4 {}; pipelined: no policy {} | L3/L4 {}",
         stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
         stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0))),
+        stats(&mut ratio(ix(big, true, false, 4), ix(0, true, false, 0))),
+        stats(&mut ratio(ix(big, true, true, 4), ix(0, true, true, 0))),
         stats(&mut ratio(ix(big, true, false, 3), ix(0, true, false, 0))),
         stats(&mut ratio(ix(big, true, true, 3), ix(0, true, true, 0)))
+    );
+    println!(
+        "    if stage 0 (pipelined) ran on every table (1M ÷ 1k, both with it, huge pages): no policy {} | L3/L4 {}",
+        stats(&mut ratio(ix(big, true, false, 3), ix(0, true, false, 3))),
+        stats(&mut ratio(ix(big, true, true, 3), ix(0, true, true, 3)))
     );
 }
 
@@ -612,6 +644,7 @@ fn main() {
             Some("plain") => Stage0::Off,
             Some("prefetch") => Stage0::Prefetch,
             Some("parse") => Stage0::Parse,
+            Some("upfront") => Stage0::Upfront,
             Some("handoff") => Stage0::Handoff,
             _ => Stage0::Parse,
         };

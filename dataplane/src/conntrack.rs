@@ -49,12 +49,13 @@ use crate::wire::tcp::flags as tcpf;
 /// Entries per bucket.
 pub const WAYS: usize = 16;
 
-/// Tables from this many entries (~70 MB) get the pass's conntrack
-/// prefetch stage ([`Conntrack::prefetch_pays`]).
-pub const PREFETCH_FROM: usize = 1 << 20;
-
 /// Default number of entries of a node's table.
 pub const DEFAULT_SIZE: usize = 262_144;
+
+/// Tables from this many entries (the default's, ~18 MB: far beyond a
+/// core's L2) get the pass's conntrack prefetch stage
+/// ([`Conntrack::prefetch_pays`]).
+pub const PREFETCH_FROM: usize = DEFAULT_SIZE;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -682,16 +683,36 @@ impl Conntrack {
     /// store forwarding when copied into the slot).
     #[inline(always)]
     pub fn prefetch_hint(&self, k: &FlowKey) -> CtHint {
-        let h = CtKey::of(k).0.hash(self.seed);
-        let line = self.line(h);
-        crate::prefetch::prefetch_at(line, 0);
-        // `lock`'s data starts on line 1: entry `w` is line w + 1.
-        crate::prefetch::prefetch_at(line, 64 * (home_way(h) + 1));
+        let hint = self.hint(k);
+        self.prefetch_lines(&hint);
+        hint
+    }
+
+    /// `k`'s hash on this table, as a hint for its lookup, without starting
+    /// any load (stage 0 starts them later: [`prefetch_lines`]).
+    ///
+    /// [`prefetch_lines`]: Self::prefetch_lines
+    #[inline(always)]
+    pub fn hint(&self, k: &FlowKey) -> CtHint {
         CtHint {
             key: *k,
-            hash: h,
+            hash: CtKey::of(k).0.hash(self.seed),
             seed: self.seed,
         }
+    }
+
+    /// Starts loading the hinted key's bucket line and home-way entry line
+    /// (the loads of [`prefetch_hint`](Self::prefetch_hint)). A hint from
+    /// another table is ignored.
+    #[inline(always)]
+    pub fn prefetch_lines(&self, hint: &CtHint) {
+        if hint.seed != self.seed {
+            return;
+        }
+        let line = self.line(hint.hash);
+        crate::prefetch::prefetch_at(line, 0);
+        // `lock`'s data starts on line 1: entry `w` is line w + 1.
+        crate::prefetch::prefetch_at(line, 64 * (home_way(hint.hash) + 1));
     }
 
     /// The second step of stage 0, a few frames before the pass judges the
@@ -726,12 +747,14 @@ impl Conntrack {
 
     /// Whether the pass's stage 0 prefetch pays for itself on this table:
     /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
-    /// table the lines of the flows in use mostly stay in cache, and the
-    /// stage cost the pass ~0.75× its rate at 1k flows in `conntrack_bench`,
-    /// still ~0.8× with its parse and hash handed to the pass; written in
-    /// place since, it measured 0.95–1.00× there (docs/performance.md,
-    /// "stage 0 written in place"): not yet shown free enough to lower the
-    /// threshold.
+    /// table (≤ 8.9 MB) the lines of the flows in use mostly stay in
+    /// cache: with 30k flows in a 65 536-entry table the stage measured
+    /// 1.00× in `conntrack_bench`. On the default table, pipelined, it
+    /// measured 0.95× with 1k flows, 1.11× with 10k, 1.35× with 100k and
+    /// 2.10× with 1M in a 2M table (docs/performance.md, "stage 0
+    /// pipelined"): a few percent on a quiet node for a third more on a
+    /// busy one. Whether to run it could follow the flows in use rather
+    /// than the table's size; not done.
     pub fn prefetch_pays(&self) -> bool {
         self.capacity() >= PREFETCH_FROM
     }
@@ -1499,7 +1522,8 @@ mod tests {
 
     #[test]
     fn prefetch_only_on_large_tables() {
-        assert!(!Conntrack::new(DEFAULT_SIZE, Timeouts::default()).prefetch_pays());
+        assert!(!Conntrack::new(DEFAULT_SIZE / 2, Timeouts::default()).prefetch_pays());
+        assert!(Conntrack::new(DEFAULT_SIZE, Timeouts::default()).prefetch_pays());
         assert!(Conntrack::new(PREFETCH_FROM, Timeouts::default()).prefetch_pays());
     }
 
@@ -1563,6 +1587,8 @@ mod tests {
         let k = tcp();
         ct.insert(&k, Seg::Tcp(tcpf::SYN), adm(1), 0);
         let mine = ct.prefetch_hint(&k);
+        // The hash alone (stage 0 loads the lines later): the same hint.
+        assert_eq!(ct.hint(&k), mine);
         assert_eq!(mine.key(), &k);
         assert_eq!(mine.hash, ct.prefetch(&k));
         let udp = k4([10, 1, 0, 3], 1, [10, 1, 0, 1], 80, ip_proto::UDP);

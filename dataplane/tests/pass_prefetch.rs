@@ -109,9 +109,10 @@ fn keys_the_frames_that_parse_and_skips_the_rest() {
 /// The same batch through the pass without the stage, with it, with its
 /// hashes handed to the lookups, with each frame handed the previous
 /// frame's hint (a wrong key: ignored), with its hashes and parses handed
-/// over as the worker does, and with each frame handed the previous
-/// frame's parse (other bytes: parsed again): the same verdicts, the same
-/// bytes out, the same conntrack outcome.
+/// over as the worker does (lines loaded `STAGE0_LEAD` frames ahead, and
+/// all up front), and with each frame handed the previous frame's parse
+/// (other bytes: parsed again): the same verdicts, the same bytes out, the
+/// same conntrack outcome.
 #[test]
 fn the_pass_judges_the_same_with_the_stage() {
     let snap = snapshot();
@@ -122,6 +123,7 @@ fn the_pass_judges_the_same_with_the_stage() {
         "handoff",
         "wrong hints",
         "parse handoff",
+        "parse handoff up front",
         "wrong parses",
     ];
     for mode in modes {
@@ -143,8 +145,11 @@ fn the_pass_judges_the_same_with_the_stage() {
             assert_eq!(hints.iter().flatten().count(), 39);
         }
         // As the worker runs it: the whole batch first.
+        if mode == "parse handoff up front" {
+            st.set_stage0_lead(batch.len());
+        }
         st.stage0_clear();
-        if mode == "parse handoff" {
+        if mode.starts_with("parse handoff") {
             for f in &batch {
                 st.stage0_push(&f[..64]);
             }
@@ -164,7 +169,7 @@ fn the_pass_judges_the_same_with_the_stage() {
                     assert_ne!(h.key().sport, 1000 + i as u16 % 20);
                 }
                 match mode {
-                    "parse handoff" => st.stage0_for(Some(i)),
+                    "parse handoff" | "parse handoff up front" => st.stage0_for(Some(i)),
                     "wrong parses" => {
                         let other = parses[(i + 39) % 40];
                         if let Some(o) = &other {

@@ -317,6 +317,7 @@ impl IdleReport {
             self.window_s,
             self.reps
         );
+        let _ = writeln!(s, "{}\n", crate::wake::note(h.wake.as_ref()));
         let _ = writeln!(
             s,
             "| config | inter RR p50 µs | inter RR p99 µs | inter p50 ÷ kernel-vxlan | cores used in inter RR | intra RR p50 µs | intra UDP rx pps | intra pps ÷ first variant | worker sleeps |"

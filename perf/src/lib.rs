@@ -39,5 +39,6 @@ pub mod services;
 pub mod stop;
 pub mod tools;
 pub mod udp;
+pub mod wake;
 pub mod weir;
 pub mod wireguard;

@@ -16,6 +16,11 @@ use weir_perf::fastpath::{self, Options};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Set the guest's halt polling (cpuidle-haltpoll's
+    /// guest_halt_poll_ns) to this many ns for the run, and back after
+    /// (docs/performance.md, "Waking an idle core").
+    #[arg(long, global = true)]
+    halt_poll_ns: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -476,6 +481,11 @@ fn two_node_options(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     weir_perf::stop::install()?;
+    // Held for the whole command: the old value goes back when it ends.
+    let _halt_poll = cli
+        .halt_poll_ns
+        .map(weir_perf::wake::HaltPoll::set)
+        .transpose()?;
     match cli.cmd {
         Cmd::EncapAb {
             weir_a,

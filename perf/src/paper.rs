@@ -1754,6 +1754,7 @@ impl PaperReport {
             "Host: kernel {}, {} cores, load average {} at start, {} at end. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling modes: **{}** (primary: {}). UDP window {:.1} s. {} round(s) of every configuration, interleaved (round 1 of all, then round 2, …); cells are median [min–max] over the rounds.\n",
             h.kernel, h.cpus, h.loadavg, he, self.load_core, self.worker_core, self.weir_worker_cores, self.modes().join(", "), self.weir_poll, self.window_s, self.reps.max(1)
         );
+        let _ = writeln!(s, "{}\n", crate::wake::note(h.wake.as_ref()));
         let cs = stats(self.ceilings.iter().map(|c| c.offered_pps));
         let _ = writeln!(
             s,

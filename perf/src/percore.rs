@@ -430,6 +430,7 @@ impl PercoreReport {
             "# weir-perf percore\n\nHost: kernel {}, {} cores, load average {} at start, {} at end. 64-byte UDP app2 → app1 (one flow), generator and receiver on core {}, weir `--poll {}` with its worker on core {}; {:.1} s windows; TCP RR on the same cluster; {} round(s) interleaved. Cells: median [min–max] over the rounds; ratios per round.\n",
             h.kernel, h.cpus, h.loadavg, he, self.load_core, self.mode, self.worker_core, self.window_s, self.reps
         );
+        let _ = writeln!(s, "{}\n", crate::wake::note(h.wake.as_ref()));
         let _ = writeln!(s, "Variants:");
         for v in &self.variants {
             let _ = writeln!(

@@ -20,6 +20,9 @@ pub struct Host {
     /// `/proc/loadavg`'s first three fields.
     pub loadavg: String,
     pub unix_time: u64,
+    /// What waking an idle core costs here ([`crate::wake`]).
+    #[serde(default)]
+    pub wake: Option<crate::wake::Wake>,
 }
 
 impl Host {
@@ -36,6 +39,7 @@ impl Host {
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            wake: crate::wake::probe_default(),
         }
     }
 }

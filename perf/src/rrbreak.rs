@@ -308,6 +308,7 @@ impl RrReport {
                 format!(" (weir up {})", self.weir_args.join(" "))
             }
         );
+        let _ = writeln!(s, "{}\n", crate::wake::note(h.wake.as_ref()));
         let _ = writeln!(
             s,
             "| config | RR p50 | RR p99 | RR p99.9 | p99 ÷ kernel | weir per frame p50 / p99 | rx_wait p50 / p99 | pass p50 / p99 | tx_kick p50 / p99 | batches | to peer RX p50 / p99 | peer RX → app p50 / p99 | RR mean = 2 × (to RX + RX → app) |"

@@ -118,6 +118,44 @@ fn cores_under_flood(worker_core: usize, pod_rx_cpus: &str) -> serde_json::Value
     r
 }
 
+/// The idle-core report is the host's own, and the `idle` advice comes
+/// exactly when the host halts idle vCPUs without polling and a worker
+/// that is not busy-polling sleeps (the rule's threshold, `SLEEPING_PCT`).
+fn check_idle(r: &serde_json::Value) {
+    // weir_control::cores::SLEEPING_PCT (this crate does not link weir).
+    const SLEEPING_PCT: f64 = 10.0;
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
+    let poll_ns: Option<u64> =
+        read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").and_then(|s| s.parse().ok());
+    assert_eq!(
+        r["idle"]["cpuidle_driver"].as_str(),
+        driver.as_deref(),
+        "{r}"
+    );
+    assert_eq!(r["idle"]["guest_halt_poll_ns"].as_u64(), poll_ns, "{r}");
+    let halts = driver.as_deref() == Some("haltpoll") && poll_ns == Some(0);
+    let sleeps = r["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .any(|w| w["poll"] != "busy" && w["sleep_pct"].as_f64().unwrap_or(0.0) >= SLEEPING_PCT);
+    let advised = r["advice"]
+        .as_array()
+        .expect("advice")
+        .iter()
+        .any(|a| a["kind"] == "idle");
+    assert_eq!(
+        advised,
+        halts && sleeps,
+        "halts {halts}, sleeps {sleeps}: {r}"
+    );
+}
+
 fn moves(r: &serde_json::Value) -> Vec<&serde_json::Value> {
     r["advice"]
         .as_array()
@@ -138,12 +176,14 @@ fn the_advice_follows_the_placement() {
     // The worker on core 0, the load on core 1: no move.
     let apart = cores_under_flood(0, "auto");
     assert!(moves(&apart).is_empty(), "{}", apart["advice"]);
+    check_idle(&apart);
 
     // Both on core 1: move the worker to core 0. Pod RX steering off: with
     // it (`auto`) the pods' receive softirqs go to core 0, the only core
     // without a worker, and on a slow machine they keep it ~70 % busy, so
     // no move is advised (rightly: core 0 is not free).
     let shared = cores_under_flood(1, "off");
+    check_idle(&shared);
     let m = moves(&shared);
     assert_eq!(m.len(), 1, "{}", shared["advice"]);
     assert_eq!(m[0]["core"], 1);

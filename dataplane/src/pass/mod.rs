@@ -5,15 +5,17 @@
 //!
 //! 0. **Prefetch** (`prefetch.rs`, over the whole batch, run by the worker
 //!    before the batch's first frame is judged; [`prefetch()`]): parse each
-//!    frame and start loading its conntrack bucket and entry lines, so a
-//!    table far larger than the cache costs no serial memory waits; each
+//!    frame and start loading its conntrack bucket and entry lines (the
+//!    first `STAGE0_LEAD` frames' at once, each later frame's while the
+//!    frame that many before it is judged), so a table far larger than
+//!    the cache costs no serial memory waits; each
 //!    frame's hash goes to its lookup, and its parse to stage 2
 //!    ([`WorkerState::stage0_push`], [`WorkerState::stage0_for`]), used
 //!    there only if the frame is still
 //!    the bytes stage 0 parsed; a few frames ahead of the one being judged,
 //!    an entry off its home way is loaded too. A hint only: no verdict or
-//!    state depends on it. The worker runs it on tables of ≥ 1M entries only
-//!    (`Conntrack::prefetch_pays`).
+//!    state depends on it. The worker runs it on tables of at least the
+//!    default size only (`Conntrack::prefetch_pays`).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
 //!    outer headers and unwrap the inner frame; remember the sending peer
 //!    and the source identity the header carried.
@@ -159,7 +161,7 @@ pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};
 pub use state::{
     L7Capacity, L7Usage, WorkerState, DEFAULT_L7_MAX_FLOWS, L7_H2_MAX, L7_SLOTS, STAGE0_AHEAD,
-    STANDALONE_CONNTRACK_SIZE,
+    STAGE0_LEAD, STANDALONE_CONNTRACK_SIZE,
 };
 pub use tunnel::{open_deferred, seal_deferred, wg_source, SealJob};
 

@@ -2,11 +2,18 @@
 //! prefetch. At 1M flows the table (~140 MB) is far out of cache and each
 //! lookup waits for memory (its bucket's tag-and-lock line, then the
 //! entry's line). Judged one by one, a batch pays those waits in series;
-//! this stage puts the whole batch's loads in flight first: per frame,
-//! [`stage0`] parses it (stage 2's own parser) and starts loading its
-//! flow's bucket line and home-way entry line
-//! ([`crate::conntrack::Conntrack::prefetch`]). Then the pass runs per
-//! frame as before and finds those lines in cache (or on their way).
+//! this stage puts the loads in flight ahead of the frames that need them:
+//! per frame, [`stage0`] parses it (stage 2's own parser) and hashes its
+//! flow key, and the loads of its flow's bucket line and home-way entry
+//! line ([`crate::conntrack::Conntrack::prefetch_lines`]) start
+//! [`STAGE0_LEAD`](super::STAGE0_LEAD) frames before it is judged: for the
+//! batch's first frames while stage 0 parses them, for each later one
+//! while the pass judges the frame that many before it
+//! ([`WorkerState::stage0_for`]). (Loading the whole batch's lines up front,
+//! as this stage first did, asked for 128 lines at once, more than the
+//! core keeps in flight: stage 0's parse stalled behind them, 0.92× the
+//! pipelined rate at 1M flows.) Then the pass runs per frame as before
+//! and finds those lines in cache (or on their way).
 //!
 //! Nothing here changes any state, counts or drops: a frame that does not
 //! parse, an ICMP error (its flow is the inner packet's) or a later
@@ -160,14 +167,14 @@ pub fn prefetch_hint(frame: &[u8], st: &WorkerState) -> Option<CtHint> {
 /// (the worker writes it in place instead: [`WorkerState::stage0_push`]).
 pub fn stage0(frame: &[u8], st: &WorkerState) -> Option<Stage0> {
     let mut s = Stage0::EMPTY;
-    stage0_into(frame, &st.ct, &mut s);
+    stage0_into(frame, &st.ct, &mut s, true);
     s.valid.then_some(s)
 }
 
 /// Stage 0 for `frame`, written into `s` (`s.valid`: whether it keyed
 /// the frame; else the rest of `s` is stale and unused).
 #[inline]
-pub(super) fn stage0_into(frame: &[u8], ct: &Conntrack, s: &mut Stage0) {
+pub(super) fn stage0_into(frame: &[u8], ct: &Conntrack, s: &mut Stage0, load: bool) {
     s.valid = false;
     if parse_into(frame, &mut s.parsed).is_break() {
         return;
@@ -178,7 +185,10 @@ pub(super) fn stage0_into(frame: &[u8], ct: &Conntrack, s: &mut Stage0) {
     }
     s.whole = p.l4_offset + L4_READ <= HEAD_AT + HEAD;
     s.long = p.l4_offset + L4_READ > HEAD_AT + HEAD_SHORT;
-    s.ct = ct.prefetch_hint(&s.parsed.key);
+    s.ct = ct.hint(&s.parsed.key);
+    if load {
+        ct.prefetch_lines(&s.ct);
+    }
     let rest = frame.get(HEAD_AT..).unwrap_or_default();
     match rest.first_chunk::<HEAD>() {
         Some(h) => s.head = *h,

@@ -60,6 +60,9 @@ pub struct WorkerState {
     pub(super) stage0s: Vec<super::Stage0>,
     pub(super) stage0_n: usize,
     pub(super) stage0_at: Option<usize>,
+    /// How many frames ahead of the one being judged stage 0's first
+    /// loads run ([`STAGE0_LEAD`]).
+    pub(super) stage0_lead: usize,
 }
 
 /// How many frames ahead of the one being judged stage 0's second step
@@ -67,6 +70,17 @@ pub struct WorkerState {
 /// that the bucket line loaded by its first step has arrived, near enough
 /// that the entry line it starts loading arrives before the frame is judged.
 pub const STAGE0_AHEAD: usize = 4;
+
+/// How many frames ahead of the one being judged stage 0 starts loading a
+/// frame's bucket and home-way lines: the batch's first `STAGE0_LEAD`
+/// frames while stage 0 parses them, each later one while the pass judges
+/// the frame `STAGE0_LEAD` before it.
+/// Loading the whole batch's lines at once (as stage 0 did first) kept
+/// more loads in flight than the core has room for: at 1M flows the
+/// parse of stage 0 waited on them (docs/performance.md, "stage 0
+/// pipelined"). Above [`STAGE0_AHEAD`], so that a bucket line has that
+/// many frames to arrive before the second step reads its tags.
+pub const STAGE0_LEAD: usize = 8;
 
 /// Flows under HTTP rules one worker inspects at once, by default.
 pub const DEFAULT_L7_MAX_FLOWS: usize = 16384;
@@ -440,6 +454,7 @@ impl WorkerState {
             stage0s: vec![super::Stage0::EMPTY; 64],
             stage0_n: 0,
             stage0_at: None,
+            stage0_lead: STAGE0_LEAD,
         }
     }
 
@@ -449,6 +464,13 @@ impl WorkerState {
     pub fn set_ct_hint(&mut self, hint: Option<crate::conntrack::CtHint>) {
         self.ct_hint = hint;
         self.stage0_at = None;
+    }
+
+    /// How far ahead stage 0 loads lines ([`STAGE0_LEAD`], the default;
+    /// at least [`STAGE0_AHEAD`] + 1). For comparisons (`conntrack_bench`):
+    /// a batch's size or more loads the whole batch's lines up front.
+    pub fn set_stage0_lead(&mut self, frames: usize) {
+        self.stage0_lead = frames.max(STAGE0_AHEAD + 1);
     }
 
     /// Stage 0 over a new batch: forgets the last batch's frames.
@@ -468,7 +490,7 @@ impl WorkerState {
             self.stage0s.push(super::Stage0::EMPTY);
         }
         if let Some(slot) = self.stage0s.get_mut(i) {
-            super::prefetch::stage0_into(frame, &self.ct, slot);
+            super::prefetch::stage0_into(frame, &self.ct, slot, i < self.stage0_lead);
             self.stage0_n = i + 1;
         }
     }
@@ -485,6 +507,13 @@ impl WorkerState {
         let ahead = i.map(|i| i + STAGE0_AHEAD).filter(|&a| a < self.stage0_n);
         if let Some(s) = ahead.and_then(|a| self.stage0s.get(a)?.get()) {
             self.ct.prefetch_entry(s.ct_hint());
+        }
+        // The first step for the frame `stage0_lead` further on.
+        let lead = i
+            .map(|i| i + self.stage0_lead)
+            .filter(|&a| a < self.stage0_n);
+        if let Some(s) = lead.and_then(|a| self.stage0s.get(a)?.get()) {
+            self.ct.prefetch_lines(s.ct_hint());
         }
     }
 
