@@ -517,10 +517,21 @@ fn compare(rounds: usize) {
             stats(&mut ratio(ix(big, huge, false, 3), ix(0, huge, false, 3)))
         );
     }
-    // As the worker runs it: stage 0 on the 1M table only (huge pages;
-    // before the parse handoff: hash handoff only).
+    // As the worker runs it: stage 0 on the tables `prefetch_pays` gives
+    // it to (huge pages).
+    let pays = |f: usize| tables[f * 4 + 2].st.conntrack().prefetch_pays();
+    let s0 = |f: usize| if pays(f) { 3 } else { 0 };
     println!(
-        "    as the worker runs it (1M with stage 0 ÷ 1k without, huge pages): hash handoff no policy {} | L3/L4 {}; + parse handoff, up front: no policy {} | L3/L4 {}; pipelined: no policy {} | L3/L4 {}",
+        "    as the worker runs it (stage 0 where Conntrack::prefetch_pays: 1k table {}, 1M table {}; huge pages): no policy {} | L3/L4 {}",
+        pays(0),
+        pays(big),
+        stats(&mut ratio(ix(big, true, false, s0(big)), ix(0, true, false, s0(0)))),
+        stats(&mut ratio(ix(big, true, true, s0(big)), ix(0, true, true, s0(0))))
+    );
+    // As the worker ran it before: stage 0 on the 1M table only (before
+    // the parse handoff: hash handoff only).
+    println!(
+        "    1M with stage 0 ÷ 1k without (the worker until PREFETCH_FROM was lowered to the default table), huge pages: hash handoff no policy {} | L3/L4 {}; + parse handoff, up front: no policy {} | L3/L4 {}; pipelined: no policy {} | L3/L4 {}",
         stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
         stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0))),
         stats(&mut ratio(ix(big, true, false, 4), ix(0, true, false, 0))),
