@@ -78,8 +78,10 @@ pub const STAGE0_AHEAD: usize = 4;
 /// Loading the whole batch's lines at once (as stage 0 did first) kept
 /// more loads in flight than the core has room for: at 1M flows the
 /// parse of stage 0 waited on them (docs/performance.md, "stage 0
-/// pipelined"). Above [`STAGE0_AHEAD`], so that a bucket line has that
-/// many frames to arrive before the second step reads its tags.
+/// pipelined"). Above [`STAGE0_AHEAD`], so that a bucket line has
+/// `STAGE0_LEAD - STAGE0_AHEAD` frames to arrive before the second step
+/// reads its tags (with a lead of 4 or less the second step found them
+/// missing and the 1M-flow rate fell by a third).
 pub const STAGE0_LEAD: usize = 8;
 
 /// Flows under HTTP rules one worker inspects at once, by default.
