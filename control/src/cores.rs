@@ -126,39 +126,11 @@ pub struct Report {
     pub advice: Vec<Advice>,
     /// The nodes' interfaces: IRQ affinity and RPS masks ([`interfaces`]).
     pub interfaces: Vec<IfaceReport>,
-    /// How idle cores wait here ([`IdleReport::read`]).
-    pub idle: IdleReport,
+    /// How idle cores wait here ([`IdleCores::read`]).
+    pub idle: IdleCores,
 }
 
-/// How this host's idle cores wait for work: a sleeping worker (adaptive
-/// or wakeup polling) and the pods' receive path are woken from there.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct IdleReport {
-    /// `/sys/devices/system/cpu/cpuidle/current_driver` (`haltpoll` in a
-    /// KVM guest with cpuidle-haltpoll, `intel_idle`, `acpi_idle`, ...).
-    pub cpuidle_driver: Option<String>,
-    /// cpuidle-haltpoll's `guest_halt_poll_ns`: how long an idle vCPU
-    /// polls before it halts (a VM exit; waking it then is the host's
-    /// IPI and scheduling).
-    pub guest_halt_poll_ns: Option<u64>,
-}
-
-/// Where [`IdleReport`] reads the halt-polling knob.
-pub const GUEST_HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
-
-impl IdleReport {
-    pub fn read() -> IdleReport {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
-        IdleReport {
-            cpuidle_driver: read("/sys/devices/system/cpu/cpuidle/current_driver"),
-            guest_halt_poll_ns: read(GUEST_HALT_POLL).and_then(|s| s.parse().ok()),
-        }
-    }
-}
+pub use weir_model::status::{IdleCores, GUEST_HALT_POLL};
 
 /// A worker sleeping at least this share of its time is woken often
 /// enough for the idle advice ([`idle_advice`]).
@@ -170,7 +142,7 @@ pub const SLEEPING_PCT: f64 = 10.0;
 /// µs a request each way on the project's machines (docs/performance.md,
 /// "Waking an idle core"). Advice when some worker sleeps; none on bare
 /// metal, with halt polling on, or when every worker busy-polls.
-pub fn idle_advice(workers: &[WorkerReport], idle: &IdleReport) -> Option<Advice> {
+pub fn idle_advice(workers: &[WorkerReport], idle: &IdleCores) -> Option<Advice> {
     if idle.cpuidle_driver.as_deref() != Some("haltpoll") || idle.guest_halt_poll_ns != Some(0) {
         return None;
     }
@@ -657,7 +629,7 @@ pub fn analyse(a: &Sample, b: &Sample, node: Option<&str>) -> Report {
         cores,
         advice,
         interfaces: Vec::new(),
-        idle: IdleReport::default(),
+        idle: IdleCores::default(),
     }
 }
 
@@ -871,7 +843,7 @@ pub fn render(r: &Report) -> String {
         }
     }
     let _ = writeln!(s);
-    if r.idle != IdleReport::default() {
+    if r.idle != IdleCores::default() {
         let _ = writeln!(
             s,
             "idle cores: cpuidle {}, guest halt polling {}",
@@ -935,7 +907,7 @@ mod tests {
     fn halting_idle_vcpus_are_advice_when_a_worker_sleeps() {
         let mut w = worker(1, "adaptive", 10.0, 5.0, 10.0);
         w.sleep_pct = 80.0;
-        let halts = IdleReport {
+        let halts = IdleCores {
             cpuidle_driver: Some("haltpoll".into()),
             guest_halt_poll_ns: Some(0),
         };
@@ -948,15 +920,15 @@ mod tests {
         );
         // Halt polling on, bare metal, or no haltpoll module: nothing.
         for other in [
-            IdleReport {
+            IdleCores {
                 guest_halt_poll_ns: Some(200_000),
                 ..halts.clone()
             },
-            IdleReport {
+            IdleCores {
                 cpuidle_driver: Some("intel_idle".into()),
                 guest_halt_poll_ns: None,
             },
-            IdleReport::default(),
+            IdleCores::default(),
         ] {
             assert_eq!(
                 idle_advice(std::slice::from_ref(&w), &other),

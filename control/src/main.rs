@@ -947,7 +947,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|n| n.netns.clone())
             });
             let mut more = weir_control::cores::interface_advice(&r.workers, &r.interfaces);
-            r.idle = weir_control::cores::IdleReport::read();
+            r.idle = weir_control::cores::IdleCores::read();
             more.extend(weir_control::cores::idle_advice(&r.workers, &r.idle));
             if !more.is_empty() {
                 r.advice.retain(|a| a.kind != "ok");

@@ -465,6 +465,39 @@ pub struct XdpCounters {
     pub malformed: u64,
 }
 
+/// How this host's idle cores wait for work: a sleeping worker (adaptive
+/// or wakeup polling) and the pods' receive path are woken from there
+/// (`weir cores`; weir-perf's wake-up probe).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IdleCores {
+    /// `/sys/devices/system/cpu/cpuidle/current_driver` (`haltpoll` in a
+    /// KVM guest with cpuidle-haltpoll, `intel_idle`, `acpi_idle`, ...).
+    pub cpuidle_driver: Option<String>,
+    /// cpuidle-haltpoll's `guest_halt_poll_ns`: how long an idle vCPU
+    /// polls before it halts (a VM exit; waking it then is the host's
+    /// IPI and scheduling).
+    pub guest_halt_poll_ns: Option<u64>,
+}
+
+/// Where [`IdleCores`] reads the halt-polling knob.
+pub const GUEST_HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+impl IdleCores {
+    /// Read from sysfs now (a field is None where the host lacks it).
+    pub fn read() -> IdleCores {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        IdleCores {
+            cpuidle_driver: read("/sys/devices/system/cpu/cpuidle/current_driver"),
+            guest_halt_poll_ns: read(GUEST_HALT_POLL).and_then(|s| s.parse().ok()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

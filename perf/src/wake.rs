@@ -19,14 +19,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-/// The guest's halt-polling knob (cpuidle-haltpoll), where the kernel has it.
-pub const HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
-const CPUIDLE_DRIVER: &str = "/sys/devices/system/cpu/cpuidle/current_driver";
+use weir_model::status::{IdleCores, GUEST_HALT_POLL as HALT_POLL};
 
 /// Round trips per probe (a tenth more as warm-up).
 const ROUND_TRIPS: usize = 2000;
@@ -52,15 +49,14 @@ pub struct Wake {
 pub fn probe(a: usize, b: usize) -> Option<Wake> {
     let same = ping_pong(a, a)?;
     let cross = ping_pong(a, b)?;
+    let idle = IdleCores::read();
     Some(Wake {
         same_core_p50_us: pct(&same, 50),
         cross_core_p50_us: pct(&cross, 50),
         cross_core_p99_us: pct(&cross, 99),
         cores: (a, b),
-        halt_poll_ns: read_u64(HALT_POLL),
-        cpuidle_driver: std::fs::read_to_string(CPUIDLE_DRIVER)
-            .ok()
-            .map(|s| s.trim().to_string()),
+        halt_poll_ns: idle.guest_halt_poll_ns,
+        cpuidle_driver: idle.cpuidle_driver,
     })
 }
 
@@ -113,10 +109,6 @@ fn pct(sorted: &[f64], p: usize) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn read_u64(p: impl AsRef<Path>) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
 /// One sentence for a report's header.
 pub fn note(w: Option<&Wake>) -> String {
     let Some(w) = w else {
@@ -147,7 +139,7 @@ impl HaltPoll {
     /// Sets `guest_halt_poll_ns` to `ns`; an error if this kernel has no
     /// haltpoll module or the write is refused (needs root).
     pub fn set(ns: u64) -> anyhow::Result<HaltPoll> {
-        let old = read_u64(HALT_POLL).ok_or_else(|| {
+        let old = IdleCores::read().guest_halt_poll_ns.ok_or_else(|| {
             anyhow::anyhow!(
                 "--halt-poll-ns: {HALT_POLL} is missing (no cpuidle-haltpoll in this kernel: not a KVM guest, or the module is not loaded)"
             )
