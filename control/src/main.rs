@@ -88,6 +88,30 @@ struct DataplaneFlags {
     /// (docs/performance.md, "Coalescing under thin load").
     #[arg(long, default_value_t = u64::from(weir_dataplane::runtime::DEFAULT_COALESCE_US), value_name = "US")]
     coalesce_us: u64,
+    /// When workers run the conntrack prefetch (the pass's stage 0): auto (when a
+    /// worker sees ~4096 distinct flows per 16384 packets or more: the flows outgrow the
+    /// cache), on (every batch), off. `weir status` shows each worker's (docs/conntrack.md).
+    #[arg(long, value_enum, default_value_t = CtPrefetchArg::Auto)]
+    ct_prefetch: CtPrefetchArg,
+}
+
+/// `--ct-prefetch`: when workers run the conntrack prefetch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CtPrefetchArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl CtPrefetchArg {
+    fn mode(self) -> weir_model::status::CtPrefetch {
+        use weir_model::status::CtPrefetch;
+        match self {
+            CtPrefetchArg::Auto => CtPrefetch::Auto,
+            CtPrefetchArg::On => CtPrefetch::On,
+            CtPrefetchArg::Off => CtPrefetch::Off,
+        }
+    }
 }
 
 /// `--encrypt`: encryption between nodes.
@@ -139,6 +163,12 @@ impl DataplaneFlags {
         let coalesce = node_dataplane::check_coalesce_us(self.coalesce_us)?;
         if coalesce != weir_dataplane::runtime::DEFAULT_COALESCE_US {
             v.extend(["--coalesce-us".to_string(), coalesce.to_string()]);
+        }
+        if self.ct_prefetch != CtPrefetchArg::Auto {
+            v.extend([
+                "--ct-prefetch".to_string(),
+                self.ct_prefetch.mode().as_str().to_string(),
+            ]);
         }
         Ok(v)
     }
@@ -1278,6 +1308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         idle_spin_us: node_dataplane::check_idle_spin_us(dp.idle_spin_us)?,
                         idle_yield: dp.idle_yield,
                         coalesce_us: node_dataplane::check_coalesce_us(dp.coalesce_us)?,
+                        ct_prefetch: dp.ct_prefetch.mode(),
                     })
                 }
             }

@@ -44,6 +44,8 @@ pub struct Options {
     pub idle_yield: bool,
     /// Adaptive polling's sleep under thin load (`--coalesce-us`).
     pub coalesce_us: u32,
+    /// When workers run the conntrack prefetch (`--ct-prefetch`).
+    pub ct_prefetch: weir_model::status::CtPrefetch,
 }
 
 /// Checks `--coalesce-us`: at most
@@ -213,6 +215,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         idle_spin: std::time::Duration::from_micros(opts.idle_spin_us),
         idle_yield: opts.idle_yield,
         coalesce_us: opts.coalesce_us,
+        ct_prefetch: opts.ct_prefetch,
         // Multi-buffer sockets when a port's MTU needs frames above one
         // UMEM frame (pod MTU above ~3.8 KiB, docs/performance.md).
         multi_buffer: multi_buffer_needed(&cluster, &opts.node),

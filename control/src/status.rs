@@ -158,6 +158,7 @@ pub fn render(v: &ClusterStatus) -> String {
         out.push_str(&drops_line(&dp));
         out.push_str(&frames_line(&dp));
         out.push_str(&ports_mode(&dp));
+        out.push_str(&ct_prefetch_line(&dp));
         // The conntrack checkpoint (docs/reliability.md).
         let ct = &dp.conntrack;
         if ct.checkpoints + ct.checkpoint_errors + ct.restored + ct.restored_nat > 0 {
@@ -317,6 +318,32 @@ fn frames_line(dp: &DataplaneStatus) -> String {
     s
 }
 
+/// The conntrack prefetch (stage 0) of each worker and the flow census
+/// that decides it under `--ct-prefetch auto` (docs/conntrack.md).
+fn ct_prefetch_line(dp: &DataplaneStatus) -> String {
+    let mode = dp.config.ct_prefetch;
+    let mut out = format!("conntrack prefetch (--ct-prefetch {}):", mode.as_str());
+    for w in &dp.workers {
+        let c = &w.ct_prefetch;
+        let _ = write!(out, " w{} {}", w.id, if c.on { "on" } else { "off" });
+        if c.window > 0 {
+            let _ = write!(
+                out,
+                " (≈{} flows in its last {} packets{})",
+                c.flows,
+                c.window,
+                match c.switches {
+                    0 => String::new(),
+                    1 => ", switched once".to_string(),
+                    n => format!(", switched {n} times"),
+                }
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
 /// The AF_XDP socket mode of each port: one line per mode with its ports
 /// (a node of 200 pods in copy mode is one line), and the busy-poll option.
 fn ports_mode(dp: &DataplaneStatus) -> String {
@@ -328,6 +355,14 @@ fn ports_mode(dp: &DataplaneStatus) -> String {
     let mut out = String::new();
     for (mode, ports) in by_mode {
         let _ = writeln!(out, "sockets {mode}: {}", ports.join(" "));
+    }
+    if let Some(b) = dp.ports.iter().filter_map(|p| p.tx_budget).min() {
+        let how = if b > weir_model::status::KERNEL_TX_BUDGET {
+            "XDP_MAX_TX_SKB_BUDGET"
+        } else {
+            "the kernel's default: no XDP_MAX_TX_SKB_BUDGET before Linux 6.17"
+        };
+        let _ = writeln!(out, "copy-mode TX: up to {b} frames per kick ({how})");
     }
     if dp.config.busy_poll {
         let _ = writeln!(

@@ -377,10 +377,10 @@ fn stats(v: &mut [f64]) -> String {
 }
 
 /// The flow counts compared, and their table sizes: 1k, 10k and 100k
-/// flows in the default table, 30k in a quarter of it, 1M in a 2M table
-/// (where `Conntrack::prefetch_pays` gives the stage from:
-/// `PREFETCH_FROM`). The first is the "1k" and the last the "1M" of the
-/// ratios below.
+/// flows in the default table, 30k in a quarter of it, 1M in a 2M table.
+/// The first is the "1k" and the last the "1M" of the ratios below. The
+/// worker's flow census (`--ct-prefetch auto`) runs stage 0 from
+/// `CENSUS_ON_FLOWS` distinct flows: not at 1k, at 10k and above.
 const SIZES: [(u32, usize); 5] = [
     (1_000, 262_144),
     (10_000, 262_144),
@@ -517,12 +517,12 @@ fn compare(rounds: usize) {
             stats(&mut ratio(ix(big, huge, false, 3), ix(0, huge, false, 3)))
         );
     }
-    // As the worker runs it: stage 0 on the tables `prefetch_pays` gives
-    // it to (huge pages).
-    let pays = |f: usize| tables[f * 4 + 2].st.conntrack().prefetch_pays();
+    // As the worker runs it: stage 0 where its flow census turns it on
+    // (uniform traffic over this many flows; huge pages).
+    let pays = |f: usize| u64::from(SIZES[f].0) >= weir_dataplane::pass::CENSUS_ON_FLOWS;
     let s0 = |f: usize| if pays(f) { 3 } else { 0 };
     println!(
-        "    as the worker runs it (stage 0 where Conntrack::prefetch_pays: 1k table {}, 1M table {}; huge pages): no policy {} | L3/L4 {}",
+        "    as the worker runs it (--ct-prefetch auto: stage 0 at 1k flows {}, at 1M {}; huge pages): no policy {} | L3/L4 {}",
         pays(0),
         pays(big),
         stats(&mut ratio(ix(big, true, false, s0(big)), ix(0, true, false, s0(0)))),
@@ -531,7 +531,7 @@ fn compare(rounds: usize) {
     // As the worker ran it before: stage 0 on the 1M table only (before
     // the parse handoff: hash handoff only).
     println!(
-        "    1M with stage 0 ÷ 1k without (the worker until PREFETCH_FROM was lowered to the default table), huge pages: hash handoff no policy {} | L3/L4 {}; + parse handoff, up front: no policy {} | L3/L4 {}; pipelined: no policy {} | L3/L4 {}",
+        "    1M with stage 0 ÷ 1k without (the worker with stage 0 on 1M tables only, and now by its flow census), huge pages: hash handoff no policy {} | L3/L4 {}; + parse handoff, up front: no policy {} | L3/L4 {}; pipelined: no policy {} | L3/L4 {}",
         stats(&mut ratio(ix(big, true, false, 2), ix(0, true, false, 0))),
         stats(&mut ratio(ix(big, true, true, 2), ix(0, true, true, 0))),
         stats(&mut ratio(ix(big, true, false, 4), ix(0, true, false, 0))),

@@ -52,11 +52,6 @@ pub const WAYS: usize = 16;
 /// Default number of entries of a node's table.
 pub const DEFAULT_SIZE: usize = 262_144;
 
-/// Tables from this many entries (the default's, ~18 MB: far beyond a
-/// core's L2) get the pass's conntrack prefetch stage
-/// ([`Conntrack::prefetch_pays`]).
-pub const PREFETCH_FROM: usize = DEFAULT_SIZE;
-
 const SEC: u64 = 1_000_000_000;
 
 /// How long an idle entry lives in each state, in nanoseconds.
@@ -514,6 +509,12 @@ impl CtHint {
     pub fn key(&self) -> &FlowKey {
         &self.key
     }
+
+    /// The key's hash on its table (the same for both directions of a
+    /// flow; the stage 0 flow census counts its top bits).
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
 }
 
 /// The node's connection-tracking table.
@@ -743,20 +744,6 @@ impl Conntrack {
             }
         }
         ways
-    }
-
-    /// Whether the pass's stage 0 prefetch pays for itself on this table:
-    /// only for tables of at least [`PREFETCH_FROM`] entries. On a smaller
-    /// table (≤ 8.9 MB) the lines of the flows in use mostly stay in
-    /// cache: with 30k flows in a 65 536-entry table the stage measured
-    /// 1.00× in `conntrack_bench`. On the default table, pipelined, it
-    /// measured 0.95× with 1k flows, 1.11× with 10k, 1.35× with 100k and
-    /// 2.10× with 1M in a 2M table (docs/performance.md, "stage 0
-    /// pipelined"): a few percent on a quiet node for a third more on a
-    /// busy one. Whether to run it could follow the flows in use rather
-    /// than the table's size; not done.
-    pub fn prefetch_pays(&self) -> bool {
-        self.capacity() >= PREFETCH_FROM
     }
 
     /// Finds the live way of `key` in `b`, reclaiming it if expired.
@@ -1518,13 +1505,6 @@ mod tests {
     fn entry_is_a_cache_line() {
         assert_eq!(std::mem::size_of::<Entry>(), 64);
         assert!(Conntrack::bytes_per_entry() <= 72);
-    }
-
-    #[test]
-    fn prefetch_only_on_large_tables() {
-        assert!(!Conntrack::new(DEFAULT_SIZE / 2, Timeouts::default()).prefetch_pays());
-        assert!(Conntrack::new(DEFAULT_SIZE, Timeouts::default()).prefetch_pays());
-        assert!(Conntrack::new(PREFETCH_FROM, Timeouts::default()).prefetch_pays());
     }
 
     /// Line 0: tags and the lock; entry `w` alone on line `w + 1` (what

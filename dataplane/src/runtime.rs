@@ -142,6 +142,9 @@ pub struct DataplaneConfig {
     /// Adaptive polling: longest sleep after a round that took fewer than
     /// half a batch (`--coalesce-us`, [`crate::coalesce`]), µs; 0: off.
     pub coalesce_us: u32,
+    /// When the workers run the conntrack prefetch (`--ct-prefetch`;
+    /// [`crate::pass::FlowCensus`]).
+    pub ct_prefetch: weir_model::status::CtPrefetch,
 }
 
 /// Where the checkpoint lives and whose it is.
@@ -196,6 +199,7 @@ impl Default for DataplaneConfig {
             idle_spin: ADAPTIVE_IDLE_AFTER,
             idle_yield: true,
             coalesce_us: DEFAULT_COALESCE_US,
+            ct_prefetch: weir_model::status::CtPrefetch::Auto,
         }
     }
 }
@@ -248,6 +252,8 @@ struct PortRt {
     mode: String,
     /// Queues (XSKMAP entries, sockets) set up on the interface.
     queues: u32,
+    /// Copy mode: the smallest TX budget of its sockets.
+    tx_budget: Option<u32>,
     /// Underlay mode with this UDP port; `None` for a pod port.
     underlay: Option<u16>,
 }
@@ -426,6 +432,7 @@ impl Dataplane {
                 breakdown: cfg.latency_breakdown,
                 busy_poll: cfg.busy_poll,
                 coalesce_us: cfg.coalesce_us,
+                ct_prefetch: cfg.ct_prefetch,
             };
             let (umem, frames) = WorkerUmem::new(cfg.frame_size, budget.frames, cfg.ring_size)?;
             let umem = umem.with_multi_buffer(cfg.multi_buffer);
@@ -729,6 +736,7 @@ impl Dataplane {
                     queues: p.queues,
                     zero_copy: p.zero_copy,
                     mode: p.mode.clone(),
+                    tx_budget: p.tx_budget,
                     xdp,
                     error,
                 }
@@ -759,6 +767,7 @@ impl Dataplane {
                 idle_spin_us: self.cfg.idle_spin.as_micros() as u64,
                 idle_yield: self.cfg.idle_yield,
                 coalesce_us: self.cfg.coalesce_us,
+                ct_prefetch: self.cfg.ct_prefetch,
             },
             workers,
             totals,
@@ -938,12 +947,16 @@ impl Dataplane {
         let mut zero_copy = self.cfg.zero_copy;
         let mut socks = Vec::new();
         let mut refused: Option<String> = None;
+        let mut tx_budget: Option<u32> = None;
         for q in 0..queues {
             let w = &self.workers[(q % nw) as usize];
             // A socket that fails drops the ones made before it: none is
             // registered yet.
             let sock = w.umem.open_socket(name, q, self.cfg.zero_copy)?;
             zero_copy &= sock.zero_copy();
+            if let Some(b) = sock.tx_budget() {
+                tx_budget = Some(tx_budget.map_or(b, |t| t.min(b)));
+            }
             if refused.is_none() {
                 refused = sock.zero_copy_refused().map(str::to_string);
             }
@@ -1003,6 +1016,7 @@ impl Dataplane {
                 zero_copy,
                 mode,
                 queues,
+                tx_budget,
                 underlay: want.underlay,
             },
         );

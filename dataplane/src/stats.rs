@@ -17,8 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 pub use weir_model::status::{
-    FrameStatus, KernelDrops, L7Status, LatencySummary, StageLatency, Totals, WorkerStatus,
-    WorkerTime, BREAKDOWN_STAGES,
+    CtPrefetchStatus, FrameStatus, KernelDrops, L7Status, LatencySummary, StageLatency, Totals,
+    WorkerStatus, WorkerTime, BREAKDOWN_STAGES,
 };
 
 use crate::DropReason;
@@ -125,6 +125,11 @@ pub struct WorkerStats {
     pub full_batches: Counter,
     /// Coalescing sleeps (`--coalesce-us`) and their wall time.
     pub coalesce_sleeps: Counter,
+    /// The conntrack prefetch ([`weir_model::status::CtPrefetchStatus`]).
+    pub ct_prefetch_on: Counter,
+    pub ct_prefetch_flows: Counter,
+    pub ct_prefetch_window: Counter,
+    pub ct_prefetch_switches: Counter,
     pub coalesce_ns: Counter,
     latency: ArcSwap<Histogram<u64>>,
     /// The latency breakdown's stage histograms (`None` unless on).
@@ -176,6 +181,10 @@ impl WorkerStats {
             rx_visits: Counter::default(),
             full_batches: Counter::default(),
             coalesce_sleeps: Counter::default(),
+            ct_prefetch_on: Counter::default(),
+            ct_prefetch_flows: Counter::default(),
+            ct_prefetch_window: Counter::default(),
+            ct_prefetch_switches: Counter::default(),
             coalesce_ns: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
             breakdown: arc_swap::ArcSwapOption::empty(),
@@ -262,6 +271,12 @@ impl WorkerStats {
                 h2_streams_refused: self.l7_h2_streams_refused.get(),
             },
             latency_ns: latency_summary(&h),
+            ct_prefetch: CtPrefetchStatus {
+                on: self.ct_prefetch_on.get() != 0,
+                flows: self.ct_prefetch_flows.get(),
+                window: self.ct_prefetch_window.get(),
+                switches: self.ct_prefetch_switches.get(),
+            },
             latency_buckets: latency_buckets(&h),
             latency_sum_ns: (h.mean() * h.len() as f64) as u64,
             time: WorkerTime {

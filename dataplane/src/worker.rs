@@ -78,6 +78,8 @@ pub struct WorkerConfig {
     /// Adaptive: longest sleep after a round that took fewer than half a
     /// batch (`--coalesce-us`, [`crate::coalesce`]), µs; 0: off.
     pub coalesce_us: u32,
+    /// When batches run stage 0, the conntrack prefetch (`--ct-prefetch`).
+    pub ct_prefetch: weir_model::status::CtPrefetch,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -332,7 +334,11 @@ impl Worker {
             cur,
             stop,
             stats,
-            state: WorkerState::new(),
+            state: {
+                let mut st = WorkerState::new();
+                st.set_ct_prefetch(cfg.ct_prefetch);
+                st
+            },
             hist: stats::new_latency_histogram(),
             port_slot: Vec::new(),
             touched: Vec::new(),
@@ -362,7 +368,8 @@ impl Worker {
 
     /// Replaces the pass's per-worker state (the runtime hands in one on the
     /// node's shared conntrack table).
-    pub fn with_state(mut self, state: WorkerState) -> Self {
+    pub fn with_state(mut self, mut state: WorkerState) -> Self {
+        state.set_ct_prefetch(self.cfg.ct_prefetch);
         self.state = state;
         self.with_hold_queues()
     }
@@ -500,6 +507,11 @@ impl Worker {
         st.coalesce_sleeps.set(t.coalesce_sleeps);
         st.coalesce_ns.set(t.coalesce_ns);
         st.cpu_ns.set(thread_cpu_ns());
+        let ct = self.state.ct_prefetch_status();
+        st.ct_prefetch_on.set(u64::from(ct.on));
+        st.ct_prefetch_flows.set(ct.flows);
+        st.ct_prefetch_window.set(ct.window);
+        st.ct_prefetch_switches.set(ct.switches);
         st.kernel_rx_ring_full.set(k.rx_ring_full);
         st.kernel_fill_ring_empty.set(k.fill_ring_empty);
         st.kernel_rx_dropped.set(k.rx_dropped);
@@ -777,13 +789,13 @@ impl Worker {
             // WireGuard messages from peers: opened first, each peer's
             // lock taken once for the batch.
             self.wg_open_batch(ingress, &mut rx);
-            // Stage 0: the batch's conntrack lines in flight at once
-            // (large tables only: on a small one it costs more than it
-            // saves).
+            // Stage 0: the batch's conntrack lines in flight ahead of
+            // the frames (when the worker's flow census says the flows in
+            // use outgrow the cache: with few it costs more than it saves).
             // The hashes and parses it made go to the pass (one parse and
             // one hash a frame).
             self.state.stage0_clear();
-            if self.state.conntrack().prefetch_pays() {
+            if self.state.stage0_wanted() {
                 for d in rx.iter_mut() {
                     let st = &mut self.state;
                     self.umem.with_frame(d, |buf, len| {

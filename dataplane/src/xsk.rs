@@ -31,6 +31,8 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use weir_model::status::KERNEL_TX_BUDGET;
+
 use crate::stats::KernelDrops;
 
 /// Errors of UMEM and socket setup.
@@ -233,12 +235,18 @@ impl WorkerUmem {
                         Ok(zc) => zc,
                         Err(_) => mode.contains(BindFlags::XDP_ZEROCOPY),
                     };
+                    let tx_budget = if zero_copy {
+                        None
+                    } else {
+                        Some(raise_tx_budget(fd, self.ring_size))
+                    };
                     return Ok(XskSocket {
                         ifname: ifname.to_string(),
                         queue,
                         ring_size: self.ring_size,
                         fd,
                         zero_copy,
+                        tx_budget,
                         sg: self.multi_buffer,
                         zc_refused: match (want_zero_copy, zero_copy) {
                             (true, false) => Some(zc_refused.unwrap_or_else(|| {
@@ -537,6 +545,9 @@ pub struct XskSocket {
     ring_size: u32,
     fd: RawFd,
     zero_copy: bool,
+    /// Copy mode: the most frames one TX kick hands to the device
+    /// ([`raise_tx_budget`]); `None` in zero-copy (the driver's NAPI sends).
+    tx_budget: Option<u32>,
     /// Bound with `XDP_USE_SG`: RX may return chains (kept whole by
     /// [`XskSocket::rx`]) and TX takes them.
     sg: bool,
@@ -566,6 +577,11 @@ impl XskSocket {
 
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Copy mode: the most frames one TX kick sends ([`raise_tx_budget`]).
+    pub fn tx_budget(&self) -> Option<u32> {
+        self.tx_budget
     }
 
     /// Bound multi-buffer (`XDP_USE_SG`).
@@ -746,9 +762,10 @@ impl XskSocket {
 
     /// Kicks the kernel to transmit what is on the TX ring; returns whether
     /// the ring is now empty. In copy mode the transmit work happens in the
-    /// kick itself, and one kick sends at most 32 frames (the kernel's TX
-    /// budget; it answers EAGAIN), so this kicks up to `max_kicks` times
-    /// while the ring keeps draining. A ring left non-empty must be kicked
+    /// kick itself, and one kick sends at most [`XskSocket::tx_budget`]
+    /// frames (the whole ring from Linux 6.17, 32 before; the kernel then
+    /// answers EAGAIN), so this kicks up to `max_kicks` times while the ring
+    /// keeps draining. A ring left non-empty must be kicked
     /// again later: nothing else will send those frames in busy-poll mode.
     #[inline]
     pub fn kick(&mut self, max_kicks: u32) -> io::Result<bool> {
@@ -820,6 +837,33 @@ fn set_sockopt_int(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17, include/uapi/linux/if_xdp.h; not
+/// in the libc crate yet).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Lets one copy-mode TX kick (`sendto`) send up to the whole TX ring
+/// (`ring_size` frames) instead of the kernel's default 32
+/// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17; allowed range 32..=ring size).
+/// Returns the budget in force: `ring_size`, or [`KERNEL_TX_BUDGET`] on a
+/// kernel without the option (`ENOPROTOOPT`), which only costs more kicks.
+fn raise_tx_budget(fd: RawFd, ring_size: u32) -> u32 {
+    if ring_size <= KERNEL_TX_BUDGET {
+        return KERNEL_TX_BUDGET.min(ring_size);
+    }
+    match set_sockopt_int(
+        fd,
+        libc::SOL_XDP,
+        XDP_MAX_TX_SKB_BUDGET,
+        ring_size as libc::c_int,
+    ) {
+        Ok(()) => ring_size,
+        Err(e) => {
+            log::debug!("XDP_MAX_TX_SKB_BUDGET {ring_size} refused ({e}); 32 frames per TX kick");
+            KERNEL_TX_BUDGET
+        }
+    }
 }
 
 /// Whether the bound socket `fd` runs zero-copy (`XDP_OPTIONS`).

@@ -33,6 +33,32 @@ impl PollMode {
     }
 }
 
+/// When a worker runs the pass's stage 0, the conntrack prefetch
+/// (`--ct-prefetch`; docs/conntrack.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CtPrefetch {
+    /// By the flows the worker sees: on from about 4096 distinct flows in
+    /// its last 16 384 packets, off again below 2048 (its flow census).
+    #[default]
+    Auto,
+    /// On every batch (a node known to carry many flows).
+    On,
+    /// Never.
+    Off,
+}
+
+impl CtPrefetch {
+    /// As `--ct-prefetch` and the JSON spell it: `auto`, `on`, `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtPrefetch::Auto => "auto",
+            CtPrefetch::On => "on",
+            CtPrefetch::Off => "off",
+        }
+    }
+}
+
 /// What `weir status` shows of the dataplane.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -174,6 +200,8 @@ pub struct ConfigStatus {
     /// Adaptive polling: longest sleep after a round that took fewer than
     /// half a batch (`--coalesce-us`), µs; 0: off.
     pub coalesce_us: u32,
+    /// When the workers run the conntrack prefetch (`--ct-prefetch`).
+    pub ct_prefetch: CtPrefetch,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -190,10 +218,31 @@ pub struct PortStatus {
     /// refused: <errno>)" when `--zero-copy` asked for it and the driver
     /// refused (veth always does).
     pub mode: String,
+    /// Copy mode: the most frames one TX kick (`sendto`) sends on this
+    /// port's sockets: the TX ring's size where the kernel takes
+    /// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17), else its default 32. `None` in
+    /// zero-copy.
+    pub tx_budget: Option<u32>,
     /// The XDP program's counters on this port.
     pub xdp: Option<XdpCounters>,
     /// Why the counters could not be read, if they could not.
     pub error: Option<String>,
+}
+
+/// A worker's conntrack prefetch (stage 0) now, and what its flow census
+/// last counted (`--ct-prefetch auto` decides by it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CtPrefetchStatus {
+    /// Stage 0 runs on every batch now.
+    pub on: bool,
+    /// Distinct flows among the packets of the census's last window
+    /// (an estimate: linear counting over a bitmap of flow hashes).
+    pub flows: u64,
+    /// The packets that window counted (0 before the first window closed).
+    pub window: u64,
+    /// Times stage 0 was turned on or off by the census.
+    pub switches: u64,
 }
 
 /// Percentiles of time spent in the dataplane per frame (from the batch's RX
@@ -241,6 +290,8 @@ pub struct WorkerStatus {
     /// Inline L7 in use (sampled per publish).
     pub l7: L7Status,
     pub latency_ns: LatencySummary,
+    /// The conntrack prefetch (stage 0) and the flow census that decides it.
+    pub ct_prefetch: CtPrefetchStatus,
     /// The same histogram in Prometheus buckets: frames per bucket of
     /// [`LATENCY_BUCKETS_NS`] (not cumulative), then the frames above the
     /// last bound; empty before the first publish.
@@ -254,6 +305,11 @@ pub struct WorkerStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breakdown: Vec<StageLatency>,
 }
+
+/// The most frames one copy-mode AF_XDP TX kick sends by default (and
+/// always before Linux 6.17's `XDP_MAX_TX_SKB_BUDGET`): `TX_BATCH_SIZE`
+/// in net/xdp/xsk.c. [`PortStatus::tx_budget`].
+pub const KERNEL_TX_BUDGET: u32 = 32;
 
 /// The stages of `weir up --latency-breakdown`, per batch (one socket's
 /// RX batch, or one round's kicks), in nanoseconds:

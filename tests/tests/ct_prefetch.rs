@@ -1,19 +1,23 @@
 //! The worker's stage 0 (conntrack prefetch, its hash and parse handed to
-//! the pass: `dataplane/src/pass/prefetch.rs`) runs on conntrack tables of
-//! at least the default size (`Conntrack::prefetch_pays`,
-//! `PREFETCH_FROM`), so every other test runs it; only a smaller table
-//! judges without it. Here one node with a table below the threshold
-//! (`weir up --conntrack-size 131072`), real TCP, UDP and ICMP over IPv4
-//! and IPv6 between pods through it: the traffic crosses the workers
-//! (counters moved, flows inserted in that table) and fails closed without
-//! the dataplane. Needs root.
+//! the pass: `dataplane/src/pass/prefetch.rs`) runs when the worker's flow
+//! census says the flows in use outgrow the cache (`--ct-prefetch auto`,
+//! the default: from ~4096 distinct flows per 16 384 packets; below that
+//! on one batch in 16, so every other test takes both paths).
+//!
+//! Here, with real traffic between pods:
+//! - `--ct-prefetch off`: TCP, UDP and ICMP over IPv4 and IPv6 cross the
+//!   workers with no stage 0 (counters moved, flows inserted), status says
+//!   off, and the path fails closed without the dataplane;
+//! - `auto`: a UDP stream over 8192 flows turns stage 0 on (the census
+//!   counted them: status shows the estimate and one switch), and a stream
+//!   of one flow turns it off again.
+//!
+//! Needs root and python3.
 
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
 use weir_tests::{all_connected, simple_cluster, TestCluster};
-
-/// Half of `weir_dataplane::conntrack::PREFETCH_FROM` (the default table,
-/// 262 144 entries): the worker runs no stage 0 on it (the unit test
-/// `prefetch_only_on_large_tables`).
-const TABLE: u64 = 1 << 17;
 
 fn ct(status: &serde_json::Value, field: &str) -> u64 {
     weir_tests::node_status(status, "node-1")["conntrack"][field]
@@ -21,19 +25,29 @@ fn ct(status: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Each worker's `ct_prefetch` status on node-1.
+fn prefetch(status: &Value) -> Vec<Value> {
+    weir_tests::node_status(status, "node-1")["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| w["ct_prefetch"].clone())
+        .collect()
+}
+
 #[test]
-fn traffic_through_a_table_without_stage_0_crosses_and_fails_closed() {
-    let size = TABLE.to_string();
+fn traffic_without_stage_0_crosses_and_fails_closed() {
     let c = TestCluster::up_with(
         "ctp",
         &simple_cluster("x", &["a", "b"]),
-        &["--conntrack-size", &size],
+        &["--ct-prefetch", "off"],
     );
     let s0 = c.status();
     assert_eq!(
-        ct(&s0, "size"),
-        TABLE,
-        "--conntrack-size reached the dataplane"
+        weir_tests::node_status(&s0, "node-1")["config"]["ct_prefetch"],
+        "off",
+        "--ct-prefetch reached the dataplane: {s0}"
     );
     let topo = c.topology();
     let b = topo.pod("x", "b").expect("pod b");
@@ -67,8 +81,104 @@ fn traffic_through_a_table_without_stage_0_crosses_and_fails_closed() {
     let tx = c.counter("tx_packets") - tx0;
     assert!(rx >= 2 * 4 * 2 + 12, "workers received only {rx} frames");
     assert!(tx >= 2 * 4 * 2 + 12, "workers transmitted only {tx} frames");
-    let inserts = ct(&c.status(), "inserts") - inserts0;
+    let s1 = c.status();
+    let inserts = ct(&s1, "inserts") - inserts0;
     assert!(inserts >= 2 * 4 + 2, "only {inserts} flows tracked");
+    for w in prefetch(&s1) {
+        assert_eq!(w["on"], false, "{w}");
+        // Off: stage 0 never runs, so its census never counts.
+        assert_eq!(w["window"], 0, "{w}");
+    }
+    let text = String::from_utf8_lossy(&c.weir(&["status"]).stdout).to_string();
+    assert!(
+        text.contains("conntrack prefetch (--ct-prefetch off): w0 off"),
+        "{text}"
+    );
 
     c.assert_fail_closed("node-1", "x/a", "x/b");
+}
+
+/// UDP datagrams from the pod: `flows` flows (16 sockets, distinct
+/// destination ports), `n` datagrams in all.
+const SENDER: &str = r#"
+import socket, sys
+dst, flows, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(min(16, flows))]
+ports = max(1, flows // len(socks))
+for i in range(n):
+    f = i % flows
+    socks[f % len(socks)].sendto(b"x", (dst, 20000 + (f // len(socks)) % ports))
+"#;
+
+/// Sends `flows`-flow rounds of `n` datagrams a → `dst` until node-1's
+/// worker reports stage 0 `on` (or the deadline).
+fn stream_until(c: &TestCluster, dst: &str, flows: u64, on: bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = c.topology().pod("x", "a").expect("pod a").netns.clone();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &p, "python3", "-c", SENDER, dst])
+            .arg(flows.to_string())
+            .arg("100000")
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The census publishes with the worker's stats (every 250 ms).
+        std::thread::sleep(Duration::from_millis(600));
+        let w = prefetch(&c.status());
+        if w.iter().any(|w| w["on"] == on) {
+            return w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stage 0 never turned {}: {w:?}",
+            if on { "on" } else { "off" }
+        );
+    }
+}
+
+#[test]
+fn the_flow_census_turns_stage_0_on_for_many_flows_and_off_for_few() {
+    let c = TestCluster::up("ctc", &simple_cluster("x", &["a", "b"]));
+    let s0 = c.status();
+    assert_eq!(
+        weir_tests::node_status(&s0, "node-1")["config"]["ct_prefetch"],
+        "auto"
+    );
+    assert!(prefetch(&s0).iter().all(|w| w["on"] == false), "{s0}");
+    let b4 = c
+        .topology()
+        .pod("x", "b")
+        .expect("b")
+        .ipv4
+        .expect("v4")
+        .to_string();
+    let rx0 = c.counter("rx_packets");
+
+    // 8192 flows: ~7000 distinct in a window of 16 384 packets.
+    let w = stream_until(&c, &b4, 8192, true);
+    let on = w.iter().find(|w| w["on"] == true).expect("a worker on");
+    let flows = on["flows"].as_u64().unwrap_or(0);
+    assert!(flows >= 4096, "census estimate {flows}: {on}");
+    assert!(on["switches"].as_u64() >= Some(1), "{on}");
+    assert!(
+        c.counter("rx_packets") - rx0 >= 16_384,
+        "the workers did not see the stream"
+    );
+    let text = String::from_utf8_lossy(&c.weir(&["status"]).stdout).to_string();
+    assert!(
+        text.contains("conntrack prefetch (--ct-prefetch auto):"),
+        "{text}"
+    );
+    assert!(text.contains(" on (≈"), "{text}");
+
+    // One flow: the next full window turns it off again.
+    let w = stream_until(&c, &b4, 1, false);
+    let off = w.iter().find(|w| w["on"] == false).expect("a worker off");
+    assert!(off["flows"].as_u64() <= Some(2), "{off}");
+    assert!(off["switches"].as_u64() >= Some(2), "{off}");
 }

@@ -14,8 +14,9 @@
 //!    there only if the frame is still
 //!    the bytes stage 0 parsed; a few frames ahead of the one being judged,
 //!    an entry off its home way is loaded too. A hint only: no verdict or
-//!    state depends on it. The worker runs it on tables of at least the
-//!    default size only (`Conntrack::prefetch_pays`).
+//!    state depends on it. The worker runs it when its flow census says the
+//!    flows in use outgrow the cache (`--ct-prefetch auto`: from ~4096
+//!    distinct flows per 16 384 packets; [`FlowCensus`]).
 //! 1. **Tunnel in** (`tunnel.rs`, frames from the underlay only): check the
 //!    outer headers and unwrap the inner frame; remember the sending peer
 //!    and the source identity the header carried.
@@ -155,7 +156,8 @@ mod tunnel;
 pub use crate::flow_key::FlowKey;
 pub use parse::{parse, FragPos, Fragment, Parsed};
 pub use prefetch::{
-    prefetch, prefetch_hint, stage0, Stage0, HEAD as STAGE0_HEAD, HEAD_AT as STAGE0_HEAD_AT,
+    prefetch, prefetch_hint, stage0, FlowCensus, Stage0, CENSUS_OFF_FLOWS, CENSUS_ON_FLOWS,
+    CENSUS_SAMPLE_EVERY, CENSUS_WINDOW, HEAD as STAGE0_HEAD, HEAD_AT as STAGE0_HEAD_AT,
 };
 pub use route::{Next, Route};
 pub use service::{rewrite as service_rewrite, HAIRPIN_V4, HAIRPIN_V6};

@@ -41,9 +41,133 @@
 //! the first step asked for has arrived: if the flow's tag sits on a way
 //! other than its home way, that way's entry line is loaded too
 //! ([`crate::conntrack::Conntrack::prefetch_entry`]).
+//!
+//! Whether a batch runs stage 0 at all is the worker's [`FlowCensus`]
+//! (`--ct-prefetch auto`, the default): the stage pays only when the flows
+//! in use no longer fit in cache (it measured 0.95× the pass without it
+//! at 1k flows, 1.11× at 10k, 1.35× at 100k and 2.10× at 1M:
+//! docs/performance.md), and how many flows a worker sees is a property
+//! of its traffic, not of the table's size.
+use weir_model::status::{CtPrefetch, CtPrefetchStatus};
+
 use super::parse::parse_into;
 use super::{FlowKey, Fragment, Parsed, WorkerState};
 use crate::conntrack::{Conntrack, CtHint};
+
+/// Bits of the flow census's bitmap (2 KiB: stays in L1 beside the pass).
+pub const CENSUS_BITS: usize = 1 << 14;
+/// Packets per census window.
+pub const CENSUS_WINDOW: u32 = 1 << 14;
+/// `--ct-prefetch auto` turns stage 0 on when a window saw at least this
+/// many distinct flows...
+pub const CENSUS_ON_FLOWS: u64 = 4096;
+/// ...and off again when one saw fewer than this many (hysteresis: a
+/// worker near the threshold does not flap).
+pub const CENSUS_OFF_FLOWS: u64 = 2048;
+/// While stage 0 is off, it (and so the census) runs on one batch in this
+/// many: the census keeps counting at 1/16 of the stage's cost.
+pub const CENSUS_SAMPLE_EVERY: u32 = 16;
+/// Set bits of the bitmap that mean [`CENSUS_ON_FLOWS`] distinct flows:
+/// with n distinct hashes in m bits, m·(1 − e^(−n/m)) bits are expected
+/// set (16 384 × (1 − e^(−1/4)) = 3624.1); the unit test checks it.
+const CENSUS_ON_BITS: u32 = 3624;
+/// The same for [`CENSUS_OFF_FLOWS`]: 16 384 × (1 − e^(−1/8)) = 1925.2.
+const CENSUS_OFF_BITS: u32 = 1925;
+
+/// How many distinct flows a worker sees: linear counting (Whang, Vander-
+/// Zanden, Taylor, 1990) over the top bits of the conntrack hashes stage 0
+/// computes anyway: one bit set per packet, and once a window (of
+/// [`CENSUS_WINDOW`] packets) a count of the set bits decides whether the
+/// next batches run stage 0. Written by hand: a HyperLogLog crate would
+/// hash again and allocate per sketch, and this needs one decision, not an
+/// accurate count (a flow's hash is already uniform).
+#[derive(Debug, Clone)]
+pub struct FlowCensus {
+    bits: Box<[u64; CENSUS_BITS / 64]>,
+    /// Packets recorded in this window.
+    seen: u32,
+    /// Batches asked about (the sampling while off).
+    batches: u32,
+    mode: CtPrefetch,
+    on: bool,
+    last: CtPrefetchStatus,
+}
+
+impl FlowCensus {
+    pub fn new(mode: CtPrefetch) -> Self {
+        FlowCensus {
+            bits: Box::new([0; CENSUS_BITS / 64]),
+            seen: 0,
+            batches: 0,
+            mode,
+            on: mode == CtPrefetch::On,
+            last: CtPrefetchStatus::default(),
+        }
+    }
+
+    /// Counts one packet's flow (its conntrack hash).
+    #[inline]
+    pub fn record(&mut self, hash: u64) {
+        let b = (hash >> (64 - CENSUS_BITS.trailing_zeros())) as usize;
+        if let Some(w) = self.bits.get_mut(b / 64) {
+            *w |= 1 << (b % 64);
+        }
+        self.seen += 1;
+    }
+
+    /// Once per batch, before stage 0: whether it runs on this batch.
+    /// Closes the window first when it is full.
+    #[inline]
+    pub fn wanted(&mut self) -> bool {
+        if self.seen >= CENSUS_WINDOW {
+            self.close();
+        }
+        match self.mode {
+            CtPrefetch::On => true,
+            CtPrefetch::Off => false,
+            CtPrefetch::Auto => {
+                let n = self.batches;
+                self.batches = n.wrapping_add(1);
+                self.on || n.is_multiple_of(CENSUS_SAMPLE_EVERY)
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
+        let was = self.on;
+        if self.mode == CtPrefetch::Auto {
+            self.on = match self.on {
+                true => set >= CENSUS_OFF_BITS,
+                false => set >= CENSUS_ON_BITS,
+            };
+        }
+        self.last = CtPrefetchStatus {
+            on: self.on,
+            flows: estimate(set),
+            window: u64::from(self.seen),
+            switches: self.last.switches + u64::from(was != self.on),
+        };
+        self.bits.fill(0);
+        self.seen = 0;
+    }
+
+    /// Now: whether stage 0 runs, and the last window's count.
+    pub fn status(&self) -> CtPrefetchStatus {
+        CtPrefetchStatus {
+            on: self.on,
+            ..self.last
+        }
+    }
+}
+
+/// Linear counting's estimate from `set` bits of [`CENSUS_BITS`]:
+/// −m·ln(1 − set/m); a full bitmap reads as m·ln(m) (≈ 159k, "at least").
+fn estimate(set: u32) -> u64 {
+    let m = CENSUS_BITS as f64;
+    let zero = (m - f64::from(set)).max(1.0) / m;
+    (-m * zero.ln()).round() as u64
+}
 
 /// Bytes a [`Stage0`] keeps to recognise the frame, from its EtherType on
 /// ([`HEAD_AT`]; the MAC addresses are not parsed): an IPv4 header with up
@@ -201,4 +325,113 @@ pub(super) fn stage0_into(frame: &[u8], ct: &Conntrack, s: &mut Stage0, load: bo
     }
     s.len = frame.len();
     s.valid = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uniform 64-bit hash of `i` (splitmix64's finaliser), as a flow's
+    /// conntrack hash would be.
+    fn h(i: u64) -> u64 {
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Runs `windows` full windows of packets cycling over `flows` flows
+    /// (batches of 64, as the worker asks once per batch); returns how
+    /// many batches ran stage 0.
+    fn feed(c: &mut FlowCensus, flows: u64, windows: u32, from: &mut u64) -> u32 {
+        let mut ran = 0;
+        let batches = windows * CENSUS_WINDOW / 64;
+        for _ in 0..batches {
+            if c.wanted() {
+                ran += 1;
+                for _ in 0..64 {
+                    c.record(h(*from % flows));
+                    *from += 1;
+                }
+            } else {
+                *from += 64;
+            }
+        }
+        ran
+    }
+
+    #[test]
+    fn thresholds_are_the_expected_set_bits() {
+        let m = CENSUS_BITS as f64;
+        for (flows, bits) in [
+            (CENSUS_ON_FLOWS, CENSUS_ON_BITS),
+            (CENSUS_OFF_FLOWS, CENSUS_OFF_BITS),
+        ] {
+            let want = m * (1.0 - (-(flows as f64) / m).exp());
+            assert_eq!(bits, want.floor() as u32, "{flows} flows");
+            assert!(estimate(bits).abs_diff(flows) <= 1, "{}", estimate(bits));
+        }
+        assert_eq!(estimate(0), 0);
+        assert!(estimate(CENSUS_BITS as u32) > 150_000);
+    }
+
+    #[test]
+    fn few_flows_keep_it_off_and_sampled() {
+        let mut c = FlowCensus::new(CtPrefetch::Auto);
+        let mut at = 0;
+        // Off, it runs on one batch in CENSUS_SAMPLE_EVERY (the first
+        // included): windows close after that many more batches.
+        let batches = 40 * CENSUS_WINDOW / 64;
+        let ran = feed(&mut c, 1000, 40, &mut at);
+        assert_eq!(ran, batches.div_ceil(CENSUS_SAMPLE_EVERY));
+        let s = c.status();
+        assert!(!s.on);
+        assert_eq!(s.switches, 0);
+        assert_eq!(s.window, u64::from(CENSUS_WINDOW));
+        assert!(s.flows.abs_diff(1000) < 50, "estimate {}", s.flows);
+    }
+
+    #[test]
+    fn many_flows_turn_it_on_and_few_again_off() {
+        let mut c = FlowCensus::new(CtPrefetch::Auto);
+        let mut at = 0;
+        // A window fills after CENSUS_SAMPLE_EVERY windows' worth of batches.
+        feed(&mut c, 1_000_000, CENSUS_SAMPLE_EVERY + 1, &mut at);
+        let s = c.status();
+        assert!(s.on, "{s:?}");
+        assert_eq!(s.switches, 1);
+        // 16 384 packets over 1M flows: nearly all distinct.
+        assert!(s.flows > 15_000, "{s:?}");
+        // On: every batch runs it.
+        let batches = 2 * CENSUS_WINDOW / 64;
+        assert_eq!(feed(&mut c, 1_000_000, 2, &mut at), batches);
+        // Between the two thresholds: stays on (no flapping).
+        feed(&mut c, 3000, 3, &mut at);
+        assert!(c.status().on, "{:?}", c.status());
+        assert!(c.status().flows.abs_diff(3000) < 150);
+        // Below the lower one: off again.
+        feed(&mut c, 1000, 2, &mut at);
+        let s = c.status();
+        assert!(!s.on, "{s:?}");
+        assert_eq!(s.switches, 2);
+        // Between the two from off: stays off.
+        feed(&mut c, 3000, 3 * CENSUS_SAMPLE_EVERY, &mut at);
+        assert!(!c.status().on);
+    }
+
+    #[test]
+    fn on_and_off_do_not_follow_the_census() {
+        let mut on = FlowCensus::new(CtPrefetch::On);
+        let mut at = 0;
+        let batches = 3 * CENSUS_WINDOW / 64;
+        assert_eq!(feed(&mut on, 10, 3, &mut at), batches);
+        let s = on.status();
+        assert!(s.on);
+        assert_eq!(s.switches, 0);
+        // It still counts, for status.
+        assert_eq!(s.flows, 10);
+        let mut off = FlowCensus::new(CtPrefetch::Off);
+        assert_eq!(feed(&mut off, 1_000_000, 3, &mut at), 0);
+        assert!(!off.status().on);
+    }
 }

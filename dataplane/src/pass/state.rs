@@ -63,6 +63,9 @@ pub struct WorkerState {
     /// How many frames ahead of the one being judged stage 0's first
     /// loads run ([`STAGE0_LEAD`]).
     pub(super) stage0_lead: usize,
+    /// Whether batches run stage 0 (`--ct-prefetch`), and the flows it
+    /// counted.
+    pub(super) census: super::FlowCensus,
 }
 
 /// How many frames ahead of the one being judged stage 0's second step
@@ -457,6 +460,7 @@ impl WorkerState {
             stage0_n: 0,
             stage0_at: None,
             stage0_lead: STAGE0_LEAD,
+            census: super::FlowCensus::new(weir_model::status::CtPrefetch::Auto),
         }
     }
 
@@ -473,6 +477,23 @@ impl WorkerState {
     /// a batch's size or more loads the whole batch's lines up front.
     pub fn set_stage0_lead(&mut self, frames: usize) {
         self.stage0_lead = frames.max(STAGE0_AHEAD + 1);
+    }
+
+    /// When batches run stage 0 (`--ct-prefetch`; a new census).
+    pub fn set_ct_prefetch(&mut self, mode: weir_model::status::CtPrefetch) {
+        self.census = super::FlowCensus::new(mode);
+    }
+
+    /// Once per batch, before stage 0: whether this batch runs it (the
+    /// census's decision, [`super::FlowCensus::wanted`]).
+    #[inline]
+    pub fn stage0_wanted(&mut self) -> bool {
+        self.census.wanted()
+    }
+
+    /// The conntrack prefetch now and the census's last count.
+    pub fn ct_prefetch_status(&self) -> weir_model::status::CtPrefetchStatus {
+        self.census.status()
     }
 
     /// Stage 0 over a new batch: forgets the last batch's frames.
@@ -493,6 +514,9 @@ impl WorkerState {
         }
         if let Some(slot) = self.stage0s.get_mut(i) {
             super::prefetch::stage0_into(frame, &self.ct, slot, i < self.stage0_lead);
+            if let Some(s) = slot.get() {
+                self.census.record(s.ct_hint().hash());
+            }
             self.stage0_n = i + 1;
         }
     }
