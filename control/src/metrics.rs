@@ -334,6 +334,14 @@ impl prometheus_client::collector::Collector for Scrape {
             "weir_worker_coalesce_sleeps",
             "Sleeps after a round of less than half a batch (--coalesce-us; their time is in weir_worker_sleep_seconds)",
         );
+        let mut ct_prefetch = gauge(
+            "weir_worker_ct_prefetch",
+            "1 while the worker runs the conntrack prefetch (stage 0; --ct-prefetch, docs/conntrack.md)",
+        );
+        let mut ct_prefetch_flows = gauge(
+            "weir_worker_ct_prefetch_census_flows",
+            "Distinct flows the worker's flow census counted in its last window (an estimate; --ct-prefetch auto decides by it)",
+        );
         let mut nat_remaps = counter(
             "weir_worker_nat_port_remaps",
             "New Service flows sent with a remapped source port: the client used the same port toward two ClusterIPs sharing a backend (docs/services.md)",
@@ -464,6 +472,10 @@ impl prometheus_client::collector::Collector for Scrape {
                 rx_visits.samples.push((wl(), w.time.rx_visits));
                 full_batches.samples.push((wl(), w.time.full_batches));
                 coalesce_sleeps.samples.push((wl(), w.time.coalesce_sleeps));
+                ct_prefetch
+                    .samples
+                    .push((wl(), u64::from(w.ct_prefetch.on)));
+                ct_prefetch_flows.samples.push((wl(), w.ct_prefetch.flows));
                 nat_remaps.samples.push((wl(), w.nat_port_remaps));
                 ring_full.samples.push((wl(), w.kernel.rx_ring_full));
                 fill_empty.samples.push((wl(), w.kernel.fill_ring_empty));
@@ -547,6 +559,8 @@ impl prometheus_client::collector::Collector for Scrape {
             &rx_visits,
             &full_batches,
             &coalesce_sleeps,
+            &ct_prefetch,
+            &ct_prefetch_flows,
             &nat_remaps,
             &drops,
             &ring_full,

@@ -134,6 +134,8 @@ fn metrics_parse_and_move_with_traffic_and_denials_and_flows_stream() {
         "weir_worker_cpu_seconds_total",
         "weir_worker_rx_full_batches_total",
         "weir_worker_coalesce_sleeps_total",
+        "weir_worker_ct_prefetch",
+        "weir_worker_ct_prefetch_census_flows",
         "weir_worker_nat_port_remaps_total",
     ] {
         assert!(
