@@ -101,7 +101,28 @@ fn without_the_flag_ports_run_copy_mode_and_no_reason_is_shown() {
     assert_eq!(dp["config"]["busy_poll"], false, "{dp}");
     let ports = dp["ports"].as_array().expect("ports");
     assert!(!ports.is_empty(), "{dp}");
+    // Copy mode: one TX kick sends up to the whole TX ring where the
+    // kernel takes XDP_MAX_TX_SKB_BUDGET (Linux 6.17), else 32.
+    let ring = dp["config"]["ring_size"].as_u64().expect("ring_size");
+    let (major, minor) = kernel_version();
+    let want = if (major, minor) >= (6, 17) { ring } else { 32 };
     for p in ports {
         assert_eq!(p["mode"], "copy", "{p}");
+        assert_eq!(p["tx_budget"].as_u64(), Some(want), "{p}");
     }
+    let text = String::from_utf8_lossy(&c.weir(&["status"]).stdout).to_string();
+    assert!(
+        text.contains(&format!("copy-mode TX: up to {want} frames per kick")),
+        "{text}"
+    );
+}
+
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut it = r
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
