@@ -112,7 +112,7 @@ impl FlowCensus {
         if let Some(w) = self.bits.get_mut(b / 64) {
             *w |= 1 << (b % 64);
         }
-        self.seen += 1;
+        self.seen = self.seen.saturating_add(1);
     }
 
     /// Once per batch, before stage 0: whether it runs on this batch.
