@@ -15,7 +15,6 @@
 //! Needs root and python3.
 
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use weir_tests::{all_connected, simple_cluster, TestCluster};
 
@@ -115,13 +114,8 @@ for i in range(n):
 fn stream_until(c: &TestCluster, dst: &str, flows: u64, on: bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let p = c.topology().pod("x", "a").expect("pod a").netns.clone();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &p, "python3", "-c", SENDER, dst])
-            .arg(flows.to_string())
-            .arg("100000")
-            .output()
-            .expect("python3");
+        let flows = flows.to_string();
+        let out = c.pod_exec("x", "a", &["python3", "-c", SENDER, dst, &flows, "100000"]);
         assert!(
             out.status.success(),
             "{}",
