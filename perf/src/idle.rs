@@ -240,7 +240,7 @@ pub fn run(o: &IdleOptions) -> anyhow::Result<IdleReport> {
     std::fs::write(&mk, paper::manifests_2n(true))?;
     std::fs::write(&mw, paper::manifests_2n(false))?;
     let mut rep = IdleReport {
-        host_start: Some(Host::now()),
+        host_start: Some(Host::at(o.load_core, o.worker_core)),
         reps: o.reps.max(1),
         count: o.count,
         window_s: o.window.as_secs_f64(),
@@ -261,7 +261,7 @@ pub fn run(o: &IdleOptions) -> anyhow::Result<IdleReport> {
             rep.samples.push(sample(o, &mw, false, Some(v), round));
         }
     }
-    rep.host_end = Some(Host::now());
+    rep.host_end = Some(Host::at(o.load_core, o.worker_core));
     std::fs::write(out.join("idle.json"), serde_json::to_vec_pretty(&rep)?)?;
     std::fs::write(out.join("idle.md"), rep.markdown())?;
     Ok(rep)

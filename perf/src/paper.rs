@@ -590,7 +590,7 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let reps = o.reps.max(1);
     let mut rep = PaperReport {
-        host_start: Some(Host::now()),
+        host_start: Some(Host::at(o.load_core, o.worker_core)),
         short: o.short,
         load_core: o.load_core,
         worker_core: o.worker_core,
@@ -667,7 +667,7 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         }
     }
     pb.finish_and_clear();
-    rep.host_end = Some(Host::now());
+    rep.host_end = Some(Host::at(o.load_core, o.worker_core));
     write(o, &rep)?;
     Ok(rep)
 }

@@ -359,7 +359,7 @@ pub fn run(o: &PercoreOptions) -> anyhow::Result<PercoreReport> {
     let spec = weir_topo::manifest::parse_str(paper::MANIFESTS, "percore.yaml")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rep = PercoreReport {
-        host_start: Some(Host::now()),
+        host_start: Some(Host::at(o.load_core, o.worker_core)),
         reps: o.reps.max(1),
         window_s: o.window.as_secs_f64(),
         load_core: o.load_core,
@@ -382,7 +382,7 @@ pub fn run(o: &PercoreOptions) -> anyhow::Result<PercoreReport> {
             eprintln!("round {}: {} done", round + 1, v.label);
         }
     }
-    rep.host_end = Some(Host::now());
+    rep.host_end = Some(Host::at(o.load_core, o.worker_core));
     std::fs::write(out.join("percore.json"), serde_json::to_vec_pretty(&rep)?)?;
     std::fs::write(out.join("percore.md"), rep.markdown())?;
     Ok(rep)

@@ -26,7 +26,15 @@ pub struct Host {
 }
 
 impl Host {
+    /// The machine now, with the wake-up probe between cores 0 and 1 (the
+    /// standard placement).
     pub fn now() -> Host {
+        Host::at(0, 1)
+    }
+
+    /// The machine now, with the wake-up probe between the run's load core
+    /// and worker core (its placement, `--load-core` / `--worker-core`).
+    pub fn at(load_core: usize, worker_core: usize) -> Host {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         Host {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
@@ -39,7 +47,7 @@ impl Host {
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            wake: crate::wake::probe_default(),
+            wake: crate::wake::probe_placement(load_core, worker_core),
         }
     }
 }

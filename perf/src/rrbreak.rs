@@ -182,7 +182,7 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
     let spec = weir_topo::manifest::parse_str(paper::MANIFESTS, "rr.yaml")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rep = RrReport {
-        host_start: Some(Host::now()),
+        host_start: Some(Host::at(o.load_core, o.worker_core)),
         count: o.count,
         reps: o.reps.max(1),
         load_core: o.load_core,
@@ -247,7 +247,7 @@ pub fn run(o: &RrOptions) -> anyhow::Result<RrReport> {
             }
         }
     }
-    rep.host_end = Some(Host::now());
+    rep.host_end = Some(Host::at(o.load_core, o.worker_core));
     std::fs::write(out.join("rr.json"), serde_json::to_vec_pretty(&rep)?)?;
     std::fs::write(out.join("rr.md"), rep.markdown())?;
     Ok(rep)

@@ -60,9 +60,13 @@ pub fn probe(a: usize, b: usize) -> Option<Wake> {
     })
 }
 
-/// The probe between the first two cores, if there are two.
-pub fn probe_default() -> Option<Wake> {
-    (crate::pin::cores() >= 2).then(|| probe(0, 1)).flatten()
+/// The probe between a run's load core and worker core, if both exist
+/// and differ (one core: nothing crosses cores).
+pub fn probe_placement(load_core: usize, worker_core: usize) -> Option<Wake> {
+    let n = crate::pin::cores();
+    (load_core != worker_core && load_core < n && worker_core < n)
+        .then(|| probe(load_core, worker_core))
+        .flatten()
 }
 
 /// Sorted round-trip times, µs, of a ping-pong from core `a` to a peer
