@@ -88,7 +88,10 @@ const NO_SLOT: u16 = u16::MAX;
 /// which a socket's fill target decays to the floor: 8 × 250 ms = 2 s.
 const QUIET_INTERVALS: u32 = 8;
 
-/// Kicks per TX socket per round (each sends up to 32 frames in copy mode).
+/// Kicks per TX socket per round (in copy mode each sends up to the
+/// socket's TX budget: [`xsk::TX_PER_ROUND`] with Linux 6.17's
+/// `XDP_MAX_TX_SKB_BUDGET`, 32 before), and at most about
+/// [`xsk::TX_PER_ROUND`] frames in all.
 const MAX_KICKS: u32 = 8;
 
 struct Slot {
@@ -876,7 +879,7 @@ impl Worker {
             self.kick_pending = false;
             for slot in self.slots.iter_mut().flatten() {
                 if slot.kick {
-                    match slot.sock.kick(MAX_KICKS) {
+                    match slot.sock.kick(MAX_KICKS, xsk::TX_PER_ROUND) {
                         Ok(empty) => slot.kick = !empty,
                         Err(e) => log::warn!("worker {}: TX kick failed: {e}", self.id),
                     }

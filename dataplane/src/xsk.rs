@@ -763,16 +763,18 @@ impl XskSocket {
     /// Kicks the kernel to transmit what is on the TX ring; returns whether
     /// the ring is now empty. In copy mode the transmit work happens in the
     /// kick itself, and one kick sends at most [`XskSocket::tx_budget`]
-    /// frames (the whole ring from Linux 6.17, 32 before; the kernel then
-    /// answers EAGAIN), so this kicks up to `max_kicks` times while the ring
-    /// keeps draining. A ring left non-empty must be kicked
-    /// again later: nothing else will send those frames in busy-poll mode.
+    /// frames (the kernel then answers EAGAIN), so this kicks again while
+    /// the ring keeps draining, up to `max_kicks` kicks and until about
+    /// `max_frames` have gone (the round's bound: other sockets wait
+    /// meanwhile). A ring left non-empty must be kicked again later:
+    /// nothing else will send those frames in busy-poll mode.
     #[inline]
-    pub fn kick(&mut self, max_kicks: u32) -> io::Result<bool> {
+    pub fn kick(&mut self, max_kicks: u32, max_frames: u32) -> io::Result<bool> {
         let size = self.ring_size;
         let mut left = size - self.tx.nb_free_exact();
+        let mut sent = 0;
         for _ in 0..max_kicks {
-            if left == 0 {
+            if left == 0 || sent >= max_frames {
                 break;
             }
             self.tx.wakeup()?;
@@ -781,6 +783,7 @@ impl XskSocket {
                 // No progress (device busy, out of memory): retry next round.
                 return Ok(false);
             }
+            sent += left - now;
             left = now;
         }
         Ok(left == 0)
@@ -843,24 +846,31 @@ fn set_sockopt_int(
 /// in the libc crate yet).
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 
-/// Lets one copy-mode TX kick (`sendto`) send up to the whole TX ring
-/// (`ring_size` frames) instead of the kernel's default 32
-/// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17; allowed range 32..=ring size).
-/// Returns the budget in force: `ring_size`, or [`KERNEL_TX_BUDGET`] on a
-/// kernel without the option (`ENOPROTOOPT`), which only costs more kicks.
+/// The most frames a worker's round hands to one socket's kicks: what it
+/// was with the kernel's default budget (8 kicks of 32), now in one kick
+/// where the kernel allows it ([`raise_tx_budget`]).
+pub const TX_PER_ROUND: u32 = 256;
+
+/// Lets one copy-mode TX kick (`sendto`) send up to [`TX_PER_ROUND`]
+/// frames (at most the TX ring, `ring_size`) instead of the kernel's
+/// default 32 (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17; allowed range
+/// 32..=ring size): one syscall where there were up to eight. Returns the
+/// budget in force, or [`KERNEL_TX_BUDGET`] on a kernel without the option
+/// (`ENOPROTOOPT`), which only costs more kicks.
 fn raise_tx_budget(fd: RawFd, ring_size: u32) -> u32 {
-    if ring_size <= KERNEL_TX_BUDGET {
-        return KERNEL_TX_BUDGET.min(ring_size);
+    let want = TX_PER_ROUND.min(ring_size);
+    if want <= KERNEL_TX_BUDGET {
+        return want;
     }
     match set_sockopt_int(
         fd,
         libc::SOL_XDP,
         XDP_MAX_TX_SKB_BUDGET,
-        ring_size as libc::c_int,
+        want as libc::c_int,
     ) {
-        Ok(()) => ring_size,
+        Ok(()) => want,
         Err(e) => {
-            log::debug!("XDP_MAX_TX_SKB_BUDGET {ring_size} refused ({e}); 32 frames per TX kick");
+            log::debug!("XDP_MAX_TX_SKB_BUDGET {want} refused ({e}); 32 frames per TX kick");
             KERNEL_TX_BUDGET
         }
     }
