@@ -44,10 +44,11 @@
 //!
 //! Whether a batch runs stage 0 at all is the worker's [`FlowCensus`]
 //! (`--ct-prefetch auto`, the default): the stage pays only when the flows
-//! in use no longer fit in cache (it measured 0.95× the pass without it
-//! at 1k flows, 1.11× at 10k, 1.35× at 100k and 2.10× at 1M:
-//! docs/performance.md), and how many flows a worker sees is a property
-//! of its traffic, not of the table's size.
+//! in use no longer fit in cache (it measured 0.96× the pass without it
+//! at 1k flows, 1.12× at 10k, 1.53× at 100k and 2.18× at 1M:
+//! docs/performance.md, "Conntrack prefetch by a flow census"), and how
+//! many flows a worker sees is a property of its traffic, not of the
+//! table's size.
 use weir_model::status::{CtPrefetch, CtPrefetchStatus};
 
 use super::parse::parse_into;
