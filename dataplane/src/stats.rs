@@ -125,12 +125,12 @@ pub struct WorkerStats {
     pub full_batches: Counter,
     /// Coalescing sleeps (`--coalesce-us`) and their wall time.
     pub coalesce_sleeps: Counter,
+    pub coalesce_ns: Counter,
     /// The conntrack prefetch ([`weir_model::status::CtPrefetchStatus`]).
     pub ct_prefetch_on: Counter,
     pub ct_prefetch_flows: Counter,
     pub ct_prefetch_window: Counter,
     pub ct_prefetch_switches: Counter,
-    pub coalesce_ns: Counter,
     latency: ArcSwap<Histogram<u64>>,
     /// The latency breakdown's stage histograms (`None` unless on).
     breakdown: arc_swap::ArcSwapOption<[Histogram<u64>; 3]>,
@@ -181,11 +181,11 @@ impl WorkerStats {
             rx_visits: Counter::default(),
             full_batches: Counter::default(),
             coalesce_sleeps: Counter::default(),
+            coalesce_ns: Counter::default(),
             ct_prefetch_on: Counter::default(),
             ct_prefetch_flows: Counter::default(),
             ct_prefetch_window: Counter::default(),
             ct_prefetch_switches: Counter::default(),
-            coalesce_ns: Counter::default(),
             latency: ArcSwap::from_pointee(new_latency_histogram()),
             breakdown: arc_swap::ArcSwapOption::empty(),
         })

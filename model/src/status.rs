@@ -219,7 +219,7 @@ pub struct PortStatus {
     /// refused (veth always does).
     pub mode: String,
     /// Copy mode: the most frames one TX kick (`sendto`) sends on this
-    /// port's sockets: the TX ring's size where the kernel takes
+    /// port's sockets: 256 (at most the TX ring) where the kernel takes
     /// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17), else its default 32. `None` in
     /// zero-copy.
     pub tx_budget: Option<u32>,
