@@ -431,6 +431,11 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
                 })
             }
             Ok(Request::Flows { since }) => {
+                // What the workers queued up to now, not only up to the main
+                // loop's last 50 ms tick: a client that just saw a denial
+                // finds its record (both drains hold the dataplane's lock,
+                // so records keep their order).
+                drain_flows(&shared, &shared.node, &mut Vec::new());
                 let (records, last) = shared.flows.lock().expect("lock").since(since);
                 Reply::with(&FlowsReply { records, last })
             }
