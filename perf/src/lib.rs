@@ -17,6 +17,7 @@ pub mod connrate;
 pub mod cpu;
 pub mod encap_ab;
 pub mod fastpath;
+pub mod flows;
 pub mod grpc;
 pub mod hostpolicy;
 pub mod http;

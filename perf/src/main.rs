@@ -178,6 +178,45 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         bulk_secs: u64,
     },
+    /// The whole path at many flows: 64-byte UDP through one worker, every
+    /// frame the next flow of a cycle of N, for each `--flows` N and each
+    /// `--variant` (default: the weir found with `--ct-prefetch auto`,
+    /// `off` and `on`), interleaved rounds; per sample delivered pps, the
+    /// worker's busy and CPU time per frame, stage 0 and the census, the
+    /// live conntrack entries. Writes flows.{md,json}.
+    Flows {
+        #[arg(long, default_value = "target/perf")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Flow counts (comma-separated, at most 4128768).
+        #[arg(long, default_value = "1,1024,65536,1048576", value_delimiter = ',')]
+        flows: Vec<usize>,
+        /// A weir build and its `weir up` arguments: `LABEL=PATH[,ARG...]`
+        /// (repeat; the first is the base of the ratios).
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        /// The weir of the default variants.
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3000)]
+        window_ms: u64,
+        /// Least warm-up per flow count (it also lasts until every flow was
+        /// sent twice).
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        load_core: usize,
+        #[arg(long, default_value_t = 1)]
+        worker_core: usize,
+        /// weir polling mode (busy, adaptive, wakeup).
+        #[arg(long, default_value = "adaptive")]
+        mode: String,
+        /// `weir up --conntrack-size` (default: twice the largest flow count,
+        /// at least weir's default 262144).
+        #[arg(long)]
+        conntrack_size: Option<usize>,
+    },
     /// Adaptive polling's idle handback: two nodes whose workers share one
     /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
     /// kernel's vxlan overlay, interleaved rounds: inter-node RR, intra-node
@@ -733,6 +772,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rep = weir_perf::scale::run(&o)?;
             print!("{}", rep.markdown());
             println!("\nwritten: {}", o.out.join("scale.md").display());
+            Ok(())
+        }
+        Cmd::Flows {
+            out,
+            reps,
+            flows,
+            variants,
+            weir,
+            window_ms,
+            warmup_ms,
+            load_core,
+            worker_core,
+            mode,
+            conntrack_size,
+        } => {
+            let mut variants = variants
+                .iter()
+                .map(|v| weir_perf::percore::Variant::parse(v))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if variants.is_empty() {
+                let bin = fastpath::weir_binary(weir.as_deref())?;
+                for m in ["auto", "off", "on"] {
+                    variants.push(weir_perf::percore::Variant {
+                        label: m.to_string(),
+                        bin: bin.clone(),
+                        args: vec!["--ct-prefetch".into(), m.into()],
+                    });
+                }
+            }
+            let most = flows.iter().copied().max().unwrap_or(1);
+            let o = weir_perf::flows::FlowsOptions {
+                out,
+                reps,
+                flows,
+                window: Duration::from_millis(window_ms),
+                warmup: Duration::from_millis(warmup_ms),
+                load_core,
+                worker_core,
+                mode,
+                conntrack_size: conntrack_size
+                    .unwrap_or_else(|| (2 * most).next_power_of_two().max(262_144)),
+                variants,
+            };
+            let rep = weir_perf::flows::run(&o)?;
+            print!("{}", rep.markdown());
+            println!("\nwritten: {}", o.out.join("flows.md").display());
             Ok(())
         }
         Cmd::Idle {

@@ -192,15 +192,18 @@ pub fn linger0(sock: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// An AF_PACKET blaster: `frame` sent `batch` times per `sendmmsg` on a raw
-/// packet socket bound to interface `ifindex` (`PACKET_QDISC_BYPASS`).
+/// An AF_PACKET blaster: `batch` copies of `frame` sent per `sendmmsg` on a
+/// raw packet socket bound to interface `ifindex` (`PACKET_QDISC_BYPASS`);
+/// each message has its own copy, which [`PacketBlaster::frame_mut`] may
+/// rewrite between sends (e.g. one flow per message).
 /// Must be created inside the namespace that holds the interface.
 pub struct PacketBlaster {
     fd: std::os::fd::OwnedFd,
     hdrs: Vec<libc::mmsghdr>,
-    _iov: Box<libc::iovec>,
+    _iov: Box<[libc::iovec]>,
     _addr: Box<libc::sockaddr_ll>,
-    _frame: Box<[u8]>,
+    frames: Box<[u8]>,
+    frame_len: usize,
 }
 
 impl PacketBlaster {
@@ -230,20 +233,25 @@ impl PacketBlaster {
         addr.sll_ifindex = ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let mut frame: Box<[u8]> = frame.into();
-        let mut iov = Box::new(libc::iovec {
-            iov_base: frame.as_mut_ptr().cast(),
-            iov_len: frame.len(),
-        });
-        let iov_ptr: *mut libc::iovec = &mut *iov;
+        let batch = batch.max(1);
+        let mut frames: Box<[u8]> = frame.repeat(batch).into();
+        let base = frames.as_mut_ptr();
+        let mut iov: Box<[libc::iovec]> = (0..batch)
+            .map(|i| libc::iovec {
+                // In bounds: `frames` holds `batch` frames of this length.
+                iov_base: base.wrapping_add(i * frame.len()).cast(),
+                iov_len: frame.len(),
+            })
+            .collect();
         let addr_ptr: *mut libc::sockaddr_ll = &mut *addr;
-        let hdrs = (0..batch.max(1))
-            .map(|_| {
+        let hdrs = iov
+            .iter_mut()
+            .map(|v| {
                 // SAFETY: all-zero is a valid mmsghdr.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_name = addr_ptr.cast();
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = iov_ptr;
+                h.msg_hdr.msg_iov = v;
                 h.msg_hdr.msg_iovlen = 1;
                 h
             })
@@ -253,8 +261,21 @@ impl PacketBlaster {
             hdrs,
             _iov: iov,
             _addr: addr,
-            _frame: frame,
+            frames,
+            frame_len: frame.len(),
         })
+    }
+
+    /// Messages per `sendmmsg`.
+    pub fn batch(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Message `i`'s frame, to rewrite before the next send (the buffer
+    /// stays where the headers point: only its bytes change).
+    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
+        let at = i * self.frame_len;
+        &mut self.frames[at..at + self.frame_len]
     }
 
     /// One `sendmmsg`: how many frames the kernel took.

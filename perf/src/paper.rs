@@ -1196,10 +1196,17 @@ fn inter_node(
 /// 64-byte IPv4/UDP frame from `p.app2` to app1 (dst MAC: app2's gateway,
 /// the node-side veth).
 fn frame(p: &Pods) -> anyhow::Result<Vec<u8>> {
-    let (s, d) = (v4(p.app2)?, v4(p.app1)?);
+    udp_frame(p.app2, p.app1)
+}
+
+/// 64-byte IPv4/UDP frame from pod `src` (source port 40000) to pod `dst`'s
+/// port 9000, UDP checksum 0 (none, valid over IPv4); the destination MAC is
+/// `src`'s gateway, the node-side veth. Ports at bytes 34..36 and 36..38.
+pub(crate) fn udp_frame(src: &RealizedPod, dst: &RealizedPod) -> anyhow::Result<Vec<u8>> {
+    let (s, d) = (v4(src)?, v4(dst)?);
     let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&p.app2.host_mac);
-    f.extend_from_slice(&p.app2.pod_mac);
+    f.extend_from_slice(&src.host_mac);
+    f.extend_from_slice(&src.pod_mac);
     f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;

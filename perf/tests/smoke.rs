@@ -1,4 +1,4 @@
-//! End to end, short: `weir-perf fastpath` (and `paper`, `services`, `scale`, `idle`, `rr --breakdown`) with
+//! End to end, short: `weir-perf fastpath` (and `paper`, `services`, `scale`, `flows`, `idle`, `rr --breakdown`) with
 //! tiny windows must produce a number for every configuration, and weir's
 //! worker counters must move.
 //! No timing assertions (the machine is shared): only that it all ran.
@@ -497,6 +497,78 @@ fn scale_short_end_to_end() {
         );
     }
     assert!(!netns_left(&format!("psc{pid}")), "namespaces left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn flows_short_end_to_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let weir = weir_bin();
+    let out = std::env::temp_dir().join(format!("weir-perf-flows-smoke-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
+        .args([
+            "flows",
+            "--reps",
+            "1",
+            "--flows",
+            "1,8192",
+            "--window-ms",
+            "300",
+            "--warmup-ms",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--weir")
+        .arg(&weir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weir-perf flows");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("weir-perf flows");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "weir-perf flows failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("flows.json")).expect("flows.json"))
+            .expect("JSON");
+    let samples = json["samples"].as_array().expect("samples");
+    for cfg in ["auto", "off", "on"] {
+        for flows in [1u64, 8192] {
+            let s = samples
+                .iter()
+                .find(|s| s["config"] == cfg && s["flows"] == flows)
+                .unwrap_or_else(|| panic!("{cfg} at {flows} missing: {json}"));
+            // weir-perf itself refuses a sample whose worker did not take
+            // the frames or whose table does not hold the flows.
+            assert_eq!(s["error"], serde_json::Value::Null, "{cfg}: {s}");
+            assert!(s["delivered"].as_u64().unwrap_or(0) > 0, "{cfg}: {s}");
+            assert!(
+                s["conntrack_entries"].as_u64().unwrap_or(0) >= flows * 9 / 10,
+                "{cfg}: {s}"
+            );
+            // Stage 0: forced either way, or by the census (8192 flows
+            // cycling turn it on, one flow leaves it off).
+            let on = s["stage0_on"].as_bool().expect("stage0_on");
+            let want = match cfg {
+                "on" => true,
+                "off" => false,
+                _ => flows > 1,
+            };
+            assert_eq!(on, want, "{cfg} at {flows}: {s}");
+        }
+    }
+    assert!(std::fs::read_to_string(out.join("flows.md"))
+        .expect("flows.md")
+        .contains("÷ same at 1 flows"));
+    assert!(!netns_left(&format!("pfl{pid}")), "namespaces left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
 

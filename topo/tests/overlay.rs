@@ -128,6 +128,17 @@ fn underlay_and_kernel_node_wiring() {
     }
     let br = in_ns(&ul_ns, &["ip", "-d", "link", "show", "dev", "br0"]);
     assert!(br.contains("state UP") || br.contains("LOWER_UP"), "{br}");
+    // The underlay is a switch: no bridge netfilter in its netns (where the
+    // kernel has br_netfilter), the host's own switch left as it was.
+    let host = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok();
+    if host.is_some() {
+        for key in ["iptables", "ip6tables", "arptables"] {
+            let k = format!("net.bridge.bridge-nf-call-{key}");
+            assert_eq!(in_ns(&ul_ns, &["sysctl", "-n", &k]).trim(), "0", "{k}");
+        }
+        let after = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok();
+        assert_eq!(after, host, "the host's bridge-nf-call-iptables changed");
+    }
 
     // Nodes reach each other over the underlay (ARP by the kernel on ul0).
     for (from, to) in [(0, 1), (1, 2), (2, 0)] {
