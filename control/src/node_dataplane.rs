@@ -216,6 +216,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         idle_yield: opts.idle_yield,
         coalesce_us: opts.coalesce_us,
         ct_prefetch: opts.ct_prefetch,
+        // The control loop (snapshots, flow logs, the checkpoint) and the
+        // status server stay off the workers' cores.
+        housekeeping: true,
         // Multi-buffer sockets when a port's MTU needs frames above one
         // UMEM frame (pod MTU above ~3.8 KiB, docs/performance.md).
         multi_buffer: multi_buffer_needed(&cluster, &opts.node),
@@ -320,16 +323,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         if let Some(t) = wg_timers.as_mut() {
             t.run();
         }
-        // Every 250 ms, or 4× the last write's time if that is longer (a
-        // full table in a debug build): this thread also applies snapshots
-        // and answers status (docs/conntrack.md "Restarts").
+        // Every 250 ms, or 20× the last write's time if that is longer (a
+        // large table): this thread also applies snapshots and answers
+        // status, and its core is shared (docs/conntrack.md "Restarts").
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
             if let Some(dp) = shared.dp.lock().expect("lock").as_mut() {
                 dp.write_checkpoint();
             }
-            checkpoint_every =
-                weir_dataplane::checkpoint::INTERVAL.max(last_checkpoint.elapsed() * 4);
+            checkpoint_every = weir_dataplane::checkpoint::next_interval(last_checkpoint.elapsed());
         }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();

@@ -159,6 +159,12 @@ pub fn render(v: &ClusterStatus) -> String {
         out.push_str(&frames_line(&dp));
         out.push_str(&ports_mode(&dp));
         out.push_str(&ct_prefetch_line(&dp));
+        if let Some(cores) = cores_list(&dp.config.housekeeping_cores) {
+            let _ = writeln!(
+                out,
+                "other threads (control loop, checkpoint, status) on cores {cores}, off the workers'"
+            );
+        }
         // The conntrack checkpoint (docs/reliability.md).
         let ct = &dp.conntrack;
         if ct.checkpoints + ct.checkpoint_errors + ct.restored + ct.restored_nat > 0 {
@@ -316,6 +322,17 @@ fn frames_line(dp: &DataplaneStatus) -> String {
     }
     s.push('\n');
     s
+}
+
+/// `0,2,3`, or `None` for an empty list.
+fn cores_list(cores: &[usize]) -> Option<String> {
+    (!cores.is_empty()).then(|| {
+        cores
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// The conntrack prefetch (stage 0) of each worker and the flow census

@@ -58,6 +58,19 @@ use crate::svc_nat;
 /// How often the control thread writes the checkpoint.
 pub const INTERVAL: Duration = Duration::from_millis(250);
 
+/// The writer's share of its core is at most 1 / this: a write that took
+/// `t` is followed by one after `t ×` this at the soonest. A full 1M-entry
+/// table takes ~330 ms to write (release build, 65 MB): at 4× (before) the
+/// writer took a quarter of a core, on the workers' core as often as not
+/// (docs/performance.md, "The whole path at many flows").
+pub const WRITE_SHARE_DIVISOR: u32 = 20;
+
+/// When the next checkpoint is due after one whose write took `write`:
+/// [`INTERVAL`], or [`WRITE_SHARE_DIVISOR`] times the write if longer.
+pub fn next_interval(write: Duration) -> Duration {
+    INTERVAL.max(write * WRITE_SHARE_DIVISOR)
+}
+
 pub const MAGIC: [u8; 8] = *b"WEIRCKPT";
 pub const VERSION: u32 = 2;
 const BOOT_ID_LEN: usize = 36;
@@ -287,6 +300,16 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_slow_write_spaces_the_next_one_out() {
+        assert_eq!(next_interval(Duration::from_micros(50)), INTERVAL);
+        assert_eq!(next_interval(Duration::from_millis(12)), INTERVAL);
+        assert_eq!(
+            next_interval(Duration::from_millis(330)),
+            Duration::from_millis(6600)
+        );
+    }
+
     use super::*;
     use crate::conntrack::{Admission, Seg, Timeouts, Track};
     use crate::flow_key::FlowKey;

@@ -54,6 +54,7 @@ pub mod flows;
 pub mod fqdn;
 pub mod frag;
 pub mod heap;
+pub mod housekeeping;
 pub mod l7;
 pub mod maglev;
 pub mod pass;

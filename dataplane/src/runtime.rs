@@ -145,6 +145,11 @@ pub struct DataplaneConfig {
     /// When the workers run the conntrack prefetch (`--ct-prefetch`;
     /// [`crate::pass::FlowCensus`]).
     pub ct_prefetch: weir_model::status::CtPrefetch,
+    /// Keep the thread that calls [`Dataplane::start`], and every thread it
+    /// starts afterwards, off the workers' cores ([`crate::housekeeping`];
+    /// the node process sets it; off by default so a test's or a bench's
+    /// thread keeps its mask).
+    pub housekeeping: bool,
 }
 
 /// Where the checkpoint lives and whose it is.
@@ -200,6 +205,7 @@ impl Default for DataplaneConfig {
             idle_yield: true,
             coalesce_us: DEFAULT_COALESCE_US,
             ct_prefetch: weir_model::status::CtPrefetch::Auto,
+            housekeeping: false,
         }
     }
 }
@@ -321,6 +327,8 @@ pub struct Dataplane {
     retired: Vec<Arc<Snapshot>>,
     stop: Arc<AtomicBool>,
     workers: Vec<WorkerHandle>,
+    /// The CPUs the other threads were confined to (empty: not confined).
+    housekeeping: Vec<usize>,
     ports: BTreeMap<String, PortRt>,
     conntrack: Arc<Conntrack>,
     flow_logs: Vec<Arc<FlowLog>>,
@@ -379,6 +387,17 @@ impl Dataplane {
     /// their sockets. Call from a thread in the node's network namespace.
     pub fn start(cfg: DataplaneConfig, snap: Snapshot) -> Result<Dataplane, DataplaneError> {
         validate(&cfg)?;
+        // First: the table below is touched page by page from this thread.
+        let housekeeping = match cfg.housekeeping {
+            true => crate::housekeeping::keep_off(&cfg.cores).unwrap_or_else(|e| {
+                log::warn!("keeping the dataplane's other threads off the workers' cores: {e}");
+                Vec::new()
+            }),
+            false => Vec::new(),
+        };
+        if !housekeeping.is_empty() {
+            log::info!("other threads on cores {housekeeping:?}, off the workers'");
+        }
         xsk::raise_memlock()?;
         let snap = Arc::new(snap);
         let published = Arc::new(ArcSwap::new(Arc::clone(&snap)));
@@ -390,6 +409,7 @@ impl Dataplane {
             retired: Vec::new(),
             stop,
             workers: Vec::new(),
+            housekeeping,
             ports: BTreeMap::new(),
             conntrack: Arc::new(Conntrack::new(
                 cfg.conntrack_size,
@@ -768,6 +788,7 @@ impl Dataplane {
                 idle_yield: self.cfg.idle_yield,
                 coalesce_us: self.cfg.coalesce_us,
                 ct_prefetch: self.cfg.ct_prefetch,
+                housekeeping_cores: self.housekeeping.clone(),
             },
             workers,
             totals,

@@ -202,6 +202,10 @@ pub struct ConfigStatus {
     pub coalesce_us: u32,
     /// When the workers run the conntrack prefetch (`--ct-prefetch`).
     pub ct_prefetch: CtPrefetch,
+    /// The CPUs the dataplane's other threads (control loop, checkpoint,
+    /// status) are kept on, off the workers' cores; empty: not confined (a
+    /// worker on every CPU the process may use).
+    pub housekeeping_cores: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -108,6 +108,11 @@ impl FlowsSample {
         (self.window_s > 0.0).then(|| self.sent as f64 / self.window_s)
     }
 
+    /// Frames sent that app1 did not get (fill ring empty, RX ring full).
+    fn lost_pct(&self) -> Option<f64> {
+        (self.sent > 0).then(|| 100.0 * (1.0 - self.delivered as f64 / self.sent as f64))
+    }
+
     fn busy_ns_per_frame(&self) -> Option<f64> {
         (self.rx_packets > 0).then(|| self.busy_ns as f64 / self.rx_packets as f64)
     }
@@ -427,7 +432,7 @@ impl FlowsReport {
         let n0 = self.flows.first().copied().unwrap_or(1);
         let _ = writeln!(
             s,
-            "\n| config | flows | delivered pps | offered pps | worker busy ns/frame | worker CPU ns/frame | worker Mpps per busy s | ÷ same at {n0} flows | ÷ {first} worker Mpps | ÷ {first} delivered pps | stage 0 on (rounds) | census flows | conntrack entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "\n| config | flows | delivered pps | offered pps | lost % | worker busy ns/frame | worker CPU ns/frame | worker Mpps per busy s | ÷ same at {n0} flows | ÷ {first} worker Mpps | ÷ {first} delivered pps | stage 0 on (rounds) | census flows | conntrack entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for v in &self.variants {
             let c = v.label.as_str();
@@ -436,9 +441,10 @@ impl FlowsReport {
                 let all = self.of(c, n).count();
                 let _ = writeln!(
                     s,
-                    "| {c} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {on}/{all} | {} | {} |",
+                    "| {c} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {on}/{all} | {} | {} |",
                     self.col(c, n, |x| x.delivered_pps(), 0),
                     self.col(c, n, |x| x.offered_pps(), 0),
+                    self.col(c, n, |x| x.lost_pct(), 1),
                     self.col(c, n, |x| x.busy_ns_per_frame(), 0),
                     self.col(c, n, |x| x.cpu_ns_per_frame(), 0),
                     self.col(c, n, |x| x.busy_mpps(), 2),
@@ -525,12 +531,14 @@ mod tests {
         let md = rep.markdown();
         // auto at 1000 flows: 1 Mpps per busy s, ÷ at 1 flow 0.50 and 0.40.
         assert!(
-            md.contains("| auto | 1000 | 900 | 1000 | 1000 | 0 | 1.00 | 0.45 [0.40–0.50] |"),
+            md.contains("| auto | 1000 | 900 | 1000 | 10.0 | 1000 | 0 | 1.00 | 0.45 [0.40–0.50] |"),
             "{md}"
         );
         // off ÷ auto at 1000 flows: 0.50 (round 0 only).
         assert!(
-            md.contains("| off | 1000 | 900 | 1000 | 2000 | 0 | 0.50 | 0.25 | 0.50 | 1.00 |"),
+            md.contains(
+                "| off | 1000 | 900 | 1000 | 10.0 | 2000 | 0 | 0.50 | 0.25 | 0.50 | 1.00 |"
+            ),
             "{md}"
         );
         assert!(md.contains("error, off at 1 flows, round 2: boom"), "{md}");
