@@ -224,8 +224,7 @@ fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Re
                 anyhow::ensure!(idx > 0, "eth0 ifindex");
                 let mut b = crate::mmsg::PacketBlaster::new(idx, &frame, BATCH)?;
                 let mut next = 0usize;
-                let mut last_err = None;
-                while !done.load(Ordering::Relaxed) {
+                crate::mmsg::blast(&mut b, &done, &sent, |b| {
                     for m in 0..b.batch() {
                         let (sp, dp) = flow_ports(next);
                         let f = b.frame_mut(m);
@@ -233,20 +232,8 @@ fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Re
                         f[36..38].copy_from_slice(&dp.to_be_bytes());
                         next = if next + 1 == n { 0 } else { next + 1 };
                     }
-                    // Frames the kernel refused are not re-sent: their
-                    // flows come round again in the next cycle.
-                    match b.send() {
-                        Ok(k) => {
-                            sent.fetch_add(k as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
-                }
-                if sent.load(Ordering::Relaxed) == 0 {
-                    if let Some(e) = last_err {
-                        anyhow::bail!("AF_PACKET sendmmsg: {e}");
-                    }
-                }
+                })
+                .context("AF_PACKET sendmmsg")?;
                 Ok(())
             })?
         });

@@ -298,6 +298,35 @@ impl PacketBlaster {
     }
 }
 
+/// Sends from `b` until `done` is set, adding the frames the kernel took to
+/// `sent`; `before` may rewrite `b`'s frames before each send. Frames the
+/// kernel refuses are not re-sent. An error only when no frame was ever
+/// taken (the last error then).
+pub fn blast(
+    b: &mut PacketBlaster,
+    done: &std::sync::atomic::AtomicBool,
+    sent: &std::sync::atomic::AtomicU64,
+    mut before: impl FnMut(&mut PacketBlaster),
+) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let mut last_err = None;
+    let mut took = 0u64;
+    while !done.load(Ordering::Relaxed) {
+        before(b);
+        match b.send() {
+            Ok(n) => {
+                took += n as u64;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match (took, last_err) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// `SO_TIMESTAMPNS` on: the kernel stamps received skbs (CLOCK_REALTIME,
 /// where the frame enters the receiving device's stack: `netif_rx` /
 /// `netif_receive_skb`) and `recv_stamped` returns the stamp of the data read.

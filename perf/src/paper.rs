@@ -1257,20 +1257,7 @@ fn xdp_drop(o: &PaperOptions, w: &WeirCluster, p: &Pods) -> anyhow::Result<XdpDr
                 let idx = crate::mmsg::ifindex("eth0");
                 anyhow::ensure!(idx > 0, "eth0 ifindex");
                 let mut b = crate::mmsg::PacketBlaster::new(idx, &f, 64)?;
-                let mut last_err = None;
-                while !done.load(Ordering::Relaxed) {
-                    match b.send() {
-                        Ok(n) => {
-                            sent.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
-                }
-                if sent.load(Ordering::Relaxed) == 0 {
-                    if let Some(e) = last_err {
-                        anyhow::bail!("AF_PACKET sendmmsg: {e}");
-                    }
-                }
+                crate::mmsg::blast(&mut b, &done, &sent, |_| {}).context("AF_PACKET sendmmsg")?;
                 Ok(())
             })?
         });
