@@ -170,9 +170,29 @@ fn the_flow_census_turns_stage_0_on_for_many_flows_and_off_for_few() {
     );
     assert!(text.contains(" on (≈"), "{text}");
 
-    // One flow: the next full window turns it off again.
+    // One flow: the next full window turns it off again. That window may
+    // still hold the tail of the many-flow stream (an estimate of a few
+    // hundred, under the 2048 that turns it off); the streams after it
+    // fill whole windows of the one flow (slowly: while off, the census
+    // sees one batch in 16).
     let w = stream_until(&c, &b4, 1, false);
     let off = w.iter().find(|w| w["on"] == false).expect("a worker off");
-    assert!(off["flows"].as_u64() <= Some(2), "{off}");
+    assert!(off["flows"].as_u64() < Some(2048), "{off}");
     assert!(off["switches"].as_u64() >= Some(2), "{off}");
+    let mut last = off.clone();
+    for _ in 0..20 {
+        if last["flows"].as_u64() <= Some(2) {
+            break;
+        }
+        let w = stream_until(&c, &b4, 1, false);
+        last = w
+            .into_iter()
+            .find(|w| w["on"] == false)
+            .expect("a worker off");
+    }
+    assert!(last["flows"].as_u64() <= Some(2), "{last}");
+    assert!(
+        last["switches"].as_u64() == off["switches"].as_u64(),
+        "{last}"
+    );
 }
