@@ -159,10 +159,12 @@ pub fn render(v: &ClusterStatus) -> String {
         out.push_str(&frames_line(&dp));
         out.push_str(&ports_mode(&dp));
         out.push_str(&ct_prefetch_line(&dp));
-        if let Some(cores) = cores_list(&dp.config.housekeeping_cores) {
+        let hk = &dp.config.housekeeping_cores;
+        if !hk.is_empty() {
             let _ = writeln!(
                 out,
-                "other threads (control loop, checkpoint, status) on cores {cores}, off the workers'"
+                "other threads (control loop, checkpoint, status) on cores {}, off the workers'",
+                crate::pod_rx::describe(hk)
             );
         }
         // The conntrack checkpoint (docs/reliability.md).
@@ -322,17 +324,6 @@ fn frames_line(dp: &DataplaneStatus) -> String {
     }
     s.push('\n');
     s
-}
-
-/// `0,2,3`, or `None` for an empty list.
-fn cores_list(cores: &[usize]) -> Option<String> {
-    (!cores.is_empty()).then(|| {
-        cores
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    })
 }
 
 /// The conntrack prefetch (stage 0) of each worker and the flow census

@@ -300,16 +300,6 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_slow_write_spaces_the_next_one_out() {
-        assert_eq!(next_interval(Duration::from_micros(50)), INTERVAL);
-        assert_eq!(next_interval(Duration::from_millis(12)), INTERVAL);
-        assert_eq!(
-            next_interval(Duration::from_millis(330)),
-            Duration::from_millis(6600)
-        );
-    }
-
     use super::*;
     use crate::conntrack::{Admission, Seg, Timeouts, Track};
     use crate::flow_key::FlowKey;
@@ -599,5 +589,15 @@ mod tests {
         assert_eq!(r.conntrack, 16);
         assert_eq!(r.no_room, 184);
         assert!(max_len(&small) < max_len(&ct));
+    }
+
+    #[test]
+    fn a_slow_write_spaces_the_next_one_out() {
+        assert_eq!(next_interval(Duration::from_micros(50)), INTERVAL);
+        assert_eq!(next_interval(Duration::from_millis(12)), INTERVAL);
+        assert_eq!(
+            next_interval(Duration::from_millis(330)),
+            Duration::from_millis(6600)
+        );
     }
 }

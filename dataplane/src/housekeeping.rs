@@ -20,10 +20,8 @@ use nix::unistd::Pid;
 /// `workers`. Returns those CPUs, or an empty list when no CPU is left (the
 /// mask unchanged). The workers pin themselves to their own core.
 pub fn keep_off(workers: &[usize]) -> nix::Result<Vec<usize>> {
-    let allowed = sched_getaffinity(Pid::from_raw(0))?;
-    let rest: Vec<usize> = (0..CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false) && !workers.contains(&c))
-        .collect();
+    let mut rest = cpus(&sched_getaffinity(Pid::from_raw(0))?);
+    rest.retain(|c| !workers.contains(c));
     if rest.is_empty() {
         return Ok(rest);
     }
@@ -35,15 +33,19 @@ pub fn keep_off(workers: &[usize]) -> nix::Result<Vec<usize>> {
     Ok(rest)
 }
 
+/// The CPUs of `set`, ascending.
+fn cpus(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mine() -> Vec<usize> {
-        let s = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        (0..CpuSet::count())
-            .filter(|&c| s.is_set(c).unwrap())
-            .collect()
+        cpus(&sched_getaffinity(Pid::from_raw(0)).unwrap())
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! that applies snapshots, drains the flow logs and writes the conntrack
 //! checkpoint; the status server) stay off the workers' cores
 //! (`dataplane/src/housekeeping.rs`): read from the kernel
-//! (`/proc/<pid>/task/*/status`, `Cpus_allowed_list`) of the running
+//! (`/proc/<pid>/task/*/status`, `Cpus_allowed`) of the running
 //! dataplane process, and from `weir status`. With a worker on every CPU,
 //! nothing is confined.
 //!
@@ -10,24 +10,14 @@
 
 use weir_tests::{simple_cluster, TestCluster};
 
-/// `0-2,5` → [0, 1, 2, 5].
-fn cpu_list(s: &str) -> Vec<usize> {
-    s.trim()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .flat_map(|p| match p.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
-            None => vec![p.parse().unwrap()],
-        })
-        .collect()
-}
-
+/// The CPUs a `/proc/<pid>/status` text allows (`Cpus_allowed`, the same
+/// hex mask format as `rps_cpus`).
 fn allowed(status: &str) -> Vec<usize> {
-    let line = status
+    let mask = status
         .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list");
-    cpu_list(line)
+        .find_map(|l| l.strip_prefix("Cpus_allowed:"))
+        .expect("Cpus_allowed");
+    weir_topo::rps::parse_cpu_mask(mask).expect("a CPU mask")
 }
 
 /// (thread name, allowed CPUs) of every thread of node-1's dataplane.
