@@ -216,7 +216,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         idle_yield: opts.idle_yield,
         coalesce_us: opts.coalesce_us,
         ct_prefetch: opts.ct_prefetch,
-        // The control loop (snapshots, flow logs, the checkpoint) and the
+        // The control loop (snapshots, flow logs), the checkpoint and the
         // status server stay off the workers' cores.
         housekeeping: true,
         // Multi-buffer sockets when a port's MTU needs frames above one
@@ -273,8 +273,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut last_rate = Instant::now();
-    let mut last_checkpoint = Instant::now();
-    let mut checkpoint_every = weir_dataplane::checkpoint::INTERVAL;
     let mut events = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) && !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -322,16 +320,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         drain_flows(&shared, &opts.node, &mut events);
         if let Some(t) = wg_timers.as_mut() {
             t.run();
-        }
-        // Every 250 ms, or 20× the last write's time if that is longer (a
-        // large table): this thread also applies snapshots and answers
-        // status, and its core is shared (docs/conntrack.md "Restarts").
-        if last_checkpoint.elapsed() >= checkpoint_every {
-            last_checkpoint = Instant::now();
-            if let Some(dp) = shared.dp.lock().expect("lock").as_mut() {
-                dp.write_checkpoint();
-            }
-            checkpoint_every = weir_dataplane::checkpoint::next_interval(last_checkpoint.elapsed());
         }
         if last_rate.elapsed() >= Duration::from_millis(500) {
             last_rate = Instant::now();

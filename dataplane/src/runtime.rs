@@ -164,14 +164,12 @@ pub struct CheckpointConfig {
 /// The checkpoint's side of a running dataplane.
 #[derive(Default)]
 struct CheckpointRt {
-    buf: Vec<u8>,
-    boot: Option<[u8; 36]>,
     restored: crate::checkpoint::Restored,
-    written: u64,
-    errors: u64,
-    last: crate::checkpoint::Written,
-    /// The last write failed (logged once per run of failures).
-    failing: bool,
+    /// The writer thread's counters (default: none written).
+    stats: Arc<crate::checkpoint::WriterStats>,
+    /// Ends the writer thread (after its last write).
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
 }
 
 /// Largest accepted `l7_max_flows` (about 0.4 GiB of L7 state per worker).
@@ -239,6 +237,9 @@ pub enum DataplaneError {
     /// the UMEM anchor interface: {0}
     #[error("the UMEM anchor interface: {0}")]
     Anchor(String),
+    /// starting the checkpoint writer failed: {0}
+    #[error("starting the checkpoint writer failed: {0}")]
+    Checkpoint(#[source] std::io::Error),
 }
 
 struct WorkerHandle {
@@ -519,6 +520,8 @@ impl Dataplane {
         for w in wanted(&snap) {
             dp.add_port(&w, &v4, &v6)?;
         }
+        // Last: a start that failed writes no checkpoint over the file.
+        dp.start_checkpoint()?;
         Ok(dp)
     }
 
@@ -663,7 +666,6 @@ impl Dataplane {
         let Some(c) = &self.cfg.checkpoint else {
             return;
         };
-        self.ckpt.boot = crate::checkpoint::boot_id();
         let now = monotonic_ns();
         // Nothing shares the table yet (no worker runs): the load gives it
         // the writer's hash seeds.
@@ -694,47 +696,26 @@ impl Dataplane {
         }
     }
 
-    /// Writes the conntrack and Service NAT checkpoint (see
-    /// [`crate::checkpoint`]; the caller calls it every
-    /// [`crate::checkpoint::INTERVAL`]). Takes each bucket's lock in turn;
-    /// the workers go on forwarding. Nothing when no checkpoint is
-    /// configured. A failure is counted and logged once per run of
-    /// failures.
-    pub fn write_checkpoint(&mut self) {
+    /// Starts the checkpoint writer's thread (see
+    /// [`crate::checkpoint::Writer`]; nothing when no checkpoint is
+    /// configured). After [`restore_checkpoint`](Self::restore_checkpoint).
+    fn start_checkpoint(&mut self) -> Result<(), DataplaneError> {
         let Some(c) = &self.cfg.checkpoint else {
-            return;
+            return Ok(());
         };
-        let Some(boot) = self.ckpt.boot else {
-            if !self.ckpt.failing {
-                log::warn!("checkpoint not written: the kernel's boot id cannot be read");
-                self.ckpt.failing = true;
-            }
-            self.ckpt.errors += 1;
-            return;
-        };
-        let generation = self.published.load().generation();
-        let w = crate::checkpoint::encode(
-            &self.conntrack,
-            &c.node,
-            generation,
-            &boot,
-            monotonic_ns(),
-            &mut self.ckpt.buf,
+        let w = crate::checkpoint::Writer::new(
+            Arc::clone(&self.conntrack),
+            Arc::clone(&self.published),
+            c.path.clone(),
+            c.node.clone(),
+            crate::checkpoint::boot_id(),
         );
-        match crate::checkpoint::write(&c.path, &self.ckpt.buf) {
-            Ok(()) => {
-                self.ckpt.written += 1;
-                self.ckpt.last = w;
-                self.ckpt.failing = false;
-            }
-            Err(e) => {
-                self.ckpt.errors += 1;
-                if !self.ckpt.failing {
-                    log::warn!("checkpoint {} not written: {e}", c.path.display());
-                    self.ckpt.failing = true;
-                }
-            }
-        }
+        self.ckpt.stats = w.stats();
+        self.ckpt.join = Some(
+            w.spawn(Arc::clone(&self.ckpt.stop))
+                .map_err(DataplaneError::Checkpoint)?,
+        );
+        Ok(())
     }
 
     /// Counters, latency and configuration, for `weir status`. Sample twice
@@ -883,10 +864,10 @@ impl Dataplane {
             flow_events_lost: self.flow_logs.iter().map(|l| l.lost()).sum(),
             restored: self.ckpt.restored.conntrack,
             restored_nat: self.ckpt.restored.nat,
-            checkpoints: self.ckpt.written,
-            checkpoint_errors: self.ckpt.errors,
-            checkpoint_entries: (self.ckpt.last.conntrack + self.ckpt.last.nat) as u64,
-            checkpoint_bytes: self.ckpt.last.bytes as u64,
+            checkpoints: self.ckpt.stats.written(),
+            checkpoint_errors: self.ckpt.stats.errors(),
+            checkpoint_entries: self.ckpt.stats.entries(),
+            checkpoint_bytes: self.ckpt.stats.bytes(),
         }
     }
 
@@ -903,6 +884,15 @@ impl Dataplane {
                 if j.join().is_err() {
                     log::error!("worker {} panicked", w.id);
                 }
+            }
+        }
+        // The workers are gone: the checkpoint's last write holds every
+        // entry (a graceful stop loses none).
+        self.ckpt.stop.store(true, Relaxed);
+        if let Some(j) = self.ckpt.join.take() {
+            j.thread().unpark();
+            if j.join().is_err() {
+                log::error!("the checkpoint writer panicked");
             }
         }
         // Redirector handles go; the programs stay attached (fail closed).

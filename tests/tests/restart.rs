@@ -70,10 +70,7 @@ fn exchange(s: &mut TcpStream, msg: &[u8], timeout: Duration) -> bool {
 }
 
 fn dataplane_pid(c: &TestCluster) -> u32 {
-    let state = std::env::var_os("WEIR_STATE_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/run/weir".into());
-    let p = state.join(&c.name).join("nodes/node-1/dataplane.pid");
+    let p = dataplane_log_path(c).with_file_name("dataplane.pid");
     std::fs::read_to_string(&p)
         .expect("dataplane.pid")
         .trim()
@@ -81,13 +78,18 @@ fn dataplane_pid(c: &TestCluster) -> u32 {
         .expect("pid")
 }
 
-/// The node's dataplane log (for failure messages).
-fn dataplane_log(c: &TestCluster) -> String {
+/// Where node-1's dataplane log is (its state directory holds the pid
+/// file and the checkpoint beside it).
+fn dataplane_log_path(c: &TestCluster) -> std::path::PathBuf {
     let state = std::env::var_os("WEIR_STATE_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/run/weir".into());
-    let p = state.join(&c.name).join("nodes/node-1/dataplane.log");
-    std::fs::read_to_string(p).unwrap_or_default()
+    state.join(&c.name).join("nodes/node-1/dataplane.log")
+}
+
+/// The node's dataplane log (for failure messages).
+fn dataplane_log(c: &TestCluster) -> String {
+    std::fs::read_to_string(dataplane_log_path(c)).unwrap_or_default()
 }
 
 /// Gone, or a zombie its parent (the supervisor) has not reaped yet.
@@ -827,6 +829,74 @@ fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_fi
         log.contains("restored") && log.contains("conntrack.ckpt"),
         "no restore line in the dataplane's log:\n{log}"
     );
+}
+
+/// A graceful stop (`weir dataplane stop`) writes one last checkpoint after
+/// the workers stopped: a connection made after the last periodic write is
+/// in it. The test removes the file right before the stop, so what the new
+/// process restores came from the stopping process's last write (or a
+/// periodic one in between, which holds the connection too); the backend
+/// speaks first, which only a restored reverse NAT entry carries back to
+/// the client as the ClusterIP.
+#[test]
+fn gracefully_stopped_dataplane_writes_a_last_checkpoint_and_the_connection_continues() {
+    let c = TestCluster::up("rsg", SVC_L7);
+    c.wait_applied(Duration::from_secs(30));
+    let topo = c.topology();
+    let client = topo.pod("x", "client").expect("client").clone();
+    let web = topo.pod("x", "web").expect("web").clone();
+    let vip = topo
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .expect("service echo")
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4())
+        .expect("an IPv4 ClusterIP");
+    let accepted = holding_server(
+        &web.netns,
+        SocketAddr::new(web.ipv4.expect("v4").into(), 7000),
+    );
+    let mut cl = connect(&client.netns, SocketAddr::new(vip, 7000)).expect("client→ClusterIP");
+    let mut srv = accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the backend accepted");
+    cl.write_all(b"hi\n").expect("write");
+    assert!(read_back(&mut srv, b"hi\n", Duration::from_secs(5)));
+
+    let ckpt = dataplane_log_path(&c).with_file_name("conntrack.ckpt");
+    let pid = dataplane_pid(&c);
+    let _ = std::fs::remove_file(&ckpt);
+    let out = c.weir(&["dataplane", "stop", "--node", "node-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dead(pid), "the dataplane still runs after stop");
+    assert!(
+        ckpt.exists(),
+        "no checkpoint after a graceful stop\n{}",
+        dataplane_log(&c)
+    );
+    start_dataplane(&c, pid);
+    let rx0 = c.counter("rx_packets");
+    srv.write_all(b"backend first\n").expect("write");
+    assert!(
+        read_back(&mut cl, b"backend first\n", Duration::from_secs(10)),
+        "the backend's segment after the restart never reached the client\n{}",
+        dataplane_log(&c)
+    );
+    cl.write_all(b"and back\n").expect("write");
+    assert!(read_back(&mut srv, b"and back\n", Duration::from_secs(10)));
+    assert!(c.counter("rx_packets") > rx0, "the new workers saw nothing");
+    assert!(
+        conntrack(&c, "restored") >= 1,
+        "no conntrack entry restored"
+    );
+    assert!(conntrack(&c, "restored_nat") >= 2, "no NAT pair restored");
 }
 
 /// A policy that denies an open connection, applied while the dataplane
