@@ -33,12 +33,18 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use weir_model::status::WorkerStatus;
 
+use weir_topo::manifest::ClusterSpec;
+use weir_topo::Cluster;
+
+use crate::cpu::CpuSnap;
+use crate::kernel::KernelPath;
+use crate::peers::{self, Nft, Ovs, OvsPort};
 use crate::percore::Variant;
 use crate::report::Host;
 use crate::rounds::{cell, stats};
 use crate::scale::workers_of;
 use crate::weir::WeirCluster;
-use crate::{paper, pin, stop, udp};
+use crate::{paper, pin, stop, tools, udp};
 
 /// Source ports a destination port carries (1024..65536).
 const PORTS_PER_DPORT: usize = 64512;
@@ -66,7 +72,17 @@ pub struct FlowsOptions {
     /// `weir up --conntrack-size` (the table must hold the largest N).
     pub conntrack_size: usize,
     pub variants: Vec<Variant>,
+    /// The kernel path with the nftables L3/L4 policy (its conntrack) as a
+    /// peer, each round.
+    pub kernel: bool,
+    /// Open vSwitch's AF_XDP datapath with conntrack flows as a peer, each
+    /// round (skipped, with a note, when it is not installed).
+    pub ovs: bool,
 }
+
+/// The peers' configuration names.
+pub const KERNEL: &str = "kernel+nft";
+pub const OVS: &str = "ovs+ct";
 
 /// The ports of flow `i` (of at most [`MAX_FLOWS`]).
 pub fn flow_ports(i: usize) -> (u16, u16) {
@@ -94,8 +110,12 @@ pub struct FlowsSample {
     /// Stage 0 ran at the end of the window; the census's estimate then.
     pub stage0_on: bool,
     pub census_flows: u64,
-    /// Live conntrack entries at the end of the window.
+    /// Live conntrack entries at the end of the window (weir's table, the
+    /// node netns's `nf_conntrack_count`, OVS's `ct-get-nconns`).
     pub conntrack_entries: u64,
+    /// Cores busy over the window, all of them (the blaster, softirq, the
+    /// worker or PMD), from `/proc/stat`.
+    pub cores: f64,
     pub error: Option<String>,
 }
 
@@ -121,6 +141,13 @@ impl FlowsSample {
         (self.rx_packets > 0).then(|| self.cpu_ns as f64 / self.rx_packets as f64)
     }
 
+    /// Delivered pps per consumed core.
+    fn pps_per_core(&self) -> Option<f64> {
+        self.delivered_pps()
+            .filter(|_| self.cores > 0.0)
+            .map(|p| p / self.cores)
+    }
+
     /// The worker's frames per second of busy time (millions).
     fn busy_mpps(&self) -> Option<f64> {
         self.busy_ns_per_frame()
@@ -141,7 +168,22 @@ pub struct FlowsReport {
     pub conntrack_size: usize,
     pub flows: Vec<usize>,
     pub variants: Vec<Variant>,
+    /// The peers measured besides the variants ([`KERNEL`], [`OVS`]).
+    #[serde(default)]
+    pub peers: Vec<String>,
     pub samples: Vec<FlowsSample>,
+    /// What could not be measured at all (a peer not installed).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// What carries the flows in a sample: a weir cluster, or a peer on a
+/// cluster built without weir.
+enum Dut<'a> {
+    Weir(&'a WeirCluster),
+    /// The kernel path; its node's netns.
+    Kernel(&'a str),
+    Ovs(&'a Ovs),
 }
 
 /// `Udp: InDatagrams + NoPorts + InErrors` of `netns`: every datagram its
@@ -195,11 +237,25 @@ fn weir_samples(
                 .collect()
         }
     };
+    every_n(o, &w.cluster, &Dut::Weir(&w), blank(0), &flows)
+}
+
+/// Every N of `flows` (ascending) on one cluster: a sample each.
+fn every_n(
+    o: &FlowsOptions,
+    c: &Cluster,
+    dut: &Dut,
+    blank: FlowsSample,
+    flows: &[usize],
+) -> Vec<FlowsSample> {
     flows
         .iter()
         .map(|&n| {
-            let mut s = blank(n);
-            if let Err(e) = measure(o, &w, &mut s) {
+            let mut s = FlowsSample {
+                flows: n,
+                ..blank.clone()
+            };
+            if let Err(e) = measure(o, c, dut, &mut s) {
                 s.error = Some(format!("{e:#}"));
             }
             s
@@ -207,10 +263,159 @@ fn weir_samples(
         .collect()
 }
 
-fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Result<()> {
+/// A peer's samples at every N, on a cluster built without weir; an error
+/// in every sample when it cannot be set up.
+fn peer_samples(o: &FlowsOptions, spec: &ClusterSpec, peer: &str, rep: usize) -> Vec<FlowsSample> {
+    let blank = FlowsSample {
+        config: peer.to_string(),
+        rep,
+        ..Default::default()
+    };
+    let r = (|| -> anyhow::Result<Vec<FlowsSample>> {
+        let pid = std::process::id();
+        let k = KernelPath::build(&format!("pfl{pid}{}", &peer[..1]), spec)?;
+        let node = k.cluster.nodes[0].netns.clone();
+        let app1 = k.cluster.pod("paper", "app1").context("pod paper/app1")?;
+        let app2 = k.cluster.pod("paper", "app2").context("pod paper/app2")?;
+        let (a1, a2) = (
+            app1.ipv4.context("app1 has no IPv4")?,
+            app2.ipv4.context("app2 has no IPv4")?,
+        );
+        if peer == KERNEL {
+            k.enable_forwarding()?;
+            let _nft = Nft::load(&node, &peers::nft_ruleset(a2, a1, 0, None))?;
+            let _max = ConntrackMax::at_least(o.conntrack_size)?;
+            return Ok(every_n(
+                o,
+                &k.cluster,
+                &Dut::Kernel(&node),
+                blank.clone(),
+                &o.flows,
+            ));
+        }
+        let mut ports = Vec::new();
+        for (i, pod) in ["app1", "app2", "app3"].iter().enumerate() {
+            let pod = k
+                .cluster
+                .pod("paper", pod)
+                .with_context(|| format!("pod paper/{pod}"))?;
+            crate::kernel::ip(&[
+                "-n",
+                &pod.netns,
+                "neigh",
+                "replace",
+                "169.254.1.1",
+                "lladdr",
+                peers::OVS_GW_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            ports.push(OvsPort {
+                ifname: pod.host_ifname.clone(),
+                ofport: i as u32 + 1,
+                ipv4: pod.ipv4.context("no IPv4")?,
+                mac: pod.pod_mac,
+            });
+        }
+        let ovs = Ovs::start(
+            &node,
+            &o.out.join(format!("ovs-{pid}")),
+            &ports,
+            (a2, a1),
+            o.worker_core,
+        )?;
+        // The same table size as weir's (OVS's default is 3M).
+        ovs.appctl(&["dpctl/ct-set-maxconns", &o.conntrack_size.to_string()])?;
+        Ok(every_n(
+            o,
+            &k.cluster,
+            &Dut::Ovs(&ovs),
+            blank.clone(),
+            &o.flows,
+        ))
+    })();
+    r.unwrap_or_else(|e| {
+        o.flows
+            .iter()
+            .map(|&n| FlowsSample {
+                flows: n,
+                error: Some(format!("{e:#}")),
+                ..blank.clone()
+            })
+            .collect()
+    })
+}
+
+/// `net.netfilter.nf_conntrack_max` and `nf_conntrack_buckets` (global:
+/// the initial namespace's) raised to at least a size for the kernel
+/// peer's run, so that its table holds the flows as weir's does; the old
+/// values restored when dropped.
+struct ConntrackMax {
+    old: Vec<(&'static str, String)>,
+}
+
+const NF_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+const NF_BUCKETS: &str = "/proc/sys/net/netfilter/nf_conntrack_buckets";
+
+impl ConntrackMax {
+    fn at_least(size: usize) -> anyhow::Result<ConntrackMax> {
+        let mut g = ConntrackMax { old: Vec::new() };
+        for p in [NF_MAX, NF_BUCKETS] {
+            let old = std::fs::read_to_string(p)
+                .with_context(|| format!("read {p} (nf_conntrack not loaded?)"))?;
+            let v: usize = old
+                .trim()
+                .parse()
+                .with_context(|| format!("{p}: {old:?}"))?;
+            if v < size {
+                std::fs::write(p, size.to_string()).with_context(|| format!("write {p}"))?;
+                g.old.push((p, old.trim().to_string()));
+            }
+        }
+        Ok(g)
+    }
+}
+
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        for (p, v) in self.old.drain(..).rev() {
+            if let Err(e) = std::fs::write(p, &v) {
+                eprintln!("weir-perf: restoring {p} to {v}: {e}");
+            }
+        }
+    }
+}
+
+/// Live entries in the table of the configuration under test.
+fn entries(dut: &Dut) -> anyhow::Result<u64> {
+    match dut {
+        Dut::Weir(w) => Ok(
+            w.status()?["nodes"][0]["status"]["dataplane"]["conntrack"]["entries"]
+                .as_u64()
+                .unwrap_or(0),
+        ),
+        Dut::Kernel(netns) => {
+            let t = weir_topo::netns::run_in(netns, || {
+                std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+            })?
+            .context("read nf_conntrack_count")?;
+            t.trim().parse().context("nf_conntrack_count")
+        }
+        Dut::Ovs(ovs) => {
+            let t = ovs.appctl(&["dpctl/ct-get-nconns"])?;
+            t.trim()
+                .parse()
+                .with_context(|| format!("ct-get-nconns: {t:?}"))
+        }
+    }
+}
+
+fn measure(o: &FlowsOptions, c: &Cluster, dut: &Dut, s: &mut FlowsSample) -> anyhow::Result<()> {
     stop::check()?;
-    let src = w.cluster.pod("paper", "app2").context("pod paper/app2")?;
-    let dst = w.cluster.pod("paper", "app1").context("pod paper/app1")?;
+    let src = c.pod("paper", "app2").context("pod paper/app2")?;
+    let dst = c.pod("paper", "app1").context("pod paper/app1")?;
     let frame = paper::udp_frame(src, dst)?;
     let n = s.flows.max(1);
     let sent = AtomicU64::new(0);
@@ -250,25 +455,34 @@ fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Re
                 udp::sleep_checked(Duration::from_millis(50))?;
             }
             s.warmup_s = t0.elapsed().as_secs_f64();
-            let w0 = workers_of(&w.status()?);
-            let (d0, s0, t1) = (
+            let w0 = match dut {
+                Dut::Weir(w) => workers_of(&w.status()?),
+                _ => Vec::new(),
+            };
+            let (d0, s0, c0, t1) = (
                 udp_in(&dst.netns)?,
                 sent.load(Ordering::Relaxed),
+                CpuSnap::now(),
                 Instant::now(),
             );
             udp::sleep_checked(o.window)?;
-            let (d1, s1, t2) = (
+            let (d1, s1, c1, t2) = (
                 udp_in(&dst.netns)?,
                 sent.load(Ordering::Relaxed),
+                CpuSnap::now(),
                 Instant::now(),
             );
-            // The workers publish every 250 ms.
-            std::thread::sleep(Duration::from_millis(300));
-            let st = w.status()?;
-            let w1 = workers_of(&st);
             s.window_s = (t2 - t1).as_secs_f64();
             s.sent = s1 - s0;
             s.delivered = d1.saturating_sub(d0);
+            s.cores = c1.since(&c0).cores;
+            s.conntrack_entries = entries(dut)?;
+            let Dut::Weir(w) = dut else {
+                return Ok(());
+            };
+            // The workers publish every 250 ms.
+            std::thread::sleep(Duration::from_millis(300));
+            let w1 = workers_of(&w.status()?);
             let sum = |ws: &[WorkerStatus], f: fn(&WorkerStatus) -> u64| -> u64 {
                 ws.iter().map(f).sum()
             };
@@ -278,9 +492,6 @@ fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Re
             s.cpu_ns = d(|w| w.time.cpu_ns);
             s.stage0_on = w1.iter().any(|w| w.ct_prefetch.on);
             s.census_flows = w1.iter().map(|w| w.ct_prefetch.flows).sum();
-            s.conntrack_entries = st["nodes"][0]["status"]["dataplane"]["conntrack"]["entries"]
-                .as_u64()
-                .unwrap_or(0);
             Ok(())
         })();
         done.store(true, Ordering::Relaxed);
@@ -292,17 +503,22 @@ fn measure(o: &FlowsOptions, w: &WeirCluster, s: &mut FlowsSample) -> anyhow::Re
     // The proof the flows crossed weir: the worker took at least what app1
     // got (over a slightly longer span), and the table holds the flows (a
     // few may have come round only once: frames lost before the worker).
-    anyhow::ensure!(
-        s.rx_packets > 0 && s.rx_packets as f64 >= s.delivered as f64 * 0.95,
-        "weir's worker received {} frames, app1 took {}: the load did not cross weir",
-        s.rx_packets,
-        s.delivered
-    );
+    // A peer's table holds them likewise.
+    if let Dut::Weir(_) = dut {
+        anyhow::ensure!(
+            s.rx_packets > 0 && s.rx_packets as f64 >= s.delivered as f64 * 0.95,
+            "weir's worker received {} frames, app1 took {}: the load did not cross weir",
+            s.rx_packets,
+            s.delivered
+        );
+    }
+    anyhow::ensure!(s.delivered > 0, "app1 took nothing");
     let want = n.min(o.conntrack_size) as f64 * 0.9;
     anyhow::ensure!(
         s.conntrack_entries as f64 >= want,
-        "{} conntrack entries for {n} flows: the flows did not cross weir",
-        s.conntrack_entries
+        "{} conntrack entries for {n} flows in {}: the flows did not cross its table",
+        s.conntrack_entries,
+        s.config
     );
     Ok(())
 }
@@ -324,6 +540,8 @@ pub fn run(o: &FlowsOptions) -> anyhow::Result<FlowsReport> {
     let out = std::fs::canonicalize(&o.out)?;
     let manifest = out.join("flows.yaml");
     std::fs::write(&manifest, paper::MANIFESTS)?;
+    let spec = weir_topo::manifest::parse_str(paper::MANIFESTS, "flows.yaml")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut flows = o.flows.clone();
     flows.sort_unstable();
     flows.dedup();
@@ -339,7 +557,20 @@ pub fn run(o: &FlowsOptions) -> anyhow::Result<FlowsReport> {
         variants: o.variants.clone(),
         ..Default::default()
     };
-    let o = FlowsOptions { flows, ..o.clone() };
+    if o.kernel {
+        rep.peers.push(KERNEL.into());
+    }
+    if o.ovs && tools::have("ovs-vswitchd") {
+        rep.peers.push(OVS.into());
+    } else if o.ovs {
+        rep.notes
+            .push("OVS skipped: not installed (scripts/setup.sh installs it)".into());
+    }
+    let o = FlowsOptions {
+        flows,
+        out: out.clone(),
+        ..o.clone()
+    };
     for round in 0..rep.reps {
         let mut order: Vec<&Variant> = o.variants.iter().collect();
         if round % 2 == 1 {
@@ -349,6 +580,11 @@ pub fn run(o: &FlowsOptions) -> anyhow::Result<FlowsReport> {
             stop::check()?;
             rep.samples.extend(weir_samples(&o, &manifest, v, round));
             eprintln!("round {}: {} done", round + 1, v.label);
+        }
+        for peer in rep.peers.clone() {
+            stop::check()?;
+            rep.samples.extend(peer_samples(&o, &spec, &peer, round));
+            eprintln!("round {}: {peer} done", round + 1);
         }
     }
     rep.host_end = Some(Host::at(o.load_core, o.worker_core));
@@ -393,7 +629,7 @@ impl FlowsReport {
             .map_or("—".to_string(), |h| h.loadavg.clone());
         let _ = writeln!(
             s,
-            "# weir-perf flows\n\nHost: kernel {}, {} cores, load average {} at start, {} at end. 64-byte UDP app2 → app1 through one weir worker (core {}, `--poll {}`, `--conntrack-size {}`), every frame the next flow of a cycle of N (an AF_PACKET blaster on app2's eth0, core {}); app1's kernel counts the datagrams (no socket). {:.1} s windows after a warm-up that sends every flow twice; {} round(s) interleaved. Cells: median [min–max] over the rounds; ratios per round.\n",
+            "# weir-perf flows\n\nHost: kernel {}, {} cores, load average {} at start, {} at end. 64-byte UDP app2 → app1 through one weir worker (core {}, `--poll {}`, `--conntrack-size {}`), and through the peers (the kernel path with the nftables L3/L4 policy: its conntrack, softirq on the blaster's core; Open vSwitch's AF_XDP datapath with conntrack flows, PMD on the worker's core), every frame the next flow of a cycle of N (an AF_PACKET blaster on app2's eth0, core {}); app1's kernel counts the datagrams (no socket). {:.1} s windows after a warm-up that sends every flow twice; {} round(s) interleaved. Cells: median [min–max] over the rounds; ratios per round.\n",
             h.kernel,
             h.cpus,
             h.loadavg,
@@ -417,9 +653,58 @@ impl FlowsReport {
         }
         let first = self.variants.first().map_or("", |v| v.label.as_str());
         let n0 = self.flows.first().copied().unwrap_or(1);
+        let configs: Vec<&str> = self
+            .variants
+            .iter()
+            .map(|v| v.label.as_str())
+            .chain(self.peers.iter().map(String::as_str))
+            .collect();
+        let _ = write!(
+            s,
+            "\n## The whole path, every configuration\n\n| config | flows | delivered pps | offered pps | lost % | cores used | pps per core | ÷ same at {n0} flows |"
+        );
+        for p in &self.peers {
+            let _ = write!(s, " ÷ {p} pps/core | ÷ {p} pps |");
+        }
         let _ = writeln!(
             s,
-            "\n| config | flows | delivered pps | offered pps | lost % | worker busy ns/frame | worker CPU ns/frame | worker Mpps per busy s | ÷ same at {n0} flows | ÷ {first} worker Mpps | ÷ {first} delivered pps | stage 0 on (rounds) | census flows | conntrack entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            " conntrack entries |\n|---|---|---|---|---|---|---|---|{}---|",
+            "---|---|".repeat(self.peers.len())
+        );
+        for &c in &configs {
+            for &n in &self.flows {
+                let _ = write!(
+                    s,
+                    "| {c} | {n} | {} | {} | {} | {} | {} | {} |",
+                    self.col(c, n, |x| x.delivered_pps(), 0),
+                    self.col(c, n, |x| x.offered_pps(), 0),
+                    self.col(c, n, |x| x.lost_pct(), 1),
+                    self.col(c, n, |x| Some(x.cores), 2),
+                    self.col(c, n, |x| x.pps_per_core(), 0),
+                    self.ratio((c, n), (c, n0), |x| x.pps_per_core()),
+                );
+                for p in &self.peers {
+                    let _ = write!(
+                        s,
+                        " {} | {} |",
+                        self.ratio((c, n), (p, n), |x| x.pps_per_core()),
+                        self.ratio((c, n), (p, n), |x| x.delivered_pps()),
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    " {} |",
+                    self.col(c, n, |x| Some(x.conntrack_entries as f64), 0)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\ncores used: every core's busy time over the window (`/proc/stat`: the blaster, softirq — where the kernel path forwards and tracks —, weir's worker or OVS's PMD thread); pps per core: delivered pps ÷ cores used. conntrack entries: weir's table, the kernel peer's `nf_conntrack_count` in its node netns (`nf_conntrack_max` and `nf_conntrack_buckets` raised to `--conntrack-size` for its run when lower, restored after), OVS's `dpctl/ct-get-nconns` (`ct-set-maxconns` `--conntrack-size`)."
+        );
+        let _ = writeln!(
+            s,
+            "\n## weir's worker\n\n| config | flows | worker busy ns/frame | worker CPU ns/frame | worker Mpps per busy s | ÷ same at {n0} flows | ÷ {first} worker Mpps | ÷ {first} delivered pps | stage 0 on (rounds) | census flows |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for v in &self.variants {
             let c = v.label.as_str();
@@ -428,10 +713,7 @@ impl FlowsReport {
                 let all = self.of(c, n).count();
                 let _ = writeln!(
                     s,
-                    "| {c} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {on}/{all} | {} | {} |",
-                    self.col(c, n, |x| x.delivered_pps(), 0),
-                    self.col(c, n, |x| x.offered_pps(), 0),
-                    self.col(c, n, |x| x.lost_pct(), 1),
+                    "| {c} | {n} | {} | {} | {} | {} | {} | {} | {on}/{all} | {} |",
                     self.col(c, n, |x| x.busy_ns_per_frame(), 0),
                     self.col(c, n, |x| x.cpu_ns_per_frame(), 0),
                     self.col(c, n, |x| x.busy_mpps(), 2),
@@ -439,7 +721,6 @@ impl FlowsReport {
                     self.ratio((c, n), (first, n), |x| x.busy_mpps()),
                     self.ratio((c, n), (first, n), |x| x.delivered_pps()),
                     self.col(c, n, |x| Some(x.census_flows as f64), 0),
-                    self.col(c, n, |x| Some(x.conntrack_entries as f64), 0),
                 );
             }
         }
@@ -447,6 +728,9 @@ impl FlowsReport {
             s,
             "\nworker busy ns/frame: wall time in rounds that moved frames ÷ frames (the pass, the TX kick and, with RPS off, the receiving pod's stack); worker Mpps per busy s: its inverse. \"÷ same at {n0} flows\": the conntrack goal on the whole path (the rate at N ÷ at the fewest flows, same build, same round)."
         );
+        for n in &self.notes {
+            let _ = writeln!(s, "\n- {n}");
+        }
         for x in self.samples.iter().filter(|x| x.error.is_some()) {
             let _ = writeln!(
                 s,
@@ -494,6 +778,19 @@ mod tests {
             rx_packets: 1000,
             busy_ns: busy * 1000,
             conntrack_entries: flows as u64,
+            cores: 1.5,
+            ..Default::default()
+        };
+        // The kernel peer: half the pps on one core.
+        let kernel = |rep: usize, flows: usize| FlowsSample {
+            config: KERNEL.into(),
+            rep,
+            flows,
+            window_s: 1.0,
+            sent: 1000,
+            delivered: 450,
+            conntrack_entries: flows as u64,
+            cores: 1.0,
             ..Default::default()
         };
         let rep = FlowsReport {
@@ -501,7 +798,15 @@ mod tests {
             window_s: 1.0,
             flows: vec![1, 1000],
             variants: vec![v("auto"), v("off")],
+            peers: vec![KERNEL.into()],
             samples: vec![
+                kernel(0, 1),
+                kernel(0, 1000),
+                kernel(1, 1),
+                FlowsSample {
+                    delivered: 300,
+                    ..kernel(1, 1000)
+                },
                 sample("auto", 0, 1, 500),
                 sample("auto", 0, 1000, 1000),
                 sample("auto", 1, 1, 400),
@@ -516,18 +821,33 @@ mod tests {
             ..Default::default()
         };
         let md = rep.markdown();
-        // auto at 1000 flows: 1 Mpps per busy s, ÷ at 1 flow 0.50 and 0.40.
+        // The whole path: auto at 1000 flows, 600 pps per core; ÷ the
+        // kernel's 450 and 300 per core (rounds 0 and 1): 1.33 and 2.00;
+        // its pps: 2.00 and 3.00.
         assert!(
-            md.contains("| auto | 1000 | 900 | 1000 | 10.0 | 1000 | 0 | 1.00 | 0.45 [0.40–0.50] |"),
+            md.contains("| auto | 1000 | 900 | 1000 | 10.0 | 1.50 | 600 | 1.00 | 1.67 [1.33–2.00] | 2.50 [2.00–3.00] | 1000 |"),
+            "{md}"
+        );
+        // The kernel's own row: its 1000-flow rate ÷ its 1-flow rate.
+        assert!(
+            md.contains("| kernel+nft | 1000 | 375 [300–450] | 1000 | 62.5 [55.0–70.0] | 1.00 | 375 [300–450] | 0.83 [0.67–1.00] | 1.00 | 1.00 | 1000 |"),
+            "{md}"
+        );
+        // weir's worker: auto at 1000 flows, 1 Mpps per busy s, ÷ at 1 flow
+        // 0.50 and 0.40.
+        assert!(
+            md.contains(
+                "| auto | 1000 | 1000 | 0 | 1.00 | 0.45 [0.40–0.50] | 1.00 | 1.00 | 0/2 | 0 |"
+            ),
             "{md}"
         );
         // off ÷ auto at 1000 flows: 0.50 (round 0 only).
         assert!(
-            md.contains(
-                "| off | 1000 | 900 | 1000 | 10.0 | 2000 | 0 | 0.50 | 0.25 | 0.50 | 1.00 |"
-            ),
+            md.contains("| off | 1000 | 2000 | 0 | 0.50 | 0.25 | 0.50 | 1.00 |"),
             "{md}"
         );
+        // No worker row for a peer.
+        assert_eq!(md.matches("| kernel+nft |").count(), 2, "{md}");
         assert!(md.contains("error, off at 1 flows, round 2: boom"), "{md}");
     }
 }

@@ -213,9 +213,15 @@ enum Cmd {
         #[arg(long, default_value = "adaptive")]
         mode: String,
         /// `weir up --conntrack-size` (default: twice the largest flow count,
-        /// at least weir's default 262144).
+        /// at least weir's default 262144); the peers' tables get as much.
         #[arg(long)]
         conntrack_size: Option<usize>,
+        /// Without the kernel path + nftables peer.
+        #[arg(long)]
+        no_kernel: bool,
+        /// Without the Open vSwitch AF_XDP + conntrack peer.
+        #[arg(long)]
+        no_ovs: bool,
     },
     /// Adaptive polling's idle handback: two nodes whose workers share one
     /// core, weir with each `--idle-spin-us`/`--idle-yield` variant and the
@@ -786,6 +792,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             worker_core,
             mode,
             conntrack_size,
+            no_kernel,
+            no_ovs,
         } => {
             let mut variants = variants
                 .iter()
@@ -814,6 +822,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 conntrack_size: conntrack_size
                     .unwrap_or_else(|| (2 * most).next_power_of_two().max(262_144)),
                 variants,
+                kernel: !no_kernel,
+                ovs: !no_ovs,
             };
             let rep = weir_perf::flows::run(&o)?;
             print!("{}", rep.markdown());

@@ -398,16 +398,26 @@ impl Ovs {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
+    /// `ovs-appctl ARGS...` to this vswitchd: its output, or an error with
+    /// its stderr.
+    pub fn appctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = Command::new("ovs-appctl");
+        self.env(&mut c)
+            .args(["-t", &format!("{}/ovs-vswitchd.ctl", self.dir.display())])
+            .args(args);
+        let out = c.output().context("ovs-appctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ovs-appctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
     /// `ovs-appctl dpif-netdev/pmd-stats-show` (for the record).
     pub fn pmd_stats(&self) -> String {
-        let mut c = Command::new("ovs-appctl");
-        self.env(&mut c).args([
-            "-t",
-            &format!("{}/ovs-vswitchd.ctl", self.dir.display()),
-            "dpif-netdev/pmd-stats-show",
-        ]);
-        c.output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        self.appctl(&["dpif-netdev/pmd-stats-show"])
             .unwrap_or_default()
     }
 }

@@ -507,6 +507,8 @@ fn flows_short_end_to_end() {
         return;
     }
     let weir = weir_bin();
+    let nf_max = || std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").ok();
+    let nf_max0 = nf_max();
     let out = std::env::temp_dir().join(format!("weir-perf-flows-smoke-{}", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_weir-perf"))
         .args([
@@ -565,9 +567,30 @@ fn flows_short_end_to_end() {
             assert_eq!(on, want, "{cfg} at {flows}: {s}");
         }
     }
-    assert!(std::fs::read_to_string(out.join("flows.md"))
-        .expect("flows.md")
-        .contains("÷ same at 1 flows"));
+    // The peers carried the same flows through their own tables (the
+    // kernel's conntrack; OVS's when installed).
+    let peers = json["peers"].as_array().expect("peers");
+    assert!(peers.iter().any(|p| p == "kernel+nft"), "{json}");
+    for p in peers {
+        for flows in [1u64, 8192] {
+            let s = samples
+                .iter()
+                .find(|s| &s["config"] == p && s["flows"] == flows)
+                .unwrap_or_else(|| panic!("{p} at {flows} missing: {json}"));
+            assert_eq!(s["error"], serde_json::Value::Null, "{p}: {s}");
+            assert!(s["delivered"].as_u64().unwrap_or(0) > 0, "{p}: {s}");
+            assert!(
+                s["conntrack_entries"].as_u64().unwrap_or(0) >= flows * 9 / 10,
+                "{p}: {s}"
+            );
+            assert!(s["cores"].as_f64().unwrap_or(0.0) > 0.0, "{p}: {s}");
+        }
+    }
+    // The kernel's table size is given back.
+    assert_eq!(nf_max(), nf_max0, "nf_conntrack_max not restored");
+    let md = std::fs::read_to_string(out.join("flows.md")).expect("flows.md");
+    assert!(md.contains("÷ same at 1 flows"), "{md}");
+    assert!(md.contains("÷ kernel+nft pps/core"), "{md}");
     assert!(!netns_left(&format!("pfl{pid}")), "namespaces left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
