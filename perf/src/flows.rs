@@ -38,7 +38,7 @@ use weir_topo::Cluster;
 
 use crate::cpu::CpuSnap;
 use crate::kernel::KernelPath;
-use crate::peers::{self, Nft, Ovs, OvsPort};
+use crate::peers::{self, Nft, Ovs};
 use crate::percore::Variant;
 use crate::report::Host;
 use crate::rounds::{cell, stats};
@@ -293,32 +293,8 @@ fn peer_samples(o: &FlowsOptions, spec: &ClusterSpec, peer: &str, rep: usize) ->
                 &o.flows,
             ));
         }
-        let mut ports = Vec::new();
-        for (i, pod) in ["app1", "app2", "app3"].iter().enumerate() {
-            let pod = k
-                .cluster
-                .pod("paper", pod)
-                .with_context(|| format!("pod paper/{pod}"))?;
-            crate::kernel::ip(&[
-                "-n",
-                &pod.netns,
-                "neigh",
-                "replace",
-                "169.254.1.1",
-                "lladdr",
-                peers::OVS_GW_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            ports.push(OvsPort {
-                ifname: pod.host_ifname.clone(),
-                ofport: i as u32 + 1,
-                ipv4: pod.ipv4.context("no IPv4")?,
-                mac: pod.pod_mac,
-            });
-        }
+        let app3 = k.cluster.pod("paper", "app3").context("pod paper/app3")?;
+        let ports = peers::ovs_ports(&[app1, app2, app3])?;
         let ovs = Ovs::start(
             &node,
             &o.out.join(format!("ovs-{pid}")),

@@ -47,7 +47,7 @@ use crate::connrate::{self, ConnResult};
 use crate::cpu::{CpuSnap, CpuUse};
 use crate::http::{self, HttpServer};
 use crate::kernel::KernelPath;
-use crate::peers::{self, Haproxy, Nft, Ovs, OvsPort};
+use crate::peers::{self, Haproxy, Nft, Ovs};
 use crate::report::Host;
 use crate::rounds::{self, stats};
 use crate::rr::{self, RrParams, RrResult};
@@ -853,28 +853,7 @@ fn ovs_round(
         let k = KernelPath::build(&oname, spec)?;
         let p = pods(&k.cluster)?;
         let node = k.cluster.nodes[0].netns.clone();
-        let mut ports = Vec::new();
-        for (i, pod) in [p.app1, p.app2, p.app3].into_iter().enumerate() {
-            crate::kernel::ip(&[
-                "-n",
-                &pod.netns,
-                "neigh",
-                "replace",
-                "169.254.1.1",
-                "lladdr",
-                peers::OVS_GW_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            ports.push(OvsPort {
-                ifname: pod.host_ifname.clone(),
-                ofport: i as u32 + 1,
-                ipv4: v4(pod)?,
-                mac: pod.pod_mac,
-            });
-        }
+        let ports = peers::ovs_ports(&[p.app1, p.app2, p.app3])?;
         let ovs = Ovs::start(
             &node,
             &o.out.join(format!("ovs-{pid}")),

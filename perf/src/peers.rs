@@ -252,6 +252,37 @@ pub fn ovs_flows(ports: &[OvsPort], allow: (Ipv4Addr, Ipv4Addr)) -> String {
     f
 }
 
+/// OVS ports for `pods` (ofport 1, 2, … in that order), each pod told
+/// the gateway's MAC ([`OVS_GW_MAC`]) by a permanent neighbour entry:
+/// nobody answers ARP once AF_XDP takes the node-side veths.
+pub fn ovs_ports(pods: &[&weir_topo::RealizedPod]) -> anyhow::Result<Vec<OvsPort>> {
+    let mut ports = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        crate::kernel::ip(&[
+            "-n",
+            &pod.netns,
+            "neigh",
+            "replace",
+            "169.254.1.1",
+            "lladdr",
+            OVS_GW_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        ports.push(OvsPort {
+            ifname: pod.host_ifname.clone(),
+            ofport: i as u32 + 1,
+            ipv4: pod
+                .ipv4
+                .with_context(|| format!("pod {} has no IPv4", pod.name))?,
+            mac: pod.pod_mac,
+        });
+    }
+    Ok(ports)
+}
+
 pub fn mac_str(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -384,31 +415,25 @@ impl Ovs {
     }
 
     pub fn vsctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut c = Command::new("ovs-vsctl");
-        self.env(&mut c)
-            .arg(format!("--db=unix:{}/db.sock", self.dir.display()))
-            .args(args);
-        let out = c.output().context("ovs-vsctl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ovs-vsctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        let db = format!("--db=unix:{}/db.sock", self.dir.display());
+        self.ctl("ovs-vsctl", &db, args)
     }
 
-    /// `ovs-appctl ARGS...` to this vswitchd: its output, or an error with
-    /// its stderr.
+    /// `ovs-appctl ARGS...` to this vswitchd.
     pub fn appctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut c = Command::new("ovs-appctl");
-        self.env(&mut c)
-            .args(["-t", &format!("{}/ovs-vswitchd.ctl", self.dir.display())])
-            .args(args);
-        let out = c.output().context("ovs-appctl")?;
+        let target = format!("{}/ovs-vswitchd.ctl", self.dir.display());
+        self.ctl("ovs-appctl", &format!("--target={target}"), args)
+    }
+
+    /// `tool first ARGS...` in this instance's environment: its output, or
+    /// an error with its stderr.
+    fn ctl(&self, tool: &str, first: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = Command::new(tool);
+        self.env(&mut c).arg(first).args(args);
+        let out = c.output().with_context(|| tool.to_string())?;
         anyhow::ensure!(
             out.status.success(),
-            "ovs-appctl {}: {}",
+            "{tool} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

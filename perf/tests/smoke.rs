@@ -452,8 +452,11 @@ fn scale_short_end_to_end() {
             "1",
             "--window-ms",
             "300",
+            // While stage 0 is off the census sees one batch in 16: turning
+            // it on at 8192 flows takes ~80k frames, which a debug build
+            // beside another smoke test may not pass in less.
             "--warmup-ms",
-            "200",
+            "1000",
             "--out",
         ])
         .arg(&out)
@@ -519,8 +522,11 @@ fn flows_short_end_to_end() {
             "1,8192",
             "--window-ms",
             "300",
+            // While stage 0 is off the census sees one batch in 16: turning
+            // it on at 8192 flows takes ~80k frames, which a debug build
+            // beside another smoke test may not pass in less.
             "--warmup-ms",
-            "200",
+            "1000",
             "--out",
         ])
         .arg(&out)

@@ -762,13 +762,9 @@ fn start_dataplane(c: &TestCluster, old: u32) {
     assert_ne!(dataplane_pid(c), old, "a new dataplane process");
 }
 
-/// A ClusterIP connection whose *backend* sends first after the restart:
-/// without the checkpoint the new process has no reverse NAT entry, the
-/// backend's segment leaves with the backend's address as source and the
-/// client (connected to the ClusterIP) never takes it.
-#[test]
-fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_first() {
-    let c = TestCluster::up("rsb", SVC_L7);
+/// client → the `echo` Service's IPv4 ClusterIP :7000, its backend web
+/// holding the server side; "hi" has crossed. (client, server) streams.
+fn cluster_ip_connection(c: &TestCluster) -> (TcpStream, TcpStream) {
     c.wait_applied(Duration::from_secs(30));
     let topo = c.topology();
     let client = topo.pod("x", "client").expect("client").clone();
@@ -793,6 +789,17 @@ fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_fi
         .expect("the backend accepted");
     cl.write_all(b"hi\n").expect("write");
     assert!(read_back(&mut srv, b"hi\n", Duration::from_secs(5)));
+    (cl, srv)
+}
+
+/// A ClusterIP connection whose *backend* sends first after the restart:
+/// without the checkpoint the new process has no reverse NAT entry, the
+/// backend's segment leaves with the backend's address as source and the
+/// client (connected to the ClusterIP) never takes it.
+#[test]
+fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_first() {
+    let c = TestCluster::up("rsb", SVC_L7);
+    let (mut cl, mut srv) = cluster_ip_connection(&c);
     srv.write_all(b"ho\n").expect("write");
     assert!(read_back(&mut cl, b"ho\n", Duration::from_secs(5)));
 
@@ -841,30 +848,7 @@ fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_fi
 #[test]
 fn gracefully_stopped_dataplane_writes_a_last_checkpoint_and_the_connection_continues() {
     let c = TestCluster::up("rsg", SVC_L7);
-    c.wait_applied(Duration::from_secs(30));
-    let topo = c.topology();
-    let client = topo.pod("x", "client").expect("client").clone();
-    let web = topo.pod("x", "web").expect("web").clone();
-    let vip = topo
-        .services
-        .iter()
-        .find(|s| s.name == "echo")
-        .expect("service echo")
-        .cluster_ips
-        .iter()
-        .copied()
-        .find(|a| a.is_ipv4())
-        .expect("an IPv4 ClusterIP");
-    let accepted = holding_server(
-        &web.netns,
-        SocketAddr::new(web.ipv4.expect("v4").into(), 7000),
-    );
-    let mut cl = connect(&client.netns, SocketAddr::new(vip, 7000)).expect("client→ClusterIP");
-    let mut srv = accepted
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the backend accepted");
-    cl.write_all(b"hi\n").expect("write");
-    assert!(read_back(&mut srv, b"hi\n", Duration::from_secs(5)));
+    let (mut cl, mut srv) = cluster_ip_connection(&c);
 
     let ckpt = dataplane_log_path(&c).with_file_name("conntrack.ckpt");
     let pid = dataplane_pid(&c);
