@@ -305,7 +305,13 @@ pub struct FlowFilter {
     pub policy: Option<String>,
     /// Stream only: one allowed flow in `sample` (drops always); 1 = all.
     pub sample: u64,
+    /// Stream only: first the last `recent` matching records each node
+    /// holds, then the new ones (0: only new ones).
+    pub recent: usize,
 }
+
+/// Most records `recent=` may ask for (a node's buffer holds 20 000).
+pub const MAX_RECENT: usize = 10_000;
 
 impl Default for FlowFilter {
     fn default() -> Self {
@@ -317,6 +323,7 @@ impl Default for FlowFilter {
             port: None,
             policy: None,
             sample: 1,
+            recent: 0,
         }
     }
 }
@@ -333,11 +340,14 @@ pub enum FilterError {
     /// sample: not a positive number
     #[error("sample={0:?}: not a positive number (1 = every allowed flow)")]
     Sample(String),
+    /// recent: not a number up to MAX_RECENT
+    #[error("recent={0:?}: not a number from 0 to {MAX_RECENT}")]
+    Recent(String),
     /// from/to: not NS/POD or NS/
     #[error("{0}={1:?}: not NS/POD, NS/ or an address")]
     Peer(&'static str, String),
     /// a filter name weir does not know
-    #[error("{0:?}: unknown filter (from, to, verdict, reason, port, policy, sample)")]
+    #[error("{0:?}: unknown filter (from, to, verdict, reason, port, policy, sample, recent)")]
     Unknown(String),
 }
 
@@ -403,6 +413,10 @@ impl FlowFilter {
             "sample" => match v.parse::<u64>() {
                 Ok(n) if n > 0 => self.sample = n,
                 _ => return Err(FilterError::Sample(v.to_string())),
+            },
+            "recent" => match v.parse::<usize>() {
+                Ok(n) if n <= MAX_RECENT => self.recent = n,
+                _ => return Err(FilterError::Recent(v.to_string())),
             },
             other => return Err(FilterError::Unknown(other.to_string())),
         }
@@ -604,6 +618,14 @@ mod filter_tests {
         );
         assert!(FlowFilter::from_query("port=0").is_err());
         assert!(FlowFilter::from_query("sample=0").is_err());
+        assert_eq!(FlowFilter::from_query("recent=50").unwrap().recent, 50);
+        assert_eq!(FlowFilter::from_query("").unwrap().recent, 0);
+        for bad in ["recent=x", "recent=-1", "recent=10001"] {
+            assert!(
+                matches!(FlowFilter::from_query(bad), Err(FilterError::Recent(_))),
+                "{bad}"
+            );
+        }
         assert!(FlowFilter::from_query("from=pod").is_err());
         assert!(FlowFilter::from_query("colour=red").is_err());
         assert!(FlowFilter::from_query("%zz=1").is_err());

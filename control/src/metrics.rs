@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
-use weir_model::ipc::{FlowsReply, NodeStatus, NodeStatusEntry};
+use weir_model::ipc::{FlowRecord, FlowsReply, NodeStatus, NodeStatusEntry};
 use weir_model::status::{DataplaneStatus, LATENCY_BUCKETS_NS};
 
 /// The default `--metrics-addr`.
@@ -785,7 +785,9 @@ fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> any
             let Ok(reply) = ipc::request::<FlowsReply>(
                 &shared.state.dataplane_sock(node),
                 &Request::Flows {
-                    since: since[i].unwrap_or(u64::MAX),
+                    // First ask: everything held when recent flows are
+                    // wanted, else only where the node's sequence is now.
+                    since: since[i].unwrap_or(if filter.recent > 0 { 0 } else { u64::MAX }),
                 },
                 Duration::from_secs(2),
             ) else {
@@ -798,17 +800,21 @@ fn stream_flows(mut conn: TcpStream, shared: &Shared, filter: FlowFilter) -> any
             }
             let first = since[i].is_none();
             since[i] = Some(reply.last);
-            if first || reply.records.is_empty() {
+            let records: Vec<&FlowRecord> =
+                reply.records.iter().filter(|r| filter.matches(r)).collect();
+            // The first answer: only the last `recent` of what it held.
+            let skip = match first {
+                true => records.len().saturating_sub(filter.recent),
+                false => 0,
+            };
+            if records.len() == skip {
                 continue;
             }
             // Labels as the state holds them now (pods come and go).
             if let Ok(c) = weir_topo::Cluster::load(&shared.state.cluster_file()) {
                 labels = crate::flows::pod_labels(&c);
             }
-            for r in &reply.records {
-                if !filter.matches(r) {
-                    continue;
-                }
+            for r in records.into_iter().skip(skip) {
                 if r.verdict == "allowed" {
                     allowed_seen += 1;
                     if !(allowed_seen - 1).is_multiple_of(filter.sample) {

@@ -107,7 +107,7 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
             let _ = self.0.wait();
         }
     }
-    let _flood = Kill(
+    let flood = Kill(
         Command::new("ip")
             .args(["netns", "exec", &c_netns, "python3", "-c"])
             .arg(
@@ -164,6 +164,40 @@ fn the_page_shows_the_probed_matrix_and_live_flows() {
         dom.contains("<tr class=\"denied\">"),
         "no denied flow in the page's flow table: {dom}"
     );
+
+    // The flood stopped: a new stream has nothing to say, unless it asks
+    // for the recent records (`recent=N`, what the page opens with): then
+    // at most N of them, the denied c -> a datagrams.
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(300));
+    let stream = |q: &str| -> Vec<serde_json::Value> {
+        let out = Command::new("curl")
+            .args(["-sN", "-m", "1"])
+            .arg(format!("http://{addr}/flows?{q}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+            .collect()
+    };
+    let recent = stream("verdict=denied&recent=3");
+    assert_eq!(recent.len(), 3, "{recent:?}");
+    for r in &recent {
+        assert_eq!(r["verdict"], "denied", "{r}");
+        assert_eq!(r["dst_addr"].as_str(), Some(a_ip.as_str()), "{r}");
+    }
+    let new_only = stream("verdict=denied");
+    assert!(
+        new_only.is_empty(),
+        "records after the flood stopped: {new_only:?}"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{addr}/flows?recent=100000"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 
     // explain for a pair, as the page's click asks it.
     let explain = |from: &str| -> serde_json::Value {
