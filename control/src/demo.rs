@@ -80,6 +80,7 @@ pub fn run(state: &StateDir, o: &Options) -> anyhow::Result<()> {
         kernel: kernel_cluster_name(&state.cluster),
         dir: std::env::temp_dir().join(format!("weir-demo-{}", state.cluster)),
         keep: AtomicBool::new(o.keep),
+        interrupted: AtomicBool::new(false),
         dnsmasq: Mutex::new(None),
         done: Mutex::new(false),
     });
@@ -95,6 +96,14 @@ pub fn run(state: &StateDir, o: &Options) -> anyhow::Result<()> {
         t0: Instant::now(),
     };
     let result = d.steps(o);
+    // A signal's cleanup removes what a running step uses (its files, the
+    // cluster), so that step fails: the demo was interrupted, not broken.
+    // The exit is the signal's (130), whichever thread gets there first.
+    let interrupted = || cleanup.interrupted.load(Ordering::SeqCst);
+    if interrupted() {
+        drop(guard);
+        std::process::exit(130);
+    }
     if let Err(e) = &result {
         println!("\n== demo failed: {e:#}");
         if !o.keep {
@@ -102,6 +111,9 @@ pub fn run(state: &StateDir, o: &Options) -> anyhow::Result<()> {
         }
     }
     drop(guard);
+    if interrupted() {
+        std::process::exit(130);
+    }
     if result.is_ok() {
         println!(
             "\n== demo done in {:.0} s",
@@ -126,6 +138,8 @@ struct Cleanup {
     kernel: String,
     dir: PathBuf,
     keep: AtomicBool,
+    /// A signal arrived: its thread removes everything and exits 130.
+    interrupted: AtomicBool,
     dnsmasq: Mutex<Option<Child>>,
     done: Mutex<bool>,
 }
@@ -179,6 +193,7 @@ fn watch_signals(c: Arc<Cleanup>) -> anyhow::Result<()> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 eprintln!("\n== weir demo: signal {sig}: removing everything it built");
+                c.interrupted.store(true, Ordering::SeqCst);
                 c.keep.store(false, Ordering::Relaxed);
                 c.run();
                 std::process::exit(130);

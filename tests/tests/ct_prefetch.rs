@@ -179,9 +179,14 @@ fn the_flow_census_turns_stage_0_on_for_many_flows_and_off_for_few() {
     let off = w.iter().find(|w| w["on"] == false).expect("a worker off");
     assert!(off["flows"].as_u64() < Some(2048), "{off}");
     assert!(off["switches"].as_u64() >= Some(2), "{off}");
+    // A window of the one flow: a few distinct flows at most. While off,
+    // a window spans ~262k packets (one batch in 16 sampled), so the
+    // background of a live node (the ICMP errors the stream draws, IPv6
+    // neighbour discovery) may add a handful (CI once saw 4).
+    const FEW: u64 = 16;
     let mut last = off.clone();
     for _ in 0..20 {
-        if last["flows"].as_u64() <= Some(2) {
+        if last["flows"].as_u64() <= Some(FEW) {
             break;
         }
         let w = stream_until(&c, &b4, 1, false);
@@ -190,7 +195,7 @@ fn the_flow_census_turns_stage_0_on_for_many_flows_and_off_for_few() {
             .find(|w| w["on"] == false)
             .expect("a worker off");
     }
-    assert!(last["flows"].as_u64() <= Some(2), "{last}");
+    assert!(last["flows"].as_u64() <= Some(FEW), "{last}");
     assert!(
         last["switches"].as_u64() == off["switches"].as_u64(),
         "{last}"

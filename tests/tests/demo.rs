@@ -152,10 +152,18 @@ fn demo_interrupted_removes_everything() {
         .env("WEIR_METRICS_ADDR", "off")
         .args(["--cluster", &name, "demo", "--mode", "files"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("weir demo");
     let stdout = child.stdout.take().expect("stdout");
+    // Its error lines, for the message when it fails (read aside: a full
+    // pipe must not stop the demo).
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut e);
+        e
+    });
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     for line in BufReader::new(stdout).lines() {
@@ -173,7 +181,12 @@ fn demo_interrupted_removes_everything() {
         assert!(Instant::now() < deadline, "the demo ran too long: {seen}");
     }
     let st = child.wait().expect("wait");
-    assert_eq!(st.code(), Some(130), "exit after Ctrl-C: {st}\n{seen}");
+    let errors = errors.join().unwrap_or_default();
+    assert_eq!(
+        st.code(),
+        Some(130),
+        "exit after Ctrl-C: {st}\n{seen}\nstderr:\n{errors}"
+    );
     assert!(seen.contains("$ weir down"), "{seen}");
     assert!(!seen.contains("=== 4/7"), "the demo went on: {seen}");
     assert_nothing_left(&name);
