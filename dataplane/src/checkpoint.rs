@@ -254,7 +254,6 @@ impl Writer {
     /// entry) and the thread ends. Unpark the thread after setting `stop`
     /// to end its wait at once.
     pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-        let clock = crate::runtime::monotonic_ns;
         std::thread::Builder::new()
             .name("dp-checkpoint".into())
             .spawn(move || {
@@ -265,10 +264,10 @@ impl Writer {
                         std::thread::park_timeout(due - now);
                         continue;
                     }
-                    self.write_once(clock());
+                    self.write_once(crate::runtime::monotonic_ns());
                     due = Instant::now() + next_interval(now.elapsed());
                 }
-                self.write_once(clock());
+                self.write_once(crate::runtime::monotonic_ns());
             })
     }
 }

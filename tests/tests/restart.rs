@@ -792,6 +792,18 @@ fn cluster_ip_connection(c: &TestCluster) -> (TcpStream, TcpStream) {
     (cl, srv)
 }
 
+/// After a restart the backend sends first: its segment reaches the
+/// client only if the restored reverse NAT entry gives it the ClusterIP as
+/// source again.
+fn backend_speaks_first(c: &TestCluster, srv: &mut TcpStream, cl: &mut TcpStream) {
+    srv.write_all(b"backend first\n").expect("write");
+    assert!(
+        read_back(cl, b"backend first\n", Duration::from_secs(10)),
+        "the backend's segment after the restart never reached the client\n{}",
+        dataplane_log(c)
+    );
+}
+
 /// A ClusterIP connection whose *backend* sends first after the restart:
 /// without the checkpoint the new process has no reverse NAT entry, the
 /// backend's segment leaves with the backend's address as source and the
@@ -809,12 +821,7 @@ fn sigkilled_dataplane_cluster_ip_connection_continues_when_the_backend_sends_fi
 
     // The backend speaks first: the restored reverse entry gives its
     // segment the ClusterIP as source again.
-    srv.write_all(b"backend first\n").expect("write");
-    assert!(
-        read_back(&mut cl, b"backend first\n", Duration::from_secs(10)),
-        "the backend's segment after the restart never reached the client\n{}",
-        dataplane_log(&c)
-    );
+    backend_speaks_first(&c, &mut srv, &mut cl);
     for round in 0..3 {
         let msg = format!("round {round}\n");
         cl.write_all(msg.as_bytes()).expect("write");
@@ -867,12 +874,7 @@ fn gracefully_stopped_dataplane_writes_a_last_checkpoint_and_the_connection_cont
     );
     start_dataplane(&c, pid);
     let rx0 = c.counter("rx_packets");
-    srv.write_all(b"backend first\n").expect("write");
-    assert!(
-        read_back(&mut cl, b"backend first\n", Duration::from_secs(10)),
-        "the backend's segment after the restart never reached the client\n{}",
-        dataplane_log(&c)
-    );
+    backend_speaks_first(&c, &mut srv, &mut cl);
     cl.write_all(b"and back\n").expect("write");
     assert!(read_back(&mut srv, b"and back\n", Duration::from_secs(10)));
     assert!(c.counter("rx_packets") > rx0, "the new workers saw nothing");
