@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weir_dataplane::flows::FlowEvent;
-use weir_dataplane::runtime::{Dataplane, DataplaneConfig, DataplaneStatus, PollMode};
+use weir_dataplane::runtime::{Dataplane, DataplaneConfig, PollMode};
 use weir_dataplane::{Snapshot, SnapshotSpec};
 use weir_model::ipc::{Empty, FlowsReply, NodePing, NodeStatus};
 
@@ -368,16 +368,17 @@ fn wall_offset_ns() -> i128 {
     wall - mono
 }
 
-fn totals(v: &DataplaneStatus) -> (u64, u64) {
-    (v.totals.rx_packets, v.totals.tx_packets)
-}
-
+/// The node's rx/tx rates from the workers' totals (not a whole status:
+/// that walks the conntrack table, tens of ms at 1M entries, and ran here
+/// every 500 ms under the dataplane lock).
 fn sample_rates(shared: &Shared) {
-    let status = match shared.dp.lock().expect("lock").as_ref() {
-        Some(dp) => dp.status(),
+    let (rx, tx) = match shared.dp.lock().expect("lock").as_ref() {
+        Some(dp) => {
+            let t = dp.totals();
+            (t.rx_packets, t.tx_packets)
+        }
         None => return,
     };
-    let (rx, tx) = totals(&status);
     let now = Instant::now();
     let mut r = shared.rates.lock().expect("lock");
     if let Some((t0, rx0, tx0)) = r.last {
@@ -403,12 +404,18 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
                 generation: *shared.applied.lock().expect("lock"),
             }),
             Ok(Request::Status) => {
-                let status = shared
+                // The table walk after the lock is let go (snapshot
+                // updates and the flow-log drain do not wait for it).
+                let parts = shared
                     .dp
                     .lock()
                     .expect("lock")
                     .as_ref()
-                    .map(|dp| dp.status());
+                    .map(|dp| dp.status_parts());
+                let status = parts.map(|(mut st, census)| {
+                    census.fill(&mut st);
+                    st
+                });
                 let r = shared.rates.lock().expect("lock").clone();
                 let (applied_unix_ns, apply_latency_ns) = *shared.apply_times.lock().expect("lock");
                 Reply::with(&NodeStatus {

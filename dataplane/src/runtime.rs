@@ -320,6 +320,48 @@ fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
     (n > 0).then_some(n)
 }
 
+/// The part of a status that walks the tables: the live conntrack entries,
+/// in all and per endpoint of the snapshot the status was taken under, and
+/// the live fragment entries. Holds only the tables and that snapshot
+/// (see [`Dataplane::status_parts`]).
+pub struct TableCensus {
+    conntrack: Arc<Conntrack>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl TableCensus {
+    /// Counts the live entries into `st` (every bucket's lock in turn, one
+    /// at a time: the workers go on forwarding).
+    pub fn fill(&self, st: &mut DataplaneStatus) {
+        let eps = &self.snapshot.spec.endpoints;
+        // Each address with the index of its endpoint.
+        let (owner, addrs): (Vec<usize>, Vec<std::net::IpAddr>) = eps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                [e.ipv4.map(Into::into), e.ipv6.map(Into::into)]
+                    .into_iter()
+                    .flatten()
+                    .map(move |a: std::net::IpAddr| (i, a))
+            })
+            .unzip();
+        let mut per = Vec::new();
+        let ct = &mut st.conntrack;
+        ct.entries = self.conntrack.count_addrs(&addrs, monotonic_ns(), &mut per);
+        ct.endpoints = eps
+            .iter()
+            .map(|e| EndpointEntries {
+                name: e.name.clone(),
+                entries: 0,
+            })
+            .collect();
+        for (i, n) in owner.into_iter().zip(per) {
+            ct.endpoints[i].entries += n;
+        }
+        ct.fragments.entries = self.conntrack.frags().count(monotonic_ns());
+    }
+}
+
 /// The running dataplane. Dropping it stops the workers like [`stop`](Self::stop).
 pub struct Dataplane {
     cfg: DataplaneConfig,
@@ -719,8 +761,30 @@ impl Dataplane {
     }
 
     /// Counters, latency and configuration, for `weir status`. Sample twice
-    /// and divide by the `monotonic_ns` difference for rates.
+    /// and divide by the `monotonic_ns` difference for rates. Walks the
+    /// conntrack and fragment tables (every bucket): a caller holding a lock
+    /// others wait on takes [`status_parts`](Self::status_parts) instead.
     pub fn status(&self) -> DataplaneStatus {
+        let (mut st, census) = self.status_parts();
+        census.fill(&mut st);
+        st
+    }
+
+    /// The workers' packet totals alone: no table walk, no XDP map read
+    /// (the node's rates, sampled every 500 ms).
+    pub fn totals(&self) -> Totals {
+        let workers: Vec<WorkerStatus> = self.workers.iter().map(|w| w.stats.snapshot()).collect();
+        Totals::of(&workers)
+    }
+
+    /// [`status`](Self::status) without the table walk: the live-entry
+    /// counts (`conntrack.entries`, `.endpoints`, `.fragments.entries`) are
+    /// 0 until [`TableCensus::fill`] is called, which needs nothing of the
+    /// dataplane but its tables and so can run after the caller let go of
+    /// its lock on it. At 1M entries the walk takes tens of milliseconds;
+    /// under the node's dataplane lock it held up snapshot updates and the
+    /// flow-log drain for as long.
+    pub fn status_parts(&self) -> (DataplaneStatus, TableCensus) {
         let workers: Vec<WorkerStatus> = self.workers.iter().map(|w| w.stats.snapshot()).collect();
         let totals = Totals::of(&workers);
         let ports = self
@@ -743,10 +807,14 @@ impl Dataplane {
                 }
             })
             .collect();
-        DataplaneStatus {
+        let census = TableCensus {
+            conntrack: Arc::clone(&self.conntrack),
+            snapshot: self.published.load_full(),
+        };
+        let st = DataplaneStatus {
             monotonic_ns: monotonic_ns(),
             uptime_ns: self.started.elapsed().as_nanos() as u64,
-            generation: self.published.load().generation(),
+            generation: census.snapshot.generation(),
             poll: self.cfg.poll,
             config: ConfigStatus {
                 cores: self.cfg.cores.clone(),
@@ -781,7 +849,8 @@ impl Dataplane {
                 .as_ref()
                 .map(|t| t.peer_status())
                 .unwrap_or_default(),
-        }
+        };
+        (st, census)
     }
 
     /// Moves every queued flow event of every worker to `out` (grouped by
@@ -810,39 +879,16 @@ impl Dataplane {
         self.conntrack.count(monotonic_ns())
     }
 
+    /// The conntrack counters; the live-entry counts are
+    /// [`TableCensus::fill`]'s.
     fn conntrack_status(&self) -> ConntrackStatus {
         let sum = |f: fn(&CtStats) -> u64| self.ct_stats.iter().map(|s| f(s)).sum();
-        let snap = self.published.load();
-        let eps = &snap.spec.endpoints;
-        // Each address with the index of its endpoint.
-        let (owner, addrs): (Vec<usize>, Vec<std::net::IpAddr>) = eps
-            .iter()
-            .enumerate()
-            .flat_map(|(i, e)| {
-                [e.ipv4.map(Into::into), e.ipv6.map(Into::into)]
-                    .into_iter()
-                    .flatten()
-                    .map(move |a: std::net::IpAddr| (i, a))
-            })
-            .unzip();
-        let mut per = Vec::new();
-        let entries = self.conntrack.count_addrs(&addrs, monotonic_ns(), &mut per);
-        let mut endpoints: Vec<EndpointEntries> = eps
-            .iter()
-            .map(|e| EndpointEntries {
-                name: e.name.clone(),
-                entries: 0,
-            })
-            .collect();
-        for (i, n) in owner.into_iter().zip(per) {
-            endpoints[i].entries += n;
-        }
         ConntrackStatus {
             size: self.conntrack.capacity(),
             bytes_per_entry: Conntrack::bytes_per_entry(),
             huge_page_bytes: self.conntrack.huge_page_bytes().unwrap_or(0),
-            entries,
-            endpoints,
+            entries: 0,
+            endpoints: Vec::new(),
             flushed: self.flushed,
             inserts: sum(|s| s.inserts.get()),
             evictions: sum(|s| s.evictions.get()),
@@ -855,7 +901,7 @@ impl Dataplane {
                 size: self.conntrack.frags().capacity(),
                 bytes_per_entry: crate::frag::FragTable::bytes_per_entry(),
                 timeout_ns: self.conntrack.frags().timeout(),
-                entries: self.conntrack.frags().count(monotonic_ns()),
+                entries: 0,
                 datagrams: sum(|s| s.frag_datagrams.get()),
                 followed: sum(|s| s.frag_followed.get()),
                 evictions: sum(|s| s.frag_evictions.get()),
