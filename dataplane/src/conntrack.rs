@@ -1100,8 +1100,13 @@ impl Conntrack {
         out.clear();
         out.resize(addrs.len(), 0);
         // Each distinct address's first index; the others copy its count.
-        let mut index: std::collections::HashMap<([u8; 16], bool), usize> =
-            std::collections::HashMap::with_capacity(addrs.len());
+        // foldhash: the keys are the node's own endpoints, not chosen by a
+        // peer (as in the snapshot's maps), and SipHash doubled the walk.
+        let mut index: std::collections::HashMap<
+            ([u8; 16], bool),
+            usize,
+            foldhash::fast::RandomState,
+        > = std::collections::HashMap::with_capacity_and_hasher(addrs.len(), Default::default());
         for (i, &a) in addrs.iter().enumerate() {
             index.entry(addr_bytes(a)).or_insert(i);
         }
