@@ -306,6 +306,11 @@ enum Cmd {
         /// Run (or skip) the inter-node scenarios (default: full yes, short no).
         #[arg(long)]
         inter_node: Option<bool>,
+        /// `weir up --pod-rx-cpus CPUS` for every weir cluster (default:
+        /// weir's own, `auto`; `off` gives weir the placement of the OVS
+        /// configuration, whose pods have no RPS).
+        #[arg(long, value_name = "CPUS")]
+        pod_rx_cpus: Option<String>,
     },
     /// ClusterIP Services: UDP 64B pps and TCP RR to a ClusterIP vs to the
     /// pod IP, through weir and through kube-proxy-style nftables rules;
@@ -877,8 +882,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scale_reps,
             issue5_reps,
             inter_node,
+            pod_rx_cpus,
         } => {
             let mut o = weir_perf::paper::PaperOptions::new(short);
+            o.pod_rx_cpus = pod_rx_cpus;
             o.out = out;
             o.mode = modes.last().cloned().unwrap_or_default();
             o.modes = modes;

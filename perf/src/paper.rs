@@ -214,6 +214,9 @@ pub struct PaperOptions {
     pub issue5_reps: usize,
     /// Run the inter-node scenarios (three more clusters).
     pub inter_node: bool,
+    /// `weir up --pod-rx-cpus` for every weir cluster of the run (None:
+    /// weir's default, `auto`). OVS's and the kernel's pods get no RPS.
+    pub pod_rx_cpus: Option<String>,
 }
 
 impl PaperOptions {
@@ -250,6 +253,15 @@ impl PaperOptions {
             scale_reps: if short { 1 } else { 3 },
             issue5_reps: if short { 1 } else { 3 },
             inter_node: !short,
+            pod_rx_cpus: None,
+        }
+    }
+
+    /// The `weir up` arguments every weir cluster of the run gets.
+    fn up_args(&self) -> Vec<&str> {
+        match &self.pod_rx_cpus {
+            Some(c) => vec!["--pod-rx-cpus", c.as_str()],
+            None => Vec::new(),
         }
     }
 }
@@ -373,6 +385,9 @@ pub struct PaperReport {
     pub conntrack_bench: Option<String>,
     pub clusters: Vec<String>,
     pub errors: Vec<String>,
+    /// `--pod-rx-cpus` given to every weir cluster (None: weir's default).
+    #[serde(default)]
+    pub pod_rx_cpus: Option<String>,
 }
 
 struct Pods<'a> {
@@ -598,6 +613,7 @@ pub fn run(o: &PaperOptions) -> anyhow::Result<PaperReport> {
         weir_modes: o.modes.clone(),
         reps,
         window_s: o.window.as_secs_f64(),
+        pod_rx_cpus: o.pod_rx_cpus.clone(),
         ..Default::default()
     };
     let nrules = (o.rules.len() * o.scale_reps.max(1)) as u64;
@@ -901,7 +917,14 @@ fn weir_round(
         rep.clusters.push(wname.clone());
     }
     step("up");
-    let w = WeirCluster::up(bin, &wname, manifest, &o.worker_core.to_string(), &o.mode)?;
+    let w = WeirCluster::up_with(
+        bin,
+        &wname,
+        manifest,
+        &o.worker_core.to_string(),
+        &o.mode,
+        &o.up_args(),
+    )?;
     let p = pods(&w.cluster)?;
     step("no policy");
     rep.rows
@@ -1140,13 +1163,15 @@ fn inter_node(
         let file = o.out.join(format!("paper-2n-{label}.yaml"));
         std::fs::write(&file, manifests_2n(kernel))?;
         let r = (|| -> anyhow::Result<Vec<InterRow>> {
+            let mut args = extra.to_vec();
+            args.extend(o.up_args());
             let w = WeirCluster::up_with(
                 bin,
                 &name,
                 &file,
                 &o.worker_core.to_string(),
                 &o.mode,
-                extra,
+                &args,
             )?;
             let p = pods(&w.cluster)?;
             let mut v = Vec::new();
@@ -1724,8 +1749,10 @@ impl PaperReport {
         );
         let _ = writeln!(
             s,
-            "Host: kernel {}, {} cores, load average {} at start, {} at end. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling modes: **{}** (primary: {}). UDP window {:.1} s. {} round(s) of every configuration, interleaved (round 1 of all, then round 2, …); cells are median [min–max] over the rounds.\n",
-            h.kernel, h.cpus, h.loadavg, he, self.load_core, self.worker_core, self.weir_worker_cores, self.modes().join(", "), self.weir_poll, self.window_s, self.reps.max(1)
+            "Host: kernel {}, {} cores, load average {} at start, {} at end. Placement: load (generators, receivers, servers, clients, wrk, iperf3) on core {}; weir's worker / OVS's PMD / haproxy on core {} (weir reports its worker on core(s) {:?}). weir polling modes: **{}** (primary: {}); pod RX steering: {}. UDP window {:.1} s. {} round(s) of every configuration, interleaved (round 1 of all, then round 2, …); cells are median [min–max] over the rounds.\n",
+            h.kernel, h.cpus, h.loadavg, he, self.load_core, self.worker_core, self.weir_worker_cores, self.modes().join(", "), self.weir_poll,
+            self.pod_rx_cpus.as_deref().map_or("weir's default (`--pod-rx-cpus auto`)".to_string(), |c| format!("`--pod-rx-cpus {c}`")),
+            self.window_s, self.reps.max(1)
         );
         let _ = writeln!(s, "{}\n", crate::wake::note(h.wake.as_ref()));
         let cs = stats(self.ceilings.iter().map(|c| c.offered_pps));
