@@ -1100,13 +1100,9 @@ impl Conntrack {
         out.clear();
         out.resize(addrs.len(), 0);
         // Each distinct address's first index; the others copy its count.
-        // foldhash: the keys are the node's own endpoints, not chosen by a
-        // peer (as in the snapshot's maps), and SipHash doubled the walk.
-        let mut index: std::collections::HashMap<
-            ([u8; 16], bool),
-            usize,
-            foldhash::fast::RandomState,
-        > = std::collections::HashMap::with_capacity_and_hasher(addrs.len(), Default::default());
+        // The snapshot's map (foldhash): the keys are the node's own
+        // endpoints, not chosen by a peer, and SipHash doubled the walk.
+        let mut index = crate::snapshot::Map::default();
         for (i, &a) in addrs.iter().enumerate() {
             index.entry(addr_bytes(a)).or_insert(i);
         }
@@ -1119,13 +1115,12 @@ impl Conntrack {
                 }
                 total += 1;
                 let k = b.entries[w].key;
-                let lo = index.get(&(k.lo, k.v6)).copied();
-                if let Some(i) = lo {
+                if let Some(&i) = index.get(&(k.lo, k.v6)) {
                     out[i] += 1;
                 }
                 if k.hi != k.lo {
-                    if let Some(i) = index.get(&(k.hi, k.v6)) {
-                        out[*i] += 1;
+                    if let Some(&i) = index.get(&(k.hi, k.v6)) {
+                        out[i] += 1;
                     }
                 }
             }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 /// them, and a probe costs at most the chain its hash lands on, which
 /// addresses from the API server decide. Maps keyed by what packets bring
 /// (the L7 flows, conntrack) keep their own hashing.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
